@@ -1,0 +1,117 @@
+//! `machine-config`: vCPUs, memory, CPU template.
+
+use super::ResourceError;
+use serde::{Deserialize, Serialize};
+
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest memory accepted (the tiny test guest fits in 2 MiB).
+pub const MIN_MEM_MIB: u64 = 2;
+/// Largest guest memory accepted: 256 GiB.
+pub const MAX_MEM_MIB: u64 = 256 * 1024;
+
+/// A static CPU template: a set of CPUID features hidden from the guest, as Firecracker's
+/// templates do. `None` passes the host's supported features through (normalised).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CpuTemplate {
+    #[default]
+    None,
+    /// Intel Cascade Lake-like baseline.
+    C3,
+    /// Intel Skylake-like baseline (T2).
+    T2,
+    /// T2 with the mitigations-related features also hidden.
+    T2S,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum HugePages {
+    #[default]
+    None,
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub cpu_template: CpuTemplate,
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+            cpu_template: CpuTemplate::None,
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+/// `PATCH /machine-config`: only the fields present change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u8>,
+    pub mem_size_mib: Option<u64>,
+    pub smt: Option<bool>,
+    pub track_dirty_pages: Option<bool>,
+    pub cpu_template: Option<CpuTemplate>,
+    pub huge_pages: Option<HugePages>,
+}
+
+impl MachineConfig {
+    pub(super) fn apply(mut self, upd: MachineConfigUpdate) -> Self {
+        if let Some(v) = upd.vcpu_count {
+            self.vcpu_count = v;
+        }
+        if let Some(v) = upd.mem_size_mib {
+            self.mem_size_mib = v;
+        }
+        if let Some(v) = upd.smt {
+            self.smt = v;
+        }
+        if let Some(v) = upd.track_dirty_pages {
+            self.track_dirty_pages = v;
+        }
+        if let Some(v) = upd.cpu_template {
+            self.cpu_template = v;
+        }
+        if let Some(v) = upd.huge_pages {
+            self.huge_pages = v;
+        }
+        self
+    }
+
+    pub(super) fn validated(self) -> Result<Self, ResourceError> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(ResourceError::VcpuCount(self.vcpu_count.into()));
+        }
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 != 0 {
+            return Err(ResourceError::SmtVcpuCount(self.vcpu_count.into()));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_size_mib) {
+            return Err(ResourceError::MemSize(self.mem_size_mib));
+        }
+        if self.huge_pages != HugePages::None {
+            return Err(ResourceError::Unsupported("huge_pages other than \"None\""));
+        }
+        Ok(self)
+    }
+
+    /// Guest memory size in bytes (cannot overflow: bounded by [`MAX_MEM_MIB`]).
+    pub fn mem_size_bytes(&self) -> u64 {
+        self.mem_size_mib << 20
+    }
+}

@@ -1,0 +1,246 @@
+//! The microVM's configuration as typed resources, shared by the config file and the API.
+//!
+//! Both entry points apply their input through the same setters of [`VmResources`], so a
+//! value that the API refuses is refused from `--config-file` with the same message. The
+//! JSON shapes are Firecracker's (`boot-source`, `machine-config`, `drives`,
+//! `network-interfaces`, `vsock`, `logger`, `metrics`); unknown fields are rejected with the
+//! field's name.
+
+mod boot_source;
+mod drive;
+mod logger;
+mod machine_config;
+mod net;
+mod vsock;
+
+pub use boot_source::BootSourceConfig;
+pub use drive::{CacheType, DriveConfig, DriveUpdate, IoEngine};
+pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
+pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
+pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use vsock::VsockConfig;
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Why a resource was refused. The message names the field and the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResourceError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("{field}: {path:?} cannot be used: {reason}")]
+    BadPath { field: &'static str, path: String, reason: String },
+    #[error("machine-config: vcpu_count {0} is out of range (1 to {max})", max = machine_config::MAX_VCPUS)]
+    VcpuCount(u64),
+    #[error("machine-config: vcpu_count {0} must be 1 or even when smt is true")]
+    SmtVcpuCount(u64),
+    #[error(
+        "machine-config: mem_size_mib {0} is out of range ({min} to {max})",
+        min = machine_config::MIN_MEM_MIB,
+        max = machine_config::MAX_MEM_MIB
+    )]
+    MemSize(u64),
+    #[error("machine-config: {0} is not supported by Kiln")]
+    Unsupported(&'static str),
+    #[error("{kind} id {id:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_-]")]
+    BadId { kind: &'static str, id: String },
+    #[error("{kind} id in the path ({path_id:?}) differs from the id in the body ({body_id:?})")]
+    IdMismatch { kind: &'static str, path_id: String, body_id: String },
+    #[error("drives: {existing:?} is already the root device; only one drive can have is_root_device true")]
+    SecondRootDevice { existing: String },
+    #[error("drives: no drive with drive_id {0:?}")]
+    UnknownDrive(String),
+    #[error("network-interfaces: no interface with iface_id {0:?}")]
+    UnknownInterface(String),
+    #[error("network-interfaces: {field} {value:?} is already used by interface {other:?}")]
+    DuplicateNet { field: &'static str, value: String, other: String },
+    #[error("network-interfaces: guest_mac {0:?} is not a MAC address (expected six hex pairs separated by ':')")]
+    BadMac(String),
+    #[error("network-interfaces: host_dev_name {0:?} is invalid: use 1 to 15 characters, no '/', no whitespace")]
+    BadTapName(String),
+    #[error("vsock: guest_cid {0} is invalid: CIDs 0, 1 and 2 are reserved, use 3 or more")]
+    BadCid(u32),
+    #[error("boot-source is missing: the microVM has no kernel to boot")]
+    MissingBootSource,
+}
+
+/// The config file's top level, in Firecracker's shape. Also the body of `GET /vm/config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    pub boot_source: Option<BootSourceConfig>,
+    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Everything known about the microVM to be built, accumulated from the config file or from
+/// API requests before `InstanceStart`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmResources {
+    pub boot_source: Option<BootSourceConfig>,
+    pub machine_config: MachineConfig,
+    pub drives: Vec<DriveConfig>,
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    pub vsock: Option<VsockConfig>,
+    pub logger: Option<LoggerConfig>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+impl VmResources {
+    /// Parses a config file's text and applies every section through the same setters the
+    /// API uses. A config without `boot-source` is refused: it could not boot.
+    pub fn from_json(text: &str) -> Result<Self, ResourceError> {
+        let file: VmConfig = parse_json(text)?;
+        let mut res = VmResources::default();
+        if let Some(mc) = file.machine_config {
+            res.set_machine_config(mc)?;
+        }
+        res.set_boot_source(file.boot_source.ok_or(ResourceError::MissingBootSource)?)?;
+        for d in file.drives {
+            res.put_drive(None, d)?;
+        }
+        for n in file.network_interfaces {
+            res.put_network_interface(None, n)?;
+        }
+        if let Some(v) = file.vsock {
+            res.set_vsock(v)?;
+        }
+        res.logger = file.logger.map(LoggerConfig::validated).transpose()?;
+        res.metrics = file.metrics.map(MetricsConfig::validated).transpose()?;
+        Ok(res)
+    }
+
+    /// The current configuration in the config file's shape (`GET /vm/config`).
+    pub fn to_config(&self) -> VmConfig {
+        VmConfig {
+            boot_source: self.boot_source.clone(),
+            machine_config: Some(self.machine_config.clone()),
+            drives: self.drives.clone(),
+            network_interfaces: self.network_interfaces.clone(),
+            vsock: self.vsock.clone(),
+            logger: self.logger.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    pub fn set_boot_source(&mut self, cfg: BootSourceConfig) -> Result<(), ResourceError> {
+        self.boot_source = Some(cfg.validated()?);
+        Ok(())
+    }
+
+    /// `PUT /machine-config`: replaces the whole machine configuration.
+    pub fn set_machine_config(&mut self, cfg: MachineConfig) -> Result<(), ResourceError> {
+        self.machine_config = cfg.validated()?;
+        Ok(())
+    }
+
+    /// `PATCH /machine-config`: changes only the fields given.
+    pub fn update_machine_config(&mut self, upd: MachineConfigUpdate) -> Result<(), ResourceError> {
+        self.machine_config = self.machine_config.clone().apply(upd).validated()?;
+        Ok(())
+    }
+
+    /// `PUT /drives/{id}` (and a config file's `drives` entry): adds or replaces a drive.
+    pub fn put_drive(&mut self, path_id: Option<&str>, cfg: DriveConfig) -> Result<(), ResourceError> {
+        let cfg = cfg.validated(path_id)?;
+        if cfg.is_root_device {
+            if let Some(root) = self.drives.iter().find(|d| d.is_root_device && d.drive_id != cfg.drive_id) {
+                return Err(ResourceError::SecondRootDevice { existing: root.drive_id.clone() });
+            }
+        }
+        match self.drives.iter_mut().find(|d| d.drive_id == cfg.drive_id) {
+            Some(slot) => *slot = cfg,
+            None => self.drives.push(cfg),
+        }
+        // The root device is the first virtio-blk device, so the guest sees it as /dev/vda.
+        self.drives.sort_by_key(|d| !d.is_root_device);
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}`: adds or replaces an interface.
+    pub fn put_network_interface(
+        &mut self,
+        path_id: Option<&str>,
+        cfg: NetworkInterfaceConfig,
+    ) -> Result<(), ResourceError> {
+        let cfg = cfg.validated(path_id)?;
+        for other in self.network_interfaces.iter().filter(|n| n.iface_id != cfg.iface_id) {
+            if other.host_dev_name == cfg.host_dev_name {
+                return Err(ResourceError::DuplicateNet {
+                    field: "host_dev_name",
+                    value: cfg.host_dev_name.clone(),
+                    other: other.iface_id.clone(),
+                });
+            }
+            if cfg.guest_mac.is_some() && other.guest_mac == cfg.guest_mac {
+                return Err(ResourceError::DuplicateNet {
+                    field: "guest_mac",
+                    value: cfg.guest_mac.map(|m| m.to_string()).unwrap_or_default(),
+                    other: other.iface_id.clone(),
+                });
+            }
+        }
+        match self.network_interfaces.iter_mut().find(|n| n.iface_id == cfg.iface_id) {
+            Some(slot) => *slot = cfg,
+            None => self.network_interfaces.push(cfg),
+        }
+        Ok(())
+    }
+
+    pub fn set_vsock(&mut self, cfg: VsockConfig) -> Result<(), ResourceError> {
+        self.vsock = Some(cfg.validated()?);
+        Ok(())
+    }
+}
+
+/// Deserialises a JSON body or file, turning serde's message (which names unknown fields,
+/// missing fields and wrong types) into a [`ResourceError`].
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ResourceError> {
+    serde_json::from_str(text).map_err(|e| ResourceError::Json(e.to_string()))
+}
+
+/// Ids of drives and interfaces: 1 to 64 characters from `[A-Za-z0-9_-]` (they appear in
+/// URLs, metrics and logs).
+fn check_id(kind: &'static str, id: &str, path_id: Option<&str>) -> Result<(), ResourceError> {
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(ResourceError::BadId { kind, id: id.to_string() });
+    }
+    match path_id {
+        Some(p) if p != id => Err(ResourceError::IdMismatch {
+            kind,
+            path_id: p.to_string(),
+            body_id: id.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A host file the VMM will open: it must exist and be a regular file (symlinks are
+/// followed, as the jailer has already confined what is reachable).
+fn check_regular_file(field: &'static str, path: &str) -> Result<(), ResourceError> {
+    let bad = |reason: String| ResourceError::BadPath { field, path: path.to_string(), reason };
+    if path.is_empty() {
+        return Err(bad("the path is empty".into()));
+    }
+    if path.contains('\0') {
+        return Err(bad("the path contains a NUL byte".into()));
+    }
+    let meta = std::fs::metadata(Path::new(path)).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    Ok(())
+}
