@@ -13,6 +13,9 @@ mod machine_config;
 mod net;
 mod vsock;
 
+#[cfg(test)]
+mod tests;
+
 pub use boot_source::BootSourceConfig;
 pub use drive::{CacheType, DriveConfig, DriveUpdate, IoEngine};
 pub use logger::{LogLevel, LoggerConfig, MetricsConfig};

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Kiln's whole test suite: installs what it needs on first use, then runs every tier.
+#
+#   ./test.sh          everything: checks, fast tier, slow tier (Linux guest boots)
+#   ./test.sh fast     fast tier only (unit tests, jailer, VMM with the tiny guest)
+#   ./test.sh slow     slow tier only (real Linux guest kernels, ~2 min per boot here)
+#
+# Needs root and /dev/kvm; a test that finds either missing fails and says so.
+source "$(dirname "$0")/scripts/lib.sh"
+cd "$KILN_ROOT"
+
+tier="${1:-all}"
+case "$tier" in
+    all|fast|slow) ;;
+    *) die "unknown tier '$tier' (expected: all, fast or slow)" ;;
+esac
+
+need_root
+[ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
+
+step "checking Debian packages"
+apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio
+
+if [ "$tier" != slow ]; then
+    step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+    cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+    step "fast tier: cargo test --workspace"
+    cargo test --workspace
+fi
+
+if [ "$tier" != fast ]; then
+    step "Linux guest assets (kernel from Debian's linux-source-6.1, initramfs, disk image)"
+    "$KILN_ROOT/scripts/assets.sh"
+
+    step "slow tier: real Linux guest boots (several minutes on a host without hardware virtualization)"
+    # The slow tests are #[ignore]d in a plain `cargo test`; here they are run on purpose.
+    slow_tests=()
+    for f in tests/tests/slow_*.rs; do
+        [ -e "$f" ] || continue
+        slow_tests+=(--test "$(basename "$f" .rs)")
+    done
+    [ ${#slow_tests[@]} -gt 0 ] || die "no slow-tier tests found in tests/tests/slow_*.rs"
+    cargo test -p kiln-tests "${slow_tests[@]}" -- --ignored --nocapture --test-threads=2
+fi
+
+step "all requested tiers passed ($tier)"
