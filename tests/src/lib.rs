@@ -22,7 +22,11 @@ pub fn require_root() {
 
 /// Panics unless `/dev/kvm` exists and can be opened read-write.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("MISSING PRECONDITION: this test needs a usable /dev/kvm ({e})");
     }
 }
@@ -89,7 +93,10 @@ impl Finished {
     pub fn code(&self) -> i32 {
         match self.status.and_then(|s| s.code()) {
             Some(c) => c,
-            None => panic!("process did not exit normally (status {:?})\n{}", self.status, self),
+            None => panic!(
+                "process did not exit normally (status {:?})\n{}",
+                self.status, self
+            ),
         }
     }
 }
@@ -132,9 +139,18 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration, start: Instant) -
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     };
-    let stdout = out.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-    let stderr = err.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-    Finished { status, stdout, stderr, elapsed: start.elapsed() }
+    let stdout = out
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    let stderr = err
+        .map(|h| h.join().unwrap_or_default())
+        .unwrap_or_default();
+    Finished {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {

@@ -32,7 +32,11 @@ pub enum ResourceError {
     #[error("invalid JSON: {0}")]
     Json(String),
     #[error("{field}: {path:?} cannot be used: {reason}")]
-    BadPath { field: &'static str, path: String, reason: String },
+    BadPath {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("machine-config: vcpu_count {0} is out of range (1 to {max})", max = machine_config::MAX_VCPUS)]
     VcpuCount(u64),
     #[error("machine-config: vcpu_count {0} must be 1 or even when smt is true")]
@@ -48,7 +52,11 @@ pub enum ResourceError {
     #[error("{kind} id {id:?} is invalid: use 1 to 64 characters from [A-Za-z0-9_-]")]
     BadId { kind: &'static str, id: String },
     #[error("{kind} id in the path ({path_id:?}) differs from the id in the body ({body_id:?})")]
-    IdMismatch { kind: &'static str, path_id: String, body_id: String },
+    IdMismatch {
+        kind: &'static str,
+        path_id: String,
+        body_id: String,
+    },
     #[error("drives: {existing:?} is already the root device; only one drive can have is_root_device true")]
     SecondRootDevice { existing: String },
     #[error("drives: no drive with drive_id {0:?}")]
@@ -56,7 +64,11 @@ pub enum ResourceError {
     #[error("network-interfaces: no interface with iface_id {0:?}")]
     UnknownInterface(String),
     #[error("network-interfaces: {field} {value:?} is already used by interface {other:?}")]
-    DuplicateNet { field: &'static str, value: String, other: String },
+    DuplicateNet {
+        field: &'static str,
+        value: String,
+        other: String,
+    },
     #[error("network-interfaces: guest_mac {0:?} is not a MAC address (expected six hex pairs separated by ':')")]
     BadMac(String),
     #[error("network-interfaces: host_dev_name {0:?} is invalid: use 1 to 15 characters, no '/', no whitespace")]
@@ -71,9 +83,17 @@ pub enum ResourceError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_source: Option<BootSourceConfig>,
-    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
@@ -155,11 +175,21 @@ impl VmResources {
     }
 
     /// `PUT /drives/{id}` (and a config file's `drives` entry): adds or replaces a drive.
-    pub fn put_drive(&mut self, path_id: Option<&str>, cfg: DriveConfig) -> Result<(), ResourceError> {
+    pub fn put_drive(
+        &mut self,
+        path_id: Option<&str>,
+        cfg: DriveConfig,
+    ) -> Result<(), ResourceError> {
         let cfg = cfg.validated(path_id)?;
         if cfg.is_root_device {
-            if let Some(root) = self.drives.iter().find(|d| d.is_root_device && d.drive_id != cfg.drive_id) {
-                return Err(ResourceError::SecondRootDevice { existing: root.drive_id.clone() });
+            if let Some(root) = self
+                .drives
+                .iter()
+                .find(|d| d.is_root_device && d.drive_id != cfg.drive_id)
+            {
+                return Err(ResourceError::SecondRootDevice {
+                    existing: root.drive_id.clone(),
+                });
             }
         }
         match self.drives.iter_mut().find(|d| d.drive_id == cfg.drive_id) {
@@ -178,7 +208,11 @@ impl VmResources {
         cfg: NetworkInterfaceConfig,
     ) -> Result<(), ResourceError> {
         let cfg = cfg.validated(path_id)?;
-        for other in self.network_interfaces.iter().filter(|n| n.iface_id != cfg.iface_id) {
+        for other in self
+            .network_interfaces
+            .iter()
+            .filter(|n| n.iface_id != cfg.iface_id)
+        {
             if other.host_dev_name == cfg.host_dev_name {
                 return Err(ResourceError::DuplicateNet {
                     field: "host_dev_name",
@@ -194,7 +228,11 @@ impl VmResources {
                 });
             }
         }
-        match self.network_interfaces.iter_mut().find(|n| n.iface_id == cfg.iface_id) {
+        match self
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == cfg.iface_id)
+        {
             Some(slot) => *slot = cfg,
             None => self.network_interfaces.push(cfg),
         }
@@ -217,9 +255,14 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Resou
 /// URLs, metrics and logs).
 fn check_id(kind: &'static str, id: &str, path_id: Option<&str>) -> Result<(), ResourceError> {
     let ok = (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
-        return Err(ResourceError::BadId { kind, id: id.to_string() });
+        return Err(ResourceError::BadId {
+            kind,
+            id: id.to_string(),
+        });
     }
     match path_id {
         Some(p) if p != id => Err(ResourceError::IdMismatch {
@@ -234,7 +277,11 @@ fn check_id(kind: &'static str, id: &str, path_id: Option<&str>) -> Result<(), R
 /// A host file the VMM will open: it must exist and be a regular file (symlinks are
 /// followed, as the jailer has already confined what is reachable).
 fn check_regular_file(field: &'static str, path: &str) -> Result<(), ResourceError> {
-    let bad = |reason: String| ResourceError::BadPath { field, path: path.to_string(), reason };
+    let bad = |reason: String| ResourceError::BadPath {
+        field,
+        path: path.to_string(),
+        reason,
+    };
     if path.is_empty() {
         return Err(bad("the path is empty".into()));
     }

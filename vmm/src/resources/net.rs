@@ -10,7 +10,11 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -20,11 +24,14 @@ impl std::str::FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| ResourceError::BadMac(s.to_string()))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| ResourceError::BadMac(s.to_string()))?;
             if part.len() != 2 {
                 return Err(ResourceError::BadMac(s.to_string()));
             }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| ResourceError::BadMac(s.to_string()))?;
+            *byte =
+                u8::from_str_radix(part, 16).map_err(|_| ResourceError::BadMac(s.to_string()))?;
         }
         if parts.next().is_some() {
             return Err(ResourceError::BadMac(s.to_string()));
@@ -70,7 +77,9 @@ impl NetworkInterfaceConfig {
         let name = &self.host_dev_name;
         // IFNAMSIZ is 16 including the NUL.
         let ok = (1..=15).contains(&name.len())
-            && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+            && !name
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
             && name != "."
             && name != "..";
         if !ok {

@@ -8,7 +8,10 @@ fn kernel() -> String {
 }
 
 fn config(extra: &str) -> String {
-    format!(r#"{{"boot-source": {{"kernel_image_path": "{}"}}{extra}}}"#, kernel())
+    format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}{extra}}}"#,
+        kernel()
+    )
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn full_config_round_trips_through_vm_config() {
     assert_eq!(res.drives[0].drive_id, "rootfs");
     let again = serde_json::to_string(&res.to_config()).unwrap();
     assert_eq!(VmResources::from_json(&again).unwrap(), res);
-    assert!(again.contains(r#""guest_mac":"06:00:ac:10:00:02""#), "{again}");
+    assert!(
+        again.contains(r#""guest_mac":"06:00:ac:10:00:02""#),
+        "{again}"
+    );
 }
 
 #[test]
@@ -43,41 +49,136 @@ fn bad_configs_name_what_is_wrong() {
     let k = kernel();
     let cases: &[(&str, String, &str)] = &[
         ("not json", "{".into(), "invalid JSON"),
-        ("unknown top-level field", config(r#", "balloon": {}"#), "unknown field `balloon`"),
-        ("unknown nested field", config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpus": 2}"#), "unknown field `cpus`"),
-        ("wrong type", config(r#", "machine-config": {"vcpu_count": "two", "mem_size_mib": 64}"#), "invalid type"),
+        (
+            "unknown top-level field",
+            config(r#", "balloon": {}"#),
+            "unknown field `balloon`",
+        ),
+        (
+            "unknown nested field",
+            config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpus": 2}"#),
+            "unknown field `cpus`",
+        ),
+        (
+            "wrong type",
+            config(r#", "machine-config": {"vcpu_count": "two", "mem_size_mib": 64}"#),
+            "invalid type",
+        ),
         ("missing boot-source", "{}".into(), "boot-source is missing"),
-        ("missing kernel", r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#.into(), "boot-source.kernel_image_path"),
-        ("kernel is a directory", r#"{"boot-source": {"kernel_image_path": "/"}}"#.into(), "not a regular file"),
-        ("zero vcpus", config(r#", "machine-config": {"vcpu_count": 0, "mem_size_mib": 64}"#), "vcpu_count 0 is out of range"),
-        ("33 vcpus", config(r#", "machine-config": {"vcpu_count": 33, "mem_size_mib": 64}"#), "vcpu_count 33 is out of range"),
-        ("odd vcpus with smt", config(r#", "machine-config": {"vcpu_count": 3, "mem_size_mib": 64, "smt": true}"#), "must be 1 or even"),
-        ("tiny memory", config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 1}"#), "mem_size_mib 1 is out of range"),
-        ("huge memory", config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 99999999}"#), "mem_size_mib 99999999"),
-        ("bad template", config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "Z9"}"#), "unknown variant `Z9`"),
-        ("bad drive id", config(&format!(r#", "drives": [{{"drive_id": "a/b", "path_on_host": "{k}", "is_root_device": false}}]"#)), "drive id \"a/b\" is invalid"),
-        ("two root drives", config(&format!(r#", "drives": [{{"drive_id": "a", "path_on_host": "{k}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{k}", "is_root_device": true}}]"#)), "already the root device"),
-        ("missing drive file", config(r#", "drives": [{"drive_id": "a", "path_on_host": "/nonexistent.img", "is_root_device": false}]"#), "drives.path_on_host"),
-        ("bad mac", config(r#", "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:zz:10:00:02"}]"#), "is not a MAC address"),
-        ("bad tap name", config(r#", "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "a-very-long-tap-name"}]"#), "host_dev_name"),
-        ("same tap twice", config(r#", "network-interfaces": [{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}]"#), "already used by interface \"a\""),
-        ("reserved cid", config(r#", "vsock": {"guest_cid": 2, "uds_path": "/v.sock"}"#), "guest_cid 2 is invalid"),
+        (
+            "missing kernel",
+            r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#.into(),
+            "boot-source.kernel_image_path",
+        ),
+        (
+            "kernel is a directory",
+            r#"{"boot-source": {"kernel_image_path": "/"}}"#.into(),
+            "not a regular file",
+        ),
+        (
+            "zero vcpus",
+            config(r#", "machine-config": {"vcpu_count": 0, "mem_size_mib": 64}"#),
+            "vcpu_count 0 is out of range",
+        ),
+        (
+            "33 vcpus",
+            config(r#", "machine-config": {"vcpu_count": 33, "mem_size_mib": 64}"#),
+            "vcpu_count 33 is out of range",
+        ),
+        (
+            "odd vcpus with smt",
+            config(r#", "machine-config": {"vcpu_count": 3, "mem_size_mib": 64, "smt": true}"#),
+            "must be 1 or even",
+        ),
+        (
+            "tiny memory",
+            config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 1}"#),
+            "mem_size_mib 1 is out of range",
+        ),
+        (
+            "huge memory",
+            config(r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 99999999}"#),
+            "mem_size_mib 99999999",
+        ),
+        (
+            "bad template",
+            config(
+                r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "Z9"}"#,
+            ),
+            "unknown variant `Z9`",
+        ),
+        (
+            "bad drive id",
+            config(&format!(
+                r#", "drives": [{{"drive_id": "a/b", "path_on_host": "{k}", "is_root_device": false}}]"#
+            )),
+            "drive id \"a/b\" is invalid",
+        ),
+        (
+            "two root drives",
+            config(&format!(
+                r#", "drives": [{{"drive_id": "a", "path_on_host": "{k}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{k}", "is_root_device": true}}]"#
+            )),
+            "already the root device",
+        ),
+        (
+            "missing drive file",
+            config(
+                r#", "drives": [{"drive_id": "a", "path_on_host": "/nonexistent.img", "is_root_device": false}]"#,
+            ),
+            "drives.path_on_host",
+        ),
+        (
+            "bad mac",
+            config(
+                r#", "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:zz:10:00:02"}]"#,
+            ),
+            "is not a MAC address",
+        ),
+        (
+            "bad tap name",
+            config(
+                r#", "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "a-very-long-tap-name"}]"#,
+            ),
+            "host_dev_name",
+        ),
+        (
+            "same tap twice",
+            config(
+                r#", "network-interfaces": [{"iface_id": "a", "host_dev_name": "tap0"}, {"iface_id": "b", "host_dev_name": "tap0"}]"#,
+            ),
+            "already used by interface \"a\"",
+        ),
+        (
+            "reserved cid",
+            config(r#", "vsock": {"guest_cid": 2, "uds_path": "/v.sock"}"#),
+            "guest_cid 2 is invalid",
+        ),
     ];
     for (name, text, want) in cases {
         let err = VmResources::from_json(text).expect_err(name).to_string();
-        assert!(err.contains(want), "{name}: error {err:?} does not contain {want:?}");
+        assert!(
+            err.contains(want),
+            "{name}: error {err:?} does not contain {want:?}"
+        );
     }
 }
 
 #[test]
 fn machine_config_patch_changes_only_given_fields() {
     let mut res = VmResources::default();
-    res.update_machine_config(parse_json(r#"{"vcpu_count": 4}"#).unwrap()).unwrap();
+    res.update_machine_config(parse_json(r#"{"vcpu_count": 4}"#).unwrap())
+        .unwrap();
     assert_eq!(res.machine_config.vcpu_count, 4);
     assert_eq!(res.machine_config.mem_size_mib, 128);
-    let err = res.update_machine_config(parse_json(r#"{"mem_size_mib": 0}"#).unwrap()).unwrap_err();
+    let err = res
+        .update_machine_config(parse_json(r#"{"mem_size_mib": 0}"#).unwrap())
+        .unwrap_err();
     assert_eq!(err, ResourceError::MemSize(0));
-    assert_eq!(res.machine_config.vcpu_count, 4, "a refused patch changes nothing");
+    assert_eq!(
+        res.machine_config.vcpu_count, 4,
+        "a refused patch changes nothing"
+    );
 }
 
 #[test]

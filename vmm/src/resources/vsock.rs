@@ -32,7 +32,9 @@ impl VsockConfig {
             return Err(ResourceError::BadPath {
                 field: "vsock.uds_path",
                 path: self.uds_path.clone(),
-                reason: "longer than 96 bytes (a Unix socket path holds 107, and `_<port>` is appended)".into(),
+                reason:
+                    "longer than 96 bytes (a Unix socket path holds 107, and `_<port>` is appended)"
+                        .into(),
             });
         }
         Ok(self)
