@@ -1,1 +1,274 @@
-fn main() {}
+//! Kiln's jailer: builds one tenant's jail, then execs the VMM in it.
+//!
+//! Read [`run`] top to bottom: each step is one call into the module named after it.
+//!
+//! 1. sanitise the process, parse and validate every flag and the tenant profile;
+//! 2. create the jail directory (refusing a live jail) and copy the VMM into it;
+//! 3. create the cgroups, write the limits and move into them;
+//! 4. prepare the network namespace (taps, firewall) on the host side;
+//! 7. daemonize if asked, and split into the jail process and its keeper (guard or
+//!    supervisor) — the keeper undoes everything if the jail process fails;
+//! 4. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces;
+//! 5. pivot_root into the jail and create the device nodes;
+//! 6. rlimits, uid/gid, capabilities, no_new_privs, Landlock, seccomp — then exec the VMM.
+//!
+//! Everything made on the host is journaled in the jail's state file first, so that a
+//! failure at any step, `--cleanup-on-exit` and `jailer cleanup` remove exactly that.
+
+mod args;
+mod cgroup;
+mod chroot;
+mod cleanup;
+mod clock;
+mod devices;
+mod exec;
+mod landlock;
+mod namespaces;
+mod netns;
+mod pivot;
+mod privileges;
+mod profile;
+mod sanitize;
+mod seccomp;
+mod state;
+mod supervise;
+mod sys;
+
+use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+
+use args::{Command, Config};
+use clock::Clock;
+use state::Journal;
+use supervise::{Exit, JailSide, Role};
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Sanitize(#[from] sanitize::SanitizeError),
+    #[error(transparent)]
+    Args(#[from] args::ArgsError),
+    #[error(transparent)]
+    Chroot(#[from] chroot::ChrootError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Namespace(#[from] namespaces::NamespaceError),
+    #[error(transparent)]
+    Pivot(#[from] pivot::PivotError),
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+    #[error(transparent)]
+    Privilege(#[from] privileges::PrivilegeError),
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    #[error(transparent)]
+    Supervise(#[from] supervise::SuperviseError),
+    #[error(transparent)]
+    Cleanup(#[from] cleanup::CleanupError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("the supervisor (pid {0}) died before the VMM started")]
+    SupervisorGone(libc::pid_t),
+    #[error("{error}; undoing the set-up also failed: {undo}")]
+    Undo {
+        error: Box<Error>,
+        undo: cleanup::CleanupError,
+    },
+}
+
+/// What the host-side steps leave for the jail process.
+struct Prepared {
+    netns: Option<OwnedFd>,
+    userfaultfd: Option<u32>,
+    seccomp: seccomp::Filters,
+    landlock: Vec<landlock::PathRule>,
+}
+
+fn main() {
+    let exit = match run() {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("jailer: {e}");
+            Exit::Code(1)
+        }
+    };
+    finish(exit)
+}
+
+fn run() -> Result<Exit, Error> {
+    let mut clock = Clock::start();
+
+    // Step 1: a clean process, and every input validated before anything is created.
+    sanitize::close_inherited_fds()?;
+    sanitize::clear_environment();
+    sanitize::strict_umask();
+    sanitize::reset_signals(true)?;
+    let config = match args::parse(std::env::args_os().skip(1))? {
+        Command::Help => {
+            print!("{}", args::HELP);
+            return Ok(Exit::Code(0));
+        }
+        Command::Version => {
+            println!("jailer {}", env!("CARGO_PKG_VERSION"));
+            return Ok(Exit::Code(0));
+        }
+        Command::Cleanup(c) => {
+            cleanup::run_command(&c)?;
+            return Ok(Exit::Code(0));
+        }
+        Command::Jail(c) => *c,
+    };
+    clock.enable(config.timing);
+    privileges::check_rlimits(&config.rlimits)?;
+    let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
+    let seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
+    let userfaultfd = match config.userfaultfd {
+        true => Some(devices::userfaultfd_minor()?),
+        false => None,
+    };
+    clock.step("1 sanitise and validate");
+
+    // Step 2: the jail directory; from here on every host resource is journaled.
+    let mut journal = chroot::create_jail_dir(&config)?;
+    let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
+        Ok(netns) => Prepared {
+            netns,
+            userfaultfd,
+            seccomp,
+            landlock: landlock::path_rules(&config, userfaultfd.is_some()),
+        },
+        Err(e) => return Err(undo(&journal, e)),
+    };
+
+    // Step 7: daemonize, and split into the jail process and its keeper.
+    let side = match supervise::launch(&config, &mut journal, &mut clock) {
+        Ok(Role::Done(exit)) => return Ok(exit),
+        Ok(Role::Jail(side)) => side,
+        Err(e) => return Err(undo(&journal, e.into())),
+    };
+    clock.step("7 daemonize and supervise");
+
+    // Steps 4 to 6 in the jail process; it only comes back here on failure.
+    let Err(error) = enter_jail(&config, &prepared, &side, &mut clock);
+    let message = error.to_string();
+    if let Some(undo) = side.fail(&message) {
+        eprintln!("jailer: {message}");
+        if !undo.is_empty() {
+            eprintln!("jailer: {undo}");
+        }
+    }
+    Ok(Exit::Code(1))
+}
+
+/// Steps 2 to 4 on the host side.
+fn host_side(
+    config: &Config,
+    journal: &mut Journal,
+    cgroups: &cgroup::Plan,
+    clock: &mut Clock,
+) -> Result<Option<OwnedFd>, Error> {
+    // Step 2: the root, with a private copy of the VMM.
+    chroot::populate(config)?;
+    clock.step("2 chroot directory and VMM copy");
+    // Step 3: cgroups, limits written, this process moved in before any fork.
+    cgroups.apply(journal)?;
+    clock.step("3 cgroups");
+    // Step 4 (host side): network namespace, taps, firewall.
+    let netns = netns::prepare(config, journal)?;
+    clock.step("4 network namespace");
+    Ok(netns)
+}
+
+/// The jail process: steps 4 (its namespaces), 5, 6, then exec.
+fn enter_jail(
+    config: &Config,
+    prepared: &Prepared,
+    side: &JailSide,
+    clock: &mut Clock,
+) -> Result<Infallible, Error> {
+    // Step 4: network, mount, IPC, UTS and cgroup namespaces; hostname = id.
+    namespaces::enter(&config.id, prepared.netns.as_ref())?;
+    clock.step("4 namespaces");
+
+    // `--userns` writes its id maps through /proc, which the jail does not have.
+    let proc_self = match config.userns {
+        true => Some(privileges::open_proc_self()?),
+        false => None,
+    };
+
+    // Step 5: pivot_root into the jail; only the device nodes the VMM needs.
+    pivot::into_jail(&config.chroot_dir(), &config.binds)?;
+    devices::create(config.uid, config.gid, prepared.userfaultfd)?;
+    clock.step("5 pivot_root and devices");
+
+    // Step 6: limits, identity, capabilities, Landlock, seccomp.
+    privileges::set_rlimits(&config.rlimits)?;
+    privileges::drop_to(config.uid, config.gid)?;
+    if let Some(proc_self) = &proc_self {
+        privileges::enter_user_namespace(config.uid, config.gid, proc_self)?;
+    }
+    if let Some(parent) = side.supervisor {
+        if !privileges::die_with_parent(parent)? {
+            return Err(Error::SupervisorGone(parent));
+        }
+    }
+    privileges::no_new_privs()?;
+    landlock::enforce(
+        &prepared.landlock,
+        &config.landlock.tcp_connect,
+        &config.landlock.tcp_bind,
+    )?;
+    clock.step("6 privileges and landlock");
+    let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
+    clock.step(&format!("exec {}", command.args().join(" ")));
+    sanitize::reset_signals(false)?;
+    sanitize::cloexec_inherited_fds()?;
+    prepared.seccomp.apply()?;
+    side.about_to_exec();
+    Err(command.exec().into())
+}
+
+/// Removes what the journal records after a failure on the host side.
+fn undo(journal: &Journal, error: Error) -> Error {
+    for record in &journal.state.cgroups {
+        let _ = cgroup::evacuate(record, std::process::id());
+    }
+    match cleanup::remove(&journal.state) {
+        Ok(()) => error,
+        Err(undo) => Error::Undo {
+            error: Box::new(error),
+            undo,
+        },
+    }
+}
+
+/// Exits with a code, or dies of the VMM's signal (so the caller sees the same status).
+fn finish(exit: Exit) -> ! {
+    if let Exit::Signal(signal) = exit {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: setrlimit reads `no_core`; signal/raise take plain integers. The default
+        // action of `signal` ends the process (no core: the VMM's fate, not ours).
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let _ = sanitize::set_signal_mask(&[signal], libc::SIG_UNBLOCK);
+        // SAFETY: as above.
+        unsafe { libc::raise(signal) };
+        std::process::exit(128 + signal);
+    }
+    let Exit::Code(code) = exit else {
+        std::process::exit(1)
+    };
+    std::process::exit(code)
+}

@@ -4,6 +4,11 @@
 //! checked by a `require_*` function that panics with a message naming what is missing and
 //! how to get it: a test never passes silently because its environment was incomplete.
 
+pub mod assets;
+pub mod jail;
+pub mod netns;
+pub mod tiny;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -3,7 +3,9 @@
 use super::ResourceError;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+/// Levels are matched case-insensitively, and `Warn` is accepted for `Warning`, as
+/// Firecracker's `PUT /logger` does.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     Off,
     Error,
@@ -12,6 +14,23 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+const LEVEL_NAMES: &[&str] = &["Off", "Error", "Warning", "Info", "Debug", "Trace"];
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return Err(serde::de::Error::unknown_variant(&s, LEVEL_NAMES)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -21,6 +21,10 @@ pub enum CpuTemplate {
     T2,
     /// T2 with the mitigations-related features also hidden.
     T2S,
+    /// Kiln: an x86-64 baseline that also hides CMPXCHG16B, the XSAVE family (and AVX*,
+    /// FMA, F16C with it), POPCNT, PCID, RDRAND, and every leaf-7 feature. For hosts whose
+    /// KVM emulates guest ring 0 and fails on those instructions (see docs/vmm.md).
+    Baseline,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -98,7 +102,7 @@ impl MachineConfig {
         if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
             return Err(ResourceError::VcpuCount(self.vcpu_count.into()));
         }
-        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 != 0 {
+        if self.smt && self.vcpu_count > 1 && !self.vcpu_count.is_multiple_of(2) {
             return Err(ResourceError::SmtVcpuCount(self.vcpu_count.into()));
         }
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_size_mib) {

@@ -71,6 +71,14 @@ pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
 }
 
+impl NetworkInterfaceUpdate {
+    /// Checks the id, and that it matches the path's id (`PATCH /network-interfaces/{id}`).
+    pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
+        check_id("network interface", &self.iface_id, path_id)?;
+        Ok(self)
+    }
+}
+
 impl NetworkInterfaceConfig {
     pub(super) fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("network interface", &self.iface_id, path_id)?;

@@ -1,0 +1,66 @@
+//! The scenarios, selected by `kiln.test=NAME` on the command line (default `print`).
+//!
+//! A scenario prints its lines and returns; the caller then prints `KILN-TINY: done` and
+//! ends the VM. Scenarios that end the VM themselves (`reset`, `triple`) or never end
+//! (`hang`, `halt`) do not return. To add one: write a module with a
+//! `pub fn run(info: &BootInfo, con: &mut Console)` and add a row to [`SCENARIOS`].
+
+mod blk;
+mod boot;
+mod cpuid;
+mod cpus;
+mod faults;
+mod hostile;
+mod memmap;
+mod net;
+mod ports;
+mod print;
+mod ticks;
+
+use crate::boot_info::BootInfo;
+use crate::serial::Console;
+
+pub use faults::{I8042_COMMAND_PORT as RESET_PORT, I8042_RESET as RESET_VALUE};
+
+/// Command-line key selecting the scenario.
+pub const PARAM: &[u8] = b"kiln.test";
+/// Scenario run when the command line names none.
+pub const DEFAULT: &[u8] = b"print";
+
+type Run = fn(&BootInfo, &mut Console);
+
+/// Every scenario by name.
+const SCENARIOS: &[(&[u8], Run)] = &[
+    (b"print", print::run),
+    (b"boot", boot::run),
+    (b"memmap", memmap::run),
+    (b"cpuid", cpuid::run),
+    (b"cpus", cpus::run),
+    (b"reset", faults::reset),
+    (b"triple", faults::triple),
+    (b"hang", faults::hang),
+    (b"halt", faults::halt),
+    (b"ports", ports::run),
+    (b"ticks", ticks::run),
+    (b"blk-read", blk::run_read),
+    (b"blk-write", blk::run_write),
+    (b"blk-ro", blk::run_ro),
+    (b"blk-oob", blk::run_oob),
+    (b"blk-flush", blk::run_flush),
+    (b"blk-id", blk::run_id),
+    (b"blk-swap", blk::run_swap),
+    (b"net-tx", net::run_tx),
+    (b"net-rx", net::run_rx),
+    (b"virtio-loop", hostile::run_loop),
+    (b"virtio-oob", hostile::run_oob),
+    (b"virtio-qsize", hostile::run_qsize),
+    (b"virtio-mmio-junk", hostile::run_mmio_junk),
+];
+
+/// Runs the scenario named `name`, or reports that there is none by that name.
+pub fn run(name: &[u8], info: &BootInfo, con: &mut Console) {
+    match SCENARIOS.iter().find(|(n, _)| *n == name) {
+        Some((_, scenario)) => scenario(info, con),
+        None => con.error().s("unknown scenario=").escaped(name).end(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Times reported to the VMM (`--start-time-us`, `--start-time-cpu-us`,
+//! `--parent-cpu-time-us`, as Firecracker's jailer passes them) and the per-step timings
+//! printed with `--timing`.
+
+/// Microseconds on a clock (0 if the clock cannot be read, which Linux never does for these).
+pub fn now_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
+}
+
+#[derive(Debug, Clone)]
+pub struct Clock {
+    /// CLOCK_MONOTONIC when the jailer started.
+    pub start_us: u64,
+    /// CPU time used by this process's ancestors before they forked it.
+    pub parent_cpu_us: u64,
+    last_us: u64,
+    enabled: bool,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        let start_us = now_us(libc::CLOCK_MONOTONIC);
+        Clock {
+            start_us,
+            parent_cpu_us: 0,
+            last_us: start_us,
+            enabled: false,
+        }
+    }
+
+    pub fn enable(&mut self, on: bool) {
+        self.enabled = on;
+    }
+
+    /// With `--timing`, prints how long the step that just ended took.
+    pub fn step(&mut self, name: &str) {
+        let now = now_us(libc::CLOCK_MONOTONIC);
+        if self.enabled {
+            eprintln!(
+                "jailer timing: {name}: {} us (at {} us, pid {})",
+                now.saturating_sub(self.last_us),
+                now.saturating_sub(self.start_us),
+                std::process::id()
+            );
+        }
+        self.last_us = now;
+    }
+
+    /// To be called just before a fork: the child's CPU clock restarts at zero.
+    pub fn before_fork(&mut self) {
+        self.parent_cpu_us = self
+            .parent_cpu_us
+            .saturating_add(now_us(libc::CLOCK_PROCESS_CPUTIME_ID));
+    }
+}

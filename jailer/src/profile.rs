@@ -1,0 +1,189 @@
+//! The tenant profile (`--profile FILE`): a JSON file with the tenant's cgroup limits,
+//! rlimits, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
+//! never silently drops a limit. Values are validated in `args.rs`, where flags override them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Largest profile file read (a profile is a few hundred bytes).
+const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("--profile {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--profile {path}: larger than {MAX_PROFILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("--profile {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// The whole profile. Every section is optional.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default)]
+    pub cgroup: CgroupLimits,
+    #[serde(default)]
+    pub rlimits: Rlimits,
+    #[serde(default)]
+    pub egress: Egress,
+    #[serde(default)]
+    pub landlock: LandlockExtra,
+}
+
+/// Portable cgroup limits, translated to v1 or v2 files by the cgroup module.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupLimits {
+    /// CPU time allowed per period, in microseconds (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
+    pub cpu_quota_us: Option<u64>,
+    /// Length of the CPU accounting period, in microseconds (default 100000).
+    pub cpu_period_us: Option<u64>,
+    /// CPUs the jail may run on, in cpuset list syntax (`0-1,3`).
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the jail may allocate from, in cpuset list syntax.
+    pub cpuset_mems: Option<String>,
+    /// Memory limit in bytes, guest memory included (v1 `memory.limit_in_bytes`, v2
+    /// `memory.max`).
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks (processes and threads) in the jail.
+    pub pids_max: Option<u64>,
+}
+
+/// Resource limits (soft = hard = value); the jailer can only lower them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimits {
+    pub no_file: Option<u64>,
+    pub fsize: Option<u64>,
+    pub memlock: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+}
+
+/// The tenant's egress policy: everything not allowed here is dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub allow: Vec<EgressEntry>,
+}
+
+/// One allow-list entry as written in the profile.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    pub proto: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// Landlock rules added to the ones the jailer derives from the jail's own files.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockExtra {
+    /// Extra paths inside the jail (absolute, as the VMM sees them).
+    #[serde(default)]
+    pub paths: Vec<LandlockPath>,
+    /// TCP ports the VMM may connect to (none by default: the VMM needs no TCP).
+    #[serde(default)]
+    pub tcp_connect: Vec<u16>,
+    /// TCP ports the VMM may bind (none by default).
+    #[serde(default)]
+    pub tcp_bind: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockPath {
+    pub path: String,
+    pub access: String,
+}
+
+impl Profile {
+    /// Reads and parses a profile file.
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let meta = std::fs::metadata(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.len() > MAX_PROFILE_BYTES {
+            return Err(ProfileError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses profile text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ProfileError> {
+        serde_json::from_str(text).map_err(|source| ProfileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Profile, String> {
+        Profile::parse(Path::new("p.json"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_profile_is_all_defaults() {
+        assert_eq!(parse("{}").unwrap(), Profile::default());
+    }
+
+    #[test]
+    fn full_profile_parses() {
+        let p = parse(
+            r#"{"cgroup": {"cpu_quota_us": 50000, "cpu_period_us": 100000, "cpuset_cpus": "0",
+                "cpuset_mems": "0", "memory_bytes": 1048576, "pids_max": 10},
+               "rlimits": {"no_file": 64, "fsize": 1, "memlock": 2, "nproc": 3, "core": 0},
+               "egress": {"allow": [{"proto": "tcp", "cidr": "10.0.0.0/8", "ports": [443]}]},
+               "landlock": {"paths": [{"path": "/data", "access": "ro"}], "tcp_connect": [443]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.cgroup.pids_max, Some(10));
+        assert_eq!(p.rlimits.no_file, Some(64));
+        assert_eq!(p.egress.allow.len(), 1);
+        assert_eq!(p.landlock.tcp_connect, vec![443]);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_the_field() {
+        let e = parse(r#"{"cgroups": {}}"#).unwrap_err();
+        assert!(e.contains("unknown field `cgroups`"), "{e}");
+        let e = parse(r#"{"cgroup": {"memory": 5}}"#).unwrap_err();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+        let e =
+            parse(r#"{"egress": {"allow": [{"proto": "tcp", "cidr": "1.2.3.4/32", "port": 1}]}}"#)
+                .unwrap_err();
+        assert!(e.contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let e = parse(r#"{"cgroup": {"pids_max": -1}}"#).unwrap_err();
+        assert!(e.contains("p.json"), "{e}");
+        let e = parse(r#"{"landlock": {"tcp_connect": [70000]}}"#).unwrap_err();
+        assert!(e.contains("70000"), "{e}");
+        assert!(parse("not json").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The jail's journal: every host resource the jailer creates (chroot directory, cgroups,
+//! network namespace, taps, firewall table) and every process it starts is recorded in
+//! `<base>/<exec-name>/<id>/jail.json` (outside the jail's root, root-only) before or right
+//! after it is made. Undo on a failed set-up, `--cleanup-on-exit` and `jailer cleanup` all
+//! work from this record, so nothing the jailer made is forgotten.
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "jail.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("writing the jail state {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("reading the jail state {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("jail state {path} is corrupt: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("jail state {path} does not belong to this jail ({what}); refusing to act on it")]
+    Foreign { path: PathBuf, what: String },
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailState {
+    pub id: String,
+    /// `<base>/<exec-name>/<id>` (removed with everything below it).
+    pub jail_dir: PathBuf,
+    /// `<base>/<exec-name>`, and whether this jail created it (then it is removed when empty).
+    pub exec_dir: PathBuf,
+    pub exec_dir_created: bool,
+    pub cgroups: Vec<CgroupRecord>,
+    pub netns: Option<NetnsRecord>,
+    pub processes: Vec<ProcessRecord>,
+}
+
+/// One cgroup directory of the jail (one per hierarchy used).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupRecord {
+    /// The jail's cgroup directory.
+    pub dir: PathBuf,
+    /// The jailer's own cgroup in that hierarchy (where its processes go back before rmdir).
+    pub origin: PathBuf,
+    /// Directories the jailer created, top-down (`dir` last): removed bottom-up, the shared
+    /// parents only when empty.
+    pub created: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsRecord {
+    /// The namespace file (`--netns PATH`, or `/run/netns/<id>`).
+    pub path: PathBuf,
+    /// The jailer created the file (and bind-mounted a new namespace on it when `mounted`).
+    pub created: bool,
+    pub mounted: bool,
+    /// Taps the jailer created in it.
+    pub taps: Vec<String>,
+    /// The nftables table the jailer installed in it.
+    pub table: Option<String>,
+}
+
+/// A process of the jail; `start_time` (field 22 of /proc/PID/stat) tells a live process
+/// from a later one that reused the pid.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessRecord {
+    pub role: String,
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    pub fn of(role: &str, pid: i32) -> Option<Self> {
+        process_start_time(pid).map(|start_time| ProcessRecord {
+            role: role.to_owned(),
+            pid,
+            start_time,
+        })
+    }
+
+    /// The recorded process still runs (not a zombie, same start time).
+    pub fn is_alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// The journal: the state plus where it is persisted.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    pub state: JailState,
+}
+
+impl Journal {
+    /// Starts the journal of a jail whose directory was just created.
+    pub fn create(state: JailState) -> Result<Self, StateError> {
+        let journal = Journal {
+            path: state.jail_dir.join(STATE_FILE),
+            state,
+        };
+        journal.persist()?;
+        Ok(journal)
+    }
+
+    /// Changes the state and writes it out (atomically: temporary file + rename).
+    pub fn record(&mut self, change: impl FnOnce(&mut JailState)) -> Result<(), StateError> {
+        change(&mut self.state);
+        self.persist()
+    }
+
+    fn persist(&self) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let text =
+            serde_json::to_string_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+
+    /// Reads the state of jail `id` in `jail_dir`; `None` when there is no state file. The
+    /// state must name that jail and only paths it can own (it drives removals).
+    pub fn load(jail_dir: &Path, id: &str) -> Result<Option<JailState>, StateError> {
+        let path = jail_dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let state: JailState = serde_json::from_str(&text).map_err(|source| StateError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        state
+            .check(jail_dir, id)
+            .map_err(|what| StateError::Foreign { path, what })?;
+        Ok(Some(state))
+    }
+}
+
+fn clean(p: &Path) -> bool {
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+impl JailState {
+    /// The state names jail `id` in `jail_dir`, and every path in it is one the jail could
+    /// have created: its cgroup directories end with the id, created parents are ancestors,
+    /// a created network namespace is `/run/netns/<id>`.
+    fn check(&self, jail_dir: &Path, id: &str) -> Result<(), String> {
+        if self.id != id {
+            return Err(format!("id {:?}", self.id));
+        }
+        if self.jail_dir != jail_dir || Some(self.exec_dir.as_path()) != jail_dir.parent() {
+            return Err(format!("directory {}", self.jail_dir.display()));
+        }
+        for c in &self.cgroups {
+            let ok = clean(&c.dir)
+                && clean(&c.origin)
+                && c.dir.file_name().is_some_and(|n| n == id)
+                && c.created
+                    .iter()
+                    .all(|p| clean(p) && p.parent().is_some() && c.dir.starts_with(p));
+            if !ok {
+                return Err(format!("cgroup {}", c.dir.display()));
+            }
+        }
+        if let Some(n) = &self.netns {
+            let own = Path::new("/run/netns").join(id);
+            let tap_ok = n
+                .taps
+                .iter()
+                .all(|t| !t.is_empty() && t.len() <= 15 && !t.contains('/'));
+            let table_ok = n.table.as_ref().is_none_or(|t| *t == format!("kiln-{id}"));
+            if (n.created && n.path != own) || !clean(&n.path) || !tap_ok || !table_ok {
+                return Err(format!("network namespace {}", n.path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start time (clock ticks since boot) of a running, non-zombie process.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; fields after the
+    // last ')' start with field 3 (state); starttime is field 22.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_parsing() {
+        let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
+        assert_eq!(parse_start_time(stat), Some(12345));
+        let zombie = "42 (x) Z 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
+        assert_eq!(parse_start_time(zombie), None);
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = ProcessRecord::of("test", std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let other = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.is_alive());
+    }
+
+    #[test]
+    fn journal_round_trip() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = Journal::create(JailState {
+            id: "a".into(),
+            jail_dir: dir.clone(),
+            exec_dir: dir.parent().unwrap().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        j.record(|s| s.exec_dir_created = true).unwrap();
+        let back = Journal::load(&dir, "a").unwrap().unwrap();
+        assert_eq!(back, j.state);
+        // A state naming another jail, or paths it cannot own, is refused.
+        assert!(Journal::load(&dir, "b").is_err());
+        j.record(|s| {
+            s.cgroups.push(CgroupRecord {
+                dir: PathBuf::from("/etc"),
+                origin: PathBuf::from("/"),
+                created: vec![PathBuf::from("/etc")],
+            })
+        })
+        .unwrap();
+        let e = Journal::load(&dir, "a").unwrap_err().to_string();
+        assert!(e.contains("cgroup /etc"), "{e}");
+        j.record(|s| {
+            s.cgroups.clear();
+            s.netns = Some(NetnsRecord {
+                path: PathBuf::from("/run/netns/other"),
+                created: true,
+                ..Default::default()
+            })
+        })
+        .unwrap();
+        assert!(Journal::load(&dir, "a").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(Journal::load(&dir, "a").unwrap(), None);
+    }
+}

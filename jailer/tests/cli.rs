@@ -1,0 +1,289 @@
+//! Command-line errors of the jailer binary: each bad input gets its own message naming the
+//! flag and the value, exit status 1, and nothing is created. These run as any user: every
+//! error here is found before the jailer touches the system.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const JAILER: &str = env!("CARGO_BIN_EXE_jailer");
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("base")).unwrap();
+        Scratch(dir)
+    }
+
+    fn base(&self) -> String {
+        self.0.join("base").display().to_string()
+    }
+
+    /// The base directory is still empty: the failed run created nothing.
+    fn assert_untouched(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.0.join("base")).unwrap().collect();
+        assert!(left.is_empty(), "the jailer created {left:?}");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn jailer(args: &[&str]) -> Output {
+    Command::new(JAILER)
+        .args(args)
+        .output()
+        .expect("run the jailer")
+}
+
+/// Runs the jailer with a valid command line changed by `edit`; expects exit status 1 and
+/// `want` in stderr.
+fn expect_error(name: &str, edit: impl FnOnce(&mut Vec<String>, &Scratch), want: &str) {
+    let s = Scratch::new(name);
+    let mut args: Vec<String> = [
+        "--id",
+        "vm-1",
+        "--exec-file",
+        JAILER,
+        "--uid",
+        "1000",
+        "--gid",
+        "1000",
+        "--chroot-base-dir",
+        &s.base(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    edit(&mut args, &s);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = jailer(&refs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{name}: {args:?}\n{stderr}");
+    assert!(
+        stderr.contains(want),
+        "{name}: expected {want:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{name}: one line: {stderr}");
+    s.assert_untouched();
+}
+
+fn set(args: &mut [String], flag: &str, value: &str) {
+    let i = args.iter().position(|a| a == flag).unwrap();
+    args[i + 1] = value.to_owned();
+}
+
+#[test]
+fn bad_ids_each_get_their_error() {
+    for (name, id) in [
+        ("id-chars", "vm_1"),
+        ("id-long", &"a".repeat(65)[..]),
+        ("id-empty", ""),
+        ("id-dots", ".."),
+    ] {
+        expect_error(
+            name,
+            |a, _| set(a, "--id", id),
+            &format!("--id {id:?}: an id is 1 to 64 characters, each ASCII alphanumeric or '-'"),
+        );
+    }
+}
+
+#[test]
+fn dot_dot_paths_are_refused() {
+    expect_error(
+        "dotdot-base",
+        |a, s| set(a, "--chroot-base-dir", &format!("{}/../base", s.base())),
+        "--chroot-base-dir",
+    );
+    expect_error(
+        "dotdot-exec",
+        |a, _| set(a, "--exec-file", "/usr/../usr/bin/true"),
+        "--exec-file \"/usr/../usr/bin/true\": contains a `..` component",
+    );
+    expect_error(
+        "dotdot-cgroup",
+        |a, _| a.extend(["--parent-cgroup".into(), "kiln/../..".into()]),
+        "--parent-cgroup \"kiln/../..\": contains a `..` component",
+    );
+    expect_error(
+        "dotdot-bind",
+        |a, _| a.extend(["--bind-ro".into(), "/tmp:/a/../../etc".into()]),
+        "--bind-ro \"/tmp:/a/../../etc\": contains a `..` component",
+    );
+    expect_error(
+        "cgroup-file",
+        |a, _| a.extend(["--cgroup".into(), "../../release_agent=/x".into()]),
+        "--cgroup \"../../release_agent=/x\": the file name cannot contain `/` or `..`",
+    );
+}
+
+#[test]
+fn exec_file_problems_each_get_their_error() {
+    expect_error(
+        "exec-missing",
+        |a, s| set(a, "--exec-file", &s.0.join("nope").display().to_string()),
+        "nope: no such file",
+    );
+    expect_error(
+        "exec-symlink",
+        |a, s| {
+            let link = s.0.join("link");
+            std::os::unix::fs::symlink(JAILER, &link).unwrap();
+            set(a, "--exec-file", &link.display().to_string());
+        },
+        "link: is a symbolic link; pass the file it points to",
+    );
+    expect_error(
+        "exec-dir",
+        |a, s| set(a, "--exec-file", &s.0.display().to_string()),
+        ": not a regular file",
+    );
+}
+
+#[test]
+fn other_flag_errors() {
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "uid0",
+            vec!["--uid", "0"],
+            "--uid 0: the VMM must not run as root",
+        ),
+        (
+            "gid-text",
+            vec!["--gid", "staff"],
+            "--gid \"staff\": not a decimal number",
+        ),
+        ("unknown", vec!["--bogus"], "unknown flag \"--bogus\""),
+        ("twice", vec!["--id", "again"], "flag --id given twice"),
+        (
+            "tap",
+            vec!["--tap", "tap0"],
+            "--tap \"tap0\" needs --netns or --new-netns",
+        ),
+        (
+            "netns-both",
+            vec!["--netns", "/run/netns/x", "--new-netns"],
+            "conflicts with --new-netns",
+        ),
+        (
+            "netns-missing",
+            vec!["--netns", "/nonexistent/ns"],
+            "--netns /nonexistent/ns",
+        ),
+        (
+            "rlimit",
+            vec!["--resource-limit", "stack=1"],
+            "--resource-limit \"stack=1\": unknown resource",
+        ),
+        (
+            "rlimit-raise",
+            vec!["--resource-limit", "no-file=1099511627776"],
+            "above the current hard limit",
+        ),
+        (
+            "egress",
+            vec!["--new-netns", "--egress-allow", "tcp,10.0.0.1/8,80"],
+            "host bits are set",
+        ),
+        (
+            "version",
+            vec!["--cgroup-version", "3"],
+            "--cgroup-version \"3\": expected 1, 2 or auto",
+        ),
+        (
+            "seccomp",
+            vec!["--seccomp-policy", "/nonexistent.json"],
+            "--seccomp-policy /nonexistent.json",
+        ),
+    ];
+    for (name, extra, want) in cases {
+        expect_error(
+            name,
+            |a, _| {
+                // Flags the base command line has are replaced, not repeated ("twice" aside).
+                let mut rest = extra.iter();
+                while let Some(flag) = rest.next() {
+                    let value = rest.clone().next().filter(|v| !v.starts_with("--"));
+                    match (a.iter().position(|x| x == flag), value, name) {
+                        (Some(i), Some(v), n) if n != "twice" => {
+                            a[i + 1] = v.to_string();
+                            rest.next();
+                        }
+                        _ => a.push(flag.to_string()),
+                    }
+                }
+            },
+            want,
+        );
+    }
+    let s = Scratch::new("missing");
+    let out = jailer(&["--id", "a", "--uid", "1", "--gid", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flag --exec-file is required"));
+    s.assert_untouched();
+}
+
+#[test]
+fn profile_errors_name_the_field() {
+    let cases = [
+        (
+            "p-unknown",
+            r#"{"cgroup": {"memory": 1}}"#,
+            "unknown field `memory`",
+        ),
+        (
+            "p-type",
+            r#"{"rlimits": {"no_file": "many"}}"#,
+            "invalid type",
+        ),
+        (
+            "p-cidr",
+            r#"{"egress": {"allow": [{"proto": "tcp", "cidr": "10.0.0.0"}]}}"#,
+            "egress.allow[0].cidr \"10.0.0.0\"",
+        ),
+        (
+            "p-access",
+            r#"{"landlock": {"paths": [{"path": "/run/x", "access": "rwx"}]}}"#,
+            "landlock.paths[0].access \"rwx\"",
+        ),
+    ];
+    for (name, text, want) in cases {
+        expect_error(
+            name,
+            |a, s| {
+                let p = s.0.join("profile.json");
+                std::fs::write(&p, text).unwrap();
+                a.extend(["--profile".into(), p.display().to_string()]);
+            },
+            want,
+        );
+    }
+}
+
+#[test]
+fn help_and_cleanup_of_nothing() {
+    let out = jailer(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("usage: jailer --id ID"));
+    let s = Scratch::new("cleanup");
+    let out = jailer(&[
+        "cleanup",
+        "--id",
+        "gone",
+        "--exec-file",
+        "/usr/bin/vmm",
+        "--chroot-base-dir",
+        &s.base(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--id gone: no jail at"), "{err}");
+    assert!(Path::new(&s.base()).exists());
+}

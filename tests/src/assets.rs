@@ -1,0 +1,121 @@
+//! Kiln's Linux guest assets (built by scripts/assets.sh) and the kernel command line that
+//! boots them on this kind of host. See guest/kernel/README.md.
+
+use std::path::{Path, PathBuf};
+
+/// The built guest assets, from `$KILN_CACHE/assets/current/`.
+#[derive(Debug, Clone)]
+pub struct LinuxAssets {
+    /// The kernel as an ELF file with a PVH note: boot this one in tests (a bzImage runs its
+    /// decompressor emulated on kvm_pvm hosts).
+    pub vmlinux: PathBuf,
+    /// The same kernel as `arch/x86/boot/bzImage` (LZ4-compressed, Linux boot protocol).
+    pub bz_image: PathBuf,
+    /// Uncompressed newc cpio holding `/init` (kiln-init) and `/dev`, `/proc`, `/sys`.
+    pub initramfs: PathBuf,
+    /// ext4 image with the same content, for `root=/dev/vda`. It is shared by every test:
+    /// copy it before attaching it read-write.
+    pub rootfs: PathBuf,
+}
+
+/// Work-arounds this host needs in the guest's command line (shared/notes/host-kvm.md): its
+/// KVM (kvm_pvm) emulates guest ring 0 and fails on XSAVE-family instructions, `lock
+/// cmpxchg16b` and the other features hidden here, whatever CPUID says.
+macro_rules! host_workarounds {
+    () => {
+        "noxsave clearcpuid=popcnt,cx16,smap,fsgsbase,rdpid,rdrand,rdseed,invpcid,pcid"
+    };
+}
+
+/// The same work-arounds, for callers that build their own command line.
+pub const HOST_WORKAROUND_ARGS: &str = host_workarounds!();
+
+/// Kernel command line for Kiln's VMM: serial console on ttyS0, a reset through the i8042
+/// controller on reboot (`reboot=k`, which the VMM treats as the end of the VM), an immediate
+/// reboot on panic, and [`HOST_WORKAROUND_ARGS`]. Append `root=`, `init=`, `ip=` and
+/// `virtio_mmio.device=` as needed.
+pub const KERNEL_CMDLINE: &str = concat!("console=ttyS0 reboot=k panic=-1 ", host_workarounds!());
+
+/// Kernel command line for QEMU's `microvm` machine: as [`KERNEL_CMDLINE`] but rebooting by
+/// triple fault (`reboot=t`), which ends QEMU when it runs with `-no-reboot`; microvm has no
+/// i8042 reset line. QEMU adds the `virtio_mmio.device=` arguments itself.
+pub const QEMU_MICROVM_CMDLINE: &str =
+    concat!("console=ttyS0 reboot=t panic=-1 ", host_workarounds!());
+
+/// Where scripts/assets.sh points at the current assets.
+pub fn assets_dir() -> PathBuf {
+    crate::cache_dir().join("assets").join("current")
+}
+
+/// The guest assets, panicking with a message naming what is missing when they are not built.
+pub fn require_linux_assets() -> LinuxAssets {
+    let dir = assets_dir();
+    let assets = LinuxAssets {
+        vmlinux: dir.join("vmlinux"),
+        bz_image: dir.join("bzImage"),
+        initramfs: dir.join("initramfs.cpio"),
+        rootfs: dir.join("rootfs.ext4"),
+    };
+    let missing: Vec<String> = [
+        &assets.vmlinux,
+        &assets.bz_image,
+        &assets.initramfs,
+        &assets.rootfs,
+    ]
+    .into_iter()
+    .filter(|p| !p.is_file())
+    .map(|p| p.display().to_string())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "MISSING PRECONDITION: Linux guest assets not built (missing: {}); run scripts/assets.sh \
+         (the README's test command does)",
+        missing.join(", ")
+    );
+    assets
+}
+
+/// Path of an executable found in `PATH`, panicking with how to install it when missing.
+pub fn require_program(name: &str, debian_package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "MISSING PRECONDITION: {name} is not installed (Debian package {debian_package}); \
+                 run scripts/assets.sh (the README's test command does)"
+            )
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_share_the_host_workarounds() {
+        assert!(KERNEL_CMDLINE.ends_with(HOST_WORKAROUND_ARGS));
+        assert!(QEMU_MICROVM_CMDLINE.ends_with(HOST_WORKAROUND_ARGS));
+        assert!(KERNEL_CMDLINE.contains("reboot=k"));
+        assert!(QEMU_MICROVM_CMDLINE.contains("reboot=t"));
+    }
+
+    #[test]
+    fn finds_a_program_in_path() {
+        assert!(require_program("sh", "dash").is_file());
+    }
+
+    #[test]
+    #[should_panic(expected = "MISSING PRECONDITION: kiln-no-such-program is not installed")]
+    fn names_a_missing_program() {
+        require_program("kiln-no-such-program", "none");
+    }
+}

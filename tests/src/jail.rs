@@ -1,0 +1,485 @@
+//! Helpers for the jailer's end-to-end tests: a per-test jail (unique id, chroot base,
+//! parent cgroup and uid), a running jailer whose probe output is read line by line, and
+//! snapshots of the host state a jail could leave behind (mounts, cgroups, network
+//! namespaces, files).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::{require_bin, require_root, unique_id};
+
+/// One test's jail: its id, chroot base directory, parent cgroup and identity.
+pub struct Jail {
+    pub id: String,
+    pub base: PathBuf,
+    pub parent_cgroup: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub jailer: PathBuf,
+    pub probe: PathBuf,
+}
+
+impl Jail {
+    /// A fresh jail description (nothing is created but the empty base directory).
+    pub fn new(prefix: &str) -> Self {
+        require_root();
+        static NEXT_UID: AtomicU32 = AtomicU32::new(0);
+        let id = unique_id(prefix);
+        let base = std::env::temp_dir().join(format!("kiln-jails-{id}"));
+        std::fs::create_dir_all(&base).expect("create the chroot base");
+        let n = NEXT_UID.fetch_add(1, Ordering::Relaxed);
+        let uid = 60_000 + (std::process::id() % 1000) * 50 + n;
+        Jail {
+            parent_cgroup: format!("kt-{id}"),
+            id,
+            base,
+            uid,
+            gid: uid,
+            jailer: require_bin("jailer"),
+            probe: require_bin("jail-probe"),
+        }
+    }
+
+    /// `<base>/jail-probe/<id>`.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.base.join("jail-probe").join(&self.id)
+    }
+
+    pub fn chroot_dir(&self) -> PathBuf {
+        self.jail_dir().join("root")
+    }
+
+    /// The jailer with this jail's common flags, `flags`, then `--` and the probe actions.
+    pub fn command(&self, flags: &[&str], probe_args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("--id")
+            .arg(&self.id)
+            .arg("--exec-file")
+            .arg(&self.probe)
+            .arg("--uid")
+            .arg(self.uid.to_string())
+            .arg("--gid")
+            .arg(self.gid.to_string())
+            .arg("--chroot-base-dir")
+            .arg(&self.base)
+            .arg("--parent-cgroup")
+            .arg(&self.parent_cgroup)
+            .arg("--parent-cgroup-relative")
+            .args(flags)
+            .arg("--")
+            .args(probe_args);
+        cmd
+    }
+
+    /// `jailer cleanup` for this jail.
+    pub fn cleanup_command(&self) -> Command {
+        let mut cmd = Command::new(&self.jailer);
+        cmd.arg("cleanup")
+            .arg("--id")
+            .arg(&self.id)
+            .arg("--exec-file")
+            .arg(&self.probe)
+            .arg("--chroot-base-dir")
+            .arg(&self.base);
+        cmd
+    }
+
+    /// What this jail could leave on the host (files: under `<base>/jail-probe`).
+    pub fn snapshot(&self) -> HostSnapshot {
+        HostSnapshot::take(
+            &[&self.id, &self.parent_cgroup],
+            &self.base.join("jail-probe"),
+        )
+    }
+
+    /// The jail's cgroup directory in the v1 hierarchy of `controller`.
+    pub fn cgroup_dir(&self, controller: &str) -> PathBuf {
+        own_cgroup_dir(controller)
+            .join(&self.parent_cgroup)
+            .join(&self.id)
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = self
+            .cleanup_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// This process's cgroup directory in the v1 hierarchy of `controller`.
+pub fn own_cgroup_dir(controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let own = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
+        })
+        .next()
+        .unwrap_or_else(|| panic!("no v1 {controller} line in /proc/self/cgroup"));
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(own.trim_start_matches('/'))
+}
+
+/// `key=value` lines printed by the probe (the last value of a repeated key wins).
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub values: BTreeMap<String, String>,
+    pub lines: Vec<String>,
+}
+
+impl Report {
+    pub fn add(&mut self, line: &str) {
+        self.lines.push(line.to_owned());
+        if let Some((k, v)) = line.split_once('=') {
+            self.values.insert(k.to_owned(), v.to_owned());
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut r = Report::default();
+        for l in text.lines() {
+            r.add(l);
+        }
+        r
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        match self.values.get(key) {
+            Some(v) => v,
+            None => panic!(
+                "probe did not report {key:?}; output:\n{}",
+                self.lines.join("\n")
+            ),
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+}
+
+/// A jailer started with piped stdio; the probe's output is read as it comes.
+pub struct Running {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+    pub report: Report,
+}
+
+impl Running {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Running {
+            child,
+            stdin,
+            lines: rx,
+            stderr,
+            report: Report::default(),
+        }
+    }
+
+    /// Reads probe output until `key` has been reported; panics with everything seen after
+    /// `timeout`.
+    pub fn wait_for(&mut self, key: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while !self.report.has(key) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.report.add(&line),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "probe never reported {key:?} within {timeout:?}; output so far:\n{}",
+                    self.report.lines.join("\n")
+                ),
+            }
+        }
+        self.report.get(key).to_owned()
+    }
+
+    /// Closes the probe's stdin (ends a `hold`).
+    pub fn release(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for the jailer to exit (killing it at the deadline), then collects the rest of
+    /// the probe's output (until every holder of the pipe is gone or `timeout` passes).
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        self.release();
+        let start = Instant::now();
+        let status = loop {
+            match self.child.try_wait().expect("try_wait") {
+                Some(s) => break Some(s),
+                None if start.elapsed() >= timeout => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.report.add(&line),
+                Err(_) => break,
+            }
+        }
+        let stderr = self.stderr.join().unwrap_or_default();
+        Finished {
+            status,
+            report: self.report,
+            stderr,
+        }
+    }
+}
+
+/// How a jailer run ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: Option<ExitStatus>,
+    pub report: Report,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}\n--- probe:\n{}\n--- stderr:\n{}",
+            self.status,
+            self.report.lines.join("\n"),
+            self.stderr
+        )
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    pub fn signal(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.and_then(|s| s.signal())
+    }
+}
+
+/// Host state that a jail could leave behind, restricted to names containing one of the
+/// test's needles (tests run in parallel; each only looks at what it could have made).
+#[derive(Debug, PartialEq, Eq)]
+pub struct HostSnapshot {
+    pub mounts: Vec<String>,
+    pub cgroups: Vec<String>,
+    pub netns: Vec<String>,
+    pub files: Vec<String>,
+}
+
+impl HostSnapshot {
+    pub fn take(needles: &[&str], base: &Path) -> Self {
+        let matches = |s: &str| needles.iter().any(|n| s.contains(n));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mounts = mountinfo
+            .lines()
+            .filter(|l| matches(l))
+            .map(|l| l.split(' ').skip(3).take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        let mut cgroups = Vec::new();
+        for root in cgroup_roots(&mountinfo) {
+            walk(&root, 0, &mut |p| {
+                if matches(&p.to_string_lossy()) {
+                    cgroups.push(p.display().to_string());
+                }
+            });
+        }
+        cgroups.sort();
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list (package iproute2)");
+        let netns = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| matches(l))
+            .map(str::to_owned)
+            .collect();
+        // Everything under the directory the jailer creates jails in (and it itself).
+        let mut files = Vec::new();
+        if base.exists() {
+            files.push(base.display().to_string());
+        }
+        walk_all(base, &mut files);
+        files.sort();
+        HostSnapshot {
+            mounts,
+            cgroups,
+            netns,
+            files,
+        }
+    }
+}
+
+fn cgroup_roots(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fs = right.split(' ').next()?;
+            let point = left.split(' ').nth(4)?;
+            (fs == "cgroup" || fs == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+fn walk(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
+    if depth > 8 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            f(&p);
+            walk(&p, depth + 1, f);
+        }
+    }
+}
+
+fn walk_all(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        out.push(p.display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_all(&p, out);
+        }
+    }
+}
+
+/// Runs a command that must succeed (set-up helpers: `ip`, `nft`).
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("MISSING PRECONDITION: cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Panics unless `program` can be found (a tool the test needs, with its Debian package).
+pub fn require_tool(program: &str, package: &str) {
+    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(program).is_file());
+    assert!(
+        found,
+        "MISSING PRECONDITION: {program} not found; install the Debian package {package}"
+    );
+}
+
+/// Size of one descriptor in an SCM_RIGHTS message.
+const FD_BYTES: u32 = libc::c_int::BITS / 8;
+
+/// Sends `fd` over a connected unix socket (SCM_RIGHTS).
+pub fn send_fd(socket: &std::os::unix::net::UnixStream, fd: &impl AsRawFd) -> std::io::Result<()> {
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE/CMSG_LEN are size computations.
+    let space = unsafe { libc::CMSG_SPACE(FD_BYTES) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below points into a live buffer.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `control` holds one full header of `space` bytes.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_BYTES) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), raw);
+    }
+    // SAFETY: sendmsg reads the buffers described by `msg`.
+    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Fields of /proc/PID/status.
+pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Waits until process `pid` is gone (or a zombie), up to `timeout`.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    false
+}

@@ -1,0 +1,239 @@
+//! Fast tier: virtio-net on a tap device, with the tiny test guest.
+//!
+//! Each test makes its own network namespace with a tap device in it (`ip netns add`, `ip
+//! tuntap add`, IPv6 off so the host stays quiet), runs the VMM inside it (`ip netns exec`)
+//! with the tap as its interface, and exchanges raw Ethernet frames of EtherType 0x88b5 with
+//! the guest through an `AF_PACKET` socket on the tap: the guest's frame must appear on the
+//! tap (`net-tx`), and a frame sent on the tap must reach the guest (`net-rx`), with and
+//! without merged receive buffers. No traffic leaves the namespace; it is deleted at the end.
+//!
+//! Needs root, /dev/kvm, iproute2 and the `vmm` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use kiln_tests::netns::NetNs;
+use kiln_tests::tiny::{self, field, TinyOutput};
+use kiln_tests::{require_bin, require_kvm, unique_id, wait_with_timeout};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+const HOST_MAC: [u8; 6] = [0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02];
+/// What the guest's `net-tx` frame carries (guest/tiny/src/scenarios/net.rs).
+const GUEST_PAYLOAD: &[u8] = b"KILN-TINY-NET-TX frame from the guest";
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_id("kiln-virtio-net"));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills the VMM on every way out of the test.
+struct Vmm(Child);
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A namespace with a tap, and the VMM running `boot_args` inside it on that tap; the
+/// guest's stdout lines arrive on the receiver.
+fn start(
+    ns: &NetNs,
+    dir: &Scratch,
+    tap: &str,
+    boot_args: &str,
+) -> (Vmm, Receiver<String>, Instant) {
+    require_kvm();
+    let cfg = dir.0.join("vm.json");
+    let text = format!(
+        "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"network-interfaces\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": {:?}}}]}}\n",
+        tiny::tiny_guest().to_str().expect("utf-8 path"),
+        mac_str(&GUEST_MAC)
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let mut cmd = ns.command(require_bin("vmm"));
+    cmd.arg("--config-file")
+        .arg(&cfg)
+        .arg("--no-api")
+        .arg("--metrics-path")
+        .arg(dir.0.join("metrics.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn the VMM in the namespace");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Vmm(child), rx, start)
+}
+
+/// Waits for the VMM to end; returns the guest's output (lines already taken included).
+fn finish(
+    mut vmm: Vmm,
+    rx: &Receiver<String>,
+    start: Instant,
+    mut seen: String,
+) -> (TinyOutput, String) {
+    let f = wait_with_timeout(&mut vmm.0, TIMEOUT, start);
+    for line in rx.try_iter() {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let all = format!("{f}\n--- guest:\n{seen}");
+    assert!(!f.stderr.contains("panicked"), "{all}");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{all}");
+    let out = TinyOutput::parse(&seen);
+    assert!(out.done && out.errors().is_empty(), "{all}");
+    (out, all)
+}
+
+fn metric(dir: &Scratch, group: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(dir.0.join("metrics.json")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v[group][name].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn tap_name() -> String {
+    // IFNAMSIZ: at most 15 bytes.
+    let id = unique_id("kt");
+    id.chars()
+        .rev()
+        .take(12)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect::<String>()
+        .replace('-', "")
+}
+
+#[test]
+fn a_frame_from_the_guest_appears_on_the_tap() {
+    let ns = NetNs::new("kiln-net-tx");
+    let dir = Scratch::new();
+    let tap = format!("t{}", tap_name());
+    ns.add_tap(&tap, None);
+    let sock = ns.packet_socket(&tap);
+    let (vmm, rx, start) = start(&ns, &dir, &tap, "kiln.test=net-tx");
+    let frame = sock.recv_matching(TIMEOUT, |f| f.len() >= 14 && f[12..14] == ETHERTYPE);
+    let (out, all) = finish(vmm, &rx, start, String::new());
+    let dev = &out.topic("net")[0];
+    assert_eq!(
+        field(dev, "mac"),
+        Some(mac_str(&GUEST_MAC).as_str()),
+        "{all}"
+    );
+    assert_eq!(field(&out.topic("net tx")[0], "used"), Some("1"), "{all}");
+    let frame = frame.unwrap_or_else(|| panic!("no frame of EtherType 0x88b5 on the tap\n{all}"));
+    assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+    assert_eq!(&frame[6..12], &GUEST_MAC, "from the guest's MAC");
+    assert_eq!(&frame[14..14 + GUEST_PAYLOAD.len()], GUEST_PAYLOAD);
+    assert_eq!(metric(&dir, "net", "tx_packets_count"), 1, "{all}");
+}
+
+/// Sends a frame of `payload_len` bytes to the guest once it is ready; returns the guest's
+/// `net rx` fields.
+fn receive(boot_args: &str, payload_len: usize) -> Vec<(String, String)> {
+    let ns = NetNs::new("kiln-net-rx");
+    let dir = Scratch::new();
+    let tap = format!("r{}", tap_name());
+    ns.add_tap(&tap, None);
+    let sock = ns.packet_socket(&tap);
+    let (vmm, rx, start) = start(&ns, &dir, &tap, boot_args);
+    let mut seen = String::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(TIMEOUT.saturating_sub(start.elapsed())) else {
+            panic!("the guest never said `net rx ready`; output:\n{seen}");
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.ends_with("net rx ready") {
+            break;
+        }
+    }
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&HOST_MAC);
+    frame.extend_from_slice(&ETHERTYPE);
+    let text = b"KILN-HOST-TO-GUEST frame from the host ";
+    frame.extend((0..payload_len).map(|i| text[i % text.len()]));
+    assert_eq!(sock.send(&frame).expect("send on the tap"), frame.len());
+    let (out, all) = finish(vmm, &rx, start, seen);
+    let fields = out
+        .topic("net rx")
+        .into_iter()
+        .find(|f| field(f, "len").is_some());
+    let fields = fields.unwrap_or_else(|| panic!("no `net rx len=` line\n{all}"));
+    assert_eq!(
+        field(&fields, "len"),
+        Some((14 + payload_len).to_string().as_str()),
+        "{all}"
+    );
+    assert_eq!(field(&fields, "ethertype"), Some("0x88b5"));
+    let payload = out
+        .value("net rx len")
+        .and_then(|v| v.split_once("payload="))
+        .map(|(_, p)| p.to_string());
+    assert_eq!(
+        payload.as_deref(),
+        Some(&String::from_utf8_lossy(&frame[14..14 + 64])[..]),
+        "{all}"
+    );
+    assert_eq!(metric(&dir, "net", "rx_packets_count"), 1, "{all}");
+    fields
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn get<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_frame_on_the_tap_reaches_the_guest() {
+    let fields = receive("kiln.test=net-rx", 200);
+    assert_eq!(get(&fields, "buffers"), Some("1"));
+}
+
+#[test]
+fn merged_receive_buffers_carry_a_frame_over_several_buffers() {
+    // 12 + 14 + 300 bytes in 128-byte buffers: 3 buffers.
+    let fields = receive("kiln.test=net-rx kiln.mrg=1", 300);
+    assert_eq!(get(&fields, "buffers"), Some("3"));
+}

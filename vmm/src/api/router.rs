@@ -1,0 +1,641 @@
+//! Routing: an HTTP request's verb, path and body become a typed [`ApiRequest`], with
+//! Firecracker's paths and verbs. Bodies are parsed into the [`crate::resources`] types with
+//! the same parser the config file uses; their validation happens in the resource setters,
+//! on the VMM thread.
+//!
+//! Refusals: 404 for a path Kiln does not serve, 405 (with `Allow`) for a wrong verb, 400
+//! for a missing or unreadable body.
+
+use super::http::{Method, Request};
+use super::{Action, ApiRequest, VmStateChange};
+use crate::metrics::{Counter, METRICS};
+use crate::resources::{
+    parse_json, BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    VsockConfig,
+};
+use serde::Deserialize;
+
+/// A path of the API (its first segments), before the verb is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    InstanceInfo,
+    Version,
+    MachineConfig,
+    BootSource,
+    Drives,
+    NetworkInterfaces,
+    Vsock,
+    Actions,
+    Logger,
+    Metrics,
+    Vm,
+    VmConfig,
+}
+
+impl Endpoint {
+    /// The verbs the path accepts, as the `Allow` header lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::InstanceInfo | Endpoint::Version | Endpoint::VmConfig => "GET",
+            Endpoint::MachineConfig => "GET, PUT, PATCH",
+            Endpoint::Drives | Endpoint::NetworkInterfaces => "PUT, PATCH",
+            Endpoint::BootSource
+            | Endpoint::Vsock
+            | Endpoint::Actions
+            | Endpoint::Logger
+            | Endpoint::Metrics => "PUT",
+            Endpoint::Vm => "PATCH",
+        }
+    }
+
+    fn accepts(self, method: &Method) -> bool {
+        let m = method.as_str();
+        self.allow().split(", ").any(|a| a == m)
+    }
+}
+
+/// Paths of Firecracker's API that Kiln does not implement: answered 404 with a message
+/// that says so, rather than a bare "unknown path".
+const FIRECRACKER_ONLY: &[&str] = &[
+    "balloon",
+    "cpu-config",
+    "entropy",
+    "hotplug",
+    "mmds",
+    "pmem",
+    "serial",
+    "snapshot",
+];
+
+/// A refusal decided without the VMM thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteError {
+    pub status: u16,
+    pub message: String,
+    /// For 405: the verbs the path accepts.
+    pub allow: Option<&'static str>,
+}
+
+impl RouteError {
+    fn bad_request(message: String) -> Self {
+        RouteError {
+            status: 400,
+            message,
+            allow: None,
+        }
+    }
+}
+
+/// The request counter and failure counter of a verb on an endpoint (Firecracker's
+/// `get_api_requests` / `put_api_requests` / `patch_api_requests` groups).
+pub fn counters(
+    endpoint: Endpoint,
+    method: &Method,
+) -> Option<(&'static Counter, Option<&'static Counter>)> {
+    let (g, p, pa) = (
+        &METRICS.get_api_requests,
+        &METRICS.put_api_requests,
+        &METRICS.patch_api_requests,
+    );
+    Some(match (method, endpoint) {
+        (Method::Get, Endpoint::InstanceInfo) => (&g.instance_info_count, None),
+        (Method::Get, Endpoint::Version) => (&g.vmm_version_count, None),
+        (Method::Get, Endpoint::MachineConfig) => (&g.machine_cfg_count, None),
+        (Method::Get, Endpoint::VmConfig) => (&g.vm_config_count, None),
+        (Method::Put, Endpoint::Actions) => (&p.actions_count, Some(&p.actions_fails)),
+        (Method::Put, Endpoint::BootSource) => (&p.boot_source_count, Some(&p.boot_source_fails)),
+        (Method::Put, Endpoint::Drives) => (&p.drive_count, Some(&p.drive_fails)),
+        (Method::Put, Endpoint::Logger) => (&p.logger_count, Some(&p.logger_fails)),
+        (Method::Put, Endpoint::MachineConfig) => {
+            (&p.machine_cfg_count, Some(&p.machine_cfg_fails))
+        }
+        (Method::Put, Endpoint::Metrics) => (&p.metrics_count, Some(&p.metrics_fails)),
+        (Method::Put, Endpoint::NetworkInterfaces) => (&p.network_count, Some(&p.network_fails)),
+        (Method::Put, Endpoint::Vsock) => (&p.vsock_count, Some(&p.vsock_fails)),
+        (Method::Patch, Endpoint::Drives) => (&pa.drive_count, Some(&pa.drive_fails)),
+        (Method::Patch, Endpoint::MachineConfig) => {
+            (&pa.machine_cfg_count, Some(&pa.machine_cfg_fails))
+        }
+        (Method::Patch, Endpoint::NetworkInterfaces) => {
+            (&pa.network_count, Some(&pa.network_fails))
+        }
+        (Method::Patch, Endpoint::Vm) => (&pa.vm_state_count, Some(&pa.vm_state_fails)),
+        _ => return None,
+    })
+}
+
+/// Finds the endpoint of a path, and the id segment of `/drives/{id}` and
+/// `/network-interfaces/{id}`. A trailing `/` is ignored.
+pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let segments: Vec<&str> = if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    };
+    let found = match segments.as_slice() {
+        [] => (Endpoint::InstanceInfo, None),
+        ["version"] => (Endpoint::Version, None),
+        ["machine-config"] => (Endpoint::MachineConfig, None),
+        ["boot-source"] => (Endpoint::BootSource, None),
+        ["drives"] => (Endpoint::Drives, None),
+        ["drives", id] => (Endpoint::Drives, Some(*id)),
+        ["network-interfaces"] => (Endpoint::NetworkInterfaces, None),
+        ["network-interfaces", id] => (Endpoint::NetworkInterfaces, Some(*id)),
+        ["vsock"] => (Endpoint::Vsock, None),
+        ["actions"] => (Endpoint::Actions, None),
+        ["logger"] => (Endpoint::Logger, None),
+        ["metrics"] => (Endpoint::Metrics, None),
+        ["vm"] => (Endpoint::Vm, None),
+        ["vm", "config"] => (Endpoint::VmConfig, None),
+        [first, ..] if FIRECRACKER_ONLY.contains(first) => {
+            return Err(RouteError {
+                status: 404,
+                message: format!("{path} is part of Firecracker's API but is not implemented by Kiln"),
+                allow: None,
+            })
+        }
+        _ => {
+            return Err(RouteError {
+                status: 404,
+                message: format!(
+                    "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
+                     /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /actions, /logger, /metrics, \
+                     /vm, /vm/config)"
+                ),
+                allow: None,
+            })
+        }
+    };
+    Ok(found)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmStateChange,
+}
+
+/// Routes one request. `Ok((endpoint, request))` goes to the VMM thread; `Err` is answered
+/// directly. The endpoint is returned with errors too when known, for the metrics.
+pub fn route(req: &Request) -> (Option<Endpoint>, Result<ApiRequest, RouteError>) {
+    let (endpoint, id) = match endpoint(&req.path) {
+        Ok(found) => found,
+        Err(e) => return (None, Err(e)),
+    };
+    (Some(endpoint), route_endpoint(endpoint, id, req))
+}
+
+fn route_endpoint(
+    endpoint: Endpoint,
+    id: Option<&str>,
+    req: &Request,
+) -> Result<ApiRequest, RouteError> {
+    let what = format!("{} {}", req.method.as_str(), req.path);
+    if !endpoint.accepts(&req.method) {
+        return Err(RouteError {
+            status: 405,
+            message: format!(
+                "method {} is not allowed on {} (allowed: {})",
+                req.method.as_str(),
+                req.path,
+                endpoint.allow()
+            ),
+            allow: Some(endpoint.allow()),
+        });
+    }
+    let body = match (&req.method, req.body.as_deref()) {
+        (Method::Get, None) => "",
+        (Method::Get, Some(_)) => {
+            return Err(RouteError::bad_request(format!(
+                "{what}: a GET request cannot have a body"
+            )))
+        }
+        (_, None) => {
+            return Err(RouteError::bad_request(format!(
+                "{what}: the request needs a JSON body, sent with a Content-Length header"
+            )))
+        }
+        (_, Some(bytes)) => std::str::from_utf8(bytes).map_err(|_| {
+            RouteError::bad_request(format!("{what}: the request body is not valid UTF-8"))
+        })?,
+    };
+    let need_id = |kind: &str, name: &str| -> Result<String, RouteError> {
+        match id {
+            Some(id) => Ok(id.to_string()),
+            None => Err(RouteError::bad_request(format!(
+                "{what}: the path needs the {kind} id: /{name}/{{id}}"
+            ))),
+        }
+    };
+    let json = |e: crate::resources::ResourceError| RouteError::bad_request(e.to_string());
+    let request = match (&req.method, endpoint) {
+        (Method::Get, Endpoint::InstanceInfo) => ApiRequest::GetInstanceInfo,
+        (Method::Get, Endpoint::Version) => ApiRequest::GetVersion,
+        (Method::Get, Endpoint::MachineConfig) => ApiRequest::GetMachineConfig,
+        (Method::Get, Endpoint::VmConfig) => ApiRequest::GetVmConfig,
+        (Method::Put, Endpoint::MachineConfig) => {
+            ApiRequest::PutMachineConfig(parse_json::<MachineConfig>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::MachineConfig) => {
+            ApiRequest::PatchMachineConfig(parse_json::<MachineConfigUpdate>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::BootSource) => {
+            ApiRequest::PutBootSource(parse_json::<BootSourceConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Drives) => {
+            let path_id = need_id("drive", "drives")?;
+            ApiRequest::PutDrive {
+                path_id,
+                config: parse_json::<DriveConfig>(body).map_err(json)?,
+            }
+        }
+        (Method::Patch, Endpoint::Drives) => {
+            let path_id = need_id("drive", "drives")?;
+            ApiRequest::PatchDrive {
+                path_id,
+                update: parse_json::<DriveUpdate>(body).map_err(json)?,
+            }
+        }
+        (Method::Put, Endpoint::NetworkInterfaces) => {
+            let path_id = need_id("network interface", "network-interfaces")?;
+            ApiRequest::PutNetworkInterface {
+                path_id,
+                config: parse_json::<NetworkInterfaceConfig>(body).map_err(json)?,
+            }
+        }
+        (Method::Patch, Endpoint::NetworkInterfaces) => {
+            let path_id = need_id("network interface", "network-interfaces")?;
+            ApiRequest::PatchNetworkInterface {
+                path_id,
+                update: parse_json::<NetworkInterfaceUpdate>(body).map_err(json)?,
+            }
+        }
+        (Method::Put, Endpoint::Vsock) => {
+            ApiRequest::PutVsock(parse_json::<VsockConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Logger) => {
+            ApiRequest::PutLogger(parse_json::<LoggerConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Metrics) => {
+            ApiRequest::PutMetrics(parse_json::<MetricsConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Actions) => {
+            ApiRequest::Action(parse_json::<ActionBody>(body).map_err(json)?.action_type)
+        }
+        (Method::Patch, Endpoint::Vm) => {
+            ApiRequest::PatchVm(parse_json::<VmStateBody>(body).map_err(json)?.state)
+        }
+        // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
+        // without a panic.
+        _ => {
+            return Err(RouteError {
+                status: 405,
+                message: format!(
+                    "method {} is not allowed on {}",
+                    req.method.as_str(),
+                    req.path
+                ),
+                allow: Some(endpoint.allow()),
+            })
+        }
+    };
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, path: &str, body: Option<&str>) -> Request {
+        Request {
+            method,
+            path: path.to_string(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+            keep_alive: true,
+        }
+    }
+
+    fn ok(method: Method, path: &str, body: Option<&str>) -> ApiRequest {
+        match route(&req(method.clone(), path, body)) {
+            (_, Ok(r)) => r,
+            (_, Err(e)) => panic!("{method:?} {path} {body:?}: {e:?}"),
+        }
+    }
+
+    fn refused(method: Method, path: &str, body: Option<&str>) -> RouteError {
+        match route(&req(method.clone(), path, body)) {
+            (_, Ok(r)) => panic!("{method:?} {path} {body:?} was routed to {r:?}"),
+            (_, Err(e)) => e,
+        }
+    }
+
+    #[test]
+    fn table_of_routed_requests() {
+        use Method::*;
+        let cases: Vec<(Method, &str, Option<&str>, ApiRequest)> = vec![
+            (Get, "/", None, ApiRequest::GetInstanceInfo),
+            (Get, "/version", None, ApiRequest::GetVersion),
+            (Get, "/machine-config", None, ApiRequest::GetMachineConfig),
+            (Get, "/machine-config/", None, ApiRequest::GetMachineConfig),
+            (Get, "/vm/config", None, ApiRequest::GetVmConfig),
+            (
+                Put,
+                "/machine-config",
+                Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+                ApiRequest::PutMachineConfig(MachineConfig {
+                    vcpu_count: 2,
+                    mem_size_mib: 256,
+                    ..Default::default()
+                }),
+            ),
+            (
+                Patch,
+                "/machine-config",
+                Some(r#"{"mem_size_mib": 64}"#),
+                ApiRequest::PatchMachineConfig(MachineConfigUpdate {
+                    mem_size_mib: Some(64),
+                    ..Default::default()
+                }),
+            ),
+            (
+                Put,
+                "/boot-source",
+                Some(r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#),
+                ApiRequest::PutBootSource(BootSourceConfig {
+                    kernel_image_path: "/k".into(),
+                    boot_args: Some("console=ttyS0".into()),
+                    initrd_path: None,
+                }),
+            ),
+            (
+                Patch,
+                "/drives/rootfs",
+                Some(r#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+                ApiRequest::PatchDrive {
+                    path_id: "rootfs".into(),
+                    update: DriveUpdate {
+                        drive_id: "rootfs".into(),
+                        path_on_host: Some("/x".into()),
+                    },
+                },
+            ),
+            (
+                Patch,
+                "/network-interfaces/eth0",
+                Some(r#"{"iface_id": "eth0"}"#),
+                ApiRequest::PatchNetworkInterface {
+                    path_id: "eth0".into(),
+                    update: NetworkInterfaceUpdate {
+                        iface_id: "eth0".into(),
+                    },
+                },
+            ),
+            (
+                Put,
+                "/vsock",
+                Some(r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#),
+                ApiRequest::PutVsock(VsockConfig {
+                    vsock_id: None,
+                    guest_cid: 3,
+                    uds_path: "/v.sock".into(),
+                }),
+            ),
+            (
+                Put,
+                "/metrics",
+                Some(r#"{"metrics_path": "/m"}"#),
+                ApiRequest::PutMetrics(MetricsConfig {
+                    metrics_path: "/m".into(),
+                }),
+            ),
+            (
+                Put,
+                "/actions",
+                Some(r#"{"action_type": "InstanceStart"}"#),
+                ApiRequest::Action(Action::InstanceStart),
+            ),
+            (
+                Put,
+                "/actions",
+                Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+                ApiRequest::Action(Action::SendCtrlAltDel),
+            ),
+            (
+                Put,
+                "/actions",
+                Some(r#"{"action_type": "FlushMetrics"}"#),
+                ApiRequest::Action(Action::FlushMetrics),
+            ),
+            (
+                Patch,
+                "/vm",
+                Some(r#"{"state": "Paused"}"#),
+                ApiRequest::PatchVm(VmStateChange::Paused),
+            ),
+            (
+                Patch,
+                "/vm",
+                Some(r#"{"state": "Resumed"}"#),
+                ApiRequest::PatchVm(VmStateChange::Resumed),
+            ),
+        ];
+        for (method, path, body, want) in cases {
+            assert_eq!(ok(method.clone(), path, body), want, "{method:?} {path}");
+        }
+        // Bodies whose types are only checked here: drives, interfaces, logger.
+        assert!(matches!(
+            ok(Put, "/drives/rootfs", Some(r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true}"#)),
+            ApiRequest::PutDrive { path_id, config } if path_id == "rootfs" && config.is_root_device
+        ));
+        assert!(matches!(
+            ok(Put, "/network-interfaces/net1", Some(r#"{"iface_id":"net1","guest_mac":"06:00:AC:10:00:02","host_dev_name":"tap0"}"#)),
+            ApiRequest::PutNetworkInterface { path_id, .. } if path_id == "net1"
+        ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/logger",
+                Some(
+                    r#"{"log_path":"/l","level":"Debug","show_level":true,"show_log_origin":true}"#
+                )
+            ),
+            ApiRequest::PutLogger(_)
+        ));
+    }
+
+    #[test]
+    fn table_of_refused_requests() {
+        use Method::*;
+        let delete = || Other("DELETE".to_string());
+        // (method, path, body, status, a word the message must contain)
+        let cases: Vec<(Method, &str, Option<&str>, u16, &str)> = vec![
+            (Get, "/nope", None, 404, "no such path"),
+            (Get, "/drives/a/b", None, 404, "no such path"),
+            (Put, "/mmds", Some("{}"), 404, "not implemented by Kiln"),
+            (
+                Put,
+                "/snapshot/create",
+                Some("{}"),
+                404,
+                "not implemented by Kiln",
+            ),
+            (Get, "/vm/config/x", None, 404, "no such path"),
+            (Put, "/", Some("{}"), 405, "GET"),
+            (Post("POST"), "/actions", Some("{}"), 405, "PUT"),
+            (delete(), "/drives/x", None, 405, "PUT, PATCH"),
+            (Get, "/boot-source", None, 405, "PUT"),
+            (Get, "/vm", None, 405, "PATCH"),
+            (Put, "/vm", Some("{}"), 405, "PATCH"),
+            (Get, "/", Some("{}"), 400, "cannot have a body"),
+            (Put, "/actions", None, 400, "Content-Length"),
+            (Patch, "/vm", None, 400, "Content-Length"),
+            (Put, "/drives", Some("{}"), 400, "drive id"),
+            (
+                Put,
+                "/network-interfaces/",
+                Some("{}"),
+                400,
+                "network interface id",
+            ),
+            (Put, "/actions", Some("{"), 400, "invalid JSON"),
+            (
+                Put,
+                "/actions",
+                Some(r#"{"action_type": "Explode"}"#),
+                400,
+                "unknown variant",
+            ),
+            (
+                Put,
+                "/actions",
+                Some(r#"{"action_type": "InstanceStart", "x": 1}"#),
+                400,
+                "unknown field",
+            ),
+            (
+                Put,
+                "/actions",
+                Some("{}"),
+                400,
+                "missing field `action_type`",
+            ),
+            (
+                Put,
+                "/machine-config",
+                Some(r#"{"vcpu_count": "2", "mem_size_mib": 1}"#),
+                400,
+                "invalid type",
+            ),
+            (
+                Put,
+                "/machine-config",
+                Some(r#"{"vcpu_count": 300, "mem_size_mib": 1}"#),
+                400,
+                "invalid value",
+            ),
+            (
+                Put,
+                "/machine-config",
+                Some(r#"{"vcpu_count": 1, "mem_size_mib": 1, "foo": 1}"#),
+                400,
+                "unknown field `foo`",
+            ),
+            (
+                Put,
+                "/boot-source",
+                Some(r#"{"boot_args": "x"}"#),
+                400,
+                "kernel_image_path",
+            ),
+            (
+                Patch,
+                "/vm",
+                Some(r#"{"state": "Stopped"}"#),
+                400,
+                "unknown variant",
+            ),
+            (
+                Put,
+                "/network-interfaces/n",
+                Some(r#"{"iface_id":"n","host_dev_name":"t","guest_mac":"zz"}"#),
+                400,
+                "not a MAC",
+            ),
+            (
+                Put,
+                "/logger",
+                Some(r#"{"level": "Loud"}"#),
+                400,
+                "unknown variant",
+            ),
+            (Put, "/metrics", Some("42"), 400, "invalid type"),
+        ];
+        for (method, path, body, status, word) in cases {
+            let e = refused(method.clone(), path, body);
+            assert_eq!(e.status, status, "{method:?} {path} {body:?}: {e:?}");
+            assert!(
+                e.message.contains(word),
+                "{method:?} {path} {body:?}: {:?} lacks {word:?}",
+                e.message
+            );
+            assert_eq!(e.allow.is_some(), status == 405);
+        }
+        let e = refused(Put, "/actions", None);
+        assert!(e.message.starts_with("PUT /actions"), "{}", e.message);
+        let bad_utf8 = Request {
+            method: Put,
+            path: "/vm".into(),
+            body: Some(vec![0xff]),
+            keep_alive: true,
+        };
+        // /vm refuses PUT before looking at the body.
+        assert_eq!(route(&bad_utf8).1.unwrap_err().status, 405);
+        let bad_utf8 = Request {
+            method: Patch,
+            path: "/vm".into(),
+            body: Some(vec![0xff]),
+            keep_alive: true,
+        };
+        assert!(route(&bad_utf8).1.unwrap_err().message.contains("UTF-8"));
+    }
+
+    #[allow(non_snake_case)]
+    fn Post(s: &str) -> Method {
+        Method::Other(s.to_string())
+    }
+
+    #[test]
+    fn every_endpoint_verb_pair_has_counters() {
+        for (m, p) in [
+            (Method::Get, "/"),
+            (Method::Get, "/version"),
+            (Method::Get, "/machine-config"),
+            (Method::Put, "/machine-config"),
+            (Method::Patch, "/machine-config"),
+            (Method::Put, "/boot-source"),
+            (Method::Put, "/drives/x"),
+            (Method::Patch, "/drives/x"),
+            (Method::Put, "/network-interfaces/x"),
+            (Method::Patch, "/network-interfaces/x"),
+            (Method::Put, "/vsock"),
+            (Method::Put, "/actions"),
+            (Method::Put, "/logger"),
+            (Method::Put, "/metrics"),
+            (Method::Get, "/vm/config"),
+            (Method::Patch, "/vm"),
+        ] {
+            let (e, _) = endpoint(p).unwrap();
+            assert!(e.accepts(&m), "{m:?} {p}");
+            assert!(counters(e, &m).is_some(), "{m:?} {p}");
+        }
+    }
+}

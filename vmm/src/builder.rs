@@ -1,0 +1,222 @@
+//! From [`VmResources`] to a running [`Vmm`]: `build_microvm` creates the KVM VM, guest
+//! memory, devices and vCPUs, loads the kernel, initrd and command line, then starts the
+//! vCPU threads (Firecracker's `InstanceStart`).
+//!
+//! Start-up latency matters: creating the VM's memory slots, irqchip and PIT waits in the
+//! kernel (milliseconds on some hosts, see [`crate::vstate::vm`]), so a helper thread does it
+//! while this one loads the kernel. `--boot-timer` prints where the time went.
+
+use crate::arch::x86_64::cpuid::Topology;
+use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
+use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
+use crate::exit::{ExitNotifier, VmExit};
+use crate::loader::{self, EntryPreference, LoadError};
+use crate::resources::VmResources;
+use crate::signals::{self, SignalError};
+use crate::vmm::Vmm;
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
+use crate::vstate::vcpu_thread::{self, VcpuShared};
+use crate::vstate::vm::{Vm, VmError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("boot-source is missing: the microVM has no kernel to boot")]
+    MissingBootSource,
+    #[error(transparent)]
+    Virtio(#[from] VirtioSetupError),
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Serial(#[from] SerialError),
+    #[error("cannot create the exit eventfd or the event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("cannot start the thread of vCPU {index}: {source}")]
+    SpawnVcpu { index: u8, source: std::io::Error },
+    #[error("the thread creating the KVM VM panicked")]
+    PlatformThread,
+}
+
+/// Start-up phases and when they ended, relative to process start.
+#[derive(Debug, Clone)]
+pub struct StartupTrace {
+    origin: Instant,
+    marks: Arc<Mutex<Vec<(&'static str, Duration)>>>,
+}
+
+impl StartupTrace {
+    /// `origin` is when the process started (see `--start-time-us`).
+    pub fn new(origin: Instant) -> Self {
+        StartupTrace {
+            origin,
+            marks: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn mark(&self, phase: &'static str) {
+        let at = self.origin.elapsed();
+        crate::devices::bus::lock(&self.marks).push((phase, at));
+    }
+
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// One line per phase: `phase: at X.XXX ms` (durations say `took`).
+    pub fn report(&self) -> String {
+        crate::devices::bus::lock(&self.marks)
+            .iter()
+            .map(|(p, d)| format!("boot-timer: {p}: {:.3} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// How to build the microVM beyond what [`VmResources`] says.
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Where the guest's serial output goes.
+    pub serial: SerialSink,
+    /// Which kernel entry to use.
+    pub entry: EntryPreference,
+    /// Records start-up phases and prints the guest's first serial byte time (`--boot-timer`).
+    pub trace: Option<StartupTrace>,
+}
+
+/// Builds the microVM described by `res` and starts its vCPUs.
+///
+/// Two threads share the work: a helper creates the KVM VM (memory slots, irqchip, PIT;
+/// mostly waiting in the kernel) while this thread loads the kernel, initrd and boot
+/// information into the already mapped guest memory. vCPUs and devices follow, once both
+/// are done.
+pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, BuildError> {
+    let trace = opts.trace;
+    let mark = |p: &'static str| {
+        if let Some(t) = &trace {
+            t.mark(p);
+        }
+    };
+    let boot = res
+        .boot_source
+        .as_ref()
+        .ok_or(BuildError::MissingBootSource)?;
+    let mc = &res.machine_config;
+    let mem_size = mc.mem_size_bytes();
+    signals::install_kick_handler()?;
+
+    let mut serial_out = SerialOutput::open(&opts.serial)?;
+    let origin = trace.as_ref().map(StartupTrace::origin);
+    serial_out.on_first_byte(Box::new(move || {
+        // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
+        crate::timing::record_guest_output();
+        if let Some(origin) = origin {
+            eprintln!(
+                "boot-timer: first guest serial byte: {:.3} ms",
+                origin.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }));
+    let exits = Arc::new(ExitNotifier::new().map_err(BuildError::EventLoop)?);
+    let mem = memory::create_guest_memory(mem_size)?;
+    mark("guest memory mapped");
+
+    let (vm, kernel, dm, tables, mut virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
+        let platform = s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &mark));
+        let load = || -> Result<_, BuildError> {
+            let kernel = loader::load_kernel(&mem, &boot.kernel_image_path, mem_size, opts.entry)?;
+            mark("kernel loaded");
+            let initrd = match &boot.initrd_path {
+                Some(p) => {
+                    let rd = loader::load_initrd(&mem, p, &kernel, mem_size)?;
+                    mark("initrd loaded");
+                    Some(rd)
+                }
+                None => None,
+            };
+            // virtio-mmio devices first: the command line lists them.
+            let mut dm = DeviceManager::new();
+            let virtio = virtio_setup::attach_devices(&mut dm, &mem, res)?;
+            let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
+            let cmdline = loader::build_cmdline(&boot_args, &dm)?;
+            let tables =
+                loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, mc.vcpu_count)?;
+            mark("command line and boot information written");
+            Ok((kernel, dm, tables, virtio))
+        };
+        let loaded = load();
+        let vm = platform.join().map_err(|_| BuildError::PlatformThread)?;
+        let (kernel, dm, tables, virtio) = loaded?;
+        Ok((vm?, kernel, dm, tables, virtio))
+    })?;
+    mark("VM and guest memory ready");
+
+    let mut dm = dm;
+    virtio.wire(&vm)?;
+    let reset_exits = exits.clone();
+    dm.attach_legacy_devices(
+        &vm,
+        serial_out,
+        Box::new(move || {
+            reset_exits.notify(VmExit::GuestReset {
+                how: "i8042 CPU reset",
+            })
+        }),
+    )?;
+    let cfg = VcpuConfig {
+        topology: Topology {
+            vcpu_count: mc.vcpu_count,
+            smt: mc.smt,
+        },
+        template: mc.cpu_template,
+        entry: kernel.entry,
+        tables: &tables,
+    };
+    let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
+    for index in 0..mc.vcpu_count {
+        let v = Vcpu::new(&vm, index)?;
+        v.configure(&vm, &cfg)?;
+        vcpus.push(v);
+    }
+    mark("devices and vCPUs created and configured");
+
+    let mut devices = dm.finish();
+    devices.virtio = std::mem::take(&mut virtio.handles);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+    let shared = VcpuShared {
+        pio: devices.pio.clone(),
+        mmio: devices.mmio.clone(),
+        exits: exits.clone(),
+        acks: ack_tx,
+        mem: mem.clone(),
+    };
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        let index = v.index;
+        match vcpu_thread::spawn(v, shared.clone()) {
+            Ok(h) => handles.push(h),
+            Err(source) => {
+                // Stop the vCPUs already running before reporting.
+                drop(Vmm::new(handles, ack_rx, exits, devices, vm, mem));
+                return Err(BuildError::SpawnVcpu { index, source });
+            }
+        }
+    }
+    mark("vCPU threads started");
+    let mut vmm =
+        Vmm::new(handles, ack_rx, exits, devices, vm, mem).map_err(BuildError::EventLoop)?;
+    virtio.start(&mut vmm)?;
+    Ok(vmm)
+}

@@ -1,0 +1,13 @@
+//! Emulated devices and how guest accesses reach them.
+//!
+//! - [`bus`]: port-I/O and MMIO address spaces mapping guest accesses to devices.
+//! - [`legacy`]: the 8250 UART (COM1) and the i8042 controller (reset + keyboard).
+//! - [`manager`]: wires devices to the buses and to IRQs, allocates virtio-mmio windows and
+//!   IRQs, and adds their `virtio_mmio.device=` entries to the kernel command line.
+//! - [`virtio`]: the virtio-mmio transport, the virtqueue mechanics, and the virtio-blk and
+//!   virtio-net devices.
+
+pub mod bus;
+pub mod legacy;
+pub mod manager;
+pub mod virtio;

@@ -1,0 +1,631 @@
+//! virtio-blk: a drive backed by a raw image file.
+//!
+//! - [`request`]: parsing a descriptor chain into a request and checking its range.
+//! - [`disk`]: the backing file (read-only drives are opened `O_RDONLY`).
+//!
+//! One queue of [`QUEUE_SIZE`]. Requests: `IN`, `OUT`, `FLUSH`, `GET_ID` (the drive id, at
+//! most 20 bytes); anything else is answered `UNSUPP`. Offered features: `VERSION_1`,
+//! `SEG_MAX` ([`SEG_MAX`]), `SIZE_MAX` ([`SIZE_MAX`]), `RO` for read-only drives, `FLUSH`
+//! when the cache type is `Writeback` (a flush then `fdatasync`s the file; with `Unsafe` it
+//! is acknowledged without syncing). A request's data is at most [`MAX_REQUEST_BYTES`] in
+//! whole sectors inside the disk; anything else, and any write to a read-only drive, is
+//! answered `IOERR` (counted in `block.*`). A chain that is not a request (see
+//! [`super::queue::walk_chain`], or no status byte) is returned with length 0 and counted; a
+//! broken available ring sets `DEVICE_NEEDS_RESET`.
+//!
+//! Work per event is bounded: at most [`REQUESTS_PER_EVENT`] requests or
+//! [`BYTES_PER_EVENT`] bytes, then the queue waits for its next turn.
+
+pub mod disk;
+pub mod request;
+
+use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
+use super::{
+    read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
+use crate::metrics::METRICS;
+use crate::resources::{CacheType, DriveConfig};
+use disk::{Disk, DiskError};
+use request::{RequestError, RequestType, ID_LEN};
+use std::sync::Arc;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+pub const QUEUE_SIZE: u16 = 256;
+/// Data segments per request (the queue minus the header and status descriptors).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data segment the driver should make.
+pub const SIZE_MAX: u32 = 64 << 10;
+/// Largest request the device serves: what `SEG_MAX` and `SIZE_MAX` allow (~15.9 MiB).
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+pub const REQUESTS_PER_EVENT: usize = 64;
+pub const BYTES_PER_EVENT: u64 = 8 << 20;
+/// Bytes of configuration space served: capacity, size_max, seg_max, geometry, blk_size.
+const CONFIG_LEN: usize = 24;
+/// Request statuses (VIRTIO_BLK_S_*), as the byte the device writes.
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("drive {drive_id}: {source}")]
+    Disk { drive_id: String, source: DiskError },
+}
+
+/// A started device: what the driver gave at `DRIVER_OK`.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    broken: bool,
+}
+
+pub struct Block {
+    drive_id: String,
+    id_bytes: [u8; ID_LEN],
+    disk: Disk,
+    cache: CacheType,
+    active: Option<Active>,
+    warnings: LogBudget,
+}
+
+impl Block {
+    /// Opens the drive's backing file (read-only drives `O_RDONLY`).
+    pub fn new(cfg: &DriveConfig) -> Result<Block, BlockError> {
+        let disk =
+            Disk::open(&cfg.path_on_host, cfg.is_read_only).map_err(|source| BlockError::Disk {
+                drive_id: cfg.drive_id.clone(),
+                source,
+            })?;
+        let mut id_bytes = [0u8; ID_LEN];
+        for (d, s) in id_bytes.iter_mut().zip(cfg.drive_id.bytes()) {
+            *d = s;
+        }
+        Ok(Block {
+            drive_id: cfg.drive_id.clone(),
+            id_bytes,
+            disk,
+            cache: cfg.cache_type,
+            active: None,
+            warnings: LogBudget::new(),
+        })
+    }
+
+    pub fn drive_id(&self) -> &str {
+        &self.drive_id
+    }
+
+    /// Capacity in sectors, as the guest sees it.
+    pub fn capacity(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    /// Points the drive at another file (same read-only mode). The caller tells the driver
+    /// (configuration-change interrupt): the capacity may differ.
+    pub fn swap_backing(&mut self, path: &str) -> Result<(), BlockError> {
+        let disk = Disk::open(path, self.disk.read_only()).map_err(|source| BlockError::Disk {
+            drive_id: self.drive_id.clone(),
+            source,
+        })?;
+        crate::log_info!(
+            "drive {}: backing file {} replaced by {} ({} sectors)",
+            self.drive_id,
+            self.disk.path(),
+            path,
+            disk.sectors()
+        );
+        self.disk = disk;
+        METRICS.block.backing_swaps.inc();
+        Ok(())
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        c[0..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        c[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c[20..24].copy_from_slice(&512u32.to_le_bytes());
+        c
+    }
+
+    /// Serves up to the per-event limits.
+    fn process(&mut self, ctx: &mut EventCtx) {
+        let Block {
+            disk,
+            cache,
+            id_bytes,
+            active,
+            drive_id,
+            warnings,
+        } = self;
+        let Some(a) = active.as_mut() else { return };
+        if a.broken {
+            return;
+        }
+        let (mut served, mut bytes, mut used) = (0usize, 0u64, false);
+        loop {
+            if served >= REQUESTS_PER_EVENT || bytes >= BYTES_PER_EVENT {
+                if queue::has_available(&a.queue, &a.mem) {
+                    ctx.again();
+                }
+                break;
+            }
+            let head = match pop_head(&mut a.queue, &a.mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    break_queue(drive_id, warnings, a, &e);
+                    break;
+                }
+            };
+            let len = match walk_chain(&a.queue, &a.mem, head) {
+                Ok(chain) => {
+                    let (len, io) = execute(disk, *cache, id_bytes, &a.mem, &chain);
+                    bytes += io;
+                    len
+                }
+                Err(e) => {
+                    METRICS.virtio.invalid_chains.inc();
+                    crate::log_debug!("drive {drive_id}: descriptor chain {head} refused: {e}");
+                    0
+                }
+            };
+            if let Err(e) = add_used(&mut a.queue, &a.mem, head, len) {
+                METRICS.virtio.used_ring_errors.inc();
+                break_queue(drive_id, warnings, a, &e);
+                break;
+            }
+            used = true;
+            served += 1;
+        }
+        if used && a.queue.needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+    }
+}
+
+fn break_queue(drive_id: &str, warnings: &mut LogBudget, a: &mut Active, e: &queue::QueueError) {
+    if matches!(
+        e,
+        queue::QueueError::AvailIndex { .. } | queue::QueueError::HeadIndex { .. }
+    ) {
+        METRICS.virtio.avail_ring_errors.inc();
+    }
+    if warnings.take() {
+        crate::log_warn!(
+            "drive {drive_id}: the driver broke the queue ({e}); the device needs a reset"
+        );
+    }
+    a.broken = true;
+    a.interrupt.signal_needs_reset();
+}
+
+/// Executes one request; returns the used length (bytes written to the chain) and the
+/// bytes of disk I/O done.
+fn execute(
+    disk: &mut Disk,
+    cache: CacheType,
+    id: &[u8; ID_LEN],
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+) -> (u32, u64) {
+    let req = match request::parse(mem, chain) {
+        Ok(r) => r,
+        Err(RequestError::NoStatus) => {
+            METRICS.block.invalid_reqs_count.inc();
+            return (0, 0);
+        }
+        Err(RequestError::ShortHeader(_)) => {
+            METRICS.block.invalid_reqs_count.inc();
+            let at = queue::total_len(&chain.writable).saturating_sub(1);
+            let n = write_stream(mem, &chain.writable, at, &[S_IOERR]);
+            return (u32::try_from(n).unwrap_or(0), 0);
+        }
+    };
+    let capacity = disk.sectors();
+    let mut written: u64 = 0;
+    let mut io: u64 = 0;
+    let status = match req.kind {
+        RequestType::In | RequestType::Out => match req.check_range(capacity, MAX_REQUEST_BYTES) {
+            Err(_) => {
+                METRICS.block.out_of_range_count.inc();
+                S_IOERR
+            }
+            Ok(_) if req.kind == RequestType::Out && disk.read_only() => {
+                METRICS.block.read_only_write_count.inc();
+                S_IOERR
+            }
+            Ok(offset) => {
+                let result = if req.kind == RequestType::In {
+                    disk.read_into(mem, offset, segments(&chain.writable, 0, req.data_len))
+                } else {
+                    disk.write_from(
+                        mem,
+                        offset,
+                        segments(&chain.readable, request::HEADER_LEN, req.data_len),
+                    )
+                };
+                match result {
+                    Ok(()) => {
+                        io = req.data_len;
+                        if req.kind == RequestType::In {
+                            written = req.data_len;
+                            METRICS.block.read_count.inc();
+                            METRICS.block.read_bytes.add(req.data_len);
+                        } else {
+                            METRICS.block.write_count.inc();
+                            METRICS.block.write_bytes.add(req.data_len);
+                        }
+                        S_OK
+                    }
+                    Err(e) => {
+                        METRICS.block.io_errors.inc();
+                        crate::log_warn!("drive {}: I/O error at byte {offset}: {e}", disk.path());
+                        S_IOERR
+                    }
+                }
+            }
+        },
+        RequestType::Flush => {
+            METRICS.block.flush_count.inc();
+            let synced = if cache == CacheType::Writeback && !disk.read_only() {
+                disk.sync()
+            } else {
+                Ok(())
+            };
+            match synced {
+                Ok(()) => S_OK,
+                Err(e) => {
+                    METRICS.block.io_errors.inc();
+                    crate::log_warn!("drive {}: flush failed: {e}", disk.path());
+                    S_IOERR
+                }
+            }
+        }
+        RequestType::GetId => {
+            let n = usize::try_from(req.data_len)
+                .unwrap_or(usize::MAX)
+                .min(ID_LEN);
+            written = write_stream(mem, &chain.writable, 0, id.get(..n).unwrap_or(&[])) as u64;
+            S_OK
+        }
+        RequestType::Unsupported(_) => {
+            METRICS.block.unsupported_count.inc();
+            S_UNSUPP
+        }
+    };
+    if status != S_OK {
+        written = 0;
+    }
+    let status_written = write_stream(mem, &chain.writable, req.status_offset, &[status]) as u64;
+    // At most MAX_REQUEST_BYTES + 1.
+    (
+        u32::try_from(written + status_written).unwrap_or(u32::MAX),
+        io,
+    )
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn id(&self) -> &str {
+        &self.drive_id
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_SIZE_MAX;
+        if self.disk.read_only() {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if self.cache == CacheType::Writeback {
+            f |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config(), offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            interrupt,
+            ..
+        } = activation;
+        let got = queues.len();
+        let Some(queue) = queues.into_iter().next() else {
+            METRICS.block.activate_fails.inc();
+            return Err(ActivateError::QueueCount { need: 1, got });
+        };
+        if !queue.ready() {
+            METRICS.block.activate_fails.inc();
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {
+        METRICS.block.queue_event_count.inc();
+        self.process(ctx);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::queue::tests::{desc, mem, queue_with, F_NEXT, F_WRITE};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    struct TempImage(std::path::PathBuf);
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn image(name: &str, sectors: usize) -> TempImage {
+        let p = std::env::temp_dir().join(format!("kiln-blk-{}-{name}", std::process::id()));
+        let data: Vec<u8> = (0..sectors * 512).map(|i| (i / 512) as u8).collect();
+        std::fs::write(&p, data).unwrap();
+        TempImage(p)
+    }
+
+    fn block(img: &TempImage, read_only: bool, cache: CacheType) -> Block {
+        Block::new(&DriveConfig {
+            drive_id: "rootfs".into(),
+            path_on_host: img.0.to_string_lossy().into_owned(),
+            is_root_device: true,
+            is_read_only: read_only,
+            partuuid: None,
+            cache_type: cache,
+            io_engine: Default::default(),
+        })
+        .unwrap()
+    }
+
+    fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        m.write_slice(&h, GuestAddress(0x8000)).unwrap();
+    }
+
+    /// Runs one request (header at 0x8000, data at 0x9000 of `len`, status at 0xa000) and
+    /// returns (status, used length).
+    fn run(
+        b: &mut Block,
+        m: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        len: u32,
+        write_data: bool,
+    ) -> (u8, u32) {
+        header(m, kind, sector);
+        m.write_obj(0xffu8, GuestAddress(0xa000)).unwrap();
+        let data_flags = if write_data { F_NEXT } else { F_NEXT | F_WRITE };
+        let descs = [
+            desc(0x8000, 16, F_NEXT, 1),
+            desc(0x9000, len, data_flags, 2),
+            desc(0xa000, 1, F_WRITE, 0),
+        ];
+        let (vq, q) = queue_with(m, 16, &descs, &[0]);
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        b.reset();
+        b.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            features: 0,
+            interrupt: irq.clone(),
+        })
+        .unwrap();
+        b.process_queue(0, &mut EventCtx::default());
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(u16::from_le(vq.used().idx().load()), 1);
+        assert_eq!(irq.status() & 1, 1, "used-buffer interrupt");
+        (m.read_obj::<u8>(GuestAddress(0xa000)).unwrap(), used.len())
+    }
+
+    #[test]
+    fn status_bytes_are_the_spec_values() {
+        use virtio_bindings::virtio_blk::{
+            VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+        };
+        assert_eq!(u32::from(S_OK), VIRTIO_BLK_S_OK);
+        assert_eq!(u32::from(S_IOERR), VIRTIO_BLK_S_IOERR);
+        assert_eq!(u32::from(S_UNSUPP), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn reads_and_writes_sectors() {
+        let img = image("rw", 8);
+        let m = mem();
+        let mut b = block(&img, false, CacheType::Unsafe);
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_IN, 3, 1024, false), (0, 1025));
+        let mut got = [0u8; 1024];
+        m.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+        assert!(got[..512].iter().all(|&x| x == 3) && got[512..].iter().all(|&x| x == 4));
+        m.write_slice(&[0xab; 512], GuestAddress(0x9000)).unwrap();
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_OUT, 7, 512, true), (0, 1));
+        let file = std::fs::read(&img.0).unwrap();
+        assert_eq!(file.len(), 8 * 512);
+        assert!(file[7 * 512..].iter().all(|&x| x == 0xab));
+        assert!(file[6 * 512..7 * 512].iter().all(|&x| x == 6));
+    }
+
+    #[test]
+    fn out_of_range_and_odd_requests_are_errors() {
+        let img = image("oob", 8);
+        let m = mem();
+        let mut b = block(&img, false, CacheType::Unsafe);
+        let before = std::fs::read(&img.0).unwrap();
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_IN, 8, 512, false), (1, 1));
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_OUT, 7, 1024, true), (1, 1));
+        assert_eq!(
+            run(&mut b, &m, VIRTIO_BLK_T_OUT, u64::MAX, 512, true),
+            (1, 1)
+        );
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_OUT, 0, 100, true), (1, 1));
+        assert_eq!(run(&mut b, &m, 77, 0, 512, false), (2, 1));
+        assert_eq!(
+            std::fs::read(&img.0).unwrap(),
+            before,
+            "nothing was written"
+        );
+    }
+
+    #[test]
+    fn read_only_drives_refuse_writes() {
+        let img = image("ro", 4);
+        let m = mem();
+        let mut b = block(&img, true, CacheType::Writeback);
+        assert_ne!(b.features() & 1 << VIRTIO_BLK_F_RO, 0);
+        m.write_slice(&[0xcd; 512], GuestAddress(0x9000)).unwrap();
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_OUT, 0, 512, true), (1, 1));
+        assert!(std::fs::read(&img.0).unwrap()[..512]
+            .iter()
+            .all(|&x| x == 0));
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_FLUSH, 0, 0, false).0, 0);
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_IN, 1, 512, false), (0, 513));
+    }
+
+    #[test]
+    fn get_id_and_flush() {
+        let img = image("id", 2);
+        let m = mem();
+        let mut b = block(&img, false, CacheType::Writeback);
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_GET_ID, 0, 20, false), (0, 21));
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(0x9000)).unwrap();
+        assert_eq!(&id[..7], b"rootfs\0");
+        assert_eq!(run(&mut b, &m, VIRTIO_BLK_T_FLUSH, 0, 0, false).0, 0);
+    }
+
+    #[test]
+    fn hostile_chains_are_returned_empty() {
+        let img = image("hostile", 2);
+        let m = mem();
+        let mut b = block(&img, false, CacheType::Unsafe);
+        // A loop, and a buffer outside guest memory.
+        for descs in [
+            vec![
+                desc(0x8000, 16, F_NEXT, 1),
+                desc(0x9000, 512, F_NEXT | F_WRITE, 0),
+            ],
+            vec![
+                desc(0x8000, 16, F_NEXT, 1),
+                desc(0x7fff_0000, 512, F_NEXT | F_WRITE, 2),
+                desc(0xa000, 1, F_WRITE, 0),
+            ],
+        ] {
+            header(&m, VIRTIO_BLK_T_IN, 0);
+            let (vq, q) = queue_with(&m, 16, &descs, &[0]);
+            let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+            b.reset();
+            b.activate(Activation {
+                mem: m.clone(),
+                queues: vec![q],
+                features: 0,
+                interrupt: irq.clone(),
+            })
+            .unwrap();
+            b.process_queue(0, &mut EventCtx::default());
+            assert_eq!(u16::from_le(vq.used().idx().load()), 1);
+            assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 0);
+            assert!(!irq.needs_reset());
+        }
+        // An available index far ahead breaks the queue.
+        let (vq, q) = queue_with(&m, 16, &[desc(0x8000, 16, 0, 0)], &[0]);
+        vq.avail().idx().store(u16::to_le(5000));
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        b.reset();
+        b.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            features: 0,
+            interrupt: irq.clone(),
+        })
+        .unwrap();
+        b.process_queue(0, &mut EventCtx::default());
+        assert!(irq.needs_reset());
+        assert_eq!(u16::from_le(vq.used().idx().load()), 0);
+    }
+
+    #[test]
+    fn work_per_event_is_bounded() {
+        let img = image("flood", 2);
+        let m = mem();
+        let mut b = block(&img, false, CacheType::Unsafe);
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        // 128 identical flush requests sharing descriptors 0 and 1.
+        let descs = [desc(0x8000, 16, F_NEXT, 1), desc(0xa000, 1, F_WRITE, 0)];
+        let heads = vec![0u16; 128];
+        let (vq, q) = queue_with(&m, 128, &descs, &heads);
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        b.activate(Activation {
+            mem: m.clone(),
+            queues: vec![q],
+            features: 0,
+            interrupt: irq,
+        })
+        .unwrap();
+        let mut ctx = EventCtx::default();
+        b.process_queue(0, &mut ctx);
+        assert!(ctx.wants_again());
+        assert_eq!(
+            u16::from_le(vq.used().idx().load()),
+            REQUESTS_PER_EVENT as u16
+        );
+        let mut ctx = EventCtx::default();
+        b.process_queue(0, &mut ctx);
+        assert!(!ctx.wants_again());
+        assert_eq!(u16::from_le(vq.used().idx().load()), 128);
+    }
+
+    #[test]
+    fn swapping_the_backing_file_changes_capacity() {
+        let a = image("swap-a", 2);
+        let c = image("swap-b", 6);
+        let mut b = block(&a, false, CacheType::Unsafe);
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 2);
+        b.swap_backing(&c.0.to_string_lossy()).unwrap();
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 6);
+        assert!(b.swap_backing("/nonexistent/kiln").is_err());
+        assert_eq!(b.capacity(), 6);
+    }
+}

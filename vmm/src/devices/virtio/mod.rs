@@ -1,0 +1,304 @@
+//! virtio devices on the virtio-mmio transport.
+//!
+//! - [`mmio`]: the transport every device shares: the virtio-mmio (version 2) register file
+//!   as a [`crate::devices::bus::BusDevice`], run on the vCPU threads.
+//! - [`queue`]: queue mechanics around virtio-queue's `Queue`: popping available chains and
+//!   walking them with explicit limits, writing used entries.
+//! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
+//!   ioeventfds, device file descriptors such as a tap).
+//! - [`block`], [`net`]: the devices; each knows nothing of MMIO.
+//! - [`setup`]: building the devices from the resources and wiring them into the VM.
+//!
+//! The split between threads: a vCPU thread only touches the register file (and, on
+//! `DRIVER_OK` or a reset, calls [`VirtioDevice::activate`] / [`VirtioDevice::reset`]); all
+//! queue processing and device I/O happens on the VMM thread. Both sides share the device
+//! through a `Mutex`, and the interrupt state through the atomics of [`Interrupt`].
+
+pub mod block;
+pub mod events;
+pub mod mmio;
+pub mod net;
+pub mod queue;
+pub mod setup;
+
+use crate::metrics::METRICS;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit every Kiln device offers and requires: the device is a modern (virtio 1.x)
+/// device, little-endian, any descriptor layout.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Why a device refused to start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    #[error("the device needs {need} queues, the transport gave {got}")]
+    QueueCount { need: usize, got: usize },
+    #[error("queue {0} is required but the driver did not make it ready")]
+    QueueNotReady(usize),
+    #[error("queue {index} is invalid: {reason}")]
+    BadQueue { index: usize, reason: String },
+    #[error("the driver did not accept VIRTIO_F_VERSION_1")]
+    NotModern,
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    /// One per entry of [`VirtioDevice::queue_max_sizes`], configured by the driver; a queue
+    /// the driver did not enable has `ready() == false`.
+    pub queues: Vec<Queue>,
+    /// The feature bits the driver accepted (a subset of [`VirtioDevice::features`]).
+    pub features: u64,
+    pub interrupt: std::sync::Arc<Interrupt>,
+}
+
+/// A virtio device, independent of the transport.
+///
+/// The transport calls the configuration methods on a vCPU thread; the event loop calls
+/// [`Self::process_queue`] and [`Self::process_fd`] on the VMM thread. No method may panic on
+/// anything the guest controls, and every method bounds its work.
+pub trait VirtioDevice: Send {
+    /// virtio device ID (1 net, 2 block, 19 vsock).
+    fn device_type(&self) -> u32;
+    /// A name for logs (the drive or interface id).
+    fn id(&self) -> &str;
+    /// Maximum size of each queue (a power of two, at most 32768); the number of queues is
+    /// the slice's length.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver, [`VIRTIO_F_VERSION_1`] included.
+    fn features(&self) -> u64;
+    /// Reads device configuration space at `offset`; bytes beyond its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A driver write to configuration space; returns false when it was refused (the
+    /// transport counts it). The default refuses every write.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
+    /// Starts the device (the driver set `DRIVER_OK`). On error the transport sets
+    /// `DEVICE_NEEDS_RESET`.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Returns to the state before activation, dropping the queues, guest memory and any
+    /// in-flight work (the driver wrote 0 to the status register).
+    fn reset(&mut self);
+    fn is_activated(&self) -> bool;
+    /// The guest notified queue `index`. Runs on the VMM thread; the queue's eventfd has been
+    /// drained. Call [`EventCtx::again`] when work was left for later.
+    fn process_queue(&mut self, index: usize, ctx: &mut EventCtx);
+    /// A file descriptor the device asked to watch (with [`EventCtx::watch`]) is readable or
+    /// hung up. The default stops watching it.
+    fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
+        ctx.unwatch(token);
+    }
+}
+
+/// What a device asks of the event loop after handling an event: file descriptors to start
+/// or stop watching (by the device's own token), and whether the queue it was handling
+/// needs another turn. Later requests for the same token replace earlier ones; watching a
+/// watched token or unwatching an unwatched one does nothing.
+#[derive(Debug, Default)]
+pub struct EventCtx {
+    changes: Vec<(u64, Option<RawFd>)>,
+    again: bool,
+}
+
+impl EventCtx {
+    /// Starts watching `fd` for readability; events come back as `process_fd(token, ..)`.
+    pub fn watch(&mut self, token: u64, fd: RawFd) {
+        self.set(token, Some(fd));
+    }
+
+    /// Stops watching the descriptor registered under `token`.
+    pub fn unwatch(&mut self, token: u64) {
+        self.set(token, None);
+    }
+
+    /// The device stopped at its per-event work limit: the queue being processed gets
+    /// another turn after the other event sources had theirs.
+    pub fn again(&mut self) {
+        self.again = true;
+    }
+
+    fn set(&mut self, token: u64, fd: Option<RawFd>) {
+        match self.changes.iter_mut().find(|(t, _)| *t == token) {
+            Some(c) => c.1 = fd,
+            None => self.changes.push((token, fd)),
+        }
+    }
+
+    pub(crate) fn take_changes(&mut self) -> Vec<(u64, Option<RawFd>)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub(crate) fn wants_again(&self) -> bool {
+        self.again
+    }
+}
+
+/// A device's interrupt line and the state the guest reads through the transport:
+/// InterruptStatus, ConfigGeneration and `DEVICE_NEEDS_RESET`. Shared between the transport
+/// (vCPU threads) and the device (VMM thread); lock-free.
+pub struct Interrupt {
+    status: AtomicU32,
+    generation: AtomicU32,
+    needs_reset: AtomicBool,
+    /// Registered with KVM as an irqfd for the device's IRQ.
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            irqfd,
+        }
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        if self.irqfd.write(1).is_err() {
+            METRICS.virtio.interrupt_fails.inc();
+        }
+    }
+
+    /// The device put buffers in a used ring.
+    pub fn signal_used_queue(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The device's configuration changed (e.g. a drive's capacity): the generation moves and
+    /// the driver is told.
+    pub fn signal_config_change(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The guest broke the device (a corrupt ring, an invalid queue): the status register
+    /// shows `DEVICE_NEEDS_RESET` until the driver resets the device, and the driver gets a
+    /// configuration-change interrupt, as the virtio spec asks.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            METRICS.virtio.needs_reset.inc();
+        }
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Device reset: no pending interrupt, no longer broken.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
+
+/// How many warnings a device may log about what its guest did: a guest that breaks its
+/// device over and over (each time resetting it) must not flood the log. The metrics keep
+/// counting.
+#[derive(Debug)]
+pub struct LogBudget(u32);
+
+impl LogBudget {
+    pub const WARNINGS: u32 = 10;
+
+    pub const fn new() -> Self {
+        LogBudget(Self::WARNINGS)
+    }
+
+    /// True while warnings may still be logged; uses one.
+    pub fn take(&mut self) -> bool {
+        match self.0.checked_sub(1) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Copies the bytes of `config` at `offset` into `data`, zero-filling past its end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        if let (Some(d), Some(s)) = (data.get_mut(..n), src.get(..n)) {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [0xffu8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn event_requests_keep_the_last_word_per_token() {
+        let mut ctx = EventCtx::default();
+        ctx.watch(1, 10);
+        ctx.unwatch(2);
+        ctx.unwatch(1);
+        assert_eq!(ctx.take_changes(), vec![(1, None), (2, None)]);
+        assert!(!ctx.wants_again());
+    }
+
+    #[test]
+    fn interrupt_state() {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        irq.signal_used_queue();
+        irq.signal_config_change();
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.generation(), 1);
+        irq.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        irq.signal_needs_reset();
+        assert!(irq.needs_reset());
+        irq.reset();
+        assert!(!irq.needs_reset());
+        assert_eq!(irq.status(), 0);
+        assert_eq!(irq.irqfd.read().unwrap(), 3);
+    }
+}

@@ -1,0 +1,563 @@
+//! virtio-net on a tap device.
+//!
+//! - [`tap`]: opening the tap by name (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`,
+//!   no offloads).
+//!
+//! Two queues of [`QUEUE_SIZE`]: receive (0) and transmit (1). Offered features:
+//! `VERSION_1`, `MAC` when the config gives one (config space: the MAC), `MRG_RXBUF`. No
+//! checksum or segmentation offloads: frames are whole and checksummed both ways, at most
+//! [`MAX_FRAME`] bytes with the 12-byte header. Every frame carries the 12-byte
+//! `virtio_net_hdr_v1`; on receive `num_buffers` is 1, or the number of buffers used when
+//! `MRG_RXBUF` was negotiated; on transmit the driver's header is cleared before the frame
+//! reaches the tap (nothing was negotiated that it could ask for).
+//!
+//! Hostile drivers: a malformed chain (see [`super::queue::walk_chain`]; a transmit chain with
+//! device-writable buffers, or a frame shorter than the header or larger than
+//! [`MAX_FRAME`]) is returned with length 0 and counted; a receive buffer too small for the
+//! frame (without `MRG_RXBUF`) drops the frame; a broken available ring sets
+//! `DEVICE_NEEDS_RESET`. At most [`FRAMES_PER_EVENT`] frames move per event and direction;
+//! when the guest has no receive buffers the tap is no longer watched (frames wait in the
+//! host's tap queue) until the guest posts some.
+
+pub mod tap;
+
+use super::queue::{
+    self, add_used, add_used_batch, pop_head, read_stream, total_len, unpop, walk_chain,
+    write_stream, Chain, QueueError,
+};
+use super::{
+    read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
+use crate::metrics::METRICS;
+use crate::resources::{MacAddr, NetworkInterfaceConfig};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tap::{Tap, TapError, VNET_HDR_LEN};
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+pub const QUEUE_SIZE: u16 = 256;
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+/// Frames moved per event and direction before other event sources get a turn.
+pub const FRAMES_PER_EVENT: usize = 64;
+/// Largest frame with its header: what a tap can carry (64 KiB) plus the header.
+pub const MAX_FRAME: usize = 65536 + VNET_HDR_LEN;
+/// The event-loop token of the tap's descriptor.
+const TAP_TOKEN: u64 = 1;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network interface {iface_id}: {source}")]
+    Tap { iface_id: String, source: TapError },
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+    mergeable: bool,
+    broken: bool,
+}
+
+/// What became of a frame offered to the receive queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    Delivered,
+    /// Not enough receive buffers yet: the frame waits.
+    NoBuffers,
+    /// The frame can never fit the guest's buffers: dropped.
+    Dropped,
+}
+
+pub struct Net {
+    iface_id: String,
+    tap: Tap,
+    mac: Option<MacAddr>,
+    active: Option<Active>,
+    /// The frame read from the tap and not yet delivered (`rx_len` bytes; 0 = none).
+    rx_frame: Vec<u8>,
+    rx_len: usize,
+    tx_frame: Vec<u8>,
+    /// Whether the tap is (as far as the device asked) in the event loop.
+    tap_watched: bool,
+    warnings: LogBudget,
+}
+
+impl Net {
+    /// Opens the interface's tap device.
+    pub fn new(cfg: &NetworkInterfaceConfig) -> Result<Net, NetError> {
+        let tap = Tap::open(&cfg.host_dev_name).map_err(|source| NetError::Tap {
+            iface_id: cfg.iface_id.clone(),
+            source,
+        })?;
+        Ok(Net {
+            iface_id: cfg.iface_id.clone(),
+            tap,
+            mac: cfg.guest_mac,
+            active: None,
+            rx_frame: vec![0; MAX_FRAME],
+            rx_len: 0,
+            tx_frame: vec![0; MAX_FRAME],
+            tap_watched: false,
+            warnings: LogBudget::new(),
+        })
+    }
+
+    fn break_device(iface: &str, warnings: &mut LogBudget, a: &mut Active, e: &QueueError) {
+        if matches!(
+            e,
+            QueueError::AvailIndex { .. } | QueueError::HeadIndex { .. }
+        ) {
+            METRICS.virtio.avail_ring_errors.inc();
+        } else if matches!(e, QueueError::UsedWrite { .. }) {
+            METRICS.virtio.used_ring_errors.inc();
+        }
+        if warnings.take() {
+            crate::log_warn!(
+                "network interface {iface}: the driver broke a queue ({e}); the device needs a reset"
+            );
+        }
+        a.broken = true;
+        a.interrupt.signal_needs_reset();
+    }
+
+    fn unwatch_tap(&mut self, ctx: &mut EventCtx) {
+        if self.tap_watched {
+            ctx.unwatch(TAP_TOKEN);
+            self.tap_watched = false;
+        }
+    }
+
+    /// Moves frames from the tap to the receive queue, up to the per-event limit. Returns
+    /// true when it stopped for lack of receive buffers.
+    fn receive(&mut self, ctx: &mut EventCtx) -> bool {
+        let mut starved = false;
+        let mut used = false;
+        for _ in 0..FRAMES_PER_EVENT {
+            let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
+                break;
+            };
+            if self.rx_len == 0 {
+                match self.tap.read(&mut self.rx_frame) {
+                    Ok(n) if n >= VNET_HDR_LEN => self.rx_len = n,
+                    Ok(_) => {
+                        METRICS.net.rx_dropped.inc();
+                        continue;
+                    }
+                    Err(e) if Tap::is_transient(&e) => break,
+                    Err(e) => {
+                        METRICS.net.rx_fails.inc();
+                        if self.warnings.take() {
+                            crate::log_warn!(
+                                "network interface {}: reading tap {}: {e}",
+                                self.iface_id,
+                                self.tap.name()
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some(frame) = self.rx_frame.get_mut(..self.rx_len) else {
+                self.rx_len = 0;
+                continue;
+            };
+            match deliver(a, frame) {
+                Ok(Delivery::Delivered) => {
+                    used = true;
+                    METRICS.net.rx_packets_count.inc();
+                    METRICS
+                        .net
+                        .rx_bytes_count
+                        .add((self.rx_len - VNET_HDR_LEN) as u64);
+                    self.rx_len = 0;
+                }
+                Ok(Delivery::Dropped) => {
+                    used = true;
+                    METRICS.net.rx_dropped.inc();
+                    self.rx_len = 0;
+                }
+                Ok(Delivery::NoBuffers) => {
+                    METRICS.net.rx_no_buffers.inc();
+                    starved = true;
+                    break;
+                }
+                Err(e) => {
+                    used = true;
+                    Self::break_device(&self.iface_id, &mut self.warnings, a, &e);
+                    break;
+                }
+            }
+        }
+        if let Some(a) = self.active.as_mut() {
+            if used && a.rx.needs_notification(&a.mem).unwrap_or(true) {
+                a.interrupt.signal_used_queue();
+            }
+        }
+        if starved || self.active.as_ref().is_none_or(|a| a.broken) {
+            self.unwatch_tap(ctx);
+        }
+        starved
+    }
+
+    /// Sends the guest's frames to the tap, up to the per-event limit.
+    fn transmit(&mut self, ctx: &mut EventCtx) {
+        let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
+            return;
+        };
+        let mut used = false;
+        for n in 0..=FRAMES_PER_EVENT {
+            if n == FRAMES_PER_EVENT {
+                if queue::has_available(&a.tx, &a.mem) {
+                    ctx.again();
+                }
+                break;
+            }
+            let head = match pop_head(&mut a.tx, &a.mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    Self::break_device(&self.iface_id, &mut self.warnings, a, &e);
+                    break;
+                }
+            };
+            match walk_chain(&a.tx, &a.mem, head) {
+                Ok(chain) => send(&self.tap, &mut self.tx_frame, &a.mem, &chain),
+                Err(e) => {
+                    METRICS.virtio.invalid_chains.inc();
+                    METRICS.net.tx_dropped.inc();
+                    crate::log_debug!(
+                        "network interface {}: transmit chain {head} refused: {e}",
+                        self.iface_id
+                    );
+                }
+            }
+            if let Err(e) = add_used(&mut a.tx, &a.mem, head, 0) {
+                Self::break_device(&self.iface_id, &mut self.warnings, a, &e);
+                break;
+            }
+            used = true;
+        }
+        if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// Sends one transmit chain's frame to the tap (or drops and counts it).
+fn send(tap: &Tap, buf: &mut [u8], mem: &GuestMemoryMmap, chain: &Chain) {
+    let len = total_len(&chain.readable);
+    let Some(frame) = usize::try_from(len)
+        .ok()
+        .filter(|&l| (VNET_HDR_LEN..=MAX_FRAME).contains(&l))
+        .and_then(|l| buf.get_mut(..l))
+    else {
+        METRICS.net.tx_dropped.inc();
+        return;
+    };
+    if !chain.writable.is_empty() || read_stream(mem, &chain.readable, 0, frame) != frame.len() {
+        METRICS.net.tx_dropped.inc();
+        return;
+    }
+    if let Some(hdr) = frame.get_mut(..VNET_HDR_LEN) {
+        hdr.fill(0);
+    }
+    match tap.write(frame) {
+        Ok(_) => {
+            METRICS.net.tx_packets_count.inc();
+            METRICS.net.tx_bytes_count.add(len - VNET_HDR_LEN as u64);
+        }
+        Err(e) if Tap::is_transient(&e) => METRICS.net.tx_dropped.inc(),
+        Err(_) => METRICS.net.tx_fails.inc(),
+    }
+}
+
+/// Offers `frame` (header included) to the receive queue.
+fn deliver(a: &mut Active, frame: &mut [u8]) -> Result<Delivery, QueueError> {
+    let size = a.rx.size();
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut capacity: u64 = 0;
+    // Chains refused on the way were already returned: what was taken is no longer a
+    // contiguous run of the available ring, so it cannot be put back.
+    let mut refused = false;
+    let needed = frame.len() as u64;
+    while capacity < needed {
+        if chains.len() >= usize::from(size) || (!a.mergeable && !chains.is_empty()) {
+            // Even every buffer the ring can hold (or one, without MRG_RXBUF) is too small.
+            let empty: Vec<(u16, u32)> = chains.iter().map(|c| (c.head, 0)).collect();
+            add_used_batch(&mut a.rx, &a.mem, &empty)?;
+            return Ok(Delivery::Dropped);
+        }
+        let Some(head) = pop_head(&mut a.rx, &a.mem)? else {
+            if refused {
+                let empty: Vec<(u16, u32)> = chains.iter().map(|c| (c.head, 0)).collect();
+                add_used_batch(&mut a.rx, &a.mem, &empty)?;
+            } else {
+                unpop(&mut a.rx, u16::try_from(chains.len()).unwrap_or(u16::MAX));
+            }
+            return Ok(Delivery::NoBuffers);
+        };
+        match walk_chain(&a.rx, &a.mem, head) {
+            Ok(chain) => {
+                capacity += total_len(&chain.writable);
+                chains.push(chain);
+            }
+            Err(e) => {
+                METRICS.virtio.invalid_chains.inc();
+                METRICS.net.rx_fails.inc();
+                crate::log_debug!("receive chain {head} refused: {e}");
+                add_used(&mut a.rx, &a.mem, head, 0)?;
+                refused = true;
+            }
+        }
+    }
+    let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+    if let Some(nb) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
+        nb.copy_from_slice(&count.to_le_bytes());
+    }
+    let mut entries = Vec::with_capacity(chains.len());
+    let mut offset = 0usize;
+    for chain in &chains {
+        let part = frame.get(offset..).unwrap_or(&[]);
+        let n = write_stream(&a.mem, &chain.writable, 0, part);
+        offset += n;
+        entries.push((chain.head, u32::try_from(n).unwrap_or(u32::MAX)));
+    }
+    add_used_batch(&mut a.rx, &a.mem, &entries)?;
+    Ok(Delivery::Delivered)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn id(&self) -> &str {
+        &self.iface_id
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF;
+        if self.mac.is_some() {
+            f |= 1 << VIRTIO_NET_F_MAC;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mac = self.mac.map(|m| m.0).unwrap_or_default();
+        read_config_bytes(&mac, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            features,
+            interrupt,
+        } = activation;
+        let got = queues.len();
+        let mut it = queues.into_iter();
+        let (Some(rx), Some(tx)) = (it.next(), it.next()) else {
+            METRICS.net.activate_fails.inc();
+            return Err(ActivateError::QueueCount { need: 2, got });
+        };
+        for (i, q) in [&rx, &tx].into_iter().enumerate() {
+            if !q.ready() {
+                METRICS.net.activate_fails.inc();
+                return Err(ActivateError::QueueNotReady(i));
+            }
+        }
+        let mergeable = features & 1 << VIRTIO_NET_F_MRG_RXBUF != 0;
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            mergeable,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_len = 0;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {
+        if self.active.as_ref().is_none_or(|a| a.broken) {
+            self.unwatch_tap(ctx);
+            return;
+        }
+        match index {
+            RX_QUEUE => {
+                // New receive buffers: deliver what waits, then listen to the tap again.
+                let starved = self.receive(ctx);
+                if !starved && !self.tap_watched && self.active.as_ref().is_some_and(|a| !a.broken)
+                {
+                    ctx.watch(TAP_TOKEN, self.tap.as_raw_fd());
+                    self.tap_watched = true;
+                }
+            }
+            TX_QUEUE => self.transmit(ctx),
+            _ => {}
+        }
+    }
+
+    fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
+        if token != TAP_TOKEN || self.active.as_ref().is_none_or(|a| a.broken) {
+            if token == TAP_TOKEN {
+                self.tap_watched = false;
+            }
+            ctx.unwatch(token);
+            return;
+        }
+        self.receive(ctx);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::queue::tests::{desc, mem, queue_at, queue_with, F_WRITE};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn active(m: &GuestMemoryMmap, rx: Queue, tx: Queue, mergeable: bool) -> Active {
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        Active {
+            mem: m.clone(),
+            rx,
+            tx,
+            interrupt,
+            mergeable,
+            broken: false,
+        }
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        (0..len).map(|i| i as u8).collect()
+    }
+
+    fn used(vq: &MockSplitQueue<'_, GuestMemoryMmap>, i: usize) -> (u32, u32) {
+        let e = vq.used().ring().ref_at(i).unwrap().load();
+        (e.id(), e.len())
+    }
+
+    #[test]
+    fn delivers_into_one_buffer() {
+        let m = mem();
+        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 2048, F_WRITE, 0)], &[0]);
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, false);
+        let mut f = frame(100);
+        assert_eq!(deliver(&mut a, &mut f).unwrap(), Delivery::Delivered);
+        assert_eq!(used(&vq, 0), (0, 100));
+        let mut got = [0u8; 100];
+        m.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
+        assert_eq!(&got[..10], &f[..10]);
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
+        assert_eq!(&got[12..], &f[12..]);
+        // No more buffers: the next frame waits.
+        assert_eq!(
+            deliver(&mut a, &mut frame(100)).unwrap(),
+            Delivery::NoBuffers
+        );
+    }
+
+    #[test]
+    fn small_buffers_drop_the_frame_without_mergeable() {
+        let m = mem();
+        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 64, F_WRITE, 0)], &[0]);
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, false);
+        assert_eq!(deliver(&mut a, &mut frame(100)).unwrap(), Delivery::Dropped);
+        assert_eq!(used(&vq, 0), (0, 0));
+    }
+
+    #[test]
+    fn merges_buffers_when_negotiated() {
+        let m = mem();
+        let descs = [
+            desc(0x8000, 64, F_WRITE, 0),
+            desc(0x9000, 64, F_WRITE, 0),
+            desc(0xa000, 64, F_WRITE, 0),
+        ];
+        let (vq, rx) = queue_with(&m, 16, &descs, &[0, 1, 2]);
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, true);
+        let mut f = frame(150);
+        assert_eq!(deliver(&mut a, &mut f).unwrap(), Delivery::Delivered);
+        assert_eq!(u16::from_le(vq.used().idx().load()), 3);
+        assert_eq!(
+            [used(&vq, 0), used(&vq, 1), used(&vq, 2)],
+            [(0, 64), (1, 64), (2, 22)]
+        );
+        let mut hdr = [0u8; 12];
+        m.read_slice(&mut hdr, GuestAddress(0x8000)).unwrap();
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3);
+        let mut tail = [0u8; 22];
+        m.read_slice(&mut tail, GuestAddress(0xa000)).unwrap();
+        assert_eq!(&tail[..], &f[128..]);
+    }
+
+    #[test]
+    fn too_few_mergeable_buffers_wait_and_are_put_back() {
+        let m = mem();
+        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 64, F_WRITE, 0)], &[0]);
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, true);
+        assert_eq!(
+            deliver(&mut a, &mut frame(150)).unwrap(),
+            Delivery::NoBuffers
+        );
+        assert_eq!(a.rx.next_avail(), 0, "the buffer is available again");
+        assert_eq!(u16::from_le(vq.used().idx().load()), 0);
+    }
+
+    #[test]
+    fn hostile_receive_chains() {
+        let m = mem();
+        // A readable (not writable) chain pointing outside memory, then a good buffer.
+        let descs = [
+            desc(0xffff_0000, 64, F_WRITE, 0),
+            desc(0x9000, 2048, F_WRITE, 0),
+        ];
+        let (vq, rx) = queue_with(&m, 16, &descs, &[0, 1]);
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, false);
+        assert_eq!(
+            deliver(&mut a, &mut frame(100)).unwrap(),
+            Delivery::Delivered
+        );
+        assert_eq!([used(&vq, 0), used(&vq, 1)], [(0, 0), (1, 100)]);
+        // The available index jumping ahead is a broken queue.
+        let (vq, rx) = queue_with(&m, 16, &[desc(0x9000, 2048, F_WRITE, 0)], &[0]);
+        vq.avail().idx().store(u16::to_le(999));
+        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
+        let mut a = active(&m, rx, tx, false);
+        assert!(matches!(
+            deliver(&mut a, &mut frame(100)),
+            Err(QueueError::AvailIndex { .. })
+        ));
+    }
+}

@@ -1,0 +1,273 @@
+//! Building the virtio devices from the resources and wiring them into the VM.
+//!
+//! Three steps, as the builder gets there:
+//!
+//! 1. [`attach_devices`], before the kernel command line is written (the KVM VM may not
+//!    exist yet): one virtio-blk per drive (the root device first, so it is `/dev/vda`) and
+//!    one virtio-net per network interface, each in its own virtio-mmio window with its IRQ,
+//!    so that it gets a `virtio_mmio.device=` entry. [`with_root_arg`] adds `root=` for a
+//!    root drive.
+//! 2. [`VirtioSetup::wire`], once the VM exists: each device's irqfd, and an ioeventfd per
+//!    queue on QueueNotify.
+//! 3. [`VirtioSetup::start`], once the [`Vmm`] exists: the queue eventfds join its event
+//!    loop.
+//!
+//! [`VirtioHandles`] stays with the running VM for runtime changes (`PATCH /drives/{id}`).
+
+use super::block::{Block, BlockError};
+use super::events::DeviceEvents;
+use super::mmio::{MmioTransport, NOTIFY_OFFSET};
+use super::net::{Net, NetError};
+use super::{Interrupt, VirtioDevice};
+use crate::devices::bus::lock;
+use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::resources::{DriveConfig, VmResources};
+use crate::vmm::{Vmm, VmmError};
+use crate::vstate::vm::{Vm, VmError};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioSetupError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot create an eventfd for virtio device {id}: {source}")]
+    EventFd { id: String, source: std::io::Error },
+    #[error("virtio device {0} has too many queues")]
+    TooManyQueues(String),
+    #[error("cannot add a virtio device to the event loop: {0}")]
+    EventLoop(VmmError),
+}
+
+/// Why a runtime drive update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveUpdateError {
+    #[error("no drive with drive_id {0:?}")]
+    UnknownDrive(String),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+}
+
+/// A drive of the running VM.
+pub struct BlockHandle {
+    pub drive_id: String,
+    pub device: Arc<Mutex<Block>>,
+    interrupt: Arc<Interrupt>,
+}
+
+/// The virtio devices of the running VM, for runtime changes.
+#[derive(Default)]
+pub struct VirtioHandles {
+    pub blocks: Vec<BlockHandle>,
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+}
+
+impl VirtioHandles {
+    /// `PATCH /drives/{id}` after boot: points the drive at `path_on_host` (same read-only
+    /// mode) and tells the driver its configuration (capacity) changed.
+    pub fn update_drive(&self, drive_id: &str, path_on_host: &str) -> Result<(), DriveUpdateError> {
+        let h = self
+            .blocks
+            .iter()
+            .find(|b| b.drive_id == drive_id)
+            .ok_or_else(|| DriveUpdateError::UnknownDrive(drive_id.to_string()))?;
+        lock(&h.device).swap_backing(path_on_host)?;
+        h.interrupt.signal_config_change();
+        Ok(())
+    }
+}
+
+/// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`) and `ro`/`rw` added in front
+/// when a root drive is configured and the arguments name no `root=` themselves.
+pub fn with_root_arg<'a>(boot_args: &'a str, drives: &[DriveConfig]) -> Cow<'a, str> {
+    let Some(root) = drives.iter().find(|d| d.is_root_device) else {
+        return Cow::Borrowed(boot_args);
+    };
+    let kernel_part = boot_args.split(" -- ").next().unwrap_or("");
+    if kernel_part
+        .split_whitespace()
+        .any(|w| w.starts_with("root="))
+    {
+        return Cow::Borrowed(boot_args);
+    }
+    let dev = match &root.partuuid {
+        Some(u) => format!("root=PARTUUID={u}"),
+        None => "root=/dev/vda".to_string(),
+    };
+    let mode = if root.is_read_only { "ro" } else { "rw" };
+    Cow::Owned(format!("{dev} {mode} {boot_args}").trim_end().to_string())
+}
+
+/// The virtio devices being built: attached to the MMIO bus (so the command line lists them)
+/// but not yet wired to KVM, whose VM may still be in creation.
+pub struct VirtioSetup {
+    pub handles: VirtioHandles,
+    events: Vec<DeviceEvents>,
+    wiring: Vec<KvmWiring>,
+}
+
+/// What KVM must know about one device: its irqfd and its queue ioeventfds.
+struct KvmWiring {
+    id: String,
+    irq: u32,
+    irqfd: EventFd,
+    notify_addr: u64,
+    queue_evts: Vec<EventFd>,
+}
+
+/// Creates every drive (root first, as `VmResources` keeps them) and network interface of
+/// `res` and puts each in the next virtio-mmio window of `dm`. Nothing here needs the KVM
+/// VM; [`VirtioSetup::wire`] does that part.
+pub fn attach_devices(
+    dm: &mut DeviceManager,
+    mem: &GuestMemoryMmap,
+    res: &VmResources,
+) -> Result<VirtioSetup, VirtioSetupError> {
+    let mut setup = VirtioSetup {
+        handles: VirtioHandles::default(),
+        events: Vec::new(),
+        wiring: Vec::new(),
+    };
+    for cfg in &res.drives {
+        let dev = Arc::new(Mutex::new(Block::new(cfg)?));
+        let interrupt = setup.attach(dm, mem, dev.clone())?;
+        setup.handles.blocks.push(BlockHandle {
+            drive_id: cfg.drive_id.clone(),
+            device: dev,
+            interrupt,
+        });
+    }
+    for cfg in &res.network_interfaces {
+        let dev = Arc::new(Mutex::new(Net::new(cfg)?));
+        setup.attach(dm, mem, dev.clone())?;
+        setup.handles.nets.push((cfg.iface_id.clone(), dev));
+    }
+    Ok(setup)
+}
+
+impl VirtioSetup {
+    /// Puts one device in the next virtio-mmio window (for devices built elsewhere, such as
+    /// vsock); returns its interrupt.
+    pub fn attach(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<Arc<Interrupt>, VirtioSetupError> {
+        let (id, queues) = {
+            let d = lock(&device);
+            (d.id().to_string(), d.queue_max_sizes().len())
+        };
+        let evt_err = |source| VirtioSetupError::EventFd {
+            id: id.clone(),
+            source,
+        };
+        let slot = dm.allocate_mmio_slot()?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(evt_err)?;
+        let interrupt = Arc::new(Interrupt::new(irqfd.try_clone().map_err(evt_err)?));
+        let mut transport_evts = Vec::with_capacity(queues);
+        let mut loop_evts = Vec::with_capacity(queues);
+        let mut kvm_evts = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(evt_err)?;
+            loop_evts.push(evt.try_clone().map_err(evt_err)?);
+            kvm_evts.push(evt.try_clone().map_err(evt_err)?);
+            transport_evts.push(evt);
+        }
+        let transport = MmioTransport::new(
+            device.clone(),
+            mem.clone(),
+            interrupt.clone(),
+            transport_evts,
+        );
+        dm.attach_mmio_device(slot, Arc::new(Mutex::new(transport)))?;
+        self.events.push(DeviceEvents {
+            device,
+            queue_evts: loop_evts,
+        });
+        self.wiring.push(KvmWiring {
+            id,
+            irq: slot.irq,
+            irqfd,
+            notify_addr: slot.base + NOTIFY_OFFSET,
+            queue_evts: kvm_evts,
+        });
+        Ok(interrupt)
+    }
+
+    /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
+    /// with the VM.
+    pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
+        for w in self.wiring.drain(..) {
+            vm.register_irqfd(&w.irqfd, w.irq)?;
+            for (index, evt) in w.queue_evts.iter().enumerate() {
+                let index = u32::try_from(index)
+                    .map_err(|_| VirtioSetupError::TooManyQueues(w.id.clone()))?;
+                vm.register_ioevent(evt, w.notify_addr, index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every device's queue eventfds in the running VM's event loop.
+    pub fn start(self, vmm: &mut Vmm) -> Result<(), VirtioSetupError> {
+        for ev in self.events {
+            ev.register(vmm).map_err(VirtioSetupError::EventLoop)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(root: bool, ro: bool, partuuid: Option<&str>) -> DriveConfig {
+        DriveConfig {
+            drive_id: "d".into(),
+            path_on_host: "/x".into(),
+            is_root_device: root,
+            is_read_only: ro,
+            partuuid: partuuid.map(str::to_string),
+            cache_type: Default::default(),
+            io_engine: Default::default(),
+        }
+    }
+
+    #[test]
+    fn root_argument() {
+        assert_eq!(with_root_arg("console=ttyS0", &[]), "console=ttyS0");
+        assert_eq!(
+            with_root_arg("console=ttyS0", &[drive(false, false, None)]),
+            "console=ttyS0"
+        );
+        assert_eq!(
+            with_root_arg("console=ttyS0", &[drive(true, false, None)]),
+            "root=/dev/vda rw console=ttyS0"
+        );
+        assert_eq!(
+            with_root_arg("a -- b", &[drive(true, true, None)]),
+            "root=/dev/vda ro a -- b"
+        );
+        assert_eq!(
+            with_root_arg("", &[drive(true, true, Some("ab-01"))]),
+            "root=PARTUUID=ab-01 ro"
+        );
+        assert_eq!(
+            with_root_arg("root=/dev/vdb", &[drive(true, false, None)]),
+            "root=/dev/vdb"
+        );
+        assert_eq!(
+            with_root_arg("a -- root=x", &[drive(true, false, None)]),
+            "root=/dev/vda rw a -- root=x"
+        );
+    }
+}

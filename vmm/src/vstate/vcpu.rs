@@ -1,0 +1,72 @@
+//! Creating and configuring one vCPU: its normalised CPUID, boot MSRs, registers for the
+//! boot entry, FPU, and LAPIC LINT pins. Running it is [`super::vcpu_thread`]'s job.
+
+use super::vm::Vm;
+use crate::arch::x86_64::cpuid::{self, CpuidError, Topology};
+use crate::arch::x86_64::lapic::{self, LapicError};
+use crate::arch::x86_64::msr::{self, MsrError};
+use crate::arch::x86_64::regs::{self, BootEntry, BootTables, RegsError};
+use crate::resources::CpuTemplate;
+use kvm_ioctls::VcpuFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU failed for vCPU {index}: {source}")]
+    Create {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {index}: {source}")]
+    Cpuid { index: u8, source: CpuidError },
+    #[error("vCPU {index}: {source}")]
+    Msrs { index: u8, source: MsrError },
+    #[error("vCPU {index}: {source}")]
+    Regs { index: u8, source: RegsError },
+    #[error("vCPU {index}: {source}")]
+    Lapic { index: u8, source: LapicError },
+}
+
+/// What every vCPU is configured from.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuConfig<'a> {
+    pub topology: Topology,
+    pub template: CpuTemplate,
+    pub entry: BootEntry,
+    pub tables: &'a BootTables,
+}
+
+/// A created vCPU, not running yet.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index`; its KVM id, and so its APIC id, is `index`.
+    pub fn new(vm: &Vm, index: u8) -> Result<Vcpu, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Vcpu { index, fd })
+    }
+
+    /// Loads CPUID, MSRs, registers and LAPIC state for the boot entry. Every vCPU gets the
+    /// boot registers; with the in-kernel LAPIC the others then wait for the guest's
+    /// INIT/SIPI, which resets them.
+    pub fn configure(&self, vm: &Vm, cfg: &VcpuConfig<'_>) -> Result<(), VcpuError> {
+        let index = self.index;
+        let cpuid = cpuid::vcpu_cpuid(vm.supported_cpuid(), index, cfg.topology, cfg.template)
+            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::Cpuid {
+                index,
+                source: CpuidError::Set { index, source },
+            })?;
+        msr::setup_msrs(&self.fd).map_err(|source| VcpuError::Msrs { index, source })?;
+        regs::setup_vcpu_regs(&self.fd, cfg.entry, cfg.tables)
+            .map_err(|source| VcpuError::Regs { index, source })?;
+        lapic::setup_lint(&self.fd).map_err(|source| VcpuError::Lapic { index, source })
+    }
+}

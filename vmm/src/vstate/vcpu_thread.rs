@@ -1,0 +1,361 @@
+//! The thread that runs one vCPU.
+//!
+//! It loops on `KVM_RUN`, serving port-I/O and MMIO exits from the buses. An exit the guest
+//! cannot continue from (triple fault, KVM internal/emulation error, failed entry, an
+//! unexpected exit, a `KVM_RUN` failure, or a panic of the thread) is reported to the run
+//! loop through the [`ExitNotifier`] with the vCPU index, the exit reason and RIP, and the
+//! thread ends. The run loop decides what the process does.
+//!
+//! Control: the run loop sends [`VcpuCommand`]s and then kicks the thread
+//! ([`crate::signals::kick`]); the kick makes `KVM_RUN` return at once (its handler sets
+//! `immediate_exit`), the thread drains its commands, and acknowledges Pause/Resume with a
+//! [`VcpuAck`]. A paused thread blocks on its command channel and runs no guest code.
+
+use super::vcpu::Vcpu;
+use crate::devices::bus::Bus;
+use crate::exit::{ExitNotifier, FaultKind, VmExit};
+use crate::signals;
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::VcpuExit;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// `KVM_INTERNAL_ERROR_EMULATION`.
+const SUBERROR_EMULATION: u32 = 1;
+/// `KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`.
+const EMULATION_FLAG_INSN_BYTES: u64 = 1;
+/// Longest x86 instruction.
+const MAX_INSN_LEN: usize = 15;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuCommand {
+    Pause,
+    Resume,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuAck {
+    Paused(u8),
+    Resumed(u8),
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exits: Arc<ExitNotifier>,
+    pub acks: Sender<VcpuAck>,
+    /// Used to show the faulting instruction's bytes.
+    pub mem: GuestMemoryMmap,
+}
+
+/// The run loop's handle on a running vCPU thread.
+pub struct VcpuHandle {
+    pub index: u8,
+    commands: Sender<VcpuCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Sends `cmd` and kicks the thread out of `KVM_RUN`. False if the thread has ended.
+    pub fn command(&self, cmd: VcpuCommand) -> bool {
+        if self.commands.send(cmd).is_err() {
+            return false;
+        }
+        match &self.thread {
+            Some(t) if !t.is_finished() => signals::kick(t).is_ok(),
+            _ => false,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Joins the thread if it has ended; true when it is gone.
+    pub fn try_join(&mut self) -> bool {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(t) = self.thread.take() {
+                // The thread's own panics are caught and reported; nothing else to collect.
+                let _ = t.join();
+            }
+        }
+        self.thread.is_none()
+    }
+}
+
+/// What one trip through `KVM_RUN` asks for.
+enum Outcome {
+    Continue,
+    /// `KVM_RUN` returned early (kick or signal): look at the commands.
+    Interrupted,
+    Exit(VmExit),
+    Fault {
+        kind: FaultKind,
+        detail: String,
+    },
+}
+
+struct Runner {
+    exits: u64,
+    vcpu: Vcpu,
+    shared: VcpuShared,
+    commands: Receiver<VcpuCommand>,
+}
+
+/// Starts the thread for `vcpu`; it runs guest code at once.
+pub fn spawn(vcpu: Vcpu, shared: VcpuShared) -> std::io::Result<VcpuHandle> {
+    let index = vcpu.index;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let exits = shared.exits.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || {
+            // Before the first KVM_RUN: the guest's exits are untrusted input.
+            crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
+            let mut runner = Runner {
+                exits: 0,
+                vcpu,
+                shared,
+                commands: rx,
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run()));
+            // SAFETY: null unregisters the immediate_exit pointer; always sound.
+            unsafe { signals::set_immediate_exit_ptr(std::ptr::null_mut()) };
+            if let Err(payload) = result {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic payload".into());
+                exits.notify(VmExit::VcpuPanic { index, message });
+            }
+        })?;
+    Ok(VcpuHandle {
+        index,
+        commands: tx,
+        thread: Some(thread),
+    })
+}
+
+impl Runner {
+    fn run(&mut self) {
+        let immediate_exit: *mut u8 = &mut self.vcpu.fd.get_kvm_run().immediate_exit;
+        // SAFETY: the pointer is into this vCPU's kvm_run mapping, owned by `self.vcpu`,
+        // which outlives this call; the thread unregisters it before `self.vcpu` is dropped.
+        unsafe { signals::set_immediate_exit_ptr(immediate_exit) };
+        // A command sent before the pointer was registered had its kick lost: look now.
+        if !self.obey_commands() {
+            return;
+        }
+        loop {
+            match self.run_once() {
+                // A device may have ended the VM (the guest's reset request): like a CPU in
+                // reset, this vCPU executes nothing more.
+                Outcome::Continue if self.shared.exits.is_stopping() => return,
+                Outcome::Continue => {}
+                Outcome::Interrupted => {
+                    signals::clear_immediate_exit();
+                    if !self.obey_commands() {
+                        return;
+                    }
+                }
+                Outcome::Exit(exit) => {
+                    self.shared.exits.notify(exit);
+                    return;
+                }
+                Outcome::Fault { kind, detail } => {
+                    let exit = self.describe_fault(kind, detail);
+                    self.shared.exits.notify(exit);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles pending commands; false when the thread must end.
+    fn obey_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(VcpuCommand::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.log_final_state();
+                    return false;
+                }
+                Ok(VcpuCommand::Resume) => {
+                    let _ = self.shared.acks.send(VcpuAck::Resumed(self.vcpu.index));
+                }
+                Ok(VcpuCommand::Pause) => {
+                    let _ = self.shared.acks.send(VcpuAck::Paused(self.vcpu.index));
+                    // Paused: no guest code runs until Resume or Stop.
+                    loop {
+                        match self.commands.recv() {
+                            Ok(VcpuCommand::Resume) => {
+                                let _ = self.shared.acks.send(VcpuAck::Resumed(self.vcpu.index));
+                                break;
+                            }
+                            Ok(VcpuCommand::Pause) => {
+                                let _ = self.shared.acks.send(VcpuAck::Paused(self.vcpu.index));
+                            }
+                            Ok(VcpuCommand::Stop) | Err(_) => return false,
+                        }
+                    }
+                    // Kicks received while paused set immediate_exit; drop that.
+                    signals::clear_immediate_exit();
+                }
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Where the vCPU was when told to stop (debug log: shows where a hung guest spins).
+    fn log_final_state(&mut self) {
+        if !crate::logger::enabled(crate::logger::Level::Debug) {
+            return;
+        }
+        let rip = self.vcpu.fd.get_regs().map_or_else(
+            |e| format!("unavailable ({e})"),
+            |r| format!("{:#x}", r.rip),
+        );
+        let mp = self
+            .vcpu
+            .fd
+            .get_mp_state()
+            .map_or_else(|e| format!("unavailable ({e})"), |m| m.mp_state.to_string());
+        crate::log_debug!(
+            "vCPU {} stopped by the VMM at RIP {rip} (mp_state {mp}) after {} exits",
+            self.vcpu.index,
+            self.exits
+        );
+    }
+
+    fn run_once(&mut self) -> Outcome {
+        self.exits += 1;
+        let shared = &self.shared;
+        let result = self.vcpu.fd.run();
+        crate::metrics::count_vcpu_exit(&result);
+        match result {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                shared.pio.write(u64::from(port), data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                shared.pio.read(u64::from(port), data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                shared.mmio.write(addr, data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                shared.mmio.read(addr, data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::Intr) => Outcome::Interrupted,
+            Ok(VcpuExit::Shutdown) => Outcome::Fault {
+                kind: FaultKind::Shutdown,
+                detail: "KVM_EXIT_SHUTDOWN (triple fault or CPU shutdown)".into(),
+            },
+            Ok(VcpuExit::InternalError) => Outcome::Fault { kind: FaultKind::InternalError, detail: String::new() },
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::Fault {
+                kind: FaultKind::FailEntry,
+                detail: format!("KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x}, host CPU {cpu})"),
+            },
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Outcome::Exit(VmExit::GuestPowerOff),
+                KVM_SYSTEM_EVENT_RESET => Outcome::Exit(VmExit::GuestReset { how: "KVM reset event" }),
+                KVM_SYSTEM_EVENT_CRASH => Outcome::Fault {
+                    kind: FaultKind::Crash,
+                    detail: "KVM_EXIT_SYSTEM_EVENT (guest crash)".into(),
+                },
+                other => Outcome::Fault {
+                    kind: FaultKind::UnexpectedExit,
+                    detail: format!("KVM_EXIT_SYSTEM_EVENT of unknown type {other}"),
+                },
+            },
+            Ok(other) => Outcome::Fault { kind: FaultKind::UnexpectedExit, detail: format!("unexpected exit {other:?}") },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
+            Err(e) => Outcome::Fault { kind: FaultKind::RunFailed, detail: format!("KVM_RUN failed: {e}") },
+        }
+    }
+
+    /// Completes a fault's description with what KVM and the registers say.
+    fn describe_fault(&mut self, kind: FaultKind, mut detail: String) -> VmExit {
+        let regs = self.vcpu.fd.get_regs().ok();
+        let rip = regs.map(|r| r.rip);
+        if kind == FaultKind::InternalError {
+            let run = self.vcpu.fd.get_kvm_run();
+            // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for which the kernel fills
+            // the `internal` member of the union; it is plain data.
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            let ndata = usize::try_from(internal.ndata)
+                .unwrap_or(0)
+                .min(internal.data.len());
+            let data = &internal.data[..ndata];
+            let what = match internal.suberror {
+                SUBERROR_EMULATION => "emulation failure",
+                2 => "simultaneous exception",
+                3 => "delivery event",
+                4 => "unexpected exit reason",
+                _ => "other",
+            };
+            detail = format!(
+                "KVM_EXIT_INTERNAL_ERROR suberror {} ({what})",
+                internal.suberror
+            );
+            let mut insn = None;
+            if internal.suberror == SUBERROR_EMULATION
+                && data.len() >= 3
+                && data[0] & EMULATION_FLAG_INSN_BYTES != 0
+            {
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&data[1].to_le_bytes());
+                bytes[8..].copy_from_slice(&data[2].to_le_bytes());
+                let len = usize::from(bytes[0]).min(MAX_INSN_LEN);
+                insn = Some(bytes[1..=len].to_vec());
+            }
+            if insn.is_none() {
+                insn = rip.and_then(|rip| self.guest_bytes_at(rip));
+            }
+            if let Some(b) = insn.filter(|b| !b.is_empty()) {
+                let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+                detail.push_str(&format!(", instruction bytes {}", hex.join(" ")));
+            }
+            if !data.is_empty() {
+                let words: Vec<String> = data.iter().map(|w| format!("{w:#x}")).collect();
+                detail.push_str(&format!(", data [{}]", words.join(", ")));
+            }
+        }
+        VmExit::VcpuFault {
+            index: self.vcpu.index,
+            kind,
+            detail,
+            rip,
+        }
+    }
+
+    /// Up to 15 bytes at the guest's linear address CS.base + `rip`, if mapped.
+    fn guest_bytes_at(&self, rip: u64) -> Option<Vec<u8>> {
+        let cs_base = self.vcpu.fd.get_sregs().ok()?.cs.base;
+        let linear = cs_base.wrapping_add(rip);
+        let t = self.vcpu.fd.translate_gva(linear).ok()?;
+        if t.valid == 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(MAX_INSN_LEN);
+        for i in 0..MAX_INSN_LEN as u64 {
+            match self
+                .shared
+                .mem
+                .read_obj::<u8>(GuestAddress(t.physical_address.wrapping_add(i)))
+            {
+                Ok(b) => out.push(b),
+                Err(_) => break,
+            }
+        }
+        Some(out)
+    }
+}

@@ -1,0 +1,215 @@
+//! The KVM VM: `/dev/kvm`, the VM file descriptor, guest RAM registered as memory slots,
+//! KVM's TSS and identity-map pages, and the in-kernel irqchip (PIC + IOAPIC + LAPICs) and
+//! PIT.
+//!
+//! Order matters for start-up time: memory slots, irqchip and PIT creation each wait for an
+//! SRCU grace period in the kernel, and on the development hosts registering the memory
+//! slots *first* (on a VM with no irqchip yet) made the whole sequence ~5x faster (median
+//! 1.5 ms instead of 7.9 ms for create VM + slot + irqchip + PIT + vCPU, 25 runs each).
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The KVM API version every kernel since 2.6.22 reports.
+const KVM_API_VERSION: i32 = 12;
+
+/// Capabilities the VMM cannot work without.
+const REQUIRED_CAPS: &[(Cap, &str)] = &[
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::SetIdentityMapAddr, "KVM_CAP_SET_IDENTITY_MAP_ADDR"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("/dev/kvm reports KVM API version {0}, expected {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    #[error("the host's KVM lacks {0}")]
+    MissingCap(&'static str),
+    #[error("the host's KVM allows {max} vCPUs, the config asks for {wanted}")]
+    TooManyVcpus { wanted: u8, max: usize },
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("KVM_SET_IDENTITY_MAP_ADDR failed: {0}")]
+    IdentityMap(kvm_ioctls::Error),
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    Tss(kvm_ioctls::Error),
+    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    Irqchip(kvm_ioctls::Error),
+    #[error("KVM_CREATE_PIT2 failed: {0}")]
+    Pit(kvm_ioctls::Error),
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot} ({guest_addr:#x}, {size} bytes): {source}")]
+    MemorySlot {
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
+    #[error("the host's KVM has {max} memory slots, guest memory needs {wanted}")]
+    TooManySlots { wanted: usize, max: usize },
+    #[error("KVM_IRQFD failed for GSI {gsi}: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("KVM_IOEVENTFD failed for MMIO address {addr:#x} (value {datamatch}): {source}")]
+    Ioeventfd {
+        addr: u64,
+        datamatch: u32,
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A KVM VM with its irqchip and PIT, ready for memory slots and vCPUs.
+pub struct Vm {
+    fd: VmFd,
+    supported_cpuid: CpuId,
+    // Kept last: /dev/kvm outlives the VM file descriptor.
+    _kvm: Kvm,
+}
+
+impl Vm {
+    /// Opens `/dev/kvm`, checks it, creates the VM, registers `mem` as its memory slots,
+    /// then creates its TSS/identity-map pages, irqchip and PIT. `vcpu_count` is checked
+    /// against the host's limit. `mark` is told when each step is done (start-up tracing).
+    ///
+    /// `mem` must stay mapped for as long as the VM exists: the caller keeps both in the
+    /// same owner ([`crate::vmm::Vmm`]), which drops the VM first.
+    pub fn new(
+        vcpu_count: u8,
+        mem: &GuestMemoryMmap,
+        track_dirty_pages: bool,
+        mark: &dyn Fn(&'static str),
+    ) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(VmError::ApiVersion(version));
+        }
+        for (cap, name) in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let max = kvm.get_max_vcpus();
+        if usize::from(vcpu_count) > max {
+            return Err(VmError::TooManyVcpus {
+                wanted: vcpu_count,
+                max,
+            });
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmError::SupportedCpuid)?;
+        let max_memslots = kvm.get_nr_memslots();
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        mark("KVM VM created");
+        register_memory(&fd, max_memslots, mem, track_dirty_pages)?;
+        mark("memory slots registered");
+        // Both pages lie in the MMIO gap, where no RAM is; the identity map must be placed
+        // before any vCPU exists.
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(VmError::IdentityMap)?;
+        let tss = usize::try_from(KVM_TSS_ADDR)
+            .map_err(|_| VmError::Tss(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        fd.set_tss_address(tss).map_err(VmError::Tss)?;
+        fd.create_irq_chip().map_err(VmError::Irqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(VmError::Pit)?;
+        mark("irqchip and PIT created");
+        Ok(Vm {
+            fd,
+            supported_cpuid,
+            _kvm: kvm,
+        })
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The CPUID KVM can give guests, before per-vCPU normalisation.
+    pub fn supported_cpuid(&self) -> &CpuId {
+        &self.supported_cpuid
+    }
+
+    /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Makes KVM signal `evt`, without leaving the kernel, when the guest writes the 4-byte
+    /// value `datamatch` to the MMIO address `addr` (virtio QueueNotify).
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| VmError::Ioeventfd {
+                addr,
+                datamatch,
+                source,
+            })
+    }
+}
+
+/// Registers every region of `mem` as a KVM memory slot (slot i = region i).
+fn register_memory(
+    fd: &VmFd,
+    max_memslots: usize,
+    mem: &GuestMemoryMmap,
+    track_dirty_pages: bool,
+) -> Result<(), VmError> {
+    let count = mem.num_regions();
+    if count > max_memslots {
+        return Err(VmError::TooManySlots {
+            wanted: count,
+            max: max_memslots,
+        });
+    }
+    let flags = if track_dirty_pages {
+        KVM_MEM_LOG_DIRTY_PAGES
+    } else {
+        0
+    };
+    for (slot, region) in (0u32..).zip(mem.iter()) {
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the host range [as_ptr, as_ptr + len) is a live anonymous mapping owned by
+        // `mem`, which the owner of this VM keeps mapped until the VM fd is closed (see
+        // `Vm::new`); the guest may write anywhere in it, and Rust code only accesses it
+        // through vm-memory's volatile accessors.
+        unsafe { fd.set_user_memory_region(r) }.map_err(|source| VmError::MemorySlot {
+            slot,
+            guest_addr: r.guest_phys_addr,
+            size: r.memory_size,
+            source,
+        })?;
+    }
+    Ok(())
+}
