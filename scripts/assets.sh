@@ -84,7 +84,8 @@ kmake() {
 
 unpack_source() {
     step "unpacking $SRC_TARBALL ($SRC_VERSION) into $SRC"
-    rm -rf "$SRC" "$SRC.tmp"
+    # The tarball's old timestamps would hide source changes from make: objects go too.
+    rm -rf "$SRC" "$SRC.tmp" "$OBJ"
     mkdir -p "$SRC.tmp"
     tar -xJf "$SRC_TARBALL" -C "$SRC.tmp" --strip-components=1
     mkdir "$SRC.tmp/.kiln-patches"
@@ -99,7 +100,8 @@ sync_patches() {
     [ "${want[*]:-}" = "${have[*]:-}" ] && return 0
     for ((i = ${#have[@]} - 1; i >= 0; i--)); do
         step "reverting ${have[i]%%:*} (the patch set changed)"
-        if ! patch -s -R -p1 -d "$SRC" <"$applied/$i.patch"; then
+        if ! patch -s -R -p1 --dry-run -d "$SRC" <"$applied/$i.patch" >/dev/null 2>&1 ||
+            ! patch -s -R -p1 -d "$SRC" <"$applied/$i.patch"; then
             step "cannot revert it cleanly: starting from a fresh source tree"
             unpack_source
             break
@@ -108,8 +110,10 @@ sync_patches() {
     rm -f "$applied"/*
     for i in "${!PATCHES[@]}"; do
         step "applying ${PATCHES[i]#"$KILN_ROOT"/}"
-        patch -s -N -p1 -d "$SRC" <"${PATCHES[i]}" ||
+        # Dry run first: a patch that fails half-way would leave the tree half-patched.
+        patch -s -N -p1 --dry-run -d "$SRC" <"${PATCHES[i]}" >&2 ||
             die "patch ${PATCHES[i]} does not apply to linux-source-6.1 $SRC_VERSION"
+        patch -s -N -p1 -d "$SRC" <"${PATCHES[i]}"
         cp "${PATCHES[i]}" "$applied/$i.patch"
         printf '%s\n' "${want[i]}" >>"$applied/list"
     done

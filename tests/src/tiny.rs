@@ -55,6 +55,7 @@ pub const SCENARIOS: &[&str] = &[
     "virtio-loop",
     "virtio-oob",
     "virtio-qsize",
+    "virtio-kicks",
     "virtio-mmio-junk",
 ];
 /// Physical (= virtual) load address of the image.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kiln_tests::assets::{require_linux_assets, require_program, QEMU_MICROVM_CMDLINE};
 use kiln_tests::{is_pvm_host, require_kvm, require_root, unique_id};
 
-/// Booting to /init takes ~0.5–1.5 minutes on kvm_pvm hosts (guest ring 0 is emulated); the
+/// Booting to /init takes ~30–50 s on kvm_pvm hosts (guest ring 0 is emulated); the
 /// margin covers a loaded machine. Elsewhere it takes about a second.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 

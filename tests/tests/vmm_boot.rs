@@ -3,7 +3,8 @@
 //! Each boot takes milliseconds. Covered: both boot entries (PVH and Linux 64-bit) with 1 and
 //! 2 vCPUs, what the guest sees (boot information, memory map, command line, MP table,
 //! CPUID), every way the VM ends (guest reset → 0, triple fault → 2 with vCPU/exit/RIP,
-//! SIGTERM → 0 for a busy or halted guest), unknown ports, `--serial-out`, and bad config
+//! SIGTERM → 0 for a busy or halted guest), unknown ports (ignored, or stopping the VM under
+//! `--strict-io`), `--serial-out`, and bad config
 //! files and bad kernel images, each with its own error and no panic.
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo test -p vmm -p kiln-tests` builds both).
@@ -22,6 +23,7 @@ const E820_RESERVED: u32 = 2;
 /// Exit codes of the VMM (docs/vmm.md).
 const EXIT_GUEST_CRASH: i32 = 2;
 const EXIT_START_FAILED: i32 = 5;
+const EXIT_STRICT_IO: i32 = 6;
 const EXIT_BAD_CONFIG: i32 = 152;
 
 /// A scratch directory removed at the end of the test.
@@ -322,6 +324,36 @@ fn unknown_ports_are_ignored() {
 }
 
 #[test]
+fn strict_io_stops_the_vm_at_the_first_unknown_port_naming_port_and_vcpu() {
+    for entry in ENTRIES {
+        let dir = Scratch::new();
+        let cfg = dir.write(
+            "vm.json",
+            config(&tiny::tiny_guest(), Some("kiln.test=ports"), 1, 64, "").as_bytes(),
+        );
+        let entry_flag = match entry {
+            Entry::Pvh => "pvh",
+            Entry::Linux64 => "linux64",
+        };
+        let f = run_with_timeout(
+            &mut vmm_command(&cfg, &["--boot-entry", entry_flag, "--strict-io"]),
+            TIMEOUT,
+        );
+        assert_no_panic(&f);
+        let out = TinyOutput::parse(&f.stdout);
+        // The first unknown port of the scenario is 0x80; nothing after it runs.
+        assert_eq!(out.topic("port").len(), 1, "{f}");
+        assert!(!out.lines.iter().any(|l| l == "ports survived"), "{f}");
+        assert_eq!(f.code(), EXIT_STRICT_IO, "{f}");
+        assert!(
+            f.stderr
+                .contains("vCPU 0 stopped: write to I/O port 0x80 (1-byte access) with no device (--strict-io)"),
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn guest_reset_exits_zero() {
     for entry in ENTRIES {
         let (f, out) = boot("kiln.test=reset", 2, 64, entry, "");
@@ -356,12 +388,12 @@ fn triple_fault_exits_nonzero_naming_vcpu_exit_and_rip() {
 
 /// Starts the VMM on a scenario that never ends, waits for `marker` on its stdout, sends
 /// SIGTERM and returns the run.
-fn sigterm_after(scenario: &str, vcpus: u8, marker: &str) -> (Finished, Duration) {
+fn sigterm_after(kernel: &Path, scenario: &str, vcpus: u8, marker: &str) -> (Finished, Duration) {
     let dir = Scratch::new();
     let out_path = dir.path("serial.out");
     let cfg = dir.write(
         "vm.json",
-        config(&tiny::tiny_guest(), Some(scenario), vcpus, 64, "").as_bytes(),
+        config(kernel, Some(scenario), vcpus, 64, "").as_bytes(),
     );
     let start = Instant::now();
     let mut child = vmm_command(&cfg, &["--serial-out", out_path.to_str().expect("utf-8")])
@@ -396,7 +428,7 @@ fn sigterm_stops_a_busy_or_halted_guest_with_exit_zero() {
         ("kiln.test=halt", "KILN-TINY: halt"),
     ] {
         for vcpus in [1u8, 2] {
-            let (f, took) = sigterm_after(scenario, vcpus, marker);
+            let (f, took) = sigterm_after(&tiny::tiny_guest(), scenario, vcpus, marker);
             assert_no_panic(&f);
             assert_eq!(f.code(), 0, "{scenario}, {vcpus} vCPUs\n{f}");
             assert!(f.stderr.contains("received SIGTERM"), "{f}");
@@ -731,4 +763,64 @@ fn bad_kernel_images_are_clear_errors() {
         "longer than 2047 bytes",
         "command line too long",
     );
+}
+
+/// 64-bit code at 1 MiB: prints 'E', runs `lock cmpxchg16b`, prints 'X', halts.
+const CMPXCHG16B_GUEST: [u8; 64] = [
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x45, 0xee, 0x48, 0x8d, 0x3d, 0x22, 0x00, 0x00, 0x00, 0x31, 0xc0,
+    0x31, 0xd2, 0x31, 0xdb, 0x31, 0xc9, 0xf0, 0x48, 0x0f, 0xc7, 0x0f, 0xb0, 0x58, 0x66, 0xba, 0xf8,
+    0x03, 0xee, 0xf4, 0xeb, 0xfd, 0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+];
+
+/// An x86-64 ELF with one PT_LOAD of `code` at 1 MiB, entry at its start.
+fn raw_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&62u16.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD.to_le_bytes());
+    f.extend_from_slice(&64u64.to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    let len = code.len() as u64;
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&7u32.to_le_bytes());
+    for v in [120u64, LOAD, LOAD, len, len, 0x1000] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(code);
+    f
+}
+
+/// Where guest ring 0 is emulated (kvm_pvm), the emulator fails on `lock cmpxchg16b`: the
+/// VM must stop with exit code 3 and a message naming the vCPU, the exit, the suberror, the
+/// instruction bytes and RIP. Elsewhere the instruction runs and the guest halts until
+/// SIGTERM.
+#[test]
+fn an_instruction_the_host_cannot_run_is_a_clear_vcpu_error() {
+    let dir = Scratch::new();
+    let kernel = dir.write("cmpxchg16b.elf", &raw_elf(&CMPXCHG16B_GUEST));
+    if kiln_tests::is_pvm_host() {
+        let cfg = dir.write("vm.json", config(&kernel, None, 1, 16, "").as_bytes());
+        let f = run_with_timeout(&mut vmm_command(&cfg, &[]), TIMEOUT);
+        assert_no_panic(&f);
+        assert_eq!(f.code(), 3, "{f}");
+        assert_eq!(f.stdout, "E", "{f}");
+        for want in [
+            "vCPU 0 stopped: KVM_EXIT_INTERNAL_ERROR suberror 1 (emulation failure)",
+            "instruction bytes f0 48 0f c7 0f",
+            "at RIP 0x100016",
+        ] {
+            assert!(f.stderr.contains(want), "stderr lacks {want:?}\n{f}");
+        }
+    } else {
+        let (f, _) = sigterm_after(&kernel, "console=none", 1, "EX");
+        assert_eq!(f.code(), 0, "{f}");
+    }
 }

@@ -94,6 +94,8 @@ pub struct BuildOptions {
     pub entry: EntryPreference,
     /// Records start-up phases and prints the guest's first serial byte time (`--boot-timer`).
     pub trace: Option<StartupTrace>,
+    /// `--strict-io`: stop the VM on a port or MMIO access no device handles.
+    pub strict_io: bool,
 }
 
 /// Builds the microVM described by `res` and starts its vCPUs.
@@ -201,6 +203,7 @@ pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, Build
         exits: exits.clone(),
         acks: ack_tx,
         mem: mem.clone(),
+        strict_io: opts.strict_io,
     };
     let mut handles = Vec::with_capacity(vcpus.len());
     for v in vcpus {

@@ -27,6 +27,8 @@ Options:
                                kernel entry: PVH when the ELF has a PVH note (auto, default),
                                or force one
   --boot-timer                 print start-up phase times and the guest's first serial byte time
+  --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
+                               MMIO address with no device, instead of ignoring the access
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
   --start-time-cpu-us US       process CPU time at start, from the jailer
   --parent-cpu-time-us US      the jailer's CPU time
@@ -79,6 +81,7 @@ pub struct Args {
     pub serial_out: SerialSink,
     pub boot_entry: EntryPreference,
     pub boot_timer: bool,
+    pub strict_io: bool,
     pub start_time_us: Option<u64>,
     pub start_time_cpu_us: Option<u64>,
     pub parent_cpu_time_us: Option<u64>,
@@ -154,6 +157,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--serial-out", true),
     ("--boot-entry", true),
     ("--boot-timer", false),
+    ("--strict-io", false),
     ("--start-time-us", true),
     ("--start-time-cpu-us", true),
     ("--parent-cpu-time-us", true),
@@ -205,6 +209,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
             match flag {
                 "--no-api" => args.no_api = true,
                 "--boot-timer" => args.boot_timer = true,
+                "--strict-io" => args.strict_io = true,
                 "--no-seccomp" => args.no_seccomp = true,
                 "--seccomp-log" => args.seccomp_log = true,
                 "--version" => version = true,
@@ -321,7 +326,7 @@ mod tests {
     fn config_file_mode() {
         let a = run(&["--config-file", "vm.json", "--no-api"]);
         assert_eq!(a.config_file.as_deref(), Some("vm.json"));
-        assert!(a.no_api);
+        assert!(a.no_api && !a.strict_io);
         assert_eq!(a.serial_out, SerialSink::Stdout);
         assert_eq!(a.boot_entry, EntryPreference::Auto);
     }
@@ -338,6 +343,7 @@ mod tests {
             "--boot-entry",
             "linux64",
             "--boot-timer",
+            "--strict-io",
             "--start-time-us",
             "123",
             "--start-time-cpu-us=4",
@@ -356,7 +362,7 @@ mod tests {
         assert_eq!(a.id.as_deref(), Some("vm-1"));
         assert_eq!(a.serial_out, SerialSink::Path("/tmp/s".into()));
         assert_eq!(a.boot_entry, EntryPreference::Linux64);
-        assert!(a.boot_timer && a.no_seccomp);
+        assert!(a.boot_timer && a.strict_io && a.no_seccomp);
         assert_eq!(
             (a.start_time_us, a.start_time_cpu_us, a.parent_cpu_time_us),
             (Some(123), Some(4), Some(5))

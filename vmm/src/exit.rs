@@ -9,6 +9,7 @@
 //! | 3    | a vCPU hit an error: KVM internal/emulation error, failed entry, unknown exit, `KVM_RUN` failure |
 //! | 4    | a vCPU thread panicked |
 //! | 5    | the microVM could not be built or started (KVM, memory, kernel, devices) |
+//! | 6    | `--strict-io`: the guest accessed an I/O port or MMIO address with no device |
 //! | 152  | bad configuration (config file unreadable, invalid JSON, invalid value) |
 //! | 153  | bad command-line arguments |
 
@@ -25,6 +26,8 @@ pub mod code {
     pub const VCPU_ERROR: i32 = 3;
     pub const VCPU_PANIC: i32 = 4;
     pub const START_FAILED: i32 = 5;
+    /// `--strict-io`: the guest accessed a port or MMIO address no device handles.
+    pub const STRICT_IO: i32 = 6;
     pub const BAD_CONFIG: i32 = 152;
     pub const BAD_ARGS: i32 = 153;
 }
@@ -44,6 +47,8 @@ pub enum FaultKind {
     UnexpectedExit,
     /// `KVM_RUN` itself failed.
     RunFailed,
+    /// `--strict-io`: a port or MMIO access no device handles.
+    UnhandledIo,
 }
 
 /// Why the microVM stopped.
@@ -80,6 +85,10 @@ impl VmExit {
                 kind: FaultKind::Shutdown | FaultKind::Crash,
                 ..
             } => code::GUEST_CRASH,
+            VmExit::VcpuFault {
+                kind: FaultKind::UnhandledIo,
+                ..
+            } => code::STRICT_IO,
             VmExit::VcpuFault { .. } => code::VCPU_ERROR,
             VmExit::VcpuPanic { .. } => code::VCPU_PANIC,
             VmExit::VmmError(_) => code::GENERIC,
@@ -184,6 +193,7 @@ mod tests {
         };
         assert_eq!(f(FaultKind::Shutdown).code(), 2);
         assert_eq!(f(FaultKind::InternalError).code(), 3);
+        assert_eq!(f(FaultKind::UnhandledIo).code(), 6);
         assert_eq!(
             VmExit::VcpuPanic {
                 index: 0,

@@ -146,6 +146,7 @@ fn run(args: Args, main_entry: Instant) -> i32 {
             serial: args.serial_out.clone(),
             entry: args.boot_entry,
             trace: trace.clone(),
+            strict_io: args.strict_io,
         };
         build_microvm(res, opts)
     };

@@ -101,6 +101,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             serial: SerialSink::Path(serial.to_str().unwrap().into()),
             entry: EntryPreference::Linux64,
             trace: None,
+            strict_io: false,
         };
         let mut vm = build_microvm(&res, opts).expect("build the microVM");
         assert_eq!(vm.state(), VmState::Running);

@@ -51,6 +51,8 @@ pub struct VcpuShared {
     pub acks: Sender<VcpuAck>,
     /// Used to show the faulting instruction's bytes.
     pub mem: GuestMemoryMmap,
+    /// `--strict-io`: an access no device handles stops the VM instead of being ignored.
+    pub strict_io: bool,
 }
 
 /// The run loop's handle on a running vCPU thread.
@@ -140,6 +142,18 @@ pub fn spawn(vcpu: Vcpu, shared: VcpuShared) -> std::io::Result<VcpuHandle> {
         commands: tx,
         thread: Some(thread),
     })
+}
+
+/// After a port or MMIO exit: go on, unless no device handled the access and `--strict-io`
+/// asks for such a guest to be stopped.
+fn io_outcome(strict: bool, handled: bool, what: &str, addr: u64, len: usize) -> Outcome {
+    if handled || !strict {
+        return Outcome::Continue;
+    }
+    Outcome::Fault {
+        kind: FaultKind::UnhandledIo,
+        detail: format!("{what} {addr:#x} ({len}-byte access) with no device (--strict-io)"),
+    }
 }
 
 impl Runner {
@@ -239,20 +253,20 @@ impl Runner {
         crate::metrics::count_vcpu_exit(&result);
         match result {
             Ok(VcpuExit::IoOut(port, data)) => {
-                shared.pio.write(u64::from(port), data);
-                Outcome::Continue
+                let handled = shared.pio.write(u64::from(port), data);
+                io_outcome(shared.strict_io, handled, "write to I/O port", u64::from(port), data.len())
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                shared.pio.read(u64::from(port), data);
-                Outcome::Continue
+                let handled = shared.pio.read(u64::from(port), data);
+                io_outcome(shared.strict_io, handled, "read from I/O port", u64::from(port), data.len())
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                shared.mmio.write(addr, data);
-                Outcome::Continue
+                let handled = shared.mmio.write(addr, data);
+                io_outcome(shared.strict_io, handled, "MMIO write to", addr, data.len())
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                shared.mmio.read(addr, data);
-                Outcome::Continue
+                let handled = shared.mmio.read(addr, data);
+                io_outcome(shared.strict_io, handled, "MMIO read from", addr, data.len())
             }
             Ok(VcpuExit::Intr) => Outcome::Interrupted,
             Ok(VcpuExit::Shutdown) => Outcome::Fault {

@@ -13,6 +13,8 @@
 //!   two) then DRIVER_OK: `qsize num=N status=0x..` (DEVICE_NEEDS_RESET, 0x40, expected);
 //!   an available index 1000 entries ahead: `qsize avail_idx=1000 status=0x..`; a head index
 //!   of 200: `qsize head=200 status=0x..`; each followed by a reset.
+//! * `virtio-kicks`: `kiln.kicks=N` (default 100000) queue notifications with nothing posted:
+//!   `kicks n=N cycles=N`, then a `blk read` of sector 0.
 //! * `virtio-mmio-junk`: a 2-byte read of the magic value and reads of undefined and
 //!   write-only registers (`junk read16=0x.. undefined=0x.. notify=0x..`), then writes of
 //!   the wrong width, to read-only and undefined registers, to a queue that does not exist,
@@ -188,4 +190,21 @@ pub fn run_mmio_junk(info: &BootInfo, con: &mut Console) {
         }
         Err(_) => con.error().s("junk restart failed").end(),
     }
+}
+
+pub fn run_kicks(info: &BootInfo, con: &mut Console) {
+    let Some(mut b) = open(info, con) else { return };
+    let n = virtio::param_num(info.cmdline, b"kiln.kicks", 100_000);
+    let start = virtio::rdtsc();
+    for _ in 0..n {
+        b.mmio.notify(0);
+    }
+    let cycles = virtio::rdtsc().wrapping_sub(start);
+    con.line()
+        .s("kicks n=")
+        .dec(n)
+        .s(" cycles=")
+        .dec(cycles)
+        .end();
+    read(&mut b, con, 0, 1);
 }

@@ -54,6 +54,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"virtio-loop", hostile::run_loop),
     (b"virtio-oob", hostile::run_oob),
     (b"virtio-qsize", hostile::run_qsize),
+    (b"virtio-kicks", hostile::run_kicks),
     (b"virtio-mmio-junk", hostile::run_mmio_junk),
 ];
 

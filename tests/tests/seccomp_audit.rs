@@ -1,0 +1,562 @@
+//! The seccomp audit: are the filters in `policies/seccomp/` exactly as wide as the VMM
+//! needs?
+//!
+//! `the_lifecycle_uses_exactly_what_the_policies_allow` runs the VMM's whole lifecycle with
+//! the tiny guest (`seccomp_common`: configuration through the API with every device, API
+//! traffic, every virtio-blk and virtio-net scenario, a drive swap, pause/resume, FlushMetrics,
+//! SIGTERM, the guest's reset, a triple fault) under `strace -f` in `--seccomp-log` mode, and
+//! records, for every thread, the syscalls it made after installing its filter. Threads are
+//! told apart by their names (`vmm` for the main thread, `kiln_api`, `kiln_metrics`,
+//! `vcpu0`, ...). It then fails when
+//!
+//! - a thread made a syscall its kind's policy does not allow (the lifecycle needs it), or
+//! - a policy rule matched no syscall of any thread of its kind (the policy is wider than
+//!   needed), unless [`NOT_EXERCISED`] names it with the reason it is still needed.
+//!
+//! It prints, per thread kind, every syscall used and how often (run with `--nocapture`).
+//!
+//! `policies_are_well_formed_and_inside_the_jail_filter` needs nothing: every rule must be
+//! allowed by the jailer's `policies/seccomp/jail.json` (the jail-level filter stays
+//! installed under the VMM's, so a syscall it refuses is refused whatever the VMM's filters
+//! say), a syscall must not have both an unconditional and a conditional rule (seccompiler
+//! keeps only the conditional ones), and the test hook's syscall must be in no policy.
+//!
+//! To change a policy: edit the JSON, run this test, read what it reports
+//! (policies/seccomp/README.md). Needs root, /dev/kvm, strace (Debian package `strace`).
+
+mod seccomp_common;
+
+use kiln_tests::assets::require_program;
+use seccomp_common::{lifecycle, Launch, Scratch};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Arguments worth restricting, printed by the audit as the distinct values seen, per kind:
+/// (syscall, argument indexes).
+const ARGS_SHOWN: &[(&str, &[usize])] = &[
+    ("ioctl", &[1]),
+    ("fcntl", &[1]),
+    ("futex", &[1]),
+    ("mmap", &[2, 3]),
+    ("mprotect", &[2]),
+    ("madvise", &[2]),
+    ("mremap", &[3]),
+    ("socket", &[0, 1]),
+    ("accept4", &[3]),
+    ("openat", &[2]),
+    ("rt_sigprocmask", &[0]),
+    ("tgkill", &[2]),
+    ("epoll_ctl", &[1]),
+    ("clock_nanosleep", &[0, 1]),
+    ("lseek", &[2]),
+    ("sendto", &[3]),
+    ("recvfrom", &[3]),
+];
+
+/// The thread kinds, as named in the policies.
+const KINDS: [&str; 3] = ["api", "vmm", "vcpu"];
+
+/// The syscall the VMM's test hook makes (`KILN_TEST_FORBIDDEN_SYSCALL`): in no policy.
+const HOOK_SYSCALL: &str = "getppid";
+
+/// Rules the lifecycle cannot exercise, with why they are needed anyway: (kind, syscall,
+/// reason). Keep it short; every entry is a syscall nobody saw the VMM make.
+const NOT_EXERCISED: &[(&str, &str, &str)] = &[];
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/seccomp")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    MaskedEq(u64),
+}
+
+/// One argument condition of a rule (seccompiler's semantics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cond {
+    index: usize,
+    qword: bool,
+    op: Op,
+    val: u64,
+}
+
+impl Cond {
+    fn holds(&self, arg: u64) -> bool {
+        let a = if self.qword { arg } else { arg & 0xffff_ffff };
+        match self.op {
+            Op::Eq => a == self.val,
+            Op::Ne => a != self.val,
+            Op::Lt => a < self.val,
+            Op::Le => a <= self.val,
+            Op::Gt => a > self.val,
+            Op::Ge => a >= self.val,
+            Op::MaskedEq(mask) => a & mask == self.val,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    syscall: String,
+    conds: Vec<Cond>,
+}
+
+impl Rule {
+    fn describe(&self) -> String {
+        if self.conds.is_empty() {
+            return self.syscall.clone();
+        }
+        let conds: Vec<String> = self
+            .conds
+            .iter()
+            .map(|c| format!("arg{} {:?} {:#x}", c.index, c.op, c.val))
+            .collect();
+        format!("{} [{}]", self.syscall, conds.join(", "))
+    }
+
+    /// Some(true/false) when every argument it looks at is known.
+    fn matches(&self, call: &Call) -> Option<bool> {
+        if call.name != self.syscall {
+            return Some(false);
+        }
+        for c in &self.conds {
+            let arg = call.args.get(c.index).copied().flatten()?;
+            if !c.holds(arg) {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+}
+
+/// One seccompiler JSON filter.
+#[derive(Debug, Clone)]
+struct Filter {
+    filter_action: Value,
+    rules: Vec<Rule>,
+}
+
+fn parse_filter(origin: &str, v: &Value) -> Filter {
+    let rules = v["filter"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{origin}: no \"filter\" array"))
+        .iter()
+        .map(|r| {
+            let syscall = r["syscall"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{origin}: a rule without \"syscall\": {r}"))
+                .to_string();
+            let conds = r["args"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| {
+                            let op = match &c["op"] {
+                                Value::String(s) => match s.as_str() {
+                                    "eq" => Op::Eq,
+                                    "ne" => Op::Ne,
+                                    "lt" => Op::Lt,
+                                    "le" => Op::Le,
+                                    "gt" => Op::Gt,
+                                    "ge" => Op::Ge,
+                                    other => panic!("{origin}: {syscall}: unknown op {other}"),
+                                },
+                                Value::Object(m) => Op::MaskedEq(
+                                    m.get("masked_eq").and_then(Value::as_u64).unwrap_or_else(
+                                        || panic!("{origin}: {syscall}: bad op {}", c["op"]),
+                                    ),
+                                ),
+                                other => panic!("{origin}: {syscall}: bad op {other}"),
+                            };
+                            Cond {
+                                index: c["index"].as_u64().expect("index") as usize,
+                                qword: c["type"] == "qword",
+                                op,
+                                val: c["val"].as_u64().expect("val"),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Rule { syscall, conds }
+        })
+        .collect();
+    Filter {
+        filter_action: v["filter_action"].clone(),
+        rules,
+    }
+}
+
+/// The filter of `kind` from `policies/seccomp/<kind>.json`.
+fn load_policy(kind: &str) -> Filter {
+    let path = policies_dir().join(format!("{kind}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let f = parse_filter(&path.display().to_string(), &v[kind]);
+    assert_eq!(v[kind]["default_action"], "kill_process", "{}: the default action must kill the process", path.display());
+    assert_eq!(f.filter_action, "allow", "{}: rules must allow", path.display());
+    f
+}
+
+/// jail.json's filters by name.
+fn load_jail() -> BTreeMap<String, Filter> {
+    let path = policies_dir().join("jail.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    v.as_object()
+        .expect("jail.json is an object")
+        .iter()
+        .map(|(name, f)| (name.clone(), parse_filter(&format!("jail.json {name}"), f)))
+        .collect()
+}
+
+/// How `filter` answers `call`: allowed, denied, or unknown (an argument it looks at could
+/// not be read from the trace). seccompiler drops a syscall's unconditional rules when it
+/// also has conditional ones; so does this.
+fn allows(filter: &Filter, call: &Call) -> Option<bool> {
+    let rules: Vec<&Rule> = filter.rules.iter().filter(|r| r.syscall == call.name).collect();
+    if rules.is_empty() {
+        return Some(false);
+    }
+    let conditional: Vec<&&Rule> = rules.iter().filter(|r| !r.conds.is_empty()).collect();
+    if conditional.is_empty() {
+        return Some(true);
+    }
+    let mut unknown = false;
+    for r in conditional {
+        match r.matches(call) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => unknown = true,
+        }
+    }
+    if unknown {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+#[test]
+fn policies_are_well_formed_and_inside_the_jail_filter() {
+    let jail = load_jail();
+    let main = jail.get("main").expect("jail.json has a \"main\" filter");
+    let mut problems = Vec::new();
+    for kind in KINDS {
+        let policy = load_policy(kind);
+        let mut seen = BTreeSet::new();
+        for rule in &policy.rules {
+            if rule.syscall == HOOK_SYSCALL {
+                problems.push(format!("{kind}: allows {HOOK_SYSCALL}, the test hook's forbidden syscall"));
+            }
+            let same: Vec<&Rule> = policy.rules.iter().filter(|r| r.syscall == rule.syscall).collect();
+            if same.iter().any(|r| r.conds.is_empty()) && same.iter().any(|r| !r.conds.is_empty()) && seen.insert(rule.syscall.clone()) {
+                problems.push(format!("{kind}: {} has both unconditional and conditional rules (seccompiler would keep only the conditional ones)", rule.syscall));
+            }
+            // Inside the jail's allow-list: a jail rule for the syscall whose conditions are
+            // all among this rule's.
+            let jail_rules: Vec<&Rule> = main.rules.iter().filter(|r| r.syscall == rule.syscall).collect();
+            if jail_rules.is_empty() {
+                problems.push(format!("{kind}: {} is not allowed by jail.json's main filter", rule.describe()));
+            } else if !jail_rules.iter().any(|j| j.conds.iter().all(|c| rule.conds.contains(c))) {
+                problems.push(format!("{kind}: {} is wider than jail.json's main filter allows ({})", rule.describe(), jail_rules.iter().map(|j| j.describe()).collect::<Vec<_>>().join(" or ")));
+            }
+            // Not refused by the jail's other filters (deny lists, ENOSYS answers).
+            for (name, f) in jail.iter().filter(|(n, _)| n.as_str() != "main") {
+                for j in f.rules.iter().filter(|j| j.syscall == rule.syscall) {
+                    let disjoint = j.conds.iter().any(|jc| {
+                        jc.op == Op::Eq && rule.conds.iter().any(|rc| rc.index == jc.index && rc.op == Op::Eq && rc.val != jc.val)
+                    });
+                    if !disjoint {
+                        problems.push(format!("{kind}: {} is answered {} by jail.json's {name:?} filter", rule.describe(), f.filter_action));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "policy problems:\n  {}", problems.join("\n  "));
+}
+
+/// One syscall line of a strace trace.
+#[derive(Debug, Clone)]
+struct Call {
+    name: String,
+    /// The arguments as numbers, where they are numbers (`-X raw` prints constants as
+    /// numbers; strings, structures and arrays are `None`).
+    args: Vec<Option<u64>>,
+    line: String,
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s == "NULL" {
+        return Some(0);
+    }
+    if let Some(h) = s.strip_prefix("0x") {
+        return u64::from_str_radix(h, 16).ok();
+    }
+    if let Some(n) = s.strip_prefix('-') {
+        return n.parse::<u64>().ok().map(|v| v.wrapping_neg());
+    }
+    s.parse().ok()
+}
+
+/// Splits `name(a, b, {c, d}, "e, f") = ...` into the name and its top-level arguments.
+fn parse_call(line: &str) -> Option<Call> {
+    let open = line.find('(')?;
+    let name = &line[..open];
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let mut args = Vec::new();
+    let mut depth = 0i32;
+    let mut current = String::new();
+    let mut in_str = false;
+    let mut escaped = false;
+    for ch in line[open + 1..].chars() {
+        if in_str {
+            current.push(ch);
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match ch {
+            '"' => {
+                in_str = true;
+                current.push(ch);
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                current.push(ch);
+            }
+            ')' | ']' | '}' if depth == 0 => break,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                current.push(ch);
+            }
+            ',' if depth == 0 => {
+                args.push(std::mem::take(&mut current));
+            }
+            _ => current.push(ch),
+        }
+        if depth == 0 && current.ends_with(" <unfinished ...>") {
+            current.truncate(current.len() - " <unfinished ...>".len());
+            break;
+        }
+    }
+    if !current.trim().is_empty() {
+        args.push(current);
+    }
+    Some(Call {
+        name: name.to_string(),
+        args: args.iter().map(|a| parse_number(a)).collect(),
+        line: line.to_string(),
+    })
+}
+
+/// What one thread did, from its `strace -ff` file.
+struct ThreadTrace {
+    tid: u32,
+    name: String,
+    calls: Vec<Call>,
+    /// Index in `calls` of its `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    installed_at: Option<usize>,
+}
+
+fn read_thread(path: &Path) -> ThreadTrace {
+    let tid = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected trace file {}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut calls = Vec::new();
+    let mut name = String::new();
+    let mut installed_at = None;
+    for line in text.lines() {
+        if line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        let Some(call) = parse_call(line) else { continue };
+        if call.name == "execve" && name.is_empty() {
+            name = "vmm".into();
+        }
+        if call.name == "prctl" && call.args.first() == Some(&Some(15)) {
+            // PR_SET_NAME
+            if let Some(n) = line.split('"').nth(1) {
+                name = n.to_string();
+            }
+        }
+        if call.name == "seccomp" && call.args.first() == Some(&Some(1)) && line.contains(") = 0") {
+            installed_at = Some(calls.len());
+        }
+        calls.push(call);
+    }
+    ThreadTrace { tid, name, calls, installed_at }
+}
+
+/// The filter a thread of this name installs.
+fn kind_of(name: &str) -> Option<&'static str> {
+    match name {
+        "vmm" | "kiln_metrics" => Some("vmm"),
+        "kiln_api" => Some("api"),
+        n if n.starts_with("vcpu") && n[4..].chars().all(|c| c.is_ascii_digit()) => Some("vcpu"),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_lifecycle_uses_exactly_what_the_policies_allow() {
+    let strace = require_program("strace", "strace");
+    let traces = Scratch::new("kiln-seccomp-audit");
+    let launch = Launch {
+        vmm_args: vec!["--seccomp-log".into()],
+        strace: Some((strace, traces.0.clone())),
+        env: Vec::new(),
+    };
+    let outcomes = lifecycle(&launch);
+    let failed: Vec<String> = outcomes.iter().filter_map(|o| o.problem()).collect();
+    assert!(failed.is_empty(), "the lifecycle failed under strace:\n{}", failed.join("\n"));
+
+    let policies: BTreeMap<&str, Filter> = KINDS.iter().map(|k| (*k, load_policy(k))).collect();
+    // kind -> syscall -> count, and kind -> rule index -> matches.
+    let mut used: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut rule_hits: BTreeMap<&str, Vec<usize>> = policies.iter().map(|(k, p)| (*k, vec![0; p.rules.len()])).collect();
+    // kind -> syscall -> distinct values of the arguments in ARGS_SHOWN.
+    let mut shown: BTreeMap<&str, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    // (kind, syscall) -> (count, a few examples).
+    let mut denied: BTreeMap<(&str, String), (usize, Vec<String>)> = BTreeMap::new();
+    let mut threads_seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for o in &outcomes {
+        let dir = traces.0.join(o.run);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        let threads: Vec<ThreadTrace> = files.iter().map(|f| read_thread(f)).collect();
+        // A thread started by a thread that had installed its filter inherits it.
+        let mut inherited: BTreeMap<u32, &'static str> = BTreeMap::new();
+        for t in &threads {
+            let Some(at) = t.installed_at else { continue };
+            let Some(kind) = kind_of(&t.name) else {
+                problems.push(format!("run {}: thread {} ({:?}) installed a filter but its name says no kind", o.run, t.tid, t.name));
+                continue;
+            };
+            for c in &t.calls[at + 1..] {
+                if matches!(c.name.as_str(), "clone" | "clone3") {
+                    if let Some(child) = c.line.rsplit_once("= ").and_then(|(_, r)| r.trim().parse::<u32>().ok()) {
+                        inherited.insert(child, kind);
+                    }
+                }
+            }
+        }
+        for t in &threads {
+            let mut kinds: Vec<(&'static str, usize)> = Vec::new();
+            if let Some(&k) = inherited.get(&t.tid) {
+                kinds.push((k, 0));
+            }
+            if let (Some(at), Some(k)) = (t.installed_at, kind_of(&t.name)) {
+                kinds.push((k, at + 1));
+            }
+            for (kind, from) in kinds {
+                threads_seen.entry(kind).or_default().insert(t.name.clone());
+                let policy = &policies[kind];
+                for call in &t.calls[from..] {
+                    *used.entry(kind).or_default().entry(call.name.clone()).or_insert(0) += 1;
+                    if let Some((_, idx)) = ARGS_SHOWN.iter().find(|(n, _)| *n == call.name) {
+                        let values: Vec<String> = idx
+                            .iter()
+                            .map(|&i| match call.args.get(i).copied().flatten() {
+                                Some(v) => format!("{v:#x}"),
+                                None => "?".into(),
+                            })
+                            .collect();
+                        shown.entry(kind).or_default().entry(call.name.clone()).or_default().insert(values.join("/"));
+                    }
+                    match allows(policy, call) {
+                        Some(true) => {}
+                        Some(false) => {
+                            let e = denied.entry((kind, call.name.clone())).or_default();
+                            e.0 += 1;
+                            if e.1.len() < 3 {
+                                e.1.push(format!("{} (thread {}, run {})", call.line, t.name, o.run));
+                            }
+                        }
+                        None => problems.push(format!("{kind}: cannot read the arguments the policy checks in `{}` (run {})", call.line, o.run)),
+                    }
+                    for (i, r) in policy.rules.iter().enumerate() {
+                        if r.matches(call) == Some(true) {
+                            rule_hits.get_mut(kind).expect("kind")[i] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    println!("seccomp audit: syscalls made after each thread installed its filter, per kind");
+    for kind in KINDS {
+        let list = used.get(kind).cloned().unwrap_or_default();
+        println!(
+            "  {kind} (threads {:?}): {} syscalls: {}",
+            threads_seen.get(kind).cloned().unwrap_or_default(),
+            list.len(),
+            list.iter().map(|(s, n)| format!("{s}x{n}")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!("seccomp audit: distinct values of checked arguments, per kind");
+    for (kind, calls) in &shown {
+        for (name, values) in calls {
+            println!("  {kind} {name}: {}", values.iter().cloned().collect::<Vec<_>>().join(" "));
+        }
+    }
+    for kind in KINDS {
+        if !threads_seen.get(kind).is_some_and(|t| !t.is_empty()) {
+            problems.push(format!("no thread of kind {kind} installed a filter in the lifecycle"));
+        }
+    }
+    for ((kind, syscall), (n, examples)) in &denied {
+        problems.push(format!("DENIED by {kind}.json: {syscall}, used {n}x, e.g.\n      {}", examples.join("\n      ")));
+    }
+    for kind in KINDS {
+        let policy = &policies[kind];
+        for (i, r) in policy.rules.iter().enumerate() {
+            let exempt = NOT_EXERCISED.iter().any(|(k, s, _)| *k == kind && *s == r.syscall);
+            if rule_hits[kind][i] == 0 && !exempt {
+                problems.push(format!("REDUNDANT: {kind}.json allows {} but no {kind} thread used it", r.describe()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "seccomp audit:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn strace_lines_are_parsed_into_numeric_arguments() {
+    let c = parse_call("ioctl(12, 0xae80, 0) = 0").unwrap();
+    assert_eq!((c.name.as_str(), c.args.clone()), ("ioctl", vec![Some(12), Some(0xae80), Some(0)]));
+    let c = parse_call("mmap(NULL, 8192, 0x3, 0x22, -1, 0) = 0x7f00").unwrap();
+    assert_eq!(c.args[2], Some(3));
+    assert_eq!(c.args[4], Some(u64::MAX));
+    let c = parse_call("write(2, \"a, (b\\\"\", 5) = 5").unwrap();
+    assert_eq!(c.args, vec![Some(2), None, Some(5)]);
+    let c = parse_call("poll([{fd=3, events=0x1}], 1, -1 <unfinished ...>)").unwrap();
+    assert_eq!(c.args.len(), 3);
+    let c = parse_call("futex(0x7f, 0x80, 2, NULL <unfinished ...>").unwrap();
+    assert_eq!(c.args[1], Some(0x80));
+}

@@ -1,0 +1,483 @@
+//! The VMM's full lifecycle with the tiny guest, shared by `seccomp.rs` (run under the
+//! default filters: nothing may be killed) and `seccomp_audit.rs` (run under strace in
+//! `--seccomp-log` mode: every syscall of every thread is recorded).
+//!
+//! One lifecycle is several VMM processes, because the tiny guest does one thing per boot:
+//! configuration through the API with every device kind (two drives, a network interface on
+//! a tap), API traffic of every kind, pause/resume with two vCPUs, FlushMetrics, SIGTERM;
+//! then each virtio-blk and virtio-net scenario (reads, writes, flush, id, read-only,
+//! out-of-range, the hostile ones, a backing-file swap through `PATCH /drives`, frames both
+//! ways on a tap), the guest's i8042 reset with serial input on stdin, and a triple fault
+//! (the vCPU fault path).
+
+#![allow(dead_code)]
+
+use kiln_tests::netns::NetNs;
+use kiln_tests::tiny::{self, TinyOutput};
+use kiln_tests::{require_bin, require_kvm, require_root, unique_id, wait_with_timeout, Finished};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// Longest a VMM of the lifecycle may run (generous: strace slows every exit down).
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+/// Exit code of a guest crash (vmm/src/exit.rs).
+pub const GUEST_CRASH: i32 = 2;
+
+/// A scratch directory, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(unique_id(prefix));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A disk image of `sectors` 512-byte sectors with varied content.
+    pub fn image(&self, name: &str, sectors: usize) -> PathBuf {
+        let path = self.path(name);
+        let data: Vec<u8> = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, data).expect("write disk image");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How every VMM of the lifecycle is started.
+#[derive(Clone, Default)]
+pub struct Launch {
+    /// Extra `vmm` flags (`--seccomp-log`, `--seccomp-filter FILE`, ...).
+    pub vmm_args: Vec<String>,
+    /// Audit: run each VMM under `strace -f -ff -X raw -o <dir>/<run>/t` (strace, dir).
+    pub strace: Option<(PathBuf, PathBuf)>,
+    /// Extra environment for the VMM.
+    pub env: Vec<(String, String)>,
+}
+
+/// What one VMM of the lifecycle did.
+pub struct Outcome {
+    pub run: &'static str,
+    pub finished: Finished,
+    pub out: TinyOutput,
+    /// The exit code the run must end with.
+    pub expected_code: i32,
+    /// Whether the guest must print `done` without error lines.
+    pub expect_done: bool,
+    /// For the API run: every thread's name and `Seccomp:` mode (/proc), once running.
+    pub threads: Vec<(String, String)>,
+}
+
+impl Outcome {
+    /// Why the run is not what it must be, if it is not.
+    pub fn problem(&self) -> Option<String> {
+        let f = &self.finished;
+        let why = match f.status {
+            None => Some("did not end in time".to_string()),
+            Some(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                if let Some(sig) = s.signal() {
+                    Some(format!("was killed by signal {sig}{}", if sig == libc::SIGSYS { " (SIGSYS: seccomp)" } else { "" }))
+                } else if s.code() != Some(self.expected_code) {
+                    Some(format!("exited with {:?}, expected {}", s.code(), self.expected_code))
+                } else if f.stderr.contains("panicked") {
+                    Some("panicked".to_string())
+                } else if self.expect_done && (!self.out.done || !self.out.errors().is_empty()) {
+                    Some(format!("guest did not finish cleanly (done: {}, errors: {:?})", self.out.done, self.out.errors()))
+                } else {
+                    None
+                }
+            }
+        };
+        why.map(|w| format!("run {:?}: the VMM {w}\n{f}", self.run))
+    }
+}
+
+/// A VMM being driven.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: String,
+    start: Instant,
+}
+
+impl Running {
+    /// Waits until the guest prints a line ending with `needle`.
+    fn wait_line(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.trim_end().ends_with(needle) {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Sends `sig` to the VMM process (not to strace or `ip netns exec` around it).
+    fn signal(&self, sig: libc::c_int) {
+        let pid = vmm_pid(self.child.id()).expect("the VMM process is running");
+        // SAFETY: kill with a pid read from /proc and a valid signal number.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    fn finish(mut self, run: &'static str, expected_code: i32, expect_done: bool) -> Outcome {
+        drop(self.stdin.take());
+        let mut finished = wait_with_timeout(&mut self.child, TIMEOUT, self.start);
+        for line in self.lines.try_iter() {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        finished.stdout = std::mem::take(&mut self.seen);
+        let out = TinyOutput::parse(&finished.stdout);
+        Outcome { run, finished, out, expected_code, expect_done, threads: Vec::new() }
+    }
+}
+
+/// The pid of the `vmm` process at or below `root` (strace and `ip netns exec` may wrap it).
+pub fn vmm_pid(root: u32) -> Option<i32> {
+    let vmm = std::fs::canonicalize(require_bin("vmm")).ok()?;
+    let mut frontier = vec![i32::try_from(root).ok()?];
+    let mut all: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            all.push((pid, ppid));
+        }
+    }
+    while let Some(pid) = frontier.pop() {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(vmm.as_path()) {
+            return Some(pid);
+        }
+        frontier.extend(all.iter().filter(|(_, pp)| *pp == pid).map(|(p, _)| *p));
+    }
+    None
+}
+
+/// Every thread of process `pid`: (name, the `Seccomp:` field of its status).
+pub fn threads(pid: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in dir.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).unwrap_or("?").trim().to_string();
+        out.push((comm.trim().to_string(), mode));
+    }
+    out.sort();
+    out
+}
+
+impl Launch {
+    /// Starts the VMM with `args` (inside `ns` when given) as run `run`.
+    fn start(&self, run: &str, ns: Option<&NetNs>, args: &[OsString], stdin: bool) -> Running {
+        require_kvm();
+        let vmm = require_bin("vmm");
+        let mut argv: Vec<OsString> = Vec::new();
+        let program: OsString = match &self.strace {
+            Some((strace, dir)) => {
+                let out = dir.join(run);
+                std::fs::create_dir_all(&out).expect("create the trace directory");
+                argv.extend(["-f", "-ff", "-qq", "-X", "raw", "-s", "64", "-o"].map(OsString::from));
+                argv.push(out.join("t").into_os_string());
+                argv.push(vmm.into_os_string());
+                strace.clone().into_os_string()
+            }
+            None => vmm.into_os_string(),
+        };
+        argv.extend(self.vmm_args.iter().map(OsString::from));
+        argv.extend(args.iter().cloned());
+        let mut cmd = match ns {
+            Some(ns) => ns.command(&program),
+            None => Command::new(&program),
+        };
+        cmd.args(&argv)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Running { child, stdin, lines, seen: String::new(), start }
+    }
+}
+
+/// One HTTP request on the API socket; returns (status, body). A connection per request.
+pub fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send request");
+    raw_answer(&mut s)
+}
+
+/// Sends `bytes` as they are (malformed requests) and reads the answer.
+pub fn api_raw(sock: &Path, bytes: &[u8]) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
+    s.write_all(bytes).expect("send request");
+    raw_answer(&mut s)
+}
+
+fn raw_answer(s: &mut UnixStream) -> (u16, String) {
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Waits for the API socket to accept connections.
+fn wait_for_socket(sock: &Path) {
+    let deadline = Instant::now() + TIMEOUT;
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the API socket {} never appeared", sock.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn ok(sock: &Path, method: &str, path: &str, body: &str) {
+    let (status, answer) = api(sock, method, path, body);
+    assert!((200..300).contains(&status), "{method} {path} {body}: {status} {answer}");
+}
+
+fn kernel() -> String {
+    tiny::tiny_guest().to_str().expect("utf-8 path").to_string()
+}
+
+fn drive_json(id: &str, path: &Path, root: bool, read_only: bool) -> String {
+    format!(
+        "{{\"drive_id\": {id:?}, \"path_on_host\": {:?}, \"is_root_device\": {root}, \"is_read_only\": {read_only}, \"cache_type\": \"Writeback\"}}",
+        path.to_str().expect("utf-8 path")
+    )
+}
+
+fn net_json(tap: &str) -> String {
+    format!("{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": \"06:00:ac:10:00:02\"}}")
+}
+
+/// A config file booting the tiny guest with `boot_args`, `drives` and `nets`.
+fn config(dir: &Scratch, boot_args: &str, drives: &[String], nets: &[String]) -> PathBuf {
+    let path = dir.path("vm.json");
+    let text = format!(
+        "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"drives\": [{}],\n \"network-interfaces\": [{}]}}\n",
+        kernel(),
+        drives.join(", "),
+        nets.join(", ")
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn path_arg(flag: &str, p: &Path) -> [OsString; 2] {
+    [OsString::from(flag), p.as_os_str().to_owned()]
+}
+
+/// A tap name that fits IFNAMSIZ.
+fn tap_name(prefix: char) -> String {
+    let id = unique_id("s").replace('-', "");
+    let tail: String = id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("{prefix}{tail}")
+}
+
+/// The API run: configure everything through the API, boot, exercise every request kind,
+/// pause/resume, FlushMetrics, then SIGTERM.
+fn api_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-api");
+    let ns = NetNs::new("kiln-sc");
+    let tap = tap_name('a');
+    ns.add_tap(&tap, None);
+    let sock = dir.path("api.sock");
+    let mut vm = launch.start("api", Some(&ns), &[path_arg("--api-sock", &sock).to_vec(), os(&["--id", "audit-vm"])].concat(), false);
+    wait_for_socket(&sock);
+    let log = dir.path("vmm.log");
+    let metrics = dir.path("metrics.json");
+    ok(&sock, "PUT", "/logger", &format!("{{\"log_path\": {:?}, \"level\": \"Debug\", \"show_level\": true, \"show_log_origin\": true}}", log.to_str().expect("utf-8")));
+    ok(&sock, "PUT", "/metrics", &format!("{{\"metrics_path\": {:?}}}", metrics.to_str().expect("utf-8")));
+    ok(&sock, "PUT", "/machine-config", "{\"vcpu_count\": 2, \"mem_size_mib\": 32}");
+    ok(&sock, "PATCH", "/machine-config", "{\"mem_size_mib\": 48}");
+    ok(&sock, "PUT", "/boot-source", &format!("{{\"kernel_image_path\": {:?}, \"boot_args\": \"console=ttyS0 kiln.test=ticks\"}}", kernel()));
+    let root = dir.image("root.img", 64);
+    let data = dir.image("data.img", 16);
+    ok(&sock, "PUT", "/drives/rootfs", &drive_json("rootfs", &root, true, false));
+    ok(&sock, "PUT", "/drives/data", &drive_json("data", &data, false, true));
+    ok(&sock, "PUT", "/network-interfaces/eth0", &net_json(&tap));
+    let _ = api(&sock, "GET", "/vm/config", "");
+    let _ = api(&sock, "GET", "/", "");
+    ok(&sock, "PUT", "/actions", "{\"action_type\": \"InstanceStart\"}");
+    vm.wait_line("tick 1", TIMEOUT);
+    for (method, path) in [("GET", "/"), ("GET", "/version"), ("GET", "/machine-config"), ("GET", "/vm/config")] {
+        ok(&sock, method, path, "");
+    }
+    let pid = vmm_pid(vm.child.id()).expect("the VMM process");
+    let threads = threads(pid);
+    ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
+    ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
+    ok(&sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}");
+    vm.wait_line("tick 3", TIMEOUT);
+    ok(&sock, "PUT", "/actions", "{\"action_type\": \"FlushMetrics\"}");
+    ok(&sock, "PATCH", "/network-interfaces/eth0", "{\"iface_id\": \"eth0\"}");
+    // Refused requests: pre-boot only, unknown drive, unknown path, malformed HTTP.
+    let _ = api(&sock, "PUT", "/machine-config", "{\"vcpu_count\": 1, \"mem_size_mib\": 32}");
+    let _ = api(&sock, "PATCH", "/drives/nope", "{\"drive_id\": \"nope\"}");
+    let _ = api(&sock, "GET", "/snapshot/create", "");
+    let _ = api_raw(&sock, b"BREW /coffee HTCPCP/1.0\r\n\r\n");
+    ok(&sock, "PUT", "/actions", "{\"action_type\": \"SendCtrlAltDel\"}");
+    vm.signal(libc::SIGTERM);
+    let mut outcome = vm.finish("api", 0, false);
+    outcome.threads = threads;
+    outcome
+}
+
+/// A config-file boot (`--no-api`) of `boot_args` with one drive "data".
+fn blk_run(launch: &Launch, run: &'static str, boot_args: &str, read_only: bool) -> Outcome {
+    let dir = Scratch::new("kiln-sc-blk");
+    let img = dir.image("data.img", 16);
+    let cfg = config(&dir, boot_args, &[drive_json("data", &img, false, read_only)], &[]);
+    let metrics = dir.path("metrics.json");
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"]), path_arg("--metrics-path", &metrics).to_vec()].concat();
+    launch.start(run, None, &args, false).finish(run, 0, true)
+}
+
+/// `blk-swap`: the guest waits while `PATCH /drives/data` swaps its backing file.
+fn swap_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-swap");
+    let first = dir.image("first.img", 16);
+    let second = dir.image("second.img", 40);
+    let cfg = config(&dir, "kiln.test=blk-swap", &[drive_json("data", &first, false, false)], &[]);
+    let sock = dir.path("api.sock");
+    let args = [path_arg("--config-file", &cfg).to_vec(), path_arg("--api-sock", &sock).to_vec()].concat();
+    let mut vm = launch.start("blk-swap", None, &args, false);
+    assert!(vm.wait_line_contains("blk waiting"), "the guest never waited for the swap:\n{}", vm.seen);
+    let body = format!("{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}", second.to_str().expect("utf-8"));
+    ok(&sock, "PATCH", "/drives/data", &body);
+    vm.finish("blk-swap", 0, true)
+}
+
+impl Running {
+    fn wait_line_contains(&mut self, needle: &str) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.contains(needle) {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// `net-tx` and `net-rx` on a tap in a namespace of the test's own.
+fn net_run(launch: &Launch, run: &'static str) -> Outcome {
+    let dir = Scratch::new("kiln-sc-net");
+    let ns = NetNs::new("kiln-sc");
+    let tap = tap_name('n');
+    ns.add_tap(&tap, None);
+    let sock = ns.packet_socket(&tap);
+    let cfg = config(&dir, &format!("kiln.test={run}"), &[], &[net_json(&tap)]);
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    let mut vm = launch.start(run, Some(&ns), &args, false);
+    if run == "net-rx" {
+        assert!(vm.wait_line_contains("net rx ready"), "the guest never got ready to receive:\n{}", vm.seen);
+        let mut frame = vec![0x06, 0x00, 0xac, 0x10, 0x00, 0x02, 0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02, 0x88, 0xb5];
+        frame.extend(std::iter::repeat_n(0x4bu8, 100));
+        sock.send(&frame).expect("send a frame on the tap");
+    } else {
+        let _ = sock.recv_matching(TIMEOUT, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]);
+    }
+    vm.finish(run, 0, true)
+}
+
+/// The guest's i8042 reset, with serial input arriving on the VMM's stdin.
+fn reset_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-reset");
+    let cfg = config(&dir, "console=ttyS0 kiln.test=reset", &[], &[]);
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    let mut vm = launch.start("reset", None, &args, true);
+    if let Some(stdin) = vm.stdin.as_mut() {
+        let _ = stdin.write_all(b"typed on the serial console\n");
+        let _ = stdin.flush();
+    }
+    // The reset scenario ends the VM without `done`.
+    vm.finish("reset", 0, false)
+}
+
+/// A triple fault: the vCPU thread's fault path (registers, translation), exit code 2.
+fn triple_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-triple");
+    let cfg = config(&dir, "kiln.test=triple", &[], &[]);
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    launch.start("triple", None, &args, false).finish("triple", GUEST_CRASH, false)
+}
+
+/// Every run of the lifecycle, in order. Needs root (namespaces, taps) and /dev/kvm.
+pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
+    require_root();
+    require_kvm();
+    let mut all = vec![api_run(launch)];
+    for (run, args, ro) in [
+        ("blk-write", "kiln.test=blk-write kiln.sector=3 kiln.count=2", false),
+        ("blk-flush", "kiln.test=blk-flush", false),
+        ("blk-id", "kiln.test=blk-id", false),
+        ("blk-ro", "kiln.test=blk-ro", true),
+        ("blk-oob", "kiln.test=blk-oob", false),
+        ("virtio-loop", "kiln.test=virtio-loop", false),
+        ("virtio-oob", "kiln.test=virtio-oob", false),
+        ("virtio-qsize", "kiln.test=virtio-qsize", false),
+        ("virtio-mmio-junk", "kiln.test=virtio-mmio-junk", false),
+    ] {
+        all.push(blk_run(launch, run, args, ro));
+    }
+    all.push(swap_run(launch));
+    all.push(net_run(launch, "net-tx"));
+    all.push(net_run(launch, "net-rx"));
+    all.push(reset_run(launch));
+    all.push(triple_run(launch));
+    all
+}
