@@ -27,7 +27,7 @@
 mod seccomp_common;
 
 use kiln_tests::assets::require_program;
-use seccomp_common::{lifecycle, Launch, Scratch};
+use seccomp_common::{abort_run, lifecycle, Launch, Outcome, Scratch};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -418,17 +418,45 @@ fn kind_of(name: &str) -> Option<&'static str> {
     }
 }
 
+/// glibc malloc settings (`GLIBC_TUNABLES`) under which the lifecycle is run again, so
+/// that the allocator's rarer paths, which depend on how much memory the process happens to
+/// use, show up in the trace: every block from its own mapping (mmap, mremap, munmap), and
+/// heaps grown and trimmed at every step (brk on the main thread's heap, mprotect and
+/// madvise on the other threads').
+const MALLOC_VARIANTS: &[(&str, &str)] = &[
+    ("mmap", "glibc.malloc.mmap_threshold=0"),
+    ("trim", "glibc.malloc.trim_threshold=0:glibc.malloc.top_pad=0:glibc.malloc.mmap_threshold=33554432"),
+];
+
+/// Runs the lifecycle (and an abort on each thread kind) under strace; returns each run
+/// with the directory of its traces.
+fn traced_lifecycle(strace: &Path, traces: &Path) -> Vec<(PathBuf, Outcome)> {
+    let mut all = Vec::new();
+    let variants = std::iter::once(("default", None)).chain(MALLOC_VARIANTS.iter().map(|(n, t)| (*n, Some(*t))));
+    for (variant, tunables) in variants {
+        let dir = traces.join(variant);
+        let launch = Launch {
+            vmm_args: vec!["--seccomp-log".into()],
+            strace: Some((strace.to_path_buf(), dir.clone())),
+            env: tunables.map(|t| ("GLIBC_TUNABLES".to_string(), t.to_string())).into_iter().collect(),
+        };
+        let mut outcomes = lifecycle(&launch);
+        if tunables.is_none() {
+            for (target, run) in [("api", "abort-api"), ("vmm", "abort-vmm"), ("vcpu", "abort-vcpu"), ("kiln_metrics", "abort-metrics")] {
+                outcomes.push(abort_run(&launch, run, target));
+            }
+        }
+        all.extend(outcomes.into_iter().map(|o| (dir.clone(), o)));
+    }
+    all
+}
+
 #[test]
 fn the_lifecycle_uses_exactly_what_the_policies_allow() {
     let strace = require_program("strace", "strace");
     let traces = Scratch::new("kiln-seccomp-audit");
-    let launch = Launch {
-        vmm_args: vec!["--seccomp-log".into()],
-        strace: Some((strace, traces.0.clone())),
-        env: Vec::new(),
-    };
-    let outcomes = lifecycle(&launch);
-    let failed: Vec<String> = outcomes.iter().filter_map(|o| o.problem()).collect();
+    let outcomes = traced_lifecycle(&strace, &traces.0);
+    let failed: Vec<String> = outcomes.iter().filter_map(|(d, o)| o.problem().map(|p| format!("{}: {p}", d.display()))).collect();
     assert!(failed.is_empty(), "the lifecycle failed under strace:\n{}", failed.join("\n"));
 
     let policies: BTreeMap<&str, Filter> = KINDS.iter().map(|k| (*k, load_policy(k))).collect();
@@ -441,8 +469,8 @@ fn the_lifecycle_uses_exactly_what_the_policies_allow() {
     let mut denied: BTreeMap<(&str, String), (usize, Vec<String>)> = BTreeMap::new();
     let mut threads_seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let mut problems = Vec::new();
-    for o in &outcomes {
-        let dir = traces.0.join(o.run);
+    for (variant_dir, o) in &outcomes {
+        let dir = variant_dir.join(o.run);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .flatten()

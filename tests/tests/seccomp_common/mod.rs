@@ -68,13 +68,22 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
 }
 
+/// How a run of the lifecycle must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exit with this code.
+    Exit(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
 /// What one VMM of the lifecycle did.
 pub struct Outcome {
     pub run: &'static str,
     pub finished: Finished,
     pub out: TinyOutput,
-    /// The exit code the run must end with.
-    pub expected_code: i32,
+    /// How the run must end.
+    pub expected: Expect,
     /// Whether the guest must print `done` without error lines.
     pub expect_done: bool,
     /// For the API run: every thread's name and `Seccomp:` mode (/proc), once running.
@@ -89,10 +98,13 @@ impl Outcome {
             None => Some("did not end in time".to_string()),
             Some(s) => {
                 use std::os::unix::process::ExitStatusExt;
-                if let Some(sig) = s.signal() {
-                    Some(format!("was killed by signal {sig}{}", if sig == libc::SIGSYS { " (SIGSYS: seccomp)" } else { "" }))
-                } else if s.code() != Some(self.expected_code) {
-                    Some(format!("exited with {:?}, expected {}", s.code(), self.expected_code))
+                let got = match s.signal() {
+                    Some(sig) => Expect::Signal(sig),
+                    None => Expect::Exit(s.code().unwrap_or(-1)),
+                };
+                if got != self.expected {
+                    let sys = if got == Expect::Signal(libc::SIGSYS) { " (SIGSYS: seccomp)" } else { "" };
+                    Some(format!("ended with {got:?}{sys}, expected {:?}", self.expected))
                 } else if f.stderr.contains("panicked") {
                     Some("panicked".to_string())
                 } else if self.expect_done && (!self.out.done || !self.out.errors().is_empty()) {
@@ -141,7 +153,7 @@ impl Running {
         unsafe { libc::kill(pid, sig) };
     }
 
-    fn finish(mut self, run: &'static str, expected_code: i32, expect_done: bool) -> Outcome {
+    fn finish(mut self, run: &'static str, expected: Expect, expect_done: bool) -> Outcome {
         drop(self.stdin.take());
         let mut finished = wait_with_timeout(&mut self.child, TIMEOUT, self.start);
         for line in self.lines.try_iter() {
@@ -150,7 +162,7 @@ impl Running {
         }
         finished.stdout = std::mem::take(&mut self.seen);
         let out = TinyOutput::parse(&finished.stdout);
-        Outcome { run, finished, out, expected_code, expect_done, threads: Vec::new() }
+        Outcome { run, finished, out, expected, expect_done, threads: Vec::new() }
     }
 }
 
@@ -364,7 +376,7 @@ fn api_run(launch: &Launch) -> Outcome {
     let _ = api_raw(&sock, b"BREW /coffee HTCPCP/1.0\r\n\r\n");
     ok(&sock, "PUT", "/actions", "{\"action_type\": \"SendCtrlAltDel\"}");
     vm.signal(libc::SIGTERM);
-    let mut outcome = vm.finish("api", 0, false);
+    let mut outcome = vm.finish("api", Expect::Exit(0), false);
     outcome.threads = threads;
     outcome
 }
@@ -376,27 +388,32 @@ fn blk_run(launch: &Launch, run: &'static str, boot_args: &str, read_only: bool)
     let cfg = config(&dir, boot_args, &[drive_json("data", &img, false, read_only)], &[]);
     let metrics = dir.path("metrics.json");
     let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"]), path_arg("--metrics-path", &metrics).to_vec()].concat();
-    launch.start(run, None, &args, false).finish(run, 0, true)
+    launch.start(run, None, &args, false).finish(run, Expect::Exit(0), true)
 }
 
-/// `blk-swap`: the guest waits while `PATCH /drives/data` swaps its backing file.
-fn swap_run(launch: &Launch) -> Outcome {
+/// `blk-swap`: the guest waits while `PATCH /drives/data` swaps its backing file (opened
+/// read-only for a read-only drive).
+fn swap_run(launch: &Launch, run: &'static str, read_only: bool) -> Outcome {
     let dir = Scratch::new("kiln-sc-swap");
     let first = dir.image("first.img", 16);
     let second = dir.image("second.img", 40);
-    let cfg = config(&dir, "kiln.test=blk-swap", &[drive_json("data", &first, false, false)], &[]);
+    let cfg = config(&dir, "kiln.test=blk-swap", &[drive_json("data", &first, false, read_only)], &[]);
     let sock = dir.path("api.sock");
     let args = [path_arg("--config-file", &cfg).to_vec(), path_arg("--api-sock", &sock).to_vec()].concat();
-    let mut vm = launch.start("blk-swap", None, &args, false);
+    let mut vm = launch.start(run, None, &args, false);
     assert!(vm.wait_line_contains("blk waiting"), "the guest never waited for the swap:\n{}", vm.seen);
     let body = format!("{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}", second.to_str().expect("utf-8"));
     ok(&sock, "PATCH", "/drives/data", &body);
-    vm.finish("blk-swap", 0, true)
+    vm.finish(run, Expect::Exit(0), true)
 }
 
 impl Running {
     fn wait_line_contains(&mut self, needle: &str) -> bool {
-        let deadline = Instant::now() + TIMEOUT;
+        self.wait_line_contains_for(needle, TIMEOUT)
+    }
+
+    fn wait_line_contains_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -427,11 +444,18 @@ fn net_run(launch: &Launch, run: &'static str) -> Outcome {
         assert!(vm.wait_line_contains("net rx ready"), "the guest never got ready to receive:\n{}", vm.seen);
         let mut frame = vec![0x06, 0x00, 0xac, 0x10, 0x00, 0x02, 0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02, 0x88, 0xb5];
         frame.extend(std::iter::repeat_n(0x4bu8, 100));
-        sock.send(&frame).expect("send a frame on the tap");
+        // Sent again until the guest has it: the first may arrive before the device
+        // watches the tap (this test is about syscalls, not that race).
+        for _ in 0..8 {
+            sock.send(&frame).expect("send a frame on the tap");
+            if vm.wait_line_contains_for("net rx len", Duration::from_secs(1)) {
+                break;
+            }
+        }
     } else {
         let _ = sock.recv_matching(TIMEOUT, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]);
     }
-    vm.finish(run, 0, true)
+    vm.finish(run, Expect::Exit(0), true)
 }
 
 /// The guest's i8042 reset, with serial input arriving on the VMM's stdin.
@@ -445,7 +469,7 @@ fn reset_run(launch: &Launch) -> Outcome {
         let _ = stdin.flush();
     }
     // The reset scenario ends the VM without `done`.
-    vm.finish("reset", 0, false)
+    vm.finish("reset", Expect::Exit(0), false)
 }
 
 /// A triple fault: the vCPU thread's fault path (registers, translation), exit code 2.
@@ -453,7 +477,7 @@ fn triple_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-triple");
     let cfg = config(&dir, "kiln.test=triple", &[], &[]);
     let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
-    launch.start("triple", None, &args, false).finish("triple", GUEST_CRASH, false)
+    launch.start("triple", None, &args, false).finish("triple", Expect::Exit(GUEST_CRASH), false)
 }
 
 /// Every run of the lifecycle, in order. Needs root (namespaces, taps) and /dev/kvm.
@@ -474,10 +498,47 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     ] {
         all.push(blk_run(launch, run, args, ro));
     }
-    all.push(swap_run(launch));
+    all.push(swap_run(launch, "blk-swap", false));
+    all.push(swap_run(launch, "blk-swap-ro", true));
     all.push(net_run(launch, "net-tx"));
     all.push(net_run(launch, "net-rx"));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all
+}
+
+/// A VMM whose `target` threads call `abort()` right after installing their filter (the
+/// debug-build hook `KILN_TEST_ABORT`; a release build's panic ends the same way): it must
+/// end with SIGABRT, which needs the abort path in every filter. `target` is a thread kind
+/// or name; the VMM boots the tiny guest (`halt`) with one drive, through a config file and
+/// the API socket.
+pub fn abort_run(launch: &Launch, run: &'static str, target: &str) -> Outcome {
+    hook_run(launch, run, "KILN_TEST_ABORT", target, Expect::Signal(libc::SIGABRT))
+}
+
+/// Like [`abort_run`], with the hook `KILN_TEST_FORBIDDEN_SYSCALL` (a syscall no filter
+/// allows): the process must be killed with SIGSYS.
+pub fn forbidden_run(launch: &Launch, run: &'static str, target: &str) -> Outcome {
+    hook_run(launch, run, "KILN_TEST_FORBIDDEN_SYSCALL", target, Expect::Signal(libc::SIGSYS))
+}
+
+fn hook_run(launch: &Launch, run: &'static str, hook: &str, target: &str, expected: Expect) -> Outcome {
+    let dir = Scratch::new("kiln-sc-hook");
+    let img = dir.image("data.img", 16);
+    let cfg = config(&dir, "kiln.test=halt", &[drive_json("data", &img, false, false)], &[]);
+    let sock = dir.path("api.sock");
+    let args = [path_arg("--config-file", &cfg).to_vec(), path_arg("--api-sock", &sock).to_vec()].concat();
+    let mut launch = launch.clone();
+    launch.env.push((hook.to_string(), target.to_string()));
+    let mut vm = launch.start(run, None, &args, false);
+    // The API and metrics threads install their filters at once; the vCPU and main
+    // threads once the guest is running: it is stopped by SIGTERM if nothing else ends it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && vm.child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if vm.child.try_wait().ok().flatten().is_none() {
+        vm.signal(libc::SIGTERM);
+    }
+    vm.finish(run, expected, false)
 }

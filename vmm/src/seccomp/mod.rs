@@ -257,18 +257,28 @@ impl FilterSet {
 struct State {
     /// `None` with `--no-seccomp`.
     filters: Option<FilterSet>,
-    /// Debug builds only: the kind whose threads make a forbidden syscall right after
-    /// installing their filter (`KILN_TEST_FORBIDDEN_SYSCALL=<kind>`), for the tests that
-    /// check each filter really kills.
+    /// Debug builds only: the threads that make a forbidden syscall right after installing
+    /// their filter (`KILN_TEST_FORBIDDEN_SYSCALL`), for the tests that check each filter
+    /// really kills.
     #[cfg(debug_assertions)]
-    forbidden: Option<ThreadKind>,
+    forbidden: Option<String>,
+    /// Debug builds only: the threads that call `abort()` right after installing their
+    /// filter (`KILN_TEST_ABORT`), as a release build's panic does: the process must end
+    /// with SIGABRT, not be killed by its own filter on the way.
+    #[cfg(debug_assertions)]
+    abort: Option<String>,
 }
 
 static STATE: OnceLock<State> = OnceLock::new();
 
-/// The test hook's environment variable (debug builds only).
+/// Test hooks (debug builds only): set to a thread kind (`api`, `vmm` for the main
+/// thread's run loop, `vcpu` for every vCPU thread) or a thread name (`kiln_metrics`,
+/// `vcpu1`), the matching threads make a syscall no filter allows (`getppid`) or call
+/// `abort()` right after installing their filter.
 #[cfg(debug_assertions)]
 pub const TEST_FORBIDDEN_SYSCALL_ENV: &str = "KILN_TEST_FORBIDDEN_SYSCALL";
+#[cfg(debug_assertions)]
+pub const TEST_ABORT_ENV: &str = "KILN_TEST_ABORT";
 
 /// Loads the filters the command line asks for (the built-in ones unless `--seccomp-filter`
 /// or `--no-seccomp`), once, before any thread starts. A bad filter file is an error naming
@@ -292,7 +302,9 @@ pub fn init(args: &Args) -> Result<(), SeccompError> {
     let state = State {
         filters,
         #[cfg(debug_assertions)]
-        forbidden: test_forbidden_kind(),
+        forbidden: std::env::var(TEST_FORBIDDEN_SYSCALL_ENV).ok(),
+        #[cfg(debug_assertions)]
+        abort: std::env::var(TEST_ABORT_ENV).ok(),
     };
     STATE.set(state).map_err(|_| SeccompError::AlreadyLoaded)
 }
@@ -302,31 +314,41 @@ fn warn(message: &str) {
     crate::log_warn!("{message}");
 }
 
+/// Whether a test hook set to `target` applies to the calling thread of kind `kind`.
 #[cfg(debug_assertions)]
-fn test_forbidden_kind() -> Option<ThreadKind> {
-    let value = std::env::var(TEST_FORBIDDEN_SYSCALL_ENV).ok()?;
-    let kind = ThreadKind::from_name(&value);
-    if kind.is_none() {
-        eprintln!("vmm: {TEST_FORBIDDEN_SYSCALL_ENV}={value:?} names no thread kind (api, vmm, vcpu); ignored");
+fn hook_applies(target: Option<&str>, kind: ThreadKind) -> bool {
+    let Some(target) = target else { return false };
+    let current = std::thread::current();
+    let name = current.name().unwrap_or_default();
+    match ThreadKind::from_name(target) {
+        // `vmm` is the main thread (Rust names it "main"), not the metrics thread.
+        Some(ThreadKind::Vmm) => kind == ThreadKind::Vmm && name == "main",
+        Some(k) => k == kind,
+        None => name == target,
     }
-    kind
 }
 
 /// Installs `kind`'s filter on the calling thread, as loaded by [`init`]. A thread that
 /// cannot be filtered must not go on: the process exits with a message (exit code 1).
 pub fn install(kind: ThreadKind) {
     let Some(state) = STATE.get() else { return };
-    let Some(filters) = &state.filters else { return };
-    let started = Instant::now();
-    if let Err(e) = filters.apply(kind) {
-        eprintln!("vmm: {e}; stopping (the VMM never runs a thread unfiltered unless --no-seccomp says so)");
-        std::process::exit(crate::exit::code::GENERIC);
+    if let Some(filters) = &state.filters {
+        let started = Instant::now();
+        if let Err(e) = filters.apply(kind) {
+            eprintln!("vmm: {e}; stopping (the VMM never runs a thread unfiltered unless --no-seccomp says so)");
+            std::process::exit(crate::exit::code::GENERIC);
+        }
+        let took_us = started.elapsed().as_secs_f64() * 1e6;
+        crate::log_debug!("seccomp: {kind} filter installed in {took_us:.1} us");
     }
-    let took = started.elapsed();
-    crate::log_debug!("seccomp: {kind} filter installed in {} us", took.as_micros());
     #[cfg(debug_assertions)]
-    if state.forbidden == Some(kind) {
-        forbidden_syscall();
+    {
+        if hook_applies(state.forbidden.as_deref(), kind) {
+            forbidden_syscall();
+        }
+        if hook_applies(state.abort.as_deref(), kind) {
+            std::process::abort();
+        }
     }
 }
 
