@@ -1,56 +1,48 @@
 #!/usr/bin/env bash
-# Kiln's main job: boot a guest under Kiln's VMM inside a full jail, print what it said, and
-# show that nothing was left behind.
+# Kiln's main job: invoke a serverless function in its own microVM inside a full jail with the
+# `kiln` worker — one cold invocation (jail, VMM start, guest ready, handler), then warm ones
+# on the same microVM — print its response and the timings of each phase, and show that
+# nothing was left behind.
 #
-#   ./run.sh [SCENARIO]     SCENARIO is a tiny-guest scenario (default: print); see
-#                           guest/tiny/README.md
+#   ./run.sh [FUNCTION [EVENT]]     default: echo '{"hello":"world"}'; functions live in
+#                                   examples/functions (see docs/worker.md)
 #
-# Until function invocation lands (the `kiln` worker), the guest is the tiny freestanding test
-# guest. Needs root and /dev/kvm.
+# Needs root and /dev/kvm.
 source "$(dirname "$0")/scripts/lib.sh"
 cd "$KILN_ROOT"
 
-scenario="${1:-print}"
+function="${1:-echo}"
+default_event='{"hello":"world"}'
+event="${2:-$default_event}"
 need_root
 [ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
 apt_ensure nftables iproute2
 
-step "building the jailer and the VMM (release, static)"
-cargo build --release -p jailer -p vmm
-step "building the tiny guest"
-cargo build --release -p kiln-tests --bin tiny-guest-path
+step "building the jailer, the VMM and the kiln worker (release, static)"
+cargo build --release -p jailer -p vmm -p kiln-worker
 bin="$KILN_ROOT/target/x86_64-unknown-linux-gnu/release"
-guest="$("$bin/tiny-guest-path")"
-[ -f "$guest" ] || die "the tiny guest was not built at $guest"
 
-id="kiln-demo-$$"
 base=/srv/jailer
-work="$(mktemp -d /tmp/kiln-run.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
-cat > "$work/vm.json" <<JSON
-{
-  "boot-source": {"kernel_image_path": "/guest", "boot_args": "console=ttyS0 kiln.test=$scenario"},
-  "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}
-}
-JSON
-mkdir -p "$base"
-
-step "jail $id: new PID and network namespaces (egress firewall on), cgroups, chroot, uid 10000, no capabilities, Landlock, seccomp"
+state=/run/kiln
+mkdir -p "$base" "$state"
+step "kiln invoke $function: its image is built on first use (examples/functions/$function, cached in $KILN_CACHE/functions)"
+step "then: a jail (new PID and network namespaces, egress firewall, cgroups, chroot, own uid, no capabilities, Landlock, seccomp), the VMM, the guest over vsock; cold, then warm"
 set +e
-"$bin/jailer" --id "$id" --exec-file "$bin/vmm" --uid 10000 --gid 10000 \
-    --chroot-base-dir "$base" --new-pid-ns --new-netns --cleanup-on-exit \
-    --parent-cgroup-relative --parent-cgroup kiln \
-    --bind-ro "$guest:/guest" --bind-ro "$work/vm.json:/vm.json" \
-    -- --config-file /vm.json --no-api
+"$bin/kiln" invoke "$function" --event "$event" --repeat 3 \
+    --jailer "$bin/jailer" --vmm "$bin/vmm" --chroot-base-dir "$base" --state-dir "$state" &
+pid=$!
+wait "$pid"
 status=$?
 set -e
-step "the VMM exited with status $status"
+step "kiln exited with status $status"
 
+# Every instance id of that worker ends with its pid: <function>-<n>-<pid>.
 left=()
-[ -e "$base/vmm/$id" ] && left+=("$base/vmm/$id")
-[ -e "/run/netns/$id" ] && left+=("/run/netns/$id")
-grep -q "$id" /proc/self/mountinfo && left+=("mounts")
-if find /sys/fs/cgroup -maxdepth 6 -type d -name "$id" 2>/dev/null | grep -q .; then left+=("cgroups"); fi
-[ ${#left[@]} -eq 0 ] || die "the jail left things behind: ${left[*]}"
-step "jail $id cleaned up: no chroot, netns, mount or cgroup left"
+for p in "$base"/vmm/*-"$pid" /run/netns/*-"$pid" "$state"/instances/*-"$pid"; do
+    [ -e "$p" ] && left+=("$p")
+done
+grep -q -- "-$pid " /proc/self/mountinfo && left+=("mounts")
+if find /sys/fs/cgroup -maxdepth 8 -type d -name "*-$pid" 2>/dev/null | grep -q .; then left+=("cgroups"); fi
+[ ${#left[@]} -eq 0 ] || die "the worker left things behind: ${left[*]}"
+step "every jail of worker $pid cleaned up: no chroot, netns, mount, cgroup or instance directory left"
 exit "$status"

@@ -26,14 +26,21 @@ fn main() {
     for kind in KINDS {
         let path = policies.join(format!("{kind}.json"));
         println!("cargo:rerun-if-changed={}", path.display());
-        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read seccomp policy {}: {e}", path.display()));
+        let text = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("cannot read seccomp policy {}: {e}", path.display()));
         let mut map = seccompiler::compile_from_json(text.as_slice(), arch)
             .unwrap_or_else(|e| panic!("seccomp policy {}: {e}", path.display()));
-        let program = map
-            .remove(kind)
-            .unwrap_or_else(|| panic!("seccomp policy {}: it must hold one filter named {kind:?}", path.display()));
+        let program = map.remove(kind).unwrap_or_else(|| {
+            panic!(
+                "seccomp policy {}: it must hold one filter named {kind:?}",
+                path.display()
+            )
+        });
         if let Some(other) = map.keys().next() {
-            panic!("seccomp policy {}: filter {other:?}: the file must hold only the filter {kind:?}", path.display());
+            panic!(
+                "seccomp policy {}: filter {other:?}: the file must hold only the filter {kind:?}",
+                path.display()
+            );
         }
         assert!(
             program.len() <= format::BPF_MAX_LEN,
@@ -42,8 +49,13 @@ fn main() {
             program.len(),
             format::BPF_MAX_LEN
         );
-        programs.push((kind, program.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()));
+        programs.push((
+            kind,
+            program.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
+        ));
     }
-    let named: Vec<(&str, &[format::Instruction])> = programs.iter().map(|(k, p)| (*k, p.as_slice())).collect();
-    std::fs::write(&out, format::encode(&named)).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+    let named: Vec<(&str, &[format::Instruction])> =
+        programs.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+    std::fs::write(&out, format::encode(&named))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }

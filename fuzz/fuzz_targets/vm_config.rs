@@ -1,11 +1,28 @@
-//! The VM config (JSON) deserialisation and validation, as `--config-file` and the API use it.
+//! The VM config (JSON) deserialisation and validation, as `--config-file` uses it
+//! (`VmResources::from_json`: every section through the same setters as the API).
+//!
+//! Input: the config file's text (UTF-8; other bytes are refused before parsing, as reading
+//! the file into a `String` does).
+//!
+//! Besides "Ok or a typed error, never a panic": a config that is accepted round-trips
+//! through `GET /vm/config`'s shape (`to_config`, serialised, parsed again) to the same
+//! resources.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vmm::resources::VmResources;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        // Any input must give Ok or a typed error, never a panic.
-        let _ = vmm::resources::VmResources::from_json(text);
+    kiln_fuzz::setup();
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(res) = VmResources::from_json(text) else {
+        return;
+    };
+    let again = serde_json::to_string(&res.to_config()).expect("resources serialise");
+    match VmResources::from_json(&again) {
+        Ok(back) => assert_eq!(back, res, "round trip through {again}"),
+        Err(e) => panic!("an accepted config does not round-trip: {e}\n{again}"),
     }
 });

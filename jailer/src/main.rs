@@ -15,7 +15,6 @@
 //! Everything made on the host is journaled in the jail's state file first, so that a
 //! failure at any step, `--cleanup-on-exit` and `jailer cleanup` remove exactly that.
 
-mod args;
 mod cgroup;
 mod chroot;
 mod cleanup;
@@ -27,12 +26,15 @@ mod namespaces;
 mod netns;
 mod pivot;
 mod privileges;
-mod profile;
 mod sanitize;
-mod seccomp;
 mod state;
 mod supervise;
 mod sys;
+
+// The parsers live in the library (jailer/src/lib.rs) so the fuzz targets reach them.
+use jailer::{args, seccomp};
+#[cfg(test)]
+use jailer::profile;
 
 use std::convert::Infallible;
 use std::os::fd::OwnedFd;

@@ -57,6 +57,9 @@ pub const SCENARIOS: &[&str] = &[
     "virtio-qsize",
     "virtio-kicks",
     "virtio-mmio-junk",
+    "vsock-connect",
+    "vsock-listen",
+    "vsock-bad",
 ];
 /// Physical (= virtual) load address of the image.
 pub const LOAD_ADDR: u64 = 0x10_0000;

@@ -10,6 +10,7 @@ use crate::arch::x86_64::cpuid::Topology;
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
 use crate::resources::VmResources;
@@ -28,6 +29,8 @@ pub enum BuildError {
     MissingBootSource,
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error(transparent)]
     Signals(#[from] SignalError),
     #[error(transparent)]
@@ -150,7 +153,12 @@ pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, Build
             };
             // virtio-mmio devices first: the command line lists them.
             let mut dm = DeviceManager::new();
-            let virtio = virtio_setup::attach_devices(&mut dm, &mem, res)?;
+            let mut virtio = virtio_setup::attach_devices(&mut dm, &mem, res)?;
+            if let Some(cfg) = &res.vsock {
+                // After the drives and interfaces: the next virtio-mmio window and IRQ.
+                let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
+                virtio.attach(&mut dm, &mem, vsock)?;
+            }
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
             let cmdline = loader::build_cmdline(&boot_args, &dm)?;
             let tables =

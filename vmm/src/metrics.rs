@@ -378,11 +378,48 @@ metrics_group! {
         activate_fails: Counter,
         conns_added: Counter,
         conns_removed: Counter,
+        /// The muxer's epoll set, eventfd or timer failed, or an event named an unknown
+        /// descriptor.
         conn_event_fails: Counter,
+        /// Host → guest payload bytes and packets (every packet put in a receive buffer).
         rx_bytes_count: Counter,
         rx_packets_count: Counter,
+        /// Guest → host payload bytes written to host sockets, and packets the guest sent.
         tx_bytes_count: Counter,
         tx_packets_count: Counter,
+        /// Guest packets with a src_cid other than the guest's or a dst_cid other than the
+        /// host (2): dropped.
+        bad_cid_packets: Counter,
+        /// Guest packets answered with an RST: not STREAM, unknown op, len over 64 KiB or
+        /// over the chain.
+        bad_packets: Counter,
+        /// Chains too short for a header, transmit chains with writable buffers, receive
+        /// chains with readable buffers: returned with length 0.
+        malformed_packets: Counter,
+        /// Guest packets for a connection that does not exist: answered with an RST.
+        unknown_conn_packets: Counter,
+        /// Packets a connection's state does not allow (RW before the handshake, a second
+        /// REQUEST, data after SHUTDOWN): the connection is reset.
+        protocol_errors: Counter,
+        /// The guest sent more than its credit: the connection is reset.
+        credit_violations: Counter,
+        /// RSTs sent to the guest, and RSTs dropped because too many waited for receive
+        /// buffers.
+        rst_sent: Counter,
+        rst_dropped: Counter,
+        /// Guest connections refused: nobody listening on `<uds_path>_<port>`, or the
+        /// connection limit.
+        conns_refused: Counter,
+        /// Host connections closed before becoming vsock connections: a bad or missing
+        /// `CONNECT <port>` line, a timeout, a limit.
+        host_connects_rejected: Counter,
+        /// Connections reset because a REQUEST or SHUTDOWN was not answered in time.
+        conn_timeouts: Counter,
+        /// Times packets waited because the guest had no receive buffers.
+        rx_no_buffers: Counter,
+        /// Reading or writing a host socket failed: the connection is reset.
+        rx_read_fails: Counter,
+        tx_write_fails: Counter,
     }
 }
 

@@ -227,6 +227,13 @@ impl Registry {
         Ok(function)
     }
 
+    /// The generation of the last build of `name`, if it was built.
+    pub fn current_generation(&self, name: &str) -> Option<u64> {
+        lock(&self.entries)
+            .get(name)
+            .map(|e| e.function.generation)
+    }
+
     /// The cached build of `name` if its sources have not changed (checked at most once
     /// per [`CHECK_INTERVAL`] unless `force_check`).
     fn fresh(&self, name: &str, dir: &Path, force_check: bool) -> Option<Arc<Function>> {

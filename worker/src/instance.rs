@@ -180,6 +180,8 @@ pub struct InstanceConfig {
     pub strict_io: bool,
     /// Largest response (and log frame) accepted from a guest.
     pub max_response_bytes: u32,
+    /// More VMM flags (`--vmm-arg`, for diagnosis: `--level=Debug`, ...).
+    pub vmm_args: Vec<String>,
 }
 
 impl InstanceConfig {
@@ -483,26 +485,8 @@ impl Jail {
     }
 
     fn jailer_cleanup(&self, report: &mut StopReport) {
-        let out = Command::new(&self.cfg.jailer)
-            .arg("cleanup")
-            .arg("--id")
-            .arg(&self.id)
-            .arg("--exec-file")
-            .arg(&self.cfg.vmm)
-            .arg("--chroot-base-dir")
-            .arg(&self.cfg.chroot_base)
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => report.errors.push(format!(
-                "jailer cleanup failed ({}): {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => report
-                .errors
-                .push(format!("cannot run jailer cleanup: {e}")),
+        if let Err(e) = jailer_cleanup(&self.cfg, &self.id) {
+            report.errors.push(e);
         }
     }
 
@@ -513,11 +497,23 @@ impl Jail {
             _ => self.report.as_ref().and_then(|r| r.status),
         };
         let word = self.logs.last_word();
-        match (word, status) {
+        let mut message = match (word, status) {
             (Some(w), _) => w,
             (None, Some(s)) => format!("the VMM exited ({s})"),
             (None, None) => "the VMM closed the guest's stream".into(),
+        };
+        let console = self.logs.console();
+        if let Some(line) = console.lines().rev().find(|l| !l.trim().is_empty()) {
+            // Guest-controlled text: printable characters only, bounded.
+            let line: String = line
+                .trim()
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            message.push_str(&format!("; the guest's console last said: {line}"));
         }
+        message
     }
 
     fn exit_code(&mut self) -> Option<i32> {
@@ -669,6 +665,7 @@ impl Instance {
         if cfg.strict_io {
             cmd.arg("--strict-io");
         }
+        cmd.args(&cfg.vmm_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -906,6 +903,60 @@ impl Instance {
     /// What the guest printed on its console (the last 16 KiB).
     pub fn console(&self) -> String {
         self.jail.logs.console()
+    }
+}
+
+/// `jailer cleanup` for jail `id`: removes what the journal records once its processes
+/// are gone.
+fn jailer_cleanup(cfg: &InstanceConfig, id: &str) -> Result<(), String> {
+    let out = Command::new(&cfg.jailer)
+        .arg("cleanup")
+        .arg("--id")
+        .arg(id)
+        .arg("--exec-file")
+        .arg(&cfg.vmm)
+        .arg("--chroot-base-dir")
+        .arg(&cfg.chroot_base)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "jailer cleanup --id {id} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run jailer cleanup: {e}")),
+    }
+}
+
+/// Removes what instances of workers that died (SIGKILL, power loss) left behind: their
+/// jails (with `jailer cleanup`, which refuses while a jail's processes live) and their
+/// host directories. An instance directory is stale when the worker pid in its id is gone.
+pub fn sweep_stale(cfg: &InstanceConfig) {
+    let dir = cfg.state_dir.join("instances");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = id.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == sys::getpid() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let jail_dir = cfg.chroot_base.join(cfg.exec_name()).join(&id);
+        if jail_dir.exists() || Path::new("/run/netns").join(&id).exists() {
+            if let Err(msg) = jailer_cleanup(cfg, &id) {
+                eprintln!("kiln: stale instance {id}: {msg}");
+                continue;
+            }
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => eprintln!("kiln: removed the stale instance directory {}", e.path().display()),
+            Err(err) => eprintln!("kiln: cannot remove {}: {err}", e.path().display()),
+        }
     }
 }
 

@@ -1,9 +1,16 @@
 //! `/init` of Kiln's Linux guest (PID 1): mounts the pseudo file systems it needs, prints
-//! [`READY_MARKER`] on the console for the host to wait for, then ends the VM.
+//! [`READY_MARKER`] on the console for the host to wait for, then, when the kernel command
+//! line names a function executable (`kiln.exec=PATH`, optionally `kiln.name=NAME`), serves
+//! it to the host worker over vsock as the function agent (`kiln_init::agent`) until the host
+//! closes the stream; then it ends the VM.
 //!
 //! It is a static binary with no shell and no libraries, so it runs from a bare initramfs or
 //! ext4 root. It refuses to run as any PID other than 1: on a host it would reboot the machine.
+//! The one exception is `kiln-init agent --unix SOCKET --exec PATH [--name NAME]`, which only
+//! runs the agent's protocol loop over a Unix socket (no mounts, no reboot): the host-side
+//! test of the agent.
 
+use kiln_init::agent::{self, AgentConfig};
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -139,7 +146,126 @@ fn end_vm() -> ! {
     }
 }
 
+/// Answers to invocations never exceed the protocol's default payload limit.
+const MAX_PAYLOAD: u32 = kiln_protocol::DEFAULT_MAX_PAYLOAD;
+/// How long the agent keeps trying to reach the host (the vsock device may still be
+/// probing when /init starts).
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Agent mode in the guest: connect to the host over vsock and serve until it hangs up.
+fn run_agent(cfg: &AgentConfig) {
+    say(&format!(
+        "KILN-INIT: agent for {} ({})",
+        cfg.name,
+        cfg.exec.display()
+    ));
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match agent::connect_vsock(
+            u32::try_from(kiln_protocol::HOST_CID).unwrap_or(2),
+            kiln_protocol::GUEST_CONNECT_PORT,
+        ) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < CONNECT_PATIENCE => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                say(&format!("KILN-INIT: error: cannot connect to the host over vsock: {e}"));
+                return;
+            }
+        }
+    };
+    let mut handler = Reaping(agent::Exec {
+        path: cfg.exec.clone(),
+        max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
+    });
+    match agent::serve(&mut stream, &cfg.name, MAX_PAYLOAD, &mut handler) {
+        Ok(()) => say("KILN-INIT: the host closed the stream"),
+        Err(e) => say(&format!("KILN-INIT: error: agent: {e}")),
+    }
+}
+
+/// A handler run by PID 1: after each invocation, reaps the processes the handler left
+/// behind (orphans are re-parented to init).
+struct Reaping<H>(H);
+
+impl<H: agent::Handler> agent::Handler for Reaping<H> {
+    fn handle(&mut self, event: &[u8]) -> Result<Vec<u8>, agent::Failure> {
+        let result = self.0.handle(event);
+        loop {
+            // SAFETY: waitpid with a null status pointer only reaps; WNOHANG never blocks.
+            let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+        }
+        result
+    }
+}
+
+/// `kiln-init agent --unix SOCKET --exec PATH [--name NAME]`: the agent over a Unix socket,
+/// as a host process (tests). Exit code 0 when the host closed the stream, 1 on an error,
+/// 2 on a bad command line.
+fn host_agent(args: &[String]) -> ExitCode {
+    let mut socket = None;
+    let mut exec = None;
+    let mut name = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let slot = match flag.as_str() {
+            "--unix" => &mut socket,
+            "--exec" => &mut exec,
+            "--name" => &mut name,
+            other => {
+                eprintln!("kiln-init agent: unknown flag {other:?} (use --unix SOCKET --exec PATH [--name NAME])");
+                return ExitCode::from(2);
+            }
+        };
+        match it.next() {
+            Some(v) => *slot = Some(v.clone()),
+            None => {
+                eprintln!("kiln-init agent: {flag} needs a value");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(socket), Some(exec)) = (socket, exec) else {
+        eprintln!("kiln-init agent: --unix SOCKET and --exec PATH are required");
+        return ExitCode::from(2);
+    };
+    let mut cmdline = format!("kiln.exec={exec}");
+    if let Some(n) = name {
+        cmdline.push_str(&format!(" kiln.name={n}"));
+    }
+    let Some(cfg) = AgentConfig::from_cmdline(&cmdline) else {
+        eprintln!("kiln-init agent: --exec {exec:?} names no executable");
+        return ExitCode::from(2);
+    };
+    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiln-init agent: cannot connect to {socket}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut handler = agent::Exec {
+        path: cfg.exec.clone(),
+        max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
+    };
+    match agent::serve(&mut stream, &cfg.name, MAX_PAYLOAD, &mut handler) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln-init agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("agent") {
+        return host_agent(args.get(1..).unwrap_or_default());
+    }
     let pid = std::process::id();
     if pid != 1 {
         eprintln!(
@@ -149,7 +275,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match MOUNTS.iter().try_for_each(mount) {
-        Ok(()) => say(READY_MARKER),
+        Ok(()) => {
+            say(READY_MARKER);
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if let Some(cfg) = AgentConfig::from_cmdline(&cmdline) {
+                run_agent(&cfg);
+            }
+        }
         Err(e) => say(&format!("KILN-INIT: error: {e}")),
     }
     end_vm()

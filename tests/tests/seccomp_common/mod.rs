@@ -45,7 +45,9 @@ impl Scratch {
     /// A disk image of `sectors` 512-byte sectors with varied content.
     pub fn image(&self, name: &str, sectors: usize) -> PathBuf {
         let path = self.path(name);
-        let data: Vec<u8> = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..sectors * 512)
+            .map(|i| u8::try_from(i % 251).unwrap_or(0))
+            .collect();
         std::fs::write(&path, data).expect("write disk image");
         path
     }
@@ -103,12 +105,23 @@ impl Outcome {
                     None => Expect::Exit(s.code().unwrap_or(-1)),
                 };
                 if got != self.expected {
-                    let sys = if got == Expect::Signal(libc::SIGSYS) { " (SIGSYS: seccomp)" } else { "" };
-                    Some(format!("ended with {got:?}{sys}, expected {:?}", self.expected))
+                    let sys = if got == Expect::Signal(libc::SIGSYS) {
+                        " (SIGSYS: seccomp)"
+                    } else {
+                        ""
+                    };
+                    Some(format!(
+                        "ended with {got:?}{sys}, expected {:?}",
+                        self.expected
+                    ))
                 } else if f.stderr.contains("panicked") {
                     Some("panicked".to_string())
                 } else if self.expect_done && (!self.out.done || !self.out.errors().is_empty()) {
-                    Some(format!("guest did not finish cleanly (done: {}, errors: {:?})", self.out.done, self.out.errors()))
+                    Some(format!(
+                        "guest did not finish cleanly (done: {}, errors: {:?})",
+                        self.out.done,
+                        self.out.errors()
+                    ))
                 } else {
                     None
                 }
@@ -162,7 +175,14 @@ impl Running {
         }
         finished.stdout = std::mem::take(&mut self.seen);
         let out = TinyOutput::parse(&finished.stdout);
-        Outcome { run, finished, out, expected, expect_done, threads: Vec::new() }
+        Outcome {
+            run,
+            finished,
+            out,
+            expected,
+            expect_done,
+            threads: Vec::new(),
+        }
     }
 }
 
@@ -172,16 +192,28 @@ pub fn vmm_pid(root: u32) -> Option<i32> {
     let mut frontier = vec![i32::try_from(root).ok()?];
     let mut all: Vec<(i32, i32)> = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         // The fields after the command name, which is in parentheses.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
         if let Some(ppid) = ppid {
             all.push((pid, ppid));
         }
     }
     while let Some(pid) = frontier.pop() {
-        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(vmm.as_path()) {
+        if std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .as_deref()
+            == Some(vmm.as_path())
+        {
             return Some(pid);
         }
         frontier.extend(all.iter().filter(|(_, pp)| *pp == pid).map(|(p, _)| *p));
@@ -192,11 +224,18 @@ pub fn vmm_pid(root: u32) -> Option<i32> {
 /// Every thread of process `pid`: (name, the `Seccomp:` field of its status).
 pub fn threads(pid: i32) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
     for task in dir.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).unwrap_or("?").trim().to_string();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
         out.push((comm.trim().to_string(), mode));
     }
     out.sort();
@@ -213,7 +252,9 @@ impl Launch {
             Some((strace, dir)) => {
                 let out = dir.join(run);
                 std::fs::create_dir_all(&out).expect("create the trace directory");
-                argv.extend(["-f", "-ff", "-qq", "-X", "raw", "-s", "64", "-o"].map(OsString::from));
+                argv.extend(
+                    ["-f", "-ff", "-qq", "-X", "raw", "-s", "64", "-o"].map(OsString::from),
+                );
                 argv.push(out.join("t").into_os_string());
                 argv.push(vmm.into_os_string());
                 strace.clone().into_os_string()
@@ -232,7 +273,9 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -243,13 +286,20 @@ impl Launch {
             }
         });
         let stdin = child.stdin.take();
-        Running { child, stdin, lines, seen: String::new(), start }
+        Running {
+            child,
+            stdin,
+            lines,
+            seen: String::new(),
+            start,
+        }
     }
 }
 
 /// One HTTP request on the API socket; returns (status, body). A connection per request.
 pub fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    let mut s =
+        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
     s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -261,7 +311,8 @@ pub fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// Sends `bytes` as they are (malformed requests) and reads the answer.
 pub fn api_raw(sock: &Path, bytes: &[u8]) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+    let mut s =
+        UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
     s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
     s.write_all(bytes).expect("send request");
     raw_answer(&mut s)
@@ -270,8 +321,15 @@ pub fn api_raw(sock: &Path, bytes: &[u8]) -> (u16, String) {
 fn raw_answer(s: &mut UnixStream) -> (u16, String) {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -279,14 +337,21 @@ fn raw_answer(s: &mut UnixStream) -> (u16, String) {
 fn wait_for_socket(sock: &Path) {
     let deadline = Instant::now() + TIMEOUT;
     while UnixStream::connect(sock).is_err() {
-        assert!(Instant::now() < deadline, "the API socket {} never appeared", sock.display());
+        assert!(
+            Instant::now() < deadline,
+            "the API socket {} never appeared",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 fn ok(sock: &Path, method: &str, path: &str, body: &str) {
     let (status, answer) = api(sock, method, path, body);
-    assert!((200..300).contains(&status), "{method} {path} {body}: {status} {answer}");
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path} {body}: {status} {answer}"
+    );
 }
 
 fn kernel() -> String {
@@ -328,7 +393,14 @@ fn path_arg(flag: &str, p: &Path) -> [OsString; 2] {
 /// A tap name that fits IFNAMSIZ.
 fn tap_name(prefix: char) -> String {
     let id = unique_id("s").replace('-', "");
-    let tail: String = id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = id
+        .chars()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("{prefix}{tail}")
 }
 
@@ -340,25 +412,79 @@ fn api_run(launch: &Launch) -> Outcome {
     let tap = tap_name('a');
     ns.add_tap(&tap, None);
     let sock = dir.path("api.sock");
-    let mut vm = launch.start("api", Some(&ns), &[path_arg("--api-sock", &sock).to_vec(), os(&["--id", "audit-vm"])].concat(), false);
+    let args = [
+        path_arg("--api-sock", &sock).to_vec(),
+        os(&["--id", "audit-vm", "--http-api-max-payload-size", "1048576"]),
+    ]
+    .concat();
+    let mut vm = launch.start("api", Some(&ns), &args, false);
     wait_for_socket(&sock);
     let log = dir.path("vmm.log");
     let metrics = dir.path("metrics.json");
     ok(&sock, "PUT", "/logger", &format!("{{\"log_path\": {:?}, \"level\": \"Debug\", \"show_level\": true, \"show_log_origin\": true}}", log.to_str().expect("utf-8")));
-    ok(&sock, "PUT", "/metrics", &format!("{{\"metrics_path\": {:?}}}", metrics.to_str().expect("utf-8")));
-    ok(&sock, "PUT", "/machine-config", "{\"vcpu_count\": 2, \"mem_size_mib\": 32}");
+    ok(
+        &sock,
+        "PUT",
+        "/metrics",
+        &format!(
+            "{{\"metrics_path\": {:?}}}",
+            metrics.to_str().expect("utf-8")
+        ),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/machine-config",
+        "{\"vcpu_count\": 2, \"mem_size_mib\": 32}",
+    );
     ok(&sock, "PATCH", "/machine-config", "{\"mem_size_mib\": 48}");
-    ok(&sock, "PUT", "/boot-source", &format!("{{\"kernel_image_path\": {:?}, \"boot_args\": \"console=ttyS0 kiln.test=ticks\"}}", kernel()));
+    // A large request (valid JSON padded with spaces): the API thread's buffers outgrow its
+    // heap and are mapped on their own.
+    ok(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        &format!("{{\"mem_size_mib\": 48{}}}", " ".repeat(600_000)),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/boot-source",
+        &format!(
+            "{{\"kernel_image_path\": {:?}, \"boot_args\": \"console=ttyS0 kiln.test=ticks\"}}",
+            kernel()
+        ),
+    );
     let root = dir.image("root.img", 64);
     let data = dir.image("data.img", 16);
-    ok(&sock, "PUT", "/drives/rootfs", &drive_json("rootfs", &root, true, false));
-    ok(&sock, "PUT", "/drives/data", &drive_json("data", &data, false, true));
+    ok(
+        &sock,
+        "PUT",
+        "/drives/rootfs",
+        &drive_json("rootfs", &root, true, false),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/drives/data",
+        &drive_json("data", &data, false, true),
+    );
     ok(&sock, "PUT", "/network-interfaces/eth0", &net_json(&tap));
     let _ = api(&sock, "GET", "/vm/config", "");
     let _ = api(&sock, "GET", "/", "");
-    ok(&sock, "PUT", "/actions", "{\"action_type\": \"InstanceStart\"}");
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        "{\"action_type\": \"InstanceStart\"}",
+    );
     vm.wait_line("tick 1", TIMEOUT);
-    for (method, path) in [("GET", "/"), ("GET", "/version"), ("GET", "/machine-config"), ("GET", "/vm/config")] {
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/version"),
+        ("GET", "/machine-config"),
+        ("GET", "/vm/config"),
+    ] {
         ok(&sock, method, path, "");
     }
     let pid = vmm_pid(vm.child.id()).expect("the VMM process");
@@ -367,14 +493,34 @@ fn api_run(launch: &Launch) -> Outcome {
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}");
     vm.wait_line("tick 3", TIMEOUT);
-    ok(&sock, "PUT", "/actions", "{\"action_type\": \"FlushMetrics\"}");
-    ok(&sock, "PATCH", "/network-interfaces/eth0", "{\"iface_id\": \"eth0\"}");
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        "{\"action_type\": \"FlushMetrics\"}",
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/network-interfaces/eth0",
+        "{\"iface_id\": \"eth0\"}",
+    );
     // Refused requests: pre-boot only, unknown drive, unknown path, malformed HTTP.
-    let _ = api(&sock, "PUT", "/machine-config", "{\"vcpu_count\": 1, \"mem_size_mib\": 32}");
+    let _ = api(
+        &sock,
+        "PUT",
+        "/machine-config",
+        "{\"vcpu_count\": 1, \"mem_size_mib\": 32}",
+    );
     let _ = api(&sock, "PATCH", "/drives/nope", "{\"drive_id\": \"nope\"}");
     let _ = api(&sock, "GET", "/snapshot/create", "");
     let _ = api_raw(&sock, b"BREW /coffee HTCPCP/1.0\r\n\r\n");
-    ok(&sock, "PUT", "/actions", "{\"action_type\": \"SendCtrlAltDel\"}");
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        "{\"action_type\": \"SendCtrlAltDel\"}",
+    );
     vm.signal(libc::SIGTERM);
     let mut outcome = vm.finish("api", Expect::Exit(0), false);
     outcome.threads = threads;
@@ -385,10 +531,22 @@ fn api_run(launch: &Launch) -> Outcome {
 fn blk_run(launch: &Launch, run: &'static str, boot_args: &str, read_only: bool) -> Outcome {
     let dir = Scratch::new("kiln-sc-blk");
     let img = dir.image("data.img", 16);
-    let cfg = config(&dir, boot_args, &[drive_json("data", &img, false, read_only)], &[]);
+    let cfg = config(
+        &dir,
+        boot_args,
+        &[drive_json("data", &img, false, read_only)],
+        &[],
+    );
     let metrics = dir.path("metrics.json");
-    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"]), path_arg("--metrics-path", &metrics).to_vec()].concat();
-    launch.start(run, None, &args, false).finish(run, Expect::Exit(0), true)
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        os(&["--no-api"]),
+        path_arg("--metrics-path", &metrics).to_vec(),
+    ]
+    .concat();
+    launch
+        .start(run, None, &args, false)
+        .finish(run, Expect::Exit(0), true)
 }
 
 /// `blk-swap`: the guest waits while `PATCH /drives/data` swaps its backing file (opened
@@ -397,12 +555,28 @@ fn swap_run(launch: &Launch, run: &'static str, read_only: bool) -> Outcome {
     let dir = Scratch::new("kiln-sc-swap");
     let first = dir.image("first.img", 16);
     let second = dir.image("second.img", 40);
-    let cfg = config(&dir, "kiln.test=blk-swap", &[drive_json("data", &first, false, read_only)], &[]);
+    let cfg = config(
+        &dir,
+        "kiln.test=blk-swap",
+        &[drive_json("data", &first, false, read_only)],
+        &[],
+    );
     let sock = dir.path("api.sock");
-    let args = [path_arg("--config-file", &cfg).to_vec(), path_arg("--api-sock", &sock).to_vec()].concat();
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
     let mut vm = launch.start(run, None, &args, false);
-    assert!(vm.wait_line_contains("blk waiting"), "the guest never waited for the swap:\n{}", vm.seen);
-    let body = format!("{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}", second.to_str().expect("utf-8"));
+    assert!(
+        vm.wait_line_contains("blk waiting"),
+        "the guest never waited for the swap:\n{}",
+        vm.seen
+    );
+    let body = format!(
+        "{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}",
+        second.to_str().expect("utf-8")
+    );
     ok(&sock, "PATCH", "/drives/data", &body);
     vm.finish(run, Expect::Exit(0), true)
 }
@@ -441,8 +615,14 @@ fn net_run(launch: &Launch, run: &'static str) -> Outcome {
     let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
     let mut vm = launch.start(run, Some(&ns), &args, false);
     if run == "net-rx" {
-        assert!(vm.wait_line_contains("net rx ready"), "the guest never got ready to receive:\n{}", vm.seen);
-        let mut frame = vec![0x06, 0x00, 0xac, 0x10, 0x00, 0x02, 0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02, 0x88, 0xb5];
+        assert!(
+            vm.wait_line_contains("net rx ready"),
+            "the guest never got ready to receive:\n{}",
+            vm.seen
+        );
+        let mut frame = vec![
+            0x06, 0x00, 0xac, 0x10, 0x00, 0x02, 0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02, 0x88, 0xb5,
+        ];
         frame.extend(std::iter::repeat_n(0x4bu8, 100));
         // Sent again until the guest has it: the first may arrive before the device
         // watches the tap (this test is about syscalls, not that race).
@@ -477,7 +657,9 @@ fn triple_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-triple");
     let cfg = config(&dir, "kiln.test=triple", &[], &[]);
     let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
-    launch.start("triple", None, &args, false).finish("triple", Expect::Exit(GUEST_CRASH), false)
+    launch
+        .start("triple", None, &args, false)
+        .finish("triple", Expect::Exit(GUEST_CRASH), false)
 }
 
 /// Every run of the lifecycle, in order. Needs root (namespaces, taps) and /dev/kvm.
@@ -486,7 +668,11 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     require_kvm();
     let mut all = vec![api_run(launch)];
     for (run, args, ro) in [
-        ("blk-write", "kiln.test=blk-write kiln.sector=3 kiln.count=2", false),
+        (
+            "blk-write",
+            "kiln.test=blk-write kiln.sector=3 kiln.count=2",
+            false,
+        ),
         ("blk-flush", "kiln.test=blk-flush", false),
         ("blk-id", "kiln.test=blk-id", false),
         ("blk-ro", "kiln.test=blk-ro", true),
@@ -513,21 +699,48 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
 /// or name; the VMM boots the tiny guest (`halt`) with one drive, through a config file and
 /// the API socket.
 pub fn abort_run(launch: &Launch, run: &'static str, target: &str) -> Outcome {
-    hook_run(launch, run, "KILN_TEST_ABORT", target, Expect::Signal(libc::SIGABRT))
+    hook_run(
+        launch,
+        run,
+        "KILN_TEST_ABORT",
+        target,
+        Expect::Signal(libc::SIGABRT),
+    )
 }
 
 /// Like [`abort_run`], with the hook `KILN_TEST_FORBIDDEN_SYSCALL` (a syscall no filter
 /// allows): the process must be killed with SIGSYS.
 pub fn forbidden_run(launch: &Launch, run: &'static str, target: &str) -> Outcome {
-    hook_run(launch, run, "KILN_TEST_FORBIDDEN_SYSCALL", target, Expect::Signal(libc::SIGSYS))
+    hook_run(
+        launch,
+        run,
+        "KILN_TEST_FORBIDDEN_SYSCALL",
+        target,
+        Expect::Signal(libc::SIGSYS),
+    )
 }
 
-fn hook_run(launch: &Launch, run: &'static str, hook: &str, target: &str, expected: Expect) -> Outcome {
+fn hook_run(
+    launch: &Launch,
+    run: &'static str,
+    hook: &str,
+    target: &str,
+    expected: Expect,
+) -> Outcome {
     let dir = Scratch::new("kiln-sc-hook");
     let img = dir.image("data.img", 16);
-    let cfg = config(&dir, "kiln.test=halt", &[drive_json("data", &img, false, false)], &[]);
+    let cfg = config(
+        &dir,
+        "kiln.test=halt",
+        &[drive_json("data", &img, false, false)],
+        &[],
+    );
     let sock = dir.path("api.sock");
-    let args = [path_arg("--config-file", &cfg).to_vec(), path_arg("--api-sock", &sock).to_vec()].concat();
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
     let mut launch = launch.clone();
     launch.env.push((hook.to_string(), target.to_string()));
     let mut vm = launch.start(run, None, &args, false);

@@ -390,3 +390,48 @@ fn accept_all(
         conns.push(Conn::new(stream, now));
     }
 }
+
+/// One connection served by hand, without [`serve`]'s poll loop, for the API fuzz target
+/// (`fuzz/fuzz_targets/api_http.rs`): the caller writes a client's bytes to the other end of
+/// `stream` and calls [`ManualConn::turn`], which does what one turn of [`serve`]'s loop does
+/// for a connection that is readable and writable (same buffer cap, parser, limits and
+/// answers).
+pub struct ManualConn {
+    conn: Conn,
+    limits: Limits,
+}
+
+impl ManualConn {
+    pub fn new(stream: UnixStream, limits: Limits) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(ManualConn {
+            conn: Conn::new(stream, Instant::now()),
+            limits,
+        })
+    }
+
+    /// Writes pending answers, reads what the client sent (up to the buffer cap) and answers
+    /// every complete request with `dispatch`.
+    pub fn turn(&mut self, dispatch: &mut dyn FnMut(http::Request) -> Response) {
+        let now = Instant::now();
+        let cap = http::MAX_HEADER_BYTES.saturating_add(self.limits.max_payload_size);
+        let c = &mut self.conn;
+        if c.pending_output() {
+            c.flush();
+            if !c.pending_output() && !c.dead {
+                c.deadline = None;
+                c.process(&self.limits, now, dispatch);
+            }
+        }
+        if c.wants_read(cap) {
+            c.read_some(cap, &self.limits, now);
+            c.process(&self.limits, now, dispatch);
+        }
+        c.track_deadline(&self.limits, now);
+    }
+
+    /// True once the server would close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.conn.dead
+    }
+}

@@ -59,11 +59,19 @@ pub fn encode(filters: &[(&str, &[Instruction])]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(filters.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(filters.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     for (name, program) in filters {
         out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&u32::try_from(program.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(
+            &u32::try_from(program.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
         for &(code, jt, jf, k) in program.iter() {
             out.extend_from_slice(&code.to_le_bytes());
             out.push(jt);
@@ -86,15 +94,23 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
-        let end = self.at.checked_add(n).ok_or(FormatError::Truncated(self.at))?;
-        let s = self.bytes.get(self.at..end).ok_or(FormatError::Truncated(self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(FormatError::Truncated(self.at))?;
+        let s = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(FormatError::Truncated(self.at))?;
         self.at = end;
         Ok(s)
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
         let at = self.at;
-        self.take(N)?.try_into().map_err(|_| FormatError::Truncated(at))
+        self.take(N)?
+            .try_into()
+            .map_err(|_| FormatError::Truncated(at))
     }
 
     fn u8(&mut self) -> Result<u8, FormatError> {
@@ -115,7 +131,10 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(String, Vec<Instruction>)>, FormatErr
     if !is_compiled(bytes) {
         return Err(FormatError::Magic);
     }
-    let mut r = Reader { bytes, at: MAGIC.len() };
+    let mut r = Reader {
+        bytes,
+        at: MAGIC.len(),
+    };
     let version = r.u32()?;
     if version != VERSION {
         return Err(FormatError::Version(version));
@@ -132,7 +151,10 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(String, Vec<Instruction>)>, FormatErr
         }
         let raw = r.take(len)?;
         let name = String::from_utf8_lossy(raw).into_owned();
-        if !raw.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_') {
+        if !raw
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+        {
             return Err(FormatError::NameChars { index, name });
         }
         if filters.iter().any(|(n, _)| *n == name) {

@@ -82,25 +82,40 @@ impl std::fmt::Display for ThreadKind {
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("cannot read the seccomp filter file {path:?}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("seccomp filter file {path:?}: larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { path: PathBuf },
     #[error("{origin}: not a valid JSON filter set: {reason}")]
     Json { origin: String, reason: String },
     #[error("{origin}: not a valid compiled filter set: {source}")]
-    Compiled { origin: String, source: format::FormatError },
+    Compiled {
+        origin: String,
+        source: format::FormatError,
+    },
     #[error("{origin}: no filter for thread kind \"{kind}\" (a filter set has one for each of api, vmm and vcpu)")]
     MissingKind { origin: String, kind: ThreadKind },
     #[error("{origin}: filter {name:?} is not a thread kind (a filter set has exactly api, vmm and vcpu)")]
     UnknownKind { origin: String, name: String },
     #[error("{origin}: filter \"{kind}\": {reason}")]
-    BadProgram { origin: String, kind: ThreadKind, reason: String },
+    BadProgram {
+        origin: String,
+        kind: ThreadKind,
+        reason: String,
+    },
     #[error("no seccomp support for architecture {0}")]
     Arch(&'static str),
     #[error("the seccomp filters are already loaded")]
     AlreadyLoaded,
+    #[error("cannot limit glibc malloc to one heap (mallopt M_ARENA_MAX refused)")]
+    MallocArena,
     #[error("cannot install the seccomp filter of the {kind} thread: {source}")]
-    Install { kind: ThreadKind, source: seccompiler::Error },
+    Install {
+        kind: ThreadKind,
+        source: seccompiler::Error,
+    },
 }
 
 /// One BPF program per thread kind.
@@ -124,7 +139,11 @@ fn check_program(program: &[sock_filter]) -> Result<(), String> {
     const BPF_OP_JA: u16 = 0x00;
     const BPF_CLASS_RET: u16 = 0x06;
     if program.is_empty() || program.len() > format::BPF_MAX_LEN {
-        return Err(format!("{} instructions (at least 1, at most {})", program.len(), format::BPF_MAX_LEN));
+        return Err(format!(
+            "{} instructions (at least 1, at most {})",
+            program.len(),
+            format::BPF_MAX_LEN
+        ));
     }
     for (pc, ins) in program.iter().enumerate() {
         if ins.code & 0x07 != BPF_CLASS_JMP {
@@ -155,12 +174,19 @@ impl FilterSet {
     /// Reads `--seccomp-filter FILE`: a compiled set when it starts with the magic bytes of
     /// [`format`], a JSON filter set otherwise.
     pub fn from_file(path: &Path) -> Result<FilterSet, SeccompError> {
-        let read_err = |source| SeccompError::Read { path: path.to_path_buf(), source };
+        let read_err = |source| SeccompError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(read_err)?;
         let mut bytes = Vec::new();
-        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
         if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-            return Err(SeccompError::TooLarge { path: path.to_path_buf() });
+            return Err(SeccompError::TooLarge {
+                path: path.to_path_buf(),
+            });
         }
         let origin = format!("seccomp filter file {path:?}");
         if format::is_compiled(&bytes) {
@@ -173,59 +199,96 @@ impl FilterSet {
     /// Compiles a JSON filter set (seccompiler's format: `{"api": {...}, "vmm": {...},
     /// "vcpu": {...}}`) for this machine's architecture.
     pub fn from_json(origin: &str, json: &[u8]) -> Result<FilterSet, SeccompError> {
-        let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|_| SeccompError::Arch(std::env::consts::ARCH))?;
-        let map = seccompiler::compile_from_json(json, arch)
-            .map_err(|e| SeccompError::Json { origin: origin.to_string(), reason: e.to_string() })?;
+        let arch = TargetArch::try_from(std::env::consts::ARCH)
+            .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))?;
+        let map = seccompiler::compile_from_json(json, arch).map_err(|e| SeccompError::Json {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        })?;
         FilterSet::from_named(origin, map.into_iter().collect())
     }
 
     /// Reads a compiled filter set ([`format`]).
     pub fn from_compiled(origin: &str, bytes: &[u8]) -> Result<FilterSet, SeccompError> {
-        let filters = format::decode(bytes)
-            .map_err(|source| SeccompError::Compiled { origin: origin.to_string(), source })?;
+        let filters = format::decode(bytes).map_err(|source| SeccompError::Compiled {
+            origin: origin.to_string(),
+            source,
+        })?;
         let named = filters
             .into_iter()
             .map(|(name, program)| {
-                let program = program.into_iter().map(|(code, jt, jf, k)| sock_filter { code, jt, jf, k }).collect();
+                let program = program
+                    .into_iter()
+                    .map(|(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+                    .collect();
                 (name, program)
             })
             .collect();
         FilterSet::from_named(origin, named)
     }
 
-    fn from_named(origin: &str, mut named: Vec<(String, BpfProgram)>) -> Result<FilterSet, SeccompError> {
+    fn from_named(
+        origin: &str,
+        mut named: Vec<(String, BpfProgram)>,
+    ) -> Result<FilterSet, SeccompError> {
         // Deterministic messages whatever the order in the file.
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some((name, _)) = named.iter().find(|(n, _)| ThreadKind::from_name(n).is_none()) {
-            return Err(SeccompError::UnknownKind { origin: origin.to_string(), name: name.clone() });
+        if let Some((name, _)) = named
+            .iter()
+            .find(|(n, _)| ThreadKind::from_name(n).is_none())
+        {
+            return Err(SeccompError::UnknownKind {
+                origin: origin.to_string(),
+                name: name.clone(),
+            });
         }
         let mut take = |kind: ThreadKind| -> Result<BpfProgram, SeccompError> {
             let pos = named
                 .iter()
                 .position(|(n, _)| n == kind.name())
-                .ok_or_else(|| SeccompError::MissingKind { origin: origin.to_string(), kind })?;
+                .ok_or_else(|| SeccompError::MissingKind {
+                    origin: origin.to_string(),
+                    kind,
+                })?;
             let (_, program) = named.swap_remove(pos);
-            check_program(&program).map_err(|reason| SeccompError::BadProgram { origin: origin.to_string(), kind, reason })?;
+            check_program(&program).map_err(|reason| SeccompError::BadProgram {
+                origin: origin.to_string(),
+                kind,
+                reason,
+            })?;
             Ok(program)
         };
         let api = take(ThreadKind::Api)?;
         let vmm = take(ThreadKind::Vmm)?;
         let vcpu = take(ThreadKind::Vcpu)?;
-        Ok(FilterSet { programs: [api, vmm, vcpu] })
+        Ok(FilterSet {
+            programs: [api, vmm, vcpu],
+        })
     }
 
     pub fn get(&self, kind: ThreadKind) -> &[sock_filter] {
-        self.programs.get(index(kind)).map(Vec::as_slice).unwrap_or_default()
+        self.programs
+            .get(index(kind))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The set in the compiled format ([`format`]).
     pub fn to_compiled(&self) -> Vec<u8> {
         let programs: Vec<Vec<format::Instruction>> = ThreadKind::ALL
             .iter()
-            .map(|&k| self.get(k).iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+            .map(|&k| {
+                self.get(k)
+                    .iter()
+                    .map(|i| (i.code, i.jt, i.jf, i.k))
+                    .collect()
+            })
             .collect();
-        let named: Vec<(&str, &[format::Instruction])> =
-            ThreadKind::ALL.iter().zip(&programs).map(|(k, p)| (k.name(), p.as_slice())).collect();
+        let named: Vec<(&str, &[format::Instruction])> = ThreadKind::ALL
+            .iter()
+            .zip(&programs)
+            .map(|(k, p)| (k.name(), p.as_slice()))
+            .collect();
         format::encode(&named)
     }
 
@@ -237,7 +300,10 @@ impl FilterSet {
             for ins in program.iter_mut() {
                 let action = ins.k & SECCOMP_RET_ACTION_FULL;
                 if ins.code == BPF_RET_K
-                    && matches!(action, SECCOMP_RET_KILL_PROCESS | SECCOMP_RET_KILL_THREAD | SECCOMP_RET_TRAP)
+                    && matches!(
+                        action,
+                        SECCOMP_RET_KILL_PROCESS | SECCOMP_RET_KILL_THREAD | SECCOMP_RET_TRAP
+                    )
                 {
                     ins.k = SECCOMP_RET_LOG;
                 }
@@ -249,7 +315,8 @@ impl FilterSet {
     /// Installs `kind`'s filter on the calling thread (and sets no_new_privs, which the
     /// kernel requires of an unprivileged process).
     pub fn apply(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        seccompiler::apply_filter(self.get(kind)).map_err(|source| SeccompError::Install { kind, source })
+        seccompiler::apply_filter(self.get(kind))
+            .map_err(|source| SeccompError::Install { kind, source })
     }
 }
 
@@ -284,6 +351,7 @@ pub const TEST_ABORT_ENV: &str = "KILN_TEST_ABORT";
 /// or `--no-seccomp`), once, before any thread starts. A bad filter file is an error naming
 /// it; `--no-seccomp` and `--seccomp-log` print a warning.
 pub fn init(args: &Args) -> Result<(), SeccompError> {
+    single_malloc_heap()?;
     let filters = if args.no_seccomp {
         warn("WARNING: --no-seccomp: no seccomp filter is installed; a compromised VMM thread can make any system call the jail allows. Never use this in production.");
         None
@@ -307,6 +375,23 @@ pub fn init(args: &Args) -> Result<(), SeccompError> {
         abort: std::env::var(TEST_ABORT_ENV).ok(),
     };
     STATE.set(state).map_err(|_| SeccompError::AlreadyLoaded)
+}
+
+/// Makes every thread allocate from the main thread's heap (glibc's `M_ARENA_MAX` = 1);
+/// must run before any thread starts. With a heap per thread ("arena"), a filtered thread
+/// would map, grow and trim a heap of its own (mmap PROT_NONE, mprotect, madvise) and, the
+/// first time one shrinks, open `/proc/sys/vm/overcommit_memory`: an `openat` no filter of a
+/// thread facing untrusted input should allow. With one heap, the filters need only `brk`
+/// and anonymous `mmap`/`mremap`/`munmap`. Small blocks stay in each thread's cache
+/// (tcache), so the shared heap's lock is seldom taken; fewer heaps also mean less memory.
+fn single_malloc_heap() -> Result<(), SeccompError> {
+    // SAFETY: mallopt only changes a malloc parameter; no thread other than this one exists.
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(SeccompError::MallocArena)
+    }
 }
 
 fn warn(message: &str) {

@@ -16,6 +16,7 @@ mod net;
 mod ports;
 mod print;
 mod ticks;
+mod vsock;
 
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
@@ -56,6 +57,9 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"virtio-qsize", hostile::run_qsize),
     (b"virtio-kicks", hostile::run_kicks),
     (b"virtio-mmio-junk", hostile::run_mmio_junk),
+    (b"vsock-connect", vsock::run_connect),
+    (b"vsock-listen", vsock::run_listen),
+    (b"vsock-bad", vsock::run_bad),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

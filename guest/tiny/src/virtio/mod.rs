@@ -4,7 +4,7 @@
 //! used rings (interrupts stay off).
 //!
 //! - [`ring`]: the virtqueue memory and the driver's side of it.
-//! - [`blk`], [`net`]: request helpers for virtio-blk and virtio-net.
+//! - [`blk`], [`net`], [`vsock`]: request helpers for virtio-blk, virtio-net and virtio-vsock.
 //!
 //! Every register access is a plain 32-bit volatile access to the device window, which the
 //! image's page tables map uncached (3-4 GiB).
@@ -16,6 +16,7 @@
 pub mod blk;
 pub mod net;
 pub mod ring;
+pub mod vsock;
 
 use crate::cmdline;
 use core::arch::asm;

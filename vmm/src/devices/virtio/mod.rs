@@ -6,7 +6,7 @@
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
-//! - [`block`], [`net`]: the devices; each knows nothing of MMIO.
+//! - [`block`], [`net`], [`vsock`]: the devices; each knows nothing of MMIO.
 //! - [`setup`]: building the devices from the resources and wiring them into the VM.
 //!
 //! The split between threads: a vCPU thread only touches the register file (and, on
@@ -20,6 +20,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod setup;
+pub mod vsock;
 
 use crate::metrics::METRICS;
 use std::os::fd::RawFd;

@@ -166,7 +166,10 @@ pub enum Verdict {
     /// Dropped without an answer (counted).
     Drop(PacketError),
     /// Answered with an RST from `hdr.dst_port` to `hdr.src_port` (counted).
-    Reset { hdr: Header, error: PacketError },
+    Reset {
+        hdr: Header,
+        error: PacketError,
+    },
 }
 
 /// Validates a packet the guest transmitted: `header` is what the chain's readable bytes
@@ -293,7 +296,11 @@ mod tests {
                 0,
                 Verdict::Drop(PacketError::ShortHeader { got: 10 }),
             ),
-            (vec![], 0, Verdict::Drop(PacketError::ShortHeader { got: 0 })),
+            (
+                vec![],
+                0,
+                Verdict::Drop(PacketError::ShortHeader { got: 0 }),
+            ),
             // Wrong CIDs: dropped, even an RST.
             (
                 bytes(Header {

@@ -38,7 +38,7 @@ pub enum UnixError {
 fn sockaddr(path: &str) -> Result<(libc::sockaddr_un, libc::socklen_t), UnixError> {
     // SAFETY: sockaddr_un is plain old data; all zeroes is a valid (empty) value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
     let bytes = path.as_bytes();
     if bytes.contains(&0) {
         return Err(UnixError::PathNul {
@@ -136,9 +136,8 @@ impl Listener {
             };
         }
         // SAFETY: `fd` was just returned by accept4(2) and is owned by nothing else.
-        Ok(Some(Stream {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Some(Stream { fd }))
     }
 }
 
@@ -278,9 +277,8 @@ impl Timer {
             return Err(UnixError::TimerCreate(io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just created and is owned by nothing else.
-        Ok(Timer {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd })
     }
 
     /// Fires once after `after` (replacing any earlier setting).
@@ -354,7 +352,10 @@ mod tests {
         assert_eq!(s.recv(&mut buf[..2]).unwrap(), 2);
         assert_eq!(&buf[..2], b"he");
         assert_eq!(s.recv(&mut buf).unwrap(), 4);
-        assert_eq!(s.recv(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            s.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         c.shutdown_write().unwrap();
         assert_eq!(s.recv(&mut buf).unwrap(), 0, "end of file after shutdown");
         drop(c);

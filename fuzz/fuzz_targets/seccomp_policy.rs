@@ -1,0 +1,42 @@
+//! The seccomp policy loaders, on the same file:
+//!
+//! - the VMM's `--seccomp-filter FILE` (`vmm/src/seccomp/`, `FilterSet::from_file`): a JSON
+//!   filter set (seccompiler's format, one filter per thread kind) or a compiled one
+//!   (`format::decode`), with Kiln's checks of the programs;
+//! - the jailer's `--seccomp-policy FILE` (`jailer/src/seccomp.rs`, `seccomp::compile`).
+//!
+//! Input: the file's bytes (a compiled set starts with `KILN-BPF`).
+//!
+//! Besides "Ok or a typed error, never a panic": an accepted filter set round-trips through
+//! the compiled format unchanged, and log mode changes no program's length.
+#![no_main]
+
+use kiln_fuzz::MemFile;
+use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
+use std::path::Path;
+use vmm::seccomp::{FilterSet, ThreadKind};
+
+thread_local! {
+    static POLICY: RefCell<MemFile> = RefCell::new(MemFile::new("kiln-fuzz-seccomp"));
+}
+
+fuzz_target!(|data: &[u8]| {
+    kiln_fuzz::setup();
+    POLICY.with(|p| {
+        let mut p = p.borrow_mut();
+        let path = p.set(data).to_string();
+        if let Ok(set) = FilterSet::from_file(Path::new(&path)) {
+            let compiled = set.to_compiled();
+            let back = FilterSet::from_compiled("round trip", &compiled)
+                .expect("an accepted filter set reloads from its compiled form");
+            assert!(back == set, "the compiled form changed the filters");
+            let logged = set.clone().into_log_mode();
+            for kind in ThreadKind::ALL {
+                assert!(!set.get(kind).is_empty());
+                assert_eq!(logged.get(kind).len(), set.get(kind).len());
+            }
+        }
+        let _ = jailer::seccomp::compile(Some(Path::new(&path)));
+    });
+});

@@ -1,0 +1,51 @@
+//! The few x86 instructions the runtime uses outside ordinary Rust, all executed at CPL 3.
+//!
+//! Port I/O works at CPL 3 because the TSS's I/O permission bitmap allows every port (the
+//! VMM, not the guest, decides what a port does). `hlt` is privileged: at CPL 3 it raises
+//! `#GP`, which the ring-0 handler in entry.rs turns into "enable interrupts, halt, return
+//! after the `hlt`": that is [`wait_for_interrupt`].
+
+use core::arch::asm;
+
+/// i8042 command port; writing [`RESET_VALUE`] asks for a CPU reset, which Kiln's VMM and
+/// Firecracker turn into a clean stop of the VM.
+pub const RESET_PORT: u16 = 0x64;
+pub const RESET_VALUE: u8 = 0xfe;
+
+/// Writes one byte to an I/O port.
+#[inline(always)]
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: `out` touches no memory the program owns; at CPL 3 it is allowed by the TSS's
+    // I/O permission bitmap (every port), so it cannot fault.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
+}
+
+/// The time-stamp counter (CR4.TSD is clear: allowed at CPL 3).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` only writes EDX:EAX.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Sleeps until the next interrupt (device or LAPIC timer). Returns at once if one is
+/// already pending: interrupts are off at CPL 3, so one that arrived since the caller last
+/// looked is still pending in the LAPIC, and the ring-0 `sti; hlt` takes it immediately.
+#[inline(always)]
+pub fn wait_for_interrupt() {
+    // SAFETY: at CPL 3 `hlt` raises #GP; the ring-0 handler (entry.rs) recognises the 0xf4
+    // opcode, halts with interrupts enabled and resumes here after the instruction. Memory
+    // may have been written by the device meanwhile, hence no `nomem`.
+    unsafe { asm!("hlt", options(nostack, preserves_flags)) }
+}
+
+/// Asks the VMM to stop the VM (i8042 reset), then spins forever should it not.
+pub fn reset() -> ! {
+    outb(RESET_PORT, RESET_VALUE);
+    loop {
+        wait_for_interrupt();
+    }
+}

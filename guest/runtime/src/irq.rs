@@ -1,0 +1,60 @@
+//! Interrupts: the in-kernel LAPIC and IOAPIC of KVM, programmed once from ring 3 (each
+//! register access is an MMIO exit handled inside KVM), so that the vsock device's interrupt
+//! and the LAPIC timer wake [`crate::arch::wait_for_interrupt`].
+//!
+//! Interrupts stay masked (`IF = 0`) everywhere except inside the ring-0 wait, so no Rust code
+//! is ever interrupted: a device interrupt that arrives while the runtime works stays pending
+//! in the LAPIC and ends the next wait at once.
+
+use crate::entry::{VECTOR_DEVICE, VECTOR_SPURIOUS};
+
+const LAPIC: u64 = 0xfee0_0000;
+const LAPIC_SVR: u64 = 0xf0;
+const LAPIC_LVT_TIMER: u64 = 0x320;
+const LAPIC_LVT_LINT0: u64 = 0x350;
+const LAPIC_LVT_MASKED: u32 = 0x1_0000;
+const LAPIC_TIMER_INITIAL: u64 = 0x380;
+const LAPIC_TIMER_DIVIDE: u64 = 0x3e0;
+const LAPIC_SVR_ENABLE: u32 = 0x100;
+/// Divide by 1: KVM's LAPIC timer then counts nanoseconds (its bus runs at 1 GHz).
+const LAPIC_DIVIDE_1: u32 = 0xb;
+
+const IOAPIC: u64 = 0xfec0_0000;
+const IOAPIC_REGSEL: u64 = 0x00;
+const IOAPIC_WINDOW: u64 = 0x10;
+const IOAPIC_REDIRECTION: u32 = 0x10;
+/// The IOAPIC's pins (KVM's has 24).
+pub const IOAPIC_PINS: u32 = 24;
+
+fn write(addr: u64, value: u32) {
+    // SAFETY: the LAPIC and IOAPIC pages are identity-mapped (uncached) and are device
+    // registers that KVM emulates; a 32-bit aligned write touches no RAM.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}
+
+/// Enables the LAPIC (spurious vector 0xff) and its timer's divider, and masks LINT0: VMMs
+/// (Kiln's, Firecracker) wire it to the legacy PIC as ExtINT, whose uninitialised vector base
+/// would deliver the device's IRQ n as exception vector n.
+pub fn init() {
+    write(LAPIC + LAPIC_SVR, LAPIC_SVR_ENABLE | u32::from(VECTOR_SPURIOUS));
+    write(LAPIC + LAPIC_LVT_LINT0, LAPIC_LVT_MASKED);
+    write(LAPIC + LAPIC_TIMER_DIVIDE, LAPIC_DIVIDE_1);
+    write(LAPIC + LAPIC_LVT_TIMER, u32::from(VECTOR_DEVICE));
+}
+
+/// Routes IOAPIC pin `irq` to the device vector on vCPU 0: fixed delivery, physical
+/// destination APIC ID 0 (the reset value of the entry's high half), edge-triggered, active
+/// high, unmasked. Returns false for a pin the IOAPIC does not have.
+pub fn route(irq: u32) -> bool {
+    if irq >= IOAPIC_PINS {
+        return false;
+    }
+    write(IOAPIC + IOAPIC_REGSEL, IOAPIC_REDIRECTION + 2 * irq);
+    write(IOAPIC + IOAPIC_WINDOW, u32::from(VECTOR_DEVICE));
+    true
+}
+
+/// Arms the LAPIC timer to interrupt after `ns` nanoseconds (one shot; 0 disarms it).
+pub fn timer(ns: u32) {
+    write(LAPIC + LAPIC_TIMER_INITIAL, ns);
+}

@@ -1,0 +1,248 @@
+//! virtio-vsock (device 19): receive queue 0 on ring 0, transmit queue 1 on ring 1, event
+//! queue 2 on ring 2; [`RX_BUFS`] receive buffers of [`RX_BUF_LEN`] bytes (the 44-byte header
+//! and up to [`MAX_DATA`] bytes of payload), one transmit buffer and one event buffer, all
+//! static inside the image. Packets travel in one descriptor each (header and payload
+//! together), which any virtio 1.x device accepts.
+//!
+//! A model for freestanding guest code talking to the host over vsock: open the device, post
+//! receive buffers, then exchange 44-byte headers (`struct virtio_vsock_hdr`, little endian)
+//! with payloads. The host is CID 2; the guest's CID is in configuration space. Every
+//! packet carries the sender's credit (`buf_alloc`, `fwd_cnt`): here `buf_alloc` is
+//! [`BUF_ALLOC`] and `fwd_cnt` counts the payload bytes taken out of receive buffers, which
+//! are posted again at once.
+
+use super::ring::{DeviceShared, Ring, UsedElem, F_WRITE};
+use super::{Mmio, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
+use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::{compiler_fence, Ordering};
+
+pub const DEVICE_VSOCK: u32 = 19;
+pub const HDR: usize = 44;
+pub const HOST_CID: u64 = 2;
+pub const TYPE_STREAM: u16 = 1;
+pub const OP_REQUEST: u16 = 1;
+pub const OP_RESPONSE: u16 = 2;
+pub const OP_RST: u16 = 3;
+pub const OP_SHUTDOWN: u16 = 4;
+pub const OP_RW: u16 = 5;
+pub const OP_CREDIT_UPDATE: u16 = 6;
+pub const OP_CREDIT_REQUEST: u16 = 7;
+pub const SHUTDOWN_BOTH: u32 = 3;
+pub const RX_BUFS: usize = 4;
+pub const MAX_DATA: usize = 256;
+pub const RX_BUF_LEN: usize = HDR + MAX_DATA;
+pub const TX_BUF_LEN: usize = HDR + MAX_DATA;
+/// Receive space the guest advertises per connection (what its buffers hold).
+pub const BUF_ALLOC: u32 = (RX_BUFS * MAX_DATA) as u32;
+
+#[repr(C, align(16))]
+struct Buffers {
+    tx: [u8; TX_BUF_LEN],
+    rx: [[u8; RX_BUF_LEN]; RX_BUFS],
+    event: [u8; 8],
+}
+
+static BUFFERS: DeviceShared<Buffers> = DeviceShared::new(Buffers {
+    tx: [0; TX_BUF_LEN],
+    rx: [[0; RX_BUF_LEN]; RX_BUFS],
+    event: [0; 8],
+});
+
+/// `struct virtio_vsock_hdr`.
+#[derive(Clone, Copy, Default)]
+pub struct Hdr {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub type_: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+}
+
+fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
+    b[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn get<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    out
+}
+
+impl Hdr {
+    pub fn write(&self, b: &mut [u8]) {
+        put(b, 0, &self.src_cid.to_le_bytes());
+        put(b, 8, &self.dst_cid.to_le_bytes());
+        put(b, 16, &self.src_port.to_le_bytes());
+        put(b, 20, &self.dst_port.to_le_bytes());
+        put(b, 24, &self.len.to_le_bytes());
+        put(b, 28, &self.type_.to_le_bytes());
+        put(b, 30, &self.op.to_le_bytes());
+        put(b, 32, &self.flags.to_le_bytes());
+        put(b, 36, &self.buf_alloc.to_le_bytes());
+        put(b, 40, &self.fwd_cnt.to_le_bytes());
+    }
+
+    pub fn read(b: &[u8]) -> Hdr {
+        Hdr {
+            src_cid: u64::from_le_bytes(get(b, 0)),
+            dst_cid: u64::from_le_bytes(get(b, 8)),
+            src_port: u32::from_le_bytes(get(b, 16)),
+            dst_port: u32::from_le_bytes(get(b, 20)),
+            len: u32::from_le_bytes(get(b, 24)),
+            type_: u16::from_le_bytes(get(b, 28)),
+            op: u16::from_le_bytes(get(b, 30)),
+            flags: u32::from_le_bytes(get(b, 32)),
+            buf_alloc: u32::from_le_bytes(get(b, 36)),
+            fwd_cnt: u32::from_le_bytes(get(b, 40)),
+        }
+    }
+}
+
+/// A packet taken from a receive buffer: its header and up to [`MAX_DATA`] payload bytes.
+pub struct Packet {
+    pub hdr: Hdr,
+    pub data: [u8; MAX_DATA],
+    pub len: usize,
+}
+
+impl Packet {
+    pub fn data(&self) -> &[u8] {
+        &self.data[..self.len.min(MAX_DATA)]
+    }
+}
+
+pub struct Vsock {
+    pub mmio: Mmio,
+    rx: Ring,
+    tx: Ring,
+    _event: Ring,
+    pub cid: u64,
+    /// Payload bytes taken out of receive buffers (our `fwd_cnt`).
+    pub fwd_cnt: u32,
+}
+
+fn rx_addr(i: usize) -> u64 {
+    // SAFETY: only the address is computed.
+    unsafe { addr_of!((*BUFFERS.get()).rx[i % RX_BUFS]) as u64 }
+}
+
+fn tx_buf() -> &'static mut [u8; TX_BUF_LEN] {
+    // SAFETY: the device reads the transmit buffer only between a kick and its used entry,
+    // and the driver sends one packet at a time on one vCPU.
+    unsafe { &mut *addr_of_mut!((*BUFFERS.get()).tx) }
+}
+
+impl Vsock {
+    /// Finds the first virtio-vsock device and starts it with every receive buffer and the
+    /// event buffer posted. Err: the status register (0 when there is no device).
+    pub fn open(cmdline: &[u8]) -> Result<Vsock, u32> {
+        let mmio = super::find(cmdline, DEVICE_VSOCK, 0).ok_or(0u32)?;
+        mmio.negotiate(0)?;
+        let (mut rx, tx, mut event) = (Ring::new(0), Ring::new(1), Ring::new(2));
+        let size = super::ring::QUEUE_SIZE as u32;
+        mmio.setup_queue(0, size, &rx);
+        mmio.setup_queue(1, size, &tx);
+        mmio.setup_queue(2, size, &event);
+        for i in 0..RX_BUFS {
+            rx.set_desc(i, rx_addr(i), RX_BUF_LEN as u32, F_WRITE, 0);
+            rx.push(i as u16);
+        }
+        // SAFETY: only the address is computed.
+        let ev = unsafe { addr_of!((*BUFFERS.get()).event) as u64 };
+        event.set_desc(0, ev, 8, F_WRITE, 0);
+        event.push(0);
+        let status = mmio.driver_ok();
+        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
+            return Err(status);
+        }
+        mmio.notify(0);
+        mmio.notify(2);
+        let cid = mmio.config_u64(0);
+        Ok(Vsock {
+            mmio,
+            rx,
+            tx,
+            _event: event,
+            cid,
+            fwd_cnt: 0,
+        })
+    }
+
+    /// A header from this guest to the host with our credit filled in.
+    pub fn hdr(&self, op: u16, src_port: u32, dst_port: u32) -> Hdr {
+        Hdr {
+            src_cid: self.cid,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: self.fwd_cnt,
+        }
+    }
+
+    /// Sends `hdr` (its `len` set to the payload's) with `data` and waits until the device has
+    /// taken it.
+    pub fn send(&mut self, hdr: &Hdr, data: &[u8]) -> Option<UsedElem> {
+        let n = data.len().min(MAX_DATA);
+        let mut h = *hdr;
+        h.len = n as u32;
+        let buf = tx_buf();
+        h.write(&mut buf[..HDR]);
+        buf[HDR..HDR + n].copy_from_slice(&data[..n]);
+        self.send_raw((HDR + n) as u32)
+    }
+
+    /// Sends whatever the transmit buffer holds as one descriptor of `len` bytes (hostile
+    /// scenarios write the buffer themselves, see [`Vsock::tx_buffer`]).
+    pub fn send_raw(&mut self, len: u32) -> Option<UsedElem> {
+        compiler_fence(Ordering::SeqCst);
+        let addr = tx_buf().as_ptr() as u64;
+        self.tx.set_desc(0, addr, len.min(TX_BUF_LEN as u32), 0, 0);
+        self.tx.push(0);
+        self.mmio.notify(1);
+        self.tx.wait_used(WAIT_CYCLES)
+    }
+
+    /// The transmit buffer, to build hostile packets in.
+    pub fn tx_buffer(&mut self) -> &'static mut [u8; TX_BUF_LEN] {
+        tx_buf()
+    }
+
+    /// Waits up to `cycles` TSC cycles for the next packet from the device; the receive
+    /// buffer is posted again at once.
+    pub fn recv(&mut self, cycles: u64) -> Option<Packet> {
+        let used = self.rx.wait_used(cycles)?;
+        compiler_fence(Ordering::SeqCst);
+        let id = used.id as usize % RX_BUFS;
+        // SAFETY: the device wrote this buffer before its used entry and no longer uses it
+        // until it is posted again below.
+        let buf = unsafe { &*addr_of!((*BUFFERS.get()).rx[id]) };
+        let used_len = (used.len as usize).min(RX_BUF_LEN);
+        let mut p = Packet {
+            hdr: Hdr::default(),
+            data: [0; MAX_DATA],
+            len: 0,
+        };
+        if used_len >= HDR {
+            p.hdr = Hdr::read(&buf[..HDR]);
+            p.len = (used_len - HDR).min(p.hdr.len as usize);
+            p.data[..p.len].copy_from_slice(&buf[HDR..HDR + p.len]);
+            if p.hdr.op == OP_RW {
+                self.fwd_cnt = self.fwd_cnt.wrapping_add(p.len as u32);
+            }
+        }
+        compiler_fence(Ordering::SeqCst);
+        self.rx.push(id as u16);
+        self.mmio.notify(0);
+        Some(p)
+    }
+}

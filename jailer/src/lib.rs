@@ -1,0 +1,8 @@
+//! The jailer's input parsers as a library, so that the fuzz targets (`fuzz/`) can drive them
+//! exactly as the `jailer` binary does: [`args`] (the command line, with the tenant profile's
+//! validation), [`profile`] (the `--profile` file) and [`seccomp`] (the jail-level
+//! `--seccomp-policy` loader). Everything else lives in the binary (`main.rs`).
+
+pub mod args;
+pub mod profile;
+pub mod seccomp;

@@ -1,0 +1,105 @@
+//! Signals and tracing: a host process the test started (`--victim`, running as the jail's
+//! own uid, the worst case), the PID namespace's init, every process at once, ptrace and
+//! reading another process's memory.
+
+use crate::sys::verdict;
+use crate::{Attempt, Ctx, Outcome};
+
+fn victim(ctx: &Ctx) -> Result<i32, Outcome> {
+    ctx.victim
+        .ok_or_else(|| Outcome::Error("no --victim".into()))
+}
+
+pub const ATTEMPTS: &[Attempt] = &[
+    Attempt {
+        name: "signals.kill-victim",
+        what: "SIGKILL a host process by its host pid (kill)",
+        run: |ctx| {
+            let pid = match victim(ctx) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            // SAFETY: plain integers.
+            let ret = unsafe { libc::syscall(libc::SYS_kill, pid, libc::SIGKILL) };
+            verdict(ret, false, "signalled a host process")
+        },
+    },
+    Attempt {
+        name: "signals.tgkill-victim",
+        what: "SIGKILL a host process by its host pid (tgkill, which the filter allows)",
+        run: |ctx| {
+            let pid = match victim(ctx) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            // SAFETY: plain integers.
+            let ret = unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGKILL) };
+            verdict(ret, false, "signalled a host process")
+        },
+    },
+    Attempt {
+        name: "signals.tgkill-init",
+        what: "SIGKILL pid 1 (tgkill)",
+        run: |_| {
+            // SAFETY: plain integers.
+            let ret = unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, libc::SIGKILL) };
+            verdict(ret, false, "signalled pid 1")
+        },
+    },
+    Attempt {
+        name: "signals.kill-all",
+        what: "SIGKILL every process it may signal (kill -1)",
+        run: |_| {
+            // SAFETY: plain integers. (The caller itself is never signalled by kill(-1).)
+            let ret = unsafe { libc::syscall(libc::SYS_kill, -1, libc::SIGKILL) };
+            verdict(ret, false, "signalled other processes with kill(-1)")
+        },
+    },
+    Attempt {
+        name: "signals.ptrace-victim",
+        what: "ptrace-attach to a host process",
+        run: |ctx| {
+            let pid = match victim(ctx) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            // SAFETY: plain integers.
+            let ret = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, pid, 0, 0) };
+            verdict(ret, false, "attached to a host process")
+        },
+    },
+    Attempt {
+        name: "signals.ptrace-init",
+        what: "ptrace-attach to pid 1",
+        run: |_| {
+            // SAFETY: plain integers.
+            let ret = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, 1, 0, 0) };
+            verdict(ret, false, "attached to pid 1")
+        },
+    },
+    Attempt {
+        name: "signals.process-vm-readv",
+        what: "read a host process's memory (process_vm_readv)",
+        run: |ctx| {
+            let pid = match victim(ctx) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            let mut buf = [0u8; 16];
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: 0x40_0000 as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            // SAFETY: one local iovec into `buf`; the remote one is only read by the kernel
+            // in the other process.
+            let ret = unsafe {
+                libc::syscall(libc::SYS_process_vm_readv, pid, &local, 1, &remote, 1, 0)
+            };
+            verdict(ret, false, "read a host process's memory")
+        },
+    },
+];

@@ -1,0 +1,329 @@
+//! What the worker's integration tests share: a private environment per test (chroot base,
+//! state and cache directories, parent cgroup, uid range), the `kiln` command for it, and
+//! the check that nothing is left behind.
+#![allow(dead_code)]
+
+use kiln_tests::jail::HostSnapshot;
+use kiln_tests::{require_bin, require_kvm, require_root, unique_id};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// One test's private corner of the host.
+pub struct Env {
+    pub name: String,
+    pub root: PathBuf,
+    pub chroot_base: PathBuf,
+    pub state_dir: PathBuf,
+    pub parent_cgroup: String,
+    pub uid_base: u32,
+    pub jailer: PathBuf,
+    pub vmm: PathBuf,
+}
+
+impl Env {
+    pub fn new(prefix: &str) -> Env {
+        require_root();
+        require_kvm();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = unique_id(prefix);
+        // Short: the vsock socket path under the state directory must fit in 107 bytes.
+        let root = PathBuf::from("/tmp").join(format!("kw-{}", name.replace(prefix, "").trim_start_matches('-')));
+        let chroot_base = root.join("j");
+        let state_dir = root.join("s");
+        std::fs::create_dir_all(&chroot_base).expect("create the chroot base");
+        std::fs::create_dir_all(&state_dir).expect("create the state dir");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Env {
+            parent_cgroup: format!("kw-{name}"),
+            uid_base: 40_000 + (std::process::id() % 100) * 200 + n * 20,
+            name,
+            root,
+            chroot_base,
+            state_dir,
+            jailer: require_bin("jailer"),
+            vmm: require_bin("vmm"),
+        }
+    }
+
+    /// Everything that could be left behind by jails whose ids contain one of `ids`.
+    pub fn leftovers(&self, ids: &[String]) -> Vec<String> {
+        let mut needles: Vec<&str> = ids.iter().map(String::as_str).collect();
+        needles.push(&self.parent_cgroup);
+        let snap = HostSnapshot::take(&needles, &self.chroot_base);
+        let mut left = Vec::new();
+        left.extend(snap.mounts.into_iter().map(|m| format!("mount {m}")));
+        left.extend(
+            snap.cgroups
+                .into_iter()
+                // The parent cgroup itself may stay (the jailer leaves parents it did not
+                // create alone; the worker's parent is shared by its jails).
+                .filter(|c| !c.ends_with(&self.parent_cgroup))
+                .map(|c| format!("cgroup {c}")),
+        );
+        left.extend(snap.netns.into_iter().map(|n| format!("netns {n}")));
+        left.extend(
+            snap.files
+                .into_iter()
+                .filter(|f| Path::new(f) != self.chroot_base)
+                .map(|f| format!("file {f}")),
+        );
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.join("instances")) {
+            left.extend(entries.flatten().map(|e| format!("instance dir {}", e.path().display())));
+        }
+        left
+    }
+
+    pub fn assert_nothing_left(&self, ids: &[String]) {
+        let left = self.leftovers(ids);
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Env {
+    /// `kiln COMMAND` with this environment's jail settings.
+    pub fn kiln(&self, command: &str) -> Command {
+        self.kiln_with_functions(command, &repo().join("examples/functions"))
+    }
+
+    pub fn kiln_with_functions(&self, command: &str, functions: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg(command)
+            .arg("--functions-dir")
+            .arg(functions)
+            .arg("--cache-dir")
+            .arg(kiln_tests::cache_dir().join("functions"))
+            .arg("--jailer")
+            .arg(&self.jailer)
+            .arg("--vmm")
+            .arg(&self.vmm)
+            .arg("--profile")
+            .arg(repo().join("policies/tenant/default.json"))
+            .arg("--chroot-base-dir")
+            .arg(&self.chroot_base)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--uid-base")
+            .arg(self.uid_base.to_string())
+            .args(["--uid-count", "20"])
+            .arg("--parent-cgroup")
+            .arg(&self.parent_cgroup)
+            .arg("--vmm-arg=--no-seccomp"); // DEV-ONLY: seccomp policies in progress
+        cmd
+    }
+}
+
+/// A function's manifest, read by the test to know its limits.
+pub fn manifest(function: &str) -> serde_json::Value {
+    let path = repo().join("examples/functions").join(function).join("kiln.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("MISSING PRECONDITION: example function manifest {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn vm_id(&self) -> String {
+        self.header("X-Kiln-Vm-Id")
+            .map(str::to_string)
+            .or_else(|| self.json()["error"]["vm_id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no VM id in {self}"))
+    }
+
+    pub fn cold(&self) -> bool {
+        self.header("X-Kiln-Cold-Start") == Some("true")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The error code of a JSON error answer.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {}", self.status, self.headers, self.text())
+    }
+}
+
+/// One request over the Unix socket (`Connection: close`).
+pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> Reply {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).expect("send the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the answer");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// A running `kiln serve`.
+pub struct Server {
+    pub socket: PathBuf,
+    child: Option<std::process::Child>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    pub fn start(env: &Env, extra: &[&str]) -> Server {
+        Self::start_with(env, env.kiln("serve"), extra)
+    }
+
+    pub fn start_with(env: &Env, mut cmd: Command, extra: &[&str]) -> Server {
+        use std::io::Read;
+        let socket = env.root.join("kiln.sock");
+        let mut child = cmd
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kiln serve");
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let t = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("kiln serve exited ({status}): {}", stderr.join().unwrap_or_default());
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "kiln serve did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Server {
+            socket,
+            child: Some(child),
+            stderr: Some(stderr),
+        }
+    }
+
+    pub fn invoke(&self, function: &str, event: &[u8]) -> Reply {
+        request(&self.socket, "POST", &format!("/functions/{function}/invocations"), event)
+    }
+
+    /// `GET /functions`: function name → its instances.
+    pub fn instances(&self) -> Vec<(String, serde_json::Value)> {
+        let r = request(&self.socket, "GET", "/functions", b"");
+        assert_eq!(r.status, 200, "{r}");
+        r.json()["functions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|f| {
+                let name = f["name"].as_str().unwrap_or("").to_string();
+                f["instances"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |i| (name.clone(), i))
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then waits; returns its stderr. It must exit 0 within 30 s.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("kiln serve did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        assert!(status.success(), "kiln serve: {status}\n{stderr}");
+        assert!(!self.socket.exists(), "the socket is removed at exit");
+        stderr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until `cond` holds (checked every 20 ms) or panics after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

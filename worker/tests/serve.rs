@@ -1,0 +1,283 @@
+//! `kiln serve` through the real jailer and VMM with the example functions
+//! (examples/functions): warm reuse, isolation between functions, the concurrency limit, the
+//! idle reaper, replacement of a killed VMM, structured errors, and nothing left behind on
+//! any path. Needs root, /dev/kvm, and the jailer and vmm binaries.
+
+mod common;
+
+use common::{manifest, request, wait_until, Env, Server};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// The ids of every VM a test saw, for the leftover check.
+#[derive(Default)]
+struct Seen(BTreeSet<String>);
+
+impl Seen {
+    fn add(&mut self, id: String) -> String {
+        self.0.insert(id.clone());
+        id
+    }
+    fn ids(&self) -> Vec<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+#[test]
+fn cold_then_warm_invocations_reuse_the_functions_vm() {
+    let env = Env::new("warm");
+    let server = Server::start(&env, &[]);
+    let mut seen = Seen::default();
+    let event = br#"{"hello":"world"}"#;
+    let first = server.invoke("echo", event);
+    assert_eq!(first.status, 200, "{first}");
+    let echoed = br#"{"echo":{"hello":"world"}}"#;
+    assert_eq!(first.body, echoed, "echo answers {{\"echo\": <event>}}");
+    assert!(first.cold(), "the first invocation starts a VM");
+    let timings = first.header("X-Kiln-Timings").unwrap_or_default().to_string();
+    for phase in ["jail_us=", "vmm_start_us=", "guest_ready_us=", "handler_us="] {
+        assert!(timings.contains(phase), "{timings}");
+    }
+    let vm = seen.add(first.vm_id());
+    for _ in 0..3 {
+        let warm = server.invoke("echo", event);
+        assert_eq!(warm.status, 200, "{warm}");
+        assert!(!warm.cold(), "{warm}");
+        assert_eq!(warm.vm_id(), vm, "a warm invocation reuses the VM");
+        assert_eq!(warm.body, echoed);
+    }
+    // counter keeps its state in the warm VM: each answer differs from the one before.
+    let a = server.invoke("counter", b"{}");
+    let b = server.invoke("counter", b"{}");
+    assert_eq!((a.status, b.status), (200, 200), "{a}\n{b}");
+    assert_eq!(a.vm_id(), b.vm_id());
+    assert_ne!(a.body, b.body, "counter's state is kept between warm invocations");
+    seen.add(a.vm_id());
+    // hash answers deterministically.
+    let h1 = server.invoke("hash", b"abc");
+    let h2 = server.invoke("hash", b"abc");
+    assert_eq!((h1.status, h2.status), (200, 200), "{h1}\n{h2}");
+    assert_eq!(h1.body, h2.body);
+    assert!(!h1.body.is_empty());
+    seen.add(h1.vm_id());
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn two_functions_invoked_concurrently_never_share_a_vm() {
+    let env = Env::new("iso");
+    let server = Server::start(&env, &["--queue-timeout-ms", "30000"]);
+    let mut seen = Seen::default();
+    let mut by_function: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for round in 0..3 {
+        let threads: Vec<_> = ["echo", "hash", "echo", "hash"]
+            .into_iter()
+            .map(|f| {
+                let socket = server.socket.clone();
+                std::thread::spawn(move || {
+                    let r = request(
+                        &socket,
+                        "POST",
+                        &format!("/functions/{f}/invocations"),
+                        format!("{{\"round\":{round}}}").as_bytes(),
+                    );
+                    (f, r)
+                })
+            })
+            .collect();
+        for t in threads {
+            let (f, r) = t.join().expect("request thread");
+            assert_eq!(r.status, 200, "{f}: {r}");
+            by_function
+                .entry(f.to_string())
+                .or_default()
+                .insert(seen.add(r.vm_id()));
+        }
+    }
+    let echo = &by_function["echo"];
+    let hash = &by_function["hash"];
+    assert!(
+        echo.is_disjoint(hash),
+        "a VM served two functions: echo {echo:?}, hash {hash:?}"
+    );
+    // The listing agrees: each VM under one function, each with its own uid and jail.
+    let instances = server.instances();
+    let mut ids = BTreeSet::new();
+    let mut uids = BTreeSet::new();
+    for (function, i) in &instances {
+        let id = i["id"].as_str().expect("id").to_string();
+        assert!(id.starts_with(&format!("{function}-")), "{id} listed under {function}");
+        assert!(ids.insert(id.clone()), "{id} listed twice");
+        assert!(uids.insert(i["uid"].as_u64()), "uid shared: {instances:?}");
+        assert!(
+            env.chroot_base.join("vmm").join(&id).join("root").is_dir(),
+            "{id} has its own jail"
+        );
+    }
+    assert!(instances.iter().any(|(f, _)| f == "echo") && instances.iter().any(|(f, _)| f == "hash"));
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn the_concurrency_limit_refuses_with_429_and_a_clear_message() {
+    let env = Env::new("limit");
+    let m = manifest("spin");
+    let limit = usize::try_from(m["concurrency"].as_u64().expect("spin's concurrency")).unwrap();
+    let server = Server::start(&env, &["--queue-timeout-ms", "0"]);
+    let mut seen = Seen::default();
+    // `limit` spinning invocations hold every instance until their timeout.
+    let busy: Vec<_> = (0..limit)
+        .map(|_| {
+            let socket = server.socket.clone();
+            std::thread::spawn(move || request(&socket, "POST", "/functions/spin/invocations", b"{}"))
+        })
+        .collect();
+    wait_until("spin's instances to be busy", Duration::from_secs(30), || {
+        server
+            .instances()
+            .iter()
+            .filter(|(f, i)| f == "spin" && i["state"] == "busy")
+            .count()
+            == limit
+    });
+    let refused = server.invoke("spin", b"{}");
+    assert_eq!(refused.status, 429, "{refused}");
+    assert_eq!(refused.code(), "concurrency_limit");
+    let msg = refused.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("spin") && msg.contains(&format!("limit of {limit}")), "{msg}");
+    for b in busy {
+        let r = b.join().expect("spin request");
+        assert_eq!(r.status, 504, "{r}");
+        seen.add(r.vm_id());
+    }
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn idle_vms_are_reaped_after_the_idle_timeout() {
+    let env = Env::new("reap");
+    let server = Server::start(&env, &["--idle-timeout-ms", "400"]);
+    let mut seen = Seen::default();
+    let r = server.invoke("echo", b"{}");
+    assert_eq!(r.status, 200, "{r}");
+    let id = seen.add(r.vm_id());
+    assert_eq!(server.instances().len(), 1);
+    wait_until("the idle VM to be reaped", Duration::from_secs(10), || {
+        server.instances().is_empty()
+    });
+    env.assert_nothing_left(&seen.ids());
+    // The next invocation starts a new VM.
+    let r = server.invoke("echo", b"{}");
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.cold() && r.vm_id() != id, "{r}");
+    seen.add(r.vm_id());
+    let stderr = server.stop();
+    assert!(stderr.contains(&format!("stopping instance {id} (idle for")), "{stderr}");
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn a_vmm_killed_with_sigkill_is_replaced_and_leaves_nothing_behind() {
+    let env = Env::new("kill");
+    let server = Server::start(&env, &[]);
+    let mut seen = Seen::default();
+    let r = server.invoke("echo", b"{}");
+    assert_eq!(r.status, 200, "{r}");
+    let id = seen.add(r.vm_id());
+    let instances = server.instances();
+    let pid = instances
+        .iter()
+        .find(|(_, i)| i["id"] == id.as_str())
+        .and_then(|(_, i)| i["vmm_pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("the VMM's pid in the listing");
+    // SAFETY: kill(2) with a pid and a signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // The jailer's supervisor removes the jail; the worker notices and drops the instance.
+    wait_until("the killed VM's jail to be removed", Duration::from_secs(10), || {
+        env.leftovers(std::slice::from_ref(&id)).is_empty()
+    });
+    wait_until("the killed VM to leave the pool", Duration::from_secs(10), || {
+        server.instances().is_empty()
+    });
+    let r = server.invoke("echo", b"{\"again\":1}");
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.cold(), "a new VM replaces the killed one");
+    assert_ne!(seen.add(r.vm_id()), id);
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn timeouts_panics_and_bad_ports_are_structured_errors_and_the_vm_is_gone() {
+    let env = Env::new("errs");
+    let server = Server::start(&env, &[]);
+    let mut seen = Seen::default();
+    let timeout_ms = manifest("spin")["timeout_ms"].as_u64().expect("spin's timeout_ms");
+    let t = Instant::now();
+    let r = server.invoke("spin", b"{}");
+    assert_eq!((r.status, r.code().as_str()), (504, "timeout"), "{r}");
+    assert!(t.elapsed() >= Duration::from_millis(timeout_ms), "{:?}", t.elapsed());
+    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains(&format!("within {timeout_ms} ms")), "{msg}");
+    let spin_vm = seen.add(r.vm_id());
+    env.assert_nothing_left(&[spin_vm]);
+
+    let r = server.invoke("panic", b"{}");
+    assert_eq!((r.status, r.code().as_str()), (502, "panic"), "{r}");
+    let panic_vm = seen.add(r.vm_id());
+    env.assert_nothing_left(std::slice::from_ref(&panic_vm));
+    // The panicked VM is not reused.
+    let again = server.invoke("panic", b"{}");
+    assert_eq!(again.code(), "panic", "{again}");
+    assert_ne!(seen.add(again.vm_id()), panic_vm);
+
+    let r = server.invoke("badport", b"{}");
+    assert!(r.status >= 500, "{r}");
+    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("I/O port") && msg.contains("no device"), "{r}");
+    if let Some(id) = r.json()["error"]["vm_id"].as_str() {
+        seen.add(id.to_string());
+    }
+    assert!(server.instances().iter().all(|(f, _)| f != "badport" && f != "spin" && f != "panic"));
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_start_nothing() {
+    let env = Env::new("bad");
+    let functions = env.root.join("functions");
+    std::fs::create_dir_all(functions.join("broken")).unwrap();
+    std::fs::write(functions.join("broken").join("kiln.json"), "{ this is not json").unwrap();
+    // echo, linked into the private functions directory.
+    std::os::unix::fs::symlink(
+        common::repo().join("examples/functions/echo"),
+        functions.join("echo"),
+    )
+    .unwrap();
+    let server = Server::start_with(&env, env.kiln_with_functions("serve", &functions), &[]);
+    let cases: &[(&str, &str, Vec<u8>, u16, &str)] = &[
+        ("POST", "/functions/nosuch/invocations", b"{}".to_vec(), 404, "unknown_function"),
+        ("POST", "/functions/..%2Fetc/invocations", b"{}".to_vec(), 404, "unknown_function"),
+        ("POST", "/functions/broken/invocations", b"{}".to_vec(), 500, "bad_manifest"),
+        ("GET", "/functions/echo/invocations", vec![], 405, "method_not_allowed"),
+        ("GET", "/nowhere", vec![], 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = request(&server.socket, method, path, body);
+        assert_eq!((r.status, r.code().as_str()), (*status, *code), "{method} {path}: {r}");
+        assert!(!r.json()["error"]["message"].as_str().unwrap_or("").is_empty(), "{r}");
+    }
+    let max = usize::try_from(manifest("echo")["max_event_bytes"].as_u64().expect("echo's max_event_bytes")).unwrap();
+    let r = server.invoke("echo", &vec![b'x'; max + 1]);
+    assert_eq!((r.status, r.code().as_str()), (413, "event_too_large"), "{r}");
+    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains(&format!("{}", max + 1)) && msg.contains(&max.to_string()), "{msg}");
+    assert!(server.instances().is_empty(), "no VM was started");
+    server.stop();
+    env.assert_nothing_left(&["echo-".to_string(), "broken-".to_string()]);
+}
