@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of the binary fuzz targets (fuzz/corpus/<target>/seed-*).
+"""Writes the seed corpora of the fuzz targets: fuzz/corpus/<target>/seed-*.
 
-The text seeds (JSON, HTTP, argument lists) are checked in as written; the binary ones
-(virtqueues, block requests, kernel images) are made here, following the input layouts
-documented at the top of each target and in fuzz/src/guest.rs. Run from anywhere:
+A few small, realistic inputs per target, following the input layouts documented at the
+top of each target (fuzz/fuzz_targets/*.rs) and in fuzz/src/guest.rs. The seeds are checked
+in; this script is how they were made (run it again after changing a layout). Only files
+named seed-* are tracked: what a fuzzer adds to a corpus directory is ignored by git.
 
     python3 fuzz/make_seeds.py
 """
 
+import json
 import os
 import struct
 
@@ -21,6 +23,8 @@ REGION1 = 0x20000
 def write(target, name, data):
     d = os.path.join(ROOT, target)
     os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
     with open(os.path.join(d, "seed-" + name), "wb") as f:
         f.write(data)
 
@@ -101,6 +105,7 @@ def bzimage(init_size=0x10000, setup_sects=1, pm_len=64):
     setup[0x202:0x206] = b"HdrS"
     setup[0x206:0x208] = struct.pack("<H", 0x020F)
     setup[0x211] = 1  # LOADED_HIGH
+    setup[0x214:0x218] = struct.pack("<I", 0x100000)  # code32_start
     setup[0x22C:0x230] = struct.pack("<I", 0x7FFFFFFF)  # initrd_addr_max
     setup[0x236:0x238] = struct.pack("<H", 1)  # XLF_KERNEL_64
     setup[0x260:0x264] = struct.pack("<I", init_size)
@@ -129,6 +134,212 @@ def loader_seeds():
                                                            setup_sects=0, pm_len=16)))
 
 
+def vm_config_seeds():
+    write("vm_config", "minimal.json", json.dumps({
+        "boot-source": {"kernel_image_path": "/usr/bin/true", "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 64},
+        "drives": [{"drive_id": "rootfs", "path_on_host": "/usr/bin/true",
+                    "is_root_device": True, "is_read_only": True}],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                "guest_mac": "06:00:AC:10:00:02"}],
+        "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"}}))
+    write("vm_config", "full.json", json.dumps({
+        "boot-source": {"kernel_image_path": "/usr/bin/true", "initrd_path": "/usr/bin/true",
+                        "boot_args": "console=ttyS0 reboot=k -- init"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": True,
+                           "track_dirty_pages": False, "cpu_template": "Baseline",
+                           "huge_pages": "None"},
+        "drives": [{"drive_id": "data", "path_on_host": "/usr/bin/true", "is_root_device": False,
+                    "is_read_only": True, "cache_type": "Writeback", "io_engine": "Sync"},
+                   {"drive_id": "rootfs", "path_on_host": "/usr/bin/true",
+                    "is_root_device": True, "partuuid": "0eaa91a0-01"}],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                "guest_mac": "06:00:ac:10:00:02"},
+                               {"iface_id": "eth1", "host_dev_name": "tap1"}],
+        "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"},
+        "logger": {"log_path": "/dev/null", "level": "Debug", "show_level": True,
+                   "show_log_origin": False},
+        "metrics": {"metrics_path": "/dev/null"}}))
+    write("vm_config", "bad-vcpus.json",
+          '{"boot-source": {"kernel_image_path": "/usr/bin/true"}, '
+          '"machine-config": {"vcpu_count": 3, "mem_size_mib": 1, "smt": true}}')
+
+
+def http_request(method, path, body=None):
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    b = body.encode()
+    return (head + f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n").encode() + b
+
+
+def api_seeds():
+    # Byte 0: bit 7 cuts the stream into chunks, bit 6 sets a payload limit of (bits 0-5) * 4.
+    r = http_request
+    write("api_http", "get", b"\x00" + r("GET", "/") + r("GET", "/version")
+          + r("GET", "/machine-config") + r("GET", "/vm/config"))
+    boot = (r("PUT", "/machine-config", '{"vcpu_count": 2, "mem_size_mib": 64}')
+            + r("PATCH", "/machine-config", '{"smt": false, "cpu_template": "T2"}')
+            + r("PUT", "/boot-source",
+                '{"kernel_image_path": "/usr/bin/true", "boot_args": "console=ttyS0"}')
+            + r("PUT", "/drives/rootfs", '{"drive_id": "rootfs", "path_on_host": "/usr/bin/true", '
+                '"is_root_device": true, "is_read_only": true}')
+            + r("PUT", "/network-interfaces/eth0",
+                '{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"}')
+            + r("PUT", "/vsock", '{"guest_cid": 3, "uds_path": "/run/v.sock"}')
+            + r("PUT", "/logger", '{"level": "Info"}')
+            + r("PUT", "/metrics", '{"metrics_path": "/dev/null"}')
+            + r("PUT", "/actions", '{"action_type": "InstanceStart"}')
+            + r("PATCH", "/vm", '{"state": "Paused"}')
+            + r("PATCH", "/vm", '{"state": "Resumed"}')
+            + r("PATCH", "/drives/rootfs", '{"drive_id": "rootfs", "path_on_host": "/usr/bin/true"}')
+            + r("PATCH", "/network-interfaces/eth0", '{"iface_id": "eth0"}')
+            + r("PUT", "/actions", '{"action_type": "SendCtrlAltDel"}')
+            + r("PUT", "/actions", '{"action_type": "FlushMetrics"}')
+            + r("GET", "/"))
+    write("api_http", "boot", b"\x00" + boot)
+    write("api_http", "boot-chunked", b"\x85" + boot)
+    write("api_http", "continue", b"\x00"
+          + b"PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 38\r\n\r\n"
+          + b'{"vcpu_count": 1, "mem_size_mib": 128}'
+          + b"GET http://localhost/version?x=1#y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+          + b"GET /machine-config/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+    write("api_http", "errors", b"\x00" + r("POST", "/actions", "{}") + r("GET", "/balloon")
+          + r("GET", "/drives", "{}") + r("PUT", "/drives", '{"drive_id": "x"}')
+          + b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    write("api_http", "too-large",
+          b"\x41" + r("PUT", "/boot-source", '{"kernel_image_path": "/usr/bin/true"}'))
+
+
+def jailer_seeds():
+    # Arguments separated by NUL bytes.
+    base = ["--id", "vm-1", "--exec-file", "/usr/bin/true", "--uid", "1000", "--gid", "1000",
+            "--chroot-base-dir", "/tmp"]
+    write("jailer_args", "jail", "\0".join(base))
+    write("jailer_args", "jail-full", "\0".join(base + [
+        "--new-netns", "--tap", "tap0", "--firewall", "on",
+        "--egress-allow", "tcp,10.0.0.0/8,443,80", "--egress-allow", "udp,fd00::/8,53",
+        "--cgroup", "pids.max=10", "--cgroup-version", "1", "--parent-cgroup", "kiln/tenants",
+        "--parent-cgroup-relative", "--resource-limit", "no-file=64", "--bind-ro", "/usr:/data",
+        "--new-pid-ns", "--cleanup-on-exit", "--daemonize", "--timing",
+        "--", "--api-sock", "/run/api.sock"]))
+    write("jailer_args", "jail-equals", "\0".join([
+        "--id=vm-2", "--exec-file=/usr/bin/true", "--uid=1", "--gid=2", "--chroot-base-dir=/tmp",
+        "--netns=/proc/self/ns/net", "--bind-rw=/tmp:/scratch", "--userns", "--userfaultfd",
+        "--seccomp-policy=/dev/null"]))
+    write("jailer_args", "cleanup", "\0".join([
+        "cleanup", "--id", "vm-1", "--exec-file", "/usr/bin/true", "--chroot-base-dir", "/tmp"]))
+    write("jailer_args", "help", "--help")
+
+
+def profile_seeds():
+    # Byte 0: extra flags (see the target), then the profile.
+    with open(os.path.join(ROOT, "..", "..", "policies", "tenant", "default.json"), "rb") as f:
+        write("tenant_profile", "default", b"\x00" + f.read())
+    write("tenant_profile", "full", b"\x03" + json.dumps({
+        "cgroup": {"cpu_quota_us": 50000, "cpu_period_us": 100000, "cpuset_cpus": "0-1,3",
+                   "cpuset_mems": "0", "memory_bytes": 1048576, "pids_max": 10},
+        "rlimits": {"no_file": 64, "fsize": 1, "memlock": 2, "nproc": 3, "core": 0},
+        "egress": {"allow": [{"proto": "tcp", "cidr": "10.0.0.0/8", "ports": [443, 80]},
+                             {"proto": "udp", "cidr": "fd00::/8", "ports": [53]},
+                             {"proto": "icmp", "cidr": "0.0.0.0/0"}]},
+        "landlock": {"paths": [{"path": "/run/x", "access": "rw"},
+                               {"path": "/data/in", "access": "ro"}],
+                     "tcp_connect": [443], "tcp_bind": [8080]}}).encode())
+    write("tenant_profile", "egress-flag",
+          b"\x05" + b'{"egress": {"allow": [{"proto": "any", "cidr": "192.168.1.0/24"}]}}')
+
+
+def seccomp_seeds():
+    def filt(calls, default="kill_process"):
+        return {"default_action": default, "filter_action": "allow", "filter": calls}
+    # A VMM filter set (one filter per thread kind), in JSON.
+    write("seccomp_policy", "vmm.json", json.dumps({
+        "api": filt([{"syscall": "read"},
+                     {"syscall": "accept4", "args": [{"index": 3, "type": "dword", "op": "eq",
+                                                      "val": 524288, "comment": "SOCK_CLOEXEC"}]}]),
+        "vmm": filt([{"syscall": "ioctl", "args": [{"index": 1, "type": "dword",
+                                                   "op": {"masked_eq": 65280}, "val": 44544}]},
+                     {"syscall": "write"}], "kill_thread"),
+        "vcpu": filt([{"syscall": "ioctl", "args": [{"index": 1, "type": "qword", "op": "ge",
+                                                    "val": 1}]},
+                      {"syscall": "exit"}], "trap")}, indent=1))
+    # A jail-level policy: "main" and a filter that answers clone3 with ENOSYS.
+    write("seccomp_policy", "jail.json", json.dumps({
+        "main": filt([{"syscall": "execve"}, {"syscall": "mkdir"},
+                      {"syscall": "clone", "args": [{"index": 0, "type": "qword",
+                                                     "op": {"masked_eq": 268435456}, "val": 0}]}]),
+        "clone3": {"default_action": "allow", "filter_action": {"errno": 38},
+                   "filter": [{"syscall": "clone3"}]}}, indent=1))
+    # A compiled set (vmm/src/seccomp/format.rs): ld arch; jeq x86-64; ret allow; ret kill.
+    program = [(0x20, 0, 0, 4), (0x15, 0, 1, 0xC000003E), (0x06, 0, 0, 0x7FFF0000),
+               (0x06, 0, 0, 0x80000000)]
+    out = b"KILN-BPF" + struct.pack("<II", 1, 3)
+    for name in ["api", "vmm", "vcpu"]:
+        out += bytes([len(name)]) + name.encode() + struct.pack("<I", len(program))
+        for code, jt, jf, k in program:
+            out += struct.pack("<HBBI", code, jt, jf, k)
+    write("seccomp_policy", "compiled.bpf", out)
+
+
+def vsock_hdr(op, length=0, src_cid=3, dst_cid=2, src_port=1025, dst_port=52, type_=1, flags=0,
+              buf_alloc=65536, fwd_cnt=0):
+    return struct.pack("<QQIIIHHIII", src_cid, dst_cid, src_port, dst_port, length, type_, op,
+                       flags, buf_alloc, fwd_cnt)
+
+
+def vsock_seeds():
+    # vsock_packet: u8 CID - 3, u64 payload bytes after the header, the header.
+    for name, avail, hdr in [("request", 0, vsock_hdr(1)), ("rw", 5, vsock_hdr(5, 5)),
+                             ("rst", 0, vsock_hdr(3, 99, type_=7)),
+                             ("truncated", 2, vsock_hdr(5, 4096)),
+                             ("shutdown", 0, vsock_hdr(4, flags=3))]:
+        write("vsock_packet", name, bytes([0]) + struct.pack("<Q", avail) + hdr)
+    write("vsock_packet", "connect-line", bytes([0]) + struct.pack("<Q", 0) + b"CONNECT 52\n")
+
+    # vsock_connection: mode, ports and the REQUEST's credit, then events (see the target).
+    def packet(op, payload=b"", flags=0, buf_alloc=65536, fwd_cnt=0, type_=1):
+        return bytes([0]) + struct.pack("<HHIIIH", op, type_, flags, buf_alloc, fwd_cnt,
+                                        len(payload)) + payload
+
+    def host_write(b):
+        return bytes([1]) + struct.pack("<H", len(b)) + b
+
+    def host_read(n):
+        return bytes([2]) + struct.pack("<H", n)
+
+    def rx(room):
+        return bytes([6]) + struct.pack("<H", room)
+
+    guest = (bytes([0]) + struct.pack("<IIII", 52, 1025, 65536, 0)
+             + rx(4096)                       # RESPONSE
+             + packet(5, b"hello host")       # RW
+             + host_read(100)
+             + host_write(b"hello guest") + rx(4096) + rx(4)
+             + packet(6, fwd_cnt=11)          # CREDIT_UPDATE
+             + packet(7)                      # CREDIT_REQUEST
+             + rx(64)
+             + packet(4, flags=2)             # SHUTDOWN send
+             + bytes([5])                     # writable
+             + bytes([3]) + rx(64)            # host shuts down: SHUTDOWN to the guest
+             + packet(4, flags=3) + bytes([7]) + struct.pack("<H", 1000))
+    write("vsock_connection", "guest-initiated", guest)
+    host = (bytes([1]) + struct.pack("<IIII", 1073741824, 52, 0, 0)
+            + rx(64)                          # REQUEST
+            + packet(2, buf_alloc=256)        # RESPONSE: the host reads OK <port>
+            + host_read(64)
+            + host_write(b"x" * 300) + rx(8192) + rx(8192)    # beyond the guest's credit
+            + packet(5, b"y" * 300) + host_read(400)
+            + bytes([4]) + rx(64) + bytes([7]) + struct.pack("<H", 1000))
+    write("vsock_connection", "host-initiated", host)
+
+
 if __name__ == "__main__":
+    vm_config_seeds()
+    api_seeds()
+    jailer_seeds()
+    profile_seeds()
+    seccomp_seeds()
     virtio_seeds()
     loader_seeds()
+    vsock_seeds()

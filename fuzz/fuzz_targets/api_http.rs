@@ -180,6 +180,7 @@ fuzz_target!(|data: &[u8]| {
     }
     drain(&mut client, &mut answers);
 
+    kiln_fuzz::debug(|| String::from_utf8_lossy(&answers).into_owned());
     // Every answer is `HTTP/1.1 <status> ...`; walk them by their Content-Length.
     let mut rest = &answers[..];
     while !rest.is_empty() {

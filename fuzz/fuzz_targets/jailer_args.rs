@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
             .map(|a| OsString::from_vec(a.to_vec()))
             .collect()
     };
-    if let Ok(Command::Jail(c)) = args::parse(argv) {
+    let parsed = args::parse(argv);
+    kiln_fuzz::debug(|| format!("{parsed:?}"));
+    if let Ok(Command::Jail(c)) = parsed {
         assert!(args::validate_id(&c.id).is_ok(), "accepted id {:?}", c.id);
         assert!(c.uid != 0 && c.gid != 0, "a root uid or gid was accepted");
         for (i, a) in c.binds.iter().enumerate() {

@@ -92,8 +92,12 @@ fuzz_target!(|data: &[u8]| {
         let kernel_path = files.kernel.set(image).to_string();
         let kernel = match loader::load_kernel(&mem, &kernel_path, mem_size, pref) {
             Ok(k) => k,
-            Err(_) => return,
+            Err(e) => {
+                kiln_fuzz::debug(|| format!("kernel refused: {e}"));
+                return;
+            }
         };
+        kiln_fuzz::debug(|| format!("kernel loaded: {:?} entry {:?} end {:#x}", kernel.format, kernel.entry, kernel.end));
         assert!(
             loader::in_ram(mem_size, kernel.entry.addr, 1),
             "entry point {:#x} outside guest RAM",
@@ -112,7 +116,10 @@ fuzz_target!(|data: &[u8]| {
             }
             match loader::load_initrd(&mem, &path, &kernel, mem_size) {
                 Ok(rd) => Some(rd),
-                Err(_) => return,
+                Err(e) => {
+                    kiln_fuzz::debug(|| format!("initrd refused: {e}"));
+                    return;
+                }
             }
         } else {
             None
@@ -144,8 +151,12 @@ fuzz_target!(|data: &[u8]| {
         }
         let cmdline = match loader::build_cmdline(&args, &dm) {
             Ok(c) => c,
-            Err(_) => return,
+            Err(e) => {
+                kiln_fuzz::debug(|| format!("command line refused: {e}"));
+                return;
+            }
         };
-        let _ = loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, vcpus);
+        let info = loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, vcpus);
+        kiln_fuzz::debug(|| format!("boot info for {cmdline:?}: {:?}", info.map(|_| ())));
     });
 });

@@ -26,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
     POLICY.with(|p| {
         let mut p = p.borrow_mut();
         let path = p.set(data).to_string();
-        if let Ok(set) = FilterSet::from_file(Path::new(&path)) {
+        let loaded = FilterSet::from_file(Path::new(&path));
+        kiln_fuzz::debug(|| match &loaded {
+            Ok(_) => "the VMM accepted the filter set".into(),
+            Err(e) => format!("the VMM refused it: {e}"),
+        });
+        if let Ok(set) = loaded {
             let compiled = set.to_compiled();
             let back = FilterSet::from_compiled("round trip", &compiled)
                 .expect("an accepted filter set reloads from its compiled form");
@@ -37,6 +42,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(logged.get(kind).len(), set.get(kind).len());
             }
         }
-        let _ = jailer::seccomp::compile(Some(Path::new(&path)));
+        let jail = jailer::seccomp::compile(Some(Path::new(&path)));
+        kiln_fuzz::debug(|| match &jail {
+            Ok(_) => "the jailer accepted the policy".into(),
+            Err(e) => format!("the jailer refused it: {e}"),
+        });
     });
 });

@@ -63,7 +63,12 @@ fuzz_target!(|data: &[u8]| {
         if flags & 8 != 0 {
             argv.extend(["--resource-limit", "no-file=64"]);
         }
-        let Ok(Command::Jail(c)) = args::parse(argv.iter().map(OsString::from)) else {
+        let parsed = args::parse(argv.iter().map(OsString::from));
+        kiln_fuzz::debug(|| match &parsed {
+            Ok(Command::Jail(c)) => format!("accepted: {:?} {:?} {:?}", c.network, c.cgroup, c.landlock),
+            other => format!("{other:?}"),
+        });
+        let Ok(Command::Jail(c)) = parsed else {
             return;
         };
         for e in &c.network.egress {

@@ -86,6 +86,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let after = g.snapshot();
         dev.reset();
+        kiln_fuzz::debug(|| {
+            let used = g.used_idx().wrapping_sub(g.start);
+            format!("{used} used entries, needs reset: {}, status bytes at 0x2300: {:?}",
+                interrupt.needs_reset(), &after[0x2300..0x2304])
+        });
 
         // The disk: never grown; untouched when read-only.
         assert_eq!(disk.len(), image.len() as u64, "the disk image changed size");

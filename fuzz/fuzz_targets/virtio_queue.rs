@@ -89,7 +89,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(head < size, "head {head} outside a queue of {size}");
         taken += 1;
         assert!(taken <= u32::from(size), "{taken} heads from a queue of {size} in one pass");
-        let len_used = match walk_chain(&g.queue, &g.mem, head) {
+        let walked = walk_chain(&g.queue, &g.mem, head);
+        kiln_fuzz::debug(|| format!("head {head}: {walked:?}"));
+        let len_used = match walked {
             Ok(chain) => {
                 assert_eq!(chain.head, head);
                 check_chain(&g, &chain, size);

@@ -17,9 +17,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(res) = VmResources::from_json(text) else {
-        return;
+    let res = match VmResources::from_json(text) {
+        Ok(res) => res,
+        Err(e) => {
+            kiln_fuzz::debug(|| format!("refused: {e}"));
+            return;
+        }
     };
+    kiln_fuzz::debug(|| format!("accepted: {res:?}"));
     let again = serde_json::to_string(&res.to_config()).expect("resources serialise");
     match VmResources::from_json(&again) {
         Ok(back) => assert_eq!(back, res, "round trip through {again}"),

@@ -139,3 +139,12 @@ pub fn setup() {
         vmm::logger::configure(&cfg).expect("the logger opens /dev/null");
     });
 }
+
+/// With `KILN_FUZZ_DEBUG` set, prints what a run decided (for checking that seeds reach the
+/// code they are meant for: `KILN_FUZZ_DEBUG=1 cargo fuzz run TARGET corpus/TARGET -- -runs=0`).
+pub fn debug(what: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("KILN_FUZZ_DEBUG").is_some()) {
+        eprintln!("kiln-fuzz: {}", what());
+    }
+}

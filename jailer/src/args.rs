@@ -52,6 +52,8 @@ Kiln's additions:
   --seccomp-policy FILE     jail-level seccomp policy instead of the built-in one
   --cleanup-on-exit         stay as a supervisor; remove the jail when the VMM exits
   --timing                  print the time each step took on stderr
+  --diagnose-without LAYER  DIAGNOSIS ONLY, debug builds only: leave out one protection
+                            layer (landlock or privileges); see docs/jailer.md
   --help, --version
 ";
 
@@ -111,6 +113,8 @@ pub enum ArgsError {
         value: String,
         other: &'static str,
     },
+    #[error("--diagnose-without {value:?}: only in debug builds of the jailer (a diagnosis flag for the security suite, never for production)")]
+    DiagnoseRelease { value: String },
     #[error("--tap {value:?} needs --netns or --new-netns (a tap is created in the jail's network namespace)")]
     TapWithoutNetns { value: String },
     #[error("--firewall on needs --netns or --new-netns (the host namespace is never filtered)")]
@@ -209,6 +213,9 @@ pub struct Config {
     pub seccomp_policy: Option<PathBuf>,
     pub userns: bool,
     pub timing: bool,
+    /// `--diagnose-without`: protection layers left out (the security suite's per-layer
+    /// runs; accepted by debug builds only).
+    pub diagnose_without: BTreeSet<Layer>,
     /// Arguments after `--`, passed to the VMM after the jailer's own.
     pub vmm_args: Vec<OsString>,
 }
@@ -325,6 +332,26 @@ pub struct Bind {
     pub is_dir: bool,
 }
 
+/// A protection layer that `--diagnose-without` can leave out, to show what the others stop
+/// on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    /// No Landlock ruleset.
+    Landlock,
+    /// The VMM keeps the jailer's identity (root) and capabilities: no uid/gid change, no
+    /// capability dropped.
+    Privileges,
+}
+
+impl Layer {
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            Layer::Landlock => "landlock",
+            Layer::Privileges => "privileges",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LandlockConfig {
     /// Extra jail paths and whether they are writable.
@@ -372,6 +399,7 @@ const JAIL_FLAGS: &[(&str, Kind)] = &[
     ("profile", Kind::Single),
     ("seccomp-policy", Kind::Single),
     ("timing", Kind::Switch),
+    ("diagnose-without", Kind::Multi),
     ("help", Kind::Switch),
     ("version", Kind::Switch),
 ];
@@ -551,6 +579,7 @@ fn jail_config(raw: Raw) -> Result<Config, ArgsError> {
     let cgroup = cgroup_config(&raw, &profile)?;
     let rlimits = rlimit_config(&raw, &profile)?;
     let landlock = landlock_config(&profile)?;
+    let diagnose_without = diagnose_config(&raw)?;
     let seccomp_policy = match raw.single("seccomp-policy") {
         Some(p) => {
             check_host_path("--seccomp-policy", p)?;
@@ -598,8 +627,42 @@ fn jail_config(raw: Raw) -> Result<Config, ArgsError> {
         seccomp_policy,
         userns: raw.switch("userns"),
         timing: raw.switch("timing"),
+        diagnose_without,
         vmm_args: raw.rest,
     })
+}
+
+/// `--diagnose-without LAYER`: debug builds only, and never with `--userns` (which needs
+/// the identity change).
+fn diagnose_config(raw: &Raw) -> Result<BTreeSet<Layer>, ArgsError> {
+    let mut layers = BTreeSet::new();
+    for value in raw.multi("diagnose-without") {
+        let layer = match value.as_str() {
+            "landlock" => Layer::Landlock,
+            "privileges" => Layer::Privileges,
+            other => {
+                return Err(ArgsError::InvalidValue {
+                    flag: "diagnose-without",
+                    value: other.to_owned(),
+                    reason: "expected landlock or privileges".into(),
+                })
+            }
+        };
+        if !cfg!(debug_assertions) {
+            return Err(ArgsError::DiagnoseRelease {
+                value: value.clone(),
+            });
+        }
+        if layer == Layer::Privileges && raw.switch("userns") {
+            return Err(ArgsError::Conflict {
+                flag: "diagnose-without",
+                value: value.clone(),
+                other: "userns",
+            });
+        }
+        layers.insert(layer);
+    }
+    Ok(layers)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1308,6 +1371,45 @@ mod tests {
             Command::Jail(c) => Ok(*c),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn diagnose_without_names_a_layer_and_is_for_debug_builds_only() {
+        let c = parse_with(&["--diagnose-without", "landlock"]);
+        if cfg!(debug_assertions) {
+            let c = c.unwrap();
+            assert_eq!(
+                c.diagnose_without.into_iter().collect::<Vec<_>>(),
+                vec![Layer::Landlock]
+            );
+            let c = parse_with(&[
+                "--diagnose-without",
+                "privileges",
+                "--diagnose-without",
+                "landlock",
+            ])
+            .unwrap();
+            assert_eq!(c.diagnose_without.len(), 2);
+            assert!(parse_with(&[]).unwrap().diagnose_without.is_empty());
+            assert!(matches!(
+                parse_with(&["--diagnose-without", "privileges", "--userns"]),
+                Err(ArgsError::Conflict { other: "userns", .. })
+            ));
+        } else {
+            assert_eq!(
+                c,
+                Err(ArgsError::DiagnoseRelease {
+                    value: "landlock".into()
+                })
+            );
+        }
+        assert!(matches!(
+            parse_with(&["--diagnose-without", "seccomp"]),
+            Err(ArgsError::InvalidValue {
+                flag: "diagnose-without",
+                ..
+            })
+        ));
     }
 
     #[test]

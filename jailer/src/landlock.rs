@@ -107,10 +107,12 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
     for b in &config.binds {
         rules.push(PathRule {
             path: b.jail.clone(),
-            access: if b.writable {
-                read_write(b.is_dir)
-            } else {
-                read_only(b.is_dir)
+            access: match (b.writable, b.is_dir) {
+                // A writable directory may also hold the VMM's Unix sockets (the vsock
+                // device's `uds_path`, next to the orchestrator's `<uds_path>_<port>`).
+                (true, true) => read_write(true) | make_bitflags!(AccessFs::{MakeSock}),
+                (true, false) => read_write(false),
+                (false, dir) => read_only(dir),
             },
         });
     }
@@ -214,6 +216,9 @@ mod tests {
         assert!(!find("/run").unwrap().contains(AccessFs::Execute));
         assert!(!find("/kernel").unwrap().contains(AccessFs::WriteFile));
         assert!(find("/disk").unwrap().contains(AccessFs::WriteFile));
+        // /tmp is a directory: a writable directory bind may hold sockets.
+        assert!(find("/disk").unwrap().contains(AccessFs::MakeSock));
+        assert!(!find("/kernel").unwrap().contains(AccessFs::MakeSock));
         assert!(find("/dev/userfaultfd").is_none());
         assert!(rules.iter().all(|r| !r.access.contains(AccessFs::MakeChar)));
     }

@@ -212,7 +212,11 @@ fn enter_jail(
 
     // Step 6: limits, identity, capabilities, Landlock, seccomp.
     privileges::set_rlimits(&config.rlimits)?;
-    privileges::drop_to(config.uid, config.gid)?;
+    if config.diagnose_without.contains(&args::Layer::Privileges) {
+        eprintln!("jailer: WARNING: --diagnose-without privileges: the VMM keeps root and every capability (diagnosis only)");
+    } else {
+        privileges::drop_to(config.uid, config.gid)?;
+    }
     if let Some(proc_self) = &proc_self {
         privileges::enter_user_namespace(config.uid, config.gid, proc_self)?;
     }
@@ -222,11 +226,15 @@ fn enter_jail(
         }
     }
     privileges::no_new_privs()?;
-    landlock::enforce(
-        &prepared.landlock,
-        &config.landlock.tcp_connect,
-        &config.landlock.tcp_bind,
-    )?;
+    if config.diagnose_without.contains(&args::Layer::Landlock) {
+        eprintln!("jailer: WARNING: --diagnose-without landlock: no Landlock ruleset (diagnosis only)");
+    } else {
+        landlock::enforce(
+            &prepared.landlock,
+            &config.landlock.tcp_connect,
+            &config.landlock.tcp_bind,
+        )?;
+    }
     clock.step("6 privileges and landlock");
     let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
     clock.step(&format!("exec {}", command.args().join(" ")));

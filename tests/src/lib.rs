@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod jail;
 pub mod netns;
+pub mod security;
 pub mod tiny;
 
 use std::io::Read;

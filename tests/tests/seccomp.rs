@@ -121,6 +121,7 @@ fn boot_print(dir: &Scratch, args: &[&str], env: &[(&str, &str)]) -> kiln_tests:
         .arg("--no-api")
         .args(args);
     cmd.envs(env.iter().copied());
+    seccomp_common::no_core_dumps(&mut cmd);
     run_with_timeout(&mut cmd, TIMEOUT)
 }
 

@@ -68,6 +68,9 @@ const NOT_EXERCISED: &[(&str, &str, &str)] = &[
     ("vmm", "futex [arg1 Eq 0x80]", "glibc's internal locks (the heap's, when another thread holds it) wait with FUTEX_WAIT_PRIVATE"),
     ("vcpu", "futex [arg1 Eq 0x80]", "glibc's internal locks (the heap's, when another thread holds it) wait with FUTEX_WAIT_PRIVATE"),
     ("vcpu", "brk", "a vCPU thread's allocation or free can grow or trim the process's one heap"),
+    ("api", "sched_yield", "Rust's channels yield the CPU while a send or receive is contended (timing)"),
+    ("vmm", "sched_yield", "Rust's channels yield the CPU while a send or receive is contended (timing)"),
+    ("vcpu", "sched_yield", "Rust's channels yield the CPU while a send or receive is contended (timing)"),
     ("api", "clock_gettime", "clock_gettime is a real syscall when the host's clocksource has no vDSO support"),
     ("vmm", "clock_gettime", "clock_gettime is a real syscall when the host's clocksource has no vDSO support"),
     ("vcpu", "clock_gettime", "clock_gettime is a real syscall when the host's clocksource has no vDSO support"),
@@ -385,6 +388,12 @@ struct Call {
 
 fn parse_number(s: &str) -> Option<u64> {
     let s = s.trim();
+    // Flags strace prints apart from the rest (`0x1|0x80800`, a socket type and its flags).
+    if s.contains('|') {
+        return s
+            .split('|')
+            .try_fold(0u64, |acc, part| Some(acc | parse_number(part)?));
+    }
     if s == "NULL" {
         return Some(0);
     }
@@ -800,6 +809,8 @@ fn strace_lines_are_parsed_into_numeric_arguments() {
     assert_eq!(c.args, vec![Some(2), None, Some(5)]);
     let c = parse_call("poll([{fd=3, events=0x1}], 1, -1 <unfinished ...>)").unwrap();
     assert_eq!(c.args.len(), 3);
+    let c = parse_call("socket(0x1, 0x1|0x80800, 0)             = 23").unwrap();
+    assert_eq!(c.args, vec![Some(1), Some(0x80801), Some(0)]);
     let c = parse_call("futex(0x7f, 0x80, 2, NULL <unfinished ...>").unwrap();
     assert_eq!(c.args[1], Some(0x80));
 }

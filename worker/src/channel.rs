@@ -108,7 +108,9 @@ impl Channel {
         deadline: Instant,
     ) -> Result<(), ChannelError> {
         let len = u32::try_from(payload.len()).map_err(|_| {
-            ChannelError::Io(io::Error::other("payload longer than 4 GiB cannot be framed"))
+            ChannelError::Io(io::Error::other(
+                "payload longer than 4 GiB cannot be framed",
+            ))
         })?;
         let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
         buf.extend_from_slice(&Header::new(kind, id, len).encode());
@@ -167,7 +169,10 @@ mod tests {
         guest.send(Kind::Response, 1, b"12345", soon()).unwrap();
         assert!(matches!(
             host.read_frame(soon()),
-            Err(ChannelError::BadHeader(HeaderError::TooLong { len: 5, max: 4 }))
+            Err(ChannelError::BadHeader(HeaderError::TooLong {
+                len: 5,
+                max: 4
+            }))
         ));
         let (a, b) = UnixStream::pair().unwrap();
         let mut host = Channel::new(a, 4);

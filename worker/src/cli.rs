@@ -269,10 +269,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
             Some((n, v)) => (n, Some(v.to_string())),
             None => (body, None),
         };
-        let Some(&(flag, takes_value, only)) = FLAGS
-            .iter()
-            .find(|(f, _, only)| f.strip_prefix("--") == Some(name) && (only.is_empty() || *only == command))
-        else {
+        let Some(&(flag, takes_value, only)) = FLAGS.iter().find(|(f, _, only)| {
+            f.strip_prefix("--") == Some(name) && (only.is_empty() || *only == command)
+        }) else {
             return Err(CliError::UnknownFlag {
                 command,
                 flag: format!("--{name}"),
@@ -324,7 +323,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
                 common.parent_cgroup = value;
             }
             "--memory-overhead-mib" => common.memory_overhead_mib = number(flag, &value)?,
-            "--start-timeout-ms" => common.start_timeout = Duration::from_millis(positive(flag, &value)?),
+            "--start-timeout-ms" => {
+                common.start_timeout = Duration::from_millis(positive(flag, &value)?)
+            }
             "--stop-grace-ms" => common.stop_grace = Duration::from_millis(positive(flag, &value)?),
             "--vmm-arg" => common.vmm_args.push(value),
             "--event" => event = Some(value),
@@ -394,7 +395,7 @@ mod tests {
             "--no-strict-io",
             "--vmm-arg",
             "--level=Debug",
-            "--vmm-arg=--no-seccomp",
+            "--vmm-arg=--boot-timer",
         ]) else {
             panic!("invoke");
         };
@@ -403,7 +404,7 @@ mod tests {
         assert_eq!(a.repeat, 3);
         assert_eq!(a.common.jailer, Some(PathBuf::from("/j")));
         assert!(!a.common.strict_io);
-        assert_eq!(a.common.vmm_args, ["--level=Debug", "--no-seccomp"]);
+        assert_eq!(a.common.vmm_args, ["--level=Debug", "--boot-timer"]);
         let Ok(Command::Serve(s)) = p(&[
             "serve",
             "--socket",
@@ -441,7 +442,10 @@ mod tests {
                 },
             ),
             (&["invoke", "a", "b"], CliError::Positional("b".into())),
-            (&["invoke", "a", "--json=1"], CliError::UnexpectedValue("--json")),
+            (
+                &["invoke", "a", "--json=1"],
+                CliError::UnexpectedValue("--json"),
+            ),
             (&["serve", "--socket"], CliError::MissingValue("--socket")),
             (
                 &["serve", "--socket", "a", "--socket", "b"],
@@ -452,10 +456,22 @@ mod tests {
             assert_eq!(&p(argv).unwrap_err(), want, "{argv:?}");
         }
         for (argv, flag) in [
-            (&["invoke", "e", "--event", "{}", "--repeat", "0"][..], "--repeat"),
-            (&["serve", "--socket", "s", "--max-queue", "-1"][..], "--max-queue"),
-            (&["serve", "--socket", "s", "--parent-cgroup", "../x"][..], "--parent-cgroup"),
-            (&["serve", "--socket", "s", "--uid-base", "0"][..], "--uid-base"),
+            (
+                &["invoke", "e", "--event", "{}", "--repeat", "0"][..],
+                "--repeat",
+            ),
+            (
+                &["serve", "--socket", "s", "--max-queue", "-1"][..],
+                "--max-queue",
+            ),
+            (
+                &["serve", "--socket", "s", "--parent-cgroup", "../x"][..],
+                "--parent-cgroup",
+            ),
+            (
+                &["serve", "--socket", "s", "--uid-base", "0"][..],
+                "--uid-base",
+            ),
             (&["serve", "--socket", ""][..], "--socket"),
         ] {
             match p(argv) {

@@ -27,7 +27,7 @@ pub enum FunctionError {
     Unknown { name: String, manifest: PathBuf },
     #[error("function {name:?} cannot be built: {message}")]
     Build { name: String, message: String },
-    #[error("function {name:?}: bad manifest {manifest}: {message}")]
+    #[error("function {name:?} has a bad manifest: {message}")]
     BadManifest {
         name: String,
         manifest: PathBuf,
@@ -89,8 +89,13 @@ pub struct Function {
 /// Checks a function name (it becomes a path component and part of jail ids).
 pub fn check_name(name: &str) -> Result<(), FunctionError> {
     let ok = (1..=MAX_NAME_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -229,9 +234,7 @@ impl Registry {
 
     /// The generation of the last build of `name`, if it was built.
     pub fn current_generation(&self, name: &str) -> Option<u64> {
-        lock(&self.entries)
-            .get(name)
-            .map(|e| e.function.generation)
+        lock(&self.entries).get(name).map(|e| e.function.generation)
     }
 
     /// The cached build of `name` if its sources have not changed (checked at most once
@@ -261,7 +264,9 @@ impl Registry {
             name: name.to_string(),
             source,
         })?;
-        build_with_builder(name, dir, &out_dir)
+        // Through symlinks: a function's sources name their dependencies by relative paths.
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        build_with_builder(name, &dir, &out_dir)
     }
 }
 
@@ -290,7 +295,8 @@ fn build_with_builder(name: &str, dir: &Path, out_dir: &Path) -> Result<Function
     };
     if m.name != name {
         return Err(bad(format!(
-            "its name is {:?} but it lives in the directory {name:?}",
+            "manifest {}: its name is {:?} but it lives in the directory {name:?}",
+            dir.join(MANIFEST).display(),
             m.name
         )));
     }
@@ -301,7 +307,8 @@ fn build_with_builder(name: &str, dir: &Path, out_dir: &Path) -> Result<Function
         memory_mib: m.memory_mib,
         vcpus: m.vcpus,
         timeout: Duration::from_millis(m.timeout_ms),
-        concurrency: usize::try_from(m.concurrency).map_err(|_| bad("concurrency too large".into()))?,
+        concurrency: usize::try_from(m.concurrency)
+            .map_err(|_| bad("concurrency too large".into()))?,
         max_event_bytes: usize::try_from(m.max_event_bytes)
             .map_err(|_| bad("max_event_bytes too large".into()))?,
         generation: 0,
@@ -326,7 +333,10 @@ mod tests {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", "../etc", "a/b", "-x", "_x", "a b", &"x".repeat(41), "é"] {
-            assert!(matches!(check_name(bad), Err(FunctionError::BadName(_))), "{bad}");
+            assert!(
+                matches!(check_name(bad), Err(FunctionError::BadName(_))),
+                "{bad}"
+            );
         }
     }
 

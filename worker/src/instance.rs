@@ -117,7 +117,7 @@ impl InstanceError {
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     /// The guest answered with an `Error` frame.
-    #[error("{message}")]
+    #[error("{}", function_failure(*.code, .message))]
     Function { code: ErrorCode, message: String },
     #[error("function {function:?} did not answer within {} ms; its microVM was killed", .after.as_millis())]
     Timeout { function: String, after: Duration },
@@ -129,6 +129,20 @@ pub enum InvokeError {
     ResponseTooLarge { len: u32, max: u32 },
     #[error("the guest broke the invocation protocol: {0}; its microVM was stopped")]
     Protocol(String),
+}
+
+fn function_failure(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::Handler => format!("the handler failed: {message}"),
+        ErrorCode::Panic => format!("the function panicked: {message}; its microVM was stopped"),
+        ErrorCode::EventTooLarge => format!("the guest refused the event: {message}"),
+        ErrorCode::OutOfMemory => {
+            format!("the function ran out of memory: {message}; its microVM was stopped")
+        }
+        ErrorCode::Protocol => {
+            format!("the guest reported a protocol error: {message}; its microVM was stopped")
+        }
+    }
 }
 
 impl InvokeError {
@@ -274,8 +288,7 @@ fn drain_stderr(mut r: impl Read + Send + 'static, logs: Arc<OutputLogs>) {
                 lock(&logs.stderr).push(data);
                 for &b in data {
                     if b == b'\n' {
-                        if let Some(m) = parse_boot_mark(&String::from_utf8_lossy(&line), arrived)
-                        {
+                        if let Some(m) = parse_boot_mark(&String::from_utf8_lossy(&line), arrived) {
                             lock(&logs.marks).push(m);
                         }
                         line.clear();
@@ -464,9 +477,10 @@ impl Jail {
             self.jailer_cleanup(&mut report);
             let still = leftovers(self);
             if !still.is_empty() {
-                report
-                    .errors
-                    .push(format!("still there after jailer cleanup: {}", still.join(", ")));
+                report.errors.push(format!(
+                    "still there after jailer cleanup: {}",
+                    still.join(", ")
+                ));
             }
         }
         if let Err(e) = std::fs::remove_dir_all(&self.host_dir) {
@@ -616,7 +630,10 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 
 impl Instance {
     /// Starts a jailed microVM for `function` and waits for its guest's `Hello`.
-    pub fn start(cfg: &Arc<InstanceConfig>, function: &Arc<Function>) -> Result<Instance, InstanceError> {
+    pub fn start(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+    ) -> Result<Instance, InstanceError> {
         let spawned = Instant::now();
         let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let id = instance_id(&function.name, n);
@@ -954,7 +971,10 @@ pub fn sweep_stale(cfg: &InstanceConfig) {
             }
         }
         match std::fs::remove_dir_all(e.path()) {
-            Ok(()) => eprintln!("kiln: removed the stale instance directory {}", e.path().display()),
+            Ok(()) => eprintln!(
+                "kiln: removed the stale instance directory {}",
+                e.path().display()
+            ),
             Err(err) => eprintln!("kiln: cannot remove {}: {err}", e.path().display()),
         }
     }
@@ -1008,9 +1028,7 @@ fn prepare_host_dir(
     let limit = (u64::from(function.memory_mib) + u64::from(cfg.memory_overhead_mib)) << 20;
     match profile.as_object_mut() {
         Some(p) => {
-            let cgroup = p
-                .entry("cgroup")
-                .or_insert_with(|| serde_json::json!({}));
+            let cgroup = p.entry("cgroup").or_insert_with(|| serde_json::json!({}));
             if let Some(c) = cgroup.as_object_mut() {
                 c.insert("memory_bytes".into(), limit.into());
             }
@@ -1028,7 +1046,8 @@ fn prepare_host_dir(
 
     let vsock = dir.join("vsock");
     std::fs::create_dir(&vsock).map_err(err(&vsock))?;
-    std::fs::set_permissions(&vsock, std::fs::Permissions::from_mode(0o700)).map_err(err(&vsock))?;
+    std::fs::set_permissions(&vsock, std::fs::Permissions::from_mode(0o700))
+        .map_err(err(&vsock))?;
     std::os::unix::fs::chown(&vsock, Some(uid), Some(uid)).map_err(err(&vsock))?;
     let sock = vsock.join(format!("{VSOCK_NAME}_{GUEST_CONNECT_PORT}"));
     if sock.as_os_str().len() > MAX_SOCKET_PATH {
@@ -1063,8 +1082,8 @@ fn wait_for_guest(
                 detail,
             });
         }
-        let ready = sys::poll_readable(&[listener.as_raw_fd(), sup], left)
-            .map_err(InstanceError::Watch)?;
+        let ready =
+            sys::poll_readable(&[listener.as_raw_fd(), sup], left).map_err(InstanceError::Watch)?;
         if ready.first() == Some(&true) {
             match listener.accept() {
                 Ok((s, _)) => return Ok(s),
@@ -1099,9 +1118,7 @@ mod tests {
         assert!(id.starts_with("echo-7-"), "{id}");
         let long = instance_id(&"f_".repeat(40), u64::MAX);
         assert!(long.len() <= 64, "{long}");
-        assert!(long
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     }
 
     #[test]

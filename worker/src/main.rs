@@ -72,7 +72,10 @@ fn setup(common: &Common, pool_cfg: PoolConfig) -> Option<Arc<Pools>> {
     let vmm = absolute(&common.vmm.clone().unwrap_or_else(|| sibling("vmm")));
     for (what, p, flag) in [("jailer", &jailer, "--jailer"), ("VMM", &vmm, "--vmm")] {
         if !p.is_file() {
-            eprintln!("kiln: the {what} binary {} does not exist (use {flag} PATH)", p.display());
+            eprintln!(
+                "kiln: the {what} binary {} does not exist (use {flag} PATH)",
+                p.display()
+            );
             return None;
         }
     }
@@ -134,7 +137,10 @@ fn report_error(function: &str, e: &PoolError, json: bool) {
         if let Some(id) = e.vm_id() {
             err["vm_id"] = id.into();
         }
-        println!("{}", serde_json::json!({ "function": function, "error": err }));
+        println!(
+            "{}",
+            serde_json::json!({ "function": function, "error": err })
+        );
     }
     eprintln!("kiln: invoke {function}: {e} [{}]", e.code());
 }
@@ -179,7 +185,11 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
         return ExitCode::from(EXIT_FAILED);
     }
     if !a.json {
-        eprintln!("kiln: {} ready to run (image built or up to date) in {}", a.function, ms(t.elapsed()));
+        eprintln!(
+            "kiln: {} ready to run (image built or up to date) in {}",
+            a.function,
+            ms(t.elapsed())
+        );
     }
     let mut code = ExitCode::SUCCESS;
     let mut warm: Vec<(Duration, Duration)> = Vec::new();
@@ -198,7 +208,11 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
                     warm.push((inv.timings.handler, inv.timings.total));
                 }
                 if !inv.output.logs.is_empty() {
-                    eprintln!("kiln: [{}] {}", inv.vm_id, String::from_utf8_lossy(&inv.output.logs).trim_end());
+                    eprintln!(
+                        "kiln: [{}] {}",
+                        inv.vm_id,
+                        String::from_utf8_lossy(&inv.output.logs).trim_end()
+                    );
                 }
                 let kind = if inv.cold { "cold" } else { "warm" };
                 if a.json {
@@ -253,7 +267,10 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
     let t = Instant::now();
     pools.shutdown(SHUTDOWN_WAIT);
     if !a.json {
-        eprintln!("kiln: microVM stopped and jail removed in {}", ms(t.elapsed()));
+        eprintln!(
+            "kiln: every microVM stopped and its jail removed ({})",
+            ms(t.elapsed())
+        );
     }
     if interrupted.load(Ordering::Acquire) {
         return ExitCode::from(EXIT_INTERRUPTED);

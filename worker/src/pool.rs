@@ -156,7 +156,11 @@ enum Lease {
 }
 
 impl Pools {
-    pub fn new(registry: Arc<Registry>, instance_cfg: Arc<InstanceConfig>, cfg: PoolConfig) -> Arc<Pools> {
+    pub fn new(
+        registry: Arc<Registry>,
+        instance_cfg: Arc<InstanceConfig>,
+        cfg: PoolConfig,
+    ) -> Arc<Pools> {
         Arc::new(Pools {
             registry,
             instance_cfg,
@@ -197,8 +201,13 @@ impl Pools {
             });
         }
         let pool = self.pool(name);
-        let lease = self.acquire(&pool, &function)?;
-        let queued = t0.elapsed();
+        let waiting = Instant::now();
+        let (lease, waited) = self.acquire(&pool, &function)?;
+        let queued = if waited {
+            waiting.elapsed()
+        } else {
+            Duration::ZERO
+        };
         let (mut instance, cold) = match lease {
             Lease::Warm(i) => (*i, false),
             Lease::Cold => match Instance::start(&self.instance_cfg, &function) {
@@ -250,8 +259,13 @@ impl Pools {
         }
     }
 
-    /// An idle healthy instance of the current build, or a slot to start one, or a wait.
-    fn acquire(&self, pool: &FunctionPool, function: &Arc<Function>) -> Result<Lease, PoolError> {
+    /// An idle healthy instance of the current build, or a slot to start one, or a wait;
+    /// and whether it had to wait.
+    fn acquire(
+        &self,
+        pool: &FunctionPool,
+        function: &Arc<Function>,
+    ) -> Result<(Lease, bool), PoolError> {
         let limit = function.concurrency.max(1);
         let deadline = Instant::now() + self.cfg.queue_timeout;
         let mut retired = Vec::new();
@@ -322,7 +336,7 @@ impl Pools {
             lock(&pool.state).reserved -= 1;
             pool.freed.notify_one();
         }
-        lease
+        lease.map(|l| (l, queued))
     }
 
     /// Takes an instance back after an invocation: idle again if it is healthy and of the

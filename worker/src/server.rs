@@ -85,7 +85,10 @@ pub fn serve(listener: UnixListener, cfg: ServerConfig, pools: Arc<Pools>, stop:
             let _ = stream.write_all(&error_response(
                 503,
                 "too_many_connections",
-                &format!("the worker serves at most {} connections at once", cfg.max_connections),
+                &format!(
+                    "the worker serves at most {} connections at once",
+                    cfg.max_connections
+                ),
                 None,
                 true,
             ));
@@ -263,7 +266,13 @@ fn success(inv: &Invocation, close: bool) -> Vec<u8> {
         ("X-Kiln-Cold-Start", inv.cold.to_string()),
         ("X-Kiln-Timings", inv.timings.header()),
     ];
-    response(200, &headers, "application/octet-stream", &inv.output.body, close)
+    response(
+        200,
+        &headers,
+        "application/octet-stream",
+        &inv.output.body,
+        close,
+    )
 }
 
 fn pool_error(e: &PoolError, close: bool) -> Vec<u8> {
@@ -276,7 +285,13 @@ fn method_not_allowed(allow: &str, path: &str, close: bool) -> Vec<u8> {
         &format!("{path} only accepts {allow}"),
         None,
     );
-    response(405, &[("Allow", allow.to_string())], "application/json", body.as_bytes(), close)
+    response(
+        405,
+        &[("Allow", allow.to_string())],
+        "application/json",
+        body.as_bytes(),
+        close,
+    )
 }
 
 fn error_body(code: &str, message: &str, vm_id: Option<&str>) -> String {
@@ -300,7 +315,13 @@ pub fn error_response(
 }
 
 fn json_response(status: u16, v: &serde_json::Value, close: bool) -> Vec<u8> {
-    response(status, &[], "application/json", v.to_string().as_bytes(), close)
+    response(
+        status,
+        &[],
+        "application/json",
+        v.to_string().as_bytes(),
+        close,
+    )
 }
 
 fn response(
@@ -353,7 +374,13 @@ mod tests {
 
     #[test]
     fn responses_carry_length_type_and_headers() {
-        let r = response(200, &[("X-Kiln-Vm-Id", "echo-1-2".into())], "application/octet-stream", b"\x00hi", true);
+        let r = response(
+            200,
+            &[("X-Kiln-Vm-Id", "echo-1-2".into())],
+            "application/octet-stream",
+            b"\x00hi",
+            true,
+        );
         let text = String::from_utf8_lossy(&r);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Content-Length: 3\r\n"));
@@ -364,7 +391,13 @@ mod tests {
 
     #[test]
     fn errors_are_structured_json() {
-        let r = error_response(429, "concurrency_limit", "busy \"now\"", Some("x-1-1"), false);
+        let r = error_response(
+            429,
+            "concurrency_limit",
+            "busy \"now\"",
+            Some("x-1-1"),
+            false,
+        );
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
         let body = text.split("\r\n\r\n").nth(1).unwrap();

@@ -266,7 +266,9 @@ pub fn child_pre_exec(parent: libc::pid_t) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         if libc::getppid() != parent {
-            return Err(io::Error::other("the worker exited while spawning the jailer"));
+            return Err(io::Error::other(
+                "the worker exited while spawning the jailer",
+            ));
         }
     }
     Ok(())

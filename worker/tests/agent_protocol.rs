@@ -70,7 +70,12 @@ fn agent(name: &str, exec: &str) -> Agent {
     }
 }
 
-fn invoke(a: &mut Agent, id: u32, event: &[u8], deadline: Instant) -> Result<(Kind, Vec<u8>), ChannelError> {
+fn invoke(
+    a: &mut Agent,
+    id: u32,
+    event: &[u8],
+    deadline: Instant,
+) -> Result<(Kind, Vec<u8>), ChannelError> {
     a.channel.send(Kind::Invoke, id, event, deadline)?;
     let f = a.channel.read_frame(deadline)?;
     assert_eq!(f.header.id, id, "answers carry the invocation's id");
@@ -80,7 +85,11 @@ fn invoke(a: &mut Agent, id: u32, event: &[u8], deadline: Instant) -> Result<(Ki
 #[test]
 fn the_agent_answers_each_invocation_with_the_handlers_stdout() {
     let mut a = agent("echo", "/bin/cat");
-    for (id, event) in [(1, &b"{\"hello\":\"world\"}"[..]), (2, b""), (3, &[0u8, 255, 10][..])] {
+    for (id, event) in [
+        (1, &b"{\"hello\":\"world\"}"[..]),
+        (2, b""),
+        (3, &[0u8, 255, 10][..]),
+    ] {
         let (kind, body) = invoke(&mut a, id, event, soon()).unwrap();
         assert_eq!((kind, body.as_slice()), (Kind::Response, event));
     }
@@ -104,7 +113,10 @@ fn a_failing_handler_is_a_handler_error_with_its_stderr_and_the_agent_goes_on() 
     assert_eq!(kind, Kind::Error);
     let (code, message) = decode_error(&body);
     assert_eq!(code, ErrorCode::Handler);
-    assert!(message.contains("exit status: 3") && message.contains("no such user"), "{message}");
+    assert!(
+        message.contains("exit status: 3") && message.contains("no such user"),
+        "{message}"
+    );
     let (kind, _) = invoke(&mut a, 2, b"{}", soon()).unwrap();
     assert_eq!(kind, Kind::Error, "the next invocation is served too");
 }

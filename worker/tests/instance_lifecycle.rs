@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn config(env: &Env, start_timeout: Duration) -> Arc<InstanceConfig> {
-    let profile_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/tenant/default.json");
+    let profile_path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/tenant/default.json");
     Arc::new(InstanceConfig {
         jailer: env.jailer.clone(),
         vmm: env.vmm.clone(),
@@ -28,7 +29,7 @@ fn config(env: &Env, start_timeout: Duration) -> Arc<InstanceConfig> {
         stop_grace: Duration::from_secs(2),
         strict_io: true,
         max_response_bytes: kiln_protocol::DEFAULT_MAX_PAYLOAD,
-        vmm_args: vec!["--no-seccomp".into()], // DEV-ONLY: seccomp policies in progress
+        vmm_args: Vec::new(),
     })
 }
 
@@ -56,10 +57,16 @@ fn a_guest_that_never_says_hello_times_out_and_leaves_nothing() {
     let env = Env::new("hang");
     let cfg = config(&env, Duration::from_millis(1500));
     let t = Instant::now();
-    let err = Instance::start(&cfg, &tiny("hangfn", "hang")).err().expect("no hello: the start must fail");
+    let err = Instance::start(&cfg, &tiny("hangfn", "hang"))
+        .err()
+        .expect("no hello: the start must fail");
     assert!(matches!(err, InstanceError::StartTimeout { .. }), "{err}");
     assert_eq!(err.code(), "start_timeout");
-    assert!(t.elapsed() < Duration::from_secs(8), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
     env.assert_nothing_left(&ids_of("hangfn"));
 }
 
@@ -67,10 +74,15 @@ fn a_guest_that_never_says_hello_times_out_and_leaves_nothing() {
 fn a_vm_stopped_by_strict_io_before_hello_says_which_port() {
     let env = Env::new("ports");
     let cfg = config(&env, Duration::from_secs(10));
-    let err = Instance::start(&cfg, &tiny("portsfn", "ports")).err().expect("the VM stops: the start must fail");
+    let err = Instance::start(&cfg, &tiny("portsfn", "ports"))
+        .err()
+        .expect("the VM stops: the start must fail");
     let text = err.to_string();
     assert!(matches!(err, InstanceError::Exited(_)), "{text}");
-    assert!(text.contains("I/O port 0x80") && text.contains("vCPU 0"), "{text}");
+    assert!(
+        text.contains("I/O port 0x80") && text.contains("vCPU 0"),
+        "{text}"
+    );
     env.assert_nothing_left(&ids_of("portsfn"));
 }
 
@@ -78,7 +90,9 @@ fn a_vm_stopped_by_strict_io_before_hello_says_which_port() {
 fn a_guest_that_resets_before_hello_is_reported() {
     let env = Env::new("reset");
     let cfg = config(&env, Duration::from_secs(10));
-    let err = Instance::start(&cfg, &tiny("resetfn", "reset")).err().expect("the VM ends: the start must fail");
+    let err = Instance::start(&cfg, &tiny("resetfn", "reset"))
+        .err()
+        .expect("the VM ends: the start must fail");
     assert!(matches!(err, InstanceError::Exited(_)), "{err}");
     assert!(err.to_string().contains("reset"), "{err}");
     env.assert_nothing_left(&ids_of("resetfn"));
@@ -92,7 +106,9 @@ fn a_guest_that_connects_over_vsock_but_speaks_no_protocol_is_refused() {
     let env = Env::new("vsock");
     let cfg = config(&env, Duration::from_secs(20));
     let f = tiny("vsockfn", "vsock-connect kiln.port=1024");
-    let err = Instance::start(&cfg, &f).err().expect("no Hello: the start must fail");
+    let err = Instance::start(&cfg, &f)
+        .err()
+        .expect("no Hello: the start must fail");
     let text = err.to_string();
     assert!(matches!(err, InstanceError::Hello(_)), "{text}");
     assert!(text.contains("bad frame magic"), "{text}");

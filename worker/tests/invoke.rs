@@ -40,16 +40,35 @@ fn invoke_prints_the_response_and_cold_then_warm_timings() {
     }
     let cold = &runs[0]["timings_us"];
     for phase in ["jail_us", "vmm_start_us", "guest_ready_us"] {
-        assert!(cold[phase].as_u64().is_some(), "cold start phase {phase}: {cold}");
+        assert!(
+            cold[phase].as_u64().is_some(),
+            "cold start phase {phase}: {cold}"
+        );
     }
-    assert!(runs[1]["timings_us"].get("jail_us").is_none(), "{}", runs[1]);
+    assert!(
+        runs[1]["timings_us"].get("jail_us").is_none(),
+        "{}",
+        runs[1]
+    );
     env.assert_nothing_left(&[vm]);
 
     // The human form: the response on stdout, the phases on stderr.
-    let f = run_with_timeout(env.kiln("invoke").args(["echo", "--event", event, "--repeat", "2"]), TIMEOUT);
+    let f = run_with_timeout(
+        env.kiln("invoke")
+            .args(["echo", "--event", event, "--repeat", "2"]),
+        TIMEOUT,
+    );
     assert_eq!(f.code(), 0, "{f}");
     assert_eq!(f.stdout, format!("{echoed}\n{echoed}\n"), "{f}");
-    for needle in ["cold", "jail ", "VMM start ", "guest ready ", "handler ", "warm", "jail removed"] {
+    for needle in [
+        "cold",
+        "jail ",
+        "VMM start ",
+        "guest ready ",
+        "handler ",
+        "warm",
+        "jail removed",
+    ] {
         assert!(f.stderr.contains(needle), "{needle:?} missing\n{f}");
     }
     env.assert_nothing_left(&["echo-".to_string()]);
@@ -58,15 +77,28 @@ fn invoke_prints_the_response_and_cold_then_warm_timings() {
 #[test]
 fn invoke_errors_are_clear_and_leave_nothing_behind() {
     let env = Env::new("inverr");
-    let f = run_with_timeout(env.kiln("invoke").args(["nosuch", "--event", "{}"]), TIMEOUT);
+    let f = run_with_timeout(
+        env.kiln("invoke").args(["nosuch", "--event", "{}"]),
+        TIMEOUT,
+    );
     assert_eq!(f.code(), 1, "{f}");
-    assert!(f.stderr.contains("unknown function \"nosuch\"") && f.stderr.contains("[unknown_function]"), "{f}");
+    assert!(
+        f.stderr.contains("unknown function \"nosuch\"") && f.stderr.contains("[unknown_function]"),
+        "{f}"
+    );
 
-    let f = run_with_timeout(env.kiln("invoke").args(["panic", "--event", "{}", "--json"]), TIMEOUT);
+    let f = run_with_timeout(
+        env.kiln("invoke")
+            .args(["panic", "--event", "{}", "--json"]),
+        TIMEOUT,
+    );
     assert_eq!(f.code(), 1, "{f}");
     let err = &lines(&f.stdout)[0]["error"];
     assert_eq!(err["code"], "panic", "{f}");
-    let vm = err["vm_id"].as_str().expect("the failed VM's id").to_string();
+    let vm = err["vm_id"]
+        .as_str()
+        .expect("the failed VM's id")
+        .to_string();
     env.assert_nothing_left(&[vm]);
 
     let f = run_with_timeout(env.kiln("invoke").args(["echo"]), TIMEOUT);

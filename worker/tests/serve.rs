@@ -34,8 +34,16 @@ fn cold_then_warm_invocations_reuse_the_functions_vm() {
     let echoed = br#"{"echo":{"hello":"world"}}"#;
     assert_eq!(first.body, echoed, "echo answers {{\"echo\": <event>}}");
     assert!(first.cold(), "the first invocation starts a VM");
-    let timings = first.header("X-Kiln-Timings").unwrap_or_default().to_string();
-    for phase in ["jail_us=", "vmm_start_us=", "guest_ready_us=", "handler_us="] {
+    let timings = first
+        .header("X-Kiln-Timings")
+        .unwrap_or_default()
+        .to_string();
+    for phase in [
+        "jail_us=",
+        "vmm_start_us=",
+        "guest_ready_us=",
+        "handler_us=",
+    ] {
         assert!(timings.contains(phase), "{timings}");
     }
     let vm = seen.add(first.vm_id());
@@ -46,19 +54,21 @@ fn cold_then_warm_invocations_reuse_the_functions_vm() {
         assert_eq!(warm.vm_id(), vm, "a warm invocation reuses the VM");
         assert_eq!(warm.body, echoed);
     }
-    // counter keeps its state in the warm VM: each answer differs from the one before.
-    let a = server.invoke("counter", b"{}");
-    let b = server.invoke("counter", b"{}");
-    assert_eq!((a.status, b.status), (200, 200), "{a}\n{b}");
-    assert_eq!(a.vm_id(), b.vm_id());
-    assert_ne!(a.body, b.body, "counter's state is kept between warm invocations");
-    seen.add(a.vm_id());
-    // hash answers deterministically.
-    let h1 = server.invoke("hash", b"abc");
-    let h2 = server.invoke("hash", b"abc");
+    // counter keeps its state in the warm VM: it counts the invocations the VM served.
+    for n in 1..=3 {
+        let r = server.invoke("counter", b"{}");
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.json()["invocations"], n, "{r}");
+        assert_eq!(r.cold(), n == 1, "{r}");
+        seen.add(r.vm_id());
+    }
+    // hash: deterministic, CPU-bound.
+    let h1 = server.invoke("hash", br#"{"rounds":1000}"#);
+    let h2 = server.invoke("hash", br#"{"rounds":1000}"#);
     assert_eq!((h1.status, h2.status), (200, 200), "{h1}\n{h2}");
     assert_eq!(h1.body, h2.body);
-    assert!(!h1.body.is_empty());
+    assert_eq!(h1.json()["rounds"], 1000, "{h1}");
+    assert_eq!(h1.json()["sha256"].as_str().map(str::len), Some(64), "{h1}");
     seen.add(h1.vm_id());
     server.stop();
     env.assert_nothing_left(&seen.ids());
@@ -107,7 +117,10 @@ fn two_functions_invoked_concurrently_never_share_a_vm() {
     let mut uids = BTreeSet::new();
     for (function, i) in &instances {
         let id = i["id"].as_str().expect("id").to_string();
-        assert!(id.starts_with(&format!("{function}-")), "{id} listed under {function}");
+        assert!(
+            id.starts_with(&format!("{function}-")),
+            "{id} listed under {function}"
+        );
         assert!(ids.insert(id.clone()), "{id} listed twice");
         assert!(uids.insert(i["uid"].as_u64()), "uid shared: {instances:?}");
         assert!(
@@ -115,7 +128,9 @@ fn two_functions_invoked_concurrently_never_share_a_vm() {
             "{id} has its own jail"
         );
     }
-    assert!(instances.iter().any(|(f, _)| f == "echo") && instances.iter().any(|(f, _)| f == "hash"));
+    assert!(
+        instances.iter().any(|(f, _)| f == "echo") && instances.iter().any(|(f, _)| f == "hash")
+    );
     server.stop();
     env.assert_nothing_left(&seen.ids());
 }
@@ -124,29 +139,41 @@ fn two_functions_invoked_concurrently_never_share_a_vm() {
 fn the_concurrency_limit_refuses_with_429_and_a_clear_message() {
     let env = Env::new("limit");
     let m = manifest("spin");
-    let limit = usize::try_from(m["concurrency"].as_u64().expect("spin's concurrency")).unwrap();
+    let limit = usize::try_from(m.concurrency).unwrap();
     let server = Server::start(&env, &["--queue-timeout-ms", "0"]);
     let mut seen = Seen::default();
     // `limit` spinning invocations hold every instance until their timeout.
     let busy: Vec<_> = (0..limit)
         .map(|_| {
             let socket = server.socket.clone();
-            std::thread::spawn(move || request(&socket, "POST", "/functions/spin/invocations", b"{}"))
+            std::thread::spawn(move || {
+                request(&socket, "POST", "/functions/spin/invocations", b"{}")
+            })
         })
         .collect();
-    wait_until("spin's instances to be busy", Duration::from_secs(30), || {
-        server
-            .instances()
-            .iter()
-            .filter(|(f, i)| f == "spin" && i["state"] == "busy")
-            .count()
-            == limit
-    });
+    wait_until(
+        "spin's instances to be busy",
+        Duration::from_secs(30),
+        || {
+            server
+                .instances()
+                .iter()
+                .filter(|(f, i)| f == "spin" && i["state"] == "busy")
+                .count()
+                == limit
+        },
+    );
     let refused = server.invoke("spin", b"{}");
     assert_eq!(refused.status, 429, "{refused}");
     assert_eq!(refused.code(), "concurrency_limit");
-    let msg = refused.json()["error"]["message"].as_str().unwrap_or("").to_string();
-    assert!(msg.contains("spin") && msg.contains(&format!("limit of {limit}")), "{msg}");
+    let msg = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        msg.contains("spin") && msg.contains(&format!("limit of {limit}")),
+        "{msg}"
+    );
     for b in busy {
         let r = b.join().expect("spin request");
         assert_eq!(r.status, 504, "{r}");
@@ -168,14 +195,21 @@ fn idle_vms_are_reaped_after_the_idle_timeout() {
     wait_until("the idle VM to be reaped", Duration::from_secs(10), || {
         server.instances().is_empty()
     });
-    env.assert_nothing_left(&seen.ids());
+    wait_until(
+        "the reaped VM's jail to be removed",
+        Duration::from_secs(10),
+        || env.leftovers(&seen.ids()).is_empty(),
+    );
     // The next invocation starts a new VM.
     let r = server.invoke("echo", b"{}");
     assert_eq!(r.status, 200, "{r}");
     assert!(r.cold() && r.vm_id() != id, "{r}");
     seen.add(r.vm_id());
     let stderr = server.stop();
-    assert!(stderr.contains(&format!("stopping instance {id} (idle for")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stopping instance {id} (idle for")),
+        "{stderr}"
+    );
     env.assert_nothing_left(&seen.ids());
 }
 
@@ -197,12 +231,16 @@ fn a_vmm_killed_with_sigkill_is_replaced_and_leaves_nothing_behind() {
     // SAFETY: kill(2) with a pid and a signal.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     // The jailer's supervisor removes the jail; the worker notices and drops the instance.
-    wait_until("the killed VM's jail to be removed", Duration::from_secs(10), || {
-        env.leftovers(std::slice::from_ref(&id)).is_empty()
-    });
-    wait_until("the killed VM to leave the pool", Duration::from_secs(10), || {
-        server.instances().is_empty()
-    });
+    wait_until(
+        "the killed VM's jail to be removed",
+        Duration::from_secs(10),
+        || env.leftovers(std::slice::from_ref(&id)).is_empty(),
+    );
+    wait_until(
+        "the killed VM to leave the pool",
+        Duration::from_secs(10),
+        || server.instances().is_empty(),
+    );
     let r = server.invoke("echo", b"{\"again\":1}");
     assert_eq!(r.status, 200, "{r}");
     assert!(r.cold(), "a new VM replaces the killed one");
@@ -216,12 +254,19 @@ fn timeouts_panics_and_bad_ports_are_structured_errors_and_the_vm_is_gone() {
     let env = Env::new("errs");
     let server = Server::start(&env, &[]);
     let mut seen = Seen::default();
-    let timeout_ms = manifest("spin")["timeout_ms"].as_u64().expect("spin's timeout_ms");
+    let timeout_ms = manifest("spin").timeout_ms;
     let t = Instant::now();
     let r = server.invoke("spin", b"{}");
     assert_eq!((r.status, r.code().as_str()), (504, "timeout"), "{r}");
-    assert!(t.elapsed() >= Duration::from_millis(timeout_ms), "{:?}", t.elapsed());
-    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        t.elapsed() >= Duration::from_millis(timeout_ms),
+        "{:?}",
+        t.elapsed()
+    );
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(msg.contains(&format!("within {timeout_ms} ms")), "{msg}");
     let spin_vm = seen.add(r.vm_id());
     env.assert_nothing_left(&[spin_vm]);
@@ -237,12 +282,18 @@ fn timeouts_panics_and_bad_ports_are_structured_errors_and_the_vm_is_gone() {
 
     let r = server.invoke("badport", b"{}");
     assert!(r.status >= 500, "{r}");
-    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(msg.contains("I/O port") && msg.contains("no device"), "{r}");
     if let Some(id) = r.json()["error"]["vm_id"].as_str() {
         seen.add(id.to_string());
     }
-    assert!(server.instances().iter().all(|(f, _)| f != "badport" && f != "spin" && f != "panic"));
+    assert!(server
+        .instances()
+        .iter()
+        .all(|(f, _)| f != "badport" && f != "spin" && f != "panic"));
     server.stop();
     env.assert_nothing_left(&seen.ids());
 }
@@ -252,7 +303,11 @@ fn bad_requests_get_clear_errors_and_start_nothing() {
     let env = Env::new("bad");
     let functions = env.root.join("functions");
     std::fs::create_dir_all(functions.join("broken")).unwrap();
-    std::fs::write(functions.join("broken").join("kiln.json"), "{ this is not json").unwrap();
+    std::fs::write(
+        functions.join("broken").join("kiln.json"),
+        "{ this is not json",
+    )
+    .unwrap();
     // echo, linked into the private functions directory.
     std::os::unix::fs::symlink(
         common::repo().join("examples/functions/echo"),
@@ -261,22 +316,66 @@ fn bad_requests_get_clear_errors_and_start_nothing() {
     .unwrap();
     let server = Server::start_with(&env, env.kiln_with_functions("serve", &functions), &[]);
     let cases: &[(&str, &str, Vec<u8>, u16, &str)] = &[
-        ("POST", "/functions/nosuch/invocations", b"{}".to_vec(), 404, "unknown_function"),
-        ("POST", "/functions/..%2Fetc/invocations", b"{}".to_vec(), 404, "unknown_function"),
-        ("POST", "/functions/broken/invocations", b"{}".to_vec(), 500, "bad_manifest"),
-        ("GET", "/functions/echo/invocations", vec![], 405, "method_not_allowed"),
+        (
+            "POST",
+            "/functions/nosuch/invocations",
+            b"{}".to_vec(),
+            404,
+            "unknown_function",
+        ),
+        (
+            "POST",
+            "/functions/..%2Fetc/invocations",
+            b"{}".to_vec(),
+            404,
+            "unknown_function",
+        ),
+        (
+            "POST",
+            "/functions/broken/invocations",
+            b"{}".to_vec(),
+            500,
+            "bad_manifest",
+        ),
+        (
+            "GET",
+            "/functions/echo/invocations",
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
         ("GET", "/nowhere", vec![], 404, "not_found"),
     ];
     for (method, path, body, status, code) in cases {
         let r = request(&server.socket, method, path, body);
-        assert_eq!((r.status, r.code().as_str()), (*status, *code), "{method} {path}: {r}");
-        assert!(!r.json()["error"]["message"].as_str().unwrap_or("").is_empty(), "{r}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (*status, *code),
+            "{method} {path}: {r}"
+        );
+        assert!(
+            !r.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{r}"
+        );
     }
-    let max = usize::try_from(manifest("echo")["max_event_bytes"].as_u64().expect("echo's max_event_bytes")).unwrap();
+    let max = usize::try_from(manifest("echo").max_event_bytes).unwrap();
     let r = server.invoke("echo", &vec![b'x'; max + 1]);
-    assert_eq!((r.status, r.code().as_str()), (413, "event_too_large"), "{r}");
-    let msg = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
-    assert!(msg.contains(&format!("{}", max + 1)) && msg.contains(&max.to_string()), "{msg}");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (413, "event_too_large"),
+        "{r}"
+    );
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        msg.contains(&format!("{}", max + 1)) && msg.contains(&max.to_string()),
+        "{msg}"
+    );
     assert!(server.instances().is_empty(), "no VM was started");
     server.stop();
     env.assert_nothing_left(&["echo-".to_string(), "broken-".to_string()]);

@@ -142,7 +142,11 @@ fn send(stream: &mut impl Write, kind: Kind, id: u32, payload: &[u8]) -> Result<
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
     buf.extend_from_slice(&Header::new(kind, id, len).encode());
-    buf.extend_from_slice(payload.get(..usize::try_from(len).unwrap_or(0)).unwrap_or_default());
+    buf.extend_from_slice(
+        payload
+            .get(..usize::try_from(len).unwrap_or(0))
+            .unwrap_or_default(),
+    );
     stream.write_all(&buf)?;
     stream.flush()?;
     Ok(())
@@ -228,7 +232,10 @@ pub fn serve<S: Read + Write>(
                 stream,
                 header.id,
                 ErrorCode::Protocol,
-                &format!("the agent only accepts Invoke frames, not {:?}", header.kind),
+                &format!(
+                    "the agent only accepts Invoke frames, not {:?}",
+                    header.kind
+                ),
             )?;
             continue;
         }
@@ -336,7 +343,10 @@ mod tests {
         assert_eq!((h.kind, p.as_slice()), (Kind::Hello, &b"upper"[..]));
         put(&mut host, Kind::Invoke, 1, b"abc");
         let (h, p) = frame(&mut host);
-        assert_eq!((h.kind, h.id, p.as_slice()), (Kind::Response, 1, &b"ABC"[..]));
+        assert_eq!(
+            (h.kind, h.id, p.as_slice()),
+            (Kind::Response, 1, &b"ABC"[..])
+        );
         put(&mut host, Kind::Invoke, 2, b"fail");
         let (h, p) = frame(&mut host);
         assert_eq!((h.kind, h.id), (Kind::Error, 2));
@@ -389,12 +399,19 @@ mod tests {
         };
         let f = missing.handle(b"").unwrap_err();
         assert_eq!(f.code, ErrorCode::Handler);
-        assert!(f.message.contains("cannot run /nonexistent/handler"), "{f:?}");
+        assert!(
+            f.message.contains("cannot run /nonexistent/handler"),
+            "{f:?}"
+        );
         let mut fails = Exec {
             path: "/bin/false".into(),
             max_output: 4,
         };
-        assert!(fails.handle(b"").unwrap_err().message.contains("failed (exit status: 1)"));
+        assert!(fails
+            .handle(b"")
+            .unwrap_err()
+            .message
+            .contains("failed (exit status: 1)"));
     }
 
     #[test]

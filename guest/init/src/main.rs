@@ -170,7 +170,9 @@ fn run_agent(cfg: &AgentConfig) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Err(e) => {
-                say(&format!("KILN-INIT: error: cannot connect to the host over vsock: {e}"));
+                say(&format!(
+                    "KILN-INIT: error: cannot connect to the host over vsock: {e}"
+                ));
                 return;
             }
         }

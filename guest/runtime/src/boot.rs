@@ -122,7 +122,11 @@ impl BootInfo {
         (0..self.memmap_count)
             .filter_map(|i| self.memmap_entry(i))
             .filter(|r| r.kind == E820_RAM && r.addr <= addr)
-            .map(|r| r.addr.saturating_add(r.size).min(crate::layout::MMIO_GAP_START))
+            .map(|r| {
+                r.addr
+                    .saturating_add(r.size)
+                    .min(crate::layout::MMIO_GAP_START)
+            })
             .find(|&end| end > addr)
     }
 

@@ -33,7 +33,8 @@ fn report_fatal(code: ErrorCode, message: &[u8]) -> ! {
         if let Some(d) = DRIVER.get().as_mut() {
             let id = CURRENT_ID.get().unwrap_or(0);
             let code = error_code_bytes(code);
-            let header = Header::new(Kind::Error, id, (code.len() + message.len()) as u32);
+            let len = u32::try_from(code.len() + message.len()).unwrap_or(0);
+            let header = Header::new(Kind::Error, id, len);
             if d.write_all(&[&header.encode(), &code, message]).is_ok() {
                 d.flush(1);
             }
@@ -47,7 +48,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut msg = FixedBuf::<1024>::new();
     let text = info.message();
     let _ = match info.location() {
-        Some(at) => write!(msg, "panicked at {}:{}:{}: {text}", at.file(), at.line(), at.column()),
+        Some(at) => write!(
+            msg,
+            "panicked at {}:{}:{}: {text}",
+            at.file(),
+            at.line(),
+            at.column()
+        ),
         None => write!(msg, "panicked: {text}"),
     };
     // The allocation-failure handler of `alloc` panics with this text.

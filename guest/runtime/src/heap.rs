@@ -16,6 +16,9 @@
 //! runs the runtime allocates and nothing allocates in interrupt context, so there is no
 //! locking.
 
+// Size classes are below 9 and shifts below 13: the casts cannot truncate.
+#![allow(clippy::cast_possible_truncation)]
+
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -256,9 +259,7 @@ unsafe impl GlobalAlloc for KilnHeap {
         if let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) {
             let same = match (class_of(&layout), class_of(&new_layout)) {
                 (Some(a), Some(b)) => a == b,
-                (None, None) => {
-                    layout.size().div_ceil(PAGE) == new_size.div_ceil(PAGE)
-                }
+                (None, None) => layout.size().div_ceil(PAGE) == new_size.div_ceil(PAGE),
                 _ => false,
             };
             if same {

@@ -36,7 +36,10 @@ fn write(addr: u64, value: u32) {
 /// (Kiln's, Firecracker) wire it to the legacy PIC as ExtINT, whose uninitialised vector base
 /// would deliver the device's IRQ n as exception vector n.
 pub fn init() {
-    write(LAPIC + LAPIC_SVR, LAPIC_SVR_ENABLE | u32::from(VECTOR_SPURIOUS));
+    write(
+        LAPIC + LAPIC_SVR,
+        LAPIC_SVR_ENABLE | u32::from(VECTOR_SPURIOUS),
+    );
     write(LAPIC + LAPIC_LVT_LINT0, LAPIC_LVT_MASKED);
     write(LAPIC + LAPIC_TIMER_DIVIDE, LAPIC_DIVIDE_1);
     write(LAPIC + LAPIC_LVT_TIMER, u32::from(VECTOR_DEVICE));

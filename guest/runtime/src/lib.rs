@@ -87,7 +87,9 @@ pub const fn parse_u32_or(value: Option<&str>, default: u32) -> u32 {
         }
         i += 1;
     }
-    v as u32
+    #[allow(clippy::cast_possible_truncation)] // v <= u32::MAX, checked in the loop
+    let v = v as u32;
+    v
 }
 
 /// Declares the function's handler and generates the image's entry glue.

@@ -48,9 +48,15 @@ fn with_driver<R>(f: impl FnOnce(&mut Vsock) -> R) -> R {
     }
 }
 
+/// Longest error message sent (longer handler error texts are cut).
+pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
+
 fn send_frame(kind: Kind, id: u32, parts: &[&[u8]]) -> Result<(), VsockError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let header = Header::new(kind, id, len as u32).encode();
+    // Callers bound every payload (responses to MAX_RESPONSE_BYTES, messages to
+    // MAX_ERROR_MESSAGE), so the length fits the header's u32.
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let header = Header::new(kind, id, len).encode();
     with_driver(|d| match parts {
         [] => d.write_all(&[&header]),
         [a] => d.write_all(&[&header, a]),
@@ -65,6 +71,11 @@ fn send_frame(kind: Kind, id: u32, parts: &[&[u8]]) -> Result<(), VsockError> {
 }
 
 fn send_error(id: u32, code: ErrorCode, message: &str) -> Result<(), VsockError> {
+    let mut cut = message.len().min(MAX_ERROR_MESSAGE);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let message = &message[..cut];
     send_frame(
         Kind::Error,
         id,
@@ -99,6 +110,9 @@ where
             core::str::from_utf8(boot.cmdline).unwrap_or("<not UTF-8>")
         );
     }
+    // SAFETY: written once by start.rs before this runs.
+    let start_tsc = unsafe { *crate::start::START_TSC.get() };
+    let t_init = rdtsc();
     crate::irq::init();
     let mut vsock = match Vsock::init(boot.cmdline) {
         Ok(v) => v,
@@ -107,12 +121,20 @@ where
             reset();
         }
     };
+    let t_connect = rdtsc();
     if let Err(e) = vsock.connect(port, CONNECT_SECONDS) {
         rt_log!("error vsock connect to host port {port}: {e}");
         reset();
     }
     if verbose {
-        rt_log!("connected cid={} port={port}", vsock.guest_cid);
+        let now = rdtsc();
+        rt_log!(
+            "connected cid={} port={port} tsc: start->init {} init (irq+virtio) {} connect {}",
+            vsock.guest_cid,
+            t_init.wrapping_sub(start_tsc),
+            t_connect.wrapping_sub(t_init),
+            now.wrapping_sub(t_connect)
+        );
     }
     // SAFETY: no other reference to DRIVER exists yet.
     unsafe { *DRIVER.get() = Some(vsock) };
@@ -122,10 +144,11 @@ where
         reset();
     }
     loop {
+        // Counted from the wait for the next frame: that wait is part of the invocation.
+        let before = with_driver(|d| d.stats);
         let mut raw = [0u8; HEADER_LEN];
         let r = with_driver(|d| d.read_exact(&mut raw));
         let t0 = rdtsc();
-        let before = with_driver(|d| d.stats);
         if let Err(e) = r.and_then(|()| serve_one(config, &raw, &mut handler)) {
             match e {
                 VsockError::Closed => {
@@ -156,7 +179,11 @@ where
 }
 
 /// Handles one frame whose header is `raw`.
-fn serve_one<E, F>(config: &FunctionConfig, raw: &[u8; HEADER_LEN], handler: &mut F) -> Result<(), VsockError>
+fn serve_one<E, F>(
+    config: &FunctionConfig,
+    raw: &[u8; HEADER_LEN],
+    handler: &mut F,
+) -> Result<(), VsockError>
 where
     E: Display,
     F: FnMut(&[u8]) -> Result<Vec<u8>, E>,

@@ -17,12 +17,10 @@ pub const MAGIC: u32 = 0x7472_6976;
 pub const DEVICE_VSOCK: u32 = 19;
 
 const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
 const REG_DEVICE_ID: u64 = 0x008;
 const REG_DRIVER_FEATURES: u64 = 0x020;
 const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
 const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
 const REG_QUEUE_NUM: u64 = 0x038;
 const REG_QUEUE_READY: u64 = 0x044;
 const REG_QUEUE_NOTIFY: u64 = 0x050;
@@ -75,10 +73,10 @@ impl Mmio {
         self.write(REG_STATUS, status);
     }
 
-    /// Reset, ACKNOWLEDGE, DRIVER, VERSION_1 as the only feature, FEATURES_OK; returns the
-    /// status read back (FEATURES_OK is clear when the device refused).
+    /// ACKNOWLEDGE, DRIVER, VERSION_1 as the only feature, FEATURES_OK; returns the status
+    /// read back (FEATURES_OK is clear when the device refused). The device is fresh from
+    /// the VMM (status 0: reset), so no reset is written first.
     pub fn negotiate(&self) -> u32 {
-        self.set_status(0);
         self.set_status(STATUS_ACK);
         self.set_status(STATUS_ACK | STATUS_DRIVER);
         // Feature word 0 stays 0 (its reset value): no device-specific feature is used.
@@ -88,14 +86,11 @@ impl Mmio {
         self.status()
     }
 
-    /// The largest size the device accepts for queue `index` (0: the queue does not exist).
-    pub fn queue_max(&self, index: u32) -> u32 {
+    /// Configures queue `index` on `q` and enables it. Its maximum size is not read (one exit
+    /// saved per queue): a device whose queue is smaller than [`QUEUE_SIZE`] refuses
+    /// DRIVER_OK, which the driver reports.
+    pub fn setup_queue(&self, index: u32, q: &Queue) {
         self.write(REG_QUEUE_SEL, index);
-        self.read(REG_QUEUE_NUM_MAX)
-    }
-
-    /// Configures the selected queue (see [`Mmio::queue_max`]) on `q` and enables it.
-    pub fn setup_queue(&self, q: &Queue) {
         let (desc, avail, used) = q.addresses();
         self.write(REG_QUEUE_NUM, QUEUE_SIZE as u32);
         self.write(REG_QUEUE_DESC_LOW, desc as u32);
@@ -114,7 +109,8 @@ impl Mmio {
 }
 
 /// The first device of type `device_id` among the command line's `virtio_mmio.device=`
-/// entries, with the magic value and version 2.
+/// entries that answers with the magic value (the version is not read: a version-1 device
+/// refuses VERSION_1, which the driver reports).
 pub fn find(cmdline: &[u8], device_id: u32) -> Option<Mmio> {
     cmdline
         .split(|b| matches!(b, b' ' | b'\t' | b'\n'))
@@ -122,11 +118,7 @@ pub fn find(cmdline: &[u8], device_id: u32) -> Option<Mmio> {
         .filter_map(|w| w.strip_prefix(b"virtio_mmio.device="))
         .filter_map(parse_entry)
         .take(32)
-        .find(|d| {
-            d.read(REG_DEVICE_ID) == device_id
-                && d.read(REG_MAGIC) == MAGIC
-                && d.read(REG_VERSION) == 2
-        })
+        .find(|d| d.read(REG_DEVICE_ID) == device_id && d.read(REG_MAGIC) == MAGIC)
 }
 
 /// `<size>@<base>:<irq>`, size with an optional K/M/G suffix; the register file must lie in

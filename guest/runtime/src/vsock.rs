@@ -78,8 +78,6 @@ pub enum VsockError {
     NoMemory,
     /// The device refused VIRTIO_F_VERSION_1 (status read back).
     FeaturesRefused(u32),
-    /// A queue is smaller than the driver's rings.
-    QueueTooSmall { queue: u32, max: u32 },
     /// DRIVER_OK did not stick (status read back).
     DeviceFailed(u32),
     /// The host refused the connection (RST): nobody listens on the port.
@@ -99,11 +97,10 @@ impl fmt::Display for VsockError {
             VsockError::FeaturesRefused(s) => {
                 write!(f, "virtio-vsock refused VERSION_1 (status {s:#x})")
             }
-            VsockError::QueueTooSmall { queue, max } => write!(
+            VsockError::DeviceFailed(s) => write!(
                 f,
-                "virtio-vsock queue {queue} holds {max} entries, fewer than {QUEUE_SIZE}"
+                "virtio-vsock did not start (status {s:#x}; its queues must hold {QUEUE_SIZE} entries)"
             ),
-            VsockError::DeviceFailed(s) => write!(f, "virtio-vsock did not start (status {s:#x})"),
             VsockError::Refused { port } => {
                 write!(f, "the host refused the connection to port {port}")
             }
@@ -217,11 +214,7 @@ impl Vsock {
             stats: Stats::default(),
         };
         for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
-            let max = mmio.queue_max(index);
-            if max < QUEUE_SIZE as u32 {
-                return Err(VsockError::QueueTooSmall { queue: index, max });
-            }
-            mmio.setup_queue(q);
+            mmio.setup_queue(index, q);
         }
         v.guest_cid = u64::from(mmio.config_u32(0)) | u64::from(mmio.config_u32(4)) << 32;
         for slot in 0..RX_SLOTS {
@@ -262,8 +255,13 @@ impl Vsock {
             DESC_F_WRITE | DESC_F_NEXT,
             (head + 1) as u16,
         );
-        self.rx
-            .set_desc(head + 1, at + SLOT_HDR as u64, RX_BUF as u32, DESC_F_WRITE, 0);
+        self.rx.set_desc(
+            head + 1,
+            at + SLOT_HDR as u64,
+            RX_BUF as u32,
+            DESC_F_WRITE,
+            0,
+        );
         self.rx.push(head as u16);
         self.rx_notify = true;
     }
@@ -456,13 +454,8 @@ impl Vsock {
                 DESC_F_NEXT,
                 (head + 1) as u16,
             );
-            self.tx.set_desc(
-                head + 1,
-                at as u64 + SLOT_HDR as u64,
-                len as u32,
-                0,
-                0,
-            );
+            self.tx
+                .set_desc(head + 1, at as u64 + SLOT_HDR as u64, len as u32, 0, 0);
         }
         self.tx.push(head as u16);
         self.stats.tx_packets += 1;
@@ -620,9 +613,7 @@ impl Vsock {
                 let k = (p.len() - off).min(n - filled);
                 // SAFETY: `buf[filled..filled + k]` lies in the free slot's data buffer
                 // (`n <= TX_BUF`); the source is `k` bytes of `p` from `off`.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(p.as_ptr().add(off), buf.add(filled), k)
-                };
+                unsafe { core::ptr::copy_nonoverlapping(p.as_ptr().add(off), buf.add(filled), k) };
                 filled += k;
                 off += k;
                 if off == p.len() {
@@ -662,8 +653,8 @@ impl Vsock {
 
 /// `slots` buffer slots of a header area and `buf` data bytes each, from the heap.
 fn alloc_slots(slots: usize, buf: usize) -> Result<*mut u8, VsockError> {
-    let layout =
-        Layout::from_size_align(slots * (SLOT_HDR + buf), 4096).map_err(|_| VsockError::NoMemory)?;
+    let layout = Layout::from_size_align(slots * (SLOT_HDR + buf), 4096)
+        .map_err(|_| VsockError::NoMemory)?;
     // SAFETY: the layout has a non-zero size.
     let p = unsafe { alloc::alloc::alloc(layout) };
     if p.is_null() {

@@ -7,7 +7,7 @@
 //! a tap), API traffic of every kind, pause/resume with two vCPUs, FlushMetrics, SIGTERM;
 //! then each virtio-blk and virtio-net scenario (reads, writes, flush, id, read-only,
 //! out-of-range, the hostile ones, a backing-file swap through `PATCH /drives`, frames both
-//! ways on a tap), the guest's i8042 reset with serial input on stdin, and a triple fault
+//! ways on a tap), virtio-vsock both ways and with malformed packets, the guest's i8042 reset with serial input on stdin, and a triple fault
 //! (the vCPU fault path).
 
 #![allow(dead_code)]
@@ -22,6 +22,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+
+/// Keeps a VMM that a test kills with SIGSYS or SIGABRT from writing a core file into the
+/// test's working directory (RLIMIT_CORE 0 in the child).
+pub fn no_core_dumps(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Longest a VMM of the lifecycle may run (generous: strace slows every exit down).
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -272,6 +292,7 @@ impl Launch {
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        no_core_dumps(&mut cmd);
         let start = Instant::now();
         let mut child = cmd
             .spawn()
@@ -470,6 +491,12 @@ fn api_run(launch: &Launch) -> Outcome {
         &drive_json("data", &data, false, true),
     );
     ok(&sock, "PUT", "/network-interfaces/eth0", &net_json(&tap));
+    let vsock = dir.path("v.sock");
+    let vsock_body = format!(
+        "{{\"guest_cid\": 3, \"uds_path\": {:?}}}",
+        vsock.to_str().expect("utf-8")
+    );
+    ok(&sock, "PUT", "/vsock", &vsock_body);
     let _ = api(&sock, "GET", "/vm/config", "");
     let _ = api(&sock, "GET", "/", "");
     ok(
@@ -499,6 +526,14 @@ fn api_run(launch: &Launch) -> Outcome {
         "/actions",
         "{\"action_type\": \"FlushMetrics\"}",
     );
+    // A host connection to the vsock device (whose guest has no driver): accepted, read,
+    // refused.
+    if let Ok(mut c) = UnixStream::connect(&vsock) {
+        let _ = c.write_all(b"CONNECT 52\n");
+        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut answer = [0u8; 64];
+        let _ = c.read(&mut answer);
+    }
     ok(
         &sock,
         "PATCH",
@@ -652,6 +687,84 @@ fn reset_run(launch: &Launch) -> Outcome {
     vm.finish("reset", Expect::Exit(0), false)
 }
 
+/// virtio-vsock with Firecracker's host side, each way and with a hostile guest
+/// (`vsock-connect`: the guest connects to `<uds_path>_1234` where the test listens;
+/// `vsock-listen`: the test connects to `uds_path` with `CONNECT 5000`, after a host peer that
+/// sends garbage; `vsock-bad`: malformed packets, then a normal exchange).
+fn vsock_run(launch: &Launch, run: &'static str) -> Outcome {
+    let dir = Scratch::new("kiln-sc-vsock");
+    let uds = dir.path("v.sock");
+    let boot_args = match run {
+        "vsock-listen" => "kiln.test=vsock-listen kiln.port=5000".to_string(),
+        other => format!("kiln.test={other} kiln.port=1234"),
+    };
+    let cfg = config(&dir, &boot_args, &[], &[]);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let vsock = format!(
+        ",\n \"vsock\": {{\"guest_cid\": 3, \"uds_path\": {:?}}}}}\n",
+        uds.to_str().expect("utf-8")
+    );
+    std::fs::write(
+        &cfg,
+        format!("{}{vsock}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let listener = (run != "vsock-listen").then(|| {
+        let l = std::os::unix::net::UnixListener::bind(dir.path("v.sock_1234"))
+            .expect("bind <uds_path>_1234");
+        l.set_nonblocking(true).expect("nonblocking listener");
+        l
+    });
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    let mut vm = launch.start(run, None, &args, false);
+    let exchange = |s: &mut UnixStream, message: &[u8]| {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 256];
+        if !message.is_empty() {
+            let _ = s.write_all(message);
+        }
+        // Whatever comes, until the peer closes.
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    };
+    match listener {
+        Some(l) => {
+            let deadline = Instant::now() + TIMEOUT;
+            let mut stream = None;
+            while stream.is_none() && Instant::now() < deadline {
+                match l.accept() {
+                    Ok((s, _)) => stream = Some(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            if let Some(mut s) = stream {
+                let _ = s.set_nonblocking(false);
+                let mut msg = [0u8; 36];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.read_exact(&mut msg);
+                exchange(&mut s, b"KILN-HOST reply to the guest");
+            }
+        }
+        None => {
+            assert!(
+                vm.wait_line_contains("vsock listen port=5000"),
+                "the guest never listened:\n{}",
+                vm.seen
+            );
+            if let Ok(mut garbage) = UnixStream::connect(&uds) {
+                exchange(&mut garbage, b"HELLO VMM\n");
+            }
+            if let Ok(mut s) = UnixStream::connect(&uds) {
+                let _ = s.write_all(b"CONNECT 5000\n");
+                let mut ok = [0u8; 16];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.read(&mut ok);
+                exchange(&mut s, b"hello from the host, kiln");
+            }
+        }
+    }
+    vm.finish(run, Expect::Exit(0), true)
+}
+
 /// A triple fault: the vCPU thread's fault path (registers, translation), exit code 2.
 fn triple_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-triple");
@@ -688,6 +801,9 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     all.push(swap_run(launch, "blk-swap-ro", true));
     all.push(net_run(launch, "net-tx"));
     all.push(net_run(launch, "net-rx"));
+    for run in ["vsock-connect", "vsock-listen", "vsock-bad"] {
+        all.push(vsock_run(launch, run));
+    }
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all

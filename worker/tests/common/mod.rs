@@ -28,7 +28,10 @@ impl Env {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = unique_id(prefix);
         // Short: the vsock socket path under the state directory must fit in 107 bytes.
-        let root = PathBuf::from("/tmp").join(format!("kw-{}", name.replace(prefix, "").trim_start_matches('-')));
+        let root = PathBuf::from("/tmp").join(format!(
+            "kw-{}",
+            name.replace(prefix, "").trim_start_matches('-')
+        ));
         let chroot_base = root.join("j");
         let state_dir = root.join("s");
         std::fs::create_dir_all(&chroot_base).expect("create the chroot base");
@@ -62,14 +65,21 @@ impl Env {
                 .map(|c| format!("cgroup {c}")),
         );
         left.extend(snap.netns.into_iter().map(|n| format!("netns {n}")));
+        // `<base>/vmm` itself may stay when jails ran side by side (only the jail that
+        // created it removes it, if it is empty then); what is in it may not.
+        let exec_dir = self.chroot_base.join("vmm");
         left.extend(
             snap.files
                 .into_iter()
-                .filter(|f| Path::new(f) != self.chroot_base)
+                .filter(|f| Path::new(f) != self.chroot_base && Path::new(f) != exec_dir)
                 .map(|f| format!("file {f}")),
         );
         if let Ok(entries) = std::fs::read_dir(self.state_dir.join("instances")) {
-            left.extend(entries.flatten().map(|e| format!("instance dir {}", e.path().display())));
+            left.extend(
+                entries
+                    .flatten()
+                    .map(|e| format!("instance dir {}", e.path().display())),
+            );
         }
         left
     }
@@ -118,18 +128,16 @@ impl Env {
             .arg(self.uid_base.to_string())
             .args(["--uid-count", "20"])
             .arg("--parent-cgroup")
-            .arg(&self.parent_cgroup)
-            .arg("--vmm-arg=--no-seccomp"); // DEV-ONLY: seccomp policies in progress
+            .arg(&self.parent_cgroup);
         cmd
     }
 }
 
-/// A function's manifest, read by the test to know its limits.
-pub fn manifest(function: &str) -> serde_json::Value {
-    let path = repo().join("examples/functions").join(function).join("kiln.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("MISSING PRECONDITION: example function manifest {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// A function's manifest (with its defaults), read by the test to know its limits.
+pub fn manifest(function: &str) -> kiln_guest_builder::Manifest {
+    let dir = repo().join("examples/functions").join(function);
+    kiln_guest_builder::Manifest::load(&dir)
+        .unwrap_or_else(|e| panic!("MISSING PRECONDITION: example function {function}: {e}"))
 }
 
 /// An HTTP answer.
@@ -169,7 +177,10 @@ impl Reply {
 
     /// The error code of a JSON error answer.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -184,7 +195,8 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> Reply {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -249,9 +261,15 @@ impl Server {
         let t = std::time::Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("kiln serve exited ({status}): {}", stderr.join().unwrap_or_default());
+                panic!(
+                    "kiln serve exited ({status}): {}",
+                    stderr.join().unwrap_or_default()
+                );
             }
-            assert!(t.elapsed() < std::time::Duration::from_secs(30), "kiln serve did not listen");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "kiln serve did not listen"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Server {
@@ -262,7 +280,12 @@ impl Server {
     }
 
     pub fn invoke(&self, function: &str, event: &[u8]) -> Reply {
-        request(&self.socket, "POST", &format!("/functions/{function}/invocations"), event)
+        request(
+            &self.socket,
+            "POST",
+            &format!("/functions/{function}/invocations"),
+            event,
+        )
     }
 
     /// `GET /functions`: function name → its instances.
@@ -302,7 +325,11 @@ impl Server {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         assert!(status.success(), "kiln serve: {status}\n{stderr}");
         assert!(!self.socket.exists(), "the socket is removed at exit");
         stderr

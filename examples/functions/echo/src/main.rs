@@ -13,7 +13,8 @@ use kiln_runtime::prelude::*;
 kiln_runtime::function!(echo);
 
 fn echo(event: &[u8]) -> Result<Vec<u8>, String> {
-    json::validate(event).map_err(|(at, what)| format!("event is not JSON: {what} at byte {at}"))?;
+    json::validate(event)
+        .map_err(|(at, what)| format!("event is not JSON: {what} at byte {at}"))?;
     let mut out = Vec::with_capacity(event.len() + 10);
     out.extend_from_slice(b"{\"echo\":");
     out.extend_from_slice(event);

@@ -10,8 +10,9 @@
 //! * `vsock-listen`: `vsock listen port=P`, then waits (about 20 s) for the host to connect
 //!   (the host writes `CONNECT <port>\n` on `uds_path`). A REQUEST for another port is
 //!   refused with an RST: `vsock refused port=Q`. For its port: `vsock accepted port=P
-//!   from=N`, then the host's message: `vsock got len=N data=<escaped>`, which it sends back
-//!   in upper case: `vsock echoed len=N`, then shuts down: `vsock closed op=3`.
+//!   from=N`, then the host's first message, which it sends back in upper case before
+//!   printing `vsock got len=N data=<escaped>` and `vsock echoed len=N`, then shuts down:
+//!   `vsock closed op=3`.
 //! * `vsock-bad`: hostile packets, each answered or not: `vsock bad case=NAME answer=rst`
 //!   (an RST from the ports it was sent to), `answer=none` (nothing within ~0.1 s) or
 //!   `answer=op<N>`; cases `src_cid` (wrong source CID: none), `dst_cid` (not to the host:
@@ -221,7 +222,7 @@ pub fn run_listen(info: &BootInfo, con: &mut Console) {
         .s(" from=")
         .dec(peer.into())
         .end();
-    let mut msg = match next(&mut v, REPLY_CYCLES) {
+    let msg = match next(&mut v, REPLY_CYCLES) {
         Some(p) if p.hdr.op == OP_RW => p,
         Some(p) => {
             con.error().s("vsock got op=").dec(p.hdr.op.into()).end();
@@ -232,16 +233,22 @@ pub fn run_listen(info: &BootInfo, con: &mut Console) {
             return;
         }
     };
+    // Echo first, print after: the host measures the round trip.
+    let data = msg.data();
+    let len = data.len();
+    let mut h = v.hdr(OP_RW, port, peer);
+    h.len = len as u32;
+    let buf = v.tx_buffer();
+    h.write(&mut buf[..HDR]);
+    buf[HDR..HDR + len].copy_from_slice(data);
+    buf[HDR..HDR + len].make_ascii_uppercase();
+    v.send_raw((HDR + len) as u32);
     con.line()
         .s("vsock got len=")
-        .dec(msg.len as u64)
+        .dec(len as u64)
         .s(" data=")
-        .escaped(msg.data())
+        .escaped(data)
         .end();
-    let len = msg.len;
-    msg.data[..len].make_ascii_uppercase();
-    let h = v.hdr(OP_RW, port, peer);
-    v.send(&h, &msg.data[..len]);
     con.line().s("vsock echoed len=").dec(len as u64).end();
     close(&mut v, con, port, peer);
 }

@@ -103,16 +103,22 @@ impl Hdr {
     }
 }
 
-/// A packet taken from a receive buffer: its header and up to [`MAX_DATA`] payload bytes.
+/// A packet in a receive buffer: its header and where its payload is. The buffer stays the
+/// driver's until the next [`Vsock::recv`], which posts it again.
 pub struct Packet {
     pub hdr: Hdr,
-    pub data: [u8; MAX_DATA],
+    buf: usize,
     pub len: usize,
 }
 
 impl Packet {
-    pub fn data(&self) -> &[u8] {
-        &self.data[..self.len.min(MAX_DATA)]
+    /// The payload (at most [`MAX_DATA`] bytes).
+    pub fn data(&self) -> &'static [u8] {
+        // SAFETY: the device wrote this buffer before its used entry and does not use it
+        // again until `recv` posts it, after the caller is done with the packet (one vCPU,
+        // one packet at a time).
+        let buf = unsafe { &*addr_of!((*BUFFERS.get()).rx[self.buf % RX_BUFS]) };
+        &buf[HDR..HDR + self.len.min(MAX_DATA)]
     }
 }
 
@@ -124,6 +130,8 @@ pub struct Vsock {
     pub cid: u64,
     /// Payload bytes taken out of receive buffers (our `fwd_cnt`).
     pub fwd_cnt: u32,
+    /// The receive buffer of the last packet returned, posted again by the next `recv`.
+    held: Option<usize>,
 }
 
 fn rx_addr(i: usize) -> u64 {
@@ -170,6 +178,7 @@ impl Vsock {
             _event: event,
             cid,
             fwd_cnt: 0,
+            held: None,
         })
     }
 
@@ -217,32 +226,33 @@ impl Vsock {
         tx_buf()
     }
 
-    /// Waits up to `cycles` TSC cycles for the next packet from the device; the receive
-    /// buffer is posted again at once.
+    /// Waits up to `cycles` TSC cycles for the next packet from the device. The buffer of
+    /// the packet returned before is posted again first.
     pub fn recv(&mut self, cycles: u64) -> Option<Packet> {
+        if let Some(id) = self.held.take() {
+            compiler_fence(Ordering::SeqCst);
+            self.rx.push(id as u16);
+            self.mmio.notify(0);
+        }
         let used = self.rx.wait_used(cycles)?;
         compiler_fence(Ordering::SeqCst);
         let id = used.id as usize % RX_BUFS;
-        // SAFETY: the device wrote this buffer before its used entry and no longer uses it
-        // until it is posted again below.
+        self.held = Some(id);
+        // SAFETY: as in `Packet::data`: the device is done with this buffer.
         let buf = unsafe { &*addr_of!((*BUFFERS.get()).rx[id]) };
         let used_len = (used.len as usize).min(RX_BUF_LEN);
-        let mut p = Packet {
-            hdr: Hdr::default(),
-            data: [0; MAX_DATA],
-            len: 0,
-        };
-        if used_len >= HDR {
-            p.hdr = Hdr::read(&buf[..HDR]);
-            p.len = (used_len - HDR).min(p.hdr.len as usize);
-            p.data[..p.len].copy_from_slice(&buf[HDR..HDR + p.len]);
-            if p.hdr.op == OP_RW {
-                self.fwd_cnt = self.fwd_cnt.wrapping_add(p.len as u32);
-            }
+        if used_len < HDR {
+            return Some(Packet {
+                hdr: Hdr::default(),
+                buf: id,
+                len: 0,
+            });
         }
-        compiler_fence(Ordering::SeqCst);
-        self.rx.push(id as u16);
-        self.mmio.notify(0);
-        Some(p)
+        let hdr = Hdr::read(&buf[..HDR]);
+        let len = (used_len - HDR).min(hdr.len as usize);
+        if hdr.op == OP_RW {
+            self.fwd_cnt = self.fwd_cnt.wrapping_add(len as u32);
+        }
+        Some(Packet { hdr, buf: id, len })
     }
 }

@@ -2,7 +2,7 @@
 //! capabilities inside it), other namespaces, and a thread in new namespaces through the
 //! `clone` flags the jail's filter lets through (CLONE_THREAD set).
 
-use crate::sys::{check, verdict};
+use crate::sys::{check, long, verdict};
 use crate::{Attempt, Outcome};
 
 /// _LINUX_CAPABILITY_VERSION_3.
@@ -108,7 +108,7 @@ pub const ATTEMPTS: &[Attempt] = &[
         what: "create a user namespace (every capability inside it)",
         run: |_| {
             // SAFETY: unshare takes flags only.
-            let ret = unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) };
+            let ret = unsafe { libc::syscall(libc::SYS_unshare, long(libc::CLONE_NEWUSER)) };
             verdict(ret, false, "a new user namespace with every capability in it")
         },
     },
@@ -118,7 +118,7 @@ pub const ATTEMPTS: &[Attempt] = &[
         run: |_| {
             // SAFETY: unshare takes flags only.
             let ret = unsafe {
-                libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS | libc::CLONE_NEWNET)
+                libc::syscall(libc::SYS_unshare, long(libc::CLONE_NEWNS | libc::CLONE_NEWNET))
             };
             verdict(ret, false, "new mount and network namespaces")
         },
@@ -158,14 +158,7 @@ fn clone_thread_ns() -> Outcome {
     for f in [flags, alt] {
         // SAFETY: the child runs `thread_body` (which touches nothing) on its own leaked
         // stack and exits; the stack grows down from `top`.
-        let ret = unsafe {
-            libc::clone(
-                thread_body,
-                top.cast(),
-                f,
-                std::ptr::null_mut(),
-            )
-        };
+        let ret = unsafe { libc::clone(thread_body, top.cast(), f, std::ptr::null_mut()) };
         match check(ret.into()) {
             Ok(_) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));

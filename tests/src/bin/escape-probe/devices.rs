@@ -10,7 +10,8 @@ const RNDADDTOENTCNT: libc::c_ulong = 0x4004_5201;
 pub const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "devices.host-nodes",
-        what: "open the host's memory, ports, disks and consoles (/dev/mem, /dev/port, /dev/sda, ...)",
+        what:
+            "open the host's memory, ports, disks and consoles (/dev/mem, /dev/port, /dev/sda, ...)",
         run: |_| host_nodes(),
     },
     Attempt {
@@ -51,7 +52,13 @@ pub const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "devices.urandom-write",
         what: "open /dev/urandom for writing (the jail grants read only)",
-        run: |_| verdict(open("/dev/urandom", libc::O_WRONLY, 0), true, "opened /dev/urandom for writing"),
+        run: |_| {
+            verdict(
+                open("/dev/urandom", libc::O_WRONLY, 0),
+                true,
+                "opened /dev/urandom for writing",
+            )
+        },
     },
     Attempt {
         name: "devices.urandom-ioctl",
@@ -95,15 +102,29 @@ pub const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "devices.userfaultfd-node",
         what: "open /dev/userfaultfd (not given without --userfaultfd)",
-        run: |_| verdict(open("/dev/userfaultfd", libc::O_RDWR, 0), true, "opened /dev/userfaultfd"),
+        run: |_| {
+            verdict(
+                open("/dev/userfaultfd", libc::O_RDWR, 0),
+                true,
+                "opened /dev/userfaultfd",
+            )
+        },
     },
 ];
 
 fn host_nodes() -> Outcome {
     let mut errors = Vec::new();
     for node in [
-        "/dev/mem", "/dev/kmem", "/dev/port", "/dev/sda", "/dev/vda", "/dev/nvme0n1",
-        "/dev/console", "/dev/tty", "/dev/kmsg", "/dev/null",
+        "/dev/mem",
+        "/dev/kmem",
+        "/dev/port",
+        "/dev/sda",
+        "/dev/vda",
+        "/dev/nvme0n1",
+        "/dev/console",
+        "/dev/tty",
+        "/dev/kmsg",
+        "/dev/null",
     ] {
         match check(open(node, libc::O_RDONLY, 0)) {
             Ok(fd) => {

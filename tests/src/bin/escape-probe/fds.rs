@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::sys::{cstr, errno_name, errno, last_error, sleep_ms};
+use crate::sys::{cstr, errno, errno_name, last_error, sleep_ms};
 use crate::{Attempt, Ctx, Outcome};
 
 pub const ATTEMPTS: &[Attempt] = &[

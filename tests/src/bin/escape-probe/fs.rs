@@ -9,7 +9,13 @@ pub const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "fs.etc-shadow",
         what: "read the host's /etc/shadow",
-        run: |_| verdict(open("/etc/shadow", libc::O_RDONLY, 0), true, "opened /etc/shadow"),
+        run: |_| {
+            verdict(
+                open("/etc/shadow", libc::O_RDONLY, 0),
+                true,
+                "opened /etc/shadow",
+            )
+        },
     },
     Attempt {
         name: "fs.proc-1-root",
@@ -41,6 +47,17 @@ pub const ATTEMPTS: &[Attempt] = &[
                 open("/proc/self/fd/1", libc::O_WRONLY, 0),
                 true,
                 "reopened fd 1 through /proc/self/fd",
+            )
+        },
+    },
+    Attempt {
+        name: "fs.sys-cgroup",
+        what: "read the host's cgroup tree (its own limits, other tenants' cgroups) under /sys",
+        run: |_| {
+            verdict(
+                open("/sys/fs/cgroup", libc::O_RDONLY | libc::O_DIRECTORY, 0),
+                true,
+                "opened /sys/fs/cgroup",
             )
         },
     },
@@ -89,7 +106,13 @@ pub const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "fs.overwrite-vmm",
         what: "open the jail's VMM binary for writing",
-        run: |ctx| verdict(open(&ctx.exe, libc::O_WRONLY, 0), true, "opened the VMM binary for writing"),
+        run: |ctx| {
+            verdict(
+                open(&ctx.exe, libc::O_WRONLY, 0),
+                true,
+                "opened the VMM binary for writing",
+            )
+        },
     },
     Attempt {
         name: "fs.read-pidfile",
@@ -99,6 +122,17 @@ pub const ATTEMPTS: &[Attempt] = &[
                 open(&format!("{}.pid", ctx.exe), libc::O_RDONLY, 0),
                 true,
                 "opened the pid file",
+            )
+        },
+    },
+    Attempt {
+        name: "fs.write-pidfile",
+        what: "rewrite the jail's pid file (so that the host signals or cleans up another process)",
+        run: |ctx| {
+            verdict(
+                open(&format!("{}.pid", ctx.exe), libc::O_WRONLY, 0),
+                true,
+                "opened the pid file for writing",
             )
         },
     },
@@ -143,7 +177,8 @@ pub const ATTEMPTS: &[Attempt] = &[
     },
     Attempt {
         name: "fs.chroot-escape",
-        what: "the classic chroot escape: chroot into a subdirectory, chdir .. repeatedly, chroot .",
+        what:
+            "the classic chroot escape: chroot into a subdirectory, chdir .. repeatedly, chroot .",
         run: chroot_escape,
     },
     Attempt {
@@ -254,7 +289,7 @@ fn open_by_handle(ctx: &Ctx) -> Outcome {
     handle.extend_from_slice(&bytes);
     // Any descriptor on the same file system serves as the mount: the jail's root is a
     // bind mount of a directory of the host's file system.
-    let mount = match Fd::from_ret(open("/", libc::O_PATH | libc::O_DIRECTORY, 0)) {
+    let mount = match Fd::from_ret(open("/", libc::O_RDONLY | libc::O_DIRECTORY, 0)) {
         Ok(d) => d,
         Err(e) => return Outcome::Error(format!("open /: {e}")),
     };
@@ -303,7 +338,11 @@ fn exec_from_run(ctx: &Ctx) -> Outcome {
         Err(e) => return Outcome::Error(format!("read {}: {e}", ctx.exe)),
     };
     let path = "/run/planted-exe";
-    let fd = match Fd::from_ret(open(path, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, 0o700)) {
+    let fd = match Fd::from_ret(open(
+        path,
+        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+        0o700,
+    )) {
         Ok(fd) => fd,
         Err(e) => return Outcome::Blocked(format!("create: {e}")),
     };

@@ -19,7 +19,8 @@
 //! ignored):
 //!
 //! ```text
-//! --list                      print `NAME<TAB>FAMILY<TAB>DESCRIPTION` per attempt, exit
+//! --list                      print `NAME<TAB>FAMILY<TAB>alone|batch<TAB>DESCRIPTION`
+//!                             per attempt (`alone`: run it in a jail of its own), exit
 //! --attempts A,B,...|all      run these attempts in order
 //! --victim PID                host pid of a process to signal/ptrace (the test's)
 //! --tcp ADDR:PORT             a TCP listener the test runs outside the jail
@@ -31,6 +32,7 @@
 //! --handle TYPE:HEX           a file handle (name_to_handle_at) of a host file
 //! --other-socket PATH         host path of another tenant's API/vsock socket
 //! --other-addr ADDR:PORT      another tenant's network address (TCP)
+//! --hold                      after the attempts, print `holding` and wait for stdin EOF
 //! --exec-marker NAME          (internal) the image an exec attempt managed to start
 //! ```
 //!
@@ -108,6 +110,24 @@ const FAMILIES: &[(&str, &[Attempt])] = &[
     ("resources", resources::ATTEMPTS),
 ];
 
+/// Attempts that change the process when they get through (its root, identity, image or
+/// memory) or may end it: the test runs each of them in a jail of its own.
+pub const ALONE: &[&str] = &[
+    "fs.chroot-escape",
+    "fs.exec-from-run",
+    "caps.setuid-root",
+    "caps.setgid-root",
+    "caps.setgroups",
+    "caps.capset",
+    "caps.userns",
+    "caps.unshare-ns",
+    "caps.clone-thread-ns",
+    "kernel.memfd-exec",
+    "kernel.sethostname",
+    "resources.memory-hog",
+    "resources.memfd-hog",
+];
+
 fn all_attempts() -> impl Iterator<Item = (&'static str, &'static Attempt)> {
     FAMILIES
         .iter()
@@ -141,6 +161,7 @@ fn main() {
     };
     let mut attempts: Vec<String> = Vec::new();
     let mut list = false;
+    let mut hold = false;
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_default();
         match arg.as_str() {
@@ -148,6 +169,7 @@ fn main() {
                 value();
             }
             "--list" => list = true,
+            "--hold" => hold = true,
             "--attempts" => attempts.extend(value().split(',').map(str::to_owned)),
             "--victim" => ctx.victim = value().parse().ok(),
             "--tcp" => ctx.tcp = Some(value()),
@@ -176,7 +198,12 @@ fn main() {
     }
     if list {
         for (family, a) in all_attempts() {
-            line(&format!("{}\t{family}\t{}", a.name, a.what));
+            let mode = if ALONE.contains(&a.name) {
+                "alone"
+            } else {
+                "batch"
+            };
+            line(&format!("{}\t{family}\t{mode}\t{}", a.name, a.what));
         }
         return;
     }
@@ -193,4 +220,10 @@ fn main() {
         report(name, &outcome);
     }
     line("done");
+    if hold {
+        // Stay alive (a tenant being attacked, then killed) until stdin closes.
+        line("holding");
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    }
 }

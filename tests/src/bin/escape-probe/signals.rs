@@ -2,7 +2,7 @@
 //! own uid, the worst case), the PID namespace's init, every process at once, ptrace and
 //! reading another process's memory.
 
-use crate::sys::verdict;
+use crate::sys::{long, verdict};
 use crate::{Attempt, Ctx, Outcome};
 
 fn victim(ctx: &Ctx) -> Result<i32, Outcome> {
@@ -56,6 +56,11 @@ pub const ATTEMPTS: &[Attempt] = &[
         },
     },
     Attempt {
+        name: "signals.pid-scan",
+        what: "see other processes: probe pids 1..32768 with signal 0 (no /proc to list them)",
+        run: |_| pid_scan(),
+    },
+    Attempt {
         name: "signals.ptrace-victim",
         what: "ptrace-attach to a host process",
         run: |ctx| {
@@ -64,7 +69,15 @@ pub const ATTEMPTS: &[Attempt] = &[
                 Err(o) => return o,
             };
             // SAFETY: plain integers.
-            let ret = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, pid, 0, 0) };
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_ptrace,
+                    long(libc::PTRACE_ATTACH),
+                    long(pid),
+                    0 as libc::c_long,
+                    0 as libc::c_long,
+                )
+            };
             verdict(ret, false, "attached to a host process")
         },
     },
@@ -73,7 +86,15 @@ pub const ATTEMPTS: &[Attempt] = &[
         what: "ptrace-attach to pid 1",
         run: |_| {
             // SAFETY: plain integers.
-            let ret = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, 1, 0, 0) };
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_ptrace,
+                    long(libc::PTRACE_ATTACH),
+                    1 as libc::c_long,
+                    0 as libc::c_long,
+                    0 as libc::c_long,
+                )
+            };
             verdict(ret, false, "attached to pid 1")
         },
     },
@@ -97,9 +118,40 @@ pub const ATTEMPTS: &[Attempt] = &[
             // SAFETY: one local iovec into `buf`; the remote one is only read by the kernel
             // in the other process.
             let ret = unsafe {
-                libc::syscall(libc::SYS_process_vm_readv, pid, &local, 1, &remote, 1, 0)
+                libc::syscall(
+                    libc::SYS_process_vm_readv,
+                    long(pid),
+                    &local,
+                    1 as libc::c_long,
+                    &remote,
+                    1 as libc::c_long,
+                    0 as libc::c_long,
+                )
             };
             verdict(ret, false, "read a host process's memory")
         },
     },
 ];
+
+fn pid_scan() -> Outcome {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut seen = Vec::new();
+    for pid in 2..=32768 {
+        if pid == me {
+            continue;
+        }
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let ret = unsafe { libc::syscall(libc::SYS_tgkill, long(pid), long(pid), long(0)) };
+        // 0: exists and may be signalled; EPERM: exists.
+        if ret == 0 || crate::sys::errno() == libc::EPERM {
+            seen.push(pid);
+        }
+    }
+    if seen.is_empty() {
+        Outcome::Blocked("ESRCH for every pid but 1 and its own".into())
+    } else {
+        let first: Vec<String> = seen.iter().take(8).map(ToString::to_string).collect();
+        Outcome::Escaped(format!("sees {} other processes ({}, ...)", seen.len(), first.join(", ")))
+    }
+}

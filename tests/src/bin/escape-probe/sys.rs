@@ -7,6 +7,13 @@ use std::ffi::CString;
 
 use crate::Outcome;
 
+/// An integer syscall argument widened to a full register (variadic `libc::syscall` would
+/// leave the upper half of a 32-bit argument undefined, which matters for `long`
+/// parameters).
+pub fn long<T: Into<libc::c_long>>(v: T) -> libc::c_long {
+    v.into()
+}
+
 /// The calling thread's errno.
 pub fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)

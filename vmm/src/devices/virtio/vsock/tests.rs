@@ -45,12 +45,13 @@ impl Drop for Dir {
 struct TestRing {
     m: &'static GuestMemoryMmap,
     base: u64,
+    size: u16,
 }
 
 impl TestRing {
     fn queue(&self) -> Queue {
-        let mut q = Queue::new(SIZE).unwrap();
-        q.set_size(SIZE);
+        let mut q = Queue::new(QUEUE_SIZE).unwrap();
+        q.set_size(self.size);
         q.try_set_desc_table_address(GuestAddress(self.base))
             .unwrap();
         q.try_set_avail_ring_address(GuestAddress(self.base + 0x1000))
@@ -71,7 +72,7 @@ impl TestRing {
     }
 
     fn set_avail(&self, slot: u16, head: u16) {
-        let at = self.base + 0x1004 + 2 * u64::from(slot % SIZE);
+        let at = self.base + 0x1004 + 2 * u64::from(slot % self.size);
         self.m.write_obj(head.to_le(), GuestAddress(at)).unwrap();
     }
 
@@ -87,7 +88,7 @@ impl TestRing {
 
     /// (id, len) of used entry `i`.
     fn used(&self, i: u16) -> (u32, u32) {
-        let at = self.base + 0x2004 + 8 * u64::from(i % SIZE);
+        let at = self.base + 0x2004 + 8 * u64::from(i % self.size);
         let id: u32 = self.m.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.m.read_obj(GuestAddress(at + 4)).unwrap();
         (u32::from_le(id), u32::from_le(len))
@@ -117,12 +118,24 @@ fn config(dir: &Dir) -> VsockConfig {
 
 impl Rig {
     fn new(name: &str) -> Rig {
+        Rig::with_size(name, SIZE)
+    }
+
+    fn with_size(name: &str, size: u16) -> Rig {
         let dir = Dir::new(name);
         let m: &'static GuestMemoryMmap = Box::leak(Box::new(mem()));
         let mut dev = Vsock::new(&config(&dir)).unwrap();
-        let rxq = TestRing { m, base: 0 };
-        let txq = TestRing { m, base: 0x10000 };
-        let evq = TestRing { m, base: 0x20000 };
+        let rxq = TestRing { m, base: 0, size };
+        let txq = TestRing {
+            m,
+            base: 0x10000,
+            size,
+        };
+        let evq = TestRing {
+            m,
+            base: 0x20000,
+            size,
+        };
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         dev.activate(Activation {
             mem: m.clone(),
@@ -151,7 +164,7 @@ impl Rig {
     /// Posts `n` receive buffers of `len` bytes and notifies.
     fn post_rx(&mut self, n: u16, len: u32) {
         for _ in 0..n {
-            let slot = self.rx_posted % SIZE;
+            let slot = self.rx_posted % self.rxq.size;
             self.rxq
                 .set_desc(slot, RX_BUFS + u64::from(slot) * BUF, len, F_WRITE);
             self.rxq.set_avail(slot, slot);
@@ -164,7 +177,7 @@ impl Rig {
     /// Transmits one chain of `bytes` (readable; `flags` for hostile layouts), returns its used
     /// length.
     fn send_raw(&mut self, bytes: &[u8], flags: u16) -> u32 {
-        let slot = self.tx_sent % SIZE;
+        let slot = self.tx_sent % self.txq.size;
         let addr = TX_BUFS + u64::from(slot) * BUF;
         self.m.write_slice(bytes, GuestAddress(addr)).unwrap();
         self.txq.set_desc(slot, addr, bytes.len() as u32, flags);
@@ -263,7 +276,11 @@ fn activation_needs_receive_and_transmit_queues() {
     let mut dev = Vsock::new(&config(&dir)).unwrap();
     let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
     let m: &'static GuestMemoryMmap = Box::leak(Box::new(m));
-    let vq = TestRing { m, base: 0 };
+    let vq = TestRing {
+        m,
+        base: 0,
+        size: SIZE,
+    };
     let two = vec![vq.queue(), vq.queue()];
     let act = |queues| Activation {
         mem: m.clone(),
@@ -479,4 +496,33 @@ fn a_full_ring_of_answers_is_delivered() {
     assert_eq!(got.len(), usize::from(SIZE));
     assert!(got.iter().all(|(h, _)| h.op == Op::Rst as u16));
     assert!(!rig.irq.needs_reset());
+}
+
+#[test]
+fn transmit_work_per_event_is_bounded() {
+    // 100 packets in one notification: 64 in the first turn, which asks for another.
+    let mut rig = Rig::with_size("txbound", 128);
+    let n: u16 = 100;
+    for i in 0..n {
+        let addr = TX_BUFS + u64::from(i % 64) * 0x100;
+        let h = hdr(Op::Rw, u32::from(i), 1, 0);
+        rig.m.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+        rig.txq.set_desc(i, addr, HDR_LEN as u32, 0);
+        rig.txq.set_avail(i, i);
+    }
+    rig.txq.set_avail_idx(n);
+    let mut ctx = EventCtx::default();
+    rig.dev.process_queue(TX_QUEUE, &mut ctx);
+    assert!(ctx.wants_again());
+    assert_eq!(rig.txq.used_idx(), PACKETS_PER_EVENT as u16);
+    let mut ctx = EventCtx::default();
+    rig.dev.process_queue(TX_QUEUE, &mut ctx);
+    assert!(!ctx.wants_again());
+    assert_eq!(rig.txq.used_idx(), n);
+    // The RSTs wait for receive buffers, 64 per turn as well.
+    rig.post_rx(100, 0x100);
+    assert_eq!(rig.rxq.used_idx(), PACKETS_PER_EVENT as u16);
+    rig.dev
+        .process_fd(MUXER_TOKEN, EventSet::IN, &mut EventCtx::default());
+    assert_eq!(rig.rxq.used_idx(), n);
 }

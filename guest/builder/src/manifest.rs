@@ -1,0 +1,344 @@
+//! The function manifest, `kiln.json` beside the function's Cargo.toml:
+//!
+//! ```json
+//! { "name": "echo", "memory_mib": 16, "vcpus": 1, "timeout_ms": 1000,
+//!   "concurrency": 4, "max_event_bytes": 1048576 }
+//! ```
+//!
+//! Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
+//! field against what the runtime and the protocol allow, each error naming the field and its
+//! value.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The manifest's file name in the function's directory.
+pub const MANIFEST_FILE: &str = "kiln.json";
+
+/// Longest function name (the worker uses it in paths and socket names).
+pub const MAX_NAME_LEN: usize = 40;
+/// Smallest guest memory: 4 MiB below the heap (image, stacks), 2 MiB of heap at least.
+pub const MIN_MEMORY_MIB: u32 = 8;
+/// Largest guest memory: the runtime's heap lives below the 32-bit MMIO gap.
+pub const MAX_MEMORY_MIB: u32 = 3072;
+/// What the runtime needs besides the event and its response: 4 MiB below the heap, the
+/// vsock buffers (~1.5 MiB) and some room.
+pub const RUNTIME_RESERVED_MIB: u64 = 6;
+/// Longest timeout: 15 minutes, as Lambda.
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Most instances of one function at a time.
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// A function's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The function's name: 1-40 characters from `[A-Za-z0-9_-]`, starting with a letter or
+    /// digit. The guest sends it in Hello; the worker expects it to equal the directory name.
+    pub name: String,
+    /// Guest memory in MiB (default 16). At least 8, and at least 6 + twice
+    /// `max_event_bytes` (the event and its response live on the heap).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// vCPUs (default 1). A function image with no OS runs on one vCPU: only 1 is accepted.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Longest invocation in ms before the worker stops the VM (default 3000; 1..=900000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most instances (VMs) of this function the worker runs at once (default 1;
+    /// 1..=1024). Each instance serves one invocation at a time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Largest event in bytes (default 1 MiB; 1..=6 MiB, the protocol's limit). Larger
+    /// events are refused by the guest with `EventTooLarge`.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u32,
+}
+
+fn default_memory_mib() -> u32 {
+    16
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    3000
+}
+fn default_concurrency() -> u32 {
+    1
+}
+fn default_max_event_bytes() -> u32 {
+    1 << 20
+}
+
+/// What is wrong with a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {path}: cannot read it: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("manifest {path}: field {field} = {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Manifest {
+    /// Reads and validates `<dir>/kiln.json`.
+    pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Manifest::parse(&text, &path)
+    }
+
+    /// Parses and validates manifest text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let m: Manifest = serde_json::from_str(text).map_err(|source| ManifestError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    /// Checks every field; `path` is only used in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |field: &'static str, value: String, reason: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            value,
+            reason,
+        };
+        let name_ok = (1..=MAX_NAME_LEN).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && self
+                .name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !name_ok {
+            return Err(bad(
+                "name",
+                format!("{:?}", self.name),
+                format!(
+                    "must be 1-{MAX_NAME_LEN} characters from [A-Za-z0-9_-], starting with a letter or digit"
+                ),
+            ));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(bad(
+                "memory_mib",
+                self.memory_mib.to_string(),
+                format!("must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
+            ));
+        }
+        if self.vcpus != 1 {
+            return Err(bad(
+                "vcpus",
+                self.vcpus.to_string(),
+                "a function image with no OS runs on one vCPU: use 1".into(),
+            ));
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(bad(
+                "timeout_ms",
+                self.timeout_ms.to_string(),
+                format!("must be 1..={MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(bad(
+                "concurrency",
+                self.concurrency.to_string(),
+                format!("must be 1..={MAX_CONCURRENCY}"),
+            ));
+        }
+        let max_payload = kiln_protocol::DEFAULT_MAX_PAYLOAD;
+        if !(1..=max_payload).contains(&self.max_event_bytes) {
+            return Err(bad(
+                "max_event_bytes",
+                self.max_event_bytes.to_string(),
+                format!("must be 1..={max_payload} (the protocol's limit)"),
+            ));
+        }
+        let needed_mib =
+            RUNTIME_RESERVED_MIB + (2 * u64::from(self.max_event_bytes)).div_ceil(1 << 20);
+        if u64::from(self.memory_mib) < needed_mib {
+            return Err(bad(
+                "memory_mib",
+                self.memory_mib.to_string(),
+                format!(
+                    "too small for events of max_event_bytes = {}: needs at least {needed_mib} \
+                     ({RUNTIME_RESERVED_MIB} MiB for the runtime, twice the largest event for it and its response)",
+                    self.max_event_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("/f/kiln.json"))
+    }
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = parse(
+            r#"{"name": "echo", "memory_mib": 16, "vcpus": 1, "timeout_ms": 1000,
+                "concurrency": 4, "max_event_bytes": 1048576}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            Manifest {
+                name: "echo".into(),
+                memory_mib: 16,
+                vcpus: 1,
+                timeout_ms: 1000,
+                concurrency: 4,
+                max_event_bytes: 1 << 20
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_name_is_required() {
+        let m = parse(r#"{"name": "f"}"#).unwrap();
+        assert_eq!(
+            (
+                m.memory_mib,
+                m.vcpus,
+                m.timeout_ms,
+                m.concurrency,
+                m.max_event_bytes
+            ),
+            (16, 1, 3000, 1, 1 << 20)
+        );
+        let e = parse("{}").unwrap_err().to_string();
+        assert!(e.contains("missing field `name`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_refused() {
+        let e = parse(r#"{"name": "f", "memory": 16}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+        let e = parse(r#"{"name": "f", "vcpus": 300}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/f/kiln.json"), "{e}");
+        let e = parse(r#"{"name": "f", "timeout_ms": -1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid value"), "{e}");
+        assert!(matches!(
+            parse("not json"),
+            Err(ManifestError::Parse { .. })
+        ));
+    }
+
+    /// Each bad value is refused with an error naming the field and the value.
+    #[test]
+    fn validation_table() {
+        let cases: &[(&str, &str, &str)] = &[
+            (r#""name": """#, "name", "\"\""),
+            (r#""name": "-x""#, "name", "\"-x\""),
+            (r#""name": "a/b""#, "name", "\"a/b\""),
+            (r#""name": "a b""#, "name", "\"a b\""),
+            (r#""name": "é""#, "name", "\"é\""),
+            (
+                r#""name": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx""#,
+                "name",
+                "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"",
+            ),
+            (r#""name": "f", "memory_mib": 7"#, "memory_mib", "7"),
+            (r#""name": "f", "memory_mib": 3073"#, "memory_mib", "3073"),
+            (r#""name": "f", "vcpus": 0"#, "vcpus", "0"),
+            (r#""name": "f", "vcpus": 2"#, "vcpus", "2"),
+            (r#""name": "f", "timeout_ms": 0"#, "timeout_ms", "0"),
+            (
+                r#""name": "f", "timeout_ms": 900001"#,
+                "timeout_ms",
+                "900001",
+            ),
+            (r#""name": "f", "concurrency": 0"#, "concurrency", "0"),
+            (r#""name": "f", "concurrency": 1025"#, "concurrency", "1025"),
+            (
+                r#""name": "f", "max_event_bytes": 0"#,
+                "max_event_bytes",
+                "0",
+            ),
+            (
+                r#""name": "f", "max_event_bytes": 6291457, "memory_mib": 64"#,
+                "max_event_bytes",
+                "6291457",
+            ),
+            (
+                r#""name": "f", "max_event_bytes": 6291456, "memory_mib": 16"#,
+                "memory_mib",
+                "16",
+            ),
+        ];
+        for (fields, field, value) in cases {
+            let text = format!("{{{fields}}}");
+            match parse(&text) {
+                Err(ManifestError::Invalid {
+                    field: f, value: v, ..
+                }) => {
+                    assert_eq!((f, v.as_str()), (*field, *value), "{text}");
+                }
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            }
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(
+                message.contains(field) && message.contains(value),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_accepted() {
+        for fields in [
+            r#""name": "a", "memory_mib": 8, "max_event_bytes": 1"#,
+            r#""name": "A_b-9", "memory_mib": 18, "max_event_bytes": 6291456"#,
+            r#""name": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "memory_mib": 3072, "timeout_ms": 900000, "concurrency": 1024"#,
+        ] {
+            let text = format!("{{{fields}}}");
+            parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = Manifest::load(Path::new("/nonexistent-kiln-fn")).unwrap_err();
+        assert!(matches!(e, ManifestError::Read { .. }));
+        assert!(
+            e.to_string().contains("/nonexistent-kiln-fn/kiln.json"),
+            "{e}"
+        );
+    }
+}
