@@ -20,7 +20,7 @@ apt_ensure nftables iproute2
 
 step "building the jailer, the VMM and the kiln worker (release, static)"
 cargo build --release -p jailer -p vmm -p kiln-worker
-bin="$KILN_ROOT/target/x86_64-unknown-linux-gnu/release"
+bin="${CARGO_TARGET_DIR:-$KILN_ROOT/target}/x86_64-unknown-linux-gnu/release"
 
 base=/srv/jailer
 state=/run/kiln

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 pub const HELP: &str = "\
 Usage:
+  kiln build (NAME | DIR) [--functions-dir DIR] [--cache-dir DIR]
   kiln invoke NAME (--event JSON | --event-file PATH) [--repeat N] [--json] [OPTIONS]
   kiln serve --socket PATH [--idle-timeout-ms N] [--queue-timeout-ms N] [--max-queue N]
              [--max-connections N] [OPTIONS]
 
+build:  builds a function's image (NAME from --functions-dir, or a function directory DIR)
+        into the cache and prints its path.
 invoke: starts a jailed microVM for function NAME, sends the event, prints the response
         (stdout) and the timings of each phase (stderr), and tears everything down. With
         --repeat N the same (warm) microVM serves N invocations.
@@ -50,9 +53,9 @@ Options:
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
-    #[error("missing command: `kiln invoke NAME --event JSON` or `kiln serve --socket PATH` (see --help)")]
+    #[error("missing command: `kiln invoke NAME --event JSON`, `kiln serve --socket PATH` or `kiln build NAME` (see --help)")]
     NoCommand,
-    #[error("unknown command {0:?} (expected invoke or serve; see --help)")]
+    #[error("unknown command {0:?} (expected invoke, serve or build; see --help)")]
     UnknownCommand(String),
     #[error("unknown flag {flag:?} for `kiln {command}` (see --help)")]
     UnknownFlag { command: &'static str, flag: String },
@@ -72,8 +75,8 @@ pub enum CliError {
     },
     #[error("argument {0:?} is not valid UTF-8")]
     NotUtf8(String),
-    #[error("kiln invoke needs the function's name")]
-    NoFunction,
+    #[error("kiln {0} needs the function's name")]
+    NoFunction(&'static str),
     #[error("kiln invoke needs the event: --event JSON or --event-file PATH")]
     NoEvent,
     #[error("--event and --event-file cannot be used together")]
@@ -151,9 +154,17 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildArgs {
+    /// A function name (in the functions directory) or a function directory.
+    pub target: String,
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
     Version,
+    Build(BuildArgs),
     Invoke(InvokeArgs),
     Serve(ServeArgs),
 }
@@ -246,6 +257,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         Some(c) if c == "--version" => return Ok(Command::Version),
         Some(c) if c == "invoke" => "invoke",
         Some(c) if c == "serve" => "serve",
+        Some(c) if c == "build" => "build",
         Some(c) => return Err(CliError::UnknownCommand(c)),
     };
     let mut common = Common::default();
@@ -259,7 +271,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
     while let Some(raw) = it.next() {
         let arg = utf8(raw)?;
         let Some(body) = arg.strip_prefix("--") else {
-            if command == "invoke" && function.is_none() {
+            if command != "serve" && function.is_none() {
                 function = Some(arg);
                 continue;
             }
@@ -348,8 +360,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
             reason: "uid base + count overflows".into(),
         });
     }
+    if command == "build" {
+        return Ok(Command::Build(BuildArgs {
+            target: function.ok_or(CliError::NoFunction("build"))?,
+            common,
+        }));
+    }
     if command == "invoke" {
-        let function = function.ok_or(CliError::NoFunction)?;
+        let function = function.ok_or(CliError::NoFunction("invoke"))?;
         let event = match (event, event_file) {
             (Some(e), None) => Event::Inline(e),
             (None, Some(f)) => Event::File(f),
@@ -423,11 +441,22 @@ mod tests {
     }
 
     #[test]
+    fn build_takes_a_name_or_a_directory() {
+        let Ok(Command::Build(b)) = p(&["build", "examples/functions/echo", "--cache-dir", "/c"])
+        else {
+            panic!("build");
+        };
+        assert_eq!(b.target, "examples/functions/echo");
+        assert_eq!(b.common.cache_dir, Some(PathBuf::from("/c")));
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let cases: &[(&[&str], CliError)] = &[
             (&[], CliError::NoCommand),
             (&["run"], CliError::UnknownCommand("run".into())),
-            (&["invoke", "--event", "{}"], CliError::NoFunction),
+            (&["invoke", "--event", "{}"], CliError::NoFunction("invoke")),
+            (&["build"], CliError::NoFunction("build")),
             (&["invoke", "echo"], CliError::NoEvent),
             (
                 &["invoke", "echo", "--event", "{}", "--event-file", "f"],

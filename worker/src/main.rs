@@ -1,6 +1,6 @@
 //! `kiln`: see docs/worker.md and `kiln --help`.
 
-use kiln_worker::cli::{self, Command, Common, Event, InvokeArgs, ServeArgs};
+use kiln_worker::cli::{self, BuildArgs, Command, Common, Event, InvokeArgs, ServeArgs};
 use kiln_worker::function::Registry;
 use kiln_worker::instance::{self, InstanceConfig};
 use kiln_worker::pool::{PoolConfig, PoolError, Pools};
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Build(a) => run_build(a),
         Command::Invoke(a) => run_invoke(a),
         Command::Serve(a) => run_serve(a),
     }
@@ -143,6 +144,46 @@ fn report_error(function: &str, e: &PoolError, json: bool) {
         );
     }
     eprintln!("kiln: invoke {function}: {e} [{}]", e.code());
+}
+
+/// `kiln build NAME|DIR`: the image's path on stdout.
+fn run_build(a: BuildArgs) -> ExitCode {
+    let cache = absolute(&a.common.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    let as_dir = Path::new(&a.target);
+    let (functions_dir, name) = if a.target.contains('/') || as_dir.join("kiln.json").is_file() {
+        let dir = absolute(as_dir);
+        match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) => (parent.to_path_buf(), name.to_string()),
+            _ => {
+                eprintln!("kiln: {} is not a function directory", dir.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        (absolute(&a.common.functions_dir), a.target.clone())
+    };
+    let t = Instant::now();
+    let registry = Registry::new(functions_dir, cache);
+    match registry.get(&name) {
+        Ok(f) => {
+            println!("{}", f.image.display());
+            eprintln!(
+                "kiln: built {} in {}: memory {} MiB, {} vCPU, timeout {} ms, concurrency {}, events up to {} bytes",
+                f.name,
+                ms(t.elapsed()),
+                f.memory_mib,
+                f.vcpus,
+                f.timeout.as_millis(),
+                f.concurrency,
+                f.max_event_bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kiln: build {name}: {e} [{}]", e.code());
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 fn run_invoke(a: InvokeArgs) -> ExitCode {

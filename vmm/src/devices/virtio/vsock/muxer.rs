@@ -501,10 +501,10 @@ impl Muxer {
             if fd == self.kick.as_raw_fd() {
                 let _ = self.kick.read();
             } else if fd == self.timer.as_raw_fd() {
-                if self.timer.consume() {
-                    self.timer_armed = false;
-                    self.on_tick(now);
-                }
+                // One-shot: whatever the read says, the timer is no longer armed.
+                let _ = self.timer.consume();
+                self.timer_armed = false;
+                self.on_tick(now);
             } else if fd == self.listener.as_raw_fd() {
                 self.accept(now);
             } else if self.pending.contains_key(&fd) {
