@@ -60,6 +60,13 @@ pub const SCENARIOS: &[&str] = &[
     "vsock-connect",
     "vsock-listen",
     "vsock-bad",
+    "virtio-giant",
+    "virtio-wrap",
+    "virtio-config",
+    "net-hostile",
+    "bus-junk",
+    "legacy-junk",
+    "irq-storm",
 ];
 /// Physical (= virtual) load address of the image.
 pub const LOAD_ADDR: u64 = 0x10_0000;

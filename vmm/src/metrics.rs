@@ -251,6 +251,11 @@ metrics_group! {
         exit_other: Counter,
         /// KVM_RUN or exit handling failed.
         failures: Counter,
+        /// Port I/O that no device handled (ignored; reads see all ones).
+        unhandled_io: Counter,
+        /// MMIO that no device handled: no device there, or an access straddling a
+        /// device's range (ignored; reads see all ones).
+        unhandled_mmio: Counter,
     }
 }
 

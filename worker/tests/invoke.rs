@@ -130,3 +130,21 @@ fn ctrl_c_during_an_invocation_stops_the_vm_and_removes_its_jail() {
     assert_eq!(f.code(), 130, "{f}");
     env.assert_nothing_left(&["spin-".to_string()]);
 }
+
+#[test]
+fn build_prints_the_image_path_and_refuses_bad_functions() {
+    let env = Env::new("build");
+    let f = run_with_timeout(env.kiln("build").arg("echo"), TIMEOUT);
+    assert_eq!(f.code(), 0, "{f}");
+    let image = std::path::PathBuf::from(f.stdout.trim());
+    assert!(image.is_file() && image.ends_with("echo.elf"), "{f}");
+    assert!(f.stderr.contains("memory 16 MiB"), "{f}");
+    // By directory, as guest/runtime/README.md says.
+    let dir = common::repo().join("examples/functions/counter");
+    let f = run_with_timeout(env.kiln("build").arg(&dir), TIMEOUT);
+    assert_eq!(f.code(), 0, "{f}");
+    assert!(f.stdout.trim().ends_with("counter.elf"), "{f}");
+    let f = run_with_timeout(env.kiln("build").arg("nosuch"), TIMEOUT);
+    assert_eq!(f.code(), 1, "{f}");
+    assert!(f.stderr.contains("[unknown_function]"), "{f}");
+}

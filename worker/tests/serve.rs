@@ -380,3 +380,67 @@ fn bad_requests_get_clear_errors_and_start_nothing() {
     server.stop();
     env.assert_nothing_left(&["echo-".to_string(), "broken-".to_string()]);
 }
+
+#[test]
+fn a_worker_killed_with_sigkill_takes_its_vms_with_it() {
+    let env = Env::new("wkill");
+    let mut seen = Seen::default();
+    let server = Server::start(&env, &[]);
+    for f in ["echo", "counter"] {
+        let r = server.invoke(f, b"{}");
+        assert_eq!(r.status, 200, "{r}");
+        seen.add(r.vm_id());
+    }
+    // SIGKILL: no cleanup code of the worker runs. Each jailer supervisor gets SIGTERM from
+    // the kernel (parent-death signal), stops its VMM and removes its jail.
+    server.kill();
+    wait_until(
+        "the jails of the killed worker to be removed",
+        Duration::from_secs(15),
+        || {
+            env.leftovers(&seen.ids())
+                .iter()
+                .all(|l| l.starts_with("instance dir"))
+        },
+    );
+    // The worker's own instance directories are swept by the next worker on that state
+    // directory.
+    let server = Server::start(&env, &[]);
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+#[test]
+fn invocations_over_the_limit_queue_for_the_one_instance() {
+    let env = Env::new("queue");
+    assert_eq!(
+        manifest("counter").concurrency,
+        1,
+        "counter runs one instance at a time"
+    );
+    let server = Server::start(&env, &["--queue-timeout-ms", "30000"]);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = server.socket.clone();
+            std::thread::spawn(move || {
+                request(&socket, "POST", "/functions/counter/invocations", b"{}")
+            })
+        })
+        .collect();
+    let mut counts = BTreeSet::new();
+    let mut vms = BTreeSet::new();
+    for t in threads {
+        let r = t.join().expect("request thread");
+        assert_eq!(r.status, 200, "{r}");
+        counts.insert(r.json()["invocations"].as_u64().expect("invocations"));
+        vms.insert(r.vm_id());
+    }
+    assert_eq!(
+        vms.len(),
+        1,
+        "one instance served them all, in turn: {vms:?}"
+    );
+    assert_eq!(counts, (1..=4).collect(), "each waited for the one before");
+    server.stop();
+    env.assert_nothing_left(&vms.into_iter().collect::<Vec<_>>());
+}

@@ -14,6 +14,7 @@
 use super::vcpu::Vcpu;
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, FaultKind, VmExit};
+use crate::metrics::METRICS;
 use crate::signals;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
@@ -146,7 +147,17 @@ pub fn spawn(vcpu: Vcpu, shared: VcpuShared) -> std::io::Result<VcpuHandle> {
 
 /// After a port or MMIO exit: go on, unless no device handled the access and `--strict-io`
 /// asks for such a guest to be stopped.
-fn io_outcome(strict: bool, handled: bool, what: &str, addr: u64, len: usize) -> Outcome {
+fn io_outcome(
+    strict: bool,
+    handled: bool,
+    unhandled: &crate::metrics::Counter,
+    what: &str,
+    addr: u64,
+    len: usize,
+) -> Outcome {
+    if !handled {
+        unhandled.inc();
+    }
     if handled || !strict {
         return Outcome::Continue;
     }
@@ -254,19 +265,19 @@ impl Runner {
         match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let handled = shared.pio.write(u64::from(port), data);
-                io_outcome(shared.strict_io, handled, "write to I/O port", u64::from(port), data.len())
+                io_outcome(shared.strict_io, handled, &METRICS.vcpu.unhandled_io, "write to I/O port", u64::from(port), data.len())
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 let handled = shared.pio.read(u64::from(port), data);
-                io_outcome(shared.strict_io, handled, "read from I/O port", u64::from(port), data.len())
+                io_outcome(shared.strict_io, handled, &METRICS.vcpu.unhandled_io, "read from I/O port", u64::from(port), data.len())
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 let handled = shared.mmio.write(addr, data);
-                io_outcome(shared.strict_io, handled, "MMIO write to", addr, data.len())
+                io_outcome(shared.strict_io, handled, &METRICS.vcpu.unhandled_mmio, "MMIO write to", addr, data.len())
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let handled = shared.mmio.read(addr, data);
-                io_outcome(shared.strict_io, handled, "MMIO read from", addr, data.len())
+                io_outcome(shared.strict_io, handled, &METRICS.vcpu.unhandled_mmio, "MMIO read from", addr, data.len())
             }
             Ok(VcpuExit::Intr) => Outcome::Interrupted,
             Ok(VcpuExit::Shutdown) => Outcome::Fault {

@@ -309,6 +309,14 @@ impl Server {
             .collect()
     }
 
+    /// SIGKILL: the worker gets no chance to clean up.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then waits; returns its stderr. It must exit 0 within 30 s.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().expect("running");

@@ -7,14 +7,17 @@
 
 mod blk;
 mod boot;
+mod bus;
 mod cpuid;
 mod cpus;
 mod faults;
 mod hostile;
+mod hostile_io;
 mod memmap;
 mod net;
 mod ports;
 mod print;
+mod storm;
 mod ticks;
 mod vsock;
 
@@ -60,6 +63,13 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"vsock-connect", vsock::run_connect),
     (b"vsock-listen", vsock::run_listen),
     (b"vsock-bad", vsock::run_bad),
+    (b"virtio-giant", hostile_io::run_giant),
+    (b"virtio-wrap", hostile_io::run_wrap),
+    (b"virtio-config", hostile_io::run_config),
+    (b"net-hostile", hostile_io::run_net),
+    (b"bus-junk", bus::run_junk),
+    (b"legacy-junk", bus::run_legacy),
+    (b"irq-storm", storm::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

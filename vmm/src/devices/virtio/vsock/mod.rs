@@ -222,6 +222,8 @@ impl Vsock {
                         break;
                     }
                     used = true;
+                    // Counted against the limit too: refusing chains is work.
+                    packets += 1;
                     continue;
                 }
             };

@@ -506,7 +506,9 @@ fn transmit_work_per_event_is_bounded() {
     for i in 0..n {
         let addr = TX_BUFS + u64::from(i % 64) * 0x100;
         let h = hdr(Op::Rw, u32::from(i), 1, 0);
-        rig.m.write_slice(&h.to_bytes(), GuestAddress(addr)).unwrap();
+        rig.m
+            .write_slice(&h.to_bytes(), GuestAddress(addr))
+            .unwrap();
         rig.txq.set_desc(i, addr, HDR_LEN as u32, 0);
         rig.txq.set_avail(i, i);
     }
