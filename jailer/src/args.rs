@@ -1393,7 +1393,10 @@ mod tests {
             assert!(parse_with(&[]).unwrap().diagnose_without.is_empty());
             assert!(matches!(
                 parse_with(&["--diagnose-without", "privileges", "--userns"]),
-                Err(ArgsError::Conflict { other: "userns", .. })
+                Err(ArgsError::Conflict {
+                    other: "userns",
+                    ..
+                })
             ));
         } else {
             assert_eq!(

@@ -32,9 +32,9 @@ mod supervise;
 mod sys;
 
 // The parsers live in the library (jailer/src/lib.rs) so the fuzz targets reach them.
-use jailer::{args, seccomp};
 #[cfg(test)]
 use jailer::profile;
+use jailer::{args, seccomp};
 
 use std::convert::Infallible;
 use std::os::fd::OwnedFd;
@@ -227,7 +227,9 @@ fn enter_jail(
     }
     privileges::no_new_privs()?;
     if config.diagnose_without.contains(&args::Layer::Landlock) {
-        eprintln!("jailer: WARNING: --diagnose-without landlock: no Landlock ruleset (diagnosis only)");
+        eprintln!(
+            "jailer: WARNING: --diagnose-without landlock: no Landlock ruleset (diagnosis only)"
+        );
     } else {
         landlock::enforce(
             &prepared.landlock,

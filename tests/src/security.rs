@@ -770,9 +770,13 @@ pub fn table(title: &str, rows: &[Row]) -> String {
     let blocked = rows.iter().filter(|r| r.counted && !r.escaped).count();
     let escaped = rows.iter().filter(|r| r.counted && r.escaped).count();
     let wrong = rows.iter().filter(|r| !r.ok).count();
-    out.push_str(&format!(
-        "{blocked} blocked, {escaped} escaped, {wrong} unexpected\n"
-    ));
+    if rows.iter().any(|r| r.counted) {
+        out.push_str(&format!(
+            "{blocked} blocked, {escaped} escaped, {wrong} unexpected\n"
+        ));
+    } else {
+        out.push_str(&format!("{} checks, {wrong} unexpected\n", rows.len()));
+    }
     out
 }
 
@@ -820,7 +824,8 @@ pub fn api_request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, S
     use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(sock)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()));
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -834,7 +839,10 @@ pub fn api_request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, S
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad answer {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -842,7 +850,10 @@ pub fn api_request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, S
 pub fn read_pid_file(path: &Path, timeout: Duration) -> i32 {
     let start = Instant::now();
     loop {
-        if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
             return pid;
         }
         assert!(start.elapsed() < timeout, "no pid in {}", path.display());

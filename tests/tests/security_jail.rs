@@ -109,7 +109,11 @@ type Expectation = (&'static str, &'static str, &'static [(Cfg, &'static str)]);
 const EXPECTED: &[Expectation] = &[
     // Descriptors.
     ("fds.inherited", "NONE jailer-closes-fds", &[]),
-    ("fds.passed-dir", "EACCES landlock", &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")]),
+    (
+        "fds.passed-dir",
+        "EACCES landlock",
+        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
+    ),
     // Files.
     ("fs.etc-shadow", "ENOENT chroot", &[]),
     ("fs.proc-1-root", "ENOENT chroot(no-/proc)", &[]),
@@ -123,8 +127,16 @@ const EXPECTED: &[Expectation] = &[
     ("fs.open-by-handle", "SIGSYS seccomp", S_OFF_EPERM),
     ("fs.write-root", "EROFS read-only-root", &[]),
     ("fs.overwrite-vmm", "ETXTBSY kernel(running)", &[]),
-    ("fs.read-pidfile", "EACCES landlock", &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")]),
-    ("fs.write-pidfile", "EACCES uid(root-owned-0600)", &[(NoPrivileges, "EROFS read-only-root")]),
+    (
+        "fs.read-pidfile",
+        "EACCES landlock",
+        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
+    ),
+    (
+        "fs.write-pidfile",
+        "EACCES uid(root-owned-0600)",
+        &[(NoPrivileges, "EROFS read-only-root")],
+    ),
     ("fs.mkdir-dev", "EROFS read-only-/dev", &[]),
     (
         "fs.symlink",
@@ -160,9 +172,24 @@ const EXPECTED: &[Expectation] = &[
             (NoSeccompFirewall, "EACCES landlock"),
         ],
     ),
-    ("devices.urandom-write", "EACCES landlock", &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")]),
-    ("devices.urandom-ioctl", "EACCES landlock", &[(NoLandlock, "EPERM caps"), (NoSeccompLandlock, "EPERM caps")]),
-    ("devices.tun-new-tap", "EPERM caps", &[(NoPrivileges, "ESCAPED")]),
+    (
+        "devices.urandom-write",
+        "EACCES landlock",
+        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
+    ),
+    (
+        "devices.urandom-ioctl",
+        "EACCES landlock",
+        &[
+            (NoLandlock, "EPERM caps"),
+            (NoSeccompLandlock, "EPERM caps"),
+        ],
+    ),
+    (
+        "devices.tun-new-tap",
+        "EPERM caps",
+        &[(NoPrivileges, "ESCAPED")],
+    ),
     ("devices.tiocsti", "SIGSYS seccomp(deny)", S_OFF_ENOTTY),
     ("devices.tioclinux", "SIGSYS seccomp(deny)", S_OFF_ENOTTY),
     ("devices.userfaultfd-node", "ENOENT chroot(own-/dev)", &[]),
@@ -184,13 +211,25 @@ const EXPECTED: &[Expectation] = &[
     ("caps.no-new-privs-off", "EINVAL kernel(one-way)", &[]),
     ("caps.userns", "SIGSYS seccomp", S_OFF_ESCAPED),
     ("caps.unshare-ns", "SIGSYS seccomp", S_OFF_EPERM),
-    ("caps.clone-thread-ns", "SIGSYS seccomp(clone-flags)", S_OFF_EPERM),
+    (
+        "caps.clone-thread-ns",
+        "SIGSYS seccomp(clone-flags)",
+        S_OFF_EPERM,
+    ),
     // Signals and tracing.
     ("signals.kill-victim", "SIGSYS seccomp", S_OFF_ESRCH),
-    ("signals.tgkill-victim", "ESRCH pid-ns", &[(NoNamespaces, "EPERM landlock(scope)")]),
+    (
+        "signals.tgkill-victim",
+        "ESRCH pid-ns",
+        &[(NoNamespaces, "EPERM landlock(scope)")],
+    ),
     ("signals.tgkill-init", "EPERM uid+landlock(scope)", &[]),
     ("signals.kill-all", "SIGSYS seccomp", S_OFF_ESRCH),
-    ("signals.pid-scan", "ESRCH pid-ns", &[(NoNamespaces, "ESCAPED")]),
+    (
+        "signals.pid-scan",
+        "ESRCH pid-ns",
+        &[(NoNamespaces, "ESCAPED")],
+    ),
     ("signals.ptrace-victim", "SIGSYS seccomp", S_OFF_ESRCH),
     ("signals.ptrace-init", "SIGSYS seccomp", S_OFF_EPERM),
     ("signals.process-vm-readv", "SIGSYS seccomp", S_OFF_ESRCH),
@@ -224,7 +263,11 @@ const EXPECTED: &[Expectation] = &[
     ),
     ("net.packet-socket", "SIGSYS seccomp", S_OFF_EPERM),
     ("net.netlink-addr", "SIGSYS seccomp", S_OFF_EPERM),
-    ("net.abstract-unix", "EPERM landlock(scope)", &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")]),
+    (
+        "net.abstract-unix",
+        "EPERM landlock(scope)",
+        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
+    ),
     ("net.other-tenant-socket", "ENOENT chroot", &[]),
     (
         "net.other-tenant-tcp",
@@ -238,13 +281,37 @@ const EXPECTED: &[Expectation] = &[
     // Kernel interfaces: seccomp first; then what the host kernel says to an unprivileged
     // process (its sysctls: unprivileged_bpf_disabled, perf_event_paranoid,
     // unprivileged_userfaultfd, dmesg_restrict; kexec, modules and iopl may be compiled out).
-    ("kernel.bpf", "SIGSYS seccomp", &[(NoSeccomp, "EPERM caps(unprivileged_bpf_disabled)"), (NoSeccompLandlock, "EPERM caps(unprivileged_bpf_disabled)"), (NoSeccompFirewall, "EPERM caps(unprivileged_bpf_disabled)")]),
-    ("kernel.perf", "SIGSYS seccomp", &[(NoSeccomp, "EACCES kernel(paranoid)"), (NoSeccompLandlock, "EACCES kernel(paranoid)"), (NoSeccompFirewall, "EACCES kernel(paranoid)")]),
+    (
+        "kernel.bpf",
+        "SIGSYS seccomp",
+        &[
+            (NoSeccomp, "EPERM caps(unprivileged_bpf_disabled)"),
+            (NoSeccompLandlock, "EPERM caps(unprivileged_bpf_disabled)"),
+            (NoSeccompFirewall, "EPERM caps(unprivileged_bpf_disabled)"),
+        ],
+    ),
+    (
+        "kernel.perf",
+        "SIGSYS seccomp",
+        &[
+            (NoSeccomp, "EACCES kernel(paranoid)"),
+            (NoSeccompLandlock, "EACCES kernel(paranoid)"),
+            (NoSeccompFirewall, "EACCES kernel(paranoid)"),
+        ],
+    ),
     ("kernel.keyctl", "SIGSYS seccomp", S_OFF_ESCAPED),
     ("kernel.kexec", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
     ("kernel.module", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
     ("kernel.io-uring", "SIGSYS seccomp", S_OFF_ESCAPED),
-    ("kernel.userfaultfd", "SIGSYS seccomp", &[(NoSeccomp, "EPERM caps(unprivileged_userfaultfd=0)"), (NoSeccompLandlock, "EPERM caps(unprivileged_userfaultfd=0)"), (NoSeccompFirewall, "EPERM caps(unprivileged_userfaultfd=0)")]),
+    (
+        "kernel.userfaultfd",
+        "SIGSYS seccomp",
+        &[
+            (NoSeccomp, "EPERM caps(unprivileged_userfaultfd=0)"),
+            (NoSeccompLandlock, "EPERM caps(unprivileged_userfaultfd=0)"),
+            (NoSeccompFirewall, "EPERM caps(unprivileged_userfaultfd=0)"),
+        ],
+    ),
     ("kernel.iopl", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
     ("kernel.reboot", "SIGSYS seccomp", S_OFF_EPERM),
     ("kernel.syslog", "SIGSYS seccomp", S_OFF_EPERM),
@@ -254,15 +321,54 @@ const EXPECTED: &[Expectation] = &[
     ("kernel.memfd-exec", "SIGSYS seccomp", S_OFF_ESCAPED),
     // KVM.
     ("kvm.host-memory-slot", "EINVAL kvm(address-check)", &[]),
-    ("kvm.ioctl-other-device", "EACCES landlock(ioctl)", &[(NoLandlock, "EINVAL device"), (NoSeccompLandlock, "EINVAL device")]),
+    (
+        "kvm.ioctl-other-device",
+        "EACCES landlock(ioctl)",
+        &[
+            (NoLandlock, "EINVAL device"),
+            (NoSeccompLandlock, "EINVAL device"),
+        ],
+    ),
     // Resources.
-    ("resources.thread-bomb", "EAGAIN cgroup(pids)", &[(NoCgroups, "ESCAPED")]),
-    ("resources.fork-bomb", "SIGSYS seccomp", &[(NoSeccomp, "EAGAIN cgroup(pids)"), (NoSeccompLandlock, "EAGAIN cgroup(pids)"), (NoSeccompFirewall, "EAGAIN cgroup(pids)")]),
-    ("resources.memory-hog", "SIGKILL cgroup(memory,OOM)", &[(NoCgroups, "ESCAPED")]),
-    ("resources.memfd-hog", "SIGKILL cgroup(memory,OOM)", &[(NoCgroups, "ESCAPED")]),
-    ("resources.mlock", "ENOMEM rlimit(memlock,host's)", &[(NoPrivileges, "ESCAPED")]),
-    ("resources.huge-file", "EFBIG rlimit(fsize)", &[(NoRlimits, "ESCAPED")]),
-    ("resources.fd-exhaust", "EMFILE rlimit(no-file)", &[(NoRlimits, "ESCAPED")]),
+    (
+        "resources.thread-bomb",
+        "EAGAIN cgroup(pids)",
+        &[(NoCgroups, "ESCAPED")],
+    ),
+    (
+        "resources.fork-bomb",
+        "SIGSYS seccomp",
+        &[
+            (NoSeccomp, "EAGAIN cgroup(pids)"),
+            (NoSeccompLandlock, "EAGAIN cgroup(pids)"),
+            (NoSeccompFirewall, "EAGAIN cgroup(pids)"),
+        ],
+    ),
+    (
+        "resources.memory-hog",
+        "SIGKILL cgroup(memory,OOM)",
+        &[(NoCgroups, "ESCAPED")],
+    ),
+    (
+        "resources.memfd-hog",
+        "SIGKILL cgroup(memory,OOM)",
+        &[(NoCgroups, "ESCAPED")],
+    ),
+    (
+        "resources.mlock",
+        "ENOMEM rlimit(memlock,host's)",
+        &[(NoPrivileges, "ESCAPED")],
+    ),
+    (
+        "resources.huge-file",
+        "EFBIG rlimit(fsize)",
+        &[(NoRlimits, "ESCAPED")],
+    ),
+    (
+        "resources.fd-exhaust",
+        "EMFILE rlimit(no-file)",
+        &[(NoRlimits, "ESCAPED")],
+    ),
 ];
 
 /// Seccomp stops it; with seccomp off (alone or with Landlock or the firewall) the kernel

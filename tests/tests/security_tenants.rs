@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use kiln_tests::jail::require_tool;
 use kiln_tests::security::{
-    api_request, default_profile_path, file_handle, in_netns, line_reader, matches,
-    read_pid_file, run_jailer, stderr_reader, table, write_report, Got, NsPair, ProbeRun, Row,
-    Tenant, ALLOW_ALL_POLICY,
+    api_request, default_profile_path, file_handle, in_netns, line_reader, matches, read_pid_file,
+    run_jailer, stderr_reader, table, write_report, Got, NsPair, ProbeRun, Row, Tenant,
+    ALLOW_ALL_POLICY,
 };
 use kiln_tests::{require_kvm, require_root, tiny, unique_id};
 
@@ -73,7 +73,12 @@ impl TenantB {
             s("--bind-ro"),
             format!("{}:/vm.json", config.display()),
         ];
-        let args = vec![s("--config-file"), s("/vm.json"), s("--api-sock"), s("/run/api.sock")];
+        let args = vec![
+            s("--config-file"),
+            s("/vm.json"),
+            s("--api-sock"),
+            s("/run/api.sock"),
+        ];
         let mut child = tenant
             .command(&id, &flags, &args)
             .stdin(Stdio::piped())
@@ -96,7 +101,18 @@ impl TenantB {
         };
         b.wait_ticks(3, T);
         // B's address on its tap, in B's namespace: what A tries to reach.
-        kiln_tests::jail::sh("ip", &["-n", &b.id, "addr", "add", &format!("{}/24", b.tap_addr), "dev", &tap]);
+        kiln_tests::jail::sh(
+            "ip",
+            &[
+                "-n",
+                &b.id,
+                "addr",
+                "add",
+                &format!("{}/24", b.tap_addr),
+                "dev",
+                &tap,
+            ],
+        );
         b
     }
 
@@ -156,7 +172,12 @@ struct Check {
     why: &'static str,
 }
 
-const fn check(label: &'static str, attempt: &'static str, expected: &'static str, why: &'static str) -> Check {
+const fn check(
+    label: &'static str,
+    attempt: &'static str,
+    expected: &'static str,
+    why: &'static str,
+) -> Check {
     Check {
         label,
         attempt,
@@ -167,35 +188,135 @@ const fn check(label: &'static str, attempt: &'static str, expected: &'static st
 
 /// Attacks on B from A's full jail, run together in one jail that stays up (`--hold`).
 const HELD: &[Check] = &[
-    check("B's files by host path (and ..)", "fs.other-tenant", "ENOENT", "chroot"),
+    check(
+        "B's files by host path (and ..)",
+        "fs.other-tenant",
+        "ENOENT",
+        "chroot",
+    ),
     check("B's cgroups (/sys)", "fs.sys-cgroup", "ENOENT", "chroot"),
-    check("B's API socket", "net.other-tenant-socket", "ENOENT", "chroot"),
-    check("B's processes (pid scan)", "signals.pid-scan", "ESRCH", "pid-ns"),
-    check("SIGKILL B's VMM (tgkill)", "signals.tgkill-victim", "ESRCH", "pid-ns"),
-    check("abstract socket in B's netns", "net.abstract-unix", "ECONNREFUSED", "net-ns"),
-    check("A's own pid limit", "resources.thread-bomb", "EAGAIN", "cgroup(pids)"),
-    check("A's own descriptor limit", "resources.fd-exhaust", "EMFILE", "rlimit"),
+    check(
+        "B's API socket",
+        "net.other-tenant-socket",
+        "ENOENT",
+        "chroot",
+    ),
+    check(
+        "B's processes (pid scan)",
+        "signals.pid-scan",
+        "ESRCH",
+        "pid-ns",
+    ),
+    check(
+        "SIGKILL B's VMM (tgkill)",
+        "signals.tgkill-victim",
+        "ESRCH",
+        "pid-ns",
+    ),
+    check(
+        "abstract socket in B's netns",
+        "net.abstract-unix",
+        "ECONNREFUSED",
+        "net-ns",
+    ),
+    check(
+        "A's own pid limit",
+        "resources.thread-bomb",
+        "EAGAIN",
+        "cgroup(pids)",
+    ),
+    check(
+        "A's own descriptor limit",
+        "resources.fd-exhaust",
+        "EMFILE",
+        "rlimit",
+    ),
 ];
 
 /// Each in a jail of its own (seccomp kills A, or the OOM killer does).
 const ALONE: &[Check] = &[
-    check("SIGKILL B's VMM (kill)", "signals.kill-victim", "SIGSYS", "seccomp"),
-    check("ptrace B's VMM", "signals.ptrace-victim", "SIGSYS", "seccomp"),
-    check("read B's VMM's memory", "signals.process-vm-readv", "SIGSYS", "seccomp"),
-    check("B's file by handle", "fs.open-by-handle", "SIGSYS", "seccomp"),
-    check("TCP to B's address", "net.other-tenant-tcp", "SIGSYS", "seccomp"),
-    check("A's memory hog", "resources.memory-hog", "SIGKILL", "cgroup(memory)"),
+    check(
+        "SIGKILL B's VMM (kill)",
+        "signals.kill-victim",
+        "SIGSYS",
+        "seccomp",
+    ),
+    check(
+        "ptrace B's VMM",
+        "signals.ptrace-victim",
+        "SIGSYS",
+        "seccomp",
+    ),
+    check(
+        "read B's VMM's memory",
+        "signals.process-vm-readv",
+        "SIGSYS",
+        "seccomp",
+    ),
+    check(
+        "B's file by handle",
+        "fs.open-by-handle",
+        "SIGSYS",
+        "seccomp",
+    ),
+    check(
+        "TCP to B's address",
+        "net.other-tenant-tcp",
+        "SIGSYS",
+        "seccomp",
+    ),
+    check(
+        "A's memory hog",
+        "resources.memory-hog",
+        "SIGKILL",
+        "cgroup(memory)",
+    ),
 ];
 
 /// With seccomp and Landlock off in A's jail: the namespaces keep A from B on their own.
 const BARE: &[Check] = &[
-    check("TCP to B's address, no seccomp/Landlock", "net.other-tenant-tcp", "ENETUNREACH", "net-ns"),
-    check("SIGKILL B's VMM (kill), no seccomp/Landlock", "signals.kill-victim", "ESRCH", "pid-ns"),
-    check("ptrace B's VMM, no seccomp/Landlock", "signals.ptrace-victim", "ESRCH", "pid-ns"),
-    check("read B's memory, no seccomp/Landlock", "signals.process-vm-readv", "ESRCH", "pid-ns"),
-    check("B's file by handle, no seccomp/Landlock", "fs.open-by-handle", "EPERM", "caps"),
-    check("abstract socket in B's netns, no seccomp/Landlock", "net.abstract-unix", "ECONNREFUSED", "net-ns"),
-    check("B's vsock socket, no seccomp/Landlock", "net.other-tenant-socket", "ENOENT", "chroot"),
+    check(
+        "TCP to B's address, no seccomp/Landlock",
+        "net.other-tenant-tcp",
+        "ENETUNREACH",
+        "net-ns",
+    ),
+    check(
+        "SIGKILL B's VMM (kill), no seccomp/Landlock",
+        "signals.kill-victim",
+        "ESRCH",
+        "pid-ns",
+    ),
+    check(
+        "ptrace B's VMM, no seccomp/Landlock",
+        "signals.ptrace-victim",
+        "ESRCH",
+        "pid-ns",
+    ),
+    check(
+        "read B's memory, no seccomp/Landlock",
+        "signals.process-vm-readv",
+        "ESRCH",
+        "pid-ns",
+    ),
+    check(
+        "B's file by handle, no seccomp/Landlock",
+        "fs.open-by-handle",
+        "EPERM",
+        "caps",
+    ),
+    check(
+        "abstract socket in B's netns, no seccomp/Landlock",
+        "net.abstract-unix",
+        "ECONNREFUSED",
+        "net-ns",
+    ),
+    check(
+        "B's vsock socket, no seccomp/Landlock",
+        "net.other-tenant-socket",
+        "ENOENT",
+        "chroot",
+    ),
 ];
 
 #[test]
@@ -207,16 +328,23 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
     let mut b = TenantB::start();
     let b_pid = read_pid_file(&b.chroot().join("vmm.pid"), T);
     let b_api = b.chroot().join("run").join("api.sock");
-    assert_eq!(api_request(&b_api, "GET", "/", "").0, 200, "B's API before the attack");
+    assert_eq!(
+        api_request(&b_api, "GET", "/", "").0,
+        200,
+        "B's API before the attack"
+    );
     // A listener on B's tap address (a service in B's guest network) and an abstract
     // socket in B's namespace; a stand-in for B's vsock backend socket in B's /run.
     let (addr, port) = (b.tap_addr.clone(), 24_000 + (std::process::id() % 1000));
-    let b_listener = in_netns(Some(&b.id), move || std::net::TcpListener::bind((addr.as_str(), u16::try_from(port).unwrap_or(24_000))))
-        .expect("listen on B's address");
+    let b_listener = in_netns(Some(&b.id), move || {
+        std::net::TcpListener::bind((addr.as_str(), u16::try_from(port).unwrap_or(24_000)))
+    })
+    .expect("listen on B's address");
     let abstract_name = unique_id("kiln-sec-b");
     let name = abstract_name.clone();
     let _b_abstract = in_netns(Some(&b.id), move || {
-        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .expect("abstract name");
         std::os::unix::net::UnixListener::bind_addr(&a)
     })
     .expect("abstract socket in B's namespace");
@@ -308,12 +436,26 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
         });
     };
     for c in HELD {
-        let got = held_run.results.get(c.attempt).cloned().unwrap_or(Got::Missing("not in the held run".into()));
+        let got = held_run
+            .results
+            .get(c.attempt)
+            .cloned()
+            .unwrap_or(Got::Missing("not in the held run".into()));
         record(c, got);
     }
     for c in ALONE {
-        let run = run_jailer(&mut a.command(&a.id(), &full_flags(&[]), &probe_args(&[c.attempt], &b_api)));
-        record(c, run.results.get(c.attempt).cloned().unwrap_or_else(|| Got::Missing(run.describe())));
+        let run = run_jailer(&mut a.command(
+            &a.id(),
+            &full_flags(&[]),
+            &probe_args(&[c.attempt], &b_api),
+        ));
+        record(
+            c,
+            run.results
+                .get(c.attempt)
+                .cloned()
+                .unwrap_or_else(|| Got::Missing(run.describe())),
+        );
     }
     let bare_flags = full_flags(&[
         "--seccomp-policy",
@@ -321,19 +463,41 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
         "--diagnose-without",
         "landlock",
     ]);
-    let attempts: Vec<&str> = BARE.iter().map(|c| c.attempt).filter(|a| *a != "net.other-tenant-socket").collect();
+    let attempts: Vec<&str> = BARE
+        .iter()
+        .map(|c| c.attempt)
+        .filter(|a| *a != "net.other-tenant-socket")
+        .collect();
     let run = run_jailer(&mut a.command(&a.id(), &bare_flags, &probe_args(&attempts, &b_api)));
-    let vsock_run = run_jailer(&mut a.command(&a.id(), &bare_flags, &probe_args(&["net.other-tenant-socket"], &vsock_path)));
+    let vsock_run = run_jailer(&mut a.command(
+        &a.id(),
+        &bare_flags,
+        &probe_args(&["net.other-tenant-socket"], &vsock_path),
+    ));
     for c in BARE {
-        let from = if c.attempt == "net.other-tenant-socket" { &vsock_run } else { &run };
-        record(c, from.results.get(c.attempt).cloned().unwrap_or_else(|| Got::Missing(from.describe())));
+        let from = if c.attempt == "net.other-tenant-socket" {
+            &vsock_run
+        } else {
+            &run
+        };
+        record(
+            c,
+            from.results
+                .get(c.attempt)
+                .cloned()
+                .unwrap_or_else(|| Got::Missing(from.describe())),
+        );
     }
     let during = b.ticks_since(ticks_at_start);
 
     // Kill A's held VMM; its supervisor passes the signal on and removes A's jail.
     let a_pid = read_pid_file(&a.chroot_dir(&held_id).join("escape-probe.pid"), T);
     // SAFETY: SIGKILL to the pid the jailer recorded for A's VMM, still running (held).
-    assert_eq!(unsafe { libc::kill(a_pid, libc::SIGKILL) }, 0, "kill tenant A");
+    assert_eq!(
+        unsafe { libc::kill(a_pid, libc::SIGKILL) },
+        0,
+        "kill tenant A"
+    );
     let killed_at = Instant::now();
     let status = loop {
         if let Some(s) = held.try_wait().expect("wait for A") {
@@ -355,11 +519,39 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
         // SAFETY: signal 0 only checks that B's VMM exists.
         && unsafe { libc::kill(b_pid, 0) } == 0;
     let outside = [
-        ("B's guest ticks while A attacks", ">0 ticks", format!("{during} ticks"), during > 0),
-        ("A killed (SIGKILL), its jail removed", "killed+cleaned", format!("status {status:?}, jail dir gone: {}", !a.chroot_dir(&held_id).exists()), a_gone),
-        ("B's guest ticks after A is killed", ">=3 ticks", format!("{after} ticks"), after >= 3),
-        ("B's API after A is killed (GET /)", "200 Running", format!("{code} {}", body.trim()), code == 200 && body.contains("Running")),
-        ("B's VMM is the same process", "alive", format!("pid {b_pid}: {}", if b_same { "alive" } else { "GONE" }), b_same),
+        (
+            "B's guest ticks while A attacks",
+            ">0 ticks",
+            format!("{during} ticks"),
+            during > 0,
+        ),
+        (
+            "A killed (SIGKILL), its jail removed",
+            "killed+cleaned",
+            format!(
+                "status {status:?}, jail dir gone: {}",
+                !a.chroot_dir(&held_id).exists()
+            ),
+            a_gone,
+        ),
+        (
+            "B's guest ticks after A is killed",
+            ">=3 ticks",
+            format!("{after} ticks"),
+            after >= 3,
+        ),
+        (
+            "B's API after A is killed (GET /)",
+            "200 Running",
+            format!("{code} {}", body.trim()),
+            code == 200 && body.contains("Running"),
+        ),
+        (
+            "B's VMM is the same process",
+            "alive",
+            format!("pid {b_pid}: {}", if b_same { "alive" } else { "GONE" }),
+            b_same,
+        ),
     ];
     for (what, expected, got, ok) in outside {
         rows.push(Row {
@@ -384,14 +576,21 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
 
     let text = format!(
         "{}\n{} attacks by tenant A on tenant B: {} blocked, {escaped} escaped ({:.1} s)\n",
-        table("tenant A (escape probe) against tenant B (VMM, tiny guest ticking)", &rows),
+        table(
+            "tenant A (escape probe) against tenant B (VMM, tiny guest ticking)",
+            &rows
+        ),
         HELD.len() + ALONE.len() + BARE.len(),
         HELD.len() + ALONE.len() + BARE.len() - escaped,
         started.elapsed().as_secs_f64()
     );
     let path = write_report("tenants", &text);
     eprintln!("{text}(report written to {})", path.display());
-    let bad: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{}: expected {}, got {}", r.attempt, r.expected, r.got)).collect();
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{}: expected {}, got {}", r.attempt, r.expected, r.got))
+        .collect();
     assert_eq!(escaped, 0, "tenant A escaped:\n{}", bad.join("\n"));
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -127,6 +127,13 @@ fn two_functions_invoked_concurrently_never_share_a_vm() {
             env.chroot_base.join("vmm").join(&id).join("root").is_dir(),
             "{id} has its own jail"
         );
+        // Its memory limit: the manifest's memory plus the worker's overhead (64 MiB).
+        let mib = u64::from(manifest(function).memory_mib) + 64;
+        assert_eq!(
+            common::jail_memory_limit(&id),
+            Some(mib << 20),
+            "{id}'s memory cgroup"
+        );
     }
     assert!(
         instances.iter().any(|(f, _)| f == "echo") && instances.iter().any(|(f, _)| f == "hash")

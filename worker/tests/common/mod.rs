@@ -108,6 +108,7 @@ impl Env {
     }
 
     pub fn kiln_with_functions(&self, command: &str, functions: &Path) -> Command {
+        prebuild_examples();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.arg(command)
             .arg("--functions-dir")
@@ -131,6 +132,68 @@ impl Env {
             .arg(&self.parent_cgroup);
         cmd
     }
+}
+
+/// Builds every example function once per test binary, before any test's worker needs one:
+/// on a fresh machine the first build of a function takes far longer than a request's
+/// deadline.
+pub fn prebuild_examples() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = repo().join("examples/functions");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("examples/functions")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("kiln.json").is_file())
+            .collect();
+        names.sort();
+        for f in names {
+            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .arg("build")
+                .arg(&f)
+                .arg("--cache-dir")
+                .arg(kiln_tests::cache_dir().join("functions"))
+                .output()
+                .expect("run kiln build");
+            assert!(
+                out.status.success(),
+                "kiln build {} failed: {}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
+/// The memory limit of jail `id`'s cgroup (v1 `memory.limit_in_bytes` or v2 `memory.max`).
+pub fn jail_memory_limit(id: &str) -> Option<u64> {
+    fn walk(dir: &Path, id: &str, depth: usize) -> Option<u64> {
+        if depth > 8 {
+            return None;
+        }
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name() == id {
+                for f in ["memory.limit_in_bytes", "memory.max"] {
+                    if let Some(v) = std::fs::read_to_string(p.join(f))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                    {
+                        return Some(v);
+                    }
+                }
+            }
+            if let Some(v) = walk(&p, id, depth + 1) {
+                return Some(v);
+            }
+        }
+        None
+    }
+    walk(Path::new("/sys/fs/cgroup"), id, 0)
 }
 
 /// A function's manifest (with its defaults), read by the test to know its limits.

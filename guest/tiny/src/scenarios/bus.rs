@@ -27,21 +27,27 @@ use crate::virtio::DEVICE_BLK;
 fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: `in` touches no memory; the guest runs at CPL 0.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
 fn inw(port: u16) -> u16 {
     let v: u16;
     // SAFETY: as for `inb`.
-    unsafe { asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
 fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: as for `inb`.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -115,7 +121,12 @@ pub fn run_junk(info: &BootInfo, con: &mut Console) {
         mmio_write(addr, 0x1234_5678);
         mmio += 2;
     }
-    con.line().s("bus pio=").dec(pio).s(" mmio=").dec(mmio).end();
+    con.line()
+        .s("bus pio=")
+        .dec(pio)
+        .s(" mmio=")
+        .dec(mmio)
+        .end();
     if crate::virtio::find(info.cmdline, DEVICE_BLK, 0).is_some() {
         if let Some(mut b) = super::blk::open(info, con) {
             read(&mut b, con, 0, 1);
@@ -187,7 +198,9 @@ pub fn run_legacy(_info: &BootInfo, con: &mut Console) {
         }
     }
     // Keyboard commands and junk on the data port.
-    for b in [0xedu8, 0x07, 0xf0, 0x99, 0xf2, 0xf3, 0xff, 0xee, 0xff, 0x00, 0x42] {
+    for b in [
+        0xedu8, 0x07, 0xf0, 0x99, 0xf2, 0xf3, 0xff, 0xee, 0xff, 0x00, 0x42,
+    ] {
         outb(I8042_DATA, b);
     }
     let mut reads = 0u64;
@@ -196,5 +209,8 @@ pub fn run_legacy(_info: &BootInfo, con: &mut Console) {
         let _ = inb(I8042_CMD);
         reads += 2;
     }
-    con.line().s("legacy i8042 survived reads=").dec(reads).end();
+    con.line()
+        .s("legacy i8042 survived reads=")
+        .dec(reads)
+        .end();
 }

@@ -95,10 +95,18 @@ pub fn run_giant(info: &BootInfo, con: &mut Console) {
     let Some(mut b) = open(info, con) else { return };
     let end = ram_end(info);
     if end < BIG_BASE + BIG_LEN {
-        con.error().s("giant needs 32 MiB of RAM, has end=").hex(end).end();
+        con.error()
+            .s("giant needs 32 MiB of RAM, has end=")
+            .hex(end)
+            .end();
         return;
     }
-    let canaries = [BIG_BASE, BIG_BASE + 64, BIG_BASE + (16 << 20), BIG_BASE + BIG_LEN - 8];
+    let canaries = [
+        BIG_BASE,
+        BIG_BASE + 64,
+        BIG_BASE + (16 << 20),
+        BIG_BASE + BIG_LEN - 8,
+    ];
     for &c in &canaries {
         plant(c);
     }
@@ -106,7 +114,13 @@ pub fn run_giant(info: &BootInfo, con: &mut Console) {
     let m = b.mmio;
     let chains: [(&str, u32, u64, u32, u32); 4] = [
         ("giant len=0xffffffff", T_IN, data, u32::MAX, F_WRITE as u32),
-        ("giant in=24MiB", T_IN, BIG_BASE, BIG_LEN as u32, F_WRITE as u32),
+        (
+            "giant in=24MiB",
+            T_IN,
+            BIG_BASE,
+            BIG_LEN as u32,
+            F_WRITE as u32,
+        ),
         ("giant out=24MiB", T_OUT, BIG_BASE, BIG_LEN as u32, 0),
         ("giant end-of-ram", T_IN, end - 512, 1024, F_WRITE as u32),
     ];
@@ -131,19 +145,29 @@ pub fn run_giant(info: &BootInfo, con: &mut Console) {
     // GET_ID into 20 MiB: only the id (20 bytes) may be written.
     Blk::prepare(T_GET_ID, 0);
     b.ring.set_desc(0, hdr, 16, F_NEXT, 1);
-    b.ring.set_desc(1, BIG_BASE + 32, 20 << 20, F_NEXT | F_WRITE, 2);
+    b.ring
+        .set_desc(1, BIG_BASE + 32, 20 << 20, F_NEXT | F_WRITE, 2);
     b.ring.set_desc(2, status, 1, F_WRITE, 0);
     post(&m, &mut b.ring, 0, 0, con, "giant get-id=20MiB");
     // 8 buffers of 2 GiB each (16 GiB in all), chained.
     Blk::prepare(T_IN, 0);
     b.ring.set_desc(0, hdr, 16, F_NEXT, 1);
     for i in 1..7u16 {
-        b.ring.set_desc(usize::from(i), BIG_BASE, 0x8000_0000, F_NEXT | F_WRITE, i + 1);
+        b.ring.set_desc(
+            usize::from(i),
+            BIG_BASE,
+            0x8000_0000,
+            F_NEXT | F_WRITE,
+            i + 1,
+        );
     }
     b.ring.set_desc(7, status, 1, F_WRITE, 0);
     post(&m, &mut b.ring, 0, 0, con, "giant 6x2GiB");
     let ok = canaries.iter().all(|&c| intact(c));
-    con.line().s("giant canaries intact=").dec(u64::from(ok)).end();
+    con.line()
+        .s("giant canaries intact=")
+        .dec(u64::from(ok))
+        .end();
     read(&mut b, con, 0, 1);
 }
 
@@ -239,8 +263,24 @@ pub fn run_wrap(info: &BootInfo, con: &mut Console) {
         for i in 0..PER_ROUND {
             let st = addr_of!((*r).status[usize::from(i)]) as u64;
             let d = usize::from(2 * i);
-            write_volatile(addr_of_mut!((*r).desc[d]), Desc { addr: hdr, len: 16, flags: F_NEXT, next: 2 * i + 1 });
-            write_volatile(addr_of_mut!((*r).desc[d + 1]), Desc { addr: st, len: 1, flags: F_WRITE, next: 0 });
+            write_volatile(
+                addr_of_mut!((*r).desc[d]),
+                Desc {
+                    addr: hdr,
+                    len: 16,
+                    flags: F_NEXT,
+                    next: 2 * i + 1,
+                },
+            );
+            write_volatile(
+                addr_of_mut!((*r).desc[d + 1]),
+                Desc {
+                    addr: st,
+                    len: 1,
+                    flags: F_WRITE,
+                    next: 0,
+                },
+            );
         }
     }
     // SAFETY: only addresses are computed.
@@ -264,7 +304,10 @@ pub fn run_wrap(info: &BootInfo, con: &mut Console) {
     m.write(virtio::REG_QUEUE_READY, 1);
     let st = m.driver_ok();
     if st & virtio::STATUS_DRIVER_OK == 0 || st & STATUS_NEEDS_RESET != 0 {
-        con.error().s("wrap 256-entry queue refused status=").hex(st.into()).end();
+        con.error()
+            .s("wrap 256-entry queue refused status=")
+            .hex(st.into())
+            .end();
         return;
     }
     let rounds = virtio::param_num(info.cmdline, b"kiln.rounds", 513);
@@ -287,7 +330,10 @@ pub fn run_wrap(info: &BootInfo, con: &mut Console) {
         // SAFETY: in bounds of the static ring; the device writes it.
         while unsafe { read_volatile(addr_of!((*r).used.idx)) } != next {
             if virtio::rdtsc().wrapping_sub(start) > WAIT_CYCLES {
-                con.error().s("wrap round timed out at avail_idx=").hex(next.into()).end();
+                con.error()
+                    .s("wrap round timed out at avail_idx=")
+                    .hex(next.into())
+                    .end();
                 return;
             }
         }
@@ -361,7 +407,10 @@ fn config_device(con: &mut Console, m: Mmio, name: &str, index: u32) -> bool {
     let mut writes = config_junk(&m);
     let wanted = if name == "net" { F_MAC } else { 0 };
     if m.negotiate(wanted).is_err() {
-        con.error().s("config negotiation failed dev=").s(name).end();
+        con.error()
+            .s("config negotiation failed dev=")
+            .s(name)
+            .end();
         return false;
     }
     let (q0, q1) = (Ring::new(0), Ring::new(1));
@@ -394,7 +443,9 @@ pub fn run_config(info: &BootInfo, con: &mut Console) {
     let mut devices = 0;
     for (id, name) in [(DEVICE_BLK, "blk"), (DEVICE_NET, "net")] {
         for index in 0..4 {
-            let Some(m) = virtio::find(info.cmdline, id, index) else { break };
+            let Some(m) = virtio::find(info.cmdline, id, index) else {
+                break;
+            };
             if config_device(con, m, name, index) {
                 devices += 1;
             }
@@ -410,7 +461,10 @@ pub fn run_config(info: &BootInfo, con: &mut Console) {
     }
     if let Some(mut n) = NetDev::open(info, con) {
         let sent = n.send_frame(b"KILN-TINY config: the device still sends");
-        con.line().s("config net tx used=").dec(u64::from(sent.is_some())).end();
+        con.line()
+            .s("config net tx used=")
+            .dec(u64::from(sent.is_some()))
+            .end();
     }
 }
 
@@ -450,7 +504,10 @@ impl NetDev {
         let features = match m.negotiate(F_MAC) {
             Ok(f) => f,
             Err(s) => {
-                con.error().s("virtio-net refused features status=").hex(s.into()).end();
+                con.error()
+                    .s("virtio-net refused features status=")
+                    .hex(s.into())
+                    .end();
                 return None;
             }
         };
@@ -459,7 +516,10 @@ impl NetDev {
         m.setup_queue(1, 8, &tx);
         let st = m.driver_ok();
         if st & virtio::STATUS_DRIVER_OK == 0 || st & STATUS_NEEDS_RESET != 0 {
-            con.error().s("virtio-net refused to start status=").hex(st.into()).end();
+            con.error()
+                .s("virtio-net refused to start status=")
+                .hex(st.into())
+                .end();
             return None;
         }
         let mut mac = [0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x01];
@@ -518,7 +578,12 @@ impl NetDev {
                 .s(" len=")
                 .dec(u.len.into())
                 .end(),
-            None => con.error().s("nethostile tx ").s(what).s(" never returned").end(),
+            None => con
+                .error()
+                .s("nethostile tx ")
+                .s(what)
+                .s(" never returned")
+                .end(),
         }
     }
 }
@@ -527,7 +592,9 @@ impl NetDev {
 const RX_WAIT: u64 = 8_000_000_000;
 
 pub fn run_net(info: &BootInfo, con: &mut Console) {
-    let Some(mut n) = NetDev::open(info, con) else { return };
+    let Some(mut n) = NetDev::open(info, con) else {
+        return;
+    };
     let end = ram_end(info);
     let tx = NetDev::tx_addr();
     let len = n.fill_tx(b"HOSTILE frame: must never reach the tap");
@@ -542,7 +609,11 @@ pub fn run_net(info: &BootInfo, con: &mut Console) {
         // SAFETY: BIG_BASE.. lies in RAM (checked against the memory map), above the image.
         unsafe {
             core::ptr::write_bytes(BIG_BASE as *mut u8, 0, 12);
-            core::ptr::copy_nonoverlapping((tx + 12) as *const u8, (BIG_BASE + 12) as *mut u8, len as usize - 12);
+            core::ptr::copy_nonoverlapping(
+                (tx + 12) as *const u8,
+                (BIG_BASE + 12) as *mut u8,
+                len as usize - 12,
+            );
         }
         n.tx.set_desc(3, BIG_BASE, 1 << 20, 0, 0);
         n.tx_report(con, "giant=1MiB", 3);
@@ -560,7 +631,9 @@ pub fn run_net(info: &BootInfo, con: &mut Console) {
         .s("nethostile tx avail_idx status=")
         .hex(wait_needs_reset(&n.m).into())
         .end();
-    let Some(mut n) = NetDev::start(n.m, con) else { return };
+    let Some(mut n) = NetDev::start(n.m, con) else {
+        return;
+    };
 
     // Receive: a read-only buffer (with a canary), one outside RAM, one straddling the end
     // of RAM. The host sends frames once it sees `ready`.
@@ -599,7 +672,11 @@ pub fn run_net(info: &BootInfo, con: &mut Console) {
     n.rx.push(3);
     n.m.notify(0);
     match n.rx.wait_used(RX_WAIT) {
-        Some(u) => con.line().s("nethostile rx good len=").dec(u.len.into()).end(),
+        Some(u) => con
+            .line()
+            .s("nethostile rx good len=")
+            .dec(u.len.into())
+            .end(),
         None => con.error().s("nethostile rx good buffer never used").end(),
     }
     match n.send_frame(b"KILN-TINY net-hostile: the device still sends") {

@@ -147,7 +147,12 @@ fn state() -> *mut State {
 fn lapic_write(reg: u64, value: u32) {
     // SAFETY: the local APIC page (in the uncached 3-4 GiB part of the identity map); an
     // aligned 32-bit write is handled by KVM's in-kernel APIC.
-    unsafe { write_volatile((read_volatile(addr_of!((*state()).lapic)) + reg) as *mut u32, value) }
+    unsafe {
+        write_volatile(
+            (read_volatile(addr_of!((*state()).lapic)) + reg) as *mut u32,
+            value,
+        )
+    }
 }
 
 fn ioapic_write(reg: u32, value: u32) {
@@ -162,7 +167,9 @@ fn ioapic_write(reg: u32, value: u32) {
 fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: reading IA32_APIC_BASE has no side effect.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -236,7 +243,9 @@ fn load_idt() {
     descriptor[4] = (base >> 48) as u16;
     // SAFETY: `lidt` reads the 10-byte descriptor; the table it names is static and
     // complete (every vector has a gate).
-    unsafe { asm!("lidt [{}]", in(reg) descriptor.as_ptr(), options(readonly, nostack, preserves_flags)) }
+    unsafe {
+        asm!("lidt [{}]", in(reg) descriptor.as_ptr(), options(readonly, nostack, preserves_flags))
+    }
 }
 
 pub fn run(info: &BootInfo, con: &mut Console) {
@@ -276,7 +285,10 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     Blk::prepare(0x7f, 0);
     b.ring.set_desc(0, Blk::header_addr(), 16, F_NEXT, 2);
     b.ring.set_desc(2, Blk::status_addr(), 1, F_WRITE, 0);
-    con.line().s("storm device start irq=").dec(irq.into()).end();
+    con.line()
+        .s("storm device start irq=")
+        .dec(irq.into())
+        .end();
     b.ring.push(0);
     b.mmio.notify(0);
     // SAFETY: interrupts are off; from now on the handler owns the device.
@@ -297,13 +309,23 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     }
     let cycles = virtio::rdtsc().wrapping_sub(start);
     // SAFETY: interrupts are off.
-    let (device, other) = unsafe { (read_volatile(addr_of!((*s).device)), read_volatile(addr_of!((*s).other))) };
+    let (device, other) = unsafe {
+        (
+            read_volatile(addr_of!((*s).device)),
+            read_volatile(addr_of!((*s).other)),
+        )
+    };
     // The timer and the pin masked again: nothing but the IPIs in the next phase.
     lapic_write(LAPIC_TIMER_INITIAL, 0);
     lapic_write(LAPIC_LVT_TIMER, 0x1_0000);
     ioapic_write(0x10 + 2 * irq, 0x1_0000 | u32::from(VEC_DEVICE));
     if device < target {
-        con.error().s("storm device irqs=").dec(device).s(" of ").dec(target).end();
+        con.error()
+            .s("storm device irqs=")
+            .dec(device)
+            .s(" of ")
+            .dec(target)
+            .end();
         return;
     }
     con.line()

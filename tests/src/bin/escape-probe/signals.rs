@@ -152,6 +152,10 @@ fn pid_scan() -> Outcome {
         Outcome::Blocked("ESRCH for every pid but 1 and its own".into())
     } else {
         let first: Vec<String> = seen.iter().take(8).map(ToString::to_string).collect();
-        Outcome::Escaped(format!("sees {} other processes ({}, ...)", seen.len(), first.join(", ")))
+        Outcome::Escaped(format!(
+            "sees {} other processes ({}, ...)",
+            seen.len(),
+            first.join(", ")
+        ))
     }
 }
