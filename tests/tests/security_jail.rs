@@ -615,7 +615,7 @@ fn run_config(
             .results
             .get(&a.name)
             .cloned()
-            .unwrap_or_else(|| Got::Missing(format!("{}", run.describe())));
+            .unwrap_or_else(|| Got::Missing(run.describe()));
         results.insert(a.name.clone(), got);
     }
     // From outside: nothing reached the victim or the listeners unless the probe says so.

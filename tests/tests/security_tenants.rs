@@ -493,11 +493,8 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
     // Kill A's held VMM; its supervisor passes the signal on and removes A's jail.
     let a_pid = read_pid_file(&a.chroot_dir(&held_id).join("escape-probe.pid"), T);
     // SAFETY: SIGKILL to the pid the jailer recorded for A's VMM, still running (held).
-    assert_eq!(
-        unsafe { libc::kill(a_pid, libc::SIGKILL) },
-        0,
-        "kill tenant A"
-    );
+    let killed = unsafe { libc::kill(a_pid, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill tenant A");
     let killed_at = Instant::now();
     let status = loop {
         if let Some(s) = held.try_wait().expect("wait for A") {
