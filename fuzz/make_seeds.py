@@ -330,7 +330,7 @@ def vsock_seeds():
             + host_read(64)
             + host_write(b"x" * 300) + rx(8192) + rx(8192)    # beyond the guest's credit
             + packet(5, b"y" * 300) + host_read(400)
-            + bytes([4]) + rx(64) + bytes([7]) + struct.pack("<H", 1000))
+            + bytes([4]) + rx(64) + rx(64) + rx(64) + bytes([7]) + struct.pack("<H", 1000))
     write("vsock_connection", "host-initiated", host)
 
 

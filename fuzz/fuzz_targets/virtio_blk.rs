@@ -29,7 +29,11 @@ thread_local! {
 
 /// A recognisable disk: sector n is filled with byte n.
 fn disk_image(sectors: usize) -> Vec<u8> {
-    (0..sectors * 512).map(|i| (i / 512) as u8).collect()
+    let mut image = vec![0u8; sectors * 512];
+    for (n, sector) in image.chunks_mut(512).enumerate() {
+        sector.fill(n as u8);
+    }
+    image
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -104,7 +104,8 @@ fuzz_target!(|data: &[u8]| {
     let mut guest_got: Vec<u8> = Vec::new();
 
     while !input.is_empty() {
-        match input.u8() % 9 {
+        let event = input.u8() % 9;
+        match event {
             0 => {
                 let (op, type_, flags) = (input.u16(), input.u16(), input.u32());
                 let (buf_alloc, fwd_cnt, len) = (input.u32(), input.u32(), input.u16());
@@ -168,7 +169,9 @@ fuzz_target!(|data: &[u8]| {
                 let credit = conn.peer_credit();
                 let was_done = conn.is_done();
                 let mut buf = vec![0u8; room];
-                if let Some(h) = conn.next_packet(&mut buf, now) {
+                let packet = conn.next_packet(&mut buf, now);
+                kiln_fuzz::debug(|| format!("to the guest ({room} bytes of room, credit {credit}): {packet:?}"));
+                if let Some(h) = packet {
                     assert!(!was_done, "a finished connection sent {h:?}");
                     assert_eq!(h.src_cid, HOST_CID);
                     assert_eq!(h.dst_cid, CID);
@@ -192,6 +195,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => conn.on_readable(false),
         }
+        kiln_fuzz::debug(|| format!("event {event}: {:?}, deadline {:?}", conn.state(), conn.deadline().map(|d| d - start)));
         assert!(conn.buffered() <= BUF_ALLOC as usize, "{} bytes buffered", conn.buffered());
         if conn.is_done() {
             assert!(!conn.has_rx_work(), "a finished connection has work");

@@ -2,6 +2,7 @@
 //! rlimits, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
 //! never silently drops a limit. Values are validated in `args.rs`, where flags override them.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -110,21 +111,23 @@ pub struct LandlockPath {
 }
 
 impl Profile {
-    /// Reads and parses a profile file.
+    /// Reads and parses a profile file. At most [`MAX_PROFILE_BYTES`] are read, whatever the
+    /// file is: a character device such as `/dev/zero` has no size to check beforehand.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let meta = std::fs::metadata(path).map_err(|source| ProfileError::Read {
+        let read_err = |source| ProfileError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        if meta.len() > MAX_PROFILE_BYTES {
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut text = String::new();
+        file.take(MAX_PROFILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_PROFILE_BYTES {
             return Err(ProfileError::TooLarge {
                 path: path.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
         Self::parse(path, &text)
     }
 
@@ -176,6 +179,21 @@ mod tests {
             parse(r#"{"egress": {"allow": [{"proto": "tcp", "cidr": "1.2.3.4/32", "port": 1}]}}"#)
                 .unwrap_err();
         assert!(e.contains("unknown field `port`"), "{e}");
+    }
+
+    /// Found by the `jailer_args` fuzz target: `--profile /dev/zero` read without end (the
+    /// size check saw 0 bytes) until the jailer ran out of memory.
+    #[test]
+    fn endless_files_are_too_large_not_read_forever() {
+        let e = Profile::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
+        let big = std::env::temp_dir().join(format!("kiln-profile-big-{}", std::process::id()));
+        std::fs::write(&big, vec![b' '; (MAX_PROFILE_BYTES + 1) as usize]).unwrap();
+        let e = Profile::load(&big).unwrap_err();
+        std::fs::remove_file(&big).unwrap();
+        assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
+        let e = Profile::load(Path::new("/nonexistent/profile.json")).unwrap_err();
+        assert!(matches!(e, ProfileError::Read { .. }), "{e}");
     }
 
     #[test]

@@ -291,9 +291,20 @@ impl Drop for Tenant {
             }
         }
         let _ = std::fs::remove_dir_all(&self.base);
-        for controller in ["pids", "memory", "cpu", "cpuacct", "cpuset"] {
-            let dir = crate::jail::own_cgroup_dir(controller).join(&self.parent_cgroup);
-            let _ = std::fs::remove_dir(dir);
+        // The parent cgroup the runs shared (each jail removes only what it created).
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        for line in own.lines() {
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            for c in controllers.split(',').filter(|c| !c.is_empty()) {
+                let dir = Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(path.trim_start_matches('/'))
+                    .join(&self.parent_cgroup);
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }

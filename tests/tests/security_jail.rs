@@ -134,7 +134,7 @@ const EXPECTED: &[Expectation] = &[
     ),
     (
         "fs.write-pidfile",
-        "EACCES uid(root-owned-0600)",
+        "EACCES uid(root-owned)",
         &[(NoPrivileges, "EROFS read-only-root")],
     ),
     ("fs.mkdir-dev", "EROFS read-only-/dev", &[]),

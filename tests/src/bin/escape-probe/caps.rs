@@ -1,6 +1,7 @@
 //! Regaining privileges: becoming root again, raising capabilities, a user namespace (full
-//! capabilities inside it), other namespaces, and a thread in new namespaces through the
-//! `clone` flags the jail's filter lets through (CLONE_THREAD set).
+//! capabilities inside it), other namespaces, and a thread in new namespaces through
+//! `clone` with CLONE_THREAD set (the jail's filter used to let any such `clone` through; it
+//! now also requires every CLONE_NEW* flag clear).
 
 use crate::sys::{check, long, verdict};
 use crate::{Attempt, Outcome};
@@ -125,7 +126,7 @@ pub const ATTEMPTS: &[Attempt] = &[
     },
     Attempt {
         name: "caps.clone-thread-ns",
-        what: "a thread in new mount/net/UTS/IPC namespaces (clone with CLONE_THREAD, which the filter allows)",
+        what: "a thread in new mount/net/UTS/IPC namespaces (clone with CLONE_THREAD set, as the filter demands of clone)",
         run: |_| clone_thread_ns(),
     },
 ];
