@@ -230,6 +230,8 @@ def jailer_seeds():
     write("jailer_args", "cleanup", "\0".join([
         "cleanup", "--id", "vm-1", "--exec-file", "/usr/bin/true", "--chroot-base-dir", "/tmp"]))
     write("jailer_args", "help", "--help")
+    # Regression: an endless profile file was read until the jailer ran out of memory.
+    write("jailer_args", "profile-dev-zero", "\0".join(base + ["--profile", "/dev/zero"]))
 
 
 def profile_seeds():

@@ -63,7 +63,7 @@ else
 fi
 [ ${#targets[@]} -gt 0 ] || die "no fuzz targets found (cargo fuzz list in $fuzz_dir)"
 
-step "building ${#targets[@]} fuzz targets (sanitizer: $sanitizer)"
+step "building the fuzz targets (sanitizer: $sanitizer)"
 "${fuzz_env[@]}" cargo fuzz build "${fuzz_flags[@]}" \
     || die "the fuzz targets do not build (cargo fuzz build ${fuzz_flags[*]})"
 

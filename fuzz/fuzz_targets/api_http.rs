@@ -22,14 +22,14 @@ use vmm::api::{router, Action, ApiRequest, Limits, VmmData};
 use vmm::controller::{Controller, Microvm, Outcome};
 use vmm::resources::VmResources;
 
-/// The microVM the controller sees after `InstanceStart`: every runtime operation succeeds
-/// (or fails, by the parity of the operations so far) without doing anything.
+/// The microVM the controller sees after `InstanceStart`: runtime operations do nothing and
+/// succeed, except every fifth, which fails.
 struct StandIn(u32);
 
 impl StandIn {
     fn op(&mut self) -> Result<(), String> {
         self.0 += 1;
-        if self.0 % 5 == 0 {
+        if self.0.is_multiple_of(5) {
             Err("stand-in failure".into())
         } else {
             Ok(())

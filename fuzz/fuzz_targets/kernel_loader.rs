@@ -97,7 +97,12 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
         };
-        kiln_fuzz::debug(|| format!("kernel loaded: {:?} entry {:?} end {:#x}", kernel.format, kernel.entry, kernel.end));
+        kiln_fuzz::debug(|| {
+            format!(
+                "kernel loaded: {:?} entry {:?} end {:#x}",
+                kernel.format, kernel.entry, kernel.end
+            )
+        });
         assert!(
             loader::in_ram(mem_size, kernel.entry.addr, 1),
             "entry point {:#x} outside guest RAM",
@@ -108,11 +113,20 @@ fuzz_target!(|data: &[u8]| {
             let path = files.initrd.set_len(initrd_size).to_string();
             if let Some(at) = loader::place_initrd(initrd_size, &kernel, mem_size) {
                 let kernel_end = kernel.end.next_multiple_of(4096);
-                assert!(at >= kernel_end, "initrd at {at:#x} overlaps the kernel (end {kernel_end:#x})");
+                assert!(
+                    at >= kernel_end,
+                    "initrd at {at:#x} overlaps the kernel (end {kernel_end:#x})"
+                );
                 assert_eq!(at % 4096, 0);
                 let end = at + initrd_size;
-                assert!(end <= low_ram_end(mem_size), "initrd past the end of low RAM");
-                assert!(end <= kernel.initrd_addr_max.saturating_add(1), "initrd past initrd_addr_max");
+                assert!(
+                    end <= low_ram_end(mem_size),
+                    "initrd past the end of low RAM"
+                );
+                assert!(
+                    end <= kernel.initrd_addr_max.saturating_add(1),
+                    "initrd past initrd_addr_max"
+                );
             }
             match loader::load_initrd(&mem, &path, &kernel, mem_size) {
                 Ok(rd) => Some(rd),

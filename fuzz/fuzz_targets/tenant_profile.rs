@@ -65,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let parsed = args::parse(argv.iter().map(OsString::from));
         kiln_fuzz::debug(|| match &parsed {
-            Ok(Command::Jail(c)) => format!("accepted: {:?} {:?} {:?}", c.network, c.cgroup, c.landlock),
+            Ok(Command::Jail(c)) => {
+                format!("accepted: {:?} {:?} {:?}", c.network, c.cgroup, c.landlock)
+            }
             other => format!("{other:?}"),
         });
         let Ok(Command::Jail(c)) = parsed else {

@@ -92,12 +92,19 @@ fuzz_target!(|data: &[u8]| {
         dev.reset();
         kiln_fuzz::debug(|| {
             let used = g.used_idx().wrapping_sub(g.start);
-            format!("{used} used entries, needs reset: {}, status bytes at 0x2300: {:?}",
-                interrupt.needs_reset(), &after[0x2300..0x2304])
+            format!(
+                "{used} used entries, needs reset: {}, status bytes at 0x2300: {:?}",
+                interrupt.needs_reset(),
+                &after[0x2300..0x2304]
+            )
         });
 
         // The disk: never grown; untouched when read-only.
-        assert_eq!(disk.len(), image.len() as u64, "the disk image changed size");
+        assert_eq!(
+            disk.len(),
+            image.len() as u64,
+            "the disk image changed size"
+        );
         if read_only {
             let now = std::fs::read(disk.path()).expect("the disk reads back");
             assert!(now == image, "a read-only disk was written");

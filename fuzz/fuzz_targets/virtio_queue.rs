@@ -21,14 +21,17 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryBackend;
 use vmm::devices::virtio::block::request;
 use vmm::devices::virtio::queue::{
-    add_used, add_used_batch, has_available, pop_head, read_stream, segments, total_len,
-    unpop, walk_chain, Buffer, Chain,
+    add_used, add_used_batch, has_available, pop_head, read_stream, segments, total_len, unpop,
+    walk_chain, Buffer, Chain,
 };
 
 /// Checks the promises of a chain `walk_chain` accepted.
 fn check_chain(g: &GuestQueue, chain: &Chain, size: u16) {
     let n = chain.readable.len() + chain.writable.len();
-    assert!(n >= 1 && n <= usize::from(size), "{n} buffers in a queue of {size}");
+    assert!(
+        n >= 1 && n <= usize::from(size),
+        "{n} buffers in a queue of {size}"
+    );
     let total = total_len(&chain.readable) + total_len(&chain.writable);
     assert!(total <= u64::from(u32::MAX), "chain of {total} bytes");
     for b in chain.readable.iter().chain(&chain.writable) {
@@ -50,13 +53,20 @@ fn check_stream(g: &GuestQueue, buffers: &[Buffer], offset: u64, len: usize) {
     let mut sum = 0u64;
     for (addr, n) in segments(buffers, offset, len as u64) {
         assert!(n > 0, "an empty segment");
-        assert!(g.mem.check_range(addr, n), "segment {:#x}+{n:#x} outside memory", addr.0);
+        assert!(
+            g.mem.check_range(addr, n),
+            "segment {:#x}+{n:#x} outside memory",
+            addr.0
+        );
         sum += n as u64;
     }
     assert_eq!(sum, expect, "segments of {offset}+{len} over {total} bytes");
     let mut buf = vec![0u8; len];
     let got = read_stream(&g.mem, buffers, offset, &mut buf);
-    assert_eq!(got as u64, expect, "read_stream of {offset}+{len} over {total} bytes");
+    assert_eq!(
+        got as u64, expect,
+        "read_stream of {offset}+{len} over {total} bytes"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -88,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(head < size, "head {head} outside a queue of {size}");
         taken += 1;
-        assert!(taken <= u32::from(size), "{taken} heads from a queue of {size} in one pass");
+        assert!(
+            taken <= u32::from(size),
+            "{taken} heads from a queue of {size} in one pass"
+        );
         let walked = walk_chain(&g.queue, &g.mem, head);
         kiln_fuzz::debug(|| format!("head {head}: {walked:?}"));
         let len_used = match walked {
@@ -126,7 +139,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if add_used_batch(&mut g.queue, &g.mem, &used[half..]).is_ok() {
         let published = g.used_idx().wrapping_sub(g.start);
-        assert_eq!(usize::from(published), used.len(), "used idx moved by the wrong count");
+        assert_eq!(
+            usize::from(published),
+            used.len(),
+            "used idx moved by the wrong count"
+        );
     }
     // A device that could not use its last heads puts them back.
     unpop(&mut g.queue, u16::try_from(taken.min(2)).unwrap_or(0));

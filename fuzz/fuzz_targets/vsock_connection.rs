@@ -122,8 +122,7 @@ fuzz_target!(|data: &[u8]| {
                     len: u32::from(len),
                 };
                 let payload = input.bytes(usize::from(len).min(4096));
-                if let Verdict::Accept(pkt) = check_tx(&hdr.to_bytes(), payload.len() as u64, CID)
-                {
+                if let Verdict::Accept(pkt) = check_tx(&hdr.to_bytes(), payload.len() as u64, CID) {
                     let body = if pkt.op == Op::Rw {
                         &payload[..hdr.len as usize]
                     } else {
@@ -170,7 +169,9 @@ fuzz_target!(|data: &[u8]| {
                 let was_done = conn.is_done();
                 let mut buf = vec![0u8; room];
                 let packet = conn.next_packet(&mut buf, now);
-                kiln_fuzz::debug(|| format!("to the guest ({room} bytes of room, credit {credit}): {packet:?}"));
+                kiln_fuzz::debug(|| {
+                    format!("to the guest ({room} bytes of room, credit {credit}): {packet:?}")
+                });
                 if let Some(h) = packet {
                     assert!(!was_done, "a finished connection sent {h:?}");
                     assert_eq!(h.src_cid, HOST_CID);
@@ -195,8 +196,18 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => conn.on_readable(false),
         }
-        kiln_fuzz::debug(|| format!("event {event}: {:?}, deadline {:?}", conn.state(), conn.deadline().map(|d| d - start)));
-        assert!(conn.buffered() <= BUF_ALLOC as usize, "{} bytes buffered", conn.buffered());
+        kiln_fuzz::debug(|| {
+            format!(
+                "event {event}: {:?}, deadline {:?}",
+                conn.state(),
+                conn.deadline().map(|d| d - start)
+            )
+        });
+        assert!(
+            conn.buffered() <= BUF_ALLOC as usize,
+            "{} bytes buffered",
+            conn.buffered()
+        );
         if conn.is_done() {
             assert!(!conn.has_rx_work(), "a finished connection has work");
         }
@@ -213,8 +224,14 @@ fuzz_target!(|data: &[u8]| {
             read = rest;
         }
     }
-    assert!(guest_sent.starts_with(read), "the host read bytes the guest did not send");
-    assert!(host_wrote.starts_with(&guest_got), "the guest got bytes the host did not write");
+    assert!(
+        guest_sent.starts_with(read),
+        "the host read bytes the guest did not send"
+    );
+    assert!(
+        host_wrote.starts_with(&guest_got),
+        "the guest got bytes the host did not write"
+    );
     kiln_fuzz::debug(|| {
         format!(
             "state {:?} ({:?}); guest sent {} host read {}; host wrote {} guest got {}",

@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
     match Header::from_bytes(bytes) {
         None => {
             assert!(bytes.len() < HDR_LEN);
-            assert!(matches!(verdict, Verdict::Drop(PacketError::ShortHeader { .. })));
+            assert!(matches!(
+                verdict,
+                Verdict::Drop(PacketError::ShortHeader { .. })
+            ));
         }
         Some(h) => {
             let encoded = h.to_bytes();
@@ -54,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
                 Verdict::Reset { hdr, .. } => {
                     assert_eq!(hdr, h);
                     assert!(h.src_cid == cid && h.dst_cid == HOST_CID);
-                    assert_ne!(Op::from_raw(h.op), Some(Op::Rst), "an RST answered with an RST");
+                    assert_ne!(
+                        Op::from_raw(h.op),
+                        Some(Op::Rst),
+                        "an RST answered with an RST"
+                    );
                 }
             }
         }
@@ -65,7 +72,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(port) = parse_connect_line(line) {
         let text = std::str::from_utf8(line).expect("an accepted line is ASCII");
         let mut words = text.split_ascii_whitespace();
-        assert!(words.next().is_some_and(|w| w.eq_ignore_ascii_case("connect")));
+        assert!(words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("connect")));
         assert_eq!(words.next().map(str::parse::<u32>), Some(Ok(port)));
         assert!(words.next().is_none());
     }

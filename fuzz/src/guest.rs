@@ -82,7 +82,8 @@ impl GuestQueue {
             let raw = input.bytes(16);
             let mut d = [0u8; 16];
             d[..raw.len()].copy_from_slice(raw);
-            mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * i)).ok()?;
+            mem.write_slice(&d, GuestAddress(DESC_TABLE + 16 * i))
+                .ok()?;
             let addr = u64::from_le_bytes(d[0..8].try_into().ok()?);
             let len = u32::from_le_bytes(d[8..12].try_into().ok()?);
             let flags = u16::from_le_bytes(d[12..14].try_into().ok()?);
@@ -114,7 +115,8 @@ impl GuestQueue {
         queue.set_next_avail(start);
         queue.set_next_used(start);
         // The used ring as a device that has been running would have left it.
-        mem.write_obj(start.to_le(), GuestAddress(USED_RING + 2)).ok()?;
+        mem.write_obj(start.to_le(), GuestAddress(USED_RING + 2))
+            .ok()?;
         Some(GuestQueue {
             mem,
             queue,
@@ -162,7 +164,11 @@ impl GuestQueue {
                 if x != y {
                     let at = (i * BLOCK + j) as u64;
                     let len = REGION_LEN as u64;
-                    out.push(if at < len { REGION0 + at } else { REGION1 + (at - len) });
+                    out.push(if at < len {
+                        REGION0 + at
+                    } else {
+                        REGION1 + (at - len)
+                    });
                 }
             }
         }

@@ -80,11 +80,7 @@ impl MemFile {
         // SAFETY: `cname` is a valid NUL-terminated string for the duration of the call;
         // memfd_create only reads it and returns a new descriptor (or -1).
         let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(
-            fd >= 0,
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
         // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
         let file = unsafe { File::from_raw_fd(fd) };
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());

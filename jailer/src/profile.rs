@@ -181,14 +181,16 @@ mod tests {
         assert!(e.contains("unknown field `port`"), "{e}");
     }
 
-    /// Found by the `jailer_args` fuzz target: `--profile /dev/zero` read without end (the
-    /// size check saw 0 bytes) until the jailer ran out of memory.
+    /// Found while writing the `jailer_args` fuzz target (its seed `seed-profile-dev-zero`
+    /// replays it): `--profile /dev/zero` was read without end (the size check saw 0 bytes)
+    /// until the jailer ran out of memory.
     #[test]
     fn endless_files_are_too_large_not_read_forever() {
         let e = Profile::load(Path::new("/dev/zero")).unwrap_err();
         assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
         let big = std::env::temp_dir().join(format!("kiln-profile-big-{}", std::process::id()));
-        std::fs::write(&big, vec![b' '; (MAX_PROFILE_BYTES + 1) as usize]).unwrap();
+        let len = usize::try_from(MAX_PROFILE_BYTES + 1).unwrap();
+        std::fs::write(&big, vec![b' '; len]).unwrap();
         let e = Profile::load(&big).unwrap_err();
         std::fs::remove_file(&big).unwrap();
         assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
