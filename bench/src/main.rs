@@ -930,6 +930,24 @@ fn leaks(opts: &Opts) -> Vec<String> {
     found
 }
 
+/// Removes the (empty) `kiln-bench` parent cgroups the jails were created under.
+fn remove_parent_cgroups() {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Ok(mounts) = fs::read_dir("/sys/fs/cgroup") {
+        for m in mounts.flatten() {
+            for line in own.lines() {
+                if let Some(path) = line.splitn(3, ':').nth(2) {
+                    let dir = m
+                        .path()
+                        .join(path.trim_start_matches('/'))
+                        .join(PARENT_CGROUP);
+                    let _ = fs::remove_dir(dir);
+                }
+            }
+        }
+    }
+}
+
 fn host_load() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1264,6 +1282,7 @@ fn main() {
         }
     }
     let _ = fs::remove_dir_all(&opts.work);
+    remove_parent_cgroups();
     let _ = fs::remove_dir(opts.base.join("vmm"));
     let _ = fs::remove_dir(&opts.base);
     println!("Machine: {machine}");
