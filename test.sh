@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kiln's whole test suite: installs what it needs on first use, then runs every tier.
 #
-#   ./test.sh          everything: checks, fast tier, slow tier (Linux guest boots)
+#   ./test.sh          everything: checks, fast tier, slow tier (Linux guest boots), fuzz smoke
 #   ./test.sh fast     fast tier only (unit tests, jailer, VMM with the tiny guest)
 #   ./test.sh slow     slow tier only (real Linux guest kernels, ~2 min per boot here)
 #
@@ -43,6 +43,11 @@ if [ "$tier" != fast ]; then
     done
     [ ${#slow_tests[@]} -gt 0 ] || die "no slow-tier tests found in tests/tests/slow_*.rs"
     cargo test -p kiln-tests "${slow_tests[@]}" -- --ignored --nocapture --test-threads=2
+fi
+
+if [ "$tier" = all ]; then
+    step "fuzz smoke: every cargo-fuzz target for a bounded time (a crash fails and leaves its reproducer)"
+    "$KILN_ROOT/scripts/fuzz-smoke.sh"
 fi
 
 step "all requested tiers passed ($tier)"

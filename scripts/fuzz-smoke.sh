@@ -93,7 +93,7 @@ for t in "${targets[@]}"; do
     if "${fuzz_env[@]}" cargo fuzz run "${fuzz_flags[@]}" "$t" "$scratch" "${seeds[@]}" -- \
         "${opts[@]}" >"$log" 2>&1; then
         stats="$(grep -E '^stat::(number_of_executed_units|new_units_added):' "$log" \
-            | sed 's/^stat:://' | tr '\n' ' ')"
+            | sed 's/^stat:://' | tr -s ' \n' ' ' || true)"
         printf '    %s: clean (%s)\n' "$t" "${stats% }" >&2
         continue
     fi

@@ -6,7 +6,7 @@
 //! `Request::check_range`).
 //!
 //! Input: see `kiln_fuzz::guest` (queue size, indices, available ring, descriptor table,
-//! data); then the remaining bytes also drive the stream offsets below.
+//! data); the last 8 bytes also give the stream offset and length tried on every chain.
 //!
 //! Besides "no panic", it checks what the module documentation promises: a head is inside
 //! the queue, no more heads are taken in one pass than the queue size, a chain has at most
@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryBackend;
 use vmm::devices::virtio::block::request;
 use vmm::devices::virtio::queue::{
     add_used, add_used_batch, has_available, pop_head, read_stream, segments, total_len, unpop,
-    walk_chain, Buffer, Chain,
+    walk_chain, write_stream, Buffer, Chain,
 };
 
 /// Checks the promises of a chain `walk_chain` accepted.
@@ -69,6 +69,15 @@ fn check_stream(g: &GuestQueue, buffers: &[Buffer], offset: u64, len: usize) {
     );
 }
 
+/// `write_stream` over `buffers` from `offset` stores exactly as many bytes as they hold
+/// there (at most `len`).
+fn check_write(g: &GuestQueue, buffers: &[Buffer], offset: u64, len: usize) {
+    let expect = total_len(buffers).saturating_sub(offset).min(len as u64);
+    let data = vec![0xa5u8; len];
+    let put = write_stream(&g.mem, buffers, offset, &data);
+    assert_eq!(put as u64, expect, "write_stream of {offset}+{len}");
+}
+
 fuzz_target!(|data: &[u8]| {
     kiln_fuzz::setup();
     let mut input = Input::new(data);
@@ -76,8 +85,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let size = g.queue.size();
-    // The stream offsets are taken from the start of the data area: they are whatever the
-    // input holds there.
+    // The stream offset and length come from the input's last 8 bytes (which are also the
+    // end of the data area).
     let mut knobs = Input::new(data.get(data.len().saturating_sub(8)..).unwrap_or_default());
     let offset = u64::from(knobs.u16());
     let len = usize::from(knobs.u16() % 4096);
@@ -111,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
                 check_stream(&g, &chain.readable, offset, len);
                 check_stream(&g, &chain.writable, offset, len);
                 check_stream(&g, &chain.readable, 0, 16);
+                check_write(&g, &chain.writable, offset, len);
                 if let Ok(req) = request::parse(&g.mem, &chain) {
                     let writable = total_len(&chain.writable);
                     assert_eq!(req.status_offset + 1, writable);

@@ -2,7 +2,6 @@
 //! rlimits, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
 //! never silently drops a limit. Values are validated in `args.rs`, where flags override them.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -12,13 +11,11 @@ const MAX_PROFILE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("--profile {path}: cannot read: {source}")]
+    #[error("--profile {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::input_file::InputFileError,
     },
-    #[error("--profile {path}: larger than {MAX_PROFILE_BYTES} bytes")]
-    TooLarge { path: PathBuf },
     #[error("--profile {path}: {source}")]
     Parse {
         path: PathBuf,
@@ -114,20 +111,12 @@ impl Profile {
     /// Reads and parses a profile file. At most [`MAX_PROFILE_BYTES`] are read, whatever the
     /// file is: a character device such as `/dev/zero` has no size to check beforehand.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let read_err = |source| ProfileError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut text = String::new();
-        file.take(MAX_PROFILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(read_err)?;
-        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_PROFILE_BYTES {
-            return Err(ProfileError::TooLarge {
+        let text = crate::input_file::read_text(path, MAX_PROFILE_BYTES).map_err(|source| {
+            ProfileError::Read {
                 path: path.to_path_buf(),
-            });
-        }
+                source,
+            }
+        })?;
         Self::parse(path, &text)
     }
 
@@ -187,13 +176,13 @@ mod tests {
     #[test]
     fn endless_files_are_too_large_not_read_forever() {
         let e = Profile::load(Path::new("/dev/zero")).unwrap_err();
-        assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
         let big = std::env::temp_dir().join(format!("kiln-profile-big-{}", std::process::id()));
         let len = usize::try_from(MAX_PROFILE_BYTES + 1).unwrap();
         std::fs::write(&big, vec![b' '; len]).unwrap();
         let e = Profile::load(&big).unwrap_err();
         std::fs::remove_file(&big).unwrap();
-        assert!(matches!(e, ProfileError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("larger than"), "{e}");
         let e = Profile::load(Path::new("/nonexistent/profile.json")).unwrap_err();
         assert!(matches!(e, ProfileError::Read { .. }), "{e}");
     }

@@ -8,7 +8,6 @@
 //! library falls back to `clone`, whose flags `main` can inspect). It is the superset of what
 //! the VMM needs; the VMM narrows it per thread with its own filters.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use seccompiler::{BpfProgram, TargetArch};
@@ -23,7 +22,7 @@ pub enum SeccompError {
     #[error("--seccomp-policy {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::input_file::InputFileError,
     },
     #[error("seccomp policy {origin}: {source}")]
     Compile {
@@ -50,16 +49,12 @@ pub fn compile(file: Option<&Path>) -> Result<Filters, SeccompError> {
     let (origin, text) = match file {
         None => ("built-in jail.json".to_owned(), BUILTIN_POLICY.to_owned()),
         Some(path) => {
-            let err = |source| SeccompError::Read {
-                path: path.to_path_buf(),
-                source,
-            };
-            let mut text = String::new();
-            std::fs::File::open(path)
-                .map_err(err)?
-                .take(MAX_POLICY_BYTES)
-                .read_to_string(&mut text)
-                .map_err(err)?;
+            let text = crate::input_file::read_text(path, MAX_POLICY_BYTES).map_err(|source| {
+                SeccompError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
             (path.display().to_string(), text)
         }
     };
