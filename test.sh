@@ -34,6 +34,8 @@ if [ "$tier" != fast ]; then
     step "Linux guest assets (kernel from Debian's linux-source-6.1, initramfs, disk image)"
     "$KILN_ROOT/scripts/assets.sh"
 
+    step "building the workspace binaries the slow tier runs (vmm, jailer, kiln, kiln-init)"
+    cargo build --workspace --bins
     step "slow tier: real Linux guest boots (several minutes on a host without hardware virtualization)"
     # The slow tests are #[ignore]d in a plain `cargo test`; here they are run on purpose.
     slow_tests=()

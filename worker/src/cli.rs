@@ -29,6 +29,10 @@ Options:
                              ~/.cache/kiln/functions)
   --jailer PATH              the jailer binary (default: `jailer` next to kiln)
   --vmm PATH                 the VMM binary (default: `vmm` next to kiln)
+  --kernel PATH              guest kernel of Linux functions (default:
+                             $KILN_CACHE/assets/current/vmlinux, from scripts/assets.sh)
+  --init PATH                kiln-init, /init of Linux functions (default: `kiln-init`
+                             next to kiln)
   --profile FILE             tenant profile for every jail (default: policies/tenant/default.json)
   --chroot-base-dir DIR      the jailer's chroot base (default: /srv/jailer)
   --state-dir DIR            the worker's own files: instances/, uids/ (default: /run/kiln)
@@ -92,6 +96,8 @@ pub struct Common {
     pub cache_dir: Option<PathBuf>,
     pub jailer: Option<PathBuf>,
     pub vmm: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+    pub init: Option<PathBuf>,
     pub profile: PathBuf,
     pub chroot_base: PathBuf,
     pub state_dir: PathBuf,
@@ -112,6 +118,8 @@ impl Default for Common {
             cache_dir: None,
             jailer: None,
             vmm: None,
+            kernel: None,
+            init: None,
             profile: PathBuf::from("policies/tenant/default.json"),
             chroot_base: PathBuf::from("/srv/jailer"),
             state_dir: PathBuf::from("/run/kiln"),
@@ -175,6 +183,8 @@ const FLAGS: &[(&str, bool, &str)] = &[
     ("--cache-dir", true, ""),
     ("--jailer", true, ""),
     ("--vmm", true, ""),
+    ("--kernel", true, ""),
+    ("--init", true, ""),
     ("--profile", true, ""),
     ("--chroot-base-dir", true, ""),
     ("--state-dir", true, ""),
@@ -315,6 +325,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
             "--cache-dir" => common.cache_dir = Some(path(flag, value)?),
             "--jailer" => common.jailer = Some(path(flag, value)?),
             "--vmm" => common.vmm = Some(path(flag, value)?),
+            "--kernel" => common.kernel = Some(path(flag, value)?),
+            "--init" => common.init = Some(path(flag, value)?),
             "--profile" => common.profile = path(flag, value)?,
             "--chroot-base-dir" => common.chroot_base = path(flag, value)?,
             "--state-dir" => common.state_dir = path(flag, value)?,
@@ -438,6 +450,27 @@ mod tests {
         assert_eq!(s.idle_timeout, None);
         assert_eq!(s.queue_timeout, Duration::ZERO);
         assert!(s.common.strict_io);
+    }
+
+    #[test]
+    fn kernel_and_init_paths() {
+        let Ok(Command::Invoke(a)) = p(&[
+            "invoke",
+            "linux-echo",
+            "--event",
+            "{}",
+            "--kernel",
+            "/k/vmlinux",
+            "--init=/b/kiln-init",
+        ]) else {
+            panic!("invoke");
+        };
+        assert_eq!(a.common.kernel, Some(PathBuf::from("/k/vmlinux")));
+        assert_eq!(a.common.init, Some(PathBuf::from("/b/kiln-init")));
+        assert_eq!(
+            (Common::default().kernel, Common::default().init),
+            (None, None)
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 pub const MANIFEST: &str = "kiln.json";
 /// Longest function name: it becomes part of jail ids (at most 64 characters).
 pub const MAX_NAME_LEN: usize = 40;
+/// Kernel command line of a Linux function's guest, before `kiln.exec=`/`kiln.name=`: serial
+/// console, reset on reboot (the VMM's end), reboot on panic, and the work-arounds this kind
+/// of host needs. A copy of `kiln_tests::assets::KERNEL_CMDLINE` (tests/src/assets.rs, the
+/// source of truth; a unit test keeps them equal).
+pub const LINUX_KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 noxsave \
+     clearcpuid=popcnt,cx16,smap,fsgsbase,rdpid,rdrand,rdseed,invpcid,pcid";
 /// How often a function's sources are checked for changes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -70,8 +76,13 @@ impl FunctionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     pub name: String,
-    /// The image (an ELF the VMM boots as its kernel), in the cache directory.
+    /// The image (an ELF the VMM boots as its kernel), in the cache directory. For a Linux
+    /// function: its initramfs (the kernel is the worker's `--kernel`).
     pub image: PathBuf,
+    /// Image or Linux function.
+    pub kind: kiln_guest_builder::Kind,
+    /// Linux functions: how long the guest may take to say Hello (it boots a kernel first).
+    pub hello_timeout: Option<Duration>,
     /// The kernel command line the image wants (the VMM's default when `None`).
     pub boot_args: Option<String>,
     pub memory_mib: u32,
@@ -151,6 +162,8 @@ struct Entry {
 pub struct Registry {
     functions_dir: PathBuf,
     cache_dir: PathBuf,
+    /// kiln-init, `/init` of Linux functions' initramfs.
+    init: Option<PathBuf>,
     entries: Mutex<HashMap<String, Entry>>,
     /// One lock per function name, so that two requests do not build it twice.
     building: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -162,10 +175,17 @@ impl Registry {
         Registry {
             functions_dir,
             cache_dir,
+            init: None,
             entries: Mutex::new(HashMap::new()),
             building: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// The kiln-init binary that Linux functions are built with.
+    pub fn with_init(mut self, init: PathBuf) -> Registry {
+        self.init = Some(init);
+        self
     }
 
     pub fn functions_dir(&self) -> &Path {
@@ -266,13 +286,21 @@ impl Registry {
         })?;
         // Through symlinks: a function's sources name their dependencies by relative paths.
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        build_with_builder(name, &dir, &out_dir)
+        let options = kiln_guest_builder::BuildOptions {
+            init: self.init.clone(),
+        };
+        build_with_builder(name, &dir, &out_dir, &options)
     }
 }
 
 /// Runs the guest builder and takes what the worker needs from its image and manifest.
-fn build_with_builder(name: &str, dir: &Path, out_dir: &Path) -> Result<Function, FunctionError> {
-    let image = kiln_guest_builder::build_function(dir, out_dir).map_err(|e| {
+fn build_with_builder(
+    name: &str,
+    dir: &Path,
+    out_dir: &Path,
+    options: &kiln_guest_builder::BuildOptions,
+) -> Result<Function, FunctionError> {
+    let image = kiln_guest_builder::build_function_with(dir, out_dir, options).map_err(|e| {
         let message = e.to_string();
         if is_manifest_error(&e) {
             FunctionError::BadManifest {
@@ -300,10 +328,23 @@ fn build_with_builder(name: &str, dir: &Path, out_dir: &Path) -> Result<Function
             m.name
         )));
     }
+    let linux = m.kind == kiln_guest_builder::Kind::Linux;
     Ok(Function {
         name: name.to_string(),
         image: image.path.clone(),
-        boot_args: None,
+        kind: m.kind,
+        hello_timeout: linux.then(|| {
+            Duration::from_millis(
+                m.hello_timeout_ms
+                    .unwrap_or(kiln_guest_builder::DEFAULT_LINUX_HELLO_TIMEOUT_MS),
+            )
+        }),
+        boot_args: linux.then(|| {
+            format!(
+                "{LINUX_KERNEL_CMDLINE} kiln.exec={} kiln.name={name}",
+                kiln_guest_builder::LINUX_HANDLER_PATH
+            )
+        }),
         memory_mib: m.memory_mib,
         vcpus: m.vcpus,
         timeout: Duration::from_millis(m.timeout_ms),
@@ -326,6 +367,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_command_line_matches_the_tested_one() {
+        assert_eq!(LINUX_KERNEL_CMDLINE, kiln_tests::assets::KERNEL_CMDLINE);
+    }
 
     #[test]
     fn names_are_checked() {

@@ -24,6 +24,7 @@ use crate::channel::{Channel, ChannelError};
 use crate::function::Function;
 use crate::sys::{self, FileLock, PidFd, SysError};
 use crate::timing::{parse_boot_mark, BootMark, StartTimings};
+use kiln_guest_builder::Kind as FunctionKind;
 use kiln_protocol::{decode_error, ErrorCode, Kind, GUEST_CONNECT_PORT};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -44,6 +45,15 @@ const VSOCK_NAME: &str = "v.sock";
 /// Where the image and the config are bound inside the jail.
 const JAIL_IMAGE: &str = "/function.elf";
 const JAIL_CONFIG: &str = "/vm.json";
+/// Where a Linux function's initramfs is bound inside the jail (its kernel is at
+/// [`JAIL_IMAGE`]).
+const JAIL_INITRD: &str = "/initrd.cpio";
+/// What the guest kernel prints when it starts /init, and what it prints when /init dies.
+const RUN_INIT_MARK: &str = "Run /init";
+const INIT_FAULT_MARKS: &[&str] = &["Attempted to kill init", "segfault at", "traps: init"];
+/// On a host where guest user space cannot run: how long after `Run /init` the worker still
+/// waits for the guest's connection before it gives up (init normally faults at once).
+const PVM_INIT_GRACE: Duration = Duration::from_secs(20);
 /// How much of the VMM's stderr and of the guest's console is kept for error messages.
 const TAIL_BYTES: usize = 16 * 1024;
 /// How many bytes of `Log` frames one invocation keeps.
@@ -83,6 +93,10 @@ pub enum InstanceError {
     Hello(String),
     #[error("the worker is shutting down")]
     ShuttingDown,
+    #[error("Linux functions need a guest kernel: {path} does not exist (build it with scripts/assets.sh, or use --kernel PATH)")]
+    NoKernel { path: PathBuf },
+    #[error("guest user space cannot run on this host (its KVM is kvm_pvm, /sys/module/kvm_pvm: guest ring 3 code faults at its first syscall): the guest kernel reached `Run /init` and then {detail}; Linux functions need a host with hardware virtualization (VMX/SVM)")]
+    UserSpaceUnsupported { detail: String },
 }
 
 fn tail_suffix(detail: &str) -> String {
@@ -101,6 +115,8 @@ impl InstanceError {
             InstanceError::StartTimeout { .. } => "start_timeout",
             InstanceError::Hello(_) => "start_failed",
             InstanceError::ShuttingDown => "shutting_down",
+            InstanceError::UserSpaceUnsupported { .. } => "host_unsupported",
+            InstanceError::NoKernel { .. } => "no_kernel",
             _ => "start_failed",
         }
     }
@@ -108,6 +124,7 @@ impl InstanceError {
     pub fn http_status(&self) -> u16 {
         match self {
             InstanceError::NoFreeUid { .. } | InstanceError::ShuttingDown => 503,
+            InstanceError::UserSpaceUnsupported { .. } => 501,
             _ => 500,
         }
     }
@@ -188,6 +205,8 @@ pub struct InstanceConfig {
     /// Added to the guest memory for the jail's memory limit (VMM, page tables).
     pub memory_overhead_mib: u32,
     pub start_timeout: Duration,
+    /// The guest kernel (an ELF vmlinux) of Linux functions.
+    pub kernel: PathBuf,
     /// How long a stopping VMM gets before SIGKILL.
     pub stop_grace: Duration,
     /// `vmm --strict-io`: unknown port/MMIO accesses stop the VM.
@@ -249,6 +268,10 @@ pub struct OutputLogs {
     stderr: Mutex<Tail>,
     console: Mutex<Tail>,
     marks: Mutex<Vec<BootMark>>,
+    /// When the worker saw the guest kernel print [`RUN_INIT_MARK`].
+    init_started: Mutex<Option<Instant>>,
+    /// After that, one of [`INIT_FAULT_MARKS`]: the line.
+    init_fault: Mutex<Option<String>>,
 }
 
 impl OutputLogs {
@@ -258,6 +281,44 @@ impl OutputLogs {
 
     pub fn console(&self) -> String {
         lock(&self.console).text()
+    }
+
+    /// Looks for the kernel's `Run /init` and init's fault in the lines that the console's
+    /// newest `n` bytes end or continue (lines of up to [`LINE_LOOKBACK`] bytes are seen whole
+    /// however the reads split them).
+    fn watch_init(&self, n: usize) {
+        const LINE_LOOKBACK: usize = 1024;
+        if lock(&self.init_fault).is_some() {
+            return;
+        }
+        let recent = {
+            let console = lock(&self.console);
+            let start = console.buf.len().saturating_sub(n + LINE_LOOKBACK);
+            let mut window = console.buf.get(start..).unwrap_or_default();
+            if start > 0 {
+                // From the first whole line on.
+                let skip = window.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                window = window.get(skip..).unwrap_or_default();
+            }
+            String::from_utf8_lossy(window).into_owned()
+        };
+        let mut started = lock(&self.init_started);
+        let after = match recent.find(RUN_INIT_MARK) {
+            Some(at) => {
+                started.get_or_insert_with(Instant::now);
+                recent.get(at..).unwrap_or_default()
+            }
+            None if started.is_some() => recent.as_str(),
+            None => return,
+        };
+        // Whole lines only: a line still being printed is looked at again on the next read.
+        if let Some(line) = after
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .find(|l| INIT_FAULT_MARKS.iter().any(|m| l.contains(m)))
+        {
+            *lock(&self.init_fault) = Some(line.trim().to_string());
+        }
     }
 
     /// The last line of the VMM's or the jailer's stderr saying why it stopped.
@@ -308,7 +369,10 @@ fn drain_console(mut r: impl Read + Send + 'static, logs: Arc<OutputLogs>) {
             loop {
                 match r.read(&mut chunk) {
                     Ok(0) => return,
-                    Ok(n) => lock(&logs.console).push(chunk.get(..n).unwrap_or_default()),
+                    Ok(n) => {
+                        lock(&logs.console).push(chunk.get(..n).unwrap_or_default());
+                        logs.watch_init(n);
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => return,
                 }
@@ -651,6 +715,12 @@ impl Instance {
             logs: Arc::new(OutputLogs::default()),
             report: None,
         };
+        let linux = function.kind == FunctionKind::Linux;
+        if linux && !cfg.kernel.is_file() {
+            return Err(InstanceError::NoKernel {
+                path: cfg.kernel.clone(),
+            });
+        }
         let listener = prepare_host_dir(cfg, function, &host_dir, uid)?;
 
         let mut cmd = Command::new(&cfg.jailer);
@@ -671,9 +741,17 @@ impl Instance {
             .arg(&cfg.parent_cgroup)
             .arg("--profile")
             .arg(host_dir.join("profile.json"))
-            .arg("--bind-ro")
-            .arg(bind(&host_dir.join("function.elf"), JAIL_IMAGE))
-            .arg("--bind-ro")
+            .arg("--bind-ro");
+        if linux {
+            // The kernel is shared (read-only, the same for every tenant); the initramfs
+            // with the function's code is the instance's own copy.
+            cmd.arg(bind(&cfg.kernel, JAIL_IMAGE))
+                .arg("--bind-ro")
+                .arg(bind(&host_dir.join(PRIVATE_INITRD), JAIL_INITRD));
+        } else {
+            cmd.arg(bind(&host_dir.join(PRIVATE_IMAGE), JAIL_IMAGE));
+        }
+        cmd.arg("--bind-ro")
             .arg(bind(&host_dir.join("vm.json"), JAIL_CONFIG))
             .arg("--bind-rw")
             .arg(bind(&vsock_dir, JAIL_VSOCK_DIR))
@@ -709,14 +787,16 @@ impl Instance {
         jail.supervisor = Some(child);
         jail.supervisor_fd = Some(PidFd::open(pid).map_err(InstanceError::Watch)?);
 
-        let deadline = spawned + cfg.start_timeout;
-        let stream = wait_for_guest(&mut jail, &listener, deadline)?;
+        let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
+        let deadline = spawned + start_timeout;
+        let watch_init = linux && is_pvm_host();
+        let stream = wait_for_guest(&mut jail, &listener, deadline, start_timeout, watch_init)?;
         drop(listener);
         let mut channel = Channel::new(stream, cfg.max_response_bytes);
         let hello = loop {
             let frame = channel.read_frame(deadline).map_err(|e| match e {
                 ChannelError::Timeout => InstanceError::StartTimeout {
-                    after: cfg.start_timeout,
+                    after: start_timeout,
                     detail: "the guest connected but sent no Hello".into(),
                 },
                 ChannelError::Closed => InstanceError::Exited(jail.exit_message()),
@@ -1004,13 +1084,17 @@ fn prepare_host_dir(
     std::fs::create_dir(dir).map_err(err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
 
-    // The instance's own copy of the image, readable by its uid only.
-    let image = dir.join("function.elf");
+    // The instance's own copy of the image (or initramfs), readable by its uid only.
+    let linux = function.kind == FunctionKind::Linux;
+    let image = dir.join(if linux { PRIVATE_INITRD } else { PRIVATE_IMAGE });
     let bytes = std::fs::read(&function.image).map_err(err(&function.image))?;
     write_private(&image, &bytes, 0o400).map_err(err(&image))?;
     std::os::unix::fs::chown(&image, Some(uid), Some(uid)).map_err(err(&image))?;
 
     let mut boot_source = serde_json::json!({ "kernel_image_path": JAIL_IMAGE });
+    if linux {
+        boot_source["initrd_path"] = JAIL_INITRD.into();
+    }
     if let Some(args) = &function.boot_args {
         boot_source["boot_args"] = args.clone().into();
     }
@@ -1059,11 +1143,40 @@ fn prepare_host_dir(
     Ok(listener)
 }
 
-/// Waits for the guest's connection, or the VMM's end, or the deadline.
+/// True on hosts whose KVM is kvm_pvm, where guest user space cannot run
+/// (shared/notes/host-kvm.md): Linux functions fail there once their kernel starts /init.
+pub fn is_pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Files of the instance's host directory: its copy of the function's image or initramfs.
+const PRIVATE_IMAGE: &str = "function.elf";
+const PRIVATE_INITRD: &str = "initrd.cpio";
+
+/// Why a Linux guest's user space is known not to run here, once its kernel started /init.
+fn user_space_failure(logs: &OutputLogs, vm_ended: bool) -> Option<InstanceError> {
+    let started = (*lock(&logs.init_started))?;
+    let detail = match lock(&logs.init_fault).clone() {
+        Some(line) => format!("init faulted: {line}"),
+        None if vm_ended => "the microVM ended before init reached the host".into(),
+        None if started.elapsed() >= PVM_INIT_GRACE => format!(
+            "init did not reach the host within {} s",
+            PVM_INIT_GRACE.as_secs()
+        ),
+        None => return None,
+    };
+    Some(InstanceError::UserSpaceUnsupported { detail })
+}
+
+/// Waits for the guest's connection, or the VMM's end, or the deadline. With `watch_init`
+/// (a Linux guest on a kvm_pvm host), fails as soon as the kernel has started /init and init
+/// has faulted.
 fn wait_for_guest(
     jail: &mut Jail,
     listener: &UnixListener,
     deadline: Instant,
+    timeout: Duration,
+    watch_init: bool,
 ) -> Result<std::os::unix::net::UnixStream, InstanceError> {
     let sup = jail
         .supervisor_fd
@@ -1078,12 +1191,22 @@ fn wait_for_guest(
                 .last_word()
                 .unwrap_or_else(|| "the guest never connected to the vsock port".into());
             return Err(InstanceError::StartTimeout {
-                after: jail.cfg.start_timeout,
+                after: timeout,
                 detail,
             });
         }
-        let ready =
-            sys::poll_readable(&[listener.as_raw_fd(), sup], left).map_err(InstanceError::Watch)?;
+        if watch_init {
+            if let Some(e) = user_space_failure(&jail.logs, false) {
+                return Err(e);
+            }
+        }
+        let slice = if watch_init {
+            left.min(Duration::from_millis(200))
+        } else {
+            left
+        };
+        let ready = sys::poll_readable(&[listener.as_raw_fd(), sup], slice)
+            .map_err(InstanceError::Watch)?;
         if ready.first() == Some(&true) {
             match listener.accept() {
                 Ok((s, _)) => return Ok(s),
@@ -1099,6 +1222,11 @@ fn wait_for_guest(
         if ready.get(1) == Some(&true) {
             // Let the drain threads take the last words.
             std::thread::sleep(Duration::from_millis(20));
+            if watch_init {
+                if let Some(e) = user_space_failure(&jail.logs, true) {
+                    return Err(e);
+                }
+            }
             return Err(InstanceError::Exited(jail.exit_message()));
         }
     }
@@ -1156,5 +1284,65 @@ mod tests {
         };
         assert_eq!((e.code(), e.http_status()), ("timeout", 504));
         assert!(e.to_string().contains("within 100 ms"));
+    }
+
+    #[test]
+    fn linux_errors_are_clear() {
+        let e = InstanceError::UserSpaceUnsupported {
+            detail: "init faulted: x".into(),
+        };
+        assert_eq!((e.code(), e.http_status()), ("host_unsupported", 501));
+        let m = e.to_string();
+        assert!(
+            m.starts_with("guest user space cannot run on this host")
+                && m.contains("reached `Run /init` and then init faulted: x"),
+            "{m}"
+        );
+        let e = InstanceError::NoKernel {
+            path: "/k/vmlinux".into(),
+        };
+        assert_eq!(e.code(), "no_kernel");
+        assert!(
+            e.to_string().contains("/k/vmlinux") && e.to_string().contains("scripts/assets.sh")
+        );
+    }
+
+    /// The console watch finds `Run /init` and the fault after it, even split between reads.
+    #[test]
+    fn console_watch_sees_init_start_and_fault() {
+        let logs = OutputLogs::default();
+        let feed = |text: &str| {
+            lock(&logs.console).push(text.as_bytes());
+            logs.watch_init(text.len());
+        };
+        feed("[ 1.0] init[1]: segfault at 0 before init started\n");
+        assert!(
+            user_space_failure(&logs, true).is_none(),
+            "no Run /init yet"
+        );
+        feed("[ 50.1] Run /in");
+        feed("it as init process\n");
+        assert!(lock(&logs.init_started).is_some());
+        assert!(user_space_failure(&logs, false).is_none(), "no fault yet");
+        feed(&"x".repeat(5000));
+        feed("\n[ 55.9] init[1]: segfault at ffffffff81400040");
+        assert!(user_space_failure(&logs, false).is_none(), "half a line");
+        feed(" ip ffffffff81400040\n");
+        match user_space_failure(&logs, false) {
+            Some(InstanceError::UserSpaceUnsupported { detail }) => {
+                assert!(
+                    detail.ends_with("init faulted: [ 55.9] init[1]: segfault at ffffffff81400040 ip ffffffff81400040"),
+                    "{detail}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let ended = OutputLogs::default();
+        lock(&ended.console).push(b"Run /init as init process\n");
+        ended.watch_init(26);
+        assert!(matches!(
+            user_space_failure(&ended, true),
+            Some(InstanceError::UserSpaceUnsupported { .. })
+        ));
     }
 }

@@ -52,6 +52,28 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// `$KILN_CACHE` (else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`), as scripts/assets.sh.
+fn kiln_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("KILN_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("kiln");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/kiln")
+}
+
+/// The guest kernel scripts/assets.sh builds.
+fn default_kernel() -> PathBuf {
+    kiln_cache().join("assets/current/vmlinux")
+}
+
+/// `--init`, else `kiln-init` next to kiln (built with the workspace, statically).
+fn init_path(common: &Common) -> PathBuf {
+    absolute(&common.init.clone().unwrap_or_else(|| sibling("kiln-init")))
+}
+
 fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KILN_CACHE") {
         return PathBuf::from(d).join("functions");
@@ -99,6 +121,7 @@ fn setup(common: &Common, pool_cfg: PoolConfig) -> Option<Arc<Pools>> {
         parent_cgroup: common.parent_cgroup.clone(),
         memory_overhead_mib: common.memory_overhead_mib,
         start_timeout: common.start_timeout,
+        kernel: absolute(&common.kernel.clone().unwrap_or_else(default_kernel)),
         stop_grace: common.stop_grace,
         strict_io: common.strict_io,
         max_response_bytes: kiln_protocol::DEFAULT_MAX_PAYLOAD,
@@ -112,7 +135,9 @@ fn setup(common: &Common, pool_cfg: PoolConfig) -> Option<Arc<Pools>> {
     }
     instance::sweep_stale(&cfg);
     let cache = absolute(&common.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    let registry = Arc::new(Registry::new(absolute(&common.functions_dir), cache));
+    let registry = Arc::new(
+        Registry::new(absolute(&common.functions_dir), cache).with_init(init_path(common)),
+    );
     Some(Pools::new(registry, Arc::new(cfg), pool_cfg))
 }
 
@@ -163,7 +188,7 @@ fn run_build(a: BuildArgs) -> ExitCode {
         (absolute(&a.common.functions_dir), a.target.clone())
     };
     let t = Instant::now();
-    let registry = Registry::new(functions_dir, cache);
+    let registry = Registry::new(functions_dir, cache).with_init(init_path(&a.common));
     match registry.get(&name) {
         Ok(f) => {
             println!("{}", f.image.display());

@@ -28,6 +28,7 @@ fn config(env: &Env, start_timeout: Duration) -> Arc<InstanceConfig> {
         start_timeout,
         stop_grace: Duration::from_secs(2),
         strict_io: true,
+        kernel: PathBuf::from("/nonexistent/vmlinux"),
         max_response_bytes: kiln_protocol::DEFAULT_MAX_PAYLOAD,
         vmm_args: Vec::new(),
     })
@@ -37,6 +38,8 @@ fn tiny(name: &str, scenario: &str) -> Arc<Function> {
     Arc::new(Function {
         name: name.into(),
         image: kiln_tests::tiny::tiny_guest(),
+        kind: kiln_guest_builder::Kind::Image,
+        hello_timeout: None,
         boot_args: Some(format!("console=ttyS0 kiln.test={scenario}")),
         memory_mib: 32,
         vcpus: 1,

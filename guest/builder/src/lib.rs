@@ -5,6 +5,11 @@
 //!   read and validated, the crate is built by a nested cargo ([`nested_build`]) with exactly
 //!   the guest's flags, the ELF is audited ([`audit_elf`]) and copied to
 //!   `<out_dir>/<name>.elf`.
+//! * [`build_function_with`] also builds Linux functions (`"kind": "linux"` in the manifest):
+//!   the handler executable (built first by cargo, static, when the directory has a
+//!   Cargo.toml) and kiln-init become an uncompressed newc initramfs
+//!   `<out_dir>/<name>.cpio` ([`write_newc`]) holding `/init`, `/fn/handler` and the
+//!   directories init mounts on (`/dev`, `/proc`, `/sys`).
 //! * [`nested_build`] and [`audit_elf`] are also what tests/build.rs uses for the tiny test
 //!   guest (guest/tiny).
 //!
@@ -15,11 +20,16 @@
 //! caller's build leaks into the guest's.
 
 mod audit;
+mod cpio;
 mod manifest;
 mod nested;
 
 pub use audit::{audit_elf, find_unsupported, AuditError};
-pub use manifest::{Manifest, ManifestError, MANIFEST_FILE};
+pub use cpio::{write_newc, CpioEntry, S_IFDIR, S_IFREG};
+pub use manifest::{
+    Kind, Manifest, ManifestError, DEFAULT_LINUX_HELLO_TIMEOUT_MS, MANIFEST_FILE,
+    MIN_LINUX_MEMORY_MIB,
+};
 pub use nested::{nested_build, NestedBuild, NestedBuildError, GUEST_RUSTFLAGS, TRIPLE};
 
 use std::path::{Path, PathBuf};
@@ -40,10 +50,25 @@ pub const FUNCTION_LINK_ARGS: &[&str] = &[
 pub const ENV_FUNCTION_NAME: &str = "KILN_FUNCTION_NAME";
 pub const ENV_MAX_EVENT_BYTES: &str = "KILN_MAX_EVENT_BYTES";
 
+/// Where a Linux function's handler is in its initramfs (`kiln.exec=` of the guest).
+pub const LINUX_HANDLER_PATH: &str = "/fn/handler";
+/// Rust flags of a Linux function's handler crate: a static executable (the initramfs has
+/// no libc).
+pub const LINUX_HANDLER_RUSTFLAGS: &[&str] = &["-C", "target-feature=+crt-static"];
+
+/// How to build functions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The kiln-init binary (static), `/init` of a Linux function's initramfs. Needed only
+    /// for Linux functions.
+    pub init: Option<PathBuf>,
+}
+
 /// A built function image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
-    /// The ELF to boot (`<out_dir>/<name>.elf`): `kernel_image_path` of the VMM config.
+    /// The ELF to boot (`<out_dir>/<name>.elf`): `kernel_image_path` of the VMM config. For a
+    /// Linux function: its initramfs (`<out_dir>/<name>.cpio`), the VMM's `initrd_path`.
     pub path: PathBuf,
     /// The function's validated manifest.
     pub manifest: Manifest,
@@ -68,6 +93,8 @@ pub enum BuildError {
     },
     #[error("function {name}: {source}")]
     Audit { name: String, source: AuditError },
+    #[error("Linux function {name}: {message}")]
+    Linux { name: String, message: String },
     #[error("copying the image {from} to {to}: {source}")]
     Copy {
         from: PathBuf,
@@ -85,8 +112,21 @@ impl BuildError {
 
 /// Builds the function in `dir` into `<out_dir>/<name>.elf`, with cargo's files under
 /// `<out_dir>/target` (kept between builds: a rebuild of an unchanged function is a no-op).
+/// Linux functions need [`build_function_with`] and the kiln-init binary.
 pub fn build_function(dir: &Path, out_dir: &Path) -> Result<Image, BuildError> {
+    build_function_with(dir, out_dir, &BuildOptions::default())
+}
+
+/// As [`build_function`], and builds Linux functions into `<out_dir>/<name>.cpio`.
+pub fn build_function_with(
+    dir: &Path,
+    out_dir: &Path,
+    options: &BuildOptions,
+) -> Result<Image, BuildError> {
     let manifest = Manifest::load(dir)?;
+    if manifest.kind == Kind::Linux {
+        return build_linux(dir, out_dir, manifest, options);
+    }
     let cargo_toml = dir.join("Cargo.toml");
     if !cargo_toml.is_file() {
         return Err(BuildError::NoCargoToml {
@@ -137,6 +177,101 @@ pub fn build_function(dir: &Path, out_dir: &Path) -> Result<Image, BuildError> {
     Ok(Image { path, manifest })
 }
 
+/// Why `bytes` is not a static x86-64 ELF executable, if it is not.
+fn not_static_elf(bytes: &[u8]) -> Option<&'static str> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
+    if bytes.get(..5) != Some(b"\x7fELF\x02") || u16_at(18) != Some(62) {
+        return Some("not an x86-64 ELF executable");
+    }
+    const PT_INTERP: u32 = 3;
+    let phoff = u64_at(0x20).and_then(|o| usize::try_from(o).ok());
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, u16_at(0x36), u16_at(0x38)) else {
+        return Some("a truncated ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        match u32_at(phoff + i * usize::from(phentsize)) {
+            None => return Some("truncated ELF program headers"),
+            Some(PT_INTERP) => {
+                return Some("dynamically linked (it names an interpreter); the guest has no libc")
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+fn build_linux(
+    dir: &Path,
+    out_dir: &Path,
+    manifest: Manifest,
+    options: &BuildOptions,
+) -> Result<Image, BuildError> {
+    let name = manifest.name.clone();
+    let fail = |message: String| BuildError::Linux {
+        name: name.clone(),
+        message,
+    };
+    let init = options.init.as_ref().ok_or_else(|| {
+        fail("building it needs the kiln-init binary (`kiln --init PATH`; `cargo build --release -p kiln-init`)".into())
+    })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| BuildError::OutDir {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let cargo_toml = dir.join("Cargo.toml");
+    if cargo_toml.is_file() {
+        let build = NestedBuild {
+            manifest_path: cargo_toml,
+            target_dir: dir.join("target"),
+            rustflags: LINUX_HANDLER_RUSTFLAGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            env: Vec::new(),
+            locked: false,
+            jobs: None,
+        };
+        nested_build(&build).map_err(|source| BuildError::Build {
+            name: name.clone(),
+            source,
+        })?;
+    }
+    let exec_rel = manifest.exec.as_deref().unwrap_or_default();
+    let exec = dir.join(exec_rel);
+    let read = |what: &str, path: &Path| -> Result<Vec<u8>, BuildError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| fail(format!("{what} ({}): cannot read it: {e}", path.display())))?;
+        if let Some(why) = not_static_elf(&bytes) {
+            return Err(fail(format!("{what} ({}): {why}", path.display())));
+        }
+        Ok(bytes)
+    };
+    let handler = read(&format!("field exec = {exec_rel:?}"), &exec)?;
+    let init_bytes = read("the kiln-init binary (kiln --init PATH)", init)?;
+    let entries = [
+        CpioEntry::dir("dev"),
+        CpioEntry::dir("proc"),
+        CpioEntry::dir("sys"),
+        CpioEntry::dir("fn"),
+        CpioEntry::file("init", 0o755, init_bytes),
+        CpioEntry::file(LINUX_HANDLER_PATH.trim_start_matches('/'), 0o755, handler),
+    ];
+    let path = out_dir.join(format!("{name}.cpio"));
+    let tmp = out_dir.join(format!(".{name}.cpio.tmp"));
+    let mut bytes = Vec::new();
+    write_newc(&mut bytes, &entries).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| BuildError::Copy {
+            from: tmp.clone(),
+            to: path.clone(),
+            source,
+        })?;
+    Ok(Image { path, manifest })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +307,64 @@ mod tests {
         let e = build_function(&dir, &dir.join("out")).unwrap_err();
         assert!(matches!(e, BuildError::NoCargoToml { .. }), "{e}");
         assert!(!e.is_manifest_error());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn linux_functions_need_init_and_a_static_exec() {
+        let dir = scratch("linux");
+        std::fs::write(
+            dir.join(MANIFEST_FILE),
+            r#"{"name": "l", "kind": "linux", "exec": "h", "memory_mib": 128}"#,
+        )
+        .unwrap();
+        let out = dir.join("out");
+        let e = build_function(&dir, &out).unwrap_err().to_string();
+        assert!(e.contains("needs the kiln-init binary"), "{e}");
+        let init = std::env::current_exe().unwrap();
+        let opts = BuildOptions {
+            init: Some(init.clone()),
+        };
+        let e = build_function_with(&dir, &out, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exec = \"h\"") && e.contains("cannot read"),
+            "{e}"
+        );
+        std::fs::write(dir.join("h"), b"#!/bin/sh\n").unwrap();
+        let e = build_function_with(&dir, &out, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an x86-64 ELF"), "{e}");
+        // The test executable itself stands for a static handler and init (the workspace
+        // links statically, .cargo/config.toml); a dynamic one is refused.
+        std::fs::copy(&init, dir.join("h")).unwrap();
+        match not_static_elf(&std::fs::read(&init).unwrap()) {
+            None => {
+                let image = build_function_with(&dir, &out, &opts).unwrap();
+                assert_eq!(image.path, out.join("l.cpio"));
+                let bytes = std::fs::read(&image.path).unwrap();
+                assert!(bytes.starts_with(b"070701"));
+                let text = String::from_utf8_lossy(&bytes);
+                for member in [
+                    "dev\0",
+                    "proc\0",
+                    "sys\0",
+                    "init\0",
+                    "fn/handler\0",
+                    "TRAILER!!!\0",
+                ] {
+                    assert!(text.contains(member), "{member:?}");
+                }
+            }
+            Some(why) => {
+                let e = build_function_with(&dir, &out, &opts)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(why), "{e}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

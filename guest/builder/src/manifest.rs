@@ -5,6 +5,14 @@
 //!   "concurrency": 4, "max_event_bytes": 1048576 }
 //! ```
 //!
+//! A Linux function (`"kind": "linux"`) is a static executable served by kiln-init in a Linux
+//! guest instead of a freestanding image:
+//!
+//! ```json
+//! { "name": "linux-echo", "kind": "linux", "exec": "target/x86_64-unknown-linux-gnu/release/linux-echo",
+//!   "memory_mib": 128, "hello_timeout_ms": 180000 }
+//! ```
+//!
 //! Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
 //! field against what the runtime and the protocol allow, each error naming the field and its
 //! value.
@@ -28,6 +36,22 @@ pub const RUNTIME_RESERVED_MIB: u64 = 6;
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
 /// Most instances of one function at a time.
 pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// Smallest guest memory of a Linux function (the kernel and its initramfs).
+pub const MIN_LINUX_MEMORY_MIB: u32 = 128;
+/// Default deadline for a Linux function's guest to say Hello (a kernel boots first).
+pub const DEFAULT_LINUX_HELLO_TIMEOUT_MS: u64 = 180_000;
+
+/// What a function is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A freestanding function image on kiln-runtime (no guest OS), booted as the kernel.
+    #[default]
+    Image,
+    /// A static Linux executable (`exec`), served by kiln-init as `/init` of a Linux guest.
+    Linux,
+}
 
 /// A function's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +78,19 @@ pub struct Manifest {
     /// events are refused by the guest with `EventTooLarge`.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: u32,
+    /// `"image"` (default) or `"linux"`.
+    #[serde(default)]
+    pub kind: Kind,
+    /// Linux functions only (and required there): the handler, a static executable, as a
+    /// path relative to the function's directory (event on stdin, response on stdout,
+    /// non-zero exit = error). When the directory has a Cargo.toml, the crate is built first
+    /// with its target directory at `<dir>/target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+    /// Linux functions only: how long the worker waits for the guest's Hello (the kernel
+    /// boots first); default [`DEFAULT_LINUX_HELLO_TIMEOUT_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_timeout_ms: Option<u64>,
 }
 
 fn default_memory_mib() -> u32 {
@@ -149,6 +186,65 @@ impl Manifest {
                 format!("must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
             ));
         }
+        if self.kind == Kind::Linux && self.memory_mib < MIN_LINUX_MEMORY_MIB {
+            return Err(bad(
+                "memory_mib",
+                self.memory_mib.to_string(),
+                format!("a Linux function needs at least {MIN_LINUX_MEMORY_MIB} MiB"),
+            ));
+        }
+        match (self.kind, &self.exec) {
+            (Kind::Image, Some(exec)) => {
+                return Err(bad(
+                    "exec",
+                    format!("{exec:?}"),
+                    "only a function of \"kind\": \"linux\" has an exec".into(),
+                ))
+            }
+            (Kind::Linux, None) => {
+                return Err(bad(
+                    "exec",
+                    "(missing)".into(),
+                    "a Linux function names its executable, relative to the function's directory"
+                        .into(),
+                ))
+            }
+            (Kind::Linux, Some(exec)) => {
+                let p = Path::new(exec);
+                let ok = !exec.is_empty()
+                    && p.is_relative()
+                    && p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !ok {
+                    return Err(bad(
+                        "exec",
+                        format!("{exec:?}"),
+                        "must be a relative path inside the function's directory, without `..`"
+                            .into(),
+                    ));
+                }
+            }
+            (Kind::Image, None) => {}
+        }
+        match (self.kind, self.hello_timeout_ms) {
+            (Kind::Image, Some(t)) => {
+                return Err(bad(
+                    "hello_timeout_ms",
+                    t.to_string(),
+                    "only a function of \"kind\": \"linux\" has a hello_timeout_ms (an image \
+                     is ready within the worker's --start-timeout-ms)"
+                        .into(),
+                ))
+            }
+            (Kind::Linux, Some(t)) if !(1..=MAX_TIMEOUT_MS).contains(&t) => {
+                return Err(bad(
+                    "hello_timeout_ms",
+                    t.to_string(),
+                    format!("must be 1..={MAX_TIMEOUT_MS}"),
+                ))
+            }
+            _ => {}
+        }
         if self.vcpus != 1 {
             return Err(bad(
                 "vcpus",
@@ -218,7 +314,10 @@ mod tests {
                 vcpus: 1,
                 timeout_ms: 1000,
                 concurrency: 4,
-                max_event_bytes: 1 << 20
+                max_event_bytes: 1 << 20,
+                kind: Kind::Image,
+                exec: None,
+                hello_timeout_ms: None,
             }
         );
     }
@@ -316,6 +415,76 @@ mod tests {
             assert!(
                 message.contains(field) && message.contains(value),
                 "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn linux_functions() {
+        let m =
+            parse(r#"{"name": "l", "kind": "linux", "exec": "bin/h", "memory_mib": 128}"#).unwrap();
+        assert_eq!(
+            (m.kind, m.exec.as_deref(), m.hello_timeout_ms),
+            (Kind::Linux, Some("bin/h"), None)
+        );
+        let m = parse(
+            r#"{"name": "l", "kind": "linux", "exec": "h", "memory_mib": 256, "hello_timeout_ms": 60000}"#,
+        )
+        .unwrap();
+        assert_eq!(m.hello_timeout_ms, Some(60000));
+        assert_eq!(
+            parse(r#"{"name": "f", "kind": "image"}"#).unwrap().kind,
+            Kind::Image
+        );
+        let e = parse(r#"{"name": "f", "kind": "wasm"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `wasm`"), "{e}");
+        let cases: &[(&str, &str, &str)] = &[
+            (r#""kind": "linux", "memory_mib": 128"#, "exec", "(missing)"),
+            (r#""kind": "linux", "exec": "h""#, "memory_mib", "16"),
+            (
+                r#""kind": "linux", "exec": "h", "memory_mib": 127"#,
+                "memory_mib",
+                "127",
+            ),
+            (
+                r#""kind": "linux", "exec": "", "memory_mib": 128"#,
+                "exec",
+                "\"\"",
+            ),
+            (
+                r#""kind": "linux", "exec": "/bin/h", "memory_mib": 128"#,
+                "exec",
+                "\"/bin/h\"",
+            ),
+            (
+                r#""kind": "linux", "exec": "a/../../h", "memory_mib": 128"#,
+                "exec",
+                "\"a/../../h\"",
+            ),
+            (
+                r#""kind": "linux", "exec": "./h", "memory_mib": 128"#,
+                "exec",
+                "\"./h\"",
+            ),
+            (r#""exec": "h""#, "exec", "\"h\""),
+            (r#""hello_timeout_ms": 5"#, "hello_timeout_ms", "5"),
+            (
+                r#""kind": "linux", "exec": "h", "memory_mib": 128, "hello_timeout_ms": 0"#,
+                "hello_timeout_ms",
+                "0",
+            ),
+        ];
+        for (fields, field, value) in cases {
+            let text = format!(r#"{{"name": "f", {fields}}}"#);
+            let message = match parse(&text) {
+                Err(e @ ManifestError::Invalid { .. }) => e.to_string(),
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            };
+            assert!(
+                message.contains(&format!("field {field} = {value}:")),
+                "{text}: {message}"
             );
         }
     }

@@ -146,6 +146,11 @@ pub fn prebuild_examples() {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.join("kiln.json").is_file())
+            // Linux functions (linux-echo) boot a kernel: tests/tests/slow_worker_linux.rs.
+            .filter(|p| {
+                kiln_guest_builder::Manifest::load(p)
+                    .is_ok_and(|m| m.kind != kiln_guest_builder::Kind::Linux)
+            })
             .collect();
         names.sort();
         for f in names {
