@@ -27,6 +27,11 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest_dir.join(item).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
+    // The guest's path dependency (the C memory routines).
+    println!(
+        "cargo:rerun-if-changed={}",
+        guest_dir.with_file_name("mem").display()
+    );
 
     let build = NestedBuild {
         manifest_path: guest_dir.join("Cargo.toml"),

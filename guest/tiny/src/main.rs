@@ -13,8 +13,8 @@
 //!
 //! Modules: `entry` (assembly entries, page tables, GDT, stack, PVH note), `serial`
 //! (output), `boot_info` (both boot protocols into one struct), `cmdline`, `phys` (checked
-//! reads of physical memory), `scenarios`, `arch` (instruction wrappers), `mem` (the C
-//! memory routines the compiler calls), `virtio` (a polling virtio-mmio driver).
+//! reads of physical memory), `scenarios`, `arch` (instruction wrappers; the C memory routines come from guest/mem), `virtio` (a
+//! polling virtio-mmio driver).
 
 #![no_std]
 #![no_main]
@@ -23,7 +23,8 @@ mod arch;
 mod boot_info;
 mod cmdline;
 mod entry;
-mod mem;
+// The C memory routines the compiler calls (no libc here).
+use kiln_guest_mem as _;
 mod phys;
 mod scenarios;
 mod serial;

@@ -3,6 +3,8 @@
 //! provide them. The copies use `rep movsb`/`rep stosb` so that they cannot be turned back
 //! into calls to themselves.
 
+#![no_std]
+
 use core::arch::asm;
 
 /// Copies `n` bytes from `src` to `dest` (non-overlapping).
