@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use kiln_tests::jail::{
     proc_status, require_tool, send_fd, sh, wait_gone, Finished, Jail, Report, Running,
 };
+use kiln_tests::security::NsPair;
 use kiln_tests::{require_bin, require_kvm, tiny};
 
 const T: Duration = Duration::from_secs(20);
@@ -504,88 +505,6 @@ fn policy_with_inet(jail: &Jail) -> PathBuf {
     )
 }
 
-/// Two namespaces joined by a veth pair: A (10.250.N.1) for the jail, B (.2 and .3) as
-/// the outside world. Only traffic between them is sent.
-struct NsPair {
-    a: String,
-    b: String,
-    net: String,
-}
-
-impl NsPair {
-    fn new(tag: &str) -> Self {
-        require_tool("ip", "iproute2");
-        let n = (std::process::id() % 200) + 20;
-        let pair = NsPair {
-            a: format!("{tag}-a"),
-            b: format!("{tag}-b"),
-            net: format!("10.250.{n}"),
-        };
-        sh("ip", &["netns", "add", &pair.a]);
-        sh("ip", &["netns", "add", &pair.b]);
-        sh(
-            "ip",
-            &[
-                "-n", &pair.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns",
-                &pair.b,
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                &pair.a,
-                "addr",
-                "add",
-                &format!("{}.1/24", pair.net),
-                "dev",
-                "va",
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                &pair.b,
-                "addr",
-                "add",
-                &format!("{}.2/24", pair.net),
-                "dev",
-                "vb",
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                &pair.b,
-                "addr",
-                "add",
-                &format!("{}.3/24", pair.net),
-                "dev",
-                "vb",
-            ],
-        );
-        for (ns, dev) in [
-            (&pair.a, "va"),
-            (&pair.b, "vb"),
-            (&pair.a, "lo"),
-            (&pair.b, "lo"),
-        ] {
-            sh("ip", &["-n", ns, "link", "set", dev, "up"]);
-        }
-        pair
-    }
-}
-
-impl Drop for NsPair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// A TCP listener in namespace `ns` (a thread that switches its own network namespace).
 fn listen_in(ns: &str, port: u16) -> std::thread::JoinHandle<Vec<String>> {
     let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
@@ -637,7 +556,7 @@ fn the_egress_firewall_drops_everything_but_the_allow_list() {
         &[
             "--cleanup-on-exit",
             "--netns",
-            &format!("/run/netns/{}", pair.a),
+            &pair.a_path(),
             "--firewall",
             "on",
             "--egress-allow",
