@@ -594,6 +594,14 @@ fn bad_config_files_are_clear_errors() {
         "cannot read config file",
         "missing config file",
     );
+    // A path that never ends (a device) is bounded, not read until memory runs out.
+    expect_failure(
+        Path::new("/dev/zero"),
+        &[],
+        EXIT_BAD_CONFIG,
+        "larger than 1048576 bytes",
+        "endless config file",
+    );
 }
 
 /// The tiny guest's ELF with a byte-level change.

@@ -106,7 +106,7 @@ fn run(args: Args, main_entry: Instant) -> i32 {
     let mut resources = match args.config_file.as_deref() {
         None => VmResources::default(),
         Some(config_path) => {
-            let text = match std::fs::read_to_string(config_path) {
+            let text = match read_config_file(config_path) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("vmm: cannot read config file {config_path:?}: {e}");
@@ -233,4 +233,23 @@ fn run(args: Args, main_entry: Instant) -> i32 {
     // Releases vCPU threads, devices, the VM and guest memory before the process ends.
     drop(vmm);
     code
+}
+
+/// Largest config file read: far above any real configuration, and a bound for a path that
+/// names a device or a pipe that never ends (a pipe such as `<(...)` is still accepted).
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+fn read_config_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
 }
