@@ -10,7 +10,7 @@ use vmm::signals::TerminationSignals;
 // The API (docs/api.md).
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use vmm::api::http::DEFAULT_MAX_PAYLOAD_SIZE;
+use kiln_http::DEFAULT_MAX_PAYLOAD_SIZE;
 use vmm::api::Limits;
 use vmm::controller::VmmApi;
 use vmm::resources::{LoggerConfig, MetricsConfig};

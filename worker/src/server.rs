@@ -7,7 +7,7 @@
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status (see
 //! docs/worker.md for the codes). Requests are parsed by the VMM's parser
-//! (`vmm::api::http::parse_request`: httparse, `Content-Length` bodies only, at most 32
+//! (`kiln_http::parse_request`: httparse, `Content-Length` bodies only, at most 32
 //! headers in 8 KiB); keep-alive and `Expect: 100-continue` are honoured.
 
 use crate::pool::{Invocation, PoolError, Pools};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmm::api::http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
+use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
 
 /// Largest request body: the protocol's largest payload (a function's own limit is checked
 /// after routing).

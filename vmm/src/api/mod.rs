@@ -2,14 +2,13 @@
 //! bodies and status codes.
 //!
 //! Threads: [`start`] binds the socket and spawns the API thread (`kiln_api`), which owns the
-//! listener and every client ([`server`]), parses HTTP ([`http`]) and routes each request
+//! listener and every client ([`server`]), parses HTTP (the `kiln-http` crate) and routes each request
 //! to a typed [`ApiRequest`] ([`router`]). A routed request crosses to the VMM thread over an
 //! `mpsc` channel, with an [`EventFd`] that the VMM thread's event loop polls; the VMM thread
 //! applies it ([`crate::controller`]) and sends the [`ApiReply`] back over a second channel.
 //! The VMM thread only ever does non-blocking channel operations: it never waits for the API
 //! thread, whatever the clients do.
 
-pub mod http;
 pub mod router;
 pub mod server;
 #[cfg(test)]
@@ -21,7 +20,8 @@ use crate::resources::{
     BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
 };
-use http::Response;
+use kiln_http as http;
+use kiln_http::Response;
 pub use server::Limits;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;

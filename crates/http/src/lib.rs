@@ -1,9 +1,11 @@
-//! HTTP/1.1 messages of the API: parsing one request out of a connection's bytes (with
-//! httparse, under fixed limits) and encoding responses.
+//! Kiln's HTTP/1.1 message layer, written once for every server in the project (the VMM's
+//! Firecracker-compatible API and the `kiln serve` worker): parsing one request out of a
+//! connection's bytes (with httparse, under fixed limits) and encoding responses. Routing,
+//! connections and status decisions stay with each server.
 //!
 //! Limits: at most [`MAX_HEADERS`] headers in at most [`MAX_HEADER_BYTES`] bytes, a body
 //! only through `Content-Length` and at most the configured payload size (default
-//! [`DEFAULT_MAX_PAYLOAD_SIZE`], `--http-api-max-payload-size`). `Transfer-Encoding` is
+//! [`DEFAULT_MAX_PAYLOAD_SIZE`], the VMM's `--http-api-max-payload-size`). `Transfer-Encoding` is
 //! refused. Any violation is an [`HttpError`], answered with its status and the connection
 //! closed (the stream position is unknown after a bad request).
 
