@@ -25,6 +25,8 @@ if [ "$tier" != slow ]; then
     step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
     cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
     cargo clippy --workspace --all-targets --quiet -- -D warnings
+    step "structure (docs/conventions.md): no import circle, no file over 600 lines, crate dependencies as allowed"
+    python3 "$KILN_ROOT/scripts/check-structure.py"
 
     step "fast tier: cargo test --workspace"
     cargo test --workspace
