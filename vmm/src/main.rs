@@ -8,9 +8,9 @@ use vmm::exit::code;
 use vmm::resources::VmResources;
 use vmm::signals::TerminationSignals;
 // The API (docs/api.md).
+use kiln_http::DEFAULT_MAX_PAYLOAD_SIZE;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use kiln_http::DEFAULT_MAX_PAYLOAD_SIZE;
 use vmm::api::Limits;
 use vmm::controller::VmmApi;
 use vmm::resources::{LoggerConfig, MetricsConfig};

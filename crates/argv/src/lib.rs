@@ -302,7 +302,11 @@ mod tests {
         let a = run(&t, &["--id=x=y"]).unwrap();
         assert_eq!(a.single("id"), Some("x=y"), "only the first = splits");
         let a = run(&t, &["--id", "--daemonize"]).unwrap();
-        assert_eq!(a.single("id"), Some("--daemonize"), "a value may look like a flag");
+        assert_eq!(
+            a.single("id"),
+            Some("--daemonize"),
+            "a value may look like a flag"
+        );
     }
 
     #[test]
@@ -346,7 +350,10 @@ mod tests {
         let bad = OsString::from_vec(vec![b'-', b'-', 0xff]);
         let e = parse(&t, vec![bad]).unwrap_err();
         assert!(matches!(e, ArgvError::NotUtf8(_)), "{e:?}");
-        let e = parse(&t, vec![OsString::from("--id"), OsString::from_vec(vec![0xfe])]);
+        let e = parse(
+            &t,
+            vec![OsString::from("--id"), OsString::from_vec(vec![0xfe])],
+        );
         assert!(matches!(e, Err(ArgvError::NotUtf8(_))), "{e:?}");
     }
 
@@ -378,7 +385,10 @@ mod tests {
         let a = run(&t, &["--id", "x"]).unwrap();
         let e = a.parsed::<u32>("id").unwrap_err();
         assert!(matches!(e, ArgvError::BadValue { flag: "id", .. }), "{e:?}");
-        assert!(e.to_string().starts_with("flag --id: invalid value \"x\""), "{e}");
+        assert!(
+            e.to_string().starts_with("flag --id: invalid value \"x\""),
+            "{e}"
+        );
         let e = a
             .converted("id", |v| if v == "y" { Ok(1) } else { Err("not y") })
             .unwrap_err();

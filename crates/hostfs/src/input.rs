@@ -99,8 +99,7 @@ mod tests {
         }
     }
     fn scratch(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("kiln-hostfs-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("kiln-hostfs-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -130,7 +129,10 @@ mod tests {
     fn devices_directories_and_sockets_are_refused_without_reading() {
         let dir = scratch("kinds");
         let e = read_text(Path::new("/dev/zero"), 10).unwrap_err();
-        assert_eq!(e.to_string(), "is a character device, not a regular file or a pipe");
+        assert_eq!(
+            e.to_string(),
+            "is a character device, not a regular file or a pipe"
+        );
         let e = read_text(&dir.0, 10).unwrap_err();
         assert!(matches!(e, InputError::Kind("a directory")), "{e:?}");
         let sock = dir.0.join("s");
