@@ -15,13 +15,13 @@ use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
 use crate::resources::VmResources;
 use crate::signals::{self, SignalError};
+use crate::timing::StartupTrace;
 use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -51,41 +51,6 @@ pub enum BuildError {
     SpawnVcpu { index: u8, source: std::io::Error },
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
-}
-
-/// Start-up phases and when they ended, relative to process start.
-#[derive(Debug, Clone)]
-pub struct StartupTrace {
-    origin: Instant,
-    marks: Arc<Mutex<Vec<(&'static str, Duration)>>>,
-}
-
-impl StartupTrace {
-    /// `origin` is when the process started (see `--start-time-us`).
-    pub fn new(origin: Instant) -> Self {
-        StartupTrace {
-            origin,
-            marks: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    pub fn mark(&self, phase: &'static str) {
-        let at = self.origin.elapsed();
-        crate::devices::bus::lock(&self.marks).push((phase, at));
-    }
-
-    pub fn origin(&self) -> Instant {
-        self.origin
-    }
-
-    /// One line per phase: `phase: at X.XXX ms` (durations say `took`).
-    pub fn report(&self) -> String {
-        crate::devices::bus::lock(&self.marks)
-            .iter()
-            .map(|(p, d)| format!("boot-timer: {p}: {:.3} ms", d.as_secs_f64() * 1e3))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.

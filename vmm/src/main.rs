@@ -2,15 +2,16 @@
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmm::builder::{build_microvm, BuildOptions, StartupTrace};
+use vmm::builder::{build_microvm, BuildOptions};
 use vmm::cli::{self, Args, Command};
 use vmm::exit::code;
 use vmm::resources::VmResources;
 use vmm::signals::TerminationSignals;
+use vmm::timing::StartupTrace;
 // The API (docs/api.md).
+use kiln_http::DEFAULT_MAX_PAYLOAD_SIZE;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use kiln_http::DEFAULT_MAX_PAYLOAD_SIZE;
 use vmm::api::Limits;
 use vmm::controller::VmmApi;
 use vmm::resources::{LoggerConfig, MetricsConfig};
@@ -131,7 +132,7 @@ fn run(args: Args, main_entry: Instant) -> i32 {
         eprintln!("vmm: {e}");
         return code::BAD_CONFIG;
     }
-    if let Err(e) = vmm::metrics::spawn_periodic_flush(vmm::metrics::FLUSH_INTERVAL) {
+    if let Err(e) = spawn_metrics_flusher() {
         eprintln!("vmm: {e}");
         return code::GENERIC;
     }
@@ -252,4 +253,21 @@ fn read_config_file(path: &str) -> std::io::Result<String> {
         ));
     }
     Ok(text)
+}
+
+/// Starts the `kiln_metrics` thread: a metrics line every [`vmm::metrics::FLUSH_INTERVAL`]
+/// for the rest of the process's life, under the VMM thread's seccomp filter.
+fn spawn_metrics_flusher() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("kiln_metrics".into())
+        .spawn(|| {
+            vmm::seccomp::install(vmm::seccomp::ThreadKind::Vmm);
+            loop {
+                std::thread::sleep(vmm::metrics::FLUSH_INTERVAL);
+                if let Err(e) = vmm::metrics::flush() {
+                    vmm::log_warn!("periodic metrics flush: {e}");
+                }
+            }
+        })
+        .map(|_| ())
 }

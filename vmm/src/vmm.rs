@@ -9,9 +9,9 @@
 //! `pause`/`resume` really stop and restart guest execution: each vCPU thread is sent a
 //! command and kicked out of `KVM_RUN`, and the call waits for every vCPU's acknowledgement.
 
-use crate::devices::bus::lock;
 use crate::devices::manager::Devices;
 use crate::exit::{ExitNotifier, VmExit};
+use crate::sync::lock;
 use crate::vstate::vcpu_thread::{VcpuAck, VcpuCommand, VcpuHandle};
 use crate::vstate::vm::Vm;
 use std::os::fd::{AsRawFd, RawFd};

@@ -6,7 +6,6 @@
 //! Refusals: 404 for a path Kiln does not serve, 405 (with `Allow`) for a wrong verb, 400
 //! for a missing or unreadable body.
 
-use kiln_http::{Method, Request};
 use super::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
@@ -14,6 +13,7 @@ use crate::resources::{
     MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
     VsockConfig,
 };
+use kiln_http::{Method, Request};
 use serde::Deserialize;
 
 /// A path of the API (its first segments), before the verb is checked.

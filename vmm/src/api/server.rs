@@ -15,8 +15,8 @@
 //! Requests that parse are handed to the `dispatch` function (which forwards them to the
 //! VMM thread and waits for the answer); the VMM thread never waits for this thread.
 
-use kiln_http::{self as http, HttpError, Parsed, Response};
 use crate::metrics::METRICS;
+use kiln_http::{self as http, HttpError, Parsed, Response};
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -13,8 +13,8 @@
 //! receive buffers) stops watching it instead of spinning on a level-triggered event.
 
 use super::{EventCtx, VirtioDevice};
-use crate::devices::bus::lock;
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use crate::vmm::{EventHandler, Flow, SourceId, Vmm, VmmError};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;

@@ -22,8 +22,9 @@
 //! `DEVICE_NEEDS_RESET` instead of `DRIVER_OK`.
 
 use super::{Activation, Interrupt, LogBudget, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::devices::bus::{lock, BusDevice};
+use crate::devices::bus::BusDevice;
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
