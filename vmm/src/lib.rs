@@ -18,7 +18,6 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
-pub mod cli;
 pub mod controller;
 pub mod devices;
 pub mod exit;
