@@ -163,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
             dm.attach_mmio_device(slot, Arc::new(Mutex::new(NoDevice)))
                 .expect("the window is free");
         }
-        let cmdline = match loader::build_cmdline(&args, &dm) {
+        let cmdline = match loader::build_cmdline(&args, dm.mmio_slots()) {
             Ok(c) => c,
             Err(e) => {
                 kiln_fuzz::debug(|| format!("command line refused: {e}"));

@@ -9,9 +9,10 @@
 use crate::api::{
     self, Action, ApiChannel, ApiError, ApiReply, ApiRequest, Limits, VmStateChange, VmmData,
 };
+use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, Sources};
 use crate::metrics::METRICS;
 use crate::resources::{ResourceError, VmResources};
-use crate::vmm::{EventHandler, Flow, Vmm};
+use crate::vmm::Vmm;
 use crate::{logger, metrics, timing};
 use std::os::unix::io::RawFd;
 use std::path::Path;
@@ -375,10 +376,7 @@ impl Microvm for Vmm {
 
     /// Swaps the drive's backing file and tells the guest (configuration change).
     fn update_drive(&mut self, drive_id: &str, path_on_host: &str) -> Result<(), String> {
-        self.devices()
-            .virtio
-            .update_drive(drive_id, path_on_host)
-            .map_err(|e| e.to_string())
+        Vmm::update_drive(self, drive_id, path_on_host).map_err(|e| e.to_string())
     }
 }
 
@@ -387,7 +385,7 @@ impl Microvm for Vmm {
 /// Use: [`VmmApi::start`] (binds the socket, starts the API thread); before boot,
 /// [`VmmApi::serve_until_started`] answers requests until `InstanceStart` has built the
 /// microVM; then [`VmmApi::attach`] registers the request eventfd in the run loop, where
-/// requests keep being answered with the running [`Vmm`] at hand.
+/// requests keep being answered with the running [`Vmm`] at hand (the loop's context).
 pub struct VmmApi {
     chan: ApiChannel,
     controller: Controller,
@@ -476,15 +474,15 @@ impl VmmApi {
         }
     }
 
-    /// Keeps serving the API from `vmm`'s run loop.
-    pub fn attach(self, vmm: &mut Vmm) -> Result<(), crate::vmm::VmmError> {
+    /// Keeps serving the API from the microVM's run loop.
+    pub fn attach(self, events: &mut EventLoop<Vmm>) -> Result<(), EventLoopError> {
         let fd = self.chan.event_fd();
-        vmm.add_event_source(fd, Box::new(self)).map(|_| ())
+        events.add(fd, Box::new(self)).map(|_| ())
     }
 }
 
-impl EventHandler for VmmApi {
-    fn handle(&mut self, vmm: &mut Vmm, _events: EventSet) -> Flow {
+impl EventHandler<Vmm> for VmmApi {
+    fn handle(&mut self, vmm: &mut Vmm, _sources: &mut Sources<Vmm>, _events: EventSet) -> Flow {
         let _ = self.chan.take_event();
         while let Some(req) = self.chan.next_request() {
             METRICS.vmm.device_events.inc();

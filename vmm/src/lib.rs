@@ -20,6 +20,7 @@ pub mod arch;
 pub mod builder;
 pub mod controller;
 pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod loader;
 pub mod logger;

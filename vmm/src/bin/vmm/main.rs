@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use vmm::api::{ApiError, Limits};
 use vmm::builder::{build_microvm, BuildError, BuildOptions};
 use vmm::controller::{configure_outputs, ControllerError, VmmApi};
+use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
 use vmm::resources::{LoggerConfig, MetricsConfig, ResourceError, VmResources};
 use vmm::seccomp::{self, SeccompError, ThreadKind};
 use vmm::signals::{SignalError, TerminationSignals};
 use vmm::timing::{self, StartupTrace};
-use vmm::vmm::{Vmm, VmmError};
+use vmm::vmm::{self as running, Vmm};
 
 /// The API socket when neither `--api-sock` nor `--no-api` is given (Firecracker's default
 /// is /run/firecracker.socket).
@@ -54,9 +55,9 @@ enum RunError {
     #[error("cannot start the microVM: {0}")]
     Start(BuildError),
     #[error("cannot serve the API from the run loop: {0}")]
-    ServeApi(VmmError),
+    ServeApi(EventLoopError),
     #[error(transparent)]
-    WatchSignals(VmmError),
+    WatchSignals(EventLoopError),
 }
 
 impl RunError {
@@ -122,7 +123,12 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
     if let Some(t) = &trace {
         t.mark("command line and config file read");
     }
-    let Some((mut vmm, api)) = start_microvm(&args, resources, &signals, &trace)? else {
+    let Some(Started {
+        mut vmm,
+        mut events,
+        api,
+    }) = start_microvm(&args, resources, &signals, &trace)?
+    else {
         eprintln!("vmm: stopped by a signal before InstanceStart (exit code 0)");
         flush_metrics();
         return Ok(code::OK);
@@ -131,19 +137,19 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
         eprintln!("{}", t.report());
     }
     if let Some(api) = api {
-        api.attach(&mut vmm).map_err(RunError::ServeApi)?;
+        api.attach(&mut events).map_err(RunError::ServeApi)?;
     }
-    vmm.watch_termination_signals(signals)
-        .map_err(RunError::WatchSignals)?;
-    vmm.forward_stdin_to_serial();
+    running::watch_termination_signals(&mut events, signals).map_err(RunError::WatchSignals)?;
+    vmm.forward_stdin_to_serial(&mut events);
     // The microVM is built: from here on this thread serves the guest's devices.
     seccomp::install(ThreadKind::Vmm);
-    let exit = vmm.run();
+    let exit = vmm.run(&mut events);
     let code = exit.code();
     flush_metrics();
     eprintln!("vmm: {exit} (exit code {code})");
     // Releases vCPU threads, devices, the VM and guest memory before the process ends.
     drop(vmm);
+    drop(events);
     Ok(code)
 }
 
@@ -233,6 +239,13 @@ fn process_origin(args: &Args, main_entry: Instant) -> Instant {
     Instant::now().checked_sub(before).unwrap_or(main_entry)
 }
 
+/// A started microVM, the event loop that serves it, and the API (unless `--no-api`).
+struct Started {
+    vmm: Vmm,
+    events: EventLoop<Vmm>,
+    api: Option<VmmApi>,
+}
+
 /// Builds and starts the microVM, with the API unless `--no-api`. With a config file the
 /// microVM boots at once and the API keeps serving; without one, API requests configure it
 /// until `InstanceStart` builds it. `None`: SIGTERM/SIGINT came before `InstanceStart`.
@@ -241,7 +254,7 @@ fn start_microvm(
     resources: VmResources,
     signals: &TerminationSignals,
     trace: &Option<StartupTrace>,
-) -> Result<Option<(Vmm, Option<VmmApi>)>, RunError> {
+) -> Result<Option<Started>, RunError> {
     let build = |res: &VmResources| {
         let opts = BuildOptions {
             serial: args.serial_out.clone(),
@@ -276,12 +289,16 @@ fn start_microvm(
             let built = api.serve_until_started(Some(signals.as_raw_fd()), |res| {
                 build(res).map_err(|e| e.to_string())
             })?;
-            Ok(built.map(|vmm| (vmm, Some(api))))
+            Ok(built.map(|(vmm, events)| Started {
+                vmm,
+                events,
+                api: Some(api),
+            }))
         }
         api => {
             timing::record_instance_start();
-            let vmm = build(&resources).map_err(RunError::Start)?;
-            Ok(Some((vmm, api)))
+            let (vmm, events) = build(&resources).map_err(RunError::Start)?;
+            Ok(Some(Started { vmm, events, api }))
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
 //! - [`block`], [`net`], [`vsock`]: the devices; each knows nothing of MMIO.
-//! - [`setup`]: building the devices from the resources and wiring them into the VM.
+//! - [`setup`]: building the devices from the resources and wiring them into the VM;
+//!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
 //! The split between threads: a vCPU thread only touches the register file (and, on
 //! `DRIVER_OK` or a reset, calls [`VirtioDevice::activate`] / [`VirtioDevice::reset`]); all
@@ -16,6 +17,7 @@
 
 pub mod block;
 pub mod events;
+pub mod handles;
 pub mod mmio;
 pub mod net;
 pub mod queue;
