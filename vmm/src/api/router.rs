@@ -6,7 +6,7 @@
 //! Refusals: 404 for a path Kiln does not serve, 405 (with `Allow`) for a wrong verb, 400
 //! for a missing or unreadable body.
 
-use super::{Action, ApiRequest, VmStateChange};
+use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
