@@ -132,18 +132,6 @@ fn nonempty_path(v: &str) -> Result<String, &'static str> {
     Ok(v.to_string())
 }
 
-fn log_level(v: &str) -> Result<LogLevel, &'static str> {
-    Ok(match v.to_ascii_lowercase().as_str() {
-        "off" => LogLevel::Off,
-        "error" => LogLevel::Error,
-        "warning" | "warn" => LogLevel::Warning,
-        "info" => LogLevel::Info,
-        "debug" => LogLevel::Debug,
-        "trace" => LogLevel::Trace,
-        _ => return Err("use Off, Error, Warning, Info, Debug or Trace"),
-    })
-}
-
 fn payload_size(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -184,7 +172,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         start_time_cpu_us: a.parsed("start-time-cpu-us")?,
         parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
         log_path: a.converted("log-path", nonempty_path)?,
-        level: a.converted("level", log_level)?,
+        level: a.parsed("level")?,
         metrics_path: a.converted("metrics-path", nonempty_path)?,
         http_api_max_payload_size: a.converted("http-api-max-payload-size", payload_size)?,
         seccomp,
@@ -366,6 +354,10 @@ mod tests {
         }
         // Messages name the flag with its dashes.
         let e = p(&["--level", "loud"]).unwrap_err().to_string();
-        assert!(e.starts_with("flag --level: invalid value \"loud\""), "{e}");
+        assert_eq!(
+            e,
+            "flag --level: invalid value \"loud\": use Off, Error, Warning, Info, Debug or Trace"
+        );
+        assert_eq!(run(&["--level", "WARN"]).level, Some(LogLevel::Warning));
     }
 }

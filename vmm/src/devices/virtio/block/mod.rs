@@ -21,8 +21,8 @@ pub mod request;
 
 use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
 use super::{
-    read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::METRICS;
 use crate::resources::{CacheType, DriveConfig};
@@ -177,7 +177,6 @@ impl Block {
                 }
             };
             if let Err(e) = add_used(&mut a.queue, &a.mem, head, len) {
-                METRICS.virtio.used_ring_errors.inc();
                 break_queue(drive_id, warnings, a, &e);
                 break;
             }
@@ -191,19 +190,8 @@ impl Block {
 }
 
 fn break_queue(drive_id: &str, warnings: &mut LogBudget, a: &mut Active, e: &queue::QueueError) {
-    if matches!(
-        e,
-        queue::QueueError::AvailIndex { .. } | queue::QueueError::HeadIndex { .. }
-    ) {
-        METRICS.virtio.avail_ring_errors.inc();
-    }
-    if warnings.take() {
-        crate::log_warn!(
-            "drive {drive_id}: the driver broke the queue ({e}); the device needs a reset"
-        );
-    }
     a.broken = true;
-    a.interrupt.signal_needs_reset();
+    queue_broken(&format_args!("drive {drive_id}"), warnings, &a.interrupt, e);
 }
 
 /// Executes one request; returns the used length (bytes written to the chain) and the
@@ -346,15 +334,7 @@ impl VirtioDevice for Block {
             interrupt,
             ..
         } = activation;
-        let got = queues.len();
-        let Some(queue) = queues.into_iter().next() else {
-            METRICS.block.activate_fails.inc();
-            return Err(ActivateError::QueueCount { need: 1, got });
-        };
-        if !queue.ready() {
-            METRICS.block.activate_fails.inc();
-            return Err(ActivateError::QueueNotReady(0));
-        }
+        let [queue] = Activation::take_queues(queues, &[0], &METRICS.block.activate_fails)?;
         self.active = Some(Active {
             mem,
             queue,

@@ -40,6 +40,20 @@ fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
     m.write_slice(&h, GuestAddress(0x8000)).unwrap();
 }
 
+/// Resets `b` and starts it on queue `q`; returns its interrupt.
+fn start(b: &mut Block, m: &GuestMemoryMmap, q: virtio_queue::Queue) -> Arc<Interrupt> {
+    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    b.reset();
+    b.activate(Activation {
+        mem: m.clone(),
+        queues: vec![q],
+        features: 0,
+        interrupt: irq.clone(),
+    })
+    .unwrap();
+    irq
+}
+
 /// Runs one request (header at 0x8000, data at 0x9000 of `len`, status at 0xa000) and
 /// returns (status, used length).
 fn run(
@@ -59,15 +73,7 @@ fn run(
         desc(0xa000, 1, F_WRITE, 0),
     ];
     let (vq, q) = queue_with(m, 16, &descs, &[0]);
-    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-    b.reset();
-    b.activate(Activation {
-        mem: m.clone(),
-        queues: vec![q],
-        features: 0,
-        interrupt: irq.clone(),
-    })
-    .unwrap();
+    let irq = start(b, m, q);
     b.process_queue(0, &mut EventCtx::default());
     let used = vq.used().ring().ref_at(0).unwrap().load();
     assert_eq!(u16::from_le(vq.used().idx().load()), 1);
@@ -167,15 +173,7 @@ fn hostile_chains_are_returned_empty() {
     ] {
         header(&m, VIRTIO_BLK_T_IN, 0);
         let (vq, q) = queue_with(&m, 16, &descs, &[0]);
-        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        b.reset();
-        b.activate(Activation {
-            mem: m.clone(),
-            queues: vec![q],
-            features: 0,
-            interrupt: irq.clone(),
-        })
-        .unwrap();
+        let irq = start(&mut b, &m, q);
         b.process_queue(0, &mut EventCtx::default());
         assert_eq!(u16::from_le(vq.used().idx().load()), 1);
         assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 0);
@@ -184,15 +182,7 @@ fn hostile_chains_are_returned_empty() {
     // An available index far ahead breaks the queue.
     let (vq, q) = queue_with(&m, 16, &[desc(0x8000, 16, 0, 0)], &[0]);
     vq.avail().idx().store(u16::to_le(5000));
-    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-    b.reset();
-    b.activate(Activation {
-        mem: m.clone(),
-        queues: vec![q],
-        features: 0,
-        interrupt: irq.clone(),
-    })
-    .unwrap();
+    let irq = start(&mut b, &m, q);
     b.process_queue(0, &mut EventCtx::default());
     assert!(irq.needs_reset());
     assert_eq!(u16::from_le(vq.used().idx().load()), 0);
@@ -208,14 +198,7 @@ fn work_per_event_is_bounded() {
     let descs = [desc(0x8000, 16, F_NEXT, 1), desc(0xa000, 1, F_WRITE, 0)];
     let heads = vec![0u16; 128];
     let (vq, q) = queue_with(&m, 128, &descs, &heads);
-    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-    b.activate(Activation {
-        mem: m.clone(),
-        queues: vec![q],
-        features: 0,
-        interrupt: irq,
-    })
-    .unwrap();
+    start(&mut b, &m, q);
     let mut ctx = EventCtx::default();
     b.process_queue(0, &mut ctx);
     assert!(ctx.wants_again());

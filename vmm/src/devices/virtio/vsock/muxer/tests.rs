@@ -67,18 +67,7 @@ impl Drop for Dir {
 
 fn guest_pkt(op: Op, src_port: u32, dst_port: u32, len: u32) -> TxPacket {
     TxPacket {
-        hdr: Header {
-            src_cid: CID,
-            dst_cid: HOST_CID,
-            src_port,
-            dst_port,
-            len,
-            type_: TYPE_STREAM,
-            op: op as u16,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 0,
-        },
+        hdr: crate::devices::virtio::vsock::tests::hdr(op, src_port, dst_port, len),
         op,
     }
 }
