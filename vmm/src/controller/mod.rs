@@ -7,7 +7,7 @@
 //! reach the running microVM through the [`Microvm`] trait.
 //!
 //! - here: the [`Controller`], the state machine that decides each request;
-//! - [`serve`]: [`VmmApi`], the API served by the VMM thread: the request channel before
+//! - `serve`: [`VmmApi`], the API served by the VMM thread: the request channel before
 //!   boot, then in the microVM's run loop.
 //!
 //! Its errors ([`ControllerError`]) become the API layer's [`RequestError`] on the way back

@@ -1,9 +1,9 @@
 //! Loading what the guest boots: the kernel (ELF `vmlinux`, with or without a PVH note, or a
 //! bzImage), the initrd, the command line, and the boot information that points at them.
 //!
-//! - [`kernel`]: checking and loading the kernel image, and choosing its entry;
-//! - [`initrd`]: placing the initrd high in RAM and loading it;
-//! - [`cmdline`]: the kernel command line, with the virtio-mmio devices' entries;
+//! - `kernel`: checking and loading the kernel image, and choosing its entry;
+//! - `initrd`: placing the initrd high in RAM and loading it;
+//! - `cmdline`: the kernel command line, with the virtio-mmio devices' entries;
 //! - [`write_boot_info`] (here): the command line, zero page or PVH start info, MP table and
 //!   boot page tables in guest memory.
 //!

@@ -21,8 +21,8 @@
 //!   counted).
 //!
 //! Code: here the muxer itself (its sockets, the routing of guest packets, the receive work
-//! queue, events and timeouts); [`table`]: the connection table (adding, updating and
-//! removing connections, host ports); [`host_connect`]: host connections until their
+//! queue, events and timeouts); `table`: the connection table (adding, updating and
+//! removing connections, host ports); `host_connect`: host connections until their
 //! `CONNECT` line.
 //!
 //! Everything is nonblocking and runs on the VMM thread. The muxer's sockets sit in its own
