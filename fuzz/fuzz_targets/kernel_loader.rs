@@ -1,4 +1,4 @@
-//! The kernel image loader (`vmm/src/loader.rs`) as the builder calls it: `load_kernel` (ELF
+//! The kernel image loader (`vmm/src/loader/`) as the builder calls it: `load_kernel` (ELF
 //! vmlinux with or without a PVH note, or bzImage) into a small guest memory made by
 //! `vstate::memory::create_guest_memory`, `load_initrd` and `place_initrd`, `with_root_arg`,
 //! `build_cmdline` (with virtio-mmio device entries) and `write_boot_info` (command line, zero
