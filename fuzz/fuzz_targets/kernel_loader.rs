@@ -1,4 +1,4 @@
-//! The kernel image loader (`vmm/src/loader.rs`) as the builder calls it: `load_kernel` (ELF
+//! The kernel image loader (`vmm/src/loader/`) as the builder calls it: `load_kernel` (ELF
 //! vmlinux with or without a PVH note, or bzImage) into a small guest memory made by
 //! `vstate::memory::create_guest_memory`, `load_initrd` and `place_initrd`, `with_root_arg`,
 //! `build_cmdline` (with virtio-mmio device entries) and `write_boot_info` (command line, zero
@@ -163,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
             dm.attach_mmio_device(slot, Arc::new(Mutex::new(NoDevice)))
                 .expect("the window is free");
         }
-        let cmdline = match loader::build_cmdline(&args, &dm) {
+        let cmdline = match loader::build_cmdline(&args, dm.mmio_slots()) {
             Ok(c) => c,
             Err(e) => {
                 kiln_fuzz::debug(|| format!("command line refused: {e}"));

@@ -1,5 +1,5 @@
 //! One vsock connection's state machine and credit accounting
-//! (`vmm/src/devices/virtio/vsock/connection.rs`) between a hostile guest and a host peer on
+//! (`vmm/src/devices/virtio/vsock/connection/`) between a hostile guest and a host peer on
 //! a real Unix socket: the guest's packets (validated by `packet::check_tx` first, as the
 //! device does), the host peer writing, reading, shutting down or hanging up, the event
 //! loop's readable/writable/timer events, and the packets the connection sends back.

@@ -11,17 +11,18 @@ use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
 use crate::resources::VmResources;
 use crate::signals::{self, SignalError};
-use crate::vmm::Vmm;
+use crate::timing::StartupTrace;
+use crate::vmm::{self as running, Vmm};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -45,47 +46,14 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Serial(#[from] SerialError),
-    #[error("cannot create the exit eventfd or the event loop: {0}")]
-    EventLoop(std::io::Error),
+    #[error("cannot create the exit eventfd: {0}")]
+    ExitEventFd(std::io::Error),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
     #[error("cannot start the thread of vCPU {index}: {source}")]
     SpawnVcpu { index: u8, source: std::io::Error },
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
-}
-
-/// Start-up phases and when they ended, relative to process start.
-#[derive(Debug, Clone)]
-pub struct StartupTrace {
-    origin: Instant,
-    marks: Arc<Mutex<Vec<(&'static str, Duration)>>>,
-}
-
-impl StartupTrace {
-    /// `origin` is when the process started (see `--start-time-us`).
-    pub fn new(origin: Instant) -> Self {
-        StartupTrace {
-            origin,
-            marks: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    pub fn mark(&self, phase: &'static str) {
-        let at = self.origin.elapsed();
-        crate::devices::bus::lock(&self.marks).push((phase, at));
-    }
-
-    pub fn origin(&self) -> Instant {
-        self.origin
-    }
-
-    /// One line per phase: `phase: at X.XXX ms` (durations say `took`).
-    pub fn report(&self) -> String {
-        crate::devices::bus::lock(&self.marks)
-            .iter()
-            .map(|(p, d)| format!("boot-timer: {p}: {:.3} ms", d.as_secs_f64() * 1e3))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.
@@ -101,13 +69,17 @@ pub struct BuildOptions {
     pub strict_io: bool,
 }
 
-/// Builds the microVM described by `res` and starts its vCPUs.
+/// Builds the microVM described by `res` and starts its vCPUs. Returns it with the event
+/// loop that serves its devices and ends when it stops ([`Vmm::run`]).
 ///
 /// Two threads share the work: a helper creates the KVM VM (memory slots, irqchip, PIT;
 /// mostly waiting in the kernel) while this thread loads the kernel, initrd and boot
 /// information into the already mapped guest memory. vCPUs and devices follow, once both
 /// are done.
-pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, BuildError> {
+pub fn build_microvm(
+    res: &VmResources,
+    opts: BuildOptions,
+) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
     let trace = opts.trace;
     let mark = |p: &'static str| {
         if let Some(t) = &trace {
@@ -134,7 +106,7 @@ pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, Build
             );
         }
     }));
-    let exits = Arc::new(ExitNotifier::new().map_err(BuildError::EventLoop)?);
+    let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let mem = memory::create_guest_memory(mem_size)?;
     mark("guest memory mapped");
 
@@ -160,7 +132,7 @@ pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, Build
                 virtio.attach(&mut dm, &mem, vsock)?;
             }
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
-            let cmdline = loader::build_cmdline(&boot_args, &dm)?;
+            let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
                 loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, mc.vcpu_count)?;
             mark("command line and boot information written");
@@ -226,8 +198,9 @@ pub fn build_microvm(res: &VmResources, opts: BuildOptions) -> Result<Vmm, Build
         }
     }
     mark("vCPU threads started");
-    let mut vmm =
-        Vmm::new(handles, ack_rx, exits, devices, vm, mem).map_err(BuildError::EventLoop)?;
-    virtio.start(&mut vmm)?;
-    Ok(vmm)
+    let vmm = Vmm::new(handles, ack_rx, exits.clone(), devices, vm, mem);
+    let mut events = EventLoop::new()?;
+    running::watch_exits(&mut events, exits)?;
+    virtio.start(events.sources())?;
+    Ok((vmm, events))
 }

@@ -13,7 +13,7 @@
 //! | 152  | bad configuration (config file unreadable, invalid JSON, invalid value) |
 //! | 153  | bad command-line arguments |
 
-use crate::devices::bus::lock;
+use crate::sync::lock;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

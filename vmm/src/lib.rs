@@ -1,33 +1,47 @@
 //! Kiln's VMM: one process runs exactly one KVM microVM.
 //!
-//! - [`resources`]: the microVM's typed configuration, shared by the config file and the API.
-//! - [`api`]: the HTTP API on a Unix socket (Firecracker's paths), on its own thread.
-//! - [`controller`]: applies API requests on the VMM thread.
-//! - [`logger`], [`metrics`], [`timing`]: logs, JSON-line metrics, boot milestones.
-//! - [`cli`]: the `vmm` command line.
-//! - [`builder`]: from resources to a running microVM ([`builder::build_microvm`]).
-//! - [`vmm`]: the running microVM and the VMM thread's run loop; [`exit`]: why it stopped
-//!   and the process exit code.
-//! - [`vstate`]: KVM VM, guest memory, vCPUs and their threads.
-//! - [`arch`]: x86_64 memory layout, boot registers, CPUID, MSRs, MP table.
-//! - [`loader`]: kernel, initrd, command line and boot information.
-//! - [`devices`]: buses, device manager, serial console and i8042.
-//! - [`signals`]: SIGTERM handling and the vCPU kick signal.
-//! - [`seccomp`]: the seccomp filter of each thread kind (api, vmm, vcpu).
+//! The `vmm` binary (`src/bin/vmm/`: its command line and `run`) is built on this library,
+//! which knows nothing of the command line: the binary converts its flags into the plain
+//! values the modules take. The modules, from the bottom layer up; each uses only modules
+//! of its own layer or below, and no two import each other:
+//!
+//! 1. Foundations, used everywhere:
+//!    - [`sync`]: the poison-tolerant `lock()`;
+//!    - [`resources`]: the microVM's typed configuration, shared by the config file and the
+//!      API;
+//!    - [`metrics`]: lock-free counters, written as JSON lines; [`output`]: opening the log
+//!      and metrics destinations; [`logger`]: leveled log lines; [`timing`]: boot milestones
+//!      and the `--boot-timer` trace;
+//!    - [`exit`]: why the microVM stopped and the process exit code; [`signals`]: SIGTERM and
+//!      the vCPU kick; [`seccomp`]: the filter of each thread kind (api, vmm, vcpu).
+//! 2. [`event_loop`]: the VMM thread's epoll loop; its handlers add or remove sources and
+//!    stop the loop with a [`exit::VmExit`].
+//! 3. The machine: [`arch`] (x86_64 memory layout, boot registers, CPUID, MSRs, MP table),
+//!    [`vstate`] (KVM VM, guest memory, vCPUs and their threads), [`devices`] (buses, device
+//!    manager, serial console, i8042, virtio devices on virtio-mmio), [`loader`] (kernel,
+//!    initrd, command line and boot information).
+//! 4. The running microVM: [`vmm`] (pause/resume, the run loop and what it watches besides
+//!    the devices); [`builder`]: from resources to a running microVM
+//!    ([`builder::build_microvm`]), kept apart from the run loop.
+//! 5. The API: [`api`] (the HTTP edge on its own thread: socket, routing, the requests and
+//!    answers crossing to the VMM thread, status codes) and, above it, [`controller`]
+//!    (applies the requests on the VMM thread).
 
 pub mod api;
 pub mod arch;
 pub mod builder;
-pub mod cli;
 pub mod controller;
 pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod loader;
 pub mod logger;
 pub mod metrics;
+pub mod output;
 pub mod resources;
 pub mod seccomp;
 pub mod signals;
+pub mod sync;
 pub mod timing;
 pub mod vmm;
 pub mod vstate;

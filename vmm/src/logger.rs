@@ -13,10 +13,11 @@
 //! `log_trace!`.
 
 use crate::metrics::METRICS;
+use crate::output::open_output;
 use crate::resources::{LogLevel, LoggerConfig};
-use std::fs::{File, OpenOptions};
+use crate::sync;
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,22 +85,9 @@ static SINK: RwLock<Sink> = RwLock::new(Sink {
     instance_id: String::new(),
 });
 
-/// Opens a file or FIFO for appending without ever blocking: `O_APPEND | O_NONBLOCK |
-/// O_CLOEXEC`, read-write so that opening a FIFO with no reader yet neither blocks nor
-/// fails, created (mode 0600) when missing.
-pub fn open_output(path: &str) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// Names the instance in every line (`--id`); `anonymous-instance` by default.
 pub fn set_instance_id(id: &str) {
-    let mut sink = SINK.write().unwrap_or_else(|p| p.into_inner());
+    let mut sink = sync::write(&SINK);
     sink.instance_id = id.to_string();
 }
 
@@ -112,7 +100,7 @@ pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
         })?),
         None => None,
     };
-    let mut sink = SINK.write().unwrap_or_else(|p| p.into_inner());
+    let mut sink = sync::write(&SINK);
     if file.is_some() {
         sink.file = file;
     }

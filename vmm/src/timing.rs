@@ -16,9 +16,14 @@
 //! ```
 //!
 //! and is kept in the metrics' `boot_timing_us` group.
+//!
+//! `--boot-timer` adds a [`StartupTrace`]: the end of each start-up phase, printed on stderr.
 
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 static PROCESS_START_US: AtomicU64 = AtomicU64::new(0);
 static PROCESS_START_CPU_US: AtomicU64 = AtomicU64::new(0);
@@ -112,6 +117,41 @@ fn first_serial_byte(now: u64) {
     crate::log_info!(
         "boot-time: first_serial_byte instance_start_to_first_serial_byte_us={since_instance} process_start_to_first_serial_byte_us={since_start}"
     );
+}
+
+/// Start-up phases and when they ended, relative to process start.
+#[derive(Debug, Clone)]
+pub struct StartupTrace {
+    origin: Instant,
+    marks: Arc<Mutex<Vec<(&'static str, Duration)>>>,
+}
+
+impl StartupTrace {
+    /// `origin` is when the process started (see `--start-time-us`).
+    pub fn new(origin: Instant) -> Self {
+        StartupTrace {
+            origin,
+            marks: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn mark(&self, phase: &'static str) {
+        let at = self.origin.elapsed();
+        lock(&self.marks).push((phase, at));
+    }
+
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// One line per phase: `phase: at X.XXX ms` (durations say `took`).
+    pub fn report(&self) -> String {
+        lock(&self.marks)
+            .iter()
+            .map(|(p, d)| format!("boot-timer: {p}: {:.3} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 #[cfg(test)]

@@ -1,31 +1,36 @@
-//! The running microVM ([`Vmm`]) and the VMM thread's run loop.
+//! The running microVM ([`Vmm`]) and what its run loop watches besides the devices.
 //!
-//! The run loop waits on an epoll set holding the [`ExitNotifier`]'s eventfd (vCPU threads and
-//! the i8042 report why the VM must stop there) and any number of event sources registered
-//! with [`Vmm::add_event_source`] (SIGTERM's signalfd, the serial console's stdin, the API's
-//! request eventfd, ...). It returns the [`VmExit`] that ended the VM, after stopping every
-//! vCPU; the caller turns it into the process exit code.
+//! [`Vmm::run`] runs the VMM thread's [`EventLoop`] with the microVM as the handlers'
+//! context. The loop watches the [`ExitNotifier`]'s eventfd (vCPU threads and the i8042
+//! report there why the VM must stop; [`watch_exits`]), the devices' queues and descriptors,
+//! and whatever the caller adds: SIGTERM's signalfd ([`watch_termination_signals`]), the
+//! serial console's stdin ([`Vmm::forward_stdin_to_serial`]), the API's request eventfd. It
+//! returns the [`VmExit`] that ended the VM, after stopping every vCPU; the caller turns it
+//! into the process exit code.
 //!
 //! `pause`/`resume` really stop and restart guest execution: each vCPU thread is sent a
 //! command and kicked out of `KVM_RUN`, and the call waits for every vCPU's acknowledgement.
 
-use crate::devices::bus::lock;
+use crate::devices::legacy::serial::{self, SerialDevice};
 use crate::devices::manager::Devices;
+use crate::devices::virtio::handles::DriveUpdateError;
+use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, SourceId, Sources};
 use crate::exit::{ExitNotifier, VmExit};
+use crate::signals::TerminationSignals;
+use crate::sync::lock;
 use crate::vstate::vcpu_thread::{VcpuAck, VcpuCommand, VcpuHandle};
 use crate::vstate::vm::Vm;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 
 /// How long pause/resume wait for every vCPU to acknowledge.
 const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long teardown waits for the vCPU threads to end.
 const VCPU_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
-const EXIT_TOKEN: u64 = 0;
 
 /// Whether guest code is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -46,32 +51,6 @@ pub enum VmmError {
     KeyboardFull,
     #[error("the microVM has no i8042 device")]
     NoKeyboard,
-    #[error("cannot watch file descriptor {fd}: {source}")]
-    Epoll { fd: RawFd, source: std::io::Error },
-}
-
-/// What an event handler asks the run loop to do next.
-pub enum Flow {
-    Continue,
-    /// Stop watching this source.
-    Remove,
-    /// Stop the VM with this reason.
-    Exit(VmExit),
-}
-
-/// Something the run loop watches besides the vCPUs. `handle` runs on the VMM thread when
-/// the source's file descriptor is readable (or hung up), with the whole [`Vmm`] at hand.
-pub trait EventHandler: Send {
-    fn handle(&mut self, vmm: &mut Vmm, events: EventSet) -> Flow;
-}
-
-/// Identifies a registered event source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourceId(u64);
-
-struct Source {
-    fd: RawFd,
-    handler: Option<Box<dyn EventHandler>>,
 }
 
 /// A built, running microVM. Field order is drop order: vCPU threads are stopped (in
@@ -81,8 +60,6 @@ pub struct Vmm {
     acks: Receiver<VcpuAck>,
     exits: Arc<ExitNotifier>,
     devices: Devices,
-    epoll: Epoll,
-    sources: Vec<Option<Source>>,
     state: VmState,
     vcpu_count: u8,
     // Declared after everything that uses them.
@@ -98,26 +75,18 @@ impl Vmm {
         devices: Devices,
         vm: Vm,
         mem: GuestMemoryMmap,
-    ) -> std::io::Result<Self> {
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            exits.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, EXIT_TOKEN),
-        )?;
+    ) -> Self {
         let vcpu_count = u8::try_from(vcpus.len()).unwrap_or(u8::MAX);
-        Ok(Vmm {
+        Vmm {
             vcpus,
             acks,
             exits,
             devices,
-            epoll,
-            sources: Vec::new(),
             state: VmState::Running,
             vcpu_count,
             vm,
             mem,
-        })
+        }
     }
 
     pub fn state(&self) -> VmState {
@@ -146,93 +115,12 @@ impl Vmm {
         &self.exits
     }
 
-    /// Watches `fd` (level-triggered, readable) and runs `handler` when it is.
-    pub fn add_event_source(
-        &mut self,
-        fd: RawFd,
-        handler: Box<dyn EventHandler>,
-    ) -> Result<SourceId, VmmError> {
-        let slot = self
-            .sources
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.sources.len());
-        let token = slot as u64 + 1;
-        self.epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-            .map_err(|source| VmmError::Epoll { fd, source })?;
-        let src = Some(Source {
-            fd,
-            handler: Some(handler),
-        });
-        if slot == self.sources.len() {
-            self.sources.push(src);
-        } else {
-            self.sources[slot] = src;
-        }
-        Ok(SourceId(token))
-    }
-
-    /// Stops watching a source.
-    pub fn remove_event_source(&mut self, id: SourceId) {
-        let Some(slot) = usize::try_from(id.0).ok().and_then(|t| t.checked_sub(1)) else {
-            return;
-        };
-        if let Some(src) = self.sources.get_mut(slot).and_then(Option::take) {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, src.fd, EpollEvent::default());
-        }
-    }
-
-    /// Runs until the VM stops; every vCPU thread has been told to stop when it returns.
-    pub fn run(&mut self) -> VmExit {
-        let mut events = vec![EpollEvent::default(); 16];
-        let exit = 'outer: loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break VmExit::VmmError(format!("epoll_wait failed: {e}")),
-            };
-            for ev in events.iter().take(n) {
-                let token = ev.data();
-                if token == EXIT_TOKEN {
-                    if let Some(exit) = self.exits.take() {
-                        break 'outer exit;
-                    }
-                    continue;
-                }
-                if let Some(exit) = self.dispatch(token, ev.event_set()) {
-                    break 'outer exit;
-                }
-            }
-        };
+    /// Runs `events` with this microVM as the handlers' context until the VM stops; every
+    /// vCPU thread has been told to stop when it returns.
+    pub fn run(&mut self, events: &mut EventLoop<Vmm>) -> VmExit {
+        let exit = events.run(self);
         self.stop_vcpus();
         exit
-    }
-
-    fn dispatch(&mut self, token: u64, events: EventSet) -> Option<VmExit> {
-        let slot = usize::try_from(token).ok()?.checked_sub(1)?;
-        // Taken out while it runs, so the handler can use `&mut self`.
-        let mut handler = self.sources.get_mut(slot)?.as_mut()?.handler.take()?;
-        let flow = handler.handle(self, events);
-        match flow {
-            Flow::Continue => {
-                if let Some(src) = self.sources.get_mut(slot).and_then(Option::as_mut) {
-                    src.handler = Some(handler);
-                }
-                None
-            }
-            Flow::Remove => {
-                self.remove_event_source(SourceId(token));
-                None
-            }
-            Flow::Exit(exit) => Some(exit),
-        }
     }
 
     fn wait_acks(
@@ -314,6 +202,12 @@ impl Vmm {
         }
     }
 
+    /// `PATCH /drives/{id}` after boot: points the drive at a new backing file and tells the
+    /// guest its configuration changed.
+    pub fn update_drive(&self, drive_id: &str, path_on_host: &str) -> Result<(), DriveUpdateError> {
+        self.devices.virtio.update_drive(drive_id, path_on_host)
+    }
+
     /// (port-I/O, MMIO) accesses no device handled, each as (reads, writes).
     pub fn unhandled_accesses(&self) -> ((u64, u64), (u64, u64)) {
         (self.devices.pio.unhandled(), self.devices.mmio.unhandled())
@@ -358,11 +252,32 @@ impl Drop for Vmm {
     }
 }
 
-/// Stops the VM when SIGTERM or SIGINT arrives.
-pub struct TerminationHandler(pub crate::signals::TerminationSignals);
+/// Ends the run loop with the reason the vCPUs and devices reported.
+struct ExitWatch(Arc<ExitNotifier>);
 
-impl EventHandler for TerminationHandler {
-    fn handle(&mut self, _vmm: &mut Vmm, _events: EventSet) -> Flow {
+impl<C> EventHandler<C> for ExitWatch {
+    fn handle(&mut self, _cx: &mut C, _sources: &mut Sources<C>, _events: EventSet) -> Flow {
+        match self.0.take() {
+            Some(exit) => Flow::Exit(exit),
+            None => Flow::Continue,
+        }
+    }
+}
+
+/// Makes `events` end when `exits` reports a reason to stop (the builder does this first).
+pub fn watch_exits<C>(
+    events: &mut EventLoop<C>,
+    exits: Arc<ExitNotifier>,
+) -> Result<SourceId, EventLoopError> {
+    let fd = exits.as_raw_fd();
+    events.add(fd, Box::new(ExitWatch(exits)))
+}
+
+/// Stops the VM when SIGTERM or SIGINT arrives.
+struct TerminationHandler(TerminationSignals);
+
+impl<C> EventHandler<C> for TerminationHandler {
+    fn handle(&mut self, _cx: &mut C, _sources: &mut Sources<C>, _events: EventSet) -> Flow {
         match self.0.read() {
             Some(sig) => Flow::Exit(VmExit::Signal(sig)),
             None => Flow::Continue,
@@ -370,8 +285,17 @@ impl EventHandler for TerminationHandler {
     }
 }
 
+/// Stops the VM with exit code 0 on SIGTERM/SIGINT.
+pub fn watch_termination_signals<C>(
+    events: &mut EventLoop<C>,
+    signals: TerminationSignals,
+) -> Result<SourceId, EventLoopError> {
+    let fd = signals.as_raw_fd();
+    events.add(fd, Box::new(TerminationHandler(signals)))
+}
+
 /// Feeds the VMM's stdin to the guest's serial console.
-pub struct SerialInputHandler;
+struct SerialInputHandler(Arc<Mutex<SerialDevice>>);
 
 /// Unbuffered reads from fd 0 (std's `Stdin` buffers, which would hide input from epoll).
 struct RawStdin;
@@ -384,12 +308,9 @@ impl std::io::Read for RawStdin {
     }
 }
 
-impl EventHandler for SerialInputHandler {
-    fn handle(&mut self, vmm: &mut Vmm, _events: EventSet) -> Flow {
-        let Some(serial) = vmm.devices.serial.clone() else {
-            return Flow::Remove;
-        };
-        if crate::devices::legacy::serial::forward_input(&mut RawStdin, &serial) {
+impl<C> EventHandler<C> for SerialInputHandler {
+    fn handle(&mut self, _cx: &mut C, _sources: &mut Sources<C>, _events: EventSet) -> Flow {
+        if serial::forward_input(&mut RawStdin, &self.0) {
             Flow::Continue
         } else {
             Flow::Remove
@@ -398,21 +319,14 @@ impl EventHandler for SerialInputHandler {
 }
 
 impl Vmm {
-    /// Stops the VM with exit code 0 on SIGTERM/SIGINT.
-    pub fn watch_termination_signals(
-        &mut self,
-        signals: crate::signals::TerminationSignals,
-    ) -> Result<SourceId, VmmError> {
-        let fd = signals.as_raw_fd();
-        self.add_event_source(fd, Box::new(TerminationHandler(signals)))
-    }
-
     /// Forwards stdin to the guest's serial console when stdin can be polled (a terminal or
     /// a pipe); returns whether it is forwarded.
-    pub fn forward_stdin_to_serial(&mut self) -> bool {
-        self.devices.serial.is_some()
-            && self
-                .add_event_source(libc::STDIN_FILENO, Box::new(SerialInputHandler))
-                .is_ok()
+    pub fn forward_stdin_to_serial(&self, events: &mut EventLoop<Vmm>) -> bool {
+        let Some(serial) = self.devices.serial.clone() else {
+            return false;
+        };
+        events
+            .add(libc::STDIN_FILENO, Box::new(SerialInputHandler(serial)))
+            .is_ok()
     }
 }

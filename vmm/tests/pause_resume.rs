@@ -103,7 +103,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             trace: None,
             strict_io: false,
         };
-        let mut vm = build_microvm(&res, opts).expect("build the microVM");
+        let (mut vm, mut events) = build_microvm(&res, opts).expect("build the microVM");
         assert_eq!(vm.state(), VmState::Running);
         assert!(
             grows(&serial, 0, Duration::from_secs(5)),
@@ -138,7 +138,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             code: 0,
             reason: "test done".into(),
         });
-        let exit = vm.run();
+        let exit = vm.run(&mut events);
         assert_eq!(
             exit,
             VmExit::Requested {
@@ -147,5 +147,6 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             }
         );
         drop(vm);
+        drop(events);
     }
 }

@@ -2,24 +2,27 @@
 //! bodies and status codes.
 //!
 //! Threads: [`start`] binds the socket and spawns the API thread (`kiln_api`), which owns the
-//! listener and every client ([`server`]), parses HTTP (the `kiln-http` crate) and routes each request
-//! to a typed [`ApiRequest`] ([`router`]). A routed request crosses to the VMM thread over an
-//! `mpsc` channel, with an [`EventFd`] that the VMM thread's event loop polls; the VMM thread
-//! applies it ([`crate::controller`]) and sends the [`ApiReply`] back over a second channel.
-//! The VMM thread only ever does non-blocking channel operations: it never waits for the API
-//! thread, whatever the clients do.
+//! listener and every client ([`server`]), parses HTTP (the `kiln-http` crate) and routes
+//! each request to a typed [`ApiRequest`] ([`router`]). A routed request crosses to the VMM
+//! thread over an `mpsc` channel, with an [`EventFd`] that the VMM thread's event loop polls;
+//! code on the VMM thread (the `controller` module, a layer above this one) applies it and
+//! sends the [`ApiReply`] back over a second channel ([`ApiChannel`]). The VMM thread only
+//! ever does non-blocking channel operations: it never waits for the API thread, whatever
+//! the clients do.
+//!
+//! - [`request`]: the requests and answers that cross between the threads;
+//! - [`router`]: HTTP verb, path and body to [`ApiRequest`];
+//! - [`server`]: the listener, the connections and their limits;
+//! - here: the channel between the threads, and the HTTP edge that turns answers into
+//!   responses (the status codes are decided here and in the router, nowhere else).
 
+pub mod request;
 pub mod router;
 pub mod server;
-#[cfg(test)]
-mod tests;
 
-use crate::controller::ControllerError;
+pub use request::{Action, ApiReply, ApiRequest, RequestError, VmStateChange, VmmData};
+
 use crate::metrics::METRICS;
-use crate::resources::{
-    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
-};
 use kiln_http as http;
 use kiln_http::Response;
 pub use server::Limits;
@@ -46,93 +49,6 @@ pub enum ApiError {
     #[error("api: the API thread has stopped")]
     ThreadGone,
 }
-
-/// `PUT /actions` `action_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum Action {
-    InstanceStart,
-    SendCtrlAltDel,
-    FlushMetrics,
-}
-
-/// `PATCH /vm` `state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum VmStateChange {
-    Paused,
-    Resumed,
-}
-
-/// A request for the VMM thread, with its body parsed into the shared resource types (not
-/// yet validated: the resource setters do that, as for the config file).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiRequest {
-    GetInstanceInfo,
-    GetVersion,
-    GetMachineConfig,
-    GetVmConfig,
-    PutMachineConfig(MachineConfig),
-    PatchMachineConfig(MachineConfigUpdate),
-    PutBootSource(BootSourceConfig),
-    PutDrive {
-        path_id: String,
-        config: DriveConfig,
-    },
-    PatchDrive {
-        path_id: String,
-        update: DriveUpdate,
-    },
-    PutNetworkInterface {
-        path_id: String,
-        config: NetworkInterfaceConfig,
-    },
-    PatchNetworkInterface {
-        path_id: String,
-        update: NetworkInterfaceUpdate,
-    },
-    PutVsock(VsockConfig),
-    PutLogger(LoggerConfig),
-    PutMetrics(MetricsConfig),
-    Action(Action),
-    PatchVm(VmStateChange),
-}
-
-impl ApiRequest {
-    /// The verb and path, for messages (`PUT /drives`).
-    pub fn describe(&self) -> &'static str {
-        match self {
-            ApiRequest::GetInstanceInfo => "GET /",
-            ApiRequest::GetVersion => "GET /version",
-            ApiRequest::GetMachineConfig => "GET /machine-config",
-            ApiRequest::GetVmConfig => "GET /vm/config",
-            ApiRequest::PutMachineConfig(_) => "PUT /machine-config",
-            ApiRequest::PatchMachineConfig(_) => "PATCH /machine-config",
-            ApiRequest::PutBootSource(_) => "PUT /boot-source",
-            ApiRequest::PutDrive { .. } => "PUT /drives",
-            ApiRequest::PatchDrive { .. } => "PATCH /drives",
-            ApiRequest::PutNetworkInterface { .. } => "PUT /network-interfaces",
-            ApiRequest::PatchNetworkInterface { .. } => "PATCH /network-interfaces",
-            ApiRequest::PutVsock(_) => "PUT /vsock",
-            ApiRequest::PutLogger(_) => "PUT /logger",
-            ApiRequest::PutMetrics(_) => "PUT /metrics",
-            ApiRequest::Action(Action::InstanceStart) => "InstanceStart",
-            ApiRequest::Action(Action::SendCtrlAltDel) => "SendCtrlAltDel",
-            ApiRequest::Action(Action::FlushMetrics) => "FlushMetrics",
-            ApiRequest::PatchVm(_) => "PATCH /vm",
-        }
-    }
-}
-
-/// What a successful request returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmmData {
-    /// 204 No Content.
-    Empty,
-    /// 200 OK with this JSON body.
-    Json(String),
-}
-
-/// The VMM thread's answer to one [`ApiRequest`].
-pub type ApiReply = Result<VmmData, ControllerError>;
 
 /// The VMM thread's end of the API: poll [`ApiChannel::event_fd`] for readability, then call
 /// [`ApiChannel::handle_pending`].
@@ -230,7 +146,7 @@ impl VmmLink {
         match self.replies.recv() {
             Ok(Ok(VmmData::Empty)) => Response::no_content(),
             Ok(Ok(VmmData::Json(body))) => Response::json(body),
-            Ok(Err(e)) => Response::fault(400, &e.to_string()),
+            Ok(Err(e)) => Response::fault(e.status(), &e.to_string()),
             Err(_) => {
                 METRICS.api_server.sync_response_fails.inc();
                 Response::fault(500, "the VMM thread stopped before answering")

@@ -4,6 +4,7 @@
 //! device only when it lies entirely inside the device's range; anything else is counted and
 //! ignored (reads see all-ones, as on a floating bus).
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -122,12 +123,6 @@ impl Bus {
             self.unhandled_writes.load(Ordering::Relaxed),
         )
     }
-}
-
-/// Locks a device, recovering it if a thread panicked while holding the lock (the panic
-/// stops the VMM anyway; the device state stays usable for teardown).
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -4,21 +4,19 @@
 //! Legacy devices have fixed ports and IRQs (COM1 at 0x3f8/IRQ 4, i8042 at 0x60–0x64/IRQ
 //! 1). Each virtio-mmio device gets the next [`MMIO_SLOT_SIZE`] window from
 //! [`MMIO_DEVICES_START`] and the next IRQ from [`IRQ_DEVICES_START`]; the kernel learns about
-//! it from a `virtio_mmio.device=<size>@<base>:<irq>` command-line entry, which
-//! [`DeviceManager::add_cmdline_entries`] appends in attachment order.
+//! it from a `virtio_mmio.device=<size>@<base>:<irq>` command-line entry, which the loader
+//! writes for each of [`DeviceManager::mmio_slots`] in attachment order.
 
 use super::bus::{Bus, BusDevice, BusError};
 use super::legacy::i8042::{self, I8042};
 use super::legacy::serial::{SerialDevice, SerialOutput};
 use super::legacy::IrqLine;
 use crate::arch::x86_64::layout::{
-    COM1_PORT, I8042_DATA_PORT, IRQ_COM1, IRQ_DEVICES_END, IRQ_DEVICES_START, IRQ_I8042,
+    MmioSlot, COM1_PORT, I8042_DATA_PORT, IRQ_COM1, IRQ_DEVICES_END, IRQ_DEVICES_START, IRQ_I8042,
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_SLOT_SIZE,
 };
 use crate::vstate::vm::{Vm, VmError};
-use linux_loader::cmdline::Cmdline;
 use std::sync::{Arc, Mutex};
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// COM1's eight registers.
@@ -36,16 +34,6 @@ pub enum DeviceError {
     NoMmioWindow,
     #[error("no IRQ left for a virtio-mmio device (IRQs {IRQ_DEVICES_START} to {IRQ_DEVICES_END} are taken)")]
     NoIrq,
-    #[error("the kernel command line has no room for the device entry {entry:?}: {reason}")]
-    Cmdline { entry: String, reason: String },
-}
-
-/// A virtio-mmio device's window and IRQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MmioSlot {
-    pub base: u64,
-    pub size: u64,
-    pub irq: u32,
 }
 
 /// The devices of a built VM, as the vCPUs and the run loop use them.
@@ -55,7 +43,7 @@ pub struct Devices {
     pub serial: Option<Arc<Mutex<SerialDevice>>>,
     pub i8042: Option<Arc<Mutex<I8042>>>,
     /// The virtio devices, for runtime changes (set by the builder).
-    pub virtio: super::virtio::setup::VirtioHandles,
+    pub virtio: super::virtio::handles::VirtioHandles,
 }
 
 pub struct DeviceManager {
@@ -142,7 +130,7 @@ impl DeviceManager {
     }
 
     /// Puts a virtio-mmio device in `slot` (from [`Self::allocate_mmio_slot`]); the kernel
-    /// will be told about it by [`Self::add_cmdline_entries`].
+    /// will be told about it from [`Self::mmio_slots`].
     pub fn attach_mmio_device(
         &mut self,
         slot: MmioSlot,
@@ -153,22 +141,9 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Appends a `virtio_mmio.device=` entry per attached virtio-mmio device.
-    pub fn add_cmdline_entries(&self, cmdline: &mut Cmdline) -> Result<(), DeviceError> {
-        for s in &self.mmio_devices {
-            cmdline
-                .add_virtio_mmio_device(s.size, GuestAddress(s.base), s.irq, None)
-                .map_err(|e| DeviceError::Cmdline {
-                    entry: format!(
-                        "virtio_mmio.device={}K@{:#x}:{}",
-                        s.size >> 10,
-                        s.base,
-                        s.irq
-                    ),
-                    reason: e.to_string(),
-                })?;
-        }
-        Ok(())
+    /// The windows of the attached virtio-mmio devices, in attachment order.
+    pub fn mmio_slots(&self) -> &[MmioSlot] {
+        &self.mmio_devices
     }
 
     /// The buses and devices, frozen for the running VM.
@@ -194,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_consecutive_and_reach_the_cmdline() {
+    fn slots_are_consecutive_and_listed_in_order() {
         let mut dm = DeviceManager::new();
         let a = dm.allocate_mmio_slot().unwrap();
         let b = dm.allocate_mmio_slot().unwrap();
@@ -218,13 +193,7 @@ mod tests {
             .unwrap();
         dm.attach_mmio_device(b, Arc::new(Mutex::new(Dummy)))
             .unwrap();
-        let mut cl = Cmdline::new(256).unwrap();
-        cl.insert_str("console=ttyS0").unwrap();
-        dm.add_cmdline_entries(&mut cl).unwrap();
-        assert_eq!(
-            cl.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
-        );
+        assert_eq!(dm.mmio_slots(), [a, b]);
     }
 
     #[test]
@@ -235,20 +204,5 @@ mod tests {
             dm.allocate_mmio_slot().unwrap();
         }
         assert!(matches!(dm.allocate_mmio_slot(), Err(DeviceError::NoIrq)));
-    }
-
-    #[test]
-    fn a_full_cmdline_is_an_error_naming_the_entry() {
-        let mut dm = DeviceManager::new();
-        let s = dm.allocate_mmio_slot().unwrap();
-        dm.attach_mmio_device(s, Arc::new(Mutex::new(Dummy)))
-            .unwrap();
-        let mut cl = Cmdline::new(16).unwrap();
-        let err = dm.add_cmdline_entries(&mut cl).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("virtio_mmio.device=4K@0xd0000000:5"),
-            "{err}"
-        );
     }
 }

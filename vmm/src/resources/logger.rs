@@ -18,9 +18,9 @@ pub enum LogLevel {
 
 const LEVEL_NAMES: &[&str] = &["Off", "Error", "Warning", "Info", "Debug", "Trace"];
 
-impl<'de> Deserialize<'de> for LogLevel {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl std::str::FromStr for LogLevel {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "off" => LogLevel::Off,
             "error" => LogLevel::Error,
@@ -28,8 +28,16 @@ impl<'de> Deserialize<'de> for LogLevel {
             "info" => LogLevel::Info,
             "debug" => LogLevel::Debug,
             "trace" => LogLevel::Trace,
-            _ => return Err(serde::de::Error::unknown_variant(&s, LEVEL_NAMES)),
+            _ => return Err("use Off, Error, Warning, Info, Debug or Trace"),
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::unknown_variant(&s, LEVEL_NAMES))
     }
 }
 

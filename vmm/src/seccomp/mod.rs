@@ -8,7 +8,8 @@
 //!   JSON filter set (seccompiler's format) or a compiled one ([`format`], written by the
 //!   `kiln-seccompiler` tool). A file that cannot be read or parsed, that lacks a kind or that
 //!   has a filter for something else is refused before any thread starts.
-//! - **When**: [`init`] loads them once, in `main`, before any thread exists; each thread
+//! - **When**: [`init`] loads them once, in `main`, before any thread exists, as the
+//!   command line's [`Choice`] says; each thread
 //!   then calls [`install`] with its kind before it handles untrusted input (the API thread
 //!   before its first `poll`/`accept`, a vCPU thread before its first `KVM_RUN`, the main
 //!   thread right before the run loop, once the microVM is built).
@@ -21,9 +22,8 @@
 
 pub mod format;
 
-use crate::cli::Args;
+use kiln_hostfs::InputError;
 use seccompiler::{sock_filter, BpfProgram, TargetArch};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -79,15 +79,43 @@ impl std::fmt::Display for ThreadKind {
     }
 }
 
+/// Which filters the process installs: the command line's choice (`--seccomp-filter`,
+/// `--seccomp-log`, `--no-seccomp`), which the `vmm` binary converts into this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// `--no-seccomp`: no filter at all.
+    Off,
+    /// The built-in filters (`file: None`) or those of a `--seccomp-filter` file.
+    Filters {
+        file: Option<PathBuf>,
+        on_violation: OnViolation,
+    },
+}
+
+impl Default for Choice {
+    /// The built-in filters, killing the process on a violation.
+    fn default() -> Self {
+        Choice::Filters {
+            file: None,
+            on_violation: OnViolation::Kill,
+        }
+    }
+}
+
+/// What a syscall outside the filters does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnViolation {
+    /// The process is killed (SIGSYS).
+    #[default]
+    Kill,
+    /// `--seccomp-log`: the kernel logs it and lets it through (diagnosis only).
+    Log,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("cannot read the seccomp filter file {path:?}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("seccomp filter file {path:?}: larger than {MAX_FILE_BYTES} bytes")]
-    TooLarge { path: PathBuf },
+    Read { path: PathBuf, source: InputError },
     #[error("{origin}: not a valid JSON filter set: {reason}")]
     Json { origin: String, reason: String },
     #[error("{origin}: not a valid compiled filter set: {source}")]
@@ -174,20 +202,11 @@ impl FilterSet {
     /// Reads `--seccomp-filter FILE`: a compiled set when it starts with the magic bytes of
     /// [`format`], a JSON filter set otherwise.
     pub fn from_file(path: &Path) -> Result<FilterSet, SeccompError> {
-        let read_err = |source| SeccompError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-            return Err(SeccompError::TooLarge {
+        let bytes =
+            kiln_hostfs::read_bytes(path, MAX_FILE_BYTES).map_err(|source| SeccompError::Read {
                 path: path.to_path_buf(),
-            });
-        }
+                source,
+            })?;
         let origin = format!("seccomp filter file {path:?}");
         if format::is_compiled(&bytes) {
             FilterSet::from_compiled(&origin, &bytes)
@@ -347,24 +366,28 @@ pub const TEST_FORBIDDEN_SYSCALL_ENV: &str = "KILN_TEST_FORBIDDEN_SYSCALL";
 #[cfg(debug_assertions)]
 pub const TEST_ABORT_ENV: &str = "KILN_TEST_ABORT";
 
-/// Loads the filters the command line asks for (the built-in ones unless `--seccomp-filter`
-/// or `--no-seccomp`), once, before any thread starts. A bad filter file is an error naming
-/// it; `--no-seccomp` and `--seccomp-log` print a warning.
-pub fn init(args: &Args) -> Result<(), SeccompError> {
+/// Loads the filters `choice` names (the built-in ones, a `--seccomp-filter` file, or none),
+/// once, before any thread starts. A bad filter file is an error naming it; no filters
+/// (`--no-seccomp`) and log mode (`--seccomp-log`) print a warning.
+pub fn init(choice: &Choice) -> Result<(), SeccompError> {
     single_malloc_heap()?;
-    let filters = if args.no_seccomp {
-        warn("WARNING: --no-seccomp: no seccomp filter is installed; a compromised VMM thread can make any system call the jail allows. Never use this in production.");
-        None
-    } else {
-        let set = match &args.seccomp_filter {
-            Some(path) => FilterSet::from_file(Path::new(path))?,
-            None => FilterSet::embedded()?,
-        };
-        if args.seccomp_log {
-            warn("WARNING: --seccomp-log: system calls outside the seccomp filters are logged by the kernel and ALLOWED, not refused. For diagnosis only.");
-            Some(set.into_log_mode())
-        } else {
-            Some(set)
+    let filters = match choice {
+        Choice::Off => {
+            warn("WARNING: --no-seccomp: no seccomp filter is installed; a compromised VMM thread can make any system call the jail allows. Never use this in production.");
+            None
+        }
+        Choice::Filters { file, on_violation } => {
+            let set = match file {
+                Some(path) => FilterSet::from_file(path)?,
+                None => FilterSet::embedded()?,
+            };
+            match on_violation {
+                OnViolation::Kill => Some(set),
+                OnViolation::Log => {
+                    warn("WARNING: --seccomp-log: system calls outside the seccomp filters are logged by the kernel and ALLOWED, not refused. For diagnosis only.");
+                    Some(set.into_log_mode())
+                }
+            }
         }
     };
     let state = State {

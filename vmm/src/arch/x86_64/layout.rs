@@ -65,6 +65,16 @@ pub const MMIO_SLOT_SIZE: u64 = 0x1000;
 /// End of the device windows: the IOAPIC's page.
 pub const MMIO_DEVICES_END: u64 = IOAPIC_ADDR;
 
+/// A virtio-mmio device's window (from [`MMIO_DEVICES_START`]) and its IRQ (from
+/// [`IRQ_DEVICES_START`]), as the device manager hands them out and the kernel command line
+/// announces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
 /// In-kernel IOAPIC (KVM's default).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// In-kernel LAPIC (architectural default).

@@ -3,7 +3,8 @@
 //! stdin as the guest's input.
 
 use super::IrqLine;
-use crate::devices::bus::{lock, BusDevice};
+use crate::devices::bus::BusDevice;
+use crate::sync::lock;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;

@@ -1,4 +1,4 @@
-//! virtio devices on the VMM thread's event loop ([`crate::vmm::Vmm::add_event_source`]).
+//! virtio devices on the VMM thread's event loop ([`crate::event_loop`]).
 //!
 //! Each queue's eventfd (signalled by KVM through the ioeventfd on QueueNotify, or by the
 //! transport) is watched by a [`QueueHandler`], which drains it and calls
@@ -13,9 +13,9 @@
 //! receive buffers) stops watching it instead of spinning on a level-triggered event.
 
 use super::{EventCtx, VirtioDevice};
-use crate::devices::bus::lock;
+use crate::event_loop::{EventHandler, EventLoopError, Flow, SourceId, Sources};
 use crate::metrics::METRICS;
-use crate::vmm::{EventHandler, Flow, SourceId, Vmm, VmmError};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ pub struct DeviceEvents {
 
 impl DeviceEvents {
     /// Watches every queue eventfd of the device.
-    pub fn register(self, vmm: &mut Vmm) -> Result<(), VmmError> {
+    pub fn register<C>(self, sources: &mut Sources<C>) -> Result<(), EventLoopError> {
         let watched: Watched = Arc::default();
         for (index, evt) in self.queue_evts.into_iter().enumerate() {
             let fd = evt.as_raw_fd();
@@ -43,7 +43,7 @@ impl DeviceEvents {
                 evt,
                 watched: watched.clone(),
             };
-            vmm.add_event_source(fd, Box::new(handler))?;
+            sources.add(fd, Box::new(handler))?;
         }
         Ok(())
     }
@@ -57,8 +57,8 @@ struct QueueHandler {
     watched: Watched,
 }
 
-impl EventHandler for QueueHandler {
-    fn handle(&mut self, vmm: &mut Vmm, _events: EventSet) -> Flow {
+impl<C> EventHandler<C> for QueueHandler {
+    fn handle(&mut self, _cx: &mut C, sources: &mut Sources<C>, _events: EventSet) -> Flow {
         // Drained first: a notification arriving while the queue is processed is not lost.
         let _ = self.evt.read();
         METRICS.vmm.device_events.inc();
@@ -68,7 +68,7 @@ impl EventHandler for QueueHandler {
             METRICS.virtio.work_deferred.inc();
             let _ = self.evt.write(1);
         }
-        apply(vmm, &self.device, &self.watched, ctx, None)
+        apply(sources, &self.device, &self.watched, ctx, None)
     }
 }
 
@@ -79,19 +79,19 @@ struct FdHandler {
     watched: Watched,
 }
 
-impl EventHandler for FdHandler {
-    fn handle(&mut self, vmm: &mut Vmm, events: EventSet) -> Flow {
+impl<C> EventHandler<C> for FdHandler {
+    fn handle(&mut self, _cx: &mut C, sources: &mut Sources<C>, events: EventSet) -> Flow {
         METRICS.vmm.device_events.inc();
         let mut ctx = EventCtx::default();
         lock(&self.device).process_fd(self.token, events, &mut ctx);
-        apply(vmm, &self.device, &self.watched, ctx, Some(self.token))
+        apply(sources, &self.device, &self.watched, ctx, Some(self.token))
     }
 }
 
 /// Carries out a device's watch/unwatch requests. The source being dispatched (`own`) is not
 /// removed here but by returning [`Flow::Remove`], as the run loop expects.
-fn apply(
-    vmm: &mut Vmm,
+fn apply<C>(
+    sources: &mut Sources<C>,
     device: &Arc<Mutex<dyn VirtioDevice>>,
     watched: &Watched,
     mut ctx: EventCtx,
@@ -106,7 +106,7 @@ fn apply(
                     if own == Some(token) {
                         flow = Flow::Remove;
                     } else {
-                        vmm.remove_event_source(id);
+                        sources.remove(id);
                     }
                 }
             }
@@ -119,7 +119,7 @@ fn apply(
                     token,
                     watched: watched.clone(),
                 };
-                match vmm.add_event_source(fd, Box::new(handler)) {
+                match sources.add(fd, Box::new(handler)) {
                     Ok(id) => {
                         map.insert(token, id);
                     }

@@ -7,7 +7,8 @@
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
 //! - [`block`], [`net`], [`vsock`]: the devices; each knows nothing of MMIO.
-//! - [`setup`]: building the devices from the resources and wiring them into the VM.
+//! - [`setup`]: building the devices from the resources and wiring them into the VM;
+//!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
 //! The split between threads: a vCPU thread only touches the register file (and, on
 //! `DRIVER_OK` or a reset, calls [`VirtioDevice::activate`] / [`VirtioDevice::reset`]); all
@@ -16,17 +17,20 @@
 
 pub mod block;
 pub mod events;
+pub mod handles;
 pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod setup;
 pub mod vsock;
 
-use crate::metrics::METRICS;
+use crate::metrics::{Counter, METRICS};
+use queue::QueueError;
+use std::fmt::Display;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -57,6 +61,32 @@ pub struct Activation {
     /// The feature bits the driver accepted (a subset of [`VirtioDevice::features`]).
     pub features: u64,
     pub interrupt: std::sync::Arc<Interrupt>,
+}
+
+impl Activation {
+    /// Takes the first `N` queues the driver configured (the device's queues), checking that
+    /// each index in `required` is ready. A refusal is counted in `fails` (the device's
+    /// `activate_fails`).
+    pub fn take_queues<const N: usize>(
+        queues: Vec<Queue>,
+        required: &[usize],
+        fails: &Counter,
+    ) -> Result<[Queue; N], ActivateError> {
+        let got = queues.len();
+        let first: Vec<Queue> = queues.into_iter().take(N).collect();
+        let Ok(queues) = <[Queue; N]>::try_from(first) else {
+            fails.inc();
+            return Err(ActivateError::QueueCount { need: N, got });
+        };
+        let not_ready = required
+            .iter()
+            .find(|&&i| queues.get(i).is_some_and(|q| !q.ready()));
+        if let Some(&index) = not_ready {
+            fails.inc();
+            return Err(ActivateError::QueueNotReady(index));
+        }
+        Ok(queues)
+    }
 }
 
 /// A virtio device, independent of the transport.
@@ -244,6 +274,29 @@ impl Default for LogBudget {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The driver broke one of a device's queues (an available index out of range, a used ring
+/// that cannot be written): counts it, warns while `warnings` allows, and shows the driver
+/// `DEVICE_NEEDS_RESET`. `device` names the device in the warning (`drive rootfs`); the
+/// device stops using its queues until the driver resets it.
+pub fn queue_broken(
+    device: &dyn Display,
+    warnings: &mut LogBudget,
+    interrupt: &Interrupt,
+    e: &QueueError,
+) {
+    match e {
+        QueueError::AvailIndex { .. } | QueueError::HeadIndex { .. } => {
+            METRICS.virtio.avail_ring_errors.inc()
+        }
+        QueueError::UsedWrite { .. } => METRICS.virtio.used_ring_errors.inc(),
+        QueueError::AvailRead { .. } | QueueError::NotReady => {}
+    }
+    if warnings.take() {
+        crate::log_warn!("{device}: the driver broke a queue ({e}); the device needs a reset");
+    }
+    interrupt.signal_needs_reset();
 }
 
 /// Copies the bytes of `config` at `offset` into `data`, zero-filling past its end.

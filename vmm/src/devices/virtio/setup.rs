@@ -9,20 +9,21 @@
 //!    root drive.
 //! 2. [`VirtioSetup::wire`], once the VM exists: each device's irqfd, and an ioeventfd per
 //!    queue on QueueNotify.
-//! 3. [`VirtioSetup::start`], once the [`Vmm`] exists: the queue eventfds join its event
-//!    loop.
+//! 3. [`VirtioSetup::start`], once the VMM thread's event loop exists: the queue eventfds
+//!    join it.
 //!
-//! [`VirtioHandles`] stays with the running VM for runtime changes (`PATCH /drives/{id}`).
+//! The [`VirtioHandles`] stay with the running VM for runtime changes (`PATCH /drives/{id}`).
 
 use super::block::{Block, BlockError};
 use super::events::DeviceEvents;
+use super::handles::{BlockHandle, VirtioHandles};
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
 use super::{Interrupt, VirtioDevice};
-use crate::devices::bus::lock;
 use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::event_loop::{EventLoopError, Sources};
 use crate::resources::{DriveConfig, VmResources};
-use crate::vmm::{Vmm, VmmError};
+use crate::sync::lock;
 use crate::vstate::vm::{Vm, VmError};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -44,45 +45,7 @@ pub enum VirtioSetupError {
     #[error("virtio device {0} has too many queues")]
     TooManyQueues(String),
     #[error("cannot add a virtio device to the event loop: {0}")]
-    EventLoop(VmmError),
-}
-
-/// Why a runtime drive update failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DriveUpdateError {
-    #[error("no drive with drive_id {0:?}")]
-    UnknownDrive(String),
-    #[error(transparent)]
-    Block(#[from] BlockError),
-}
-
-/// A drive of the running VM.
-pub struct BlockHandle {
-    pub drive_id: String,
-    pub device: Arc<Mutex<Block>>,
-    interrupt: Arc<Interrupt>,
-}
-
-/// The virtio devices of the running VM, for runtime changes.
-#[derive(Default)]
-pub struct VirtioHandles {
-    pub blocks: Vec<BlockHandle>,
-    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
-}
-
-impl VirtioHandles {
-    /// `PATCH /drives/{id}` after boot: points the drive at `path_on_host` (same read-only
-    /// mode) and tells the driver its configuration (capacity) changed.
-    pub fn update_drive(&self, drive_id: &str, path_on_host: &str) -> Result<(), DriveUpdateError> {
-        let h = self
-            .blocks
-            .iter()
-            .find(|b| b.drive_id == drive_id)
-            .ok_or_else(|| DriveUpdateError::UnknownDrive(drive_id.to_string()))?;
-        lock(&h.device).swap_backing(path_on_host)?;
-        h.interrupt.signal_config_change();
-        Ok(())
-    }
+    EventLoop(EventLoopError),
 }
 
 /// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`) and `ro`/`rw` added in front
@@ -139,11 +102,8 @@ pub fn attach_devices(
     for cfg in &res.drives {
         let dev = Arc::new(Mutex::new(Block::new(cfg)?));
         let interrupt = setup.attach(dm, mem, dev.clone())?;
-        setup.handles.blocks.push(BlockHandle {
-            drive_id: cfg.drive_id.clone(),
-            device: dev,
-            interrupt,
-        });
+        let handle = BlockHandle::new(cfg.drive_id.clone(), dev, interrupt);
+        setup.handles.blocks.push(handle);
     }
     for cfg in &res.network_interfaces {
         let dev = Arc::new(Mutex::new(Net::new(cfg)?));
@@ -217,10 +177,10 @@ impl VirtioSetup {
         Ok(())
     }
 
-    /// Puts every device's queue eventfds in the running VM's event loop.
-    pub fn start(self, vmm: &mut Vmm) -> Result<(), VirtioSetupError> {
+    /// Puts every device's queue eventfds in the VMM thread's event loop.
+    pub fn start<C>(self, sources: &mut Sources<C>) -> Result<(), VirtioSetupError> {
         for ev in self.events {
-            ev.register(vmm).map_err(VirtioSetupError::EventLoop)?;
+            ev.register(sources).map_err(VirtioSetupError::EventLoop)?;
         }
         Ok(())
     }

@@ -26,8 +26,8 @@ use super::queue::{
     write_stream, Chain, QueueError,
 };
 use super::{
-    read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::METRICS;
 use crate::resources::{MacAddr, NetworkInterfaceConfig};
@@ -112,21 +112,9 @@ impl Net {
     }
 
     fn break_device(iface: &str, warnings: &mut LogBudget, a: &mut Active, e: &QueueError) {
-        if matches!(
-            e,
-            QueueError::AvailIndex { .. } | QueueError::HeadIndex { .. }
-        ) {
-            METRICS.virtio.avail_ring_errors.inc();
-        } else if matches!(e, QueueError::UsedWrite { .. }) {
-            METRICS.virtio.used_ring_errors.inc();
-        }
-        if warnings.take() {
-            crate::log_warn!(
-                "network interface {iface}: the driver broke a queue ({e}); the device needs a reset"
-            );
-        }
         a.broken = true;
-        a.interrupt.signal_needs_reset();
+        let device = format_args!("network interface {iface}");
+        queue_broken(&device, warnings, &a.interrupt, e);
     }
 
     fn unwatch_tap(&mut self, ctx: &mut EventCtx) {
@@ -368,18 +356,8 @@ impl VirtioDevice for Net {
             features,
             interrupt,
         } = activation;
-        let got = queues.len();
-        let mut it = queues.into_iter();
-        let (Some(rx), Some(tx)) = (it.next(), it.next()) else {
-            METRICS.net.activate_fails.inc();
-            return Err(ActivateError::QueueCount { need: 2, got });
-        };
-        for (i, q) in [&rx, &tx].into_iter().enumerate() {
-            if !q.ready() {
-                METRICS.net.activate_fails.inc();
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
+        let [rx, tx] =
+            Activation::take_queues(queues, &[RX_QUEUE, TX_QUEUE], &METRICS.net.activate_fails)?;
         let mergeable = features & 1 << VIRTIO_NET_F_MRG_RXBUF != 0;
         self.active = Some(Active {
             mem,

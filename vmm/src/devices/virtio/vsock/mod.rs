@@ -29,8 +29,8 @@ use super::queue::{
     Chain, QueueError,
 };
 use super::{
-    read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::METRICS;
 use crate::resources::VsockConfig;
@@ -111,19 +111,8 @@ impl Vsock {
     }
 
     fn break_device(warnings: &mut LogBudget, a: &mut Active, e: &QueueError) {
-        if matches!(
-            e,
-            QueueError::AvailIndex { .. } | QueueError::HeadIndex { .. }
-        ) {
-            METRICS.virtio.avail_ring_errors.inc();
-        } else if matches!(e, QueueError::UsedWrite { .. }) {
-            METRICS.virtio.used_ring_errors.inc();
-        }
-        if warnings.take() {
-            crate::log_warn!("vsock: the driver broke a queue ({e}); the device needs a reset");
-        }
         a.broken = true;
-        a.interrupt.signal_needs_reset();
+        queue_broken(&ID, warnings, &a.interrupt, e);
     }
 
     /// Work the VMM thread owes since the last call: a reset's cleanup, the scratch buffer.
@@ -343,18 +332,8 @@ impl VirtioDevice for Vsock {
             features: _,
             interrupt,
         } = activation;
-        let got = queues.len();
-        let mut it = queues.into_iter();
-        let (Some(rx), Some(tx), Some(_event)) = (it.next(), it.next(), it.next()) else {
-            METRICS.vsock.activate_fails.inc();
-            return Err(ActivateError::QueueCount { need: 3, got });
-        };
-        for (i, q) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !q.ready() {
-                METRICS.vsock.activate_fails.inc();
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
+        let [rx, tx, _event] =
+            Activation::take_queues(queues, &[RX_QUEUE, TX_QUEUE], &METRICS.vsock.activate_fails)?;
         self.active = Some(Active {
             mem,
             rx,

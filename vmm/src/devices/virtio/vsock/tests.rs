@@ -232,7 +232,8 @@ impl Rig {
     }
 }
 
-fn hdr(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
+/// A STREAM packet's header from the guest (CID 3) to the host, 64 KiB of credit offered.
+pub(super) fn hdr(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
     Header {
         src_cid: u64::from(CID),
         dst_cid: HOST_CID,

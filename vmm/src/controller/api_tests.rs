@@ -1,12 +1,13 @@
 //! The API thread end to end over a real Unix socket, with the controller on a stand-in VMM
 //! thread and a fake microVM: keep-alive, pipelining, limits, slow and silent clients.
 
-use super::*;
-use crate::controller::{Controller, Microvm, Outcome};
+use super::{Controller, Microvm, Outcome};
+use crate::api::{start, Limits, RequestError};
 use crate::resources::VmResources;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 struct NoVm;
 
@@ -38,13 +39,14 @@ fn serve(limits: Limits) -> PathBuf {
         loop {
             let _ = chan.wait(Duration::from_secs(1));
             let alive = chan.handle_pending(|r| {
-                match c.handle(r, vm.as_mut().map(|v| v as &mut dyn Microvm)) {
+                let reply = match c.handle(r, vm.as_mut().map(|v| v as &mut dyn Microvm)) {
                     Outcome::Reply(reply) => reply,
                     Outcome::Start => {
                         vm = Some(NoVm);
                         c.finish_start(Ok(()))
                     }
-                }
+                };
+                reply.map_err(RequestError::from)
             });
             if !alive {
                 return;

@@ -1,0 +1,118 @@
+//! What crosses from the API thread to the VMM thread and back: a routed request
+//! ([`ApiRequest`], its body parsed into the shared resource types) and its answer
+//! ([`ApiReply`]: data, or the API layer's [`RequestError`]).
+
+use crate::resources::{
+    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
+};
+
+/// `PUT /actions` `action_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum Action {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PATCH /vm` `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum VmStateChange {
+    Paused,
+    Resumed,
+}
+
+/// A request for the VMM thread, with its body parsed into the shared resource types (not
+/// yet validated: the resource setters do that, as for the config file).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiRequest {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetVmConfig,
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutBootSource(BootSourceConfig),
+    PutDrive {
+        path_id: String,
+        config: DriveConfig,
+    },
+    PatchDrive {
+        path_id: String,
+        update: DriveUpdate,
+    },
+    PutNetworkInterface {
+        path_id: String,
+        config: NetworkInterfaceConfig,
+    },
+    PatchNetworkInterface {
+        path_id: String,
+        update: NetworkInterfaceUpdate,
+    },
+    PutVsock(VsockConfig),
+    PutLogger(LoggerConfig),
+    PutMetrics(MetricsConfig),
+    Action(Action),
+    PatchVm(VmStateChange),
+}
+
+impl ApiRequest {
+    /// The verb and path, for messages (`PUT /drives`).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ApiRequest::GetInstanceInfo => "GET /",
+            ApiRequest::GetVersion => "GET /version",
+            ApiRequest::GetMachineConfig => "GET /machine-config",
+            ApiRequest::GetVmConfig => "GET /vm/config",
+            ApiRequest::PutMachineConfig(_) => "PUT /machine-config",
+            ApiRequest::PatchMachineConfig(_) => "PATCH /machine-config",
+            ApiRequest::PutBootSource(_) => "PUT /boot-source",
+            ApiRequest::PutDrive { .. } => "PUT /drives",
+            ApiRequest::PatchDrive { .. } => "PATCH /drives",
+            ApiRequest::PutNetworkInterface { .. } => "PUT /network-interfaces",
+            ApiRequest::PatchNetworkInterface { .. } => "PATCH /network-interfaces",
+            ApiRequest::PutVsock(_) => "PUT /vsock",
+            ApiRequest::PutLogger(_) => "PUT /logger",
+            ApiRequest::PutMetrics(_) => "PUT /metrics",
+            ApiRequest::Action(Action::InstanceStart) => "InstanceStart",
+            ApiRequest::Action(Action::SendCtrlAltDel) => "SendCtrlAltDel",
+            ApiRequest::Action(Action::FlushMetrics) => "FlushMetrics",
+            ApiRequest::PatchVm(_) => "PATCH /vm",
+        }
+    }
+}
+
+/// What a successful request returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmData {
+    /// 204 No Content.
+    Empty,
+    /// 200 OK with this JSON body.
+    Json(String),
+}
+
+/// Why the VMM thread did not carry out a request: the API layer's own error, which the HTTP
+/// edge answers with a status code ([`RequestError::status`]) and the message as the fault
+/// body. The VMM thread's code turns its domain errors into one of these kinds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request is invalid, or not allowed in the microVM's state.
+    #[error("{0}")]
+    Refused(String),
+    /// The request was valid, but carrying it out failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RequestError {
+    /// The HTTP status of the answer: 400 for both kinds, as Firecracker answers every
+    /// refused or failed action.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::Refused(_) | RequestError::Failed(_) => 400,
+        }
+    }
+}
+
+/// The VMM thread's answer to one [`ApiRequest`].
+pub type ApiReply = Result<VmmData, RequestError>;

@@ -1,0 +1,323 @@
+use super::*;
+
+fn req(method: Method, path: &str, body: Option<&str>) -> Request {
+    Request {
+        method,
+        path: path.to_string(),
+        body: body.map(|b| b.as_bytes().to_vec()),
+        keep_alive: true,
+    }
+}
+
+fn ok(method: Method, path: &str, body: Option<&str>) -> ApiRequest {
+    match route(&req(method.clone(), path, body)) {
+        (_, Ok(r)) => r,
+        (_, Err(e)) => panic!("{method:?} {path} {body:?}: {e:?}"),
+    }
+}
+
+fn refused(method: Method, path: &str, body: Option<&str>) -> RouteError {
+    match route(&req(method.clone(), path, body)) {
+        (_, Ok(r)) => panic!("{method:?} {path} {body:?} was routed to {r:?}"),
+        (_, Err(e)) => e,
+    }
+}
+
+#[test]
+fn table_of_routed_requests() {
+    use Method::*;
+    let cases: Vec<(Method, &str, Option<&str>, ApiRequest)> = vec![
+        (Get, "/", None, ApiRequest::GetInstanceInfo),
+        (Get, "/version", None, ApiRequest::GetVersion),
+        (Get, "/machine-config", None, ApiRequest::GetMachineConfig),
+        (Get, "/machine-config/", None, ApiRequest::GetMachineConfig),
+        (Get, "/vm/config", None, ApiRequest::GetVmConfig),
+        (
+            Put,
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+            ApiRequest::PutMachineConfig(MachineConfig {
+                vcpu_count: 2,
+                mem_size_mib: 256,
+                ..Default::default()
+            }),
+        ),
+        (
+            Patch,
+            "/machine-config",
+            Some(r#"{"mem_size_mib": 64}"#),
+            ApiRequest::PatchMachineConfig(MachineConfigUpdate {
+                mem_size_mib: Some(64),
+                ..Default::default()
+            }),
+        ),
+        (
+            Put,
+            "/boot-source",
+            Some(r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#),
+            ApiRequest::PutBootSource(BootSourceConfig {
+                kernel_image_path: "/k".into(),
+                boot_args: Some("console=ttyS0".into()),
+                initrd_path: None,
+            }),
+        ),
+        (
+            Patch,
+            "/drives/rootfs",
+            Some(r#"{"drive_id": "rootfs", "path_on_host": "/x"}"#),
+            ApiRequest::PatchDrive {
+                path_id: "rootfs".into(),
+                update: DriveUpdate {
+                    drive_id: "rootfs".into(),
+                    path_on_host: Some("/x".into()),
+                },
+            },
+        ),
+        (
+            Patch,
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth0"}"#),
+            ApiRequest::PatchNetworkInterface {
+                path_id: "eth0".into(),
+                update: NetworkInterfaceUpdate {
+                    iface_id: "eth0".into(),
+                },
+            },
+        ),
+        (
+            Put,
+            "/vsock",
+            Some(r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#),
+            ApiRequest::PutVsock(VsockConfig {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: "/v.sock".into(),
+            }),
+        ),
+        (
+            Put,
+            "/metrics",
+            Some(r#"{"metrics_path": "/m"}"#),
+            ApiRequest::PutMetrics(MetricsConfig {
+                metrics_path: "/m".into(),
+            }),
+        ),
+        (
+            Put,
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+            ApiRequest::Action(Action::InstanceStart),
+        ),
+        (
+            Put,
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+            ApiRequest::Action(Action::SendCtrlAltDel),
+        ),
+        (
+            Put,
+            "/actions",
+            Some(r#"{"action_type": "FlushMetrics"}"#),
+            ApiRequest::Action(Action::FlushMetrics),
+        ),
+        (
+            Patch,
+            "/vm",
+            Some(r#"{"state": "Paused"}"#),
+            ApiRequest::PatchVm(VmStateChange::Paused),
+        ),
+        (
+            Patch,
+            "/vm",
+            Some(r#"{"state": "Resumed"}"#),
+            ApiRequest::PatchVm(VmStateChange::Resumed),
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        assert_eq!(ok(method.clone(), path, body), want, "{method:?} {path}");
+    }
+    // Bodies whose types are only checked here: drives, interfaces, logger.
+    assert!(matches!(
+        ok(Put, "/drives/rootfs", Some(r#"{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true}"#)),
+        ApiRequest::PutDrive { path_id, config } if path_id == "rootfs" && config.is_root_device
+    ));
+    assert!(matches!(
+        ok(Put, "/network-interfaces/net1", Some(r#"{"iface_id":"net1","guest_mac":"06:00:AC:10:00:02","host_dev_name":"tap0"}"#)),
+        ApiRequest::PutNetworkInterface { path_id, .. } if path_id == "net1"
+    ));
+    assert!(matches!(
+        ok(
+            Put,
+            "/logger",
+            Some(r#"{"log_path":"/l","level":"Debug","show_level":true,"show_log_origin":true}"#)
+        ),
+        ApiRequest::PutLogger(_)
+    ));
+}
+
+#[test]
+fn table_of_refused_requests() {
+    use Method::*;
+    let delete = || Other("DELETE".to_string());
+    // (method, path, body, status, a word the message must contain)
+    let cases: Vec<(Method, &str, Option<&str>, u16, &str)> = vec![
+        (Get, "/nope", None, 404, "no such path"),
+        (Get, "/drives/a/b", None, 404, "no such path"),
+        (Put, "/mmds", Some("{}"), 404, "not implemented by Kiln"),
+        (
+            Put,
+            "/snapshot/create",
+            Some("{}"),
+            404,
+            "not implemented by Kiln",
+        ),
+        (Get, "/vm/config/x", None, 404, "no such path"),
+        (Put, "/", Some("{}"), 405, "GET"),
+        (Post("POST"), "/actions", Some("{}"), 405, "PUT"),
+        (delete(), "/drives/x", None, 405, "PUT, PATCH"),
+        (Get, "/boot-source", None, 405, "PUT"),
+        (Get, "/vm", None, 405, "PATCH"),
+        (Put, "/vm", Some("{}"), 405, "PATCH"),
+        (Get, "/", Some("{}"), 400, "cannot have a body"),
+        (Put, "/actions", None, 400, "Content-Length"),
+        (Patch, "/vm", None, 400, "Content-Length"),
+        (Put, "/drives", Some("{}"), 400, "drive id"),
+        (
+            Put,
+            "/network-interfaces/",
+            Some("{}"),
+            400,
+            "network interface id",
+        ),
+        (Put, "/actions", Some("{"), 400, "invalid JSON"),
+        (
+            Put,
+            "/actions",
+            Some(r#"{"action_type": "Explode"}"#),
+            400,
+            "unknown variant",
+        ),
+        (
+            Put,
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart", "x": 1}"#),
+            400,
+            "unknown field",
+        ),
+        (
+            Put,
+            "/actions",
+            Some("{}"),
+            400,
+            "missing field `action_type`",
+        ),
+        (
+            Put,
+            "/machine-config",
+            Some(r#"{"vcpu_count": "2", "mem_size_mib": 1}"#),
+            400,
+            "invalid type",
+        ),
+        (
+            Put,
+            "/machine-config",
+            Some(r#"{"vcpu_count": 300, "mem_size_mib": 1}"#),
+            400,
+            "invalid value",
+        ),
+        (
+            Put,
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "mem_size_mib": 1, "foo": 1}"#),
+            400,
+            "unknown field `foo`",
+        ),
+        (
+            Put,
+            "/boot-source",
+            Some(r#"{"boot_args": "x"}"#),
+            400,
+            "kernel_image_path",
+        ),
+        (
+            Patch,
+            "/vm",
+            Some(r#"{"state": "Stopped"}"#),
+            400,
+            "unknown variant",
+        ),
+        (
+            Put,
+            "/network-interfaces/n",
+            Some(r#"{"iface_id":"n","host_dev_name":"t","guest_mac":"zz"}"#),
+            400,
+            "not a MAC",
+        ),
+        (
+            Put,
+            "/logger",
+            Some(r#"{"level": "Loud"}"#),
+            400,
+            "unknown variant",
+        ),
+        (Put, "/metrics", Some("42"), 400, "invalid type"),
+    ];
+    for (method, path, body, status, word) in cases {
+        let e = refused(method.clone(), path, body);
+        assert_eq!(e.status, status, "{method:?} {path} {body:?}: {e:?}");
+        assert!(
+            e.message.contains(word),
+            "{method:?} {path} {body:?}: {:?} lacks {word:?}",
+            e.message
+        );
+        assert_eq!(e.allow.is_some(), status == 405);
+    }
+    let e = refused(Put, "/actions", None);
+    assert!(e.message.starts_with("PUT /actions"), "{}", e.message);
+    let bad_utf8 = Request {
+        method: Put,
+        path: "/vm".into(),
+        body: Some(vec![0xff]),
+        keep_alive: true,
+    };
+    // /vm refuses PUT before looking at the body.
+    assert_eq!(route(&bad_utf8).1.unwrap_err().status, 405);
+    let bad_utf8 = Request {
+        method: Patch,
+        path: "/vm".into(),
+        body: Some(vec![0xff]),
+        keep_alive: true,
+    };
+    assert!(route(&bad_utf8).1.unwrap_err().message.contains("UTF-8"));
+}
+
+#[allow(non_snake_case)]
+fn Post(s: &str) -> Method {
+    Method::Other(s.to_string())
+}
+
+#[test]
+fn every_endpoint_verb_pair_has_counters() {
+    for (m, p) in [
+        (Method::Get, "/"),
+        (Method::Get, "/version"),
+        (Method::Get, "/machine-config"),
+        (Method::Put, "/machine-config"),
+        (Method::Patch, "/machine-config"),
+        (Method::Put, "/boot-source"),
+        (Method::Put, "/drives/x"),
+        (Method::Patch, "/drives/x"),
+        (Method::Put, "/network-interfaces/x"),
+        (Method::Patch, "/network-interfaces/x"),
+        (Method::Put, "/vsock"),
+        (Method::Put, "/actions"),
+        (Method::Put, "/logger"),
+        (Method::Put, "/metrics"),
+        (Method::Get, "/vm/config"),
+        (Method::Patch, "/vm"),
+    ] {
+        let (e, _) = endpoint(p).unwrap();
+        assert!(e.accepts(&m), "{m:?} {p}");
+        assert!(counters(e, &m).is_some(), "{m:?} {p}");
+    }
+}

@@ -1,0 +1,363 @@
+//! The `vmm` command line: Firecracker's flags (so the jailer and tools can drive either),
+//! plus Kiln's `--serial-out`, `--boot-entry` and `--strict-io`.
+//!
+//! `kiln-argv` tokenizes (a value as the next argument or after `=`: `--id vm1`,
+//! `--id=vm1`); this module only converts each value into what the library takes
+//! ([`SerialSink`], [`EntryPreference`], [`LogLevel`], [`seccomp::Choice`], ...). An unknown
+//! flag, a missing or invalid value, a flag given twice or a stray argument is an error
+//! naming it.
+
+use kiln_argv::{ArgvError, Flag, Table};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use vmm::devices::legacy::serial::SerialSink;
+use vmm::loader::EntryPreference;
+use vmm::resources::LogLevel;
+use vmm::seccomp::{self, OnViolation};
+
+/// The text of `--help`.
+pub const HELP: &str = "\
+Usage: vmm [OPTIONS]
+
+Runs one microVM. With --config-file and --no-api, builds it from the file and boots at once.
+
+Options:
+  --config-file PATH           JSON configuration (Firecracker's shape: boot-source,
+                               machine-config, drives, network-interfaces, vsock, logger, metrics)
+  --no-api                     do not serve the API; requires --config-file
+  --api-sock PATH              Unix socket of the HTTP API
+  --id ID                      microVM id (1-64 characters from [A-Za-z0-9_-]; default anonymous-instance)
+  --serial-out PATH            write the guest's serial console to PATH (file or FIFO) instead of stdout
+  --boot-entry auto|pvh|linux64
+                               kernel entry: PVH when the ELF has a PVH note (auto, default),
+                               or force one
+  --boot-timer                 print start-up phase times and the guest's first serial byte time
+  --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
+                               MMIO address with no device, instead of ignoring the access
+  --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
+  --start-time-cpu-us US       process CPU time at start, from the jailer
+  --parent-cpu-time-us US      the jailer's CPU time
+  --log-path PATH              log file or FIFO
+  --level LEVEL                log level: Off, Error, Warning, Info, Debug, Trace
+  --metrics-path PATH          metrics file or FIFO
+  --http-api-max-payload-size BYTES
+                               largest API request body
+  --seccomp-filter PATH        seccomp filters to use instead of the built-in ones: a JSON filter
+                               set or one compiled by kiln-seccompiler (policies/seccomp/README.md)
+  --seccomp-log                diagnosis: log syscalls the filters refuse instead of killing
+  --no-seccomp                 run without seccomp filtering (prints a warning)
+  --version                    print the version and exit
+  --help                       print this help and exit
+";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error(transparent)]
+    Argv(#[from] ArgvError),
+    #[error("--no-api needs --config-file: without the API, the config file is the only way to describe the microVM")]
+    NoApiWithoutConfig,
+}
+
+/// Everything the command line says, converted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    pub config_file: Option<String>,
+    pub no_api: bool,
+    pub api_sock: Option<String>,
+    pub id: Option<String>,
+    pub serial_out: SerialSink,
+    pub boot_entry: EntryPreference,
+    pub boot_timer: bool,
+    pub strict_io: bool,
+    pub start_time_us: Option<u64>,
+    pub start_time_cpu_us: Option<u64>,
+    /// Accepted for the jailer's command line (Firecracker's flag); nothing uses it yet.
+    #[allow(dead_code)]
+    pub parent_cpu_time_us: Option<u64>,
+    pub log_path: Option<String>,
+    pub level: Option<LogLevel>,
+    pub metrics_path: Option<String>,
+    pub http_api_max_payload_size: Option<usize>,
+    pub seccomp: seccomp::Choice,
+}
+
+/// What the invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Version,
+    Run(Box<Args>),
+}
+
+/// Every flag (named without `--`).
+const FLAGS: &[Flag] = &[
+    Flag::single("config-file"),
+    Flag::switch("no-api"),
+    Flag::single("api-sock"),
+    Flag::single("id"),
+    Flag::single("serial-out"),
+    Flag::single("boot-entry"),
+    Flag::switch("boot-timer"),
+    Flag::switch("strict-io"),
+    Flag::single("start-time-us"),
+    Flag::single("start-time-cpu-us"),
+    Flag::single("parent-cpu-time-us"),
+    Flag::single("log-path"),
+    Flag::single("level"),
+    Flag::single("metrics-path"),
+    Flag::single("http-api-max-payload-size"),
+    Flag::single("seccomp-filter"),
+    Flag::switch("no-seccomp"),
+    Flag::switch("seccomp-log"),
+    Flag::switch("version"),
+    Flag::switch("help"),
+];
+
+fn instance_id(id: &str) -> Result<String, &'static str> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err("use 1 to 64 characters from [A-Za-z0-9_-]")
+    }
+}
+
+fn nonempty_path(v: &str) -> Result<String, &'static str> {
+    if v.is_empty() {
+        return Err("the path is empty");
+    }
+    Ok(v.to_string())
+}
+
+fn payload_size(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliError> {
+    let a = kiln_argv::parse(&Table::flags(FLAGS), argv)?;
+    let seccomp = if a.switch("no-seccomp") {
+        seccomp::Choice::Off
+    } else {
+        seccomp::Choice::Filters {
+            file: a
+                .converted("seccomp-filter", nonempty_path)?
+                .map(PathBuf::from),
+            on_violation: if a.switch("seccomp-log") {
+                OnViolation::Log
+            } else {
+                OnViolation::Kill
+            },
+        }
+    };
+    let args = Args {
+        config_file: a.converted("config-file", nonempty_path)?,
+        no_api: a.switch("no-api"),
+        api_sock: a.converted("api-sock", nonempty_path)?,
+        id: a.converted("id", instance_id)?,
+        serial_out: a
+            .converted("serial-out", nonempty_path)?
+            .map_or(SerialSink::Stdout, SerialSink::Path),
+        boot_entry: a.parsed("boot-entry")?.unwrap_or_default(),
+        boot_timer: a.switch("boot-timer"),
+        strict_io: a.switch("strict-io"),
+        start_time_us: a.parsed("start-time-us")?,
+        start_time_cpu_us: a.parsed("start-time-cpu-us")?,
+        parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
+        log_path: a.converted("log-path", nonempty_path)?,
+        level: a.parsed("level")?,
+        metrics_path: a.converted("metrics-path", nonempty_path)?,
+        http_api_max_payload_size: a.converted("http-api-max-payload-size", payload_size)?,
+        seccomp,
+    };
+    if a.switch("help") {
+        return Ok(Command::Help);
+    }
+    if a.switch("version") {
+        return Ok(Command::Version);
+    }
+    a.exclusive("no-seccomp", "seccomp-filter")?;
+    a.exclusive("no-seccomp", "seccomp-log")?;
+    a.exclusive("no-api", "api-sock")?;
+    if args.no_api && args.config_file.is_none() {
+        return Err(CliError::NoApiWithoutConfig);
+    }
+    Ok(Command::Run(Box::new(args)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn run(args: &[&str]) -> Args {
+        match p(args) {
+            Ok(Command::Run(a)) => *a,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_file_mode() {
+        let a = run(&["--config-file", "vm.json", "--no-api"]);
+        assert_eq!(a.config_file.as_deref(), Some("vm.json"));
+        assert!(a.no_api && !a.strict_io);
+        assert_eq!(a.serial_out, SerialSink::Stdout);
+        assert_eq!(a.boot_entry, EntryPreference::Auto);
+        assert_eq!(a.seccomp, seccomp::Choice::default());
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let a = run(&[
+            "--config-file=c.json",
+            "--no-api",
+            "--id",
+            "vm-1",
+            "--serial-out",
+            "/tmp/s",
+            "--boot-entry",
+            "linux64",
+            "--boot-timer",
+            "--strict-io",
+            "--start-time-us",
+            "123",
+            "--start-time-cpu-us=4",
+            "--parent-cpu-time-us",
+            "5",
+            "--log-path",
+            "/tmp/l",
+            "--level",
+            "Debug",
+            "--metrics-path",
+            "/tmp/m",
+            "--http-api-max-payload-size",
+            "51200",
+            "--no-seccomp",
+        ]);
+        assert_eq!(a.id.as_deref(), Some("vm-1"));
+        assert_eq!(a.serial_out, SerialSink::Path("/tmp/s".into()));
+        assert_eq!(a.boot_entry, EntryPreference::Linux64);
+        assert!(a.boot_timer && a.strict_io);
+        assert_eq!(a.seccomp, seccomp::Choice::Off);
+        assert_eq!(
+            (a.start_time_us, a.start_time_cpu_us, a.parent_cpu_time_us),
+            (Some(123), Some(4), Some(5))
+        );
+        assert_eq!(a.level, Some(LogLevel::Debug));
+        assert_eq!(a.http_api_max_payload_size, Some(51200));
+        let a = run(&["--api-sock", "/run/fc.sock", "--seccomp-filter", "f.bpf"]);
+        assert_eq!(a.api_sock.as_deref(), Some("/run/fc.sock"));
+        assert_eq!(
+            a.seccomp,
+            seccomp::Choice::Filters {
+                file: Some("f.bpf".into()),
+                on_violation: OnViolation::Kill
+            }
+        );
+        let a = run(&["--seccomp-log"]);
+        assert_eq!(
+            a.seccomp,
+            seccomp::Choice::Filters {
+                file: None,
+                on_violation: OnViolation::Log
+            }
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(p(&["--help"]), Ok(Command::Help));
+        assert_eq!(p(&["--version"]), Ok(Command::Version));
+        assert_eq!(p(&["--no-api", "--help"]), Ok(Command::Help));
+    }
+
+    /// Table of bad command lines and the error each gives.
+    #[test]
+    fn errors_name_the_problem() {
+        let argv = |e: ArgvError| CliError::Argv(e);
+        let cases: &[(&[&str], CliError)] = &[
+            (&["--bogus"], argv(ArgvError::UnknownFlag("--bogus".into()))),
+            (
+                &["--bogus=1"],
+                argv(ArgvError::UnknownFlag("--bogus".into())),
+            ),
+            (&["-h"], argv(ArgvError::Positional("-h".into()))),
+            (&["vm.json"], argv(ArgvError::Positional("vm.json".into()))),
+            (
+                &["--config-file"],
+                argv(ArgvError::MissingValue("config-file")),
+            ),
+            (
+                &["--no-api=yes"],
+                argv(ArgvError::UnexpectedValue {
+                    flag: "no-api",
+                    value: "yes".into(),
+                }),
+            ),
+            (
+                &["--id", "a", "--id", "b"],
+                argv(ArgvError::Repeated {
+                    flag: "id",
+                    first: "a".into(),
+                    second: "b".into(),
+                }),
+            ),
+            (&["--no-api"], CliError::NoApiWithoutConfig),
+            (
+                &["--config-file", "c", "--no-api", "--api-sock", "s"],
+                argv(ArgvError::Conflict("no-api", "api-sock")),
+            ),
+            (
+                &["--no-seccomp", "--seccomp-filter", "f"],
+                argv(ArgvError::Conflict("no-seccomp", "seccomp-filter")),
+            ),
+            (
+                &["--no-seccomp", "--seccomp-log"],
+                argv(ArgvError::Conflict("no-seccomp", "seccomp-log")),
+            ),
+        ];
+        for (argv, want) in cases {
+            assert_eq!(&p(argv).unwrap_err(), want, "{argv:?}");
+        }
+        let bad_values: &[(&[&str], &str)] = &[
+            (&["--id", "a/b"], "id"),
+            (&["--id", ""], "id"),
+            (&["--start-time-us", "soon"], "start-time-us"),
+            (&["--start-time-us", "-1"], "start-time-us"),
+            (&["--parent-cpu-time-us", "x"], "parent-cpu-time-us"),
+            (&["--level", "loud"], "level"),
+            (&["--boot-entry", "efi"], "boot-entry"),
+            (
+                &["--http-api-max-payload-size", "0"],
+                "http-api-max-payload-size",
+            ),
+            (&["--config-file", ""], "config-file"),
+        ];
+        for (argv, flag) in bad_values {
+            match p(argv) {
+                Err(CliError::Argv(ArgvError::BadValue { flag: f, .. })) => {
+                    assert_eq!(f, *flag, "{argv:?}")
+                }
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+        // Messages name the flag with its dashes.
+        let e = p(&["--level", "loud"]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "flag --level: invalid value \"loud\": use Off, Error, Warning, Info, Debug or Trace"
+        );
+        assert_eq!(run(&["--level", "WARN"]).level, Some(LogLevel::Warning));
+    }
+}

@@ -1,0 +1,304 @@
+//! `vmm`: parses the command line and runs one microVM. See docs/vmm.md.
+//!
+//! [`run`] is one step per line; every failure is a [`RunError`], and
+//! [`RunError::exit_code`] is the one place that decides the exit code of a failed start
+//! (docs/vmm.md lists them). Once the microVM runs, the exit code is that of the reason it
+//! stopped ([`vmm::exit::VmExit::code`]).
+
+mod cli;
+
+use cli::{Args, CliError, Command};
+use kiln_hostfs::InputError;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmm::api::{ApiError, Limits};
+use vmm::builder::{build_microvm, BuildError, BuildOptions};
+use vmm::controller::{configure_outputs, ControllerError, VmmApi};
+use vmm::event_loop::{EventLoop, EventLoopError};
+use vmm::exit::code;
+use vmm::resources::{LoggerConfig, MetricsConfig, ResourceError, VmResources};
+use vmm::seccomp::{self, SeccompError, ThreadKind};
+use vmm::signals::{SignalError, TerminationSignals};
+use vmm::timing::{self, StartupTrace};
+use vmm::vmm::{self as running, Vmm};
+
+/// The API socket when neither `--api-sock` nor `--no-api` is given (Firecracker's default
+/// is /run/firecracker.socket).
+const DEFAULT_API_SOCK: &str = "/run/kiln.socket";
+
+/// Largest config file read: far above any real configuration, and a bound for a path that
+/// names a pipe that never ends (a pipe such as `<(...)` is accepted, a device is not).
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Why the VMM stopped before (or instead of) running the microVM.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Args(#[from] CliError),
+    #[error(transparent)]
+    Signals(#[from] SignalError),
+    #[error("cannot read config file {path:?}: {source}")]
+    ReadConfig { path: String, source: InputError },
+    #[error("config file {path:?}: {source}")]
+    Config { path: String, source: ResourceError },
+    /// `--log-path`, `--level`, `--metrics-path` or the config file's `logger`/`metrics`.
+    #[error(transparent)]
+    Outputs(ControllerError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("metrics: cannot start the periodic flusher thread: {0}")]
+    MetricsThread(std::io::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot start the microVM: {0}")]
+    Start(BuildError),
+    #[error("cannot serve the API from the run loop: {0}")]
+    ServeApi(EventLoopError),
+    #[error(transparent)]
+    WatchSignals(EventLoopError),
+}
+
+impl RunError {
+    /// The process exit code for this failure.
+    fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Args(_) => code::BAD_ARGS,
+            RunError::ReadConfig { .. }
+            | RunError::Config { .. }
+            | RunError::Outputs(_)
+            | RunError::Seccomp(_) => code::BAD_CONFIG,
+            RunError::Start(_) => code::START_FAILED,
+            RunError::Signals(_)
+            | RunError::MetricsThread(_)
+            | RunError::Api(_)
+            | RunError::ServeApi(_)
+            | RunError::WatchSignals(_) => code::GENERIC,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let main_entry = Instant::now();
+    let code = match start(main_entry) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Does what the command line asks; returns the exit code.
+fn start(main_entry: Instant) -> Result<i32, RunError> {
+    match cli::parse(std::env::args_os().skip(1))? {
+        Command::Help => {
+            print!("{}", cli::HELP);
+            Ok(code::OK)
+        }
+        Command::Version => {
+            println!("vmm (Kiln) {}", env!("CARGO_PKG_VERSION"));
+            Ok(code::OK)
+        }
+        Command::Run(args) => run(*args, main_entry),
+    }
+}
+
+/// Runs the microVM until it stops; returns the exit code of the reason it stopped.
+fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
+    timing::record_process_start(args.start_time_us, args.start_time_cpu_us);
+    // Before any thread exists, so that every thread inherits the blocked mask.
+    let signals = TerminationSignals::block()?;
+    // The config file (if any) is read first, so that a bad one fails before the API binds.
+    let mut resources = read_config(args.config_file.as_deref())?;
+    apply_output_flags(&args, &mut resources).map_err(RunError::Outputs)?;
+    // Before any thread starts: each thread installs its own filter from this set.
+    seccomp::init(&args.seccomp)?;
+    spawn_metrics_flusher().map_err(RunError::MetricsThread)?;
+    let trace = args
+        .boot_timer
+        .then(|| StartupTrace::new(process_origin(&args, main_entry)));
+    if let Some(t) = &trace {
+        t.mark("command line and config file read");
+    }
+    let Some(Started {
+        mut vmm,
+        mut events,
+        api,
+    }) = start_microvm(&args, resources, &signals, &trace)?
+    else {
+        eprintln!("vmm: stopped by a signal before InstanceStart (exit code 0)");
+        flush_metrics();
+        return Ok(code::OK);
+    };
+    if let Some(t) = &trace {
+        eprintln!("{}", t.report());
+    }
+    if let Some(api) = api {
+        api.attach(&mut events).map_err(RunError::ServeApi)?;
+    }
+    running::watch_termination_signals(&mut events, signals).map_err(RunError::WatchSignals)?;
+    vmm.forward_stdin_to_serial(&mut events);
+    // The microVM is built: from here on this thread serves the guest's devices.
+    seccomp::install(ThreadKind::Vmm);
+    let exit = vmm.run(&mut events);
+    let code = exit.code();
+    flush_metrics();
+    eprintln!("vmm: {exit} (exit code {code})");
+    // Releases vCPU threads, devices, the VM and guest memory before the process ends.
+    drop(vmm);
+    drop(events);
+    Ok(code)
+}
+
+/// The config file's resources (none: the defaults, for the API to fill in).
+fn read_config(path: Option<&str>) -> Result<VmResources, RunError> {
+    let Some(path) = path else {
+        return Ok(VmResources::default());
+    };
+    let text =
+        kiln_hostfs::read_text(Path::new(path), MAX_CONFIG_FILE_BYTES).map_err(|source| {
+            RunError::ReadConfig {
+                path: path.to_string(),
+                source,
+            }
+        })?;
+    VmResources::from_json(&text).map_err(|source| RunError::Config {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Applies `--log-path`, `--level` and `--metrics-path` (they override the config file's
+/// `logger` and `metrics`), then opens the log and metrics outputs.
+fn apply_output_flags(args: &Args, res: &mut VmResources) -> Result<(), ControllerError> {
+    if args.log_path.is_some() || args.level.is_some() {
+        let mut cfg = res.logger.clone().unwrap_or(LoggerConfig {
+            log_path: None,
+            level: None,
+            show_level: None,
+            show_log_origin: None,
+            module: None,
+        });
+        if let Some(p) = &args.log_path {
+            cfg.log_path = Some(p.clone());
+        }
+        if let Some(l) = args.level {
+            cfg.level = Some(l);
+        }
+        res.logger = Some(cfg.validated()?);
+    }
+    if let Some(p) = &args.metrics_path {
+        res.metrics = Some(
+            MetricsConfig {
+                metrics_path: p.clone(),
+            }
+            .validated()?,
+        );
+    }
+    if let Some(id) = &args.id {
+        vmm::logger::set_instance_id(id);
+    }
+    configure_outputs(res)
+}
+
+/// Starts the `kiln_metrics` thread: a metrics line every [`vmm::metrics::FLUSH_INTERVAL`]
+/// for the rest of the process's life, under the VMM thread's seccomp filter.
+fn spawn_metrics_flusher() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("kiln_metrics".into())
+        .spawn(|| {
+            seccomp::install(ThreadKind::Vmm);
+            loop {
+                std::thread::sleep(vmm::metrics::FLUSH_INTERVAL);
+                if let Err(e) = vmm::metrics::flush() {
+                    vmm::log_warn!("periodic metrics flush: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// Writes a last metrics line; a failure is only reported.
+fn flush_metrics() {
+    if let Err(e) = vmm::metrics::flush() {
+        eprintln!("vmm: {e}");
+    }
+}
+
+/// When the process started: the jailer's `--start-time-us` (CLOCK_MONOTONIC) if given,
+/// else the start of `main`.
+fn process_origin(args: &Args, main_entry: Instant) -> Instant {
+    let Some(start_us) = args.start_time_us else {
+        return main_entry;
+    };
+    let now_us = timing::monotonic_us();
+    let before = Duration::from_micros(now_us.saturating_sub(start_us));
+    Instant::now().checked_sub(before).unwrap_or(main_entry)
+}
+
+/// A started microVM, the event loop that serves it, and the API (unless `--no-api`).
+struct Started {
+    vmm: Vmm,
+    events: EventLoop<Vmm>,
+    api: Option<VmmApi>,
+}
+
+/// Builds and starts the microVM, with the API unless `--no-api`. With a config file the
+/// microVM boots at once and the API keeps serving; without one, API requests configure it
+/// until `InstanceStart` builds it. `None`: SIGTERM/SIGINT came before `InstanceStart`.
+fn start_microvm(
+    args: &Args,
+    resources: VmResources,
+    signals: &TerminationSignals,
+    trace: &Option<StartupTrace>,
+) -> Result<Option<Started>, RunError> {
+    let build = |res: &VmResources| {
+        let opts = BuildOptions {
+            serial: args.serial_out.clone(),
+            entry: args.boot_entry,
+            trace: trace.clone(),
+            strict_io: args.strict_io,
+        };
+        build_microvm(res, opts)
+    };
+    let booted = args.config_file.is_some();
+    let api = if args.no_api {
+        None
+    } else {
+        let socket = args.api_sock.as_deref().unwrap_or(DEFAULT_API_SOCK);
+        let limits = Limits {
+            max_payload_size: args
+                .http_api_max_payload_size
+                .unwrap_or(kiln_http::DEFAULT_MAX_PAYLOAD_SIZE),
+            ..Limits::default()
+        };
+        let id = args.id.as_deref().unwrap_or("anonymous-instance");
+        Some(VmmApi::start(
+            Path::new(socket),
+            limits,
+            id,
+            resources.clone(),
+            booted,
+        )?)
+    };
+    match api {
+        Some(mut api) if !booted => {
+            let built = api.serve_until_started(Some(signals.as_raw_fd()), |res| {
+                build(res).map_err(|e| e.to_string())
+            })?;
+            Ok(built.map(|(vmm, events)| Started {
+                vmm,
+                events,
+                api: Some(api),
+            }))
+        }
+        api => {
+            timing::record_instance_start();
+            let (vmm, events) = build(&resources).map_err(RunError::Start)?;
+            Ok(Some(Started { vmm, events, api }))
+        }
+    }
+}

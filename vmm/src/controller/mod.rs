@@ -1,0 +1,399 @@
+//! Applies API requests on the VMM thread.
+//!
+//! Before `InstanceStart`, requests change the [`VmResources`] through the same setters the
+//! config file uses (so both refuse the same input with the same message). `InstanceStart`
+//! builds and starts the microVM from those resources. Afterwards, pre-boot-only requests
+//! are refused with a clear message, and runtime requests (pause, resume, Ctrl+Alt+Del)
+//! reach the running microVM through the [`Microvm`] trait.
+//!
+//! - here: the [`Controller`], the state machine that decides each request;
+//! - `serve`: [`VmmApi`], the API served by the VMM thread: the request channel before
+//!   boot, then in the microVM's run loop.
+//!
+//! Its errors ([`ControllerError`]) become the API layer's [`RequestError`] on the way back
+//! to the API thread, which picks the HTTP status.
+
+mod serve;
+
+pub use serve::VmmApi;
+
+use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
+use crate::metrics::METRICS;
+use crate::resources::{ResourceError, VmResources};
+use crate::{logger, metrics, timing};
+use std::time::Instant;
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("{0} is only possible before InstanceStart, and the microVM has already started")]
+    PreBootOnly(&'static str),
+    #[error("{0} is only possible after InstanceStart, and the microVM has not started yet")]
+    RuntimeOnly(&'static str),
+    #[error("InstanceStart: the microVM has already started")]
+    AlreadyStarted,
+    #[error("InstanceStart failed: {0}")]
+    Start(String),
+    #[error("PATCH /vm: pausing the microVM failed: {0}")]
+    Pause(String),
+    #[error("PATCH /vm: resuming the microVM failed: {0}")]
+    Resume(String),
+    #[error("SendCtrlAltDel failed: {0}")]
+    CtrlAltDel(String),
+    #[error("PATCH /drives: {0}")]
+    DriveUpdate(String),
+    #[error(transparent)]
+    Logger(#[from] logger::LoggerError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("cannot serialise the answer: {0}")]
+    Serialize(String),
+}
+
+impl From<ControllerError> for RequestError {
+    /// Refused: the request itself (a bad value, the wrong state). Failed: carrying it out.
+    fn from(e: ControllerError) -> RequestError {
+        let message = e.to_string();
+        match e {
+            ControllerError::Resource(_)
+            | ControllerError::PreBootOnly(_)
+            | ControllerError::RuntimeOnly(_)
+            | ControllerError::AlreadyStarted => RequestError::Refused(message),
+            ControllerError::Start(_)
+            | ControllerError::Pause(_)
+            | ControllerError::Resume(_)
+            | ControllerError::CtrlAltDel(_)
+            | ControllerError::DriveUpdate(_)
+            | ControllerError::Logger(_)
+            | ControllerError::Metrics(_)
+            | ControllerError::Serialize(_) => RequestError::Failed(message),
+        }
+    }
+}
+
+/// The controller's answer to one request.
+pub type Reply = Result<VmmData, ControllerError>;
+
+/// What the controller needs from a running microVM (implemented for the VMM's `Vmm`).
+pub trait Microvm {
+    /// Stops every vCPU (returns once they are stopped).
+    fn pause(&mut self) -> Result<(), String>;
+    fn resume(&mut self) -> Result<(), String>;
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard controller.
+    fn send_ctrl_alt_del(&mut self) -> Result<(), String>;
+    /// Points a drive at a new backing file (`PATCH /drives/{id}` after boot).
+    fn update_drive(&mut self, drive_id: &str, path_on_host: &str) -> Result<(), String>;
+}
+
+/// `GET /`'s `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    NotStarted,
+    Running,
+    Paused,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::NotStarted => "Not started",
+            InstanceState::Running => "Running",
+            InstanceState::Paused => "Paused",
+        }
+    }
+}
+
+/// What [`Controller::handle`] decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Answer this.
+    Reply(Reply),
+    /// `InstanceStart` was accepted: the caller builds the microVM from
+    /// [`Controller::resources`] and reports with [`Controller::finish_start`].
+    Start,
+}
+
+/// The VMM thread's state as seen by the API. It does not own the microVM: the run loop
+/// does, and lends it to [`Controller::handle`] for runtime requests.
+#[derive(Debug)]
+pub struct Controller {
+    instance_id: String,
+    resources: VmResources,
+    started: bool,
+    paused: bool,
+    start_began: Option<Instant>,
+}
+
+/// `GET /`.
+#[derive(Debug, serde::Serialize)]
+struct InstanceInfo<'a> {
+    id: &'a str,
+    state: &'static str,
+    vmm_version: &'static str,
+    app_name: &'static str,
+}
+
+pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn to_json<T: serde::Serialize>(v: &T) -> Reply {
+    serde_json::to_string(v)
+        .map(VmmData::Json)
+        .map_err(|e| ControllerError::Serialize(e.to_string()))
+}
+
+impl Controller {
+    /// A controller for a microVM not started yet, configured by `resources` so far.
+    pub fn new(instance_id: &str, resources: VmResources) -> Self {
+        Controller {
+            instance_id: instance_id.to_string(),
+            resources,
+            started: false,
+            paused: false,
+            start_began: None,
+        }
+    }
+
+    /// A controller for a microVM already started (booted from `--config-file`).
+    pub fn new_started(instance_id: &str, resources: VmResources) -> Self {
+        Controller {
+            started: true,
+            ..Controller::new(instance_id, resources)
+        }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        match (self.started, self.paused) {
+            (false, _) => InstanceState::NotStarted,
+            (true, false) => InstanceState::Running,
+            (true, true) => InstanceState::Paused,
+        }
+    }
+
+    pub fn resources(&self) -> &VmResources {
+        &self.resources
+    }
+
+    fn pre_boot(&self, what: &'static str) -> Result<(), ControllerError> {
+        if self.started {
+            return Err(ControllerError::PreBootOnly(what));
+        }
+        Ok(())
+    }
+
+    fn running<'v>(
+        &self,
+        what: &'static str,
+        vm: Option<&'v mut dyn Microvm>,
+    ) -> Result<&'v mut dyn Microvm, ControllerError> {
+        match vm {
+            Some(vm) if self.started => Ok(vm),
+            _ => Err(ControllerError::RuntimeOnly(what)),
+        }
+    }
+
+    /// Applies one request. `vm` is the running microVM (`None` before `InstanceStart`).
+    pub fn handle(&mut self, req: ApiRequest, vm: Option<&mut dyn Microvm>) -> Outcome {
+        if req == ApiRequest::Action(Action::InstanceStart) {
+            return match self.accept_start() {
+                Ok(()) => Outcome::Start,
+                Err(e) => Outcome::Reply(Err(e)),
+            };
+        }
+        Outcome::Reply(self.apply(req, vm))
+    }
+
+    fn apply(&mut self, req: ApiRequest, vm: Option<&mut dyn Microvm>) -> Reply {
+        let what = req.describe();
+        match req {
+            ApiRequest::GetInstanceInfo => to_json(&InstanceInfo {
+                id: &self.instance_id,
+                state: self.state().as_str(),
+                vmm_version: VMM_VERSION,
+                app_name: "Kiln",
+            }),
+            ApiRequest::GetVersion => to_json(&serde_json::json!({
+                "firecracker_version": VMM_VERSION,
+                "kiln_version": VMM_VERSION,
+            })),
+            ApiRequest::GetMachineConfig => to_json(&self.resources.machine_config),
+            ApiRequest::GetVmConfig => to_json(&self.resources.to_config()),
+            ApiRequest::PutMachineConfig(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_machine_config(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchMachineConfig(upd) => {
+                self.pre_boot(what)?;
+                self.resources.update_machine_config(upd)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutBootSource(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_boot_source(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutDrive { path_id, config } => {
+                self.pre_boot(what)?;
+                self.resources.put_drive(Some(&path_id), config)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchDrive { path_id, update } => {
+                let update = update.validated(Some(&path_id))?;
+                let vm = self.running(what, vm)?;
+                if !self
+                    .resources
+                    .drives
+                    .iter()
+                    .any(|d| d.drive_id == update.drive_id)
+                {
+                    return Err(ResourceError::UnknownDrive(update.drive_id).into());
+                }
+                if let Some(path) = &update.path_on_host {
+                    vm.update_drive(&update.drive_id, path)
+                        .map_err(ControllerError::DriveUpdate)?;
+                    if let Some(d) = self
+                        .resources
+                        .drives
+                        .iter_mut()
+                        .find(|d| d.drive_id == update.drive_id)
+                    {
+                        d.path_on_host = path.clone();
+                    }
+                }
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutNetworkInterface { path_id, config } => {
+                self.pre_boot(what)?;
+                self.resources
+                    .put_network_interface(Some(&path_id), config)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchNetworkInterface { path_id, update } => {
+                let update = update.validated(Some(&path_id))?;
+                self.running(what, vm)?;
+                if !self
+                    .resources
+                    .network_interfaces
+                    .iter()
+                    .any(|n| n.iface_id == update.iface_id)
+                {
+                    return Err(ResourceError::UnknownInterface(update.iface_id).into());
+                }
+                // Firecracker patches rate limiters here; Kiln has none, so there is nothing
+                // to change.
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutVsock(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_vsock(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutLogger(cfg) => {
+                self.pre_boot(what)?;
+                let cfg = cfg.validated()?;
+                logger::configure(&cfg)?;
+                self.resources.logger = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutMetrics(cfg) => {
+                self.pre_boot(what)?;
+                let cfg = cfg.validated()?;
+                metrics::init(&cfg.metrics_path)?;
+                self.resources.metrics = Some(cfg);
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::Action(Action::FlushMetrics) => {
+                metrics::flush()?;
+                Ok(VmmData::Empty)
+            }
+            // Routed through `accept_start` by `handle`.
+            ApiRequest::Action(Action::InstanceStart) => Err(ControllerError::AlreadyStarted),
+            ApiRequest::Action(Action::SendCtrlAltDel) => {
+                self.running(what, vm)?
+                    .send_ctrl_alt_del()
+                    .map_err(ControllerError::CtrlAltDel)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchVm(VmStateChange::Paused) => {
+                let vm = self.running(what, vm)?;
+                if !self.paused {
+                    let t = Instant::now();
+                    vm.pause().map_err(ControllerError::Pause)?;
+                    METRICS.latencies_us.pause_vm.set(elapsed_us(t));
+                    METRICS.vmm.pauses.inc();
+                    self.paused = true;
+                    crate::log_info!("microVM paused in {} us", elapsed_us(t));
+                }
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchVm(VmStateChange::Resumed) => {
+                let vm = self.running(what, vm)?;
+                if self.paused {
+                    let t = Instant::now();
+                    vm.resume().map_err(ControllerError::Resume)?;
+                    METRICS.latencies_us.resume_vm.set(elapsed_us(t));
+                    METRICS.vmm.resumes.inc();
+                    self.paused = false;
+                    crate::log_info!("microVM resumed in {} us", elapsed_us(t));
+                }
+                Ok(VmmData::Empty)
+            }
+        }
+    }
+
+    fn accept_start(&mut self) -> Result<(), ControllerError> {
+        if self.started {
+            return Err(ControllerError::AlreadyStarted);
+        }
+        if self.resources.boot_source.is_none() {
+            return Err(ResourceError::MissingBootSource.into());
+        }
+        timing::record_instance_start();
+        self.start_began = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Reports how building the microVM after [`Outcome::Start`] went, and gives the answer
+    /// to `InstanceStart`. After a failure the microVM is still "Not started" and
+    /// `InstanceStart` may be retried.
+    pub fn finish_start(&mut self, result: Result<(), String>) -> Reply {
+        let took = self.start_began.take().map(elapsed_us).unwrap_or(0);
+        match result {
+            Ok(()) => {
+                METRICS.latencies_us.instance_start.set(took);
+                crate::log_info!("InstanceStart: microVM built and started in {took} us");
+                self.started = true;
+                self.paused = false;
+                Ok(VmmData::Empty)
+            }
+            Err(e) => {
+                crate::log_error!("InstanceStart failed: {e}");
+                Err(ControllerError::Start(e))
+            }
+        }
+    }
+}
+
+/// Applies a configuration's `logger` and `metrics` sections (the config file's, or the
+/// command line's `--log-path`/`--metrics-path` turned into them), as `PUT /logger` and
+/// `PUT /metrics` would.
+pub fn configure_outputs(res: &VmResources) -> Result<(), ControllerError> {
+    if let Some(cfg) = &res.logger {
+        logger::configure(cfg)?;
+    }
+    if let Some(cfg) = &res.metrics {
+        metrics::init(&cfg.metrics_path)?;
+    }
+    Ok(())
+}
+
+fn elapsed_us(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod api_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! The virtio devices of the running VM, kept for runtime changes (`PATCH /drives/{id}`):
+//! what the builder hands from [`super::setup`] to the VM's [`crate::devices::manager::Devices`].
+
+use super::block::{Block, BlockError};
+use super::net::Net;
+use super::Interrupt;
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
+
+/// Why a runtime drive update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveUpdateError {
+    #[error("no drive with drive_id {0:?}")]
+    UnknownDrive(String),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+}
+
+/// A drive of the running VM.
+pub struct BlockHandle {
+    pub drive_id: String,
+    pub device: Arc<Mutex<Block>>,
+    interrupt: Arc<Interrupt>,
+}
+
+impl BlockHandle {
+    /// `interrupt` is the device's: a drive update signals a configuration change on it.
+    pub fn new(drive_id: String, device: Arc<Mutex<Block>>, interrupt: Arc<Interrupt>) -> Self {
+        BlockHandle {
+            drive_id,
+            device,
+            interrupt,
+        }
+    }
+}
+
+/// The virtio devices of the running VM, for runtime changes.
+#[derive(Default)]
+pub struct VirtioHandles {
+    pub blocks: Vec<BlockHandle>,
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+}
+
+impl VirtioHandles {
+    /// `PATCH /drives/{id}` after boot: points the drive at `path_on_host` (same read-only
+    /// mode) and tells the driver its configuration (capacity) changed.
+    pub fn update_drive(&self, drive_id: &str, path_on_host: &str) -> Result<(), DriveUpdateError> {
+        let h = self
+            .blocks
+            .iter()
+            .find(|b| b.drive_id == drive_id)
+            .ok_or_else(|| DriveUpdateError::UnknownDrive(drive_id.to_string()))?;
+        lock(&h.device).swap_backing(path_on_host)?;
+        h.interrupt.signal_config_change();
+        Ok(())
+    }
+}
