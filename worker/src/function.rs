@@ -6,6 +6,7 @@
 //! Builds are serialised per function with a lock file in the cache directory, so several
 //! workers (or tests) sharing a cache never build the same function at once.
 
+use crate::sync::lock;
 use crate::sys::{FileLock, SysError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -358,10 +359,6 @@ fn build_with_builder(
 
 fn is_manifest_error(e: &kiln_guest_builder::BuildError) -> bool {
     e.is_manifest_error()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 
 use crate::channel::{Channel, ChannelError};
 use crate::function::Function;
+use crate::sync::lock;
 use crate::sys::{self, FileLock, PidFd, SysError};
 use crate::timing::{parse_boot_mark, BootMark, StartTimings};
 use kiln_guest_builder::Kind as FunctionKind;
@@ -1230,10 +1231,6 @@ fn wait_for_guest(
             return Err(InstanceError::Exited(jail.exit_message()));
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

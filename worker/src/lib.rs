@@ -9,6 +9,7 @@
 //! - [`server`]: HTTP over a Unix socket for `kiln serve`.
 //! - [`timing`]: the phases of an invocation.
 //! - [`sys`]: the system calls std does not wrap.
+//! - [`sync`]: the poison-tolerant lock helpers.
 
 pub mod channel;
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod function;
 pub mod instance;
 pub mod pool;
 pub mod server;
+pub mod sync;
 pub mod sys;
 pub mod timing;

@@ -13,6 +13,7 @@
 
 use crate::function::{Function, FunctionError, Registry};
 use crate::instance::{Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError, Output};
+use crate::sync::{lock, wait_timeout};
 use crate::sys;
 use crate::timing::InvocationTimings;
 use std::collections::HashMap;
@@ -321,11 +322,7 @@ impl Pools {
                 st.waiting += 1;
                 queued = true;
             }
-            st = pool
-                .freed
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = wait_timeout(&pool.freed, st, deadline - now);
         };
         if queued {
             st.waiting -= 1;
@@ -476,16 +473,12 @@ impl Pools {
                     );
                     break;
                 }
-                st = pool
-                    .freed
-                    .wait_timeout(st, (deadline - now).min(Duration::from_millis(50)))
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                st = wait_timeout(
+                    &pool.freed,
+                    st,
+                    (deadline - now).min(Duration::from_millis(50)),
+                );
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

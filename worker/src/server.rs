@@ -11,6 +11,7 @@
 //! headers in 8 KiB); keep-alive and `Expect: 100-continue` are honoured.
 
 use crate::pool::{Invocation, PoolError, Pools};
+use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
 
 /// Largest request body: the protocol's largest payload (a function's own limit is checked
 /// after routing).
