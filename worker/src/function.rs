@@ -64,13 +64,6 @@ impl FunctionError {
             _ => "internal_error",
         }
     }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            FunctionError::BadName(_) | FunctionError::Unknown { .. } => 404,
-            _ => 500,
-        }
-    }
 }
 
 /// A built function: its image and the limits from its manifest.
@@ -384,13 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_functions_and_bad_names_are_404() {
+    fn unknown_functions_and_bad_names_are_refused() {
         let dir = std::env::temp_dir().join(format!("kiln-reg-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("nomanifest")).unwrap();
         let r = Registry::new(dir.clone(), dir.join("cache"));
         for name in ["missing", "nomanifest", "../x"] {
             let e = r.get(name).unwrap_err();
-            assert_eq!(e.http_status(), 404, "{e}");
+            assert!(
+                matches!(e, FunctionError::BadName(_) | FunctionError::Unknown { .. }),
+                "{e}"
+            );
             assert_eq!(e.code(), "unknown_function");
         }
         assert_eq!(r.names().unwrap(), Vec::<String>::new());
