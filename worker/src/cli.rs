@@ -1,8 +1,9 @@
-//! The `kiln` command line.
-//!
-//! Flags take their value as the next argument or after `=`. An unknown flag, a missing or
-//! invalid value, a repeated flag or a stray argument is an error naming it (exit code 2).
+//! The `kiln` command line: a subcommand, then its flags, tokenized by the shared
+//! `kiln_argv` (a value as the next argument or after `=`); this module keeps only the
+//! subcommands and the typed conversions. An unknown flag, a missing or invalid value, a
+//! repeated flag or a stray argument is an error naming it (exit code 2).
 
+use kiln_argv::{Args, ArgvError, Flag, Table};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,32 +62,18 @@ pub enum CliError {
     NoCommand,
     #[error("unknown command {0:?} (expected invoke, serve or build; see --help)")]
     UnknownCommand(String),
-    #[error("unknown flag {flag:?} for `kiln {command}` (see --help)")]
-    UnknownFlag { command: &'static str, flag: String },
-    #[error("unexpected argument {0:?} (see --help)")]
-    Positional(String),
-    #[error("flag {0} needs a value")]
-    MissingValue(&'static str),
-    #[error("flag {0} takes no value")]
-    UnexpectedValue(&'static str),
-    #[error("flag {0} given twice")]
-    Repeated(&'static str),
-    #[error("flag {flag}: invalid value {value:?}: {reason}")]
-    BadValue {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
     #[error("argument {0:?} is not valid UTF-8")]
     NotUtf8(String),
+    /// A flag or argument of `kiln <command>` was refused (the error names it).
+    #[error("{command}: {source}")]
+    Argv {
+        command: &'static str,
+        source: ArgvError,
+    },
     #[error("kiln {0} needs the function's name")]
     NoFunction(&'static str),
     #[error("kiln invoke needs the event: --event JSON or --event-file PATH")]
     NoEvent,
-    #[error("--event and --event-file cannot be used together")]
-    TwoEvents,
-    #[error("kiln serve needs --socket PATH")]
-    NoSocket,
 }
 
 /// Options every command shares: where things are and how instances are jailed.
@@ -177,229 +164,216 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// (flag, takes a value, commands it belongs to: "" = both)
-const FLAGS: &[(&str, bool, &str)] = &[
-    ("--functions-dir", true, ""),
-    ("--cache-dir", true, ""),
-    ("--jailer", true, ""),
-    ("--vmm", true, ""),
-    ("--kernel", true, ""),
-    ("--init", true, ""),
-    ("--profile", true, ""),
-    ("--chroot-base-dir", true, ""),
-    ("--state-dir", true, ""),
-    ("--uid-base", true, ""),
-    ("--uid-count", true, ""),
-    ("--parent-cgroup", true, ""),
-    ("--memory-overhead-mib", true, ""),
-    ("--start-timeout-ms", true, ""),
-    ("--stop-grace-ms", true, ""),
-    ("--no-strict-io", false, ""),
-    ("--vmm-arg", true, ""),
-    ("--event", true, "invoke"),
-    ("--event-file", true, "invoke"),
-    ("--repeat", true, "invoke"),
-    ("--json", false, "invoke"),
-    ("--socket", true, "serve"),
-    ("--idle-timeout-ms", true, "serve"),
-    ("--queue-timeout-ms", true, "serve"),
-    ("--max-queue", true, "serve"),
-    ("--max-connections", true, "serve"),
-    ("--help", false, ""),
-    ("--version", false, ""),
+/// Flags of every command.
+const COMMON: &[Flag] = &[
+    Flag::single("functions-dir"),
+    Flag::single("cache-dir"),
+    Flag::single("jailer"),
+    Flag::single("vmm"),
+    Flag::single("kernel"),
+    Flag::single("init"),
+    Flag::single("profile"),
+    Flag::single("chroot-base-dir"),
+    Flag::single("state-dir"),
+    Flag::single("uid-base"),
+    Flag::single("uid-count"),
+    Flag::single("parent-cgroup"),
+    Flag::single("memory-overhead-mib"),
+    Flag::single("start-timeout-ms"),
+    Flag::single("stop-grace-ms"),
+    Flag::switch("no-strict-io"),
+    Flag::multi("vmm-arg"),
+    Flag::switch("help"),
+    Flag::switch("version"),
 ];
 
-fn number<T: std::str::FromStr>(flag: &'static str, v: &str) -> Result<T, CliError>
-where
-    T::Err: std::fmt::Display,
-{
-    v.parse().map_err(|e: T::Err| CliError::BadValue {
-        flag,
-        value: v.into(),
-        reason: e.to_string(),
-    })
-}
+/// Flags of `kiln invoke` only.
+const INVOKE: &[Flag] = &[
+    Flag::single("event"),
+    Flag::single("event-file"),
+    Flag::single("repeat"),
+    Flag::switch("json"),
+];
 
-fn positive<T: std::str::FromStr + PartialEq + Default>(
-    flag: &'static str,
-    v: &str,
-) -> Result<T, CliError>
+/// Flags of `kiln serve` only.
+const SERVE: &[Flag] = &[
+    Flag::single("socket"),
+    Flag::single("idle-timeout-ms"),
+    Flag::single("queue-timeout-ms"),
+    Flag::single("max-queue"),
+    Flag::single("max-connections"),
+];
+
+/// A number of at least 1.
+fn positive<T>(v: &str) -> Result<T, String>
 where
+    T: std::str::FromStr + PartialEq + Default,
     T::Err: std::fmt::Display,
 {
-    let n: T = number(flag, v)?;
+    let n: T = v.parse().map_err(|e: T::Err| e.to_string())?;
     if n == T::default() {
-        return Err(CliError::BadValue {
-            flag,
-            value: v.into(),
-            reason: "must be at least 1".into(),
-        });
+        return Err("must be at least 1".into());
     }
     Ok(n)
 }
 
-fn path(flag: &'static str, v: String) -> Result<PathBuf, CliError> {
+fn path(v: &str) -> Result<PathBuf, &'static str> {
     if v.is_empty() {
-        return Err(CliError::BadValue {
-            flag,
-            value: v,
-            reason: "the path is empty".into(),
-        });
+        return Err("the path is empty");
     }
     Ok(PathBuf::from(v))
 }
 
-fn millis(flag: &'static str, v: &str) -> Result<Duration, CliError> {
-    Ok(Duration::from_millis(number(flag, v)?))
+/// A relative cgroup path without `..`.
+fn cgroup(v: &str) -> Result<String, &'static str> {
+    let ok = !v.is_empty()
+        && !v.starts_with('/')
+        && v.split('/').all(|c| !c.is_empty() && c != "..")
+        && !v.contains('\0');
+    if !ok {
+        return Err("use a relative cgroup path without `..`");
+    }
+    Ok(v.to_string())
 }
 
-fn utf8(a: OsString) -> Result<String, CliError> {
-    a.into_string()
-        .map_err(|a| CliError::NotUtf8(a.to_string_lossy().into_owned()))
+fn millis(v: &str) -> Result<Duration, std::num::ParseIntError> {
+    Ok(Duration::from_millis(v.parse()?))
+}
+
+fn positive_millis(v: &str) -> Result<Duration, String> {
+    Ok(Duration::from_millis(positive(v)?))
+}
+
+/// Where things are and how instances are jailed, from the flags every command takes.
+fn common(a: &Args) -> Result<Common, ArgvError> {
+    let d = Common::default();
+    let common = Common {
+        functions_dir: a
+            .converted("functions-dir", path)?
+            .unwrap_or(d.functions_dir),
+        cache_dir: a.converted("cache-dir", path)?,
+        jailer: a.converted("jailer", path)?,
+        vmm: a.converted("vmm", path)?,
+        kernel: a.converted("kernel", path)?,
+        init: a.converted("init", path)?,
+        profile: a.converted("profile", path)?.unwrap_or(d.profile),
+        chroot_base: a
+            .converted("chroot-base-dir", path)?
+            .unwrap_or(d.chroot_base),
+        state_dir: a.converted("state-dir", path)?.unwrap_or(d.state_dir),
+        uid_base: a.converted("uid-base", positive)?.unwrap_or(d.uid_base),
+        uid_count: a.converted("uid-count", positive)?.unwrap_or(d.uid_count),
+        parent_cgroup: a
+            .converted("parent-cgroup", cgroup)?
+            .unwrap_or(d.parent_cgroup),
+        memory_overhead_mib: a
+            .parsed("memory-overhead-mib")?
+            .unwrap_or(d.memory_overhead_mib),
+        start_timeout: a
+            .converted("start-timeout-ms", positive_millis)?
+            .unwrap_or(d.start_timeout),
+        stop_grace: a
+            .converted("stop-grace-ms", positive_millis)?
+            .unwrap_or(d.stop_grace),
+        strict_io: !a.switch("no-strict-io"),
+        vmm_args: a.multi("vmm-arg").to_vec(),
+    };
+    if common.uid_base.checked_add(common.uid_count).is_none() {
+        return Err(ArgvError::bad_value(
+            "uid-count",
+            &common.uid_count.to_string(),
+            "uid base + count overflows",
+        ));
+    }
+    Ok(common)
 }
 
 /// Parses the arguments after the program name.
 pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliError> {
     let mut it = argv.into_iter();
-    let command = match it.next().map(utf8).transpose()? {
+    let first = it
+        .next()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| CliError::NotUtf8(a.to_string_lossy().into_owned()))
+        })
+        .transpose()?;
+    let (command, extra, positionals) = match first.as_deref() {
         None => return Err(CliError::NoCommand),
-        Some(c) if c == "--help" || c == "-h" || c == "help" => return Ok(Command::Help),
-        Some(c) if c == "--version" => return Ok(Command::Version),
-        Some(c) if c == "invoke" => "invoke",
-        Some(c) if c == "serve" => "serve",
-        Some(c) if c == "build" => "build",
-        Some(c) => return Err(CliError::UnknownCommand(c)),
+        Some("--help" | "-h" | "help") => return Ok(Command::Help),
+        Some("--version") => return Ok(Command::Version),
+        Some("invoke") => ("invoke", INVOKE, 1),
+        Some("serve") => ("serve", SERVE, 0),
+        Some("build") => ("build", &[][..], 1),
+        Some(other) => return Err(CliError::UnknownCommand(other.to_string())),
     };
-    let mut common = Common::default();
-    let mut seen: Vec<&'static str> = Vec::new();
-    let mut function = None;
-    let (mut event, mut event_file, mut repeat, mut json) = (None, None, 1u32, false);
-    let mut socket = None;
-    let mut idle_timeout = Some(Duration::from_secs(60));
-    let (mut queue_timeout, mut max_queue, mut max_connections) =
-        (Duration::from_secs(1), 64usize, 256usize);
-    while let Some(raw) = it.next() {
-        let arg = utf8(raw)?;
-        let Some(body) = arg.strip_prefix("--") else {
-            if command != "serve" && function.is_none() {
-                function = Some(arg);
-                continue;
-            }
-            return Err(CliError::Positional(arg));
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        let Some(&(flag, takes_value, only)) = FLAGS.iter().find(|(f, _, only)| {
-            f.strip_prefix("--") == Some(name) && (only.is_empty() || *only == command)
-        }) else {
-            return Err(CliError::UnknownFlag {
-                command,
-                flag: format!("--{name}"),
-            });
-        };
-        let _ = only;
-        if seen.contains(&flag) && flag != "--vmm-arg" {
-            return Err(CliError::Repeated(flag));
-        }
-        seen.push(flag);
-        if !takes_value {
-            if inline.is_some() {
-                return Err(CliError::UnexpectedValue(flag));
-            }
-            match flag {
-                "--no-strict-io" => common.strict_io = false,
-                "--json" => json = true,
-                "--version" => return Ok(Command::Version),
-                _ => return Ok(Command::Help),
-            }
-            continue;
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => utf8(it.next().ok_or(CliError::MissingValue(flag))?)?,
-        };
-        match flag {
-            "--functions-dir" => common.functions_dir = path(flag, value)?,
-            "--cache-dir" => common.cache_dir = Some(path(flag, value)?),
-            "--jailer" => common.jailer = Some(path(flag, value)?),
-            "--vmm" => common.vmm = Some(path(flag, value)?),
-            "--kernel" => common.kernel = Some(path(flag, value)?),
-            "--init" => common.init = Some(path(flag, value)?),
-            "--profile" => common.profile = path(flag, value)?,
-            "--chroot-base-dir" => common.chroot_base = path(flag, value)?,
-            "--state-dir" => common.state_dir = path(flag, value)?,
-            "--uid-base" => common.uid_base = positive(flag, &value)?,
-            "--uid-count" => common.uid_count = positive(flag, &value)?,
-            "--parent-cgroup" => {
-                let ok = !value.is_empty()
-                    && !value.starts_with('/')
-                    && value.split('/').all(|c| !c.is_empty() && c != "..")
-                    && !value.contains('\0');
-                if !ok {
-                    return Err(CliError::BadValue {
-                        flag,
-                        value,
-                        reason: "use a relative cgroup path without `..`".into(),
-                    });
-                }
-                common.parent_cgroup = value;
-            }
-            "--memory-overhead-mib" => common.memory_overhead_mib = number(flag, &value)?,
-            "--start-timeout-ms" => {
-                common.start_timeout = Duration::from_millis(positive(flag, &value)?)
-            }
-            "--stop-grace-ms" => common.stop_grace = Duration::from_millis(positive(flag, &value)?),
-            "--vmm-arg" => common.vmm_args.push(value),
-            "--event" => event = Some(value),
-            "--event-file" => event_file = Some(path(flag, value)?),
-            "--repeat" => repeat = positive(flag, &value)?,
-            "--socket" => socket = Some(path(flag, value)?),
-            "--idle-timeout-ms" => {
-                let d = millis(flag, &value)?;
-                idle_timeout = (!d.is_zero()).then_some(d);
-            }
-            "--queue-timeout-ms" => queue_timeout = millis(flag, &value)?,
-            "--max-queue" => max_queue = number(flag, &value)?,
-            _ => max_connections = positive(flag, &value)?,
-        }
+    let argv = |source| CliError::Argv { command, source };
+    let flags: Vec<Flag> = COMMON.iter().chain(extra).copied().collect();
+    let table = Table {
+        flags: &flags,
+        positionals,
+        rest: false,
+    };
+    let a = kiln_argv::parse(&table, it).map_err(argv)?;
+    if a.switch("help") {
+        return Ok(Command::Help);
     }
-    if common.uid_base.checked_add(common.uid_count).is_none() {
-        return Err(CliError::BadValue {
-            flag: "--uid-count",
-            value: common.uid_count.to_string(),
-            reason: "uid base + count overflows".into(),
-        });
+    if a.switch("version") {
+        return Ok(Command::Version);
     }
-    if command == "build" {
-        return Ok(Command::Build(BuildArgs {
-            target: function.ok_or(CliError::NoFunction("build"))?,
+    let common = common(&a).map_err(argv)?;
+    let target = a.positionals().first().cloned();
+    match command {
+        "build" => Ok(Command::Build(BuildArgs {
+            target: target.ok_or(CliError::NoFunction("build"))?,
             common,
-        }));
+        })),
+        "invoke" => invoke(&a, target, common),
+        _ => serve(&a, common).map_err(argv),
     }
-    if command == "invoke" {
-        let function = function.ok_or(CliError::NoFunction("invoke"))?;
-        let event = match (event, event_file) {
-            (Some(e), None) => Event::Inline(e),
-            (None, Some(f)) => Event::File(f),
-            (None, None) => return Err(CliError::NoEvent),
-            (Some(_), Some(_)) => return Err(CliError::TwoEvents),
-        };
-        return Ok(Command::Invoke(InvokeArgs {
-            function,
-            event,
-            repeat,
-            json,
-            common,
-        }));
-    }
+}
+
+fn invoke(a: &Args, function: Option<String>, common: Common) -> Result<Command, CliError> {
+    let argv = |source| CliError::Argv {
+        command: "invoke",
+        source,
+    };
+    let function = function.ok_or(CliError::NoFunction("invoke"))?;
+    let repeat = a.converted("repeat", positive).map_err(argv)?.unwrap_or(1);
+    a.exclusive("event", "event-file").map_err(argv)?;
+    let event = match (
+        a.single("event"),
+        a.converted("event-file", path).map_err(argv)?,
+    ) {
+        (Some(e), _) => Event::Inline(e.to_string()),
+        (None, Some(f)) => Event::File(f),
+        (None, None) => return Err(CliError::NoEvent),
+    };
+    Ok(Command::Invoke(InvokeArgs {
+        function,
+        event,
+        repeat,
+        json: a.switch("json"),
+        common,
+    }))
+}
+
+fn serve(a: &Args, common: Common) -> Result<Command, ArgvError> {
+    let socket = a
+        .converted("socket", path)?
+        .ok_or(ArgvError::MissingFlag("socket"))?;
+    let idle_timeout = match a.converted("idle-timeout-ms", millis)? {
+        None => Some(Duration::from_secs(60)),
+        Some(d) => (!d.is_zero()).then_some(d),
+    };
     Ok(Command::Serve(ServeArgs {
-        socket: socket.ok_or(CliError::NoSocket)?,
+        socket,
         idle_timeout,
-        queue_timeout,
-        max_queue,
-        max_connections,
+        queue_timeout: a
+            .converted("queue-timeout-ms", millis)?
+            .unwrap_or(Duration::from_secs(1)),
+        max_queue: a.parsed("max-queue")?.unwrap_or(64),
+        max_connections: a.converted("max-connections", positive)?.unwrap_or(256),
         common,
     }))
 }
@@ -485,6 +459,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
+        let argv = |command, source| CliError::Argv { command, source };
         let cases: &[(&[&str], CliError)] = &[
             (&[], CliError::NoCommand),
             (&["run"], CliError::UnknownCommand("run".into())),
@@ -493,25 +468,49 @@ mod tests {
             (&["invoke", "echo"], CliError::NoEvent),
             (
                 &["invoke", "echo", "--event", "{}", "--event-file", "f"],
-                CliError::TwoEvents,
+                argv("invoke", ArgvError::Conflict("event", "event-file")),
             ),
-            (&["serve"], CliError::NoSocket),
+            (&["serve"], argv("serve", ArgvError::MissingFlag("socket"))),
             (
                 &["serve", "--socket", "s", "--event", "{}"],
-                CliError::UnknownFlag {
-                    command: "serve",
-                    flag: "--event".into(),
-                },
+                argv("serve", ArgvError::UnknownFlag("--event".into())),
             ),
-            (&["invoke", "a", "b"], CliError::Positional("b".into())),
+            (
+                &["build", "echo", "--json"],
+                argv("build", ArgvError::UnknownFlag("--json".into())),
+            ),
+            (
+                &["invoke", "a", "b"],
+                argv("invoke", ArgvError::Positional("b".into())),
+            ),
+            (
+                &["serve", "x"],
+                argv("serve", ArgvError::Positional("x".into())),
+            ),
             (
                 &["invoke", "a", "--json=1"],
-                CliError::UnexpectedValue("--json"),
+                argv(
+                    "invoke",
+                    ArgvError::UnexpectedValue {
+                        flag: "json",
+                        value: "1".into(),
+                    },
+                ),
             ),
-            (&["serve", "--socket"], CliError::MissingValue("--socket")),
+            (
+                &["serve", "--socket"],
+                argv("serve", ArgvError::MissingValue("socket")),
+            ),
             (
                 &["serve", "--socket", "a", "--socket", "b"],
-                CliError::Repeated("--socket"),
+                argv(
+                    "serve",
+                    ArgvError::Repeated {
+                        flag: "socket",
+                        first: "a".into(),
+                        second: "b".into(),
+                    },
+                ),
             ),
         ];
         for (argv, want) in cases {
@@ -520,26 +519,62 @@ mod tests {
         for (argv, flag) in [
             (
                 &["invoke", "e", "--event", "{}", "--repeat", "0"][..],
-                "--repeat",
+                "repeat",
             ),
             (
                 &["serve", "--socket", "s", "--max-queue", "-1"][..],
-                "--max-queue",
+                "max-queue",
             ),
             (
                 &["serve", "--socket", "s", "--parent-cgroup", "../x"][..],
-                "--parent-cgroup",
+                "parent-cgroup",
             ),
             (
                 &["serve", "--socket", "s", "--uid-base", "0"][..],
-                "--uid-base",
+                "uid-base",
             ),
-            (&["serve", "--socket", ""][..], "--socket"),
+            (
+                &["serve", "--socket", "s", "--uid-base", "4294967000"][..],
+                "uid-count",
+            ),
+            (&["serve", "--socket", ""][..], "socket"),
         ] {
             match p(argv) {
-                Err(CliError::BadValue { flag: f, .. }) => assert_eq!(f, flag, "{argv:?}"),
+                Err(CliError::Argv {
+                    source: ArgvError::BadValue { flag: f, .. },
+                    ..
+                }) => assert_eq!(f, flag, "{argv:?}"),
                 other => panic!("{argv:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn messages_name_the_command_and_the_flag() {
+        let e = p(&["serve", "--socket", "s", "--event", "{}"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "serve: unknown flag \"--event\" (see --help)"
+        );
+        let e = p(&["invoke", "e", "--event", "{}", "--repeat", "0"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invoke: flag --repeat: invalid value \"0\": must be at least 1"
+        );
+    }
+
+    #[test]
+    fn help_and_version_anywhere() {
+        for argv in [
+            &["--help"][..],
+            &["-h"],
+            &["help"],
+            &["invoke", "--help"],
+            &["serve", "--help"],
+        ] {
+            assert_eq!(p(argv), Ok(Command::Help), "{argv:?}");
+        }
+        assert_eq!(p(&["--version"]), Ok(Command::Version));
+        assert_eq!(p(&["build", "--version"]), Ok(Command::Version));
     }
 }

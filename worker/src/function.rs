@@ -6,6 +6,7 @@
 //! Builds are serialised per function with a lock file in the cache directory, so several
 //! workers (or tests) sharing a cache never build the same function at once.
 
+use crate::sync::lock;
 use crate::sys::{FileLock, SysError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,13 +62,6 @@ impl FunctionError {
             FunctionError::BadManifest { .. } => "bad_manifest",
             FunctionError::Build { .. } => "build_failed",
             _ => "internal_error",
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            FunctionError::BadName(_) | FunctionError::Unknown { .. } => 404,
-            _ => 500,
         }
     }
 }
@@ -360,10 +354,6 @@ fn is_manifest_error(e: &kiln_guest_builder::BuildError) -> bool {
     e.is_manifest_error()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,13 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_functions_and_bad_names_are_404() {
+    fn unknown_functions_and_bad_names_are_refused() {
         let dir = std::env::temp_dir().join(format!("kiln-reg-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("nomanifest")).unwrap();
         let r = Registry::new(dir.clone(), dir.join("cache"));
         for name in ["missing", "nomanifest", "../x"] {
             let e = r.get(name).unwrap_err();
-            assert_eq!(e.http_status(), 404, "{e}");
+            assert!(
+                matches!(e, FunctionError::BadName(_) | FunctionError::Unknown { .. }),
+                "{e}"
+            );
             assert_eq!(e.code(), "unknown_function");
         }
         assert_eq!(r.names().unwrap(), Vec::<String>::new());

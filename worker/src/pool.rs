@@ -5,7 +5,7 @@
 //! - At most `concurrency` instances of a function exist at once (the manifest's limit):
 //!   an invocation takes an idle instance, or starts one below the limit, or waits in a
 //!   bounded queue (at most `max_queue` waiters, each for at most `queue_timeout`), or is
-//!   refused with `concurrency_limit` (HTTP 429).
+//!   refused with `concurrency_limit`.
 //! - An instance that timed out, crashed, panicked or broke the protocol is stopped and its
 //!   jail removed before the answer goes out; the next invocation starts a fresh one.
 //! - The reaper thread stops instances idle for longer than `idle_timeout`, and idle
@@ -13,6 +13,7 @@
 
 use crate::function::{Function, FunctionError, Registry};
 use crate::instance::{Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError, Output};
+use crate::sync::{lock, wait_timeout};
 use crate::sys;
 use crate::timing::InvocationTimings;
 use std::collections::HashMap;
@@ -31,7 +32,8 @@ pub struct PoolConfig {
     pub max_queue: usize,
 }
 
-/// Why an invocation failed, with the code and HTTP status the server answers.
+/// Why an invocation failed, with the code the worker reports (`kiln serve` decides the
+/// HTTP status in `server::status`).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]
@@ -64,6 +66,7 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// The `code` of the error answer (docs/worker.md).
     pub fn code(&self) -> &'static str {
         match self {
             PoolError::Function(e) => e.code(),
@@ -72,17 +75,6 @@ impl PoolError {
             PoolError::Start { source, .. } => source.code(),
             PoolError::Invoke { source, .. } => source.code(),
             PoolError::ShuttingDown => "shutting_down",
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            PoolError::Function(e) => e.http_status(),
-            PoolError::EventTooLarge { .. } => 413,
-            PoolError::ConcurrencyLimit { .. } => 429,
-            PoolError::Start { source, .. } => source.http_status(),
-            PoolError::Invoke { source, .. } => source.http_status(),
-            PoolError::ShuttingDown => 503,
         }
     }
 
@@ -321,11 +313,7 @@ impl Pools {
                 st.waiting += 1;
                 queued = true;
             }
-            st = pool
-                .freed
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = wait_timeout(&pool.freed, st, deadline - now);
         };
         if queued {
             st.waiting -= 1;
@@ -460,7 +448,7 @@ impl Pools {
             for pid in busy {
                 // The supervisor forwards SIGTERM to its VMM; the invocation then fails and
                 // its thread stops and removes the instance.
-                let _ = sys::kill(pid, libc::SIGTERM);
+                let _ = sys::kill(pid, sys::Signal::SIGTERM);
             }
             pool.freed.notify_all();
         }
@@ -476,16 +464,12 @@ impl Pools {
                     );
                     break;
                 }
-                st = pool
-                    .freed
-                    .wait_timeout(st, (deadline - now).min(Duration::from_millis(50)))
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                st = wait_timeout(
+                    &pool.freed,
+                    st,
+                    (deadline - now).min(Duration::from_millis(50)),
+                );
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,12 +1,22 @@
-//! The few system calls the worker makes that std does not wrap: process file descriptors
-//! (`pidfd_open`, `pidfd_send_signal`), `poll`, `kill`, `flock`, and the signal mask. Each
-//! libc call is wrapped once here, with its own error variant.
+//! The few system calls the worker makes that std does not wrap, each wrapped once here with
+//! its own error variant: `kill`, `poll`, `flock`, the signal mask and `sigwait`,
+//! `PR_SET_PDEATHSIG` and `getppid` through `nix`'s safe wrappers. Raw `libc` calls remain
+//! only where nix (0.31) has no wrapper: process file descriptors (`pidfd_open`,
+//! `pidfd_send_signal`, which std's unstable `PidFd` would cover) and the `poll` of
+//! [`peer_closed`] (nix's `PollFlags` has no `POLLRDHUP`).
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::Pid;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use nix::sys::signal::Signal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
@@ -68,7 +78,8 @@ impl PidFd {
     }
 
     /// Sends `signal`; a process that has already exited is not an error.
-    pub fn signal(&self, signal: i32) -> Result<(), SysError> {
+    pub fn signal(&self, signal: Signal) -> Result<(), SysError> {
+        let signal = signal as i32;
         // SAFETY: the descriptor is a valid pidfd owned by `self`; a null siginfo is allowed
         // (the kernel fills it as for kill(2)).
         let rc = unsafe {
@@ -96,43 +107,37 @@ impl PidFd {
 
     /// True once the process has exited (the pidfd becomes readable).
     pub fn wait_exit(&self, timeout: Duration) -> Result<bool, SysError> {
-        Ok(poll_readable(&[self.fd.as_raw_fd()], timeout)?.first() == Some(&true))
+        Ok(poll_readable(&[self.fd.as_fd()], timeout)?.first() == Some(&true))
     }
+}
 
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
 /// Waits up to `timeout` for any of `fds` to become readable (or hung up); returns which are.
-pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> Result<Vec<bool>, SysError> {
-    let mut pfds: Vec<libc::pollfd> = fds
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>, SysError> {
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::new(fd, PollFlags::POLLIN))
         .collect();
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     loop {
-        let nfds = libc::nfds_t::try_from(pfds.len()).unwrap_or(libc::nfds_t::MAX);
-        // SAFETY: `pfds` is a valid array of `nfds` pollfd structures that lives across the
-        // call; poll only writes their `revents`.
-        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), nfds, ms) };
-        if rc >= 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(SysError::Poll(e));
+        match nix::poll::poll(&mut pfds, timeout) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SysError::Poll(e.into())),
         }
     }
-    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+    // Any event counts, even one nix has no name for.
+    Ok(pfds.iter().map(|p| p.any().unwrap_or(true)).collect())
 }
 
 /// True when the peer of a connected stream socket has closed or shut down its side (or
-/// the socket has an error): nothing more will come from it.
+/// the socket has an error): nothing more will come from it. A raw `poll`: nix's `PollFlags`
+/// has no `POLLRDHUP`.
 pub fn peer_closed(fd: BorrowedFd<'_>) -> Result<bool, SysError> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
@@ -149,35 +154,29 @@ pub fn peer_closed(fd: BorrowedFd<'_>) -> Result<bool, SysError> {
 
 /// kill(2), for a child process we have not reaped yet (so its pid cannot be recycled).
 /// A process that has already exited is not an error.
-pub fn kill(pid: i32, signal: i32) -> Result<(), SysError> {
-    // SAFETY: kill takes two integers; no memory is involved.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc < 0 {
-        let source = io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(());
-        }
-        return Err(SysError::Kill {
+pub fn kill(pid: i32, signal: Signal) -> Result<(), SysError> {
+    match nix::sys::signal::kill(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(SysError::Kill {
             pid,
-            signal,
-            source,
-        });
+            signal: signal as i32,
+            source: e.into(),
+        }),
     }
-    Ok(())
 }
 
 /// An exclusive `flock` held for as long as the value lives (released on drop, or by the
 /// kernel when the process dies).
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    lock: Option<Flock<File>>,
 }
 
 impl FileLock {
     /// Takes the lock on `path` (created if missing). `blocking: false` returns `Ok(None)`
     /// when another process or descriptor holds it.
     pub fn acquire(path: &Path, blocking: bool) -> Result<Option<FileLock>, SysError> {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -187,25 +186,20 @@ impl FileLock {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let op = if blocking {
-            libc::LOCK_EX
+        let how = if blocking {
+            FlockArg::LockExclusive
         } else {
-            libc::LOCK_EX | libc::LOCK_NB
+            FlockArg::LockExclusiveNonblock
         };
         loop {
-            // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(Some(FileLock { _file: file }));
-            }
-            let source = io::Error::last_os_error();
-            match source.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => return Ok(None),
-                Some(libc::EINTR) => continue,
-                _ => {
+            match Flock::lock(file, how) {
+                Ok(lock) => return Ok(Some(FileLock { lock: Some(lock) })),
+                Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => {
                     return Err(SysError::Flock {
                         path: path.to_path_buf(),
-                        source,
+                        source: e.into(),
                     })
                 }
             }
@@ -213,69 +207,58 @@ impl FileLock {
     }
 }
 
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset_t is a valid value to hand to sigemptyset, which
-    // initialises it; sigaddset only writes into it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Unlock, then close. (`Flock`'s own drop would panic if unlocking failed; should it
+        // ever fail, the descriptor is kept open instead, and the lock dies with the worker.)
+        if let Some(lock) = self.lock.take() {
+            if let Err((lock, _)) = lock.unlock() {
+                std::mem::forget(lock);
+            }
+        }
     }
+}
+
+fn termination_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and every thread it spawns
 /// afterwards), so that one thread can take them with [`wait_termination_signal`].
 pub fn block_termination_signals() -> Result<(), SysError> {
-    let set = termination_set();
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not asked for (null).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(SysError::SigMask(io::Error::from_raw_os_error(rc)));
-    }
-    Ok(())
+    termination_set()
+        .thread_block()
+        .map_err(|e| SysError::SigMask(e.into()))
 }
 
-/// Waits for one of the signals blocked by [`block_termination_signals`]; returns it.
+/// Waits for one of the signals blocked by [`block_termination_signals`]; returns its
+/// number.
 pub fn wait_termination_signal() -> Result<i32, SysError> {
-    let set = termination_set();
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialised and `sig` is a valid place for the result.
-    let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    if rc != 0 {
-        return Err(SysError::SigWait(io::Error::from_raw_os_error(rc)));
-    }
-    Ok(sig)
+    termination_set()
+        .wait()
+        .map(|s| s as i32)
+        .map_err(|e| SysError::SigWait(e.into()))
 }
 
 /// For `Command::pre_exec`, in the forked child: an empty signal mask (ours blocks the
 /// termination signals), SIGTERM when the thread that spawned it dies, and a check that
-/// the parent did not die before that was set. Only async-signal-safe calls.
-pub fn child_pre_exec(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: these calls only take integers or an initialised local sigset_t, and are
-    // async-signal-safe, as required between fork and exec.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::other("pthread_sigmask in the child failed"));
-        }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::getppid() != parent {
-            return Err(io::Error::other(
-                "the worker exited while spawning the jailer",
-            ));
-        }
+/// the parent did not die before that was set. Only async-signal-safe calls, and no
+/// allocation (std passes only the errno of a failure to the parent).
+pub fn child_pre_exec(parent: i32) -> io::Result<()> {
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    if nix::unistd::getppid() != Pid::from_raw(parent) {
+        // The worker exited while spawning the jailer.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(())
 }
 
 /// This process's pid.
-pub fn getpid() -> libc::pid_t {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    unsafe { libc::getpid() }
+pub fn getpid() -> i32 {
+    nix::unistd::getpid().as_raw()
 }

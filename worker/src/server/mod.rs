@@ -6,12 +6,19 @@
 //! | `GET /functions` | 200, `{"functions": [{"name", "instances": [{"id", "uid", "vmm_pid", "state", ...}]}]}` |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status (see
-//! docs/worker.md for the codes). Requests are parsed by the VMM's parser
+//! docs/worker.md for the codes), decided in [`status`]; [`response`] writes the bytes.
+//! Requests are parsed by the project's HTTP/1.1 layer, shared with the VMM's API
 //! (`kiln_http::parse_request`: httparse, `Content-Length` bodies only, at most 32
 //! headers in 8 KiB); keep-alive and `Expect: 100-continue` are honoured.
 
+mod response;
+mod status;
+
+pub use response::error_response;
+
 use crate::pool::{Invocation, PoolError, Pools};
 use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
+use response::{json_response, method_not_allowed, response};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -188,12 +195,8 @@ fn http_error(e: &HttpError) -> Vec<u8> {
         ),
         other => other.to_string(),
     };
-    let code = match e.status() {
-        413 => "event_too_large",
-        408 => "request_timeout",
-        _ => "bad_request",
-    };
-    error_response(e.status(), code, &message, None, true)
+    let (status, code) = status::of_http_error(e);
+    error_response(status, code, &message, None, true)
 }
 
 /// Routes one request; returns the bytes of the answer.
@@ -276,136 +279,13 @@ fn success(inv: &Invocation, close: bool) -> Vec<u8> {
 }
 
 fn pool_error(e: &PoolError, close: bool) -> Vec<u8> {
-    error_response(e.http_status(), e.code(), &e.to_string(), e.vm_id(), close)
-}
-
-fn method_not_allowed(allow: &str, path: &str, close: bool) -> Vec<u8> {
-    let body = error_body(
-        "method_not_allowed",
-        &format!("{path} only accepts {allow}"),
-        None,
-    );
-    response(
-        405,
-        &[("Allow", allow.to_string())],
-        "application/json",
-        body.as_bytes(),
-        close,
-    )
-}
-
-fn error_body(code: &str, message: &str, vm_id: Option<&str>) -> String {
-    let mut err = serde_json::json!({ "code": code, "message": message });
-    if let Some(id) = vm_id {
-        err["vm_id"] = id.into();
-    }
-    serde_json::json!({ "error": err }).to_string()
-}
-
-/// `{"error": {"code": ..., "message": ...}}` with `status`.
-pub fn error_response(
-    status: u16,
-    code: &str,
-    message: &str,
-    vm_id: Option<&str>,
-    close: bool,
-) -> Vec<u8> {
-    let body = error_body(code, message, vm_id);
-    response(status, &[], "application/json", body.as_bytes(), close)
-}
-
-fn json_response(status: u16, v: &serde_json::Value, close: bool) -> Vec<u8> {
-    response(
-        status,
-        &[],
-        "application/json",
-        v.to_string().as_bytes(),
-        close,
-    )
-}
-
-fn response(
-    status: u16,
-    headers: &[(&str, String)],
-    content_type: &str,
-    body: &[u8],
-    close: bool,
-) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nServer: Kiln\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+    let (status, code) = status::of_pool_error(e);
+    error_response(status, code, &e.to_string(), e.vm_id(), close)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_carry_length_type_and_headers() {
-        let r = response(
-            200,
-            &[("X-Kiln-Vm-Id", "echo-1-2".into())],
-            "application/octet-stream",
-            b"\x00hi",
-            true,
-        );
-        let text = String::from_utf8_lossy(&r);
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("Content-Length: 3\r\n"));
-        assert!(text.contains("X-Kiln-Vm-Id: echo-1-2\r\n"));
-        assert!(text.contains("Connection: close\r\n"));
-        assert!(r.ends_with(b"\r\n\r\n\x00hi"));
-    }
-
-    #[test]
-    fn errors_are_structured_json() {
-        let r = error_response(
-            429,
-            "concurrency_limit",
-            "busy \"now\"",
-            Some("x-1-1"),
-            false,
-        );
-        let text = String::from_utf8(r).unwrap();
-        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["error"]["code"], "concurrency_limit");
-        assert_eq!(v["error"]["message"], "busy \"now\"");
-        assert_eq!(v["error"]["vm_id"], "x-1-1");
-    }
 
     #[test]
     fn bind_refuses_files_and_live_sockets_and_replaces_stale_ones() {

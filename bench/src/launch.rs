@@ -1,0 +1,116 @@
+//! The command lines of the measured peers: Kiln's VMM (config-file mode), Kiln's jailer
+//! booting the tiny guest with the full default profile, and QEMU's `microvm` machine.
+
+use crate::opts::Opts;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The jails' uids start here (one per concurrent jail).
+pub const UID_BASE: u32 = 47000;
+/// The jails' cgroups go under `<bench's cgroup>/kiln-bench/`.
+pub const PARENT_CGROUP: &str = "kiln-bench";
+
+/// Writes `<work>/<name>.json`: the tiny guest (`kernel`, its path as the VMM will see it)
+/// running `scenario` on `vcpus` vCPUs.
+pub fn write_vm_config(
+    opts: &Opts,
+    name: &str,
+    kernel: &Path,
+    scenario: &str,
+    vcpus: u32,
+) -> PathBuf {
+    let path = opts.work.join(format!("{name}.json"));
+    let cfg = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": kernel,
+            "boot_args": format!("kiln.test={scenario}"),
+        },
+        "machine-config": {"vcpu_count": vcpus, "mem_size_mib": opts.mem_mib},
+    });
+    fs::write(&path, cfg.to_string()).expect("write VM config");
+    path
+}
+
+/// Kiln's VMM, unjailed, booting from a config file without its API.
+pub fn vmm_config_cmd(opts: &Opts, cfg: &Path) -> Command {
+    let mut c = Command::new(&opts.vmm);
+    c.arg("--config-file").arg(cfg).arg("--no-api");
+    c
+}
+
+/// QEMU's `microvm` machine booting the tiny guest (PVH entry) with `scenario`, the serial
+/// port on stdout and isa-debug-exit at 0xf4; `None` without QEMU.
+///
+/// The machine options repeat `kiln_tests::tiny::qemu_microvm` (tests/src/tiny.rs). Not
+/// shared on purpose: the bench must not link the test kit (its build script builds the test
+/// guest, and its helpers fail loudly by design), and a crate for twelve QEMU arguments would
+/// cost more than it saves. Change both together.
+pub fn qemu_cmd(opts: &Opts, scenario: &str, vcpus: u32, extra: &[&str]) -> Option<Command> {
+    let qemu = opts.qemu.as_ref()?;
+    let mut c = Command::new(qemu);
+    c.args(["-M", "microvm,accel=kvm,acpi=off", "-m"])
+        .arg(opts.mem_mib.to_string())
+        .args(["-smp", &vcpus.to_string()])
+        .arg("-kernel")
+        .arg(&opts.tiny)
+        .args(["-append", &format!("kiln.test={scenario}")])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4",
+        ])
+        .args(extra);
+    Some(c)
+}
+
+/// Which jail layers are on.
+#[derive(Clone, Copy)]
+pub struct Layers {
+    pub netns: bool,
+    pub pidns: bool,
+}
+
+pub const FULL: Layers = Layers {
+    netns: true,
+    pidns: true,
+};
+
+pub fn jail_id(opts: &Opts, n: usize) -> String {
+    format!("{}{n}", opts.prefix)
+}
+
+/// The jailer with the full default profile (`--cleanup-on-exit` always, so the jail is
+/// removed when the VMM ends) booting the tiny guest in config-file mode.
+pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command {
+    let uid = (UID_BASE + u32::try_from(n % 10_000).unwrap_or(0)).to_string();
+    let mut c = Command::new(&opts.jailer);
+    c.arg("--id")
+        .arg(jail_id(opts, n))
+        .arg("--exec-file")
+        .arg(&opts.vmm)
+        .args(["--uid", &uid, "--gid", &uid])
+        .arg("--chroot-base-dir")
+        .arg(&opts.base)
+        .args(["--parent-cgroup", PARENT_CGROUP, "--parent-cgroup-relative"])
+        .arg("--profile")
+        .arg(&opts.profile)
+        .args(["--cleanup-on-exit", "--timing"]);
+    if layers.pidns {
+        c.arg("--new-pid-ns");
+    }
+    if layers.netns {
+        c.arg("--new-netns");
+    }
+    c.arg("--bind-ro")
+        .arg(format!("{}:/tiny.elf", opts.tiny.display()))
+        .arg("--bind-ro")
+        .arg(format!("{}:/vm.json", cfg.display()))
+        .args(["--", "--config-file", "/vm.json", "--no-api"]);
+    c
+}

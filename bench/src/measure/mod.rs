@@ -1,0 +1,26 @@
+//! The measurements, one module each, in the order of the table's rows; `--only` names them.
+
+mod api;
+mod invoke;
+mod jail;
+mod mem;
+mod rate;
+mod serial;
+mod teardown;
+
+use crate::opts::Opts;
+use crate::table::Table;
+
+/// One measurement: adds its rows to the table, or says why it could not.
+pub type Bench = fn(&Opts, &mut Table) -> Result<(), String>;
+
+/// Every measurement with its `--only` name, in order.
+pub const ALL: [(&str, Bench); 7] = [
+    ("api", api::bench_api),
+    ("serial", serial::bench_serial),
+    ("jail", jail::bench_jail),
+    ("mem", mem::bench_mem),
+    ("rate", rate::bench_rate),
+    ("teardown", teardown::bench_teardown),
+    ("invoke", invoke::bench_invoke),
+];

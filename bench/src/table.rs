@@ -1,0 +1,97 @@
+//! The result table: one Markdown row per figure (Kiln and QEMU min / median / max, their
+//! ratio, the runs, a note), echoed on stderr as it is measured and printed on stdout at the
+//! end. scripts/bench.sh and docs/benchmarks.md depend on this format.
+
+use crate::stats::{stats, Stats};
+use std::fmt::Write as _;
+
+struct Row {
+    metric: String,
+    unit: &'static str,
+    kiln: Option<Stats>,
+    qemu: Option<Stats>,
+    note: String,
+}
+
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    pub fn add(&mut self, metric: &str, unit: &'static str, kiln: &[f64], qemu: Option<&[f64]>) {
+        self.add_note(metric, unit, kiln, qemu, "");
+    }
+
+    pub fn add_note(
+        &mut self,
+        metric: &str,
+        unit: &'static str,
+        kiln: &[f64],
+        qemu: Option<&[f64]>,
+        note: &str,
+    ) {
+        let row = Row {
+            metric: metric.to_string(),
+            unit,
+            kiln: stats(kiln),
+            qemu: qemu.and_then(stats),
+            note: note.to_string(),
+        };
+        eprintln!("  {}", render_row(&row));
+        self.rows.push(row);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| metric | unit | Kiln min / median / max | QEMU microvm min / median / max | Kiln/QEMU (median) | runs | note |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+        for r in &self.rows {
+            let _ = writeln!(out, "{}", render_row(r));
+        }
+        out
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn fmt_stats(s: Option<Stats>) -> String {
+    match s {
+        Some(s) => format!(
+            "{} / {} / {}",
+            fmt_num(s.min),
+            fmt_num(s.med),
+            fmt_num(s.max)
+        ),
+        None => "–".to_string(),
+    }
+}
+
+fn render_row(r: &Row) -> String {
+    let ratio = match (r.kiln, r.qemu) {
+        (Some(k), Some(q)) if q.med != 0.0 => format!("{:.2}", k.med / q.med),
+        _ => "–".to_string(),
+    };
+    let n = r.kiln.map_or(0, |s| s.n);
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        r.metric,
+        r.unit,
+        fmt_stats(r.kiln),
+        fmt_stats(r.qemu),
+        ratio,
+        n,
+        r.note
+    )
+}

@@ -1,0 +1,351 @@
+//! The host side of one jail: the jailer's supervisor process (and, once the guest said
+//! Hello, a pidfd of the VMM inside it), its drained output, the instance's host directory
+//! and uid lease; how it is stopped, and the check that nothing is left behind.
+//!
+//! **Stop.** SIGTERM to the jailer's supervisor (forwarded to the VMM), which removes the
+//! jail when the VMM exits; SIGKILL of the VMM (through a pidfd) after a grace period, then of
+//! the supervisor, and `jailer cleanup` if anything is still there. Every path ends with a
+//! check that the jail directory, the network namespace and the host directory are gone.
+
+use super::config::InstanceConfig;
+use super::output::{drain_console, drain_stderr, OutputLogs};
+use crate::sys::{self, FileLock, PidFd, Signal, SysError};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to stop a jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGTERM first: the VMM stops its vCPUs and exits 0.
+    Graceful,
+    /// SIGKILL to the VMM at once (a hung or misbehaving guest).
+    Kill,
+}
+
+/// What stopping found.
+#[derive(Debug, Clone, Default)]
+pub struct StopReport {
+    /// The supervisor's exit status (the VMM's), if it was reaped.
+    pub status: Option<ExitStatus>,
+    /// Anything that was still there after the jailer's own cleanup (then removed with
+    /// `jailer cleanup`); empty when the supervisor cleaned up.
+    pub leftovers: Vec<String>,
+    /// Problems removing what was left; empty when everything is gone.
+    pub errors: Vec<String>,
+}
+
+/// The host side of one jail: the supervisor process, its output, the instance's host
+/// directory and uid. Dropping it stops and removes everything.
+pub(super) struct Jail {
+    id: String,
+    cfg: Arc<InstanceConfig>,
+    uid: u32,
+    _uid_lock: FileLock,
+    host_dir: PathBuf,
+    supervisor: Option<Child>,
+    supervisor_fd: Option<PidFd>,
+    vmm: Option<PidFd>,
+    logs: Arc<OutputLogs>,
+    report: Option<StopReport>,
+}
+
+/// `<chroot base>/<exec name>/<id>`: the jail of instance `id`.
+fn jail_dir(cfg: &InstanceConfig, id: &str) -> PathBuf {
+    cfg.chroot_base.join(cfg.exec_name()).join(id)
+}
+
+/// The network namespace the jailer made for instance `id`.
+fn netns(id: &str) -> PathBuf {
+    Path::new("/run/netns").join(id)
+}
+
+impl Jail {
+    /// A jail to be: nothing runs yet, but dropping it removes `host_dir` and frees the uid.
+    pub(super) fn new(
+        id: String,
+        cfg: Arc<InstanceConfig>,
+        uid: u32,
+        uid_lock: FileLock,
+        host_dir: PathBuf,
+    ) -> Jail {
+        Jail {
+            id,
+            cfg,
+            uid,
+            _uid_lock: uid_lock,
+            host_dir,
+            supervisor: None,
+            supervisor_fd: None,
+            vmm: None,
+            logs: Arc::new(OutputLogs::default()),
+            report: None,
+        }
+    }
+
+    /// Takes the spawned jailer (the supervisor): drains its output and watches it through
+    /// a pidfd.
+    pub(super) fn attach(&mut self, mut child: Child) -> Result<(), SysError> {
+        let pid = i32::try_from(child.id()).unwrap_or(-1);
+        if let Some(out) = child.stdout.take() {
+            drain_console(out, self.logs.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            drain_stderr(err, self.logs.clone());
+        }
+        self.supervisor = Some(child);
+        self.supervisor_fd = Some(PidFd::open(pid)?);
+        Ok(())
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(super) fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub(super) fn host_dir(&self) -> &Path {
+        &self.host_dir
+    }
+
+    pub(super) fn logs(&self) -> &OutputLogs {
+        &self.logs
+    }
+
+    /// The supervisor's pidfd: readable once it has exited.
+    pub(super) fn supervisor_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.supervisor_fd.as_ref().map(PidFd::as_fd)
+    }
+
+    pub(super) fn supervisor_pid(&self) -> Option<i32> {
+        self.supervisor
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    /// How long a stopping VMM gets before SIGKILL.
+    pub(super) fn stop_grace(&self) -> Duration {
+        self.cfg.stop_grace
+    }
+
+    pub(super) fn vmm_pid(&self) -> Option<i32> {
+        self.vmm.as_ref().map(PidFd::pid)
+    }
+
+    fn jail_dir(&self) -> PathBuf {
+        jail_dir(&self.cfg, &self.id)
+    }
+
+    pub(super) fn supervisor_exited(&mut self) -> bool {
+        match self.supervisor.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | None => true,
+            Some(Ok(None)) => false,
+            Some(Err(_)) => true,
+        }
+    }
+
+    pub(super) fn wait_supervisor(&self, timeout: Duration) -> bool {
+        match &self.supervisor_fd {
+            Some(fd) => fd.wait_exit(timeout).unwrap_or(true),
+            None => true,
+        }
+    }
+
+    /// The VMM's host pid, from the jail's pid file.
+    pub(super) fn open_vmm_pidfd(&mut self) {
+        let pid_file = self
+            .jail_dir()
+            .join("root")
+            .join(format!("{}.pid", self.cfg.exec_name()));
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|&p| p > 1);
+        self.vmm = pid.and_then(|p| PidFd::open(p).ok());
+    }
+
+    fn signal_supervisor(&self, signal: Signal) {
+        if let Some(c) = &self.supervisor {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // Not reaped yet, so the pid is still the supervisor's.
+                let _ = sys::kill(pid, signal);
+            }
+        }
+    }
+
+    /// Stops the VMM (as `mode` says), reaps the supervisor and makes sure the jail, its
+    /// network namespace and the host directory are gone. Once: later calls return the
+    /// first report.
+    pub(super) fn stop(&mut self, mode: StopMode) -> StopReport {
+        if let Some(r) = &self.report {
+            return r.clone();
+        }
+        let grace = self.cfg.stop_grace;
+        let mut report = StopReport::default();
+        if !self.supervisor_exited() {
+            match (mode, &self.vmm) {
+                (StopMode::Kill, Some(vmm)) => {
+                    let _ = vmm.signal(Signal::SIGKILL);
+                }
+                _ => self.signal_supervisor(Signal::SIGTERM),
+            }
+            if !self.wait_supervisor(grace) {
+                if let Some(vmm) = &self.vmm {
+                    let _ = vmm.signal(Signal::SIGKILL);
+                }
+                if !self.wait_supervisor(grace) {
+                    report
+                        .errors
+                        .push("the jailer's supervisor did not exit; killed".into());
+                    self.signal_supervisor(Signal::SIGKILL);
+                }
+            }
+        }
+        if let Some(mut c) = self.supervisor.take() {
+            report.status = c.wait().ok();
+        }
+        // The supervisor removes the jail when the VMM exits; check, and finish its work if
+        // it could not.
+        let leftovers = |j: &Jail| {
+            let mut l = Vec::new();
+            let dir = j.jail_dir();
+            if dir.exists() {
+                l.push(dir.display().to_string());
+            }
+            let ns = netns(&j.id);
+            if ns.exists() {
+                l.push(ns.display().to_string());
+            }
+            l
+        };
+        report.leftovers = leftovers(self);
+        if !report.leftovers.is_empty() {
+            if let Err(e) = jailer_cleanup(&self.cfg, &self.id) {
+                report.errors.push(e);
+            }
+            let still = leftovers(self);
+            if !still.is_empty() {
+                report.errors.push(format!(
+                    "still there after jailer cleanup: {}",
+                    still.join(", ")
+                ));
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.host_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                report.errors.push(format!(
+                    "cannot remove the instance directory {}: {e}",
+                    self.host_dir.display()
+                ));
+            }
+        }
+        for e in &report.errors {
+            eprintln!("kiln: instance {}: {e}", self.id);
+        }
+        self.report = Some(report.clone());
+        report
+    }
+
+    /// Why the VMM stopped, from its exit status and last words.
+    pub(super) fn exit_message(&mut self) -> String {
+        let status = match self.supervisor.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(s))) => Some(s),
+            _ => self.report.as_ref().and_then(|r| r.status),
+        };
+        let word = self.logs.last_word();
+        let mut message = match (word, status) {
+            (Some(w), _) => w,
+            (None, Some(s)) => format!("the VMM exited ({s})"),
+            (None, None) => "the VMM closed the guest's stream".into(),
+        };
+        let console = self.logs.console();
+        if let Some(line) = console.lines().rev().find(|l| !l.trim().is_empty()) {
+            // Guest-controlled text: printable characters only, bounded.
+            let line: String = line
+                .trim()
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            message.push_str(&format!("; the guest's console last said: {line}"));
+        }
+        message
+    }
+
+    /// The supervisor's exit code (the VMM's, which the supervisor passes on), once it
+    /// exited.
+    pub(super) fn exit_code(&mut self) -> Option<i32> {
+        match self.supervisor.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(s))) => s.code(),
+            _ => self.report.as_ref().and_then(|r| r.status?.code()),
+        }
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        if self.report.is_none() {
+            self.stop(StopMode::Kill);
+        }
+    }
+}
+
+/// `jailer cleanup` for jail `id`: removes what the journal records once its processes
+/// are gone.
+fn jailer_cleanup(cfg: &InstanceConfig, id: &str) -> Result<(), String> {
+    let out = Command::new(&cfg.jailer)
+        .arg("cleanup")
+        .arg("--id")
+        .arg(id)
+        .arg("--exec-file")
+        .arg(&cfg.vmm)
+        .arg("--chroot-base-dir")
+        .arg(&cfg.chroot_base)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "jailer cleanup --id {id} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run jailer cleanup: {e}")),
+    }
+}
+
+/// Removes what instances of workers that died (SIGKILL, power loss) left behind: their
+/// jails (with `jailer cleanup`, which refuses while a jail's processes live) and their
+/// host directories. An instance directory is stale when the worker pid in its id is gone.
+pub fn sweep_stale(cfg: &InstanceConfig) {
+    let dir = cfg.state_dir.join("instances");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = id.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == sys::getpid() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        if jail_dir(cfg, &id).exists() || netns(&id).exists() {
+            if let Err(msg) = jailer_cleanup(cfg, &id) {
+                eprintln!("kiln: stale instance {id}: {msg}");
+                continue;
+            }
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => eprintln!(
+                "kiln: removed the stale instance directory {}",
+                e.path().display()
+            ),
+            Err(err) => eprintln!("kiln: cannot remove {}: {err}", e.path().display()),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! One function instance: a jailed microVM running one function's image, and the vsock
+//! stream to its guest.
+//!
+//! **Start.** A private host directory `<state>/instances/<id>/` ([`host_dir`]) gets the
+//! instance's own copy of the image, its VM config, its tenant profile (the default one with
+//! the memory limit from the manifest), and `vsock/` (owned by the instance's uid, leased in
+//! [`uid`]) where the worker already listens on `v.sock_1024` before anything starts. The
+//! jailer ([`spawn`]: `--cleanup-on-exit --new-pid-ns --new-netns`, a unique `--id` and uid)
+//! binds the image and config read-only and `vsock/` read-write into the jail, and execs the
+//! VMM; the VMM's vsock device forwards the guest's connection to port 1024
+//! (`/vsock/v.sock_1024` in the jail) to the worker's listener. The instance is ready when
+//! the guest's `Hello` names the function ([`ready`]).
+//!
+//! **Invoke.** `Invoke` with the event, then frames until the `Response` or `Error` with the
+//! same id, all within the function's timeout. A timeout, a crash, a protocol violation or a
+//! panic marks the instance broken: the pool stops it instead of reusing it.
+//!
+//! **Stop.** [`jail`]: SIGTERM to the jailer's supervisor, SIGKILL after a grace period, and
+//! a check that nothing is left behind. The jail's output is drained by [`output`].
+//!
+//! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
+//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`output`], [`ready`].
+
+mod config;
+mod error;
+mod host_dir;
+mod jail;
+mod output;
+mod ready;
+mod spawn;
+mod uid;
+
+pub use config::InstanceConfig;
+pub use error::{InstanceError, InvokeError};
+pub use jail::{sweep_stale, StopMode, StopReport};
+pub use output::OutputLogs;
+pub use ready::is_pvm_host;
+
+use crate::channel::{Channel, ChannelError};
+use crate::function::Function;
+use crate::sys;
+use crate::timing::StartTimings;
+use crate::vmm_exit;
+use jail::Jail;
+use kiln_guest_builder::Kind as FunctionKind;
+use kiln_protocol::{decode_error, ErrorCode, Kind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many bytes of `Log` frames one invocation keeps.
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+
+/// The result of one invocation.
+#[derive(Debug)]
+pub struct Output {
+    pub body: Vec<u8>,
+    /// `Log` frames received during the invocation (at most [`MAX_LOG_BYTES`]).
+    pub logs: Vec<u8>,
+    pub logs_dropped: u64,
+    pub handler: Duration,
+}
+
+/// A running instance, ready for invocations.
+pub struct Instance {
+    jail: Jail,
+    function: Arc<Function>,
+    channel: Channel,
+    next_invocation: u32,
+    invocations: u64,
+    /// The phases of its start.
+    pub started: StartTimings,
+    pub last_used: Instant,
+    /// Why it must not be reused, if it must not.
+    broken: Option<String>,
+}
+
+/// A snapshot for listings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub function: String,
+    pub uid: u32,
+    pub vmm_pid: Option<i32>,
+    pub invocations: u64,
+    pub state: &'static str,
+    pub idle_ms: Option<u64>,
+}
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// `<function>-<n>-<worker pid>`, at most 64 characters from [A-Za-z0-9-].
+fn instance_id(function: &str, n: u64) -> String {
+    let suffix = format!("-{n}-{}", sys::getpid());
+    let room = 64usize.saturating_sub(suffix.len());
+    let name: String = function
+        .chars()
+        .take(room)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{name}{suffix}")
+}
+
+impl Instance {
+    /// Starts a jailed microVM for `function` and waits for its guest's `Hello`.
+    pub fn start(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+    ) -> Result<Instance, InstanceError> {
+        let spawned = Instant::now();
+        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let id = instance_id(&function.name, n);
+        let (uid, uid_lock) = uid::lease(cfg, n)?;
+        let host_dir = cfg.state_dir.join("instances").join(&id);
+        // From here on, dropping the jail removes whatever was made of it.
+        let mut jail = Jail::new(id.clone(), cfg.clone(), uid, uid_lock, host_dir.clone());
+        let linux = function.kind == FunctionKind::Linux;
+        if linux && !cfg.kernel.is_file() {
+            return Err(InstanceError::NoKernel {
+                path: cfg.kernel.clone(),
+            });
+        }
+        let listener = host_dir::prepare(cfg, function, &host_dir, uid)?;
+        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux);
+        let child =
+            spawn::spawn_from_worker_thread(cmd).map_err(|source| InstanceError::Spawn {
+                path: cfg.jailer.clone(),
+                source,
+            })?;
+        jail.attach(child).map_err(InstanceError::Watch)?;
+
+        let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
+        let deadline = spawned + start_timeout;
+        let watch_init = linux && is_pvm_host();
+        let stream =
+            ready::wait_for_guest(&mut jail, &listener, deadline, start_timeout, watch_init)?;
+        drop(listener);
+        let mut channel = Channel::new(stream, cfg.max_response_bytes);
+        let hello_at = ready::hello(&mut channel, &mut jail, function, deadline, start_timeout)?;
+        jail.open_vmm_pidfd();
+        let marks = jail.logs().marks();
+        Ok(Instance {
+            jail,
+            function: function.clone(),
+            channel,
+            next_invocation: 1,
+            invocations: 0,
+            started: StartTimings::from_marks(spawned, hello_at, &marks),
+            last_used: Instant::now(),
+            broken: None,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        self.jail.id()
+    }
+
+    pub fn function(&self) -> &Arc<Function> {
+        &self.function
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.jail.uid()
+    }
+
+    pub fn vmm_pid(&self) -> Option<i32> {
+        self.jail.vmm_pid()
+    }
+
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        self.jail.supervisor_pid()
+    }
+
+    pub fn invocations(&self) -> u64 {
+        self.invocations
+    }
+
+    /// Why it must not serve again, if so.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    pub fn info(&self, state: &'static str) -> InstanceInfo {
+        InstanceInfo {
+            id: self.id().to_string(),
+            function: self.function.name.clone(),
+            uid: self.uid(),
+            vmm_pid: self.vmm_pid(),
+            invocations: self.invocations,
+            state,
+            idle_ms: (state == "idle")
+                .then(|| u64::try_from(self.last_used.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Whether it can still serve: not broken, its VMM running and its stream open.
+    pub fn is_healthy(&mut self) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        if self.jail.supervisor_exited() {
+            self.broken = Some(self.jail.exit_message());
+            return false;
+        }
+        match sys::peer_closed(std::os::fd::AsFd::as_fd(&self.channel)) {
+            Ok(false) => true,
+            _ => {
+                self.broken = Some("the guest closed its stream".into());
+                false
+            }
+        }
+    }
+
+    /// Runs the handler on `event`.
+    pub fn invoke(&mut self, event: &[u8]) -> Result<Output, InvokeError> {
+        let started = Instant::now();
+        let deadline = started + self.function.timeout;
+        let id = self.next_invocation;
+        self.next_invocation = self.next_invocation.wrapping_add(1).max(1);
+        self.invocations += 1;
+        let mut logs = Vec::new();
+        let mut logs_dropped = 0u64;
+        let result = self
+            .channel
+            .send(Kind::Invoke, id, event, deadline)
+            .and_then(|()| loop {
+                let f = self.channel.read_frame(deadline)?;
+                match (f.header.kind, f.header.id == id) {
+                    (Kind::Log, _) => {
+                        let room = MAX_LOG_BYTES.saturating_sub(logs.len());
+                        let take = room.min(f.payload.len());
+                        logs.extend_from_slice(f.payload.get(..take).unwrap_or_default());
+                        logs_dropped += u64::try_from(f.payload.len() - take).unwrap_or(0);
+                    }
+                    (Kind::Response, true) => break Ok(Ok(f.payload)),
+                    (Kind::Error, true) => {
+                        let (code, message) = decode_error(&f.payload);
+                        break Ok(Err((code, message.to_string())));
+                    }
+                    (kind, _) => {
+                        break Ok(Err((
+                            ErrorCode::Protocol,
+                            format!("unexpected {kind:?} frame for invocation {}", f.header.id),
+                        )))
+                    }
+                }
+            });
+        let handler = started.elapsed();
+        self.last_used = Instant::now();
+        match result {
+            Ok(Ok(body)) => Ok(Output {
+                body,
+                logs,
+                logs_dropped,
+                handler,
+            }),
+            Ok(Err((code, message))) => {
+                // The guest's own verdict. A handler error leaves the VM usable; a panic, an
+                // allocation failure or a protocol problem does not.
+                if code != ErrorCode::Handler && code != ErrorCode::EventTooLarge {
+                    self.broken = Some(format!("{}: {message}", code.as_str()));
+                }
+                Err(InvokeError::Function { code, message })
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Marks the instance broken after a channel failure, stops it, and says why.
+    fn fail(&mut self, e: ChannelError) -> InvokeError {
+        let err = match e {
+            ChannelError::Timeout => {
+                self.broken = Some("timed out".into());
+                self.jail.stop(StopMode::Kill);
+                return InvokeError::Timeout {
+                    function: self.function.name.clone(),
+                    after: self.function.timeout,
+                };
+            }
+            ChannelError::BadHeader(kiln_protocol::HeaderError::TooLong { len, max }) => {
+                InvokeError::ResponseTooLarge { len, max }
+            }
+            ChannelError::BadHeader(h) => InvokeError::Protocol(h.to_string()),
+            ChannelError::Closed | ChannelError::Io(_) => {
+                // The VMM is gone or going: let the supervisor finish (it removes the jail),
+                // then report the VMM's last words.
+                let grace = self.jail.stop_grace();
+                self.jail.wait_supervisor(grace);
+                let message = self.jail.exit_message();
+                self.broken = Some(message.clone());
+                let code = self.jail.exit_code();
+                self.jail.stop(StopMode::Kill);
+                return if code == Some(vmm_exit::STRICT_IO) {
+                    InvokeError::IoViolation(message)
+                } else {
+                    InvokeError::VmExited(message)
+                };
+            }
+        };
+        self.broken = Some(err.to_string());
+        self.jail.stop(StopMode::Kill);
+        err
+    }
+
+    /// Stops the VM and removes its jail (graceful unless it is broken).
+    pub fn stop(mut self) -> StopReport {
+        let mode = if self.broken.is_some() {
+            StopMode::Kill
+        } else {
+            StopMode::Graceful
+        };
+        self.jail.stop(mode)
+    }
+
+    /// What the guest printed on its console (the last 16 KiB).
+    pub fn console(&self) -> String {
+        self.jail.logs().console()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_fit_the_jailer() {
+        let id = instance_id("echo", 7);
+        assert!(id.starts_with("echo-7-"), "{id}");
+        let long = instance_id(&"f_".repeat(40), u64::MAX);
+        assert!(long.len() <= 64, "{long}");
+        assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+}
