@@ -60,7 +60,8 @@ fn boot_linux(kernel: &Path, initramfs: &Path, vcpus: u8, timeout: Duration) {
     if !is_pvm_host() {
         milestones.push(Milestone::new("init ready", READY_MARKER));
     }
-    let context = format!("{} with {vcpus} vCPUs: ", kernel.display());
+    let name = kernel.file_name().unwrap_or_default().to_string_lossy();
+    let context = format!("{name}, {vcpus} vCPU(s): ");
 
     let start = Instant::now();
     let mut child = KillOnDrop::new(spawn(
