@@ -2,17 +2,17 @@
 //! flag and the value, exit status 1, and nothing is created. These run as any user: every
 //! error here is found before the jailer touches the system.
 
-use std::path::{Path, PathBuf};
+use kiln_tests::ScratchDir;
+use std::path::Path;
 use std::process::{Command, Output};
 
 const JAILER: &str = env!("CARGO_BIN_EXE_jailer");
 
-struct Scratch(PathBuf);
+struct Scratch(ScratchDir);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kiln-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ScratchDir::new(&format!("kiln-cli-{name}"));
         std::fs::create_dir_all(dir.join("base")).unwrap();
         Scratch(dir)
     }
@@ -25,12 +25,6 @@ impl Scratch {
     fn assert_untouched(&self) {
         let left: Vec<_> = std::fs::read_dir(self.0.join("base")).unwrap().collect();
         assert!(left.is_empty(), "the jailer created {left:?}");
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -142,7 +136,7 @@ fn exec_file_problems_each_get_their_error() {
     );
     expect_error(
         "exec-dir",
-        |a, s| set(a, "--exec-file", &s.0.display().to_string()),
+        |a, s| set(a, "--exec-file", &s.0.path().display().to_string()),
         ": not a regular file",
     );
 }

@@ -1,7 +1,7 @@
 //! Kiln's Linux guest assets (built by scripts/assets.sh) and the kernel command line that
 //! boots them on this kind of host. See guest/kernel/README.md.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The built guest assets, from `$KILN_CACHE/assets/current/`.
 #[derive(Debug, Clone)]
@@ -75,27 +75,6 @@ pub fn require_linux_assets() -> LinuxAssets {
     assets
 }
 
-/// Path of an executable found in `PATH`, panicking with how to install it when missing.
-pub fn require_program(name: &str, debian_package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-        .unwrap_or_else(|| {
-            panic!(
-                "MISSING PRECONDITION: {name} is not installed (Debian package {debian_package}); \
-                 run scripts/assets.sh (the README's test command does)"
-            )
-        })
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,16 +85,5 @@ mod tests {
         assert!(QEMU_MICROVM_CMDLINE.ends_with(HOST_WORKAROUND_ARGS));
         assert!(KERNEL_CMDLINE.contains("reboot=k"));
         assert!(QEMU_MICROVM_CMDLINE.contains("reboot=t"));
-    }
-
-    #[test]
-    fn finds_a_program_in_path() {
-        assert!(require_program("sh", "dash").is_file());
-    }
-
-    #[test]
-    #[should_panic(expected = "MISSING PRECONDITION: kiln-no-such-program is not installed")]
-    fn names_a_missing_program() {
-        require_program("kiln-no-such-program", "none");
     }
 }

@@ -4,14 +4,13 @@
 //! namespaces, files).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::process::{line_reader, spawn, stderr_reader};
 use crate::{require_bin, require_root, unique_id};
 
 /// One test's jail: its id, chroot base directory, parent cgroup and identity.
@@ -57,11 +56,17 @@ impl Jail {
 
     /// The jailer with this jail's common flags, `flags`, then `--` and the probe actions.
     pub fn command(&self, flags: &[&str], probe_args: &[&str]) -> Command {
+        self.command_for(&self.probe, flags, probe_args)
+    }
+
+    /// As [`Jail::command`], jailing `exec` (another binary, e.g. the real `vmm`) with
+    /// `args`.
+    pub fn command_for(&self, exec: &Path, flags: &[&str], args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.jailer);
         cmd.arg("--id")
             .arg(&self.id)
             .arg("--exec-file")
-            .arg(&self.probe)
+            .arg(exec)
             .arg("--uid")
             .arg(self.uid.to_string())
             .arg("--gid")
@@ -73,8 +78,37 @@ impl Jail {
             .arg("--parent-cgroup-relative")
             .args(flags)
             .arg("--")
-            .args(probe_args);
+            .args(args);
         cmd
+    }
+
+    /// Writes a tenant profile (`--profile`) with `text` into the base directory.
+    pub fn write_profile(&self, text: &str) -> PathBuf {
+        let path = self.base.join("profile.json");
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+
+    /// Writes a seccomp policy (`--seccomp-policy`) into the base directory: the built-in
+    /// policies/seccomp/jail.json with `rules` (a JSON list of rules) in place of its rules
+    /// for the same syscalls, for probes that need more than a VMM does.
+    pub fn seccomp_policy_with(&self, rules: serde_json::Value) -> PathBuf {
+        let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/seccomp/jail.json");
+        let text = std::fs::read_to_string(&builtin)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", builtin.display()));
+        let mut policy: serde_json::Value = serde_json::from_str(&text).expect("jail.json is JSON");
+        let rules = rules.as_array().expect("a list of rules");
+        let names: Vec<&serde_json::Value> = rules.iter().map(|r| &r["syscall"]).collect();
+        let main = policy["main"]["filter"]
+            .as_array_mut()
+            .expect("jail.json has main.filter");
+        main.retain(|r| !names.contains(&&r["syscall"]));
+        main.extend(rules.iter().cloned());
+        let path = self.base.join("policy.json");
+        std::fs::write(&path, policy.to_string())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
     }
 
     /// `jailer cleanup` for this jail.
@@ -175,6 +209,11 @@ impl Report {
     }
 }
 
+/// Runs the jailer `cmd` to its end (see [`Running::finish`]).
+pub fn run(cmd: &mut Command, timeout: Duration) -> Finished {
+    Running::spawn(cmd).finish(timeout)
+}
+
 /// A jailer started with piped stdio; the probe's output is read as it comes.
 pub struct Running {
     pub child: Child,
@@ -186,34 +225,12 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
+        let mut child = spawn(cmd.stdin(Stdio::piped()));
         Running {
+            stdin: child.stdin.take(),
+            lines: line_reader(&mut child),
+            stderr: stderr_reader(&mut child),
             child,
-            stdin,
-            lines: rx,
-            stderr,
             report: Report::default(),
         }
     }
@@ -406,80 +423,4 @@ pub fn sh(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Panics unless `program` can be found (a tool the test needs, with its Debian package).
-pub fn require_tool(program: &str, package: &str) {
-    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(program).is_file());
-    assert!(
-        found,
-        "MISSING PRECONDITION: {program} not found; install the Debian package {package}"
-    );
-}
-
-/// Size of one descriptor in an SCM_RIGHTS message.
-const FD_BYTES: u32 = libc::c_int::BITS / 8;
-
-/// Sends `fd` over a connected unix socket (SCM_RIGHTS).
-pub fn send_fd(socket: &std::os::unix::net::UnixStream, fd: &impl AsRawFd) -> std::io::Result<()> {
-    let mut byte = [b'x'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let raw = fd.as_raw_fd();
-    // SAFETY: CMSG_SPACE/CMSG_LEN are size computations.
-    let space = unsafe { libc::CMSG_SPACE(FD_BYTES) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below points into a live buffer.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: `control` holds one full header of `space` bytes.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(FD_BYTES) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), raw);
-    }
-    // SAFETY: sendmsg reads the buffers described by `msg`.
-    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Fields of /proc/PID/status.
-pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
-}
-
-/// Waits until process `pid` is gone (or a zombie), up to `timeout`.
-pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(s)
-                if s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
-            {
-                return true
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    false
 }

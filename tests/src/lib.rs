@@ -4,17 +4,25 @@
 //! checked by a `require_*` function that panics with a message naming what is missing and
 //! how to get it: a test never passes silently because its environment was incomplete.
 
+pub mod api;
 pub mod assets;
+pub mod elf;
+pub mod errno;
+pub mod fdpass;
 pub mod jail;
+pub mod metrics;
+pub mod milestones;
 pub mod netns;
+pub mod process;
+pub mod scratch;
 pub mod security;
 pub mod tiny;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+
+pub use process::{run_with_timeout, wait_with_timeout, Finished, KillOnDrop};
+pub use scratch::ScratchDir;
 
 /// Panics unless the test runs as root (euid 0).
 pub fn require_root() {
@@ -63,6 +71,28 @@ pub fn require_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Path of an executable found in `PATH` (a tool the test needs: `ip`, `nft`, `qemu-...`),
+/// panicking with the Debian package to install when it is missing.
+pub fn require_program(name: &str, debian_package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "MISSING PRECONDITION: {name} is not installed (Debian package {debian_package}); \
+                 the README's test command installs it (test.sh, scripts/assets.sh)"
+            )
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
 /// Where the set-up keeps built guest assets (outside the repo): `$KILN_CACHE`, else
 /// `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln`. Mirrors scripts/lib.sh.
 pub fn cache_dir() -> PathBuf {
@@ -83,86 +113,18 @@ pub fn unique_id(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
-/// What a bounded run of a child process produced.
-#[derive(Debug)]
-pub struct Finished {
-    /// `None` when the process was killed at the deadline.
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-    pub elapsed: Duration,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Finished {
-    /// The exit code, panicking with the whole output when the process timed out or was
-    /// killed by a signal.
-    pub fn code(&self) -> i32 {
-        match self.status.and_then(|s| s.code()) {
-            Some(c) => c,
-            None => panic!(
-                "process did not exit normally (status {:?})\n{}",
-                self.status, self
-            ),
-        }
+    #[test]
+    fn finds_a_program_in_path() {
+        assert!(require_program("sh", "dash").is_file());
     }
-}
 
-impl std::fmt::Display for Finished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "--- status: {:?} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-            self.status, self.elapsed, self.stdout, self.stderr
-        )
+    #[test]
+    #[should_panic(expected = "MISSING PRECONDITION: kiln-no-such-program is not installed")]
+    fn names_a_missing_program() {
+        require_program("kiln-no-such-program", "none");
     }
-}
-
-/// Runs `cmd` with stdout and stderr captured, killing it (SIGKILL) if it has not exited
-/// after `timeout`. Stdin is /dev/null.
-pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Finished {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    wait_with_timeout(&mut child, timeout, start)
-}
-
-/// Waits for a spawned child whose stdout/stderr are piped, killing it at the deadline.
-pub fn wait_with_timeout(child: &mut Child, timeout: Duration, start: Instant) -> Finished {
-    let out = child.stdout.take().map(drain);
-    let err = child.stderr.take().map(drain);
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(s) => break Some(s),
-            None if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let stdout = out
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    let stderr = err
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    Finished {
-        status,
-        stdout,
-        stderr,
-        elapsed: start.elapsed(),
-    }
-}
-
-fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
 }

@@ -1,14 +1,15 @@
-//! Network namespaces and tap devices a test makes for itself (removed when dropped), and
-//! raw Ethernet frames on such a tap from the host side: an `AF_PACKET` socket opened inside
-//! the namespace. Test traffic never leaves the namespace the test made.
+//! Network namespaces and tap devices a test makes for itself (removed when dropped), two
+//! namespaces joined by a veth pair, code run inside a namespace, and raw Ethernet frames on
+//! a tap from the host side: an `AF_PACKET` socket opened inside the namespace. Test traffic
+//! never leaves the namespaces the test made.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::assets::require_program;
-use crate::{require_root, unique_id};
+use crate::{require_program, require_root, unique_id};
 
 /// `ETH_P_ALL` (0x0003) in network byte order, as `socket` and `sockaddr_ll` want it.
 const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
@@ -70,6 +71,11 @@ impl NetNs {
         ip(&["-n", &self.name, "link", "set", tap, "up"]);
     }
 
+    /// Runs `f` inside the namespace (see [`in_netns`]).
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(Some(&self.name), f)
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(require_program("ip", "iproute2"));
@@ -79,25 +85,13 @@ impl NetNs {
 
     /// An `AF_PACKET` socket bound to interface `ifname` of this namespace.
     pub fn packet_socket(&self, ifname: &str) -> PacketSocket {
-        let ns_path = format!("/run/netns/{}", self.name);
         let ifname = ifname.to_string();
-        // setns() changes the namespace of the calling thread only: a short-lived thread
-        // opens the socket, which stays in that namespace.
-        std::thread::spawn(move || -> PacketSocket {
-            let ns = std::fs::File::open(&ns_path)
-                .unwrap_or_else(|e| panic!("cannot open {ns_path}: {e}"));
-            // SAFETY: setns on a namespace file we hold open; affects this thread only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns({ns_path}): {}",
-                std::io::Error::last_os_error()
-            );
+        // The socket stays in the namespace it was opened in.
+        self.run_inside(move || -> PacketSocket {
             let cname = CString::new(ifname.clone()).expect("interface name");
             // SAFETY: if_nametoindex reads a NUL-terminated string we own.
             let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-            assert!(index != 0, "no interface {ifname} in {ns_path}");
+            assert!(index != 0, "no interface {ifname} in the namespace");
             // SAFETY: plain socket creation; the result is checked.
             let fd = unsafe {
                 libc::socket(
@@ -134,8 +128,6 @@ impl NetNs {
             );
             PacketSocket(fd)
         })
-        .join()
-        .expect("packet socket thread")
     }
 }
 
@@ -144,6 +136,91 @@ impl Drop for NetNs {
         let _ = Command::new(require_program("ip", "iproute2"))
             .args(["netns", "delete", &self.name])
             .output();
+    }
+}
+
+/// A name for a tap device: `prefix`, then digits unique to this process and call, within
+/// IFNAMSIZ (15 bytes).
+pub fn tap_name(prefix: &str) -> String {
+    let digits: String = unique_id("").chars().filter(char::is_ascii_digit).collect();
+    let room = 15usize.saturating_sub(prefix.len());
+    format!("{prefix}{}", &digits[digits.len().saturating_sub(room)..])
+}
+
+/// Runs `f` on a short-lived thread inside network namespace `ns` (`None`: the test's
+/// own): `setns` changes the calling thread's namespace only. A socket opened there stays in
+/// that namespace.
+pub fn in_netns<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.map(|n| format!("/run/netns/{n}"));
+    std::thread::spawn(move || {
+        if let Some(path) = path {
+            let file =
+                std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            // SAFETY: setns on a namespace file we hold open; affects this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Two network namespaces joined by a veth pair, deleted when dropped: `a` for the jail
+/// (`va`, 10.252.N.1/24), `b` the outside world (`vb`, 10.252.N.2 and .3). Only traffic
+/// between them is ever sent.
+pub struct NsPair {
+    pub a: String,
+    pub b: String,
+    /// `10.252.N`.
+    pub net: String,
+}
+
+impl NsPair {
+    pub fn new(tag: &str) -> NsPair {
+        require_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() % 40) * 6 + NEXT.fetch_add(1, Ordering::Relaxed) % 6 + 1;
+        let id = unique_id(tag);
+        let pair = NsPair {
+            a: format!("{id}-a"),
+            b: format!("{id}-b"),
+            net: format!("10.252.{n}"),
+        };
+        let (a, b, net) = (pair.a.as_str(), pair.b.as_str(), pair.net.as_str());
+        ip(&["netns", "add", a]);
+        ip(&["netns", "add", b]);
+        ip(&[
+            "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b,
+        ]);
+        for (ns, dev, host) in [(a, "va", 1), (b, "vb", 2), (b, "vb", 3)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{net}.{host}/24"),
+                "dev",
+                dev,
+            ]);
+        }
+        for (ns, dev) in [(a, "va"), (b, "vb"), (a, "lo"), (b, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    /// `/run/netns/<a>`, for the jailer's `--netns`.
+    pub fn a_path(&self) -> String {
+        format!("/run/netns/{}", self.a)
+    }
+}
+
+impl Drop for NsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -196,18 +273,7 @@ impl NetNs {
     /// is answered or `timeout` passes; returns the answered request's round-trip time.
     /// (A raw ICMP socket: no `ping` binary needed.)
     pub fn ping(&self, addr: std::net::Ipv4Addr, timeout: Duration) -> Option<Duration> {
-        let ns_path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || -> Option<Duration> {
-            let ns = std::fs::File::open(&ns_path)
-                .unwrap_or_else(|e| panic!("cannot open {ns_path}: {e}"));
-            // SAFETY: setns on a namespace file we hold open; affects this thread only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns({ns_path}): {}",
-                std::io::Error::last_os_error()
-            );
+        self.run_inside(move || -> Option<Duration> {
             // SAFETY: plain socket creation; the result is checked.
             let fd = unsafe {
                 libc::socket(
@@ -289,8 +355,6 @@ impl NetNs {
             }
             None
         })
-        .join()
-        .expect("ping thread")
     }
 }
 
@@ -309,4 +373,16 @@ fn checksum(data: &[u8]) -> u16 {
 /// The size of an address struct, as `bind`/`sendto` want it.
 fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_fit_ifnamsiz_and_differ() {
+        let (a, b) = (tap_name("kiln-tap"), tap_name("kiln-tap"));
+        assert!(a.starts_with("kiln-tap") && a.len() <= 15, "{a}");
+        assert_ne!(a, b);
+    }
 }

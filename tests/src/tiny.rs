@@ -18,6 +18,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::Finished;
+
 /// Prefix of every line the guest prints.
 pub const PREFIX: &str = "KILN-TINY: ";
 /// First line when entered through the Linux 64-bit boot protocol.
@@ -292,19 +294,20 @@ pub fn parse_hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
 }
 
-/// Path of `qemu-system-x86_64`, panicking with a clear message when it is not installed.
-pub fn require_qemu() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("qemu-system-x86_64"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "MISSING PRECONDITION: qemu-system-x86_64 is not installed; install Debian's \
-             qemu-system-x86 package (apt-get install -y qemu-system-x86)"
-        )
-    })
+/// Asserts that a VMM run of a scenario that ends with `done` went well: the VMM exited 0
+/// without panicking, and the guest printed `done` and no error line. Returns the guest's
+/// output.
+pub fn assert_clean_run(f: &Finished) -> TinyOutput {
+    assert!(!f.stderr.contains("panicked"), "the VMM panicked\n{f}");
+    assert_eq!(f.code(), 0, "{f}");
+    let out = TinyOutput::parse(&f.stdout);
+    assert!(out.done, "the guest did not finish\n{f}");
+    assert!(
+        out.errors().is_empty(),
+        "guest errors {:?}\n{f}",
+        out.errors()
+    );
+    out
 }
 
 /// A QEMU microvm command booting `elf` (through PVH: QEMU uses the ELF note) with

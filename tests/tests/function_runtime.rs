@@ -16,14 +16,15 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_guest_builder::{build_function, Image};
 use kiln_protocol::{decode_error, ErrorCode, Header, Kind, HEADER_LEN};
-use kiln_tests::{require_bin, require_kvm, unique_id, wait_with_timeout, Finished};
+use kiln_tests::process::spawn;
+use kiln_tests::{require_bin, require_kvm, wait_with_timeout, Finished, KillOnDrop, ScratchDir};
 
 /// Generous: a cold start takes milliseconds; a hang is killed at the deadline.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,44 +48,25 @@ fn image(name: &str) -> Image {
     image
 }
 
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        // Short: the vsock socket paths must fit in sun_path.
-        let dir = std::env::temp_dir().join(unique_id("kfn"));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One function VM and the worker's end of its vsock stream.
 struct Vm {
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
     stream: UnixStream,
     started: Instant,
     /// VMM start to Hello.
     cold: Duration,
     hello: String,
-    _dir: Scratch,
+    _dir: ScratchDir,
 }
 
 impl Vm {
     fn boot(image: &Image, boot_args: &str, entry: &str) -> Vm {
         require_kvm();
         let vmm = require_bin("vmm");
-        let dir = Scratch::new();
-        let uds = dir.0.join("v.sock");
-        let listen_path = dir
-            .0
-            .join(format!("v.sock_{}", kiln_protocol::GUEST_CONNECT_PORT));
+        // Short: the vsock socket paths must fit in sun_path.
+        let dir = ScratchDir::new("kfn");
+        let uds = dir.join("v.sock");
+        let listen_path = dir.join(format!("v.sock_{}", kiln_protocol::GUEST_CONNECT_PORT));
         let listener = UnixListener::bind(&listen_path)
             .unwrap_or_else(|e| panic!("listen on {}: {e}", listen_path.display()));
         listener
@@ -101,19 +83,16 @@ impl Vm {
             },
             "vsock": { "guest_cid": 3, "uds_path": uds },
         });
-        let config_path = dir.0.join("vm.json");
-        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let config_path = dir.write("vm.json", config.to_string());
         let started = Instant::now();
-        let mut child = Command::new(vmm)
-            .arg("--config-file")
-            .arg(&config_path)
-            .arg("--no-api")
-            .args(["--boot-entry", entry])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vmm");
+        let mut child = KillOnDrop::new(spawn(
+            Command::new(vmm)
+                .arg("--config-file")
+                .arg(&config_path)
+                .arg("--no-api")
+                .args(["--boot-entry", entry])
+                .stdin(Stdio::null()),
+        ));
         let stream = loop {
             match listener.accept() {
                 Ok((s, _)) => break s,
@@ -214,15 +193,6 @@ impl Vm {
         match self.child.take() {
             Some(mut c) => wait_with_timeout(&mut c, Duration::from_secs(10), self.started),
             None => panic!("finish called twice"),
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -139,19 +139,35 @@ fn compile(json: &Path, out: &Path) -> kiln_tests::Finished {
     run_with_timeout(&mut cmd, TIMEOUT)
 }
 
+/// Boots `print` with the filter set `set` as `--seccomp-filter`, once as `<name>.json` and
+/// once compiled by kiln-seccompiler (which must succeed) as `<name>.bpf`: each file and
+/// its run.
+fn boot_with_filter_set(
+    dir: &Scratch,
+    name: &str,
+    set: &serde_json::Value,
+) -> Vec<(PathBuf, kiln_tests::Finished)> {
+    let json = write_json(dir, &format!("{name}.json"), set);
+    let compiled = dir.path(&format!("{name}.bpf"));
+    let c = compile(&json, &compiled);
+    assert_eq!(c.code(), 0, "{c}");
+    [json, compiled]
+        .into_iter()
+        .map(|file| {
+            let f = boot_print(
+                dir,
+                &["--seccomp-filter", file.to_str().expect("utf-8")],
+                &[],
+            );
+            (file, f)
+        })
+        .collect()
+}
+
 #[test]
 fn a_custom_filter_set_replaces_the_built_in_one_as_json_or_compiled() {
     let dir = Scratch::new("kiln-sc-custom");
-    let json = write_json(&dir, "set.json", &policy_set(|_| {}));
-    let compiled = dir.path("set.bpf");
-    let c = compile(&json, &compiled);
-    assert_eq!(c.code(), 0, "{c}");
-    for file in [&json, &compiled] {
-        let f = boot_print(
-            &dir,
-            &["--seccomp-filter", file.to_str().expect("utf-8")],
-            &[],
-        );
+    for (file, f) in boot_with_filter_set(&dir, "set", &policy_set(|_| {})) {
         assert_eq!(f.code(), 0, "--seccomp-filter {}: {f}", file.display());
         let out = tiny::TinyOutput::parse(&f.stdout);
         assert!(out.done && out.errors().is_empty(), "{f}");
@@ -167,16 +183,7 @@ fn a_custom_filter_denying_kvm_run_kills_the_vmm_with_sigsys() {
         rules.retain(|r| !(r["syscall"] == "ioctl" && r["args"][0]["val"] == 0xae80));
         assert_eq!(rules.len(), before - 1, "vcpu.json has one KVM_RUN rule");
     });
-    let json = write_json(&dir, "no-kvm-run.json", &set);
-    let compiled = dir.path("no-kvm-run.bpf");
-    let c = compile(&json, &compiled);
-    assert_eq!(c.code(), 0, "{c}");
-    for file in [&json, &compiled] {
-        let f = boot_print(
-            &dir,
-            &["--seccomp-filter", file.to_str().expect("utf-8")],
-            &[],
-        );
+    for (file, f) in boot_with_filter_set(&dir, "no-kvm-run", &set) {
         let signal = f.status.and_then(|s| s.signal());
         assert_eq!(
             signal,

@@ -26,8 +26,8 @@
 
 mod seccomp_common;
 
-use kiln_tests::assets::require_program;
-use seccomp_common::{abort_run, lifecycle, Launch, Outcome, Scratch};
+use kiln_tests::{require_program, ScratchDir};
+use seccomp_common::{abort_run, lifecycle, Launch, Outcome};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -573,10 +573,10 @@ fn the_lifecycle_uses_exactly_what_the_policies_allow() {
     let strace = require_program("strace", "strace");
     // KILN_SECCOMP_TRACES=DIR keeps the traces (one directory per run, one file per
     // thread) for reading; otherwise they go to a scratch directory removed afterwards.
-    let scratch = Scratch::new("kiln-seccomp-audit");
+    let scratch = ScratchDir::new("kiln-seccomp-audit");
     let traces = std::env::var_os("KILN_SECCOMP_TRACES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| scratch.0.clone());
+        .unwrap_or_else(|| scratch.path().to_path_buf());
     let outcomes = traced_lifecycle(&strace, &traces);
     let failed: Vec<String> = outcomes
         .iter()

@@ -24,19 +24,19 @@
 //! `<target>/security/guest.txt`. Needs root, /dev/kvm and iproute2.
 //! Alone: `cargo test -p kiln-tests --test security_guest -- --nocapture`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kiln_tests::metrics::Metrics;
 use kiln_tests::netns::NetNs;
-use kiln_tests::security::{
-    api_request, line_reader, stderr_reader, table, write_report, Row, Slots,
-};
+use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
+use kiln_tests::security::report::{table, write_report, Row};
+use kiln_tests::security::tenant::Slots;
 use kiln_tests::tiny::{self, TinyOutput};
-use kiln_tests::{require_bin, require_kvm, require_root, unique_id};
+use kiln_tests::{api, require_bin, require_kvm, require_root, unique_id, KillOnDrop, ScratchDir};
 
 const T: Duration = Duration::from_secs(40);
 const SECTORS: usize = 64;
@@ -45,7 +45,7 @@ const HOST_MAC: [u8; 6] = [0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x09];
 
 /// Scratch files of one scenario.
 struct Scratch {
-    dir: PathBuf,
+    dir: ScratchDir,
     disk: PathBuf,
     ro: PathBuf,
     beside: PathBuf,
@@ -54,8 +54,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique_id(&format!("kiln-sec-guest-{name}")));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let dir = ScratchDir::new(&format!("kiln-sec-guest-{name}"));
         let mut x: u32 = 0x9e37_79b9 ^ u32::try_from(name.len()).unwrap_or(0);
         let mut bytes = |n: usize| -> Vec<u8> {
             (0..n)
@@ -105,32 +104,6 @@ impl Scratch {
             })
             .collect()
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Counters summed over the metrics lines the VMM wrote.
-fn metrics(path: &Path) -> BTreeMap<String, u64> {
-    let mut sums = BTreeMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let Ok(serde_json::Value::Object(groups)) = serde_json::from_str::<serde_json::Value>(line)
-        else {
-            continue;
-        };
-        for (group, v) in groups {
-            if let serde_json::Value::Object(fields) = v {
-                for (name, value) in fields {
-                    *sums.entry(format!("{group}.{name}")).or_insert(0) +=
-                        value.as_u64().unwrap_or(0);
-                }
-            }
-        }
-    }
-    sums
 }
 
 /// What one scenario needs and what it must show.
@@ -376,11 +349,9 @@ fn run_scenario(sc: &Scenario) -> Vec<Row> {
         .arg("--no-api")
         .arg("--metrics-path")
         .arg(&metrics_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawn the VMM");
+    let mut child = KillOnDrop::new(spawn(&mut cmd));
     let lines = line_reader(&mut child);
     let stderr = stderr_reader(&mut child);
     // The network side: frames seen on the tap; frames sent when the guest waits for them.
@@ -431,7 +402,7 @@ fn run_scenario(sc: &Scenario) -> Vec<Row> {
     }
     let err = stderr.join().unwrap_or_default();
     let guest = TinyOutput::parse(&out);
-    let m = metrics(&metrics_path);
+    let m = Metrics::read(&metrics_path);
     let mut rows = Vec::new();
     let detail = || format!("--- guest:\n{out}--- stderr:\n{err}");
     // The VMM: ran the guest to its end, exited 0, nothing panicked.
@@ -466,7 +437,7 @@ fn run_scenario(sc: &Scenario) -> Vec<Row> {
         ));
     }
     for (name, min) in sc.counters {
-        let v = m.get(*name).copied().unwrap_or(0);
+        let v = m.sum(name);
         rows.push(row(
             sc.name,
             name,
@@ -522,18 +493,16 @@ fn run_storm() -> Vec<Row> {
     let s = Scratch::new("irq-storm");
     let cfg = config(&s, "kiln.test=irq-storm", None);
     let (metrics_path, api) = (s.dir.join("metrics.json"), s.dir.join("api.sock"));
-    let mut child = Command::new(require_bin("vmm"))
-        .arg("--config-file")
-        .arg(&cfg)
-        .arg("--api-sock")
-        .arg(&api)
-        .arg("--metrics-path")
-        .arg(&metrics_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the VMM");
+    let mut child = KillOnDrop::new(spawn(
+        Command::new(require_bin("vmm"))
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--api-sock")
+            .arg(&api)
+            .arg("--metrics-path")
+            .arg(&metrics_path)
+            .stdin(Stdio::null()),
+    ));
     let lines = line_reader(&mut child);
     let stderr = stderr_reader(&mut child);
     let mut out = Vec::new();
@@ -556,14 +525,14 @@ fn run_storm() -> Vec<Row> {
     let storm_lines = |out: &[String]| out.iter().filter(|l| l.contains("storm ipi n=")).count();
     let mut steps: Vec<(&str, String, bool)> = Vec::new();
     if ipi {
-        let (code, body) = api_request(&api, "GET", "/", "");
+        let (code, body) = api::request(&api, "GET", "/", "");
         steps.push((
             "GET / during the storm",
             format!("{code} {}", body.trim()),
             code == 200 && body.contains("Running"),
         ));
         let t = Instant::now();
-        let (code, _) = api_request(&api, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+        let (code, _) = api::request(&api, "PATCH", "/vm", r#"{"state": "Paused"}"#);
         steps.push((
             "pause the storming vCPU",
             format!("{code} in {:?}", t.elapsed()),
@@ -584,7 +553,7 @@ fn run_storm() -> Vec<Row> {
             format!("{} lines while paused", still - paused_at),
             still == paused_at,
         ));
-        let (code, _) = api_request(&api, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+        let (code, _) = api::request(&api, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
         let resumed = code == 204;
         let before = storm_lines(&out);
         let deadline = Instant::now() + T;
@@ -598,7 +567,7 @@ fn run_storm() -> Vec<Row> {
             format!("{code}, {} new lines", storm_lines(&out) - before),
             resumed && storm_lines(&out) > before,
         ));
-        let (code, _) = api_request(
+        let (code, _) = api::request(
             &api,
             "PUT",
             "/actions",
@@ -611,20 +580,8 @@ fn run_storm() -> Vec<Row> {
         ));
     }
     // SIGTERM stops it (the vCPU is kicked out of KVM_RUN).
-    // SAFETY: SIGTERM to our child, the VMM.
-    unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGTERM) };
     let t = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break Some(st);
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = terminate(&mut child, Duration::from_secs(10));
     let err = stderr.join().unwrap_or_default();
     let code = status.and_then(|s| s.code());
     rows.push(row(
@@ -654,13 +611,13 @@ fn run_storm() -> Vec<Row> {
         format!("exit {code:?} after {:?}", t.elapsed()),
         code == Some(0) && !err.contains("panicked"),
     ));
-    let m = metrics(&metrics_path);
+    let m = Metrics::read(&metrics_path);
     for (counter, min) in [
         ("block.unsupported_count", 1000u64),
         ("vmm.pauses", 1),
         ("vmm.resumes", 1),
     ] {
-        let v = m.get(counter).copied().unwrap_or(0);
+        let v = m.sum(counter);
         rows.push(row(
             name,
             counter,

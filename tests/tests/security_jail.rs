@@ -32,13 +32,12 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_tests::jail::require_tool;
-use kiln_tests::security::{
-    attempts, default_profile_path, file_handle, matches, run_jailer, serve_fd, table,
-    write_report, AttemptInfo, Decoy, Got, Listeners, NsPair, ProbeRun, Row, Slots, Tenant, Victim,
-    ALLOW_ALL_POLICY,
-};
-use kiln_tests::{require_kvm, require_root};
+use kiln_tests::netns::NsPair;
+use kiln_tests::security::outside::{file_handle, serve_fd, Listeners, Victim};
+use kiln_tests::security::probe::{attempts, matches, run_jailer, AttemptInfo, Got, ProbeRun};
+use kiln_tests::security::report::{table, write_report, Row};
+use kiln_tests::security::tenant::{default_profile_path, Decoy, Slots, Tenant, ALLOW_ALL_POLICY};
+use kiln_tests::{require_kvm, require_program, require_root};
 
 /// A jail configuration: the full jail, or one with layers switched off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,11 +108,7 @@ type Expectation = (&'static str, &'static str, &'static [(Cfg, &'static str)]);
 const EXPECTED: &[Expectation] = &[
     // Descriptors.
     ("fds.inherited", "NONE jailer-closes-fds", &[]),
-    (
-        "fds.passed-dir",
-        "EACCES landlock",
-        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
-    ),
+    ("fds.passed-dir", "EACCES landlock", L_OFF_ESCAPED),
     // Files.
     ("fs.etc-shadow", "ENOENT chroot", &[]),
     ("fs.proc-1-root", "ENOENT chroot(no-/proc)", &[]),
@@ -127,11 +122,7 @@ const EXPECTED: &[Expectation] = &[
     ("fs.open-by-handle", "SIGSYS seccomp", S_OFF_EPERM),
     ("fs.write-root", "EROFS read-only-root", &[]),
     ("fs.overwrite-vmm", "ETXTBSY kernel(running)", &[]),
-    (
-        "fs.read-pidfile",
-        "EACCES landlock",
-        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
-    ),
+    ("fs.read-pidfile", "EACCES landlock", L_OFF_ESCAPED),
     (
         "fs.write-pidfile",
         "EACCES uid(root-owned)",
@@ -141,11 +132,7 @@ const EXPECTED: &[Expectation] = &[
     (
         "fs.symlink",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "ESCAPED"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
     ),
     ("fs.hardlink", "SIGSYS seccomp", S_OFF_EXDEV),
     ("fs.chroot-escape", "SIGSYS seccomp", S_OFF_EPERM),
@@ -157,33 +144,18 @@ const EXPECTED: &[Expectation] = &[
     (
         "devices.mknod-char",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "EPERM caps"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "EPERM caps"),
     ),
     (
         "devices.mknod-block",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "EPERM caps"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "EPERM caps"),
     ),
-    (
-        "devices.urandom-write",
-        "EACCES landlock",
-        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
-    ),
+    ("devices.urandom-write", "EACCES landlock", L_OFF_ESCAPED),
     (
         "devices.urandom-ioctl",
         "EACCES landlock",
-        &[
-            (NoLandlock, "EPERM caps"),
-            (NoSeccompLandlock, "EPERM caps"),
-        ],
+        &landlock_off("EPERM caps"),
     ),
     (
         "devices.tun-new-tap",
@@ -237,11 +209,7 @@ const EXPECTED: &[Expectation] = &[
     (
         "net.tcp-host",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "ETIMEDOUT firewall"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "ETIMEDOUT firewall"),
     ),
     (
         "net.udp-host",
@@ -255,28 +223,16 @@ const EXPECTED: &[Expectation] = &[
     (
         "net.tcp-listen",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "ESCAPED"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
     ),
     ("net.packet-socket", "SIGSYS seccomp", S_OFF_EPERM),
     ("net.netlink-addr", "SIGSYS seccomp", S_OFF_EPERM),
-    (
-        "net.abstract-unix",
-        "EPERM landlock(scope)",
-        &[(NoLandlock, "ESCAPED"), (NoSeccompLandlock, "ESCAPED")],
-    ),
+    ("net.abstract-unix", "EPERM landlock(scope)", L_OFF_ESCAPED),
     ("net.other-tenant-socket", "ENOENT chroot", &[]),
     (
         "net.other-tenant-tcp",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES landlock"),
-            (NoSeccompLandlock, "ETIMEDOUT firewall"),
-            (NoSeccompFirewall, "EACCES landlock"),
-        ],
+        &seccomp_off_landlock_decides("EACCES landlock", "ETIMEDOUT firewall"),
     ),
     // Kernel interfaces: seccomp first; then what the host kernel says to an unprivileged
     // process (its sysctls: unprivileged_bpf_disabled, perf_event_paranoid,
@@ -284,20 +240,12 @@ const EXPECTED: &[Expectation] = &[
     (
         "kernel.bpf",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EPERM caps(unprivileged_bpf_disabled)"),
-            (NoSeccompLandlock, "EPERM caps(unprivileged_bpf_disabled)"),
-            (NoSeccompFirewall, "EPERM caps(unprivileged_bpf_disabled)"),
-        ],
+        &seccomp_off("EPERM caps(unprivileged_bpf_disabled)"),
     ),
     (
         "kernel.perf",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EACCES kernel(paranoid)"),
-            (NoSeccompLandlock, "EACCES kernel(paranoid)"),
-            (NoSeccompFirewall, "EACCES kernel(paranoid)"),
-        ],
+        &seccomp_off("EACCES kernel(paranoid)"),
     ),
     ("kernel.keyctl", "SIGSYS seccomp", S_OFF_ESCAPED),
     ("kernel.kexec", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
@@ -306,11 +254,7 @@ const EXPECTED: &[Expectation] = &[
     (
         "kernel.userfaultfd",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EPERM caps(unprivileged_userfaultfd=0)"),
-            (NoSeccompLandlock, "EPERM caps(unprivileged_userfaultfd=0)"),
-            (NoSeccompFirewall, "EPERM caps(unprivileged_userfaultfd=0)"),
-        ],
+        &seccomp_off("EPERM caps(unprivileged_userfaultfd=0)"),
     ),
     ("kernel.iopl", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
     ("kernel.reboot", "SIGSYS seccomp", S_OFF_EPERM),
@@ -324,10 +268,7 @@ const EXPECTED: &[Expectation] = &[
     (
         "kvm.ioctl-other-device",
         "EACCES landlock(ioctl)",
-        &[
-            (NoLandlock, "EINVAL device"),
-            (NoSeccompLandlock, "EINVAL device"),
-        ],
+        &landlock_off("EINVAL device"),
     ),
     // Resources.
     (
@@ -338,11 +279,7 @@ const EXPECTED: &[Expectation] = &[
     (
         "resources.fork-bomb",
         "SIGSYS seccomp",
-        &[
-            (NoSeccomp, "EAGAIN cgroup(pids)"),
-            (NoSeccompLandlock, "EAGAIN cgroup(pids)"),
-            (NoSeccompFirewall, "EAGAIN cgroup(pids)"),
-        ],
+        &seccomp_off("EAGAIN cgroup(pids)"),
     ),
     (
         "resources.memory-hog",
@@ -371,44 +308,40 @@ const EXPECTED: &[Expectation] = &[
     ),
 ];
 
-/// Seccomp stops it; with seccomp off (alone or with Landlock or the firewall) the kernel
-/// answers as below.
-const S_OFF_EPERM: &[(Cfg, &str)] = &[
-    (NoSeccomp, "EPERM caps"),
-    (NoSeccompLandlock, "EPERM caps"),
-    (NoSeccompFirewall, "EPERM caps"),
-];
-const S_OFF_EPERM_OR_ENOSYS: &[(Cfg, &str)] = &[
-    (NoSeccomp, "EPERM|ENOSYS caps(or-compiled-out)"),
-    (NoSeccompLandlock, "EPERM|ENOSYS caps(or-compiled-out)"),
-    (NoSeccompFirewall, "EPERM|ENOSYS caps(or-compiled-out)"),
-];
-const S_OFF_ESRCH: &[(Cfg, &str)] = &[
-    (NoSeccomp, "ESRCH pid-ns"),
-    (NoSeccompLandlock, "ESRCH pid-ns"),
-    (NoSeccompFirewall, "ESRCH pid-ns"),
-];
-const S_OFF_ENOENT: &[(Cfg, &str)] = &[
-    (NoSeccomp, "ENOENT chroot"),
-    (NoSeccompLandlock, "ENOENT chroot"),
-    (NoSeccompFirewall, "ENOENT chroot"),
-];
-const S_OFF_EXDEV: &[(Cfg, &str)] = &[
-    (NoSeccomp, "EXDEV separate-/run-mount"),
-    (NoSeccompLandlock, "EXDEV separate-/run-mount"),
-    (NoSeccompFirewall, "EXDEV separate-/run-mount"),
-];
-const S_OFF_ENOTTY: &[(Cfg, &str)] = &[
-    (NoSeccomp, "ENOTTY stdin-not-a-tty"),
-    (NoSeccompLandlock, "ENOTTY stdin-not-a-tty"),
-    (NoSeccompFirewall, "ENOTTY stdin-not-a-tty"),
-];
+/// With seccomp off (alone, or with Landlock or the firewall): `outcome` in all three.
+const fn seccomp_off(outcome: &'static str) -> [(Cfg, &'static str); 3] {
+    seccomp_off_landlock_decides(outcome, outcome)
+}
+
+/// With seccomp off: `landlock_on` while Landlock is still on (seccomp alone, or with the
+/// firewall), `landlock_off` when it is off too.
+const fn seccomp_off_landlock_decides(
+    landlock_on: &'static str,
+    landlock_off: &'static str,
+) -> [(Cfg, &'static str); 3] {
+    [
+        (NoSeccomp, landlock_on),
+        (NoSeccompLandlock, landlock_off),
+        (NoSeccompFirewall, landlock_on),
+    ]
+}
+
+/// With Landlock off (alone, or with seccomp): `outcome` in both.
+const fn landlock_off(outcome: &'static str) -> [(Cfg, &'static str); 2] {
+    [(NoLandlock, outcome), (NoSeccompLandlock, outcome)]
+}
+
+/// Seccomp stops it; with seccomp off the kernel answers as below.
+const S_OFF_EPERM: &[(Cfg, &str)] = &seccomp_off("EPERM caps");
+const S_OFF_EPERM_OR_ENOSYS: &[(Cfg, &str)] = &seccomp_off("EPERM|ENOSYS caps(or-compiled-out)");
+const S_OFF_ESRCH: &[(Cfg, &str)] = &seccomp_off("ESRCH pid-ns");
+const S_OFF_ENOENT: &[(Cfg, &str)] = &seccomp_off("ENOENT chroot");
+const S_OFF_EXDEV: &[(Cfg, &str)] = &seccomp_off("EXDEV separate-/run-mount");
+const S_OFF_ENOTTY: &[(Cfg, &str)] = &seccomp_off("ENOTTY stdin-not-a-tty");
 /// Only seccomp stops it.
-const S_OFF_ESCAPED: &[(Cfg, &str)] = &[
-    (NoSeccomp, "ESCAPED"),
-    (NoSeccompLandlock, "ESCAPED"),
-    (NoSeccompFirewall, "ESCAPED"),
-];
+const S_OFF_ESCAPED: &[(Cfg, &str)] = &seccomp_off("ESCAPED");
+/// Only Landlock stops it.
+const L_OFF_ESCAPED: &[(Cfg, &str)] = &landlock_off("ESCAPED");
 
 /// What a configuration expects of `attempt`: (key to match, layer).
 fn expected(attempt: &str, cfg: Cfg) -> Option<(String, String)> {
@@ -656,7 +589,7 @@ fn run_config(
 fn the_escape_probe_is_stopped_by_every_layer() {
     require_root();
     require_kvm();
-    require_tool("nft", "nftables");
+    require_program("nft", "nftables");
     let probe = kiln_tests::require_bin("escape-probe");
     let list = attempts(&probe);
     assert!(list.len() >= 40, "only {} attempts", list.len());

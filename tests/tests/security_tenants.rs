@@ -19,25 +19,27 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use kiln_tests::jail::require_tool;
-use kiln_tests::security::{
-    api_request, default_profile_path, file_handle, in_netns, line_reader, matches, read_pid_file,
-    run_jailer, stderr_reader, table, write_report, Got, NsPair, ProbeRun, Row, Tenant,
-    ALLOW_ALL_POLICY,
-};
-use kiln_tests::{require_kvm, require_root, tiny, unique_id};
+use kiln_tests::api;
+use kiln_tests::netns::{in_netns, NsPair};
+use kiln_tests::process::{line_reader, read_pid_file, spawn, stderr_reader};
+use kiln_tests::security::outside::file_handle;
+use kiln_tests::security::probe::{matches, run_jailer, Got, ProbeRun};
+use kiln_tests::security::report::{table, write_report, Row};
+use kiln_tests::security::tenant::{default_profile_path, Tenant, ALLOW_ALL_POLICY};
+use kiln_tests::{require_kvm, require_program, require_root, tiny, unique_id, KillOnDrop};
 
 const T: Duration = Duration::from_secs(30);
 
 /// B: the VMM in its jail, and what the test keeps of it.
 struct TenantB {
+    /// Killed first when dropped, before the tenant's jails are cleaned up.
+    child: KillOnDrop,
     tenant: Tenant,
     id: String,
-    child: Child,
     lines: Receiver<String>,
     ticks: Vec<(Instant, u64)>,
     tap_addr: String,
@@ -79,21 +81,15 @@ impl TenantB {
             s("--api-sock"),
             s("/run/api.sock"),
         ];
-        let mut child = tenant
-            .command(&id, &flags, &args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tenant B");
+        let mut child = spawn(tenant.command(&id, &flags, &args).stdin(Stdio::piped()));
         let lines = line_reader(&mut child);
         let stderr = Some(stderr_reader(&mut child));
         let n = 1 + (std::process::id() % 200);
         let tap_addr = format!("10.253.{n}.1");
         let mut b = TenantB {
+            child: KillOnDrop::new(child),
             tenant,
             id,
-            child,
             lines,
             ticks: Vec::new(),
             tap_addr,
@@ -154,13 +150,6 @@ impl TenantB {
     fn ticks_since(&mut self, t: Instant) -> usize {
         self.collect();
         self.ticks.iter().filter(|(at, _)| *at >= t).count()
-    }
-}
-
-impl Drop for TenantB {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -323,13 +312,13 @@ const BARE: &[Check] = &[
 fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
     require_root();
     require_kvm();
-    require_tool("nft", "nftables");
+    require_program("nft", "nftables");
     let started = Instant::now();
     let mut b = TenantB::start();
     let b_pid = read_pid_file(&b.chroot().join("vmm.pid"), T);
     let b_api = b.chroot().join("run").join("api.sock");
     assert_eq!(
-        api_request(&b_api, "GET", "/", "").0,
+        api::request(&b_api, "GET", "/", "").0,
         200,
         "B's API before the attack"
     );
@@ -397,13 +386,10 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
     let held_id = a.id();
     let mut args = probe_args(&HELD.iter().map(|c| c.attempt).collect::<Vec<_>>(), &b_api);
     args.push("--hold".into());
-    let mut held = a
-        .command(&held_id, &full_flags(&[]), &args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tenant A");
+    let mut held = KillOnDrop::new(spawn(
+        a.command(&held_id, &full_flags(&[]), &args)
+            .stdin(Stdio::piped()),
+    ));
     let held_lines = line_reader(&mut held);
     let held_stderr = stderr_reader(&mut held);
     let mut held_out = String::new();
@@ -511,7 +497,7 @@ fn a_tenant_cannot_reach_its_neighbour_and_the_neighbour_keeps_running() {
     // B after A: still ticking, API answers, same VMM.
     b.wait_ticks(3, T);
     let after = b.ticks_since(killed_at);
-    let (code, body) = api_request(&b_api, "GET", "/", "");
+    let (code, body) = api::request(&b_api, "GET", "/", "");
     let b_same = std::fs::read_to_string(b.chroot().join("vmm.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) == Some(b_pid)
         // SAFETY: signal 0 only checks that B's VMM exists.
         && unsafe { libc::kill(b_pid, 0) } == 0;

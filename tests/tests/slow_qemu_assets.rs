@@ -11,13 +11,15 @@
 //! starting /init; elsewhere it is kiln-init's ready marker.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use kiln_tests::assets::{require_linux_assets, require_program, QEMU_MICROVM_CMDLINE};
-use kiln_tests::{is_pvm_host, require_kvm, require_root, unique_id};
+use kiln_tests::assets::{require_linux_assets, QEMU_MICROVM_CMDLINE};
+use kiln_tests::milestones::{all_seen, note, report, Milestone};
+use kiln_tests::process::spawn;
+use kiln_tests::{is_pvm_host, require_kvm, require_program, require_root, KillOnDrop, ScratchDir};
 
 /// Booting to /init takes ~30–50 s on kvm_pvm hosts (guest ring 0 is emulated); the
 /// margin covers a loaded machine. Elsewhere it takes about a second.
@@ -45,23 +47,6 @@ exec "$@"
 /// Serial lines that end a boot as a failure at once.
 const FATAL: [&str; 2] = ["Kernel panic", "Initramfs unpacking failed"];
 
-/// A line of the serial console that shows the guest got somewhere.
-struct Milestone {
-    what: &'static str,
-    needle: String,
-    seen: Option<Duration>,
-}
-
-impl Milestone {
-    fn new(what: &'static str, needle: impl Into<String>) -> Self {
-        Milestone {
-            what,
-            needle: needle.into(),
-            seen: None,
-        }
-    }
-}
-
 /// The milestones of a kernel that reaches /init, and of kiln-init where it can run.
 fn init_milestones() -> Vec<Milestone> {
     let mut m = vec![Milestone::new(
@@ -79,35 +64,6 @@ enum Event {
     Serial(Instant, String),
     Stderr(String),
     Closed,
-}
-
-/// A temporary directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_id("kiln-qemu-assets"));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create scratch directory {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills QEMU on every way out of a test, including a failed assertion: on kvm_pvm hosts a
-/// guest that resets stops QEMU with "KVM internal error" instead of ending it.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn forward_lines<R: Read + Send + 'static>(
@@ -162,29 +118,25 @@ fn qemu_command(kernel: &Path, cmdline: &str, with_tap: bool) -> Command {
 fn boot(name: &str, mut cmd: Command, mut milestones: Vec<Milestone>) {
     println!("{name}: {cmd:?}");
     let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    // Killed on every way out of a test, including a failed assertion: on kvm_pvm hosts a
+    // guest that resets stops QEMU with "KVM internal error" instead of ending it.
+    let mut qemu = KillOnDrop::new(spawn(cmd.stdin(Stdio::null())));
     let (tx, rx) = mpsc::channel();
     forward_lines(
-        child.stdout.take().expect("piped stdout"),
+        qemu.stdout.take().expect("piped stdout"),
         tx.clone(),
         Event::Serial,
     );
-    forward_lines(child.stderr.take().expect("piped stderr"), tx, |_, l| {
+    forward_lines(qemu.stderr.take().expect("piped stderr"), tx, |_, l| {
         Event::Stderr(l)
     });
-    let mut qemu = Qemu(child);
 
     let mut serial: Vec<String> = Vec::new();
     let mut stderr: Vec<String> = Vec::new();
     let mut console_up: Option<Duration> = None;
     let mut open_streams = 2;
     let failure = loop {
-        if milestones.iter().all(|m| m.seen.is_some()) {
+        if all_seen(&milestones) {
             break None;
         }
         let Some(left) = BOOT_TIMEOUT.checked_sub(start.elapsed()) else {
@@ -194,12 +146,7 @@ fn boot(name: &str, mut cmd: Command, mut milestones: Vec<Milestone>) {
             Ok(Event::Serial(at, line)) => {
                 let t = at.duration_since(start);
                 console_up.get_or_insert(t);
-                for m in milestones.iter_mut().filter(|m| m.seen.is_none()) {
-                    if line.contains(&m.needle) {
-                        m.seen = Some(t);
-                        println!("[{:7.2}s] {}: {line}", t.as_secs_f64(), m.what);
-                    }
-                }
+                note(&mut milestones, &line, t, "");
                 let fatal = FATAL.iter().find(|f| line.contains(*f));
                 serial.push(line);
                 if let Some(f) = fatal {
@@ -216,7 +163,7 @@ fn boot(name: &str, mut cmd: Command, mut milestones: Vec<Milestone>) {
             Ok(Event::Closed) => {
                 open_streams -= 1;
                 if open_streams == 0 {
-                    let status = qemu.0.wait().map(|s| s.to_string()).unwrap_or_default();
+                    let status = qemu.wait().map(|s| s.to_string()).unwrap_or_default();
                     break Some(format!("QEMU exited ({status})"));
                 }
             }
@@ -226,26 +173,20 @@ fn boot(name: &str, mut cmd: Command, mut milestones: Vec<Milestone>) {
     };
     drop(qemu);
 
-    let report: Vec<String> = milestones
-        .iter()
-        .map(|m| match m.seen {
-            Some(t) => format!("  {:7.2}s  {}", t.as_secs_f64(), m.what),
-            None => format!("  missing   {} (no line containing {:?})", m.what, m.needle),
-        })
-        .collect();
+    let report = report(&milestones);
     println!(
         "{name} (kvm_pvm host: {}): console up at {:.2}s, QEMU stopped at {:.2}s\n{}",
         is_pvm_host(),
         console_up.unwrap_or_default().as_secs_f64(),
         start.elapsed().as_secs_f64(),
-        report.join("\n")
+        report
     );
     if let Some(why) = failure {
         let tail = &serial[serial.len().saturating_sub(80)..];
         panic!(
             "{name}: the Linux guest did not boot under QEMU microvm: {why}\nmilestones:\n{}\n\
              --- last serial lines:\n{}\n--- QEMU stderr:\n{}",
-            report.join("\n"),
+            report,
             tail.join("\n"),
             stderr.join("\n")
         );
@@ -260,8 +201,8 @@ fn vmlinux_boots_from_virtio_blk_root_with_ip_config() {
     let assets = require_linux_assets();
 
     // The cached image is shared: the guest mounts a private copy read-write.
-    let scratch = Scratch::new();
-    let rootfs = scratch.0.join("rootfs.ext4");
+    let scratch = ScratchDir::new("kiln-qemu-assets");
+    let rootfs = scratch.join("rootfs.ext4");
     std::fs::copy(&assets.rootfs, &rootfs).unwrap_or_else(|e| {
         panic!(
             "cannot copy {} to {}: {e}",

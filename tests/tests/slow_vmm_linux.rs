@@ -8,38 +8,21 @@
 //! Run with `cargo test -p kiln-tests --test slow_vmm_linux -- --ignored --test-threads=1`
 //! (one at a time: each boot keeps a core busy for about a minute on kvm_pvm hosts).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use kiln_tests::assets::{require_linux_assets, KERNEL_CMDLINE};
-use kiln_tests::{is_pvm_host, require_bin, require_kvm, unique_id};
+use kiln_tests::milestones::{all_seen, note, report, Milestone};
+use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
+use kiln_tests::{is_pvm_host, require_bin, require_kvm, KillOnDrop, ScratchDir};
 
 /// The ELF vmlinux reaches /init in about 40 s on kvm_pvm hosts; a bzImage adds ~90 s of
 /// emulated decompression. The margins cover a loaded machine.
 const VMLINUX_TIMEOUT: Duration = Duration::from_secs(240);
 const BZIMAGE_TIMEOUT: Duration = Duration::from_secs(360);
 const READY_MARKER: &str = "KILN-INIT: ready";
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the VMM on every way out of the test.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn json_path(p: &Path) -> String {
     format!("{:?}", p.to_str().expect("utf-8 path"))
@@ -50,9 +33,7 @@ fn json_path(p: &Path) -> String {
 fn boot_linux(kernel: &Path, initramfs: &Path, vcpus: u8, timeout: Duration) {
     require_kvm();
     let vmm = require_bin("vmm");
-    let dir = Scratch(std::env::temp_dir().join(unique_id("kiln-vmm-linux")));
-    std::fs::create_dir_all(&dir.0).expect("scratch dir");
-    let cfg = dir.0.join("vm.json");
+    let dir = ScratchDir::new("kiln-vmm-linux");
     // On kvm_pvm hosts the `Baseline` CPU template hides what the emulator cannot run, in
     // particular KVM's hypercall-based PV features: a guest `vmcall` never returns there, and
     // an SMP Linux sends its IPIs by hypercall when offered PV send-IPI (docs/vmm.md).
@@ -67,96 +48,50 @@ fn boot_linux(kernel: &Path, initramfs: &Path, vcpus: u8, timeout: Duration) {
         json_path(initramfs),
         KERNEL_CMDLINE
     );
-    std::fs::write(&cfg, text).expect("write config");
+    let cfg = dir.write("vm.json", text);
 
-    let mut milestones: Vec<(&str, String, Option<Duration>)> = vec![
-        ("first serial output", String::new(), None),
-        ("kernel banner", "Linux version".into(), None),
-        ("MP table found", "found SMP MP-table".into(), None),
-        (
-            "CPUs up",
-            format!("smp: Brought up 1 node, {vcpus} CPU"),
-            None,
-        ),
-        (
-            "kernel runs /init",
-            "Run /init as init process".into(),
-            None,
-        ),
+    let mut milestones = vec![
+        Milestone::new("first serial output", ""),
+        Milestone::new("kernel banner", "Linux version"),
+        Milestone::new("MP table found", "found SMP MP-table"),
+        Milestone::new("CPUs up", format!("smp: Brought up 1 node, {vcpus} CPU")),
+        Milestone::new("kernel runs /init", "Run /init as init process"),
     ];
     if !is_pvm_host() {
-        milestones.push(("init ready", READY_MARKER.into(), None));
+        milestones.push(Milestone::new("init ready", READY_MARKER));
     }
+    let name = kernel.file_name().unwrap_or_default().to_string_lossy();
+    let context = format!("{name}, {vcpus} vCPU(s): ");
 
     let start = Instant::now();
-    let mut child = Vmm(Command::new(&vmm)
-        .arg("--config-file")
-        .arg(&cfg)
-        .arg("--no-api")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm"));
-    let (tx, rx) = mpsc::channel::<Option<String>>();
-    let stdout = child.0.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-            let _ = tx.send(Some(String::from_utf8_lossy(&buf).trim_end().to_string()));
-            buf.clear();
-        }
-        let _ = tx.send(None);
-    });
-    let stderr = child.0.stderr.take().expect("stderr");
-    let stderr_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
-        s
-    });
+    let mut child = KillOnDrop::new(spawn(
+        Command::new(&vmm)
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--no-api")
+            .stdin(Stdio::null()),
+    ));
+    let rx = line_reader(&mut child);
+    let stderr_thread = stderr_reader(&mut child);
 
     let mut console = Vec::new();
     let outcome = loop {
-        if milestones.iter().all(|m| m.2.is_some()) {
+        if all_seen(&milestones) {
             break Ok(());
         }
         let left = timeout.saturating_sub(start.elapsed());
         match rx.recv_timeout(left) {
-            Ok(Some(line)) => {
-                let at = start.elapsed();
-                for m in milestones
-                    .iter_mut()
-                    .filter(|m| m.2.is_none() && line.contains(m.1.as_str()))
-                {
-                    m.2 = Some(at);
-                    eprintln!(
-                        "[{:>8.3} s] {} ({vcpus} vCPUs, {})",
-                        at.as_secs_f64(),
-                        m.0,
-                        kernel.display()
-                    );
-                }
+            Ok(line) => {
+                note(&mut milestones, &line, start.elapsed(), &context);
                 console.push(line);
             }
-            Ok(None) => break Err("the VMM closed its stdout (exited) before the last milestone"),
             Err(RecvTimeoutError::Timeout) => break Err("timed out"),
-            Err(RecvTimeoutError::Disconnected) => break Err("console reader ended"),
+            Err(RecvTimeoutError::Disconnected) => {
+                break Err("the VMM closed its stdout (exited) before the last milestone")
+            }
         }
     };
-    // SAFETY: kill(2) on the child's pid, which has not been waited for yet.
-    unsafe { libc::kill(i32::try_from(child.0.id()).expect("pid"), libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().expect("try_wait") {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = child.0.kill();
+    let status = terminate(&mut child, Duration::from_secs(10));
     let stderr = stderr_thread.join().unwrap_or_default();
     let tail = console
         .iter()
@@ -167,12 +102,7 @@ fn boot_linux(kernel: &Path, initramfs: &Path, vcpus: u8, timeout: Duration) {
         .collect::<Vec<_>>()
         .join("\n");
     if let Err(why) = outcome {
-        let missing: Vec<&str> = milestones
-            .iter()
-            .filter(|m| m.2.is_none())
-            .map(|m| m.0)
-            .collect();
-        panic!("{why} after {:?}; missing milestones {missing:?}\n--- console (last 40 lines):\n{tail}\n--- stderr:\n{stderr}", start.elapsed());
+        panic!("{why} after {:?}; milestones:\n{}\n--- console (last 40 lines):\n{tail}\n--- stderr:\n{stderr}", start.elapsed(), report(&milestones));
     }
     assert!(!stderr.contains("panicked"), "the VMM panicked\n{stderr}");
     let status =

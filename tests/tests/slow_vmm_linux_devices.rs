@@ -14,16 +14,20 @@
 //!
 //! Run with `cargo test -p kiln-tests --test slow_vmm_linux_devices -- --ignored`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use kiln_tests::assets::{require_linux_assets, require_program, KERNEL_CMDLINE};
+use kiln_tests::assets::{require_linux_assets, KERNEL_CMDLINE};
+use kiln_tests::milestones::{all_seen, note, report, Milestone};
 use kiln_tests::netns::NetNs;
-use kiln_tests::{is_pvm_host, require_bin, require_kvm, require_root, unique_id};
+use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
+use kiln_tests::{
+    is_pvm_host, require_bin, require_kvm, require_program, require_root, KillOnDrop, ScratchDir,
+};
 
 /// The kernel mounts its root at ~75 s on kvm_pvm hosts; the margin covers a loaded machine.
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -31,24 +35,6 @@ const HOST_IP: &str = "172.16.0.1";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 const GUEST_MAC: &str = "06:00:ac:10:00:02";
 const SPIN_INIT: &str = "/kiln-spin";
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the VMM on every way out of the test.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A static x86-64 ELF whose only instruction is `jmp .`: an init that never makes a
 /// system call.
@@ -109,20 +95,6 @@ fn mount_stamp(image: &Path) -> (u16, u32) {
     )
 }
 
-struct Milestone {
-    what: &'static str,
-    needle: String,
-    seen: Option<Duration>,
-}
-
-fn milestone(what: &'static str, needle: impl Into<String>) -> Milestone {
-    Milestone {
-        what,
-        needle: needle.into(),
-        seen: None,
-    }
-}
-
 #[test]
 #[ignore = "slow tier: boots a Linux kernel (about 1.5 min here) with virtio-blk root and virtio-net; run with ./test.sh slow"]
 fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
@@ -130,14 +102,12 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     require_kvm();
     let assets = require_linux_assets();
     let vmm_bin = require_bin("vmm");
-    let scratch = Scratch(std::env::temp_dir().join(unique_id("kiln-linux-devices")));
-    std::fs::create_dir_all(&scratch.0).expect("scratch dir");
+    let scratch = ScratchDir::new("kiln-linux-devices");
 
     // A private copy of the shared image, with the spinning init in it.
-    let rootfs = scratch.0.join("rootfs.ext4");
+    let rootfs = scratch.join("rootfs.ext4");
     std::fs::copy(&assets.rootfs, &rootfs).expect("copy rootfs.ext4");
-    let spin = scratch.0.join("kiln-spin");
-    std::fs::write(&spin, spin_elf()).expect("write the spin init");
+    let spin = scratch.write("kiln-spin", spin_elf());
     debugfs(
         &rootfs,
         &format!("write {} {}", spin.display(), &SPIN_INIT[1..]),
@@ -152,9 +122,8 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     let boot_args = format!(
         "{KERNEL_CMDLINE} init={SPIN_INIT} ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"
     );
-    let cfg = scratch.0.join("vm.json");
-    std::fs::write(
-        &cfg,
+    let cfg = scratch.write(
+        "vm.json",
         format!(
             "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \
              \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 256}},\n \
@@ -163,65 +132,41 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
             assets.vmlinux.to_str().expect("utf-8 path"),
             rootfs.to_str().expect("utf-8 path"),
         ),
-    )
-    .expect("write config");
+    );
 
     let start = Instant::now();
-    let mut child = ns
-        .command(&vmm_bin)
-        .arg("--config-file")
-        .arg(&cfg)
-        .arg("--no-api")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the VMM");
-    let (tx, rx) = mpsc::channel::<(Instant, String)>();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send((Instant::now(), line)).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().expect("stderr");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut vmm = Vmm(child);
+    let mut vmm = KillOnDrop::new(spawn(
+        ns.command(&vmm_bin)
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--no-api")
+            .stdin(Stdio::null()),
+    ));
+    let rx = line_reader(&mut vmm);
+    let stderr_thread = stderr_reader(&mut vmm);
 
     let mut milestones = [
-        milestone("virtio-blk disk probed", "[vda]"),
-        milestone("eth0 configured from ip=", format!("ipaddr={GUEST_IP}")),
-        milestone("ext4 mounted from vda", "EXT4-fs (vda): mounted filesystem"),
+        Milestone::new("virtio-blk disk probed", "[vda]"),
+        Milestone::new("eth0 configured from ip=", format!("ipaddr={GUEST_IP}")),
+        Milestone::new("ext4 mounted from vda", "EXT4-fs (vda): mounted filesystem"),
         // "...(ext4 filesystem) readonly on device" when read-only.
-        milestone(
+        Milestone::new(
             "root mounted read-write",
             "VFS: Mounted root (ext4 filesystem) on device",
         ),
-        milestone("init started", format!("Run {SPIN_INIT} as init process")),
+        Milestone::new("init started", format!("Run {SPIN_INIT} as init process")),
     ];
     let mut serial = Vec::new();
     let failure = loop {
-        if milestones.iter().all(|m| m.seen.is_some()) {
+        if all_seen(&milestones) {
             break None;
         }
         let Some(left) = TIMEOUT.checked_sub(start.elapsed()) else {
             break Some(format!("timed out after {TIMEOUT:?}"));
         };
         match rx.recv_timeout(left) {
-            Ok((at, line)) => {
-                let t = at.duration_since(start);
-                for m in milestones.iter_mut().filter(|m| m.seen.is_none()) {
-                    if line.contains(&m.needle) {
-                        m.seen = Some(t);
-                        println!("[{:7.2}s] {}: {line}", t.as_secs_f64(), m.what);
-                    }
-                }
+            Ok(line) => {
+                note(&mut milestones, &line, start.elapsed(), "");
                 let fatal = ["Kernel panic", "Attempted to kill init"]
                     .into_iter()
                     .find(|f| line.contains(f));
@@ -251,34 +196,17 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
         None
     };
     // Stop the VMM: SIGTERM must end it with exit code 0.
-    // SAFETY: kill on our own child's pid.
-    unsafe { libc::kill(vmm.0.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(s)) = vmm.0.try_wait() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = terminate(&mut vmm, Duration::from_secs(10));
     drop(vmm);
-    let stderr = stderr_reader.join().unwrap_or_default();
+    let stderr = stderr_thread.join().unwrap_or_default();
     let after = mount_stamp(&rootfs);
 
-    let report: Vec<String> = milestones
-        .iter()
-        .map(|m| match m.seen {
-            Some(t) => format!("  {:7.2}s  {}", t.as_secs_f64(), m.what),
-            None => format!("  missing   {} (no line containing {:?})", m.what, m.needle),
-        })
-        .collect();
+    let report = report(&milestones);
     println!(
         "Linux + virtio-blk root + virtio-net (kvm_pvm host: {}), stopped at {:.2}s:\n{}\n  ping: {:?}\n  superblock (mount count, mount time): {before:?} -> {after:?}",
         is_pvm_host(),
         start.elapsed().as_secs_f64(),
-        report.join("\n"),
+        report,
         ping
     );
     let context = || {
@@ -291,7 +219,7 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     if let Some(why) = failure {
         panic!(
             "the Linux guest did not get there: {why}\n{}\n{}",
-            report.join("\n"),
+            report,
             context()
         );
     }

@@ -4,13 +4,11 @@
 //!
 //! Needs /dev/kvm and Debian's qemu-system-x86 package. Each run takes well under a second.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use kiln_tests::process::Followed;
 use kiln_tests::tiny::{self, Entry, TinyOutput};
-use kiln_tests::{require_kvm, run_with_timeout, Finished};
+use kiln_tests::{require_kvm, require_program, run_with_timeout, Finished};
 
 /// Generous: a run takes ~50 ms; an emulation failure leaves QEMU running until killed.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,7 +20,7 @@ fn qemu_run(
     timeout: Duration,
 ) -> (Finished, TinyOutput) {
     require_kvm();
-    let qemu = tiny::require_qemu();
+    let qemu = require_program("qemu-system-x86_64", "qemu-system-x86");
     let elf = tiny::tiny_guest();
     let mut cmd = tiny::qemu_microvm(&qemu, &elf, cmdline, mem_mib);
     cmd.args(extra);
@@ -239,46 +237,24 @@ fn unknown_scenario_is_an_error() {
 #[test]
 fn hang_keeps_the_vcpu_busy_until_killed() {
     require_kvm();
-    let qemu = tiny::require_qemu();
+    let qemu = require_program("qemu-system-x86_64", "qemu-system-x86");
     let mut cmd = tiny::qemu_microvm(&qemu, &tiny::tiny_guest(), "kiln.test=hang", 128);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l| l == "KILN-TINY: hang") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no `KILN-TINY: hang` line within {TIMEOUT:?}; output: {seen:?}");
-            }
-        }
-    }
+    let mut qemu = Followed::spawn(&mut cmd);
+    assert!(
+        qemu.wait_line("KILN-TINY: hang", TIMEOUT),
+        "no `KILN-TINY: hang` line within {TIMEOUT:?}; output:\n{}",
+        qemu.seen()
+    );
     // The guest now spins with interrupts off: QEMU must keep running until killed.
     std::thread::sleep(Duration::from_millis(300));
-    let still_running = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
+    let still_running = qemu.child().try_wait().expect("try_wait").is_none();
+    let seen = qemu.seen().to_owned();
+    drop(qemu);
     assert!(
         still_running,
-        "QEMU exited while the guest was spinning; output: {seen:?}"
+        "QEMU exited while the guest was spinning; output:\n{seen}"
     );
-    let output = TinyOutput::parse(&seen.join("\n"));
-    assert_eq!(output.entry, Some(Entry::Pvh), "{seen:?}");
-    assert!(!output.done, "{seen:?}");
+    let output = TinyOutput::parse(&seen);
+    assert_eq!(output.entry, Some(Entry::Pvh), "{seen}");
+    assert!(!output.done, "{seen}");
 }

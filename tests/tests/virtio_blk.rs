@@ -11,31 +11,25 @@
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo test -p vmm -p kiln-tests` builds both).
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use kiln_tests::metrics::Metrics;
+use kiln_tests::process::Followed;
 use kiln_tests::tiny::{self, field, parse_hex, TinyOutput};
-use kiln_tests::{
-    require_bin, require_kvm, run_with_timeout, unique_id, wait_with_timeout, Finished,
-};
+use kiln_tests::{api, require_bin, require_kvm, run_with_timeout, Finished, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SECTOR: usize = 512;
 const IMAGE_SECTORS: usize = 64;
 
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
+/// The test's scratch directory, with disk images in it.
+struct Scratch(ScratchDir);
 
 impl Scratch {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_id("kiln-virtio-blk"));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
+        Scratch(ScratchDir::new("kiln-virtio-blk"))
     }
     fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
@@ -54,12 +48,6 @@ impl Scratch {
         let p = self.path(name);
         std::fs::write(&p, bytes).expect("write image");
         p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -110,41 +98,6 @@ fn config(boot_args: &str, drives: &[String]) -> String {
     )
 }
 
-/// The metrics lines the VMM wrote, with counters summed over lines.
-struct Metrics(BTreeMap<String, u64>);
-
-impl Metrics {
-    fn read(path: &Path) -> Metrics {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let mut sums = BTreeMap::new();
-        for line in text.lines() {
-            let Ok(serde_json::Value::Object(groups)) =
-                serde_json::from_str::<serde_json::Value>(line)
-            else {
-                continue;
-            };
-            for (group, v) in groups {
-                if let serde_json::Value::Object(fields) = v {
-                    for (name, value) in fields {
-                        *sums.entry(format!("{group}.{name}")).or_insert(0) +=
-                            value.as_u64().unwrap_or(0);
-                    }
-                }
-            }
-        }
-        Metrics(sums)
-    }
-
-    fn get(&self, name: &str) -> u64 {
-        *self.0.get(name).unwrap_or_else(|| {
-            panic!(
-                "no metric {name} in {:?}",
-                self.0.keys().collect::<Vec<_>>()
-            )
-        })
-    }
-}
-
 struct Run {
     finished: Finished,
     out: TinyOutput,
@@ -173,18 +126,7 @@ fn boot(dir: &Scratch, boot_args: &str, drives: &[String]) -> Run {
         .arg("--metrics-path")
         .arg(&metrics);
     let finished = run_with_timeout(&mut cmd, TIMEOUT);
-    assert!(
-        !finished.stderr.contains("panicked"),
-        "the VMM panicked\n{finished}"
-    );
-    let out = TinyOutput::parse(&finished.stdout);
-    assert_eq!(finished.code(), 0, "{finished}");
-    assert!(out.done, "the guest did not finish\n{finished}");
-    assert!(
-        out.errors().is_empty(),
-        "guest errors {:?}\n{finished}",
-        out.errors()
-    );
+    let out = tiny::assert_clean_run(&finished);
     Run {
         finished,
         out,
@@ -504,7 +446,7 @@ fn junk_register_accesses_are_ignored() {
     assert!(
         run.metrics.get("virtio.invalid_mmio_accesses") >= 15,
         "{:?}",
-        run.metrics.0
+        run.metrics
     );
     assert!(run.metrics.get("virtio.invalid_status_writes") >= 1);
     assert_eq!(std::fs::read(&img).unwrap(), before);
@@ -526,24 +468,6 @@ fn a_missing_backing_file_is_a_clear_error() {
     assert!(!f.stderr.contains("panicked"), "{f}");
 }
 
-/// Sends one HTTP request on the API socket; returns the status code.
-fn api_request(sock: &Path, method: &str, path: &str, body: &str) -> u16 {
-    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).expect("API answer");
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad answer {text:?}"))
-}
-
 #[test]
 fn patch_drive_swaps_the_backing_file_of_a_running_guest() {
     require_kvm();
@@ -553,37 +477,22 @@ fn patch_drive_swaps_the_backing_file_of_a_running_guest() {
     let cfg = dir.path("vm.json");
     std::fs::write(&cfg, config("kiln.test=blk-swap", &[drive("data", &first)])).unwrap();
     let sock = dir.path("api.sock");
-    let mut child = Command::new(require_bin("vmm"))
-        .arg("--config-file")
-        .arg(&cfg)
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm");
-    let start = Instant::now();
+    let mut vmm = Followed::spawn(
+        Command::new(require_bin("vmm"))
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--api-sock")
+            .arg(&sock),
+    );
     // Follow the guest until it waits for the change.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
     loop {
-        let line = rx
-            .recv_timeout(TIMEOUT.saturating_sub(start.elapsed()))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the guest never waited for the swap; output so far:\n{seen}")
-            });
-        seen.push_str(&line);
-        seen.push('\n');
+        let left = TIMEOUT.saturating_sub(vmm.started().elapsed());
+        let Some(line) = vmm.next_line(left) else {
+            panic!(
+                "the guest never waited for the swap; output so far:\n{}",
+                vmm.seen()
+            )
+        };
         if line.contains("blk waiting generation=") {
             break;
         }
@@ -592,17 +501,12 @@ fn patch_drive_swaps_the_backing_file_of_a_running_guest() {
         "{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}",
         second.to_str().unwrap()
     );
-    assert_eq!(api_request(&sock, "PATCH", "/drives/data", &body), 204);
+    assert_eq!(api::request(&sock, "PATCH", "/drives/data", &body).0, 204);
     // An unknown drive is refused.
     let bad = "{\"drive_id\": \"nope\", \"path_on_host\": \"/nonexistent\"}";
-    assert_eq!(api_request(&sock, "PATCH", "/drives/nope", bad), 400);
+    assert_eq!(api::request(&sock, "PATCH", "/drives/nope", bad).0, 400);
     // The guest reads again, then ends the VM.
-    let mut finished = wait_with_timeout(&mut child, TIMEOUT, start);
-    for line in rx.try_iter() {
-        seen.push_str(&line);
-        seen.push('\n');
-    }
-    finished.stdout = seen;
+    let finished = vmm.finish(TIMEOUT);
     let out = TinyOutput::parse(&finished.stdout);
     assert!(out.done && out.errors().is_empty(), "{finished}");
     let config_line = &out.topic("blk config")[0];
@@ -615,7 +519,7 @@ fn patch_drive_swaps_the_backing_file_of_a_running_guest() {
     );
     let run = Run {
         out,
-        metrics: Metrics(BTreeMap::new()),
+        metrics: Metrics::default(),
         finished,
     };
     let reads = run.lines("blk read");

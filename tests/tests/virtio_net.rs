@@ -9,15 +9,13 @@
 //!
 //! Needs root, /dev/kvm, iproute2 and the `vmm` binary.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kiln_tests::netns::NetNs;
+use kiln_tests::metrics::Metrics;
+use kiln_tests::netns::{tap_name, NetNs};
+use kiln_tests::process::Followed;
 use kiln_tests::tiny::{self, field, TinyOutput};
-use kiln_tests::{require_bin, require_kvm, unique_id, wait_with_timeout};
+use kiln_tests::{require_bin, require_kvm, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -26,32 +24,6 @@ const HOST_MAC: [u8; 6] = [0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02];
 /// What the guest's `net-tx` frame carries (guest/tiny/src/scenarios/net.rs).
 const GUEST_PAYLOAD: &[u8] = b"KILN-TINY-NET-TX frame from the guest";
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_id("kiln-virtio-net"));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the VMM on every way out of the test.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn mac_str(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -59,96 +31,44 @@ fn mac_str(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// A namespace with a tap, and the VMM running `boot_args` inside it on that tap; the
-/// guest's stdout lines arrive on the receiver.
-fn start(
-    ns: &NetNs,
-    dir: &Scratch,
-    tap: &str,
-    boot_args: &str,
-) -> (Vmm, Receiver<String>, Instant) {
+/// The VMM running `boot_args` inside `ns` on `tap`, its guest's lines followed.
+fn start(ns: &NetNs, dir: &ScratchDir, tap: &str, boot_args: &str) -> Followed {
     require_kvm();
-    let cfg = dir.0.join("vm.json");
     let text = format!(
         "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"network-interfaces\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": {:?}}}]}}\n",
         tiny::tiny_guest().to_str().expect("utf-8 path"),
         mac_str(&GUEST_MAC)
     );
-    std::fs::write(&cfg, text).expect("write config");
+    let cfg = dir.write("vm.json", text);
     let mut cmd = ns.command(require_bin("vmm"));
     cmd.arg("--config-file")
         .arg(&cfg)
         .arg("--no-api")
         .arg("--metrics-path")
-        .arg(dir.0.join("metrics.json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawn the VMM in the namespace");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Vmm(child), rx, start)
+        .arg(dir.join("metrics.json"));
+    Followed::spawn(&mut cmd)
 }
 
-/// Waits for the VMM to end; returns the guest's output (lines already taken included).
-fn finish(
-    mut vmm: Vmm,
-    rx: &Receiver<String>,
-    start: Instant,
-    mut seen: String,
-) -> (TinyOutput, String) {
-    let f = wait_with_timeout(&mut vmm.0, TIMEOUT, start);
-    for line in rx.try_iter() {
-        seen.push_str(&line);
-        seen.push('\n');
-    }
-    let all = format!("{f}\n--- guest:\n{seen}");
-    assert!(!f.stderr.contains("panicked"), "{all}");
-    assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{all}");
-    let out = TinyOutput::parse(&seen);
-    assert!(out.done && out.errors().is_empty(), "{all}");
-    (out, all)
+/// Waits for the VMM to end; returns the guest's output and everything seen, for messages.
+fn finish(vmm: Followed) -> (TinyOutput, String) {
+    let f = vmm.finish(TIMEOUT);
+    (tiny::assert_clean_run(&f), f.to_string())
 }
 
-fn metric(dir: &Scratch, group: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string(dir.0.join("metrics.json")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v[group][name].as_u64().unwrap_or(0))
-        .sum()
-}
-
-fn tap_name() -> String {
-    // IFNAMSIZ: at most 15 bytes.
-    let id = unique_id("kt");
-    id.chars()
-        .rev()
-        .take(12)
-        .collect::<String>()
-        .chars()
-        .rev()
-        .collect::<String>()
-        .replace('-', "")
+fn metric(dir: &ScratchDir, name: &str) -> u64 {
+    Metrics::read(&dir.join("metrics.json")).sum(name)
 }
 
 #[test]
 fn a_frame_from_the_guest_appears_on_the_tap() {
     let ns = NetNs::new("kiln-net-tx");
-    let dir = Scratch::new();
-    let tap = format!("t{}", tap_name());
+    let dir = ScratchDir::new("kiln-virtio-net");
+    let tap = tap_name("t");
     ns.add_tap(&tap, None);
     let sock = ns.packet_socket(&tap);
-    let (vmm, rx, start) = start(&ns, &dir, &tap, "kiln.test=net-tx");
+    let vmm = start(&ns, &dir, &tap, "kiln.test=net-tx");
     let frame = sock.recv_matching(TIMEOUT, |f| f.len() >= 14 && f[12..14] == ETHERTYPE);
-    let (out, all) = finish(vmm, &rx, start, String::new());
+    let (out, all) = finish(vmm);
     let dev = &out.topic("net")[0];
     assert_eq!(
         field(dev, "mac"),
@@ -160,29 +80,24 @@ fn a_frame_from_the_guest_appears_on_the_tap() {
     assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
     assert_eq!(&frame[6..12], &GUEST_MAC, "from the guest's MAC");
     assert_eq!(&frame[14..14 + GUEST_PAYLOAD.len()], GUEST_PAYLOAD);
-    assert_eq!(metric(&dir, "net", "tx_packets_count"), 1, "{all}");
+    assert_eq!(metric(&dir, "net.tx_packets_count"), 1, "{all}");
 }
 
 /// Sends a frame of `payload_len` bytes to the guest once it is ready; returns the guest's
 /// `net rx` fields.
 fn receive(boot_args: &str, payload_len: usize) -> Vec<(String, String)> {
     let ns = NetNs::new("kiln-net-rx");
-    let dir = Scratch::new();
-    let tap = format!("r{}", tap_name());
+    let dir = ScratchDir::new("kiln-virtio-net");
+    let tap = tap_name("r");
     ns.add_tap(&tap, None);
     let sock = ns.packet_socket(&tap);
-    let (vmm, rx, start) = start(&ns, &dir, &tap, boot_args);
-    let mut seen = String::new();
-    loop {
-        let Ok(line) = rx.recv_timeout(TIMEOUT.saturating_sub(start.elapsed())) else {
-            panic!("the guest never said `net rx ready`; output:\n{seen}");
-        };
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.ends_with("net rx ready") {
-            break;
-        }
-    }
+    let mut vmm = start(&ns, &dir, &tap, boot_args);
+    let left = TIMEOUT.saturating_sub(vmm.started().elapsed());
+    assert!(
+        vmm.wait_line("net rx ready", left),
+        "the guest never said `net rx ready`; output:\n{}",
+        vmm.seen()
+    );
     let mut frame = Vec::new();
     frame.extend_from_slice(&GUEST_MAC);
     frame.extend_from_slice(&HOST_MAC);
@@ -190,7 +105,7 @@ fn receive(boot_args: &str, payload_len: usize) -> Vec<(String, String)> {
     let text = b"KILN-HOST-TO-GUEST frame from the host ";
     frame.extend((0..payload_len).map(|i| text[i % text.len()]));
     assert_eq!(sock.send(&frame).expect("send on the tap"), frame.len());
-    let (out, all) = finish(vmm, &rx, start, seen);
+    let (out, all) = finish(vmm);
     let fields = out
         .topic("net rx")
         .into_iter()
@@ -211,7 +126,7 @@ fn receive(boot_args: &str, payload_len: usize) -> Vec<(String, String)> {
         Some(&String::from_utf8_lossy(&frame[14..14 + 64])[..]),
         "{all}"
     );
-    assert_eq!(metric(&dir, "net", "rx_packets_count"), 1, "{all}");
+    assert_eq!(metric(&dir, "net.rx_packets_count"), 1, "{all}");
     fields
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -18,15 +18,15 @@
 //!
 //! Needs /dev/kvm and the `vmm` binary. Round-trip times are printed (`--nocapture`).
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use kiln_tests::metrics::Metrics;
+use kiln_tests::process::Followed;
 use kiln_tests::tiny::{self, TinyOutput};
-use kiln_tests::{require_bin, require_kvm, unique_id, wait_with_timeout};
+use kiln_tests::{require_bin, require_kvm, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
 /// What the guest's `vsock-connect` sends (guest/tiny/src/scenarios/vsock.rs).
@@ -98,14 +98,13 @@ fn seccomp_filter(dir: &Path) -> PathBuf {
     path
 }
 
-struct Scratch(PathBuf);
+/// The test's scratch directory, which holds the VMM's vsock sockets.
+struct Scratch(ScratchDir);
 
 impl Scratch {
     fn new() -> Self {
         // Short: a Unix socket path holds 107 bytes.
-        let dir = PathBuf::from("/tmp").join(unique_id("kvs"));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
+        Scratch(ScratchDir::short("kvs"))
     }
 
     fn uds(&self) -> PathBuf {
@@ -118,107 +117,49 @@ impl Scratch {
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills the VMM on every way out of the test.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The running VMM, its guest's lines as they come, and what was seen so far.
-struct Run {
-    vmm: Vmm,
-    lines: Receiver<String>,
-    start: Instant,
-    seen: String,
-}
+/// The running VMM, its guest's lines followed.
+struct Run(Followed);
 
 impl Run {
     fn start(dir: &Scratch, boot_args: &str) -> Run {
         require_kvm();
-        let cfg = dir.0.join("vm.json");
         let text = format!(
             "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"vsock\": {{\"guest_cid\": 3, \"uds_path\": {:?}}}}}\n",
             tiny::tiny_guest().to_str().expect("utf-8 path"),
             dir.uds().to_str().expect("utf-8 path"),
         );
-        std::fs::write(&cfg, text).expect("write config");
+        let cfg = dir.0.write("vm.json", text);
         let mut cmd = std::process::Command::new(require_bin("vmm"));
         cmd.arg("--config-file")
             .arg(&cfg)
             .arg("--no-api")
             .arg("--seccomp-filter")
-            .arg(seccomp_filter(&dir.0))
+            .arg(seccomp_filter(dir.0.path()))
             .arg("--metrics-path")
-            .arg(dir.0.join("metrics.json"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let start = Instant::now();
-        let mut child = cmd.spawn().expect("spawn the VMM");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Run {
-            vmm: Vmm(child),
-            lines: rx,
-            start,
-            seen: String::new(),
-        }
+            .arg(dir.0.join("metrics.json"));
+        Run(Followed::spawn(&mut cmd))
     }
 
     /// Waits for a guest line ending with `suffix`.
     fn wait_line(&mut self, suffix: &str) {
-        loop {
-            let left = TIMEOUT.saturating_sub(self.start.elapsed());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                panic!("the guest never printed `{suffix}`; output:\n{}", self.seen);
-            };
-            self.seen.push_str(&line);
-            self.seen.push('\n');
-            if line.trim_end().ends_with(suffix) {
-                return;
-            }
-        }
+        let left = TIMEOUT.saturating_sub(self.0.started().elapsed());
+        assert!(
+            self.0.wait_line(suffix, left),
+            "the guest never printed `{suffix}`; output:\n{}",
+            self.0.seen()
+        );
     }
 
-    /// Waits for the VMM to end; returns the guest's output (lines already taken included).
-    fn finish(mut self) -> (TinyOutput, String) {
-        let f = wait_with_timeout(&mut self.vmm.0, TIMEOUT, self.start);
-        for line in self.lines.try_iter() {
-            self.seen.push_str(&line);
-            self.seen.push('\n');
-        }
-        let all = format!("{f}\n--- guest:\n{}", self.seen);
-        assert!(!f.stderr.contains("panicked"), "{all}");
-        assert_eq!(f.status.and_then(|s| s.code()), Some(0), "{all}");
-        let out = TinyOutput::parse(&self.seen);
-        assert!(out.done && out.errors().is_empty(), "{all}");
-        (out, all)
+    /// Waits for the VMM to end; returns the guest's output and everything seen, for
+    /// messages.
+    fn finish(self) -> (TinyOutput, String) {
+        let f = self.0.finish(TIMEOUT);
+        (tiny::assert_clean_run(&f), f.to_string())
     }
 }
 
-fn metric(dir: &Scratch, group: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string(dir.0.join("metrics.json")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v[group][name].as_u64().unwrap_or(0))
-        .sum()
+fn metric(dir: &Scratch, name: &str) -> u64 {
+    Metrics::read(&dir.0.join("metrics.json")).sum(name)
 }
 
 /// Accepts one connection within the timeout.
@@ -340,17 +281,17 @@ fn guest_to_host_round_trip() {
     );
     assert!(out.lines.iter().any(|l| l == "vsock closed op=3"), "{all}");
     assert_eq!(
-        metric(&dir, "vsock", "tx_bytes_count"),
+        metric(&dir, "vsock.tx_bytes_count"),
         GUEST_MESSAGE.len() as u64,
         "{all}"
     );
     assert_eq!(
-        metric(&dir, "vsock", "rx_bytes_count"),
+        metric(&dir, "vsock.rx_bytes_count"),
         HOST_REPLY.len() as u64,
         "{all}"
     );
-    assert_eq!(metric(&dir, "vsock", "conns_added"), 1, "{all}");
-    assert_eq!(metric(&dir, "vsock", "conns_removed"), 1, "{all}");
+    assert_eq!(metric(&dir, "vsock.conns_added"), 1, "{all}");
+    assert_eq!(metric(&dir, "vsock.conns_removed"), 1, "{all}");
     eprintln!(
         "guest->host: connect {} cycles, message->reply {} cycles (guest TSC); host reply->close {:?}",
         tiny::field(&connected[0], "cycles").unwrap_or("?"),
@@ -371,12 +312,12 @@ fn host_to_guest_round_trip() {
     let (out, all) = run.finish();
     check_listener_lines(&out, 5000, &all);
     assert_eq!(
-        metric(&dir, "vsock", "tx_bytes_count"),
+        metric(&dir, "vsock.tx_bytes_count"),
         HOST_MESSAGE.len() as u64,
         "{all}"
     );
     assert_eq!(
-        metric(&dir, "vsock", "rx_bytes_count"),
+        metric(&dir, "vsock.rx_bytes_count"),
         HOST_MESSAGE.len() as u64,
         "{all}"
     );
@@ -423,12 +364,12 @@ fn hostile_packets_get_rsts_and_the_vmm_survives() {
     // ... and a normal connection afterwards.
     assert_eq!(out.topic("vsock connected").len(), 1, "{all}");
     assert!(out.value("vsock reply len").is_some(), "{all}");
-    assert!(metric(&dir, "vsock", "bad_cid_packets") >= 2, "{all}");
-    assert!(metric(&dir, "vsock", "bad_packets") >= 3, "{all}");
-    assert!(metric(&dir, "vsock", "malformed_packets") >= 1, "{all}");
-    assert!(metric(&dir, "vsock", "unknown_conn_packets") >= 1, "{all}");
-    assert!(metric(&dir, "vsock", "conns_refused") >= 1, "{all}");
-    assert!(metric(&dir, "vsock", "rst_sent") >= 6, "{all}");
+    assert!(metric(&dir, "vsock.bad_cid_packets") >= 2, "{all}");
+    assert!(metric(&dir, "vsock.bad_packets") >= 3, "{all}");
+    assert!(metric(&dir, "vsock.malformed_packets") >= 1, "{all}");
+    assert!(metric(&dir, "vsock.unknown_conn_packets") >= 1, "{all}");
+    assert!(metric(&dir, "vsock.conns_refused") >= 1, "{all}");
+    assert!(metric(&dir, "vsock.rst_sent") >= 6, "{all}");
 }
 
 #[test]
@@ -455,10 +396,7 @@ fn garbage_silence_and_overlong_lines_are_closed() {
     talk_to_listener(&dir, 5000);
     let (out, all) = run.finish();
     check_listener_lines(&out, 5000, &all);
-    assert!(
-        metric(&dir, "vsock", "host_connects_rejected") >= 4,
-        "{all}"
-    );
+    assert!(metric(&dir, "vsock.host_connects_rejected") >= 4, "{all}");
 }
 
 #[test]

@@ -10,12 +10,12 @@
 //! Needs /dev/kvm and the `vmm` binary (`cargo test -p vmm -p kiln-tests` builds both).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_tests::tiny::{self, Entry, MemRegion, TinyOutput, E820_RAM};
-use kiln_tests::{require_bin, require_kvm, run_with_timeout, unique_id, Finished};
+use kiln_tests::{elf, require_bin, require_kvm, run_with_timeout, Finished, ScratchDir};
 
 /// Generous: a boot takes a few milliseconds; a hang is killed at the deadline.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,31 +25,6 @@ const EXIT_GUEST_CRASH: i32 = 2;
 const EXIT_START_FAILED: i32 = 5;
 const EXIT_STRICT_IO: i32 = 6;
 const EXIT_BAD_CONFIG: i32 = 152;
-
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_id("kiln-vmm-boot"));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).expect("write scratch file");
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
@@ -103,7 +78,7 @@ fn boot(
     entry: Entry,
     extra_machine: &str,
 ) -> (Finished, TinyOutput) {
-    let dir = Scratch::new();
+    let dir = ScratchDir::new("kiln-vmm-boot");
     let cfg = dir.write(
         "vm.json",
         config(
@@ -229,7 +204,7 @@ fn command_line_reaches_the_guest_verbatim() {
 
 #[test]
 fn default_command_line_is_firecrackers() {
-    let dir = Scratch::new();
+    let dir = ScratchDir::new("kiln-vmm-boot");
     let cfg = dir.write(
         "vm.json",
         config(&tiny::tiny_guest(), None, 1, 64, "").as_bytes(),
@@ -326,7 +301,7 @@ fn unknown_ports_are_ignored() {
 #[test]
 fn strict_io_stops_the_vm_at_the_first_unknown_port_naming_port_and_vcpu() {
     for entry in ENTRIES {
-        let dir = Scratch::new();
+        let dir = ScratchDir::new("kiln-vmm-boot");
         let cfg = dir.write(
             "vm.json",
             config(&tiny::tiny_guest(), Some("kiln.test=ports"), 1, 64, "").as_bytes(),
@@ -389,8 +364,8 @@ fn triple_fault_exits_nonzero_naming_vcpu_exit_and_rip() {
 /// Starts the VMM on a scenario that never ends, waits for `marker` on its stdout, sends
 /// SIGTERM and returns the run.
 fn sigterm_after(kernel: &Path, scenario: &str, vcpus: u8, marker: &str) -> (Finished, Duration) {
-    let dir = Scratch::new();
-    let out_path = dir.path("serial.out");
+    let dir = ScratchDir::new("kiln-vmm-boot");
+    let out_path = dir.join("serial.out");
     let cfg = dir.write(
         "vm.json",
         config(kernel, Some(scenario), vcpus, 64, "").as_bytes(),
@@ -439,8 +414,8 @@ fn sigterm_stops_a_busy_or_halted_guest_with_exit_zero() {
 
 #[test]
 fn serial_out_writes_the_console_to_a_file() {
-    let dir = Scratch::new();
-    let out_path = dir.path("console.txt");
+    let dir = ScratchDir::new("kiln-vmm-boot");
+    let out_path = dir.join("console.txt");
     let cfg = dir.write(
         "vm.json",
         config(&tiny::tiny_guest(), Some("kiln.test=print"), 1, 64, "").as_bytes(),
@@ -466,7 +441,7 @@ fn serial_out_writes_the_console_to_a_file() {
 /// byte on the VMM's stdout); printed for the record, bounded loosely (the host is shared).
 #[test]
 fn first_serial_byte_arrives_within_milliseconds() {
-    let dir = Scratch::new();
+    let dir = ScratchDir::new("kiln-vmm-boot");
     let cfg = dir.write(
         "vm.json",
         config(&tiny::tiny_guest(), Some("kiln.test=reset"), 1, 128, "").as_bytes(),
@@ -519,11 +494,11 @@ fn expect_failure(cfg: &Path, extra: &[&str], code: i32, want: &str, case: &str)
 
 #[test]
 fn bad_config_files_are_clear_errors() {
-    let dir = Scratch::new();
+    let dir = ScratchDir::new("kiln-vmm-boot");
     let kernel = tiny::tiny_guest();
     let k = json_str(kernel.to_str().expect("utf-8"));
-    let dir_path = json_str(dir.0.to_str().expect("utf-8"));
-    let missing = json_str(dir.path("nope").to_str().expect("utf-8"));
+    let dir_path = json_str(dir.path().to_str().expect("utf-8"));
+    let missing = json_str(dir.join("nope").to_str().expect("utf-8"));
     let mc = "\"machine-config\": {\"vcpu_count\": 1, \"mem_size_mib\": 64}";
     let cases: Vec<(&str, String, &str)> = vec![
         ("invalid JSON", "{\"boot-source\": ".into(), "invalid JSON"),
@@ -588,7 +563,7 @@ fn bad_config_files_are_clear_errors() {
         expect_failure(&cfg, &[], EXIT_BAD_CONFIG, want, case);
     }
     expect_failure(
-        &dir.path("absent.json"),
+        &dir.join("absent.json"),
         &[],
         EXIT_BAD_CONFIG,
         "cannot read config file",
@@ -644,7 +619,7 @@ fn put_u64(b: &mut [u8], at: usize, v: u64) {
 
 #[test]
 fn bad_kernel_images_are_clear_errors() {
-    let dir = Scratch::new();
+    let dir = ScratchDir::new("kiln-vmm-boot");
     let mut bzimage_32bit_only = vec![0u8; 8192];
     bzimage_32bit_only[0x1f1] = 4;
     bzimage_32bit_only[0x202..0x206].copy_from_slice(b"HdrS");
@@ -750,7 +725,7 @@ fn bad_kernel_images_are_clear_errors() {
             "does not fit in guest memory",
         ),
     ] {
-        let rd = dir.write("initrd", &vec![0x5a; size]);
+        let rd = dir.write("initrd", vec![0x5a; size]);
         let text = format!(
             "{{\"boot-source\": {{\"kernel_image_path\": {k}, \"initrd_path\": {}}}, \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": {mem}}}}}",
             json_str(rd.to_str().expect("utf-8"))
@@ -781,39 +756,14 @@ const CMPXCHG16B_GUEST: [u8; 64] = [
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 ];
 
-/// An x86-64 ELF with one PT_LOAD of `code` at 1 MiB, entry at its start.
-fn raw_elf(code: &[u8]) -> Vec<u8> {
-    const LOAD: u64 = 0x10_0000;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&62u16.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&LOAD.to_le_bytes());
-    f.extend_from_slice(&64u64.to_le_bytes());
-    f.extend_from_slice(&0u64.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 1, 0, 0, 0] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    let len = code.len() as u64;
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&7u32.to_le_bytes());
-    for v in [120u64, LOAD, LOAD, len, len, 0x1000] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    f.extend_from_slice(code);
-    f
-}
-
 /// Where guest ring 0 is emulated (kvm_pvm), the emulator fails on `lock cmpxchg16b`: the
 /// VM must stop with exit code 3 and a message naming the vCPU, the exit, the suberror, the
 /// instruction bytes and RIP. Elsewhere the instruction runs and the guest halts until
 /// SIGTERM.
 #[test]
 fn an_instruction_the_host_cannot_run_is_a_clear_vcpu_error() {
-    let dir = Scratch::new();
-    let kernel = dir.write("cmpxchg16b.elf", &raw_elf(&CMPXCHG16B_GUEST));
+    let dir = ScratchDir::new("kiln-vmm-boot");
+    let kernel = dir.write("cmpxchg16b.elf", elf::code_at(0x10_0000, &CMPXCHG16B_GUEST));
     if kiln_tests::is_pvm_host() {
         let cfg = dir.write("vm.json", config(&kernel, None, 1, 16, "").as_bytes());
         let f = run_with_timeout(&mut vmm_command(&cfg, &[]), TIMEOUT);

@@ -4,7 +4,8 @@
 //! little and loop. Its serial output goes to a file whose growth shows whether it runs.
 //! Needs /dev/kvm.
 
-use std::path::{Path, PathBuf};
+use kiln_tests::{elf, require_kvm, ScratchDir};
+use std::path::Path;
 use std::time::Duration;
 use vmm::builder::{build_microvm, BuildOptions};
 use vmm::devices::legacy::serial::SerialSink;
@@ -19,37 +20,6 @@ const GUEST_CODE: [u8; 18] = [
     0xeb, 0xf4,
 ];
 const LOAD: u64 = 0x10_0000;
-
-/// An x86-64 ELF with one PT_LOAD of `code` at `LOAD`, entry at its start.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    f.extend_from_slice(&2u16.to_le_bytes());
-    f.extend_from_slice(&62u16.to_le_bytes());
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&LOAD.to_le_bytes());
-    f.extend_from_slice(&64u64.to_le_bytes());
-    f.extend_from_slice(&0u64.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 1, 0, 0, 0] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    let len = code.len() as u64;
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&7u32.to_le_bytes());
-    for v in [120u64, LOAD, LOAD, len, len, 0x1000] {
-        f.extend_from_slice(&v.to_le_bytes());
-    }
-    f.extend_from_slice(code);
-    f
-}
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
@@ -69,18 +39,10 @@ fn grows(p: &Path, from: u64, max: Duration) -> bool {
 
 #[test]
 fn pause_stops_guest_code_and_resume_restarts_it() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("MISSING PRECONDITION: this test needs a usable /dev/kvm ({e})");
-    }
-    let dir = Scratch(std::env::temp_dir().join(format!("kiln-pause-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let kernel = dir.0.join("guest.elf");
-    std::fs::write(&kernel, elf(&GUEST_CODE)).unwrap();
-    let serial = dir.0.join("serial.out");
+    require_kvm();
+    let dir = ScratchDir::new("kiln-pause");
+    let kernel = dir.write("guest.elf", elf::code_at(LOAD, &GUEST_CODE));
+    let serial = dir.join("serial.out");
 
     for vcpus in [1u8, 2] {
         let _ = std::fs::remove_file(&serial);

@@ -4,26 +4,19 @@
 //! guest kernel code, so this is as far as Linux functions are tested there.
 
 use kiln_protocol::{decode_error, ErrorCode, Kind, DEFAULT_MAX_PAYLOAD};
-use kiln_tests::{require_bin, unique_id};
+use kiln_tests::{require_bin, KillOnDrop, ScratchDir};
 use kiln_worker::channel::{Channel, ChannelError};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The agent process, killed first when dropped, then its directory removed.
 struct Agent {
-    dir: PathBuf,
-    child: Child,
+    child: KillOnDrop,
     channel: Channel,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: ScratchDir,
 }
 
 fn soon() -> Instant {
@@ -40,12 +33,11 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// Starts the agent for `exec` (a script body, or an absolute program path) and takes its
 /// Hello.
 fn agent(name: &str, exec: &str) -> Agent {
-    let dir = std::env::temp_dir().join(unique_id("kiln-agent"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("kiln-agent");
     let exec = if exec.starts_with('/') {
         PathBuf::from(exec)
     } else {
-        script(&dir, "handler", exec)
+        script(dir.path(), "handler", exec)
     };
     let sock = dir.join("v.sock_1024");
     let listener = UnixListener::bind(&sock).unwrap();
@@ -64,9 +56,9 @@ fn agent(name: &str, exec: &str) -> Agent {
     assert_eq!(hello.header.kind, Kind::Hello);
     assert_eq!(hello.payload, name.as_bytes());
     Agent {
-        dir,
-        child,
+        child: KillOnDrop::new(child),
         channel,
+        _dir: dir,
     }
 }
 

@@ -12,15 +12,15 @@
 
 #![allow(dead_code)]
 
-use kiln_tests::netns::NetNs;
+use kiln_tests::netns::{tap_name, NetNs};
+use kiln_tests::process::Followed;
 use kiln_tests::tiny::{self, TinyOutput};
-use kiln_tests::{require_bin, require_kvm, require_root, unique_id, wait_with_timeout, Finished};
+use kiln_tests::{require_bin, require_kvm, require_root, Finished, ScratchDir};
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Keeps a VMM that a test kills with SIGSYS or SIGABRT from writing a core file into the
@@ -49,13 +49,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(90);
 pub const GUEST_CRASH: i32 = 2;
 
 /// A scratch directory, removed when dropped.
-pub struct Scratch(pub PathBuf);
+pub struct Scratch(ScratchDir);
 
 impl Scratch {
     pub fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique_id(prefix));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
+        Scratch(ScratchDir::new(prefix))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -70,12 +68,6 @@ impl Scratch {
             .collect();
         std::fs::write(&path, data).expect("write disk image");
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -151,49 +143,52 @@ impl Outcome {
     }
 }
 
-/// A VMM being driven.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: String,
-    start: Instant,
-}
+/// A VMM being driven, its guest's lines followed.
+struct Running(Followed);
 
 impl Running {
     /// Waits until the guest prints a line ending with `needle`.
     fn wait_line(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.0.wait_line(needle, timeout)
+    }
+
+    fn wait_line_contains(&mut self, needle: &str) -> bool {
+        self.wait_line_contains_for(needle, TIMEOUT)
+    }
+
+    /// Waits until the guest prints a line containing `needle`.
+    fn wait_line_contains_for(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push_str(&line);
-                    self.seen.push('\n');
-                    if line.trim_end().ends_with(needle) {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
+        while let Some(line) = self
+            .0
+            .next_line(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(needle) {
+                return true;
             }
         }
+        false
+    }
+
+    /// What the guest printed so far.
+    fn seen(&self) -> &str {
+        self.0.seen()
+    }
+
+    /// Whether the VMM (or strace around it) is still running.
+    fn running(&mut self) -> bool {
+        self.0.child().try_wait().ok().flatten().is_none()
     }
 
     /// Sends `sig` to the VMM process (not to strace or `ip netns exec` around it).
-    fn signal(&self, sig: libc::c_int) {
-        let pid = vmm_pid(self.child.id()).expect("the VMM process is running");
+    fn signal(&mut self, sig: libc::c_int) {
+        let pid = vmm_pid(self.0.child().id()).expect("the VMM process is running");
         // SAFETY: kill with a pid read from /proc and a valid signal number.
         unsafe { libc::kill(pid, sig) };
     }
 
-    fn finish(mut self, run: &'static str, expected: Expect, expect_done: bool) -> Outcome {
-        drop(self.stdin.take());
-        let mut finished = wait_with_timeout(&mut self.child, TIMEOUT, self.start);
-        for line in self.lines.try_iter() {
-            self.seen.push_str(&line);
-            self.seen.push('\n');
-        }
-        finished.stdout = std::mem::take(&mut self.seen);
+    fn finish(self, run: &'static str, expected: Expect, expect_done: bool) -> Outcome {
+        let finished = self.0.finish(TIMEOUT);
         let out = TinyOutput::parse(&finished.stdout);
         Outcome {
             run,
@@ -288,32 +283,13 @@ impl Launch {
             None => Command::new(&program),
         };
         cmd.args(&argv)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         no_core_dumps(&mut cmd);
-        let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Running {
-            child,
-            stdin,
-            lines,
-            seen: String::new(),
-            start,
-        }
+        Running(if stdin {
+            Followed::spawn_with_stdin(&mut cmd)
+        } else {
+            Followed::spawn(&mut cmd)
+        })
     }
 }
 
@@ -411,18 +387,27 @@ fn path_arg(flag: &str, p: &Path) -> [OsString; 2] {
     [OsString::from(flag), p.as_os_str().to_owned()]
 }
 
-/// A tap name that fits IFNAMSIZ.
-fn tap_name(prefix: char) -> String {
-    let id = unique_id("s").replace('-', "");
-    let tail: String = id
-        .chars()
-        .rev()
-        .take(12)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("{prefix}{tail}")
+/// A config file booting `boot_args` with one drive "data" on `image`, and an API socket:
+/// the VMM's arguments, and the socket.
+fn data_drive_with_api(
+    dir: &Scratch,
+    boot_args: &str,
+    image: &Path,
+    read_only: bool,
+) -> (Vec<OsString>, PathBuf) {
+    let cfg = config(
+        dir,
+        boot_args,
+        &[drive_json("data", image, false, read_only)],
+        &[],
+    );
+    let sock = dir.path("api.sock");
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
+    (args, sock)
 }
 
 /// The API run: configure everything through the API, boot, exercise every request kind,
@@ -430,7 +415,7 @@ fn tap_name(prefix: char) -> String {
 fn api_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-api");
     let ns = NetNs::new("kiln-sc");
-    let tap = tap_name('a');
+    let tap = tap_name("a");
     ns.add_tap(&tap, None);
     let sock = dir.path("api.sock");
     let args = [
@@ -514,7 +499,7 @@ fn api_run(launch: &Launch) -> Outcome {
     ] {
         ok(&sock, method, path, "");
     }
-    let pid = vmm_pid(vm.child.id()).expect("the VMM process");
+    let pid = vmm_pid(vm.0.child().id()).expect("the VMM process");
     let threads = threads(pid);
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
@@ -590,23 +575,12 @@ fn swap_run(launch: &Launch, run: &'static str, read_only: bool) -> Outcome {
     let dir = Scratch::new("kiln-sc-swap");
     let first = dir.image("first.img", 16);
     let second = dir.image("second.img", 40);
-    let cfg = config(
-        &dir,
-        "kiln.test=blk-swap",
-        &[drive_json("data", &first, false, read_only)],
-        &[],
-    );
-    let sock = dir.path("api.sock");
-    let args = [
-        path_arg("--config-file", &cfg).to_vec(),
-        path_arg("--api-sock", &sock).to_vec(),
-    ]
-    .concat();
+    let (args, sock) = data_drive_with_api(&dir, "kiln.test=blk-swap", &first, read_only);
     let mut vm = launch.start(run, None, &args, false);
     assert!(
         vm.wait_line_contains("blk waiting"),
         "the guest never waited for the swap:\n{}",
-        vm.seen
+        vm.seen()
     );
     let body = format!(
         "{{\"drive_id\": \"data\", \"path_on_host\": {:?}}}",
@@ -616,34 +590,11 @@ fn swap_run(launch: &Launch, run: &'static str, read_only: bool) -> Outcome {
     vm.finish(run, Expect::Exit(0), true)
 }
 
-impl Running {
-    fn wait_line_contains(&mut self, needle: &str) -> bool {
-        self.wait_line_contains_for(needle, TIMEOUT)
-    }
-
-    fn wait_line_contains_for(&mut self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push_str(&line);
-                    self.seen.push('\n');
-                    if line.contains(needle) {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
 /// `net-tx` and `net-rx` on a tap in a namespace of the test's own.
 fn net_run(launch: &Launch, run: &'static str) -> Outcome {
     let dir = Scratch::new("kiln-sc-net");
     let ns = NetNs::new("kiln-sc");
-    let tap = tap_name('n');
+    let tap = tap_name("n");
     ns.add_tap(&tap, None);
     let sock = ns.packet_socket(&tap);
     let cfg = config(&dir, &format!("kiln.test={run}"), &[], &[net_json(&tap)]);
@@ -653,7 +604,7 @@ fn net_run(launch: &Launch, run: &'static str) -> Outcome {
         assert!(
             vm.wait_line_contains("net rx ready"),
             "the guest never got ready to receive:\n{}",
-            vm.seen
+            vm.seen()
         );
         let mut frame = vec![
             0x06, 0x00, 0xac, 0x10, 0x00, 0x02, 0x02, 0x4b, 0x49, 0x4c, 0x4e, 0x02, 0x88, 0xb5,
@@ -679,7 +630,7 @@ fn reset_run(launch: &Launch) -> Outcome {
     let cfg = config(&dir, "console=ttyS0 kiln.test=reset", &[], &[]);
     let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
     let mut vm = launch.start("reset", None, &args, true);
-    if let Some(stdin) = vm.stdin.as_mut() {
+    if let Some(stdin) = vm.0.stdin() {
         let _ = stdin.write_all(b"typed on the serial console\n");
         let _ = stdin.flush();
     }
@@ -748,7 +699,7 @@ fn vsock_run(launch: &Launch, run: &'static str) -> Outcome {
             assert!(
                 vm.wait_line_contains("vsock listen port=5000"),
                 "the guest never listened:\n{}",
-                vm.seen
+                vm.seen()
             );
             if let Ok(mut garbage) = UnixStream::connect(&uds) {
                 exchange(&mut garbage, b"HELLO VMM\n");
@@ -845,28 +796,17 @@ fn hook_run(
 ) -> Outcome {
     let dir = Scratch::new("kiln-sc-hook");
     let img = dir.image("data.img", 16);
-    let cfg = config(
-        &dir,
-        "kiln.test=halt",
-        &[drive_json("data", &img, false, false)],
-        &[],
-    );
-    let sock = dir.path("api.sock");
-    let args = [
-        path_arg("--config-file", &cfg).to_vec(),
-        path_arg("--api-sock", &sock).to_vec(),
-    ]
-    .concat();
+    let (args, _sock) = data_drive_with_api(&dir, "kiln.test=halt", &img, false);
     let mut launch = launch.clone();
     launch.env.push((hook.to_string(), target.to_string()));
     let mut vm = launch.start(run, None, &args, false);
     // The API and metrics threads install their filters at once; the vCPU and main
     // threads once the guest is running: it is stopped by SIGTERM if nothing else ends it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && vm.child.try_wait().ok().flatten().is_none() {
+    while Instant::now() < deadline && vm.running() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if vm.child.try_wait().ok().flatten().is_none() {
+    if vm.running() {
         vm.signal(libc::SIGTERM);
     }
     vm.finish(run, expected, false)

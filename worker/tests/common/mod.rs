@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use kiln_tests::jail::HostSnapshot;
-use kiln_tests::{require_bin, require_kvm, require_root, unique_id};
+use kiln_tests::{require_bin, require_kvm, require_root, unique_id, ScratchDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// One test's private corner of the host.
 pub struct Env {
     pub name: String,
-    pub root: PathBuf,
+    /// Removed, with everything in it, when the environment is dropped.
+    pub root: ScratchDir,
     pub chroot_base: PathBuf,
     pub state_dir: PathBuf,
     pub parent_cgroup: String,
@@ -28,10 +29,7 @@ impl Env {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = unique_id(prefix);
         // Short: the vsock socket path under the state directory must fit in 107 bytes.
-        let root = PathBuf::from("/tmp").join(format!(
-            "kw-{}",
-            name.replace(prefix, "").trim_start_matches('-')
-        ));
+        let root = ScratchDir::short("kw");
         let chroot_base = root.join("j");
         let state_dir = root.join("s");
         std::fs::create_dir_all(&chroot_base).expect("create the chroot base");
@@ -87,12 +85,6 @@ impl Env {
     pub fn assert_nothing_left(&self, ids: &[String]) {
         let left = self.leftovers(ids);
         assert!(left.is_empty(), "left behind: {left:#?}");
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

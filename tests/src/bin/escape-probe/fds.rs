@@ -1,9 +1,13 @@
 //! Descriptors: what the parent leaked into the jail, and a descriptor of a host directory
 //! handed in over a unix socket (the test plays a careless or compromised host process).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 
-use crate::sys::{cstr, errno, errno_name, last_error, sleep_ms};
+use kiln_tests::errno::io_name;
+use kiln_tests::fdpass;
+
+use crate::sys::sleep_ms;
 use crate::{Attempt, Ctx, Outcome};
 
 pub const ATTEMPTS: &[Attempt] = &[
@@ -54,38 +58,6 @@ fn unsafe_zeroed_stat() -> libc::stat {
     unsafe { std::mem::zeroed() }
 }
 
-/// Receives one descriptor on a connected unix socket.
-fn recv_fd(sock: RawFd) -> Result<OwnedFd, String> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a size computation.
-    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below points into a live buffer.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: recvmsg fills the buffers described by `msg`.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(format!("recvmsg {}", last_error()));
-    }
-    // SAFETY: `msg` was filled by recvmsg; the header, if any, lies in `control`.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if cmsg.is_null() {
-        return Err("no descriptor in the message".into());
-    }
-    // SAFETY: an SCM_RIGHTS header carries at least one descriptor.
-    let fd: RawFd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
-    // SAFETY: the descriptor was just received and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn passed_dir(ctx: &Ctx) -> Outcome {
     let Some(path) = ctx.fd_socket.as_deref() else {
         return Outcome::Error("no --fd-socket".into());
@@ -104,28 +76,18 @@ fn passed_dir(ctx: &Ctx) -> Outcome {
     let Some(stream) = stream else {
         return Outcome::Error(format!("cannot connect to {path}"));
     };
-    let dir = match recv_fd(stream.as_raw_fd()) {
-        Ok(d) => d,
-        Err(e) => return Outcome::Error(e),
+    let dir = match fdpass::recv_fd(stream.as_raw_fd()) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Outcome::Error("no descriptor in the message".into()),
+        Err(e) => return Outcome::Error(format!("recvmsg {}", io_name(&e))),
     };
-    let name = cstr("secret");
-    // SAFETY: openat relative to the received directory descriptor, NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
+    let mut file = match fdpass::open_in(&dir, "secret") {
+        Ok(f) => f,
+        Err(e) => return Outcome::Blocked(io_name(&e)),
     };
-    if fd < 0 {
-        return Outcome::Blocked(errno_name(errno()));
-    }
-    // SAFETY: the descriptor was just opened and is owned by nothing else.
-    let file = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut buf = [0u8; 64];
-    // SAFETY: reads at most buf.len() bytes into buf.
-    let n = unsafe { libc::read(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    let text = usize::try_from(n)
+    let text = file
+        .read(&mut buf)
         .ok()
         .and_then(|n| buf.get(..n))
         .map(|b| String::from_utf8_lossy(b).into_owned())

@@ -2,7 +2,7 @@
 //! "shocker" attack), links, chroot-in-chroot, writing the jail's own files, executing a
 //! file written at run time, setuid files and file capabilities.
 
-use crate::sys::{check, close, cstr, last_error, open, verdict, Fd};
+use crate::sys::{check, close, cstr, open, verdict, write_all, Fd};
 use crate::{Attempt, Ctx, Outcome};
 
 pub const ATTEMPTS: &[Attempt] = &[
@@ -346,15 +346,8 @@ fn exec_from_run(ctx: &Ctx) -> Outcome {
         Ok(fd) => fd,
         Err(e) => return Outcome::Blocked(format!("create: {e}")),
     };
-    let mut off = 0;
-    while off < image.len() {
-        let rest = image.get(off..).unwrap_or_default();
-        // SAFETY: writes at most rest.len() bytes from rest.
-        let n = unsafe { libc::write(fd.0, rest.as_ptr().cast(), rest.len()) };
-        match usize::try_from(n) {
-            Ok(n) if n > 0 => off += n,
-            _ => return Outcome::Blocked(format!("write: {}", last_error())),
-        }
+    if let Err(e) = write_all(&fd, &image) {
+        return Outcome::Blocked(format!("write: {e}"));
     }
     drop(fd);
     let p = cstr(path);

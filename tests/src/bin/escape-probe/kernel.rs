@@ -3,7 +3,7 @@
 //! port I/O, reboot, the kernel log, the clock, the hostname, swap, and running a program
 //! from memory (memfd + execveat).
 
-use crate::sys::{check, cstr, last_error, open, verdict, Fd};
+use crate::sys::{check, cstr, open, verdict, write_all, Fd};
 use crate::{Attempt, Ctx, Outcome};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -221,15 +221,8 @@ fn memfd_exec(ctx: &Ctx) -> Outcome {
         Ok(fd) => fd,
         Err(e) => return Outcome::Blocked(format!("memfd_create: {e}")),
     };
-    let mut off = 0;
-    while off < image.len() {
-        let rest = image.get(off..).unwrap_or_default();
-        // SAFETY: writes at most rest.len() bytes from rest.
-        let n = unsafe { libc::write(fd.0, rest.as_ptr().cast(), rest.len()) };
-        match usize::try_from(n) {
-            Ok(n) if n > 0 => off += n,
-            _ => return Outcome::Error(format!("write: {}", last_error())),
-        }
+    if let Err(e) = write_all(&fd, &image) {
+        return Outcome::Error(format!("write: {e}"));
     }
     let empty = cstr("");
     let args = [

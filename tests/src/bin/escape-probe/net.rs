@@ -73,6 +73,20 @@ pub const ATTEMPTS: &[Attempt] = &[
     },
 ];
 
+/// `socket(domain, kind | SOCK_CLOEXEC, protocol)` as a raw syscall: the descriptor, or the
+/// errno name.
+fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> Result<Fd, String> {
+    // SAFETY: plain integers.
+    Fd::from_ret(unsafe {
+        libc::syscall(
+            libc::SYS_socket,
+            domain,
+            kind | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })
+}
+
 fn sockaddr_in(addr: &SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: sockaddr_in is plain data; all-zero is valid.
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -90,15 +104,7 @@ fn tcp_connect(target: Option<&str>) -> Outcome {
     let Some(addr) = target.and_then(|t| t.parse::<SocketAddrV4>().ok()) else {
         return Outcome::Error("no target address".into());
     };
-    // SAFETY: plain integers.
-    let sock = match Fd::from_ret(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    }) {
+    let sock = match socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) {
         Ok(s) => s,
         Err(e) => return Outcome::Blocked(format!("socket: {e}")),
     };
@@ -156,15 +162,7 @@ fn udp_send(ctx: &Ctx) -> Outcome {
     else {
         return Outcome::Error("no --udp".into());
     };
-    // SAFETY: plain integers.
-    let sock = match Fd::from_ret(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            0,
-        )
-    }) {
+    let sock = match socket(libc::AF_INET, libc::SOCK_DGRAM, 0) {
         Ok(s) => s,
         Err(e) => return Outcome::Blocked(format!("socket: {e}")),
     };
@@ -186,15 +184,7 @@ fn udp_send(ctx: &Ctx) -> Outcome {
 }
 
 fn tcp_listen() -> Outcome {
-    // SAFETY: plain integers.
-    let sock = match Fd::from_ret(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        )
-    }) {
+    let sock = match socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
         Ok(s) => s,
         Err(e) => return Outcome::Blocked(format!("socket: {e}")),
     };
@@ -220,15 +210,7 @@ fn tcp_listen() -> Outcome {
 }
 
 fn netlink_add_addr() -> Outcome {
-    // SAFETY: plain integers.
-    let sock = match Fd::from_ret(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    }) {
+    let sock = match socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) {
         Ok(s) => s,
         Err(e) => return Outcome::Blocked(format!("socket: {e}")),
     };
@@ -290,15 +272,7 @@ fn netlink_add_addr() -> Outcome {
 }
 
 fn unix_connect(addr: &[u8]) -> Result<(), String> {
-    // SAFETY: plain integers.
-    let sock = Fd::from_ret(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
+    let sock = socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)?;
     // SAFETY: sockaddr_un is plain data; all-zero is valid.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     sa.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);

@@ -7,82 +7,13 @@ use std::ffi::CString;
 
 use crate::Outcome;
 
+pub use kiln_tests::errno::{errno, errno_name, last_error};
+
 /// An integer syscall argument widened to a full register (variadic `libc::syscall` would
 /// leave the upper half of a 32-bit argument undefined, which matters for `long`
 /// parameters).
 pub fn long<T: Into<libc::c_long>>(v: T) -> libc::c_long {
     v.into()
-}
-
-/// The calling thread's errno.
-pub fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// The symbolic name of an errno value (`E123` for ones not listed).
-pub fn errno_name(e: i32) -> String {
-    let name = match e {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::ESRCH => "ESRCH",
-        libc::EINTR => "EINTR",
-        libc::EIO => "EIO",
-        libc::ENXIO => "ENXIO",
-        libc::E2BIG => "E2BIG",
-        libc::ENOEXEC => "ENOEXEC",
-        libc::EBADF => "EBADF",
-        libc::ECHILD => "ECHILD",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::EXDEV => "EXDEV",
-        libc::ENODEV => "ENODEV",
-        libc::ENOTDIR => "ENOTDIR",
-        libc::EISDIR => "EISDIR",
-        libc::EINVAL => "EINVAL",
-        libc::ENFILE => "ENFILE",
-        libc::EMFILE => "EMFILE",
-        libc::ENOTTY => "ENOTTY",
-        libc::ETXTBSY => "ETXTBSY",
-        libc::EFBIG => "EFBIG",
-        libc::ENOSPC => "ENOSPC",
-        libc::ESPIPE => "ESPIPE",
-        libc::EROFS => "EROFS",
-        libc::EMLINK => "EMLINK",
-        libc::EPIPE => "EPIPE",
-        libc::ERANGE => "ERANGE",
-        libc::ENAMETOOLONG => "ENAMETOOLONG",
-        libc::ENOSYS => "ENOSYS",
-        libc::ENOTEMPTY => "ENOTEMPTY",
-        libc::ELOOP => "ELOOP",
-        libc::ENODATA => "ENODATA",
-        libc::ENOTSOCK => "ENOTSOCK",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ENOTCONN => "ENOTCONN",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::EINPROGRESS => "EINPROGRESS",
-        libc::EDQUOT => "EDQUOT",
-        libc::ENOKEY => "ENOKEY",
-        libc::ESTALE => "ESTALE",
-        _ => return format!("E{e}"),
-    };
-    name.to_owned()
-}
-
-/// The name of the thread's errno.
-pub fn last_error() -> String {
-    errno_name(errno())
 }
 
 /// A C string (paths and names in this binary never hold NUL).
@@ -153,6 +84,21 @@ impl Drop for Fd {
         // SAFETY: the descriptor is owned by this value.
         unsafe { libc::close(self.0) };
     }
+}
+
+/// Writes all of `bytes` to `fd`: the errno name of the first failed write.
+pub fn write_all(fd: &Fd, bytes: &[u8]) -> Result<(), String> {
+    let mut off = 0;
+    while off < bytes.len() {
+        let rest = bytes.get(off..).unwrap_or_default();
+        // SAFETY: writes at most rest.len() bytes from rest.
+        let n = unsafe { libc::write(fd.0, rest.as_ptr().cast(), rest.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => off += n,
+            _ => return Err(last_error()),
+        }
+    }
+    Ok(())
 }
 
 /// Ignores SIGXFSZ (so that writes past RLIMIT_FSIZE fail with EFBIG instead of killing).
