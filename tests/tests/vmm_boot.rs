@@ -569,13 +569,28 @@ fn bad_config_files_are_clear_errors() {
         "cannot read config file",
         "missing config file",
     );
-    // A path that never ends (a device) is bounded, not read until memory runs out.
+    // A device is refused before anything is read (it could never end, or block).
     expect_failure(
         Path::new("/dev/zero"),
         &[],
         EXIT_BAD_CONFIG,
-        "larger than 1048576 bytes",
-        "endless config file",
+        "is a character device, not a regular file or a pipe",
+        "device as config file",
+    );
+    // A pipe that never ends is bounded, not read until memory runs out.
+    let vmm = require_bin("vmm");
+    let f = run_with_timeout(
+        Command::new("bash").arg("-c").arg(format!(
+            "exec {} --config-file <(yes) --no-api",
+            vmm.display()
+        )),
+        TIMEOUT,
+    );
+    assert_no_panic(&f);
+    assert_eq!(f.code(), EXIT_BAD_CONFIG, "endless pipe: exit code\n{f}");
+    assert!(
+        f.stderr.contains("larger than 1048576 bytes"),
+        "endless pipe: stderr\n{f}"
     );
 }
 
