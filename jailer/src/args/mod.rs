@@ -11,7 +11,7 @@
 //! - [`network`]: namespace, taps, firewall and egress allow-list;
 //! - [`limits`]: cgroups and rlimits;
 //! - [`paths`]: host and jail paths, the exec file, binds, Landlock paths;
-//! - [`error`]: [`ArgsError`].
+//! - [`error`]: why a command line was refused ([`ArgsError`]).
 //!
 //! This file: the entry point ([`parse`]), the jail's identity (`--id`, `--uid`, `--gid`) and
 //! the order in which the sections are converted.
