@@ -9,7 +9,7 @@ use kiln_argv::Args;
 
 use super::error::ArgsError;
 use super::flags::DEFAULT_NO_FILE;
-use super::paths::check_components;
+use super::paths::{check_components, check_host_path};
 use crate::profile::{CgroupLimits, Profile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,20 +66,16 @@ impl Rlimit {
     }
 }
 
-/// A relative cgroup path: no absolute component, no `.`/`..`, no empty component, no NUL,
-/// no component naming a `cgroup.*` control file.
+/// A relative cgroup path: a host path ([`check_host_path`]) that is relative, normalised
+/// ([`check_components`]) and has no component naming a `cgroup.*` control file.
 pub fn check_cgroup_path(value: &str) -> Result<PathBuf, ArgsError> {
+    const FLAG: &str = "--parent-cgroup";
+    check_host_path(FLAG, value)?;
     let err = |reason| ArgsError::InvalidPath {
-        flag: "--parent-cgroup".to_owned(),
+        flag: FLAG.to_owned(),
         value: value.to_owned(),
         reason,
     };
-    if value.is_empty() {
-        return Err(err("empty path"));
-    }
-    if value.contains('\0') {
-        return Err(err("contains a NUL byte"));
-    }
     if value.starts_with('/') {
         return Err(err("must be relative (it is nested under a cgroup root)"));
     }

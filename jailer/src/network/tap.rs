@@ -44,6 +44,15 @@ fn open_tun(name: &str) -> Result<File, NetworkError> {
         })
 }
 
+/// An ioctl's return value; the error names the tap and the operation.
+fn checked(ret: libc::c_int, name: &str, op: &'static str) -> Result<(), NetworkError> {
+    cvt(ret).map(drop).map_err(|source| NetworkError::Tap {
+        name: name.to_owned(),
+        op,
+        source,
+    })
+}
+
 /// Attaches `tun` to the tap `name` with `flags` (TUNSETIFF).
 fn attach(
     tun: &File,
@@ -54,14 +63,11 @@ fn attach(
     let mut req = ifreq(name);
     req.ifr_ifru.ifru_flags = ifr_flags(flags);
     // SAFETY: TUNSETIFF reads and writes the ifreq, which lives for the call.
-    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(|source| {
-        NetworkError::Tap {
-            name: name.to_owned(),
-            op,
-            source,
-        }
-    })?;
-    Ok(())
+    checked(
+        unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) },
+        name,
+        op,
+    )
 }
 
 fn tun_ioctl(
@@ -72,14 +78,11 @@ fn tun_ioctl(
     arg: libc::c_ulong,
 ) -> Result<(), NetworkError> {
     // SAFETY: the TUNSET* requests used here take an integer argument by value.
-    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), request, arg) }).map_err(|source| {
-        NetworkError::Tap {
-            name: name.to_owned(),
-            op,
-            source,
-        }
-    })?;
-    Ok(())
+    checked(
+        unsafe { libc::ioctl(tun.as_raw_fd(), request, arg) },
+        name,
+        op,
+    )
 }
 
 /// A persistent tap owned by uid:gid, brought up. `record` journals it between creation and
