@@ -1,4 +1,4 @@
-//! Step 2: the jail directory `<base>/<exec-name>/<id>` and its root.
+//! The jail directory `<base>/<exec-name>/<id>` and its root.
 //!
 //! ```text
 //! <base>/<exec-name>/<id>/jail.json     the journal (root only, outside the jail)

@@ -1,4 +1,4 @@
-//! The last step: exec the VMM copy inside the jail, with an empty environment and
+//! Exec of the VMM copy inside the jail (after seccomp), with an empty environment and
 //! Firecracker's jailer arguments:
 //! `/<exec-name> --id ID --start-time-us T --start-time-cpu-us C --parent-cpu-time-us P
 //! [arguments after --]`.

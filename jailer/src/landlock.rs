@@ -1,4 +1,4 @@
-//! Step 6 (continued): a Landlock ruleset that confines the VMM to the jail's own files.
+//! The jail process's Landlock ruleset, which confines the VMM to the jail's own files.
 //!
 //! Landlock rules follow the file hierarchy, not path names: even a process that obtains a
 //! descriptor of a directory outside the jail (leaked, or passed over a socket) cannot open

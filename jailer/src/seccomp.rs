@@ -1,4 +1,4 @@
-//! Step 6 (last): the jail-level seccomp filter, installed just before exec.
+//! The jail-level seccomp filter, installed just before exec.
 //!
 //! The policy is seccompiler JSON: `policies/seccomp/jail.json`, built into the binary, or
 //! the file given with `--seccomp-policy`. Every filter in it is installed; they stack, and

@@ -1,4 +1,4 @@
-//! Step 3: the jail's cgroups, written straight to cgroupfs (cgroups-rs would bring ~180
+//! The jail's cgroups, written straight to cgroupfs (cgroups-rs would bring ~180
 //! crates of async and D-Bus code into the jailer).
 //!
 //! The host may have cgroup v1 hierarchies, a v2 hierarchy, or both ("hybrid": v1
