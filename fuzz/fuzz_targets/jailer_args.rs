@@ -1,6 +1,6 @@
-//! The jailer's command line (`jailer/src/args.rs`, `args::parse`): every flag's syntax and
-//! validation, the cross-flag rules, and the file-system checks of paths (read-only: the
-//! parser only looks things up).
+//! The jailer's command line (`jailer/src/args/`, `args::parse`, tokenized by `kiln-argv`):
+//! every flag's syntax and validation, the cross-flag rules, and the file-system checks of
+//! paths (read-only: the parser only looks things up).
 //!
 //! Input: the arguments after the program name, separated by NUL bytes (any bytes, as
 //! `argv` may hold; non-UTF-8 arguments are errors).

@@ -1,4 +1,4 @@
-//! Step 2: the jail directory `<base>/<exec-name>/<id>` and its root.
+//! The jail directory `<base>/<exec-name>/<id>` and its root.
 //!
 //! ```text
 //! <base>/<exec-name>/<id>/jail.json     the journal (root only, outside the jail)
@@ -13,7 +13,7 @@
 //! A directory left by a jail that is no longer alive is cleaned up and reused; one that
 //! belongs to a live jail is refused.
 
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
 use crate::state::{JailState, Journal, StateError};
+use crate::sys::{chown, ChownError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {
@@ -48,13 +49,8 @@ pub enum ChrootError {
     Copy { path: PathBuf, source: io::Error },
     #[error("{path}: has {links} hard links; refusing to use it as the jail's VMM")]
     HardLink { path: PathBuf, links: u64 },
-    #[error("chown {path} to {uid}:{gid}: {source}")]
-    Chown {
-        path: PathBuf,
-        uid: u32,
-        gid: u32,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Chown(#[from] ChownError),
     #[error("{flag} {jail}: the bind target resolves to {resolved}, outside the jail {root}")]
     Escape {
         flag: &'static str,
@@ -159,19 +155,6 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
     Err(ChrootError::Mkdir {
         path: jail_dir,
         source: io::Error::other("the directory kept changing under the jailer"),
-    })
-}
-
-fn chown(path: &Path, file: Option<&File>, uid: u32, gid: u32) -> Result<(), ChrootError> {
-    let result = match file {
-        Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
-        None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
-    };
-    result.map_err(|source| ChrootError::Chown {
-        path: path.to_path_buf(),
-        uid,
-        gid,
-        source,
     })
 }
 

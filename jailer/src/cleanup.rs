@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::args::CleanupConfig;
 use crate::cgroup;
-use crate::netns;
+use crate::network;
 use crate::state::{JailState, Journal, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub fn live_pids(state: &JailState, exclude: &[i32]) -> Vec<i32> {
 pub fn remove(state: &JailState) -> Result<(), CleanupError> {
     let mut failures: Vec<String> = Vec::new();
     if let Some(record) = &state.netns {
-        if let Err(e) = netns::remove(record) {
+        if let Err(e) = network::remove(record) {
             failures.push(e.to_string());
         }
     }

@@ -2,18 +2,15 @@
 //! `--parent-cpu-time-us`, as Firecracker's jailer passes them) and the per-step timings
 //! printed with `--timing`.
 
+use nix::time::{clock_gettime, ClockId};
+
 /// Microseconds on a clock (0 if the clock cannot be read, which Linux never does for these).
-pub fn now_us(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for the call.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+pub fn now_us(clock: ClockId) -> u64 {
+    let Ok(ts) = clock_gettime(clock) else {
         return 0;
-    }
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    };
+    let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec()).unwrap_or(0);
     secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
 }
 
@@ -29,7 +26,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn start() -> Self {
-        let start_us = now_us(libc::CLOCK_MONOTONIC);
+        let start_us = now_us(ClockId::CLOCK_MONOTONIC);
         Clock {
             start_us,
             parent_cpu_us: 0,
@@ -44,7 +41,7 @@ impl Clock {
 
     /// With `--timing`, prints how long the step that just ended took.
     pub fn step(&mut self, name: &str) {
-        let now = now_us(libc::CLOCK_MONOTONIC);
+        let now = now_us(ClockId::CLOCK_MONOTONIC);
         if self.enabled {
             eprintln!(
                 "jailer timing: {name}: {} us (at {} us, pid {})",
@@ -60,6 +57,6 @@ impl Clock {
     pub fn before_fork(&mut self) {
         self.parent_cpu_us = self
             .parent_cpu_us
-            .saturating_add(now_us(libc::CLOCK_PROCESS_CPUTIME_ID));
+            .saturating_add(now_us(ClockId::CLOCK_PROCESS_CPUTIME_ID));
     }
 }

@@ -1,11 +1,13 @@
-//! The last step: exec the VMM copy inside the jail, with an empty environment and
+//! Exec of the VMM copy inside the jail (after seccomp), with an empty environment and
 //! Firecracker's jailer arguments:
 //! `/<exec-name> --id ID --start-time-us T --start-time-cpu-us C --parent-cpu-time-us P
 //! [arguments after --]`.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+
+use nix::time::ClockId;
 
 use crate::clock::{now_us, Clock};
 
@@ -17,7 +19,8 @@ pub enum ExecError {
     Exec { path: String, source: io::Error },
 }
 
-/// A ready-to-exec command line (built before seccomp is installed: no allocation after).
+/// A ready-to-exec command line, built before seccomp is installed (after it, only
+/// `execve`'s two small pointer arrays are allocated).
 pub struct VmmCommand {
     path: CString,
     argv: Vec<CString>,
@@ -37,7 +40,7 @@ impl VmmCommand {
         extra: &[OsString],
     ) -> Result<Self, ExecError> {
         let path = c(format!("/{exec_name}").as_bytes())?;
-        let cpu = now_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+        let cpu = now_us(ClockId::CLOCK_PROCESS_CPUTIME_ID);
         let mut argv = vec![path.clone()];
         for (flag, value) in [
             ("--id", id.to_owned()),
@@ -63,15 +66,11 @@ impl VmmCommand {
 
     /// Replaces this process; returns only on failure.
     pub fn exec(&self) -> ExecError {
-        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        // SAFETY: `path`, every argv string and both null-terminated pointer arrays outlive
-        // the call; execve does not return on success.
-        unsafe { libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let no_environment: [&CStr; 0] = [];
+        let Err(errno) = nix::unistd::execve(&self.path, &self.argv, &no_environment);
         ExecError::Exec {
             path: self.path.to_string_lossy().into_owned(),
-            source: io::Error::last_os_error(),
+            source: errno.into(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Step 6 (continued): a Landlock ruleset that confines the VMM to the jail's own files.
+//! The jail process's Landlock ruleset, which confines the VMM to the jail's own files.
 //!
 //! Landlock rules follow the file hierarchy, not path names: even a process that obtains a
 //! descriptor of a directory outside the jail (leaked, or passed over a socket) cannot open
@@ -28,7 +28,7 @@ use ::landlock::{
 };
 
 use crate::args::Config;
-use crate::devices;
+use crate::device_nodes;
 
 const TARGET_ABI: ABI = ABI::V6;
 
@@ -82,15 +82,15 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
             access: make_bitflags!(AccessFs::{Execute | ReadFile}),
         },
         PathRule {
-            path: PathBuf::from(devices::KVM.0),
+            path: PathBuf::from(device_nodes::KVM.0),
             access: dev,
         },
         PathRule {
-            path: PathBuf::from(devices::TUN.0),
+            path: PathBuf::from(device_nodes::TUN.0),
             access: dev,
         },
         PathRule {
-            path: PathBuf::from(devices::URANDOM.0),
+            path: PathBuf::from(device_nodes::URANDOM.0),
             access: make_bitflags!(AccessFs::{ReadFile}),
         },
         PathRule {
@@ -100,7 +100,7 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
     ];
     if userfaultfd {
         rules.push(PathRule {
-            path: PathBuf::from(devices::USERFAULTFD),
+            path: PathBuf::from(device_nodes::USERFAULTFD),
             access: dev,
         });
     }

@@ -4,6 +4,5 @@
 //! `--seccomp-policy` loader). Everything else lives in the binary (`main.rs`).
 
 pub mod args;
-pub mod input_file;
 pub mod profile;
 pub mod seccomp;

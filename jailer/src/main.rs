@@ -1,35 +1,45 @@
 //! Kiln's jailer: builds one tenant's jail, then execs the VMM in it.
 //!
-//! Read [`run`] top to bottom: each step is one call into the module named after it.
+//! Read [`run`] top to bottom: each step is one call into the module named after it. The
+//! steps, in the order they run (`--timing` labels them with these numbers; docs/jailer.md
+//! describes each):
 //!
-//! 1. sanitise the process, parse and validate every flag and the tenant profile;
-//! 2. create the jail directory (refusing a live jail) and copy the VMM into it;
-//! 3. create the cgroups, write the limits and move into them;
-//! 4. prepare the network namespace (taps, firewall) on the host side;
-//! 7. daemonize if asked, and split into the jail process and its keeper (guard or
-//!    supervisor) — the keeper undoes everything if the jail process fails;
-//! 4. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces;
-//! 5. pivot_root into the jail and create the device nodes;
-//! 6. rlimits, uid/gid, capabilities, no_new_privs, Landlock, seccomp — then exec the VMM.
+//! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
+//!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
+//!    `seccomp`);
+//! 2. create the jail directory (refusing a live jail), its root and the VMM copy (`chroot`);
+//! 3. create the cgroups, write the limits and move into them (`cgroup`);
+//! 4. set up the network on the host side: namespace, taps, firewall (`network`);
+//! 5. split: daemonize if asked, then fork the jail process and its keeper (guard or
+//!    supervisor), which undoes everything if the jail process fails (`supervise`);
+//! 6. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces
+//!    (`unshare`);
+//! 7. pivot_root into the jail and create the device nodes (`pivot`, `device_nodes`);
+//! 8. rlimits, uid/gid, capabilities, no_new_privs, Landlock (`privileges`, `landlock`);
+//! 9. seccomp, then exec the VMM (`seccomp`, `exec`).
 //!
-//! Everything made on the host is journaled in the jail's state file first, so that a
-//! failure at any step, `--cleanup-on-exit` and `jailer cleanup` remove exactly that.
+//! Everything made on the host is journaled in the jail's state file first (`state`), so
+//! that a failure at any step, `--cleanup-on-exit` and `jailer cleanup` remove exactly that
+//! (`cleanup`).
+//!
+//! Raw calls here: `signal` and `raise` in [`finish`], which dies of the VMM's signal (it may
+//! be a real-time one, which nix's `Signal` cannot name).
 
 mod cgroup;
 mod chroot;
 mod cleanup;
 mod clock;
-mod devices;
+mod device_nodes;
 mod exec;
 mod landlock;
-mod namespaces;
-mod netns;
+mod network;
 mod pivot;
 mod privileges;
 mod sanitize;
 mod state;
 mod supervise;
 mod sys;
+mod unshare;
 
 // The parsers live in the library (jailer/src/lib.rs) so the fuzz targets reach them.
 #[cfg(test)]
@@ -55,13 +65,13 @@ enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
-    Netns(#[from] netns::NetnsError),
+    Network(#[from] network::NetworkError),
     #[error(transparent)]
-    Namespace(#[from] namespaces::NamespaceError),
+    Unshare(#[from] unshare::UnshareError),
     #[error(transparent)]
     Pivot(#[from] pivot::PivotError),
     #[error(transparent)]
-    Device(#[from] devices::DeviceError),
+    DeviceNodes(#[from] device_nodes::DeviceNodeError),
     #[error(transparent)]
     Privilege(#[from] privileges::PrivilegeError),
     #[error(transparent)]
@@ -77,7 +87,7 @@ enum Error {
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error("the supervisor (pid {0}) died before the VMM started")]
-    SupervisorGone(libc::pid_t),
+    SupervisorGone(nix::unistd::Pid),
     #[error("{error}; undoing the set-up also failed: {undo}")]
     Undo {
         error: Box<Error>,
@@ -132,7 +142,7 @@ fn run() -> Result<Exit, Error> {
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
     let seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
     let userfaultfd = match config.userfaultfd {
-        true => Some(devices::userfaultfd_minor()?),
+        true => Some(device_nodes::userfaultfd_minor()?),
         false => None,
     };
     clock.step("1 sanitise and validate");
@@ -149,15 +159,15 @@ fn run() -> Result<Exit, Error> {
         Err(e) => return Err(undo(&journal, e)),
     };
 
-    // Step 7: daemonize, and split into the jail process and its keeper.
+    // Step 5: daemonize, and split into the jail process and its keeper.
     let side = match supervise::launch(&config, &mut journal, &mut clock) {
         Ok(Role::Done(exit)) => return Ok(exit),
         Ok(Role::Jail(side)) => side,
         Err(e) => return Err(undo(&journal, e.into())),
     };
-    clock.step("7 daemonize and supervise");
+    clock.step("5 daemonize and split");
 
-    // Steps 4 to 6 in the jail process; it only comes back here on failure.
+    // Steps 6 to 9 in the jail process; it only comes back here on failure.
     let Err(error) = enter_jail(&config, &prepared, &side, &mut clock);
     let message = error.to_string();
     if let Some(undo) = side.fail(&message) {
@@ -176,28 +186,28 @@ fn host_side(
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
 ) -> Result<Option<OwnedFd>, Error> {
-    // Step 2: the root, with a private copy of the VMM.
+    // Step 2 (continued): the root, with a private copy of the VMM.
     chroot::populate(config)?;
     clock.step("2 chroot directory and VMM copy");
     // Step 3: cgroups, limits written, this process moved in before any fork.
     cgroups.apply(journal)?;
     clock.step("3 cgroups");
-    // Step 4 (host side): network namespace, taps, firewall.
-    let netns = netns::prepare(config, journal)?;
-    clock.step("4 network namespace");
+    // Step 4: network namespace, taps, firewall.
+    let netns = network::prepare(config, journal)?;
+    clock.step("4 host network");
     Ok(netns)
 }
 
-/// The jail process: steps 4 (its namespaces), 5, 6, then exec.
+/// The jail process: steps 6 to 9, ending in exec.
 fn enter_jail(
     config: &Config,
     prepared: &Prepared,
     side: &JailSide,
     clock: &mut Clock,
 ) -> Result<Infallible, Error> {
-    // Step 4: network, mount, IPC, UTS and cgroup namespaces; hostname = id.
-    namespaces::enter(&config.id, prepared.netns.as_ref())?;
-    clock.step("4 namespaces");
+    // Step 6: network, mount, IPC, UTS and cgroup namespaces; hostname = id.
+    unshare::enter(&config.id, prepared.netns.as_ref())?;
+    clock.step("6 jail namespaces");
 
     // `--userns` writes its id maps through /proc, which the jail does not have.
     let proc_self = match config.userns {
@@ -205,12 +215,12 @@ fn enter_jail(
         false => None,
     };
 
-    // Step 5: pivot_root into the jail; only the device nodes the VMM needs.
+    // Step 7: pivot_root into the jail; only the device nodes the VMM needs.
     pivot::into_jail(&config.chroot_dir(), &config.binds)?;
-    devices::create(config.uid, config.gid, prepared.userfaultfd)?;
-    clock.step("5 pivot_root and devices");
+    device_nodes::create(config.uid, config.gid, prepared.userfaultfd)?;
+    clock.step("7 pivot_root and device nodes");
 
-    // Step 6: limits, identity, capabilities, Landlock, seccomp.
+    // Step 8: limits, identity, capabilities, Landlock.
     privileges::set_rlimits(&config.rlimits)?;
     if config.diagnose_without.contains(&args::Layer::Privileges) {
         eprintln!("jailer: WARNING: --diagnose-without privileges: the VMM keeps root and every capability (diagnosis only)");
@@ -237,7 +247,9 @@ fn enter_jail(
             &config.landlock.tcp_bind,
         )?;
     }
-    clock.step("6 privileges and landlock");
+    clock.step("8 privileges and landlock");
+
+    // Step 9: seccomp, then exec (timed up to here: `exec ARGS`).
     let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;
@@ -263,24 +275,20 @@ fn undo(journal: &Journal, error: Error) -> Error {
 
 /// Exits with a code, or dies of the VMM's signal (so the caller sees the same status).
 fn finish(exit: Exit) -> ! {
-    if let Exit::Signal(signal) = exit {
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: setrlimit reads `no_core`; signal/raise take plain integers. The default
-        // action of `signal` ends the process (no core: the VMM's fate, not ours).
-        unsafe {
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            libc::signal(signal, libc::SIG_DFL);
-        }
-        let _ = sanitize::set_signal_mask(&[signal], libc::SIG_UNBLOCK);
-        // SAFETY: as above.
-        unsafe { libc::raise(signal) };
-        std::process::exit(128 + signal);
-    }
-    let Exit::Code(code) = exit else {
-        std::process::exit(1)
+    let signal = match exit {
+        Exit::Code(code) => std::process::exit(code),
+        Exit::Signal(signal) => signal,
     };
-    std::process::exit(code)
+    // No core: the VMM's fate, not ours.
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: signal takes plain integers and installs the default action (no handler code
+    // runs); that action ends the process.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    if let Ok(blocked) = nix::sys::signal::Signal::try_from(signal) {
+        // The supervisor blocked the signals it forwards.
+        let _ = sanitize::set_signal_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, &[blocked]);
+    }
+    // SAFETY: as above.
+    unsafe { libc::raise(signal) };
+    std::process::exit(128 + signal)
 }

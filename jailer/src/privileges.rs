@@ -1,4 +1,4 @@
-//! Step 6: resource limits, identity and capabilities.
+//! The jail process's resource limits, identity and capabilities.
 //!
 //! Order matters: rlimits are lowered while still root (they can only go down: the jailer
 //! refuses a value above the current hard limit, checked before anything is built); the
@@ -7,17 +7,27 @@
 //! permitted and effective sets); what is left is cleared explicitly and verified; finally
 //! no_new_privs, so no exec can ever give anything back. With `--userns` the process then
 //! enters a user namespace mapping only uid:gid, and drops the capabilities it gets there.
+//!
+//! Raw calls: `prctl(PR_CAPBSET_DROP)` and `prctl(PR_CAPBSET_READ)` over every capability
+//! number the kernel knows (nix has no wrapper; the `caps` crate only knows the capabilities
+//! of its own release).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use caps::CapSet;
+use nix::fcntl::{openat, OFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::{getppid, setgroups, setresgid, setresuid, Gid, Pid, Uid};
 
 use crate::args::Rlimit;
-use crate::sys::{cstr, cvt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -65,36 +75,24 @@ pub enum PrivilegeError {
     },
 }
 
-fn resource(r: Rlimit) -> libc::__rlimit_resource_t {
+fn resource(r: Rlimit) -> Resource {
     match r {
-        Rlimit::NoFile => libc::RLIMIT_NOFILE,
-        Rlimit::Fsize => libc::RLIMIT_FSIZE,
-        Rlimit::Memlock => libc::RLIMIT_MEMLOCK,
-        Rlimit::Nproc => libc::RLIMIT_NPROC,
-        Rlimit::Core => libc::RLIMIT_CORE,
+        Rlimit::NoFile => Resource::RLIMIT_NOFILE,
+        Rlimit::Fsize => Resource::RLIMIT_FSIZE,
+        Rlimit::Memlock => Resource::RLIMIT_MEMLOCK,
+        Rlimit::Nproc => Resource::RLIMIT_NPROC,
+        Rlimit::Core => Resource::RLIMIT_CORE,
     }
-}
-
-fn getrlimit(r: Rlimit) -> Result<libc::rlimit, PrivilegeError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`, which lives for the call.
-    cvt(unsafe { libc::getrlimit(resource(r), &mut lim) }).map_err(|source| {
-        PrivilegeError::Rlimit {
-            name: r.flag_name(),
-            value: 0,
-            source,
-        }
-    })?;
-    Ok(lim)
 }
 
 /// Refuses any limit above the current hard limit (checked before the jail is built).
 pub fn check_rlimits(limits: &BTreeMap<Rlimit, u64>) -> Result<(), PrivilegeError> {
     for (&r, &value) in limits {
-        let hard = getrlimit(r)?.rlim_max;
+        let (_, hard) = getrlimit(resource(r)).map_err(|e| PrivilegeError::Rlimit {
+            name: r.flag_name(),
+            value: 0,
+            source: e.into(),
+        })?;
         if value > hard {
             return Err(PrivilegeError::RlimitRaise {
                 name: r.flag_name(),
@@ -109,17 +107,10 @@ pub fn check_rlimits(limits: &BTreeMap<Rlimit, u64>) -> Result<(), PrivilegeErro
 /// Sets soft and hard limit of each resource to its value.
 pub fn set_rlimits(limits: &BTreeMap<Rlimit, u64>) -> Result<(), PrivilegeError> {
     for (&r, &value) in limits {
-        let lim = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
-        // SAFETY: setrlimit reads one rlimit from `lim`, which lives for the call.
-        cvt(unsafe { libc::setrlimit(resource(r), &lim) }).map_err(|source| {
-            PrivilegeError::Rlimit {
-                name: r.flag_name(),
-                value,
-                source,
-            }
+        setrlimit(resource(r), value, value).map_err(|e| PrivilegeError::Rlimit {
+            name: r.flag_name(),
+            value,
+            source: e.into(),
         })?;
     }
     Ok(())
@@ -192,41 +183,35 @@ fn clear_and_verify() -> Result<(), PrivilegeError> {
 /// Becomes uid:gid with no supplementary group and no capability in any set.
 pub fn drop_to(uid: u32, gid: u32) -> Result<(), PrivilegeError> {
     drop_bounding_ambient_inheritable()?;
-    // SAFETY: setgroups with size 0 and a null list clears the supplementary groups.
-    cvt(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(PrivilegeError::Setgroups)?;
-    // SAFETY: setresgid/setresuid take plain ids. glibc applies them to every thread; the
-    // process is single-threaded anyway.
-    cvt(unsafe { libc::setresgid(gid, gid, gid) })
-        .map_err(|source| PrivilegeError::Setgid { gid, source })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::setresuid(uid, uid, uid) })
-        .map_err(|source| PrivilegeError::Setuid { uid, source })?;
+    setgroups(&[]).map_err(|e| PrivilegeError::Setgroups(e.into()))?;
+    // glibc applies set*id to every thread; the process is single-threaded anyway.
+    let g = Gid::from_raw(gid);
+    setresgid(g, g, g).map_err(|e| PrivilegeError::Setgid {
+        gid,
+        source: e.into(),
+    })?;
+    let u = Uid::from_raw(uid);
+    setresuid(u, u, u).map_err(|e| PrivilegeError::Setuid {
+        uid,
+        source: e.into(),
+    })?;
     clear_and_verify()
 }
 
 /// No exec can grant privileges from now on (setuid bits, file capabilities).
 pub fn no_new_privs() -> Result<(), PrivilegeError> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes an integer flag.
-    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-        .map_err(PrivilegeError::NoNewPrivs)?;
-    Ok(())
+    prctl::set_no_new_privs().map_err(|e| PrivilegeError::NoNewPrivs(e.into()))
 }
 
 /// Dies with SIGKILL when the supervisor dies (set after the identity change, which clears
 /// it). Returns false when the parent is already gone.
-pub fn die_with_parent(parent: libc::pid_t) -> Result<bool, PrivilegeError> {
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
-        .map_err(PrivilegeError::DeathSignal)?;
-    // SAFETY: getppid has no preconditions.
-    Ok(unsafe { libc::getppid() } == parent)
+pub fn die_with_parent(parent: Pid) -> Result<bool, PrivilegeError> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| PrivilegeError::DeathSignal(e.into()))?;
+    Ok(getppid() == parent)
 }
 
 fn set_dumpable(on: bool) -> Result<(), PrivilegeError> {
-    // SAFETY: PR_SET_DUMPABLE takes 0 or 1.
-    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) })
-        .map_err(PrivilegeError::Dumpable)?;
-    Ok(())
+    prctl::set_dumpable(on).map_err(|e| PrivilegeError::Dumpable(e.into()))
 }
 
 /// `/proc/thread-self`, opened before pivot_root for `--userns` (the jail has no /proc).
@@ -245,20 +230,14 @@ fn write_id_file(
     text: &str,
 ) -> Result<(), PrivilegeError> {
     let err = |source| PrivilegeError::IdMap { file, source };
-    let name = cstr(file).map_err(err)?;
-    // SAFETY: openat with a directory descriptor kept open by `proc_self` and a
-    // NUL-terminated relative name; the result is owned right away.
-    let fd = cvt(unsafe {
-        libc::openat(
-            proc_self.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        )
-    })
-    .map_err(err)?;
-    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    f.write_all(text.as_bytes()).map_err(err)
+    let fd = openat(
+        proc_self,
+        file,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
+    File::from(fd).write_all(text.as_bytes()).map_err(err)
 }
 
 /// `--userns`: after `drop_to`, enters a new user namespace where only uid:gid are mapped
@@ -267,8 +246,8 @@ pub fn enter_user_namespace(uid: u32, gid: u32, proc_self: &OwnedFd) -> Result<(
     // The id map files of a non-dumpable process belong to root; the jail's uid must be
     // able to open its own.
     set_dumpable(true)?;
-    // SAFETY: unshare takes only flags; the process is single-threaded.
-    cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map_err(PrivilegeError::UnshareUser)?;
+    // The process is single-threaded, as a new user namespace requires.
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| PrivilegeError::UnshareUser(e.into()))?;
     write_id_file(proc_self, "setgroups", "deny")?;
     write_id_file(proc_self, "uid_map", &format!("{uid} {uid} 1\n"))?;
     write_id_file(proc_self, "gid_map", &format!("{gid} {gid} 1\n"))?;

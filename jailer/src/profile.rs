@@ -1,6 +1,6 @@
 //! The tenant profile (`--profile FILE`): a JSON file with the tenant's cgroup limits,
 //! rlimits, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
-//! never silently drops a limit. Values are validated in `args.rs`, where flags override them.
+//! never silently drops a limit. Values are validated in `args/`, where flags override them.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ pub enum ProfileError {
     #[error("--profile {path}: {source}")]
     Read {
         path: PathBuf,
-        source: crate::input_file::InputFileError,
+        source: kiln_hostfs::InputError,
     },
     #[error("--profile {path}: {source}")]
     Parse {
@@ -108,10 +108,11 @@ pub struct LandlockPath {
 }
 
 impl Profile {
-    /// Reads and parses a profile file. At most [`MAX_PROFILE_BYTES`] are read, whatever the
-    /// file is: a character device such as `/dev/zero` has no size to check beforehand.
+    /// Reads and parses a profile file under the project's rule for input files
+    /// (`kiln_hostfs::read_text`: a regular file or a pipe, opened without blocking, at most
+    /// [`MAX_PROFILE_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let text = crate::input_file::read_text(path, MAX_PROFILE_BYTES).map_err(|source| {
+        let text = kiln_hostfs::read_text(path, MAX_PROFILE_BYTES).map_err(|source| {
             ProfileError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -172,11 +173,17 @@ mod tests {
 
     /// Found while writing the `jailer_args` fuzz target (its seed `seed-profile-dev-zero`
     /// replays it): `--profile /dev/zero` was read without end (the size check saw 0 bytes)
-    /// until the jailer ran out of memory.
+    /// until the jailer ran out of memory. Devices are refused without reading, files are
+    /// read up to the limit.
     #[test]
-    fn endless_files_are_too_large_not_read_forever() {
+    fn endless_files_are_refused_not_read_forever() {
         let e = Profile::load(Path::new("/dev/zero")).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(matches!(e, ProfileError::Read { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("--profile /dev/zero: is a character device, not a regular file"),
+            "{e}"
+        );
         let big = std::env::temp_dir().join(format!("kiln-profile-big-{}", std::process::id()));
         let len = usize::try_from(MAX_PROFILE_BYTES + 1).unwrap();
         std::fs::write(&big, vec![b' '; len]).unwrap();
@@ -185,6 +192,25 @@ mod tests {
         assert!(e.to_string().contains("larger than"), "{e}");
         let e = Profile::load(Path::new("/nonexistent/profile.json")).unwrap_err();
         assert!(matches!(e, ProfileError::Read { .. }), "{e}");
+    }
+
+    /// A FIFO is opened without blocking: with no writer it reads as empty, so the error is
+    /// the JSON parser's, naming the flag and the file (it used to be refused as "not a
+    /// regular file"; a pipe is how some callers hand over a generated profile).
+    #[test]
+    fn a_fifo_without_a_writer_is_an_empty_profile_not_a_hang() {
+        let dir = std::env::temp_dir().join(format!("kiln-profile-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Profile::load(&fifo).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(e, ProfileError::Parse { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("--profile {}: EOF while parsing", fifo.display())),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! Step 1: start from a clean process — no inherited file descriptors beyond stdio, no
-//! environment, default signal dispositions, an empty signal mask and a strict umask.
+//! The jailer's first step: start from a clean process — no inherited file descriptors
+//! beyond stdio, no environment, default signal dispositions, an empty signal mask and a
+//! strict umask.
+//!
+//! Raw calls: `close_range` (nix has no wrapper) and `signal` over every signal number up
+//! to SIGRTMAX (nix's `Signal` has no real-time signals).
 
 use std::io;
 
-use crate::sys::{cvt, cvt_long};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{umask, Mode};
+
+use crate::sys::cvt_long;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SanitizeError {
@@ -52,8 +59,7 @@ pub fn clear_environment() {
 
 /// Sets the umask so nothing is created more open than the code asks for.
 pub fn strict_umask() {
-    // SAFETY: umask only changes this process's file creation mask.
-    unsafe { libc::umask(0o077) };
+    umask(Mode::from_bits_truncate(0o077));
 }
 
 /// Resets every catchable signal to its default action and unblocks all signals. With
@@ -84,29 +90,13 @@ pub fn reset_signals(ignore_sigpipe: bool) -> Result<(), SanitizeError> {
             });
         }
     }
-    set_signal_mask(&[], libc::SIG_SETMASK)
+    set_signal_mask(SigmaskHow::SIG_SETMASK, &[])
 }
 
 /// Blocks (`SIG_BLOCK`), unblocks (`SIG_UNBLOCK`) or sets (`SIG_SETMASK`) `signals`.
-pub fn set_signal_mask(signals: &[i32], how: libc::c_int) -> Result<(), SanitizeError> {
-    let set = signal_set(signals);
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not requested.
-    cvt(unsafe { libc::sigprocmask(how, &set, std::ptr::null_mut()) })
-        .map_err(SanitizeError::SigMask)?;
-    Ok(())
-}
-
-/// A sigset_t holding `signals`.
-pub fn signal_set(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t owned by this frame.
-    unsafe { libc::sigemptyset(&mut set) };
-    for &s in signals {
-        // SAFETY: as above; an invalid signal number only makes sigaddset return EINVAL.
-        unsafe { libc::sigaddset(&mut set, s) };
-    }
-    set
+pub fn set_signal_mask(how: SigmaskHow, signals: &[Signal]) -> Result<(), SanitizeError> {
+    let set: SigSet = signals.iter().copied().collect();
+    sigprocmask(how, Some(&set), None).map_err(|e| SanitizeError::SigMask(e.into()))
 }
 
 #[cfg(test)]
@@ -114,13 +104,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signal_set_holds_what_was_added() {
-        let set = signal_set(&[libc::SIGTERM, libc::SIGCHLD]);
-        // SAFETY: `set` is initialised.
-        unsafe {
-            assert_eq!(libc::sigismember(&set, libc::SIGTERM), 1);
-            assert_eq!(libc::sigismember(&set, libc::SIGCHLD), 1);
-            assert_eq!(libc::sigismember(&set, libc::SIGINT), 0);
-        }
+    fn the_signal_mask_holds_what_was_blocked() {
+        // The mask is per thread: this test's thread only.
+        let blocked = [Signal::SIGTERM, Signal::SIGCHLD];
+        set_signal_mask(SigmaskHow::SIG_BLOCK, &blocked).unwrap();
+        let mask = SigSet::thread_get_mask().unwrap();
+        assert!(mask.contains(Signal::SIGTERM) && mask.contains(Signal::SIGCHLD));
+        assert!(!mask.contains(Signal::SIGINT));
+        set_signal_mask(SigmaskHow::SIG_UNBLOCK, &blocked).unwrap();
+        let mask = SigSet::thread_get_mask().unwrap();
+        assert!(!mask.contains(Signal::SIGTERM) && !mask.contains(Signal::SIGCHLD));
     }
 }

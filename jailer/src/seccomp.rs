@@ -1,4 +1,4 @@
-//! Step 6 (last): the jail-level seccomp filter, installed just before exec.
+//! The jail-level seccomp filter, installed just before exec.
 //!
 //! The policy is seccompiler JSON: `policies/seccomp/jail.json`, built into the binary, or
 //! the file given with `--seccomp-policy`. Every filter in it is installed; they stack, and
@@ -22,7 +22,7 @@ pub enum SeccompError {
     #[error("--seccomp-policy {path}: {source}")]
     Read {
         path: PathBuf,
-        source: crate::input_file::InputFileError,
+        source: kiln_hostfs::InputError,
     },
     #[error("seccomp policy {origin}: {source}")]
     Compile {
@@ -49,7 +49,7 @@ pub fn compile(file: Option<&Path>) -> Result<Filters, SeccompError> {
     let (origin, text) = match file {
         None => ("built-in jail.json".to_owned(), BUILTIN_POLICY.to_owned()),
         Some(path) => {
-            let text = crate::input_file::read_text(path, MAX_POLICY_BYTES).map_err(|source| {
+            let text = kiln_hostfs::read_text(path, MAX_POLICY_BYTES).map_err(|source| {
                 SeccompError::Read {
                     path: path.to_path_buf(),
                     source,
@@ -121,6 +121,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--seccomp-policy"), "{e}");
+        // Read under the project's input-file rule: a device is refused without reading.
+        let e = compile(Some(Path::new("/dev/zero")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--seccomp-policy /dev/zero: is a character device"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,10 @@
-//! Small helpers shared by the modules that call libc: return-code conversion and path to
-//! C string conversion. No libc call is made here; each module wraps its own calls.
+//! Small helpers shared by the steps: the return-code conversion of the raw `libc` calls
+//! that nix has no wrapper for (each module names its own), and `chown` with an error that
+//! names the file (the jail's root and its device nodes are handed to the jail's uid:gid).
 
-use std::ffi::CString;
+use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Turns a libc return value (`-1` plus errno on failure) into a `Result`.
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -24,15 +24,26 @@ pub fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// A path as a C string; a path with an interior NUL is an `InvalidInput` error (arguments
-/// cannot carry one, but a profile file could, and validation rejects it earlier).
-pub fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+#[derive(Debug, thiserror::Error)]
+#[error("chown {path} to {uid}:{gid}: {source}")]
+pub struct ChownError {
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+    source: io::Error,
 }
 
-/// A string as a C string (same rule as [`cstring`]).
-pub fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s.as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "string contains a NUL byte"))
+/// Gives `path` to uid:gid: through `file` when it is open (fchown), else without following
+/// a symbolic link (lchown).
+pub fn chown(path: &Path, file: Option<&File>, uid: u32, gid: u32) -> Result<(), ChownError> {
+    let result = match file {
+        Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+        None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+    };
+    result.map_err(|source| ChownError {
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        source,
+    })
 }

@@ -220,7 +220,7 @@ fn other_flag_errors() {
     let s = Scratch::new("missing");
     let out = jailer(&["--id", "a", "--uid", "1", "--gid", "1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("flag --exec-file is required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing required flag --exec-file"));
     s.assert_untouched();
 }
 

@@ -1,4 +1,4 @@
-//! Step 3: the jail's cgroups, written straight to cgroupfs (cgroups-rs would bring ~180
+//! The jail's cgroups, written straight to cgroupfs (cgroups-rs would bring ~180
 //! crates of async and D-Bus code into the jailer).
 //!
 //! The host may have cgroup v1 hierarchies, a v2 hierarchy, or both ("hybrid": v1
@@ -13,6 +13,7 @@
 //! to test v2 on a v1 host).
 
 mod detect;
+mod location;
 mod v1;
 mod v2;
 
@@ -21,6 +22,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub use detect::detect;
+pub use location::Location;
 
 use crate::args::{CgroupConfig, CgroupVersion};
 use crate::state::{CgroupRecord, Journal, StateError};
@@ -111,10 +113,20 @@ impl Host {
 
 /// One cgroup directory of the jail, in one hierarchy.
 pub trait Cgroup: std::fmt::Debug {
+    /// Where it is.
+    fn location(&self) -> &Location;
     /// The jail's cgroup directory.
-    fn dir(&self) -> &Path;
+    fn dir(&self) -> &Path {
+        self.location().dir()
+    }
     /// The jailer's own cgroup directory in this hierarchy.
-    fn origin(&self) -> &Path;
+    fn origin(&self) -> &Path {
+        self.location().origin()
+    }
+    /// A fake tree (unit tests).
+    fn fake(&self) -> bool {
+        self.location().fake()
+    }
     /// Creates the directory and missing parents, readying each for the controllers in
     /// `controllers`; returns the directories created, top-down.
     fn create(&self, controllers: &BTreeSet<String>) -> Result<Vec<PathBuf>, CgroupError>;
@@ -129,7 +141,6 @@ pub trait Cgroup: std::fmt::Debug {
         let path = self.dir().join(self.attach_file());
         attach(path, "0", std::process::id(), self.fake())
     }
-    fn fake(&self) -> bool;
 }
 
 /// One control-file write of the plan.
@@ -276,13 +287,14 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
             return Some(*i);
         }
         let has_cpuset = layout.v1.get("cpuset").is_some_and(|c| c.mount == h.mount);
-        plan.groups.push(Box::new(v1::V1Cgroup::new(
+        let at = Location::new(
             h.mount.clone(),
             h.mount.join(&h.own),
             rel(&h.own),
-            has_cpuset,
             host.fake,
-        )));
+        );
+        plan.groups
+            .push(Box::new(v1::V1Cgroup::new(at, has_cpuset)));
         plan.controllers.push(BTreeSet::new());
         let i = plan.groups.len() - 1;
         v1_index.push((h.mount.clone(), i));
@@ -293,12 +305,13 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
             return Some(i);
         }
         let h = layout.v2.as_ref()?;
-        plan.groups.push(Box::new(v2::V2Cgroup::new(
+        let at = Location::new(
             h.mount.clone(),
             h.mount.join(&h.own),
             rel(&h.own),
             host.fake,
-        )));
+        );
+        plan.groups.push(Box::new(v2::V2Cgroup::new(at)));
         plan.controllers.push(BTreeSet::new());
         let i = plan.groups.len() - 1;
         v2_index = Some(i);

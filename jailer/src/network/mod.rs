@@ -1,0 +1,141 @@
+//! Host-side network set-up, before the split: the jail's network namespace, its taps and
+//! its egress firewall, all journaled; and their removal (`cleanup.rs`).
+//!
+//! * `--netns PATH` joins an existing namespace (Firecracker's meaning).
+//! * `--new-netns` creates one and pins it at `/run/netns/<id>` ([`namespace`]): the jailer
+//!   unshares a namespace, bind-mounts it there and returns to its own.
+//! * `--tap NAME` creates a persistent tap owned by the jail's uid:gid in that namespace
+//!   ([`tap`]), so the VMM can attach to it without any capability.
+//! * The egress firewall ([`firewall`]): an nftables table `kiln-<id>` in that namespace.
+//!
+//! The jail process joins the namespace later (`unshare.rs`) with the descriptor returned
+//! by [`prepare`].
+
+mod firewall;
+mod namespace;
+mod tap;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+pub use namespace::join;
+
+use crate::args::{Config, NetnsMode};
+use crate::state::{Journal, NetnsRecord, StateError};
+use firewall::NFT_PATHS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("--netns {path}: cannot open: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("--netns {path}: not a network namespace")]
+    NotNetns { path: PathBuf },
+    #[error("opening the jailer's own network namespace: {0}")]
+    OwnNamespace(#[source] io::Error),
+    #[error("setns into the network namespace {what}: {source}")]
+    Setns { what: String, source: io::Error },
+    #[error("--new-netns: creating {path}: {source}")]
+    CreateFile { path: PathBuf, source: io::Error },
+    #[error("--new-netns: unshare(CLONE_NEWNET): {0}")]
+    Unshare(#[source] io::Error),
+    #[error("--new-netns: bind-mounting the new namespace on {path}: {source}")]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("--tap {name}: {op}: {source}")]
+    Tap {
+        name: String,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("bringing up interface {name}: {source}")]
+    LinkUp { name: String, source: io::Error },
+    #[error("--firewall: nft not found in {NFT_PATHS:?}; install the Debian package nftables")]
+    NftMissing,
+    #[error("--firewall: running {nft}: {source}")]
+    NftSpawn { nft: String, source: io::Error },
+    #[error("--firewall: nft {action} table {table} failed ({status}): {stderr}")]
+    NftFailed {
+        action: &'static str,
+        table: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("removing the network namespace {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Prepares the jail's network namespace; returns a descriptor to join it with, or `None`
+/// when the jail stays in the jailer's namespace.
+pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>, NetworkError> {
+    let net = &config.network;
+    let ns = match &net.mode {
+        NetnsMode::Inherit => return Ok(None),
+        NetnsMode::Join(path) => {
+            journal.record(|s| {
+                s.netns = Some(NetnsRecord {
+                    path: path.clone(),
+                    ..Default::default()
+                })
+            })?;
+            namespace::open(path)?
+        }
+        NetnsMode::Create => namespace::create(&config.id, journal)?,
+    };
+    namespace::within(&ns, "of the jail", || {
+        if matches!(net.mode, NetnsMode::Create) {
+            tap::link_up("lo")?;
+        }
+        for name in &net.taps {
+            // Journaled once it exists (and before it is made persistent): an interface
+            // that was already there is never recorded, so never removed.
+            tap::create(name, config.uid, config.gid, || {
+                journal.record(|s| {
+                    if let Some(n) = s.netns.as_mut() {
+                        n.taps.push(name.clone());
+                    }
+                })?;
+                Ok(())
+            })?;
+        }
+        if net.firewall {
+            let table = firewall::table_name(&config.id);
+            journal.record(|s| {
+                if let Some(n) = s.netns.as_mut() {
+                    n.table = Some(table.clone());
+                }
+            })?;
+            firewall::load(&table, &net.egress)?;
+        }
+        Ok(())
+    })?;
+    Ok(Some(ns))
+}
+
+/// Removes what the jailer made: its taps and table (in a joined namespace), or the whole
+/// namespace it created. What is already gone is skipped.
+pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
+    let ns = match namespace::open(&record.path) {
+        Ok(ns) => Some(ns),
+        Err(NetworkError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+        // The file exists but holds no namespace (crash before the bind mount).
+        Err(NetworkError::NotNetns { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(ns) = &ns {
+        namespace::within(ns, "of the jail", || {
+            for name in &record.taps {
+                tap::delete(name)?;
+            }
+            if let (Some(table), false) = (&record.table, record.created) {
+                firewall::delete(table)?;
+            }
+            Ok(())
+        })?;
+    }
+    if record.created {
+        namespace::unpin(&record.path)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! What every keeper does for the jail, whatever the process layout: journal the jail's
+//! processes, write the pid file, leave the jail's cgroups, and when the jail fails or ends,
+//! kill what is left in them and undo the set-up.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::pipes::{join, Report};
+use super::process::{kill, waitpid};
+use super::{Exit, Role, SuperviseError};
+use crate::args::Config;
+use crate::cgroup;
+use crate::cleanup;
+use crate::state::{Journal, ProcessRecord};
+
+/// Moves this process out of the jail's cgroups. A failure only means this process keeps
+/// counting against the jail's limits until it exits: warned about, not fatal (after a fork
+/// the keeper must go on to undo or supervise the jail).
+pub fn leave_cgroups(journal: &Journal) {
+    for record in &journal.state.cgroups {
+        if let Err(e) = cgroup::evacuate(record, std::process::id()) {
+            eprintln!("jailer: warning: leaving the jail's cgroup: {e}");
+        }
+    }
+}
+
+/// Records a process in the journal. After a fork a failure to write the journal is not
+/// fatal either: the jail's cgroups still show its processes to `jailer cleanup`.
+pub fn record_process(journal: &mut Journal, role: &str, pid: Pid) {
+    if let Some(r) = ProcessRecord::of(role, pid.as_raw()) {
+        if let Err(e) = journal.record(|s| s.processes.push(r)) {
+            eprintln!("jailer: warning: {e}");
+        }
+    }
+}
+
+/// `<chroot>/<exec-name>.pid`: the VMM's host pid, written before the VMM starts.
+pub fn write_pid_file(config: &Config, pid: Pid) -> Result<(), SuperviseError> {
+    let path = config
+        .chroot_dir()
+        .join(format!("{}.pid", config.exec_name));
+    let err = |source| SuperviseError::PidFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(pid.to_string().as_bytes()).map_err(err)?;
+    // The umask (077) applied to the creation mode.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(err)
+}
+
+/// Removes the jail; returns "" or what went wrong.
+pub fn undo_text(journal: &Journal) -> String {
+    match cleanup::remove(&journal.state) {
+        Ok(()) => String::new(),
+        Err(e) => format!("undoing the set-up also failed: {e}"),
+    }
+}
+
+/// A keeper-side failure after the fork: stop the jail (its process, or its PID
+/// namespace's init), undo, report.
+pub fn abort(journal: &Journal, child: Pid, mut report: Report, message: &str) -> Role {
+    kill(child, Signal::SIGKILL);
+    waitpid(child, 0);
+    empty_cgroups(journal, nix::unistd::getpid());
+    report.error(&join(message, &undo_text(journal)));
+    Role::Done(Exit::Code(1))
+}
+
+/// Kills whatever is left in the jail's cgroups and waits (up to ~2 s) until they are
+/// empty, reaping what comes to this subreaper.
+pub fn empty_cgroups(journal: &Journal, me: Pid) {
+    for _ in 0..400 {
+        let mut left = Vec::new();
+        for record in &journal.state.cgroups {
+            left.extend(cgroup::procs(&record.dir).unwrap_or_default());
+        }
+        left.retain(|p| i32::try_from(*p).is_ok_and(|p| p != me.as_raw()));
+        while waitpid(Pid::from_raw(-1), libc::WNOHANG).is_some() {}
+        if left.is_empty() {
+            return;
+        }
+        for p in left {
+            if let Ok(p) = i32::try_from(p) {
+                kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
