@@ -21,7 +21,7 @@ fn parse_timing(line: &str) -> Option<(String, f64, f64)> {
         .parse()
         .ok()?;
     let name = if name.starts_with("exec ") {
-        "exec (step 7 → execve)".to_string()
+        "exec (step 9 → execve)".to_string()
     } else {
         name.to_string()
     };
