@@ -4,7 +4,7 @@
 //! The script is copied to OUT_DIR as `kiln-runtime.ld` and OUT_DIR is added to the native
 //! library search path, which cargo passes on to every crate that depends on this one; the
 //! builder (guest/builder) links with `-T kiln-runtime.ld`, which the linker finds there. The
-//! guest's rustflags (`GUEST_RUSTFLAGS` in guest/builder) are checked like guest/tiny does.
+//! guests' rustflags (kiln-guest-flags) are checked as guest/tiny's build script does.
 
 use std::path::PathBuf;
 
@@ -23,19 +23,5 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot copy {} to OUT_DIR: {e}", script.display()));
     println!("cargo:rustc-link-search=native={}", out.display());
 
-    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
-    for forbidden in ["crt-static", "sse", "sse2"] {
-        if features.split(',').any(|f| f == forbidden) {
-            panic!("kiln-runtime must be built with target feature -{forbidden} (features are {features:?}); {HOW}");
-        }
-    }
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    let flags: Vec<&str> = flags.split('\x1f').collect();
-    let static_model = flags
-        .windows(2)
-        .any(|w| w == ["-C", "relocation-model=static"])
-        || flags.contains(&"-Crelocation-model=static");
-    if !static_model {
-        panic!("kiln-runtime must be built with -C relocation-model=static (rustflags are {flags:?}); {HOW}");
-    }
+    kiln_guest_flags::check_build_env("kiln-runtime", HOW);
 }

@@ -14,8 +14,9 @@
 //!   guest (guest/tiny).
 //!
 //! Guest code is built for the only installed target, `x86_64-unknown-linux-gnu`, with
-//! [`GUEST_RUSTFLAGS`]: no PIE, no `+crt-static` and no SSE (the instruction emulator of some
-//! hosts fails on SSE, see guest/tiny/README.md). The nested cargo runs from `/` in a cleared
+//! [`GUEST_RUSTFLAGS`] (from kiln-guest-flags, whose check every guest's build script runs): no
+//! PIE, no `+crt-static` and no SSE (the instruction emulator of some hosts fails on SSE, see
+//! guest/tiny/README.md). The nested cargo runs from `/` in a cleared
 //! environment so that no `.cargo/config.toml` of an enclosing tree and no variable of the
 //! caller's build leaks into the guest's.
 

@@ -17,14 +17,10 @@ pub const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Exactly the rustflags of freestanding guests: no PIE (linked at a fixed address), no
 /// `+crt-static` (no libc), and no SSE (the emulator of some hosts fails on SSE arithmetic
-/// such as `xorps`, which LLVM uses to zero memory). rustc warns that disabling SSE2 is being
-/// phased out for this target; see guest/tiny/README.md for the fallback.
-pub const GUEST_RUSTFLAGS: &[&str] = &[
-    "-C",
-    "relocation-model=static",
-    "-C",
-    "target-feature=-crt-static,-sse,-sse2",
-];
+/// such as `xorps`, which LLVM uses to zero memory). Defined in kiln-guest-flags
+/// (guest/flags), whose check every guest's build script runs; rustc warns that disabling
+/// SSE2 is being phased out for this target, see guest/tiny/README.md for the fallback.
+pub use kiln_guest_flags::RUSTFLAGS as GUEST_RUSTFLAGS;
 
 /// Environment variables passed on to the nested cargo; everything else is cleared.
 pub const KEPT_ENV: &[&str] = &[

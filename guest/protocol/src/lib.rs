@@ -34,64 +34,68 @@ pub const HEADER_LEN: usize = 16;
 /// Default limit on an event or a response payload: 6 MiB, as Lambda's synchronous payloads.
 pub const DEFAULT_MAX_PAYLOAD: u32 = 6 * 1024 * 1024;
 
-/// What a frame carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// Guest → host, once, first: the guest is ready. Payload: the function's name (UTF-8).
-    Hello = 1,
-    /// Host → guest: run the handler on the payload (the event).
-    Invoke = 2,
-    /// Guest → host: the handler's output for invocation `id`.
-    Response = 3,
-    /// Guest → host: invocation `id` failed; payload is `code u16` + UTF-8 message.
-    Error = 4,
-    /// Guest → host: a log line from the function (UTF-8), not tied to an answer.
-    Log = 5,
+/// Declares a `#[repr($repr)]` enum whose discriminants are its values on the wire, and its
+/// checked conversion `$from` from a raw value, from one list of variants.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $repr:ident, from $from:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr($repr)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The variant whose wire value is `v`; `None` for any other value.
+            pub fn $from(v: $repr) -> Option<$name> {
+                match v {
+                    $($value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl Kind {
-    pub fn from_u8(b: u8) -> Option<Kind> {
-        Some(match b {
-            1 => Kind::Hello,
-            2 => Kind::Invoke,
-            3 => Kind::Response,
-            4 => Kind::Error,
-            5 => Kind::Log,
-            _ => return None,
-        })
+wire_enum! {
+    /// What a frame carries.
+    pub enum Kind: u8, from from_u8 {
+        /// Guest → host, once, first: the guest is ready. Payload: the function's name (UTF-8).
+        Hello = 1,
+        /// Host → guest: run the handler on the payload (the event).
+        Invoke = 2,
+        /// Guest → host: the handler's output for invocation `id`.
+        Response = 3,
+        /// Guest → host: invocation `id` failed; payload is `code u16` + UTF-8 message.
+        Error = 4,
+        /// Guest → host: a log line from the function (UTF-8), not tied to an answer.
+        Log = 5,
     }
 }
 
-/// Why an invocation failed, as the guest reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// The handler returned an error; the message is its text.
-    Handler = 1,
-    /// The handler panicked; the message is the panic location and text. The VM is not
-    /// reused after this.
-    Panic = 2,
-    /// The event was larger than the guest accepts.
-    EventTooLarge = 3,
-    /// The guest could not allocate memory for the event or the response.
-    OutOfMemory = 4,
-    /// The frame was not understood (bad magic, kind or length).
-    Protocol = 5,
+wire_enum! {
+    /// Why an invocation failed, as the guest reports it.
+    pub enum ErrorCode: u16, from from_u16 {
+        /// The handler returned an error; the message is its text.
+        Handler = 1,
+        /// The handler panicked; the message is the panic location and text. The VM is not
+        /// reused after this.
+        Panic = 2,
+        /// The event was larger than the guest accepts.
+        EventTooLarge = 3,
+        /// The guest could not allocate memory for the event or the response.
+        OutOfMemory = 4,
+        /// The frame was not understood (bad magic, kind or length).
+        Protocol = 5,
+    }
 }
 
 impl ErrorCode {
-    pub fn from_u16(v: u16) -> Option<ErrorCode> {
-        Some(match v {
-            1 => ErrorCode::Handler,
-            2 => ErrorCode::Panic,
-            3 => ErrorCode::EventTooLarge,
-            4 => ErrorCode::OutOfMemory,
-            5 => ErrorCode::Protocol,
-            _ => return None,
-        })
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Handler => "handler_error",
@@ -218,6 +222,32 @@ mod tests {
             Header::decode(&b, 100),
             Err(HeaderError::BadMagic(_))
         ));
+    }
+
+    #[test]
+    fn wire_values_round_trip() {
+        for kind in [
+            Kind::Hello,
+            Kind::Invoke,
+            Kind::Response,
+            Kind::Error,
+            Kind::Log,
+        ] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(6), None);
+        for code in [
+            ErrorCode::Handler,
+            ErrorCode::Panic,
+            ErrorCode::EventTooLarge,
+            ErrorCode::OutOfMemory,
+            ErrorCode::Protocol,
+        ] {
+            assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
+        }
+        assert_eq!(ErrorCode::from_u16(0), None);
+        assert_eq!(ErrorCode::from_u16(6), None);
     }
 
     #[test]

@@ -31,46 +31,22 @@
 //! writes them): identity map of [0, 4 GiB), every page user-accessible, 2 MiB pages except
 //! [0, 2 MiB) and [2 MiB, 4 MiB), which use 4 KiB pages so that page 0 (null) and the stack
 //! guard page at 2 MiB can be left out; 3-4 GiB (MMIO) is uncached.
+//!
+//! The long-mode switch of the PVH path, the page directories and the PVH note are built
+//! from kiln-guest-boot's [`kiln_guest_boot::entry_asm!`], shared with the tiny test guest.
+//! The symbols the IDT is filled with are declared in [`crate::idt`].
 
 use crate::layout::{FAULT_STACK_TOP, STACK_GUARD, STACK_TOP};
 use core::arch::global_asm;
-
-/// Entry kind passed to [`crate::start::kiln_user_start`] for the Linux 64-bit entry.
-pub const ENTRY_LINUX64: u32 = 0;
-/// Entry kind passed for the PVH entry.
-pub const ENTRY_PVH: u32 = 1;
-
-/// Interrupt vector of the vsock device (IOAPIC) and of the LAPIC timer.
-pub const VECTOR_DEVICE: u8 = 0x30;
-/// LAPIC spurious-interrupt vector.
-pub const VECTOR_SPURIOUS: u8 = 0xff;
-
-extern "C" {
-    /// The IDT (256 gates of 16 bytes), filled by [`crate::start`] at CPL 3.
-    pub static mut kiln_idt: [u64; 512];
-    /// Stub of exception vector `n` is at `kiln_exception_stubs + n * STUB_SIZE`.
-    pub fn kiln_exception_stubs();
-    /// The `#GP` handler (vector 13): `hlt` at CPL 3 waits for an interrupt.
-    pub fn kiln_isr_gp();
-    /// Device and timer interrupts: EOI to the LAPIC, return.
-    pub fn kiln_isr_eoi();
-    /// Spurious interrupts: return.
-    pub fn kiln_isr_spurious();
-}
-
-/// Size of each exception stub in `kiln_exception_stubs` (padded).
-pub const STUB_SIZE: usize = 16;
+use kiln_guest_boot::{ENTRY_LINUX64, ENTRY_PVH};
 
 global_asm!(
+    kiln_guest_boot::entry_asm!(),
     r#"
     .set KILN_KCODE, 0x08
     .set KILN_UDATA, 0x1b
     .set KILN_UCODE, 0x23
     .set KILN_TSS_SEL, 0x28
-    .set KILN_CR4_PAE, 0x20
-    .set KILN_CR0_PG_PE, 0x80000001
-    .set KILN_MSR_EFER, 0xc0000080
-    .set KILN_EFER_LME, 0x100
     .set KILN_RFLAGS_USER, 0x2
     .set KILN_LAPIC_EOI, 0xfee000b0
 
@@ -82,26 +58,7 @@ global_asm!(
     .type kiln_pvh_entry, @function
 kiln_pvh_entry:
     movl %ebx, %esi
-    movl %cr4, %eax
-    orl $KILN_CR4_PAE, %eax
-    movl %eax, %cr4
-    movl $kiln_pml4, %eax
-    movl %eax, %cr3
-    movl $KILN_MSR_EFER, %ecx
-    rdmsr
-    orl $KILN_EFER_LME, %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $KILN_CR0_PG_PE, %eax
-    movl %eax, %cr0
-    lgdt kiln_gdt_ptr
-    ljmp $KILN_KCODE, $kiln_pvh_long
-    .code64
-kiln_pvh_long:
-    /* The upper halves of the registers are undefined after the switch. */
-    movl %esi, %esi
-    movl ${entry_pvh}, %edi
-    jmp kiln_common64
+    KILN_PVH_LONG_MODE kiln_pml4, kiln_gdt_ptr, KILN_KCODE, esi, {entry_pvh}, kiln_common64, 0, 0
     .size kiln_pvh_entry, . - kiln_pvh_entry
 
     /* ---- Linux 64-bit entry: long mode, VMM's identity map, RSI = boot_params ---- */
@@ -252,8 +209,8 @@ kiln_msg_fatal:
     .p2align 4
 kiln_gdt:
     .quad 0
-    .quad 0x00af9b000000ffff    /* 0x08 code, DPL 0, long mode */
-    .quad 0x00cf93000000ffff    /* 0x10 data, DPL 0 */
+    .quad KILN_GDT_CODE64       /* 0x08 code, DPL 0, long mode */
+    .quad KILN_GDT_DATA         /* 0x10 data, DPL 0 */
     .quad 0x00cff3000000ffff    /* 0x18 data, DPL 3 */
     .quad 0x00affb000000ffff    /* 0x20 code, DPL 3, long mode */
     /* 0x28: available 64-bit TSS, base from the linker (link.ld) */
@@ -300,34 +257,18 @@ kiln_idt:
 
     /* ---- page tables ---- */
     .section .data.kiln_pagetables, "aw", @progbits
-    .p2align 12
-kiln_pml4:
-    .quad kiln_pdpt + 0x27
-    .fill 511, 8, 0
-kiln_pdpt:
-    .quad kiln_pd + 0x0000 + 0x27
-    .quad kiln_pd + 0x1000 + 0x27
-    .quad kiln_pd + 0x2000 + 0x27
-    .quad kiln_pd + 0x3000 + 0x27
-    .fill 508, 8, 0
+    .set KILN_TABLE, KILN_PTE_P|KILN_PTE_RW|KILN_PTE_US|KILN_PTE_A
+    KILN_PAGE_ROOT kiln_pml4, kiln_pdpt, kiln_pd, KILN_TABLE
 kiln_pd:
-    .quad kiln_pt_low + 0x27
-    .quad kiln_pt_stack + 0x27
-    .set kiln_pa, 0x400000
-    .rept 1534
-    .quad kiln_pa + 0xe7
-    .set kiln_pa, kiln_pa + 0x200000
-    .endr
-    .rept 512
-    .quad kiln_pa + 0xff
-    .set kiln_pa, kiln_pa + 0x200000
-    .endr
+    .quad kiln_pt_low + KILN_TABLE
+    .quad kiln_pt_stack + KILN_TABLE
+    KILN_PD_2M 2, KILN_TABLE|KILN_PTE_D|KILN_PTE_PS
     /* [0, 2 MiB) in 4 KiB pages, page 0 absent */
 kiln_pt_low:
     .quad 0
     .set kiln_pa, 0x1000
     .rept 511
-    .quad kiln_pa + 0x67
+    .quad kiln_pa + (KILN_TABLE|KILN_PTE_D)
     .set kiln_pa, kiln_pa + 0x1000
     .endr
     /* [2 MiB, 4 MiB) in 4 KiB pages, the guard page at 2 MiB absent */
@@ -335,7 +276,7 @@ kiln_pt_stack:
     .quad 0
     .set kiln_pa, {stack_guard} + 0x1000
     .rept 511
-    .quad kiln_pa + 0x67
+    .quad kiln_pa + (KILN_TABLE|KILN_PTE_D)
     .set kiln_pa, kiln_pa + 0x1000
     .endr
 
@@ -346,17 +287,7 @@ kiln_stack0:
     .fill 4096, 1, 0
 kiln_stack0_top:
 
-    /* ---- PVH entry note: owner "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18), 8-byte
-       descriptor like Linux's ---- */
-    .section .note.Xen, "a", @note
-    .p2align 2
-    .long 4
-    .long 8
-    .long 18
-    .asciz "Xen"
-    .p2align 2
-    .quad kiln_pvh_entry
-    .p2align 2
+    KILN_PVH_NOTE kiln_pvh_entry
 
     .text
 "#,

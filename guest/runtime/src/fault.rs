@@ -6,10 +6,10 @@
 //! that happens, or inside the vsock driver, stops the VM at once.
 
 use crate::arch::reset;
+use crate::driver::{CURRENT_ID, DRIVER, DRIVER_BUSY};
 use crate::fixed::FixedBuf;
 use crate::global::Global;
 use crate::layout::STACK_GUARD;
-use crate::rt::{CURRENT_ID, DRIVER, DRIVER_BUSY};
 use crate::serial::{Serial, RUNTIME_PREFIX};
 use core::fmt::Write;
 use kiln_protocol::{error_code_bytes, ErrorCode, Header, Kind};

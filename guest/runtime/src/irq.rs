@@ -6,7 +6,7 @@
 //! is ever interrupted: a device interrupt that arrives while the runtime works stays pending
 //! in the LAPIC and ends the next wait at once.
 
-use crate::entry::{VECTOR_DEVICE, VECTOR_SPURIOUS};
+use crate::idt::{VECTOR_DEVICE, VECTOR_SPURIOUS};
 
 const LAPIC: u64 = 0xfee0_0000;
 const LAPIC_SVR: u64 = 0xf0;

@@ -15,6 +15,8 @@
 //! 0xc0000000.. 4 GiB     mapped uncached: virtio-mmio windows, IOAPIC, LAPIC
 //! ```
 
+use kiln_guest_boot::IdentityMap;
+
 /// The stack guard page (not present in the page tables).
 pub const STACK_GUARD: u64 = 0x20_0000;
 /// Top of the ring-3 stack (grows down to `STACK_GUARD + 4 KiB`).
@@ -24,9 +26,15 @@ pub const FAULT_STACK_TOP: u64 = 0x40_0000;
 /// First byte of the heap.
 pub const HEAP_START: u64 = 0x40_0000;
 /// End (exclusive) of the identity map: nothing at or above it is reachable.
-pub const MAPPED_LIMIT: u64 = 1 << 32;
+pub const MAPPED_LIMIT: u64 = kiln_guest_boot::IDENTITY_MAP_END;
 /// Start of the 32-bit MMIO gap (device windows, IOAPIC, LAPIC): RAM never extends past it.
-pub const MMIO_GAP_START: u64 = 0xc000_0000;
+pub const MMIO_GAP_START: u64 = kiln_guest_boot::MMIO_GAP_START;
 
-/// The kernel code selector of the GDT (entry.rs), for IDT gates.
-pub const KERNEL_CS: u64 = 0x08;
+/// What the page tables map, for reads of memory the runtime does not own (boot
+/// information): [4 KiB, 4 GiB) without the stack guard page.
+// SAFETY: entry.rs's page tables map exactly that at the same address, readable (every page
+// is present and user-accessible but page 0 and the guard page), and never change; what the
+// runtime reads through it is the VMM's boot structures below 1 MiB, which no Rust object
+// lives in; the runtime runs on one vCPU.
+pub const IDENTITY_MAP: IdentityMap =
+    unsafe { IdentityMap::new(0x1000, MAPPED_LIMIT, STACK_GUARD..STACK_GUARD + 0x1000) };

@@ -16,11 +16,17 @@
 //! ```
 //!
 //! The image boots through the Linux 64-bit or PVH entry (entry.rs), switches to CPL 3 at once,
-//! sets up a heap over the RAM from 4 MiB (heap.rs), connects to the host worker over
-//! virtio-vsock (vsock.rs) and serves invocations with the protocol of `kiln-protocol`
-//! (rt.rs): one Invoke frame, one call of the handler, one Response or Error frame. State in
-//! statics and on the heap survives between invocations of a warm VM. A panic or a CPU
-//! exception is reported as an Error frame (fault.rs) and stops the VM.
+//! fills the IDT (idt.rs), reads the boot information (start.rs, boot.rs), sets up a heap over
+//! the RAM from 4 MiB (heap.rs), connects to the host worker over virtio-vsock (vsock/, on
+//! virtio.rs's device discovery; irq.rs wakes it) and serves invocations with the protocol of
+//! `kiln-protocol` (invoke_loop.rs): one Invoke frame, one call of the handler, one Response
+//! or Error frame. State in statics and on the heap survives between invocations of a warm
+//! VM. A panic or a CPU exception is reported as an Error frame through the connected driver
+//! (fault.rs, driver.rs) and stops the VM.
+//!
+//! Shared with the tiny test guest: the entry building blocks, boot information and command
+//! line (kiln-guest-boot), the virtio-mmio transport and rings (kiln-guest-virtio), the C
+//! memory routines (kiln-guest-mem).
 //!
 //! See README.md for the memory layout, the rings and the measured costs.
 
@@ -30,24 +36,26 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod driver;
 mod entry;
 mod fault;
 mod fixed;
 mod global;
 mod heap;
+mod idt;
+mod invoke_loop;
 mod irq;
 mod layout;
 // The C memory routines the compiler calls (no libc here).
 use kiln_guest_mem as _;
-mod rt;
 #[doc(hidden)]
 pub mod serial;
 mod start;
 mod virtio;
 mod vsock;
 
+pub use invoke_loop::{serve, FunctionConfig, MAX_RESPONSE_BYTES};
 pub use kiln_protocol as protocol;
-pub use rt::{serve, FunctionConfig, MAX_RESPONSE_BYTES};
 
 /// What most functions need: `Vec`, `String`, `Box`, `format!`, `vec!`, `ToString`.
 pub mod prelude {

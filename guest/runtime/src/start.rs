@@ -5,12 +5,11 @@
 // The runtime is x86-64 only: u64 addresses fit in usize.
 #![allow(clippy::cast_possible_truncation)]
 
-use crate::boot::BootInfo;
-use crate::entry::{self, STUB_SIZE, VECTOR_DEVICE, VECTOR_SPURIOUS};
-use crate::global::Global;
-use crate::layout::{HEAP_START, KERNEL_CS};
+use crate::boot::{BOOT, START_TSC};
+use crate::idt;
+use crate::layout::{HEAP_START, IDENTITY_MAP, MMIO_GAP_START};
 use crate::serial::rt_log;
-use core::ptr::addr_of_mut;
+use kiln_guest_boot::{BootInfo, Entry};
 
 extern "Rust" {
     /// Defined by `kiln_runtime::function!` in the function's crate: calls
@@ -18,49 +17,18 @@ extern "Rust" {
     fn __kiln_function_main() -> !;
 }
 
-/// TSC when ring 3 was entered (for `kiln.verbose` timings).
-pub static START_TSC: Global<u64> = Global::new(0);
-
-/// The boot information, read once at start.
-pub static BOOT: Global<Option<BootInfo>> = Global::new(None);
-
-/// An interrupt gate (DPL 0, interrupts off on entry) to `handler` in the kernel code
-/// segment.
-fn gate(handler: u64) -> (u64, u64) {
-    let low = (handler & 0xffff) | KERNEL_CS << 16 | 0x8e << 40 | ((handler >> 16) & 0xffff) << 48;
-    (low, handler >> 32)
-}
-
-fn set_gate(vector: u8, handler: u64) {
-    let (low, high) = gate(handler);
-    let i = usize::from(vector) * 2;
-    // SAFETY: the IDT is 512 u64 in the image, written only here, before any interrupt can
-    // be taken (interrupts are off and no exception is expected while it is filled).
-    unsafe {
-        let idt = addr_of_mut!(entry::kiln_idt).cast::<u64>();
-        idt.add(i).write_volatile(low);
-        idt.add(i + 1).write_volatile(high);
-    }
-}
-
 /// Entered at CPL 3 with `EDI` = entry kind and `RSI` = boot information address.
 #[no_mangle]
 pub extern "C" fn kiln_user_start(entry: u32, info: u64) -> ! {
     // SAFETY: nothing else refers to START_TSC yet.
     unsafe { *START_TSC.get() = crate::arch::rdtsc() };
-    let stubs = entry::kiln_exception_stubs as *const () as u64;
-    for v in 0..32u8 {
-        set_gate(v, stubs + u64::from(v) * STUB_SIZE as u64);
-    }
-    set_gate(13, entry::kiln_isr_gp as *const () as u64);
-    set_gate(VECTOR_DEVICE, entry::kiln_isr_eoi as *const () as u64);
-    set_gate(
-        VECTOR_SPURIOUS,
-        entry::kiln_isr_spurious as *const () as u64,
-    );
+    idt::fill();
 
-    let boot = BootInfo::parse(entry, info);
-    let Some(heap_end) = boot.ram_end_containing(HEAP_START) else {
+    // entry.rs passes one of the two kinds; nobody is there to hear of a problem with the
+    // boot information (the command line names the device to report through).
+    let entry = Entry::from_raw(entry).unwrap_or(Entry::Linux64);
+    let boot = BootInfo::parse(entry, info, &IDENTITY_MAP, &mut |_| {});
+    let Some(heap_end) = boot.ram_end_containing(HEAP_START, MMIO_GAP_START) else {
         rt_log!(
             "error no RAM at {HEAP_START:#x} in the memory map: the runtime needs at least 8 MiB"
         );

@@ -1,4 +1,4 @@
-//! Thin wrappers over the x86 instructions the guest uses: port I/O, CPUID, halting,
+//! Thin wrappers over the x86 instructions the guest uses: port I/O, CPUID, the TSC, halting,
 //! loading an IDT.
 //!
 //! Port I/O and CPUID cannot violate Rust's memory safety (they touch no memory the
@@ -86,4 +86,12 @@ pub fn load_empty_idt() {
     unsafe {
         asm!("lidt [{}]", in(reg) descriptor.as_ptr(), options(readonly, nostack, preserves_flags))
     }
+}
+
+/// The time-stamp counter.
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdtsc` reads the time-stamp counter into EDX:EAX; it touches no memory.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -19,13 +19,12 @@
 //! is nevertheless enabled on both paths (CR0.EM clear, CR0.MP, CR4.OSFXSR,
 //! CR4.OSXMMEXCPT; three instructions) so that code built with SSE moves would still run.
 //! CR0.CD and CR0.NW are cleared too (caching on), in case a VMM left their reset values.
+//!
+//! The long-mode switch of the PVH path, the page tables and the PVH note are built from
+//! kiln-guest-boot's [`kiln_guest_boot::entry_asm!`], shared with the function runtime.
 
 use core::arch::global_asm;
-
-/// Value of the first argument of [`crate::kiln_tiny_main`] for the Linux 64-bit entry.
-pub const ENTRY_LINUX64: u32 = 0;
-/// Value of the first argument of [`crate::kiln_tiny_main`] for the PVH entry.
-pub const ENTRY_PVH: u32 = 1;
+use kiln_guest_boot::{ENTRY_LINUX64, ENTRY_PVH};
 
 /// Size of the guest's stack, inside the image.
 pub const STACK_SIZE: usize = 16 * 1024;
@@ -34,16 +33,14 @@ pub const STACK_SIZE: usize = 16 * 1024;
 // 0x08: 64-bit code, DPL 0 (accessed bit preset so that loading it writes nothing).
 // 0x10: flat data, DPL 0.
 global_asm!(
+    kiln_guest_boot::entry_asm!(),
     r#"
     .set KILN_COM1, 0x3f8
     .set KILN_CS, 0x08
     .set KILN_DS, 0x10
     .set KILN_CR0_MP, 0x2
     .set KILN_CR0_EM_NW_CD, 0x60000004
-    .set KILN_CR0_PE_PG_MP, 0x80000003
     .set KILN_CR4_PAE_OSFXSR_OSXMMEXCPT, 0x620
-    .set KILN_MSR_EFER, 0xc0000080
-    .set KILN_EFER_LME, 0x100
 
     /* Writes the NUL-terminated string at \msg to COM1, one `out` per byte.
        Clobbers eax/rax, edx, esi/rsi. Works in 32- and 64-bit mode alike. */
@@ -69,29 +66,7 @@ kiln_pvh_entry:
     cld
     movl %ebx, %ebp
     KILN_EARLY_PUTS kiln_msg_start_pvh
-    movl %cr4, %eax
-    orl $KILN_CR4_PAE_OSFXSR_OSXMMEXCPT, %eax
-    movl %eax, %cr4
-    movl $kiln_pml4, %eax
-    movl %eax, %cr3
-    movl $KILN_MSR_EFER, %ecx
-    rdmsr
-    orl $KILN_EFER_LME, %eax
-    wrmsr
-    movl %cr0, %eax
-    andl $~KILN_CR0_EM_NW_CD, %eax
-    orl $KILN_CR0_PE_PG_MP, %eax
-    movl %eax, %cr0
-    lgdt kiln_gdt_ptr
-    ljmp $KILN_CS, $kiln_pvh_long
-
-    .code64
-kiln_pvh_long:
-    /* The upper halves of the registers are undefined after the switch: 32-bit moves
-       zero them. */
-    movl %ebp, %esi
-    movl ${entry_pvh}, %edi
-    jmp kiln_common64
+    KILN_PVH_LONG_MODE kiln_pml4, kiln_gdt_ptr, KILN_CS, ebp, {entry_pvh}, kiln_common64, KILN_CR4_PAE_OSFXSR_OSXMMEXCPT, KILN_CR0_MP, KILN_CR0_EM_NW_CD
     .size kiln_pvh_entry, . - kiln_pvh_entry
 
     /* ---- Linux 64-bit entry: long mode, VMM's identity map, RSI = boot_params ---- */
@@ -148,8 +123,8 @@ kiln_msg_start_linux64:
     .p2align 4
 kiln_gdt:
     .quad 0
-    .quad 0x00af9b000000ffff
-    .quad 0x00cf93000000ffff
+    .quad KILN_GDT_CODE64
+    .quad KILN_GDT_DATA
 kiln_gdt_end:
     .p2align 3
 kiln_gdt_ptr:
@@ -161,27 +136,10 @@ kiln_gdt_ptr:
        The last GiB (0xC0000000..4 GiB: the 32-bit MMIO gap where virtio-mmio lives)
        is mapped PCD|PWT (uncached). */
     .section .data.pagetables, "aw", @progbits
-    .p2align 12
     .globl kiln_pml4
-kiln_pml4:
-    .quad kiln_pdpt + 0x23
-    .fill 511, 8, 0
-kiln_pdpt:
-    .quad kiln_pd + 0x0000 + 0x23
-    .quad kiln_pd + 0x1000 + 0x23
-    .quad kiln_pd + 0x2000 + 0x23
-    .quad kiln_pd + 0x3000 + 0x23
-    .fill 508, 8, 0
+    KILN_PAGE_ROOT kiln_pml4, kiln_pdpt, kiln_pd, KILN_PTE_P|KILN_PTE_RW|KILN_PTE_A
 kiln_pd:
-    .set kiln_pa, 0
-    .rept 1536
-    .quad kiln_pa + 0xe3
-    .set kiln_pa, kiln_pa + 0x200000
-    .endr
-    .rept 512
-    .quad kiln_pa + 0xfb
-    .set kiln_pa, kiln_pa + 0x200000
-    .endr
+    KILN_PD_2M 0, KILN_PTE_P|KILN_PTE_RW|KILN_PTE_A|KILN_PTE_D|KILN_PTE_PS
 
     /* ---- stack ---- */
     .section .data.stack, "aw", @progbits
@@ -192,18 +150,7 @@ kiln_stack_bottom:
     .globl kiln_stack_top
 kiln_stack_top:
 
-    /* ---- PVH entry note: owner "Xen", type XEN_ELFNOTE_PHYS32_ENTRY (18).
-       The descriptor is 8 bytes like Linux's: QEMU 7.2 reads a size_t there, newer
-       QEMU and linux-loader read the low 4 bytes. ---- */
-    .section .note.Xen, "a", @note
-    .p2align 2
-    .long 4
-    .long 8
-    .long 18
-    .asciz "Xen"
-    .p2align 2
-    .quad kiln_pvh_entry
-    .p2align 2
+    KILN_PVH_NOTE kiln_pvh_entry
 
     .text
 "#,

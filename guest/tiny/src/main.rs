@@ -12,16 +12,18 @@
 //! `cli; hlt` forever.
 //!
 //! Modules: `entry` (assembly entries, page tables, GDT, stack, PVH note), `serial`
-//! (output), `boot_info` (both boot protocols into one struct), `cmdline`, `phys` (checked
-//! reads of physical memory), `scenarios`, `arch` (instruction wrappers; the C memory routines come from guest/mem), `virtio` (a
-//! polling virtio-mmio driver).
+//! (output), `boot_info` (both boot protocols into one struct, problems printed), `phys`
+//! (the identity map checked reads of physical memory go through), `scenarios`, `arch`
+//! (instruction wrappers), `virtio` (polling virtio-mmio device drivers). Shared with the
+//! function runtime: the entry building blocks, boot information and command line
+//! (guest/boot), the virtio transport and rings (guest/virtio), the C memory routines
+//! (guest/mem).
 
 #![no_std]
 #![no_main]
 
 mod arch;
 mod boot_info;
-mod cmdline;
 mod entry;
 // The C memory routines the compiler calls (no libc here).
 use kiln_guest_mem as _;
@@ -30,7 +32,8 @@ mod scenarios;
 mod serial;
 mod virtio;
 
-use boot_info::{BootInfo, Entry};
+use boot_info::Entry;
+use kiln_guest_boot::cmdline;
 use serial::Console;
 
 /// Port of QEMU's isa-debug-exit device (`-device isa-debug-exit,iobase=0xf4`): writing V
@@ -38,8 +41,8 @@ use serial::Console;
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// Called by the entry stubs on the image's stack, page tables and GDT, in 64-bit mode.
-/// `entry` is [`entry::ENTRY_LINUX64`] or [`entry::ENTRY_PVH`]; `info` the physical address
-/// of `boot_params` or `hvm_start_info`.
+/// `entry` is [`kiln_guest_boot::ENTRY_LINUX64`] or [`kiln_guest_boot::ENTRY_PVH`]; `info`
+/// the physical address of `boot_params` or `hvm_start_info`.
 #[no_mangle]
 pub extern "C" fn kiln_tiny_main(entry: u32, info: u64) -> ! {
     let mut con = Console::new();
@@ -47,7 +50,7 @@ pub extern "C" fn kiln_tiny_main(entry: u32, info: u64) -> ! {
         con.error().s("entry kind=").dec(entry.into()).end();
         end_vm(&mut con);
     };
-    let info = BootInfo::parse(entry, info, &mut con);
+    let info = boot_info::parse(entry, info, &mut con);
     let name = cmdline::param(info.cmdline, scenarios::PARAM).unwrap_or(scenarios::DEFAULT);
     scenarios::run(name, &info, &mut con);
     con.line().s("done").end();

@@ -26,12 +26,14 @@
 // or the ring field has (32, 16 or 8 bits); every such value is in range by construction.
 #![allow(clippy::cast_possible_truncation)]
 
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::{Console, Line};
 use crate::virtio::blk::{
     Blk, StartError, F_RO, MAX_SECTORS, SECTOR, T_FLUSH, T_GET_ID, T_IN, T_OUT,
 };
-use crate::virtio::{fnv1a, param_num, rdtsc};
+use crate::virtio::fnv1a;
+use kiln_guest_boot::cmdline::param_num;
 
 /// Byte `i` of a `blk-write` request at `sector` (the tests compute the same).
 pub fn pattern(sector: u64, i: usize) -> u8 {
@@ -45,9 +47,9 @@ pub fn open(info: &BootInfo, con: &mut Console) -> Option<Blk> {
         Ok(b) => {
             con.line()
                 .s("blk base=")
-                .hex(b.mmio.base)
+                .hex(b.mmio.base())
                 .s(" irq=")
-                .dec(b.mmio.irq.into())
+                .dec(b.mmio.irq().into())
                 .s(" features=")
                 .hex(b.features)
                 .s(" capacity=")
@@ -88,24 +90,34 @@ pub fn hex_bytes<'a>(mut line: Line<'a>, bytes: &[u8]) -> Line<'a> {
     line
 }
 
-/// Reads `count` sectors at `sector` and prints the `blk read` line; returns the status.
-pub fn read(b: &mut Blk, con: &mut Console, sector: u64, count: usize) -> Option<u8> {
-    let len = (count * SECTOR) as u32;
-    Blk::data().fill(0);
+/// Sends one request of `kind` for `count` sectors at `sector`, timed, and starts its line,
+/// `blk WHAT sector=S count=C status=N len=N cycles=N`, for the caller to finish; or prints
+/// `blk WHAT timed out sector=S` as an error.
+fn request<'a>(
+    b: &mut Blk,
+    con: &'a mut Console,
+    what: &str,
+    kind: u32,
+    sector: u64,
+    count: usize,
+) -> Option<(Line<'a>, u8)> {
     let start = rdtsc();
-    let request = b.request(T_IN, sector, len);
+    let request = b.request(kind, sector, (count * SECTOR) as u32);
     let cycles = rdtsc().wrapping_sub(start);
     let Some((status, used)) = request else {
         con.error()
-            .s("blk read timed out sector=")
+            .s("blk ")
+            .s(what)
+            .s(" timed out sector=")
             .dec(sector)
             .end();
         return None;
     };
-    let data = &Blk::data()[..count * SECTOR];
     let line = con
         .line()
-        .s("blk read sector=")
+        .s("blk ")
+        .s(what)
+        .s(" sector=")
         .dec(sector)
         .s(" count=")
         .dec(count as u64)
@@ -115,6 +127,14 @@ pub fn read(b: &mut Blk, con: &mut Console, sector: u64, count: usize) -> Option
         .dec(used.into())
         .s(" cycles=")
         .dec(cycles);
+    Some((line, status))
+}
+
+/// Reads `count` sectors at `sector` and prints the `blk read` line; returns the status.
+pub fn read(b: &mut Blk, con: &mut Console, sector: u64, count: usize) -> Option<u8> {
+    Blk::data().fill(0);
+    let (line, status) = request(b, con, "read", T_IN, sector, count)?;
+    let data = &Blk::data()[..count * SECTOR];
     if status == 0 {
         hex_bytes(
             line.s(" sum=").hex(fnv1a(data).into()).s(" head="),
@@ -132,28 +152,8 @@ pub fn write(b: &mut Blk, con: &mut Console, sector: u64, count: usize) -> Optio
     for (i, byte) in Blk::data()[..count * SECTOR].iter_mut().enumerate() {
         *byte = pattern(sector, i);
     }
-    let start = rdtsc();
-    let request = b.request(T_OUT, sector, (count * SECTOR) as u32);
-    let cycles = rdtsc().wrapping_sub(start);
-    let Some((status, used)) = request else {
-        con.error()
-            .s("blk write timed out sector=")
-            .dec(sector)
-            .end();
-        return None;
-    };
-    con.line()
-        .s("blk write sector=")
-        .dec(sector)
-        .s(" count=")
-        .dec(count as u64)
-        .s(" status=")
-        .dec(status.into())
-        .s(" len=")
-        .dec(used.into())
-        .s(" cycles=")
-        .dec(cycles)
-        .end();
+    let (line, status) = request(b, con, "write", T_OUT, sector, count)?;
+    line.end();
     Some(status)
 }
 

@@ -34,7 +34,7 @@ const CPU_ENABLED: u8 = 1;
 fn checksum(addr: u64, len: u64) -> Option<u8> {
     let mut sum = 0u8;
     for i in 0..len {
-        sum = sum.wrapping_add(phys::read_u8(addr + i)?);
+        sum = sum.wrapping_add(phys::MAP.read_u8(addr + i)?);
     }
     Some(sum)
 }
@@ -42,7 +42,7 @@ fn checksum(addr: u64, len: u64) -> Option<u8> {
 /// Address of a valid MP floating pointer structure in `[start, end)`.
 fn scan(start: u64, end: u64, con: &mut Console) -> Option<u64> {
     let mut from = start;
-    while let Some(addr) = phys::find_u32(from, end, 16, FLOATING_SIGNATURE) {
+    while let Some(addr) = phys::MAP.find_u32(from, end, 16, FLOATING_SIGNATURE) {
         if checksum(addr, 16) == Some(0) {
             return Some(addr);
         }
@@ -56,7 +56,7 @@ fn find_floating(con: &mut Console) -> Option<u64> {
     if let Some(found) = scan(0x9fc00, 0xa0000, con) {
         return Some(found);
     }
-    let ebda = u64::from(phys::read_u16(BDA_EBDA_SEGMENT).unwrap_or(0)) << 4;
+    let ebda = u64::from(phys::MAP.read_u16(BDA_EBDA_SEGMENT).unwrap_or(0)) << 4;
     if (0x80000..0xa0000).contains(&ebda) {
         if let Some(found) = scan(ebda, ebda + 1024, con) {
             return Some(found);
@@ -67,11 +67,11 @@ fn find_floating(con: &mut Console) -> Option<u64> {
 
 /// Counts enabled processor entries of the configuration table at `table`.
 fn count_cpus(table: u64, con: &mut Console) -> Option<u32> {
-    if phys::read_u32(table) != Some(CONFIG_SIGNATURE) {
+    if phys::MAP.read_u32(table) != Some(CONFIG_SIGNATURE) {
         con.error().s("mp config signature addr=").hex(table).end();
         return None;
     }
-    let length = u64::from(phys::read_u16(table + 4)?);
+    let length = u64::from(phys::MAP.read_u16(table + 4)?);
     if checksum(table, length) != Some(0) {
         con.error().s("mp config checksum addr=").hex(table).end();
     }
@@ -79,7 +79,7 @@ fn count_cpus(table: u64, con: &mut Console) -> Option<u32> {
     let mut at = table + CONFIG_HEADER_SIZE;
     let mut cpus = 0u32;
     while at < end {
-        let kind = phys::read_u8(at)?;
+        let kind = phys::MAP.read_u8(at)?;
         let size = match kind {
             PROCESSOR_ENTRY => PROCESSOR_ENTRY_SIZE,
             1..=4 => OTHER_ENTRY_SIZE,
@@ -100,7 +100,7 @@ fn count_cpus(table: u64, con: &mut Console) -> Option<u32> {
                 .end();
             return Some(cpus);
         }
-        if kind == PROCESSOR_ENTRY && phys::read_u8(at + 3)? & CPU_ENABLED != 0 {
+        if kind == PROCESSOR_ENTRY && phys::MAP.read_u8(at + 3)? & CPU_ENABLED != 0 {
             cpus += 1;
         }
         at += size;
@@ -113,7 +113,7 @@ pub fn run(_info: &BootInfo, con: &mut Console) {
         con.line().s("cpus=none").end();
         return;
     };
-    let table = u64::from(phys::read_u32(floating + 4).unwrap_or(0));
+    let table = u64::from(phys::MAP.read_u32(floating + 4).unwrap_or(0));
     con.line()
         .s("mp floating=")
         .hex(floating)

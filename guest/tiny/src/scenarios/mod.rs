@@ -12,7 +12,6 @@ mod cpuid;
 mod cpus;
 mod faults;
 mod hostile;
-mod hostile_io;
 mod memmap;
 mod net;
 mod ports;
@@ -55,18 +54,18 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"blk-swap", blk::run_swap),
     (b"net-tx", net::run_tx),
     (b"net-rx", net::run_rx),
-    (b"virtio-loop", hostile::run_loop),
-    (b"virtio-oob", hostile::run_oob),
-    (b"virtio-qsize", hostile::run_qsize),
-    (b"virtio-kicks", hostile::run_kicks),
-    (b"virtio-mmio-junk", hostile::run_mmio_junk),
+    (b"virtio-loop", hostile::blk::run_loop),
+    (b"virtio-oob", hostile::blk::run_oob),
+    (b"virtio-qsize", hostile::blk::run_qsize),
+    (b"virtio-kicks", hostile::blk::run_kicks),
+    (b"virtio-mmio-junk", hostile::blk::run_mmio_junk),
     (b"vsock-connect", vsock::run_connect),
     (b"vsock-listen", vsock::run_listen),
     (b"vsock-bad", vsock::run_bad),
-    (b"virtio-giant", hostile_io::run_giant),
-    (b"virtio-wrap", hostile_io::run_wrap),
-    (b"virtio-config", hostile_io::run_config),
-    (b"net-hostile", hostile_io::run_net),
+    (b"virtio-giant", hostile::giant::run),
+    (b"virtio-wrap", hostile::wrap::run),
+    (b"virtio-config", hostile::config::run),
+    (b"net-hostile", hostile::net::run),
     (b"bus-junk", bus::run_junk),
     (b"legacy-junk", bus::run_legacy),
     (b"irq-storm", storm::run),

@@ -16,7 +16,7 @@
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::net::{Net, F_MRG_RXBUF, HDR, RX_BUFS, RX_BUF_LEN};
-use crate::virtio::param_num;
+use kiln_guest_boot::cmdline::param_num;
 
 pub const ETHERTYPE: u16 = 0x88b5;
 pub const TX_PAYLOAD: &[u8] = b"KILN-TINY-NET-TX frame from the guest";
@@ -34,9 +34,9 @@ fn open(info: &BootInfo, con: &mut Console, mergeable: bool) -> Option<Net> {
             let mut line = con
                 .line()
                 .s("net base=")
-                .hex(n.mmio.base)
+                .hex(n.mmio.base())
                 .s(" irq=")
-                .dec(n.mmio.irq.into())
+                .dec(n.mmio.irq().into())
                 .s(" features=")
                 .hex(n.features)
                 .s(" mac=");

@@ -26,11 +26,14 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use super::blk::open;
 use crate::arch::outb;
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::blk::Blk;
-use crate::virtio::ring::{DeviceShared, F_NEXT, F_WRITE};
-use crate::virtio::{self, REG_INTERRUPT_ACK, REG_INTERRUPT_STATUS};
+use crate::virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::{REG_INTERRUPT_ACK, REG_INTERRUPT_STATUS};
+use kiln_guest_boot::cmdline::param_num;
+use kiln_guest_virtio::DeviceShared;
 
 const VEC_DEVICE: u8 = 0x40;
 const VEC_IPI: u8 = 0x41;
@@ -141,7 +144,7 @@ extern "C" {
 }
 
 fn state() -> *mut State {
-    STATE.get()
+    STATE.ptr()
 }
 
 fn lapic_write(reg: u64, value: u32) {
@@ -224,7 +227,7 @@ fn set_gate(vector: usize, handler: unsafe extern "C" fn()) {
     let addr = handler as usize as u64;
     let low = (addr & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((addr >> 16) & 0xffff) << 48;
     let high = addr >> 32;
-    let idt = IDT.get().cast::<u64>();
+    let idt = IDT.ptr().cast::<u64>();
     // SAFETY: in bounds of the 512-word table; not loaded yet (or only read by the CPU on
     // interrupts, which are off).
     unsafe {
@@ -234,7 +237,7 @@ fn set_gate(vector: usize, handler: unsafe extern "C" fn()) {
 }
 
 fn load_idt() {
-    let base = IDT.get() as u64;
+    let base = IDT.ptr() as u64;
     let mut descriptor = [0u16; 5];
     descriptor[0] = 256 * 16 - 1;
     descriptor[1] = base as u16;
@@ -250,7 +253,7 @@ fn load_idt() {
 
 pub fn run(info: &BootInfo, con: &mut Console) {
     let Some(mut b) = open(info, con) else { return };
-    let irq = b.mmio.irq;
+    let irq = b.mmio.irq();
     for v in 0..32 {
         set_gate(v, kiln_storm_exception);
     }
@@ -265,7 +268,7 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     outb(0x21, 0xff);
     outb(0xa1, 0xff);
     let s = state();
-    let target = virtio::param_num(info.cmdline, b"kiln.irqs", 1000);
+    let target = param_num(info.cmdline, b"kiln.irqs", 1000);
     // SAFETY: interrupts are off; the state is ours.
     unsafe {
         write_volatile(addr_of_mut!((*s).lapic), rdmsr(0x1b) & 0xf_ffff_f000);
@@ -283,8 +286,8 @@ pub fn run(info: &BootInfo, con: &mut Console) {
 
     // The request re-posted by every completion: an unsupported type (UNSUPP, no disk I/O).
     Blk::prepare(0x7f, 0);
-    b.ring.set_desc(0, Blk::header_addr(), 16, F_NEXT, 2);
-    b.ring.set_desc(2, Blk::status_addr(), 1, F_WRITE, 0);
+    b.ring.set_desc(0, Blk::header_addr(), 16, DESC_F_NEXT, 2);
+    b.ring.set_desc(2, Blk::status_addr(), 1, DESC_F_WRITE, 0);
     con.line()
         .s("storm device start irq=")
         .dec(irq.into())
@@ -293,10 +296,10 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     b.mmio.notify(0);
     // SAFETY: interrupts are off; from now on the handler owns the device.
     unsafe { (*s).blk = Some(b) };
-    let start = virtio::rdtsc();
+    let start = rdtsc();
     // SAFETY: as above; read between sti windows.
     while unsafe { read_volatile(addr_of!((*s).device)) } < target {
-        if virtio::rdtsc().wrapping_sub(start) > DEVICE_WAIT {
+        if rdtsc().wrapping_sub(start) > DEVICE_WAIT {
             break;
         }
         // A wake-up in case no interrupt comes (a one-shot timer, ~0.1 s), then wait for
@@ -307,7 +310,7 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         // knows (no `nostack`), so no red zone is live while a frame is pushed.
         unsafe { asm!("sti", "hlt", "cli") };
     }
-    let cycles = virtio::rdtsc().wrapping_sub(start);
+    let cycles = rdtsc().wrapping_sub(start);
     // SAFETY: interrupts are off.
     let (device, other) = unsafe {
         (

@@ -5,19 +5,12 @@
 //! The wait reads the TSC in a loop (a handful of instructions per iteration), so its
 //! length does not depend on how fast guest instructions execute, emulated or not.
 
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
-use core::arch::asm;
 
 /// TSC cycles between two ticks.
 pub const TICK_CYCLES: u64 = 250_000_000;
-
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: `rdtsc` reads the time-stamp counter into EDX:EAX; it touches no memory.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
 
 pub fn run(_info: &BootInfo, con: &mut Console) {
     let mut n: u64 = 0;

@@ -24,13 +24,16 @@
 // Lengths are cut to the header fields' widths; every value is in range by construction.
 #![allow(clippy::cast_possible_truncation)]
 
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
-use crate::virtio::vsock::{
-    Hdr, Packet, Vsock, HDR, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
-    OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH,
+use crate::virtio::vsock::{Hdr, Packet, Vsock, HDR};
+use crate::virtio::WAIT_CYCLES;
+use kiln_guest_boot::cmdline::param_num;
+use kiln_guest_virtio::vsock::{
+    OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
+    SHUTDOWN_BOTH,
 };
-use crate::virtio::{param_num, rdtsc, WAIT_CYCLES};
 
 /// What `vsock-connect` (and the end of `vsock-bad`) sends the host.
 pub const CONNECT_MESSAGE: &[u8] = b"KILN-TINY-VSOCK hello from the guest";
@@ -47,9 +50,9 @@ fn open(info: &BootInfo, con: &mut Console) -> Option<Vsock> {
         Ok(v) => {
             con.line()
                 .s("vsock base=")
-                .hex(v.mmio.base)
+                .hex(v.mmio.base())
                 .s(" irq=")
-                .dec(v.mmio.irq.into())
+                .dec(v.mmio.irq().into())
                 .s(" cid=")
                 .dec(v.cid)
                 .end();
@@ -239,7 +242,7 @@ pub fn run_listen(info: &BootInfo, con: &mut Console) {
     let mut h = v.hdr(OP_RW, port, peer);
     h.len = len as u32;
     let buf = v.tx_buffer();
-    h.write(&mut buf[..HDR]);
+    buf[..HDR].copy_from_slice(&h.to_bytes());
     buf[HDR..HDR + len].copy_from_slice(data);
     buf[HDR..HDR + len].make_ascii_uppercase();
     v.send_raw((HDR + len) as u32);
@@ -269,7 +272,7 @@ fn report(v: &mut Vsock, con: &mut Console, case: &str, src: u32, dst: u32) {
 /// Writes `hdr` into the transmit buffer and sends `len` bytes of it.
 fn send_hostile(v: &mut Vsock, hdr: &Hdr, len: u32) {
     let buf = v.tx_buffer();
-    hdr.write(&mut buf[..HDR]);
+    buf[..HDR].copy_from_slice(&hdr.to_bytes());
     buf[HDR..HDR + 16].copy_from_slice(b"0123456789abcdef");
     v.send_raw(len);
 }
@@ -298,7 +301,7 @@ pub fn run_bad(info: &BootInfo, con: &mut Console) {
     report(&mut v, con, "op", 40004, port);
 
     let mut h = v.hdr(OP_REQUEST, 40005, port);
-    h.type_ = 2;
+    h.kind = 2;
     send_hostile(&mut v, &h, full);
     report(&mut v, con, "type", 40005, port);
 

@@ -1,10 +1,14 @@
 //! virtio-blk requests: a 16-byte header, up to [`MAX_SECTORS`] sectors of data and a status
 //! byte, in static buffers inside the image, one request at a time on queue 0.
 
-use super::ring::{DeviceShared, Ring, F_NEXT, F_WRITE, QUEUE_SIZE};
-use super::{Mmio, DEVICE_BLK, STATUS_DRIVER_OK, WAIT_CYCLES};
+// Lengths and counts are cut to the width of their ring field; each is in range.
+#![allow(clippy::cast_possible_truncation)]
+
+use super::ring::{ring, Ring, RingExt, DESC_F_NEXT, DESC_F_WRITE, QUEUE_SIZE};
+use super::{Mmio, DEVICE_BLK, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{compiler_fence, Ordering};
+use kiln_guest_virtio::DeviceShared;
 
 pub const T_IN: u32 = 0;
 pub const T_OUT: u32 = 1;
@@ -56,10 +60,10 @@ impl Blk {
         let features = mmio
             .negotiate(F_RO | F_FLUSH)
             .map_err(StartError::Refused)?;
-        let ring = Ring::new(0);
+        let ring = ring(0);
         mmio.setup_queue(0, size, &ring);
         let status = mmio.driver_ok();
-        if status & STATUS_DRIVER_OK == 0 || status & super::STATUS_NEEDS_RESET != 0 {
+        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
             return Err(StartError::Refused(status));
         }
         Ok(Blk {
@@ -75,7 +79,7 @@ impl Blk {
     }
 
     pub fn buffers() -> *mut Buffers {
-        BUFFERS.get()
+        BUFFERS.ptr()
     }
 
     pub fn header_addr() -> u64 {
@@ -124,17 +128,20 @@ impl Blk {
     pub fn request(&mut self, kind: u32, sector: u64, len: u32) -> Option<(u8, u32)> {
         Self::prepare(kind, sector);
         let data_flags = if kind == T_OUT {
-            F_NEXT
+            DESC_F_NEXT
         } else {
-            F_NEXT | F_WRITE
+            DESC_F_NEXT | DESC_F_WRITE
         };
         if len > 0 {
-            self.ring.set_desc(0, Self::header_addr(), 16, F_NEXT, 1);
+            self.ring
+                .set_desc(0, Self::header_addr(), 16, DESC_F_NEXT, 1);
             self.ring.set_desc(1, Self::data_addr(), len, data_flags, 2);
         } else {
-            self.ring.set_desc(0, Self::header_addr(), 16, F_NEXT, 2);
+            self.ring
+                .set_desc(0, Self::header_addr(), 16, DESC_F_NEXT, 2);
         }
-        self.ring.set_desc(2, Self::status_addr(), 1, F_WRITE, 0);
+        self.ring
+            .set_desc(2, Self::status_addr(), 1, DESC_F_WRITE, 0);
         self.ring.push(0);
         self.mmio.notify(0);
         let used = self.ring.wait_used(WAIT_CYCLES)?;

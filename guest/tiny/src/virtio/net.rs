@@ -2,9 +2,13 @@
 //! image; receive queue 0 on ring 1, transmit queue 1 on ring 2. Every frame starts with the
 //! 12-byte `virtio_net_hdr_v1`.
 
-use super::ring::{DeviceShared, Ring, UsedElem, F_WRITE};
-use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, WAIT_CYCLES};
+// Lengths and indices are cut to the width of their ring or register field; each is in range.
+#![allow(clippy::cast_possible_truncation)]
+
+use super::ring::{ring, Ring, RingExt, DESC_F_WRITE, QUEUE_SIZE};
+use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
 use core::ptr::{addr_of, addr_of_mut};
+use kiln_guest_virtio::{DeviceShared, UsedElem};
 
 pub const F_MAC: u64 = 1 << 5;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
@@ -38,11 +42,11 @@ impl Net {
         let mmio = super::find(cmdline, DEVICE_NET, index).ok_or(0u32)?;
         let wanted = F_MAC | if mergeable { F_MRG_RXBUF } else { 0 };
         let features = mmio.negotiate(wanted)?;
-        let (rx, tx) = (Ring::new(1), Ring::new(2));
-        mmio.setup_queue(0, super::ring::QUEUE_SIZE as u32, &rx);
-        mmio.setup_queue(1, super::ring::QUEUE_SIZE as u32, &tx);
+        let (rx, tx) = (ring(1), ring(2));
+        mmio.setup_queue(0, QUEUE_SIZE as u32, &rx);
+        mmio.setup_queue(1, QUEUE_SIZE as u32, &tx);
         let status = mmio.driver_ok();
-        if status & STATUS_DRIVER_OK == 0 || status & super::STATUS_NEEDS_RESET != 0 {
+        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
             return Err(status);
         }
         Ok(Net {
@@ -68,7 +72,7 @@ impl Net {
     /// device has taken it.
     pub fn send(&mut self, frame: &[u8]) -> Option<UsedElem> {
         // SAFETY: the transmit buffer is not in use by the device (one frame at a time).
-        let buf = unsafe { &mut *addr_of_mut!((*BUFFERS.get()).tx) };
+        let buf = unsafe { &mut *addr_of_mut!((*BUFFERS.ptr()).tx) };
         let len = frame.len().min(TX_BUF_LEN - HDR);
         buf[..HDR].fill(0);
         buf[HDR..HDR + len].copy_from_slice(&frame[..len]);
@@ -84,7 +88,7 @@ impl Net {
     pub fn post(&mut self, i: usize, len: u32) {
         let i = i % RX_BUFS;
         self.rx
-            .set_desc(i, rx_addr(i), len.min(RX_BUF_LEN as u32), F_WRITE, 0);
+            .set_desc(i, rx_addr(i), len.min(RX_BUF_LEN as u32), DESC_F_WRITE, 0);
         self.rx.push(i as u16);
     }
 
@@ -101,11 +105,11 @@ impl Net {
     pub fn rx_buf(i: usize) -> &'static [u8; RX_BUF_LEN] {
         // SAFETY: the device writes a receive buffer only while it is available; callers
         // read it after its used entry, on one vCPU.
-        unsafe { &*addr_of!((*BUFFERS.get()).rx[i % RX_BUFS]) }
+        unsafe { &*addr_of!((*BUFFERS.ptr()).rx[i % RX_BUFS]) }
     }
 }
 
 fn rx_addr(i: usize) -> u64 {
     // SAFETY: only the address is computed.
-    unsafe { addr_of!((*BUFFERS.get()).rx[i % RX_BUFS]) as u64 }
+    unsafe { addr_of!((*BUFFERS.ptr()).rx[i % RX_BUFS]) as u64 }
 }

@@ -5,29 +5,25 @@
 //! together), which any virtio 1.x device accepts.
 //!
 //! A model for freestanding guest code talking to the host over vsock: open the device, post
-//! receive buffers, then exchange 44-byte headers (`struct virtio_vsock_hdr`, little endian)
-//! with payloads. The host is CID 2; the guest's CID is in configuration space. Every
+//! receive buffers, then exchange 44-byte headers (kiln-guest-virtio's [`Hdr`], `struct
+//! virtio_vsock_hdr`) with payloads. The host is CID 2; the guest's CID is in configuration
+//! space. Every
 //! packet carries the sender's credit (`buf_alloc`, `fwd_cnt`): here `buf_alloc` is
 //! [`BUF_ALLOC`] and `fwd_cnt` counts the payload bytes taken out of receive buffers, which
 //! are posted again at once.
 
-use super::ring::{DeviceShared, Ring, UsedElem, F_WRITE};
-use super::{Mmio, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
+// Lengths and indices are cut to the width of their ring or header field; each is in range.
+#![allow(clippy::cast_possible_truncation)]
+
+use super::ring::{ring, Ring, RingExt, DESC_F_WRITE, QUEUE_SIZE};
+use super::{Mmio, DEVICE_VSOCK, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
 use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{compiler_fence, Ordering};
+use kiln_guest_virtio::vsock::{HOST_CID, OP_RW, TYPE_STREAM};
+use kiln_guest_virtio::{DeviceShared, UsedElem};
 
-pub const DEVICE_VSOCK: u32 = 19;
-pub const HDR: usize = 44;
-pub const HOST_CID: u64 = 2;
-pub const TYPE_STREAM: u16 = 1;
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const OP_CREDIT_REQUEST: u16 = 7;
-pub const SHUTDOWN_BOTH: u32 = 3;
+pub use kiln_guest_virtio::vsock::{Hdr, HDR_LEN as HDR};
+
 pub const RX_BUFS: usize = 4;
 pub const MAX_DATA: usize = 256;
 pub const RX_BUF_LEN: usize = HDR + MAX_DATA;
@@ -48,61 +44,6 @@ static BUFFERS: DeviceShared<Buffers> = DeviceShared::new(Buffers {
     event: [0; 8],
 });
 
-/// `struct virtio_vsock_hdr`.
-#[derive(Clone, Copy, Default)]
-pub struct Hdr {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub type_: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-}
-
-fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
-    b[at..at + bytes.len()].copy_from_slice(bytes);
-}
-
-fn get<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&b[at..at + N]);
-    out
-}
-
-impl Hdr {
-    pub fn write(&self, b: &mut [u8]) {
-        put(b, 0, &self.src_cid.to_le_bytes());
-        put(b, 8, &self.dst_cid.to_le_bytes());
-        put(b, 16, &self.src_port.to_le_bytes());
-        put(b, 20, &self.dst_port.to_le_bytes());
-        put(b, 24, &self.len.to_le_bytes());
-        put(b, 28, &self.type_.to_le_bytes());
-        put(b, 30, &self.op.to_le_bytes());
-        put(b, 32, &self.flags.to_le_bytes());
-        put(b, 36, &self.buf_alloc.to_le_bytes());
-        put(b, 40, &self.fwd_cnt.to_le_bytes());
-    }
-
-    pub fn read(b: &[u8]) -> Hdr {
-        Hdr {
-            src_cid: u64::from_le_bytes(get(b, 0)),
-            dst_cid: u64::from_le_bytes(get(b, 8)),
-            src_port: u32::from_le_bytes(get(b, 16)),
-            dst_port: u32::from_le_bytes(get(b, 20)),
-            len: u32::from_le_bytes(get(b, 24)),
-            type_: u16::from_le_bytes(get(b, 28)),
-            op: u16::from_le_bytes(get(b, 30)),
-            flags: u32::from_le_bytes(get(b, 32)),
-            buf_alloc: u32::from_le_bytes(get(b, 36)),
-            fwd_cnt: u32::from_le_bytes(get(b, 40)),
-        }
-    }
-}
-
 /// A packet in a receive buffer: its header and where its payload is. The buffer stays the
 /// driver's until the next [`Vsock::recv`], which posts it again.
 pub struct Packet {
@@ -117,7 +58,7 @@ impl Packet {
         // SAFETY: the device wrote this buffer before its used entry and does not use it
         // again until `recv` posts it, after the caller is done with the packet (one vCPU,
         // one packet at a time).
-        let buf = unsafe { &*addr_of!((*BUFFERS.get()).rx[self.buf % RX_BUFS]) };
+        let buf = unsafe { &*addr_of!((*BUFFERS.ptr()).rx[self.buf % RX_BUFS]) };
         &buf[HDR..HDR + self.len.min(MAX_DATA)]
     }
 }
@@ -136,13 +77,13 @@ pub struct Vsock {
 
 fn rx_addr(i: usize) -> u64 {
     // SAFETY: only the address is computed.
-    unsafe { addr_of!((*BUFFERS.get()).rx[i % RX_BUFS]) as u64 }
+    unsafe { addr_of!((*BUFFERS.ptr()).rx[i % RX_BUFS]) as u64 }
 }
 
 fn tx_buf() -> &'static mut [u8; TX_BUF_LEN] {
     // SAFETY: the device reads the transmit buffer only between a kick and its used entry,
     // and the driver sends one packet at a time on one vCPU.
-    unsafe { &mut *addr_of_mut!((*BUFFERS.get()).tx) }
+    unsafe { &mut *addr_of_mut!((*BUFFERS.ptr()).tx) }
 }
 
 impl Vsock {
@@ -151,18 +92,18 @@ impl Vsock {
     pub fn open(cmdline: &[u8]) -> Result<Vsock, u32> {
         let mmio = super::find(cmdline, DEVICE_VSOCK, 0).ok_or(0u32)?;
         mmio.negotiate(0)?;
-        let (mut rx, tx, mut event) = (Ring::new(0), Ring::new(1), Ring::new(2));
-        let size = super::ring::QUEUE_SIZE as u32;
+        let (mut rx, tx, mut event) = (ring(0), ring(1), ring(2));
+        let size = QUEUE_SIZE as u32;
         mmio.setup_queue(0, size, &rx);
         mmio.setup_queue(1, size, &tx);
         mmio.setup_queue(2, size, &event);
         for i in 0..RX_BUFS {
-            rx.set_desc(i, rx_addr(i), RX_BUF_LEN as u32, F_WRITE, 0);
+            rx.set_desc(i, rx_addr(i), RX_BUF_LEN as u32, DESC_F_WRITE, 0);
             rx.push(i as u16);
         }
         // SAFETY: only the address is computed.
-        let ev = unsafe { addr_of!((*BUFFERS.get()).event) as u64 };
-        event.set_desc(0, ev, 8, F_WRITE, 0);
+        let ev = unsafe { addr_of!((*BUFFERS.ptr()).event) as u64 };
+        event.set_desc(0, ev, 8, DESC_F_WRITE, 0);
         event.push(0);
         let status = mmio.driver_ok();
         if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
@@ -190,7 +131,7 @@ impl Vsock {
             src_port,
             dst_port,
             len: 0,
-            type_: TYPE_STREAM,
+            kind: TYPE_STREAM,
             op,
             flags: 0,
             buf_alloc: BUF_ALLOC,
@@ -205,7 +146,7 @@ impl Vsock {
         let mut h = *hdr;
         h.len = n as u32;
         let buf = tx_buf();
-        h.write(&mut buf[..HDR]);
+        buf[..HDR].copy_from_slice(&h.to_bytes());
         buf[HDR..HDR + n].copy_from_slice(&data[..n]);
         self.send_raw((HDR + n) as u32)
     }
@@ -239,16 +180,16 @@ impl Vsock {
         let id = used.id as usize % RX_BUFS;
         self.held = Some(id);
         // SAFETY: as in `Packet::data`: the device is done with this buffer.
-        let buf = unsafe { &*addr_of!((*BUFFERS.get()).rx[id]) };
+        let buf = unsafe { &*addr_of!((*BUFFERS.ptr()).rx[id]) };
         let used_len = (used.len as usize).min(RX_BUF_LEN);
-        if used_len < HDR {
+        let (Some(bytes), true) = (buf.first_chunk::<HDR>(), used_len >= HDR) else {
             return Some(Packet {
                 hdr: Hdr::default(),
                 buf: id,
                 len: 0,
             });
-        }
-        let hdr = Hdr::read(&buf[..HDR]);
+        };
+        let hdr = Hdr::from_bytes(bytes);
         let len = (used_len - HDR).min(hdr.len as usize);
         if hdr.op == OP_RW {
             self.fwd_cnt = self.fwd_cnt.wrapping_add(len as u32);

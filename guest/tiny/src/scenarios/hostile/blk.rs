@@ -1,4 +1,4 @@
-//! Hostile virtio scenarios, on the first virtio-blk device. Each does what a broken or
+//! Hostile driving of the first virtio-blk device. Each does what a broken or
 //! malicious driver would, prints what the device answered, then (after a reset where the
 //! device needed one) a normal `blk read` of sector 0, to show the VMM and the device
 //! survived. `status` values are the device status register.
@@ -21,38 +21,24 @@
 //!   an invalid QueueNotify, DRIVER_OK without the earlier steps, and config-space writes:
 //!   `junk magic=0x.. version=N status=0x..` (the registers are unchanged).
 
-use super::blk::{open, read};
+use super::{post_and_report, wait_needs_reset};
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
+use crate::scenarios::blk::{open, read};
 use crate::serial::Console;
-use crate::virtio::blk::{Blk, T_IN};
-use crate::virtio::ring::{F_NEXT, F_WRITE};
-use crate::virtio::{self, Mmio, STATUS_NEEDS_RESET, WAIT_CYCLES};
-
-/// Posts the chain at `head`, kicks, and prints the used entry.
-fn post_and_report(b: &mut Blk, con: &mut Console, what: &str, head: u16) {
-    b.ring.push(head);
-    b.mmio.notify(0);
-    match b.ring.wait_used(WAIT_CYCLES) {
-        Some(u) => con
-            .line()
-            .s(what)
-            .s(" used id=")
-            .dec(u.id.into())
-            .s(" len=")
-            .dec(u.len.into())
-            .end(),
-        None => con.error().s(what).s(" chain never returned").end(),
-    }
-}
+use crate::virtio;
+use crate::virtio::blk::{Blk, F_RO, T_IN};
+use crate::virtio::ring::{ring, RingExt, DESC_F_NEXT, DESC_F_WRITE};
+use kiln_guest_boot::cmdline::param_num;
 
 pub fn run_loop(info: &BootInfo, con: &mut Console) {
     let Some(mut b) = open(info, con) else { return };
     Blk::prepare(T_IN, 0);
-    b.ring.set_desc(0, Blk::header_addr(), 16, F_NEXT, 1);
-    b.ring.set_desc(1, Blk::data_addr(), 512, F_NEXT, 0);
-    post_and_report(&mut b, con, "loop", 0);
-    b.ring.set_desc(2, Blk::header_addr(), 16, F_NEXT, 2);
-    post_and_report(&mut b, con, "loop", 2);
+    b.ring.set_desc(0, Blk::header_addr(), 16, DESC_F_NEXT, 1);
+    b.ring.set_desc(1, Blk::data_addr(), 512, DESC_F_NEXT, 0);
+    post_and_report(&mut b, con, "loop", 0, false);
+    b.ring.set_desc(2, Blk::header_addr(), 16, DESC_F_NEXT, 2);
+    post_and_report(&mut b, con, "loop", 2, false);
     con.line()
         .s("loop status=")
         .hex(b.mmio.status().into())
@@ -64,32 +50,27 @@ pub fn run_oob(info: &BootInfo, con: &mut Console) {
     let Some(mut b) = open(info, con) else { return };
     let status = Blk::status_addr();
     Blk::prepare(T_IN, 0);
-    b.ring.set_desc(0, Blk::header_addr(), 16, F_NEXT, 1);
-    b.ring.set_desc(1, 0x40_0000_0000, 512, F_NEXT | F_WRITE, 2);
-    b.ring.set_desc(2, status, 1, F_WRITE, 0);
-    post_and_report(&mut b, con, "oob", 0);
-    b.ring.set_desc(3, Blk::header_addr(), 16, F_NEXT, 200);
-    post_and_report(&mut b, con, "oob", 3);
-    b.ring.set_desc(4, Blk::header_addr(), 16, F_NEXT, 5);
+    b.ring.set_desc(0, Blk::header_addr(), 16, DESC_F_NEXT, 1);
     b.ring
-        .set_desc(5, 0xffff_ffff_ffff_f000, 0x2000, F_NEXT | F_WRITE, 2);
-    post_and_report(&mut b, con, "oob", 4);
+        .set_desc(1, 0x40_0000_0000, 512, DESC_F_NEXT | DESC_F_WRITE, 2);
+    b.ring.set_desc(2, status, 1, DESC_F_WRITE, 0);
+    post_and_report(&mut b, con, "oob", 0, false);
+    b.ring.set_desc(3, Blk::header_addr(), 16, DESC_F_NEXT, 200);
+    post_and_report(&mut b, con, "oob", 3, false);
+    b.ring.set_desc(4, Blk::header_addr(), 16, DESC_F_NEXT, 5);
+    b.ring.set_desc(
+        5,
+        0xffff_ffff_ffff_f000,
+        0x2000,
+        DESC_F_NEXT | DESC_F_WRITE,
+        2,
+    );
+    post_and_report(&mut b, con, "oob", 4, false);
     con.line()
         .s("oob status=")
         .hex(b.mmio.status().into())
         .end();
     read(&mut b, con, 0, 1);
-}
-
-/// Waits (bounded) for the device to report DEVICE_NEEDS_RESET; returns the status.
-fn wait_needs_reset(mmio: &Mmio) -> u32 {
-    let start = virtio::rdtsc();
-    loop {
-        let s = mmio.status();
-        if s & STATUS_NEEDS_RESET != 0 || virtio::rdtsc().wrapping_sub(start) > WAIT_CYCLES {
-            return s;
-        }
-    }
 }
 
 pub fn run_qsize(info: &BootInfo, con: &mut Console) {
@@ -101,11 +82,11 @@ pub fn run_qsize(info: &BootInfo, con: &mut Console) {
         .dec(mmio.read(virtio::REG_QUEUE_NUM_MAX).into())
         .end();
     for num in [512u32, 3] {
-        if mmio.negotiate(crate::virtio::blk::F_RO).is_err() {
+        if mmio.negotiate(F_RO).is_err() {
             con.error().s("qsize negotiation failed").end();
             return;
         }
-        let ring = virtio::ring::Ring::new(0);
+        let ring = ring(0);
         mmio.setup_queue(0, num, &ring);
         let status = mmio.driver_ok();
         con.line()
@@ -194,12 +175,12 @@ pub fn run_mmio_junk(info: &BootInfo, con: &mut Console) {
 
 pub fn run_kicks(info: &BootInfo, con: &mut Console) {
     let Some(mut b) = open(info, con) else { return };
-    let n = virtio::param_num(info.cmdline, b"kiln.kicks", 100_000);
-    let start = virtio::rdtsc();
+    let n = param_num(info.cmdline, b"kiln.kicks", 100_000);
+    let start = rdtsc();
     for _ in 0..n {
         b.mmio.notify(0);
     }
-    let cycles = virtio::rdtsc().wrapping_sub(start);
+    let cycles = rdtsc().wrapping_sub(start);
     con.line()
         .s("kicks n=")
         .dec(n)

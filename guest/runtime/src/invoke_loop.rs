@@ -2,14 +2,15 @@
 //! handler and answer with Response or Error (guest/protocol).
 
 use crate::arch::{rdtsc, reset};
-use crate::boot::parse_num;
-use crate::global::Global;
+use crate::boot::{BOOT, START_TSC};
+use crate::driver::{with_driver, CURRENT_ID, DRIVER};
+use crate::fixed::FixedBuf;
 use crate::serial::rt_log;
-use crate::start::BOOT;
 use crate::vsock::{Vsock, VsockError};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::fmt::{Display, Write};
+use kiln_guest_boot::cmdline::parse_num;
 use kiln_protocol::{error_code_bytes, ErrorCode, Header, Kind, HEADER_LEN};
 
 /// What the function's glue tells the runtime about the function.
@@ -24,29 +25,6 @@ pub struct FunctionConfig {
 pub const MAX_RESPONSE_BYTES: usize = kiln_protocol::DEFAULT_MAX_PAYLOAD as usize;
 /// How long the runtime tries to reach the worker at start (seconds).
 const CONNECT_SECONDS: u64 = 5;
-
-/// The driver, once connected; the panic and fault paths use it to report.
-pub(crate) static DRIVER: Global<Option<Vsock>> = Global::new(None);
-/// Set while the runtime itself uses the driver: a panic then cannot use it.
-pub(crate) static DRIVER_BUSY: Global<bool> = Global::new(false);
-/// The invocation whose handler is running.
-pub(crate) static CURRENT_ID: Global<Option<u32>> = Global::new(None);
-
-/// Runs `f` on the driver, marking it busy for the panic path.
-fn with_driver<R>(f: impl FnOnce(&mut Vsock) -> R) -> R {
-    // SAFETY: the borrows of DRIVER and DRIVER_BUSY end before this returns, and the
-    // function's handler is never called inside `f`.
-    unsafe {
-        *DRIVER_BUSY.get() = true;
-        let Some(d) = DRIVER.get().as_mut() else {
-            rt_log!("error vsock driver used before it was set up");
-            reset();
-        };
-        let r = f(d);
-        *DRIVER_BUSY.get() = false;
-        r
-    }
-}
 
 /// Longest error message sent (longer handler error texts are cut).
 pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
@@ -92,7 +70,7 @@ where
     E: Display,
     F: FnMut(&[u8]) -> Result<Vec<u8>, E>,
 {
-    // SAFETY: set once by start.rs before the function's glue runs; only read here.
+    // SAFETY: set once by start.rs before the function's glue runs; only read afterwards.
     let Some(boot) = (unsafe { BOOT.get().as_ref() }) else {
         reset();
     };
@@ -111,7 +89,7 @@ where
         );
     }
     // SAFETY: written once by start.rs before this runs.
-    let start_tsc = unsafe { *crate::start::START_TSC.get() };
+    let start_tsc = unsafe { *START_TSC.get() };
     let t_init = rdtsc();
     crate::irq::init();
     let mut vsock = match Vsock::init(boot.cmdline) {
@@ -162,7 +140,7 @@ where
         }
         if stats {
             let after = with_driver(|d| d.stats);
-            let mut line = crate::fixed::FixedBuf::<160>::new();
+            let mut line = FixedBuf::<160>::new();
             let _ = write!(
                 line,
                 "stats cycles={} waits={} notifies={} rx_packets={} tx_packets={} heap_in_use={}",

@@ -1,0 +1,218 @@
+//! A virtio-vsock driver for one stream connection from the guest to the host (virtio 1.2,
+//! section 5.10), polled from ring 3.
+//!
+//! Queues: 0 receive, 1 transmit, 2 event, [`QUEUE_SIZE`] entries each, in static memory.
+//! Every chain is two descriptors, the 44-byte packet header then the data, the layout every
+//! device implementation accepts (older Firecracker and rust-vmm's virtio-vsock among them).
+//! Receive buffers are [`RX_SLOTS`] × [`RX_BUF`] bytes and transmit bounce buffers
+//! [`TX_SLOTS`] × [`TX_BUF`], both taken from the heap at start; data is copied out of a
+//! receive buffer as it is read and into a transmit buffer as it is written (natively at
+//! CPL 3, cheap), so buffers go back to the device at once.
+//!
+//! Credit (5.10.6.3): the guest advertises `buf_alloc` = all its receive buffers and its
+//! `fwd_cnt` (bytes consumed) in every packet, and sends a CREDIT_UPDATE when more than half
+//! of it has been consumed unreported or when the host asks; it never sends more than the
+//! host's advertised space.
+//!
+//! Waiting: transmit-queue interrupts are suppressed (buffers are reclaimed lazily), so the
+//! vCPU sleeps in [`crate::arch::wait_for_interrupt`] until the host sends something, or the
+//! LAPIC timer fires for the waits that have a deadline.
+//!
+//! Modules: [`connection`] (connecting, taking what the device returned, control packets,
+//! waiting), [`stream`] (reading and writing the stream), [`error`]; this one sets the device
+//! up. The packet header is kiln-guest-virtio's.
+
+// Header fields and lengths are cut to their on-wire widths; every value is in range.
+#![allow(clippy::cast_possible_truncation)]
+
+mod connection;
+mod error;
+mod stream;
+
+pub use error::VsockError;
+
+use crate::{irq, virtio};
+use core::alloc::Layout;
+use kiln_guest_virtio::mmio::{
+    DEVICE_VSOCK, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
+};
+use kiln_guest_virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
+use kiln_guest_virtio::vsock::HDR_LEN;
+use kiln_guest_virtio::{DeviceShared, Mmio, Queue, RingMem};
+
+/// Entries of every virtqueue.
+pub const QUEUE_SIZE: usize = 32;
+/// Room reserved for the header at the start of each buffer slot (keeps data aligned).
+const SLOT_HDR: usize = 64;
+/// Receive buffers, and the bytes each holds after its header.
+pub const RX_SLOTS: usize = 16;
+pub const RX_BUF: usize = 64 * 1024;
+/// Transmit bounce buffers; one packet carries at most [`TX_BUF`] bytes (Firecracker's and
+/// Linux's 64 KiB limit).
+pub const TX_SLOTS: usize = 8;
+pub const TX_BUF: usize = 64 * 1024;
+const EVENT_SLOTS: usize = 4;
+/// The guest's port of its connection (any free port: the host keys the connection on it).
+pub const LOCAL_PORT: u32 = 49152;
+/// The guest's receive window: all receive buffers.
+const BUF_ALLOC: u32 = (RX_SLOTS * RX_BUF) as u32;
+
+/// About one second of TSC cycles on the hosts Kiln runs on (2-3.5 GHz).
+pub const ONE_SECOND_CYCLES: u64 = 3_000_000_000;
+/// How often a timed wait wakes up to look at the clock (ns).
+const TIMED_WAIT_TICK_NS: u32 = 5_000_000;
+
+static RX_RING: DeviceShared<RingMem<QUEUE_SIZE>> = DeviceShared::new(RingMem::EMPTY);
+static TX_RING: DeviceShared<RingMem<QUEUE_SIZE>> = DeviceShared::new(RingMem::EMPTY);
+static EV_RING: DeviceShared<RingMem<QUEUE_SIZE>> = DeviceShared::new(RingMem::EMPTY);
+static EV_BUFS: DeviceShared<[u64; EVENT_SLOTS]> = DeviceShared::new([0; EVENT_SLOTS]);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Connecting,
+    Connected,
+    Refused,
+    Closed,
+}
+
+/// Counters of what the driver did (for measurements).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Stats {
+    /// Times the vCPU slept in `wait_for_interrupt`.
+    pub waits: u64,
+    /// Queue notifications (each an exit).
+    pub notifies: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+/// The device and the one connection.
+pub struct Vsock {
+    mmio: Mmio,
+    pub guest_cid: u64,
+    rx: Queue<QUEUE_SIZE>,
+    tx: Queue<QUEUE_SIZE>,
+    ev: Queue<QUEUE_SIZE>,
+    rx_mem: *mut u8,
+    tx_mem: *mut u8,
+    /// Bit i set: transmit slot i is free.
+    tx_free: u32,
+    rx_notify: bool,
+    /// Received data slots not yet fully read, in order: (slot, length).
+    pending: [(u16, u32); RX_SLOTS],
+    pending_head: usize,
+    pending_len: usize,
+    /// Bytes already read from the first pending slot.
+    read_off: usize,
+    state: State,
+    peer_port: u32,
+    fwd_cnt: u32,
+    fwd_sent: u32,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    tx_cnt: u32,
+    pub stats: Stats,
+}
+
+impl Vsock {
+    /// Finds the device on the command line, routes its interrupt, negotiates, sets up the
+    /// three queues and posts every receive and event buffer.
+    pub fn init(cmdline: &[u8]) -> Result<Vsock, VsockError> {
+        let mmio = virtio::find(cmdline, DEVICE_VSOCK).ok_or(VsockError::NoDevice)?;
+        if !irq::route(mmio.irq()) {
+            return Err(VsockError::BadIrq(mmio.irq()));
+        }
+        let rx_mem = alloc_slots(RX_SLOTS, RX_BUF)?;
+        let tx_mem = alloc_slots(TX_SLOTS, TX_BUF)?;
+        let status = mmio.negotiate_fresh();
+        if status & STATUS_FEATURES_OK == 0 {
+            return Err(VsockError::FeaturesRefused(status));
+        }
+        let mut v = Vsock {
+            mmio,
+            guest_cid: 0,
+            rx: Queue::new(&RX_RING),
+            tx: Queue::new(&TX_RING),
+            ev: Queue::new(&EV_RING),
+            rx_mem,
+            tx_mem,
+            tx_free: (1u32 << TX_SLOTS) - 1,
+            rx_notify: false,
+            pending: [(0, 0); RX_SLOTS],
+            pending_head: 0,
+            pending_len: 0,
+            read_off: 0,
+            state: State::Idle,
+            peer_port: 0,
+            fwd_cnt: 0,
+            fwd_sent: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            tx_cnt: 0,
+            stats: Stats::default(),
+        };
+        for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
+            mmio.setup_queue_fresh(index, q);
+        }
+        v.guest_cid = u64::from(mmio.config_u32(0)) | u64::from(mmio.config_u32(4)) << 32;
+        for slot in 0..RX_SLOTS {
+            v.post_rx(slot);
+        }
+        let ev_base = EV_BUFS.ptr() as u64;
+        for slot in 0..EVENT_SLOTS {
+            v.ev.set_desc(slot, ev_base + 8 * slot as u64, 8, DESC_F_WRITE, 0);
+            v.ev.push(slot as u16);
+        }
+        v.tx.set_no_interrupt(true);
+        let status = mmio.driver_ok();
+        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
+            return Err(VsockError::DeviceFailed(status));
+        }
+        v.notify(0);
+        v.rx_notify = false;
+        Ok(v)
+    }
+
+    pub(super) fn slot_addr(base: *mut u8, buf: usize, slot: usize) -> *mut u8 {
+        base.wrapping_add(slot * (SLOT_HDR + buf))
+    }
+
+    pub(super) fn post_rx(&mut self, slot: usize) {
+        let at = Self::slot_addr(self.rx_mem, RX_BUF, slot) as u64;
+        let head = 2 * slot;
+        self.rx.set_desc(
+            head,
+            at,
+            HDR_LEN as u32,
+            DESC_F_WRITE | DESC_F_NEXT,
+            (head + 1) as u16,
+        );
+        self.rx.set_desc(
+            head + 1,
+            at + SLOT_HDR as u64,
+            RX_BUF as u32,
+            DESC_F_WRITE,
+            0,
+        );
+        self.rx.push(head as u16);
+        self.rx_notify = true;
+    }
+
+    pub(super) fn notify(&mut self, queue: u32) {
+        self.stats.notifies += 1;
+        self.mmio.notify(queue);
+    }
+}
+
+/// `slots` buffer slots of a header area and `buf` data bytes each, from the heap.
+fn alloc_slots(slots: usize, buf: usize) -> Result<*mut u8, VsockError> {
+    let layout = Layout::from_size_align(slots * (SLOT_HDR + buf), 4096)
+        .map_err(|_| VsockError::NoMemory)?;
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { alloc::alloc::alloc(layout) };
+    if p.is_null() {
+        return Err(VsockError::NoMemory);
+    }
+    Ok(p)
+}
