@@ -23,19 +23,20 @@ ALLOWED = {
     "kiln-hostfs": set(),
     "kiln-protocol": set(),
     "kiln-guest-mem": set(),
-    "kiln-guest-virtio": {"kiln-guest-mem"},
-    "kiln-guest-boot": {"kiln-guest-mem"},
+    "kiln-guest-flags": set(),
+    "kiln-guest-virtio": {"kiln-guest-mem", "kiln-guest-boot", "kiln-guest-flags"},
+    "kiln-guest-boot": {"kiln-guest-mem", "kiln-guest-flags"},
     "vmm": {"kiln-argv", "kiln-http", "kiln-hostfs"},
     "jailer": {"kiln-argv", "kiln-hostfs"},
-    "kiln-guest-builder": {"kiln-protocol"},
+    "kiln-guest-builder": {"kiln-protocol", "kiln-guest-flags"},
     "kiln-init": {"kiln-protocol"},
     "kiln-worker": {"kiln-argv", "kiln-http", "kiln-hostfs", "kiln-protocol", "kiln-guest-builder"},
     "kiln-bench": {"kiln-argv"},
     # The test kit may use what it tests, but builds guests only through the builder.
     "kiln-tests": {"kiln-guest-builder", "kiln-protocol", "kiln-argv", "kiln-hostfs", "kiln-http"},
     # Freestanding guest code: only the no_std guest crates.
-    "kiln-tiny": {"kiln-guest-mem", "kiln-guest-virtio", "kiln-guest-boot"},
-    "kiln-runtime": {"kiln-guest-mem", "kiln-guest-virtio", "kiln-guest-boot", "kiln-protocol"},
+    "kiln-tiny": {"kiln-guest-mem", "kiln-guest-virtio", "kiln-guest-boot", "kiln-guest-flags"},
+    "kiln-runtime": {"kiln-guest-mem", "kiln-guest-virtio", "kiln-guest-boot", "kiln-guest-flags", "kiln-protocol"},
     "kiln-fuzz": None,  # fuzz harnesses reach into every crate they fuzz
 }
 # Example functions (examples/functions/*) are written against the function runtime only.

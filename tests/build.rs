@@ -27,11 +27,13 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest_dir.join(item).display());
     }
     println!("cargo:rerun-if-changed=build.rs");
-    // The guest's path dependency (the C memory routines).
-    println!(
-        "cargo:rerun-if-changed={}",
-        guest_dir.with_file_name("mem").display()
-    );
+    // The guest's path dependencies (memory routines, boot, virtio, the guest flags).
+    for dep in ["mem", "boot", "virtio", "flags"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            guest_dir.with_file_name(dep).display()
+        );
+    }
 
     let build = NestedBuild {
         manifest_path: guest_dir.join("Cargo.toml"),
