@@ -130,8 +130,7 @@ pub fn setup() {
             level: Some(vmm::resources::LogLevel::Trace),
             show_level: Some(true),
             show_log_origin: Some(true),
-            module: None,
-        };
+            module: None, ..Default::default() };
         vmm::logger::configure(&cfg).expect("the logger opens /dev/null");
     });
 }

@@ -132,7 +132,7 @@ fn table_of_endpoint_successes_before_boot() {
     // The logger file has the requests, with level and origin.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("[DEBUG]") || text.contains("[INFO]"),
+        text.contains(":DEBUG:") || text.contains(":INFO:"),
         "{text}"
     );
     assert!(text.contains("PUT /metrics"), "{text}");

@@ -7,6 +7,15 @@ fn kernel() -> String {
     std::env::current_exe().unwrap().display().to_string()
 }
 
+/// A writable scratch image (a drive opened read-write must not be a running executable).
+fn image(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("kiln-resources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, vec![0u8; 4096]).unwrap();
+    p.display().to_string()
+}
+
 fn config(extra: &str) -> String {
     format!(
         r#"{{"boot-source": {{"kernel_image_path": "{}"}}{extra}}}"#,
@@ -28,10 +37,11 @@ fn full_config_round_trips_through_vm_config() {
     let text = config(&format!(
         r#", "machine-config": {{"vcpu_count": 2, "mem_size_mib": 64, "smt": false}},
         "drives": [{{"drive_id": "data", "path_on_host": "{k}", "is_root_device": false, "is_read_only": true}},
-                   {{"drive_id": "rootfs", "path_on_host": "{k}", "is_root_device": true}}],
+                   {{"drive_id": "rootfs", "path_on_host": "{root}", "is_root_device": true}}],
         "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"}}],
         "vsock": {{"guest_cid": 3, "uds_path": "/run/v.sock"}}"#,
-        k = kernel()
+        k = kernel(),
+        root = image("round-trip.img"),
     ));
     let res = VmResources::from_json(&text).unwrap();
     // The root device comes first so the guest sees it as /dev/vda.
@@ -51,8 +61,8 @@ fn bad_configs_name_what_is_wrong() {
         ("not json", "{".into(), "invalid JSON"),
         (
             "unknown top-level field",
-            config(r#", "balloon": {}"#),
-            "unknown field `balloon`",
+            config(r#", "baloon": {}"#),
+            "unknown field `baloon`",
         ),
         (
             "unknown nested field",
@@ -68,12 +78,12 @@ fn bad_configs_name_what_is_wrong() {
         (
             "missing kernel",
             r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#.into(),
-            "boot-source.kernel_image_path",
+            "boot-source: the kernel file \"/nonexistent/vmlinux\" cannot be opened: No such file or directory",
         ),
         (
             "kernel is a directory",
             r#"{"boot-source": {"kernel_image_path": "/"}}"#.into(),
-            "not a regular file",
+            "boot-source: the kernel file \"/\" cannot be opened: it is a directory, not a regular file",
         ),
         (
             "zero vcpus",
@@ -117,7 +127,8 @@ fn bad_configs_name_what_is_wrong() {
         (
             "two root drives",
             config(&format!(
-                r#", "drives": [{{"drive_id": "a", "path_on_host": "{k}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{k}", "is_root_device": true}}]"#
+                r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{d}", "is_root_device": true}}]"#,
+                d = image("two-roots.img")
             )),
             "already the root device",
         ),
@@ -126,7 +137,7 @@ fn bad_configs_name_what_is_wrong() {
             config(
                 r#", "drives": [{"drive_id": "a", "path_on_host": "/nonexistent.img", "is_root_device": false}]"#,
             ),
-            "drives.path_on_host",
+            "drives: the backing file \"/nonexistent.img\" cannot be opened: No such file or directory",
         ),
         (
             "bad mac",

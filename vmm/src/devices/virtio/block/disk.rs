@@ -6,8 +6,9 @@
 //! end. I/O goes straight between the file and guest memory (no bounce buffer).
 
 use super::request::SECTOR_SIZE;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +17,7 @@ pub enum DiskError {
     Open {
         path: String,
         mode: &'static str,
-        source: std::io::Error,
+        source: kiln_hostfs::ImageError,
     },
     #[error("cannot stat the backing file {path:?}: {source}")]
     Stat {
@@ -37,17 +38,23 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// Opens the file at `path` by the project's rule for image files (a regular file,
+    /// never waiting on a FIFO): `O_RDONLY` for a read-only drive.
     pub fn open(path: &str, read_only: bool) -> Result<Disk, DiskError> {
         let mode = if read_only { "read-only" } else { "read-write" };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| DiskError::Open {
+        let file = kiln_hostfs::open_regular(Path::new(path), !read_only).map_err(|source| {
+            DiskError::Open {
                 path: path.to_string(),
                 mode,
                 source,
-            })?;
+            }
+        })?;
+        Disk::from_file(file, path, read_only)
+    }
+
+    /// A disk on a file already opened (in the mode `read_only` says) from `path`, e.g. when
+    /// the drive's configuration was accepted.
+    pub fn from_file(file: File, path: &str, read_only: bool) -> Result<Disk, DiskError> {
         let meta = file.metadata().map_err(|source| DiskError::Stat {
             path: path.to_string(),
             source,
@@ -145,7 +152,10 @@ mod tests {
         let _ = std::fs::remove_file(&p);
         assert!(matches!(
             Disk::open("/", true),
-            Err(DiskError::NotRegular { .. })
+            Err(DiskError::Open {
+                source: kiln_hostfs::ImageError::Kind("a directory"),
+                ..
+            })
         ));
         assert!(matches!(
             Disk::open("/nonexistent/kiln", true),
