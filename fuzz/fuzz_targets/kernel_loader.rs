@@ -87,10 +87,13 @@ fuzz_target!(|data: &[u8]| {
     FILES.with(|files| {
         let files = &mut *files.borrow_mut();
         let mem = files.mems[mem_index]
-            .get_or_insert_with(|| create_guest_memory(mem_size, HugePages::None).expect("guest memory maps"))
+            .get_or_insert_with(|| {
+                create_guest_memory(mem_size, HugePages::None).expect("guest memory maps")
+            })
             .clone();
         let kernel_path = files.kernel.set(image).to_string();
-        let kernel_file = std::fs::File::open(&kernel_path).expect("the in-memory kernel file opens");
+        let kernel_file =
+            std::fs::File::open(&kernel_path).expect("the in-memory kernel file opens");
         let kernel = match loader::load_kernel(&mem, kernel_file, &kernel_path, mem_size, pref) {
             Ok(k) => k,
             Err(e) => {
@@ -153,7 +156,9 @@ fuzz_target!(|data: &[u8]| {
                 is_read_only: options & 1 != 0,
                 partuuid: (options & 2 != 0).then(|| "0eaa91a0-01".to_string()),
                 cache_type: CacheType::Unsafe,
-                io_engine: Default::default(), ..Default::default() }]
+                io_engine: Default::default(),
+                ..Default::default()
+            }]
         } else {
             Vec::new()
         };

@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
             is_read_only: read_only,
             partuuid: None,
             cache_type,
-            io_engine: Default::default(), ..Default::default() };
+            io_engine: Default::default(),
+            ..Default::default()
+        };
         let mut dev = Block::new(&cfg).expect("the in-memory disk opens");
         assert_eq!(dev.capacity(), sectors as u64);
 

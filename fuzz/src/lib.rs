@@ -130,7 +130,8 @@ pub fn setup() {
             level: Some(vmm::resources::LogLevel::Trace),
             show_level: Some(true),
             show_log_origin: Some(true),
-            module: None, ..Default::default() };
+            module: None,
+        };
         vmm::logger::configure(&cfg).expect("the logger opens /dev/null");
     });
 }

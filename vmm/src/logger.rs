@@ -318,7 +318,6 @@ mod tests {
             show_level: Some(true),
             show_log_origin: Some(false),
             module: None,
-            ..Default::default()
         };
         configure(&cfg).unwrap();
         crate::log_debug!("debug line {}", 42);

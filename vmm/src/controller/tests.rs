@@ -251,7 +251,6 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
             show_level: None,
             show_log_origin: None,
             module: None,
-            ..Default::default()
         }),
         ApiRequest::PutMetrics(crate::resources::MetricsConfig {
             metrics_path: "/tmp/m".into(),

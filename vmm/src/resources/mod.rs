@@ -158,7 +158,7 @@ impl VmConfig {
             "MMDS (the microVM metadata service)",
         )?;
         refuse_if_present(&self.entropy, "entropy", "the entropy device (virtio-rng)")?;
-        refuse_if_listed(&self.pmem, "pmem", "virtio-pmem devices")?;
+        refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
         refuse_if_present(
             &self.memory_hotplug,
             "memory-hotplug",

@@ -67,7 +67,7 @@ const NOT_YET: &[(&str, &str)] = &[
     ("entropy", "the entropy device (virtio-rng)"),
     ("hotplug", "memory hot-plug (virtio-mem)"),
     ("mmds", "MMDS (the microVM metadata service)"),
-    ("pmem", "virtio-pmem devices"),
+    ("pmem", "the virtio-pmem device"),
     (
         "serial",
         "configuring the serial console's output (PUT /serial)",

@@ -166,7 +166,8 @@ fn table_of_refused_requests() {
     // Every refusal is 400, as Firecracker answers. First the paths and verbs Kiln does not
     // serve (counted as unknown requests): (method, path, body, Allow header, a word the
     // message must contain).
-    let unknown: Vec<(Method, &str, Option<&str>, Option<&str>, &str)> = vec![
+    type Unknown<'a> = (Method, &'a str, Option<&'a str>, Option<&'a str>, &'a str);
+    let unknown: Vec<Unknown> = vec![
         (Get, "/nope", None, None, "no such path"),
         (Get, "/drives/a/b", None, None, "no such path"),
         (
