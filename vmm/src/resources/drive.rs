@@ -4,7 +4,7 @@
 //! config file), read-only for a read-only drive, as Firecracker does, and kept open for
 //! `InstanceStart`.
 
-use super::host_file::{held_or_open, open_image, Opened};
+use super::host_file::{check_regular_file, held_or_open, open_image, Opened};
 use super::spec::{null_as_default, refuse_if_present, NotYet};
 use super::{check_id, ResourceError};
 use serde::{Deserialize, Serialize};
@@ -95,15 +95,14 @@ impl DriveConfig {
 }
 
 impl DriveUpdate {
-    /// Checks the fields; the new backing file is opened by the running drive, in the
-    /// drive's own read-only mode.
+    /// Checks the fields and that the new backing file is a regular file; the running
+    /// drive then opens it in its own read-only mode, at the same request (on the VMM
+    /// thread, whose seccomp filter allows only that plain `openat`).
     pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("drive", &self.drive_id, path_id)?;
         refuse_if_present(&self.rate_limiter, "drives", "rate limiting (rate_limiter)")?;
         if let Some(p) = &self.path_on_host {
-            // Opened read-only to check it now, at the request; the drive opens it again in
-            // its mode.
-            open_image(BACKING, p, false)?;
+            check_regular_file(BACKING, p)?;
         }
         Ok(self)
     }

@@ -65,6 +65,25 @@ pub fn open_image(what: &'static str, path: &str, writable: bool) -> Result<File
     kiln_hostfs::open_regular(Path::new(path), writable).map_err(|e| bad(e.to_string()))
 }
 
+/// Checks without opening that `path` names a regular file (`stat` follows links): for a
+/// file that is opened later by code that cannot use [`open_image`] (`PATCH /drives` after
+/// boot, under the VMM thread's seccomp filter).
+pub fn check_regular_file(what: &'static str, path: &str) -> Result<(), ResourceError> {
+    let bad = |reason: String| ResourceError::Open {
+        what,
+        path: path.to_string(),
+        reason,
+    };
+    if path.is_empty() || path.contains('\0') {
+        return Err(bad("the path is empty or contains a NUL byte".into()));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(bad("it is not a regular file".into())),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
 /// The file a configuration holds, or (for a configuration never validated) the file at
 /// `path` opened now by the same rule.
 pub fn held_or_open(

@@ -6,9 +6,8 @@
 //! end. I/O goes straight between the file and guest memory (no bounce buffer).
 
 use super::request::SECTOR_SIZE;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +16,7 @@ pub enum DiskError {
     Open {
         path: String,
         mode: &'static str,
-        source: kiln_hostfs::ImageError,
+        source: std::io::Error,
     },
     #[error("cannot stat the backing file {path:?}: {source}")]
     Stat {
@@ -38,17 +37,21 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Opens the file at `path` by the project's rule for image files (a regular file,
-    /// never waiting on a FIFO): `O_RDONLY` for a read-only drive.
+    /// Opens the file at `path` (`PATCH /drives/{id}` after boot): `O_RDONLY` for a
+    /// read-only drive. This runs on the VMM thread under its seccomp filter, which allows
+    /// `openat` with exactly these flags; the request was checked first (a regular file,
+    /// `DriveUpdate::validated`), so this does not wait on a FIFO.
     pub fn open(path: &str, read_only: bool) -> Result<Disk, DiskError> {
         let mode = if read_only { "read-only" } else { "read-write" };
-        let file = kiln_hostfs::open_regular(Path::new(path), !read_only).map_err(|source| {
-            DiskError::Open {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| DiskError::Open {
                 path: path.to_string(),
                 mode,
                 source,
-            }
-        })?;
+            })?;
         Disk::from_file(file, path, read_only)
     }
 
@@ -152,10 +155,7 @@ mod tests {
         let _ = std::fs::remove_file(&p);
         assert!(matches!(
             Disk::open("/", true),
-            Err(DiskError::Open {
-                source: kiln_hostfs::ImageError::Kind("a directory"),
-                ..
-            })
+            Err(DiskError::NotRegular { .. })
         ));
         assert!(matches!(
             Disk::open("/nonexistent/kiln", true),
