@@ -203,12 +203,7 @@ fn the_default_api_socket_is_firecrackers() {
     let mut child = kiln_tests::KillOnDrop::new(kiln_tests::process::spawn(
         Command::new(require_bin("vmm")).stdin(std::process::Stdio::null()),
     ));
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < TIMEOUT, "no socket at {}", sock.display());
-        assert!(child.try_wait().unwrap().is_none(), "the VMM exited");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_api(sock, || child.try_wait().unwrap().is_none());
     let (status, body) = api::request(sock, "GET", "/", "");
     drop(child);
     let _ = std::fs::remove_file(sock);
@@ -359,13 +354,24 @@ fn firecracker_sample_config_shapes_boot() {
 fn start_in(ns: &NetNs, sock: &Path) -> Followed {
     let mut cmd = ns.command(require_bin("vmm"));
     cmd.arg("--api-sock").arg(sock).arg("--id").arg("fc-guide");
-    let vmm = Followed::spawn(&mut cmd);
+    let mut vmm = Followed::spawn(&mut cmd);
+    wait_for_api(sock, || vmm.child().try_wait().unwrap().is_none());
+    vmm
+}
+
+/// Waits until the API at `sock` accepts connections (the path exists a moment before the
+/// socket listens), while `alive` says the VMM runs.
+fn wait_for_api(sock: &Path, mut alive: impl FnMut() -> bool) {
     let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < TIMEOUT, "the API socket never appeared");
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(
+            t.elapsed() < TIMEOUT,
+            "the API at {} never answered",
+            sock.display()
+        );
+        assert!(alive(), "the VMM exited before its API answered");
         std::thread::sleep(Duration::from_millis(2));
     }
-    vmm
 }
 
 fn ok(sock: &Path, method: &str, path: &str, body: &str) {
