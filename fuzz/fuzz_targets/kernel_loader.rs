@@ -31,7 +31,7 @@ use vmm::devices::bus::BusDevice;
 use vmm::devices::manager::DeviceManager;
 use vmm::devices::virtio::setup::with_root_arg;
 use vmm::loader::{self, EntryPreference};
-use vmm::resources::{CacheType, DriveConfig};
+use vmm::resources::{CacheType, DriveConfig, HugePages};
 use vmm::vstate::memory::create_guest_memory;
 
 const MIB: u64 = 1 << 20;
@@ -87,10 +87,14 @@ fuzz_target!(|data: &[u8]| {
     FILES.with(|files| {
         let files = &mut *files.borrow_mut();
         let mem = files.mems[mem_index]
-            .get_or_insert_with(|| create_guest_memory(mem_size).expect("guest memory maps"))
+            .get_or_insert_with(|| {
+                create_guest_memory(mem_size, HugePages::None).expect("guest memory maps")
+            })
             .clone();
         let kernel_path = files.kernel.set(image).to_string();
-        let kernel = match loader::load_kernel(&mem, &kernel_path, mem_size, pref) {
+        let kernel_file =
+            std::fs::File::open(&kernel_path).expect("the in-memory kernel file opens");
+        let kernel = match loader::load_kernel(&mem, kernel_file, &kernel_path, mem_size, pref) {
             Ok(k) => k,
             Err(e) => {
                 kiln_fuzz::debug(|| format!("kernel refused: {e}"));
@@ -128,7 +132,8 @@ fuzz_target!(|data: &[u8]| {
                     "initrd past initrd_addr_max"
                 );
             }
-            match loader::load_initrd(&mem, &path, &kernel, mem_size) {
+            let initrd_file = std::fs::File::open(&path).expect("the in-memory initrd file opens");
+            match loader::load_initrd(&mem, initrd_file, &path, &kernel, mem_size) {
                 Ok(rd) => Some(rd),
                 Err(e) => {
                     kiln_fuzz::debug(|| format!("initrd refused: {e}"));
@@ -152,6 +157,7 @@ fuzz_target!(|data: &[u8]| {
                 partuuid: (options & 2 != 0).then(|| "0eaa91a0-01".to_string()),
                 cache_type: CacheType::Unsafe,
                 io_engine: Default::default(),
+                ..Default::default()
             }]
         } else {
             Vec::new()

@@ -500,6 +500,14 @@ fn bad_config_files_are_clear_errors() {
     let dir_path = json_str(dir.path().to_str().expect("utf-8"));
     let missing = json_str(dir.join("nope").to_str().expect("utf-8"));
     let mc = "\"machine-config\": {\"vcpu_count\": 1, \"mem_size_mib\": 64}";
+    // Each file is opened when the configuration is read (as Firecracker opens them at the
+    // request): the message names the file and the system's reason.
+    let cannot_open = |what: &str| {
+        format!("{what} {missing} cannot be opened: No such file or directory (os error 2)")
+    };
+    let missing_kernel = cannot_open("boot-source: the kernel file");
+    let missing_initrd = cannot_open("boot-source: the initrd file");
+    let missing_drive = cannot_open("drives: the backing file");
     let cases: Vec<(&str, String, &str)> = vec![
         ("invalid JSON", "{\"boot-source\": ".into(), "invalid JSON"),
         ("not an object", "[1, 2]".into(), "invalid JSON"),
@@ -545,17 +553,17 @@ fn bad_config_files_are_clear_errors() {
             format!("{{\"boot-source\": {{\"kernel_image_path\": {k}}}, \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 64, \"cpu_template\": \"Z9\"}}}}"),
             "unknown variant `Z9`",
         ),
-        ("missing kernel", format!("{{\"boot-source\": {{\"kernel_image_path\": {missing}}}, {mc}}}"), "boot-source.kernel_image_path"),
-        ("kernel is a directory", format!("{{\"boot-source\": {{\"kernel_image_path\": {dir_path}}}, {mc}}}"), "not a regular file"),
+        ("missing kernel", format!("{{\"boot-source\": {{\"kernel_image_path\": {missing}}}, {mc}}}"), &missing_kernel),
+        ("kernel is a directory", format!("{{\"boot-source\": {{\"kernel_image_path\": {dir_path}}}, {mc}}}"), "cannot be opened: it is a directory, not a regular file"),
         (
             "missing initrd",
             format!("{{\"boot-source\": {{\"kernel_image_path\": {k}, \"initrd_path\": {missing}}}, {mc}}}"),
-            "boot-source.initrd_path",
+            &missing_initrd,
         ),
         (
             "missing drive file",
             format!("{{\"boot-source\": {{\"kernel_image_path\": {k}}}, {mc}, \"drives\": [{{\"drive_id\": \"root\", \"path_on_host\": {missing}, \"is_root_device\": true}}]}}"),
-            "drives.path_on_host",
+            &missing_drive,
         ),
     ];
     for (case, text, want) in cases {

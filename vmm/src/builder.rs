@@ -14,7 +14,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
-use crate::resources::VmResources;
+use crate::resources::{ResourceError, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm};
@@ -40,6 +40,9 @@ pub enum BuildError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A file of the configuration (kernel, initrd) could not be had.
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
@@ -107,21 +110,28 @@ pub fn build_microvm(
         }
     }));
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let mem = memory::create_guest_memory(mem_size)?;
+    let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
     mark("guest memory mapped");
 
     let (vm, kernel, dm, tables, mut virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
         let platform = s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &mark));
         let load = || -> Result<_, BuildError> {
-            let kernel = loader::load_kernel(&mem, &boot.kernel_image_path, mem_size, opts.entry)?;
+            // The files opened when the configuration was accepted.
+            let kernel = loader::load_kernel(
+                &mem,
+                boot.kernel_file()?,
+                &boot.kernel_image_path,
+                mem_size,
+                opts.entry,
+            )?;
             mark("kernel loaded");
-            let initrd = match &boot.initrd_path {
-                Some(p) => {
-                    let rd = loader::load_initrd(&mem, p, &kernel, mem_size)?;
+            let initrd = match (boot.initrd_file(), &boot.initrd_path) {
+                (Some(file), Some(p)) => {
+                    let rd = loader::load_initrd(&mem, file?, p, &kernel, mem_size)?;
                     mark("initrd loaded");
                     Some(rd)
                 }
-                None => None,
+                _ => None,
             };
             // virtio-mmio devices first: the command line lists them.
             let mut dm = DeviceManager::new();

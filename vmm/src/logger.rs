@@ -1,8 +1,9 @@
 //! Structured logs with levels, to stderr or to a file/FIFO configured by `PUT /logger` (or
 //! the config file's `logger`).
 //!
-//! A line is `<UTC time> [<instance id>:<thread>] [<LEVEL>] [<file>:<line>] <message>`; the
-//! level and origin parts appear only when `show_level` / `show_log_origin` are set. Lines
+//! A line is `<UTC time> [<instance id>:<thread>:<LEVEL>:<file>:<line>] <message>`
+//! (Firecracker's shape); the level and origin parts appear only when `show_level` /
+//! `show_log_origin` are set. Lines
 //! below the configured level cost one relaxed atomic load. A configured destination is
 //! opened `O_APPEND | O_NONBLOCK`, and each line is written with a single `write`: a write
 //! that would block (a full FIFO) drops the line and counts it in
@@ -64,6 +65,10 @@ fn filter_value(level: LogLevel) -> u8 {
     }
 }
 
+/// The level before any configuration, and of a configuration that names none
+/// (Firecracker's default).
+pub const DEFAULT_LEVEL: LogLevel = LogLevel::Info;
+
 /// The most verbose level written; `Info` until configured (as Firecracker).
 static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
@@ -91,7 +96,8 @@ pub fn set_instance_id(id: &str) {
     sink.instance_id = id.to_string();
 }
 
-/// Applies a validated [`LoggerConfig`]: the fields given change, the others keep their value.
+/// Applies a validated [`LoggerConfig`]: the level given, or [`DEFAULT_LEVEL`] when none is
+/// (Firecracker's rule); the other fields given change, the others keep their value.
 pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
     let file = match &cfg.log_path {
         Some(path) => Some(open_output(path).map_err(|source| LoggerError::Open {
@@ -113,9 +119,9 @@ pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
     if cfg.module.is_some() {
         sink.module = cfg.module.clone();
     }
-    if let Some(level) = cfg.level {
-        MAX_LEVEL.store(filter_value(level), Ordering::Relaxed);
-    }
+    // As in Firecracker, a configuration without a level sets the default one.
+    let level = cfg.level.unwrap_or(DEFAULT_LEVEL);
+    MAX_LEVEL.store(filter_value(level), Ordering::Relaxed);
     Ok(())
 }
 
@@ -169,24 +175,26 @@ fn format_line(
     use std::fmt::Write as _;
     let mut out = String::with_capacity(128);
     let id = if sink.instance_id.is_empty() {
-        "anonymous-instance"
+        crate::resources::DEFAULT_INSTANCE_ID
     } else {
         sink.instance_id.as_str()
     };
     let thread = std::thread::current();
+    // Firecracker's prefix: `[id:thread]`, `[id:thread:LEVEL]`, `[id:thread:LEVEL:file:line]`.
     let _ = write!(
         out,
-        "{} [{}:{}] ",
+        "{} [{}:{}",
         utc_now(),
         id,
         thread.name().unwrap_or("-")
     );
     if sink.show_level {
-        let _ = write!(out, "[{}] ", level.name());
+        let _ = write!(out, ":{}", level.name());
     }
     if sink.show_origin {
-        let _ = write!(out, "[{file}:{line}] ");
+        let _ = write!(out, ":{file}:{line}");
     }
+    out.push_str("] ");
     let _ = out.write_fmt(args);
     out.push('\n');
     out
@@ -292,7 +300,11 @@ mod tests {
         sink.show_level = true;
         sink.show_origin = true;
         let full = format_line(&sink, Level::Warn, "a.rs", 7, format_args!("x"));
-        assert!(full.ends_with("] [WARN] [a.rs:7] x\n"), "{full}");
+        assert!(full.contains(" [vm1:"), "{full}");
+        assert!(full.ends_with(":WARN:a.rs:7] x\n"), "{full}");
+        sink.show_origin = false;
+        let level_only = format_line(&sink, Level::Error, "a.rs", 7, format_args!("y"));
+        assert!(level_only.ends_with(":ERROR] y\n"), "{level_only}");
     }
 
     #[test]
@@ -311,7 +323,7 @@ mod tests {
         crate::log_debug!("debug line {}", 42);
         crate::log_trace!("trace line");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("[DEBUG] debug line 42"), "{text}");
+        assert!(text.contains(":DEBUG] debug line 42"), "{text}");
         assert!(!text.contains("trace line"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -57,6 +57,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             kernel_image_path: kernel.to_str().unwrap().into(),
             boot_args: Some("console=ttyS0".into()),
             initrd_path: None,
+            ..Default::default()
         })
         .unwrap();
         let opts = BuildOptions {

@@ -44,7 +44,7 @@ fn kind_name(t: std::fs::FileType) -> Option<&'static str> {
 }
 
 /// Clears `O_NONBLOCK` so that a pipe whose writer is slow is waited for.
-fn set_blocking(file: &File) -> std::io::Result<()> {
+pub(crate) fn set_blocking(file: &File) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: fd is owned by `file`, open for the whole call; F_GETFL reads its flags only.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

@@ -2,8 +2,12 @@
 //! by every binary that touches them:
 //!
 //! - [`input`]: the small input files a caller names (the jailer's `--profile` and
-//!   `--seccomp-policy`, the VMM's `--config-file` and `--seccomp-filter`).
+//!   `--seccomp-policy`, the VMM's `--config-file` and `--seccomp-filter`);
+//! - [`image`]: the image files a caller names that the VMM keeps open (kernel, initrd,
+//!   drive backing files).
 
+pub mod image;
 pub mod input;
 
+pub use image::{open_regular, ImageError};
 pub use input::{read_bytes, read_text, InputError};

@@ -169,7 +169,7 @@ impl VmmLink {
         let response = match routed {
             Ok(api_req) => self.call(api_req),
             Err(e) => {
-                if e.status == 404 || e.status == 405 {
+                if e.unknown {
                     METRICS.api_server.unknown_requests.inc();
                 }
                 let mut r = Response::fault(e.status, &e.message);

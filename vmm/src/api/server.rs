@@ -225,11 +225,29 @@ impl Conn {
             HttpError::Timeout(_) => METRICS.api_server.request_timeouts.inc(),
             _ => METRICS.api_server.bad_requests.inc(),
         }
-        crate::log_warn!("API: refused a request ({}): {e}", e.status());
+        let status = http_error_status(e);
+        crate::log_warn!("API: refused a request ({status}): {e}");
         self.input.clear();
         self.closing = true;
-        self.queue(&Response::fault(e.status(), &e.to_string()).encode(true));
+        self.queue(&Response::fault(status, &e.to_string()).encode(true));
         self.flush();
+    }
+}
+
+/// The status of a request the HTTP layer refused: 400 for every malformed or oversized
+/// request, as Firecracker answers them (its clients see no 413, 431, 501 or 505); 408 for
+/// a request not completed in time, which Firecracker has no limit for (a slow client
+/// must not hold a connection slot forever).
+pub fn http_error_status(e: &HttpError) -> u16 {
+    match e {
+        HttpError::Timeout(_) => e.status(),
+        HttpError::Malformed(_)
+        | HttpError::TooManyHeaders
+        | HttpError::HeadersTooLarge
+        | HttpError::BadContentLength(_)
+        | HttpError::PayloadTooLarge { .. }
+        | HttpError::TransferEncoding
+        | HttpError::Version => 400,
     }
 }
 

@@ -18,6 +18,7 @@ mod serve;
 pub use serve::VmmApi;
 
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
+use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
 use crate::resources::{ResourceError, VmResources};
 use crate::{logger, metrics, timing};
@@ -44,6 +45,10 @@ pub enum ControllerError {
     CtrlAltDel(String),
     #[error("PATCH /drives: {0}")]
     DriveUpdate(String),
+    /// `PUT /network-interfaces`: the tap device could not be opened (checked at the
+    /// request, as Firecracker opens it there).
+    #[error("network-interfaces: {0}")]
+    Tap(String),
     #[error(transparent)]
     Logger(#[from] logger::LoggerError),
     #[error(transparent)]
@@ -58,6 +63,7 @@ impl From<ControllerError> for RequestError {
         let message = e.to_string();
         match e {
             ControllerError::Resource(_)
+            | ControllerError::Tap(_)
             | ControllerError::PreBootOnly(_)
             | ControllerError::RuntimeOnly(_)
             | ControllerError::AlreadyStarted => RequestError::Refused(message),
@@ -266,8 +272,13 @@ impl Controller {
             }
             ApiRequest::PutNetworkInterface { path_id, config } => {
                 self.pre_boot(what)?;
-                self.resources
-                    .put_network_interface(Some(&path_id), config)?;
+                let mut candidate = self.resources.clone();
+                candidate.put_network_interface(Some(&path_id), config.clone())?;
+                // Firecracker opens the tap at this request; Kiln opens it here to check it
+                // (and again when the microVM is built).
+                Tap::open(&config.host_dev_name)
+                    .map_err(|e| ControllerError::Tap(e.to_string()))?;
+                self.resources = candidate;
                 Ok(VmmData::Empty)
             }
             ApiRequest::PatchNetworkInterface { path_id, update } => {
@@ -281,8 +292,8 @@ impl Controller {
                 {
                     return Err(ResourceError::UnknownInterface(update.iface_id).into());
                 }
-                // Firecracker patches rate limiters here; Kiln has none, so there is nothing
-                // to change.
+                // Firecracker patches rate limiters here; the body set none (a set one was
+                // refused by `validated`), so nothing changes.
                 Ok(VmmData::Empty)
             }
             ApiRequest::PutVsock(cfg) => {
@@ -300,7 +311,7 @@ impl Controller {
             ApiRequest::PutMetrics(cfg) => {
                 self.pre_boot(what)?;
                 let cfg = cfg.validated()?;
-                metrics::init(&cfg.metrics_path)?;
+                metrics::init(&cfg, &self.instance_id)?;
                 self.resources.metrics = Some(cfg);
                 Ok(VmmData::Empty)
             }
@@ -377,14 +388,14 @@ impl Controller {
 }
 
 /// Applies a configuration's `logger` and `metrics` sections (the config file's, or the
-/// command line's `--log-path`/`--metrics-path` turned into them), as `PUT /logger` and
-/// `PUT /metrics` would.
-pub fn configure_outputs(res: &VmResources) -> Result<(), ControllerError> {
+/// command line's logger flags and `--metrics-path` turned into them), as `PUT /logger` and
+/// `PUT /metrics` would, for the microVM `instance_id`.
+pub fn configure_outputs(res: &VmResources, instance_id: &str) -> Result<(), ControllerError> {
     if let Some(cfg) = &res.logger {
         logger::configure(cfg)?;
     }
     if let Some(cfg) = &res.metrics {
-        metrics::init(&cfg.metrics_path)?;
+        metrics::init(cfg, instance_id)?;
     }
     Ok(())
 }

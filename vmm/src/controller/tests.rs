@@ -108,6 +108,7 @@ fn instance_info_follows_the_state_machine() {
         kernel_image_path: kernel,
         boot_args: None,
         initrd_path: None,
+        ..Default::default()
     };
     assert_eq!(
         c.handle(ApiRequest::PutBootSource(boot)).unwrap(),
@@ -156,12 +157,14 @@ fn runtime_only_requests_are_refused_before_instance_start() {
             update: DriveUpdate {
                 drive_id: "d".into(),
                 path_on_host: None,
+                ..Default::default()
             },
         },
         ApiRequest::PatchNetworkInterface {
             path_id: "n".into(),
             update: NetworkInterfaceUpdate {
                 iface_id: "n".into(),
+                ..Default::default()
             },
         },
     ];
@@ -190,6 +193,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         kernel_image_path: kernel.clone(),
         boot_args: None,
         initrd_path: None,
+        ..Default::default()
     }))
     .unwrap();
     let drive_cfg = DriveConfig {
@@ -200,6 +204,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         partuuid: None,
         cache_type: Default::default(),
         io_engine: Default::default(),
+        ..Default::default()
     };
     c.handle(ApiRequest::PutDrive {
         path_id: "rootfs".into(),
@@ -220,6 +225,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
             kernel_image_path: kernel,
             boot_args: None,
             initrd_path: None,
+            ..Default::default()
         }),
         ApiRequest::PutDrive {
             path_id: "rootfs".into(),
@@ -231,6 +237,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
                 iface_id: "n".into(),
                 host_dev_name: "tap0".into(),
                 guest_mac: None,
+                ..Default::default()
             },
         },
         ApiRequest::PutVsock(VsockConfig {
@@ -247,6 +254,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         }),
         ApiRequest::PutMetrics(crate::resources::MetricsConfig {
             metrics_path: "/tmp/m".into(),
+            ..Default::default()
         }),
     ];
     for req in cases {
@@ -273,6 +281,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         update: DriveUpdate {
             drive_id: "rootfs".into(),
             path_on_host: Some(other.clone()),
+            ..Default::default()
         },
     })
     .unwrap();
@@ -285,6 +294,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         update: DriveUpdate {
             drive_id: "nope".into(),
             path_on_host: None,
+            ..Default::default()
         },
     }));
     assert!(msg.contains("no drive with drive_id \"nope\""), "{msg}");
@@ -316,6 +326,7 @@ fn setters_refuse_what_the_config_file_refuses_with_the_same_message() {
             partuuid: None,
             cache_type: Default::default(),
             io_engine: Default::default(),
+            ..Default::default()
         },
     }));
     assert!(
@@ -334,6 +345,7 @@ fn a_failed_start_leaves_the_microvm_not_started() {
         kernel_image_path: kernel,
         boot_args: None,
         initrd_path: None,
+        ..Default::default()
     }))
     .unwrap();
     let msg = err(c.handle(ApiRequest::Action(Action::InstanceStart)));

@@ -2,10 +2,11 @@
 //! `initrd_addr_max` allow, above the kernel, and read straight into guest memory.
 
 use super::kernel::LoadedKernel;
-use super::{open_image, LoadError};
+use super::{image_len, LoadError};
 use crate::arch::x86_64::boot_params::Initrd;
 use crate::arch::x86_64::layout::low_ram_end;
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
 
 const PAGE: u64 = 4096;
@@ -19,15 +20,17 @@ pub fn place_initrd(size: u64, kernel: &LoadedKernel, mem_size: u64) -> Option<u
     (start >= kernel_end && size > 0).then_some(start)
 }
 
-/// Loads the initrd at `path` high in guest memory.
+/// Loads the initrd `file` (opened from `path`, which messages name) high in guest memory,
+/// from the file's start.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
+    mut file: File,
     path: &str,
     kernel: &LoadedKernel,
     mem_size: u64,
 ) -> Result<Initrd, LoadError> {
     let what = "initrd";
-    let (mut file, size) = open_image(what, path)?;
+    let size = image_len(what, &file, path)?;
     if size == 0 {
         return Err(LoadError::EmptyInitrd { path: path.into() });
     }
@@ -44,6 +47,8 @@ pub fn load_initrd(
         kernel_end: kernel.end,
         limit,
     })?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| LoadError::read(what, path, e))?;
     read_into(mem, addr, &mut file, len).map_err(|e| LoadError::read(what, path, e))?;
     Ok(Initrd { addr, size })
 }

@@ -1,7 +1,7 @@
 //! The kernel image: an ELF `vmlinux` (with or without a PVH note) or a bzImage, checked
 //! against the file and guest RAM before linux-loader copies it, and its entry chosen.
 
-use super::{in_ram, open_image, EntryPreference, LoadError};
+use super::{image_len, in_ram, EntryPreference, LoadError};
 use crate::arch::x86_64::layout::HIMEM_START;
 use crate::arch::x86_64::regs::{BootEntry, BootProtocol};
 use linux_loader::loader::bootparam::setup_header;
@@ -204,15 +204,17 @@ fn check_bzimage(file: &File, file_len: u64, mem_size: u64) -> Result<setup_head
     Ok(hdr)
 }
 
-/// Loads the kernel at `path` into `mem` and picks its entry.
+/// Loads the kernel image `file` (opened from `path`, which messages name) into `mem` and
+/// picks its entry. The image is read at explicit offsets from its start.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
+    mut file: File,
     path: &str,
     mem_size: u64,
     pref: EntryPreference,
 ) -> Result<LoadedKernel, LoadError> {
     let what = "kernel image";
-    let (mut file, file_len) = open_image(what, path)?;
+    let file_len = image_len(what, &file, path)?;
     let mut head = vec![0u8; EHDR_LEN.min(usize::try_from(file_len).unwrap_or(EHDR_LEN))];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| LoadError::read(what, path, e))?;

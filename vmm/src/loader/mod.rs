@@ -58,12 +58,6 @@ impl std::str::FromStr for EntryPreference {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot open {what} {path:?}: {source}")]
-    Open {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
     #[error("cannot read {what} {path:?}: {source}")]
     Read {
         what: &'static str,
@@ -144,19 +138,13 @@ pub fn in_ram(mem_size: u64, start: u64, len: u64) -> bool {
         .any(|&(s, l)| start >= s && end <= s + l)
 }
 
-/// Opens an image the guest boots (`what`: "kernel image", "initrd"); returns it with its
-/// length.
-fn open_image(what: &'static str, path: &str) -> Result<(File, u64), LoadError> {
-    let file = File::open(path).map_err(|source| LoadError::Open {
-        what,
-        path: path.into(),
-        source,
-    })?;
-    let len = file
+/// The length of an image the guest boots (`what`: "kernel image", "initrd"), opened by the
+/// caller (the configuration opens it when it is accepted; `path` is for messages).
+fn image_len(what: &'static str, file: &File, path: &str) -> Result<u64, LoadError> {
+    Ok(file
         .metadata()
         .map_err(|e| LoadError::read(what, path, e))?
-        .len();
-    Ok((file, len))
+        .len())
 }
 
 impl LoadError {

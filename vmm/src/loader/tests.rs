@@ -72,7 +72,8 @@ fn elf(paddr: u64, memsz: u64, entry: u64, pvh: Option<u32>) -> Vec<u8> {
 
 fn load(bytes: &[u8], pref: EntryPreference) -> Result<LoadedKernel, LoadError> {
     let t = tmp("k", bytes);
-    load_kernel(&mem(), t.0.to_str().unwrap(), MEM, pref)
+    let path = t.0.to_str().unwrap();
+    load_kernel(&mem(), std::fs::File::open(path).unwrap(), path, MEM, pref)
 }
 
 #[test]
@@ -277,6 +278,15 @@ fn initrd_goes_high_and_page_aligned() {
     assert_eq!(place_initrd(0x1000, &k, 8 << 30), Some(0x7fff_f000));
 }
 
+fn initrd(
+    m: &GuestMemoryMmap,
+    t: &Tmp,
+    k: &LoadedKernel,
+) -> Result<crate::arch::x86_64::boot_params::Initrd, LoadError> {
+    let path = t.0.to_str().unwrap();
+    load_initrd(m, std::fs::File::open(path).unwrap(), path, k, MEM)
+}
+
 #[test]
 fn initrd_errors() {
     let k = load(
@@ -285,14 +295,14 @@ fn initrd_errors() {
     )
     .unwrap();
     let empty = tmp("rd0", b"");
-    let e = load_initrd(&mem(), empty.0.to_str().unwrap(), &k, MEM).unwrap_err();
+    let e = initrd(&mem(), &empty, &k).unwrap_err();
     assert!(e.to_string().contains("is empty"), "{e}");
     let big = tmp("rdbig", &vec![1u8; 15 << 20]);
-    let e = load_initrd(&mem(), big.0.to_str().unwrap(), &k, MEM).unwrap_err();
+    let e = initrd(&mem(), &big, &k).unwrap_err();
     assert!(e.to_string().contains("does not fit"), "{e}");
     let ok = tmp("rd", b"initrd!");
     let m = mem();
-    let rd = load_initrd(&m, ok.0.to_str().unwrap(), &k, MEM).unwrap();
+    let rd = initrd(&m, &ok, &k).unwrap();
     assert_eq!(
         rd,
         Initrd {

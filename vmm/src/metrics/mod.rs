@@ -5,7 +5,9 @@
 //! allocation, no I/O. Only [`flush`] (called by the VMM thread on `FlushMetrics`, by the
 //! `vmm` binary's periodic flusher thread every [`FLUSH_INTERVAL`], and at exit) serialises and writes.
 //!
-//! A line looks like Firecracker's: `{"utc_timestamp_ms":…,"api_server":{…},"vcpu":{…},…}`.
+//! A line looks like Firecracker's: `{"utc_timestamp_ms":…,"api_server":{…},"vcpu":{…},…}`,
+//! with the microVM's `"id"` (metrics `emit_id`) and the caller's `"properties"` after the
+//! timestamp when configured.
 //! A [`Counter`] reports how much it grew since the previous flush; a [`Gauge`] reports its
 //! current value. Nothing is consumed while no destination is configured (`PUT /metrics` or
 //! the config file's `metrics`), so the first line after configuration covers everything
@@ -20,8 +22,10 @@ pub use groups::{
 };
 
 use crate::output::open_output;
+use crate::resources::MetricsConfig;
 use crate::sync::lock;
-use serde::ser::{Serialize, Serializer};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,10 +141,54 @@ impl Serialize for UtcTimestampMs {
     }
 }
 
+/// The optional top-level fields of a line: `"id"` (with `emit_id`) and `"properties"`.
+#[derive(Debug, Default)]
+struct LabelValues {
+    id: Option<String>,
+    properties: Option<BTreeMap<String, String>>,
+}
+
+/// [`LabelValues`] as the metrics configuration set them; only flushers read them.
+#[derive(Debug)]
+pub struct Labels(Mutex<LabelValues>);
+
+impl Labels {
+    const fn new() -> Self {
+        Labels(Mutex::new(LabelValues {
+            id: None,
+            properties: None,
+        }))
+    }
+
+    /// `id`: the microVM's id when `emit_id` asks for it; `properties` as configured.
+    pub fn set(&self, id: Option<&str>, properties: Option<BTreeMap<String, String>>) {
+        let mut v = lock(&self.0);
+        v.id = id.map(str::to_string);
+        v.properties = properties;
+    }
+}
+
+impl Serialize for Labels {
+    /// Flattened into the line: nothing, `"id"`, `"properties"` or both.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = lock(&self.0);
+        let mut map = s.serialize_map(None)?;
+        if let Some(id) = &v.id {
+            map.serialize_entry("id", id)?;
+        }
+        if let Some(p) = &v.properties {
+            map.serialize_entry("properties", p)?;
+        }
+        map.end()
+    }
+}
+
 /// Every metric of the process, in the order its JSON line lists them.
 #[derive(Debug, serde::Serialize)]
 pub struct Metrics {
     pub utc_timestamp_ms: UtcTimestampMs,
+    #[serde(flatten)]
+    pub labels: Labels,
     pub api_server: ApiServerMetrics,
     pub get_api_requests: GetRequestsMetrics,
     pub put_api_requests: PutRequestsMetrics,
@@ -163,6 +211,7 @@ impl Metrics {
     pub const fn new() -> Self {
         Metrics {
             utc_timestamp_ms: UtcTimestampMs,
+            labels: Labels::new(),
             api_server: ApiServerMetrics::new(),
             get_api_requests: GetRequestsMetrics::new(),
             put_api_requests: PutRequestsMetrics::new(),
@@ -227,14 +276,19 @@ pub fn count_vcpu_exit(result: &Result<kvm_ioctls::VcpuExit<'_>, kvm_ioctls::Err
 /// Where lines go; `None` until configured. Only flushers take this lock (never a vCPU).
 static DESTINATION: Mutex<Option<File>> = Mutex::new(None);
 
-/// Opens `path` (a file or FIFO; created if missing) as the metrics destination, replacing
-/// any previous one.
-pub fn init(path: &str) -> Result<(), MetricsError> {
+/// Opens `cfg.metrics_path` (a file or FIFO; created if missing) as the metrics
+/// destination, replacing any previous one, and sets the line's labels (`instance_id` is
+/// written when `cfg.emit_id` asks for it).
+pub fn init(cfg: &MetricsConfig, instance_id: &str) -> Result<(), MetricsError> {
+    let path = &cfg.metrics_path;
     let file = open_output(path).map_err(|source| MetricsError::Open {
         path: path.to_string(),
         source,
     })?;
     let mut dest = lock(&DESTINATION);
+    METRICS
+        .labels
+        .set(cfg.emit_id.then_some(instance_id), cfg.properties.clone());
     *dest = Some(file);
     Ok(())
 }

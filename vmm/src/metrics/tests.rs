@@ -48,3 +48,26 @@ fn a_line_is_one_json_object_with_firecracker_group_names() {
         assert!(v.get(group).is_some(), "missing group {group}");
     }
 }
+
+#[test]
+fn emit_id_and_properties_follow_the_timestamp() {
+    let m = Metrics::new();
+    let plain = m.to_line().unwrap();
+    assert!(
+        !plain.contains("\"id\"") && !plain.contains("properties"),
+        "{plain}"
+    );
+    let props = BTreeMap::from([("customer".to_string(), "42".to_string())]);
+    m.labels.set(Some("vm-7"), Some(props));
+    let line = m.to_line().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], "vm-7");
+    assert_eq!(v["properties"]["customer"], "42");
+    // Firecracker's order: timestamp, id, properties, then the groups.
+    let at = |k: &str| line.find(&format!("\"{k}\"")).unwrap();
+    assert!(at("utc_timestamp_ms") < at("id"));
+    assert!(at("id") < at("properties"));
+    assert!(at("properties") < at("api_server"));
+    m.labels.set(None, None);
+    assert!(!m.to_line().unwrap().contains("properties"));
+}

@@ -1,7 +1,16 @@
 //! `drives`: virtio-blk devices backed by raw image files.
+//!
+//! A drive's backing file is opened when the drive is accepted (`PUT /drives/{id}` or the
+//! config file), read-only for a read-only drive, as Firecracker does, and kept open for
+//! `InstanceStart`.
 
-use super::{check_id, check_regular_file, ResourceError};
+use super::host_file::{check_regular_file, held_or_open, open_image, Opened};
+use super::spec::{null_as_default, refuse_if_present, NotYet};
+use super::{check_id, ResourceError};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
+
+const BACKING: &str = "drives: the backing file";
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub enum CacheType {
@@ -12,6 +21,9 @@ pub enum CacheType {
     Writeback,
 }
 
+/// Firecracker's block I/O engines. Kiln serves both with its synchronous engine: the guest
+/// sees the same device; `Async` (io_uring in Firecracker) is a host-side choice that
+/// Kiln makes for the smaller attack surface (see docs/api.md, "Differences").
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub enum IoEngine {
     #[default]
@@ -19,47 +31,78 @@ pub enum IoEngine {
     Async,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     pub drive_id: String,
-    pub path_on_host: String,
-    pub is_root_device: bool,
     #[serde(default)]
-    pub is_read_only: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
-    #[serde(default)]
+    pub is_root_device: bool,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub cache_type: CacheType,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub is_read_only: bool,
+    /// Optional in Firecracker's spec only for vhost-user drives (`socket`), which Kiln
+    /// does not have: required here, and an absent one is refused by name.
     #[serde(default)]
+    pub path_on_host: String,
+    /// Rate limiting: not in Kiln yet (refused when set).
+    #[serde(default)]
+    pub rate_limiter: Option<NotYet>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub io_engine: IoEngine,
+    /// A vhost-user block backend: not in Kiln yet (refused when set).
+    #[serde(default)]
+    pub socket: Option<String>,
+    /// The backing file, opened by [`DriveConfig::validated`].
+    #[serde(skip)]
+    pub file: Opened,
 }
 
 /// `PATCH /drives/{id}` after boot: swap the backing file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DriveUpdate {
     pub drive_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path_on_host: Option<String>,
+    /// Rate limiting: not in Kiln yet (refused when set).
+    #[serde(default)]
+    pub rate_limiter: Option<NotYet>,
 }
 
 impl DriveConfig {
-    pub(super) fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
+    /// Checks the fields, then opens the backing file (read-only for a read-only drive).
+    pub(super) fn validated(mut self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("drive", &self.drive_id, path_id)?;
-        check_regular_file("drives.path_on_host", &self.path_on_host)?;
-        if self.io_engine == IoEngine::Async {
-            return Err(ResourceError::Unsupported("io_engine \"Async\""));
+        refuse_if_present(
+            &self.socket,
+            "drives",
+            "a vhost-user block backend (socket)",
+        )?;
+        refuse_if_present(&self.rate_limiter, "drives", "rate limiting (rate_limiter)")?;
+        if self.path_on_host.is_empty() {
+            return Err(ResourceError::MissingDrivePath(self.drive_id));
         }
+        self.file = Opened::hold(open_image(BACKING, &self.path_on_host, !self.is_read_only)?);
         Ok(self)
+    }
+
+    /// The backing file for the device: the one opened when the drive was accepted.
+    pub fn backing_file(&self) -> Result<File, ResourceError> {
+        held_or_open(&self.file, BACKING, &self.path_on_host, !self.is_read_only)
     }
 }
 
 impl DriveUpdate {
+    /// Checks the fields and that the new backing file is a regular file; the running
+    /// drive then opens it in its own read-only mode, at the same request (on the VMM
+    /// thread, whose seccomp filter allows only that plain `openat`).
     pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("drive", &self.drive_id, path_id)?;
+        refuse_if_present(&self.rate_limiter, "drives", "rate limiting (rate_limiter)")?;
         if let Some(p) = &self.path_on_host {
-            check_regular_file("drives.path_on_host", p)?;
+            check_regular_file(BACKING, p)?;
         }
         Ok(self)
     }

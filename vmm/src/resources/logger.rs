@@ -1,7 +1,9 @@
 //! `logger` and `metrics`: where the VMM writes its logs and metrics.
 
+use super::spec::null_as_default;
 use super::ResourceError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Levels are matched case-insensitively, and `Warn` is accepted for `Warning`, as
 /// Firecracker's `PUT /logger` does.
@@ -41,7 +43,9 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// `PUT /logger`. As in Firecracker, an absent `level` means `Info` (the default level),
+/// and the other absent fields keep their current value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {
     /// A file or FIFO, opened for appending.
@@ -57,11 +61,18 @@ pub struct LoggerConfig {
     pub module: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// A file or FIFO, opened for appending.
     pub metrics_path: String,
+    /// Adds the microVM's id (`--id`) as a top-level `"id"` to every metrics line.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub emit_id: bool,
+    /// The caller's key-value pairs, written as a top-level `"properties"` object on every
+    /// metrics line (bounded by the request or config file size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 fn check_output_path(field: &'static str, path: &str) -> Result<(), ResourceError> {
@@ -85,6 +96,14 @@ impl LoggerConfig {
 }
 
 impl MetricsConfig {
+    /// Metrics to `path` with the default options (`--metrics-path`).
+    pub fn new(path: &str) -> MetricsConfig {
+        MetricsConfig {
+            metrics_path: path.to_string(),
+            ..MetricsConfig::default()
+        }
+    }
+
     pub fn validated(self) -> Result<Self, ResourceError> {
         check_output_path("metrics.metrics_path", &self.metrics_path)?;
         Ok(self)

@@ -1,5 +1,6 @@
 //! `machine-config`: vCPUs, memory, CPU template.
 
+use super::spec::null_as_default;
 use super::ResourceError;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,9 @@ pub const MIN_MEM_MIB: u64 = 2;
 pub const MAX_MEM_MIB: u64 = 256 * 1024;
 
 /// A static CPU template: a set of CPUID features hidden from the guest, as Firecracker's
-/// templates do. `None` passes the host's supported features through (normalised).
+/// templates do (every x86_64 template of its spec, plus Kiln's `Baseline`). `None` passes
+/// the host's supported features through (normalised). Kiln's templates only hide
+/// features, on any host vendor (`arch::x86_64::cpu_templates`).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub enum CpuTemplate {
     #[default]
@@ -21,16 +24,27 @@ pub enum CpuTemplate {
     T2,
     /// T2 with the mitigations-related features also hidden.
     T2S,
+    /// T2's instruction set, limited to what Intel Cascade Lake and AMD Milan share (pairs
+    /// with `T2A`).
+    T2CL,
+    /// The same instruction set as `T2CL`, named for AMD hosts.
+    T2A,
     /// Kiln: an x86-64 baseline that also hides CMPXCHG16B, the XSAVE family (and AVX*,
     /// FMA, F16C with it), POPCNT, PCID, RDRAND, and every leaf-7 feature. For hosts whose
     /// KVM emulates guest ring 0 and fails on those instructions (see docs/vmm.md).
     Baseline,
 }
 
+/// What backs guest memory.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub enum HugePages {
+    /// Regular pages.
     #[default]
     None,
+    /// Transparent huge pages where the host can give them (`madvise(MADV_HUGEPAGE)`).
+    Transparent,
+    /// 2 MiB hugetlbfs pages, reserved when the memory is mapped: a host without enough
+    /// free huge pages refuses `InstanceStart` instead of failing a guest access later.
     #[serde(rename = "2M")]
     Hugetlbfs2M,
 }
@@ -40,13 +54,13 @@ pub enum HugePages {
 pub struct MachineConfig {
     pub vcpu_count: u8,
     pub mem_size_mib: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub smt: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub track_dirty_pages: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub cpu_template: CpuTemplate,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub huge_pages: HugePages,
 }
 
@@ -108,8 +122,8 @@ impl MachineConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_size_mib) {
             return Err(ResourceError::MemSize(self.mem_size_mib));
         }
-        if self.huge_pages != HugePages::None {
-            return Err(ResourceError::Unsupported("huge_pages other than \"None\""));
+        if self.huge_pages == HugePages::Hugetlbfs2M && !self.mem_size_mib.is_multiple_of(2) {
+            return Err(ResourceError::HugePagesMemSize(self.mem_size_mib));
         }
         Ok(self)
     }

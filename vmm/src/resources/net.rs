@@ -1,5 +1,6 @@
 //! `network-interfaces`: virtio-net devices on tap devices.
 
+use super::spec::{refuse_if_present, NotYet};
 use super::{check_id, ResourceError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -53,28 +54,45 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceConfig {
     pub iface_id: String,
     /// The tap device, opened by name in the VMM's network namespace.
     pub host_dev_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<MacAddr>,
+    /// The MTU advertised to the guest: not in Kiln yet (refused when set).
+    #[serde(default)]
+    pub mtu: Option<NotYet>,
+    /// Rate limiting: not in Kiln yet (refused when set).
+    #[serde(default)]
+    pub rx_rate_limiter: Option<NotYet>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<NotYet>,
 }
 
-/// `PATCH /network-interfaces/{id}`. Firecracker uses it for rate limiters only, which Kiln
-/// does not implement yet; the body is still validated.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// `PATCH /network-interfaces/{id}`: Firecracker changes rate limiters with it, which Kiln
+/// does not have yet; the body is validated and an absent (or `null`) limiter changes
+/// nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<NotYet>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<NotYet>,
 }
+
+const RATE_LIMITING: &str = "rate limiting (rx_rate_limiter, tx_rate_limiter)";
 
 impl NetworkInterfaceUpdate {
     /// Checks the id, and that it matches the path's id (`PATCH /network-interfaces/{id}`).
     pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("network interface", &self.iface_id, path_id)?;
+        refuse_if_present(&self.rx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
+        refuse_if_present(&self.tx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
         Ok(self)
     }
 }
@@ -82,6 +100,13 @@ impl NetworkInterfaceUpdate {
 impl NetworkInterfaceConfig {
     pub(super) fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("network interface", &self.iface_id, path_id)?;
+        refuse_if_present(
+            &self.mtu,
+            "network-interfaces",
+            "advertising an MTU to the guest (mtu)",
+        )?;
+        refuse_if_present(&self.rx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
+        refuse_if_present(&self.tx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
         let name = &self.host_dev_name;
         // IFNAMSIZ is 16 including the NUL.
         let ok = (1..=15).contains(&name.len())

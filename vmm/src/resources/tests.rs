@@ -7,6 +7,15 @@ fn kernel() -> String {
     std::env::current_exe().unwrap().display().to_string()
 }
 
+/// A writable scratch image (a drive opened read-write must not be a running executable).
+fn image(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("kiln-resources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, vec![0u8; 4096]).unwrap();
+    p.display().to_string()
+}
+
 fn config(extra: &str) -> String {
     format!(
         r#"{{"boot-source": {{"kernel_image_path": "{}"}}{extra}}}"#,
@@ -28,10 +37,11 @@ fn full_config_round_trips_through_vm_config() {
     let text = config(&format!(
         r#", "machine-config": {{"vcpu_count": 2, "mem_size_mib": 64, "smt": false}},
         "drives": [{{"drive_id": "data", "path_on_host": "{k}", "is_root_device": false, "is_read_only": true}},
-                   {{"drive_id": "rootfs", "path_on_host": "{k}", "is_root_device": true}}],
+                   {{"drive_id": "rootfs", "path_on_host": "{root}", "is_root_device": true}}],
         "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"}}],
         "vsock": {{"guest_cid": 3, "uds_path": "/run/v.sock"}}"#,
-        k = kernel()
+        k = kernel(),
+        root = image("round-trip.img"),
     ));
     let res = VmResources::from_json(&text).unwrap();
     // The root device comes first so the guest sees it as /dev/vda.
@@ -51,8 +61,8 @@ fn bad_configs_name_what_is_wrong() {
         ("not json", "{".into(), "invalid JSON"),
         (
             "unknown top-level field",
-            config(r#", "balloon": {}"#),
-            "unknown field `balloon`",
+            config(r#", "baloon": {}"#),
+            "unknown field `baloon`",
         ),
         (
             "unknown nested field",
@@ -68,12 +78,12 @@ fn bad_configs_name_what_is_wrong() {
         (
             "missing kernel",
             r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#.into(),
-            "boot-source.kernel_image_path",
+            "boot-source: the kernel file \"/nonexistent/vmlinux\" cannot be opened: No such file or directory",
         ),
         (
             "kernel is a directory",
             r#"{"boot-source": {"kernel_image_path": "/"}}"#.into(),
-            "not a regular file",
+            "boot-source: the kernel file \"/\" cannot be opened: it is a directory, not a regular file",
         ),
         (
             "zero vcpus",
@@ -117,7 +127,8 @@ fn bad_configs_name_what_is_wrong() {
         (
             "two root drives",
             config(&format!(
-                r#", "drives": [{{"drive_id": "a", "path_on_host": "{k}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{k}", "is_root_device": true}}]"#
+                r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": true}}, {{"drive_id": "b", "path_on_host": "{d}", "is_root_device": true}}]"#,
+                d = image("two-roots.img")
             )),
             "already the root device",
         ),
@@ -126,7 +137,7 @@ fn bad_configs_name_what_is_wrong() {
             config(
                 r#", "drives": [{"drive_id": "a", "path_on_host": "/nonexistent.img", "is_root_device": false}]"#,
             ),
-            "drives.path_on_host",
+            "drives: the backing file \"/nonexistent.img\" cannot be opened: No such file or directory",
         ),
         (
             "bad mac",
@@ -191,4 +202,277 @@ fn path_id_must_match_body_id() {
     .unwrap();
     let err = res.put_drive(Some("other"), d).unwrap_err().to_string();
     assert!(err.contains("differs"), "{err}");
+}
+
+/// Every optional field of Firecracker's spec given as an explicit `null`, every list
+/// section empty, every section of its `FullVmConfiguration` present: accepted, and the
+/// same as leaving them out.
+#[test]
+fn explicit_nulls_and_empty_lists_mean_absent() {
+    let full_of_nulls = format!(
+        r#"{{
+        "boot-source": {{"kernel_image_path": "{k}", "boot_args": null, "initrd_path": null}},
+        "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "smt": null,
+                            "track_dirty_pages": null, "cpu_template": null, "huge_pages": null}},
+        "drives": [{{"drive_id": "rootfs", "path_on_host": "{d}", "is_root_device": true,
+                     "partuuid": null, "cache_type": null, "is_read_only": null,
+                     "rate_limiter": null, "io_engine": null, "socket": null}}],
+        "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": null,
+                                 "mtu": null, "rx_rate_limiter": null, "tx_rate_limiter": null}}],
+        "vsock": {{"vsock_id": null, "guest_cid": 3, "uds_path": "/run/kiln-null-test.sock"}},
+        "logger": {{"log_path": null, "level": null, "show_level": null, "show_log_origin": null,
+                    "module": null}},
+        "metrics": {{"metrics_path": "/dev/null", "emit_id": null, "properties": null}},
+        "balloon": null, "cpu-config": null, "mmds-config": null, "entropy": null,
+        "pmem": [], "memory-hotplug": null
+    }}"#,
+        k = kernel(),
+        d = image("nulls.img"),
+    );
+    let with_nulls = VmResources::from_json(&full_of_nulls).unwrap();
+    let without = VmResources::from_json(&format!(
+        r#"{{
+        "boot-source": {{"kernel_image_path": "{k}"}},
+        "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}},
+        "drives": [{{"drive_id": "rootfs", "path_on_host": "{d}", "is_root_device": true}}],
+        "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"}}],
+        "vsock": {{"guest_cid": 3, "uds_path": "/run/kiln-null-test.sock"}},
+        "logger": {{}},
+        "metrics": {{"metrics_path": "/dev/null"}}
+    }}"#,
+        k = kernel(),
+        d = image("nulls.img"),
+    ))
+    .unwrap();
+    assert_eq!(with_nulls, without);
+    // Lists may be null or empty.
+    for lists in [
+        r#", "drives": [], "network-interfaces": [], "pmem": []"#,
+        r#", "drives": null, "network-interfaces": null, "pmem": null"#,
+    ] {
+        let res = VmResources::from_json(&config(lists)).unwrap();
+        assert!(res.drives.is_empty() && res.network_interfaces.is_empty());
+    }
+}
+
+/// Sections and fields of the spec for features Kiln does not have yet: refused naming the
+/// feature, never as an unknown field.
+#[test]
+fn spec_features_kiln_lacks_are_refused_by_name() {
+    let d = image("not-yet.img");
+    let drive = |extra: &str| {
+        config(&format!(
+            r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": false{extra}}}]"#
+        ))
+    };
+    let net = |extra: &str| {
+        config(&format!(
+            r#", "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"{extra}}}]"#
+        ))
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            config(r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false}"#),
+            "balloon: the balloon device is not supported by Kiln yet",
+        ),
+        (
+            config(r#", "cpu-config": {"cpuid_modifiers": []}"#),
+            "cpu-config: a custom CPU template (CPUID and MSR modifiers) is not supported by Kiln yet",
+        ),
+        (
+            config(r#", "cpu-config": "/templates/t.json""#),
+            "cpu-config: a custom CPU template",
+        ),
+        (
+            config(r#", "mmds-config": {"network_interfaces": ["eth0"]}"#),
+            "mmds-config: MMDS (the microVM metadata service) is not supported by Kiln yet",
+        ),
+        (
+            config(r#", "entropy": {}"#),
+            "entropy: the entropy device (virtio-rng) is not supported by Kiln yet",
+        ),
+        (
+            config(r#", "pmem": [{"id": "p", "path_on_host": "/x"}]"#),
+            "pmem: the virtio-pmem device is not supported by Kiln yet",
+        ),
+        (
+            config(r#", "memory-hotplug": {"total_size_mib": 1024}"#),
+            "memory-hotplug: memory hot-plug (virtio-mem) is not supported by Kiln yet",
+        ),
+        (
+            drive(r#", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#),
+            "drives: rate limiting (rate_limiter) is not supported by Kiln yet",
+        ),
+        (
+            drive(r#", "socket": "/run/vhost.sock""#),
+            "drives: a vhost-user block backend (socket) is not supported by Kiln yet",
+        ),
+        (
+            net(r#", "mtu": 1500"#),
+            "network-interfaces: advertising an MTU to the guest (mtu) is not supported by Kiln yet",
+        ),
+        (
+            net(r#", "rx_rate_limiter": {}"#),
+            "network-interfaces: rate limiting",
+        ),
+        (
+            net(r#", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}"#),
+            "network-interfaces: rate limiting",
+        ),
+    ];
+    for (text, want) in &cases {
+        let err = VmResources::from_json(text).expect_err(want).to_string();
+        assert!(err.contains(want), "{err:?} lacks {want:?}");
+        assert!(!err.contains("unknown field"), "{err}");
+    }
+    // A drive without path_on_host (a vhost-user drive's shape) is named.
+    let err = VmResources::from_json(&config(
+        r#", "drives": [{"drive_id": "a", "is_root_device": false}]"#,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("drive \"a\" has no path_on_host"), "{err}");
+    // The update bodies take the spec's fields too.
+    let upd: DriveUpdate =
+        parse_json(r#"{"drive_id": "a", "path_on_host": null, "rate_limiter": null}"#).unwrap();
+    assert!(upd.validated(Some("a")).is_ok());
+    let upd: DriveUpdate =
+        parse_json(r#"{"drive_id": "a", "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#)
+            .unwrap();
+    assert!(upd
+        .validated(Some("a"))
+        .unwrap_err()
+        .to_string()
+        .contains("rate limiting"));
+    let upd: NetworkInterfaceUpdate =
+        parse_json(r#"{"iface_id": "eth0", "rx_rate_limiter": null, "tx_rate_limiter": null}"#)
+            .unwrap();
+    assert!(upd.validated(Some("eth0")).is_ok());
+    let upd: NetworkInterfaceUpdate =
+        parse_json(r#"{"iface_id": "eth0", "tx_rate_limiter": {}}"#).unwrap();
+    assert!(upd.validated(Some("eth0")).is_err());
+}
+
+#[test]
+fn every_x86_64_value_of_the_spec_enums_is_accepted() {
+    for t in ["None", "C3", "T2", "T2S", "T2CL", "T2A", "Baseline"] {
+        let text = config(&format!(
+            r#", "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "{t}"}}"#
+        ));
+        let res = VmResources::from_json(&text).unwrap_or_else(|e| panic!("{t}: {e}"));
+        let back = serde_json::to_value(&res.machine_config).unwrap();
+        assert_eq!(back["cpu_template"], t);
+    }
+    for (h, mem) in [("None", 64), ("Transparent", 64), ("2M", 64)] {
+        let text = config(&format!(
+            r#", "machine-config": {{"vcpu_count": 1, "mem_size_mib": {mem}, "huge_pages": "{h}"}}"#
+        ));
+        let res = VmResources::from_json(&text).unwrap_or_else(|e| panic!("{h}: {e}"));
+        assert_eq!(
+            serde_json::to_value(res.machine_config).unwrap()["huge_pages"],
+            h
+        );
+    }
+    let err = VmResources::from_json(&config(
+        r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 65, "huge_pages": "2M"}"#,
+    ))
+    .unwrap_err();
+    assert_eq!(err, ResourceError::HugePagesMemSize(65));
+    for (engine, cache) in [("Sync", "Unsafe"), ("Async", "Writeback")] {
+        let text = config(&format!(
+            r#", "drives": [{{"drive_id": "a", "path_on_host": "{}", "is_root_device": false, "io_engine": "{engine}", "cache_type": "{cache}"}}]"#,
+            image("engines.img")
+        ));
+        VmResources::from_json(&text).unwrap_or_else(|e| panic!("{engine}: {e}"));
+    }
+    // Values outside the spec are still named.
+    let err = VmResources::from_json(&config(
+        r#", "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "V1N1"}"#,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown variant `V1N1`"), "{err}");
+}
+
+#[test]
+fn metrics_take_emit_id_and_properties() {
+    let m: MetricsConfig =
+        parse_json(r#"{"metrics_path": "/m", "emit_id": true, "properties": {"customer": "42"}}"#)
+            .unwrap();
+    assert!(m.emit_id);
+    assert_eq!(m.properties.unwrap()["customer"], "42");
+    let m: MetricsConfig = parse_json(r#"{"metrics_path": "/m"}"#).unwrap();
+    assert!(!m.emit_id && m.properties.is_none());
+    let err = parse_json::<MetricsConfig>(r#"{"metrics_path": "/m", "properties": {"a": 1}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+/// `GET /vm/config` has every section of Firecracker's `FullVmConfiguration`, `null` or `[]`
+/// when unset, and reads back as a config file.
+#[test]
+fn vm_config_has_firecracker_sections() {
+    let res = VmResources::from_json(&config("")).unwrap();
+    let v = serde_json::to_value(res.to_config()).unwrap();
+    for key in [
+        "boot-source",
+        "machine-config",
+        "drives",
+        "network-interfaces",
+        "vsock",
+        "logger",
+        "metrics",
+        "balloon",
+        "cpu-config",
+        "mmds-config",
+        "entropy",
+        "pmem",
+        "memory-hotplug",
+    ] {
+        assert!(v.get(key).is_some(), "GET /vm/config lacks {key}: {v}");
+    }
+    assert_eq!(v["balloon"], serde_json::Value::Null);
+    assert_eq!(v["pmem"], serde_json::json!([]));
+    assert_eq!(v["boot-source"]["initrd_path"], serde_json::Value::Null);
+    let again = VmResources::from_json(&v.to_string()).unwrap();
+    assert_eq!(again, res);
+}
+
+/// A file named by the configuration is opened when it is accepted: the kernel opened then
+/// is the one used, even if its path is removed or replaced before `InstanceStart`.
+#[test]
+fn files_are_opened_when_accepted_and_kept() {
+    let k = image("kept-kernel");
+    std::fs::write(&k, b"the accepted kernel").unwrap();
+    let mut res = VmResources::default();
+    res.set_boot_source(parse_json(&format!(r#"{{"kernel_image_path": "{k}"}}"#)).unwrap())
+        .unwrap();
+    std::fs::remove_file(&k).unwrap();
+    std::fs::write(&k, b"a replacement").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut res.boot_source.as_ref().unwrap().kernel_file().unwrap(),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(text, "the accepted kernel");
+    // A read-write drive on a read-only file is refused at once.
+    let ro = image("read-only.img");
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    let d: DriveConfig = parse_json(&format!(
+        r#"{{"drive_id": "a", "path_on_host": "{ro}", "is_root_device": false, "is_read_only": true}}"#
+    ))
+    .unwrap();
+    res.put_drive(Some("a"), d).unwrap();
+    // A vsock socket path whose directory does not exist, or where a file already is.
+    let v: VsockConfig =
+        parse_json(r#"{"guest_cid": 3, "uds_path": "/nonexistent-dir/v.sock"}"#).unwrap();
+    let err = res.set_vsock(v).unwrap_err().to_string();
+    assert!(err.contains("directory /nonexistent-dir"), "{err}");
+    let v: VsockConfig = parse_json(&format!(r#"{{"guest_cid": 3, "uds_path": "{ro}"}}"#)).unwrap();
+    let err = res.set_vsock(v).unwrap_err().to_string();
+    assert!(err.contains("a file already exists there"), "{err}");
 }

@@ -1,9 +1,14 @@
 //! `vsock`: one virtio-vsock device, bridged to Unix sockets on the host.
+//!
+//! The host socket is bound at `InstanceStart`; when the configuration is accepted its path
+//! is checked for what binding needs (an existing directory, no file at the path), so that
+//! a `PUT /vsock` that could not work is refused at once.
 
 use super::ResourceError;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// Deprecated in Firecracker's API; accepted and ignored.
@@ -37,6 +42,39 @@ impl VsockConfig {
                         .into(),
             });
         }
+        check_socket_path(&self.uds_path)?;
         Ok(self)
+    }
+}
+
+/// Checks, when the configuration is accepted, what binding `uds_path` at `InstanceStart`
+/// needs: its directory exists and nothing is at the path (the VMM never replaces a file).
+fn check_socket_path(uds_path: &str) -> Result<(), ResourceError> {
+    let bad = |reason: String| ResourceError::BadPath {
+        field: "vsock.uds_path",
+        path: uds_path.to_string(),
+        reason,
+    };
+    let path = Path::new(uds_path);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad(format!("{} is not a directory", dir.display()))),
+        Err(e) => {
+            return Err(bad(format!(
+                "the host socket cannot be bound there: directory {}: {e}",
+                dir.display()
+            )))
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Err(bad(
+            "a file already exists there; remove it first (the VMM never replaces a file)".into(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bad(e.to_string())),
     }
 }

@@ -3,8 +3,9 @@
 //! the same parser the config file uses; their validation happens in the resource setters,
 //! on the VMM thread.
 //!
-//! Refusals: 404 for a path Kiln does not serve, 405 (with `Allow`) for a wrong verb, 400
-//! for a missing or unreadable body.
+//! Refusals are all 400, as Firecracker answers them: an unknown path, a wrong verb (with an
+//! `Allow` header listing the right ones), a path of Firecracker's API for a feature Kiln
+//! does not have yet (the message names the feature), a missing or unreadable body.
 
 use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
@@ -55,34 +56,55 @@ impl Endpoint {
     }
 }
 
-/// Paths of Firecracker's API that Kiln does not implement: answered 404 with a message
-/// that says so, rather than a bare "unknown path".
-const FIRECRACKER_ONLY: &[&str] = &[
-    "balloon",
-    "cpu-config",
-    "entropy",
-    "hotplug",
-    "mmds",
-    "pmem",
-    "serial",
-    "snapshot",
+/// Paths of Firecracker's API (first segment) for features Kiln does not have yet, with the
+/// feature: answered with a message that says so, rather than a bare "unknown path".
+const NOT_YET: &[(&str, &str)] = &[
+    ("balloon", "the balloon device"),
+    (
+        "cpu-config",
+        "a custom CPU template (CPUID and MSR modifiers)",
+    ),
+    ("entropy", "the entropy device (virtio-rng)"),
+    ("hotplug", "memory hot-plug (virtio-mem)"),
+    ("mmds", "MMDS (the microVM metadata service)"),
+    ("pmem", "the virtio-pmem device"),
+    (
+        "serial",
+        "configuring the serial console's output (PUT /serial)",
+    ),
+    ("snapshot", "snapshotting"),
 ];
+
+/// The status of every refusal decided here (Firecracker answers 400 to each).
+pub const REFUSED: u16 = 400;
 
 /// A refusal decided without the VMM thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
     pub status: u16,
     pub message: String,
-    /// For 405: the verbs the path accepts.
+    /// For a wrong verb: the verbs the path accepts (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// The path or verb is not one Kiln serves (counted in `api_server.unknown_requests`).
+    pub unknown: bool,
 }
 
 impl RouteError {
     fn bad_request(message: String) -> Self {
         RouteError {
-            status: 400,
+            status: REFUSED,
             message,
             allow: None,
+            unknown: false,
+        }
+    }
+
+    /// A path or verb Kiln does not serve.
+    fn unknown(message: String, allow: Option<&'static str>) -> Self {
+        RouteError {
+            allow,
+            unknown: true,
+            ..RouteError::bad_request(message)
         }
     }
 }
@@ -150,26 +172,24 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["metrics"] => (Endpoint::Metrics, None),
         ["vm"] => (Endpoint::Vm, None),
         ["vm", "config"] => (Endpoint::VmConfig, None),
-        [first, ..] if FIRECRACKER_ONLY.contains(first) => {
-            return Err(RouteError {
-                status: 404,
-                message: format!("{path} is part of Firecracker's API but is not implemented by Kiln"),
-                allow: None,
-            })
-        }
-        _ => {
-            return Err(RouteError {
-                status: 404,
-                message: format!(
-                    "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
-                     /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /actions, /logger, /metrics, \
-                     /vm, /vm/config)"
-                ),
-                allow: None,
-            })
+        [first, ..] => {
+            let message = match NOT_YET.iter().find(|(p, _)| p == first) {
+                Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
+                None => no_such_path(path),
+            };
+            return Err(RouteError::unknown(message, None));
         }
     };
     Ok(found)
+}
+
+/// The message for a path Kiln does not serve.
+fn no_such_path(path: &str) -> String {
+    format!(
+        "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
+         /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /actions, /logger, /metrics, \
+         /vm, /vm/config)"
+    )
 }
 
 #[derive(Deserialize)]
@@ -200,17 +220,24 @@ fn route_endpoint(
     req: &Request,
 ) -> Result<ApiRequest, RouteError> {
     let what = format!("{} {}", req.method.as_str(), req.path);
+    if req.method.as_str() == "DELETE"
+        && matches!(endpoint, Endpoint::Drives | Endpoint::NetworkInterfaces)
+    {
+        return Err(RouteError::unknown(
+            format!("{what}: hot-unplugging devices is not supported by Kiln yet"),
+            None,
+        ));
+    }
     if !endpoint.accepts(&req.method) {
-        return Err(RouteError {
-            status: 405,
-            message: format!(
+        return Err(RouteError::unknown(
+            format!(
                 "method {} is not allowed on {} (allowed: {})",
                 req.method.as_str(),
                 req.path,
                 endpoint.allow()
             ),
-            allow: Some(endpoint.allow()),
-        });
+            Some(endpoint.allow()),
+        ));
     }
     let body = match (&req.method, req.body.as_deref()) {
         (Method::Get, None) => "",
@@ -297,15 +324,14 @@ fn route_endpoint(
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.
         _ => {
-            return Err(RouteError {
-                status: 405,
-                message: format!(
+            return Err(RouteError::unknown(
+                format!(
                     "method {} is not allowed on {}",
                     req.method.as_str(),
                     req.path
                 ),
-                allow: Some(endpoint.allow()),
-            })
+                Some(endpoint.allow()),
+            ))
         }
     };
     Ok(request)

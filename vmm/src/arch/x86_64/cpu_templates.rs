@@ -1,10 +1,14 @@
 //! Static CPU templates: CPUID feature bits hidden from the guest, so that a guest sees the
-//! same CPU on different hosts (Firecracker's `C3`, `T2`, `T2S`) or avoids features a host
-//! cannot run (`Baseline`, for hosts whose KVM emulates guest ring 0 instruction by
-//! instruction and fails on CMPXCHG16B and the XSAVE family; see docs/vmm.md).
+//! same CPU on different hosts (Firecracker's `C3`, `T2`, `T2S`, `T2CL`, `T2A`) or avoids
+//! features a host cannot run (`Baseline`, for hosts whose KVM emulates guest ring 0
+//! instruction by instruction and fails on CMPXCHG16B and the XSAVE family; see
+//! docs/vmm.md).
 //!
-//! A template only clears bits; it never advertises a feature KVM does not support. Hiding
-//! XSAVE also empties leaf 0xD, whose contents describe the XSAVE state components.
+//! A template only clears bits; it never advertises a feature KVM does not support, and it
+//! applies on any host vendor (Firecracker also sets some bits, rewrites the family and
+//! model, masks `IA32_ARCH_CAPABILITIES`, and accepts each template only on the CPU models
+//! it was made for). Hiding XSAVE also empties leaf 0xD, whose contents describe the XSAVE
+//! state components.
 
 use crate::resources::CpuTemplate;
 
@@ -73,10 +77,13 @@ pub mod l1_ecx {
 
 /// Leaf 1 EDX bits.
 pub mod l1_edx {
+    pub const PSN: u32 = 18;
     pub const DS: u32 = 21;
     pub const ACPI: u32 = 22;
+    pub const SS: u32 = 27;
     pub const HTT: u32 = 28;
     pub const TM: u32 = 29;
+    pub const IA64: u32 = 30;
     pub const PBE: u32 = 31;
 }
 
@@ -112,18 +119,59 @@ pub mod l7_ebx {
 
 /// Leaf 7 subleaf 0 ECX bits.
 pub mod l7_ecx {
+    pub const AVX512_VBMI: u32 = 1;
+    pub const UMIP: u32 = 2;
+    pub const PKU: u32 = 3;
+    pub const OSPKE: u32 = 4;
+    pub const AVX512_VBMI2: u32 = 6;
+    pub const GFNI: u32 = 8;
+    pub const VAES: u32 = 9;
+    pub const VPCLMULQDQ: u32 = 10;
     pub const AVX512_VNNI: u32 = 11;
+    pub const AVX512_BITALG: u32 = 12;
+    pub const AVX512_VPOPCNTDQ: u32 = 14;
+    pub const LA57: u32 = 16;
     pub const RDPID: u32 = 22;
+    pub const SGX_LC: u32 = 30;
 }
 
 /// Leaf 7 subleaf 0 EDX bits.
 pub mod l7_edx {
+    pub const AVX512_4VNNIW: u32 = 2;
+    pub const AVX512_4FMAPS: u32 = 3;
+    pub const FSRM: u32 = 4;
+    pub const AVX512_VP2INTERSECT: u32 = 8;
     pub const ARCH_CAPABILITIES: u32 = 29;
     pub const CORE_CAPABILITIES: u32 = 30;
     /// Speculation-control bits (IBRS/IBPB, STIBP, L1D_FLUSH, SSBD) and MD_CLEAR: kept by
     /// every template, guests need them for their mitigations.
     pub const SPECULATION: &[u32] = &[10, 26, 27, 28, 31];
 }
+
+/// Leaf 0x8000_0001 (extended features) ECX bits.
+pub mod l81_ecx {
+    pub const SVM: u32 = 2;
+    pub const SSE4A: u32 = 6;
+    pub const MISALIGN_SSE: u32 = 7;
+    pub const PREFETCHW: u32 = 8;
+    pub const MONITORX: u32 = 29;
+}
+
+/// Leaf 0x8000_0001 EDX bits.
+pub mod l81_edx {
+    pub const MMXEXT: u32 = 22;
+    pub const FFXSR: u32 = 25;
+    pub const PAGE1GB: u32 = 26;
+}
+
+/// Leaf 0x8000_0008 EBX bits.
+pub mod l88_ebx {
+    pub const CLZERO: u32 = 0;
+    pub const WBNOINVD: u32 = 9;
+}
+
+pub const EXT_FEATURES_LEAF: u32 = 0x8000_0001;
+pub const EXT_ADDRESS_LEAF: u32 = 0x8000_0008;
 
 /// KVM's paravirtual feature leaf.
 pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
@@ -207,6 +255,109 @@ fn common(ecx7: u32, ebx7: u32, xcr0: u32) -> Vec<Mask> {
     ]
 }
 
+/// `T2CL` and `T2A`: the instruction set Intel Cascade Lake and AMD Milan have in common, so
+/// that a guest may move between the two. What either CPU lacks, or a VM does not
+/// provide, is hidden; the speculation controls are kept.
+fn t2_common_x86() -> Vec<Mask> {
+    vec![
+        m(1, 0, Reg::Ecx, L1_ECX_HOST_ONLY),
+        m(
+            1,
+            0,
+            Reg::Edx,
+            L1_EDX_HOST_ONLY | bits(&[l1_edx::PSN, l1_edx::SS, l1_edx::IA64]),
+        ),
+        m(
+            7,
+            0,
+            Reg::Ebx,
+            bits(&[
+                l7_ebx::SGX,
+                l7_ebx::HLE,
+                l7_ebx::RTM,
+                l7_ebx::RDT_M,
+                l7_ebx::MPX,
+                l7_ebx::RDT_A,
+                l7_ebx::AVX512F,
+                l7_ebx::AVX512DQ,
+                l7_ebx::RDSEED,
+                l7_ebx::ADX,
+                l7_ebx::AVX512_IFMA,
+                // RDPID on some AMD parts (Intel reports it in ECX).
+                22,
+                l7_ebx::CLFLUSHOPT,
+                l7_ebx::CLWB,
+                l7_ebx::PT,
+                l7_ebx::AVX512PF,
+                l7_ebx::AVX512ER,
+                l7_ebx::AVX512CD,
+                l7_ebx::SHA,
+                l7_ebx::AVX512BW,
+                l7_ebx::AVX512VL,
+            ]),
+        ),
+        m(
+            7,
+            0,
+            Reg::Ecx,
+            bits(&[
+                l7_ecx::AVX512_VBMI,
+                l7_ecx::UMIP,
+                l7_ecx::PKU,
+                l7_ecx::OSPKE,
+                l7_ecx::AVX512_VBMI2,
+                l7_ecx::GFNI,
+                l7_ecx::VAES,
+                l7_ecx::VPCLMULQDQ,
+                l7_ecx::AVX512_VNNI,
+                l7_ecx::AVX512_BITALG,
+                l7_ecx::AVX512_VPOPCNTDQ,
+                l7_ecx::LA57,
+                l7_ecx::RDPID,
+                l7_ecx::SGX_LC,
+            ]),
+        ),
+        m(
+            7,
+            0,
+            Reg::Edx,
+            bits(&[
+                l7_edx::AVX512_4VNNIW,
+                l7_edx::AVX512_4FMAPS,
+                l7_edx::FSRM,
+                l7_edx::AVX512_VP2INTERSECT,
+            ]),
+        ),
+        // MPX, AVX-512 and PKRU state components.
+        m(0xd, 0, Reg::Eax, bits(&[3, 4, 5, 6, 7, 9])),
+        m(0xd, 1, Reg::Eax, XSAVE_EXTENSIONS),
+        m(
+            EXT_FEATURES_LEAF,
+            0,
+            Reg::Ecx,
+            bits(&[
+                l81_ecx::SVM,
+                l81_ecx::SSE4A,
+                l81_ecx::MISALIGN_SSE,
+                l81_ecx::PREFETCHW,
+                l81_ecx::MONITORX,
+            ]),
+        ),
+        m(
+            EXT_FEATURES_LEAF,
+            0,
+            Reg::Edx,
+            bits(&[l81_edx::MMXEXT, l81_edx::FFXSR, l81_edx::PAGE1GB]),
+        ),
+        m(
+            EXT_ADDRESS_LEAF,
+            0,
+            Reg::Ebx,
+            bits(&[l88_ebx::CLZERO, l88_ebx::WBNOINVD]),
+        ),
+    ]
+}
+
 /// The masks of a template, applied after the per-vCPU normalisation.
 pub fn masks(template: CpuTemplate) -> Vec<Mask> {
     match template {
@@ -230,6 +381,7 @@ pub fn masks(template: CpuTemplate) -> Vec<Mask> {
                 XCR0_BEYOND_AVX & !bits(&[5, 6, 7]),
             )
         }
+        CpuTemplate::T2CL | CpuTemplate::T2A => t2_common_x86(),
         CpuTemplate::Baseline => {
             let mut v = common(ALL, ALL, ALL);
             v.push(m(
@@ -316,11 +468,34 @@ mod tests {
     }
 
     #[test]
+    fn t2cl_and_t2a_share_one_instruction_set() {
+        assert_eq!(masks(CpuTemplate::T2CL), masks(CpuTemplate::T2A));
+        let ms = masks(CpuTemplate::T2CL);
+        let hidden = |leaf, reg, bit: u32| {
+            ms.iter().any(|m| {
+                m.leaf == leaf && m.subleaf == 0 && m.reg == reg && m.clear & (1 << bit) != 0
+            })
+        };
+        // Intel-only or AMD-only features, and what a VM lacks.
+        assert!(hidden(7, Reg::Ebx, l7_ebx::AVX512F));
+        assert!(hidden(7, Reg::Ecx, l7_ecx::VAES));
+        assert!(hidden(EXT_FEATURES_LEAF, Reg::Ecx, l81_ecx::SSE4A));
+        assert!(hidden(EXT_FEATURES_LEAF, Reg::Ecx, l81_ecx::SVM));
+        assert!(hidden(EXT_ADDRESS_LEAF, Reg::Ebx, l88_ebx::CLZERO));
+        assert!(hidden(1, Reg::Ecx, l1_ecx::VMX));
+        // Both have AVX2 and keep the XSAVE family.
+        assert!(!hidden(7, Reg::Ebx, l7_ebx::AVX2));
+        assert!(!hides_xsave(CpuTemplate::T2CL));
+    }
+
+    #[test]
     fn speculation_controls_are_kept_by_all() {
         for t in [
             CpuTemplate::T2,
             CpuTemplate::T2S,
             CpuTemplate::C3,
+            CpuTemplate::T2CL,
+            CpuTemplate::T2A,
             CpuTemplate::Baseline,
         ] {
             for mk in masks(t)

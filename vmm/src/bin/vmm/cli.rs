@@ -1,11 +1,14 @@
-//! The `vmm` command line: Firecracker's flags (so the jailer and tools can drive either),
-//! plus Kiln's `--serial-out`, `--boot-entry` and `--strict-io`.
+//! The `vmm` command line: every flag of Firecracker's `firecracker --help` (so the jailer
+//! and tools written for Firecracker can drive either), plus Kiln's `--serial-out`,
+//! `--boot-entry`, `--strict-io` and `--seccomp-log`.
 //!
 //! `kiln-argv` tokenizes (a value as the next argument or after `=`: `--id vm1`,
 //! `--id=vm1`); this module only converts each value into what the library takes
 //! ([`SerialSink`], [`EntryPreference`], [`LogLevel`], [`seccomp::Choice`], ...). An unknown
 //! flag, a missing or invalid value, a flag given twice or a stray argument is an error
-//! naming it.
+//! naming it. A Firecracker flag for a feature Kiln does not have yet (PCI, MMDS,
+//! snapshots) is recognised and refused with [`CliError::Unsupported`], which names the
+//! feature.
 
 use kiln_argv::{ArgvError, Flag, Table};
 use std::ffi::OsString;
@@ -24,8 +27,9 @@ Runs one microVM. With --config-file and --no-api, builds it from the file and b
 Options:
   --config-file PATH           JSON configuration (Firecracker's shape: boot-source,
                                machine-config, drives, network-interfaces, vsock, logger, metrics)
-  --no-api                     do not serve the API; requires --config-file
-  --api-sock PATH              Unix socket of the HTTP API
+  --no-api                     do not serve the API; requires --config-file (--api-sock is then
+                               ignored)
+  --api-sock PATH              Unix socket of the HTTP API (default /run/firecracker.socket)
   --id ID                      microVM id (1-64 characters from [A-Za-z0-9_-]; default anonymous-instance)
   --serial-out PATH            write the guest's serial console to PATH (file or FIFO) instead of stdout
   --boot-entry auto|pvh|linux64
@@ -37,17 +41,27 @@ Options:
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
   --start-time-cpu-us US       process CPU time at start, from the jailer
   --parent-cpu-time-us US      the jailer's CPU time
-  --log-path PATH              log file or FIFO
-  --level LEVEL                log level: Off, Error, Warning, Info, Debug, Trace
+  --log-path PATH              log file or FIFO (default: stderr)
+  --level LEVEL                log level: Off, Error, Warning, Info, Debug, Trace (default Info)
+  --show-level                 write each log line's level
+  --show-log-origin            write each log line's source file and line
+  --module PREFIX              only log lines from module paths starting with PREFIX
   --metrics-path PATH          metrics file or FIFO
   --http-api-max-payload-size BYTES
-                               largest API request body
+                               largest API request body (default 51200)
   --seccomp-filter PATH        seccomp filters to use instead of the built-in ones: a JSON filter
                                set or one compiled by kiln-seccompiler (policies/seccomp/README.md)
   --seccomp-log                diagnosis: log syscalls the filters refuse instead of killing
   --no-seccomp                 run without seccomp filtering (prints a warning)
   --version                    print the version and exit
   --help                       print this help and exit
+
+Firecracker flags recognised but refused until Kiln has the feature:
+  --enable-pci                 PCI transport
+  --metadata PATH, --mmds-size-limit BYTES
+                               MMDS (microVM metadata service)
+  --snapshot-version, --describe-snapshot PATH
+                               snapshots
 ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,7 +70,26 @@ pub enum CliError {
     Argv(#[from] ArgvError),
     #[error("--no-api needs --config-file: without the API, the config file is the only way to describe the microVM")]
     NoApiWithoutConfig,
+    /// A Firecracker flag for a feature Kiln does not have yet.
+    #[error("flag --{flag}: {feature} is not supported by Kiln yet")]
+    Unsupported {
+        flag: &'static str,
+        feature: &'static str,
+    },
 }
+
+/// Firecracker's flags for features Kiln does not have yet, with the feature each needs.
+/// Each is recognised (its value checked) and refused with [`CliError::Unsupported`].
+const NOT_YET: &[(&str, &str)] = &[
+    (
+        "enable-pci",
+        "the PCI transport (Kiln's devices are virtio-mmio)",
+    ),
+    ("metadata", "MMDS (the microVM metadata service)"),
+    ("mmds-size-limit", "MMDS (the microVM metadata service)"),
+    ("snapshot-version", "snapshotting"),
+    ("describe-snapshot", "snapshotting"),
+];
 
 /// Everything the command line says, converted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +109,9 @@ pub struct Args {
     pub parent_cpu_time_us: Option<u64>,
     pub log_path: Option<String>,
     pub level: Option<LogLevel>,
+    pub show_level: bool,
+    pub show_log_origin: bool,
+    pub module: Option<String>,
     pub metrics_path: Option<String>,
     pub http_api_max_payload_size: Option<usize>,
     pub seccomp: seccomp::Choice,
@@ -104,6 +140,9 @@ const FLAGS: &[Flag] = &[
     Flag::single("parent-cpu-time-us"),
     Flag::single("log-path"),
     Flag::single("level"),
+    Flag::switch("show-level"),
+    Flag::switch("show-log-origin"),
+    Flag::single("module"),
     Flag::single("metrics-path"),
     Flag::single("http-api-max-payload-size"),
     Flag::single("seccomp-filter"),
@@ -111,6 +150,12 @@ const FLAGS: &[Flag] = &[
     Flag::switch("seccomp-log"),
     Flag::switch("version"),
     Flag::switch("help"),
+    // Firecracker's, refused until Kiln has the feature (`NOT_YET`).
+    Flag::switch("enable-pci"),
+    Flag::single("metadata"),
+    Flag::single("mmds-size-limit"),
+    Flag::switch("snapshot-version"),
+    Flag::single("describe-snapshot"),
 ];
 
 fn instance_id(id: &str) -> Result<String, &'static str> {
@@ -128,6 +173,13 @@ fn instance_id(id: &str) -> Result<String, &'static str> {
 fn nonempty_path(v: &str) -> Result<String, &'static str> {
     if v.is_empty() {
         return Err("the path is empty");
+    }
+    Ok(v.to_string())
+}
+
+fn nonempty_module(v: &str) -> Result<String, &'static str> {
+    if v.is_empty() {
+        return Err("the module path is empty");
     }
     Ok(v.to_string())
 }
@@ -173,6 +225,9 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
         log_path: a.converted("log-path", nonempty_path)?,
         level: a.parsed("level")?,
+        show_level: a.switch("show-level"),
+        show_log_origin: a.switch("show-log-origin"),
+        module: a.converted("module", nonempty_module)?,
         metrics_path: a.converted("metrics-path", nonempty_path)?,
         http_api_max_payload_size: a.converted("http-api-max-payload-size", payload_size)?,
         seccomp,
@@ -183,9 +238,18 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
     if a.switch("version") {
         return Ok(Command::Version);
     }
+    // Values are checked first, so that a bad one is named as such.
+    a.converted("metadata", nonempty_path)?;
+    a.converted("describe-snapshot", nonempty_path)?;
+    a.converted("mmds-size-limit", payload_size)?;
+    if let Some(&(flag, feature)) = NOT_YET
+        .iter()
+        .find(|(flag, _)| a.switch(flag) || a.single(flag).is_some())
+    {
+        return Err(CliError::Unsupported { flag, feature });
+    }
     a.exclusive("no-seccomp", "seccomp-filter")?;
     a.exclusive("no-seccomp", "seccomp-log")?;
-    a.exclusive("no-api", "api-sock")?;
     if args.no_api && args.config_file.is_none() {
         return Err(CliError::NoApiWithoutConfig);
     }
@@ -315,8 +379,39 @@ mod tests {
             ),
             (&["--no-api"], CliError::NoApiWithoutConfig),
             (
-                &["--config-file", "c", "--no-api", "--api-sock", "s"],
-                argv(ArgvError::Conflict("no-api", "api-sock")),
+                &["--enable-pci"],
+                CliError::Unsupported {
+                    flag: "enable-pci",
+                    feature: "the PCI transport (Kiln's devices are virtio-mmio)",
+                },
+            ),
+            (
+                &["--metadata", "m.json"],
+                CliError::Unsupported {
+                    flag: "metadata",
+                    feature: "MMDS (the microVM metadata service)",
+                },
+            ),
+            (
+                &["--mmds-size-limit", "4096"],
+                CliError::Unsupported {
+                    flag: "mmds-size-limit",
+                    feature: "MMDS (the microVM metadata service)",
+                },
+            ),
+            (
+                &["--snapshot-version"],
+                CliError::Unsupported {
+                    flag: "snapshot-version",
+                    feature: "snapshotting",
+                },
+            ),
+            (
+                &["--describe-snapshot", "vm.snap"],
+                CliError::Unsupported {
+                    flag: "describe-snapshot",
+                    feature: "snapshotting",
+                },
             ),
             (
                 &["--no-seccomp", "--seccomp-filter", "f"],
@@ -343,6 +438,9 @@ mod tests {
                 "http-api-max-payload-size",
             ),
             (&["--config-file", ""], "config-file"),
+            (&["--module", ""], "module"),
+            (&["--mmds-size-limit", "lots"], "mmds-size-limit"),
+            (&["--metadata", ""], "metadata"),
         ];
         for (argv, flag) in bad_values {
             match p(argv) {
@@ -359,5 +457,25 @@ mod tests {
             "flag --level: invalid value \"loud\": use Off, Error, Warning, Info, Debug or Trace"
         );
         assert_eq!(run(&["--level", "WARN"]).level, Some(LogLevel::Warning));
+        // An unsupported feature is named, never an unknown flag.
+        let e = p(&["--enable-pci"]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "flag --enable-pci: the PCI transport (Kiln's devices are virtio-mmio) is not supported by Kiln yet"
+        );
+    }
+
+    #[test]
+    fn firecracker_logger_flags_and_no_api_with_a_socket() {
+        let a = run(&["--show-level", "--show-log-origin", "--module", "vmm::api"]);
+        assert!(a.show_level && a.show_log_origin);
+        assert_eq!(a.module.as_deref(), Some("vmm::api"));
+        let a = run(&[]);
+        assert!(!a.show_level && !a.show_log_origin && a.module.is_none());
+        // Firecracker accepts --api-sock with --no-api (and serves no API): so does Kiln.
+        let a = run(&["--config-file", "c", "--no-api", "--api-sock", "s"]);
+        assert!(a.no_api);
+        // --help and --version win over a refused flag, as in Firecracker.
+        assert_eq!(p(&["--enable-pci", "--help"]), Ok(Command::Help));
     }
 }

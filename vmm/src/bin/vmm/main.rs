@@ -18,15 +18,15 @@ use vmm::builder::{build_microvm, BuildError, BuildOptions};
 use vmm::controller::{configure_outputs, ControllerError, VmmApi};
 use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
-use vmm::resources::{LoggerConfig, MetricsConfig, ResourceError, VmResources};
+use vmm::resources::{MetricsConfig, ResourceError, VmResources, DEFAULT_INSTANCE_ID};
 use vmm::seccomp::{self, SeccompError, ThreadKind};
 use vmm::signals::{SignalError, TerminationSignals};
 use vmm::timing::{self, StartupTrace};
 use vmm::vmm::{self as running, Vmm};
 
-/// The API socket when neither `--api-sock` nor `--no-api` is given (Firecracker's default
-/// is /run/firecracker.socket).
-const DEFAULT_API_SOCK: &str = "/run/kiln.socket";
+/// The API socket when neither `--api-sock` nor `--no-api` is given: Firecracker's, where a
+/// jailed orchestrator looks for it when it passes no `--api-sock`.
+const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 
 /// Largest config file read: far above any real configuration, and a bound for a path that
 /// names a pipe that never ends (a pipe such as `<(...)` is accepted, a device is not).
@@ -171,37 +171,46 @@ fn read_config(path: Option<&str>) -> Result<VmResources, RunError> {
     })
 }
 
-/// Applies `--log-path`, `--level` and `--metrics-path` (they override the config file's
-/// `logger` and `metrics`), then opens the log and metrics outputs.
+/// Applies the logger flags (`--log-path`, `--level`, `--show-level`, `--show-log-origin`,
+/// `--module`) and `--metrics-path` (they override the config file's `logger` and
+/// `metrics`), then opens the log and metrics outputs.
 fn apply_output_flags(args: &Args, res: &mut VmResources) -> Result<(), ControllerError> {
-    if args.log_path.is_some() || args.level.is_some() {
-        let mut cfg = res.logger.clone().unwrap_or(LoggerConfig {
-            log_path: None,
-            level: None,
-            show_level: None,
-            show_log_origin: None,
-            module: None,
-        });
+    let logger_flags = args.log_path.is_some()
+        || args.level.is_some()
+        || args.show_level
+        || args.show_log_origin
+        || args.module.is_some();
+    if logger_flags {
+        let mut cfg = res.logger.clone().unwrap_or_default();
         if let Some(p) = &args.log_path {
             cfg.log_path = Some(p.clone());
         }
         if let Some(l) = args.level {
             cfg.level = Some(l);
         }
+        if args.show_level {
+            cfg.show_level = Some(true);
+        }
+        if args.show_log_origin {
+            cfg.show_log_origin = Some(true);
+        }
+        if let Some(m) = &args.module {
+            cfg.module = Some(m.clone());
+        }
         res.logger = Some(cfg.validated()?);
     }
     if let Some(p) = &args.metrics_path {
-        res.metrics = Some(
-            MetricsConfig {
-                metrics_path: p.clone(),
-            }
-            .validated()?,
-        );
+        res.metrics = Some(MetricsConfig::new(p).validated()?);
     }
     if let Some(id) = &args.id {
         vmm::logger::set_instance_id(id);
     }
-    configure_outputs(res)
+    configure_outputs(res, instance_id(args))
+}
+
+/// The microVM's id: `--id`, else Firecracker's default.
+fn instance_id(args: &Args) -> &str {
+    args.id.as_deref().unwrap_or(DEFAULT_INSTANCE_ID)
 }
 
 /// Starts the `kiln_metrics` thread: a metrics line every [`vmm::metrics::FLUSH_INTERVAL`]
@@ -266,6 +275,10 @@ fn start_microvm(
     };
     let booted = args.config_file.is_some();
     let api = if args.no_api {
+        if let Some(sock) = &args.api_sock {
+            // Firecracker accepts the pair and serves no API; say so rather than refuse.
+            vmm::log_warn!("--api-sock {sock} is ignored: --no-api serves no API");
+        }
         None
     } else {
         let socket = args.api_sock.as_deref().unwrap_or(DEFAULT_API_SOCK);
@@ -275,11 +288,10 @@ fn start_microvm(
                 .unwrap_or(kiln_http::DEFAULT_MAX_PAYLOAD_SIZE),
             ..Limits::default()
         };
-        let id = args.id.as_deref().unwrap_or("anonymous-instance");
         Some(VmmApi::start(
             Path::new(socket),
             limits,
-            id,
+            instance_id(args),
             resources.clone(),
             booted,
         )?)

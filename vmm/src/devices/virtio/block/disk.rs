@@ -37,6 +37,10 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// Opens the file at `path` (`PATCH /drives/{id}` after boot): `O_RDONLY` for a
+    /// read-only drive. This runs on the VMM thread under its seccomp filter, which allows
+    /// `openat` with exactly these flags; the request was checked first (a regular file,
+    /// `DriveUpdate::validated`), so this does not wait on a FIFO.
     pub fn open(path: &str, read_only: bool) -> Result<Disk, DiskError> {
         let mode = if read_only { "read-only" } else { "read-write" };
         let file = OpenOptions::new()
@@ -48,6 +52,12 @@ impl Disk {
                 mode,
                 source,
             })?;
+        Disk::from_file(file, path, read_only)
+    }
+
+    /// A disk on a file already opened (in the mode `read_only` says) from `path`, e.g. when
+    /// the drive's configuration was accepted.
+    pub fn from_file(file: File, path: &str, read_only: bool) -> Result<Disk, DiskError> {
         let meta = file.metadata().map_err(|source| DiskError::Stat {
             path: path.to_string(),
             source,

@@ -25,7 +25,7 @@ use super::{
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::METRICS;
-use crate::resources::{CacheType, DriveConfig};
+use crate::resources::{CacheType, DriveConfig, ResourceError};
 use disk::{Disk, DiskError};
 use request::{RequestError, RequestType, ID_LEN};
 use std::sync::Arc;
@@ -56,6 +56,11 @@ const S_UNSUPP: u8 = 2;
 pub enum BlockError {
     #[error("drive {drive_id}: {source}")]
     Disk { drive_id: String, source: DiskError },
+    #[error("drive {drive_id}: {source}")]
+    Backing {
+        drive_id: String,
+        source: ResourceError,
+    },
 }
 
 /// A started device: what the driver gave at `DRIVER_OK`.
@@ -76,12 +81,19 @@ pub struct Block {
 }
 
 impl Block {
-    /// Opens the drive's backing file (read-only drives `O_RDONLY`).
+    /// A drive on the backing file its configuration opened when it was accepted
+    /// (read-only drives `O_RDONLY`).
     pub fn new(cfg: &DriveConfig) -> Result<Block, BlockError> {
+        let file = cfg.backing_file().map_err(|source| BlockError::Backing {
+            drive_id: cfg.drive_id.clone(),
+            source,
+        })?;
         let disk =
-            Disk::open(&cfg.path_on_host, cfg.is_read_only).map_err(|source| BlockError::Disk {
-                drive_id: cfg.drive_id.clone(),
-                source,
+            Disk::from_file(file, &cfg.path_on_host, cfg.is_read_only).map_err(|source| {
+                BlockError::Disk {
+                    drive_id: cfg.drive_id.clone(),
+                    source,
+                }
             })?;
         let mut id_bytes = [0u8; ID_LEN];
         for (d, s) in id_bytes.iter_mut().zip(cfg.drive_id.bytes()) {
