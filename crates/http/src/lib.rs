@@ -32,8 +32,13 @@ pub enum HttpError {
     HeadersTooLarge,
     #[error("invalid Content-Length header {0:?}")]
     BadContentLength(String),
+    /// `path` is the request's (so that a server can answer in the shape of its route).
     #[error("request body of {len} bytes is larger than the limit of {limit} bytes (--http-api-max-payload-size)")]
-    PayloadTooLarge { len: usize, limit: usize },
+    PayloadTooLarge {
+        len: usize,
+        limit: usize,
+        path: String,
+    },
     #[error("Transfer-Encoding is not supported: send the body with a Content-Length header")]
     TransferEncoding,
     #[error("unsupported HTTP version: only HTTP/1.0 and HTTP/1.1 are served")]
@@ -207,6 +212,7 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         return Err(HttpError::PayloadTooLarge {
             len: body_len,
             limit: max_payload,
+            path,
         });
     }
     let end = header_len.saturating_add(body_len);
@@ -603,7 +609,11 @@ mod tests {
         ));
         assert_eq!(
             parse_request(raw.as_bytes(), 9),
-            Err(HttpError::PayloadTooLarge { len: 10, limit: 9 })
+            Err(HttpError::PayloadTooLarge {
+                len: 10,
+                limit: 9,
+                path: "/vm".into()
+            })
         );
     }
 
