@@ -177,24 +177,33 @@ fn python_config(handler: Option<&str>) -> Vec<u8> {
     kiln_guest_builder::lambda::config(&m)
 }
 
-fn python_agent(handler: Option<&str>) -> Agent {
+/// The agent for examples/functions/lambda-python, its code packed as the builder packs it
+/// into /var/task (here in a scratch directory); the Python clients' virtual environment
+/// stands for the root file system (the host's Python, as make-rootfs.sh packs it).
+fn python_agent(handler: Option<&str>) -> (Agent, ScratchDir) {
     let venv = kiln_tests::python::require_clients();
     eprintln!(
         "runtime: awslambdaric {} (python3 of {})",
         kiln_tests::python::installed_version(&venv, "awslambdaric").unwrap_or_default(),
         venv.display()
     );
-    Agent::start(
+    let dir = example("lambda-python");
+    let m = kiln_guest_builder::Manifest::load(&dir).unwrap();
+    let members = kiln_guest_builder::lambda::function_entries(&dir, &m, None).unwrap();
+    let task = ScratchDir::new("kiln-lambda-task");
+    unpack_task(members, task.path());
+    let agent = Agent::start(
         "lambda-python",
         &python_config(handler),
-        &example("lambda-python"),
+        task.path(),
         Some(&venv.join("bin")),
-    )
+    );
+    (agent, task)
 }
 
 #[test]
 fn awslambdaric_serves_a_python_handler_through_the_agents_runtime_api() {
-    let mut a = python_agent(None);
+    let (mut a, _task) = python_agent(None);
     let (ctx, r) = a.invoke(r#"{"hello": "world"}"#, THREE_SECONDS);
     let v = r.json();
     assert_eq!(v["echo"], serde_json::json!({"hello": "world"}), "{v}");
@@ -280,7 +289,7 @@ fn awslambdaric_serves_a_python_handler_through_the_agents_runtime_api() {
 
 #[test]
 fn a_handler_that_cannot_be_imported_is_an_init_error() {
-    let mut a = python_agent(Some("nosuchmodule.handler"));
+    let (mut a, _task) = python_agent(Some("nosuchmodule.handler"));
     for _ in 0..2 {
         let (_, r) = a.invoke("{}", THREE_SECONDS);
         let e = r.error();
@@ -295,11 +304,10 @@ fn a_handler_that_cannot_be_imported_is_an_init_error() {
     }
 }
 
-/// Writes the members under `var/task/` of a built initramfs into `dir` (files with their
-/// modes, links); returns the configuration it holds.
-fn unpack_task(cpio: &Path, dir: &Path) -> Vec<u8> {
+/// Writes the members under `var/task/` of an initramfs into `dir` (files with their modes,
+/// links); returns the configuration it holds.
+fn unpack_task(members: Vec<kiln_guest_builder::CpioEntry>, dir: &Path) -> Vec<u8> {
     use std::os::unix::fs::PermissionsExt;
-    let members = kiln_guest_builder::read_newc(&std::fs::read(cpio).unwrap()).unwrap();
     let mut config = None;
     for m in members {
         if m.name == "fn/lambda.conf" {
@@ -335,7 +343,12 @@ fn a_custom_bootstrap_runs_from_its_initramfs() {
         .unwrap_or_else(|e| panic!("build lambda-bootstrap: {e}"));
     let task = out.join("task");
     std::fs::create_dir_all(&task).unwrap();
-    let config = unpack_task(&image.path, &task);
+    let members = kiln_guest_builder::read_newc(&std::fs::read(&image.path).unwrap()).unwrap();
+    assert!(
+        members.iter().any(|m| m.name == "init"),
+        "kiln-init is /init"
+    );
+    let config = unpack_task(members, &task);
     assert!(
         task.join("bootstrap").is_file(),
         "the exec is /var/task/bootstrap"

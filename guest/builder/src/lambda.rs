@@ -93,8 +93,8 @@ pub fn tree(
     Ok(())
 }
 
-/// Every member of the initramfs but `/init` (see the module's text). `bootstrap` is the
-/// `exec` of a `provided` function.
+/// Every member of the initramfs but `/init` (see the module's text): the root file system,
+/// then [`function_entries`]. `bootstrap` is the `exec` of a `provided` function.
 pub fn entries(
     dir: &Path,
     m: &Manifest,
@@ -112,6 +112,18 @@ pub fn entries(
         }
         tree(&root, "", &[], &mut out)?;
     }
+    out.extend(function_entries(dir, m, bootstrap)?);
+    Ok(out)
+}
+
+/// The function's own members: the directories init needs, `/var/task` (the code, and the
+/// bootstrap) and `/fn/lambda.conf`.
+pub fn function_entries(
+    dir: &Path,
+    m: &Manifest,
+    bootstrap: Option<Vec<u8>>,
+) -> Result<Vec<CpioEntry>, String> {
+    let mut out = Vec::new();
     for d in ["dev", "proc", "sys", "var", "fn"] {
         out.push(CpioEntry::dir(d));
     }
