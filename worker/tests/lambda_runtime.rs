@@ -6,9 +6,11 @@
 //!
 //! Mode: the agent runs as a HOST PROCESS (`kiln-init agent --unix SOCKET --lambda CONFIG
 //! --task-root DIR`), the worker's side of the invocation protocol being this test over a Unix
-//! socket instead of vsock. Guest user space cannot run on hosts whose KVM emulates guest
-//! kernel code (kvm_pvm: shared/notes/host-kvm.md); the same functions in a microVM are
-//! tests/tests/slow_lambda_linux.rs (slow tier).
+//! socket instead of vsock; the Python function also in a CHROOT of its whole unpacked
+//! initramfs (its root file system made by its make-rootfs.sh: the guest's files, the host's
+//! kernel). Guest user space cannot run on hosts whose KVM emulates guest kernel code
+//! (kvm_pvm: shared/notes/host-kvm.md); the same functions in a microVM are
+//! tests/tests/slow_lambda_linux.rs (slow tier). Each test prints its mode.
 
 use kiln_protocol::{decode_error, ErrorCode, Kind, DEFAULT_MAX_PAYLOAD};
 use kiln_tests::{require_bin, KillOnDrop, ScratchDir};
@@ -83,15 +85,21 @@ impl Agent {
         if let Some(p) = path_prefix {
             path = format!("{}:{path}", p.display());
         }
-        let child = Command::new(require_bin("kiln-init"))
-            .args(["agent", "--unix"])
+        let mut cmd = Command::new(require_bin("kiln-init"));
+        cmd.args(["agent", "--unix"])
             .arg(&sock)
             .arg("--lambda")
             .arg(&conf)
             .arg("--task-root")
             .arg(task_root)
             .args(["--name", name])
-            .env("PATH", path)
+            .env("PATH", path);
+        Agent::connect(name, &mut cmd, &listener, dir)
+    }
+
+    /// Spawns `cmd` (an agent that connects to `listener`) and waits for its Hello.
+    fn connect(name: &str, cmd: &mut Command, listener: &UnixListener, dir: ScratchDir) -> Agent {
+        let child = cmd
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn kiln-init agent");
@@ -383,4 +391,96 @@ fn a_custom_bootstrap_runs_from_its_initramfs() {
     );
     let (_, r) = a.invoke(r#"{"n": 2}"#, THREE_SECONDS);
     assert_eq!(r.json()["echo"]["n"], 2);
+}
+
+/// A copy of examples/functions/lambda-python in `functions/` with a root file system made
+/// by its make-rootfs.sh (the host's python3, awslambdaric from PyPI).
+fn python_function_with_rootfs(functions: &Path) -> PathBuf {
+    let src = example("lambda-python");
+    let dst = functions.join("lambda-python");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["app.py", "kiln.json", "make-rootfs.sh"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    kiln_tests::require_program("python3", "python3");
+    let out = Command::new(dst.join("make-rootfs.sh"))
+        .arg(dst.join("rootfs"))
+        .env("KILN_REQUIREMENTS", kiln_tests::python::requirements())
+        .env(
+            "PIP_CACHE_DIR",
+            kiln_tests::cache_dir().join("python/pip-cache"),
+        )
+        .output()
+        .expect("run make-rootfs.sh");
+    assert!(
+        out.status.success(),
+        "make-rootfs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dst
+}
+
+/// Writes every member of `cpio` under `root` (directories, files with their modes, links),
+/// a later member replacing an earlier one, as the kernel unpacks an initramfs.
+fn unpack_all(cpio: &Path, root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let members = kiln_guest_builder::read_newc(&std::fs::read(cpio).unwrap()).unwrap();
+    for m in members {
+        let path = root.join(&m.name);
+        let mode = std::fs::Permissions::from_mode(m.mode & 0o7777);
+        match m.mode & kiln_guest_builder::S_IFMT {
+            kiln_guest_builder::S_IFDIR => {
+                std::fs::create_dir_all(&path).unwrap();
+                std::fs::set_permissions(&path, mode).unwrap();
+            }
+            kiln_guest_builder::S_IFLNK => {
+                let _ = std::fs::remove_file(&path);
+                std::os::unix::fs::symlink(String::from_utf8(m.data).unwrap(), &path).unwrap()
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                std::fs::write(&path, &m.data).unwrap();
+                std::fs::set_permissions(&path, mode).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_python_functions_initramfs_runs_in_a_chroot() {
+    kiln_tests::require_root();
+    eprintln!("mode: chroot of lambda-python's unpacked initramfs (its make-rootfs.sh root file system), kiln-init's agent as a host process in it: the guest's files, the host's kernel");
+    let scratch = ScratchDir::new("kiln-lpy");
+    let dir = python_function_with_rootfs(&scratch.join("functions"));
+    let options = kiln_guest_builder::BuildOptions {
+        init: Some(require_bin("kiln-init")),
+    };
+    let image = kiln_guest_builder::build_function_with(&dir, &scratch.join("out"), &options)
+        .unwrap_or_else(|e| panic!("build lambda-python: {e}"));
+    let root = scratch.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    unpack_all(&image.path, &root);
+    // The guest's /dev is devtmpfs; the chroot gets the one node a process start needs.
+    let status = Command::new(kiln_tests::require_program("mknod", "coreutils"))
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let listener = UnixListener::bind(root.join("tmp/v.sock")).unwrap();
+    let mut cmd = Command::new(kiln_tests::require_program("chroot", "coreutils"));
+    cmd.arg(&root)
+        .args(["/init", "agent", "--unix", "/tmp/v.sock", "--lambda"])
+        .arg(kiln_protocol::lambda_config::PATH)
+        .args(["--task-root", "/var/task", "--name", "lambda-python"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    let mut a = Agent::connect("lambda-python", &mut cmd, &listener, scratch);
+    let (ctx, r) = a.invoke(r#"{"from": "chroot"}"#, THREE_SECONDS);
+    let v = r.json();
+    assert_eq!(v["echo"], serde_json::json!({"from": "chroot"}), "{v}");
+    assert_eq!(v["request_id"], ctx.request_id, "{v}");
+    assert_eq!(v["greeting"], "hello from lambda-python", "{v}");
+    let (_, r) = a.invoke(r#"{"fail": "in the chroot"}"#, THREE_SECONDS);
+    assert_eq!(r.error()["errorType"], "ValueError");
 }

@@ -8,17 +8,20 @@
 # /var/runtime/bootstrap kiln-init then starts instead:
 #   docker export "$(docker create public.ecr.aws/lambda/python:3.11)" | tar -x -C rootfs
 #
-# Usage: examples/functions/lambda-python/make-rootfs.sh   (then `kiln build lambda-python`)
+# Usage: examples/functions/lambda-python/make-rootfs.sh [DIR]   (default DIR: ./rootfs; then
+# `kiln build lambda-python`). Set KILN_REQUIREMENTS to read the pinned version from another
+# copy of tests/python/requirements.txt; PIP_CACHE_DIR is honoured.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-repo="$(cd "$here/../../.." && pwd)"
-root="$here/rootfs"
+requirements="${KILN_REQUIREMENTS:-$here/../../../tests/python/requirements.txt}"
+root="${1:-$here/rootfs}"
 python=/usr/bin/python3
 [ -x "$python" ] || { echo "make-rootfs: $python is missing (apt-get install python3 python3-venv)" >&2; exit 1; }
 version="$("$python" -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")')"
 [ "$version" = 3.11 ] || echo "make-rootfs: warning: the host's Python is $version; kiln.json says python3.11" >&2
-awslambdaric="$(grep -E '^awslambdaric==' "$repo/tests/python/requirements.txt")"
-deps="$(grep -E '^(simplejson|snapshot-restore-py)==' "$repo/tests/python/requirements.txt")"
+[ -f "$requirements" ] || { echo "make-rootfs: $requirements is missing (set KILN_REQUIREMENTS)" >&2; exit 1; }
+awslambdaric="$(grep -E '^awslambdaric==' "$requirements")"
+deps="$(grep -E '^(simplejson|snapshot-restore-py)==' "$requirements")"
 
 rm -rf "$root"
 mkdir -p "$root/usr/bin" "$root/usr/lib" "$root/lib64"
