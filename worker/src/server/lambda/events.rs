@@ -1,7 +1,8 @@
 //! Asynchronous invocations (`X-Amz-Invocation-Type: Event`): the Invoke API answers `202`
 //! once the event is queued, and a few dispatcher threads run the queue through the pools.
 //!
-//! - The queue is bounded (`--max-async-events`); a full queue refuses the event with 429.
+//! - The queue is bounded (`--max-async-events` events, and [`MAX_QUEUED_BYTES`] of them); a
+//!   full queue refuses the event with 429.
 //! - An event that meets the function's concurrency limit (or a worker out of uids) is
 //!   retried after a pause that doubles from 100 ms to 5 s, for at most [`MAX_RETRY_AGE`]
 //!   since it was queued; then it is dropped. Lambda retries throttled events for up to 6
@@ -23,13 +24,17 @@ use std::time::{Duration, Instant};
 pub const MAX_RETRY_AGE: Duration = Duration::from_secs(60);
 /// Dispatcher threads: at most this many events run at once.
 pub const DISPATCHERS: usize = 4;
+/// Most bytes of events waiting at once.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 /// The queue refused an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the worker's queue of asynchronous invocations is full ({max} events waiting; --max-async-events)")]
+#[error("the worker's queue of asynchronous invocations is full ({events} events of {bytes} bytes waiting; at most {max} events (--max-async-events) of {MAX_QUEUED_BYTES} bytes)")]
 pub struct QueueFull {
+    pub events: usize,
+    pub bytes: usize,
     pub max: usize,
 }
 
@@ -81,8 +86,11 @@ impl Events {
         ctx: InvocationContext,
     ) -> Result<(), QueueFull> {
         let mut q = lock(&self.inner.queue);
-        if q.len() >= self.inner.max {
+        let bytes: usize = q.iter().map(|e| e.event.len()).sum();
+        if q.len() >= self.inner.max || bytes + event.len() > MAX_QUEUED_BYTES {
             return Err(QueueFull {
+                events: q.len(),
+                bytes,
                 max: self.inner.max,
             });
         }
