@@ -72,7 +72,8 @@ pub struct LambdaRuntime {
 
 impl LambdaRuntime {
     /// Serves the Runtime API on `layout.runtime_api`, starts the runtime and waits for its
-    /// init (see the module's text).
+    /// init (see the module's text). One per process: the process's one reaper thread
+    /// records the exits of this runtime's processes.
     pub fn start(
         cfg: LambdaConfig,
         layout: Layout,
