@@ -134,9 +134,19 @@ impl Agent {
 
     /// One invocation with a fresh Lambda context (`remaining` before the timeout).
     fn invoke(&mut self, event: &str, remaining: Duration) -> (InvocationContext, Invoked) {
+        let ctx = InvocationContext::new(&Identity::default(), "f");
+        self.invoke_with(ctx, event, remaining)
+    }
+
+    /// One invocation with the Lambda context `ctx`.
+    fn invoke_with(
+        &mut self,
+        ctx: InvocationContext,
+        event: &str,
+        remaining: Duration,
+    ) -> (InvocationContext, Invoked) {
         let id = self.next_id;
         self.next_id += 1;
-        let ctx = InvocationContext::new(&Identity::default(), "f");
         let deadline = Instant::now() + remaining + Duration::from_secs(30);
         self.channel
             .send(Kind::Context, id, &ctx.payload(remaining), deadline)
@@ -235,10 +245,22 @@ fn awslambdaric_serves_a_python_handler_through_the_agents_runtime_api() {
     );
     assert!(r.logs.contains("handled"), "{}", r.logs);
 
-    // A warm runtime: the next invocation is served by the same process, with its own id.
-    let (ctx2, r) = a.invoke("[1, 2]", THREE_SECONDS);
-    assert_eq!(r.json()["request_id"], ctx2.request_id);
+    assert!(
+        v["client_custom"].is_null() && v["trace_id"].is_null(),
+        "{v}"
+    );
+
+    // A warm runtime: the next invocation is served by the same process, with its own id,
+    // client context and trace id.
+    let mut ctx2 = InvocationContext::new(&Identity::default(), "f");
+    ctx2.client_context = Some(r#"{"custom": {"k": "v"}}"#.into());
+    ctx2.trace_id = Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
+    let (ctx2, r) = a.invoke_with(ctx2, "[1, 2]", THREE_SECONDS);
+    let v = r.json();
+    assert_eq!(v["request_id"], ctx2.request_id);
     assert_ne!(ctx.request_id, ctx2.request_id);
+    assert_eq!(v["client_custom"], serde_json::json!({"k": "v"}), "{v}");
+    assert_eq!(v["trace_id"], ctx2.trace_id.clone().unwrap(), "{v}");
 
     // The handler raises: the runtime posts its error object (with a stack trace).
     let (_, r) = a.invoke(r#"{"fail": "bad input"}"#, THREE_SECONDS);

@@ -3,8 +3,8 @@
 kiln-init serves Lambda's Runtime API and the Python runtime interface client (awslambdaric)
 runs this handler against it.
 
-An event E is answered with {"echo": E, "request_id", "function_name", "remaining_ms",
-"greeting"}; {"fail": "why"} raises ValueError("why") (an error object with a stack trace);
+An event E is answered with {"echo": E, "request_id", "function_name", "function_arn",
+"remaining_ms", "greeting", "client_custom" (the client context's "custom"), "trace_id"}; {"fail": "why"} raises ValueError("why") (an error object with a stack trace);
 {"exit": N} ends the runtime (Runtime.ExitError; Lambda starts it again); {"sleep_ms": N}
 sleeps first (to meet the timeout); {"big_kb": N} answers N KiB of "x" (over 6 MB: Lambda's
 Function.ResponseSizeTooLarge). Every invocation logs a line.
@@ -39,4 +39,6 @@ def handler(event, context):
         "function_arn": context.invoked_function_arn,
         "remaining_ms": context.get_remaining_time_in_millis(),
         "greeting": GREETING,
+        "client_custom": context.client_context.custom if context.client_context else None,
+        "trace_id": os.environ.get("_X_AMZN_TRACE_ID"),
     }
