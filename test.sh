@@ -22,6 +22,10 @@ step "checking Debian packages"
 apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio strace binutils
 
 if [ "$tier" != slow ]; then
+    # boto3, the AWS CLI and awslambdaric (pinned) for the Lambda tests, in a cached venv.
+    step "Python clients of the Lambda tests (scripts/python-clients.sh)"
+    "$KILN_ROOT/scripts/python-clients.sh"
+
     step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
     cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
     cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -29,7 +29,7 @@ ALLOWED = {
     "vmm": {"kiln-argv", "kiln-http", "kiln-hostfs"},
     "jailer": {"kiln-argv", "kiln-hostfs"},
     "kiln-guest-builder": {"kiln-protocol", "kiln-guest-flags"},
-    "kiln-init": {"kiln-protocol"},
+    "kiln-init": {"kiln-protocol", "kiln-http"},
     "kiln-worker": {"kiln-argv", "kiln-http", "kiln-hostfs", "kiln-protocol", "kiln-guest-builder"},
     "kiln-bench": {"kiln-argv"},
     # The test kit may use what it tests, but builds guests only through the builder.

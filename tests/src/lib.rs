@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod milestones;
 pub mod netns;
 pub mod process;
+pub mod python;
 pub mod scratch;
 pub mod security;
 pub mod tiny;

@@ -5,6 +5,7 @@
 
 use kiln_argv::{Args, ArgvError, Flag, Table};
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,16 +13,18 @@ pub const HELP: &str = "\
 Usage:
   kiln build (NAME | DIR) [--functions-dir DIR] [--cache-dir DIR]
   kiln invoke NAME (--event JSON | --event-file PATH) [--repeat N] [--json] [OPTIONS]
-  kiln serve --socket PATH [--idle-timeout-ms N] [--queue-timeout-ms N] [--max-queue N]
-             [--max-connections N] [OPTIONS]
+  kiln serve --socket PATH [--listen ADDR|none] [--credentials FILE] [--region R]
+             [--account-id N] [--idle-timeout-ms N] [--queue-timeout-ms N] [--max-queue N]
+             [--max-async-events N] [--max-connections N] [OPTIONS]
 
 build:  builds a function's image (NAME from --functions-dir, or a function directory DIR)
         into the cache and prints its path.
 invoke: starts a jailed microVM for function NAME, sends the event, prints the response
         (stdout) and the timings of each phase (stderr), and tears everything down. With
         --repeat N the same (warm) microVM serves N invocations.
-serve:  serves POST /functions/NAME/invocations and GET /functions over HTTP on the Unix
-        socket PATH, with a pool of warm microVMs per function.
+serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions) and AWS
+        Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations) over HTTP on the
+        Unix socket PATH and on TCP (--listen), with a pool of warm microVMs per function.
 
 Options:
   --functions-dir DIR        where functions live, one directory with a kiln.json each
@@ -53,6 +56,14 @@ Options:
                              before 429 (default: 1000; 0: refuse at once)
   --max-queue N              serve: waiting invocations per function (default: 64)
   --max-connections N        serve: concurrent HTTP connections (default: 256)
+  --listen ADDR              serve: also listen on TCP ADDR (default: 127.0.0.1:3001;
+                             `none`: the Unix socket only)
+  --credentials FILE         serve: verify the Invoke API's SigV4 signatures with the keys
+                             of FILE (AWS credentials-file format); without it, requests
+                             are accepted unverified
+  --region R, --account-id N serve: the region and 12-digit account of function ARNs
+                             (default: us-east-1, 000000000000)
+  --max-async-events N       serve: queued asynchronous (Event) invocations (default: 1024)
   --help, --version
 ";
 
@@ -140,6 +151,13 @@ pub struct InvokeArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeArgs {
     pub socket: PathBuf,
+    /// TCP address of the APIs (`None`: the Unix socket only).
+    pub listen: Option<SocketAddr>,
+    /// The Invoke API's credentials file (`None`: signatures are not verified).
+    pub credentials: Option<PathBuf>,
+    pub region: String,
+    pub account_id: String,
+    pub max_async_events: usize,
     /// `None`: idle instances are kept.
     pub idle_timeout: Option<Duration>,
     pub queue_timeout: Duration,
@@ -202,7 +220,15 @@ const SERVE: &[Flag] = &[
     Flag::single("queue-timeout-ms"),
     Flag::single("max-queue"),
     Flag::single("max-connections"),
+    Flag::single("listen"),
+    Flag::single("credentials"),
+    Flag::single("region"),
+    Flag::single("account-id"),
+    Flag::single("max-async-events"),
 ];
+
+/// The default TCP address of `kiln serve` (the port of AWS SAM's local Lambda endpoint).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3001";
 
 /// A number of at least 1.
 fn positive<T>(v: &str) -> Result<T, String>
@@ -232,6 +258,36 @@ fn cgroup(v: &str) -> Result<String, &'static str> {
         && !v.contains('\0');
     if !ok {
         return Err("use a relative cgroup path without `..`");
+    }
+    Ok(v.to_string())
+}
+
+/// A TCP address, or `none`.
+fn listen(v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "none" {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| "use IP:PORT (e.g. 127.0.0.1:3001, [::1]:3001) or `none`".to_string())
+}
+
+/// A region name as AWS spells them (`us-east-1`).
+fn region(v: &str) -> Result<String, &'static str> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err("use a region name such as us-east-1");
+    }
+    Ok(v.to_string())
+}
+
+/// Twelve digits.
+fn account(v: &str) -> Result<String, &'static str> {
+    if v.len() != 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("an AWS account id is 12 digits");
     }
     Ok(v.to_string())
 }
@@ -366,8 +422,21 @@ fn serve(a: &Args, common: Common) -> Result<Command, ArgvError> {
         None => Some(Duration::from_secs(60)),
         Some(d) => (!d.is_zero()).then_some(d),
     };
+    let listen = match a.converted("listen", listen)? {
+        Some(l) => l,
+        None => self::listen(DEFAULT_LISTEN).unwrap_or_default(),
+    };
     Ok(Command::Serve(ServeArgs {
         socket,
+        listen,
+        credentials: a.converted("credentials", path)?,
+        region: a
+            .converted("region", region)?
+            .unwrap_or_else(|| "us-east-1".into()),
+        account_id: a
+            .converted("account-id", account)?
+            .unwrap_or_else(|| "000000000000".into()),
+        max_async_events: a.converted("max-async-events", positive)?.unwrap_or(1024),
         idle_timeout,
         queue_timeout: a
             .converted("queue-timeout-ms", millis)?
@@ -424,6 +493,60 @@ mod tests {
         assert_eq!(s.idle_timeout, None);
         assert_eq!(s.queue_timeout, Duration::ZERO);
         assert!(s.common.strict_io);
+        assert_eq!(s.listen, Some("127.0.0.1:3001".parse().unwrap()));
+        assert_eq!(
+            (s.region.as_str(), s.account_id.as_str()),
+            ("us-east-1", "000000000000")
+        );
+        assert_eq!((s.credentials, s.max_async_events), (None, 1024));
+    }
+
+    #[test]
+    fn serve_takes_the_lambda_settings() {
+        let Ok(Command::Serve(s)) = p(&[
+            "serve",
+            "--socket",
+            "/s",
+            "--listen",
+            "[::1]:0",
+            "--credentials",
+            "/c",
+            "--region",
+            "eu-west-1",
+            "--account-id",
+            "123456789012",
+            "--max-async-events",
+            "5",
+        ]) else {
+            panic!("serve");
+        };
+        assert_eq!(s.listen, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(s.credentials, Some(PathBuf::from("/c")));
+        assert_eq!(
+            (s.region.as_str(), s.account_id.as_str()),
+            ("eu-west-1", "123456789012")
+        );
+        assert_eq!(s.max_async_events, 5);
+        let Ok(Command::Serve(s)) = p(&["serve", "--socket", "/s", "--listen", "none"]) else {
+            panic!("serve");
+        };
+        assert_eq!(s.listen, None);
+        for (flag, value) in [
+            ("listen", "localhost"),
+            ("listen", "1.2.3.4"),
+            ("region", "US_EAST"),
+            ("account-id", "12345"),
+            ("max-async-events", "0"),
+        ] {
+            let arg = format!("--{flag}={value}");
+            match p(&["serve", "--socket", "/s", &arg]) {
+                Err(CliError::Argv {
+                    source: ArgvError::BadValue { flag: f, .. },
+                    ..
+                }) => assert_eq!(f, flag),
+                other => panic!("{arg}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -333,12 +333,7 @@ fn build_with_builder(
                     .unwrap_or(kiln_guest_builder::DEFAULT_LINUX_HELLO_TIMEOUT_MS),
             )
         }),
-        boot_args: linux.then(|| {
-            format!(
-                "{LINUX_KERNEL_CMDLINE} kiln.exec={} kiln.name={name}",
-                kiln_guest_builder::LINUX_HANDLER_PATH
-            )
-        }),
+        boot_args: linux.then(|| linux_boot_args(m)),
         memory_mib: m.memory_mib,
         vcpus: m.vcpus,
         timeout: Duration::from_millis(m.timeout_ms),
@@ -348,6 +343,17 @@ fn build_with_builder(
             .map_err(|_| bad("max_event_bytes too large".into()))?,
         generation: 0,
     })
+}
+
+/// The kernel command line of a Linux function: the agent runs its executable
+/// (`kiln.exec=`), or serves it as a Lambda function (`kiln.lambda=` its configuration).
+fn linux_boot_args(m: &kiln_guest_builder::Manifest) -> String {
+    let serve = if m.is_lambda() {
+        format!("kiln.lambda={}", kiln_protocol::lambda_config::PATH)
+    } else {
+        format!("kiln.exec={}", kiln_guest_builder::LINUX_HANDLER_PATH)
+    };
+    format!("{LINUX_KERNEL_CMDLINE} {serve} kiln.name={}", m.name)
 }
 
 fn is_manifest_error(e: &kiln_guest_builder::BuildError) -> bool {
@@ -361,6 +367,26 @@ mod tests {
     #[test]
     fn linux_command_line_matches_the_tested_one() {
         assert_eq!(LINUX_KERNEL_CMDLINE, kiln_tests::assets::KERNEL_CMDLINE);
+    }
+
+    #[test]
+    fn linux_functions_boot_the_agent_for_their_kind() {
+        let m =
+            |text: &str| kiln_guest_builder::Manifest::parse(text, Path::new("/k.json")).unwrap();
+        let exec = linux_boot_args(&m(
+            r#"{"name": "l", "kind": "linux", "exec": "h", "memory_mib": 128}"#,
+        ));
+        assert_eq!(
+            exec,
+            format!("{LINUX_KERNEL_CMDLINE} kiln.exec=/fn/handler kiln.name=l")
+        );
+        let lambda = linux_boot_args(&m(
+            r#"{"name": "p", "kind": "linux", "runtime": "provided", "memory_mib": 128}"#,
+        ));
+        assert_eq!(
+            lambda,
+            format!("{LINUX_KERNEL_CMDLINE} kiln.lambda=/fn/lambda.conf kiln.name=p")
+        );
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //! - [`instance`]: one jailed microVM: start (jailer + VMM + guest `Hello`), invoke, stop.
 //! - [`vmm_exit`]: the VMM's exit codes the worker interprets (the contract of docs/vmm.md).
 //! - [`channel`]: the framed vsock stream to a guest (`kiln_protocol`).
+//! - [`context`]: an invocation's Lambda context (request id, ARN, ...).
 //! - [`pool`]: warm instances per function, concurrency limits, the idle reaper.
-//! - [`server`]: HTTP over a Unix socket for `kiln serve`; the HTTP status of every error.
+//! - [`server`]: HTTP for `kiln serve` (Unix socket and TCP): Kiln's API and Lambda's Invoke
+//!   API; the HTTP status of every error.
 //! - [`timing`]: the phases of an invocation.
 //! - [`sys`]: the system calls std does not wrap.
 //! - [`sync`]: the poison-tolerant lock helpers.
 
 pub mod channel;
 pub mod cli;
+pub mod context;
 pub mod function;
 pub mod instance;
 pub mod pool;

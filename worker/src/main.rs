@@ -1,9 +1,11 @@
 //! `kiln`: see docs/worker.md and `kiln --help`.
 
 use kiln_worker::cli::{self, BuildArgs, Command, Common, Event, InvokeArgs, ServeArgs};
+use kiln_worker::context::{Identity, InvocationContext};
 use kiln_worker::function::Registry;
 use kiln_worker::instance::{self, InstanceConfig};
 use kiln_worker::pool::{PoolConfig, PoolError, Pools};
+use kiln_worker::server::lambda::{Credentials, LambdaApi, LambdaConfig};
 use kiln_worker::server::{self, ServerConfig};
 use kiln_worker::sys;
 use kiln_worker::timing::ms;
@@ -265,7 +267,8 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
         if interrupted.load(Ordering::Acquire) {
             break;
         }
-        match pools.invoke(&a.function, &event) {
+        let ctx = InvocationContext::new(&Identity::default(), &a.function);
+        match pools.invoke(&a.function, &event, &ctx) {
             Ok(inv) => {
                 if !inv.cold && warm_first.is_none() {
                     warm_first = Some(Instant::now() - inv.timings.total);
@@ -273,11 +276,11 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
                 if !inv.cold {
                     warm.push((inv.timings.handler, inv.timings.total));
                 }
-                if !inv.output.logs.is_empty() {
+                if !inv.logs.is_empty() {
                     eprintln!(
                         "kiln: [{}] {}",
                         inv.vm_id,
-                        String::from_utf8_lossy(&inv.output.logs).trim_end()
+                        String::from_utf8_lossy(&inv.logs).trim_end()
                     );
                 }
                 let kind = if inv.cold { "cold" } else { "warm" };
@@ -288,14 +291,14 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
                             "function": a.function,
                             "vm_id": inv.vm_id,
                             "cold": inv.cold,
-                            "response": String::from_utf8_lossy(&inv.output.body),
+                            "response": String::from_utf8_lossy(&inv.body),
                             "timings_us": inv.timings.to_json(),
                         })
                     );
                 } else {
                     let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&inv.output.body);
-                    if !inv.output.body.ends_with(b"\n") {
+                    let _ = out.write_all(&inv.body);
+                    if !inv.body.ends_with(b"\n") {
                         let _ = out.write_all(b"\n");
                     }
                     let _ = out.flush();
@@ -366,9 +369,24 @@ fn run_serve(a: ServeArgs) -> ExitCode {
     let Some(pools) = setup(&a.common, pool_cfg) else {
         return ExitCode::from(EXIT_FAILED);
     };
+    let credentials = match a.credentials.as_deref().map(Credentials::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln: {e} (--credentials)");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     let listener = match server::bind(&a.socket) {
         Ok(l) => l,
         Err(e) => {
+            eprintln!("kiln: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let tcp = match a.listen.map(server::bind_tcp).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&a.socket);
             eprintln!("kiln: {e}");
             return ExitCode::from(EXIT_FAILED);
         }
@@ -380,14 +398,42 @@ fn run_serve(a: ServeArgs) -> ExitCode {
         eprintln!("kiln: cannot start the reaper thread: {e}");
         return ExitCode::from(EXIT_FAILED);
     }
+    let verified = credentials.as_ref().map(Credentials::len);
+    let lambda_cfg = LambdaConfig {
+        identity: Identity {
+            region: a.region.clone(),
+            account_id: a.account_id.clone(),
+        },
+        credentials,
+        max_async_events: a.max_async_events,
+    };
+    let lambda = match LambdaApi::start(lambda_cfg, pools.clone()) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!("kiln: cannot start the asynchronous invocation threads: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     eprintln!("kiln: serving on {}", a.socket.display());
+    if let Some(addr) = tcp.as_ref().and_then(|t| t.local_addr().ok()) {
+        eprintln!("kiln: listening on http://{addr} (Kiln's API and the Lambda Invoke API)");
+        if !addr.ip().is_loopback() && verified.is_none() {
+            eprintln!(
+                "kiln: warning: {addr} is not a loopback address and no --credentials are set: anyone who reaches it can invoke functions"
+            );
+        }
+    }
+    match verified {
+        Some(n) => eprintln!("kiln: Lambda Invoke API: SigV4 signatures verified against {n} access key(s)"),
+        None => eprintln!("kiln: warning: Lambda Invoke API: signatures are not verified (no --credentials), as local Lambda emulators do"),
+    }
     let cfg = ServerConfig {
         socket: a.socket.clone(),
         max_connections: a.max_connections,
         request_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(120),
     };
-    server::serve(listener, cfg, pools.clone(), stop);
+    server::serve(listener, tcp, cfg, pools.clone(), lambda, stop);
     pools.shutdown(SHUTDOWN_WAIT);
     let _ = std::fs::remove_file(&a.socket);
     eprintln!("kiln: stopped; every microVM and jail is gone");

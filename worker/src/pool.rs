@@ -11,8 +11,9 @@
 //! - The reaper thread stops instances idle for longer than `idle_timeout`, and idle
 //!   instances whose VMM has died (e.g. killed from outside).
 
+use crate::context::InvocationContext;
 use crate::function::{Function, FunctionError, Registry};
-use crate::instance::{Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError, Output};
+use crate::instance::{Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError};
 use crate::sync::{lock, wait_timeout};
 use crate::sys;
 use crate::timing::InvocationTimings;
@@ -60,6 +61,8 @@ pub enum PoolError {
         function: String,
         vm_id: String,
         source: InvokeError,
+        /// What the guest logged before it failed (at most `instance::MAX_LOG_BYTES`).
+        logs: Vec<u8>,
     },
     #[error("the worker is shutting down")]
     ShuttingDown,
@@ -90,7 +93,11 @@ impl PoolError {
 /// A successful invocation.
 #[derive(Debug)]
 pub struct Invocation {
-    pub output: Output,
+    /// The function's response.
+    pub body: Vec<u8>,
+    /// What the guest logged meanwhile (at most `instance::MAX_LOG_BYTES`).
+    pub logs: Vec<u8>,
+    pub logs_dropped: u64,
     pub vm_id: String,
     pub cold: bool,
     pub timings: InvocationTimings,
@@ -178,8 +185,14 @@ impl Pools {
             .clone()
     }
 
-    /// Invokes function `name` with `event` on a warm instance of it, or a new one.
-    pub fn invoke(&self, name: &str, event: &[u8]) -> Result<Invocation, PoolError> {
+    /// Invokes function `name` with `event` (and its Lambda context `ctx`) on a warm instance
+    /// of it, or a new one.
+    pub fn invoke(
+        &self,
+        name: &str,
+        event: &[u8],
+        ctx: &InvocationContext,
+    ) -> Result<Invocation, PoolError> {
         let t0 = Instant::now();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(PoolError::ShuttingDown);
@@ -224,29 +237,29 @@ impl Pools {
                 }
             },
         };
-        let result = instance.invoke(event);
+        let invoked = instance.invoke(event, ctx);
         let vm_id = instance.id().to_string();
         let start = cold.then_some(instance.started);
         self.release(&pool, instance);
-        match result {
-            Ok(output) => {
-                let handler = output.handler;
-                Ok(Invocation {
-                    output,
-                    vm_id,
-                    cold,
-                    timings: InvocationTimings {
-                        queued,
-                        start,
-                        handler,
-                        total: t0.elapsed(),
-                    },
-                })
-            }
+        match invoked.result {
+            Ok(body) => Ok(Invocation {
+                body,
+                logs: invoked.logs,
+                logs_dropped: invoked.logs_dropped,
+                vm_id,
+                cold,
+                timings: InvocationTimings {
+                    queued,
+                    start,
+                    handler: invoked.handler,
+                    total: t0.elapsed(),
+                },
+            }),
             Err(source) => Err(PoolError::Invoke {
                 function: function.name.clone(),
                 vm_id,
                 source,
+                logs: invoked.logs,
             }),
         }
     }

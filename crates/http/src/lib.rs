@@ -8,6 +8,10 @@
 //! [`DEFAULT_MAX_PAYLOAD_SIZE`], the VMM's `--http-api-max-payload-size`). `Transfer-Encoding` is
 //! refused. Any violation is an [`HttpError`], answered with its status and the connection
 //! closed (the stream position is unknown after a bad request).
+//!
+//! A [`Request`] keeps its headers (names as sent, values trimmed: within the limits above)
+//! and the query of its target, for servers that read them (the worker's Lambda APIs); the
+//! answer's bytes come from [`encode_response`], with any headers the server adds.
 
 /// Largest request body accepted by default (Firecracker's default).
 pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 51_200;
@@ -28,8 +32,13 @@ pub enum HttpError {
     HeadersTooLarge,
     #[error("invalid Content-Length header {0:?}")]
     BadContentLength(String),
+    /// `path` is the request's (so that a server can answer in the shape of its route).
     #[error("request body of {len} bytes is larger than the limit of {limit} bytes (--http-api-max-payload-size)")]
-    PayloadTooLarge { len: usize, limit: usize },
+    PayloadTooLarge {
+        len: usize,
+        limit: usize,
+        path: String,
+    },
     #[error("Transfer-Encoding is not supported: send the body with a Content-Length header")]
     TransferEncoding,
     #[error("unsupported HTTP version: only HTTP/1.0 and HTTP/1.1 are served")]
@@ -84,13 +93,37 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
-    /// The path of the request target, without query or fragment.
+    /// The path of the request target, without query or fragment, as sent (not
+    /// percent-decoded).
     pub path: String,
+    /// The query of the request target (between `?` and `#`), as sent; empty when none.
+    pub query: String,
+    /// Every header in order: the name as sent, the value without surrounding whitespace
+    /// (at most [`MAX_HEADERS`] of them, in at most [`MAX_HEADER_BYTES`] bytes).
+    pub headers: Vec<(String, String)>,
     /// `None` when the request has no `Content-Length` (or it is 0).
     pub body: Option<Vec<u8>>,
     /// False when the client asked to close (`Connection: close`, or HTTP/1.0 without
     /// `Connection: keep-alive`).
     pub keep_alive: bool,
+}
+
+impl Request {
+    /// The value of the first header named `name` (compared without regard to case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The values of every header named `name` (compared without regard to case), in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +166,7 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         return Err(HttpError::HeadersTooLarge);
     }
     let method = Method::from_token(req.method.unwrap_or(""));
-    let path = request_path(req.path.unwrap_or(""))?;
+    let (path, query) = request_path(req.path.unwrap_or(""))?;
     let http11 = match req.version {
         Some(1) => true,
         Some(0) => false,
@@ -143,10 +176,12 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
     let mut content_length: Option<usize> = None;
     let mut keep_alive = http11;
     let mut expect_continue = false;
+    let mut headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::Malformed(format!("header {} is not valid UTF-8", h.name)))?
             .trim();
+        headers.push((h.name.to_string(), value.to_string()));
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(value)?;
             if content_length.is_some_and(|prev| prev != n) {
@@ -177,6 +212,7 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         return Err(HttpError::PayloadTooLarge {
             len: body_len,
             limit: max_payload,
+            path,
         });
     }
     let end = header_len.saturating_add(body_len);
@@ -190,6 +226,8 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         request: Request {
             method,
             path,
+            query,
+            headers,
             body,
             keep_alive,
         },
@@ -206,9 +244,9 @@ fn parse_content_length(value: &str) -> Result<usize, HttpError> {
         .map_err(|_| HttpError::BadContentLength(value.to_string()))
 }
 
-/// The path of a request target: origin form (`/drives/x?y`) or absolute form
-/// (`http://localhost/drives/x`); query and fragment dropped.
-fn request_path(target: &str) -> Result<String, HttpError> {
+/// The path and the query of a request target: origin form (`/drives/x?y`) or absolute form
+/// (`http://localhost/drives/x`); the fragment dropped.
+fn request_path(target: &str) -> Result<(String, String), HttpError> {
     let origin = match target.strip_prefix("http://") {
         Some(rest) => rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/"),
         None => target,
@@ -218,7 +256,11 @@ fn request_path(target: &str) -> Result<String, HttpError> {
             "request target {target:?} is not an absolute path"
         )));
     }
-    Ok(origin.split(['?', '#']).next().unwrap_or("/").to_string())
+    let without_fragment = origin.split('#').next().unwrap_or("/");
+    let (path, query) = without_fragment
+        .split_once('?')
+        .unwrap_or((without_fragment, ""));
+    Ok((path.to_string(), query.to_string()))
 }
 
 /// An answer: a status, an optional JSON body, and for 405 the allowed methods.
@@ -259,36 +301,52 @@ impl Response {
 
     /// The bytes on the wire. `close` adds `Connection: close`.
     pub fn encode(&self, close: bool) -> Vec<u8> {
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nServer: Kiln\r\n",
-            self.status,
-            reason(self.status)
-        );
-        if let Some(allow) = self.allow {
-            head.push_str(&format!("Allow: {allow}\r\n"));
+        let allow: Vec<(&str, &str)> = self.allow.map(|a| ("Allow", a)).into_iter().collect();
+        let body = self
+            .body
+            .as_ref()
+            .map(|b| ("application/json", b.as_bytes()));
+        encode_response(self.status, &allow, body, close)
+    }
+}
+
+/// The bytes of an answer: the status line, `Server: Kiln`, `headers` in order,
+/// `Connection: close` when `close`, then `Content-Type` and `Content-Length` of `body`
+/// (`(content type, bytes)`) and the body. Without a body, 204 carries no `Content-Length`
+/// and any other status says 0. A CR or LF in a header value becomes a space: a value can
+/// never start another header.
+pub fn encode_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    close: bool,
+) -> Vec<u8> {
+    let clean = |v: &str| v.replace(['\r', '\n'], " ");
+    let mut head = format!("HTTP/1.1 {status} {}\r\nServer: Kiln\r\n", reason(status));
+    for (name, value) in headers {
+        head.push_str(&format!("{}: {}\r\n", clean(name), clean(value)));
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    match body {
+        Some((content_type, bytes)) => {
+            head.push_str(&format!(
+                "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                clean(content_type),
+                bytes.len()
+            ));
+            let mut out = head.into_bytes();
+            out.extend_from_slice(bytes);
+            out
         }
-        if close {
-            head.push_str("Connection: close\r\n");
+        None if status == 204 => {
+            head.push_str("\r\n");
+            head.into_bytes()
         }
-        match &self.body {
-            Some(body) => {
-                head.push_str(&format!(
-                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                ));
-                let mut out = head.into_bytes();
-                out.extend_from_slice(body.as_bytes());
-                out
-            }
-            // 204 carries no Content-Length; other bodiless answers say 0.
-            None if self.status == 204 => {
-                head.push_str("\r\n");
-                head.into_bytes()
-            }
-            None => {
-                head.push_str("Content-Length: 0\r\n\r\n");
-                head.into_bytes()
-            }
+        None => {
+            head.push_str("Content-Length: 0\r\n\r\n");
+            head.into_bytes()
         }
     }
 }
@@ -301,20 +359,27 @@ pub fn fault_body(message: &str) -> String {
     serde_json::json!({ "fault_message": message }).to_string()
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase of `status` in a status line.
+pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        202 => "Accepted",
         204 => "No Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
@@ -424,6 +489,25 @@ mod tests {
     }
 
     #[test]
+    fn headers_and_query_are_kept() {
+        let raw = "POST /2015-03-31/functions/f/invocations?Qualifier=%24LATEST#frag HTTP/1.1\r\nHost: localhost\r\nX-Amz-Invocation-Type:  Event \r\nx-amz-log-type: Tail\r\nX-Multi: a\r\nx-multi: b\r\nContent-Length: 0\r\n\r\n";
+        let (req, _) = complete(raw);
+        assert_eq!(req.path, "/2015-03-31/functions/f/invocations");
+        assert_eq!(req.query, "Qualifier=%24LATEST");
+        assert_eq!(req.header("x-amz-invocation-type"), Some("Event"));
+        assert_eq!(req.header("X-AMZ-LOG-TYPE"), Some("Tail"));
+        assert_eq!(req.header("absent"), None);
+        assert_eq!(req.header_values("X-Multi").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(req.headers.len(), 6);
+        assert_eq!(
+            req.headers[1],
+            ("X-Amz-Invocation-Type".into(), "Event".into())
+        );
+        let (req, _) = complete("GET /x HTTP/1.1\r\n\r\n");
+        assert_eq!((req.query.as_str(), req.headers.len()), ("", 0));
+    }
+
+    #[test]
     fn pipelined_requests_are_taken_one_at_a_time() {
         let raw = "GET / HTTP/1.1\r\n\r\nGET /version HTTP/1.1\r\n\r\n";
         let (first, used) = complete(raw);
@@ -525,7 +609,11 @@ mod tests {
         ));
         assert_eq!(
             parse_request(raw.as_bytes(), 9),
-            Err(HttpError::PayloadTooLarge { len: 10, limit: 9 })
+            Err(HttpError::PayloadTooLarge {
+                len: 10,
+                limit: 9,
+                path: "/vm".into()
+            })
         );
     }
 
@@ -545,5 +633,35 @@ mod tests {
         assert!(String::from_utf8(m.encode(false))
             .unwrap()
             .contains("Allow: GET, PUT\r\n"));
+        let r = String::from_utf8(Response::no_content().encode(true)).unwrap();
+        assert_eq!(
+            r,
+            "HTTP/1.1 204 No Content\r\nServer: Kiln\r\nConnection: close\r\n\r\n"
+        );
+        let r = String::from_utf8(Response::json("{}".into()).encode(false)).unwrap();
+        assert_eq!(
+            r,
+            "HTTP/1.1 200 OK\r\nServer: Kiln\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn answers_carry_extra_headers_and_never_a_split_header() {
+        let r = encode_response(
+            202,
+            &[("X-A", "1"), ("X-Evil", "a\r\nSet-Cookie: x")],
+            Some(("text/plain", b"ok")),
+            false,
+        );
+        let text = String::from_utf8(r).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 202 Accepted\r\nServer: Kiln\r\nX-A: 1\r\nX-Evil: a  Set-Cookie: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+        );
+        let empty = String::from_utf8(encode_response(429, &[], None, true)).unwrap();
+        assert_eq!(
+            empty,
+            "HTTP/1.1 429 Too Many Requests\r\nServer: Kiln\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! A minimal writer of uncompressed `newc` cpio archives (the format Linux unpacks as an
-//! initramfs): directories and regular files, owned by root, mtime 0, one inode number each.
+//! initramfs): directories, regular files and symbolic links, owned by root, mtime 0, one
+//! inode number each; and its reader ([`read_newc`], for checks and tests).
 //! See the kernel's Documentation/driver-api/early-userspace/buffer-format.rst.
 
 use std::io::{self, Write};
@@ -7,6 +8,9 @@ use std::io::{self, Write};
 /// File type bits of `mode`.
 pub const S_IFDIR: u32 = 0o040_000;
 pub const S_IFREG: u32 = 0o100_000;
+pub const S_IFLNK: u32 = 0o120_000;
+/// The file type bits of `mode`.
+pub const S_IFMT: u32 = 0o170_000;
 
 /// One member of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,24 @@ impl CpioEntry {
             name: name.into(),
             mode: S_IFREG | (perm & 0o7777),
             data,
+        }
+    }
+
+    /// A directory with permission bits `perm` (`tmp`: 0o1777).
+    pub fn dir_with(name: &str, perm: u32) -> CpioEntry {
+        CpioEntry {
+            name: name.into(),
+            mode: S_IFDIR | (perm & 0o7777),
+            data: Vec::new(),
+        }
+    }
+
+    /// A symbolic link to `target`.
+    pub fn symlink(name: &str, target: &str) -> CpioEntry {
+        CpioEntry {
+            name: name.into(),
+            mode: S_IFLNK | 0o777,
+            data: target.as_bytes().to_vec(),
         }
     }
 }
@@ -81,7 +103,7 @@ pub fn write_newc(out: &mut impl Write, entries: &[CpioEntry]) -> io::Result<()>
                 format!("cpio: bad member name {:?}", e.name),
             ));
         }
-        let nlink = if e.mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
+        let nlink = if e.mode & S_IFMT == S_IFDIR { 2 } else { 1 };
         write_member(out, field(i + 1, "member count")?, nlink, e)?;
     }
     write_member(
@@ -96,6 +118,50 @@ impl CpioEntry {
     fn with_mode(mut self, mode: u32) -> CpioEntry {
         self.mode = mode;
         self
+    }
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("cpio: {what}"))
+}
+
+/// The members of a `newc` archive, up to its trailer (which is not returned).
+pub fn read_newc(mut b: &[u8]) -> io::Result<Vec<CpioEntry>> {
+    let mut out = Vec::new();
+    loop {
+        let head = b.get(..HEADER_LEN).ok_or_else(|| bad("truncated header"))?;
+        if head.get(..6) != Some(&MAGIC[..]) {
+            return Err(bad("bad magic"));
+        }
+        let field = |i: usize| -> io::Result<usize> {
+            let hex = head
+                .get(6 + 8 * i..14 + 8 * i)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .ok_or_else(|| bad("bad header field"))?;
+            let v = u32::from_str_radix(hex, 16).map_err(|_| bad("bad header field"))?;
+            usize::try_from(v).map_err(|_| bad("header field too large"))
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)?, field(11)?);
+        let name = b
+            .get(HEADER_LEN..HEADER_LEN + namesize.saturating_sub(1))
+            .ok_or_else(|| bad("truncated name"))?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| bad("name is not UTF-8"))?;
+        let data_at = (HEADER_LEN + namesize).next_multiple_of(4);
+        let data = b
+            .get(data_at..data_at + size)
+            .ok_or_else(|| bad("truncated data"))?
+            .to_vec();
+        b = b
+            .get((data_at + size).next_multiple_of(4)..)
+            .unwrap_or_default();
+        if name == TRAILER {
+            return Ok(out);
+        }
+        out.push(CpioEntry {
+            name,
+            mode: u32::try_from(mode).map_err(|_| bad("bad mode"))?,
+            data,
+        });
     }
 }
 
@@ -140,6 +206,8 @@ mod tests {
             CpioEntry::file("init", 0o755, b"\x7fELF....".to_vec()),
             CpioEntry::file("fn/handler", 0o755, vec![7u8; 13]),
             CpioEntry::file("empty", 0o644, Vec::new()),
+            CpioEntry::symlink("lib64", "usr/lib64"),
+            CpioEntry::dir_with("tmp", 0o1777),
         ];
         let mut bytes = Vec::new();
         write_newc(&mut bytes, &entries).unwrap();
@@ -151,7 +219,11 @@ mod tests {
             assert_eq!(f[0] as usize, i + 1, "ino");
             assert_eq!(f[1], e.mode, "mode");
             assert_eq!((f[2], f[3], f[5]), (0, 0, 0), "uid, gid, mtime");
-            assert_eq!(f[4], if e.mode & S_IFDIR != 0 { 2 } else { 1 }, "nlink");
+            assert_eq!(
+                f[4],
+                if e.mode & S_IFMT == S_IFDIR { 2 } else { 1 },
+                "nlink"
+            );
             assert_eq!(f[6] as usize, e.data.len(), "filesize");
             assert_eq!(f[11] as usize, e.name.len() + 1, "namesize");
         }
@@ -165,6 +237,11 @@ mod tests {
         .concat();
         assert_eq!(&bytes[..HEADER_LEN], expected.as_bytes());
         assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + 4], b"dev\0");
+        assert_eq!(super::read_newc(&bytes).unwrap(), entries);
+        assert_eq!(entries[5].mode, 0o120_777);
+        for cut in [0, 50, HEADER_LEN + 2, bytes.len() - 10] {
+            assert!(super::read_newc(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

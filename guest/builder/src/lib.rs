@@ -9,7 +9,9 @@
 //!   the handler executable (built first by cargo, static, when the directory has a
 //!   Cargo.toml) and kiln-init become an uncompressed newc initramfs
 //!   `<out_dir>/<name>.cpio` ([`write_newc`]) holding `/init`, `/fn/handler` and the
-//!   directories init mounts on (`/dev`, `/proc`, `/sys`).
+//!   directories init mounts on (`/dev`, `/proc`, `/sys`). A Lambda function (a Linux
+//!   function with a `runtime`) gets its code in `/var/task`, its root file system, and its
+//!   configuration instead ([`lambda`]).
 //! * [`nested_build`] and [`audit_elf`] are also what tests/build.rs uses for the tiny test
 //!   guest (guest/tiny).
 //!
@@ -22,13 +24,14 @@
 
 mod audit;
 mod cpio;
+pub mod lambda;
 mod manifest;
 mod nested;
 
 pub use audit::{audit_elf, find_unsupported, AuditError};
-pub use cpio::{write_newc, CpioEntry, S_IFDIR, S_IFREG};
+pub use cpio::{read_newc, write_newc, CpioEntry, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 pub use manifest::{
-    Kind, Manifest, ManifestError, DEFAULT_LINUX_HELLO_TIMEOUT_MS, MANIFEST_FILE,
+    Kind, Manifest, ManifestError, DEFAULT_LINUX_HELLO_TIMEOUT_MS, LAMBDA_RUNTIMES, MANIFEST_FILE,
     MIN_LINUX_MEMORY_MIB,
 };
 pub use nested::{nested_build, NestedBuild, NestedBuildError, GUEST_RUSTFLAGS, TRIPLE};
@@ -239,26 +242,41 @@ fn build_linux(
             source,
         })?;
     }
-    let exec_rel = manifest.exec.as_deref().unwrap_or_default();
-    let exec = dir.join(exec_rel);
-    let read = |what: &str, path: &Path| -> Result<Vec<u8>, BuildError> {
+    // A static ELF unless a root file system brings the libraries (and interpreters).
+    let read = |what: &str, path: &Path, any_file: bool| -> Result<Vec<u8>, BuildError> {
         let bytes = std::fs::read(path)
             .map_err(|e| fail(format!("{what} ({}): cannot read it: {e}", path.display())))?;
-        if let Some(why) = not_static_elf(&bytes) {
+        if let Some(why) = not_static_elf(&bytes).filter(|_| !any_file) {
             return Err(fail(format!("{what} ({}): {why}", path.display())));
         }
         Ok(bytes)
     };
-    let handler = read(&format!("field exec = {exec_rel:?}"), &exec)?;
-    let init_bytes = read("the kiln-init binary (kiln --init PATH)", init)?;
-    let entries = [
-        CpioEntry::dir("dev"),
-        CpioEntry::dir("proc"),
-        CpioEntry::dir("sys"),
-        CpioEntry::dir("fn"),
-        CpioEntry::file("init", 0o755, init_bytes),
-        CpioEntry::file(LINUX_HANDLER_PATH.trim_start_matches('/'), 0o755, handler),
-    ];
+    let exec = match manifest.exec.as_deref() {
+        Some(rel) => Some(read(
+            &format!("field exec = {rel:?}"),
+            &dir.join(rel),
+            manifest.rootfs.is_some(),
+        )?),
+        None => None,
+    };
+    let init_bytes = read("the kiln-init binary (kiln --init PATH)", init, false)?;
+    let mut entries = if manifest.is_lambda() {
+        lambda::entries(dir, &manifest, exec).map_err(fail)?
+    } else {
+        vec![
+            CpioEntry::dir("dev"),
+            CpioEntry::dir("proc"),
+            CpioEntry::dir("sys"),
+            CpioEntry::dir("fn"),
+            CpioEntry::file(
+                LINUX_HANDLER_PATH.trim_start_matches('/'),
+                0o755,
+                exec.unwrap_or_default(),
+            ),
+        ]
+    };
+    // Last: no root file system's /init replaces kiln-init.
+    entries.push(CpioEntry::file("init", 0o755, init_bytes));
     let path = out_dir.join(format!("{name}.cpio"));
     let tmp = out_dir.join(format!(".{name}.cpio.tmp"));
     let mut bytes = Vec::new();

@@ -13,11 +13,21 @@
 //!   "memory_mib": 128, "hello_timeout_ms": 180000 }
 //! ```
 //!
+//! A Linux function can also be a Lambda function, configured the way a Lambda function
+//! configuration is (`runtime`, `handler`, `environment`): kiln-init serves it Lambda's
+//! Runtime API and runs its runtime (see [`LAMBDA_RUNTIMES`]):
+//!
+//! ```json
+//! { "name": "lambda-python", "kind": "linux", "runtime": "python3.11", "handler": "app.handler",
+//!   "rootfs": "rootfs", "memory_mib": 512, "environment": {"GREETING": "hello"} }
+//! ```
+//!
 //! Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
 //! field against what the runtime and the protocol allow, each error naming the field and its
 //! value.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The manifest's file name in the function's directory.
@@ -41,6 +51,29 @@ pub const MAX_CONCURRENCY: u32 = 1024;
 pub const MIN_LINUX_MEMORY_MIB: u32 = 128;
 /// Default deadline for a Linux function's guest to say Hello (a kernel boots first).
 pub const DEFAULT_LINUX_HELLO_TIMEOUT_MS: u64 = 180_000;
+
+/// The Lambda runtimes kiln-init starts: the `provided` family (the function's `bootstrap`)
+/// and `python3.N` (AWS's bootstrap in the root file system, else `python3 -m awslambdaric`).
+pub const LAMBDA_RUNTIMES: &str = "provided, provided.al2, provided.al2023, python3.N";
+/// Longest handler string (Lambda's limit).
+pub const MAX_HANDLER_LEN: usize = 128;
+/// Most bytes of a Lambda function's environment (names and values; Lambda's limit).
+pub const MAX_ENVIRONMENT_BYTES: usize = 4096;
+/// Variables the agent sets for the runtime: a function's `environment` may not name them.
+pub const RESERVED_VARIABLES: &[&str] = &[
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_RUNTIME_API",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+];
 
 /// What a function is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +124,26 @@ pub struct Manifest {
     /// boots first); default [`DEFAULT_LINUX_HELLO_TIMEOUT_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello_timeout_ms: Option<u64>,
+    /// Makes a Linux function a Lambda function: Lambda's runtime identifier (one of
+    /// [`LAMBDA_RUNTIMES`]). Its `exec`, if any, is its `bootstrap` (`provided` runtimes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Lambda functions: the handler (`_HANDLER`, e.g. `app.handler`); required for
+    /// `python3.N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Lambda functions: the directory (relative, default `.`) whose files are the function's
+    /// code, `/var/task` in the guest (`kiln.json`, `target/` and `rootfs` left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Lambda functions: a directory (relative) holding a root file system for the runtime
+    /// (Python and its libraries, e.g. an exported Lambda base image), packed as `/` of the
+    /// guest under kiln-init and the code. Required for `python3.N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// Lambda functions: environment variables of the runtime.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
 }
 
 fn default_memory_mib() -> u32 {
@@ -193,39 +246,8 @@ impl Manifest {
                 format!("a Linux function needs at least {MIN_LINUX_MEMORY_MIB} MiB"),
             ));
         }
-        match (self.kind, &self.exec) {
-            (Kind::Image, Some(exec)) => {
-                return Err(bad(
-                    "exec",
-                    format!("{exec:?}"),
-                    "only a function of \"kind\": \"linux\" has an exec".into(),
-                ))
-            }
-            (Kind::Linux, None) => {
-                return Err(bad(
-                    "exec",
-                    "(missing)".into(),
-                    "a Linux function names its executable, relative to the function's directory"
-                        .into(),
-                ))
-            }
-            (Kind::Linux, Some(exec)) => {
-                let p = Path::new(exec);
-                let ok = !exec.is_empty()
-                    && p.is_relative()
-                    && p.components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)));
-                if !ok {
-                    return Err(bad(
-                        "exec",
-                        format!("{exec:?}"),
-                        "must be a relative path inside the function's directory, without `..`"
-                            .into(),
-                    ));
-                }
-            }
-            (Kind::Image, None) => {}
-        }
+        self.validate_exec(path)?;
+        self.validate_lambda(path)?;
         match (self.kind, self.hello_timeout_ms) {
             (Kind::Image, Some(t)) => {
                 return Err(bad(
@@ -291,6 +313,175 @@ impl Manifest {
     }
 }
 
+/// A relative path inside the function's directory, without `..` (or `.` alone when
+/// `dot_ok`).
+fn is_inside(p: &str, dot_ok: bool) -> bool {
+    if dot_ok && p == "." {
+        return true;
+    }
+    let path = Path::new(p);
+    !p.is_empty()
+        && path.is_relative()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// `python3.N`, `provided`, `provided.al2`, `provided.al2023`.
+fn known_runtime(r: &str) -> bool {
+    matches!(r, "provided" | "provided.al2" | "provided.al2023")
+        || r.strip_prefix("python3.")
+            .is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl Manifest {
+    /// Whether this is a Lambda function (a Linux function with a `runtime`).
+    pub fn is_lambda(&self) -> bool {
+        self.kind == Kind::Linux && self.runtime.is_some()
+    }
+
+    fn validate_exec(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |value: String, reason: &str| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            field: "exec",
+            value,
+            reason: reason.into(),
+        };
+        match (self.kind, &self.exec) {
+            (Kind::Image, Some(exec)) => Err(bad(
+                format!("{exec:?}"),
+                "only a function of \"kind\": \"linux\" has an exec",
+            )),
+            (Kind::Linux, None) if self.runtime.is_none() => Err(bad(
+                "(missing)".into(),
+                "a Linux function names its executable, relative to the function's directory (or is a Lambda function: \"runtime\")",
+            )),
+            (Kind::Linux, Some(exec)) if !is_inside(exec, false) => Err(bad(
+                format!("{exec:?}"),
+                "must be a relative path inside the function's directory, without `..`",
+            )),
+            (Kind::Linux, Some(exec))
+                if self.runtime.as_deref().is_some_and(|r| !r.starts_with("provided")) =>
+            {
+                Err(bad(
+                    format!("{exec:?}"),
+                    "only a `provided` runtime has an exec (its bootstrap)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_lambda(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |field: &'static str, value: String, reason: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            value,
+            reason,
+        };
+        let Some(runtime) = &self.runtime else {
+            let fields: [(&'static str, bool); 4] = [
+                ("handler", self.handler.is_some()),
+                ("code", self.code.is_some()),
+                ("rootfs", self.rootfs.is_some()),
+                ("environment", !self.environment.is_empty()),
+            ];
+            if let Some((field, _)) = fields.iter().find(|(_, set)| *set) {
+                return Err(bad(
+                    field,
+                    "(set)".into(),
+                    "only a Lambda function (\"kind\": \"linux\" with a \"runtime\") has one"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        if self.kind != Kind::Linux {
+            return Err(bad(
+                "runtime",
+                format!("{runtime:?}"),
+                "a Lambda function is a Linux function: add \"kind\": \"linux\"".into(),
+            ));
+        }
+        if !known_runtime(runtime) {
+            return Err(bad(
+                "runtime",
+                format!("{runtime:?}"),
+                format!("Kiln starts the runtimes {LAMBDA_RUNTIMES}; for another language, package a custom runtime as a `bootstrap` (provided.al2023)"),
+            ));
+        }
+        let python = runtime.starts_with("python3.");
+        match &self.handler {
+            None if python => {
+                return Err(bad(
+                    "handler",
+                    "(missing)".into(),
+                    format!("a {runtime} function names its handler, e.g. \"app.handler\""),
+                ))
+            }
+            Some(h)
+                if h.is_empty()
+                    || h.len() > MAX_HANDLER_LEN
+                    || h.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                return Err(bad(
+                    "handler",
+                    format!("{h:?}"),
+                    format!("must be 1-{MAX_HANDLER_LEN} characters without whitespace"),
+                ))
+            }
+            _ => {}
+        }
+        for (field, value) in [("code", &self.code), ("rootfs", &self.rootfs)] {
+            if let Some(v) = value {
+                if !is_inside(v, field == "code") {
+                    return Err(bad(
+                        field,
+                        format!("{v:?}"),
+                        "must be a directory inside the function's directory, without `..`".into(),
+                    ));
+                }
+            }
+        }
+        if python && self.rootfs.is_none() {
+            return Err(bad(
+                "rootfs",
+                "(missing)".into(),
+                format!("a {runtime} function needs a root file system with Python and awslambdaric (the guest has no Python of its own; see docs/worker.md)"),
+            ));
+        }
+        let mut bytes = 0;
+        for (name, value) in &self.environment {
+            let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok || value.contains('\0') {
+                return Err(bad(
+                    "environment",
+                    format!("{name:?}"),
+                    "names are letters, digits and `_`, starting with a letter; values have no NUL"
+                        .into(),
+                ));
+            }
+            if RESERVED_VARIABLES.contains(&name.as_str()) {
+                return Err(bad(
+                    "environment",
+                    format!("{name:?}"),
+                    "is set by the agent for every Lambda function (reserved, as on Lambda)".into(),
+                ));
+            }
+            bytes += name.len() + value.len();
+        }
+        if bytes > MAX_ENVIRONMENT_BYTES {
+            return Err(bad(
+                "environment",
+                format!("{bytes} bytes"),
+                format!("must be at most {MAX_ENVIRONMENT_BYTES} bytes (names and values)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +509,11 @@ mod tests {
                 kind: Kind::Image,
                 exec: None,
                 hello_timeout_ms: None,
+                runtime: None,
+                handler: None,
+                code: None,
+                rootfs: None,
+                environment: BTreeMap::new(),
             }
         );
     }
@@ -475,6 +671,59 @@ mod tests {
                 "hello_timeout_ms",
                 "0",
             ),
+        ];
+        for (fields, field, value) in cases {
+            let text = format!(r#"{{"name": "f", {fields}}}"#);
+            let message = match parse(&text) {
+                Err(e @ ManifestError::Invalid { .. }) => e.to_string(),
+                other => panic!("{text}: expected an error on {field}, got {other:?}"),
+            };
+            assert!(
+                message.contains(&format!("field {field} = {value}:")),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn lambda_functions() {
+        let m = parse(
+            r#"{"name": "p", "kind": "linux", "runtime": "python3.12", "handler": "app.handler",
+                "rootfs": "rootfs", "memory_mib": 512, "environment": {"GREETING": "hi", "A_1": ""}}"#,
+        )
+        .unwrap();
+        assert!(m.is_lambda());
+        assert_eq!(
+            m.environment.get("GREETING").map(String::as_str),
+            Some("hi")
+        );
+        let b = parse(
+            r#"{"name": "b", "kind": "linux", "runtime": "provided.al2023", "exec": "target/release/b", "memory_mib": 128}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (b.runtime.as_deref(), b.handler.as_deref()),
+            (Some("provided.al2023"), None)
+        );
+        parse(r#"{"name": "b", "kind": "linux", "runtime": "provided", "code": ".", "memory_mib": 128}"#)
+            .unwrap();
+        assert!(!parse(r#"{"name": "f"}"#).unwrap().is_lambda());
+        let big = format!(r#""E": "{}""#, "x".repeat(4100));
+        let cases: Vec<(String, &str, String)> = vec![
+            (r#""runtime": "python3.12""#.into(), "runtime", "\"python3.12\"".into()),
+            (r#""kind": "linux", "runtime": "nodejs20.x", "memory_mib": 128"#.into(), "runtime", "\"nodejs20.x\"".into()),
+            (r#""kind": "linux", "runtime": "python3.", "memory_mib": 128"#.into(), "runtime", "\"python3.\"".into()),
+            (r#""kind": "linux", "runtime": "python3.12", "rootfs": "r", "memory_mib": 128"#.into(), "handler", "(missing)".into()),
+            (r#""kind": "linux", "runtime": "python3.12", "handler": "a b", "rootfs": "r", "memory_mib": 128"#.into(), "handler", "\"a b\"".into()),
+            (r#""kind": "linux", "runtime": "python3.12", "handler": "a.h", "memory_mib": 128"#.into(), "rootfs", "(missing)".into()),
+            (r#""kind": "linux", "runtime": "python3.12", "handler": "a.h", "rootfs": "../r", "memory_mib": 128"#.into(), "rootfs", "\"../r\"".into()),
+            (r#""kind": "linux", "runtime": "provided", "code": "/abs", "memory_mib": 128"#.into(), "code", "\"/abs\"".into()),
+            (r#""kind": "linux", "runtime": "python3.12", "handler": "a.h", "rootfs": "r", "exec": "x", "memory_mib": 128"#.into(), "exec", "\"x\"".into()),
+            (r#""kind": "linux", "runtime": "provided", "environment": {"_HANDLER": "x"}, "memory_mib": 128"#.into(), "environment", "\"_HANDLER\"".into()),
+            (r#""kind": "linux", "runtime": "provided", "environment": {"A-B": "x"}, "memory_mib": 128"#.into(), "environment", "\"A-B\"".into()),
+            (format!(r#""kind": "linux", "runtime": "provided", "environment": {{{big}}}, "memory_mib": 128"#), "environment", "4101 bytes".into()),
+            (r#""kind": "linux", "exec": "x", "handler": "h", "memory_mib": 128"#.into(), "handler", "(set)".into()),
+            (r#""environment": {"A": "b"}"#.into(), "environment", "(set)".into()),
         ];
         for (fields, field, value) in cases {
             let text = format!(r#"{{"name": "f", {fields}}}"#);

@@ -10,11 +10,14 @@
 //! user space cannot run on hosts whose KVM emulates guest kernel code.
 //!
 //! Flow: `Hello` with the function's name, then one answer per `Invoke`, in order, with the
-//! invocation's id. An event over the limit is read and dropped, and answered with
-//! `event_too_large`; the stream stays in step. A header that is not understood (bad magic,
+//! invocation's id; what the handler logged goes first, in a `Log` frame. A `Context` frame
+//! before an `Invoke` with the same id gives the handler the invocation's Lambda context
+//! ([`Context`]; the Lambda runtime of `crate::lambda` uses it). An event over the limit is
+//! read and dropped, and answered with `event_too_large`; the stream stays in step. A header that is not understood (bad magic,
 //! kind or reserved bits) is answered with `protocol_error` and ends the session: where the
 //! next frame starts is unknown. The session ends normally when the host closes the stream.
 
+pub use crate::context::Context;
 use kiln_protocol::{error_code_bytes, ErrorCode, Header, HeaderError, Kind, HEADER_LEN};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -40,9 +43,26 @@ pub struct Failure {
     pub message: String,
 }
 
+/// What a handler made of an event: its response or failure, and what it logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub result: Result<Vec<u8>, Failure>,
+    /// Sent to the host in a `Log` frame before the answer (when not empty).
+    pub logs: Vec<u8>,
+}
+
+impl From<Result<Vec<u8>, Failure>> for Handled {
+    fn from(result: Result<Vec<u8>, Failure>) -> Handled {
+        Handled {
+            result,
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// What runs an event.
 pub trait Handler {
-    fn handle(&mut self, event: &[u8]) -> Result<Vec<u8>, Failure>;
+    fn handle(&mut self, ctx: &Context, event: &[u8]) -> Handled;
 }
 
 /// Runs an executable per event: the event on stdin, the response from stdout.
@@ -76,7 +96,14 @@ fn read_bounded(r: &mut impl Read, limit: usize) -> io::Result<(Vec<u8>, bool)> 
 }
 
 impl Handler for Exec {
-    fn handle(&mut self, event: &[u8]) -> Result<Vec<u8>, Failure> {
+    fn handle(&mut self, _ctx: &Context, event: &[u8]) -> Handled {
+        self.run(event).into()
+    }
+}
+
+impl Exec {
+    /// Runs the executable on `event`.
+    fn run(&mut self, event: &[u8]) -> Result<Vec<u8>, Failure> {
         let fail = |message: String| Failure {
             code: ErrorCode::Handler,
             message,
@@ -199,6 +226,7 @@ pub fn serve<S: Read + Write>(
     handler: &mut dyn Handler,
 ) -> Result<(), AgentError> {
     send(stream, Kind::Hello, 0, name.as_bytes())?;
+    let mut context: Option<(u32, Context)> = None;
     loop {
         let mut head = [0u8; HEADER_LEN];
         if !read_frame_part(stream, &mut head)? {
@@ -209,6 +237,11 @@ pub fn serve<S: Read + Write>(
             Err(HeaderError::TooLong { len, max }) => {
                 let id = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
                 skip(stream, len)?;
+                if head[4] == Kind::Context as u8 {
+                    // A context too large to keep: its invocation runs without one.
+                    context = None;
+                    continue;
+                }
                 send_error(
                     stream,
                     id,
@@ -227,30 +260,53 @@ pub fn serve<S: Read + Write>(
         if !payload.is_empty() && !read_frame_part(stream, &mut payload)? {
             return Err(AgentError::Truncated);
         }
+        if header.kind == Kind::Context {
+            context = Some((header.id, Context::from_payload(&payload)));
+            continue;
+        }
         if header.kind != Kind::Invoke {
             send_error(
                 stream,
                 header.id,
                 ErrorCode::Protocol,
                 &format!(
-                    "the agent only accepts Invoke frames, not {:?}",
+                    "the agent only accepts Context and Invoke frames, not {:?}",
                     header.kind
                 ),
             )?;
             continue;
         }
-        match handler.handle(&payload) {
+        let ctx = match context.take() {
+            Some((id, ctx)) if id == header.id => ctx,
+            _ => Context::empty(),
+        };
+        let handled = handler.handle(&ctx, &payload);
+        if !handled.logs.is_empty() {
+            send(stream, Kind::Log, header.id, &handled.logs)?;
+        }
+        match handled.result {
             Ok(out) => send(stream, Kind::Response, header.id, &out)?,
             Err(f) => send_error(stream, header.id, f.code, &f.message)?,
         }
     }
 }
 
-/// The agent's settings from the kernel command line: `kiln.exec=PATH` (required for agent
-/// mode) and `kiln.name=NAME` (default: the executable's file name).
+/// What the agent serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serve {
+    /// `kiln.exec=PATH`: the executable, run once per event.
+    Exec(PathBuf),
+    /// `kiln.lambda=PATH`: a Lambda function, configured by the file at PATH
+    /// (`crate::lambda`).
+    Lambda(PathBuf),
+}
+
+/// The agent's settings from the kernel command line: `kiln.exec=PATH` or
+/// `kiln.lambda=PATH` (one is required for agent mode; `kiln.exec` wins), and
+/// `kiln.name=NAME` (default: the executable's file name, or `function`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    pub exec: PathBuf,
+    pub serve: Serve,
     pub name: String,
 }
 
@@ -262,11 +318,17 @@ impl AgentConfig {
                 .find_map(|w| w.strip_prefix(key))
                 .filter(|v| !v.is_empty())
         };
-        let exec = PathBuf::from(value("kiln.exec=")?);
-        let name = value("kiln.name=")
-            .map(str::to_string)
-            .or_else(|| exec.file_name().map(|n| n.to_string_lossy().into_owned()))?;
-        Some(AgentConfig { exec, name })
+        let serve = match (value("kiln.exec="), value("kiln.lambda=")) {
+            (Some(exec), _) => Serve::Exec(PathBuf::from(exec)),
+            (None, Some(config)) => Serve::Lambda(PathBuf::from(config)),
+            (None, None) => return None,
+        };
+        let name = match (value("kiln.name="), &serve) {
+            (Some(n), _) => n.to_string(),
+            (None, Serve::Exec(exec)) => exec.file_name()?.to_string_lossy().into_owned(),
+            (None, Serve::Lambda(_)) => "function".to_string(),
+        };
+        Some(AgentConfig { serve, name })
     }
 }
 
@@ -311,14 +373,20 @@ mod tests {
 
     struct Upper;
     impl Handler for Upper {
-        fn handle(&mut self, event: &[u8]) -> Result<Vec<u8>, Failure> {
+        fn handle(&mut self, ctx: &Context, event: &[u8]) -> Handled {
             if event == b"fail" {
-                return Err(Failure {
-                    code: ErrorCode::Handler,
-                    message: "asked to fail".into(),
-                });
+                return Handled {
+                    result: Err(Failure {
+                        code: ErrorCode::Handler,
+                        message: "asked to fail".into(),
+                    }),
+                    logs: b"failing as asked".to_vec(),
+                };
             }
-            Ok(event.to_ascii_uppercase())
+            if event == b"who" {
+                return Ok(ctx.request_id.clone().unwrap_or_default().into_bytes()).into();
+            }
+            Ok(event.to_ascii_uppercase()).into()
         }
     }
 
@@ -349,6 +417,11 @@ mod tests {
         );
         put(&mut host, Kind::Invoke, 2, b"fail");
         let (h, p) = frame(&mut host);
+        assert_eq!(
+            (h.kind, p.as_slice()),
+            (Kind::Log, &b"failing as asked"[..])
+        );
+        let (h, p) = frame(&mut host);
         assert_eq!((h.kind, h.id), (Kind::Error, 2));
         assert_eq!(decode_error(&p), (ErrorCode::Handler, "asked to fail"));
         // Over the limit: dropped and refused, and the stream stays in step.
@@ -361,6 +434,38 @@ mod tests {
         assert_eq!(decode_error(&p).0, ErrorCode::Protocol, "{h:?}");
         put(&mut host, Kind::Invoke, 5, b"");
         assert_eq!(frame(&mut host).0, Header::new(Kind::Response, 5, 0));
+        // A Context over the limit is dropped without an answer.
+        put(&mut host, Kind::Context, 6, &[b'x'; 9]);
+        put(&mut host, Kind::Invoke, 6, b"who");
+        assert_eq!(
+            frame(&mut host),
+            (Header::new(Kind::Response, 6, 0), Vec::new())
+        );
+        drop(host);
+        assert!(agent.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_context_goes_with_the_invoke_of_its_id() {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || serve(&mut guest, "x", 64, &mut Upper));
+        frame(&mut host);
+        let mut ctx = Vec::new();
+        kiln_protocol::pairs::put(&mut ctx, kiln_protocol::context::REQUEST_ID, "req-1").unwrap();
+        put(&mut host, Kind::Context, 1, &ctx);
+        put(&mut host, Kind::Invoke, 1, b"who");
+        assert_eq!(
+            frame(&mut host),
+            (Header::new(Kind::Response, 1, 5), b"req-1".to_vec())
+        );
+        put(&mut host, Kind::Context, 99, &ctx);
+        put(&mut host, Kind::Invoke, 2, b"who");
+        assert_eq!(
+            frame(&mut host),
+            (Header::new(Kind::Response, 2, 0), Vec::new())
+        );
+        put(&mut host, Kind::Invoke, 3, b"who");
+        assert_eq!(frame(&mut host).1, b"", "a context is used once");
         drop(host);
         assert!(agent.join().unwrap().is_ok());
     }
@@ -386,18 +491,20 @@ mod tests {
             path: "/bin/cat".into(),
             max_output: 1024,
         };
-        assert_eq!(cat.handle(b"{\"a\":1}").unwrap(), b"{\"a\":1}");
+        let handled = cat.handle(&Context::empty(), b"{\"a\":1}");
+        assert_eq!(handled.result.unwrap(), b"{\"a\":1}");
+        assert!(handled.logs.is_empty());
         let mut small = Exec {
             path: "/bin/cat".into(),
             max_output: 4,
         };
-        let f = small.handle(b"0123456789").unwrap_err();
+        let f = small.run(b"0123456789").unwrap_err();
         assert!(f.message.contains("over the limit of 4 bytes"), "{f:?}");
         let mut missing = Exec {
             path: "/nonexistent/handler".into(),
             max_output: 4,
         };
-        let f = missing.handle(b"").unwrap_err();
+        let f = missing.run(b"").unwrap_err();
         assert_eq!(f.code, ErrorCode::Handler);
         assert!(
             f.message.contains("cannot run /nonexistent/handler"),
@@ -408,7 +515,7 @@ mod tests {
             max_output: 4,
         };
         assert!(fails
-            .handle(b"")
+            .run(b"")
             .unwrap_err()
             .message
             .contains("failed (exit status: 1)"));
@@ -419,18 +526,33 @@ mod tests {
         assert_eq!(
             AgentConfig::from_cmdline("console=ttyS0 kiln.exec=/fn/handler quiet"),
             Some(AgentConfig {
-                exec: "/fn/handler".into(),
+                serve: Serve::Exec("/fn/handler".into()),
                 name: "handler".into()
             })
         );
         assert_eq!(
             AgentConfig::from_cmdline("kiln.name=echo kiln.exec=/fn/run\n"),
             Some(AgentConfig {
-                exec: "/fn/run".into(),
+                serve: Serve::Exec("/fn/run".into()),
                 name: "echo".into()
             })
         );
+        assert_eq!(
+            AgentConfig::from_cmdline("kiln.lambda=/fn/lambda.conf kiln.name=py quiet"),
+            Some(AgentConfig {
+                serve: Serve::Lambda("/fn/lambda.conf".into()),
+                name: "py".into()
+            })
+        );
+        assert_eq!(
+            AgentConfig::from_cmdline("kiln.lambda=/fn/lambda.conf"),
+            Some(AgentConfig {
+                serve: Serve::Lambda("/fn/lambda.conf".into()),
+                name: "function".into()
+            })
+        );
         assert_eq!(AgentConfig::from_cmdline("console=ttyS0 kiln.exec="), None);
+        assert_eq!(AgentConfig::from_cmdline("kiln.lambda="), None);
         assert_eq!(AgentConfig::from_cmdline(""), None);
     }
 }

@@ -3,3 +3,5 @@
 //! tested on a host over a Unix socket.
 
 pub mod agent;
+pub mod context;
+pub mod lambda;

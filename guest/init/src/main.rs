@@ -1,16 +1,20 @@
 //! `/init` of Kiln's Linux guest (PID 1): mounts the pseudo file systems it needs, prints
 //! [`READY_MARKER`] on the console for the host to wait for, then, when the kernel command
-//! line names a function executable (`kiln.exec=PATH`, optionally `kiln.name=NAME`), serves
-//! it to the host worker over vsock as the function agent (`kiln_init::agent`) until the host
+//! line names a function executable (`kiln.exec=PATH`) or a Lambda function's configuration
+//! (`kiln.lambda=PATH`; optionally `kiln.name=NAME`), serves it to the host worker over vsock
+//! as the function agent (`kiln_init::agent`; a Lambda function through its Runtime API on
+//! loopback, `kiln_init::lambda`, with the loopback interface brought up first) until the host
 //! closes the stream; then it ends the VM.
 //!
 //! It is a static binary with no shell and no libraries, so it runs from a bare initramfs or
 //! ext4 root. It refuses to run as any PID other than 1: on a host it would reboot the machine.
-//! The one exception is `kiln-init agent --unix SOCKET --exec PATH [--name NAME]`, which only
-//! runs the agent's protocol loop over a Unix socket (no mounts, no reboot): the host-side
-//! test of the agent.
+//! The one exception is `kiln-init agent --unix SOCKET (--exec PATH | --lambda CONFIG
+//! --task-root DIR [--runtime-api ADDR]) [--name NAME]`, which only runs the agent over a Unix
+//! socket (no mounts, no reboot): the host-side test of the agent.
 
-use kiln_init::agent::{self, AgentConfig};
+use kiln_init::agent::{self, AgentConfig, Serve};
+use kiln_init::lambda::config::{LambdaConfig, Layout};
+use kiln_init::lambda::{InitState, LambdaRuntime};
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -154,11 +158,34 @@ const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// Agent mode in the guest: connect to the host over vsock and serve until it hangs up.
 fn run_agent(cfg: &AgentConfig) {
-    say(&format!(
-        "KILN-INIT: agent for {} ({})",
-        cfg.name,
-        cfg.exec.display()
-    ));
+    let (what, mut handler): (String, Box<dyn agent::Handler>) = match &cfg.serve {
+        Serve::Exec(exec) => (
+            exec.display().to_string(),
+            Box::new(Reaping(agent::Exec {
+                path: exec.clone(),
+                max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
+            })),
+        ),
+        Serve::Lambda(path) => {
+            if let Err(e) = loopback_up() {
+                say(&format!("KILN-INIT: error: cannot bring up lo: {e}"));
+            }
+            match start_lambda(path, Layout::guest()) {
+                Ok((rt, line)) => {
+                    say(&format!("KILN-INIT: {line}"));
+                    (
+                        format!("Lambda runtime API {}", rt.api_address()),
+                        Box::new(rt),
+                    )
+                }
+                Err(e) => {
+                    say(&format!("KILN-INIT: error: {e}"));
+                    return;
+                }
+            }
+        }
+    };
+    say(&format!("KILN-INIT: agent for {} ({what})", cfg.name));
     let started = std::time::Instant::now();
     let mut stream = loop {
         match agent::connect_vsock(
@@ -177,14 +204,67 @@ fn run_agent(cfg: &AgentConfig) {
             }
         }
     };
-    let mut handler = Reaping(agent::Exec {
-        path: cfg.exec.clone(),
-        max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
-    });
-    match agent::serve(&mut stream, &cfg.name, MAX_PAYLOAD, &mut handler) {
+    match agent::serve(&mut stream, &cfg.name, MAX_PAYLOAD, handler.as_mut()) {
         Ok(()) => say("KILN-INIT: the host closed the stream"),
         Err(e) => say(&format!("KILN-INIT: error: agent: {e}")),
     }
+}
+
+/// Reads a Lambda function's configuration and starts its runtime (waiting for its init);
+/// with the line that says how its init went.
+fn start_lambda(
+    config: &std::path::Path,
+    layout: Layout,
+) -> Result<(LambdaRuntime, String), String> {
+    let bytes = std::fs::read(config).map_err(|e| {
+        format!(
+            "cannot read the Lambda configuration {}: {e}",
+            config.display()
+        )
+    })?;
+    let cfg = LambdaConfig::parse(&bytes).map_err(|e| format!("{}: {e}", config.display()))?;
+    let (rt, init) = LambdaRuntime::start(cfg, layout).map_err(|e| e.to_string())?;
+    let state = match init {
+        InitState::Ready => "ready".to_string(),
+        InitState::Slow => "still initialising".to_string(),
+        InitState::Failed(why) => format!("init failed ({why}); retried at the first invocation"),
+    };
+    let line = format!(
+        "Lambda runtime API on {}: runtime {state}",
+        rt.api_address()
+    );
+    Ok((rt, line))
+}
+
+/// Brings the loopback interface up (the Runtime API listens on 127.0.0.1).
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket(2) takes integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data for which all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = libc::c_char::try_from(*src).unwrap_or(0);
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into the valid `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the union's flags member, the one read here.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+    req.ifr_ifru.ifru_flags = flags | up;
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from the valid `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A handler run by PID 1: after each invocation, reaps the processes the handler left
@@ -192,8 +272,8 @@ fn run_agent(cfg: &AgentConfig) {
 struct Reaping<H>(H);
 
 impl<H: agent::Handler> agent::Handler for Reaping<H> {
-    fn handle(&mut self, event: &[u8]) -> Result<Vec<u8>, agent::Failure> {
-        let result = self.0.handle(event);
+    fn handle(&mut self, ctx: &agent::Context, event: &[u8]) -> agent::Handled {
+        let result = self.0.handle(ctx, event);
         loop {
             // SAFETY: waitpid with a null status pointer only reaps; WNOHANG never blocks.
             let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
@@ -205,21 +285,26 @@ impl<H: agent::Handler> agent::Handler for Reaping<H> {
     }
 }
 
-/// `kiln-init agent --unix SOCKET --exec PATH [--name NAME]`: the agent over a Unix socket,
-/// as a host process (tests). Exit code 0 when the host closed the stream, 1 on an error,
-/// 2 on a bad command line.
+/// `kiln-init agent --unix SOCKET (--exec PATH | --lambda CONFIG --task-root DIR
+/// [--runtime-api ADDR]) [--name NAME]`: the agent over a Unix socket, as a host process
+/// (tests). A Lambda function's runtime gets the agent's `PATH`, its code is in DIR, and the
+/// Runtime API listens on ADDR (default: a free loopback port), printed on stderr. Exit code
+/// 0 when the host closed the stream, 1 on an error, 2 on a bad command line.
 fn host_agent(args: &[String]) -> ExitCode {
-    let mut socket = None;
-    let mut exec = None;
-    let mut name = None;
+    const USAGE: &str = "use --unix SOCKET (--exec PATH | --lambda CONFIG --task-root DIR [--runtime-api ADDR]) [--name NAME]";
+    let (mut socket, mut exec, mut name, mut lambda, mut task_root, mut api) =
+        (None, None, None, None, None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let slot = match flag.as_str() {
             "--unix" => &mut socket,
             "--exec" => &mut exec,
             "--name" => &mut name,
+            "--lambda" => &mut lambda,
+            "--task-root" => &mut task_root,
+            "--runtime-api" => &mut api,
             other => {
-                eprintln!("kiln-init agent: unknown flag {other:?} (use --unix SOCKET --exec PATH [--name NAME])");
+                eprintln!("kiln-init agent: unknown flag {other:?} ({USAGE})");
                 return ExitCode::from(2);
             }
         };
@@ -231,18 +316,34 @@ fn host_agent(args: &[String]) -> ExitCode {
             }
         }
     }
-    let (Some(socket), Some(exec)) = (socket, exec) else {
-        eprintln!("kiln-init agent: --unix SOCKET and --exec PATH are required");
+    let Some(socket) = socket else {
+        eprintln!("kiln-init agent: --unix SOCKET is required ({USAGE})");
         return ExitCode::from(2);
     };
-    let mut cmdline = format!("kiln.exec={exec}");
-    if let Some(n) = name {
-        cmdline.push_str(&format!(" kiln.name={n}"));
-    }
-    let Some(cfg) = AgentConfig::from_cmdline(&cmdline) else {
-        eprintln!("kiln-init agent: --exec {exec:?} names no executable");
-        return ExitCode::from(2);
+    let mut handler: Box<dyn agent::Handler> = match (exec, lambda, task_root) {
+        (Some(exec), None, None) => Box::new(agent::Exec {
+            path: exec.into(),
+            max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
+        }),
+        (None, Some(config), Some(root)) => {
+            let layout = Layout::host(root.into(), api.unwrap_or_else(|| "127.0.0.1:0".into()));
+            match start_lambda(std::path::Path::new(&config), layout) {
+                Ok((rt, line)) => {
+                    eprintln!("kiln-init agent: {line}");
+                    Box::new(rt)
+                }
+                Err(e) => {
+                    eprintln!("kiln-init agent: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        _ => {
+            eprintln!("kiln-init agent: {USAGE}");
+            return ExitCode::from(2);
+        }
     };
+    let name = name.unwrap_or_else(|| "function".into());
     let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(s) => s,
         Err(e) => {
@@ -250,11 +351,7 @@ fn host_agent(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut handler = agent::Exec {
-        path: cfg.exec.clone(),
-        max_output: usize::try_from(MAX_PAYLOAD).unwrap_or(usize::MAX),
-    };
-    match agent::serve(&mut stream, &cfg.name, MAX_PAYLOAD, &mut handler) {
+    match agent::serve(&mut stream, &name, MAX_PAYLOAD, handler.as_mut()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kiln-init agent: {e}");

@@ -20,8 +20,51 @@
 //! ```
 //!
 //! An [`Kind::Error`] payload is `code u16 LE` ([`ErrorCode`]) followed by a UTF-8 message.
+//!
+//! Linux guests (the agent in `guest/init`) also take a [`Kind::Context`] before an `Invoke`:
+//! the invocation's Lambda context (request id, time left, ARN, ...) as [`pairs`], keys in
+//! [`context`]. The same pair encoding carries a Lambda function's configuration from the
+//! builder to the agent ([`lambda_config`]). Function images never get a `Context`.
 
 #![no_std]
+
+pub mod pairs;
+
+/// Keys of a [`Kind::Context`] payload (all optional; unknown keys are ignored).
+pub mod context {
+    /// Lambda's request id of the invocation (`Lambda-Runtime-Aws-Request-Id`).
+    pub const REQUEST_ID: &str = "request-id";
+    /// Milliseconds left before the invocation times out, counted from when the worker sent
+    /// the frame (the guest turns it into `Lambda-Runtime-Deadline-Ms` by its own clock).
+    pub const REMAINING_MS: &str = "remaining-ms";
+    /// The ARN the function was invoked by (`Lambda-Runtime-Invoked-Function-Arn`).
+    pub const FUNCTION_ARN: &str = "function-arn";
+    /// `Lambda-Runtime-Trace-Id`.
+    pub const TRACE_ID: &str = "trace-id";
+    /// The client context (JSON, already base64-decoded): `Lambda-Runtime-Client-Context`.
+    pub const CLIENT_CONTEXT: &str = "client-context";
+    /// `Lambda-Runtime-Cognito-Identity` (JSON).
+    pub const COGNITO_IDENTITY: &str = "cognito-identity";
+}
+
+/// Keys of a Lambda function's configuration, which the builder writes as [`pairs`] into a
+/// Linux function's initramfs ([`lambda_config::PATH`]) and the agent reads.
+pub mod lambda_config {
+    /// Where the configuration is in the guest; `kiln.lambda=` on the kernel command line.
+    pub const PATH: &str = "/fn/lambda.conf";
+    /// The function's name.
+    pub const NAME: &str = "name";
+    /// Lambda's runtime identifier (`provided.al2023`, `python3.12`, ...).
+    pub const RUNTIME: &str = "runtime";
+    /// Lambda's handler string (`_HANDLER`), possibly empty.
+    pub const HANDLER: &str = "handler";
+    /// The function's memory in MiB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub const MEMORY_MIB: &str = "memory-mib";
+    /// The function's timeout in ms (the deadline when a `Context` names none).
+    pub const TIMEOUT_MS: &str = "timeout-ms";
+    /// One environment variable of the function, `NAME=VALUE` (repeated).
+    pub const ENV: &str = "env";
+}
 
 /// The vsock port the guest connects to on the host.
 pub const GUEST_CONNECT_PORT: u32 = 1024;
@@ -75,6 +118,9 @@ wire_enum! {
         Error = 4,
         /// Guest → host: a log line from the function (UTF-8), not tied to an answer.
         Log = 5,
+        /// Host → Linux guest, right before the `Invoke` with the same id: the invocation's
+        /// Lambda context, as [`pairs`] with the keys of [`context`].
+        Context = 6,
     }
 }
 
@@ -92,6 +138,11 @@ wire_enum! {
         OutOfMemory = 4,
         /// The frame was not understood (bad magic, kind or length).
         Protocol = 5,
+        /// The function failed the way a Lambda function does: the message is a Lambda error
+        /// object (JSON: `{"errorMessage", "errorType", ...}`), as its runtime posted it to the
+        /// Runtime API, or as the agent made it for a runtime that exited, timed out or failed
+        /// to initialise. The guest stays usable.
+        Function = 6,
     }
 }
 
@@ -103,6 +154,7 @@ impl ErrorCode {
             ErrorCode::EventTooLarge => "event_too_large",
             ErrorCode::OutOfMemory => "out_of_memory",
             ErrorCode::Protocol => "protocol_error",
+            ErrorCode::Function => "function_error",
         }
     }
 }
@@ -232,22 +284,24 @@ mod tests {
             Kind::Response,
             Kind::Error,
             Kind::Log,
+            Kind::Context,
         ] {
             assert_eq!(Kind::from_u8(kind as u8), Some(kind));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(6), None);
+        assert_eq!(Kind::from_u8(7), None);
         for code in [
             ErrorCode::Handler,
             ErrorCode::Panic,
             ErrorCode::EventTooLarge,
             ErrorCode::OutOfMemory,
             ErrorCode::Protocol,
+            ErrorCode::Function,
         ] {
             assert_eq!(ErrorCode::from_u16(code as u16), Some(code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(6), None);
+        assert_eq!(ErrorCode::from_u16(7), None);
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn function_failure(code: ErrorCode, message: &str) -> String {
         ErrorCode::Protocol => {
             format!("the guest reported a protocol error: {message}; its microVM was stopped")
         }
+        ErrorCode::Function => format!("the function failed: {message}"),
     }
 }
 

@@ -11,8 +11,8 @@
 //! (`/vsock/v.sock_1024` in the jail) to the worker's listener. The instance is ready when
 //! the guest's `Hello` names the function ([`ready`]).
 //!
-//! **Invoke.** `Invoke` with the event, then frames until the `Response` or `Error` with the
-//! same id, all within the function's timeout. A timeout, a crash, a protocol violation or a
+//! **Invoke.** (`Context` first for a Linux guest,) `Invoke` with the event, then frames until
+//! the `Response` or `Error` with the same id, all within the function's timeout. A timeout, a crash, a protocol violation or a
 //! panic marks the instance broken: the pool stops it instead of reusing it.
 //!
 //! **Stop.** [`jail`]: SIGTERM to the jailer's supervisor, SIGKILL after a grace period, and
@@ -37,6 +37,7 @@ pub use output::OutputLogs;
 pub use ready::is_pvm_host;
 
 use crate::channel::{Channel, ChannelError};
+use crate::context::InvocationContext;
 use crate::function::Function;
 use crate::sys;
 use crate::timing::StartTimings;
@@ -51,13 +52,14 @@ use std::time::{Duration, Instant};
 /// How many bytes of `Log` frames one invocation keeps.
 pub const MAX_LOG_BYTES: usize = 64 * 1024;
 
-/// The result of one invocation.
+/// What one invocation gave: the response or why there is none, and the guest's logs.
 #[derive(Debug)]
-pub struct Output {
-    pub body: Vec<u8>,
+pub struct Invoked {
+    pub result: Result<Vec<u8>, InvokeError>,
     /// `Log` frames received during the invocation (at most [`MAX_LOG_BYTES`]).
     pub logs: Vec<u8>,
     pub logs_dropped: u64,
+    /// `Invoke` sent → answer (or failure).
     pub handler: Duration,
 }
 
@@ -211,8 +213,10 @@ impl Instance {
         }
     }
 
-    /// Runs the handler on `event`.
-    pub fn invoke(&mut self, event: &[u8]) -> Result<Output, InvokeError> {
+    /// Runs the handler on `event`. A Linux guest first gets the invocation's Lambda context
+    /// (`Context`); a function image never does. The guest's `Log` frames are kept, whatever
+    /// the outcome.
+    pub fn invoke(&mut self, event: &[u8], ctx: &InvocationContext) -> Invoked {
         let started = Instant::now();
         let deadline = started + self.function.timeout;
         let id = self.next_invocation;
@@ -220,9 +224,13 @@ impl Instance {
         self.invocations += 1;
         let mut logs = Vec::new();
         let mut logs_dropped = 0u64;
-        let result = self
-            .channel
-            .send(Kind::Invoke, id, event, deadline)
+        let context =
+            (self.function.kind == FunctionKind::Linux).then(|| ctx.payload(self.function.timeout));
+        let result = context
+            .map_or(Ok(()), |c| {
+                self.channel.send(Kind::Context, id, &c, deadline)
+            })
+            .and_then(|()| self.channel.send(Kind::Invoke, id, event, deadline))
             .and_then(|()| loop {
                 let f = self.channel.read_frame(deadline)?;
                 match (f.header.kind, f.header.id == id) {
@@ -247,22 +255,27 @@ impl Instance {
             });
         let handler = started.elapsed();
         self.last_used = Instant::now();
-        match result {
-            Ok(Ok(body)) => Ok(Output {
-                body,
-                logs,
-                logs_dropped,
-                handler,
-            }),
+        let result = match result {
+            Ok(Ok(body)) => Ok(body),
             Ok(Err((code, message))) => {
-                // The guest's own verdict. A handler error leaves the VM usable; a panic, an
-                // allocation failure or a protocol problem does not.
-                if code != ErrorCode::Handler && code != ErrorCode::EventTooLarge {
+                // The guest's own verdict. A handler error (or a Lambda function's error)
+                // leaves the VM usable; a panic, an allocation failure or a protocol problem
+                // does not.
+                if !matches!(
+                    code,
+                    ErrorCode::Handler | ErrorCode::EventTooLarge | ErrorCode::Function
+                ) {
                     self.broken = Some(format!("{}: {message}", code.as_str()));
                 }
                 Err(InvokeError::Function { code, message })
             }
             Err(e) => Err(self.fail(e)),
+        };
+        Invoked {
+            result,
+            logs,
+            logs_dropped,
+            handler,
         }
     }
 

@@ -1,25 +1,26 @@
-//! `kiln serve`: HTTP/1.1 on a Unix socket, one thread per connection.
+//! `kiln serve`: HTTP/1.1 on a Unix socket and on a TCP address (loopback by default), one
+//! thread per connection, at most `max_connections` at once over both.
 //!
-//! | request | answer |
-//! | --- | --- |
-//! | `POST /functions/NAME/invocations` with the event as body | 200 with the function's response as body, `X-Kiln-Vm-Id`, `X-Kiln-Cold-Start`, `X-Kiln-Timings` |
-//! | `GET /functions` | 200, `{"functions": [{"name", "instances": [{"id", "uid", "vmm_pid", "state", ...}]}]}` |
-//!
-//! Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status (see
-//! docs/worker.md for the codes), decided in [`status`]; [`response`] writes the bytes.
+//! Two APIs on each: Kiln's own ([`kiln`]: `POST /functions/NAME/invocations`,
+//! `GET /functions`) and AWS Lambda's Invoke API ([`lambda`]: `POST
+//! /2015-03-31/functions/NAME/invocations`), chosen by the path. Kiln's errors get their
+//! status in [`status`], Lambda's in `lambda::errors`; [`response`] writes Kiln's answers.
 //! Requests are parsed by the project's HTTP/1.1 layer, shared with the VMM's API
 //! (`kiln_http::parse_request`: httparse, `Content-Length` bodies only, at most 32
 //! headers in 8 KiB); keep-alive and `Expect: 100-continue` are honoured.
 
+mod kiln;
+pub mod lambda;
 mod response;
 mod status;
 
 pub use response::error_response;
 
-use crate::pool::{Invocation, PoolError, Pools};
-use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
-use response::{json_response, method_not_allowed, response};
+use crate::pool::Pools;
+use kiln_http::{parse_request, HttpError, Parsed, Request, CONTINUE};
+use lambda::LambdaApi;
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,9 +28,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Largest request body: the protocol's largest payload (a function's own limit is checked
-/// after routing).
+/// Largest request body: the protocol's largest payload, Lambda's 6 MB (a function's own
+/// limit is checked after routing).
 pub const MAX_BODY: usize = kiln_protocol::DEFAULT_MAX_PAYLOAD as usize;
+/// How long the body of a refused oversized request is read (and dropped) before the
+/// connection closes, so that a client that sends the whole body first reads the answer.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -47,12 +51,18 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (--listen): {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How the server treats its clients.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub socket: PathBuf,
+    /// Over both listeners.
     pub max_connections: usize,
     /// A request must be complete within this time of its first byte.
     pub request_timeout: Duration,
@@ -80,42 +90,115 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     })
 }
 
-/// Serves until `stop` is set (and something connects to wake the accept loop).
-pub fn serve(listener: UnixListener, cfg: ServerConfig, pools: Arc<Pools>, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let Ok(mut stream) = conn else { continue };
-        if active.load(Ordering::Acquire) >= cfg.max_connections {
-            let _ = stream.write_all(&error_response(
-                503,
-                "too_many_connections",
-                &format!(
-                    "the worker serves at most {} connections at once",
-                    cfg.max_connections
-                ),
-                None,
-                true,
-            ));
-            continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (pools, cfg, active2) = (pools.clone(), cfg.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("kiln-conn".into())
-            .spawn(move || {
-                connection(stream, &cfg, &pools);
-                active2.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
-        }
+/// Listens on `addr` (TCP).
+pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).map_err(|source| ServerError::BindTcp { addr, source })
+}
+
+/// What every connection shares.
+struct Shared {
+    cfg: ServerConfig,
+    pools: Arc<Pools>,
+    lambda: Arc<LambdaApi>,
+    active: AtomicUsize,
+}
+
+/// A connection's stream: a Unix or a TCP socket.
+trait Conn: Read + Write + Send + 'static {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Conn for UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
     }
 }
 
-fn connection(mut stream: UnixStream, cfg: &ServerConfig, pools: &Pools) {
+impl Conn for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+}
+
+/// Serves both listeners until `stop` is set (and something connects to the Unix socket
+/// to wake its accept loop; the TCP loop is woken here).
+pub fn serve(
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    cfg: ServerConfig,
+    pools: Arc<Pools>,
+    lambda: Arc<LambdaApi>,
+    stop: Arc<AtomicBool>,
+) {
+    let shared = Arc::new(Shared {
+        cfg,
+        pools,
+        lambda,
+        active: AtomicUsize::new(0),
+    });
+    let tcp_loop = tcp.and_then(|listener| {
+        let addr = listener.local_addr().ok()?;
+        let (shared, stop) = (shared.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("kiln-tcp".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if let Ok(stream) = conn {
+                        let _ = stream.set_nodelay(true);
+                        accept(stream, &shared);
+                    }
+                }
+            })
+            .ok()?;
+        Some((addr, handle))
+    });
+    for conn in unix.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        if let Ok(stream) = conn {
+            accept(stream, &shared);
+        }
+    }
+    if let Some((addr, handle)) = tcp_loop {
+        // Wake the TCP accept loop, which then sees `stop`.
+        let _ = TcpStream::connect(addr);
+        let _ = handle.join();
+    }
+    shared.lambda.stop();
+}
+
+/// Starts a connection's thread, or refuses it when `max_connections` are open.
+fn accept<S: Conn>(mut stream: S, shared: &Arc<Shared>) {
+    let max = shared.cfg.max_connections;
+    if shared.active.load(Ordering::Acquire) >= max {
+        let _ = stream.write_all(&error_response(
+            503,
+            "too_many_connections",
+            &format!("the worker serves at most {max} connections at once"),
+            None,
+            true,
+        ));
+        return;
+    }
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kiln-conn".into())
+        .spawn(move || {
+            connection(stream, &s);
+            s.active.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn connection<S: Conn>(mut stream: S, shared: &Shared) {
+    let cfg = &shared.cfg;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut first_byte: Option<Instant> = None;
@@ -126,8 +209,8 @@ fn connection(mut stream: UnixStream, cfg: &ServerConfig, pools: &Pools) {
                 buf.drain(..consumed.min(buf.len()));
                 first_byte = (!buf.is_empty()).then(Instant::now);
                 sent_continue = false;
-                let keep = request.keep_alive && !pools.is_shutting_down();
-                let answer = route(&request, pools, !keep);
+                let keep = request.keep_alive && !shared.pools.is_shutting_down();
+                let answer = route(&request, shared, !keep);
                 if stream.write_all(&answer).is_err() || !keep {
                     return;
                 }
@@ -142,7 +225,16 @@ fn connection(mut stream: UnixStream, cfg: &ServerConfig, pools: &Pools) {
                 }
             }
             Err(e) => {
-                let _ = stream.write_all(&http_error(&e));
+                let lambda_413 = matches!(&e, HttpError::PayloadTooLarge { path, .. } if LambdaApi::serves(path));
+                let answer = if lambda_413 {
+                    shared.lambda.too_large(true)
+                } else {
+                    http_error(&e)
+                };
+                let _ = stream.write_all(&answer);
+                if let HttpError::PayloadTooLarge { len, .. } = e {
+                    drain_body(&mut stream, &buf, len);
+                }
                 return;
             }
         }
@@ -188,9 +280,37 @@ fn connection(mut stream: UnixStream, cfg: &ServerConfig, pools: &Pools) {
     }
 }
 
+/// Reads and drops what is left of a refused body of `len` bytes (some of it already in
+/// `buf`, after the headers) for at most [`DRAIN_TIME`], or until the client stops sending
+/// for a second: closing a socket with unread data resets the connection, and the client
+/// would never read the answer.
+fn drain_body<S: Conn>(stream: &mut S, buf: &[u8], len: usize) {
+    let head = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let mut left = len.saturating_sub(buf.len() - head);
+    let until = Instant::now() + DRAIN_TIME;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while left > 0 && Instant::now() < until {
+        if stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .is_err()
+        {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn http_error(e: &HttpError) -> Vec<u8> {
     let message = match e {
-        HttpError::PayloadTooLarge { len, limit } => format!(
+        HttpError::PayloadTooLarge { len, limit, .. } => format!(
             "request body of {len} bytes is larger than the worker's limit of {limit} bytes"
         ),
         other => other.to_string(),
@@ -199,88 +319,13 @@ fn http_error(e: &HttpError) -> Vec<u8> {
     error_response(status, code, &message, None, true)
 }
 
-/// Routes one request; returns the bytes of the answer.
-fn route(req: &Request, pools: &Pools, close: bool) -> Vec<u8> {
-    let segments: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
-    match segments.as_slice() {
-        ["functions"] => match req.method {
-            Method::Get => json_response(200, &list(pools), close),
-            _ => method_not_allowed("GET", &req.path, close),
-        },
-        ["functions", name, "invocations"] => match &req.method {
-            Method::Other(m) if m == "POST" => {
-                let event = req.body.as_deref().unwrap_or_default();
-                match pools.invoke(name, event) {
-                    Ok(inv) => success(&inv, close),
-                    Err(e) => {
-                        eprintln!("kiln: {name}: {} ({})", e, e.code());
-                        pool_error(&e, close)
-                    }
-                }
-            }
-            _ => method_not_allowed("POST", &req.path, close),
-        },
-        _ => error_response(
-            404,
-            "not_found",
-            &format!(
-                "no such path {:?}: use POST /functions/NAME/invocations or GET /functions",
-                req.path
-            ),
-            None,
-            close,
-        ),
+/// Routes one request to Lambda's API or Kiln's; returns the bytes of the answer.
+fn route(req: &Request, shared: &Shared, close: bool) -> Vec<u8> {
+    if LambdaApi::serves(&req.path) {
+        shared.lambda.route(req, &shared.pools, close)
+    } else {
+        kiln::route(req, &shared.pools, shared.lambda.identity(), close)
     }
-}
-
-fn list(pools: &Pools) -> serde_json::Value {
-    let mut instances: std::collections::HashMap<String, serde_json::Value> = pools
-        .list()
-        .into_iter()
-        .map(|(name, infos)| (name, serde_json::to_value(infos).unwrap_or_default()))
-        .collect();
-    let names = pools.registry().names().unwrap_or_default();
-    let mut functions: Vec<serde_json::Value> = names
-        .iter()
-        .map(|n| {
-            serde_json::json!({
-                "name": n,
-                "instances": instances.remove(n).unwrap_or_else(|| serde_json::json!([])),
-            })
-        })
-        .collect();
-    // Pools of functions whose directory has gone meanwhile.
-    for (n, i) in instances {
-        functions.push(serde_json::json!({ "name": n, "instances": i }));
-    }
-    serde_json::json!({ "functions": functions })
-}
-
-fn success(inv: &Invocation, close: bool) -> Vec<u8> {
-    if !inv.output.logs.is_empty() {
-        eprintln!(
-            "kiln: [{}] {}",
-            inv.vm_id,
-            String::from_utf8_lossy(&inv.output.logs).trim_end()
-        );
-    }
-    let headers = [
-        ("X-Kiln-Vm-Id", inv.vm_id.clone()),
-        ("X-Kiln-Cold-Start", inv.cold.to_string()),
-        ("X-Kiln-Timings", inv.timings.header()),
-    ];
-    response(
-        200,
-        &headers,
-        "application/octet-stream",
-        &inv.output.body,
-        close,
-    )
-}
-
-fn pool_error(e: &PoolError, close: bool) -> Vec<u8> {
-    let (status, code) = status::of_pool_error(e);
-    error_response(status, code, &e.to_string(), e.vm_id(), close)
 }
 
 #[cfg(test)]

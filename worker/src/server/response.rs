@@ -1,6 +1,6 @@
-//! The bytes of the server's answers: status line, `Server`, `Content-Type`,
-//! `Content-Length`, extra headers, `Connection: close` when the connection ends, and the
-//! JSON error body `{"error": {"code", "message", "vm_id"}}`.
+//! The bytes of the server's answers (through `kiln_http::encode_response`: status line,
+//! `Server`, extra headers, `Connection: close` when the connection ends, `Content-Type`,
+//! `Content-Length`), and Kiln's JSON error body `{"error": {"code", "message", "vm_id"}}`.
 
 /// `405` with `Allow`, for a path that only accepts `allow`.
 pub fn method_not_allowed(allow: &str, path: &str, close: bool) -> Vec<u8> {
@@ -49,7 +49,8 @@ pub fn json_response(status: u16, v: &serde_json::Value, close: bool) -> Vec<u8>
     )
 }
 
-/// A whole answer: `status`, `headers`, and `body` of type `content_type`.
+/// A whole answer: `status`, `headers`, and `body` of type `content_type` (encoded by the
+/// project's HTTP layer, `kiln_http::encode_response`).
 pub fn response(
     status: u16,
     headers: &[(&str, String)],
@@ -57,41 +58,8 @@ pub fn response(
     body: &[u8],
     close: bool,
 ) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nServer: Kiln\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    kiln_http::encode_response(status, &headers, Some((content_type, body)), close)
 }
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ mod tests {
             function: "f".into(),
             vm_id: "f-1-1".into(),
             source,
+            logs: Vec::new(),
         }
     }
 
@@ -193,6 +194,7 @@ mod tests {
             (guest(ErrorCode::Panic), 502, "panic"),
             (guest(ErrorCode::OutOfMemory), 502, "out_of_memory"),
             (guest(ErrorCode::Protocol), 502, "protocol_error"),
+            (guest(ErrorCode::Function), 502, "function_error"),
             (guest(ErrorCode::EventTooLarge), 413, "event_too_large"),
             (invoke(InvokeError::VmExited("x".into())), 502, "vm_exited"),
             (
@@ -236,7 +238,11 @@ mod tests {
         let e = HttpError::Timeout(30_000);
         assert_eq!(of_http_error(&e), (e.status(), "request_timeout"));
         assert_eq!(e.status(), 408);
-        let e = HttpError::PayloadTooLarge { len: 2, limit: 1 };
+        let e = HttpError::PayloadTooLarge {
+            len: 2,
+            limit: 1,
+            path: "/functions/f/invocations".into(),
+        };
         assert_eq!(of_http_error(&e), (413, "event_too_large"));
     }
 }

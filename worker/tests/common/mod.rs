@@ -292,17 +292,24 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> Reply {
 pub struct Server {
     pub socket: PathBuf,
     child: Option<std::process::Child>,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<()>>,
+    /// What it printed on stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
+    /// `kiln serve` on a socket in `env`, and on an ephemeral loopback TCP port unless
+    /// `extra` says `--listen`.
     pub fn start(env: &Env, extra: &[&str]) -> Server {
         Self::start_with(env, env.kiln("serve"), extra)
     }
 
     pub fn start_with(env: &Env, mut cmd: Command, extra: &[&str]) -> Server {
-        use std::io::Read;
+        use std::io::BufRead;
         let socket = env.root.join("kiln.sock");
+        if !extra.iter().any(|a| a.starts_with("--listen")) {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
             .arg("--socket")
             .arg(&socket)
@@ -312,18 +319,24 @@ impl Server {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn kiln serve");
-        let mut err = child.stderr.take().expect("stderr");
+        let err = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
         let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
         });
         let t = std::time::Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
+                let _ = stderr.join();
                 panic!(
                     "kiln serve exited ({status}): {}",
-                    stderr.join().unwrap_or_default()
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
                 );
             }
             assert!(
@@ -336,7 +349,37 @@ impl Server {
             socket,
             child: Some(child),
             stderr: Some(stderr),
+            log,
         }
+    }
+
+    /// What the server printed on stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Its TCP address (from its `listening on http://ADDR` line).
+    pub fn tcp_addr(&self) -> std::net::SocketAddr {
+        let mut found = None;
+        wait_until(
+            "kiln serve's TCP address",
+            std::time::Duration::from_secs(10),
+            || {
+                found = self.log().lines().find_map(|l| {
+                    l.split("listening on http://")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|a| a.parse().ok())
+                });
+                found.is_some()
+            },
+        );
+        found.expect("address")
+    }
+
+    /// `http://ADDR` of its TCP listener.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.tcp_addr())
     }
 
     pub fn invoke(&self, function: &str, event: &[u8]) -> Reply {
@@ -393,11 +436,10 @@ impl Server {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        let stderr = self.log();
         assert!(status.success(), "kiln serve: {status}\n{stderr}");
         assert!(!self.socket.exists(), "the socket is removed at exit");
         stderr

@@ -4,6 +4,8 @@ fn req(method: Method, path: &str, body: Option<&str>) -> Request {
     Request {
         method,
         path: path.to_string(),
+        query: String::new(),
+        headers: Vec::new(),
         body: body.map(|b| b.as_bytes().to_vec()),
         keep_alive: true,
     }
@@ -337,6 +339,8 @@ fn table_of_refused_requests() {
     let bad_utf8 = Request {
         method: Put,
         path: "/vm".into(),
+        query: String::new(),
+        headers: Vec::new(),
         body: Some(vec![0xff]),
         keep_alive: true,
     };
@@ -346,6 +350,8 @@ fn table_of_refused_requests() {
     let bad_utf8 = Request {
         method: Patch,
         path: "/vm".into(),
+        query: String::new(),
+        headers: Vec::new(),
         body: Some(vec![0xff]),
         keep_alive: true,
     };
