@@ -156,12 +156,15 @@ fn runtime_only_requests_are_refused_before_instance_start() {
             update: DriveUpdate {
                 drive_id: "d".into(),
                 path_on_host: None,
+                rate_limiter: None,
             },
         },
         ApiRequest::PatchNetworkInterface {
             path_id: "n".into(),
             update: NetworkInterfaceUpdate {
                 iface_id: "n".into(),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
             },
         },
     ];
@@ -200,6 +203,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         partuuid: None,
         cache_type: Default::default(),
         io_engine: Default::default(),
+        rate_limiter: None,
     };
     c.handle(ApiRequest::PutDrive {
         path_id: "rootfs".into(),
@@ -231,6 +235,9 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
                 iface_id: "n".into(),
                 host_dev_name: "tap0".into(),
                 guest_mac: None,
+                mtu: None,
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
             },
         },
         ApiRequest::PutVsock(VsockConfig {
@@ -273,6 +280,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         update: DriveUpdate {
             drive_id: "rootfs".into(),
             path_on_host: Some(other.clone()),
+            rate_limiter: None,
         },
     })
     .unwrap();
@@ -285,6 +293,7 @@ fn pre_boot_only_requests_are_refused_after_instance_start() {
         update: DriveUpdate {
             drive_id: "nope".into(),
             path_on_host: None,
+            rate_limiter: None,
         },
     }));
     assert!(msg.contains("no drive with drive_id \"nope\""), "{msg}");
@@ -316,6 +325,7 @@ fn setters_refuse_what_the_config_file_refuses_with_the_same_message() {
             partuuid: None,
             cache_type: Default::default(),
             io_engine: Default::default(),
+            rate_limiter: None,
         },
     }));
     assert!(

@@ -70,6 +70,7 @@ fn table_of_routed_requests() {
                 update: DriveUpdate {
                     drive_id: "rootfs".into(),
                     path_on_host: Some("/x".into()),
+                    rate_limiter: None,
                 },
             },
         ),
@@ -81,6 +82,8 @@ fn table_of_routed_requests() {
                 path_id: "eth0".into(),
                 update: NetworkInterfaceUpdate {
                     iface_id: "eth0".into(),
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
                 },
             },
         ),

@@ -199,6 +199,7 @@ mod tests {
             partuuid: partuuid.map(str::to_string),
             cache_type: Default::default(),
             io_engine: Default::default(),
+            rate_limiter: None,
         }
     }
 

@@ -29,6 +29,7 @@ fn block(img: &TempImage, read_only: bool, cache: CacheType) -> Block {
         partuuid: None,
         cache_type: cache,
         io_engine: Default::default(),
+        rate_limiter: None,
     })
     .unwrap()
 }
