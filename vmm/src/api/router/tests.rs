@@ -130,6 +130,30 @@ fn table_of_routed_requests() {
             ApiRequest::PatchVm(VmStateChange::Paused),
         ),
         (
+            Put,
+            "/entropy",
+            Some("{}"),
+            ApiRequest::PutEntropy(EntropyConfig::default()),
+        ),
+        (
+            Put,
+            "/serial",
+            Some(r#"{"serial_out_path": "/s"}"#),
+            ApiRequest::PutSerial(SerialConfig {
+                serial_out_path: Some("/s".into()),
+                rate_limiter: None,
+            }),
+        ),
+        (
+            Put,
+            "/cpu-config",
+            Some(r#"{"cpuid_modifiers": []}"#),
+            ApiRequest::PutCpuConfig(CpuConfig {
+                cpuid_modifiers: Some(Vec::new()),
+                ..Default::default()
+            }),
+        ),
+        (
             Patch,
             "/vm",
             Some(r#"{"state": "Resumed"}"#),
@@ -180,6 +204,23 @@ fn table_of_refused_requests() {
         (delete(), "/drives/x", None, 405, "PUT, PATCH"),
         (Get, "/boot-source", None, 405, "PUT"),
         (Get, "/vm", None, 405, "PATCH"),
+        (Get, "/entropy", None, 405, "PUT"),
+        (Patch, "/serial", Some("{}"), 405, "PUT"),
+        (Get, "/cpu-config", None, 405, "PUT"),
+        (
+            Put,
+            "/entropy",
+            Some(r#"{"rate_limiter": {"bytes": 1}}"#),
+            400,
+            "unknown field `bytes`",
+        ),
+        (
+            Put,
+            "/cpu-config",
+            Some(r#"{"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}"#),
+            400,
+            "has '2'",
+        ),
         (Put, "/vm", Some("{}"), 405, "PATCH"),
         (Get, "/", Some("{}"), 400, "cannot have a body"),
         (Put, "/actions", None, 400, "Content-Length"),
