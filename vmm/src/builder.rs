@@ -7,6 +7,7 @@
 //! while this one loads the kernel. `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::TokenBucket;
@@ -43,6 +44,8 @@ pub enum BuildError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    CpuTemplate(#[from] CustomTemplateError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
     #[error(transparent)]
@@ -164,19 +167,32 @@ pub fn build_microvm(
             })
         }),
     )?;
+    let base_cpuid = match &res.cpu_config {
+        Some(t) => {
+            custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
+            custom_template::templated_cpuid(vm.supported_cpuid(), t)?
+        }
+        None => vm.supported_cpuid().clone(),
+    };
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
             smt: mc.smt,
         },
+        cpuid: &base_cpuid,
         template: mc.cpu_template,
+        msr_modifiers: res
+            .cpu_config
+            .as_ref()
+            .map(|t| t.msr_modifiers())
+            .unwrap_or_default(),
         entry: kernel.entry,
         tables: &tables,
     };
     let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
     for index in 0..mc.vcpu_count {
         let v = Vcpu::new(&vm, index)?;
-        v.configure(&vm, &cfg)?;
+        v.configure(&cfg)?;
         vcpus.push(v);
     }
     mark("devices and vCPUs created and configured");
