@@ -14,7 +14,7 @@
 //! event loop, and calls [`RateLimiter::on_timer`] and goes on when it fires. Firecracker
 //! re-checks after a fixed 100 ms; waiting exactly the refill time keeps the configured rate
 //! for small buckets too. `PATCH` replaces buckets of a running limiter
-//! ([`RateLimiter::update`]).
+//! ([`RateLimiter::update`]) and takes effect at once, for a request already waiting too.
 //!
 //! Time comes in as an argument (`*_at(now)`) so that the arithmetic is tested without
 //! sleeping; the devices pass `Instant::now()`.
@@ -286,7 +286,9 @@ impl RateLimiter {
     }
 
     /// `PATCH`: replaces the buckets `update` gives (a disabled one removes the bucket);
-    /// the others stay as they are, with their tokens.
+    /// the others stay as they are, with their tokens. A blocked limiter's timer is re-armed
+    /// to fire at once, so that the waiting request is judged by the new buckets now rather
+    /// than when the old ones would have refilled (Firecracker waits for the old timer).
     pub fn update(&mut self, update: &RateLimiterConfig) {
         let now = Instant::now();
         for (slot, new) in [
@@ -296,6 +298,9 @@ impl RateLimiter {
             if let Some(cfg) = new {
                 *slot = TokenBucket::new(&cfg, now);
             }
+        }
+        if self.blocked {
+            self.block(Duration::ZERO);
         }
     }
 
@@ -490,5 +495,27 @@ mod tests {
         });
         assert_eq!(l.config().bandwidth, Some(bucket(5, 7, 10)));
         assert_eq!(l.config().ops, None);
+    }
+
+    #[test]
+    fn an_update_wakes_a_blocked_limiter_at_once() {
+        let cfg = RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(bucket(1, 0, 3_600_000)),
+        };
+        let mut l = RateLimiter::new(Some(&cfg)).unwrap();
+        assert!(l.consume(0));
+        assert!(!l.consume(0));
+        l.update(&RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(bucket(0, 0, 0)),
+        });
+        std::thread::sleep(ms(20));
+        assert!(
+            l.timer.consume(),
+            "re-armed to fire at once, not in an hour"
+        );
+        assert!(l.on_timer() || !l.is_blocked());
+        assert!(l.consume(0));
     }
 }
