@@ -152,6 +152,7 @@ fuzz_target!(|data: &[u8]| {
                 partuuid: (options & 2 != 0).then(|| "0eaa91a0-01".to_string()),
                 cache_type: CacheType::Unsafe,
                 io_engine: Default::default(),
+                rate_limiter: None,
             }]
         } else {
             Vec::new()

@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
             partuuid: None,
             cache_type,
             io_engine: Default::default(),
+            rate_limiter: None,
         };
         let mut dev = Block::new(&cfg).expect("the in-memory disk opens");
         assert_eq!(dev.capacity(), sectors as u64);
