@@ -101,7 +101,7 @@ fn put_serial_through_the_api() {
     require_kvm();
     let dir = ScratchDir::short("kiln-serial-api");
     let sock = dir.join("api.sock");
-    let mut vm = Followed::spawn(
+    let vm = Followed::spawn(
         Command::new(require_bin("vmm"))
             .arg("--api-sock")
             .arg(&sock),

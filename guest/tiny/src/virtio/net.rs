@@ -6,7 +6,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use super::ring::{ring, Ring, RingExt, DESC_F_WRITE, QUEUE_SIZE};
-use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
+use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, STATUS_NEEDS_RESET};
 use core::ptr::{addr_of, addr_of_mut};
 use kiln_guest_virtio::{DeviceShared, UsedElem};
 
@@ -75,13 +75,8 @@ impl Net {
             .then(|| u16::from_le_bytes([self.mmio.config_u8(10), self.mmio.config_u8(11)]))
     }
 
-    /// Sends `frame` (without header; at most TX_BUF_LEN - HDR bytes) and waits until the
-    /// device has taken it.
-    pub fn send(&mut self, frame: &[u8]) -> Option<UsedElem> {
-        self.send_wait(frame, WAIT_CYCLES)
-    }
-
-    /// [`Net::send`], waiting at most `cycles` TSC cycles.
+    /// Sends `frame` (without header; at most TX_BUF_LEN - HDR bytes) and waits (at most
+    /// `cycles` TSC cycles) until the device has taken it.
     pub fn send_wait(&mut self, frame: &[u8], cycles: u64) -> Option<UsedElem> {
         // SAFETY: the transmit buffer is not in use by the device (one frame at a time).
         let buf = unsafe { &mut *addr_of_mut!((*BUFFERS.ptr()).tx) };

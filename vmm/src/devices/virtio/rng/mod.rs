@@ -269,4 +269,5 @@ impl VirtioDevice for Entropy {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests;
