@@ -233,15 +233,46 @@ fn put_cpu_config_through_the_api() {
         cfg["cpu-config"]["msr_modifiers"][0]["addr"], "0x277",
         "{cfg}"
     );
+    // (That it is refused after InstanceStart is the controller's unit test: this guest
+    // ends the VM as soon as it has read the MSR.)
     assert_eq!(api::request(&sock, "PUT", "/actions", start).0, 204);
-    let late = api::request(&sock, "PUT", "/cpu-config", "{}");
-    assert_eq!(late.0, 400);
-    assert!(
-        late.1.contains("only possible before InstanceStart"),
-        "{late:?}"
-    );
     let f = vm.finish(TIMEOUT);
     let out = TinyOutput::parse(&f.stdout);
     assert!(out.done && out.errors().is_empty(), "{f}");
     assert_eq!(pat(&out) >> 56, 1, "{f}");
+}
+
+#[test]
+fn the_new_pre_boot_requests_are_refused_once_started() {
+    let dir = ScratchDir::short("kiln-cpu-late");
+    let (mut vm, sock) = api_vmm(&dir);
+    let boot_source = format!(
+        "{{\"kernel_image_path\": {:?}, \"boot_args\": \"kiln.test=halt\"}}",
+        tiny::tiny_guest().to_str().unwrap()
+    );
+    assert_eq!(
+        api::request(&sock, "PUT", "/boot-source", &boot_source).0,
+        204
+    );
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(api::request(&sock, "PUT", "/actions", start).0, 204);
+    assert!(vm.wait_line("halt", TIMEOUT), "{}", vm.seen());
+    for (path, body) in [
+        ("/cpu-config", "{}"),
+        ("/entropy", "{}"),
+        ("/serial", r#"{"rate_limiter": null}"#),
+    ] {
+        let (code, answer) = api::request(&sock, "PUT", path, body);
+        assert_eq!(code, 400, "{path}: {answer}");
+        assert!(
+            answer.contains(&format!("PUT {path} is only possible before InstanceStart")),
+            "{path}: {answer}"
+        );
+    }
+    // SIGTERM ends the halted microVM (exit code 0).
+    let pid = i32::try_from(vm.child().id()).expect("pid");
+    // SAFETY: kill(2) of the VMM this test spawned, with a valid signal number.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let f = vm.finish(TIMEOUT);
+    assert_eq!(f.code(), 0, "{f}");
 }

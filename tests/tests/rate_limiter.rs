@@ -181,6 +181,23 @@ fn patch_lifts_a_drive_limit_for_the_request_already_waiting() {
     );
     assert_eq!(bad.0, 400, "{bad:?}");
     assert!(bad.1.contains("missing field `refill_time`"), "{bad:?}");
+    // A bucket left out stays: adding a bandwidth bucket keeps the read waiting for its op.
+    let add = r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}"#;
+    assert_eq!(api::request(&sock, "PATCH", "/drives/data", add).0, 204);
+    assert!(
+        vm.next_line(Duration::from_millis(500)).is_none(),
+        "the read went on though its ops bucket was kept\n{}",
+        vm.seen()
+    );
+    let (code, cfg) = api::request(&sock, "GET", "/vm/config", "");
+    assert_eq!(code, 200);
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        cfg["drives"][0]["rate_limiter"],
+        serde_json::json!({"bandwidth": {"size": 1048576, "refill_time": 1000},
+                           "ops": {"size": 1, "refill_time": 60000}})
+    );
+    // Lifting the ops limit lets the waiting read through at once.
     let patched = Instant::now();
     let lift = r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#;
     let answer = api::request(&sock, "PATCH", "/drives/data", lift);
@@ -195,14 +212,11 @@ fn patch_lifts_a_drive_limit_for_the_request_already_waiting() {
         took < Duration::from_secs(10),
         "the waiting read went on {took:?} after the PATCH (its old refill was 60 s)"
     );
-    let (code, cfg) = api::request(&sock, "GET", "/vm/config", "");
-    assert_eq!(code, 200);
-    assert!(!cfg.contains("rate_limiter"), "the limit is gone: {cfg}");
     let f = vm.finish(TIMEOUT);
     tiny::assert_clean_run(&f);
     let m = Metrics::read(&metrics);
-    assert_eq!(m.get("block.update_count"), 1, "{f}");
-    assert_eq!(m.get("patch_api_requests.drive_count"), 2);
+    assert_eq!(m.get("block.update_count"), 2, "{f}");
+    assert_eq!(m.get("patch_api_requests.drive_count"), 3);
     assert_eq!(m.get("patch_api_requests.drive_fails"), 1);
 }
 
@@ -340,18 +354,35 @@ fn patch_changes_a_running_interfaces_limiters() {
         unknown.1.contains("no interface with iface_id"),
         "{unknown:?}"
     );
-    let body = r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 10}},
-                   "rx_rate_limiter": {"bandwidth": {"size": 100000, "refill_time": 100}}}"#;
-    let answer = api::request(&sock, "PATCH", "/network-interfaces/eth0", body);
-    assert_eq!(answer.0, 204, "{answer:?}");
+    // The receive side only: the transmit limit stays, and so does the waiting frame.
+    let rx = r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 100000, "refill_time": 100}}}"#;
+    assert_eq!(
+        api::request(&sock, "PATCH", "/network-interfaces/eth0", rx).0,
+        204
+    );
+    assert!(
+        vm.next_line(Duration::from_millis(500)).is_none(),
+        "the frame went out though the transmit limit was kept\n{}",
+        vm.seen()
+    );
     let (code, cfg) = api::request(&sock, "GET", "/vm/config", "");
     assert_eq!(code, 200);
     let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     let iface = &cfg["network-interfaces"][0];
-    assert_eq!(iface["tx_rate_limiter"]["ops"]["size"], 100, "{iface}");
+    assert_eq!(
+        iface["tx_rate_limiter"]["ops"]["refill_time"], 60000,
+        "{iface}"
+    );
     assert_eq!(
         iface["rx_rate_limiter"]["bandwidth"]["size"], 100000,
         "{iface}"
+    );
+    // A bigger transmit bucket: the waiting frame and the last one go at once.
+    let tx =
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 100, "refill_time": 10}}}"#;
+    assert_eq!(
+        api::request(&sock, "PATCH", "/network-interfaces/eth0", tx).0,
+        204
     );
     let (seen, _, all) = times_of(vm, "net tx len=", "KILN-TINY: done");
     assert_eq!(seen.len(), 2, "the two held-back frames went out\n{all}");
