@@ -50,6 +50,21 @@ impl Microvm for StandIn {
     fn update_drive(&mut self, _drive_id: &str, _path_on_host: &str) -> Result<(), String> {
         self.op()
     }
+    fn update_drive_rate_limiter(
+        &mut self,
+        _drive_id: &str,
+        _update: &vmm::resources::RateLimiterConfig,
+    ) -> Result<(), String> {
+        self.op()
+    }
+    fn update_net_rate_limiters(
+        &mut self,
+        _iface_id: &str,
+        _rx: Option<&vmm::resources::RateLimiterConfig>,
+        _tx: Option<&vmm::resources::RateLimiterConfig>,
+    ) -> Result<(), String> {
+        self.op()
+    }
 }
 
 /// Applies a routed request as the VMM thread does (`VmmApi`), except that `PUT /logger`,
