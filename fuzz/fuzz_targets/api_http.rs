@@ -13,10 +13,10 @@
 #![no_main]
 
 use kiln_fuzz::Input;
+use kiln_http::{self as http, Response};
 use libfuzzer_sys::fuzz_target;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use kiln_http::{self as http, Response};
 use vmm::api::server::ManualConn;
 use vmm::api::{router, Action, ApiRequest, Limits, VmmData};
 use vmm::controller::{Controller, Microvm, Outcome};
