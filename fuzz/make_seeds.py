@@ -78,6 +78,27 @@ def virtio_seeds():
         write("virtio_blk", name, bytes([opts]) + q)
 
 
+def rng_seeds():
+    # virtio_rng: options byte (bit 0 rate limiter, bits 1-2 extra notifications) first.
+    # Two plain requests, one split over two writable buffers, one in region 1.
+    plain = queue(3, [(DATA, 64, F_WRITE, 0), (DATA + 0x100, 16, F_WRITE | F_NEXT, 2),
+                      (DATA + 0x200, 48, F_WRITE, 0), (REGION1, 4096, F_WRITE, 0)],
+                  [0, 1, 3])
+    # Hostile: a readable buffer, readable then writable, a loop, a buffer in the hole,
+    # an empty one, then a good one.
+    hostile = queue(3, [(DATA, 64, 0, 0), (DATA, 16, F_NEXT, 2), (DATA + 0x100, 16, F_WRITE, 0),
+                        (DATA, 16, F_WRITE | F_NEXT, 4), (DATA + 0x10, 16, F_WRITE | F_NEXT, 3),
+                        (0x18000, 64, F_WRITE, 0), (DATA, 0, F_WRITE, 0),
+                        (DATA + 0x200, 32, F_WRITE, 0)],
+                    [0, 1, 3, 5, 6, 7])
+    # More requests than the limiter's buckets allow, and a giant one (64 KiB answer).
+    many = queue(4, [(DATA + 0x40 * i, 0x40, F_WRITE, 0) for i in range(8)]
+                 + [(REGION1, 0x10000, F_WRITE, 0)], list(range(9)))
+    for name, opts, q in [("plain", 0, plain), ("hostile", 2, hostile), ("limited", 1 | 6, many),
+                          ("giant", 0, many)]:
+        write("virtio_rng", name, bytes([opts]) + q)
+
+
 def elf(paddr, memsz, entry, pvh=None):
     code = b"\xf4" * 16
     phnum = 2 if pvh is not None else 1
@@ -343,5 +364,6 @@ if __name__ == "__main__":
     profile_seeds()
     seccomp_seeds()
     virtio_seeds()
+    rng_seeds()
     loader_seeds()
     vsock_seeds()

@@ -13,10 +13,10 @@
 #![no_main]
 
 use kiln_fuzz::Input;
+use kiln_http::{self as http, Response};
 use libfuzzer_sys::fuzz_target;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use kiln_http::{self as http, Response};
 use vmm::api::server::ManualConn;
 use vmm::api::{router, Action, ApiRequest, Limits, VmmData};
 use vmm::controller::{Controller, Microvm, Outcome};
@@ -48,6 +48,21 @@ impl Microvm for StandIn {
         self.op()
     }
     fn update_drive(&mut self, _drive_id: &str, _path_on_host: &str) -> Result<(), String> {
+        self.op()
+    }
+    fn update_drive_rate_limiter(
+        &mut self,
+        _drive_id: &str,
+        _update: &vmm::resources::RateLimiterConfig,
+    ) -> Result<(), String> {
+        self.op()
+    }
+    fn update_net_rate_limiters(
+        &mut self,
+        _iface_id: &str,
+        _rx: Option<&vmm::resources::RateLimiterConfig>,
+        _tx: Option<&vmm::resources::RateLimiterConfig>,
+    ) -> Result<(), String> {
         self.op()
     }
 }

@@ -38,6 +38,7 @@ pub const SCENARIOS: &[&str] = &[
     "boot",
     "memmap",
     "cpuid",
+    "msr",
     "cpus",
     "reset",
     "triple",
@@ -52,6 +53,7 @@ pub const SCENARIOS: &[&str] = &[
     "blk-flush",
     "blk-id",
     "blk-swap",
+    "blk-burst",
     "net-tx",
     "net-rx",
     "virtio-loop",
@@ -69,6 +71,8 @@ pub const SCENARIOS: &[&str] = &[
     "bus-junk",
     "legacy-junk",
     "irq-storm",
+    "rng-read",
+    "rng-hostile",
 ];
 /// Physical (= virtual) load address of the image.
 pub const LOAD_ADDR: u64 = 0x10_0000;

@@ -215,7 +215,8 @@ fn the_default_api_socket_is_firecrackers() {
 }
 
 /// The shapes of Firecracker's sample config files (its tests/framework/vm_config*.json),
-/// written from its API spec: each boots, but the MMDS ones, refused naming MMDS.
+/// written from its API spec, and one with every small device of the spec: each boots, but
+/// the MMDS ones, refused naming MMDS.
 #[test]
 fn firecracker_sample_config_shapes_boot() {
     require_kvm();
@@ -232,6 +233,11 @@ fn firecracker_sample_config_shapes_boot() {
     );
     let short_drive = format!(
         r#"{{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "is_read_only": false}}"#
+    );
+    let limited_drive = format!(
+        r#"{{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true,
+            "rate_limiter": {{"bandwidth": {{"size": 10485760, "one_time_burst": 1048576, "refill_time": 1000}},
+                             "ops": {{"size": 1000, "refill_time": 1000}}}}}}"#
     );
     let net = r#"[{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:c0:a8:00:02",
                    "rx_rate_limiter": null, "tx_rate_limiter": null}]"#;
@@ -276,6 +282,21 @@ fn firecracker_sample_config_shapes_boot() {
                 "machine-config": {{"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
                                     "track_dirty_pages": false}},
                 "network-interfaces": {net}, {nulls}}}"#
+            ),
+            None,
+        ),
+        (
+            "rate limiters, MTU, entropy and a custom CPU template",
+            true,
+            format!(
+                r#"{{{boot}, "drives": [{limited_drive}],
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": null}},
+                "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500,
+                    "rx_rate_limiter": {{"bandwidth": {{"size": 1048576, "one_time_burst": null, "refill_time": 1000}}, "ops": null}},
+                    "tx_rate_limiter": {{"ops": {{"size": 1000, "refill_time": 1000}}}}}}],
+                "entropy": {{"rate_limiter": {{"bandwidth": {{"size": 4096, "refill_time": 100}}}}}},
+                "cpu-config": {{"kvm_capabilities": [], "cpuid_modifiers": [], "msr_modifiers": []}},
+                "balloon": null, "mmds-config": null, "pmem": [], "memory-hotplug": null}}"#
             ),
             None,
         ),
@@ -623,26 +644,49 @@ fn errors_have_firecrackers_statuses_and_name_what_is_wrong() {
             Some(format!(r#"{{"kernel_image_path": "{file}", "bogus": 1}}"#)),
             "unknown field `bogus`",
         ),
+        // The small devices: their values checked at the request, wrong verbs 400 too.
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some(format!(
+                r#"{{"drive_id": "rootfs", "path_on_host": "{file}", "is_root_device": true,
+                     "rate_limiter": {{"bandwidth": {{"size": 1000, "refill_time": 18446744073709551615}}}}}}"#
+            )),
+            "drives.rate_limiter.bandwidth: refill_time 18446744073709551615 ms is too long",
+        ),
+        (
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 20}"#.into()),
+            "network-interfaces: mtu 20 is out of range (68 to 65535)",
+        ),
+        ("PUT", "/entropy", Some(r#"{"rate_limiter": {"bytes": 1}}"#.into()), "unknown field `bytes`"),
+        (
+            "PUT",
+            "/serial",
+            Some(format!(r#"{{"serial_out_path": "{missing_dir}/serial.out"}}"#)),
+            "serial.serial_out_path: \"/nonexistent-kiln-dir/serial.out\" cannot be used: its directory does not exist",
+        ),
+        (
+            "PUT",
+            "/cpu-config",
+            Some(r#"{"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}"#.into()),
+            "has '2'",
+        ),
+        ("GET", "/entropy", None, "allowed: PUT"),
+        ("PATCH", "/serial", Some("{}".into()), "allowed: PUT"),
+        ("GET", "/cpu-config", None, "allowed: PUT"),
         // Spec fields and paths for features Kiln does not have yet.
         (
             "PUT",
             "/drives/rootfs",
             Some(format!(
                 r#"{{"drive_id": "rootfs", "path_on_host": "{file}", "is_root_device": true,
-                     "rate_limiter": {{"bandwidth": {{"size": 1000, "refill_time": 100}}}}}}"#
+                     "socket": "/run/vhost-user-blk.sock"}}"#
             )),
-            "rate limiting (rate_limiter) is not supported by Kiln yet",
-        ),
-        (
-            "PUT",
-            "/network-interfaces/eth0",
-            Some(r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}"#.into()),
-            "(mtu) is not supported by Kiln yet",
+            "a vhost-user block backend (socket) is not supported by Kiln yet",
         ),
         ("PUT", "/balloon", Some(r#"{"amount_mib": 0, "deflate_on_oom": false}"#.into()), "the balloon device is not supported by Kiln yet"),
-        ("PUT", "/entropy", Some("{}".into()), "is not supported by Kiln yet"),
-        ("PUT", "/serial", Some("{}".into()), "is not supported by Kiln yet"),
-        ("PUT", "/cpu-config", Some("{}".into()), "is not supported by Kiln yet"),
         ("PUT", "/mmds", Some("{}".into()), "MMDS"),
         ("PUT", "/mmds/config", Some(r#"{"network_interfaces": []}"#.into()), "MMDS"),
         ("PUT", "/pmem/p", Some("{}".into()), "virtio-pmem"),

@@ -9,8 +9,9 @@
 //! (`virtio-kicks`), junk register accesses (`virtio-mmio-junk`), configuration-space
 //! writes to every device (`virtio-config`), a hostile virtio-net driver (`net-hostile`),
 //! port I/O and MMIO outside any device and in the gaps (`bus-junk`), the legacy serial
-//! port and i8042 (`legacy-junk`), and a vCPU in an interrupt storm (`irq-storm`: the
-//! device's completion interrupts, then a self-IPI storm that never ends).
+//! port and i8042 (`legacy-junk`), a hostile virtio-rng driver (`rng-hostile`: readable,
+//! looping, outside and giant buffers, a broken ring), and a vCPU in an interrupt storm
+//! (`irq-storm`: the device's completion interrupts, then a self-IPI storm that never ends).
 //!
 //! After each: the backing files and the file beside them are byte for byte what they were
 //! (no hostile scenario may write them), the VMM is healthy (ran the guest to its end and
@@ -113,6 +114,8 @@ struct Scenario {
     net: bool,
     /// The guest sends a good frame at the end (checked on the tap, with no hostile one).
     frame: bool,
+    /// The VM has an entropy device (virtio-rng) too.
+    entropy: bool,
     /// Guest lines (a prefix) that must be printed, and a substring each must contain.
     lines: &'static [(&'static str, &'static str)],
     /// Counters that must have reached at least this much.
@@ -125,6 +128,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[("loop status=", "0xf"), ("blk read sector=0", "status=0")],
         counters: &[("virtio.invalid_chains", 2)],
     },
@@ -133,6 +137,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[("oob status=", "0xf"), ("blk read sector=0", "status=0")],
         counters: &[("virtio.invalid_chains", 3)],
     },
@@ -141,6 +146,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[
             ("qsize head=200", "status=0x4f"),
             ("blk read sector=0", "status=0"),
@@ -156,6 +162,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[
             ("wrap avail_idx=0xffff", "used_idx=0 status=0x4f"),
             (
@@ -175,6 +182,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[
             ("giant len=0xffffffff", "len=0 status=255"),
             ("giant in=24MiB", "status=1"),
@@ -198,6 +206,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "kiln.kicks=20000",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[("kicks n=", "20000"), ("blk read sector=0", "status=0")],
         counters: &[("block.read_count", 1)],
     },
@@ -206,6 +215,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[
             ("junk magic=", "0x74726976 version=2 status=0x0"),
             ("blk read sector=0", "status=0"),
@@ -220,6 +230,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: true,
         frame: true,
+        entropy: false,
         lines: &[
             ("config dev=blk index=0", "changed=0"),
             ("config dev=blk index=1", "changed=0"),
@@ -234,6 +245,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: true,
         frame: true,
+        entropy: false,
         lines: &[
             ("nethostile tx loop", "len=0"),
             ("nethostile tx oob", "len=0"),
@@ -258,6 +270,7 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: true,
         frame: false,
+        entropy: false,
         lines: &[("bus pio=", "mmio="), ("blk read sector=0", "status=0")],
         counters: &[
             ("vcpu.unhandled_io", 5_000),
@@ -270,11 +283,39 @@ const SCENARIOS: &[Scenario] = &[
         args: "",
         net: false,
         frame: false,
+        entropy: false,
         lines: &[
             ("legacy serial survived", ""),
             ("legacy i8042 survived", "reads=128"),
         ],
         counters: &[("uart.write_count", 100)],
+    },
+    Scenario {
+        name: "rng-hostile",
+        args: "",
+        net: false,
+        frame: false,
+        entropy: true,
+        lines: &[
+            ("rng hostile case=readable", "used=0"),
+            ("rng hostile case=mixed", "used=0"),
+            ("rng hostile case=outside", "used=0"),
+            ("rng hostile case=loop", "used=0"),
+            ("rng hostile case=empty", "used=0"),
+            (
+                "rng hostile case=giant checked",
+                "used=65536 beyond=0 changed_pages=16",
+            ),
+            ("rng hostile case=avail", "status=0x4f"),
+            ("rng after-reset", "used=64"),
+        ],
+        counters: &[
+            ("entropy.entropy_event_fails", 4),
+            ("virtio.invalid_chains", 2),
+            ("virtio.needs_reset", 1),
+            ("virtio.avail_ring_errors", 1),
+            ("entropy.entropy_bytes", 65_536 + 64),
+        ],
     },
 ];
 
@@ -290,10 +331,13 @@ fn row(scenario: &str, check: &str, expected: &str, got: String, ok: bool) -> Ro
     }
 }
 
-fn config(s: &Scratch, boot_args: &str, tap: Option<&str>) -> PathBuf {
-    let net = tap.map_or(String::new(), |t| {
+fn config(s: &Scratch, boot_args: &str, tap: Option<&str>, entropy: bool) -> PathBuf {
+    let mut net = tap.map_or(String::new(), |t| {
         format!(r#", "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "{t}", "guest_mac": "{GUEST_MAC}"}}]"#)
     });
+    if entropy {
+        net.push_str(r#", "entropy": {}"#);
+    }
     let text = format!(
         r#"{{"boot-source": {{"kernel_image_path": {:?}, "boot_args": {boot_args:?}}},
             "machine-config": {{"vcpu_count": 1, "mem_size_mib": 32}},
@@ -338,6 +382,7 @@ fn run_scenario(sc: &Scenario) -> Vec<Row> {
         &s,
         &format!("kiln.test={} {}", sc.name, sc.args),
         tap.as_deref(),
+        sc.entropy,
     );
     let metrics_path = s.dir.join("metrics.json");
     let mut cmd = match &ns {
@@ -491,7 +536,7 @@ fn drain(rx: &Receiver<String>) -> Vec<String> {
 /// The interrupt storm: the VMM must stay in control of a vCPU that only takes interrupts.
 fn run_storm() -> Vec<Row> {
     let s = Scratch::new("irq-storm");
-    let cfg = config(&s, "kiln.test=irq-storm", None);
+    let cfg = config(&s, "kiln.test=irq-storm", None, false);
     let (metrics_path, api) = (s.dir.join("metrics.json"), s.dir.join("api.sock"));
     let mut child = KillOnDrop::new(spawn(
         Command::new(require_bin("vmm"))

@@ -33,9 +33,20 @@ fn mac_str(m: &[u8; 6]) -> String {
 
 /// The VMM running `boot_args` inside `ns` on `tap`, its guest's lines followed.
 fn start(ns: &NetNs, dir: &ScratchDir, tap: &str, boot_args: &str) -> Followed {
+    start_with(ns, dir, tap, boot_args, "")
+}
+
+/// [`start`], with `iface_extra` added to the interface's fields.
+fn start_with(
+    ns: &NetNs,
+    dir: &ScratchDir,
+    tap: &str,
+    boot_args: &str,
+    iface_extra: &str,
+) -> Followed {
     require_kvm();
     let text = format!(
-        "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"network-interfaces\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": {:?}}}]}}\n",
+        "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": {boot_args:?}}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"network-interfaces\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": {:?}{iface_extra}}}]}}\n",
         tiny::tiny_guest().to_str().expect("utf-8 path"),
         mac_str(&GUEST_MAC)
     );
@@ -151,4 +162,49 @@ fn merged_receive_buffers_carry_a_frame_over_several_buffers() {
     // 12 + 14 + 300 bytes in 128-byte buffers: 3 buffers.
     let fields = receive("kiln.test=net-rx kiln.mrg=1", 300);
     assert_eq!(get(&fields, "buffers"), Some("3"));
+}
+
+#[test]
+fn the_mtu_is_offered_to_the_guest() {
+    let ns = NetNs::new("kiln-net-mtu");
+    let dir = ScratchDir::new("kiln-virtio-net");
+    let tap = tap_name("m");
+    ns.add_tap(&tap, None);
+    let vmm = start_with(&ns, &dir, &tap, "kiln.test=net-tx", r#", "mtu": 1400"#);
+    let (out, all) = finish(vmm);
+    let dev = &out.topic("net")[0];
+    assert_eq!(field(dev, "mtu"), Some("1400"), "{all}");
+    let features =
+        u64::from_str_radix(field(dev, "features").unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_ne!(features & 1 << 3, 0, "VIRTIO_NET_F_MTU negotiated\n{all}");
+    // Without an mtu the feature is not offered.
+    let vmm = start(&ns, &dir, &tap, "kiln.test=net-tx");
+    let (out, all) = finish(vmm);
+    assert_eq!(field(&out.topic("net")[0], "mtu"), None, "{all}");
+}
+
+#[test]
+fn an_mtu_out_of_range_is_refused() {
+    let dir = ScratchDir::new("kiln-virtio-net");
+    for mtu in [0u64, 67, 65536] {
+        let text = format!(
+            "{{\"boot-source\": {{\"kernel_image_path\": {:?}}}, \"network-interfaces\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": \"tap0\", \"mtu\": {mtu}}}]}}",
+            tiny::tiny_guest().to_str().expect("utf-8 path")
+        );
+        let cfg = dir.write("vm.json", text);
+        let f = kiln_tests::run_with_timeout(
+            std::process::Command::new(require_bin("vmm"))
+                .arg("--config-file")
+                .arg(&cfg)
+                .arg("--no-api"),
+            TIMEOUT,
+        );
+        assert_eq!(f.code(), 152, "{f}");
+        assert!(
+            f.stderr.contains(&format!(
+                "network-interfaces: mtu {mtu} is out of range (68 to 65535)"
+            )),
+            "{f}"
+        );
+    }
 }

@@ -7,8 +7,10 @@
 //! while this one loads the kernel. `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::devices::rate_limiter::TokenBucket;
 use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
@@ -45,6 +47,8 @@ pub enum BuildError {
     Resource(#[from] ResourceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    CpuTemplate(#[from] CustomTemplateError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
     #[error(transparent)]
@@ -97,7 +101,10 @@ pub fn build_microvm(
     let mem_size = mc.mem_size_bytes();
     signals::install_kick_handler()?;
 
-    let mut serial_out = SerialOutput::open(&opts.serial)?;
+    let mut serial_out = SerialOutput::open(&serial_sink(res, &opts.serial))?;
+    if let Some(bucket) = serial_bucket(res) {
+        serial_out.set_rate_limiter(bucket);
+    }
     let origin = trace.as_ref().map(StartupTrace::origin);
     serial_out.on_first_byte(Box::new(move || {
         // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
@@ -141,6 +148,9 @@ pub fn build_microvm(
                 let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
                 virtio.attach(&mut dm, &mem, vsock)?;
             }
+            if let Some(cfg) = &res.entropy {
+                virtio.attach_entropy(&mut dm, &mem, cfg)?;
+            }
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
             let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
@@ -167,19 +177,32 @@ pub fn build_microvm(
             })
         }),
     )?;
+    let base_cpuid = match &res.cpu_config {
+        Some(t) => {
+            custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
+            custom_template::templated_cpuid(vm.supported_cpuid(), t)?
+        }
+        None => vm.supported_cpuid().clone(),
+    };
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
             smt: mc.smt,
         },
+        cpuid: &base_cpuid,
         template: mc.cpu_template,
+        msr_modifiers: res
+            .cpu_config
+            .as_ref()
+            .map(|t| t.msr_modifiers())
+            .unwrap_or_default(),
         entry: kernel.entry,
         tables: &tables,
     };
     let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
     for index in 0..mc.vcpu_count {
         let v = Vcpu::new(&vm, index)?;
-        v.configure(&vm, &cfg)?;
+        v.configure(&cfg)?;
         vcpus.push(v);
     }
     mark("devices and vCPUs created and configured");
@@ -213,4 +236,19 @@ pub fn build_microvm(
     running::watch_exits(&mut events, exits)?;
     virtio.start(events.sources())?;
     Ok((vmm, events))
+}
+
+/// Where the serial output goes: `PUT /serial`'s (or the config file's `serial`) path, else
+/// the `--serial-out` flag's destination (or stdout).
+fn serial_sink(res: &VmResources, flag: &SerialSink) -> SerialSink {
+    match res.serial.as_ref().and_then(|s| s.serial_out_path.clone()) {
+        Some(path) => SerialSink::Path(path),
+        None => flag.clone(),
+    }
+}
+
+/// The serial output's bucket, when one limits something.
+fn serial_bucket(res: &VmResources) -> Option<TokenBucket> {
+    let cfg = res.serial.as_ref()?.rate_limiter?;
+    TokenBucket::new(&cfg, std::time::Instant::now())
 }

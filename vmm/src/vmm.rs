@@ -13,9 +13,10 @@
 
 use crate::devices::legacy::serial::{self, SerialDevice};
 use crate::devices::manager::Devices;
-use crate::devices::virtio::handles::DriveUpdateError;
+use crate::devices::virtio::handles::{DriveUpdateError, NetUpdateError};
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, SourceId, Sources};
 use crate::exit::{ExitNotifier, VmExit};
+use crate::resources::RateLimiterConfig;
 use crate::signals::TerminationSignals;
 use crate::sync::lock;
 use crate::vstate::vcpu_thread::{VcpuAck, VcpuCommand, VcpuHandle};
@@ -206,6 +207,29 @@ impl Vmm {
     /// guest its configuration changed.
     pub fn update_drive(&self, drive_id: &str, path_on_host: &str) -> Result<(), DriveUpdateError> {
         self.devices.virtio.update_drive(drive_id, path_on_host)
+    }
+
+    /// `PATCH /drives/{id}` with `rate_limiter`: replaces the drive's buckets given.
+    pub fn update_drive_rate_limiter(
+        &self,
+        drive_id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), DriveUpdateError> {
+        self.devices
+            .virtio
+            .update_drive_rate_limiter(drive_id, update)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: replaces the interface's buckets given.
+    pub fn update_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), NetUpdateError> {
+        self.devices
+            .virtio
+            .update_net_rate_limiters(iface_id, rx, tx)
     }
 
     /// (port-I/O, MMIO) accesses no device handled, each as (reads, writes).

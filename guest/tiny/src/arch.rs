@@ -1,5 +1,5 @@
-//! Thin wrappers over the x86 instructions the guest uses: port I/O, CPUID, the TSC, halting,
-//! loading an IDT.
+//! Thin wrappers over the x86 instructions the guest uses: port I/O, CPUID, the TSC, MSRs,
+//! halting, loading an IDT.
 //!
 //! Port I/O and CPUID cannot violate Rust's memory safety (they touch no memory the
 //! compiler knows about), so these wrappers are safe functions.
@@ -93,5 +93,20 @@ pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: `rdtsc` reads the time-stamp counter into EDX:EAX; it touches no memory.
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Reads model-specific register `index`.
+///
+/// # Safety
+/// `index` must be an MSR the CPU (the VMM) has: reading another raises #GP, which this
+/// guest (empty IDT) turns into a triple fault.
+pub unsafe fn rdmsr(index: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: `rdmsr` reads the MSR into EDX:EAX and touches no memory; the caller vouches
+    // for the index (the guest runs at CPL 0).
+    unsafe {
+        asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    }
     (u64::from(hi) << 32) | u64::from(lo)
 }

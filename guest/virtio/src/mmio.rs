@@ -17,6 +17,7 @@ use core::ptr::{read_volatile, write_volatile};
 pub const MAGIC: u32 = 0x7472_6976;
 pub const DEVICE_NET: u32 = 1;
 pub const DEVICE_BLK: u32 = 2;
+pub const DEVICE_RNG: u32 = 4;
 pub const DEVICE_VSOCK: u32 = 19;
 
 pub const REG_MAGIC: u32 = 0x000;

@@ -4,11 +4,13 @@
 //!
 //! One lifecycle is several VMM processes, because the tiny guest does one thing per boot:
 //! configuration through the API with every device kind (two drives, a network interface on
-//! a tap), API traffic of every kind, pause/resume with two vCPUs, FlushMetrics, SIGTERM;
-//! then each virtio-blk and virtio-net scenario (reads, writes, flush, id, read-only,
-//! out-of-range, the hostile ones, a backing-file swap through `PATCH /drives`, frames both
-//! ways on a tap), virtio-vsock both ways and with malformed packets, the guest's i8042 reset with serial input on stdin, and a triple fault
-//! (the vCPU fault path).
+//! a tap, vsock, entropy, serial output with a bucket, a custom CPU template, rate limiters),
+//! API traffic of every kind (rate limiters patched after boot), pause/resume with two vCPUs,
+//! FlushMetrics, SIGTERM; then each virtio-blk and virtio-net scenario (reads, writes, flush,
+//! id, read-only, out-of-range, the hostile ones, a backing-file swap through
+//! `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy device
+//! (the limiters' timers), virtio-vsock both ways and with malformed packets, the guest's
+//! i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
 
@@ -362,6 +364,9 @@ fn drive_json(id: &str, path: &Path, root: bool, read_only: bool) -> String {
     )
 }
 
+/// A rate limiter that lets one request through per 20 ms.
+const LIMITER: &str = r#"{"ops": {"size": 1, "refill_time": 20}, "bandwidth": {"size": 1048576, "refill_time": 100}}"#;
+
 fn net_json(tap: &str) -> String {
     format!("{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}, \"guest_mac\": \"06:00:ac:10:00:02\"}}")
 }
@@ -482,6 +487,26 @@ fn api_run(launch: &Launch) -> Outcome {
         vsock.to_str().expect("utf-8")
     );
     ok(&sock, "PUT", "/vsock", &vsock_body);
+    ok(
+        &sock,
+        "PUT",
+        "/entropy",
+        &format!("{{\"rate_limiter\": {LIMITER}}}"),
+    );
+    // The console stays on stdout (the run follows the guest's ticks there); a bucket.
+    ok(
+        &sock,
+        "PUT",
+        "/serial",
+        "{\"rate_limiter\": {\"size\": 1048576, \"refill_time\": 1000}}",
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/cpu-config",
+        r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxxxxx0xxxxxxxxxxxxx"}]}],
+            "msr_modifiers": [{"addr": "0x277", "bitmap": "0b00000001xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}"#,
+    );
     let _ = api(&sock, "GET", "/vm/config", "");
     let _ = api(&sock, "GET", "/", "");
     ok(
@@ -524,6 +549,18 @@ fn api_run(launch: &Launch) -> Outcome {
         "PATCH",
         "/network-interfaces/eth0",
         "{\"iface_id\": \"eth0\"}",
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/network-interfaces/eth0",
+        &format!("{{\"iface_id\": \"eth0\", \"rx_rate_limiter\": {LIMITER}, \"tx_rate_limiter\": {LIMITER}}}"),
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/drives/data",
+        &format!("{{\"drive_id\": \"data\", \"rate_limiter\": {LIMITER}}}"),
     );
     // Refused requests: pre-boot only, unknown drive, unknown path, malformed HTTP.
     let _ = api(
@@ -622,6 +659,34 @@ fn net_run(launch: &Launch, run: &'static str) -> Outcome {
         let _ = sock.recv_matching(TIMEOUT, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]);
     }
     vm.finish(run, Expect::Exit(0), true)
+}
+
+/// Rate limiters at work: `blk-burst` on a drive and `rng-read` on an entropy device, each
+/// limited to one request per 20 ms (the limiter's timer, armed and read on the VMM thread).
+fn limited_run(launch: &Launch, run: &'static str) -> Outcome {
+    let dir = Scratch::new("kiln-sc-limit");
+    let img = dir.image("data.img", 16);
+    let drive = format!(
+        "{{\"drive_id\": \"data\", \"path_on_host\": {:?}, \"is_root_device\": false, \"rate_limiter\": {LIMITER}}}",
+        img.to_str().expect("utf-8 path")
+    );
+    let cfg = config(
+        &dir,
+        &format!("kiln.test={run} kiln.count=4"),
+        &[drive],
+        &[],
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let entropy = format!(",\n \"entropy\": {{\"rate_limiter\": {LIMITER}}}}}\n");
+    std::fs::write(
+        &cfg,
+        format!("{}{entropy}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    launch
+        .start(run, None, &args, false)
+        .finish(run, Expect::Exit(0), true)
 }
 
 /// The guest's i8042 reset, with serial input arriving on the VMM's stdin.
@@ -754,6 +819,9 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     all.push(net_run(launch, "net-rx"));
     for run in ["vsock-connect", "vsock-listen", "vsock-bad"] {
         all.push(vsock_run(launch, run));
+    }
+    for run in ["blk-burst", "rng-read"] {
+        all.push(limited_run(launch, run));
     }
     all.push(reset_run(launch));
     all.push(triple_run(launch));

@@ -3,8 +3,9 @@
 //! ([`ApiReply`]: data, or the API layer's [`RequestError`]).
 
 use crate::resources::{
-    BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
+    BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    NetworkInterfaceUpdate, SerialConfig, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -50,6 +51,9 @@ pub enum ApiRequest {
         update: NetworkInterfaceUpdate,
     },
     PutVsock(VsockConfig),
+    PutEntropy(EntropyConfig),
+    PutSerial(SerialConfig),
+    PutCpuConfig(CpuConfig),
     PutLogger(LoggerConfig),
     PutMetrics(MetricsConfig),
     Action(Action),
@@ -72,6 +76,9 @@ impl ApiRequest {
             ApiRequest::PutNetworkInterface { .. } => "PUT /network-interfaces",
             ApiRequest::PatchNetworkInterface { .. } => "PATCH /network-interfaces",
             ApiRequest::PutVsock(_) => "PUT /vsock",
+            ApiRequest::PutEntropy(_) => "PUT /entropy",
+            ApiRequest::PutSerial(_) => "PUT /serial",
+            ApiRequest::PutCpuConfig(_) => "PUT /cpu-config",
             ApiRequest::PutLogger(_) => "PUT /logger",
             ApiRequest::PutMetrics(_) => "PUT /metrics",
             ApiRequest::Action(Action::InstanceStart) => "InstanceStart",

@@ -24,6 +24,21 @@ impl Microvm for NoVm {
     fn update_drive(&mut self, _: &str, _: &str) -> Result<(), String> {
         Ok(())
     }
+    fn update_drive_rate_limiter(
+        &mut self,
+        _: &str,
+        _: &crate::resources::RateLimiterConfig,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn update_net_rate_limiters(
+        &mut self,
+        _: &str,
+        _: Option<&crate::resources::RateLimiterConfig>,
+        _: Option<&crate::resources::RateLimiterConfig>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Starts an API server on a fresh socket, with a VMM thread answering through a controller.

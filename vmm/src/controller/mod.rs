@@ -20,7 +20,7 @@ pub use serve::VmmApi;
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
-use crate::resources::{ResourceError, VmResources};
+use crate::resources::{RateLimiterConfig, ResourceError, VmResources};
 use crate::{logger, metrics, timing};
 use std::time::Instant;
 
@@ -45,6 +45,8 @@ pub enum ControllerError {
     CtrlAltDel(String),
     #[error("PATCH /drives: {0}")]
     DriveUpdate(String),
+    #[error("PATCH /network-interfaces: {0}")]
+    NetUpdate(String),
     /// `PUT /network-interfaces`: the tap device could not be opened (checked at the
     /// request, as Firecracker opens it there).
     #[error("network-interfaces: {0}")]
@@ -72,6 +74,7 @@ impl From<ControllerError> for RequestError {
             | ControllerError::Resume(_)
             | ControllerError::CtrlAltDel(_)
             | ControllerError::DriveUpdate(_)
+            | ControllerError::NetUpdate(_)
             | ControllerError::Logger(_)
             | ControllerError::Metrics(_)
             | ControllerError::Serialize(_) => RequestError::Failed(message),
@@ -91,6 +94,19 @@ pub trait Microvm {
     fn send_ctrl_alt_del(&mut self) -> Result<(), String>;
     /// Points a drive at a new backing file (`PATCH /drives/{id}` after boot).
     fn update_drive(&mut self, drive_id: &str, path_on_host: &str) -> Result<(), String>;
+    /// Replaces the buckets `update` gives in a drive's rate limiter.
+    fn update_drive_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), String>;
+    /// Replaces the buckets given in a network interface's receive and transmit limiters.
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), String>;
 }
 
 /// `GET /`'s `state`.
@@ -268,6 +284,18 @@ impl Controller {
                         d.path_on_host = path.clone();
                     }
                 }
+                if let Some(limiter) = &update.rate_limiter {
+                    vm.update_drive_rate_limiter(&update.drive_id, limiter)
+                        .map_err(ControllerError::DriveUpdate)?;
+                    if let Some(d) = self
+                        .resources
+                        .drives
+                        .iter_mut()
+                        .find(|d| d.drive_id == update.drive_id)
+                    {
+                        d.rate_limiter = patched(d.rate_limiter, limiter);
+                    }
+                }
                 Ok(VmmData::Empty)
             }
             ApiRequest::PutNetworkInterface { path_id, config } => {
@@ -283,22 +311,46 @@ impl Controller {
             }
             ApiRequest::PatchNetworkInterface { path_id, update } => {
                 let update = update.validated(Some(&path_id))?;
-                self.running(what, vm)?;
-                if !self
+                let vm = self.running(what, vm)?;
+                let Some(n) = self
                     .resources
                     .network_interfaces
-                    .iter()
-                    .any(|n| n.iface_id == update.iface_id)
-                {
+                    .iter_mut()
+                    .find(|n| n.iface_id == update.iface_id)
+                else {
                     return Err(ResourceError::UnknownInterface(update.iface_id).into());
+                };
+                let (rx, tx) = (update.rx_rate_limiter, update.tx_rate_limiter);
+                if rx.is_some() || tx.is_some() {
+                    vm.update_net_rate_limiters(&n.iface_id, rx.as_ref(), tx.as_ref())
+                        .map_err(ControllerError::NetUpdate)?;
                 }
-                // Firecracker patches rate limiters here; the body set none (a set one was
-                // refused by `validated`), so nothing changes.
+                if let Some(rx) = &rx {
+                    n.rx_rate_limiter = patched(n.rx_rate_limiter, rx);
+                }
+                if let Some(tx) = &tx {
+                    n.tx_rate_limiter = patched(n.tx_rate_limiter, tx);
+                }
                 Ok(VmmData::Empty)
             }
             ApiRequest::PutVsock(cfg) => {
                 self.pre_boot(what)?;
                 self.resources.set_vsock(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutEntropy(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_entropy(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutSerial(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_serial(cfg)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutCpuConfig(cfg) => {
+                self.pre_boot(what)?;
+                self.resources.set_cpu_config(cfg)?;
                 Ok(VmmData::Empty)
             }
             ApiRequest::PutLogger(cfg) => {
@@ -398,6 +450,14 @@ pub fn configure_outputs(res: &VmResources, instance_id: &str) -> Result<(), Con
         metrics::init(cfg, instance_id)?;
     }
     Ok(())
+}
+
+/// A limiter's configuration after a `PATCH` (`None` once nothing is limited).
+fn patched(
+    running: Option<RateLimiterConfig>,
+    update: &RateLimiterConfig,
+) -> Option<RateLimiterConfig> {
+    Some(running.unwrap_or_default().updated(update)).filter(RateLimiterConfig::is_enabled)
 }
 
 fn elapsed_us(t: Instant) -> u64 {

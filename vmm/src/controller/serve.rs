@@ -6,7 +6,7 @@ use super::{Controller, ControllerError, Microvm, Outcome, Reply};
 use crate::api::{self, ApiChannel, ApiError, Limits, RequestError};
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, Sources};
 use crate::metrics::METRICS;
-use crate::resources::VmResources;
+use crate::resources::{RateLimiterConfig, VmResources};
 use crate::vmm::Vmm;
 use std::os::unix::io::RawFd;
 use std::path::Path;
@@ -28,6 +28,23 @@ impl Microvm for Vmm {
     /// Swaps the drive's backing file and tells the guest (configuration change).
     fn update_drive(&mut self, drive_id: &str, path_on_host: &str) -> Result<(), String> {
         Vmm::update_drive(self, drive_id, path_on_host).map_err(|e| e.to_string())
+    }
+
+    fn update_drive_rate_limiter(
+        &mut self,
+        drive_id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        Vmm::update_drive_rate_limiter(self, drive_id, update).map_err(|e| e.to_string())
+    }
+
+    fn update_net_rate_limiters(
+        &mut self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), String> {
+        Vmm::update_net_rate_limiters(self, iface_id, rx, tx).map_err(|e| e.to_string())
     }
 }
 

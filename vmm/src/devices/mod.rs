@@ -4,10 +4,15 @@
 //! - [`legacy`]: the 8250 UART (COM1) and the i8042 controller (reset + keyboard).
 //! - [`manager`]: wires devices to the buses and to IRQs, allocates virtio-mmio windows and
 //!   IRQs, and adds their `virtio_mmio.device=` entries to the kernel command line.
+//! - [`rate_limiter`]: token buckets limiting a device's bytes and operations (block, net,
+//!   entropy), and the serial output's bucket.
+//! - [`timer`]: the one-shot timerfd devices wait on.
 //! - [`virtio`]: the virtio-mmio transport, the virtqueue mechanics, and the virtio-blk and
 //!   virtio-net devices.
 
 pub mod bus;
 pub mod legacy;
 pub mod manager;
+pub mod rate_limiter;
+pub mod timer;
 pub mod virtio;

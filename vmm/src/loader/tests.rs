@@ -70,8 +70,12 @@ fn elf(paddr: u64, memsz: u64, entry: u64, pvh: Option<u32>) -> Vec<u8> {
     f
 }
 
+/// Loads `bytes` as a kernel, from a file of its own: tests run in parallel, and one that
+/// rewrote a shared file could change what another test's loader reads.
 fn load(bytes: &[u8], pref: EntryPreference) -> Result<LoadedKernel, LoadError> {
-    let t = tmp("k", bytes);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = tmp(&format!("k{n}"), bytes);
     let path = t.0.to_str().unwrap();
     load_kernel(&mem(), std::fs::File::open(path).unwrap(), path, MEM, pref)
 }

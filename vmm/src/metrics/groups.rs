@@ -81,6 +81,13 @@ metrics_group! {
         network_fails: Counter,
         vsock_count: Counter,
         vsock_fails: Counter,
+        cpu_cfg_count: Counter,
+        cpu_cfg_fails: Counter,
+        serial_count: Counter,
+        serial_fails: Counter,
+        /// Kiln: `PUT /entropy` (Firecracker does not count it).
+        entropy_count: Counter,
+        entropy_fails: Counter,
     }
 }
 
@@ -154,6 +161,8 @@ metrics_group! {
         missed_write_count: Counter,
         read_count: Counter,
         write_count: Counter,
+        /// Output bytes dropped by the serial output's token bucket (`PUT /serial`).
+        rate_limiter_dropped_bytes: Counter,
     }
 }
 
@@ -193,6 +202,13 @@ metrics_group! {
         io_errors: Counter,
         /// Backing files swapped after boot (`PATCH /drives/{id}`).
         backing_swaps: Counter,
+        /// `PATCH /drives/{id}` applied to a running drive, and those that failed.
+        update_count: Counter,
+        update_fails: Counter,
+        /// Rate limiter timers that fired (the device went on with its queue).
+        rate_limiter_event_count: Counter,
+        /// Times a request did not fit the rate limiter: the queue waits for the refill.
+        rate_limiter_throttled_events: Counter,
     }
 }
 
@@ -213,6 +229,12 @@ metrics_group! {
         rx_no_buffers: Counter,
         /// Frames from the guest dropped: malformed, oversized, or the tap was full.
         tx_dropped: Counter,
+        /// Receive rate limiter timers that fired, and frames that had to wait for one.
+        rx_event_rate_limiter_count: Counter,
+        rx_rate_limiter_throttled: Counter,
+        /// Transmit rate limiter timers that fired, and frames that had to wait for one.
+        tx_rate_limiter_event_count: Counter,
+        tx_rate_limiter_throttled: Counter,
     }
 }
 
@@ -300,6 +322,26 @@ metrics_group! {
         /// Reading or writing a host socket failed: the connection is reset.
         rx_read_fails: Counter,
         tx_write_fails: Counter,
+    }
+}
+
+metrics_group! {
+    /// The virtio-rng device (`entropy`).
+    EntropyMetrics {
+        activate_fails: Counter,
+        /// Requests that could not be served: a chain that is not one device-writable
+        /// buffer list, the host's random source failed, the used ring could not be written.
+        entropy_event_fails: Counter,
+        /// Requests (descriptor chains) served.
+        entropy_event_count: Counter,
+        /// Random bytes written to the guest.
+        entropy_bytes: Counter,
+        /// The host's random source (getrandom) failed.
+        host_rng_fails: Counter,
+        /// Requests that did not fit the rate limiter: the queue waits for the refill.
+        entropy_rate_limiter_throttled: Counter,
+        /// Rate limiter timers that fired.
+        rate_limiter_event_count: Counter,
     }
 }
 

@@ -16,9 +16,10 @@
 mod groups;
 
 pub use groups::{
-    ApiServerMetrics, BlockMetrics, BootTimingMetrics, GetRequestsMetrics, I8042Metrics,
-    LatenciesMetrics, LoggerSystemMetrics, NetMetrics, PatchRequestsMetrics, PutRequestsMetrics,
-    SeccompMetrics, SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
+    ApiServerMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics, GetRequestsMetrics,
+    I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, NetMetrics, PatchRequestsMetrics,
+    PutRequestsMetrics, SeccompMetrics, SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics,
+    VsockMetrics,
 };
 
 use crate::output::open_output;
@@ -201,6 +202,7 @@ pub struct Metrics {
     pub block: BlockMetrics,
     pub net: NetMetrics,
     pub vsock: VsockMetrics,
+    pub entropy: EntropyMetrics,
     pub virtio: VirtioMetrics,
     pub seccomp: SeccompMetrics,
     pub latencies_us: LatenciesMetrics,
@@ -224,6 +226,7 @@ impl Metrics {
             block: BlockMetrics::new(),
             net: NetMetrics::new(),
             vsock: VsockMetrics::new(),
+            entropy: EntropyMetrics::new(),
             virtio: VirtioMetrics::new(),
             seccomp: SeccompMetrics::new(),
             latencies_us: LatenciesMetrics::new(),

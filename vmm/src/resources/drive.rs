@@ -5,7 +5,8 @@
 //! `InstanceStart`.
 
 use super::host_file::{check_regular_file, held_or_open, open_image, Opened};
-use super::spec::{null_as_default, refuse_if_present, NotYet};
+use super::rate_limiter::{validated_limiter, RateLimiterConfig};
+use super::spec::{null_as_default, refuse_if_present};
 use super::{check_id, ResourceError};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -46,9 +47,9 @@ pub struct DriveConfig {
     /// does not have: required here, and an absent one is refused by name.
     #[serde(default)]
     pub path_on_host: String,
-    /// Rate limiting: not in Kiln yet (refused when set).
+    /// Bytes and requests per second (`PATCH` changes it after boot).
     #[serde(default)]
-    pub rate_limiter: Option<NotYet>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub io_engine: IoEngine,
     /// A vhost-user block backend: not in Kiln yet (refused when set).
@@ -59,16 +60,17 @@ pub struct DriveConfig {
     pub file: Opened,
 }
 
-/// `PATCH /drives/{id}` after boot: swap the backing file.
+/// `PATCH /drives/{id}` after boot: swap the backing file, change the rate limiter.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DriveUpdate {
     pub drive_id: String,
     #[serde(default)]
     pub path_on_host: Option<String>,
-    /// Rate limiting: not in Kiln yet (refused when set).
+    /// Bytes and requests per second: a bucket given replaces the running one, one left
+    /// out stays.
     #[serde(default)]
-    pub rate_limiter: Option<NotYet>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl DriveConfig {
@@ -80,7 +82,7 @@ impl DriveConfig {
             "drives",
             "a vhost-user block backend (socket)",
         )?;
-        refuse_if_present(&self.rate_limiter, "drives", "rate limiting (rate_limiter)")?;
+        self.rate_limiter = validated_limiter(self.rate_limiter, "drives.rate_limiter")?;
         if self.path_on_host.is_empty() {
             return Err(ResourceError::MissingDrivePath(self.drive_id));
         }
@@ -98,9 +100,9 @@ impl DriveUpdate {
     /// Checks the fields and that the new backing file is a regular file; the running
     /// drive then opens it in its own read-only mode, at the same request (on the VMM
     /// thread, whose seccomp filter allows only that plain `openat`).
-    pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
+    pub fn validated(mut self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("drive", &self.drive_id, path_id)?;
-        refuse_if_present(&self.rate_limiter, "drives", "rate limiting (rate_limiter)")?;
+        self.rate_limiter = validated_limiter(self.rate_limiter, "drives.rate_limiter")?;
         if let Some(p) = &self.path_on_host {
             check_regular_file(BACKING, p)?;
         }

@@ -7,13 +7,19 @@
 //! for nothing); one for a feature Kiln does not have yet is refused naming the feature
 //! ([`spec`]); fields in no version of the spec are rejected with the field's name. Files
 //! the configuration names are opened or checked when it is accepted ([`host_file`]).
+//! Kiln adds one section, `serial` (the body of Firecracker's `PUT /serial`, which its
+//! config file has no section for).
 
 mod boot_source;
+mod cpu_config;
 mod drive;
+mod entropy;
 mod host_file;
 mod logger;
 mod machine_config;
 mod net;
+mod rate_limiter;
+mod serial;
 pub mod spec;
 mod vsock;
 
@@ -21,11 +27,18 @@ mod vsock;
 mod tests;
 
 pub use boot_source::BootSourceConfig;
+pub use cpu_config::{
+    Bitmap, CpuConfig, CpuConfigSource, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
+    KvmCapability, MsrModifier,
+};
 pub use drive::{CacheType, DriveConfig, DriveUpdate, IoEngine};
+pub use entropy::EntropyConfig;
 pub use host_file::Opened;
 pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+pub use serial::SerialConfig;
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +114,20 @@ pub enum ResourceError {
     BadCid(u32),
     #[error("boot-source is missing: the microVM has no kernel to boot")]
     MissingBootSource,
+    #[error("{field}: refill_time {value} ms is too long (at most {max} ms)", max = rate_limiter::MAX_REFILL_TIME_MS)]
+    RefillTime { field: String, value: u64 },
+    #[error("network-interfaces: mtu {0} is out of range (68 to 65535)")]
+    Mtu(u64),
+    #[error("cpu-config: {0} are for aarch64 hosts; this is an x86_64 host (leave the list out or empty)")]
+    CpuConfigArch(&'static str),
+    #[error("cpu-config: {count} {field}, at most {max} are accepted")]
+    CpuConfigLimit {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("cpu-config: the template file {path:?} is invalid: {reason}")]
+    CpuConfigFile { path: String, reason: String },
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).
@@ -127,16 +154,21 @@ pub struct VmConfig {
     pub logger: Option<LoggerConfig>,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<CpuConfigSource>,
+    #[serde(default)]
+    pub entropy: Option<EntropyConfig>,
+    /// Kiln's addition: the body of Firecracker's `PUT /serial` (Firecracker's config file
+    /// has no such section). Written by `GET /vm/config` only when set, so that the output
+    /// of a microVM that does not use it stays a configuration Firecracker reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
     /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
     /// accepted, anything else refused naming the feature.
     #[serde(default)]
     pub balloon: Option<NotYet>,
-    #[serde(rename = "cpu-config", default)]
-    pub cpu_config: Option<NotYet>,
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<NotYet>,
-    #[serde(default)]
-    pub entropy: Option<NotYet>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub pmem: Vec<NotYet>,
     #[serde(rename = "memory-hotplug", default)]
@@ -148,16 +180,10 @@ impl VmConfig {
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
         refuse_if_present(&self.balloon, "balloon", "the balloon device")?;
         refuse_if_present(
-            &self.cpu_config,
-            "cpu-config",
-            "a custom CPU template (CPUID and MSR modifiers)",
-        )?;
-        refuse_if_present(
             &self.mmds_config,
             "mmds-config",
             "MMDS (the microVM metadata service)",
         )?;
-        refuse_if_present(&self.entropy, "entropy", "the entropy device (virtio-rng)")?;
         refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
         refuse_if_present(
             &self.memory_hotplug,
@@ -178,6 +204,10 @@ pub struct VmResources {
     pub vsock: Option<VsockConfig>,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
+    /// A custom CPU template (`PUT /cpu-config`); it replaces `machine_config.cpu_template`.
+    pub cpu_config: Option<CpuConfig>,
+    pub entropy: Option<EntropyConfig>,
+    pub serial: Option<SerialConfig>,
 }
 
 impl VmResources {
@@ -190,6 +220,9 @@ impl VmResources {
         if let Some(mc) = file.machine_config {
             res.set_machine_config(mc)?;
         }
+        if let Some(cpu) = file.cpu_config {
+            res.set_cpu_config(cpu.load()?)?;
+        }
         res.set_boot_source(file.boot_source.ok_or(ResourceError::MissingBootSource)?)?;
         for d in file.drives {
             res.put_drive(None, d)?;
@@ -199,6 +232,12 @@ impl VmResources {
         }
         if let Some(v) = file.vsock {
             res.set_vsock(v)?;
+        }
+        if let Some(e) = file.entropy {
+            res.set_entropy(e)?;
+        }
+        if let Some(s) = file.serial {
+            res.set_serial(s)?;
         }
         res.logger = file.logger.map(LoggerConfig::validated).transpose()?;
         res.metrics = file.metrics.map(MetricsConfig::validated).transpose()?;
@@ -215,6 +254,9 @@ impl VmResources {
             vsock: self.vsock.clone(),
             logger: self.logger.clone(),
             metrics: self.metrics.clone(),
+            cpu_config: self.cpu_config.clone().map(CpuConfigSource::Template),
+            entropy: self.entropy,
+            serial: self.serial.clone(),
             ..VmConfig::default()
         }
     }
@@ -224,15 +266,44 @@ impl VmResources {
         Ok(())
     }
 
-    /// `PUT /machine-config`: replaces the whole machine configuration.
+    /// `PUT /machine-config`: replaces the whole machine configuration. A static CPU
+    /// template replaces a custom one (Firecracker keeps one template).
     pub fn set_machine_config(&mut self, cfg: MachineConfig) -> Result<(), ResourceError> {
         self.machine_config = cfg.validated()?;
+        if self.machine_config.cpu_template != CpuTemplate::None {
+            self.cpu_config = None;
+        }
         Ok(())
     }
 
-    /// `PATCH /machine-config`: changes only the fields given.
+    /// `PATCH /machine-config`: changes only the fields given. A `cpu_template` given
+    /// (`"None"` too) replaces a custom CPU template.
     pub fn update_machine_config(&mut self, upd: MachineConfigUpdate) -> Result<(), ResourceError> {
+        let template_given = upd.cpu_template.is_some();
         self.machine_config = self.machine_config.clone().apply(upd).validated()?;
+        if template_given {
+            self.cpu_config = None;
+        }
+        Ok(())
+    }
+
+    /// `PUT /cpu-config`: a custom CPU template, replacing the static one
+    /// (`machine_config.cpu_template` becomes `None`), as in Firecracker.
+    pub fn set_cpu_config(&mut self, cfg: CpuConfig) -> Result<(), ResourceError> {
+        self.cpu_config = Some(cfg.validated()?);
+        self.machine_config.cpu_template = CpuTemplate::None;
+        Ok(())
+    }
+
+    /// `PUT /entropy`: the virtio-rng device (a second `PUT` replaces the first).
+    pub fn set_entropy(&mut self, cfg: EntropyConfig) -> Result<(), ResourceError> {
+        self.entropy = Some(cfg.validated()?);
+        Ok(())
+    }
+
+    /// `PUT /serial`: the serial output's destination and bucket.
+    pub fn set_serial(&mut self, cfg: SerialConfig) -> Result<(), ResourceError> {
+        self.serial = Some(cfg.validated()?);
         Ok(())
     }
 

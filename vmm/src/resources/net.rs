@@ -1,6 +1,6 @@
 //! `network-interfaces`: virtio-net devices on tap devices.
 
-use super::spec::{refuse_if_present, NotYet};
+use super::rate_limiter::{validated_limiter, RateLimiterConfig};
 use super::{check_id, ResourceError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -62,51 +62,56 @@ pub struct NetworkInterfaceConfig {
     pub host_dev_name: String,
     #[serde(default)]
     pub guest_mac: Option<MacAddr>,
-    /// The MTU advertised to the guest: not in Kiln yet (refused when set).
+    /// Offered to the guest with VIRTIO_NET_F_MTU (68 to 65535).
     #[serde(default)]
-    pub mtu: Option<NotYet>,
-    /// Rate limiting: not in Kiln yet (refused when set).
+    pub mtu: Option<u64>,
+    /// Frames and bytes the guest receives per second.
     #[serde(default)]
-    pub rx_rate_limiter: Option<NotYet>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Frames and bytes the guest sends per second.
     #[serde(default)]
-    pub tx_rate_limiter: Option<NotYet>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
-/// `PATCH /network-interfaces/{id}`: Firecracker changes rate limiters with it, which Kiln
-/// does not have yet; the body is validated and an absent (or `null`) limiter changes
-/// nothing.
+/// MTU bounds of Firecracker's API (the smallest IPv4 MTU to the largest a 16-bit field
+/// holds).
+pub const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
+
+/// `PATCH /network-interfaces/{id}` after boot: change the rate limiters (a bucket given
+/// replaces the running one, one left out, or `null`, stays).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
     #[serde(default)]
-    pub rx_rate_limiter: Option<NotYet>,
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
     #[serde(default)]
-    pub tx_rate_limiter: Option<NotYet>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
-const RATE_LIMITING: &str = "rate limiting (rx_rate_limiter, tx_rate_limiter)";
-
 impl NetworkInterfaceUpdate {
-    /// Checks the id, and that it matches the path's id (`PATCH /network-interfaces/{id}`).
-    pub fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
+    /// Checks the id, and that it matches the path's id (`PATCH /network-interfaces/{id}`),
+    /// and the limiters.
+    pub fn validated(mut self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("network interface", &self.iface_id, path_id)?;
-        refuse_if_present(&self.rx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
-        refuse_if_present(&self.tx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
+        self.rx_rate_limiter =
+            validated_limiter(self.rx_rate_limiter, "network-interfaces.rx_rate_limiter")?;
+        self.tx_rate_limiter =
+            validated_limiter(self.tx_rate_limiter, "network-interfaces.tx_rate_limiter")?;
         Ok(self)
     }
 }
 
 impl NetworkInterfaceConfig {
-    pub(super) fn validated(self, path_id: Option<&str>) -> Result<Self, ResourceError> {
+    pub(super) fn validated(mut self, path_id: Option<&str>) -> Result<Self, ResourceError> {
         check_id("network interface", &self.iface_id, path_id)?;
-        refuse_if_present(
-            &self.mtu,
-            "network-interfaces",
-            "advertising an MTU to the guest (mtu)",
-        )?;
-        refuse_if_present(&self.rx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
-        refuse_if_present(&self.tx_rate_limiter, "network-interfaces", RATE_LIMITING)?;
+        if let Some(mtu) = self.mtu.filter(|m| !MTU_RANGE.contains(m)) {
+            return Err(ResourceError::Mtu(mtu));
+        }
+        self.rx_rate_limiter =
+            validated_limiter(self.rx_rate_limiter, "network-interfaces.rx_rate_limiter")?;
+        self.tx_rate_limiter =
+            validated_limiter(self.tx_rate_limiter, "network-interfaces.tx_rate_limiter")?;
         let name = &self.host_dev_name;
         // IFNAMSIZ is 16 including the NUL.
         let ok = (1..=15).contains(&name.len())

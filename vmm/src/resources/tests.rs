@@ -265,31 +265,14 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
             r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": false{extra}}}]"#
         ))
     };
-    let net = |extra: &str| {
-        config(&format!(
-            r#", "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0"{extra}}}]"#
-        ))
-    };
     let cases: Vec<(String, &str)> = vec![
         (
             config(r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false}"#),
             "balloon: the balloon device is not supported by Kiln yet",
         ),
         (
-            config(r#", "cpu-config": {"cpuid_modifiers": []}"#),
-            "cpu-config: a custom CPU template (CPUID and MSR modifiers) is not supported by Kiln yet",
-        ),
-        (
-            config(r#", "cpu-config": "/templates/t.json""#),
-            "cpu-config: a custom CPU template",
-        ),
-        (
             config(r#", "mmds-config": {"network_interfaces": ["eth0"]}"#),
             "mmds-config: MMDS (the microVM metadata service) is not supported by Kiln yet",
-        ),
-        (
-            config(r#", "entropy": {}"#),
-            "entropy: the entropy device (virtio-rng) is not supported by Kiln yet",
         ),
         (
             config(r#", "pmem": [{"id": "p", "path_on_host": "/x"}]"#),
@@ -300,24 +283,8 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
             "memory-hotplug: memory hot-plug (virtio-mem) is not supported by Kiln yet",
         ),
         (
-            drive(r#", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#),
-            "drives: rate limiting (rate_limiter) is not supported by Kiln yet",
-        ),
-        (
             drive(r#", "socket": "/run/vhost.sock""#),
             "drives: a vhost-user block backend (socket) is not supported by Kiln yet",
-        ),
-        (
-            net(r#", "mtu": 1500"#),
-            "network-interfaces: advertising an MTU to the guest (mtu) is not supported by Kiln yet",
-        ),
-        (
-            net(r#", "rx_rate_limiter": {}"#),
-            "network-interfaces: rate limiting",
-        ),
-        (
-            net(r#", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}"#),
-            "network-interfaces: rate limiting",
         ),
     ];
     for (text, want) in &cases {
@@ -332,25 +299,69 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("drive \"a\" has no path_on_host"), "{err}");
-    // The update bodies take the spec's fields too.
+}
+
+/// The fields and sections of the devices Kiln has (rate limiters, `mtu`, `entropy`,
+/// `cpu-config`, Kiln's `serial`) take explicit `null`s like every other optional field,
+/// inside them too, and `null` is the same as leaving them out.
+#[test]
+fn device_fields_take_nulls_too() {
+    let d = image("device-nulls.img");
+    let with_nulls = VmResources::from_json(&config(&format!(
+        r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": false,
+                         "rate_limiter": {{"bandwidth": null,
+                                           "ops": {{"size": 1, "one_time_burst": null, "refill_time": 1}}}}}}],
+        "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": null,
+                                 "rx_rate_limiter": {{"bandwidth": null, "ops": null}},
+                                 "tx_rate_limiter": null}}],
+        "entropy": {{"rate_limiter": null}},
+        "serial": {{"serial_out_path": null, "rate_limiter": null}},
+        "cpu-config": {{"kvm_capabilities": null, "cpuid_modifiers": null, "msr_modifiers": null,
+                        "reg_modifiers": null, "vcpu_features": null}}"#
+    )))
+    .unwrap();
+    let without = VmResources::from_json(&config(&format!(
+        r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": false,
+                         "rate_limiter": {{"ops": {{"size": 1, "refill_time": 1}}}}}}],
+        "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0",
+                                 "rx_rate_limiter": {{}}}}],
+        "entropy": {{}}, "serial": {{}}, "cpu-config": {{}}"#
+    )))
+    .unwrap();
+    assert_eq!(with_nulls, without);
+    assert!(with_nulls.entropy.is_some() && with_nulls.serial.is_some());
+    assert!(with_nulls.cpu_config.is_some());
+    assert_eq!(
+        with_nulls.drives[0].rate_limiter.unwrap().ops.unwrap().size,
+        1
+    );
+    // Sections given as null configure nothing.
+    let res = VmResources::from_json(&config(
+        r#", "entropy": null, "serial": null, "cpu-config": null"#,
+    ))
+    .unwrap();
+    assert!(res.entropy.is_none() && res.serial.is_none() && res.cpu_config.is_none());
+    // The update bodies take the spec's fields, with nulls.
     let upd: DriveUpdate =
         parse_json(r#"{"drive_id": "a", "path_on_host": null, "rate_limiter": null}"#).unwrap();
-    assert!(upd.validated(Some("a")).is_ok());
-    let upd: DriveUpdate =
-        parse_json(r#"{"drive_id": "a", "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#)
-            .unwrap();
-    assert!(upd
-        .validated(Some("a"))
-        .unwrap_err()
-        .to_string()
-        .contains("rate limiting"));
+    assert_eq!(upd.validated(Some("a")).unwrap().rate_limiter, None);
+    let upd: DriveUpdate = parse_json(
+        r#"{"drive_id": "a", "rate_limiter": {"bandwidth": null, "ops": {"size": 1, "refill_time": 1}}}"#,
+    )
+    .unwrap();
+    let limiter = upd.validated(Some("a")).unwrap().rate_limiter.unwrap();
+    assert_eq!((limiter.bandwidth, limiter.ops.unwrap().size), (None, 1));
     let upd: NetworkInterfaceUpdate =
         parse_json(r#"{"iface_id": "eth0", "rx_rate_limiter": null, "tx_rate_limiter": null}"#)
             .unwrap();
-    assert!(upd.validated(Some("eth0")).is_ok());
+    let upd = upd.validated(Some("eth0")).unwrap();
+    assert_eq!((upd.rx_rate_limiter, upd.tx_rate_limiter), (None, None));
     let upd: NetworkInterfaceUpdate =
         parse_json(r#"{"iface_id": "eth0", "tx_rate_limiter": {}}"#).unwrap();
-    assert!(upd.validated(Some("eth0")).is_err());
+    assert_eq!(
+        upd.validated(Some("eth0")).unwrap().tx_rate_limiter,
+        Some(RateLimiterConfig::default())
+    );
 }
 
 #[test]
@@ -432,9 +443,45 @@ fn vm_config_has_firecracker_sections() {
     ] {
         assert!(v.get(key).is_some(), "GET /vm/config lacks {key}: {v}");
     }
-    assert_eq!(v["balloon"], serde_json::Value::Null);
+    for key in ["balloon", "cpu-config", "entropy"] {
+        assert_eq!(v[key], serde_json::Value::Null, "{key}: {v}");
+    }
     assert_eq!(v["pmem"], serde_json::json!([]));
     assert_eq!(v["boot-source"]["initrd_path"], serde_json::Value::Null);
+    // Kiln's own section is written only when set: the answer stays a file Firecracker reads.
+    assert!(v.get("serial").is_none(), "{v}");
+    let again = VmResources::from_json(&v.to_string()).unwrap();
+    assert_eq!(again, res);
+    // With the devices set, each is shown (null inside where unset) and reads back.
+    let d = image("vm-config-devices.img");
+    let res = VmResources::from_json(&config(&format!(
+        r#", "drives": [{{"drive_id": "a", "path_on_host": "{d}", "is_root_device": false,
+                         "rate_limiter": {{"ops": {{"size": 10, "refill_time": 100}}}}}}],
+        "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1400}}],
+        "entropy": {{"rate_limiter": {{"bandwidth": {{"size": 4096, "refill_time": 1000}}}}}},
+        "serial": {{"rate_limiter": {{"size": 100, "refill_time": 10}}}},
+        "cpu-config": {{"msr_modifiers": [{{"addr": "0x10", "bitmap": "0b1"}}]}}"#
+    )))
+    .unwrap();
+    let v = serde_json::to_value(res.to_config()).unwrap();
+    assert_eq!(
+        v["drives"][0]["rate_limiter"],
+        serde_json::json!({"bandwidth": null,
+                           "ops": {"size": 10, "one_time_burst": null, "refill_time": 100}})
+    );
+    let n = &v["network-interfaces"][0];
+    assert_eq!(n["mtu"], 1400);
+    assert_eq!(n["rx_rate_limiter"], serde_json::Value::Null, "{n}");
+    assert_eq!(
+        v["entropy"]["rate_limiter"]["bandwidth"]["size"], 4096,
+        "{v}"
+    );
+    assert_eq!(
+        v["serial"],
+        serde_json::json!({"serial_out_path": null,
+                           "rate_limiter": {"size": 100, "one_time_burst": null, "refill_time": 10}})
+    );
+    assert_eq!(v["cpu-config"]["msr_modifiers"][0]["addr"], "0x10", "{v}");
     let again = VmResources::from_json(&v.to_string()).unwrap();
     assert_eq!(again, res);
 }

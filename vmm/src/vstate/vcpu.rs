@@ -3,10 +3,12 @@
 
 use super::vm::Vm;
 use crate::arch::x86_64::cpuid::{self, CpuidError, Topology};
+use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
 use crate::arch::x86_64::lapic::{self, LapicError};
 use crate::arch::x86_64::msr::{self, MsrError};
 use crate::arch::x86_64::regs::{self, BootEntry, BootTables, RegsError};
-use crate::resources::CpuTemplate;
+use crate::resources::{CpuTemplate, MsrModifier};
+use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,11 @@ pub enum VcpuError {
     #[error("vCPU {index}: {source}")]
     Msrs { index: u8, source: MsrError },
     #[error("vCPU {index}: {source}")]
+    Template {
+        index: u8,
+        source: CustomTemplateError,
+    },
+    #[error("vCPU {index}: {source}")]
     Regs { index: u8, source: RegsError },
     #[error("vCPU {index}: {source}")]
     Lapic { index: u8, source: LapicError },
@@ -30,7 +37,12 @@ pub enum VcpuError {
 #[derive(Debug, Clone, Copy)]
 pub struct VcpuConfig<'a> {
     pub topology: Topology,
+    /// The CPUID each vCPU's is normalised from: KVM's supported one, or a custom
+    /// template's result ([`custom_template::templated_cpuid`]).
+    pub cpuid: &'a CpuId,
     pub template: CpuTemplate,
+    /// A custom template's MSR modifiers.
+    pub msr_modifiers: &'a [MsrModifier],
     pub entry: BootEntry,
     pub tables: &'a BootTables,
 }
@@ -54,9 +66,9 @@ impl Vcpu {
     /// Loads CPUID, MSRs, registers and LAPIC state for the boot entry. Every vCPU gets the
     /// boot registers; with the in-kernel LAPIC the others then wait for the guest's
     /// INIT/SIPI, which resets them.
-    pub fn configure(&self, vm: &Vm, cfg: &VcpuConfig<'_>) -> Result<(), VcpuError> {
+    pub fn configure(&self, cfg: &VcpuConfig<'_>) -> Result<(), VcpuError> {
         let index = self.index;
-        let cpuid = cpuid::vcpu_cpuid(vm.supported_cpuid(), index, cfg.topology, cfg.template)
+        let cpuid = cpuid::vcpu_cpuid(cfg.cpuid, index, cfg.topology, cfg.template)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         self.fd
             .set_cpuid2(&cpuid)
@@ -64,6 +76,8 @@ impl Vcpu {
                 index,
                 source: CpuidError::Set { index, source },
             })?;
+        custom_template::apply_msrs(&self.fd, cfg.msr_modifiers)
+            .map_err(|source| VcpuError::Template { index, source })?;
         msr::setup_msrs(&self.fd).map_err(|source| VcpuError::Msrs { index, source })?;
         regs::setup_vcpu_regs(&self.fd, cfg.entry, cfg.tables)
             .map_err(|source| VcpuError::Regs { index, source })?;

@@ -143,6 +143,11 @@ impl Vm {
         &self.fd
     }
 
+    /// Whether the host's KVM has capability `cap` (`KVM_CHECK_EXTENSION`).
+    pub fn has_capability(&self, cap: u32) -> bool {
+        self._kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0
+    }
+
     /// The CPUID KVM can give guests, before per-vCPU normalisation.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid

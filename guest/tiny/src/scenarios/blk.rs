@@ -20,6 +20,11 @@
 //!   `blk config generation=N capacity=N interrupt=0x..`, and a `blk read` of sector 0
 //!   again.
 //!
+//! * `blk-burst`: `kiln.count=C` one-sector reads of sector S (default 4, at most 64), one
+//!   after the other, each waited for at most `kiln.wait=W` seconds (default 1): `blk burst
+//!   n=I status=N cycles=N` each (TSC cycles of that read), then `blk burst done count=C
+//!   cycles=N` (all of them). A rate-limited drive spaces them out.
+//!
 //! Statuses: 0 OK, 1 IOERR, 2 UNSUPP, 255 never written; `len` is the used length.
 
 // Register values, sector numbers and lengths are deliberately cut to the width the device
@@ -32,7 +37,7 @@ use crate::serial::{Console, Line};
 use crate::virtio::blk::{
     Blk, StartError, F_RO, MAX_SECTORS, SECTOR, T_FLUSH, T_GET_ID, T_IN, T_OUT,
 };
-use crate::virtio::fnv1a;
+use crate::virtio::{fnv1a, WAIT_CYCLES};
 use kiln_guest_boot::cmdline::param_num;
 
 /// Byte `i` of a `blk-write` request at `sector` (the tests compute the same).
@@ -259,4 +264,33 @@ pub fn run_swap(info: &BootInfo, con: &mut Console) {
         .hex(interrupt.into())
         .end();
     read(&mut b, con, 0, 1);
+}
+
+pub fn run_burst(info: &BootInfo, con: &mut Console) {
+    let Some(mut b) = open(info, con) else { return };
+    let (sector, _) = sector_args(info);
+    let count = param_num(info.cmdline, b"kiln.count", 4).clamp(1, 64);
+    let wait = param_num(info.cmdline, b"kiln.wait", 1).clamp(1, 60) * WAIT_CYCLES;
+    let first = rdtsc();
+    for n in 0..count {
+        let start = rdtsc();
+        let Some((status, _)) = b.request_wait(T_IN, sector, SECTOR as u32, wait) else {
+            con.error().s("blk burst timed out n=").dec(n).end();
+            return;
+        };
+        con.line()
+            .s("blk burst n=")
+            .dec(n)
+            .s(" status=")
+            .dec(status.into())
+            .s(" cycles=")
+            .dec(rdtsc().wrapping_sub(start))
+            .end();
+    }
+    con.line()
+        .s("blk burst done count=")
+        .dec(count)
+        .s(" cycles=")
+        .dec(rdtsc().wrapping_sub(first))
+        .end();
 }

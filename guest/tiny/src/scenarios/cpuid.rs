@@ -6,6 +6,7 @@
 //! KILN-TINY: cpuid leaf=0x1 eax=0x... ecx=0x... edx=0x...
 //! KILN-TINY: cpuid leaf=0x7 ebx=0x... ecx=0x... edx=0x...     (or `leaf=0x7 absent`)
 //! KILN-TINY: cpuid leaf=0x40000000 max=0x... sig=KVMKVMKVM   (or `leaf=0x40000000 absent`)
+//! KILN-TINY: cpuid leaf=0x40000001 eax=0x... edx=0x...         (KVM's features, when max says so)
 //! ```
 //! Leaf 7 is read (subleaf 0) only when leaf 0 reports it; the hypervisor leaf only when
 //! CPUID.1:ECX bit 31 (hypervisor present) is set. Vendor and signature are printed with
@@ -73,6 +74,15 @@ pub fn run(_info: &BootInfo, con: &mut Console) {
             .s(" sig=")
             .escaped(sig)
             .end();
+        if hv.eax > HYPERVISOR_LEAF {
+            let features = cpuid(HYPERVISOR_LEAF + 1, 0);
+            con.line()
+                .s("cpuid leaf=0x40000001 eax=")
+                .hex(features.eax.into())
+                .s(" edx=")
+                .hex(features.edx.into())
+                .end();
+        }
     } else {
         con.line().s("cpuid leaf=0x40000000 absent").end();
     }

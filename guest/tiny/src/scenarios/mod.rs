@@ -13,9 +13,11 @@ mod cpus;
 mod faults;
 mod hostile;
 mod memmap;
+mod msr;
 mod net;
 mod ports;
 mod print;
+mod rng;
 mod storm;
 mod ticks;
 mod vsock;
@@ -38,6 +40,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"boot", boot::run),
     (b"memmap", memmap::run),
     (b"cpuid", cpuid::run),
+    (b"msr", msr::run),
     (b"cpus", cpus::run),
     (b"reset", faults::reset),
     (b"triple", faults::triple),
@@ -52,6 +55,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"blk-flush", blk::run_flush),
     (b"blk-id", blk::run_id),
     (b"blk-swap", blk::run_swap),
+    (b"blk-burst", blk::run_burst),
     (b"net-tx", net::run_tx),
     (b"net-rx", net::run_rx),
     (b"virtio-loop", hostile::blk::run_loop),
@@ -69,6 +73,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"bus-junk", bus::run_junk),
     (b"legacy-junk", bus::run_legacy),
     (b"irq-storm", storm::run),
+    (b"rng-read", rng::run_read),
+    (b"rng-hostile", hostile::rng::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -1,13 +1,17 @@
 //! virtio-net scenarios. Each starts the first virtio-net device and prints
-//! `net base=0x.. irq=N features=0x.. mac=xx:xx:xx:xx:xx:xx`, then:
+//! `net base=0x.. irq=N features=0x.. mac=xx:xx:xx:xx:xx:xx` (with ` mtu=N` when the device
+//! offers an MTU), then:
 //!
-//! * `net-tx`: sends one broadcast frame of EtherType 0x88b5 (local experimental) whose
-//!   payload is [`TX_PAYLOAD`], from the device's MAC: `net tx len=N used=1`.
+//! * `net-tx`: sends `kiln.count=C` (default 1, at most 64) broadcast frames of EtherType
+//!   0x88b5 (local experimental) whose payload is [`TX_PAYLOAD`], from the device's MAC, one
+//!   after the other, each waited for at most `kiln.wait=S` seconds (default 1): `net tx
+//!   len=N used=1` each.
 //! * `net-rx`: posts its receive buffers (1536 bytes each, or 128 with `kiln.mrg=1`, which
-//!   also negotiates merged receive buffers), prints `net rx ready`, and waits (about 10 s)
-//!   for a frame of EtherType 0x88b5, skipping up to 16 others (`net rx skipped
-//!   ethertype=0x..`): `net rx len=N buffers=B ethertype=0x88b5 payload=<first 64 payload
-//!   bytes, escaped>` (N: frame bytes without the virtio header; B: buffers it used).
+//!   also negotiates merged receive buffers), prints `net rx ready`, and waits (about 10 s
+//!   each) for `kiln.count=C` frames (default 1, at most 64) of EtherType 0x88b5, skipping
+//!   up to 16 others (`net rx skipped ethertype=0x..`): `net rx len=N buffers=B
+//!   ethertype=0x88b5 payload=<first 64 payload bytes, escaped>` each (N: frame bytes
+//!   without the virtio header; B: buffers it used).
 
 // Register values, sector numbers and lengths are deliberately cut to the width the device
 // or the ring field has (32, 16 or 8 bits); every such value is in range by construction.
@@ -16,6 +20,7 @@
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::net::{Net, F_MRG_RXBUF, HDR, RX_BUFS, RX_BUF_LEN};
+use crate::virtio::WAIT_CYCLES;
 use kiln_guest_boot::cmdline::param_num;
 
 pub const ETHERTYPE: u16 = 0x88b5;
@@ -46,7 +51,10 @@ fn open(info: &BootInfo, con: &mut Console, mergeable: bool) -> Option<Net> {
                 }
                 line = super::blk::hex_bytes(line, &[*b]);
             }
-            line.end();
+            match n.mtu() {
+                Some(mtu) => line.s(" mtu=").dec(mtu.into()).end(),
+                None => line.end(),
+            }
             Some(n)
         }
         Err(0) => {
@@ -77,14 +85,20 @@ pub fn run_tx(info: &BootInfo, con: &mut Console) {
     frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
     frame[14..14 + TX_PAYLOAD.len()].copy_from_slice(TX_PAYLOAD);
     let len = 14 + TX_PAYLOAD.len();
-    match n.send(&frame[..len]) {
-        Some(_) => con
-            .line()
-            .s("net tx len=")
-            .dec(len as u64)
-            .s(" used=1")
-            .end(),
-        None => con.error().s("net tx timed out").end(),
+    let wait = param_num(info.cmdline, b"kiln.wait", 1).clamp(1, 60) * WAIT_CYCLES;
+    for _ in 0..param_num(info.cmdline, b"kiln.count", 1).clamp(1, 64) {
+        match n.send_wait(&frame[..len], wait) {
+            Some(_) => con
+                .line()
+                .s("net tx len=")
+                .dec(len as u64)
+                .s(" used=1")
+                .end(),
+            None => {
+                con.error().s("net tx timed out").end();
+                return;
+            }
+        }
     }
 }
 
@@ -104,8 +118,10 @@ pub fn run_rx(info: &BootInfo, con: &mut Console) {
     }
     n.kick_rx();
     con.line().s("net rx ready").end();
+    let wanted = param_num(info.cmdline, b"kiln.count", 1).clamp(1, 64);
+    let mut received = 0;
     let mut frame = [0u8; RX_BUFS * RX_BUF_LEN];
-    for _ in 0..16 {
+    for _ in 0..16 + wanted {
         let Some(first) = n.recv(RX_WAIT_CYCLES) else {
             con.error().s("net rx timed out").end();
             return;
@@ -156,7 +172,10 @@ pub fn run_rx(info: &BootInfo, con: &mut Console) {
             .s(" payload=")
             .escaped(&payload[..payload.len().min(64)])
             .end();
-        return;
+        received += 1;
+        if received == wanted {
+            return;
+        }
     }
     con.error().s("net rx no frame of ethertype 0x88b5").end();
 }

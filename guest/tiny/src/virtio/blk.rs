@@ -126,6 +126,17 @@ impl Blk {
     /// Sends one request with `len` bytes of data (device-writable unless `kind` is `OUT`)
     /// and waits for it. Returns (status byte, used length), or `None` on timeout.
     pub fn request(&mut self, kind: u32, sector: u64, len: u32) -> Option<(u8, u32)> {
+        self.request_wait(kind, sector, len, WAIT_CYCLES)
+    }
+
+    /// [`Blk::request`], waiting at most `cycles` TSC cycles.
+    pub fn request_wait(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        len: u32,
+        cycles: u64,
+    ) -> Option<(u8, u32)> {
         Self::prepare(kind, sector);
         let data_flags = if kind == T_OUT {
             DESC_F_NEXT
@@ -144,7 +155,7 @@ impl Blk {
             .set_desc(2, Self::status_addr(), 1, DESC_F_WRITE, 0);
         self.ring.push(0);
         self.mmio.notify(0);
-        let used = self.ring.wait_used(WAIT_CYCLES)?;
+        let used = self.ring.wait_used(cycles)?;
         Some((Self::status_byte(), used.len))
     }
 }

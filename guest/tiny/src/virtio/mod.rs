@@ -7,7 +7,8 @@
 //! - [`ring`]: the guest's three rings of [`ring::QUEUE_SIZE`] entries in static memory inside
 //!   the image, and [`ring::RingExt`]: waiting for a used entry by polling, and writing any
 //!   available index (hostile scenarios).
-//! - [`blk`], [`net`], [`vsock`]: request helpers for virtio-blk, virtio-net and virtio-vsock.
+//! - [`blk`], [`net`], [`vsock`], [`rng`]: request helpers for virtio-blk, virtio-net,
+//!   virtio-vsock and virtio-rng.
 //!
 //! Every register access is a plain volatile access to the device window, which the image's
 //! page tables map uncached (3-4 GiB).
@@ -15,6 +16,7 @@
 pub mod blk;
 pub mod net;
 pub mod ring;
+pub mod rng;
 pub mod vsock;
 
 use kiln_guest_boot::{IDENTITY_MAP_END, MMIO_GAP_START};

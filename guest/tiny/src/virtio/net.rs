@@ -6,10 +6,11 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use super::ring::{ring, Ring, RingExt, DESC_F_WRITE, QUEUE_SIZE};
-use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
+use super::{Mmio, DEVICE_NET, STATUS_DRIVER_OK, STATUS_NEEDS_RESET};
 use core::ptr::{addr_of, addr_of_mut};
 use kiln_guest_virtio::{DeviceShared, UsedElem};
 
+pub const F_MTU: u64 = 1 << 3;
 pub const F_MAC: u64 = 1 << 5;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const HDR: usize = 12;
@@ -40,7 +41,7 @@ impl Net {
     /// buffers when `mergeable`. Err: the status register (0 when there is no device).
     pub fn open(cmdline: &[u8], index: u32, mergeable: bool) -> Result<Net, u32> {
         let mmio = super::find(cmdline, DEVICE_NET, index).ok_or(0u32)?;
-        let wanted = F_MAC | if mergeable { F_MRG_RXBUF } else { 0 };
+        let wanted = F_MAC | F_MTU | if mergeable { F_MRG_RXBUF } else { 0 };
         let features = mmio.negotiate(wanted)?;
         let (rx, tx) = (ring(1), ring(2));
         mmio.setup_queue(0, QUEUE_SIZE as u32, &rx);
@@ -68,9 +69,15 @@ impl Net {
         mac
     }
 
-    /// Sends `frame` (without header; at most TX_BUF_LEN - HDR bytes) and waits until the
-    /// device has taken it.
-    pub fn send(&mut self, frame: &[u8]) -> Option<UsedElem> {
+    /// The MTU in config space (offset 10), when the device offers one.
+    pub fn mtu(&self) -> Option<u16> {
+        (self.features & F_MTU != 0)
+            .then(|| u16::from_le_bytes([self.mmio.config_u8(10), self.mmio.config_u8(11)]))
+    }
+
+    /// Sends `frame` (without header; at most TX_BUF_LEN - HDR bytes) and waits (at most
+    /// `cycles` TSC cycles) until the device has taken it.
+    pub fn send_wait(&mut self, frame: &[u8], cycles: u64) -> Option<UsedElem> {
         // SAFETY: the transmit buffer is not in use by the device (one frame at a time).
         let buf = unsafe { &mut *addr_of_mut!((*BUFFERS.ptr()).tx) };
         let len = frame.len().min(TX_BUF_LEN - HDR);
@@ -81,7 +88,7 @@ impl Net {
             .set_desc(0, buf.as_ptr() as u64, (HDR + len) as u32, 0, 0);
         self.tx.push(0);
         self.mmio.notify(1);
-        self.tx.wait_used(WAIT_CYCLES)
+        self.tx.wait_used(cycles)
     }
 
     /// Makes receive buffer `i` (of `len` bytes) available to the device.

@@ -10,9 +10,9 @@
 use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
-    parse_json, BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-    VsockConfig,
+    parse_json, BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    NetworkInterfaceUpdate, SerialConfig, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -27,6 +27,9 @@ pub enum Endpoint {
     Drives,
     NetworkInterfaces,
     Vsock,
+    Entropy,
+    Serial,
+    CpuConfig,
     Actions,
     Logger,
     Metrics,
@@ -43,6 +46,9 @@ impl Endpoint {
             Endpoint::Drives | Endpoint::NetworkInterfaces => "PUT, PATCH",
             Endpoint::BootSource
             | Endpoint::Vsock
+            | Endpoint::Entropy
+            | Endpoint::Serial
+            | Endpoint::CpuConfig
             | Endpoint::Actions
             | Endpoint::Logger
             | Endpoint::Metrics => "PUT",
@@ -60,18 +66,9 @@ impl Endpoint {
 /// feature: answered with a message that says so, rather than a bare "unknown path".
 const NOT_YET: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
-    (
-        "cpu-config",
-        "a custom CPU template (CPUID and MSR modifiers)",
-    ),
-    ("entropy", "the entropy device (virtio-rng)"),
     ("hotplug", "memory hot-plug (virtio-mem)"),
     ("mmds", "MMDS (the microVM metadata service)"),
     ("pmem", "the virtio-pmem device"),
-    (
-        "serial",
-        "configuring the serial console's output (PUT /serial)",
-    ),
     ("snapshot", "snapshotting"),
 ];
 
@@ -135,6 +132,9 @@ pub fn counters(
         (Method::Put, Endpoint::Metrics) => (&p.metrics_count, Some(&p.metrics_fails)),
         (Method::Put, Endpoint::NetworkInterfaces) => (&p.network_count, Some(&p.network_fails)),
         (Method::Put, Endpoint::Vsock) => (&p.vsock_count, Some(&p.vsock_fails)),
+        (Method::Put, Endpoint::Entropy) => (&p.entropy_count, Some(&p.entropy_fails)),
+        (Method::Put, Endpoint::Serial) => (&p.serial_count, Some(&p.serial_fails)),
+        (Method::Put, Endpoint::CpuConfig) => (&p.cpu_cfg_count, Some(&p.cpu_cfg_fails)),
         (Method::Patch, Endpoint::Drives) => (&pa.drive_count, Some(&pa.drive_fails)),
         (Method::Patch, Endpoint::MachineConfig) => {
             (&pa.machine_cfg_count, Some(&pa.machine_cfg_fails))
@@ -167,6 +167,9 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["network-interfaces"] => (Endpoint::NetworkInterfaces, None),
         ["network-interfaces", id] => (Endpoint::NetworkInterfaces, Some(*id)),
         ["vsock"] => (Endpoint::Vsock, None),
+        ["entropy"] => (Endpoint::Entropy, None),
+        ["serial"] => (Endpoint::Serial, None),
+        ["cpu-config"] => (Endpoint::CpuConfig, None),
         ["actions"] => (Endpoint::Actions, None),
         ["logger"] => (Endpoint::Logger, None),
         ["metrics"] => (Endpoint::Metrics, None),
@@ -187,8 +190,8 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
 fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
-         /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /actions, /logger, /metrics, \
-         /vm, /vm/config)"
+         /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
+         /actions, /logger, /metrics, /vm, /vm/config)"
     )
 }
 
@@ -308,6 +311,15 @@ fn route_endpoint(
         }
         (Method::Put, Endpoint::Vsock) => {
             ApiRequest::PutVsock(parse_json::<VsockConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Entropy) => {
+            ApiRequest::PutEntropy(parse_json::<EntropyConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::Serial) => {
+            ApiRequest::PutSerial(parse_json::<SerialConfig>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::CpuConfig) => {
+            ApiRequest::PutCpuConfig(parse_json::<CpuConfig>(body).map_err(json)?)
         }
         (Method::Put, Endpoint::Logger) => {
             ApiRequest::PutLogger(parse_json::<LoggerConfig>(body).map_err(json)?)

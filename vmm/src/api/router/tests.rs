@@ -133,6 +133,30 @@ fn table_of_routed_requests() {
             ApiRequest::PatchVm(VmStateChange::Paused),
         ),
         (
+            Put,
+            "/entropy",
+            Some("{}"),
+            ApiRequest::PutEntropy(EntropyConfig::default()),
+        ),
+        (
+            Put,
+            "/serial",
+            Some(r#"{"serial_out_path": "/s"}"#),
+            ApiRequest::PutSerial(SerialConfig {
+                serial_out_path: Some("/s".into()),
+                rate_limiter: None,
+            }),
+        ),
+        (
+            Put,
+            "/cpu-config",
+            Some(r#"{"cpuid_modifiers": []}"#),
+            ApiRequest::PutCpuConfig(CpuConfig {
+                cpuid_modifiers: Some(Vec::new()),
+                ..Default::default()
+            }),
+        ),
+        (
             Patch,
             "/vm",
             Some(r#"{"state": "Resumed"}"#),
@@ -188,10 +212,10 @@ fn table_of_refused_requests() {
         ),
         (
             Put,
-            "/entropy",
+            "/balloon",
             Some("{}"),
             None,
-            "the entropy device (virtio-rng) is not supported by Kiln yet",
+            "the balloon device is not supported by Kiln yet",
         ),
         (Get, "/vm/config/x", None, None, "no such path"),
         (Put, "/", Some("{}"), Some("GET"), "allowed: GET"),
@@ -226,6 +250,9 @@ fn table_of_refused_requests() {
         (Get, "/boot-source", None, Some("PUT"), "allowed: PUT"),
         (Get, "/vm", None, Some("PATCH"), "allowed: PATCH"),
         (Put, "/vm", Some("{}"), Some("PATCH"), "allowed: PATCH"),
+        (Get, "/entropy", None, Some("PUT"), "allowed: PUT"),
+        (Patch, "/serial", Some("{}"), Some("PUT"), "allowed: PUT"),
+        (Get, "/cpu-config", None, Some("PUT"), "allowed: PUT"),
     ];
     for (method, path, body, allow, word) in unknown {
         let e = refused(method.clone(), path, body);
@@ -240,6 +267,20 @@ fn table_of_refused_requests() {
     }
     // Then bad requests on paths Kiln serves: (method, path, body, status, word).
     let cases: Vec<(Method, &str, Option<&str>, u16, &str)> = vec![
+        (
+            Put,
+            "/entropy",
+            Some(r#"{"rate_limiter": {"bytes": 1}}"#),
+            400,
+            "unknown field `bytes`",
+        ),
+        (
+            Put,
+            "/cpu-config",
+            Some(r#"{"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}"#),
+            400,
+            "has '2'",
+        ),
         (Get, "/", Some("{}"), 400, "cannot have a body"),
         (Put, "/actions", None, 400, "Content-Length"),
         (Patch, "/vm", None, 400, "Content-Length"),
@@ -380,6 +421,9 @@ fn every_endpoint_verb_pair_has_counters() {
         (Method::Put, "/actions"),
         (Method::Put, "/logger"),
         (Method::Put, "/metrics"),
+        (Method::Put, "/entropy"),
+        (Method::Put, "/serial"),
+        (Method::Put, "/cpu-config"),
         (Method::Get, "/vm/config"),
         (Method::Patch, "/vm"),
     ] {

@@ -8,13 +8,15 @@
 //! - [`gdt`]: boot GDT/IDT and the segment registers built from them.
 //! - [`regs`]: general, special and FPU registers per boot entry.
 //! - [`mptable`]: the Intel MP table that tells an SMP guest about its CPUs and IOAPIC.
-//! - [`cpuid`]: per-vCPU CPUID normalisation; [`cpu_templates`]: features hidden by templates.
+//! - [`cpuid`]: per-vCPU CPUID normalisation; [`cpu_templates`]: features hidden by templates;
+//!   [`custom_template`]: a custom template's CPUID and MSR modifiers (`cpu-config`).
 //! - [`msr`]: the MSRs every vCPU boots with.
 //! - [`lapic`]: LAPIC LINT0/LINT1 as Linux expects them.
 
 pub mod boot_params;
 pub mod cpu_templates;
 pub mod cpuid;
+pub mod custom_template;
 pub mod e820;
 pub mod gdt;
 pub mod lapic;

@@ -1,15 +1,19 @@
 //! COM1: vm-superio's 16550A model on ports 0x3f8–0x3ff, raising IRQ 4, writing the guest's
 //! output to the VMM's stdout or to a file/FIFO (`--serial-out`), and reading the VMM's
-//! stdin as the guest's input.
+//! stdin as the guest's input. An optional token bucket of bytes (`PUT /serial`'s
+//! `rate_limiter`) drops the output beyond it (`uart.rate_limiter_dropped_bytes`): a guest
+//! cannot fill the host's disk or flood a log pipe faster than it allows.
 
 use super::IrqLine;
 use crate::devices::bus::BusDevice;
+use crate::devices::rate_limiter::TokenBucket;
 use crate::sync::lock;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
@@ -24,9 +28,9 @@ pub enum SerialSink {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
-    #[error("cannot open --serial-out {path:?}: {source}")]
+    #[error("cannot open the serial output {path:?} (--serial-out, serial_out_path): {source}")]
     Open { path: String, source: io::Error },
-    #[error("cannot make --serial-out {path:?} blocking again: {source}")]
+    #[error("cannot make the serial output {path:?} blocking again: {source}")]
     Fcntl { path: String, source: io::Error },
 }
 
@@ -40,6 +44,7 @@ enum Out {
 pub struct SerialOutput {
     out: Out,
     first_byte: Option<Box<dyn FnOnce() + Send>>,
+    limiter: Option<TokenBucket>,
 }
 
 impl SerialOutput {
@@ -68,7 +73,13 @@ impl SerialOutput {
         Ok(SerialOutput {
             out,
             first_byte: None,
+            limiter: None,
         })
+    }
+
+    /// Drops output beyond `bucket` (bytes), counting what was dropped.
+    pub fn set_rate_limiter(&mut self, bucket: TokenBucket) {
+        self.limiter = Some(bucket);
     }
 
     /// Runs `f` when the guest writes its first byte.
@@ -100,6 +111,15 @@ impl Write for SerialOutput {
             .uart
             .write_count
             .add(buf.len() as u64);
+        if let Some(b) = self.limiter.as_mut() {
+            if !b.try_take_at(buf.len() as u64, Instant::now()) {
+                crate::metrics::METRICS
+                    .uart
+                    .rate_limiter_dropped_bytes
+                    .add(buf.len() as u64);
+                return Ok(buf.len());
+            }
+        }
         match &mut self.out {
             Out::Stdout(s) => s.write(buf),
             Out::File(f) => f.write(buf),
@@ -242,6 +262,36 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("--serial-out"), "{err}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn output_beyond_the_bucket_is_dropped_and_counted() {
+        let dir = std::env::temp_dir().join(format!("kiln-serial-rl-{}", std::process::id()));
+        let (mut dev, _evt) = device(dir.to_str().unwrap());
+        let cfg = crate::resources::TokenBucketConfig {
+            size: 4,
+            one_time_burst: Some(2),
+            refill_time: 3_600_000,
+        };
+        let bucket = TokenBucket::new(&cfg, Instant::now()).unwrap();
+        dev.uart.writer_mut().set_rate_limiter(bucket);
+        let dropped = crate::metrics::METRICS
+            .uart
+            .rate_limiter_dropped_bytes
+            .total();
+        for b in b"abcdefghij" {
+            dev.write(0, &[*b]);
+        }
+        // The burst (2) and the bucket (4), then nothing for an hour.
+        assert_eq!(std::fs::read(&dir).unwrap(), b"abcdef");
+        assert!(
+            crate::metrics::METRICS
+                .uart
+                .rate_limiter_dropped_bytes
+                .total()
+                >= dropped + 4
+        );
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

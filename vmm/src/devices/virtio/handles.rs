@@ -1,9 +1,12 @@
-//! The virtio devices of the running VM, kept for runtime changes (`PATCH /drives/{id}`):
-//! what the builder hands from [`super::setup`] to the VM's [`crate::devices::manager::Devices`].
+//! The virtio devices of the running VM, kept for runtime changes (`PATCH /drives/{id}`,
+//! `PATCH /network-interfaces/{id}`): what the builder hands from [`super::setup`] to the
+//! VM's [`crate::devices::manager::Devices`].
 
 use super::block::{Block, BlockError};
-use super::net::Net;
+use super::net::{Net, NetError};
 use super::Interrupt;
+use crate::metrics::METRICS;
+use crate::resources::RateLimiterConfig;
 use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +17,15 @@ pub enum DriveUpdateError {
     UnknownDrive(String),
     #[error(transparent)]
     Block(#[from] BlockError),
+}
+
+/// Why a runtime network interface update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetUpdateError {
+    #[error("no network interface with iface_id {0:?}")]
+    UnknownInterface(String),
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// A drive of the running VM.
@@ -53,5 +65,40 @@ impl VirtioHandles {
         lock(&h.device).swap_backing(path_on_host)?;
         h.interrupt.signal_config_change();
         Ok(())
+    }
+
+    /// `PATCH /drives/{id}` with `rate_limiter` after boot: replaces the buckets given.
+    pub fn update_drive_rate_limiter(
+        &self,
+        drive_id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), DriveUpdateError> {
+        let h = self
+            .blocks
+            .iter()
+            .find(|b| b.drive_id == drive_id)
+            .ok_or_else(|| DriveUpdateError::UnknownDrive(drive_id.to_string()))?;
+        let done = lock(&h.device).update_rate_limiter(update);
+        if done.is_ok() {
+            METRICS.block.update_count.inc();
+        } else {
+            METRICS.block.update_fails.inc();
+        }
+        Ok(done?)
+    }
+
+    /// `PATCH /network-interfaces/{id}` after boot: replaces the buckets given.
+    pub fn update_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), NetUpdateError> {
+        let (_, dev) = self
+            .nets
+            .iter()
+            .find(|(id, _)| id == iface_id)
+            .ok_or_else(|| NetUpdateError::UnknownInterface(iface_id.to_string()))?;
+        Ok(lock(dev).update_rate_limiters(rx, tx)?)
     }
 }

@@ -6,7 +6,7 @@
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
-//! - [`block`], [`net`], [`vsock`]: the devices; each knows nothing of MMIO.
+//! - [`block`], [`net`], [`vsock`], [`rng`]: the devices; each knows nothing of MMIO.
 //! - [`setup`]: building the devices from the resources and wiring them into the VM;
 //!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
@@ -21,6 +21,7 @@ pub mod handles;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod rng;
 pub mod setup;
 pub mod vsock;
 
@@ -95,7 +96,7 @@ impl Activation {
 /// [`Self::process_queue`] and [`Self::process_fd`] on the VMM thread. No method may panic on
 /// anything the guest controls, and every method bounds its work.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (1 net, 2 block, 19 vsock).
+    /// virtio device ID (1 net, 2 block, 4 rng, 19 vsock).
     fn device_type(&self) -> u32;
     /// A name for logs (the drive or interface id).
     fn id(&self) -> &str;

@@ -5,8 +5,10 @@
 //! 1. [`attach_devices`], before the kernel command line is written (the KVM VM may not
 //!    exist yet): one virtio-blk per drive (the root device first, so it is `/dev/vda`) and
 //!    one virtio-net per network interface, each in its own virtio-mmio window with its IRQ,
-//!    so that it gets a `virtio_mmio.device=` entry. [`with_root_arg`] adds `root=` for a
-//!    root drive.
+//!    so that it gets a `virtio_mmio.device=` entry; each with its rate limiters.
+//!    [`with_root_arg`] adds `root=` for a root drive. Devices built elsewhere (vsock) go in
+//!    the next windows with [`VirtioSetup::attach`], and the entropy device after them with
+//!    [`VirtioSetup::attach_entropy`].
 //! 2. [`VirtioSetup::wire`], once the VM exists: each device's irqfd, and an ioeventfd per
 //!    queue on QueueNotify.
 //! 3. [`VirtioSetup::start`], once the VMM thread's event loop exists: the queue eventfds
@@ -19,10 +21,13 @@ use super::events::DeviceEvents;
 use super::handles::{BlockHandle, VirtioHandles};
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
+use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
 use crate::devices::manager::{DeviceError, DeviceManager};
+use crate::devices::rate_limiter::RateLimiter;
+use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
-use crate::resources::{DriveConfig, VmResources};
+use crate::resources::{DriveConfig, EntropyConfig, RateLimiterConfig, VmResources};
 use crate::sync::lock;
 use crate::vstate::vm::{Vm, VmError};
 use std::borrow::Cow;
@@ -46,6 +51,16 @@ pub enum VirtioSetupError {
     TooManyQueues(String),
     #[error("cannot add a virtio device to the event loop: {0}")]
     EventLoop(EventLoopError),
+    #[error("virtio device {id}: cannot create its rate limiter: {source}")]
+    RateLimiter { id: String, source: TimerError },
+}
+
+/// A device's rate limiter (always created, so that `PATCH` can set buckets later).
+fn limiter(id: &str, cfg: Option<&RateLimiterConfig>) -> Result<RateLimiter, VirtioSetupError> {
+    RateLimiter::new(cfg).map_err(|source| VirtioSetupError::RateLimiter {
+        id: id.to_string(),
+        source,
+    })
 }
 
 /// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`) and `ro`/`rw` added in front
@@ -100,13 +115,20 @@ pub fn attach_devices(
         wiring: Vec::new(),
     };
     for cfg in &res.drives {
-        let dev = Arc::new(Mutex::new(Block::new(cfg)?));
+        let block =
+            Block::new(cfg)?.with_rate_limiter(limiter(&cfg.drive_id, cfg.rate_limiter.as_ref())?);
+        let dev = Arc::new(Mutex::new(block));
         let interrupt = setup.attach(dm, mem, dev.clone())?;
         let handle = BlockHandle::new(cfg.drive_id.clone(), dev, interrupt);
         setup.handles.blocks.push(handle);
     }
     for cfg in &res.network_interfaces {
-        let dev = Arc::new(Mutex::new(Net::new(cfg)?));
+        let id = &cfg.iface_id;
+        let net = Net::new(cfg)?.with_rate_limiters(
+            limiter(id, cfg.rx_rate_limiter.as_ref())?,
+            limiter(id, cfg.tx_rate_limiter.as_ref())?,
+        );
+        let dev = Arc::new(Mutex::new(net));
         setup.attach(dm, mem, dev.clone())?;
         setup.handles.nets.push((cfg.iface_id.clone(), dev));
     }
@@ -161,6 +183,19 @@ impl VirtioSetup {
             queue_evts: kvm_evts,
         });
         Ok(interrupt)
+    }
+
+    /// The entropy device (`entropy`), in the next virtio-mmio window.
+    pub fn attach_entropy(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        cfg: &EntropyConfig,
+    ) -> Result<(), VirtioSetupError> {
+        let rng =
+            Entropy::new().with_rate_limiter(limiter(super::rng::ID, cfg.rate_limiter.as_ref())?);
+        self.attach(dm, mem, Arc::new(Mutex::new(rng)))?;
+        Ok(())
     }
 
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)

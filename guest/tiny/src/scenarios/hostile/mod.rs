@@ -9,6 +9,7 @@
 //! * [`wrap`]: a real 16-bit index wrap on a 256-entry queue (`virtio-wrap`).
 //! * [`config`]: configuration-space writes to every device (`virtio-config`).
 //! * [`net`]: a hostile driver of virtio-net (`net-hostile`).
+//! * [`rng`]: a hostile driver of virtio-rng (`rng-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
@@ -16,6 +17,7 @@ pub mod blk;
 pub mod config;
 pub mod giant;
 pub mod net;
+pub mod rng;
 pub mod wrap;
 
 use crate::arch::rdtsc;

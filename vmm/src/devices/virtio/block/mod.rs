@@ -15,6 +15,10 @@
 //!
 //! Work per event is bounded: at most [`REQUESTS_PER_EVENT`] requests or
 //! [`BYTES_PER_EVENT`] bytes, then the queue waits for its next turn.
+//!
+//! Rate limiting (`rate_limiter`, changed by `PATCH /drives/{id}`): every request takes one
+//! op, a read or write also its data bytes. One that does not fit stays in the ring and the
+//! queue waits for the limiter's timer, which the device has the event loop watch.
 
 pub mod disk;
 pub mod request;
@@ -24,10 +28,11 @@ use super::{
     queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
-use crate::resources::{CacheType, DriveConfig, ResourceError};
+use crate::resources::{CacheType, DriveConfig, RateLimiterConfig, ResourceError};
 use disk::{Disk, DiskError};
-use request::{RequestError, RequestType, ID_LEN};
+use request::{Request, RequestError, RequestType, ID_LEN};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
@@ -35,6 +40,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Data segments per request (the queue minus the header and status descriptors).
@@ -51,6 +57,8 @@ const CONFIG_LEN: usize = 24;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
+/// The event-loop token of the rate limiter's timer.
+const LIMITER_TOKEN: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -61,6 +69,8 @@ pub enum BlockError {
         drive_id: String,
         source: ResourceError,
     },
+    #[error("drive {0}: the device has no rate limiter to update")]
+    NoRateLimiter(String),
 }
 
 /// A started device: what the driver gave at `DRIVER_OK`.
@@ -78,6 +88,8 @@ pub struct Block {
     cache: CacheType,
     active: Option<Active>,
     warnings: LogBudget,
+    /// `None`: nothing is limited and nothing can be (the fuzz target, unit tests).
+    limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -106,7 +118,35 @@ impl Block {
             cache: cfg.cache_type,
             active: None,
             warnings: LogBudget::new(),
+            limiter: None,
         })
+    }
+
+    /// Gives the drive its rate limiter (the builder always does, so that `PATCH` can set
+    /// buckets later).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Block {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// `PATCH /drives/{id}`: replaces the buckets `update` gives.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) -> Result<(), BlockError> {
+        let limiter = self
+            .limiter
+            .as_mut()
+            .ok_or_else(|| BlockError::NoRateLimiter(self.drive_id.clone()))?;
+        limiter.update(update);
+        crate::log_info!(
+            "drive {}: rate limiter now {:?}",
+            self.drive_id,
+            limiter.config()
+        );
+        Ok(())
+    }
+
+    /// The running rate limiter's buckets.
+    pub fn rate_limiter(&self) -> Option<RateLimiterConfig> {
+        self.limiter.as_ref().map(RateLimiter::config)
     }
 
     pub fn drive_id(&self) -> &str {
@@ -155,6 +195,7 @@ impl Block {
             active,
             drive_id,
             warnings,
+            limiter,
         } = self;
         let Some(a) = active.as_mut() else { return };
         if a.broken {
@@ -162,6 +203,9 @@ impl Block {
         }
         let (mut served, mut bytes, mut used) = (0usize, 0u64, false);
         loop {
+            if limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+                break;
+            }
             if served >= REQUESTS_PER_EVENT || bytes >= BYTES_PER_EVENT {
                 if queue::has_available(&a.queue, &a.mem) {
                     ctx.again();
@@ -178,7 +222,16 @@ impl Block {
             };
             let len = match walk_chain(&a.queue, &a.mem, head) {
                 Ok(chain) => {
-                    let (len, io) = execute(disk, *cache, id_bytes, &a.mem, &chain);
+                    let parsed = request::parse(&a.mem, &chain);
+                    if let Some(l) = limiter.as_mut() {
+                        if !l.consume(limited_bytes(&parsed)) {
+                            // Not now: the request stays in the ring until the timer.
+                            queue::unpop(&mut a.queue, 1);
+                            METRICS.block.rate_limiter_throttled_events.inc();
+                            break;
+                        }
+                    }
+                    let (len, io) = execute(disk, *cache, id_bytes, &a.mem, &chain, parsed);
                     bytes += io;
                     len
                 }
@@ -198,6 +251,20 @@ impl Block {
         if used && a.queue.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
         }
+        // Blocked (a request did not fit, or one larger than the bucket left a debt): the
+        // timer brings the device back.
+        if let Some(l) = limiter.as_ref().filter(|l| l.is_blocked()) {
+            ctx.watch(LIMITER_TOKEN, l.timer_fd());
+        }
+    }
+}
+
+/// The bytes a request takes from the limiter's bandwidth bucket: its data for a read or a
+/// write, nothing for the others (they still take an op).
+fn limited_bytes(parsed: &Result<Request, RequestError>) -> u64 {
+    match parsed {
+        Ok(r) if matches!(r.kind, RequestType::In | RequestType::Out) => r.data_len,
+        _ => 0,
     }
 }
 
@@ -214,8 +281,9 @@ fn execute(
     id: &[u8; ID_LEN],
     mem: &GuestMemoryMmap,
     chain: &Chain,
+    parsed: Result<Request, RequestError>,
 ) -> (u32, u64) {
-    let req = match request::parse(mem, chain) {
+    let req = match parsed {
         Ok(r) => r,
         Err(RequestError::NoStatus) => {
             METRICS.block.invalid_reqs_count.inc();
@@ -367,6 +435,24 @@ impl VirtioDevice for Block {
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {
         METRICS.block.queue_event_count.inc();
         self.process(ctx);
+    }
+
+    fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
+        match self.limiter.as_mut() {
+            Some(l) if token == LIMITER_TOKEN => {
+                l.on_timer();
+                METRICS.block.rate_limiter_event_count.inc();
+            }
+            _ => {
+                ctx.unwatch(token);
+                return;
+            }
+        }
+        if self.active.is_some() {
+            self.process(ctx);
+        } else {
+            ctx.unwatch(token);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::devices::virtio::queue::tests::{desc, mem, queue_with, F_NEXT, F_WRITE};
+use std::time::Duration;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
@@ -226,4 +227,103 @@ fn swapping_the_backing_file_changes_capacity() {
     assert_eq!(u64::from_le_bytes(cap), 6);
     assert!(b.swap_backing("/nonexistent/kiln").is_err());
     assert_eq!(b.capacity(), 6);
+}
+
+fn limited(b: Block, bandwidth: Option<(u64, u64)>, ops: Option<(u64, u64)>) -> Block {
+    let bucket = |(size, refill_time)| crate::resources::TokenBucketConfig {
+        size,
+        one_time_burst: None,
+        refill_time,
+    };
+    let cfg = RateLimiterConfig {
+        bandwidth: bandwidth.map(bucket),
+        ops: ops.map(bucket),
+    };
+    b.with_rate_limiter(RateLimiter::new(Some(&cfg)).unwrap())
+}
+
+#[test]
+fn a_request_over_the_limit_waits_in_the_ring_for_the_timer() {
+    let img = image("limit-ops", 2);
+    let m = mem();
+    // One request per 30 ms.
+    let mut b = limited(block(&img, false, CacheType::Unsafe), None, Some((1, 30)));
+    header(&m, VIRTIO_BLK_T_FLUSH, 0);
+    let descs = [desc(0x8000, 16, F_NEXT, 1), desc(0xa000, 1, F_WRITE, 0)];
+    let (vq, q) = queue_with(&m, 16, &descs, &[0, 0, 0]);
+    start(&mut b, &m, q);
+    let throttled = METRICS.block.rate_limiter_throttled_events.total();
+    let mut ctx = EventCtx::default();
+    b.process_queue(0, &mut ctx);
+    assert_eq!(u16::from_le(vq.used().idx().load()), 1);
+    assert!(METRICS.block.rate_limiter_throttled_events.total() > throttled);
+    let timer = b.limiter.as_ref().unwrap().timer_fd();
+    assert_eq!(ctx.take_changes(), vec![(LIMITER_TOKEN, Some(timer))]);
+    assert!(
+        !ctx.wants_again(),
+        "the timer, not the queue, brings it back"
+    );
+    // Notifications while blocked do nothing.
+    b.process_queue(0, &mut EventCtx::default());
+    assert_eq!(u16::from_le(vq.used().idx().load()), 1);
+    // The timer fires after the refill: one more request.
+    std::thread::sleep(Duration::from_millis(40));
+    let mut ctx = EventCtx::default();
+    b.process_fd(LIMITER_TOKEN, EventSet::IN, &mut ctx);
+    assert_eq!(u16::from_le(vq.used().idx().load()), 2);
+    // PATCH: no more ops bucket; the last request goes at the next timer.
+    b.update_rate_limiter(&RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(crate::resources::TokenBucketConfig::default()),
+    })
+    .unwrap();
+    assert_eq!(b.rate_limiter(), Some(RateLimiterConfig::default()));
+    std::thread::sleep(Duration::from_millis(40));
+    b.process_fd(LIMITER_TOKEN, EventSet::IN, &mut EventCtx::default());
+    assert_eq!(u16::from_le(vq.used().idx().load()), 3);
+}
+
+#[test]
+fn reads_take_their_bytes_from_the_bandwidth_bucket() {
+    let img = image("limit-bw", 8);
+    let m = mem();
+    // 1024 bytes per 10 s: two one-sector reads, then the third waits.
+    let mut b = limited(
+        block(&img, false, CacheType::Unsafe),
+        Some((1024, 10_000)),
+        None,
+    );
+    header(&m, VIRTIO_BLK_T_IN, 1);
+    let descs = [
+        desc(0x8000, 16, F_NEXT, 1),
+        desc(0x9000, 512, F_NEXT | F_WRITE, 2),
+        desc(0xa000, 1, F_WRITE, 0),
+    ];
+    let (vq, q) = queue_with(&m, 16, &descs, &[0, 0, 0]);
+    start(&mut b, &m, q);
+    let mut ctx = EventCtx::default();
+    b.process_queue(0, &mut ctx);
+    assert_eq!(u16::from_le(vq.used().idx().load()), 2);
+    assert!(b.limiter.as_ref().unwrap().is_blocked());
+    // A spurious timer event (it has not fired) lets nothing through.
+    b.process_fd(LIMITER_TOKEN, EventSet::IN, &mut EventCtx::default());
+    assert_eq!(u16::from_le(vq.used().idx().load()), 2);
+    // Unknown tokens are dropped.
+    let mut ctx = EventCtx::default();
+    b.process_fd(99, EventSet::IN, &mut ctx);
+    assert_eq!(ctx.take_changes(), vec![(99, None)]);
+}
+
+#[test]
+fn a_drive_without_a_limiter_cannot_be_patched() {
+    let img = image("limit-none", 2);
+    let mut b = block(&img, false, CacheType::Unsafe);
+    let e = b
+        .update_rate_limiter(&RateLimiterConfig::default())
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "drive rootfs: the device has no rate limiter to update"
+    );
+    assert_eq!(b.rate_limiter(), None);
 }

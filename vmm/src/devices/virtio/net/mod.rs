@@ -4,7 +4,8 @@
 //!   no offloads).
 //!
 //! Two queues of [`QUEUE_SIZE`]: receive (0) and transmit (1). Offered features:
-//! `VERSION_1`, `MAC` when the config gives one (config space: the MAC), `MRG_RXBUF`. No
+//! `VERSION_1`, `MAC` when the config gives one, `MTU` when it gives one (config space:
+//! `mac` at 0, `mtu` at 10, as `virtio_net_config` lays them out), `MRG_RXBUF`. No
 //! checksum or segmentation offloads: frames are whole and checksummed both ways, at most
 //! [`MAX_FRAME`] bytes with the 12-byte header. Every frame carries the 12-byte
 //! `virtio_net_hdr_v1`; on receive `num_buffers` is 1, or the number of buffers used when
@@ -18,6 +19,11 @@
 //! `DEVICE_NEEDS_RESET`. At most [`FRAMES_PER_EVENT`] frames move per event and direction;
 //! when the guest has no receive buffers the tap is no longer watched (frames wait in the
 //! host's tap queue) until the guest posts some.
+//!
+//! Rate limiting (`rx_rate_limiter`, `tx_rate_limiter`; `PATCH` changes them): each frame
+//! takes one op and its bytes (without the virtio-net header). A received frame that does
+//! not fit waits (the tap is not watched meanwhile, so further frames wait in the host's
+//! queue); a transmitted one stays in the ring. Each side's timer brings it back.
 
 pub mod tap;
 
@@ -29,13 +35,14 @@ use super::{
     queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
     VirtioDevice, VIRTIO_F_VERSION_1,
 };
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
-use crate::resources::{MacAddr, NetworkInterfaceConfig};
+use crate::resources::{MacAddr, NetworkInterfaceConfig, RateLimiterConfig};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tap::{Tap, TapError, VNET_HDR_LEN};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -47,8 +54,13 @@ pub const TX_QUEUE: usize = 1;
 pub const FRAMES_PER_EVENT: usize = 64;
 /// Largest frame with its header: what a tap can carry (64 KiB) plus the header.
 pub const MAX_FRAME: usize = 65536 + VNET_HDR_LEN;
-/// The event-loop token of the tap's descriptor.
+/// The event-loop tokens of the tap's descriptor and of the rate limiters' timers.
 const TAP_TOKEN: u64 = 1;
+const RX_LIMITER_TOKEN: u64 = 2;
+const TX_LIMITER_TOKEN: u64 = 3;
+/// Offset of `mtu` in the configuration space, and the space's length with it.
+const MTU_OFFSET: usize = 10;
+const CONFIG_LEN: usize = 12;
 /// Offset of `num_buffers` in the header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -56,6 +68,8 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 pub enum NetError {
     #[error("network interface {iface_id}: {source}")]
     Tap { iface_id: String, source: TapError },
+    #[error("network interface {0}: the device has no rate limiters to update")]
+    NoRateLimiter(String),
 }
 
 struct Active {
@@ -81,14 +95,25 @@ pub struct Net {
     iface_id: String,
     tap: Tap,
     mac: Option<MacAddr>,
+    mtu: Option<u16>,
     active: Option<Active>,
     /// The frame read from the tap and not yet delivered (`rx_len` bytes; 0 = none).
     rx_frame: Vec<u8>,
     rx_len: usize,
+    /// Whether the waiting frame has taken its tokens from the receive limiter.
+    rx_paid: bool,
     tx_frame: Vec<u8>,
     /// Whether the tap is (as far as the device asked) in the event loop.
     tap_watched: bool,
     warnings: LogBudget,
+    /// `None`: nothing is limited and nothing can be (unit tests).
+    limiters: Option<Limiters>,
+}
+
+/// A network interface's rate limiters.
+struct Limiters {
+    rx: RateLimiter,
+    tx: RateLimiter,
 }
 
 impl Net {
@@ -102,13 +127,67 @@ impl Net {
             iface_id: cfg.iface_id.clone(),
             tap,
             mac: cfg.guest_mac,
+            // Validated to 68..=65535.
+            mtu: cfg.mtu.and_then(|m| u16::try_from(m).ok()),
             active: None,
             rx_frame: vec![0; MAX_FRAME],
             rx_len: 0,
+            rx_paid: false,
             tx_frame: vec![0; MAX_FRAME],
             tap_watched: false,
             warnings: LogBudget::new(),
+            limiters: None,
         })
+    }
+
+    /// Gives the interface its receive and transmit limiters (the builder always does, so
+    /// that `PATCH` can set buckets later).
+    pub fn with_rate_limiters(mut self, rx: RateLimiter, tx: RateLimiter) -> Net {
+        self.limiters = Some(Limiters { rx, tx });
+        self
+    }
+
+    /// `PATCH /network-interfaces/{id}`: replaces the buckets each update gives.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<&RateLimiterConfig>,
+        tx: Option<&RateLimiterConfig>,
+    ) -> Result<(), NetError> {
+        let l = self
+            .limiters
+            .as_mut()
+            .ok_or_else(|| NetError::NoRateLimiter(self.iface_id.clone()))?;
+        if let Some(u) = rx {
+            l.rx.update(u);
+        }
+        if let Some(u) = tx {
+            l.tx.update(u);
+        }
+        crate::log_info!(
+            "network interface {}: rate limiters now rx {:?}, tx {:?}",
+            self.iface_id,
+            l.rx.config(),
+            l.tx.config()
+        );
+        Ok(())
+    }
+
+    /// The running limiters' buckets (receive, transmit).
+    pub fn rate_limiters(&self) -> Option<(RateLimiterConfig, RateLimiterConfig)> {
+        self.limiters
+            .as_ref()
+            .map(|l| (l.rx.config(), l.tx.config()))
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        if let Some(mac) = self.mac {
+            c[..6].copy_from_slice(&mac.0);
+        }
+        if let Some(mtu) = self.mtu {
+            c[MTU_OFFSET..].copy_from_slice(&mtu.to_le_bytes());
+        }
+        c
     }
 
     fn break_device(iface: &str, warnings: &mut LogBudget, a: &mut Active, e: &QueueError) {
@@ -125,11 +204,16 @@ impl Net {
     }
 
     /// Moves frames from the tap to the receive queue, up to the per-event limit. Returns
-    /// true when it stopped for lack of receive buffers.
+    /// true when it stopped for lack of receive buffers or of rate-limiter tokens.
     fn receive(&mut self, ctx: &mut EventCtx) -> bool {
         let mut starved = false;
         let mut used = false;
         for _ in 0..FRAMES_PER_EVENT {
+            if let Some(l) = self.limiters.as_mut().filter(|l| l.rx.is_blocked()) {
+                ctx.watch(RX_LIMITER_TOKEN, l.rx.timer_fd());
+                starved = true;
+                break;
+            }
             let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
                 break;
             };
@@ -158,6 +242,15 @@ impl Net {
                 self.rx_len = 0;
                 continue;
             };
+            if let Some(l) = self.limiters.as_mut().filter(|_| !self.rx_paid) {
+                if !l.rx.consume((self.rx_len - VNET_HDR_LEN) as u64) {
+                    METRICS.net.rx_rate_limiter_throttled.inc();
+                    ctx.watch(RX_LIMITER_TOKEN, l.rx.timer_fd());
+                    starved = true;
+                    break;
+                }
+                self.rx_paid = true;
+            }
             match deliver(a, frame) {
                 Ok(Delivery::Delivered) => {
                     used = true;
@@ -167,11 +260,13 @@ impl Net {
                         .rx_bytes_count
                         .add((self.rx_len - VNET_HDR_LEN) as u64);
                     self.rx_len = 0;
+                    self.rx_paid = false;
                 }
                 Ok(Delivery::Dropped) => {
                     used = true;
                     METRICS.net.rx_dropped.inc();
                     self.rx_len = 0;
+                    self.rx_paid = false;
                 }
                 Ok(Delivery::NoBuffers) => {
                     METRICS.net.rx_no_buffers.inc();
@@ -203,6 +298,9 @@ impl Net {
         };
         let mut used = false;
         for n in 0..=FRAMES_PER_EVENT {
+            if self.limiters.as_ref().is_some_and(|l| l.tx.is_blocked()) {
+                break;
+            }
             if n == FRAMES_PER_EVENT {
                 if queue::has_available(&a.tx, &a.mem) {
                     ctx.again();
@@ -218,7 +316,18 @@ impl Net {
                 }
             };
             match walk_chain(&a.tx, &a.mem, head) {
-                Ok(chain) => send(&self.tap, &mut self.tx_frame, &a.mem, &chain),
+                Ok(chain) => {
+                    if let Some(l) = self.limiters.as_mut() {
+                        let len = total_len(&chain.readable);
+                        if !l.tx.consume(len.saturating_sub(VNET_HDR_LEN as u64)) {
+                            // Not now: the frame stays in the ring until the timer.
+                            unpop(&mut a.tx, 1);
+                            METRICS.net.tx_rate_limiter_throttled.inc();
+                            break;
+                        }
+                    }
+                    send(&self.tap, &mut self.tx_frame, &a.mem, &chain)
+                }
                 Err(e) => {
                     METRICS.virtio.invalid_chains.inc();
                     METRICS.net.tx_dropped.inc();
@@ -236,6 +345,19 @@ impl Net {
         }
         if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used_queue();
+        }
+        if let Some(l) = self.limiters.as_ref().filter(|l| l.tx.is_blocked()) {
+            ctx.watch(TX_LIMITER_TOKEN, l.tx.timer_fd());
+        }
+    }
+
+    /// Delivers what waits, then listens to the tap again unless the guest has no receive
+    /// buffers or the receive limiter is blocked.
+    fn receive_and_listen(&mut self, ctx: &mut EventCtx) {
+        let stalled = self.receive(ctx);
+        if !stalled && !self.tap_watched && self.active.as_ref().is_some_and(|a| !a.broken) {
+            ctx.watch(TAP_TOKEN, self.tap.as_raw_fd());
+            self.tap_watched = true;
         }
     }
 }
@@ -341,12 +463,14 @@ impl VirtioDevice for Net {
         if self.mac.is_some() {
             f |= 1 << VIRTIO_NET_F_MAC;
         }
+        if self.mtu.is_some() {
+            f |= 1 << VIRTIO_NET_F_MTU;
+        }
         f
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mac = self.mac.map(|m| m.0).unwrap_or_default();
-        read_config_bytes(&mac, offset, data);
+        read_config_bytes(&self.config(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -373,6 +497,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.rx_len = 0;
+        self.rx_paid = false;
     }
 
     fn is_activated(&self) -> bool {
@@ -385,157 +510,46 @@ impl VirtioDevice for Net {
             return;
         }
         match index {
-            RX_QUEUE => {
-                // New receive buffers: deliver what waits, then listen to the tap again.
-                let starved = self.receive(ctx);
-                if !starved && !self.tap_watched && self.active.as_ref().is_some_and(|a| !a.broken)
-                {
-                    ctx.watch(TAP_TOKEN, self.tap.as_raw_fd());
-                    self.tap_watched = true;
-                }
-            }
+            // New receive buffers: deliver what waits, then listen to the tap again.
+            RX_QUEUE => self.receive_and_listen(ctx),
             TX_QUEUE => self.transmit(ctx),
             _ => {}
         }
     }
 
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
-        if token != TAP_TOKEN || self.active.as_ref().is_none_or(|a| a.broken) {
+        let limiter = match (token, self.limiters.as_mut()) {
+            (RX_LIMITER_TOKEN, Some(l)) => Some(&mut l.rx),
+            (TX_LIMITER_TOKEN, Some(l)) => Some(&mut l.tx),
+            _ => None,
+        };
+        if let Some(l) = limiter {
+            l.on_timer();
+        }
+        let known = matches!(token, TAP_TOKEN | RX_LIMITER_TOKEN | TX_LIMITER_TOKEN);
+        if !known || self.active.as_ref().is_none_or(|a| a.broken) {
             if token == TAP_TOKEN {
                 self.tap_watched = false;
             }
             ctx.unwatch(token);
             return;
         }
-        self.receive(ctx);
+        match token {
+            RX_LIMITER_TOKEN => {
+                METRICS.net.rx_event_rate_limiter_count.inc();
+                self.receive_and_listen(ctx);
+            }
+            TX_LIMITER_TOKEN => {
+                METRICS.net.tx_rate_limiter_event_count.inc();
+                self.transmit(ctx);
+            }
+            _ => {
+                self.receive(ctx);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
-mod tests {
-    use super::*;
-    use crate::devices::virtio::queue::tests::{desc, mem, queue_at, queue_with, F_WRITE};
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EventFd;
-
-    fn active(m: &GuestMemoryMmap, rx: Queue, tx: Queue, mergeable: bool) -> Active {
-        let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        Active {
-            mem: m.clone(),
-            rx,
-            tx,
-            interrupt,
-            mergeable,
-            broken: false,
-        }
-    }
-
-    fn frame(len: usize) -> Vec<u8> {
-        (0..len).map(|i| i as u8).collect()
-    }
-
-    fn used(vq: &MockSplitQueue<'_, GuestMemoryMmap>, i: usize) -> (u32, u32) {
-        let e = vq.used().ring().ref_at(i).unwrap().load();
-        (e.id(), e.len())
-    }
-
-    #[test]
-    fn delivers_into_one_buffer() {
-        let m = mem();
-        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 2048, F_WRITE, 0)], &[0]);
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, false);
-        let mut f = frame(100);
-        assert_eq!(deliver(&mut a, &mut f).unwrap(), Delivery::Delivered);
-        assert_eq!(used(&vq, 0), (0, 100));
-        let mut got = [0u8; 100];
-        m.read_slice(&mut got, GuestAddress(0x8000)).unwrap();
-        assert_eq!(&got[..10], &f[..10]);
-        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
-        assert_eq!(&got[12..], &f[12..]);
-        // No more buffers: the next frame waits.
-        assert_eq!(
-            deliver(&mut a, &mut frame(100)).unwrap(),
-            Delivery::NoBuffers
-        );
-    }
-
-    #[test]
-    fn small_buffers_drop_the_frame_without_mergeable() {
-        let m = mem();
-        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 64, F_WRITE, 0)], &[0]);
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, false);
-        assert_eq!(deliver(&mut a, &mut frame(100)).unwrap(), Delivery::Dropped);
-        assert_eq!(used(&vq, 0), (0, 0));
-    }
-
-    #[test]
-    fn merges_buffers_when_negotiated() {
-        let m = mem();
-        let descs = [
-            desc(0x8000, 64, F_WRITE, 0),
-            desc(0x9000, 64, F_WRITE, 0),
-            desc(0xa000, 64, F_WRITE, 0),
-        ];
-        let (vq, rx) = queue_with(&m, 16, &descs, &[0, 1, 2]);
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, true);
-        let mut f = frame(150);
-        assert_eq!(deliver(&mut a, &mut f).unwrap(), Delivery::Delivered);
-        assert_eq!(u16::from_le(vq.used().idx().load()), 3);
-        assert_eq!(
-            [used(&vq, 0), used(&vq, 1), used(&vq, 2)],
-            [(0, 64), (1, 64), (2, 22)]
-        );
-        let mut hdr = [0u8; 12];
-        m.read_slice(&mut hdr, GuestAddress(0x8000)).unwrap();
-        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3);
-        let mut tail = [0u8; 22];
-        m.read_slice(&mut tail, GuestAddress(0xa000)).unwrap();
-        assert_eq!(&tail[..], &f[128..]);
-    }
-
-    #[test]
-    fn too_few_mergeable_buffers_wait_and_are_put_back() {
-        let m = mem();
-        let (vq, rx) = queue_with(&m, 16, &[desc(0x8000, 64, F_WRITE, 0)], &[0]);
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, true);
-        assert_eq!(
-            deliver(&mut a, &mut frame(150)).unwrap(),
-            Delivery::NoBuffers
-        );
-        assert_eq!(a.rx.next_avail(), 0, "the buffer is available again");
-        assert_eq!(u16::from_le(vq.used().idx().load()), 0);
-    }
-
-    #[test]
-    fn hostile_receive_chains() {
-        let m = mem();
-        // A readable (not writable) chain pointing outside memory, then a good buffer.
-        let descs = [
-            desc(0xffff_0000, 64, F_WRITE, 0),
-            desc(0x9000, 2048, F_WRITE, 0),
-        ];
-        let (vq, rx) = queue_with(&m, 16, &descs, &[0, 1]);
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, false);
-        assert_eq!(
-            deliver(&mut a, &mut frame(100)).unwrap(),
-            Delivery::Delivered
-        );
-        assert_eq!([used(&vq, 0), used(&vq, 1)], [(0, 0), (1, 100)]);
-        // The available index jumping ahead is a broken queue.
-        let (vq, rx) = queue_with(&m, 16, &[desc(0x9000, 2048, F_WRITE, 0)], &[0]);
-        vq.avail().idx().store(u16::to_le(999));
-        let (_vq2, tx) = queue_at(&m, GuestAddress(0x40000), 16, &[], &[]);
-        let mut a = active(&m, rx, tx, false);
-        assert!(matches!(
-            deliver(&mut a, &mut frame(100)),
-            Err(QueueError::AvailIndex { .. })
-        ));
-    }
-}
+mod tests;

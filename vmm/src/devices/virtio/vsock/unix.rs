@@ -1,6 +1,6 @@
 //! The host side's system calls, each wrapped once: nonblocking `AF_UNIX` stream sockets (the
 //! listening socket at `uds_path`, accepted host connections, connections to
-//! `<uds_path>_<port>`) and a nonblocking timerfd for the device's timeouts.
+//! `<uds_path>_<port>`). The timeouts' timerfd is [`crate::devices::timer::Timer`].
 //!
 //! Every descriptor is created `O_NONBLOCK | O_CLOEXEC`; reads and writes pass
 //! `MSG_DONTWAIT` as well, and writes `MSG_NOSIGNAL` (a peer that went away is `EPIPE`, never
@@ -9,7 +9,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 /// Listen backlog of the host socket at `uds_path`.
 pub const BACKLOG: i32 = 128;
@@ -28,10 +27,6 @@ pub enum UnixError {
     Listen { path: String, source: io::Error },
     #[error("cannot connect to the Unix socket {path:?}: {source}")]
     Connect { path: String, source: io::Error },
-    #[error("cannot create a timerfd: {0}")]
-    TimerCreate(io::Error),
-    #[error("cannot arm the timerfd: {0}")]
-    TimerSet(io::Error),
 }
 
 /// `struct sockaddr_un` for `path` and the length to pass with it.
@@ -258,66 +253,6 @@ impl AsRawFd for Stream {
     }
 }
 
-/// A one-shot, nonblocking `CLOCK_MONOTONIC` timerfd.
-#[derive(Debug)]
-pub struct Timer {
-    fd: OwnedFd,
-}
-
-impl Timer {
-    pub fn new() -> Result<Timer, UnixError> {
-        // SAFETY: timerfd_create(2) with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(UnixError::TimerCreate(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Timer { fd })
-    }
-
-    /// Fires once after `after` (replacing any earlier setting).
-    pub fn arm(&self, after: Duration) -> Result<(), UnixError> {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-                // Never all zero (that would disarm): at least one nanosecond.
-                tv_nsec: libc::c_long::from(after.subsec_nanos().max(1)),
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
-        let rc =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(UnixError::TimerSet(io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Takes the expirations (so the descriptor is no longer readable); true if it fired.
-    pub fn consume(&self) -> bool {
-        let mut count = [0u8; 8];
-        // SAFETY: read(2) of at most 8 bytes into `count`; the descriptor is nonblocking.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
-        n == 8
-    }
-}
-
-impl AsRawFd for Timer {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,15 +300,5 @@ mod tests {
             Err(UnixError::Connect { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_timer_fires_once() {
-        let t = Timer::new().unwrap();
-        assert!(!t.consume());
-        t.arm(Duration::from_millis(1)).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(t.consume());
-        assert!(!t.consume());
     }
 }

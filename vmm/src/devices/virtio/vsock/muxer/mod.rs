@@ -42,7 +42,8 @@ pub use table::ConnKey;
 
 use super::connection::{Connection, KillReason};
 use super::packet::{Header, Op, TxPacket, HOST_CID, TYPE_STREAM};
-use super::unix::{Listener, Stream, Timer, UnixError};
+use super::unix::{Listener, Stream, UnixError};
+use crate::devices::timer::{Timer, TimerError};
 use crate::metrics::METRICS;
 use host_connect::PendingConnect;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -74,7 +75,7 @@ pub enum MuxerError {
     #[error("cannot listen on the vsock host socket: {0}")]
     Listen(UnixError),
     #[error("cannot create the vsock timer: {0}")]
-    Timer(UnixError),
+    Timer(TimerError),
     #[error("cannot create the vsock epoll set: {0}")]
     Epoll(std::io::Error),
     #[error("cannot create the vsock eventfd: {0}")]

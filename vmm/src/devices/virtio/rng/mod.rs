@@ -1,0 +1,273 @@
+//! virtio-rng (`entropy`, `PUT /entropy`): random bytes from the host's kernel for the
+//! guest's entropy pool.
+//!
+//! One queue of [`QUEUE_SIZE`]; only `VERSION_1` is offered; no configuration space. The
+//! driver posts device-writable buffers; the device fills each chain with up to
+//! [`MAX_REQUEST_BYTES`] bytes from `getrandom(2)` (non-blocking: the host's pool is never
+//! waited for) and returns it with the length written. A chain with a device-readable
+//! buffer is not a request: it is returned with length 0 and counted
+//! (`entropy.entropy_event_fails`), as a malformed chain (`virtio.invalid_chains`) or a
+//! failure of the host's source (`entropy.host_rng_fails`) is; a broken available ring sets
+//! `DEVICE_NEEDS_RESET`.
+//!
+//! Rate limiting (`rate_limiter`): each request takes one op and its bytes; one that does
+//! not fit stays in the ring until the limiter's timer fires. Work per event is bounded:
+//! [`REQUESTS_PER_EVENT`] requests or [`BYTES_PER_EVENT`] bytes, then the queue waits for
+//! its next turn.
+
+use super::queue::{self, add_used, pop_head, total_len, unpop, walk_chain, write_stream};
+use super::{
+    queue_broken, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
+use crate::devices::rate_limiter::RateLimiter;
+use crate::metrics::METRICS;
+use std::sync::Arc;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest answer to one request (Firecracker's).
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+pub const REQUESTS_PER_EVENT: usize = 64;
+pub const BYTES_PER_EVENT: u64 = 1 << 20;
+/// The device's id (logs), Firecracker's.
+pub const ID: &str = "rng";
+/// The event-loop token of the rate limiter's timer.
+const LIMITER_TOKEN: u64 = 1;
+
+/// Fills `buf` from the kernel's random source without waiting for it: `getrandom(2)` with
+/// `GRND_NONBLOCK` (`EAGAIN` only while the host's pool is not initialised yet, at boot).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0usize;
+    // A getrandom of the urandom source returns everything asked for up to 32 MiB unless a
+    // signal interrupts it; a few turns are plenty.
+    for _ in 0..8 {
+        let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which is valid,
+        // exclusively borrowed memory for the whole call.
+        let n =
+            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
+        match usize::try_from(n) {
+            Ok(n) => done += n,
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::from(std::io::ErrorKind::Interrupted))
+    }
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    broken: bool,
+}
+
+pub struct Entropy {
+    active: Option<Active>,
+    /// `None`: nothing is limited (unit tests, the fuzz target).
+    limiter: Option<RateLimiter>,
+    /// The random bytes of one request, before they go into guest memory.
+    scratch: Vec<u8>,
+    warnings: LogBudget,
+}
+
+impl Default for Entropy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Entropy {
+    pub fn new() -> Entropy {
+        Entropy {
+            active: None,
+            limiter: None,
+            scratch: vec![0; MAX_REQUEST_BYTES],
+            warnings: LogBudget::new(),
+        }
+    }
+
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Entropy {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Serves up to the per-event limits.
+    fn process(&mut self, ctx: &mut EventCtx) {
+        let Entropy {
+            active,
+            limiter,
+            scratch,
+            warnings,
+        } = self;
+        let Some(a) = active.as_mut().filter(|a| !a.broken) else {
+            return;
+        };
+        let (mut served, mut bytes, mut used) = (0usize, 0u64, false);
+        loop {
+            if limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+                break;
+            }
+            if served >= REQUESTS_PER_EVENT || bytes >= BYTES_PER_EVENT {
+                if queue::has_available(&a.queue, &a.mem) {
+                    ctx.again();
+                }
+                break;
+            }
+            let head = match pop_head(&mut a.queue, &a.mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    a.broken = true;
+                    queue_broken(&"the entropy device", warnings, &a.interrupt, &e);
+                    break;
+                }
+            };
+            let len = match walk_chain(&a.queue, &a.mem, head) {
+                Ok(chain) if !chain.readable.is_empty() => {
+                    METRICS.entropy.entropy_event_fails.inc();
+                    0
+                }
+                Ok(chain) => {
+                    // At most MAX_REQUEST_BYTES: fits usize and u32.
+                    let want = usize::try_from(total_len(&chain.writable))
+                        .unwrap_or(usize::MAX)
+                        .min(MAX_REQUEST_BYTES);
+                    if let Some(l) = limiter.as_mut() {
+                        if !l.consume(want as u64) {
+                            // Not now: the request stays in the ring until the timer.
+                            unpop(&mut a.queue, 1);
+                            METRICS.entropy.entropy_rate_limiter_throttled.inc();
+                            break;
+                        }
+                    }
+                    METRICS.entropy.entropy_event_count.inc();
+                    let buf = scratch.get_mut(..want).unwrap_or_default();
+                    match fill_random(buf) {
+                        Ok(()) => {
+                            let n = write_stream(&a.mem, &chain.writable, 0, buf);
+                            METRICS.entropy.entropy_bytes.add(n as u64);
+                            bytes += n as u64;
+                            n
+                        }
+                        Err(e) => {
+                            METRICS.entropy.host_rng_fails.inc();
+                            METRICS.entropy.entropy_event_fails.inc();
+                            if warnings.take() {
+                                crate::log_warn!("entropy: the host's random source failed: {e}");
+                            }
+                            0
+                        }
+                    }
+                }
+                Err(e) => {
+                    METRICS.virtio.invalid_chains.inc();
+                    METRICS.entropy.entropy_event_fails.inc();
+                    crate::log_debug!("entropy: descriptor chain {head} refused: {e}");
+                    0
+                }
+            };
+            if let Err(e) = add_used(&mut a.queue, &a.mem, head, u32::try_from(len).unwrap_or(0)) {
+                METRICS.entropy.entropy_event_fails.inc();
+                a.broken = true;
+                queue_broken(&"the entropy device", warnings, &a.interrupt, &e);
+                break;
+            }
+            used = true;
+            served += 1;
+        }
+        if used && a.queue.needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.signal_used_queue();
+        }
+        if let Some(l) = limiter.as_ref().filter(|l| l.is_blocked()) {
+            ctx.watch(LIMITER_TOKEN, l.timer_fd());
+        }
+    }
+}
+
+impl VirtioDevice for Entropy {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn id(&self) -> &str {
+        ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            mem,
+            queues,
+            interrupt,
+            ..
+        } = activation;
+        let [queue] = Activation::take_queues(queues, &[0], &METRICS.entropy.activate_fails)?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {
+        self.process(ctx);
+    }
+
+    fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
+        match self.limiter.as_mut() {
+            Some(l) if token == LIMITER_TOKEN => {
+                l.on_timer();
+                METRICS.entropy.rate_limiter_event_count.inc();
+            }
+            _ => {
+                ctx.unwatch(token);
+                return;
+            }
+        }
+        if self.active.is_some() {
+            self.process(ctx);
+        } else {
+            ctx.unwatch(token);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests;
