@@ -2,8 +2,12 @@
 //! by every binary that touches them:
 //!
 //! - [`input`]: the small input files a caller names (the jailer's `--profile` and
-//!   `--seccomp-policy`, the VMM's `--config-file` and `--seccomp-filter`).
+//!   `--seccomp-policy`, the VMM's `--config-file` and `--seccomp-filter`);
+//! - [`remove`]: removing a tree a jailed tenant could write to (the jailer's cleanup, the
+//!   worker's instance directories), with constant descriptors and stack.
 
 pub mod input;
+pub mod remove;
 
 pub use input::{read_bytes, read_text, InputError};
+pub use remove::{remove_tree, RemoveError};
