@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use super::keeper::{leave_cgroups, undo_text, write_pid_file};
 use super::pipes::{exec_outcome, join, wait_for_keeper, JailSide, Report};
 use super::process::{devnull_stdio, exit_now, fork_raw, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Role, SuperviseError};
 use crate::args::Config;
 use crate::cgroup;
@@ -21,6 +22,7 @@ pub fn guarded(
     config: &Config,
     journal: &mut Journal,
     report: Report,
+    terminals: Terminals,
 ) -> Result<Role, SuperviseError> {
     let me = nix::unistd::getpid();
     if let Some(r) = ProcessRecord::of("vmm", me.as_raw()) {
@@ -61,7 +63,12 @@ pub fn guarded(
     drop(report);
     drop(go_w);
     wait_for_keeper(go_r);
-    Ok(Role::Jail(JailSide::new(exec_w, Some(undo_r), None)))
+    Ok(Role::Jail(JailSide::new(
+        exec_w,
+        Some(undo_r),
+        None,
+        terminals.into_jail_side(),
+    )))
 }
 
 /// The guard: nothing to do once the VMM is exec'd; else undo, and hand the account of the

@@ -14,7 +14,9 @@
 //!
 //! `--daemonize` first double-forks ([`daemonize`]). Keepers leave the jail's cgroups right
 //! after forking, and the jail process waits for that: only jail processes count against
-//! its limits. The process primitives they share are in [`process`].
+//! its limits. A terminal on the jailer's stdio is replaced in the jail process, by a pipe
+//! the supervisor copies to it or by /dev/null ([`terminal`]). The process primitives they
+//! share are in [`process`].
 
 mod daemonize;
 mod guard;
@@ -23,6 +25,7 @@ mod pid_ns;
 mod pipes;
 mod process;
 mod supervisor;
+mod terminal;
 
 use std::io;
 
@@ -45,6 +48,8 @@ pub enum SuperviseError {
     Setsid(#[source] io::Error),
     #[error("--daemonize: redirecting stdio to /dev/null: {0}")]
     DevNull(#[source] io::Error),
+    #[error("replacing a terminal on stdio: {0}")]
+    Terminal(#[source] io::Error),
     #[error("--new-pid-ns: {what}: {source}")]
     PidNamespace {
         what: &'static str,
@@ -92,9 +97,12 @@ pub fn launch(
     } else {
         Report::Stderr
     };
+    let terminals = terminal::plan(config.cleanup_on_exit)?;
     match (config.cleanup_on_exit, config.new_pid_ns) {
-        (false, false) => guard::guarded(config, journal, report),
-        (false, true) => pid_ns::pid_ns_keeper(config, journal, clock, report),
-        (true, new_pid_ns) => supervisor::supervised(config, journal, clock, report, new_pid_ns),
+        (false, false) => guard::guarded(config, journal, report, terminals),
+        (false, true) => pid_ns::pid_ns_keeper(config, journal, clock, report, terminals),
+        (true, new_pid_ns) => {
+            supervisor::supervised(config, journal, clock, report, new_pid_ns, terminals)
+        }
     }
 }

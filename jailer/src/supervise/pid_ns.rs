@@ -5,6 +5,7 @@
 use super::keeper::{abort, leave_cgroups, record_process, undo_text, write_pid_file};
 use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
 use super::process::{fork_into_new_pid_ns, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
 use crate::clock::Clock;
@@ -16,6 +17,7 @@ pub fn pid_ns_keeper(
     journal: &mut Journal,
     clock: &mut Clock,
     mut report: Report,
+    terminals: Terminals,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
@@ -24,8 +26,14 @@ pub fn pid_ns_keeper(
         drop(report);
         drop(go_w);
         wait_for_keeper(go_r);
-        return Ok(Role::Jail(JailSide::new(exec_w, None, None)));
+        return Ok(Role::Jail(JailSide::new(
+            exec_w,
+            None,
+            None,
+            terminals.into_jail_side(),
+        )));
     };
+    drop(terminals);
     drop(exec_w);
     drop(go_r);
     leave_cgroups(journal);

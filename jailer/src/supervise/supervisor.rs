@@ -18,6 +18,7 @@ use super::keeper::write_pid_file;
 use super::keeper::{abort, empty_cgroups, leave_cgroups, record_process, undo_text};
 use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
 use super::process::{exit_now, fork, fork_into_new_pid_ns, kill, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
 use crate::clock::Clock;
@@ -113,6 +114,7 @@ pub fn supervised(
     clock: &mut Clock,
     mut report: Report,
     new_pid_ns: bool,
+    terminals: Terminals,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -138,7 +140,12 @@ pub fn supervised(
         if !new_pid_ns {
             drop(status_w);
             wait_for_keeper(go_r);
-            return Ok(Role::Jail(JailSide::new(exec_w, None, Some(me))));
+            return Ok(Role::Jail(JailSide::new(
+                exec_w,
+                None,
+                Some(me),
+                terminals.into_jail_side(),
+            )));
         }
         // PID 1 of the new namespace: it dies with the supervisor, and the kernel then
         // kills the whole namespace.
@@ -153,11 +160,15 @@ pub fn supervised(
                     exec_w,
                     None,
                     Some(Pid::from_raw(1)),
+                    terminals.into_jail_side(),
                 )))
             }
             Some(vmm) => {
                 drop(exec_w);
                 drop(go_r);
+                // init keeps no end of the console pipes: the supervisor sees EOF when the
+                // VMM is gone.
+                drop(terminals);
                 init(vmm, status_w)
             }
         };
@@ -165,6 +176,7 @@ pub fn supervised(
     drop(exec_w);
     drop(status_w);
     drop(go_r);
+    let relays = terminals.start_relays();
     leave_cgroups(journal);
     let vmm = if new_pid_ns {
         record_process(journal, "init", child);
@@ -196,6 +208,8 @@ pub fn supervised(
             status = libc::c_int::from_ne_bytes(buf);
         }
     }
+    // The VMM's last console lines reach the terminal before anything else is reported.
+    relays.drain();
     empty_cgroups(journal, me);
     let undo = undo_text(journal);
     if let Err(message) = outcome {
