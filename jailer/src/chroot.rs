@@ -6,9 +6,15 @@
 //!     <exec-name>                       private copy of the VMM, owned uid:gid
 //!     <exec-name>.pid                   pid of the VMM (Firecracker's location)
 //!     dev/                              a tmpfs with only the device nodes is mounted here
-//!     run/                              uid:gid 0700: the API socket goes here
+//!     run/                              the jail's tmpfs (uid:gid 0700): the API socket goes here
 //!     <bind targets>                    mount points for --bind-ro/--bind-rw
 //! ```
+//!
+//! `run/` is a tmpfs of its own, mounted here on the host side (the orchestrator reaches the
+//! VMM's sockets through it), `nosuid,nodev,noexec`, with the size and inode count of the
+//! profile's `run` section: whatever the jail writes there is bounded, and its pages are
+//! charged to the memory cgroup of the jail process that writes them. It is journaled before
+//! it is mounted; cleanup unmounts it.
 //!
 //! A directory left by a jail that is no longer alive is cleaned up and reused; one that
 //! belongs to a live jail is refused.
@@ -17,6 +23,8 @@ use std::fs::{OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
@@ -65,6 +73,10 @@ pub enum ChrootError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("mounting the jail's /run tmpfs on {path}: {source}")]
+    MountRun { path: PathBuf, source: io::Error },
+    #[error("unmounting the jail's /run tmpfs {path}: {source}")]
+    UnmountRun { path: PathBuf, source: io::Error },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -114,7 +126,7 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
                 });
                 if journal.is_err() {
                     // Without a journal nothing would remove them later.
-                    let _ = std::fs::remove_dir_all(&jail_dir);
+                    let _ = kiln_hostfs::remove_tree(&jail_dir);
                     if exec_dir_created {
                         let _ = std::fs::remove_dir(&exec_dir);
                     }
@@ -158,16 +170,50 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
     })
 }
 
-/// Fills the jail's root: the VMM copy, `run/`, `dev/` and the bind targets.
-pub fn populate(config: &Config) -> Result<(), ChrootError> {
+/// Fills the jail's root: the VMM copy, `run/` (with its tmpfs), `dev/` and the bind
+/// targets.
+pub fn populate(config: &Config, journal: &mut Journal) -> Result<(), ChrootError> {
     let root = config.chroot_dir();
     mkdir(&root, 0o755)?;
     copy_exec_file(config, &root)?;
     let run = root.join("run");
     mkdir(&run, 0o700)?;
-    chown(&run, None, config.uid, config.gid)?;
+    journal.record(|s| s.run_tmpfs = Some(run.clone()))?;
+    mount_run(config, &run)?;
     mkdir(&root.join("dev"), 0o755)?;
     create_bind_targets(config, &root)
+}
+
+/// Mounts the jail's `/run` tmpfs on `run`, owned by the jail's uid:gid.
+fn mount_run(config: &Config, run: &Path) -> Result<(), ChrootError> {
+    let options = format!(
+        "size={},nr_inodes={},mode=0700,uid={},gid={}",
+        config.run.size_bytes, config.run.inodes, config.uid, config.gid
+    );
+    mount(
+        Some("tmpfs"),
+        run,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options.as_str()),
+    )
+    .map_err(|e| ChrootError::MountRun {
+        path: run.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Unmounts the jail's `/run` tmpfs (detached: a host process still inside it does not keep
+/// it in the mount table); one that is not mounted (any more) is skipped.
+pub fn unmount_run(run: &Path) -> Result<(), ChrootError> {
+    match umount2(run, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(ChrootError::UnmountRun {
+            path: run.to_path_buf(),
+            source: e.into(),
+        }),
+    }
 }
 
 /// One private copy of the VMM per jail, so that no two tenants share its text pages.

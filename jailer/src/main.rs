@@ -14,7 +14,8 @@
 //!    supervisor), which undoes everything if the jail process fails (`supervise`);
 //! 6. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces
 //!    (`unshare`);
-//! 7. pivot_root into the jail and create the device nodes (`pivot`, `device_nodes`);
+//! 7. pivot_root into the jail, create the device nodes, chroot into the root stacked on
+//!    itself, which forbids user namespaces (`pivot`, `device_nodes`);
 //! 8. rlimits, uid/gid, capabilities, no_new_privs, Landlock (`privileges`, `landlock`);
 //! 9. seccomp, then exec the VMM (`seccomp`, `exec`).
 //!
@@ -140,7 +141,10 @@ fn run() -> Result<Exit, Error> {
     clock.enable(config.timing);
     privileges::check_rlimits(&config.rlimits)?;
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
-    let seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
+    let mut seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
+    if config.cgroup.limits.hugetlb_bytes.unwrap_or(0) > 0 {
+        seccomp = seccomp.granting_huge_pages();
+    }
     let userfaultfd = match config.userfaultfd {
         true => Some(device_nodes::userfaultfd_minor()?),
         false => None,
@@ -168,14 +172,9 @@ fn run() -> Result<Exit, Error> {
     clock.step("5 daemonize and split");
 
     // Steps 6 to 9 in the jail process; it only comes back here on failure.
-    let Err(error) = enter_jail(&config, &prepared, &side, &mut clock);
-    let message = error.to_string();
-    if let Some(undo) = side.fail(&message) {
-        eprintln!("jailer: {message}");
-        if !undo.is_empty() {
-            eprintln!("jailer: {undo}");
-        }
-    }
+    let mut side = side;
+    let Err(error) = enter_jail(&config, &prepared, &mut side, &mut clock);
+    side.fail(&error.to_string());
     Ok(Exit::Code(1))
 }
 
@@ -187,7 +186,7 @@ fn host_side(
     clock: &mut Clock,
 ) -> Result<Option<OwnedFd>, Error> {
     // Step 2 (continued): the root, with a private copy of the VMM.
-    chroot::populate(config)?;
+    chroot::populate(config, journal)?;
     clock.step("2 chroot directory and VMM copy");
     // Step 3: cgroups, limits written, this process moved in before any fork.
     cgroups.apply(journal)?;
@@ -202,11 +201,12 @@ fn host_side(
 fn enter_jail(
     config: &Config,
     prepared: &Prepared,
-    side: &JailSide,
+    side: &mut JailSide,
     clock: &mut Clock,
 ) -> Result<Infallible, Error> {
     // Step 6: network, mount, IPC, UTS and cgroup namespaces; hostname = id.
-    unshare::enter(&config.id, prepared.netns.as_ref())?;
+    let private_net = config.network.mode == args::NetnsMode::Private;
+    unshare::enter(&config.id, prepared.netns.as_ref(), private_net)?;
     clock.step("6 jail namespaces");
 
     // `--userns` writes its id maps through /proc, which the jail does not have.
@@ -215,9 +215,14 @@ fn enter_jail(
         false => None,
     };
 
-    // Step 7: pivot_root into the jail; only the device nodes the VMM needs.
+    // Step 7: pivot_root into the jail; only the device nodes the VMM needs; then the root
+    // stacked on itself and chrooted into (no user namespace can be created from a chroot).
+    // `--userns` creates its user namespace in step 8 and forbids nested ones there.
     pivot::into_jail(&config.chroot_dir(), &config.binds)?;
     device_nodes::create(config.uid, config.gid, prepared.userfaultfd)?;
+    if !config.userns {
+        pivot::chroot_in_place()?;
+    }
     clock.step("7 pivot_root and device nodes");
 
     // Step 8: limits, identity, capabilities, Landlock.
@@ -254,6 +259,7 @@ fn enter_jail(
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;
     sanitize::cloexec_inherited_fds()?;
+    side.detach_terminals()?;
     prepared.seccomp.apply()?;
     side.about_to_exec();
     Err(command.exec().into())
