@@ -191,7 +191,7 @@ impl Drop for Jail {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.base);
+        let _ = kiln_hostfs::remove_tree(&self.base);
     }
 }
 

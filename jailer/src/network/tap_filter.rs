@@ -11,19 +11,22 @@
 //!    guest's (`ip=`, else the first one seen; 0.0.0.0 for a probe) — and at most
 //!    [`NEIGH_RATE`] a second, with bursts of [`NEIGH_BURST`];
 //! 4. IPv6 neighbour discovery and multicast listener reports (router and neighbour
-//!    solicitations, neighbour advertisements, MLD reports): hop limit 255 (ND) from the
-//!    guest's link-local or own addresses or `::`, an advertisement only for a configured
-//!    address when `ip=` gives IPv6 ones, rate-limited as ARP; never a router advertisement
-//!    or a redirect;
-//! 5. any other IP packet: from the guest's address (`ip=`, else the first one seen; up to
-//!    [`LEARNED_V6`] IPv6 ones) and to a destination of the egress allow-list.
+//!    solicitations, neighbour advertisements, MLD reports): hop limit 255 (ND), from `::`
+//!    or one of the guest's addresses; an advertisement only for a configured or a
+//!    link-local address when `ip=` gives IPv6 ones; rate-limited as ARP; never a router
+//!    advertisement or a redirect;
+//! 5. any other IP packet: from one of the guest's addresses and to a destination of the
+//!    egress allow-list.
+//!
+//! The guest's addresses: IPv4, the `ip=` one(s), else the first one seen; IPv6, its first
+//! two link-local addresses and the `ip=` one(s), else the first [`LEARNED_V6`] others seen.
 //!
 //! Named counters (`mac-<tap>`, `type-<tap>`, `arp-<tap>`, `nd-<tap>`, `addr-<tap>`,
 //! `egress-<tap>`) count the drops by reason (`nft list counters table netdev kiln-<id>`).
 //! The neighbour tables of the jail's namespace are the kernel's, shared with the host: the
 //! pinned addresses and the rate limits are what keep a guest from filling them.
 
-use std::fmt::Write;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::args::{EgressAllow, Tap};
@@ -48,15 +51,43 @@ pub fn ruleset(table: &str, taps: &[Tap], allow: &[EgressAllow]) -> String {
     let mut out =
         format!("table netdev {table}\ndelete table netdev {table}\ntable netdev {table} {{\n");
     for tap in taps {
-        // `write!` to a String cannot fail.
-        let _ = write!(out, "{}", tap_rules(tap, allow));
+        out.push_str(&tap_rules(tap, allow));
     }
     out.push_str("}\n");
     out
 }
 
+/// A chain: its name and its lines (rules, or a base chain's `type ...` line).
+struct Chain {
+    name: String,
+    lines: Vec<String>,
+}
+
+impl Chain {
+    fn new(name: String) -> Chain {
+        Chain {
+            name,
+            lines: Vec::new(),
+        }
+    }
+
+    fn rule(&mut self, rule: String) {
+        self.lines.push(rule);
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "  chain {} {{", self.name);
+        for l in &self.lines {
+            let _ = writeln!(out, "    {l}");
+        }
+        out.push_str("  }\n");
+    }
+}
+
 fn tap_rules(tap: &Tap, allow: &[EgressAllow]) -> String {
     let t = &tap.name;
+    let drop = |reason: &str| format!("counter name \"{reason}-{t}\" drop");
+    let rate = format!("limit rate over {NEIGH_RATE}/second burst {NEIGH_BURST} packets");
     let v4: Vec<String> = tap
         .addrs
         .iter()
@@ -69,63 +100,118 @@ fn tap_rules(tap: &Tap, allow: &[EgressAllow]) -> String {
         .filter(|a| a.is_ipv6())
         .map(IpAddr::to_string)
         .collect();
-    let mut sets = String::new();
-    let mut counters = String::new();
+    let mut out = String::new();
     for reason in ["mac", "type", "arp", "nd", "addr", "egress"] {
-        let _ = writeln!(counters, "  counter {reason}-{t} {{}}");
+        let _ = writeln!(out, "  counter {reason}-{t} {{}}");
     }
+    let set = |out: &mut String, name: &str, kind: &str, size: u32| {
+        let _ = writeln!(
+            out,
+            "  set {name}-{t} {{ type {kind}; size {size}; flags dynamic; }}"
+        );
+    };
+
     // The source MAC: configured, or learned from the first unicast frame.
-    let (mac_learn, mac_match) = match &tap.mac {
-        Some(mac) => (String::new(), mac_text(mac)),
+    let mut guest = Chain::new(format!("guest-{t}"));
+    guest.rule(format!(
+        "type filter hook ingress device \"{t}\" priority -500; policy drop;"
+    ));
+    guest.rule(format!(
+        "ether saddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 {}",
+        drop("mac")
+    ));
+    let mac = match &tap.mac {
+        Some(mac) => mac_text(mac),
         None => {
-            let _ = writeln!(
-                sets,
-                "  set mac-{t} {{ type ether_addr; size 1; flags dynamic; }}"
-            );
-            (
-                format!("    add @mac-{t} {{ ether saddr }}\n"),
-                format!("@mac-{t}"),
-            )
+            set(&mut out, "mac", "ether_addr", 1);
+            guest.rule(format!("add @mac-{t} {{ ether saddr }}"));
+            format!("@mac-{t}")
         }
     };
-    // The guest's addresses: configured, or learned from its first packets.
-    let (v4_learn, v4_match) = if v4.is_empty() {
-        let _ = writeln!(
-            sets,
-            "  set v4-{t} {{ type ipv4_addr; size 1; flags dynamic; }}"
-        );
-        (
-            format!("    add @v4-{t} {{ ip saddr }}\n"),
-            format!("@v4-{t}"),
-        )
+    guest.rule(format!("ether saddr != {mac} {}", drop("mac")));
+    // Only these protocols; a VLAN tag reads as 0x8100 and is dropped with the rest.
+    guest.rule(format!("ether type arp jump arp-{t}"));
+    guest.rule(format!("ether type ip jump ip4-{t}"));
+    guest.rule(format!("ether type ip6 jump ip6-{t}"));
+    guest.rule(drop("type"));
+
+    // IPv4 and ARP: the guest's address, configured or the first one seen.
+    let v4_match = if v4.is_empty() {
+        set(&mut out, "v4", "ipv4_addr", 1);
+        format!("@v4-{t}")
     } else {
-        (String::new(), format!("{{ {} }}", v4.join(", ")))
+        format!("{{ {} }}", v4.join(", "))
     };
-    let (arp_learn, arp_match) = if v4.is_empty() {
-        (
-            format!("    arp saddr ip != 0.0.0.0 add @v4-{t} {{ arp saddr ip }}\n"),
-            format!("@v4-{t}"),
-        )
+    let mut arp = Chain::new(format!("arp-{t}"));
+    for (field, value) in [
+        ("htype", "1"),
+        ("ptype", "ip"),
+        ("hlen", "6"),
+        ("plen", "4"),
+    ] {
+        arp.rule(format!("arp {field} != {value} {}", drop("arp")));
+    }
+    arp.rule(format!("arp saddr ether != {mac} {}", drop("arp")));
+    if v4.is_empty() {
+        arp.rule(format!(
+            "arp saddr ip != 0.0.0.0 add @v4-{t} {{ arp saddr ip }}"
+        ));
+    }
+    // 0.0.0.0: an address probe (RFC 5227).
+    arp.rule(format!(
+        "arp saddr ip != 0.0.0.0 arp saddr ip != {v4_match} {}",
+        drop("arp")
+    ));
+    arp.rule(format!("{rate} {}", drop("arp")));
+    arp.rule("accept".into());
+
+    let mut ip4 = Chain::new(format!("ip4-{t}"));
+    ip4.rule(format!("ip saddr 0.0.0.0 {}", drop("addr")));
+    if v4.is_empty() {
+        ip4.rule(format!("add @v4-{t} {{ ip saddr }}"));
+    }
+    ip4.rule(format!("ip saddr != {v4_match} {}", drop("addr")));
+    let mut egress6 = Chain::new(format!("egress6-{t}"));
+    for a in allow {
+        let chain = if a.addr.is_ipv4() {
+            &mut ip4
+        } else {
+            &mut egress6
+        };
+        chain.rule(format!("{} accept", allow_rule(a)));
+    }
+    ip4.rule(drop("egress"));
+    egress6.rule(drop("egress"));
+
+    // IPv6: the guest's link-local addresses (the first two seen) and its own, configured
+    // or the first ones seen.
+    set(&mut out, "ll", "ipv6_addr", 2);
+    let own6 = if v6.is_empty() {
+        set(&mut out, "v6", "ipv6_addr", LEARNED_V6);
+        format!("@v6-{t}")
     } else {
-        (String::new(), format!("{{ {} }}", v4.join(", ")))
+        format!("{{ {} }}", v6.join(", "))
     };
-    let (v6_learn, v6_match) = if v6.is_empty() {
-        let _ = writeln!(
-            sets,
-            "  set v6-{t} {{ type ipv6_addr; size {LEARNED_V6}; flags dynamic; }}"
-        );
-        (
-            format!("    ip6 saddr != :: add @v6-{t} {{ ip6 saddr }}\n"),
-            format!("@v6-{t}"),
-        )
-    } else {
-        (String::new(), format!("{{ {} }}", v6.join(", ")))
+    let learn6 = |chain: &mut Chain| {
+        chain.rule(format!("ip6 saddr fe80::/10 add @ll-{t} {{ ip6 saddr }}"));
+        if v6.is_empty() {
+            chain.rule(format!(
+                "ip6 saddr != :: ip6 saddr != fe80::/10 add @v6-{t} {{ ip6 saddr }}"
+            ));
+        }
     };
-    // A neighbour advertisement claims an address: only the configured ones (a learned set
-    // cannot be compared with the raw target field).
-    let na_target = if v6.is_empty() {
-        String::new()
-    } else {
+    let mut ip6 = Chain::new(format!("ip6-{t}"));
+    ip6.rule(format!(
+        "icmpv6 type {{ nd-router-advert, nd-redirect }} {}",
+        drop("nd")
+    ));
+    ip6.rule(format!(
+        "icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit != 255 {}",
+        drop("nd")
+    ));
+    if !v6.is_empty() {
+        // An advertisement claims its target address: a configured one or a link-local one
+        // (the first 10 bits fe80::/10).
         let targets: Vec<String> = tap
             .addrs
             .iter()
@@ -134,70 +220,35 @@ fn tap_rules(tap: &Tap, allow: &[EgressAllow]) -> String {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        format!(
-            "    icmpv6 type nd-neighbor-advert @th,64,128 != {{ {} }} counter name \"nd-{t}\" drop\n",
-            targets.join(", ")
-        )
-    };
-    let rate = format!("limit rate over {NEIGH_RATE}/second burst {NEIGH_BURST} packets");
-    let mut egress4 = String::new();
-    let mut egress6 = String::new();
-    for a in allow {
-        let rule = allow_rule(a);
-        let target = if a.addr.is_ipv4() {
-            &mut egress4
-        } else {
-            &mut egress6
-        };
-        let _ = writeln!(target, "    {rule} accept");
+        ip6.rule(format!(
+            "icmpv6 type nd-neighbor-advert @th,64,128 != {{ {} }} @th,64,10 != 0x3fa {}",
+            targets.join(", "),
+            drop("nd")
+        ));
     }
-    format!(
-        "{counters}{sets}\
-         \x20 chain guest-{t} {{\n\
-         \x20   type filter hook ingress device \"{t}\" priority -500; policy drop;\n\
-         \x20   ether saddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 counter name \"mac-{t}\" drop\n\
-         {mac_learn}\
-         \x20   ether saddr != {mac_match} counter name \"mac-{t}\" drop\n\
-         \x20   ether type arp jump arp-{t}\n\
-         \x20   ether type ip jump ip4-{t}\n\
-         \x20   ether type ip6 jump ip6-{t}\n\
-         \x20   counter name \"type-{t}\" drop\n\
-         \x20 }}\n\
-         \x20 chain arp-{t} {{\n\
-         \x20   arp htype != 1 counter name \"arp-{t}\" drop\n\
-         \x20   arp ptype != ip counter name \"arp-{t}\" drop\n\
-         \x20   arp hlen != 6 counter name \"arp-{t}\" drop\n\
-         \x20   arp plen != 4 counter name \"arp-{t}\" drop\n\
-         \x20   arp saddr ether != {mac_match} counter name \"arp-{t}\" drop\n\
-         {arp_learn}\
-         \x20   arp saddr ip != 0.0.0.0 arp saddr ip != {arp_match} counter name \"arp-{t}\" drop\n\
-         \x20   {rate} counter name \"arp-{t}\" drop\n\
-         \x20   accept\n\
-         \x20 }}\n\
-         \x20 chain ip4-{t} {{\n\
-         \x20   ip saddr 0.0.0.0 counter name \"addr-{t}\" drop\n\
-         {v4_learn}\
-         \x20   ip saddr != {v4_match} counter name \"addr-{t}\" drop\n\
-         {egress4}\
-         \x20   counter name \"egress-{t}\" drop\n\
-         \x20 }}\n\
-         \x20 chain ip6-{t} {{\n\
-         \x20   icmpv6 type {{ nd-router-advert, nd-redirect }} counter name \"nd-{t}\" drop\n\
-         \x20   icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit != 255 counter name \"nd-{t}\" drop\n\
-         {na_target}\
-         \x20   icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report }} jump nd-{t}\n\
-         {v6_learn}\
-         \x20   ip6 saddr != {v6_match} counter name \"addr-{t}\" drop\n\
-         {egress6}\
-         \x20   counter name \"egress-{t}\" drop\n\
-         \x20 }}\n\
-         \x20 chain nd-{t} {{\n\
-         {v6_learn}\
-         \x20   ip6 saddr != :: ip6 saddr != fe80::/10 ip6 saddr != {v6_match} counter name \"addr-{t}\" drop\n\
-         \x20   {rate} counter name \"nd-{t}\" drop\n\
-         \x20   accept\n\
-         \x20 }}\n"
-    )
+    ip6.rule(format!(
+        "icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report }} jump nd-{t}"
+    ));
+    learn6(&mut ip6);
+    ip6.rule(format!("ip6 saddr @ll-{t} goto egress6-{t}"));
+    ip6.rule(format!("ip6 saddr {own6} goto egress6-{t}"));
+    ip6.rule(drop("addr"));
+
+    let mut nd = Chain::new(format!("nd-{t}"));
+    learn6(&mut nd);
+    // `::`: duplicate address detection.
+    nd.rule(format!("ip6 saddr :: goto nd-rate-{t}"));
+    nd.rule(format!("ip6 saddr @ll-{t} goto nd-rate-{t}"));
+    nd.rule(format!("ip6 saddr {own6} goto nd-rate-{t}"));
+    nd.rule(drop("addr"));
+    let mut nd_rate = Chain::new(format!("nd-rate-{t}"));
+    nd_rate.rule(format!("{rate} {}", drop("nd")));
+    nd_rate.rule("accept".into());
+
+    for chain in [&guest, &arp, &ip4, &ip6, &nd, &nd_rate, &egress6] {
+        chain.render(&mut out);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -218,14 +269,15 @@ mod tests {
             "arp saddr ip != 0.0.0.0 arp saddr ip != { 10.0.0.2 } counter name \"arp-kt0\" drop",
             "ip saddr != { 10.0.0.2 } counter name \"addr-kt0\" drop",
             "ip daddr 10.0.0.0/8 tcp dport { 443 } accept",
-            "ip6 saddr != { fd00::2 } counter name \"addr-kt0\" drop",
-            "icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfd000000000000000000000000000002 } counter name \"nd-kt0\" drop",
+            "ip6 saddr { fd00::2 } goto egress6-kt0",
+            "icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfd000000000000000000000000000002 } @th,64,10 != 0x3fa counter name \"nd-kt0\" drop",
             "limit rate over 20/second burst 40 packets counter name \"arp-kt0\" drop",
         ] {
             assert!(r.contains(line), "missing {line:?} in\n{r}");
         }
-        // Nothing learned when everything is given.
-        assert!(!r.contains("flags dynamic"), "{r}");
+        // Only the link-local addresses are learned when everything is given.
+        assert_eq!(r.matches("flags dynamic").count(), 1, "{r}");
+        assert!(r.contains("set ll-kt0 { type ipv6_addr; size 2; flags dynamic; }"));
     }
 
     #[test]
@@ -238,6 +290,8 @@ mod tests {
             "add @mac-kt1 { ether saddr }",
             "ether saddr != @mac-kt1 counter name \"mac-kt1\" drop",
             "ip saddr != @v4-kt1 counter name \"addr-kt1\" drop",
+            "ip6 saddr != :: ip6 saddr != fe80::/10 add @v6-kt1 { ip6 saddr }",
+            "ip6 saddr @v6-kt1 goto egress6-kt1",
         ] {
             assert!(r.contains(line), "missing {line:?} in\n{r}");
         }
