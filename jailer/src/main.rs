@@ -96,9 +96,11 @@ enum Error {
     },
 }
 
-/// What the host-side steps leave for the jail process.
+/// What the host-side steps leave for the split and the jail process.
 struct Prepared {
     netns: Option<OwnedFd>,
+    /// The cgroup the jail's first process is born in.
+    fork_into: Option<cgroup::ForkInto>,
     userfaultfd: Option<u32>,
     seccomp: seccomp::Filters,
     landlock: Vec<landlock::PathRule>,
@@ -154,20 +156,22 @@ fn run() -> Result<Exit, Error> {
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
     let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
-        Ok(netns) => Prepared {
+        Ok((netns, fork_into)) => Prepared {
             netns,
+            fork_into,
             userfaultfd,
             seccomp,
             landlock: landlock::path_rules(&config, userfaultfd.is_some()),
         },
-        Err(e) => return Err(undo(&journal, e)),
+        Err(e) => return Err(undo(&journal, e, None)),
     };
 
     // Step 5: daemonize, and split into the jail process and its keeper.
-    let side = match supervise::launch(&config, &mut journal, &mut clock) {
+    let fork_into = prepared.fork_into.as_ref();
+    let side = match supervise::launch(&config, &mut journal, &mut clock, fork_into) {
         Ok(Role::Done(exit)) => return Ok(exit),
         Ok(Role::Jail(side)) => side,
-        Err(e) => return Err(undo(&journal, e.into())),
+        Err(e) => return Err(undo(&journal, e.into(), fork_into)),
     };
     clock.step("5 daemonize and split");
 
@@ -178,23 +182,25 @@ fn run() -> Result<Exit, Error> {
     Ok(Exit::Code(1))
 }
 
-/// Steps 2 to 4 on the host side.
+/// Steps 2 to 4 on the host side: the network namespace to join, and the cgroup the jail's
+/// first process is born in.
 fn host_side(
     config: &Config,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<Option<OwnedFd>, Error> {
+) -> Result<(Option<OwnedFd>, Option<cgroup::ForkInto>), Error> {
     // Step 2 (continued): the root, with a private copy of the VMM.
     chroot::populate(config, journal)?;
     clock.step("2 chroot directory and VMM copy");
-    // Step 3: cgroups, limits written, this process moved in before any fork.
-    cgroups.apply(journal)?;
+    // Step 3: cgroups, limits written, this process moved in before any fork (the v2 one
+    // excepted: the jail's first process is born in it).
+    let fork_into = cgroups.apply(journal)?;
     clock.step("3 cgroups");
     // Step 4: network namespace, taps, firewall.
     let netns = network::prepare(config, journal)?;
     clock.step("4 host network");
-    Ok(netns)
+    Ok((netns, fork_into))
 }
 
 /// The jail process: steps 6 to 9, ending in exec.
@@ -265,9 +271,13 @@ fn enter_jail(
     Err(command.exec().into())
 }
 
-/// Removes what the journal records after a failure on the host side.
-fn undo(journal: &Journal, error: Error) -> Error {
+/// Removes what the journal records after a failure on the host side (this process left
+/// the cgroups it joined first; it never joined `never_joined`).
+fn undo(journal: &Journal, error: Error, never_joined: Option<&cgroup::ForkInto>) -> Error {
     for record in &journal.state.cgroups {
+        if never_joined.is_some_and(|f| f.dir == record.dir) {
+            continue;
+        }
         let _ = cgroup::evacuate(record, std::process::id());
     }
     match cleanup::remove(&journal.state) {

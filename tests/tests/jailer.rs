@@ -130,6 +130,15 @@ fn the_jail_seen_from_inside_and_outside() {
                 && l.ends_with(&format!("{}/{}", jail.parent_cgroup, jail.id))),
         "{cgroups}"
     );
+    // And in the unified hierarchy (hugetlb on this hybrid host): the jailer, becoming the
+    // VMM, joined it itself.
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.starts_with("0::")
+                && l.ends_with(&format!("{}/{}", jail.parent_cgroup, jail.id))),
+        "{cgroups}"
+    );
     let procs = std::fs::read_to_string(jail.cgroup_dir("pids").join("cgroup.procs")).unwrap();
     assert_eq!(
         procs.trim(),
@@ -240,6 +249,22 @@ fn the_supervisor_is_pid_1_cleans_up_and_passes_the_exit_status_on() {
         "{procs}"
     );
     assert_eq!(procs.lines().count(), 2, "init and the VMM: {procs}");
+    // In the unified hierarchy, init was born in the jail's cgroup (clone3 into it) and the
+    // VMM with it; the supervisor never joined it.
+    let v2 = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap()
+    };
+    let jail_v2 = format!("{}/{}", jail.parent_cgroup, jail.id);
+    assert!(
+        v2(&host_pid.to_string()).ends_with(&jail_v2),
+        "{}",
+        v2(&host_pid.to_string())
+    );
+    assert!(!v2(&run.child.id().to_string()).ends_with(&jail_v2));
     let done = run.finish(T);
     assert_eq!(done.code(), Some(7), "{}", done.describe());
     assert_eq!(

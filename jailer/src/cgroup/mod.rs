@@ -19,6 +19,8 @@ mod v2;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use detect::detect;
@@ -136,6 +138,10 @@ pub trait Cgroup: std::fmt::Debug {
     }
     /// The file that moves the calling process in (see [`attach_self`]).
     fn attach_file(&self) -> &'static str;
+    /// The jail's first process is born in it rather than the jailer moving in (v2).
+    fn joined_at_fork(&self) -> bool {
+        false
+    }
     /// Moves this (single-threaded) process into the jail's cgroup.
     fn attach_self(&self) -> Result<(), CgroupError> {
         let path = self.dir().join(self.attach_file());
@@ -441,10 +447,26 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
     Ok(plan)
 }
 
+/// The cgroup the jail's first process is born in (`clone3(CLONE_INTO_CGROUP)`): its
+/// directory, and a descriptor of it for clone3.
+#[derive(Debug)]
+pub struct ForkInto {
+    pub dir: PathBuf,
+    pub fd: OwnedFd,
+}
+
+impl ForkInto {
+    /// The calling process joins it itself (when the jailer becomes the VMM: no fork).
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        attach_self(&self.dir)
+    }
+}
+
 impl Plan {
     /// Creates the groups (journaling each before writing to it), writes every setting,
-    /// then moves this process into every group.
-    pub fn apply(&self, journal: &mut Journal) -> Result<(), CgroupError> {
+    /// then moves this process into every group but the one the jail's first process is
+    /// born in, which it returns.
+    pub fn apply(&self, journal: &mut Journal) -> Result<Option<ForkInto>, CgroupError> {
         for (group, controllers) in self.groups.iter().zip(&self.controllers) {
             let created = group.create(controllers)?;
             let record = CgroupRecord {
@@ -469,10 +491,24 @@ impl Plan {
             }
             group.write(&s.origin, &s.file, &s.value)?;
         }
+        let mut fork_into = None;
         for group in &self.groups {
-            group.attach_self()?;
+            if !group.joined_at_fork() {
+                group.attach_self()?;
+                continue;
+            }
+            let dir = group.dir().to_path_buf();
+            let fd = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&dir)
+                .map_err(|source| CgroupError::Read {
+                    path: dir.clone(),
+                    source,
+                })?;
+            fork_into = Some(ForkInto { dir, fd: fd.into() });
         }
-        Ok(())
+        Ok(fork_into)
     }
 }
 

@@ -14,7 +14,7 @@ use super::process::{devnull_stdio, exit_now, fork_raw, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Role, SuperviseError};
 use crate::args::Config;
-use crate::cgroup;
+use crate::cgroup::{self, ForkInto};
 use crate::state::{Journal, ProcessRecord};
 
 /// Starts the guard; this process goes on as the jail process.
@@ -23,6 +23,7 @@ pub fn guarded(
     journal: &mut Journal,
     report: Report,
     terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let me = nix::unistd::getpid();
     if let Some(r) = ProcessRecord::of("vmm", me.as_raw()) {
@@ -39,7 +40,7 @@ pub fn guarded(
                 drop(exec_w);
                 drop(undo_r);
                 drop(go_r);
-                leave_cgroups(journal);
+                leave_cgroups(journal, fork_into);
                 drop(go_w);
                 let report = match report {
                     Report::Pipe(p) => Report::Pipe(p),
@@ -62,6 +63,11 @@ pub fn guarded(
     drop(undo_w);
     drop(report);
     drop(go_w);
+    // This process becomes the VMM: it joins the cgroup no process was born in (the guard,
+    // forked before, never did).
+    if let Some(f) = fork_into {
+        f.join_self()?;
+    }
     wait_for_keeper(go_r);
     Ok(Role::Jail(JailSide::new(
         exec_w,

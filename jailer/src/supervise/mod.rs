@@ -32,7 +32,7 @@ use std::io;
 pub use pipes::JailSide;
 
 use crate::args::Config;
-use crate::cgroup;
+use crate::cgroup::{self, ForkInto};
 use crate::clock::Clock;
 use crate::sanitize;
 use crate::state::{Journal, StateError};
@@ -83,14 +83,17 @@ pub enum Role {
     Done(Exit),
 }
 
-/// Splits the jailer into the jail process and its keeper, as the flags ask.
+/// Splits the jailer into the jail process and its keeper, as the flags ask. The jail's
+/// first process is born in the cgroup `fork_into` (or joins it, when the jailer becomes the
+/// VMM itself).
 pub fn launch(
     config: &Config,
     journal: &mut Journal,
     clock: &mut Clock,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let report = if config.daemonize {
-        match daemonize::daemonize(journal, clock)? {
+        match daemonize::daemonize(journal, clock, fork_into)? {
             Ok(pipe) => Report::Pipe(pipe),
             Err(exit) => return Ok(Role::Done(exit)),
         }
@@ -99,10 +102,12 @@ pub fn launch(
     };
     let terminals = terminal::plan(config.cleanup_on_exit)?;
     match (config.cleanup_on_exit, config.new_pid_ns) {
-        (false, false) => guard::guarded(config, journal, report, terminals),
-        (false, true) => pid_ns::pid_ns_keeper(config, journal, clock, report, terminals),
-        (true, new_pid_ns) => {
-            supervisor::supervised(config, journal, clock, report, new_pid_ns, terminals)
+        (false, false) => guard::guarded(config, journal, report, terminals, fork_into),
+        (false, true) => {
+            pid_ns::pid_ns_keeper(config, journal, clock, report, terminals, fork_into)
         }
+        (true, new_pid_ns) => supervisor::supervised(
+            config, journal, clock, report, new_pid_ns, terminals, fork_into,
+        ),
     }
 }

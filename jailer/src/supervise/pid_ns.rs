@@ -8,6 +8,7 @@ use super::process::{fork_into_new_pid_ns, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
+use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::state::Journal;
 
@@ -18,10 +19,11 @@ pub fn pid_ns_keeper(
     clock: &mut Clock,
     mut report: Report,
     terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let Some(child) = fork_into_new_pid_ns(clock)? else {
+    let Some(child) = fork_into_new_pid_ns(clock, fork_into.map(|f| &f.fd))? else {
         drop(exec_r);
         drop(report);
         drop(go_w);
@@ -36,7 +38,7 @@ pub fn pid_ns_keeper(
     drop(terminals);
     drop(exec_w);
     drop(go_r);
-    leave_cgroups(journal);
+    leave_cgroups(journal, fork_into);
     record_process(journal, "vmm", child);
     if let Err(e) = write_pid_file(config, child) {
         return Ok(abort(journal, child, report, &e.to_string()));

@@ -21,6 +21,7 @@ use super::process::{exit_now, fork, fork_into_new_pid_ns, kill, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
+use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::sanitize;
 use crate::state::{Journal, ProcessRecord};
@@ -115,6 +116,7 @@ pub fn supervised(
     mut report: Report,
     new_pid_ns: bool,
     terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -127,10 +129,11 @@ pub fn supervised(
     }
     // An error from here on (before the fork) is undone by the caller; after the fork the
     // keeper handles its own failures.
+    let into = fork_into.map(|f| &f.fd);
     let child = if new_pid_ns {
-        fork_into_new_pid_ns(clock)?
+        fork_into_new_pid_ns(clock, into)?
     } else {
-        fork(clock)?
+        fork(clock, into)?
     };
     let Some(child) = child else {
         drop(exec_r);
@@ -152,7 +155,7 @@ pub fn supervised(
         let _ = prctl::set_pdeathsig(Signal::SIGKILL);
         install_forwarding_handlers();
         // A failed fork here ends init, which the supervisor sees as a failed start.
-        return match fork(clock).unwrap_or_else(|_| exit_now(1)) {
+        return match fork(clock, None).unwrap_or_else(|_| exit_now(1)) {
             None => {
                 drop(status_w);
                 wait_for_keeper(go_r);
@@ -177,7 +180,7 @@ pub fn supervised(
     drop(status_w);
     drop(go_r);
     let relays = terminals.start_relays();
-    leave_cgroups(journal);
+    leave_cgroups(journal, fork_into);
     let vmm = if new_pid_ns {
         record_process(journal, "init", child);
         first_child(child)
