@@ -10,11 +10,7 @@
 //!     <bind targets>                    mount points for --bind-ro/--bind-rw
 //! ```
 //!
-//! `run/` is a tmpfs of its own, mounted here on the host side (the orchestrator reaches the
-//! VMM's sockets through it), `nosuid,nodev,noexec`, with the size and inode count of the
-//! profile's `run` section: whatever the jail writes there is bounded, and its pages are
-//! charged to the memory cgroup of the jail process that writes them. It is journaled before
-//! it is mounted; cleanup unmounts it.
+//! `run/` gets the jail's own tmpfs (`run_fs.rs`), journaled before it is mounted.
 //!
 //! A directory left by a jail that is no longer alive is cleaned up and reused; one that
 //! belongs to a live jail is refused.
@@ -24,10 +20,9 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
+use crate::run_fs::{self, RunFsError};
 use crate::state::{JailState, Journal, StateError};
 use crate::sys::{chown, ChownError};
 
@@ -73,10 +68,8 @@ pub enum ChrootError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("mounting the jail's /run tmpfs on {path}: {source}")]
-    MountRun { path: PathBuf, source: io::Error },
-    #[error("unmounting the jail's /run tmpfs {path}: {source}")]
-    UnmountRun { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    RunFs(#[from] RunFsError),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -179,41 +172,9 @@ pub fn populate(config: &Config, journal: &mut Journal) -> Result<(), ChrootErro
     let run = root.join("run");
     mkdir(&run, 0o700)?;
     journal.record(|s| s.run_tmpfs = Some(run.clone()))?;
-    mount_run(config, &run)?;
+    run_fs::mount(config, &run)?;
     mkdir(&root.join("dev"), 0o755)?;
     create_bind_targets(config, &root)
-}
-
-/// Mounts the jail's `/run` tmpfs on `run`, owned by the jail's uid:gid.
-fn mount_run(config: &Config, run: &Path) -> Result<(), ChrootError> {
-    let options = format!(
-        "size={},nr_inodes={},mode=0700,uid={},gid={}",
-        config.run.size_bytes, config.run.inodes, config.uid, config.gid
-    );
-    mount(
-        Some("tmpfs"),
-        run,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(options.as_str()),
-    )
-    .map_err(|e| ChrootError::MountRun {
-        path: run.to_path_buf(),
-        source: e.into(),
-    })
-}
-
-/// Unmounts the jail's `/run` tmpfs (detached: a host process still inside it does not keep
-/// it in the mount table); one that is not mounted (any more) is skipped.
-pub fn unmount_run(run: &Path) -> Result<(), ChrootError> {
-    match umount2(run, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(ChrootError::UnmountRun {
-            path: run.to_path_buf(),
-            source: e.into(),
-        }),
-    }
 }
 
 /// One private copy of the VMM per jail, so that no two tenants share its text pages.

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::args::CleanupConfig;
 use crate::cgroup;
-use crate::chroot;
 use crate::network;
+use crate::run_fs;
 use crate::state::{JailState, Journal, StateError, STATE_FILE};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +86,7 @@ pub fn live_pids(state: &JailState, exclude: &[i32]) -> Vec<i32> {
 pub fn remove(state: &JailState) -> Result<(), CleanupError> {
     let mut failures: Vec<String> = Vec::new();
     if let Some(run) = &state.run_tmpfs {
-        if let Err(e) = chroot::unmount_run(run) {
+        if let Err(e) = run_fs::unmount(run) {
             failures.push(e.to_string());
         }
     }

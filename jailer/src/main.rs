@@ -7,7 +7,8 @@
 //! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
 //!    `seccomp`);
-//! 2. create the jail directory (refusing a live jail), its root and the VMM copy (`chroot`);
+//! 2. create the jail directory (refusing a live jail), its root, the VMM copy and the
+//!    `/run` tmpfs (`chroot`, `run_fs`);
 //! 3. create the cgroups, write the limits and move into them (`cgroup`);
 //! 4. set up the network on the host side: namespace, taps, firewall (`network`);
 //! 5. split: daemonize if asked, then fork the jail process and its keeper (guard or
@@ -36,6 +37,7 @@ mod landlock;
 mod network;
 mod pivot;
 mod privileges;
+mod run_fs;
 mod sanitize;
 mod state;
 mod supervise;
