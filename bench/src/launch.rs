@@ -104,9 +104,13 @@ pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command 
     if layers.pidns {
         c.arg("--new-pid-ns");
     }
-    if layers.netns {
-        c.arg("--new-netns");
-    }
+    // Without the network layer the jail stays in the host's namespace (the jailer's
+    // default is an empty namespace of the jail's own).
+    c.arg(if layers.netns {
+        "--new-netns"
+    } else {
+        "--share-host-netns"
+    });
     c.arg("--bind-ro")
         .arg(format!("{}:/tiny.elf", opts.tiny.display()))
         .arg("--bind-ro")

@@ -6,9 +6,11 @@
 //!     <exec-name>                       private copy of the VMM, owned uid:gid
 //!     <exec-name>.pid                   pid of the VMM (Firecracker's location)
 //!     dev/                              a tmpfs with only the device nodes is mounted here
-//!     run/                              uid:gid 0700: the API socket goes here
+//!     run/                              the jail's tmpfs (uid:gid 0700): the API socket goes here
 //!     <bind targets>                    mount points for --bind-ro/--bind-rw
 //! ```
+//!
+//! `run/` gets the jail's own tmpfs (`run_fs.rs`), journaled before it is mounted.
 //!
 //! A directory left by a jail that is no longer alive is cleaned up and reused; one that
 //! belongs to a live jail is refused.
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
+use crate::run_fs::{self, RunFsError};
 use crate::state::{JailState, Journal, StateError};
 use crate::sys::{chown, ChownError};
 
@@ -65,6 +68,8 @@ pub enum ChrootError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error(transparent)]
+    RunFs(#[from] RunFsError),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -114,7 +119,7 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
                 });
                 if journal.is_err() {
                     // Without a journal nothing would remove them later.
-                    let _ = std::fs::remove_dir_all(&jail_dir);
+                    let _ = kiln_hostfs::remove_tree(&jail_dir);
                     if exec_dir_created {
                         let _ = std::fs::remove_dir(&exec_dir);
                     }
@@ -158,14 +163,16 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
     })
 }
 
-/// Fills the jail's root: the VMM copy, `run/`, `dev/` and the bind targets.
-pub fn populate(config: &Config) -> Result<(), ChrootError> {
+/// Fills the jail's root: the VMM copy, `run/` (with its tmpfs), `dev/` and the bind
+/// targets.
+pub fn populate(config: &Config, journal: &mut Journal) -> Result<(), ChrootError> {
     let root = config.chroot_dir();
     mkdir(&root, 0o755)?;
     copy_exec_file(config, &root)?;
     let run = root.join("run");
     mkdir(&run, 0o700)?;
-    chown(&run, None, config.uid, config.gid)?;
+    journal.record(|s| s.run_tmpfs = Some(run.clone()))?;
+    run_fs::mount(config, &run)?;
     mkdir(&root.join("dev"), 0o755)?;
     create_bind_targets(config, &root)
 }

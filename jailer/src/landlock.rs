@@ -10,10 +10,19 @@
 //! | `/<exec-name>`                  | execute, read                                   |
 //! | `/dev/kvm`, `/dev/net/tun`, `/dev/userfaultfd` | read, write, device ioctls       |
 //! | `/dev/urandom`                  | read                                            |
-//! | `/run` and below                | create/remove files, sockets, fifos, dirs; read, write, truncate |
+//! | `/run` and below                | create regular files and sockets; read, write   |
 //! | `--bind-ro` targets             | read (and list)                                 |
-//! | `--bind-rw` targets             | read, write, truncate (and create/remove inside a directory) |
-//! | profile `landlock.paths`        | as `ro`/`rw` binds                              |
+//! | `--bind-rw` files               | read, write                                     |
+//! | `--bind-rw` directories         | read, write the files in them; create sockets   |
+//! | profile `landlock.paths`        | `ro`: read; `rw`: read, write, truncate, create and remove files, sockets, directories |
+//!
+//! Only what the VMM makes: its API socket and vsock sockets (`/run`, or a writable
+//! directory such as the worker's vsock directory), and the log, metrics and serial-output
+//! files the API names (created only in `/run`, whose tmpfs bounds them; in a bind they
+//! must exist already). Never a directory, a FIFO, a device node or a symbolic link, no
+//! removal, no rename or link across directories (`Refer`), no truncation: a compromised
+//! VMM can neither fill a host file system nor plant a tree or a trap for the host's
+//! cleanup.
 //! | TCP                             | connect/bind only to profile `landlock.tcp_connect`/`tcp_bind` ports |
 //!
 //! Scopes: no signals to, and no abstract unix sockets of, processes outside the sandbox.
@@ -60,13 +69,26 @@ fn read_only(dir: bool) -> BitFlags<AccessFs> {
     }
 }
 
-fn read_write(dir: bool) -> BitFlags<AccessFs> {
-    let file = make_bitflags!(AccessFs::{ReadFile | WriteFile | Truncate});
+/// A `--bind-rw` target: its files read and written; in a directory, sockets created.
+fn bind_read_write(dir: bool) -> BitFlags<AccessFs> {
+    let file = make_bitflags!(AccessFs::{ReadFile | WriteFile});
     if dir {
-        file | make_bitflags!(AccessFs::{ReadDir | MakeReg | MakeDir | RemoveFile | RemoveDir})
+        file | make_bitflags!(AccessFs::{ReadDir | MakeSock})
     } else {
         file
     }
+}
+
+/// `/run`: as a writable directory bind, plus regular files (bounded by its tmpfs).
+fn run_access() -> BitFlags<AccessFs> {
+    bind_read_write(true) | make_bitflags!(AccessFs::{MakeReg})
+}
+
+/// A profile's `rw` path: the operator asked for it, so files and directories may be made
+/// and removed below it.
+fn profile_read_write() -> BitFlags<AccessFs> {
+    make_bitflags!(AccessFs::{ReadFile | WriteFile | Truncate | ReadDir | MakeReg | MakeDir
+        | MakeSock | RemoveFile | RemoveDir})
 }
 
 /// The path rules of a jail (pure: what the table in the module documentation says).
@@ -95,7 +117,7 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
         },
         PathRule {
             path: PathBuf::from("/run"),
-            access: read_write(true) | make_bitflags!(AccessFs::{MakeSock | MakeFifo | Refer}),
+            access: run_access(),
         },
     ];
     if userfaultfd {
@@ -107,12 +129,12 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
     for b in &config.binds {
         rules.push(PathRule {
             path: b.jail.clone(),
-            access: match (b.writable, b.is_dir) {
-                // A writable directory may also hold the VMM's Unix sockets (the vsock
-                // device's `uds_path`, next to the orchestrator's `<uds_path>_<port>`).
-                (true, true) => read_write(true) | make_bitflags!(AccessFs::{MakeSock}),
-                (true, false) => read_write(false),
-                (false, dir) => read_only(dir),
+            access: match b.writable {
+                // A writable directory may hold the VMM's Unix sockets (the vsock device's
+                // `uds_path`, next to the orchestrator's `<uds_path>_<port>`), nothing else
+                // new.
+                true => bind_read_write(b.is_dir),
+                false => read_only(b.is_dir),
             },
         });
     }
@@ -122,7 +144,7 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
         rules.push(PathRule {
             path: path.clone(),
             access: if *writable {
-                read_write(true)
+                profile_read_write()
             } else {
                 read_only(true)
             },
@@ -212,12 +234,32 @@ mod tests {
             .contains(AccessFs::Execute));
         assert!(find("/dev/kvm").unwrap().contains(AccessFs::IoctlDev));
         assert!(!find("/dev/urandom").unwrap().contains(AccessFs::WriteFile));
-        assert!(find("/run").unwrap().contains(AccessFs::MakeSock));
-        assert!(!find("/run").unwrap().contains(AccessFs::Execute));
+        let run = find("/run").unwrap();
+        assert!(run.contains(AccessFs::MakeSock) && run.contains(AccessFs::MakeReg));
+        // Nothing the VMM never makes: no directory, FIFO, node, link, removal, rename.
+        for never in [
+            AccessFs::Execute,
+            AccessFs::MakeDir,
+            AccessFs::MakeFifo,
+            AccessFs::MakeChar,
+            AccessFs::MakeBlock,
+            AccessFs::MakeSym,
+            AccessFs::RemoveFile,
+            AccessFs::RemoveDir,
+            AccessFs::Refer,
+            AccessFs::Truncate,
+        ] {
+            assert!(!run.contains(never), "/run grants {never:?}");
+            assert!(
+                !find("/disk").unwrap().contains(never),
+                "/disk grants {never:?}"
+            );
+        }
         assert!(!find("/kernel").unwrap().contains(AccessFs::WriteFile));
         assert!(find("/disk").unwrap().contains(AccessFs::WriteFile));
-        // /tmp is a directory: a writable directory bind may hold sockets.
+        // /tmp is a directory: a writable directory bind may hold sockets, nothing else new.
         assert!(find("/disk").unwrap().contains(AccessFs::MakeSock));
+        assert!(!find("/disk").unwrap().contains(AccessFs::MakeReg));
         assert!(!find("/kernel").unwrap().contains(AccessFs::MakeSock));
         assert!(find("/dev/userfaultfd").is_none());
         assert!(rules.iter().all(|r| !r.access.contains(AccessFs::MakeChar)));

@@ -7,14 +7,16 @@
 //! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
 //!    `seccomp`);
-//! 2. create the jail directory (refusing a live jail), its root and the VMM copy (`chroot`);
+//! 2. create the jail directory (refusing a live jail), its root, the VMM copy and the
+//!    `/run` tmpfs (`chroot`, `run_fs`);
 //! 3. create the cgroups, write the limits and move into them (`cgroup`);
 //! 4. set up the network on the host side: namespace, taps, firewall (`network`);
 //! 5. split: daemonize if asked, then fork the jail process and its keeper (guard or
 //!    supervisor), which undoes everything if the jail process fails (`supervise`);
 //! 6. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces
 //!    (`unshare`);
-//! 7. pivot_root into the jail and create the device nodes (`pivot`, `device_nodes`);
+//! 7. pivot_root into the jail, create the device nodes, chroot into the root stacked on
+//!    itself, which forbids user namespaces (`pivot`, `device_nodes`);
 //! 8. rlimits, uid/gid, capabilities, no_new_privs, Landlock (`privileges`, `landlock`);
 //! 9. seccomp, then exec the VMM (`seccomp`, `exec`).
 //!
@@ -35,6 +37,7 @@ mod landlock;
 mod network;
 mod pivot;
 mod privileges;
+mod run_fs;
 mod sanitize;
 mod state;
 mod supervise;
@@ -95,9 +98,11 @@ enum Error {
     },
 }
 
-/// What the host-side steps leave for the jail process.
+/// What the host-side steps leave for the split and the jail process.
 struct Prepared {
     netns: Option<OwnedFd>,
+    /// The cgroup the jail's first process is born in.
+    fork_into: Option<cgroup::ForkInto>,
     userfaultfd: Option<u32>,
     seccomp: seccomp::Filters,
     landlock: Vec<landlock::PathRule>,
@@ -140,7 +145,10 @@ fn run() -> Result<Exit, Error> {
     clock.enable(config.timing);
     privileges::check_rlimits(&config.rlimits)?;
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
-    let seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
+    let mut seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
+    if config.cgroup.limits.hugetlb_bytes.unwrap_or(0) > 0 {
+        seccomp = seccomp.granting_huge_pages();
+    }
     let userfaultfd = match config.userfaultfd {
         true => Some(device_nodes::userfaultfd_minor()?),
         false => None,
@@ -150,63 +158,63 @@ fn run() -> Result<Exit, Error> {
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
     let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
-        Ok(netns) => Prepared {
+        Ok((netns, fork_into)) => Prepared {
             netns,
+            fork_into,
             userfaultfd,
             seccomp,
             landlock: landlock::path_rules(&config, userfaultfd.is_some()),
         },
-        Err(e) => return Err(undo(&journal, e)),
+        Err(e) => return Err(undo(&journal, e, None)),
     };
 
     // Step 5: daemonize, and split into the jail process and its keeper.
-    let side = match supervise::launch(&config, &mut journal, &mut clock) {
+    let fork_into = prepared.fork_into.as_ref();
+    let side = match supervise::launch(&config, &mut journal, &mut clock, fork_into) {
         Ok(Role::Done(exit)) => return Ok(exit),
         Ok(Role::Jail(side)) => side,
-        Err(e) => return Err(undo(&journal, e.into())),
+        Err(e) => return Err(undo(&journal, e.into(), fork_into)),
     };
     clock.step("5 daemonize and split");
 
     // Steps 6 to 9 in the jail process; it only comes back here on failure.
-    let Err(error) = enter_jail(&config, &prepared, &side, &mut clock);
-    let message = error.to_string();
-    if let Some(undo) = side.fail(&message) {
-        eprintln!("jailer: {message}");
-        if !undo.is_empty() {
-            eprintln!("jailer: {undo}");
-        }
-    }
+    let mut side = side;
+    let Err(error) = enter_jail(&config, &prepared, &mut side, &mut clock);
+    side.fail(&error.to_string());
     Ok(Exit::Code(1))
 }
 
-/// Steps 2 to 4 on the host side.
+/// Steps 2 to 4 on the host side: the network namespace to join, and the cgroup the jail's
+/// first process is born in.
 fn host_side(
     config: &Config,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<Option<OwnedFd>, Error> {
+) -> Result<(Option<OwnedFd>, Option<cgroup::ForkInto>), Error> {
     // Step 2 (continued): the root, with a private copy of the VMM.
-    chroot::populate(config)?;
+    chroot::populate(config, journal)?;
     clock.step("2 chroot directory and VMM copy");
-    // Step 3: cgroups, limits written, this process moved in before any fork.
-    cgroups.apply(journal)?;
+    // Step 3: cgroups, limits written, this process moved in before any fork (the v2 one
+    // excepted: the jail's first process is born in it).
+    let fork_into = cgroups.apply(journal)?;
     clock.step("3 cgroups");
     // Step 4: network namespace, taps, firewall.
     let netns = network::prepare(config, journal)?;
     clock.step("4 host network");
-    Ok(netns)
+    Ok((netns, fork_into))
 }
 
 /// The jail process: steps 6 to 9, ending in exec.
 fn enter_jail(
     config: &Config,
     prepared: &Prepared,
-    side: &JailSide,
+    side: &mut JailSide,
     clock: &mut Clock,
 ) -> Result<Infallible, Error> {
     // Step 6: network, mount, IPC, UTS and cgroup namespaces; hostname = id.
-    unshare::enter(&config.id, prepared.netns.as_ref())?;
+    let private_net = config.network.mode == args::NetnsMode::Private;
+    unshare::enter(&config.id, prepared.netns.as_ref(), private_net)?;
     clock.step("6 jail namespaces");
 
     // `--userns` writes its id maps through /proc, which the jail does not have.
@@ -215,9 +223,14 @@ fn enter_jail(
         false => None,
     };
 
-    // Step 7: pivot_root into the jail; only the device nodes the VMM needs.
+    // Step 7: pivot_root into the jail; only the device nodes the VMM needs; then the root
+    // stacked on itself and chrooted into (no user namespace can be created from a chroot).
+    // `--userns` creates its user namespace in step 8 and forbids nested ones there.
     pivot::into_jail(&config.chroot_dir(), &config.binds)?;
     device_nodes::create(config.uid, config.gid, prepared.userfaultfd)?;
+    if !config.userns {
+        pivot::chroot_in_place()?;
+    }
     clock.step("7 pivot_root and device nodes");
 
     // Step 8: limits, identity, capabilities, Landlock.
@@ -254,14 +267,19 @@ fn enter_jail(
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;
     sanitize::cloexec_inherited_fds()?;
+    side.detach_terminals()?;
     prepared.seccomp.apply()?;
     side.about_to_exec();
     Err(command.exec().into())
 }
 
-/// Removes what the journal records after a failure on the host side.
-fn undo(journal: &Journal, error: Error) -> Error {
+/// Removes what the journal records after a failure on the host side (this process left
+/// the cgroups it joined first; it never joined `never_joined`).
+fn undo(journal: &Journal, error: Error, never_joined: Option<&cgroup::ForkInto>) -> Error {
     for record in &journal.state.cgroups {
+        if never_joined.is_some_and(|f| f.dir == record.dir) {
+            continue;
+        }
         let _ = cgroup::evacuate(record, std::process::id());
     }
     match cleanup::remove(&journal.state) {

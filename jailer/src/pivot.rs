@@ -1,11 +1,19 @@
 //! The jail process makes the chroot directory its `/`.
 //!
 //! In the jail's new mount namespace: every mount is made private (nothing propagates back
-//! to the host), the jail root is bind-mounted on itself, each `--bind-*` and `/run` get
-//! their own bind mounts (nosuid, nodev, noexec; read-only for `--bind-ro`), then
-//! `pivot_root(".", ".")` stacks the old root on the new one and `umount2(MNT_DETACH)`
-//! detaches it — no `old_root` directory is needed or left. Finally `/` itself is remounted
-//! read-only, nosuid, nodev: the VMM can write only to `/run` and to `--bind-rw` targets.
+//! to the host), the jail root is bind-mounted on itself with what is mounted below it (the
+//! `/run` tmpfs the jailer mounted on the host side), each `--bind-*` gets its own bind
+//! mount (nosuid, nodev, noexec; read-only for `--bind-ro`), then `pivot_root(".", ".")`
+//! stacks the old root on the new one and `umount2(MNT_DETACH)` detaches it — no `old_root`
+//! directory is needed or left. Then `/` itself is remounted read-only, nosuid, nodev: the
+//! VMM can write only to `/run` and to `--bind-rw` targets.
+//!
+//! Last ([`chroot_in_place`], once `/dev` is made; not with `--userns`, whose own user
+//! namespace must be created before): the whole tree is bind-mounted once more on top of
+//! itself and the process chroots into that copy. Its root is then not the top of its mount
+//! namespace's root, which is what the kernel calls "chrooted": such a process can never
+//! create a user namespace (`unshare(CLONE_NEWUSER)` fails with EPERM) — a second layer
+//! besides seccomp against the kernel surface a user namespace opens.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,17 +41,28 @@ pub enum PivotError {
     PivotRoot { path: PathBuf, source: io::Error },
     #[error("detaching the old root: {0}")]
     DetachOldRoot(#[source] io::Error),
+    #[error("chroot into the stacked root: {0}")]
+    Chroot(#[source] io::Error),
 }
 
 /// No file system type and no data: bind mounts, remounts and propagation changes.
 const NONE: Option<&str> = None;
 
-fn bind(source_path: &Path, target: &Path) -> Result<(), PivotError> {
-    mount(Some(source_path), target, NONE, MsFlags::MS_BIND, NONE).map_err(|e| PivotError::Bind {
+fn bind_with(source_path: &Path, target: &Path, flags: MsFlags) -> Result<(), PivotError> {
+    mount(Some(source_path), target, NONE, flags, NONE).map_err(|e| PivotError::Bind {
         source_path: source_path.to_path_buf(),
         target: target.to_path_buf(),
         source: e.into(),
     })
+}
+
+fn bind(source_path: &Path, target: &Path) -> Result<(), PivotError> {
+    bind_with(source_path, target, MsFlags::MS_BIND)
+}
+
+/// A bind mount of `source_path` and every mount below it.
+fn bind_tree(source_path: &Path, target: &Path) -> Result<(), PivotError> {
+    bind_with(source_path, target, MsFlags::MS_BIND | MsFlags::MS_REC)
 }
 
 /// Changes only the flags of the bind mount at `target`.
@@ -67,8 +86,8 @@ pub fn into_jail(root: &Path, binds: &[Bind]) -> Result<(), PivotError> {
     let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
     mount(NONE, "/", NONE, private, NONE).map_err(|e| PivotError::Private(e.into()))?;
 
-    // pivot_root needs the new root to be a mount point.
-    bind(root, root)?;
+    // pivot_root needs the new root to be a mount point; MS_REC brings the /run tmpfs.
+    bind_tree(root, root)?;
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for b in binds {
         let target = jail_to_host(root, &b.jail);
@@ -80,9 +99,6 @@ pub fn into_jail(root: &Path, binds: &[Bind]) -> Result<(), PivotError> {
         };
         remount(&target, hardened | ro)?;
     }
-    let run = root.join("run");
-    bind(&run, &run)?;
-    remount(&run, hardened)?;
 
     chdir(root)?;
     // pivot_root(".", ".") puts the old root on top of the new one at "/".
@@ -97,4 +113,15 @@ pub fn into_jail(root: &Path, binds: &[Bind]) -> Result<(), PivotError> {
         Path::new("/"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )
+}
+
+/// Bind-mounts the jail's whole tree on top of itself (the copy keeps every mount's flags)
+/// and chroots into the copy (after pivot_root and `/dev`).
+pub fn chroot_in_place() -> Result<(), PivotError> {
+    let root = Path::new("/");
+    bind_tree(root, root)?;
+    // "/" now resolves to the copy on top.
+    chdir(root)?;
+    nix::unistd::chroot(".").map_err(|e| PivotError::Chroot(e.into()))?;
+    chdir(root)
 }

@@ -241,7 +241,9 @@ fn write_id_file(
 }
 
 /// `--userns`: after `drop_to`, enters a new user namespace where only uid:gid are mapped
-/// (to themselves), and drops the full capability set a new user namespace hands out.
+/// (to themselves), forbids user namespaces inside it (`user.max_user_namespaces` = 0 in
+/// it: the jail's second layer besides seccomp, as the chroot is without `--userns`), and
+/// drops the full capability set a new user namespace hands out.
 pub fn enter_user_namespace(uid: u32, gid: u32, proc_self: &OwnedFd) -> Result<(), PrivilegeError> {
     // The id map files of a non-dumpable process belong to root; the jail's uid must be
     // able to open its own.
@@ -251,6 +253,9 @@ pub fn enter_user_namespace(uid: u32, gid: u32, proc_self: &OwnedFd) -> Result<(
     write_id_file(proc_self, "setgroups", "deny")?;
     write_id_file(proc_self, "uid_map", &format!("{uid} {uid} 1\n"))?;
     write_id_file(proc_self, "gid_map", &format!("{gid} {gid} 1\n"))?;
+    // /proc/thread-self is /proc/<pid>/task/<tid>: the sysctl is three levels up. The
+    // limit written is the new namespace's own (CAP_SYS_RESOURCE in it).
+    write_id_file(proc_self, "../../../sys/user/max_user_namespaces", "0")?;
     drop_bounding_ambient_inheritable()?;
     clear_and_verify()?;
     set_dumpable(false)

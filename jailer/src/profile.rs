@@ -1,5 +1,5 @@
 //! The tenant profile (`--profile FILE`): a JSON file with the tenant's cgroup limits,
-//! rlimits, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
+//! rlimits, the size of its `/run`, egress allow-list and extra Landlock rules. Unknown fields are errors, so a typo
 //! never silently drops a limit. Values are validated in `args/`, where flags override them.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ pub struct Profile {
     #[serde(default)]
     pub rlimits: Rlimits,
     #[serde(default)]
+    pub run: RunFs,
+    #[serde(default)]
     pub egress: Egress,
     #[serde(default)]
     pub landlock: LandlockExtra,
@@ -54,6 +56,23 @@ pub struct CgroupLimits {
     pub memory_bytes: Option<u64>,
     /// Maximum number of tasks (processes and threads) in the jail.
     pub pids_max: Option<u64>,
+    /// Huge pages the jail may use, in bytes, per huge page size (the hugetlb controller:
+    /// v1 `hugetlb.<size>.limit_in_bytes`, v2 `hugetlb.<size>.max`). Absent or 0: none, and
+    /// the jail's seccomp filter refuses `MAP_HUGETLB` and `MFD_HUGETLB`.
+    pub hugetlb_bytes: Option<u64>,
+}
+
+/// The jail's `/run`: a tmpfs of its own, mounted by the jailer on the host side (so that
+/// the orchestrator sees the sockets in it), whose pages count against the jail's memory
+/// cgroup.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFs {
+    /// Its size limit in bytes (tmpfs `size=`).
+    pub size_bytes: Option<u64>,
+    /// How many files, sockets and directories it holds, itself included (tmpfs
+    /// `nr_inodes=`).
+    pub inodes: Option<u64>,
 }
 
 /// Resource limits (soft = hard = value); the jailer can only lower them.
@@ -149,12 +168,15 @@ mod tests {
             r#"{"cgroup": {"cpu_quota_us": 50000, "cpu_period_us": 100000, "cpuset_cpus": "0",
                 "cpuset_mems": "0", "memory_bytes": 1048576, "pids_max": 10},
                "rlimits": {"no_file": 64, "fsize": 1, "memlock": 2, "nproc": 3, "core": 0},
+               "run": {"size_bytes": 65536, "inodes": 16},
                "egress": {"allow": [{"proto": "tcp", "cidr": "10.0.0.0/8", "ports": [443]}]},
                "landlock": {"paths": [{"path": "/data", "access": "ro"}], "tcp_connect": [443]}}"#,
         )
         .unwrap();
         assert_eq!(p.cgroup.pids_max, Some(10));
         assert_eq!(p.rlimits.no_file, Some(64));
+        assert_eq!(p.run.size_bytes, Some(65536));
+        assert_eq!(p.run.inodes, Some(16));
         assert_eq!(p.egress.allow.len(), 1);
         assert_eq!(p.landlock.tcp_connect, vec![443]);
     }

@@ -1,12 +1,14 @@
 //! The jail-level seccomp filter, installed just before exec.
 //!
 //! The policy is seccompiler JSON: `policies/seccomp/jail.json`, built into the binary, or
-//! the file given with `--seccomp-policy`. Every filter in it is installed; they stack, and
-//! for each syscall the kernel takes the strictest answer. `main` is the allow-list (any
-//! other syscall kills the process); the others default to allow and single out calls to
-//! refuse, which the allow-list format cannot express (`clone3` answered with ENOSYS so the C
-//! library falls back to `clone`, whose flags `main` can inspect). It is the superset of what
-//! the VMM needs; the VMM narrows it per thread with its own filters.
+//! the file given with `--seccomp-policy`. Its filters stack, and for each syscall the kernel
+//! takes the strictest answer. `main` is the allow-list (any other syscall kills the
+//! process); the others default to allow and single out calls to refuse, which the
+//! allow-list format cannot express: `enosys` answers `clone3` with ENOSYS so the C library
+//! falls back to `clone`, whose flags `main` can inspect; [`HUGETLB_FILTER`] kills
+//! `mmap(MAP_HUGETLB)` and is left out when the tenant profile grants huge pages. `main` is
+//! exactly what the VMM makes (the seccomp audit checks it); the VMM narrows it per thread
+//! with its own filters.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,8 @@ use seccompiler::{BpfProgram, TargetArch};
 pub const BUILTIN_POLICY: &str = include_str!("../../policies/seccomp/jail.json");
 /// Largest policy file read.
 const MAX_POLICY_BYTES: u64 = 1 << 20;
+/// The filter that refuses huge pages: installed unless the profile grants some.
+pub const HUGETLB_FILTER: &str = "hugetlb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -77,6 +81,13 @@ pub fn compile(file: Option<&Path>) -> Result<Filters, SeccompError> {
 }
 
 impl Filters {
+    /// The filters without [`HUGETLB_FILTER`]: the tenant profile grants huge pages (the
+    /// hugetlb cgroup limit bounds them).
+    pub fn granting_huge_pages(mut self) -> Self {
+        self.0.retain(|(name, _)| name != HUGETLB_FILTER);
+        self
+    }
+
     #[cfg(test)]
     pub fn names(&self) -> Vec<&str> {
         self.0.iter().map(|(n, _)| n.as_str()).collect()
@@ -101,9 +112,10 @@ mod tests {
     #[test]
     fn builtin_policy_compiles_with_main_last() {
         let f = compile(None).unwrap();
-        let names = f.names();
-        assert_eq!(names.last(), Some(&"main"));
-        assert!(names.len() >= 2, "{names:?}");
+        assert_eq!(f.names(), ["enosys", "hugetlb", "main"]);
+        // Huge pages granted: the filter refusing them is left out.
+        let f = f.granting_huge_pages();
+        assert_eq!(f.names(), ["enosys", "main"]);
     }
 
     #[test]

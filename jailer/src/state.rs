@@ -1,5 +1,6 @@
-//! The jail's journal: every host resource the jailer creates (chroot directory, cgroups,
-//! network namespace, taps, firewall table) and every process it starts is recorded in
+//! The jail's journal: every host resource the jailer creates (chroot directory, its `/run`
+//! tmpfs, cgroups, network namespace, taps, firewall tables) and every process it starts is
+//! recorded in
 //! `<base>/<exec-name>/<id>/jail.json` (outside the jail's root, root-only) before or right
 //! after it is made. Undo on a failed set-up, `--cleanup-on-exit` and `jailer cleanup` all
 //! work from this record, so nothing the jailer made is forgotten.
@@ -36,6 +37,8 @@ pub struct JailState {
     /// `<base>/<exec-name>`, and whether this jail created it (then it is removed when empty).
     pub exec_dir: PathBuf,
     pub exec_dir_created: bool,
+    /// `<jail_dir>/root/run`, recorded before the jail's tmpfs is mounted on it.
+    pub run_tmpfs: Option<PathBuf>,
     pub cgroups: Vec<CgroupRecord>,
     pub netns: Option<NetnsRecord>,
     pub processes: Vec<ProcessRecord>,
@@ -64,8 +67,10 @@ pub struct NetnsRecord {
     pub mounted: bool,
     /// Taps the jailer created in it.
     pub taps: Vec<String>,
-    /// The nftables table the jailer installed in it.
+    /// The nftables table (`inet`: the egress firewall) the jailer installed in it.
     pub table: Option<String>,
+    /// The nftables table (`netdev`: the taps' guest filters) the jailer installed in it.
+    pub tap_table: Option<String>,
 }
 
 /// A process of the jail; `start_time` (field 22 of /proc/PID/stat) tells a live process
@@ -175,6 +180,11 @@ impl JailState {
         if self.jail_dir != jail_dir || Some(self.exec_dir.as_path()) != jail_dir.parent() {
             return Err(format!("directory {}", self.jail_dir.display()));
         }
+        if let Some(run) = &self.run_tmpfs {
+            if *run != jail_dir.join("root").join("run") {
+                return Err(format!("/run mount {}", run.display()));
+            }
+        }
         for c in &self.cgroups {
             let ok = clean(&c.dir)
                 && clean(&c.origin)
@@ -192,7 +202,9 @@ impl JailState {
                 .taps
                 .iter()
                 .all(|t| !t.is_empty() && t.len() <= 15 && !t.contains('/'));
-            let table_ok = n.table.as_ref().is_none_or(|t| *t == format!("kiln-{id}"));
+            let own_table =
+                |t: &Option<String>| t.as_ref().is_none_or(|t| *t == format!("kiln-{id}"));
+            let table_ok = own_table(&n.table) && own_table(&n.tap_table);
             if (n.created && n.path != own) || !clean(&n.path) || !tap_ok || !table_ok {
                 return Err(format!("network namespace {}", n.path.display()));
             }
@@ -255,8 +267,16 @@ mod tests {
         })
         .unwrap();
         j.record(|s| s.exec_dir_created = true).unwrap();
+        j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
+            .unwrap();
         let back = Journal::load(&dir, "a").unwrap().unwrap();
         assert_eq!(back, j.state);
+        // A mount anywhere else is refused (cleanup unmounts it).
+        j.record(|s| s.run_tmpfs = Some(PathBuf::from("/proc")))
+            .unwrap();
+        let e = Journal::load(&dir, "a").unwrap_err().to_string();
+        assert!(e.contains("/run mount /proc"), "{e}");
+        j.record(|s| s.run_tmpfs = None).unwrap();
         // A state naming another jail, or paths it cannot own, is refused.
         assert!(Journal::load(&dir, "b").is_err());
         j.record(|s| {

@@ -2,6 +2,11 @@
 //! parent cgroup and uid), a running jailer whose probe output is read line by line, and
 //! snapshots of the host state a jail could leave behind (mounts, cgroups, network
 //! namespaces, files).
+//!
+//! `jail-probe` reports what it sees with syscalls the VMM never makes, which the jail's
+//! built-in filter (policies/seccomp/jail.json, exactly the VMM's syscalls) refuses: its
+//! jails run under that policy plus [`PROBE_SYSCALLS`] (nothing else added). The real VMM
+//! and `escape-probe` run under the built-in policy itself.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,22 @@ use std::time::{Duration, Instant};
 
 use crate::process::{line_reader, spawn, stderr_reader};
 use crate::{require_bin, require_root, unique_id};
+
+/// What `jail-probe` needs besides the VMM's syscalls, to report: identity queries, the host
+/// name, the working directory, directory listings, and receiving (and duplicating) a
+/// descriptor over a unix socket.
+pub const PROBE_SYSCALLS: &[&str] = &[
+    "getppid",
+    "getresuid",
+    "getresgid",
+    "getgroups",
+    "capget",
+    "uname",
+    "getcwd",
+    "getdents64",
+    "recvmsg",
+    "dup",
+];
 
 /// One test's jail: its id, chroot base directory, parent cgroup and identity.
 pub struct Jail {
@@ -54,9 +75,22 @@ impl Jail {
         self.jail_dir().join("root")
     }
 
-    /// The jailer with this jail's common flags, `flags`, then `--` and the probe actions.
+    /// The jailer with this jail's common flags, `flags`, then `--` and the probe actions;
+    /// the built-in seccomp policy with [`PROBE_SYSCALLS`] unless `flags` name a policy.
     pub fn command(&self, flags: &[&str], probe_args: &[&str]) -> Command {
-        self.command_for(&self.probe, flags, probe_args)
+        let cmd = self.command_for(&self.probe, flags, probe_args);
+        if !flags.contains(&"--seccomp-policy") {
+            let policy = self.write_policy("probe-policy.json", serde_json::json!([]));
+            let mut args: Vec<std::ffi::OsString> =
+                cmd.get_args().map(|a| a.to_os_string()).collect();
+            let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+            args.insert(at, "--seccomp-policy".into());
+            args.insert(at + 1, policy.into_os_string());
+            let mut with = Command::new(&self.jailer);
+            with.args(args);
+            return with;
+        }
+        cmd
     }
 
     /// As [`Jail::command`], jailing `exec` (another binary, e.g. the real `vmm`) with
@@ -91,21 +125,31 @@ impl Jail {
     }
 
     /// Writes a seccomp policy (`--seccomp-policy`) into the base directory: the built-in
-    /// policies/seccomp/jail.json with `rules` (a JSON list of rules) in place of its rules
-    /// for the same syscalls, for probes that need more than a VMM does.
+    /// policies/seccomp/jail.json with [`PROBE_SYSCALLS`] and `rules` (a JSON list of rules)
+    /// in place of its rules for the same syscalls, for probes that need more than a VMM
+    /// does.
     pub fn seccomp_policy_with(&self, rules: serde_json::Value) -> PathBuf {
+        self.write_policy("policy.json", rules)
+    }
+
+    fn write_policy(&self, name: &str, rules: serde_json::Value) -> PathBuf {
         let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/seccomp/jail.json");
         let text = std::fs::read_to_string(&builtin)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", builtin.display()));
         let mut policy: serde_json::Value = serde_json::from_str(&text).expect("jail.json is JSON");
-        let rules = rules.as_array().expect("a list of rules");
+        let mut rules = rules.as_array().expect("a list of rules").clone();
+        for name in PROBE_SYSCALLS {
+            if !rules.iter().any(|r| r["syscall"] == *name) {
+                rules.push(serde_json::json!({ "syscall": name }));
+            }
+        }
         let names: Vec<&serde_json::Value> = rules.iter().map(|r| &r["syscall"]).collect();
         let main = policy["main"]["filter"]
             .as_array_mut()
             .expect("jail.json has main.filter");
         main.retain(|r| !names.contains(&&r["syscall"]));
         main.extend(rules.iter().cloned());
-        let path = self.base.join("policy.json");
+        let path = self.base.join(name);
         std::fs::write(&path, policy.to_string())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         path
@@ -147,7 +191,7 @@ impl Drop for Jail {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(&self.base);
+        let _ = kiln_hostfs::remove_tree(&self.base);
     }
 }
 

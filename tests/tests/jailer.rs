@@ -93,7 +93,7 @@ fn the_jail_seen_from_inside_and_outside() {
     assert_eq!(status["Seccomp"], "2");
     assert_eq!(
         status["Seccomp_filters"], "3",
-        "main, enosys and deny filters"
+        "main, enosys and hugetlb filters"
     );
     assert!(status["Uid"].starts_with(&format!("{u}\t{u}\t{u}")));
     assert_eq!(status["Groups"], "");
@@ -105,10 +105,22 @@ fn the_jail_seen_from_inside_and_outside() {
             "{ns} namespace not new"
         );
     }
-    assert_eq!(
+    // No network flag: an empty network namespace of the jail's own (only lo, down), never
+    // the host's.
+    assert_ne!(
         ns_link(&pid, "net"),
         ns_link("self", "net"),
-        "no network flag: host netns"
+        "no network flag: the host's netns"
+    );
+    let links = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ip", "-o", "link"])
+        .output()
+        .expect("nsenter (util-linux)");
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(
+        links.starts_with("1: lo: <LOOPBACK>") && links.contains("state DOWN"),
+        "{links}"
     );
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(
@@ -118,22 +130,33 @@ fn the_jail_seen_from_inside_and_outside() {
                 && l.ends_with(&format!("{}/{}", jail.parent_cgroup, jail.id))),
         "{cgroups}"
     );
+    // And in the unified hierarchy (hugetlb on this hybrid host): the jailer, becoming the
+    // VMM, joined it itself.
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.starts_with("0::")
+                && l.ends_with(&format!("{}/{}", jail.parent_cgroup, jail.id))),
+        "{cgroups}"
+    );
     let procs = std::fs::read_to_string(jail.cgroup_dir("pids").join("cgroup.procs")).unwrap();
     assert_eq!(
         procs.trim(),
         pid,
         "only the VMM in its cgroup (the guard left before exec)"
     );
-    // The jail's mounts: read-only root, private /run, tmpfs /dev; nothing else.
+    // The jail's mounts: read-only root, its own /run tmpfs, tmpfs /dev; nothing else — and
+    // the same three again, stacked on the first (the jail is chrooted into the copy, which
+    // forbids it user namespaces).
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let points: Vec<(&str, &str)> = mounts
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f[4], f[5])
-        })
-        .collect();
-    assert_eq!(points.len(), 3, "{mounts}");
+    let fields: Vec<Vec<&str>> = mounts.lines().map(|l| l.split(' ').collect()).collect();
+    let points: Vec<(&str, &str)> = fields.iter().map(|f| (f[4], f[5])).collect();
+    assert_eq!(points.len(), 6, "{mounts}");
+    assert_eq!(points[..3], points[3..], "{mounts}");
+    assert_eq!(
+        fields[3][1], fields[0][0],
+        "the copy is stacked on the root: {mounts}"
+    );
     assert!(
         points[0].0 == "/" && points[0].1.starts_with("ro,nosuid,nodev"),
         "{mounts}"
@@ -141,6 +164,12 @@ fn the_jail_seen_from_inside_and_outside() {
     assert!(points
         .iter()
         .any(|(p, o)| *p == "/run" && o.starts_with("rw,nosuid,nodev,noexec")));
+    assert!(
+        mounts.contains(&format!(
+            " /run rw,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,size=4096k,nr_inodes=64,mode=700,uid={u},gid={g}"
+        )),
+        "{mounts}"
+    );
     assert!(points
         .iter()
         .any(|(p, o)| *p == "/dev" && o.starts_with("ro,nosuid,noexec")));
@@ -220,6 +249,22 @@ fn the_supervisor_is_pid_1_cleans_up_and_passes_the_exit_status_on() {
         "{procs}"
     );
     assert_eq!(procs.lines().count(), 2, "init and the VMM: {procs}");
+    // In the unified hierarchy, init was born in the jail's cgroup (clone3 into it) and the
+    // VMM with it; the supervisor never joined it.
+    let v2 = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap()
+    };
+    let jail_v2 = format!("{}/{}", jail.parent_cgroup, jail.id);
+    assert!(
+        v2(&host_pid.to_string()).ends_with(&jail_v2),
+        "{}",
+        v2(&host_pid.to_string())
+    );
+    assert!(!v2(&run.child.id().to_string()).ends_with(&jail_v2));
     let done = run.finish(T);
     assert_eq!(done.code(), Some(7), "{}", done.describe());
     assert_eq!(

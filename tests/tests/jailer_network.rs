@@ -172,6 +172,60 @@ fn a_new_netns_gets_the_tap_and_the_default_policy_and_is_removed() {
 }
 
 #[test]
+fn in_a_joined_namespace_the_tap_filter_and_the_firewall_are_removed_with_the_tap() {
+    require_program("nft", "nftables");
+    let jail = Jail::new("jl-tapf");
+    let netns = NetNs::new(&format!("{}-n", jail.id));
+    let ns = netns.name().to_owned();
+    let table = format!("kiln-{}", jail.id);
+    let mut run = Running::spawn(&mut jail.command(
+        &[
+            "--cleanup-on-exit",
+            "--netns",
+            &format!("/run/netns/{ns}"),
+            "--firewall",
+            "on",
+            "--tap",
+            "kt5,mac=02:00:00:00:00:05,ip=10.9.0.2",
+        ],
+        &["hold"],
+    ));
+    run.wait_for("ready", T);
+    let tables = sh("ip", &["netns", "exec", &ns, "nft", "list", "tables"]);
+    assert!(tables.contains(&format!("table inet {table}")), "{tables}");
+    assert!(
+        tables.contains(&format!("table netdev {table}")),
+        "{tables}"
+    );
+    let chain = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "nft",
+            "list",
+            "chain",
+            "netdev",
+            &table,
+            "guest-kt5",
+        ],
+    );
+    assert!(
+        chain.contains("type filter hook ingress device \"kt5\"")
+            && chain.contains("ether saddr != 02:00:00:00:00:05"),
+        "{chain}"
+    );
+    let done = run.finish(T);
+    assert_eq!(done.code(), Some(0), "{}", done.describe());
+    // The orchestrator's namespace keeps only what it had.
+    let tables = sh("ip", &["netns", "exec", &ns, "nft", "list", "tables"]);
+    assert!(!tables.contains(&table), "{tables}");
+    let links = sh("ip", &["-n", &ns, "link", "show"]);
+    assert!(!links.contains("kt5"), "{links}");
+}
+
+#[test]
 fn a_failure_on_the_host_side_is_undone_and_never_touches_what_was_there() {
     // The joined namespace already has a tap named kt9: `--tap kt9` must fail (it would
     // take over the orchestrator's interface), and the undo must leave it alone.

@@ -91,7 +91,7 @@ impl Cfg {
             NoSeccomp => "seccomp off (allow-all --seccomp-policy)",
             NoLandlock => "Landlock off (--diagnose-without landlock)",
             NoPrivileges => "identity and capabilities kept: root with every capability (--diagnose-without privileges)",
-            NoNamespaces => "no PID or network namespace (no --new-pid-ns, no --netns: the host's)",
+            NoNamespaces => "no PID or network namespace (no --new-pid-ns; --share-host-netns: the host's)",
             NoCgroups => "no cgroup limits (profile without `cgroup`)",
             NoRlimits => "no rlimits from the profile (the jailer's defaults: no-file 2048, core 0)",
             NoFirewall => "no egress firewall (--firewall off)",
@@ -108,7 +108,11 @@ type Expectation = (&'static str, &'static str, &'static [(Cfg, &'static str)]);
 const EXPECTED: &[Expectation] = &[
     // Descriptors.
     ("fds.inherited", "NONE jailer-closes-fds", &[]),
-    ("fds.passed-dir", "EACCES landlock", L_OFF_ESCAPED),
+    (
+        "fds.passed-dir",
+        "SIGSYS seccomp(no-recvmsg)",
+        &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
+    ),
     // Files.
     ("fs.etc-shadow", "ENOENT chroot", &[]),
     ("fs.proc-1-root", "ENOENT chroot(no-/proc)", &[]),
@@ -118,7 +122,11 @@ const EXPECTED: &[Expectation] = &[
     ("fs.dotdot", "ENOENT chroot", &[]),
     ("fs.dotdot-dirfd", "ENOENT chroot", &[]),
     ("fs.other-tenant", "ENOENT chroot", &[]),
-    ("fs.openat2", "SIGSYS seccomp", S_OFF_ENOENT),
+    (
+        "fs.openat2",
+        "SIGSYS seccomp",
+        &seccomp_off("EXDEV chroot(stacked-root)"),
+    ),
     ("fs.open-by-handle", "SIGSYS seccomp", S_OFF_EPERM),
     ("fs.write-root", "EROFS read-only-root", &[]),
     ("fs.overwrite-vmm", "ETXTBSY kernel(running)", &[]),
@@ -128,16 +136,34 @@ const EXPECTED: &[Expectation] = &[
         "EACCES uid(root-owned)",
         &[(NoPrivileges, "EROFS read-only-root")],
     ),
-    ("fs.mkdir-dev", "EROFS read-only-/dev", &[]),
+    (
+        "fs.mkdir-dev",
+        "SIGSYS seccomp",
+        &seccomp_off("EROFS read-only-/dev"),
+    ),
     (
         "fs.symlink",
+        "SIGSYS seccomp",
+        &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
+    ),
+    (
+        "fs.mkdir-run",
+        "SIGSYS seccomp",
+        &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
+    ),
+    (
+        "fs.mkfifo-run",
         "SIGSYS seccomp",
         &seccomp_off_landlock_decides("EACCES landlock", "ESCAPED"),
     ),
     ("fs.hardlink", "SIGSYS seccomp", S_OFF_EXDEV),
     ("fs.chroot-escape", "SIGSYS seccomp", S_OFF_EPERM),
     ("fs.exec-from-run", "EACCES noexec-/run+landlock", &[]),
-    ("fs.setuid-files", "NONE jailer-strips-setuid", &[]),
+    (
+        "fs.setuid-files",
+        "SIGSYS seccomp(no-getdents64)",
+        &seccomp_off("NONE jailer-strips-setuid"),
+    ),
     ("fs.file-caps", "SIGSYS seccomp", S_OFF_EPERM),
     // Devices.
     ("devices.host-nodes", "ENOENT chroot(own-/dev)", &[]),
@@ -154,16 +180,39 @@ const EXPECTED: &[Expectation] = &[
     ("devices.urandom-write", "EACCES landlock", L_OFF_ESCAPED),
     (
         "devices.urandom-ioctl",
-        "EACCES landlock",
-        &landlock_off("EPERM caps"),
+        "SIGSYS seccomp(ioctl-allow-list)",
+        &seccomp_off_landlock_decides("EACCES landlock", "EPERM caps"),
     ),
     (
         "devices.tun-new-tap",
         "EPERM caps",
         &[(NoPrivileges, "ESCAPED")],
     ),
-    ("devices.tiocsti", "SIGSYS seccomp(deny)", S_OFF_ENOTTY),
-    ("devices.tioclinux", "SIGSYS seccomp(deny)", S_OFF_ENOTTY),
+    (
+        "devices.tiocsti",
+        "SIGSYS seccomp(ioctl-allow-list)",
+        S_OFF_ENOTTY,
+    ),
+    (
+        "devices.tty-mode",
+        "SIGSYS seccomp(ioctl-allow-list)",
+        S_OFF_ENOTTY,
+    ),
+    (
+        "devices.tty-winsize",
+        "SIGSYS seccomp(ioctl-allow-list)",
+        S_OFF_ENOTTY,
+    ),
+    (
+        "devices.tty-ldisc",
+        "SIGSYS seccomp(ioctl-allow-list)",
+        S_OFF_ENOTTY,
+    ),
+    (
+        "devices.tioclinux",
+        "SIGSYS seccomp(ioctl-allow-list)",
+        S_OFF_ENOTTY,
+    ),
     ("devices.userfaultfd-node", "ENOENT chroot(own-/dev)", &[]),
     // Mounts.
     ("mount.tmpfs", "SIGSYS seccomp", S_OFF_EPERM),
@@ -181,7 +230,11 @@ const EXPECTED: &[Expectation] = &[
     ("caps.capset", "SIGSYS seccomp", S_OFF_EPERM),
     ("caps.ambient-raise", "EPERM caps(empty-inheritable)", &[]),
     ("caps.no-new-privs-off", "EINVAL kernel(one-way)", &[]),
-    ("caps.userns", "SIGSYS seccomp", S_OFF_ESCAPED),
+    (
+        "caps.userns",
+        "SIGSYS seccomp",
+        &seccomp_off("EPERM chroot(no-user-namespaces)"),
+    ),
     ("caps.unshare-ns", "SIGSYS seccomp", S_OFF_EPERM),
     (
         "caps.clone-thread-ns",
@@ -250,7 +303,11 @@ const EXPECTED: &[Expectation] = &[
     ("kernel.keyctl", "SIGSYS seccomp", S_OFF_ESCAPED),
     ("kernel.kexec", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
     ("kernel.module", "SIGSYS seccomp", S_OFF_EPERM_OR_ENOSYS),
-    ("kernel.io-uring", "SIGSYS seccomp", S_OFF_ESCAPED),
+    (
+        "kernel.io-uring",
+        "SIGSYS seccomp",
+        &seccomp_off("ENOMEM rlimit(memlock=0)"),
+    ),
     (
         "kernel.userfaultfd",
         "SIGSYS seccomp",
@@ -288,18 +345,30 @@ const EXPECTED: &[Expectation] = &[
     ),
     (
         "resources.memfd-hog",
-        "SIGKILL cgroup(memory,OOM)",
-        &[(NoCgroups, "ESCAPED")],
+        "SIGSYS seccomp(no-memfd)",
+        &seccomp_off("SIGKILL cgroup(memory,OOM)"),
+    ),
+    (
+        "resources.hugetlb",
+        "SIGSYS seccomp(hugetlb)",
+        &seccomp_off("ENOMEM no-pool(security_host:cgroup-hugetlb)"),
     ),
     (
         "resources.mlock",
-        "ENOMEM rlimit(memlock,host's)",
-        &[(NoPrivileges, "ESCAPED")],
+        "EPERM rlimit(memlock=0)",
+        &[(NoPrivileges, "ESCAPED"), (NoRlimits, "ESCAPED")],
     ),
     (
         "resources.huge-file",
         "EFBIG rlimit(fsize)",
         &[(NoRlimits, "ESCAPED")],
+    ),
+    ("resources.run-fill", "ENOSPC tmpfs(/run-size)", &[]),
+    ("resources.run-inodes", "ENOSPC tmpfs(/run-inodes)", &[]),
+    (
+        "resources.run-fallocate",
+        "SIGSYS seccomp",
+        &seccomp_off("ENOSPC tmpfs(/run-size)"),
     ),
     (
         "resources.fd-exhaust",
@@ -335,7 +404,6 @@ const fn landlock_off(outcome: &'static str) -> [(Cfg, &'static str); 2] {
 const S_OFF_EPERM: &[(Cfg, &str)] = &seccomp_off("EPERM caps");
 const S_OFF_EPERM_OR_ENOSYS: &[(Cfg, &str)] = &seccomp_off("EPERM|ENOSYS caps(or-compiled-out)");
 const S_OFF_ESRCH: &[(Cfg, &str)] = &seccomp_off("ESRCH pid-ns");
-const S_OFF_ENOENT: &[(Cfg, &str)] = &seccomp_off("ENOENT chroot");
 const S_OFF_EXDEV: &[(Cfg, &str)] = &seccomp_off("EXDEV separate-/run-mount");
 const S_OFF_ENOTTY: &[(Cfg, &str)] = &seccomp_off("ENOTTY stdin-not-a-tty");
 /// Only seccomp stops it.
@@ -427,7 +495,9 @@ impl World {
             s("--profile"),
             profile.display().to_string(),
         ];
-        if cfg != NoNamespaces {
+        if cfg == NoNamespaces {
+            f.push(s("--share-host-netns"));
+        } else {
             f.extend([
                 s("--new-pid-ns"),
                 s("--netns"),

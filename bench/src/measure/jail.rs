@@ -110,7 +110,7 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         None,
     );
     t.add_note(
-        "3 … without --new-netns (no netns, no firewall)",
+        "3 … --share-host-netns (no netns, no firewall)",
         "ms",
         &first_no_net,
         None,

@@ -4,10 +4,14 @@
 //! - [`input`]: the small input files a caller names (the jailer's `--profile` and
 //!   `--seccomp-policy`, the VMM's `--config-file` and `--seccomp-filter`);
 //! - [`image`]: the image files a caller names that the VMM keeps open (kernel, initrd,
-//!   drive backing files).
+//!   drive backing files);
+//! - [`remove`]: removing a tree a jailed tenant could write to (the jailer's cleanup, the
+//!   worker's instance directories), with constant descriptors and stack.
 
 pub mod image;
 pub mod input;
+pub mod remove;
 
 pub use image::{open_regular, ImageError};
 pub use input::{read_bytes, read_text, InputError};
+pub use remove::{remove_tree, RemoveError};

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::limits::{CgroupConfig, Rlimit};
+use super::limits::{CgroupConfig, Rlimit, RunLimits};
 use super::network::Network;
 use super::paths::{Bind, LandlockConfig};
 
@@ -52,6 +52,8 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     /// Resource limits to set (each lowers soft and hard limit to the value).
     pub rlimits: BTreeMap<Rlimit, u64>,
+    /// The jail's `/run` tmpfs.
+    pub run: RunLimits,
     pub binds: Vec<Bind>,
     pub landlock: LandlockConfig,
     pub userfaultfd: bool,

@@ -43,7 +43,7 @@ pub enum ArgsError {
         "{field} {value:?}: unknown resource (expected no-file, fsize, memlock, nproc or core)"
     )]
     UnknownResource { field: String, value: String },
-    #[error("--{flag} {value:?} conflicts with --{other}")]
+    #[error("--{flag}{} conflicts with --{other}", if value.is_empty() { String::new() } else { format!(" {value:?}") })]
     Conflict {
         flag: &'static str,
         value: String,
@@ -53,7 +53,7 @@ pub enum ArgsError {
     DiagnoseRelease { value: String },
     #[error("--tap {value:?} needs --netns or --new-netns (a tap is created in the jail's network namespace)")]
     TapWithoutNetns { value: String },
-    #[error("--firewall on needs --netns or --new-netns (the host namespace is never filtered)")]
+    #[error("--firewall on needs --netns or --new-netns (the host namespace is never filtered, and the default namespace has no interface)")]
     FirewallWithoutNetns,
     #[error("--exec-file {path}: no such file")]
     ExecFileMissing { path: PathBuf },

@@ -7,6 +7,10 @@ use kiln_argv::{Flag, Table};
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 /// Firecracker's default for `no-file` when no limit is given.
 pub const DEFAULT_NO_FILE: u64 = 2048;
+/// The jail's `/run` tmpfs when the profile says nothing: room for the API and vsock
+/// sockets and a few small log or metrics files.
+pub const DEFAULT_RUN_SIZE: u64 = 4 << 20;
+pub const DEFAULT_RUN_INODES: u64 = 64;
 /// Longest id (Firecracker's limit; also the longest hostname).
 pub const MAX_ID_LEN: usize = 64;
 /// Longest network interface name (IFNAMSIZ - 1).
@@ -22,6 +26,7 @@ pub const JAIL: Table<'static> = Table {
         Flag::single("chroot-base-dir"),
         Flag::single("netns"),
         Flag::switch("new-netns"),
+        Flag::switch("share-host-netns"),
         Flag::multi("tap"),
         Flag::single("firewall"),
         Flag::multi("egress-allow"),
@@ -82,8 +87,16 @@ Firecracker-compatible flags:
 Kiln's additions:
   --parent-cgroup-relative  nest --parent-cgroup under the jailer's own cgroup
   --new-netns               create a network namespace named after the id
-  --tap NAME                create tap NAME in the jail's network namespace (repeatable)
-  --firewall auto|on|off    install the egress firewall (auto: only in --new-netns)
+                            (neither: the jail gets an empty network namespace of its own)
+  --share-host-netns        UNSAFE: the jail shares the jailer's network namespace (its
+                            interfaces and abstract Unix sockets)
+  --tap NAME[,mac=MAC][,ip=ADDRESS]...
+                            create tap NAME in the jail's network namespace, filtered at
+                            its ingress: only the guest's MAC and addresses (given here, or
+                            the first ones seen), IPv4/IPv6/ARP, ARP and ND rate-limited,
+                            the egress allow-list (repeatable)
+  --firewall auto|on|off    install the egress firewall (auto: only in --new-netns; the tap
+                            filters always, unless off)
   --egress-allow PROTO,CIDR[,PORT...]  allow-list entry (tcp, udp, icmp, any; repeatable)
   --bind-ro HOST:JAIL       bind HOST read-only at JAIL inside the jail (repeatable)
   --bind-rw HOST:JAIL       bind HOST read-write at JAIL inside the jail (repeatable)

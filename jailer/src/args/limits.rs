@@ -1,6 +1,7 @@
 //! Resource limits: the jail's cgroups (`--cgroup`, `--cgroup-version`, `--parent-cgroup`,
-//! `--parent-cgroup-relative`, the profile's `cgroup` section) and its rlimits
-//! (`--resource-limit`, the profile's `rlimits` section).
+//! `--parent-cgroup-relative`, the profile's `cgroup` section), its rlimits
+//! (`--resource-limit`, the profile's `rlimits` section) and the size of its `/run` (the
+//! profile's `run` section).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use kiln_argv::Args;
 
 use super::error::ArgsError;
-use super::flags::DEFAULT_NO_FILE;
+use super::flags::{DEFAULT_NO_FILE, DEFAULT_RUN_INODES, DEFAULT_RUN_SIZE};
 use super::paths::{check_components, check_host_path};
 use crate::profile::{CgroupLimits, Profile};
 
@@ -30,6 +31,15 @@ pub struct CgroupConfig {
     pub limits: CgroupLimits,
     /// `--cgroup FILE=VALUE` entries, in order; they override typed limits on the same file.
     pub raw: Vec<(String, String)>,
+}
+
+/// The jail's `/run` tmpfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// tmpfs `size=`, in bytes.
+    pub size_bytes: u64,
+    /// tmpfs `nr_inodes=`.
+    pub inodes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -253,4 +263,26 @@ pub(super) fn rlimit_config(
         limits.insert(r, v);
     }
     Ok(limits)
+}
+
+/// The profile's `run` section over the defaults ([`DEFAULT_RUN_SIZE`],
+/// [`DEFAULT_RUN_INODES`]). 0 would mean "unlimited" to tmpfs, so it is refused.
+pub(super) fn run_config(profile: &Profile) -> Result<RunLimits, ArgsError> {
+    let run = &profile.run;
+    for (field, value) in [
+        ("run.size_bytes", run.size_bytes),
+        ("run.inodes", run.inodes),
+    ] {
+        if value == Some(0) {
+            return Err(ArgsError::InvalidPath {
+                flag: field.into(),
+                value: "0".into(),
+                reason: "must be greater than 0 (a tmpfs without a limit is what it bounds)",
+            });
+        }
+    }
+    Ok(RunLimits {
+        size_bytes: run.size_bytes.unwrap_or(DEFAULT_RUN_SIZE),
+        inodes: run.inodes.unwrap_or(DEFAULT_RUN_INODES),
+    })
 }

@@ -33,12 +33,17 @@ use crate::profile::Profile;
 
 pub use config::{CleanupConfig, Command, Config, Layer};
 pub use error::{ArgsError, IoErrorEq, ProfileErrorEq};
-pub use flags::{DEFAULT_CHROOT_BASE, DEFAULT_NO_FILE, HELP, MAX_ID_LEN, MAX_TAP_LEN};
+pub use flags::{
+    DEFAULT_CHROOT_BASE, DEFAULT_NO_FILE, DEFAULT_RUN_INODES, DEFAULT_RUN_SIZE, HELP, MAX_ID_LEN,
+    MAX_TAP_LEN,
+};
 pub use limits::{
     check_cgroup_path, parse_cgroup_setting, parse_rlimit, CgroupConfig, CgroupVersion, Rlimit,
+    RunLimits,
 };
 pub use network::{
-    egress_entry, parse_egress_flag, validate_tap, EgressAllow, NetnsMode, Network, Proto,
+    egress_entry, parse_egress_flag, parse_tap, validate_tap, EgressAllow, NetnsMode, Network,
+    Proto, Tap,
 };
 pub use paths::{check_host_path, check_jail_path, Bind, LandlockConfig};
 
@@ -146,6 +151,7 @@ fn jail_config(mut argv: Args) -> Result<Config, ArgsError> {
     let network = network::network_config(&argv, &profile)?;
     let cgroup = limits::cgroup_config(&argv, &profile)?;
     let rlimits = limits::rlimit_config(&argv, &profile)?;
+    let run = limits::run_config(&profile)?;
     let landlock = paths::landlock_config(&profile)?;
     let diagnose_without = diagnose_config(&argv)?;
     let seccomp_policy = match argv.single("seccomp-policy") {
@@ -189,6 +195,7 @@ fn jail_config(mut argv: Args) -> Result<Config, ArgsError> {
         cleanup_on_exit: argv.switch("cleanup-on-exit"),
         cgroup,
         rlimits,
+        run,
         binds,
         landlock,
         userfaultfd: argv.switch("userfaultfd"),

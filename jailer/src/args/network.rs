@@ -1,6 +1,6 @@
-//! The jail's network: which namespace (`--netns`, `--new-netns`), its taps (`--tap`), the
-//! egress firewall (`--firewall`) and its allow-list (`--egress-allow`, or the profile's
-//! `egress.allow`).
+//! The jail's network: which namespace (`--netns`, `--new-netns`, `--share-host-netns`, or
+//! by default an empty one of its own), its taps (`--tap`), the egress firewall
+//! (`--firewall`) and its allow-list (`--egress-allow`, or the profile's `egress.allow`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -14,20 +14,44 @@ use crate::profile::Profile;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetnsMode {
-    /// Stay in the jailer's network namespace (Firecracker's default).
-    Inherit,
+    /// Neither flag: the jail process unshares an empty network namespace of its own (only
+    /// `lo`, down), which ends with the jail. Nothing of the host's network is reachable,
+    /// not even its abstract Unix sockets.
+    Private,
+    /// `--share-host-netns`: stay in the jailer's network namespace (Firecracker's
+    /// default; unsafe: the host's abstract Unix sockets and interfaces are the jail's).
+    Host,
     /// `--netns PATH`.
     Join(PathBuf),
     /// `--new-netns`: `/run/netns/<id>`.
     Create,
 }
 
+impl NetnsMode {
+    /// A namespace with a host-side name, where taps and the firewall can be made.
+    pub fn named(&self) -> bool {
+        matches!(self, NetnsMode::Join(_) | NetnsMode::Create)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
     pub mode: NetnsMode,
-    pub taps: Vec<String>,
+    pub taps: Vec<Tap>,
+    /// The egress firewall in the jail's namespace (table `inet kiln-<id>`).
     pub firewall: bool,
+    /// The guest filter at each tap (table `netdev kiln-<id>`): on unless `--firewall off`.
+    pub tap_filter: bool,
     pub egress: Vec<EgressAllow>,
+}
+
+/// `--tap NAME[,mac=MAC][,ip=ADDRESS]...`: a tap, and what the guest behind it may claim to
+/// be (its filter learns what is not given: the first source MAC, the first addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub addrs: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +89,65 @@ pub fn validate_tap(value: &str) -> Result<String, ArgsError> {
             ),
         })
     }
+}
+
+/// `--tap NAME[,mac=MAC][,ip=ADDRESS]...`: the MAC a unicast address (six hex pairs), the
+/// addresses IPv4 or IPv6 without a prefix.
+pub fn parse_tap(value: &str) -> Result<Tap, ArgsError> {
+    let bad = |reason: String| ArgsError::InvalidValue {
+        flag: "tap",
+        value: value.to_owned(),
+        reason,
+    };
+    let mut parts = value.split(',');
+    let name = validate_tap(parts.next().unwrap_or_default())?;
+    let mut tap = Tap {
+        name,
+        mac: None,
+        addrs: Vec::new(),
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("mac", mac)) => {
+                if tap.mac.is_some() {
+                    return Err(bad("mac= given twice".into()));
+                }
+                tap.mac = Some(parse_mac(mac).ok_or_else(|| {
+                    bad(format!(
+                        "{mac:?} is not a unicast MAC address (six hex pairs separated by ':')"
+                    ))
+                })?);
+            }
+            Some(("ip", addr)) => {
+                let a: IpAddr = addr
+                    .parse()
+                    .map_err(|_| bad(format!("{addr:?} is not an IPv4 or IPv6 address")))?;
+                if a.is_unspecified() || a.is_multicast() {
+                    return Err(bad(format!("{addr} cannot be a guest's address")));
+                }
+                if !tap.addrs.contains(&a) {
+                    tap.addrs.push(a);
+                }
+            }
+            _ => return Err(bad(format!("{part:?}: expected mac=MAC or ip=ADDRESS"))),
+        }
+    }
+    Ok(tap)
+}
+
+/// A unicast MAC address `xx:xx:xx:xx:xx:xx` (not all zero).
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    let unicast = mac[0] & 1 == 0 && mac != [0; 6];
+    (parts.next().is_none() && unicast).then_some(mac)
 }
 
 /// One egress entry; `field` names where it came from (`--egress-allow` or
@@ -172,6 +255,7 @@ pub fn parse_egress_flag(value: &str) -> Result<EgressAllow, ArgsError> {
 /// profile's list), else from the profile. The namespace of `--new-netns` is named after the
 /// jail id, which is already validated.
 pub(super) fn network_config(argv: &Args, profile: &Profile) -> Result<Network, ArgsError> {
+    let share = argv.switch("share-host-netns");
     let mode = match (argv.single("netns"), argv.switch("new-netns")) {
         (Some(path), true) => {
             return Err(ArgsError::Conflict {
@@ -180,32 +264,48 @@ pub(super) fn network_config(argv: &Args, profile: &Profile) -> Result<Network, 
                 other: "new-netns",
             })
         }
+        (Some(path), false) if share => {
+            return Err(ArgsError::Conflict {
+                flag: "netns",
+                value: path.to_owned(),
+                other: "share-host-netns",
+            })
+        }
+        (None, true) if share => {
+            return Err(ArgsError::Conflict {
+                flag: "new-netns",
+                value: String::new(),
+                other: "share-host-netns",
+            })
+        }
         (Some(path), false) => {
             check_host_path("--netns", path)?;
             NetnsMode::Join(PathBuf::from(path))
         }
         (None, true) => NetnsMode::Create,
-        (None, false) => NetnsMode::Inherit,
+        (None, false) if share => NetnsMode::Host,
+        (None, false) => NetnsMode::Private,
     };
-    let mut taps = Vec::new();
+    let mut taps: Vec<Tap> = Vec::new();
     for t in argv.multi("tap") {
-        let tap = validate_tap(t)?;
-        if mode == NetnsMode::Inherit {
-            return Err(ArgsError::TapWithoutNetns { value: tap });
+        let tap = parse_tap(t)?;
+        if !mode.named() {
+            return Err(ArgsError::TapWithoutNetns { value: tap.name });
         }
-        if taps.contains(&tap) {
+        if taps.iter().any(|other| other.name == tap.name) {
             return Err(ArgsError::InvalidValue {
                 flag: "tap",
-                value: tap,
+                value: tap.name,
                 reason: "given twice".into(),
             });
         }
         taps.push(tap);
     }
-    let firewall = match argv.single("firewall").unwrap_or("auto") {
+    let firewall_flag = argv.single("firewall").unwrap_or("auto");
+    let firewall = match firewall_flag {
         "auto" => mode == NetnsMode::Create,
         "on" => {
-            if mode == NetnsMode::Inherit {
+            if !mode.named() {
                 return Err(ArgsError::FirewallWithoutNetns);
             }
             true
@@ -238,6 +338,7 @@ pub(super) fn network_config(argv: &Args, profile: &Profile) -> Result<Network, 
         mode,
         taps,
         firewall,
+        tap_filter: firewall_flag != "off",
         egress,
     })
 }

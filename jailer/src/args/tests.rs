@@ -2,6 +2,7 @@
 //! the profile merges under the flags.
 
 use super::*;
+use std::net::IpAddr;
 
 fn args(list: &[&str]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
@@ -194,6 +195,41 @@ fn tap_table() {
     for bad in ["", "tap0123456789abc", "tap/0", "tap 0"] {
         assert!(validate_tap(bad).is_err(), "{bad:?}");
     }
+    assert_eq!(
+        parse_tap("tap0").unwrap(),
+        Tap {
+            name: "tap0".into(),
+            mac: None,
+            addrs: vec![]
+        }
+    );
+    let t = parse_tap("tap0,mac=02:00:0a:00:00:02,ip=10.0.0.2,ip=fd00::2").unwrap();
+    assert_eq!(t.mac, Some([2, 0, 0x0a, 0, 0, 2]));
+    assert_eq!(
+        t.addrs,
+        vec![
+            "10.0.0.2".parse::<IpAddr>().unwrap(),
+            "fd00::2".parse().unwrap()
+        ]
+    );
+    for (bad, why) in [
+        ("tap0,mac=01:00:5e:00:00:01", "not a unicast MAC"),
+        ("tap0,mac=00:00:00:00:00:00", "not a unicast MAC"),
+        ("tap0,mac=02:00:0a:00:00", "not a unicast MAC"),
+        ("tap0,mac=02:00:0a:00:00:02:03", "not a unicast MAC"),
+        (
+            "tap0,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
+            "given twice",
+        ),
+        ("tap0,ip=10.0.0.0/24", "not an IPv4 or IPv6 address"),
+        ("tap0,ip=0.0.0.0", "cannot be a guest's address"),
+        ("tap0,ip=ff02::1", "cannot be a guest's address"),
+        ("tap0,vlan=3", "expected mac=MAC or ip=ADDRESS"),
+        ("tap/0,ip=10.0.0.2", "an interface name"),
+    ] {
+        let e = parse_tap(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
 }
 
 #[test]
@@ -205,7 +241,10 @@ fn valid_command_line_and_defaults() {
     assert_eq!(c.cgroup.parent, PathBuf::from(&c.exec_name));
     assert_eq!(c.rlimits.get(&Rlimit::NoFile), Some(&DEFAULT_NO_FILE));
     assert_eq!(c.rlimits.get(&Rlimit::Core), Some(&0));
-    assert_eq!(c.network.mode, NetnsMode::Inherit);
+    // No network flag: an empty namespace of the jail's own, never the host's.
+    assert_eq!(c.network.mode, NetnsMode::Private);
+    let shared = parse_with(&["--share-host-netns"]).unwrap();
+    assert_eq!(shared.network.mode, NetnsMode::Host);
     assert!(!c.network.firewall);
     assert_eq!(c.vmm_args, args(&["--config-file", "/x.json"]));
     assert_eq!(
@@ -226,6 +265,32 @@ fn flag_errors() {
         (
             &["--netns", "/x", "--new-netns"],
             "conflicts with --new-netns",
+        ),
+        (
+            &["--netns", "/x", "--share-host-netns"],
+            "--netns \"/x\" conflicts with --share-host-netns",
+        ),
+        (
+            &["--new-netns", "--share-host-netns"],
+            "--new-netns conflicts with --share-host-netns",
+        ),
+        (
+            &["--share-host-netns", "--tap", "t0"],
+            "needs --netns or --new-netns",
+        ),
+        (
+            &[
+                "--new-netns",
+                "--tap",
+                "t0",
+                "--tap",
+                "t0,mac=02:00:00:00:00:01",
+            ],
+            "given twice",
+        ),
+        (
+            &["--share-host-netns", "--firewall", "on"],
+            "--firewall on needs",
         ),
         (&["--cgroup-version", "3"], "expected 1, 2 or auto"),
         (&["--parent-cgroup", "../up"], "`..`"),
@@ -329,7 +394,55 @@ fn the_default_tenant_profile_is_valid() {
     assert_eq!(c.cgroup.limits.memory_bytes, Some(384 << 20));
     assert_eq!(c.rlimits.get(&Rlimit::NoFile), Some(&1024));
     assert_eq!(c.rlimits.get(&Rlimit::Core), Some(&0));
+    // The VMM locks no memory.
+    assert_eq!(c.rlimits.get(&Rlimit::Memlock), Some(&0));
+    // A small /run; no huge pages.
+    assert_eq!(
+        c.run,
+        RunLimits {
+            size_bytes: 4 << 20,
+            inodes: 64
+        }
+    );
+    assert_eq!(c.cgroup.limits.hugetlb_bytes, None);
     assert!(c.network.egress.is_empty());
+}
+
+#[test]
+fn run_limits_default_small_and_refuse_0() {
+    let c = parse_with(&[]).unwrap();
+    assert_eq!(
+        c.run,
+        RunLimits {
+            size_bytes: DEFAULT_RUN_SIZE,
+            inodes: DEFAULT_RUN_INODES
+        }
+    );
+    let dir = std::env::temp_dir().join(format!("kiln-args-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("p.json");
+    let p = profile.to_str().unwrap();
+    std::fs::write(&profile, r#"{"run": {"size_bytes": 65536, "inodes": 8}}"#).unwrap();
+    let c = parse_with(&["--profile", p]).unwrap();
+    assert_eq!(
+        c.run,
+        RunLimits {
+            size_bytes: 65536,
+            inodes: 8
+        }
+    );
+    for (text, field) in [
+        (r#"{"run": {"size_bytes": 0}}"#, "run.size_bytes"),
+        (r#"{"run": {"inodes": 0}}"#, "run.inodes"),
+    ] {
+        std::fs::write(&profile, text).unwrap();
+        let e = parse_with(&["--profile", p]).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{field} \"0\": must be greater than 0")),
+            "{e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -14,15 +14,19 @@
 
 mod detect;
 mod location;
+mod settings;
 mod v1;
 mod v2;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use detect::detect;
 pub use location::Location;
+use settings::{huge_page_sizes, typed};
 
 use crate::args::{CgroupConfig, CgroupVersion};
 use crate::state::{CgroupRecord, Journal, StateError};
@@ -136,6 +140,10 @@ pub trait Cgroup: std::fmt::Debug {
     }
     /// The file that moves the calling process in (see [`attach_self`]).
     fn attach_file(&self) -> &'static str;
+    /// The jail's first process is born in it rather than the jailer moving in (v2).
+    fn joined_at_fork(&self) -> bool {
+        false
+    }
     /// Moves this (single-threaded) process into the jail's cgroup.
     fn attach_self(&self) -> Result<(), CgroupError> {
         let path = self.dir().join(self.attach_file());
@@ -166,84 +174,10 @@ pub struct Plan {
     pub controllers: Vec<BTreeSet<String>>,
 }
 
-/// A setting before it is routed to a hierarchy.
-struct Wanted {
-    controller: String,
-    /// (file, value) for v1 and v2; they differ for cpu quota and memory.
-    v1: Vec<(String, String)>,
-    v2: Vec<(String, String, bool)>,
-    origin: String,
-}
-
-fn typed(config: &CgroupConfig) -> Vec<Wanted> {
-    let l = &config.limits;
-    let mut out = Vec::new();
-    if let Some(quota) = l.cpu_quota_us {
-        let period = l.cpu_period_us.unwrap_or(100_000);
-        out.push(Wanted {
-            controller: "cpu".into(),
-            v1: vec![
-                ("cpu.cfs_period_us".into(), period.to_string()),
-                ("cpu.cfs_quota_us".into(), quota.to_string()),
-            ],
-            v2: vec![("cpu.max".into(), format!("{quota} {period}"), false)],
-            origin: "profile cgroup.cpu_quota_us".into(),
-        });
-    }
-    for (file, value, field) in [
-        ("cpuset.cpus", &l.cpuset_cpus, "cpuset_cpus"),
-        ("cpuset.mems", &l.cpuset_mems, "cpuset_mems"),
-    ] {
-        if let Some(v) = value {
-            out.push(Wanted {
-                controller: "cpuset".into(),
-                v1: vec![(file.into(), v.clone())],
-                v2: vec![(file.into(), v.clone(), false)],
-                origin: format!("profile cgroup.{field}"),
-            });
-        }
-    }
-    if let Some(bytes) = l.memory_bytes {
-        out.push(Wanted {
-            controller: "memory".into(),
-            v1: vec![("memory.limit_in_bytes".into(), bytes.to_string())],
-            v2: vec![
-                ("memory.max".into(), bytes.to_string(), false),
-                // The limit must not be escaped through swap.
-                ("memory.swap.max".into(), "0".into(), true),
-            ],
-            origin: "profile cgroup.memory_bytes".into(),
-        });
-    }
-    if let Some(n) = l.pids_max {
-        out.push(Wanted {
-            controller: "pids".into(),
-            v1: vec![("pids.max".into(), n.to_string())],
-            v2: vec![("pids.max".into(), n.to_string(), false)],
-            origin: "profile cgroup.pids_max".into(),
-        });
-    }
-    // `--cgroup FILE=VALUE` replaces a typed setting writing the same file.
-    for (file, value) in &config.raw {
-        for w in &mut out {
-            w.v1.retain(|(f, _)| f != file);
-            w.v2.retain(|(f, _, _)| f != file);
-        }
-        let controller = file.split('.').next().unwrap_or_default().to_owned();
-        out.push(Wanted {
-            controller,
-            v1: vec![(file.clone(), value.clone())],
-            v2: vec![(file.clone(), value.clone(), false)],
-            origin: format!("--cgroup {file}={value}"),
-        });
-    }
-    out
-}
-
 /// Decides the jail's cgroup directories and the writes to make in them.
 pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, CgroupError> {
     let layout = detect(host)?;
-    let wanted = typed(config);
+    let wanted = typed(config, &huge_page_sizes(host));
     let use_v1 = match config.version {
         CgroupVersion::V1 => {
             if layout.v1.is_empty() {
@@ -333,6 +267,9 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
             None
         };
         let Some((group, is_v1)) = routed else {
+            if !w.required {
+                continue;
+            }
             return Err(CgroupError::ControllerUnavailable {
                 origin: w.origin,
                 controller: w.controller,
@@ -342,26 +279,14 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
         if let Some(set) = plan.controllers.get_mut(group) {
             set.insert(w.controller.clone());
         }
-        if is_v1 {
-            for (file, value) in w.v1 {
-                plan.settings.push(Setting {
-                    group,
-                    file,
-                    value,
-                    origin: w.origin.clone(),
-                    optional: false,
-                });
-            }
-        } else {
-            for (file, value, optional) in w.v2 {
-                plan.settings.push(Setting {
-                    group,
-                    file,
-                    value,
-                    origin: w.origin.clone(),
-                    optional,
-                });
-            }
+        for (file, value, optional) in if is_v1 { w.v1 } else { w.v2 } {
+            plan.settings.push(Setting {
+                group,
+                file,
+                value,
+                origin: w.origin.clone(),
+                optional,
+            });
         }
     }
     // Always give the jail a cgroup, even without limits: it is how cleanup finds and
@@ -379,10 +304,26 @@ pub fn plan(host: &Host, config: &CgroupConfig, id: &str) -> Result<Plan, Cgroup
     Ok(plan)
 }
 
+/// The cgroup the jail's first process is born in (`clone3(CLONE_INTO_CGROUP)`): its
+/// directory, and a descriptor of it for clone3.
+#[derive(Debug)]
+pub struct ForkInto {
+    pub dir: PathBuf,
+    pub fd: OwnedFd,
+}
+
+impl ForkInto {
+    /// The calling process joins it itself (when the jailer becomes the VMM: no fork).
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        attach_self(&self.dir)
+    }
+}
+
 impl Plan {
     /// Creates the groups (journaling each before writing to it), writes every setting,
-    /// then moves this process into every group.
-    pub fn apply(&self, journal: &mut Journal) -> Result<(), CgroupError> {
+    /// then moves this process into every group but the one the jail's first process is
+    /// born in, which it returns.
+    pub fn apply(&self, journal: &mut Journal) -> Result<Option<ForkInto>, CgroupError> {
         for (group, controllers) in self.groups.iter().zip(&self.controllers) {
             let created = group.create(controllers)?;
             let record = CgroupRecord {
@@ -407,10 +348,24 @@ impl Plan {
             }
             group.write(&s.origin, &s.file, &s.value)?;
         }
+        let mut fork_into = None;
         for group in &self.groups {
-            group.attach_self()?;
+            if !group.joined_at_fork() {
+                group.attach_self()?;
+                continue;
+            }
+            let dir = group.dir().to_path_buf();
+            let fd = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(&dir)
+                .map_err(|source| CgroupError::Read {
+                    path: dir.clone(),
+                    source,
+                })?;
+            fork_into = Some(ForkInto { dir, fd: fd.into() });
         }
-        Ok(())
+        Ok(fork_into)
     }
 }
 

@@ -120,6 +120,7 @@ fn full_limits() -> CgroupLimits {
         cpuset_mems: None,
         memory_bytes: Some(1 << 20),
         pids_max: Some(10),
+        hugetlb_bytes: None,
     }
 }
 
@@ -279,6 +280,75 @@ fn hybrid_routes_v2_only_controllers_to_the_unified_hierarchy() {
     );
 }
 
+#[test]
+fn every_jail_gets_a_hugetlb_limit_of_0_unless_the_profile_grants_huge_pages() {
+    // Hybrid, as these hosts: hugetlb is only in the unified hierarchy.
+    let f = hybrid("hugetlb");
+    f.dir("/sys/kernel/mm/hugepages/hugepages-2048kB");
+    f.dir("/sys/kernel/mm/hugepages/hugepages-1048576kB");
+    let host = f.host(HYBRID_MOUNTINFO, HYBRID_SELF);
+    let auto = plan(&host, &config(CgroupVersion::Auto, false), "vm").unwrap();
+    assert_eq!(
+        dirs(&auto),
+        [
+            f.path("/sys/fs/cgroup/unified/kiln/vm"),
+            f.path("/sys/fs/cgroup/pids/kiln/vm"),
+        ]
+    );
+    let born_in = auto.apply(&mut f.journal()).unwrap();
+    for file in [
+        "hugetlb.2MB.max",
+        "hugetlb.2MB.rsvd.max",
+        "hugetlb.1GB.max",
+        "hugetlb.1GB.rsvd.max",
+    ] {
+        assert_eq!(
+            f.read(&format!("/sys/fs/cgroup/unified/kiln/vm/{file}")),
+            "0"
+        );
+    }
+    assert_eq!(
+        f.read("/sys/fs/cgroup/unified/kiln/cgroup.subtree_control"),
+        "+hugetlb"
+    );
+    // The jail's first process is born in the v2 group (so its huge pages are charged
+    // there); the jailer does not move itself in.
+    assert_eq!(
+        born_in.map(|f| f.dir),
+        Some(f.path("/sys/fs/cgroup/unified/kiln/vm"))
+    );
+    assert!(!f
+        .path("/sys/fs/cgroup/unified/kiln/vm/cgroup.procs")
+        .exists());
+    assert_eq!(f.read("/sys/fs/cgroup/pids/kiln/vm/tasks"), "0");
+
+    // A profile's grant, on a v1 hugetlb hierarchy.
+    let g = hybrid("hugetlb-v1");
+    g.dir("/sys/kernel/mm/hugepages/hugepages-2048kB");
+    g.dir("/sys/fs/cgroup/hugetlb");
+    let mountinfo = format!(
+        "{HYBRID_MOUNTINFO}42 31 0:39 / /sys/fs/cgroup/hugetlb rw,relatime - cgroup cgroup rw,hugetlb\n"
+    );
+    let mut cfg = config(CgroupVersion::Auto, false);
+    cfg.limits.hugetlb_bytes = Some(8 << 20);
+    let granted = plan(&g.host(&mountinfo, HYBRID_SELF), &cfg, "vm").unwrap();
+    granted.apply(&mut g.journal()).unwrap();
+    assert_eq!(
+        g.read("/sys/fs/cgroup/hugetlb/kiln/vm/hugetlb.2MB.limit_in_bytes"),
+        "8388608"
+    );
+    assert_eq!(
+        g.read("/sys/fs/cgroup/hugetlb/kiln/vm/hugetlb.2MB.rsvd.limit_in_bytes"),
+        "8388608"
+    );
+
+    // Without the controller in the hierarchies allowed (v1 forced, hugetlb only in v2),
+    // the jail starts without it: seccomp still refuses huge pages.
+    let v1 = plan(&host, &config(CgroupVersion::V1, false), "vm").unwrap();
+    assert_eq!(dirs(&v1), [f.path("/sys/fs/cgroup/pids/kiln/vm")]);
+    assert!(v1.settings.is_empty());
+}
+
 fn plan_err(host: &Host, cfg: &CgroupConfig) -> String {
     match plan(host, cfg, "vm") {
         Ok(p) => panic!("expected an error, got {p:?}"),
@@ -324,7 +394,9 @@ fn v2_delegates_controllers_down_the_tree() {
     assert_eq!(f.read("/sys/fs/cgroup/kiln/vm/memory.max"), "1048576");
     assert_eq!(f.read("/sys/fs/cgroup/kiln/vm/memory.swap.max"), "0");
     assert_eq!(f.read("/sys/fs/cgroup/kiln/vm/pids.max"), "10");
-    assert_eq!(f.read("/sys/fs/cgroup/kiln/vm/cgroup.procs"), "0");
+    // v2: the jail's first process is born in the group (clone3 CLONE_INTO_CGROUP) rather
+    // than the jailer moving in and its keeper out (each a wait for an RCU grace period).
+    assert!(!f.path("/sys/fs/cgroup/kiln/vm/cgroup.procs").exists());
     assert_eq!(
         journal.state.cgroups[0].origin,
         f.path("/sys/fs/cgroup/user.slice")

@@ -60,6 +60,10 @@ impl Cgroup for V2Cgroup {
         "cgroup.procs"
     }
 
+    fn joined_at_fork(&self) -> bool {
+        true
+    }
+
     fn create(&self, controllers: &BTreeSet<String>) -> Result<Vec<PathBuf>, CgroupError> {
         self.at
             .create(|parent| self.delegate(parent, controllers), |_| Ok(()))

@@ -1,16 +1,17 @@
-//! The egress firewall: an nftables table `kiln-<id>` in the jail's network namespace that
-//! drops everything but established/related replies and the tenant's allow-list, on the
-//! output, forward (guest traffic from the taps) and input hooks. Loaded by Debian's `nft`
-//! (ruleset on stdin) rather than raw netlink: nftables' netlink protocol is large and easy to
-//! get subtly wrong, and the jailer runs `nft` only before dropping privileges, with a
-//! ruleset it generated from validated values.
+//! The egress firewall: an nftables table `inet kiln-<id>` in the jail's network namespace
+//! that drops everything but established/related replies and the tenant's allow-list, on the
+//! output, forward (guest traffic from the taps) and input hooks; and the loading of it with
+//! the taps' guest filters (`tap_filter.rs`, table `netdev kiln-<id>`) in one `nft` batch.
+//! Loaded by Debian's `nft` (ruleset on stdin) rather than raw netlink: nftables' netlink
+//! protocol is large and easy to get subtly wrong, and the jailer runs `nft` only before
+//! dropping privileges, with a ruleset it generated from validated values.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::NetworkError;
-use crate::args::{EgressAllow, Proto};
+use super::{tap_filter, NetworkError};
+use crate::args::{EgressAllow, Proto, Tap};
 
 pub const NFT_PATHS: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
 
@@ -19,28 +20,33 @@ pub fn table_name(id: &str) -> String {
     format!("kiln-{id}")
 }
 
+/// The match of one allow-list entry (also used by the tap filters).
+pub fn allow_rule(a: &EgressAllow) -> String {
+    let family = if a.addr.is_ipv4() { "ip" } else { "ip6" };
+    let mut rule = format!("{family} daddr {}/{}", a.addr, a.prefix);
+    let ports = a
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match (a.proto, a.ports.is_empty()) {
+        (Proto::Tcp, true) => rule.push_str(" meta l4proto tcp"),
+        (Proto::Udp, true) => rule.push_str(" meta l4proto udp"),
+        (Proto::Tcp, false) => rule.push_str(&format!(" tcp dport {{ {ports} }}")),
+        (Proto::Udp, false) => rule.push_str(&format!(" udp dport {{ {ports} }}")),
+        (Proto::Icmp, _) if a.addr.is_ipv4() => rule.push_str(" meta l4proto icmp"),
+        (Proto::Icmp, _) => rule.push_str(" meta l4proto ipv6-icmp"),
+        (Proto::Any, _) => {}
+    }
+    rule
+}
+
 /// The nftables ruleset: a fresh table (any previous one of that name is replaced).
 pub fn ruleset(table: &str, allow: &[EgressAllow]) -> String {
     let mut rules = String::new();
     for a in allow {
-        let family = if a.addr.is_ipv4() { "ip" } else { "ip6" };
-        let mut rule = format!("{family} daddr {}/{}", a.addr, a.prefix);
-        let ports = a
-            .ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        match (a.proto, a.ports.is_empty()) {
-            (Proto::Tcp, true) => rule.push_str(" meta l4proto tcp"),
-            (Proto::Udp, true) => rule.push_str(" meta l4proto udp"),
-            (Proto::Tcp, false) => rule.push_str(&format!(" tcp dport {{ {ports} }}")),
-            (Proto::Udp, false) => rule.push_str(&format!(" udp dport {{ {ports} }}")),
-            (Proto::Icmp, _) if a.addr.is_ipv4() => rule.push_str(" meta l4proto icmp"),
-            (Proto::Icmp, _) => rule.push_str(" meta l4proto ipv6-icmp"),
-            (Proto::Any, _) => {}
-        }
-        rules.push_str(&format!("    {rule} accept\n"));
+        rules.push_str(&format!("    {} accept\n", allow_rule(a)));
     }
     format!(
         "table inet {table}\n\
@@ -107,18 +113,38 @@ fn nft(action: &'static str, table: &str, input: &str) -> Result<(), NetworkErro
     Ok(())
 }
 
-/// Loads the jail's table (replacing any of that name) in the calling thread's namespace.
-pub fn load(table: &str, allow: &[EgressAllow]) -> Result<(), NetworkError> {
-    nft("load", table, &ruleset(table, allow))
+/// Loads, in one batch in the calling thread's namespace, the egress firewall (`inet`, when
+/// `firewall`) and the filters of `taps` (`netdev`, when there are any); each table replaces
+/// any of its name.
+pub fn load(
+    table: &str,
+    firewall: bool,
+    taps: &[Tap],
+    allow: &[EgressAllow],
+) -> Result<(), NetworkError> {
+    let mut batch = String::new();
+    if firewall {
+        batch.push_str(&ruleset(table, allow));
+    }
+    if !taps.is_empty() {
+        batch.push_str(&tap_filter::ruleset(table, taps, allow));
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    nft("load", table, &batch)
 }
 
-/// Deletes the table (`table` first, so that deleting a table that is not there is no error).
-pub fn delete(table: &str) -> Result<(), NetworkError> {
-    nft(
-        "delete",
-        table,
-        &format!("table inet {table}\ndelete table inet {table}\n"),
-    )
+/// Deletes the tables of these families (`table` first, so that deleting a table that is
+/// not there is no error).
+pub fn delete(table: &str, families: &[&str]) -> Result<(), NetworkError> {
+    let mut batch = String::new();
+    for family in families {
+        batch.push_str(&format!(
+            "table {family} {table}\ndelete table {family} {table}\n"
+        ));
+    }
+    nft("delete", table, &batch)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //!   unshares a namespace, bind-mounts it there and returns to its own.
 //! * `--tap NAME` creates a persistent tap owned by the jail's uid:gid in that namespace
 //!   ([`tap`]), so the VMM can attach to it without any capability.
-//! * The egress firewall ([`firewall`]): an nftables table `kiln-<id>` in that namespace.
+//! * The egress firewall ([`firewall`]): an nftables table `inet kiln-<id>` in that namespace,
+//!   and the guest filter at each tap ([`tap_filter`]): table `netdev kiln-<id>`, loaded in
+//!   the same `nft` batch.
 //!
 //! The jail process joins the namespace later (`unshare.rs`) with the descriptor returned
 //! by [`prepare`].
@@ -14,6 +16,7 @@
 mod firewall;
 mod namespace;
 mod tap;
+mod tap_filter;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -71,7 +74,8 @@ pub enum NetworkError {
 pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>, NetworkError> {
     let net = &config.network;
     let ns = match &net.mode {
-        NetnsMode::Inherit => return Ok(None),
+        // The private namespace is made by the jail process itself (`unshare.rs`).
+        NetnsMode::Private | NetnsMode::Host => return Ok(None),
         NetnsMode::Join(path) => {
             journal.record(|s| {
                 s.netns = Some(NetnsRecord {
@@ -87,26 +91,32 @@ pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>
         if matches!(net.mode, NetnsMode::Create) {
             tap::link_up("lo")?;
         }
-        for name in &net.taps {
+        for t in &net.taps {
             // Journaled once it exists (and before it is made persistent): an interface
             // that was already there is never recorded, so never removed.
-            tap::create(name, config.uid, config.gid, || {
+            tap::create(&t.name, config.uid, config.gid, || {
                 journal.record(|s| {
                     if let Some(n) = s.netns.as_mut() {
-                        n.taps.push(name.clone());
+                        n.taps.push(t.name.clone());
                     }
                 })?;
                 Ok(())
             })?;
         }
-        if net.firewall {
+        let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
+        if net.firewall || !filtered.is_empty() {
             let table = firewall::table_name(&config.id);
             journal.record(|s| {
                 if let Some(n) = s.netns.as_mut() {
-                    n.table = Some(table.clone());
+                    if net.firewall {
+                        n.table = Some(table.clone());
+                    }
+                    if !filtered.is_empty() {
+                        n.tap_table = Some(table.clone());
+                    }
                 }
             })?;
-            firewall::load(&table, &net.egress)?;
+            firewall::load(&table, net.firewall, filtered, &net.egress)?;
         }
         Ok(())
     })?;
@@ -128,8 +138,17 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
             for name in &record.taps {
                 tap::delete(name)?;
             }
-            if let (Some(table), false) = (&record.table, record.created) {
-                firewall::delete(table)?;
+            if !record.created {
+                let mut families = Vec::new();
+                if record.table.is_some() {
+                    families.push("inet");
+                }
+                if record.tap_table.is_some() {
+                    families.push("netdev");
+                }
+                if let Some(table) = record.table.as_ref().or(record.tap_table.as_ref()) {
+                    firewall::delete(table, &families)?;
+                }
             }
             Ok(())
         })?;

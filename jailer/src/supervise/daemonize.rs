@@ -9,6 +9,7 @@ use super::keeper::leave_cgroups;
 use super::pipes::wait_for_keeper;
 use super::process::{devnull_stdio, exit_now, fork, pipe, read_all, waitpid};
 use super::{Exit, SuperviseError};
+use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::state::Journal;
 
@@ -19,13 +20,14 @@ use crate::state::Journal;
 pub fn daemonize(
     journal: &Journal,
     clock: &mut Clock,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Result<File, Exit>, SuperviseError> {
     let (report_r, report_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    if let Some(first) = fork(clock)? {
+    if let Some(first) = fork(clock, None)? {
         drop(report_w);
         drop(go_r);
-        leave_cgroups(journal);
+        leave_cgroups(journal, fork_into);
         waitpid(first, 0);
         drop(go_w);
         return Ok(Err(foreground_exit(&read_all(report_r))));
@@ -34,7 +36,7 @@ pub fn daemonize(
     drop(go_w);
     // The first child is not a group leader, so setsid succeeds.
     nix::unistd::setsid().map_err(|e| SuperviseError::Setsid(e.into()))?;
-    if fork(clock)?.is_some() {
+    if fork(clock, None)?.is_some() {
         exit_now(0);
     }
     // The grandchild: not a session leader, so it can never get a controlling terminal.

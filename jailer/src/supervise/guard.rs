@@ -11,9 +11,10 @@ use nix::unistd::Pid;
 use super::keeper::{leave_cgroups, undo_text, write_pid_file};
 use super::pipes::{exec_outcome, join, wait_for_keeper, JailSide, Report};
 use super::process::{devnull_stdio, exit_now, fork_raw, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Role, SuperviseError};
 use crate::args::Config;
-use crate::cgroup;
+use crate::cgroup::{self, ForkInto};
 use crate::state::{Journal, ProcessRecord};
 
 /// Starts the guard; this process goes on as the jail process.
@@ -21,6 +22,8 @@ pub fn guarded(
     config: &Config,
     journal: &mut Journal,
     report: Report,
+    terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let me = nix::unistd::getpid();
     if let Some(r) = ProcessRecord::of("vmm", me.as_raw()) {
@@ -37,7 +40,7 @@ pub fn guarded(
                 drop(exec_w);
                 drop(undo_r);
                 drop(go_r);
-                leave_cgroups(journal);
+                leave_cgroups(journal, fork_into);
                 drop(go_w);
                 let report = match report {
                     Report::Pipe(p) => Report::Pipe(p),
@@ -60,8 +63,18 @@ pub fn guarded(
     drop(undo_w);
     drop(report);
     drop(go_w);
+    // This process becomes the VMM: it joins the cgroup no process was born in (the guard,
+    // forked before, never did).
+    if let Some(f) = fork_into {
+        f.join_self()?;
+    }
     wait_for_keeper(go_r);
-    Ok(Role::Jail(JailSide::new(exec_w, Some(undo_r), None)))
+    Ok(Role::Jail(JailSide::new(
+        exec_w,
+        Some(undo_r),
+        None,
+        terminals.into_jail_side(),
+    )))
 }
 
 /// The guard: nothing to do once the VMM is exec'd; else undo, and hand the account of the

@@ -13,15 +13,19 @@ use super::pipes::{join, Report};
 use super::process::{kill, waitpid};
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
-use crate::cgroup;
+use crate::cgroup::{self, ForkInto};
 use crate::cleanup;
 use crate::state::{Journal, ProcessRecord};
 
-/// Moves this process out of the jail's cgroups. A failure only means this process keeps
-/// counting against the jail's limits until it exits: warned about, not fatal (after a fork
-/// the keeper must go on to undo or supervise the jail).
-pub fn leave_cgroups(journal: &Journal) {
+/// Moves this process out of the jail's cgroups (but `never_joined`, the one the jail's
+/// first process is born in). A failure only means this process keeps counting against the
+/// jail's limits until it exits: warned about, not fatal (after a fork the keeper must go on
+/// to undo or supervise the jail).
+pub fn leave_cgroups(journal: &Journal, never_joined: Option<&ForkInto>) {
     for record in &journal.state.cgroups {
+        if never_joined.is_some_and(|f| f.dir == record.dir) {
+            continue;
+        }
         if let Err(e) = cgroup::evacuate(record, std::process::id()) {
             eprintln!("jailer: warning: leaving the jail's cgroup: {e}");
         }

@@ -14,7 +14,9 @@
 //!
 //! `--daemonize` first double-forks ([`daemonize`]). Keepers leave the jail's cgroups right
 //! after forking, and the jail process waits for that: only jail processes count against
-//! its limits. The process primitives they share are in [`process`].
+//! its limits. A terminal on the jailer's stdio is replaced in the jail process, by a pipe
+//! the supervisor copies to it or by /dev/null ([`terminal`]). The process primitives they
+//! share are in [`process`].
 
 mod daemonize;
 mod guard;
@@ -23,13 +25,14 @@ mod pid_ns;
 mod pipes;
 mod process;
 mod supervisor;
+mod terminal;
 
 use std::io;
 
 pub use pipes::JailSide;
 
 use crate::args::Config;
-use crate::cgroup;
+use crate::cgroup::{self, ForkInto};
 use crate::clock::Clock;
 use crate::sanitize;
 use crate::state::{Journal, StateError};
@@ -45,6 +48,8 @@ pub enum SuperviseError {
     Setsid(#[source] io::Error),
     #[error("--daemonize: redirecting stdio to /dev/null: {0}")]
     DevNull(#[source] io::Error),
+    #[error("replacing a terminal on stdio: {0}")]
+    Terminal(#[source] io::Error),
     #[error("--new-pid-ns: {what}: {source}")]
     PidNamespace {
         what: &'static str,
@@ -78,23 +83,31 @@ pub enum Role {
     Done(Exit),
 }
 
-/// Splits the jailer into the jail process and its keeper, as the flags ask.
+/// Splits the jailer into the jail process and its keeper, as the flags ask. The jail's
+/// first process is born in the cgroup `fork_into` (or joins it, when the jailer becomes the
+/// VMM itself).
 pub fn launch(
     config: &Config,
     journal: &mut Journal,
     clock: &mut Clock,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let report = if config.daemonize {
-        match daemonize::daemonize(journal, clock)? {
+        match daemonize::daemonize(journal, clock, fork_into)? {
             Ok(pipe) => Report::Pipe(pipe),
             Err(exit) => return Ok(Role::Done(exit)),
         }
     } else {
         Report::Stderr
     };
+    let terminals = terminal::plan(config.cleanup_on_exit)?;
     match (config.cleanup_on_exit, config.new_pid_ns) {
-        (false, false) => guard::guarded(config, journal, report),
-        (false, true) => pid_ns::pid_ns_keeper(config, journal, clock, report),
-        (true, new_pid_ns) => supervisor::supervised(config, journal, clock, report, new_pid_ns),
+        (false, false) => guard::guarded(config, journal, report, terminals, fork_into),
+        (false, true) => {
+            pid_ns::pid_ns_keeper(config, journal, clock, report, terminals, fork_into)
+        }
+        (true, new_pid_ns) => supervisor::supervised(
+            config, journal, clock, report, new_pid_ns, terminals, fork_into,
+        ),
     }
 }

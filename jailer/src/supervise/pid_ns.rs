@@ -5,8 +5,10 @@
 use super::keeper::{abort, leave_cgroups, record_process, undo_text, write_pid_file};
 use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
 use super::process::{fork_into_new_pid_ns, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
+use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::state::Journal;
 
@@ -16,19 +18,27 @@ pub fn pid_ns_keeper(
     journal: &mut Journal,
     clock: &mut Clock,
     mut report: Report,
+    terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let Some(child) = fork_into_new_pid_ns(clock)? else {
+    let Some(child) = fork_into_new_pid_ns(clock, fork_into.map(|f| &f.fd))? else {
         drop(exec_r);
         drop(report);
         drop(go_w);
         wait_for_keeper(go_r);
-        return Ok(Role::Jail(JailSide::new(exec_w, None, None)));
+        return Ok(Role::Jail(JailSide::new(
+            exec_w,
+            None,
+            None,
+            terminals.into_jail_side(),
+        )));
     };
+    drop(terminals);
     drop(exec_w);
     drop(go_r);
-    leave_cgroups(journal);
+    leave_cgroups(journal, fork_into);
     record_process(journal, "vmm", child);
     if let Err(e) = write_pid_file(config, child) {
         return Ok(abort(journal, child, report, &e.to_string()));

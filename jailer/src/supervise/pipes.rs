@@ -17,6 +17,8 @@ use std::os::fd::OwnedFd;
 use nix::unistd::Pid;
 
 use super::process::read_all;
+use super::terminal::JailTerminals;
+use super::SuperviseError;
 
 /// First byte on the exec pipe: the jail process got as far as execve. Followed by EOF
 /// (the pipe is closed on exec) the VMM is running; followed by a message, execve failed.
@@ -30,15 +32,28 @@ pub struct JailSide {
     undo_pipe: Option<OwnedFd>,
     /// Parent to die with (PR_SET_PDEATHSIG), as seen from the jail process.
     pub supervisor: Option<Pid>,
+    /// What replaces a terminal on stdio (`terminal.rs`).
+    terminals: JailTerminals,
 }
 
 impl JailSide {
-    pub fn new(exec_pipe: OwnedFd, undo_pipe: Option<OwnedFd>, supervisor: Option<Pid>) -> Self {
+    pub fn new(
+        exec_pipe: OwnedFd,
+        undo_pipe: Option<OwnedFd>,
+        supervisor: Option<Pid>,
+        terminals: JailTerminals,
+    ) -> Self {
         JailSide {
             exec_pipe: File::from(exec_pipe),
             undo_pipe,
             supervisor,
+            terminals,
         }
+    }
+
+    /// Replaces the terminals on stdio (just before seccomp and exec).
+    pub fn detach_terminals(&mut self) -> Result<(), SuperviseError> {
+        self.terminals.detach()
     }
 
     /// Tells the keeper that execve comes next.
@@ -46,14 +61,21 @@ impl JailSide {
         let _ = (&self.exec_pipe).write_all(&[EXEC_MARK]);
     }
 
-    /// Reports a failure to the keeper. Returns the keeper's account of the undo when this
-    /// process is the one to tell the caller (no supervisor: the jailer was to become the
-    /// VMM); `None` when the keeper reports.
-    pub fn fail(self, message: &str) -> Option<String> {
+    /// Reports a failure to the keeper; when this process is the one to tell the caller (no
+    /// supervisor: the jailer was to become the VMM), prints it with the keeper's account of
+    /// the undo on the caller's stderr.
+    pub fn fail(self, message: &str) {
         let mut pipe = self.exec_pipe;
         let _ = pipe.write_all(message.as_bytes());
         drop(pipe);
-        self.undo_pipe.map(read_all)
+        if let Some(undo_pipe) = self.undo_pipe {
+            let undo = read_all(undo_pipe);
+            let mut text = format!("jailer: {message}\n");
+            if !undo.is_empty() {
+                text.push_str(&format!("jailer: {undo}\n"));
+            }
+            self.terminals.write_stderr(&text);
+        }
     }
 }
 

@@ -18,8 +18,10 @@ use super::keeper::write_pid_file;
 use super::keeper::{abort, empty_cgroups, leave_cgroups, record_process, undo_text};
 use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
 use super::process::{exit_now, fork, fork_into_new_pid_ns, kill, pipe, waitpid};
+use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
+use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::sanitize;
 use crate::state::{Journal, ProcessRecord};
@@ -113,6 +115,8 @@ pub fn supervised(
     clock: &mut Clock,
     mut report: Report,
     new_pid_ns: bool,
+    terminals: Terminals,
+    fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
     let (exec_r, exec_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -125,10 +129,11 @@ pub fn supervised(
     }
     // An error from here on (before the fork) is undone by the caller; after the fork the
     // keeper handles its own failures.
+    let into = fork_into.map(|f| &f.fd);
     let child = if new_pid_ns {
-        fork_into_new_pid_ns(clock)?
+        fork_into_new_pid_ns(clock, into)?
     } else {
-        fork(clock)?
+        fork(clock, into)?
     };
     let Some(child) = child else {
         drop(exec_r);
@@ -138,14 +143,19 @@ pub fn supervised(
         if !new_pid_ns {
             drop(status_w);
             wait_for_keeper(go_r);
-            return Ok(Role::Jail(JailSide::new(exec_w, None, Some(me))));
+            return Ok(Role::Jail(JailSide::new(
+                exec_w,
+                None,
+                Some(me),
+                terminals.into_jail_side(),
+            )));
         }
         // PID 1 of the new namespace: it dies with the supervisor, and the kernel then
         // kills the whole namespace.
         let _ = prctl::set_pdeathsig(Signal::SIGKILL);
         install_forwarding_handlers();
         // A failed fork here ends init, which the supervisor sees as a failed start.
-        return match fork(clock).unwrap_or_else(|_| exit_now(1)) {
+        return match fork(clock, None).unwrap_or_else(|_| exit_now(1)) {
             None => {
                 drop(status_w);
                 wait_for_keeper(go_r);
@@ -153,11 +163,15 @@ pub fn supervised(
                     exec_w,
                     None,
                     Some(Pid::from_raw(1)),
+                    terminals.into_jail_side(),
                 )))
             }
             Some(vmm) => {
                 drop(exec_w);
                 drop(go_r);
+                // init keeps no end of the console pipes: the supervisor sees EOF when the
+                // VMM is gone.
+                drop(terminals);
                 init(vmm, status_w)
             }
         };
@@ -165,7 +179,8 @@ pub fn supervised(
     drop(exec_w);
     drop(status_w);
     drop(go_r);
-    leave_cgroups(journal);
+    let relays = terminals.start_relays();
+    leave_cgroups(journal, fork_into);
     let vmm = if new_pid_ns {
         record_process(journal, "init", child);
         first_child(child)
@@ -196,6 +211,8 @@ pub fn supervised(
             status = libc::c_int::from_ne_bytes(buf);
         }
     }
+    // The VMM's last console lines reach the terminal before anything else is reported.
+    relays.drain();
     empty_cgroups(journal, me);
     let undo = undo_text(journal);
     if let Err(message) = outcome {

@@ -226,8 +226,17 @@ pub fn file_handle(path: &Path) -> String {
 pub fn serve_fd(chroot: PathBuf, dir: PathBuf) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let start = Instant::now();
+        // `run` is the jail's own tmpfs: wait until it is mounted (a socket made in the
+        // directory below it would be hidden).
         let run = chroot.join("run");
-        while !run.is_dir() {
+        let mounted = || {
+            use std::os::unix::fs::MetadataExt;
+            match (std::fs::metadata(&chroot), std::fs::metadata(&run)) {
+                (Ok(c), Ok(r)) => r.is_dir() && r.dev() != c.dev(),
+                _ => false,
+            }
+        };
+        while !mounted() {
             if start.elapsed() > RUN_TIMEOUT {
                 return;
             }

@@ -112,7 +112,7 @@ impl Drop for Tenant {
                     .status();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.base);
+        let _ = kiln_hostfs::remove_tree(&self.base);
         // The parent cgroup the runs shared (each jail removes only what it created).
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         for line in own.lines() {

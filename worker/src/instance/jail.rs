@@ -6,6 +6,12 @@
 //! jail when the VMM exits; SIGKILL of the VMM (through a pidfd) after a grace period, then of
 //! the supervisor, and `jailer cleanup` if anything is still there. Every path ends with a
 //! check that the jail directory, the network namespace and the host directory are gone.
+//!
+//! The host directory holds the vsock directory the jail could write to: everything in it
+//! is hostile (depth, names, links, sizes). It is removed with the bounded remover
+//! (`kiln_hostfs::remove_tree`: constant descriptors and stack, no link followed, never into
+//! another mount); what it cannot remove is reported, left for the next sweep, and never
+//! stops the worker.
 
 use super::config::InstanceConfig;
 use super::output::{drain_console, drain_stderr, OutputLogs};
@@ -235,13 +241,10 @@ impl Jail {
                 ));
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.host_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                report.errors.push(format!(
-                    "cannot remove the instance directory {}: {e}",
-                    self.host_dir.display()
-                ));
-            }
+        if let Err(e) = kiln_hostfs::remove_tree(&self.host_dir) {
+            report.errors.push(format!(
+                "cannot remove the instance directory (left for the next sweep): {e}"
+            ));
         }
         for e in &report.errors {
             eprintln!("kiln: instance {}: {e}", self.id);
@@ -340,12 +343,12 @@ pub fn sweep_stale(cfg: &InstanceConfig) {
                 continue;
             }
         }
-        match std::fs::remove_dir_all(e.path()) {
+        match kiln_hostfs::remove_tree(&e.path()) {
             Ok(()) => eprintln!(
                 "kiln: removed the stale instance directory {}",
                 e.path().display()
             ),
-            Err(err) => eprintln!("kiln: cannot remove {}: {err}", e.path().display()),
+            Err(err) => eprintln!("kiln: {err}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Device nodes: the host's disks and memory, making new nodes, and ioctls the jail's
-//! devices should not take (or terminal ioctls on the inherited stdio).
+//! devices should not take, or terminal ioctls on the inherited stdio (each on descriptors
+//! 0, 1 and 2: input injection, the terminal's mode, its window size, its line discipline).
 
 use crate::sys::{check, close, cstr, open, verdict, Fd};
 use crate::{Attempt, Outcome};
@@ -81,12 +82,52 @@ pub const ATTEMPTS: &[Attempt] = &[
     },
     Attempt {
         name: "devices.tiocsti",
-        what: "inject input into the terminal on stdin (TIOCSTI)",
+        what: "inject input into the terminal on stdio (TIOCSTI)",
         run: |_| {
             let c = b'x';
-            // SAFETY: TIOCSTI reads one byte.
-            let ret = unsafe { libc::ioctl(0, libc::TIOCSTI, &c) };
-            verdict(ret.into(), false, "injected terminal input")
+            on_stdio("injected terminal input", |fd| {
+                // SAFETY: TIOCSTI reads one byte.
+                unsafe { libc::ioctl(fd, libc::TIOCSTI, &c) }
+            })
+        },
+    },
+    Attempt {
+        name: "devices.tty-mode",
+        what: "change the terminal's mode on stdio: no echo, no signals (TCSETS)",
+        run: |_| {
+            // SAFETY: termios is plain data; all-zero is a valid (raw, no echo) mode.
+            let mode: libc::termios = unsafe { std::mem::zeroed() };
+            on_stdio("changed the terminal's mode", |fd| {
+                // SAFETY: TCSETS reads one termios.
+                unsafe { libc::ioctl(fd, libc::TCSETS, &mode) }
+            })
+        },
+    },
+    Attempt {
+        name: "devices.tty-winsize",
+        what: "change the terminal's window size on stdio (TIOCSWINSZ)",
+        run: |_| {
+            let size = libc::winsize {
+                ws_row: 3,
+                ws_col: 7,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            on_stdio("changed the window size", |fd| {
+                // SAFETY: TIOCSWINSZ reads one winsize.
+                unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) }
+            })
+        },
+    },
+    Attempt {
+        name: "devices.tty-ldisc",
+        what: "change the terminal's line discipline on stdio (TIOCSETD, N_HDLC)",
+        run: |_| {
+            let ldisc: libc::c_int = 13;
+            on_stdio("changed the line discipline", |fd| {
+                // SAFETY: TIOCSETD reads one int.
+                unsafe { libc::ioctl(fd, libc::TIOCSETD, &ldisc) }
+            })
         },
     },
     Attempt {
@@ -94,9 +135,10 @@ pub const ATTEMPTS: &[Attempt] = &[
         what: "console ioctl TIOCLINUX (selection paste) on stdin",
         run: |_| {
             let sub = [2u8; 8];
-            // SAFETY: TIOCLINUX reads a subcode buffer.
-            let ret = unsafe { libc::ioctl(0, libc::TIOCLINUX, sub.as_ptr()) };
-            verdict(ret.into(), false, "used a console ioctl")
+            on_stdio("used a console ioctl", |fd| {
+                // SAFETY: TIOCLINUX reads a subcode buffer.
+                unsafe { libc::ioctl(fd, libc::TIOCLINUX, sub.as_ptr()) }
+            })
         },
     },
     Attempt {
@@ -111,6 +153,20 @@ pub const ATTEMPTS: &[Attempt] = &[
         },
     },
 ];
+
+/// Makes `ioctl` on descriptors 0, 1 and 2: escaped if it works on any, else blocked with
+/// the errors seen.
+fn on_stdio(what: &str, ioctl: impl Fn(libc::c_int) -> libc::c_int) -> Outcome {
+    let mut errors = Vec::new();
+    for fd in 0..=2 {
+        match check(ioctl(fd).into()) {
+            Ok(_) => return Outcome::Escaped(format!("{what} (descriptor {fd})")),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.dedup();
+    Outcome::Blocked(errors.join(","))
+}
 
 fn host_nodes() -> Outcome {
     let mut errors = Vec::new();

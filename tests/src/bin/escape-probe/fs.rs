@@ -1,6 +1,7 @@
 //! Files outside the jail: host paths, `..`, `/proc` tricks, `openat2`, file handles (the
-//! "shocker" attack), links, chroot-in-chroot, writing the jail's own files, executing a
-//! file written at run time, setuid files and file capabilities.
+//! "shocker" attack), links, directories and FIFOs in `/run`, chroot-in-chroot, writing the
+//! jail's own files, executing a file written at run time, setuid files and file
+//! capabilities.
 
 use crate::sys::{check, close, cstr, open, verdict, write_all, Fd};
 use crate::{Attempt, Ctx, Outcome};
@@ -163,6 +164,40 @@ pub const ATTEMPTS: &[Attempt] = &[
         },
     },
     Attempt {
+        name: "fs.mkdir-run",
+        what: "create a directory in /run (the start of a tree deep enough to defeat a recursive cleanup)",
+        run: |_| {
+            let p = cstr("/run/planted-dir");
+            // SAFETY: a NUL-terminated path that outlives the call.
+            verdict(
+                unsafe { libc::syscall(libc::SYS_mkdir, p.as_ptr(), 0o700) },
+                false,
+                "created a directory in /run",
+            )
+        },
+    },
+    Attempt {
+        name: "fs.mkfifo-run",
+        what: "create a FIFO in /run (a host process opening it would block)",
+        run: |_| {
+            let p = cstr("/run/planted-fifo");
+            // SAFETY: a NUL-terminated path; plain integers.
+            verdict(
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_mknodat,
+                        libc::AT_FDCWD,
+                        p.as_ptr(),
+                        libc::S_IFIFO | 0o600,
+                        0,
+                    )
+                },
+                false,
+                "created a FIFO in /run",
+            )
+        },
+    },
+    Attempt {
         name: "fs.hardlink",
         what: "hard-link the VMM binary into /run",
         run: |ctx| {
@@ -306,10 +341,9 @@ fn open_by_handle(ctx: &Ctx) -> Outcome {
 }
 
 fn chroot_escape(_: &Ctx) -> Outcome {
-    let dir = cstr("/run/inner");
+    // Any subdirectory will do: one that exists (the jail cannot make directories).
+    let dir = cstr("/dev/net");
     // SAFETY: NUL-terminated paths; plain syscalls.
-    unsafe { libc::syscall(libc::SYS_mkdir, dir.as_ptr(), 0o700) };
-    // SAFETY: as above.
     if let Err(e) = check(unsafe { libc::syscall(libc::SYS_chroot, dir.as_ptr()) }) {
         return Outcome::Blocked(e);
     }
@@ -332,15 +366,55 @@ fn chroot_escape(_: &Ctx) -> Outcome {
     }
 }
 
-fn exec_from_run(ctx: &Ctx) -> Outcome {
-    let image = match std::fs::read(&ctx.exe) {
-        Ok(i) => i,
-        Err(e) => return Outcome::Error(format!("read {}: {e}", ctx.exe)),
-    };
+/// A complete static x86-64 program (ELF header, one PT_LOAD segment, code): writes its
+/// `result ... escaped` line and `done` on stdout and exits 0. Small enough for any `/run`.
+fn tiny_program(name: &str) -> Vec<u8> {
+    let message = format!("result {name} escaped a new program image was executed\ndone\n");
+    const BASE: u64 = 0x40_0000;
+    const CODE: u64 = 64 + 56;
+    let mut code: Vec<u8> = Vec::new();
+    // mov eax, 1 (write); mov edi, 1; lea rsi, [rip + msg]; mov edx, len; syscall
+    code.extend([0xb8, 1, 0, 0, 0, 0xbf, 1, 0, 0, 0, 0x48, 0x8d, 0x35]);
+    // The message follows the 16 bytes of code after the lea.
+    code.extend(16u32.to_le_bytes());
+    code.push(0xba);
+    code.extend(u32::try_from(message.len()).unwrap_or(0).to_le_bytes());
+    code.extend([0x0f, 0x05]);
+    // mov eax, 231 (exit_group); xor edi, edi; syscall
+    code.extend([0xb8, 231, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05]);
+    code.extend(message.as_bytes());
+    let size = CODE + u64::try_from(code.len()).unwrap_or(0);
+    let mut elf: Vec<u8> = Vec::new();
+    elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // x86-64
+    elf.extend(1u32.to_le_bytes());
+    elf.extend((BASE + CODE).to_le_bytes()); // entry
+    elf.extend(64u64.to_le_bytes()); // program headers
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes());
+    elf.extend(64u16.to_le_bytes());
+    elf.extend(56u16.to_le_bytes());
+    elf.extend(1u16.to_le_bytes());
+    elf.extend([0u8; 6]);
+    elf.extend(1u32.to_le_bytes()); // PT_LOAD
+    elf.extend(5u32.to_le_bytes()); // R+X
+    elf.extend(0u64.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(0x1000u64.to_le_bytes());
+    elf.extend(code);
+    elf
+}
+
+fn exec_from_run(_: &Ctx) -> Outcome {
+    let image = tiny_program("fs.exec-from-run");
     let path = "/run/planted-exe";
     let fd = match Fd::from_ret(open(
         path,
-        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
         0o700,
     )) {
         Ok(fd) => fd,
@@ -358,7 +432,7 @@ fn exec_from_run(ctx: &Ctx) -> Outcome {
     // SAFETY: path, argv and envp are NUL-terminated and outlive the call; on success the
     // new image reports and ends the process.
     let ret = unsafe { libc::syscall(libc::SYS_execve, p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    let _ = std::fs::remove_file(path);
+    // The file stays: the jail may not remove files (the attempt has a jail of its own).
     verdict(ret, false, "executed a program written at run time")
 }
 
@@ -416,6 +490,5 @@ fn file_caps(_: &Ctx) -> Outcome {
             0,
         )
     };
-    let _ = std::fs::remove_file(path);
     verdict(ret, false, "gave a file every capability")
 }

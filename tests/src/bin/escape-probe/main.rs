@@ -126,6 +126,10 @@ pub const ALONE: &[&str] = &[
     "kernel.sethostname",
     "resources.memory-hog",
     "resources.memfd-hog",
+    "resources.hugetlb",
+    "resources.run-fill",
+    "resources.run-inodes",
+    "resources.run-fallocate",
 ];
 
 fn all_attempts() -> impl Iterator<Item = (&'static str, &'static Attempt)> {

@@ -1,19 +1,30 @@
-//! Exhausting the host: threads, processes, memory (anonymous and memfd/shmem), locked
-//! memory, a huge file, descriptors. Each stops at a bound of its own just above the
-//! jail's limit, so that with a limit switched off it proves the limit was what stopped it
-//! without taking the host down.
+//! Exhausting the host: threads, processes, memory (anonymous and memfd/shmem), huge pages
+//! (outside the memory cgroup), locked memory, a huge file, the host's file system through
+//! `/run` (bytes, inodes, `fallocate`), descriptors. Each stops at a bound of its own just
+//! above the jail's limit, so that with a limit switched off it proves the limit was what
+//! stopped it without taking the host down.
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::sys::{check, close, cstr, errno_name, ignore_sigxfsz, last_error, open, Fd};
+use crate::sys::{
+    check, close, cstr, errno_name, ignore_sigxfsz, last_error, open, verdict, write_all, Fd,
+};
 use crate::{Attempt, Outcome};
 
 /// Threads or processes the bombs try for (the default profile allows 64 tasks).
 const TASKS: usize = 200;
 /// Memory the hogs touch (the default profile allows 384 MiB).
 const HOG_BYTES: usize = 448 << 20;
-/// Locked memory asked for.
-const MLOCK_BYTES: usize = 64 << 20;
+/// Locked memory asked for (the default profile allows none; the host's limit is 8 MiB).
+const MLOCK_BYTES: usize = 1 << 20;
+/// Bytes written to /run (the default profile's /run holds 4 MiB).
+const RUN_FILL_BYTES: usize = 64 << 20;
+/// Files created in /run (the default profile's /run holds 64).
+const RUN_FILES: usize = 10_000;
+/// Bytes `fallocate` asks for in /run.
+const RUN_FALLOCATE: i64 = 1 << 30;
+/// A huge page mapping (2 MiB pages).
+const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// Offset of the byte written by the huge-file attempt (the default profile allows 16 GiB).
 const HUGE_OFFSET: i64 = 17 << 30;
 /// Descriptors opened (the default profile allows 1024).
@@ -41,14 +52,34 @@ pub const ATTEMPTS: &[Attempt] = &[
         run: |_| memory_hog(true),
     },
     Attempt {
+        name: "resources.hugetlb",
+        what: "map 2 MiB of huge pages (mmap MAP_HUGETLB), which no memory cgroup counts",
+        run: |_| hugetlb(),
+    },
+    Attempt {
         name: "resources.mlock",
-        what: "lock 64 MiB of memory (mlock)",
+        what: "lock 1 MiB of memory (mmap MAP_LOCKED, which the filter allows)",
         run: |_| mlock(),
     },
     Attempt {
         name: "resources.huge-file",
-        what: "write a byte at 17 GiB into a file in /run",
+        what: "write a byte at 17 GiB into a file in /run (lseek + write)",
         run: |_| huge_file(),
+    },
+    Attempt {
+        name: "resources.run-fill",
+        what: "fill the host's file system through /run: write up to 64 MiB",
+        run: |_| run_fill(),
+    },
+    Attempt {
+        name: "resources.run-inodes",
+        what: "use up the host's inodes through /run: create up to 10000 empty files",
+        run: |_| run_inodes(),
+    },
+    Attempt {
+        name: "resources.run-fallocate",
+        what: "reserve 1 GiB of the host's disk through /run (fallocate)",
+        run: |_| run_fallocate(),
     },
     Attempt {
         name: "resources.fd-exhaust",
@@ -177,52 +208,106 @@ fn memory_hog(shared: bool) -> Outcome {
     Outcome::Escaped(format!("touched {} MiB", HOG_BYTES >> 20))
 }
 
-fn mlock() -> Outcome {
-    // SAFETY: a fresh anonymous mapping.
+/// An anonymous private mapping of `len` bytes with `extra` flags; unmapped again.
+fn map_with(len: usize, extra: libc::c_int, what: &str) -> Outcome {
+    // SAFETY: a fresh anonymous mapping; nothing else uses it.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            MLOCK_BYTES,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
             -1,
             0,
         )
     };
     if p == libc::MAP_FAILED {
-        return Outcome::Error(format!("mmap: {}", last_error()));
+        return Outcome::Blocked(last_error());
     }
-    // SAFETY: locks the mapping made above.
-    let ret = unsafe { libc::mlock(p, MLOCK_BYTES) };
-    let outcome = match check(ret.into()) {
-        Err(e) => Outcome::Blocked(e),
-        Ok(_) => Outcome::Escaped(format!("locked {} MiB", MLOCK_BYTES >> 20)),
-    };
-    // SAFETY: unmaps the mapping made above (which also unlocks it).
-    unsafe { libc::munmap(p, MLOCK_BYTES) };
-    outcome
+    // SAFETY: touches the first byte of the mapping made above, then unmaps it.
+    unsafe {
+        p.cast::<u8>().write_volatile(1);
+        libc::munmap(p, len);
+    }
+    Outcome::Escaped(what.to_owned())
+}
+
+fn hugetlb() -> Outcome {
+    map_with(
+        HUGE_PAGE_BYTES,
+        libc::MAP_HUGETLB,
+        "mapped and touched a huge page",
+    )
+}
+
+fn mlock() -> Outcome {
+    map_with(
+        MLOCK_BYTES,
+        libc::MAP_LOCKED,
+        &format!("locked {} MiB", MLOCK_BYTES >> 20),
+    )
+}
+
+/// A new file in /run (never truncated: the jail may not), opened for writing.
+fn create_in_run(path: &str) -> Result<Fd, String> {
+    Fd::from_ret(open(
+        path,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    ))
 }
 
 fn huge_file() -> Outcome {
     ignore_sigxfsz();
     let path = "/run/planted-huge";
-    let fd = match Fd::from_ret(open(
-        path,
-        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
-        0o600,
-    )) {
+    let fd = match create_in_run(path) {
         Ok(fd) => fd,
         Err(e) => return Outcome::Error(format!("create {path}: {e}")),
     };
-    let b = [1u8];
-    // SAFETY: writes one byte from `b`.
-    let ret = unsafe { libc::pwrite(fd.0, b.as_ptr().cast(), 1, HUGE_OFFSET) };
-    let outcome = match check(ret.try_into().unwrap_or(-1)) {
+    // SAFETY: seeks a descriptor we own.
+    if unsafe { libc::lseek(fd.0, HUGE_OFFSET, libc::SEEK_SET) } < 0 {
+        return Outcome::Error(format!("lseek: {}", last_error()));
+    }
+    match write_all(&fd, &[1u8]) {
         Err(e) => Outcome::Blocked(e),
-        Ok(_) => Outcome::Escaped("a 17 GiB file".into()),
+        Ok(()) => Outcome::Escaped("a 17 GiB file".into()),
+    }
+}
+
+fn run_fill() -> Outcome {
+    ignore_sigxfsz();
+    let fd = match create_in_run("/run/planted-fill") {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::Blocked(format!("{e} (create)")),
     };
-    let _ = std::fs::remove_file(path);
-    outcome
+    let chunk = vec![0x5au8; 64 << 10];
+    let mut written = 0;
+    while written < RUN_FILL_BYTES {
+        if let Err(e) = write_all(&fd, &chunk) {
+            return Outcome::Blocked(format!("{e} after {} KiB", written >> 10));
+        }
+        written += chunk.len();
+    }
+    Outcome::Escaped(format!("wrote {} MiB", written >> 20))
+}
+
+fn run_inodes() -> Outcome {
+    for i in 0..RUN_FILES {
+        if let Err(e) = create_in_run(&format!("/run/planted-{i}")) {
+            return Outcome::Blocked(format!("{e} after {i} files"));
+        }
+    }
+    Outcome::Escaped(format!("{RUN_FILES} files"))
+}
+
+fn run_fallocate() -> Outcome {
+    let fd = match create_in_run("/run/planted-fallocate") {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::Error(format!("create: {e}")),
+    };
+    // SAFETY: fallocate on a descriptor we own; plain integers.
+    let ret = unsafe { libc::syscall(libc::SYS_fallocate, fd.0, 0, 0i64, RUN_FALLOCATE) };
+    verdict(ret, false, "reserved 1 GiB")
 }
 
 fn fd_exhaust() -> Outcome {

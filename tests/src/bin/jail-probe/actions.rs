@@ -280,3 +280,122 @@ pub fn tap(name: &str) {
     unsafe { libc::close(fd) };
     say(&key, result);
 }
+
+/// Nests `n` directories named `d` in `dir`, one descriptor at a time: `nest=ok:N`, or the
+/// errno name and the depth reached.
+pub fn nest(dir: &str, n: usize) {
+    let top = c(dir);
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let mut cur = unsafe {
+        libc::open(
+            top.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if cur < 0 {
+        return say("nest", format!("open:{}", errno_name(errno())));
+    }
+    for depth in 0..n {
+        // SAFETY: mkdirat and openat relative to a descriptor we own, a NUL-terminated name.
+        let next = unsafe {
+            if libc::mkdirat(cur, c"d".as_ptr(), 0o700) != 0 {
+                -1
+            } else {
+                libc::openat(
+                    cur,
+                    c"d".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            }
+        };
+        if next < 0 {
+            let e = errno_name(errno());
+            // SAFETY: closes the descriptor we own.
+            unsafe { libc::close(cur) };
+            return say("nest", format!("{e}:{depth}"));
+        }
+        // SAFETY: closes the descriptor we own; `next` replaces it.
+        unsafe { libc::close(cur) };
+        cur = next;
+    }
+    // SAFETY: closes the descriptor we own.
+    unsafe { libc::close(cur) };
+    say("nest", format!("ok:{n}"));
+}
+
+/// Binds and listens on the abstract unix socket `@name` in the jail's network namespace and
+/// keeps it (the descriptor stays open until the probe exits).
+pub fn abstract_listen(name: &str) {
+    let key = format!("abstract.{name}");
+    use std::os::linux::net::SocketAddrExt;
+    let addr = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) {
+        Ok(a) => a,
+        Err(e) => return say(&key, io_name(&e)),
+    };
+    match std::os::unix::net::UnixListener::bind_addr(&addr) {
+        Ok(listener) => {
+            std::mem::forget(listener);
+            say(&key, "listening");
+        }
+        Err(e) => say(&key, io_name(&e)),
+    }
+}
+
+/// Maps `mib` MiB of huge pages (MAP_HUGETLB) and touches each page: `huge=ok:MIB`, or the
+/// errno name.
+pub fn mmap_huge(mib: usize) {
+    let len = mib << 20;
+    // SAFETY: a fresh anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return say("huge", errno_name(errno()));
+    }
+    for off in (0..len).step_by(2 << 20) {
+        // SAFETY: inside the mapping of `len` bytes.
+        unsafe { p.cast::<u8>().add(off).write_volatile(1) };
+    }
+    say("huge", format!("ok:{mib}"));
+}
+
+/// The terminal ioctls a jail must not make, on descriptors 0, 1 and 2: `tty.NAME.FD=` ok or
+/// the errno name.
+pub fn tty_ioctls() {
+    // SAFETY: termios is plain data; all-zero is a valid (raw, no echo) mode.
+    let mode: libc::termios = unsafe { std::mem::zeroed() };
+    let size = libc::winsize {
+        ws_row: 3,
+        ws_col: 7,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let ldisc: libc::c_int = 13;
+    let byte = b'x';
+    for fd in 0..=2 {
+        // SAFETY: each ioctl reads the argument given, which outlives the call.
+        let results = unsafe {
+            [
+                ("tcsets", libc::ioctl(fd, libc::TCSETS, &mode)),
+                ("tiocswinsz", libc::ioctl(fd, libc::TIOCSWINSZ, &size)),
+                ("tiocsetd", libc::ioctl(fd, libc::TIOCSETD, &ldisc)),
+                ("tiocsti", libc::ioctl(fd, libc::TIOCSTI, &byte)),
+            ]
+        };
+        for (name, ret) in results {
+            let result = if ret < 0 {
+                errno_name(errno())
+            } else {
+                "ok".into()
+            };
+            say(&format!("tty.{name}.{fd}"), result);
+        }
+    }
+}

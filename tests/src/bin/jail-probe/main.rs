@@ -10,8 +10,10 @@
 //! `alloc MIB`, `open PATH`, `open-rw PATH`, `write-file PATH BYTES`, `open-fds N`,
 //! `connect-tcp ADDR:PORT MS`, `send-udp ADDR:PORT`, `syscall fork|mount|ptrace|unshare|
 //! socket-inet`, `recv-fd SOCKET NAME` (receive a descriptor over a unix socket, then openat
-//! NAME through it), `kvm`, `tap NAME`, `exit CODE`. The jailer's own arguments (`--id` and
-//! the `--*-time-us` ones) are ignored.
+//! NAME through it), `kvm`, `tap NAME`, `nest DIR N` (N directories nested in DIR),
+//! `abstract-listen NAME` (an abstract unix socket, kept listening), `mmap-huge MIB` (huge
+//! pages), `tty-ioctls` (TCSETS, TIOCSWINSZ, TIOCSETD, TIOCSTI on descriptors 0 to 2),
+//! `exit CODE`. The jailer's own arguments (`--id` and the `--*-time-us` ones) are ignored.
 
 mod actions;
 mod report;
@@ -21,8 +23,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use actions::{
-    alloc, connect_tcp, fork_children, kvm, open_many, open_result, recv_fd, send_udp, syscall,
-    tap, threads, write_file,
+    abstract_listen, alloc, connect_tcp, fork_children, kvm, mmap_huge, nest, open_many,
+    open_result, recv_fd, send_udp, syscall, tap, threads, tty_ioctls, write_file,
 };
 use report::{open_fds, report};
 
@@ -105,6 +107,13 @@ fn main() {
                 recv_fd(&s, &text(it.next()));
             }
             "kvm" => kvm(),
+            "nest" => {
+                let d = text(it.next());
+                nest(&d, num(it.next()));
+            }
+            "abstract-listen" => abstract_listen(&text(it.next())),
+            "mmap-huge" => mmap_huge(num(it.next())),
+            "tty-ioctls" => tty_ioctls(),
             "tap" => tap(&text(it.next())),
             "exit" => std::process::exit(i32::try_from(num(it.next())).unwrap_or(1)),
             other => say("unknown-action", other),
