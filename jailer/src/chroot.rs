@@ -4,46 +4,51 @@
 //! <base>/<exec-name>/<id>/jail.json     the journal (root only, outside the jail)
 //! <base>/<exec-name>/<id>/root/         becomes `/` (root-owned 0755, mounted read-only)
 //!     <exec-name>                       private copy of the VMM, owned uid:gid
-//!     <exec-name>.pid                   pid of the VMM (Firecracker's location)
+//!     <exec-name>.pid                   pid of the VMM (Firecracker's location; root only)
 //!     dev/                              a tmpfs with only the device nodes is mounted here
 //!     run/                              the jail's tmpfs (uid:gid 0700): the API socket goes here
 //!     <bind targets>                    mount points for --bind-ro/--bind-rw
+//!     <staged files>                    what the orchestrator hard-links or copies in
 //! ```
 //!
-//! `run/` gets the jail's own tmpfs (`run_fs.rs`), journaled before it is mounted.
-//!
-//! A directory left by a jail that is no longer alive is cleaned up and reused; one that
-//! belongs to a live jail is refused.
+//! How the directory comes to exist with its journal, and how an orchestrator's pre-created
+//! one is adopted, is `jail_dir`'s; here: a directory left by a jail that is no longer alive
+//! is cleaned up and replaced, one that belongs to a live jail is refused; then the root is
+//! filled. `run/` gets the jail's own tmpfs (`run_fs.rs`), journaled before it is mounted.
 
 use std::fs::{OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
+use crate::jail_dir::{self, mkdir, Installed, JailDirError};
 use crate::run_fs::{self, RunFsError};
-use crate::state::{JailState, Journal, StateError};
+use crate::state::{Journal, StateError};
 use crate::sys::{chown, ChownError};
+
+/// How long a jailer waits for another jailer setting up the same id (it takes
+/// milliseconds) before refusing.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChrootError {
-    #[error("creating {path}: {source}")]
-    Mkdir { path: PathBuf, source: io::Error },
     #[error("--id {id}: jail {path} belongs to a live jail (pids {pids:?}); run `jailer cleanup` once it has exited")]
     Live {
         id: String,
         path: PathBuf,
         pids: Vec<i32>,
     },
-    #[error("--id {id}: {path} exists but has no jail state (another jailer is setting it up, or one crashed at once); remove it by hand")]
-    NoState { id: String, path: PathBuf },
     #[error("--id {id}: cleaning up the stale jail {path}: {source}")]
     Stale {
         id: String,
         path: PathBuf,
         source: Box<CleanupError>,
     },
+    #[error(transparent)]
+    JailDir(#[from] JailDirError),
     #[error("--exec-file {path}: {source}")]
     OpenExec { path: PathBuf, source: io::Error },
     #[error("--exec-file {path}: became a symbolic link or non-regular file")]
@@ -74,107 +79,83 @@ pub enum ChrootError {
     State(#[from] StateError),
 }
 
-/// `mkdir` with an explicit mode (the umask is 077); `Ok(false)` when it already exists.
-fn mkdir(path: &Path, mode: u32) -> Result<bool, ChrootError> {
-    match std::fs::create_dir(path) {
-        Ok(()) => {
-            std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|source| {
-                ChrootError::Mkdir {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(ChrootError::Mkdir {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Creates `<base>/<exec-name>/<id>` and starts the jail's journal in it.
+/// Creates (or adopts) `<base>/<exec-name>/<id>` with the jail's journal in it.
 pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
-    let exec_dir = config.chroot_base.join(&config.exec_name);
-    let jail_dir = config.jail_dir();
-    // A second attempt follows the removal of a stale jail (which may also remove the
-    // exec directory when it was the last jail in it).
+    let mut claim = jail_dir::claim(config, CLAIM_WAIT)?;
+    // Each round removes a stale jail; a third one means the directory keeps changing.
     for _ in 0..3 {
-        let exec_dir_created = mkdir(&exec_dir, 0o755)?;
-        match std::fs::create_dir(&jail_dir) {
-            Ok(()) => {
-                std::fs::set_permissions(&jail_dir, Permissions::from_mode(0o755)).map_err(
-                    |source| ChrootError::Mkdir {
-                        path: jail_dir.clone(),
-                        source,
-                    },
-                )?;
-                let journal = Journal::create(JailState {
-                    id: config.id.clone(),
-                    jail_dir: jail_dir.clone(),
-                    exec_dir: exec_dir.clone(),
-                    exec_dir_created,
-                    ..Default::default()
-                });
-                if journal.is_err() {
-                    // Without a journal nothing would remove them later.
-                    let _ = kiln_hostfs::remove_tree(&jail_dir);
-                    if exec_dir_created {
-                        let _ = std::fs::remove_dir(&exec_dir);
-                    }
-                }
-                return Ok(journal?);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let Some(state) = Journal::load(&jail_dir, &config.id)? else {
-                    return Err(ChrootError::NoState {
-                        id: config.id.clone(),
-                        path: jail_dir,
-                    });
-                };
+        claim = match claim.install()? {
+            Installed::Done(journal) => return Ok(journal),
+            Installed::Foreign(claim) => return Ok(claim.adopt(config)?),
+            Installed::Jail(claim, state) => {
                 let live = cleanup::live_pids(&state, &[]);
                 if !live.is_empty() {
+                    claim.abandon();
                     return Err(ChrootError::Live {
                         id: config.id.clone(),
-                        path: jail_dir,
+                        path: config.jail_dir(),
                         pids: live,
                     });
                 }
-                cleanup::remove(&state).map_err(|source| ChrootError::Stale {
-                    id: config.id.clone(),
-                    path: jail_dir.clone(),
-                    source: Box::new(source),
-                })?;
+                if let Err(e) = cleanup::remove(&state) {
+                    claim.abandon();
+                    return Err(ChrootError::Stale {
+                        id: config.id.clone(),
+                        path: config.jail_dir(),
+                        source: Box::new(e),
+                    });
+                }
+                claim
             }
-            // The exec directory vanished (another jail's cleanup removed it): retry.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ChrootError::Mkdir {
-                    path: jail_dir,
-                    source,
-                })
-            }
-        }
+        };
     }
-    Err(ChrootError::Mkdir {
-        path: jail_dir,
+    claim.abandon();
+    Err(ChrootError::JailDir(JailDirError::Mkdir {
+        path: config.jail_dir(),
         source: io::Error::other("the directory kept changing under the jailer"),
-    })
+    }))
 }
 
 /// Fills the jail's root: the VMM copy, `run/` (with its tmpfs), `dev/` and the bind
 /// targets.
 pub fn populate(config: &Config, journal: &mut Journal) -> Result<(), ChrootError> {
     let root = config.chroot_dir();
+    if journal.state.adopted {
+        // Intent first: what the jailer is about to make in the orchestrator's directory is
+        // all it will ever remove from it.
+        let made = entries_to_make(config, &root);
+        journal.record(|s| s.made = made)?;
+    }
     mkdir(&root, 0o755)?;
     copy_exec_file(config, &root)?;
     let run = root.join("run");
     mkdir(&run, 0o700)?;
-    journal.record(|s| s.run_tmpfs = Some(run.clone()))?;
+    // Journaled as `run_tmpfs` with the jail directory (`jail_dir::claim`).
     run_fs::mount(config, &run)?;
     mkdir(&root.join("dev"), 0o755)?;
     create_bind_targets(config, &root)
+}
+
+/// The entries [`populate`] and the pid file will add to `root`, top-down: those that do not
+/// exist yet.
+fn entries_to_make(config: &Config, root: &Path) -> Vec<PathBuf> {
+    let mut planned = vec![
+        root.to_path_buf(),
+        root.join(&config.exec_name),
+        root.join(format!("{}.pid", config.exec_name)),
+        root.join("run"),
+        root.join("dev"),
+    ];
+    for bind in &config.binds {
+        let mut cur = root.to_path_buf();
+        for c in bind.jail.components().skip(1) {
+            cur.push(c);
+            planned.push(cur.clone());
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    planned.retain(|p| seen.insert(p.clone()) && std::fs::symlink_metadata(p).is_err());
+    planned
 }
 
 /// One private copy of the VMM per jail, so that no two tenants share its text pages.
@@ -238,7 +219,7 @@ fn copy_exec_file(config: &Config, root: &Path) -> Result<(), ChrootError> {
 /// Creates an empty file or directory at each bind's target (parents root-owned 0755) and
 /// checks the result resolves inside the jail.
 fn create_bind_targets(config: &Config, root: &Path) -> Result<(), ChrootError> {
-    let canonical_root = std::fs::canonicalize(root).map_err(|source| ChrootError::Mkdir {
+    let canonical_root = std::fs::canonicalize(root).map_err(|source| JailDirError::Mkdir {
         path: root.to_path_buf(),
         source,
     })?;
@@ -271,8 +252,8 @@ fn create_bind_targets(config: &Config, root: &Path) -> Result<(), ChrootError> 
             } else {
                 match mkdir(&cur, 0o755) {
                     Ok(_) => {}
-                    Err(ChrootError::Mkdir { source, .. }) => return Err(err(&cur, source)),
-                    Err(e) => return Err(e),
+                    Err(JailDirError::Mkdir { source, .. }) => return Err(err(&cur, source)),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -3,59 +3,115 @@
 //! tmpfs, the network namespace (or the taps and firewall tables made in a joined one),
 //! cgroups, the jail directory — but never while a process of the jail is alive.
 //!
+//! The journal records each object before it is made (`state`), so whatever a SIGKILL left
+//! at any instant is in it, and removing an object that was never made is not an error.
+//! `jailer cleanup` also finds what a jailer killed before or after the journal's directory
+//! existed leaves (`jail_dir`: a claim `.<id>.jailer`, a `.<id>.removed`), waits (up to
+//! `--wait-ms`) for processes of the jail that are still exiting, and ends by checking that
+//! nothing is left: it succeeds only when the jail is gone, and otherwise says what remains.
+//!
 //! The jail's root is a tree the jail wrote to: it is removed with the bounded remover
 //! (`kiln_hostfs::remove_tree`: constant descriptors and stack, no link followed, never
 //! into another mount). The journal goes last, and only when everything else is gone, so a
 //! cleanup that failed or was interrupted can always be run again.
 
-use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::args::CleanupConfig;
 use crate::cgroup;
+use crate::jail_dir::{self, JailDirError};
 use crate::network;
 use crate::run_fs;
-use crate::state::{JailState, Journal, StateError, STATE_FILE};
+use crate::state::{JailState, Journal, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
-    #[error("--id {id}: no jail at {path}")]
-    NoJail { id: String, path: PathBuf },
-    #[error(
-        "--id {id}: {path} has no jail state; remove it by hand once no jailer is setting it up"
-    )]
-    NoState { id: String, path: PathBuf },
-    #[error("--id {id}: the jail is still alive (pids {pids:?}); stop the VMM first")]
-    Live { id: String, pids: Vec<i32> },
+    #[error("--id {id}: the jail is still alive (pids {pids:?}) after waiting {waited_ms} ms for it to exit; stop the VMM first")]
+    Live {
+        id: String,
+        pids: Vec<i32>,
+        waited_ms: u128,
+    },
     #[error("cleaning up jail {id}: {failures}")]
     Failed { id: String, failures: String },
+    #[error(transparent)]
+    JailDir(#[from] JailDirError),
     #[error(transparent)]
     State(#[from] StateError),
 }
 
+/// What `jailer cleanup` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleaned {
+    /// The jail was there and is gone.
+    Removed,
+    /// Nothing of the jail was there.
+    Nothing,
+    /// `<id>` exists without a journal: a directory the jailer did not make (or adopt),
+    /// left alone.
+    NotTheJailers(PathBuf),
+}
+
 /// `jailer cleanup`.
-pub fn run_command(config: &CleanupConfig) -> Result<(), CleanupError> {
+pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
+    let deadline = Instant::now() + config.wait;
+    let exec_dir = config.chroot_base.join(&config.exec_name);
     let dir = config.jail_dir();
-    if !dir.exists() {
-        return Err(CleanupError::NoJail {
-            id: config.id.clone(),
-            path: dir,
-        });
-    }
-    let Some(state) = Journal::load(&dir, &config.id)? else {
-        return Err(CleanupError::NoState {
-            id: config.id.clone(),
-            path: dir,
-        });
+    let claim = jail_dir::claim_path(&exec_dir, &config.id);
+    let removed = jail_dir::removed_path(&exec_dir, &config.id);
+    let found = claim.exists() || removed.exists();
+    // A jailer killed before its claim became the jail directory, or setting one up now.
+    jail_dir::settle_claim(&claim, &dir, &config.id, config.wait)?;
+    // A removal killed before its last step.
+    jail_dir::remove_removed(&exec_dir, &config.id).map_err(|failures| CleanupError::Failed {
+        id: config.id.clone(),
+        failures,
+    })?;
+    let outcome = match std::fs::symlink_metadata(&dir) {
+        Err(_) => None,
+        Ok(meta) if !meta.is_dir() => {
+            return Err(JailDirError::NotADirectory {
+                id: config.id.clone(),
+                path: dir,
+            }
+            .into())
+        }
+        Ok(_) => match Journal::load(&dir, &config.id)? {
+            None => Some(Cleaned::NotTheJailers(dir.clone())),
+            Some(state) => {
+                let pids = wait_for_exit(&state, deadline);
+                if !pids.is_empty() {
+                    return Err(CleanupError::Live {
+                        id: config.id.clone(),
+                        pids,
+                        waited_ms: config.wait.as_millis(),
+                    });
+                }
+                remove(&state)?;
+                Some(Cleaned::Removed)
+            }
+        },
     };
-    let pids = live_pids(&state, &[]);
-    if !pids.is_empty() {
-        return Err(CleanupError::Live {
-            id: config.id.clone(),
-            pids,
-        });
+    if let Some(outcome) = outcome {
+        return Ok(outcome);
     }
-    remove(&state)
+    Ok(if found {
+        Cleaned::Removed
+    } else {
+        Cleaned::Nothing
+    })
+}
+
+/// Waits until no process of the jail is alive, or `deadline`; returns those still alive.
+fn wait_for_exit(state: &JailState, deadline: Instant) -> Vec<i32> {
+    loop {
+        let pids = live_pids(state, &[]);
+        if pids.is_empty() || Instant::now() >= deadline {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Processes of the jail still alive, `exclude` aside: the recorded ones and any process in
@@ -82,7 +138,8 @@ pub fn live_pids(state: &JailState, exclude: &[i32]) -> Vec<i32> {
 
 /// Removes everything the journal records. Each step runs even when an earlier one failed;
 /// the failures are reported together, and the journal (and the jail directory holding it)
-/// stays until a cleanup succeeds. Removing what is already gone is not an error.
+/// stays until a cleanup succeeds. Removing what is already gone is not an error. Ends with
+/// a look at what is still there: anything is a failure, named.
 pub fn remove(state: &JailState) -> Result<(), CleanupError> {
     let mut failures: Vec<String> = Vec::new();
     if let Some(run) = &state.run_tmpfs {
@@ -100,12 +157,18 @@ pub fn remove(state: &JailState) -> Result<(), CleanupError> {
             failures.push(e.to_string());
         }
     }
-    if let Err(e) = remove_jail_dir(&state.jail_dir, failures.is_empty()) {
+    if let Err(e) = jail_dir::remove(state, failures.is_empty()) {
         failures.push(e);
     }
     if failures.is_empty() && state.exec_dir_created {
         // Shared with other jails of the same VMM: only removed once empty.
         let _ = std::fs::remove_dir(&state.exec_dir);
+    }
+    if failures.is_empty() {
+        let left = left_behind(state);
+        if !left.is_empty() {
+            failures.push(format!("still there: {}", left.join(", ")));
+        }
     }
     if failures.is_empty() {
         Ok(())
@@ -117,40 +180,33 @@ pub fn remove(state: &JailState) -> Result<(), CleanupError> {
     }
 }
 
-/// Removes everything in the jail directory but the journal, then, when `with_journal` and
-/// nothing was left, the journal and the directory.
-fn remove_jail_dir(dir: &Path, with_journal: bool) -> Result<(), String> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("listing {}: {e}", dir.display())),
-    };
-    let mut failures = Vec::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                failures.push(format!("listing {}: {e}", dir.display()));
-                break;
-            }
-        };
-        if entry.file_name() == STATE_FILE {
-            continue;
-        }
-        if let Err(e) = kiln_hostfs::remove_tree(&entry.path()) {
-            failures.push(e.to_string());
+/// What of the jail still exists after a removal that reported no failure.
+fn left_behind(state: &JailState) -> Vec<String> {
+    let mut left = Vec::new();
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if let Some(run) = &state.run_tmpfs {
+        if run_fs::is_mounted(run) {
+            left.push(format!("the mount {}", run.display()));
         }
     }
-    if !failures.is_empty() {
-        return Err(failures.join("; "));
+    if let Some(n) = state.netns.as_ref().filter(|n| n.created) {
+        if exists(&n.path) {
+            left.push(n.path.display().to_string());
+        }
     }
-    if !with_journal {
-        return Ok(());
+    for c in state.cgroups.iter().filter(|c| exists(&c.dir)) {
+        left.push(format!("cgroup {}", c.dir.display()));
     }
-    kiln_hostfs::remove_tree(&dir.join(STATE_FILE)).map_err(|e| e.to_string())?;
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    if state.adopted {
+        left.extend(
+            state
+                .made
+                .iter()
+                .filter(|m| exists(m))
+                .map(|m| m.display().to_string()),
+        );
+    } else if exists(&state.jail_dir) {
+        left.push(state.jail_dir.display().to_string());
     }
+    left
 }

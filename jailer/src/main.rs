@@ -7,8 +7,9 @@
 //! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
 //!    `seccomp`);
-//! 2. create the jail directory (refusing a live jail), its root, the VMM copy and the
-//!    `/run` tmpfs (`chroot`, `run_fs`);
+//! 2. create the jail directory with its journal already in it, or adopt the orchestrator's
+//!    (refusing a live jail); its root, the VMM copy and the `/run` tmpfs (`jail_dir`,
+//!    `chroot`, `run_fs`);
 //! 3. create the cgroups, write the limits and move into them (`cgroup`);
 //! 4. set up the network on the host side: namespace, taps, firewall (`network`);
 //! 5. split: daemonize if asked, then fork the jail process and its keeper (guard or
@@ -20,9 +21,9 @@
 //! 8. rlimits, uid/gid, capabilities, no_new_privs, Landlock (`privileges`, `landlock`);
 //! 9. seccomp, then exec the VMM (`seccomp`, `exec`).
 //!
-//! Everything made on the host is journaled in the jail's state file first (`state`), so
-//! that a failure at any step, `--cleanup-on-exit` and `jailer cleanup` remove exactly that
-//! (`cleanup`).
+//! Everything made on the host is journaled in the jail's state file before it is made
+//! (`state`), so that a failure at any step, a SIGKILL at any instant, `--cleanup-on-exit`
+//! and `jailer cleanup` remove exactly that (`cleanup`).
 //!
 //! Raw calls here: `signal` and `raise` in [`finish`], which dies of the VMM's signal (it may
 //! be a real-time one, which nix's `Signal` cannot name).
@@ -33,6 +34,7 @@ mod cleanup;
 mod clock;
 mod device_nodes;
 mod exec;
+mod jail_dir;
 mod landlock;
 mod network;
 mod pivot;
@@ -137,7 +139,17 @@ fn run() -> Result<Exit, Error> {
             return Ok(Exit::Code(0));
         }
         Command::Cleanup(c) => {
-            cleanup::run_command(&c)?;
+            match cleanup::run_command(&c)? {
+                cleanup::Cleaned::Removed => {}
+                cleanup::Cleaned::Nothing => {
+                    eprintln!("jailer: --id {}: nothing to clean up", c.id);
+                }
+                cleanup::Cleaned::NotTheJailers(dir) => eprintln!(
+                    "jailer: --id {}: {} has no jail journal: not made or adopted by a jailer; left alone",
+                    c.id,
+                    dir.display()
+                ),
+            }
             return Ok(Exit::Code(0));
         }
         Command::Jail(c) => *c,

@@ -51,3 +51,12 @@ pub fn unmount(run: &Path) -> Result<(), RunFsError> {
         }),
     }
 }
+
+/// Whether something is mounted on `run` (a line of /proc/self/mountinfo names it).
+pub fn is_mounted(run: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let mounted = crate::sys::mount_points(&info).any(|p| p == run);
+    mounted
+}

@@ -1,9 +1,21 @@
-//! The jail's journal: every host resource the jailer creates (chroot directory, its `/run`
-//! tmpfs, cgroups, network namespace, taps, firewall tables) and every process it starts is
-//! recorded in
-//! `<base>/<exec-name>/<id>/jail.json` (outside the jail's root, root-only) before or right
-//! after it is made. Undo on a failed set-up, `--cleanup-on-exit` and `jailer cleanup` all
-//! work from this record, so nothing the jailer made is forgotten.
+//! The jail's journal: every host resource the jailer creates (the jail directory, its
+//! `/run` tmpfs, cgroups, network namespace, taps, firewall tables) and every process of the
+//! jail, recorded in `<base>/<exec-name>/<id>/jail.json` (outside the jail's root, root
+//! only). Undo on a failed set-up, `--cleanup-on-exit` and `jailer cleanup` all work from
+//! this record, so nothing the jailer made is forgotten.
+//!
+//! **Intent first.** Each object is recorded *before* it is made (its intent), then made,
+//! then, where it matters, marked done: a SIGKILL at any instant leaves at most objects the
+//! journal names, and removing one that was never made is not an error. Where the jailer
+//! cannot know in advance what it will make (the cgroup levels that do not exist yet), it
+//! records what is missing before creating it and what it did create afterwards. The journal
+//! is written whole to a temporary file and renamed over the old one: it is always complete.
+//!
+//! **The journal is the marker.** It is written first, in a directory whose very name says it
+//! is the jailer's (`jail_dir`: the claim `.<id>.jailer`), before that directory becomes the
+//! jail directory (an atomic rename). So a jail directory holding a journal is the jailer's,
+//! and one without is someone else's (an orchestrator's pre-created directory): never
+//! removed.
 
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,6 +24,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "jail.json";
+/// Where [`Journal::persist`] writes before the rename (removed with the jail).
+pub const STATE_TMP: &str = "jail.json.tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -32,16 +46,30 @@ pub enum StateError {
 #[serde(deny_unknown_fields)]
 pub struct JailState {
     pub id: String,
-    /// `<base>/<exec-name>/<id>` (removed with everything below it).
+    /// `<base>/<exec-name>/<id>` (removed with everything below it, unless `adopted`).
     pub jail_dir: PathBuf,
     /// `<base>/<exec-name>`, and whether this jail created it (then it is removed when empty).
     pub exec_dir: PathBuf,
     pub exec_dir_created: bool,
+    /// The jail directory existed before the jailer (made by the orchestrator, maybe with
+    /// files staged in `root/`): only what the jailer made in it ([`JailState::made`]) is
+    /// removed, the directory and the orchestrator's files stay.
+    #[serde(default)]
+    pub adopted: bool,
+    /// In an adopted directory: the entries the jailer makes (`root` itself if it was
+    /// missing, the VMM copy, the pid file, `run`, `dev`, bind targets and their missing
+    /// parents), recorded before any is made, removed in reverse order.
+    #[serde(default)]
+    pub made: Vec<PathBuf>,
     /// `<jail_dir>/root/run`, recorded before the jail's tmpfs is mounted on it.
     pub run_tmpfs: Option<PathBuf>,
     pub cgroups: Vec<CgroupRecord>,
     pub netns: Option<NetnsRecord>,
     pub processes: Vec<ProcessRecord>,
+    /// The set-up is done: every process of the jail is recorded (written with the last
+    /// one). A journal that is not complete belongs to a jailer killed or failed midway.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// One cgroup directory of the jail (one per hierarchy used).
@@ -53,8 +81,12 @@ pub struct CgroupRecord {
     /// The jailer's own cgroup in that hierarchy (where its processes go back before rmdir).
     pub origin: PathBuf,
     /// Directories the jailer created, top-down (`dir` last): removed bottom-up, the shared
-    /// parents only when empty.
+    /// parents only when empty. Before `done`: the levels that were missing, which it is
+    /// about to create.
     pub created: Vec<PathBuf>,
+    /// The directories exist and `created` lists exactly those this jail made.
+    #[serde(default)]
+    pub done: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +94,7 @@ pub struct CgroupRecord {
 pub struct NetnsRecord {
     /// The namespace file (`--netns PATH`, or `/run/netns/<id>`).
     pub path: PathBuf,
-    /// The jailer created the file (and bind-mounted a new namespace on it when `mounted`).
+    /// The jailer creates the file (and bind-mounts a new namespace on it when `mounted`).
     pub created: bool,
     pub mounted: bool,
     /// Taps the jailer created in it.
@@ -106,20 +138,58 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the journal of a jail whose directory was just created.
-    pub fn create(state: JailState) -> Result<Self, StateError> {
+    /// Starts the journal in `dir` (the jail directory, or its claim before the rename).
+    pub fn create_in(dir: &Path, state: JailState) -> Result<Self, StateError> {
         let journal = Journal {
-            path: state.jail_dir.join(STATE_FILE),
+            path: dir.join(STATE_FILE),
             state,
         };
         journal.persist()?;
         Ok(journal)
     }
 
+    /// Starts the journal of a jail whose directory was just created.
+    #[cfg(test)]
+    pub fn create(state: JailState) -> Result<Self, StateError> {
+        let dir = state.jail_dir.clone();
+        Self::create_in(&dir, state)
+    }
+
+    /// The directory holding the journal was renamed to `dir`, or the file moved into it.
+    pub fn moved_to(&mut self, dir: &Path) {
+        self.path = dir.join(STATE_FILE);
+    }
+
     /// Changes the state and writes it out (atomically: temporary file + rename).
     pub fn record(&mut self, change: impl FnOnce(&mut JailState)) -> Result<(), StateError> {
         change(&mut self.state);
         self.persist()
+    }
+
+    /// Records process `pid` unless it is recorded already (`complete`: the last one).
+    pub fn record_process(
+        &mut self,
+        role: &str,
+        pid: i32,
+        complete: bool,
+    ) -> Result<(), StateError> {
+        let Some(r) = ProcessRecord::of(role, pid) else {
+            return Ok(());
+        };
+        let known = self
+            .state
+            .processes
+            .iter()
+            .any(|p| p.pid == r.pid && p.start_time == r.start_time);
+        if known && self.state.complete == complete {
+            return Ok(());
+        }
+        self.record(|s| {
+            if !known {
+                s.processes.push(r);
+            }
+            s.complete |= complete;
+        })
     }
 
     fn persist(&self) -> Result<(), StateError> {
@@ -129,7 +199,7 @@ impl Journal {
         };
         let text =
             serde_json::to_string_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
+        let tmp = self.path.with_file_name(STATE_TMP);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -146,7 +216,17 @@ impl Journal {
     /// Reads the state of jail `id` in `jail_dir`; `None` when there is no state file. The
     /// state must name that jail and only paths it can own (it drives removals).
     pub fn load(jail_dir: &Path, id: &str) -> Result<Option<JailState>, StateError> {
-        let path = jail_dir.join(STATE_FILE);
+        Self::load_from(jail_dir, jail_dir, id)
+    }
+
+    /// As [`Journal::load`], from the journal in `dir` of the jail whose directory is (or is
+    /// to be) `jail_dir` (a claim's journal names the directory it becomes).
+    pub fn load_from(
+        dir: &Path,
+        jail_dir: &Path,
+        id: &str,
+    ) -> Result<Option<JailState>, StateError> {
+        let path = dir.join(STATE_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -171,8 +251,8 @@ fn clean(p: &Path) -> bool {
 
 impl JailState {
     /// The state names jail `id` in `jail_dir`, and every path in it is one the jail could
-    /// have created: its cgroup directories end with the id, created parents are ancestors,
-    /// a created network namespace is `/run/netns/<id>`.
+    /// have created: entries it made lie in its root, its cgroup directories end with the
+    /// id, created parents are ancestors, a created network namespace is `/run/netns/<id>`.
     fn check(&self, jail_dir: &Path, id: &str) -> Result<(), String> {
         if self.id != id {
             return Err(format!("id {:?}", self.id));
@@ -180,10 +260,18 @@ impl JailState {
         if self.jail_dir != jail_dir || Some(self.exec_dir.as_path()) != jail_dir.parent() {
             return Err(format!("directory {}", self.jail_dir.display()));
         }
+        let root = jail_dir.join("root");
         if let Some(run) = &self.run_tmpfs {
-            if *run != jail_dir.join("root").join("run") {
+            if *run != root.join("run") {
                 return Err(format!("/run mount {}", run.display()));
             }
+        }
+        if let Some(m) = self
+            .made
+            .iter()
+            .find(|m| !clean(m) || !m.starts_with(&root))
+        {
+            return Err(format!("entry {}", m.display()));
         }
         for c in &self.cgroups {
             let ok = clean(&c.dir)
@@ -284,6 +372,7 @@ mod tests {
                 dir: PathBuf::from("/etc"),
                 origin: PathBuf::from("/"),
                 created: vec![PathBuf::from("/etc")],
+                done: true,
             })
         })
         .unwrap();
@@ -301,5 +390,67 @@ mod tests {
         assert!(Journal::load(&dir, "a").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(Journal::load(&dir, "a").unwrap(), None);
+    }
+
+    #[test]
+    fn entries_made_in_an_adopted_directory_stay_in_its_root() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-made-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = Journal::create(JailState {
+            id: "a".into(),
+            jail_dir: dir.clone(),
+            exec_dir: dir.parent().unwrap().to_path_buf(),
+            adopted: true,
+            made: vec![dir.join("root/run"), dir.join("root/vmm")],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(Journal::load(&dir, "a").unwrap().unwrap(), j.state);
+        for bad in [dir.join("jail.json"), PathBuf::from("/etc/passwd")] {
+            j.record(|s| s.made = vec![bad.clone()]).unwrap();
+            let e = Journal::load(&dir, "a").unwrap_err().to_string();
+            assert!(e.contains(&format!("entry {}", bad.display())), "{e}");
+        }
+        // A claim's journal names the directory it is to become.
+        let claim = dir
+            .parent()
+            .unwrap()
+            .join(format!(".a-{}.jailer", std::process::id()));
+        std::fs::create_dir_all(&claim).unwrap();
+        j.record(|s| s.made.clear()).unwrap();
+        let moved = Journal::create_in(&claim, j.state.clone()).unwrap();
+        assert_eq!(
+            Journal::load_from(&claim, &dir, "a").unwrap().unwrap(),
+            moved.state
+        );
+        assert!(
+            Journal::load(&claim, "a").is_err(),
+            "not the claim's own directory"
+        );
+        std::fs::remove_dir_all(&claim).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_process_is_recorded_once_and_the_last_one_completes_the_journal() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = Journal::create(JailState {
+            id: "a".into(),
+            jail_dir: dir.clone(),
+            exec_dir: dir.parent().unwrap().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let me = std::process::id() as i32;
+        j.record_process("jailer", me, false).unwrap();
+        j.record_process("vmm", me, false).unwrap();
+        assert_eq!(j.state.processes.len(), 1);
+        assert!(!j.state.complete);
+        j.record_process("vmm", me, true).unwrap();
+        let back = Journal::load(&dir, "a").unwrap().unwrap();
+        assert_eq!(back.processes.len(), 1);
+        assert!(back.complete);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,9 @@
 //! Small helpers shared by the steps: the return-code conversion of the raw `libc` calls
-//! that nix has no wrapper for (each module names its own), and `chown` with an error that
-//! names the file (the jail's root and its device nodes are handed to the jail's uid:gid).
+//! that nix has no wrapper for (each module names its own), `chown` with an error that
+//! names the file (the jail's root and its device nodes are handed to the jail's uid:gid),
+//! and the mount points of `/proc/self/mountinfo`.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,4 +48,56 @@ pub fn chown(path: &Path, file: Option<&File>, uid: u32, gid: u32) -> Result<(),
         gid,
         source,
     })
+}
+
+/// The mount points in `/proc/self/mountinfo` text (field 5, octal escapes decoded).
+pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+}
+
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        let info = "36 31 0:33 / /srv/j/vm/a\\040b/root/run rw - tmpfs tmpfs rw\n\
+                    37 31 0:34 / /sys rw - sysfs sysfs rw\n";
+        let points: Vec<PathBuf> = mount_points(info).collect();
+        assert_eq!(
+            points,
+            [
+                PathBuf::from("/srv/j/vm/a b/root/run"),
+                PathBuf::from("/sys")
+            ]
+        );
+        assert_eq!(unescape("a\\134b\\0"), PathBuf::from("a\\b\\0"));
+    }
 }

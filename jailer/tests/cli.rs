@@ -276,8 +276,49 @@ fn help_and_cleanup_of_nothing() {
         "--chroot-base-dir",
         &s.base(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // Cleanup is idempotent: nothing there is success, and said so.
+    assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--id gone: no jail at"), "{err}");
+    assert_eq!(err.trim(), "jailer: --id gone: nothing to clean up");
     assert!(Path::new(&s.base()).exists());
+    // A directory without a journal is someone else's: left alone, and said so.
+    let foreign = Path::new(&s.base()).join("vmm/mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let out = jailer(&[
+        "cleanup",
+        "--id",
+        "mine",
+        "--exec-file",
+        "/usr/bin/vmm",
+        "--chroot-base-dir",
+        &s.base(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--id mine: ")
+            && err.contains("vmm/mine has no jail journal")
+            && err.contains("left alone"),
+        "{err}"
+    );
+    assert!(foreign.is_dir());
+    for bad in ["-1", "1h", "3600001"] {
+        let out = jailer(&[
+            "cleanup",
+            "--id",
+            "x",
+            "--exec-file",
+            "/usr/bin/vmm",
+            "--wait-ms",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "--wait-ms \"{bad}\": milliseconds, at most 3600000"
+            )),
+            "{err}"
+        );
+    }
 }

@@ -349,8 +349,17 @@ fn cleanup_leaves_no_directory_cgroup_netns_or_mount_behind() {
     );
     assert!(during.cgroups.len() >= 4, "{during:?}");
     let host_pid: i32 = pid_file(&jail);
-    let refused = jail.cleanup_command().output().unwrap();
+    let refused = jail
+        .cleanup_command()
+        .args(["--wait-ms", "300"])
+        .output()
+        .unwrap();
     assert!(!refused.status.success(), "cleanup of a live jail");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("the jail is still alive") && err.contains("after waiting 300 ms"),
+        "{err}"
+    );
     assert_eq!(
         jail.snapshot(),
         during,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::limits::{CgroupConfig, Rlimit, RunLimits};
 use super::network::Network;
@@ -24,6 +25,8 @@ pub struct CleanupConfig {
     pub id: String,
     pub exec_name: String,
     pub chroot_base: PathBuf,
+    /// How long to wait for the jail's processes to exit (`--wait-ms`).
+    pub wait: Duration,
 }
 
 impl CleanupConfig {

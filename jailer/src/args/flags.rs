@@ -60,17 +60,23 @@ pub const CLEANUP: Table<'static> = Table {
         Flag::single("id"),
         Flag::single("exec-file"),
         Flag::single("chroot-base-dir"),
+        Flag::single("wait-ms"),
         Flag::switch("help"),
     ],
     positionals: 0,
     rest: true,
 };
 
+/// How long `jailer cleanup` waits for the jail's processes to exit, by default.
+pub const DEFAULT_CLEANUP_WAIT_MS: u64 = 10_000;
+/// The longest wait `--wait-ms` accepts (an hour).
+pub const MAX_CLEANUP_WAIT_MS: u64 = 3_600_000;
+
 pub const HELP: &str = "\
 Kiln jailer: builds one tenant's jail, then execs the VMM inside it.
 
 usage: jailer --id ID --exec-file PATH --uid UID --gid GID [options] [-- VMM_ARGS...]
-       jailer cleanup --id ID --exec-file PATH [--chroot-base-dir DIR]
+       jailer cleanup --id ID --exec-file PATH [--chroot-base-dir DIR] [--wait-ms MS]
 
 Firecracker-compatible flags:
   --id ID                   jail id: 1-64 characters, alphanumeric or '-'

@@ -121,10 +121,26 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
         })?
         .to_owned();
     let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
+    let wait_ms = match argv.single("wait-ms") {
+        None => flags::DEFAULT_CLEANUP_WAIT_MS,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= flags::MAX_CLEANUP_WAIT_MS)
+            .ok_or_else(|| ArgsError::InvalidValue {
+                flag: "wait-ms",
+                value: v.to_owned(),
+                reason: format!(
+                    "milliseconds, at most {} (an hour)",
+                    flags::MAX_CLEANUP_WAIT_MS
+                ),
+            })?,
+    };
     Ok(CleanupConfig {
         id,
         exec_name,
         chroot_base,
+        wait: std::time::Duration::from_millis(wait_ms),
     })
 }
 

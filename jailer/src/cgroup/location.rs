@@ -44,6 +44,20 @@ impl Location {
         self.fake
     }
 
+    /// The levels of the jail's cgroup (its directory last) that do not exist now, top-down:
+    /// what [`Location::create`] is about to make.
+    pub fn missing(&self) -> Vec<PathBuf> {
+        let mut cur = self.mount.clone();
+        let mut missing = Vec::new();
+        for component in self.rel.components() {
+            cur.push(component);
+            if !missing.is_empty() || std::fs::symlink_metadata(&cur).is_err() {
+                missing.push(cur.clone());
+            }
+        }
+        missing
+    }
+
     /// Creates the jail's cgroup and its missing parents, top-down. `before` runs on each
     /// existing parent before its child is created, `after` on each level once it exists.
     /// Shared parents may exist already; the jail's own cgroup must be new. On failure the

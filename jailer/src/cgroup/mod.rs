@@ -320,25 +320,41 @@ impl ForkInto {
 }
 
 impl Plan {
-    /// Creates the groups (journaling each before writing to it), writes every setting,
-    /// then moves this process into every group but the one the jail's first process is
-    /// born in, which it returns.
+    /// Creates the groups, writes every setting, then moves this process into every group
+    /// but the one the jail's first process is born in, which it returns.
+    ///
+    /// Intent first: every group's directory and the levels missing now are journaled
+    /// before any is made (the jail's own must not exist: one that does is someone else's,
+    /// never journaled, never removed); once they exist, the journal says which this jail
+    /// did make.
     pub fn apply(&self, journal: &mut Journal) -> Result<Option<ForkInto>, CgroupError> {
-        for (group, controllers) in self.groups.iter().zip(&self.controllers) {
-            let created = group.create(controllers)?;
-            let record = CgroupRecord {
+        let mut intent = Vec::new();
+        for group in &self.groups {
+            if std::fs::symlink_metadata(group.dir()).is_ok() {
+                return Err(CgroupError::Mkdir {
+                    path: group.dir().to_path_buf(),
+                    source: io::Error::from(io::ErrorKind::AlreadyExists),
+                });
+            }
+            intent.push(CgroupRecord {
                 dir: group.dir().to_path_buf(),
                 origin: group.origin().to_path_buf(),
-                created: created.clone(),
-            };
-            if let Err(e) = journal.record(|s| s.cgroups.push(record)) {
-                // Not journaled: nothing would remove them later.
-                for dir in created.iter().rev() {
-                    rmdir(dir, group.fake());
-                }
-                return Err(e.into());
-            }
+                created: group.location().missing(),
+                done: false,
+            });
         }
+        let first = journal.state.cgroups.len();
+        journal.record(|s| s.cgroups.extend(intent))?;
+        let mut made = Vec::new();
+        for (group, controllers) in self.groups.iter().zip(&self.controllers) {
+            made.push(group.create(controllers)?);
+        }
+        journal.record(|s| {
+            for (record, created) in s.cgroups.iter_mut().skip(first).zip(made) {
+                record.created = created;
+                record.done = true;
+            }
+        })?;
         for s in &self.settings {
             let Some(group) = self.groups.get(s.group) else {
                 continue;

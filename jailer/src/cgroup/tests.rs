@@ -473,6 +473,7 @@ fn remove_is_idempotent_and_keeps_shared_parents_in_use() {
         dir: f.path("/cg/kiln/vm"),
         origin: f.path("/cg"),
         created: vec![f.path("/cg/kiln"), f.path("/cg/kiln/vm")],
+        done: true,
     };
     f.dir("/cg/kiln/vm");
     f.dir("/cg/kiln/other");

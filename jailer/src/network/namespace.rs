@@ -70,8 +70,9 @@ pub fn within<T>(
     result
 }
 
-/// Creates `/run/netns/<id>` holding a new network namespace (journaled before the
-/// namespace is made) and returns a descriptor of it; the jailer stays in its own.
+/// Creates `/run/netns/<id>` holding a new network namespace (journaled before the file is
+/// made: one that exists already is someone else's, refused and never journaled) and
+/// returns a descriptor of it; the jailer stays in its own.
 pub fn create(id: &str, journal: &mut Journal) -> Result<OwnedFd, NetworkError> {
     let dir = Path::new(NETNS_RUN_DIR);
     let path = dir.join(id);
@@ -88,25 +89,27 @@ pub fn create(id: &str, journal: &mut Journal) -> Result<OwnedFd, NetworkError> 
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(err(e)),
     }
-    File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(err)?;
-    let recorded = journal.record(|s| {
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Err(err(io::Error::from(io::ErrorKind::AlreadyExists)));
+    }
+    journal.record(|s| {
         s.netns = Some(NetnsRecord {
             path: path.clone(),
             created: true,
             mounted: true,
             ..Default::default()
         })
-    });
-    if let Err(e) = recorded {
-        // Not journaled: nothing would remove it later.
-        let _ = std::fs::remove_file(&path);
-        return Err(e.into());
+    })?;
+    let made = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path);
+    if let Err(e) = made {
+        // Made by someone else since the check: not the jail's to remove.
+        let _ = journal.record(|s| s.netns = None);
+        return Err(err(e));
     }
     let own = own()?;
     // Only this (single-threaded) process moves to the new namespace.

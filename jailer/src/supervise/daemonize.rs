@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::Write;
 
-use super::keeper::leave_cgroups;
+use super::keeper::{leave_cgroups, record_process};
 use super::pipes::wait_for_keeper;
 use super::process::{devnull_stdio, exit_now, fork, pipe, read_all, waitpid};
 use super::{Exit, SuperviseError};
@@ -18,7 +18,7 @@ use crate::state::Journal;
 /// jail's cgroups (it joined them before forking, like every process of the jailer) and
 /// reaps the intermediate child before the daemon goes on.
 pub fn daemonize(
-    journal: &Journal,
+    journal: &mut Journal,
     clock: &mut Clock,
     fork_into: Option<&ForkInto>,
 ) -> Result<Result<File, Exit>, SuperviseError> {
@@ -39,7 +39,9 @@ pub fn daemonize(
     if fork(clock, None)?.is_some() {
         exit_now(0);
     }
-    // The grandchild: not a session leader, so it can never get a controlling terminal.
+    // The grandchild: not a session leader, so it can never get a controlling terminal. It
+    // goes on with the jail, so `jailer cleanup` must see it (the foreground writes no more).
+    record_process(journal, "daemon", nix::unistd::getpid(), false);
     wait_for_keeper(go_r);
     let mut report = File::from(report_w);
     if let Err(e) = devnull_stdio() {

@@ -8,14 +8,14 @@ use std::os::fd::OwnedFd;
 
 use nix::unistd::Pid;
 
-use super::keeper::{leave_cgroups, undo_text, write_pid_file};
+use super::keeper::{leave_cgroups, record_process, undo_text, write_pid_file};
 use super::pipes::{exec_outcome, join, wait_for_keeper, JailSide, Report};
 use super::process::{devnull_stdio, exit_now, fork_raw, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Role, SuperviseError};
 use crate::args::Config;
 use crate::cgroup::{self, ForkInto};
-use crate::state::{Journal, ProcessRecord};
+use crate::state::Journal;
 
 /// Starts the guard; this process goes on as the jail process.
 pub fn guarded(
@@ -25,10 +25,10 @@ pub fn guarded(
     terminals: Terminals,
     fork_into: Option<&ForkInto>,
 ) -> Result<Role, SuperviseError> {
+    // This process (the VMM to be) is in the journal since it was started (as the jailer
+    // or, with --daemonize, the daemon).
     let me = nix::unistd::getpid();
-    if let Some(r) = ProcessRecord::of("vmm", me.as_raw()) {
-        journal.record(|s| s.processes.push(r))?;
-    }
+    journal.record_process("vmm", me.as_raw(), false)?;
     write_pid_file(config, me)?;
     let (exec_r, exec_w) = pipe()?;
     let (undo_r, undo_w) = pipe()?;
@@ -40,6 +40,10 @@ pub fn guarded(
                 drop(exec_w);
                 drop(undo_r);
                 drop(go_r);
+                // Journaled before it leaves the jail's cgroups, so that `jailer cleanup`
+                // always sees it (and waits for its undo). The jail process writes no more.
+                let guard_pid = nix::unistd::getpid();
+                record_process(journal, "guard", guard_pid, true);
                 leave_cgroups(journal, fork_into);
                 drop(go_w);
                 let report = match report {

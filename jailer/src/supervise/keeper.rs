@@ -15,7 +15,7 @@ use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
 use crate::cgroup::{self, ForkInto};
 use crate::cleanup;
-use crate::state::{Journal, ProcessRecord};
+use crate::state::Journal;
 
 /// Moves this process out of the jail's cgroups (but `never_joined`, the one the jail's
 /// first process is born in). A failure only means this process keeps counting against the
@@ -32,13 +32,12 @@ pub fn leave_cgroups(journal: &Journal, never_joined: Option<&ForkInto>) {
     }
 }
 
-/// Records a process in the journal. After a fork a failure to write the journal is not
-/// fatal either: the jail's cgroups still show its processes to `jailer cleanup`.
-pub fn record_process(journal: &mut Journal, role: &str, pid: Pid) {
-    if let Some(r) = ProcessRecord::of(role, pid.as_raw()) {
-        if let Err(e) = journal.record(|s| s.processes.push(r)) {
-            eprintln!("jailer: warning: {e}");
-        }
+/// Records a process in the journal (`complete`: the last of the jail's). After a fork a
+/// failure to write the journal is not fatal either: the jail's cgroups still show its
+/// processes to `jailer cleanup`.
+pub fn record_process(journal: &mut Journal, role: &str, pid: Pid, complete: bool) {
+    if let Err(e) = journal.record_process(role, pid.as_raw(), complete) {
+        eprintln!("jailer: warning: {e}");
     }
 }
 
@@ -51,17 +50,15 @@ pub fn write_pid_file(config: &Config, pid: Pid) -> Result<(), SuperviseError> {
         path: path.display().to_string(),
         source,
     };
+    // Root only (0600): the VMM may read what is staged in its root, not its host pid.
     let mut f = File::options()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(err)?;
-    f.write_all(pid.to_string().as_bytes()).map_err(err)?;
-    // The umask (077) applied to the creation mode.
-    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(err)
+    f.write_all(pid.to_string().as_bytes()).map_err(err)
 }
 
 /// Removes the jail; returns "" or what went wrong.

@@ -39,7 +39,7 @@ pub fn pid_ns_keeper(
     drop(exec_w);
     drop(go_r);
     leave_cgroups(journal, fork_into);
-    record_process(journal, "vmm", child);
+    record_process(journal, "vmm", child, true);
     if let Err(e) = write_pid_file(config, child) {
         return Ok(abort(journal, child, report, &e.to_string()));
     }

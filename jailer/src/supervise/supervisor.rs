@@ -24,7 +24,7 @@ use crate::args::Config;
 use crate::cgroup::ForkInto;
 use crate::clock::Clock;
 use crate::sanitize;
-use crate::state::{Journal, ProcessRecord};
+use crate::state::Journal;
 
 /// Signals the supervisor (and init) pass on to the VMM.
 const FORWARDED: [Signal; 4] = [
@@ -123,10 +123,9 @@ pub fn supervised(
     let (go_r, go_w) = pipe()?;
     sanitize::set_signal_mask(SigmaskHow::SIG_BLOCK, &waited_signals())?;
     prctl::set_child_subreaper(true).map_err(|e| SuperviseError::Subreaper(e.into()))?;
+    // This process is in the journal since it was started (as the jailer).
     let me = nix::unistd::getpid();
-    if let Some(r) = ProcessRecord::of("supervisor", me.as_raw()) {
-        journal.record(|s| s.processes.push(r))?;
-    }
+    journal.record_process("supervisor", me.as_raw(), false)?;
     // An error from here on (before the fork) is undone by the caller; after the fork the
     // keeper handles its own failures.
     let into = fork_into.map(|f| &f.fd);
@@ -182,7 +181,7 @@ pub fn supervised(
     let relays = terminals.start_relays();
     leave_cgroups(journal, fork_into);
     let vmm = if new_pid_ns {
-        record_process(journal, "init", child);
+        record_process(journal, "init", child, false);
         first_child(child)
     } else {
         Some(child)
@@ -195,7 +194,7 @@ pub fn supervised(
             "--new-pid-ns: init did not start the VMM",
         ));
     };
-    record_process(journal, "vmm", vmm);
+    record_process(journal, "vmm", vmm, true);
     if let Err(e) = write_pid_file(config, vmm) {
         return Ok(abort(journal, child, report, &e.to_string()));
     }
