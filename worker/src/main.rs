@@ -22,6 +22,9 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 /// How long shutdown waits for busy instances.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// How long the start-up sweep's `jailer cleanup` waits for a gone worker's jail to exit
+/// (its supervisor got SIGTERM when the worker died and is removing it meanwhile).
+const STARTUP_SWEEP_WAIT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
@@ -111,11 +114,24 @@ fn setup(common: &Common, pool_cfg: PoolConfig) -> Option<Arc<Pools>> {
             return None;
         }
     };
+    let state_dir = absolute(&common.state_dir);
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        eprintln!("kiln: cannot create {}: {e}", state_dir.display());
+        return None;
+    }
+    let owner = match instance::Owner::acquire(&state_dir) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            return None;
+        }
+    };
     let cfg = InstanceConfig {
         jailer,
         vmm,
         chroot_base: absolute(&common.chroot_base),
-        state_dir: absolute(&common.state_dir),
+        state_dir,
+        owner,
         profile_path: common.profile.clone(),
         profile,
         uid_base: common.uid_base,
@@ -135,7 +151,8 @@ fn setup(common: &Common, pool_cfg: PoolConfig) -> Option<Arc<Pools>> {
             return None;
         }
     }
-    instance::sweep_stale(&cfg);
+    // What workers that are gone left: their jails, then their records.
+    instance::sweep(&cfg, STARTUP_SWEEP_WAIT);
     let cache = absolute(&common.cache_dir.clone().unwrap_or_else(default_cache_dir));
     let registry = Arc::new(
         Registry::new(absolute(&common.functions_dir), cache).with_init(init_path(common)),

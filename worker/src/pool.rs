@@ -8,12 +8,16 @@
 //!   refused with `concurrency_limit`.
 //! - An instance that timed out, crashed, panicked or broke the protocol is stopped and its
 //!   jail removed before the answer goes out; the next invocation starts a fresh one.
+//! - A request that finds a dead idle instance (its VMM killed from outside) stops it and
+//!   frees its slot before it decides whether to wait: it then takes another idle one, starts
+//!   a new one, or queues for a slot that a live instance holds.
 //! - The reaper thread stops instances idle for longer than `idle_timeout`, and idle
-//!   instances whose VMM has died (e.g. killed from outside).
+//!   instances whose VMM has died; every few seconds it also sweeps the instance records
+//!   whose jails a stop could not remove (`instance::sweep`), and so does the shutdown.
 
 use crate::context::InvocationContext;
 use crate::function::{Function, FunctionError, Registry};
-use crate::instance::{Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError};
+use crate::instance::{self, Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError};
 use crate::sync::{lock, wait_timeout};
 use crate::sys;
 use crate::timing::InvocationTimings;
@@ -21,6 +25,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// How often the reaper sweeps instance records left for it.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long a sweep's `jailer cleanup` waits for a jail's processes to exit.
+const SWEEP_WAIT: Duration = Duration::from_secs(1);
 
 /// How pools behave.
 #[derive(Debug, Clone)]
@@ -273,7 +282,6 @@ impl Pools {
     ) -> Result<(Lease, bool), PoolError> {
         let limit = function.concurrency.max(1);
         let deadline = Instant::now() + self.cfg.queue_timeout;
-        let mut retired = Vec::new();
         let mut st = lock(&pool.state);
         let mut queued = false;
         let lease = loop {
@@ -282,6 +290,7 @@ impl Pools {
             }
             // Most recently used first: it is the warmest.
             let mut found = None;
+            let mut retired = Vec::new();
             while let Some(mut i) = st.idle.pop() {
                 if i.function().generation == function.generation && i.is_healthy() {
                     found = Some(i);
@@ -293,7 +302,20 @@ impl Pools {
             }
             if let Some(i) = found {
                 st.busy.insert(i.id().to_string(), Busy::of(&i));
+                // The others found on the way are stopped by this request's thread, after
+                // it let go of the pool.
+                drop(st);
+                self.retire(pool, retired);
+                st = lock(&pool.state);
                 break Ok(Lease::Warm(Box::new(i)));
+            }
+            if !retired.is_empty() {
+                // Dead or outdated instances hold slots only they release: stop them now,
+                // then decide again (start one, take another, or wait for a live one).
+                drop(st);
+                self.retire(pool, retired);
+                st = lock(&pool.state);
+                continue;
             }
             if st.live() < limit {
                 st.reserved += 1;
@@ -332,12 +354,17 @@ impl Pools {
             st.waiting -= 1;
         }
         drop(st);
+        lease.map(|l| (l, queued))
+    }
+
+    /// Stops instances taken out of the idle list (their slots reserved meanwhile) and frees
+    /// their slots.
+    fn retire(&self, pool: &FunctionPool, retired: Vec<Instance>) {
         for i in retired {
             i.stop();
             lock(&pool.state).reserved -= 1;
             pool.freed.notify_one();
         }
-        lease.map(|l| (l, queued))
     }
 
     /// Takes an instance back after an invocation: idle again if it is healthy and of the
@@ -431,9 +458,14 @@ impl Pools {
         std::thread::Builder::new()
             .name("kiln-reaper".into())
             .spawn(move || {
+                let mut swept = Instant::now();
                 while !pools.shutting_down.load(Ordering::Acquire) {
                     std::thread::sleep(interval);
                     pools.reap();
+                    if swept.elapsed() >= SWEEP_EVERY {
+                        instance::sweep(&pools.instance_cfg, SWEEP_WAIT);
+                        swept = Instant::now();
+                    }
                 }
             })
             .map(|_| ())
@@ -484,5 +516,8 @@ impl Pools {
                 );
             }
         }
+        // The jails that stops could not remove at once get their last chance here.
+        instance::sweep(&self.instance_cfg, SWEEP_WAIT);
+        instance::release(&self.instance_cfg);
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::Env;
 use kiln_worker::function::Function;
-use kiln_worker::instance::{Instance, InstanceConfig, InstanceError};
+use kiln_worker::instance::{Instance, InstanceConfig, InstanceError, Owner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ fn config(env: &Env, start_timeout: Duration) -> Arc<InstanceConfig> {
         vmm: env.vmm.clone(),
         chroot_base: env.chroot_base.clone(),
         state_dir: env.state_dir.clone(),
+        owner: Arc::new(Owner::acquire(&env.state_dir).expect("the worker's lock")),
         profile: InstanceConfig::load_profile(&profile_path).expect("the default tenant profile"),
         profile_path,
         uid_base: env.uid_base,
@@ -70,6 +71,7 @@ fn a_guest_that_never_says_hello_times_out_and_leaves_nothing() {
         "took {:?}",
         t.elapsed()
     );
+    drop(cfg);
     env.assert_nothing_left(&ids_of("hangfn"));
 }
 
@@ -86,6 +88,7 @@ fn a_vm_stopped_by_strict_io_before_hello_says_which_port() {
         text.contains("I/O port 0x80") && text.contains("vCPU 0"),
         "{text}"
     );
+    drop(cfg);
     env.assert_nothing_left(&ids_of("portsfn"));
 }
 
@@ -98,6 +101,7 @@ fn a_guest_that_resets_before_hello_is_reported() {
         .expect("the VM ends: the start must fail");
     assert!(matches!(err, InstanceError::Exited(_)), "{err}");
     assert!(err.to_string().contains("reset"), "{err}");
+    drop(cfg);
     env.assert_nothing_left(&ids_of("resetfn"));
 }
 
@@ -115,5 +119,6 @@ fn a_guest_that_connects_over_vsock_but_speaks_no_protocol_is_refused() {
     let text = err.to_string();
     assert!(matches!(err, InstanceError::Hello(_)), "{text}");
     assert!(text.contains("bad frame magic"), "{text}");
+    drop(cfg);
     env.assert_nothing_left(&ids_of("vsockfn"));
 }

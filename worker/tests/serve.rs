@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{manifest, request, wait_until, Env, Server};
+use common::{manifest, raw_request, request, wait_until, Env, Server};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -256,6 +256,87 @@ fn a_vmm_killed_with_sigkill_is_replaced_and_leaves_nothing_behind() {
     env.assert_nothing_left(&seen.ids());
 }
 
+/// Idle VMs killed from outside while requests keep coming, for a function with one slot:
+/// a request that finds the dead VM stops it and frees its slot before it would wait, so
+/// nothing stalls behind it and nothing is refused with a false 429.
+#[test]
+fn killing_idle_vms_under_load_neither_stalls_nor_refuses() {
+    let env = Env::new("idlekill");
+    assert_eq!(manifest("counter").concurrency, 1, "counter has one slot");
+    let queue_timeout = Duration::from_secs(8);
+    let server = Server::start(
+        &env,
+        &["--queue-timeout-ms", &queue_timeout.as_millis().to_string()],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let socket = server.socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let t = Instant::now();
+                    let r = request(&socket, "POST", "/functions/counter/invocations", b"{}");
+                    answers.push((t.elapsed(), r));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut killed = BTreeSet::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        for (_, i) in server.instances() {
+            let pid = i["vmm_pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+            let (Some(pid), Some(id)) = (pid, i["id"].as_str()) else {
+                continue;
+            };
+            if i["state"] == "idle" && killed.insert(id.to_string()) {
+                // SAFETY: kill(2) with a pid and a signal.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let mut seen = Seen::default();
+    let (mut ok, mut exited) = (0, 0);
+    let mut longest = Duration::ZERO;
+    for c in clients {
+        for (took, r) in c.join().expect("client thread") {
+            longest = longest.max(took);
+            // One slot, three clients: a request may wait for two others, each a cold start
+            // at most (~0.1 s here); never for anything near the queue timeout.
+            assert!(
+                took < queue_timeout / 2,
+                "a request stalled for {took:?}: {r}"
+            );
+            match (r.status, r.code().as_str()) {
+                (200, _) => ok += 1,
+                // The VM was killed while this request was already using it.
+                (502, "vm_exited") => exited += 1,
+                _ => panic!("neither an answer nor the killed VM's error: {r}"),
+            }
+            seen.add(r.vm_id());
+        }
+    }
+    assert!(
+        killed.len() >= 3,
+        "only {} idle VMs were killed",
+        killed.len()
+    );
+    assert!(ok > exited, "{ok} answers, {exited} killed mid-request");
+    eprintln!(
+        "{ok} answers, {exited} killed mid-request, {} idle VMs killed, longest request {longest:?}",
+        killed.len()
+    );
+    server.stop();
+    let mut ids = seen.ids();
+    ids.extend(killed);
+    env.assert_nothing_left(&ids);
+}
+
 #[test]
 fn timeouts_panics_and_bad_ports_are_structured_errors_and_the_vm_is_gone() {
     let env = Env::new("errs");
@@ -384,9 +465,186 @@ fn bad_requests_get_clear_errors_and_start_nothing() {
         msg.contains(&format!("{}", max + 1)) && msg.contains(&max.to_string()),
         "{msg}"
     );
+    // Malformed HTTP: the status says what was wrong (docs/worker.md), the code is
+    // `bad_request` for each.
+    let many_headers: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let malformed: &[(&str, String, u16)] = &[
+        (
+            "a Content-Length that is no number",
+            "POST /functions/echo/invocations HTTP/1.1\r\nContent-Length: x\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "more than 32 headers",
+            format!("GET /functions HTTP/1.1\r\n{many_headers}\r\n"),
+            431,
+        ),
+        (
+            "a chunked body",
+            "POST /functions/echo/invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .into(),
+            501,
+        ),
+        ("HTTP/2.0", "GET /functions HTTP/2.0\r\n\r\n".into(), 505),
+    ];
+    for (what, bytes, status) in malformed {
+        let r = raw_request(&server.socket, bytes.as_bytes());
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (*status, "bad_request"),
+            "{what}: {r}"
+        );
+        assert!(
+            !r.json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+            "{what}: {r}"
+        );
+    }
     assert!(server.instances().is_empty(), "no VM was started");
+    // Instance ids end with the worker's tag (other tests run echo VMs meanwhile).
+    let tag = server.tag(&env);
     server.stop();
-    env.assert_nothing_left(&["echo-".to_string(), "broken-".to_string()]);
+    env.assert_nothing_left(&[format!("-{tag}")]);
+}
+
+/// The supervisor of an idle VM SIGKILLed from outside, again and again: its VMM dies with it
+/// (parent-death signal), the worker drops the instance, `jailer cleanup` (which waits for
+/// the jail's processes to finish exiting) removes the jail, and only then its record goes.
+#[test]
+fn a_supervisor_killed_from_outside_never_orphans_its_jail() {
+    let env = Env::new("supkill");
+    let server = Server::start(&env, &[]);
+    let mut seen = Seen::default();
+    for round in 0..6 {
+        let r = server.invoke("echo", b"{}");
+        assert_eq!(r.status, 200, "round {round}: {r}");
+        let id = seen.add(r.vm_id());
+        let vmm = server
+            .instances()
+            .iter()
+            .find(|(_, i)| i["id"] == id.as_str())
+            .and_then(|(_, i)| i["vmm_pid"].as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+            .expect("the VMM's pid in the listing");
+        // VMM → init (PID 1 of the jail's PID namespace) → the supervisor.
+        let init = parent_of(vmm);
+        let supervisor = parent_of(init);
+        let cmdline = std::fs::read(format!("/proc/{supervisor}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(&id),
+            "pid {supervisor} is not the supervisor of {id}"
+        );
+        // SAFETY: kill(2) with a pid and a signal.
+        assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+        // A request finds the dead instance, removes it and starts a new one. (One that
+        // comes while the VMM is still dying may still be answered by it, or get its death.)
+        let t = Instant::now();
+        loop {
+            let r = server.invoke("echo", b"{}");
+            let vm = seen.add(r.vm_id());
+            match (r.status, r.code().as_str()) {
+                (200, _) if vm != id => break,
+                (200, _) | (502, "vm_exited") => {}
+                _ => panic!("round {round}: {r}"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "round {round}: {r}");
+        }
+        // (The new VM's jail is there too: only the killed one's things count.)
+        let left = || -> Vec<String> {
+            env.leftovers(std::slice::from_ref(&id))
+                .into_iter()
+                .filter(|l| l.contains(&id))
+                .collect()
+        };
+        let t = Instant::now();
+        while !left().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "round {round}: left behind: {:#?}\n{}",
+                left(),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    server.stop();
+    env.assert_nothing_left(&seen.ids());
+}
+
+/// The parent of a process (field 4 of /proc/PID/stat).
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("ppid")
+}
+
+/// A worker that is gone whose pid is in use again (by this very test: a restart as PID 1 of
+/// a container looks the same) left a record and a jail: the next worker finds them by the
+/// predecessor's lock, which nobody holds, removes the jail with `jailer cleanup`, then the
+/// record and the lock file.
+#[test]
+fn a_predecessor_whose_pid_lives_on_is_still_swept() {
+    let env = Env::new("samepid");
+    let tag = format!("{}-deadbeef", std::process::id());
+    let id = format!("echo-1-{tag}");
+    // The predecessor's lock file, not held by anyone.
+    let workers = env.state_dir.join("workers");
+    std::fs::create_dir_all(&workers).unwrap();
+    std::fs::write(workers.join(format!("{tag}.lock")), b"").unwrap();
+    // Its record, with the vsock directory of its uid.
+    let record = env.state_dir.join("instances").join(&id);
+    std::fs::create_dir_all(record.join("vsock")).unwrap();
+    std::os::unix::fs::chown(record.join("vsock"), Some(env.uid_base), Some(env.uid_base)).unwrap();
+    // Its jail, left without a supervisor: the VMM ran (printed its version) and exited.
+    let out = std::process::Command::new(&env.jailer)
+        .args(["--id", &id, "--exec-file"])
+        .arg(&env.vmm)
+        .args([
+            "--uid",
+            &env.uid_base.to_string(),
+            "--gid",
+            &env.uid_base.to_string(),
+        ])
+        .arg("--chroot-base-dir")
+        .arg(&env.chroot_base)
+        .args(["--new-pid-ns", "--new-netns", "--parent-cgroup-relative"])
+        .args(["--parent-cgroup", &env.parent_cgroup])
+        .args(["--", "--version"])
+        .output()
+        .expect("run the jailer");
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the jailed VMM to exit", Duration::from_secs(10), || {
+        env.leftovers(std::slice::from_ref(&id))
+            .iter()
+            .any(|l| l.contains(&format!("vmm/{id}")))
+    });
+    assert!(
+        env.leftovers(std::slice::from_ref(&id))
+            .iter()
+            .any(|l| l.starts_with("netns")),
+        "the jail is there to be swept"
+    );
+    let server = Server::start(&env, &[]);
+    wait_until("the start-up sweep", Duration::from_secs(20), || {
+        !record.exists()
+    });
+    let log = server.log();
+    assert!(
+        log.contains(&format!("removed the jail of stale instance {id}")),
+        "{log}"
+    );
+    assert!(
+        !workers.join(format!("{tag}.lock")).exists(),
+        "the gone worker's lock file"
+    );
+    server.stop();
+    env.assert_nothing_left(&[id]);
 }
 
 #[test]
@@ -408,7 +666,7 @@ fn a_worker_killed_with_sigkill_takes_its_vms_with_it() {
         || {
             env.leftovers(&seen.ids())
                 .iter()
-                .all(|l| l.starts_with("instance dir"))
+                .all(|l| l.starts_with("instance dir") || l.starts_with("worker lock"))
         },
     );
     // The worker's own instance directories are swept by the next worker on that state

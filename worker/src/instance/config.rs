@@ -1,7 +1,9 @@
 //! How instances are jailed: the settings every instance of a worker shares.
 
 use super::error::InstanceError;
+use super::record::Owner;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How instances are jailed, shared by all of them.
@@ -10,8 +12,10 @@ pub struct InstanceConfig {
     pub jailer: PathBuf,
     pub vmm: PathBuf,
     pub chroot_base: PathBuf,
-    /// `instances/<id>/` and `uids/<uid>.lock` live here.
+    /// `instances/<id>/`, `uids/<uid>.lock` and `workers/<tag>.lock` live here.
     pub state_dir: PathBuf,
+    /// This worker, as its instance ids name it (its lock in `state_dir`).
+    pub owner: Arc<Owner>,
     /// The tenant profile every instance starts from.
     pub profile_path: PathBuf,
     pub profile: serde_json::Value,

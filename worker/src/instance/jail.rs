@@ -4,8 +4,11 @@
 //!
 //! **Stop.** SIGTERM to the jailer's supervisor (forwarded to the VMM), which removes the
 //! jail when the VMM exits; SIGKILL of the VMM (through a pidfd) after a grace period, then of
-//! the supervisor, and `jailer cleanup` if anything is still there. Every path ends with a
-//! check that the jail directory, the network namespace and the host directory are gone.
+//! the supervisor. Every path ends with a check that the jail is gone, and if it is not (the
+//! supervisor was killed, or its processes are still exiting) with `jailer cleanup`, which
+//! waits for them, retried ([`record::remove_jail`]). Only then does the host directory (the
+//! instance's record) go and the uid lease end; a jail that still would not go is reported,
+//! and its record stays marked for the sweep with its uid still leased ([`record::keep`]).
 //!
 //! The host directory holds the vsock directory the jail could write to: everything in it
 //! is hostile (depth, names, links, sizes). It is removed with the bounded remover
@@ -15,12 +18,16 @@
 
 use super::config::InstanceConfig;
 use super::output::{drain_console, drain_stderr, OutputLogs};
+use super::record;
 use crate::sys::{self, FileLock, PidFd, Signal, SysError};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long `jailer cleanup` waits for a stopped jail's processes to exit.
+const CLEANUP_WAIT: Duration = Duration::from_secs(5);
 
 /// How to stop a jail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +46,8 @@ pub struct StopReport {
     /// Anything that was still there after the jailer's own cleanup (then removed with
     /// `jailer cleanup`); empty when the supervisor cleaned up.
     pub leftovers: Vec<String>,
-    /// Problems removing what was left; empty when everything is gone.
+    /// Problems removing what was left; empty when everything is gone. When the jail itself
+    /// is not gone, its record stays for the sweep.
     pub errors: Vec<String>,
 }
 
@@ -49,23 +57,14 @@ pub(super) struct Jail {
     id: String,
     cfg: Arc<InstanceConfig>,
     uid: u32,
-    _uid_lock: FileLock,
+    /// The uid's lease: given up once the jail is gone (or to the sweep, [`record::keep`]).
+    uid_lock: Option<FileLock>,
     host_dir: PathBuf,
     supervisor: Option<Child>,
     supervisor_fd: Option<PidFd>,
     vmm: Option<PidFd>,
     logs: Arc<OutputLogs>,
     report: Option<StopReport>,
-}
-
-/// `<chroot base>/<exec name>/<id>`: the jail of instance `id`.
-fn jail_dir(cfg: &InstanceConfig, id: &str) -> PathBuf {
-    cfg.chroot_base.join(cfg.exec_name()).join(id)
-}
-
-/// The network namespace the jailer made for instance `id`.
-fn netns(id: &str) -> PathBuf {
-    Path::new("/run/netns").join(id)
 }
 
 impl Jail {
@@ -81,7 +80,7 @@ impl Jail {
             id,
             cfg,
             uid,
-            _uid_lock: uid_lock,
+            uid_lock: Some(uid_lock),
             host_dir,
             supervisor: None,
             supervisor_fd: None,
@@ -143,7 +142,7 @@ impl Jail {
     }
 
     fn jail_dir(&self) -> PathBuf {
-        jail_dir(&self.cfg, &self.id)
+        record::jail_dir(&self.cfg, &self.id)
     }
 
     pub(super) fn supervisor_exited(&mut self) -> bool {
@@ -215,36 +214,25 @@ impl Jail {
             report.status = c.wait().ok();
         }
         // The supervisor removes the jail when the VMM exits; check, and finish its work if
-        // it could not.
-        let leftovers = |j: &Jail| {
-            let mut l = Vec::new();
-            let dir = j.jail_dir();
-            if dir.exists() {
-                l.push(dir.display().to_string());
+        // it could not. The record goes only once the jail has.
+        match record::remove_jail(&self.cfg, &self.id, CLEANUP_WAIT) {
+            Ok(found) => {
+                report.leftovers = found;
+                if let Err(e) = kiln_hostfs::remove_tree(&self.host_dir) {
+                    report.errors.push(format!(
+                        "cannot remove the instance directory (left for the next sweep): {e}"
+                    ));
+                    record::keep(&self.host_dir, &self.id, None);
+                }
+                self.uid_lock = None;
             }
-            let ns = netns(&j.id);
-            if ns.exists() {
-                l.push(ns.display().to_string());
+            Err(e) => {
+                report.leftovers = vec![self.jail_dir().display().to_string()];
+                report
+                    .errors
+                    .push(format!("{e}; its record stays for the sweep"));
+                record::keep(&self.host_dir, &self.id, self.uid_lock.take());
             }
-            l
-        };
-        report.leftovers = leftovers(self);
-        if !report.leftovers.is_empty() {
-            if let Err(e) = jailer_cleanup(&self.cfg, &self.id) {
-                report.errors.push(e);
-            }
-            let still = leftovers(self);
-            if !still.is_empty() {
-                report.errors.push(format!(
-                    "still there after jailer cleanup: {}",
-                    still.join(", ")
-                ));
-            }
-        }
-        if let Err(e) = kiln_hostfs::remove_tree(&self.host_dir) {
-            report.errors.push(format!(
-                "cannot remove the instance directory (left for the next sweep): {e}"
-            ));
         }
         for e in &report.errors {
             eprintln!("kiln: instance {}: {e}", self.id);
@@ -293,62 +281,6 @@ impl Drop for Jail {
     fn drop(&mut self) {
         if self.report.is_none() {
             self.stop(StopMode::Kill);
-        }
-    }
-}
-
-/// `jailer cleanup` for jail `id`: removes what the journal records once its processes
-/// are gone.
-fn jailer_cleanup(cfg: &InstanceConfig, id: &str) -> Result<(), String> {
-    let out = Command::new(&cfg.jailer)
-        .arg("cleanup")
-        .arg("--id")
-        .arg(id)
-        .arg("--exec-file")
-        .arg(&cfg.vmm)
-        .arg("--chroot-base-dir")
-        .arg(&cfg.chroot_base)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "jailer cleanup --id {id} failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run jailer cleanup: {e}")),
-    }
-}
-
-/// Removes what instances of workers that died (SIGKILL, power loss) left behind: their
-/// jails (with `jailer cleanup`, which refuses while a jail's processes live) and their
-/// host directories. An instance directory is stale when the worker pid in its id is gone.
-pub fn sweep_stale(cfg: &InstanceConfig) {
-    let dir = cfg.state_dir.join("instances");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = id.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == sys::getpid() || Path::new("/proc").join(pid.to_string()).exists() {
-            continue;
-        }
-        if jail_dir(cfg, &id).exists() || netns(&id).exists() {
-            if let Err(msg) = jailer_cleanup(cfg, &id) {
-                eprintln!("kiln: stale instance {id}: {msg}");
-                continue;
-            }
-        }
-        match kiln_hostfs::remove_tree(&e.path()) {
-            Ok(()) => eprintln!(
-                "kiln: removed the stale instance directory {}",
-                e.path().display()
-            ),
-            Err(err) => eprintln!("kiln: {err}"),
         }
     }
 }

@@ -16,10 +16,14 @@
 //! panic marks the instance broken: the pool stops it instead of reusing it.
 //!
 //! **Stop.** [`jail`]: SIGTERM to the jailer's supervisor, SIGKILL after a grace period, and
-//! a check that nothing is left behind. The jail's output is drained by [`output`].
+//! a check that nothing is left behind, with `jailer cleanup` until the jail is gone; the
+//! record goes after it. The jail's output is drained by [`output`].
+//!
+//! **Records.** [`record`]: whose an instance directory is (the worker's tag ends its id), and
+//! the sweep that removes what gone workers, and stops that failed, left.
 //!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
-//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`output`], [`ready`].
+//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`record`], [`output`], [`ready`].
 
 mod config;
 mod error;
@@ -27,14 +31,16 @@ mod host_dir;
 mod jail;
 mod output;
 mod ready;
+mod record;
 mod spawn;
 mod uid;
 
 pub use config::InstanceConfig;
 pub use error::{InstanceError, InvokeError};
-pub use jail::{sweep_stale, StopMode, StopReport};
+pub use jail::{StopMode, StopReport};
 pub use output::OutputLogs;
 pub use ready::is_pvm_host;
+pub use record::{release, sweep, tag_of, Owner, OwnerError};
 
 use crate::channel::{Channel, ChannelError};
 use crate::context::InvocationContext;
@@ -91,9 +97,9 @@ pub struct InstanceInfo {
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
-/// `<function>-<n>-<worker pid>`, at most 64 characters from [A-Za-z0-9-].
-fn instance_id(function: &str, n: u64) -> String {
-    let suffix = format!("-{n}-{}", sys::getpid());
+/// `<function>-<n>-<worker tag>`, at most 64 characters from [A-Za-z0-9-].
+fn instance_id(function: &str, n: u64, tag: &str) -> String {
+    let suffix = format!("-{n}-{tag}");
     let room = 64usize.saturating_sub(suffix.len());
     let name: String = function
         .chars()
@@ -111,7 +117,7 @@ impl Instance {
     ) -> Result<Instance, InstanceError> {
         let spawned = Instant::now();
         let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let id = instance_id(&function.name, n);
+        let id = instance_id(&function.name, n, cfg.owner.tag());
         let (uid, uid_lock) = uid::lease(cfg, n)?;
         let host_dir = cfg.state_dir.join("instances").join(&id);
         // From here on, dropping the jail removes whatever was made of it.
@@ -336,11 +342,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instance_ids_fit_the_jailer() {
-        let id = instance_id("echo", 7);
-        assert!(id.starts_with("echo-7-"), "{id}");
-        let long = instance_id(&"f_".repeat(40), u64::MAX);
+    fn instance_ids_fit_the_jailer_and_name_their_worker() {
+        let id = instance_id("echo", 7, "123-0a1b2c3d");
+        assert_eq!(id, "echo-7-123-0a1b2c3d");
+        assert_eq!(tag_of(&id), Some("123-0a1b2c3d"));
+        let long = instance_id(&"f_".repeat(40), u64::MAX, "4194304-ffffffff");
         assert!(long.len() <= 64, "{long}");
         assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_eq!(tag_of(&long), Some("4194304-ffffffff"));
     }
 }

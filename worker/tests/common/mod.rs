@@ -47,22 +47,52 @@ impl Env {
         }
     }
 
-    /// Everything that could be left behind by jails whose ids contain one of `ids`.
+    /// Everything that could be left behind by this environment's jails, `ids` naming them
+    /// (instance ids, or prefixes such as `echo-`). Other tests — and other suites on the
+    /// same host — run jails of the same functions meanwhile, so only what is this
+    /// environment's counts: mounts under its chroot base, cgroups under its parent cgroup,
+    /// files under its chroot base, its instance records and worker locks; network
+    /// namespaces (and their mounts) by exact instance id only (an id ends with its worker's
+    /// tag; a namespace outlives its jail's journal only if `jailer cleanup` is wrong, and
+    /// that journal is under the chroot base).
     pub fn leftovers(&self, ids: &[String]) -> Vec<String> {
+        let base = self.chroot_base.display().to_string();
         let mut needles: Vec<&str> = ids.iter().map(String::as_str).collect();
         needles.push(&self.parent_cgroup);
+        needles.push(&base);
+        let exact: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|i| kiln_worker::instance::tag_of(i).is_some())
+            .collect();
         let snap = HostSnapshot::take(&needles, &self.chroot_base);
         let mut left = Vec::new();
-        left.extend(snap.mounts.into_iter().map(|m| format!("mount {m}")));
+        left.extend(
+            snap.mounts
+                .into_iter()
+                .filter(|m| {
+                    m.contains(&base)
+                        || exact
+                            .iter()
+                            .any(|id| m.ends_with(&format!("/run/netns/{id}")))
+                })
+                .map(|m| format!("mount {m}")),
+        );
+        let parent = format!("/{}/", self.parent_cgroup);
         left.extend(
             snap.cgroups
                 .into_iter()
                 // The parent cgroup itself may stay (the jailer leaves parents it did not
                 // create alone; the worker's parent is shared by its jails).
-                .filter(|c| !c.ends_with(&self.parent_cgroup))
+                .filter(|c| c.contains(&parent))
                 .map(|c| format!("cgroup {c}")),
         );
-        left.extend(snap.netns.into_iter().map(|n| format!("netns {n}")));
+        left.extend(
+            snap.netns
+                .into_iter()
+                .filter(|n| exact.contains(&n.as_str()))
+                .map(|n| format!("netns {n}")),
+        );
         // `<base>/vmm` itself may stay when jails ran side by side (only the jail that
         // created it removes it, if it is empty then); what is in it may not.
         let exec_dir = self.chroot_base.join("vmm");
@@ -77,6 +107,22 @@ impl Env {
                 entries
                     .flatten()
                     .map(|e| format!("instance dir {}", e.path().display())),
+            );
+        }
+        // A worker's lock file stays while it runs; one whose lock nobody holds is left
+        // behind (after a SIGKILL, until the next worker's sweep; a worker that stopped
+        // removes its own).
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.join("workers")) {
+            left.extend(
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        matches!(
+                            kiln_worker::sys::FileLock::acquire(&e.path(), false),
+                            Ok(Some(_))
+                        )
+                    })
+                    .map(|e| format!("worker lock {}", e.path().display())),
             );
         }
         left
@@ -252,18 +298,23 @@ impl std::fmt::Display for Reply {
 
 /// One request over the Unix socket (`Connection: close`).
 pub fn request(socket: &Path, method: &str, path: &str, body: &[u8]) -> Reply {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
     req.extend_from_slice(body);
-    s.write_all(&req).expect("send the request");
+    raw_request(socket, &req)
+}
+
+/// `bytes` sent as they are over the Unix socket; the answer, read until the server closes.
+pub fn raw_request(socket: &Path, bytes: &[u8]) -> Reply {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(bytes).expect("send the request");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the answer");
     let split = raw
@@ -351,6 +402,27 @@ impl Server {
             stderr: Some(stderr),
             log,
         }
+    }
+
+    /// The worker's tag, which ends every instance id it makes (`<state>/workers/<tag>.lock`).
+    pub fn tag(&self, env: &Env) -> String {
+        let names: Vec<String> = std::fs::read_dir(env.state_dir.join("workers"))
+            .expect("the workers directory")
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".lock"))
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "one worker runs on {}",
+            env.state_dir.display()
+        );
+        names.into_iter().next().expect("one tag")
     }
 
     /// What the server printed on stderr so far.
