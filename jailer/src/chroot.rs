@@ -20,7 +20,7 @@ use std::fs::{OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::args::Config;
 use crate::cleanup::{self, CleanupError};
@@ -97,7 +97,7 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
                         pids: live,
                     });
                 }
-                if let Err(e) = cleanup::remove(&state) {
+                if let Err(e) = cleanup::remove(&state, Instant::now() + cleanup::REAP_WAIT) {
                     claim.abandon();
                     return Err(ChrootError::Stale {
                         id: config.id.clone(),

@@ -88,7 +88,7 @@ pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
                         waited_ms: config.wait.as_millis(),
                     });
                 }
-                remove(&state)?;
+                remove(&state, deadline)?;
                 Some(Cleaned::Removed)
             }
         },
@@ -136,11 +136,16 @@ pub fn live_pids(state: &JailState, exclude: &[i32]) -> Vec<i32> {
     pids
 }
 
+/// How long a removal waits, by default, for the jail's exited tasks to be reaped before
+/// their cgroups can go.
+pub const REAP_WAIT: Duration = Duration::from_secs(2);
+
 /// Removes everything the journal records. Each step runs even when an earlier one failed;
 /// the failures are reported together, and the journal (and the jail directory holding it)
-/// stays until a cleanup succeeds. Removing what is already gone is not an error. Ends with
-/// a look at what is still there: anything is a failure, named.
-pub fn remove(state: &JailState) -> Result<(), CleanupError> {
+/// stays until a cleanup succeeds. Removing what is already gone is not an error. A cgroup
+/// whose last tasks exited but are not reaped yet is retried until `deadline`. Ends with a
+/// look at what is still there: anything is a failure, named.
+pub fn remove(state: &JailState, deadline: Instant) -> Result<(), CleanupError> {
     let mut failures: Vec<String> = Vec::new();
     if let Some(run) = &state.run_tmpfs {
         if let Err(e) = run_fs::unmount(run) {
@@ -153,7 +158,7 @@ pub fn remove(state: &JailState) -> Result<(), CleanupError> {
         }
     }
     for record in state.cgroups.iter().rev() {
-        if let Err(e) = cgroup::remove(record) {
+        if let Err(e) = cgroup::remove(record, deadline) {
             failures.push(e.to_string());
         }
     }

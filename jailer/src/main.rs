@@ -135,7 +135,7 @@ fn run() -> Result<Exit, Error> {
             return Ok(Exit::Code(0));
         }
         Command::Version => {
-            println!("jailer {}", env!("CARGO_PKG_VERSION"));
+            println!("jailer (Kiln) {}", env!("CARGO_PKG_VERSION"));
             return Ok(Exit::Code(0));
         }
         Command::Cleanup(c) => {
@@ -294,7 +294,10 @@ fn undo(journal: &Journal, error: Error, never_joined: Option<&cgroup::ForkInto>
         }
         let _ = cgroup::evacuate(record, std::process::id());
     }
-    match cleanup::remove(&journal.state) {
+    match cleanup::remove(
+        &journal.state,
+        std::time::Instant::now() + cleanup::REAP_WAIT,
+    ) {
         Ok(()) => error,
         Err(undo) => Error::Undo {
             error: Box::new(error),

@@ -486,23 +486,31 @@ pub fn evacuate(record: &CgroupRecord, pid: u32) -> Result<(), CgroupError> {
 }
 
 /// Removes the jail's cgroup directory, then the parents it created when they are empty.
-/// Idempotent: what is already gone is skipped.
-pub fn remove(record: &CgroupRecord) -> Result<(), CgroupError> {
-    match std::fs::remove_dir(&record.dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            let pids = procs(&record.dir).unwrap_or_default();
-            if !pids.is_empty() {
-                return Err(CgroupError::Busy {
-                    path: record.dir.clone(),
-                    pids,
-                });
+/// Idempotent: what is already gone is skipped. A group that holds no process but is still
+/// busy keeps tasks that have exited and are not reaped yet (a cgroup v2 group stays busy
+/// until its dead tasks are released): retried until `deadline`.
+pub fn remove(record: &CgroupRecord, deadline: std::time::Instant) -> Result<(), CgroupError> {
+    loop {
+        match std::fs::remove_dir(&record.dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(source) => {
+                let pids = procs(&record.dir).unwrap_or_default();
+                if !pids.is_empty() {
+                    return Err(CgroupError::Busy {
+                        path: record.dir.clone(),
+                        pids,
+                    });
+                }
+                let busy = source.raw_os_error() == Some(libc::EBUSY);
+                if !busy || std::time::Instant::now() >= deadline {
+                    return Err(CgroupError::Remove {
+                        path: record.dir.clone(),
+                        source,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            return Err(CgroupError::Remove {
-                path: record.dir.clone(),
-                source,
-            });
         }
     }
     for parent in record.created.iter().rev().filter(|p| **p != record.dir) {

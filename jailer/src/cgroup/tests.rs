@@ -477,11 +477,11 @@ fn remove_is_idempotent_and_keeps_shared_parents_in_use() {
     };
     f.dir("/cg/kiln/vm");
     f.dir("/cg/kiln/other");
-    remove(&rec).unwrap();
+    remove(&rec, std::time::Instant::now()).unwrap();
     assert!(!f.path("/cg/kiln/vm").exists());
     assert!(f.path("/cg/kiln").exists(), "still holds another jail");
-    remove(&rec).unwrap();
+    remove(&rec, std::time::Instant::now()).unwrap();
     std::fs::remove_dir(f.path("/cg/kiln/other")).unwrap();
-    remove(&rec).unwrap();
+    remove(&rec, std::time::Instant::now()).unwrap();
     assert!(!f.path("/cg/kiln").exists());
 }

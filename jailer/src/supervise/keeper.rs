@@ -63,7 +63,10 @@ pub fn write_pid_file(config: &Config, pid: Pid) -> Result<(), SuperviseError> {
 
 /// Removes the jail; returns "" or what went wrong.
 pub fn undo_text(journal: &Journal) -> String {
-    match cleanup::remove(&journal.state) {
+    match cleanup::remove(
+        &journal.state,
+        std::time::Instant::now() + cleanup::REAP_WAIT,
+    ) {
         Ok(()) => String::new(),
         Err(e) => format!("undoing the set-up also failed: {e}"),
     }
