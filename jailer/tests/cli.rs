@@ -125,14 +125,24 @@ fn exec_file_problems_each_get_their_error() {
         |a, s| set(a, "--exec-file", &s.0.join("nope").display().to_string()),
         "nope: no such file",
     );
+    // A link is followed (Firecracker's meaning); one that leads nowhere is a missing file.
     expect_error(
-        "exec-symlink",
+        "exec-dangling-symlink",
         |a, s| {
             let link = s.0.join("link");
-            std::os::unix::fs::symlink(JAILER, &link).unwrap();
+            std::os::unix::fs::symlink(s.0.join("gone"), &link).unwrap();
             set(a, "--exec-file", &link.display().to_string());
         },
-        "link: is a symbolic link; pass the file it points to",
+        "link: no such file",
+    );
+    expect_error(
+        "exec-symlink-to-dir",
+        |a, s| {
+            let link = s.0.join("dirlink");
+            std::os::unix::fs::symlink(s.0.path(), &link).unwrap();
+            set(a, "--exec-file", &link.display().to_string());
+        },
+        ": not a regular file",
     );
     expect_error(
         "exec-dir",
@@ -321,4 +331,42 @@ fn help_and_cleanup_of_nothing() {
             "{err}"
         );
     }
+}
+
+/// Every flag of Firecracker's `jailer --help` (v1.17), as its help lists them.
+const FIRECRACKER_JAILER_FLAGS: &[&str] = &[
+    "--cgroup",
+    "--cgroup-version",
+    "--chroot-base-dir",
+    "--daemonize",
+    "--exec-file",
+    "--gid",
+    "--help",
+    "--id",
+    "--netns",
+    "--new-pid-ns",
+    "--parent-cgroup",
+    "--resource-limit",
+    "--uid",
+    "--version",
+];
+
+#[test]
+fn help_lists_every_firecracker_jailer_flag_and_version_answers() {
+    let out = jailer(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in FIRECRACKER_JAILER_FLAGS {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}"))),
+            "--help lacks {flag}:\n{help}"
+        );
+    }
+    let out = jailer(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("jailer (Kiln) {}", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -57,8 +57,6 @@ pub enum ArgsError {
     FirewallWithoutNetns,
     #[error("--exec-file {path}: no such file")]
     ExecFileMissing { path: PathBuf },
-    #[error("--exec-file {path}: is a symbolic link; pass the file it points to")]
-    ExecFileSymlink { path: PathBuf },
     #[error("--exec-file {path}: not a regular file")]
     ExecFileNotFile { path: PathBuf },
     #[error("--exec-file {path}: file name {name:?} is reserved in the jail or not UTF-8")]

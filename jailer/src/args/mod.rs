@@ -111,15 +111,12 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
     let id = validate_id(argv.required("id")?)?;
     let exec = argv.required("exec-file")?;
     check_host_path("--exec-file", exec)?;
-    let exec_name = Path::new(exec)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| paths::exec_name_ok(n))
-        .ok_or_else(|| ArgsError::ExecFileName {
-            path: PathBuf::from(exec),
-            name: exec.to_owned(),
-        })?
-        .to_owned();
+    // The name the jail was made with: that of the file a link resolves to (as when it was
+    // made); the file itself need not exist any more.
+    let exec_name = match std::fs::canonicalize(exec) {
+        Ok(canonical) => paths::exec_name_of(&canonical)?,
+        Err(_) => paths::exec_name_of(Path::new(exec))?,
+    };
     let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
     let wait_ms = match argv.single("wait-ms") {
         None => flags::DEFAULT_CLEANUP_WAIT_MS,

@@ -224,11 +224,13 @@ pub(super) fn check_landlock_paths(
     Ok(())
 }
 
-/// `--exec-file`: a regular file, not a symbolic link; returns its canonical path and name.
+/// `--exec-file`: a regular file, or a symbolic link to one (Firecracker's meaning: the file
+/// it resolves to, whose name names the jail's directory and the VMM in it); returns its
+/// canonical path and name. The jailer opens that canonical path without following links.
 pub(super) fn resolve_exec_file(exec: &str) -> Result<(PathBuf, String), ArgsError> {
     let given = PathBuf::from(exec);
-    let meta = match std::fs::symlink_metadata(&given) {
-        Ok(m) => m,
+    let canonical = match std::fs::canonicalize(&given) {
+        Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ArgsError::ExecFileMissing { path: given })
         }
@@ -240,30 +242,32 @@ pub(super) fn resolve_exec_file(exec: &str) -> Result<(PathBuf, String), ArgsErr
             })
         }
     };
-    if meta.file_type().is_symlink() {
-        return Err(ArgsError::ExecFileSymlink { path: given });
-    }
-    if !meta.is_file() {
-        return Err(ArgsError::ExecFileNotFile { path: given });
-    }
-    let canonical = std::fs::canonicalize(&given).map_err(|e| ArgsError::Resolve {
+    let meta = std::fs::metadata(&canonical).map_err(|e| ArgsError::Resolve {
         flag: "exec-file",
-        path: given.clone(),
+        path: canonical.clone(),
         source: IoErrorEq(e),
     })?;
-    let name = canonical
+    if !meta.is_file() {
+        return Err(ArgsError::ExecFileNotFile { path: canonical });
+    }
+    let name = exec_name_of(&canonical)?;
+    Ok((canonical, name))
+}
+
+/// The VMM's name in the jail: the file name of its canonical path.
+pub(super) fn exec_name_of(canonical: &Path) -> Result<String, ArgsError> {
+    canonical
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| exec_name_ok(n))
+        .map(str::to_owned)
         .ok_or_else(|| ArgsError::ExecFileName {
-            path: canonical.clone(),
+            path: canonical.to_path_buf(),
             name: canonical
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-        })?
-        .to_owned();
-    Ok((canonical, name))
+        })
 }
 
 /// `--chroot-base-dir` (default [`DEFAULT_CHROOT_BASE`]): an existing directory, canonical.

@@ -503,3 +503,36 @@ fn profile_merges_under_flags() {
     assert!(err.contains("cgroup.pids_max"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_exec_file_link_names_the_jail_after_the_file_it_resolves_to() {
+    let dir = std::env::temp_dir().join(format!("kiln-args-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("firecracker-v1.17.0");
+    std::fs::copy(std::env::current_exe().unwrap(), &target).unwrap();
+    let link = dir.join("firecracker");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut list = args(&base());
+    list[3] = OsString::from(&link);
+    let Command::Jail(c) = parse(list).unwrap() else {
+        panic!("a jail")
+    };
+    assert_eq!(c.exec_file, std::fs::canonicalize(&target).unwrap());
+    assert_eq!(c.exec_name, "firecracker-v1.17.0");
+    // `jailer cleanup` finds the same directory through the link.
+    let cleanup = [
+        "cleanup",
+        "--id",
+        "vm-1",
+        "--exec-file",
+        link.to_str().unwrap(),
+        "--chroot-base-dir",
+        "/tmp",
+    ];
+    let Command::Cleanup(c) = parse(args(&cleanup)).unwrap() else {
+        panic!("a cleanup")
+    };
+    assert_eq!(c.exec_name, "firecracker-v1.17.0");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
