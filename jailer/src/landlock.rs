@@ -6,7 +6,7 @@
 //!
 //! | path (inside the jail)          | access                                          |
 //! |---------------------------------|-------------------------------------------------|
-//! | `/` and below                   | list directories                                |
+//! | `/` and below                   | list directories, read files                    |
 //! | `/<exec-name>`                  | execute, read                                   |
 //! | `/dev/kvm`, `/dev/net/tun`, `/dev/userfaultfd` | read, write, device ioctls       |
 //! | `/dev/urandom`                  | read                                            |
@@ -15,6 +15,13 @@
 //! | `--bind-rw` files               | read, write                                     |
 //! | `--bind-rw` directories         | read, write the files in them; create sockets   |
 //! | profile `landlock.paths`        | `ro`: read; `rw`: read, write, truncate, create and remove files, sockets, directories |
+//!
+//! Reading everything under `/` is what Firecracker's jail staging needs: the orchestrator
+//! hard-links or copies the kernel and disks into the jail's root, before the jailer starts
+//! or after, and the VMM opens them by their path in the jail. Nothing under `/` outside
+//! `/run`, the device nodes and `--bind-rw` targets can be written (the root is also mounted
+//! read-only), and the jailer's own pid file is root's only (mode 0600). Outside the root
+//! nothing is reachable at all.
 //!
 //! Only what the VMM makes: its API socket and vsock sockets (`/run`, or a writable
 //! directory such as the worker's vsock directory), and the log, metrics and serial-output
@@ -97,7 +104,7 @@ pub fn path_rules(config: &Config, userfaultfd: bool) -> Vec<PathRule> {
     let mut rules = vec![
         PathRule {
             path: PathBuf::from("/"),
-            access: make_bitflags!(AccessFs::{ReadDir}),
+            access: make_bitflags!(AccessFs::{ReadDir | ReadFile}),
         },
         PathRule {
             path: Path::new("/").join(&config.exec_name),
@@ -228,7 +235,11 @@ mod tests {
                 .find(|r| r.path == Path::new(p))
                 .map(|r| r.access)
         };
-        assert_eq!(find("/"), Some(make_bitflags!(AccessFs::{ReadDir})));
+        // Files staged in the root are read, never written (nor anything made there).
+        assert_eq!(
+            find("/"),
+            Some(make_bitflags!(AccessFs::{ReadDir | ReadFile}))
+        );
         assert!(find(&format!("/{}", config.exec_name))
             .unwrap()
             .contains(AccessFs::Execute));
