@@ -48,9 +48,37 @@ fn nest(top: &Path, depth: usize) {
     }
 }
 
+/// A tmpfs mounted on a directory for the test's life (unmounted, detached, when dropped).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m,mode=0755", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[test]
 fn a_hostile_tree_in_an_instance_directory_is_removed_and_kiln_serve_survives() {
     let env = Env::new("hostile");
+    // The state directory on a tmpfs, as the worker's default (/run/kiln) is: removing
+    // 25,000 directories from a disk file system mounted with online discard can take
+    // minutes on a loaded virtual disk, which says nothing about the remover.
+    let _state = Tmpfs::mount(&env.state_dir);
     let mut cmd = env.kiln("serve");
     // SAFETY: setrlimit is async-signal-safe and only touches the child.
     unsafe {
