@@ -1,7 +1,7 @@
 //! How instances are jailed: the settings every instance of a worker shares.
 
 use super::error::InstanceError;
-use super::record::Owner;
+use super::owner::Owner;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

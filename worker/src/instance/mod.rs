@@ -19,17 +19,20 @@
 //! a check that nothing is left behind, with `jailer cleanup` until the jail is gone; the
 //! record goes after it. The jail's output is drained by [`output`].
 //!
-//! **Records.** [`record`]: whose an instance directory is (the worker's tag ends its id), and
-//! the sweep that removes what gone workers, and stops that failed, left.
+//! **Records.** [`owner`]: whose an instance directory is (the worker's tag ends its id, its
+//! lock says whether it runs); [`record`]: the sweep that removes what gone workers, and
+//! stops that failed, left.
 //!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
-//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`record`], [`output`], [`ready`].
+//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`owner`], [`record`], [`output`],
+//! [`ready`].
 
 mod config;
 mod error;
 mod host_dir;
 mod jail;
 mod output;
+mod owner;
 mod ready;
 mod record;
 mod spawn;
@@ -39,8 +42,9 @@ pub use config::InstanceConfig;
 pub use error::{InstanceError, InvokeError};
 pub use jail::{StopMode, StopReport};
 pub use output::OutputLogs;
+pub use owner::{tag_of, Owner, OwnerError};
 pub use ready::is_pvm_host;
-pub use record::{release, sweep, tag_of, Owner, OwnerError};
+pub use record::{release, sweep};
 
 use crate::channel::{Channel, ChannelError};
 use crate::context::InvocationContext;

@@ -1,13 +1,9 @@
 //! The instance record `<state>/instances/<id>/` (the host directory, [`super::host_dir`]):
-//! whose it is, and the removal of the jail it stands for — so that nothing a worker started
-//! is forgotten, whatever killed the worker, the jailer or the VMM, and whenever.
+//! the removal of the jail it stands for — so that nothing a worker started is forgotten,
+//! whatever killed the worker, the jailer or the VMM, and whenever.
 //!
-//! - **Owner.** Every worker holds `<state>/workers/<tag>.lock` (`flock`) for its whole life;
-//!   `tag` is `<pid>-<8 random hex digits>`, and every instance id ends with it
-//!   (`<function>-<n>-<tag>`). A record whose owner's lock can be taken belongs to a worker
-//!   that is gone: the kernel drops an `flock` with its process, whatever killed it, and a
-//!   successor with the same pid (PID 1 of a container) has another tag. Workers in other
-//!   PID namespaces sharing the state directory see each other's locks too.
+//! - **Owner** ([`super::owner`]): the worker whose tag ends the id; gone when its lock can
+//!   be taken.
 //! - **A jail that would not go.** When stopping an instance cannot remove its jail, its
 //!   record stays with a `stopped` marker and the instance's uid stays leased (its lock held
 //!   here, [`keep`]) until the jail is gone: no new instance gets that uid meanwhile. The
@@ -20,10 +16,10 @@
 //!   leased first and held until its jail is gone.
 
 use super::config::InstanceConfig;
+use super::owner::{self, tag_of};
 use crate::sync::lock;
-use crate::sys::{FileLock, SysError};
+use crate::sys::FileLock;
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,103 +31,6 @@ const STOPPED: &str = "stopped";
 /// How many times one removal runs `jailer cleanup` before it gives up (until the next
 /// sweep).
 const CLEANUP_ATTEMPTS: usize = 3;
-
-#[derive(Debug, thiserror::Error)]
-pub enum OwnerError {
-    #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read /dev/urandom for the worker's tag: {0}")]
-    Random(std::io::Error),
-    #[error(transparent)]
-    Lock(#[from] SysError),
-    #[error("the worker lock {0} is held by another process")]
-    Held(PathBuf),
-}
-
-/// This worker, as its instance records name it: held for the worker's life. Dropping it
-/// removes the lock file (the worker is gone: its records are anyone's to sweep).
-pub struct Owner {
-    tag: String,
-    path: PathBuf,
-    _lock: FileLock,
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        // Removed while still locked (the lock goes with `_lock`, dropped after this).
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl std::fmt::Debug for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Owner({})", self.tag)
-    }
-}
-
-fn workers_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("workers")
-}
-
-fn lock_path(state_dir: &Path, tag: &str) -> PathBuf {
-    workers_dir(state_dir).join(format!("{tag}.lock"))
-}
-
-impl Owner {
-    /// Takes a fresh tag and its lock in `state_dir`.
-    pub fn acquire(state_dir: &Path) -> Result<Owner, OwnerError> {
-        let dir = workers_dir(state_dir);
-        std::fs::create_dir_all(&dir).map_err(|source| OwnerError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut random = [0u8; 4];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut random))
-            .map_err(OwnerError::Random)?;
-        let tag = format!("{}-{:08x}", std::process::id(), u32::from_ne_bytes(random));
-        let path = lock_path(state_dir, &tag);
-        match FileLock::acquire(&path, false)? {
-            Some(lock) => Ok(Owner {
-                tag,
-                path,
-                _lock: lock,
-            }),
-            None => Err(OwnerError::Held(path)),
-        }
-    }
-
-    /// `<pid>-<8 hex digits>`: the end of every instance id of this worker.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-}
-
-/// The owner's tag at the end of instance id `id`, if it has one.
-pub fn tag_of(id: &str) -> Option<&str> {
-    let mut parts = id.rsplitn(3, '-');
-    let hex = parts.next()?;
-    let pid = parts.next()?;
-    parts.next()?;
-    let ok = hex.len() == 8
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        && !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| &id[id.len() - hex.len() - pid.len() - 1..])
-}
-
-/// Whether the worker with `tag` still runs (its lock is held).
-fn owner_alive(state_dir: &Path, tag: &str) -> bool {
-    let path = lock_path(state_dir, tag);
-    if !path.exists() {
-        return false;
-    }
-    // Held by a live worker: `None`; an error (cannot tell): assume alive.
-    !matches!(FileLock::acquire(&path, false), Ok(Some(_)))
-}
 
 /// uid locks of stopped instances whose jails are not gone yet, by instance id.
 fn held() -> &'static Mutex<HashMap<String, FileLock>> {
@@ -235,7 +134,7 @@ fn jailer_cleanup(cfg: &InstanceConfig, id: &str, wait: Duration) -> Result<(), 
 fn sweepable(cfg: &InstanceConfig, id: &str, stopped: bool) -> bool {
     match tag_of(id) {
         Some(tag) if tag == cfg.owner.tag() => stopped,
-        Some(tag) => !owner_alive(&cfg.state_dir, tag),
+        Some(tag) => !owner::alive(&cfg.state_dir, tag),
         // An id without a tag (an older worker's, `<function>-<n>-<pid>`): its pid.
         None => id
             .rsplit('-')
@@ -294,62 +193,22 @@ pub fn sweep(cfg: &InstanceConfig, wait: Duration) -> usize {
             }
         }
     }
-    remove_dead_owner_locks(cfg);
+    owner::remove_dead_locks(&cfg.state_dir, cfg.owner.tag(), &record_ids(cfg));
     left
 }
 
-/// At the worker's end: removes its lock file unless a record of its own is left (then the
-/// file stays until the worker exits, and the next sweep after that takes the record over).
-pub fn release(cfg: &InstanceConfig) {
-    let tag = cfg.owner.tag();
-    let own_left = std::fs::read_dir(cfg.state_dir.join("instances")).is_ok_and(|r| {
-        r.flatten()
-            .any(|e| tag_of(&e.file_name().to_string_lossy()) == Some(tag))
-    });
-    if !own_left {
-        let _ = std::fs::remove_file(lock_path(&cfg.state_dir, tag));
-    }
-}
-
-/// Removes the lock files of gone workers that no record names any more.
-fn remove_dead_owner_locks(cfg: &InstanceConfig) {
-    let dir = workers_dir(&cfg.state_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let records: Vec<String> = std::fs::read_dir(cfg.state_dir.join("instances"))
+/// The ids of the instance records in the state directory.
+fn record_ids(cfg: &InstanceConfig) -> Vec<String> {
+    std::fs::read_dir(cfg.state_dir.join("instances"))
         .map(|r| {
             r.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
-        .unwrap_or_default();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(tag) = name.strip_suffix(".lock") else {
-            continue;
-        };
-        if tag == cfg.owner.tag() || records.iter().any(|r| tag_of(r) == Some(tag)) {
-            continue;
-        }
-        // Held while it is removed: no worker can have this tag any more.
-        if let Ok(Some(_held)) = FileLock::acquire(&e.path(), false) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+        .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_owner_tag_ends_every_id() {
-        assert_eq!(tag_of("echo-7-1234-0a1b2c3d"), Some("1234-0a1b2c3d"));
-        assert_eq!(tag_of("my-fn-7-1-ffffffff"), Some("1-ffffffff"));
-        assert_eq!(tag_of("echo-7-1234"), None);
-        assert_eq!(tag_of("echo-7-x234-0a1b2c3d"), None);
-        assert_eq!(tag_of("echo-7-1234-0a1b2c3"), None);
-        assert_eq!(tag_of("1234-0a1b2c3d"), None);
-    }
+/// At the worker's end: its lock file goes unless a record of its own is left.
+pub fn release(cfg: &InstanceConfig) {
+    owner::release(&cfg.state_dir, cfg.owner.tag(), &record_ids(cfg));
 }
