@@ -68,8 +68,8 @@ pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
         id: config.id.clone(),
         failures,
     })?;
-    let outcome = match std::fs::symlink_metadata(&dir) {
-        Err(_) => None,
+    match std::fs::symlink_metadata(&dir) {
+        Err(_) => {}
         Ok(meta) if !meta.is_dir() => {
             return Err(JailDirError::NotADirectory {
                 id: config.id.clone(),
@@ -77,24 +77,7 @@ pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
             }
             .into())
         }
-        Ok(_) => match Journal::load(&dir, &config.id)? {
-            None => Some(Cleaned::NotTheJailers(dir.clone())),
-            Some(state) => {
-                let pids = wait_for_exit(&state, deadline);
-                if !pids.is_empty() {
-                    return Err(CleanupError::Live {
-                        id: config.id.clone(),
-                        pids,
-                        waited_ms: config.wait.as_millis(),
-                    });
-                }
-                remove(&state, deadline)?;
-                Some(Cleaned::Removed)
-            }
-        },
-    };
-    if let Some(outcome) = outcome {
-        return Ok(outcome);
+        Ok(_) => return removed_by_journal(config, &dir, deadline),
     }
     Ok(if found {
         Cleaned::Removed
@@ -103,13 +86,58 @@ pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
     })
 }
 
-/// Waits until no process of the jail is alive, or `deadline`; returns those still alive.
-fn wait_for_exit(state: &JailState, deadline: Instant) -> Vec<i32> {
+/// The jail directory `dir` exists: removes the jail its journal records once no process
+/// of it is alive (waiting until `deadline`). The journal is read again while it waits:
+/// a jailer still setting up records its keepers as they start, and a keeper removing the
+/// jail itself removes the journal last — then this waits for that keeper to finish.
+fn removed_by_journal(
+    config: &CleanupConfig,
+    dir: &Path,
+    deadline: Instant,
+) -> Result<Cleaned, CleanupError> {
+    let mut last: Option<JailState> = None;
     loop {
-        let pids = live_pids(state, &[]);
-        if pids.is_empty() || Instant::now() >= deadline {
-            return pids;
+        let Some(state) = Journal::load(dir, &config.id)? else {
+            let Some(last) = last else {
+                return Ok(match dir.exists() {
+                    true => Cleaned::NotTheJailers(dir.to_path_buf()),
+                    // Its last keeper finished removing it just now.
+                    false => Cleaned::Removed,
+                });
+            };
+            // Removed meanwhile by one of its processes (a supervisor, a guard).
+            while !live_pids(&last, &[]).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let exec_dir = config.chroot_base.join(&config.exec_name);
+            jail_dir::remove_removed(&exec_dir, &config.id).map_err(|failures| {
+                CleanupError::Failed {
+                    id: config.id.clone(),
+                    failures,
+                }
+            })?;
+            let left = left_behind(&last);
+            if !left.is_empty() {
+                return Err(CleanupError::Failed {
+                    id: config.id.clone(),
+                    failures: format!("still there: {}", left.join(", ")),
+                });
+            }
+            return Ok(Cleaned::Removed);
+        };
+        let pids = live_pids(&state, &[]);
+        if pids.is_empty() {
+            remove(&state, deadline)?;
+            return Ok(Cleaned::Removed);
         }
+        if Instant::now() >= deadline {
+            return Err(CleanupError::Live {
+                id: config.id.clone(),
+                pids,
+                waited_ms: config.wait.as_millis(),
+            });
+        }
+        last = Some(state);
         std::thread::sleep(Duration::from_millis(10));
     }
 }
