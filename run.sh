@@ -36,13 +36,15 @@ status=$?
 set -e
 step "kiln exited with status $status"
 
-# Every instance id of that worker ends with its pid: <function>-<n>-<pid>.
+# Every instance id of that worker ends with its tag: <function>-<n>-<pid>-<8 hex digits>
+# (the jailer's names for a jail being made or removed: .<id>.jailer, .<id>.removed).
 left=()
-for p in "$base"/vmm/*-"$pid" /run/netns/*-"$pid" "$state"/instances/*-"$pid"; do
+for p in "$base"/vmm/*-"$pid"-* "$base"/vmm/.*-"$pid"-* /run/netns/*-"$pid"-* \
+    "$state"/instances/*-"$pid"-* "$state"/workers/"$pid"-*; do
     [ -e "$p" ] && left+=("$p")
 done
-grep -q -- "-$pid " /proc/self/mountinfo && left+=("mounts")
-if find /sys/fs/cgroup -maxdepth 8 -type d -name "*-$pid" 2>/dev/null | grep -q .; then left+=("cgroups"); fi
+grep -q -- "-$pid-" /proc/self/mountinfo && left+=("mounts")
+if find /sys/fs/cgroup -maxdepth 8 -type d -name "*-$pid-*" 2>/dev/null | grep -q .; then left+=("cgroups"); fi
 [ ${#left[@]} -eq 0 ] || die "the worker left things behind: ${left[*]}"
 step "every jail of worker $pid cleaned up: no chroot, netns, mount, cgroup or instance directory left"
 exit "$status"
