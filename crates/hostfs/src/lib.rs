@@ -10,4 +10,4 @@ pub mod image;
 pub mod input;
 
 pub use image::{open_regular, ImageError};
-pub use input::{read_bytes, read_text, InputError};
+pub use input::{read_bytes, read_open_file, read_text, InputError};
