@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
+pub mod persist;
+
 /// Where the guest's serial output goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialSink {

@@ -2,7 +2,9 @@
 //! what the builder hands from [`super::setup`] to the VM's [`crate::devices::manager::Devices`].
 
 use super::block::{Block, BlockError};
+use super::mmio::MmioTransport;
 use super::net::Net;
+use super::vsock::Vsock;
 use super::Interrupt;
 use crate::sync::lock;
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,9 @@ impl BlockHandle {
 pub struct VirtioHandles {
     pub blocks: Vec<BlockHandle>,
     pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Every device's transport, in window order (snapshots save and restore them).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioHandles {

@@ -17,6 +17,7 @@
 //! [`BYTES_PER_EVENT`] bytes, then the queue waits for its next turn.
 
 pub mod disk;
+mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
@@ -362,6 +363,10 @@ impl VirtioDevice for Block {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
     }
 
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {

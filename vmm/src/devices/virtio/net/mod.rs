@@ -19,6 +19,7 @@
 //! when the guest has no receive buffers the tap is no longer watched (frames wait in the
 //! host's tap queue) until the guest posts some.
 
+mod persist;
 pub mod tap;
 
 use super::queue::{
@@ -377,6 +378,10 @@ impl VirtioDevice for Net {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
     }
 
     fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {
