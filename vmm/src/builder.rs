@@ -9,7 +9,7 @@
 use crate::arch::x86_64::cpuid::Topology;
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
-use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
+use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetup, VirtioSetupError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
@@ -17,12 +17,13 @@ use crate::loader::{self, EntryPreference, LoadError};
 use crate::resources::{ResourceError, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
-use crate::vmm::{self as running, Vmm};
+use crate::vmm::{self as running, Vmm, VmmError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -57,10 +58,12 @@ pub enum BuildError {
     SpawnVcpu { index: u8, source: std::io::Error },
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
+    #[error("the restored vCPUs did not start paused: {0}")]
+    Paused(VmmError),
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct BuildOptions {
     /// Where the guest's serial output goes.
     pub serial: SerialSink,
@@ -83,7 +86,7 @@ pub fn build_microvm(
     res: &VmResources,
     opts: BuildOptions,
 ) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
-    let trace = opts.trace;
+    let trace = opts.trace.clone();
     let mark = |p: &'static str| {
         if let Some(t) = &trace {
             t.mark(p);
@@ -96,24 +99,12 @@ pub fn build_microvm(
     let mc = &res.machine_config;
     let mem_size = mc.mem_size_bytes();
     signals::install_kick_handler()?;
-
-    let mut serial_out = SerialOutput::open(&opts.serial)?;
-    let origin = trace.as_ref().map(StartupTrace::origin);
-    serial_out.on_first_byte(Box::new(move || {
-        // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
-        crate::timing::record_guest_output();
-        if let Some(origin) = origin {
-            eprintln!(
-                "boot-timer: first guest serial byte: {:.3} ms",
-                origin.elapsed().as_secs_f64() * 1e3
-            );
-        }
-    }));
+    let serial_out = serial_output(&opts)?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
     mark("guest memory mapped");
 
-    let (vm, kernel, dm, tables, mut virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
+    let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
         let platform = s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &mark));
         let load = || -> Result<_, BuildError> {
             // The files opened when the configuration was accepted.
@@ -135,12 +126,7 @@ pub fn build_microvm(
             };
             // virtio-mmio devices first: the command line lists them.
             let mut dm = DeviceManager::new();
-            let mut virtio = virtio_setup::attach_devices(&mut dm, &mem, res)?;
-            if let Some(cfg) = &res.vsock {
-                // After the drives and interfaces: the next virtio-mmio window and IRQ.
-                let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
-                virtio.attach(&mut dm, &mem, vsock)?;
-            }
+            let virtio = attach_virtio(&mut dm, &mem, res)?;
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
             let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
@@ -156,17 +142,9 @@ pub fn build_microvm(
     mark("VM and guest memory ready");
 
     let mut dm = dm;
+    let mut virtio = virtio;
     virtio.wire(&vm)?;
-    let reset_exits = exits.clone();
-    dm.attach_legacy_devices(
-        &vm,
-        serial_out,
-        Box::new(move || {
-            reset_exits.notify(VmExit::GuestReset {
-                how: "i8042 CPU reset",
-            })
-        }),
-    )?;
+    attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
@@ -183,7 +161,101 @@ pub fn build_microvm(
         vcpus.push(v);
     }
     mark("devices and vCPUs created and configured");
+    let parts = Parts {
+        vm,
+        mem,
+        dm,
+        virtio,
+        vcpus,
+        exits,
+        strict_io: opts.strict_io,
+        paused: false,
+    };
+    let (vmm, events) = start(parts)?;
+    mark("vCPU threads started");
+    Ok((vmm, events))
+}
 
+/// The serial console's output, with the first-byte hook of the boot timer and the
+/// metrics.
+pub(crate) fn serial_output(opts: &BuildOptions) -> Result<SerialOutput, BuildError> {
+    let mut serial_out = SerialOutput::open(&opts.serial)?;
+    let origin = opts.trace.as_ref().map(StartupTrace::origin);
+    serial_out.on_first_byte(Box::new(move || {
+        // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
+        crate::timing::record_guest_output();
+        if let Some(origin) = origin {
+            eprintln!(
+                "boot-timer: first guest serial byte: {:.3} ms",
+                origin.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }));
+    Ok(serial_out)
+}
+
+/// Creates every virtio device of `res` (drives, interfaces, then vsock) in its
+/// virtio-mmio window of `dm`.
+pub(crate) fn attach_virtio(
+    dm: &mut DeviceManager,
+    mem: &GuestMemoryMmap,
+    res: &VmResources,
+) -> Result<VirtioSetup, BuildError> {
+    let mut virtio = virtio_setup::attach_devices(dm, mem, res)?;
+    if let Some(cfg) = &res.vsock {
+        // After the drives and interfaces: the next virtio-mmio window and IRQ.
+        let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
+        virtio.attach(dm, mem, vsock.clone())?;
+        virtio.handles.vsock = Some(vsock);
+    }
+    Ok(virtio)
+}
+
+/// COM1 and the i8042, whose CPU reset ends the VM through `exits`.
+pub(crate) fn attach_legacy(
+    dm: &mut DeviceManager,
+    vm: &Vm,
+    serial_out: SerialOutput,
+    exits: &Arc<ExitNotifier>,
+) -> Result<(), BuildError> {
+    let reset_exits = exits.clone();
+    dm.attach_legacy_devices(
+        vm,
+        serial_out,
+        Box::new(move || {
+            reset_exits.notify(VmExit::GuestReset {
+                how: "i8042 CPU reset",
+            })
+        }),
+    )?;
+    Ok(())
+}
+
+/// A microVM whose VM, memory, devices and vCPUs are ready, to be started.
+pub(crate) struct Parts {
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub dm: DeviceManager,
+    pub virtio: VirtioSetup,
+    pub vcpus: Vec<Vcpu>,
+    pub exits: Arc<ExitNotifier>,
+    pub strict_io: bool,
+    /// Start the vCPU threads paused (a restored microVM).
+    pub paused: bool,
+}
+
+/// Starts the vCPU threads and makes the event loop that serves the devices.
+pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
+    let Parts {
+        vm,
+        mem,
+        dm,
+        mut virtio,
+        vcpus,
+        exits,
+        strict_io,
+        paused,
+    } = p;
     let mut devices = dm.finish();
     devices.virtio = std::mem::take(&mut virtio.handles);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
@@ -193,12 +265,13 @@ pub fn build_microvm(
         exits: exits.clone(),
         acks: ack_tx,
         mem: mem.clone(),
-        strict_io: opts.strict_io,
+        strict_io,
+        snapshot_msrs: vm.snapshot_caps().msrs.clone().into(),
     };
     let mut handles = Vec::with_capacity(vcpus.len());
     for v in vcpus {
         let index = v.index;
-        match vcpu_thread::spawn(v, shared.clone()) {
+        match vcpu_thread::spawn(v, shared.clone(), paused) {
             Ok(h) => handles.push(h),
             Err(source) => {
                 // Stop the vCPUs already running before reporting.
@@ -207,8 +280,10 @@ pub fn build_microvm(
             }
         }
     }
-    mark("vCPU threads started");
-    let vmm = Vmm::new(handles, ack_rx, exits.clone(), devices, vm, mem);
+    let mut vmm = Vmm::new(handles, ack_rx, exits.clone(), devices, vm, mem);
+    if paused {
+        vmm.started_paused().map_err(BuildError::Paused)?;
+    }
     let mut events = EventLoop::new()?;
     running::watch_exits(&mut events, exits)?;
     virtio.start(events.sources())?;
