@@ -4,7 +4,8 @@
 
 use crate::resources::{
     BootSourceConfig, DriveConfig, DriveUpdate, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, VsockConfig,
+    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SnapshotCreateParams,
+    SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -54,6 +55,8 @@ pub enum ApiRequest {
     PutMetrics(MetricsConfig),
     Action(Action),
     PatchVm(VmStateChange),
+    PutSnapshotCreate(SnapshotCreateParams),
+    PutSnapshotLoad(SnapshotLoadParams),
 }
 
 impl ApiRequest {
@@ -78,6 +81,8 @@ impl ApiRequest {
             ApiRequest::Action(Action::SendCtrlAltDel) => "SendCtrlAltDel",
             ApiRequest::Action(Action::FlushMetrics) => "FlushMetrics",
             ApiRequest::PatchVm(_) => "PATCH /vm",
+            ApiRequest::PutSnapshotCreate(_) => "PUT /snapshot/create",
+            ApiRequest::PutSnapshotLoad(_) => "PUT /snapshot/load",
         }
     }
 }

@@ -14,6 +14,7 @@ mod host_file;
 mod logger;
 mod machine_config;
 mod net;
+mod snapshot;
 pub mod spec;
 mod vsock;
 
@@ -26,6 +27,10 @@ pub use host_file::Opened;
 pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use snapshot::{
+    BackendType, LoadHugePages, MemBackend, NetworkOverride, SnapshotCreate, SnapshotCreateParams,
+    SnapshotLoad, SnapshotLoadParams, SnapshotType, VsockOverride,
+};
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +106,8 @@ pub enum ResourceError {
     BadCid(u32),
     #[error("boot-source is missing: the microVM has no kernel to boot")]
     MissingBootSource,
+    #[error("snapshot/load: {0}")]
+    SnapshotLoad(String),
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).
