@@ -309,7 +309,7 @@ fn edit_config(state: &Path, out: &Path, edit: impl Fn(String) -> String) {
     let len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
     let config = String::from_utf8(body[4..4 + len].to_vec()).unwrap();
     let config = edit(config);
-    let mut new_body = (config.len() as u32).to_le_bytes().to_vec();
+    let mut new_body = u32::try_from(config.len()).unwrap().to_le_bytes().to_vec();
     new_body.extend_from_slice(config.as_bytes());
     new_body.extend_from_slice(&body[4 + len..]);
     let mut file = bytes[..16].to_vec();
