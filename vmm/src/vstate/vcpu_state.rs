@@ -336,6 +336,12 @@ impl Persist for VcpuState {
         let events = d.pod("vCPU events")?;
         let has_khz = d.bool("vCPU TSC frequency")?;
         let khz = d.u32("vCPU TSC frequency")?;
+        if !has_khz && khz != 0 {
+            return Err(CodecError::Invalid {
+                what: "vCPU TSC frequency",
+                value: format!("{khz} where none is saved"),
+            });
+        }
         Ok(VcpuState {
             index,
             cpuid,

@@ -50,8 +50,14 @@ fn put_opt(e: &mut Encoder, v: Option<u8>) {
 
 fn get_opt(d: &mut Decoder<'_>, what: &'static str) -> Result<Option<u8>, CodecError> {
     let some = d.bool(what)?;
-    let v = d.u8(what)?;
-    Ok(some.then_some(v))
+    match (some, d.u8(what)?) {
+        (true, v) => Ok(Some(v)),
+        (false, 0) => Ok(None),
+        (false, v) => Err(CodecError::Invalid {
+            what,
+            value: format!("{v} where none is saved"),
+        }),
+    }
 }
 
 impl Persist for I8042State {
