@@ -14,9 +14,7 @@
 //! The image's digests are of 2 MiB chunks of the file's contents
 //! ([`crate::snapshot::digest`]); a diff rehashes only the chunks it touched.
 
-use crate::snapshot::digest::{
-    chunk_count, chunk_range, sha256, MemoryDigest, CHUNK, CHUNK_BYTES,
-};
+use crate::snapshot::digest::{chunk_count, chunk_range, sha256, MemoryDigest, CHUNK, CHUNK_BYTES};
 use crate::vstate::vm_state::{PAGE_BYTES, PAGE_SIZE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
