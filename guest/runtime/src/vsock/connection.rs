@@ -54,6 +54,30 @@ impl Vsock {
         }
     }
 
+    /// True once the device reset the transport: the VM was restored from a snapshot, and
+    /// the host side of the connection is gone.
+    pub fn was_reset(&self) -> bool {
+        self.state == State::Reset
+    }
+
+    /// After a transport reset: forgets the old connection (its unread data, its credit)
+    /// and connects to `port` again.
+    pub fn reconnect(&mut self, port: u32, seconds: u64) -> Result<(), VsockError> {
+        while self.pending_len > 0 {
+            let slot = usize::from(self.pending[self.pending_head].0);
+            self.pending_head = (self.pending_head + 1) % RX_SLOTS;
+            self.pending_len -= 1;
+            self.post_rx(slot);
+        }
+        self.read_off = 0;
+        self.fwd_cnt = 0;
+        self.fwd_sent = 0;
+        self.tx_cnt = 0;
+        self.peer_buf_alloc = 0;
+        self.peer_fwd_cnt = 0;
+        self.connect(port, seconds)
+    }
+
     /// Takes every chain the device returned: transmit slots are freed, event buffers
     /// reposted, received packets handled (data queued for the reader, control answered).
     pub fn poll(&mut self) {
@@ -69,7 +93,7 @@ impl Vsock {
                 // SAFETY: in bounds of the static event buffers, which the device wrote.
                 let event = unsafe { (EV_BUFS.ptr() as *const u64).add(slot).read_volatile() };
                 if event as u32 == EVENT_TRANSPORT_RESET {
-                    self.state = State::Closed;
+                    self.state = State::Reset;
                 }
                 self.ev.push(slot as u16);
                 self.notify(2);
@@ -171,7 +195,7 @@ impl Vsock {
             if self.tx_free != 0 {
                 continue;
             }
-            if !wait || matches!(self.state, State::Closed) {
+            if !wait || matches!(self.state, State::Closed | State::Reset) {
                 return None;
             }
             // Ask for the transmit interrupt while waiting for a slot.
@@ -224,7 +248,9 @@ impl Vsock {
             self.notify(0);
         }
         self.poll();
-        if self.pending_len > 0 || matches!(self.state, State::Closed | State::Refused) {
+        if self.pending_len > 0
+            || matches!(self.state, State::Closed | State::Refused | State::Reset)
+        {
             return;
         }
         if timed {

@@ -74,6 +74,9 @@ enum State {
     Connected,
     Refused,
     Closed,
+    /// The device reset the transport (the VM was restored from a snapshot): the
+    /// connection is gone, and a new one may be made ([`Vsock::reconnect`]).
+    Reset,
 }
 
 /// Counters of what the driver did (for measurements).
