@@ -75,6 +75,13 @@ impl Vsock {
         self.tx_cnt = 0;
         self.peer_buf_alloc = 0;
         self.peer_fwd_cnt = 0;
+        // A new local port: the old connection's late packets (an RST for a packet it sent
+        // before the reset) are not this one's.
+        self.local_port = if self.local_port >= u32::from(u16::MAX) {
+            LOCAL_PORT
+        } else {
+            self.local_port + 1
+        };
         self.connect(port, seconds)
     }
 
@@ -130,7 +137,7 @@ impl Vsock {
         let ours = kind == TYPE_STREAM
             && h.src_cid == kiln_protocol::HOST_CID
             && src_port == self.peer_port
-            && dst_port == LOCAL_PORT;
+            && dst_port == self.local_port;
         if !ours {
             if op == OP_REQUEST {
                 self.send_rst(h);
@@ -172,7 +179,7 @@ impl Vsock {
         Hdr {
             src_cid: self.guest_cid,
             dst_cid: kiln_protocol::HOST_CID,
-            src_port: LOCAL_PORT,
+            src_port: self.local_port,
             dst_port: self.peer_port,
             len,
             kind: TYPE_STREAM,
