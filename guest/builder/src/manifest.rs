@@ -13,7 +13,8 @@
 //!   "memory_mib": 128, "hello_timeout_ms": 180000 }
 //! ```
 //!
-//! Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
+//! An image function may ask to start its instances from a snapshot (`"snapshot_start":
+//! true`). Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
 //! field against what the runtime and the protocol allow, each error naming the field and its
 //! value.
 
@@ -91,6 +92,11 @@ pub struct Manifest {
     /// boots first); default [`DEFAULT_LINUX_HELLO_TIMEOUT_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello_timeout_ms: Option<u64>,
+    /// Image functions only: the worker boots the function once, snapshots it as soon as it
+    /// said Hello, and starts every later cold instance by restoring that snapshot
+    /// (docs/worker.md, "Snapshot start"). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_start: bool,
 }
 
 fn default_memory_mib() -> u32 {
@@ -245,6 +251,14 @@ impl Manifest {
             }
             _ => {}
         }
+        if self.snapshot_start && self.kind == Kind::Linux {
+            return Err(bad(
+                "snapshot_start",
+                "true".into(),
+                "only a function image starts from a snapshot (kiln-init does not reconnect                  after a restore yet)"
+                    .into(),
+            ));
+        }
         if self.vcpus != 1 {
             return Err(bad(
                 "vcpus",
@@ -318,6 +332,7 @@ mod tests {
                 kind: Kind::Image,
                 exec: None,
                 hello_timeout_ms: None,
+                snapshot_start: false,
             }
         );
     }
