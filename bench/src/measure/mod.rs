@@ -1,6 +1,7 @@
 //! The measurements, one module each, in the order of the table's rows; `--only` names them.
 
 mod api;
+mod cold_start;
 mod invoke;
 mod jail;
 mod mem;

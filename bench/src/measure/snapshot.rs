@@ -5,7 +5,8 @@
 //! backend, `resume_vm`) → the first serial byte of the new VMM, without and with a key
 //! (the memory file hashed before the restore); the same guest booted fresh
 //! (`InstanceStart` → first byte), the figure a restore competes with; and Firecracker's
-//! own create and restore of the same guest when `--firecracker` is given.
+//! own create and restore of the same guest when `--firecracker` is given. Then, with
+//! `--kiln`, the worker's cold invocations booted and restored ([`super::cold_start`]).
 
 use crate::opts::Opts;
 use crate::process::{ms, start, Started, TIMEOUT};
@@ -279,5 +280,5 @@ pub fn bench_snapshot(opts: &Opts, t: &mut Table) -> Result<(), String> {
         );
     }
     let _ = fs::remove_file(&ctx.key);
-    Ok(())
+    super::cold_start::bench_cold_starts(opts, t)
 }
