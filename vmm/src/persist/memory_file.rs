@@ -14,7 +14,10 @@
 //! The image's digests are of 2 MiB chunks of the file's contents
 //! ([`crate::snapshot::digest`]); a diff rehashes only the chunks it touched.
 
-use crate::snapshot::digest::{chunk_count, chunk_range, sha256, MemoryDigest, CHUNK, CHUNK_BYTES};
+use crate::snapshot::digest::{
+    chunk_count, chunk_digest, chunk_range, Chunk, MemoryDigest, CHUNK, CHUNK_BYTES,
+};
+use std::os::fd::AsRawFd;
 use crate::vstate::vm_state::{PAGE_BYTES, PAGE_SIZE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -128,7 +131,7 @@ pub fn write_full(
         image.read(start, b)?;
         write_nonzero(file, start, b, path)?;
         if let Some(d) = digest.as_mut() {
-            d.chunks.push(sha256(b));
+            d.chunks.push(chunk_digest(b));
         }
     }
     Ok(digest)
@@ -188,7 +191,7 @@ pub fn write_diff(
             let b = buf.get_mut(..len).unwrap_or_default();
             image.read(start, b)?;
             if let Some(slot) = usize::try_from(i).ok().and_then(|i| d.chunks.get_mut(i)) {
-                *slot = sha256(b);
+                *slot = chunk_digest(b);
             }
         }
     }
@@ -197,10 +200,13 @@ pub fn write_diff(
 
 /// The digests of the image in guest memory, on `threads` threads.
 pub fn digest_guest(image: &Image<'_>, threads: usize) -> Result<MemoryDigest, MemoryFileError> {
-    MemoryDigest::compute(image.size(), threads, |off, buf| image.read(off, buf))
+    MemoryDigest::compute(image.size(), threads, |off, buf| {
+        image.read(off, buf).map(|()| Chunk::Read)
+    })
 }
 
-/// The digests of a memory file of `size` bytes, on `threads` threads.
+/// The digests of a memory file of `size` bytes, on `threads` threads. A chunk that is a
+/// hole of the file (`SEEK_DATA` finds no data in it) is zeros, without being read.
 pub fn digest_file(
     file: &File,
     path: &str,
@@ -208,8 +214,29 @@ pub fn digest_file(
     threads: usize,
 ) -> Result<MemoryDigest, MemoryFileError> {
     MemoryDigest::compute(size, threads, |off, buf| {
-        file.read_exact_at(buf, off).map_err(io(path, "reading"))
+        if is_hole(file, off, buf.len() as u64) {
+            return Ok(Chunk::Zeros);
+        }
+        file.read_exact_at(buf, off)
+            .map(|()| Chunk::Read)
+            .map_err(io(path, "reading"))
     })
+}
+
+/// True when `file` has no data in `[off, off + len)` (a hole: it reads as zeros). False
+/// when it cannot tell (a file system without `SEEK_DATA`), so the range is read.
+fn is_hole(file: &File, off: u64, len: u64) -> bool {
+    let Ok(at) = libc::off_t::try_from(off) else {
+        return false;
+    };
+    // SAFETY: lseek on a descriptor `file` owns for the call; SEEK_DATA only reports (and
+    // moves this description's offset, which every read here ignores: they are pread).
+    let next = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+    if next < 0 {
+        // ENXIO: no data from `off` to the end of the file.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    u64::try_from(next).is_ok_and(|n| n >= off.saturating_add(len))
 }
 
 #[cfg(test)]

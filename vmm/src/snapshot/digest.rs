@@ -23,6 +23,43 @@ pub fn sha256(data: &[u8]) -> Sha256Digest {
     Sha256::digest(data).into()
 }
 
+/// The digest of one chunk's bytes. A chunk of zeros (most of a guest's memory, and every
+/// hole of a memory file) is not hashed again: its digest is computed once per process.
+pub fn chunk_digest(bytes: &[u8]) -> Sha256Digest {
+    if bytes.len() == CHUNK_BYTES && is_zero(bytes) {
+        zero_chunk_digest()
+    } else {
+        sha256(bytes)
+    }
+}
+
+/// The digest of a whole chunk of zeros.
+pub fn zero_chunk_digest() -> Sha256Digest {
+    static ZERO: std::sync::OnceLock<Sha256Digest> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| sha256(&vec![0u8; CHUNK_BYTES]))
+}
+
+/// True when every byte is zero (64 bytes at a time: the OR of a block vectorizes).
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let blocks = bytes.chunks_exact(64);
+    let tail = blocks.remainder();
+    for block in blocks {
+        if block.iter().fold(0u8, |a, &b| a | b) != 0 {
+            return false;
+        }
+    }
+    tail.iter().all(|&b| b == 0)
+}
+
+/// What a chunk reader did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// The buffer holds the chunk's bytes.
+    Read,
+    /// The chunk is known to be all zeros (a hole of the file); the buffer was not filled.
+    Zeros,
+}
+
 /// The digests of one memory image.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemoryDigest {
@@ -44,11 +81,12 @@ pub fn chunk_range(index: u64, size: u64) -> (u64, usize) {
 
 impl MemoryDigest {
     /// Hashes an image of `size` bytes, chunk by chunk, with `read(offset, buf)` filling
-    /// `buf` from the image, on up to `threads` threads (each with its own 2 MiB buffer).
+    /// `buf` from the image (or saying that the chunk is zeros), on up to `threads` threads
+    /// (each with its own 2 MiB buffer).
     pub fn compute<E: Send>(
         size: u64,
         threads: usize,
-        read: impl Fn(u64, &mut [u8]) -> Result<(), E> + Sync,
+        read: impl Fn(u64, &mut [u8]) -> Result<Chunk, E> + Sync,
     ) -> Result<MemoryDigest, E> {
         let count = usize::try_from(chunk_count(size)).unwrap_or(usize::MAX);
         let threads = threads.clamp(1, count.max(1));
@@ -59,8 +97,15 @@ impl MemoryDigest {
             while i < count {
                 let (start, len) = chunk_range(i as u64, size);
                 let b = buf.get_mut(..len).unwrap_or_default();
-                read(start, b)?;
-                out.push((i, sha256(b)));
+                let d = match read(start, b)? {
+                    Chunk::Read => chunk_digest(b),
+                    Chunk::Zeros if len == CHUNK_BYTES => zero_chunk_digest(),
+                    Chunk::Zeros => {
+                        b.fill(0);
+                        sha256(b)
+                    }
+                };
+                out.push((i, d));
                 i += threads;
             }
             Ok(out)
@@ -130,10 +175,10 @@ mod tests {
     fn chunks_threads_and_differences() {
         let size = 5 * CHUNK + 123;
         let image: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let read = |off: u64, buf: &mut [u8]| -> Result<(), ()> {
+        let read = |off: u64, buf: &mut [u8]| -> Result<Chunk, ()> {
             let off = off as usize;
             buf.copy_from_slice(&image[off..off + buf.len()]);
-            Ok(())
+            Ok(Chunk::Read)
         };
         let one = MemoryDigest::compute(size, 1, read).unwrap();
         let four = MemoryDigest::compute(size, 4, read).unwrap();
@@ -154,5 +199,16 @@ mod tests {
         assert_eq!(chunk_range(5, size), (5 * CHUNK, 123));
         let err = MemoryDigest::compute(size, 2, |_, _| Err("boom"));
         assert_eq!(err, Err("boom"));
+        // Zero chunks: read as zeros or said to be zeros, the same digests.
+        let zeros = |_: u64, buf: &mut [u8]| -> Result<Chunk, ()> {
+            buf.fill(0);
+            Ok(Chunk::Read)
+        };
+        let holes = |_: u64, _: &mut [u8]| -> Result<Chunk, ()> { Ok(Chunk::Zeros) };
+        let a = MemoryDigest::compute(size, 2, zeros).unwrap();
+        assert_eq!(a, MemoryDigest::compute(size, 1, holes).unwrap());
+        assert_eq!(a.chunks[0], sha256(&vec![0u8; CHUNK_BYTES]));
+        assert_eq!(a.chunks[5], sha256(&[0u8; 123]));
+        assert!(is_zero(&[0u8; 37]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
     }
 }
