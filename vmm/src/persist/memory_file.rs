@@ -17,9 +17,9 @@
 use crate::snapshot::digest::{
     chunk_count, chunk_digest, chunk_range, Chunk, MemoryDigest, CHUNK, CHUNK_BYTES,
 };
-use std::os::fd::AsRawFd;
 use crate::vstate::vm_state::{PAGE_BYTES, PAGE_SIZE};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
