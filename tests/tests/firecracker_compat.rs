@@ -105,10 +105,7 @@ fn snapshot_flags_print_versions() {
         "{out}"
     );
     let dir = ScratchDir::new("kiln-fc-describe");
-    let junk = dir.write(
-        "vm.snap",
-        b"not a snapshot, just some bytes of text to read here",
-    );
+    let junk = dir.write("vm.snap", "not a snapshot, just text. ".repeat(10));
     let out = vmm(&["--describe-snapshot", junk.to_str().unwrap()]);
     assert_eq!(out.code(), 1, "{out}");
     assert!(out.stderr.contains("not a Kiln snapshot"), "{out}");

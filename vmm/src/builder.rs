@@ -102,6 +102,7 @@ pub fn build_microvm(
     let serial_out = serial_output(&opts)?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+    track_vmm_writes(mc.track_dirty_pages, mem_size);
     mark("guest memory mapped");
 
     let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
@@ -174,6 +175,16 @@ pub fn build_microvm(
     let (vmm, events) = start(parts)?;
     mark("vCPU threads started");
     Ok((vmm, events))
+}
+
+/// Diff snapshots: with `track_dirty_pages`, the VMM's own writes to guest memory are
+/// tracked from now on (KVM logs the guest's), else not at all.
+pub(crate) fn track_vmm_writes(track_dirty_pages: bool, mem_size: u64) {
+    if track_dirty_pages {
+        crate::vstate::dirty::track(&crate::arch::x86_64::layout::ram_ranges(mem_size));
+    } else {
+        crate::vstate::dirty::stop();
+    }
 }
 
 /// The serial console's output, with the first-byte hook of the boot timer and the

@@ -39,7 +39,6 @@ use crate::snapshot::format::{self, FormatError, MAX_FILE};
 use crate::snapshot::{CodecError, Decoder, SnapshotKey};
 use crate::sync::lock;
 use crate::vmm::Vmm;
-use crate::vstate::dirty;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuStateError;
@@ -294,11 +293,7 @@ fn restore(
     let serial_out = builder::serial_output(opts)?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &|_| {})?;
-    if mc.track_dirty_pages {
-        dirty::track(&state.memory.regions);
-    } else {
-        dirty::stop();
-    }
+    builder::track_vmm_writes(mc.track_dirty_pages, state.memory.size());
     let caps = vm.snapshot_caps();
     if !caps.xsave_fits() {
         return Err(LoadError::Xsave(caps.xsave_size));

@@ -319,6 +319,8 @@ impl Starter for MainStarter<'_> {
         req: &SnapshotLoad,
         key: Option<&SnapshotKey>,
     ) -> Result<(Self::Started, VmResources), String> {
+        // The boot-time milestones count from the load (as from InstanceStart).
+        timing::record_instance_start();
         if let Some(t) = self.trace {
             t.mark("snapshot/load requested");
         }
