@@ -5,12 +5,13 @@
 //! One lifecycle is several VMM processes, because the tiny guest does one thing per boot:
 //! configuration through the API with every device kind (two drives, a network interface on
 //! a tap, vsock, entropy, serial output with a bucket, a custom CPU template, rate limiters),
-//! API traffic of every kind (rate limiters patched after boot), pause/resume with two vCPUs,
-//! FlushMetrics, SIGTERM; then each virtio-blk and virtio-net scenario (reads, writes, flush,
-//! id, read-only, out-of-range, the hostile ones, a backing-file swap through
-//! `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy device
-//! (the limiters' timers), virtio-vsock both ways and with malformed packets, the guest's
-//! i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
+//! API traffic of every kind (rate limiters patched after boot), pause/resume with two vCPUs
+//! and, while paused, a full and a diff snapshot (`PUT /snapshot/create`), FlushMetrics,
+//! SIGTERM; then each virtio-blk and virtio-net scenario (reads, writes, flush, id,
+//! read-only, out-of-range, the hostile ones, a backing-file swap through `PATCH /drives`,
+//! frames both ways on a tap), a rate-limited drive and entropy device (the limiters'
+//! timers), virtio-vsock both ways and with malformed packets, the guest's i8042 reset with
+//! serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
 
@@ -446,7 +447,7 @@ fn api_run(launch: &Launch) -> Outcome {
         &sock,
         "PUT",
         "/machine-config",
-        "{\"vcpu_count\": 2, \"mem_size_mib\": 32}",
+        "{\"vcpu_count\": 2, \"mem_size_mib\": 32, \"track_dirty_pages\": true}",
     );
     ok(&sock, "PATCH", "/machine-config", "{\"mem_size_mib\": 48}");
     // A large request (valid JSON padded with spaces): the API thread's buffers outgrow its
@@ -528,6 +529,20 @@ fn api_run(launch: &Launch) -> Outcome {
     let threads = threads(pid);
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
+    // Snapshots of the paused microVM: full, then a diff into the same memory file.
+    let (state, mem) = (dir.path("vm.snap"), dir.path("vm.mem"));
+    for kind in ["Full", "Diff"] {
+        ok(
+            &sock,
+            "PUT",
+            "/snapshot/create",
+            &format!(
+                "{{\"snapshot_type\": \"{kind}\", \"snapshot_path\": {:?}, \"mem_file_path\": {:?}}}",
+                state.to_str().expect("utf-8"),
+                mem.to_str().expect("utf-8")
+            ),
+        );
+    }
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}");
     vm.wait_line("tick 3", TIMEOUT);
     ok(

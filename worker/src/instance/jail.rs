@@ -106,6 +106,11 @@ impl Jail {
         Ok(())
     }
 
+    /// `<chroot base>/<exec name>/<id>` (its `root/` is the jail's `/`).
+    pub(super) fn dir(&self) -> PathBuf {
+        jail_dir(&self.cfg, &self.id)
+    }
+
     pub(super) fn id(&self) -> &str {
         &self.id
     }
@@ -324,7 +329,7 @@ fn jailer_cleanup(cfg: &InstanceConfig, id: &str) -> Result<(), String> {
 /// Removes what instances of workers that died (SIGKILL, power loss) left behind: their
 /// jails (with `jailer cleanup`, which refuses while a jail's processes live) and their
 /// host directories. An instance directory is stale when the worker pid in its id is gone.
-pub fn sweep_stale(cfg: &InstanceConfig) {
+pub(super) fn sweep_stale(cfg: &InstanceConfig) {
     let dir = cfg.state_dir.join("instances");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;

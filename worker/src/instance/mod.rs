@@ -18,8 +18,12 @@
 //! **Stop.** [`jail`]: SIGTERM to the jailer's supervisor, SIGKILL after a grace period, and
 //! a check that nothing is left behind. The jail's output is drained by [`output`].
 //!
+//! **Snapshot start.** A function whose manifest asks for it is booted once and snapshotted
+//! after its Hello; its cold instances are then restored from that snapshot ([`snapshot`]).
+//!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
-//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`output`], [`ready`].
+//! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`output`], [`ready`],
+//! [`snapshot`].
 
 mod config;
 mod error;
@@ -27,14 +31,16 @@ mod host_dir;
 mod jail;
 mod output;
 mod ready;
+mod snapshot;
 mod spawn;
 mod uid;
 
 pub use config::InstanceConfig;
 pub use error::{InstanceError, InvokeError};
-pub use jail::{sweep_stale, StopMode, StopReport};
+pub use jail::{StopMode, StopReport};
 pub use output::OutputLogs;
 pub use ready::is_pvm_host;
+pub use snapshot::SnapshotFiles;
 
 use crate::channel::{Channel, ChannelError};
 use crate::context::InvocationContext;
@@ -45,6 +51,7 @@ use crate::vmm_exit;
 use jail::Jail;
 use kiln_guest_builder::Kind as FunctionKind;
 use kiln_protocol::{decode_error, ErrorCode, Kind};
+use snapshot::Launch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +98,13 @@ pub struct InstanceInfo {
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
+/// Removes what workers that died (SIGKILL, power loss) left behind: their instances'
+/// jails and host directories, and their functions' snapshots.
+pub fn sweep_stale(cfg: &InstanceConfig) {
+    jail::sweep_stale(cfg);
+    snapshot::sweep_stale(cfg);
+}
+
 /// `<function>-<n>-<worker pid>`, at most 64 characters from [A-Za-z0-9-].
 fn instance_id(function: &str, n: u64) -> String {
     let suffix = format!("-{n}-{}", sys::getpid());
@@ -104,10 +118,24 @@ fn instance_id(function: &str, n: u64) -> String {
 }
 
 impl Instance {
-    /// Starts a jailed microVM for `function` and waits for its guest's `Hello`.
+    /// Starts a jailed microVM for `function` and waits for its guest's `Hello`: booted,
+    /// or restored from the function's snapshot (made first if need be) when its manifest
+    /// asks for snapshot start.
     pub fn start(
         cfg: &Arc<InstanceConfig>,
         function: &Arc<Function>,
+    ) -> Result<Instance, InstanceError> {
+        if function.snapshot_start {
+            let files = snapshot::ensure(cfg, function)?;
+            return Instance::start_with(cfg, function, Launch::Restore(&files));
+        }
+        Instance::start_with(cfg, function, Launch::Boot)
+    }
+
+    fn start_with(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+        launch: Launch<'_>,
     ) -> Result<Instance, InstanceError> {
         let spawned = Instant::now();
         let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
@@ -123,7 +151,16 @@ impl Instance {
             });
         }
         let listener = host_dir::prepare(cfg, function, &host_dir, uid)?;
-        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux);
+        if let Launch::Template(files) = launch {
+            // The template's VMM writes the snapshot there.
+            std::os::unix::fs::chown(&files.files, Some(uid), Some(uid)).map_err(|source| {
+                InstanceError::HostDir {
+                    path: files.files.clone(),
+                    source,
+                }
+            })?;
+        }
+        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux, launch);
         let child =
             spawn::spawn_from_worker_thread(cmd).map_err(|source| InstanceError::Spawn {
                 path: cfg.jailer.clone(),
@@ -133,6 +170,9 @@ impl Instance {
 
         let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
         let deadline = spawned + start_timeout;
+        if let Launch::Restore(_) = launch {
+            snapshot::restore(&mut jail, deadline)?;
+        }
         let watch_init = linux && is_pvm_host();
         let stream =
             ready::wait_for_guest(&mut jail, &listener, deadline, start_timeout, watch_init)?;

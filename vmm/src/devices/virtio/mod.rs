@@ -127,6 +127,29 @@ pub trait VirtioDevice: Send {
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
         ctx.unwatch(token);
     }
+    /// Snapshots: where the started device is in each of its queues, in queue order (the
+    /// transport saves them with its registers and restarts the device there). `None`: the
+    /// device cannot be snapshotted once started, which is the default: a device opts in
+    /// (in its `persist` module) once everything the guest can observe of it is restored.
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        None
+    }
+}
+
+/// Snapshots: a started queue's position, the device's next available and used indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueuePosition {
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    pub fn of(q: &Queue) -> Self {
+        QueuePosition {
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
+    }
 }
 
 /// What a device asks of the event loop after handling an event: file descriptors to start
