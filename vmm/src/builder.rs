@@ -151,7 +151,8 @@ pub fn build_microvm(
     let mut virtio = virtio;
     virtio.wire(&vm)?;
     attach_legacy(&mut dm, &vm, serial_out, &exits)?;
-    let base_cpuid = templated_cpuid(&vm, res)?;
+    let mut vm = vm;
+    let base_cpuid = templated_cpuid(&mut vm, res)?;
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
@@ -233,11 +234,14 @@ pub(crate) fn serial_output(
 }
 
 /// The CPUID every vCPU's is normalised from: KVM's supported one, or with a custom CPU
-/// template (`PUT /cpu-config`) its result, once the VM's capabilities are checked.
-pub(crate) fn templated_cpuid(vm: &Vm, res: &VmResources) -> Result<CpuId, BuildError> {
+/// template (`PUT /cpu-config`) its result, once the VM's capabilities are checked; the
+/// template's MSRs join those snapshots save. A restore computes it the same way, to
+/// compare the snapshot's CPU features with what this host gives the same template.
+pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, BuildError> {
     Ok(match &res.cpu_config {
         Some(t) => {
             custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
+            vm.save_msrs_too(t.msr_modifiers().iter().map(|m| m.addr));
             custom_template::templated_cpuid(vm.supported_cpuid(), t)?
         }
         None => vm.supported_cpuid().clone(),

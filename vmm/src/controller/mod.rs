@@ -66,7 +66,7 @@ pub enum ControllerError {
     SnapshotCreate(String),
     #[error("snapshot/load: {0}")]
     SnapshotLoad(String),
-    #[error("snapshot/load is only possible on a VMM with nothing configured but the logger and metrics (as in Firecracker), and {0} is already configured")]
+    #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
     LoadAfterConfig(&'static str),
 }
 
@@ -489,7 +489,10 @@ impl Controller {
         if let Some((_, what)) = configured.iter().find(|(set, _)| *set) {
             return Err(ControllerError::LoadAfterConfig(what));
         }
-        let load = params.validated()?;
+        let load = SnapshotLoad {
+            serial: r.serial.clone(),
+            ..params.validated()?
+        };
         self.start_began = Some(Instant::now());
         Ok(load)
     }

@@ -31,7 +31,8 @@ use crate::devices::virtio::mmio::persist::TransportStateError;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitNotifier;
 use crate::resources::{
-    BackendType, CpuTemplate, ResourceError, SnapshotLoad, VmConfig, VmResources,
+    BackendType, CpuConfigSource, CpuTemplate, ResourceError, SerialConfig, SnapshotLoad, VmConfig,
+    VmResources,
 };
 use crate::signals;
 use crate::snapshot::digest::MemoryDigest;
@@ -44,7 +45,7 @@ use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuStateError;
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::vm_state::VmStateError;
-use kvm_bindings::{kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -144,6 +145,18 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     mc.track_dirty_pages = req.track_dirty_pages;
     mc.huge_pages = req.huge_pages.resolve(mc.huge_pages);
     res.set_machine_config(mc)?;
+    match config.cpu_config {
+        Some(CpuConfigSource::Template(t)) => res.set_cpu_config(t)?,
+        // A snapshot holds the template itself; a path would be a host file read on the
+        // snapshot's say.
+        Some(CpuConfigSource::Path(p)) => {
+            return Err(StateError::Config(format!(
+                "cpu-config names a file ({p:?}) instead of holding the template"
+            ))
+            .into())
+        }
+        None => {}
+    }
     // Kept for `GET /vm/config`; the kernel is not needed (nor opened) by a restore.
     res.boot_source = config.boot_source;
     for d in config.drives {
@@ -175,7 +188,27 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     if let Some(v) = vsock {
         res.set_vsock(v)?;
     }
+    if let Some(e) = config.entropy {
+        res.set_entropy(e)?;
+    }
+    if let Some(s) = serial_config(config.serial, req) {
+        res.set_serial(s)?;
+    }
     Ok(res)
+}
+
+/// The restored serial console's configuration: the loading VMM's `PUT /serial` if it had
+/// one (its path and bucket, as Firecracker); else the snapshot's bucket, writing where
+/// this VMM's `--serial-out` says (the snapshot's path is another VMM's).
+fn serial_config(saved: Option<SerialConfig>, req: &SnapshotLoad) -> Option<SerialConfig> {
+    if req.serial.is_some() {
+        return req.serial.clone();
+    }
+    let rate_limiter = saved?.rate_limiter?;
+    Some(SerialConfig {
+        serial_out_path: None,
+        rate_limiter: Some(rate_limiter),
+    })
 }
 
 /// How many threads hash memory (load runs before any seccomp filter).
@@ -290,10 +323,12 @@ fn restore(
     let mc = &res.machine_config;
     let (mem, held) = guest_memory(req, &state, res)?;
     signals::install_kick_handler().map_err(BuildError::from)?;
-    let serial_out = builder::serial_output(opts, None)?;
+    let serial_out = builder::serial_output(opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &|_| {})?;
+    let mut vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &|_| {})?;
     builder::track_vmm_writes(mc.track_dirty_pages, state.memory.size());
+    // With a custom CPU template, the CPUID this host gives the template.
+    let base_cpuid = builder::templated_cpuid(&mut vm, res)?;
     let caps = vm.snapshot_caps();
     if !caps.xsave_fits() {
         return Err(LoadError::Xsave(caps.xsave_size));
@@ -305,7 +340,7 @@ fn restore(
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for saved in &state.vcpus {
         let v = Vcpu::new(&vm, saved.index)?;
-        saved.check_cpuid(&host_cpuid(&vm, &v, topology, mc.cpu_template)?)?;
+        saved.check_cpuid(&host_cpuid(&base_cpuid, &v, topology, mc.cpu_template)?)?;
         match_tsc(&v, saved.tsc_khz, caps.tsc_control)?;
         saved.restore(&v.fd)?;
         vcpus.push(v);
@@ -326,23 +361,24 @@ fn restore(
         paused: true,
     })?;
     vmm.hold(held);
-    restore_devices(&vmm, &state)?;
+    restore_devices(&vmm, &state, req)?;
     vmm.set_memory_digest(state.memory.digest);
     Ok((vmm, events))
 }
 
-/// The CPUID this host's KVM reports for vCPU `v` configured as a boot would configure it:
-/// what the snapshot's vCPU state (read back from KVM the same way) is compared with. Read
-/// back rather than computed: some hosts' KVM reports bits other than those set (the
-/// instruction emulator's, see docs/vmm.md), and the saved CPUID was read back too.
+/// The CPUID this host's KVM reports for vCPU `v` configured as a boot would configure it
+/// (from `base`: KVM's supported CPUID, or a custom template's result): what the snapshot's
+/// vCPU state (read back from KVM the same way) is compared with. Read back rather than
+/// computed: some hosts' KVM reports bits other than those set (the instruction emulator's,
+/// see docs/vmm.md), and the saved CPUID was read back too.
 fn host_cpuid(
-    vm: &Vm,
+    base: &CpuId,
     v: &Vcpu,
     topology: Topology,
     template: CpuTemplate,
 ) -> Result<Vec<kvm_cpuid_entry2>, LoadError> {
     let index = v.index;
-    let cpuid = cpuid::vcpu_cpuid(vm.supported_cpuid(), index, topology, template)
+    let cpuid = cpuid::vcpu_cpuid(base, index, topology, template)
         .map_err(|source| VcpuError::Cpuid { index, source })?;
     let err = |source| VcpuError::Cpuid {
         index,
@@ -353,11 +389,14 @@ fn host_cpuid(
     Ok(back.as_slice().to_vec())
 }
 
-/// Every device's saved state into the restored (paused) microVM's devices.
-fn restore_devices(vmm: &Vmm, state: &MicrovmState) -> Result<(), LoadError> {
+/// Every device's saved state into the restored (paused) microVM's devices. The serial
+/// output's bucket gets the snapshot's tokens unless the loading VMM's `PUT /serial` gave
+/// the output its own configuration.
+fn restore_devices(vmm: &Vmm, state: &MicrovmState, req: &SnapshotLoad) -> Result<(), LoadError> {
     let d = vmm.devices();
     if let (Some(s), Some(saved)) = (&d.serial, &state.serial) {
-        lock(s).restore_state(saved)?;
+        let bucket = saved.bucket.as_ref().filter(|_| req.serial.is_none());
+        lock(s).restore_state(saved, bucket)?;
     }
     if let (Some(k), Some(saved)) = (&d.i8042, &state.i8042) {
         lock(k).restore_state(saved);

@@ -1,10 +1,12 @@
 //! What a snapshot's state file holds: [`MicrovmState`], and its checks before a restore.
 //!
 //! Body layout (the [`crate::snapshot::codec`] encoding, in this order): the configuration
-//! (the config file's JSON: `boot-source`, `machine-config`, `drives`,
-//! `network-interfaces`, `vsock`), the guest memory (its regions, and with a key the 2 MiB
-//! chunk digests of the memory file), the VM (irqchip, PIT, kvmclock), every vCPU, COM1,
-//! the i8042, and every virtio-mmio transport in window order.
+//! (the config file's JSON: `boot-source`, `machine-config`, `cpu-config`, `drives`,
+//! `network-interfaces`, `vsock`, `entropy`, `serial`, with the rate limiters as they are
+//! in force), the guest memory (its regions, and with a key the 2 MiB chunk digests of the
+//! memory file), the VM (irqchip, PIT, kvmclock), every vCPU, COM1 (with its output
+//! bucket's tokens), the i8042, and every virtio-mmio transport in window order (with its
+//! device's queue positions and rate limiters' tokens).
 
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::legacy::i8042::persist::I8042State;
@@ -117,7 +119,8 @@ impl MicrovmState {
         }
         let configured = config.drives.len()
             + config.network_interfaces.len()
-            + usize::from(config.vsock.is_some());
+            + usize::from(config.vsock.is_some())
+            + usize::from(config.entropy.is_some());
         if self.virtio.len() != configured {
             return Err(StateError::DeviceCount {
                 configured,

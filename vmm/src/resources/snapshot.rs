@@ -6,7 +6,7 @@
 //! made or loaded, on the VMM thread.
 
 use super::spec::null_as_default;
-use super::{check_id, HugePages, ResourceError};
+use super::{check_id, HugePages, ResourceError, SerialConfig};
 use serde::{Deserialize, Serialize};
 
 /// `snapshot_type`.
@@ -118,6 +118,9 @@ pub struct SnapshotLoad {
     pub vsock_override: Option<VsockOverride>,
     pub clock_realtime: bool,
     pub huge_pages: LoadHugePages,
+    /// Not in the body: the loading VMM's own `PUT /serial`, if it had one (the restored
+    /// serial console writes there, as in Firecracker, and with its bucket if it has one).
+    pub serial: Option<SerialConfig>,
 }
 
 fn path(field: &'static str, p: &str) -> Result<(), ResourceError> {
@@ -204,6 +207,7 @@ impl SnapshotLoadParams {
             vsock_override: self.vsock_override,
             clock_realtime: self.clock_realtime.unwrap_or(false),
             huge_pages,
+            serial: None,
         })
     }
 }

@@ -164,6 +164,12 @@ impl Vm {
         &self.snapshot_caps
     }
 
+    /// Snapshots also save (and restore) the MSRs `extra`: those a custom CPU template sets,
+    /// which KVM's list may lack.
+    pub fn save_msrs_too(&mut self, extra: impl IntoIterator<Item = u32>) {
+        self.snapshot_caps.add_msrs(extra);
+    }
+
     /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd

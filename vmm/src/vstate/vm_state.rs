@@ -70,6 +70,15 @@ impl SnapshotCaps {
         }
     }
 
+    /// Adds `extra` to the MSRs a vCPU state saves, each once.
+    pub fn add_msrs(&mut self, extra: impl IntoIterator<Item = u32>) {
+        for index in extra {
+            if !self.msrs.contains(&index) {
+                self.msrs.push(index);
+            }
+        }
+    }
+
     /// True when a vCPU's XSAVE state fits the 4 KiB `kvm_xsave` snapshots save (it does
     /// not on hosts with AMX, whose state Kiln cannot save yet).
     pub fn xsave_fits(&self) -> bool {

@@ -25,6 +25,7 @@ pub mod rng;
 pub mod setup;
 pub mod vsock;
 
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::{Counter, METRICS};
 use queue::QueueError;
 use std::fmt::Display;
@@ -133,6 +134,12 @@ pub trait VirtioDevice: Send {
     /// (in its `persist` module) once everything the guest can observe of it is restored.
     fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
         None
+    }
+    /// Snapshots: the device's rate limiters, always in the same order (a network
+    /// interface's receive then transmit limiter), whose buckets the transport saves and
+    /// restores with the queues. The default: none.
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        Vec::new()
     }
 }
 

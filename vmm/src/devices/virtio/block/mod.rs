@@ -437,6 +437,10 @@ impl VirtioDevice for Block {
         Some(self.positions())
     }
 
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.limiters()
+    }
+
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {
         METRICS.block.queue_event_count.inc();
         self.process(ctx);

@@ -1,6 +1,7 @@
-//! Snapshots of a virtio-mmio transport: its registers, its interrupt state, and (for a
+//! Snapshots of a virtio-mmio transport: its registers, its interrupt state, (for a
 //! started device) the position of each queue, so that the restored device goes on where
-//! it stopped.
+//! it stopped, and the buckets of the device's rate limiters (started or not), so that it
+//! is as limited as it was.
 //!
 //! The device behind the transport is rebuilt from the configuration saved with the
 //! snapshot; its configuration space as the guest read it is saved too, and a restored
@@ -10,6 +11,7 @@
 
 use super::super::{Activation, Interrupt, QueuePosition, VIRTIO_F_VERSION_1};
 use super::{MmioTransport, QueueRegs, ACK, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
+use crate::devices::rate_limiter::persist::{LimiterState, LimiterStateError};
 use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
 use crate::sync::lock;
 use std::sync::atomic::Ordering;
@@ -18,6 +20,8 @@ use std::sync::atomic::Ordering;
 const CONFIG_BYTES: usize = 256;
 /// Most queues a transport may have.
 const MAX_QUEUES: usize = 64;
+/// Most rate limiters a device may have (a network interface has two).
+const MAX_LIMITERS: usize = 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TransportStateError {
@@ -37,6 +41,20 @@ pub enum TransportStateError {
     Invalid { id: String, what: String },
     #[error("virtio device {id}: cannot restart it from the snapshot: {reason}")]
     Restart { id: String, reason: String },
+    #[error(
+        "virtio device {id}: the snapshot has {saved} rate limiters for it, the device has {here}"
+    )]
+    LimiterCount {
+        id: String,
+        saved: usize,
+        here: usize,
+    },
+    #[error("virtio device {id}: rate limiter {index}: {source}")]
+    Limiter {
+        id: String,
+        index: usize,
+        source: LimiterStateError,
+    },
 }
 
 /// One queue's registers and position.
@@ -67,6 +85,8 @@ pub struct TransportState {
     pub activated: bool,
     /// The device's configuration space as the guest reads it.
     pub config: Vec<u8>,
+    /// The device's rate limiters' buckets, in the device's order.
+    pub limiters: Vec<LimiterState>,
 }
 
 impl MmioTransport {
@@ -82,8 +102,8 @@ impl MmioTransport {
 
     /// The transport's state (the VM paused, so nothing changes it meanwhile).
     pub fn save_state(&self) -> Result<TransportState, TransportStateError> {
-        let (activated, positions) = {
-            let d = lock(&self.device);
+        let (activated, positions, limiters) = {
+            let mut d = lock(&self.device);
             let activated = d.is_activated();
             let positions = if activated {
                 d.queue_positions()
@@ -94,7 +114,12 @@ impl MmioTransport {
             } else {
                 Vec::new()
             };
-            (activated, positions)
+            let limiters = d
+                .rate_limiters_mut()
+                .iter()
+                .map(|l| l.save_state())
+                .collect();
+            (activated, positions, limiters)
         };
         let queues = self
             .queues
@@ -122,6 +147,7 @@ impl MmioTransport {
             needs_reset: self.interrupt.needs_reset(),
             activated,
             config: self.config_bytes(),
+            limiters,
         })
     }
 
@@ -150,6 +176,7 @@ impl MmioTransport {
         if s.config != self.config_bytes() {
             return Err(TransportStateError::Config { id });
         }
+        self.restore_limiters(&id, &s.limiters)?;
         let known = ACK | DRIVER | FEATURES_OK | DRIVER_OK | FAILED;
         if s.status & !known != 0 {
             return Err(invalid(format!("status {:#x}", s.status)));
@@ -193,6 +220,33 @@ impl MmioTransport {
         if s.activated {
             self.restart(&s.queues)
                 .map_err(|reason| TransportStateError::Restart { id, reason })?;
+        }
+        Ok(())
+    }
+
+    /// Gives the device's rate limiters (built from the snapshot's configuration) their
+    /// saved buckets.
+    fn restore_limiters(
+        &self,
+        id: &str,
+        saved: &[LimiterState],
+    ) -> Result<(), TransportStateError> {
+        let mut d = lock(&self.device);
+        let mut limiters = d.rate_limiters_mut();
+        if limiters.len() != saved.len() {
+            return Err(TransportStateError::LimiterCount {
+                id: id.to_string(),
+                saved: saved.len(),
+                here: limiters.len(),
+            });
+        }
+        for (index, (l, s)) in limiters.iter_mut().zip(saved).enumerate() {
+            l.restore_state(s)
+                .map_err(|source| TransportStateError::Limiter {
+                    id: id.to_string(),
+                    index,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -272,6 +326,7 @@ impl Persist for TransportState {
         e.bool(self.needs_reset);
         e.bool(self.activated);
         e.bytes(&self.config);
+        e.list(&self.limiters);
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
@@ -290,6 +345,7 @@ impl Persist for TransportState {
             config: d
                 .bytes("virtio configuration space", CONFIG_BYTES)?
                 .to_vec(),
+            limiters: d.list("virtio device rate limiters", MAX_LIMITERS, 2)?,
         })
     }
 }

@@ -509,6 +509,10 @@ impl VirtioDevice for Net {
         Some(self.positions())
     }
 
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.rx_tx_limiters()
+    }
+
     fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {
         if self.active.as_ref().is_none_or(|a| a.broken) {
             self.unwatch_tap(ctx);
