@@ -3,9 +3,13 @@
 //! as `count N mem=S`) is paused, snapshotted, loaded into a new VMM process and resumed,
 //! and its lines go on from where they stopped, for full and diff snapshots, the `File`
 //! and `Uffd` memory backends (the example handler `kiln-uffd-handler`), with and without
-//! a key; a started vsock device comes back and takes a new host connection; tampered,
-//! truncated, oversized, wrong-version and inconsistent snapshots, and requests in the
-//! wrong state, are refused with 400 naming the problem, and the VMM stays usable.
+//! a key; a started vsock device comes back and takes a new host connection; a started
+//! entropy device comes back with its rate limiter's tokens (and the drives', serial
+//! output's limiters in force); the serial console writes where the loading VMM says; a
+//! custom CPU template's CPUID and MSRs are the restored vCPUs', checked against what this
+//! host gives the same template; tampered, truncated, oversized, wrong-version and
+//! inconsistent snapshots, and requests in the wrong state, are refused with 400 naming the
+//! problem, and the VMM stays usable.
 //!
 //! The same in fresh jails is `snapshot_jail.rs`. Needs root and /dev/kvm.
 
@@ -13,7 +17,9 @@ mod api_common;
 mod snapshot_common;
 
 use api_common::Vmm;
+use kiln_tests::metrics::Metrics;
 use kiln_tests::process::spawn;
+use kiln_tests::tiny::{field, parse_hex, TinyOutput};
 use kiln_tests::{require_bin, require_kvm, KillOnDrop, ScratchDir};
 use snapshot_common::{
     assert_continues, count_args, count_lines, counts, create_body, expected_sum, load_body,
@@ -647,6 +653,271 @@ fn a_started_vsock_device_is_restored_and_takes_a_new_connection() {
         "{}",
         b.serial()
     );
+}
+
+/// The `rng-read` guest: 3 requests of 64 bytes, each waited for up to 10 s.
+const RNG_ARGS: &str =
+    "console=ttyS0 reboot=k panic=1 kiln.test=rng-read kiln.count=3 kiln.len=64 kiln.wait=10";
+
+#[test]
+fn an_entropy_device_and_rate_limiters_are_restored_with_their_tokens() {
+    require_kvm();
+    let dir = ScratchDir::new("kiln-snap-rng");
+    let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let disk = dir.write("data.img", vec![0u8; 8192]);
+    let a = Vmm::start(&[]);
+    a.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    a.boot_tiny_guest(RNG_ARGS);
+    // One request, then one per 2 s.
+    a.ok(
+        "PUT",
+        "/entropy",
+        r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 2000}}}"#,
+    );
+    a.ok(
+        "PUT",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "rate_limiter": {{"bandwidth": {{"size": 4096, "refill_time": 100}}}}}}"#,
+            disk.display()
+        ),
+    );
+    a.ok(
+        "PUT",
+        "/serial",
+        r#"{"rate_limiter": {"size": 65536, "refill_time": 1000}}"#,
+    );
+    a.action("InstanceStart");
+    a.wait_serial("the first answer", "rng read n=0 ");
+    // Changed after boot: the snapshot has the limiter in force.
+    a.ok(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#,
+    );
+    a.set_state("Paused");
+    let before = a.serial();
+    a.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
+    );
+    let config_a = a.get("/vm/config");
+    drop(a);
+    // The second request waits for the refill: it was not answered before the snapshot.
+    assert_eq!(before.matches("rng read n=").count(), 1, "{before}");
+
+    let metrics = dir.join("metrics.json");
+    let b = Vmm::start(&["--metrics-path", metrics.to_str().unwrap()]);
+    let resumed = Instant::now();
+    b.ok(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, "File", &mem, r#""resume_vm": true"#),
+    );
+    let config_b = b.get("/vm/config");
+    for section in ["machine-config", "drives", "entropy", "serial"] {
+        assert_eq!(config_b[section], config_a[section], "{section}");
+    }
+    assert_eq!(
+        config_b["entropy"]["rate_limiter"]["ops"]["refill_time"],
+        2000
+    );
+    let drive = &config_b["drives"][0]["rate_limiter"];
+    assert_eq!(
+        (&drive["bandwidth"]["size"], &drive["ops"]["size"]),
+        (&4096.into(), &10.into()),
+        "the drive's limiter as PATCH left it: {drive}"
+    );
+    assert_eq!(config_b["serial"]["rate_limiter"]["size"], 65536);
+    assert_eq!(
+        config_b["serial"]["serial_out_path"],
+        serde_json::Value::Null
+    );
+    // The restored limiter has the snapshot's empty bucket: the second request still waits
+    // for the refill (a full bucket would answer it at once).
+    b.wait_serial("the second answer", "rng read n=1 ");
+    let waited = resumed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the second request was answered {waited:?} after the restore\n{}",
+        b.serial()
+    );
+    b.wait_serial("the end of the scenario", "rng done count=3");
+    // The guest then ends the VM; its last metrics line is written on the way out.
+    b.wait_for("the VMM's exit", WAIT, |v| metrics_written(v, &metrics));
+    let out = TinyOutput::parse(&b.serial());
+    assert!(out.errors().is_empty(), "{}", b.serial());
+    let reads = out.topic("rng read");
+    assert_eq!(reads.len(), 2, "{}", b.serial());
+    for r in &reads {
+        assert_eq!(field(r, "used"), Some("64"), "{}", b.serial());
+        let nonzero: u32 = field(r, "nonzero").unwrap().parse().unwrap();
+        assert!(nonzero > 48, "{}", b.serial());
+    }
+    assert_eq!(out.value("rng done count"), Some("3 repeats=0"));
+    let m = Metrics::read(&metrics);
+    assert_eq!(m.get("entropy.entropy_event_count"), 2);
+    assert_eq!(m.get("entropy.entropy_bytes"), 128);
+    assert!(
+        m.get("entropy.entropy_rate_limiter_throttled") >= 1,
+        "the restored device is limited"
+    );
+}
+
+/// The VMM ended (a zombie until its handle reaps it) and wrote its metrics file.
+fn metrics_written(vmm: &Vmm, metrics: &Path) -> bool {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", vmm.child.id())).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z") | None) && metrics.exists()
+}
+
+/// The complete lines of the file at `path` (empty while it does not exist).
+fn file_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_restored_serial_console_writes_where_the_loading_vmm_says() {
+    let dir = ScratchDir::new("kiln-snap-serial");
+    let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let a_out = dir.join("a.out");
+    require_kvm();
+    let a = Vmm::start(&[]);
+    a.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    a.boot_tiny_guest(&count_args());
+    a.ok(
+        "PUT",
+        "/serial",
+        &format!(
+            r#"{{"serial_out_path": "{}", "rate_limiter": {{"size": 1048576, "refill_time": 1000}}}}"#,
+            a_out.display()
+        ),
+    );
+    a.action("InstanceStart");
+    a.wait_for("3 count lines in the file", WAIT, |_| {
+        count_lines(&file_text(&a_out)) >= 3
+    });
+    a.set_state("Paused");
+    let before = file_text(&a_out);
+    a.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
+    );
+    assert_eq!(count_lines(&a.serial()), 0, "{}", a.serial());
+    drop(a);
+    let load = load_body(&state, "File", &mem, r#""resume_vm": true"#);
+
+    // No PUT /serial: this VMM's stdout (its --serial-out), with the snapshot's bucket;
+    // never the snapshotted VMM's file.
+    let b = restore(&[], &load);
+    assert_continues(&before, &b.serial(), 3);
+    let serial_b = &b.get("/vm/config")["serial"];
+    assert_eq!(serial_b["serial_out_path"], serde_json::Value::Null);
+    assert_eq!(serial_b["rate_limiter"]["size"], 1048576);
+    assert_eq!(
+        file_text(&a_out),
+        before,
+        "the snapshot's file was written to"
+    );
+    drop(b);
+
+    // PUT /serial before the load (accepted there, as in Firecracker): that file, with
+    // that configuration (no bucket).
+    let c_out = dir.join("c.out");
+    let c = Vmm::start(&[]);
+    c.ok(
+        "PUT",
+        "/serial",
+        &format!(r#"{{"serial_out_path": "{}"}}"#, c_out.display()),
+    );
+    c.ok("PUT", "/snapshot/load", &load);
+    c.wait_for("3 count lines in the file", WAIT, |_| {
+        count_lines(&file_text(&c_out)) >= 3
+    });
+    assert_continues(&before, &file_text(&c_out), 3);
+    assert_eq!(count_lines(&c.serial()), 0, "{}", c.serial());
+    let serial_c = &c.get("/vm/config")["serial"];
+    assert_eq!(serial_c["serial_out_path"], c_out.display().to_string());
+    assert_eq!(serial_c["rate_limiter"], serde_json::Value::Null);
+}
+
+/// CPUID leaf 1 ECX bit 13 (CMPXCHG16B): the template clears it (the masking reaches the
+/// guest on every host, tests/tests/cpu_config.rs).
+const CX16: u64 = 1 << 13;
+/// The template: CX16 cleared; leaf 1 ECX bit 16 set, a reserved bit, so one no host's KVM
+/// offers; IA32_PAT entry 7 write-combining.
+const TEMPLATE: &str = r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+      "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxx1xx0xxxxxxxxxxxxx"}]}],
+    "msr_modifiers": [{"addr": "0x277", "bitmap": "0b00000001xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}"#;
+
+/// (leaf 1 ECX, IA32_PAT) of every complete `count ... leaf1.ecx=.. pat=..` line.
+fn cpu_fields(text: &str) -> Vec<(u64, u64)> {
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    TinyOutput::parse(complete)
+        .topic("count")
+        .iter()
+        .filter_map(|f| {
+            Some((
+                parse_hex(field(f, "leaf1.ecx")?)?,
+                parse_hex(field(f, "pat")?)?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_custom_cpu_template_is_the_restored_vcpus_and_is_checked_as_such() {
+    let dir = ScratchDir::new("kiln-snap-cpu");
+    let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    require_kvm();
+    let a = Vmm::start(&[]);
+    a.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    a.boot_tiny_guest(&format!("{} kiln.cpu=1", count_args()));
+    a.ok("PUT", "/cpu-config", TEMPLATE);
+    a.action("InstanceStart");
+    wait_counts(&a, 3);
+    let seen = cpu_fields(&a.serial());
+    let &(ecx, pat) = seen.last().expect("count lines with the CPU's fields");
+    assert_eq!(ecx & CX16, 0, "the template's CPUID: {ecx:#x}");
+    assert_eq!(pat >> 56, 1, "the template's IA32_PAT: {pat:#x}");
+    let before = pause_and_snapshot(&a, "Full", &state, &mem);
+    let config_a = a.get("/vm/config");
+    drop(a);
+    // The snapshot's vCPUs have a CPUID bit (the reserved one) this host's KVM does not
+    // offer: the restore compares them with what the host gives the same template, and
+    // loads.
+    let b = restore(
+        &[],
+        &load_body(&state, "File", &mem, r#""resume_vm": true"#),
+    );
+    assert_continues(&before, &b.serial(), 3);
+    let after = cpu_fields(&b.serial());
+    assert!(!after.is_empty(), "{}", b.serial());
+    for &(e, p) in &after {
+        assert_eq!(
+            (e, p),
+            (ecx, pat),
+            "the restored vCPU's leaf 1 ECX and IA32_PAT, against the snapshotted one's"
+        );
+    }
+    assert_eq!(b.get("/vm/config")["cpu-config"], config_a["cpu-config"]);
 }
 
 #[test]

@@ -24,7 +24,8 @@ pub fn counts(text: &str) -> Vec<(u64, u64)> {
         .filter_map(|l| l.strip_prefix("KILN-TINY: count "))
         .filter_map(|rest| {
             let (n, s) = rest.split_once(" mem=")?;
-            Some((n.parse().ok()?, s.trim_end().parse().ok()?))
+            // `kiln.cpu=1` lines go on after the sum.
+            Some((n.parse().ok()?, s.split_whitespace().next()?.parse().ok()?))
         })
         .collect()
 }
