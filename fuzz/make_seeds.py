@@ -392,7 +392,7 @@ def snapshot_seeds():
     for size in (312, 4096, 392, 128, 1024, 4, 64):                  # sregs .. events
         body += pod(size)
     body += bytes([1]) + u32(2600000)                                 # TSC kHz
-    body += bytes([1]) + bytes(9) + blob(b"")                         # COM1
+    body += bytes([1]) + bytes(9) + blob(b"") + bytes([0])            # COM1, no bucket
     body += bytes([1]) + bytes([0x45, 3, 0, 0, 0, 0, 0]) + blob(b"") + bytes([0])  # i8042
     body += u32(0)                                                    # no virtio device
     write("snapshot_state", "body", bytes([2]) + body)
