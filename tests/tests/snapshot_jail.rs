@@ -7,7 +7,9 @@
 //! (`network_overrides` points the interface at the new tap) and resumes it: the full one
 //! with the `File` backend in jail B, the diff with the `Uffd` backend in jail C (the
 //! example handler on the host, its socket in C's `/run`, the jail with `--userfaultfd`).
-//! Both go on counting from where A stopped.
+//! Both go on counting from where A stopped. A's tenant profile lets its VMM create the
+//! snapshot's files in its writable directory (Landlock `rw`); a Uffd load in a jail
+//! without `--userfaultfd` is refused naming the flag.
 //!
 //! Needs root, /dev/kvm, and the `jailer`, `vmm` and `kiln-uffd-handler` binaries.
 
@@ -42,9 +44,9 @@ fn tap(tag: &str) -> String {
 }
 
 impl Jailed {
-    /// Starts `vmm` in `jail` with the jailer `flags` (besides the common ones) and the
-    /// VMM `args`.
-    fn start(jail: Jail, tap: &str, flags: &[String], args: &[&str]) -> Jailed {
+    /// Starts `vmm` in `jail` under the tenant `profile` with the jailer `flags` (besides
+    /// the common ones) and the VMM `args`.
+    fn start(jail: Jail, tap: &str, profile: &Path, flags: &[String], args: &[&str]) -> Jailed {
         let mut all = vec![
             "--new-pid-ns".to_string(),
             "--cleanup-on-exit".into(),
@@ -52,7 +54,7 @@ impl Jailed {
             "--tap".into(),
             tap.into(),
             "--profile".into(),
-            default_profile_path().display().to_string(),
+            profile.display().to_string(),
         ];
         all.extend_from_slice(flags);
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -168,6 +170,13 @@ fn a_snapshot_restores_into_fresh_jails_and_counts_on() {
     let snapdir = base.join("snap");
     std::fs::create_dir(&snapdir).unwrap();
     chown(&snapdir, a_jail.uid);
+    // A writable bind only lets the VMM write files that exist: the tenant profile lets A's
+    // create (and truncate) the snapshot's files in it.
+    let mut profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(default_profile_path()).unwrap()).unwrap();
+    profile["landlock"]["paths"] = serde_json::json!([{"path": "/snap", "access": "rw"}]);
+    let a_profile = base.join("profile-a.json");
+    std::fs::write(&a_profile, profile.to_string()).unwrap();
     let tap_a = tap("a");
     let config = base.join("vm.json");
     std::fs::write(
@@ -196,7 +205,7 @@ fn a_snapshot_restores_into_fresh_jails_and_counts_on() {
     let vmm_args = ["--api-sock", "/run/api.sock", "--snapshot-key-file", "/key"];
     let mut a_args = vmm_args.to_vec();
     a_args.extend(["--config-file", "/vm.json"]);
-    let a = Jailed::start(a_jail, &tap_a, &flags, &a_args);
+    let a = Jailed::start(a_jail, &tap_a, &a_profile, &flags, &a_args);
     a.wait_counts(3);
     a.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let before_full = a.serial();
@@ -239,7 +248,26 @@ fn a_snapshot_restores_into_fresh_jails_and_counts_on() {
     let mut flags = bind(&key, "/key");
     flags.extend(bind(&snapdir.join("full.snap"), "/snapshot/vm.snap"));
     flags.extend(bind(&full_mem, "/snapshot/vm.mem"));
-    let b = Jailed::start(b_jail, &tap_b, &flags, &vmm_args);
+    let b = Jailed::start(b_jail, &tap_b, &default_profile_path(), &flags, &vmm_args);
+    // Without --userfaultfd the jail has no userfaultfd: a Uffd load is refused, naming the
+    // flag, and the VMM stays usable.
+    let (status, answer) = b.call(
+        "PUT",
+        "/snapshot/load",
+        &load_body(
+            Path::new("/snapshot/vm.snap"),
+            "Uffd",
+            Path::new("/run/nobody.sock"),
+            &format!(
+                r#""network_overrides": [{{"iface_id": "eth0", "host_dev_name": "{tap_b}"}}]"#
+            ),
+        ),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("cannot create a userfaultfd") && answer.contains("--userfaultfd"),
+        "{answer}"
+    );
     b.ok(
         "PUT",
         "/snapshot/load",
@@ -267,7 +295,7 @@ fn a_snapshot_restores_into_fresh_jails_and_counts_on() {
     let mut flags = bind(&key, "/key");
     flags.extend(bind(&snapdir.join("diff.snap"), "/snapshot/vm.snap"));
     flags.push("--userfaultfd".into());
-    let c = Jailed::start(c_jail, &tap_c, &flags, &vmm_args);
+    let c = Jailed::start(c_jail, &tap_c, &default_profile_path(), &flags, &vmm_args);
     let sock = c.root().join("run/uffd.sock");
     let mut handler = spawn(
         Command::new(require_bin("kiln-uffd-handler"))

@@ -3,9 +3,10 @@
 //!
 //! The VMM maps anonymous guest memory, creates a userfaultfd (`/dev/userfaultfd`, which
 //! the jailer makes with `--userfaultfd`; outside a jail the `userfaultfd` system call
-//! when the device is missing), registers every region for missing-page faults, connects
-//! to the handler's Unix socket (`backend_path`) and sends it, in one message, the regions
-//! as JSON with the userfaultfd attached (`SCM_RIGHTS`):
+//! when the device is missing, never under a seccomp filter: the jail's kills it),
+//! registers every region for missing-page faults, connects to the handler's Unix socket
+//! (`backend_path`) and sends it, in one message, the regions as JSON with the userfaultfd
+//! attached (`SCM_RIGHTS`):
 //!
 //! ```json
 //! [{"base_host_virt_addr": 140084449497088, "size": 134217728, "offset": 0,
@@ -152,6 +153,16 @@ impl Uffd {
                 unsafe { libc::ioctl(dev.as_raw_fd(), IOC_NEW, flags) }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Under a seccomp filter at this point (before the VMM's own), the VMM runs
+                // in a jail, whose filter kills the process at the system call: its
+                // userfaultfds come from the jailer's device.
+                // SAFETY: PR_GET_SECCOMP takes no argument and only returns the mode.
+                if unsafe { libc::prctl(libc::PR_GET_SECCOMP) } == 2 {
+                    return Err(UffdError::Create(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("there is no {DEVICE} and the system call is filtered"),
+                    )));
+                }
                 // SAFETY: the userfaultfd system call takes flags by value and returns a new
                 // descriptor or -1.
                 let rc = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };

@@ -150,7 +150,11 @@ impl Instance {
                 path: cfg.kernel.clone(),
             });
         }
-        let listener = host_dir::prepare(cfg, function, &host_dir, uid)?;
+        let writable: &[&str] = match launch {
+            Launch::Template(_) => &[snapshot::JAIL_DIR],
+            Launch::Boot | Launch::Restore(_) => &[],
+        };
+        let listener = host_dir::prepare(cfg, function, &host_dir, uid, writable)?;
         if let Launch::Template(files) = launch {
             // The template's VMM writes the snapshot there.
             std::os::unix::fs::chown(&files.files, Some(uid), Some(uid)).map_err(|source| {

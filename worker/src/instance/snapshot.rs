@@ -13,7 +13,9 @@
 //!
 //! **Making it** (once per build, serialized per function): a template instance is started
 //! like any other, except that its jail also gets `files/` read-write (owned by its uid) at
-//! `/snapshot` and the key read-only at `/snapshot.key`, and its VMM serves its API
+//! `/snapshot`, where its tenant profile lets it create and truncate files (Landlock `rw`;
+//! a writable bind alone only lets it write files that exist), and the key read-only at
+//! `/snapshot.key`, and its VMM serves its API
 //! (`--api-sock /run/api.sock --snapshot-key-file /snapshot.key`). Once its guest said Hello
 //! the worker pauses it and creates a full snapshot into `/snapshot/`, then stops it; the
 //! files become root's, read-only (0444 inside the 0700 directory: only the jails they are
