@@ -357,6 +357,53 @@ def vsock_seeds():
     write("vsock_connection", "host-initiated", host)
 
 
+def snapshot_seeds():
+    """snapshot_state: a minimal state body (fuzz_targets/snapshot_state.rs): the
+    configuration, one memory region, the VM (irqchip, PIT, clock), one vCPU with every KVM
+    struct zeroed but a few fields, COM1, the i8042, no virtio device; then the same body as
+    a whole state file with a SHA-256 tag (mode 0) and with an HMAC (mode 1, the target's
+    key)."""
+    import hashlib
+    import hmac
+
+    def u32(v):
+        return struct.pack("<I", v)
+
+    def blob(b):
+        return u32(len(b)) + b
+
+    def pod(size, head=b""):
+        return blob(head + bytes(size - len(head)))
+
+    config = json.dumps({
+        "boot-source": {"kernel_image_path": "/k", "boot_args": "kiln.test=count"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+        "drives": [], "network-interfaces": [], "vsock": None,
+    }).encode()
+    body = blob(config)
+    body += u32(1) + struct.pack("<QQ", 0, 64 << 20) + bytes([0])   # one region, no digest
+    for chip in (0, 1, 2):
+        body += pod(520, u32(chip))                                   # PICs, IOAPIC
+    body += pod(112) + pod(48)                                        # PIT, kvmclock
+    body += u32(1) + bytes([0])                                       # one vCPU, index 0
+    body += u32(1) + pod(40, u32(1))                                  # CPUID: leaf 1
+    body += u32(1) + struct.pack("<IQ", 0x10, 1234)                   # MSRs: the TSC
+    body += pod(144, struct.pack("<Q", 0) * 16 + struct.pack("<QQ", 0x100000, 2))  # regs
+    for size in (312, 4096, 392, 128, 1024, 4, 64):                  # sregs .. events
+        body += pod(size)
+    body += bytes([1]) + u32(2600000)                                 # TSC kHz
+    body += bytes([1]) + bytes(9) + blob(b"") + bytes([0])            # COM1, no bucket
+    body += bytes([1]) + bytes([0x45, 3, 0, 0, 0, 0, 0]) + blob(b"") + bytes([0])  # i8042
+    body += u32(0)                                                    # no virtio device
+    write("snapshot_state", "body", bytes([2]) + body)
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 0, len(body))
+    write("snapshot_state", "file", bytes([0]) + header + body
+          + hashlib.sha256(header + body).digest())
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 1, len(body))
+    tag = hmac.new(bytes([0x4B] * 32), header + body, hashlib.sha256).digest()
+    write("snapshot_state", "file-mac", bytes([1]) + header + body + tag)
+
+
 if __name__ == "__main__":
     vm_config_seeds()
     api_seeds()
@@ -367,3 +414,4 @@ if __name__ == "__main__":
     rng_seeds()
     loader_seeds()
     vsock_seeds()
+    snapshot_seeds()

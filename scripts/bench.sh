@@ -4,7 +4,9 @@
 # min / median / max over repeated runs. docs/benchmarks.md explains every row and holds a
 # measured run.
 #
-#   scripts/bench.sh [kiln-bench flags]     e.g. --runs 50, --quick, --only api,serial,mem
+#   scripts/bench.sh [kiln-bench flags]     e.g. --runs 50, --quick, --only api,serial,mem,
+#                                           --firecracker PATH (Firecracker's figures in the
+#                                           rows that have a Firecracker peer: snapshots)
 #
 # Needs root and /dev/kvm. The table goes to stdout, progress to stderr.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -17,10 +17,13 @@ a table of min/median/max over repeated runs. Needs root and /dev/kvm.
   --tiny PATH         the tiny test guest ELF (tiny-guest-path prints it)
   --qemu PATH         qemu-system-x86_64 (default: found on PATH; QEMU columns empty without)
   --kiln PATH         the kiln worker, for the invocation rows (default: none, rows skipped)
+  --firecracker PATH  a Firecracker binary: its figures go in the Firecracker columns of the
+                      rows that have a Firecracker peer (default: none, columns empty)
   --profile PATH      tenant profile for the jails (default: policies/tenant/default.json)
   --runs N            runs per measurement (default 20)
   --quick             CI-sized: 5 runs, creation rate for N = 10 only, 50 invocations
-  --only LIST         comma-separated subset of: api,serial,jail,mem,rate,teardown,invoke
+  --only LIST         comma-separated subset of:
+                      api,serial,jail,mem,rate,teardown,invoke,snapshot
   --mem-mib N         guest memory (default 128)
 ";
 
@@ -30,6 +33,7 @@ const FLAGS: &[Flag] = &[
     Flag::single("tiny"),
     Flag::single("qemu"),
     Flag::single("kiln"),
+    Flag::single("firecracker"),
     Flag::single("profile"),
     Flag::single("runs"),
     Flag::switch("quick"),
@@ -44,6 +48,7 @@ pub struct Opts {
     pub tiny: PathBuf,
     pub qemu: Option<PathBuf>,
     pub kiln: Option<PathBuf>,
+    pub firecracker: Option<PathBuf>,
     pub profile: PathBuf,
     pub runs: usize,
     pub quick: bool,
@@ -113,6 +118,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, Ar
         tiny: PathBuf::from(a.required("tiny")?),
         qemu,
         kiln: a.single("kiln").map(PathBuf::from),
+        firecracker: a.single("firecracker").map(PathBuf::from),
         profile: PathBuf::from(
             a.single("profile")
                 .unwrap_or("policies/tenant/default.json"),
@@ -147,6 +153,8 @@ mod tests {
         argv.extend([
             "--kiln",
             "k",
+            "--firecracker",
+            "fc",
             "--qemu",
             "q",
             "--profile",
@@ -164,6 +172,7 @@ mod tests {
             (Some("v"), Some("j"), Some("t"))
         );
         assert_eq!(o.kiln, Some(PathBuf::from("k")));
+        assert_eq!(o.firecracker, Some(PathBuf::from("fc")));
         assert_eq!(o.qemu, Some(PathBuf::from("q")));
         assert_eq!(o.profile, PathBuf::from("p"));
         assert!(o.quick);
@@ -174,7 +183,8 @@ mod tests {
             panic!("defaults");
         };
         assert_eq!((o.runs, o.mem_mib, o.quick), (20, 128, false));
-        assert!(o.wants("invoke"));
+        assert!(o.wants("invoke") && o.wants("snapshot"));
+        assert_eq!(o.firecracker, None);
     }
 
     #[test]

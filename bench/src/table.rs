@@ -1,6 +1,8 @@
 //! The result table: one Markdown row per figure (Kiln and QEMU min / median / max, their
-//! ratio, the runs, a note), echoed on stderr as it is measured and printed on stdout at the
-//! end. scripts/bench.sh and docs/benchmarks.md depend on this format.
+//! ratio, the runs, a note; then Firecracker's min / median / max and the Kiln/Firecracker
+//! ratio for the rows that have a Firecracker peer, `--firecracker`), echoed on stderr as it
+//! is measured and printed on stdout at the end. scripts/bench.sh and docs/benchmarks.md
+//! depend on this format.
 
 use crate::stats::{stats, Stats};
 use std::fmt::Write as _;
@@ -10,6 +12,7 @@ struct Row {
     unit: &'static str,
     kiln: Option<Stats>,
     qemu: Option<Stats>,
+    firecracker: Option<Stats>,
     note: String,
 }
 
@@ -31,13 +34,36 @@ impl Table {
         qemu: Option<&[f64]>,
         note: &str,
     ) {
-        let row = Row {
+        self.push(Row {
             metric: metric.to_string(),
             unit,
             kiln: stats(kiln),
             qemu: qemu.and_then(stats),
+            firecracker: None,
             note: note.to_string(),
-        };
+        });
+    }
+
+    /// A row whose peer is Firecracker (`None`: not measured, no `--firecracker`).
+    pub fn add_firecracker(
+        &mut self,
+        metric: &str,
+        unit: &'static str,
+        kiln: &[f64],
+        firecracker: Option<&[f64]>,
+        note: &str,
+    ) {
+        self.push(Row {
+            metric: metric.to_string(),
+            unit,
+            kiln: stats(kiln),
+            qemu: None,
+            firecracker: firecracker.and_then(stats),
+            note: note.to_string(),
+        });
+    }
+
+    fn push(&mut self, row: Row) {
         eprintln!("  {}", render_row(&row));
         self.rows.push(row);
     }
@@ -46,9 +72,12 @@ impl Table {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| metric | unit | Kiln min / median / max | QEMU microvm min / median / max | Kiln/QEMU (median) | runs | note |"
+            "| metric | unit | Kiln min / median / max | QEMU microvm min / median / max | Kiln/QEMU (median) | runs | note | Firecracker min / median / max | Kiln/Firecracker (median) |"
         );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for r in &self.rows {
             let _ = writeln!(out, "{}", render_row(r));
         }
@@ -78,20 +107,25 @@ fn fmt_stats(s: Option<Stats>) -> String {
     }
 }
 
-fn render_row(r: &Row) -> String {
-    let ratio = match (r.kiln, r.qemu) {
-        (Some(k), Some(q)) if q.med != 0.0 => format!("{:.2}", k.med / q.med),
+fn ratio(kiln: Option<Stats>, peer: Option<Stats>) -> String {
+    match (kiln, peer) {
+        (Some(k), Some(p)) if p.med != 0.0 => format!("{:.2}", k.med / p.med),
         _ => "–".to_string(),
-    };
+    }
+}
+
+fn render_row(r: &Row) -> String {
     let n = r.kiln.map_or(0, |s| s.n);
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.metric,
         r.unit,
         fmt_stats(r.kiln),
         fmt_stats(r.qemu),
-        ratio,
+        ratio(r.kiln, r.qemu),
         n,
-        r.note
+        r.note,
+        fmt_stats(r.firecracker),
+        ratio(r.kiln, r.firecracker)
     )
 }

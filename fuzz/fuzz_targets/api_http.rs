@@ -83,6 +83,8 @@ fn apply(ctl: &mut Controller, vm: &mut StandIn, started: &mut bool, req: ApiReq
                     *started = true;
                     ctl.finish_start(Ok(()))
                 }
+                // A load would open the files the input names: refused as a failed load.
+                Outcome::Load(_) => ctl.finish_load(Err("not loaded by the fuzz target".into())),
             }
         }
     };

@@ -46,6 +46,7 @@ pub const SCENARIOS: &[&str] = &[
     "halt",
     "ports",
     "ticks",
+    "count",
     "blk-read",
     "blk-write",
     "blk-ro",

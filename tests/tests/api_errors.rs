@@ -37,8 +37,16 @@ fn table_of_endpoint_failures_before_boot() {
             "/snapshot/create",
             Some("{}".into()),
             400,
-            "snapshotting is not supported by Kiln yet",
+            "missing field `snapshot_path`",
         ),
+        (
+            "PUT",
+            "/snapshot/create",
+            Some(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#.into()),
+            400,
+            "only possible after InstanceStart",
+        ),
+        ("GET", "/snapshot/load", None, 400, "allowed: PUT"),
         ("POST", "/actions", Some("{}".into()), 400, "allowed: PUT"),
         (
             "DELETE",

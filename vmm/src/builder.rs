@@ -11,20 +11,22 @@ use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::TokenBucket;
-use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetupError};
+use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetup, VirtioSetupError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
-use crate::resources::{ResourceError, VmResources};
+use crate::resources::{ResourceError, SerialConfig, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
-use crate::vmm::{self as running, Vmm};
+use crate::vmm::{self as running, Vmm, VmmError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
+use kvm_bindings::CpuId;
 use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -61,10 +63,12 @@ pub enum BuildError {
     SpawnVcpu { index: u8, source: std::io::Error },
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
+    #[error("the restored vCPUs did not start paused: {0}")]
+    Paused(VmmError),
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct BuildOptions {
     /// Where the guest's serial output goes.
     pub serial: SerialSink,
@@ -87,7 +91,7 @@ pub fn build_microvm(
     res: &VmResources,
     opts: BuildOptions,
 ) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
-    let trace = opts.trace;
+    let trace = opts.trace.clone();
     let mark = |p: &'static str| {
         if let Some(t) = &trace {
             t.mark(p);
@@ -100,27 +104,13 @@ pub fn build_microvm(
     let mc = &res.machine_config;
     let mem_size = mc.mem_size_bytes();
     signals::install_kick_handler()?;
-
-    let mut serial_out = SerialOutput::open(&serial_sink(res, &opts.serial))?;
-    if let Some(bucket) = serial_bucket(res) {
-        serial_out.set_rate_limiter(bucket);
-    }
-    let origin = trace.as_ref().map(StartupTrace::origin);
-    serial_out.on_first_byte(Box::new(move || {
-        // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
-        crate::timing::record_guest_output();
-        if let Some(origin) = origin {
-            eprintln!(
-                "boot-timer: first guest serial byte: {:.3} ms",
-                origin.elapsed().as_secs_f64() * 1e3
-            );
-        }
-    }));
+    let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+    track_vmm_writes(mc.track_dirty_pages, mem_size);
     mark("guest memory mapped");
 
-    let (vm, kernel, dm, tables, mut virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
+    let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
         let platform = s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &mark));
         let load = || -> Result<_, BuildError> {
             // The files opened when the configuration was accepted.
@@ -142,15 +132,7 @@ pub fn build_microvm(
             };
             // virtio-mmio devices first: the command line lists them.
             let mut dm = DeviceManager::new();
-            let mut virtio = virtio_setup::attach_devices(&mut dm, &mem, res)?;
-            if let Some(cfg) = &res.vsock {
-                // After the drives and interfaces: the next virtio-mmio window and IRQ.
-                let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
-                virtio.attach(&mut dm, &mem, vsock)?;
-            }
-            if let Some(cfg) = &res.entropy {
-                virtio.attach_entropy(&mut dm, &mem, cfg)?;
-            }
+            let virtio = attach_virtio(&mut dm, &mem, res)?;
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
             let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
@@ -166,24 +148,11 @@ pub fn build_microvm(
     mark("VM and guest memory ready");
 
     let mut dm = dm;
+    let mut virtio = virtio;
     virtio.wire(&vm)?;
-    let reset_exits = exits.clone();
-    dm.attach_legacy_devices(
-        &vm,
-        serial_out,
-        Box::new(move || {
-            reset_exits.notify(VmExit::GuestReset {
-                how: "i8042 CPU reset",
-            })
-        }),
-    )?;
-    let base_cpuid = match &res.cpu_config {
-        Some(t) => {
-            custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
-            custom_template::templated_cpuid(vm.supported_cpuid(), t)?
-        }
-        None => vm.supported_cpuid().clone(),
-    };
+    attach_legacy(&mut dm, &vm, serial_out, &exits)?;
+    let mut vm = vm;
+    let base_cpuid = templated_cpuid(&mut vm, res)?;
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
@@ -206,7 +175,144 @@ pub fn build_microvm(
         vcpus.push(v);
     }
     mark("devices and vCPUs created and configured");
+    let parts = Parts {
+        vm,
+        mem,
+        dm,
+        virtio,
+        vcpus,
+        exits,
+        strict_io: opts.strict_io,
+        paused: false,
+    };
+    let (vmm, events) = start(parts)?;
+    mark("vCPU threads started");
+    Ok((vmm, events))
+}
 
+/// Diff snapshots: with `track_dirty_pages`, the VMM's own writes to guest memory are
+/// tracked from now on (KVM logs the guest's), else not at all.
+pub(crate) fn track_vmm_writes(track_dirty_pages: bool, mem_size: u64) {
+    if track_dirty_pages {
+        crate::vstate::dirty::track(&crate::arch::x86_64::layout::ram_ranges(mem_size));
+    } else {
+        crate::vstate::dirty::stop();
+    }
+}
+
+/// The serial console's output, with the first-byte hook of the boot timer and the
+/// metrics: where `serial` (`PUT /serial`, or the config file's `serial`) says, else the
+/// `--serial-out` flag's destination (or stdout), with `serial`'s bucket if it limits
+/// something.
+pub(crate) fn serial_output(
+    opts: &BuildOptions,
+    serial: Option<&SerialConfig>,
+) -> Result<SerialOutput, BuildError> {
+    let sink = match serial.and_then(|s| s.serial_out_path.clone()) {
+        Some(path) => SerialSink::Path(path),
+        None => opts.serial.clone(),
+    };
+    let mut serial_out = SerialOutput::open(&sink)?;
+    if let Some(bucket) = serial
+        .and_then(|s| s.rate_limiter)
+        .and_then(|cfg| TokenBucket::new(&cfg, std::time::Instant::now()))
+    {
+        serial_out.set_rate_limiter(bucket);
+    }
+    let origin = opts.trace.as_ref().map(StartupTrace::origin);
+    serial_out.on_first_byte(Box::new(move || {
+        // The boot-time line of docs/api.md (and the metrics' boot_timing_us).
+        crate::timing::record_guest_output();
+        if let Some(origin) = origin {
+            eprintln!(
+                "boot-timer: first guest serial byte: {:.3} ms",
+                origin.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }));
+    Ok(serial_out)
+}
+
+/// The CPUID every vCPU's is normalised from: KVM's supported one, or with a custom CPU
+/// template (`PUT /cpu-config`) its result, once the VM's capabilities are checked; the
+/// template's MSRs join those snapshots save. A restore computes it the same way, to
+/// compare the snapshot's CPU features with what this host gives the same template.
+pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, BuildError> {
+    Ok(match &res.cpu_config {
+        Some(t) => {
+            custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
+            vm.save_msrs_too(t.msr_modifiers().iter().map(|m| m.addr));
+            custom_template::templated_cpuid(vm.supported_cpuid(), t)?
+        }
+        None => vm.supported_cpuid().clone(),
+    })
+}
+
+/// Creates every virtio device of `res` (drives, interfaces, vsock, then entropy) in its
+/// virtio-mmio window of `dm`.
+pub(crate) fn attach_virtio(
+    dm: &mut DeviceManager,
+    mem: &GuestMemoryMmap,
+    res: &VmResources,
+) -> Result<VirtioSetup, BuildError> {
+    let mut virtio = virtio_setup::attach_devices(dm, mem, res)?;
+    if let Some(cfg) = &res.vsock {
+        // After the drives and interfaces: the next virtio-mmio window and IRQ.
+        let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
+        virtio.attach(dm, mem, vsock.clone())?;
+        virtio.handles.vsock = Some(vsock);
+    }
+    if let Some(cfg) = &res.entropy {
+        virtio.attach_entropy(dm, mem, cfg)?;
+    }
+    Ok(virtio)
+}
+
+/// COM1 and the i8042, whose CPU reset ends the VM through `exits`.
+pub(crate) fn attach_legacy(
+    dm: &mut DeviceManager,
+    vm: &Vm,
+    serial_out: SerialOutput,
+    exits: &Arc<ExitNotifier>,
+) -> Result<(), BuildError> {
+    let reset_exits = exits.clone();
+    dm.attach_legacy_devices(
+        vm,
+        serial_out,
+        Box::new(move || {
+            reset_exits.notify(VmExit::GuestReset {
+                how: "i8042 CPU reset",
+            })
+        }),
+    )?;
+    Ok(())
+}
+
+/// A microVM whose VM, memory, devices and vCPUs are ready, to be started.
+pub(crate) struct Parts {
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub dm: DeviceManager,
+    pub virtio: VirtioSetup,
+    pub vcpus: Vec<Vcpu>,
+    pub exits: Arc<ExitNotifier>,
+    pub strict_io: bool,
+    /// Start the vCPU threads paused (a restored microVM).
+    pub paused: bool,
+}
+
+/// Starts the vCPU threads and makes the event loop that serves the devices.
+pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
+    let Parts {
+        vm,
+        mem,
+        dm,
+        mut virtio,
+        vcpus,
+        exits,
+        strict_io,
+        paused,
+    } = p;
     let mut devices = dm.finish();
     devices.virtio = std::mem::take(&mut virtio.handles);
     let (ack_tx, ack_rx) = std::sync::mpsc::channel();
@@ -216,12 +322,13 @@ pub fn build_microvm(
         exits: exits.clone(),
         acks: ack_tx,
         mem: mem.clone(),
-        strict_io: opts.strict_io,
+        strict_io,
+        snapshot_msrs: vm.snapshot_caps().msrs.clone().into(),
     };
     let mut handles = Vec::with_capacity(vcpus.len());
     for v in vcpus {
         let index = v.index;
-        match vcpu_thread::spawn(v, shared.clone()) {
+        match vcpu_thread::spawn(v, shared.clone(), paused) {
             Ok(h) => handles.push(h),
             Err(source) => {
                 // Stop the vCPUs already running before reporting.
@@ -230,25 +337,12 @@ pub fn build_microvm(
             }
         }
     }
-    mark("vCPU threads started");
-    let vmm = Vmm::new(handles, ack_rx, exits.clone(), devices, vm, mem);
+    let mut vmm = Vmm::new(handles, ack_rx, exits.clone(), devices, vm, mem);
+    if paused {
+        vmm.started_paused().map_err(BuildError::Paused)?;
+    }
     let mut events = EventLoop::new()?;
     running::watch_exits(&mut events, exits)?;
     virtio.start(events.sources())?;
     Ok((vmm, events))
-}
-
-/// Where the serial output goes: `PUT /serial`'s (or the config file's `serial`) path, else
-/// the `--serial-out` flag's destination (or stdout).
-fn serial_sink(res: &VmResources, flag: &SerialSink) -> SerialSink {
-    match res.serial.as_ref().and_then(|s| s.serial_out_path.clone()) {
-        Some(path) => SerialSink::Path(path),
-        None => flag.clone(),
-    }
-}
-
-/// The serial output's bucket, when one limits something.
-fn serial_bucket(res: &VmResources) -> Option<TokenBucket> {
-    let cfg = res.serial.as_ref()?.rate_limiter?;
-    TokenBucket::new(&cfg, std::time::Instant::now())
 }

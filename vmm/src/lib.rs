@@ -13,7 +13,9 @@
 //!      and metrics destinations; [`logger`]: leveled log lines; [`timing`]: boot milestones
 //!      and the `--boot-timer` trace;
 //!    - [`exit`]: why the microVM stopped and the process exit code; [`signals`]: SIGTERM and
-//!      the vCPU kick; [`seccomp`]: the filter of each thread kind (api, vmm, vcpu).
+//!      the vCPU kick; [`seccomp`]: the filter of each thread kind (api, vmm, vcpu);
+//!    - [`snapshot`]: the snapshot file format (envelope, bounded encoding, key and MAC,
+//!      memory digests), knowing nothing of what is saved.
 //! 2. [`event_loop`]: the VMM thread's epoll loop; its handlers add or remove sources and
 //!    stop the loop with a [`exit::VmExit`].
 //! 3. The machine: [`arch`] (x86_64 memory layout, boot registers, CPUID, MSRs, MP table),
@@ -22,7 +24,8 @@
 //!    initrd, command line and boot information).
 //! 4. The running microVM: [`vmm`] (pause/resume, the run loop and what it watches besides
 //!    the devices); [`builder`]: from resources to a running microVM
-//!    ([`builder::build_microvm`]), kept apart from the run loop.
+//!    ([`builder::build_microvm`]), kept apart from the run loop; [`persist`]: from a
+//!    paused microVM to snapshot files and from them to a new microVM.
 //! 5. The API: [`api`] (the HTTP edge on its own thread: socket, routing, the requests and
 //!    answers crossing to the VMM thread, status codes) and, above it, [`controller`]
 //!    (applies the requests on the VMM thread).
@@ -38,9 +41,11 @@ pub mod loader;
 pub mod logger;
 pub mod metrics;
 pub mod output;
+pub mod persist;
 pub mod resources;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod sync;
 pub mod timing;
 pub mod vmm;

@@ -18,10 +18,12 @@ use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, SourceId,
 use crate::exit::{ExitNotifier, VmExit};
 use crate::resources::RateLimiterConfig;
 use crate::signals::TerminationSignals;
+use crate::snapshot::digest::MemoryDigest;
 use crate::sync::lock;
+use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vcpu_thread::{VcpuAck, VcpuCommand, VcpuHandle};
 use crate::vstate::vm::Vm;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +54,8 @@ pub enum VmmError {
     KeyboardFull,
     #[error("the microVM has no i8042 device")]
     NoKeyboard,
+    #[error("{0}")]
+    SaveVcpu(String),
 }
 
 /// A built, running microVM. Field order is drop order: vCPU threads are stopped (in
@@ -63,6 +67,12 @@ pub struct Vmm {
     devices: Devices,
     state: VmState,
     vcpu_count: u8,
+    /// The memory digests of the last authenticated snapshot taken or loaded, which a diff
+    /// snapshot updates (see `crate::persist`).
+    memory_digest: Option<MemoryDigest>,
+    /// Descriptors that live as long as the microVM (a `Uffd` restore's userfaultfd and
+    /// the connection to its page-fault handler).
+    held: Vec<OwnedFd>,
     // Declared after everything that uses them.
     vm: Vm,
     mem: GuestMemoryMmap,
@@ -85,9 +95,68 @@ impl Vmm {
             devices,
             state: VmState::Running,
             vcpu_count,
+            memory_digest: None,
+            held: Vec::new(),
             vm,
             mem,
         }
+    }
+
+    /// Keeps `fds` open for as long as the microVM.
+    pub(crate) fn hold(&mut self, fds: Vec<OwnedFd>) {
+        self.held.extend(fds);
+    }
+
+    /// A microVM whose vCPU threads were started paused (restored from a snapshot): waits
+    /// for each to acknowledge the pause.
+    pub(crate) fn started_paused(&mut self) -> Result<(), VmmError> {
+        self.wait_acks("pause", |a| match a {
+            VcpuAck::Paused(i) => Some(*i),
+            _ => None,
+        })?;
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    /// Every vCPU's state, for a snapshot (the microVM must be paused).
+    pub fn save_vcpu_states(&mut self) -> Result<Vec<VcpuState>, VmmError> {
+        if self.state != VmState::Paused {
+            return Err(VmmError::WrongState("paused"));
+        }
+        while self.acks.try_recv().is_ok() {}
+        self.command_all(VcpuCommand::SaveState)?;
+        let mut states: Vec<Option<VcpuState>> = (0..self.vcpus.len()).map(|_| None).collect();
+        let deadline = Instant::now() + VCPU_ACK_TIMEOUT;
+        while states.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(VcpuAck::Saved(i, result)) => {
+                    let state = (*result).map_err(|e| VmmError::SaveVcpu(e.to_string()))?;
+                    if let Some(slot) = states.get_mut(usize::from(i)) {
+                        *slot = Some(state);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let index = states.iter().position(Option::is_none).unwrap_or(0);
+                    return Err(VmmError::VcpuUnresponsive {
+                        index: u8::try_from(index).unwrap_or(u8::MAX),
+                        what: "save-state",
+                    });
+                }
+            }
+        }
+        Ok(states.into_iter().flatten().collect())
+    }
+
+    /// The memory digests of the last authenticated snapshot of this microVM (taken, or
+    /// loaded), if any.
+    pub fn memory_digest(&self) -> Option<&MemoryDigest> {
+        self.memory_digest.as_ref()
+    }
+
+    pub fn set_memory_digest(&mut self, d: Option<MemoryDigest>) {
+        self.memory_digest = d;
     }
 
     pub fn state(&self) -> VmState {

@@ -89,6 +89,9 @@ pub struct Function {
     pub max_event_bytes: usize,
     /// Changes whenever the function is rebuilt: warm instances of an older build retire.
     pub generation: u64,
+    /// Cold instances are restored from a snapshot of the function, taken once after its
+    /// Hello (the manifest's `snapshot_start`).
+    pub snapshot_start: bool,
 }
 
 /// Checks a function name (it becomes a path component and part of jail ids).
@@ -342,6 +345,7 @@ fn build_with_builder(
         max_event_bytes: usize::try_from(m.max_event_bytes)
             .map_err(|_| bad("max_event_bytes too large".into()))?,
         generation: 0,
+        snapshot_start: m.snapshot_start,
     })
 }
 

@@ -48,6 +48,7 @@ fn tiny(name: &str, scenario: &str) -> Arc<Function> {
         concurrency: 1,
         max_event_bytes: 1024,
         generation: 1,
+        snapshot_start: false,
     })
 }
 

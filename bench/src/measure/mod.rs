@@ -1,11 +1,13 @@
 //! The measurements, one module each, in the order of the table's rows; `--only` names them.
 
 mod api;
+mod cold_start;
 mod invoke;
 mod jail;
 mod mem;
 mod rate;
 mod serial;
+mod snapshot;
 mod teardown;
 
 use crate::opts::Opts;
@@ -15,7 +17,7 @@ use crate::table::Table;
 pub type Bench = fn(&Opts, &mut Table) -> Result<(), String>;
 
 /// Every measurement with its `--only` name, in order.
-pub const ALL: [(&str, Bench); 7] = [
+pub const ALL: [(&str, Bench); 8] = [
     ("api", api::bench_api),
     ("serial", serial::bench_serial),
     ("jail", jail::bench_jail),
@@ -23,4 +25,5 @@ pub const ALL: [(&str, Bench); 7] = [
     ("rate", rate::bench_rate),
     ("teardown", teardown::bench_teardown),
     ("invoke", invoke::bench_invoke),
+    ("snapshot", snapshot::bench_snapshot),
 ];

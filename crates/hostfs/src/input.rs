@@ -65,6 +65,13 @@ pub fn read_bytes(path: &Path, max: u64) -> Result<Vec<u8>, InputError> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
         .map_err(InputError::Open)?;
+    read_open_file(file, max)
+}
+
+/// Reads an already open input whole, at most `max` bytes, by the same rule as
+/// [`read_bytes`] (a regular file or a pipe): for an input handed over as an inherited
+/// descriptor (`vmm --snapshot-key-fd`). The file is closed when read.
+pub fn read_open_file(file: File, max: u64) -> Result<Vec<u8>, InputError> {
     let meta = file.metadata().map_err(InputError::Read)?;
     if let Some(kind) = kind_name(meta.file_type()) {
         return Err(InputError::Kind(kind));

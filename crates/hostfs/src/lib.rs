@@ -13,5 +13,5 @@ pub mod input;
 pub mod remove;
 
 pub use image::{open_regular, ImageError};
-pub use input::{read_bytes, read_text, InputError};
+pub use input::{read_bytes, read_open_file, read_text, InputError};
 pub use remove::{remove_tree, RemoveError};

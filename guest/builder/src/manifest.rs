@@ -22,7 +22,8 @@
 //!   "rootfs": "rootfs", "memory_mib": 512, "environment": {"GREETING": "hello"} }
 //! ```
 //!
-//! Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
+//! An image function may ask to start its instances from a snapshot (`"snapshot_start":
+//! true`). Only `name` is required; unknown fields are refused. [`Manifest::validate`] checks every
 //! field against what the runtime and the protocol allow, each error naming the field and its
 //! value.
 
@@ -144,6 +145,11 @@ pub struct Manifest {
     /// Lambda functions: environment variables of the runtime.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
+    /// Image functions only: the worker boots the function once, snapshots it as soon as it
+    /// said Hello, and starts every later cold instance by restoring that snapshot
+    /// (docs/worker.md, "Snapshot start"). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_start: bool,
 }
 
 fn default_memory_mib() -> u32 {
@@ -266,6 +272,14 @@ impl Manifest {
                 ))
             }
             _ => {}
+        }
+        if self.snapshot_start && self.kind == Kind::Linux {
+            return Err(bad(
+                "snapshot_start",
+                "true".into(),
+                "only a function image starts from a snapshot (kiln-init does not reconnect after a restore yet)"
+                    .into(),
+            ));
         }
         if self.vcpus != 1 {
             return Err(bad(
@@ -514,6 +528,7 @@ mod tests {
                 code: None,
                 rootfs: None,
                 environment: BTreeMap::new(),
+                snapshot_start: false,
             }
         );
     }

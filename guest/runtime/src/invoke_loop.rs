@@ -1,5 +1,6 @@
 //! The invocation loop: connect to the worker, say Hello, then for each Invoke frame call the
-//! handler and answer with Response or Error (guest/protocol).
+//! handler and answer with Response or Error (guest/protocol). A VM restored from a snapshot
+//! (its vsock transport reset by the device) connects and says Hello again, and goes on.
 
 use crate::arch::{rdtsc, reset};
 use crate::boot::{BOOT, START_TSC};
@@ -128,6 +129,9 @@ where
         let r = with_driver(|d| d.read_exact(&mut raw));
         let t0 = rdtsc();
         if let Err(e) = r.and_then(|()| serve_one(config, &raw, &mut handler)) {
+            if with_driver(|d| d.was_reset()) && reconnect(config, port, verbose) {
+                continue;
+            }
             match e {
                 VsockError::Closed => {
                     if verbose {
@@ -152,6 +156,27 @@ where
                 crate::HEAP.usage().0,
             );
             let _ = send_frame(Kind::Log, 0, &[line.as_bytes()]);
+        }
+    }
+}
+
+/// The VM was restored from a snapshot (the device reset the transport): connects to the
+/// worker again and says Hello, as at start. False when that failed.
+fn reconnect(config: &FunctionConfig, port: u32, verbose: bool) -> bool {
+    if verbose {
+        rt_log!("transport reset (restored from a snapshot): connecting again");
+    }
+    match with_driver(|d| d.reconnect(port, CONNECT_SECONDS)) {
+        Ok(()) => match send_frame(Kind::Hello, 0, &[config.name.as_bytes()]) {
+            Ok(()) => true,
+            Err(e) => {
+                rt_log!("error sending hello after the reset: {e}");
+                false
+            }
+        },
+        Err(e) => {
+            rt_log!("error vsock reconnect to host port {port}: {e}");
+            false
         }
     }
 }

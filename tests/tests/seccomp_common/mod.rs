@@ -5,12 +5,15 @@
 //! One lifecycle is several VMM processes, because the tiny guest does one thing per boot:
 //! configuration through the API with every device kind (two drives, a network interface on
 //! a tap, vsock, entropy, serial output with a bucket, a custom CPU template, rate limiters),
-//! API traffic of every kind (rate limiters patched after boot), pause/resume with two vCPUs,
-//! FlushMetrics, SIGTERM; then each virtio-blk and virtio-net scenario (reads, writes, flush,
-//! id, read-only, out-of-range, the hostile ones, a backing-file swap through
-//! `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy device
-//! (the limiters' timers), virtio-vsock both ways and with malformed packets, the guest's
-//! i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
+//! API traffic of every kind (rate limiters patched after boot), pause/resume with two vCPUs
+//! and, while paused, an authenticated full and diff snapshot (`PUT /snapshot/create`),
+//! FlushMetrics, SIGTERM; two restores of that snapshot into new VMMs (`PUT /snapshot/load`
+//! through the example page-fault handler, `Uffd`, and from the memory file, `File`), each
+//! running on and taking a diff snapshot; then each virtio-blk and virtio-net scenario
+//! (reads, writes, flush, id, read-only, out-of-range, the hostile ones, a backing-file swap
+//! through `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy
+//! device (the limiters' timers), virtio-vsock both ways and with malformed packets, the
+//! guest's i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
 
@@ -415,20 +418,33 @@ fn data_drive_with_api(
     (args, sock)
 }
 
-/// The API run: configure everything through the API, boot, exercise every request kind,
-/// pause/resume, FlushMetrics, then SIGTERM.
-fn api_run(launch: &Launch) -> Outcome {
+/// The API run, then two restores of the snapshot it took (`Uffd`, then `File`), in the same
+/// scratch directory and network namespace, every VMM with the same snapshot key.
+fn api_and_restore_runs(launch: &Launch) -> Vec<Outcome> {
     let dir = Scratch::new("kiln-sc-api");
     let ns = NetNs::new("kiln-sc");
+    let key = dir.path("snapshot.key");
+    std::fs::write(&key, [0x4b; 32]).expect("write the snapshot key");
+    let api = api_run(launch, &dir, &ns, &key);
+    let uffd = restore_run(launch, &dir, &ns, &key, "restore-uffd");
+    let file = restore_run(launch, &dir, &ns, &key, "restore-file");
+    vec![api, uffd, file]
+}
+
+/// The API run: configure everything through the API, boot, exercise every request kind,
+/// pause/resume, an authenticated full and diff snapshot (`vm.snap`, `vm.mem` in `dir`),
+/// FlushMetrics, then SIGTERM.
+fn api_run(launch: &Launch, dir: &Scratch, ns: &NetNs, key: &Path) -> Outcome {
     let tap = tap_name("a");
     ns.add_tap(&tap, None);
     let sock = dir.path("api.sock");
     let args = [
         path_arg("--api-sock", &sock).to_vec(),
+        path_arg("--snapshot-key-file", key).to_vec(),
         os(&["--id", "audit-vm", "--http-api-max-payload-size", "1048576"]),
     ]
     .concat();
-    let mut vm = launch.start("api", Some(&ns), &args, false);
+    let mut vm = launch.start("api", Some(ns), &args, false);
     wait_for_socket(&sock);
     let log = dir.path("vmm.log");
     let metrics = dir.path("metrics.json");
@@ -446,7 +462,7 @@ fn api_run(launch: &Launch) -> Outcome {
         &sock,
         "PUT",
         "/machine-config",
-        "{\"vcpu_count\": 2, \"mem_size_mib\": 32}",
+        "{\"vcpu_count\": 2, \"mem_size_mib\": 32, \"track_dirty_pages\": true}",
     );
     ok(&sock, "PATCH", "/machine-config", "{\"mem_size_mib\": 48}");
     // A large request (valid JSON padded with spaces): the API thread's buffers outgrow its
@@ -528,6 +544,20 @@ fn api_run(launch: &Launch) -> Outcome {
     let threads = threads(pid);
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
+    // Snapshots of the paused microVM: full, then a diff into the same memory file.
+    let (state, mem) = (dir.path("vm.snap"), dir.path("vm.mem"));
+    for kind in ["Full", "Diff"] {
+        ok(
+            &sock,
+            "PUT",
+            "/snapshot/create",
+            &format!(
+                "{{\"snapshot_type\": \"{kind}\", \"snapshot_path\": {:?}, \"mem_file_path\": {:?}}}",
+                state.to_str().expect("utf-8"),
+                mem.to_str().expect("utf-8")
+            ),
+        );
+    }
     ok(&sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}");
     vm.wait_line("tick 3", TIMEOUT);
     ok(
@@ -582,6 +612,124 @@ fn api_run(launch: &Launch) -> Outcome {
     let mut outcome = vm.finish("api", Expect::Exit(0), false);
     outcome.threads = threads;
     outcome
+}
+
+/// A restore of the API run's snapshot into a new VMM (`run` `restore-uffd`: through the
+/// example page-fault handler; `restore-file`: the memory file mapped), with the logger
+/// and metrics set and a new tap and vsock socket: the guest ticks on; then a diff
+/// snapshot of the restored microVM, and SIGTERM.
+fn restore_run(
+    launch: &Launch,
+    dir: &Scratch,
+    ns: &NetNs,
+    key: &Path,
+    run: &'static str,
+) -> Outcome {
+    let tap = tap_name("r");
+    ns.add_tap(&tap, None);
+    let sock = dir.path(&format!("{run}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let args = [
+        path_arg("--api-sock", &sock).to_vec(),
+        path_arg("--snapshot-key-file", key).to_vec(),
+        os(&["--id", "audit-restored"]),
+    ]
+    .concat();
+    let (state, mem) = (dir.path("vm.snap"), dir.path("vm.mem"));
+    let _handler;
+    let backend = if run == "restore-uffd" {
+        let socket = dir.path("uffd.sock");
+        _handler = uffd_handler(&socket, &mem);
+        format!(
+            "{{\"backend_type\": \"Uffd\", \"backend_path\": {:?}}}",
+            utf8(&socket)
+        )
+    } else {
+        format!(
+            "{{\"backend_type\": \"File\", \"backend_path\": {:?}}}",
+            utf8(&mem)
+        )
+    };
+    let mut vm = launch.start(run, Some(ns), &args, false);
+    wait_for_socket(&sock);
+    let log = dir.path(&format!("{run}.log"));
+    ok(
+        &sock,
+        "PUT",
+        "/logger",
+        &format!("{{\"log_path\": {:?}, \"level\": \"Debug\"}}", utf8(&log)),
+    );
+    let metrics = dir.path(&format!("{run}.metrics"));
+    ok(
+        &sock,
+        "PUT",
+        "/metrics",
+        &format!("{{\"metrics_path\": {:?}}}", utf8(&metrics)),
+    );
+    let vsock = dir.path(&format!("{run}.vsock"));
+    ok(
+        &sock,
+        "PUT",
+        "/snapshot/load",
+        &format!(
+            "{{\"snapshot_path\": {:?}, \"mem_backend\": {backend}, \"track_dirty_pages\": true, \"resume_vm\": true, \"network_overrides\": [{{\"iface_id\": \"eth0\", \"host_dev_name\": {tap:?}}}], \"vsock_override\": {{\"uds_path\": {:?}}}}}",
+            utf8(&state),
+            utf8(&vsock)
+        ),
+    );
+    // Two ticks of the restored guest (the ticks scenario of the API run goes on).
+    assert!(
+        vm.wait_line_contains("tick "),
+        "{run}: no tick after the restore"
+    );
+    assert!(
+        vm.wait_line_contains("tick "),
+        "{run}: one tick after the restore"
+    );
+    ok(&sock, "PATCH", "/vm", "{\"state\": \"Paused\"}");
+    ok(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        &format!(
+            "{{\"snapshot_type\": \"Diff\", \"snapshot_path\": {:?}, \"mem_file_path\": {:?}}}",
+            utf8(&dir.path(&format!("{run}.snap"))),
+            utf8(&dir.path(&format!("{run}.mem")))
+        ),
+    );
+    ok(&sock, "PATCH", "/vm", "{\"state\": \"Resumed\"}");
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        "{\"action_type\": \"FlushMetrics\"}",
+    );
+    vm.signal(libc::SIGTERM);
+    vm.finish(run, Expect::Exit(0), false)
+}
+
+fn utf8(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The example page-fault handler serving `mem` on `socket` (not traced: it is not the
+/// VMM), killed when dropped; it ends by itself when its VMM does.
+fn uffd_handler(socket: &Path, mem: &Path) -> kiln_tests::KillOnDrop {
+    use std::io::BufRead;
+    let mut child = kiln_tests::process::spawn(
+        Command::new(require_bin("kiln-uffd-handler"))
+            .arg("--socket")
+            .arg(socket)
+            .arg("--mem-file")
+            .arg(mem)
+            .stdin(std::process::Stdio::null()),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("the handler's stdout"))
+        .read_line(&mut line)
+        .expect("the handler's ready line");
+    assert_eq!(line, "ready\n", "the page-fault handler did not start");
+    kiln_tests::KillOnDrop::new(child)
 }
 
 /// A config-file boot (`--no-api`) of `boot_args` with one drive "data".
@@ -795,7 +943,7 @@ fn triple_run(launch: &Launch) -> Outcome {
 pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     require_root();
     require_kvm();
-    let mut all = vec![api_run(launch)];
+    let mut all = api_and_restore_runs(launch);
     for (run, args, ro) in [
         (
             "blk-write",

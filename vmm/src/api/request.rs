@@ -5,7 +5,7 @@
 use crate::resources::{
     BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, VsockConfig,
+    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -58,6 +58,8 @@ pub enum ApiRequest {
     PutMetrics(MetricsConfig),
     Action(Action),
     PatchVm(VmStateChange),
+    PutSnapshotCreate(SnapshotCreateParams),
+    PutSnapshotLoad(SnapshotLoadParams),
 }
 
 impl ApiRequest {
@@ -85,6 +87,8 @@ impl ApiRequest {
             ApiRequest::Action(Action::SendCtrlAltDel) => "SendCtrlAltDel",
             ApiRequest::Action(Action::FlushMetrics) => "FlushMetrics",
             ApiRequest::PatchVm(_) => "PATCH /vm",
+            ApiRequest::PutSnapshotCreate(_) => "PUT /snapshot/create",
+            ApiRequest::PutSnapshotLoad(_) => "PUT /snapshot/load",
         }
     }
 }

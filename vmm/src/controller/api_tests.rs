@@ -60,6 +60,7 @@ fn serve(limits: Limits) -> PathBuf {
                         vm = Some(NoVm);
                         c.finish_start(Ok(()))
                     }
+                    Outcome::Load(_) => c.finish_load(Err("no snapshots here".into())),
                 };
                 reply.map_err(RequestError::from)
             });

@@ -15,13 +15,18 @@
 
 mod serve;
 
-pub use serve::VmmApi;
+pub use serve::{Starter, VmmApi};
 
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
-use crate::resources::{RateLimiterConfig, ResourceError, VmResources};
+use crate::resources::{
+    RateLimiterConfig, ResourceError, SnapshotCreate, SnapshotLoad, SnapshotLoadParams,
+    SnapshotType, VmResources,
+};
+use crate::snapshot::SnapshotKey;
 use crate::{logger, metrics, timing};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a request was refused or failed.
@@ -57,6 +62,12 @@ pub enum ControllerError {
     Metrics(#[from] metrics::MetricsError),
     #[error("cannot serialise the answer: {0}")]
     Serialize(String),
+    #[error("snapshot/create: {0}")]
+    SnapshotCreate(String),
+    #[error("snapshot/load: {0}")]
+    SnapshotLoad(String),
+    #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
+    LoadAfterConfig(&'static str),
 }
 
 impl From<ControllerError> for RequestError {
@@ -68,7 +79,8 @@ impl From<ControllerError> for RequestError {
             | ControllerError::Tap(_)
             | ControllerError::PreBootOnly(_)
             | ControllerError::RuntimeOnly(_)
-            | ControllerError::AlreadyStarted => RequestError::Refused(message),
+            | ControllerError::AlreadyStarted
+            | ControllerError::LoadAfterConfig(_) => RequestError::Refused(message),
             ControllerError::Start(_)
             | ControllerError::Pause(_)
             | ControllerError::Resume(_)
@@ -77,7 +89,9 @@ impl From<ControllerError> for RequestError {
             | ControllerError::NetUpdate(_)
             | ControllerError::Logger(_)
             | ControllerError::Metrics(_)
-            | ControllerError::Serialize(_) => RequestError::Failed(message),
+            | ControllerError::Serialize(_)
+            | ControllerError::SnapshotCreate(_)
+            | ControllerError::SnapshotLoad(_) => RequestError::Failed(message),
         }
     }
 }
@@ -107,6 +121,16 @@ pub trait Microvm {
         rx: Option<&RateLimiterConfig>,
         tx: Option<&RateLimiterConfig>,
     ) -> Result<(), String>;
+    /// `PUT /snapshot/create` on the paused microVM configured by `res`; returns a line for
+    /// the log. The default: this microVM cannot be snapshotted.
+    fn create_snapshot(
+        &mut self,
+        _res: &VmResources,
+        _req: &SnapshotCreate,
+        _key: Option<&SnapshotKey>,
+    ) -> Result<String, String> {
+        Err("this microVM cannot be snapshotted".into())
+    }
 }
 
 /// `GET /`'s `state`.
@@ -135,6 +159,9 @@ pub enum Outcome {
     /// `InstanceStart` was accepted: the caller builds the microVM from
     /// [`Controller::resources`] and reports with [`Controller::finish_start`].
     Start,
+    /// `PUT /snapshot/load` was accepted: the caller restores the snapshot (with
+    /// [`Controller::snapshot_key`]) and reports with [`Controller::finish_load`].
+    Load(Box<SnapshotLoad>),
 }
 
 /// The VMM thread's state as seen by the API. It does not own the microVM: the run loop
@@ -146,6 +173,8 @@ pub struct Controller {
     started: bool,
     paused: bool,
     start_began: Option<Instant>,
+    /// The orchestrator's snapshot key (`--snapshot-key-file`/`--snapshot-key-fd`).
+    snapshot_key: Option<Arc<SnapshotKey>>,
 }
 
 /// `GET /`.
@@ -174,7 +203,17 @@ impl Controller {
             started: false,
             paused: false,
             start_began: None,
+            snapshot_key: None,
         }
+    }
+
+    /// Snapshots are made and loaded with `key` (authenticated).
+    pub fn set_snapshot_key(&mut self, key: Option<Arc<SnapshotKey>>) {
+        self.snapshot_key = key;
+    }
+
+    pub fn snapshot_key(&self) -> Option<&SnapshotKey> {
+        self.snapshot_key.as_deref()
     }
 
     /// A controller for a microVM already started (booted from `--config-file`).
@@ -220,6 +259,12 @@ impl Controller {
         if req == ApiRequest::Action(Action::InstanceStart) {
             return match self.accept_start() {
                 Ok(()) => Outcome::Start,
+                Err(e) => Outcome::Reply(Err(e)),
+            };
+        }
+        if let ApiRequest::PutSnapshotLoad(params) = req {
+            return match self.accept_load(params) {
+                Ok(load) => Outcome::Load(Box::new(load)),
                 Err(e) => Outcome::Reply(Err(e)),
             };
         }
@@ -402,6 +447,80 @@ impl Controller {
                     crate::log_info!("microVM resumed in {} us", elapsed_us(t));
                 }
                 Ok(VmmData::Empty)
+            }
+            ApiRequest::PutSnapshotCreate(params) => {
+                let req = params.validated()?;
+                let vm = self.running(what, vm)?;
+                if !self.paused {
+                    return Err(ControllerError::SnapshotCreate(
+                        "the microVM must be paused first (PATCH /vm with {\"state\": \"Paused\"})"
+                            .into(),
+                    ));
+                }
+                let t = Instant::now();
+                let done = vm
+                    .create_snapshot(&self.resources, &req, self.snapshot_key.as_deref())
+                    .map_err(ControllerError::SnapshotCreate)?;
+                let gauge = match req.snapshot_type {
+                    SnapshotType::Full => &METRICS.latencies_us.full_create_snapshot,
+                    SnapshotType::Diff => &METRICS.latencies_us.diff_create_snapshot,
+                };
+                gauge.set(elapsed_us(t));
+                crate::log_info!("{done}");
+                Ok(VmmData::Empty)
+            }
+            // Routed through `accept_load` by `handle`.
+            ApiRequest::PutSnapshotLoad(_) => Err(ControllerError::PreBootOnly(what)),
+        }
+    }
+
+    fn accept_load(&mut self, params: SnapshotLoadParams) -> Result<SnapshotLoad, ControllerError> {
+        self.pre_boot("PUT /snapshot/load")?;
+        let r = &self.resources;
+        let configured = [
+            (r.boot_source.is_some(), "boot-source"),
+            (r.machine_config != Default::default(), "machine-config"),
+            (!r.drives.is_empty(), "a drive"),
+            (!r.network_interfaces.is_empty(), "a network interface"),
+            (r.vsock.is_some(), "vsock"),
+            (r.entropy.is_some(), "entropy"),
+            (r.cpu_config.is_some(), "cpu-config"),
+        ];
+        if let Some((_, what)) = configured.iter().find(|(set, _)| *set) {
+            return Err(ControllerError::LoadAfterConfig(what));
+        }
+        let load = SnapshotLoad {
+            serial: r.serial.clone(),
+            ..params.validated()?
+        };
+        self.start_began = Some(Instant::now());
+        Ok(load)
+    }
+
+    /// Reports how the restore after [`Outcome::Load`] went: on success the microVM runs
+    /// (or is paused) with `resources`, the configuration it was restored with. After a
+    /// failure nothing was restored: the VMM is "Not started" and usable.
+    pub fn finish_load(&mut self, result: Result<(VmResources, bool), String>) -> Reply {
+        let took = self.start_began.take().map(elapsed_us).unwrap_or(0);
+        match result {
+            Ok((resources, resumed)) => {
+                METRICS.latencies_us.load_snapshot.set(took);
+                crate::log_info!(
+                    "snapshot loaded in {took} us; the microVM is {}",
+                    if resumed { "running" } else { "paused" }
+                );
+                self.resources = VmResources {
+                    logger: self.resources.logger.take(),
+                    metrics: self.resources.metrics.take(),
+                    ..resources
+                };
+                self.started = true;
+                self.paused = !resumed;
+                Ok(VmmData::Empty)
+            }
+            Err(e) => {
+                crate::log_error!("snapshot/load failed: {e}");
+                Err(ControllerError::SnapshotLoad(e))
             }
         }
     }

@@ -6,7 +6,9 @@ use super::{Controller, ControllerError, Microvm, Outcome, Reply};
 use crate::api::{self, ApiChannel, ApiError, Limits, RequestError};
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, Sources};
 use crate::metrics::METRICS;
-use crate::resources::{RateLimiterConfig, VmResources};
+use crate::persist;
+use crate::resources::{RateLimiterConfig, SnapshotCreate, SnapshotLoad, VmResources};
+use crate::snapshot::SnapshotKey;
 use crate::vmm::Vmm;
 use std::os::unix::io::RawFd;
 use std::path::Path;
@@ -46,6 +48,45 @@ impl Microvm for Vmm {
     ) -> Result<(), String> {
         Vmm::update_net_rate_limiters(self, iface_id, rx, tx).map_err(|e| e.to_string())
     }
+
+    fn create_snapshot(
+        &mut self,
+        res: &VmResources,
+        req: &SnapshotCreate,
+        key: Option<&SnapshotKey>,
+    ) -> Result<String, String> {
+        let c = persist::create_snapshot(self, res, req, key).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "snapshot/create: {:?} snapshot{} {:?} ({} bytes) and {:?}{} in {} us",
+            c.snapshot_type,
+            if c.authenticated {
+                ", authenticated,"
+            } else {
+                ""
+            },
+            req.snapshot_path,
+            c.state_bytes,
+            req.mem_file_path,
+            c.diff_pages
+                .map(|p| format!(" ({p} pages written)"))
+                .unwrap_or_default(),
+            c.took.as_micros()
+        ))
+    }
+}
+
+/// How [`VmmApi::serve_until_started`] makes the microVM: booted from the configuration
+/// (`InstanceStart`) or restored from a snapshot (`PUT /snapshot/load`).
+pub trait Starter {
+    type Started;
+    fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String>;
+    /// Restores the snapshot `req` names (verified with `key`), resumed when
+    /// `req.resume_vm`; returns it with the configuration it was restored with.
+    fn load(
+        &mut self,
+        req: &SnapshotLoad,
+        key: Option<&SnapshotKey>,
+    ) -> Result<(Self::Started, VmResources), String>;
 }
 
 /// The API as the VMM thread serves it: the request channel and the [`Controller`].
@@ -82,14 +123,19 @@ impl VmmApi {
         &self.controller
     }
 
+    /// Snapshots are made and loaded with `key`.
+    pub fn set_snapshot_key(&mut self, key: Option<std::sync::Arc<SnapshotKey>>) {
+        self.controller.set_snapshot_key(key);
+    }
+
     /// Answers requests until `InstanceStart` succeeds, then returns the microVM that
     /// `build` made (its error is the answer to `InstanceStart`, and the API keeps serving).
     /// Returns `Ok(None)` when `stop_fd` (the termination signalfd) becomes readable first.
-    pub fn serve_until_started<V>(
+    pub fn serve_until_started<S: Starter>(
         &mut self,
         stop_fd: Option<RawFd>,
-        mut build: impl FnMut(&VmResources) -> Result<V, String>,
-    ) -> Result<Option<V>, ApiError> {
+        starter: &mut S,
+    ) -> Result<Option<S::Started>, ApiError> {
         loop {
             let mut fds = [
                 libc::pollfd {
@@ -123,12 +169,24 @@ impl VmmApi {
                 match self.controller.handle(req, None) {
                     Outcome::Reply(reply) => self.answer(reply),
                     Outcome::Start => {
-                        let built = build(&self.controller.resources);
+                        let built = starter.boot(&self.controller.resources);
                         let (vm, result) = match built {
                             Ok(vm) => (Some(vm), Ok(())),
                             Err(e) => (None, Err(e)),
                         };
                         let reply = self.controller.finish_start(result);
+                        self.answer(reply);
+                        if vm.is_some() {
+                            return Ok(vm);
+                        }
+                    }
+                    Outcome::Load(req) => {
+                        let loaded = starter.load(&req, self.controller.snapshot_key());
+                        let (vm, result) = match loaded {
+                            Ok((vm, res)) => (Some(vm), Ok((res, req.resume_vm))),
+                            Err(e) => (None, Err(e)),
+                        };
+                        let reply = self.controller.finish_load(result);
                         self.answer(reply);
                         if vm.is_some() {
                             return Ok(vm);
@@ -161,8 +219,9 @@ impl EventHandler<Vmm> for VmmApi {
             METRICS.vmm.device_events.inc();
             let reply = match self.controller.handle(req, Some(vmm as &mut dyn Microvm)) {
                 Outcome::Reply(reply) => reply,
-                // The controller refuses a second InstanceStart before getting here.
-                Outcome::Start => Err(ControllerError::AlreadyStarted),
+                // The controller refuses a second InstanceStart, and a load once started,
+                // before getting here.
+                Outcome::Start | Outcome::Load(_) => Err(ControllerError::AlreadyStarted),
             };
             self.answer(reply);
         }

@@ -17,12 +17,15 @@
 //! ([`RateLimiter::update`]) and takes effect at once, for a request already waiting too.
 //!
 //! Time comes in as an argument (`*_at(now)`) so that the arithmetic is tested without
-//! sleeping; the devices pass `Instant::now()`.
+//! sleeping; the devices pass `Instant::now()`. Snapshots save and restore the buckets'
+//! tokens ([`persist`]).
 
 use super::timer::{Timer, TimerError};
 use crate::resources::{RateLimiterConfig, TokenBucketConfig};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
+
+pub mod persist;
 
 /// The shortest wait armed: a bucket that refills a token per nanosecond must not make the
 /// VMM thread spin on its timer.

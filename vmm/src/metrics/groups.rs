@@ -358,6 +358,11 @@ metrics_group! {
         instance_start: Gauge,
         pause_vm: Gauge,
         resume_vm: Gauge,
+        /// `PUT /snapshot/create` (Firecracker's names).
+        full_create_snapshot: Gauge,
+        diff_create_snapshot: Gauge,
+        /// `PUT /snapshot/load`, from the request to the microVM ready (paused or resumed).
+        load_snapshot: Gauge,
     }
 }
 

@@ -20,6 +20,7 @@ mod machine_config;
 mod net;
 mod rate_limiter;
 mod serial;
+mod snapshot;
 pub mod spec;
 mod vsock;
 
@@ -39,6 +40,10 @@ pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpd
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
+pub use snapshot::{
+    BackendType, LoadHugePages, MemBackend, NetworkOverride, SnapshotCreate, SnapshotCreateParams,
+    SnapshotLoad, SnapshotLoadParams, SnapshotType, VsockOverride,
+};
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
@@ -128,6 +133,8 @@ pub enum ResourceError {
     },
     #[error("cpu-config: the template file {path:?} is invalid: {reason}")]
     CpuConfigFile { path: String, reason: String },
+    #[error("snapshot/load: {0}")]
+    SnapshotLoad(String),
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).

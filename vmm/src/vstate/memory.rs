@@ -8,11 +8,14 @@
 //! - `2M`: hugetlbfs 2 MiB pages (`MAP_HUGETLB | MAP_HUGE_2MB`), reserved when mapped (no
 //!   `MAP_NORESERVE`): a host without enough free huge pages refuses the mapping here, at
 //!   `InstanceStart`, instead of killing the VMM with SIGBUS at a later guest access.
+//!
+//! A microVM restored from a snapshot with the `File` backend maps the memory file
+//! privately instead ([`map_snapshot_file`]).
 
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::resources::HugePages;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -29,15 +32,7 @@ pub enum MemoryError {
 /// Maps `mem_size` bytes of guest RAM (not yet registered with KVM), backed as `huge`
 /// asks.
 pub fn create_guest_memory(mem_size: u64, huge: HugePages) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_size)
-        .into_iter()
-        .map(|(start, len)| {
-            Ok((
-                GuestAddress(start),
-                usize::try_from(len).map_err(|_| MemoryError::TooLarge(mem_size))?,
-            ))
-        })
-        .collect::<Result<_, MemoryError>>()?;
+    let ranges = region_ranges(mem_size)?;
     let mem = match huge {
         HugePages::None | HugePages::Transparent => {
             GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Mmap {
@@ -48,18 +43,80 @@ pub fn create_guest_memory(mem_size: u64, huge: HugePages) -> Result<GuestMemory
         HugePages::Hugetlbfs2M => hugetlbfs_2m(mem_size, &ranges)?,
     };
     if huge == HugePages::Transparent {
-        for (start, len) in &ranges {
-            let host = mem_host_address(&mem, *start).ok_or(MemoryError::TooLarge(mem_size))?;
-            // SAFETY: `host..host + len` is exactly one mapping `mem` owns (the region that
-            // starts at `start` has length `len`); MADV_HUGEPAGE only changes how the kernel
-            // backs it, never its contents or validity.
-            let rc = unsafe { libc::madvise(host.cast(), *len, libc::MADV_HUGEPAGE) };
-            if rc != 0 {
-                return Err(MemoryError::Transparent(std::io::Error::last_os_error()));
-            }
-        }
+        advise_transparent(&mem, mem_size, &ranges)?;
     }
     Ok(mem)
+}
+
+/// Marks every region `MADV_HUGEPAGE`.
+fn advise_transparent(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    ranges: &[(GuestAddress, usize)],
+) -> Result<(), MemoryError> {
+    for (start, len) in ranges {
+        let host = mem_host_address(mem, *start).ok_or(MemoryError::TooLarge(mem_size))?;
+        // SAFETY: `host..host + len` is exactly one mapping `mem` owns (the region that
+        // starts at `start` has length `len`); MADV_HUGEPAGE only changes how the kernel
+        // backs it, never its contents or validity.
+        let rc = unsafe { libc::madvise(host.cast(), *len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            return Err(MemoryError::Transparent(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Guest RAM from a snapshot's memory file: each region a private mapping of the file at
+/// its offset (regions one after the other in the file), so nothing is read now: a page
+/// comes from the file when first touched, and a write copies it into the process's own
+/// memory (the file is never written). `huge` may be `None` or `Transparent`.
+pub fn map_snapshot_file(
+    file: &std::fs::File,
+    mem_size: u64,
+    huge: HugePages,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = region_ranges(mem_size)?;
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for &(start, len) in &ranges {
+        let fd = file.try_clone().map_err(|e| MemoryError::Mmap {
+            size: mem_size,
+            reason: format!("cannot duplicate the memory file's descriptor: {e}"),
+        })?;
+        let region = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(fd, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::Mmap {
+                size: mem_size,
+                reason: format!("mapping the memory file: {e}"),
+            })?;
+        let region = GuestRegionMmap::new(region, start).ok_or(MemoryError::TooLarge(mem_size))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Mmap {
+        size: mem_size,
+        reason: e.to_string(),
+    })?;
+    if huge == HugePages::Transparent {
+        advise_transparent(&mem, mem_size, &ranges)?;
+    }
+    Ok(mem)
+}
+
+fn region_ranges(mem_size: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryError> {
+    ram_ranges(mem_size)
+        .into_iter()
+        .map(|(start, len)| {
+            Ok((
+                GuestAddress(start),
+                usize::try_from(len).map_err(|_| MemoryError::TooLarge(mem_size))?,
+            ))
+        })
+        .collect()
 }
 
 /// The host address where guest address `start` (the first byte of a region) is mapped.

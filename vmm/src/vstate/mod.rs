@@ -4,9 +4,15 @@
 //! - [`memory`]: guest RAM, sized from the config and split around the MMIO gap.
 //! - [`vcpu`]: creating and configuring one vCPU (CPUID, MSRs, registers, LAPIC).
 //! - [`vcpu_thread`]: the thread that runs a vCPU, handles its exits and obeys
-//!   pause/resume/stop.
+//!   pause/resume/stop (and saves the vCPU's state for a snapshot).
+//! - For snapshots: [`vcpu_state`] and [`vm_state`] (what KVM holds of a vCPU and of the
+//!   VM, saved and restored), [`dirty`] (the pages the VMM itself wrote, for diff
+//!   snapshots; KVM logs the guest's).
 
+pub mod dirty;
 pub mod memory;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vcpu_thread;
 pub mod vm;
+pub mod vm_state;

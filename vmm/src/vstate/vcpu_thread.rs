@@ -9,9 +9,11 @@
 //! Control: the run loop sends [`VcpuCommand`]s and then kicks the thread
 //! ([`crate::signals::kick`]); the kick makes `KVM_RUN` return at once (its handler sets
 //! `immediate_exit`), the thread drains its commands, and acknowledges Pause/Resume with a
-//! [`VcpuAck`]. A paused thread blocks on its command channel and runs no guest code.
+//! [`VcpuAck`]. A paused thread blocks on its command channel and runs no guest code; told
+//! to save its state (a snapshot), it reads it from KVM and answers with it, still paused.
 
 use super::vcpu::Vcpu;
+use super::vcpu_state::{VcpuState, VcpuStateError};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, FaultKind, VmExit};
 use crate::metrics::METRICS;
@@ -35,12 +37,15 @@ pub enum VcpuCommand {
     Pause,
     Resume,
     Stop,
+    /// Read the vCPU's state for a snapshot (sent while paused).
+    SaveState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuAck {
     Paused(u8),
     Resumed(u8),
+    Saved(u8, Box<Result<VcpuState, VcpuStateError>>),
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -54,6 +59,8 @@ pub struct VcpuShared {
     pub mem: GuestMemoryMmap,
     /// `--strict-io`: an access no device handles stops the VM instead of being ignored.
     pub strict_io: bool,
+    /// The MSRs a saved vCPU state holds (the VM's snapshot capabilities).
+    pub snapshot_msrs: Arc<[u32]>,
 }
 
 /// The run loop's handle on a running vCPU thread.
@@ -110,10 +117,15 @@ struct Runner {
     commands: Receiver<VcpuCommand>,
 }
 
-/// Starts the thread for `vcpu`; it runs guest code at once.
-pub fn spawn(vcpu: Vcpu, shared: VcpuShared) -> std::io::Result<VcpuHandle> {
+/// Starts the thread for `vcpu`; it runs guest code at once, or (`paused`, a restored
+/// microVM) acknowledges a pause and waits for `Resume` before its first `KVM_RUN`.
+pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<VcpuHandle> {
     let index = vcpu.index;
     let (tx, rx) = std::sync::mpsc::channel();
+    if paused {
+        // The receiver is alive: this send cannot fail.
+        let _ = tx.send(VcpuCommand::Pause);
+    }
     let exits = shared.exits.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
@@ -213,6 +225,7 @@ impl Runner {
                 Ok(VcpuCommand::Resume) => {
                     let _ = self.shared.acks.send(VcpuAck::Resumed(self.vcpu.index));
                 }
+                Ok(VcpuCommand::SaveState) => self.save_state(),
                 Ok(VcpuCommand::Pause) => {
                     let _ = self.shared.acks.send(VcpuAck::Paused(self.vcpu.index));
                     // Paused: no guest code runs until Resume or Stop.
@@ -225,6 +238,7 @@ impl Runner {
                             Ok(VcpuCommand::Pause) => {
                                 let _ = self.shared.acks.send(VcpuAck::Paused(self.vcpu.index));
                             }
+                            Ok(VcpuCommand::SaveState) => self.save_state(),
                             Ok(VcpuCommand::Stop) | Err(_) => return false,
                         }
                     }
@@ -234,6 +248,18 @@ impl Runner {
                 Err(TryRecvError::Empty) => return true,
             }
         }
+    }
+
+    /// Reads the vCPU's state for a snapshot and sends it to the run loop. The thread is
+    /// out of `KVM_RUN` (its last run was interrupted, so a port or MMIO access it served
+    /// has completed).
+    fn save_state(&mut self) {
+        let index = self.vcpu.index;
+        let state = VcpuState::save(&self.vcpu.fd, index, &self.shared.snapshot_msrs);
+        let _ = self
+            .shared
+            .acks
+            .send(VcpuAck::Saved(index, Box::new(state)));
     }
 
     /// Where the vCPU was when told to stop (debug log: shows where a hung guest spins).

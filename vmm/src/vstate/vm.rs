@@ -7,6 +7,7 @@
 //! slots *first* (on a VM with no irqchip yet) made the whole sequence ~5x faster (median
 //! 1.5 ms instead of 7.9 ms for create VM + slot + irqchip + PIT + vCPU, 25 runs each).
 
+use super::vm_state::SnapshotCaps;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
@@ -76,6 +77,8 @@ pub enum VmError {
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
+    /// What snapshots need to know of the host's KVM.
+    snapshot_caps: SnapshotCaps,
     // Kept last: /dev/kvm outlives the VM file descriptor.
     _kvm: Kvm,
 }
@@ -114,6 +117,7 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmError::SupportedCpuid)?;
         let max_memslots = kvm.get_nr_memslots();
+        let snapshot_caps = SnapshotCaps::query(&kvm, track_dirty_pages);
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         mark("KVM VM created");
         register_memory(&fd, max_memslots, mem, track_dirty_pages)?;
@@ -135,6 +139,7 @@ impl Vm {
         Ok(Vm {
             fd,
             supported_cpuid,
+            snapshot_caps,
             _kvm: kvm,
         })
     }
@@ -151,6 +156,18 @@ impl Vm {
     /// The CPUID KVM can give guests, before per-vCPU normalisation.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
+    }
+
+    /// What snapshots need to know of the host's KVM (queried when the VM was created,
+    /// before any seccomp filter).
+    pub fn snapshot_caps(&self) -> &SnapshotCaps {
+        &self.snapshot_caps
+    }
+
+    /// Snapshots also save (and restore) the MSRs `extra`: those a custom CPU template sets,
+    /// which KVM's list may lack.
+    pub fn save_msrs_too(&mut self, extra: impl IntoIterator<Item = u32>) {
+        self.snapshot_caps.add_msrs(extra);
     }
 
     /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.

@@ -36,11 +36,15 @@ pub(super) const PROFILE: &str = "profile.json";
 pub(super) const VSOCK_DIR: &str = "vsock";
 
 /// Creates the instance's host directory with its files and the listening vsock socket.
+/// `writable`: jail paths (writable binds) where the VMM may also create, truncate and
+/// remove files, granted in the instance's tenant profile (Landlock `rw`): a snapshot
+/// template's directory, where `PUT /snapshot/create` writes.
 pub(super) fn prepare(
     cfg: &InstanceConfig,
     function: &Function,
     dir: &Path,
     uid: u32,
+    writable: &[&str],
 ) -> Result<UnixListener, InstanceError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
@@ -75,7 +79,7 @@ pub(super) fn prepare(
     write_private(&vm_path, vm.to_string().as_bytes(), 0o400).map_err(err(&vm_path))?;
     std::os::unix::fs::chown(&vm_path, Some(uid), Some(uid)).map_err(err(&vm_path))?;
 
-    // The default profile with this function's memory limit.
+    // The default profile with this function's memory limit (and the writable paths).
     let mut profile = cfg.profile.clone();
     let limit = (u64::from(function.memory_mib) + u64::from(cfg.memory_overhead_mib)) << 20;
     match profile.as_object_mut() {
@@ -83,6 +87,17 @@ pub(super) fn prepare(
             let cgroup = p.entry("cgroup").or_insert_with(|| serde_json::json!({}));
             if let Some(c) = cgroup.as_object_mut() {
                 c.insert("memory_bytes".into(), limit.into());
+            }
+            let landlock = p.entry("landlock").or_insert_with(|| serde_json::json!({}));
+            if let Some(l) = landlock.as_object_mut() {
+                let paths = l.entry("paths").or_insert_with(|| serde_json::json!([]));
+                if let Some(list) = paths.as_array_mut() {
+                    list.extend(
+                        writable
+                            .iter()
+                            .map(|p| serde_json::json!({"path": p, "access": "rw"})),
+                    );
+                }
             }
         }
         None => {

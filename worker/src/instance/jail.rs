@@ -141,7 +141,8 @@ impl Jail {
         self.vmm.as_ref().map(PidFd::pid)
     }
 
-    fn jail_dir(&self) -> PathBuf {
+    /// `<chroot base>/<exec name>/<id>` (its `root/` is the jail's `/`).
+    pub(super) fn dir(&self) -> PathBuf {
         record::jail_dir(&self.cfg, &self.id)
     }
 
@@ -163,7 +164,7 @@ impl Jail {
     /// The VMM's host pid, from the jail's pid file.
     pub(super) fn open_vmm_pidfd(&mut self) {
         let pid_file = self
-            .jail_dir()
+            .dir()
             .join("root")
             .join(format!("{}.pid", self.cfg.exec_name()));
         let pid = std::fs::read_to_string(&pid_file)
@@ -227,7 +228,7 @@ impl Jail {
                 self.uid_lock = None;
             }
             Err(e) => {
-                report.leftovers = vec![self.jail_dir().display().to_string()];
+                report.leftovers = vec![self.dir().display().to_string()];
                 report
                     .errors
                     .push(format!("{e}; its record stays for the sweep"));

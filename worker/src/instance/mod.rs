@@ -23,9 +23,12 @@
 //! lock says whether it runs); [`record`]: the sweep that removes what gone workers, and
 //! stops that failed, left.
 //!
+//! **Snapshot start.** A function whose manifest asks for it is booted once and snapshotted
+//! after its Hello; its cold instances are then restored from that snapshot ([`snapshot`]).
+//!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
 //! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`owner`], [`record`], [`output`],
-//! [`ready`].
+//! [`ready`], [`snapshot`].
 
 mod config;
 mod error;
@@ -35,6 +38,7 @@ mod output;
 mod owner;
 mod ready;
 mod record;
+mod snapshot;
 mod spawn;
 mod uid;
 
@@ -44,7 +48,8 @@ pub use jail::{StopMode, StopReport};
 pub use output::OutputLogs;
 pub use owner::{tag_of, Owner, OwnerError};
 pub use ready::is_pvm_host;
-pub use record::{release, sweep};
+pub use record::release;
+pub use snapshot::SnapshotFiles;
 
 use crate::channel::{Channel, ChannelError};
 use crate::context::InvocationContext;
@@ -55,6 +60,7 @@ use crate::vmm_exit;
 use jail::Jail;
 use kiln_guest_builder::Kind as FunctionKind;
 use kiln_protocol::{decode_error, ErrorCode, Kind};
+use snapshot::Launch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +107,14 @@ pub struct InstanceInfo {
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
+/// Removes what gone workers (SIGKILL, power loss), and stops that failed, left: their
+/// instances' jails and records ([`record`]) and their functions' snapshots. Returns how
+/// many records are left for a later sweep.
+pub fn sweep(cfg: &InstanceConfig, wait: std::time::Duration) -> usize {
+    snapshot::sweep_stale(cfg);
+    record::sweep(cfg, wait)
+}
+
 /// `<function>-<n>-<worker tag>`, at most 64 characters from [A-Za-z0-9-].
 fn instance_id(function: &str, n: u64, tag: &str) -> String {
     let suffix = format!("-{n}-{tag}");
@@ -114,10 +128,24 @@ fn instance_id(function: &str, n: u64, tag: &str) -> String {
 }
 
 impl Instance {
-    /// Starts a jailed microVM for `function` and waits for its guest's `Hello`.
+    /// Starts a jailed microVM for `function` and waits for its guest's `Hello`: booted,
+    /// or restored from the function's snapshot (made first if need be) when its manifest
+    /// asks for snapshot start.
     pub fn start(
         cfg: &Arc<InstanceConfig>,
         function: &Arc<Function>,
+    ) -> Result<Instance, InstanceError> {
+        if function.snapshot_start {
+            let files = snapshot::ensure(cfg, function)?;
+            return Instance::start_with(cfg, function, Launch::Restore(&files));
+        }
+        Instance::start_with(cfg, function, Launch::Boot)
+    }
+
+    fn start_with(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+        launch: Launch<'_>,
     ) -> Result<Instance, InstanceError> {
         let spawned = Instant::now();
         let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
@@ -132,8 +160,21 @@ impl Instance {
                 path: cfg.kernel.clone(),
             });
         }
-        let listener = host_dir::prepare(cfg, function, &host_dir, uid)?;
-        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux);
+        let writable: &[&str] = match launch {
+            Launch::Template(_) => &[snapshot::JAIL_DIR],
+            Launch::Boot | Launch::Restore(_) => &[],
+        };
+        let listener = host_dir::prepare(cfg, function, &host_dir, uid, writable)?;
+        if let Launch::Template(files) = launch {
+            // The template's VMM writes the snapshot there.
+            std::os::unix::fs::chown(&files.files, Some(uid), Some(uid)).map_err(|source| {
+                InstanceError::HostDir {
+                    path: files.files.clone(),
+                    source,
+                }
+            })?;
+        }
+        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux, launch);
         let child =
             spawn::spawn_from_worker_thread(cmd).map_err(|source| InstanceError::Spawn {
                 path: cfg.jailer.clone(),
@@ -143,6 +184,9 @@ impl Instance {
 
         let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
         let deadline = spawned + start_timeout;
+        if let Launch::Restore(_) = launch {
+            snapshot::restore(&mut jail, deadline)?;
+        }
         let watch_init = linux && is_pvm_host();
         let stream =
             ready::wait_for_guest(&mut jail, &listener, deadline, start_timeout, watch_init)?;

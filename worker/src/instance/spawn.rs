@@ -7,6 +7,7 @@ use super::host_dir::{
     JAIL_CONFIG, JAIL_IMAGE, JAIL_INITRD, JAIL_VSOCK_DIR, PRIVATE_IMAGE, PRIVATE_INITRD, PROFILE,
     VM_CONFIG, VSOCK_DIR,
 };
+use super::snapshot::{Launch, JAIL_API_SOCK, JAIL_DIR, JAIL_KEY, JAIL_MEM, JAIL_STATE};
 use crate::sync::lock;
 use crate::sys;
 use std::ffi::OsString;
@@ -24,13 +25,16 @@ fn bind(host: &Path, jail: &str) -> OsString {
 }
 
 /// The jailer's command line for instance `id` (uid = gid `uid`) whose files are in
-/// `host_dir`; `linux`: the function is a Linux one (the shared kernel, its own initramfs).
+/// `host_dir`; `linux`: the function is a Linux one (the shared kernel, its own initramfs);
+/// `launch`: booted, or a snapshot's template or restore (the snapshot's files bound too,
+/// the VMM with its API).
 pub(super) fn jailer_command(
     cfg: &InstanceConfig,
     id: &str,
     uid: u32,
     host_dir: &Path,
     linux: bool,
+    launch: Launch<'_>,
 ) -> Command {
     let mut cmd = Command::new(&cfg.jailer);
     cmd.arg("--id")
@@ -62,9 +66,33 @@ pub(super) fn jailer_command(
     cmd.arg("--bind-ro")
         .arg(bind(&host_dir.join(VM_CONFIG), JAIL_CONFIG))
         .arg("--bind-rw")
-        .arg(bind(&host_dir.join(VSOCK_DIR), JAIL_VSOCK_DIR))
-        .arg("--")
-        .args(["--config-file", JAIL_CONFIG, "--no-api", "--boot-timer"]);
+        .arg(bind(&host_dir.join(VSOCK_DIR), JAIL_VSOCK_DIR));
+    match launch {
+        Launch::Boot => {
+            cmd.arg("--")
+                .args(["--config-file", JAIL_CONFIG, "--no-api"]);
+        }
+        Launch::Template(files) => {
+            cmd.arg("--bind-rw")
+                .arg(bind(&files.files, JAIL_DIR))
+                .arg("--bind-ro")
+                .arg(bind(&files.key, JAIL_KEY))
+                .arg("--")
+                .args(["--config-file", JAIL_CONFIG, "--api-sock", JAIL_API_SOCK])
+                .args(["--snapshot-key-file", JAIL_KEY]);
+        }
+        Launch::Restore(files) => {
+            cmd.arg("--bind-ro")
+                .arg(bind(&files.state, JAIL_STATE))
+                .arg("--bind-ro")
+                .arg(bind(&files.mem, JAIL_MEM))
+                .arg("--bind-ro")
+                .arg(bind(&files.key, JAIL_KEY))
+                .arg("--")
+                .args(["--api-sock", JAIL_API_SOCK, "--snapshot-key-file", JAIL_KEY]);
+        }
+    }
+    cmd.arg("--boot-timer");
     if cfg.strict_io {
         cmd.arg("--strict-io");
     }

@@ -61,6 +61,7 @@ fn start_status(e: &InstanceError) -> u16 {
         | InstanceError::Exited(_)
         | InstanceError::StartTimeout { .. }
         | InstanceError::Hello(_)
+        | InstanceError::Snapshot(_)
         | InstanceError::NoKernel { .. } => 500,
     }
 }

@@ -54,6 +54,37 @@ impl Vsock {
         }
     }
 
+    /// True once the device reset the transport: the VM was restored from a snapshot, and
+    /// the host side of the connection is gone.
+    pub fn was_reset(&self) -> bool {
+        self.state == State::Reset
+    }
+
+    /// After a transport reset: forgets the old connection (its unread data, its credit)
+    /// and connects to `port` again.
+    pub fn reconnect(&mut self, port: u32, seconds: u64) -> Result<(), VsockError> {
+        while self.pending_len > 0 {
+            let slot = usize::from(self.pending[self.pending_head].0);
+            self.pending_head = (self.pending_head + 1) % RX_SLOTS;
+            self.pending_len -= 1;
+            self.post_rx(slot);
+        }
+        self.read_off = 0;
+        self.fwd_cnt = 0;
+        self.fwd_sent = 0;
+        self.tx_cnt = 0;
+        self.peer_buf_alloc = 0;
+        self.peer_fwd_cnt = 0;
+        // A new local port: the old connection's late packets (an RST for a packet it sent
+        // before the reset) are not this one's.
+        self.local_port = if self.local_port >= u32::from(u16::MAX) {
+            LOCAL_PORT
+        } else {
+            self.local_port + 1
+        };
+        self.connect(port, seconds)
+    }
+
     /// Takes every chain the device returned: transmit slots are freed, event buffers
     /// reposted, received packets handled (data queued for the reader, control answered).
     pub fn poll(&mut self) {
@@ -69,7 +100,7 @@ impl Vsock {
                 // SAFETY: in bounds of the static event buffers, which the device wrote.
                 let event = unsafe { (EV_BUFS.ptr() as *const u64).add(slot).read_volatile() };
                 if event as u32 == EVENT_TRANSPORT_RESET {
-                    self.state = State::Closed;
+                    self.state = State::Reset;
                 }
                 self.ev.push(slot as u16);
                 self.notify(2);
@@ -106,7 +137,7 @@ impl Vsock {
         let ours = kind == TYPE_STREAM
             && h.src_cid == kiln_protocol::HOST_CID
             && src_port == self.peer_port
-            && dst_port == LOCAL_PORT;
+            && dst_port == self.local_port;
         if !ours {
             if op == OP_REQUEST {
                 self.send_rst(h);
@@ -148,7 +179,7 @@ impl Vsock {
         Hdr {
             src_cid: self.guest_cid,
             dst_cid: kiln_protocol::HOST_CID,
-            src_port: LOCAL_PORT,
+            src_port: self.local_port,
             dst_port: self.peer_port,
             len,
             kind: TYPE_STREAM,
@@ -171,7 +202,7 @@ impl Vsock {
             if self.tx_free != 0 {
                 continue;
             }
-            if !wait || matches!(self.state, State::Closed) {
+            if !wait || matches!(self.state, State::Closed | State::Reset) {
                 return None;
             }
             // Ask for the transmit interrupt while waiting for a slot.
@@ -224,7 +255,9 @@ impl Vsock {
             self.notify(0);
         }
         self.poll();
-        if self.pending_len > 0 || matches!(self.state, State::Closed | State::Refused) {
+        if self.pending_len > 0
+            || matches!(self.state, State::Closed | State::Refused | State::Reset)
+        {
             return;
         }
         if timed {

@@ -52,7 +52,9 @@ pub const RX_BUF: usize = 64 * 1024;
 pub const TX_SLOTS: usize = 8;
 pub const TX_BUF: usize = 64 * 1024;
 const EVENT_SLOTS: usize = 4;
-/// The guest's port of its connection (any free port: the host keys the connection on it).
+/// The guest's port of its first connection (any free port: the host keys the connection
+/// on it); each connection made again after a transport reset takes the next one, so that
+/// late packets of the old connection are not taken for the new one's.
 pub const LOCAL_PORT: u32 = 49152;
 /// The guest's receive window: all receive buffers.
 const BUF_ALLOC: u32 = (RX_SLOTS * RX_BUF) as u32;
@@ -74,6 +76,9 @@ enum State {
     Connected,
     Refused,
     Closed,
+    /// The device reset the transport (the VM was restored from a snapshot): the
+    /// connection is gone, and a new one may be made ([`Vsock::reconnect`]).
+    Reset,
 }
 
 /// Counters of what the driver did (for measurements).
@@ -106,6 +111,7 @@ pub struct Vsock {
     /// Bytes already read from the first pending slot.
     read_off: usize,
     state: State,
+    local_port: u32,
     peer_port: u32,
     fwd_cnt: u32,
     fwd_sent: u32,
@@ -144,6 +150,7 @@ impl Vsock {
             pending_len: 0,
             read_off: 0,
             state: State::Idle,
+            local_port: LOCAL_PORT,
             peer_port: 0,
             fwd_cnt: 0,
             fwd_sent: 0,

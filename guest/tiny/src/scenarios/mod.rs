@@ -8,6 +8,7 @@
 mod blk;
 mod boot;
 mod bus;
+mod count;
 mod cpuid;
 mod cpus;
 mod faults;
@@ -48,6 +49,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"halt", faults::halt),
     (b"ports", ports::run),
     (b"ticks", ticks::run),
+    (b"count", count::run),
     (b"blk-read", blk::run_read),
     (b"blk-write", blk::run_write),
     (b"blk-ro", blk::run_ro),

@@ -12,7 +12,7 @@ use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, VsockConfig,
+    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -35,6 +35,8 @@ pub enum Endpoint {
     Metrics,
     Vm,
     VmConfig,
+    SnapshotCreate,
+    SnapshotLoad,
 }
 
 impl Endpoint {
@@ -51,7 +53,9 @@ impl Endpoint {
             | Endpoint::CpuConfig
             | Endpoint::Actions
             | Endpoint::Logger
-            | Endpoint::Metrics => "PUT",
+            | Endpoint::Metrics
+            | Endpoint::SnapshotCreate
+            | Endpoint::SnapshotLoad => "PUT",
             Endpoint::Vm => "PATCH",
         }
     }
@@ -69,7 +73,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("hotplug", "memory hot-plug (virtio-mem)"),
     ("mmds", "MMDS (the microVM metadata service)"),
     ("pmem", "the virtio-pmem device"),
-    ("snapshot", "snapshotting"),
 ];
 
 /// The status of every refusal decided here (Firecracker answers 400 to each).
@@ -175,6 +178,8 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["metrics"] => (Endpoint::Metrics, None),
         ["vm"] => (Endpoint::Vm, None),
         ["vm", "config"] => (Endpoint::VmConfig, None),
+        ["snapshot", "create"] => (Endpoint::SnapshotCreate, None),
+        ["snapshot", "load"] => (Endpoint::SnapshotLoad, None),
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -191,7 +196,7 @@ fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
-         /actions, /logger, /metrics, /vm, /vm/config)"
+         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load)"
     )
 }
 
@@ -332,6 +337,12 @@ fn route_endpoint(
         }
         (Method::Patch, Endpoint::Vm) => {
             ApiRequest::PatchVm(parse_json::<VmStateBody>(body).map_err(json)?.state)
+        }
+        (Method::Put, Endpoint::SnapshotCreate) => {
+            ApiRequest::PutSnapshotCreate(parse_json::<SnapshotCreateParams>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::SnapshotLoad) => {
+            ApiRequest::PutSnapshotLoad(parse_json::<SnapshotLoadParams>(body).map_err(json)?)
         }
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.

@@ -183,6 +183,24 @@ fn table_of_routed_requests() {
         ),
         ApiRequest::PutLogger(_)
     ));
+    assert!(matches!(
+        ok(
+            Put,
+            "/snapshot/create",
+            Some(r#"{"snapshot_type":"Diff","snapshot_path":"s","mem_file_path":"m"}"#)
+        ),
+        ApiRequest::PutSnapshotCreate(_)
+    ));
+    assert!(matches!(
+        ok(
+            Put,
+            "/snapshot/load",
+            Some(
+                r#"{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"},"resume_vm":true}"#
+            )
+        ),
+        ApiRequest::PutSnapshotLoad(_)
+    ));
 }
 
 #[test]
@@ -203,13 +221,8 @@ fn table_of_refused_requests() {
             None,
             "MMDS (the microVM metadata service) is not supported by Kiln yet",
         ),
-        (
-            Put,
-            "/snapshot/create",
-            Some("{}"),
-            None,
-            "snapshotting is not supported by Kiln yet",
-        ),
+        (Get, "/snapshot/load", None, Some("PUT"), "allowed: PUT"),
+        (Put, "/snapshot/delete", Some("{}"), None, "no such path"),
         (
             Put,
             "/balloon",

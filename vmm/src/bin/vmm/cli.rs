@@ -1,14 +1,14 @@
 //! The `vmm` command line: every flag of Firecracker's `firecracker --help` (so the jailer
 //! and tools written for Firecracker can drive either), plus Kiln's `--serial-out`,
-//! `--boot-entry`, `--strict-io` and `--seccomp-log`.
+//! `--boot-entry`, `--strict-io`, `--seccomp-log` and the snapshot key
+//! (`--snapshot-key-file`, `--snapshot-key-fd`).
 //!
 //! `kiln-argv` tokenizes (a value as the next argument or after `=`: `--id vm1`,
 //! `--id=vm1`); this module only converts each value into what the library takes
 //! ([`SerialSink`], [`EntryPreference`], [`LogLevel`], [`seccomp::Choice`], ...). An unknown
 //! flag, a missing or invalid value, a flag given twice or a stray argument is an error
-//! naming it. A Firecracker flag for a feature Kiln does not have yet (PCI, MMDS,
-//! snapshots) is recognised and refused with [`CliError::Unsupported`], which names the
-//! feature.
+//! naming it. A Firecracker flag for a feature Kiln does not have yet (PCI, MMDS) is
+//! recognised and refused with [`CliError::Unsupported`], which names the feature.
 
 use kiln_argv::{ArgvError, Flag, Table};
 use std::ffi::OsString;
@@ -53,6 +53,12 @@ Options:
                                set or one compiled by kiln-seccompiler (policies/seccomp/README.md)
   --seccomp-log                diagnosis: log syscalls the filters refuse instead of killing
   --no-seccomp                 run without seccomp filtering (prints a warning)
+  --snapshot-key-file PATH     the key of authenticated snapshots (16 to 1024 bytes): snapshots
+                               are made with its HMAC-SHA256, and only snapshots that verify
+                               with it are loaded
+  --snapshot-key-fd N          the same key, read from inherited descriptor N (then closed)
+  --snapshot-version           print the snapshot format version this VMM writes and exit
+  --describe-snapshot PATH     print the format version of the snapshot state file PATH and exit
   --version                    print the version and exit
   --help                       print this help and exit
 
@@ -60,8 +66,6 @@ Firecracker flags recognised but refused until Kiln has the feature:
   --enable-pci                 PCI transport
   --metadata PATH, --mmds-size-limit BYTES
                                MMDS (microVM metadata service)
-  --snapshot-version, --describe-snapshot PATH
-                               snapshots
 ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,9 +91,15 @@ const NOT_YET: &[(&str, &str)] = &[
     ),
     ("metadata", "MMDS (the microVM metadata service)"),
     ("mmds-size-limit", "MMDS (the microVM metadata service)"),
-    ("snapshot-version", "snapshotting"),
-    ("describe-snapshot", "snapshotting"),
 ];
+
+/// Where the snapshot key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    /// An inherited descriptor (3 or more).
+    Fd(i32),
+}
 
 /// Everything the command line says, converted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,6 +125,7 @@ pub struct Args {
     pub metrics_path: Option<String>,
     pub http_api_max_payload_size: Option<usize>,
     pub seccomp: seccomp::Choice,
+    pub snapshot_key: Option<KeySource>,
 }
 
 /// What the invocation asks for.
@@ -122,6 +133,10 @@ pub struct Args {
 pub enum Command {
     Help,
     Version,
+    /// `--snapshot-version`.
+    SnapshotVersion,
+    /// `--describe-snapshot PATH`.
+    DescribeSnapshot(PathBuf),
     Run(Box<Args>),
 }
 
@@ -148,14 +163,16 @@ const FLAGS: &[Flag] = &[
     Flag::single("seccomp-filter"),
     Flag::switch("no-seccomp"),
     Flag::switch("seccomp-log"),
+    Flag::single("snapshot-key-file"),
+    Flag::single("snapshot-key-fd"),
+    Flag::switch("snapshot-version"),
+    Flag::single("describe-snapshot"),
     Flag::switch("version"),
     Flag::switch("help"),
     // Firecracker's, refused until Kiln has the feature (`NOT_YET`).
     Flag::switch("enable-pci"),
     Flag::single("metadata"),
     Flag::single("mmds-size-limit"),
-    Flag::switch("snapshot-version"),
-    Flag::single("describe-snapshot"),
 ];
 
 fn instance_id(id: &str) -> Result<String, &'static str> {
@@ -182,6 +199,14 @@ fn nonempty_module(v: &str) -> Result<String, &'static str> {
         return Err("the module path is empty");
     }
     Ok(v.to_string())
+}
+
+fn key_fd(v: &str) -> Result<i32, String> {
+    match v.parse::<i32>() {
+        Ok(n) if n >= 3 => Ok(n),
+        Ok(_) => Err("descriptors 0, 1 and 2 are the standard streams; use 3 or more".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn payload_size(v: &str) -> Result<usize, String> {
@@ -231,6 +256,17 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         metrics_path: a.converted("metrics-path", nonempty_path)?,
         http_api_max_payload_size: a.converted("http-api-max-payload-size", payload_size)?,
         seccomp,
+        snapshot_key: match (
+            a.converted("snapshot-key-file", nonempty_path)?,
+            a.converted("snapshot-key-fd", key_fd)?,
+        ) {
+            (Some(p), None) => Some(KeySource::File(PathBuf::from(p))),
+            (None, Some(fd)) => Some(KeySource::Fd(fd)),
+            (Some(_), Some(_)) => {
+                return Err(ArgvError::Conflict("snapshot-key-file", "snapshot-key-fd").into())
+            }
+            (None, None) => None,
+        },
     };
     if a.switch("help") {
         return Ok(Command::Help);
@@ -238,9 +274,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
     if a.switch("version") {
         return Ok(Command::Version);
     }
+    if a.switch("snapshot-version") {
+        return Ok(Command::SnapshotVersion);
+    }
+    if let Some(p) = a.converted("describe-snapshot", nonempty_path)? {
+        return Ok(Command::DescribeSnapshot(PathBuf::from(p)));
+    }
     // Values are checked first, so that a bad one is named as such.
     a.converted("metadata", nonempty_path)?;
-    a.converted("describe-snapshot", nonempty_path)?;
     a.converted("mmds-size-limit", payload_size)?;
     if let Some(&(flag, feature)) = NOT_YET
         .iter()
@@ -346,6 +387,24 @@ mod tests {
         assert_eq!(p(&["--no-api", "--help"]), Ok(Command::Help));
     }
 
+    #[test]
+    fn snapshot_flags() {
+        assert_eq!(p(&["--snapshot-version"]), Ok(Command::SnapshotVersion));
+        assert_eq!(
+            p(&["--describe-snapshot", "vm.snap"]),
+            Ok(Command::DescribeSnapshot("vm.snap".into()))
+        );
+        assert_eq!(
+            run(&["--snapshot-key-file", "/k"]).snapshot_key,
+            Some(KeySource::File("/k".into()))
+        );
+        assert_eq!(
+            run(&["--snapshot-key-fd=7"]).snapshot_key,
+            Some(KeySource::Fd(7))
+        );
+        assert_eq!(run(&[]).snapshot_key, None);
+    }
+
     /// Table of bad command lines and the error each gives.
     #[test]
     fn errors_name_the_problem() {
@@ -400,18 +459,8 @@ mod tests {
                 },
             ),
             (
-                &["--snapshot-version"],
-                CliError::Unsupported {
-                    flag: "snapshot-version",
-                    feature: "snapshotting",
-                },
-            ),
-            (
-                &["--describe-snapshot", "vm.snap"],
-                CliError::Unsupported {
-                    flag: "describe-snapshot",
-                    feature: "snapshotting",
-                },
+                &["--snapshot-key-file", "k", "--snapshot-key-fd", "3"],
+                argv(ArgvError::Conflict("snapshot-key-file", "snapshot-key-fd")),
             ),
             (
                 &["--no-seccomp", "--seccomp-filter", "f"],
@@ -441,6 +490,9 @@ mod tests {
             (&["--module", ""], "module"),
             (&["--mmds-size-limit", "lots"], "mmds-size-limit"),
             (&["--metadata", ""], "metadata"),
+            (&["--snapshot-key-fd", "2"], "snapshot-key-fd"),
+            (&["--snapshot-key-fd", "x"], "snapshot-key-fd"),
+            (&["--describe-snapshot", ""], "describe-snapshot"),
         ];
         for (argv, flag) in bad_values {
             match p(argv) {

@@ -7,20 +7,25 @@
 
 mod cli;
 
-use cli::{Args, CliError, Command};
+use cli::{Args, CliError, Command, KeySource};
 use kiln_hostfs::InputError;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm::api::{ApiError, Limits};
 use vmm::builder::{build_microvm, BuildError, BuildOptions};
-use vmm::controller::{configure_outputs, ControllerError, VmmApi};
+use vmm::controller::{configure_outputs, ControllerError, Starter, VmmApi};
 use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
-use vmm::resources::{MetricsConfig, ResourceError, VmResources, DEFAULT_INSTANCE_ID};
+use vmm::persist::{self, DescribeError};
+use vmm::resources::{
+    MetricsConfig, ResourceError, SnapshotLoad, VmResources, DEFAULT_INSTANCE_ID,
+};
 use vmm::seccomp::{self, SeccompError, ThreadKind};
 use vmm::signals::{SignalError, TerminationSignals};
+use vmm::snapshot::{KeyError, SnapshotKey};
 use vmm::timing::{self, StartupTrace};
 use vmm::vmm::{self as running, Vmm};
 
@@ -58,6 +63,12 @@ enum RunError {
     ServeApi(EventLoopError),
     #[error(transparent)]
     WatchSignals(EventLoopError),
+    #[error("--snapshot-key-fd {fd}: the descriptor is not open")]
+    KeyFd { fd: i32 },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("--describe-snapshot {0}")]
+    Describe(#[from] DescribeError),
 }
 
 impl RunError {
@@ -68,13 +79,16 @@ impl RunError {
             RunError::ReadConfig { .. }
             | RunError::Config { .. }
             | RunError::Outputs(_)
-            | RunError::Seccomp(_) => code::BAD_CONFIG,
+            | RunError::Seccomp(_)
+            | RunError::KeyFd { .. }
+            | RunError::Key(_) => code::BAD_CONFIG,
             RunError::Start(_) => code::START_FAILED,
             RunError::Signals(_)
             | RunError::MetricsThread(_)
             | RunError::Api(_)
             | RunError::ServeApi(_)
-            | RunError::WatchSignals(_) => code::GENERIC,
+            | RunError::WatchSignals(_)
+            | RunError::Describe(_) => code::GENERIC,
         }
     }
 }
@@ -102,6 +116,14 @@ fn start(main_entry: Instant) -> Result<i32, RunError> {
             println!("vmm (Kiln) {}", env!("CARGO_PKG_VERSION"));
             Ok(code::OK)
         }
+        Command::SnapshotVersion => {
+            println!("{}", vmm::snapshot::VERSION);
+            Ok(code::OK)
+        }
+        Command::DescribeSnapshot(path) => {
+            println!("{}", persist::describe(&path)?);
+            Ok(code::OK)
+        }
         Command::Run(args) => run(*args, main_entry),
     }
 }
@@ -111,8 +133,10 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
     timing::record_process_start(args.start_time_us, args.start_time_cpu_us);
     // Before any thread exists, so that every thread inherits the blocked mask.
     let signals = TerminationSignals::block()?;
-    // The config file (if any) is read first, so that a bad one fails before the API binds.
+    // The config file (if any) and the snapshot key are read first, so that a bad one fails
+    // before the API binds.
     let mut resources = read_config(args.config_file.as_deref())?;
+    let key = read_key(args.snapshot_key.as_ref())?;
     apply_output_flags(&args, &mut resources).map_err(RunError::Outputs)?;
     // Before any thread starts: each thread installs its own filter from this set.
     seccomp::init(&args.seccomp)?;
@@ -127,7 +151,7 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
         mut vmm,
         mut events,
         api,
-    }) = start_microvm(&args, resources, &signals, &trace)?
+    }) = start_microvm(&args, resources, key, &signals, &trace)?
     else {
         eprintln!("vmm: stopped by a signal before InstanceStart (exit code 0)");
         flush_metrics();
@@ -169,6 +193,28 @@ fn read_config(path: Option<&str>) -> Result<VmResources, RunError> {
         path: path.to_string(),
         source,
     })
+}
+
+/// The snapshot key (`--snapshot-key-file`, `--snapshot-key-fd`).
+fn read_key(source: Option<&KeySource>) -> Result<Option<Arc<SnapshotKey>>, RunError> {
+    let key = match source {
+        None => return Ok(None),
+        Some(KeySource::File(p)) => SnapshotKey::from_file(p)?,
+        Some(KeySource::Fd(fd)) => {
+            let fd = *fd;
+            // SAFETY: F_GETFD only reads the descriptor's flags; it fails on a closed one.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(RunError::KeyFd { fd });
+            }
+            // SAFETY: `fd` is open (checked above), 3 or more (the command line refuses the
+            // standard streams), and nothing else in this process uses it: the VMM opens
+            // nothing before reading the key except its config file, already closed. The
+            // file takes ownership and closes it once read.
+            let file = unsafe { std::fs::File::from_raw_fd(fd) };
+            SnapshotKey::from_file_handle(file, fd)?
+        }
+    };
+    Ok(Some(Arc::new(key)))
 }
 
 /// Applies the logger flags (`--log-path`, `--level`, `--show-level`, `--show-log-origin`,
@@ -255,23 +301,59 @@ struct Started {
     api: Option<VmmApi>,
 }
 
+/// How the API makes the microVM: boot (`InstanceStart`) or restore (`PUT /snapshot/load`).
+struct MainStarter<'a> {
+    opts: BuildOptions,
+    trace: &'a Option<StartupTrace>,
+}
+
+impl Starter for MainStarter<'_> {
+    type Started = (Vmm, EventLoop<Vmm>);
+
+    fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String> {
+        build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())
+    }
+
+    fn load(
+        &mut self,
+        req: &SnapshotLoad,
+        key: Option<&SnapshotKey>,
+    ) -> Result<(Self::Started, VmResources), String> {
+        // The boot-time milestones count from the load (as from InstanceStart).
+        timing::record_instance_start();
+        if let Some(t) = self.trace {
+            t.mark("snapshot/load requested");
+        }
+        let mut loaded = persist::load_snapshot(req, &self.opts, key).map_err(|e| e.to_string())?;
+        if let Some(t) = self.trace {
+            t.mark("snapshot loaded (paused)");
+        }
+        if req.resume_vm {
+            loaded
+                .vmm
+                .resume()
+                .map_err(|e| format!("the snapshot was loaded but resuming it failed: {e}"))?;
+        }
+        Ok(((loaded.vmm, loaded.events), loaded.resources))
+    }
+}
+
 /// Builds and starts the microVM, with the API unless `--no-api`. With a config file the
 /// microVM boots at once and the API keeps serving; without one, API requests configure it
-/// until `InstanceStart` builds it. `None`: SIGTERM/SIGINT came before `InstanceStart`.
+/// until `InstanceStart` builds it (or `PUT /snapshot/load` restores one). `None`:
+/// SIGTERM/SIGINT came before.
 fn start_microvm(
     args: &Args,
     resources: VmResources,
+    key: Option<Arc<SnapshotKey>>,
     signals: &TerminationSignals,
     trace: &Option<StartupTrace>,
 ) -> Result<Option<Started>, RunError> {
-    let build = |res: &VmResources| {
-        let opts = BuildOptions {
-            serial: args.serial_out.clone(),
-            entry: args.boot_entry,
-            trace: trace.clone(),
-            strict_io: args.strict_io,
-        };
-        build_microvm(res, opts)
+    let opts = BuildOptions {
+        serial: args.serial_out.clone(),
+        entry: args.boot_entry,
+        trace: trace.clone(),
+        strict_io: args.strict_io,
     };
     let booted = args.config_file.is_some();
     let api = if args.no_api {
@@ -288,19 +370,20 @@ fn start_microvm(
                 .unwrap_or(kiln_http::DEFAULT_MAX_PAYLOAD_SIZE),
             ..Limits::default()
         };
-        Some(VmmApi::start(
+        let mut api = VmmApi::start(
             Path::new(socket),
             limits,
             instance_id(args),
             resources.clone(),
             booted,
-        )?)
+        )?;
+        api.set_snapshot_key(key);
+        Some(api)
     };
     match api {
         Some(mut api) if !booted => {
-            let built = api.serve_until_started(Some(signals.as_raw_fd()), |res| {
-                build(res).map_err(|e| e.to_string())
-            })?;
+            let mut starter = MainStarter { opts, trace };
+            let built = api.serve_until_started(Some(signals.as_raw_fd()), &mut starter)?;
             Ok(built.map(|(vmm, events)| Started {
                 vmm,
                 events,
@@ -309,7 +392,7 @@ fn start_microvm(
         }
         api => {
             timing::record_instance_start();
-            let (vmm, events) = build(&resources).map_err(RunError::Start)?;
+            let (vmm, events) = build_microvm(&resources, opts).map_err(RunError::Start)?;
             Ok(Some(Started { vmm, events, api }))
         }
     }

@@ -11,6 +11,8 @@ use crate::devices::bus::BusDevice;
 use std::collections::VecDeque;
 use vm_superio::Trigger;
 
+pub mod persist;
+
 /// Offset of the data port (0x60) in the device's range.
 pub const DATA: u64 = 0;
 /// Offset of the status/command port (0x64).

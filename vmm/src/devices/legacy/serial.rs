@@ -17,6 +17,8 @@ use std::time::Instant;
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
+pub mod persist;
+
 /// Where the guest's serial output goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialSink {

@@ -3,7 +3,9 @@
 //! VM's [`crate::devices::manager::Devices`].
 
 use super::block::{Block, BlockError};
+use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
+use super::vsock::Vsock;
 use super::Interrupt;
 use crate::metrics::METRICS;
 use crate::resources::RateLimiterConfig;
@@ -51,6 +53,9 @@ impl BlockHandle {
 pub struct VirtioHandles {
     pub blocks: Vec<BlockHandle>,
     pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Every device's transport, in window order (snapshots save and restore them).
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioHandles {

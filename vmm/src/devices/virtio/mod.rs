@@ -25,6 +25,7 @@ pub mod rng;
 pub mod setup;
 pub mod vsock;
 
+use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::{Counter, METRICS};
 use queue::QueueError;
 use std::fmt::Display;
@@ -126,6 +127,35 @@ pub trait VirtioDevice: Send {
     /// hung up. The default stops watching it.
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
         ctx.unwatch(token);
+    }
+    /// Snapshots: where the started device is in each of its queues, in queue order (the
+    /// transport saves them with its registers and restarts the device there). `None`: the
+    /// device cannot be snapshotted once started, which is the default: a device opts in
+    /// (in its `persist` module) once everything the guest can observe of it is restored.
+    fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
+        None
+    }
+    /// Snapshots: the device's rate limiters, always in the same order (a network
+    /// interface's receive then transmit limiter), whose buckets the transport saves and
+    /// restores with the queues. The default: none.
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        Vec::new()
+    }
+}
+
+/// Snapshots: a started queue's position, the device's next available and used indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueuePosition {
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    pub fn of(q: &Queue) -> Self {
+        QueuePosition {
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
     }
 }
 

@@ -204,7 +204,18 @@ pub fn add_used(
         .add_used(mem, head, len)
         .map_err(|_| QueueError::UsedWrite {
             addr: queue.used_ring(),
-        })
+        })?;
+    mark_used_ring(queue);
+    Ok(())
+}
+
+/// Diff snapshots: the used ring (header, entries, avail_event) was written by the VMM.
+fn mark_used_ring(queue: &Queue) {
+    let len = USED_HEADER + USED_ELEM * u64::from(queue.size()) + 2;
+    crate::vstate::dirty::mark(
+        GuestAddress(queue.used_ring()),
+        usize::try_from(len).unwrap_or(0),
+    );
 }
 
 /// Writes several used entries, then publishes them with a single index update, so the
@@ -236,6 +247,7 @@ pub fn add_used_batch(
     mem.store(next.0.to_le(), idx_addr, Ordering::Release)
         .map_err(|_| fail(idx_addr.0))?;
     queue.set_next_used(next.0);
+    mark_used_ring(queue);
     Ok(())
 }
 
@@ -317,6 +329,7 @@ pub fn write_stream(mem: &GuestMemoryMmap, buffers: &[Buffer], offset: u64, data
         if mem.write_slice(src, addr).is_err() {
             break;
         }
+        crate::vstate::dirty::mark(addr, n);
         done += n;
     }
     done

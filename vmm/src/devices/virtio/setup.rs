@@ -170,7 +170,9 @@ impl VirtioSetup {
             interrupt.clone(),
             transport_evts,
         );
-        dm.attach_mmio_device(slot, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        dm.attach_mmio_device(slot, transport.clone())?;
+        self.handles.transports.push(transport);
         self.events.push(DeviceEvents {
             device,
             queue_evts: loop_evts,

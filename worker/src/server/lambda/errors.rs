@@ -215,6 +215,7 @@ fn start_error(source: &InstanceError, e: &PoolError) -> ServiceError {
         | InstanceError::Exited(_)
         | InstanceError::StartTimeout { .. }
         | InstanceError::Hello(_)
+        | InstanceError::Snapshot(_)
         | InstanceError::NoKernel { .. } => {
             ServiceError::service(500, "ServiceException", e.to_string())
         }

@@ -97,6 +97,8 @@ impl Disk {
     ) -> std::io::Result<()> {
         self.file.seek(SeekFrom::Start(offset))?;
         for (addr, len) in pieces {
+            // Marked first: a read that fails halfway has written part of the piece.
+            crate::vstate::dirty::mark(addr, len);
             mem.read_exact_volatile_from(addr, &mut self.file, len)
                 .map_err(std::io::Error::other)?;
         }

@@ -21,6 +21,7 @@
 //! queue waits for the limiter's timer, which the device has the event loop watch.
 
 pub mod disk;
+mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
@@ -430,6 +431,14 @@ impl VirtioDevice for Block {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
+    }
+
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.limiters()
     }
 
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {

@@ -429,6 +429,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
+pub mod persist;
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 mod tests;

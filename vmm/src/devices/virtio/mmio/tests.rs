@@ -1,5 +1,10 @@
+use super::persist::TransportStateError;
 use super::*;
+use crate::devices::rate_limiter::persist::LimiterStateError;
+use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::virtio::{ActivateError, EventCtx};
+use crate::resources::{RateLimiterConfig, TokenBucketConfig};
+use crate::snapshot::{Decoder, Encoder};
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// A device that records what the transport did to it.
@@ -9,6 +14,7 @@ struct Fake {
     resets: u32,
     refuse: bool,
     config: [u8; 8],
+    limiter: Option<RateLimiter>,
 }
 
 impl VirtioDevice for Fake {
@@ -52,6 +58,9 @@ impl VirtioDevice for Fake {
         self.activated.is_some()
     }
     fn process_queue(&mut self, _: usize, _: &mut EventCtx) {}
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.limiter.iter_mut().collect()
+    }
 }
 
 fn transport(fake: Fake) -> (MmioTransport, Arc<Mutex<Fake>>, Vec<EventFd>) {
@@ -328,4 +337,78 @@ fn interrupt_ack_and_generation() {
     assert_eq!(r(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 1);
     w(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 1);
     assert_eq!(r(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+}
+
+/// A limiter of `ops` operations per hour, and of bytes when `bytes`.
+fn hourly_limiter(ops: u64, bytes: bool) -> RateLimiter {
+    let bucket = |size| TokenBucketConfig {
+        size,
+        one_time_burst: None,
+        refill_time: 3_600_000,
+    };
+    RateLimiter::new(Some(&RateLimiterConfig {
+        bandwidth: bytes.then(|| bucket(1 << 20)),
+        ops: Some(bucket(ops)),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn snapshots_carry_the_rate_limiters_tokens() {
+    let (t, dev, _) = transport(Fake {
+        limiter: Some(hourly_limiter(3, true)),
+        ..Fake::default()
+    });
+    // Two requests of 1000 bytes: one op of the hour's three is left.
+    for _ in 0..2 {
+        assert!(lock(&dev).limiter.as_mut().unwrap().consume(1000));
+    }
+    let saved = t.save_state().unwrap();
+    assert_eq!(saved.limiters.len(), 1);
+    let mut e = Encoder::new();
+    e.put(&saved);
+    let bytes = e.into_bytes();
+    let decoded: persist::TransportState = Decoder::new(&bytes).get().unwrap();
+    assert_eq!(decoded, saved);
+
+    // A device built from the same configuration gets the saved tokens: one op left.
+    let (mut t2, dev2, _) = transport(Fake {
+        limiter: Some(hourly_limiter(3, true)),
+        ..Fake::default()
+    });
+    t2.restore_state(&decoded).unwrap();
+    let mut d = lock(&dev2);
+    let l = d.limiter.as_mut().unwrap();
+    assert!(l.consume(1000));
+    assert!(!l.consume(1000), "the third op of the hour was the last");
+    drop(d);
+
+    // A device without the limiter, or with other buckets, is refused by name.
+    let (mut none, _, _) = transport(Fake::default());
+    assert_eq!(
+        none.restore_state(&decoded).unwrap_err(),
+        TransportStateError::LimiterCount {
+            id: "fake".into(),
+            saved: 1,
+            here: 0
+        }
+    );
+    let (mut ops_only, _, _) = transport(Fake {
+        limiter: Some(hourly_limiter(3, false)),
+        ..Fake::default()
+    });
+    let err = ops_only.restore_state(&decoded).unwrap_err();
+    assert_eq!(
+        err,
+        TransportStateError::Limiter {
+            id: "fake".into(),
+            index: 0,
+            source: LimiterStateError::UnexpectedBucket("bandwidth")
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("virtio device fake: rate limiter 0"),
+        "{err}"
+    );
 }

@@ -25,6 +25,7 @@
 //! not fit waits (the tap is not watched meanwhile, so further frames wait in the host's
 //! queue); a transmitted one stays in the ring. Each side's timer brings it back.
 
+mod persist;
 pub mod tap;
 
 use super::queue::{
@@ -502,6 +503,14 @@ impl VirtioDevice for Net {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
+    }
+
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.rx_tx_limiters()
     }
 
     fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {

@@ -14,6 +14,8 @@
 //! not fit stays in the ring until the limiter's timer fires. Work per event is bounded:
 //! [`REQUESTS_PER_EVENT`] requests or [`BYTES_PER_EVENT`] bytes, then the queue waits for
 //! its next turn.
+//!
+//! Snapshots save the queue's position and the limiter's buckets (`persist.rs`).
 
 use super::queue::{self, add_used, pop_head, total_len, unpop, walk_chain, write_stream};
 use super::{
@@ -27,6 +29,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
+
+mod persist;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest answer to one request (Firecracker's).
@@ -243,6 +247,14 @@ impl VirtioDevice for Entropy {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
+    }
+
+    fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
+        self.limiters()
     }
 
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {

@@ -8,7 +8,8 @@
 //! - [`unix`]: the nonblocking socket and timer system calls.
 //!
 //! Three queues of [`QUEUE_SIZE`]: receive (0, host → guest), transmit (1, guest → host) and
-//! event (2; the device never sends events: no transport resets without snapshots). Feature
+//! event (2; its one event, a transport reset, is sent when the device is restored from a
+//! snapshot: the guest's connections did not survive the move, see [`persist`]). Feature
 //! offered: `VERSION_1` only (stream sockets). Configuration space: `guest_cid` (le64).
 //!
 //! Work per event is bounded: at most [`PACKETS_PER_EVENT`] packets or [`BYTES_PER_EVENT`]
@@ -22,6 +23,7 @@
 pub mod connection;
 pub mod muxer;
 pub mod packet;
+mod persist;
 pub mod unix;
 
 use super::queue::{
@@ -66,6 +68,7 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    event: Queue,
     interrupt: Arc<Interrupt>,
     broken: bool,
 }
@@ -332,12 +335,13 @@ impl VirtioDevice for Vsock {
             features: _,
             interrupt,
         } = activation;
-        let [rx, tx, _event] =
+        let [rx, tx, event] =
             Activation::take_queues(queues, &[RX_QUEUE, TX_QUEUE], &METRICS.vsock.activate_fails)?;
         self.active = Some(Active {
             mem,
             rx,
             tx,
+            event,
             interrupt,
             broken: false,
         });
@@ -356,6 +360,10 @@ impl VirtioDevice for Vsock {
         self.active.is_some()
     }
 
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
+    }
+
     fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {
         self.prepare();
         if self.active.as_ref().is_none_or(|a| a.broken) {
@@ -369,7 +377,7 @@ impl VirtioDevice for Vsock {
                 self.receive();
             }
             RX_QUEUE => self.receive(),
-            // Event buffers are kept for events the device never sends.
+            // Event buffers are kept for the transport reset of a restore.
             _ => {}
         }
     }

@@ -1,0 +1,195 @@
+//! What a snapshot's state file holds: [`MicrovmState`], and its checks before a restore.
+//!
+//! Body layout (the [`crate::snapshot::codec`] encoding, in this order): the configuration
+//! (the config file's JSON: `boot-source`, `machine-config`, `cpu-config`, `drives`,
+//! `network-interfaces`, `vsock`, `entropy`, `serial`, with the rate limiters as they are
+//! in force), the guest memory (its regions, and with a key the 2 MiB chunk digests of the
+//! memory file), the VM (irqchip, PIT, kvmclock), every vCPU, COM1 (with its output
+//! bucket's tokens), the i8042, and every virtio-mmio transport in window order (with its
+//! device's queue positions and rate limiters' tokens).
+
+use crate::arch::x86_64::layout::ram_ranges;
+use crate::devices::legacy::i8042::persist::I8042State;
+use crate::devices::legacy::serial::persist::SerialSnapshot;
+use crate::devices::virtio::mmio::persist::TransportState;
+use crate::resources::VmConfig;
+use crate::snapshot::digest::MemoryDigest;
+use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
+use crate::vstate::vcpu_state::VcpuState;
+use crate::vstate::vm_state::VmState;
+
+/// Largest configuration text (the config file's limit).
+const MAX_CONFIG: usize = 1 << 20;
+/// Most memory regions (below and above the MMIO gap).
+const MAX_REGIONS: usize = 4;
+/// Most vCPUs (the machine configuration's limit).
+const MAX_VCPUS: usize = 32;
+/// Most virtio devices (one per IRQ 5 to 23).
+const MAX_TRANSPORTS: usize = 32;
+
+/// Guest memory as saved: its regions (guest address, length), laid out one after the
+/// other in the memory file, and (authenticated snapshots) the file's digests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryState {
+    pub regions: Vec<(u64, u64)>,
+    pub digest: Option<MemoryDigest>,
+}
+
+impl MemoryState {
+    /// Bytes of guest memory (the memory file's size).
+    pub fn size(&self) -> u64 {
+        self.regions
+            .iter()
+            .fold(0u64, |a, (_, len)| a.saturating_add(*len))
+    }
+}
+
+/// Everything a snapshot's state file holds.
+#[derive(Debug)]
+pub struct MicrovmState {
+    pub config: String,
+    pub memory: MemoryState,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub serial: Option<SerialSnapshot>,
+    pub i8042: Option<I8042State>,
+    pub virtio: Vec<TransportState>,
+}
+
+/// Why a decoded state cannot be the state of a microVM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("the snapshot's configuration is invalid: {0}")]
+    Config(String),
+    #[error(
+        "the snapshot's configuration has {configured} vCPUs, and it holds the state of {saved}"
+    )]
+    VcpuCount { configured: u8, saved: usize },
+    #[error("the snapshot holds the state of vCPU {found} where vCPU {expected} belongs")]
+    VcpuIndex { expected: usize, found: u8 },
+    #[error("the snapshot's memory regions {saved:x?} are not those of {size} bytes of guest memory ({expected:x?})")]
+    Regions {
+        saved: Vec<(u64, u64)>,
+        expected: Vec<(u64, u64)>,
+        size: u64,
+    },
+    #[error("the snapshot's configuration has {configured} virtio devices, and it holds the state of {saved}")]
+    DeviceCount { configured: usize, saved: usize },
+    #[error("the snapshot has no state for the {0}")]
+    MissingDevice(&'static str),
+}
+
+impl MicrovmState {
+    /// The saved configuration, parsed (not yet validated: see `persist::load`).
+    pub fn parse_config(&self) -> Result<VmConfig, StateError> {
+        crate::resources::parse_json::<VmConfig>(&self.config)
+            .map_err(|e| StateError::Config(e.to_string()))
+    }
+
+    /// Checks that the parts agree with each other and with `config`: one state per vCPU
+    /// in order, the memory regions of the configured size, one transport per virtio
+    /// device, the legacy devices present.
+    pub fn check(&self, config: &VmConfig) -> Result<(), StateError> {
+        let mc = config
+            .machine_config
+            .as_ref()
+            .ok_or_else(|| StateError::Config("machine-config is missing".into()))?;
+        if self.vcpus.len() != usize::from(mc.vcpu_count) {
+            return Err(StateError::VcpuCount {
+                configured: mc.vcpu_count,
+                saved: self.vcpus.len(),
+            });
+        }
+        for (expected, v) in self.vcpus.iter().enumerate() {
+            if usize::from(v.index) != expected {
+                return Err(StateError::VcpuIndex {
+                    expected,
+                    found: v.index,
+                });
+            }
+        }
+        let size = mc.mem_size_mib.saturating_mul(1 << 20);
+        let expected = ram_ranges(size);
+        if self.memory.regions != expected {
+            return Err(StateError::Regions {
+                saved: self.memory.regions.clone(),
+                expected,
+                size,
+            });
+        }
+        let configured = config.drives.len()
+            + config.network_interfaces.len()
+            + usize::from(config.vsock.is_some())
+            + usize::from(config.entropy.is_some());
+        if self.virtio.len() != configured {
+            return Err(StateError::DeviceCount {
+                configured,
+                saved: self.virtio.len(),
+            });
+        }
+        if self.serial.is_none() {
+            return Err(StateError::MissingDevice("serial console"));
+        }
+        if self.i8042.is_none() {
+            return Err(StateError::MissingDevice("i8042"));
+        }
+        Ok(())
+    }
+}
+
+struct Region(u64, u64);
+
+impl Persist for Region {
+    fn encode(&self, e: &mut Encoder) {
+        e.u64(self.0);
+        e.u64(self.1);
+    }
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        Ok(Region(
+            d.u64("memory region address")?,
+            d.u64("memory region length")?,
+        ))
+    }
+}
+
+impl Persist for MemoryState {
+    fn encode(&self, e: &mut Encoder) {
+        let regions: Vec<Region> = self.regions.iter().map(|&(a, l)| Region(a, l)).collect();
+        e.list(&regions);
+        e.option(self.digest.as_ref());
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        let regions: Vec<Region> = d.list("memory regions", MAX_REGIONS, 16)?;
+        Ok(MemoryState {
+            regions: regions.into_iter().map(|r| (r.0, r.1)).collect(),
+            digest: d.option("memory digest")?,
+        })
+    }
+}
+
+impl Persist for MicrovmState {
+    fn encode(&self, e: &mut Encoder) {
+        e.str(&self.config);
+        e.put(&self.memory);
+        e.put(&self.vm);
+        e.list(&self.vcpus);
+        e.option(self.serial.as_ref());
+        e.option(self.i8042.as_ref());
+        e.list(&self.virtio);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        let state = MicrovmState {
+            config: d.str("configuration", MAX_CONFIG)?,
+            memory: d.get()?,
+            vm: d.get()?,
+            vcpus: d.list("vCPU states", MAX_VCPUS, 4096)?,
+            serial: d.option("serial console")?,
+            i8042: d.option("i8042")?,
+            virtio: d.list("virtio devices", MAX_TRANSPORTS, 32)?,
+        };
+        d.finish()?;
+        Ok(state)
+    }
+}
