@@ -3,9 +3,10 @@
 //! ([`ApiReply`]: data, or the API layer's [`RequestError`]).
 
 use crate::resources::{
-    BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
+    DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
+    SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -60,6 +61,11 @@ pub enum ApiRequest {
     PatchVm(VmStateChange),
     PutSnapshotCreate(SnapshotCreateParams),
     PutSnapshotLoad(SnapshotLoadParams),
+    GetBalloon,
+    PutBalloon(BalloonConfig),
+    PatchBalloon(BalloonUpdate),
+    GetBalloonStats,
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 impl ApiRequest {
@@ -89,6 +95,11 @@ impl ApiRequest {
             ApiRequest::PatchVm(_) => "PATCH /vm",
             ApiRequest::PutSnapshotCreate(_) => "PUT /snapshot/create",
             ApiRequest::PutSnapshotLoad(_) => "PUT /snapshot/load",
+            ApiRequest::GetBalloon => "GET /balloon",
+            ApiRequest::PutBalloon(_) => "PUT /balloon",
+            ApiRequest::PatchBalloon(_) => "PATCH /balloon",
+            ApiRequest::GetBalloonStats => "GET /balloon/statistics",
+            ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
         }
     }
 }

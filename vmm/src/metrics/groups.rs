@@ -88,6 +88,8 @@ metrics_group! {
         /// Kiln: `PUT /entropy` (Firecracker does not count it).
         entropy_count: Counter,
         entropy_fails: Counter,
+        balloon_count: Counter,
+        balloon_fails: Counter,
     }
 }
 
@@ -101,6 +103,8 @@ metrics_group! {
         network_fails: Counter,
         vm_state_count: Counter,
         vm_state_fails: Counter,
+        balloon_count: Counter,
+        balloon_fails: Counter,
     }
 }
 
@@ -342,6 +346,42 @@ metrics_group! {
         entropy_rate_limiter_throttled: Counter,
         /// Rate limiter timers that fired.
         rate_limiter_event_count: Counter,
+    }
+}
+
+metrics_group! {
+    /// The virtio-balloon device (`balloon`): Firecracker's fields, then Kiln's.
+    BalloonMetrics {
+        activate_fails: Counter,
+        /// Inflate queue events.
+        inflate_count: Counter,
+        /// Stats buffers the driver posted.
+        stats_updates_count: Counter,
+        /// Statistics not taken: an unknown tag, a malformed buffer, an extra buffer.
+        stats_update_fails: Counter,
+        /// Deflate queue events.
+        deflate_count: Counter,
+        /// Inflate or deflate chains refused (malformed, not whole frame numbers, too long).
+        event_fails: Counter,
+        free_page_report_count: Counter,
+        free_page_report_freed: Counter,
+        free_page_report_fails: Counter,
+        free_page_hint_count: Counter,
+        free_page_hint_freed: Counter,
+        free_page_hint_fails: Counter,
+        /// Kiln: 4 KiB pages given back to the host (madvise).
+        inflated_pages: Counter,
+        /// Kiln: pages the driver took back.
+        deflated_pages: Counter,
+        /// Kiln: frame numbers outside guest RAM.
+        invalid_pfns: Counter,
+        /// Kiln: frame numbers given twice in one chain.
+        duplicate_pfns: Counter,
+        /// Kiln: runs not (wholly) given back because the backing's pages are larger
+        /// (hugetlbfs).
+        unaligned_ranges: Counter,
+        /// Kiln: madvise calls that failed.
+        discard_fails: Counter,
     }
 }
 

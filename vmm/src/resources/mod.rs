@@ -10,6 +10,7 @@
 //! Kiln adds one section, `serial` (the body of Firecracker's `PUT /serial`, which its
 //! config file has no section for).
 
+mod balloon;
 mod boot_source;
 mod cpu_config;
 mod drive;
@@ -27,6 +28,7 @@ mod vsock;
 #[cfg(test)]
 mod tests;
 
+pub use balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
 pub use boot_source::BootSourceConfig;
 pub use cpu_config::{
     Bitmap, CpuConfig, CpuConfigSource, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
@@ -135,6 +137,8 @@ pub enum ResourceError {
     CpuConfigFile { path: String, reason: String },
     #[error("snapshot/load: {0}")]
     SnapshotLoad(String),
+    #[error("balloon: amount_mib {amount_mib} is more than the guest's memory (mem_size_mib {mem_size_mib})")]
+    BalloonTooLarge { amount_mib: u32, mem_size_mib: u64 },
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).
@@ -170,10 +174,10 @@ pub struct VmConfig {
     /// of a microVM that does not use it stays a configuration Firecracker reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
     /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
     /// accepted, anything else refused naming the feature.
-    #[serde(default)]
-    pub balloon: Option<NotYet>,
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<NotYet>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -185,7 +189,6 @@ pub struct VmConfig {
 impl VmConfig {
     /// Refuses a section for a feature Kiln does not have yet.
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_present(&self.balloon, "balloon", "the balloon device")?;
         refuse_if_present(
             &self.mmds_config,
             "mmds-config",
@@ -215,6 +218,9 @@ pub struct VmResources {
     pub cpu_config: Option<CpuConfig>,
     pub entropy: Option<EntropyConfig>,
     pub serial: Option<SerialConfig>,
+    /// The balloon as configured; `PATCH /balloon` and `PATCH /balloon/statistics` keep
+    /// its target and interval current.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl VmResources {
@@ -246,6 +252,9 @@ impl VmResources {
         if let Some(s) = file.serial {
             res.set_serial(s)?;
         }
+        if let Some(b) = file.balloon {
+            res.set_balloon(b)?;
+        }
         res.logger = file.logger.map(LoggerConfig::validated).transpose()?;
         res.metrics = file.metrics.map(MetricsConfig::validated).transpose()?;
         Ok(res)
@@ -264,6 +273,7 @@ impl VmResources {
             cpu_config: self.cpu_config.clone().map(CpuConfigSource::Template),
             entropy: self.entropy,
             serial: self.serial.clone(),
+            balloon: self.balloon,
             ..VmConfig::default()
         }
     }
@@ -305,6 +315,13 @@ impl VmResources {
     /// `PUT /entropy`: the virtio-rng device (a second `PUT` replaces the first).
     pub fn set_entropy(&mut self, cfg: EntropyConfig) -> Result<(), ResourceError> {
         self.entropy = Some(cfg.validated()?);
+        Ok(())
+    }
+
+    /// `PUT /balloon`: the balloon device (a second `PUT` replaces the first). Its target
+    /// must fit the guest's memory as configured now.
+    pub fn set_balloon(&mut self, cfg: BalloonConfig) -> Result<(), ResourceError> {
+        self.balloon = Some(cfg.validated(self.machine_config.mem_size_mib)?);
         Ok(())
     }
 

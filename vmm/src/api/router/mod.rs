@@ -10,9 +10,10 @@
 use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
-    parse_json, BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub enum Endpoint {
     VmConfig,
     SnapshotCreate,
     SnapshotLoad,
+    Balloon,
+    BalloonStatistics,
 }
 
 impl Endpoint {
@@ -57,6 +60,8 @@ impl Endpoint {
             | Endpoint::SnapshotCreate
             | Endpoint::SnapshotLoad => "PUT",
             Endpoint::Vm => "PATCH",
+            Endpoint::Balloon => "GET, PUT, PATCH",
+            Endpoint::BalloonStatistics => "GET, PATCH",
         }
     }
 
@@ -69,7 +74,6 @@ impl Endpoint {
 /// Paths of Firecracker's API (first segment) for features Kiln does not have yet, with the
 /// feature: answered with a message that says so, rather than a bare "unknown path".
 const NOT_YET: &[(&str, &str)] = &[
-    ("balloon", "the balloon device"),
     ("hotplug", "memory hot-plug (virtio-mem)"),
     ("mmds", "MMDS (the microVM metadata service)"),
     ("pmem", "the virtio-pmem device"),
@@ -146,6 +150,10 @@ pub fn counters(
             (&pa.network_count, Some(&pa.network_fails))
         }
         (Method::Patch, Endpoint::Vm) => (&pa.vm_state_count, Some(&pa.vm_state_fails)),
+        (Method::Put, Endpoint::Balloon) => (&p.balloon_count, Some(&p.balloon_fails)),
+        (Method::Patch, Endpoint::Balloon | Endpoint::BalloonStatistics) => {
+            (&pa.balloon_count, Some(&pa.balloon_fails))
+        }
         _ => return None,
     })
 }
@@ -180,6 +188,14 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["vm", "config"] => (Endpoint::VmConfig, None),
         ["snapshot", "create"] => (Endpoint::SnapshotCreate, None),
         ["snapshot", "load"] => (Endpoint::SnapshotLoad, None),
+        ["balloon"] => (Endpoint::Balloon, None),
+        ["balloon", "statistics"] => (Endpoint::BalloonStatistics, None),
+        ["balloon", "hinting", ..] => {
+            return Err(RouteError::unknown(
+                format!("{path}: free page hinting is not supported by Kiln yet"),
+                None,
+            ))
+        }
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -196,7 +212,8 @@ fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
-         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load)"
+         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, \
+         /balloon, /balloon/statistics)"
     )
 }
 
@@ -343,6 +360,17 @@ fn route_endpoint(
         }
         (Method::Put, Endpoint::SnapshotLoad) => {
             ApiRequest::PutSnapshotLoad(parse_json::<SnapshotLoadParams>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::Balloon) => ApiRequest::GetBalloon,
+        (Method::Put, Endpoint::Balloon) => {
+            ApiRequest::PutBalloon(parse_json::<BalloonConfig>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::Balloon) => {
+            ApiRequest::PatchBalloon(parse_json::<BalloonUpdate>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::BalloonStatistics) => ApiRequest::GetBalloonStats,
+        (Method::Patch, Endpoint::BalloonStatistics) => {
+            ApiRequest::PatchBalloonStats(parse_json::<BalloonStatsUpdate>(body).map_err(json)?)
         }
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.
