@@ -108,6 +108,9 @@ pub struct Balloon {
     held_stats: Option<u16>,
     /// `None` without statistics.
     timer: Option<Timer>,
+    /// The timer runs (armed on the VMM thread when the driver first posts its buffer:
+    /// activation happens on a vCPU thread, whose seccomp filter has no timerfd calls).
+    timer_running: bool,
     active: Option<Active>,
     warnings: LogBudget,
 }
@@ -128,6 +131,7 @@ impl Balloon {
             stats: BalloonStats::default(),
             held_stats: None,
             timer,
+            timer_running: false,
             active: None,
             warnings: LogBudget::new(),
         })
@@ -173,7 +177,9 @@ impl Balloon {
         }
         self.params.stats_polling_interval_s = interval_s;
         self.return_stats_buffer();
-        self.arm_timer()
+        self.arm_timer()?;
+        self.timer_running = self.active.is_some();
+        Ok(())
     }
 
     /// `GET /balloon/statistics`.
@@ -293,6 +299,16 @@ impl Balloon {
     fn stats_posted(&mut self, ctx: &mut EventCtx) {
         if let Some(t) = &self.timer {
             ctx.watch(STATS_TIMER_TOKEN, t.as_raw_fd());
+            if !self.timer_running && self.active.is_some() {
+                match self.arm_timer() {
+                    Ok(()) => self.timer_running = true,
+                    Err(e) => {
+                        if self.warnings.take() {
+                            crate::log_warn!("balloon: {e}; statistics will not be polled");
+                        }
+                    }
+                }
+            }
         }
         let Balloon {
             active,
@@ -463,21 +479,20 @@ impl VirtioDevice for Balloon {
             Vec::from(Activation::take_queues::<2>(queues, &[0, 1], fails)?)
         };
         self.held_stats = None;
+        self.timer_running = false;
         self.active = Some(Active {
             mem,
             queues,
             interrupt,
             broken: false,
         });
-        if let Err(e) = self.arm_timer() {
-            crate::log_warn!("balloon: {e}; statistics will not be polled");
-        }
         Ok(())
     }
 
     fn reset(&mut self) {
         self.active = None;
         self.held_stats = None;
+        self.timer_running = false;
         self.actual_pages = 0;
     }
 
