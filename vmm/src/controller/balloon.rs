@@ -17,6 +17,8 @@ pub enum BalloonRequestError {
     NoDevice,
     #[error("balloon: {0}")]
     Device(#[from] BalloonError),
+    #[error("{0} is not a balloon request")]
+    NotBalloon(&'static str),
 }
 
 impl Controller {
@@ -62,10 +64,8 @@ impl Controller {
                 }
                 Ok(VmmData::Empty)
             }
-            other => Err(ControllerError::Serialize(format!(
-                "{} is not a balloon request",
-                other.describe()
-            ))),
+            // `Controller::apply` sends only the balloon's requests here.
+            other => Err(BalloonRequestError::NotBalloon(other.describe()).into()),
         }
     }
 

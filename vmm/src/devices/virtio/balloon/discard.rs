@@ -49,7 +49,7 @@ pub fn discard_pfns(mem: &GuestMemoryMmap, pfns: &mut Vec<u32>) -> Discarded {
     let mut i = 0usize;
     while let Some(&first) = pfns.get(i) {
         let start = u64::from(first) << PAGE_SHIFT;
-        let Some((region_start, region_end, huge)) = region_of(mem, start) else {
+        let Some((region_end, huge)) = region_of(mem, start) else {
             out.invalid += 1;
             i += 1;
             continue;
@@ -65,7 +65,6 @@ pub fn discard_pfns(mem: &GuestMemoryMmap, pfns: &mut Vec<u32>) -> Discarded {
             end += PAGE_SIZE;
             i += 1;
         }
-        debug_assert!(start >= region_start);
         discard_run(mem, start, end, huge, &mut out);
     }
     METRICS.balloon.inflated_pages.add(out.pages);
@@ -76,31 +75,37 @@ pub fn discard_pfns(mem: &GuestMemoryMmap, pfns: &mut Vec<u32>) -> Discarded {
     out
 }
 
-/// The guest RAM region holding the whole page at `addr`: its start and end guest
-/// addresses, and whether it is backed by hugetlbfs pages.
-fn region_of(mem: &GuestMemoryMmap, addr: u64) -> Option<(u64, u64, bool)> {
+/// The guest RAM region holding the whole page at `addr`: its end guest address, and
+/// whether it is backed by hugetlbfs pages.
+fn region_of(mem: &GuestMemoryMmap, addr: u64) -> Option<(u64, bool)> {
     let r = mem.find_region(GuestAddress(addr))?;
     let start = r.start_addr().0;
     let end = start.checked_add(r.len())?;
     if addr.checked_add(PAGE_SIZE)? > end {
         return None;
     }
-    Some((start, end, r.is_hugetlbfs() == Some(true)))
+    Some((end, r.is_hugetlbfs() == Some(true)))
+}
+
+/// The whole 2 MiB pages inside `start..end`, if any.
+fn whole_huge_pages(start: u64, end: u64) -> Option<(u64, u64)> {
+    let from = start.div_ceil(HUGE_PAGE).checked_mul(HUGE_PAGE)?;
+    let to = end / HUGE_PAGE * HUGE_PAGE;
+    (from < to).then_some((from, to))
 }
 
 /// Drops guest addresses `start..end` (within one region) from the host mapping; with
 /// hugetlbfs backing only the whole 2 MiB pages inside.
 fn discard_run(mem: &GuestMemoryMmap, start: u64, end: u64, huge: bool, out: &mut Discarded) {
     let (from, to) = if huge {
-        let from = start.div_ceil(HUGE_PAGE) * HUGE_PAGE;
-        let to = end / HUGE_PAGE * HUGE_PAGE;
-        if from != start || to != end {
+        let whole = whole_huge_pages(start, end);
+        if whole != Some((start, end)) {
             out.unaligned += 1;
         }
-        if from >= to {
-            return;
+        match whole {
+            Some(w) => w,
+            None => return,
         }
-        (from, to)
     } else {
         (start, end)
     };
@@ -128,5 +133,20 @@ fn discard_run(mem: &GuestMemoryMmap, start: u64, end: u64, huge: bool, out: &mu
             "balloon: madvise of {len} bytes at guest {from:#x} failed: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugetlbfs_runs_keep_only_their_whole_huge_pages() {
+        const M2: u64 = 2 << 20;
+        assert_eq!(whole_huge_pages(0, M2), Some((0, M2)));
+        assert_eq!(whole_huge_pages(PAGE_SIZE, 3 * M2), Some((M2, 3 * M2)));
+        assert_eq!(whole_huge_pages(M2, 2 * M2 + PAGE_SIZE), Some((M2, 2 * M2)));
+        assert_eq!(whole_huge_pages(PAGE_SIZE, M2 + PAGE_SIZE), None);
+        assert_eq!(whole_huge_pages(u64::MAX - PAGE_SIZE, u64::MAX), None);
     }
 }
