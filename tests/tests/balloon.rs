@@ -5,8 +5,8 @@
 //! answering statistics requests all along. The tests measure the VMM's resident memory
 //! (`/proc/<pid>/status`) falling by about the inflated amount, check `GET /balloon`,
 //! `GET /balloon/statistics` and `GET /vm/config`, the metrics (`balloon.*`), that the
-//! deflated pages come back zeroed (the host dropped them), and that a snapshot of a VM
-//! with an inflated balloon restores and deflates. The hostile driver (`balloon-hostile`)
+//! deflated pages come back zeroed (the host dropped them), the same with transparent huge
+//! pages, and that a snapshot of a VM with an inflated balloon restores and deflates. The hostile driver (`balloon-hostile`)
 //! is in this suite too.
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo build --workspace`).
@@ -41,12 +41,17 @@ fn rss_kib(vmm: &Vmm) -> u64 {
 /// A VMM with the metrics file, a 64 MiB tiny guest running `balloon`, and the balloon
 /// (target 0, statistics every second), started.
 fn balloon_vmm(dir_metrics: &Path) -> Vmm {
+    balloon_vmm_with(dir_metrics, "")
+}
+
+/// As [`balloon_vmm`], with `machine` added to the machine configuration.
+fn balloon_vmm_with(dir_metrics: &Path, machine: &str) -> Vmm {
     require_kvm();
     let vmm = Vmm::start(&["--metrics-path", dir_metrics.to_str().unwrap()]);
     vmm.ok(
         "PUT",
         "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+        &format!(r#"{{"vcpu_count": 1, "mem_size_mib": 64{machine}}}"#),
     );
     vmm.boot_tiny_guest(&format!(
         "kiln.test=balloon kiln.mib={TOUCHED_MIB} kiln.base=16 kiln.ram=64"
@@ -196,6 +201,37 @@ fn inflating_gives_the_touched_memory_back_and_deflating_takes_it() {
     assert_eq!(m.get("put_api_requests.balloon_count"), 2, "{m:?}");
     assert_eq!(m.get("put_api_requests.balloon_fails"), 1, "{m:?}");
     assert_eq!(m.get("balloon.deflated_pages"), 6144, "{m:?}");
+}
+
+/// With transparent huge pages the touched range may be backed by 2 MiB pages; giving back
+/// its 4 KiB pages still frees them (the kernel splits what it must).
+#[test]
+fn transparent_huge_pages_are_given_back_too() {
+    let scratch = kiln_tests::ScratchDir::new("kiln-balloon-thp");
+    let vmm = balloon_vmm_with(
+        &scratch.join("metrics.json"),
+        r#", "huge_pages": "Transparent""#,
+    );
+    let before = rss_kib(&vmm);
+    vmm.ok(
+        "PATCH",
+        "/balloon",
+        &format!(r#"{{"amount_mib": {TOUCHED_MIB}}}"#),
+    );
+    wait_line(&vmm, "balloon inflated");
+    let after = rss_kib(&vmm);
+    let freed = before.saturating_sub(after);
+    assert!(
+        freed >= (TOUCHED_MIB - 2) << 10,
+        "RSS {before} KiB -> {after} KiB: only {freed} KiB given back"
+    );
+    vmm.ok("PATCH", "/balloon", r#"{"amount_mib": 0}"#);
+    wait_line(&vmm, "balloon deflated");
+    let out = TinyOutput::parse(&vmm.serial());
+    assert_eq!(
+        field(&line(&out, "balloon deflated"), "zeroed"),
+        Some("8192")
+    );
 }
 
 #[test]
