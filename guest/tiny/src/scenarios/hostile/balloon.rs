@@ -25,7 +25,11 @@ use crate::virtio::WAIT_CYCLES;
 
 /// Posts the chain at `head` on queue `q` and prints `balloon hostile case=NAME used=U`.
 fn case(b: &mut Balloon, con: &mut Console, q: u32, name: &str, head: u16) {
-    let ring: &mut Ring = if q == 0 { &mut b.inflate } else { &mut b.deflate };
+    let ring: &mut Ring = if q == 0 {
+        &mut b.inflate
+    } else {
+        &mut b.deflate
+    };
     ring.push(head);
     b.mmio.notify(q);
     match ring.wait_used(WAIT_CYCLES) {
@@ -48,7 +52,11 @@ fn case(b: &mut Balloon, con: &mut Console, q: u32, name: &str, head: u16) {
 /// Puts `pfns` in the frame number buffer and describes it (device-readable) at `index`.
 fn list(b: &mut Balloon, q: u32, index: usize, pfns: &[u32]) {
     Balloon::pfns()[..pfns.len()].copy_from_slice(pfns);
-    let ring = if q == 0 { &mut b.inflate } else { &mut b.deflate };
+    let ring = if q == 0 {
+        &mut b.inflate
+    } else {
+        &mut b.deflate
+    };
     ring.set_desc(index, Balloon::pfn_addr(), (pfns.len() * 4) as u32, 0, 0);
 }
 
@@ -113,7 +121,9 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         .end();
     // A reset (open negotiates from a reset) and one good page.
     let Ok(mut b) = Balloon::open(info.cmdline) else {
-        con.error().s("balloon did not restart after the reset").end();
+        con.error()
+            .s("balloon did not restart after the reset")
+            .end();
         return;
     };
     Balloon::pfns()[0] = free;
