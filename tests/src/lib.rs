@@ -9,6 +9,7 @@ pub mod assets;
 pub mod elf;
 pub mod errno;
 pub mod fdpass;
+pub mod initramfs;
 pub mod jail;
 pub mod metrics;
 pub mod milestones;

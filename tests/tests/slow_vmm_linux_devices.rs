@@ -22,6 +22,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use kiln_tests::assets::{require_linux_assets, KERNEL_CMDLINE};
+use kiln_tests::elf::spin_init;
 use kiln_tests::milestones::{all_seen, note, report, Milestone};
 use kiln_tests::netns::NetNs;
 use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
@@ -35,35 +36,6 @@ const HOST_IP: &str = "172.16.0.1";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 const GUEST_MAC: &str = "06:00:ac:10:00:02";
 const SPIN_INIT: &str = "/kiln-spin";
-
-/// A static x86-64 ELF whose only instruction is `jmp .`: an init that never makes a
-/// system call.
-fn spin_elf() -> Vec<u8> {
-    const BASE: u64 = 0x40_0000;
-    const CODE_AT: u64 = 64 + 56;
-    let code = [0xeb, 0xfe];
-    let size = CODE_AT + code.len() as u64;
-    let mut e = Vec::new();
-    e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&(BASE + CODE_AT).to_le_bytes()); // entry
-    e.extend_from_slice(&64u64.to_le_bytes()); // program headers
-    e.extend_from_slice(&0u64.to_le_bytes()); // no section headers
-    e.extend_from_slice(&0u32.to_le_bytes());
-    for v in [64u16, 56, 1, 0, 0, 0] {
-        e.extend_from_slice(&v.to_le_bytes());
-    }
-    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    for v in [0u64, BASE, BASE, size, size, 0x1000] {
-        e.extend_from_slice(&v.to_le_bytes());
-    }
-    e.extend_from_slice(&code);
-    assert_eq!(e.len() as u64, size);
-    e
-}
 
 fn debugfs(image: &Path, request: &str) {
     let out = Command::new(require_program("debugfs", "e2fsprogs"))
@@ -107,7 +79,7 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     // A private copy of the shared image, with the spinning init in it.
     let rootfs = scratch.join("rootfs.ext4");
     std::fs::copy(&assets.rootfs, &rootfs).expect("copy rootfs.ext4");
-    let spin = scratch.write("kiln-spin", spin_elf());
+    let spin = scratch.write("kiln-spin", spin_init());
     debugfs(
         &rootfs,
         &format!("write {} {}", spin.display(), &SPIN_INIT[1..]),
