@@ -14,8 +14,8 @@ pub struct Member<'a> {
 /// time 0, each member its own inode number.
 pub fn newc(members: &[Member<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (ino, m) in members.iter().enumerate() {
-        push(&mut out, ino as u32 + 1, m.mode, m.path, m.data);
+    for (ino, m) in (1u32..).zip(members) {
+        push(&mut out, ino, m.mode, m.path, m.data);
     }
     push(&mut out, 0, 0, "TRAILER!!!", &[]);
     out
@@ -23,7 +23,7 @@ pub fn newc(members: &[Member<'_>]) -> Vec<u8> {
 
 fn push(out: &mut Vec<u8>, ino: u32, mode: u32, path: &str, data: &[u8]) {
     let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-    let name_size = path.len() as u32 + 1;
+    let name_size = u32::try_from(path.len() + 1).expect("a newc member's path is short");
     let size = u32::try_from(data.len()).expect("a newc member holds less than 4 GiB");
     out.extend_from_slice(b"070701");
     // ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor, rdevmajor,
@@ -39,7 +39,7 @@ fn push(out: &mut Vec<u8>, ino: u32, mode: u32, path: &str, data: &[u8]) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -67,6 +67,8 @@ const LEFT_FREE_MIB: u64 = 4;
 /// the init's "done" word.
 const MAGIC: &[u8; 16] = b"KILN-BALLOON-OOM";
 const PAGE: u64 = 4096;
+/// [`PAGE`] for buffer sizes.
+const PAGE_LEN: usize = 4096;
 const MIB: u64 = 1 << 20;
 
 /// The init: it writes [`MAGIC`] at the start of its doorbell page (the page after its code),
@@ -103,13 +105,12 @@ fn touch_init() -> Vec<u8> {
 /// The VMM's address of the init's doorbell page: the one page of guest RAM that starts
 /// with [`MAGIC`].
 fn find_doorbell(mem: &File, ram: u64) -> u64 {
-    let chunk = 4 * MIB;
-    let mut buf = vec![0u8; chunk as usize];
+    let mut buf = vec![0u8; 1024 * PAGE_LEN];
     let mut found = Vec::new();
-    for off in (0..MEM_MIB * MIB).step_by(chunk as usize) {
+    for off in (0..MEM_MIB * MIB).step_by(buf.len()) {
         mem.read_exact_at(&mut buf, ram + off)
             .expect("read guest RAM through the VMM's /proc mem");
-        for (i, page) in buf.chunks_exact(PAGE as usize).enumerate() {
+        for (i, page) in buf.chunks_exact(PAGE_LEN).enumerate() {
             if page.starts_with(MAGIC) {
                 found.push(ram + off + i as u64 * PAGE);
             }
@@ -169,7 +170,7 @@ fn guest_ram(pid: u32, len: u64) -> u64 {
 /// Which pages of `[start, start + len)` are resident in the VMM (`pagemap` bit 63).
 fn resident(pid: u32, start: u64, len: u64) -> Vec<bool> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).expect("open the VMM's pagemap");
-    let pages = (len / PAGE) as usize;
+    let pages = usize::try_from(len / PAGE).expect("guest RAM's page count fits usize");
     let mut raw = vec![0u8; pages * 8];
     pagemap
         .read_exact_at(&mut raw, start / PAGE * 8)
@@ -190,7 +191,7 @@ fn make_resident(pid: u32, start: u64, present: &[bool]) {
         .write(true)
         .open(format!("/proc/{pid}/mem"))
         .expect("open the VMM's /proc mem for writing");
-    let zeros = vec![0u8; 256 * PAGE as usize];
+    let zeros = vec![0u8; 256 * PAGE_LEN];
     let mut i = 0;
     while i < present.len() {
         if present[i] {
@@ -198,7 +199,7 @@ fn make_resident(pid: u32, start: u64, present: &[bool]) {
             continue;
         }
         let run = present[i..].iter().take(256).take_while(|p| !**p).count();
-        mem.write_all_at(&zeros[..run * PAGE as usize], start + i as u64 * PAGE)
+        mem.write_all_at(&zeros[..run * PAGE_LEN], start + i as u64 * PAGE)
             .expect("write zeros to an absent guest page");
         i += run;
     }
