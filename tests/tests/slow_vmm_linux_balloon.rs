@@ -27,9 +27,10 @@
 //!    rings the init's doorbell (a word in a page the init marked with [`MAGIC`], found in
 //!    guest RAM and written through `/proc/<vmm>/mem`) and the init touches more memory than
 //!    is free, one page fault per page. Nothing is left to reclaim and init is never
-//!    OOM-killed, so without the driver's OOM notifier the kernel would panic; with it the
-//!    driver gives pages back, `actual` falls below the unchanged target, and the init gets
-//!    its memory.
+//!    OOM-killed, so without the driver's OOM notifier the kernel panics (tried with
+//!    `deflate_on_oom` false: "Out of memory and no killable processes...", "Kernel panic -
+//!    not syncing: System is deadlocked on memory"); with it the driver gives pages back,
+//!    `actual` falls below the unchanged target, and the init gets its memory.
 //! 4. Deflation: the target back to 0, `actual` follows and free memory comes back.
 //!
 //! The `balloon.*` metrics count the pages, with no invalid frame numbers from a real driver.
