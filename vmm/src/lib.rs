@@ -40,6 +40,7 @@ pub mod exit;
 pub mod loader;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod output;
 pub mod persist;
 pub mod resources;

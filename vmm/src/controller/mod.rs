@@ -7,12 +7,14 @@
 //! reach the running microVM through the [`Microvm`] trait.
 //!
 //! - here: the [`Controller`], the state machine that decides each request;
+//! - `mmds`: the MMDS requests (the data store and `PUT /mmds/config`);
 //! - `serve`: [`VmmApi`], the API served by the VMM thread: the request channel before
 //!   boot, then in the microVM's run loop.
 //!
 //! Its errors ([`ControllerError`]) become the API layer's [`RequestError`] on the way back
 //! to the API thread, which picks the HTTP status.
 
+mod mmds;
 mod serve;
 
 pub use serve::{Starter, VmmApi};
@@ -20,6 +22,7 @@ pub use serve::{Starter, VmmApi};
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
+use crate::mmds::{SharedMmds, StoreError};
 use crate::resources::{
     RateLimiterConfig, ResourceError, SnapshotCreate, SnapshotLoad, SnapshotLoadParams,
     SnapshotType, VmResources,
@@ -66,6 +69,8 @@ pub enum ControllerError {
     SnapshotCreate(String),
     #[error("snapshot/load: {0}")]
     SnapshotLoad(String),
+    #[error("{0}")]
+    Mmds(#[from] StoreError),
     #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
     LoadAfterConfig(&'static str),
 }
@@ -81,6 +86,8 @@ impl From<ControllerError> for RequestError {
             | ControllerError::RuntimeOnly(_)
             | ControllerError::AlreadyStarted
             | ControllerError::LoadAfterConfig(_) => RequestError::Refused(message),
+            ControllerError::Mmds(StoreError::TooLarge { .. }) => RequestError::TooLarge(message),
+            ControllerError::Mmds(_) => RequestError::Refused(message),
             ControllerError::Start(_)
             | ControllerError::Pause(_)
             | ControllerError::Resume(_)
@@ -175,6 +182,8 @@ pub struct Controller {
     start_began: Option<Instant>,
     /// The orchestrator's snapshot key (`--snapshot-key-file`/`--snapshot-key-fd`).
     snapshot_key: Option<Arc<SnapshotKey>>,
+    /// The MMDS data store, shared with the network devices that answer the guest.
+    mmds: SharedMmds,
 }
 
 /// `GET /`.
@@ -204,6 +213,7 @@ impl Controller {
             paused: false,
             start_began: None,
             snapshot_key: None,
+            mmds: crate::mmds::shared(crate::mmds::DEFAULT_SIZE_LIMIT),
         }
     }
 
@@ -471,6 +481,10 @@ impl Controller {
             }
             // Routed through `accept_load` by `handle`.
             ApiRequest::PutSnapshotLoad(_) => Err(ControllerError::PreBootOnly(what)),
+            ApiRequest::GetMmds => self.get_mmds(),
+            ApiRequest::PutMmds(doc) => self.put_mmds(doc),
+            ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
+            ApiRequest::PutMmdsConfig(cfg) => self.set_mmds_config(what, cfg),
         }
     }
 
@@ -514,6 +528,7 @@ impl Controller {
                     metrics: self.resources.metrics.take(),
                     ..resources
                 };
+                self.configure_mmds();
                 self.started = true;
                 self.paused = !resumed;
                 Ok(VmmData::Empty)

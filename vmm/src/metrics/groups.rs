@@ -60,6 +60,7 @@ metrics_group! {
         machine_cfg_count: Counter,
         vmm_version_count: Counter,
         vm_config_count: Counter,
+        mmds_count: Counter,
     }
 }
 
@@ -88,6 +89,9 @@ metrics_group! {
         /// Kiln: `PUT /entropy` (Firecracker does not count it).
         entropy_count: Counter,
         entropy_fails: Counter,
+        /// `PUT /mmds` and `PUT /mmds/config` (one counter, as Firecracker counts them).
+        mmds_count: Counter,
+        mmds_fails: Counter,
     }
 }
 
@@ -101,6 +105,8 @@ metrics_group! {
         network_fails: Counter,
         vm_state_count: Counter,
         vm_state_fails: Counter,
+        mmds_count: Counter,
+        mmds_fails: Counter,
     }
 }
 

@@ -11,7 +11,7 @@ use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig,
     NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
@@ -37,6 +37,8 @@ pub enum Endpoint {
     VmConfig,
     SnapshotCreate,
     SnapshotLoad,
+    Mmds,
+    MmdsConfig,
 }
 
 impl Endpoint {
@@ -57,6 +59,8 @@ impl Endpoint {
             | Endpoint::SnapshotCreate
             | Endpoint::SnapshotLoad => "PUT",
             Endpoint::Vm => "PATCH",
+            Endpoint::Mmds => "GET, PUT, PATCH",
+            Endpoint::MmdsConfig => "PUT",
         }
     }
 
@@ -71,7 +75,6 @@ impl Endpoint {
 const NOT_YET: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
     ("hotplug", "memory hot-plug (virtio-mem)"),
-    ("mmds", "MMDS (the microVM metadata service)"),
     ("pmem", "the virtio-pmem device"),
 ];
 
@@ -125,6 +128,11 @@ pub fn counters(
         (Method::Get, Endpoint::Version) => (&g.vmm_version_count, None),
         (Method::Get, Endpoint::MachineConfig) => (&g.machine_cfg_count, None),
         (Method::Get, Endpoint::VmConfig) => (&g.vm_config_count, None),
+        (Method::Get, Endpoint::Mmds) => (&g.mmds_count, None),
+        (Method::Put, Endpoint::Mmds | Endpoint::MmdsConfig) => {
+            (&p.mmds_count, Some(&p.mmds_fails))
+        }
+        (Method::Patch, Endpoint::Mmds) => (&pa.mmds_count, Some(&pa.mmds_fails)),
         (Method::Put, Endpoint::Actions) => (&p.actions_count, Some(&p.actions_fails)),
         (Method::Put, Endpoint::BootSource) => (&p.boot_source_count, Some(&p.boot_source_fails)),
         (Method::Put, Endpoint::Drives) => (&p.drive_count, Some(&p.drive_fails)),
@@ -180,6 +188,8 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["vm", "config"] => (Endpoint::VmConfig, None),
         ["snapshot", "create"] => (Endpoint::SnapshotCreate, None),
         ["snapshot", "load"] => (Endpoint::SnapshotLoad, None),
+        ["mmds"] => (Endpoint::Mmds, None),
+        ["mmds", "config"] => (Endpoint::MmdsConfig, None),
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -196,7 +206,8 @@ fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
-         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load)"
+         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
+         /mmds/config)"
     )
 }
 
@@ -343,6 +354,16 @@ fn route_endpoint(
         }
         (Method::Put, Endpoint::SnapshotLoad) => {
             ApiRequest::PutSnapshotLoad(parse_json::<SnapshotLoadParams>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::Mmds) => ApiRequest::GetMmds,
+        (Method::Put, Endpoint::Mmds) => {
+            ApiRequest::PutMmds(parse_json::<serde_json::Value>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::Mmds) => {
+            ApiRequest::PatchMmds(parse_json::<serde_json::Value>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::MmdsConfig) => {
+            ApiRequest::PutMmdsConfig(parse_json::<MmdsConfig>(body).map_err(json)?)
         }
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.

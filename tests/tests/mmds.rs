@@ -1,0 +1,187 @@
+//! MMDS, the microVM metadata service: the data store through Firecracker's API
+//! (`PUT`/`PATCH`/`GET /mmds`, `PUT /mmds/config`), `--metadata` and `--mmds-size-limit`,
+//! with Firecracker's statuses.
+//!
+//! Needs root, /dev/kvm, iproute2 and the `vmm` binary.
+
+mod api_common;
+
+use api_common::Vmm;
+use kiln_tests::netns::{tap_name, NetNs};
+use kiln_tests::{require_bin, require_kvm, run_with_timeout, ScratchDir};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn get_json(vmm: &Vmm, path: &str) -> Value {
+    vmm.get(path)
+}
+
+/// The store as Firecracker's API has it: `{}` before anything is put, `PATCH` refused
+/// until a `PUT`, merge-patch semantics, the size limit answered 413 (Payload Too Large)
+/// leaving the document as it was, bad JSON 400.
+#[test]
+fn the_data_store_follows_firecracker_api() {
+    let vmm = Vmm::start(&["--mmds-size-limit", "100"]);
+    assert_eq!(get_json(&vmm, "/mmds"), json!({}));
+    vmm.refuses(
+        "PATCH",
+        "/mmds",
+        Some(r#"{"a": 1}"#),
+        400,
+        "PUT /mmds a document before patching it",
+    );
+    vmm.ok(
+        "PUT",
+        "/mmds",
+        r#"{"latest": {"meta-data": {"ami-id": "ami-1", "reservation-id": "r-1"}}}"#,
+    );
+    vmm.ok(
+        "PATCH",
+        "/mmds",
+        r#"{"latest": {"meta-data": {"reservation-id": null, "hostname": "h"}}, "user-data": "u"}"#,
+    );
+    let want =
+        json!({"latest": {"meta-data": {"ami-id": "ami-1", "hostname": "h"}}, "user-data": "u"});
+    assert_eq!(get_json(&vmm, "/mmds"), want);
+    let big = format!(r#"{{"k": "{}"}}"#, "x".repeat(100));
+    vmm.refuses(
+        "PUT",
+        "/mmds",
+        Some(&big),
+        413,
+        "limited to 100 bytes and the new document would take 108 bytes",
+    );
+    vmm.refuses("PATCH", "/mmds", Some(&big), 413, "limited to 100 bytes");
+    vmm.refuses("PUT", "/mmds", Some("{not json"), 400, "invalid JSON");
+    vmm.refuses("PATCH", "/mmds", Some("[1,"), 400, "invalid JSON");
+    assert_eq!(get_json(&vmm, "/mmds"), want);
+    // Any JSON value is a document, as in Firecracker.
+    vmm.ok("PUT", "/mmds", r#""just a string""#);
+    assert_eq!(get_json(&vmm, "/mmds"), json!("just a string"));
+    vmm.refuses(
+        "GET",
+        "/mmds/config",
+        None,
+        400,
+        "method GET is not allowed on /mmds/config (allowed: PUT)",
+    );
+    vmm.refuses("PUT", "/mmds/latest", Some("{}"), 400, "no such path");
+}
+
+/// `--metadata FILE` fills the store at start; a file that is not JSON, or a document over
+/// `--mmds-size-limit`, stops the VMM before it serves (exit code 152, the file named).
+#[test]
+fn metadata_flag_fills_the_store() {
+    let dir = ScratchDir::new("kiln-mmds-metadata");
+    let doc = json!({"latest": {"meta-data": {"instance-id": "i-123"}}, "list": [1, 2]});
+    let file = dir.write("md.json", serde_json::to_string_pretty(&doc).unwrap());
+    let vmm = Vmm::start(&["--metadata", file.to_str().unwrap()]);
+    assert_eq!(get_json(&vmm, "/mmds"), doc);
+    drop(vmm);
+    let bad = dir.write("bad.json", "{\"a\": ");
+    let run = |extra: &[&str]| {
+        run_with_timeout(
+            Command::new(require_bin("vmm"))
+                .args(["--api-sock"])
+                .arg(dir.join("never.sock"))
+                .args(extra),
+            TIMEOUT,
+        )
+    };
+    let out = run(&["--metadata", bad.to_str().unwrap()]);
+    assert_eq!(out.code(), 152, "{out}");
+    assert!(
+        out.stderr.contains("--metadata") && out.stderr.contains("invalid JSON"),
+        "{out}"
+    );
+    let out = run(&[
+        "--metadata",
+        file.to_str().unwrap(),
+        "--mmds-size-limit",
+        "10",
+    ]);
+    assert_eq!(out.code(), 152, "{out}");
+    assert!(out.stderr.contains("limited to 10 bytes"), "{out}");
+    let out = run(&["--metadata", "/nonexistent-kiln/md.json"]);
+    assert_eq!(out.code(), 152, "{out}");
+    assert!(out.stderr.contains("cannot read --metadata"), "{out}");
+    let out = run(&["--mmds-size-limit", "0"]);
+    assert_eq!(out.code(), 153, "{out}");
+}
+
+/// `PUT /mmds/config`: Firecracker's fields and defaults; the interfaces must be configured;
+/// the address link-local; only before `InstanceStart`; `GET /vm/config` shows it with the
+/// address in use.
+#[test]
+fn mmds_config_names_configured_interfaces() {
+    require_kvm();
+    let ns = NetNs::new("kiln-mmds-cfg");
+    let tap = tap_name("m");
+    ns.add_tap(&tap, None);
+    let vmm = Vmm::start_command(ns.command(require_bin("vmm")), &[]);
+    vmm.refuses(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"network_interfaces": ["eth0"]}"#),
+        400,
+        "mmds-config: network interface \"eth0\" is not configured",
+    );
+    vmm.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        &format!(r#"{{"iface_id": "eth0", "host_dev_name": "{tap}"}}"#),
+    );
+    for (body, words) in [
+        (
+            r#"{"network_interfaces": []}"#,
+            "network_interfaces is empty",
+        ),
+        (
+            r#"{"network_interfaces": ["eth0"], "ipv4_address": "192.168.0.1"}"#,
+            "ipv4_address 192.168.0.1 is not a usable link-local address",
+        ),
+        (
+            r#"{"network_interfaces": ["eth0"], "version": "V9"}"#,
+            "unknown variant `V9`",
+        ),
+        (r#"{"version": "V2"}"#, "missing field `network_interfaces`"),
+        (
+            r#"{"network_interfaces": ["eth0"], "ttl": 5}"#,
+            "unknown field `ttl`",
+        ),
+    ] {
+        vmm.refuses("PUT", "/mmds/config", Some(body), 400, words);
+    }
+    vmm.ok("PUT", "/mmds/config", r#"{"network_interfaces": ["eth0"]}"#);
+    assert_eq!(
+        get_json(&vmm, "/vm/config")["mmds-config"],
+        json!({"version": "V1", "network_interfaces": ["eth0"],
+               "ipv4_address": "169.254.169.254", "imds_compat": false})
+    );
+    vmm.ok(
+        "PUT",
+        "/mmds/config",
+        r#"{"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": true}"#,
+    );
+    assert_eq!(
+        get_json(&vmm, "/vm/config")["mmds-config"],
+        json!({"version": "V2", "network_interfaces": ["eth0"],
+               "ipv4_address": "169.254.170.2", "imds_compat": true})
+    );
+    vmm.ok("PUT", "/mmds", r#"{"k": "v"}"#);
+    vmm.boot_tiny_guest("kiln.test=halt");
+    vmm.action("InstanceStart");
+    vmm.refuses(
+        "PUT",
+        "/mmds/config",
+        Some(r#"{"network_interfaces": ["eth0"]}"#),
+        400,
+        "only possible before InstanceStart",
+    );
+    // The document stays readable and writable while the microVM runs.
+    vmm.ok("PATCH", "/mmds", r#"{"k2": "v2"}"#);
+    assert_eq!(get_json(&vmm, "/mmds"), json!({"k": "v", "k2": "v2"}));
+}
