@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod mmds;
 pub mod output;
 pub mod persist;
+pub mod random;
 pub mod resources;
 pub mod seccomp;
 pub mod signals;

@@ -245,6 +245,33 @@ metrics_group! {
 }
 
 metrics_group! {
+    /// MMDS as the guest reaches it (Firecracker's `mmds` group).
+    MmdsMetrics {
+        /// Frames from the guest taken by MMDS instead of the tap.
+        rx_accepted: Counter,
+        /// Frames taken by MMDS but malformed (bad lengths, checksums, options): dropped.
+        rx_accepted_err: Counter,
+        /// Unusual events: segments out of sequence, for no connection, connections evicted.
+        rx_accepted_unusual: Counter,
+        /// Frames too short to be Ethernet (passed to the tap as they are).
+        rx_bad_eth: Counter,
+        /// GETs with an invalid token, and with none.
+        rx_invalid_token: Counter,
+        rx_no_token: Counter,
+        /// HTTP requests served.
+        rx_count: Counter,
+        /// Bytes and frames MMDS sent to the guest, and HTTP responses.
+        tx_bytes: Counter,
+        tx_count: Counter,
+        /// Replies that could not be sent (no room in the reply queue).
+        tx_errors: Counter,
+        tx_frames: Counter,
+        connections_created: Counter,
+        connections_destroyed: Counter,
+    }
+}
+
+metrics_group! {
     /// The virtio-mmio transport and the virtqueues of every virtio device.
     VirtioMetrics {
         /// Guest accesses to undefined registers, with the wrong width, to read-only or

@@ -10,6 +10,7 @@
 //! object gets a trailing `/`), a string is itself, anything else cannot be written that
 //! way. With `imds_compat` every read is in IMDS form.
 
+use super::token::{TokenAuthority, TokenError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -53,6 +54,8 @@ pub struct MmdsStore {
     size_limit: usize,
     version: MmdsVersion,
     imds_compat: bool,
+    /// V2's session tokens (their key lives and dies with this store).
+    tokens: TokenAuthority,
 }
 
 impl MmdsStore {
@@ -63,7 +66,17 @@ impl MmdsStore {
             size_limit,
             version: MmdsVersion::V1,
             imds_compat: false,
+            tokens: TokenAuthority::default(),
         }
+    }
+
+    /// A V2 session token valid for `ttl_seconds`.
+    pub fn issue_token(&mut self, ttl_seconds: u64) -> Result<String, TokenError> {
+        self.tokens.issue(ttl_seconds)
+    }
+
+    pub fn is_valid_token(&self, token: &str) -> bool {
+        self.tokens.is_valid(token)
     }
 
     pub fn size_limit(&self) -> usize {

@@ -350,13 +350,16 @@ struct Started {
 struct MainStarter<'a> {
     opts: BuildOptions,
     trace: &'a Option<StartupTrace>,
+    mmds: SharedMmds,
 }
 
 impl Starter for MainStarter<'_> {
     type Started = (Vmm, EventLoop<Vmm>);
 
     fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String> {
-        build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())
+        let (vmm, events) = build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())?;
+        vmm.attach_mmds(res.mmds_config.as_ref(), &self.mmds);
+        Ok((vmm, events))
     }
 
     fn load(
@@ -370,6 +373,9 @@ impl Starter for MainStarter<'_> {
             t.mark("snapshot/load requested");
         }
         let mut loaded = persist::load_snapshot(req, &self.opts, key).map_err(|e| e.to_string())?;
+        loaded
+            .vmm
+            .attach_mmds(loaded.resources.mmds_config.as_ref(), &self.mmds);
         if let Some(t) = self.trace {
             t.mark("snapshot loaded (paused)");
         }
@@ -429,7 +435,11 @@ fn start_microvm(
     };
     match api {
         Some(mut api) if !booted => {
-            let mut starter = MainStarter { opts, trace };
+            let mut starter = MainStarter {
+                opts,
+                trace,
+                mmds: mmds.clone(),
+            };
             let built = api.serve_until_started(Some(signals.as_raw_fd()), &mut starter)?;
             Ok(built.map(|(vmm, events)| Started {
                 vmm,
@@ -440,6 +450,7 @@ fn start_microvm(
         api => {
             timing::record_instance_start();
             let (vmm, events) = build_microvm(&resources, opts).map_err(RunError::Start)?;
+            vmm.attach_mmds(resources.mmds_config.as_ref(), &mmds);
             Ok(Some(Started { vmm, events, api }))
         }
     }
