@@ -185,3 +185,115 @@ fn mmds_config_names_configured_interfaces() {
     vmm.ok("PATCH", "/mmds", r#"{"k2": "v2"}"#);
     assert_eq!(get_json(&vmm, "/mmds"), json!({"k": "v", "k2": "v2"}));
 }
+
+const GUEST_MAC: &str = "06:00:ac:10:00:02";
+
+/// Frames on the tap for the MMDS address (ARP for it, IPv4 to it): none must get there.
+fn for_mmds(f: &[u8]) -> bool {
+    let mmds = [169, 254, 169, 254];
+    match f.get(12..14) {
+        Some([0x08, 0x06]) => f.get(38..42) == Some(&mmds[..]),
+        Some([0x08, 0x00]) => f.get(30..34) == Some(&mmds[..]),
+        _ => false,
+    }
+}
+
+/// Boots the tiny guest's `mmds` scenario (`kiln.mmds=<version>`) on an interface with
+/// MMDS `config`, the document `doc` put through the API; returns the guest's serial output
+/// once it is done. Nothing for the MMDS address reaches the tap.
+fn guest_reads_mmds(version: u32, config: &str, doc: &str) -> String {
+    require_kvm();
+    let ns = NetNs::new("kiln-mmds-guest");
+    let tap = tap_name("g");
+    ns.add_tap(&tap, None);
+    let sock = ns.packet_socket(&tap);
+    let vmm = Vmm::start_command(ns.command(require_bin("vmm")), &[]);
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    vmm.boot_tiny_guest(&format!("kiln.test=mmds kiln.mmds={version}"));
+    vmm.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        &format!(r#"{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "{GUEST_MAC}"}}"#),
+    );
+    vmm.ok("PUT", "/mmds/config", config);
+    vmm.ok("PUT", "/mmds", doc);
+    vmm.action("InstanceStart");
+    vmm.wait_serial("the guest's MMDS scenario", "KILN-TINY: done");
+    let out = vmm.serial();
+    assert!(!out.contains("KILN-TINY: error"), "{out}");
+    assert!(out.contains("KILN-TINY: mmds tcp connected"), "{out}");
+    assert!(out.contains("KILN-TINY: mmds closed"), "{out}");
+    assert!(
+        sock.recv_matching(Duration::from_millis(300), for_mmds)
+            .is_none(),
+        "a frame for MMDS reached the tap"
+    );
+    // The guest ends the VM after its scenario: the VMM exits cleanly.
+    let mut vmm = vmm;
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = vmm.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t.elapsed() < TIMEOUT,
+            "the VMM did not exit\n{}",
+            vmm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}\n{}", vmm.stderr());
+    out
+}
+
+const DOC: &str = r#"{"latest": {"meta-data": {"ami-id": "ami-12345", "reservation-id": "r-1"}}}"#;
+
+/// V1: the guest ARPs for 169.254.169.254, connects, reads a value as text and a
+/// directory as JSON, and closes.
+#[test]
+fn guest_reads_metadata_v1() {
+    let out = guest_reads_mmds(1, r#"{"network_interfaces": ["eth0"]}"#, DOC);
+    assert!(out.contains("KILN-TINY: mmds arp mac="), "{out}");
+    assert!(
+        out.contains("KILN-TINY: mmds http text status=200 body=ami-12345\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            r#"KILN-TINY: mmds http json status=200 body={"ami-id":"ami-12345","reservation-id":"r-1"}"#
+        ),
+        "{out}"
+    );
+}
+
+/// V2: a session token from `PUT /latest/api/token` opens the GET; without it, 401. With
+/// `imds_compat`, the JSON request gets text too.
+#[test]
+fn guest_reads_metadata_v2_with_a_token() {
+    let out = guest_reads_mmds(
+        2,
+        r#"{"network_interfaces": ["eth0"], "version": "V2", "imds_compat": true}"#,
+        DOC,
+    );
+    let token_line = out
+        .lines()
+        .find(|l| l.starts_with("KILN-TINY: mmds http token status=200 body="))
+        .unwrap_or_else(|| panic!("no token\n{out}"));
+    assert_eq!(
+        token_line.rsplit('=').next().unwrap().len(),
+        48,
+        "{token_line}"
+    );
+    assert!(
+        out.contains("KILN-TINY: mmds http with-token status=200 body=ami-12345\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("KILN-TINY: mmds http no-token status=401"),
+        "{out}"
+    );
+}

@@ -14,6 +14,7 @@ mod cpus;
 mod faults;
 mod hostile;
 mod memmap;
+mod mmds;
 mod msr;
 mod net;
 mod ports;
@@ -60,6 +61,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"blk-burst", blk::run_burst),
     (b"net-tx", net::run_tx),
     (b"net-rx", net::run_rx),
+    (b"mmds", mmds::run),
     (b"virtio-loop", hostile::blk::run_loop),
     (b"virtio-oob", hostile::blk::run_oob),
     (b"virtio-qsize", hostile::blk::run_qsize),
