@@ -7,6 +7,7 @@
 mod api_common;
 
 use api_common::Vmm;
+use kiln_tests::metrics::Metrics;
 use kiln_tests::netns::{tap_name, NetNs};
 use kiln_tests::{require_bin, require_kvm, run_with_timeout, ScratchDir};
 use serde_json::{json, Value};
@@ -296,4 +297,77 @@ fn guest_reads_metadata_v2_with_a_token() {
         out.contains("KILN-TINY: mmds http no-token status=401"),
         "{out}"
     );
+}
+
+/// A hostile guest: malformed frames (checksums, lengths, options, flags, fragments, ARP)
+/// are dropped unanswered, a SYN flood keeps at most 30 connections (the oldest reset), a
+/// request that never ends is refused with 400 and closed; MMDS still serves the next
+/// proper request and the VMM exits cleanly.
+#[test]
+fn hostile_guest_gets_bounded_answers() {
+    require_kvm();
+    let ns = NetNs::new("kiln-mmds-hostile");
+    let tap = tap_name("h");
+    ns.add_tap(&tap, None);
+    let vmm = Vmm::start_command(ns.command(require_bin("vmm")), &[]);
+    let metrics = vmm.dir.join("metrics.json");
+    vmm.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    vmm.boot_tiny_guest("kiln.test=mmds-hostile");
+    vmm.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        &format!(r#"{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "{GUEST_MAC}"}}"#),
+    );
+    vmm.ok("PUT", "/mmds/config", r#"{"network_interfaces": ["eth0"]}"#);
+    vmm.ok("PUT", "/mmds", DOC);
+    vmm.action("InstanceStart");
+    vmm.wait_for("the hostile scenario", Duration::from_secs(60), |v| {
+        v.serial().contains("KILN-TINY: done")
+    });
+    let out = vmm.serial();
+    assert!(!out.contains("KILN-TINY: error"), "{out}");
+    assert!(
+        out.contains("KILN-TINY: mmds-hostile malformed sent=8 replies=0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("KILN-TINY: mmds-hostile flood synacks=40 resets=10"),
+        "{out}"
+    );
+    assert!(
+        out.contains("KILN-TINY: mmds-hostile huge status=400 fin=1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("KILN-TINY: mmds http text status=200 body=ami-12345"),
+        "{out}"
+    );
+    let mut vmm = vmm;
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = vmm.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t.elapsed() < TIMEOUT,
+            "the VMM did not exit\n{}",
+            vmm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}\n{}", vmm.stderr());
+    let m = Metrics::read(&metrics);
+    assert!(m.sum("mmds.rx_accepted_err") >= 8, "{m:?}");
+    assert!(m.sum("mmds.rx_accepted") >= 60, "{m:?}");
+    assert!(m.sum("mmds.connections_created") >= 42, "{m:?}");
+    assert!(m.sum("mmds.tx_frames") > 0, "{m:?}");
 }

@@ -38,6 +38,8 @@ struct Link {
     mmds_mac: [u8; 6],
     seq: u32,
     ack: u32,
+    /// Our port of the connection being read.
+    port: u16,
 }
 
 fn sum16(parts: &[&[u8]]) -> u16 {
@@ -80,6 +82,18 @@ impl Link {
 
     /// Sends a TCP segment to MMDS with the link's sequence numbers.
     fn segment(&mut self, flags: u8, payload: &[u8], mss: bool) -> bool {
+        self.segment_from(GUEST_PORT, flags, payload, mss, |_| {})
+    }
+
+    /// [`Link::segment`] from `port`, the finished frame changed by `spoil` before it goes.
+    fn segment_from(
+        &mut self,
+        port: u16,
+        flags: u8,
+        payload: &[u8],
+        mss: bool,
+        spoil: impl Fn(&mut [u8]),
+    ) -> bool {
         let mut f = [0u8; 256];
         let tcp_len = if mss { 24 } else { 20 } + payload.len();
         let total = 14 + 20 + tcp_len;
@@ -100,7 +114,7 @@ impl Link {
         let s = sum16(&[&f[ip..ip + 20]]);
         f[ip + 10..ip + 12].copy_from_slice(&s.to_be_bytes());
         let t = ip + 20;
-        f[t..t + 2].copy_from_slice(&GUEST_PORT.to_be_bytes());
+        f[t..t + 2].copy_from_slice(&port.to_be_bytes());
         f[t + 2..t + 4].copy_from_slice(&80u16.to_be_bytes());
         f[t + 4..t + 8].copy_from_slice(&self.seq.to_be_bytes());
         f[t + 8..t + 12].copy_from_slice(&self.ack.to_be_bytes());
@@ -121,7 +135,40 @@ impl Link {
         pseudo[10..].copy_from_slice(&(tcp_len as u16).to_be_bytes());
         let s = sum16(&[&pseudo, &f[t..t + tcp_len]]);
         f[t + 16..t + 18].copy_from_slice(&s.to_be_bytes());
+        spoil(&mut f[..total]);
         self.send(&f[..total])
+    }
+
+    /// Receives what MMDS sends within about `cycles`; returns (frames, SYN-ACKs, resets,
+    /// FINs) of TCP frames from MMDS.
+    fn drain(&mut self, cycles: u64) -> (u64, u64, u64, u64) {
+        let mut counts = (0, 0, 0, 0);
+        while let Some(used) = self.n.recv(cycles) {
+            let id = used.id as usize % RX_BUFS;
+            let got = (used.len as usize).min(RX_BUF_LEN);
+            self.len = got.saturating_sub(HDR);
+            self.frame[..self.len].copy_from_slice(&Net::rx_buf(id)[HDR.min(got)..got]);
+            self.n.post(id, RX_BUF_LEN as u32);
+            self.n.kick_rx();
+            counts.0 += 1;
+            if let Some((_, _, flags, _, _)) = self.tcp_from_any_port() {
+                counts.1 += u64::from(flags & (SYN | ACK) == SYN | ACK);
+                counts.2 += u64::from(flags & RST != 0);
+                counts.3 += u64::from(flags & FIN != 0);
+            }
+        }
+        counts
+    }
+
+    /// Any TCP segment from MMDS in `frame` (whatever our port).
+    fn tcp_from_any_port(&mut self) -> Option<(u32, u32, u8, usize, usize)> {
+        let keep = self.port;
+        let f = &self.frame;
+        let t = 14 + usize::from(f[14] & 0xf) * 4;
+        self.port = u16::from_be_bytes([f[t.min(RX_BUF_LEN - 4) + 2], f[t.min(RX_BUF_LEN - 4) + 3]]);
+        let seg = self.tcp_from_mmds();
+        self.port = keep;
+        seg
     }
 
     /// The TCP segment in `frame` if it is one from MMDS to our port: (seq, ack, flags,
@@ -137,7 +184,7 @@ impl Link {
         if t + 20 > f.len() || 14 + total > f.len() {
             return None;
         }
-        if u16::from_be_bytes([f[t + 2], f[t + 3]]) != GUEST_PORT {
+        if u16::from_be_bytes([f[t + 2], f[t + 3]]) != self.port {
             return None;
         }
         let seq = u32::from_be_bytes([f[t + 4], f[t + 5], f[t + 6], f[t + 7]]);
@@ -185,6 +232,7 @@ fn arp(l: &mut Link, con: &mut Console) -> bool {
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
 const PSH: u8 = 0x08;
 
 fn connect(l: &mut Link, con: &mut Console) -> bool {
@@ -273,12 +321,12 @@ fn complete(r: &[u8]) -> Option<usize> {
     (r.len() >= end + len).then_some(end)
 }
 
-pub fn run(info: &BootInfo, con: &mut Console) {
+fn open(info: &BootInfo, con: &mut Console) -> Option<Link> {
     let n = match Net::open(info.cmdline, 0, false) {
         Ok(n) => n,
         Err(status) => {
             con.error().s("mmds: virtio-net did not start status=").hex(status.into()).end();
-            return;
+            return None;
         }
     };
     let mut mac = n.mac();
@@ -293,11 +341,19 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         mmds_mac: [0; 6],
         seq: 0,
         ack: 0,
+        port: GUEST_PORT,
     };
     for i in 0..RX_BUFS {
         l.n.post(i, RX_BUF_LEN as u32);
     }
     l.n.kick_rx();
+    Some(l)
+}
+
+pub fn run(info: &BootInfo, con: &mut Console) {
+    let Some(mut l) = open(info, con) else {
+        return;
+    };
     if !arp(&mut l, con) || !connect(&mut l, con) {
         return;
     }
@@ -348,4 +404,162 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         }
     }
     con.error().s("mmds: no FIN from MMDS").end();
+}
+
+/// Puts the IPv4 and TCP checksums of a frame from [`Link::segment_from`] right again.
+fn fix_sums(f: &mut [u8]) {
+    f[24..26].fill(0);
+    let s = sum16(&[&f[14..34]]);
+    f[24..26].copy_from_slice(&s.to_be_bytes());
+    let tcp_len = f.len() - 34;
+    f[50..52].fill(0);
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(&GUEST_IP);
+    pseudo[4..8].copy_from_slice(&MMDS_IP);
+    pseudo[9] = 6;
+    pseudo[10..].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+    let s = sum16(&[&pseudo, &f[34..]]);
+    f[50..52].copy_from_slice(&s.to_be_bytes());
+}
+
+/// `mmds-hostile`: what a hostile guest sends MMDS, each answer counted, then a proper
+/// request that must still be served:
+///
+/// * `mmds-hostile malformed replies=N`: a SYN with a bad TCP checksum, one with a bad IPv4
+///   checksum, one whose IPv4 total length passes the frame, one whose TCP header length
+///   passes the segment, one with an option of length 0, SYN with FIN, a fragment, and an
+///   ARP packet for the MMDS address that is no request: nothing is answered (N=0);
+/// * `mmds-hostile flood synacks=S resets=R`: 40 SYNs from 40 ports (the connection table
+///   holds 30: the oldest are reset);
+/// * `mmds-hostile huge status=N fin=F`: a request whose headers never end, 150 bytes a
+///   segment until MMDS refuses it (`400`, and closes: F=1);
+/// * then the `mmds` scenario's V1 requests (`kiln.mmds` is ignored).
+pub fn run_hostile(info: &BootInfo, con: &mut Console) {
+    let Some(mut l) = open(info, con) else {
+        return;
+    };
+    let short = WAIT_CYCLES / 10;
+    l.mmds_mac = [0xff; 6];
+    l.seq = 7;
+    // Each spoils one thing; those after the checksums' own case put the checksums right,
+    // so that the check they are for is the one that refuses them.
+    let spoilers: [fn(&mut [u8]); 7] = [
+        |f| f[50] ^= 0xff,
+        |f| f[24] ^= 0xff,
+        |f| {
+            f[17] = 0xff; // IPv4 total length past the frame
+            fix_sums(f);
+        },
+        |f| {
+            f[46] = 0xf0; // TCP header length 60, past the segment
+            fix_sums(f);
+        },
+        |f| {
+            f[54..58].copy_from_slice(&[8, 0, 1, 1]); // an option of length 0
+            fix_sums(f);
+        },
+        |f| {
+            f[47] |= FIN; // SYN with FIN
+            fix_sums(f);
+        },
+        |f| {
+            f[20] = 0x20; // more fragments
+            fix_sums(f);
+        },
+    ];
+    let mut sent = 0;
+    for (i, spoil) in spoilers.iter().enumerate() {
+        sent += u64::from(l.segment_from(40000 + i as u16, SYN, &[], true, spoil));
+    }
+    let mut not_request = [0u8; 42];
+    not_request[..6].fill(0xff);
+    not_request[6..12].copy_from_slice(&l.mac);
+    not_request[12..14].copy_from_slice(&[0x08, 0x06]);
+    not_request[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    not_request[38..42].copy_from_slice(&MMDS_IP);
+    // For MMDS, but operation 3 (not a request): taken, not answered.
+    not_request[21] = 3;
+    sent += u64::from(l.send(&not_request));
+    let (replies, ..) = l.drain(short);
+    con.line()
+        .s("mmds-hostile malformed sent=")
+        .dec(sent)
+        .s(" replies=")
+        .dec(replies)
+        .end();
+    let (mut synacks, mut resets) = (0, 0);
+    for port in 0..40u16 {
+        l.seq = 100;
+        l.segment_from(41000 + port, SYN, &[], true, |_| {});
+        let (_, s, r, _) = l.drain(short);
+        synacks += s;
+        resets += r;
+    }
+    con.line()
+        .s("mmds-hostile flood synacks=")
+        .dec(synacks)
+        .s(" resets=")
+        .dec(resets)
+        .end();
+    // A request that never ends, on a connection of its own.
+    l.port = 42000;
+    l.seq = 1000;
+    l.segment_from(42000, SYN, &[], true, |_| {});
+    let mut connected = false;
+    for _ in 0..MAX_FRAMES {
+        if !l.recv() {
+            break;
+        }
+        if let Some((seq, ack, flags, _, _)) = l.tcp_from_mmds() {
+            if flags & (SYN | ACK) == SYN | ACK && ack == 1001 {
+                l.seq = 1001;
+                l.ack = seq.wrapping_add(1);
+                l.segment_from(42000, ACK, &[], false, |_| {});
+                connected = true;
+                break;
+            }
+        }
+    }
+    if !connected {
+        con.error().s("mmds-hostile: no SYN-ACK for the huge request").end();
+        return;
+    }
+    let mut chunk = [b'a'; 150];
+    chunk[..19].copy_from_slice(b"GET / HTTP/1.1\r\nX: ");
+    let (mut status, mut fin) = ([b'?'; 3], 0);
+    'sending: for _ in 0..40 {
+        l.segment_from(42000, ACK | PSH, &chunk, false, |_| {});
+        l.seq = l.seq.wrapping_add(chunk.len() as u32);
+        chunk[..19].fill(b'a');
+        while let Some(used) = l.n.recv(short) {
+            let id = used.id as usize % RX_BUFS;
+            let got = (used.len as usize).min(RX_BUF_LEN);
+            l.len = got.saturating_sub(HDR);
+            l.frame[..l.len].copy_from_slice(&Net::rx_buf(id)[HDR.min(got)..got]);
+            l.n.post(id, RX_BUF_LEN as u32);
+            l.n.kick_rx();
+            if let Some((_, _, flags, from, to)) = l.tcp_from_mmds() {
+                if to - from > 12 && &l.frame[from..from + 5] == b"HTTP/" {
+                    status.copy_from_slice(&l.frame[from + 9..from + 12]);
+                }
+                if flags & FIN != 0 {
+                    fin = 1;
+                    break 'sending;
+                }
+            }
+        }
+    }
+    con.line()
+        .s("mmds-hostile huge status=")
+        .escaped(&status)
+        .s(" fin=")
+        .dec(fin)
+        .end();
+    // MMDS still serves a well-behaved request.
+    l.port = GUEST_PORT;
+    if !arp(&mut l, con) || !connect(&mut l, con) {
+        return;
+    }
+    let get = b"GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n";
+    request(&mut l, con, "text", get, &mut []);
 }

@@ -62,6 +62,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"net-tx", net::run_tx),
     (b"net-rx", net::run_rx),
     (b"mmds", mmds::run),
+    (b"mmds-hostile", mmds::run_hostile),
     (b"virtio-loop", hostile::blk::run_loop),
     (b"virtio-oob", hostile::blk::run_oob),
     (b"virtio-qsize", hostile::blk::run_qsize),
