@@ -1,10 +1,12 @@
 //! MMDS, the microVM metadata service: the data store through Firecracker's API
 //! (`PUT`/`PATCH`/`GET /mmds`, `PUT /mmds/config`), `--metadata` and `--mmds-size-limit`,
-//! with Firecracker's statuses.
+//! with Firecracker's statuses; the tiny guest reading it over virtio-net (`mmds`: ARP,
+//! TCP, HTTP, V1 and V2) and attacking it (`mmds-hostile`); snapshots keeping the config.
 //!
 //! Needs root, /dev/kvm, iproute2 and the `vmm` binary.
 
 mod api_common;
+mod snapshot_common;
 
 use api_common::Vmm;
 use kiln_tests::metrics::Metrics;
@@ -370,4 +372,61 @@ fn hostile_guest_gets_bounded_answers() {
     assert!(m.sum("mmds.rx_accepted") >= 60, "{m:?}");
     assert!(m.sum("mmds.connections_created") >= 42, "{m:?}");
     assert!(m.sum("mmds.tx_frames") > 0, "{m:?}");
+}
+
+/// Snapshots keep `mmds-config` but not the data store (as in Firecracker): the restored
+/// VMM shows the same configuration and an empty document, which the orchestrator fills
+/// again. (That session tokens die with the VMM that made them is `mmds::token`'s unit
+/// test: the restored VMM's token key is a new one.)
+#[test]
+fn snapshots_keep_the_config_not_the_data() {
+    require_kvm();
+    let ns = NetNs::new("kiln-mmds-snap");
+    let tap = tap_name("s");
+    ns.add_tap(&tap, None);
+    let a = Vmm::start_command(ns.command(require_bin("vmm")), &[]);
+    a.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    a.boot_tiny_guest("kiln.test=halt");
+    a.ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        &format!(r#"{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "{GUEST_MAC}"}}"#),
+    );
+    a.ok(
+        "PUT",
+        "/mmds/config",
+        r#"{"network_interfaces": ["eth0"], "version": "V2", "ipv4_address": "169.254.170.2"}"#,
+    );
+    a.ok("PUT", "/mmds", DOC);
+    a.action("InstanceStart");
+    a.set_state("Paused");
+    let files = ScratchDir::new("kiln-mmds-snap");
+    let state = files.join("vm.snap");
+    let mem = files.join("vm.mem");
+    a.ok(
+        "PUT",
+        "/snapshot/create",
+        &snapshot_common::create_body("Full", &state, &mem),
+    );
+    let config = get_json(&a, "/vm/config")["mmds-config"].clone();
+    assert_eq!(config["version"], "V2", "{config}");
+    drop(a);
+    let b = Vmm::start_command(ns.command(require_bin("vmm")), &[]);
+    b.ok(
+        "PUT",
+        "/snapshot/load",
+        &snapshot_common::load_body(&state, "File", &mem, r#""resume_vm": true"#),
+    );
+    assert_eq!(get_json(&b, "/vm/config")["mmds-config"], config);
+    assert_eq!(get_json(&b, "/mmds"), json!({}));
+    b.ok("PUT", "/mmds", DOC);
+    assert_eq!(
+        get_json(&b, "/mmds"),
+        serde_json::from_str::<Value>(DOC).unwrap()
+    );
+    assert_eq!(b.state(), "Running");
 }
