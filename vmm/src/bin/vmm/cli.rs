@@ -26,7 +26,8 @@ Runs one microVM. With --config-file and --no-api, builds it from the file and b
 
 Options:
   --config-file PATH           JSON configuration (Firecracker's shape: boot-source,
-                               machine-config, drives, network-interfaces, vsock, logger, metrics)
+                               machine-config, drives, network-interfaces, vsock, logger, metrics,
+                               mmds-config, ...)
   --no-api                     do not serve the API; requires --config-file (--api-sock is then
                                ignored)
   --api-sock PATH              Unix socket of the HTTP API (default /run/firecracker.socket)
