@@ -290,6 +290,14 @@ impl MmdsStack {
         None
     }
 
+    /// Forgets every connection and waiting reply (the driver reset the device: the guest's
+    /// side of them is gone).
+    pub fn reset(&mut self) {
+        self.peers.clear();
+        self.control.clear();
+        self.turn = 0;
+    }
+
     /// The number of open connections.
     pub fn connections(&self) -> usize {
         self.peers.len()

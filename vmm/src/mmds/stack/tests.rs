@@ -200,6 +200,22 @@ fn v2_token_flow() {
 }
 
 #[test]
+fn a_reset_forgets_connections_and_replies() {
+    let mut st = stack(MmdsVersion::V1);
+    for port in 0..3 {
+        st.detour(&seg(6000 + port, 1, 0, SYN, &[]));
+    }
+    assert_eq!(st.connections(), 3);
+    assert!(st.has_frames());
+    st.reset();
+    assert_eq!(st.connections(), 0);
+    assert!(!st.has_frames());
+    // A segment of a forgotten connection is reset.
+    st.detour(&seg(6000, 2, 5, ACK, &[]));
+    assert_eq!(replies(&mut st)[0].flags, RST);
+}
+
+#[test]
 fn frames_not_for_mmds_go_to_the_tap() {
     let mut st = stack(MmdsVersion::V1);
     let mut other_port = seg(4000, 1, 0, SYN, &[]);

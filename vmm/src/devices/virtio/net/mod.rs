@@ -490,6 +490,9 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_len = 0;
         self.rx_paid = false;
+        if let Some(m) = self.mmds.as_mut() {
+            m.reset();
+        }
     }
 
     fn is_activated(&self) -> bool {
