@@ -343,3 +343,61 @@ fn noise_never_panics() {
         assert!(st.connections() <= MAX_CONNECTIONS);
     }
 }
+
+/// Sequence rules: data out of order is not taken (an ACK says what is expected), an
+/// acknowledgement of what was never sent is answered and ignored, a duplicate ACK makes
+/// MMDS send again from what was acknowledged, a reset off the expected number is ignored.
+#[test]
+fn sequence_numbers_are_checked() {
+    let mut st = stack(MmdsVersion::V1);
+    let (ours, theirs) = connect(&mut st, 4100);
+    let req = b"GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n";
+    // Ahead of the expected sequence number: not taken.
+    st.detour(&seg(4100, ours + 5, theirs, ACK | PSH, req));
+    let r = replies(&mut st);
+    assert_eq!((r.len(), r[0].flags, r[0].ack), (1, ACK, ours), "{r:?}");
+    assert!(r[0].payload.is_empty());
+    // Acknowledging what was never sent: answered with an ACK, the data not taken.
+    st.detour(&seg(4100, ours, theirs + 1000, ACK | PSH, req));
+    let r = replies(&mut st);
+    assert_eq!((r.len(), r[0].ack), (1, ours), "{r:?}");
+    // A reset off the expected number changes nothing.
+    st.detour(&seg(4100, ours + 7, 0, RST, &[]));
+    assert_eq!(st.connections(), 1);
+    // The request at the right number is answered.
+    st.detour(&seg(4100, ours, theirs, ACK | PSH, req));
+    let first = replies(&mut st);
+    let data: Vec<u8> = first.iter().flat_map(|x| x.payload.clone()).collect();
+    assert!(data.ends_with(b"ami-1"), "{first:?}");
+    // A duplicate ACK (nothing acknowledged): the same bytes come again.
+    let ours = ours + req.len() as u32;
+    st.detour(&seg(4100, ours, theirs, ACK, &[]));
+    let again = replies(&mut st);
+    let data2: Vec<u8> = again.iter().flat_map(|x| x.payload.clone()).collect();
+    assert_eq!(data, data2);
+    assert_eq!(again[0].seq, theirs);
+    // Acknowledged: nothing more to send; a reset at the right number ends it.
+    st.detour(&seg(4100, ours, theirs + data.len() as u32, ACK, &[]));
+    assert!(replies(&mut st).is_empty());
+    st.detour(&seg(4100, ours, 0, RST, &[]));
+    assert_eq!(st.connections(), 0);
+}
+
+/// Segments are at most the guest's MSS, and no more than its window is in flight.
+#[test]
+fn the_guests_mss_and_window_are_kept() {
+    let mut st = stack(MmdsVersion::V1);
+    assert!(st.detour(&seg_with(4200, 1000, 0, SYN, Some(500), &[])));
+    let synack = replies(&mut st);
+    let theirs = synack[0].seq.wrapping_add(1);
+    st.detour(&seg(4200, 1001, theirs, ACK, &[]));
+    let req = b"GET /big HTTP/1.1\r\n\r\n";
+    st.detour(&seg(4200, 1001, theirs, ACK | PSH, req));
+    let r = replies(&mut st);
+    assert!(r.iter().all(|x| x.payload.len() <= 500), "{r:?}");
+    let sent: usize = r.iter().map(|x| x.payload.len()).sum();
+    assert!(
+        sent > 3000,
+        "the whole response fits the 65535-byte window: {sent}"
+    );
+}
