@@ -30,7 +30,10 @@ fn snapshot_counter(env: &Env) -> PathBuf {
             "    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed) + 1;",
             "    if event == b\"slow\" {\n        let mut x = 0u64;\n        for i in 0..400_000_000u64 {\n            x = x.wrapping_add(core::hint::black_box(i));\n        }\n        core::hint::black_box(x);\n    }\n    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed) + 1;",
         );
-    assert!(handler.contains("b\"slow\""), "counter's handler changed: adapt this test");
+    assert!(
+        handler.contains("b\"slow\""),
+        "counter's handler changed: adapt this test"
+    );
     std::fs::write(dir.join("src/main.rs"), handler).unwrap();
     let runtime = common::repo().join("guest/runtime").canonicalize().unwrap();
     let cargo = std::fs::read_to_string(counter.join("Cargo.toml"))
