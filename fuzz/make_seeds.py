@@ -78,6 +78,31 @@ def virtio_seeds():
         write("virtio_blk", name, bytes([opts]) + q)
 
 
+def balloon_seeds():
+    # virtio_balloon: options byte (bits 0-1 queue: 0 inflate, 1 deflate, 2 stats; bits 2-3
+    # extra notifications; bit 4 write `actual`), `actual` (u32), then the queue.
+    def opts(q, turns=0, actual=None):
+        b = q | (turns << 2) | (0x10 if actual is not None else 0)
+        return bytes([b]) + struct.pack("<I", actual or 0)
+    pfns = struct.pack("<8I", 0x2A, 0x2B, 0x20, 0x21, 0x10, 0x30, 0x25, 0x25)
+    inflate = queue(3, [(DATA, len(pfns), 0, 0), (DATA + 0x100, 8, 0, 0)], [0, 1],
+                    pfns + b"\0" * (0x100 - len(pfns)) + struct.pack("<2I", 0x2E, 0xFFFFFFFF))
+    # Hostile lists: writable, not whole frame numbers, too long, a loop, in the hole.
+    hostile = queue(3, [(DATA, 8, F_WRITE, 0), (DATA, 6, 0, 0), (DATA, 257 * 4, 0, 0),
+                        (DATA, 4, F_NEXT, 4), (DATA + 4, 4, F_NEXT, 3), (0x18000, 4, 0, 0),
+                        (DATA, 4, F_NEXT, 7), (REGION1, 4, 0, 0)],
+                    [0, 1, 2, 3, 5, 6], pfns)
+    stat = lambda tag, v: struct.pack("<HQ", tag, v)
+    entries = stat(4, 1 << 20) + stat(5, 64 << 20) + stat(99, 1) + stat(15, 7)
+    stats = queue(2, [(DATA, len(entries), 0, 0), (DATA + 0x100, 10, 0, 0),
+                      (DATA, 4096, 0, 0), (DATA, 10, F_WRITE, 0)], [0, 1, 2, 3],
+                  entries + b"\0" * (0x100 - len(entries)) + stat(3, 5))
+    for name, o, q in [("inflate", opts(0, 1, 8192), inflate), ("inflate-hostile", opts(0), hostile),
+                       ("deflate", opts(1), inflate), ("deflate-hostile", opts(1, 2), hostile),
+                       ("stats", opts(2, 0, 3), stats), ("stats-flood", opts(2, 3), stats)]:
+        write("virtio_balloon", name, o + q)
+
+
 def rng_seeds():
     # virtio_rng: options byte (bit 0 rate limiter, bits 1-2 extra notifications) first.
     # Two plain requests, one split over two writable buffers, one in region 1.
@@ -444,6 +469,7 @@ if __name__ == "__main__":
     seccomp_seeds()
     virtio_seeds()
     rng_seeds()
+    balloon_seeds()
     loader_seeds()
     vsock_seeds()
     snapshot_seeds()

@@ -125,6 +125,46 @@ fn kill(pid: i32, signal: i32) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// The command line of `pid`, its arguments joined by spaces.
+fn cmdline_of(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// SIGKILL for a process found in /proc earlier, only if its command line still passes
+/// `filter`: checked and signalled through a pidfd, so that a pid recycled since it was
+/// listed (`kernel.pid_max` is 32768 on the development host, and this test makes processes
+/// by the thousand) is never hit — a read of the command line made while the pidfd's
+/// process still lived is that process's own.
+fn kill_if(pid: i32, filter: &dyn Fn(&str) -> bool) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(raw) = i32::try_from(rc) else {
+        return false;
+    };
+    if raw < 0 {
+        return false;
+    }
+    // SAFETY: `raw` is a descriptor the kernel just returned and nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    if !cmdline_of(pid).is_some_and(|c| filter(&c)) {
+        return false;
+    }
+    // SAFETY: `fd` is a valid pidfd; a null siginfo is allowed. ESRCH when the process the
+    // pidfd names has exited (then the command line read may have been another's).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
 // ---------------------------------------------------------------------------------------
 // The jailer, killed during its set-up.
 
@@ -459,6 +499,8 @@ struct Worker {
     cache: PathBuf,
     /// Every `kiln serve` started (their pids are in their instance ids).
     pids: Vec<u32>,
+    /// The workers' stderr, one after the other, shown when the test fails.
+    log: PathBuf,
 }
 
 impl Worker {
@@ -479,6 +521,7 @@ impl Worker {
             chroot_base: root.join("j"),
             state_dir: root.join("s"),
             socket: root.join("kiln.sock"),
+            log: root.join("serve.log"),
             parent_cgroup: format!("kcw-{}", std::process::id()),
             uid_base: 20_000 + (std::process::id() % 100) * 100,
             root,
@@ -525,7 +568,7 @@ impl Worker {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("spawn kiln serve");
         self.pids.push(child.id());
@@ -543,6 +586,22 @@ impl Worker {
         child
     }
 
+    /// Where the next worker's stderr goes (after its predecessors').
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the workers' log")
+    }
+
+    /// The last lines the workers wrote to stderr.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+
     /// Whether `text` names one of this environment's instances (`-<worker pid>-<tag>`).
     fn names_ours(&self, text: &str) -> bool {
         self.pids.iter().any(|p| text.contains(&format!("-{p}-")))
@@ -555,10 +614,7 @@ impl Worker {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            if filter(&String::from_utf8_lossy(&cmdline).replace('\0', " ")) {
+            if cmdline_of(pid).is_some_and(|c| filter(&c)) {
                 found.push(pid);
             }
         }
@@ -723,18 +779,20 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
         let base = w.chroot_base.display().to_string();
         match rng.below(20) {
             0..=6 => {
-                let vmms = w.pids_where(|c| c.starts_with("/vmm ") && w.names_ours(c));
+                let is_vmm = |c: &str| c.starts_with("/vmm ") && w.names_ours(c);
+                let vmms = w.pids_where(is_vmm);
                 if let Some(pid) = vmms.get(rng.index(vmms.len())) {
-                    *kills.entry("vmm").or_default() += u64::from(kill(*pid, libc::SIGKILL));
+                    *kills.entry("vmm").or_default() += u64::from(kill_if(*pid, &is_vmm));
                 }
             }
             7..=12 => {
                 // Supervisors, their inits, and jailers still setting a jail up.
-                let jailers = w.pids_where(|c| {
+                let is_jailer = |c: &str| {
                     c.split(' ').next().is_some_and(|a| a.ends_with("/jailer")) && c.contains(&base)
-                });
+                };
+                let jailers = w.pids_where(is_jailer);
                 if let Some(pid) = jailers.get(rng.index(jailers.len())) {
-                    *kills.entry("jailer").or_default() += u64::from(kill(*pid, libc::SIGKILL));
+                    *kills.entry("jailer").or_default() += u64::from(kill_if(*pid, &is_jailer));
                 }
             }
             13 | 14 => {
@@ -761,7 +819,13 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
     stop.store(true, std::sync::atomic::Ordering::Release);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for c in clients {
-        for o in c.join().expect("client thread") {
+        let outcomes = c.join().unwrap_or_else(|_| {
+            panic!(
+                "a client failed (above); the workers' stderr ends with:\n{}",
+                w.log_tail()
+            )
+        });
+        for o in outcomes {
             let key = match o {
                 Outcome::Answer => "answer".to_string(),
                 Outcome::Error(code) => format!("error {code}"),

@@ -248,8 +248,8 @@ pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, B
     })
 }
 
-/// Creates every virtio device of `res` (drives, interfaces, vsock, then entropy) in its
-/// virtio-mmio window of `dm`.
+/// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, then the
+/// balloon) in its virtio-mmio window of `dm`.
 pub(crate) fn attach_virtio(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
@@ -264,6 +264,9 @@ pub(crate) fn attach_virtio(
     }
     if let Some(cfg) = &res.entropy {
         virtio.attach_entropy(dm, mem, cfg)?;
+    }
+    if let Some(cfg) = &res.balloon {
+        virtio.attach_balloon(dm, mem, cfg)?;
     }
     Ok(virtio)
 }

@@ -18,6 +18,7 @@ pub const MAGIC: u32 = 0x7472_6976;
 pub const DEVICE_NET: u32 = 1;
 pub const DEVICE_BLK: u32 = 2;
 pub const DEVICE_RNG: u32 = 4;
+pub const DEVICE_BALLOON: u32 = 5;
 pub const DEVICE_VSOCK: u32 = 19;
 
 pub const REG_MAGIC: u32 = 0x000;

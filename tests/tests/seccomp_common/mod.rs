@@ -868,6 +868,40 @@ fn limited_run(launch: &Launch, run: &'static str) -> Outcome {
         .finish(run, Expect::Exit(0), true)
 }
 
+/// The balloon: the guest inflates by the configured target (the VMM thread gives the pages
+/// back with `madvise`), then deflates when `PATCH /balloon` lowers it; statistics every
+/// second (the timer armed on the VMM thread).
+fn balloon_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-balloon");
+    let cfg = config(
+        &dir,
+        "kiln.test=balloon kiln.mib=8 kiln.base=16 kiln.ram=32",
+        &[],
+        &[],
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let balloon = ",\n \"balloon\": {\"amount_mib\": 8, \"deflate_on_oom\": true, \"stats_polling_interval_s\": 1}}\n";
+    std::fs::write(
+        &cfg,
+        format!("{}{balloon}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let sock = dir.path("api.sock");
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
+    let mut vm = launch.start("balloon", None, &args, false);
+    assert!(
+        vm.wait_line_contains("balloon inflated"),
+        "the guest never inflated:\n{}",
+        vm.seen()
+    );
+    ok(&sock, "PATCH", "/balloon", "{\"amount_mib\": 0}");
+    vm.finish("balloon", Expect::Exit(0), true)
+}
+
 /// The guest's i8042 reset, with serial input arriving on the VMM's stdin.
 fn reset_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-reset");
@@ -1003,6 +1037,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     for run in ["blk-burst", "rng-read"] {
         all.push(limited_run(launch, run));
     }
+    all.push(balloon_run(launch));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all

@@ -3,9 +3,10 @@
 //! ([`ApiReply`]: data, or the API layer's [`RequestError`]).
 
 use crate::resources::{
-    BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
+    DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
+    MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
+    SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -64,6 +65,11 @@ pub enum ApiRequest {
     PutMmds(serde_json::Value),
     PatchMmds(serde_json::Value),
     PutMmdsConfig(MmdsConfig),
+    GetBalloon,
+    PutBalloon(BalloonConfig),
+    PatchBalloon(BalloonUpdate),
+    GetBalloonStats,
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 impl ApiRequest {
@@ -97,6 +103,11 @@ impl ApiRequest {
             ApiRequest::PutMmds(_) => "PUT /mmds",
             ApiRequest::PatchMmds(_) => "PATCH /mmds",
             ApiRequest::PutMmdsConfig(_) => "PUT /mmds/config",
+            ApiRequest::GetBalloon => "GET /balloon",
+            ApiRequest::PutBalloon(_) => "PUT /balloon",
+            ApiRequest::PatchBalloon(_) => "PATCH /balloon",
+            ApiRequest::GetBalloonStats => "GET /balloon/statistics",
+            ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
         }
     }
 }

@@ -14,12 +14,14 @@
 //! Its errors ([`ControllerError`]) become the API layer's [`RequestError`] on the way back
 //! to the API thread, which picks the HTTP status.
 
+mod balloon;
 mod mmds;
 mod serve;
 
 pub use serve::{Starter, VmmApi};
 
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
 use crate::mmds::{SharedMmds, StoreError};
@@ -71,6 +73,8 @@ pub enum ControllerError {
     SnapshotLoad(String),
     #[error("{0}")]
     Mmds(#[from] StoreError),
+    #[error(transparent)]
+    Balloon(#[from] balloon::BalloonRequestError),
     #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
     LoadAfterConfig(&'static str),
 }
@@ -85,7 +89,8 @@ impl From<ControllerError> for RequestError {
             | ControllerError::PreBootOnly(_)
             | ControllerError::RuntimeOnly(_)
             | ControllerError::AlreadyStarted
-            | ControllerError::LoadAfterConfig(_) => RequestError::Refused(message),
+            | ControllerError::LoadAfterConfig(_)
+            | ControllerError::Balloon(_) => RequestError::Refused(message),
             ControllerError::Mmds(StoreError::TooLarge { .. }) => RequestError::TooLarge(message),
             ControllerError::Mmds(_) => RequestError::Refused(message),
             ControllerError::Start(_)
@@ -137,6 +142,10 @@ pub trait Microvm {
         _key: Option<&SnapshotKey>,
     ) -> Result<String, String> {
         Err("this microVM cannot be snapshotted".into())
+    }
+    /// The balloon device, if the microVM has one. The default: none.
+    fn balloon(&self) -> Option<std::sync::Arc<std::sync::Mutex<Balloon>>> {
+        None
     }
 }
 
@@ -485,6 +494,11 @@ impl Controller {
             ApiRequest::PutMmds(doc) => self.put_mmds(doc),
             ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
             ApiRequest::PutMmdsConfig(cfg) => self.set_mmds_config(what, cfg),
+            ApiRequest::GetBalloon
+            | ApiRequest::PutBalloon(_)
+            | ApiRequest::PatchBalloon(_)
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_) => self.apply_balloon(req, vm),
         }
     }
 
@@ -499,6 +513,7 @@ impl Controller {
             (r.vsock.is_some(), "vsock"),
             (r.entropy.is_some(), "entropy"),
             (r.cpu_config.is_some(), "cpu-config"),
+            (r.balloon.is_some(), "balloon"),
         ];
         if let Some((_, what)) = configured.iter().find(|(set, _)| *set) {
             return Err(ControllerError::LoadAfterConfig(what));

@@ -4,6 +4,7 @@
 
 use super::{Controller, ControllerError, Microvm, Outcome, Reply};
 use crate::api::{self, ApiChannel, ApiError, Limits, RequestError};
+use crate::devices::virtio::balloon::Balloon;
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, Sources};
 use crate::metrics::METRICS;
 use crate::persist;
@@ -12,6 +13,7 @@ use crate::snapshot::SnapshotKey;
 use crate::vmm::Vmm;
 use std::os::unix::io::RawFd;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 
 impl Microvm for Vmm {
@@ -47,6 +49,10 @@ impl Microvm for Vmm {
         tx: Option<&RateLimiterConfig>,
     ) -> Result<(), String> {
         Vmm::update_net_rate_limiters(self, iface_id, rx, tx).map_err(|e| e.to_string())
+    }
+
+    fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
+        self.devices().virtio.balloon.clone()
     }
 
     fn create_snapshot(

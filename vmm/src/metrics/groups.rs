@@ -92,6 +92,8 @@ metrics_group! {
         /// `PUT /mmds` and `PUT /mmds/config` (one counter, as Firecracker counts them).
         mmds_count: Counter,
         mmds_fails: Counter,
+        balloon_count: Counter,
+        balloon_fails: Counter,
     }
 }
 
@@ -107,6 +109,8 @@ metrics_group! {
         vm_state_fails: Counter,
         mmds_count: Counter,
         mmds_fails: Counter,
+        balloon_count: Counter,
+        balloon_fails: Counter,
     }
 }
 
@@ -375,6 +379,42 @@ metrics_group! {
         entropy_rate_limiter_throttled: Counter,
         /// Rate limiter timers that fired.
         rate_limiter_event_count: Counter,
+    }
+}
+
+metrics_group! {
+    /// The virtio-balloon device (`balloon`): Firecracker's fields, then Kiln's.
+    BalloonMetrics {
+        activate_fails: Counter,
+        /// Inflate queue events.
+        inflate_count: Counter,
+        /// Stats buffers the driver posted.
+        stats_updates_count: Counter,
+        /// Statistics not taken: an unknown tag, a malformed buffer, an extra buffer.
+        stats_update_fails: Counter,
+        /// Deflate queue events.
+        deflate_count: Counter,
+        /// Inflate or deflate chains refused (malformed, not whole frame numbers, too long).
+        event_fails: Counter,
+        free_page_report_count: Counter,
+        free_page_report_freed: Counter,
+        free_page_report_fails: Counter,
+        free_page_hint_count: Counter,
+        free_page_hint_freed: Counter,
+        free_page_hint_fails: Counter,
+        /// Kiln: 4 KiB pages given back to the host (madvise).
+        inflated_pages: Counter,
+        /// Kiln: pages the driver took back.
+        deflated_pages: Counter,
+        /// Kiln: frame numbers outside guest RAM.
+        invalid_pfns: Counter,
+        /// Kiln: frame numbers given twice in one chain.
+        duplicate_pfns: Counter,
+        /// Kiln: runs not (wholly) given back because the backing's pages are larger
+        /// (hugetlbfs).
+        unaligned_ranges: Counter,
+        /// Kiln: madvise calls that failed.
+        discard_fails: Counter,
     }
 }
 

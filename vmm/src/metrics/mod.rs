@@ -16,10 +16,10 @@
 mod groups;
 
 pub use groups::{
-    ApiServerMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics, GetRequestsMetrics,
-    I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics, NetMetrics,
-    PatchRequestsMetrics, PutRequestsMetrics, SeccompMetrics, SerialMetrics, VcpuMetrics,
-    VirtioMetrics, VmmMetrics, VsockMetrics,
+    ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
+    GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
+    NetMetrics, PatchRequestsMetrics, PutRequestsMetrics, SeccompMetrics, SerialMetrics,
+    VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 
 use crate::output::open_output;
@@ -204,6 +204,7 @@ pub struct Metrics {
     pub mmds: MmdsMetrics,
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
+    pub balloon: BalloonMetrics,
     pub virtio: VirtioMetrics,
     pub seccomp: SeccompMetrics,
     pub latencies_us: LatenciesMetrics,
@@ -229,6 +230,7 @@ impl Metrics {
             mmds: MmdsMetrics::new(),
             vsock: VsockMetrics::new(),
             entropy: EntropyMetrics::new(),
+            balloon: BalloonMetrics::new(),
             virtio: VirtioMetrics::new(),
             seccomp: SeccompMetrics::new(),
             latencies_us: LatenciesMetrics::new(),

@@ -195,6 +195,9 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     if let Some(e) = config.entropy {
         res.set_entropy(e)?;
     }
+    if let Some(b) = config.balloon {
+        res.set_balloon(b)?;
+    }
     if let Some(s) = serial_config(config.serial, req) {
         res.set_serial(s)?;
     }

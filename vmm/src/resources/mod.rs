@@ -10,6 +10,7 @@
 //! Kiln adds one section, `serial` (the body of Firecracker's `PUT /serial`, which its
 //! config file has no section for).
 
+mod balloon;
 mod boot_source;
 mod cpu_config;
 mod drive;
@@ -28,6 +29,7 @@ mod vsock;
 #[cfg(test)]
 mod tests;
 
+pub use balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
 pub use boot_source::BootSourceConfig;
 pub use cpu_config::{
     Bitmap, CpuConfig, CpuConfigSource, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,
@@ -143,6 +145,8 @@ pub enum ResourceError {
     MmdsNoInterfaces,
     #[error("mmds-config: network interface {0:?} is not configured (PUT /network-interfaces/{{id}} first)")]
     MmdsUnknownInterface(String),
+    #[error("balloon: amount_mib {amount_mib} is more than the guest's memory (mem_size_mib {mem_size_mib})")]
+    BalloonTooLarge { amount_mib: u32, mem_size_mib: u64 },
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).
@@ -178,10 +182,10 @@ pub struct VmConfig {
     /// of a microVM that does not use it stays a configuration Firecracker reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
     /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
     /// accepted, anything else refused naming the feature.
-    #[serde(default)]
-    pub balloon: Option<NotYet>,
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -193,7 +197,6 @@ pub struct VmConfig {
 impl VmConfig {
     /// Refuses a section for a feature Kiln does not have yet.
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_present(&self.balloon, "balloon", "the balloon device")?;
         refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
         refuse_if_present(
             &self.memory_hotplug,
@@ -220,6 +223,9 @@ pub struct VmResources {
     pub serial: Option<SerialConfig>,
     /// `PUT /mmds/config` (the data store itself is not a resource: [`crate::mmds`]).
     pub mmds_config: Option<MmdsConfig>,
+    /// The balloon as configured; `PATCH /balloon` and `PATCH /balloon/statistics` keep
+    /// its target and interval current.
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl VmResources {
@@ -254,6 +260,9 @@ impl VmResources {
         if let Some(m) = file.mmds_config {
             res.set_mmds_config(m)?;
         }
+        if let Some(b) = file.balloon {
+            res.set_balloon(b)?;
+        }
         res.logger = file.logger.map(LoggerConfig::validated).transpose()?;
         res.metrics = file.metrics.map(MetricsConfig::validated).transpose()?;
         Ok(res)
@@ -273,6 +282,7 @@ impl VmResources {
             entropy: self.entropy,
             serial: self.serial.clone(),
             mmds_config: self.mmds_config.clone(),
+            balloon: self.balloon,
             ..VmConfig::default()
         }
     }
@@ -314,6 +324,13 @@ impl VmResources {
     /// `PUT /entropy`: the virtio-rng device (a second `PUT` replaces the first).
     pub fn set_entropy(&mut self, cfg: EntropyConfig) -> Result<(), ResourceError> {
         self.entropy = Some(cfg.validated()?);
+        Ok(())
+    }
+
+    /// `PUT /balloon`: the balloon device (a second `PUT` replaces the first). Its target
+    /// must fit the guest's memory as configured now.
+    pub fn set_balloon(&mut self, cfg: BalloonConfig) -> Result<(), ResourceError> {
+        self.balloon = Some(cfg.validated(self.machine_config.mem_size_mib)?);
         Ok(())
     }
 

@@ -267,8 +267,10 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
     };
     let cases: Vec<(String, &str)> = vec![
         (
-            config(r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false}"#),
-            "balloon: the balloon device is not supported by Kiln yet",
+            config(
+                r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true}"#,
+            ),
+            "balloon.free_page_reporting: free page reporting is not supported by Kiln yet",
         ),
         (
             config(r#", "pmem": [{"id": "p", "path_on_host": "/x"}]"#),

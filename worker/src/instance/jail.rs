@@ -171,7 +171,23 @@ impl Jail {
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok())
             .filter(|&p| p > 1);
-        self.vmm = pid.and_then(|p| PidFd::open(p).ok());
+        self.vmm = pid
+            .and_then(|p| PidFd::open(p).ok())
+            .filter(|fd| self.is_this_jails_vmm(fd));
+    }
+
+    /// Whether the process behind `fd` is this jail's VMM: its command line has `--id <id>`,
+    /// read while the pidfd shows the process alive, so that a pid recycled after the VMM
+    /// died (a host's `pid_max` may be 32768) is never taken for it and signalled later.
+    fn is_this_jails_vmm(&self, fd: &PidFd) -> bool {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", fd.pid())) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let named = args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == self.id.as_bytes());
+        named && matches!(fd.wait_exit(Duration::ZERO), Ok(false))
     }
 
     fn signal_supervisor(&self, signal: Signal) {

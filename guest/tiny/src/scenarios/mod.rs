@@ -5,6 +5,7 @@
 //! (`hang`, `halt`) do not return. To add one: write a module with a
 //! `pub fn run(info: &BootInfo, con: &mut Console)` and add a row to [`SCENARIOS`].
 
+mod balloon;
 mod blk;
 mod boot;
 mod bus;
@@ -80,6 +81,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"irq-storm", storm::run),
     (b"rng-read", rng::run_read),
     (b"rng-hostile", hostile::rng::run),
+    (b"balloon", balloon::run),
+    (b"balloon-hostile", hostile::balloon::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -7,12 +7,13 @@
 //! - [`ring`]: the guest's three rings of [`ring::QUEUE_SIZE`] entries in static memory inside
 //!   the image, and [`ring::RingExt`]: waiting for a used entry by polling, and writing any
 //!   available index (hostile scenarios).
-//! - [`blk`], [`net`], [`vsock`], [`rng`]: request helpers for virtio-blk, virtio-net,
-//!   virtio-vsock and virtio-rng.
+//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`]: request helpers for virtio-blk,
+//!   virtio-net, virtio-vsock, virtio-rng and virtio-balloon.
 //!
 //! Every register access is a plain volatile access to the device window, which the image's
 //! page tables map uncached (3-4 GiB).
 
+pub mod balloon;
 pub mod blk;
 pub mod net;
 pub mod ring;

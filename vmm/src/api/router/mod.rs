@@ -10,9 +10,10 @@
 use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
-    parse_json, BootSourceConfig, CpuConfig, DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig,
-    NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -39,6 +40,8 @@ pub enum Endpoint {
     SnapshotLoad,
     Mmds,
     MmdsConfig,
+    Balloon,
+    BalloonStatistics,
 }
 
 impl Endpoint {
@@ -61,6 +64,8 @@ impl Endpoint {
             Endpoint::Vm => "PATCH",
             Endpoint::Mmds => "GET, PUT, PATCH",
             Endpoint::MmdsConfig => "PUT",
+            Endpoint::Balloon => "GET, PUT, PATCH",
+            Endpoint::BalloonStatistics => "GET, PATCH",
         }
     }
 
@@ -73,7 +78,6 @@ impl Endpoint {
 /// Paths of Firecracker's API (first segment) for features Kiln does not have yet, with the
 /// feature: answered with a message that says so, rather than a bare "unknown path".
 const NOT_YET: &[(&str, &str)] = &[
-    ("balloon", "the balloon device"),
     ("hotplug", "memory hot-plug (virtio-mem)"),
     ("pmem", "the virtio-pmem device"),
 ];
@@ -154,6 +158,10 @@ pub fn counters(
             (&pa.network_count, Some(&pa.network_fails))
         }
         (Method::Patch, Endpoint::Vm) => (&pa.vm_state_count, Some(&pa.vm_state_fails)),
+        (Method::Put, Endpoint::Balloon) => (&p.balloon_count, Some(&p.balloon_fails)),
+        (Method::Patch, Endpoint::Balloon | Endpoint::BalloonStatistics) => {
+            (&pa.balloon_count, Some(&pa.balloon_fails))
+        }
         _ => return None,
     })
 }
@@ -190,6 +198,14 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["snapshot", "load"] => (Endpoint::SnapshotLoad, None),
         ["mmds"] => (Endpoint::Mmds, None),
         ["mmds", "config"] => (Endpoint::MmdsConfig, None),
+        ["balloon"] => (Endpoint::Balloon, None),
+        ["balloon", "statistics"] => (Endpoint::BalloonStatistics, None),
+        ["balloon", "hinting", ..] => {
+            return Err(RouteError::unknown(
+                format!("{path}: free page hinting is not supported by Kiln yet"),
+                None,
+            ))
+        }
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -207,7 +223,7 @@ fn no_such_path(path: &str) -> String {
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
          /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
-         /mmds/config)"
+         /mmds/config, /balloon, /balloon/statistics)"
     )
 }
 
@@ -364,6 +380,17 @@ fn route_endpoint(
         }
         (Method::Put, Endpoint::MmdsConfig) => {
             ApiRequest::PutMmdsConfig(parse_json::<MmdsConfig>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::Balloon) => ApiRequest::GetBalloon,
+        (Method::Put, Endpoint::Balloon) => {
+            ApiRequest::PutBalloon(parse_json::<BalloonConfig>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::Balloon) => {
+            ApiRequest::PatchBalloon(parse_json::<BalloonUpdate>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::BalloonStatistics) => ApiRequest::GetBalloonStats,
+        (Method::Patch, Endpoint::BalloonStatistics) => {
+            ApiRequest::PatchBalloonStats(parse_json::<BalloonStatsUpdate>(body).map_err(json)?)
         }
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.

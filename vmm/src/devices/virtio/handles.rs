@@ -2,6 +2,7 @@
 //! `PATCH /network-interfaces/{id}`): what the builder hands from [`super::setup`] to the
 //! VM's [`crate::devices::manager::Devices`].
 
+use super::balloon::Balloon;
 use super::block::{Block, BlockError};
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
@@ -54,6 +55,7 @@ pub struct VirtioHandles {
     pub blocks: Vec<BlockHandle>,
     pub nets: Vec<(String, Arc<Mutex<Net>>)>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// Every device's transport, in window order (snapshots save and restore them).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }

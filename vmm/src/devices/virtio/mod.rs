@@ -6,7 +6,7 @@
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
-//! - [`block`], [`net`], [`vsock`], [`rng`]: the devices; each knows nothing of MMIO.
+//! - [`block`], [`net`], [`vsock`], [`rng`], [`balloon`]: the devices; each knows nothing of MMIO.
 //! - [`setup`]: building the devices from the resources and wiring them into the VM;
 //!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
@@ -15,6 +15,7 @@
 //! queue processing and device I/O happens on the VMM thread. Both sides share the device
 //! through a `Mutex`, and the interrupt state through the atomics of [`Interrupt`].
 
+pub mod balloon;
 pub mod block;
 pub mod events;
 pub mod handles;
@@ -97,7 +98,7 @@ impl Activation {
 /// [`Self::process_queue`] and [`Self::process_fd`] on the VMM thread. No method may panic on
 /// anything the guest controls, and every method bounds its work.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (1 net, 2 block, 4 rng, 19 vsock).
+    /// virtio device ID (1 net, 2 block, 4 rng, 5 balloon, 19 vsock).
     fn device_type(&self) -> u32;
     /// A name for logs (the drive or interface id).
     fn id(&self) -> &str;
@@ -135,6 +136,10 @@ pub trait VirtioDevice: Send {
     fn queue_positions(&self) -> Option<Vec<QueuePosition>> {
         None
     }
+    /// Snapshots: the restored device takes what the driver wrote into its configuration
+    /// space (`saved`, as the snapshot has it) before the transport compares the two. The
+    /// default: the driver writes nothing there.
+    fn restore_config(&mut self, _saved: &[u8]) {}
     /// Snapshots: the device's rate limiters, always in the same order (a network
     /// interface's receive then transmit limiter), whose buckets the transport saves and
     /// restores with the queues. The default: none.

@@ -7,8 +7,8 @@
 //!    one virtio-net per network interface, each in its own virtio-mmio window with its IRQ,
 //!    so that it gets a `virtio_mmio.device=` entry; each with its rate limiters.
 //!    [`with_root_arg`] adds `root=` for a root drive. Devices built elsewhere (vsock) go in
-//!    the next windows with [`VirtioSetup::attach`], and the entropy device after them with
-//!    [`VirtioSetup::attach_entropy`].
+//!    the next windows with [`VirtioSetup::attach`], the entropy device after them with
+//!    [`VirtioSetup::attach_entropy`], then the balloon ([`VirtioSetup::attach_balloon`]).
 //! 2. [`VirtioSetup::wire`], once the VM exists: each device's irqfd, and an ioeventfd per
 //!    queue on QueueNotify.
 //! 3. [`VirtioSetup::start`], once the VMM thread's event loop exists: the queue eventfds
@@ -16,6 +16,7 @@
 //!
 //! The [`VirtioHandles`] stay with the running VM for runtime changes (`PATCH /drives/{id}`).
 
+use super::balloon::{Balloon, BalloonParams};
 use super::block::{Block, BlockError};
 use super::events::DeviceEvents;
 use super::handles::{BlockHandle, VirtioHandles};
@@ -27,7 +28,7 @@ use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
-use crate::resources::{DriveConfig, EntropyConfig, RateLimiterConfig, VmResources};
+use crate::resources::{BalloonConfig, DriveConfig, EntropyConfig, RateLimiterConfig, VmResources};
 use crate::sync::lock;
 use crate::vstate::vm::{Vm, VmError};
 use std::borrow::Cow;
@@ -53,6 +54,8 @@ pub enum VirtioSetupError {
     EventLoop(EventLoopError),
     #[error("virtio device {id}: cannot create its rate limiter: {source}")]
     RateLimiter { id: String, source: TimerError },
+    #[error("the balloon device: cannot create its statistics timer: {0}")]
+    BalloonTimer(TimerError),
 }
 
 /// A device's rate limiter (always created, so that `PATCH` can set buckets later).
@@ -197,6 +200,26 @@ impl VirtioSetup {
         let rng =
             Entropy::new().with_rate_limiter(limiter(super::rng::ID, cfg.rate_limiter.as_ref())?);
         self.attach(dm, mem, Arc::new(Mutex::new(rng)))?;
+        Ok(())
+    }
+
+    /// The balloon (`balloon`), in the next virtio-mmio window; kept in the handles for
+    /// the runtime requests.
+    pub fn attach_balloon(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        cfg: &BalloonConfig,
+    ) -> Result<(), VirtioSetupError> {
+        let balloon = Balloon::new(BalloonParams {
+            amount_mib: cfg.amount_mib,
+            deflate_on_oom: cfg.deflate_on_oom,
+            stats_polling_interval_s: cfg.stats_polling_interval_s,
+        })
+        .map_err(VirtioSetupError::BalloonTimer)?;
+        let dev = Arc::new(Mutex::new(balloon));
+        self.attach(dm, mem, dev.clone())?;
+        self.handles.balloon = Some(dev);
         Ok(())
     }
 

@@ -10,9 +10,11 @@
 //! * [`config`]: configuration-space writes to every device (`virtio-config`).
 //! * [`net`]: a hostile driver of virtio-net (`net-hostile`).
 //! * [`rng`]: a hostile driver of virtio-rng (`rng-hostile`).
+//! * [`balloon`]: a hostile driver of virtio-balloon (`balloon-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
+pub mod balloon;
 pub mod blk;
 pub mod config;
 pub mod giant;

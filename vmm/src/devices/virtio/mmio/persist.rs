@@ -173,6 +173,7 @@ impl MmioTransport {
                 here: self.max_sizes.len(),
             });
         }
+        lock(&self.device).restore_config(&s.config);
         if s.config != self.config_bytes() {
             return Err(TransportStateError::Config { id });
         }
