@@ -429,6 +429,38 @@ def snapshot_seeds():
     write("snapshot_state", "file-mac", bytes([1]) + header + body + tag)
 
 
+def mmds_seeds():
+    # mmds_stack: u8 options, then records (see fuzz_targets/mmds_stack.rs).
+    def seg(port, flags, seq=None, ack=None, mss=None, payload=b"", flip=0):
+        out = bytes([1, port, flags])
+        out += bytes([0]) if seq is None else bytes([1]) + struct.pack("<I", seq)
+        out += bytes([0]) if ack is None else bytes([1]) + struct.pack("<I", ack)
+        out += bytes([0]) if mss is None else bytes([1]) + struct.pack("<H", mss)
+        return out + struct.pack("<H", len(payload)) + payload + bytes([flip])
+    arp = bytes([2])
+    syn = seg(0, 0x02, seq=1000, mss=1460)
+    ack = seg(0, 0x10)
+    get = bytes([3, 0, 0])
+    fin = seg(0, 0x11)
+    write("mmds_stack", "arp", bytes([0]) + arp)
+    write("mmds_stack", "get", bytes([0]) + arp + syn + ack + get + bytes([3, 0, 1]) + fin)
+    write("mmds_stack", "v2-token", bytes([1]) + syn + ack + bytes([3, 0, 2]) + bytes([3, 0, 3])
+          + bytes([3, 0, 0]))
+    write("mmds_stack", "flood", bytes([0]) + b"".join(seg(i % 4, 0x02, seq=i) for i in range(8)))
+    write("mmds_stack", "spoiled", bytes([0]) + seg(0, 0x02, seq=5, mss=1460, flip=40)
+          + seg(1, 0x03, seq=5) + bytes([0]) + struct.pack("<H", 20) + bytes(20))
+    # mmds_http: u8 options, then the request.
+    for name, opts, req in [
+        ("get", 0, b"GET /latest/meta-data/ami-id HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("json", 0, b"GET /latest/meta-data HTTP/1.1\r\nAccept: application/json\r\n\r\n"),
+        ("token", 1, b"PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n"),
+        ("v2-get", 1, b"GET /latest/ HTTP/1.1\r\n\r\n"),
+        ("imds", 3, b"GET //latest//meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: 00\r\n\r\n"),
+        ("post", 0, b"POST /x HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc"),
+    ]:
+        write("mmds_http", name, bytes([opts]) + req)
+
+
 if __name__ == "__main__":
     vm_config_seeds()
     api_seeds()
@@ -441,3 +473,4 @@ if __name__ == "__main__":
     loader_seeds()
     vsock_seeds()
     snapshot_seeds()
+    mmds_seeds()

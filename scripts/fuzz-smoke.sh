@@ -70,7 +70,7 @@ step "building the fuzz targets (sanitizer: $sanitizer)"
 # The dictionary of each target (fuzz/dicts/).
 dict_of() {
     case "$1" in
-        api_http) echo dicts/http.dict ;;
+        api_http | mmds_http) echo dicts/http.dict ;;
         vm_config | tenant_profile | seccomp_policy) echo dicts/json.dict ;;
         jailer_args) echo dicts/args.dict ;;
         *) echo "" ;;

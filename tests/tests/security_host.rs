@@ -699,8 +699,18 @@ impl TapJail {
             .count()
     }
 
+    /// The jail's end; its network namespace must be gone with it, although the test still
+    /// holds the guest's side of its tap open (as a VMM's stray descriptor would).
     fn finish(mut self) -> Finished {
-        self.running.take().expect("running").finish(T)
+        let done = self.running.take().expect("running").finish(T);
+        let pinned = std::path::Path::new("/run/netns").join(self.ns());
+        assert!(
+            !pinned.exists(),
+            "{} is left behind after the jail ended ({})",
+            pinned.display(),
+            done.describe()
+        );
+        done
     }
 }
 

@@ -16,6 +16,8 @@ use crate::devices::manager::Devices;
 use crate::devices::virtio::handles::{DriveUpdateError, NetUpdateError};
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, SourceId, Sources};
 use crate::exit::{ExitNotifier, VmExit};
+use crate::mmds::{MmdsStack, SharedMmds};
+use crate::resources::MmdsConfig;
 use crate::resources::RateLimiterConfig;
 use crate::signals::TerminationSignals;
 use crate::snapshot::digest::MemoryDigest;
@@ -177,6 +179,20 @@ impl Vmm {
 
     pub fn devices(&self) -> &Devices {
         &self.devices
+    }
+
+    /// Gives the interfaces `cfg` names (none without a config) their MMDS endpoint at
+    /// its address, answering from `store`.
+    pub fn attach_mmds(&self, cfg: Option<&MmdsConfig>, store: &SharedMmds) {
+        let Some(cfg) = cfg else {
+            return;
+        };
+        for (id, net) in &self.devices.virtio.nets {
+            if cfg.network_interfaces.contains(id) {
+                let stack = MmdsStack::new(cfg.address(), store.clone());
+                crate::sync::lock(net).set_mmds(Some(stack));
+            }
+        }
     }
 
     /// The reporter vCPUs and devices use; embedding code may also stop the VM through it

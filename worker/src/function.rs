@@ -230,8 +230,10 @@ impl Registry {
         if let Some(f) = self.fresh(name, &dir, true) {
             return Ok(f);
         }
-        let fp = fingerprint(&dir);
         let built = self.build(name, &dir)?;
+        // Taken after the build: building may write into the sources (cargo writes a
+        // missing Cargo.lock), and that must not count as a change that retires this build.
+        let fp = fingerprint(&dir);
         let function = Arc::new(Function {
             generation: self
                 .next_generation

@@ -11,6 +11,7 @@ mod common;
 use common::{Env, Server};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const NAME: &str = "counter-snap";
 
@@ -21,7 +22,19 @@ fn snapshot_counter(env: &Env) -> PathBuf {
     let dir = functions.join(NAME);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let counter = common::repo().join("examples/functions/counter");
-    std::fs::copy(counter.join("src/main.rs"), dir.join("src/main.rs")).unwrap();
+    // counter's handler, which also holds its VM for a while on the event `slow` (so that a
+    // second request finds it busy whatever the machine's speed).
+    let handler = std::fs::read_to_string(counter.join("src/main.rs"))
+        .unwrap()
+        .replace(
+            "    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed) + 1;",
+            "    if event == b\"slow\" {\n        let mut x = 0u64;\n        for i in 0..400_000_000u64 {\n            x = x.wrapping_add(core::hint::black_box(i));\n        }\n        core::hint::black_box(x);\n    }\n    let n = INVOCATIONS.fetch_add(1, Ordering::Relaxed) + 1;",
+        );
+    assert!(
+        handler.contains("b\"slow\""),
+        "counter's handler changed: adapt this test"
+    );
+    std::fs::write(dir.join("src/main.rs"), handler).unwrap();
     let runtime = common::repo().join("guest/runtime").canonicalize().unwrap();
     let cargo = std::fs::read_to_string(counter.join("Cargo.toml"))
         .unwrap()
@@ -30,7 +43,7 @@ fn snapshot_counter(env: &Env) -> PathBuf {
     std::fs::write(
         dir.join("kiln.json"),
         format!(
-            r#"{{"name": "{NAME}", "memory_mib": 8, "timeout_ms": 2000, "concurrency": 2,
+            r#"{{"name": "{NAME}", "memory_mib": 8, "timeout_ms": 10000, "concurrency": 2,
                 "max_event_bytes": 65536, "snapshot_start": true}}"#
         ),
     )
@@ -98,7 +111,13 @@ fn cold_instances_are_restored_from_the_functions_snapshot() {
     // A second instance, while the first is busy: restored from the same snapshot, it
     // starts from the snapshot's state, not from the first instance's.
     let (busy, other) = std::thread::scope(|s| {
-        let a = s.spawn(|| server.invoke(NAME, b"f"));
+        let a = s.spawn(|| server.invoke(NAME, b"slow"));
+        common::wait_until("the first instance busy", Duration::from_secs(10), || {
+            server
+                .instances()
+                .iter()
+                .any(|(_, i)| i["id"] == vm_a.as_str() && i["state"] == "busy")
+        });
         let b = s.spawn(|| server.invoke(NAME, b"g"));
         (a.join().unwrap(), b.join().unwrap())
     });

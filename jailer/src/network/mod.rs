@@ -124,8 +124,13 @@ pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>
 }
 
 /// Removes what the jailer made: its taps and table (in a joined namespace), or the whole
-/// namespace it created. What is already gone is skipped.
+/// namespace it created — unpinned, which takes its taps and tables with it when its last
+/// user goes (deleting a tap first would fail while anyone still holds it open, and must
+/// not leave the namespace's file behind). What is already gone is skipped.
 pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
+    if record.created {
+        return namespace::unpin(&record.path);
+    }
     let ns = match namespace::open(&record.path) {
         Ok(ns) => Some(ns),
         Err(NetworkError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
@@ -138,23 +143,18 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
             for name in &record.taps {
                 tap::delete(name)?;
             }
-            if !record.created {
-                let mut families = Vec::new();
-                if record.table.is_some() {
-                    families.push("inet");
-                }
-                if record.tap_table.is_some() {
-                    families.push("netdev");
-                }
-                if let Some(table) = record.table.as_ref().or(record.tap_table.as_ref()) {
-                    firewall::delete(table, &families)?;
-                }
+            let mut families = Vec::new();
+            if record.table.is_some() {
+                families.push("inet");
+            }
+            if record.tap_table.is_some() {
+                families.push("netdev");
+            }
+            if let Some(table) = record.table.as_ref().or(record.tap_table.as_ref()) {
+                firewall::delete(table, &families)?;
             }
             Ok(())
         })?;
-    }
-    if record.created {
-        namespace::unpin(&record.path)?;
     }
     Ok(())
 }

@@ -44,12 +44,17 @@ fn capture<R: Read + Send + 'static>(mut r: R) -> Arc<Mutex<Vec<u8>>> {
 impl Vmm {
     /// Starts `vmm --api-sock <dir>/api.sock <extra...>` and waits until `GET /` answers.
     pub fn start(extra: &[&str]) -> Vmm {
+        Vmm::start_command(Command::new(require_bin("vmm")), extra)
+    }
+
+    /// [`Vmm::start`] with `vmm` (the binary) run by `cmd`: `NetNs::command`'s, to run it
+    /// in a network namespace.
+    pub fn start_command(mut cmd: Command, extra: &[&str]) -> Vmm {
         let dir = ScratchDir::new("kiln-api");
         let sock = dir.join("api.sock");
         let spawned = Instant::now();
         let mut child = spawn(
-            Command::new(require_bin("vmm"))
-                .arg("--api-sock")
+            cmd.arg("--api-sock")
                 .arg(&sock)
                 .args(extra)
                 .stdin(Stdio::null()),

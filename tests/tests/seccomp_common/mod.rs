@@ -809,6 +809,37 @@ fn net_run(launch: &Launch, run: &'static str) -> Outcome {
     vm.finish(run, Expect::Exit(0), true)
 }
 
+/// MMDS V2 on the interface (`--metadata` at start): the guest's ARP, TCP, token and GETs
+/// answered on the VMM thread (its session-token key comes from getrandom there).
+fn mmds_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-mmds");
+    let ns = NetNs::new("kiln-sc");
+    let tap = tap_name("m");
+    ns.add_tap(&tap, None);
+    let cfg = config(&dir, "kiln.test=mmds kiln.mmds=2", &[], &[net_json(&tap)]);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let mmds = ",\n \"mmds-config\": {\"version\": \"V2\", \"network_interfaces\": [\"eth0\"]}}\n";
+    std::fs::write(
+        &cfg,
+        format!("{}{mmds}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let metadata = dir.path("metadata.json");
+    std::fs::write(
+        &metadata,
+        r#"{"latest": {"meta-data": {"ami-id": "ami-1"}}}"#,
+    )
+    .expect("write metadata");
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--metadata", &metadata).to_vec(),
+        os(&["--no-api"]),
+    ]
+    .concat();
+    let vm = launch.start("mmds", Some(&ns), &args, false);
+    vm.finish("mmds", Expect::Exit(0), true)
+}
+
 /// Rate limiters at work: `blk-burst` on a drive and `rng-read` on an entropy device, each
 /// limited to one request per 20 ms (the limiter's timer, armed and read on the VMM thread).
 fn limited_run(launch: &Launch, run: &'static str) -> Outcome {
@@ -999,6 +1030,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     all.push(swap_run(launch, "blk-swap-ro", true));
     all.push(net_run(launch, "net-tx"));
     all.push(net_run(launch, "net-rx"));
+    all.push(mmds_run(launch));
     for run in ["vsock-connect", "vsock-listen", "vsock-bad"] {
         all.push(vsock_run(launch, run));
     }

@@ -5,7 +5,7 @@
 use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
     DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
+    MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
     SnapshotLoadParams, VsockConfig,
 };
 
@@ -61,6 +61,10 @@ pub enum ApiRequest {
     PatchVm(VmStateChange),
     PutSnapshotCreate(SnapshotCreateParams),
     PutSnapshotLoad(SnapshotLoadParams),
+    GetMmds,
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    PutMmdsConfig(MmdsConfig),
     GetBalloon,
     PutBalloon(BalloonConfig),
     PatchBalloon(BalloonUpdate),
@@ -95,6 +99,10 @@ impl ApiRequest {
             ApiRequest::PatchVm(_) => "PATCH /vm",
             ApiRequest::PutSnapshotCreate(_) => "PUT /snapshot/create",
             ApiRequest::PutSnapshotLoad(_) => "PUT /snapshot/load",
+            ApiRequest::GetMmds => "GET /mmds",
+            ApiRequest::PutMmds(_) => "PUT /mmds",
+            ApiRequest::PatchMmds(_) => "PATCH /mmds",
+            ApiRequest::PutMmdsConfig(_) => "PUT /mmds/config",
             ApiRequest::GetBalloon => "GET /balloon",
             ApiRequest::PutBalloon(_) => "PUT /balloon",
             ApiRequest::PatchBalloon(_) => "PATCH /balloon",
@@ -124,14 +132,19 @@ pub enum RequestError {
     /// The request was valid, but carrying it out failed.
     #[error("{0}")]
     Failed(String),
+    /// The request would make something larger than its limit (the MMDS data store).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl RequestError {
-    /// The HTTP status of the answer: 400 for both kinds, as Firecracker answers every
-    /// refused or failed action.
+    /// The HTTP status of the answer: 400 for refused and failed requests, as Firecracker
+    /// answers every refused or failed action, and 413 (Payload Too Large) for a document
+    /// over the MMDS data store's limit, as Firecracker answers that one.
     pub fn status(&self) -> u16 {
         match self {
             RequestError::Refused(_) | RequestError::Failed(_) => 400,
+            RequestError::TooLarge(_) => 413,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! reach the running microVM through the [`Microvm`] trait.
 //!
 //! - here: the [`Controller`], the state machine that decides each request;
+//! - `mmds`: the MMDS requests (the data store and `PUT /mmds/config`);
 //! - `serve`: [`VmmApi`], the API served by the VMM thread: the request channel before
 //!   boot, then in the microVM's run loop.
 //!
@@ -14,7 +15,9 @@
 //! to the API thread, which picks the HTTP status.
 
 mod balloon;
+mod mmds;
 mod serve;
+mod start;
 
 pub use serve::{Starter, VmmApi};
 
@@ -22,12 +25,12 @@ use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
+use crate::mmds::{SharedMmds, StoreError};
 use crate::resources::{
-    RateLimiterConfig, ResourceError, SnapshotCreate, SnapshotLoad, SnapshotLoadParams,
-    SnapshotType, VmResources,
+    RateLimiterConfig, ResourceError, SnapshotCreate, SnapshotLoad, SnapshotType, VmResources,
 };
 use crate::snapshot::SnapshotKey;
-use crate::{logger, metrics, timing};
+use crate::{logger, metrics};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,6 +71,8 @@ pub enum ControllerError {
     SnapshotCreate(String),
     #[error("snapshot/load: {0}")]
     SnapshotLoad(String),
+    #[error("{0}")]
+    Mmds(#[from] StoreError),
     #[error(transparent)]
     Balloon(#[from] balloon::BalloonRequestError),
     #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
@@ -86,6 +91,8 @@ impl From<ControllerError> for RequestError {
             | ControllerError::AlreadyStarted
             | ControllerError::LoadAfterConfig(_)
             | ControllerError::Balloon(_) => RequestError::Refused(message),
+            ControllerError::Mmds(StoreError::TooLarge { .. }) => RequestError::TooLarge(message),
+            ControllerError::Mmds(_) => RequestError::Refused(message),
             ControllerError::Start(_)
             | ControllerError::Pause(_)
             | ControllerError::Resume(_)
@@ -184,6 +191,8 @@ pub struct Controller {
     start_began: Option<Instant>,
     /// The orchestrator's snapshot key (`--snapshot-key-file`/`--snapshot-key-fd`).
     snapshot_key: Option<Arc<SnapshotKey>>,
+    /// The MMDS data store, shared with the network devices that answer the guest.
+    mmds: SharedMmds,
 }
 
 /// `GET /`.
@@ -213,6 +222,7 @@ impl Controller {
             paused: false,
             start_began: None,
             snapshot_key: None,
+            mmds: crate::mmds::shared(crate::mmds::DEFAULT_SIZE_LIMIT),
         }
     }
 
@@ -480,95 +490,15 @@ impl Controller {
             }
             // Routed through `accept_load` by `handle`.
             ApiRequest::PutSnapshotLoad(_) => Err(ControllerError::PreBootOnly(what)),
+            ApiRequest::GetMmds => self.get_mmds(),
+            ApiRequest::PutMmds(doc) => self.put_mmds(doc),
+            ApiRequest::PatchMmds(patch) => self.patch_mmds(&patch),
+            ApiRequest::PutMmdsConfig(cfg) => self.set_mmds_config(what, cfg),
             ApiRequest::GetBalloon
             | ApiRequest::PutBalloon(_)
             | ApiRequest::PatchBalloon(_)
             | ApiRequest::GetBalloonStats
             | ApiRequest::PatchBalloonStats(_) => self.apply_balloon(req, vm),
-        }
-    }
-
-    fn accept_load(&mut self, params: SnapshotLoadParams) -> Result<SnapshotLoad, ControllerError> {
-        self.pre_boot("PUT /snapshot/load")?;
-        let r = &self.resources;
-        let configured = [
-            (r.boot_source.is_some(), "boot-source"),
-            (r.machine_config != Default::default(), "machine-config"),
-            (!r.drives.is_empty(), "a drive"),
-            (!r.network_interfaces.is_empty(), "a network interface"),
-            (r.vsock.is_some(), "vsock"),
-            (r.entropy.is_some(), "entropy"),
-            (r.cpu_config.is_some(), "cpu-config"),
-            (r.balloon.is_some(), "balloon"),
-        ];
-        if let Some((_, what)) = configured.iter().find(|(set, _)| *set) {
-            return Err(ControllerError::LoadAfterConfig(what));
-        }
-        let load = SnapshotLoad {
-            serial: r.serial.clone(),
-            ..params.validated()?
-        };
-        self.start_began = Some(Instant::now());
-        Ok(load)
-    }
-
-    /// Reports how the restore after [`Outcome::Load`] went: on success the microVM runs
-    /// (or is paused) with `resources`, the configuration it was restored with. After a
-    /// failure nothing was restored: the VMM is "Not started" and usable.
-    pub fn finish_load(&mut self, result: Result<(VmResources, bool), String>) -> Reply {
-        let took = self.start_began.take().map(elapsed_us).unwrap_or(0);
-        match result {
-            Ok((resources, resumed)) => {
-                METRICS.latencies_us.load_snapshot.set(took);
-                crate::log_info!(
-                    "snapshot loaded in {took} us; the microVM is {}",
-                    if resumed { "running" } else { "paused" }
-                );
-                self.resources = VmResources {
-                    logger: self.resources.logger.take(),
-                    metrics: self.resources.metrics.take(),
-                    ..resources
-                };
-                self.started = true;
-                self.paused = !resumed;
-                Ok(VmmData::Empty)
-            }
-            Err(e) => {
-                crate::log_error!("snapshot/load failed: {e}");
-                Err(ControllerError::SnapshotLoad(e))
-            }
-        }
-    }
-
-    fn accept_start(&mut self) -> Result<(), ControllerError> {
-        if self.started {
-            return Err(ControllerError::AlreadyStarted);
-        }
-        if self.resources.boot_source.is_none() {
-            return Err(ResourceError::MissingBootSource.into());
-        }
-        timing::record_instance_start();
-        self.start_began = Some(Instant::now());
-        Ok(())
-    }
-
-    /// Reports how building the microVM after [`Outcome::Start`] went, and gives the answer
-    /// to `InstanceStart`. After a failure the microVM is still "Not started" and
-    /// `InstanceStart` may be retried.
-    pub fn finish_start(&mut self, result: Result<(), String>) -> Reply {
-        let took = self.start_began.take().map(elapsed_us).unwrap_or(0);
-        match result {
-            Ok(()) => {
-                METRICS.latencies_us.instance_start.set(took);
-                crate::log_info!("InstanceStart: microVM built and started in {took} us");
-                self.started = true;
-                self.paused = false;
-                Ok(VmmData::Empty)
-            }
-            Err(e) => {
-                crate::log_error!("InstanceStart failed: {e}");
-                Err(ControllerError::Start(e))
-            }
         }
     }
 }

@@ -129,6 +129,11 @@ impl VmmApi {
         &self.controller
     }
 
+    /// The MMDS data store the API writes.
+    pub fn set_mmds(&mut self, mmds: crate::mmds::SharedMmds) {
+        self.controller.set_mmds(mmds);
+    }
+
     /// Snapshots are made and loaded with `key`.
     pub fn set_snapshot_key(&mut self, key: Option<std::sync::Arc<SnapshotKey>>) {
         self.controller.set_snapshot_key(key);

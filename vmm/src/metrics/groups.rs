@@ -60,6 +60,7 @@ metrics_group! {
         machine_cfg_count: Counter,
         vmm_version_count: Counter,
         vm_config_count: Counter,
+        mmds_count: Counter,
     }
 }
 
@@ -88,6 +89,9 @@ metrics_group! {
         /// Kiln: `PUT /entropy` (Firecracker does not count it).
         entropy_count: Counter,
         entropy_fails: Counter,
+        /// `PUT /mmds` and `PUT /mmds/config` (one counter, as Firecracker counts them).
+        mmds_count: Counter,
+        mmds_fails: Counter,
         balloon_count: Counter,
         balloon_fails: Counter,
     }
@@ -103,6 +107,8 @@ metrics_group! {
         network_fails: Counter,
         vm_state_count: Counter,
         vm_state_fails: Counter,
+        mmds_count: Counter,
+        mmds_fails: Counter,
         balloon_count: Counter,
         balloon_fails: Counter,
     }
@@ -239,6 +245,33 @@ metrics_group! {
         /// Transmit rate limiter timers that fired, and frames that had to wait for one.
         tx_rate_limiter_event_count: Counter,
         tx_rate_limiter_throttled: Counter,
+    }
+}
+
+metrics_group! {
+    /// MMDS as the guest reaches it (Firecracker's `mmds` group).
+    MmdsMetrics {
+        /// Frames from the guest taken by MMDS instead of the tap.
+        rx_accepted: Counter,
+        /// Frames taken by MMDS but malformed (bad lengths, checksums, options): dropped.
+        rx_accepted_err: Counter,
+        /// Unusual events: segments out of sequence, for no connection, connections evicted.
+        rx_accepted_unusual: Counter,
+        /// Frames too short to be Ethernet (passed to the tap as they are).
+        rx_bad_eth: Counter,
+        /// GETs with an invalid token, and with none.
+        rx_invalid_token: Counter,
+        rx_no_token: Counter,
+        /// HTTP requests served.
+        rx_count: Counter,
+        /// Bytes and frames MMDS sent to the guest, and HTTP responses.
+        tx_bytes: Counter,
+        tx_count: Counter,
+        /// Replies that could not be sent (no room in the reply queue).
+        tx_errors: Counter,
+        tx_frames: Counter,
+        connections_created: Counter,
+        connections_destroyed: Counter,
     }
 }
 

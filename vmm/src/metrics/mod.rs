@@ -17,9 +17,9 @@ mod groups;
 
 pub use groups::{
     ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
-    GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, NetMetrics,
-    PatchRequestsMetrics, PutRequestsMetrics, SeccompMetrics, SerialMetrics, VcpuMetrics,
-    VirtioMetrics, VmmMetrics, VsockMetrics,
+    GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
+    NetMetrics, PatchRequestsMetrics, PutRequestsMetrics, SeccompMetrics, SerialMetrics,
+    VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 
 use crate::output::open_output;
@@ -201,6 +201,7 @@ pub struct Metrics {
     pub i8042: I8042Metrics,
     pub block: BlockMetrics,
     pub net: NetMetrics,
+    pub mmds: MmdsMetrics,
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
     pub balloon: BalloonMetrics,
@@ -226,6 +227,7 @@ impl Metrics {
             i8042: I8042Metrics::new(),
             block: BlockMetrics::new(),
             net: NetMetrics::new(),
+            mmds: MmdsMetrics::new(),
             vsock: VsockMetrics::new(),
             entropy: EntropyMetrics::new(),
             balloon: BalloonMetrics::new(),

@@ -178,6 +178,10 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     for n in nets {
         res.put_network_interface(None, n)?;
     }
+    // MMDS's configuration is in the snapshot, its data store is not (as in Firecracker).
+    if let Some(m) = config.mmds_config {
+        res.set_mmds_config(m)?;
+    }
     let mut vsock = config.vsock;
     if let Some(o) = &req.vsock_override {
         let v = vsock.as_mut().ok_or_else(|| {

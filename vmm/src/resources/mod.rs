@@ -18,6 +18,7 @@ mod entropy;
 mod host_file;
 mod logger;
 mod machine_config;
+mod mmds;
 mod net;
 mod rate_limiter;
 mod serial;
@@ -39,6 +40,7 @@ pub use entropy::EntropyConfig;
 pub use host_file::Opened;
 pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
+pub use mmds::{MmdsConfig, DEFAULT_MMDS_ADDRESS};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
@@ -137,6 +139,12 @@ pub enum ResourceError {
     CpuConfigFile { path: String, reason: String },
     #[error("snapshot/load: {0}")]
     SnapshotLoad(String),
+    #[error("mmds-config: ipv4_address {0} is not a usable link-local address (169.254.1.0 to 169.254.254.255)")]
+    MmdsAddress(std::net::Ipv4Addr),
+    #[error("mmds-config: network_interfaces is empty; name at least one interface to answer MMDS requests on")]
+    MmdsNoInterfaces,
+    #[error("mmds-config: network interface {0:?} is not configured (PUT /network-interfaces/{{id}} first)")]
+    MmdsUnknownInterface(String),
     #[error("balloon: amount_mib {amount_mib} is more than the guest's memory (mem_size_mib {mem_size_mib})")]
     BalloonTooLarge { amount_mib: u32, mem_size_mib: u64 },
 }
@@ -179,7 +187,7 @@ pub struct VmConfig {
     /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
     /// accepted, anything else refused naming the feature.
     #[serde(rename = "mmds-config", default)]
-    pub mmds_config: Option<NotYet>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub pmem: Vec<NotYet>,
     #[serde(rename = "memory-hotplug", default)]
@@ -189,11 +197,6 @@ pub struct VmConfig {
 impl VmConfig {
     /// Refuses a section for a feature Kiln does not have yet.
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_present(
-            &self.mmds_config,
-            "mmds-config",
-            "MMDS (the microVM metadata service)",
-        )?;
         refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
         refuse_if_present(
             &self.memory_hotplug,
@@ -218,6 +221,8 @@ pub struct VmResources {
     pub cpu_config: Option<CpuConfig>,
     pub entropy: Option<EntropyConfig>,
     pub serial: Option<SerialConfig>,
+    /// `PUT /mmds/config` (the data store itself is not a resource: [`crate::mmds`]).
+    pub mmds_config: Option<MmdsConfig>,
     /// The balloon as configured; `PATCH /balloon` and `PATCH /balloon/statistics` keep
     /// its target and interval current.
     pub balloon: Option<BalloonConfig>,
@@ -252,6 +257,9 @@ impl VmResources {
         if let Some(s) = file.serial {
             res.set_serial(s)?;
         }
+        if let Some(m) = file.mmds_config {
+            res.set_mmds_config(m)?;
+        }
         if let Some(b) = file.balloon {
             res.set_balloon(b)?;
         }
@@ -273,6 +281,7 @@ impl VmResources {
             cpu_config: self.cpu_config.clone().map(CpuConfigSource::Template),
             entropy: self.entropy,
             serial: self.serial.clone(),
+            mmds_config: self.mmds_config.clone(),
             balloon: self.balloon,
             ..VmConfig::default()
         }
@@ -328,6 +337,12 @@ impl VmResources {
     /// `PUT /serial`: the serial output's destination and bucket.
     pub fn set_serial(&mut self, cfg: SerialConfig) -> Result<(), ResourceError> {
         self.serial = Some(cfg.validated()?);
+        Ok(())
+    }
+
+    /// `PUT /mmds/config`: the interfaces it names must be configured already.
+    pub fn set_mmds_config(&mut self, cfg: MmdsConfig) -> Result<(), ResourceError> {
+        self.mmds_config = Some(cfg.validated(&self.network_interfaces)?);
         Ok(())
     }
 

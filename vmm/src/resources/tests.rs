@@ -273,10 +273,6 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
             "balloon.free_page_reporting: free page reporting is not supported by Kiln yet",
         ),
         (
-            config(r#", "mmds-config": {"network_interfaces": ["eth0"]}"#),
-            "mmds-config: MMDS (the microVM metadata service) is not supported by Kiln yet",
-        ),
-        (
             config(r#", "pmem": [{"id": "p", "path_on_host": "/x"}]"#),
             "pmem: the virtio-pmem device is not supported by Kiln yet",
         ),
@@ -424,6 +420,73 @@ fn metrics_take_emit_id_and_properties() {
 
 /// `GET /vm/config` has every section of Firecracker's `FullVmConfiguration`, `null` or `[]`
 /// when unset, and reads back as a config file.
+/// `mmds-config`: Firecracker's fields and defaults, its refusals, and `GET /vm/config`
+/// writing the address in use.
+#[test]
+fn mmds_config_is_checked_against_the_interfaces() {
+    let net = r#", "network-interfaces": [{"iface_id": "1", "host_dev_name": "tap0"}]"#;
+    let res = VmResources::from_json(&config(&format!(
+        r#"{net}, "mmds-config": {{"network_interfaces": ["1"]}}"#
+    )))
+    .unwrap();
+    let v = serde_json::to_value(res.to_config()).unwrap();
+    assert_eq!(
+        v["mmds-config"],
+        serde_json::json!({"version": "V1", "network_interfaces": ["1"],
+                           "ipv4_address": "169.254.169.254", "imds_compat": false})
+    );
+    let res = VmResources::from_json(&config(&format!(
+        r#"{net}, "mmds-config": {{"network_interfaces": ["1"], "ipv4_address": "169.254.169.250",
+                                   "version": "V2", "imds_compat": true}}"#
+    )))
+    .unwrap();
+    let m = res.mmds_config.unwrap();
+    assert_eq!(
+        (m.version, m.address(), m.imds_compat),
+        (
+            crate::mmds::MmdsVersion::V2,
+            "169.254.169.250".parse().unwrap(),
+            true
+        )
+    );
+    for (mmds, want) in [
+        (
+            r#"{"network_interfaces": []}"#,
+            "mmds-config: network_interfaces is empty",
+        ),
+        (
+            r#"{"network_interfaces": ["2"]}"#,
+            "mmds-config: network interface \"2\" is not configured",
+        ),
+        (
+            r#"{"network_interfaces": ["1"], "ipv4_address": "10.0.0.1"}"#,
+            "mmds-config: ipv4_address 10.0.0.1 is not a usable link-local address",
+        ),
+        (
+            r#"{"network_interfaces": ["1"], "ipv4_address": "169.254.0.1"}"#,
+            "mmds-config: ipv4_address 169.254.0.1 is not",
+        ),
+        (
+            r#"{"network_interfaces": ["1"], "version": "V3"}"#,
+            "unknown variant `V3`",
+        ),
+        (
+            r#"{"network_interfaces": ["1"], "ipv4_address": ""}"#,
+            "invalid JSON",
+        ),
+        (r#"{"version": "V2"}"#, "missing field `network_interfaces`"),
+        (
+            r#"{"network_interfaces": ["1"], "x": 1}"#,
+            "unknown field `x`",
+        ),
+    ] {
+        let err = VmResources::from_json(&config(&format!(r#"{net}, "mmds-config": {mmds}"#)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{mmds}: {err}");
+    }
+}
+
 #[test]
 fn vm_config_has_firecracker_sections() {
     let res = VmResources::from_json(&config("")).unwrap();

@@ -15,6 +15,7 @@ mod cpus;
 mod faults;
 mod hostile;
 mod memmap;
+mod mmds;
 mod msr;
 mod net;
 mod ports;
@@ -61,6 +62,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"blk-burst", blk::run_burst),
     (b"net-tx", net::run_tx),
     (b"net-rx", net::run_rx),
+    (b"mmds", mmds::run),
+    (b"mmds-hostile", mmds::run_hostile),
     (b"virtio-loop", hostile::blk::run_loop),
     (b"virtio-oob", hostile::blk::run_oob),
     (b"virtio-qsize", hostile::blk::run_qsize),

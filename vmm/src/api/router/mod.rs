@@ -12,7 +12,7 @@ use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
     DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
     SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
@@ -38,6 +38,8 @@ pub enum Endpoint {
     VmConfig,
     SnapshotCreate,
     SnapshotLoad,
+    Mmds,
+    MmdsConfig,
     Balloon,
     BalloonStatistics,
 }
@@ -60,6 +62,8 @@ impl Endpoint {
             | Endpoint::SnapshotCreate
             | Endpoint::SnapshotLoad => "PUT",
             Endpoint::Vm => "PATCH",
+            Endpoint::Mmds => "GET, PUT, PATCH",
+            Endpoint::MmdsConfig => "PUT",
             Endpoint::Balloon => "GET, PUT, PATCH",
             Endpoint::BalloonStatistics => "GET, PATCH",
         }
@@ -75,7 +79,6 @@ impl Endpoint {
 /// feature: answered with a message that says so, rather than a bare "unknown path".
 const NOT_YET: &[(&str, &str)] = &[
     ("hotplug", "memory hot-plug (virtio-mem)"),
-    ("mmds", "MMDS (the microVM metadata service)"),
     ("pmem", "the virtio-pmem device"),
 ];
 
@@ -129,6 +132,11 @@ pub fn counters(
         (Method::Get, Endpoint::Version) => (&g.vmm_version_count, None),
         (Method::Get, Endpoint::MachineConfig) => (&g.machine_cfg_count, None),
         (Method::Get, Endpoint::VmConfig) => (&g.vm_config_count, None),
+        (Method::Get, Endpoint::Mmds) => (&g.mmds_count, None),
+        (Method::Put, Endpoint::Mmds | Endpoint::MmdsConfig) => {
+            (&p.mmds_count, Some(&p.mmds_fails))
+        }
+        (Method::Patch, Endpoint::Mmds) => (&pa.mmds_count, Some(&pa.mmds_fails)),
         (Method::Put, Endpoint::Actions) => (&p.actions_count, Some(&p.actions_fails)),
         (Method::Put, Endpoint::BootSource) => (&p.boot_source_count, Some(&p.boot_source_fails)),
         (Method::Put, Endpoint::Drives) => (&p.drive_count, Some(&p.drive_fails)),
@@ -188,6 +196,8 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["vm", "config"] => (Endpoint::VmConfig, None),
         ["snapshot", "create"] => (Endpoint::SnapshotCreate, None),
         ["snapshot", "load"] => (Endpoint::SnapshotLoad, None),
+        ["mmds"] => (Endpoint::Mmds, None),
+        ["mmds", "config"] => (Endpoint::MmdsConfig, None),
         ["balloon"] => (Endpoint::Balloon, None),
         ["balloon", "statistics"] => (Endpoint::BalloonStatistics, None),
         ["balloon", "hinting", ..] => {
@@ -212,8 +222,8 @@ fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
-         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, \
-         /balloon, /balloon/statistics)"
+         /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
+         /mmds/config, /balloon, /balloon/statistics)"
     )
 }
 
@@ -360,6 +370,16 @@ fn route_endpoint(
         }
         (Method::Put, Endpoint::SnapshotLoad) => {
             ApiRequest::PutSnapshotLoad(parse_json::<SnapshotLoadParams>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::Mmds) => ApiRequest::GetMmds,
+        (Method::Put, Endpoint::Mmds) => {
+            ApiRequest::PutMmds(parse_json::<serde_json::Value>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::Mmds) => {
+            ApiRequest::PatchMmds(parse_json::<serde_json::Value>(body).map_err(json)?)
+        }
+        (Method::Put, Endpoint::MmdsConfig) => {
+            ApiRequest::PutMmdsConfig(parse_json::<MmdsConfig>(body).map_err(json)?)
         }
         (Method::Get, Endpoint::Balloon) => ApiRequest::GetBalloon,
         (Method::Put, Endpoint::Balloon) => {

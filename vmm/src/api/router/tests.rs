@@ -34,6 +34,30 @@ fn table_of_routed_requests() {
         (Get, "/machine-config", None, ApiRequest::GetMachineConfig),
         (Get, "/machine-config/", None, ApiRequest::GetMachineConfig),
         (Get, "/vm/config", None, ApiRequest::GetVmConfig),
+        (Get, "/mmds", None, ApiRequest::GetMmds),
+        (
+            Put,
+            "/mmds",
+            Some(r#"{"latest": {"meta-data": {"ami-id": "x"}}}"#),
+            ApiRequest::PutMmds(serde_json::json!({"latest": {"meta-data": {"ami-id": "x"}}})),
+        ),
+        (
+            Patch,
+            "/mmds",
+            Some(r#"{"a": null}"#),
+            ApiRequest::PatchMmds(serde_json::json!({"a": null})),
+        ),
+        (
+            Put,
+            "/mmds/config",
+            Some(r#"{"network_interfaces": ["eth0"], "version": "V2"}"#),
+            ApiRequest::PutMmdsConfig(MmdsConfig {
+                version: crate::mmds::MmdsVersion::V2,
+                network_interfaces: vec!["eth0".into()],
+                ipv4_address: None,
+                imds_compat: false,
+            }),
+        ),
         (
             Put,
             "/machine-config",
@@ -214,12 +238,14 @@ fn table_of_refused_requests() {
     let unknown: Vec<Unknown> = vec![
         (Get, "/nope", None, None, "no such path"),
         (Get, "/drives/a/b", None, None, "no such path"),
+        (Put, "/mmds/other", Some("{}"), None, "no such path"),
+        (Get, "/mmds/config", None, Some("PUT"), "allowed: PUT"),
         (
-            Put,
+            delete(),
             "/mmds",
-            Some("{}"),
             None,
-            "MMDS (the microVM metadata service) is not supported by Kiln yet",
+            Some("GET, PUT, PATCH"),
+            "allowed: GET, PUT, PATCH",
         ),
         (Get, "/snapshot/load", None, Some("PUT"), "allowed: PUT"),
         (Put, "/snapshot/delete", Some("{}"), None, "no such path"),

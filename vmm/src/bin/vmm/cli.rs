@@ -26,7 +26,8 @@ Runs one microVM. With --config-file and --no-api, builds it from the file and b
 
 Options:
   --config-file PATH           JSON configuration (Firecracker's shape: boot-source,
-                               machine-config, drives, network-interfaces, vsock, logger, metrics)
+                               machine-config, drives, network-interfaces, vsock, logger, metrics,
+                               mmds-config, ...)
   --no-api                     do not serve the API; requires --config-file (--api-sock is then
                                ignored)
   --api-sock PATH              Unix socket of the HTTP API (default /run/firecracker.socket)
@@ -49,6 +50,9 @@ Options:
   --metrics-path PATH          metrics file or FIFO
   --http-api-max-payload-size BYTES
                                largest API request body (default 51200)
+  --metadata PATH              a JSON document to put into the MMDS data store at start
+  --mmds-size-limit BYTES      largest MMDS data store, as compact JSON (default: the
+                               --http-api-max-payload-size value)
   --seccomp-filter PATH        seccomp filters to use instead of the built-in ones: a JSON filter
                                set or one compiled by kiln-seccompiler (policies/seccomp/README.md)
   --seccomp-log                diagnosis: log syscalls the filters refuse instead of killing
@@ -64,8 +68,6 @@ Options:
 
 Firecracker flags recognised but refused until Kiln has the feature:
   --enable-pci                 PCI transport
-  --metadata PATH, --mmds-size-limit BYTES
-                               MMDS (microVM metadata service)
 ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,14 +86,10 @@ pub enum CliError {
 
 /// Firecracker's flags for features Kiln does not have yet, with the feature each needs.
 /// Each is recognised (its value checked) and refused with [`CliError::Unsupported`].
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "enable-pci",
-        "the PCI transport (Kiln's devices are virtio-mmio)",
-    ),
-    ("metadata", "MMDS (the microVM metadata service)"),
-    ("mmds-size-limit", "MMDS (the microVM metadata service)"),
-];
+const NOT_YET: &[(&str, &str)] = &[(
+    "enable-pci",
+    "the PCI transport (Kiln's devices are virtio-mmio)",
+)];
 
 /// Where the snapshot key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +122,9 @@ pub struct Args {
     pub module: Option<String>,
     pub metrics_path: Option<String>,
     pub http_api_max_payload_size: Option<usize>,
+    /// `--metadata`: the MMDS document's file.
+    pub metadata: Option<String>,
+    pub mmds_size_limit: Option<usize>,
     pub seccomp: seccomp::Choice,
     pub snapshot_key: Option<KeySource>,
 }
@@ -255,6 +256,8 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         module: a.converted("module", nonempty_module)?,
         metrics_path: a.converted("metrics-path", nonempty_path)?,
         http_api_max_payload_size: a.converted("http-api-max-payload-size", payload_size)?,
+        metadata: a.converted("metadata", nonempty_path)?,
+        mmds_size_limit: a.converted("mmds-size-limit", payload_size)?,
         seccomp,
         snapshot_key: match (
             a.converted("snapshot-key-file", nonempty_path)?,
@@ -281,8 +284,6 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         return Ok(Command::DescribeSnapshot(PathBuf::from(p)));
     }
     // Values are checked first, so that a bad one is named as such.
-    a.converted("metadata", nonempty_path)?;
-    a.converted("mmds-size-limit", payload_size)?;
     if let Some(&(flag, feature)) = NOT_YET
         .iter()
         .find(|(flag, _)| a.switch(flag) || a.single(flag).is_some())
@@ -348,8 +349,14 @@ mod tests {
             "/tmp/m",
             "--http-api-max-payload-size",
             "51200",
+            "--metadata",
+            "/tmp/md.json",
+            "--mmds-size-limit",
+            "4096",
             "--no-seccomp",
         ]);
+        assert_eq!(a.metadata.as_deref(), Some("/tmp/md.json"));
+        assert_eq!(a.mmds_size_limit, Some(4096));
         assert_eq!(a.id.as_deref(), Some("vm-1"));
         assert_eq!(a.serial_out, SerialSink::Path("/tmp/s".into()));
         assert_eq!(a.boot_entry, EntryPreference::Linux64);
@@ -442,20 +449,6 @@ mod tests {
                 CliError::Unsupported {
                     flag: "enable-pci",
                     feature: "the PCI transport (Kiln's devices are virtio-mmio)",
-                },
-            ),
-            (
-                &["--metadata", "m.json"],
-                CliError::Unsupported {
-                    flag: "metadata",
-                    feature: "MMDS (the microVM metadata service)",
-                },
-            ),
-            (
-                &["--mmds-size-limit", "4096"],
-                CliError::Unsupported {
-                    flag: "mmds-size-limit",
-                    feature: "MMDS (the microVM metadata service)",
                 },
             ),
             (

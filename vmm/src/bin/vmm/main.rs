@@ -19,6 +19,7 @@ use vmm::builder::{build_microvm, BuildError, BuildOptions};
 use vmm::controller::{configure_outputs, ControllerError, Starter, VmmApi};
 use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
+use vmm::mmds::SharedMmds;
 use vmm::persist::{self, DescribeError};
 use vmm::resources::{
     MetricsConfig, ResourceError, SnapshotLoad, VmResources, DEFAULT_INSTANCE_ID,
@@ -69,6 +70,10 @@ enum RunError {
     Key(#[from] KeyError),
     #[error("--describe-snapshot {0}")]
     Describe(#[from] DescribeError),
+    #[error("cannot read --metadata {path:?}: {source}")]
+    ReadMetadata { path: String, source: InputError },
+    #[error("--metadata {path:?}: {reason}")]
+    Metadata { path: String, reason: String },
 }
 
 impl RunError {
@@ -81,7 +86,9 @@ impl RunError {
             | RunError::Outputs(_)
             | RunError::Seccomp(_)
             | RunError::KeyFd { .. }
-            | RunError::Key(_) => code::BAD_CONFIG,
+            | RunError::Key(_)
+            | RunError::ReadMetadata { .. }
+            | RunError::Metadata { .. } => code::BAD_CONFIG,
             RunError::Start(_) => code::START_FAILED,
             RunError::Signals(_)
             | RunError::MetricsThread(_)
@@ -137,6 +144,7 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
     // before the API binds.
     let mut resources = read_config(args.config_file.as_deref())?;
     let key = read_key(args.snapshot_key.as_ref())?;
+    let mmds = read_metadata(&args, &resources)?;
     apply_output_flags(&args, &mut resources).map_err(RunError::Outputs)?;
     // Before any thread starts: each thread installs its own filter from this set.
     seccomp::init(&args.seccomp)?;
@@ -151,7 +159,7 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
         mut vmm,
         mut events,
         api,
-    }) = start_microvm(&args, resources, key, &signals, &trace)?
+    }) = start_microvm(&args, resources, key, mmds, &signals, &trace)?
     else {
         eprintln!("vmm: stopped by a signal before InstanceStart (exit code 0)");
         flush_metrics();
@@ -193,6 +201,43 @@ fn read_config(path: Option<&str>) -> Result<VmResources, RunError> {
         path: path.to_string(),
         source,
     })
+}
+
+/// The MMDS data store: limited by `--mmds-size-limit` (by default the API's body limit,
+/// as Firecracker), holding `--metadata`'s document when given, configured by the config
+/// file's `mmds-config`.
+fn read_metadata(args: &Args, res: &VmResources) -> Result<SharedMmds, RunError> {
+    let limit = args
+        .mmds_size_limit
+        .or(args.http_api_max_payload_size)
+        .unwrap_or(kiln_http::DEFAULT_MAX_PAYLOAD_SIZE);
+    let mmds = vmm::mmds::shared(limit);
+    if let Some(cfg) = &res.mmds_config {
+        vmm::sync::lock(&mmds).configure(cfg.version, cfg.imds_compat);
+    }
+    let Some(path) = &args.metadata else {
+        return Ok(mmds);
+    };
+    // The file may be indented beyond the compact size the limit counts; the store checks
+    // that once parsed.
+    let max = u64::try_from(limit)
+        .unwrap_or(u64::MAX)
+        .max(MAX_CONFIG_FILE_BYTES);
+    let text =
+        kiln_hostfs::read_text(Path::new(path), max).map_err(|source| RunError::ReadMetadata {
+            path: path.clone(),
+            source,
+        })?;
+    let bad = |reason: String| RunError::Metadata {
+        path: path.clone(),
+        reason,
+    };
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    vmm::sync::lock(&mmds)
+        .put(doc)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(mmds)
 }
 
 /// The snapshot key (`--snapshot-key-file`, `--snapshot-key-fd`).
@@ -305,13 +350,16 @@ struct Started {
 struct MainStarter<'a> {
     opts: BuildOptions,
     trace: &'a Option<StartupTrace>,
+    mmds: SharedMmds,
 }
 
 impl Starter for MainStarter<'_> {
     type Started = (Vmm, EventLoop<Vmm>);
 
     fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String> {
-        build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())
+        let (vmm, events) = build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())?;
+        vmm.attach_mmds(res.mmds_config.as_ref(), &self.mmds);
+        Ok((vmm, events))
     }
 
     fn load(
@@ -325,6 +373,9 @@ impl Starter for MainStarter<'_> {
             t.mark("snapshot/load requested");
         }
         let mut loaded = persist::load_snapshot(req, &self.opts, key).map_err(|e| e.to_string())?;
+        loaded
+            .vmm
+            .attach_mmds(loaded.resources.mmds_config.as_ref(), &self.mmds);
         if let Some(t) = self.trace {
             t.mark("snapshot loaded (paused)");
         }
@@ -346,6 +397,7 @@ fn start_microvm(
     args: &Args,
     resources: VmResources,
     key: Option<Arc<SnapshotKey>>,
+    mmds: SharedMmds,
     signals: &TerminationSignals,
     trace: &Option<StartupTrace>,
 ) -> Result<Option<Started>, RunError> {
@@ -378,11 +430,16 @@ fn start_microvm(
             booted,
         )?;
         api.set_snapshot_key(key);
+        api.set_mmds(mmds.clone());
         Some(api)
     };
     match api {
         Some(mut api) if !booted => {
-            let mut starter = MainStarter { opts, trace };
+            let mut starter = MainStarter {
+                opts,
+                trace,
+                mmds: mmds.clone(),
+            };
             let built = api.serve_until_started(Some(signals.as_raw_fd()), &mut starter)?;
             Ok(built.map(|(vmm, events)| Started {
                 vmm,
@@ -393,6 +450,7 @@ fn start_microvm(
         api => {
             timing::record_instance_start();
             let (vmm, events) = build_microvm(&resources, opts).map_err(RunError::Start)?;
+            vmm.attach_mmds(resources.mmds_config.as_ref(), &mmds);
             Ok(Some(Started { vmm, events, api }))
         }
     }

@@ -20,17 +20,22 @@
 //! when the guest has no receive buffers the tap is no longer watched (frames wait in the
 //! host's tap queue) until the guest posts some.
 //!
+//! MMDS: on an interface `mmds-config` names, each frame the guest sends is first offered
+//! to the interface's [`MmdsStack`]; the frames it takes (ARP for the MMDS address, TCP to
+//! its port 80) never reach the tap, and its replies are delivered before frames from the
+//! tap, through the same receive path (and receive limiter).
+//!
 //! Rate limiting (`rx_rate_limiter`, `tx_rate_limiter`; `PATCH` changes them): each frame
 //! takes one op and its bytes (without the virtio-net header). A received frame that does
 //! not fit waits (the tap is not watched meanwhile, so further frames wait in the host's
 //! queue); a transmitted one stays in the ring. Each side's timer brings it back.
 
+mod deliver;
 mod persist;
 pub mod tap;
 
 use super::queue::{
-    self, add_used, add_used_batch, pop_head, read_stream, total_len, unpop, walk_chain,
-    write_stream, Chain, QueueError,
+    self, add_used, pop_head, read_stream, total_len, unpop, walk_chain, Chain, QueueError,
 };
 use super::{
     queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
@@ -38,7 +43,9 @@ use super::{
 };
 use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
+use crate::mmds::MmdsStack;
 use crate::resources::{MacAddr, NetworkInterfaceConfig, RateLimiterConfig};
+use deliver::{deliver, Delivery};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use tap::{Tap, TapError, VNET_HDR_LEN};
@@ -82,16 +89,6 @@ struct Active {
     broken: bool,
 }
 
-/// What became of a frame offered to the receive queue.
-#[derive(Debug, PartialEq, Eq)]
-enum Delivery {
-    Delivered,
-    /// Not enough receive buffers yet: the frame waits.
-    NoBuffers,
-    /// The frame can never fit the guest's buffers: dropped.
-    Dropped,
-}
-
 pub struct Net {
     iface_id: String,
     tap: Tap,
@@ -109,6 +106,8 @@ pub struct Net {
     warnings: LogBudget,
     /// `None`: nothing is limited and nothing can be (unit tests).
     limiters: Option<Limiters>,
+    /// The MMDS endpoint, on an interface `mmds-config` names.
+    mmds: Option<MmdsStack>,
 }
 
 /// A network interface's rate limiters.
@@ -138,6 +137,7 @@ impl Net {
             tap_watched: false,
             warnings: LogBudget::new(),
             limiters: None,
+            mmds: None,
         })
     }
 
@@ -146,6 +146,11 @@ impl Net {
     pub fn with_rate_limiters(mut self, rx: RateLimiter, tx: RateLimiter) -> Net {
         self.limiters = Some(Limiters { rx, tx });
         self
+    }
+
+    /// Answers the guest's MMDS frames with `stack` (`None`: every frame goes to the tap).
+    pub fn set_mmds(&mut self, stack: Option<MmdsStack>) {
+        self.mmds = stack;
     }
 
     /// `PATCH /network-interfaces/{id}`: replaces the buckets each update gives.
@@ -218,6 +223,19 @@ impl Net {
             let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
                 break;
             };
+            if self.rx_len == 0 {
+                // MMDS's replies first: they answer what the guest just sent.
+                let reply = match (self.mmds.as_mut(), self.rx_frame.get_mut(VNET_HDR_LEN..)) {
+                    (Some(m), Some(buf)) => m.next_frame(buf),
+                    _ => None,
+                };
+                if let Some(n) = reply {
+                    if let Some(hdr) = self.rx_frame.get_mut(..VNET_HDR_LEN) {
+                        hdr.fill(0);
+                    }
+                    self.rx_len = VNET_HDR_LEN + n;
+                }
+            }
             if self.rx_len == 0 {
                 match self.tap.read(&mut self.rx_frame) {
                     Ok(n) if n >= VNET_HDR_LEN => self.rx_len = n,
@@ -292,8 +310,16 @@ impl Net {
         starved
     }
 
-    /// Sends the guest's frames to the tap, up to the per-event limit.
+    /// Sends the guest's frames to the tap (or MMDS), up to the per-event limit; then
+    /// delivers MMDS's replies, if it has some.
     fn transmit(&mut self, ctx: &mut EventCtx) {
+        self.transmit_frames(ctx);
+        if self.mmds.as_ref().is_some_and(MmdsStack::has_frames) {
+            self.receive(ctx);
+        }
+    }
+
+    fn transmit_frames(&mut self, ctx: &mut EventCtx) {
         let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
             return;
         };
@@ -327,7 +353,13 @@ impl Net {
                             break;
                         }
                     }
-                    send(&self.tap, &mut self.tx_frame, &a.mem, &chain)
+                    send(
+                        &self.tap,
+                        self.mmds.as_mut(),
+                        &mut self.tx_frame,
+                        &a.mem,
+                        &chain,
+                    )
                 }
                 Err(e) => {
                     METRICS.virtio.invalid_chains.inc();
@@ -363,8 +395,15 @@ impl Net {
     }
 }
 
-/// Sends one transmit chain's frame to the tap (or drops and counts it).
-fn send(tap: &Tap, buf: &mut [u8], mem: &GuestMemoryMmap, chain: &Chain) {
+/// Sends one transmit chain's frame to the tap, or gives it to MMDS when it is for MMDS
+/// (or drops and counts it).
+fn send(
+    tap: &Tap,
+    mmds: Option<&mut MmdsStack>,
+    buf: &mut [u8],
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+) {
     let len = total_len(&chain.readable);
     let Some(frame) = usize::try_from(len)
         .ok()
@@ -381,6 +420,13 @@ fn send(tap: &Tap, buf: &mut [u8], mem: &GuestMemoryMmap, chain: &Chain) {
     if let Some(hdr) = frame.get_mut(..VNET_HDR_LEN) {
         hdr.fill(0);
     }
+    if let (Some(m), Some(eth)) = (mmds, frame.get(VNET_HDR_LEN..)) {
+        if m.detour(eth) {
+            METRICS.net.tx_packets_count.inc();
+            METRICS.net.tx_bytes_count.add(len - VNET_HDR_LEN as u64);
+            return;
+        }
+    }
     match tap.write(frame) {
         Ok(_) => {
             METRICS.net.tx_packets_count.inc();
@@ -389,61 +435,6 @@ fn send(tap: &Tap, buf: &mut [u8], mem: &GuestMemoryMmap, chain: &Chain) {
         Err(e) if Tap::is_transient(&e) => METRICS.net.tx_dropped.inc(),
         Err(_) => METRICS.net.tx_fails.inc(),
     }
-}
-
-/// Offers `frame` (header included) to the receive queue.
-fn deliver(a: &mut Active, frame: &mut [u8]) -> Result<Delivery, QueueError> {
-    let size = a.rx.size();
-    let mut chains: Vec<Chain> = Vec::new();
-    let mut capacity: u64 = 0;
-    // Chains refused on the way were already returned: what was taken is no longer a
-    // contiguous run of the available ring, so it cannot be put back.
-    let mut refused = false;
-    let needed = frame.len() as u64;
-    while capacity < needed {
-        if chains.len() >= usize::from(size) || (!a.mergeable && !chains.is_empty()) {
-            // Even every buffer the ring can hold (or one, without MRG_RXBUF) is too small.
-            let empty: Vec<(u16, u32)> = chains.iter().map(|c| (c.head, 0)).collect();
-            add_used_batch(&mut a.rx, &a.mem, &empty)?;
-            return Ok(Delivery::Dropped);
-        }
-        let Some(head) = pop_head(&mut a.rx, &a.mem)? else {
-            if refused {
-                let empty: Vec<(u16, u32)> = chains.iter().map(|c| (c.head, 0)).collect();
-                add_used_batch(&mut a.rx, &a.mem, &empty)?;
-            } else {
-                unpop(&mut a.rx, u16::try_from(chains.len()).unwrap_or(u16::MAX));
-            }
-            return Ok(Delivery::NoBuffers);
-        };
-        match walk_chain(&a.rx, &a.mem, head) {
-            Ok(chain) => {
-                capacity += total_len(&chain.writable);
-                chains.push(chain);
-            }
-            Err(e) => {
-                METRICS.virtio.invalid_chains.inc();
-                METRICS.net.rx_fails.inc();
-                crate::log_debug!("receive chain {head} refused: {e}");
-                add_used(&mut a.rx, &a.mem, head, 0)?;
-                refused = true;
-            }
-        }
-    }
-    let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
-    if let Some(nb) = frame.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
-        nb.copy_from_slice(&count.to_le_bytes());
-    }
-    let mut entries = Vec::with_capacity(chains.len());
-    let mut offset = 0usize;
-    for chain in &chains {
-        let part = frame.get(offset..).unwrap_or(&[]);
-        let n = write_stream(&a.mem, &chain.writable, 0, part);
-        offset += n;
-        entries.push((chain.head, u32::try_from(n).unwrap_or(u32::MAX)));
-    }
-    add_used_batch(&mut a.rx, &a.mem, &entries)?;
-    Ok(Delivery::Delivered)
 }
 
 impl VirtioDevice for Net {
@@ -499,6 +490,9 @@ impl VirtioDevice for Net {
         self.active = None;
         self.rx_len = 0;
         self.rx_paid = false;
+        if let Some(m) = self.mmds.as_mut() {
+            m.reset();
+        }
     }
 
     fn is_activated(&self) -> bool {
