@@ -148,10 +148,14 @@ pub fn setup() {
 
 /// With `KILN_FUZZ_DEBUG` set, prints what a run decided (for checking that seeds reach the
 /// code they are meant for: `KILN_FUZZ_DEBUG=1 cargo fuzz run TARGET corpus/TARGET -- -runs=0`).
+///
+/// A failed write is ignored: `eprintln!` would panic when standard error is a closed pipe
+/// (`... | head`; [`setup`] ignores SIGPIPE), and libFuzzer would report that panic as a crash
+/// of whatever input was running.
 pub fn debug(what: impl FnOnce() -> String) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| std::env::var_os("KILN_FUZZ_DEBUG").is_some()) {
-        eprintln!("kiln-fuzz: {}", what());
+        let _ = writeln!(std::io::stderr().lock(), "kiln-fuzz: {}", what());
     }
 }
 
