@@ -177,7 +177,7 @@ enum Image {
         /// Header fields a broken image gets wrong: (e_machine, e_phentsize), class/data.
         header_quirk: Option<(u16, u16, u8, u8)>,
     },
-    BzImage {
+    Bz {
         setup_sects: u8,
         version: u16,
         loadflags: u8,
@@ -254,7 +254,7 @@ fn bzimage(
     code: &[u8],
     pad: u16,
 ) -> Vec<u8> {
-    let sects = if setup_sects % 8 == 0 {
+    let sects = if setup_sects.is_multiple_of(8) {
         4
     } else {
         setup_sects % 8
@@ -333,7 +333,7 @@ fuzz_target!(|case: Case| {
             pvh,
             header_quirk,
         } => elf(mem_size, *entry, segments, *pvh, *header_quirk),
-        Image::BzImage {
+        Image::Bz {
             setup_sects,
             version,
             loadflags,
