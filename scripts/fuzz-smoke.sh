@@ -18,68 +18,18 @@
 #   KILN_FUZZ_JOBS        cargo build jobs (default: cargo's)
 source "$(dirname "$0")/lib.sh"
 
-CARGO_FUZZ_VERSION=0.13.2
 seconds="${KILN_FUZZ_SECONDS:-15}"
 parallel="${KILN_FUZZ_PARALLEL:-2}"
-sanitizer="${KILN_FUZZ_SANITIZER:-auto}"
-fuzz_dir="$KILN_ROOT/fuzz"
-target_dir="${KILN_FUZZ_TARGET_DIR:-$fuzz_dir/target}"
-work="${KILN_FUZZ_WORK:-$target_dir/smoke}"
-
 [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "KILN_FUZZ_SECONDS must be a positive number of seconds, not '$seconds'"
 [[ "$parallel" =~ ^[1-9][0-9]*$ ]] || die "KILN_FUZZ_PARALLEL must be a positive number, not '$parallel'"
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    step "installing cargo-fuzz $CARGO_FUZZ_VERSION (once; a few minutes)"
-    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" \
-        || die "cannot install cargo-fuzz from crates.io"
-fi
-
-# AddressSanitizer needs -Zsanitizer, a nightly flag that the stable compiler accepts with
-# RUSTC_BOOTSTRAP=1; its runtime ships with the stable toolchain on x86_64 Linux.
-asan_works() {
-    local probe
-    probe="$(mktemp -d)"
-    echo 'fn main() {}' >"$probe/p.rs"
-    RUSTC_BOOTSTRAP=1 rustc -Zsanitizer=address -o "$probe/p" "$probe/p.rs" >/dev/null 2>&1 \
-        && "$probe/p"
-    local ok=$?
-    rm -rf "$probe"
-    return $ok
-}
-case "$sanitizer" in
-    auto) if asan_works; then sanitizer=address; else sanitizer=none; fi ;;
-    address | none) ;;
-    *) die "KILN_FUZZ_SANITIZER must be address, none or auto, not '$sanitizer'" ;;
-esac
-fuzz_env=()
-if [ "$sanitizer" = address ]; then
-    fuzz_env=(env RUSTC_BOOTSTRAP=1)
-fi
-fuzz_flags=(--sanitizer "$sanitizer" --target-dir "$target_dir")
+source "$(dirname "$0")/fuzz-lib.sh"
+work="${KILN_FUZZ_WORK:-$target_dir/smoke}"
 [ -n "${KILN_FUZZ_JOBS:-}" ] && export CARGO_BUILD_JOBS="$KILN_FUZZ_JOBS"
 
-cd "$fuzz_dir"
-if [ $# -gt 0 ]; then
-    targets=("$@")
-else
-    mapfile -t targets < <(cargo fuzz list)
-fi
+mapfile -t targets < <(fuzz_targets "$@")
 [ ${#targets[@]} -gt 0 ] || die "no fuzz targets found (cargo fuzz list in $fuzz_dir)"
-
-step "building the fuzz targets (sanitizer: $sanitizer)"
-"${fuzz_env[@]}" cargo fuzz build "${fuzz_flags[@]}" \
-    || die "the fuzz targets do not build (cargo fuzz build ${fuzz_flags[*]})"
-
-# The dictionary of each target (fuzz/dicts/).
-dict_of() {
-    case "$1" in
-        api_http | worker_http | runtime_api) echo dicts/http.dict ;;
-        vm_config | tenant_profile | seccomp_policy | function_manifest) echo dicts/json.dict ;;
-        jailer_args) echo dicts/args.dict ;;
-        *) echo "" ;;
-    esac
-}
+fuzz_build
+cd "$fuzz_dir"
 
 # fuzz_one TARGET: runs it (the binary cargo fuzz built) for $seconds; its exit status is
 # libFuzzer's. New corpus entries go to the scratch corpus (the first directory); the
@@ -126,7 +76,6 @@ report() {
     return 1
 }
 
-binaries="$target_dir/x86_64-unknown-linux-gnu/release"
 mkdir -p "$work/logs"
 step "fuzzing ${#targets[@]} targets for ${seconds}s each, $parallel at a time"
 declare -A running=()
