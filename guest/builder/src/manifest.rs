@@ -786,7 +786,11 @@ mod tests {
         let e = Manifest::load(&dir).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
         std::fs::remove_file(&f).unwrap();
-        std::fs::write(&f, " ".repeat(MAX_MANIFEST_BYTES as usize + 1)).unwrap();
+        std::fs::write(
+            &f,
+            " ".repeat(usize::try_from(MAX_MANIFEST_BYTES).unwrap() + 1),
+        )
+        .unwrap();
         let e = Manifest::load(&dir).unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
         std::fs::write(&f, r#"{"name": "f"}"#).unwrap();
