@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora of the fuzz targets: fuzz/corpus/<target>/seed-*.
+"""Writes the hand-made seeds of the fuzz targets whose input is bytes in a layout of their
+own: fuzz/corpus/<target>/seed-*.
 
 A few small, realistic inputs per target, following the input layouts documented at the
-top of each target (fuzz/fuzz_targets/*.rs) and in fuzz/src/guest.rs. The seeds are checked
-in; this script is how they were made (run it again after changing a layout). Only files
-named seed-* are tracked: what a fuzzer adds to a corpus directory is ignored by git.
+top of each target (fuzz/fuzz_targets/*.rs) and in fuzz/src/guest.rs (run it again after
+changing a layout). The targets with structured inputs (`arbitrary`: the virtio devices,
+the legacy bus, the kernel loader) have no hand-made seeds: their byte layout is the
+`arbitrary` crate's. Every target's corpus directory also holds the minimised corpus of
+earlier runs (fuzz/README.md, "Seeds and corpora"), which is what CI starts from.
 
     python3 fuzz/make_seeds.py
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import struct
@@ -16,8 +22,10 @@ import struct
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 F_NEXT, F_WRITE = 1, 2
-DATA = 0x2000  # where the data part of a queue input lands in guest memory
+DATA = 0x100  # where the seeds' buffers are (the data part of a queue input starts at 0)
 REGION1 = 0x20000
+# Where the seeds put the rings: descriptors, available ring, used ring.
+DESC, AVAIL, USED = 0x8000, 0x9000, 0x9400
 
 
 def write(target, name, data):
@@ -30,11 +38,13 @@ def write(target, name, data):
 
 
 def queue(size_log2, descs, heads, data=b"", start=0, avail_idx=None):
-    """A queue input (fuzz/src/guest.rs): size, start, avail flags/idx, ring, table, data."""
+    """A queue input (fuzz/src/guest.rs): size, start, ring placement, avail flags/idx, ring,
+    table, data (`data` lands at DATA)."""
     size = 1 << size_log2
     if avail_idx is None:
         avail_idx = (start + len(heads)) & 0xFFFF
-    out = struct.pack("<BHHH", size_log2, start, 0, avail_idx)
+    out = struct.pack("<BHHHHHH", size_log2, start, DESC // 16, AVAIL // 2, USED // 4, 0,
+                      avail_idx)
     ring = [0] * size
     for i, h in enumerate(heads):
         ring[(start + i) % size] = h
@@ -42,7 +52,7 @@ def queue(size_log2, descs, heads, data=b"", start=0, avail_idx=None):
     table = list(descs) + [(0, 0, 0, 0)] * (size - len(descs))
     for addr, length, flags, nxt in table:
         out += struct.pack("<QIHH", addr, length, flags, nxt)
-    return out + data
+    return out + bytes(DATA) + data
 
 
 def blk_header(kind, sector):
@@ -71,113 +81,6 @@ def virtio_seeds():
     for name, q in [("read", read), ("write", write_req), ("many", many), ("split", split),
                     ("loop", loop)]:
         write("virtio_queue", name, q)
-    # virtio_blk: options byte (bit 0 read-only, bit 1 Writeback, bits 2-7 sectors) first.
-    for name, opts, q in [("read", 8 << 2, read), ("write", 8 << 2, write_req),
-                          ("write-ro", (8 << 2) | 1, write_req), ("many", (4 << 2) | 2, many),
-                          ("split", 1 << 2, split), ("loop", 8 << 2, loop)]:
-        write("virtio_blk", name, bytes([opts]) + q)
-
-
-def balloon_seeds():
-    # virtio_balloon: options byte (bits 0-1 queue: 0 inflate, 1 deflate, 2 stats; bits 2-3
-    # extra notifications; bit 4 write `actual`), `actual` (u32), then the queue.
-    def opts(q, turns=0, actual=None):
-        b = q | (turns << 2) | (0x10 if actual is not None else 0)
-        return bytes([b]) + struct.pack("<I", actual or 0)
-    pfns = struct.pack("<8I", 0x2A, 0x2B, 0x20, 0x21, 0x10, 0x30, 0x25, 0x25)
-    inflate = queue(3, [(DATA, len(pfns), 0, 0), (DATA + 0x100, 8, 0, 0)], [0, 1],
-                    pfns + b"\0" * (0x100 - len(pfns)) + struct.pack("<2I", 0x2E, 0xFFFFFFFF))
-    # Hostile lists: writable, not whole frame numbers, too long, a loop, in the hole.
-    hostile = queue(3, [(DATA, 8, F_WRITE, 0), (DATA, 6, 0, 0), (DATA, 257 * 4, 0, 0),
-                        (DATA, 4, F_NEXT, 4), (DATA + 4, 4, F_NEXT, 3), (0x18000, 4, 0, 0),
-                        (DATA, 4, F_NEXT, 7), (REGION1, 4, 0, 0)],
-                    [0, 1, 2, 3, 5, 6], pfns)
-    stat = lambda tag, v: struct.pack("<HQ", tag, v)
-    entries = stat(4, 1 << 20) + stat(5, 64 << 20) + stat(99, 1) + stat(15, 7)
-    stats = queue(2, [(DATA, len(entries), 0, 0), (DATA + 0x100, 10, 0, 0),
-                      (DATA, 4096, 0, 0), (DATA, 10, F_WRITE, 0)], [0, 1, 2, 3],
-                  entries + b"\0" * (0x100 - len(entries)) + stat(3, 5))
-    for name, o, q in [("inflate", opts(0, 1, 8192), inflate), ("inflate-hostile", opts(0), hostile),
-                       ("deflate", opts(1), inflate), ("deflate-hostile", opts(1, 2), hostile),
-                       ("stats", opts(2, 0, 3), stats), ("stats-flood", opts(2, 3), stats)]:
-        write("virtio_balloon", name, o + q)
-
-
-def rng_seeds():
-    # virtio_rng: options byte (bit 0 rate limiter, bits 1-2 extra notifications) first.
-    # Two plain requests, one split over two writable buffers, one in region 1.
-    plain = queue(3, [(DATA, 64, F_WRITE, 0), (DATA + 0x100, 16, F_WRITE | F_NEXT, 2),
-                      (DATA + 0x200, 48, F_WRITE, 0), (REGION1, 4096, F_WRITE, 0)],
-                  [0, 1, 3])
-    # Hostile: a readable buffer, readable then writable, a loop, a buffer in the hole,
-    # an empty one, then a good one.
-    hostile = queue(3, [(DATA, 64, 0, 0), (DATA, 16, F_NEXT, 2), (DATA + 0x100, 16, F_WRITE, 0),
-                        (DATA, 16, F_WRITE | F_NEXT, 4), (DATA + 0x10, 16, F_WRITE | F_NEXT, 3),
-                        (0x18000, 64, F_WRITE, 0), (DATA, 0, F_WRITE, 0),
-                        (DATA + 0x200, 32, F_WRITE, 0)],
-                    [0, 1, 3, 5, 6, 7])
-    # More requests than the limiter's buckets allow, and a giant one (64 KiB answer).
-    many = queue(4, [(DATA + 0x40 * i, 0x40, F_WRITE, 0) for i in range(8)]
-                 + [(REGION1, 0x10000, F_WRITE, 0)], list(range(9)))
-    for name, opts, q in [("plain", 0, plain), ("hostile", 2, hostile), ("limited", 1 | 6, many),
-                          ("giant", 0, many)]:
-        write("virtio_rng", name, bytes([opts]) + q)
-
-
-def elf(paddr, memsz, entry, pvh=None):
-    code = b"\xf4" * 16
-    phnum = 2 if pvh is not None else 1
-    data_off = 64 + 56 * phnum
-    note_off = data_off + len(code)
-    f = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    f += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, entry, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
-
-    def ph(kind, off, addr, filesz, msz):
-        return struct.pack("<IIQQQQQQ", kind, 7, off, addr, addr, filesz, msz, 4)
-
-    f += ph(1, data_off, paddr, len(code), memsz)
-    if pvh is not None:
-        f += ph(4, note_off, 0, 20, 20)
-    f += code
-    if pvh is not None:
-        f += struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", pvh)
-    return f
-
-
-def bzimage(init_size=0x10000, setup_sects=1, pm_len=64):
-    setup = bytearray(((setup_sects or 4) + 1) * 512)  # 0 means 4 sectors
-    setup[0x1F1] = setup_sects
-    setup[0x1FE:0x200] = b"\x55\xaa"
-    setup[0x202:0x206] = b"HdrS"
-    setup[0x206:0x208] = struct.pack("<H", 0x020F)
-    setup[0x211] = 1  # LOADED_HIGH
-    setup[0x214:0x218] = struct.pack("<I", 0x100000)  # code32_start
-    setup[0x22C:0x230] = struct.pack("<I", 0x7FFFFFFF)  # initrd_addr_max
-    setup[0x236:0x238] = struct.pack("<H", 1)  # XLF_KERNEL_64
-    setup[0x260:0x264] = struct.pack("<I", init_size)
-    return bytes(setup) + b"\xf4" * pm_len
-
-
-def loader(options, vcpus, initrd_sel, cmdline, image):
-    c = cmdline.encode()
-    return struct.pack("<BBBH", options, vcpus - 1, initrd_sel, len(c)) + c + image
-
-
-def loader_seeds():
-    # options: bits 0-1 entry (auto, pvh, linux64), 2-3 memory (2, 16, 64 MiB),
-    # 4-5 virtio-mmio devices, 6 root drive, 7 initrd.
-    mem16, mem64 = 1 << 2, 2 << 2
-    write("kernel_loader", "elf", loader(mem16 | (1 << 4) | 0x40, 1, 0,
-                                         "console=ttyS0 reboot=k panic=1",
-                                         elf(0x100000, 0x2000, 0x100004)))
-    write("kernel_loader", "elf-pvh", loader(1 | mem64 | (2 << 4) | 0x80, 2, 2,
-                                             "console=ttyS0 -- init-arg",
-                                             elf(0x100000, 0x2000, 0x100004, 0x100008)))
-    write("kernel_loader", "bzimage", loader(2 | mem64 | 0x80, 1, 4,
-                                             "quiet root=/dev/vda", bzimage()))
-    write("kernel_loader", "bzimage-small", loader(mem16 | (3 << 4), 4, 0, "-- x",
-                                                   bzimage(init_size=0x400000,
-                                                           setup_sects=0, pm_len=16)))
 
 
 def vm_config_seeds():
@@ -337,13 +240,22 @@ def vsock_hdr(op, length=0, src_cid=3, dst_cid=2, src_port=1025, dst_port=52, ty
 
 
 def vsock_seeds():
-    # vsock_packet: u8 CID - 3, u64 payload bytes after the header, the header.
-    for name, avail, hdr in [("request", 0, vsock_hdr(1)), ("rw", 5, vsock_hdr(5, 5)),
-                             ("rst", 0, vsock_hdr(3, 99, type_=7)),
-                             ("truncated", 2, vsock_hdr(5, 4096)),
-                             ("shutdown", 0, vsock_hdr(4, flags=3))]:
-        write("vsock_packet", name, bytes([0]) + struct.pack("<Q", avail) + hdr)
-    write("vsock_packet", "connect-line", bytes([0]) + struct.pack("<Q", 0) + b"CONNECT 52\n")
+    # vsock_packet: u8 CID - 3, then packets: u16 n, u8 short, n bytes (header, payload).
+    def pkt(b, short=0):
+        return struct.pack("<HB", len(b), short) + b
+
+    for name, packets in [
+            ("request", [vsock_hdr(1)]),
+            # A connection to the host's listener at port 52: data, credit, shutdown.
+            ("session", [vsock_hdr(1), vsock_hdr(5, 5) + b"hello", vsock_hdr(7),
+                         vsock_hdr(6, fwd_cnt=3), vsock_hdr(4, flags=3), vsock_hdr(3)]),
+            ("unknown-port", [vsock_hdr(1, dst_port=9), vsock_hdr(5, 2, dst_port=77) + b"xy"]),
+            ("rst", [vsock_hdr(3, 99, type_=7)]),
+            ("truncated", [vsock_hdr(5, 4096) + b"ab"]),
+            ("bad-type", [vsock_hdr(1, type_=2), vsock_hdr(5, 3, src_cid=9) + b"abc"]),
+            ("shutdown", [vsock_hdr(4, flags=3)])]:
+        write("vsock_packet", name, bytes([0]) + b"".join(pkt(p) for p in packets))
+    write("vsock_packet", "connect-line", bytes([0]) + pkt(b"CONNECT 52\n"))
 
     # vsock_connection: mode, ports and the REQUEST's credit, then events (see the target).
     def packet(op, payload=b"", flags=0, buf_alloc=65536, fwd_cnt=0, type_=1):
@@ -380,6 +292,177 @@ def vsock_seeds():
             + packet(5, b"y" * 300) + host_read(400)
             + bytes([4]) + rx(64) + rx(64) + rx(64) + bytes([7]) + struct.pack("<H", 1000))
     write("vsock_connection", "host-initiated", host)
+
+    def filler(n, byte=0x61, buf_alloc=65536, fwd_cnt=0):
+        return bytes([9]) + struct.pack("<IIHB", buf_alloc, fwd_cnt, n, byte)
+
+    # The host does not read: the guest's data fills the socket, then the connection's
+    # buffer, then goes past the credit (the connection is killed).
+    flood = (bytes([0]) + struct.pack("<IIII", 52, 1025, 65536, 0)
+             + rx(4096) + filler(65535) + bytes([5]) + filler(4096) + rx(64)
+             + host_read(8192) + bytes([5]) + rx(64) + filler(65535) + filler(65535) + rx(64))
+    write("vsock_connection", "flood", flood)
+    # Buffered data, then a shutdown that waits for it to drain, then the timeout.
+    drain = (bytes([0]) + struct.pack("<IIII", 52, 1025, 65536, 0)
+             + rx(4096) + filler(30000) + packet(4, flags=3) + host_read(4096) + bytes([5])
+             + bytes([7]) + struct.pack("<H", 600) + host_read(60000) + bytes([5]) + rx(64))
+    write("vsock_connection", "drain", drain)
+
+
+SIGNED_AT = "20240501T120000Z"  # worker_http's fixed time of its SigV4 checks
+KEY_ID, SECRET = "AKIDFUZZ", "fuzz-secret"
+
+
+def sigv4(method, path, headers, body, query=""):
+    """The Authorization header for a request signed the way the worker checks it."""
+    def enc(s, slash=False):
+        out = ""
+        for b in s.encode():
+            c = chr(b)
+            if c.isalnum() and b < 128 or c in "-_.~" or (c == "/" and not slash):
+                out += c
+            else:
+                out += "%%%02X" % b
+        return out
+    names = sorted(k.lower() for k in headers)
+    lines = "".join("%s:%s\n" % (n, " ".join(headers[[k for k in headers if k.lower() == n][0]].split()))
+                    for n in names)
+    canonical = "\n".join([method, enc(path), query, lines, ";".join(names),
+                           hashlib.sha256(body).hexdigest()])
+    date = SIGNED_AT[:8]
+    scope = "%s/us-east-1/lambda/aws4_request" % date
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", SIGNED_AT, scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + SECRET).encode()
+    for part in [date, "us-east-1", "lambda", "aws4_request"]:
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
+        KEY_ID, scope, ";".join(names), sig)
+
+
+def request(method, path, headers=(), body=b""):
+    head = "%s %s HTTP/1.1\r\n" % (method, path)
+    for k, v in headers:
+        head += "%s: %s\r\n" % (k, v)
+    if body or method == "POST":
+        head += "Content-Length: %d\r\n" % len(body)
+    return head.encode() + b"\r\n" + body
+
+
+def worker_seeds():
+    # worker_http: byte 0 the split of the stream (bit 7: reads of 1 to 32 bytes).
+    lam = "/2015-03-31/functions/%s/invocations"
+    ctx = base64.b64encode(b'{"custom": {"k": "v"}}').decode()
+    signed_headers = {"Host": "127.0.0.1:3001", "X-Amz-Date": SIGNED_AT}
+    body = b'{"hello": "world"}'
+    auth = sigv4("POST", lam % "nocargo", signed_headers, body)
+    for name, knob, stream in [
+            ("kiln", 0, request("GET", "/functions") + request("POST", "/functions/nosuch/invocations", body=b"{}")
+             + request("POST", "/functions/broken/invocations", body=b"{}")
+             + request("POST", "/functions/nocargo/invocations", [("Connection", "close")], b"x")),
+            ("lambda", 0x80, request("POST", lam % "nocargo", [("X-Amz-Invocation-Type", "RequestResponse"),
+                                                               ("X-Amz-Log-Type", "Tail"),
+                                                               ("X-Amz-Client-Context", ctx)], body)
+             + request("POST", lam % "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Alinuxfn"
+                       + "?Qualifier=$LATEST", [("X-Amz-Invocation-Type", "Event")], b"[1, 2]")
+             + request("POST", lam % "badvcpus:$LATEST", [("X-Amz-Invocation-Type", "DryRun")])),
+            ("lambda-errors", 0, request("POST", lam % "f", [("X-Amz-Invocation-Type", "Sync")], b"{")
+             + request("GET", lam % "f") + request("POST", lam % "000000000000:function:f:v2")
+             + request("POST", lam % "f", [("X-Amz-Client-Context", "not base64!")])),
+            ("signed", 0, request("POST", lam % "nocargo", [("Host", "127.0.0.1:3001"),
+                                                            ("X-Amz-Date", SIGNED_AT),
+                                                            ("Authorization", auth)], body)),
+            ("continue", 0x80, request("POST", lam % "nocargo", [("Expect", "100-continue")], b"{}")),
+            ("too-large", 0, b"POST " + (lam % "f").encode() + b" HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n{}")]:
+        write("worker_http", name, bytes([knob]) + stream)
+
+
+def frame(kind, ident, payload=b"", magic=b"KLN1", flags=0):
+    return magic + struct.pack("<BBHII", kind, flags, 0, ident, len(payload)) + payload
+
+
+def protocol_seeds():
+    # guest_protocol: byte 0 the payload limit (bit 7: 0-127 bytes; else 6 MiB), frames.
+    context = b"request-id\0r-1\0remaining-ms\x002500\0function-arn\0arn:aws:lambda:r:1:function:f\0"
+    write("guest_protocol", "invocations", bytes([0]) + frame(6, 1, context) + frame(2, 1, b"{}")
+          + frame(2, 2, b"!fail") + frame(2, 3))
+    write("guest_protocol", "guest-frames", bytes([0]) + frame(1, 0, b"echo") + frame(5, 0, b"log line")
+          + frame(3, 1, b"response") + frame(4, 2, b"\x01\x00handler error"))
+    write("guest_protocol", "too-large", bytes([0x80 | 8]) + frame(2, 1, b"0123456789")
+          + frame(6, 2, b"0123456789") + frame(2, 3, b"ok"))
+    write("guest_protocol", "bad-header", bytes([0]) + frame(2, 1, b"a") + frame(9, 7) + frame(2, 2))
+    write("guest_protocol", "cut", bytes([0]) + frame(2, 1, b"abcdef")[:20])
+
+
+def manifest_seeds():
+    for name, m in [
+            ("image", {"name": "echo", "memory_mib": 16, "vcpus": 1, "timeout_ms": 1000,
+                       "concurrency": 4, "max_event_bytes": 1048576}),
+            ("linux", {"name": "linux-echo", "kind": "linux",
+                       "exec": "target/x86_64-unknown-linux-gnu/release/linux-echo",
+                       "memory_mib": 128, "hello_timeout_ms": 180000}),
+            ("lambda-python", {"name": "lambda-python", "kind": "linux", "runtime": "python3.11",
+                               "handler": "app.handler", "rootfs": "rootfs", "memory_mib": 512,
+                               "environment": {"GREETING": "hello"}}),
+            ("lambda-provided", {"name": "p", "kind": "linux", "runtime": "provided.al2023",
+                                 "exec": "bootstrap", "code": ".", "memory_mib": 128}),
+            ("bad", {"name": "-x", "memory_mib": 2, "vcpus": 2, "unknown": 1})]:
+        write("function_manifest", name + ".json", json.dumps(m))
+
+
+def console_seeds():
+    # console_watch: byte 0 the split into reads, then the console.
+    boot = ("[    0.000000] Linux version 6.1.0\n[    0.512000] Run /init as init process\n"
+            "[    0.600000] init[1]: segfault at 0 ip 0000000000401000 sp 00007ffd error 4\n"
+            "boot-timer: vmm_running: 12.5 ms\nvmm: guest exited (exit code 0)\n")
+    write("console_watch", "boot", bytes([7]) + boot.encode())
+    write("console_watch", "no-init", bytes([200]) + b"[ 1.0] init[1]: segfault at 0 before\n"
+          + b"boot-timer: vcpus_started: 1e3 ms\nboot-timer: x: -1 ms\n")
+    write("console_watch", "traps", bytes([3]) + b"Run /init\n" + b"x" * 1500 + b"\ntraps: init[1] general protection\n")
+
+
+def runtime_api_seeds():
+    # runtime_api: byte 0 (bits 0-6 the split into reads, bit 7 an invocation in progress).
+    base = "/2018-06-01/runtime/"
+    write("runtime_api", "cycle", bytes([0]) + request("GET", base + "invocation/next")
+          + request("POST", base + "invocation/req-1/response", body=b'{"ok": true}')
+          + request("GET", base + "invocation/next"))
+    write("runtime_api", "error", bytes([0x80]) + request(
+        "POST", base + "invocation/req-0/error",
+        [("Lambda-Runtime-Function-Error-Type", "Runtime.Unhandled")],
+        b'{"errorMessage": "boom", "errorType": "Error"}')
+          + request("POST", base + "invocation/req-0/response", body=b"{}"))
+    write("runtime_api", "init-error", bytes([5]) + request("POST", base + "init/error", body=b"{}")
+          + request("POST", base + "invocation/other/response", body=b"{}")
+          + request("GET", "/2020-01-01/extension/register"))
+    write("runtime_api", "too-large", bytes([0]) + b"POST " + (base + "invocation/req-1/response").encode()
+          + b" HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7000000\r\n\r\n")
+
+
+def balloon_seeds():
+    # virtio_balloon: options byte (bits 0-1 queue: 0 inflate, 1 deflate, 2 stats; bits 2-3
+    # extra notifications; bit 4 write `actual`), `actual` (u32), then the queue.
+    def opts(q, turns=0, actual=None):
+        b = q | (turns << 2) | (0x10 if actual is not None else 0)
+        return bytes([b]) + struct.pack("<I", actual or 0)
+    pfns = struct.pack("<8I", 0x2A, 0x2B, 0x20, 0x21, 0x10, 0x30, 0x25, 0x25)
+    inflate = queue(3, [(DATA, len(pfns), 0, 0), (DATA + 0x100, 8, 0, 0)], [0, 1],
+                    pfns + b"\0" * (0x100 - len(pfns)) + struct.pack("<2I", 0x2E, 0xFFFFFFFF))
+    # Hostile lists: writable, not whole frame numbers, too long, a loop, in the hole.
+    hostile = queue(3, [(DATA, 8, F_WRITE, 0), (DATA, 6, 0, 0), (DATA, 257 * 4, 0, 0),
+                        (DATA, 4, F_NEXT, 4), (DATA + 4, 4, F_NEXT, 3), (0x18000, 4, 0, 0),
+                        (DATA, 4, F_NEXT, 7), (REGION1, 4, 0, 0)],
+                    [0, 1, 2, 3, 5, 6], pfns)
+    stat = lambda tag, v: struct.pack("<HQ", tag, v)
+    entries = stat(4, 1 << 20) + stat(5, 64 << 20) + stat(99, 1) + stat(15, 7)
+    stats = queue(2, [(DATA, len(entries), 0, 0), (DATA + 0x100, 10, 0, 0),
+                      (DATA, 4096, 0, 0), (DATA, 10, F_WRITE, 0)], [0, 1, 2, 3],
+                  entries + b"\0" * (0x100 - len(entries)) + stat(3, 5))
+    for name, o, q in [("inflate", opts(0, 1, 8192), inflate), ("inflate-hostile", opts(0), hostile),
+                       ("deflate", opts(1), inflate), ("deflate-hostile", opts(1, 2), hostile),
+                       ("stats", opts(2, 0, 3), stats), ("stats-flood", opts(2, 3), stats)]:
+        write("virtio_balloon", name, o + q)
 
 
 def snapshot_seeds():
@@ -468,9 +551,12 @@ if __name__ == "__main__":
     profile_seeds()
     seccomp_seeds()
     virtio_seeds()
-    rng_seeds()
-    balloon_seeds()
-    loader_seeds()
     vsock_seeds()
+    worker_seeds()
+    protocol_seeds()
+    manifest_seeds()
+    console_seeds()
+    runtime_api_seeds()
+    balloon_seeds()
     snapshot_seeds()
     mmds_seeds()

@@ -28,7 +28,7 @@ ALLOWED = {
     "kiln-guest-boot": {"kiln-guest-mem", "kiln-guest-flags"},
     "vmm": {"kiln-argv", "kiln-http", "kiln-hostfs"},
     "jailer": {"kiln-argv", "kiln-hostfs"},
-    "kiln-guest-builder": {"kiln-protocol", "kiln-guest-flags"},
+    "kiln-guest-builder": {"kiln-protocol", "kiln-guest-flags", "kiln-hostfs"},
     "kiln-init": {"kiln-protocol", "kiln-http"},
     "kiln-worker": {"kiln-argv", "kiln-http", "kiln-hostfs", "kiln-protocol", "kiln-guest-builder"},
     "kiln-bench": {"kiln-argv"},

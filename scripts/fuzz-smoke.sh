@@ -1,107 +1,71 @@
 #!/usr/bin/env bash
 # Fuzz smoke (fuzz/README.md): builds every cargo-fuzz target once, then runs each one for a
-# bounded time from its checked-in seeds. The first crash (panic, sanitizer report, timeout,
-# out-of-memory) stops the run: the reproducer stays in fuzz/artifacts/<target>/ and the
-# script exits non-zero with the command that replays it.
+# bounded time from its checked-in corpus (fuzz/corpus/<target>: hand-made seeds and the
+# minimised corpus of earlier runs), a few targets at a time. The first crash (panic,
+# sanitizer report, timeout, out-of-memory) fails the run: the reproducer stays in
+# fuzz/artifacts/<target>/ and the script exits non-zero with the command that replays it.
 #
 #   scripts/fuzz-smoke.sh [TARGET...]      every target (cargo fuzz list), or the ones named
 #
 # Environment:
-#   KILN_FUZZ_SECONDS     seconds per target (default 20)
+#   KILN_FUZZ_SECONDS     seconds per target (default 15)
+#   KILN_FUZZ_PARALLEL    targets fuzzed at once (default 2: the machine's two cores)
 #   KILN_FUZZ_SANITIZER   address | none | auto (default auto: AddressSanitizer when this
 #                         toolchain can build it through RUSTC_BOOTSTRAP=1, else none)
 #   KILN_FUZZ_TARGET_DIR  cargo's target directory (default fuzz/target)
 #   KILN_FUZZ_WORK        scratch corpora and logs (default <target dir>/smoke); the
-#                         checked-in seeds in fuzz/corpus/ are only read
+#                         checked-in corpus in fuzz/corpus/ is only read
 #   KILN_FUZZ_JOBS        cargo build jobs (default: cargo's)
 source "$(dirname "$0")/lib.sh"
 
-CARGO_FUZZ_VERSION=0.13.2
-seconds="${KILN_FUZZ_SECONDS:-20}"
-sanitizer="${KILN_FUZZ_SANITIZER:-auto}"
-fuzz_dir="$KILN_ROOT/fuzz"
-target_dir="${KILN_FUZZ_TARGET_DIR:-$fuzz_dir/target}"
-work="${KILN_FUZZ_WORK:-$target_dir/smoke}"
-
+seconds="${KILN_FUZZ_SECONDS:-15}"
+parallel="${KILN_FUZZ_PARALLEL:-2}"
 [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "KILN_FUZZ_SECONDS must be a positive number of seconds, not '$seconds'"
-
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    step "installing cargo-fuzz $CARGO_FUZZ_VERSION (once; a few minutes)"
-    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" \
-        || die "cannot install cargo-fuzz from crates.io"
-fi
-
-# AddressSanitizer needs -Zsanitizer, a nightly flag that the stable compiler accepts with
-# RUSTC_BOOTSTRAP=1; its runtime ships with the stable toolchain on x86_64 Linux.
-asan_works() {
-    local probe
-    probe="$(mktemp -d)"
-    echo 'fn main() {}' >"$probe/p.rs"
-    RUSTC_BOOTSTRAP=1 rustc -Zsanitizer=address -o "$probe/p" "$probe/p.rs" >/dev/null 2>&1 \
-        && "$probe/p"
-    local ok=$?
-    rm -rf "$probe"
-    return $ok
-}
-case "$sanitizer" in
-    auto) if asan_works; then sanitizer=address; else sanitizer=none; fi ;;
-    address | none) ;;
-    *) die "KILN_FUZZ_SANITIZER must be address, none or auto, not '$sanitizer'" ;;
-esac
-fuzz_env=()
-if [ "$sanitizer" = address ]; then
-    fuzz_env=(env RUSTC_BOOTSTRAP=1)
-fi
-fuzz_flags=(--sanitizer "$sanitizer" --target-dir "$target_dir")
+[[ "$parallel" =~ ^[1-9][0-9]*$ ]] || die "KILN_FUZZ_PARALLEL must be a positive number, not '$parallel'"
+source "$(dirname "$0")/fuzz-lib.sh"
+work="${KILN_FUZZ_WORK:-$target_dir/smoke}"
 [ -n "${KILN_FUZZ_JOBS:-}" ] && export CARGO_BUILD_JOBS="$KILN_FUZZ_JOBS"
 
-cd "$fuzz_dir"
-if [ $# -gt 0 ]; then
-    targets=("$@")
-else
-    mapfile -t targets < <(cargo fuzz list)
-fi
+mapfile -t targets < <(fuzz_targets "$@")
 [ ${#targets[@]} -gt 0 ] || die "no fuzz targets found (cargo fuzz list in $fuzz_dir)"
+fuzz_build
+cd "$fuzz_dir"
 
-step "building the fuzz targets (sanitizer: $sanitizer)"
-"${fuzz_env[@]}" cargo fuzz build "${fuzz_flags[@]}" \
-    || die "the fuzz targets do not build (cargo fuzz build ${fuzz_flags[*]})"
-
-# The dictionary of each target (fuzz/dicts/).
-dict_of() {
-    case "$1" in
-        api_http | mmds_http) echo dicts/http.dict ;;
-        vm_config | tenant_profile | seccomp_policy) echo dicts/json.dict ;;
-        jailer_args) echo dicts/args.dict ;;
-        *) echo "" ;;
-    esac
-}
-
-mkdir -p "$work/logs"
-for t in "${targets[@]}"; do
-    step "fuzzing $t for ${seconds}s"
-    scratch="$work/corpus/$t"
+# fuzz_one TARGET: runs it (the binary cargo fuzz built) for $seconds; its exit status is
+# libFuzzer's. New corpus entries go to the scratch corpus (the first directory); the
+# checked-in one is only read.
+fuzz_one() {
+    local t="$1"
+    local scratch="$work/corpus/$t"
     mkdir -p "$scratch" "artifacts/$t"
-    seeds=()
-    [ -d "corpus/$t" ] && seeds=("corpus/$t")
-    opts=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+    local corpus=()
+    [ -d "corpus/$t" ] && corpus=("corpus/$t")
+    local opts=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+                -artifact_prefix="artifacts/$t/")
+    local dict
     dict="$(dict_of "$t")"
     [ -n "$dict" ] && opts+=(-dict="$dict")
-    log="$work/logs/$t.log"
-    before="$(ls -A "artifacts/$t")"
-    # New inputs go to the scratch corpus (the first directory); the seeds are only read.
-    if "${fuzz_env[@]}" cargo fuzz run "${fuzz_flags[@]}" "$t" "$scratch" "${seeds[@]}" -- \
-        "${opts[@]}" >"$log" 2>&1; then
+    "$binaries/$t" "${opts[@]}" "$scratch" "${corpus[@]}" >"$work/logs/$t.log" 2>&1
+}
+
+# report TARGET STATUS: a clean run's line, or the failure's log, reproducer and replay
+# command (and the script's end).
+report() {
+    local t="$1" status="$2"
+    local log="$work/logs/$t.log"
+    if [ "$status" = 0 ]; then
+        local stats
         stats="$(grep -E '^stat::(number_of_executed_units|new_units_added):' "$log" \
             | sed 's/^stat:://' | tr -s ' \n' ' ' || true)"
-        printf '    %s: clean (%s)\n' "$t" "${stats% }" >&2
-        continue
+        local cov
+        cov="$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)"
+        printf '    %s: clean (%s; %s)\n' "$t" "${stats% }" "$cov" >&2
+        return 0
     fi
     tail -n 60 "$log" >&2
-    reproducer=""
-    for f in $(ls -At "artifacts/$t"); do
-        grep -qxF "$f" <<<"$before" || { reproducer="artifacts/$t/$f"; break; }
-    done
+    local reproducer
+    reproducer="$(grep -oE "artifacts/$t/(crash|timeout|oom|leak|slow-unit)-[0-9a-f]+" "$log" \
+        | tail -n 1 || true)"
     echo >&2
     if [ -n "$reproducer" ]; then
         echo "fuzz target $t failed; reproducer: fuzz/$reproducer (full log: $log)" >&2
@@ -109,6 +73,32 @@ for t in "${targets[@]}"; do
     else
         echo "fuzz target $t failed without leaving a reproducer; full log: $log" >&2
     fi
-    exit 1
+    return 1
+}
+
+mkdir -p "$work/logs"
+step "fuzzing ${#targets[@]} targets for ${seconds}s each, $parallel at a time"
+declare -A running=()
+failed=0
+for t in "${targets[@]}"; do
+    [ -x "$binaries/$t" ] || die "no fuzz target $t (cargo fuzz list)"
+    while [ ${#running[@]} -ge "$parallel" ]; do
+        status=0
+        wait -n -p done_pid || status=$?
+        done_t="${running[$done_pid]}"
+        unset "running[$done_pid]"
+        report "$done_t" "$status" || { failed=1; break 2; }
+    done
+    fuzz_one "$t" &
+    running[$!]="$t"
 done
-step "fuzz smoke passed: ${#targets[@]} targets, ${seconds}s each (sanitizer: $sanitizer)"
+# The rest (or, after a failure, the others stop at their time limit).
+for pid in "${!running[@]}"; do
+    status=0
+    wait "$pid" || status=$?
+    if [ "$failed" = 0 ]; then
+        report "${running[$pid]}" "$status" || failed=1
+    fi
+done
+[ "$failed" = 0 ] || exit 1
+step "fuzz smoke passed: ${#targets[@]} targets, ${seconds}s each, $parallel at a time (sanitizer: $sanitizer)"

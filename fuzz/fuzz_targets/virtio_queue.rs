@@ -5,8 +5,9 @@
 //! virtio-blk request parser on every chain that walks (`block::request::parse`,
 //! `Request::check_range`).
 //!
-//! Input: see `kiln_fuzz::guest` (queue size, indices, available ring, descriptor table,
-//! data); the last 8 bytes also give the stream offset and length tried on every chain.
+//! Input: see `kiln_fuzz::guest` (queue size, indices, where the three rings are, available
+//! ring, descriptor table, data); the last 16 bytes also give the stream offset and length
+//! tried on every chain, and a disk capacity for the range checks.
 //!
 //! Besides "no panic", it checks what the module documentation promises: a head is inside
 //! the queue, no more heads are taken in one pass than the queue size, a chain has at most
@@ -87,9 +88,14 @@ fuzz_target!(|data: &[u8]| {
     let size = g.queue.size();
     // The stream offset and length come from the input's last 8 bytes (which are also the
     // end of the data area).
-    let mut knobs = Input::new(data.get(data.len().saturating_sub(8)..).unwrap_or_default());
+    let mut knobs = Input::new(
+        data.get(data.len().saturating_sub(16)..)
+            .unwrap_or_default(),
+    );
     let offset = u64::from(knobs.u16());
     let len = usize::from(knobs.u16() % 4096);
+    let _ = knobs.u32();
+    let capacity = knobs.u64();
 
     let mut taken: u32 = 0;
     let mut used: Vec<(u16, u32)> = Vec::new();
@@ -125,7 +131,8 @@ fuzz_target!(|data: &[u8]| {
                     let writable = total_len(&chain.writable);
                     assert_eq!(req.status_offset + 1, writable);
                     assert!(req.data_len <= writable.max(total_len(&chain.readable)));
-                    for capacity in [0, 1, 8, u64::MAX] {
+                    // The largest real disk is a file of 2^63 bytes: 2^54 sectors.
+                    for capacity in [0, 1, 8, 1 << 54, u64::MAX, capacity] {
                         if let Ok(at) = req.check_range(capacity, 1 << 24) {
                             let end = at.checked_add(req.data_len).expect("range end overflows");
                             assert!(end <= capacity.saturating_mul(512), "past the disk's end");

@@ -2,20 +2,25 @@
 //! (`vmm/src/devices/virtio/vsock/connection/`) between a hostile guest and a host peer on
 //! a real Unix socket: the guest's packets (validated by `packet::check_tx` first, as the
 //! device does), the host peer writing, reading, shutting down or hanging up, the event
-//! loop's readable/writable/timer events, and the packets the connection sends back.
+//! loop's readable/writable/timer events, and the packets the connection sends back. Both
+//! ends of the socket have the kernel's smallest buffers (a few KiB), so that what the guest
+//! sends soon stops fitting: the connection's own buffer, its draining when the host reads,
+//! the shutdown that waits for it, and the kill of a guest that sends past its credit run.
 //!
 //! Input, little endian, zeros past the end:
 //!
 //! ```text
 //! u8   bit 0: host-initiated (CONNECT from the host), else guest-initiated (a REQUEST)
 //! u32  local port, u32 peer port, u32 buf_alloc, u32 fwd_cnt (the guest's REQUEST)
-//! then events until the input ends, each an opcode byte (mod 9) and its operands:
+//! then events until the input ends, each an opcode byte (mod 10) and its operands:
 //!   0 guest packet: u16 op, u16 type, u32 flags, u32 buf_alloc, u32 fwd_cnt,
 //!     u16 len, then min(len, 4096) payload bytes
 //!   1 host writes u16 n bytes (n mod 8192, from the input)     2 host reads up to u16 bytes
 //!   3 host shuts down its writing side      4 host hangs up (closes its socket)
 //!   5 the stream is writable                6 the guest gives a receive buffer of u16 bytes
 //!   7 time passes: u16 milliseconds * 4     8 a spurious readable event
+//!   9 the guest sends u16 n filler bytes (byte u8) in one RW packet: u32 buf_alloc,
+//!     u32 fwd_cnt, u16 n (at most 64 KiB, a packet's limit), u8 the filler byte
 //! ```
 //!
 //! Besides "no panic": every packet for the guest is addressed from the host to this
@@ -25,9 +30,11 @@
 //! host never exceeds the advertised `buf_alloc`; a finished connection says nothing more.
 #![no_main]
 
+use kiln_fuzz::host::set_buffers;
 use kiln_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 use vmm::devices::virtio::vsock::connection::{Connection, BUF_ALLOC};
@@ -45,6 +52,9 @@ fn socket_pair() -> (Stream, UnixStream) {
     let (host, _) = listener.accept().expect("accept");
     let _ = std::fs::remove_file(&path);
     host.set_nonblocking(true).expect("nonblocking");
+    // The kernel's minimum (it rounds 0 up to it): a few KiB in flight either way.
+    set_buffers(vmm_end.as_raw_fd(), 0, 0);
+    set_buffers(host.as_raw_fd(), 0, 0);
     (vmm_end, host)
 }
 
@@ -104,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
     let mut guest_got: Vec<u8> = Vec::new();
 
     while !input.is_empty() {
-        let event = input.u8() % 9;
+        let event = input.u8() % 10;
         match event {
             0 => {
                 let (op, type_, flags) = (input.u16(), input.u16(), input.u32());
@@ -193,6 +203,29 @@ fuzz_target!(|data: &[u8]| {
             7 => {
                 now += Duration::from_millis(u64::from(input.u16()) * 4);
                 conn.on_tick(now);
+            }
+            9 => {
+                let (buf_alloc, fwd_cnt) = (input.u32(), input.u32());
+                let n = input.u16();
+                let filler = vec![input.u8(); usize::from(n)];
+                let hdr = Header {
+                    src_cid: CID,
+                    dst_cid: HOST_CID,
+                    src_port: peer_port,
+                    dst_port: local_port,
+                    op: Op::Rw as u16,
+                    type_: TYPE_STREAM,
+                    flags: 0,
+                    buf_alloc,
+                    fwd_cnt,
+                    len: u32::from(n),
+                };
+                if let Verdict::Accept(pkt) = check_tx(&hdr.to_bytes(), u64::from(n), CID) {
+                    if !conn.is_done() {
+                        guest_sent.extend_from_slice(&filler);
+                    }
+                    conn.on_guest_packet(&pkt, &filler, now);
+                }
             }
             _ => conn.on_readable(false),
         }

@@ -5,11 +5,21 @@
 //! - [`MemFile`]: a file in memory (`memfd`) with a path (`/proc/self/fd/N`), for the entry
 //!   points that take a path (kernel loader, tenant profile, seccomp policy, disk image):
 //!   nothing touches the disk and nothing is left behind.
-//! - [`guest`]: a small guest memory with a virtqueue whose descriptor table, available ring
-//!   and data come from the input, as a hostile driver would lay them out.
+//! - [`guest`]: a small guest memory with a virtqueue whose placement, descriptor table,
+//!   available ring and data come from the input, as a hostile driver would lay them out.
+//! - [`machine`]: a virtio device as the VMM runs it, without KVM: behind its virtio-mmio
+//!   transport on the MMIO bus, served by the VMM thread's event loop, with the checks of
+//!   what it may write; [`driver`]: the guest's driver for it, as structured input.
+//! - [`http`]: a client's bytes cut into reads, and the walk over a server's answers.
+//! - [`host`]: the host side of device targets (a tap stand-in, sockets, vsock's directory).
 //! - [`setup`]: once per process: the VMM's log lines go to `/dev/null`, SIGPIPE is ignored.
+//! - [`Quiet`]: standard error sent to `/dev/null` around code that prints (the worker).
 
+pub mod driver;
 pub mod guest;
+pub mod host;
+pub mod http;
+pub mod machine;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -138,9 +148,89 @@ pub fn setup() {
 
 /// With `KILN_FUZZ_DEBUG` set, prints what a run decided (for checking that seeds reach the
 /// code they are meant for: `KILN_FUZZ_DEBUG=1 cargo fuzz run TARGET corpus/TARGET -- -runs=0`).
+///
+/// A failed write is ignored: `eprintln!` would panic when standard error is a closed pipe
+/// (`... | head`; [`setup`] ignores SIGPIPE), and libFuzzer would report that panic as a crash
+/// of whatever input was running.
 pub fn debug(what: impl FnOnce() -> String) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| std::env::var_os("KILN_FUZZ_DEBUG").is_some()) {
-        eprintln!("kiln-fuzz: {}", what());
+        let _ = writeln!(std::io::stderr().lock(), "kiln-fuzz: {}", what());
+    }
+}
+
+/// While alive, standard error goes to `/dev/null` (code under test that prints on every
+/// input would drown libFuzzer's output). A panic restores it first, so its message shows.
+pub struct Quiet {
+    saved: i32,
+}
+
+static SAVED_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+impl Quiet {
+    pub fn new() -> Quiet {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let saved = SAVED_STDERR.load(std::sync::atomic::Ordering::SeqCst);
+                if saved >= 0 {
+                    // SAFETY: dup2 of a descriptor this module saved onto 2; no memory involved.
+                    unsafe { libc::dup2(saved, 2) };
+                }
+                previous(info)
+            }));
+        });
+        // SAFETY: dup of fd 2 (open for the process's life); the copy is closed in drop.
+        let saved = unsafe { libc::dup(2) };
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null opens");
+        // SAFETY: dup2 of an open descriptor onto 2; `null` stays open until after the call.
+        unsafe { libc::dup2(null.as_raw_fd(), 2) };
+        SAVED_STDERR.store(saved, std::sync::atomic::Ordering::SeqCst);
+        Quiet { saved }
+    }
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        SAVED_STDERR.store(-1, std::sync::atomic::Ordering::SeqCst);
+        if self.saved >= 0 {
+            // SAFETY: restores fd 2 from the copy made in `new`, then closes the copy.
+            unsafe {
+                libc::dup2(self.saved, 2);
+                libc::close(self.saved);
+            }
+        }
+    }
+}
+
+/// Removes `path` (a scratch directory of this process) when the process exits normally (a
+/// fuzzing run that ends at its time or run limit).
+pub fn remove_at_exit(path: std::path::PathBuf) {
+    static PATHS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    extern "C" fn remove_all() {
+        if let Ok(paths) = PATHS.lock() {
+            for p in paths.iter() {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a function with no captured state, which only takes a lock and
+        // removes files; atexit has no other effect.
+        unsafe { libc::atexit(remove_all) };
+    });
+    if let Ok(mut paths) = PATHS.lock() {
+        paths.push(path);
     }
 }

@@ -56,6 +56,9 @@ pub const ENV_MAX_EVENT_BYTES: &str = "KILN_MAX_EVENT_BYTES";
 
 /// Where a Linux function's handler is in its initramfs (`kiln.exec=` of the guest).
 pub const LINUX_HANDLER_PATH: &str = "/fn/handler";
+/// Largest executable (a Linux function's `exec`, kiln-init) put into an initramfs: the whole
+/// initramfs must fit in the guest's memory (at most 3 GiB) with the kernel.
+pub const MAX_EXEC_BYTES: u64 = 1 << 30;
 /// Rust flags of a Linux function's handler crate: a static executable (the initramfs has
 /// no libc).
 pub const LINUX_HANDLER_RUSTFLAGS: &[&str] = &["-C", "target-feature=+crt-static"];
@@ -243,23 +246,30 @@ fn build_linux(
         })?;
     }
     // A static ELF unless a root file system brings the libraries (and interpreters).
-    let read = |what: &str, path: &Path, any_file: bool| -> Result<Vec<u8>, BuildError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| fail(format!("{what} ({}): cannot read it: {e}", path.display())))?;
-        if let Some(why) = not_static_elf(&bytes).filter(|_| !any_file) {
-            return Err(fail(format!("{what} ({}): {why}", path.display())));
-        }
-        Ok(bytes)
-    };
+    let check =
+        |what: &str, path: &Path, bytes: Vec<u8>, any_file: bool| match not_static_elf(&bytes)
+            .filter(|_| !any_file)
+        {
+            Some(why) => Err(fail(format!("{what} ({}): {why}", path.display()))),
+            None => Ok(bytes),
+        };
     let exec = match manifest.exec.as_deref() {
-        Some(rel) => Some(read(
-            &format!("field exec = {rel:?}"),
-            &dir.join(rel),
-            manifest.rootfs.is_some(),
-        )?),
+        Some(rel) => {
+            // The function's directory is the tenant's: a link there could pull any host
+            // file (or /dev/zero) into the image, so none is followed, and the read is
+            // bounded and cannot block.
+            let what = format!("field exec = {rel:?}");
+            let path = dir.join(rel);
+            let bytes = kiln_hostfs::read_beneath(dir, Path::new(rel), MAX_EXEC_BYTES)
+                .map_err(|e| fail(format!("{what} ({}): cannot read it: {e}", path.display())))?;
+            Some(check(&what, &path, bytes, manifest.rootfs.is_some())?)
+        }
         None => None,
     };
-    let init_bytes = read("the kiln-init binary (kiln --init PATH)", init, false)?;
+    let what = "the kiln-init binary (kiln --init PATH)";
+    let init_bytes = kiln_hostfs::read_bytes(init, MAX_EXEC_BYTES)
+        .map_err(|e| fail(format!("{what} ({}): cannot read it: {e}", init.display())))?;
+    let init_bytes = check(what, init, init_bytes, false)?;
     let mut entries = if manifest.is_lambda() {
         lambda::entries(dir, &manifest, exec).map_err(fail)?
     } else {
@@ -383,6 +393,52 @@ mod tests {
                     .to_string();
                 assert!(e.contains(why), "{e}");
             }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Found by reading (issue 23): `exec` was read following links and without a limit, so
+    /// a link in the function's directory pulled any host file into the image, and one to
+    /// `/dev/zero` never ended. A FIFO would have blocked the build.
+    #[test]
+    fn exec_is_never_read_through_a_link_nor_from_a_fifo_or_device() {
+        let dir = scratch("linux-exec-links");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, b"host file").unwrap();
+        let fn_dir = dir.join("f");
+        std::fs::create_dir_all(fn_dir.join("bin")).unwrap();
+        let opts = BuildOptions {
+            init: Some(std::env::current_exe().unwrap()),
+        };
+        std::os::unix::fs::symlink(&secret, fn_dir.join("bin/h")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", fn_dir.join("zero")).unwrap();
+        std::os::unix::fs::symlink(&dir, fn_dir.join("up")).unwrap();
+        let fifo = std::ffi::CString::new(fn_dir.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path; it only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for (exec, why) in [
+            ("bin/h", "symbolic link"),
+            ("zero", "symbolic link"),
+            ("up/secret", "symbolic link"),
+            ("fifo", "not a regular file"),
+        ] {
+            std::fs::write(
+                fn_dir.join(MANIFEST_FILE),
+                format!(r#"{{"name": "l", "kind": "linux", "exec": "{exec}", "memory_mib": 128}}"#),
+            )
+            .unwrap();
+            let started = std::time::Instant::now();
+            let e = build_function_with(&fn_dir, &dir.join("out"), &opts)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("exec = \"{exec}\"")) && e.contains(why),
+                "{exec}: {e}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{exec}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

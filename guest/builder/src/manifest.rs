@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 /// The manifest's file name in the function's directory.
 pub const MANIFEST_FILE: &str = "kiln.json";
 
+/// Largest manifest file.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 /// Longest function name (the worker uses it in paths and socket names).
 pub const MAX_NAME_LEN: usize = 40;
 /// Smallest guest memory: 4 MiB below the heap (image, stacks), 2 MiB of heap at least.
@@ -174,7 +176,7 @@ pub enum ManifestError {
     #[error("manifest {path}: cannot read it: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: kiln_hostfs::InputError,
     },
     #[error("manifest {path}: {source}")]
     Parse {
@@ -191,13 +193,17 @@ pub enum ManifestError {
 }
 
 impl Manifest {
-    /// Reads and validates `<dir>/kiln.json`.
+    /// Reads and validates `<dir>/kiln.json` (at most [`MAX_MANIFEST_BYTES`], a regular file,
+    /// not through a symbolic link: the directory is the function author's).
     pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let read = kiln_hostfs::read_beneath(dir, Path::new(MANIFEST_FILE), MAX_MANIFEST_BYTES);
+        let text = read
+            .and_then(|b| String::from_utf8(b).map_err(|_| kiln_hostfs::InputError::NotUtf8))
+            .map_err(|source| ManifestError::Read {
+                path: path.clone(),
+                source,
+            })?;
         Manifest::parse(&text, &path)
     }
 
@@ -773,5 +779,37 @@ mod tests {
             e.to_string().contains("/nonexistent-kiln-fn/kiln.json"),
             "{e}"
         );
+    }
+
+    /// The function's directory is its author's: its manifest is not read through a link,
+    /// nor from a FIFO (which would block the worker), nor beyond a limit.
+    #[test]
+    fn load_refuses_links_fifos_and_huge_files() {
+        let dir = std::env::temp_dir().join(format!("kiln-manifest-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("elsewhere.json");
+        std::fs::write(&target, r#"{"name": "f"}"#).unwrap();
+        let f = dir.join(MANIFEST_FILE);
+        std::os::unix::fs::symlink(&target, &f).unwrap();
+        let e = Manifest::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(&f).unwrap();
+        let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path; it only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Manifest::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(
+            &f,
+            " ".repeat(usize::try_from(MAX_MANIFEST_BYTES).unwrap() + 1),
+        )
+        .unwrap();
+        let e = Manifest::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        std::fs::write(&f, r#"{"name": "f"}"#).unwrap();
+        assert_eq!(Manifest::load(&dir).unwrap().name, "f");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -74,7 +74,8 @@ impl Bus {
     }
 
     /// The device and offset for an access of `len` bytes at `addr`, if one device covers it
-    /// entirely.
+    /// entirely: it starts inside the device's range (an empty access one past the end is
+    /// not the device's) and ends at the range's end at the latest.
     fn resolve(&self, addr: u64, len: usize) -> Option<(&Entry, u64)> {
         let idx = self
             .entries
@@ -83,7 +84,7 @@ impl Bus {
         let e = self.entries.get(idx)?;
         let offset = addr - e.base;
         let end = offset.checked_add(u64::try_from(len).ok()?)?;
-        (end <= e.len).then_some((e, offset))
+        (offset < e.len && end <= e.len).then_some((e, offset))
     }
 
     /// Serves a guest read; returns false (and fills `data` with 0xff) when no device
@@ -162,6 +163,23 @@ mod tests {
         assert_eq!(w, [0xff, 0xff]);
         assert_eq!(bus.unhandled(), (1, 2));
         assert_eq!(lock(&dev).writes, vec![(0, vec![b'x'])]);
+    }
+
+    /// Found by the legacy_bus fuzz target: an empty access at the first address after a
+    /// device's range (with no device there) went to that device, at an offset equal to its
+    /// length.
+    #[test]
+    fn an_empty_access_past_the_end_reaches_no_device() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new();
+        bus.insert(0x1000, 0x100, dev.clone()).unwrap();
+        assert!(!bus.write(0x1100, &[]));
+        assert!(!bus.read(0x1100, &mut []));
+        assert_eq!(bus.unhandled(), (1, 1));
+        assert!(lock(&dev).writes.is_empty());
+        // Inside the range an empty access is still the device's, as any other.
+        assert!(bus.write(0x10ff, &[]));
+        assert_eq!(lock(&dev).writes, vec![(0xff, vec![])]);
     }
 
     #[test]

@@ -261,3 +261,34 @@ fn a_filtered_kvm_run_costs_little_more_than_an_unfiltered_one() {
         "{unfiltered:?} -> {filtered:?}"
     );
 }
+
+/// Issue 23: `--seccomp-filter` naming a FIFO used to open it blocking and wait forever for a
+/// writer; a device never ended. It is read by the one input rule now (`kiln_hostfs`): a
+/// FIFO without a writer reads as empty (and is refused as a filter set) at once, a device
+/// is refused by kind.
+#[test]
+fn a_fifo_or_a_device_as_the_filter_file_is_refused_without_hanging() {
+    let dir = std::env::temp_dir().join(format!("kiln-seccomp-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("filters.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path; it only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    // On a thread: a regression would hang here, and the test must fail instead.
+    std::thread::spawn(move || {
+        let _ = tx.send(FilterSet::from_file(&path).map_err(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("reading a FIFO without a writer must not block")
+        .unwrap_err();
+    assert!(e.contains("filters.json"), "{e}");
+    let e = FilterSet::from_file(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a character device"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

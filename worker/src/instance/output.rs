@@ -20,6 +20,8 @@ const MAX_LINE: usize = 4096;
 #[derive(Default)]
 struct Tail {
     buf: Vec<u8>,
+    /// Bytes dropped from the front so far: `buf[0]` is byte `dropped` of the stream.
+    dropped: u64,
 }
 
 impl Tail {
@@ -28,6 +30,7 @@ impl Tail {
         if self.buf.len() > 2 * TAIL_BYTES {
             let cut = self.buf.len() - TAIL_BYTES;
             self.buf.drain(..cut);
+            self.dropped += cut as u64;
         }
     }
 
@@ -43,8 +46,9 @@ pub struct OutputLogs {
     stderr: Mutex<Tail>,
     console: Mutex<Tail>,
     marks: Mutex<Vec<BootMark>>,
-    /// When the worker saw the guest kernel print [`RUN_INIT_MARK`].
-    init_started: Mutex<Option<Instant>>,
+    /// When the worker saw the guest kernel print [`RUN_INIT_MARK`], and where in the
+    /// console (the byte the mark starts at).
+    init_started: Mutex<Option<(Instant, u64)>>,
     /// After that, one of [`INIT_FAULT_MARKS`]: the line.
     init_fault: Mutex<Option<String>>,
 }
@@ -65,7 +69,7 @@ impl OutputLogs {
 
     /// When the guest kernel started /init, if it did.
     pub fn init_started(&self) -> Option<Instant> {
-        *lock(&self.init_started)
+        lock(&self.init_started).map(|(at, _)| at)
     }
 
     /// The console line saying /init faulted, if one did after it started.
@@ -86,32 +90,35 @@ impl OutputLogs {
 
     /// Looks for the kernel's `Run /init` and init's fault in the lines that the console's
     /// newest `n` bytes end or continue (lines of up to [`LINE_LOOKBACK`] bytes are seen whole
-    /// however the reads split them).
+    /// however the reads split them). A fault counts only after the first `Run /init`: in
+    /// the rest of the mark's line, or in a whole line after it.
     fn watch_init(&self, n: usize) {
         const LINE_LOOKBACK: usize = 1024;
         if lock(&self.init_fault).is_some() {
             return;
         }
-        let recent = {
-            let console = lock(&self.console);
-            let start = console.buf.len().saturating_sub(n + LINE_LOOKBACK);
-            let mut window = console.buf.get(start..).unwrap_or_default();
-            if start > 0 {
-                // From the first whole line on.
-                let skip = window.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-                window = window.get(skip..).unwrap_or_default();
-            }
-            String::from_utf8_lossy(window).into_owned()
-        };
+        let console = lock(&self.console);
+        let mut start = console.buf.len().saturating_sub(n + LINE_LOOKBACK);
+        if start > 0 && console.buf.get(start - 1) != Some(&b'\n') {
+            // From the first whole line on.
+            let window = console.buf.get(start..).unwrap_or_default();
+            start += window.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        }
         let mut started = lock(&self.init_started);
-        let after = match recent.find(RUN_INIT_MARK) {
-            Some(at) => {
-                started.get_or_insert_with(Instant::now);
-                recent.get(at..).unwrap_or_default()
+        if started.is_none() {
+            let window = console.buf.get(start..).unwrap_or_default();
+            let mark = RUN_INIT_MARK.as_bytes();
+            if let Some(at) = window.windows(mark.len()).position(|w| w == mark) {
+                *started = Some((Instant::now(), console.dropped + (start + at) as u64));
             }
-            None if started.is_some() => recent.as_str(),
-            None => return,
+        }
+        let Some((_, mark_at)) = *started else {
+            return;
         };
+        // Where the mark is in `buf` (before it: 0, the mark is past the lookback anyway).
+        let mark_in_buf = usize::try_from(mark_at.saturating_sub(console.dropped)).unwrap_or(0);
+        let from = start.max(mark_in_buf);
+        let after = String::from_utf8_lossy(console.buf.get(from..).unwrap_or_default());
         // Whole lines only: a line still being printed is looked at again on the next read.
         if let Some(line) = after
             .split_inclusive('\n')
@@ -196,6 +203,46 @@ mod tests {
         assert_eq!(text.len(), TAIL_BYTES);
         assert!(text.ends_with("end"));
         assert!(t.buf.len() <= 2 * TAIL_BYTES);
+    }
+
+    /// Found by the `console_watch` fuzz target: how the reads split the console changed
+    /// the verdict. Once the first `Run /init` was further back than a read's lookback, a
+    /// second one in the read made the watcher look only after it: a fault line before it
+    /// was missed (or, on the same line, cut). And a lookback that began exactly at a line's
+    /// start skipped that line (a 1 KiB fault line whose newline came alone was never seen).
+    #[test]
+    fn the_fault_verdict_does_not_depend_on_how_the_console_is_read() {
+        let text = format!(
+            "Run /init as init process\n{}\ninit[1]: segfault at 0 ip 0\nRun /init again\n",
+            "x".repeat(1100)
+        );
+        let whole = OutputLogs::default();
+        whole.push_console(text.as_bytes());
+        assert_eq!(
+            whole.init_fault().as_deref(),
+            Some("init[1]: segfault at 0 ip 0")
+        );
+        for cut in 0..text.len() {
+            let split = OutputLogs::default();
+            split.push_console(&text.as_bytes()[..cut]);
+            split.push_console(&text.as_bytes()[cut..]);
+            assert_eq!(split.init_fault(), whole.init_fault(), "cut at {cut}");
+        }
+        // A line of exactly the lookback whose newline comes in a read of its own.
+        let line = format!("init[1]: segfault at 0 {}", "y".repeat(1024));
+        let line = &line[..1024];
+        let exact = OutputLogs::default();
+        exact.push_console(b"Run /init as init process\n");
+        exact.push_console(line.as_bytes());
+        exact.push_console(b"\n");
+        assert_eq!(exact.init_fault().as_deref(), Some(line));
+        // A fault before init started never counts.
+        let before = OutputLogs::default();
+        before.push_console(b"init[1]: segfault at 0\n");
+        before.push_console(b"Run /init as init process\n");
+        before.push_console(b"still fine\n");
+        assert!(before.init_started().is_some());
+        assert_eq!(before.init_fault(), None, "a fault before init started");
     }
 
     #[test]

@@ -103,8 +103,9 @@ struct Shared {
     active: AtomicUsize,
 }
 
-/// A connection's stream: a Unix or a TCP socket.
-trait Conn: Read + Write + Send + 'static {
+/// A connection's stream: a Unix or a TCP socket (or, in the fuzz target, bytes in memory).
+#[doc(hidden)]
+pub trait Conn: Read + Write + Send + 'static {
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
 }
 
@@ -195,6 +196,26 @@ fn accept<S: Conn>(mut stream: S, shared: &Arc<Shared>) {
     if spawned.is_err() {
         shared.active.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Serves one connection to its end on the calling thread, as `serve` does on the
+/// connection's own thread: the worker's connection handling, both APIs' routing and their
+/// answers, without a listener (the `worker_http` fuzz target; with a registry whose
+/// functions cannot start, no VM is ever started).
+#[doc(hidden)]
+pub fn serve_connection<S: Conn>(
+    stream: S,
+    cfg: ServerConfig,
+    pools: Arc<Pools>,
+    lambda: Arc<LambdaApi>,
+) {
+    let shared = Shared {
+        cfg,
+        pools,
+        lambda,
+        active: AtomicUsize::new(1),
+    };
+    connection(stream, &shared);
 }
 
 fn connection<S: Conn>(mut stream: S, shared: &Shared) {

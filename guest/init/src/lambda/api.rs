@@ -17,7 +17,7 @@
 use super::exchange::{Exchange, Next, Outcome, Refusal};
 use kiln_http::{parse_request, HttpError, Method, Parsed, Request, CONTINUE};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -57,7 +57,10 @@ pub fn start(listener: TcpListener, exchange: Arc<Exchange>) -> std::io::Result<
     Ok(())
 }
 
-fn connection(mut stream: TcpStream, exchange: &Exchange) {
+/// Serves one connection to its end: requests parsed, routed against `exchange`, answered
+/// (the `runtime_api` fuzz target drives it with bytes in memory).
+#[doc(hidden)]
+pub fn connection<S: Read + Write>(mut stream: S, exchange: &Exchange) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut sent_continue = false;

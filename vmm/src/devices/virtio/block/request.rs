@@ -103,7 +103,9 @@ pub fn parse(mem: &GuestMemoryMmap, chain: &Chain) -> Result<Request, RequestErr
 
 impl Request {
     /// Checks a read or write against the disk: whole sectors, at most `max` bytes, inside
-    /// the first `capacity` sectors (checked arithmetic throughout). Returns the byte offset.
+    /// the first `capacity` sectors (checked arithmetic throughout). Returns the byte offset;
+    /// the offset plus `data_len` (the end of the access in bytes) is then known not to
+    /// overflow, whatever `capacity` is.
     pub fn check_range(&self, capacity: u64, max: u64) -> Result<u64, RangeError> {
         if !self.data_len.is_multiple_of(SECTOR_SIZE) {
             return Err(RangeError::Partial(self.data_len));
@@ -124,7 +126,11 @@ impl Request {
         if end > capacity {
             return Err(past);
         }
-        self.sector.checked_mul(SECTOR_SIZE).ok_or(past)
+        let offset = self.sector.checked_mul(SECTOR_SIZE).ok_or(past.clone())?;
+        // The device adds the length to the offset: the end in bytes must exist too (it
+        // does not for a disk of more than 2^55 sectors, which only a caller can claim).
+        offset.checked_add(self.data_len).ok_or(past)?;
+        Ok(offset)
     }
 }
 
@@ -247,5 +253,36 @@ mod tests {
         assert_eq!(r(10, 0).check_range(10, 1 << 20), Ok(5120));
         assert!(r(10, 512).check_range(10, 1 << 20).is_err());
         assert_eq!(r(9, 512).check_range(10, 1 << 20), Ok(9 * 512));
+    }
+
+    /// Found by the `virtio_queue` fuzz target: on a disk of `u64::MAX` sectors the last
+    /// sector whose byte offset exists was accepted although its end in bytes overflows.
+    #[test]
+    fn the_end_in_bytes_never_overflows() {
+        let r = |sector, data_len| Request {
+            kind: RequestType::In,
+            sector,
+            data_len,
+            status_offset: data_len,
+        };
+        let last = u64::MAX / SECTOR_SIZE;
+        assert!(matches!(
+            r(last, 512).check_range(u64::MAX, 1 << 20),
+            Err(RangeError::PastEnd { .. })
+        ));
+        assert!(matches!(
+            r(last - 1, 1024).check_range(u64::MAX, 1 << 20),
+            Err(RangeError::PastEnd { .. })
+        ));
+        for capacity in [0, 1, 8, 1 << 40, u64::MAX] {
+            for sector in [0, 1, last - 2, last - 1, last, u64::MAX] {
+                for data_len in [0, 512, 1024, 1 << 20] {
+                    if let Ok(at) = r(sector, data_len).check_range(capacity, 1 << 20) {
+                        let end = at.checked_add(data_len).expect("the end exists");
+                        assert!(end <= capacity.saturating_mul(SECTOR_SIZE));
+                    }
+                }
+            }
+        }
     }
 }

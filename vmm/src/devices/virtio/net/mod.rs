@@ -123,7 +123,13 @@ impl Net {
             iface_id: cfg.iface_id.clone(),
             source,
         })?;
-        Ok(Net {
+        Ok(Net::with_tap(cfg, tap))
+    }
+
+    /// The interface on a tap already open (`Tap::from_file` in the fuzz targets).
+    #[doc(hidden)]
+    pub fn with_tap(cfg: &NetworkInterfaceConfig, tap: Tap) -> Net {
+        Net {
             iface_id: cfg.iface_id.clone(),
             tap,
             mac: cfg.guest_mac,
@@ -138,7 +144,7 @@ impl Net {
             warnings: LogBudget::new(),
             limiters: None,
             mmds: None,
-        })
+        }
     }
 
     /// Gives the interface its receive and transmit limiters (the builder always does, so
