@@ -17,7 +17,7 @@
 //! it lies there) whose frame numbers the guest wrote somewhere in its memory.
 #![no_main]
 
-use kiln_fuzz::guest::{GuestQueue, MAX_QUEUE_SIZE, REGION0, REGION1, REGION_LEN, USED_RING};
+use kiln_fuzz::guest::{GuestQueue, MAX_QUEUE_SIZE, REGION0, REGION1, REGION_LEN};
 use kiln_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
@@ -100,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
         let slot = u64::from(g.start.wrapping_add(i) % size);
         let len: u32 = g
             .mem
-            .read_obj(GuestAddress(USED_RING + 4 + slot * 8 + 4))
+            .read_obj(GuestAddress(g.used + 4 + slot * 8 + 4))
             .expect("the used ring is in guest memory");
         assert_eq!(u32::from_le(len), 0, "a used length of {len} bytes");
     }
@@ -111,11 +111,11 @@ fuzz_target!(|data: &[u8]| {
             .windows(4)
             .any(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])) == page)
     };
-    let used_end = USED_RING + g.used_ring_len();
+    let used_end = g.used + g.used_ring_len();
     // Each page with a change outside the used ring, once.
     let pages: BTreeSet<u64> = GuestQueue::changed(&before, &after)
         .into_iter()
-        .filter(|a| !(USED_RING..used_end).contains(a))
+        .filter(|a| !(g.used..used_end).contains(a))
         .map(|a| a / PAGE)
         .collect();
     for page in pages {
@@ -128,7 +128,7 @@ fuzz_target!(|data: &[u8]| {
         // Given back, the page reads zero, except where the device wrote its used ring
         // afterwards (a guest may give the page its rings are in).
         let zero = (0..PAGE).all(|i| {
-            (USED_RING..used_end).contains(&(start + i)) || after[(offset + i) as usize] == 0
+            (g.used..used_end).contains(&(start + i)) || after[(offset + i) as usize] == 0
         });
         assert!(
             index == 0 && zero && written(page),

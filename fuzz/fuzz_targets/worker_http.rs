@@ -27,7 +27,7 @@ use kiln_fuzz::http::{check_answers, chunks};
 use kiln_http::{parse_request, Parsed};
 use kiln_worker::context::Identity;
 use kiln_worker::function::Registry;
-use kiln_worker::instance::InstanceConfig;
+use kiln_worker::instance::{InstanceConfig, Owner};
 use kiln_worker::pool::{PoolConfig, Pools};
 use kiln_worker::server::lambda::sigv4::{self, Signer};
 use kiln_worker::server::lambda::{Credentials, LambdaApi, LambdaConfig};
@@ -78,6 +78,7 @@ fn world() -> &'static World {
             vmm: unused.clone(),
             chroot_base: unused.clone(),
             state_dir: root.join("state"),
+            owner: Arc::new(Owner::acquire(&root.join("state")).expect("the worker's owner lock")),
             profile_path: unused.clone(),
             profile: serde_json::json!({}),
             uid_base: 100_000,
