@@ -54,6 +54,44 @@ fn cgroup_limits_bite() {
     assert_eq!(done.report.get("fork.error"), "EAGAIN");
     assert_eq!(done.code(), Some(0), "{}", done.describe());
 
+    // Processes left behind: the keeper kills what is still in the jail's cgroups when the
+    // jailed process ends (through pidfds: a recycled pid is never hit), and nothing survives.
+    let jail = Jail::new("jl-orphans");
+    let policy = jail.seccomp_policy_with(serde_json::json!([{"syscall": "clone"}]));
+    let started = std::time::Instant::now();
+    let done = run(
+        &mut jail.command(
+            &[
+                "--cleanup-on-exit",
+                "--seccomp-policy",
+                policy.to_str().unwrap(),
+            ],
+            &["orphans", "3"],
+        ),
+        T,
+    );
+    assert_eq!(
+        done.report.get("orphans.created"),
+        "3",
+        "{}",
+        done.describe()
+    );
+    assert_eq!(done.code(), Some(0), "{}", done.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the jail waited for its orphans instead of killing them"
+    );
+    let me = std::process::id().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() != me.as_str())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&jail.id))
+        .collect();
+    assert!(left.is_empty(), "processes of the jail left: {left:?}");
+
     // Memory: 48 MiB, and the probe touches 256 MiB: the OOM killer ends it (SIGKILL),
     // and the supervisor dies the same way.
     let jail = Jail::new("jl-mem");

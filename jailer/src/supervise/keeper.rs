@@ -4,13 +4,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::pipes::{join, Report};
-use super::process::{kill, waitpid};
+use super::process::{kill, pidfd_kill, pidfd_open, waitpid};
 use super::{Exit, Role, SuperviseError};
 use crate::args::Config;
 use crate::cgroup::{self, ForkInto};
@@ -83,22 +84,41 @@ pub fn abort(journal: &Journal, child: Pid, mut report: Report, message: &str) -
 }
 
 /// Kills whatever is left in the jail's cgroups and waits (up to ~2 s) until they are
-/// empty, reaping what comes to this subreaper.
+/// empty, reaping what comes to this subreaper. A listed process is signalled through a
+/// pidfd opened before its cgroup is read again: a pid still listed then belongs to the
+/// process the pidfd names (or that process has exited, and the signal goes nowhere), so a
+/// pid recycled by a host process after the first read is never hit.
 pub fn empty_cgroups(journal: &Journal, me: Pid) {
     for _ in 0..400 {
-        let mut left = Vec::new();
-        for record in &journal.state.cgroups {
-            left.extend(cgroup::procs(&record.dir).unwrap_or_default());
-        }
-        left.retain(|p| i32::try_from(*p).is_ok_and(|p| p != me.as_raw()));
         while waitpid(Pid::from_raw(-1), libc::WNOHANG).is_some() {}
-        if left.is_empty() {
-            return;
-        }
-        for p in left {
-            if let Ok(p) = i32::try_from(p) {
-                kill(Pid::from_raw(p), Signal::SIGKILL);
+        let mut left = false;
+        for record in &journal.state.cgroups {
+            let listed = |p: &u32| i32::try_from(*p).is_ok_and(|p| p != me.as_raw());
+            let first: Vec<u32> = cgroup::procs(&record.dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(listed)
+                .collect();
+            if first.is_empty() {
+                continue;
             }
+            left = true;
+            let held: Vec<(u32, OwnedFd)> = first
+                .iter()
+                .filter_map(|&p| {
+                    let pid = Pid::from_raw(i32::try_from(p).ok()?);
+                    Some((p, pidfd_open(pid)?))
+                })
+                .collect();
+            let again = cgroup::procs(&record.dir).unwrap_or_default();
+            for (p, fd) in &held {
+                if again.contains(p) {
+                    pidfd_kill(fd, Signal::SIGKILL);
+                }
+            }
+        }
+        if !left {
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

@@ -4,7 +4,8 @@
 //! Raw calls: `waitpid` (nix's `WaitStatus` cannot hold a death by a real-time signal: its
 //! `waitpid` would reap the child and return EINVAL), `_exit` (nix has no wrapper) and
 //! `clone3` (a fork whose child is born in a cgroup: `CLONE_INTO_CGROUP`, Linux 5.7; the
-//! jailer needs 5.9 for close_range anyway). `fork` is nix's, still `unsafe`.
+//! jailer needs 5.9 for close_range anyway), `pidfd_open` and `pidfd_send_signal` (signals that
+//! cannot reach a recycled pid; nix has no wrappers). `fork` is nix's, still `unsafe`.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -127,6 +128,32 @@ pub fn waitpid(pid: Pid, flags: libc::c_int) -> Option<(Pid, libc::c_int)> {
 /// Sends `signal`; a target that is already gone is not an error.
 pub fn kill(pid: Pid, signal: Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
+}
+
+/// A descriptor of the process that has `pid` now, if there is one.
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let raw = i32::try_from(rc).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `raw` is a descriptor the kernel just returned and nothing else owns.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// Sends `signal` to the process `pidfd` names, however its pid was reused since; one that
+/// has exited is not an error.
+pub fn pidfd_kill(pidfd: &OwnedFd, signal: Signal) {
+    // SAFETY: `pidfd` is a valid pidfd for the call's duration; a null siginfo is allowed
+    // (the kernel fills it as for kill(2)); no other memory is passed.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as i32,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
 }
 
 /// Points stdin, stdout and stderr at /dev/null.

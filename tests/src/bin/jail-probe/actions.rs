@@ -77,6 +77,25 @@ pub fn fork_children(n: usize) {
     }
 }
 
+/// Forks `n` children that sleep for a minute and leaves them behind (the probe goes on, and
+/// ends without waiting for them): what the jail's keeper must kill when the jail ends.
+pub fn orphans(n: usize) {
+    let mut created = 0;
+    for _ in 0..n {
+        // SAFETY: the child only sleeps and exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                std::thread::sleep(Duration::from_secs(60));
+                // SAFETY: _exit has no preconditions.
+                unsafe { libc::_exit(0) };
+            }
+            -1 => break,
+            _ => created += 1,
+        }
+    }
+    say("orphans.created", created);
+}
+
 pub fn alloc(mib: usize) {
     let mut blocks: Vec<Vec<u8>> = Vec::new();
     for i in 0..mib {

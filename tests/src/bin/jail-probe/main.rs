@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use actions::{
     abstract_listen, alloc, connect_tcp, fork_children, kvm, mmap_huge, nest, open_many,
-    open_result, recv_fd, send_udp, syscall, tap, threads, tty_ioctls, write_file,
+    open_result, orphans, recv_fd, send_udp, syscall, tap, threads, tty_ioctls, write_file,
 };
 use report::{open_fds, report};
 
@@ -82,6 +82,7 @@ fn main() {
             "sleep" => std::thread::sleep(Duration::from_millis(num(it.next()) as u64)),
             "threads" => threads(num(it.next())),
             "fork" => fork_children(num(it.next())),
+            "orphans" => orphans(num(it.next())),
             "alloc" => alloc(num(it.next())),
             "open" => {
                 let p = text(it.next());
