@@ -1,6 +1,7 @@
 //! The API thread end to end over a real Unix socket, with the controller on a stand-in VMM
 //! thread and a fake microVM: keep-alive, pipelining, limits, slow and silent clients.
 
+use super::stand_in::StandInVm;
 use super::{Controller, Microvm, Outcome};
 use crate::api::{start, Limits, RequestError};
 use crate::resources::VmResources;
@@ -8,38 +9,6 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-struct NoVm;
-
-impl Microvm for NoVm {
-    fn pause(&mut self) -> Result<(), String> {
-        Ok(())
-    }
-    fn resume(&mut self) -> Result<(), String> {
-        Ok(())
-    }
-    fn send_ctrl_alt_del(&mut self) -> Result<(), String> {
-        Ok(())
-    }
-    fn update_drive(&mut self, _: &str, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-    fn update_drive_rate_limiter(
-        &mut self,
-        _: &str,
-        _: &crate::resources::RateLimiterConfig,
-    ) -> Result<(), String> {
-        Ok(())
-    }
-    fn update_net_rate_limiters(
-        &mut self,
-        _: &str,
-        _: Option<&crate::resources::RateLimiterConfig>,
-        _: Option<&crate::resources::RateLimiterConfig>,
-    ) -> Result<(), String> {
-        Ok(())
-    }
-}
 
 /// Starts an API server on a fresh socket, with a VMM thread answering through a controller.
 fn serve(limits: Limits) -> PathBuf {
@@ -50,14 +19,14 @@ fn serve(limits: Limits) -> PathBuf {
     let chan = start(&path, limits).unwrap();
     std::thread::spawn(move || {
         let mut c = Controller::new("unit", VmResources::default());
-        let mut vm: Option<NoVm> = None;
+        let mut vm: Option<StandInVm> = None;
         loop {
             let _ = chan.wait(Duration::from_secs(1));
             let alive = chan.handle_pending(|r| {
                 let reply = match c.handle(r, vm.as_mut().map(|v| v as &mut dyn Microvm)) {
                     Outcome::Reply(reply) => reply,
                     Outcome::Start => {
-                        vm = Some(NoVm);
+                        vm = Some(StandInVm::default());
                         c.finish_start(Ok(()))
                     }
                     Outcome::Load(_) => c.finish_load(Err("no snapshots here".into())),

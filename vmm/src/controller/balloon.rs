@@ -84,6 +84,7 @@ impl Controller {
 mod tests {
     use super::*;
     use crate::api::RequestError;
+    use crate::controller::stand_in::StandInVm;
     use crate::controller::Outcome;
     use crate::devices::virtio::balloon::BalloonParams;
     use crate::devices::virtio::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -95,7 +96,7 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     /// A running microVM whose only part is a started balloon over 8 MiB of memory.
-    struct BalloonVm(Arc<Mutex<Balloon>>, Arc<Interrupt>);
+    struct BalloonVm(StandInVm, Arc<Interrupt>);
 
     impl BalloonVm {
         fn new(cfg: &BalloonConfig) -> Self {
@@ -121,45 +122,15 @@ mod tests {
                 interrupt: irq.clone(),
             })
             .unwrap();
-            BalloonVm(Arc::new(Mutex::new(dev)), irq)
-        }
-    }
-
-    impl Microvm for BalloonVm {
-        fn pause(&mut self) -> Result<(), String> {
-            Ok(())
-        }
-        fn resume(&mut self) -> Result<(), String> {
-            Ok(())
-        }
-        fn send_ctrl_alt_del(&mut self) -> Result<(), String> {
-            Ok(())
-        }
-        fn update_drive(&mut self, _: &str, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-        fn update_drive_rate_limiter(
-            &mut self,
-            _: &str,
-            _: &crate::resources::RateLimiterConfig,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        fn update_net_rate_limiters(
-            &mut self,
-            _: &str,
-            _: Option<&crate::resources::RateLimiterConfig>,
-            _: Option<&crate::resources::RateLimiterConfig>,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
-            Some(self.0.clone())
+            let vm = StandInVm {
+                balloon: Some(Arc::new(Mutex::new(dev))),
+            };
+            BalloonVm(vm, irq)
         }
     }
 
     fn reply(c: &mut Controller, req: ApiRequest, vm: Option<&mut BalloonVm>) -> Reply {
-        match c.handle(req, vm.map(|v| v as &mut dyn Microvm)) {
+        match c.handle(req, vm.map(|v| &mut v.0 as &mut dyn Microvm)) {
             Outcome::Reply(r) => r,
             _ => panic!("not a plain request"),
         }

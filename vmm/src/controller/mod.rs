@@ -531,4 +531,8 @@ fn elapsed_us(t: Instant) -> u64 {
 #[cfg(test)]
 mod api_tests;
 #[cfg(test)]
+mod mmds_tests;
+#[cfg(test)]
+mod stand_in;
+#[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 #[derive(Default)]
-struct Log(Rc<RefCell<Vec<String>>>);
+pub(super) struct Log(Rc<RefCell<Vec<String>>>);
 
 struct FakeVm(Rc<RefCell<Vec<String>>>);
 
@@ -52,7 +52,7 @@ impl Microvm for FakeVm {
     }
 }
 
-fn temp_file(name: &str) -> String {
+pub(super) fn temp_file(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("kiln-controller-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
@@ -61,15 +61,15 @@ fn temp_file(name: &str) -> String {
 }
 
 /// A controller with a stand-in run loop: it owns the fake microVM once started.
-struct Harness {
-    c: Controller,
+pub(super) struct Harness {
+    pub(super) c: Controller,
     vm: Option<FakeVm>,
     calls: Rc<RefCell<Vec<String>>>,
     fail_start: Option<String>,
 }
 
 impl Harness {
-    fn handle(&mut self, req: ApiRequest) -> Reply {
+    pub(super) fn handle(&mut self, req: ApiRequest) -> Reply {
         let vm = self.vm.as_mut().map(|v| v as &mut dyn Microvm);
         match self.c.handle(req, vm) {
             Outcome::Reply(r) => r,
@@ -94,7 +94,7 @@ impl Harness {
     }
 }
 
-fn controller(log: &Log) -> Harness {
+pub(super) fn controller(log: &Log) -> Harness {
     Harness {
         c: Controller::new("test-vm", VmResources::default()),
         vm: None,
@@ -103,14 +103,14 @@ fn controller(log: &Log) -> Harness {
     }
 }
 
-fn json(reply: Reply) -> serde_json::Value {
+pub(super) fn json(reply: Reply) -> serde_json::Value {
     match reply {
         Ok(VmmData::Json(s)) => serde_json::from_str(&s).unwrap(),
         other => panic!("expected JSON, got {other:?}"),
     }
 }
 
-fn err(reply: Reply) -> String {
+pub(super) fn err(reply: Reply) -> String {
     match reply {
         Err(e) => e.to_string(),
         Ok(v) => panic!("expected an error, got {v:?}"),
@@ -576,71 +576,4 @@ fn one_cpu_template_at_a_time_as_in_firecracker() {
     let cfg = json(c.handle(ApiRequest::GetVmConfig));
     assert_eq!(cfg["entropy"], serde_json::json!({"rate_limiter": null}));
     assert_eq!(cfg["serial"]["rate_limiter"]["size"], 100);
-}
-
-/// MMDS: the data store through the API (PUT, PATCH, GET, the size limit as 413), and
-/// `PUT /mmds/config` only before boot, against the interfaces configured.
-#[test]
-fn mmds_requests_reach_the_store() {
-    use crate::mmds::{MmdsVersion, OutputFormat};
-    use serde_json::json;
-    let log = Log::default();
-    let mut c = controller(&log);
-    c.c.resources
-        .network_interfaces
-        .push(NetworkInterfaceConfig {
-            iface_id: "eth0".into(),
-            host_dev_name: "tap0".into(),
-            ..Default::default()
-        });
-    c.c.set_mmds(crate::mmds::shared(64));
-    assert_eq!(json(c.handle(ApiRequest::GetMmds)), json!({}));
-    let e = c
-        .handle(ApiRequest::PatchMmds(json!({"a": 1})))
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("PUT /mmds a document before patching"),
-        "{e}"
-    );
-    assert_eq!(RequestError::from(e).status(), 400);
-    c.handle(ApiRequest::PutMmds(json!({"a": {"b": "c"}, "d": 1})))
-        .unwrap();
-    c.handle(ApiRequest::PatchMmds(json!({"d": null, "e": "f"})))
-        .unwrap();
-    assert_eq!(
-        json(c.handle(ApiRequest::GetMmds)),
-        json!({"a": {"b": "c"}, "e": "f"})
-    );
-    let e = c
-        .handle(ApiRequest::PutMmds(json!({"big": "x".repeat(64)})))
-        .unwrap_err();
-    assert!(e.to_string().contains("limited to 64 bytes"), "{e}");
-    assert_eq!(RequestError::from(e).status(), 413);
-    let cfg = |ifaces: &[&str]| crate::resources::MmdsConfig {
-        version: MmdsVersion::V2,
-        network_interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
-        ipv4_address: None,
-        imds_compat: true,
-    };
-    let e = err(c.handle(ApiRequest::PutMmdsConfig(cfg(&["eth1"]))));
-    assert!(e.contains("\"eth1\" is not configured"), "{e}");
-    c.handle(ApiRequest::PutMmdsConfig(cfg(&["eth0"]))).unwrap();
-    {
-        let store = crate::sync::lock(c.c.mmds());
-        assert_eq!(store.version(), MmdsVersion::V2);
-        assert_eq!(store.read("/a", OutputFormat::Json).unwrap(), "b");
-    }
-    let vm_config = json(c.handle(ApiRequest::GetVmConfig));
-    assert_eq!(vm_config["mmds-config"]["ipv4_address"], "169.254.169.254");
-    c.c.resources.boot_source = Some(BootSourceConfig {
-        kernel_image_path: temp_file("mmds-kernel"),
-        ..Default::default()
-    });
-    c.handle(ApiRequest::Action(Action::InstanceStart)).unwrap();
-    let e = err(c.handle(ApiRequest::PutMmdsConfig(cfg(&["eth0"]))));
-    assert!(e.contains("only possible before InstanceStart"), "{e}");
-    // The document stays writable while the microVM runs.
-    c.handle(ApiRequest::PatchMmds(json!({"e": "g"}))).unwrap();
-    assert_eq!(json(c.handle(ApiRequest::GetMmds))["e"], "g");
 }

@@ -1,0 +1,41 @@
+//! A stand-in microVM for the controller's tests: every request it would carry out succeeds
+//! and does nothing; a balloon device may be given to it.
+
+use super::Microvm;
+use crate::devices::virtio::balloon::Balloon;
+use crate::resources::RateLimiterConfig;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub(super) struct StandInVm {
+    pub(super) balloon: Option<Arc<Mutex<Balloon>>>,
+}
+
+impl Microvm for StandInVm {
+    fn pause(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn send_ctrl_alt_del(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn update_drive(&mut self, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn update_drive_rate_limiter(&mut self, _: &str, _: &RateLimiterConfig) -> Result<(), String> {
+        Ok(())
+    }
+    fn update_net_rate_limiters(
+        &mut self,
+        _: &str,
+        _: Option<&RateLimiterConfig>,
+        _: Option<&RateLimiterConfig>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
+        self.balloon.clone()
+    }
+}
