@@ -343,17 +343,22 @@ mod tests {
         assert!(!other.is_alive());
     }
 
+    /// A journal for jail `a` in `dir`.
+    fn new_journal(dir: &Path) -> Journal {
+        Journal::create(JailState {
+            id: "a".into(),
+            jail_dir: dir.to_path_buf(),
+            exec_dir: dir.parent().unwrap().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     #[test]
     fn journal_round_trip() {
         let dir = std::env::temp_dir().join(format!("kiln-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut j = Journal::create(JailState {
-            id: "a".into(),
-            jail_dir: dir.clone(),
-            exec_dir: dir.parent().unwrap().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut j = new_journal(&dir);
         j.record(|s| s.exec_dir_created = true).unwrap();
         j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
             .unwrap();
@@ -435,13 +440,7 @@ mod tests {
     fn a_process_is_recorded_once_and_the_last_one_completes_the_journal() {
         let dir = std::env::temp_dir().join(format!("kiln-state-proc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut j = Journal::create(JailState {
-            id: "a".into(),
-            jail_dir: dir.clone(),
-            exec_dir: dir.parent().unwrap().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap();
+        let mut j = new_journal(&dir);
         let me = std::process::id() as i32;
         j.record_process("jailer", me, false).unwrap();
         j.record_process("vmm", me, false).unwrap();
