@@ -380,6 +380,9 @@ fn empty(path: &Path, top: OwnedFd) -> Result<Failures, RemoveError> {
                 continue;
             }
             Ok(Pass::Done { left, .. }) => left,
+            // Removed by someone else since it was opened (a keeper removing the same jail):
+            // nothing is left in it.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => 0,
             Err(err) => {
                 walk.failures.add(depth, b".", "cannot list", Some(err));
                 1
