@@ -59,6 +59,10 @@ use clock::Clock;
 use state::Journal;
 use supervise::{Exit, JailSide, Role};
 
+/// The Firecracker release whose jailer flags and layout this jailer implements (what
+/// `--version` reports first: launchers written for Firecracker parse it).
+const FIRECRACKER_VERSION: &str = "1.17.0";
+
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
@@ -135,7 +139,11 @@ fn run() -> Result<Exit, Error> {
             return Ok(Exit::Code(0));
         }
         Command::Version => {
-            println!("jailer (Kiln) {}", env!("CARGO_PKG_VERSION"));
+            // Firecracker's jailer's first line (launchers parse it), then Kiln's version.
+            println!(
+                "Jailer v{FIRECRACKER_VERSION} (Kiln jailer {})",
+                env!("CARGO_PKG_VERSION")
+            );
             return Ok(Exit::Code(0));
         }
         Command::Cleanup(c) => {

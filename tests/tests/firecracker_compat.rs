@@ -88,6 +88,28 @@ fn flags_for_features_kiln_lacks_name_the_feature() {
     }
 }
 
+/// `--version` answers as Firecracker's binaries do on their first line (`Firecracker
+/// vX.Y.Z`, `Jailer vX.Y.Z`: launchers parse it to decide what they may use), naming the
+/// Firecracker release Kiln implements, then Kiln's own version.
+#[test]
+fn version_flags_name_the_firecracker_release_first() {
+    let out = vmm(&["--version"]);
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(
+        out.stdout.starts_with("Firecracker v1.17.0 (Kiln vmm "),
+        "{out}"
+    );
+    let out = run_with_timeout(
+        Command::new(require_bin("jailer")).arg("--version"),
+        TIMEOUT,
+    );
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(
+        out.stdout.starts_with("Jailer v1.17.0 (Kiln jailer "),
+        "{out}"
+    );
+}
+
 /// Firecracker's snapshot flags answer as Firecracker's do: the format version this VMM
 /// writes, the version of a state file, and exit code 0 (1 with the reason for a file that
 /// is not a state file). The snapshot suites (`snapshot.rs`) describe a real one.
