@@ -1,6 +1,6 @@
 //! The balloon's requests, as Firecracker decides them: `PUT /balloon` before
-//! `InstanceStart` only; `PATCH /balloon`, `GET` and `PATCH /balloon/statistics` on the
-//! running microVM only; `GET /balloon` in both, answering the configuration as it is now
+//! `InstanceStart` only; `PATCH /balloon`, `GET` and `PATCH /balloon/statistics` and the
+//! hinting commands (`/balloon/hinting/{start,status,stop}`) on the running microVM only; `GET /balloon` in both, answering the configuration as it is now
 //! (a `PATCH` changes the target and the interval in the resources too, so that
 //! `GET /vm/config` and a snapshot have them).
 
@@ -64,6 +64,27 @@ impl Controller {
                 }
                 Ok(VmmData::Empty)
             }
+            ApiRequest::StartBalloonHinting(cmd) => {
+                let dev = self.running_balloon(what, vm)?;
+                lock(&dev)
+                    .start_hinting(cmd.acknowledge_on_stop)
+                    .map_err(BalloonRequestError::from)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::GetBalloonHintingStatus => {
+                let dev = self.running_balloon(what, vm)?;
+                let status = lock(&dev)
+                    .hinting_status()
+                    .map_err(BalloonRequestError::from)?;
+                to_json(&status)
+            }
+            ApiRequest::StopBalloonHinting => {
+                let dev = self.running_balloon(what, vm)?;
+                lock(&dev)
+                    .stop_hinting()
+                    .map_err(BalloonRequestError::from)?;
+                Ok(VmmData::Empty)
+            }
             // `Controller::apply` sends only the balloon's requests here.
             other => Err(BalloonRequestError::NotBalloon(other.describe()).into()),
         }
@@ -105,6 +126,8 @@ mod tests {
                 amount_mib: cfg.amount_mib,
                 deflate_on_oom: cfg.deflate_on_oom,
                 stats_polling_interval_s: cfg.stats_polling_interval_s,
+                free_page_hinting: cfg.free_page_hinting,
+                free_page_reporting: cfg.free_page_reporting,
             })
             .unwrap();
             let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
