@@ -273,6 +273,82 @@ mod tests {
     }
 
     #[test]
+    fn hinting_requests_follow_firecracker() {
+        use crate::resources::HintingStart;
+        let start = |ack| {
+            ApiRequest::StartBalloonHinting(HintingStart {
+                acknowledge_on_stop: ack,
+            })
+        };
+        let mut c = Controller::new("b", VmResources::default());
+        for req in [
+            start(true),
+            ApiRequest::GetBalloonHintingStatus,
+            ApiRequest::StopBalloonHinting,
+        ] {
+            let what = req.describe();
+            let m = refused(reply(&mut c, req, None));
+            assert!(
+                m.starts_with(what) && m.contains("only possible after InstanceStart"),
+                "{m}"
+            );
+        }
+        // Started without a balloon.
+        c.resources.boot_source = Some(BootSourceConfig::default());
+        c.started = true;
+        let mut none = BalloonVm(
+            StandInVm { balloon: None },
+            BalloonVm::new(&BalloonConfig::default()).1,
+        );
+        let m = refused(reply(&mut c, start(true), Some(&mut none)));
+        assert_eq!(
+            m,
+            "no balloon device is configured (PUT /balloon before InstanceStart)"
+        );
+        // A balloon without hinting.
+        let mut plain = BalloonVm::new(&BalloonConfig::default());
+        for req in [
+            start(true),
+            ApiRequest::GetBalloonHintingStatus,
+            ApiRequest::StopBalloonHinting,
+        ] {
+            assert_eq!(
+                refused(reply(&mut c, req, Some(&mut plain))),
+                "balloon: free page hinting is disabled (free_page_hinting was false when the device was configured)"
+            );
+        }
+        // With hinting: runs 2 and 3, stopped with DONE (1); the guest sent nothing yet.
+        let cfg = BalloonConfig {
+            free_page_hinting: true,
+            ..BalloonConfig::default()
+        };
+        let mut vm = BalloonVm::new(&cfg);
+        let status = |c: &mut Controller, vm: &mut BalloonVm| {
+            json(reply(c, ApiRequest::GetBalloonHintingStatus, Some(vm)))
+        };
+        assert_eq!(
+            status(&mut c, &mut vm),
+            serde_json::json!({"host_cmd": 0, "guest_cmd": null})
+        );
+        assert!(matches!(
+            reply(&mut c, start(true), Some(&mut vm)),
+            Ok(VmmData::Empty)
+        ));
+        assert_eq!(vm.1.generation(), 1, "the driver is told");
+        assert_eq!(status(&mut c, &mut vm)["host_cmd"], 2);
+        reply(&mut c, start(false), Some(&mut vm)).unwrap();
+        assert_eq!(status(&mut c, &mut vm)["host_cmd"], 3);
+        assert!(matches!(
+            reply(&mut c, ApiRequest::StopBalloonHinting, Some(&mut vm)),
+            Ok(VmmData::Empty)
+        ));
+        assert_eq!(
+            status(&mut c, &mut vm),
+            serde_json::json!({"host_cmd": 1, "guest_cmd": null})
+        );
+    }
+
+    #[test]
     fn statistics_disabled_are_refused_by_name() {
         let mut c = Controller::new("b", VmResources::default());
         let cfg = BalloonConfig::default();
