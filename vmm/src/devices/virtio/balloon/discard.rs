@@ -86,16 +86,8 @@ pub fn discard_pfns(mem: &GuestMemoryMmap, pfns: &mut Vec<u32>) -> Discarded {
 /// `mem` (see the module documentation for what is refused).
 pub fn discard_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Discarded {
     let mut out = Discarded::default();
-    let aligned = addr.checked_add(len).and_then(|end| {
-        let from = addr.checked_next_multiple_of(PAGE_SIZE)?;
-        let to = end / PAGE_SIZE * PAGE_SIZE;
-        (from < to).then_some((from, to, from != addr || to != end))
-    });
-    let in_ram = |from: u64, to: u64| {
-        usize::try_from(to - from).is_ok_and(|n| mem.check_range(GuestAddress(from), n))
-    };
-    match aligned {
-        Some((from, to, cut)) if in_ram(from, to) => {
+    match whole_pages(mem, addr, len) {
+        Some((from, to, cut)) => {
             if cut {
                 out.unaligned += 1;
             }
@@ -116,6 +108,20 @@ pub fn discard_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Discarded {
     METRICS.balloon.unaligned_ranges.add(out.unaligned);
     METRICS.balloon.discard_fails.add(out.fails);
     out
+}
+
+/// The whole 4 KiB pages of guest range `addr..addr + len` (`from..to`, and whether the
+/// range was cut to them), if there are any and they are all guest RAM.
+pub fn whole_pages(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<(u64, u64, bool)> {
+    let end = addr.checked_add(len)?;
+    let from = addr.checked_next_multiple_of(PAGE_SIZE)?;
+    let to = end / PAGE_SIZE * PAGE_SIZE;
+    if from >= to {
+        return None;
+    }
+    let n = usize::try_from(to - from).ok()?;
+    mem.check_range(GuestAddress(from), n)
+        .then_some((from, to, from != addr || to != end))
 }
 
 /// The guest RAM region holding the whole page at `addr`: its end guest address, and

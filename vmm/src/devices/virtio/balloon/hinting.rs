@@ -15,7 +15,8 @@
 //!
 //! As in Firecracker, a range counts only while the host's id is a run's (not STOP or
 //! DONE) and the guest's last id is that run's: ranges of an old run, or sent before any
-//! id, are returned without dropping anything. A 4-byte device-writable buffer is not an
+//! id, are returned without dropping anything (a range that could never be dropped is
+//! still counted in `balloon.invalid_ranges`). A 4-byte device-writable buffer is not an
 //! id: it is taken as a range and refused (less than a page). `GET /balloon/hinting/status`
 //! answers the host's and the guest's last ids. A restored device says DONE (the run that
 //! was going on when the snapshot was taken is over).
@@ -126,6 +127,10 @@ impl Hinting {
             && self.host_cmd != CMD_ID_DONE
             && self.guest_cmd == Some(self.host_cmd);
         if !in_run {
+            // Not dropped; still counted when it could not have been.
+            if super::discard::whole_pages(mem, buf.addr.0, u64::from(buf.len)).is_none() {
+                METRICS.balloon.invalid_ranges.inc();
+            }
             return;
         }
         METRICS.balloon.free_page_hint_count.inc();
