@@ -11,9 +11,9 @@
 //! (`stats_polling_interval_s` > 0, `VIRTIO_BALLOON_F_STATS_VQ`), free page hinting
 //! (`free_page_hinting`, `VIRTIO_BALLOON_F_FREE_PAGE_HINT`, [`hinting`]) and free page
 //! reporting (`free_page_reporting`, `VIRTIO_BALLOON_F_REPORTING`, [`reporting`]). The
-//! driver keeps one buffer of statistics on the stats queue; the device reads it ([`stats`])
-//! and keeps it until the polling timer fires, then returns it so that the driver refills
-//! and posts it again. `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` is offered when `deflate_on_oom` is
+//! driver keeps one buffer of statistics on the stats queue (`stats_queue.rs`); the device
+//! reads it ([`stats`]) and keeps it until the polling timer fires, then returns it so that
+//! the driver refills and posts it again. `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` is offered when `deflate_on_oom` is
 //! set (the guest's driver then deflates under memory pressure on its own). As in
 //! Firecracker, `VIRTIO_BALLOON_F_PAGE_POISON` is not offered, so the configuration space
 //! is `num_pages`, `actual` and `free_page_hint_cmd_id` (12 bytes, no `poison_val`).
@@ -34,6 +34,7 @@ pub mod hinting;
 mod persist;
 mod reporting;
 pub mod stats;
+mod stats_queue;
 
 use super::queue::{self, add_used, pop_head, read_stream, total_len, walk_chain, Chain};
 use super::{
@@ -44,9 +45,7 @@ use crate::devices::timer::{Timer, TimerError};
 use crate::metrics::METRICS;
 use hinting::Hinting;
 use stats::BalloonStats;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -221,71 +220,6 @@ impl Balloon {
         Ok(())
     }
 
-    /// `PATCH /balloon/statistics`: a new polling interval (statistics stay on or off as
-    /// configured). The held buffer is returned now so that the new interval starts with
-    /// fresh values.
-    pub fn update_stats_interval(&mut self, interval_s: u16) -> Result<(), BalloonError> {
-        let from = self.params.stats_polling_interval_s;
-        if from == interval_s {
-            return Ok(());
-        }
-        if from == 0 || interval_s == 0 {
-            return Err(BalloonError::StatsStateChange {
-                from,
-                to: interval_s,
-            });
-        }
-        self.params.stats_polling_interval_s = interval_s;
-        self.return_stats_buffer();
-        self.arm_timer()?;
-        self.timer_running = self.active.is_some();
-        Ok(())
-    }
-
-    /// `GET /balloon/statistics`.
-    pub fn latest_stats(&self) -> Result<BalloonStats, BalloonError> {
-        if !self.stats_enabled() {
-            return Err(BalloonError::StatsDisabled);
-        }
-        Ok(BalloonStats {
-            target_pages: self.target_pages,
-            actual_pages: self.actual_pages,
-            target_mib: self.target_pages / PAGES_PER_MIB,
-            actual_mib: self.actual_pages / PAGES_PER_MIB,
-            ..self.stats
-        })
-    }
-
-    fn arm_timer(&self) -> Result<(), BalloonError> {
-        match &self.timer {
-            Some(t) => t
-                .arm(Duration::from_secs(u64::from(
-                    self.params.stats_polling_interval_s,
-                )))
-                .map_err(|e| BalloonError::Timer(e.to_string())),
-            None => Ok(()),
-        }
-    }
-
-    /// Gives the driver its stats buffer back (asking for fresh values).
-    fn return_stats_buffer(&mut self) {
-        let Some(head) = self.held_stats.take() else {
-            return;
-        };
-        let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
-            return;
-        };
-        let Some(q) = a.layout.stats.and_then(|i| a.queues.get_mut(i)) else {
-            return;
-        };
-        if let Err(e) = add_used(q, &a.mem, head, 0) {
-            a.broken = true;
-            queue_broken(&"the balloon", &mut self.warnings, &a.interrupt, &e);
-            return;
-        }
-        a.interrupt.signal_used_queue();
-    }
-
     /// Pops up to [`CHAINS_PER_EVENT`] chains of queue `index` and hands each to `take`
     /// before it is returned used (length 0: the device writes nothing).
     fn drain<F>(&mut self, index: usize, ctx: &mut EventCtx, mut take: F)
@@ -352,83 +286,6 @@ impl Balloon {
                 METRICS.balloon.deflated_pages.add(batch.len() as u64);
             }
         });
-    }
-
-    /// The stats queue: the newest buffer is read and kept; an older one still held (a
-    /// driver that posts more than one) is returned at once.
-    fn stats_posted(&mut self, ctx: &mut EventCtx) {
-        if let Some(t) = &self.timer {
-            ctx.watch(STATS_TIMER_TOKEN, t.as_raw_fd());
-            if !self.timer_running && self.active.is_some() {
-                match self.arm_timer() {
-                    Ok(()) => self.timer_running = true,
-                    Err(e) => {
-                        if self.warnings.take() {
-                            crate::log_warn!("balloon: {e}; statistics will not be polled");
-                        }
-                    }
-                }
-            }
-        }
-        let Balloon {
-            active,
-            held_stats,
-            stats,
-            warnings,
-            ..
-        } = self;
-        let Some(a) = active.as_mut().filter(|a| !a.broken) else {
-            return;
-        };
-        let Some(q) = a.layout.stats.and_then(|i| a.queues.get_mut(i)) else {
-            return;
-        };
-        let mut returned = false;
-        for served in 0..=CHAINS_PER_EVENT {
-            if served == CHAINS_PER_EVENT {
-                if queue::has_available(q, &a.mem) {
-                    ctx.again();
-                }
-                break;
-            }
-            let head = match pop_head(q, &a.mem) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    a.broken = true;
-                    queue_broken(&"the balloon", warnings, &a.interrupt, &e);
-                    return;
-                }
-            };
-            METRICS.balloon.stats_updates_count.inc();
-            if let Some(old) = held_stats.replace(head) {
-                METRICS.balloon.stats_update_fails.inc();
-                if let Err(e) = add_used(q, &a.mem, old, 0) {
-                    a.broken = true;
-                    queue_broken(&"the balloon", warnings, &a.interrupt, &e);
-                    return;
-                }
-                returned = true;
-            }
-            match walk_chain(q, &a.mem, head) {
-                Ok(chain) if chain.writable.is_empty() => {
-                    let mut buf = [0u8; stats::ENTRY_LEN * stats::MAX_ENTRIES];
-                    let want = usize::try_from(total_len(&chain.readable))
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    let n = read_stream(&a.mem, &chain.readable, 0, &mut buf[..want]);
-                    stats.update(&buf[..n]);
-                }
-                Ok(_) => METRICS.balloon.stats_update_fails.inc(),
-                Err(_) => {
-                    METRICS.virtio.invalid_chains.inc();
-                    METRICS.balloon.stats_update_fails.inc();
-                }
-            }
-        }
-        if returned {
-            a.interrupt.signal_used_queue();
-        }
     }
 }
 
