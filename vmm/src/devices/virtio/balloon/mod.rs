@@ -420,6 +420,8 @@ impl VirtioDevice for Balloon {
         self.timer_running = false;
         self.actual_pages = 0;
         self.hinting = Hinting::default();
+        // A device restored unstarted is started afresh by its driver.
+        self.restored = false;
     }
 
     fn is_activated(&self) -> bool {
