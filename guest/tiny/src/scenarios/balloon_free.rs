@@ -184,7 +184,9 @@ pub fn run(info: &BootInfo, con: &mut Console) {
             .dec(bytes)
             .end();
         if !wait(secs, || b.hint_cmd() == CMD_ID_DONE) {
-            con.error().s("balloon-free: the host never said DONE").end();
+            con.error()
+                .s("balloon-free: the host never said DONE")
+                .end();
             return;
         }
         con.line()
