@@ -504,7 +504,10 @@ impl Controller {
             | ApiRequest::PutBalloon(_)
             | ApiRequest::PatchBalloon(_)
             | ApiRequest::GetBalloonStats
-            | ApiRequest::PatchBalloonStats(_) => self.apply_balloon(req, vm),
+            | ApiRequest::PatchBalloonStats(_)
+            | ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::GetBalloonHintingStatus
+            | ApiRequest::StopBalloonHinting => self.apply_balloon(req, vm),
         }
     }
 }

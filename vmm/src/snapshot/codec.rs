@@ -131,11 +131,29 @@ impl Encoder {
 pub struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
+    minor: u16,
 }
 
 impl<'a> Decoder<'a> {
+    /// A decoder of data in this VMM's format version.
     pub fn new(data: &'a [u8]) -> Self {
-        Decoder { data, pos: 0 }
+        Self::with_minor(data, super::VERSION.minor)
+    }
+
+    /// A decoder of data written in minor format version `minor` (of this VMM's major
+    /// version): a field added in a later minor version is not read from it (its owner
+    /// takes its default).
+    pub fn with_minor(data: &'a [u8], minor: u16) -> Self {
+        Decoder {
+            data,
+            pos: 0,
+            minor,
+        }
+    }
+
+    /// The minor format version of the data.
+    pub fn minor(&self) -> u16 {
+        self.minor
     }
 
     /// Bytes not read yet.

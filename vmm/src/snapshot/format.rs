@@ -12,7 +12,9 @@ use hmac::Mac;
 /// The first 8 bytes of every Kiln snapshot state file.
 pub const MAGIC: [u8; 8] = *b"KILNSNAP";
 /// The format version this VMM writes and reads.
-pub const VERSION: Version = Version { major: 1, minor: 0 };
+/// v1.1: a virtio transport's state ends with its device's own state (the balloon's free
+/// page hinting run).
+pub const VERSION: Version = Version { major: 1, minor: 1 };
 /// Magic, version, flags, body length.
 pub const HEADER_LEN: usize = 24;
 /// HMAC-SHA256 or SHA-256: 32 bytes.
@@ -233,7 +235,7 @@ mod tests {
         v[8] = 2;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v2.0.0; this VMM reads v1.0.0 and older minor versions of it"
+            "the state file has format version v2.1.0; this VMM reads v1.1.0 and older minor versions of it"
         );
         let mut junk = vec![0u8; 100];
         junk[..8].copy_from_slice(b"NOTASNAP");
