@@ -132,6 +132,16 @@ impl Jail {
             .and_then(|c| i32::try_from(c.id()).ok())
     }
 
+    /// How long a start may take (unless the function says otherwise).
+    pub(super) fn start_timeout(&self) -> Duration {
+        self.cfg.start_timeout
+    }
+
+    /// Largest response (and log frame) accepted from the guest.
+    pub(super) fn max_response_bytes(&self) -> u32 {
+        self.cfg.max_response_bytes
+    }
+
     /// How long a stopping VMM gets before SIGKILL.
     pub(super) fn stop_grace(&self) -> Duration {
         self.cfg.stop_grace
