@@ -4,7 +4,6 @@
 //! and by the blank pool (machine-config ahead of demand; boot-source, vsock and
 //! `InstanceStart` once a function is assigned).
 
-use super::jail::Jail;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -37,23 +36,16 @@ pub enum ApiError {
     Exited,
 }
 
-/// The host path of the VMM's API socket in `jail`.
-pub(super) fn socket_of(jail: &Jail) -> PathBuf {
-    jail.dir()
-        .join("root")
-        .join(JAIL_API_SOCK.trim_start_matches('/'))
-}
-
-/// Waits until the VMM of `jail` accepts connections on its API socket (or exits, or the
-/// deadline passes).
+/// Waits until the VMM accepts connections on its API socket `sock` (or `exited()` says
+/// it is gone, or the deadline passes).
 pub(super) fn wait_up(
-    jail: &mut Jail,
+    sock: &Path,
     started: Instant,
     deadline: Instant,
+    mut exited: impl FnMut() -> bool,
 ) -> Result<(), ApiError> {
-    let sock = socket_of(jail);
-    while UnixStream::connect(&sock).is_err() {
-        if jail.supervisor_exited() {
+    while UnixStream::connect(sock).is_err() {
+        if exited() {
             return Err(ApiError::Exited);
         }
         if Instant::now() >= deadline {

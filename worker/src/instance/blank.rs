@@ -73,11 +73,11 @@ impl BlankInstance {
                 record::mark_blank(dir)?;
                 Ok(listener)
             })?;
-        if let Err(e) = api::wait_up(&mut jail, started, deadline) {
+        if let Err(e) = jail.wait_api(started, deadline) {
             return Err(api_error(&mut jail, e));
         }
         let machine = host_dir::machine_config(1, memory_mib).to_string();
-        let sock = api::socket_of(&jail);
+        let sock = jail.api_socket();
         if let Err(e) = api::request(&sock, "PUT", "/machine-config", &machine, deadline) {
             return Err(api_error(&mut jail, e));
         }
@@ -169,7 +169,7 @@ impl BlankInstance {
                 source,
             }
         })?;
-        let sock = api::socket_of(&jail);
+        let sock = jail.api_socket();
         let configure = [
             (
                 "/machine-config",

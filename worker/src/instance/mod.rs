@@ -131,6 +131,16 @@ impl Instance {
         Instance::start_with(cfg, function, Launch::Boot)
     }
 
+    /// A snapshot template of `function`: booted with its API and the snapshot's directory
+    /// writable ([`snapshot`]).
+    fn start_template(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+        files: &SnapshotFiles,
+    ) -> Result<Instance, InstanceError> {
+        Instance::start_with(cfg, function, Launch::Template(files))
+    }
+
     fn start_with(
         cfg: &Arc<InstanceConfig>,
         function: &Arc<Function>,

@@ -30,7 +30,6 @@ use super::api;
 use super::config::InstanceConfig;
 use super::error::InstanceError;
 use super::jail::{Jail, StopMode};
-use super::spawn::Launch;
 use super::Instance;
 use crate::function::Function;
 use crate::sync::lock;
@@ -153,7 +152,7 @@ pub(super) fn ensure(
         .and_then(|mut f| f.read_exact(&mut key))
         .map_err(io_err(Path::new("/dev/urandom")))?;
     write_new(&files.key, &key, 0o444)?;
-    let mut template = Instance::start_with(cfg, function, Launch::Template(&files))?;
+    let mut template = Instance::start_template(cfg, function, &files)?;
     let made = create(&mut template.jail, cfg.start_timeout);
     template.jail.stop(StopMode::Kill);
     made?;
@@ -186,7 +185,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstanceError> 
 /// Pauses the template and snapshots it into its `/snapshot` (authenticated).
 fn create(jail: &mut Jail, timeout: Duration) -> Result<(), InstanceError> {
     let deadline = Instant::now() + timeout;
-    let sock = api::socket_of(jail);
+    let sock = jail.api_socket();
     api::request(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, deadline)
         .map_err(|e| snapshot_err("create", e))?;
     let body = serde_json::json!({
@@ -208,7 +207,7 @@ pub(super) fn restore(
     started: Instant,
     deadline: Instant,
 ) -> Result<(), InstanceError> {
-    match api::wait_up(jail, started, deadline) {
+    match jail.wait_api(started, deadline) {
         Err(api::ApiError::Exited) => return Err(InstanceError::Exited(jail.exit_message())),
         Err(e) => return Err(snapshot_err("restore", e)),
         Ok(()) => {}
@@ -219,7 +218,7 @@ pub(super) fn restore(
         "resume_vm": true,
     });
     api::request(
-        &api::socket_of(jail),
+        &jail.api_socket(),
         "PUT",
         "/snapshot/load",
         &body.to_string(),
