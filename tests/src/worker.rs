@@ -35,6 +35,8 @@ pub struct Worker {
 }
 
 impl Worker {
+    // Not a `Default`: it checks /dev/kvm and builds echo.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Worker {
         require_kvm();
         let root = ScratchDir::short("kcw");
