@@ -26,9 +26,14 @@
 //! **Snapshot start.** A function whose manifest asks for it is booted once and snapshotted
 //! after its Hello; its cold instances are then restored from that snapshot ([`snapshot`]).
 //!
+//! **Blank instances.** A jail and a VMM with its API made before any function is known
+//! ([`blank`]); assigned to a function for life, it joins the start path above at the wait
+//! for the guest (`Instance::start_on_blank`): every start shares the code after its VMM
+//! runs the guest.
+//!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
 //! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`owner`], [`record`], [`output`],
-//! [`ready`], [`snapshot`].
+//! [`ready`], [`snapshot`], [`blank`], [`api`] (the VMM's API, from the worker's side).
 
 mod api;
 mod blank;

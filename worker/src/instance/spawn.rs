@@ -90,7 +90,7 @@ fn bind(host: &Path, jail: &str) -> OsString {
 /// The jailer's command line for instance `id` (uid = gid `uid`) whose files are in
 /// `host_dir`; `linux`: the function is a Linux one (the shared kernel, its own initramfs);
 /// `launch`: booted, or a snapshot's template or restore (the snapshot's files bound too,
-/// the VMM with its API).
+/// the VMM with its API), or blank (only the vsock directory bound, the VMM with its API).
 fn jailer_command(
     cfg: &InstanceConfig,
     id: &str,
