@@ -200,7 +200,7 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
             "MiB",
             &[pss_mib],
             None,
-            &format!("Pss of its {procs} processes (supervisor, VMM), {POOL} ready of {MEMORY_MIB} MiB; no guest memory yet"),
+            &format!("Pss of the {procs} processes of each (jailer supervisor, the jail's init, VMM), {POOL} ready of {MEMORY_MIB} MiB; no guest memory yet (allocated at InstanceStart)"),
         );
         t.add_note(
             "9 blank pool at rest: CPU per blank instance",
