@@ -12,7 +12,9 @@
 //! - **Refill, within a CPU budget.** One background thread starts at most one blank
 //!   instance at a time, for the size furthest below its count, and waits `refill_gap`
 //!   between starts so that a refill never takes more than one of the host's CPUs, and leaves
-//!   room for cold starts that find the pool empty.
+//!   room for cold starts that find the pool empty. It starts none while a blank instance
+//!   taken is being assigned ([`Assigning`]): the refill never competes with the cold start
+//!   it refills after.
 //! - **Replacement.** The same thread stops blank instances older than `max_age` (one per
 //!   round, so that a whole pool is not recreated at once) and any whose VMM or jailer died,
 //!   and the refill replaces them.
@@ -23,7 +25,7 @@
 use crate::instance::{BlankInfo, BlankInstance, InstanceConfig};
 use crate::sync::{lock, wait_timeout};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,7 +81,22 @@ pub struct BlankPool {
     sizes: Mutex<BTreeMap<u32, Size>>,
     wake: Condvar,
     stopping: AtomicBool,
+    /// Blank instances taken and not assigned yet (their cold starts still running).
+    assigning: AtomicUsize,
     refill: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A blank instance taken by a cold start, and the refill held back until its assignment
+/// is over (the guard dropped).
+pub struct Assigning<'a> {
+    pool: &'a BlankPool,
+}
+
+impl Drop for Assigning<'_> {
+    fn drop(&mut self) {
+        self.pool.assigning.fetch_sub(1, Ordering::AcqRel);
+        self.pool.wake.notify_all();
+    }
 }
 
 impl BlankPool {
@@ -95,6 +112,7 @@ impl BlankPool {
             sizes: Mutex::new(sizes),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
+            assigning: AtomicUsize::new(0),
             refill: Mutex::new(None),
         });
         let worker = pool.clone();
@@ -105,9 +123,10 @@ impl BlankPool {
         Ok(pool)
     }
 
-    /// A ready blank instance for `memory_mib` MiB functions, if there is one alive. Dead
-    /// ones found on the way are left for the refill thread to remove.
-    pub fn take(&self, memory_mib: u32) -> Option<BlankInstance> {
+    /// A ready blank instance for `memory_mib` MiB functions, if there is one alive, with the
+    /// guard that holds the refill back until it is dropped (once the assignment is over).
+    /// Dead ones found on the way are left for the refill thread to remove.
+    pub fn take(&self, memory_mib: u32) -> Option<(BlankInstance, Assigning<'_>)> {
         if self.stopping.load(Ordering::Acquire) {
             return None;
         }
@@ -117,9 +136,9 @@ impl BlankPool {
         let at = size.ready.iter_mut().position(BlankInstance::is_healthy)?;
         let blank = size.ready.remove(at);
         size.counts.taken += 1;
+        self.assigning.fetch_add(1, Ordering::AcqRel);
         drop(sizes);
-        self.wake.notify_all();
-        Some(blank)
+        Some((blank, Assigning { pool: self }))
     }
 
     /// Every size's ready instances and counts.
@@ -142,7 +161,9 @@ impl BlankPool {
             let gap_left = last_start
                 .map(|t| self.cfg.refill_gap.saturating_sub(t.elapsed()))
                 .unwrap_or_default();
-            let wanted = self.most_wanted();
+            let wanted = self
+                .most_wanted()
+                .filter(|_| self.assigning.load(Ordering::Acquire) == 0);
             if let (Some(memory_mib), true) = (wanted, gap_left.is_zero()) {
                 last_start = Some(Instant::now());
                 self.start_one(memory_mib);

@@ -209,7 +209,7 @@ impl Pools {
             .get()
             .filter(|_| BlankInstance::fits_kind(function))
             .and_then(|b| b.take(function.memory_mib));
-        if let Some(blank) = blank {
+        if let Some((blank, _assigning)) = blank {
             let id = blank.id().to_string();
             match Instance::start_on_blank(&self.instance_cfg, function, blank) {
                 Ok(i) => {
