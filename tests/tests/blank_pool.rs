@@ -9,6 +9,8 @@
 //!   another, even after that function's pool emptied and blank instances were taken again.
 //! - SIGKILL of a blank instance's VMM or of its jailer's supervisor: replaced, and nothing
 //!   of it is left.
+//! - Blank instances past `--blank-max-age-ms` are replaced; without `--blank-pool` there
+//!   is none.
 //! - SIGTERM of the worker, and SIGKILL of the worker followed by the documented recovery
 //!   (start it again, stop it): nothing left (mounts, cgroups, network namespaces, files,
 //!   records, worker locks, processes).
@@ -350,5 +352,43 @@ fn a_worker_killed_with_its_blank_pool_leaves_nothing_after_recovery() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop(&w, server);
+}
+
+#[test]
+fn blank_instances_past_their_age_are_replaced() {
+    let mut w = Worker::new();
+    let server = w.start_with(&["--blank-pool", "16:2", "--blank-max-age-ms", "400"]);
+    let first = ids(&wait_ready(&w, 16, 2, |_| true));
+    // Both replaced by younger ones (one per round of the refill thread), never fewer than
+    // the pool's count for long.
+    let later = ids(&wait_ready(&w, 16, 2, |r| ids(r).is_disjoint(&first)));
+    let counts = &size(&w, 16)["counts"];
+    assert!(counts["expired"].as_u64().unwrap_or(0) >= 2, "{counts}");
+    // The expired ones are gone: jails and records.
+    for id in &first {
+        assert!(!later.contains(id));
+        assert!(!record(&w, id).exists(), "{id}'s record is left");
+        assert!(
+            !w.chroot_base.join("vmm").join(id).exists(),
+            "{id}'s jail is left"
+        );
+    }
+    // A cold start still gets a blank instance.
+    let a = call(&w, "echo", r#"{"aged":true}"#);
+    assert!(vm_id(&a).starts_with("blank-"), "{a:?}");
+    stop(&w, server);
+}
+
+#[test]
+fn without_the_flag_there_is_no_blank_pool() {
+    let mut w = Worker::new();
+    let server = w.start();
+    assert_eq!(pool(&w)["sizes"], serde_json::json!([]));
+    let a = call(&w, "echo", r#"{"pool":false}"#);
+    assert!(vm_id(&a).starts_with("echo-"), "{a:?}");
+    assert!(w
+        .pids_where(|c| c.contains("--id blank-") && w.names_ours(c))
+        .is_empty());
     stop(&w, server);
 }
