@@ -26,7 +26,8 @@ build:  builds a function's image (NAME from --functions-dir, or a function dire
 invoke: starts a jailed microVM for function NAME, sends the event, prints the response
         (stdout) and the timings of each phase (stderr), and tears everything down. With
         --repeat N the same (warm) microVM serves N invocations.
-serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions) and AWS
+serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions, GET
+        /blank-pool) and AWS
         Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations) over HTTP on the
         Unix socket PATH and on TCP (--listen), with a pool of warm microVMs per function.
 
