@@ -27,9 +27,9 @@ invoke: starts a jailed microVM for function NAME, sends the event, prints the r
         (stdout) and the timings of each phase (stderr), and tears everything down. With
         --repeat N the same (warm) microVM serves N invocations.
 serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions, GET
-        /blank-pool) and AWS
-        Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations) over HTTP on the
-        Unix socket PATH and on TCP (--listen), with a pool of warm microVMs per function.
+        /blank-pool) and AWS Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations)
+        over HTTP on the Unix socket PATH and on TCP (--listen), with a pool of warm microVMs
+        per function (and, with --blank-pool, of pre-jailed blank ones for cold starts).
 
 Options:
   --functions-dir DIR        where functions live, one directory with a kiln.json each
