@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use kiln_tests::worker::{invoke, kill_if, request, Answer, Worker};
+use kiln_tests::worker::{cmdline_of, invoke, kill_if, request, Answer, Worker};
 
 /// `GET /blank-pool`.
 fn pool(w: &Worker) -> serde_json::Value {
@@ -390,5 +390,104 @@ fn without_the_flag_there_is_no_blank_pool() {
     assert!(w
         .pids_where(|c| c.contains("--id blank-") && w.names_ours(c))
         .is_empty());
+    stop(&w, server);
+}
+
+#[test]
+fn blank_and_assigned_instances_killed_under_load_lose_no_request_and_leave_nothing() {
+    let mut w = Worker::new();
+    let server = w.start_with(&["--blank-pool", "16:2", "--idle-timeout-ms", "200"]);
+    wait_ready(&w, 16, 2, |_| true);
+    let stop_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = ["echo", "hash", "echo"]
+        .into_iter()
+        .enumerate()
+        .map(|(c, function)| {
+            let (socket, stop_flag) = (w.socket.clone(), stop_flag.clone());
+            std::thread::spawn(move || {
+                let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+                let mut k = 0u64;
+                while !stop_flag.load(std::sync::atomic::Ordering::Acquire) {
+                    k += 1;
+                    let event = format!(r#"{{"client":{c},"n":{k}}}"#);
+                    let a = invoke(&socket, function, &event)
+                        .expect("kiln serve listens")
+                        .unwrap_or_else(|e| panic!("{function} {event}: no answer: {e}"));
+                    let key = if a.status == 200 {
+                        if function == "echo" {
+                            assert_eq!(a.body, format!(r#"{{"echo":{event}}}"#));
+                        }
+                        "answer".to_string()
+                    } else {
+                        let v: serde_json::Value = serde_json::from_str(&a.body)
+                            .unwrap_or_else(|_| panic!("{a:?} is no structured error"));
+                        let code = v["error"]["code"].as_str().unwrap_or_default();
+                        assert_eq!(code, "vm_exited", "{function} {event}: {a:?}");
+                        format!("error {code}")
+                    };
+                    *outcomes.entry(key).or_default() += 1;
+                    if k % 4 == 0 {
+                        // Let idle instances expire now and then: more cold starts.
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut kills: BTreeMap<&str, u64> = BTreeMap::new();
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(150));
+        n += 1;
+        let blanks = ready(&w, 16);
+        let Some(b) = blanks.get(n % blanks.len().max(1)) else {
+            continue;
+        };
+        let id = b["id"].as_str().unwrap_or_default().to_string();
+        let key = if n % 2 == 0 {
+            "vmm_pid"
+        } else {
+            "supervisor_pid"
+        };
+        let Some(pid) = b[key].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+            continue;
+        };
+        if kill_if(pid, &|c: &str| c.contains(&id)) {
+            *kills.entry(key).or_default() += 1;
+        }
+        // And now and then an assigned instance's VMM.
+        if n % 5 == 0 {
+            let is_assigned_vmm =
+                |c: &str| c.starts_with("/vmm ") && c.contains("--id blank-") && w.names_ours(c);
+            for pid in w.pids_where(is_assigned_vmm) {
+                let id_of = cmdline_of(pid).unwrap_or_default();
+                let listed = ready(&w, 16)
+                    .iter()
+                    .any(|b| b["id"].as_str().is_some_and(|i| id_of.contains(i)));
+                if !listed && kill_if(pid, &is_assigned_vmm) {
+                    *kills.entry("assigned vmm").or_default() += 1;
+                    break;
+                }
+            }
+        }
+    }
+    stop_flag.store(true, std::sync::atomic::Ordering::Release);
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for c in clients {
+        let o = c
+            .join()
+            .unwrap_or_else(|_| panic!("a client failed (above):\n{}", w.log_tail()));
+        for (k, v) in o {
+            *outcomes.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("kills {kills:?}; outcomes {outcomes:?}");
+    assert!(kills.values().sum::<u64>() >= 20, "{kills:?}");
+    assert!(
+        outcomes.get("answer").copied().unwrap_or(0) >= 30,
+        "{outcomes:?}"
+    );
     stop(&w, server);
 }
