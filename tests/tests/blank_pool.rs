@@ -426,7 +426,7 @@ fn blank_and_assigned_instances_killed_under_load_lose_no_request_and_leave_noth
                         format!("error {code}")
                     };
                     *outcomes.entry(key).or_default() += 1;
-                    if k % 4 == 0 {
+                    if k.is_multiple_of(4) {
                         // Let idle instances expire now and then: more cold starts.
                         std::thread::sleep(Duration::from_millis(300));
                     }
@@ -446,7 +446,7 @@ fn blank_and_assigned_instances_killed_under_load_lose_no_request_and_leave_noth
             continue;
         };
         let id = b["id"].as_str().unwrap_or_default().to_string();
-        let key = if n % 2 == 0 {
+        let key = if n.is_multiple_of(2) {
             "vmm_pid"
         } else {
             "supervisor_pid"
@@ -458,7 +458,7 @@ fn blank_and_assigned_instances_killed_under_load_lose_no_request_and_leave_noth
             *kills.entry(key).or_default() += 1;
         }
         // And now and then an assigned instance's VMM.
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             let is_assigned_vmm =
                 |c: &str| c.starts_with("/vmm ") && c.contains("--id blank-") && w.names_ours(c);
             for pid in w.pids_where(is_assigned_vmm) {
