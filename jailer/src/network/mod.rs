@@ -8,7 +8,7 @@
 //!   ([`tap`]), so the VMM can attach to it without any capability.
 //! * The egress firewall ([`firewall`]): an nftables table `inet kiln-<id>` in that namespace,
 //!   and the guest filter at each tap ([`tap_filter`]): table `netdev kiln-<id>`, loaded in
-//!   the same `nft` batch.
+//!   the same nf_tables transaction, sent over netlink by the jailer (`jailer::nftables`).
 //!
 //! The jail process joins the namespace later (`unshare.rs`) with the descriptor returned
 //! by [`prepare`].
@@ -26,7 +26,7 @@ pub use namespace::join;
 
 use crate::args::{Config, NetnsMode};
 use crate::state::{Journal, NetnsRecord, StateError};
-use firewall::NFT_PATHS;
+use jailer::nftables::{Family, NftError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -52,17 +52,8 @@ pub enum NetworkError {
     },
     #[error("bringing up interface {name}: {source}")]
     LinkUp { name: String, source: io::Error },
-    #[error("--firewall: nft not found in {NFT_PATHS:?}; install the Debian package nftables")]
-    NftMissing,
-    #[error("--firewall: running {nft}: {source}")]
-    NftSpawn { nft: String, source: io::Error },
-    #[error("--firewall: nft {action} table {table} failed ({status}): {stderr}")]
-    NftFailed {
-        action: &'static str,
-        table: String,
-        status: String,
-        stderr: String,
-    },
+    #[error("--firewall: {0}")]
+    Firewall(#[from] NftError),
     #[error("removing the network namespace {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -116,7 +107,7 @@ pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>
                     }
                 }
             })?;
-            firewall::load(&table, net.firewall, filtered, &net.egress)?;
+            drop(firewall::load(&table, net.firewall, filtered, &net.egress)?);
         }
         Ok(())
     })?;
@@ -145,10 +136,10 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
             }
             let mut families = Vec::new();
             if record.table.is_some() {
-                families.push("inet");
+                families.push(Family::Inet);
             }
             if record.tap_table.is_some() {
-                families.push("netdev");
+                families.push(Family::Netdev);
             }
             if let Some(table) = record.table.as_ref().or(record.tap_table.as_ref()) {
                 firewall::delete(table, &families)?;
@@ -158,3 +149,6 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
