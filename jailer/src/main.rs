@@ -103,6 +103,10 @@ enum Error {
 /// What the host-side steps leave for the split and the jail process.
 struct Prepared {
     netns: Option<OwnedFd>,
+    /// Held, never used: the firewall's netlink socket, closed last by the keeper (which
+    /// outlives the jail process's exec) so that its slow release is not on the way to the
+    /// VMM (`network::HostNetwork`).
+    _firewall: Option<jailer::nftables::Socket>,
     /// The cgroup the jail's first process is born in.
     fork_into: Option<cgroup::ForkInto>,
     userfaultfd: Option<u32>,
@@ -170,8 +174,9 @@ fn run() -> Result<Exit, Error> {
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
     let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
-        Ok((netns, fork_into)) => Prepared {
-            netns,
+        Ok((network, fork_into)) => Prepared {
+            netns: network.ns,
+            _firewall: network.firewall,
             fork_into,
             userfaultfd,
             seccomp,
@@ -203,18 +208,18 @@ fn host_side(
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<(Option<OwnedFd>, Option<cgroup::ForkInto>), Error> {
+) -> Result<(network::HostNetwork, Option<cgroup::ForkInto>), Error> {
     // Step 2 (continued): the root, with a private copy of the VMM.
     chroot::populate(config, journal)?;
     clock.step("2 chroot directory and VMM copy");
     // Step 3: cgroups, limits written, this process moved in before any fork (the v2 one
     // excepted: the jail's first process is born in it).
-    let fork_into = cgroups.apply(journal)?;
+    let fork_into = cgroups.apply(journal, clock)?;
     clock.step("3 cgroups");
     // Step 4: network namespace, taps, firewall.
-    let netns = network::prepare(config, journal)?;
+    let network = network::prepare(config, journal, clock)?;
     clock.step("4 host network");
-    Ok((netns, fork_into))
+    Ok((network, fork_into))
 }
 
 /// The jail process: steps 6 to 9, ending in exec.

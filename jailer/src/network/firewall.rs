@@ -32,7 +32,10 @@
 //! }
 //! ```
 //!
-//! Each table is replaced in the transaction: created if missing, deleted, created afresh.
+//! In a namespace the jailer just made, the tables are simply added. In a joined one, each
+//! is replaced in the transaction: created if missing, deleted, created afresh. Only then
+//! does the socket's release wait for nf_tables' deferred clean-up (of the deleted table):
+//! a transaction that only adds leaves nothing to clean up.
 
 use std::net::IpAddr;
 
@@ -149,12 +152,19 @@ fn loopback(key: MetaKey) -> Rule {
     rule
 }
 
-/// Adds the table `inet <table>` (replacing any of that name) to `batch`.
-pub fn ruleset(batch: &mut Batch, table: &str, allow: &[EgressAllow]) {
+/// Adds `family <table>` to `batch`; when `replace`, any of that name is deleted first.
+pub fn add_table(batch: &mut Batch, family: Family, table: &str, replace: bool) {
+    if replace {
+        batch.add_table(family, table);
+        batch.delete_table(family, table);
+    }
+    batch.add_table(family, table);
+}
+
+/// Adds the table `inet <table>` (replacing any of that name when `replace`) to `batch`.
+pub fn ruleset(batch: &mut Batch, table: &str, allow: &[EgressAllow], replace: bool) {
     let inet = Family::Inet;
-    batch.add_table(inet, table);
-    batch.delete_table(inet, table);
-    batch.add_table(inet, table);
+    add_table(batch, inet, table, replace);
     let chains = [
         ("input", HOOK_INPUT),
         ("forward", HOOK_FORWARD),
@@ -191,25 +201,37 @@ fn apply(batch: Batch) -> Result<Socket, NetworkError> {
     Ok(socket)
 }
 
-/// Loads, in one transaction in the calling thread's namespace, the egress firewall
-/// (`inet`, when `firewall`) and the filters of `taps` (`netdev`, when there are any); each
-/// table replaces any of its name. Returns the netlink socket, still open (`None`: nothing
-/// to load).
-pub fn load(
-    table: &str,
-    firewall: bool,
-    taps: &[Tap],
-    allow: &[EgressAllow],
-) -> Result<Option<Socket>, NetworkError> {
+/// What [`load`] loads.
+pub struct Tables<'a> {
+    pub name: &'a str,
+    /// The egress firewall (`inet`).
+    pub firewall: bool,
+    /// The taps whose guest filters to load (`netdev`, when there are any).
+    pub taps: &'a [Tap],
+    pub allow: &'a [EgressAllow],
+    /// Replace tables of the same names (a namespace the jailer did not just create).
+    pub replace: bool,
+}
+
+/// Loads the tables in one transaction in the calling thread's namespace. Returns the
+/// netlink socket, still open (`None`: nothing to load).
+pub fn load(tables: &Tables) -> Result<Option<Socket>, NetworkError> {
+    let Tables {
+        name: table,
+        firewall,
+        taps,
+        allow,
+        replace,
+    } = *tables;
     if !firewall && taps.is_empty() {
         return Ok(None);
     }
     let mut batch = Batch::new(FIRST_SEQ);
     if firewall {
-        ruleset(&mut batch, table, allow);
+        ruleset(&mut batch, table, allow, replace);
     }
     if !taps.is_empty() {
-        tap_filter::ruleset(&mut batch, table, taps, allow);
+        tap_filter::ruleset(&mut batch, table, taps, allow, replace);
     }
     apply(batch).map(Some)
 }

@@ -90,7 +90,7 @@ use jailer::nftables::batch::HOOK_INGRESS;
 use jailer::nftables::{Batch, CmpOp, Family, Hook, KeyType, Rule, Verdict, L3};
 
 use super::firewall::{
-    allow_rule, saddr_offset, ICMPV6, MLD2_LISTENER_REPORT, MLD_LISTENER_REPORT,
+    add_table, allow_rule, saddr_offset, ICMPV6, MLD2_LISTENER_REPORT, MLD_LISTENER_REPORT,
     ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_REDIRECT, ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
 };
 use crate::args::{EgressAllow, Tap};
@@ -113,11 +113,10 @@ const ARP_SPA: u32 = 14;
 const IP6_HOPLIMIT: u32 = 7;
 const ND_TARGET: u32 = 8;
 
-/// Adds the netdev table for `taps` (replacing any of that name) to `batch`.
-pub fn ruleset(batch: &mut Batch, table: &str, taps: &[Tap], allow: &[EgressAllow]) {
-    batch.add_table(NETDEV, table);
-    batch.delete_table(NETDEV, table);
-    batch.add_table(NETDEV, table);
+/// Adds the netdev table for `taps` (replacing any of that name when `replace`) to
+/// `batch`.
+pub fn ruleset(batch: &mut Batch, table: &str, taps: &[Tap], allow: &[EgressAllow], replace: bool) {
+    add_table(batch, NETDEV, table, replace);
     for tap in taps {
         tap_rules(batch, table, tap, allow);
     }

@@ -69,6 +69,21 @@ fn listing() -> (String, Vec<String>) {
     (text, rules)
 }
 
+fn tables<'a>(
+    name: &'a str,
+    taps: &'a [Tap],
+    allow: &'a [EgressAllow],
+    replace: bool,
+) -> firewall::Tables<'a> {
+    firewall::Tables {
+        name,
+        firewall: true,
+        taps,
+        allow,
+        replace,
+    }
+}
+
 fn assert_same_as_nft(fixture: &str, table: &str, taps: Vec<Tap>, allow: Vec<EgressAllow>) {
     let text = std::fs::read_to_string(format!(
         "{}/src/network/testdata/{fixture}",
@@ -81,20 +96,28 @@ fn assert_same_as_nft(fixture: &str, table: &str, taps: Vec<Tap>, allow: Vec<Egr
         run("nft", &["-f", "-"], Some(&text));
         listing()
     });
-    let table = table.to_owned();
-    let by_jailer = in_new_netns(&names, move || {
-        let socket = firewall::load(&table, true, &taps, &allow).unwrap();
-        assert!(socket.is_some());
-        listing()
-    });
-    assert_eq!(
-        by_jailer.0, by_nft.0,
-        "nft list ruleset differs for {fixture}"
-    );
-    assert_eq!(
-        by_jailer.1, by_nft.1,
-        "the expressions differ for {fixture}"
-    );
+    for replace in [false, true] {
+        let (table, taps, allow) = (table.to_owned(), taps.clone(), allow.clone());
+        let by_jailer = in_new_netns(&names, move || {
+            if replace {
+                // Tables of the same names with other rules, to be replaced.
+                let other = [parse_egress_flag("tcp,10.9.9.0/24,9").unwrap()];
+                firewall::load(&tables(&table, &taps[..taps.len().min(1)], &other, false)).unwrap();
+            }
+            let socket = firewall::load(&tables(&table, &taps, &allow, replace)).unwrap();
+            assert!(socket.is_some());
+            listing()
+        });
+        let how = if replace { "replacing" } else { "fresh" };
+        assert_eq!(
+            by_jailer.0, by_nft.0,
+            "nft list ruleset differs for {fixture} ({how})"
+        );
+        assert_eq!(
+            by_jailer.1, by_nft.1,
+            "the expressions differ for {fixture} ({how})"
+        );
+    }
     assert!(by_nft.0.contains("policy drop"), "{}", by_nft.0);
     assert!(by_nft.1.len() >= 7, "no rules read back: {:?}", by_nft.1);
 }
@@ -156,7 +179,7 @@ fn deleting_removes_the_tables_and_what_is_missing_is_no_error() {
     use jailer::nftables::Family;
     let tables = in_new_netns(&["kt3"], || {
         let taps = vec![parse_tap("kt3").unwrap()];
-        firewall::load("kiln-d", true, &taps, &[]).unwrap();
+        firewall::load(&tables("kiln-d", &taps, &[], false)).unwrap();
         firewall::delete("kiln-d", &[Family::Inet, Family::Netdev]).unwrap();
         // Again: nothing left to delete.
         firewall::delete("kiln-d", &[Family::Inet, Family::Netdev]).unwrap();
