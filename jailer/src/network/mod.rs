@@ -87,6 +87,15 @@ pub fn prepare(
     clock: &mut Clock,
 ) -> Result<HostNetwork, NetworkError> {
     let net = &config.network;
+    let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
+    let table = firewall::table_name(&config.id);
+    // The tables are journaled with the namespace, before anything is made: one journal
+    // write fewer, and removing a table that was never loaded is no error.
+    let tables = NetnsRecord {
+        table: net.firewall.then(|| table.clone()),
+        tap_table: (!filtered.is_empty()).then(|| table.clone()),
+        ..Default::default()
+    };
     let ns = match &net.mode {
         // The private namespace is made by the jail process itself (`unshare.rs`).
         NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
@@ -94,12 +103,12 @@ pub fn prepare(
             journal.record(|s| {
                 s.netns = Some(NetnsRecord {
                     path: path.clone(),
-                    ..Default::default()
+                    ..tables
                 })
             })?;
             namespace::open(path)?
         }
-        NetnsMode::Create => namespace::create(&config.id, journal)?,
+        NetnsMode::Create => namespace::create(&config.id, journal, tables)?,
     };
     clock.part(STEP, "1 namespace");
     let firewall = namespace::within(&ns, "of the jail", || {
@@ -120,20 +129,7 @@ pub fn prepare(
             })?;
             clock.part(STEP, &format!("3 tap {}", t.name));
         }
-        let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
         if net.firewall || !filtered.is_empty() {
-            let table = firewall::table_name(&config.id);
-            journal.record(|s| {
-                if let Some(n) = s.netns.as_mut() {
-                    if net.firewall {
-                        n.table = Some(table.clone());
-                    }
-                    if !filtered.is_empty() {
-                        n.tap_table = Some(table.clone());
-                    }
-                }
-            })?;
-            clock.part(STEP, "4 journal");
             let socket = firewall::load(&firewall::Tables {
                 name: &table,
                 firewall: net.firewall,
@@ -142,7 +138,7 @@ pub fn prepare(
                 // A namespace made just now holds no table to replace.
                 replace: !matches!(net.mode, NetnsMode::Create),
             })?;
-            clock.part(STEP, "5 firewall");
+            clock.part(STEP, "4 firewall");
             return Ok(socket);
         }
         Ok(None)
