@@ -77,6 +77,8 @@ pub struct Batch {
     next_set_id: u32,
     /// Rules added so far per chain (to number them in errors).
     rules: HashMap<String, usize>,
+    /// The ids of the named sets made in this batch (rules refer to them by name and id).
+    named_sets: HashMap<String, u32>,
 }
 
 /// A finished batch: its bytes and what each acknowledged message was.
@@ -125,6 +127,7 @@ impl Batch {
             objects: Vec::new(),
             next_set_id: 1,
             rules: HashMap::new(),
+            named_sets: HashMap::new(),
         }
     }
 
@@ -219,7 +222,9 @@ impl Batch {
 
     /// A dynamic set of at most `size` keys (filled from the packet path).
     pub fn add_set(&mut self, family: Family, table: &str, name: &str, key: KeyType, size: u32) {
-        self.set(family, table, name, key, SET_DYNAMIC, size);
+        let id = self.set(family, table, name, key, SET_DYNAMIC, size);
+        let key = format!("{} {table} {name}", family_name(family));
+        self.named_sets.insert(key, id);
     }
 
     /// A named packet counter.
@@ -257,8 +262,9 @@ impl Batch {
             self.w.str(2, ANON_SET_NAME); // NFTA_SET_ELEM_LIST_SET
             self.w.u32(4, id); // NFTA_SET_ELEM_LIST_SET_ID
             let list = self.w.nest(3); // NFTA_SET_ELEM_LIST_ELEMENTS
-            for e in &set.elements {
-                let elem = self.w.nest(1); // NFTA_LIST_ELEM
+            for (i, e) in set.elements.iter().enumerate() {
+                // Numbered from 1, as libnftnl numbers them (the kernel reads any type).
+                let elem = self.w.nest(u16::try_from(i + 1).unwrap_or(u16::MAX));
                 expr::value(&mut self.w, 1, e); // NFTA_SET_ELEM_KEY
                 self.w.end_nest(elem);
             }
@@ -266,6 +272,14 @@ impl Batch {
             self.w.end(m);
             if let Some(Expr::Lookup { id: slot, .. }) = rule.exprs.get_mut(set.lookup) {
                 *slot = Some(id);
+            }
+        }
+        for e in &mut rule.exprs {
+            if let Expr::Lookup { set, id, .. } | Expr::DynsetAdd { set, id } = e {
+                if id.is_none() {
+                    let key = format!("{} {table} {set}", family_name(family));
+                    *id = self.named_sets.get(&key).copied();
+                }
             }
         }
         let what = format!("chain {} {table} {chain}", family_name(family));

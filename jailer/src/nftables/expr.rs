@@ -94,9 +94,10 @@ pub enum Expr {
         id: Option<u32>,
         inverted: bool,
     },
-    /// Adds the register to a dynamic set.
+    /// Adds the register to a dynamic set (`id`: made in the same batch).
     DynsetAdd {
         set: String,
+        id: Option<u32>,
     },
     /// Counts the packet in a named counter object.
     Counter(String),
@@ -172,14 +173,19 @@ impl Expr {
                     w.u32(5, 1); // NFTA_LOOKUP_FLAGS: NFT_LOOKUP_F_INV
                 }
             }
-            Expr::DynsetAdd { set } => {
+            Expr::DynsetAdd { set, id } => {
                 w.u32(4, REG_1); // NFTA_DYNSET_SREG_KEY
-                w.str(1, set); // NFTA_DYNSET_SET_NAME
                 w.u32(3, 0); // NFTA_DYNSET_OP: NFT_DYNSET_OP_ADD
+                w.str(1, set); // NFTA_DYNSET_SET_NAME
+                if let Some(id) = id {
+                    w.u32(2, *id); // NFTA_DYNSET_SET_ID
+                }
             }
             Expr::Counter(name) => {
                 w.u32(1, 1); // NFTA_OBJREF_IMM_TYPE: NFT_OBJECT_COUNTER
-                w.str(2, name); // NFTA_OBJREF_IMM_NAME
+                             // NFTA_OBJREF_IMM_NAME, without the NUL (as libnftnl sends it; the kernel takes
+                             // a string attribute either way).
+                w.bytes(2, name.as_bytes());
             }
             Expr::LimitOver { rate, burst } => {
                 w.u64(1, *rate); // NFTA_LIMIT_RATE

@@ -87,3 +87,6 @@ impl KeyType {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -233,6 +233,7 @@ impl Rule {
     pub fn add_to(&mut self, set: &str) -> &mut Rule {
         self.push(Expr::DynsetAdd {
             set: set.to_owned(),
+            id: None,
         })
     }
 
