@@ -103,10 +103,11 @@ enum Error {
 /// What the host-side steps leave for the split and the jail process.
 struct Prepared {
     netns: Option<OwnedFd>,
-    /// Held, never used: the firewall's netlink socket, closed last by the keeper (which
-    /// outlives the jail process's exec) so that its slow release is not on the way to the
-    /// VMM (`network::HostNetwork`).
-    _firewall: Option<jailer::nftables::Socket>,
+    /// The firewall's netlink socket, held so that the keeper (which outlives the jail
+    /// process's exec) closes the last copy: its release may wait for nf_tables' deferred
+    /// clean-up, which is then not on the way to the VMM (`network::HostNetwork`). The jail
+    /// process drops its own copy as soon as it is one.
+    firewall: Option<jailer::nftables::Socket>,
     /// The cgroup the jail's first process is born in.
     fork_into: Option<cgroup::ForkInto>,
     userfaultfd: Option<u32>,
@@ -173,10 +174,10 @@ fn run() -> Result<Exit, Error> {
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
-    let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
+    let mut prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
         Ok((network, fork_into)) => Prepared {
             netns: network.ns,
-            _firewall: network.firewall,
+            firewall: network.firewall,
             fork_into,
             userfaultfd,
             seccomp,
@@ -194,7 +195,9 @@ fn run() -> Result<Exit, Error> {
     };
     clock.step("5 daemonize and split");
 
-    // Steps 6 to 9 in the jail process; it only comes back here on failure.
+    // Steps 6 to 9 in the jail process; it only comes back here on failure. The keeper holds
+    // a copy of the firewall's socket: dropping this one does not release it.
+    drop(prepared.firewall.take());
     let mut side = side;
     let Err(error) = enter_jail(&config, &prepared, &mut side, &mut clock);
     side.fail(&error.to_string());
