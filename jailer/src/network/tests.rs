@@ -216,3 +216,29 @@ fn a_refused_object_is_named_and_nothing_is_applied() {
     );
     assert_eq!(tables, "", "the transaction was applied in part");
 }
+
+#[test]
+fn many_taps_and_a_long_allow_list_go_in_one_transaction() {
+    // Some hundred kilobytes and thousands of messages: more than the default netlink
+    // send buffer, and far more messages than answers a socket buffer holds.
+    let names: Vec<String> = (0..24).map(|i| format!("kt{i}")).collect();
+    let taps: Vec<Tap> = names.iter().map(|n| parse_tap(n).unwrap()).collect();
+    let entries: Vec<String> = (0..60)
+        .map(|i| format!("tcp,10.{i}.0.0/16,{},{}", 1000 + i, 2000 + i))
+        .collect();
+    let entries: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let allow = allow(&entries);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (chains, rules) = in_new_netns(&names, move || {
+        firewall::load(&tables("kiln-m", &taps, &allow, true)).unwrap();
+        let text = run("nft", &["list", "ruleset"], None);
+        (
+            text.matches("\tchain ").count(),
+            text.matches("tcp dport { ").count(),
+        )
+    });
+    // inet: 3 chains; netdev: 7 per tap.
+    assert_eq!(chains, 3 + 24 * 7);
+    // Each entry in the forward and output chains, and in each tap's ip4 chain.
+    assert_eq!(rules, 60 * (2 + 24));
+}

@@ -1,13 +1,16 @@
 //! A transaction: `NFNL_MSG_BATCH_BEGIN`, the nf_tables messages (tables, chains, sets and
 //! their elements, counters, rules), `NFNL_MSG_BATCH_END`. The kernel applies all of it or
-//! nothing. Every message asks for an acknowledgement (`NLM_F_ACK`), and the batch keeps a
-//! description of each by sequence number, so that a refusal names the object refused.
+//! nothing. The kernel answers every message it refuses, and the last message asks for an
+//! acknowledgement (`NLM_F_ACK`): answered, the whole batch was read and applied. (One
+//! acknowledgement per message would make thousands of answers for a jail with many taps,
+//! more than a socket buffer holds.) The batch keeps a description of each message by
+//! sequence number, so that a refusal names the object refused.
 
 use std::collections::HashMap;
 
 use super::expr::{self, Expr};
 use super::rule::Rule;
-use super::wire::{Writer, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use super::wire::{Mark, Writer, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::{Family, KeyType, ANON_SET_NAME};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -79,6 +82,8 @@ pub struct Batch {
     rules: HashMap<String, usize>,
     /// The ids of the named sets made in this batch (rules refer to them by name and id).
     named_sets: HashMap<String, u32>,
+    /// The last message so far (the one that asks for an acknowledgement).
+    last: Option<Mark>,
 }
 
 /// A finished batch: its bytes and what each acknowledged message was.
@@ -90,9 +95,11 @@ pub struct Finished {
 }
 
 impl Finished {
-    /// How many acknowledgements the kernel sends for it.
-    pub fn acks(&self) -> usize {
-        self.objects.len()
+    /// The sequence number of the last message, the one acknowledged (`None`: the batch is
+    /// empty).
+    pub fn last_seq(&self) -> Option<u32> {
+        let n = u32::try_from(self.objects.len()).ok()?.checked_sub(1)?;
+        Some(self.first_seq.wrapping_add(n))
     }
 
     /// The object the message `seq` made (`None`: not one of this batch's).
@@ -128,27 +135,24 @@ impl Batch {
             next_set_id: 1,
             rules: HashMap::new(),
             named_sets: HashMap::new(),
+            last: None,
         }
     }
 
-    fn message(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        family: Family,
-        what: String,
-    ) -> super::wire::Mark {
+    fn message(&mut self, kind: u16, flags: u16, family: Family, what: String) -> Mark {
         let seq = self
             .first_seq
             .wrapping_add(u32::try_from(self.objects.len()).unwrap_or(u32::MAX));
         self.objects.push(what);
-        self.w.begin(
+        let mark = self.w.begin(
             (NFNL_SUBSYS_NFTABLES << 8) | kind,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             seq,
             family.nfproto(),
             0,
-        )
+        );
+        self.last = Some(mark);
+        mark
     }
 
     /// Creates the table (no error if it exists).
@@ -298,6 +302,9 @@ impl Batch {
     }
 
     pub fn finish(mut self) -> Finished {
+        if let Some(last) = self.last {
+            self.w.add_flags(last, NLM_F_ACK);
+        }
         let seq = self
             .first_seq
             .wrapping_add(u32::try_from(self.objects.len()).unwrap_or(u32::MAX));

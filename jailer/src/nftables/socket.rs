@@ -1,7 +1,8 @@
 //! The `NETLINK_NETFILTER` socket: sending a batch and reading its acknowledgements.
 //!
-//! nfnetlink handles a batch while `send` runs, so every acknowledgement is queued before
-//! `send` returns: they are read without waiting (as `nft` does). The socket is close-on-exec
+//! nfnetlink handles a batch while `send` runs, so every answer is queued before `send`
+//! returns: they are read without waiting (as `nft` does), up to the acknowledgement of the
+//! batch's last message. The socket is close-on-exec
 //! and its owner decides when it is closed: releasing it right after a transaction waits for
 //! nf_tables' deferred clean-up of that transaction (an RCU grace period, milliseconds), so
 //! the jailer closes it off the start-up path.
@@ -17,8 +18,10 @@ use super::reply::{self, ReplyError};
 
 /// `SOL_NETLINK` options.
 const NETLINK_CAP_ACK: libc::c_int = 10;
-/// Room for the acknowledgements of the largest batch (a few hundred messages).
+/// Room for the answers to a batch of which every message is refused (thousands).
 const RCVBUF: libc::c_int = 1 << 20;
+/// A batch is one netlink message of this many bytes at most without a larger send buffer.
+const SNDBUF_DEFAULT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -32,8 +35,8 @@ pub enum NftError {
     Reply(#[from] ReplyError),
     #[error("nftables refused {object}: {source}")]
     Refused { object: String, source: io::Error },
-    #[error("nftables acknowledged {got} of the batch's {want} messages")]
-    Unacknowledged { got: usize, want: usize },
+    #[error("nftables did not acknowledge the batch (its last message: {last})")]
+    Unacknowledged { last: String },
 }
 
 /// A `NETLINK_NETFILTER` socket in the calling thread's network namespace.
@@ -88,7 +91,15 @@ impl Socket {
 
     /// Sends the batch and checks that the kernel applied it.
     pub fn apply(&self, batch: &Finished) -> Result<(), NftError> {
+        let Some(last) = batch.last_seq() else {
+            return Ok(());
+        };
         let bytes = &batch.bytes;
+        if bytes.len() > SNDBUF_DEFAULT {
+            // The whole batch goes in one send (the kernel doubles the value).
+            let room = libc::c_int::try_from(bytes.len()).unwrap_or(libc::c_int::MAX);
+            self.set_option(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room);
+        }
         // SAFETY: the buffer is valid for reads of its length for the call.
         let sent =
             unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
@@ -102,9 +113,10 @@ impl Socket {
                 source,
             });
         }
-        let mut acks = Vec::new();
+        let mut refused = None;
+        let mut acknowledged = false;
         let mut buf = vec![0u8; 64 * 1024];
-        while acks.len() < batch.acks() {
+        while !acknowledged {
             // SAFETY: `buf` is valid for writes of its length for the call.
             let got = unsafe {
                 libc::recv(
@@ -116,7 +128,7 @@ impl Socket {
             };
             let Ok(got) = usize::try_from(got) else {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
+                if e.kind() == io::ErrorKind::WouldBlock || refused.is_some() {
                     break;
                 }
                 return Err(NftError::Receive(e));
@@ -124,9 +136,14 @@ impl Socket {
             if got == 0 {
                 break;
             }
-            acks.extend(reply::parse(&buf[..got])?);
+            for ack in reply::parse(&buf[..got])? {
+                if ack.error != 0 && refused.is_none() {
+                    refused = Some(ack);
+                }
+                acknowledged |= ack.seq == last;
+            }
         }
-        if let Some(bad) = acks.iter().find(|a| a.error != 0) {
+        if let Some(bad) = refused {
             let object = batch
                 .object(bad.seq)
                 .map_or_else(|| "the transaction".to_owned(), str::to_owned);
@@ -135,10 +152,9 @@ impl Socket {
                 source: io::Error::from_raw_os_error(bad.error.saturating_neg()),
             });
         }
-        if acks.len() < batch.acks() {
+        if !acknowledged {
             return Err(NftError::Unacknowledged {
-                got: acks.len(),
-                want: batch.acks(),
+                last: batch.object(last).unwrap_or_default().to_owned(),
             });
         }
         Ok(())

@@ -156,7 +156,7 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 /// The messages of a batch between BEGIN and END: (type, bytes after the header).
-fn messages(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+fn messages(bytes: &[u8]) -> Vec<(u16, bool, Vec<u8>)> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -164,9 +164,9 @@ fn messages(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
         let kind = u16::from_ne_bytes(bytes[at + 4..at + 6].try_into().unwrap());
         let flags = u16::from_ne_bytes(bytes[at + 6..at + 8].try_into().unwrap());
         if kind >> 8 == 10 {
-            // REQUEST | ACK, with CREATE (and APPEND for rules) on additions.
-            assert_eq!(flags & 0x5, 0x5, "message {kind:#x}: flags {flags:#x}");
-            out.push((kind, bytes[at + 16..at + len].to_vec()));
+            // REQUEST, with CREATE (and APPEND for rules) on additions; ACK checked below.
+            assert_eq!(flags & 0x1, 0x1, "message {kind:#x}: flags {flags:#x}");
+            out.push((kind, flags & 0x4 != 0, bytes[at + 16..at + len].to_vec()));
         }
         at += (len + 3) & !3;
     }
@@ -189,7 +189,12 @@ fn attr_offset(body: &[u8], kind: u16) -> Option<usize> {
 fn assert_as_nft(batch: Batch, nft: &[(u16, &str)]) {
     let ours = messages(&batch.finish().bytes);
     assert_eq!(ours.len(), nft.len(), "message count");
-    for (i, ((kind, body), (nft_kind, nft_hex))) in ours.iter().zip(nft).enumerate() {
+    // Only the last message asks for an acknowledgement.
+    let acked: Vec<bool> = ours.iter().map(|m| m.1).collect();
+    let mut want = vec![false; ours.len()];
+    want[ours.len() - 1] = true;
+    assert_eq!(acked, want, "NLM_F_ACK");
+    for (i, ((kind, _, body), (nft_kind, nft_hex))) in ours.iter().zip(nft).enumerate() {
         let nft_body = unhex(nft_hex);
         assert_eq!(kind, nft_kind, "message {i}: type");
         let anonymous_set = *kind == 0x0a09 && body.windows(7).any(|w| w == b"__set%d");
@@ -294,7 +299,8 @@ fn each_message_is_described_by_its_sequence_number() {
     batch.add_rule(Family::Inet, "t", "o", r.clone());
     batch.add_rule(Family::Inet, "t", "o", r);
     let done = batch.finish();
-    assert_eq!(done.acks(), 8);
+    assert_eq!(done.last_seq(), Some(107));
+    assert_eq!(Batch::new(1).finish().last_seq(), None);
     assert_eq!(done.object(100), Some("table inet t"));
     assert_eq!(done.object(101), Some("chain inet t o"));
     assert_eq!(done.object(102), Some("anonymous set 1 of inet t"));

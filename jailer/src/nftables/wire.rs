@@ -59,6 +59,13 @@ impl Writer {
         self.buf[mark.0..mark.0 + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// Adds `flags` to the header of the message started at `mark`.
+    pub fn add_flags(&mut self, mark: Mark, flags: u16) {
+        let at = mark.0 + 6;
+        let old = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]);
+        self.buf[at..at + 2].copy_from_slice(&(old | flags).to_ne_bytes());
+    }
+
     /// An attribute holding `data` (a payload longer than an attribute can say is cut to
     /// the length the header can hold: the kernel then rejects the message, never misreads
     /// it; nothing the jailer writes comes near 64 KiB).
