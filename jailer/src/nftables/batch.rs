@@ -86,7 +86,7 @@ pub struct Batch {
     last: Option<Mark>,
 }
 
-/// A finished batch: its bytes and what each acknowledged message was.
+/// A finished batch: its bytes and what each message makes.
 #[derive(Debug)]
 pub struct Finished {
     pub bytes: Vec<u8>,

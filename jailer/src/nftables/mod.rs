@@ -1,18 +1,20 @@
 //! nftables over netlink, from the jailer itself: the jail's firewall is one nf_tables
 //! transaction sent on a `NETLINK_NETFILTER` socket, with no `nft` process (whose start-up
 //! and socket release were most of the cost of a jail). A small encoder of our own rather
-//! than a crate: the pure-Rust ones (`rustables`, `nftnl`'s libnftnl bindings, `mnl`) bring
-//! a C library or a build-time binding generator and still need the rules spelled out
-//! expression by expression; what the jail needs is ~600 lines with no `unsafe` beyond the
-//! socket's four calls.
+//! than a crate, none of which earns its place: `rustables` 0.8 (pure Rust) is GPL-3.0,
+//! generates its bindings with bindgen at build time and brings seven more crates;
+//! `nftnl`/`mnl` bind the C libraries libnftnl and libmnl; `nftables` drives the `nft`
+//! binary through its JSON API (the process this replaces). Each would still need the rules
+//! spelled out expression by expression, which is most of the work; the encoder itself is a
+//! few hundred lines with no `unsafe` beyond the socket's calls.
 //!
 //! * [`wire`]: netlink messages and attributes;
 //! * [`expr`]: the expressions of a rule; [`rule`]: a rule built as `nft` builds it from its
 //!   text (the same expressions, so `nft list ruleset` reads the jail's rules back as text);
 //! * [`batch`]: the transaction (tables, chains, sets, counters, rules), each message
-//!   acknowledged and described, so that a refusal names its object;
+//!   described, so that a refusal names its object, the last one acknowledged;
 //! * [`reply`]: decoding the kernel's acknowledgements (input from the kernel: fuzzed);
-//! * [`socket`]: sending a batch and reading its acknowledgements.
+//! * [`socket`]: sending a batch and reading the kernel's answers.
 
 pub mod batch;
 pub mod expr;
