@@ -544,6 +544,23 @@ def mmds_seeds():
         write("mmds_http", name, bytes([opts]) + req)
 
 
+
+def nft_reply_seeds():
+    """nft_reply: the bytes of one recv; acknowledgements as the kernel sends them
+    (NETLINK_CAP_ACK: the request's header only), an error among them, a notification to
+    skip, a message cut short."""
+    def nlmsg(kind, seq, payload):
+        return struct.pack("=IHHII", 16 + len(payload), kind, 0, seq, 0) + payload
+
+    def nlack(seq, error):
+        request = struct.pack("=IHHII", 20, 0x0a00, 5, seq, 0)
+        return nlmsg(2, seq, struct.pack("=i", error) + request)
+
+    write("nft_reply", "acks", b"".join(nlack(s, 0) for s in range(1, 6)))
+    write("nft_reply", "error", nlack(1, 0) + nlack(2, -2) + nlack(3, 0))
+    write("nft_reply", "notify", nlmsg(0x0a10, 0, b"\x00\x00\x00\x0a") + nlack(1, 0))
+    write("nft_reply", "short", nlack(1, 0)[:30])
+
 if __name__ == "__main__":
     vm_config_seeds()
     api_seeds()
@@ -560,3 +577,4 @@ if __name__ == "__main__":
     balloon_seeds()
     snapshot_seeds()
     mmds_seeds()
+    nft_reply_seeds()
