@@ -79,6 +79,7 @@ pub fn run_command(config: &CleanupConfig) -> Result<Cleaned, CleanupError> {
         }
         Ok(_) => return removed_by_journal(config, &dir, deadline),
     }
+    wait_for_jailers(config, deadline)?;
     Ok(if found {
         Cleaned::Removed
     } else {
@@ -99,6 +100,7 @@ fn removed_by_journal(
     loop {
         let Some(state) = Journal::load(dir, &config.id)? else {
             let Some(last) = last else {
+                wait_for_jailers(config, deadline)?;
                 return Ok(match dir.exists() {
                     true => Cleaned::NotTheJailers(dir.to_path_buf()),
                     // Its last keeper finished removing it just now.
@@ -140,6 +142,74 @@ fn removed_by_journal(
         last = Some(state);
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Waits (until `deadline`) for this jail's own jailer processes that no journal names any
+/// more: a keeper (supervisor, daemon) that removed the jail itself removes its journal and
+/// directory before it exits, so a cleanup that finds neither may run while it still does.
+/// They are found by executable (this jailer's) and command line (`--id ID`, not a
+/// `jailer cleanup`).
+fn wait_for_jailers(config: &CleanupConfig, deadline: Instant) -> Result<(), CleanupError> {
+    loop {
+        let pids = jailer_processes(&config.id);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CleanupError::Live {
+                id: config.id.clone(),
+                pids,
+                waited_ms: config.wait.as_millis(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Pids of processes running this jailer's executable for jail `id` (cleanups aside).
+fn jailer_processes(id: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata("/proc/self/exe") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if u32::try_from(pid).is_ok_and(|p| p == own) {
+            continue;
+        }
+        let same_exe = std::fs::metadata(format!("/proc/{pid}/exe"))
+            .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
+        if !same_exe {
+            continue;
+        }
+        // A zombie's command line reads empty: it is gone but for its exit status.
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        let names_id = args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+            || args
+                .iter()
+                .any(|a| a.strip_prefix(b"--id=") == Some(id.as_bytes()));
+        let is_cleanup = args.get(1).is_some_and(|a| *a == b"cleanup");
+        if names_id && !is_cleanup {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// Processes of the jail still alive, `exclude` aside: the recorded ones and any process in
