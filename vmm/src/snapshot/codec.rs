@@ -131,11 +131,30 @@ impl Encoder {
 pub struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
+    /// The format minor version the data was written in (the layout of a few values
+    /// depends on it).
+    minor: u16,
 }
 
 impl<'a> Decoder<'a> {
+    /// A decoder of data in this VMM's own format version.
     pub fn new(data: &'a [u8]) -> Self {
-        Decoder { data, pos: 0 }
+        Self::of_minor(data, super::VERSION.minor)
+    }
+
+    /// A decoder of data written in minor version `minor` of this VMM's major version
+    /// (the state file's header says which).
+    pub fn of_minor(data: &'a [u8], minor: u16) -> Self {
+        Decoder {
+            data,
+            pos: 0,
+            minor,
+        }
+    }
+
+    /// The format minor version being read.
+    pub fn minor(&self) -> u16 {
+        self.minor
     }
 
     /// Bytes not read yet.

@@ -11,8 +11,9 @@ use hmac::Mac;
 
 /// The first 8 bytes of every Kiln snapshot state file.
 pub const MAGIC: [u8; 8] = *b"KILNSNAP";
-/// The format version this VMM writes and reads.
-pub const VERSION: Version = Version { major: 1, minor: 0 };
+/// The format version this VMM writes and reads. Minor versions: 0, the first; 1, the
+/// VM's PIT became optional (a presence byte before it, `vstate::vm_state`).
+pub const VERSION: Version = Version { major: 1, minor: 1 };
 /// Magic, version, flags, body length.
 pub const HEADER_LEN: usize = 24;
 /// HMAC-SHA256 or SHA-256: 32 bytes.

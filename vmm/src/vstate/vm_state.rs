@@ -1,5 +1,5 @@
 //! The KVM VM's state for snapshots: the in-kernel irqchip (both PICs and the IOAPIC), the
-//! PIT and the kvmclock; what snapshots need to know of the host's KVM
+//! PIT (if the VM has one) and the kvmclock; what snapshots need to know of the host's KVM
 //! ([`SnapshotCaps`]); and KVM's dirty-page log for diff snapshots.
 //!
 //! Functions take the VM's descriptor ([`VmFd`]), so that [`super::vm`] can hold the
@@ -92,7 +92,9 @@ pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
-    pub pit: kvm_pit_state2,
+    /// `None`: the VM has no in-kernel PIT (`"pit": false`). Format v1.0 has a PIT always;
+    /// v1.1 writes a presence byte before it.
+    pub pit: Option<kvm_pit_state2>,
     pub clock: kvm_clock_data,
 }
 
@@ -100,6 +102,7 @@ impl std::fmt::Debug for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmState")
             .field("clock", &self.clock.clock)
+            .field("pit", &self.pit.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -114,10 +117,13 @@ fn irqchip(fd: &VmFd, chip_id: u32) -> Result<kvm_irqchip, VmStateError> {
 }
 
 impl VmState {
-    /// Reads the VM's state (every vCPU stopped).
-    pub fn save(fd: &VmFd) -> Result<VmState, VmStateError> {
+    /// Reads the VM's state (every vCPU stopped); `pit`: the VM has an in-kernel PIT.
+    pub fn save(fd: &VmFd, pit: bool) -> Result<VmState, VmStateError> {
         Ok(VmState {
-            pit: ioctl("KVM_GET_PIT2", fd.get_pit2())?,
+            pit: match pit {
+                true => Some(ioctl("KVM_GET_PIT2", fd.get_pit2())?),
+                false => None,
+            },
             clock: ioctl("KVM_GET_CLOCK", fd.get_clock())?,
             pic_master: irqchip(fd, KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: irqchip(fd, KVM_IRQCHIP_PIC_SLAVE)?,
@@ -125,11 +131,14 @@ impl VmState {
         })
     }
 
-    /// Loads it into a new VM whose vCPUs are restored. `realtime`: advance kvmclock by the
-    /// wall-clock time since the snapshot (`clock_realtime`); else it goes on from where it
-    /// stopped.
+    /// Loads it into a new VM whose vCPUs are restored, and which has a PIT if and only if
+    /// the state has one (the snapshot's configuration says so; checked by
+    /// `MicrovmState::check`). `realtime`: advance kvmclock by the wall-clock time since the
+    /// snapshot (`clock_realtime`); else it goes on from where it stopped.
     pub fn restore(&self, fd: &VmFd, realtime: bool) -> Result<(), VmStateError> {
-        ioctl("KVM_SET_PIT2", fd.set_pit2(&self.pit))?;
+        if let Some(pit) = &self.pit {
+            ioctl("KVM_SET_PIT2", fd.set_pit2(pit))?;
+        }
         let mut clock = self.clock;
         clock.flags = if realtime {
             if self.clock.flags & KVM_CLOCK_REALTIME == 0 {
@@ -152,7 +161,10 @@ impl Persist for VmState {
         e.pod(&self.pic_master);
         e.pod(&self.pic_slave);
         e.pod(&self.ioapic);
-        e.pod(&self.pit);
+        e.bool(self.pit.is_some());
+        if let Some(pit) = &self.pit {
+            e.pod(pit);
+        }
         e.pod(&self.clock);
     }
 
@@ -161,7 +173,12 @@ impl Persist for VmState {
             pic_master: d.pod("PIC (master)")?,
             pic_slave: d.pod("PIC (slave)")?,
             ioapic: d.pod("IOAPIC")?,
-            pit: d.pod("PIT")?,
+            // v1.0 (before the PIT became optional): always there, no presence byte.
+            pit: if d.minor() == 0 || d.bool("PIT present")? {
+                Some(d.pod("PIT")?)
+            } else {
+                None
+            },
             clock: d.pod("kvmclock")?,
         };
         for (chip, want, what) in [
