@@ -210,3 +210,88 @@ pub fn take_dirty_log(fd: &VmFd, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>,
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    fn state(pit: Option<kvm_pit_state2>) -> VmState {
+        let chip = |chip_id| kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER),
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE),
+            ioapic: chip(KVM_IRQCHIP_IOAPIC),
+            pit,
+            clock: kvm_clock_data {
+                clock: 0x1234_5678,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn a_pit() -> kvm_pit_state2 {
+        let mut pit = kvm_pit_state2::default();
+        pit.channels[0].count = 0xffff;
+        pit.channels[0].mode = 2;
+        pit.flags = 1;
+        pit
+    }
+
+    fn encoded(s: &VmState) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.put(s);
+        e.into_bytes()
+    }
+
+    #[test]
+    fn a_state_with_or_without_a_pit_round_trips() {
+        for pit in [Some(a_pit()), None] {
+            let bytes = encoded(&state(pit));
+            let back: VmState = Decoder::new(&bytes).get().unwrap();
+            assert_eq!(back.pit.is_some(), pit.is_some());
+            if let (Some(a), Some(b)) = (back.pit, pit) {
+                assert_eq!(a.as_bytes(), b.as_bytes());
+            }
+            assert_eq!(back.clock.clock, 0x1234_5678);
+            assert_eq!(encoded(&back), bytes, "canonical");
+        }
+        // No PIT: one byte instead of a presence byte and the PIT's state.
+        let with = encoded(&state(Some(a_pit()))).len();
+        let without = encoded(&state(None)).len();
+        assert_eq!(with - without, 4 + std::mem::size_of::<kvm_pit_state2>());
+    }
+
+    #[test]
+    fn format_v1_0_always_has_a_pit_and_no_presence_byte() {
+        let s = state(Some(a_pit()));
+        let mut e = Encoder::new();
+        e.pod(&s.pic_master);
+        e.pod(&s.pic_slave);
+        e.pod(&s.ioapic);
+        e.pod(&a_pit());
+        e.pod(&s.clock);
+        let v10 = e.into_bytes();
+        let mut d = Decoder::of_minor(&v10, 0);
+        let back: VmState = d.get().unwrap();
+        d.finish().unwrap();
+        assert_eq!(back.pit.map(|p| p.channels[0].count), Some(0xffff));
+        assert_eq!(back.clock.clock, 0x1234_5678);
+        // The same bytes read as v1.1 are not a state (the PIT's length prefix is taken
+        // for a presence byte).
+        assert!(Decoder::new(&v10).get::<VmState>().is_err());
+    }
+
+    #[test]
+    fn a_presence_byte_other_than_0_or_1_is_refused() {
+        let mut bytes = encoded(&state(None));
+        let at = 3 * (4 + std::mem::size_of::<kvm_irqchip>());
+        assert_eq!(bytes[at], 0);
+        bytes[at] = 2;
+        let err = Decoder::new(&bytes).get::<VmState>().unwrap_err();
+        assert!(err.to_string().contains("PIT present"), "{err}");
+    }
+}
