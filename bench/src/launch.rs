@@ -126,6 +126,11 @@ pub fn jail_id(opts: &Opts, n: usize) -> String {
 /// The jailer with the full default profile (`--cleanup-on-exit` always, so the jail is
 /// removed when the VMM ends) booting the tiny guest in config-file mode.
 pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command {
+    jailer_cmd_at(opts, &opts.base, n, cfg, layers)
+}
+
+/// [`jailer_cmd`] with the jails' chroot base `base` instead of the run's.
+pub fn jailer_cmd_at(opts: &Opts, base: &Path, n: usize, cfg: &Path, layers: Layers) -> Command {
     let uid = (UID_BASE + u32::try_from(n % 10_000).unwrap_or(0)).to_string();
     let mut c = Command::new(&opts.jailer);
     c.arg("--id")
@@ -134,7 +139,7 @@ pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command 
         .arg(&opts.vmm)
         .args(["--uid", &uid, "--gid", &uid])
         .arg("--chroot-base-dir")
-        .arg(&opts.base)
+        .arg(base)
         .args(["--parent-cgroup", PARENT_CGROUP, "--parent-cgroup-relative"])
         .arg("--profile")
         .arg(&opts.profile)

@@ -6,6 +6,11 @@
 //! what function images get; the row with the PIT is what a Linux guest (and every
 //! Firecracker VM) gets.
 //!
+//! The jailed row runs twice: with the run's chroot base, and with one on a tmpfs
+//! (`/dev/shm`): on a filesystem mounted with `discard` (the development hosts' root),
+//! removing the jail's files (its private copy of the VMM above all) waits for the
+//! device's discards.
+//!
 //! SIGTERM goes [`SETTLED`] after the guest's first serial byte (a VM that has run a
 //! while, as one torn down after serving anything), and in one row at the first byte:
 //! KVM frees the I/O buses replaced while the VM was built (irqchip creation) after an
@@ -14,7 +19,7 @@
 
 use crate::host::leaks;
 use crate::launch::{
-    firecracker_config_cmd, jailer_cmd, qemu_cmd, vmm_config_cmd, write_vm_config,
+    firecracker_config_cmd, jailer_cmd, jailer_cmd_at, qemu_cmd, vmm_config_cmd, write_vm_config,
     write_vm_config_pit, FULL,
 };
 use crate::opts::Opts;
@@ -60,6 +65,14 @@ pub fn bench_teardown(opts: &Opts, t: &mut Table) -> Result<(), String> {
     );
     let (mut jailed, mut bare, mut bare_pit, mut young, mut reset) =
         (vec![], vec![], vec![], vec![], vec![]);
+    // A chroot base on a tmpfs, when the host has one at /dev/shm.
+    let shm = Path::new("/dev/shm")
+        .is_dir()
+        .then(|| Path::new("/dev/shm").join(format!("kiln-bench-{}", std::process::id())));
+    if let Some(dir) = &shm {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let (mut jailed_shm, mut shm_left) = (vec![], 0);
     let (mut qemu, mut fc, mut qemu_young, mut fc_young) = (vec![], vec![], vec![], vec![]);
     let runs = opts.runs.min(10);
     let mut leaked = 0;
@@ -69,6 +82,14 @@ pub fn bench_teardown(opts: &Opts, t: &mut Table) -> Result<(), String> {
             SETTLED,
         )?);
         leaked += leaks(opts).len();
+        if let Some(dir) = &shm {
+            jailed_shm.push(sigterm_to_reaped(
+                jailer_cmd_at(opts, dir, i, &jcfg, FULL),
+                SETTLED,
+            )?);
+            shm_left += std::fs::read_dir(dir.join("vmm")).map_or(0, |d| d.count());
+            leaked += leaks(opts).len();
+        }
         bare.push(sigterm_to_reaped(vmm_config_cmd(opts, &cfg), SETTLED)?);
         bare_pit.push(sigterm_to_reaped(vmm_config_cmd(opts, &pit_cfg), SETTLED)?);
         young.push(sigterm_to_reaped(
@@ -129,6 +150,17 @@ pub fn bench_teardown(opts: &Opts, t: &mut Table) -> Result<(), String> {
             "\"pit\": false, SIGTERM 100 ms after the first byte; left over afterwards: {leaked}"
         ),
     );
+    if let Some(dir) = &shm {
+        let _ = std::fs::remove_dir(dir.join("vmm"));
+        let _ = std::fs::remove_dir(dir);
+        t.add_note(
+            "6 teardown, jailed with cleanup, chroot base on a tmpfs (/dev/shm)",
+            "ms",
+            &jailed_shm,
+            None,
+            &format!("as above; jail directories left over: {shm_left}"),
+        );
+    }
     t.add_note(
         "6 guest reset → jailer gone, jail removed",
         "ms",
