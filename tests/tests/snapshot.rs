@@ -387,6 +387,7 @@ fn bad_snapshots_and_requests_are_refused_and_the_vmm_stays_usable() {
     flipped[100] ^= 0x40;
     let mut version = bytes.clone();
     version[8] = 9;
+    version[10..12].copy_from_slice(&[0, 0]);
     let oversized = dir.join("oversized.snap");
     std::fs::File::create(&oversized)
         .unwrap()
