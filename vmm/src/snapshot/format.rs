@@ -232,9 +232,22 @@ mod tests {
         );
         let mut v = plain.clone();
         v[8] = 2;
+        v[10] = 0;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v2.0.0; this VMM reads v1.0.0 and older minor versions of it"
+            "the state file has format version v2.0.0; this VMM reads v1.1.0 and older minor versions of it"
+        );
+        // A newer minor version is refused, an older one read.
+        let mut v = plain.clone();
+        v[10] = 2;
+        assert_eq!(
+            describe(&v).unwrap_err().to_string(),
+            "the state file has format version v1.2.0; this VMM reads v1.1.0 and older minor versions of it"
+        );
+        v[10] = 0;
+        assert_eq!(
+            describe(&v).unwrap().version,
+            Version { major: 1, minor: 0 }
         );
         let mut junk = vec![0u8; 100];
         junk[..8].copy_from_slice(b"NOTASNAP");
