@@ -505,15 +505,16 @@ def snapshot_seeds():
     body += bytes([1]) + bytes([0x45, 3, 0, 0, 0, 0, 0]) + blob(b"") + bytes([0])  # i8042
     body += u32(0)                                                    # no virtio device
     rest = body
-    # The PIT (present: v1.1 writes a presence byte first) and the kvmclock; format v1.0,
-    # from before the PIT became optional, has no presence byte.
+    # The PIT (present: v1.2 writes a presence byte first) and the kvmclock; formats v1.0
+    # and v1.1, from before the PIT became optional, have no presence byte (and no device
+    # states at the end of virtio transports, which v1.1 added: there are none here).
     body = prefix + bytes([1]) + pod(112) + pod(48) + rest
     v10 = prefix + pod(112) + pod(48) + rest
     write("snapshot_state", "body", bytes([2]) + body)
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 1, 0, len(body))
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 0, len(body))
     write("snapshot_state", "file", bytes([0]) + header + body
           + hashlib.sha256(header + body).digest())
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 1, 1, len(body))
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 1, len(body))
     tag = hmac.new(bytes([0x4B] * 32), header + body, hashlib.sha256).digest()
     write("snapshot_state", "file-mac", bytes([1]) + header + body + tag)
     header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 0, len(v10))
@@ -553,6 +554,23 @@ def mmds_seeds():
         write("mmds_http", name, bytes([opts]) + req)
 
 
+
+def nft_reply_seeds():
+    """nft_reply: the bytes of one recv; acknowledgements as the kernel sends them
+    (NETLINK_CAP_ACK: the request's header only), an error among them, a notification to
+    skip, a message cut short."""
+    def nlmsg(kind, seq, payload):
+        return struct.pack("=IHHII", 16 + len(payload), kind, 0, seq, 0) + payload
+
+    def nlack(seq, error):
+        request = struct.pack("=IHHII", 20, 0x0a00, 5, seq, 0)
+        return nlmsg(2, seq, struct.pack("=i", error) + request)
+
+    write("nft_reply", "acks", b"".join(nlack(s, 0) for s in range(1, 6)))
+    write("nft_reply", "error", nlack(1, 0) + nlack(2, -2) + nlack(3, 0))
+    write("nft_reply", "notify", nlmsg(0x0a10, 0, b"\x00\x00\x00\x0a") + nlack(1, 0))
+    write("nft_reply", "short", nlack(1, 0)[:30])
+
 if __name__ == "__main__":
     vm_config_seeds()
     api_seeds()
@@ -569,3 +587,4 @@ if __name__ == "__main__":
     balloon_seeds()
     snapshot_seeds()
     mmds_seeds()
+    nft_reply_seeds()

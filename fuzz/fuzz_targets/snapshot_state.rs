@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => (bytes, VERSION.minor),
     };
-    let state = match Decoder::of_minor(body, minor).get::<MicrovmState>() {
+    let state = match Decoder::with_minor(body, minor).get::<MicrovmState>() {
         Ok(s) => s,
         Err(e) => {
             kiln_fuzz::debug(|| format!("decode: {e}"));

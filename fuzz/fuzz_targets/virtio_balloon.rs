@@ -1,20 +1,28 @@
 //! The virtio-balloon device end to end (`vmm/src/devices/virtio/balloon/`): a `Balloon`
-//! activated with the input's queue in the place of its inflate, deflate or stats queue,
-//! then notified, exactly as on the VMM thread: chains popped and walked, frame number lists
+//! with statistics, free page hinting and free page reporting, activated with the input's
+//! queue in the place of its inflate, deflate, stats, hinting or reporting queue, then
+//! notified, exactly as on the VMM thread: chains popped and walked, frame number lists
 //! read and checked against guest RAM, the pages of valid ones dropped from the mapping
 //! (`madvise(MADV_DONTNEED)` on the fuzz process's own guest memory), statistics entries
-//! parsed, extra stats buffers returned.
+//! parsed, extra stats buffers returned, hinting ids taken and reported or hinted ranges
+//! checked, cut to whole pages and dropped.
 //!
 //! Input: one byte of options (bits 0-1: which queue the input is, 0 inflate, 1 deflate,
-//! else stats; bits 2-3: how many extra notifications, 0 to 3; bit 4: write `actual` into
-//! the configuration space and read it back), 4 bytes (`actual`, little endian), then the
-//! queue (see `kiln_fuzz::guest`).
+//! else stats, unless bit 5 is set: then bit 6 chooses hinting (0) or reporting (1); bits
+//! 2-3: how many extra notifications, 0 to 3; bit 4: write `actual` into the configuration
+//! space and read it back; bit 7: a hinting run is started first), 4 bytes (`actual`, little
+//! endian; with bit 7, its low bit is `acknowledge_on_stop`), then the queue (see
+//! `kiln_fuzz::guest`).
 //!
 //! Besides "no panic", it checks the threat model's promises: every used entry has length 0
 //! (the device never writes into the guest's buffers), it publishes at most as many used
 //! entries as the driver made available, and guest memory changes only in the used ring
-//! or, for the inflate queue, in whole pages given back (now zero, but for the used ring if
-//! it lies there) whose frame numbers the guest wrote somewhere in its memory.
+//! or in whole pages given back (now zero, but for the used ring if it lies there): for the
+//! inflate queue pages whose frame numbers the guest wrote somewhere in its memory, for the
+//! reporting queue (and the hinting queue in a run) pages wholly inside a range a
+//! descriptor gave; the hinting queue without a run gives nothing back. The hinting status
+//! shows an id only the guest could have sent, and the host's id is STOP, the run's or
+//! DONE.
 #![no_main]
 
 use kiln_fuzz::guest::{GuestQueue, MAX_QUEUE_SIZE, REGION0, REGION1, REGION_LEN};
@@ -24,7 +32,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::devices::virtio::balloon::{Balloon, BalloonParams, F_STATS_VQ};
+use vmm::devices::virtio::balloon::{
+    Balloon, BalloonParams, F_FREE_PAGE_HINT, F_REPORTING, F_STATS_VQ,
+};
 use vmm::devices::virtio::{Activation, EventCtx, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -34,7 +44,12 @@ fuzz_target!(|data: &[u8]| {
     kiln_fuzz::setup();
     let mut input = Input::new(data);
     let options = input.u8();
-    let index = usize::from(options & 3).min(2);
+    let index = if options & 0x20 != 0 {
+        3 + usize::from((options >> 6) & 1)
+    } else {
+        usize::from(options & 3).min(2)
+    };
+    let run = options & 0x80 != 0;
     let turns = 1 + usize::from((options >> 2) & 3);
     let config = options & 0x10 != 0;
     let actual = u32::from_le_bytes([input.u8(), input.u8(), input.u8(), input.u8()]);
@@ -50,10 +65,12 @@ fuzz_target!(|data: &[u8]| {
         amount_mib: 0,
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
+        free_page_hinting: true,
+        free_page_reporting: true,
     })
     .expect("a timerfd");
     // The other queues: ready, never notified.
-    let mut queues: Vec<Queue> = (0..3)
+    let mut queues: Vec<Queue> = (0..5)
         .map(|_| {
             let mut q = Queue::new(MAX_QUEUE_SIZE).expect("a queue");
             q.set_ready(true);
@@ -66,11 +83,15 @@ fuzz_target!(|data: &[u8]| {
     let activation = Activation {
         mem: g.mem.clone(),
         queues,
-        features: VIRTIO_F_VERSION_1 | F_STATS_VQ,
+        features: VIRTIO_F_VERSION_1 | F_STATS_VQ | F_FREE_PAGE_HINT | F_REPORTING,
         interrupt: interrupt.clone(),
     };
     if dev.activate(activation).is_err() {
         return;
+    }
+    if run {
+        dev.start_hinting(actual & 1 != 0)
+            .expect("hinting is enabled and the device started");
     }
     if config {
         let _ = dev.write_config(4, &actual.to_le_bytes());
@@ -83,12 +104,14 @@ fuzz_target!(|data: &[u8]| {
         dev.process_queue(index, &mut ctx);
     }
     let stats = dev.latest_stats().expect("statistics are enabled");
+    let hinting = dev.hinting_status().expect("hinting is enabled");
     let after = g.snapshot();
     dev.reset();
     let published = g.used_idx().wrapping_sub(g.start);
     kiln_fuzz::debug(|| {
         format!(
-            "queue {index}: {published} used entries, needs reset: {}, stats {stats:?}",
+            "queue {index}: {published} used entries, needs reset: {}, stats {stats:?}, \
+             hinting {hinting:?}",
             interrupt.needs_reset()
         )
     });
@@ -113,7 +136,26 @@ fuzz_target!(|data: &[u8]| {
                 .any(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])) == page)
         })
     };
+    // The host's id: STOP (no run), the run's (2) or DONE (the guest's end, acknowledged).
+    let host_ids: &[u32] = if run { &[2, 1] } else { &[0] };
+    assert!(
+        host_ids.contains(&hinting.host_cmd),
+        "host id {} (run: {run})",
+        hinting.host_cmd
+    );
+    if index != 3 {
+        assert_eq!(hinting.guest_cmd, None, "an id from another queue");
+    }
     let used_end = g.used + g.used_ring_len();
+    // Whether page `page` lies wholly inside a range a descriptor gave.
+    let in_range = |page: u64| {
+        let (start, end) = (page * PAGE, page * PAGE + PAGE);
+        g.descriptors
+            .iter()
+            .any(|&(addr, len, _, _)| addr <= start && addr.saturating_add(u64::from(len)) >= end)
+    };
+    let table_end = g.desc + 16 * u64::from(size);
+    let table_over_used_ring = g.desc < used_end && table_end > g.used;
     // Whether a descriptor (as the guest left the table) points into the used ring.
     let lists_over_used_ring = g
         .descriptors
@@ -139,8 +181,16 @@ fuzz_target!(|data: &[u8]| {
         });
         // A list over the used ring is read after the device wrote entries there, so its
         // frame numbers may be values the used ring held only for a while (an index).
+        let given = match index {
+            0 => written(page) || lists_over_used_ring,
+            // Ranges are taken from the table as the device read it, which the used ring
+            // may have changed when it lies over the table.
+            3 if run => in_range(page) || table_over_used_ring,
+            4 => in_range(page) || table_over_used_ring,
+            _ => false,
+        };
         assert!(
-            index == 0 && zero && (written(page) || lists_over_used_ring),
+            zero && given,
             "the device changed guest memory in page {page:#x} (queue {index}, page zero: {zero})"
         );
     }

@@ -21,6 +21,8 @@ pub struct Clock {
     /// CPU time used by this process's ancestors before they forked it.
     pub parent_cpu_us: u64,
     last_us: u64,
+    /// When the last part of the current step ended (or the step began).
+    part_us: u64,
     enabled: bool,
 }
 
@@ -31,6 +33,7 @@ impl Clock {
             start_us,
             parent_cpu_us: 0,
             last_us: start_us,
+            part_us: start_us,
             enabled: false,
         }
     }
@@ -51,6 +54,23 @@ impl Clock {
             );
         }
         self.last_us = now;
+        self.part_us = now;
+    }
+
+    /// With `--timing`, prints how long a part of the step `step` took (since the step's
+    /// last part ended, or since the step began): `STEP › PART`. The step's own line, when
+    /// it ends, still gives its whole time.
+    pub fn part(&mut self, step: &str, part: &str) {
+        let now = now_us(ClockId::CLOCK_MONOTONIC);
+        if self.enabled {
+            eprintln!(
+                "jailer timing: {step} › {part}: {} us (at {} us, pid {})",
+                now.saturating_sub(self.part_us),
+                now.saturating_sub(self.start_us),
+                std::process::id()
+            );
+        }
+        self.part_us = now;
     }
 
     /// To be called just before a fork: the child's CPU clock restarts at zero.

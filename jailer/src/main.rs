@@ -59,6 +59,10 @@ use clock::Clock;
 use state::Journal;
 use supervise::{Exit, JailSide, Role};
 
+/// The Firecracker release whose jailer flags and layout this jailer implements (what
+/// `--version` reports first: launchers written for Firecracker parse it).
+const FIRECRACKER_VERSION: &str = "1.17.0";
+
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
@@ -103,6 +107,11 @@ enum Error {
 /// What the host-side steps leave for the split and the jail process.
 struct Prepared {
     netns: Option<OwnedFd>,
+    /// The firewall's netlink socket, held so that the keeper (which outlives the jail
+    /// process's exec) closes the last copy: its release may wait for nf_tables' deferred
+    /// clean-up, which is then not on the way to the VMM (`network::HostNetwork`). The jail
+    /// process drops its own copy as soon as it is one.
+    firewall: Option<jailer::nftables::Socket>,
     /// The cgroup the jail's first process is born in.
     fork_into: Option<cgroup::ForkInto>,
     userfaultfd: Option<u32>,
@@ -135,7 +144,11 @@ fn run() -> Result<Exit, Error> {
             return Ok(Exit::Code(0));
         }
         Command::Version => {
-            println!("jailer (Kiln) {}", env!("CARGO_PKG_VERSION"));
+            // Firecracker's jailer's first line (launchers parse it), then Kiln's version.
+            println!(
+                "Jailer v{FIRECRACKER_VERSION} (Kiln jailer {})",
+                env!("CARGO_PKG_VERSION")
+            );
             return Ok(Exit::Code(0));
         }
         Command::Cleanup(c) => {
@@ -169,9 +182,10 @@ fn run() -> Result<Exit, Error> {
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
-    let prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
-        Ok((netns, fork_into)) => Prepared {
-            netns,
+    let mut prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
+        Ok((network, fork_into)) => Prepared {
+            netns: network.ns,
+            firewall: network.firewall,
             fork_into,
             userfaultfd,
             seccomp,
@@ -189,7 +203,9 @@ fn run() -> Result<Exit, Error> {
     };
     clock.step("5 daemonize and split");
 
-    // Steps 6 to 9 in the jail process; it only comes back here on failure.
+    // Steps 6 to 9 in the jail process; it only comes back here on failure. The keeper holds
+    // a copy of the firewall's socket: dropping this one does not release it.
+    drop(prepared.firewall.take());
     let mut side = side;
     let Err(error) = enter_jail(&config, &prepared, &mut side, &mut clock);
     side.fail(&error.to_string());
@@ -203,18 +219,18 @@ fn host_side(
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<(Option<OwnedFd>, Option<cgroup::ForkInto>), Error> {
+) -> Result<(network::HostNetwork, Option<cgroup::ForkInto>), Error> {
     // Step 2 (continued): the root, with a private copy of the VMM.
     chroot::populate(config, journal)?;
     clock.step("2 chroot directory and VMM copy");
     // Step 3: cgroups, limits written, this process moved in before any fork (the v2 one
     // excepted: the jail's first process is born in it).
-    let fork_into = cgroups.apply(journal)?;
+    let fork_into = cgroups.apply(journal, clock)?;
     clock.step("3 cgroups");
     // Step 4: network namespace, taps, firewall.
-    let netns = network::prepare(config, journal)?;
+    let network = network::prepare(config, journal, clock)?;
     clock.step("4 host network");
-    Ok((netns, fork_into))
+    Ok((network, fork_into))
 }
 
 /// The jail process: steps 6 to 9, ending in exec.

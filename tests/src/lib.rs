@@ -19,6 +19,7 @@ pub mod python;
 pub mod scratch;
 pub mod security;
 pub mod tiny;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

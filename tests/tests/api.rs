@@ -23,7 +23,11 @@ fn api_answers_instance_info_and_version_before_boot() {
         info["id"].is_string() && info["vmm_version"].is_string(),
         "{info}"
     );
-    assert!(vmm.get("/version")["firecracker_version"].is_string());
+    // Firecracker's clients read the version to decide what they may ask for: Kiln
+    // reports the Firecracker release it implements, and its own version beside it.
+    let version = vmm.get("/version");
+    assert_eq!(version["firecracker_version"], "1.17.0", "{version}");
+    assert!(version["kiln_version"].is_string(), "{version}");
     let mc = vmm.get("/machine-config");
     assert_eq!(
         (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use kiln_tests::jail::{HostSnapshot, Jail};
 use kiln_tests::netns::{tap_name, NetNs};
+use kiln_tests::worker::{kill_if, Worker};
 use kiln_tests::{require_bin, require_kvm, require_program, tiny, ScratchDir};
 
 /// `KILN_CHAOS_ROUNDS` (default 1): how many times the fast tier's amount of chaos to do.
@@ -123,46 +124,6 @@ fn processes_with(needle: &str) -> Vec<String> {
 fn kill(pid: i32, signal: i32) -> bool {
     // SAFETY: kill(2) with a pid (or a process group, negative) and a signal.
     unsafe { libc::kill(pid, signal) == 0 }
-}
-
-/// The command line of `pid`, its arguments joined by spaces.
-fn cmdline_of(pid: i32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
-}
-
-/// SIGKILL for a process found in /proc earlier, only if its command line still passes
-/// `filter`: checked and signalled through a pidfd, so that a pid recycled since it was
-/// listed (`kernel.pid_max` is 32768 on the development host, and this test makes processes
-/// by the thousand) is never hit — a read of the command line made while the pidfd's
-/// process still lived is that process's own.
-fn kill_if(pid: i32, filter: &dyn Fn(&str) -> bool) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
-    // memory is passed.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(raw) = i32::try_from(rc) else {
-        return false;
-    };
-    if raw < 0 {
-        return false;
-    }
-    // SAFETY: `raw` is a descriptor the kernel just returned and nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    if !cmdline_of(pid).is_some_and(|c| filter(&c)) {
-        return false;
-    }
-    // SAFETY: `fd` is a valid pidfd; a null siginfo is allowed. ESRCH when the process the
-    // pidfd names has exited (then the command line read may have been another's).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -481,193 +442,6 @@ fn the_jailer_killed_at_any_instant_of_its_set_up_leaves_nothing_after_cleanup()
 // ---------------------------------------------------------------------------------------
 // The worker under load, its VMMs, jailers and itself killed.
 
-/// The repository's root.
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// One `kiln serve` environment: its directories, parent cgroup and uids, and every worker
-/// process started on them.
-struct Worker {
-    root: ScratchDir,
-    chroot_base: PathBuf,
-    state_dir: PathBuf,
-    socket: PathBuf,
-    parent_cgroup: String,
-    uid_base: u32,
-    kiln: PathBuf,
-    cache: PathBuf,
-    /// Every `kiln serve` started (their pids are in their instance ids).
-    pids: Vec<u32>,
-    /// The workers' stderr, one after the other, shown when the test fails.
-    log: PathBuf,
-}
-
-impl Worker {
-    fn new() -> Worker {
-        require_kvm();
-        let root = ScratchDir::short("kcw");
-        let kiln = require_bin("kiln");
-        let cache = kiln_tests::cache_dir().join("functions");
-        let built = Command::new(&kiln)
-            .args(["build"])
-            .arg(repo().join("examples/functions/echo"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .output()
-            .expect("kiln build echo");
-        assert!(built.status.success(), "kiln build echo: {built:?}");
-        Worker {
-            chroot_base: root.join("j"),
-            state_dir: root.join("s"),
-            socket: root.join("kiln.sock"),
-            log: root.join("serve.log"),
-            parent_cgroup: format!("kcw-{}", std::process::id()),
-            uid_base: 20_000 + (std::process::id() % 100) * 100,
-            root,
-            kiln,
-            cache,
-            pids: Vec::new(),
-        }
-    }
-
-    /// Starts `kiln serve` and waits until it answers.
-    fn start(&mut self) -> std::process::Child {
-        let mut child = Command::new(&self.kiln)
-            .arg("serve")
-            .arg("--functions-dir")
-            .arg(repo().join("examples/functions"))
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--jailer")
-            .arg(require_bin("jailer"))
-            .arg("--vmm")
-            .arg(require_bin("vmm"))
-            .arg("--profile")
-            .arg(repo().join("policies/tenant/default.json"))
-            .arg("--chroot-base-dir")
-            .arg(&self.chroot_base)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args([
-                "--uid-base",
-                &self.uid_base.to_string(),
-                "--uid-count",
-                "60",
-            ])
-            .args(["--parent-cgroup", &self.parent_cgroup])
-            .arg("--socket")
-            .arg(&self.socket)
-            .args([
-                "--listen",
-                "none",
-                "--queue-timeout-ms",
-                "20000",
-                "--max-queue",
-                "64",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(self.log_file())
-            .spawn()
-            .expect("spawn kiln serve");
-        self.pids.push(child.id());
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("kiln serve exited at start: {status}");
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "kiln serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child
-    }
-
-    /// Where the next worker's stderr goes (after its predecessors').
-    fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the workers' log")
-    }
-
-    /// The last lines the workers wrote to stderr.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-
-    /// Whether `text` names one of this environment's instances (`-<worker pid>-<tag>`).
-    fn names_ours(&self, text: &str) -> bool {
-        self.pids.iter().any(|p| text.contains(&format!("-{p}-")))
-    }
-
-    /// Pids of processes whose command line passes `filter`.
-    fn pids_where(&self, filter: impl Fn(&str) -> bool) -> Vec<i32> {
-        let mut found = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if cmdline_of(pid).is_some_and(|c| filter(&c)) {
-                found.push(pid);
-            }
-        }
-        found
-    }
-
-    /// What is left of this environment's jails, records and processes.
-    fn leftovers(&self) -> Vec<String> {
-        let base = self.chroot_base.display().to_string();
-        let snap = HostSnapshot::take(&[&base, &self.parent_cgroup, "echo-"], &self.chroot_base);
-        let mut left = Vec::new();
-        left.extend(
-            snap.mounts
-                .into_iter()
-                .filter(|m| m.contains(&base) || self.names_ours(m))
-                .map(|m| format!("mount {m}")),
-        );
-        let parent = format!("/{}/", self.parent_cgroup);
-        left.extend(
-            snap.cgroups
-                .into_iter()
-                .filter(|c| c.contains(&parent))
-                .map(|c| format!("cgroup {c}")),
-        );
-        left.extend(
-            snap.netns
-                .into_iter()
-                .filter(|n| self.names_ours(n))
-                .map(|n| format!("netns {n}")),
-        );
-        let exec_dir = self.chroot_base.join("vmm").display().to_string();
-        left.extend(
-            snap.files
-                .into_iter()
-                .filter(|f| *f != base && *f != exec_dir)
-                .map(|f| format!("file {f}")),
-        );
-        for dir in ["instances", "workers"] {
-            for e in std::fs::read_dir(self.state_dir.join(dir))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                left.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
-            }
-        }
-        for pid in self.pids_where(|c| c.contains(&base) || self.names_ours(c)) {
-            left.push(format!("process {pid}"));
-        }
-        left
-    }
-}
-
 /// How one request ended.
 #[derive(Debug)]
 enum Outcome {
@@ -679,30 +453,7 @@ enum Outcome {
 
 /// One invocation of echo over the socket; `None` when the worker does not listen.
 fn invoke(socket: &std::path::Path, event: &str) -> Option<Result<(u16, String), String>> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    let req = format!(
-        "POST /functions/echo/invocations HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{event}",
-        event.len()
-    );
-    if let Err(e) = s.write_all(req.as_bytes()) {
-        return Some(Err(format!("send: {e}")));
-    }
-    let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        return Some(Err(format!("read: {e}")));
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Some(Err(format!("no answer: {text:?}")));
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Some(Ok((status, body.to_string())))
+    kiln_tests::worker::invoke(socket, "echo", event).map(|r| r.map(|a| (a.status, a.body)))
 }
 
 #[test]
@@ -714,12 +465,19 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
     // ended and had not finished before it began.
     let begun = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // When the last kill of a worker finished. A child the worker forked just before its
+    // death holds the worker's listener until it execs or exits (microseconds to a few
+    // milliseconds), and the kernel then resets the connections queued on it: a connection
+    // reset that began within this grace of a kill was cut by that kill too.
+    let last_kill = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    const GRACE: Duration = Duration::from_secs(1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let socket = w.socket.clone();
     let clients: Vec<_> = (0..4)
         .map(|c| {
             let (socket, stop) = (socket.clone(), stop.clone());
             let (begun, finished) = (begun.clone(), finished.clone());
+            let last_kill = last_kill.clone();
             std::thread::spawn(move || {
                 let mut outcomes = Vec::new();
                 let mut k = 0u64;
@@ -734,6 +492,10 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
                     };
                     let took = t.elapsed();
                     let killed = begun.load(std::sync::atomic::Ordering::Acquire) > before;
+                    let after_kill = last_kill
+                        .lock()
+                        .map(|l| l.is_some_and(|k| t.saturating_duration_since(k) < GRACE))
+                        .unwrap_or(false);
                     // The function's timeout is 1 s; a start, a queue behind a start and a
                     // stop take a few more: a minute is a stall.
                     assert!(
@@ -759,7 +521,7 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
                             assert_ne!(code, "concurrency_limit", "{event}: a false 429: {body}");
                             Outcome::Error(code)
                         }
-                        Err(e) if killed => {
+                        Err(e) if killed || (after_kill && e.contains("reset by peer")) => {
                             let _ = e;
                             Outcome::Cut
                         }
@@ -801,6 +563,9 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
                     begun.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let _ = server.kill();
                     let _ = server.wait();
+                    if let Ok(mut l) = last_kill.lock() {
+                        *l = Some(Instant::now());
+                    }
                     finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 };
                 kill_worker(&mut server);

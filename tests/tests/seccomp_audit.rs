@@ -4,7 +4,7 @@
 //! `the_lifecycle_uses_exactly_what_the_policies_allow` runs the VMM's whole lifecycle with
 //! the tiny guest (`seccomp_common`: configuration through the API with every device, API
 //! traffic, every virtio-blk and virtio-net scenario, a drive swap, the balloon inflated and
-//! deflated, pause/resume, full and
+//! deflated and its free page reporting and hinting, pause/resume, full and
 //! diff snapshots and their restores through both memory backends, FlushMetrics, SIGTERM,
 //! the guest's reset, a triple fault) under `strace -f` in `--seccomp-log` mode, and
 //! records, for every thread, the syscalls it made after installing its filter. Threads are

@@ -3,7 +3,9 @@
 //! subcommands and the typed conversions. An unknown flag, a missing or invalid value, a
 //! repeated flag or a stray argument is an error naming it (exit code 2).
 
+use crate::blank_pool::BlankPoolConfig;
 use kiln_argv::{Args, ArgvError, Flag, Table};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,16 +17,19 @@ Usage:
   kiln invoke NAME (--event JSON | --event-file PATH) [--repeat N] [--json] [OPTIONS]
   kiln serve --socket PATH [--listen ADDR|none] [--credentials FILE] [--region R]
              [--account-id N] [--idle-timeout-ms N] [--queue-timeout-ms N] [--max-queue N]
-             [--max-async-events N] [--max-connections N] [OPTIONS]
+             [--max-async-events N] [--max-connections N]
+             [--blank-pool MEM_MIB:COUNT]... [--blank-max-age-ms N]
+             [--blank-refill-gap-ms N] [OPTIONS]
 
 build:  builds a function's image (NAME from --functions-dir, or a function directory DIR)
         into the cache and prints its path.
 invoke: starts a jailed microVM for function NAME, sends the event, prints the response
         (stdout) and the timings of each phase (stderr), and tears everything down. With
         --repeat N the same (warm) microVM serves N invocations.
-serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions) and AWS
-        Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations) over HTTP on the
-        Unix socket PATH and on TCP (--listen), with a pool of warm microVMs per function.
+serve:  serves Kiln's API (POST /functions/NAME/invocations, GET /functions, GET
+        /blank-pool) and AWS Lambda's Invoke API (POST /2015-03-31/functions/NAME/invocations)
+        over HTTP on the Unix socket PATH and on TCP (--listen), with a pool of warm microVMs
+        per function (and, with --blank-pool, of pre-jailed blank ones for cold starts).
 
 Options:
   --functions-dir DIR        where functions live, one directory with a kiln.json each
@@ -64,6 +69,15 @@ Options:
   --region R, --account-id N serve: the region and 12-digit account of function ARNs
                              (default: us-east-1, 000000000000)
   --max-async-events N       serve: queued asynchronous (Event) invocations (default: 1024)
+  --blank-pool MEM_MIB:COUNT serve: keep COUNT pre-jailed blank microVMs (jail, cgroups,
+                             network namespace and firewall, VMM with its API up, under
+                             --profile) ready for cold starts of function images of
+                             MEM_MIB MiB; each is assigned to the first function that takes
+                             it, for life (repeatable, one per size; default: none)
+  --blank-max-age-ms N       serve: blank microVMs older than N ms are replaced (default:
+                             600000)
+  --blank-refill-gap-ms N    serve: at least N ms between two blank starts of the refill,
+                             which starts one at a time (default: 0)
   --help, --version
 ";
 
@@ -163,6 +177,8 @@ pub struct ServeArgs {
     pub queue_timeout: Duration,
     pub max_queue: usize,
     pub max_connections: usize,
+    /// `--blank-pool`, `--blank-max-age-ms`, `--blank-refill-gap-ms` (`None`: no blank pool).
+    pub blank_pool: Option<BlankPoolConfig>,
     pub common: Common,
 }
 
@@ -225,6 +241,9 @@ const SERVE: &[Flag] = &[
     Flag::single("region"),
     Flag::single("account-id"),
     Flag::single("max-async-events"),
+    Flag::multi("blank-pool"),
+    Flag::single("blank-max-age-ms"),
+    Flag::single("blank-refill-gap-ms"),
 ];
 
 /// The default TCP address of `kiln serve` (the port of AWS SAM's local Lambda endpoint).
@@ -290,6 +309,38 @@ fn account(v: &str) -> Result<String, &'static str> {
         return Err("an AWS account id is 12 digits");
     }
     Ok(v.to_string())
+}
+
+/// `MEM_MIB:COUNT`, both at least 1.
+fn blank_size(v: &str) -> Result<(u32, usize), String> {
+    let (mem, count) = v.split_once(':').ok_or("use MEM_MIB:COUNT (e.g. 128:2)")?;
+    Ok((positive(mem)?, positive(count)?))
+}
+
+/// The blank pool's settings; `None` without `--blank-pool`.
+fn blank_pool(a: &Args) -> Result<Option<BlankPoolConfig>, ArgvError> {
+    let mut sizes = BTreeMap::new();
+    for v in a.multi("blank-pool") {
+        let (mem, count) = blank_size(v).map_err(|e| ArgvError::bad_value("blank-pool", v, e))?;
+        if sizes.insert(mem, count).is_some() {
+            return Err(ArgvError::bad_value(
+                "blank-pool",
+                v,
+                format!("{mem} MiB is given twice"),
+            ));
+        }
+    }
+    let max_age = a
+        .converted("blank-max-age-ms", positive_millis)?
+        .unwrap_or(Duration::from_secs(600));
+    let refill_gap = a
+        .converted("blank-refill-gap-ms", millis)?
+        .unwrap_or(Duration::ZERO);
+    Ok((!sizes.is_empty()).then_some(BlankPoolConfig {
+        sizes,
+        max_age,
+        refill_gap,
+    }))
 }
 
 fn millis(v: &str) -> Result<Duration, std::num::ParseIntError> {
@@ -443,6 +494,7 @@ fn serve(a: &Args, common: Common) -> Result<Command, ArgvError> {
             .unwrap_or(Duration::from_secs(1)),
         max_queue: a.parsed("max-queue")?.unwrap_or(64),
         max_connections: a.converted("max-connections", positive)?.unwrap_or(256),
+        blank_pool: blank_pool(a)?,
         common,
     }))
 }
@@ -546,6 +598,58 @@ mod tests {
                 }) => assert_eq!(f, flag),
                 other => panic!("{arg}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn serve_takes_blank_pool_sizes() {
+        let Ok(Command::Serve(s)) = p(&["serve", "--socket", "/s"]) else {
+            panic!("serve");
+        };
+        assert_eq!(s.blank_pool, None, "off by default");
+        let Ok(Command::Serve(s)) = p(&[
+            "serve",
+            "--socket",
+            "/s",
+            "--blank-pool",
+            "128:2",
+            "--blank-pool=64:1",
+            "--blank-max-age-ms",
+            "5000",
+            "--blank-refill-gap-ms",
+            "10",
+        ]) else {
+            panic!("serve");
+        };
+        let b = s.blank_pool.expect("a blank pool");
+        assert_eq!(b.sizes, BTreeMap::from([(64, 1), (128, 2)]));
+        assert_eq!(b.max_age, Duration::from_secs(5));
+        assert_eq!(b.refill_gap, Duration::from_millis(10));
+        for value in ["128", "0:1", "128:0", "x:1", "128:2:3"] {
+            let arg = format!("--blank-pool={value}");
+            match p(&["serve", "--socket", "/s", &arg]) {
+                Err(CliError::Argv {
+                    source: ArgvError::BadValue { flag, .. },
+                    ..
+                }) => assert_eq!(flag, "blank-pool"),
+                other => panic!("{arg}: {other:?}"),
+            }
+        }
+        match p(&[
+            "serve",
+            "--socket",
+            "/s",
+            "--blank-pool=128:1",
+            "--blank-pool=128:2",
+        ]) {
+            Err(CliError::Argv {
+                source: ArgvError::BadValue { flag, reason, .. },
+                ..
+            }) => assert_eq!(
+                (flag, reason.as_str()),
+                ("blank-pool", "128 MiB is given twice")
+            ),
+            other => panic!("{other:?}"),
         }
     }
 

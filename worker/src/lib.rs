@@ -8,12 +8,14 @@
 //! - [`channel`]: the framed vsock stream to a guest (`kiln_protocol`).
 //! - [`context`]: an invocation's Lambda context (request id, ARN, ...).
 //! - [`pool`]: warm instances per function, concurrency limits, the idle reaper.
+//! - [`blank_pool`]: pre-jailed blank instances that cold starts take (`--blank-pool`).
 //! - [`server`]: HTTP for `kiln serve` (Unix socket and TCP): Kiln's API and Lambda's Invoke
 //!   API; the HTTP status of every error.
 //! - [`timing`]: the phases of an invocation.
 //! - [`sys`]: the system calls std does not wrap.
 //! - [`sync`]: the poison-tolerant lock helpers.
 
+pub mod blank_pool;
 pub mod channel;
 pub mod cli;
 pub mod context;

@@ -415,6 +415,19 @@ fn run_serve(a: ServeArgs) -> ExitCode {
         eprintln!("kiln: cannot start the reaper thread: {e}");
         return ExitCode::from(EXIT_FAILED);
     }
+    if let Some(blank) = a.blank_pool.clone() {
+        let sizes: Vec<String> = blank
+            .sizes
+            .iter()
+            .map(|(m, n)| format!("{n} of {m} MiB"))
+            .collect();
+        if let Err(e) = pools.start_blank_pool(blank) {
+            eprintln!("kiln: cannot start the blank pool's thread: {e}");
+            pools.shutdown(SHUTDOWN_WAIT);
+            return ExitCode::from(EXIT_FAILED);
+        }
+        eprintln!("kiln: blank pool: keeping {} ready", sizes.join(", "));
+    }
     let verified = credentials.as_ref().map(Credentials::len);
     let lambda_cfg = LambdaConfig {
         identity: Identity {

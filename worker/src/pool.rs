@@ -14,16 +14,22 @@
 //! - The reaper thread stops instances idle for longer than `idle_timeout`, and idle
 //!   instances whose VMM has died; every few seconds it also sweeps the instance records
 //!   whose jails a stop could not remove (`instance::sweep`), and so does the shutdown.
+//! - A cold start takes a blank instance of the function's memory size when the blank pool
+//!   ([`crate::blank_pool`], off unless configured) has one ready; the instance then belongs
+//!   to this function's pool for life, like one it started itself.
 
+use crate::blank_pool::{BlankPool, BlankPoolConfig, BlankSizeInfo};
 use crate::context::InvocationContext;
 use crate::function::{Function, FunctionError, Registry};
-use crate::instance::{self, Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError};
+use crate::instance::{
+    self, BlankInstance, Instance, InstanceConfig, InstanceError, InstanceInfo, InvokeError,
+};
 use crate::sync::{lock, wait_timeout};
 use crate::sys;
 use crate::timing::InvocationTimings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often the reaper sweeps instance records left for it.
@@ -153,6 +159,8 @@ pub struct Pools {
     instance_cfg: Arc<InstanceConfig>,
     cfg: PoolConfig,
     pools: Mutex<HashMap<String, Arc<FunctionPool>>>,
+    /// Blank instances for cold starts, if `kiln serve --blank-pool` asked for them.
+    blank: OnceLock<Arc<BlankPool>>,
     shutting_down: AtomicBool,
 }
 
@@ -174,8 +182,50 @@ impl Pools {
             instance_cfg,
             cfg,
             pools: Mutex::new(HashMap::new()),
+            blank: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the pool of blank instances that cold starts take from (once).
+    pub fn start_blank_pool(&self, cfg: BlankPoolConfig) -> std::io::Result<()> {
+        let pool = BlankPool::start(cfg, self.instance_cfg.clone())?;
+        if let Err(extra) = self.blank.set(pool) {
+            extra.shutdown();
+        }
+        Ok(())
+    }
+
+    /// The blank pool's sizes, ready instances and counts (empty without one).
+    pub fn blank_list(&self) -> Vec<BlankSizeInfo> {
+        self.blank.get().map(|b| b.list()).unwrap_or_default()
+    }
+
+    /// A new instance of `function`: on a blank instance of its memory size if the blank
+    /// pool has one ready (assigned to it for life), else in a jail of its own made now.
+    fn start_cold(&self, function: &Arc<Function>) -> Result<Instance, InstanceError> {
+        let blank = self
+            .blank
+            .get()
+            .filter(|_| BlankInstance::fits_kind(function))
+            .and_then(|b| b.take(function.memory_mib));
+        if let Some((blank, _assigning)) = blank {
+            let id = blank.id().to_string();
+            match Instance::start_on_blank(&self.instance_cfg, function, blank) {
+                Ok(i) => {
+                    eprintln!(
+                        "kiln: {}: cold start on blank instance {id}",
+                        function.name
+                    );
+                    return Ok(i);
+                }
+                Err(e) => eprintln!(
+                    "kiln: {}: blank instance {id} failed its assignment ({e}); starting a new instance",
+                    function.name
+                ),
+            }
+        }
+        Instance::start(&self.instance_cfg, function)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -224,7 +274,7 @@ impl Pools {
         };
         let (mut instance, cold) = match lease {
             Lease::Warm(i) => (*i, false),
-            Lease::Cold => match Instance::start(&self.instance_cfg, &function) {
+            Lease::Cold => match self.start_cold(&function) {
                 Ok(i) => {
                     let mut st = lock(&pool.state);
                     st.reserved -= 1;
@@ -479,6 +529,9 @@ impl Pools {
     /// invocations fail), and waits up to `timeout` for them to be gone.
     pub fn shutdown(&self, timeout: Duration) {
         self.shutting_down.store(true, Ordering::Release);
+        if let Some(blank) = self.blank.get() {
+            blank.shutdown();
+        }
         let pools: Vec<Arc<FunctionPool>> = lock(&self.pools).values().cloned().collect();
         for pool in &pools {
             let idle = std::mem::take(&mut lock(&pool.state).idle);

@@ -21,7 +21,7 @@ const SNAP: &str = "echo-snap";
 /// `<work>/functions/`: `echo` (a link to the example) and `echo-snap` (its sources, its
 /// runtime by absolute path, snapshot start). `None` when the examples are not where
 /// `scripts/bench.sh` runs from (the repository's root).
-fn functions(opts: &Opts) -> Result<Option<PathBuf>, String> {
+pub(super) fn functions(opts: &Opts) -> Result<Option<PathBuf>, String> {
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let echo = root.join("examples/functions/echo");
     let runtime = root.join("guest/runtime");
@@ -51,7 +51,7 @@ fn functions(opts: &Opts) -> Result<Option<PathBuf>, String> {
 }
 
 /// One invocation: (cold start?, end-to-end total in ms from `X-Kiln-Timings`).
-fn invoke(sock: &Path, function: &str) -> Result<(bool, f64), String> {
+pub(super) fn invoke(sock: &Path, function: &str) -> Result<(bool, f64), String> {
     let answer = api_request(
         sock,
         "POST",
@@ -76,7 +76,7 @@ fn invoke(sock: &Path, function: &str) -> Result<(bool, f64), String> {
 }
 
 /// Waits until `function` has no instance left (the idle reaper stopped it).
-fn wait_idle_gone(sock: &Path, function: &str) -> Result<(), String> {
+pub(super) fn wait_idle_gone(sock: &Path, function: &str) -> Result<(), String> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let answer = api_request(sock, "GET", "/functions", "")?;
@@ -95,7 +95,16 @@ fn wait_idle_gone(sock: &Path, function: &str) -> Result<(), String> {
     }
 }
 
-fn serve(opts: &Opts, kiln: &Path, functions: &Path, sock: &Path) -> Result<Started, String> {
+/// `kiln serve` on `sock` with the bench's jailer, VMM, profile and chroot base, idle
+/// instances stopped after `idle_ms`, and `extra` flags.
+pub(super) fn serve(
+    opts: &Opts,
+    kiln: &Path,
+    functions: &Path,
+    sock: &Path,
+    idle_ms: &str,
+    extra: &[&str],
+) -> Result<Started, String> {
     let mut c = Command::new(kiln);
     c.arg("serve")
         .arg("--socket")
@@ -112,7 +121,8 @@ fn serve(opts: &Opts, kiln: &Path, functions: &Path, sock: &Path) -> Result<Star
         .arg(opts.work.join("kiln-state"))
         .arg("--profile")
         .arg(&opts.profile)
-        .args(["--idle-timeout-ms", "100"]);
+        .args(["--idle-timeout-ms", idle_ms])
+        .args(extra);
     let s = start(c, true)?;
     poll_socket(
         sock,
@@ -133,7 +143,7 @@ pub fn bench_cold_starts(opts: &Opts, t: &mut Table) -> Result<(), String> {
     };
     eprintln!("== 8. worker: cold invocations, booted vs restored from a snapshot");
     let sock = opts.work.join("kiln-serve.sock");
-    let server = serve(opts, kiln, &functions, &sock)?;
+    let server = serve(opts, kiln, &functions, &sock, "100", &[])?;
     let result = (|| -> Result<(), String> {
         // Builds both images (a first build takes long): not measured.
         invoke(&sock, "echo")?;

@@ -1,6 +1,7 @@
 //! The measurements, one module each, in the order of the table's rows; `--only` names them.
 
 mod api;
+mod blank_pool;
 mod cold_start;
 mod invoke;
 mod jail;
@@ -17,7 +18,7 @@ use crate::table::Table;
 pub type Bench = fn(&Opts, &mut Table) -> Result<(), String>;
 
 /// Every measurement with its `--only` name, in order.
-pub const ALL: [(&str, Bench); 8] = [
+pub const ALL: [(&str, Bench); 9] = [
     ("api", api::bench_api),
     ("serial", serial::bench_serial),
     ("jail", jail::bench_jail),
@@ -26,4 +27,5 @@ pub const ALL: [(&str, Bench); 8] = [
     ("teardown", teardown::bench_teardown),
     ("invoke", invoke::bench_invoke),
     ("snapshot", snapshot::bench_snapshot),
+    ("blank", blank_pool::bench_blank_pool),
 ];

@@ -32,6 +32,14 @@ impl Location {
         }
     }
 
+    /// The hierarchy's name, for `--timing`: its mount point's last component (`cpu`,
+    /// `memory`, `unified`, or `cgroup` for a v2-only host).
+    pub fn hierarchy(&self) -> String {
+        self.mount
+            .file_name()
+            .map_or_else(|| "/".to_owned(), |n| n.to_string_lossy().into_owned())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

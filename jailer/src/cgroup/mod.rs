@@ -29,6 +29,7 @@ pub use location::Location;
 use settings::{huge_page_sizes, typed};
 
 use crate::args::{CgroupConfig, CgroupVersion};
+use crate::clock::Clock;
 use crate::state::{CgroupRecord, Journal, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +165,9 @@ pub struct Setting {
     /// accounting).
     pub optional: bool,
 }
+
+/// The step [`Plan::apply`]'s parts belong to in `--timing`.
+const STEP: &str = "3 cgroups";
 
 /// What [`Plan::apply`] will do.
 #[derive(Debug)]
@@ -327,7 +331,13 @@ impl Plan {
     /// before any is made (the jail's own must not exist: one that does is someone else's,
     /// never journaled, never removed); once they exist, the journal says which this jail
     /// did make.
-    pub fn apply(&self, journal: &mut Journal) -> Result<Option<ForkInto>, CgroupError> {
+    /// Each part is timed with `--timing` (`3 cgroups › ...`: the journal, each directory,
+    /// each limit written, each move).
+    pub fn apply(
+        &self,
+        journal: &mut Journal,
+        clock: &mut Clock,
+    ) -> Result<Option<ForkInto>, CgroupError> {
         let mut intent = Vec::new();
         for group in &self.groups {
             if std::fs::symlink_metadata(group.dir()).is_ok() {
@@ -345,9 +355,11 @@ impl Plan {
         }
         let first = journal.state.cgroups.len();
         journal.record(|s| s.cgroups.extend(intent))?;
+        clock.part(STEP, "journal");
         let mut made = Vec::new();
         for (group, controllers) in self.groups.iter().zip(&self.controllers) {
             made.push(group.create(controllers)?);
+            clock.part(STEP, &format!("mkdir {}", group.location().hierarchy()));
         }
         journal.record(|s| {
             for (record, created) in s.cgroups.iter_mut().skip(first).zip(made) {
@@ -355,6 +367,7 @@ impl Plan {
                 record.done = true;
             }
         })?;
+        clock.part(STEP, "journal");
         for s in &self.settings {
             let Some(group) = self.groups.get(s.group) else {
                 continue;
@@ -363,11 +376,13 @@ impl Plan {
                 continue;
             }
             group.write(&s.origin, &s.file, &s.value)?;
+            clock.part(STEP, &format!("write {}", s.file));
         }
         let mut fork_into = None;
         for group in &self.groups {
             if !group.joined_at_fork() {
                 group.attach_self()?;
+                clock.part(STEP, &format!("join {}", group.location().hierarchy()));
                 continue;
             }
             let dir = group.dir().to_path_buf();

@@ -166,7 +166,7 @@ fn v1_limits_are_written_before_the_process_joins() {
         ]
     );
     let mut journal = f.journal();
-    plan.apply(&mut journal).unwrap();
+    plan.apply(&mut journal, &mut Clock::start()).unwrap();
 
     assert_eq!(
         f.read("/sys/fs/cgroup/cpu,cpuacct/kiln/vm/cpu.cfs_quota_us"),
@@ -255,7 +255,7 @@ fn hybrid_routes_v2_only_controllers_to_the_unified_hierarchy() {
             f.path("/sys/fs/cgroup/pids/kiln/vm"),
         ]
     );
-    plan.apply(&mut f.journal()).unwrap();
+    plan.apply(&mut f.journal(), &mut Clock::start()).unwrap();
     assert_eq!(
         f.read("/sys/fs/cgroup/unified/kiln/vm/hugetlb.2MB.max"),
         "0"
@@ -295,7 +295,7 @@ fn every_jail_gets_a_hugetlb_limit_of_0_unless_the_profile_grants_huge_pages() {
             f.path("/sys/fs/cgroup/pids/kiln/vm"),
         ]
     );
-    let born_in = auto.apply(&mut f.journal()).unwrap();
+    let born_in = auto.apply(&mut f.journal(), &mut Clock::start()).unwrap();
     for file in [
         "hugetlb.2MB.max",
         "hugetlb.2MB.rsvd.max",
@@ -332,7 +332,9 @@ fn every_jail_gets_a_hugetlb_limit_of_0_unless_the_profile_grants_huge_pages() {
     let mut cfg = config(CgroupVersion::Auto, false);
     cfg.limits.hugetlb_bytes = Some(8 << 20);
     let granted = plan(&g.host(&mountinfo, HYBRID_SELF), &cfg, "vm").unwrap();
-    granted.apply(&mut g.journal()).unwrap();
+    granted
+        .apply(&mut g.journal(), &mut Clock::start())
+        .unwrap();
     assert_eq!(
         g.read("/sys/fs/cgroup/hugetlb/kiln/vm/hugetlb.2MB.limit_in_bytes"),
         "8388608"
@@ -376,7 +378,7 @@ fn v2_delegates_controllers_down_the_tree() {
     let plan = plan(&host, &cfg, "vm").unwrap();
     assert_eq!(dirs(&plan), [f.path("/sys/fs/cgroup/kiln/vm")]);
     let mut journal = f.journal();
-    plan.apply(&mut journal).unwrap();
+    plan.apply(&mut journal, &mut Clock::start()).unwrap();
 
     // cpu was already enabled at the root: only the others are added there.
     let root = f.read("/sys/fs/cgroup/cgroup.subtree_control");
@@ -449,7 +451,10 @@ fn an_existing_jail_cgroup_is_refused_and_nothing_is_left() {
     f.dir("/sys/fs/cgroup/pids/kiln/vm");
     let host = f.host(HYBRID_MOUNTINFO, HYBRID_SELF);
     let plan = plan(&host, &config(CgroupVersion::V1, false), "vm").unwrap();
-    let err = plan.apply(&mut f.journal()).unwrap_err().to_string();
+    let err = plan
+        .apply(&mut f.journal(), &mut Clock::start())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("kiln/vm"), "{err}");
 }
 
@@ -460,7 +465,10 @@ fn cpuset_without_values_anywhere_is_an_error() {
     let mut cfg = config(CgroupVersion::V1, false);
     cfg.limits.cpuset_cpus = Some("0".into());
     let plan = plan(&f.host(HYBRID_MOUNTINFO, HYBRID_SELF), &cfg, "vm").unwrap();
-    let err = plan.apply(&mut f.journal()).unwrap_err().to_string();
+    let err = plan
+        .apply(&mut f.journal(), &mut Clock::start())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cpuset.mems"), "{err}");
     // The directories made before the error are gone again.
     assert!(!Path::new(&f.path("/sys/fs/cgroup/cpuset/kiln")).exists());

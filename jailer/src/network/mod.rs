@@ -8,10 +8,12 @@
 //!   ([`tap`]), so the VMM can attach to it without any capability.
 //! * The egress firewall ([`firewall`]): an nftables table `inet kiln-<id>` in that namespace,
 //!   and the guest filter at each tap ([`tap_filter`]): table `netdev kiln-<id>`, loaded in
-//!   the same `nft` batch.
+//!   the same nf_tables transaction, sent over netlink by the jailer (`jailer::nftables`).
 //!
 //! The jail process joins the namespace later (`unshare.rs`) with the descriptor returned
-//! by [`prepare`].
+//! by [`prepare`]. The netlink socket the firewall went through is returned open too: its
+//! release waits for nf_tables' deferred clean-up of the transaction (an RCU grace period,
+//! milliseconds), so it is closed off the start-up path (see [`HostNetwork`]).
 
 mod firewall;
 mod namespace;
@@ -25,8 +27,9 @@ use std::path::PathBuf;
 pub use namespace::join;
 
 use crate::args::{Config, NetnsMode};
+use crate::clock::Clock;
 use crate::state::{Journal, NetnsRecord, StateError};
-use firewall::NFT_PATHS;
+use jailer::nftables::{Family, NftError, Socket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -52,44 +55,66 @@ pub enum NetworkError {
     },
     #[error("bringing up interface {name}: {source}")]
     LinkUp { name: String, source: io::Error },
-    #[error("--firewall: nft not found in {NFT_PATHS:?}; install the Debian package nftables")]
-    NftMissing,
-    #[error("--firewall: running {nft}: {source}")]
-    NftSpawn { nft: String, source: io::Error },
-    #[error("--firewall: nft {action} table {table} failed ({status}): {stderr}")]
-    NftFailed {
-        action: &'static str,
-        table: String,
-        status: String,
-        stderr: String,
-    },
+    #[error("--firewall: {0}")]
+    Firewall(#[from] NftError),
     #[error("removing the network namespace {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-/// Prepares the jail's network namespace; returns a descriptor to join it with, or `None`
-/// when the jail stays in the jailer's namespace.
-pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>, NetworkError> {
+/// What the host-side network set-up leaves for the split.
+#[derive(Debug, Default)]
+pub struct HostNetwork {
+    /// The namespace the jail process joins (`None`: it stays in the jailer's, or makes a
+    /// private one itself).
+    pub ns: Option<OwnedFd>,
+    /// The socket the firewall was sent on, still open (close-on-exec). Whoever drops the
+    /// last copy waits for nf_tables' deferred clean-up: the jail process's copy goes at
+    /// its exec while the keeper (forked with a copy) still holds one, so the wait falls on
+    /// the keeper, after the VMM runs.
+    pub firewall: Option<Socket>,
+}
+
+/// The step these parts belong to in `--timing`.
+const STEP: &str = "4 host network";
+
+/// Prepares the jail's network namespace: its descriptor to join it with and the
+/// firewall's socket ([`HostNetwork`]). Each part is timed with `--timing`.
+pub fn prepare(
+    config: &Config,
+    journal: &mut Journal,
+    clock: &mut Clock,
+) -> Result<HostNetwork, NetworkError> {
     let net = &config.network;
+    let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
+    let table = firewall::table_name(&config.id);
+    // The tables are journaled with the namespace, before anything is made: one journal
+    // write fewer, and removing a table that was never loaded is no error.
+    let tables = NetnsRecord {
+        table: net.firewall.then(|| table.clone()),
+        tap_table: (!filtered.is_empty()).then(|| table.clone()),
+        ..Default::default()
+    };
     let ns = match &net.mode {
         // The private namespace is made by the jail process itself (`unshare.rs`).
-        NetnsMode::Private | NetnsMode::Host => return Ok(None),
+        NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
         NetnsMode::Join(path) => {
             journal.record(|s| {
                 s.netns = Some(NetnsRecord {
                     path: path.clone(),
-                    ..Default::default()
+                    ..tables
                 })
             })?;
             namespace::open(path)?
         }
-        NetnsMode::Create => namespace::create(&config.id, journal)?,
+        NetnsMode::Create => namespace::create(&config.id, journal, tables)?,
     };
-    namespace::within(&ns, "of the jail", || {
+    clock.part(STEP, "1 namespace");
+    let firewall = namespace::within(&ns, "of the jail", || {
         if matches!(net.mode, NetnsMode::Create) {
             tap::link_up("lo")?;
+            clock.part(STEP, "2 loopback up");
         }
         for t in &net.taps {
             // Journaled once it exists (and before it is made persistent): an interface
@@ -102,25 +127,26 @@ pub fn prepare(config: &Config, journal: &mut Journal) -> Result<Option<OwnedFd>
                 })?;
                 Ok(())
             })?;
+            clock.part(STEP, &format!("3 tap {}", t.name));
         }
-        let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
         if net.firewall || !filtered.is_empty() {
-            let table = firewall::table_name(&config.id);
-            journal.record(|s| {
-                if let Some(n) = s.netns.as_mut() {
-                    if net.firewall {
-                        n.table = Some(table.clone());
-                    }
-                    if !filtered.is_empty() {
-                        n.tap_table = Some(table.clone());
-                    }
-                }
+            let socket = firewall::load(&firewall::Tables {
+                name: &table,
+                firewall: net.firewall,
+                taps: filtered,
+                allow: &net.egress,
+                // A namespace made just now holds no table to replace.
+                replace: !matches!(net.mode, NetnsMode::Create),
             })?;
-            firewall::load(&table, net.firewall, filtered, &net.egress)?;
+            clock.part(STEP, "4 firewall");
+            return Ok(socket);
         }
-        Ok(())
+        Ok(None)
     })?;
-    Ok(Some(ns))
+    Ok(HostNetwork {
+        ns: Some(ns),
+        firewall,
+    })
 }
 
 /// Removes what the jailer made: its taps and table (in a joined namespace), or the whole
@@ -145,10 +171,10 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
             }
             let mut families = Vec::new();
             if record.table.is_some() {
-                families.push("inet");
+                families.push(Family::Inet);
             }
             if record.tap_table.is_some() {
-                families.push("netdev");
+                families.push(Family::Netdev);
             }
             if let Some(table) = record.table.as_ref().or(record.tap_table.as_ref()) {
                 firewall::delete(table, &families)?;
@@ -158,3 +184,6 @@ pub fn remove(record: &NetnsRecord) -> Result<(), NetworkError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

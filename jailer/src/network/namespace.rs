@@ -71,9 +71,14 @@ pub fn within<T>(
 }
 
 /// Creates `/run/netns/<id>` holding a new network namespace (journaled before the file is
-/// made: one that exists already is someone else's, refused and never journaled) and
-/// returns a descriptor of it; the jailer stays in its own.
-pub fn create(id: &str, journal: &mut Journal) -> Result<OwnedFd, NetworkError> {
+/// made, with what `planned` says will be made in it: a file that exists already is
+/// someone else's, refused and never journaled) and returns a descriptor of it; the jailer
+/// stays in its own.
+pub fn create(
+    id: &str,
+    journal: &mut Journal,
+    planned: NetnsRecord,
+) -> Result<OwnedFd, NetworkError> {
     let dir = Path::new(NETNS_RUN_DIR);
     let path = dir.join(id);
     let err = |source| NetworkError::CreateFile {
@@ -97,7 +102,7 @@ pub fn create(id: &str, journal: &mut Journal) -> Result<OwnedFd, NetworkError> 
             path: path.clone(),
             created: true,
             mounted: true,
-            ..Default::default()
+            ..planned
         })
     })?;
     let made = File::options()

@@ -171,7 +171,7 @@ pub fn devnull_stdio() -> Result<(), SuperviseError> {
 }
 
 /// Forks the jail's first process into a new PID namespace (and into the cgroup `into`);
-/// the parent keeps its own namespace for any later child (nft during an undo).
+/// the parent keeps its own namespace for any later child (e.g. during an undo).
 pub fn fork_into_new_pid_ns(
     clock: &mut Clock,
     into: Option<&OwnedFd>,

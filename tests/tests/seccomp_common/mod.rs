@@ -902,6 +902,46 @@ fn balloon_run(launch: &Launch) -> Outcome {
     vm.finish("balloon", Expect::Exit(0), true)
 }
 
+/// The balloon's free page reporting and hinting: the guest reports ranges on the host's
+/// signal (a target), then hints in a run `PATCH /balloon/hinting/start` begins (the VMM
+/// thread drops them with `madvise` and answers the guest's STOP with DONE).
+fn balloon_free_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-balloon-free");
+    let cfg = config(
+        &dir,
+        "kiln.test=balloon-free kiln.mib=8 kiln.base=16",
+        &[],
+        &[],
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let balloon = ",\n \"balloon\": {\"amount_mib\": 0, \"deflate_on_oom\": false, \"free_page_hinting\": true, \"free_page_reporting\": true}}\n";
+    std::fs::write(
+        &cfg,
+        format!("{}{balloon}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let sock = dir.path("api.sock");
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
+    let mut vm = launch.start("balloon-free", None, &args, false);
+    assert!(
+        vm.wait_line_contains("balloon-free touched"),
+        "the guest never touched its memory:\n{}",
+        vm.seen()
+    );
+    ok(&sock, "PATCH", "/balloon", "{\"amount_mib\": 1}");
+    assert!(
+        vm.wait_line_contains("balloon-free reported"),
+        "the guest never reported:\n{}",
+        vm.seen()
+    );
+    ok(&sock, "PATCH", "/balloon/hinting/start", "{}");
+    vm.finish("balloon-free", Expect::Exit(0), true)
+}
+
 /// The guest's i8042 reset, with serial input arriving on the VMM's stdin.
 fn reset_run(launch: &Launch) -> Outcome {
     let dir = Scratch::new("kiln-sc-reset");
@@ -1038,6 +1078,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
         all.push(limited_run(launch, run));
     }
     all.push(balloon_run(launch));
+    all.push(balloon_free_run(launch));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all

@@ -4,9 +4,9 @@
 
 use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
-    DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
-    SnapshotLoadParams, VsockConfig,
+    DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -70,6 +70,9 @@ pub enum ApiRequest {
     PatchBalloon(BalloonUpdate),
     GetBalloonStats,
     PatchBalloonStats(BalloonStatsUpdate),
+    StartBalloonHinting(HintingStart),
+    GetBalloonHintingStatus,
+    StopBalloonHinting,
 }
 
 impl ApiRequest {
@@ -108,6 +111,9 @@ impl ApiRequest {
             ApiRequest::PatchBalloon(_) => "PATCH /balloon",
             ApiRequest::GetBalloonStats => "GET /balloon/statistics",
             ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
+            ApiRequest::StartBalloonHinting(_) => "PATCH /balloon/hinting/start",
+            ApiRequest::GetBalloonHintingStatus => "GET /balloon/hinting/status",
+            ApiRequest::StopBalloonHinting => "PATCH /balloon/hinting/stop",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The balloon's requests, as Firecracker decides them: `PUT /balloon` before
-//! `InstanceStart` only; `PATCH /balloon`, `GET` and `PATCH /balloon/statistics` on the
-//! running microVM only; `GET /balloon` in both, answering the configuration as it is now
+//! `InstanceStart` only; `PATCH /balloon`, `GET` and `PATCH /balloon/statistics` and the
+//! hinting commands (`/balloon/hinting/{start,status,stop}`) on the running microVM only; `GET /balloon` in both, answering the configuration as it is now
 //! (a `PATCH` changes the target and the interval in the resources too, so that
 //! `GET /vm/config` and a snapshot have them).
 
@@ -64,6 +64,27 @@ impl Controller {
                 }
                 Ok(VmmData::Empty)
             }
+            ApiRequest::StartBalloonHinting(cmd) => {
+                let dev = self.running_balloon(what, vm)?;
+                lock(&dev)
+                    .start_hinting(cmd.acknowledge_on_stop)
+                    .map_err(BalloonRequestError::from)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::GetBalloonHintingStatus => {
+                let dev = self.running_balloon(what, vm)?;
+                let status = lock(&dev)
+                    .hinting_status()
+                    .map_err(BalloonRequestError::from)?;
+                to_json(&status)
+            }
+            ApiRequest::StopBalloonHinting => {
+                let dev = self.running_balloon(what, vm)?;
+                lock(&dev)
+                    .stop_hinting()
+                    .map_err(BalloonRequestError::from)?;
+                Ok(VmmData::Empty)
+            }
             // `Controller::apply` sends only the balloon's requests here.
             other => Err(BalloonRequestError::NotBalloon(other.describe()).into()),
         }
@@ -105,6 +126,8 @@ mod tests {
                 amount_mib: cfg.amount_mib,
                 deflate_on_oom: cfg.deflate_on_oom,
                 stats_polling_interval_s: cfg.stats_polling_interval_s,
+                free_page_hinting: cfg.free_page_hinting,
+                free_page_reporting: cfg.free_page_reporting,
             })
             .unwrap();
             let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
@@ -247,6 +270,82 @@ mod tests {
         );
         let cfg = json(reply(&mut c, ApiRequest::GetVmConfig, Some(&mut vm)));
         assert_eq!(cfg["balloon"]["amount_mib"], 4);
+    }
+
+    #[test]
+    fn hinting_requests_follow_firecracker() {
+        use crate::resources::HintingStart;
+        let start = |ack| {
+            ApiRequest::StartBalloonHinting(HintingStart {
+                acknowledge_on_stop: ack,
+            })
+        };
+        let mut c = Controller::new("b", VmResources::default());
+        for req in [
+            start(true),
+            ApiRequest::GetBalloonHintingStatus,
+            ApiRequest::StopBalloonHinting,
+        ] {
+            let what = req.describe();
+            let m = refused(reply(&mut c, req, None));
+            assert!(
+                m.starts_with(what) && m.contains("only possible after InstanceStart"),
+                "{m}"
+            );
+        }
+        // Started without a balloon.
+        c.resources.boot_source = Some(BootSourceConfig::default());
+        c.started = true;
+        let mut none = BalloonVm(
+            StandInVm { balloon: None },
+            BalloonVm::new(&BalloonConfig::default()).1,
+        );
+        let m = refused(reply(&mut c, start(true), Some(&mut none)));
+        assert_eq!(
+            m,
+            "no balloon device is configured (PUT /balloon before InstanceStart)"
+        );
+        // A balloon without hinting.
+        let mut plain = BalloonVm::new(&BalloonConfig::default());
+        for req in [
+            start(true),
+            ApiRequest::GetBalloonHintingStatus,
+            ApiRequest::StopBalloonHinting,
+        ] {
+            assert_eq!(
+                refused(reply(&mut c, req, Some(&mut plain))),
+                "balloon: free page hinting is disabled (free_page_hinting was false when the device was configured)"
+            );
+        }
+        // With hinting: runs 2 and 3, stopped with DONE (1); the guest sent nothing yet.
+        let cfg = BalloonConfig {
+            free_page_hinting: true,
+            ..BalloonConfig::default()
+        };
+        let mut vm = BalloonVm::new(&cfg);
+        let status = |c: &mut Controller, vm: &mut BalloonVm| {
+            json(reply(c, ApiRequest::GetBalloonHintingStatus, Some(vm)))
+        };
+        assert_eq!(
+            status(&mut c, &mut vm),
+            serde_json::json!({"host_cmd": 0, "guest_cmd": null})
+        );
+        assert!(matches!(
+            reply(&mut c, start(true), Some(&mut vm)),
+            Ok(VmmData::Empty)
+        ));
+        assert_eq!(vm.1.generation(), 1, "the driver is told");
+        assert_eq!(status(&mut c, &mut vm)["host_cmd"], 2);
+        reply(&mut c, start(false), Some(&mut vm)).unwrap();
+        assert_eq!(status(&mut c, &mut vm)["host_cmd"], 3);
+        assert!(matches!(
+            reply(&mut c, ApiRequest::StopBalloonHinting, Some(&mut vm)),
+            Ok(VmmData::Empty)
+        ));
+        assert_eq!(
+            status(&mut c, &mut vm),
+            serde_json::json!({"host_cmd": 1, "guest_cmd": null})
+        );
     }
 
     #[test]

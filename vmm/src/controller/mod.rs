@@ -204,7 +204,13 @@ struct InstanceInfo<'a> {
     app_name: &'static str,
 }
 
+/// Kiln's own version.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Firecracker release whose API, flags and files Kiln implements: what `GET /version`,
+/// `GET /` and `--version` report as the VMM's version, since clients written for
+/// Firecracker read it to decide what they may ask for (Kiln's own is `kiln_version`).
+pub const FIRECRACKER_VERSION: &str = "1.17.0";
 
 fn to_json<T: serde::Serialize>(v: &T) -> Reply {
     serde_json::to_string(v)
@@ -296,11 +302,11 @@ impl Controller {
             ApiRequest::GetInstanceInfo => to_json(&InstanceInfo {
                 id: &self.instance_id,
                 state: self.state().as_str(),
-                vmm_version: VMM_VERSION,
+                vmm_version: FIRECRACKER_VERSION,
                 app_name: "Kiln",
             }),
             ApiRequest::GetVersion => to_json(&serde_json::json!({
-                "firecracker_version": VMM_VERSION,
+                "firecracker_version": FIRECRACKER_VERSION,
                 "kiln_version": VMM_VERSION,
             })),
             ApiRequest::GetMachineConfig => to_json(&self.resources.machine_config),
@@ -498,7 +504,10 @@ impl Controller {
             | ApiRequest::PutBalloon(_)
             | ApiRequest::PatchBalloon(_)
             | ApiRequest::GetBalloonStats
-            | ApiRequest::PatchBalloonStats(_) => self.apply_balloon(req, vm),
+            | ApiRequest::PatchBalloonStats(_)
+            | ApiRequest::StartBalloonHinting(_)
+            | ApiRequest::GetBalloonHintingStatus
+            | ApiRequest::StopBalloonHinting => self.apply_balloon(req, vm),
         }
     }
 }

@@ -396,9 +396,12 @@ metrics_group! {
         deflate_count: Counter,
         /// Inflate or deflate chains refused (malformed, not whole frame numbers, too long).
         event_fails: Counter,
+        /// Free page reporting: ranges reported, bytes given back, ranges or chains refused.
         free_page_report_count: Counter,
         free_page_report_freed: Counter,
         free_page_report_fails: Counter,
+        /// Free page hinting: ranges hinted in the current run, bytes given back, ranges
+        /// or chains refused.
         free_page_hint_count: Counter,
         free_page_hint_freed: Counter,
         free_page_hint_fails: Counter,
@@ -411,8 +414,11 @@ metrics_group! {
         /// Kiln: frame numbers given twice in one chain.
         duplicate_pfns: Counter,
         /// Kiln: runs not (wholly) given back because the backing's pages are larger
-        /// (hugetlbfs).
+        /// (hugetlbfs), or reported/hinted ranges cut to their whole 4 KiB pages.
         unaligned_ranges: Counter,
+        /// Kiln: reported or hinted ranges refused: empty once page-aligned, overflowing,
+        /// or not wholly guest RAM.
+        invalid_ranges: Counter,
         /// Kiln: madvise calls that failed.
         discard_fails: Counter,
     }

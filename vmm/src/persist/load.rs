@@ -127,7 +127,7 @@ fn read_state(path: &str, key: Option<&SnapshotKey>) -> Result<(MicrovmState, bo
         path: path.to_string(),
         source,
     })?;
-    let state = Decoder::of_minor(opened.body, opened.header.version.minor)
+    let state = Decoder::with_minor(opened.body, opened.header.version.minor)
         .get::<MicrovmState>()
         .map_err(|source| LoadError::Decode {
             path: path.to_string(),

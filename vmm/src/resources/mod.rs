@@ -29,7 +29,7 @@ mod vsock;
 #[cfg(test)]
 mod tests;
 
-pub use balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
+pub use balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate, HintingStart};
 pub use boot_source::BootSourceConfig;
 pub use cpu_config::{
     Bitmap, CpuConfig, CpuConfigSource, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier,

@@ -131,20 +131,19 @@ impl Encoder {
 pub struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
-    /// The format minor version the data was written in (the layout of a few values
-    /// depends on it).
     minor: u16,
 }
 
 impl<'a> Decoder<'a> {
-    /// A decoder of data in this VMM's own format version.
+    /// A decoder of data in this VMM's format version.
     pub fn new(data: &'a [u8]) -> Self {
-        Self::of_minor(data, super::VERSION.minor)
+        Self::with_minor(data, super::VERSION.minor)
     }
 
-    /// A decoder of data written in minor version `minor` of this VMM's major version
-    /// (the state file's header says which).
-    pub fn of_minor(data: &'a [u8], minor: u16) -> Self {
+    /// A decoder of data written in minor format version `minor` (of this VMM's major
+    /// version): a field added in a later minor version is not read from it (its owner
+    /// takes its default).
+    pub fn with_minor(data: &'a [u8], minor: u16) -> Self {
         Decoder {
             data,
             pos: 0,
@@ -152,7 +151,7 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// The format minor version being read.
+    /// The minor format version of the data.
     pub fn minor(&self) -> u16 {
         self.minor
     }

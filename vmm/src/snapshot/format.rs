@@ -11,9 +11,11 @@ use hmac::Mac;
 
 /// The first 8 bytes of every Kiln snapshot state file.
 pub const MAGIC: [u8; 8] = *b"KILNSNAP";
-/// The format version this VMM writes and reads. Minor versions: 0, the first; 1, the
-/// VM's PIT became optional (a presence byte before it, `vstate::vm_state`).
-pub const VERSION: Version = Version { major: 1, minor: 1 };
+/// The format version this VMM writes and reads.
+/// v1.1: a virtio transport's state ends with its device's own state (the balloon's free
+/// page hinting run).
+/// v1.2: the VM's PIT is optional (a presence byte before its state, `vstate::vm_state`).
+pub const VERSION: Version = Version { major: 1, minor: 2 };
 /// Magic, version, flags, body length.
 pub const HEADER_LEN: usize = 24;
 /// HMAC-SHA256 or SHA-256: 32 bytes.
@@ -235,14 +237,14 @@ mod tests {
         v[10] = 0;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v2.0.0; this VMM reads v1.1.0 and older minor versions of it"
+            "the state file has format version v2.0.0; this VMM reads v1.2.0 and older minor versions of it"
         );
         // A newer minor version is refused, an older one read.
         let mut v = plain.clone();
-        v[10] = 2;
+        v[10] = 3;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v1.2.0; this VMM reads v1.1.0 and older minor versions of it"
+            "the state file has format version v1.3.0; this VMM reads v1.2.0 and older minor versions of it"
         );
         v[10] = 0;
         assert_eq!(

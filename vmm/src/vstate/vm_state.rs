@@ -14,6 +14,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// The format minor version from which the PIT's state has a presence byte.
+const PIT_OPTIONAL_SINCE: u16 = 2;
 /// `KVM_CLOCK_REALTIME` (Linux 5.16): the clock data carries the host's wall-clock time.
 const KVM_CLOCK_REALTIME: u32 = 1 << 2;
 /// Bytes of a page in the dirty log.
@@ -92,8 +94,8 @@ pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
-    /// `None`: the VM has no in-kernel PIT (`"pit": false`). Format v1.0 has a PIT always;
-    /// v1.1 writes a presence byte before it.
+    /// `None`: the VM has no in-kernel PIT (`"pit": false`). Formats before v1.2 have a PIT
+    /// always; v1.2 writes a presence byte before it.
     pub pit: Option<kvm_pit_state2>,
     pub clock: kvm_clock_data,
 }
@@ -173,8 +175,8 @@ impl Persist for VmState {
             pic_master: d.pod("PIC (master)")?,
             pic_slave: d.pod("PIC (slave)")?,
             ioapic: d.pod("IOAPIC")?,
-            // v1.0 (before the PIT became optional): always there, no presence byte.
-            pit: if d.minor() == 0 || d.bool("PIT present")? {
+            // Before v1.2 (the PIT optional): always there, no presence byte.
+            pit: if d.minor() < PIT_OPTIONAL_SINCE || d.bool("PIT present")? {
                 Some(d.pod("PIT")?)
             } else {
                 None
@@ -266,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn format_v1_0_always_has_a_pit_and_no_presence_byte() {
+    fn formats_before_v1_2_always_have_a_pit_and_no_presence_byte() {
         let s = state(Some(a_pit()));
         let mut e = Encoder::new();
         e.pod(&s.pic_master);
@@ -274,15 +276,17 @@ mod tests {
         e.pod(&s.ioapic);
         e.pod(&a_pit());
         e.pod(&s.clock);
-        let v10 = e.into_bytes();
-        let mut d = Decoder::of_minor(&v10, 0);
-        let back: VmState = d.get().unwrap();
-        d.finish().unwrap();
-        assert_eq!(back.pit.map(|p| p.channels[0].count), Some(0xffff));
-        assert_eq!(back.clock.clock, 0x1234_5678);
-        // The same bytes read as v1.1 are not a state (the PIT's length prefix is taken
+        let old = e.into_bytes();
+        for minor in 0..PIT_OPTIONAL_SINCE {
+            let mut d = Decoder::with_minor(&old, minor);
+            let back: VmState = d.get().unwrap();
+            d.finish().unwrap();
+            assert_eq!(back.pit.map(|p| p.channels[0].count), Some(0xffff));
+            assert_eq!(back.clock.clock, 0x1234_5678);
+        }
+        // The same bytes read as v1.2 are not a state (the PIT's length prefix is taken
         // for a presence byte).
-        assert!(Decoder::new(&v10).get::<VmState>().is_err());
+        assert!(Decoder::new(&old).get::<VmState>().is_err());
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub enum InstanceError {
     ShuttingDown,
     #[error("Linux functions need a guest kernel: {path} does not exist (build it with scripts/assets.sh, or use --kernel PATH)")]
     NoKernel { path: PathBuf },
+    #[error("the VMM's API: {0}")]
+    Api(#[from] super::api::ApiError),
+    #[error("blank instance {id} (for {memory_mib} MiB functions) cannot be assigned to function {function:?}")]
+    BlankUnfit {
+        id: String,
+        memory_mib: u32,
+        function: String,
+    },
     #[error("snapshot start: {0}")]
     Snapshot(String),
     #[error("guest user space cannot run on this host (its KVM is kvm_pvm, /sys/module/kvm_pvm: guest ring 3 code faults at its first syscall): the guest kernel reached `Run /init` and then {detail}; Linux functions need a host with hardware virtualization (VMX/SVM)")]

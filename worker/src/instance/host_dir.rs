@@ -35,13 +35,80 @@ pub(super) const VM_CONFIG: &str = "vm.json";
 pub(super) const PROFILE: &str = "profile.json";
 pub(super) const VSOCK_DIR: &str = "vsock";
 
-/// Creates the instance's host directory with its files and the listening vsock socket.
-/// `writable`: jail paths (writable binds) where the VMM may also create, truncate and
-/// remove files, granted in the instance's tenant profile (Landlock `rw`): a snapshot
-/// template's directory, where `PUT /snapshot/create` writes.
-pub(super) fn prepare(
+/// Creates the instance's host directory for `function`: [`prepare`] and the function's
+/// files (its image or initramfs and the VM config the VMM boots from).
+pub(super) fn prepare_for(
     cfg: &InstanceConfig,
     function: &Function,
+    dir: &Path,
+    uid: u32,
+    writable: &[&str],
+) -> Result<UnixListener, InstanceError> {
+    let listener = prepare(cfg, function.memory_mib, dir, uid, writable)?;
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InstanceError::HostDir { path, source }
+    };
+    // The instance's own copy of the image (or initramfs), readable by its uid only.
+    let linux = function.kind == FunctionKind::Linux;
+    let image = dir.join(if linux { PRIVATE_INITRD } else { PRIVATE_IMAGE });
+    copy_private(&function.image, &image, uid).map_err(err(&image))?;
+    let vm = serde_json::json!({
+        "boot-source": boot_source(function),
+        "machine-config": machine_config(function.vcpus, function.memory_mib, linux),
+        "vsock": vsock(),
+    });
+    let vm_path = dir.join(VM_CONFIG);
+    write_private(&vm_path, vm.to_string().as_bytes(), 0o400).map_err(err(&vm_path))?;
+    std::os::unix::fs::chown(&vm_path, Some(uid), Some(uid)).map_err(err(&vm_path))?;
+    Ok(listener)
+}
+
+/// The VM config's `boot-source` for `function` (paths inside the jail).
+pub(super) fn boot_source(function: &Function) -> serde_json::Value {
+    let mut boot_source = serde_json::json!({ "kernel_image_path": JAIL_IMAGE });
+    if function.kind == FunctionKind::Linux {
+        boot_source["initrd_path"] = JAIL_INITRD.into();
+    }
+    if let Some(args) = &function.boot_args {
+        boot_source["boot_args"] = args.clone().into();
+    }
+    boot_source
+}
+
+/// The VM config's `machine-config`. A function image (not `linux`) keeps time with the
+/// TSC: its VM gets no in-kernel PIT, whose destruction costs every teardown ~13 ms of SRCU
+/// grace periods (docs/benchmarks.md); a Linux function's kernel keeps the PIT Firecracker
+/// gives every guest.
+pub(super) fn machine_config(vcpus: u8, memory_mib: u32, linux: bool) -> serde_json::Value {
+    let mut machine = serde_json::json!({ "vcpu_count": vcpus, "mem_size_mib": memory_mib });
+    if !linux {
+        machine["pit"] = false.into();
+    }
+    machine
+}
+
+/// The VM config's `vsock`: the guest's connections go to the worker's listener.
+pub(super) fn vsock() -> serde_json::Value {
+    serde_json::json!({ "guest_cid": GUEST_CID, "uds_path": format!("{JAIL_VSOCK_DIR}/{VSOCK_NAME}") })
+}
+
+/// A private copy of `from` at `to` (created, never replaced, no link followed), mode 0400,
+/// owned by `uid` (= gid): the instance's own copy of an image.
+pub(super) fn copy_private(from: &Path, to: &Path, uid: u32) -> std::io::Result<()> {
+    let bytes = std::fs::read(from)?;
+    write_private(to, &bytes, 0o400)?;
+    std::os::unix::fs::chown(to, Some(uid), Some(uid))
+}
+
+/// Creates an instance's host directory: its tenant profile (with the memory limit for
+/// `memory_mib` of guest memory) and `vsock/` with the listening socket. `writable`: jail
+/// paths (writable binds) where the VMM may also create, truncate and remove files, granted
+/// in the instance's tenant profile (Landlock `rw`): a snapshot template's directory, where
+/// `PUT /snapshot/create` writes.
+pub(super) fn prepare(
+    cfg: &InstanceConfig,
+    memory_mib: u32,
     dir: &Path,
     uid: u32,
     writable: &[&str],
@@ -56,40 +123,9 @@ pub(super) fn prepare(
     std::fs::create_dir(dir).map_err(err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err(dir))?;
 
-    // The instance's own copy of the image (or initramfs), readable by its uid only.
-    let linux = function.kind == FunctionKind::Linux;
-    let image = dir.join(if linux { PRIVATE_INITRD } else { PRIVATE_IMAGE });
-    let bytes = std::fs::read(&function.image).map_err(err(&function.image))?;
-    write_private(&image, &bytes, 0o400).map_err(err(&image))?;
-    std::os::unix::fs::chown(&image, Some(uid), Some(uid)).map_err(err(&image))?;
-
-    let mut boot_source = serde_json::json!({ "kernel_image_path": JAIL_IMAGE });
-    if linux {
-        boot_source["initrd_path"] = JAIL_INITRD.into();
-    }
-    if let Some(args) = &function.boot_args {
-        boot_source["boot_args"] = args.clone().into();
-    }
-    let mut machine =
-        serde_json::json!({ "vcpu_count": function.vcpus, "mem_size_mib": function.memory_mib });
-    if !linux {
-        // A function image keeps time with the TSC: no in-kernel PIT, whose destruction
-        // costs every teardown ~13 ms of SRCU grace periods (docs/benchmarks.md). A Linux
-        // function's kernel keeps the PIT Firecracker gives every guest.
-        machine["pit"] = false.into();
-    }
-    let vm = serde_json::json!({
-        "boot-source": boot_source,
-        "machine-config": machine,
-        "vsock": { "guest_cid": GUEST_CID, "uds_path": format!("{JAIL_VSOCK_DIR}/{VSOCK_NAME}") },
-    });
-    let vm_path = dir.join(VM_CONFIG);
-    write_private(&vm_path, vm.to_string().as_bytes(), 0o400).map_err(err(&vm_path))?;
-    std::os::unix::fs::chown(&vm_path, Some(uid), Some(uid)).map_err(err(&vm_path))?;
-
     // The default profile with this function's memory limit (and the writable paths).
     let mut profile = cfg.profile.clone();
-    let limit = (u64::from(function.memory_mib) + u64::from(cfg.memory_overhead_mib)) << 20;
+    let limit = (u64::from(memory_mib) + u64::from(cfg.memory_overhead_mib)) << 20;
     match profile.as_object_mut() {
         Some(p) => {
             let cgroup = p.entry("cgroup").or_insert_with(|| serde_json::json!({}));
@@ -141,6 +177,7 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(path)?;
     f.write_all(bytes)

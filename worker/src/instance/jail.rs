@@ -16,6 +16,7 @@
 //! another mount); what it cannot remove is reported, left for the next sweep, and never
 //! stops the worker.
 
+use super::api::{self, ApiError};
 use super::config::InstanceConfig;
 use super::output::{drain_console, drain_stderr, OutputLogs};
 use super::record;
@@ -24,7 +25,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long `jailer cleanup` waits for a stopped jail's processes to exit.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
@@ -132,6 +133,16 @@ impl Jail {
             .and_then(|c| i32::try_from(c.id()).ok())
     }
 
+    /// How long a start may take (unless the function says otherwise).
+    pub(super) fn start_timeout(&self) -> Duration {
+        self.cfg.start_timeout
+    }
+
+    /// Largest response (and log frame) accepted from the guest.
+    pub(super) fn max_response_bytes(&self) -> u32 {
+        self.cfg.max_response_bytes
+    }
+
     /// How long a stopping VMM gets before SIGKILL.
     pub(super) fn stop_grace(&self) -> Duration {
         self.cfg.stop_grace
@@ -144,6 +155,19 @@ impl Jail {
     /// `<chroot base>/<exec name>/<id>` (its `root/` is the jail's `/`).
     pub(super) fn dir(&self) -> PathBuf {
         record::jail_dir(&self.cfg, &self.id)
+    }
+
+    /// The host path of the VMM's API socket (when it serves one).
+    pub(super) fn api_socket(&self) -> PathBuf {
+        self.dir()
+            .join("root")
+            .join(api::JAIL_API_SOCK.trim_start_matches('/'))
+    }
+
+    /// Waits until the VMM's API socket accepts connections (see [`api::wait_up`]).
+    pub(super) fn wait_api(&mut self, started: Instant, deadline: Instant) -> Result<(), ApiError> {
+        let sock = self.api_socket();
+        api::wait_up(&sock, started, deadline, || self.supervisor_exited())
     }
 
     pub(super) fn supervisor_exited(&mut self) -> bool {

@@ -26,10 +26,17 @@
 //! **Snapshot start.** A function whose manifest asks for it is booted once and snapshotted
 //! after its Hello; its cold instances are then restored from that snapshot ([`snapshot`]).
 //!
+//! **Blank instances.** A jail and a VMM with its API made before any function is known
+//! ([`blank`]); assigned to a function for life, it joins the start path above at the wait
+//! for the guest (`Instance::start_on_blank`): every start shares the code after its VMM
+//! runs the guest.
+//!
 //! Modules: [`config`] (how instances are jailed), [`error`] (why a start or an invocation
 //! failed), [`host_dir`], [`uid`], [`spawn`], [`jail`], [`owner`], [`record`], [`output`],
-//! [`ready`], [`snapshot`].
+//! [`ready`], [`snapshot`], [`blank`], [`api`] (the VMM's API, from the worker's side).
 
+mod api;
+mod blank;
 mod config;
 mod error;
 mod host_dir;
@@ -42,6 +49,8 @@ mod snapshot;
 mod spawn;
 mod uid;
 
+pub use api::ApiError;
+pub use blank::{BlankInfo, BlankInstance};
 pub use config::InstanceConfig;
 pub use error::{InstanceError, InvokeError};
 pub use jail::{StopMode, StopReport};
@@ -60,8 +69,7 @@ use crate::vmm_exit;
 use jail::Jail;
 use kiln_guest_builder::Kind as FunctionKind;
 use kiln_protocol::{decode_error, ErrorCode, Kind};
-use snapshot::Launch;
-use std::sync::atomic::{AtomicU64, Ordering};
+use spawn::Launch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,26 +113,12 @@ pub struct InstanceInfo {
     pub idle_ms: Option<u64>,
 }
 
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
-
 /// Removes what gone workers (SIGKILL, power loss), and stops that failed, left: their
 /// instances' jails and records ([`record`]) and their functions' snapshots. Returns how
 /// many records are left for a later sweep.
 pub fn sweep(cfg: &InstanceConfig, wait: std::time::Duration) -> usize {
     snapshot::sweep_stale(cfg);
     record::sweep(cfg, wait)
-}
-
-/// `<function>-<n>-<worker tag>`, at most 64 characters from [A-Za-z0-9-].
-fn instance_id(function: &str, n: u64, tag: &str) -> String {
-    let suffix = format!("-{n}-{tag}");
-    let room = 64usize.saturating_sub(suffix.len());
-    let name: String = function
-        .chars()
-        .take(room)
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("{name}{suffix}")
 }
 
 impl Instance {
@@ -142,18 +136,22 @@ impl Instance {
         Instance::start_with(cfg, function, Launch::Boot)
     }
 
+    /// A snapshot template of `function`: booted with its API and the snapshot's directory
+    /// writable ([`snapshot`]).
+    fn start_template(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+        files: &SnapshotFiles,
+    ) -> Result<Instance, InstanceError> {
+        Instance::start_with(cfg, function, Launch::Template(files))
+    }
+
     fn start_with(
         cfg: &Arc<InstanceConfig>,
         function: &Arc<Function>,
         launch: Launch<'_>,
     ) -> Result<Instance, InstanceError> {
         let spawned = Instant::now();
-        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let id = instance_id(&function.name, n, cfg.owner.tag());
-        let (uid, uid_lock) = uid::lease(cfg, n)?;
-        let host_dir = cfg.state_dir.join("instances").join(&id);
-        // From here on, dropping the jail removes whatever was made of it.
-        let mut jail = Jail::new(id.clone(), cfg.clone(), uid, uid_lock, host_dir.clone());
         let linux = function.kind == FunctionKind::Linux;
         if linux && !cfg.kernel.is_file() {
             return Err(InstanceError::NoKernel {
@@ -162,39 +160,73 @@ impl Instance {
         }
         let writable: &[&str] = match launch {
             Launch::Template(_) => &[snapshot::JAIL_DIR],
-            Launch::Boot | Launch::Restore(_) => &[],
+            Launch::Boot | Launch::Restore(_) | Launch::Blank => &[],
         };
-        let listener = host_dir::prepare(cfg, function, &host_dir, uid, writable)?;
-        if let Launch::Template(files) = launch {
-            // The template's VMM writes the snapshot there.
-            std::os::unix::fs::chown(&files.files, Some(uid), Some(uid)).map_err(|source| {
-                InstanceError::HostDir {
-                    path: files.files.clone(),
-                    source,
+        let (mut jail, listener) =
+            spawn::make_jail(cfg, &function.name, linux, launch, |host_dir, uid| {
+                let listener = host_dir::prepare_for(cfg, function, host_dir, uid, writable)?;
+                if let Launch::Template(files) = launch {
+                    // The template's VMM writes the snapshot there.
+                    std::os::unix::fs::chown(&files.files, Some(uid), Some(uid)).map_err(
+                        |source| InstanceError::HostDir {
+                            path: files.files.clone(),
+                            source,
+                        },
+                    )?;
                 }
+                Ok(listener)
             })?;
-        }
-        let cmd = spawn::jailer_command(cfg, &id, uid, &host_dir, linux, launch);
-        let child =
-            spawn::spawn_from_worker_thread(cmd).map_err(|source| InstanceError::Spawn {
-                path: cfg.jailer.clone(),
-                source,
-            })?;
-        jail.attach(child).map_err(InstanceError::Watch)?;
-
         let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
         let deadline = spawned + start_timeout;
         if let Launch::Restore(_) = launch {
-            snapshot::restore(&mut jail, deadline)?;
+            snapshot::restore(&mut jail, spawned, deadline)?;
         }
+        let marks = true;
+        Instance::ready(function, jail, listener, spawned, marks)
+    }
+
+    /// Assigns the blank instance `blank` to `function` for the rest of its life: stages the
+    /// function's image into its jail, configures its VMM and starts the guest through the
+    /// API ([`blank`]), then waits for the guest's `Hello` like any other start.
+    pub fn start_on_blank(
+        cfg: &Arc<InstanceConfig>,
+        function: &Arc<Function>,
+        blank: BlankInstance,
+    ) -> Result<Instance, InstanceError> {
+        let assigned = Instant::now();
+        let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
+        let (jail, listener) = blank.assign(function, assigned + start_timeout)?;
+        // The VMM's boot marks count from the blank's start, long before the assignment:
+        // only the total is reported.
+        let marks = false;
+        Instance::ready(function, jail, listener, assigned, marks)
+    }
+
+    /// The start path every instance shares once its VMM runs its guest: the guest's
+    /// connection and its `Hello` within the start timeout from `spawned`. `marks`: split
+    /// the start's time by the VMM's boot marks.
+    fn ready(
+        function: &Arc<Function>,
+        mut jail: Jail,
+        listener: std::os::unix::net::UnixListener,
+        spawned: Instant,
+        marks: bool,
+    ) -> Result<Instance, InstanceError> {
+        let start_timeout = function.hello_timeout.unwrap_or(jail.start_timeout());
+        let deadline = spawned + start_timeout;
+        let linux = function.kind == FunctionKind::Linux;
         let watch_init = linux && is_pvm_host();
         let stream =
             ready::wait_for_guest(&mut jail, &listener, deadline, start_timeout, watch_init)?;
         drop(listener);
-        let mut channel = Channel::new(stream, cfg.max_response_bytes);
+        let mut channel = Channel::new(stream, jail.max_response_bytes());
         let hello_at = ready::hello(&mut channel, &mut jail, function, deadline, start_timeout)?;
         jail.open_vmm_pidfd();
-        let marks = jail.logs().marks();
+        let marks = if marks {
+            jail.logs().marks()
+        } else {
+            Vec::new()
+        };
         Ok(Instance {
             jail,
             function: function.clone(),
@@ -382,21 +414,5 @@ impl Instance {
     /// What the guest printed on its console (the last 16 KiB).
     pub fn console(&self) -> String {
         self.jail.logs().console()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instance_ids_fit_the_jailer_and_name_their_worker() {
-        let id = instance_id("echo", 7, "123-0a1b2c3d");
-        assert_eq!(id, "echo-7-123-0a1b2c3d");
-        assert_eq!(tag_of(&id), Some("123-0a1b2c3d"));
-        let long = instance_id(&"f_".repeat(40), u64::MAX, "4194304-ffffffff");
-        assert!(long.len() <= 64, "{long}");
-        assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        assert_eq!(tag_of(&long), Some("4194304-ffffffff"));
     }
 }

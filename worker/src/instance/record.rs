@@ -28,6 +28,10 @@ use std::time::Duration;
 
 /// The marker of a record whose jail could not be removed when its instance stopped.
 const STOPPED: &str = "stopped";
+/// The marker of a blank instance's record (no function assigned yet), and the file that
+/// names the function an assigned blank instance belongs to.
+const BLANK: &str = "blank";
+const ASSIGNED: &str = "function";
 /// How many times one removal runs `jailer cleanup` before it gives up (until the next
 /// sweep).
 const CLEANUP_ATTEMPTS: usize = 3;
@@ -50,6 +54,21 @@ pub(super) fn keep(dir: &Path, id: &str, uid_lock: Option<FileLock>) {
     if let Some(l) = uid_lock {
         lock(held()).insert(id.to_string(), l);
     }
+}
+
+/// Marks record `dir` as a blank instance's (swept like any other; the marker tells).
+pub(super) fn mark_blank(dir: &Path) -> Result<(), super::InstanceError> {
+    std::fs::write(dir.join(BLANK), b"").map_err(|source| super::InstanceError::HostDir {
+        path: dir.join(BLANK),
+        source,
+    })
+}
+
+/// Marks the record `dir` of a blank instance as `function`'s from now on.
+pub(super) fn mark_assigned(dir: &Path, function: &str) -> Result<(), super::InstanceError> {
+    let err = |path: PathBuf| move |source| super::InstanceError::HostDir { path, source };
+    std::fs::write(dir.join(ASSIGNED), function.as_bytes()).map_err(err(dir.join(ASSIGNED)))?;
+    std::fs::remove_file(dir.join(BLANK)).map_err(err(dir.join(BLANK)))
 }
 
 /// `<chroot base>/<exec name>/<id>`: the jail of instance `id`.
@@ -167,6 +186,11 @@ pub fn sweep(cfg: &InstanceConfig, wait: Duration) -> usize {
         if !sweepable(cfg, &id, record.join(STOPPED).exists()) {
             continue;
         }
+        let kind = if record.join(BLANK).exists() {
+            "blank "
+        } else {
+            ""
+        };
         let mut lease = lock(held()).remove(&id);
         if lease.is_none() {
             lease = lease_uid_of(cfg, &record);
@@ -178,10 +202,13 @@ pub fn sweep(cfg: &InstanceConfig, wait: Duration) -> usize {
         });
         match removed {
             Ok(found) if found.is_empty() => {
-                eprintln!("kiln: removed the instance record {}", record.display());
+                eprintln!(
+                    "kiln: removed the {kind}instance record {}",
+                    record.display()
+                );
             }
             Ok(found) => eprintln!(
-                "kiln: removed the jail of stale instance {id} ({}) and its record",
+                "kiln: removed the jail of stale {kind}instance {id} ({}) and its record",
                 found.join(", ")
             ),
             Err(err) => {

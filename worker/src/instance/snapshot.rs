@@ -26,6 +26,7 @@
 //! restored vsock device resets the guest's old connection, the guest's runtime connects
 //! again to the worker's listener of this new instance and says Hello.
 
+use super::api;
 use super::config::InstanceConfig;
 use super::error::InstanceError;
 use super::jail::{Jail, StopMode};
@@ -35,7 +36,6 @@ use crate::sync::lock;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -45,10 +45,6 @@ pub(super) const JAIL_DIR: &str = "/snapshot";
 pub(super) const JAIL_STATE: &str = "/snapshot/vm.snap";
 pub(super) const JAIL_MEM: &str = "/snapshot/vm.mem";
 pub(super) const JAIL_KEY: &str = "/snapshot.key";
-/// The VMM's API socket inside the jail (its `/run` is the VMM's own).
-pub(super) const JAIL_API_SOCK: &str = "/run/api.sock";
-/// Largest API answer read.
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// A function build's snapshot: its host paths.
 #[derive(Debug, Clone)]
@@ -115,17 +111,6 @@ pub(super) fn sweep_stale(cfg: &InstanceConfig) {
     }
 }
 
-/// How a jail's VMM is started.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Launch<'a> {
-    /// Booted from its config file, no API (every instance without snapshot start).
-    Boot,
-    /// Booted, with its API and the snapshot directory writable: the template.
-    Template(&'a SnapshotFiles),
-    /// Only its API, the snapshot read-only: restored by the worker.
-    Restore(&'a SnapshotFiles),
-}
-
 fn snapshot_err(what: &str, detail: impl std::fmt::Display) -> InstanceError {
     InstanceError::Snapshot(format!("{what}: {detail}"))
 }
@@ -167,7 +152,7 @@ pub(super) fn ensure(
         .and_then(|mut f| f.read_exact(&mut key))
         .map_err(io_err(Path::new("/dev/urandom")))?;
     write_new(&files.key, &key, 0o444)?;
-    let mut template = Instance::start_with(cfg, function, Launch::Template(&files))?;
+    let mut template = Instance::start_template(cfg, function, &files)?;
     let made = create(&mut template.jail, cfg.start_timeout);
     template.jail.stop(StopMode::Kill);
     made?;
@@ -200,80 +185,44 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstanceError> 
 /// Pauses the template and snapshots it into its `/snapshot` (authenticated).
 fn create(jail: &mut Jail, timeout: Duration) -> Result<(), InstanceError> {
     let deadline = Instant::now() + timeout;
-    let sock = api_socket(jail);
-    api(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, deadline)?;
+    let sock = jail.api_socket();
+    api::request(&sock, "PATCH", "/vm", r#"{"state": "Paused"}"#, deadline)
+        .map_err(|e| snapshot_err("create", e))?;
     let body = serde_json::json!({
         "snapshot_type": "Full", "snapshot_path": JAIL_STATE, "mem_file_path": JAIL_MEM,
     });
-    api(
+    api::request(
         &sock,
         "PUT",
         "/snapshot/create",
         &body.to_string(),
         deadline,
     )
+    .map_err(|e| snapshot_err("create", e))
 }
 
 /// Loads the snapshot into the just-started VMM of `jail` and resumes it.
-pub(super) fn restore(jail: &mut Jail, deadline: Instant) -> Result<(), InstanceError> {
-    let sock = api_socket(jail);
-    while UnixStream::connect(&sock).is_err() {
-        if jail.supervisor_exited() {
-            return Err(InstanceError::Exited(jail.exit_message()));
-        }
-        if Instant::now() >= deadline {
-            return Err(snapshot_err(
-                "restore",
-                "the VMM's API did not come up in time",
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
+pub(super) fn restore(
+    jail: &mut Jail,
+    started: Instant,
+    deadline: Instant,
+) -> Result<(), InstanceError> {
+    match jail.wait_api(started, deadline) {
+        Err(api::ApiError::Exited) => return Err(InstanceError::Exited(jail.exit_message())),
+        Err(e) => return Err(snapshot_err("restore", e)),
+        Ok(()) => {}
     }
     let body = serde_json::json!({
         "snapshot_path": JAIL_STATE,
         "mem_backend": {"backend_type": "File", "backend_path": JAIL_MEM},
         "resume_vm": true,
     });
-    api(&sock, "PUT", "/snapshot/load", &body.to_string(), deadline)
-}
-
-/// The host path of the VMM's API socket in `jail`.
-fn api_socket(jail: &Jail) -> PathBuf {
-    jail.dir()
-        .join("root")
-        .join(JAIL_API_SOCK.trim_start_matches('/'))
-}
-
-/// One request to the VMM's API; anything but 204 is an error with the VMM's fault
-/// message.
-fn api(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: &str,
-    deadline: Instant,
-) -> Result<(), InstanceError> {
-    let what = format!("{method} {path}");
-    let mut s = UnixStream::connect(sock).map_err(|e| snapshot_err(&what, e))?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    s.set_read_timeout(Some(left))
-        .map_err(|e| snapshot_err(&what, e))?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| snapshot_err(&what, e))?;
-    let mut answer = Vec::new();
-    s.take(MAX_ANSWER as u64)
-        .read_to_end(&mut answer)
-        .map_err(|e| snapshot_err(&what, e))?;
-    let text = String::from_utf8_lossy(&answer);
-    if text.starts_with("HTTP/1.1 204") {
-        return Ok(());
-    }
-    let fault = text.split("\r\n\r\n").nth(1).unwrap_or(&text);
-    Err(snapshot_err(&what, fault.trim()))
+    api::request(
+        &jail.api_socket(),
+        "PUT",
+        "/snapshot/load",
+        &body.to_string(),
+        deadline,
+    )
+    .map_err(|e| snapshot_err("restore", e))
 }

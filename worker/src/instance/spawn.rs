@@ -2,19 +2,82 @@
 //! unique `--id` and uid, the host directory's files bound into the jail, the VMM's flags
 //! after `--`), and the one long-lived thread every jailer is spawned from.
 
+use super::api::JAIL_API_SOCK;
 use super::config::InstanceConfig;
+use super::error::InstanceError;
 use super::host_dir::{
     JAIL_CONFIG, JAIL_IMAGE, JAIL_INITRD, JAIL_VSOCK_DIR, PRIVATE_IMAGE, PRIVATE_INITRD, PROFILE,
     VM_CONFIG, VSOCK_DIR,
 };
-use super::snapshot::{Launch, JAIL_API_SOCK, JAIL_DIR, JAIL_KEY, JAIL_MEM, JAIL_STATE};
+use super::jail::Jail;
+use super::snapshot::{SnapshotFiles, JAIL_DIR, JAIL_KEY, JAIL_MEM, JAIL_STATE};
+use super::uid;
 use crate::sync::lock;
 use crate::sys;
 use std::ffi::OsString;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{mpsc, Mutex, OnceLock};
+
+/// How a jail's VMM is started.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Launch<'a> {
+    /// Booted from its config file, no API (every instance without snapshot start).
+    Boot,
+    /// Booted, with its API and the snapshot directory writable: the template.
+    Template(&'a SnapshotFiles),
+    /// Only its API, the snapshot read-only: restored by the worker.
+    Restore(&'a SnapshotFiles),
+    /// Only its API and the vsock directory, no function yet: a blank instance, configured
+    /// and started through its API once a function is assigned to it (the image is staged
+    /// into the jail's root then).
+    Blank,
+}
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// `<name>-<n>-<worker tag>`, at most 64 characters from [A-Za-z0-9-]: `name` is the
+/// function's, or `blank` for a blank instance.
+pub(super) fn instance_id(name: &str, n: u64, tag: &str) -> String {
+    let suffix = format!("-{n}-{tag}");
+    let room = 64usize.saturating_sub(suffix.len());
+    let name: String = name
+        .chars()
+        .take(room)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{name}{suffix}")
+}
+
+/// Makes a jail: a new instance id (named after `name`), a uid lease, the host directory
+/// (`prepare` makes it, given its path and the uid, and returns the vsock listener), the
+/// jailer spawned and watched. From the moment the uid is leased, dropping the returned
+/// [`Jail`] (or an error here) removes whatever was made of it.
+pub(super) fn make_jail(
+    cfg: &Arc<InstanceConfig>,
+    name: &str,
+    linux: bool,
+    launch: Launch<'_>,
+    prepare: impl FnOnce(&Path, u32) -> Result<UnixListener, InstanceError>,
+) -> Result<(Jail, UnixListener), InstanceError> {
+    let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+    let id = instance_id(name, n, cfg.owner.tag());
+    let (uid, uid_lock) = uid::lease(cfg, n)?;
+    let host_dir = cfg.state_dir.join("instances").join(&id);
+    let mut jail = Jail::new(id.clone(), cfg.clone(), uid, uid_lock, host_dir.clone());
+    let listener = prepare(&host_dir, uid)?;
+    let cmd = jailer_command(cfg, &id, uid, &host_dir, linux, launch);
+    let child = spawn_from_worker_thread(cmd).map_err(|source| InstanceError::Spawn {
+        path: cfg.jailer.clone(),
+        source,
+    })?;
+    jail.attach(child).map_err(InstanceError::Watch)?;
+    Ok((jail, listener))
+}
 
 /// `HOST:JAIL`, a `--bind-ro`/`--bind-rw` value.
 fn bind(host: &Path, jail: &str) -> OsString {
@@ -27,8 +90,8 @@ fn bind(host: &Path, jail: &str) -> OsString {
 /// The jailer's command line for instance `id` (uid = gid `uid`) whose files are in
 /// `host_dir`; `linux`: the function is a Linux one (the shared kernel, its own initramfs);
 /// `launch`: booted, or a snapshot's template or restore (the snapshot's files bound too,
-/// the VMM with its API).
-pub(super) fn jailer_command(
+/// the VMM with its API), or blank (only the vsock directory bound, the VMM with its API).
+fn jailer_command(
     cfg: &InstanceConfig,
     id: &str,
     uid: u32,
@@ -52,20 +115,22 @@ pub(super) fn jailer_command(
         .arg("--parent-cgroup")
         .arg(&cfg.parent_cgroup)
         .arg("--profile")
-        .arg(host_dir.join(PROFILE))
-        .arg("--bind-ro");
-    if linux {
-        // The kernel is shared (read-only, the same for every tenant); the initramfs
-        // with the function's code is the instance's own copy.
-        cmd.arg(bind(&cfg.kernel, JAIL_IMAGE))
-            .arg("--bind-ro")
-            .arg(bind(&host_dir.join(PRIVATE_INITRD), JAIL_INITRD));
-    } else {
-        cmd.arg(bind(&host_dir.join(PRIVATE_IMAGE), JAIL_IMAGE));
+        .arg(host_dir.join(PROFILE));
+    if !matches!(launch, Launch::Blank) {
+        cmd.arg("--bind-ro");
+        if linux {
+            // The kernel is shared (read-only, the same for every tenant); the initramfs
+            // with the function's code is the instance's own copy.
+            cmd.arg(bind(&cfg.kernel, JAIL_IMAGE))
+                .arg("--bind-ro")
+                .arg(bind(&host_dir.join(PRIVATE_INITRD), JAIL_INITRD));
+        } else {
+            cmd.arg(bind(&host_dir.join(PRIVATE_IMAGE), JAIL_IMAGE));
+        }
+        cmd.arg("--bind-ro")
+            .arg(bind(&host_dir.join(VM_CONFIG), JAIL_CONFIG));
     }
-    cmd.arg("--bind-ro")
-        .arg(bind(&host_dir.join(VM_CONFIG), JAIL_CONFIG))
-        .arg("--bind-rw")
+    cmd.arg("--bind-rw")
         .arg(bind(&host_dir.join(VSOCK_DIR), JAIL_VSOCK_DIR));
     match launch {
         Launch::Boot => {
@@ -90,6 +155,9 @@ pub(super) fn jailer_command(
                 .arg(bind(&files.key, JAIL_KEY))
                 .arg("--")
                 .args(["--api-sock", JAIL_API_SOCK, "--snapshot-key-file", JAIL_KEY]);
+        }
+        Launch::Blank => {
+            cmd.arg("--").args(["--api-sock", JAIL_API_SOCK]);
         }
     }
     cmd.arg("--boot-timer");
@@ -116,7 +184,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Every jailer is spawned by one long-lived thread: the jailer gets SIGTERM when the thread
 /// that forked it dies (PR_SET_PDEATHSIG), which then means "when the worker dies".
-pub(super) fn spawn_from_worker_thread(cmd: Command) -> std::io::Result<Child> {
+fn spawn_from_worker_thread(cmd: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -139,4 +207,21 @@ pub(super) fn spawn_from_worker_thread(cmd: Command) -> std::io::Result<Child> {
     reply_rx
         .recv()
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::tag_of;
+
+    #[test]
+    fn instance_ids_fit_the_jailer_and_name_their_worker() {
+        let id = instance_id("echo", 7, "123-0a1b2c3d");
+        assert_eq!(id, "echo-7-123-0a1b2c3d");
+        assert_eq!(tag_of(&id), Some("123-0a1b2c3d"));
+        let long = instance_id(&"f_".repeat(40), u64::MAX, "4194304-ffffffff");
+        assert!(long.len() <= 64, "{long}");
+        assert!(long.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        assert_eq!(tag_of(&long), Some("4194304-ffffffff"));
+    }
 }

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `POST /functions/NAME/invocations` with the event as body | 200 with the function's response as body, `X-Kiln-Vm-Id`, `X-Kiln-Cold-Start`, `X-Kiln-Timings` |
 //! | `GET /functions` | 200, `{"functions": [{"name", "instances": [{"id", "uid", "vmm_pid", "state", ...}]}]}` |
+//! | `GET /blank-pool` | 200, `{"sizes": [{"memory_mib", "target", "ready": [{"id", "uid", "vmm_pid", "supervisor_pid", "memory_mib", "age_ms"}], "counts": {"started", "failed", "taken", "expired", "died"}}]}` (no sizes without `--blank-pool`) |
 //!
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status (see
 //! docs/worker.md for the codes), decided in [`super::status`].
@@ -20,6 +21,14 @@ pub fn route(req: &Request, pools: &Pools, identity: &Identity, close: bool) -> 
     match segments.as_slice() {
         ["functions"] => match req.method {
             Method::Get => json_response(200, &list(pools), close),
+            _ => method_not_allowed("GET", &req.path, close),
+        },
+        ["blank-pool"] => match req.method {
+            Method::Get => json_response(
+                200,
+                &serde_json::json!({ "sizes": pools.blank_list() }),
+                close,
+            ),
             _ => method_not_allowed("GET", &req.path, close),
         },
         ["functions", name, "invocations"] => match &req.method {
@@ -43,7 +52,7 @@ pub fn route(req: &Request, pools: &Pools, identity: &Identity, close: bool) -> 
             404,
             "not_found",
             &format!(
-                "no such path {:?}: use POST /functions/NAME/invocations, GET /functions, or Lambda's POST /2015-03-31/functions/NAME/invocations",
+                "no such path {:?}: use POST /functions/NAME/invocations, GET /functions, GET /blank-pool, or Lambda's POST /2015-03-31/functions/NAME/invocations",
                 req.path
             ),
             None,

@@ -76,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         if !meta.file_type().is_socket() {
             return Err(ServerError::NotASocket(path.to_path_buf()));
         }
-        if UnixStream::connect(path).is_ok() {
+        if still_listening(path) {
             return Err(ServerError::InUse(path.to_path_buf()));
         }
         std::fs::remove_file(path).map_err(|source| ServerError::Stale {
@@ -88,6 +88,24 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// How long [`still_listening`] waits for a queued connection to be reset.
+const STALE_PROBE: Duration = Duration::from_millis(200);
+
+/// Whether a process still listens on the socket at `path`. That a connection is queued is
+/// not enough: a worker killed while it forked a jailer leaves the child holding its
+/// listener until the child execs or exits, and the kernel then resets what was queued. A
+/// live listener holds (or answers) the probe; a dying one resets it within [`STALE_PROBE`].
+fn still_listening(path: &Path) -> bool {
+    let Ok(mut probe) = UnixStream::connect(path) else {
+        return false;
+    };
+    if probe.set_read_timeout(Some(STALE_PROBE)).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    !matches!(probe.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 /// Listens on `addr` (TCP).
@@ -364,7 +382,24 @@ mod tests {
         let live = bind(&sock).unwrap();
         assert!(matches!(bind(&sock), Err(ServerError::InUse(_))));
         drop(live);
-        assert!(bind(&sock).is_ok(), "a stale socket is replaced");
+        let replaced = bind(&sock).expect("a stale socket is replaced");
+        // A listener that goes away while it is probed (a killed worker's forked child
+        // that execs) is stale too: the kernel resets the queued probe.
+        let dying = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(replaced);
+        });
+        let t = Instant::now();
+        assert!(
+            bind(&sock).is_ok(),
+            "a socket whose listener closes is replaced"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            t.elapsed()
+        );
+        dying.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

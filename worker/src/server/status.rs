@@ -62,6 +62,8 @@ fn start_status(e: &InstanceError) -> u16 {
         | InstanceError::StartTimeout { .. }
         | InstanceError::Hello(_)
         | InstanceError::Snapshot(_)
+        | InstanceError::Api(_)
+        | InstanceError::BlankUnfit { .. }
         | InstanceError::NoKernel { .. } => 500,
     }
 }

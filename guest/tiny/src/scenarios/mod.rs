@@ -6,6 +6,7 @@
 //! `pub fn run(info: &BootInfo, con: &mut Console)` and add a row to [`SCENARIOS`].
 
 mod balloon;
+mod balloon_free;
 mod blk;
 mod boot;
 mod bus;
@@ -85,6 +86,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"rng-hostile", hostile::rng::run),
     (b"balloon", balloon::run),
     (b"balloon-hostile", hostile::balloon::run),
+    (b"balloon-free", balloon_free::run),
+    (b"balloon-free-hostile", hostile::balloon_free::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

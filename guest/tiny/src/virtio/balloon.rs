@@ -1,7 +1,9 @@
-//! virtio-balloon: the inflate (ring 0), deflate (ring 1) and stats (ring 2) queues, one
-//! buffer of up to [`PFNS`] page frame numbers and one statistics buffer in static memory
-//! inside the image, and the configuration space's `num_pages` (offset 0, the host's
-//! target) and `actual` (offset 4, the driver's).
+//! virtio-balloon: the inflate (ring 0), deflate (ring 1), stats (ring 2), free page
+//! hinting (ring 3) and free page reporting (ring 4) queues — the queue numbers follow the
+//! negotiated features, in the spec's order —, one buffer of up to [`PFNS`] page frame
+//! numbers, one statistics buffer and one of command ids in static memory inside the
+//! image, and the configuration space's `num_pages` (offset 0, the host's target), `actual`
+//! (offset 4, the driver's) and `free_page_hint_cmd_id` (offset 8, the host's).
 
 // Lengths are cut to the width of their ring field; each is in range.
 #![allow(clippy::cast_possible_truncation)]
@@ -17,6 +19,14 @@ pub const PFNS: usize = 256;
 pub const STATS: usize = 4;
 pub const F_STATS_VQ: u64 = 1 << 1;
 pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
+pub const F_FREE_PAGE_HINT: u64 = 1 << 3;
+pub const F_REPORTING: u64 = 1 << 5;
+/// Free page hinting's ids: the end of a run (the driver's and the host's) and the host's
+/// "done, take the pages back".
+pub const CMD_ID_STOP: u32 = 0;
+pub const CMD_ID_DONE: u32 = 1;
+/// Command id slots in the id buffer.
+pub const CMD_IDS: usize = 8;
 
 #[repr(C, align(16))]
 pub struct Pfns(pub [u32; PFNS]);
@@ -27,6 +37,17 @@ pub struct StatsBuf(pub [u8; STATS * 10]);
 static PFN_BUF: DeviceShared<Pfns> = DeviceShared::new(Pfns([0; PFNS]));
 static STATS_BUF: DeviceShared<StatsBuf> = DeviceShared::new(StatsBuf([0; STATS * 10]));
 
+#[repr(C, align(16))]
+pub struct CmdIds(pub [u32; CMD_IDS]);
+
+static CMD_BUF: DeviceShared<CmdIds> = DeviceShared::new(CmdIds([0; CMD_IDS]));
+
+/// A queue of a negotiated feature: its number and ring.
+pub struct FeatureQueue {
+    pub index: u32,
+    pub ring: Ring,
+}
+
 /// A started virtio-balloon device.
 pub struct Balloon {
     pub mmio: Mmio,
@@ -34,23 +55,39 @@ pub struct Balloon {
     pub deflate: Ring,
     /// With `VIRTIO_BALLOON_F_STATS_VQ` negotiated.
     pub stats: Option<Ring>,
+    /// With `VIRTIO_BALLOON_F_FREE_PAGE_HINT` negotiated.
+    pub hint: Option<FeatureQueue>,
+    /// With `VIRTIO_BALLOON_F_REPORTING` negotiated.
+    pub report: Option<FeatureQueue>,
     pub features: u64,
 }
 
 impl Balloon {
-    /// Finds the first virtio-balloon device and starts it, with the statistics queue when
-    /// the device offers it. Err: the status register (0 when there is no device).
+    /// Finds the first virtio-balloon device and starts it, with the statistics, hinting
+    /// and reporting queues the device offers. Err: the status register (0 when there is no
+    /// device).
     pub fn open(cmdline: &[u8]) -> Result<Balloon, u32> {
         let mmio = super::find(cmdline, DEVICE_BALLOON, 0).ok_or(0u32)?;
-        let features = mmio.negotiate(F_STATS_VQ | F_DEFLATE_ON_OOM)?;
+        let features =
+            mmio.negotiate(F_STATS_VQ | F_DEFLATE_ON_OOM | F_FREE_PAGE_HINT | F_REPORTING)?;
         let (inflate, deflate) = (ring(0), ring(1));
         mmio.setup_queue(0, QUEUE_SIZE as u32, &inflate);
         mmio.setup_queue(1, QUEUE_SIZE as u32, &deflate);
-        let stats = (features & F_STATS_VQ != 0).then(|| {
-            let s = ring(2);
-            mmio.setup_queue(2, QUEUE_SIZE as u32, &s);
-            s
-        });
+        let mut next = 2u32;
+        let mut queue = |bit: u64, ring_no: usize| {
+            (features & bit != 0).then(|| {
+                let r = ring(ring_no);
+                mmio.setup_queue(next, QUEUE_SIZE as u32, &r);
+                next += 1;
+                FeatureQueue {
+                    index: next - 1,
+                    ring: r,
+                }
+            })
+        };
+        let stats = queue(F_STATS_VQ, 2).map(|q| q.ring);
+        let hint = queue(F_FREE_PAGE_HINT, 3);
+        let report = queue(F_REPORTING, 4);
         let status = mmio.driver_ok();
         if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
             return Err(status);
@@ -60,8 +97,24 @@ impl Balloon {
             inflate,
             deflate,
             stats,
+            hint,
+            report,
             features,
         })
+    }
+
+    /// The host's free page hinting id.
+    pub fn hint_cmd(&self) -> u32 {
+        self.mmio.config_u32(8)
+    }
+
+    /// Guest address of command id slot `i` (of [`CMD_IDS`]), after writing `id` there.
+    pub fn cmd_id_addr(i: usize, id: u32) -> u64 {
+        let slot = i % CMD_IDS;
+        // SAFETY: the device reads a slot only while a chain naming it is posted; callers
+        // use each slot for one chain at a time, on one vCPU.
+        unsafe { (*addr_of_mut!((*CMD_BUF.ptr()).0))[slot] = id };
+        CMD_BUF.ptr() as u64 + 4 * slot as u64
     }
 
     /// The host's target, in 4 KiB pages.

@@ -10,8 +10,9 @@ use kiln_guest_virtio::ring::{DeviceShared, Queue, RingMem, UsedElem};
 pub use kiln_guest_virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
 
 pub const QUEUE_SIZE: usize = 8;
-/// Rings available to the scenarios (virtio-blk uses one, virtio-net two, virtio-vsock three).
-pub const RINGS: usize = 3;
+/// Rings available to the scenarios (virtio-blk uses one, virtio-net two, virtio-vsock three,
+/// virtio-balloon up to five).
+pub const RINGS: usize = 5;
 
 /// The driver's side of one of the guest's rings.
 pub type Ring = Queue<QUEUE_SIZE>;

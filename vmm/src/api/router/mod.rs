@@ -11,9 +11,9 @@ use super::request::{Action, ApiRequest, VmStateChange};
 use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
-    DriveConfig, DriveUpdate, EntropyConfig, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
-    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig,
+    MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
+    SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -42,6 +42,9 @@ pub enum Endpoint {
     MmdsConfig,
     Balloon,
     BalloonStatistics,
+    BalloonHintingStart,
+    BalloonHintingStatus,
+    BalloonHintingStop,
 }
 
 impl Endpoint {
@@ -66,6 +69,8 @@ impl Endpoint {
             Endpoint::MmdsConfig => "PUT",
             Endpoint::Balloon => "GET, PUT, PATCH",
             Endpoint::BalloonStatistics => "GET, PATCH",
+            Endpoint::BalloonHintingStart | Endpoint::BalloonHintingStop => "PATCH",
+            Endpoint::BalloonHintingStatus => "GET",
         }
     }
 
@@ -159,6 +164,7 @@ pub fn counters(
         }
         (Method::Patch, Endpoint::Vm) => (&pa.vm_state_count, Some(&pa.vm_state_fails)),
         (Method::Put, Endpoint::Balloon) => (&p.balloon_count, Some(&p.balloon_fails)),
+        // The hinting commands are not counted (Firecracker has no counter for them).
         (Method::Patch, Endpoint::Balloon | Endpoint::BalloonStatistics) => {
             (&pa.balloon_count, Some(&pa.balloon_fails))
         }
@@ -200,12 +206,9 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["mmds", "config"] => (Endpoint::MmdsConfig, None),
         ["balloon"] => (Endpoint::Balloon, None),
         ["balloon", "statistics"] => (Endpoint::BalloonStatistics, None),
-        ["balloon", "hinting", ..] => {
-            return Err(RouteError::unknown(
-                format!("{path}: free page hinting is not supported by Kiln yet"),
-                None,
-            ))
-        }
+        ["balloon", "hinting", "start"] => (Endpoint::BalloonHintingStart, None),
+        ["balloon", "hinting", "status"] => (Endpoint::BalloonHintingStatus, None),
+        ["balloon", "hinting", "stop"] => (Endpoint::BalloonHintingStop, None),
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -223,7 +226,8 @@ fn no_such_path(path: &str) -> String {
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
          /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
-         /mmds/config, /balloon, /balloon/statistics)"
+         /mmds/config, /balloon, /balloon/statistics, /balloon/hinting/start, \
+         /balloon/hinting/status, /balloon/hinting/stop)"
     )
 }
 
@@ -276,6 +280,15 @@ fn route_endpoint(
     }
     let body = match (&req.method, req.body.as_deref()) {
         (Method::Get, None) => "",
+        // Firecracker's hinting commands take an optional body.
+        (_, None)
+            if matches!(
+                endpoint,
+                Endpoint::BalloonHintingStart | Endpoint::BalloonHintingStop
+            ) =>
+        {
+            ""
+        }
         (Method::Get, Some(_)) => {
             return Err(RouteError::bad_request(format!(
                 "{what}: a GET request cannot have a body"
@@ -392,6 +405,16 @@ fn route_endpoint(
         (Method::Patch, Endpoint::BalloonStatistics) => {
             ApiRequest::PatchBalloonStats(parse_json::<BalloonStatsUpdate>(body).map_err(json)?)
         }
+        // An empty body starts a run with Firecracker's default (acknowledge on stop).
+        (Method::Patch, Endpoint::BalloonHintingStart) if body.is_empty() => {
+            ApiRequest::StartBalloonHinting(HintingStart::default())
+        }
+        (Method::Patch, Endpoint::BalloonHintingStart) => {
+            ApiRequest::StartBalloonHinting(parse_json::<HintingStart>(body).map_err(json)?)
+        }
+        (Method::Get, Endpoint::BalloonHintingStatus) => ApiRequest::GetBalloonHintingStatus,
+        // Firecracker ignores the stop command's body.
+        (Method::Patch, Endpoint::BalloonHintingStop) => ApiRequest::StopBalloonHinting,
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.
         _ => {

@@ -30,6 +30,48 @@ fn table_of_routed_requests() {
     use Method::*;
     let cases: Vec<(Method, &str, Option<&str>, ApiRequest)> = vec![
         (Get, "/", None, ApiRequest::GetInstanceInfo),
+        (
+            Patch,
+            "/balloon/hinting/start",
+            None,
+            ApiRequest::StartBalloonHinting(HintingStart {
+                acknowledge_on_stop: true,
+            }),
+        ),
+        (
+            Patch,
+            "/balloon/hinting/start",
+            Some(""),
+            ApiRequest::StartBalloonHinting(HintingStart {
+                acknowledge_on_stop: true,
+            }),
+        ),
+        (
+            Patch,
+            "/balloon/hinting/start",
+            Some(r#"{"acknowledge_on_stop": false}"#),
+            ApiRequest::StartBalloonHinting(HintingStart {
+                acknowledge_on_stop: false,
+            }),
+        ),
+        (
+            Get,
+            "/balloon/hinting/status",
+            None,
+            ApiRequest::GetBalloonHintingStatus,
+        ),
+        (
+            Patch,
+            "/balloon/hinting/stop",
+            None,
+            ApiRequest::StopBalloonHinting,
+        ),
+        (
+            Patch,
+            "/balloon/hinting/stop",
+            Some("{}"),
+            ApiRequest::StopBalloonHinting,
+        ),
         (Get, "/version", None, ApiRequest::GetVersion),
         (Get, "/machine-config", None, ApiRequest::GetMachineConfig),
         (Get, "/machine-config/", None, ApiRequest::GetMachineConfig),
@@ -250,19 +292,28 @@ fn table_of_refused_requests() {
         (Get, "/snapshot/load", None, Some("PUT"), "allowed: PUT"),
         (Put, "/snapshot/delete", Some("{}"), None, "no such path"),
         (
-            Patch,
+            Get,
             "/balloon/hinting/start",
-            Some("{}"),
             None,
-            "/balloon/hinting/start: free page hinting is not supported by Kiln yet",
+            Some("PATCH"),
+            "allowed: PATCH",
         ),
         (
-            Get,
+            Patch,
             "/balloon/hinting/status",
-            None,
-            None,
-            "free page hinting is not supported by Kiln yet",
+            Some("{}"),
+            Some("GET"),
+            "allowed: GET",
         ),
+        (
+            Put,
+            "/balloon/hinting/stop",
+            Some("{}"),
+            Some("PATCH"),
+            "allowed: PATCH",
+        ),
+        (Patch, "/balloon/hinting", None, None, "no such path"),
+        (Get, "/balloon/hinting/other", None, None, "no such path"),
         (
             Put,
             "/balloon/statistics",
@@ -321,6 +372,20 @@ fn table_of_refused_requests() {
     }
     // Then bad requests on paths Kiln serves: (method, path, body, status, word).
     let cases: Vec<(Method, &str, Option<&str>, u16, &str)> = vec![
+        (
+            Patch,
+            "/balloon/hinting/start",
+            Some(r#"{"acknowledge_on_stop": "yes"}"#),
+            400,
+            "expected a boolean",
+        ),
+        (
+            Patch,
+            "/balloon/hinting/start",
+            Some("not json"),
+            400,
+            "invalid JSON",
+        ),
         (
             Put,
             "/entropy",

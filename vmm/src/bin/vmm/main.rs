@@ -120,7 +120,12 @@ fn start(main_entry: Instant) -> Result<i32, RunError> {
             Ok(code::OK)
         }
         Command::Version => {
-            println!("vmm (Kiln) {}", env!("CARGO_PKG_VERSION"));
+            // Firecracker's first line (launchers parse it), then Kiln's own version.
+            println!(
+                "Firecracker v{} (Kiln vmm {})",
+                vmm::controller::FIRECRACKER_VERSION,
+                vmm::controller::VMM_VERSION
+            );
             Ok(code::OK)
         }
         Command::SnapshotVersion => {

@@ -41,6 +41,8 @@ use vmm_sys_util::eventfd::EventFd;
 /// Feature bit every Kiln device offers and requires: the device is a modern (virtio 1.x)
 /// device, little-endian, any descriptor layout.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Most bytes of a device's own saved state ([`VirtioDevice::save_device_state`]).
+pub const MAX_DEVICE_STATE: usize = 256;
 
 /// Why a device refused to start.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,11 +78,27 @@ impl Activation {
         fails: &Counter,
     ) -> Result<[Queue; N], ActivateError> {
         let got = queues.len();
-        let first: Vec<Queue> = queues.into_iter().take(N).collect();
-        let Ok(queues) = <[Queue; N]>::try_from(first) else {
+        let first = Self::take_queue_vec(queues, N, required, fails)?;
+        <[Queue; N]>::try_from(first).map_err(|_| {
             fails.inc();
-            return Err(ActivateError::QueueCount { need: N, got });
-        };
+            ActivateError::QueueCount { need: N, got }
+        })
+    }
+
+    /// [`Self::take_queues`] for a device whose number of queues depends on the negotiated
+    /// features: the first `n`.
+    pub fn take_queue_vec(
+        queues: Vec<Queue>,
+        n: usize,
+        required: &[usize],
+        fails: &Counter,
+    ) -> Result<Vec<Queue>, ActivateError> {
+        let got = queues.len();
+        if got < n {
+            fails.inc();
+            return Err(ActivateError::QueueCount { need: n, got });
+        }
+        let queues: Vec<Queue> = queues.into_iter().take(n).collect();
         let not_ready = required
             .iter()
             .find(|&&i| queues.get(i).is_some_and(|q| !q.ready()));
@@ -140,6 +158,25 @@ pub trait VirtioDevice: Send {
     /// space (`saved`, as the snapshot has it) before the transport compares the two. The
     /// default: the driver writes nothing there.
     fn restore_config(&mut self, _saved: &[u8]) {}
+    /// Snapshots: state of the device the guest cannot read from its queues or its
+    /// configuration space (bytes the device defines, at most [`MAX_DEVICE_STATE`]; saved
+    /// from format v1.1 on). The default: none.
+    fn save_device_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Snapshots: takes what [`Self::save_device_state`] gave (empty from a snapshot of
+    /// format v1.0), before the transport compares the configuration space. The default
+    /// takes nothing, and refuses anything else.
+    fn restore_device_state(&mut self, saved: &[u8]) -> Result<(), String> {
+        if saved.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} bytes of device state, where this device keeps none",
+                saved.len()
+            ))
+        }
+    }
     /// Snapshots: the device's rate limiters, always in the same order (a network
     /// interface's receive then transmit limiter), whose buckets the transport saves and
     /// restores with the queues. The default: none.

@@ -215,6 +215,8 @@ impl VirtioSetup {
             amount_mib: cfg.amount_mib,
             deflate_on_oom: cfg.deflate_on_oom,
             stats_polling_interval_s: cfg.stats_polling_interval_s,
+            free_page_hinting: cfg.free_page_hinting,
+            free_page_reporting: cfg.free_page_reporting,
         })
         .map_err(VirtioSetupError::BalloonTimer)?;
         let dev = Arc::new(Mutex::new(balloon));

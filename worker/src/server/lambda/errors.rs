@@ -216,6 +216,8 @@ fn start_error(source: &InstanceError, e: &PoolError) -> ServiceError {
         | InstanceError::StartTimeout { .. }
         | InstanceError::Hello(_)
         | InstanceError::Snapshot(_)
+        | InstanceError::Api(_)
+        | InstanceError::BlankUnfit { .. }
         | InstanceError::NoKernel { .. } => {
             ServiceError::service(500, "ServiceException", e.to_string())
         }

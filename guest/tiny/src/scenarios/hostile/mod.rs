@@ -15,6 +15,7 @@
 //! Each module's header lists the lines its scenarios print.
 
 pub mod balloon;
+pub mod balloon_free;
 pub mod blk;
 pub mod config;
 pub mod giant;

@@ -15,6 +15,12 @@
 //!
 //! Nothing outside a guest RAM region is ever advised: a page frame out of RAM is counted
 //! (`balloon.invalid_pfns`) and skipped, and each run stays within one region.
+//!
+//! Free page reporting and hinting give guest-physical ranges (address, length) instead
+//! ([`discard_range`]): only the whole 4 KiB pages inside a range are dropped (a range cut
+//! at either end is counted in `balloon.unaligned_ranges`), and a range that is empty once
+//! aligned, overflows, or is not wholly guest RAM is refused whole and counted
+//! (`balloon.invalid_ranges`); a range over two regions is dropped region by region.
 
 use crate::metrics::METRICS;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -29,11 +35,12 @@ const HUGE_PAGE: u64 = 2 << 20;
 pub struct Discarded {
     /// Pages dropped from the host mapping.
     pub pages: u64,
-    /// Frame numbers outside guest RAM.
+    /// Frame numbers outside guest RAM (or a range refused: see [`discard_range`]).
     pub invalid: u64,
     /// Frame numbers given more than once in the batch.
     pub duplicates: u64,
-    /// Runs (or parts) that could not be dropped because the backing's pages are larger.
+    /// Runs (or parts) that could not be dropped because the backing's pages are larger,
+    /// or ranges cut to their whole 4 KiB pages.
     pub unaligned: u64,
     /// `madvise` calls that failed.
     pub fails: u64,
@@ -73,6 +80,48 @@ pub fn discard_pfns(mem: &GuestMemoryMmap, pfns: &mut Vec<u32>) -> Discarded {
     METRICS.balloon.unaligned_ranges.add(out.unaligned);
     METRICS.balloon.discard_fails.add(out.fails);
     out
+}
+
+/// Drops the whole 4 KiB pages of guest range `addr..addr + len` from the host mapping of
+/// `mem` (see the module documentation for what is refused).
+pub fn discard_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Discarded {
+    let mut out = Discarded::default();
+    match whole_pages(mem, addr, len) {
+        Some((from, to, cut)) => {
+            if cut {
+                out.unaligned += 1;
+            }
+            let mut at = from;
+            while at < to {
+                let Some((region_end, huge)) = region_of(mem, at) else {
+                    out.invalid += 1;
+                    break;
+                };
+                let end = region_end.min(to);
+                discard_run(mem, at, end, huge, &mut out);
+                at = end;
+            }
+        }
+        _ => out.invalid += 1,
+    }
+    METRICS.balloon.invalid_ranges.add(out.invalid);
+    METRICS.balloon.unaligned_ranges.add(out.unaligned);
+    METRICS.balloon.discard_fails.add(out.fails);
+    out
+}
+
+/// The whole 4 KiB pages of guest range `addr..addr + len` (`from..to`, and whether the
+/// range was cut to them), if there are any and they are all guest RAM.
+pub fn whole_pages(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<(u64, u64, bool)> {
+    let end = addr.checked_add(len)?;
+    let from = addr.checked_next_multiple_of(PAGE_SIZE)?;
+    let to = end / PAGE_SIZE * PAGE_SIZE;
+    if from >= to {
+        return None;
+    }
+    let n = usize::try_from(to - from).ok()?;
+    mem.check_range(GuestAddress(from), n)
+        .then_some((from, to, from != addr || to != end))
 }
 
 /// The guest RAM region holding the whole page at `addr`: its end guest address, and
@@ -148,5 +197,34 @@ mod tests {
         assert_eq!(whole_huge_pages(M2, 2 * M2 + PAGE_SIZE), Some((M2, 2 * M2)));
         assert_eq!(whole_huge_pages(PAGE_SIZE, M2 + PAGE_SIZE), None);
         assert_eq!(whole_huge_pages(u64::MAX - PAGE_SIZE, u64::MAX), None);
+    }
+
+    #[test]
+    fn ranges_are_cut_to_whole_pages_and_refused_outside_ram() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 20), 1 << 20),
+        ])
+        .unwrap();
+        let d = discard_range(&mem, 0x1800, 0x3000);
+        assert_eq!(
+            (d.pages, d.unaligned, d.invalid),
+            (2, 1, 0),
+            "0x2000..0x4000: {d:?}"
+        );
+        let d = discard_range(&mem, 0xff000, 0x3000);
+        assert_eq!((d.pages, d.invalid), (3, 0), "over two regions: {d:?}");
+        for (addr, len) in [
+            (0, 0),
+            (0x1000, 0x800),
+            (0x1001, 0x1000),
+            (u64::MAX - 0xfff, 0x2000),
+            ((2 << 20) - 0x1000, 0x2000),
+            (4 << 20, 0x1000),
+            (0, u64::MAX),
+        ] {
+            let d = discard_range(&mem, addr, len);
+            assert_eq!((d.pages, d.invalid), (0, 1), "{addr:#x}+{len:#x}: {d:?}");
+        }
     }
 }

@@ -6,24 +6,35 @@
 //! [`discard`]) and takes pages back on the deflate queue (nothing to do: a page comes back
 //! when the guest touches it), and writes how many pages it holds in `actual`.
 //!
-//! Queues: inflate, deflate, and with statistics (`stats_polling_interval_s` > 0,
-//! `VIRTIO_BALLOON_F_STATS_VQ`) the stats queue. The driver keeps one buffer of statistics
-//! there; the device reads it ([`stats`]) and keeps it until the polling timer fires, then
-//! returns it so that the driver refills and posts it again. `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`
-//! is offered when `deflate_on_oom` is set (the guest's driver then deflates under memory
-//! pressure on its own). Free page hinting and reporting are not offered.
+//! Queues, in the virtio spec's order, each present only when its feature was negotiated
+//! (so the later ones move down when an earlier one is off): inflate, deflate, stats
+//! (`stats_polling_interval_s` > 0, `VIRTIO_BALLOON_F_STATS_VQ`), free page hinting
+//! (`free_page_hinting`, `VIRTIO_BALLOON_F_FREE_PAGE_HINT`, [`hinting`]) and free page
+//! reporting (`free_page_reporting`, `VIRTIO_BALLOON_F_REPORTING`, [`reporting`]). The
+//! driver keeps one buffer of statistics on the stats queue (`stats_queue.rs`); the device
+//! reads it ([`stats`]) and keeps it until the polling timer fires, then returns it so that
+//! the driver refills and posts it again. `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` is offered when `deflate_on_oom` is
+//! set (the guest's driver then deflates under memory pressure on its own). As in
+//! Firecracker, `VIRTIO_BALLOON_F_PAGE_POISON` is not offered, so the configuration space
+//! is `num_pages`, `actual` and `free_page_hint_cmd_id` (12 bytes, no `poison_val`).
 //!
 //! Untrusted input: every frame number is checked against guest RAM (counted when out of
 //! range or repeated, never a panic), a chain that is not one device-readable list of whole
-//! frame numbers is returned unread and counted, and work per event is bounded
-//! ([`CHAINS_PER_EVENT`]); a stats queue that floods returns each extra buffer at once.
+//! frame numbers is returned unread and counted, reported and hinted ranges are checked
+//! against guest RAM and cut to whole pages ([`discard::discard_range`]), and work per event
+//! is bounded ([`CHAINS_PER_EVENT`]); a stats queue that floods returns each extra buffer at
+//! once.
 //!
 //! Snapshots (`persist.rs`): the driver's `actual` comes back with the configuration space,
-//! the held stats buffer is offered again to the restored device.
+//! the held stats buffer is offered again to the restored device, and the hinting run's
+//! state goes with the device's own saved state.
 
 pub mod discard;
+pub mod hinting;
 mod persist;
+mod reporting;
 pub mod stats;
+mod stats_queue;
 
 use super::queue::{self, add_used, pop_head, read_stream, total_len, walk_chain, Chain};
 use super::{
@@ -32,10 +43,9 @@ use super::{
 };
 use crate::devices::timer::{Timer, TimerError};
 use crate::metrics::METRICS;
+use hinting::Hinting;
 use stats::BalloonStats;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -54,15 +64,22 @@ pub const PAGES_PER_MIB: u32 = 256;
 
 pub const F_STATS_VQ: u64 = 1 << 1;
 pub const F_DEFLATE_ON_OOM: u64 = 1 << 2;
+pub const F_FREE_PAGE_HINT: u64 = 1 << 3;
+pub const F_REPORTING: u64 = 1 << 5;
 
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
-const STATS: usize = 2;
+/// Most queues: inflate, deflate, stats, free page hinting, free page reporting.
+const MAX_QUEUES: usize = 5;
+const QUEUE_SIZES: [u16; MAX_QUEUES] = [QUEUE_SIZE; MAX_QUEUES];
 /// The event-loop token of the statistics timer.
 const STATS_TIMER_TOKEN: u64 = 1;
-/// Configuration space: `num_pages` then `actual` (u32 each, little-endian).
-const CONFIG_LEN: usize = 8;
+/// Configuration space: `num_pages`, `actual`, `free_page_hint_cmd_id` (u32 each,
+/// little-endian).
+const CONFIG_LEN: usize = 12;
 const ACTUAL_OFFSET: u64 = 4;
+const ACTUAL_END: u64 = 8;
+const HINT_CMD_OFFSET: usize = 8;
 
 /// Why a balloon request of the host failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,6 +96,8 @@ pub enum BalloonError {
     StatsStateChange { from: u16, to: u16 },
     #[error("cannot arm the statistics timer: {0}")]
     Timer(String),
+    #[error("free page hinting is disabled (free_page_hinting was false when the device was configured)")]
+    HintingNotEnabled,
 }
 
 /// The device's configuration as `PUT /balloon` gives it.
@@ -87,12 +106,46 @@ pub struct BalloonParams {
     pub amount_mib: u32,
     pub deflate_on_oom: bool,
     pub stats_polling_interval_s: u16,
+    pub free_page_hinting: bool,
+    pub free_page_reporting: bool,
+}
+
+/// Which queue is which, from the negotiated features (the spec's order, absent queues
+/// taking no index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    count: usize,
+    stats: Option<usize>,
+    hint: Option<usize>,
+    report: Option<usize>,
+}
+
+impl Layout {
+    fn of(features: u64) -> Layout {
+        let mut count = 2;
+        let mut next = |bit: u64| {
+            (features & bit != 0).then(|| {
+                count += 1;
+                count - 1
+            })
+        };
+        let stats = next(F_STATS_VQ);
+        let hint = next(F_FREE_PAGE_HINT);
+        let report = next(F_REPORTING);
+        Layout {
+            count,
+            stats,
+            hint,
+            report,
+        }
+    }
 }
 
 struct Active {
     mem: GuestMemoryMmap,
-    /// Inflate, deflate, and the stats queue when statistics were negotiated.
+    /// Inflate, deflate, and the queues of the negotiated features ([`Layout`]).
     queues: Vec<Queue>,
+    layout: Layout,
     interrupt: Arc<Interrupt>,
     broken: bool,
 }
@@ -112,6 +165,10 @@ pub struct Balloon {
     /// activation happens on a vCPU thread, whose seccomp filter has no timerfd calls).
     timer_running: bool,
     active: Option<Active>,
+    /// The free page hinting run (host and guest command ids).
+    hinting: Hinting,
+    /// The configuration came from a snapshot: the next activation is the restored one.
+    restored: bool,
     warnings: LogBudget,
 }
 
@@ -133,6 +190,8 @@ impl Balloon {
             timer,
             timer_running: false,
             active: None,
+            hinting: Hinting::default(),
+            restored: false,
             warnings: LogBudget::new(),
         })
     }
@@ -159,71 +218,6 @@ impl Balloon {
         self.target_pages = amount_mib.saturating_mul(PAGES_PER_MIB);
         a.interrupt.signal_config_change();
         Ok(())
-    }
-
-    /// `PATCH /balloon/statistics`: a new polling interval (statistics stay on or off as
-    /// configured). The held buffer is returned now so that the new interval starts with
-    /// fresh values.
-    pub fn update_stats_interval(&mut self, interval_s: u16) -> Result<(), BalloonError> {
-        let from = self.params.stats_polling_interval_s;
-        if from == interval_s {
-            return Ok(());
-        }
-        if from == 0 || interval_s == 0 {
-            return Err(BalloonError::StatsStateChange {
-                from,
-                to: interval_s,
-            });
-        }
-        self.params.stats_polling_interval_s = interval_s;
-        self.return_stats_buffer();
-        self.arm_timer()?;
-        self.timer_running = self.active.is_some();
-        Ok(())
-    }
-
-    /// `GET /balloon/statistics`.
-    pub fn latest_stats(&self) -> Result<BalloonStats, BalloonError> {
-        if !self.stats_enabled() {
-            return Err(BalloonError::StatsDisabled);
-        }
-        Ok(BalloonStats {
-            target_pages: self.target_pages,
-            actual_pages: self.actual_pages,
-            target_mib: self.target_pages / PAGES_PER_MIB,
-            actual_mib: self.actual_pages / PAGES_PER_MIB,
-            ..self.stats
-        })
-    }
-
-    fn arm_timer(&self) -> Result<(), BalloonError> {
-        match &self.timer {
-            Some(t) => t
-                .arm(Duration::from_secs(u64::from(
-                    self.params.stats_polling_interval_s,
-                )))
-                .map_err(|e| BalloonError::Timer(e.to_string())),
-            None => Ok(()),
-        }
-    }
-
-    /// Gives the driver its stats buffer back (asking for fresh values).
-    fn return_stats_buffer(&mut self) {
-        let Some(head) = self.held_stats.take() else {
-            return;
-        };
-        let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
-            return;
-        };
-        let Some(q) = a.queues.get_mut(STATS) else {
-            return;
-        };
-        if let Err(e) = add_used(q, &a.mem, head, 0) {
-            a.broken = true;
-            queue_broken(&"the balloon", &mut self.warnings, &a.interrupt, &e);
-            return;
-        }
-        a.interrupt.signal_used_queue();
     }
 
     /// Pops up to [`CHAINS_PER_EVENT`] chains of queue `index` and hands each to `take`
@@ -293,83 +287,6 @@ impl Balloon {
             }
         });
     }
-
-    /// The stats queue: the newest buffer is read and kept; an older one still held (a
-    /// driver that posts more than one) is returned at once.
-    fn stats_posted(&mut self, ctx: &mut EventCtx) {
-        if let Some(t) = &self.timer {
-            ctx.watch(STATS_TIMER_TOKEN, t.as_raw_fd());
-            if !self.timer_running && self.active.is_some() {
-                match self.arm_timer() {
-                    Ok(()) => self.timer_running = true,
-                    Err(e) => {
-                        if self.warnings.take() {
-                            crate::log_warn!("balloon: {e}; statistics will not be polled");
-                        }
-                    }
-                }
-            }
-        }
-        let Balloon {
-            active,
-            held_stats,
-            stats,
-            warnings,
-            ..
-        } = self;
-        let Some(a) = active.as_mut().filter(|a| !a.broken) else {
-            return;
-        };
-        let Some(q) = a.queues.get_mut(STATS) else {
-            return;
-        };
-        let mut returned = false;
-        for served in 0..=CHAINS_PER_EVENT {
-            if served == CHAINS_PER_EVENT {
-                if queue::has_available(q, &a.mem) {
-                    ctx.again();
-                }
-                break;
-            }
-            let head = match pop_head(q, &a.mem) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    a.broken = true;
-                    queue_broken(&"the balloon", warnings, &a.interrupt, &e);
-                    return;
-                }
-            };
-            METRICS.balloon.stats_updates_count.inc();
-            if let Some(old) = held_stats.replace(head) {
-                METRICS.balloon.stats_update_fails.inc();
-                if let Err(e) = add_used(q, &a.mem, old, 0) {
-                    a.broken = true;
-                    queue_broken(&"the balloon", warnings, &a.interrupt, &e);
-                    return;
-                }
-                returned = true;
-            }
-            match walk_chain(q, &a.mem, head) {
-                Ok(chain) if chain.writable.is_empty() => {
-                    let mut buf = [0u8; stats::ENTRY_LEN * stats::MAX_ENTRIES];
-                    let want = usize::try_from(total_len(&chain.readable))
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    let n = read_stream(&a.mem, &chain.readable, 0, &mut buf[..want]);
-                    stats.update(&buf[..n]);
-                }
-                Ok(_) => METRICS.balloon.stats_update_fails.inc(),
-                Err(_) => {
-                    METRICS.virtio.invalid_chains.inc();
-                    METRICS.balloon.stats_update_fails.inc();
-                }
-            }
-        }
-        if returned {
-            a.interrupt.signal_used_queue();
-        }
-    }
 }
 
 /// The frame numbers of one inflate or deflate chain: one or more device-readable buffers
@@ -420,11 +337,8 @@ impl VirtioDevice for Balloon {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        if self.stats_enabled() {
-            &[QUEUE_SIZE; 3]
-        } else {
-            &[QUEUE_SIZE; 2]
-        }
+        let n = Layout::of(self.features()).count;
+        QUEUE_SIZES.get(..n).unwrap_or(&QUEUE_SIZES)
     }
 
     fn features(&self) -> u64 {
@@ -435,13 +349,20 @@ impl VirtioDevice for Balloon {
         if self.params.deflate_on_oom {
             f |= F_DEFLATE_ON_OOM;
         }
+        if self.params.free_page_hinting {
+            f |= F_FREE_PAGE_HINT;
+        }
+        if self.params.free_page_reporting {
+            f |= F_REPORTING;
+        }
         f
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut c = [0u8; CONFIG_LEN];
         c[..4].copy_from_slice(&self.target_pages.to_le_bytes());
-        c[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        c[HINT_CMD_OFFSET..].copy_from_slice(&self.hinting.host_cmd().to_le_bytes());
         super::read_config_bytes(&c, offset, data);
     }
 
@@ -450,7 +371,7 @@ impl VirtioDevice for Balloon {
         let Some(end) = offset.checked_add(data.len() as u64) else {
             return false;
         };
-        if offset < ACTUAL_OFFSET || end > CONFIG_LEN as u64 {
+        if offset < ACTUAL_OFFSET || end > ACTUAL_END {
             return false;
         }
         let mut bytes = self.actual_pages.to_le_bytes();
@@ -473,19 +394,23 @@ impl VirtioDevice for Balloon {
             features,
         } = activation;
         let fails = &METRICS.balloon.activate_fails;
-        let queues = if self.stats_enabled() && features & F_STATS_VQ != 0 {
-            Vec::from(Activation::take_queues::<3>(queues, &[0, 1, 2], fails)?)
-        } else {
-            Vec::from(Activation::take_queues::<2>(queues, &[0, 1], fails)?)
-        };
+        let layout = Layout::of(features & self.features());
+        let required: Vec<usize> = (0..layout.count).collect();
+        let queues = Activation::take_queue_vec(queues, layout.count, &required, fails)?;
         self.held_stats = None;
         self.timer_running = false;
+        let restored = std::mem::take(&mut self.restored);
         self.active = Some(Active {
             mem,
             queues,
+            layout,
             interrupt,
             broken: false,
         });
+        if restored && layout.hint.is_some() {
+            // As Firecracker: a restored guest may take back the pages of any run.
+            self.set_hint_cmd(hinting::CMD_ID_DONE);
+        }
         Ok(())
     }
 
@@ -494,6 +419,9 @@ impl VirtioDevice for Balloon {
         self.held_stats = None;
         self.timer_running = false;
         self.actual_pages = 0;
+        self.hinting = Hinting::default();
+        // A device restored unstarted is started afresh by its driver.
+        self.restored = false;
     }
 
     fn is_activated(&self) -> bool {
@@ -508,11 +436,24 @@ impl VirtioDevice for Balloon {
         self.take_saved_config(saved);
     }
 
+    fn save_device_state(&self) -> Vec<u8> {
+        self.hinting.to_bytes()
+    }
+
+    fn restore_device_state(&mut self, saved: &[u8]) -> Result<(), String> {
+        self.take_saved_hinting(saved)
+    }
+
     fn process_queue(&mut self, index: usize, ctx: &mut EventCtx) {
-        match index {
-            INFLATE => self.inflate(ctx),
-            DEFLATE => self.deflate(ctx),
-            STATS => self.stats_posted(ctx),
+        let Some(layout) = self.active.as_ref().map(|a| a.layout) else {
+            return;
+        };
+        match Some(index) {
+            Some(INFLATE) => self.inflate(ctx),
+            Some(DEFLATE) => self.deflate(ctx),
+            i if i == layout.stats => self.stats_posted(ctx),
+            i if i == layout.hint => self.hints_posted(index, ctx),
+            i if i == layout.report => self.reports_posted(index, ctx),
             _ => {}
         }
     }
@@ -538,6 +479,8 @@ impl VirtioDevice for Balloon {
     }
 }
 
+#[cfg(test)]
+mod free_page_tests;
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 mod tests;

@@ -6,8 +6,10 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const MIB: u64 = 1 << 20;
+/// The stats queue's index with statistics negotiated.
+const STATS: usize = 2;
 
-fn mem4() -> GuestMemoryMmap {
+pub(super) fn mem4() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * MIB as usize)]).unwrap()
 }
 
@@ -16,10 +18,12 @@ fn params(stats: u16) -> BalloonParams {
         amount_mib: 1,
         deflate_on_oom: true,
         stats_polling_interval_s: stats,
+        free_page_hinting: false,
+        free_page_reporting: false,
     }
 }
 
-fn used_idx(vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
+pub(super) fn used_idx(vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
     u16::from_le(vq.used().idx().load())
 }
 
@@ -27,7 +31,7 @@ fn used_id(vq: &MockSplitQueue<'_, GuestMemoryMmap>, i: usize) -> u32 {
     vq.used().ring().ref_at(i).unwrap().load().id()
 }
 
-fn start(
+pub(super) fn start(
     dev: &mut Balloon,
     m: &GuestMemoryMmap,
     queues: Vec<Queue>,
@@ -44,12 +48,12 @@ fn start(
     irq
 }
 
-fn fill(m: &GuestMemoryMmap, pfn: u64, byte: u8) {
+pub(super) fn fill(m: &GuestMemoryMmap, pfn: u64, byte: u8) {
     m.write_slice(&[byte; 4096], GuestAddress(pfn << 12))
         .unwrap();
 }
 
-fn page(m: &GuestMemoryMmap, pfn: u64) -> Vec<u8> {
+pub(super) fn page(m: &GuestMemoryMmap, pfn: u64) -> Vec<u8> {
     let mut v = vec![0u8; 4096];
     m.read_slice(&mut v, GuestAddress(pfn << 12)).unwrap();
     v

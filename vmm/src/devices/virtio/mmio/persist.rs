@@ -9,7 +9,7 @@
 //! rather than shown to a driver that cached the old one. Everything read back is checked
 //! against the device before use: the queue count, the status bits, the features.
 
-use super::super::{Activation, Interrupt, QueuePosition, VIRTIO_F_VERSION_1};
+use super::super::{Activation, Interrupt, QueuePosition, MAX_DEVICE_STATE, VIRTIO_F_VERSION_1};
 use super::{MmioTransport, QueueRegs, ACK, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use crate::devices::rate_limiter::persist::{LimiterState, LimiterStateError};
 use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
@@ -87,6 +87,9 @@ pub struct TransportState {
     pub config: Vec<u8>,
     /// The device's rate limiters' buckets, in the device's order.
     pub limiters: Vec<LimiterState>,
+    /// The device's own state (`VirtioDevice::save_device_state`; format v1.1 on, empty
+    /// when read from a v1.0 snapshot).
+    pub device_state: Vec<u8>,
 }
 
 impl MmioTransport {
@@ -102,7 +105,7 @@ impl MmioTransport {
 
     /// The transport's state (the VM paused, so nothing changes it meanwhile).
     pub fn save_state(&self) -> Result<TransportState, TransportStateError> {
-        let (activated, positions, limiters) = {
+        let (activated, positions, limiters, device_state) = {
             let mut d = lock(&self.device);
             let activated = d.is_activated();
             let positions = if activated {
@@ -119,7 +122,7 @@ impl MmioTransport {
                 .iter()
                 .map(|l| l.save_state())
                 .collect();
-            (activated, positions, limiters)
+            (activated, positions, limiters, d.save_device_state())
         };
         let queues = self
             .queues
@@ -148,6 +151,7 @@ impl MmioTransport {
             activated,
             config: self.config_bytes(),
             limiters,
+            device_state,
         })
     }
 
@@ -174,6 +178,9 @@ impl MmioTransport {
             });
         }
         lock(&self.device).restore_config(&s.config);
+        lock(&self.device)
+            .restore_device_state(&s.device_state)
+            .map_err(invalid)?;
         if s.config != self.config_bytes() {
             return Err(TransportStateError::Config { id });
         }
@@ -328,6 +335,7 @@ impl Persist for TransportState {
         e.bool(self.activated);
         e.bytes(&self.config);
         e.list(&self.limiters);
+        e.bytes(&self.device_state);
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
@@ -347,6 +355,11 @@ impl Persist for TransportState {
                 .bytes("virtio configuration space", CONFIG_BYTES)?
                 .to_vec(),
             limiters: d.list("virtio device rate limiters", MAX_LIMITERS, 2)?,
+            device_state: if d.minor() >= 1 {
+                d.bytes("virtio device state", MAX_DEVICE_STATE)?.to_vec()
+            } else {
+                Vec::new()
+            },
         })
     }
 }

@@ -412,3 +412,34 @@ fn snapshots_carry_the_rate_limiters_tokens() {
         "{err}"
     );
 }
+
+#[test]
+fn a_v1_0_transport_state_has_no_device_state_and_v1_1_carries_it() {
+    let (t, _dev, _) = transport(Fake::default());
+    let mut saved = t.save_state().unwrap();
+    assert!(saved.device_state.is_empty(), "the fake keeps none");
+    // Format v1.0 ends after the rate limiters.
+    let mut e = Encoder::new();
+    e.put(&saved);
+    let mut v1_0 = e.into_bytes();
+    v1_0.truncate(v1_0.len() - 4);
+    let mut d = Decoder::with_minor(&v1_0, 0);
+    let decoded: persist::TransportState = d.get().unwrap();
+    d.finish().unwrap();
+    assert_eq!(decoded, saved);
+    assert!(
+        Decoder::with_minor(&v1_0, 1)
+            .get::<persist::TransportState>()
+            .is_err(),
+        "v1.1 needs the device state"
+    );
+    saved.device_state = vec![7; 3];
+    let mut e = Encoder::new();
+    e.put(&saved);
+    let decoded: persist::TransportState = Decoder::new(&e.into_bytes()).get().unwrap();
+    assert_eq!(decoded.device_state, vec![7; 3]);
+    // A device that keeps no state refuses some.
+    let (mut t2, _, _) = transport(Fake::default());
+    let e = t2.restore_state(&decoded).unwrap_err().to_string();
+    assert!(e.contains("3 bytes of device state"), "{e}");
+}

@@ -1,0 +1,193 @@
+//! Blank instances: a jail made, its VMM running with its API up and told the guest's memory
+//! size, ahead of demand — and no function. A blank instance has never been assigned to any
+//! function or tenant: its jail's root holds only what the jailer put there (the VMM, its pid
+//! file, `/dev`, `/run`, the empty vsock bind), its VMM has no boot source and has started
+//! no guest (the API says `Not started`).
+//!
+//! **Assignment** ([`BlankInstance::assign`], once, consuming it): its record says which
+//! function it now belongs to; the function's image is copied into the jail's root from the
+//! host side (created new, no link followed, mode 0400, owned by the instance's uid — the
+//! jail's Landlock rules let the VMM read anything under its `/`, which is mounted read-only
+//! inside the jail, so the VMM cannot have planted anything there); then the VMM is
+//! configured through its API (`machine-config` with the function's vCPUs, `boot-source`,
+//! `vsock` — the same values the config file of a booted instance holds) and `InstanceStart`.
+//! From then on it is an instance like any other and never blank again.
+//!
+//! Function images only: a Linux function's kernel and initramfs are bound into its jail
+//! when the jail is made, so Linux functions (and snapshot start) always start their own.
+
+use super::api::{self, ApiError};
+use super::error::InstanceError;
+use super::host_dir::{self, JAIL_IMAGE};
+use super::jail::{Jail, StopMode, StopReport};
+use super::record;
+use super::spawn::{self, Launch};
+use super::InstanceConfig;
+use crate::function::Function;
+use kiln_guest_builder::Kind as FunctionKind;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What blank instances' ids start with (`blank-<n>-<worker tag>`).
+pub const BLANK_NAME: &str = "blank";
+
+/// A started blank instance.
+pub struct BlankInstance {
+    jail: Jail,
+    listener: UnixListener,
+    memory_mib: u32,
+    created: Instant,
+}
+
+/// A blank instance, for listings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlankInfo {
+    pub id: String,
+    pub uid: u32,
+    pub vmm_pid: Option<i32>,
+    pub supervisor_pid: Option<i32>,
+    pub memory_mib: u32,
+    pub age_ms: u64,
+}
+
+fn api_error(jail: &mut Jail, e: ApiError) -> InstanceError {
+    match e {
+        ApiError::Exited => InstanceError::Exited(jail.exit_message()),
+        e => InstanceError::Api(e),
+    }
+}
+
+impl BlankInstance {
+    /// Makes a blank instance for functions of `memory_mib` MiB: jail (with the memory limit
+    /// of that size), VMM with its API, `machine-config` with the memory size.
+    pub fn start(
+        cfg: &Arc<InstanceConfig>,
+        memory_mib: u32,
+    ) -> Result<BlankInstance, InstanceError> {
+        let started = Instant::now();
+        let deadline = started + cfg.start_timeout;
+        let (mut jail, listener) =
+            spawn::make_jail(cfg, BLANK_NAME, false, Launch::Blank, |dir, uid| {
+                let listener = host_dir::prepare(cfg, memory_mib, dir, uid, &[])?;
+                record::mark_blank(dir)?;
+                Ok(listener)
+            })?;
+        if let Err(e) = jail.wait_api(started, deadline) {
+            return Err(api_error(&mut jail, e));
+        }
+        // Blank instances serve function images only (no Linux functions).
+        let machine = host_dir::machine_config(1, memory_mib, false).to_string();
+        let sock = jail.api_socket();
+        if let Err(e) = api::request(&sock, "PUT", "/machine-config", &machine, deadline) {
+            return Err(api_error(&mut jail, e));
+        }
+        jail.open_vmm_pidfd();
+        Ok(BlankInstance {
+            jail,
+            listener,
+            memory_mib,
+            created: started,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        self.jail.id()
+    }
+
+    pub fn memory_mib(&self) -> u32 {
+        self.memory_mib
+    }
+
+    /// Since its start began.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    pub fn vmm_pid(&self) -> Option<i32> {
+        self.jail.vmm_pid()
+    }
+
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        self.jail.supervisor_pid()
+    }
+
+    /// Whether its jailer (and so its VMM) still runs.
+    pub fn is_healthy(&mut self) -> bool {
+        !self.jail.supervisor_exited()
+    }
+
+    /// Whether a function can be assigned to a blank instance at all (see the module
+    /// documentation), whatever its memory size.
+    pub fn fits_kind(function: &Function) -> bool {
+        function.kind != FunctionKind::Linux && !function.snapshot_start
+    }
+
+    pub fn info(&self) -> BlankInfo {
+        BlankInfo {
+            id: self.id().to_string(),
+            uid: self.jail.uid(),
+            vmm_pid: self.vmm_pid(),
+            supervisor_pid: self.supervisor_pid(),
+            memory_mib: self.memory_mib,
+            age_ms: u64::try_from(self.age().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Stops it and removes its jail and record.
+    pub fn stop(mut self) -> StopReport {
+        self.jail.stop(StopMode::Graceful)
+    }
+
+    /// Makes it `function`'s for life and starts the function's guest in it (see the module
+    /// documentation); the guest's `Hello` is waited for by the caller.
+    pub(super) fn assign(
+        self,
+        function: &Function,
+        deadline: Instant,
+    ) -> Result<(Jail, UnixListener), InstanceError> {
+        let BlankInstance {
+            mut jail,
+            listener,
+            memory_mib,
+            ..
+        } = self;
+        if !BlankInstance::fits_kind(function) || function.memory_mib != memory_mib {
+            return Err(InstanceError::BlankUnfit {
+                id: jail.id().to_string(),
+                memory_mib,
+                function: function.name.clone(),
+            });
+        }
+        record::mark_assigned(jail.host_dir(), &function.name)?;
+        let image = jail
+            .dir()
+            .join("root")
+            .join(JAIL_IMAGE.trim_start_matches('/'));
+        host_dir::copy_private(&function.image, &image, jail.uid()).map_err(|source| {
+            InstanceError::HostDir {
+                path: image,
+                source,
+            }
+        })?;
+        let sock = jail.api_socket();
+        let configure = [
+            (
+                "/machine-config",
+                host_dir::machine_config(function.vcpus, function.memory_mib, false),
+            ),
+            ("/boot-source", host_dir::boot_source(function)),
+            ("/vsock", host_dir::vsock()),
+            (
+                "/actions",
+                serde_json::json!({ "action_type": "InstanceStart" }),
+            ),
+        ];
+        for (path, body) in configure {
+            if let Err(e) = api::request(&sock, "PUT", path, &body.to_string(), deadline) {
+                return Err(api_error(&mut jail, e));
+            }
+        }
+        Ok((jail, listener))
+    }
+}
