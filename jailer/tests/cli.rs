@@ -367,6 +367,7 @@ fn help_lists_every_firecracker_jailer_flag_and_version_answers() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("jailer (Kiln) {}", env!("CARGO_PKG_VERSION"))
+        // Firecracker's jailer's words first (launchers parse them), Kiln's version after.
+        format!("Jailer v1.17.0 (Kiln jailer {})", env!("CARGO_PKG_VERSION"))
     );
 }

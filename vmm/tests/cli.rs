@@ -70,7 +70,8 @@ fn help_lists_the_flags_and_version_prints_it() {
     }
     let o = vmm(&["--version"]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("vmm (Kiln) "));
+    // Firecracker's words first (launchers parse them), Kiln's version after.
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("Firecracker v1.17.0 (Kiln vmm "));
 }
 
 #[test]
