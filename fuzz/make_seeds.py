@@ -470,7 +470,7 @@ def snapshot_seeds():
     configuration, one memory region, the VM (irqchip, PIT, clock), one vCPU with every KVM
     struct zeroed but a few fields, COM1, the i8042, no virtio device; then the same body as
     a whole state file with a SHA-256 tag (mode 0) and with an HMAC (mode 1, the target's
-    key)."""
+    key), and the same state as a format v1.0 file (no PIT presence byte)."""
     import hashlib
     import hmac
 
@@ -492,7 +492,8 @@ def snapshot_seeds():
     body += u32(1) + struct.pack("<QQ", 0, 64 << 20) + bytes([0])   # one region, no digest
     for chip in (0, 1, 2):
         body += pod(520, u32(chip))                                   # PICs, IOAPIC
-    body += pod(112) + pod(48)                                        # PIT, kvmclock
+    prefix = body
+    body = b""
     body += u32(1) + bytes([0])                                       # one vCPU, index 0
     body += u32(1) + pod(40, u32(1))                                  # CPUID: leaf 1
     body += u32(1) + struct.pack("<IQ", 0x10, 1234)                   # MSRs: the TSC
@@ -503,13 +504,22 @@ def snapshot_seeds():
     body += bytes([1]) + bytes(9) + blob(b"") + bytes([0])            # COM1, no bucket
     body += bytes([1]) + bytes([0x45, 3, 0, 0, 0, 0, 0]) + blob(b"") + bytes([0])  # i8042
     body += u32(0)                                                    # no virtio device
+    rest = body
+    # The PIT (present: v1.2 writes a presence byte first) and the kvmclock; formats v1.0
+    # and v1.1, from before the PIT became optional, have no presence byte (and no device
+    # states at the end of virtio transports, which v1.1 added: there are none here).
+    body = prefix + bytes([1]) + pod(112) + pod(48) + rest
+    v10 = prefix + pod(112) + pod(48) + rest
     write("snapshot_state", "body", bytes([2]) + body)
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 0, len(body))
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 0, len(body))
     write("snapshot_state", "file", bytes([0]) + header + body
           + hashlib.sha256(header + body).digest())
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 1, len(body))
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 1, len(body))
     tag = hmac.new(bytes([0x4B] * 32), header + body, hashlib.sha256).digest()
     write("snapshot_state", "file-mac", bytes([1]) + header + body + tag)
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 0, len(v10))
+    write("snapshot_state", "file-v1.0", bytes([0]) + header + v10
+          + hashlib.sha256(header + v10).digest())
 
 
 def mmds_seeds():

@@ -12,7 +12,8 @@ pub const UID_BASE: u32 = 47000;
 pub const PARENT_CGROUP: &str = "kiln-bench";
 
 /// Writes `<work>/<name>.json`: the tiny guest (`kernel`, its path as the VMM will see it)
-/// running `scenario` on `vcpus` vCPUs.
+/// running `scenario` on `vcpus` vCPUs, with KVM's in-kernel PIT (every VM's default, and
+/// Firecracker's only choice).
 pub fn write_vm_config(
     opts: &Opts,
     name: &str,
@@ -20,16 +21,53 @@ pub fn write_vm_config(
     scenario: &str,
     vcpus: u32,
 ) -> PathBuf {
+    write_vm_config_pit(opts, name, kernel, scenario, vcpus, true)
+}
+
+/// [`write_vm_config`], with `pit: false` the tiny guest's VM has no in-kernel PIT
+/// (machine-config `"pit": false`; the guest keeps time with the TSC and needs none).
+pub fn write_vm_config_pit(
+    opts: &Opts,
+    name: &str,
+    kernel: &Path,
+    scenario: &str,
+    vcpus: u32,
+    pit: bool,
+) -> PathBuf {
     let path = opts.work.join(format!("{name}.json"));
+    let mut machine = serde_json::json!({"vcpu_count": vcpus, "mem_size_mib": opts.mem_mib});
+    if !pit {
+        machine["pit"] = false.into();
+    }
     let cfg = serde_json::json!({
         "boot-source": {
             "kernel_image_path": kernel,
             "boot_args": format!("kiln.test={scenario}"),
         },
-        "machine-config": {"vcpu_count": vcpus, "mem_size_mib": opts.mem_mib},
+        "machine-config": machine,
     });
     fs::write(&path, cfg.to_string()).expect("write VM config");
     path
+}
+
+/// Firecracker, unjailed, booting from the config file `cfg` without its API (its own log
+/// off: it logs on stdout, where the serial console is); `None` without `--firecracker`.
+/// Firecracker's parser wants a `drives` list, which Kiln's configs may leave out: the
+/// file it gets is `cfg`'s copy with an empty one. `cfg` must have no Kiln-only field.
+pub fn firecracker_config_cmd(opts: &Opts, cfg: &Path) -> Option<Command> {
+    let fc = opts.firecracker.as_ref()?;
+    let text = fs::read_to_string(cfg).expect("read VM config");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("parse VM config");
+    if json.get("drives").is_none() {
+        json["drives"] = serde_json::json!([]);
+    }
+    let fc_cfg = cfg.with_extension("firecracker.json");
+    fs::write(&fc_cfg, json.to_string()).expect("write Firecracker's VM config");
+    let mut c = Command::new(fc);
+    c.arg("--config-file")
+        .arg(fc_cfg)
+        .args(["--no-api", "--level", "Off"]);
+    Some(c)
 }
 
 /// Kiln's VMM, unjailed, booting from a config file without its API.
@@ -88,6 +126,11 @@ pub fn jail_id(opts: &Opts, n: usize) -> String {
 /// The jailer with the full default profile (`--cleanup-on-exit` always, so the jail is
 /// removed when the VMM ends) booting the tiny guest in config-file mode.
 pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command {
+    jailer_cmd_at(opts, &opts.base, n, cfg, layers)
+}
+
+/// [`jailer_cmd`] with the jails' chroot base `base` instead of the run's.
+pub fn jailer_cmd_at(opts: &Opts, base: &Path, n: usize, cfg: &Path, layers: Layers) -> Command {
     let uid = (UID_BASE + u32::try_from(n % 10_000).unwrap_or(0)).to_string();
     let mut c = Command::new(&opts.jailer);
     c.arg("--id")
@@ -96,7 +139,7 @@ pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command 
         .arg(&opts.vmm)
         .args(["--uid", &uid, "--gid", &uid])
         .arg("--chroot-base-dir")
-        .arg(&opts.base)
+        .arg(base)
         .args(["--parent-cgroup", PARENT_CGROUP, "--parent-cgroup-relative"])
         .arg("--profile")
         .arg(&opts.profile)

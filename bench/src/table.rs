@@ -63,6 +63,26 @@ impl Table {
         });
     }
 
+    /// A row with both peers (either may be missing: not measured).
+    pub fn add_peers(
+        &mut self,
+        metric: &str,
+        unit: &'static str,
+        kiln: &[f64],
+        peers: (Option<&[f64]>, Option<&[f64]>),
+        note: &str,
+    ) {
+        let (qemu, firecracker) = peers;
+        self.push(Row {
+            metric: metric.to_string(),
+            unit,
+            kiln: stats(kiln),
+            qemu: qemu.and_then(stats),
+            firecracker: firecracker.and_then(stats),
+            note: note.to_string(),
+        });
+    }
+
     fn push(&mut self, row: Row) {
         eprintln!("  {}", render_row(&row));
         self.rows.push(row);

@@ -22,8 +22,8 @@ use kiln_tests::process::spawn;
 use kiln_tests::tiny::{field, parse_hex, TinyOutput};
 use kiln_tests::{require_bin, require_kvm, KillOnDrop, ScratchDir};
 use snapshot_common::{
-    assert_continues, count_args, count_lines, counts, create_body, expected_sum, load_body,
-    write_key,
+    assert_continues, count_args, count_lines, counts, create_body, edit_config, expected_sum,
+    load_body, write_key,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -306,35 +306,6 @@ fn authenticated_snapshots_load_only_untampered_with_their_key() {
     wait_counts(&by_fd, 3);
 }
 
-/// Rewrites an unauthenticated state file whose configuration text is `edit`ed: the body's
-/// first field is the configuration (u32 length + JSON), and the SHA-256 tag is recomputed
-/// (with `sha256sum`), so the file is consistent as a file and wrong as a microVM.
-fn edit_config(state: &Path, out: &Path, edit: impl Fn(String) -> String) {
-    let bytes = std::fs::read(state).unwrap();
-    let body = &bytes[24..bytes.len() - 32];
-    let len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
-    let config = String::from_utf8(body[4..4 + len].to_vec()).unwrap();
-    let config = edit(config);
-    let mut new_body = u32::try_from(config.len()).unwrap().to_le_bytes().to_vec();
-    new_body.extend_from_slice(config.as_bytes());
-    new_body.extend_from_slice(&body[4 + len..]);
-    let mut file = bytes[..16].to_vec();
-    file.extend_from_slice(&(new_body.len() as u64).to_le_bytes());
-    file.extend_from_slice(&new_body);
-    let unsigned = out.with_extension("unsigned");
-    std::fs::write(&unsigned, &file).unwrap();
-    let sum = Command::new(kiln_tests::require_program("sha256sum", "coreutils"))
-        .arg(&unsigned)
-        .output()
-        .unwrap();
-    let hex = String::from_utf8(sum.stdout).unwrap();
-    let tag: Vec<u8> = (0..32)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    file.extend_from_slice(&tag);
-    std::fs::write(out, &file).unwrap();
-}
-
 #[test]
 fn bad_snapshots_and_requests_are_refused_and_the_vmm_stays_usable() {
     let dir = ScratchDir::new("kiln-snap-bad");
@@ -416,6 +387,7 @@ fn bad_snapshots_and_requests_are_refused_and_the_vmm_stays_usable() {
     flipped[100] ^= 0x40;
     let mut version = bytes.clone();
     version[8] = 9;
+    version[10..12].copy_from_slice(&[0, 0]);
     let oversized = dir.join("oversized.snap");
     std::fs::File::create(&oversized)
         .unwrap()
@@ -463,7 +435,7 @@ fn bad_snapshots_and_requests_are_refused_and_the_vmm_stays_usable() {
         (
             file("version.snap", &version),
             &mem,
-            "format version v9.1.0; this VMM reads v1.1.0",
+            "format version v9.0.0; this VMM reads v1.2.0",
         ),
         (
             file("junk.snap", &[b'x'; 4096]),
@@ -559,7 +531,7 @@ fn the_snapshot_version_flags_print_the_format() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.1.0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.2.0\n");
     let dir = ScratchDir::new("kiln-snap-describe");
     let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
     let a = counting_vmm(&[], "");
@@ -571,7 +543,7 @@ fn the_snapshot_version_flags_print_the_format() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.1.0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.2.0\n");
     let out = Command::new(&vmm)
         .arg("--describe-snapshot")
         .arg(&mem)

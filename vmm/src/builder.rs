@@ -111,7 +111,8 @@ pub fn build_microvm(
     mark("guest memory mapped");
 
     let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
-        let platform = s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &mark));
+        let platform =
+            s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &mark));
         let load = || -> Result<_, BuildError> {
             // The files opened when the configuration was accepted.
             let kernel = loader::load_kernel(

@@ -26,7 +26,7 @@ use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vcpu_thread::{VcpuAck, VcpuCommand, VcpuHandle};
 use crate::vstate::vm::Vm;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
@@ -36,6 +36,8 @@ use vmm_sys_util::epoll::EventSet;
 const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long teardown waits for the vCPU threads to end.
 const VCPU_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long teardown waits for a vCPU thread's last word before kicking the threads again.
+const VCPU_REKICK: Duration = Duration::from_millis(1);
 
 /// Whether guest code is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -322,7 +324,10 @@ impl Vmm {
         (self.devices.pio.unhandled(), self.devices.mmio.unhandled())
     }
 
-    /// Tells every vCPU thread to stop and waits (bounded) for them to end.
+    /// Tells every vCPU thread to stop and waits (bounded) for them to end: for each
+    /// thread's [`VcpuAck::Ended`], so the wait ends as soon as the last one has (no
+    /// polling sleep), re-kicking the threads after each quiet millisecond (a thread may
+    /// have been between its command check and `KVM_RUN`).
     pub fn stop_vcpus(&mut self) {
         for v in &self.vcpus {
             v.command(VcpuCommand::Stop);
@@ -336,7 +341,8 @@ impl Vmm {
             if all_gone {
                 return;
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let stuck: Vec<u8> = self
                     .vcpus
                     .iter()
@@ -346,11 +352,25 @@ impl Vmm {
                 eprintln!("vmm: vCPU threads {stuck:?} did not stop within {VCPU_JOIN_TIMEOUT:?}; leaving them to process exit");
                 return;
             }
-            // Re-kick: a thread may have been between its command check and KVM_RUN.
-            for v in self.vcpus.iter().filter(|v| !v.is_finished()) {
-                v.command(VcpuCommand::Stop);
+            match self.acks.recv_timeout(left.min(VCPU_REKICK)) {
+                Ok(VcpuAck::Ended(i)) => {
+                    if let Some(v) = self.vcpus.iter_mut().find(|v| v.index == i) {
+                        v.join_ended();
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    for v in self.vcpus.iter().filter(|v| !v.is_finished()) {
+                        v.command(VcpuCommand::Stop);
+                    }
+                }
+                // Every thread has dropped its sender: each is returning.
+                Err(RecvTimeoutError::Disconnected) => {
+                    for v in &mut self.vcpus {
+                        v.join_ended();
+                    }
+                }
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

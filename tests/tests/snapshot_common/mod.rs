@@ -1,10 +1,12 @@
 //! What the snapshot suites share: the tiny guest's `count` scenario (a counter and 16
-//! slots in guest RAM, printed as `count N mem=S`), and the check that a restored VM's
-//! lines continue the snapshotted one's.
+//! slots in guest RAM, printed as `count N mem=S`), the check that a restored VM's lines
+//! continue the snapshotted one's, and rewriting a state file (a consistent file holding an
+//! inconsistent or older microVM state).
 
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::process::Command;
 
 /// TSC cycles between two `count` lines in these tests (~10 ms at 2.6 GHz).
 pub const PERIOD: u64 = 25_000_000;
@@ -110,4 +112,44 @@ pub fn load_body(state: &Path, backend: &str, path: &Path, extra: &str) -> Strin
 /// A 32-byte key file at `path` made of `byte`.
 pub fn write_key(path: &Path, byte: u8) {
     std::fs::write(path, [byte; 32]).expect("write the key file");
+}
+
+/// Writes `out`: the unauthenticated state file `state` with its body replaced by
+/// `edit(body)` and (`minor`) its format minor version replaced, the body length and the
+/// SHA-256 tag recomputed (with `sha256sum`), so that it is consistent as a file.
+pub fn reseal(state: &Path, out: &Path, minor: Option<u16>, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let bytes = std::fs::read(state).unwrap();
+    let body = edit(bytes[24..bytes.len() - 32].to_vec());
+    let mut file = bytes[..16].to_vec();
+    if let Some(minor) = minor {
+        file[10..12].copy_from_slice(&minor.to_le_bytes());
+    }
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file.extend_from_slice(&body);
+    let unsigned = out.with_extension("unsigned");
+    std::fs::write(&unsigned, &file).unwrap();
+    let sum = Command::new(kiln_tests::require_program("sha256sum", "coreutils"))
+        .arg(&unsigned)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(sum.stdout).unwrap();
+    let tag: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    file.extend_from_slice(&tag);
+    std::fs::write(out, &file).unwrap();
+}
+
+/// Rewrites an unauthenticated state file whose configuration text is `edit`ed: the body's
+/// first field is the configuration (u32 length + JSON); see [`reseal`].
+pub fn edit_config(state: &Path, out: &Path, edit: impl Fn(String) -> String) {
+    reseal(state, out, None, |body| {
+        let len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+        let config = String::from_utf8(body[4..4 + len].to_vec()).unwrap();
+        let config = edit(config);
+        let mut new_body = u32::try_from(config.len()).unwrap().to_le_bytes().to_vec();
+        new_body.extend_from_slice(config.as_bytes());
+        new_body.extend_from_slice(&body[4 + len..]);
+        new_body
+    });
 }

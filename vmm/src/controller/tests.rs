@@ -125,7 +125,8 @@ fn instance_info_follows_the_state_machine() {
     assert_eq!(info["state"], "Not started");
     assert_eq!(info["id"], "test-vm");
     assert_eq!(info["app_name"], "Kiln");
-    assert_eq!(info["vmm_version"], VMM_VERSION);
+    // The Firecracker release Kiln implements, where Firecracker's clients read a version.
+    assert_eq!(info["vmm_version"], FIRECRACKER_VERSION);
     let kernel = temp_file("kernel");
     let boot = BootSourceConfig {
         kernel_image_path: kernel,

@@ -108,7 +108,7 @@ pub fn create_snapshot(
     }
     let config = saved_config(res)?;
     let vcpus = vmm.save_vcpu_states()?;
-    let vm = VmState::save(vmm.vm().fd())?;
+    let vm = VmState::save(vmm.vm().fd(), vmm.vm().has_pit())?;
     let devices = vmm.devices();
     let serial = devices.serial.as_ref().map(|s| lock(s).save_state());
     let i8042 = devices.i8042.as_ref().map(|k| lock(k).save_state());

@@ -332,7 +332,7 @@ fn restore(
     signals::install_kick_handler().map_err(BuildError::from)?;
     let serial_out = builder::serial_output(opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let mut vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, &|_| {})?;
+    let mut vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
     builder::track_vmm_writes(mc.track_dirty_pages, state.memory.size());
     // With a custom CPU template, the CPUID this host gives the template.
     let base_cpuid = builder::templated_cpuid(&mut vm, res)?;

@@ -4,7 +4,7 @@
 //! (the config file's JSON: `boot-source`, `machine-config`, `cpu-config`, `drives`,
 //! `network-interfaces`, `vsock`, `entropy`, `serial`, `balloon`, with the rate limiters as they are
 //! in force), the guest memory (its regions, and with a key the 2 MiB chunk digests of the
-//! memory file), the VM (irqchip, PIT, kvmclock), every vCPU, COM1 (with its output
+//! memory file), the VM (irqchip, PIT if it has one, kvmclock), every vCPU, COM1 (with its output
 //! bucket's tokens), the i8042, and every virtio-mmio transport in window order (with its
 //! device's queue positions and rate limiters' tokens).
 
@@ -77,6 +77,8 @@ pub enum StateError {
     DeviceCount { configured: usize, saved: usize },
     #[error("the snapshot has no state for the {0}")]
     MissingDevice(&'static str),
+    #[error("the snapshot's configuration says \"pit\": {configured}, and it {} the state of an in-kernel PIT", if *.saved { "holds" } else { "does not hold" })]
+    Pit { configured: bool, saved: bool },
 }
 
 impl MicrovmState {
@@ -88,7 +90,7 @@ impl MicrovmState {
 
     /// Checks that the parts agree with each other and with `config`: one state per vCPU
     /// in order, the memory regions of the configured size, one transport per virtio
-    /// device, the legacy devices present.
+    /// device, the legacy devices present, a PIT's state if and only if the VM has a PIT.
     pub fn check(&self, config: &VmConfig) -> Result<(), StateError> {
         let mc = config
             .machine_config
@@ -107,6 +109,12 @@ impl MicrovmState {
                     found: v.index,
                 });
             }
+        }
+        if self.vm.pit.is_some() != mc.pit {
+            return Err(StateError::Pit {
+                configured: mc.pit,
+                saved: self.vm.pit.is_some(),
+            });
         }
         let size = mc.mem_size_mib.saturating_mul(1 << 20);
         let expected = ram_ranges(size);

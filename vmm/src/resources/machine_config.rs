@@ -1,4 +1,5 @@
-//! `machine-config`: vCPUs, memory, CPU template.
+//! `machine-config`: vCPUs, memory, CPU template, and (Kiln) whether the VM has KVM's
+//! in-kernel PIT.
 
 use super::spec::null_as_default;
 use super::ResourceError;
@@ -62,6 +63,31 @@ pub struct MachineConfig {
     pub cpu_template: CpuTemplate,
     #[serde(default, deserialize_with = "null_as_default")]
     pub huge_pages: HugePages,
+    /// Kiln: whether the VM gets KVM's in-kernel i8254 PIT (default `true`, as Firecracker
+    /// gives every VM). A guest that keeps time without it (the TSC: Kiln's function images
+    /// and the tiny test guest) is better off without: destroying a VM with a PIT waits for
+    /// several SRCU grace periods and a kernel thread (~13 ms of a ~16 ms teardown,
+    /// docs/benchmarks.md). Without one, ports 0x40-0x43 reach the VMM, which has no device
+    /// there. Written back only when `false`, so a default configuration reads as before.
+    #[serde(
+        default = "with_pit",
+        deserialize_with = "null_as_true",
+        skip_serializing_if = "is_true"
+    )]
+    pub pit: bool,
+}
+
+fn with_pit() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+/// `"pit": null` reads as the default (`true`), as if the field were absent.
+fn null_as_true<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
 }
 
 impl Default for MachineConfig {
@@ -73,6 +99,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: CpuTemplate::None,
             huge_pages: HugePages::None,
+            pit: true,
         }
     }
 }
@@ -87,6 +114,7 @@ pub struct MachineConfigUpdate {
     pub track_dirty_pages: Option<bool>,
     pub cpu_template: Option<CpuTemplate>,
     pub huge_pages: Option<HugePages>,
+    pub pit: Option<bool>,
 }
 
 impl MachineConfig {
@@ -108,6 +136,9 @@ impl MachineConfig {
         }
         if let Some(v) = upd.huge_pages {
             self.huge_pages = v;
+        }
+        if let Some(v) = upd.pit {
+            self.pit = v;
         }
         self
     }

@@ -589,3 +589,31 @@ fn files_are_opened_when_accepted_and_kept() {
     let err = res.set_vsock(v).unwrap_err().to_string();
     assert!(err.contains("a file already exists there"), "{err}");
 }
+
+#[test]
+fn the_pit_is_on_unless_the_machine_config_says_false_and_reads_back_only_when_off() {
+    let mc = |extra: &str| {
+        VmResources::from_json(&config(&format!(
+            r#", "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64{extra}}}"#
+        )))
+        .unwrap()
+    };
+    assert!(MachineConfig::default().pit);
+    assert!(mc("").machine_config.pit);
+    assert!(mc(r#", "pit": null"#).machine_config.pit);
+    assert!(mc(r#", "pit": true"#).machine_config.pit);
+    let off = mc(r#", "pit": false"#);
+    assert!(!off.machine_config.pit);
+    let written = serde_json::to_string(&off.to_config()).unwrap();
+    assert!(written.contains(r#""pit":false"#), "{written}");
+    assert_eq!(VmResources::from_json(&written).unwrap(), off);
+    // A default machine writes back what it did before the field existed.
+    let written = serde_json::to_string(&mc("").machine_config).unwrap();
+    assert!(!written.contains("pit"), "{written}");
+    let patched = MachineConfig::default().apply(MachineConfigUpdate {
+        pit: Some(false),
+        ..Default::default()
+    });
+    assert!(!patched.pit);
+    assert_eq!(patched.vcpu_count, MachineConfig::default().vcpu_count);
+}

@@ -14,7 +14,8 @@ pub const MAGIC: [u8; 8] = *b"KILNSNAP";
 /// The format version this VMM writes and reads.
 /// v1.1: a virtio transport's state ends with its device's own state (the balloon's free
 /// page hinting run).
-pub const VERSION: Version = Version { major: 1, minor: 1 };
+/// v1.2: the VM's PIT is optional (a presence byte before its state, `vstate::vm_state`).
+pub const VERSION: Version = Version { major: 1, minor: 2 };
 /// Magic, version, flags, body length.
 pub const HEADER_LEN: usize = 24;
 /// HMAC-SHA256 or SHA-256: 32 bytes.
@@ -233,9 +234,22 @@ mod tests {
         );
         let mut v = plain.clone();
         v[8] = 2;
+        v[10] = 0;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v2.1.0; this VMM reads v1.1.0 and older minor versions of it"
+            "the state file has format version v2.0.0; this VMM reads v1.2.0 and older minor versions of it"
+        );
+        // A newer minor version is refused, an older one read.
+        let mut v = plain.clone();
+        v[10] = 3;
+        assert_eq!(
+            describe(&v).unwrap_err().to_string(),
+            "the state file has format version v1.3.0; this VMM reads v1.2.0 and older minor versions of it"
+        );
+        v[10] = 0;
+        assert_eq!(
+            describe(&v).unwrap().version,
+            Version { major: 1, minor: 0 }
         );
         let mut junk = vec![0u8; 100];
         junk[..8].copy_from_slice(b"NOTASNAP");

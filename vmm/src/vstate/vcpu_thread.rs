@@ -46,6 +46,10 @@ pub enum VcpuAck {
     Paused(u8),
     Resumed(u8),
     Saved(u8, Box<Result<VcpuState, VcpuStateError>>),
+    /// The thread's last word: its vCPU descriptor is closed and it is returning, so a
+    /// join waits for no more than the thread's exit (teardown waits for this instead of
+    /// polling).
+    Ended(u8),
 }
 
 /// What a vCPU thread shares with the rest of the VMM.
@@ -84,6 +88,15 @@ impl VcpuHandle {
 
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Joins the thread, which said it has [`VcpuAck::Ended`] (so this does not block for
+    /// longer than the thread takes to return).
+    pub fn join_ended(&mut self) {
+        if let Some(t) = self.thread.take() {
+            // As in `try_join`: nothing else to collect.
+            let _ = t.join();
+        }
     }
 
     /// Joins the thread if it has ended; true when it is gone.
@@ -127,6 +140,7 @@ pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<Vc
         let _ = tx.send(VcpuCommand::Pause);
     }
     let exits = shared.exits.clone();
+    let acks = shared.acks.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
@@ -149,6 +163,9 @@ pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<Vc
                     .unwrap_or_else(|| "unknown panic payload".into());
                 exits.notify(VmExit::VcpuPanic { index, message });
             }
+            // The vCPU's descriptor and kvm_run mapping are released before the last word.
+            drop(runner);
+            let _ = acks.send(VcpuAck::Ended(index));
         })?;
     Ok(VcpuHandle {
         index,

@@ -1,5 +1,5 @@
 //! The KVM VM's state for snapshots: the in-kernel irqchip (both PICs and the IOAPIC), the
-//! PIT and the kvmclock; what snapshots need to know of the host's KVM
+//! PIT (if the VM has one) and the kvmclock; what snapshots need to know of the host's KVM
 //! ([`SnapshotCaps`]); and KVM's dirty-page log for diff snapshots.
 //!
 //! Functions take the VM's descriptor ([`VmFd`]), so that [`super::vm`] can hold the
@@ -14,6 +14,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// The format minor version from which the PIT's state has a presence byte.
+const PIT_OPTIONAL_SINCE: u16 = 2;
 /// `KVM_CLOCK_REALTIME` (Linux 5.16): the clock data carries the host's wall-clock time.
 const KVM_CLOCK_REALTIME: u32 = 1 << 2;
 /// Bytes of a page in the dirty log.
@@ -92,7 +94,9 @@ pub struct VmState {
     pub pic_master: kvm_irqchip,
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
-    pub pit: kvm_pit_state2,
+    /// `None`: the VM has no in-kernel PIT (`"pit": false`). Formats before v1.2 have a PIT
+    /// always; v1.2 writes a presence byte before it.
+    pub pit: Option<kvm_pit_state2>,
     pub clock: kvm_clock_data,
 }
 
@@ -100,6 +104,7 @@ impl std::fmt::Debug for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmState")
             .field("clock", &self.clock.clock)
+            .field("pit", &self.pit.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -114,10 +119,13 @@ fn irqchip(fd: &VmFd, chip_id: u32) -> Result<kvm_irqchip, VmStateError> {
 }
 
 impl VmState {
-    /// Reads the VM's state (every vCPU stopped).
-    pub fn save(fd: &VmFd) -> Result<VmState, VmStateError> {
+    /// Reads the VM's state (every vCPU stopped); `pit`: the VM has an in-kernel PIT.
+    pub fn save(fd: &VmFd, pit: bool) -> Result<VmState, VmStateError> {
         Ok(VmState {
-            pit: ioctl("KVM_GET_PIT2", fd.get_pit2())?,
+            pit: match pit {
+                true => Some(ioctl("KVM_GET_PIT2", fd.get_pit2())?),
+                false => None,
+            },
             clock: ioctl("KVM_GET_CLOCK", fd.get_clock())?,
             pic_master: irqchip(fd, KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: irqchip(fd, KVM_IRQCHIP_PIC_SLAVE)?,
@@ -125,11 +133,14 @@ impl VmState {
         })
     }
 
-    /// Loads it into a new VM whose vCPUs are restored. `realtime`: advance kvmclock by the
-    /// wall-clock time since the snapshot (`clock_realtime`); else it goes on from where it
-    /// stopped.
+    /// Loads it into a new VM whose vCPUs are restored, and which has a PIT if and only if
+    /// the state has one (the snapshot's configuration says so; checked by
+    /// `MicrovmState::check`). `realtime`: advance kvmclock by the wall-clock time since the
+    /// snapshot (`clock_realtime`); else it goes on from where it stopped.
     pub fn restore(&self, fd: &VmFd, realtime: bool) -> Result<(), VmStateError> {
-        ioctl("KVM_SET_PIT2", fd.set_pit2(&self.pit))?;
+        if let Some(pit) = &self.pit {
+            ioctl("KVM_SET_PIT2", fd.set_pit2(pit))?;
+        }
         let mut clock = self.clock;
         clock.flags = if realtime {
             if self.clock.flags & KVM_CLOCK_REALTIME == 0 {
@@ -152,7 +163,10 @@ impl Persist for VmState {
         e.pod(&self.pic_master);
         e.pod(&self.pic_slave);
         e.pod(&self.ioapic);
-        e.pod(&self.pit);
+        e.bool(self.pit.is_some());
+        if let Some(pit) = &self.pit {
+            e.pod(pit);
+        }
         e.pod(&self.clock);
     }
 
@@ -161,7 +175,12 @@ impl Persist for VmState {
             pic_master: d.pod("PIC (master)")?,
             pic_slave: d.pod("PIC (slave)")?,
             ioapic: d.pod("IOAPIC")?,
-            pit: d.pod("PIT")?,
+            // Before v1.2 (the PIT optional): always there, no presence byte.
+            pit: if d.minor() < PIT_OPTIONAL_SINCE || d.bool("PIT present")? {
+                Some(d.pod("PIT")?)
+            } else {
+                None
+            },
             clock: d.pod("kvmclock")?,
         };
         for (chip, want, what) in [
@@ -192,4 +211,91 @@ pub fn take_dirty_log(fd: &VmFd, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>,
         out.push(bitmap);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    fn state(pit: Option<kvm_pit_state2>) -> VmState {
+        let chip = |chip_id| kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER),
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE),
+            ioapic: chip(KVM_IRQCHIP_IOAPIC),
+            pit,
+            clock: kvm_clock_data {
+                clock: 0x1234_5678,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn a_pit() -> kvm_pit_state2 {
+        let mut pit = kvm_pit_state2::default();
+        pit.channels[0].count = 0xffff;
+        pit.channels[0].mode = 2;
+        pit.flags = 1;
+        pit
+    }
+
+    fn encoded(s: &VmState) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.put(s);
+        e.into_bytes()
+    }
+
+    #[test]
+    fn a_state_with_or_without_a_pit_round_trips() {
+        for pit in [Some(a_pit()), None] {
+            let bytes = encoded(&state(pit));
+            let back: VmState = Decoder::new(&bytes).get().unwrap();
+            assert_eq!(back.pit.is_some(), pit.is_some());
+            if let (Some(a), Some(b)) = (back.pit, pit) {
+                assert_eq!(a.as_bytes(), b.as_bytes());
+            }
+            assert_eq!(back.clock.clock, 0x1234_5678);
+            assert_eq!(encoded(&back), bytes, "canonical");
+        }
+        // No PIT: one byte instead of a presence byte and the PIT's state.
+        let with = encoded(&state(Some(a_pit()))).len();
+        let without = encoded(&state(None)).len();
+        assert_eq!(with - without, 4 + std::mem::size_of::<kvm_pit_state2>());
+    }
+
+    #[test]
+    fn formats_before_v1_2_always_have_a_pit_and_no_presence_byte() {
+        let s = state(Some(a_pit()));
+        let mut e = Encoder::new();
+        e.pod(&s.pic_master);
+        e.pod(&s.pic_slave);
+        e.pod(&s.ioapic);
+        e.pod(&a_pit());
+        e.pod(&s.clock);
+        let old = e.into_bytes();
+        for minor in 0..PIT_OPTIONAL_SINCE {
+            let mut d = Decoder::with_minor(&old, minor);
+            let back: VmState = d.get().unwrap();
+            d.finish().unwrap();
+            assert_eq!(back.pit.map(|p| p.channels[0].count), Some(0xffff));
+            assert_eq!(back.clock.clock, 0x1234_5678);
+        }
+        // The same bytes read as v1.2 are not a state (the PIT's length prefix is taken
+        // for a presence byte).
+        assert!(Decoder::new(&old).get::<VmState>().is_err());
+    }
+
+    #[test]
+    fn a_presence_byte_other_than_0_or_1_is_refused() {
+        let mut bytes = encoded(&state(None));
+        let at = 3 * (4 + std::mem::size_of::<kvm_irqchip>());
+        assert_eq!(bytes[at], 0);
+        bytes[at] = 2;
+        let err = Decoder::new(&bytes).get::<VmState>().unwrap_err();
+        assert!(err.to_string().contains("PIT present"), "{err}");
+    }
 }

@@ -76,7 +76,8 @@ impl BlankInstance {
         if let Err(e) = jail.wait_api(started, deadline) {
             return Err(api_error(&mut jail, e));
         }
-        let machine = host_dir::machine_config(1, memory_mib).to_string();
+        // Blank instances serve function images only (no Linux functions).
+        let machine = host_dir::machine_config(1, memory_mib, false).to_string();
         let sock = jail.api_socket();
         if let Err(e) = api::request(&sock, "PUT", "/machine-config", &machine, deadline) {
             return Err(api_error(&mut jail, e));
@@ -173,7 +174,7 @@ impl BlankInstance {
         let configure = [
             (
                 "/machine-config",
-                host_dir::machine_config(function.vcpus, function.memory_mib),
+                host_dir::machine_config(function.vcpus, function.memory_mib, false),
             ),
             ("/boot-source", host_dir::boot_source(function)),
             ("/vsock", host_dir::vsock()),

@@ -55,7 +55,7 @@ pub(super) fn prepare_for(
     copy_private(&function.image, &image, uid).map_err(err(&image))?;
     let vm = serde_json::json!({
         "boot-source": boot_source(function),
-        "machine-config": machine_config(function.vcpus, function.memory_mib),
+        "machine-config": machine_config(function.vcpus, function.memory_mib, linux),
         "vsock": vsock(),
     });
     let vm_path = dir.join(VM_CONFIG);
@@ -76,9 +76,16 @@ pub(super) fn boot_source(function: &Function) -> serde_json::Value {
     boot_source
 }
 
-/// The VM config's `machine-config`.
-pub(super) fn machine_config(vcpus: u8, memory_mib: u32) -> serde_json::Value {
-    serde_json::json!({ "vcpu_count": vcpus, "mem_size_mib": memory_mib })
+/// The VM config's `machine-config`. A function image (not `linux`) keeps time with the
+/// TSC: its VM gets no in-kernel PIT, whose destruction costs every teardown ~13 ms of SRCU
+/// grace periods (docs/benchmarks.md); a Linux function's kernel keeps the PIT Firecracker
+/// gives every guest.
+pub(super) fn machine_config(vcpus: u8, memory_mib: u32, linux: bool) -> serde_json::Value {
+    let mut machine = serde_json::json!({ "vcpu_count": vcpus, "mem_size_mib": memory_mib });
+    if !linux {
+        machine["pit"] = false.into();
+    }
+    machine
 }
 
 /// The VM config's `vsock`: the guest's connections go to the worker's listener.

@@ -24,7 +24,8 @@ use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::DEVICE_BLK;
 
-fn inb(port: u16) -> u8 {
+/// Reads one byte from an I/O port (also `pit`'s).
+pub(super) fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: `in` touches no memory; the guest runs at CPL 0.
     unsafe {

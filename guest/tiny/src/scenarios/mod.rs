@@ -19,6 +19,7 @@ mod memmap;
 mod mmds;
 mod msr;
 mod net;
+mod pit;
 mod ports;
 mod print;
 mod rng;
@@ -52,6 +53,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"halt", faults::halt),
     (b"ports", ports::run),
     (b"ticks", ticks::run),
+    (b"pit", pit::run),
     (b"count", count::run),
     (b"blk-read", blk::run_read),
     (b"blk-write", blk::run_write),
