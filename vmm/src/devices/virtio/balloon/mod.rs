@@ -223,7 +223,7 @@ impl Balloon {
             queue_broken(&"the balloon", &mut self.warnings, &a.interrupt, &e);
             return;
         }
-        a.interrupt.signal_used_queue();
+        a.interrupt.signal_used_queue(STATS);
     }
 
     /// Pops up to [`CHAINS_PER_EVENT`] chains of queue `index` and hands each to `take`
@@ -268,7 +268,7 @@ impl Balloon {
             used = true;
         }
         if used && q.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(index);
         }
     }
 
@@ -367,7 +367,7 @@ impl Balloon {
             }
         }
         if returned {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(STATS);
         }
     }
 }
