@@ -18,6 +18,7 @@ mod memmap;
 mod mmds;
 mod msr;
 mod net;
+mod pci;
 mod ports;
 mod print;
 mod rng;
@@ -83,6 +84,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"rng-hostile", hostile::rng::run),
     (b"balloon", balloon::run),
     (b"balloon-hostile", hostile::balloon::run),
+    (b"pci-scan", pci::run_scan),
+    (b"pci-hostile", hostile::pci::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -37,6 +37,15 @@ const HOST_BRIDGE: Identity = Identity {
     subsystem: 0x0008,
 };
 
+/// Why a configuration access reaches no function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// Address register not enabled, or the access unaligned or of another width.
+    Malformed,
+    /// No such bus, function or slot.
+    Absent,
+}
+
 /// A function on the bus. Configuration accesses arrive checked by
 /// [`config::access_ok`]; BAR accesses at an offset from the BAR's start, inside it.
 pub trait PciFunction: Send {
@@ -86,23 +95,25 @@ impl PciRoot {
 
     /// The function the address register selects and the register offset, for an access
     /// of `len` bytes at data port offset `port` (0-3). `None` for the host bridge.
-    fn target(&self, port: u64, len: usize) -> Result<(Option<usize>, u64), ()> {
+    fn target(&self, port: u64, len: usize) -> Result<(Option<usize>, u64), Miss> {
         let a = self.address;
+        let offset = u64::from(a & 0xfc) + port;
+        if a & ADDRESS_ENABLE == 0 || config::access_ok(offset, len).is_none() {
+            return Err(Miss::Malformed);
+        }
         let bus = (a >> 16) & 0xff;
         let slot = (a >> 11) & 0x1f;
         let func = (a >> 8) & 0x7;
-        if a & ADDRESS_ENABLE == 0 || bus != 0 || func != 0 {
-            return Err(());
+        if bus != 0 || func != 0 {
+            return Err(Miss::Absent);
         }
-        let offset = u64::from(a & 0xfc) + port;
-        config::access_ok(offset, len).ok_or(())?;
         match slot {
             0 => Ok((None, offset)),
             n => {
-                let i = usize::try_from(n - 1).map_err(|_| ())?;
+                let i = usize::try_from(n - 1).map_err(|_| Miss::Absent)?;
                 (i < self.functions.len())
                     .then_some((Some(i), offset))
-                    .ok_or(())
+                    .ok_or(Miss::Absent)
             }
         }
     }
@@ -117,10 +128,13 @@ impl PciRoot {
                     f.config_read(off, data);
                 }
             }
-            Err(()) => {
+            Err(miss) => {
                 // An absent function reads all ones (how a scan sees an empty slot): not
-                // an error of the guest's.
+                // an error of the guest's, unlike a malformed access.
                 data.fill(0xff);
+                if miss == Miss::Malformed {
+                    METRICS.pci.invalid_config_accesses.inc();
+                }
             }
         }
     }
@@ -136,7 +150,7 @@ impl PciRoot {
                 }
                 self.check_bars();
             }
-            Err(()) => METRICS.pci.invalid_config_accesses.inc(),
+            Err(_) => METRICS.pci.invalid_config_accesses.inc(),
         }
     }
 
@@ -202,6 +216,7 @@ impl BusDevice for ConfigPorts {
                 // Byte and word accesses to 0xCF8-0xCFB are not configuration mechanism
                 // #1 (Linux probes with one).
                 data.fill(0xff);
+                METRICS.pci.invalid_config_accesses.inc();
             }
         }
     }
@@ -211,7 +226,7 @@ impl BusDevice for ConfigPorts {
         match (offset, <[u8; 4]>::try_from(data)) {
             (0, Ok(v)) => root.address = u32::from_le_bytes(v),
             (o, _) if o >= DATA_OFFSET => root.config_write(o - DATA_OFFSET, data),
-            _ => {}
+            _ => METRICS.pci.invalid_config_accesses.inc(),
         }
     }
 }
