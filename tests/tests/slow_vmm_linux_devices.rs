@@ -116,9 +116,8 @@ fn boot_with_devices(transport: Transport) {
         // The test kit's command line without its `pci=off`.
         Transport::Pci => KERNEL_CMDLINE.replace(" pci=off", ""),
     };
-    let boot_args = format!(
-        "{kernel_args} init={SPIN_INIT} ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"
-    );
+    let boot_args =
+        format!("{kernel_args} init={SPIN_INIT} ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off");
     let cfg = scratch.write(
         "vm.json",
         format!(

@@ -11,7 +11,7 @@ use super::bus::{Bus, BusDevice, BusError};
 use super::legacy::i8042::{self, I8042};
 use super::legacy::serial::{SerialDevice, SerialOutput};
 use super::legacy::IrqLine;
-use super::pci::root::{self, BarWindow, ConfigPorts, PciRoot};
+use super::pci::root::{self, BarWindow, ConfigPorts, NoBus, PciRoot};
 use crate::arch::x86_64::layout::{
     MmioSlot, COM1_PORT, I8042_DATA_PORT, IRQ_COM1, IRQ_DEVICES_END, IRQ_DEVICES_START, IRQ_I8042,
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_SLOT_SIZE,
@@ -166,6 +166,17 @@ impl DeviceManager {
             Arc::new(Mutex::new(BarWindow { root, base: start })),
         )?;
         self.pci = true;
+        Ok(())
+    }
+
+    /// Without a PCI bus: 0xCF8-0xCFF answer all ones ([`NoBus`]), so that a kernel's PCI
+    /// probe is not an access to "no device" under `--strict-io`.
+    pub fn attach_no_pci_bus(&mut self) -> Result<(), DeviceError> {
+        self.pio.insert(
+            u64::from(root::CONFIG_PORT),
+            root::CONFIG_PORTS_LEN,
+            Arc::new(Mutex::new(NoBus)),
+        )?;
         Ok(())
     }
 

@@ -473,5 +473,7 @@ metrics_group! {
         msix_dropped: Counter,
         /// KVM refused an MSI route or an ioeventfd of a moved BAR.
         kvm_fails: Counter,
+        /// Accesses to 0xCF8-0xCFF of a microVM without a PCI bus (answered all ones).
+        absent_bus_accesses: Counter,
     }
 }

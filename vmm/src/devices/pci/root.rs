@@ -231,6 +231,24 @@ impl BusDevice for ConfigPorts {
     }
 }
 
+/// 0xCF8-0xCFF of a microVM without a PCI bus (no `--enable-pci`): nothing latches the
+/// address and every read is all ones, as on a PC without PCI, but the ports are not "no
+/// device" for `--strict-io`: a Linux kernel built with PCI support reads configuration
+/// space before it parses `pci=off` (its Sandy Bridge graphics check), and that probe must
+/// not stop the VM. The accesses are counted.
+pub struct NoBus;
+
+impl BusDevice for NoBus {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        METRICS.pci.absent_bus_accesses.inc();
+    }
+
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        METRICS.pci.absent_bus_accesses.inc();
+    }
+}
+
 /// The BAR window on the MMIO bus.
 pub struct BarWindow {
     pub root: Arc<Mutex<PciRoot>>,

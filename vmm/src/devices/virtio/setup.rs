@@ -130,7 +130,10 @@ pub fn attach_devices(
     transport: Transport,
 ) -> Result<VirtioSetup, VirtioSetupError> {
     let pci = match transport {
-        Transport::Mmio => None,
+        Transport::Mmio => {
+            dm.attach_no_pci_bus()?;
+            None
+        }
         Transport::Pci => Some(PciTransports::new(dm)?),
     };
     let mut setup = VirtioSetup {

@@ -114,3 +114,14 @@ fn overlapping_and_outside_bars_decode_nothing() {
     set_bar(&mut ports, 2, 0xe00f_f800);
     assert_eq!(*lock(&b.1), None);
 }
+
+#[test]
+fn without_a_bus_the_ports_read_all_ones_and_latch_nothing() {
+    let mut ports = NoBus;
+    ports.write(0, &0x8000_0000u32.to_le_bytes());
+    for (off, len) in [(0u64, 4usize), (4, 4), (7, 1), (3, 1), (6, 2)] {
+        let mut d = vec![0u8; len];
+        ports.read(off, &mut d);
+        assert!(d.iter().all(|&b| b == 0xff), "{off} {len}");
+    }
+}
