@@ -32,8 +32,8 @@ pub const HOST_WORKAROUND_ARGS: &str = host_workarounds!();
 
 /// Kernel command line for Kiln's VMM: serial console on ttyS0, a reset through the i8042
 /// controller on reboot (`reboot=k`, which the VMM treats as the end of the VM), an immediate
-/// reboot on panic, no PCI probing (`pci=off`: the devices are on virtio-mmio, and under
-/// `--strict-io` a probe of the absent 0xCF8 would stop the VM), and
+/// reboot on panic, no PCI bus scan (`pci=off`: the devices are on virtio-mmio; the one
+/// configuration read the kernel makes before parsing it is answered by the VMM), and
 /// [`HOST_WORKAROUND_ARGS`]. Append `root=`, `init=`, `ip=` and `virtio_mmio.device=` as
 /// needed; a microVM with `--enable-pci` needs a command line without `pci=off`.
 pub const KERNEL_CMDLINE: &str = concat!(

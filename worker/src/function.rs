@@ -18,9 +18,8 @@ pub const MANIFEST: &str = "kiln.json";
 /// Longest function name: it becomes part of jail ids (at most 64 characters).
 pub const MAX_NAME_LEN: usize = 40;
 /// Kernel command line of a Linux function's guest, before `kiln.exec=`/`kiln.name=`: serial
-/// console, reset on reboot (the VMM's end), reboot on panic, no PCI probing (the devices are
-/// on virtio-mmio, and the guest runs with `--strict-io`: a probe of the absent 0xCF8 would
-/// stop it), and the work-arounds this kind of host needs. A copy of `kiln_tests::assets::KERNEL_CMDLINE` (tests/src/assets.rs, the
+/// console, reset on reboot (the VMM's end), reboot on panic, no PCI bus scan (the devices
+/// are on virtio-mmio), and the work-arounds this kind of host needs. A copy of `kiln_tests::assets::KERNEL_CMDLINE` (tests/src/assets.rs, the
 /// source of truth; a unit test keeps them equal).
 pub const LINUX_KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off noxsave \
      clearcpuid=popcnt,cx16,smap,fsgsbase,rdpid,rdrand,rdseed,invpcid,pcid";
