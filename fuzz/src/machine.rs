@@ -31,7 +31,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::bus::Bus;
 use vmm::devices::manager::DeviceManager;
-use vmm::devices::virtio::setup::attach_devices;
+use vmm::devices::virtio::setup::{attach_devices, Transport};
 use vmm::devices::virtio::{ActivateError, Activation, EventCtx, VirtioDevice};
 use vmm::event_loop::{EventHandler, EventLoop, Flow, Sources};
 use vmm::exit::VmExit;
@@ -202,7 +202,7 @@ impl Machine {
             seen: seen.clone(),
         }));
         let mut dm = DeviceManager::new();
-        let mut setup = attach_devices(&mut dm, &mem, &VmResources::default())
+        let mut setup = attach_devices(&mut dm, &mem, &VmResources::default(), Transport::Mmio)
             .expect("an empty set of devices attaches");
         setup
             .attach(&mut dm, &mem, spy.clone())

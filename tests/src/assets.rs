@@ -32,9 +32,14 @@ pub const HOST_WORKAROUND_ARGS: &str = host_workarounds!();
 
 /// Kernel command line for Kiln's VMM: serial console on ttyS0, a reset through the i8042
 /// controller on reboot (`reboot=k`, which the VMM treats as the end of the VM), an immediate
-/// reboot on panic, and [`HOST_WORKAROUND_ARGS`]. Append `root=`, `init=`, `ip=` and
-/// `virtio_mmio.device=` as needed.
-pub const KERNEL_CMDLINE: &str = concat!("console=ttyS0 reboot=k panic=-1 ", host_workarounds!());
+/// reboot on panic, no PCI bus scan (`pci=off`: the devices are on virtio-mmio; the one
+/// configuration read the kernel makes before parsing it is answered by the VMM), and
+/// [`HOST_WORKAROUND_ARGS`]. Append `root=`, `init=`, `ip=` and `virtio_mmio.device=` as
+/// needed; a microVM with `--enable-pci` needs a command line without `pci=off`.
+pub const KERNEL_CMDLINE: &str = concat!(
+    "console=ttyS0 reboot=k panic=-1 pci=off ",
+    host_workarounds!()
+);
 
 /// Kernel command line for QEMU's `microvm` machine: as [`KERNEL_CMDLINE`] but rebooting by
 /// triple fault (`reboot=t`), which ends QEMU when it runs with `-no-reboot`; microvm has no

@@ -87,6 +87,8 @@ const NOT_EXERCISED: &[(&str, &str, &str)] = &[
     ("api", "madvise [arg2 Eq 0x4]", "the API thread ends when its poll or accept fails for good (glibc frees its stack's pages)"),
     ("vcpu", "ioctl [arg1 Eq 0x8138ae83]", "KVM_GET_SREGS describes a KVM emulation failure, which the tiny guest cannot cause on every host"),
     ("vcpu", "ioctl [arg1 Eq 0xc018ae85]", "KVM_TRANSLATE describes a KVM emulation failure, which the tiny guest cannot cause on every host"),
+    ("vcpu", "ioctl [arg1 Eq 0x4008ae6a]", "KVM_SET_GSI_ROUTING: a guest programming MSI-X with --enable-pci, which the lifecycle (virtio-mmio, snapshots) does not use (tests/tests/pci.rs does)"),
+    ("vcpu", "ioctl [arg1 Eq 0x4040ae79]", "KVM_IOEVENTFD: a guest enabling a BAR with --enable-pci, which the lifecycle (virtio-mmio, snapshots) does not use (tests/tests/pci.rs does)"),
 ];
 
 /// Rules a release build does not exercise in the audit: the abort hook exists in debug
@@ -113,6 +115,7 @@ const JAIL_NOT_EXERCISED: &[(&str, &str)] = &[
     ("clone [arg0 MaskedEq(2114125824) 0x10000]", "under the jail, clone3 is answered ENOSYS (the enosys filter) and glibc starts threads with clone"),
     ("sched_yield", "in the per-thread policies: Rust's channels yield while contended (timing)"),
     ("ioctl [arg1 Eq 0xc018ae85]", "in vcpu.json: KVM_TRANSLATE describes a KVM emulation failure, which the tiny guest cannot cause on every host"),
+    ("ioctl [arg1 Eq 0x4008ae6a]", "KVM_SET_GSI_ROUTING: --enable-pci (MSI-X routes), which the lifecycle (virtio-mmio, snapshots) does not use (tests/tests/pci.rs does)"),
     ("ioctl [arg1 Eq 0xaea2]", "KVM_SET_TSC_KHZ: a snapshot/load on a host whose TSC runs at another frequency than the snapshot's and that has KVM_CAP_TSC_CONTROL (the audit restores on the host that took the snapshot)"),
 ];
 

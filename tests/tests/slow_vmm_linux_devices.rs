@@ -3,7 +3,10 @@
 //! and virtio-net on a tap in a network namespace the test makes, configured by the kernel
 //! from `ip=`. The guest must mount the disk, configure eth0 and answer the host's ICMP echo;
 //! afterwards the host's image file shows the mount (the ext4 superblock's mount count and
-//! last-mount time changed).
+//! last-mount time changed). The same again with `--enable-pci`: the kernel finds both
+//! devices on PCI bus 0 by probing configuration mechanism #1 (its command line without
+//! `pci=off` and without `virtio_mmio.device=` entries), and their interrupts are MSI-X (there
+//! is no INTx: the disk is only read, and the ping only answered, if MSI-X works).
 //!
 //! On kvm_pvm hosts guest user space cannot make a system call (shared/notes/host-kvm.md),
 //! so `/init` would crash and the kernel would panic right after mounting the root. The test
@@ -70,6 +73,23 @@ fn mount_stamp(image: &Path) -> (u16, u32) {
 #[test]
 #[ignore = "slow tier: boots a Linux kernel (about 1.5 min here) with virtio-blk root and virtio-net; run with ./test.sh slow"]
 fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
+    boot_with_devices(Transport::Mmio);
+}
+
+#[test]
+#[ignore = "slow tier: boots a Linux kernel (about 1.5 min here) with virtio-blk root and virtio-net on PCI; run with ./test.sh slow"]
+fn linux_finds_its_devices_on_pci_mounts_its_root_and_answers_ping() {
+    boot_with_devices(Transport::Pci);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Mmio,
+    /// `--enable-pci`.
+    Pci,
+}
+
+fn boot_with_devices(transport: Transport) {
     require_root();
     require_kvm();
     let assets = require_linux_assets();
@@ -91,9 +111,13 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     let tap = "kilntap0";
     ns.add_tap(tap, Some(&format!("{HOST_IP}/24")));
 
-    let boot_args = format!(
-        "{KERNEL_CMDLINE} init={SPIN_INIT} ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off"
-    );
+    let kernel_args = match transport {
+        Transport::Mmio => KERNEL_CMDLINE.to_string(),
+        // The test kit's command line without its `pci=off`.
+        Transport::Pci => KERNEL_CMDLINE.replace(" pci=off", ""),
+    };
+    let boot_args =
+        format!("{kernel_args} init={SPIN_INIT} ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off");
     let cfg = scratch.write(
         "vm.json",
         format!(
@@ -107,17 +131,19 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
     );
 
     let start = Instant::now();
-    let mut vmm = KillOnDrop::new(spawn(
-        ns.command(&vmm_bin)
-            .arg("--config-file")
-            .arg(&cfg)
-            .arg("--no-api")
-            .stdin(Stdio::null()),
-    ));
+    let mut cmd = ns.command(&vmm_bin);
+    cmd.arg("--config-file")
+        .arg(&cfg)
+        .arg("--no-api")
+        .stdin(Stdio::null());
+    if transport == Transport::Pci {
+        cmd.arg("--enable-pci");
+    }
+    let mut vmm = KillOnDrop::new(spawn(&mut cmd));
     let rx = line_reader(&mut vmm);
     let stderr_thread = stderr_reader(&mut vmm);
 
-    let mut milestones = [
+    let mut milestones = vec![
         Milestone::new("virtio-blk disk probed", "[vda]"),
         Milestone::new("eth0 configured from ip=", format!("ipaddr={GUEST_IP}")),
         Milestone::new("ext4 mounted from vda", "EXT4-fs (vda): mounted filesystem"),
@@ -128,6 +154,16 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
         ),
         Milestone::new("init started", format!("Run {SPIN_INIT} as init process")),
     ];
+    if transport == Transport::Pci {
+        milestones.extend([
+            Milestone::new(
+                "PCI found through 0xCF8/0xCFC",
+                "PCI: Using configuration type 1 for base access",
+            ),
+            Milestone::new("virtio-blk on PCI", "pci 0000:00:01.0: [1af4:1042]"),
+            Milestone::new("virtio-net on PCI", "pci 0000:00:02.0: [1af4:1041]"),
+        ]);
+    }
     let mut serial = Vec::new();
     let failure = loop {
         if all_seen(&milestones) {
@@ -175,7 +211,7 @@ fn linux_mounts_its_root_over_virtio_blk_and_answers_ping_over_virtio_net() {
 
     let report = report(&milestones);
     println!(
-        "Linux + virtio-blk root + virtio-net (kvm_pvm host: {}), stopped at {:.2}s:\n{}\n  ping: {:?}\n  superblock (mount count, mount time): {before:?} -> {after:?}",
+        "Linux + virtio-blk root + virtio-net over {transport:?} (kvm_pvm host: {}), stopped at {:.2}s:\n{}\n  ping: {:?}\n  superblock (mount count, mount time): {before:?} -> {after:?}",
         is_pvm_host(),
         start.elapsed().as_secs_f64(),
         report,

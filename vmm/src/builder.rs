@@ -11,7 +11,9 @@ use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
 use crate::devices::legacy::serial::{SerialError, SerialOutput, SerialSink};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::TokenBucket;
-use crate::devices::virtio::setup::{self as virtio_setup, VirtioSetup, VirtioSetupError};
+use crate::devices::virtio::setup::{
+    self as virtio_setup, Transport, VirtioSetup, VirtioSetupError,
+};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
@@ -78,6 +80,8 @@ pub struct BuildOptions {
     pub trace: Option<StartupTrace>,
     /// `--strict-io`: stop the VM on a port or MMIO access no device handles.
     pub strict_io: bool,
+    /// `--enable-pci`: the virtio devices on PCI instead of MMIO windows.
+    pub pci: bool,
 }
 
 /// Builds the microVM described by `res` and starts its vCPUs. Returns it with the event
@@ -133,7 +137,12 @@ pub fn build_microvm(
             };
             // virtio-mmio devices first: the command line lists them.
             let mut dm = DeviceManager::new();
-            let virtio = attach_virtio(&mut dm, &mem, res)?;
+            let transport = if opts.pci {
+                Transport::Pci
+            } else {
+                Transport::Mmio
+            };
+            let virtio = attach_virtio(&mut dm, &mem, res, transport)?;
             let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
             let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
@@ -250,13 +259,14 @@ pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, B
 }
 
 /// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, then the
-/// balloon) in its virtio-mmio window of `dm`.
+/// balloon) in its virtio-mmio window (or PCI slot) of `dm`.
 pub(crate) fn attach_virtio(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
     res: &VmResources,
+    transport: Transport,
 ) -> Result<VirtioSetup, BuildError> {
-    let mut virtio = virtio_setup::attach_devices(dm, mem, res)?;
+    let mut virtio = virtio_setup::attach_devices(dm, mem, res, transport)?;
     if let Some(cfg) = &res.vsock {
         // After the drives and interfaces: the next virtio-mmio window and IRQ.
         let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));

@@ -65,6 +65,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             entry: EntryPreference::Linux64,
             trace: None,
             strict_io: false,
+            pci: false,
         };
         let (mut vm, mut events) = build_microvm(&res, opts).expect("build the microVM");
         assert_eq!(vm.state(), VmState::Running);

@@ -18,10 +18,10 @@ pub const MANIFEST: &str = "kiln.json";
 /// Longest function name: it becomes part of jail ids (at most 64 characters).
 pub const MAX_NAME_LEN: usize = 40;
 /// Kernel command line of a Linux function's guest, before `kiln.exec=`/`kiln.name=`: serial
-/// console, reset on reboot (the VMM's end), reboot on panic, and the work-arounds this kind
-/// of host needs. A copy of `kiln_tests::assets::KERNEL_CMDLINE` (tests/src/assets.rs, the
+/// console, reset on reboot (the VMM's end), reboot on panic, no PCI bus scan (the devices
+/// are on virtio-mmio), and the work-arounds this kind of host needs. A copy of `kiln_tests::assets::KERNEL_CMDLINE` (tests/src/assets.rs, the
 /// source of truth; a unit test keeps them equal).
-pub const LINUX_KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 noxsave \
+pub const LINUX_KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off noxsave \
      clearcpuid=popcnt,cx16,smap,fsgsbase,rdpid,rdrand,rdseed,invpcid,pcid";
 /// How often a function's sources are checked for changes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,4 +1,4 @@
-//! Thin wrappers over the x86 instructions the guest uses: port I/O, CPUID, the TSC, MSRs,
+//! Thin wrappers over the x86 instructions the guest uses: port I/O (both ways), CPUID, the TSC, MSRs,
 //! halting, loading an IDT.
 //!
 //! Port I/O and CPUID cannot violate Rust's memory safety (they touch no memory the
@@ -31,6 +31,39 @@ pub fn outl(port: u16, value: u32) {
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     }
+}
+
+/// Reads one byte from an I/O port.
+#[inline(always)]
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: `in` touches no memory; the guest runs at CPL 0 so it cannot fault.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+/// Reads one 16-bit word from an I/O port.
+#[inline(always)]
+pub fn inw(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: as for `inb`.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+    }
+    v
+}
+
+/// Reads one 32-bit double word from an I/O port.
+#[inline(always)]
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as for `inb`.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
+    v
 }
 
 /// The four registers CPUID returns.

@@ -11,6 +11,7 @@ use super::bus::{Bus, BusDevice, BusError};
 use super::legacy::i8042::{self, I8042};
 use super::legacy::serial::{SerialDevice, SerialOutput};
 use super::legacy::IrqLine;
+use super::pci::root::{self, BarWindow, ConfigPorts, NoBus, PciRoot};
 use crate::arch::x86_64::layout::{
     MmioSlot, COM1_PORT, I8042_DATA_PORT, IRQ_COM1, IRQ_DEVICES_END, IRQ_DEVICES_START, IRQ_I8042,
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_SLOT_SIZE,
@@ -44,6 +45,8 @@ pub struct Devices {
     pub i8042: Option<Arc<Mutex<I8042>>>,
     /// The virtio devices, for runtime changes (set by the builder).
     pub virtio: super::virtio::handles::VirtioHandles,
+    /// The virtio devices are on PCI (`--enable-pci`), not in the MMIO windows.
+    pub pci: bool,
 }
 
 pub struct DeviceManager {
@@ -54,6 +57,7 @@ pub struct DeviceManager {
     next_mmio_base: u64,
     next_irq: u32,
     mmio_devices: Vec<MmioSlot>,
+    pci: bool,
 }
 
 impl Default for DeviceManager {
@@ -72,6 +76,7 @@ impl DeviceManager {
             next_mmio_base: MMIO_DEVICES_START,
             next_irq: IRQ_DEVICES_START,
             mmio_devices: Vec::new(),
+            pci: false,
         }
     }
 
@@ -141,6 +146,40 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Puts PCI bus 0 on the buses: its configuration ports (0xCF8-0xCFF) and its BAR
+    /// window `[start, end)`.
+    pub fn attach_pci_bus(
+        &mut self,
+        root: Arc<Mutex<PciRoot>>,
+        start: u64,
+        end: u64,
+    ) -> Result<(), DeviceError> {
+        self.pio.insert(
+            u64::from(root::CONFIG_PORT),
+            root::CONFIG_PORTS_LEN,
+            Arc::new(Mutex::new(ConfigPorts(root.clone()))),
+        )?;
+        let len = end.saturating_sub(start);
+        self.mmio.insert(
+            start,
+            len,
+            Arc::new(Mutex::new(BarWindow { root, base: start })),
+        )?;
+        self.pci = true;
+        Ok(())
+    }
+
+    /// Without a PCI bus: 0xCF8-0xCFF answer all ones ([`NoBus`]), so that a kernel's PCI
+    /// probe is not an access to "no device" under `--strict-io`.
+    pub fn attach_no_pci_bus(&mut self) -> Result<(), DeviceError> {
+        self.pio.insert(
+            u64::from(root::CONFIG_PORT),
+            root::CONFIG_PORTS_LEN,
+            Arc::new(Mutex::new(NoBus)),
+        )?;
+        Ok(())
+    }
+
     /// The windows of the attached virtio-mmio devices, in attachment order.
     pub fn mmio_slots(&self) -> &[MmioSlot] {
         &self.mmio_devices
@@ -154,6 +193,7 @@ impl DeviceManager {
             serial: self.serial,
             i8042: self.i8042,
             virtio: Default::default(),
+            pci: self.pci,
         }
     }
 }

@@ -454,3 +454,32 @@ metrics_group! {
         first_serial_byte: Gauge,
     }
 }
+
+metrics_group! {
+    /// The PCI transport (`--enable-pci`): what the guest did to configuration space, BARs
+    /// and MSI-X tables that was refused, and what the VMM could not set up.
+    PciMetrics {
+        /// Configuration space accesses refused: unaligned, of another width than 1, 2 or
+        /// 4 bytes, outside the 256 bytes, through a malformed 0xCF8 address, or to a
+        /// function that does not exist.
+        invalid_config_accesses: Counter,
+        /// BAR accesses refused: no register at that offset, the wrong width, or an
+        /// address two BARs the guest overlapped both cover.
+        invalid_bar_accesses: Counter,
+        /// BARs the guest placed (with decoding on) outside the PCI window or over another
+        /// function's BAR: they decode nothing until moved back.
+        bars_refused: Counter,
+        /// MSI-X entries the guest pointed at an address outside the local APICs'
+        /// (0xfee00000-0xfeefffff): their interrupts are dropped.
+        msix_bad_addresses: Counter,
+        /// Interrupts held back in the pending bit array because their vector (or the
+        /// function) was masked.
+        msix_pending: Counter,
+        /// Interrupts dropped: MSI-X disabled, no vector assigned, or a bad entry.
+        msix_dropped: Counter,
+        /// KVM refused an MSI route or an ioeventfd of a moved BAR.
+        kvm_fails: Counter,
+        /// Accesses to 0xCF8-0xCFF of a microVM without a PCI bus (answered all ones).
+        absent_bus_accesses: Counter,
+    }
+}

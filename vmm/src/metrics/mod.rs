@@ -18,8 +18,8 @@ mod groups;
 pub use groups::{
     ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
     GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
-    NetMetrics, PatchRequestsMetrics, PutRequestsMetrics, SeccompMetrics, SerialMetrics,
-    VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
+    NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
+    SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 
 use crate::output::open_output;
@@ -206,6 +206,7 @@ pub struct Metrics {
     pub entropy: EntropyMetrics,
     pub balloon: BalloonMetrics,
     pub virtio: VirtioMetrics,
+    pub pci: PciMetrics,
     pub seccomp: SeccompMetrics,
     pub latencies_us: LatenciesMetrics,
     pub boot_timing_us: BootTimingMetrics,
@@ -232,6 +233,7 @@ impl Metrics {
             entropy: EntropyMetrics::new(),
             balloon: BalloonMetrics::new(),
             virtio: VirtioMetrics::new(),
+            pci: PciMetrics::new(),
             seccomp: SeccompMetrics::new(),
             latencies_us: LatenciesMetrics::new(),
             boot_timing_us: BootTimingMetrics::new(),

@@ -28,6 +28,8 @@ pub enum CreateError {
     NoDirtyTracking,
     #[error("this host's vCPU XSAVE state is {0} bytes (AMX?), more than the 4096 Kiln saves: snapshots are not supported on it yet")]
     Xsave(usize),
+    #[error("this microVM's virtio devices are on PCI (--enable-pci): snapshots of PCI devices (their configuration space, BARs and MSI-X tables) are not supported by Kiln yet")]
+    Pci,
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -98,6 +100,9 @@ pub fn create_snapshot(
     let began = Instant::now();
     if vmm.state() != RunState::Paused {
         return Err(CreateError::NotPaused);
+    }
+    if vmm.devices().pci {
+        return Err(CreateError::Pci);
     }
     let caps = vmm.vm().snapshot_caps().clone();
     if req.snapshot_type == SnapshotType::Diff && !caps.track_dirty_pages {

@@ -28,6 +28,7 @@ use crate::builder::{self, BuildError, BuildOptions, Parts};
 use crate::devices::legacy::serial::persist::SerialStateError;
 use crate::devices::manager::DeviceManager;
 use crate::devices::virtio::mmio::persist::TransportStateError;
+use crate::devices::virtio::setup::Transport;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitNotifier;
 use crate::resources::{
@@ -354,7 +355,9 @@ fn restore(
     }
     state.vm.restore(vm.fd(), req.clock_realtime)?;
     let mut dm = DeviceManager::new();
-    let mut virtio = builder::attach_virtio(&mut dm, &mem, res)?;
+    // Snapshots are only taken of microVMs whose devices are on MMIO (create refuses
+    // --enable-pci ones): the restored guest finds them where it left them.
+    let mut virtio = builder::attach_virtio(&mut dm, &mem, res, Transport::Mmio)?;
     virtio.wire(&vm).map_err(BuildError::from)?;
     builder::attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let (mut vmm, events) = builder::start(Parts {

@@ -20,6 +20,7 @@ use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use std::os::fd::AsRawFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -68,6 +69,8 @@ pub enum VmError {
     },
     #[error("the host's KVM has {max} memory slots, guest memory needs {wanted}")]
     TooManySlots { wanted: usize, max: usize },
+    #[error("cannot duplicate the VM's descriptor: {0}")]
+    Duplicate(std::io::Error),
     #[error("KVM_IRQFD failed for GSI {gsi}: {source}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("KVM_IOEVENTFD failed for MMIO address {addr:#x} (value {datamatch}): {source}")]
@@ -190,6 +193,20 @@ impl Vm {
     /// which KVM's list may lack.
     pub fn save_msrs_too(&mut self, extra: impl IntoIterator<Item = u32>) {
         self.snapshot_caps.add_msrs(extra);
+    }
+
+    /// A second descriptor of the VM (for the PCI devices, which change MSI routes and
+    /// ioeventfds from the vCPU threads while the guest runs).
+    pub fn duplicate_fd(&self) -> Result<VmFd, VmError> {
+        // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor number, which `self.fd` owns.
+        let fd = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if fd < 0 {
+            return Err(VmError::Duplicate(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a new descriptor of this KVM VM that nothing else owns; the VmFd
+        // takes it over (and closes it when dropped).
+        unsafe { self._kvm.create_vmfd_from_rawfd(fd) }
+            .map_err(|e| VmError::Duplicate(std::io::Error::from_raw_os_error(e.errno())))
     }
 
     /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.

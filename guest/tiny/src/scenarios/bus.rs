@@ -16,41 +16,11 @@
 // Port numbers and values are deliberately cut to the width of the access.
 #![allow(clippy::cast_possible_truncation)]
 
-use core::arch::asm;
-
 use super::blk::read;
-use crate::arch::{outb, outl, outw};
+use crate::arch::{inb, inl, inw, outb, outl, outw};
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::DEVICE_BLK;
-
-/// Reads one byte from an I/O port (also `pit`'s).
-pub(super) fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: `in` touches no memory; the guest runs at CPL 0.
-    unsafe {
-        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-
-fn inw(port: u16) -> u16 {
-    let v: u16;
-    // SAFETY: as for `inb`.
-    unsafe {
-        asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
-
-fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: as for `inb`.
-    unsafe {
-        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
-    }
-    v
-}
 
 /// Ports the guest must not touch here: COM1 (its output), the i8042 (0x64 is the reset
 /// command port), the PICs and the PIT and their edge/level registers (in-kernel devices

@@ -19,6 +19,7 @@ mod memmap;
 mod mmds;
 mod msr;
 mod net;
+mod pci;
 mod pit;
 mod ports;
 mod print;
@@ -88,6 +89,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"balloon-hostile", hostile::balloon::run),
     (b"balloon-free", balloon_free::run),
     (b"balloon-free-hostile", hostile::balloon_free::run),
+    (b"pci-scan", pci::run_scan),
+    (b"pci-hostile", hostile::pci::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -5,7 +5,7 @@
 //! ports and the VMM answers each read with all ones: `0xffff` every time. The guest runs
 //! with interrupts off, so the PIT's IRQ 0 is never taken.
 
-use super::bus::inb;
+use crate::arch::inb;
 use crate::arch::{outb, rdtsc};
 use crate::boot_info::BootInfo;
 use crate::serial::Console;

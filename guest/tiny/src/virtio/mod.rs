@@ -7,6 +7,8 @@
 //! - [`ring`]: the guest's three rings of [`ring::QUEUE_SIZE`] entries in static memory inside
 //!   the image, and [`ring::RingExt`]: waiting for a used entry by polling, and writing any
 //!   available index (hostile scenarios).
+//! - [`pci`]: the same devices over PCI (`--enable-pci`): configuration mechanism #1, the
+//!   capability walk, BAR sizing, the common configuration and MSI-X.
 //! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`]: request helpers for virtio-blk,
 //!   virtio-net, virtio-vsock, virtio-rng and virtio-balloon.
 //!
@@ -16,6 +18,7 @@
 pub mod balloon;
 pub mod blk;
 pub mod net;
+pub mod pci;
 pub mod ring;
 pub mod rng;
 pub mod vsock;

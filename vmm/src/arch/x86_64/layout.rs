@@ -8,7 +8,7 @@
 //! loaded there may use the memory after its image freely.
 //!
 //! RAM is split around the 32-bit MMIO gap `[MMIO_GAP_START, 4 GiB)`, which holds the
-//! virtio-mmio device windows, the IOAPIC, the LAPIC and KVM's TSS/identity-map pages.
+//! virtio-mmio device windows, the PCI window, the IOAPIC, the LAPIC and KVM's TSS/identity-map pages.
 
 /// Boot GDT: 5 descriptors (null, null, code, data, TSS); see [`super::gdt`].
 pub const GDT_ADDR: u64 = 0x500;
@@ -62,8 +62,13 @@ pub const MMIO_GAP_END: u64 = 1 << 32;
 pub const MMIO_DEVICES_START: u64 = MMIO_GAP_START;
 /// One virtio-mmio device window.
 pub const MMIO_SLOT_SIZE: u64 = 0x1000;
-/// End of the device windows: the IOAPIC's page.
-pub const MMIO_DEVICES_END: u64 = IOAPIC_ADDR;
+/// End of the device windows: the PCI window.
+pub const MMIO_DEVICES_END: u64 = PCI_MMIO_START;
+
+/// The PCI window (`--enable-pci`): where the BARs of the PCI functions are placed, and
+/// the only place they decode; up to the IOAPIC's page.
+pub const PCI_MMIO_START: u64 = 0xe000_0000;
+pub const PCI_MMIO_END: u64 = IOAPIC_ADDR;
 
 /// A virtio-mmio device's window (from [`MMIO_DEVICES_START`]) and its IRQ (from
 /// [`IRQ_DEVICES_START`]), as the device manager hands them out and the kernel command line

@@ -1,14 +1,14 @@
 //! The `vmm` command line: every flag of Firecracker's `firecracker --help` (so the jailer
 //! and tools written for Firecracker can drive either), plus Kiln's `--serial-out`,
 //! `--boot-entry`, `--strict-io`, `--seccomp-log` and the snapshot key
-//! (`--snapshot-key-file`, `--snapshot-key-fd`).
+//! (`--snapshot-key-file`, `--snapshot-key-fd`). `--enable-pci` puts the virtio devices on
+//! PCI, as Firecracker's does.
 //!
 //! `kiln-argv` tokenizes (a value as the next argument or after `=`: `--id vm1`,
 //! `--id=vm1`); this module only converts each value into what the library takes
 //! ([`SerialSink`], [`EntryPreference`], [`LogLevel`], [`seccomp::Choice`], ...). An unknown
 //! flag, a missing or invalid value, a flag given twice or a stray argument is an error
-//! naming it. A Firecracker flag for a feature Kiln does not have yet (PCI, MMDS) is
-//! recognised and refused with [`CliError::Unsupported`], which names the feature.
+//! naming it.
 
 use kiln_argv::{ArgvError, Flag, Table};
 use std::ffi::OsString;
@@ -37,6 +37,9 @@ Options:
                                kernel entry: PVH when the ELF has a PVH note (auto, default),
                                or force one
   --boot-timer                 print start-up phase times and the guest's first serial byte time
+  --enable-pci                 put the virtio devices on a PCI bus (MSI-X interrupts, no
+                               virtio_mmio.device= on the kernel command line) instead of
+                               virtio-mmio windows; such a microVM cannot be snapshotted yet
   --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
                                MMIO address with no device, instead of ignoring the access
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
@@ -65,9 +68,6 @@ Options:
   --describe-snapshot PATH     print the format version of the snapshot state file PATH and exit
   --version                    print the version and exit
   --help                       print this help and exit
-
-Firecracker flags recognised but refused until Kiln has the feature:
-  --enable-pci                 PCI transport
 ";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,20 +76,7 @@ pub enum CliError {
     Argv(#[from] ArgvError),
     #[error("--no-api needs --config-file: without the API, the config file is the only way to describe the microVM")]
     NoApiWithoutConfig,
-    /// A Firecracker flag for a feature Kiln does not have yet.
-    #[error("flag --{flag}: {feature} is not supported by Kiln yet")]
-    Unsupported {
-        flag: &'static str,
-        feature: &'static str,
-    },
 }
-
-/// Firecracker's flags for features Kiln does not have yet, with the feature each needs.
-/// Each is recognised (its value checked) and refused with [`CliError::Unsupported`].
-const NOT_YET: &[(&str, &str)] = &[(
-    "enable-pci",
-    "the PCI transport (Kiln's devices are virtio-mmio)",
-)];
 
 /// Where the snapshot key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +97,8 @@ pub struct Args {
     pub boot_entry: EntryPreference,
     pub boot_timer: bool,
     pub strict_io: bool,
+    /// `--enable-pci`: the virtio devices on PCI.
+    pub enable_pci: bool,
     pub start_time_us: Option<u64>,
     pub start_time_cpu_us: Option<u64>,
     /// Accepted for the jailer's command line (Firecracker's flag); nothing uses it yet.
@@ -170,7 +159,6 @@ const FLAGS: &[Flag] = &[
     Flag::single("describe-snapshot"),
     Flag::switch("version"),
     Flag::switch("help"),
-    // Firecracker's, refused until Kiln has the feature (`NOT_YET`).
     Flag::switch("enable-pci"),
     Flag::single("metadata"),
     Flag::single("mmds-size-limit"),
@@ -246,6 +234,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         boot_entry: a.parsed("boot-entry")?.unwrap_or_default(),
         boot_timer: a.switch("boot-timer"),
         strict_io: a.switch("strict-io"),
+        enable_pci: a.switch("enable-pci"),
         start_time_us: a.parsed("start-time-us")?,
         start_time_cpu_us: a.parsed("start-time-cpu-us")?,
         parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
@@ -282,13 +271,6 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
     }
     if let Some(p) = a.converted("describe-snapshot", nonempty_path)? {
         return Ok(Command::DescribeSnapshot(PathBuf::from(p)));
-    }
-    // Values are checked first, so that a bad one is named as such.
-    if let Some(&(flag, feature)) = NOT_YET
-        .iter()
-        .find(|(flag, _)| a.switch(flag) || a.single(flag).is_some())
-    {
-        return Err(CliError::Unsupported { flag, feature });
     }
     a.exclusive("no-seccomp", "seccomp-filter")?;
     a.exclusive("no-seccomp", "seccomp-log")?;
@@ -445,11 +427,11 @@ mod tests {
             ),
             (&["--no-api"], CliError::NoApiWithoutConfig),
             (
-                &["--enable-pci"],
-                CliError::Unsupported {
+                &["--enable-pci=yes"],
+                argv(ArgvError::UnexpectedValue {
                     flag: "enable-pci",
-                    feature: "the PCI transport (Kiln's devices are virtio-mmio)",
-                },
+                    value: "yes".into(),
+                }),
             ),
             (
                 &["--snapshot-key-file", "k", "--snapshot-key-fd", "3"],
@@ -502,12 +484,9 @@ mod tests {
             "flag --level: invalid value \"loud\": use Off, Error, Warning, Info, Debug or Trace"
         );
         assert_eq!(run(&["--level", "WARN"]).level, Some(LogLevel::Warning));
-        // An unsupported feature is named, never an unknown flag.
-        let e = p(&["--enable-pci"]).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "flag --enable-pci: the PCI transport (Kiln's devices are virtio-mmio) is not supported by Kiln yet"
-        );
+        // Firecracker's --enable-pci is a switch that selects the PCI transport.
+        assert!(run(&["--enable-pci"]).enable_pci);
+        assert!(!run(&[]).enable_pci);
     }
 
     #[test]
@@ -520,7 +499,7 @@ mod tests {
         // Firecracker accepts --api-sock with --no-api (and serves no API): so does Kiln.
         let a = run(&["--config-file", "c", "--no-api", "--api-sock", "s"]);
         assert!(a.no_api);
-        // --help and --version win over a refused flag, as in Firecracker.
+        // --help and --version win over the other flags, as in Firecracker.
         assert_eq!(p(&["--enable-pci", "--help"]), Ok(Command::Help));
     }
 }

@@ -411,6 +411,7 @@ fn start_microvm(
         entry: args.boot_entry,
         trace: trace.clone(),
         strict_io: args.strict_io,
+        pci: args.enable_pci,
     };
     let booted = args.config_file.is_some();
     let api = if args.no_api {

@@ -1,7 +1,9 @@
-//! virtio devices on the virtio-mmio transport.
+//! virtio devices and their transports.
 //!
-//! - [`mmio`]: the transport every device shares: the virtio-mmio (version 2) register file
-//!   as a [`crate::devices::bus::BusDevice`], run on the vCPU threads.
+//! - [`mmio`]: the transport every device shares by default: the virtio-mmio (version 2)
+//!   register file as a [`crate::devices::bus::BusDevice`], run on the vCPU threads.
+//! - [`pci`]: the virtio-pci transport (`--enable-pci`), one PCI function per device with
+//!   MSI-X, driving the same register file from its common configuration.
 //! - [`queue`]: queue mechanics around virtio-queue's `Queue`: popping available chains and
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
@@ -21,6 +23,7 @@ pub mod events;
 pub mod handles;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod queue;
 pub mod rng;
 pub mod setup;
@@ -244,44 +247,77 @@ impl EventCtx {
     }
 }
 
-/// A device's interrupt line and the state the guest reads through the transport:
-/// InterruptStatus, ConfigGeneration and `DEVICE_NEEDS_RESET`. Shared between the transport
-/// (vCPU threads) and the device (VMM thread); lock-free.
+/// Where a device's interrupts go, as its transport decides: one line for every cause
+/// (virtio-mmio: an irqfd on an IOAPIC pin), or a vector per queue and one for
+/// configuration changes (virtio-pci with MSI-X: see [`VectorSink`]).
+enum Delivery {
+    Line(EventFd),
+    Vectors(std::sync::Arc<dyn VectorSink>),
+}
+
+/// A transport that signals each queue and the configuration change separately (MSI-X
+/// vectors the driver assigned). Called from the VMM thread; must not block on the guest.
+pub trait VectorSink: Send + Sync {
+    /// Queue `index` has new used entries.
+    fn queue(&self, index: usize);
+    /// The configuration changed (or the device needs a reset).
+    fn config(&self);
+}
+
+/// A device's interrupts and the state the guest reads through the transport:
+/// InterruptStatus (the ISR), ConfigGeneration and `DEVICE_NEEDS_RESET`. Shared between the
+/// transport (vCPU threads) and the device (VMM thread); lock-free.
 pub struct Interrupt {
     status: AtomicU32,
     generation: AtomicU32,
     needs_reset: AtomicBool,
-    /// Registered with KVM as an irqfd for the device's IRQ.
-    irqfd: EventFd,
+    delivery: Delivery,
 }
 
 impl Interrupt {
+    /// One line for every cause: `irqfd` is registered with KVM for the device's IRQ.
     pub fn new(irqfd: EventFd) -> Self {
+        Self::with(Delivery::Line(irqfd))
+    }
+
+    /// A vector per cause, raised through `sink`.
+    pub fn with_vectors(sink: std::sync::Arc<dyn VectorSink>) -> Self {
+        Self::with(Delivery::Vectors(sink))
+    }
+
+    fn with(delivery: Delivery) -> Self {
         Interrupt {
             status: AtomicU32::new(0),
             generation: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
-            irqfd,
+            delivery,
         }
     }
 
-    fn raise(&self, bit: u32) {
+    /// `queue`: the queue that has used entries, or `None` for a configuration change.
+    fn raise(&self, bit: u32, queue: Option<usize>) {
         self.status.fetch_or(bit, Ordering::SeqCst);
-        if self.irqfd.write(1).is_err() {
-            METRICS.virtio.interrupt_fails.inc();
+        match (&self.delivery, queue) {
+            (Delivery::Line(irqfd), _) => {
+                if irqfd.write(1).is_err() {
+                    METRICS.virtio.interrupt_fails.inc();
+                }
+            }
+            (Delivery::Vectors(sink), Some(index)) => sink.queue(index),
+            (Delivery::Vectors(sink), None) => sink.config(),
         }
     }
 
-    /// The device put buffers in a used ring.
-    pub fn signal_used_queue(&self) {
-        self.raise(VIRTIO_MMIO_INT_VRING);
+    /// The device put buffers in queue `index`'s used ring.
+    pub fn signal_used_queue(&self, index: usize) {
+        self.raise(VIRTIO_MMIO_INT_VRING, Some(index));
     }
 
     /// The device's configuration changed (e.g. a drive's capacity): the generation moves and
     /// the driver is told.
     pub fn signal_config_change(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.raise(VIRTIO_MMIO_INT_CONFIG);
+        self.raise(VIRTIO_MMIO_INT_CONFIG, None);
     }
 
     /// The guest broke the device (a corrupt ring, an invalid queue): the status register
@@ -291,11 +327,16 @@ impl Interrupt {
         if !self.needs_reset.swap(true, Ordering::SeqCst) {
             METRICS.virtio.needs_reset.inc();
         }
-        self.raise(VIRTIO_MMIO_INT_CONFIG);
+        self.raise(VIRTIO_MMIO_INT_CONFIG, None);
     }
 
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Reads and clears the status (virtio-pci's ISR: reading it acknowledges it).
+    pub fn take_status(&self) -> u32 {
+        self.status.swap(0, Ordering::SeqCst)
     }
 
     /// InterruptACK: clears the acknowledged bits.
@@ -415,7 +456,7 @@ mod tests {
     #[test]
     fn interrupt_state() {
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        irq.signal_used_queue();
+        irq.signal_used_queue(0);
         irq.signal_config_change();
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
         assert_eq!(irq.generation(), 1);
@@ -426,6 +467,9 @@ mod tests {
         irq.reset();
         assert!(!irq.needs_reset());
         assert_eq!(irq.status(), 0);
-        assert_eq!(irq.irqfd.read().unwrap(), 3);
+        let Delivery::Line(irqfd) = &irq.delivery else {
+            panic!("a line interrupt");
+        };
+        assert_eq!(irqfd.read().unwrap(), 3);
     }
 }

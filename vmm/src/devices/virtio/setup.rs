@@ -22,6 +22,7 @@ use super::events::DeviceEvents;
 use super::handles::{BlockHandle, VirtioHandles};
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
+use super::pci::setup::{PciSetupError, PciTransports};
 use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
 use crate::devices::manager::{DeviceError, DeviceManager};
@@ -54,6 +55,8 @@ pub enum VirtioSetupError {
     EventLoop(EventLoopError),
     #[error("virtio device {id}: cannot create its rate limiter: {source}")]
     RateLimiter { id: String, source: TimerError },
+    #[error(transparent)]
+    Pci(#[from] PciSetupError),
     #[error("the balloon device: cannot create its statistics timer: {0}")]
     BalloonTimer(TimerError),
 }
@@ -93,6 +96,8 @@ pub struct VirtioSetup {
     pub handles: VirtioHandles,
     events: Vec<DeviceEvents>,
     wiring: Vec<KvmWiring>,
+    /// With `--enable-pci`: the PCI bus the devices go on instead of MMIO windows.
+    pci: Option<PciTransports>,
 }
 
 /// What KVM must know about one device: its irqfd and its queue ioeventfds.
@@ -104,18 +109,38 @@ struct KvmWiring {
     queue_evts: Vec<EventFd>,
 }
 
+/// Which transport carries the virtio devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// virtio-mmio windows announced on the kernel command line (the default).
+    #[default]
+    Mmio,
+    /// Functions on PCI bus 0 with MSI-X (`--enable-pci`).
+    Pci,
+}
+
 /// Creates every drive (root first, as `VmResources` keeps them) and network interface of
-/// `res` and puts each in the next virtio-mmio window of `dm`. Nothing here needs the KVM
-/// VM; [`VirtioSetup::wire`] does that part.
+/// `res` and puts each in the next virtio-mmio window of `dm` (or, with
+/// [`Transport::Pci`], the next PCI slot). Nothing here needs the KVM VM;
+/// [`VirtioSetup::wire`] does that part.
 pub fn attach_devices(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
     res: &VmResources,
+    transport: Transport,
 ) -> Result<VirtioSetup, VirtioSetupError> {
+    let pci = match transport {
+        Transport::Mmio => {
+            dm.attach_no_pci_bus()?;
+            None
+        }
+        Transport::Pci => Some(PciTransports::new(dm)?),
+    };
     let mut setup = VirtioSetup {
         handles: VirtioHandles::default(),
         events: Vec::new(),
         wiring: Vec::new(),
+        pci,
     };
     for cfg in &res.drives {
         let block =
@@ -155,6 +180,23 @@ impl VirtioSetup {
             id: id.clone(),
             source,
         };
+        if let Some(pci) = self.pci.as_mut() {
+            let mut core_evts = Vec::with_capacity(queues);
+            let mut notify_evts = Vec::with_capacity(queues);
+            let mut loop_evts = Vec::with_capacity(queues);
+            for _ in 0..queues {
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(evt_err)?;
+                loop_evts.push(evt.try_clone().map_err(evt_err)?);
+                notify_evts.push(evt.try_clone().map_err(evt_err)?);
+                core_evts.push(evt);
+            }
+            let attached = pci.attach(device.clone(), mem, core_evts, notify_evts)?;
+            self.events.push(DeviceEvents {
+                device,
+                queue_evts: loop_evts,
+            });
+            return Ok(attached.interrupt);
+        }
         let slot = dm.allocate_mmio_slot()?;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(evt_err)?;
         let interrupt = Arc::new(Interrupt::new(irqfd.try_clone().map_err(evt_err)?));
@@ -228,6 +270,9 @@ impl VirtioSetup {
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
     /// with the VM.
     pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
+        if let Some(pci) = &self.pci {
+            pci.wire(vm)?;
+        }
         for w in self.wiring.drain(..) {
             vm.register_irqfd(&w.irqfd, w.irq)?;
             for (index, evt) in w.queue_evts.iter().enumerate() {

@@ -11,6 +11,7 @@
 //! * [`net`]: a hostile driver of virtio-net (`net-hostile`).
 //! * [`rng`]: a hostile driver of virtio-rng (`rng-hostile`).
 //! * [`balloon`]: a hostile driver of virtio-balloon (`balloon-hostile`).
+//! * [`pci`]: a hostile driver of the PCI bus, its BARs and MSI-X tables (`pci-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
@@ -20,6 +21,7 @@ pub mod blk;
 pub mod config;
 pub mod giant;
 pub mod net;
+pub mod pci;
 pub mod rng;
 pub mod wrap;
 

@@ -262,7 +262,7 @@ impl Balloon {
             used = true;
         }
         if used && q.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(index);
         }
     }
 

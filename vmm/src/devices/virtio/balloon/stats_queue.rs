@@ -68,7 +68,10 @@ impl Balloon {
         let Some(a) = self.active.as_mut().filter(|a| !a.broken) else {
             return;
         };
-        let Some(q) = a.layout.stats.and_then(|i| a.queues.get_mut(i)) else {
+        let Some(index) = a.layout.stats else {
+            return;
+        };
+        let Some(q) = a.queues.get_mut(index) else {
             return;
         };
         if let Err(e) = add_used(q, &a.mem, head, 0) {
@@ -76,7 +79,7 @@ impl Balloon {
             queue_broken(&"the balloon", &mut self.warnings, &a.interrupt, &e);
             return;
         }
-        a.interrupt.signal_used_queue();
+        a.interrupt.signal_used_queue(index);
     }
 
     /// The stats queue: the newest buffer is read and kept; an older one still held (a
@@ -105,7 +108,10 @@ impl Balloon {
         let Some(a) = active.as_mut().filter(|a| !a.broken) else {
             return;
         };
-        let Some(q) = a.layout.stats.and_then(|i| a.queues.get_mut(i)) else {
+        let Some(index) = a.layout.stats else {
+            return;
+        };
+        let Some(q) = a.queues.get_mut(index) else {
             return;
         };
         let mut returned = false;
@@ -152,7 +158,7 @@ impl Balloon {
             }
         }
         if returned {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(index);
         }
     }
 }

@@ -250,7 +250,7 @@ impl Block {
             served += 1;
         }
         if used && a.queue.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(0);
         }
         // Blocked (a request did not fit, or one larger than the bucket left a debt): the
         // timer brings the device back.

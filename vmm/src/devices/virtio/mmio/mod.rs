@@ -383,6 +383,54 @@ impl MmioTransport {
     }
 }
 
+/// The register file as the virtio-pci transport's common configuration reads it back
+/// (virtio-mmio's selectors, driver features and queue registers are write-only; PCI's are
+/// read-write). The state machine behind them is this transport's, shared by both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registers {
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    /// The selected queue's (size, ready, descriptors, available, used), if it exists.
+    pub queue: Option<(u32, bool, u64, u64, u64)>,
+    pub queue_count: usize,
+}
+
+impl MmioTransport {
+    /// The registers' current values.
+    pub fn registers(&self) -> Registers {
+        let queue = usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| self.queues.get(i))
+            .map(|q| (q.size, q.ready, q.desc, q.avail, q.used));
+        Registers {
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            queue,
+            queue_count: self.queues.len(),
+        }
+    }
+
+    /// Reads virtio-mmio register `reg` (a `virtio_mmio::VIRTIO_MMIO_*` offset), as a
+    /// 4-byte access would; `None` for a register that cannot be read.
+    pub fn read_reg(&mut self, reg: u32) -> Option<u32> {
+        self.read_register(reg)
+    }
+
+    /// Writes virtio-mmio register `reg`; false when refused (not counted: the caller
+    /// counts in its own terms).
+    pub fn write_reg(&mut self, reg: u32, value: u32) -> bool {
+        self.write_register(reg, value)
+    }
+
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_OFFSET {

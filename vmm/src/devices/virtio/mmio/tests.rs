@@ -331,7 +331,7 @@ fn junk_accesses_are_ignored() {
 #[test]
 fn interrupt_ack_and_generation() {
     let (mut t, _, _) = transport(Fake::default());
-    t.interrupt.signal_used_queue();
+    t.interrupt.signal_used_queue(0);
     t.interrupt.signal_config_change();
     assert_eq!(r(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 3);
     assert_eq!(r(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 1);

@@ -307,7 +307,7 @@ impl Net {
         }
         if let Some(a) = self.active.as_mut() {
             if used && a.rx.needs_notification(&a.mem).unwrap_or(true) {
-                a.interrupt.signal_used_queue();
+                a.interrupt.signal_used_queue(RX_QUEUE);
             }
         }
         if starved || self.active.as_ref().is_none_or(|a| a.broken) {
@@ -383,7 +383,7 @@ impl Net {
             used = true;
         }
         if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(TX_QUEUE);
         }
         if let Some(l) = self.limiters.as_ref().filter(|l| l.tx.is_blocked()) {
             ctx.watch(TX_LIMITER_TOKEN, l.tx.timer_fd());

@@ -167,7 +167,7 @@ impl Entropy {
             served += 1;
         }
         if used && a.queue.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(0);
         }
         if let Some(l) = limiter.as_ref().filter(|l| l.is_blocked()) {
             ctx.watch(LIMITER_TOKEN, l.timer_fd());

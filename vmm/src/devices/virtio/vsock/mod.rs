@@ -170,7 +170,7 @@ impl Vsock {
             used = true;
         }
         if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(TX_QUEUE);
         }
     }
 
@@ -243,7 +243,7 @@ impl Vsock {
             METRICS.vsock.rx_packets_count.inc();
         }
         if used && a.rx.needs_notification(&a.mem).unwrap_or(true) {
-            a.interrupt.signal_used_queue();
+            a.interrupt.signal_used_queue(RX_QUEUE);
         }
     }
 

@@ -62,7 +62,7 @@ impl Vsock {
         if add_used(&mut a.event, &a.mem, head, used).is_err() {
             return false;
         }
-        a.interrupt.signal_used_queue();
+        a.interrupt.signal_used_queue(super::EVENT_QUEUE);
         written == event.len()
     }
 }
