@@ -112,6 +112,8 @@ fuzz_target!(|ops: Vec<Op>| {
         amount_mib: 0,
         deflate_on_oom: false,
         stats_polling_interval_s: 1,
+        free_page_hinting: true,
+        free_page_reporting: true,
     })
     .expect("balloon");
     let balloon: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(balloon));
