@@ -28,9 +28,20 @@ if [ "$tier" != slow ]; then
 
     step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
     cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
+    # The crates outside the workspace (freestanding guests, examples, fuzz targets).
+    for manifest in guest/*/Cargo.toml examples/functions/*/Cargo.toml fuzz/Cargo.toml; do
+        dir="$(dirname "$manifest")"
+        (cd "$dir" && cargo fmt -- --check >/dev/null) \
+            || die "cargo fmt --check failed in $dir (outside the workspace): run (cd $dir && cargo fmt)"
+    done
     cargo clippy --workspace --all-targets --quiet -- -D warnings
     step "structure (docs/conventions.md): no import circle, no file over 600 lines, crate dependencies as allowed"
     python3 "$KILN_ROOT/scripts/check-structure.py"
+
+    if [ "$tier" = all ]; then
+        # Built now, run last (fuzz smoke): a target that no longer compiles fails early.
+        KILN_FUZZ_BUILD_ONLY=1 "$KILN_ROOT/scripts/fuzz-smoke.sh"
+    fi
 
     step "fast tier: cargo test --workspace"
     cargo test --workspace

@@ -16,6 +16,8 @@
 #   KILN_FUZZ_WORK        scratch corpora and logs (default <target dir>/smoke); the
 #                         checked-in corpus in fuzz/corpus/ is only read
 #   KILN_FUZZ_JOBS        cargo build jobs (default: cargo's)
+#   KILN_FUZZ_BUILD_ONLY  1: build the targets and stop (test.sh does this first, so that a
+#                         target that no longer compiles fails the run in minutes, not last)
 source "$(dirname "$0")/lib.sh"
 
 seconds="${KILN_FUZZ_SECONDS:-15}"
@@ -29,6 +31,10 @@ work="${KILN_FUZZ_WORK:-$target_dir/smoke}"
 mapfile -t targets < <(fuzz_targets "$@")
 [ ${#targets[@]} -gt 0 ] || die "no fuzz targets found (cargo fuzz list in $fuzz_dir)"
 fuzz_build
+if [ "${KILN_FUZZ_BUILD_ONLY:-0}" = 1 ]; then
+    step "fuzz targets built: ${#targets[@]}"
+    exit 0
+fi
 cd "$fuzz_dir"
 
 # fuzz_one TARGET: runs it (the binary cargo fuzz built) for $seconds; its exit status is

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         .put(serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-1", "n": 1}}}))
         .unwrap();
     let v2 = opts & 1 == 1;
-    store.configure(if v2 { MmdsVersion::V2 } else { MmdsVersion::V1 }, opts & 2 != 0);
+    store.configure(
+        if v2 { MmdsVersion::V2 } else { MmdsVersion::V1 },
+        opts & 2 != 0,
+    );
     let request = match parse_request(raw, 1024) {
         Ok(Parsed::Complete { request, .. }) => request,
         Ok(Parsed::Incomplete { .. }) => return,

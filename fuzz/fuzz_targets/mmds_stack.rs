@@ -116,7 +116,11 @@ fuzz_target!(|data: &[u8]| {
         let mut s = store.lock().unwrap();
         s.put(serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-1"}}, "big": "x".repeat(3000)}))
             .unwrap();
-        let version = if opts & 1 == 1 { MmdsVersion::V2 } else { MmdsVersion::V1 };
+        let version = if opts & 1 == 1 {
+            MmdsVersion::V2
+        } else {
+            MmdsVersion::V1
+        };
         s.configure(version, false);
     }
     let mut st = MmdsStack::new(MMDS_IP.into(), store);
@@ -191,7 +195,14 @@ fuzz_target!(|data: &[u8]| {
         st.detour(&segment(port, track[i].seq, 0, SYN, Some(1460), &[]));
         drain(&mut st, &mut track, &mut token);
         let t = track[i];
-        st.detour(&segment(port, t.seq.wrapping_add(1), t.ack, FIN | ACK, None, &[]));
+        st.detour(&segment(
+            port,
+            t.seq.wrapping_add(1),
+            t.ack,
+            FIN | ACK,
+            None,
+            &[],
+        ));
         drain(&mut st, &mut track, &mut token);
     }
 });

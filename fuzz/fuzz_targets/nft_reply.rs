@@ -33,12 +33,21 @@ fuzz_target!(|data: &[u8]| {
     let Ok(acks) = parsed else {
         return;
     };
-    assert!(acks.len() <= data.len() / 20, "{} acks from {} bytes", acks.len(), data.len());
+    assert!(
+        acks.len() <= data.len() / 20,
+        "{} acks from {} bytes",
+        acks.len(),
+        data.len()
+    );
     if data.len() % 4 == 0 {
         let mut more = data.to_vec();
         more.extend(ack(7, -1));
         let mut want = acks;
         want.push(Ack { seq: 7, error: -1 });
-        assert_eq!(parse(&more), Ok(want), "an acknowledgement appended was misread");
+        assert_eq!(
+            parse(&more),
+            Ok(want),
+            "an acknowledgement appended was misread"
+        );
     }
 });

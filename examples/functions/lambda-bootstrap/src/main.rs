@@ -30,7 +30,13 @@ impl Answer {
 }
 
 /// One request on a fresh connection (`Connection: close`).
-fn call(api: &str, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> std::io::Result<Answer> {
+fn call(
+    api: &str,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Answer> {
     let mut s = TcpStream::connect(api)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -69,7 +75,11 @@ fn call(api: &str, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
-    Ok(Answer { status, headers, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A JSON string literal.
@@ -105,7 +115,9 @@ fn number_field(event: &str, key: &str) -> Option<u8> {
 
 fn main() -> ExitCode {
     let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
-        eprintln!("lambda-bootstrap: AWS_LAMBDA_RUNTIME_API is not set: run me as a Lambda runtime");
+        eprintln!(
+            "lambda-bootstrap: AWS_LAMBDA_RUNTIME_API is not set: run me as a Lambda runtime"
+        );
         return ExitCode::from(2);
     };
     let greeting = std::env::var("GREETING").unwrap_or_default();
@@ -121,10 +133,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let id = next.header("lambda-runtime-aws-request-id").unwrap_or("").to_string();
-        let arn = next.header("lambda-runtime-invoked-function-arn").unwrap_or("").to_string();
+        let id = next
+            .header("lambda-runtime-aws-request-id")
+            .unwrap_or("")
+            .to_string();
+        let arn = next
+            .header("lambda-runtime-invoked-function-arn")
+            .unwrap_or("")
+            .to_string();
         let event = String::from_utf8_lossy(&next.body).into_owned();
-        eprintln!("lambda-bootstrap: invocation {id}: {} bytes", next.body.len());
+        eprintln!(
+            "lambda-bootstrap: invocation {id}: {} bytes",
+            next.body.len()
+        );
         if let Some(code) = number_field(&event, "exit") {
             eprintln!("lambda-bootstrap: exiting with status {code} as asked");
             return ExitCode::from(code);
@@ -132,7 +153,10 @@ fn main() -> ExitCode {
         let (path, body, extra) = match string_field(&event, "fail") {
             Some(why) => (
                 format!("/2018-06-01/runtime/invocation/{id}/error"),
-                format!("{{\"errorMessage\":{},\"errorType\":\"BootstrapError\"}}", quote(why)),
+                format!(
+                    "{{\"errorMessage\":{},\"errorType\":\"BootstrapError\"}}",
+                    quote(why)
+                ),
                 vec![("Lambda-Runtime-Function-Error-Type", "BootstrapError")],
             ),
             None => (

@@ -165,7 +165,8 @@ impl Link {
         let keep = self.port;
         let f = &self.frame;
         let t = 14 + usize::from(f[14] & 0xf) * 4;
-        self.port = u16::from_be_bytes([f[t.min(RX_BUF_LEN - 4) + 2], f[t.min(RX_BUF_LEN - 4) + 3]]);
+        self.port =
+            u16::from_be_bytes([f[t.min(RX_BUF_LEN - 4) + 2], f[t.min(RX_BUF_LEN - 4) + 3]]);
         let seg = self.tcp_from_mmds();
         self.port = keep;
         seg
@@ -212,7 +213,8 @@ fn arp(l: &mut Link, con: &mut Console) -> bool {
             break;
         }
         let r = &l.frame[..l.len];
-        if r.len() >= 42 && r[12..14] == [0x08, 0x06] && r[20..22] == [0, 2] && r[28..32] == MMDS_IP {
+        if r.len() >= 42 && r[12..14] == [0x08, 0x06] && r[20..22] == [0, 2] && r[28..32] == MMDS_IP
+        {
             l.mmds_mac.copy_from_slice(&r[22..28]);
             let mut line = con.line().s("mmds arp mac=");
             for (i, b) in l.mmds_mac.iter().enumerate() {
@@ -260,7 +262,13 @@ fn connect(l: &mut Link, con: &mut Console) -> bool {
 }
 
 /// Sends `request`, reads the whole response (by its Content-Length), prints it as `name`.
-fn request(l: &mut Link, con: &mut Console, name: &str, request: &[u8], out: &mut [u8]) -> Option<usize> {
+fn request(
+    l: &mut Link,
+    con: &mut Console,
+    name: &str,
+    request: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
     if !l.segment(ACK | PSH, request, false) {
         con.error().s("mmds request not sent").end();
         return None;
@@ -299,7 +307,11 @@ fn request(l: &mut Link, con: &mut Console, name: &str, request: &[u8], out: &mu
             return Some(n);
         }
     }
-    con.error().s("mmds http ").s(name).s(": no complete response").end();
+    con.error()
+        .s("mmds http ")
+        .s(name)
+        .s(": no complete response")
+        .end();
     None
 }
 
@@ -325,7 +337,10 @@ fn open(info: &BootInfo, con: &mut Console) -> Option<Link> {
     let n = match Net::open(info.cmdline, 0, false) {
         Ok(n) => n,
         Err(status) => {
-            con.error().s("mmds: virtio-net did not start status=").hex(status.into()).end();
+            con.error()
+                .s("mmds: virtio-net did not start status=")
+                .hex(status.into())
+                .end();
             return None;
         }
     };
@@ -521,7 +536,9 @@ pub fn run_hostile(info: &BootInfo, con: &mut Console) {
         }
     }
     if !connected {
-        con.error().s("mmds-hostile: no SYN-ACK for the huge request").end();
+        con.error()
+            .s("mmds-hostile: no SYN-ACK for the huge request")
+            .end();
         return;
     }
     let mut chunk = [b'a'; 150];

@@ -241,7 +241,11 @@ impl PciDev {
         self.cwrite(C_GF, 4, high & (F_VERSION_1 >> 32));
         self.cwrite(C_GFSELECT, 4, 0);
         self.cwrite(C_GF, 4, 0);
-        self.cwrite(C_STATUS, 1, u64::from(STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK));
+        self.cwrite(
+            C_STATUS,
+            1,
+            u64::from(STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK),
+        );
         self.cread(C_STATUS, 1) as u32
     }
 

@@ -27,9 +27,7 @@ use super::super::pci::{probe_bus, request, scan, start_rng, DEVICE_RNG};
 
 /// Another virtio device than `not` on the bus.
 fn other_device(not: u8) -> Option<PciDev> {
-    (1..32u8)
-        .filter(|&s| s != not)
-        .find_map(PciDev::probe)
+    (1..32u8).filter(|&s| s != not).find_map(PciDev::probe)
 }
 
 fn config_junk() -> (bool, u32) {
@@ -37,7 +35,13 @@ fn config_junk() -> (bool, u32) {
     outw(pci::CONFIG_ADDRESS + 2, 0xffff);
     let _ = inb(pci::CONFIG_ADDRESS + 1);
     let _ = inw(pci::CONFIG_ADDRESS + 2);
-    for addr in [0x8001_0000u32, 0x8000_0900, 0x0000_0800, 0xffff_ffff, 0x8000_08fc] {
+    for addr in [
+        0x8001_0000u32,
+        0x8000_0900,
+        0x0000_0800,
+        0xffff_ffff,
+        0x8000_08fc,
+    ] {
         outl(pci::CONFIG_ADDRESS, addr);
         let _ = inl(pci::CONFIG_DATA);
         outl(pci::CONFIG_DATA, 0xdead_beef);
