@@ -28,6 +28,14 @@
 //! Raw calls here: `signal` and `raise` in [`finish`], which dies of the VMM's signal (it may
 //! be a real-time one, which nix's `Signal` cannot name).
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 mod cgroup;
 mod chroot;
 mod cleanup;

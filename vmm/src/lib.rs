@@ -30,6 +30,14 @@
 //!    answers crossing to the VMM thread, status codes) and, above it, [`controller`]
 //!    (applies the requests on the VMM thread).
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 pub mod api;
 pub mod arch;
 pub mod builder;

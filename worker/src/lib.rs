@@ -15,6 +15,14 @@
 //! - [`sys`]: the system calls std does not wrap.
 //! - [`sync`]: the poison-tolerant lock helpers.
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 pub mod blank_pool;
 pub mod channel;
 pub mod cli;

@@ -1,5 +1,13 @@
 //! `kiln`: see docs/worker.md and `kiln --help`.
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 use kiln_worker::cli::{self, BuildArgs, Command, Common, Event, InvokeArgs, ServeArgs};
 use kiln_worker::context::{Identity, InvocationContext};
 use kiln_worker::function::Registry;

@@ -14,6 +14,11 @@
 //! - every failure is an [`ArgvError`] naming the flag or argument.
 //!
 //! No dependency but `thiserror`: this runs before anything else in a root process.
+//!
+//! [`stderr`]: the binaries' messages on stderr, which never panic (the other half of a
+//! command line's interface).
+
+pub mod stderr;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

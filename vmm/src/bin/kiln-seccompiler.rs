@@ -4,6 +4,14 @@
 //! architecture. The input is checked as the VMM checks it: a file that the VMM would refuse
 //! is refused here with the same message. See policies/seccomp/README.md.
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 use std::path::Path;
 use std::process::ExitCode;
 use vmm::seccomp::FilterSet;

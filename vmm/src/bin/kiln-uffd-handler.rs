@@ -17,6 +17,14 @@
 //! The protocol is Firecracker's, so this handler also serves Firecracker, and Firecracker's
 //! example handlers serve Kiln.
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 use kiln_argv::{Flag, Table};
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -5,6 +5,14 @@
 //! (docs/vmm.md lists them). Once the microVM runs, the exit code is that of the reason it
 //! stopped ([`vmm::exit::VmExit::code`]).
 
+/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
+/// instead of panicking: `kiln_argv::stderr`.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {
+        kiln_argv::stderr::line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 
 use cli::{Args, CliError, Command, KeySource};
