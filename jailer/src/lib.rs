@@ -5,14 +5,6 @@
 //! whose decoder of the kernel's answers is fuzzed. Everything else lives in the binary
 //! (`main.rs`).
 
-/// `eprintln!` that drops a message stderr cannot take (a pipe nobody reads any more)
-/// instead of panicking: `kiln_argv::stderr`.
-macro_rules! eprintln {
-    ($($arg:tt)*) => {
-        kiln_argv::stderr::line(format_args!($($arg)*))
-    };
-}
-
 pub mod args;
 pub mod nftables;
 pub mod profile;
