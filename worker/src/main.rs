@@ -15,13 +15,15 @@ use kiln_worker::instance::{self, InstanceConfig};
 use kiln_worker::pool::{PoolConfig, PoolError, Pools};
 use kiln_worker::server::lambda::{Credentials, LambdaApi, LambdaConfig};
 use kiln_worker::server::{self, ServerConfig};
+use kiln_worker::sync::lock;
 use kiln_worker::sys;
 use kiln_worker::timing::ms;
 use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Exit codes.
@@ -374,13 +376,18 @@ fn run_invoke(a: InvokeArgs) -> ExitCode {
 
 fn run_serve(a: ServeArgs) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
+    // A second descriptor of the listening socket, once it exists: the signal thread shuts
+    // the socket down through it, which wakes the accept loop (a connection to the socket's
+    // path would not if the path was removed or rebound).
+    let waker: Arc<Mutex<Option<UnixListener>>> = Arc::new(Mutex::new(None));
     {
-        let (stop, socket) = (stop.clone(), a.socket.clone());
+        let (stop, waker) = (stop.clone(), waker.clone());
         if !handle_signals(move |sig| {
             eprintln!("kiln: signal {sig}: shutting down");
             stop.store(true, Ordering::Release);
-            // Wake the accept loop.
-            let _ = std::os::unix::net::UnixStream::connect(&socket);
+            if let Some(l) = lock(&waker).as_ref() {
+                let _ = sys::stop_accepting(l);
+            }
         }) {
             return ExitCode::from(EXIT_FAILED);
         }
@@ -408,6 +415,20 @@ fn run_serve(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    match listener.try_clone() {
+        Ok(l) => *lock(&waker) = Some(l),
+        Err(e) => {
+            let _ = std::fs::remove_file(&a.socket);
+            eprintln!("kiln: cannot keep a second descriptor of the socket to stop on: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    if stop.load(Ordering::Acquire) {
+        // A signal came before the socket existed: do not start serving.
+        if let Some(l) = lock(&waker).as_ref() {
+            let _ = sys::stop_accepting(l);
+        }
+    }
     let tcp = match a.listen.map(server::bind_tcp).transpose() {
         Ok(t) => t,
         Err(e) => {

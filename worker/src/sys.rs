@@ -2,8 +2,9 @@
 //! its own error variant: `kill`, `poll`, `flock`, the signal mask and `sigwait`,
 //! `PR_SET_PDEATHSIG` and `getppid` through `nix`'s safe wrappers. Raw `libc` calls remain
 //! only where nix (0.31) has no wrapper: process file descriptors (`pidfd_open`,
-//! `pidfd_send_signal`, which std's unstable `PidFd` would cover) and the `poll` of
-//! [`peer_closed`] (nix's `PollFlags` has no `POLLRDHUP`).
+//! `pidfd_send_signal`, which std's unstable `PidFd` would cover), the `poll` of
+//! [`peer_closed`] (nix's `PollFlags` has no `POLLRDHUP`) and the `shutdown` of a listening
+//! socket ([`stop_accepting`]; without nix's `socket` feature).
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -261,4 +262,18 @@ pub fn child_pre_exec(parent: i32) -> io::Result<()> {
 /// This process's pid.
 pub fn getpid() -> i32 {
     nix::unistd::getpid().as_raw()
+}
+
+/// Makes every `accept` on `listener` (this descriptor or another of the same socket) return
+/// an error from now on, a blocked one at once: how `kiln serve` leaves its accept loop on
+/// SIGTERM, whatever became of its socket's path (removed, or another socket bound there).
+pub fn stop_accepting(listener: &std::os::unix::net::UnixListener) -> io::Result<()> {
+    // SAFETY: shutdown(2) on a descriptor `listener` owns and keeps open for the call; no
+    // memory is passed.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

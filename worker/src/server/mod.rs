@@ -139,8 +139,8 @@ impl Conn for TcpStream {
     }
 }
 
-/// Serves both listeners until `stop` is set (and something connects to the Unix socket
-/// to wake its accept loop; the TCP loop is woken here).
+/// Serves both listeners until `stop` is set and the Unix listener's accept loop wakes
+/// (`sys::stop_accepting` on the socket, or a connection; the TCP loop is woken here).
 pub fn serve(
     unix: UnixListener,
     tcp: Option<TcpListener>,
