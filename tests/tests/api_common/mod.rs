@@ -106,9 +106,20 @@ impl Vmm {
         // still there to read.
         let _ = s.write_all(bytes);
         read_response(&mut s).unwrap_or_else(|| {
+            // The VMM may have just ended: its last lines reach the capture a moment later.
+            std::thread::sleep(Duration::from_millis(300));
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+            let state = stat.ok().and_then(|s| {
+                let after = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+                Some(match after {
+                    'Z' => "exited (a zombie: its status in its stderr above, or a signal)",
+                    _ => "still running",
+                })
+            });
             panic!(
-                "no response to {:?}\n{}",
+                "no response to {:?}; the VMM: {}\n{}",
                 String::from_utf8_lossy(bytes),
+                state.unwrap_or("gone"),
                 self.stderr()
             )
         })
