@@ -34,6 +34,20 @@ pub struct Worker {
     pub log: PathBuf,
 }
 
+/// The parent cgroup the jailer made for this worker's jails (in every hierarchy) goes with
+/// the worker's scratch directory: nothing of a test is left on the host. Only an empty one
+/// is removed (rmdir): a jail still in it is for `leftovers` to report.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(&self.parent_cgroup));
+        }
+    }
+}
+
 impl Worker {
     // Not a `Default`: it checks /dev/kvm and builds echo.
     #[allow(clippy::new_without_default)]

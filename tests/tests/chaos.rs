@@ -625,5 +625,5 @@ fn the_worker_under_load_with_its_vms_jailers_and_itself_killed_loses_nothing() 
         "{counts:?}"
     );
     assert!(kills.values().sum::<u64>() >= 20, "{kills:?}");
-    drop(w.root);
+    drop(w);
 }
