@@ -195,6 +195,19 @@ impl Drop for Jail {
     }
 }
 
+/// Removes the cgroup `name` (relative to each hierarchy's root) from every hierarchy
+/// mounted under /sys/fs/cgroup where it exists and is empty: the parent cgroup the jailer
+/// made for a test's jails, which it leaves for the next jail (as Firecracker's does). A
+/// cgroup still holding a jail stays, for the leftover checks to report.
+pub fn remove_parent_cgroup(name: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let _ = std::fs::remove_dir(h.path().join(name.trim_start_matches('/')));
+    }
+}
+
 /// This process's cgroup directory in the v1 hierarchy of `controller`.
 pub fn own_cgroup_dir(controller: &str) -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");

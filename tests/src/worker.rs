@@ -34,17 +34,11 @@ pub struct Worker {
     pub log: PathBuf,
 }
 
-/// The parent cgroup the jailer made for this worker's jails (in every hierarchy) goes with
-/// the worker's scratch directory: nothing of a test is left on the host. Only an empty one
-/// is removed (rmdir): a jail still in it is for `leftovers` to report.
+/// The parent cgroup the jailer made for this worker's jails goes with the worker's scratch
+/// directory: nothing of a test is left on the host.
 impl Drop for Worker {
     fn drop(&mut self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        for h in hierarchies.flatten() {
-            let _ = std::fs::remove_dir(h.path().join(&self.parent_cgroup));
-        }
+        crate::jail::remove_parent_cgroup(&self.parent_cgroup);
     }
 }
 

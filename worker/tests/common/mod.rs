@@ -22,6 +22,13 @@ pub struct Env {
     pub vmm: PathBuf,
 }
 
+/// The parent cgroup the jailer made for this environment's jails goes with it.
+impl Drop for Env {
+    fn drop(&mut self) {
+        kiln_tests::jail::remove_parent_cgroup(&self.parent_cgroup);
+    }
+}
+
 impl Env {
     pub fn new(prefix: &str) -> Env {
         require_root();
