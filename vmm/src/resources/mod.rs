@@ -27,6 +27,8 @@ pub mod spec;
 mod vsock;
 
 #[cfg(test)]
+mod machine_config_tests;
+#[cfg(test)]
 mod tests;
 
 pub use balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate, HintingStart};

@@ -16,7 +16,7 @@ fn image(name: &str) -> String {
     p.display().to_string()
 }
 
-fn config(extra: &str) -> String {
+pub(super) fn config(extra: &str) -> String {
     format!(
         r#"{{"boot-source": {{"kernel_image_path": "{}"}}{extra}}}"#,
         kernel()
@@ -173,23 +173,6 @@ fn bad_configs_name_what_is_wrong() {
             "{name}: error {err:?} does not contain {want:?}"
         );
     }
-}
-
-#[test]
-fn machine_config_patch_changes_only_given_fields() {
-    let mut res = VmResources::default();
-    res.update_machine_config(parse_json(r#"{"vcpu_count": 4}"#).unwrap())
-        .unwrap();
-    assert_eq!(res.machine_config.vcpu_count, 4);
-    assert_eq!(res.machine_config.mem_size_mib, 128);
-    let err = res
-        .update_machine_config(parse_json(r#"{"mem_size_mib": 0}"#).unwrap())
-        .unwrap_err();
-    assert_eq!(err, ResourceError::MemSize(0));
-    assert_eq!(
-        res.machine_config.vcpu_count, 4,
-        "a refused patch changes nothing"
-    );
 }
 
 #[test]
@@ -588,32 +571,4 @@ fn files_are_opened_when_accepted_and_kept() {
     let v: VsockConfig = parse_json(&format!(r#"{{"guest_cid": 3, "uds_path": "{ro}"}}"#)).unwrap();
     let err = res.set_vsock(v).unwrap_err().to_string();
     assert!(err.contains("a file already exists there"), "{err}");
-}
-
-#[test]
-fn the_pit_is_on_unless_the_machine_config_says_false_and_reads_back_only_when_off() {
-    let mc = |extra: &str| {
-        VmResources::from_json(&config(&format!(
-            r#", "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64{extra}}}"#
-        )))
-        .unwrap()
-    };
-    assert!(MachineConfig::default().pit);
-    assert!(mc("").machine_config.pit);
-    assert!(mc(r#", "pit": null"#).machine_config.pit);
-    assert!(mc(r#", "pit": true"#).machine_config.pit);
-    let off = mc(r#", "pit": false"#);
-    assert!(!off.machine_config.pit);
-    let written = serde_json::to_string(&off.to_config()).unwrap();
-    assert!(written.contains(r#""pit":false"#), "{written}");
-    assert_eq!(VmResources::from_json(&written).unwrap(), off);
-    // A default machine writes back what it did before the field existed.
-    let written = serde_json::to_string(&mc("").machine_config).unwrap();
-    assert!(!written.contains("pit"), "{written}");
-    let patched = MachineConfig::default().apply(MachineConfigUpdate {
-        pit: Some(false),
-        ..Default::default()
-    });
-    assert!(!patched.pit);
-    assert_eq!(patched.vcpu_count, MachineConfig::default().vcpu_count);
 }
