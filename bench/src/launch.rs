@@ -1,5 +1,6 @@
 //! The command lines of the measured peers: Kiln's VMM (config-file mode), Kiln's jailer
-//! booting the tiny guest with the full default profile, and QEMU's `microvm` machine.
+//! booting the tiny guest with the full default profile, QEMU's `microvm` machine, and
+//! Firecracker's VMM and jailer.
 
 use crate::opts::Opts;
 use std::fs;
@@ -56,18 +57,84 @@ pub fn write_vm_config_pit(
 /// file it gets is `cfg`'s copy with an empty one. `cfg` must have no Kiln-only field.
 pub fn firecracker_config_cmd(opts: &Opts, cfg: &Path) -> Option<Command> {
     let fc = opts.firecracker.as_ref()?;
-    let text = fs::read_to_string(cfg).expect("read VM config");
-    let mut json: serde_json::Value = serde_json::from_str(&text).expect("parse VM config");
-    if json.get("drives").is_none() {
-        json["drives"] = serde_json::json!([]);
-    }
     let fc_cfg = cfg.with_extension("firecracker.json");
-    fs::write(&fc_cfg, json.to_string()).expect("write Firecracker's VM config");
+    fs::write(&fc_cfg, firecracker_json(cfg)).expect("write Firecracker's VM config");
     let mut c = Command::new(fc);
     c.arg("--config-file")
         .arg(fc_cfg)
         .args(["--no-api", "--level", "Off"]);
     Some(c)
+}
+
+/// `cfg` as Firecracker reads it: with a `drives` list (Kiln's configs may leave it out).
+fn firecracker_json(cfg: &Path) -> String {
+    let text = fs::read_to_string(cfg).expect("read VM config");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("parse VM config");
+    if json.get("drives").is_none() {
+        json["drives"] = serde_json::json!([]);
+    }
+    json.to_string()
+}
+
+/// Firecracker with its API on `sock` and no VM configured (its log off); `None` without
+/// `--firecracker`.
+pub fn firecracker_api_cmd(opts: &Opts, sock: &Path) -> Option<Command> {
+    let mut c = Command::new(opts.firecracker.as_ref()?);
+    c.arg("--api-sock").arg(sock).args(["--level", "Off"]);
+    Some(c)
+}
+
+/// A jail made by Firecracker's jailer, and the directory to remove once it has ended.
+pub struct FirecrackerJail {
+    pub cmd: Command,
+    /// `<base>/<exec file name>/<id>`: Firecracker's jailer leaves it behind.
+    pub dir: PathBuf,
+}
+
+/// Firecracker's jailer with its default jail (own mount namespace, chroot with the copied
+/// binary and its device nodes, the jail's uid and gid; no cgroup, PID or network namespace
+/// unless asked for) booting the tiny guest from `cfg` (a config naming `/tiny.elf`) without
+/// its API; `None` without `--firecracker` and `--firecracker-jailer`. Firecracker's jailer
+/// leaves the kernel and the config to its caller (its docs: hard links into the chroot),
+/// so they are staged here before the jailer runs: not part of the measured time.
+pub fn firecracker_jailer_cmd(
+    opts: &Opts,
+    n: usize,
+    cfg: &Path,
+) -> Result<Option<FirecrackerJail>, String> {
+    let (Some(fc), Some(jailer)) = (&opts.firecracker, &opts.firecracker_jailer) else {
+        return Ok(None);
+    };
+    let id = format!("{}fc{n}", opts.prefix);
+    let name = fc.file_name().ok_or("--firecracker names no file")?;
+    let dir = opts.base.join(name).join(&id);
+    let root = dir.join("root");
+    let err = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
+    fs::create_dir_all(&root).map_err(|e| err(&root, e))?;
+    let kernel = root.join("tiny.elf");
+    if fs::hard_link(&opts.tiny, &kernel).is_err() {
+        fs::copy(&opts.tiny, &kernel).map_err(|e| err(&kernel, e))?;
+    }
+    let vm = root.join("vm.json");
+    fs::write(&vm, firecracker_json(cfg)).map_err(|e| err(&vm, e))?;
+    let uid = jail_uid(n);
+    let mut c = Command::new(jailer);
+    c.arg("--id")
+        .arg(&id)
+        .arg("--exec-file")
+        .arg(fc)
+        .args(["--uid", &uid, "--gid", &uid])
+        .arg("--chroot-base-dir")
+        .arg(&opts.base)
+        .args([
+            "--",
+            "--config-file",
+            "/vm.json",
+            "--no-api",
+            "--level",
+            "Off",
+        ]);
+    Ok(Some(FirecrackerJail { cmd: c, dir }))
 }
 
 /// Kiln's VMM, unjailed, booting from a config file without its API.
@@ -119,6 +186,11 @@ pub const FULL: Layers = Layers {
     pidns: true,
 };
 
+/// The `n`th concurrent jail's uid and gid.
+fn jail_uid(n: usize) -> String {
+    (UID_BASE + u32::try_from(n % 10_000).unwrap_or(0)).to_string()
+}
+
 pub fn jail_id(opts: &Opts, n: usize) -> String {
     format!("{}{n}", opts.prefix)
 }
@@ -131,7 +203,7 @@ pub fn jailer_cmd(opts: &Opts, n: usize, cfg: &Path, layers: Layers) -> Command 
 
 /// [`jailer_cmd`] with the jails' chroot base `base` instead of the run's.
 pub fn jailer_cmd_at(opts: &Opts, base: &Path, n: usize, cfg: &Path, layers: Layers) -> Command {
-    let uid = (UID_BASE + u32::try_from(n % 10_000).unwrap_or(0)).to_string();
+    let uid = jail_uid(n);
     let mut c = Command::new(&opts.jailer);
     c.arg("--id")
         .arg(jail_id(opts, n))

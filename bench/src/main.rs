@@ -75,6 +75,10 @@ fn main() {
     let _ = fs::remove_dir_all(&opts.work);
     host::remove_parent_cgroups();
     let _ = fs::remove_dir(opts.base.join("vmm"));
+    // Firecracker's jails (`<base>/<its file name>/<id>`) are removed after each run.
+    if let Some(name) = opts.firecracker.as_ref().and_then(|f| f.file_name()) {
+        let _ = fs::remove_dir(opts.base.join(name));
+    }
     let _ = fs::remove_dir(&opts.base);
     println!("Machine: {machine}");
     println!(

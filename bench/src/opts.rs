@@ -17,8 +17,11 @@ a table of min/median/max over repeated runs. Needs root and /dev/kvm.
   --tiny PATH         the tiny test guest ELF (tiny-guest-path prints it)
   --qemu PATH         qemu-system-x86_64 (default: found on PATH; QEMU columns empty without)
   --kiln PATH         the kiln worker, for the invocation rows (default: none, rows skipped)
-  --firecracker PATH  a Firecracker binary: its figures go in the Firecracker columns of the
-                      rows that have a Firecracker peer (default: none, columns empty)
+  --firecracker PATH  a Firecracker binary (static): its figures go in the Firecracker columns
+                      of the rows that have a Firecracker peer (default: none, columns empty)
+  --firecracker-jailer PATH
+                      Firecracker's jailer: with --firecracker, the jailed rows (3, 5) get a
+                      Firecracker peer, its default jail (default: none)
   --profile PATH      tenant profile for the jails (default: policies/tenant/default.json)
   --runs N            runs per measurement (default 20)
   --quick             CI-sized: 5 runs, creation rate for N = 10 only, 50 invocations
@@ -34,6 +37,7 @@ const FLAGS: &[Flag] = &[
     Flag::single("qemu"),
     Flag::single("kiln"),
     Flag::single("firecracker"),
+    Flag::single("firecracker-jailer"),
     Flag::single("profile"),
     Flag::single("runs"),
     Flag::switch("quick"),
@@ -49,6 +53,8 @@ pub struct Opts {
     pub qemu: Option<PathBuf>,
     pub kiln: Option<PathBuf>,
     pub firecracker: Option<PathBuf>,
+    /// Firecracker's jailer (used only with `firecracker`).
+    pub firecracker_jailer: Option<PathBuf>,
     pub profile: PathBuf,
     pub runs: usize,
     pub quick: bool,
@@ -119,6 +125,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, Ar
         qemu,
         kiln: a.single("kiln").map(PathBuf::from),
         firecracker: a.single("firecracker").map(PathBuf::from),
+        firecracker_jailer: a.single("firecracker-jailer").map(PathBuf::from),
         profile: PathBuf::from(
             a.single("profile")
                 .unwrap_or("policies/tenant/default.json"),
@@ -155,6 +162,8 @@ mod tests {
             "k",
             "--firecracker",
             "fc",
+            "--firecracker-jailer",
+            "fcj",
             "--qemu",
             "q",
             "--profile",
@@ -173,6 +182,7 @@ mod tests {
         );
         assert_eq!(o.kiln, Some(PathBuf::from("k")));
         assert_eq!(o.firecracker, Some(PathBuf::from("fc")));
+        assert_eq!(o.firecracker_jailer, Some(PathBuf::from("fcj")));
         assert_eq!(o.qemu, Some(PathBuf::from("q")));
         assert_eq!(o.profile, PathBuf::from("p"));
         assert!(o.quick);
@@ -185,6 +195,7 @@ mod tests {
         assert_eq!((o.runs, o.mem_mib, o.quick), (20, 128, false));
         assert!(o.wants("invoke") && o.wants("snapshot"));
         assert_eq!(o.firecracker, None);
+        assert_eq!(o.firecracker_jailer, None);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Rows 3 (`--only jail`): the jailer's exec → the VMM's exec with the full default profile,
 //! each layer's time (`jailer --timing`), and the first serial byte with and without the
-//! network and PID namespace layers.
+//! network and PID namespace layers; beside them, Firecracker's jailer with its default jail
+//! (`--firecracker-jailer`).
 
-use crate::launch::{jailer_cmd, vmm_config_cmd, write_vm_config, Layers, FULL};
+use crate::launch::{
+    firecracker_jailer_cmd, jailer_cmd, vmm_config_cmd, write_vm_config, Layers, FULL,
+};
 use crate::opts::Opts;
 use crate::process::{ms, start, TIMEOUT};
 use crate::table::Table;
@@ -37,6 +40,7 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
     let mut first_no_net = vec![];
     let mut first_no_pid = vec![];
     let mut direct = vec![];
+    let mut fc = vec![];
     let direct_cfg = write_vm_config(opts, "print", &opts.tiny, "print", 1);
     for i in 0..opts.runs {
         let mut s = start(jailer_cmd(opts, i, &cfg, FULL), true)?;
@@ -92,6 +96,16 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let at = s.first_byte()?;
         direct.push(ms(at - s.t0));
         s.finish(TIMEOUT)?;
+
+        if let Some(jail) = firecracker_jailer_cmd(opts, i, &cfg)? {
+            let result = start(jail.cmd, false).and_then(|mut s| {
+                let d = s.first_byte()? - s.t0;
+                s.finish(TIMEOUT)?;
+                Ok(d)
+            });
+            let _ = std::fs::remove_dir_all(&jail.dir);
+            fc.push(ms(result?));
+        }
     }
     t.add_note(
         "3 jailer exec → VMM exec (full default profile)",
@@ -103,11 +117,12 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
     for (name, v) in &steps {
         t.add(&format!("3 · layer: {name}"), "ms", v, None);
     }
-    t.add(
+    t.add_peers(
         "3 jailer spawn → first serial byte, full profile",
         "ms",
         &first,
-        None,
+        (None, (!fc.is_empty()).then_some(fc.as_slice())),
+        "Firecracker: its jailer's default jail (no cgroup, PID or network namespace)",
     );
     t.add_note(
         "3 … --share-host-netns (no netns, no firewall)",

@@ -1,14 +1,65 @@
 //! Rows 5 (`--only rate`): creation rate: N jailed microVMs started at once to their first
-//! serial bytes, the host's CPU meanwhile, the CPU per microVM, and SIGTERM to all → all gone.
+//! serial bytes, the host's CPU meanwhile, the CPU per microVM, and SIGTERM to all → all gone;
+//! beside them the same burst under Firecracker's jailer (default jail, `--firecracker-jailer`).
 
 use crate::host::{children_cpu_ms, host_cpu, host_load, leaks};
-use crate::launch::{jailer_cmd, write_vm_config, FULL};
+use crate::launch::{firecracker_jailer_cmd, jailer_cmd, write_vm_config, FULL};
 use crate::opts::Opts;
 use crate::process::{ms, signal, start, TIMEOUT};
 use crate::table::Table;
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::Instant;
+
+/// Firecracker's burst of `n` under its jailer: (all first bytes in ms, CPU ms per microVM),
+/// or `None` without the Firecracker peer. Its jails are staged before the clock starts and
+/// removed after the CPU is read (Firecracker's jailer leaves them to its caller).
+fn firecracker_burst(opts: &Opts, cfg: &Path, n: usize) -> Result<Option<(f64, f64)>, String> {
+    let mut jails = Vec::with_capacity(n);
+    for i in 0..n {
+        match firecracker_jailer_cmd(opts, i, cfg)? {
+            Some(j) => jails.push(j),
+            None => return Ok(None),
+        }
+    }
+    let cpu0 = children_cpu_ms();
+    let t0 = Instant::now();
+    let mut vms = Vec::with_capacity(n);
+    let mut dirs = Vec::with_capacity(n);
+    let mut result = Ok(());
+    for j in jails {
+        dirs.push(j.dir.clone());
+        match start(j.cmd, false) {
+            Ok(s) => vms.push(s),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let mut last = t0;
+    for s in &mut vms {
+        if result.is_ok() {
+            match s.first_byte() {
+                Ok(at) => last = last.max(at),
+                Err(e) => result = Err(e),
+            }
+        }
+    }
+    let all = ms(last - t0);
+    for s in &vms {
+        signal(s.child.id(), Signal::SIGTERM);
+    }
+    for s in vms {
+        // Firecracker has no SIGTERM handler: killed by it, no exit code.
+        s.finish(TIMEOUT)?;
+    }
+    let per_vm = (children_cpu_ms() - cpu0) / n as f64;
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    result.map(|()| Some((all, per_vm)))
+}
 
 pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
     eprintln!("== 5. creation rate: N jailed microVMs concurrently to first serial byte");
@@ -19,7 +70,12 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let (mut rate, mut all, mut clean) = (vec![], vec![], vec![]);
         let (mut busy, mut per_vm) = (vec![], vec![]);
         let mut leaked = 0;
+        let (mut fc_all, mut fc_cpu) = (vec![], vec![]);
         for _ in 0..reps {
+            if let Some((a, c)) = firecracker_burst(opts, &cfg, n)? {
+                fc_all.push(a);
+                fc_cpu.push(c);
+            }
             let cpu0 = children_cpu_ms();
             let host0 = host_cpu();
             let t0 = Instant::now();
@@ -55,12 +111,16 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             }
             leaked += l.len();
         }
-        t.add_note(
+        let fc = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
+        t.add_peers(
             &format!("5 N = {n}: all first serial bytes"),
             "ms",
             &all,
-            None,
-            &format!("load avg {}", host_load()),
+            (None, fc(&fc_all).as_deref()),
+            &format!(
+                "load avg {}; Firecracker: its jailer's default jail",
+                host_load()
+            ),
         );
         t.add_note(
             &format!("5 N = {n}: creation rate"),
@@ -76,12 +136,12 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             None,
             "all CPUs, /proc/stat; ~100 % = limited by the host's CPUs",
         );
-        t.add_note(
+        t.add_peers(
             &format!("5 N = {n}: CPU per microVM, jail + VMM + boot + cleanup"),
             "CPU ms",
             &per_vm,
-            None,
-            "getrusage(RUSAGE_CHILDREN) delta / N",
+            (None, fc(&fc_cpu).as_deref()),
+            "getrusage(RUSAGE_CHILDREN) delta / N; Firecracker: its default jail, start to SIGTERM reaped (its jailer removes nothing)",
         );
         t.add_note(
             &format!("5 N = {n}: SIGTERM all → all gone, jails removed"),

@@ -1,7 +1,7 @@
 //! Rows 2 (`--only serial`): process start → the first serial byte (config file / QEMU
 //! command line), its CPU time, and `InstanceStart` → first byte in API mode.
 
-use crate::launch::{qemu_cmd, vmm_config_cmd, write_vm_config};
+use crate::launch::{firecracker_config_cmd, qemu_cmd, vmm_config_cmd, write_vm_config};
 use crate::opts::Opts;
 use crate::process::{cpu_ms, ms, start, TIMEOUT};
 use crate::socket::{api_request, poll_socket};
@@ -14,6 +14,7 @@ pub fn bench_serial(opts: &Opts, t: &mut Table) -> Result<(), String> {
     eprintln!("== 2. start -> first serial byte");
     let cfg = write_vm_config(opts, "print", &opts.tiny, "print", 1);
     let (mut kw, mut kc, mut ka, mut qw, mut qc) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut fw, mut fc) = (vec![], vec![]);
     for i in 0..opts.runs {
         let mut s = start(vmm_config_cmd(opts, &cfg), false)?;
         let at = s.first_byte()?;
@@ -52,20 +53,29 @@ pub fn bench_serial(opts: &Opts, t: &mut Table) -> Result<(), String> {
             qw.push(ms(at - s.t0));
             s.finish(TIMEOUT)?;
         }
+        // The config has no Kiln-only field: Firecracker boots the same guest from it.
+        if let Some(c) = firecracker_config_cmd(opts, &cfg) {
+            let mut s = start(c, false)?;
+            let at = s.first_byte()?;
+            fc.push(cpu_ms(s.child.id()));
+            fw.push(ms(at - s.t0));
+            s.finish(TIMEOUT)?;
+        }
     }
     let q = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
-    t.add_note(
+    t.add_peers(
         "2 process start → first serial byte (config file / QEMU command line)",
         "ms",
         &kw,
-        q(&qw).as_deref(),
-        "Firecracker 1.17 here: ~11 ms",
+        (q(&qw).as_deref(), q(&fw).as_deref()),
+        "",
     );
-    t.add(
+    t.add_peers(
         "2 CPU time to first serial byte",
         "CPU ms",
         &kc,
-        q(&qc).as_deref(),
+        (q(&qc).as_deref(), q(&fc).as_deref()),
+        "",
     );
     t.add_note(
         "2 InstanceStart request → first serial byte (API mode)",
