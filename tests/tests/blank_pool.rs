@@ -3,8 +3,9 @@
 //! - A cold invocation takes a ready blank instance (its id in `X-Kiln-Vm-Id`, its record now
 //!   names the function), answers, and the pool refills.
 //! - A blank instance has run nothing: its jail's root holds only what the jailer made, its
-//!   record no image or VM config, its VMM has not opened `/dev/kvm` and its API says
-//!   `Not started`; the image appears in the jail only once a function takes it.
+//!   record no image or VM config, its VMM has a KVM VM made ahead but no vCPU, its guest
+//!   memory is registered but untouched (no resident page), and its API says `Not
+//!   started`; the image appears in the jail only once a function takes it.
 //! - Two functions never share an instance, and an instance that served one never serves
 //!   another, even after that function's pool emptied and blank instances were taken again.
 //! - SIGKILL of a blank instance's VMM or of its jailer's supervisor: replaced, and nothing
@@ -23,6 +24,30 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kiln_tests::worker::{cmdline_of, invoke, kill_if, request, Answer, Worker};
+
+/// The resident KiB of `pid`'s mapping of exactly `size` bytes (`/proc/<pid>/smaps`), if
+/// it has one.
+fn mapping_rss_kib(pid: i64, size: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("the VMM's smaps");
+    let mut in_mapping = false;
+    for line in smaps.lines() {
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        let header = range.and_then(|(a, b)| {
+            Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+        });
+        if let Some(len) = header.filter(|_| !line.starts_with("Rss:")) {
+            in_mapping = len == size;
+        } else if in_mapping {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                return kib.trim().trim_end_matches(" kB").trim().parse().ok();
+            }
+        }
+    }
+    None
+}
 
 /// `GET /blank-pool`.
 fn pool(w: &Worker) -> serde_json::Value {
@@ -198,8 +223,9 @@ fn a_blank_instance_has_run_nothing_before_it_is_assigned() {
     assert!(names(&root.join("vsock")).is_empty());
     // Its record: the profile, the vsock listener, the blank marker; no image, no config.
     assert_eq!(names(&record(&w, &id)), ["blank", "profile.json", "vsock"]);
-    // Fresh memory: the VMM has not even opened /dev/kvm (it makes the VM and its memory at
-    // InstanceStart), and its API says no guest was started.
+    // Fresh memory: the VMM made its KVM VM ahead (`--prepare-vm`) but no vCPU, and the
+    // guest memory (the mapping of exactly 16 MiB) has no resident page: nothing has run
+    // in it and nothing was loaded into it.
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{vmm_pid}/fd"))
         .expect("the VMM's fds")
         .flatten()
@@ -207,8 +233,18 @@ fn a_blank_instance_has_run_nothing_before_it_is_assigned() {
         .map(|l| l.display().to_string())
         .collect();
     assert!(
-        !fds.iter().any(|f| f.contains("kvm")),
-        "the blank VMM has KVM descriptors: {fds:?}"
+        fds.iter().any(|f| f.contains("kvm-vm")),
+        "the blank VMM has no KVM VM made ahead: {fds:?}"
+    );
+    assert!(
+        !fds.iter().any(|f| f.contains("kvm-vcpu")),
+        "the blank VMM has a vCPU: {fds:?}"
+    );
+    let guest_rss = mapping_rss_kib(vmm_pid, 16 << 20);
+    assert_eq!(
+        guest_rss,
+        Some(0),
+        "the blank's guest memory (16 MiB mapping) must exist and be untouched"
     );
     let api = root.join("run/api.sock");
     let state = kiln_tests::api::request(&api, "GET", "/", "");

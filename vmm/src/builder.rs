@@ -4,7 +4,9 @@
 //!
 //! Start-up latency matters: creating the VM's memory slots, irqchip and PIT waits in the
 //! kernel (milliseconds on some hosts, see [`crate::vstate::vm`]), so a helper thread does it
-//! while this one loads the kernel. `--boot-timer` prints where the time went.
+//! while this one loads the kernel; or it was done before `InstanceStart`, as soon as the
+//! machine configuration was known ([`prepare_platform`], `--prepare-vm`): a [`Prepared`]
+//! VM whose memory no one has touched yet. `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
@@ -18,7 +20,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::loader::{self, EntryPreference, LoadError};
-use crate::resources::{ResourceError, SerialConfig, VmResources};
+use crate::resources::{MachineConfig, ResourceError, SerialConfig, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm, VmmError};
@@ -84,6 +86,57 @@ pub struct BuildOptions {
     pub pci: bool,
 }
 
+/// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration's
+/// fields that shape the VM and its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlatformKey {
+    mem_size: u64,
+    vcpu_count: u8,
+    track_dirty_pages: bool,
+    pit: bool,
+    huge_pages: crate::resources::HugePages,
+}
+
+impl PlatformKey {
+    fn of(mc: &MachineConfig) -> Self {
+        PlatformKey {
+            mem_size: mc.mem_size_bytes(),
+            vcpu_count: mc.vcpu_count,
+            track_dirty_pages: mc.track_dirty_pages,
+            pit: mc.pit,
+            huge_pages: mc.huge_pages,
+        }
+    }
+}
+
+/// A KVM VM with its guest memory mapped and registered, made before `InstanceStart` for a
+/// machine configuration: no vCPU exists and nothing was written to the memory (fresh
+/// anonymous pages, zero until the build loads the kernel).
+pub struct Prepared {
+    key: PlatformKey,
+    mem: GuestMemoryMmap,
+    vm: Vm,
+}
+
+impl Prepared {
+    /// Whether it was made for `mc` (a configuration changed since is built afresh).
+    pub fn fits(&self, mc: &MachineConfig) -> bool {
+        self.key == PlatformKey::of(mc)
+    }
+}
+
+/// Makes the KVM VM and its guest memory for `mc` now (the slow kernel waits of a start),
+/// for [`build_prepared`] to use later.
+pub fn prepare_platform(mc: &MachineConfig) -> Result<Prepared, BuildError> {
+    let mem = memory::create_guest_memory(mc.mem_size_bytes(), mc.huge_pages)?;
+    let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
+    Ok(Prepared {
+        key: PlatformKey::of(mc),
+        mem,
+        vm,
+    })
+}
+
 /// Builds the microVM described by `res` and starts its vCPUs. Returns it with the event
 /// loop that serves its devices and ends when it stops ([`Vmm::run`]).
 ///
@@ -94,6 +147,16 @@ pub struct BuildOptions {
 pub fn build_microvm(
     res: &VmResources,
     opts: BuildOptions,
+) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
+    build_prepared(res, opts, None)
+}
+
+/// [`build_microvm`] with the VM and memory `prepared` ahead, when they fit the machine
+/// configuration (else they are dropped and made as usual).
+pub fn build_prepared(
+    res: &VmResources,
+    opts: BuildOptions,
+    prepared: Option<Prepared>,
 ) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
     let trace = opts.trace.clone();
     let mark = |p: &'static str| {
@@ -110,13 +173,26 @@ pub fn build_microvm(
     signals::install_kick_handler()?;
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+    let (mem, ready_vm) = match prepared.filter(|p| p.fits(mc)) {
+        Some(p) => {
+            mark("VM and guest memory prepared ahead");
+            (p.mem, Some(p.vm))
+        }
+        None => {
+            let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+            mark("guest memory mapped");
+            (mem, None)
+        }
+    };
     track_vmm_writes(mc.track_dirty_pages, mem_size);
-    mark("guest memory mapped");
 
     let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
-        let platform =
-            s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &mark));
+        let platform = match ready_vm {
+            Some(vm) => Ok(vm),
+            None => {
+                Err(s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &mark)))
+            }
+        };
         let load = || -> Result<_, BuildError> {
             // The files opened when the configuration was accepted.
             let kernel = loader::load_kernel(
@@ -151,7 +227,10 @@ pub fn build_microvm(
             Ok((kernel, dm, tables, virtio))
         };
         let loaded = load();
-        let vm = platform.join().map_err(|_| BuildError::PlatformThread)?;
+        let vm = match platform {
+            Ok(vm) => Ok(vm),
+            Err(thread) => thread.join().map_err(|_| BuildError::PlatformThread)?,
+        };
         let (kernel, dm, tables, virtio) = loaded?;
         Ok((vm?, kernel, dm, tables, virtio))
     })?;

@@ -93,6 +93,10 @@ pub trait Starter {
         req: &SnapshotLoad,
         key: Option<&SnapshotKey>,
     ) -> Result<(Self::Started, VmResources), String>;
+    /// Called before the microVM starts, whenever the requests at hand have been answered:
+    /// a starter may make ahead of `InstanceStart` what the start will need for `res` as
+    /// configured so far. Nothing by default.
+    fn idle(&mut self, _res: &VmResources) {}
 }
 
 /// The API as the VMM thread serves it: the request channel and the [`Controller`].
@@ -208,6 +212,7 @@ impl VmmApi {
             if self.chan.is_disconnected() {
                 return Err(ApiError::ThreadGone);
             }
+            starter.idle(&self.controller.resources);
         }
     }
 

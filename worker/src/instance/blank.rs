@@ -1,8 +1,10 @@
 //! Blank instances: a jail made, its VMM running with its API up and told the guest's memory
-//! size, ahead of demand — and no function. A blank instance has never been assigned to any
+//! size, so that it has made its KVM VM and registered the guest's memory (`--prepare-vm`),
+//! ahead of demand — and no function. A blank instance has never been assigned to any
 //! function or tenant: its jail's root holds only what the jailer put there (the VMM, its pid
-//! file, `/dev`, `/run`, the empty vsock bind), its VMM has no boot source and has started
-//! no guest (the API says `Not started`).
+//! file, `/dev`, `/run`, the empty vsock bind), its VMM has no boot source, no vCPU, guest
+//! memory no one has written (fresh anonymous pages), and has started no guest (the API says
+//! `Not started`).
 //!
 //! **Assignment** ([`BlankInstance::assign`], once, consuming it): its record says which
 //! function it now belongs to; the function's image is copied into the jail's root from the
@@ -60,7 +62,8 @@ fn api_error(jail: &mut Jail, e: ApiError) -> InstanceError {
 
 impl BlankInstance {
     /// Makes a blank instance for functions of `memory_mib` MiB: jail (with the memory limit
-    /// of that size), VMM with its API, `machine-config` with the memory size.
+    /// of that size), VMM with its API, `machine-config` with the memory size (on which the
+    /// VMM makes the VM and its memory).
     pub fn start(
         cfg: &Arc<InstanceConfig>,
         memory_mib: u32,

@@ -157,7 +157,9 @@ fn jailer_command(
                 .args(["--api-sock", JAIL_API_SOCK, "--snapshot-key-file", JAIL_KEY]);
         }
         Launch::Blank => {
-            cmd.arg("--").args(["--api-sock", JAIL_API_SOCK]);
+            // The KVM VM and its memory made as soon as `machine-config` is set.
+            cmd.arg("--")
+                .args(["--api-sock", JAIL_API_SOCK, "--prepare-vm"]);
         }
     }
     cmd.arg("--boot-timer");

@@ -40,6 +40,9 @@ Options:
   --enable-pci                 put the virtio devices on a PCI bus (MSI-X interrupts, no
                                virtio_mmio.device= on the kernel command line) instead of
                                virtio-mmio windows; such a microVM cannot be snapshotted yet
+  --prepare-vm                 (Kiln) create the KVM VM and register its guest memory as soon as
+                               PUT /machine-config sets them, before InstanceStart (which then
+                               only loads the kernel, adds devices and starts the vCPUs)
   --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
                                MMIO address with no device, instead of ignoring the access
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
@@ -99,6 +102,8 @@ pub struct Args {
     pub strict_io: bool,
     /// `--enable-pci`: the virtio devices on PCI.
     pub enable_pci: bool,
+    /// `--prepare-vm`: the KVM VM and its memory made when the machine configuration is set.
+    pub prepare_vm: bool,
     pub start_time_us: Option<u64>,
     pub start_time_cpu_us: Option<u64>,
     /// Accepted for the jailer's command line (Firecracker's flag); nothing uses it yet.
@@ -160,6 +165,7 @@ const FLAGS: &[Flag] = &[
     Flag::switch("version"),
     Flag::switch("help"),
     Flag::switch("enable-pci"),
+    Flag::switch("prepare-vm"),
     Flag::single("metadata"),
     Flag::single("mmds-size-limit"),
 ];
@@ -235,6 +241,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         boot_timer: a.switch("boot-timer"),
         strict_io: a.switch("strict-io"),
         enable_pci: a.switch("enable-pci"),
+        prepare_vm: a.switch("prepare-vm"),
         start_time_us: a.parsed("start-time-us")?,
         start_time_cpu_us: a.parsed("start-time-cpu-us")?,
         parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
@@ -486,6 +493,8 @@ mod tests {
         assert_eq!(run(&["--level", "WARN"]).level, Some(LogLevel::Warning));
         // Firecracker's --enable-pci is a switch that selects the PCI transport.
         assert!(run(&["--enable-pci"]).enable_pci);
+        assert!(run(&["--prepare-vm"]).prepare_vm);
+        assert!(!run(&[]).prepare_vm);
         assert!(!run(&[]).enable_pci);
     }
 

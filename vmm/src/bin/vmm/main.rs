@@ -23,14 +23,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm::api::{ApiError, Limits};
-use vmm::builder::{build_microvm, BuildError, BuildOptions};
+use vmm::builder::{
+    build_microvm, build_prepared, prepare_platform, BuildError, BuildOptions, Prepared,
+};
 use vmm::controller::{configure_outputs, ControllerError, Starter, VmmApi};
 use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
 use vmm::mmds::SharedMmds;
 use vmm::persist::{self, DescribeError};
 use vmm::resources::{
-    MetricsConfig, ResourceError, SnapshotLoad, VmResources, DEFAULT_INSTANCE_ID,
+    MachineConfig, MetricsConfig, ResourceError, SnapshotLoad, VmResources, DEFAULT_INSTANCE_ID,
 };
 use vmm::seccomp::{self, SeccompError, ThreadKind};
 use vmm::signals::{SignalError, TerminationSignals};
@@ -364,13 +366,17 @@ struct MainStarter<'a> {
     opts: BuildOptions,
     trace: &'a Option<StartupTrace>,
     mmds: SharedMmds,
+    /// `--prepare-vm`: make the VM and its memory once the machine configuration is set.
+    prepare_vm: bool,
+    prepared: Option<Prepared>,
 }
 
 impl Starter for MainStarter<'_> {
     type Started = (Vmm, EventLoop<Vmm>);
 
     fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String> {
-        let (vmm, events) = build_microvm(res, self.opts.clone()).map_err(|e| e.to_string())?;
+        let (vmm, events) = build_prepared(res, self.opts.clone(), self.prepared.take())
+            .map_err(|e| e.to_string())?;
         vmm.attach_mmds(res.mmds_config.as_ref(), &self.mmds);
         Ok((vmm, events))
     }
@@ -399,6 +405,30 @@ impl Starter for MainStarter<'_> {
                 .map_err(|e| format!("the snapshot was loaded but resuming it failed: {e}"))?;
         }
         Ok(((loaded.vmm, loaded.events), loaded.resources))
+    }
+
+    /// With `--prepare-vm`, once `PUT /machine-config` has set the machine: its VM and
+    /// memory now (made again if the configuration changes; a failure is only logged, and
+    /// `InstanceStart` then makes them and reports it).
+    fn idle(&mut self, res: &VmResources) {
+        let mc = &res.machine_config;
+        if !self.prepare_vm || *mc == MachineConfig::default() {
+            return;
+        }
+        if self.prepared.as_ref().is_some_and(|p| p.fits(mc)) {
+            return;
+        }
+        // The VM made for an older configuration goes first (its memory with it).
+        self.prepared = None;
+        match prepare_platform(mc) {
+            Ok(p) => {
+                if let Some(t) = self.trace {
+                    t.mark("VM and guest memory prepared (before InstanceStart)");
+                }
+                self.prepared = Some(p);
+            }
+            Err(e) => vmm::log_warn!("--prepare-vm: {e}; InstanceStart will try again"),
+        }
     }
 }
 
@@ -453,6 +483,8 @@ fn start_microvm(
                 opts,
                 trace,
                 mmds: mmds.clone(),
+                prepare_vm: args.prepare_vm,
+                prepared: None,
             };
             let built = api.serve_until_started(Some(signals.as_raw_fd()), &mut starter)?;
             Ok(built.map(|(vmm, events)| Started {
