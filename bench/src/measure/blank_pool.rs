@@ -178,7 +178,7 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let (name, what) = if *pool {
             (
                 "9 worker: cold invocation, blank pool warm (echo)",
-                "a ready blank instance: image staged into its jail, boot-source/vsock/InstanceStart through its API, guest Hello, handler",
+                "a ready blank instance (its KVM VM and guest memory made ahead, --prepare-vm): image staged into its jail, machine-config/boot-source/vsock/InstanceStart through its API, guest Hello, handler",
             )
         } else {
             (
@@ -200,7 +200,7 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
             "MiB",
             &[pss_mib],
             None,
-            &format!("Pss of the {procs} processes of each (jailer supervisor, the jail's init, VMM), {POOL} ready of {MEMORY_MIB} MiB; no guest memory yet (allocated at InstanceStart)"),
+            &format!("Pss of the {procs} processes of each (jailer supervisor, the jail's init, VMM), {POOL} ready of {MEMORY_MIB} MiB; guest memory mapped and registered but untouched (no resident page; KVM's own allocations are kernel memory, not in Pss)"),
         );
         t.add_note(
             "9 blank pool at rest: CPU per blank instance",
