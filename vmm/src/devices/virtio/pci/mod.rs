@@ -14,9 +14,11 @@
 //! the common configuration ([`common`]); what PCI adds is here: the vectors the driver
 //! assigns to the configuration change and to each queue ([`VectorMap`], the device's
 //! [`VectorSink`]), and the BAR that follows the guest. Legacy INTx is not offered
-//! (interrupt pin 0): a driver that cannot use MSI-X gets no interrupts.
+//! (interrupt pin 0): a driver that cannot use MSI-X gets no interrupts. Snapshots of the
+//! functions: [`persist`].
 
 mod common;
+pub mod persist;
 pub mod setup;
 
 use super::mmio::{MmioTransport, CONFIG_OFFSET};
