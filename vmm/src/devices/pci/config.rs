@@ -10,8 +10,8 @@
 //! Accesses are 1, 2 or 4 bytes, naturally aligned, inside the 256 bytes; anything else is
 //! refused (reads see all ones) and counted.
 
-use super::persist::{ConfigState, PciStateError};
 use crate::metrics::METRICS;
+use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
 
 /// Bytes of configuration space (conventional PCI, no extended space).
 pub const CONFIG_SIZE: usize = 256;
@@ -57,6 +57,30 @@ pub enum ConfigError {
     CapabilityTooLarge(usize),
     #[error("a BAR's size must be a power of two from 16 bytes to 2 GiB, not {0:#x}")]
     BarSize(u64),
+    #[error("byte {offset:#x} is {saved:#04x} in the snapshot, and this function's read-only value is {here:#04x} (another kind of device?)")]
+    ReadOnly { offset: usize, saved: u8, here: u8 },
+    #[error("BAR 0 is {value:#x} in the snapshot, not aligned to the BAR's size {size:#x}")]
+    BarAlignment { value: u32, size: u32 },
+    #[error("BAR 0 is {value:#x} in the snapshot, and this function has no BAR")]
+    NoBar { value: u32 },
+}
+
+/// A configuration space as the guest left it (a snapshot: `super::persist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigState {
+    pub bytes: [u8; CONFIG_SIZE],
+}
+
+impl Persist for ConfigState {
+    fn encode(&self, e: &mut Encoder) {
+        e.fixed(&self.bytes);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        Ok(ConfigState {
+            bytes: d.array("PCI configuration space")?,
+        })
+    }
 }
 
 /// What a guest write changed that the function's owner must act on.
@@ -275,7 +299,7 @@ impl ConfigSpace {
     /// Takes the guest's changes from `saved` (a freshly built space of the same
     /// function): every bit the guest cannot write must be this space's, and BAR 0 must
     /// be aligned to its size (or zero without a BAR). Nothing changes when refused.
-    pub fn restore_state(&mut self, saved: &ConfigState) -> Result<(), PciStateError> {
+    pub fn restore_state(&mut self, saved: &ConfigState) -> Result<(), ConfigError> {
         let bar_range = BAR0..BAR0 + 4;
         for (offset, ((&s, &here), &mask)) in saved
             .bytes
@@ -285,7 +309,7 @@ impl ConfigSpace {
             .enumerate()
         {
             if !bar_range.contains(&offset) && s & !mask != here & !mask {
-                return Err(PciStateError::ReadOnly {
+                return Err(ConfigError::ReadOnly {
                     offset,
                     saved: s,
                     here,
@@ -297,9 +321,9 @@ impl ConfigSpace {
         let value = u32::from_le_bytes(bar);
         match self.bar_size {
             Some(size) if value & (size - 1) != 0 => {
-                return Err(PciStateError::BarAlignment { value, size })
+                return Err(ConfigError::BarAlignment { value, size })
             }
-            None if value != 0 => return Err(PciStateError::NoBar { value }),
+            None if value != 0 => return Err(ConfigError::NoBar { value }),
             _ => {}
         }
         self.bytes = saved.bytes;
@@ -411,7 +435,7 @@ mod tests {
         bad.bytes[DEVICE_ID] = 0x45;
         assert_eq!(
             other.restore_state(&bad).unwrap_err(),
-            PciStateError::ReadOnly {
+            ConfigError::ReadOnly {
                 offset: DEVICE_ID,
                 saved: 0x45,
                 here: 0x44
@@ -421,13 +445,13 @@ mod tests {
         bad.bytes[cap + 3] = 0xff;
         assert!(matches!(
             other.restore_state(&bad),
-            Err(PciStateError::ReadOnly { .. })
+            Err(ConfigError::ReadOnly { .. })
         ));
         let mut bad = saved.clone();
         bad.bytes[BAR0 + 1] = 0x10;
         assert_eq!(
             other.restore_state(&bad).unwrap_err(),
-            PciStateError::BarAlignment {
+            ConfigError::BarAlignment {
                 value: 0xe010_1000,
                 size: 0x8000
             }

@@ -1,9 +1,9 @@
 //! Snapshots of the PCI bus: what the guest can change and a restored bus must show it
 //! again, as the guest left it.
 //!
-//! - a function's configuration space ([`ConfigState`]: its 256 bytes; on restore the bytes
-//!   the guest cannot write must be this function's, so a snapshot of another kind of device
-//!   is refused, and BAR 0 must be aligned to its size);
+//! - a function's configuration space ([`ConfigState`], kept by `config`: its 256 bytes; on
+//!   restore the bytes the guest cannot write must be this function's, so a snapshot of
+//!   another kind of device is refused, and BAR 0 must be aligned to its size);
 //! - a function's MSI-X vectors ([`MsixState`]: each table entry's address, data, mask bit
 //!   and pending bit; enable and function mask are in the capability's Message Control, in
 //!   configuration space);
@@ -14,7 +14,7 @@
 //! `PciRoot::restore_state` and `PciRoot::accept_restored_bars`, which refuses a BAR left
 //! decoding outside the window and registers the ioeventfds of the others where they are.
 
-use super::config::CONFIG_SIZE;
+use super::config::{ConfigError, ConfigState};
 use super::platform::PlatformError;
 use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
 
@@ -23,12 +23,8 @@ pub const MAX_VECTORS: usize = 2048;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciStateError {
-    #[error("configuration space byte {offset:#x} is {saved:#04x} in the snapshot, and this function's read-only value is {here:#04x} (a different kind of device?)")]
-    ReadOnly { offset: usize, saved: u8, here: u8 },
-    #[error("BAR 0 is {value:#x} in the snapshot, not aligned to the BAR's size {size:#x}")]
-    BarAlignment { value: u32, size: u32 },
-    #[error("BAR 0 is {value:#x} in the snapshot, and this function has no BAR")]
-    NoBar { value: u32 },
+    #[error("the snapshot's configuration space: {0}")]
+    Config(#[from] ConfigError),
     #[error("the snapshot's BAR of slot {slot} decodes at {base:#x}..{end:#x}, outside the PCI window {start:#x}..{window_end:#x}", end = base.saturating_add(*size))]
     BarOutsideWindow {
         slot: usize,
@@ -44,12 +40,6 @@ pub enum PciStateError {
         vector: usize,
         source: PlatformError,
     },
-}
-
-/// A function's configuration space as the guest left it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigState {
-    pub bytes: [u8; CONFIG_SIZE],
 }
 
 /// One MSI-X table entry and its pending bit.
@@ -72,18 +62,6 @@ pub struct MsixState {
 pub struct RootState {
     pub address: u32,
     pub bridge: ConfigState,
-}
-
-impl Persist for ConfigState {
-    fn encode(&self, e: &mut Encoder) {
-        e.fixed(&self.bytes);
-    }
-
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
-        Ok(ConfigState {
-            bytes: d.array("PCI configuration space")?,
-        })
-    }
 }
 
 impl Persist for MsixEntryState {

@@ -6,7 +6,7 @@ use super::balloon::Balloon;
 use super::block::{Block, BlockError};
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
-use super::pci::setup::PciHandles;
+use super::pci::PciHandles;
 use super::vsock::Vsock;
 use super::Interrupt;
 use crate::metrics::METRICS;

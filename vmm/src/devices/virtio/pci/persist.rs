@@ -12,9 +12,9 @@
 //! MSI routes of the programmed vectors are set, and each BAR decodes (with its queues'
 //! ioeventfds) where the guest left it.
 
-use super::setup::PciHandles;
-use super::{VirtioPciFunction, NO_VECTOR};
-use crate::devices::pci::persist::{ConfigState, MsixState, PciStateError, RootState};
+use super::{PciHandles, VirtioPciFunction, NO_VECTOR};
+use crate::devices::pci::config::ConfigState;
+use crate::devices::pci::persist::{MsixState, PciStateError, RootState};
 use crate::devices::virtio::mmio::persist::{TransportState, TransportStateError};
 use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
 use crate::sync::lock;
@@ -139,7 +139,9 @@ impl VirtioPciFunction {
             slot,
             source,
         };
-        self.config.restore_state(&s.config).map_err(pci)?;
+        self.config
+            .restore_state(&s.config)
+            .map_err(|e| pci(e.into()))?;
         let control = self.config.u16_at(self.msix_cap + 2);
         self.vectors
             .msix

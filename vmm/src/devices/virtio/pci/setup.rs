@@ -4,13 +4,13 @@
 //! when the firmware's placement is valid) and one MSI-X vector per queue plus one for
 //! configuration changes, each with a GSI of its own.
 
-use super::{VirtioPciFunction, BAR_SIZE};
+use super::{PciHandles, VirtioPciFunction, BAR_SIZE};
 use crate::arch::x86_64::layout::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::pci::config::ConfigError;
 use crate::devices::pci::msix::MsixVectors;
 use crate::devices::pci::platform::{KvmPlatform, PlatformError, MSI_GSI_END, MSI_GSI_START};
-use crate::devices::pci::root::{PciFunction, PciRoot};
+use crate::devices::pci::root::PciRoot;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::sync::lock;
@@ -39,42 +39,9 @@ pub enum PciSetupError {
     Platform(#[from] PlatformError),
 }
 
-/// The bus and its virtio functions in slot order, kept with the running VM (snapshots
-/// save and restore them).
-#[derive(Clone)]
-pub struct PciHandles {
-    pub root: Arc<Mutex<PciRoot>>,
-    pub functions: Vec<Arc<Mutex<VirtioPciFunction>>>,
-}
-
-/// A function on the bus that is also kept outside it ([`PciHandles`]).
-pub(super) struct Shared(pub(super) Arc<Mutex<VirtioPciFunction>>);
-
-impl PciFunction for Shared {
-    fn config_read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.0).config_read(offset, data);
-    }
-    fn config_write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.0).config_write(offset, data);
-    }
-    fn bar(&self) -> Option<(u64, u64)> {
-        lock(&self.0).bar()
-    }
-    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.0).bar_read(offset, data);
-    }
-    fn bar_write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.0).bar_write(offset, data);
-    }
-    fn bar_accepted(&mut self, at: Option<u64>) {
-        lock(&self.0).bar_accepted(at);
-    }
-}
-
 /// The PCI bus being filled.
 pub struct PciTransports {
-    root: Arc<Mutex<PciRoot>>,
-    functions: Vec<Arc<Mutex<VirtioPciFunction>>>,
+    bus: PciHandles,
     platform: Arc<KvmPlatform>,
     next_bar: u64,
     next_gsi: u32,
@@ -93,8 +60,7 @@ impl PciTransports {
         let root = Arc::new(Mutex::new(PciRoot::new(PCI_MMIO_START, PCI_MMIO_END)));
         dm.attach_pci_bus(root.clone(), PCI_MMIO_START, PCI_MMIO_END)?;
         Ok(PciTransports {
-            root,
-            functions: Vec::new(),
+            bus: PciHandles::new(root),
             platform: Arc::new(KvmPlatform::default()),
             next_bar: PCI_MMIO_START,
             next_gsi: MSI_GSI_START,
@@ -150,11 +116,7 @@ impl PciTransports {
             id: id.clone(),
             source,
         })?;
-        let function = Arc::new(Mutex::new(function));
-        lock(&self.root)
-            .add(Box::new(Shared(function.clone())))
-            .ok_or(PciSetupError::NoSlot(id))?;
-        self.functions.push(function);
+        self.bus.add(function).ok_or(PciSetupError::NoSlot(id))?;
         self.next_bar = bar + BAR_SIZE;
         self.next_gsi = first + nvec;
         self.vectors.push(msix);
@@ -163,10 +125,7 @@ impl PciTransports {
 
     /// The bus and the functions attached so far.
     pub fn handles(&self) -> PciHandles {
-        PciHandles {
-            root: self.root.clone(),
-            functions: self.functions.clone(),
-        }
+        self.bus.clone()
     }
 
     /// Registers every vector's irqfd with the VM and hands the platform its own

@@ -2,8 +2,8 @@
 //! with one device on it.
 
 use super::persist::{restore_bus, save_bus, PciFunctionStateError};
-use super::setup::{PciHandles, Shared};
 use super::*;
+use crate::devices::pci::config::ConfigError;
 use crate::devices::pci::persist::PciStateError;
 use crate::devices::pci::platform::NoPlatform;
 use crate::devices::pci::root::{BarWindow, ConfigPorts, PciRoot};
@@ -86,22 +86,15 @@ fn guest() -> Guest {
         WINDOW as u32,
     )
     .unwrap();
-    let f = Arc::new(Mutex::new(f));
-    let mut root = PciRoot::new(WINDOW, WINDOW + 0x10_0000);
-    assert_eq!(root.add(Box::new(Shared(f.clone()))), Some(1));
-    let root = Arc::new(Mutex::new(root));
+    let root = Arc::new(Mutex::new(PciRoot::new(WINDOW, WINDOW + 0x10_0000)));
+    let mut handles = PciHandles::new(root.clone());
+    assert_eq!(handles.add(f), Some(1));
     Guest {
         ports: ConfigPorts(root.clone()),
-        window: BarWindow {
-            root: root.clone(),
-            base: WINDOW,
-        },
+        window: BarWindow { root, base: WINDOW },
         dev,
         irqfds,
-        handles: PciHandles {
-            root,
-            functions: vec![f],
-        },
+        handles,
     }
 }
 
@@ -339,7 +332,7 @@ fn a_saved_function_comes_back_in_a_fresh_bus_as_the_guest_left_it() {
         matches!(
             e,
             PciFunctionStateError::Pci {
-                source: PciStateError::ReadOnly { offset: 2, .. },
+                source: PciStateError::Config(ConfigError::ReadOnly { offset: 2, .. }),
                 ..
             }
         ),
