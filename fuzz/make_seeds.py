@@ -470,7 +470,8 @@ def snapshot_seeds():
     configuration, one memory region, the VM (irqchip, PIT, clock), one vCPU with every KVM
     struct zeroed but a few fields, COM1, the i8042, no virtio device; then the same body as
     a whole state file with a SHA-256 tag (mode 0) and with an HMAC (mode 1, the target's
-    key), and the same state as a format v1.0 file (no PIT presence byte)."""
+    key), the same state as a format v1.0 file (no PIT presence byte) and v1.2 (no PCI
+    presence byte), and a body with a PCI bus of one function."""
     import hashlib
     import hmac
 
@@ -504,22 +505,41 @@ def snapshot_seeds():
     body += bytes([1]) + bytes(9) + blob(b"") + bytes([0])            # COM1, no bucket
     body += bytes([1]) + bytes([0x45, 3, 0, 0, 0, 0, 0]) + blob(b"") + bytes([0])  # i8042
     body += u32(0)                                                    # no virtio device
+    before_pci = body
+    body += bytes([0])                                                # no PCI bus (v1.3)
     rest = body
     # The PIT (present: v1.2 writes a presence byte first) and the kvmclock; formats v1.0
     # and v1.1, from before the PIT became optional, have no presence byte (and no device
     # states at the end of virtio transports, which v1.1 added: there are none here).
     body = prefix + bytes([1]) + pod(112) + pod(48) + rest
-    v10 = prefix + pod(112) + pod(48) + rest
+    v10 = prefix + pod(112) + pod(48) + before_pci
+    v12 = prefix + bytes([1]) + pod(112) + pod(48) + before_pci
     write("snapshot_state", "body", bytes([2]) + body)
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 0, len(body))
+    # With a PCI bus (v1.3): the address register and the host bridge's configuration space,
+    # then one function (its configuration space, two MSI-X entries, the second masked and
+    # pending, the configuration vector and one queue vector); it has no virtio transport
+    # here, which the checks refuse after decoding.
+    space = bytearray(256)
+    space[0:4] = struct.pack("<HH", 0x1af4, 0x1044)
+    space[4:6] = struct.pack("<H", 2)
+    space[0x10:0x14] = struct.pack("<I", 0xe0108000)
+    entries = struct.pack("<QIBB", 0xfee00000, 0x50, 0, 0) + struct.pack("<QIBB", 0xfee00000, 0x52, 1, 1)
+    function = bytes(space) + u32(2) + entries + struct.pack("<H", 0) + u32(1) + struct.pack("<H", 1)
+    pci = bytes([1]) + u32(0x80000810) + bytes(256) + u32(1) + function
+    write("snapshot_state", "body-pci", bytes([2]) + prefix + bytes([1]) + pod(112) + pod(48)
+          + before_pci + pci)
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 3, 0, len(body))
     write("snapshot_state", "file", bytes([0]) + header + body
           + hashlib.sha256(header + body).digest())
-    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 1, len(body))
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 3, 1, len(body))
     tag = hmac.new(bytes([0x4B] * 32), header + body, hashlib.sha256).digest()
     write("snapshot_state", "file-mac", bytes([1]) + header + body + tag)
     header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 0, 0, len(v10))
     write("snapshot_state", "file-v1.0", bytes([0]) + header + v10
           + hashlib.sha256(header + v10).digest())
+    header = b"KILNSNAP" + struct.pack("<HHIQ", 1, 2, 0, len(v12))
+    write("snapshot_state", "file-v1.2", bytes([0]) + header + v12
+          + hashlib.sha256(header + v12).digest())
 
 
 def mmds_seeds():

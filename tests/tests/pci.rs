@@ -6,15 +6,11 @@
 //! each interrupt in its local APIC's IRR (and a masked one in the pending bits until it is
 //! unmasked). `pci-hostile` throws junk at configuration space, BARs (moved over RAM and
 //! over another device) and the MSI-X table, then shows the device still works; the
-//! metrics count the refusals. A microVM with PCI devices cannot be snapshotted yet: the
-//! request is refused naming PCI. Without the flag, there is no bus and the devices stay on
-//! virtio-mmio.
+//! metrics count the refusals. Without the flag, there is no bus and the devices stay on
+//! virtio-mmio. Snapshots of a PCI microVM: `snapshot_pci.rs`.
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo build --workspace`).
 
-mod api_common;
-
-use api_common::Vmm as ApiVmm;
 use kiln_tests::metrics::Metrics;
 use kiln_tests::tiny::{self, field, TinyOutput};
 use kiln_tests::{require_bin, require_kvm, run_with_timeout, Finished, ScratchDir};
@@ -195,23 +191,4 @@ fn a_hostile_guest_gets_refusals_and_the_device_still_works() {
     assert!(pci("bars_refused") >= 2, "{counts:?}\n{f}");
     assert!(pci("msix_bad_addresses") >= 2, "{counts:?}\n{f}");
     assert_eq!(m.get("pci.kvm_fails"), 0, "{f}");
-}
-
-#[test]
-fn a_microvm_with_pci_devices_cannot_be_snapshotted() {
-    require_kvm();
-    let vmm = ApiVmm::start(&["--enable-pci"]);
-    vmm.ok("PUT", "/entropy", "{}");
-    vmm.boot_tiny_guest("kiln.test=hang");
-    vmm.action("InstanceStart");
-    vmm.wait_serial("the guest's start line", "KILN-TINY: start");
-    vmm.set_state("Paused");
-    let body = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        vmm.dir.join("vm.snap").display(),
-        vmm.dir.join("vm.mem").display()
-    );
-    vmm.refuses("PUT", "/snapshot/create", Some(&body), 400, "PCI");
-    assert!(!vmm.dir.join("vm.snap").exists());
-    vmm.assert_alive("the refused snapshot");
 }

@@ -1,7 +1,8 @@
 //! `PUT /snapshot/create`: a paused microVM into a state file and a memory file.
 //!
 //! Runs on the VMM thread, in the run loop (under its seccomp filter): each vCPU thread
-//! reads its own state, the VM's irqchip, PIT and clock are read, then every device's;
+//! reads its own state, the VM's irqchip, PIT and clock are read, then every device's (on
+//! PCI, with the bus's configuration spaces and MSI-X tables);
 //! then the memory file is written (full or diff, with its digests when there is a key)
 //! and last the state file, sealed with the key's MAC (or a checksum). The microVM stays
 //! paused and may be resumed or snapshotted again.
@@ -10,6 +11,7 @@ use super::memory_file::{self, Image, MemoryFileError};
 use super::state::{MemoryState, MicrovmState};
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::virtio::mmio::persist::TransportStateError;
+use crate::devices::virtio::pci::persist::save_bus;
 use crate::resources::{SnapshotCreate, SnapshotType, VmConfig, VmResources};
 use crate::snapshot::{format, Encoder, SnapshotKey};
 use crate::sync::lock;
@@ -28,8 +30,6 @@ pub enum CreateError {
     NoDirtyTracking,
     #[error("this host's vCPU XSAVE state is {0} bytes (AMX?), more than the 4096 Kiln saves: snapshots are not supported on it yet")]
     Xsave(usize),
-    #[error("this microVM's virtio devices are on PCI (--enable-pci): snapshots of PCI devices (their configuration space, BARs and MSI-X tables) are not supported by Kiln yet")]
-    Pci,
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -101,9 +101,6 @@ pub fn create_snapshot(
     if vmm.state() != RunState::Paused {
         return Err(CreateError::NotPaused);
     }
-    if vmm.devices().pci {
-        return Err(CreateError::Pci);
-    }
     let caps = vmm.vm().snapshot_caps().clone();
     if req.snapshot_type == SnapshotType::Diff && !caps.track_dirty_pages {
         return Err(CreateError::NoDirtyTracking);
@@ -117,12 +114,21 @@ pub fn create_snapshot(
     let devices = vmm.devices();
     let serial = devices.serial.as_ref().map(|s| lock(s).save_state());
     let i8042 = devices.i8042.as_ref().map(|k| lock(k).save_state());
-    let virtio = devices
-        .virtio
-        .transports
-        .iter()
-        .map(|t| lock(t).save_state())
-        .collect::<Result<Vec<_>, _>>()?;
+    let (virtio, pci) = match &devices.virtio.pci {
+        Some(bus) => {
+            let (pci, virtio) = save_bus(bus)?;
+            (virtio, Some(pci))
+        }
+        None => {
+            let virtio = devices
+                .virtio
+                .transports
+                .iter()
+                .map(|t| lock(t).save_state())
+                .collect::<Result<Vec<_>, _>>()?;
+            (virtio, None)
+        }
+    };
 
     let mem_size = res.machine_config.mem_size_bytes();
     let regions = ram_ranges(mem_size);
@@ -182,6 +188,7 @@ pub fn create_snapshot(
         serial,
         i8042,
         virtio,
+        pci,
     };
     let mut e = Encoder::new();
     e.put(&state);

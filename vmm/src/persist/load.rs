@@ -4,7 +4,8 @@
 //! a refused snapshot leaves nothing behind:
 //!
 //! 1. the state file is read (bounded) and its MAC (or checksum) verified, then decoded
-//!    (bounded) and its parts checked against each other;
+//!    (bounded) and its parts checked against each other and against this VMM's transport
+//!    (a snapshot of PCI devices needs `--enable-pci`, one of virtio-mmio devices not);
 //! 2. the configuration it holds is applied through the same setters as the API (with the
 //!    request's `network_overrides` and `vsock_override`), which opens the drives;
 //! 3. guest memory: the `File` backend maps the memory file privately (its size checked;
@@ -15,7 +16,8 @@
 //! 4. the KVM VM with that memory; the vCPUs (their CPU features and TSC frequency checked
 //!    against this host) get their saved state, then the irqchip, PIT and clock;
 //! 5. the devices are built from the configuration, their vCPU threads start paused, and
-//!    every device gets its saved state (the vsock device then tells the guest that its
+//!    every device gets its saved state (on PCI: configuration spaces, MSI-X tables and
+//!    routes, BARs and their ioeventfds where the guest left them) (the vsock device then tells the guest that its
 //!    connections are gone).
 //!
 //! Without a key the snapshot is trusted input, as in Firecracker; a warning says so.
@@ -28,6 +30,7 @@ use crate::builder::{self, BuildError, BuildOptions, Parts};
 use crate::devices::legacy::serial::persist::SerialStateError;
 use crate::devices::manager::DeviceManager;
 use crate::devices::virtio::mmio::persist::TransportStateError;
+use crate::devices::virtio::pci::persist::{restore_bus, PciFunctionStateError};
 use crate::devices::virtio::setup::Transport;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitNotifier;
@@ -105,6 +108,8 @@ pub enum LoadError {
     Device(#[from] TransportStateError),
     #[error(transparent)]
     Serial(#[from] SerialStateError),
+    #[error(transparent)]
+    Pci(#[from] PciFunctionStateError),
 }
 
 /// A microVM restored (paused) from a snapshot.
@@ -304,6 +309,7 @@ pub fn load_snapshot(
     }
     let config = state.parse_config()?;
     state.check(&config)?;
+    state.check_transport(opts.pci)?;
     let res = resources(config, req)?;
     let vsock_path = res.vsock.as_ref().map(|v| v.uds_path.clone());
     let result = restore(req, opts, state, &res);
@@ -355,9 +361,14 @@ fn restore(
     }
     state.vm.restore(vm.fd(), req.clock_realtime)?;
     let mut dm = DeviceManager::new();
-    // Snapshots are only taken of microVMs whose devices are on MMIO (create refuses
-    // --enable-pci ones): the restored guest finds them where it left them.
-    let mut virtio = builder::attach_virtio(&mut dm, &mem, res, Transport::Mmio)?;
+    // The snapshot's transport (checked against --enable-pci): the restored guest finds its
+    // devices where it left them.
+    let transport = if state.pci.is_some() {
+        Transport::Pci
+    } else {
+        Transport::Mmio
+    };
+    let mut virtio = builder::attach_virtio(&mut dm, &mem, res, transport)?;
     virtio.wire(&vm).map_err(BuildError::from)?;
     builder::attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let (mut vmm, events) = builder::start(Parts {
@@ -411,8 +422,20 @@ fn restore_devices(vmm: &Vmm, state: &MicrovmState, req: &SnapshotLoad) -> Resul
     if let (Some(k), Some(saved)) = (&d.i8042, &state.i8042) {
         lock(k).restore_state(saved);
     }
-    for (t, saved) in d.virtio.transports.iter().zip(&state.virtio) {
-        lock(t).restore_state(saved)?;
+    match (&d.virtio.pci, &state.pci) {
+        (Some(bus), Some(saved)) => restore_bus(bus, saved, &state.virtio)?,
+        (None, None) => {
+            for (t, saved) in d.virtio.transports.iter().zip(&state.virtio) {
+                lock(t).restore_state(saved)?;
+            }
+        }
+        // `check_transport` refused the snapshot before anything was built.
+        _ => {
+            return Err(StateError::Transport {
+                saved: state.pci.is_some(),
+            }
+            .into())
+        }
     }
     if let Some(v) = &d.virtio.vsock {
         lock(v).send_transport_reset();

@@ -12,6 +12,7 @@ use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::legacy::i8042::persist::I8042State;
 use crate::devices::legacy::serial::persist::SerialSnapshot;
 use crate::devices::virtio::mmio::persist::TransportState;
+use crate::devices::virtio::pci::persist::PciBusState;
 use crate::resources::VmConfig;
 use crate::snapshot::digest::MemoryDigest;
 use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
@@ -26,6 +27,8 @@ const MAX_REGIONS: usize = 4;
 const MAX_VCPUS: usize = 32;
 /// Most virtio devices (one per IRQ 5 to 23).
 const MAX_TRANSPORTS: usize = 32;
+/// The format minor version that added the PCI bus.
+pub const PCI_SINCE: u16 = 3;
 
 /// Guest memory as saved: its regions (guest address, length), laid out one after the
 /// other in the memory file, and (authenticated snapshots) the file's digests.
@@ -54,6 +57,8 @@ pub struct MicrovmState {
     pub serial: Option<SerialSnapshot>,
     pub i8042: Option<I8042State>,
     pub virtio: Vec<TransportState>,
+    /// The PCI bus (`--enable-pci`): its functions are the `virtio` transports'.
+    pub pci: Option<PciBusState>,
 }
 
 /// Why a decoded state cannot be the state of a microVM.
@@ -77,6 +82,12 @@ pub enum StateError {
     DeviceCount { configured: usize, saved: usize },
     #[error("the snapshot has no state for the {0}")]
     MissingDevice(&'static str),
+    #[error(
+        "the snapshot's PCI bus has {functions} functions for its {transports} virtio devices"
+    )]
+    PciFunctions { functions: usize, transports: usize },
+    #[error("{}", if *.saved { "the snapshot's virtio devices are on PCI, and this VMM was started without --enable-pci: start it with --enable-pci to load this snapshot" } else { "the snapshot's virtio devices are on virtio-mmio, and this VMM was started with --enable-pci: start it without --enable-pci to load this snapshot" })]
+    Transport { saved: bool },
     #[error("the snapshot's configuration says \"pit\": {configured}, and it {} the state of an in-kernel PIT", if *.saved { "holds" } else { "does not hold" })]
     Pit { configured: bool, saved: bool },
 }
@@ -86,6 +97,17 @@ impl MicrovmState {
     pub fn parse_config(&self) -> Result<VmConfig, StateError> {
         crate::resources::parse_json::<VmConfig>(&self.config)
             .map_err(|e| StateError::Config(e.to_string()))
+    }
+
+    /// Checks that the snapshot's devices are on the transport of this VMM (`pci`: started
+    /// with `--enable-pci`): a guest's drivers find them only where they left them.
+    pub fn check_transport(&self, pci: bool) -> Result<(), StateError> {
+        let saved = self.pci.is_some();
+        if saved == pci {
+            Ok(())
+        } else {
+            Err(StateError::Transport { saved })
+        }
     }
 
     /// Checks that the parts agree with each other and with `config`: one state per vCPU
@@ -135,6 +157,14 @@ impl MicrovmState {
                 configured,
                 saved: self.virtio.len(),
             });
+        }
+        if let Some(bus) = &self.pci {
+            if bus.functions.len() != self.virtio.len() {
+                return Err(StateError::PciFunctions {
+                    functions: bus.functions.len(),
+                    transports: self.virtio.len(),
+                });
+            }
         }
         if self.serial.is_none() {
             return Err(StateError::MissingDevice("serial console"));
@@ -186,6 +216,7 @@ impl Persist for MicrovmState {
         e.option(self.serial.as_ref());
         e.option(self.i8042.as_ref());
         e.list(&self.virtio);
+        e.option(self.pci.as_ref());
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
@@ -197,6 +228,11 @@ impl Persist for MicrovmState {
             serial: d.option("serial console")?,
             i8042: d.option("i8042")?,
             virtio: d.list("virtio devices", MAX_TRANSPORTS, 32)?,
+            pci: if d.minor() >= PCI_SINCE {
+                d.option("PCI bus")?
+            } else {
+                None
+            },
         };
         d.finish()?;
         Ok(state)

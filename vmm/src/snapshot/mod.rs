@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `KILNSNAP` |
 //! | 8 | 2 | format major version (little-endian; this VMM: 1) |
-//! | 10 | 2 | format minor version (2; a reader takes older minor versions) |
+//! | 10 | 2 | format minor version (3; a reader takes older minor versions) |
 //! | 12 | 4 | flags: bit 0 = the tag is an HMAC-SHA256 with the orchestrator's key |
 //! | 16 | 8 | body length *n* (at most [`format::MAX_BODY`]) |
 //! | 24 | *n* | body: the microVM's state in the [`codec`] encoding |

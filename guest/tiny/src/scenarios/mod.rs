@@ -90,6 +90,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"balloon-free", balloon_free::run),
     (b"balloon-free-hostile", hostile::balloon_free::run),
     (b"pci-scan", pci::run_scan),
+    (b"pci-snap", pci::run_snap),
     (b"pci-hostile", hostile::pci::run),
 ];
 

@@ -17,6 +17,16 @@
 //!      nonzero=N irr=0|1`;
 //!    - the entry masked and pointed at 0x52, another request: `pci masked used=N irr=0|1
 //!      pending=0|1`; unmasked: `pci unmasked irr=0|1 pending=0|1`.
+//!
+//! `pci-snap`: the same up to the masked request, with the entropy device's BAR first moved
+//! 1 MiB up (where the firmware did not put it); then `pci snap ready bar=0x..` and a wait
+//! of `kiln.wait=S` seconds (default 3) in which the host snapshots the VM and restores it
+//! in another VMM; then what the restored VM shows: `pci snap resumed bar=0x.. cmd=0x..
+//! msix=0x.. pending=0|1 irr=0|1` (BAR, command and MSI-X Message Control read back, the
+//! masked vector's pending bit and whether 0x52 was requested), `pci snap unmasked irr=0|1
+//! pending=0|1` (the vector unmasked: the pending interrupt delivered through the restored
+//! route), and a request with the vector pointed at 0x53: `pci snap read used=N nonzero=N
+//! irr=0|1`.
 
 // Register values are cut to the width of their field.
 #![allow(clippy::cast_possible_truncation)]
@@ -34,6 +44,9 @@ pub const DEVICE_RNG: u16 = pci::DEVICE_BASE + 4;
 const VEC_QUEUE: u8 = 0x50;
 const VEC_CONFIG: u8 = 0x51;
 const VEC_MASKED: u8 = 0x52;
+const VEC_AFTER: u8 = 0x53;
+/// How far `pci-snap` moves the BAR (still in the PCI window and the uncached 3-4 GiB).
+const BAR_MOVE: u64 = 0x10_0000;
 /// TSC cycles to let an MSI arrive after the used entry (it is written before the
 /// interrupt is raised).
 const SETTLE: u64 = 50_000_000;
@@ -190,5 +203,89 @@ pub fn run_scan(info: &BootInfo, con: &mut Console) {
         .dec(lapic::requested(VEC_MASKED).into())
         .s(" pending=")
         .dec(d.pending(1).into())
+        .end();
+}
+
+/// Waits `cycles` TSC cycles.
+fn settle(cycles: u64) {
+    let start = rdtsc();
+    while rdtsc().wrapping_sub(start) < cycles {}
+}
+
+pub fn run_snap(info: &BootInfo, con: &mut Console) {
+    if !probe_bus(info, con) {
+        return;
+    }
+    let (_, rng) = scan(con, DEVICE_RNG);
+    let Some(mut d) = rng.filter(PciDev::usable) else {
+        con.error().s("no usable virtio-rng on PCI").end();
+        return;
+    };
+    // Moved before decoding is on: a restore must decode it here, not at the firmware's.
+    d.bar += BAR_MOVE;
+    pci::cfg_write32(d.slot, 0x10, d.bar as u32);
+    if !d.usable() {
+        con.error().s("the moved BAR is not usable").end();
+        return;
+    }
+    let apic = lapic::enable();
+    let Some(mut r) = start_rng(con, &d, apic) else {
+        con.error().s("virtio-rng over PCI refused to start").end();
+        return;
+    };
+    let used = request(&d, &mut r).unwrap_or(0);
+    con.line()
+        .s("pci read used=")
+        .dec(used.into())
+        .s(" irr=")
+        .dec(lapic::requested(VEC_QUEUE).into())
+        .end();
+    d.msix_mask(1, true);
+    d.msix_entry(1, apic, VEC_MASKED, true);
+    let used = request(&d, &mut r).unwrap_or(0);
+    con.line()
+        .s("pci masked used=")
+        .dec(used.into())
+        .s(" irr=")
+        .dec(lapic::requested(VEC_MASKED).into())
+        .s(" pending=")
+        .dec(d.pending(1).into())
+        .end();
+    con.line().s("pci snap ready bar=").hex(d.bar).end();
+    let wait = cmdline::param_num(info.cmdline, b"kiln.wait", 3).clamp(1, 60);
+    settle(wait * WAIT_CYCLES);
+    con.line()
+        .s("pci snap resumed bar=")
+        .hex(pci::cfg_read32(d.slot, 0x10).into())
+        .s(" cmd=")
+        .hex(pci::cfg_read16(d.slot, 0x04).into())
+        .s(" msix=")
+        .hex(pci::cfg_read16(d.slot, d.msix_cap + 2).into())
+        .s(" pending=")
+        .dec(d.pending(1).into())
+        .s(" irr=")
+        .dec(lapic::requested(VEC_MASKED).into())
+        .end();
+    d.msix_mask(1, false);
+    settle(SETTLE);
+    con.line()
+        .s("pci snap unmasked irr=")
+        .dec(lapic::requested(VEC_MASKED).into())
+        .s(" pending=")
+        .dec(d.pending(1).into())
+        .end();
+    d.msix_entry(1, apic, VEC_AFTER, false);
+    let Some(used) = request(&d, &mut r) else {
+        con.error().s("pci rng request timed out after the restore").end();
+        return;
+    };
+    let got = &Rng::buf()[..(used as usize).min(BUF_LEN)];
+    con.line()
+        .s("pci snap read used=")
+        .dec(used.into())
+        .s(" nonzero=")
+        .dec(got.iter().filter(|&&b| b != 0).count() as u64)
+        .s(" irr=")
+        .dec(lapic::requested(VEC_AFTER).into())
         .end();
 }

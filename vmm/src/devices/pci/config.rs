@@ -11,6 +11,7 @@
 //! refused (reads see all ones) and counted.
 
 use crate::metrics::METRICS;
+use crate::snapshot::{CodecError, Decoder, Encoder, Persist};
 
 /// Bytes of configuration space (conventional PCI, no extended space).
 pub const CONFIG_SIZE: usize = 256;
@@ -56,6 +57,30 @@ pub enum ConfigError {
     CapabilityTooLarge(usize),
     #[error("a BAR's size must be a power of two from 16 bytes to 2 GiB, not {0:#x}")]
     BarSize(u64),
+    #[error("byte {offset:#x} is {saved:#04x} in the snapshot, and this function's read-only value is {here:#04x} (another kind of device?)")]
+    ReadOnly { offset: usize, saved: u8, here: u8 },
+    #[error("BAR 0 is {value:#x} in the snapshot, not aligned to the BAR's size {size:#x}")]
+    BarAlignment { value: u32, size: u32 },
+    #[error("BAR 0 is {value:#x} in the snapshot, and this function has no BAR")]
+    NoBar { value: u32 },
+}
+
+/// A configuration space as the guest left it (a snapshot: `super::persist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigState {
+    pub bytes: [u8; CONFIG_SIZE],
+}
+
+impl Persist for ConfigState {
+    fn encode(&self, e: &mut Encoder) {
+        e.fixed(&self.bytes);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
+        Ok(ConfigState {
+            bytes: d.array("PCI configuration space")?,
+        })
+    }
 }
 
 /// What a guest write changed that the function's owner must act on.
@@ -265,6 +290,47 @@ impl ConfigSpace {
     }
 }
 
+impl ConfigSpace {
+    /// The bytes as the guest reads them (a snapshot).
+    pub fn save_state(&self) -> ConfigState {
+        ConfigState { bytes: self.bytes }
+    }
+
+    /// Takes the guest's changes from `saved` (a freshly built space of the same
+    /// function): every bit the guest cannot write must be this space's, and BAR 0 must
+    /// be aligned to its size (or zero without a BAR). Nothing changes when refused.
+    pub fn restore_state(&mut self, saved: &ConfigState) -> Result<(), ConfigError> {
+        let bar_range = BAR0..BAR0 + 4;
+        for (offset, ((&s, &here), &mask)) in saved
+            .bytes
+            .iter()
+            .zip(&self.bytes)
+            .zip(&self.writable)
+            .enumerate()
+        {
+            if !bar_range.contains(&offset) && s & !mask != here & !mask {
+                return Err(ConfigError::ReadOnly {
+                    offset,
+                    saved: s,
+                    here,
+                });
+            }
+        }
+        let mut bar = [0u8; 4];
+        bar.copy_from_slice(&saved.bytes[bar_range]);
+        let value = u32::from_le_bytes(bar);
+        match self.bar_size {
+            Some(size) if value & (size - 1) != 0 => {
+                return Err(ConfigError::BarAlignment { value, size })
+            }
+            None if value != 0 => return Err(ConfigError::NoBar { value }),
+            _ => {}
+        }
+        self.bytes = saved.bytes;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +407,55 @@ mod tests {
         assert_eq!(c.get::<2>(0x4a), [0, 0xc0]);
         assert_ne!(c.u16_at(STATUS) & STATUS_CAP_LIST, 0);
         assert!(c.add_capability(1, &[0; 250], &[]).is_err());
+    }
+
+    #[test]
+    fn a_saved_space_restores_what_the_guest_changed_and_nothing_else() {
+        let mut c = space();
+        let cap = c.add_capability(0x11, &[0, 0, 0, 0], &[(1, 0xc0)]).unwrap();
+        c.write(0x10, &0xe010_0000u32.to_le_bytes()).unwrap();
+        c.write(4, &COMMAND_MEMORY.to_le_bytes()).unwrap();
+        c.write(cap as u64 + 3, &[0xc0]).unwrap();
+        let saved = c.save_state();
+        let mut fresh = space();
+        fresh
+            .add_capability(0x11, &[0, 0, 0, 0], &[(1, 0xc0)])
+            .unwrap();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(fresh.bar0(), Some((0xe010_0000, 0x8000)));
+        assert_eq!(fresh.get::<1>(cap + 3), [0xc0]);
+        assert_eq!(fresh.save_state(), saved);
+        // Another device id, a read-only bit set, a misaligned BAR: refused, unchanged.
+        let mut other = space();
+        other
+            .add_capability(0x11, &[0, 0, 0, 0], &[(1, 0xc0)])
+            .unwrap();
+        let before = other.save_state();
+        let mut bad = saved.clone();
+        bad.bytes[DEVICE_ID] = 0x45;
+        assert_eq!(
+            other.restore_state(&bad).unwrap_err(),
+            ConfigError::ReadOnly {
+                offset: DEVICE_ID,
+                saved: 0x45,
+                here: 0x44
+            }
+        );
+        let mut bad = saved.clone();
+        bad.bytes[cap + 3] = 0xff;
+        assert!(matches!(
+            other.restore_state(&bad),
+            Err(ConfigError::ReadOnly { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.bytes[BAR0 + 1] = 0x10;
+        assert_eq!(
+            other.restore_state(&bad).unwrap_err(),
+            ConfigError::BarAlignment {
+                value: 0xe010_1000,
+                size: 0x8000
+            }
+        );
+        assert_eq!(other.save_state(), before);
     }
 }

@@ -8,11 +8,13 @@
 //! - [`msix`]: MSI-X tables, pending bits and interrupt delivery through irqfds.
 //! - [`platform`]: what the functions ask of KVM at run time (MSI routes, ioeventfds
 //!   that follow a moved BAR).
+//! - [`persist`]: the bus's and the functions' state in a snapshot.
 //!
 //! What sits on the bus is up to its users: the virtio-pci transport
 //! ([`crate::devices::virtio::pci`]) puts one function per virtio device there.
 
 pub mod config;
 pub mod msix;
+pub mod persist;
 pub mod platform;
 pub mod root;

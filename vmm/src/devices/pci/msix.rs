@@ -11,6 +11,7 @@
 //! The table is guest input: accesses are 4 or 8 bytes, aligned, inside the table or the
 //! PBA; anything else is refused (reads see zeros) and the caller counts it.
 
+use super::persist::{MsixEntryState, MsixState, PciStateError};
 use super::platform::{MsiMessage, Platform};
 use crate::metrics::METRICS;
 use crate::sync::lock;
@@ -255,6 +256,76 @@ impl MsixVectors {
         }
         data.copy_from_slice(&bits[start..start + data.len()]);
         true
+    }
+}
+
+impl MsixVectors {
+    /// The table and the pending bits (a snapshot; enable and function mask are in
+    /// configuration space).
+    pub fn save_state(&self) -> MsixState {
+        let t = lock(&self.table);
+        let entries = t
+            .entries
+            .iter()
+            .zip(&t.pending)
+            .map(|(e, &pending)| MsixEntryState {
+                addr: e.addr,
+                data: e.data,
+                masked: e.control & VECTOR_MASKED != 0,
+                pending,
+            })
+            .collect();
+        MsixState { entries }
+    }
+
+    /// Loads `s` into these vectors (freshly built, with as many entries) under the
+    /// capability's Message Control `control`, and routes each vector whose address is the
+    /// local APICs' as the guest's writes had. A pending bit stays pending until the guest
+    /// unmasks its vector; nothing is delivered here.
+    pub fn restore_state(&self, s: &MsixState, control: u16) -> Result<(), PciStateError> {
+        let mut t = lock(&self.table);
+        if s.entries.len() != t.entries.len() {
+            return Err(PciStateError::VectorCount {
+                saved: s.entries.len(),
+                here: t.entries.len(),
+            });
+        }
+        let Table {
+            entries,
+            pending,
+            enabled,
+            function_masked,
+        } = &mut *t;
+        for (saved, (e, p)) in s.entries.iter().zip(entries.iter_mut().zip(pending)) {
+            *e = Entry {
+                addr: saved.addr,
+                data: saved.data,
+                control: if saved.masked { VECTOR_MASKED } else { 0 },
+            };
+            *p = saved.pending;
+        }
+        *enabled = control & CONTROL_ENABLE != 0;
+        *function_masked = control & CONTROL_MASK != 0;
+        let routed: Vec<(usize, Entry)> = entries
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, e)| MSI_WINDOW.contains(&e.addr))
+            .collect();
+        drop(t);
+        for (vector, e) in routed {
+            let Some(&gsi) = self.gsis.get(vector) else {
+                continue;
+            };
+            let msg = MsiMessage {
+                address: e.addr,
+                data: e.data,
+            };
+            self.platform
+                .set_msi_route(gsi, Some(msg))
+                .map_err(|source| PciStateError::Route { vector, source })?;
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! RAM); where two BARs overlap, accesses are refused: neither function gets them.
 
 use super::config::{self, ConfigSpace, Identity};
+use super::persist::{PciStateError, RootState};
 use crate::devices::bus::BusDevice;
 use crate::metrics::METRICS;
 use crate::sync::lock;
@@ -200,6 +201,46 @@ impl PciRoot {
         }
         let (i, off) = found?;
         self.functions.get_mut(i).map(|f| (f, off))
+    }
+}
+
+impl PciRoot {
+    /// The address register and the host bridge (a snapshot; the functions save their own).
+    pub fn save_state(&self) -> RootState {
+        RootState {
+            address: self.address,
+            bridge: self.bridge.save_state(),
+        }
+    }
+
+    /// Loads `s` into this freshly built bus.
+    pub fn restore_state(&mut self, s: &RootState) -> Result<(), PciStateError> {
+        self.bridge.restore_state(&s.bridge)?;
+        self.address = s.address;
+        Ok(())
+    }
+
+    /// Once every function has its saved state: refuses a BAR that decodes outside the
+    /// window (which the bus never lets a guest use), then lets each function decode where
+    /// the guest left its BAR (registering its ioeventfds there), as after a guest write.
+    pub fn accept_restored_bars(&mut self) -> Result<(), PciStateError> {
+        let (start, end) = self.window;
+        for (i, f) in self.functions.iter().enumerate() {
+            let Some((base, size)) = f.bar() else {
+                continue;
+            };
+            if base < start || base.checked_add(size).is_none_or(|e| e > end) {
+                return Err(PciStateError::BarOutsideWindow {
+                    slot: i + 1,
+                    base,
+                    size,
+                    start,
+                    window_end: end,
+                });
+            }
+        }
+        self.check_bars();
+        Ok(())
     }
 }
 

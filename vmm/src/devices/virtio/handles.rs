@@ -6,6 +6,7 @@ use super::balloon::Balloon;
 use super::block::{Block, BlockError};
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
+use super::pci::PciHandles;
 use super::vsock::Vsock;
 use super::Interrupt;
 use crate::metrics::METRICS;
@@ -58,6 +59,9 @@ pub struct VirtioHandles {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// Every device's transport, in window order (snapshots save and restore them).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// With `--enable-pci`: the bus and its functions in slot order (instead of
+    /// `transports`).
+    pub pci: Option<PciHandles>,
 }
 
 impl VirtioHandles {

@@ -137,7 +137,10 @@ pub fn attach_devices(
         Transport::Pci => Some(PciTransports::new(dm)?),
     };
     let mut setup = VirtioSetup {
-        handles: VirtioHandles::default(),
+        handles: VirtioHandles {
+            pci: pci.as_ref().map(PciTransports::handles),
+            ..VirtioHandles::default()
+        },
         events: Vec::new(),
         wiring: Vec::new(),
         pci,
@@ -191,6 +194,7 @@ impl VirtioSetup {
                 core_evts.push(evt);
             }
             let attached = pci.attach(device.clone(), mem, core_evts, notify_evts)?;
+            self.handles.pci = Some(pci.handles());
             self.events.push(DeviceEvents {
                 device,
                 queue_evts: loop_evts,

@@ -110,3 +110,61 @@ fn garbage_is_refused_and_bad_addresses_get_no_route() {
     assert!(v.read_table(12, &mut d));
     assert_eq!(u32::from_le_bytes(d), 1);
 }
+
+#[test]
+fn a_saved_table_restores_routes_and_keeps_pending_bits() {
+    let (v, _) = vectors(3);
+    v.set_control(CONTROL_ENABLE);
+    program(&v, 0, 0xfee0_0000, 0x41, false);
+    program(&v, 1, 0xfee0_1000, 0x52, true);
+    program(&v, 2, 0x1234_0000, 0x53, false);
+    v.fire(1);
+    assert!(!fired(&v, 1), "masked");
+    let saved = v.save_state();
+    assert_eq!(
+        saved.entries[1],
+        MsixEntryState {
+            addr: 0xfee0_1000,
+            data: 0x52,
+            masked: true,
+            pending: true
+        }
+    );
+    let (w, routes) = vectors(3);
+    w.restore_state(&saved, CONTROL_ENABLE).unwrap();
+    assert_eq!(w.save_state(), saved);
+    // Routes for the two vectors aimed at the local APICs, none for the other.
+    let r = lock(&routes.0).clone();
+    assert_eq!(
+        r,
+        [
+            (
+                24,
+                Some(MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x41
+                })
+            ),
+            (
+                25,
+                Some(MsiMessage {
+                    address: 0xfee0_1000,
+                    data: 0x52
+                })
+            )
+        ]
+    );
+    assert!(!fired(&w, 1), "nothing delivered by the restore");
+    // Unmasking delivers what was pending before the snapshot.
+    assert!(w.write_table(16 + 12, &0u32.to_le_bytes()));
+    assert!(fired(&w, 1));
+    let mut pba = [0u8; 8];
+    assert!(w.read_pba(0, &mut pba));
+    assert_eq!(pba, [0; 8]);
+    // A table of another size is refused.
+    let (x, _) = vectors(2);
+    assert_eq!(
+        x.restore_state(&saved, 0).unwrap_err(),
+        PciStateError::VectorCount { saved: 3, here: 2 }
+    );
+}

@@ -125,3 +125,33 @@ fn without_a_bus_the_ports_read_all_ones_and_latch_nothing() {
         assert!(d.iter().all(|&b| b == 0xff), "{off} {len}");
     }
 }
+
+#[test]
+fn restored_bars_decode_where_they_were_and_one_outside_the_window_is_refused() {
+    let root = Arc::new(Mutex::new(PciRoot::new(0xe000_0000, 0xe010_0000)));
+    let a = stub(&root, 0xe000_4000);
+    let b = stub(&root, 0xe000_8000);
+    let mut ports = ConfigPorts(root.clone());
+    ports.write(0, &0x8000_0804u32.to_le_bytes());
+    let saved = lock(&root).save_state();
+    let fresh = Arc::new(Mutex::new(PciRoot::new(0xe000_0000, 0xe010_0000)));
+    lock(&fresh).restore_state(&saved).unwrap();
+    assert_eq!(lock(&fresh).save_state(), saved);
+    assert_eq!(lock(&fresh).address, 0x8000_0804);
+    // Nothing accepted until the bus is told the functions are restored.
+    assert_eq!(*lock(&a.1), None);
+    lock(&root).accept_restored_bars().unwrap();
+    assert_eq!(*lock(&a.1), Some(0xe000_4000));
+    assert_eq!(*lock(&b.1), Some(0xe000_8000));
+    set_bar(&mut ports, 2, 0xf000_0000);
+    assert_eq!(
+        lock(&root).accept_restored_bars().unwrap_err(),
+        PciStateError::BarOutsideWindow {
+            slot: 2,
+            base: 0xf000_0000,
+            size: 0x1000,
+            start: 0xe000_0000,
+            window_end: 0xe010_0000
+        }
+    );
+}

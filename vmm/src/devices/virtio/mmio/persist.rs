@@ -99,7 +99,8 @@ impl MmioTransport {
         c
     }
 
-    fn device_id(&self) -> String {
+    /// The device's id (what errors name).
+    pub fn device_id(&self) -> String {
         lock(&self.device).id().to_string()
     }
 

@@ -14,9 +14,11 @@
 //! the common configuration ([`common`]); what PCI adds is here: the vectors the driver
 //! assigns to the configuration change and to each queue ([`VectorMap`], the device's
 //! [`VectorSink`]), and the BAR that follows the guest. Legacy INTx is not offered
-//! (interrupt pin 0): a driver that cannot use MSI-X gets no interrupts.
+//! (interrupt pin 0): a driver that cannot use MSI-X gets no interrupts. Snapshots of the
+//! functions: [`persist`].
 
 mod common;
+pub mod persist;
 pub mod setup;
 
 use super::mmio::{MmioTransport, CONFIG_OFFSET};
@@ -25,10 +27,11 @@ use crate::devices::bus::BusDevice;
 use crate::devices::pci::config::{ConfigError, ConfigSpace, Identity};
 use crate::devices::pci::msix::{self, MsixVectors};
 use crate::devices::pci::platform::Platform;
-use crate::devices::pci::root::PciFunction;
+use crate::devices::pci::root::{PciFunction, PciRoot};
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Red Hat / Qumranet, the virtio vendor.
@@ -322,6 +325,57 @@ impl VirtioPciFunction {
             self.core
                 .write_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY, q)
         })
+    }
+}
+
+/// The bus and its virtio functions in slot order, kept with the running VM (snapshots
+/// save and restore them).
+#[derive(Clone)]
+pub struct PciHandles {
+    pub root: Arc<Mutex<PciRoot>>,
+    pub functions: Vec<Arc<Mutex<VirtioPciFunction>>>,
+}
+
+impl PciHandles {
+    /// The bus `root`, with no function yet.
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciHandles {
+            root,
+            functions: Vec::new(),
+        }
+    }
+
+    /// Puts `f` in the next slot of the bus (and keeps it); returns its device number, or
+    /// `None` when the bus is full.
+    pub fn add(&mut self, f: VirtioPciFunction) -> Option<u8> {
+        let f = Arc::new(Mutex::new(f));
+        let slot = lock(&self.root).add(Box::new(Shared(f.clone())))?;
+        self.functions.push(f);
+        Some(slot)
+    }
+}
+
+/// A function on the bus that is also kept outside it ([`PciHandles`]).
+struct Shared(Arc<Mutex<VirtioPciFunction>>);
+
+impl PciFunction for Shared {
+    fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).config_read(offset, data);
+    }
+    fn config_write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).config_write(offset, data);
+    }
+    fn bar(&self) -> Option<(u64, u64)> {
+        lock(&self.0).bar()
+    }
+    fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).bar_read(offset, data);
+    }
+    fn bar_write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).bar_write(offset, data);
+    }
+    fn bar_accepted(&mut self, at: Option<u64>) {
+        lock(&self.0).bar_accepted(at);
     }
 }
 

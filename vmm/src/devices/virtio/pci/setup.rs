@@ -4,7 +4,7 @@
 //! when the firmware's placement is valid) and one MSI-X vector per queue plus one for
 //! configuration changes, each with a GSI of its own.
 
-use super::{VirtioPciFunction, BAR_SIZE};
+use super::{PciHandles, VirtioPciFunction, BAR_SIZE};
 use crate::arch::x86_64::layout::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::pci::config::ConfigError;
@@ -41,7 +41,7 @@ pub enum PciSetupError {
 
 /// The PCI bus being filled.
 pub struct PciTransports {
-    root: Arc<Mutex<PciRoot>>,
+    bus: PciHandles,
     platform: Arc<KvmPlatform>,
     next_bar: u64,
     next_gsi: u32,
@@ -60,7 +60,7 @@ impl PciTransports {
         let root = Arc::new(Mutex::new(PciRoot::new(PCI_MMIO_START, PCI_MMIO_END)));
         dm.attach_pci_bus(root.clone(), PCI_MMIO_START, PCI_MMIO_END)?;
         Ok(PciTransports {
-            root,
+            bus: PciHandles::new(root),
             platform: Arc::new(KvmPlatform::default()),
             next_bar: PCI_MMIO_START,
             next_gsi: MSI_GSI_START,
@@ -116,13 +116,16 @@ impl PciTransports {
             id: id.clone(),
             source,
         })?;
-        lock(&self.root)
-            .add(Box::new(function))
-            .ok_or(PciSetupError::NoSlot(id))?;
+        self.bus.add(function).ok_or(PciSetupError::NoSlot(id))?;
         self.next_bar = bar + BAR_SIZE;
         self.next_gsi = first + nvec;
         self.vectors.push(msix);
         Ok(Attached { interrupt })
+    }
+
+    /// The bus and the functions attached so far.
+    pub fn handles(&self) -> PciHandles {
+        self.bus.clone()
     }
 
     /// Registers every vector's irqfd with the VM and hands the platform its own

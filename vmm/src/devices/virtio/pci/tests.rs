@@ -1,7 +1,10 @@
 //! The transport as a guest drives it: through 0xCF8/0xCFC and the BAR window of a bus
 //! with one device on it.
 
+use super::persist::{restore_bus, save_bus, PciFunctionStateError};
 use super::*;
+use crate::devices::pci::config::ConfigError;
+use crate::devices::pci::persist::PciStateError;
 use crate::devices::pci::platform::NoPlatform;
 use crate::devices::pci::root::{BarWindow, ConfigPorts, PciRoot};
 use crate::devices::virtio::{
@@ -52,6 +55,7 @@ struct Guest {
     window: BarWindow,
     dev: Arc<Mutex<Fake>>,
     irqfds: Vec<EventFd>,
+    handles: PciHandles,
 }
 
 fn guest() -> Guest {
@@ -82,14 +86,15 @@ fn guest() -> Guest {
         WINDOW as u32,
     )
     .unwrap();
-    let mut root = PciRoot::new(WINDOW, WINDOW + 0x10_0000);
-    assert_eq!(root.add(Box::new(f)), Some(1));
-    let root = Arc::new(Mutex::new(root));
+    let root = Arc::new(Mutex::new(PciRoot::new(WINDOW, WINDOW + 0x10_0000)));
+    let mut handles = PciHandles::new(root.clone());
+    assert_eq!(handles.add(f), Some(1));
     Guest {
         ports: ConfigPorts(root.clone()),
         window: BarWindow { root, base: WINDOW },
         dev,
         irqfds,
+        handles,
     }
 }
 
@@ -240,4 +245,132 @@ fn hostile_accesses_are_refused_without_harm() {
     );
     g.cfg_write(1, 0x10, 4, (WINDOW + BAR_SIZE) as u32);
     assert_eq!(g.bar_read(BAR_SIZE + 0x12, 2), 2);
+}
+
+#[test]
+fn a_saved_function_comes_back_in_a_fresh_bus_as_the_guest_left_it() {
+    let mut g = guest();
+    // The BAR moved by the guest, MSI-X on, vector 1 masked with an interrupt pending.
+    let moved = 0x8000u64;
+    g.cfg_write(1, 0x10, 4, (WINDOW + moved) as u32);
+    g.cfg_write(1, 0x04, 2, 0x6);
+    g.bar_write(moved + MSIX_TABLE + 16, 8, 0xfee0_0000);
+    g.bar_write(moved + MSIX_TABLE + 24, 4, 0x45);
+    g.bar_write(moved + MSIX_TABLE + 28, 4, 1);
+    let msix_cap = 0x40 + 16 * 3 + 20;
+    g.cfg_write(1, msix_cap + 2, 2, 0x8000);
+    g.bar_write(moved + 0x14, 1, 3);
+    g.bar_write(moved + 0x10, 2, 0);
+    g.bar_write(moved + 0x16, 2, 1);
+    g.bar_write(moved + 0x18, 2, 8);
+    g.bar_write(moved + 0x1a, 2, 1);
+    lock(&g.handles.functions[0]).vectors.queue(1);
+    assert!(g.irqfds[1].read().is_err(), "masked");
+    let (bus, transports) = save_bus(&g.handles).unwrap();
+    assert_eq!(bus.functions[0].queue_vectors, [NO_VECTOR, 1]);
+    assert_eq!(bus.functions[0].config_vector, 0);
+
+    let mut h = guest();
+    restore_bus(&h.handles, &bus, &transports).unwrap();
+    assert_eq!(
+        save_bus(&h.handles).unwrap(),
+        (bus.clone(), transports.clone())
+    );
+    assert_eq!(
+        h.bar_read(0x12, 2),
+        0xffff,
+        "nothing at the firmware's place"
+    );
+    assert_eq!(
+        h.bar_read(moved + 0x12, 2),
+        2,
+        "the BAR decodes where it was"
+    );
+    assert_eq!(h.bar_read(moved + 0x18, 2), 8, "queue 1's size");
+    assert_eq!(h.bar_read(moved + MSIX_PBA, 8), 0b10, "still pending");
+    h.bar_write(moved + MSIX_TABLE + 28, 4, 0);
+    assert!(h.irqfds[1].read().is_ok(), "unmasking delivers it");
+
+    // Hostile or mismatched states are refused, naming what is wrong.
+    let refused = |edit: &dyn Fn(&mut crate::devices::virtio::pci::persist::PciBusState)| {
+        let mut bad = bus.clone();
+        edit(&mut bad);
+        restore_bus(&guest().handles, &bad, &transports).unwrap_err()
+    };
+    let e = refused(&|b| b.functions[0].queue_vectors[1] = 3);
+    assert!(
+        matches!(
+            &e,
+            PciFunctionStateError::Vector {
+                vector: 3,
+                count: 3,
+                slot: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("queue 1"), "{e}");
+    let e = refused(&|b| b.functions[0].config_vector = 0x7ff);
+    assert!(matches!(e, PciFunctionStateError::Vector { .. }), "{e}");
+    let e = refused(&|b| {
+        b.functions[0].config.bytes[0x10..0x14].copy_from_slice(&0xf000_0000u32.to_le_bytes())
+    });
+    assert!(
+        matches!(
+            e,
+            PciFunctionStateError::Bus(PciStateError::BarOutsideWindow {
+                slot: 1,
+                base: 0xf000_0000,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let e = refused(&|b| b.functions[0].config.bytes[2] = 0x41);
+    assert!(
+        matches!(
+            e,
+            PciFunctionStateError::Pci {
+                source: PciStateError::Config(ConfigError::ReadOnly { offset: 2, .. }),
+                ..
+            }
+        ),
+        "another kind of device: {e}"
+    );
+    let e = refused(&|b| b.functions[0].msix.entries.pop().map(drop).unwrap_or(()));
+    assert!(
+        matches!(
+            e,
+            PciFunctionStateError::Pci {
+                source: PciStateError::VectorCount { saved: 2, here: 3 },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = refused(&|b| b.functions[0].queue_vectors.push(0));
+    assert!(
+        matches!(
+            e,
+            PciFunctionStateError::QueueVectors {
+                saved: 3,
+                here: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = refused(&|b| b.functions.clear());
+    assert!(
+        matches!(
+            e,
+            PciFunctionStateError::FunctionCount {
+                saved: 0,
+                here: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
