@@ -11,8 +11,9 @@
 //!   configuration space).
 //!
 //! The owners apply them: `ConfigSpace::restore_state`, `MsixVectors::restore_state`,
-//! `PciRoot::restore_state` and `PciRoot::accept_restored_bars`, which refuses a BAR left
-//! decoding outside the window and registers the ioeventfds of the others where they are.
+//! `PciRoot::restore_state` and `PciRoot::accept_restored_bars`, which registers each BAR's
+//! ioeventfds where the guest left it (a BAR the guest left outside the window decodes
+//! nothing, as at run time).
 
 use super::config::{ConfigError, ConfigState};
 use super::platform::PlatformError;
@@ -25,14 +26,6 @@ pub const MAX_VECTORS: usize = 2048;
 pub enum PciStateError {
     #[error("the snapshot's configuration space: {0}")]
     Config(#[from] ConfigError),
-    #[error("the snapshot's BAR of slot {slot} decodes at {base:#x}..{end:#x}, outside the PCI window {start:#x}..{window_end:#x}", end = base.saturating_add(*size))]
-    BarOutsideWindow {
-        slot: usize,
-        base: u64,
-        size: u64,
-        start: u64,
-        window_end: u64,
-    },
     #[error("the snapshot has {saved} MSI-X vectors, this function has {here}")]
     VectorCount { saved: usize, here: usize },
     #[error("cannot route MSI-X vector {vector}: {source}")]

@@ -196,9 +196,8 @@ pub fn restore_bus(
     {
         lock(f).restore_state(i + 1, saved, t)?;
     }
-    lock(&h.root)
-        .accept_restored_bars()
-        .map_err(PciFunctionStateError::Bus)
+    lock(&h.root).accept_restored_bars();
+    Ok(())
 }
 
 impl Persist for VirtioPciState {
