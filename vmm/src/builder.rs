@@ -67,6 +67,12 @@ pub enum BuildError {
     PlatformThread,
     #[error("the restored vCPUs did not start paused: {0}")]
     Paused(VmmError),
+    #[error("memory-hotplug: total_size_mib {total_mib} does not fit the guest-physical address space (the region from {start:#x} would end past {end:#x})")]
+    HotplugTooLarge {
+        total_mib: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.
@@ -111,6 +117,7 @@ pub fn build_microvm(
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+    let mem = with_hotplug_region(mem, res)?;
     track_vmm_writes(mc.track_dirty_pages, mem_size);
     mark("guest memory mapped");
 
@@ -200,6 +207,33 @@ pub fn build_microvm(
     Ok((vmm, events))
 }
 
+/// `mem` with the virtio-mem hot-plug region (`memory-hotplug`) added at
+/// [`DEVICE_MEMORY_START`](crate::arch::x86_64::layout::DEVICE_MEMORY_START), if configured.
+/// The region must end below 2^46 (64 TiB), the most physical memory a 4-level-paging Linux
+/// guest addresses.
+fn with_hotplug_region(
+    mem: GuestMemoryMmap,
+    res: &VmResources,
+) -> Result<GuestMemoryMmap, BuildError> {
+    use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
+    const END: u64 = 1 << 46;
+    let Some(cfg) = &res.memory_hotplug else {
+        return Ok(mem);
+    };
+    if DEVICE_MEMORY_START + cfg.total_bytes() > END {
+        return Err(BuildError::HotplugTooLarge {
+            total_mib: cfg.total_size_mib,
+            start: DEVICE_MEMORY_START,
+            end: END,
+        });
+    }
+    Ok(memory::add_hotplug_region(
+        &mem,
+        DEVICE_MEMORY_START,
+        cfg.total_bytes(),
+    )?)
+}
+
 /// Diff snapshots: with `track_dirty_pages`, the VMM's own writes to guest memory are
 /// tracked from now on (KVM logs the guest's), else not at all.
 pub(crate) fn track_vmm_writes(track_dirty_pages: bool, mem_size: u64) {
@@ -258,8 +292,8 @@ pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, B
     })
 }
 
-/// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, then the
-/// balloon) in its virtio-mmio window (or PCI slot) of `dm`.
+/// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, the balloon,
+/// then virtio-mem) in its virtio-mmio window (or PCI slot) of `dm`.
 pub(crate) fn attach_virtio(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
@@ -278,6 +312,9 @@ pub(crate) fn attach_virtio(
     }
     if let Some(cfg) = &res.balloon {
         virtio.attach_balloon(dm, mem, cfg)?;
+    }
+    if let Some(cfg) = &res.memory_hotplug {
+        virtio.attach_virtio_mem(dm, mem, cfg)?;
     }
     Ok(virtio)
 }

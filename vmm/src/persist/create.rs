@@ -30,6 +30,8 @@ pub enum CreateError {
     Xsave(usize),
     #[error("this microVM's virtio devices are on PCI (--enable-pci): snapshots of PCI devices (their configuration space, BARs and MSI-X tables) are not supported by Kiln yet")]
     Pci,
+    #[error("this microVM has a virtio-mem device (memory-hotplug): snapshots of hot-pluggable memory (its plugged blocks and the device's state) are not supported by Kiln yet")]
+    VirtioMem,
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -103,6 +105,9 @@ pub fn create_snapshot(
     }
     if vmm.devices().pci {
         return Err(CreateError::Pci);
+    }
+    if vmm.devices().virtio.mem.is_some() {
+        return Err(CreateError::VirtioMem);
     }
     let caps = vmm.vm().snapshot_caps().clone();
     if req.snapshot_type == SnapshotType::Diff && !caps.track_dirty_pages {
