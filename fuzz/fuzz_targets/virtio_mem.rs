@@ -44,9 +44,16 @@ impl MemorySlots for Slots {
     unsafe fn set_slot(&self, slot: u32, guest: u64, size: u64, _host: u64) -> Result<(), String> {
         let i = (slot - 32) as usize;
         assert!(i < SLOTS, "slot {slot} past the region's");
-        assert_eq!(guest, ADDR + i as u64 * SLOT, "slot {slot} at the wrong address");
+        assert_eq!(
+            guest,
+            ADDR + i as u64 * SLOT,
+            "slot {slot} at the wrong address"
+        );
         let mut s = self.0.lock().unwrap();
-        assert!(s[i] != (size != 0), "slot {slot} set twice to the same state");
+        assert!(
+            s[i] != (size != 0),
+            "slot {slot} set twice to the same state"
+        );
         assert!(size == 0 || size == SLOT);
         s[i] = size != 0;
         Ok(())
@@ -87,7 +94,11 @@ fuzz_target!(|case: Case| {
     let mut driver = Driver::default();
     driver.init(&mut m, case.accept, false, &[case.queue]);
     let mut model = [false; BLOCKS];
-    for step in case.steps.iter().chain([&Step::Guest(Op::Run { waits: 3 })]) {
+    for step in case
+        .steps
+        .iter()
+        .chain([&Step::Guest(Op::Run { waits: 3 })])
+    {
         match step {
             Step::Guest(op) => {
                 driver.apply(&mut m, op);
@@ -129,7 +140,14 @@ fuzz_target!(|case: Case| {
                 let usable = spy.inner.usable_size();
                 let before = spy.inner.region().plugged_bytes();
                 let answer = spy.inner.handle(req);
-                check(&mut model, req, answer, usable, before, status.requested_size_mib << 20);
+                check(
+                    &mut model,
+                    req,
+                    answer,
+                    usable,
+                    before,
+                    status.requested_size_mib << 20,
+                );
             }
         }
         let spy = spy.lock().unwrap();
@@ -139,7 +157,10 @@ fuzz_target!(|case: Case| {
         for (s, reg) in registered.iter().enumerate() {
             let per = (SLOT / BLOCK) as usize;
             let any = model[s * per..(s + 1) * per].iter().any(|&b| b);
-            assert_eq!(*reg, any, "slot {s} registered {reg} with blocks plugged {any}");
+            assert_eq!(
+                *reg, any,
+                "slot {s} registered {reg} with blocks plugged {any}"
+            );
             assert_eq!(spy.inner.region().slot_registered(s), *reg);
         }
     }

@@ -169,9 +169,12 @@ fn linux_plugs_and_onlines_hotplugged_memory_by_itself() {
         serde_json::json!({"total_size_mib": TOTAL_MIB, "slot_size_mib": 128,
             "block_size_mib": 2, "plugged_size_mib": 0, "requested_size_mib": 0})
     );
-    let before = wait_get(&vmm, "/balloon/statistics", "the balloon's statistics", |s| {
-        s["total_memory"].as_u64().is_some()
-    });
+    let before = wait_get(
+        &vmm,
+        "/balloon/statistics",
+        "the balloon's statistics",
+        |s| s["total_memory"].as_u64().is_some(),
+    );
     let total_before = before["total_memory"].as_u64().unwrap_or(0);
     println!(
         "[{:7.2}s] MemTotal {} KiB before hot-plug",

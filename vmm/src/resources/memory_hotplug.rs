@@ -62,7 +62,7 @@ impl MemoryHotplugConfig {
                 self.slot_size_mib
             ));
         }
-        if self.slot_size_mib % self.block_size_mib != 0 {
+        if !self.slot_size_mib.is_multiple_of(self.block_size_mib) {
             return refuse(format!(
                 "slot_size_mib {} is not a multiple of block_size_mib ({} MiB)",
                 self.slot_size_mib, self.block_size_mib
@@ -74,7 +74,7 @@ impl MemoryHotplugConfig {
                 self.total_size_mib, self.slot_size_mib
             ));
         }
-        if self.total_size_mib % self.slot_size_mib != 0 {
+        if !self.total_size_mib.is_multiple_of(self.slot_size_mib) {
             return refuse(format!(
                 "total_size_mib {} is not a multiple of slot_size_mib ({} MiB)",
                 self.total_size_mib, self.slot_size_mib

@@ -14,9 +14,7 @@
 use crate::boot_info::BootInfo;
 use crate::scenarios::vmem::{linger, open, wait_change};
 use crate::serial::Console;
-use crate::virtio::mem::{
-    Answer, VirtioMem, REQ_PLUG, REQ_STATE, REQ_UNPLUG, REQ_UNPLUG_ALL,
-};
+use crate::virtio::mem::{Answer, VirtioMem, REQ_PLUG, REQ_STATE, REQ_UNPLUG, REQ_UNPLUG_ALL};
 use crate::virtio::WAIT_CYCLES;
 use kiln_guest_boot::cmdline::param_num;
 

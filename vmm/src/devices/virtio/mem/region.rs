@@ -94,9 +94,9 @@ impl HotplugRegion {
     ) -> Result<HotplugRegion, RegionError> {
         let divides = block.is_power_of_two()
             && slot_size >= block
-            && slot_size % block == 0
+            && slot_size.is_multiple_of(block)
             && size >= slot_size
-            && size % slot_size == 0;
+            && size.is_multiple_of(slot_size);
         if !divides {
             return Err(RegionError::Geometry {
                 size,
@@ -208,9 +208,10 @@ impl HotplugRegion {
     /// The slots (indices from 0) blocks `[first, first + count)` touch.
     fn slots_of(&self, first: u64, count: u64) -> std::ops::Range<usize> {
         let per = self.blocks_per_slot();
-        let lo = (first / per) as usize;
-        let hi = ((first + count).div_ceil(per)) as usize;
-        lo..hi.min(self.registered.len())
+        let index = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let lo = index(first / per);
+        let hi = index((first + count).div_ceil(per));
+        lo.min(self.registered.len())..hi.min(self.registered.len())
     }
 
     /// Registers (`on`) or removes slot `index` with KVM, if it is not so already.
@@ -219,7 +220,17 @@ impl HotplugRegion {
             return Ok(());
         }
         let offset = index as u64 * self.slot_size;
-        let slot = self.first_slot + index as u32;
+        // The VM has room for first_slot + every slot (checked when the slots were given).
+        let Some(slot) = u32::try_from(index)
+            .ok()
+            .and_then(|i| self.first_slot.checked_add(i))
+        else {
+            METRICS.memory_hotplug.slot_fails.inc();
+            return Err(PlugError::Slot {
+                slot: u32::MAX,
+                reason: format!("slot index {index} is past KVM's slot numbers"),
+            });
+        };
         if let Some(kvm) = &self.slots {
             let size = if on { self.slot_size } else { 0 };
             // SAFETY: [host + offset, + slot_size) lies inside the region's mapping, which

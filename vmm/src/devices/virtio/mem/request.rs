@@ -151,7 +151,7 @@ impl Geometry {
         if range.nb_blocks == 0 {
             return Err(RangeError::Empty);
         }
-        if range.addr % self.block != 0 {
+        if !range.addr.is_multiple_of(self.block) {
             return Err(RangeError::Unaligned {
                 addr: range.addr,
                 block: self.block,
