@@ -116,14 +116,16 @@ pub fn build_microvm(
     signals::install_kick_handler()?;
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
-    let mem = with_hotplug_region(mem, res)?;
+    // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
+    // mappings) is registered slot by slot by its device.
+    let ram = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+    let mem = with_hotplug_region(ram.clone(), res)?;
     track_vmm_writes(mc.track_dirty_pages, mem_size);
     mark("guest memory mapped");
 
     let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
         let platform =
-            s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &mark));
+            s.spawn(|| Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &mark));
         let load = || -> Result<_, BuildError> {
             // The files opened when the configuration was accepted.
             let kernel = loader::load_kernel(

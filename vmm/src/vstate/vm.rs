@@ -14,7 +14,7 @@
 //! 1.5 ms instead of 7.9 ms for create VM + slot + irqchip + PIT + vCPU, 25 runs each).
 
 use super::vm_state::SnapshotCaps;
-use crate::arch::x86_64::layout::{DEVICE_MEMORY_START, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
@@ -289,19 +289,14 @@ impl SlotHandle {
     }
 }
 
-/// Registers every region of `mem` below device memory as a KVM memory slot (slot i =
-/// region i); device memory's regions are registered by their devices.
+/// Registers every region of `mem` as a KVM memory slot (slot i = region i).
 fn register_memory(
     fd: &VmFd,
     max_memslots: usize,
     mem: &GuestMemoryMmap,
     track_dirty_pages: bool,
 ) -> Result<(), VmError> {
-    let ram = || {
-        mem.iter()
-            .filter(|r| r.start_addr().0 < DEVICE_MEMORY_START)
-    };
-    let count = ram().count();
+    let count = mem.num_regions();
     if count > max_memslots {
         return Err(VmError::TooManySlots {
             wanted: count,
@@ -313,7 +308,7 @@ fn register_memory(
     } else {
         0
     };
-    for (slot, region) in (0u32..).zip(ram()) {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let r = kvm_userspace_memory_region {
             slot,
             flags,
