@@ -164,7 +164,9 @@ impl Geometry {
             end: self.addr.saturating_add(self.usable),
         };
         let offset = range.addr.checked_sub(self.addr).ok_or(outside)?;
-        let len = u64::from(range.nb_blocks) * self.block;
+        let len = u64::from(range.nb_blocks)
+            .checked_mul(self.block)
+            .ok_or(outside)?;
         match offset.checked_add(len) {
             Some(end) if end <= self.usable => {
                 Ok((offset / self.block, u64::from(range.nb_blocks)))
