@@ -17,7 +17,7 @@
 //!    kernel's own count of its memory: the balloon's statistics (`total_memory`, the
 //!    kernel's MemTotal, which counts only online pages) grow by the plugged size.
 //!
-//! About 2 minutes here (one boot). Run with
+//! One boot: 42 s on the development host when quiet, ~3 min with builds running. Run with
 //! `cargo test -p kiln-tests --test slow_vmm_linux_memory_hotplug -- --ignored --nocapture`.
 
 mod api_common;
@@ -88,7 +88,7 @@ fn wait_get(vmm: &Vmm, path: &str, what: &str, cond: impl Fn(&Value) -> bool) ->
 }
 
 #[test]
-#[ignore = "slow tier: boots a Linux kernel whose virtio_mem driver plugs and onlines hot-plugged memory (about 2 min here); run with ./test.sh slow"]
+#[ignore = "slow tier: boots a Linux kernel whose virtio_mem driver plugs and onlines hot-plugged memory (under a minute to 3 min here); run with ./test.sh slow"]
 fn linux_plugs_and_onlines_hotplugged_memory_by_itself() {
     require_root();
     require_kvm();

@@ -149,6 +149,8 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     if wait_change(&m, con, wait, |req, plugged| req < plugged).is_none() {
         return;
     }
+    // Read before the lines the host reacts to: its next change cannot be missed.
+    let lowered = m.requested();
     let Some(a) = m.request(REQ_UNPLUG, addr, blocks, WAIT_CYCLES) else {
         con.error().s("vmem: UNPLUG never answered").end();
         return;
@@ -171,14 +173,13 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     // it (the access becomes an MMIO exit the VMM answers), no Rust object lives there.
     let word = unsafe { core::ptr::read_volatile(addr as *const u64) };
     con.line().s("vmem after-unplug word=").hex(word).end();
-    linger(&m, con, wait);
+    linger(&m, con, wait, lowered);
 }
 
-/// Waits (at most `seconds`) for the host to change `requested_size` from what it is now,
-/// then prints `vmem end requested=0x..`.
-pub fn linger(m: &VirtioMem, con: &mut Console, seconds: u64) {
-    let now = m.requested();
-    m.take_interrupt();
+/// Waits (at most `seconds`) for the host to change `requested_size` from `now` (read
+/// before the guest printed the lines the host waits for, so that a change made as soon as
+/// the host saw them is not missed), then prints `vmem end requested=0x..`.
+pub fn linger(m: &VirtioMem, con: &mut Console, seconds: u64, now: u64) {
     let start = rdtsc();
     while m.requested() == now {
         if rdtsc().wrapping_sub(start) > seconds * WAIT_CYCLES {

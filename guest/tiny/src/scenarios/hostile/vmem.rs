@@ -47,7 +47,8 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         return;
     }
     let (addr, block) = (m.addr(), m.block_size().max(1));
-    let n = (m.requested() / block).min(1000) as u16;
+    let requested = m.requested();
+    let n = (requested / block).min(1000) as u16;
     let usable_end = addr + m.usable();
     let cases: [(&str, u16, u64, u16); 7] = [
         ("unaligned", REQ_PLUG, addr + 4096, 1),
@@ -82,5 +83,5 @@ pub fn run(info: &BootInfo, con: &mut Console) {
         .s("vmem hostile done plugged=")
         .hex(m.plugged())
         .end();
-    linger(&m, con, wait);
+    linger(&m, con, wait, requested);
 }
