@@ -768,7 +768,13 @@ fn errors_have_firecrackers_statuses_and_name_what_is_wrong() {
         ("PUT", "/mmds/config", Some(r#"{"network_interfaces": []}"#.into()), "network_interfaces is empty"),
         ("PUT", "/mmds/config", Some(r#"{"network_interfaces": ["nope"]}"#.into()), "network interface \"nope\" is not configured"),
         ("PUT", "/pmem/p", Some("{}".into()), "virtio-pmem"),
-        ("PUT", "/hotplug/memory", Some("{}".into()), "memory hot-plug"),
+        // Memory hot-plug: Firecracker's limits, and its pre-/post-boot split.
+        ("PUT", "/hotplug/memory", Some("{}".into()), "missing field `total_size_mib`"),
+        ("PUT", "/hotplug/memory", Some(r#"{"total_size_mib": 1024, "block_size_mib": 3}"#.into()), "block_size_mib 3 is not a power of 2"),
+        ("PUT", "/hotplug/memory", Some(r#"{"total_size_mib": 1024, "slot_size_mib": 64}"#.into()), "slot_size_mib 64 is lower than 128 MiB"),
+        ("PUT", "/hotplug/memory", Some(r#"{"total_size_mib": 1000}"#.into()), "total_size_mib 1000 is not a multiple of slot_size_mib (128 MiB)"),
+        ("PATCH", "/hotplug/memory", Some(r#"{"requested_size_mib": 2}"#.into()), "PATCH /hotplug/memory is only possible after InstanceStart"),
+        ("GET", "/hotplug/memory", None, "GET /hotplug/memory is only possible after InstanceStart"),
         // Snapshots: Firecracker's bodies, each required field named.
         ("PUT", "/snapshot/create", Some("{}".into()), "missing field `snapshot_path`"),
         (

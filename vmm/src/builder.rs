@@ -69,6 +69,12 @@ pub enum BuildError {
     PlatformThread,
     #[error("the restored vCPUs did not start paused: {0}")]
     Paused(VmmError),
+    #[error("memory-hotplug: total_size_mib {total_mib} does not fit the guest-physical address space (the region from {start:#x} would end past {end:#x})")]
+    HotplugTooLarge {
+        total_mib: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 /// How to build the microVM beyond what [`VmResources`] says.
@@ -173,24 +179,27 @@ pub fn build_prepared(
     signals::install_kick_handler()?;
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let (mem, ready_vm) = match prepared.filter(|p| p.fits(mc)) {
+    // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
+    // mappings) is registered slot by slot by its device.
+    let (ram, ready_vm) = match prepared.filter(|p| p.fits(mc)) {
         Some(p) => {
             mark("VM and guest memory prepared ahead");
             (p.mem, Some(p.vm))
         }
         None => {
-            let mem = memory::create_guest_memory(mem_size, mc.huge_pages)?;
+            let ram = memory::create_guest_memory(mem_size, mc.huge_pages)?;
             mark("guest memory mapped");
-            (mem, None)
+            (ram, None)
         }
     };
+    let mem = with_hotplug_region(ram.clone(), res)?;
     track_vmm_writes(mc.track_dirty_pages, mem_size);
 
     let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
         let platform = match ready_vm {
             Some(vm) => Ok(vm),
             None => {
-                Err(s.spawn(|| Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &mark)))
+                Err(s.spawn(|| Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &mark)))
             }
         };
         let load = || -> Result<_, BuildError> {
@@ -279,6 +288,33 @@ pub fn build_prepared(
     Ok((vmm, events))
 }
 
+/// `mem` with the virtio-mem hot-plug region (`memory-hotplug`) added at
+/// [`DEVICE_MEMORY_START`](crate::arch::x86_64::layout::DEVICE_MEMORY_START), if configured.
+/// The region must end below 2^46 (64 TiB), the most physical memory a 4-level-paging Linux
+/// guest addresses.
+fn with_hotplug_region(
+    mem: GuestMemoryMmap,
+    res: &VmResources,
+) -> Result<GuestMemoryMmap, BuildError> {
+    use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
+    const END: u64 = 1 << 46;
+    let Some(cfg) = &res.memory_hotplug else {
+        return Ok(mem);
+    };
+    if DEVICE_MEMORY_START + cfg.total_bytes() > END {
+        return Err(BuildError::HotplugTooLarge {
+            total_mib: cfg.total_size_mib,
+            start: DEVICE_MEMORY_START,
+            end: END,
+        });
+    }
+    Ok(memory::add_hotplug_region(
+        &mem,
+        DEVICE_MEMORY_START,
+        cfg.total_bytes(),
+    )?)
+}
+
 /// Diff snapshots: with `track_dirty_pages`, the VMM's own writes to guest memory are
 /// tracked from now on (KVM logs the guest's), else not at all.
 pub(crate) fn track_vmm_writes(track_dirty_pages: bool, mem_size: u64) {
@@ -337,8 +373,8 @@ pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, B
     })
 }
 
-/// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, then the
-/// balloon) in its virtio-mmio window (or PCI slot) of `dm`.
+/// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, the balloon,
+/// then virtio-mem) in its virtio-mmio window (or PCI slot) of `dm`.
 pub(crate) fn attach_virtio(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
@@ -357,6 +393,9 @@ pub(crate) fn attach_virtio(
     }
     if let Some(cfg) = &res.balloon {
         virtio.attach_balloon(dm, mem, cfg)?;
+    }
+    if let Some(cfg) = &res.memory_hotplug {
+        virtio.attach_virtio_mem(dm, mem, cfg)?;
     }
     Ok(virtio)
 }

@@ -13,6 +13,7 @@
 //! (reads, writes, flush, id, read-only, out-of-range, the hostile ones, a backing-file swap
 //! through `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy
 //! device (the limiters' timers), virtio-vsock both ways and with malformed packets, the
+//! balloon, memory hot-plug (a KVM slot registered and removed, blocks given back), the
 //! guest's i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
@@ -902,6 +903,62 @@ fn balloon_run(launch: &Launch) -> Outcome {
     vm.finish("balloon", Expect::Exit(0), true)
 }
 
+/// Memory hot-plug: the guest plugs what `PATCH /hotplug/memory` asks (the VMM thread
+/// registers a KVM memory slot), writes it, and unplugs it when the request falls (the slot
+/// removed, the blocks given back with `madvise`).
+fn vmem_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-vmem");
+    let cfg = config(&dir, "kiln.test=vmem", &[], &[]);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let hotplug = ",\n \"memory-hotplug\": {\"total_size_mib\": 128}}\n";
+    std::fs::write(
+        &cfg,
+        format!("{}{hotplug}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let sock = dir.path("api.sock");
+    let args = [
+        path_arg("--config-file", &cfg).to_vec(),
+        path_arg("--api-sock", &sock).to_vec(),
+    ]
+    .concat();
+    let mut vm = launch.start("vmem", None, &args, false);
+    assert!(
+        vm.wait_line_contains("vmem base="),
+        "the guest never started virtio-mem:\n{}",
+        vm.seen()
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/hotplug/memory",
+        "{\"requested_size_mib\": 4}",
+    );
+    assert!(
+        vm.wait_line_contains("vmem wrote"),
+        "the guest never plugged:\n{}",
+        vm.seen()
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/hotplug/memory",
+        "{\"requested_size_mib\": 0}",
+    );
+    assert!(
+        vm.wait_line_contains("vmem after-unplug"),
+        "the guest never unplugged:\n{}",
+        vm.seen()
+    );
+    ok(
+        &sock,
+        "PATCH",
+        "/hotplug/memory",
+        "{\"requested_size_mib\": 2}",
+    );
+    vm.finish("vmem", Expect::Exit(0), true)
+}
+
 /// The balloon's free page reporting and hinting: the guest reports ranges on the host's
 /// signal (a target), then hints in a run `PATCH /balloon/hinting/start` begins (the VMM
 /// thread drops them with `madvise` and answers the guest's STOP with DONE).
@@ -1079,6 +1136,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     }
     all.push(balloon_run(launch));
     all.push(balloon_free_run(launch));
+    all.push(vmem_run(launch));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all

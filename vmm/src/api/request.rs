@@ -5,8 +5,9 @@
 use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
     DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
-    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    MemoryHotplugConfig, MemoryHotplugSizeUpdate, MetricsConfig, MmdsConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
+    SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -73,6 +74,12 @@ pub enum ApiRequest {
     StartBalloonHinting(HintingStart),
     GetBalloonHintingStatus,
     StopBalloonHinting,
+    /// `GET /hotplug/memory`: the virtio-mem device's status.
+    GetMemoryHotplug,
+    /// `PUT /hotplug/memory` (before `InstanceStart`).
+    PutMemoryHotplug(MemoryHotplugConfig),
+    /// `PATCH /hotplug/memory` (on the running microVM).
+    PatchMemoryHotplug(MemoryHotplugSizeUpdate),
 }
 
 impl ApiRequest {
@@ -114,6 +121,9 @@ impl ApiRequest {
             ApiRequest::StartBalloonHinting(_) => "PATCH /balloon/hinting/start",
             ApiRequest::GetBalloonHintingStatus => "GET /balloon/hinting/status",
             ApiRequest::StopBalloonHinting => "PATCH /balloon/hinting/stop",
+            ApiRequest::GetMemoryHotplug => "GET /hotplug/memory",
+            ApiRequest::PutMemoryHotplug(_) => "PUT /hotplug/memory",
+            ApiRequest::PatchMemoryHotplug(_) => "PATCH /hotplug/memory",
         }
     }
 }

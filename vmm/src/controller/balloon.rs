@@ -147,6 +147,7 @@ mod tests {
             .unwrap();
             let vm = StandInVm {
                 balloon: Some(Arc::new(Mutex::new(dev))),
+                ..StandInVm::default()
             };
             BalloonVm(vm, irq)
         }
@@ -297,7 +298,7 @@ mod tests {
         c.resources.boot_source = Some(BootSourceConfig::default());
         c.started = true;
         let mut none = BalloonVm(
-            StandInVm { balloon: None },
+            StandInVm::default(),
             BalloonVm::new(&BalloonConfig::default()).1,
         );
         let m = refused(reply(&mut c, start(true), Some(&mut none)));

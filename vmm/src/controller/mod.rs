@@ -15,6 +15,7 @@
 //! to the API thread, which picks the HTTP status.
 
 mod balloon;
+mod memory_hotplug;
 mod mmds;
 mod serve;
 mod start;
@@ -23,6 +24,7 @@ pub use serve::{Starter, VmmApi};
 
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::balloon::Balloon;
+use crate::devices::virtio::mem::VirtioMem;
 use crate::devices::virtio::net::tap::Tap;
 use crate::metrics::METRICS;
 use crate::mmds::{SharedMmds, StoreError};
@@ -75,6 +77,8 @@ pub enum ControllerError {
     Mmds(#[from] StoreError),
     #[error(transparent)]
     Balloon(#[from] balloon::BalloonRequestError),
+    #[error(transparent)]
+    MemoryHotplug(#[from] memory_hotplug::HotplugRequestError),
     #[error("snapshot/load is only possible on a VMM with nothing configured but the logger, the metrics and the serial output (as in Firecracker), and {0} is already configured")]
     LoadAfterConfig(&'static str),
 }
@@ -90,7 +94,8 @@ impl From<ControllerError> for RequestError {
             | ControllerError::RuntimeOnly(_)
             | ControllerError::AlreadyStarted
             | ControllerError::LoadAfterConfig(_)
-            | ControllerError::Balloon(_) => RequestError::Refused(message),
+            | ControllerError::Balloon(_)
+            | ControllerError::MemoryHotplug(_) => RequestError::Refused(message),
             ControllerError::Mmds(StoreError::TooLarge { .. }) => RequestError::TooLarge(message),
             ControllerError::Mmds(_) => RequestError::Refused(message),
             ControllerError::Start(_)
@@ -145,6 +150,10 @@ pub trait Microvm {
     }
     /// The balloon device, if the microVM has one. The default: none.
     fn balloon(&self) -> Option<std::sync::Arc<std::sync::Mutex<Balloon>>> {
+        None
+    }
+    /// The virtio-mem device, if the microVM has one. The default: none.
+    fn virtio_mem(&self) -> Option<std::sync::Arc<std::sync::Mutex<VirtioMem>>> {
         None
     }
 }
@@ -508,6 +517,9 @@ impl Controller {
             | ApiRequest::StartBalloonHinting(_)
             | ApiRequest::GetBalloonHintingStatus
             | ApiRequest::StopBalloonHinting => self.apply_balloon(req, vm),
+            ApiRequest::GetMemoryHotplug
+            | ApiRequest::PutMemoryHotplug(_)
+            | ApiRequest::PatchMemoryHotplug(_) => self.apply_memory_hotplug(req, vm),
         }
     }
 }

@@ -5,6 +5,7 @@
 use super::{Controller, ControllerError, Microvm, Outcome, Reply};
 use crate::api::{self, ApiChannel, ApiError, Limits, RequestError};
 use crate::devices::virtio::balloon::Balloon;
+use crate::devices::virtio::mem::VirtioMem;
 use crate::event_loop::{EventHandler, EventLoop, EventLoopError, Flow, Sources};
 use crate::metrics::METRICS;
 use crate::persist;
@@ -53,6 +54,10 @@ impl Microvm for Vmm {
 
     fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
         self.devices().virtio.balloon.clone()
+    }
+
+    fn virtio_mem(&self) -> Option<Arc<Mutex<VirtioMem>>> {
+        self.devices().virtio.mem.clone()
     }
 
     fn create_snapshot(

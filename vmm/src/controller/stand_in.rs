@@ -1,14 +1,16 @@
 //! A stand-in microVM for the controller's tests: every request it would carry out succeeds
-//! and does nothing; a balloon device may be given to it.
+//! and does nothing; a balloon device and a virtio-mem device may be given to it.
 
 use super::Microvm;
 use crate::devices::virtio::balloon::Balloon;
+use crate::devices::virtio::mem::VirtioMem;
 use crate::resources::RateLimiterConfig;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub(super) struct StandInVm {
     pub(super) balloon: Option<Arc<Mutex<Balloon>>>,
+    pub(super) virtio_mem: Option<Arc<Mutex<VirtioMem>>>,
 }
 
 impl Microvm for StandInVm {
@@ -37,5 +39,8 @@ impl Microvm for StandInVm {
     }
     fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
         self.balloon.clone()
+    }
+    fn virtio_mem(&self) -> Option<Arc<Mutex<VirtioMem>>> {
+        self.virtio_mem.clone()
     }
 }

@@ -24,6 +24,7 @@ impl Controller {
             (r.entropy.is_some(), "entropy"),
             (r.cpu_config.is_some(), "cpu-config"),
             (r.balloon.is_some(), "balloon"),
+            (r.memory_hotplug.is_some(), "memory-hotplug"),
         ];
         if let Some((_, what)) = configured.iter().find(|(set, _)| *set) {
             return Err(ControllerError::LoadAfterConfig(what));

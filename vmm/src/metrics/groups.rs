@@ -61,6 +61,7 @@ metrics_group! {
         vmm_version_count: Counter,
         vm_config_count: Counter,
         mmds_count: Counter,
+        hotplug_memory_count: Counter,
     }
 }
 
@@ -94,6 +95,8 @@ metrics_group! {
         mmds_fails: Counter,
         balloon_count: Counter,
         balloon_fails: Counter,
+        hotplug_memory_count: Counter,
+        hotplug_memory_fails: Counter,
     }
 }
 
@@ -111,6 +114,8 @@ metrics_group! {
         mmds_fails: Counter,
         balloon_count: Counter,
         balloon_fails: Counter,
+        hotplug_memory_count: Counter,
+        hotplug_memory_fails: Counter,
     }
 }
 
@@ -379,6 +384,42 @@ metrics_group! {
         entropy_rate_limiter_throttled: Counter,
         /// Rate limiter timers that fired.
         rate_limiter_event_count: Counter,
+    }
+}
+
+metrics_group! {
+    /// The virtio-mem device (`memory-hotplug`): Firecracker's fields, then Kiln's.
+    MemoryHotplugMetrics {
+        activate_fails: Counter,
+        /// Queue events that could not be served (a broken ring).
+        queue_event_fails: Counter,
+        queue_event_count: Counter,
+        /// PLUG requests, bytes plugged, and those refused (NACK or ERROR).
+        plug_count: Counter,
+        plug_bytes: Counter,
+        plug_fails: Counter,
+        /// UNPLUG requests, bytes unplugged, and those refused (ERROR).
+        unplug_count: Counter,
+        unplug_bytes: Counter,
+        unplug_fails: Counter,
+        /// `madvise(MADV_DONTNEED)` of unplugged blocks that failed (the blocks stay
+        /// unplugged; the host memory is not given back).
+        unplug_discard_fails: Counter,
+        unplug_all_count: Counter,
+        unplug_all_fails: Counter,
+        /// STATE requests, and those refused (ERROR).
+        state_count: Counter,
+        state_fails: Counter,
+        /// Kiln: PLUG requests answered NACK (plugging would pass requested_size).
+        plug_nacks: Counter,
+        /// Kiln: chains that are not a request (too short, wrong directions, an unknown
+        /// type): answered ERROR when a response buffer exists, else returned empty.
+        invalid_requests: Counter,
+        /// Kiln: KVM memory slots registered and removed as blocks were plugged and
+        /// unplugged, and registrations KVM refused.
+        slots_added: Counter,
+        slots_removed: Counter,
+        slot_fails: Counter,
     }
 }
 

@@ -17,8 +17,8 @@ mod groups;
 
 pub use groups::{
     ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
-    GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
-    NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
+    GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MemoryHotplugMetrics,
+    MmdsMetrics, NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
     SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 
@@ -205,6 +205,7 @@ pub struct Metrics {
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
     pub balloon: BalloonMetrics,
+    pub memory_hotplug: MemoryHotplugMetrics,
     pub virtio: VirtioMetrics,
     pub pci: PciMetrics,
     pub seccomp: SeccompMetrics,
@@ -232,6 +233,7 @@ impl Metrics {
             vsock: VsockMetrics::new(),
             entropy: EntropyMetrics::new(),
             balloon: BalloonMetrics::new(),
+            memory_hotplug: MemoryHotplugMetrics::new(),
             virtio: VirtioMetrics::new(),
             pci: PciMetrics::new(),
             seccomp: SeccompMetrics::new(),

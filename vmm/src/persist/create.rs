@@ -30,6 +30,8 @@ pub enum CreateError {
     NoDirtyTracking,
     #[error("this host's vCPU XSAVE state is {0} bytes (AMX?), more than the 4096 Kiln saves: snapshots are not supported on it yet")]
     Xsave(usize),
+    #[error("this microVM has a virtio-mem device (memory-hotplug): snapshots of hot-pluggable memory (its plugged blocks and the device's state) are not supported by Kiln yet")]
+    VirtioMem,
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -100,6 +102,9 @@ pub fn create_snapshot(
     let began = Instant::now();
     if vmm.state() != RunState::Paused {
         return Err(CreateError::NotPaused);
+    }
+    if vmm.devices().virtio.mem.is_some() {
+        return Err(CreateError::VirtioMem);
     }
     let caps = vmm.vm().snapshot_caps().clone();
     if req.snapshot_type == SnapshotType::Diff && !caps.track_dirty_pages {

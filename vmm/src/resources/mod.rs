@@ -18,6 +18,7 @@ mod entropy;
 mod host_file;
 mod logger;
 mod machine_config;
+mod memory_hotplug;
 mod mmds;
 mod net;
 mod rate_limiter;
@@ -42,6 +43,9 @@ pub use entropy::EntropyConfig;
 pub use host_file::Opened;
 pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
+pub use memory_hotplug::{
+    MemoryHotplugConfig, MemoryHotplugSizeUpdate, MIN_BLOCK_SIZE_MIB, MIN_SLOT_SIZE_MIB,
+};
 pub use mmds::{MmdsConfig, DEFAULT_MMDS_ADDRESS};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
 pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
@@ -53,7 +57,7 @@ pub use snapshot::{
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
-use spec::{null_as_default, refuse_if_listed, refuse_if_present, NotYet};
+use spec::{null_as_default, refuse_if_listed, NotYet};
 
 /// The microVM's id when `--id` is not given (Firecracker's).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -149,6 +153,9 @@ pub enum ResourceError {
     MmdsUnknownInterface(String),
     #[error("balloon: amount_mib {amount_mib} is more than the guest's memory (mem_size_mib {mem_size_mib})")]
     BalloonTooLarge { amount_mib: u32, mem_size_mib: u64 },
+    /// A limit of the hot-plug region (the reason names the field and the limit).
+    #[error("memory-hotplug: {0}")]
+    MemoryHotplug(String),
 }
 
 /// The config file's top level, in Firecracker's shape (its spec's `FullVmConfiguration`).
@@ -193,18 +200,13 @@ pub struct VmConfig {
     #[serde(default, deserialize_with = "null_as_default")]
     pub pmem: Vec<NotYet>,
     #[serde(rename = "memory-hotplug", default)]
-    pub memory_hotplug: Option<NotYet>,
+    pub memory_hotplug: Option<MemoryHotplugConfig>,
 }
 
 impl VmConfig {
     /// Refuses a section for a feature Kiln does not have yet.
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
-        refuse_if_present(
-            &self.memory_hotplug,
-            "memory-hotplug",
-            "memory hot-plug (virtio-mem)",
-        )
+        refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")
     }
 }
 
@@ -228,6 +230,8 @@ pub struct VmResources {
     /// The balloon as configured; `PATCH /balloon` and `PATCH /balloon/statistics` keep
     /// its target and interval current.
     pub balloon: Option<BalloonConfig>,
+    /// `PUT /hotplug/memory`: the virtio-mem device's region.
+    pub memory_hotplug: Option<MemoryHotplugConfig>,
 }
 
 impl VmResources {
@@ -265,6 +269,9 @@ impl VmResources {
         if let Some(b) = file.balloon {
             res.set_balloon(b)?;
         }
+        if let Some(m) = file.memory_hotplug {
+            res.set_memory_hotplug(m)?;
+        }
         res.logger = file.logger.map(LoggerConfig::validated).transpose()?;
         res.metrics = file.metrics.map(MetricsConfig::validated).transpose()?;
         Ok(res)
@@ -285,6 +292,7 @@ impl VmResources {
             serial: self.serial.clone(),
             mmds_config: self.mmds_config.clone(),
             balloon: self.balloon,
+            memory_hotplug: self.memory_hotplug,
             ..VmConfig::default()
         }
     }
@@ -333,6 +341,13 @@ impl VmResources {
     /// must fit the guest's memory as configured now.
     pub fn set_balloon(&mut self, cfg: BalloonConfig) -> Result<(), ResourceError> {
         self.balloon = Some(cfg.validated(self.machine_config.mem_size_mib)?);
+        Ok(())
+    }
+
+    /// `PUT /hotplug/memory`: the virtio-mem device's region (a second `PUT` replaces the
+    /// first).
+    pub fn set_memory_hotplug(&mut self, cfg: MemoryHotplugConfig) -> Result<(), ResourceError> {
+        self.memory_hotplug = Some(cfg.validated()?);
         Ok(())
     }
 

@@ -254,15 +254,12 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
             "pmem: the virtio-pmem device is not supported by Kiln yet",
         ),
         (
-            config(r#", "memory-hotplug": {"total_size_mib": 1024}"#),
-            "memory-hotplug: memory hot-plug (virtio-mem) is not supported by Kiln yet",
-        ),
-        (
             drive(r#", "socket": "/run/vhost.sock""#),
             "drives: a vhost-user block backend (socket) is not supported by Kiln yet",
         ),
     ];
-    // Free page hinting and reporting were in this list; Kiln has them now.
+    // Free page hinting and reporting were in this list, and memory-hotplug; Kiln has them
+    // now (memory_hotplug_section_round_trips).
     let r = VmResources::from_json(&config(
         r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true, "free_page_hinting": true}"#,
     ))
@@ -571,4 +568,29 @@ fn files_are_opened_when_accepted_and_kept() {
     let v: VsockConfig = parse_json(&format!(r#"{{"guest_cid": 3, "uds_path": "{ro}"}}"#)).unwrap();
     let err = res.set_vsock(v).unwrap_err().to_string();
     assert!(err.contains("a file already exists there"), "{err}");
+}
+
+/// `memory-hotplug`: taken with Firecracker's defaults, refused with its limits, shown by
+/// `GET /vm/config` and read back from it.
+#[test]
+fn memory_hotplug_section_round_trips() {
+    let r =
+        VmResources::from_json(&config(r#", "memory-hotplug": {"total_size_mib": 1024}"#)).unwrap();
+    let m = r.memory_hotplug.unwrap();
+    assert_eq!(
+        (m.total_size_mib, m.block_size_mib, m.slot_size_mib),
+        (1024, 2, 128)
+    );
+    let v = serde_json::to_value(r.to_config()).unwrap();
+    assert_eq!(
+        v["memory-hotplug"],
+        serde_json::json!({"total_size_mib": 1024, "block_size_mib": 2, "slot_size_mib": 128})
+    );
+    assert_eq!(VmResources::from_json(&v.to_string()).unwrap(), r);
+    let err = VmResources::from_json(&config(
+        r#", "memory-hotplug": {"total_size_mib": 1024, "block_size_mib": 3}"#,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "memory-hotplug: block_size_mib 3 is not a power of 2");
 }

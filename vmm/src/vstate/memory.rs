@@ -107,6 +107,33 @@ pub fn map_snapshot_file(
     Ok(mem)
 }
 
+/// Adds the virtio-mem hot-plug region to `mem`: `size` bytes at `addr` (past the RAM, in
+/// device memory), an anonymous private mapping reserved lazily (`MAP_NORESERVE`: nothing
+/// is allocated until the guest writes a plugged block). Not registered with KVM here: the
+/// device registers its slots as blocks are plugged.
+pub fn add_hotplug_region(
+    mem: &GuestMemoryMmap,
+    addr: u64,
+    size: u64,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let len = usize::try_from(size).map_err(|_| MemoryError::TooLarge(size))?;
+    let region = MmapRegionBuilder::new(len)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| MemoryError::Mmap {
+            size,
+            reason: format!("the hot-plug region: {e}"),
+        })?;
+    let region =
+        GuestRegionMmap::new(region, GuestAddress(addr)).ok_or(MemoryError::TooLarge(size))?;
+    mem.insert_region(std::sync::Arc::new(region))
+        .map_err(|e| MemoryError::Mmap {
+            size,
+            reason: format!("the hot-plug region: {e}"),
+        })
+}
+
 fn region_ranges(mem_size: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryError> {
     ram_ranges(mem_size)
         .into_iter()

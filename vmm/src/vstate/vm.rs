@@ -81,9 +81,16 @@ pub enum VmError {
     },
 }
 
+/// KVM slot number of the first slot of device memory (the virtio-mem hot-plug region):
+/// well above guest RAM's (one slot per RAM range, at most two), so that RAM and device
+/// memory never share a number.
+pub const FIRST_DEVICE_SLOT: u32 = 32;
+
 /// A KVM VM with its irqchip (and PIT, if asked for), ready for memory slots and vCPUs.
 pub struct Vm {
     fd: VmFd,
+    /// KVM_CAP_NR_MEMSLOTS of the host.
+    max_memslots: usize,
     /// The VM has KVM's in-kernel PIT.
     pit: bool,
     supported_cpuid: CpuId,
@@ -157,6 +164,7 @@ impl Vm {
         }
         Ok(Vm {
             fd,
+            max_memslots,
             pit,
             supported_cpuid,
             snapshot_caps,
@@ -209,6 +217,17 @@ impl Vm {
             .map_err(|e| VmError::Duplicate(std::io::Error::from_raw_os_error(e.errno())))
     }
 
+    /// How many memory slots the host's KVM gives a VM.
+    pub fn max_memslots(&self) -> usize {
+        self.max_memslots
+    }
+
+    /// A handle that registers and removes memory slots of device memory from another
+    /// thread (the virtio-mem device, on the VMM thread), on a descriptor of its own.
+    pub fn slot_handle(&self) -> Result<SlotHandle, VmError> {
+        Ok(SlotHandle(self.duplicate_fd()?))
+    }
+
     /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd
@@ -231,6 +250,42 @@ impl Vm {
                 datamatch,
                 source,
             })
+    }
+}
+
+/// Registers and removes KVM memory slots of device memory ([`Vm::slot_handle`]).
+pub struct SlotHandle(VmFd);
+
+impl SlotHandle {
+    /// `KVM_SET_USER_MEMORY_REGION` for slot `slot`: `size` bytes at `guest_addr` backed by
+    /// the host's `host_addr`, or (`size` 0) the slot removed.
+    ///
+    /// # Safety
+    /// `[host_addr, host_addr + size)` must stay mapped, readable and writable, for as long
+    /// as the slot is registered or the VM exists, and nothing may hold a Rust reference
+    /// into it.
+    pub unsafe fn set(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+    ) -> Result<(), VmError> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller guarantees the host range stays a live mapping for as long as
+        // KVM may use it (see above); a removal (size 0) maps nothing.
+        unsafe { self.0.set_user_memory_region(r) }.map_err(|source| VmError::MemorySlot {
+            slot,
+            guest_addr,
+            size,
+            source,
+        })
     }
 }
 

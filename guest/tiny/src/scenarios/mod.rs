@@ -26,6 +26,7 @@ mod print;
 mod rng;
 mod storm;
 mod ticks;
+mod vmem;
 mod vsock;
 
 use crate::boot_info::BootInfo;
@@ -92,6 +93,8 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"pci-scan", pci::run_scan),
     (b"pci-snap", pci::run_snap),
     (b"pci-hostile", hostile::pci::run),
+    (b"vmem", vmem::run),
+    (b"vmem-hostile", hostile::vmem::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -9,14 +9,15 @@
 //!   available index (hostile scenarios).
 //! - [`pci`]: the same devices over PCI (`--enable-pci`): configuration mechanism #1, the
 //!   capability walk, BAR sizing, the common configuration and MSI-X.
-//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`]: request helpers for virtio-blk,
-//!   virtio-net, virtio-vsock, virtio-rng and virtio-balloon.
+//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`]: request helpers for
+//!   virtio-blk, virtio-net, virtio-vsock, virtio-rng, virtio-balloon and virtio-mem.
 //!
 //! Every register access is a plain volatile access to the device window, which the image's
 //! page tables map uncached (3-4 GiB).
 
 pub mod balloon;
 pub mod blk;
+pub mod mem;
 pub mod net;
 pub mod pci;
 pub mod ring;

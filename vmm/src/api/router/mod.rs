@@ -12,8 +12,9 @@ use crate::metrics::{Counter, METRICS};
 use crate::resources::{
     parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
     DriveConfig, DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-    SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    MachineConfigUpdate, MemoryHotplugConfig, MemoryHotplugSizeUpdate, MetricsConfig, MmdsConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
+    SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -45,6 +46,7 @@ pub enum Endpoint {
     BalloonHintingStart,
     BalloonHintingStatus,
     BalloonHintingStop,
+    HotplugMemory,
 }
 
 impl Endpoint {
@@ -71,6 +73,7 @@ impl Endpoint {
             Endpoint::BalloonStatistics => "GET, PATCH",
             Endpoint::BalloonHintingStart | Endpoint::BalloonHintingStop => "PATCH",
             Endpoint::BalloonHintingStatus => "GET",
+            Endpoint::HotplugMemory => "GET, PUT, PATCH",
         }
     }
 
@@ -82,10 +85,7 @@ impl Endpoint {
 
 /// Paths of Firecracker's API (first segment) for features Kiln does not have yet, with the
 /// feature: answered with a message that says so, rather than a bare "unknown path".
-const NOT_YET: &[(&str, &str)] = &[
-    ("hotplug", "memory hot-plug (virtio-mem)"),
-    ("pmem", "the virtio-pmem device"),
-];
+const NOT_YET: &[(&str, &str)] = &[("pmem", "the virtio-pmem device")];
 
 /// The status of every refusal decided here (Firecracker answers 400 to each).
 pub const REFUSED: u16 = 400;
@@ -168,6 +168,13 @@ pub fn counters(
         (Method::Patch, Endpoint::Balloon | Endpoint::BalloonStatistics) => {
             (&pa.balloon_count, Some(&pa.balloon_fails))
         }
+        (Method::Get, Endpoint::HotplugMemory) => (&g.hotplug_memory_count, None),
+        (Method::Put, Endpoint::HotplugMemory) => {
+            (&p.hotplug_memory_count, Some(&p.hotplug_memory_fails))
+        }
+        (Method::Patch, Endpoint::HotplugMemory) => {
+            (&pa.hotplug_memory_count, Some(&pa.hotplug_memory_fails))
+        }
         _ => return None,
     })
 }
@@ -209,6 +216,7 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["balloon", "hinting", "start"] => (Endpoint::BalloonHintingStart, None),
         ["balloon", "hinting", "status"] => (Endpoint::BalloonHintingStatus, None),
         ["balloon", "hinting", "stop"] => (Endpoint::BalloonHintingStop, None),
+        ["hotplug", "memory"] => (Endpoint::HotplugMemory, None),
         [first, ..] => {
             let message = match NOT_YET.iter().find(|(p, _)| p == first) {
                 Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
@@ -227,7 +235,7 @@ fn no_such_path(path: &str) -> String {
          /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
          /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
          /mmds/config, /balloon, /balloon/statistics, /balloon/hinting/start, \
-         /balloon/hinting/status, /balloon/hinting/stop)"
+         /balloon/hinting/status, /balloon/hinting/stop, /hotplug/memory)"
     )
 }
 
@@ -415,6 +423,13 @@ fn route_endpoint(
         (Method::Get, Endpoint::BalloonHintingStatus) => ApiRequest::GetBalloonHintingStatus,
         // Firecracker ignores the stop command's body.
         (Method::Patch, Endpoint::BalloonHintingStop) => ApiRequest::StopBalloonHinting,
+        (Method::Get, Endpoint::HotplugMemory) => ApiRequest::GetMemoryHotplug,
+        (Method::Put, Endpoint::HotplugMemory) => {
+            ApiRequest::PutMemoryHotplug(parse_json::<MemoryHotplugConfig>(body).map_err(json)?)
+        }
+        (Method::Patch, Endpoint::HotplugMemory) => ApiRequest::PatchMemoryHotplug(
+            parse_json::<MemoryHotplugSizeUpdate>(body).map_err(json)?,
+        ),
         // `accepts` let only the pairs above through; keep the compiler's exhaustiveness
         // without a panic.
         _ => {

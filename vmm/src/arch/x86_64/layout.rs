@@ -70,6 +70,12 @@ pub const MMIO_DEVICES_END: u64 = PCI_MMIO_START;
 pub const PCI_MMIO_START: u64 = 0xe000_0000;
 pub const PCI_MMIO_END: u64 = IOAPIC_ADDR;
 
+/// Device memory (the virtio-mem hot-plug region, then the virtio-pmem regions): past
+/// Firecracker's 64-bit MMIO window, at 512 GiB (its `FIRST_ADDR_PAST_64BITS_MMIO`), so
+/// that a guest sees the same physical addresses on both VMMs. None of it is in the e820
+/// map: the devices announce it.
+pub const DEVICE_MEMORY_START: u64 = 512 << 30;
+
 /// A virtio-mmio device's window (from [`MMIO_DEVICES_START`]) and its IRQ (from
 /// [`IRQ_DEVICES_START`]), as the device manager hands them out and the kernel command line
 /// announces them.

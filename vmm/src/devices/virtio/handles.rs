@@ -4,6 +4,7 @@
 
 use super::balloon::Balloon;
 use super::block::{Block, BlockError};
+use super::mem::VirtioMem;
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
 use super::pci::PciHandles;
@@ -57,6 +58,8 @@ pub struct VirtioHandles {
     pub nets: Vec<(String, Arc<Mutex<Net>>)>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     pub balloon: Option<Arc<Mutex<Balloon>>>,
+    /// The virtio-mem device (`memory-hotplug`).
+    pub mem: Option<Arc<Mutex<VirtioMem>>>,
     /// Every device's transport, in window order (snapshots save and restore them).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// With `--enable-pci`: the bus and its functions in slot order (instead of

@@ -8,7 +8,8 @@
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
-//! - [`block`], [`net`], [`vsock`], [`rng`], [`balloon`]: the devices; each knows nothing of MMIO.
+//! - [`block`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`]: the devices; each knows
+//!   nothing of MMIO.
 //! - [`setup`]: building the devices from the resources and wiring them into the VM;
 //!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
@@ -21,6 +22,7 @@ pub mod balloon;
 pub mod block;
 pub mod events;
 pub mod handles;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod pci;
@@ -58,6 +60,8 @@ pub enum ActivateError {
     BadQueue { index: usize, reason: String },
     #[error("the driver did not accept VIRTIO_F_VERSION_1")]
     NotModern,
+    #[error("the driver did not accept {0}, which the device requires")]
+    MissingFeature(&'static str),
 }
 
 /// What a device gets when the driver sets `DRIVER_OK`.
@@ -119,7 +123,7 @@ impl Activation {
 /// [`Self::process_queue`] and [`Self::process_fd`] on the VMM thread. No method may panic on
 /// anything the guest controls, and every method bounds its work.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (1 net, 2 block, 4 rng, 5 balloon, 19 vsock).
+    /// virtio device ID (1 net, 2 block, 4 rng, 5 balloon, 19 vsock, 24 mem).
     fn device_type(&self) -> u32;
     /// A name for logs (the drive or interface id).
     fn id(&self) -> &str;

@@ -8,9 +8,10 @@
 //!    so that it gets a `virtio_mmio.device=` entry; each with its rate limiters.
 //!    [`with_root_arg`] adds `root=` for a root drive. Devices built elsewhere (vsock) go in
 //!    the next windows with [`VirtioSetup::attach`], the entropy device after them with
-//!    [`VirtioSetup::attach_entropy`], then the balloon ([`VirtioSetup::attach_balloon`]).
+//!    [`VirtioSetup::attach_entropy`], then the balloon ([`VirtioSetup::attach_balloon`])
+//!    and virtio-mem ([`VirtioSetup::attach_virtio_mem`]).
 //! 2. [`VirtioSetup::wire`], once the VM exists: each device's irqfd, and an ioeventfd per
-//!    queue on QueueNotify.
+//!    queue on QueueNotify; virtio-mem gets the VM's memory slots for its region.
 //! 3. [`VirtioSetup::start`], once the VMM thread's event loop exists: the queue eventfds
 //!    join it.
 //!
@@ -20,18 +21,23 @@ use super::balloon::{Balloon, BalloonParams};
 use super::block::{Block, BlockError};
 use super::events::DeviceEvents;
 use super::handles::{BlockHandle, VirtioHandles};
+use super::mem::region::{MemorySlots, RegionError};
+use super::mem::VirtioMem;
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
 use super::pci::setup::{PciSetupError, PciTransports};
 use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
+use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
-use crate::resources::{BalloonConfig, DriveConfig, EntropyConfig, RateLimiterConfig, VmResources};
+use crate::resources::{
+    BalloonConfig, DriveConfig, EntropyConfig, MemoryHotplugConfig, RateLimiterConfig, VmResources,
+};
 use crate::sync::lock;
-use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm::{SlotHandle, Vm, VmError, FIRST_DEVICE_SLOT};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -59,6 +65,26 @@ pub enum VirtioSetupError {
     Pci(#[from] PciSetupError),
     #[error("the balloon device: cannot create its statistics timer: {0}")]
     BalloonTimer(TimerError),
+    #[error("memory-hotplug: {0}")]
+    VirtioMem(#[from] RegionError),
+    #[error("memory-hotplug: the region needs {needed} KVM memory slots from slot {FIRST_DEVICE_SLOT}, and the host's KVM has {max} (use a larger slot_size_mib)")]
+    TooManySlots { needed: usize, max: usize },
+}
+
+/// The VM's memory slots, for the virtio-mem device's region.
+struct KvmSlots(SlotHandle);
+
+impl MemorySlots for KvmSlots {
+    unsafe fn set_slot(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+    ) -> Result<(), String> {
+        // SAFETY: the caller's contract (MemorySlots::set_slot) is SlotHandle::set's.
+        unsafe { self.0.set(slot, guest_addr, size, host_addr) }.map_err(|e| e.to_string())
+    }
 }
 
 /// A device's rate limiter (always created, so that `PATCH` can set buckets later).
@@ -271,9 +297,42 @@ impl VirtioSetup {
         Ok(())
     }
 
+    /// virtio-mem (`memory-hotplug`) over the hot-plug region of `mem` (mapped by the
+    /// builder at [`DEVICE_MEMORY_START`]), in the next virtio-mmio window; kept in the
+    /// handles for the runtime requests.
+    pub fn attach_virtio_mem(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        cfg: &MemoryHotplugConfig,
+    ) -> Result<(), VirtioSetupError> {
+        let dev = VirtioMem::new(
+            mem,
+            DEVICE_MEMORY_START,
+            cfg.total_bytes(),
+            cfg.block_bytes(),
+            cfg.slot_bytes(),
+        )?;
+        let dev = Arc::new(Mutex::new(dev));
+        self.attach(dm, mem, dev.clone())?;
+        self.handles.mem = Some(dev);
+        Ok(())
+    }
+
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
-    /// with the VM.
+    /// with the VM, and gives virtio-mem the VM's memory slots.
     pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
+        if let Some(dev) = &self.handles.mem {
+            let mut dev = lock(dev);
+            let needed = dev.region().slot_count();
+            let max = vm.max_memslots();
+            if FIRST_DEVICE_SLOT as usize + needed > max {
+                return Err(VirtioSetupError::TooManySlots { needed, max });
+            }
+            let slots = KvmSlots(vm.slot_handle()?);
+            dev.region_mut()
+                .set_slots(Box::new(slots), FIRST_DEVICE_SLOT);
+        }
         if let Some(pci) = &self.pci {
             pci.wire(vm)?;
         }

@@ -12,6 +12,7 @@
 //! * [`rng`]: a hostile driver of virtio-rng (`rng-hostile`).
 //! * [`balloon`]: a hostile driver of virtio-balloon (`balloon-hostile`).
 //! * [`pci`]: a hostile driver of the PCI bus, its BARs and MSI-X tables (`pci-hostile`).
+//! * [`vmem`]: a hostile driver of virtio-mem (`vmem-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
@@ -23,6 +24,7 @@ pub mod giant;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod vmem;
 pub mod wrap;
 
 use crate::arch::rdtsc;

@@ -321,10 +321,15 @@ fn read_pfns(mem: &GuestMemoryMmap, chain: Result<Chain, queue::ChainError>) -> 
     )
 }
 
-/// Guest RAM in MiB.
+/// Guest RAM in MiB (device memory, such as the virtio-mem region, is not RAM).
 fn mem_mib(mem: &GuestMemoryMmap) -> u64 {
+    use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
     use vm_memory::GuestMemoryRegion;
-    mem.iter().map(|r| r.len()).sum::<u64>() >> 20
+    mem.iter()
+        .filter(|r| r.start_addr().0 < DEVICE_MEMORY_START)
+        .map(|r| r.len())
+        .sum::<u64>()
+        >> 20
 }
 
 impl VirtioDevice for Balloon {

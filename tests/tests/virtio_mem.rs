@@ -1,0 +1,391 @@
+//! Fast tier: memory hot-plug (`PUT`/`PATCH`/`GET /hotplug/memory`, virtio-mem) with the
+//! tiny test guest.
+//!
+//! The guest's `vmem` scenario reads the device's configuration, waits for the host's
+//! `PATCH` (a configuration-change interrupt), plugs what is asked, writes every page of
+//! it, and unplugs it after the host lowers the request; the test follows `GET
+//! /hotplug/memory`, measures the VMM's resident memory rise and fall, and checks that the
+//! unplugged memory is no longer reachable (the KVM slot is gone). `vmem-hostile` sends
+//! what a broken driver would (unaligned, outside, beyond the request, unplug of unplugged
+//! blocks, malformed chains) and the answers and metrics are checked. The API's refusals
+//! (Firecracker's limits, pre-/post-boot) and the PCI transport are here too.
+//!
+//! Needs /dev/kvm and the `vmm` binary (`cargo build --workspace`).
+
+mod api_common;
+
+use api_common::Vmm;
+use kiln_tests::metrics::Metrics;
+use kiln_tests::tiny::{self, field, parse_hex, TinyOutput};
+use kiln_tests::{require_bin, require_kvm, run_with_timeout, ScratchDir};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// What the host asks the guest to plug (and the guest writes), in MiB.
+const PLUG_MIB: u64 = 64;
+/// Where the region is (Firecracker's first address past the 64-bit MMIO window).
+const REGION: u64 = 512 << 30;
+
+/// The VMM's anonymous resident memory in KiB (`RssAnon`).
+fn rss_anon_kib(vmm: &Vmm) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.child.id()))
+        .expect("the VMM's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon")
+}
+
+/// Waits for a whole serial line containing `text`.
+fn wait_line(vmm: &Vmm, text: &str) {
+    vmm.wait_for(text, WAIT, |v| {
+        v.serial()
+            .split_once(text)
+            .is_some_and(|(_, rest)| rest.contains('\n'))
+    });
+}
+
+fn line<'a>(out: &'a TinyOutput, topic: &str) -> Vec<(&'a str, &'a str)> {
+    out.topic(topic)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no {topic:?} line in {:?}", out.lines))
+}
+
+/// A VMM with the metrics file, a 32 MiB tiny guest running `scenario`, and a 256 MiB
+/// hot-plug region (2 MiB blocks, 128 MiB slots), started.
+fn vmem_vmm(metrics: &Path, scenario: &str) -> Vmm {
+    require_kvm();
+    let vmm = Vmm::start(&["--metrics-path", metrics.to_str().unwrap()]);
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    vmm.boot_tiny_guest(&format!("kiln.test={scenario}"));
+    vmm.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 256}"#);
+    let cfg = vmm.get("/vm/config");
+    assert_eq!(
+        cfg["memory-hotplug"],
+        serde_json::json!({"total_size_mib": 256, "block_size_mib": 2, "slot_size_mib": 128})
+    );
+    vmm.action("InstanceStart");
+    wait_line(&vmm, "vmem base=");
+    vmm
+}
+
+fn wait_exit(vmm: &mut Vmm) {
+    let t = Instant::now();
+    while vmm.child.try_wait().expect("wait for the VMM").is_none() {
+        assert!(t.elapsed() < WAIT, "the VMM did not end after the guest");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_guest_plugs_uses_and_unplugs_memory_and_the_host_gets_it_back() {
+    let scratch = ScratchDir::new("kiln-vmem");
+    let metrics = scratch.join("metrics.json");
+    let mut vmm = vmem_vmm(&metrics, "vmem");
+    let out = TinyOutput::parse(&vmm.serial());
+    let dev = line(&out, "vmem");
+    // VERSION_1 and UNPLUGGED_INACCESSIBLE.
+    assert_eq!(field(&dev, "features"), Some("0x100000002"), "{dev:?}");
+    assert_eq!(field(&dev, "block").and_then(parse_hex), Some(2 << 20));
+    assert_eq!(field(&dev, "addr").and_then(parse_hex), Some(REGION));
+    assert_eq!(field(&dev, "region").and_then(parse_hex), Some(256 << 20));
+    for f in ["usable", "plugged", "requested"] {
+        assert_eq!(field(&dev, f), Some("0x0"), "{f}: {dev:?}");
+    }
+    let status = vmm.get("/hotplug/memory");
+    assert_eq!(
+        status,
+        serde_json::json!({"total_size_mib": 256, "slot_size_mib": 128, "block_size_mib": 2,
+            "plugged_size_mib": 0, "requested_size_mib": 0})
+    );
+    let before = rss_anon_kib(&vmm);
+    vmm.refuses(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib": 3}"#),
+        400,
+        "requested_size_mib 3 is not a multiple of block_size_mib (2 MiB)",
+    );
+    vmm.refuses(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib": 258}"#),
+        400,
+        "requested_size_mib 258 is more than total_size_mib (256 MiB)",
+    );
+    vmm.ok(
+        "PATCH",
+        "/hotplug/memory",
+        &format!(r#"{{"requested_size_mib": {PLUG_MIB}}}"#),
+    );
+    wait_line(&vmm, "vmem wrote");
+    let out = TinyOutput::parse(&vmm.serial());
+    let change = line(&out, "vmem config-change");
+    assert_eq!(field(&change, "isr"), Some("0x2"), "configuration change");
+    assert_eq!(
+        field(&change, "requested").and_then(parse_hex),
+        Some(PLUG_MIB << 20)
+    );
+    assert_eq!(
+        field(&change, "usable").and_then(parse_hex),
+        Some(128 << 20),
+        "the usable region grows by whole slots"
+    );
+    let plug = line(&out, "vmem plug");
+    assert_eq!(field(&plug, "resp"), Some("0"), "ACK");
+    assert_eq!(
+        field(&plug, "plugged").and_then(parse_hex),
+        Some(PLUG_MIB << 20)
+    );
+    let wrote = line(&out, "vmem wrote");
+    let pages = (PLUG_MIB << 20) / 4096;
+    assert_eq!(field(&wrote, "pages"), Some(pages.to_string().as_str()));
+    assert_eq!(field(&wrote, "ok"), Some(pages.to_string().as_str()));
+    let status = vmm.get("/hotplug/memory");
+    assert_eq!(status["plugged_size_mib"], PLUG_MIB, "{status}");
+    assert_eq!(status["requested_size_mib"], PLUG_MIB, "{status}");
+    let plugged = rss_anon_kib(&vmm);
+    assert!(
+        plugged >= before + ((PLUG_MIB - 4) << 10),
+        "RssAnon {before} KiB -> {plugged} KiB after the guest wrote {PLUG_MIB} MiB"
+    );
+    vmm.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib": 0}"#);
+    wait_line(&vmm, "vmem after-unplug");
+    let after = rss_anon_kib(&vmm);
+    assert!(
+        plugged.saturating_sub(after) >= (PLUG_MIB - 4) << 10,
+        "RssAnon {plugged} KiB -> {after} KiB: the unplugged blocks were not given back"
+    );
+    let out = TinyOutput::parse(&vmm.serial());
+    let unplug = line(&out, "vmem unplug");
+    assert_eq!(field(&unplug, "resp"), Some("0"), "ACK");
+    assert_eq!(field(&unplug, "plugged"), Some("0x0"));
+    let state = line(&out, "vmem state");
+    assert_eq!(
+        (field(&state, "resp"), field(&state, "state")),
+        (Some("0"), Some("1")),
+        "ACK, UNPLUGGED"
+    );
+    // The slot is gone: the guest's read is an MMIO exit, not its memory.
+    let word = line(&out, "vmem after-unplug");
+    let marker = 0x6b69_6c6e_0000_0000u64 | REGION >> 12;
+    assert_ne!(field(&word, "word").and_then(parse_hex), Some(marker));
+    assert_eq!(vmm.get("/hotplug/memory")["plugged_size_mib"], 0);
+    vmm.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib": 2}"#);
+    vmm.wait_serial("the guest's end", "KILN-TINY: done");
+    wait_exit(&mut vmm);
+    let m = Metrics::read(&metrics);
+    assert_eq!(m.get("memory_hotplug.plug_count"), 1, "{m:?}");
+    assert_eq!(m.get("memory_hotplug.plug_bytes"), PLUG_MIB << 20);
+    assert_eq!(m.get("memory_hotplug.unplug_count"), 1);
+    assert_eq!(m.get("memory_hotplug.unplug_bytes"), PLUG_MIB << 20);
+    assert_eq!(m.get("memory_hotplug.slots_added"), 1);
+    assert_eq!(m.get("memory_hotplug.slots_removed"), 1);
+    assert_eq!(m.get("memory_hotplug.unplug_discard_fails"), 0);
+    assert!(
+        m.get("vcpu.unhandled_mmio") >= 1,
+        "the read after the unplug"
+    );
+    assert_eq!(m.get("patch_api_requests.hotplug_memory_count"), 5);
+    assert_eq!(m.get("patch_api_requests.hotplug_memory_fails"), 2);
+    assert_eq!(m.get("put_api_requests.hotplug_memory_count"), 1);
+}
+
+#[test]
+fn a_hostile_driver_is_answered_error_or_nack_and_counted() {
+    let scratch = ScratchDir::new("kiln-vmem-hostile");
+    let metrics = scratch.join("metrics.json");
+    let mut vmm = vmem_vmm(&metrics, "vmem-hostile");
+    vmm.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib": 4}"#);
+    wait_line(&vmm, "vmem hostile done");
+    let out = TinyOutput::parse(&vmm.serial());
+    let cases = out.topic("vmem hostile");
+    let case = |name: &str| {
+        cases
+            .iter()
+            .find(|c| field(c, "case") == Some(name))
+            .unwrap_or_else(|| panic!("no case {name}: {:?}", out.lines))
+    };
+    // (case, response type, used length): 0 ACK, 1 NACK, 3 ERROR.
+    let want = [
+        ("unaligned", "3", "10"),
+        ("outside", "3", "10"),
+        ("below", "3", "10"),
+        ("empty", "3", "10"),
+        ("beyond-requested", "1", "10"),
+        ("unplug-unplugged", "3", "10"),
+        ("state-outside", "3", "10"),
+        ("unknown-type", "3", "10"),
+        ("short", "3", "10"),
+        ("no-response", "238", "0"),
+        ("plug", "0", "10"),
+        ("plug-again", "3", "10"),
+        ("state", "0", "10"),
+        ("unplug-all", "0", "10"),
+    ];
+    for (name, resp, len) in want {
+        let c = case(name);
+        assert_eq!(field(c, "len"), Some(len), "{name}: {c:?}");
+        if len != "0" {
+            assert_eq!(field(c, "resp"), Some(resp), "{name}: {c:?}");
+        }
+    }
+    assert_eq!(field(case("state"), "state"), Some("0"), "PLUGGED");
+    let done = line(&out, "vmem hostile done");
+    assert_eq!(field(&done, "plugged"), Some("0x0"));
+    assert_eq!(vmm.get("/hotplug/memory")["plugged_size_mib"], 0);
+    vmm.assert_alive("the hostile driver");
+    vmm.ok("PATCH", "/hotplug/memory", r#"{"requested_size_mib": 0}"#);
+    vmm.wait_serial("the guest's end", "KILN-TINY: done");
+    wait_exit(&mut vmm);
+    let m = Metrics::read(&metrics);
+    assert_eq!(m.get("memory_hotplug.plug_nacks"), 1, "{m:?}");
+    // unaligned, outside, below, empty, beyond-requested, plug-again.
+    assert_eq!(m.get("memory_hotplug.plug_fails"), 6);
+    assert_eq!(m.get("memory_hotplug.unplug_fails"), 1);
+    assert_eq!(m.get("memory_hotplug.state_fails"), 1);
+    // unknown-type, short, no-response.
+    assert_eq!(m.get("memory_hotplug.invalid_requests"), 3);
+    assert_eq!(m.get("memory_hotplug.unplug_all_count"), 1);
+    assert_eq!(m.get("memory_hotplug.slots_added"), 1);
+    assert_eq!(m.get("memory_hotplug.slots_removed"), 1);
+}
+
+#[test]
+fn the_api_keeps_firecrackers_limits_and_order() {
+    require_kvm();
+    let vmm = Vmm::start(&[]);
+    for (body, words) in [
+        (
+            r#"{"total_size_mib": 1024, "block_size_mib": 1}"#,
+            "block_size_mib 1 is lower than 2 MiB",
+        ),
+        (
+            r#"{"total_size_mib": 1024, "block_size_mib": 6}"#,
+            "block_size_mib 6 is not a power of 2",
+        ),
+        (
+            r#"{"total_size_mib": 1024, "slot_size_mib": 100}"#,
+            "slot_size_mib 100 is lower than 128 MiB",
+        ),
+        (
+            r#"{"total_size_mib": 1024, "block_size_mib": 256, "slot_size_mib": 384}"#,
+            "slot_size_mib 384 is not a multiple of block_size_mib (256 MiB)",
+        ),
+        (
+            r#"{"total_size_mib": 64}"#,
+            "total_size_mib 64 is lower than slot_size_mib (128 MiB)",
+        ),
+        (
+            r#"{"total_size_mib": 200}"#,
+            "total_size_mib 200 is not a multiple of slot_size_mib (128 MiB)",
+        ),
+        (
+            r#"{"total_size_mib": 128, "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+    ] {
+        vmm.refuses("PUT", "/hotplug/memory", Some(body), 400, words);
+    }
+    vmm.refuses(
+        "GET",
+        "/hotplug/memory",
+        None,
+        400,
+        "GET /hotplug/memory is only possible after InstanceStart",
+    );
+    vmm.refuses(
+        "PATCH",
+        "/hotplug/memory",
+        Some(r#"{"requested_size_mib": 2}"#),
+        400,
+        "PATCH /hotplug/memory is only possible after InstanceStart",
+    );
+    vmm.refuses(
+        "DELETE",
+        "/hotplug/memory",
+        None,
+        400,
+        "allowed: GET, PUT, PATCH",
+    );
+    vmm.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 128}"#);
+    assert!(vmm.get("/vm/config")["memory-hotplug"]["total_size_mib"] == 128);
+    // A region that cannot fit the guest-physical address space fails InstanceStart.
+    vmm.ok(
+        "PUT",
+        "/hotplug/memory",
+        r#"{"total_size_mib": 4294967168}"#,
+    );
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    vmm.boot_tiny_guest("kiln.test=print");
+    vmm.refuses(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+        400,
+        "does not fit the guest-physical address space",
+    );
+    vmm.assert_alive("a refused start");
+}
+
+/// Snapshots of a microVM with virtio-mem are refused, naming it (never a file that
+/// restores wrong).
+#[test]
+fn a_snapshot_is_refused_naming_virtio_mem() {
+    let scratch = ScratchDir::new("kiln-vmem-snap");
+    let metrics = scratch.join("metrics.json");
+    let vmm = vmem_vmm(&metrics, "vmem");
+    vmm.set_state("Paused");
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        scratch.join("s").display(),
+        scratch.join("m").display()
+    );
+    vmm.refuses(
+        "PUT",
+        "/snapshot/create",
+        Some(&body),
+        400,
+        "this microVM has a virtio-mem device (memory-hotplug)",
+    );
+    assert!(!scratch.join("s").exists() && !scratch.join("m").exists());
+}
+
+/// With `--enable-pci` the device is a PCI function (virtio device id 24: PCI device
+/// 0x1058) next to the others, found by the guest's bus scan.
+#[test]
+fn the_device_is_on_pci_with_enable_pci() {
+    require_kvm();
+    let dir = ScratchDir::short("kiln-vmem-pci");
+    let cfg = dir.write(
+        "vm.json",
+        format!(
+            "{{\"boot-source\": {{\"kernel_image_path\": {:?}, \"boot_args\": \"kiln.test=pci-scan\"}},\n \"machine-config\": {{\"vcpu_count\": 1, \"mem_size_mib\": 32}},\n \"entropy\": {{}},\n \"memory-hotplug\": {{\"total_size_mib\": 128}}}}\n",
+            tiny::tiny_guest().to_str().expect("utf-8 path")
+        ),
+    );
+    let mut cmd = Command::new(require_bin("vmm"));
+    cmd.arg("--config-file")
+        .arg(&cfg)
+        .arg("--no-api")
+        .arg("--enable-pci");
+    let f = run_with_timeout(&mut cmd, WAIT);
+    let out = tiny::assert_clean_run(&f);
+    let devs = out.topic("pci dev");
+    assert!(
+        devs.iter().any(|d| field(d, "device") == Some("0x1058")),
+        "no virtio-mem function: {f}"
+    );
+}
