@@ -5,7 +5,8 @@
 use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
     DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig,
+    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, PmemConfig, PmemUpdate,
+    SerialConfig,
     SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 
@@ -51,6 +52,14 @@ pub enum ApiRequest {
         path_id: String,
         update: NetworkInterfaceUpdate,
     },
+    PutPmem {
+        path_id: String,
+        config: PmemConfig,
+    },
+    PatchPmem {
+        path_id: String,
+        update: PmemUpdate,
+    },
     PutVsock(VsockConfig),
     PutEntropy(EntropyConfig),
     PutSerial(SerialConfig),
@@ -90,6 +99,8 @@ impl ApiRequest {
             ApiRequest::PatchDrive { .. } => "PATCH /drives",
             ApiRequest::PutNetworkInterface { .. } => "PUT /network-interfaces",
             ApiRequest::PatchNetworkInterface { .. } => "PATCH /network-interfaces",
+            ApiRequest::PutPmem { .. } => "PUT /pmem",
+            ApiRequest::PatchPmem { .. } => "PATCH /pmem",
             ApiRequest::PutVsock(_) => "PUT /vsock",
             ApiRequest::PutEntropy(_) => "PUT /entropy",
             ApiRequest::PutSerial(_) => "PUT /serial",

@@ -16,7 +16,7 @@
 mod groups;
 
 pub use groups::{
-    ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
+    ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics, PmemMetrics,
     GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
     NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
     SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
@@ -204,6 +204,7 @@ pub struct Metrics {
     pub mmds: MmdsMetrics,
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
+    pub pmem: PmemMetrics,
     pub balloon: BalloonMetrics,
     pub virtio: VirtioMetrics,
     pub pci: PciMetrics,
@@ -231,6 +232,7 @@ impl Metrics {
             mmds: MmdsMetrics::new(),
             vsock: VsockMetrics::new(),
             entropy: EntropyMetrics::new(),
+            pmem: PmemMetrics::new(),
             balloon: BalloonMetrics::new(),
             virtio: VirtioMetrics::new(),
             pci: PciMetrics::new(),

@@ -20,6 +20,7 @@ mod logger;
 mod machine_config;
 mod mmds;
 mod net;
+mod pmem;
 mod rate_limiter;
 mod serial;
 mod snapshot;
@@ -28,6 +29,8 @@ mod vsock;
 
 #[cfg(test)]
 mod machine_config_tests;
+#[cfg(test)]
+mod pmem_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +47,7 @@ pub use logger::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine_config::{CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate};
 pub use mmds::{MmdsConfig, DEFAULT_MMDS_ADDRESS};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use pmem::{PmemConfig, PmemUpdate};
 pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
 pub use snapshot::{
@@ -53,7 +57,7 @@ pub use snapshot::{
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
-use spec::{null_as_default, refuse_if_listed, refuse_if_present, NotYet};
+use spec::{null_as_default, refuse_if_present, NotYet};
 
 /// The microVM's id when `--id` is not given (Firecracker's).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -105,6 +109,18 @@ pub enum ResourceError {
     },
     #[error("drives: {existing:?} is already the root device; only one drive can have is_root_device true")]
     SecondRootDevice { existing: String },
+    /// A root device is asked for while the other kind (drive or pmem device) has one.
+    #[error("{section}: {existing} is already the root device; only one drive or pmem device can be the root device")]
+    RootElsewhere {
+        section: &'static str,
+        existing: String,
+    },
+    #[error("pmem: {existing:?} is already the root device; only one pmem device can have root_device true")]
+    SecondRootPmem { existing: String },
+    #[error("pmem: no device with id {0:?}")]
+    UnknownPmem(String),
+    #[error("pmem: the backing file {0:?} is empty (a pmem device maps at least one byte)")]
+    EmptyPmemFile(String),
     #[error("drives: no drive with drive_id {0:?}")]
     UnknownDrive(String),
     #[error("drives: drive {0:?} has no path_on_host (Kiln's drives are backed by a file)")]
@@ -191,7 +207,7 @@ pub struct VmConfig {
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub pmem: Vec<NotYet>,
+    pub pmem: Vec<PmemConfig>,
     #[serde(rename = "memory-hotplug", default)]
     pub memory_hotplug: Option<NotYet>,
 }
@@ -199,7 +215,6 @@ pub struct VmConfig {
 impl VmConfig {
     /// Refuses a section for a feature Kiln does not have yet.
     fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")?;
         refuse_if_present(
             &self.memory_hotplug,
             "memory-hotplug",
@@ -228,6 +243,9 @@ pub struct VmResources {
     /// The balloon as configured; `PATCH /balloon` and `PATCH /balloon/statistics` keep
     /// its target and interval current.
     pub balloon: Option<BalloonConfig>,
+    /// virtio-pmem devices, in the order they were first configured (`/dev/pmem0`, ...);
+    /// `PATCH /pmem/{id}` keeps their rate limiters current.
+    pub pmem: Vec<PmemConfig>,
 }
 
 impl VmResources {
@@ -249,6 +267,9 @@ impl VmResources {
         }
         for n in file.network_interfaces {
             res.put_network_interface(None, n)?;
+        }
+        for p in file.pmem {
+            res.put_pmem(None, p)?;
         }
         if let Some(v) = file.vsock {
             res.set_vsock(v)?;
@@ -285,6 +306,7 @@ impl VmResources {
             serial: self.serial.clone(),
             mmds_config: self.mmds_config.clone(),
             balloon: self.balloon,
+            pmem: self.pmem.clone(),
             ..VmConfig::default()
         }
     }
@@ -356,6 +378,12 @@ impl VmResources {
     ) -> Result<(), ResourceError> {
         let cfg = cfg.validated(path_id)?;
         if cfg.is_root_device {
+            if let Some(root) = self.pmem.iter().find(|p| p.root_device) {
+                return Err(ResourceError::RootElsewhere {
+                    section: "drives",
+                    existing: format!("pmem device {:?}", root.id),
+                });
+            }
             if let Some(root) = self
                 .drives
                 .iter()
@@ -372,6 +400,30 @@ impl VmResources {
         }
         // The root device is the first virtio-blk device, so the guest sees it as /dev/vda.
         self.drives.sort_by_key(|d| !d.is_root_device);
+        Ok(())
+    }
+
+    /// `PUT /pmem/{id}` (and a config file's `pmem` entry): adds a virtio-pmem device, or
+    /// replaces the one with the same id in its place.
+    pub fn put_pmem(&mut self, path_id: Option<&str>, cfg: PmemConfig) -> Result<(), ResourceError> {
+        let cfg = cfg.validated(path_id)?;
+        if cfg.root_device {
+            if let Some(root) = self.drives.iter().find(|d| d.is_root_device) {
+                return Err(ResourceError::RootElsewhere {
+                    section: "pmem",
+                    existing: format!("drive {:?}", root.drive_id),
+                });
+            }
+            if let Some(root) = self.pmem.iter().find(|p| p.root_device && p.id != cfg.id) {
+                return Err(ResourceError::SecondRootPmem {
+                    existing: root.id.clone(),
+                });
+            }
+        }
+        match self.pmem.iter_mut().find(|p| p.id == cfg.id) {
+            Some(slot) => *slot = cfg,
+            None => self.pmem.push(cfg),
+        }
         Ok(())
     }
 

@@ -250,10 +250,6 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
     };
     let cases: Vec<(String, &str)> = vec![
         (
-            config(r#", "pmem": [{"id": "p", "path_on_host": "/x"}]"#),
-            "pmem: the virtio-pmem device is not supported by Kiln yet",
-        ),
-        (
             config(r#", "memory-hotplug": {"total_size_mib": 1024}"#),
             "memory-hotplug: memory hot-plug (virtio-mem) is not supported by Kiln yet",
         ),
@@ -262,7 +258,8 @@ fn spec_features_kiln_lacks_are_refused_by_name() {
             "drives: a vhost-user block backend (socket) is not supported by Kiln yet",
         ),
     ];
-    // Free page hinting and reporting were in this list; Kiln has them now.
+    // Free page hinting and reporting, and the pmem section, were in this list; Kiln has
+    // them now (pmem: resources/pmem.rs's tests).
     let r = VmResources::from_json(&config(
         r#", "balloon": {"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": true, "free_page_hinting": true}"#,
     ))

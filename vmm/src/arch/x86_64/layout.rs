@@ -85,6 +85,15 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// In-kernel LAPIC (architectural default).
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
+/// Start of device memory, past the 64-bit MMIO window (Firecracker's
+/// `FIRST_ADDR_PAST_64BITS_MMIO`): the virtio-mem hot-plug region, then each virtio-pmem
+/// device's region (aligned to [`PMEM_ALIGNMENT`], in configuration order). None of it is
+/// in the e820 map: the drivers find it in their device's configuration space.
+pub const DEVICE_MEMORY_START: u64 = 512 << 30;
+/// Alignment of a virtio-pmem region's address and size (2 MiB, as Linux's pmem driver
+/// needs for huge-page DAX mappings and Firecracker uses).
+pub const PMEM_ALIGNMENT: u64 = 2 << 20;
+
 /// KVM's identity-map page (needed by KVM for real-mode guests on Intel), inside the gap.
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 /// KVM's three TSS pages, right after the identity-map page.

@@ -6,6 +6,7 @@ use super::balloon::Balloon;
 use super::block::{Block, BlockError};
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
+use super::pmem::Pmem;
 use super::vsock::Vsock;
 use super::Interrupt;
 use crate::metrics::METRICS;
@@ -56,6 +57,7 @@ pub struct VirtioHandles {
     pub nets: Vec<(String, Arc<Mutex<Net>>)>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     pub balloon: Option<Arc<Mutex<Balloon>>>,
+    pub pmem: Vec<(String, Arc<Mutex<Pmem>>)>,
     /// Every device's transport, in window order (snapshots save and restore them).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
@@ -92,6 +94,21 @@ impl VirtioHandles {
             METRICS.block.update_fails.inc();
         }
         Ok(done?)
+    }
+
+    /// `PATCH /pmem/{id}` after boot: replaces the buckets given.
+    pub fn update_pmem_rate_limiter(
+        &self,
+        id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        let (_, dev) = self
+            .pmem
+            .iter()
+            .find(|(i, _)| i == id)
+            .ok_or_else(|| format!("no pmem device with id {id:?}"))?;
+        lock(dev).update_rate_limiter(update);
+        Ok(())
     }
 
     /// `PATCH /network-interfaces/{id}` after boot: replaces the buckets given.

@@ -23,6 +23,7 @@ pub mod events;
 pub mod handles;
 pub mod mmio;
 pub mod net;
+pub mod pmem;
 pub mod pci;
 pub mod queue;
 pub mod rng;

@@ -23,13 +23,20 @@ use super::handles::{BlockHandle, VirtioHandles};
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
 use super::pci::setup::{PciSetupError, PciTransports};
+use super::pmem::mapping::{MappingError, PmemMapping};
+use super::pmem::Pmem;
 use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
-use crate::resources::{BalloonConfig, DriveConfig, EntropyConfig, RateLimiterConfig, VmResources};
+use crate::arch::x86_64::layout::{DEVICE_MEMORY_START, PMEM_ALIGNMENT};
+use crate::resources::{
+    BalloonConfig, DriveConfig, EntropyConfig, PmemConfig, RateLimiterConfig, ResourceError,
+    VmResources,
+};
+use crate::vstate::vm::SlotMemory;
 use crate::sync::lock;
 use crate::vstate::vm::{Vm, VmError};
 use std::borrow::Cow;
@@ -59,6 +66,12 @@ pub enum VirtioSetupError {
     Pci(#[from] PciSetupError),
     #[error("the balloon device: cannot create its statistics timer: {0}")]
     BalloonTimer(TimerError),
+    #[error(transparent)]
+    PmemFile(#[from] ResourceError),
+    #[error("pmem {id}: {source}")]
+    PmemMapping { id: String, source: MappingError },
+    #[error("pmem {id}: its memory does not fit below the end of the guest-physical address space")]
+    PmemAddress { id: String },
 }
 
 /// A device's rate limiter (always created, so that `PATCH` can set buckets later).
@@ -69,10 +82,28 @@ fn limiter(id: &str, cfg: Option<&RateLimiterConfig>) -> Result<RateLimiter, Vir
     })
 }
 
-/// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`) and `ro`/`rw` added in front
-/// when a root drive is configured and the arguments name no `root=` themselves.
-pub fn with_root_arg<'a>(boot_args: &'a str, drives: &[DriveConfig]) -> Cow<'a, str> {
-    let Some(root) = drives.iter().find(|d| d.is_root_device) else {
+/// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`, or `root=/dev/pmem<N>` for
+/// the N-th pmem device) and `ro`/`rw` added in front when a root drive or pmem device is
+/// configured and the arguments name no `root=` themselves.
+pub fn with_root_arg<'a>(
+    boot_args: &'a str,
+    drives: &[DriveConfig],
+    pmem: &[PmemConfig],
+) -> Cow<'a, str> {
+    let root = match drives.iter().find(|d| d.is_root_device) {
+        Some(d) => Some((
+            match &d.partuuid {
+                Some(u) => format!("root=PARTUUID={u}"),
+                None => "root=/dev/vda".to_string(),
+            },
+            d.is_read_only,
+        )),
+        None => pmem
+            .iter()
+            .position(|p| p.root_device)
+            .map(|i| (format!("root=/dev/pmem{i}"), pmem[i].read_only)),
+    };
+    let Some((dev, read_only)) = root else {
         return Cow::Borrowed(boot_args);
     };
     let kernel_part = boot_args.split(" -- ").next().unwrap_or("");
@@ -82,11 +113,7 @@ pub fn with_root_arg<'a>(boot_args: &'a str, drives: &[DriveConfig]) -> Cow<'a, 
     {
         return Cow::Borrowed(boot_args);
     }
-    let dev = match &root.partuuid {
-        Some(u) => format!("root=PARTUUID={u}"),
-        None => "root=/dev/vda".to_string(),
-    };
-    let mode = if root.is_read_only { "ro" } else { "rw" };
+    let mode = if read_only { "ro" } else { "rw" };
     Cow::Owned(format!("{dev} {mode} {boot_args}").trim_end().to_string())
 }
 
@@ -98,6 +125,8 @@ pub struct VirtioSetup {
     wiring: Vec<KvmWiring>,
     /// With `--enable-pci`: the PCI bus the devices go on instead of MMIO windows.
     pci: Option<PciTransports>,
+    /// The pmem devices' memory, for KVM slots: (guest address, mapping, read-only).
+    device_memory: Vec<(u64, Arc<PmemMapping>, bool)>,
 }
 
 /// What KVM must know about one device: its irqfd and its queue ioeventfds.
@@ -141,6 +170,7 @@ pub fn attach_devices(
         events: Vec::new(),
         wiring: Vec::new(),
         pci,
+        device_memory: Vec::new(),
     };
     for cfg in &res.drives {
         let block =
@@ -160,6 +190,7 @@ pub fn attach_devices(
         setup.attach(dm, mem, dev.clone())?;
         setup.handles.nets.push((cfg.iface_id.clone(), dev));
     }
+    setup.attach_pmem(dm, mem, &res.pmem)?;
     Ok(setup)
 }
 
@@ -267,9 +298,45 @@ impl VirtioSetup {
         Ok(())
     }
 
+    /// The pmem devices (`pmem`, in configuration order, so the guest names them
+    /// `/dev/pmem0`, ...): each backing file mapped, its memory placed after the previous
+    /// one's from [`DEVICE_MEMORY_START`] (the KVM slots follow in [`Self::wire`]).
+    fn attach_pmem(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        configs: &[PmemConfig],
+    ) -> Result<(), VirtioSetupError> {
+        let mut next = DEVICE_MEMORY_START;
+        for cfg in configs {
+            let mapping = PmemMapping::new(&cfg.backing_file()?, cfg.read_only).map_err(|source| {
+                VirtioSetupError::PmemMapping {
+                    id: cfg.id.clone(),
+                    source,
+                }
+            })?;
+            let mapping = Arc::new(mapping);
+            let start = next;
+            next = start
+                .checked_add(SlotMemory::len(mapping.as_ref()))
+                .and_then(|end| end.checked_next_multiple_of(PMEM_ALIGNMENT))
+                .ok_or_else(|| VirtioSetupError::PmemAddress { id: cfg.id.clone() })?;
+            let pmem = Pmem::new(&cfg.id, mapping.clone(), start)
+                .with_rate_limiter(limiter(&cfg.id, cfg.rate_limiter.as_ref())?);
+            let dev = Arc::new(Mutex::new(pmem));
+            self.attach(dm, mem, dev.clone())?;
+            self.handles.pmem.push((cfg.id.clone(), dev));
+            self.device_memory.push((start, mapping, cfg.read_only));
+        }
+        Ok(())
+    }
+
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
-    /// with the VM.
+    /// with the VM, and each pmem device's memory slot.
     pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
+        for (start, mapping, read_only) in self.device_memory.drain(..) {
+            vm.add_device_memory(start, mapping, read_only)?;
+        }
         if let Some(pci) = &self.pci {
             pci.wire(vm)?;
         }
@@ -312,29 +379,29 @@ mod tests {
 
     #[test]
     fn root_argument() {
-        assert_eq!(with_root_arg("console=ttyS0", &[]), "console=ttyS0");
+        assert_eq!(with_root_arg("console=ttyS0", &[], &[]), "console=ttyS0");
         assert_eq!(
-            with_root_arg("console=ttyS0", &[drive(false, false, None)]),
+            with_root_arg("console=ttyS0", &[drive(false, false, None)], &[]),
             "console=ttyS0"
         );
         assert_eq!(
-            with_root_arg("console=ttyS0", &[drive(true, false, None)]),
+            with_root_arg("console=ttyS0", &[drive(true, false, None)], &[]),
             "root=/dev/vda rw console=ttyS0"
         );
         assert_eq!(
-            with_root_arg("a -- b", &[drive(true, true, None)]),
+            with_root_arg("a -- b", &[drive(true, true, None)], &[]),
             "root=/dev/vda ro a -- b"
         );
         assert_eq!(
-            with_root_arg("", &[drive(true, true, Some("ab-01"))]),
+            with_root_arg("", &[drive(true, true, Some("ab-01"))], &[]),
             "root=PARTUUID=ab-01 ro"
         );
         assert_eq!(
-            with_root_arg("root=/dev/vdb", &[drive(true, false, None)]),
+            with_root_arg("root=/dev/vdb", &[drive(true, false, None)], &[]),
             "root=/dev/vdb"
         );
         assert_eq!(
-            with_root_arg("a -- root=x", &[drive(true, false, None)]),
+            with_root_arg("a -- root=x", &[drive(true, false, None)], &[]),
             "root=/dev/vda rw a -- root=x"
         );
     }
