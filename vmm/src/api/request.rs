@@ -5,9 +5,8 @@
 use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
     DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, PmemConfig, PmemUpdate,
-    SerialConfig,
-    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate, PmemConfig,
+    PmemUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.

@@ -16,9 +16,9 @@
 mod groups;
 
 pub use groups::{
-    ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics, PmemMetrics,
+    ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
     GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MmdsMetrics,
-    NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
+    NetMetrics, PatchRequestsMetrics, PciMetrics, PmemMetrics, PutRequestsMetrics, SeccompMetrics,
     SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 

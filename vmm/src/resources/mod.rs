@@ -405,7 +405,11 @@ impl VmResources {
 
     /// `PUT /pmem/{id}` (and a config file's `pmem` entry): adds a virtio-pmem device, or
     /// replaces the one with the same id in its place.
-    pub fn put_pmem(&mut self, path_id: Option<&str>, cfg: PmemConfig) -> Result<(), ResourceError> {
+    pub fn put_pmem(
+        &mut self,
+        path_id: Option<&str>,
+        cfg: PmemConfig,
+    ) -> Result<(), ResourceError> {
         let cfg = cfg.validated(path_id)?;
         if cfg.root_device {
             if let Some(root) = self.drives.iter().find(|d| d.is_root_device) {

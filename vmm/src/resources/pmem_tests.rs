@@ -97,7 +97,10 @@ fn one_root_device_across_drives_and_pmem() {
     // The same id replaces the device in its place.
     r.put_pmem(Some("p1"), pmem("p1", &b, false)).unwrap();
     r.put_pmem(Some("p0"), pmem("p0", &b, true)).unwrap();
-    assert_eq!(r.pmem.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p0", "p1"]);
+    assert_eq!(
+        r.pmem.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["p0", "p1"]
+    );
     assert_eq!(r.pmem[0].path_on_host, b);
     let err = r.put_pmem(None, pmem("p1", &a, true)).unwrap_err();
     assert_eq!(
@@ -133,5 +136,8 @@ fn patch_bodies_take_only_the_id_and_the_rate_limiter() {
     assert!(u.clone().validated(Some("p0")).is_ok());
     assert!(u.validated(Some("p1")).is_err());
     let err = parse_json::<PmemUpdate>(r#"{"id": "p0", "path_on_host": "/x"}"#).unwrap_err();
-    assert!(err.to_string().contains("unknown field `path_on_host`"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `path_on_host`"),
+        "{err}"
+    );
 }

@@ -187,7 +187,11 @@ impl Vm {
         } else {
             mark("irqchip created (no PIT)");
         }
-        let ram_end = mem.iter().map(|r| r.start_addr().0 + r.len()).max().unwrap_or(0);
+        let ram_end = mem
+            .iter()
+            .map(|r| r.start_addr().0 + r.len())
+            .max()
+            .unwrap_or(0);
         let first_device_slot = u32::try_from(mem.num_regions()).unwrap_or(u32::MAX);
         Ok(Vm {
             fd,
@@ -261,10 +265,9 @@ impl Vm {
     ) -> Result<u32, VmError> {
         let size = backing.len();
         let overlap = VmError::DeviceMemoryOverlap { guest_addr, size };
-        let end = guest_addr.checked_add(size).ok_or(VmError::DeviceMemoryOverlap {
-            guest_addr,
-            size,
-        })?;
+        let end = guest_addr
+            .checked_add(size)
+            .ok_or(VmError::DeviceMemoryOverlap { guest_addr, size })?;
         let mut slots = crate::sync::lock(&self.device_slots);
         if guest_addr < self.ram_end
             || slots
@@ -277,7 +280,9 @@ impl Vm {
         let slot = slots.next_slot;
         if usize::try_from(slot).map_or(true, |s| s >= self.max_memslots) {
             return Err(VmError::TooManySlots {
-                wanted: usize::try_from(slot).unwrap_or(usize::MAX).saturating_add(1),
+                wanted: usize::try_from(slot)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
                 max: self.max_memslots,
             });
         }

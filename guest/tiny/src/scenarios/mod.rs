@@ -21,6 +21,7 @@ mod msr;
 mod net;
 mod pci;
 mod pit;
+mod pmem;
 mod ports;
 mod print;
 mod rng;
@@ -91,6 +92,9 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"balloon-free-hostile", hostile::balloon_free::run),
     (b"pci-scan", pci::run_scan),
     (b"pci-hostile", hostile::pci::run),
+    (b"pmem", pmem::run),
+    (b"pmem-pci", pmem::run_pci),
+    (b"pmem-hostile", hostile::pmem::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

@@ -9,8 +9,8 @@
 //!   available index (hostile scenarios).
 //! - [`pci`]: the same devices over PCI (`--enable-pci`): configuration mechanism #1, the
 //!   capability walk, BAR sizing, the common configuration and MSI-X.
-//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`]: request helpers for virtio-blk,
-//!   virtio-net, virtio-vsock, virtio-rng and virtio-balloon.
+//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`], [`pmem`]: request helpers for
+//!   virtio-blk, virtio-net, virtio-vsock, virtio-rng, virtio-balloon and virtio-pmem.
 //!
 //! Every register access is a plain volatile access to the device window, which the image's
 //! page tables map uncached (3-4 GiB).
@@ -18,6 +18,7 @@
 pub mod balloon;
 pub mod blk;
 pub mod net;
+pub mod pmem;
 pub mod pci;
 pub mod ring;
 pub mod rng;

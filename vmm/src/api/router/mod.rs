@@ -13,8 +13,7 @@ use crate::resources::{
     parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
     DriveConfig, DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig,
     MachineConfigUpdate, MetricsConfig, MmdsConfig, NetworkInterfaceConfig, NetworkInterfaceUpdate,
-    PmemConfig, PmemUpdate,
-    SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
+    PmemConfig, PmemUpdate, SerialConfig, SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;

@@ -27,17 +27,17 @@ use super::pmem::mapping::{MappingError, PmemMapping};
 use super::pmem::Pmem;
 use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
+use crate::arch::x86_64::layout::{DEVICE_MEMORY_START, PMEM_ALIGNMENT};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
-use crate::arch::x86_64::layout::{DEVICE_MEMORY_START, PMEM_ALIGNMENT};
 use crate::resources::{
     BalloonConfig, DriveConfig, EntropyConfig, PmemConfig, RateLimiterConfig, ResourceError,
     VmResources,
 };
-use crate::vstate::vm::SlotMemory;
 use crate::sync::lock;
+use crate::vstate::vm::SlotMemory;
 use crate::vstate::vm::{Vm, VmError};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -70,7 +70,9 @@ pub enum VirtioSetupError {
     PmemFile(#[from] ResourceError),
     #[error("pmem {id}: {source}")]
     PmemMapping { id: String, source: MappingError },
-    #[error("pmem {id}: its memory does not fit below the end of the guest-physical address space")]
+    #[error(
+        "pmem {id}: its memory does not fit below the end of the guest-physical address space"
+    )]
     PmemAddress { id: String },
 }
 
@@ -309,12 +311,13 @@ impl VirtioSetup {
     ) -> Result<(), VirtioSetupError> {
         let mut next = DEVICE_MEMORY_START;
         for cfg in configs {
-            let mapping = PmemMapping::new(&cfg.backing_file()?, cfg.read_only).map_err(|source| {
-                VirtioSetupError::PmemMapping {
-                    id: cfg.id.clone(),
-                    source,
-                }
-            })?;
+            let mapping =
+                PmemMapping::new(&cfg.backing_file()?, cfg.read_only).map_err(|source| {
+                    VirtioSetupError::PmemMapping {
+                        id: cfg.id.clone(),
+                        source,
+                    }
+                })?;
             let mapping = Arc::new(mapping);
             let start = next;
             next = start

@@ -12,6 +12,7 @@
 //! * [`rng`]: a hostile driver of virtio-rng (`rng-hostile`).
 //! * [`balloon`]: a hostile driver of virtio-balloon (`balloon-hostile`).
 //! * [`pci`]: a hostile driver of the PCI bus, its BARs and MSI-X tables (`pci-hostile`).
+//! * [`pmem`]: a hostile driver of virtio-pmem (`pmem-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod giant;
 pub mod net;
 pub mod pci;
+pub mod pmem;
 pub mod rng;
 pub mod wrap;
 

@@ -105,7 +105,8 @@ impl PmemMapping {
     pub fn sync(&self) -> std::io::Result<()> {
         // SAFETY: msync only flushes the pages of the live shared mapping owned by `self`;
         // it reads and writes no memory of the process.
-        let r = unsafe { libc::msync(self.addr as *mut libc::c_void, self.file_len, libc::MS_SYNC) };
+        let r =
+            unsafe { libc::msync(self.addr as *mut libc::c_void, self.file_len, libc::MS_SYNC) };
         if r == 0 {
             Ok(())
         } else {

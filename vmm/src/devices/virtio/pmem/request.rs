@@ -77,15 +77,27 @@ mod tests {
         let ok = chain(vec![buf(0x100, 4)], vec![buf(0x300, 4), buf(0x400, 8)]);
         assert_eq!(parse(&ok, &mem), Ok(buf(0x300, 4)));
         let cases = [
-            (chain(vec![], vec![buf(0x300, 4)]), RequestError::ReadableCount(0)),
+            (
+                chain(vec![], vec![buf(0x300, 4)]),
+                RequestError::ReadableCount(0),
+            ),
             (
                 chain(vec![buf(0x100, 4), buf(0x100, 4)], vec![buf(0x300, 4)]),
                 RequestError::ReadableCount(2),
             ),
-            (chain(vec![buf(0x100, 3)], vec![buf(0x300, 4)]), RequestError::RequestLen(3)),
-            (chain(vec![buf(0x200, 4)], vec![buf(0x300, 4)]), RequestError::UnknownType(7)),
+            (
+                chain(vec![buf(0x100, 3)], vec![buf(0x300, 4)]),
+                RequestError::RequestLen(3),
+            ),
+            (
+                chain(vec![buf(0x200, 4)], vec![buf(0x300, 4)]),
+                RequestError::UnknownType(7),
+            ),
             (chain(vec![buf(0x100, 4)], vec![]), RequestError::NoStatus),
-            (chain(vec![buf(0x100, 4)], vec![buf(0x300, 5)]), RequestError::StatusLen(5)),
+            (
+                chain(vec![buf(0x100, 4)], vec![buf(0x300, 5)]),
+                RequestError::StatusLen(5),
+            ),
         ];
         for (c, want) in cases {
             assert_eq!(parse(&c, &mem), Err(want));

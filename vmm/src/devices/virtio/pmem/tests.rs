@@ -112,10 +112,7 @@ fn flushes_answer_ok_and_malformed_chains_are_returned_empty() {
 fn the_ops_bucket_holds_a_second_notification_back() {
     let m = mem();
     m.write_obj(0u32, GuestAddress(0x8000)).unwrap();
-    let descs = [
-        desc(0x8000, 4, F_NEXT, 1),
-        desc(0x9000, 4, F_WRITE, 0),
-    ];
+    let descs = [desc(0x8000, 4, F_NEXT, 1), desc(0x9000, 4, F_WRITE, 0)];
     let (vq, q) = queue_with(&m, 16, &descs, &[0]);
     let (p, map) = backing("limit", b"data");
     let cfg = RateLimiterConfig {
