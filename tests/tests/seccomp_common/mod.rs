@@ -12,7 +12,8 @@
 //! running on and taking a diff snapshot; then each virtio-blk and virtio-net scenario
 //! (reads, writes, flush, id, read-only, out-of-range, the hostile ones, a backing-file swap
 //! through `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy
-//! device (the limiters' timers), virtio-vsock both ways and with malformed packets, the
+//! device (the limiters' timers), virtio-vsock both ways and with malformed packets, a
+//! virtio-pmem device read, written and flushed, the
 //! guest's i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
@@ -902,6 +903,28 @@ fn balloon_run(launch: &Launch) -> Outcome {
     vm.finish("balloon", Expect::Exit(0), true)
 }
 
+/// virtio-pmem: the guest reads and writes the backing file through its window and sends a
+/// flush (`msync` on the VMM thread).
+fn pmem_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-pmem");
+    let cfg = config(&dir, "kiln.test=pmem", &[], &[]);
+    let backing = dir.path("pmem.img");
+    std::fs::write(&backing, vec![0x5au8; 8192]).expect("write the backing file");
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let pmem = format!(
+        ",\n \"pmem\": [{{\"id\": \"p0\", \"path_on_host\": {:?}}}]}}\n",
+        backing.to_str().expect("utf-8 path")
+    );
+    std::fs::write(
+        &cfg,
+        format!("{}{pmem}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    let vm = launch.start("pmem", None, &args, false);
+    vm.finish("pmem", Expect::Exit(0), true)
+}
+
 /// The balloon's free page reporting and hinting: the guest reports ranges on the host's
 /// signal (a target), then hints in a run `PATCH /balloon/hinting/start` begins (the VMM
 /// thread drops them with `madvise` and answers the guest's STOP with DONE).
@@ -1079,6 +1102,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     }
     all.push(balloon_run(launch));
     all.push(balloon_free_run(launch));
+    all.push(pmem_run(launch));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all
