@@ -43,7 +43,9 @@ fn config(dir: &ScratchDir, boot_args: &str, extra: &str) -> PathBuf {
 
 /// A backing file of [`FILE_LEN`] bytes, each different from its neighbours.
 fn backing(dir: &ScratchDir, name: &str) -> (PathBuf, Vec<u8>) {
-    let bytes: Vec<u8> = (0..FILE_LEN).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    let bytes: Vec<u8> = (0..FILE_LEN)
+        .map(|i| u8::try_from(i * 7 % 251).expect("below 251") + 1)
+        .collect();
     (dir.write(name, bytes.clone()), bytes)
 }
 

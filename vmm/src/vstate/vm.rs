@@ -88,13 +88,13 @@ pub enum VmError {
 ///
 /// # Safety
 ///
-/// An implementor guarantees that `[host_addr(), host_addr() + len())` is one live mapping,
+/// An implementor guarantees that `[host_addr(), host_addr() + size())` is one live mapping,
 /// readable (and writable unless the slot is registered read-only), for as long as the
-/// value exists, that `len()` is a non-zero multiple of the page size, and that no Rust
+/// value exists, that `size()` is a non-zero multiple of the page size, and that no Rust
 /// reference points into it (the guest writes it at any time).
 pub unsafe trait SlotMemory: Send + Sync {
     fn host_addr(&self) -> u64;
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
 }
 
 /// The memory slots registered after guest RAM, with the memory that backs them.
@@ -263,7 +263,7 @@ impl Vm {
         backing: Arc<dyn SlotMemory>,
         read_only: bool,
     ) -> Result<u32, VmError> {
-        let size = backing.len();
+        let size = backing.size();
         let overlap = VmError::DeviceMemoryOverlap { guest_addr, size };
         let end = guest_addr
             .checked_add(size)

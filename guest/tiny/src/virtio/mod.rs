@@ -18,8 +18,8 @@
 pub mod balloon;
 pub mod blk;
 pub mod net;
-pub mod pmem;
 pub mod pci;
+pub mod pmem;
 pub mod ring;
 pub mod rng;
 pub mod vsock;

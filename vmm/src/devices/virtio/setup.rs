@@ -321,7 +321,7 @@ impl VirtioSetup {
             let mapping = Arc::new(mapping);
             let start = next;
             next = start
-                .checked_add(SlotMemory::len(mapping.as_ref()))
+                .checked_add(SlotMemory::size(mapping.as_ref()))
                 .and_then(|end| end.checked_next_multiple_of(PMEM_ALIGNMENT))
                 .ok_or_else(|| VirtioSetupError::PmemAddress { id: cfg.id.clone() })?;
             let pmem = Pmem::new(&cfg.id, mapping.clone(), start)

@@ -43,14 +43,32 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     Pmem::set_word(0, REQ_FLUSH);
     Pmem::set_word(1, 5);
     let cases: [(&str, [(u64, u32, u16); 2]); 8] = [
-        ("writable", [(req, 4, DESC_F_WRITE | DESC_F_NEXT), (status, 4, DESC_F_WRITE)]),
+        (
+            "writable",
+            [
+                (req, 4, DESC_F_WRITE | DESC_F_NEXT),
+                (status, 4, DESC_F_WRITE),
+            ],
+        ),
         ("short", [(req, 3, DESC_F_NEXT), (status, 4, DESC_F_WRITE)]),
         ("type", [(other, 4, DESC_F_NEXT), (status, 4, DESC_F_WRITE)]),
         ("no-status", [(req, 4, 0), (0, 0, 0)]),
         ("readonly-status", [(req, 4, DESC_F_NEXT), (status, 4, 0)]),
-        ("long-status", [(req, 4, DESC_F_NEXT), (status, 8, DESC_F_WRITE)]),
-        ("in-window", [(req, 4, DESC_F_NEXT), (p.start, 4, DESC_F_WRITE)]),
-        ("loop", [(req, 4, DESC_F_NEXT), (status, 4, DESC_F_WRITE | DESC_F_NEXT)]),
+        (
+            "long-status",
+            [(req, 4, DESC_F_NEXT), (status, 8, DESC_F_WRITE)],
+        ),
+        (
+            "in-window",
+            [(req, 4, DESC_F_NEXT), (p.start, 4, DESC_F_WRITE)],
+        ),
+        (
+            "loop",
+            [
+                (req, 4, DESC_F_NEXT),
+                (status, 4, DESC_F_WRITE | DESC_F_NEXT),
+            ],
+        ),
     ];
     for (name, descs) in cases {
         Pmem::set_word(4, NO_STATUS);

@@ -133,7 +133,7 @@ unsafe impl SlotMemory for PmemMapping {
     fn host_addr(&self) -> u64 {
         self.addr as u64
     }
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len as u64
     }
 }
@@ -165,7 +165,7 @@ mod tests {
         let (p, f) = file(b"hello pmem");
         let m = PmemMapping::new(&f, false).unwrap();
         assert_eq!(m.file_len(), 10);
-        assert_eq!(SlotMemory::len(&m), PMEM_ALIGNMENT);
+        assert_eq!(m.size(), PMEM_ALIGNMENT);
         // SAFETY: the test writes one byte of the file's part of the live mapping, which
         // nothing else uses.
         unsafe { *(m.host_addr() as *mut u8) = b'J' };

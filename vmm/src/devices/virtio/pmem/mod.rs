@@ -60,7 +60,7 @@ pub struct Pmem {
 impl Pmem {
     /// A device for `mapping`, which the guest sees at `start`.
     pub fn new(id: &str, mapping: Arc<PmemMapping>, start: u64) -> Pmem {
-        let size = crate::vstate::vm::SlotMemory::len(mapping.as_ref());
+        let size = crate::vstate::vm::SlotMemory::size(mapping.as_ref());
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&start.to_le_bytes());
         config[8..].copy_from_slice(&size.to_le_bytes());
