@@ -6,8 +6,9 @@
 //! byte past the file's end; the tests compare with the host file (changed for a
 //! read-write device, untouched for a read-only one) and the metrics (`pmem.*`).
 //! `pmem-hostile` posts malformed requests, which must be refused and counted while the
-//! device keeps working. The API tests check `PUT`/`PATCH /pmem/{id}` and their refusals,
-//! `GET /vm/config`, and that a snapshot of a microVM with pmem is refused.
+//! device keeps working. The API tests check `PUT`/`PATCH /pmem/{id}` and their refusals and
+//! `GET /vm/config`; a snapshot's restore maps the file again (`pmem-watch` sees the host's
+//! writes before and after it).
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo build --workspace`).
 
@@ -363,22 +364,116 @@ fn the_api_configures_and_patches_pmem_as_firecracker() {
     let limiter = &cfg["pmem"][0]["rate_limiter"];
     assert_eq!(limiter["ops"]["size"], 5, "{cfg}");
     assert_eq!(limiter["bandwidth"]["size"], 1_000_000, "{cfg}");
-    // Snapshots of a microVM with pmem are refused, naming the device.
-    vmm.set_state("Paused");
-    let snap = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        vmm.dir.join("vm.snap").display(),
-        vmm.dir.join("vm.mem").display()
+}
+
+/// A snapshot keeps the device's queue and limiter; the file's contents stay in the file,
+/// which the restore maps again at the same guest address: the restored guest sees what
+/// the host writes into it, and its flushes are answered. A restore whose file is gone, or
+/// changed size, is refused.
+#[test]
+fn a_restore_maps_the_backing_file_again() {
+    require_kvm();
+    let vmm = ApiVmm::start(&[]);
+    let dir = ScratchDir::new("kiln-pmem-snap");
+    let (path, file) = backing(&dir, "pmem.img");
+    vmm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
     );
-    vmm.refuses(
+    vmm.ok(
+        "PUT",
+        "/pmem/p0",
+        &format!(
+            r#"{{"id": "p0", "path_on_host": "{}", "rate_limiter": {{"ops": {{"size": 10, "refill_time": 100}}}}}}"#,
+            path.display()
+        ),
+    );
+    vmm.boot_tiny_guest("kiln.test=pmem-watch kiln.count=2");
+    vmm.action("InstanceStart");
+    vmm.wait_serial("the first flush", "pmem watch flush used=4 status=0x0");
+    assert!(
+        vmm.serial()
+            .contains(&format!("pmem watch n=0 head={}", hex(&file[..16]))),
+        "{}",
+        vmm.serial()
+    );
+    // The host writes the file: the running guest sees it.
+    let write_head = |bytes: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(bytes, 0).unwrap();
+    };
+    write_head(b"before-snapshot!");
+    vmm.wait_serial(
+        "the guest's view of the host's write",
+        &format!("pmem watch n=1 head={}", hex(b"before-snapshot!")),
+    );
+    vmm.wait_for("the second flush", TIMEOUT, |v| {
+        v.serial()
+            .matches("pmem watch flush used=4 status=0x0")
+            .count()
+            == 2
+    });
+    vmm.set_state("Paused");
+    let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    vmm.ok(
         "PUT",
         "/snapshot/create",
-        Some(&snap),
-        400,
-        "virtio-pmem device (pmem \"p0\")",
+        &format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            mem.display()
+        ),
     );
-    assert!(!vmm.dir.join("vm.snap").exists());
-    vmm.assert_alive("the refused snapshot");
+    drop(vmm);
+    let load = format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
+        state.display(),
+        mem.display()
+    );
+    // Without its backing file the snapshot cannot be restored.
+    let moved = dir.join("moved.img");
+    std::fs::rename(&path, &moved).unwrap();
+    let refused = ApiVmm::start(&[]);
+    refused.refuses(
+        "PUT",
+        "/snapshot/load",
+        Some(&load),
+        400,
+        "pmem: the backing file",
+    );
+    drop(refused);
+    std::fs::rename(&moved, &path).unwrap();
+    let restored = ApiVmm::start(&[]);
+    restored.ok("PUT", "/snapshot/load", &load);
+    let cfg = restored.get("/vm/config");
+    assert_eq!(cfg["pmem"][0]["id"], "p0", "{cfg}");
+    assert_eq!(cfg["pmem"][0]["rate_limiter"]["ops"]["size"], 10, "{cfg}");
+    write_head(b"after-restore!!!");
+    restored.wait_serial(
+        "the restored guest's view of the host's write",
+        &format!("pmem watch n=2 head={}", hex(b"after-restore!!!")),
+    );
+    restored.wait_serial(
+        "a flush answered by the restored device",
+        "pmem watch flush used=4 status=0x0",
+    );
+    restored.wait_serial("the guest's end", "KILN-TINY: done");
+    drop(restored);
+    // A file of another size: another window size, refused by the device's comparison.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    let refused = ApiVmm::start(&[]);
+    let msg = refused.fault("PUT", "/snapshot/load", Some(&load), 400);
+    assert!(
+        msg.contains("virtio device p0: its configuration space differs"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -512,13 +512,6 @@ impl Controller {
                             .into(),
                     ));
                 }
-                if let Some(p) = self.resources.pmem.first() {
-                    return Err(ControllerError::SnapshotCreate(format!(
-                        "the microVM has a virtio-pmem device (pmem {:?}), which Kiln cannot \
-                         snapshot yet",
-                        p.id
-                    )));
-                }
                 let t = Instant::now();
                 let done = vm
                     .create_snapshot(&self.resources, &req, self.snapshot_key.as_deref())

@@ -94,6 +94,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"pci-hostile", hostile::pci::run),
     (b"pmem", pmem::run),
     (b"pmem-pci", pmem::run_pci),
+    (b"pmem-watch", pmem::run_watch),
     (b"pmem-hostile", hostile::pmem::run),
 ];
 

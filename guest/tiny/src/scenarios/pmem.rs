@@ -14,8 +14,15 @@
 //! * `pmem tail byte=0x..`: the byte at `kiln.tail=T` (default 0; past the file's end,
 //!   in the zero-filled rest of the 2 MiB window).
 //!
+//! `pmem-watch` (snapshots): after `pmem base=...` and `pmem mapped`, watches the window's
+//! first 16 bytes (each wait at most `kiln.wait=S` seconds, default 60) and, each time they
+//! change, up to `kiln.count=C` times (default 2), prints `pmem watch n=N head=<hex>` then
+//! flushes (`pmem watch flush used=U status=0x..`); the first line is the bytes as found, a
+//! change is printed once two reads ~20 ms apart agree (the host may be writing).
+//!
 //! The hostile driver is `pmem-hostile` (`hostile::pmem`).
 
+use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::pci::{self as vpci, PciDev};
@@ -28,6 +35,8 @@ use kiln_guest_boot::cmdline::param_num;
 pub const PATTERN: &[u8; 16] = b"KILN-PMEM-WRITE!";
 /// The PCI device id of virtio-pmem (0x1040 + 27).
 const PCI_DEVICE_PMEM: u16 = vpci::DEVICE_BASE + 27;
+/// TSC cycles (~20 ms) between the reads that show a host write is complete.
+const SETTLE: u64 = 50_000_000;
 /// `VIRTIO_MSI_NO_VECTOR`.
 const NO_VECTOR: u16 = 0xffff;
 
@@ -183,4 +192,48 @@ pub fn run_pci(info: &BootInfo, con: &mut Console) {
         return;
     };
     exercise(info, con, start, mapped, &mut r, &|| d.notify(0));
+}
+
+pub fn run_watch(info: &BootInfo, con: &mut Console) {
+    let Some(mut p) = open(info, con) else { return };
+    let count = param_num(info.cmdline, b"kiln.count", 2).clamp(1, 16);
+    let wait = param_num(info.cmdline, b"kiln.wait", 60).clamp(1, 600) * WAIT_CYCLES;
+    let head = |start: u64| {
+        let mut h = [0u8; 16];
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = read_byte(start, i as u64);
+        }
+        h
+    };
+    let mut seen = head(p.start);
+    for n in 0..=count {
+        if n > 0 {
+            let since = rdtsc();
+            loop {
+                let mut now = head(p.start);
+                if now != seen {
+                    // The host writes while the guest reads: wait until two reads a few
+                    // milliseconds apart agree.
+                    loop {
+                        let t = rdtsc();
+                        while rdtsc().wrapping_sub(t) < SETTLE {}
+                        let again = head(p.start);
+                        if again == now {
+                            break;
+                        }
+                        now = again;
+                    }
+                    seen = now;
+                    break;
+                }
+                if rdtsc().wrapping_sub(since) > wait {
+                    con.error().s("pmem watch: no change n=").dec(n).end();
+                    return;
+                }
+            }
+        }
+        let line = con.line().s("pmem watch n=").dec(n).s(" head=");
+        super::blk::hex_bytes(line, &seen).end();
+        flush(&mut p, con, "pmem watch flush");
+    }
 }

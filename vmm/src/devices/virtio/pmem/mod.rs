@@ -18,6 +18,7 @@
 //! `virtio.invalid_chains`); a broken ring sets `DEVICE_NEEDS_RESET`.
 
 pub mod mapping;
+mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, walk_chain, write_stream};
@@ -226,6 +227,10 @@ impl VirtioDevice for Pmem {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
     }
 
     fn rate_limiters_mut(&mut self) -> Vec<&mut RateLimiter> {
