@@ -202,12 +202,12 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
     #[serde(default)]
     pub balloon: Option<BalloonConfig>,
-    /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
-    /// accepted, anything else refused naming the feature.
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub pmem: Vec<PmemConfig>,
+    /// A section of the spec for a feature Kiln does not have yet: `null` is accepted,
+    /// anything else refused naming the feature.
     #[serde(rename = "memory-hotplug", default)]
     pub memory_hotplug: Option<NotYet>,
 }

@@ -4,7 +4,7 @@
 //!   `"drives": null`): [`null_as_default`] reads it as the default, as if the field were
 //!   absent;
 //! - a field or section of the spec for a feature Kiln does not have yet
-//!   (`"mmds-config": {...}`, `"pmem": [...]`): typed [`NotYet`], which takes any value
+//!   (`"memory-hotplug": {...}`): typed [`NotYet`], which takes any value
 //!   so that the parser never calls it an unknown field; the resource's validation then
 //!   refuses a present one with [`ResourceError::NotYet`], naming the feature. `null` (and
 //!   an empty list for list sections) stays accepted: it asks for nothing.

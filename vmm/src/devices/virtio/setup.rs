@@ -309,6 +309,8 @@ impl VirtioSetup {
         mem: &GuestMemoryMmap,
         configs: &[PmemConfig],
     ) -> Result<(), VirtioSetupError> {
+        // Without a virtio-mem hot-plug region, the pmem regions start the device memory
+        // (with one, they follow its end).
         let mut next = DEVICE_MEMORY_START;
         for cfg in configs {
             let mapping =
