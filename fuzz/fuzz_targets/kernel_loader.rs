@@ -456,7 +456,7 @@ fn run(
         }],
         None => Vec::new(),
     };
-    let args = with_root_arg(boot_args, &drives);
+    let args = with_root_arg(boot_args, &drives, &[]);
     let mut dm = DeviceManager::new();
     for _ in 0..case.devices % 20 {
         let slot = dm.allocate_mmio_slot().expect("a free virtio-mmio window");

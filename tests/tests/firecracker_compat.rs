@@ -767,7 +767,22 @@ fn errors_have_firecrackers_statuses_and_name_what_is_wrong() {
         ("PATCH", "/mmds", Some("{}".into()), "PUT /mmds a document before patching it"),
         ("PUT", "/mmds/config", Some(r#"{"network_interfaces": []}"#.into()), "network_interfaces is empty"),
         ("PUT", "/mmds/config", Some(r#"{"network_interfaces": ["nope"]}"#.into()), "network interface \"nope\" is not configured"),
-        ("PUT", "/pmem/p", Some("{}".into()), "virtio-pmem"),
+        // pmem (Kiln has it now): Firecracker's body, each required field named, its refusals.
+        ("PUT", "/pmem/p", Some("{}".into()), "missing field `id`"),
+        ("PUT", "/pmem/p", Some(r#"{"id": "p"}"#.into()), "missing field `path_on_host`"),
+        (
+            "PUT",
+            "/pmem/p",
+            Some(r#"{"id": "q", "path_on_host": "/x"}"#.into()),
+            "id in the path (\"p\") differs from the id in the body (\"q\")",
+        ),
+        (
+            "PUT",
+            "/pmem/p",
+            Some(r#"{"id": "p", "path_on_host": "/nonexistent/kiln-pmem.img"}"#.into()),
+            "pmem: the backing file \"/nonexistent/kiln-pmem.img\" cannot be opened",
+        ),
+        ("PATCH", "/pmem/p", Some(r#"{"id": "p"}"#.into()), "PATCH /pmem is only possible after InstanceStart"),
         // Memory hot-plug: Firecracker's limits, and its pre-/post-boot split.
         ("PUT", "/hotplug/memory", Some("{}".into()), "missing field `total_size_mib`"),
         ("PUT", "/hotplug/memory", Some(r#"{"total_size_mib": 1024, "block_size_mib": 3}"#.into()), "block_size_mib 3 is not a power of 2"),

@@ -228,7 +228,8 @@ pub fn build_prepared(
                 Transport::Mmio
             };
             let virtio = attach_virtio(&mut dm, &mem, res, transport)?;
-            let boot_args = virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives);
+            let boot_args =
+                virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives, &res.pmem);
             let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
             let tables =
                 loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, mc.vcpu_count)?;

@@ -13,7 +13,8 @@
 //! (reads, writes, flush, id, read-only, out-of-range, the hostile ones, a backing-file swap
 //! through `PATCH /drives`, frames both ways on a tap), a rate-limited drive and entropy
 //! device (the limiters' timers), virtio-vsock both ways and with malformed packets, the
-//! balloon, memory hot-plug (a KVM slot registered and removed, blocks given back), the
+//! balloon, memory hot-plug (a KVM slot registered and removed, blocks given back), a
+//! virtio-pmem device read, written and flushed, the
 //! guest's i8042 reset with serial input on stdin, and a triple fault (the vCPU fault path).
 
 #![allow(dead_code)]
@@ -959,6 +960,28 @@ fn vmem_run(launch: &Launch) -> Outcome {
     vm.finish("vmem", Expect::Exit(0), true)
 }
 
+/// virtio-pmem: the guest reads and writes the backing file through its window and sends a
+/// flush (`msync` on the VMM thread).
+fn pmem_run(launch: &Launch) -> Outcome {
+    let dir = Scratch::new("kiln-sc-pmem");
+    let cfg = config(&dir, "kiln.test=pmem", &[], &[]);
+    let backing = dir.path("pmem.img");
+    std::fs::write(&backing, vec![0x5au8; 8192]).expect("write the backing file");
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let pmem = format!(
+        ",\n \"pmem\": [{{\"id\": \"p0\", \"path_on_host\": {:?}}}]}}\n",
+        backing.to_str().expect("utf-8 path")
+    );
+    std::fs::write(
+        &cfg,
+        format!("{}{pmem}", text.trim_end().trim_end_matches('}')),
+    )
+    .expect("write config");
+    let args = [path_arg("--config-file", &cfg).to_vec(), os(&["--no-api"])].concat();
+    let vm = launch.start("pmem", None, &args, false);
+    vm.finish("pmem", Expect::Exit(0), true)
+}
+
 /// The balloon's free page reporting and hinting: the guest reports ranges on the host's
 /// signal (a target), then hints in a run `PATCH /balloon/hinting/start` begins (the VMM
 /// thread drops them with `madvise` and answers the guest's STOP with DONE).
@@ -1137,6 +1160,7 @@ pub fn lifecycle(launch: &Launch) -> Vec<Outcome> {
     all.push(balloon_run(launch));
     all.push(balloon_free_run(launch));
     all.push(vmem_run(launch));
+    all.push(pmem_run(launch));
     all.push(reset_run(launch));
     all.push(triple_run(launch));
     all

@@ -6,8 +6,8 @@ use crate::resources::{
     BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig, DriveConfig,
     DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MemoryHotplugConfig, MemoryHotplugSizeUpdate, MetricsConfig, MmdsConfig,
-    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
-    SnapshotLoadParams, VsockConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, PmemConfig, PmemUpdate, SerialConfig,
+    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 
 /// `PUT /actions` `action_type`.
@@ -51,6 +51,14 @@ pub enum ApiRequest {
     PatchNetworkInterface {
         path_id: String,
         update: NetworkInterfaceUpdate,
+    },
+    PutPmem {
+        path_id: String,
+        config: PmemConfig,
+    },
+    PatchPmem {
+        path_id: String,
+        update: PmemUpdate,
     },
     PutVsock(VsockConfig),
     PutEntropy(EntropyConfig),
@@ -97,6 +105,8 @@ impl ApiRequest {
             ApiRequest::PatchDrive { .. } => "PATCH /drives",
             ApiRequest::PutNetworkInterface { .. } => "PUT /network-interfaces",
             ApiRequest::PatchNetworkInterface { .. } => "PATCH /network-interfaces",
+            ApiRequest::PutPmem { .. } => "PUT /pmem",
+            ApiRequest::PatchPmem { .. } => "PATCH /pmem",
             ApiRequest::PutVsock(_) => "PUT /vsock",
             ApiRequest::PutEntropy(_) => "PUT /entropy",
             ApiRequest::PutSerial(_) => "PUT /serial",

@@ -59,6 +59,8 @@ pub enum ControllerError {
     DriveUpdate(String),
     #[error("PATCH /network-interfaces: {0}")]
     NetUpdate(String),
+    #[error("PATCH /pmem: {0}")]
+    PmemUpdate(String),
     /// `PUT /network-interfaces`: the tap device could not be opened (checked at the
     /// request, as Firecracker opens it there).
     #[error("network-interfaces: {0}")]
@@ -104,6 +106,7 @@ impl From<ControllerError> for RequestError {
             | ControllerError::CtrlAltDel(_)
             | ControllerError::DriveUpdate(_)
             | ControllerError::NetUpdate(_)
+            | ControllerError::PmemUpdate(_)
             | ControllerError::Logger(_)
             | ControllerError::Metrics(_)
             | ControllerError::Serialize(_)
@@ -138,6 +141,15 @@ pub trait Microvm {
         rx: Option<&RateLimiterConfig>,
         tx: Option<&RateLimiterConfig>,
     ) -> Result<(), String>;
+    /// Replaces the buckets `update` gives in a pmem device's rate limiter. The default:
+    /// the microVM has no pmem device.
+    fn update_pmem_rate_limiter(
+        &mut self,
+        id: &str,
+        _update: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        Err(format!("no pmem device with id {id:?}"))
+    }
     /// `PUT /snapshot/create` on the paused microVM configured by `res`; returns a line for
     /// the log. The default: this microVM cannot be snapshotted.
     fn create_snapshot(
@@ -409,6 +421,24 @@ impl Controller {
                 }
                 if let Some(tx) = &tx {
                     n.tx_rate_limiter = patched(n.tx_rate_limiter, tx);
+                }
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PutPmem { path_id, config } => {
+                self.pre_boot(what)?;
+                self.resources.put_pmem(Some(&path_id), config)?;
+                Ok(VmmData::Empty)
+            }
+            ApiRequest::PatchPmem { path_id, update } => {
+                let update = update.validated(Some(&path_id))?;
+                let vm = self.running(what, vm)?;
+                let Some(p) = self.resources.pmem.iter_mut().find(|p| p.id == update.id) else {
+                    return Err(ResourceError::UnknownPmem(update.id).into());
+                };
+                if let Some(limiter) = &update.rate_limiter {
+                    vm.update_pmem_rate_limiter(&p.id, limiter)
+                        .map_err(ControllerError::PmemUpdate)?;
+                    p.rate_limiter = patched(p.rate_limiter, limiter);
                 }
                 Ok(VmmData::Empty)
             }

@@ -52,6 +52,14 @@ impl Microvm for Vmm {
         Vmm::update_net_rate_limiters(self, iface_id, rx, tx).map_err(|e| e.to_string())
     }
 
+    fn update_pmem_rate_limiter(
+        &mut self,
+        id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        self.devices().virtio.update_pmem_rate_limiter(id, update)
+    }
+
     fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
         self.devices().virtio.balloon.clone()
     }

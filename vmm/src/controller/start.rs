@@ -20,6 +20,7 @@ impl Controller {
             (r.machine_config != Default::default(), "machine-config"),
             (!r.drives.is_empty(), "a drive"),
             (!r.network_interfaces.is_empty(), "a network interface"),
+            (!r.pmem.is_empty(), "a pmem device"),
             (r.vsock.is_some(), "vsock"),
             (r.entropy.is_some(), "entropy"),
             (r.cpu_config.is_some(), "cpu-config"),

@@ -97,6 +97,8 @@ metrics_group! {
         balloon_fails: Counter,
         hotplug_memory_count: Counter,
         hotplug_memory_fails: Counter,
+        pmem_count: Counter,
+        pmem_fails: Counter,
     }
 }
 
@@ -116,6 +118,8 @@ metrics_group! {
         balloon_fails: Counter,
         hotplug_memory_count: Counter,
         hotplug_memory_fails: Counter,
+        pmem_count: Counter,
+        pmem_fails: Counter,
     }
 }
 
@@ -364,6 +368,27 @@ metrics_group! {
         /// Reading or writing a host socket failed: the connection is reset.
         rx_read_fails: Counter,
         tx_write_fails: Counter,
+    }
+}
+
+metrics_group! {
+    /// The virtio-pmem devices (`pmem`), all together (Firecracker's aggregate `pmem`).
+    PmemMetrics {
+        activate_fails: Counter,
+        /// Driver writes to the read-only configuration space.
+        cfg_fails: Counter,
+        /// Requests refused (a malformed chain) or a used entry that could not be written.
+        event_fails: Counter,
+        /// Queue notifications.
+        queue_event_count: Counter,
+        /// Rate limiter timers that fired.
+        rate_limiter_event_count: Counter,
+        /// Notifications whose flush did not fit the rate limiter: the queue waits.
+        rate_limiter_throttled_events: Counter,
+        /// Kiln: msync calls (one per notification with a valid flush request).
+        flush_count: Counter,
+        /// Kiln: msync calls that failed (the guest gets a failure status).
+        flush_fails: Counter,
     }
 }
 

@@ -18,8 +18,8 @@ mod groups;
 pub use groups::{
     ApiServerMetrics, BalloonMetrics, BlockMetrics, BootTimingMetrics, EntropyMetrics,
     GetRequestsMetrics, I8042Metrics, LatenciesMetrics, LoggerSystemMetrics, MemoryHotplugMetrics,
-    MmdsMetrics, NetMetrics, PatchRequestsMetrics, PciMetrics, PutRequestsMetrics, SeccompMetrics,
-    SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
+    MmdsMetrics, NetMetrics, PatchRequestsMetrics, PciMetrics, PmemMetrics, PutRequestsMetrics,
+    SeccompMetrics, SerialMetrics, VcpuMetrics, VirtioMetrics, VmmMetrics, VsockMetrics,
 };
 
 use crate::output::open_output;
@@ -204,6 +204,7 @@ pub struct Metrics {
     pub mmds: MmdsMetrics,
     pub vsock: VsockMetrics,
     pub entropy: EntropyMetrics,
+    pub pmem: PmemMetrics,
     pub balloon: BalloonMetrics,
     pub memory_hotplug: MemoryHotplugMetrics,
     pub virtio: VirtioMetrics,
@@ -232,6 +233,7 @@ impl Metrics {
             mmds: MmdsMetrics::new(),
             vsock: VsockMetrics::new(),
             entropy: EntropyMetrics::new(),
+            pmem: PmemMetrics::new(),
             balloon: BalloonMetrics::new(),
             memory_hotplug: MemoryHotplugMetrics::new(),
             virtio: VirtioMetrics::new(),

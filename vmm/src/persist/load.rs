@@ -184,6 +184,11 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     for n in nets {
         res.put_network_interface(None, n)?;
     }
+    // The backing files are mapped again from their paths (Firecracker's rule: they must be
+    // where they were); what the guest wrote is in them.
+    for p in config.pmem {
+        res.put_pmem(None, p)?;
+    }
     // MMDS's configuration is in the snapshot, its data store is not (as in Firecracker).
     if let Some(m) = config.mmds_config {
         res.set_mmds_config(m)?;

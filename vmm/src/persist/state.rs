@@ -2,7 +2,7 @@
 //!
 //! Body layout (the [`crate::snapshot::codec`] encoding, in this order): the configuration
 //! (the config file's JSON: `boot-source`, `machine-config`, `cpu-config`, `drives`,
-//! `network-interfaces`, `vsock`, `entropy`, `serial`, `balloon`, with the rate limiters as they are
+//! `network-interfaces`, `pmem`, `vsock`, `entropy`, `serial`, `balloon`, with the rate limiters as they are
 //! in force), the guest memory (its regions, and with a key the 2 MiB chunk digests of the
 //! memory file), the VM (irqchip, PIT if it has one, kvmclock), every vCPU, COM1 (with its output
 //! bucket's tokens), the i8042, and every virtio-mmio transport in window order (with its
@@ -149,6 +149,7 @@ impl MicrovmState {
         }
         let configured = config.drives.len()
             + config.network_interfaces.len()
+            + config.pmem.len()
             + usize::from(config.vsock.is_some())
             + usize::from(config.entropy.is_some())
             + usize::from(config.balloon.is_some());

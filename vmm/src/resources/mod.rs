@@ -21,6 +21,7 @@ mod machine_config;
 mod memory_hotplug;
 mod mmds;
 mod net;
+mod pmem;
 mod rate_limiter;
 mod serial;
 mod snapshot;
@@ -29,6 +30,8 @@ mod vsock;
 
 #[cfg(test)]
 mod machine_config_tests;
+#[cfg(test)]
+mod pmem_tests;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +51,7 @@ pub use memory_hotplug::{
 };
 pub use mmds::{MmdsConfig, DEFAULT_MMDS_ADDRESS};
 pub use net::{MacAddr, NetworkInterfaceConfig, NetworkInterfaceUpdate};
+pub use pmem::{PmemConfig, PmemUpdate};
 pub use rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use serial::SerialConfig;
 pub use snapshot::{
@@ -57,7 +61,7 @@ pub use snapshot::{
 pub use vsock::VsockConfig;
 
 use serde::{Deserialize, Serialize};
-use spec::{null_as_default, refuse_if_listed, NotYet};
+use spec::null_as_default;
 
 /// The microVM's id when `--id` is not given (Firecracker's).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -109,6 +113,18 @@ pub enum ResourceError {
     },
     #[error("drives: {existing:?} is already the root device; only one drive can have is_root_device true")]
     SecondRootDevice { existing: String },
+    /// A root device is asked for while the other kind (drive or pmem device) has one.
+    #[error("{section}: {existing} is already the root device; only one drive or pmem device can be the root device")]
+    RootElsewhere {
+        section: &'static str,
+        existing: String,
+    },
+    #[error("pmem: {existing:?} is already the root device; only one pmem device can have root_device true")]
+    SecondRootPmem { existing: String },
+    #[error("pmem: no device with id {0:?}")]
+    UnknownPmem(String),
+    #[error("pmem: the backing file {0:?} is empty (a pmem device maps at least one byte)")]
+    EmptyPmemFile(String),
     #[error("drives: no drive with drive_id {0:?}")]
     UnknownDrive(String),
     #[error("drives: drive {0:?} has no path_on_host (Kiln's drives are backed by a file)")]
@@ -193,21 +209,12 @@ pub struct VmConfig {
     pub serial: Option<SerialConfig>,
     #[serde(default)]
     pub balloon: Option<BalloonConfig>,
-    /// Sections of the spec for features Kiln does not have yet: `null` (or `[]`) is
-    /// accepted, anything else refused naming the feature.
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub pmem: Vec<NotYet>,
+    pub pmem: Vec<PmemConfig>,
     #[serde(rename = "memory-hotplug", default)]
     pub memory_hotplug: Option<MemoryHotplugConfig>,
-}
-
-impl VmConfig {
-    /// Refuses a section for a feature Kiln does not have yet.
-    fn refuse_missing_features(&self) -> Result<(), ResourceError> {
-        refuse_if_listed(&self.pmem, "pmem", "the virtio-pmem device")
-    }
 }
 
 /// Everything known about the microVM to be built, accumulated from the config file or from
@@ -232,6 +239,9 @@ pub struct VmResources {
     pub balloon: Option<BalloonConfig>,
     /// `PUT /hotplug/memory`: the virtio-mem device's region.
     pub memory_hotplug: Option<MemoryHotplugConfig>,
+    /// virtio-pmem devices, in the order they were first configured (`/dev/pmem0`, ...);
+    /// `PATCH /pmem/{id}` keeps their rate limiters current.
+    pub pmem: Vec<PmemConfig>,
 }
 
 impl VmResources {
@@ -239,7 +249,6 @@ impl VmResources {
     /// API uses. A config without `boot-source` is refused: it could not boot.
     pub fn from_json(text: &str) -> Result<Self, ResourceError> {
         let file: VmConfig = parse_json(text)?;
-        file.refuse_missing_features()?;
         let mut res = VmResources::default();
         if let Some(mc) = file.machine_config {
             res.set_machine_config(mc)?;
@@ -253,6 +262,9 @@ impl VmResources {
         }
         for n in file.network_interfaces {
             res.put_network_interface(None, n)?;
+        }
+        for p in file.pmem {
+            res.put_pmem(None, p)?;
         }
         if let Some(v) = file.vsock {
             res.set_vsock(v)?;
@@ -293,7 +305,7 @@ impl VmResources {
             mmds_config: self.mmds_config.clone(),
             balloon: self.balloon,
             memory_hotplug: self.memory_hotplug,
-            ..VmConfig::default()
+            pmem: self.pmem.clone(),
         }
     }
 
@@ -371,6 +383,12 @@ impl VmResources {
     ) -> Result<(), ResourceError> {
         let cfg = cfg.validated(path_id)?;
         if cfg.is_root_device {
+            if let Some(root) = self.pmem.iter().find(|p| p.root_device) {
+                return Err(ResourceError::RootElsewhere {
+                    section: "drives",
+                    existing: format!("pmem device {:?}", root.id),
+                });
+            }
             if let Some(root) = self
                 .drives
                 .iter()
@@ -387,6 +405,34 @@ impl VmResources {
         }
         // The root device is the first virtio-blk device, so the guest sees it as /dev/vda.
         self.drives.sort_by_key(|d| !d.is_root_device);
+        Ok(())
+    }
+
+    /// `PUT /pmem/{id}` (and a config file's `pmem` entry): adds a virtio-pmem device, or
+    /// replaces the one with the same id in its place.
+    pub fn put_pmem(
+        &mut self,
+        path_id: Option<&str>,
+        cfg: PmemConfig,
+    ) -> Result<(), ResourceError> {
+        let cfg = cfg.validated(path_id)?;
+        if cfg.root_device {
+            if let Some(root) = self.drives.iter().find(|d| d.is_root_device) {
+                return Err(ResourceError::RootElsewhere {
+                    section: "pmem",
+                    existing: format!("drive {:?}", root.drive_id),
+                });
+            }
+            if let Some(root) = self.pmem.iter().find(|p| p.root_device && p.id != cfg.id) {
+                return Err(ResourceError::SecondRootPmem {
+                    existing: root.id.clone(),
+                });
+            }
+        }
+        match self.pmem.iter_mut().find(|p| p.id == cfg.id) {
+            Some(slot) => *slot = cfg,
+            None => self.pmem.push(cfg),
+        }
         Ok(())
     }
 

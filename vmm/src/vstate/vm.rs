@@ -17,10 +17,11 @@ use super::vm_state::SnapshotCaps;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -69,6 +70,10 @@ pub enum VmError {
     },
     #[error("the host's KVM has {max} memory slots, guest memory needs {wanted}")]
     TooManySlots { wanted: usize, max: usize },
+    #[error("too many pmem devices: their memory slots would reach slot {FIRST_DEVICE_SLOT}, where the virtio-mem region's slots begin")]
+    TooManyPmemSlots,
+    #[error("device memory at {guest_addr:#x} ({size} bytes) overlaps guest RAM or another device's memory")]
+    DeviceMemoryOverlap { guest_addr: u64, size: u64 },
     #[error("cannot duplicate the VM's descriptor: {0}")]
     Duplicate(std::io::Error),
     #[error("KVM_IRQFD failed for GSI {gsi}: {source}")]
@@ -86,6 +91,29 @@ pub enum VmError {
 /// memory never share a number.
 pub const FIRST_DEVICE_SLOT: u32 = 32;
 
+/// Host memory that backs a memory slot outside guest RAM (a pmem device's file mapping).
+///
+/// # Safety
+///
+/// An implementor guarantees that `[host_addr(), host_addr() + size())` is one live mapping,
+/// readable (and writable unless the slot is registered read-only), for as long as the
+/// value exists, that `size()` is a non-zero multiple of the page size, and that no Rust
+/// reference points into it (the guest writes it at any time).
+pub unsafe trait SlotMemory: Send + Sync {
+    fn host_addr(&self) -> u64;
+    fn size(&self) -> u64;
+}
+
+/// The memory slots registered after guest RAM, with the memory that backs them.
+#[derive(Default)]
+struct DeviceSlots {
+    next_slot: u32,
+    /// (guest address, size) of each.
+    ranges: Vec<(u64, u64)>,
+    /// Kept alive as long as the VM (dropped after `fd`, see [`Vm`]).
+    backing: Vec<Arc<dyn SlotMemory>>,
+}
+
 /// A KVM VM with its irqchip (and PIT, if asked for), ready for memory slots and vCPUs.
 pub struct Vm {
     fd: VmFd,
@@ -96,6 +124,10 @@ pub struct Vm {
     supported_cpuid: CpuId,
     /// What snapshots need to know of the host's KVM.
     snapshot_caps: SnapshotCaps,
+    /// End of guest RAM (no device memory below it).
+    ram_end: u64,
+    // Declared after `fd`: the memory the VM's slots point at outlives the VM.
+    device_slots: Mutex<DeviceSlots>,
     // Kept last: /dev/kvm outlives the VM file descriptor.
     _kvm: Kvm,
 }
@@ -162,12 +194,23 @@ impl Vm {
         } else {
             mark("irqchip created (no PIT)");
         }
+        let ram_end = mem
+            .iter()
+            .map(|r| r.start_addr().0 + r.len())
+            .max()
+            .unwrap_or(0);
+        let first_device_slot = u32::try_from(mem.num_regions()).unwrap_or(u32::MAX);
         Ok(Vm {
             fd,
-            max_memslots,
             pit,
             supported_cpuid,
             snapshot_caps,
+            max_memslots,
+            ram_end,
+            device_slots: Mutex::new(DeviceSlots {
+                next_slot: first_device_slot,
+                ..DeviceSlots::default()
+            }),
             _kvm: kvm,
         })
     }
@@ -226,6 +269,67 @@ impl Vm {
     /// thread (the virtio-mem device, on the VMM thread), on a descriptor of its own.
     pub fn slot_handle(&self) -> Result<SlotHandle, VmError> {
         Ok(SlotHandle(self.duplicate_fd()?))
+    }
+
+    /// Registers `backing` as the next memory slot, at guest address `guest_addr` (above
+    /// guest RAM, not overlapping another device's slot), read-only for the guest when
+    /// `read_only` (its writes then exit to the VMM as MMIO). The VM keeps `backing` alive
+    /// for as long as it exists. Returns the slot number.
+    pub fn add_device_memory(
+        &self,
+        guest_addr: u64,
+        backing: Arc<dyn SlotMemory>,
+        read_only: bool,
+    ) -> Result<u32, VmError> {
+        let size = backing.size();
+        let overlap = VmError::DeviceMemoryOverlap { guest_addr, size };
+        let end = guest_addr
+            .checked_add(size)
+            .ok_or(VmError::DeviceMemoryOverlap { guest_addr, size })?;
+        let mut slots = crate::sync::lock(&self.device_slots);
+        if guest_addr < self.ram_end
+            || slots
+                .ranges
+                .iter()
+                .any(|&(a, l)| guest_addr < a.saturating_add(l) && a < end)
+        {
+            return Err(overlap);
+        }
+        let slot = slots.next_slot;
+        // Slots from FIRST_DEVICE_SLOT on are virtio-mem's (registered as blocks are plugged).
+        if slot >= FIRST_DEVICE_SLOT {
+            return Err(VmError::TooManyPmemSlots);
+        }
+        if usize::try_from(slot).map_or(true, |s| s >= self.max_memslots) {
+            return Err(VmError::TooManySlots {
+                wanted: usize::try_from(slot)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
+                max: self.max_memslots,
+            });
+        }
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: if read_only { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: backing.host_addr(),
+        };
+        // SAFETY: `SlotMemory` guarantees that the host range is one live mapping of `size`
+        // bytes, writable unless the slot is read-only, into which no Rust reference points;
+        // the VM keeps `backing` (in `device_slots`, dropped after `fd`) so the mapping
+        // outlives the slot; the guest range was checked above to overlap neither RAM nor
+        // another device slot.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(|source| VmError::MemorySlot {
+            slot,
+            guest_addr,
+            size,
+            source,
+        })?;
+        slots.next_slot = slot + 1;
+        slots.ranges.push((guest_addr, size));
+        slots.backing.push(backing);
+        Ok(slot)
     }
 
     /// Makes `evt` raise `gsi` on the in-kernel irqchip each time it is written.

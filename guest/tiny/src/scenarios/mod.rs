@@ -21,6 +21,7 @@ mod msr;
 mod net;
 mod pci;
 mod pit;
+mod pmem;
 mod ports;
 mod print;
 mod rng;
@@ -95,6 +96,10 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"pci-hostile", hostile::pci::run),
     (b"vmem", vmem::run),
     (b"vmem-hostile", hostile::vmem::run),
+    (b"pmem", pmem::run),
+    (b"pmem-pci", pmem::run_pci),
+    (b"pmem-watch", pmem::run_watch),
+    (b"pmem-hostile", hostile::pmem::run),
 ];
 
 /// Runs the scenario named `name`, or reports that there is none by that name.

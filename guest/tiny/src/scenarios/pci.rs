@@ -276,7 +276,9 @@ pub fn run_snap(info: &BootInfo, con: &mut Console) {
         .end();
     d.msix_entry(1, apic, VEC_AFTER, false);
     let Some(used) = request(&d, &mut r) else {
-        con.error().s("pci rng request timed out after the restore").end();
+        con.error()
+            .s("pci rng request timed out after the restore")
+            .end();
         return;
     };
     let got = &Rng::buf()[..(used as usize).min(BUF_LEN)];

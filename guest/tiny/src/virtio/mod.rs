@@ -9,8 +9,9 @@
 //!   available index (hostile scenarios).
 //! - [`pci`]: the same devices over PCI (`--enable-pci`): configuration mechanism #1, the
 //!   capability walk, BAR sizing, the common configuration and MSI-X.
-//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`]: request helpers for
-//!   virtio-blk, virtio-net, virtio-vsock, virtio-rng, virtio-balloon and virtio-mem.
+//! - [`blk`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`], [`pmem`]: request
+//!   helpers for virtio-blk, virtio-net, virtio-vsock, virtio-rng, virtio-balloon, virtio-mem
+//!   and virtio-pmem.
 //!
 //! Every register access is a plain volatile access to the device window, which the image's
 //! page tables map uncached (3-4 GiB).
@@ -20,6 +21,7 @@ pub mod blk;
 pub mod mem;
 pub mod net;
 pub mod pci;
+pub mod pmem;
 pub mod ring;
 pub mod rng;
 pub mod vsock;

@@ -13,8 +13,8 @@ use crate::resources::{
     parse_json, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CpuConfig,
     DriveConfig, DriveUpdate, EntropyConfig, HintingStart, LoggerConfig, MachineConfig,
     MachineConfigUpdate, MemoryHotplugConfig, MemoryHotplugSizeUpdate, MetricsConfig, MmdsConfig,
-    NetworkInterfaceConfig, NetworkInterfaceUpdate, SerialConfig, SnapshotCreateParams,
-    SnapshotLoadParams, VsockConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, PmemConfig, PmemUpdate, SerialConfig,
+    SnapshotCreateParams, SnapshotLoadParams, VsockConfig,
 };
 use kiln_http::{Method, Request};
 use serde::Deserialize;
@@ -28,6 +28,7 @@ pub enum Endpoint {
     BootSource,
     Drives,
     NetworkInterfaces,
+    Pmem,
     Vsock,
     Entropy,
     Serial,
@@ -55,7 +56,7 @@ impl Endpoint {
         match self {
             Endpoint::InstanceInfo | Endpoint::Version | Endpoint::VmConfig => "GET",
             Endpoint::MachineConfig => "GET, PUT, PATCH",
-            Endpoint::Drives | Endpoint::NetworkInterfaces => "PUT, PATCH",
+            Endpoint::Drives | Endpoint::NetworkInterfaces | Endpoint::Pmem => "PUT, PATCH",
             Endpoint::BootSource
             | Endpoint::Vsock
             | Endpoint::Entropy
@@ -82,10 +83,6 @@ impl Endpoint {
         self.allow().split(", ").any(|a| a == m)
     }
 }
-
-/// Paths of Firecracker's API (first segment) for features Kiln does not have yet, with the
-/// feature: answered with a message that says so, rather than a bare "unknown path".
-const NOT_YET: &[(&str, &str)] = &[("pmem", "the virtio-pmem device")];
 
 /// The status of every refusal decided here (Firecracker answers 400 to each).
 pub const REFUSED: u16 = 400;
@@ -152,6 +149,8 @@ pub fn counters(
         (Method::Put, Endpoint::Metrics) => (&p.metrics_count, Some(&p.metrics_fails)),
         (Method::Put, Endpoint::NetworkInterfaces) => (&p.network_count, Some(&p.network_fails)),
         (Method::Put, Endpoint::Vsock) => (&p.vsock_count, Some(&p.vsock_fails)),
+        (Method::Put, Endpoint::Pmem) => (&p.pmem_count, Some(&p.pmem_fails)),
+        (Method::Patch, Endpoint::Pmem) => (&pa.pmem_count, Some(&pa.pmem_fails)),
         (Method::Put, Endpoint::Entropy) => (&p.entropy_count, Some(&p.entropy_fails)),
         (Method::Put, Endpoint::Serial) => (&p.serial_count, Some(&p.serial_fails)),
         (Method::Put, Endpoint::CpuConfig) => (&p.cpu_cfg_count, Some(&p.cpu_cfg_fails)),
@@ -198,6 +197,8 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["drives", id] => (Endpoint::Drives, Some(*id)),
         ["network-interfaces"] => (Endpoint::NetworkInterfaces, None),
         ["network-interfaces", id] => (Endpoint::NetworkInterfaces, Some(*id)),
+        ["pmem"] => (Endpoint::Pmem, None),
+        ["pmem", id] => (Endpoint::Pmem, Some(*id)),
         ["vsock"] => (Endpoint::Vsock, None),
         ["entropy"] => (Endpoint::Entropy, None),
         ["serial"] => (Endpoint::Serial, None),
@@ -217,13 +218,7 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
         ["balloon", "hinting", "status"] => (Endpoint::BalloonHintingStatus, None),
         ["balloon", "hinting", "stop"] => (Endpoint::BalloonHintingStop, None),
         ["hotplug", "memory"] => (Endpoint::HotplugMemory, None),
-        [first, ..] => {
-            let message = match NOT_YET.iter().find(|(p, _)| p == first) {
-                Some((_, feature)) => format!("{path}: {feature} is not supported by Kiln yet"),
-                None => no_such_path(path),
-            };
-            return Err(RouteError::unknown(message, None));
-        }
+        _ => return Err(RouteError::unknown(no_such_path(path), None)),
     };
     Ok(found)
 }
@@ -232,7 +227,7 @@ pub fn endpoint(path: &str) -> Result<(Endpoint, Option<&str>), RouteError> {
 fn no_such_path(path: &str) -> String {
     format!(
         "no such path: {path} (Kiln serves /, /version, /machine-config, /boot-source, \
-         /drives/{{id}}, /network-interfaces/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
+         /drives/{{id}}, /network-interfaces/{{id}}, /pmem/{{id}}, /vsock, /entropy, /serial, /cpu-config, \
          /actions, /logger, /metrics, /vm, /vm/config, /snapshot/create, /snapshot/load, /mmds, \
          /mmds/config, /balloon, /balloon/statistics, /balloon/hinting/start, \
          /balloon/hinting/status, /balloon/hinting/stop, /hotplug/memory)"
@@ -268,7 +263,10 @@ fn route_endpoint(
 ) -> Result<ApiRequest, RouteError> {
     let what = format!("{} {}", req.method.as_str(), req.path);
     if req.method.as_str() == "DELETE"
-        && matches!(endpoint, Endpoint::Drives | Endpoint::NetworkInterfaces)
+        && matches!(
+            endpoint,
+            Endpoint::Drives | Endpoint::NetworkInterfaces | Endpoint::Pmem
+        )
     {
         return Err(RouteError::unknown(
             format!("{what}: hot-unplugging devices is not supported by Kiln yet"),
@@ -360,6 +358,20 @@ fn route_endpoint(
             ApiRequest::PatchNetworkInterface {
                 path_id,
                 update: parse_json::<NetworkInterfaceUpdate>(body).map_err(json)?,
+            }
+        }
+        (Method::Put, Endpoint::Pmem) => {
+            let path_id = need_id("pmem device", "pmem")?;
+            ApiRequest::PutPmem {
+                path_id,
+                config: parse_json::<PmemConfig>(body).map_err(json)?,
+            }
+        }
+        (Method::Patch, Endpoint::Pmem) => {
+            let path_id = need_id("pmem device", "pmem")?;
+            ApiRequest::PatchPmem {
+                path_id,
+                update: parse_json::<PmemUpdate>(body).map_err(json)?,
             }
         }
         (Method::Put, Endpoint::Vsock) => {

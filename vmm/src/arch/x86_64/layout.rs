@@ -70,12 +70,6 @@ pub const MMIO_DEVICES_END: u64 = PCI_MMIO_START;
 pub const PCI_MMIO_START: u64 = 0xe000_0000;
 pub const PCI_MMIO_END: u64 = IOAPIC_ADDR;
 
-/// Device memory (the virtio-mem hot-plug region, then the virtio-pmem regions): past
-/// Firecracker's 64-bit MMIO window, at 512 GiB (its `FIRST_ADDR_PAST_64BITS_MMIO`), so
-/// that a guest sees the same physical addresses on both VMMs. None of it is in the e820
-/// map: the devices announce it.
-pub const DEVICE_MEMORY_START: u64 = 512 << 30;
-
 /// A virtio-mmio device's window (from [`MMIO_DEVICES_START`]) and its IRQ (from
 /// [`IRQ_DEVICES_START`]), as the device manager hands them out and the kernel command line
 /// announces them.
@@ -90,6 +84,16 @@ pub struct MmioSlot {
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// In-kernel LAPIC (architectural default).
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+
+/// Start of device memory, past Firecracker's 64-bit MMIO window, at 512 GiB (its
+/// `FIRST_ADDR_PAST_64BITS_MMIO`, so that a guest sees the same physical addresses on both
+/// VMMs): the virtio-mem hot-plug region, then each virtio-pmem device's region (aligned to
+/// [`PMEM_ALIGNMENT`], in configuration order). None of it is in the e820 map: the drivers
+/// find it in their device's configuration space.
+pub const DEVICE_MEMORY_START: u64 = 512 << 30;
+/// Alignment of a virtio-pmem region's address and size (2 MiB, as Linux's pmem driver
+/// needs for huge-page DAX mappings and Firecracker uses).
+pub const PMEM_ALIGNMENT: u64 = 2 << 20;
 
 /// KVM's identity-map page (needed by KVM for real-mode guests on Intel), inside the gap.
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;

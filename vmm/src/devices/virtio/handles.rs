@@ -8,6 +8,7 @@ use super::mem::VirtioMem;
 use super::mmio::MmioTransport;
 use super::net::{Net, NetError};
 use super::pci::PciHandles;
+use super::pmem::Pmem;
 use super::vsock::Vsock;
 use super::Interrupt;
 use crate::metrics::METRICS;
@@ -60,6 +61,7 @@ pub struct VirtioHandles {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// The virtio-mem device (`memory-hotplug`).
     pub mem: Option<Arc<Mutex<VirtioMem>>>,
+    pub pmem: Vec<(String, Arc<Mutex<Pmem>>)>,
     /// Every device's transport, in window order (snapshots save and restore them).
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// With `--enable-pci`: the bus and its functions in slot order (instead of
@@ -99,6 +101,21 @@ impl VirtioHandles {
             METRICS.block.update_fails.inc();
         }
         Ok(done?)
+    }
+
+    /// `PATCH /pmem/{id}` after boot: replaces the buckets given.
+    pub fn update_pmem_rate_limiter(
+        &self,
+        id: &str,
+        update: &RateLimiterConfig,
+    ) -> Result<(), String> {
+        let (_, dev) = self
+            .pmem
+            .iter()
+            .find(|(i, _)| i == id)
+            .ok_or_else(|| format!("no pmem device with id {id:?}"))?;
+        lock(dev).update_rate_limiter(update);
+        Ok(())
     }
 
     /// `PATCH /network-interfaces/{id}` after boot: replaces the buckets given.

@@ -26,6 +26,7 @@ pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+pub mod pmem;
 pub mod queue;
 pub mod rng;
 pub mod setup;

@@ -26,18 +26,21 @@ use super::mem::VirtioMem;
 use super::mmio::{MmioTransport, NOTIFY_OFFSET};
 use super::net::{Net, NetError};
 use super::pci::setup::{PciSetupError, PciTransports};
+use super::pmem::mapping::{MappingError, PmemMapping};
+use super::pmem::Pmem;
 use super::rng::Entropy;
 use super::{Interrupt, VirtioDevice};
-use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
+use crate::arch::x86_64::layout::{DEVICE_MEMORY_START, PMEM_ALIGNMENT};
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::timer::TimerError;
 use crate::event_loop::{EventLoopError, Sources};
 use crate::resources::{
-    BalloonConfig, DriveConfig, EntropyConfig, MemoryHotplugConfig, RateLimiterConfig, VmResources,
+    BalloonConfig, DriveConfig, EntropyConfig, MemoryHotplugConfig, PmemConfig, RateLimiterConfig,
+    ResourceError, VmResources,
 };
 use crate::sync::lock;
-use crate::vstate::vm::{SlotHandle, Vm, VmError, FIRST_DEVICE_SLOT};
+use crate::vstate::vm::{SlotHandle, SlotMemory, Vm, VmError, FIRST_DEVICE_SLOT};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -69,6 +72,14 @@ pub enum VirtioSetupError {
     VirtioMem(#[from] RegionError),
     #[error("memory-hotplug: the region needs {needed} KVM memory slots from slot {FIRST_DEVICE_SLOT}, and the host's KVM has {max} (use a larger slot_size_mib)")]
     TooManySlots { needed: usize, max: usize },
+    #[error(transparent)]
+    PmemFile(#[from] ResourceError),
+    #[error("pmem {id}: {source}")]
+    PmemMapping { id: String, source: MappingError },
+    #[error(
+        "pmem {id}: its memory does not fit below the end of the guest-physical address space"
+    )]
+    PmemAddress { id: String },
 }
 
 /// The VM's memory slots, for the virtio-mem device's region.
@@ -95,10 +106,28 @@ fn limiter(id: &str, cfg: Option<&RateLimiterConfig>) -> Result<RateLimiter, Vir
     })
 }
 
-/// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`) and `ro`/`rw` added in front
-/// when a root drive is configured and the arguments name no `root=` themselves.
-pub fn with_root_arg<'a>(boot_args: &'a str, drives: &[DriveConfig]) -> Cow<'a, str> {
-    let Some(root) = drives.iter().find(|d| d.is_root_device) else {
+/// `boot_args` with `root=/dev/vda` (or `root=PARTUUID=...`, or `root=/dev/pmem<N>` for
+/// the N-th pmem device) and `ro`/`rw` added in front when a root drive or pmem device is
+/// configured and the arguments name no `root=` themselves.
+pub fn with_root_arg<'a>(
+    boot_args: &'a str,
+    drives: &[DriveConfig],
+    pmem: &[PmemConfig],
+) -> Cow<'a, str> {
+    let root = match drives.iter().find(|d| d.is_root_device) {
+        Some(d) => Some((
+            match &d.partuuid {
+                Some(u) => format!("root=PARTUUID={u}"),
+                None => "root=/dev/vda".to_string(),
+            },
+            d.is_read_only,
+        )),
+        None => pmem
+            .iter()
+            .position(|p| p.root_device)
+            .map(|i| (format!("root=/dev/pmem{i}"), pmem[i].read_only)),
+    };
+    let Some((dev, read_only)) = root else {
         return Cow::Borrowed(boot_args);
     };
     let kernel_part = boot_args.split(" -- ").next().unwrap_or("");
@@ -108,11 +137,7 @@ pub fn with_root_arg<'a>(boot_args: &'a str, drives: &[DriveConfig]) -> Cow<'a, 
     {
         return Cow::Borrowed(boot_args);
     }
-    let dev = match &root.partuuid {
-        Some(u) => format!("root=PARTUUID={u}"),
-        None => "root=/dev/vda".to_string(),
-    };
-    let mode = if root.is_read_only { "ro" } else { "rw" };
+    let mode = if read_only { "ro" } else { "rw" };
     Cow::Owned(format!("{dev} {mode} {boot_args}").trim_end().to_string())
 }
 
@@ -124,6 +149,8 @@ pub struct VirtioSetup {
     wiring: Vec<KvmWiring>,
     /// With `--enable-pci`: the PCI bus the devices go on instead of MMIO windows.
     pci: Option<PciTransports>,
+    /// The pmem devices' memory, for KVM slots: (guest address, mapping, read-only).
+    device_memory: Vec<(u64, Arc<PmemMapping>, bool)>,
 }
 
 /// What KVM must know about one device: its irqfd and its queue ioeventfds.
@@ -170,6 +197,7 @@ pub fn attach_devices(
         events: Vec::new(),
         wiring: Vec::new(),
         pci,
+        device_memory: Vec::new(),
     };
     for cfg in &res.drives {
         let block =
@@ -189,6 +217,7 @@ pub fn attach_devices(
         setup.attach(dm, mem, dev.clone())?;
         setup.handles.nets.push((cfg.iface_id.clone(), dev));
     }
+    setup.attach_pmem(dm, mem, &res.pmem, res.memory_hotplug.as_ref())?;
     Ok(setup)
 }
 
@@ -319,8 +348,54 @@ impl VirtioSetup {
         Ok(())
     }
 
+    /// The pmem devices (`pmem`, in configuration order, so the guest names them
+    /// `/dev/pmem0`, ...): each backing file mapped, its memory placed after the previous
+    /// one's from [`DEVICE_MEMORY_START`], or from the end of the virtio-mem hot-plug region
+    /// (`hotplug`) that starts there (the KVM slots follow in [`Self::wire`]).
+    fn attach_pmem(
+        &mut self,
+        dm: &mut DeviceManager,
+        mem: &GuestMemoryMmap,
+        configs: &[PmemConfig],
+        hotplug: Option<&MemoryHotplugConfig>,
+    ) -> Result<(), VirtioSetupError> {
+        let first = hotplug.map_or(Some(DEVICE_MEMORY_START), |h| {
+            DEVICE_MEMORY_START
+                .checked_add(h.total_bytes())
+                .and_then(|end| end.checked_next_multiple_of(PMEM_ALIGNMENT))
+        });
+        let mut next = match (first, configs.first()) {
+            (Some(a), _) => a,
+            (None, Some(cfg)) => return Err(VirtioSetupError::PmemAddress { id: cfg.id.clone() }),
+            (None, None) => return Ok(()),
+        };
+        for cfg in configs {
+            let mapping =
+                PmemMapping::new(&cfg.backing_file()?, cfg.read_only).map_err(|source| {
+                    VirtioSetupError::PmemMapping {
+                        id: cfg.id.clone(),
+                        source,
+                    }
+                })?;
+            let mapping = Arc::new(mapping);
+            let start = next;
+            next = start
+                .checked_add(SlotMemory::size(mapping.as_ref()))
+                .and_then(|end| end.checked_next_multiple_of(PMEM_ALIGNMENT))
+                .ok_or_else(|| VirtioSetupError::PmemAddress { id: cfg.id.clone() })?;
+            let pmem = Pmem::new(&cfg.id, mapping.clone(), start)
+                .with_rate_limiter(limiter(&cfg.id, cfg.rate_limiter.as_ref())?);
+            let dev = Arc::new(Mutex::new(pmem));
+            self.attach(dm, mem, dev.clone())?;
+            self.handles.pmem.push((cfg.id.clone(), dev));
+            self.device_memory.push((start, mapping, cfg.read_only));
+        }
+        Ok(())
+    }
+
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
-    /// with the VM, and gives virtio-mem the VM's memory slots.
+    /// with the VM, gives virtio-mem the VM's memory slots, and registers each pmem
+    /// device's memory slot.
     pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
         if let Some(dev) = &self.handles.mem {
             let mut dev = lock(dev);
@@ -332,6 +407,9 @@ impl VirtioSetup {
             let slots = KvmSlots(vm.slot_handle()?);
             dev.region_mut()
                 .set_slots(Box::new(slots), FIRST_DEVICE_SLOT);
+        }
+        for (start, mapping, read_only) in self.device_memory.drain(..) {
+            vm.add_device_memory(start, mapping, read_only)?;
         }
         if let Some(pci) = &self.pci {
             pci.wire(vm)?;
@@ -375,29 +453,29 @@ mod tests {
 
     #[test]
     fn root_argument() {
-        assert_eq!(with_root_arg("console=ttyS0", &[]), "console=ttyS0");
+        assert_eq!(with_root_arg("console=ttyS0", &[], &[]), "console=ttyS0");
         assert_eq!(
-            with_root_arg("console=ttyS0", &[drive(false, false, None)]),
+            with_root_arg("console=ttyS0", &[drive(false, false, None)], &[]),
             "console=ttyS0"
         );
         assert_eq!(
-            with_root_arg("console=ttyS0", &[drive(true, false, None)]),
+            with_root_arg("console=ttyS0", &[drive(true, false, None)], &[]),
             "root=/dev/vda rw console=ttyS0"
         );
         assert_eq!(
-            with_root_arg("a -- b", &[drive(true, true, None)]),
+            with_root_arg("a -- b", &[drive(true, true, None)], &[]),
             "root=/dev/vda ro a -- b"
         );
         assert_eq!(
-            with_root_arg("", &[drive(true, true, Some("ab-01"))]),
+            with_root_arg("", &[drive(true, true, Some("ab-01"))], &[]),
             "root=PARTUUID=ab-01 ro"
         );
         assert_eq!(
-            with_root_arg("root=/dev/vdb", &[drive(true, false, None)]),
+            with_root_arg("root=/dev/vdb", &[drive(true, false, None)], &[]),
             "root=/dev/vdb"
         );
         assert_eq!(
-            with_root_arg("a -- root=x", &[drive(true, false, None)]),
+            with_root_arg("a -- root=x", &[drive(true, false, None)], &[]),
             "root=/dev/vda rw a -- root=x"
         );
     }

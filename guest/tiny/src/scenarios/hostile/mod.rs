@@ -13,6 +13,7 @@
 //! * [`balloon`]: a hostile driver of virtio-balloon (`balloon-hostile`).
 //! * [`pci`]: a hostile driver of the PCI bus, its BARs and MSI-X tables (`pci-hostile`).
 //! * [`vmem`]: a hostile driver of virtio-mem (`vmem-hostile`).
+//! * [`pmem`]: a hostile driver of virtio-pmem (`pmem-hostile`).
 //!
 //! Each module's header lists the lines its scenarios print.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod giant;
 pub mod net;
 pub mod pci;
+pub mod pmem;
 pub mod rng;
 pub mod vmem;
 pub mod wrap;
