@@ -144,6 +144,35 @@ fn the_guest_reads_writes_and_flushes_the_file() {
     assert!(m.get("pmem.queue_event_count") >= 1);
 }
 
+/// With memory hot-plug too, the pmem region follows the hot-plug region (both from 512 GiB,
+/// as Firecracker places them), and the guest uses it there.
+#[test]
+fn with_memory_hotplug_the_window_follows_the_hotplug_region() {
+    let dir = ScratchDir::new("kiln-pmem-hp");
+    let (path, file) = backing(&dir, "pmem.img");
+    let extra = format!(
+        "{},\n \"memory-hotplug\": {{\"total_size_mib\": 256}}",
+        pmem_section(&path, false)
+    );
+    let cfg = config(&dir, "kiln.test=pmem kiln.len=64 kiln.tail=5000", &extra);
+    let metrics = dir.join("metrics.json");
+    let f = run(&cfg, &metrics, &[]);
+    let out = tiny::assert_clean_run(&f);
+    let dev = line(&out, "pmem", &f);
+    assert_eq!(
+        field(&dev, "start"),
+        Some("0x8010000000"),
+        "512 GiB + the 256 MiB hot-plug region\n{f}"
+    );
+    assert_eq!(check_window(&out, &file, &f), hex(PATTERN), "{f}");
+    let now = std::fs::read(&path).unwrap();
+    assert_eq!(
+        &now[OFFSET..OFFSET + 16],
+        PATTERN,
+        "the guest's write is in the file"
+    );
+}
+
 #[test]
 fn a_read_only_device_never_changes_the_file() {
     let dir = ScratchDir::new("kiln-pmem-ro");

@@ -76,7 +76,12 @@ fn a_pci_microvm_is_restored_with_its_bars_msix_table_and_pending_bits() {
         &["--enable-pci"],
         &format!("console=ttyS0 reboot=k panic=1 kiln.test=pci-snap kiln.wait={GUEST_WAIT}"),
     );
-    a.wait_serial("the guest waiting for its snapshot", "pci snap ready");
+    // The whole line: the test pauses the guest as soon as it is seen.
+    a.wait_for("the guest waiting for its snapshot", WAIT, |v| {
+        v.serial()
+            .split_inclusive('\n')
+            .any(|l| l.contains("pci snap ready bar=") && l.ends_with('\n'))
+    });
     a.set_state("Paused");
     let before = a.serial();
     a.ok(
