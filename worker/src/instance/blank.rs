@@ -1,6 +1,7 @@
 //! Blank instances: a jail made, its VMM running with its API up and told the guest's memory
 //! size, so that it has made its KVM VM and registered the guest's memory (`--prepare-vm`),
-//! ahead of demand — and no function. A blank instance has never been assigned to any
+//! and its vsock device (the worker's listener, the same for every instance), ahead of
+//! demand — and no function. A blank instance has never been assigned to any
 //! function or tenant: its jail's root holds only what the jailer put there (the VMM, its pid
 //! file, `/dev`, `/run`, the empty vsock bind), its VMM has no boot source, no vCPU, guest
 //! memory no one has written (fresh anonymous pages), and has started no guest (the API says
@@ -11,8 +12,9 @@
 //! host side (created new, no link followed, mode 0400, owned by the instance's uid — the
 //! jail's Landlock rules let the VMM read anything under its `/`, which is mounted read-only
 //! inside the jail, so the VMM cannot have planted anything there); then the VMM is
-//! configured through its API (`machine-config` with the function's vCPUs, `boot-source`,
-//! `vsock` — the same values the config file of a booted instance holds) and `InstanceStart`.
+//! configured through its API (`boot-source`, and `machine-config` when the function has
+//! more than one vCPU — the same values the config file of a booted instance holds) and
+//! `InstanceStart`.
 //! From then on it is an instance like any other and never blank again.
 //!
 //! Function images only: a Linux function's kernel and initramfs are bound into its jail
@@ -33,6 +35,8 @@ use std::time::{Duration, Instant};
 
 /// What blank instances' ids start with (`blank-<n>-<worker tag>`).
 pub const BLANK_NAME: &str = "blank";
+/// A blank instance's vCPUs (a function with more gets its machine-config, and a new VM).
+const BLANK_VCPUS: u8 = 1;
 
 /// A started blank instance.
 pub struct BlankInstance {
@@ -79,11 +83,20 @@ impl BlankInstance {
         if let Err(e) = jail.wait_api(started, deadline) {
             return Err(api_error(&mut jail, e));
         }
-        // Blank instances serve function images only (no Linux functions).
-        let machine = host_dir::machine_config(1, memory_mib, false).to_string();
+        // Blank instances serve function images only (no Linux functions). The vsock device
+        // is every instance's (the worker's listener in the jail's `/vsock`).
         let sock = jail.api_socket();
-        if let Err(e) = api::request(&sock, "PUT", "/machine-config", &machine, deadline) {
-            return Err(api_error(&mut jail, e));
+        let configure = [
+            (
+                "/machine-config",
+                host_dir::machine_config(BLANK_VCPUS, memory_mib, false),
+            ),
+            ("/vsock", host_dir::vsock()),
+        ];
+        for (path, body) in configure {
+            if let Err(e) = api::request(&sock, "PUT", path, &body.to_string(), deadline) {
+                return Err(api_error(&mut jail, e));
+            }
         }
         jail.open_vmm_pidfd();
         Ok(BlankInstance {
@@ -174,18 +187,19 @@ impl BlankInstance {
             }
         })?;
         let sock = jail.api_socket();
-        let configure = [
-            (
+        // The blank's machine-config and vsock stand unless the function needs more vCPUs.
+        let mut configure = vec![];
+        if function.vcpus != BLANK_VCPUS {
+            configure.push((
                 "/machine-config",
                 host_dir::machine_config(function.vcpus, function.memory_mib, false),
-            ),
-            ("/boot-source", host_dir::boot_source(function)),
-            ("/vsock", host_dir::vsock()),
-            (
-                "/actions",
-                serde_json::json!({ "action_type": "InstanceStart" }),
-            ),
-        ];
+            ));
+        }
+        configure.push(("/boot-source", host_dir::boot_source(function)));
+        configure.push((
+            "/actions",
+            serde_json::json!({ "action_type": "InstanceStart" }),
+        ));
         for (path, body) in configure {
             if let Err(e) = api::request(&sock, "PUT", path, &body.to_string(), deadline) {
                 return Err(api_error(&mut jail, e));
