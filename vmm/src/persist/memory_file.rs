@@ -393,4 +393,48 @@ mod tests {
         let _ = std::fs::remove_file(&p);
         let _ = std::fs::remove_file(&q);
     }
+
+    #[test]
+    fn holes_are_zeros_in_the_file_and_are_never_read_nor_filled() {
+        // 2 MiB of RAM, then an 8 MiB "hot-plug" region whose [2 MiB, 6 MiB) is a hole.
+        let regions = [(0u64, 2 << 20), (1u64 << 39, 8 << 20)];
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 2 << 20),
+            (GuestAddress(1 << 39), 8 << 20),
+        ])
+        .unwrap();
+        let plugged = (1u64 << 39) + 0x1000;
+        let unplugged = (1u64 << 39) + (3 << 20);
+        mem.write_slice(b"plugged", GuestAddress(plugged)).unwrap();
+        mem.write_slice(b"stale", GuestAddress(unplugged)).unwrap();
+        let holes = [((2 << 20) + (2 << 20), 4 << 20)];
+        let image = Image {
+            mem: &mem,
+            regions: &regions,
+            holes: &holes,
+        };
+        assert!(image.is_hole(4 << 20, 4 << 20));
+        assert!(!image.is_hole(3 << 20, 2 << 20));
+        let mut b = [1u8; 8];
+        image.read((2 << 20) + (3 << 20), &mut b).unwrap();
+        assert_eq!(b, [0; 8], "a hole reads as zeros");
+        let (f, p) = temp("holes");
+        let d = write_full(&image, &f, &p, true).unwrap().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 10 << 20);
+        assert!(is_hole(&f, 4 << 20, 4 << 20), "the hole stays a hole");
+        assert_eq!(d, digest_file(&f, &p, 10 << 20, 1).unwrap());
+        assert_eq!(d, digest_guest(&image, 1).unwrap());
+        // Back into a fresh region: the plugged part only.
+        let fresh =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(1 << 39), 8 << 20)]).unwrap();
+        fill_guest(&f, &p, &fresh, &[(2 << 20, 1 << 39, 2 << 20)]).unwrap();
+        let mut got = [0u8; 7];
+        fresh.read_slice(&mut got, GuestAddress(plugged)).unwrap();
+        assert_eq!(&got, b"plugged");
+        fresh
+            .read_slice(&mut got[..5], GuestAddress(unplugged))
+            .unwrap();
+        assert_eq!(&got[..5], &[0; 5]);
+        let _ = std::fs::remove_file(&p);
+    }
 }
