@@ -259,10 +259,12 @@ const IRQCHIP_FIELD: usize = 4 + 520;
 fn state_files_from_before_the_pit_became_optional_still_load_with_their_pit() {
     let dir = ScratchDir::new("kiln-snap-pit-old");
     let a = pit_vmm("");
-    let (state, mem) = snapshot(&a, &dir, "v12");
+    // Not named like a rewritten file below (v1N.snap), which would replace it.
+    let (state, mem) = snapshot(&a, &dir, "current");
     drop(a);
     // v1.3 bodies are v1.4's without the virtio-mem device's presence byte (the last byte:
-    // none on this VM); v1.2 bodies are also without the PCI bus's (the byte before). v1.0 and v1.1 bodies are also without the PIT's presence byte (v1.1 also
+    // none on this VM); v1.2 bodies are also without the PCI bus's (the byte before). v1.0
+    // and v1.1 bodies are also without the PIT's presence byte (v1.1 also
     // ends each virtio transport's state with its device's: this VM has none): after the
     // configuration (u32 length + text), the memory regions (u32 count + 16 bytes each, then
     // the digest's absence byte) and the three irqchips.
