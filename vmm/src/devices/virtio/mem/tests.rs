@@ -317,7 +317,8 @@ fn a_saved_state_restores_the_blocks_and_exactly_the_slots_holding_them() {
 
 #[test]
 fn a_saved_state_that_disagrees_with_the_device_is_refused_naming_what() {
-    let cases: [(&str, fn(&mut persist::VirtioMemState)); 8] = [
+    type Edit = fn(&mut persist::VirtioMemState);
+    let cases: [(&str, Edit); 8] = [
         ("the snapshot's hot-plug region is at 0x0, the device's at 0x8000000000", |s| s.addr = 0),
         ("the snapshot's hot-plug region size is 0x20000000 bytes, the configuration's (memory-hotplug) 0x10000000", |s| s.total = 512 * MIB),
         ("the snapshot's hot-plug block size is 0x400000 bytes", |s| s.block = 4 * MIB),
