@@ -21,7 +21,7 @@ use api_common::Vmm;
 use kiln_tests::metrics::Metrics;
 use kiln_tests::tiny::{self, field, parse_hex, TinyOutput};
 use kiln_tests::{require_bin, require_kvm, run_with_timeout, ScratchDir};
-use snapshot_common::{create_body, edit_config, load_body, reseal};
+use snapshot_common::{create_body, edit_config, load_body, reseal, write_key};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
@@ -537,9 +537,10 @@ fn plugged_memory_survives_a_snapshot_and_tampered_hotplug_state_is_refused() {
 }
 
 /// As in Firecracker, a snapshot loads only into a fresh VMM: not after `PUT
-/// /hotplug/memory`. A Diff snapshot of a microVM with virtio-mem is refused by name.
+/// /hotplug/memory`. A Diff snapshot of a microVM with virtio-mem is refused by name, and
+/// so is an authenticated one whose memory is more than its digests can cover (256 GiB).
 #[test]
-fn a_load_after_memory_hotplug_and_a_diff_snapshot_are_refused() {
+fn a_load_after_memory_hotplug_a_diff_and_an_unhashable_snapshot_are_refused() {
     let scratch = ScratchDir::new("kiln-vmem-snap-refused");
     let fresh = Vmm::start(&[]);
     fresh.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 256}"#);
@@ -564,6 +565,28 @@ fn a_load_after_memory_hotplug_and_a_diff_snapshot_are_refused() {
         Some(&create_body("Diff", &scratch.join("s"), &scratch.join("m"))),
         400,
         "snapshot_type Diff: this microVM has a virtio-mem device (memory-hotplug)",
+    );
+    assert!(!scratch.join("s").exists() && !scratch.join("m").exists());
+    drop(vmm);
+    let key = scratch.join("key");
+    write_key(&key, 7);
+    let big = Vmm::start(&["--snapshot-key-file", key.to_str().unwrap()]);
+    big.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    big.boot_tiny_guest("kiln.test=vmem");
+    big.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 262144}"#);
+    big.action("InstanceStart");
+    wait_line(&big, "vmem base=");
+    big.set_state("Paused");
+    big.refuses(
+        "PUT",
+        "/snapshot/create",
+        Some(&create_body("Full", &scratch.join("s"), &scratch.join("m"))),
+        400,
+        "an authenticated snapshot hashes at most 274877906944 bytes of memory, and this microVM's RAM and memory hot-plug region are 274911461376 bytes",
     );
     assert!(!scratch.join("s").exists() && !scratch.join("m").exists());
 }

@@ -14,6 +14,7 @@ use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::virtio::mmio::persist::TransportStateError;
 use crate::devices::virtio::pci::persist::save_bus;
 use crate::resources::{SnapshotCreate, SnapshotType, VmConfig, VmResources};
+use crate::snapshot::digest::{CHUNK, MAX_CHUNKS};
 use crate::snapshot::{format, Encoder, SnapshotKey};
 use crate::sync::lock;
 use crate::vmm::{VmState as RunState, Vmm, VmmError};
@@ -33,6 +34,8 @@ pub enum CreateError {
     Xsave(usize),
     #[error("snapshot_type Diff: this microVM has a virtio-mem device (memory-hotplug), whose plugged memory Kiln does not track for diffs yet: take a Full snapshot")]
     VirtioMemDiff,
+    #[error("an authenticated snapshot hashes at most {max} bytes of memory, and this microVM's RAM and memory hot-plug region are {size} bytes")]
+    DigestTooLarge { size: u64, max: u64 },
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -156,6 +159,13 @@ pub fn create_snapshot(
         regions: &image_regions,
         holes: &holes,
     };
+    let max = MAX_CHUNKS as u64 * CHUNK;
+    if key.is_some() && image.size() > max {
+        return Err(CreateError::DigestTooLarge {
+            size: image.size(),
+            max,
+        });
+    }
     // Both logs are read (and so cleared) by every snapshot: the next diff has the pages
     // written after this one.
     let dirty = if caps.track_dirty_pages {
