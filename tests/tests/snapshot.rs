@@ -435,7 +435,7 @@ fn bad_snapshots_and_requests_are_refused_and_the_vmm_stays_usable() {
         (
             file("version.snap", &version),
             &mem,
-            "format version v9.0.0; this VMM reads v1.3.0",
+            "format version v9.0.0; this VMM reads v1.4.0",
         ),
         (
             file("junk.snap", &[b'x'; 4096]),
@@ -531,7 +531,7 @@ fn the_snapshot_version_flags_print_the_format() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.3.0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.4.0\n");
     let dir = ScratchDir::new("kiln-snap-describe");
     let (state, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
     let a = counting_vmm(&[], "");
@@ -543,7 +543,7 @@ fn the_snapshot_version_flags_print_the_format() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.3.0\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.4.0\n");
     let out = Command::new(&vmm)
         .arg("--describe-snapshot")
         .arg(&mem)

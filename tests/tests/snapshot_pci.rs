@@ -118,7 +118,7 @@ fn a_pci_microvm_is_restored_with_its_bars_msix_table_and_pending_bits() {
         .arg(&state)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.3.0\n", "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1.4.0\n", "{out:?}");
 
     let load = load_body(&state, "File", &mem, r#""resume_vm": true"#);
     // A VMM without --enable-pci cannot give the guest its devices where it left them.

@@ -8,16 +8,21 @@
 //! unplugged memory is no longer reachable (the KVM slot is gone). `vmem-hostile` sends
 //! what a broken driver would (unaligned, outside, beyond the request, unplug of unplugged
 //! blocks, malformed chains) and the answers and metrics are checked. The API's refusals
-//! (Firecracker's limits, pre-/post-boot) and the PCI transport are here too.
+//! (Firecracker's limits, pre-/post-boot) and the PCI transport are here too. `vmem-snap`
+//! plugs and writes memory that is then snapshotted and restored into another VMM, whose
+//! guest reads it back and unplugs and plugs again; tampered hot-plug state is refused.
 //!
 //! Needs /dev/kvm and the `vmm` binary (`cargo build --workspace`).
 
 mod api_common;
+mod snapshot_common;
 
 use api_common::Vmm;
 use kiln_tests::metrics::Metrics;
 use kiln_tests::tiny::{self, field, parse_hex, TinyOutput};
 use kiln_tests::{require_bin, require_kvm, run_with_timeout, ScratchDir};
+use snapshot_common::{create_body, edit_config, load_body, reseal, write_key};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -340,25 +345,248 @@ fn the_api_keeps_firecrackers_limits_and_order() {
     vmm.assert_alive("a refused start");
 }
 
-/// Snapshots of a microVM with virtio-mem are refused, naming it (never a file that
-/// restores wrong).
+/// The state body's tail for this test's microVM (256 MiB in 2 MiB blocks: two bitmap
+/// words): the virtio-mem section ends the body, its fields from the end being the bitmap
+/// (2 words), its count (u32), then usable, requested, slot, block, total, addr (u64 each).
+const TAIL_WORDS: usize = 16;
+const TAIL_COUNT: usize = TAIL_WORDS + 4;
+const TAIL_USABLE: usize = TAIL_COUNT + 8;
+const TAIL_BLOCK: usize = TAIL_USABLE + 8 * 3;
+
+/// `body`'s u64 field `from_end` bytes before its end, replaced by `v`.
+fn set_tail_u64(mut body: Vec<u8>, from_end: usize, v: u64) -> Vec<u8> {
+    let at = body.len() - from_end;
+    body[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    body
+}
+
+/// A microVM with plugged and written hot-plug memory is snapshotted (the memory file holds
+/// the plugged blocks only: the unplugged ones are holes) and restored into a new VMM, which
+/// first refuses tampered state files naming what is wrong. The restored VMM shows the saved
+/// configuration and status, holds only the plugged blocks, and its guest reads its markers
+/// back, unplugs and plugs again as the host asks.
 #[test]
-fn a_snapshot_is_refused_naming_virtio_mem() {
+fn plugged_memory_survives_a_snapshot_and_tampered_hotplug_state_is_refused() {
     let scratch = ScratchDir::new("kiln-vmem-snap");
+    let metrics = scratch.join("metrics.json");
+    let a = vmem_vmm(&metrics, "vmem-snap");
+    a.ok(
+        "PATCH",
+        "/hotplug/memory",
+        &format!(r#"{{"requested_size_mib": {PLUG_MIB}}}"#),
+    );
+    wait_line(&a, "vmem wrote");
+    let pages = ((PLUG_MIB << 20) / 4096).to_string();
+    let out = TinyOutput::parse(&a.serial());
+    assert_eq!(field(&line(&out, "vmem wrote"), "ok"), Some(pages.as_str()));
+    a.set_state("Paused");
+    let (state, mem) = (scratch.join("state"), scratch.join("mem"));
+    a.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
+    );
+    drop(a);
+    let m = std::fs::metadata(&mem).expect("the memory file");
+    assert_eq!(m.len(), (32 + 256) << 20, "the RAM, then the whole region");
+    assert!(
+        m.blocks() * 512 < (32 + PLUG_MIB + 8) << 20,
+        "{} bytes on disk: the unplugged blocks must be holes",
+        m.blocks() * 512
+    );
+
+    let b_metrics = scratch.join("b-metrics.json");
+    let mut b = Vmm::start(&["--metrics-path", b_metrics.to_str().unwrap()]);
+    let load = load_body(&state, "File", &mem, "");
+    let tampered = |name: &str, edit: &dyn Fn(Vec<u8>) -> Vec<u8>, words: &str| {
+        let out = scratch.join(name);
+        reseal(&state, &out, None, edit);
+        b.refuses(
+            "PUT",
+            "/snapshot/load",
+            Some(&load_body(&out, "File", &mem, "")),
+            400,
+            words,
+        );
+    };
+    tampered(
+        "outside",
+        &|mut body| {
+            let n = body.len();
+            body[n - 1] |= 0x80;
+            body
+        },
+        "the snapshot's hot-plug bitmap marks block 127 plugged, outside the usable region (0x8000000 bytes)",
+    );
+    tampered(
+        "block",
+        &|body| set_tail_u64(body, TAIL_BLOCK, 4 << 20),
+        "the snapshot's hot-plug block size is 0x400000 bytes, the configuration's (memory-hotplug) 0x200000",
+    );
+    tampered(
+        "usable",
+        &|body| set_tail_u64(body, TAIL_USABLE, 512 << 20),
+        "the snapshot's hot-plug usable region (0x20000000 bytes) is not whole slots of the region (0x10000000 bytes)",
+    );
+    tampered(
+        "length",
+        &|mut body| {
+            let at = body.len() - TAIL_COUNT;
+            body[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+            body.extend_from_slice(&[0; 8]);
+            body
+        },
+        "the snapshot's hot-plug bitmap has 3 words, 128 blocks need 2",
+    );
+    tampered(
+        "huge",
+        &|mut body| {
+            let at = body.len() - TAIL_COUNT;
+            body[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            body
+        },
+        "hot-plug bitmap: 4294967295 entries, more than the 524288 allowed",
+    );
+    let unconfigured = scratch.join("unconfigured");
+    edit_config(&state, &unconfigured, |c| {
+        let mut v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        v["memory-hotplug"] = serde_json::Value::Null;
+        v.to_string()
+    });
+    b.refuses(
+        "PUT",
+        "/snapshot/load",
+        Some(&load_body(&unconfigured, "File", &mem, "")),
+        400,
+        "the snapshot's configuration has no memory-hotplug, and it holds the state of a virtio-mem device",
+    );
+    b.refuses(
+        "PUT",
+        "/snapshot/load",
+        Some(&load_body(&state, "Uffd", &scratch.join("no-handler"), "")),
+        400,
+        "this snapshot has a virtio-mem device (memory-hotplug)",
+    );
+    assert_eq!(
+        b.state(),
+        "Not started",
+        "the refused loads left nothing behind"
+    );
+
+    b.ok("PUT", "/snapshot/load", &load);
+    assert_eq!(
+        b.get("/vm/config")["memory-hotplug"],
+        serde_json::json!({"total_size_mib": 256, "block_size_mib": 2, "slot_size_mib": 128})
+    );
+    assert_eq!(
+        b.get("/hotplug/memory"),
+        serde_json::json!({"total_size_mib": 256, "slot_size_mib": 128, "block_size_mib": 2,
+            "plugged_size_mib": PLUG_MIB, "requested_size_mib": PLUG_MIB})
+    );
+    let rss = rss_anon_kib(&b);
+    assert!(
+        ((PLUG_MIB - 4) << 10..(PLUG_MIB + 64) << 10).contains(&rss),
+        "RssAnon {rss} KiB after the restore: the {PLUG_MIB} MiB plugged, not the 256 MiB region"
+    );
+    b.set_state("Resumed");
+    b.ok(
+        "PATCH",
+        "/hotplug/memory",
+        &format!(r#"{{"requested_size_mib": {}}}"#, PLUG_MIB / 2),
+    );
+    wait_line(&b, "vmem unplug");
+    let out = TinyOutput::parse(&b.serial());
+    let reread = line(&out, "vmem reread");
+    assert_eq!(field(&reread, "pages"), Some(pages.as_str()));
+    assert_eq!(
+        field(&reread, "ok"),
+        Some(pages.as_str()),
+        "the plugged memory's markers after the restore"
+    );
+    let unplug = line(&out, "vmem unplug");
+    assert_eq!(field(&unplug, "resp"), Some("0"), "ACK");
+    assert_eq!(
+        field(&unplug, "plugged").and_then(parse_hex),
+        Some((PLUG_MIB / 2) << 20)
+    );
+    assert_eq!(b.get("/hotplug/memory")["plugged_size_mib"], PLUG_MIB / 2);
+    b.ok(
+        "PATCH",
+        "/hotplug/memory",
+        &format!(r#"{{"requested_size_mib": {PLUG_MIB}}}"#),
+    );
+    wait_line(&b, "vmem replug");
+    let out = TinyOutput::parse(&b.serial());
+    let replug = line(&out, "vmem replug");
+    let half = ((PLUG_MIB / 2) << 20) / 4096;
+    assert_eq!(field(&replug, "resp"), Some("0"), "ACK");
+    assert_eq!(
+        field(&replug, "plugged").and_then(parse_hex),
+        Some(PLUG_MIB << 20)
+    );
+    assert_eq!(field(&replug, "ok"), Some(half.to_string().as_str()));
+    b.wait_serial("the guest's end", "KILN-TINY: done");
+    wait_exit(&mut b);
+    let m = Metrics::read(&b_metrics);
+    // The restore registered the one slot holding plugged blocks (the second holds none);
+    // the unplug and the plug again stayed inside it.
+    assert_eq!(m.get("memory_hotplug.slots_added"), 1, "{m:?}");
+    assert_eq!(m.get("memory_hotplug.slots_removed"), 0);
+    assert_eq!(m.get("memory_hotplug.unplug_bytes"), (PLUG_MIB / 2) << 20);
+    assert_eq!(m.get("memory_hotplug.plug_bytes"), (PLUG_MIB / 2) << 20);
+}
+
+/// As in Firecracker, a snapshot loads only into a fresh VMM: not after `PUT
+/// /hotplug/memory`. A Diff snapshot of a microVM with virtio-mem is refused by name, and
+/// so is an authenticated one whose memory is more than its digests can cover (256 GiB).
+#[test]
+fn a_load_after_memory_hotplug_a_diff_and_an_unhashable_snapshot_are_refused() {
+    let scratch = ScratchDir::new("kiln-vmem-snap-refused");
+    let fresh = Vmm::start(&[]);
+    fresh.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 256}"#);
+    fresh.refuses(
+        "PUT",
+        "/snapshot/load",
+        Some(&load_body(
+            &scratch.join("s"),
+            "File",
+            &scratch.join("m"),
+            "",
+        )),
+        400,
+        "and memory-hotplug is already configured",
+    );
     let metrics = scratch.join("metrics.json");
     let vmm = vmem_vmm(&metrics, "vmem");
     vmm.set_state("Paused");
-    let body = format!(
-        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        scratch.join("s").display(),
-        scratch.join("m").display()
-    );
     vmm.refuses(
         "PUT",
         "/snapshot/create",
-        Some(&body),
+        Some(&create_body("Diff", &scratch.join("s"), &scratch.join("m"))),
         400,
-        "this microVM has a virtio-mem device (memory-hotplug)",
+        "snapshot_type Diff: this microVM has a virtio-mem device (memory-hotplug)",
+    );
+    assert!(!scratch.join("s").exists() && !scratch.join("m").exists());
+    drop(vmm);
+    let key = scratch.join("key");
+    write_key(&key, 7);
+    let big = Vmm::start(&["--snapshot-key-file", key.to_str().unwrap()]);
+    big.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 32}"#,
+    );
+    big.boot_tiny_guest("kiln.test=vmem");
+    big.ok("PUT", "/hotplug/memory", r#"{"total_size_mib": 262144}"#);
+    big.action("InstanceStart");
+    wait_line(&big, "vmem base=");
+    big.set_state("Paused");
+    big.refuses(
+        "PUT",
+        "/snapshot/create",
+        Some(&create_body("Full", &scratch.join("s"), &scratch.join("m"))),
+        400,
+        "an authenticated snapshot hashes at most 274877906944 bytes of memory, and this microVM's RAM and memory hot-plug region are 274911461376 bytes",
     );
     assert!(!scratch.join("s").exists() && !scratch.join("m").exists());
 }

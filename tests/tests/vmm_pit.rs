@@ -5,8 +5,8 @@
 //! write to port 0x43). Snapshots keep the choice: both kinds of VM are snapshotted and
 //! restored, and the restored one has a PIT exactly when the snapshotted one had; a state
 //! file whose configuration disagrees with its PIT state is refused by name; state files of
-//! formats v1.0 and v1.1 (before the PIT became optional in v1.2) and v1.2 (before the PCI
-//! bus's state in v1.3) still load.
+//! formats v1.0 and v1.1 (before the PIT became optional in v1.2), v1.2 (before the PCI
+//! bus's state in v1.3) and v1.3 (before virtio-mem's in v1.4) still load.
 //!
 //! Needs root (snapshots) and /dev/kvm.
 
@@ -259,16 +259,22 @@ const IRQCHIP_FIELD: usize = 4 + 520;
 fn state_files_from_before_the_pit_became_optional_still_load_with_their_pit() {
     let dir = ScratchDir::new("kiln-snap-pit-old");
     let a = pit_vmm("");
-    let (state, mem) = snapshot(&a, &dir, "v12");
+    // Not named like a rewritten file below (v1N.snap), which would replace it.
+    let (state, mem) = snapshot(&a, &dir, "current");
     drop(a);
-    // v1.2 bodies are v1.3's without the PCI bus's presence byte (the last byte: none on
-    // this VM). v1.0 and v1.1 bodies are also without the PIT's presence byte (v1.1 also
+    // v1.3 bodies are v1.4's without the virtio-mem device's presence byte (the last byte:
+    // none on this VM); v1.2 bodies are also without the PCI bus's (the byte before). v1.0
+    // and v1.1 bodies are also without the PIT's presence byte (v1.1 also
     // ends each virtio transport's state with its device's: this VM has none): after the
     // configuration (u32 length + text), the memory regions (u32 count + 16 bytes each, then
     // the digest's absence byte) and the three irqchips.
-    for minor in [0u16, 1, 2] {
+    for minor in [0u16, 1, 2, 3] {
         let old = dir.join(format!("v1{minor}.snap"));
         reseal(&state, &old, Some(minor), |mut body| {
+            assert_eq!(body.pop(), Some(0), "no virtio-mem device");
+            if minor == 3 {
+                return body;
+            }
             assert_eq!(body.pop(), Some(0), "no PCI bus");
             if minor == 2 {
                 return body;

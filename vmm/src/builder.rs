@@ -293,7 +293,7 @@ pub fn build_prepared(
 /// [`DEVICE_MEMORY_START`](crate::arch::x86_64::layout::DEVICE_MEMORY_START), if configured.
 /// The region must end below 2^46 (64 TiB), the most physical memory a 4-level-paging Linux
 /// guest addresses.
-fn with_hotplug_region(
+pub(crate) fn with_hotplug_region(
     mem: GuestMemoryMmap,
     res: &VmResources,
 ) -> Result<GuestMemoryMmap, BuildError> {

@@ -3,7 +3,8 @@
 //! Runs on the VMM thread, in the run loop (under its seccomp filter): each vCPU thread
 //! reads its own state, the VM's irqchip, PIT and clock are read, then every device's (on
 //! PCI, with the bus's configuration spaces and MSI-X tables);
-//! then the memory file is written (full or diff, with its digests when there is a key)
+//! then the memory file is written (full or diff, with its digests when there is a key:
+//! the RAM, then with virtio-mem the hot-plug region, its unplugged blocks left holes)
 //! and last the state file, sealed with the key's MAC (or a checksum). The microVM stays
 //! paused and may be resumed or snapshotted again.
 
@@ -13,6 +14,7 @@ use crate::arch::x86_64::layout::ram_ranges;
 use crate::devices::virtio::mmio::persist::TransportStateError;
 use crate::devices::virtio::pci::persist::save_bus;
 use crate::resources::{SnapshotCreate, SnapshotType, VmConfig, VmResources};
+use crate::snapshot::digest::{CHUNK, MAX_CHUNKS};
 use crate::snapshot::{format, Encoder, SnapshotKey};
 use crate::sync::lock;
 use crate::vmm::{VmState as RunState, Vmm, VmmError};
@@ -30,8 +32,10 @@ pub enum CreateError {
     NoDirtyTracking,
     #[error("this host's vCPU XSAVE state is {0} bytes (AMX?), more than the 4096 Kiln saves: snapshots are not supported on it yet")]
     Xsave(usize),
-    #[error("this microVM has a virtio-mem device (memory-hotplug): snapshots of hot-pluggable memory (its plugged blocks and the device's state) are not supported by Kiln yet")]
-    VirtioMem,
+    #[error("snapshot_type Diff: this microVM has a virtio-mem device (memory-hotplug), whose plugged memory Kiln does not track for diffs yet: take a Full snapshot")]
+    VirtioMemDiff,
+    #[error("an authenticated snapshot hashes at most {max} bytes of memory, and this microVM's RAM and memory hot-plug region are {size} bytes")]
+    DigestTooLarge { size: u64, max: u64 },
     #[error("saving the vCPUs: {0}")]
     Vcpus(#[from] VmmError),
     #[error("saving the VM: {0}")]
@@ -103,8 +107,8 @@ pub fn create_snapshot(
     if vmm.state() != RunState::Paused {
         return Err(CreateError::NotPaused);
     }
-    if vmm.devices().virtio.mem.is_some() {
-        return Err(CreateError::VirtioMem);
+    if req.snapshot_type == SnapshotType::Diff && vmm.devices().virtio.mem.is_some() {
+        return Err(CreateError::VirtioMemDiff);
     }
     let caps = vmm.vm().snapshot_caps().clone();
     if req.snapshot_type == SnapshotType::Diff && !caps.track_dirty_pages {
@@ -135,16 +139,37 @@ pub fn create_snapshot(
         }
     };
 
+    let virtio_mem = devices.virtio.mem.as_ref().map(|m| lock(m).save_state());
+
     let mem_size = res.machine_config.mem_size_bytes();
     let regions = ram_ranges(mem_size);
+    // The image: the RAM, then the hot-plug region with its unplugged blocks as holes.
+    let mut image_regions = regions.clone();
+    let mut holes = Vec::new();
+    if let Some(m) = &virtio_mem {
+        image_regions.push((m.addr, m.total));
+        holes = m
+            .runs(false)
+            .into_iter()
+            .map(|(first, n)| (mem_size + first * m.block, n * m.block))
+            .collect();
+    }
     let image = Image {
         mem: vmm.guest_memory(),
-        regions: &regions,
+        regions: &image_regions,
+        holes: &holes,
     };
+    let max = MAX_CHUNKS as u64 * CHUNK;
+    if key.is_some() && image.size() > max {
+        return Err(CreateError::DigestTooLarge {
+            size: image.size(),
+            max,
+        });
+    }
     // Both logs are read (and so cleared) by every snapshot: the next diff has the pages
     // written after this one.
     let dirty = if caps.track_dirty_pages {
-        let mut kvm = take_dirty_log(vmm.vm().fd(), vmm.guest_memory())?;
+        let mut kvm = take_dirty_log(vmm.vm().fd(), &regions)?;
         for (k, v) in kvm.iter_mut().zip(dirty::take()) {
             for (a, b) in k.iter_mut().zip(v) {
                 *a |= b;
@@ -194,6 +219,7 @@ pub fn create_snapshot(
         i8042,
         virtio,
         pci,
+        virtio_mem,
     };
     let mut e = Encoder::new();
     e.put(&state);

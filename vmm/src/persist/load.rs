@@ -8,15 +8,18 @@
 //!    (a snapshot of PCI devices needs `--enable-pci`, one of virtio-mmio devices not);
 //! 2. the configuration it holds is applied through the same setters as the API (with the
 //!    request's `network_overrides` and `vsock_override`), which opens the drives;
-//! 3. guest memory: the `File` backend maps the memory file privately (its size checked;
-//!    with a key, its chunk digests compared with the authenticated ones first); the `Uffd`
+//! 3. guest memory: the `File` backend maps the memory file's RAM privately (its size
+//!    checked; with a key, its chunk digests compared with the authenticated ones first) and,
+//!    with virtio-mem, copies the plugged blocks of the hot-plug region from the file into a
+//!    fresh region (unplugged blocks stay unbacked); the `Uffd`
 //!    backend maps anonymous memory and hands it to the page-fault handler (with a key, the
 //!    memory is then hashed through the mapping: every page is fetched from the handler
 //!    and checked before the guest runs);
 //! 4. the KVM VM with that memory; the vCPUs (their CPU features and TSC frequency checked
 //!    against this host) get their saved state, then the irqchip, PIT and clock;
 //! 5. the devices are built from the configuration, their vCPU threads start paused, and
-//!    every device gets its saved state (on PCI: configuration spaces, MSI-X tables and
+//!    every device gets its saved state (virtio-mem first: its plugged blocks and exactly
+//!    the KVM slots that hold them; on PCI: configuration spaces, MSI-X tables and
 //!    routes, BARs and their ioeventfds where the guest left them) (the vsock device then tells the guest that its
 //!    connections are gone).
 //!
@@ -29,6 +32,7 @@ use crate::arch::x86_64::cpuid::{self, CpuidError, Topology};
 use crate::builder::{self, BuildError, BuildOptions, Parts};
 use crate::devices::legacy::serial::persist::SerialStateError;
 use crate::devices::manager::DeviceManager;
+use crate::devices::virtio::mem::persist::{VirtioMemState, VirtioMemStateError};
 use crate::devices::virtio::mmio::persist::TransportStateError;
 use crate::devices::virtio::pci::persist::{restore_bus, PciFunctionStateError};
 use crate::devices::virtio::setup::Transport;
@@ -50,6 +54,7 @@ use crate::vstate::vcpu_state::VcpuStateError;
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::vm_state::VmStateError;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -74,6 +79,10 @@ pub enum LoadError {
     Override(String),
     #[error("mem_backend.backend_path {path:?}: {reason}")]
     MemoryFile { path: String, reason: String },
+    #[error("mem_backend Uffd: this snapshot has a virtio-mem device (memory-hotplug), whose hot-plug region Kiln restores only from a memory file: use the File backend")]
+    UffdVirtioMem,
+    #[error("restoring the virtio-mem device: {0}")]
+    VirtioMem(#[from] VirtioMemStateError),
     #[error("mem_backend.backend_path {path:?}: the memory file does not match the snapshot's MAC: its 2 MiB chunk at offset {offset:#x} differs (it was modified, or belongs to another snapshot)")]
     MemoryMac { path: String, offset: u64 },
     #[error("the memory the page-fault handler at {path:?} serves does not match the snapshot's MAC: its 2 MiB chunk at offset {offset:#x} differs")]
@@ -209,6 +218,9 @@ fn resources(config: VmConfig, req: &SnapshotLoad) -> Result<VmResources, LoadEr
     if let Some(b) = config.balloon {
         res.set_balloon(b)?;
     }
+    if let Some(m) = config.memory_hotplug {
+        res.set_memory_hotplug(m)?;
+    }
     if let Some(s) = serial_config(config.serial, req) {
         res.set_serial(s)?;
     }
@@ -234,14 +246,15 @@ fn hash_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// Guest memory from the backend, checked against `digest` when the snapshot has one.
-/// Returns the memory and what must stay open with it (the userfaultfd and its socket).
+/// Guest RAM from the backend, checked against `digest` when the snapshot has one.
+/// Returns the memory, what must stay open with it (the userfaultfd and its socket), and
+/// the memory file (`File` backend: the hot-plug region's blocks are read from it).
 fn guest_memory(
     req: &SnapshotLoad,
     state: &MicrovmState,
     res: &VmResources,
-) -> Result<(vm_memory::GuestMemoryMmap, Vec<OwnedFd>), LoadError> {
-    let size = state.memory.size();
+) -> Result<(vm_memory::GuestMemoryMmap, Vec<OwnedFd>, Option<File>), LoadError> {
+    let size = state.memory_file_size();
     let huge = res.machine_config.huge_pages;
     let path = &req.backend.backend_path;
     let digest = state.memory.digest.as_ref();
@@ -276,15 +289,20 @@ fn guest_memory(
                     });
                 }
             }
-            Ok((memory::map_snapshot_file(&file, size, huge)?, Vec::new()))
+            let ram = memory::map_snapshot_file(&file, state.memory.size(), huge)?;
+            Ok((ram, Vec::new(), Some(file)))
         }
         BackendType::Uffd => {
+            if state.virtio_mem.is_some() {
+                return Err(LoadError::UffdVirtioMem);
+            }
             let mem = memory::create_guest_memory(size, huge)?;
             let (uffd, stream) = uffd::hand_over(&mem, Path::new(path))?;
             if let Some(want) = digest {
                 let image = Image {
                     mem: &mem,
                     regions: &state.memory.regions,
+                    holes: &[],
                 };
                 let found = memory_file::digest_guest(&image, hash_threads())?;
                 if let Some(offset) = mismatch(&found, want) {
@@ -294,7 +312,7 @@ fn guest_memory(
                     });
                 }
             }
-            Ok((mem, vec![uffd.into(), stream.into()]))
+            Ok((mem, vec![uffd.into(), stream.into()], None))
         }
     }
 }
@@ -340,11 +358,23 @@ fn restore(
     res: &VmResources,
 ) -> Result<(Vmm, EventLoop<Vmm>), LoadError> {
     let mc = &res.machine_config;
-    let (mem, held) = guest_memory(req, &state, res)?;
+    let (ram, held, file) = guest_memory(req, &state, res)?;
+    // The hot-plug region (fresh, unbacked), its plugged blocks from the memory file.
+    let mem = builder::with_hotplug_region(ram.clone(), res)?;
+    if let (Some(saved), Some(file)) = (&state.virtio_mem, &file) {
+        fill_plugged(
+            &mem,
+            file,
+            &req.backend.backend_path,
+            state.memory.size(),
+            saved,
+        )?;
+    }
     signals::install_kick_handler().map_err(BuildError::from)?;
     let serial_out = builder::serial_output(opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
-    let mut vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
+    // KVM gets the RAM; the hot-plug region's slots are its device's.
+    let mut vm = Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &|_| {})?;
     builder::track_vmm_writes(mc.track_dirty_pages, state.memory.size());
     // With a custom CPU template, the CPUID this host gives the template.
     let base_cpuid = builder::templated_cpuid(&mut vm, res)?;
@@ -427,6 +457,11 @@ fn restore_devices(vmm: &Vmm, state: &MicrovmState, req: &SnapshotLoad) -> Resul
     if let (Some(k), Some(saved)) = (&d.i8042, &state.i8042) {
         lock(k).restore_state(saved);
     }
+    // Before its transport, which compares the configuration space (plugged, usable and
+    // requested sizes) with the snapshot's.
+    if let (Some(m), Some(saved)) = (&d.virtio.mem, &state.virtio_mem) {
+        lock(m).restore_state(saved)?;
+    }
     match (&d.virtio.pci, &state.pci) {
         (Some(bus), Some(saved)) => restore_bus(bus, saved, &state.virtio)?,
         (None, None) => {
@@ -446,6 +481,26 @@ fn restore_devices(vmm: &Vmm, state: &MicrovmState, req: &SnapshotLoad) -> Resul
         lock(v).send_transport_reset();
     }
     Ok(())
+}
+
+/// Copies the plugged blocks of the snapshot's hot-plug region (in the memory file after
+/// the `ram` bytes of RAM) into the fresh region of `mem`; unplugged blocks are not touched.
+fn fill_plugged(
+    mem: &vm_memory::GuestMemoryMmap,
+    file: &File,
+    path: &str,
+    ram: u64,
+    saved: &VirtioMemState,
+) -> Result<(), LoadError> {
+    let ranges: Vec<(u64, u64, u64)> = saved
+        .runs(true)
+        .into_iter()
+        .map(|(first, n)| {
+            let at = first * saved.block;
+            (ram + at, saved.addr + at, n * saved.block)
+        })
+        .collect();
+    Ok(memory_file::fill_guest(file, path, mem, &ranges)?)
 }
 
 /// Runs the new vCPU's TSC at the snapshot's frequency: the same within tolerance, or

@@ -1,5 +1,8 @@
-//! The memory file: guest RAM, region after region, written at snapshot creation and
-//! hashed (authenticated snapshots) when written and when loaded.
+//! The memory file: guest RAM, region after region, then (a microVM with virtio-mem) the
+//! hot-plug region, written at snapshot creation and hashed (authenticated snapshots) when
+//! written and when loaded. The hot-plug region's unplugged blocks are the image's holes
+//! ([`Image::holes`]): read as zeros without touching their memory (never backed, and
+//! never faulted in by a snapshot), so they stay holes of the file.
 //!
 //! - **Full**: the file is truncated and every page that is not all zeros is written at its
 //!   offset; zero pages stay holes (the file's size is the guest's memory size, its disk
@@ -15,7 +18,8 @@
 //! ([`crate::snapshot::digest`]); a diff rehashes only the chunks it touched.
 
 use crate::snapshot::digest::{
-    chunk_count, chunk_digest, chunk_range, Chunk, MemoryDigest, CHUNK, CHUNK_BYTES,
+    chunk_count, chunk_digest, chunk_range, zero_chunk_digest, Chunk, MemoryDigest, CHUNK,
+    CHUNK_BYTES,
 };
 use crate::vstate::vm_state::{PAGE_BYTES, PAGE_SIZE};
 use std::fs::File;
@@ -38,11 +42,14 @@ pub enum MemoryFileError {
 }
 
 /// Where the memory image's bytes live in guest memory: each region's (guest address,
-/// length), one after the other in the image.
+/// length), one after the other in the image; `holes` are ranges of the image (offset,
+/// length; sorted, apart) that are zeros whatever the memory holds (unplugged hot-plug
+/// blocks).
 #[derive(Debug, Clone)]
 pub struct Image<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub regions: &'a [(u64, u64)],
+    pub holes: &'a [(u64, u64)],
 }
 
 impl Image<'_> {
@@ -50,8 +57,40 @@ impl Image<'_> {
         self.regions.iter().map(|r| r.1).sum()
     }
 
-    /// Copies the image's bytes at `offset` into `buf` (across regions if need be).
+    /// True when `[offset, offset + len)` lies inside one hole.
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let i = self.holes.partition_point(|&(at, l)| at + l <= offset);
+        self.holes
+            .get(i)
+            .is_some_and(|&(at, l)| at <= offset && offset + len <= at + l)
+    }
+
+    /// Copies the image's bytes at `offset` into `buf`: zeros in the holes, guest memory
+    /// elsewhere.
     pub fn read(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), MemoryFileError> {
+        while !buf.is_empty() {
+            let i = self.holes.partition_point(|&(at, l)| at + l <= offset);
+            let (n, hole) = match self.holes.get(i) {
+                Some(&(at, l)) if at <= offset => (at + l - offset, true),
+                Some(&(at, _)) => (at - offset, false),
+                None => (u64::MAX, false),
+            };
+            let n = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+            let (now, rest) = buf.split_at_mut(n);
+            if hole {
+                now.fill(0);
+            } else {
+                self.read_memory(offset, now)?;
+            }
+            buf = rest;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Copies the guest memory at image offset `offset` into `buf` (across regions if need
+    /// be).
+    fn read_memory(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), MemoryFileError> {
         let mut base = 0u64;
         for &(addr, len) in self.regions {
             if buf.is_empty() {
@@ -127,6 +166,13 @@ pub fn write_full(
     let mut digest = hash.then(MemoryDigest::default);
     for i in 0..chunk_count(size) {
         let (start, len) = chunk_range(i, size);
+        if len == CHUNK_BYTES && image.is_hole(start, len as u64) {
+            // Nothing to read nor write: the file is a hole there already.
+            if let Some(d) = digest.as_mut() {
+                d.chunks.push(zero_chunk_digest());
+            }
+            continue;
+        }
         let b = buf.get_mut(..len).unwrap_or_default();
         image.read(start, b)?;
         write_nonzero(file, start, b, path)?;
@@ -196,6 +242,45 @@ pub fn write_diff(
         }
     }
     Ok(written)
+}
+
+/// Copies `ranges` of `file` (file offset, guest address, length) into guest memory `mem`,
+/// page by page, writing only the pages that are not all zeros (the memory is fresh: its
+/// zero pages stay unbacked). A range that is a hole of the file is not read.
+pub fn fill_guest(
+    file: &File,
+    path: &str,
+    mem: &GuestMemoryMmap,
+    ranges: &[(u64, u64, u64)],
+) -> Result<(), MemoryFileError> {
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    for &(file_offset, addr, len) in ranges {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let at = file_offset + done;
+            done += n;
+            if is_hole(file, at, n) {
+                continue;
+            }
+            let b = buf
+                .get_mut(..usize::try_from(n).unwrap_or(CHUNK_BYTES))
+                .unwrap_or_default();
+            file.read_exact_at(b, at).map_err(io(path, "reading"))?;
+            for (i, page) in b.chunks(PAGE_BYTES).enumerate() {
+                if page.iter().all(|&x| x == 0) {
+                    continue;
+                }
+                let to = GuestAddress(addr + (done - n) + (i * PAGE_BYTES) as u64);
+                mem.write_slice(page, to)
+                    .map_err(|e| MemoryFileError::Guest {
+                        addr: to.0,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The digests of the image in guest memory, on `threads` threads.
@@ -270,6 +355,7 @@ mod tests {
         let image = Image {
             mem: &mem,
             regions: &regions,
+            holes: &[],
         };
         let (f, p) = temp("full");
         let d = write_full(&image, &f, &p, true).unwrap().unwrap();
@@ -306,5 +392,49 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&p);
         let _ = std::fs::remove_file(&q);
+    }
+
+    #[test]
+    fn holes_are_zeros_in_the_file_and_are_never_read_nor_filled() {
+        // 2 MiB of RAM, then an 8 MiB "hot-plug" region whose [2 MiB, 6 MiB) is a hole.
+        let regions = [(0u64, 2 << 20), (1u64 << 39, 8 << 20)];
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 2 << 20),
+            (GuestAddress(1 << 39), 8 << 20),
+        ])
+        .unwrap();
+        let plugged = (1u64 << 39) + 0x1000;
+        let unplugged = (1u64 << 39) + (3 << 20);
+        mem.write_slice(b"plugged", GuestAddress(plugged)).unwrap();
+        mem.write_slice(b"stale", GuestAddress(unplugged)).unwrap();
+        let holes = [((2 << 20) + (2 << 20), 4 << 20)];
+        let image = Image {
+            mem: &mem,
+            regions: &regions,
+            holes: &holes,
+        };
+        assert!(image.is_hole(4 << 20, 4 << 20));
+        assert!(!image.is_hole(3 << 20, 2 << 20));
+        let mut b = [1u8; 8];
+        image.read((2 << 20) + (3 << 20), &mut b).unwrap();
+        assert_eq!(b, [0; 8], "a hole reads as zeros");
+        let (f, p) = temp("holes");
+        let d = write_full(&image, &f, &p, true).unwrap().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 10 << 20);
+        assert!(is_hole(&f, 4 << 20, 4 << 20), "the hole stays a hole");
+        assert_eq!(d, digest_file(&f, &p, 10 << 20, 1).unwrap());
+        assert_eq!(d, digest_guest(&image, 1).unwrap());
+        // Back into a fresh region: the plugged part only.
+        let fresh =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(1 << 39), 8 << 20)]).unwrap();
+        fill_guest(&f, &p, &fresh, &[(2 << 20, 1 << 39, 2 << 20)]).unwrap();
+        let mut got = [0u8; 7];
+        fresh.read_slice(&mut got, GuestAddress(plugged)).unwrap();
+        assert_eq!(&got, b"plugged");
+        fresh
+            .read_slice(&mut got[..5], GuestAddress(unplugged))
+            .unwrap();
+        assert_eq!(&got[..5], &[0; 5]);
+        let _ = std::fs::remove_file(&p);
     }
 }

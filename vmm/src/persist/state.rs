@@ -6,11 +6,16 @@
 //! in force), the guest memory (its regions, and with a key the 2 MiB chunk digests of the
 //! memory file), the VM (irqchip, PIT if it has one, kvmclock), every vCPU, COM1 (with its output
 //! bucket's tokens), the i8042, and every virtio-mmio transport in window order (with its
-//! device's queue positions and rate limiters' tokens).
+//! device's queue positions and rate limiters' tokens), the PCI bus (v1.3 on: a presence
+//! byte, then the bus), and the virtio-mem device's own section (v1.4 on: a presence byte,
+//! then its geometry, request, usable size and plugged-block bitmap,
+//! `devices::virtio::mem::persist`).
 
 use crate::arch::x86_64::layout::ram_ranges;
+use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
 use crate::devices::legacy::i8042::persist::I8042State;
 use crate::devices::legacy::serial::persist::SerialSnapshot;
+use crate::devices::virtio::mem::persist::{VirtioMemState, VirtioMemStateError};
 use crate::devices::virtio::mmio::persist::TransportState;
 use crate::devices::virtio::pci::persist::PciBusState;
 use crate::resources::VmConfig;
@@ -29,9 +34,13 @@ const MAX_VCPUS: usize = 32;
 const MAX_TRANSPORTS: usize = 32;
 /// The format minor version that added the PCI bus.
 pub const PCI_SINCE: u16 = 3;
+/// The format minor version that added the virtio-mem device's section.
+pub const VIRTIO_MEM_SINCE: u16 = 4;
 
-/// Guest memory as saved: its regions (guest address, length), laid out one after the
-/// other in the memory file, and (authenticated snapshots) the file's digests.
+/// Guest memory as saved: its RAM regions (guest address, length), laid out one after the
+/// other in the memory file (followed by the virtio-mem hot-plug region when the microVM
+/// has one: [`MicrovmState::memory_file_size`]), and (authenticated snapshots) the file's
+/// digests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MemoryState {
     pub regions: Vec<(u64, u64)>,
@@ -39,7 +48,7 @@ pub struct MemoryState {
 }
 
 impl MemoryState {
-    /// Bytes of guest memory (the memory file's size).
+    /// Bytes of guest RAM.
     pub fn size(&self) -> u64 {
         self.regions
             .iter()
@@ -59,6 +68,9 @@ pub struct MicrovmState {
     pub virtio: Vec<TransportState>,
     /// The PCI bus (`--enable-pci`): its functions are the `virtio` transports'.
     pub pci: Option<PciBusState>,
+    /// The virtio-mem device (`memory-hotplug`): its hot-plug region follows the RAM in the
+    /// memory file.
+    pub virtio_mem: Option<VirtioMemState>,
 }
 
 /// Why a decoded state cannot be the state of a microVM.
@@ -88,11 +100,22 @@ pub enum StateError {
     PciFunctions { functions: usize, transports: usize },
     #[error("{}", if *.saved { "the snapshot's virtio devices are on PCI, and this VMM was started without --enable-pci: start it with --enable-pci to load this snapshot" } else { "the snapshot's virtio devices are on virtio-mmio, and this VMM was started with --enable-pci: start it without --enable-pci to load this snapshot" })]
     Transport { saved: bool },
+    #[error("the snapshot's configuration {} memory-hotplug, and it {} the state of a virtio-mem device", if *.configured { "has" } else { "has no" }, if *.saved { "holds" } else { "does not hold" })]
+    VirtioMem { configured: bool, saved: bool },
+    #[error(transparent)]
+    VirtioMemState(#[from] VirtioMemStateError),
     #[error("the snapshot's configuration says \"pit\": {configured}, and it {} the state of an in-kernel PIT", if *.saved { "holds" } else { "does not hold" })]
     Pit { configured: bool, saved: bool },
 }
 
 impl MicrovmState {
+    /// Bytes of the memory file: the RAM, then the hot-plug region if there is one.
+    pub fn memory_file_size(&self) -> u64 {
+        self.memory
+            .size()
+            .saturating_add(self.virtio_mem.as_ref().map_or(0, |m| m.total))
+    }
+
     /// The saved configuration, parsed (not yet validated: see `persist::load`).
     pub fn parse_config(&self) -> Result<VmConfig, StateError> {
         crate::resources::parse_json::<VmConfig>(&self.config)
@@ -147,12 +170,28 @@ impl MicrovmState {
                 size,
             });
         }
+        match (&config.memory_hotplug, &self.virtio_mem) {
+            (None, None) => {}
+            (Some(cfg), Some(saved)) => saved.check(
+                DEVICE_MEMORY_START,
+                cfg.total_bytes(),
+                cfg.block_bytes(),
+                cfg.slot_bytes(),
+            )?,
+            (configured, saved) => {
+                return Err(StateError::VirtioMem {
+                    configured: configured.is_some(),
+                    saved: saved.is_some(),
+                })
+            }
+        }
         let configured = config.drives.len()
             + config.network_interfaces.len()
             + config.pmem.len()
             + usize::from(config.vsock.is_some())
             + usize::from(config.entropy.is_some())
-            + usize::from(config.balloon.is_some());
+            + usize::from(config.balloon.is_some())
+            + usize::from(config.memory_hotplug.is_some());
         if self.virtio.len() != configured {
             return Err(StateError::DeviceCount {
                 configured,
@@ -218,6 +257,7 @@ impl Persist for MicrovmState {
         e.option(self.i8042.as_ref());
         e.list(&self.virtio);
         e.option(self.pci.as_ref());
+        e.option(self.virtio_mem.as_ref());
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self, CodecError> {
@@ -231,6 +271,11 @@ impl Persist for MicrovmState {
             virtio: d.list("virtio devices", MAX_TRANSPORTS, 32)?,
             pci: if d.minor() >= PCI_SINCE {
                 d.option("PCI bus")?
+            } else {
+                None
+            },
+            virtio_mem: if d.minor() >= VIRTIO_MEM_SINCE {
+                d.option("virtio-mem device")?
             } else {
                 None
             },

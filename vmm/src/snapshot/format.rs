@@ -18,7 +18,10 @@ pub const MAGIC: [u8; 8] = *b"KILNSNAP";
 /// v1.3: the PCI bus of a microVM started with `--enable-pci` (a presence byte after the
 /// virtio transports, then the bus: `devices::virtio::pci::persist`); older files have
 /// none, their devices are on virtio-mmio.
-pub const VERSION: Version = Version { major: 1, minor: 3 };
+/// v1.4: the virtio-mem device (`memory-hotplug`: a presence byte after the PCI bus, then
+/// its section: `devices::virtio::mem::persist`), its hot-plug region in the memory file
+/// after the RAM; older files have none.
+pub const VERSION: Version = Version { major: 1, minor: 4 };
 /// Magic, version, flags, body length.
 pub const HEADER_LEN: usize = 24;
 /// HMAC-SHA256 or SHA-256: 32 bytes.
@@ -240,14 +243,14 @@ mod tests {
         v[10] = 0;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v2.0.0; this VMM reads v1.3.0 and older minor versions of it"
+            "the state file has format version v2.0.0; this VMM reads v1.4.0 and older minor versions of it"
         );
         // A newer minor version is refused, an older one read.
         let mut v = plain.clone();
-        v[10] = 4;
+        v[10] = 5;
         assert_eq!(
             describe(&v).unwrap_err().to_string(),
-            "the state file has format version v1.4.0; this VMM reads v1.3.0 and older minor versions of it"
+            "the state file has format version v1.5.0; this VMM reads v1.4.0 and older minor versions of it"
         );
         v[10] = 0;
         assert_eq!(

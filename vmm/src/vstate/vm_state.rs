@@ -12,7 +12,6 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// The format minor version from which the PIT's state has a presence byte.
 const PIT_OPTIONAL_SINCE: u16 = 2;
@@ -200,11 +199,12 @@ impl Persist for VmState {
 }
 
 /// The pages of each memory slot the guest wrote since the last call (KVM's dirty log,
-/// which this read clears): one bitmap of 64-page words per region of `mem`, in order.
-pub fn take_dirty_log(fd: &VmFd, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, VmStateError> {
-    let mut out = Vec::with_capacity(mem.num_regions());
-    for (slot, region) in (0u32..).zip(mem.iter()) {
-        let len = usize::try_from(region.len()).unwrap_or(usize::MAX);
+/// which this read clears): one bitmap of 64-page words per RAM region (guest address,
+/// length: slots 0, 1, ... in order). The virtio-mem region's slots are not logged.
+pub fn take_dirty_log(fd: &VmFd, ram: &[(u64, u64)]) -> Result<Vec<Vec<u64>>, VmStateError> {
+    let mut out = Vec::with_capacity(ram.len());
+    for (slot, &(_, len)) in (0u32..).zip(ram) {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let bitmap = fd
             .get_dirty_log(slot, len)
             .map_err(|source| VmStateError::DirtyLog { slot, source })?;

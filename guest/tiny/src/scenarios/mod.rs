@@ -28,6 +28,7 @@ mod rng;
 mod storm;
 mod ticks;
 mod vmem;
+mod vmem_snap;
 mod vsock;
 
 use crate::boot_info::BootInfo;
@@ -96,6 +97,7 @@ const SCENARIOS: &[(&[u8], Run)] = &[
     (b"pci-hostile", hostile::pci::run),
     (b"vmem", vmem::run),
     (b"vmem-hostile", hostile::vmem::run),
+    (b"vmem-snap", vmem_snap::run),
     (b"pmem", pmem::run),
     (b"pmem-pci", pmem::run_pci),
     (b"pmem-watch", pmem::run_watch),

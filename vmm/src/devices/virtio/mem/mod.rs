@@ -27,9 +27,12 @@
 //! touch unplugged memory, and the host does not map it for the guest (Linux 5.16 or later).
 //! A device reset keeps the blocks' state (virtio 1.2, 5.15.5.2).
 //!
-//! Snapshots: not yet; `PUT /snapshot/create` refuses a microVM with this device
-//! ([`crate::persist`]).
+//! Snapshots ([`persist`]): the device's geometry, request, usable region and plugged-block
+//! bitmap in the state file's own section; the plugged blocks' contents in the memory file
+//! after the RAM (unplugged blocks are holes); a restore registers exactly the slots that
+//! hold plugged blocks and leaves unplugged memory unbacked ([`crate::persist`]).
 
+pub mod persist;
 pub mod region;
 pub mod request;
 
@@ -422,6 +425,10 @@ impl VirtioDevice for VirtioMem {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn queue_positions(&self) -> Option<Vec<super::QueuePosition>> {
+        Some(self.positions())
     }
 
     fn process_queue(&mut self, _index: usize, ctx: &mut EventCtx) {

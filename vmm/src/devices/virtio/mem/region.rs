@@ -276,6 +276,48 @@ impl HotplugRegion {
         Ok(())
     }
 
+    /// The plugged-block bitmap (block `b` is bit `b % 64` of word `b / 64`).
+    pub fn plugged_bitmap(&self) -> &[u64] {
+        &self.plugged
+    }
+
+    /// A snapshot's plugged blocks into this region (nothing plugged yet): `bitmap` (of
+    /// this region's length, checked by the caller) becomes the plugged set and exactly
+    /// the slots holding a plugged block are registered. On a refusal nothing stays
+    /// registered and nothing is plugged.
+    pub fn restore_plugged(&mut self, bitmap: &[u64]) -> Result<(), PlugError> {
+        let per = self.blocks_per_slot();
+        let blocks = self.size / self.block;
+        let mut plugged = vec![0u64; self.plugged.len()];
+        let mut count = 0u64;
+        for (w, (dst, &src)) in plugged.iter_mut().zip(bitmap).enumerate() {
+            // Only bits of the region's blocks.
+            let first = w as u64 * 64;
+            let valid = match blocks.saturating_sub(first) {
+                n if n >= 64 => u64::MAX,
+                n => (1u64 << n) - 1,
+            };
+            *dst = src & valid;
+            count += u64::from(dst.count_ones());
+        }
+        self.plugged = plugged;
+        self.plugged_blocks = count;
+        let holding: Vec<usize> = (0..self.registered.len())
+            .filter(|&s| self.state(s as u64 * per, per) != BlockState::Unplugged)
+            .collect();
+        for (done, &s) in holding.iter().enumerate() {
+            if let Err(e) = self.set_slot(s, true) {
+                for &undo in &holding[..done] {
+                    let _ = self.set_slot(undo, false);
+                }
+                self.plugged.fill(0);
+                self.plugged_blocks = 0;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Unplugs blocks `[first, first + count)` (checked by the caller: inside the region):
     /// removes each slot left without a plugged block, then gives the blocks' pages back to
     /// the host. Returns the number of bytes whose discard failed.

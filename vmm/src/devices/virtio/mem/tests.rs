@@ -271,3 +271,110 @@ fn requests_on_the_queue_and_hostile_chains() {
     assert_eq!(irq.status() & 1, 1);
     assert_eq!(dev.status().plugged_size_mib, 2);
 }
+
+fn saved_state() -> persist::VirtioMemState {
+    persist::VirtioMemState {
+        addr: BASE,
+        total: 256 * MIB,
+        block: 2 * MIB,
+        slot: 128 * MIB,
+        requested: 200 * MIB,
+        usable: 256 * MIB,
+        // Blocks 1, 2 and 67 (the second slot's fourth).
+        plugged: vec![0b110, 1 << 3],
+    }
+}
+
+#[test]
+fn a_saved_state_restores_the_blocks_and_exactly_the_slots_holding_them() {
+    let (m, mut dev, slots) = setup();
+    let saved = saved_state();
+    dev.restore_state(&saved).unwrap();
+    assert_eq!(
+        *slots.0.lock().unwrap(),
+        vec![(32, BASE, 128 * MIB), (33, BASE + 128 * MIB, 128 * MIB)]
+    );
+    assert_eq!(config_u64(&dev, 32), 256 * MIB, "usable");
+    assert_eq!(config_u64(&dev, 40), 6 * MIB, "plugged");
+    assert_eq!(config_u64(&dev, 48), 200 * MIB, "requested");
+    assert_eq!(dev.save_state(), saved);
+    assert_eq!(saved.runs(true), vec![(1, 2), (67, 1)]);
+    assert_eq!(saved.runs(false), vec![(0, 1), (3, 64), (68, 60)]);
+    // The restored blocks answer as plugged ones: an UNPLUG of block 67 removes slot 33.
+    let q = idle_queue(&m).1;
+    start(&mut dev, &m, q);
+    assert_eq!(dev.handle(Request::Unplug(range(67, 1))), Response::Ack);
+    assert_eq!(
+        slots.0.lock().unwrap().last(),
+        Some(&(33, BASE + 128 * MIB, 0))
+    );
+    let mut e = crate::snapshot::Encoder::new();
+    e.put(&saved);
+    let bytes = e.into_bytes();
+    let decoded: persist::VirtioMemState = crate::snapshot::Decoder::new(&bytes).get().unwrap();
+    assert_eq!(decoded, saved);
+}
+
+#[test]
+fn a_saved_state_that_disagrees_with_the_device_is_refused_naming_what() {
+    type Edit = fn(&mut persist::VirtioMemState);
+    let cases: [(&str, Edit); 8] = [
+        ("the snapshot's hot-plug region is at 0x0, the device's at 0x8000000000", |s| s.addr = 0),
+        ("the snapshot's hot-plug region size is 0x20000000 bytes, the configuration's (memory-hotplug) 0x10000000", |s| s.total = 512 * MIB),
+        ("the snapshot's hot-plug block size is 0x400000 bytes", |s| s.block = 4 * MIB),
+        ("the snapshot's hot-plug slot size is 0x10000000 bytes", |s| s.slot = 256 * MIB),
+        ("the snapshot's hot-plug bitmap has 3 words, 128 blocks need 2", |s| s.plugged.push(0)),
+        ("the snapshot's hot-plug usable region (0x1000000 bytes) is not whole slots", |s| s.usable = 16 * MIB),
+        ("the snapshot's hot-plug requested size (0x100000 bytes) is not whole blocks", |s| s.requested = MIB),
+        ("the snapshot's hot-plug bitmap marks block 67 plugged, outside the usable region (0x8000000 bytes)", |s| s.usable = 128 * MIB),
+    ];
+    for (words, edit) in cases {
+        let (_m, mut dev, slots) = setup();
+        let mut s = saved_state();
+        edit(&mut s);
+        let err = dev.restore_state(&s).unwrap_err().to_string();
+        assert!(err.contains(words), "{err:?} should say {words:?}");
+        assert!(slots.0.lock().unwrap().is_empty(), "{words}: no slot");
+        assert_eq!(dev.status().plugged_size_mib, 0, "{words}: nothing plugged");
+    }
+    // A bit past the region's blocks (a region whose blocks do not fill the last word).
+    let mut s = persist::VirtioMemState {
+        total: 130 * MIB,
+        slot: 2 * MIB,
+        plugged: vec![0, 1 << 1],
+        usable: 0,
+        requested: 0,
+        ..saved_state()
+    };
+    assert_eq!(
+        s.check(BASE, 130 * MIB, 2 * MIB, 2 * MIB)
+            .unwrap_err()
+            .to_string(),
+        "the snapshot's hot-plug bitmap marks block 65 plugged, past the region's 65 blocks"
+    );
+    s.plugged[1] = 1;
+    s.usable = 130 * MIB;
+    assert_eq!(s.check(BASE, 130 * MIB, 2 * MIB, 2 * MIB), Ok(()));
+}
+
+#[test]
+fn a_hostile_bitmap_length_is_refused_before_anything_is_allocated() {
+    let mut e = crate::snapshot::Encoder::new();
+    e.put(&saved_state());
+    let mut bytes = e.into_bytes();
+    let count_at = bytes.len() - 16 - 4;
+    for (count, words) in [
+        (
+            u32::MAX,
+            "hot-plug bitmap: 4294967295 entries, more than the 524288 allowed",
+        ),
+        (1 << 19, "hot-plug bitmap"),
+    ] {
+        bytes[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+        let err = crate::snapshot::Decoder::new(&bytes)
+            .get::<persist::VirtioMemState>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{err}");
+    }
+}
