@@ -39,7 +39,7 @@ Options:
   --boot-timer                 print start-up phase times and the guest's first serial byte time
   --enable-pci                 put the virtio devices on a PCI bus (MSI-X interrupts, no
                                virtio_mmio.device= on the kernel command line) instead of
-                               virtio-mmio windows; such a microVM cannot be snapshotted yet
+                               virtio-mmio windows (its snapshots restore only with the flag)
   --prepare-vm                 (Kiln) create the KVM VM and register its guest memory as soon as
                                PUT /machine-config sets them, before InstanceStart (which then
                                only loads the kernel, adds devices and starts the vCPUs)
