@@ -28,9 +28,9 @@ use vmm::devices::virtio::balloon::{Balloon, BalloonParams};
 use vmm::devices::virtio::mmio::MmioTransport;
 use vmm::devices::virtio::pci::persist::{restore_bus, save_bus, PciBusState};
 use vmm::devices::virtio::pci::{PciHandles, VirtioPciFunction, BAR_SIZE};
-use vmm::snapshot::{Decoder, Encoder};
 use vmm::devices::virtio::rng::Entropy;
 use vmm::devices::virtio::{Interrupt, VirtioDevice};
+use vmm::snapshot::{Decoder, Encoder};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const WINDOW: u64 = 0xe000_0000;
