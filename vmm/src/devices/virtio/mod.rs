@@ -8,8 +8,8 @@
 //!   walking them with explicit limits, writing used entries.
 //! - [`events`]: how devices run on the VMM thread's event loop (queue notifications through
 //!   ioeventfds, device file descriptors such as a tap).
-//! - [`block`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`]: the devices; each knows
-//!   nothing of MMIO.
+//! - [`block`], [`net`], [`vsock`], [`rng`], [`balloon`], [`mem`], [`pmem`]: the devices;
+//!   each knows nothing of MMIO; [`single_queue`]: what the one-queue ones hold while active.
 //! - [`setup`]: building the devices from the resources and wiring them into the VM;
 //!   [`handles`]: what the running VM keeps of them for runtime changes.
 //!
@@ -30,6 +30,7 @@ pub mod pmem;
 pub mod queue;
 pub mod rng;
 pub mod setup;
+pub mod single_queue;
 pub mod vsock;
 
 use crate::devices::rate_limiter::RateLimiter;

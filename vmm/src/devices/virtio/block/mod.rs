@@ -25,21 +25,21 @@ mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
+use super::single_queue::SingleQueue;
 use super::{
-    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
 use crate::resources::{CacheType, DriveConfig, RateLimiterConfig, ResourceError};
 use disk::{Disk, DiskError};
 use request::{Request, RequestError, RequestType, ID_LEN};
-use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
@@ -74,20 +74,12 @@ pub enum BlockError {
     NoRateLimiter(String),
 }
 
-/// A started device: what the driver gave at `DRIVER_OK`.
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    broken: bool,
-}
-
 pub struct Block {
     drive_id: String,
     id_bytes: [u8; ID_LEN],
     disk: Disk,
     cache: CacheType,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     warnings: LogBudget,
     /// `None`: nothing is limited and nothing can be (the fuzz target, unit tests).
     limiter: Option<RateLimiter>,
@@ -269,7 +261,12 @@ fn limited_bytes(parsed: &Result<Request, RequestError>) -> u64 {
     }
 }
 
-fn break_queue(drive_id: &str, warnings: &mut LogBudget, a: &mut Active, e: &queue::QueueError) {
+fn break_queue(
+    drive_id: &str,
+    warnings: &mut LogBudget,
+    a: &mut SingleQueue,
+    e: &queue::QueueError,
+) {
     a.broken = true;
     queue_broken(&format_args!("drive {drive_id}"), warnings, &a.interrupt, e);
 }
@@ -409,19 +406,10 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        let [queue] = Activation::take_queues(queues, &[0], &METRICS.block.activate_fails)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(SingleQueue::activate(
+            activation,
+            &METRICS.block.activate_fails,
+        )?);
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 use super::*;
 use crate::devices::virtio::queue::tests::{desc, mem, queue_with, F_NEXT, F_WRITE};
+use crate::devices::virtio::Interrupt;
+use std::sync::Arc;
 use std::time::Duration;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,

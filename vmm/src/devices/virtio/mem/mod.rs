@@ -37,15 +37,14 @@ pub mod region;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, read_stream, total_len, walk_chain, write_stream};
+use super::single_queue::SingleQueue;
 use super::{
-    queue_broken, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    queue_broken, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::metrics::METRICS;
 use region::{HotplugRegion, RegionError};
 use request::{Geometry, Request, Response, REQUEST_SIZE, RESPONSE_SIZE};
-use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device ID of virtio-mem.
@@ -81,18 +80,11 @@ pub struct VirtioMemStatus {
     pub requested_size_mib: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    broken: bool,
-}
-
 pub struct VirtioMem {
     region: HotplugRegion,
     requested: u64,
     usable: u64,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     warnings: LogBudget,
 }
 
@@ -312,7 +304,7 @@ impl VirtioMem {
         self.active = Some(a);
     }
 
-    fn process_active(&mut self, a: &mut Active, ctx: &mut EventCtx) {
+    fn process_active(&mut self, a: &mut SingleQueue, ctx: &mut EventCtx) {
         METRICS.memory_hotplug.queue_event_count.inc();
         let mut used = false;
         for served in 0.. {
@@ -395,26 +387,16 @@ impl VirtioDevice for VirtioMem {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            queues,
-            interrupt,
-            features,
-        } = activation;
-        if features & F_UNPLUGGED_INACCESSIBLE == 0 {
+        if activation.features & F_UNPLUGGED_INACCESSIBLE == 0 {
             METRICS.memory_hotplug.activate_fails.inc();
             return Err(ActivateError::MissingFeature(
                 "VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE",
             ));
         }
-        let [queue] =
-            Activation::take_queues(queues, &[0], &METRICS.memory_hotplug.activate_fails)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(SingleQueue::activate(
+            activation,
+            &METRICS.memory_hotplug.activate_fails,
+        )?);
         Ok(())
     }
 

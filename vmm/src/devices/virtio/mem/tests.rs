@@ -3,8 +3,12 @@ use super::request::{BlockRange, BlockState};
 use super::*;
 use crate::arch::x86_64::layout::DEVICE_MEMORY_START;
 use crate::devices::virtio::queue::tests::{desc, queue_at, F_NEXT, F_WRITE};
+use crate::devices::virtio::Interrupt;
+use std::sync::Arc;
 use std::sync::Mutex;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 

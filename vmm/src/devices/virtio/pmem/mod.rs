@@ -22,16 +22,16 @@ mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, walk_chain, write_stream};
+use super::single_queue::SingleQueue;
 use super::{
-    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, Interrupt, LogBudget,
-    VirtioDevice, VIRTIO_F_VERSION_1,
+    queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
 use mapping::PmemMapping;
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 /// The virtio device id of a pmem device.
@@ -40,19 +40,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// The event-loop token of the rate limiter's timer.
 const LIMITER_TOKEN: u64 = 1;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    broken: bool,
-}
-
 pub struct Pmem {
     id: String,
     /// `start` and `size`, little-endian.
     config: [u8; 16],
     mapping: Arc<PmemMapping>,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     /// `None`: nothing is limited (unit tests, the fuzz target).
     limiter: Option<RateLimiter>,
     warnings: LogBudget,
@@ -205,19 +198,10 @@ impl VirtioDevice for Pmem {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        let [queue] = Activation::take_queues(queues, &[0], &METRICS.pmem.activate_fails)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(SingleQueue::activate(
+            activation,
+            &METRICS.pmem.activate_fails,
+        )?);
         Ok(())
     }
 

@@ -18,16 +18,14 @@
 //! Snapshots save the queue's position and the limiter's buckets (`persist.rs`).
 
 use super::queue::{self, add_used, pop_head, total_len, unpop, walk_chain, write_stream};
+use super::single_queue::SingleQueue;
 use super::{
-    queue_broken, ActivateError, Activation, EventCtx, Interrupt, LogBudget, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    queue_broken, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::devices::rate_limiter::RateLimiter;
 use crate::metrics::METRICS;
-use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::EventSet;
 
 mod persist;
@@ -45,15 +43,8 @@ const LIMITER_TOKEN: u64 = 1;
 /// The host's random bytes (also used by MMDS's session tokens, hence its own module).
 pub use crate::random::fill_random;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-    broken: bool,
-}
-
 pub struct Entropy {
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     /// `None`: nothing is limited (unit tests, the fuzz target).
     limiter: Option<RateLimiter>,
     /// The random bytes of one request, before they go into guest memory.
@@ -197,19 +188,10 @@ impl VirtioDevice for Entropy {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Activation {
-            mem,
-            queues,
-            interrupt,
-            ..
-        } = activation;
-        let [queue] = Activation::take_queues(queues, &[0], &METRICS.entropy.activate_fails)?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(SingleQueue::activate(
+            activation,
+            &METRICS.entropy.activate_fails,
+        )?);
         Ok(())
     }
 

@@ -1,8 +1,12 @@
 use super::*;
 use crate::devices::virtio::queue::tests::{desc, mem, queue_with, F_NEXT, F_WRITE};
+use crate::devices::virtio::Interrupt;
 use crate::resources::{RateLimiterConfig, TokenBucketConfig};
+use std::sync::Arc;
 use std::time::Duration;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
