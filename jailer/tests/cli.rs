@@ -291,6 +291,22 @@ fn help_and_cleanup_of_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim(), "jailer: --id gone: nothing to clean up");
     assert!(Path::new(&s.base()).exists());
+    // Nor is a chroot base that does not exist (a fresh host's /srv/jailer): nothing to clean
+    // up, and it is not made.
+    let missing = Path::new(&s.base()).join("no/such/base");
+    let out = jailer(&[
+        "cleanup",
+        "--id",
+        "gone",
+        "--exec-file",
+        "/usr/bin/vmm",
+        "--chroot-base-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "jailer: --id gone: nothing to clean up");
+    assert!(!missing.exists());
     // A directory without a journal is someone else's: left alone, and said so.
     let foreign = Path::new(&s.base()).join("vmm/mine");
     std::fs::create_dir_all(&foreign).unwrap();
@@ -312,6 +328,7 @@ fn help_and_cleanup_of_nothing() {
         "{err}"
     );
     assert!(foreign.is_dir());
+    // A bad --wait-ms is named before any file is looked at (the default base may not exist).
     for bad in ["-1", "1h", "3600001"] {
         let out = jailer(&[
             "cleanup",
@@ -319,6 +336,8 @@ fn help_and_cleanup_of_nothing() {
             "x",
             "--exec-file",
             "/usr/bin/vmm",
+            "--chroot-base-dir",
+            missing.to_str().unwrap(),
             "--wait-ms",
             bad,
         ]);

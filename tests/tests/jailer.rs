@@ -205,6 +205,39 @@ fn pid_file(jail: &Jail) -> i32 {
     read_pid_file(&jail.chroot_dir().join("jail-probe.pid"), T)
 }
 
+/// A chroot base that does not exist (`/srv/jailer` on a fresh host) is made, as Firecracker's
+/// jailer makes it, and the jail is made under it.
+#[test]
+fn a_missing_chroot_base_is_made() {
+    let jail = Jail::new("jl-newbase");
+    let fresh = jail.base.join("fresh/base");
+    // The kit's command with its --chroot-base-dir pointed at `fresh`, which does not exist.
+    let kit = jail.command(&[], &["hold"]);
+    let mut args: Vec<std::ffi::OsString> = kit.get_args().map(|a| a.to_owned()).collect();
+    let at = args
+        .iter()
+        .position(|a| a == "--chroot-base-dir")
+        .expect("the kit passes --chroot-base-dir");
+    args[at + 1] = fresh.clone().into_os_string();
+    let mut cmd = std::process::Command::new(kit.get_program());
+    cmd.args(&args);
+    let mut run = Running::spawn(&mut cmd);
+    run.wait_for("ready", T);
+    let chroot = fresh.join("jail-probe").join(&jail.id).join("root");
+    assert!(chroot.is_dir(), "no jail under the made base");
+    let done = run.finish(T);
+    assert_eq!(done.code(), Some(0), "{}", done.describe());
+    let cleaned = std::process::Command::new(&jail.jailer)
+        .args(["cleanup", "--id", &jail.id, "--exec-file"])
+        .arg(&jail.probe)
+        .arg("--chroot-base-dir")
+        .arg(&fresh)
+        .status()
+        .unwrap();
+    assert!(cleaned.success());
+    assert!(!fresh.join("jail-probe").join(&jail.id).exists());
+}
+
 #[test]
 fn new_pid_ns_makes_the_vmm_pid_1() {
     let jail = Jail::new("jl-pidns");

@@ -117,7 +117,6 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
         Ok(canonical) => paths::exec_name_of(&canonical)?,
         Err(_) => paths::exec_name_of(Path::new(exec))?,
     };
-    let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
     let wait_ms = match argv.single("wait-ms") {
         None => flags::DEFAULT_CLEANUP_WAIT_MS,
         Some(v) => v
@@ -133,6 +132,8 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
                 ),
             })?,
     };
+    let chroot_base =
+        paths::resolve_chroot_base(argv.single("chroot-base-dir"), paths::MissingBase::Keep)?;
     Ok(CleanupConfig {
         id,
         exec_name,
@@ -177,7 +178,8 @@ fn jail_config(mut argv: Args) -> Result<Config, ArgsError> {
 
     // Now the file system.
     let (exec_file, exec_name) = paths::resolve_exec_file(&exec)?;
-    let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
+    let chroot_base =
+        paths::resolve_chroot_base(argv.single("chroot-base-dir"), paths::MissingBase::Create)?;
     let cgroup = CgroupConfig {
         parent: match argv.single("parent-cgroup") {
             Some(_) => cgroup.parent,

@@ -270,14 +270,27 @@ pub(super) fn exec_name_of(canonical: &Path) -> Result<String, ArgsError> {
         })
 }
 
-/// `--chroot-base-dir` (default [`DEFAULT_CHROOT_BASE`]): an existing directory, canonical.
-pub(super) fn resolve_chroot_base(value: Option<&str>) -> Result<PathBuf, ArgsError> {
+/// `--chroot-base-dir` (default [`DEFAULT_CHROOT_BASE`]), canonical: a directory; one that does
+/// not exist is made or returned as given, as `missing` says.
+pub(super) fn resolve_chroot_base(
+    value: Option<&str>,
+    missing: MissingBase,
+) -> Result<PathBuf, ArgsError> {
     let base = PathBuf::from(value.unwrap_or(DEFAULT_CHROOT_BASE));
-    let canonical = std::fs::canonicalize(&base).map_err(|e| ArgsError::Resolve {
+    let resolve_err = |e: std::io::Error| ArgsError::Resolve {
         flag: "chroot-base-dir",
         path: base.clone(),
         source: IoErrorEq(e),
-    })?;
+    };
+    if std::fs::symlink_metadata(&base).is_err() {
+        match missing {
+            // As Firecracker's jailer: the base (`/srv/jailer` on a fresh host) is made.
+            MissingBase::Create => std::fs::create_dir_all(&base).map_err(resolve_err)?,
+            // Nothing can be under a base that does not exist.
+            MissingBase::Keep => return Ok(base),
+        }
+    }
+    let canonical = std::fs::canonicalize(&base).map_err(resolve_err)?;
     if !canonical.is_dir() {
         return Err(ArgsError::NotADirectory {
             flag: "chroot-base-dir",
@@ -285,4 +298,13 @@ pub(super) fn resolve_chroot_base(value: Option<&str>) -> Result<PathBuf, ArgsEr
         });
     }
     Ok(canonical)
+}
+
+/// What [`resolve_chroot_base`] does with a chroot base that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MissingBase {
+    /// Make it (a jail is about to be made under it).
+    Create,
+    /// Return it as given (cleanup: there is nothing under it).
+    Keep,
 }
