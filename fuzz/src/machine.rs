@@ -183,8 +183,10 @@ pub struct Machine {
     pub seen: Arc<Mutex<Seen>>,
     device: Arc<Mutex<dyn VirtioDevice>>,
     /// The used index the device last published on each queue, for the activation it
-    /// belongs to (a device starts at 0; the ring's memory may say anything a guest wrote).
-    published: (u64, Vec<u16>),
+    /// belongs to (a device starts at 0; the ring's memory may say anything a guest wrote);
+    /// `None` after a run whose writes could not be told apart (the index in memory may then
+    /// be a buffer's data, not what the device published).
+    published: (u64, Vec<Option<u16>>),
     event_loop: EventLoop<()>,
     /// Runs whose writes were not checked (the driver handed out its rings as buffers): the
     /// used entries they added are not reported.
@@ -401,7 +403,7 @@ impl Watch {
             (s.count, s.queues.clone())
         };
         if m.published.0 != count {
-            m.published = (count, vec![0; queues.len()]);
+            m.published = (count, vec![Some(0); queues.len()]);
         }
         let mut writable = Vec::new();
         let mut rings = Vec::new();
@@ -451,10 +453,11 @@ impl Watch {
     /// The new used entries per queue; `None` when the run could not be checked.
     fn after(self, m: &mut Machine) -> Option<Vec<Vec<(u32, u32)>>> {
         if self.self_modifying {
-            // What the device published cannot be told from what it wrote elsewhere: start
-            // again from what the used rings say now.
-            for (n, q) in self.queues.iter().enumerate().filter(|(_, q)| q.ready) {
-                m.published.1[n] = m.read_u16(q.used + 2);
+            // What the device published cannot be told from what it wrote elsewhere (a buffer
+            // over the used ring may have overwritten its index): unknown until the device
+            // publishes again.
+            for (n, _) in self.queues.iter().enumerate().filter(|(_, q)| q.ready) {
+                m.published.1[n] = None;
             }
             return None;
         }
@@ -495,7 +498,10 @@ impl Watch {
                 // The device published nothing (or just what memory said already).
                 continue;
             }
-            let last = std::mem::replace(&mut m.published.1[n], now);
+            let Some(last) = std::mem::replace(&mut m.published.1[n], Some(now)) else {
+                // The first index published after an unchecked run: the new baseline.
+                continue;
+            };
             let added = now.wrapping_sub(last);
             assert!(
                 added <= q.size,
