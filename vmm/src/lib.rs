@@ -57,6 +57,8 @@ pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod sync;
+#[cfg(test)]
+mod test_scratch;
 pub mod timing;
 pub mod vmm;
 pub mod vstate;

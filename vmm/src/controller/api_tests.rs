@@ -10,8 +10,25 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// A test's API socket path, removed when the test is done (the server thread outlives it,
+/// listening on a socket no one can reach any more).
+struct SocketFile(PathBuf);
+
+impl std::ops::Deref for SocketFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Starts an API server on a fresh socket, with a VMM thread answering through a controller.
-fn serve(limits: Limits) -> PathBuf {
+fn serve(limits: Limits) -> SocketFile {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("kiln-api-unit-{}-{n}.sock", std::process::id()));
@@ -38,7 +55,7 @@ fn serve(limits: Limits) -> PathBuf {
             }
         }
     });
-    path
+    SocketFile(path)
 }
 
 fn connect(path: &Path) -> UnixStream {

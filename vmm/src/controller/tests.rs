@@ -53,8 +53,7 @@ impl Microvm for FakeVm {
 }
 
 pub(super) fn temp_file(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("kiln-controller-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::test_scratch::dir("kiln-controller");
     let p = dir.join(name);
     std::fs::write(&p, b"x").unwrap();
     p.to_string_lossy().into_owned()

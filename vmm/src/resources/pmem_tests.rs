@@ -5,8 +5,7 @@ use super::tests::config;
 use super::*;
 
 fn file(name: &str, len: usize) -> String {
-    let dir = std::env::temp_dir().join(format!("kiln-pmem-res-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::test_scratch::dir("kiln-pmem-res");
     let p = dir.join(name);
     std::fs::write(&p, vec![7u8; len]).unwrap();
     p.display().to_string()

@@ -9,8 +9,7 @@ fn kernel() -> String {
 
 /// A writable scratch image (a drive opened read-write must not be a running executable).
 fn image(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("kiln-resources-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::test_scratch::dir("kiln-resources");
     let p = dir.join(name);
     std::fs::write(&p, vec![0u8; 4096]).unwrap();
     p.display().to_string()

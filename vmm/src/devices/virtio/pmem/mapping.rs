@@ -144,11 +144,7 @@ mod tests {
     use std::io::Write;
 
     fn file(bytes: &[u8]) -> (std::path::PathBuf, File) {
-        let p = std::env::temp_dir().join(format!(
-            "kiln-pmem-map-{}-{}",
-            std::process::id(),
-            bytes.len()
-        ));
+        let p = crate::test_scratch::dir("kiln-pmem-map").join(bytes.len().to_string());
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
