@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 fn backing(tag: &str, bytes: &[u8]) -> (std::path::PathBuf, Arc<PmemMapping>) {
-    let p = std::env::temp_dir().join(format!("kiln-pmem-dev-{}-{tag}", std::process::id()));
+    let p = crate::test_scratch::dir("kiln-pmem-dev").join(tag);
     std::fs::write(&p, bytes).unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
