@@ -8,6 +8,7 @@ pub mod api;
 pub mod assets;
 pub mod elf;
 pub mod errno;
+pub mod ext4;
 pub mod fdpass;
 pub mod initramfs;
 pub mod jail;

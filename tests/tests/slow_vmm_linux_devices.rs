@@ -17,21 +17,18 @@
 //!
 //! Run with `cargo test -p kiln-tests --test slow_vmm_linux_devices -- --ignored`.
 
-use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use kiln_tests::assets::{require_linux_assets, KERNEL_CMDLINE};
 use kiln_tests::elf::spin_init;
+use kiln_tests::ext4;
 use kiln_tests::milestones::{all_seen, note, report, Milestone};
 use kiln_tests::netns::NetNs;
 use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
-use kiln_tests::{
-    is_pvm_host, require_bin, require_kvm, require_program, require_root, KillOnDrop, ScratchDir,
-};
+use kiln_tests::{is_pvm_host, require_bin, require_kvm, require_root, KillOnDrop, ScratchDir};
 
 /// The kernel mounts its root at ~75 s on kvm_pvm hosts; the margin covers a loaded machine.
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -39,36 +36,6 @@ const HOST_IP: &str = "172.16.0.1";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 const GUEST_MAC: &str = "06:00:ac:10:00:02";
 const SPIN_INIT: &str = "/kiln-spin";
-
-fn debugfs(image: &Path, request: &str) {
-    let out = Command::new(require_program("debugfs", "e2fsprogs"))
-        .args(["-w", "-R", request])
-        .arg(image)
-        .output()
-        .expect("run debugfs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success()
-            && !err
-                .lines()
-                .any(|l| l.contains("debugfs:") && l.contains("rror")),
-        "debugfs {request:?} failed: {err}"
-    );
-}
-
-/// (mount count, last mount time) from the ext4 superblock (at byte 1024: `s_mtime` at
-/// 0x2c, `s_mnt_count` at 0x34).
-fn mount_stamp(image: &Path) -> (u16, u32) {
-    let mut f = std::fs::File::open(image).expect("open image");
-    let mut sb = [0u8; 1024 + 0x40];
-    f.read_exact(&mut sb).expect("read superblock");
-    let s = &sb[1024..];
-    assert_eq!(&s[0x38..0x3a], &[0x53, 0xef], "ext4 magic");
-    (
-        u16::from_le_bytes([s[0x34], s[0x35]]),
-        u32::from_le_bytes([s[0x2c], s[0x2d], s[0x2e], s[0x2f]]),
-    )
-}
 
 #[test]
 #[ignore = "slow tier: boots a Linux kernel (about 1.5 min here) with virtio-blk root and virtio-net; run with ./test.sh slow"]
@@ -100,12 +67,8 @@ fn boot_with_devices(transport: Transport) {
     let rootfs = scratch.join("rootfs.ext4");
     std::fs::copy(&assets.rootfs, &rootfs).expect("copy rootfs.ext4");
     let spin = scratch.write("kiln-spin", spin_init());
-    debugfs(
-        &rootfs,
-        &format!("write {} {}", spin.display(), &SPIN_INIT[1..]),
-    );
-    debugfs(&rootfs, &format!("sif {SPIN_INIT} mode 0100755"));
-    let before = mount_stamp(&rootfs);
+    ext4::add_executable(&rootfs, &spin, SPIN_INIT);
+    let before = ext4::mount_stamp(&rootfs);
 
     let ns = NetNs::new("kiln-linux-net");
     let tap = "kilntap0";
@@ -207,7 +170,7 @@ fn boot_with_devices(transport: Transport) {
     let status = terminate(&mut vmm, Duration::from_secs(10));
     drop(vmm);
     let stderr = stderr_thread.join().unwrap_or_default();
-    let after = mount_stamp(&rootfs);
+    let after = ext4::mount_stamp(&rootfs);
 
     let report = report(&milestones);
     println!(

@@ -14,52 +14,22 @@
 //!
 //! Run with `cargo test -p kiln-tests --test slow_vmm_linux_pmem -- --ignored`.
 
-use std::io::Read;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use kiln_tests::assets::{require_linux_assets, KERNEL_CMDLINE};
 use kiln_tests::elf::spin_init;
+use kiln_tests::ext4;
 use kiln_tests::milestones::{all_seen, note, report, Milestone};
 use kiln_tests::process::{line_reader, spawn, stderr_reader, terminate};
-use kiln_tests::{is_pvm_host, require_bin, require_kvm, require_program, KillOnDrop, ScratchDir};
+use kiln_tests::{is_pvm_host, require_bin, require_kvm, KillOnDrop, ScratchDir};
 
 /// The kernel mounts its root at ~75 s on kvm_pvm hosts; the margin covers a loaded machine.
 const TIMEOUT: Duration = Duration::from_secs(240);
 const SPIN_INIT: &str = "/kiln-spin";
 /// The image: 16 MiB (a multiple of 2 MiB: the guest's pmem region is the whole file).
 const IMAGE_MIB: u64 = 16;
-
-fn run(program: &str, package: &str, args: &[&str]) {
-    let out = Command::new(require_program(program, package))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success()
-            && !err
-                .lines()
-                .any(|l| l.contains("debugfs:") && l.contains("rror")),
-        "{program} {args:?} failed: {err}"
-    );
-}
-
-/// (mount count, last mount time) from the ext4 superblock (at byte 1024: `s_mtime` at
-/// 0x2c, `s_mnt_count` at 0x34).
-fn mount_stamp(image: &Path) -> (u16, u32) {
-    let mut f = std::fs::File::open(image).expect("open image");
-    let mut sb = [0u8; 1024 + 0x40];
-    f.read_exact(&mut sb).expect("read superblock");
-    let s = &sb[1024..];
-    assert_eq!(&s[0x38..0x3a], &[0x53, 0xef], "ext4 magic");
-    (
-        u16::from_le_bytes([s[0x34], s[0x35]]),
-        u32::from_le_bytes([s[0x2c], s[0x2d], s[0x2e], s[0x2f]]),
-    )
-}
 
 #[test]
 #[ignore = "slow tier: boots a Linux kernel (about 1.5 min here) with its root on virtio-pmem (DAX); run with ./test.sh slow"]
@@ -74,27 +44,10 @@ fn linux_mounts_its_root_from_pmem_with_dax() {
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(IMAGE_MIB << 20))
         .expect("create the image");
-    run(
-        "mke2fs",
-        "e2fsprogs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-O",
-            "^has_journal",
-            image_s,
-        ],
-    );
+    ext4::make(&image, 4096);
     let spin = scratch.write("kiln-spin", spin_init());
-    let write = format!("write {} {}", spin.display(), &SPIN_INIT[1..]);
-    run("debugfs", "e2fsprogs", &["-w", "-R", &write, image_s]);
-    let mode = format!("sif {SPIN_INIT} mode 0100755");
-    run("debugfs", "e2fsprogs", &["-w", "-R", &mode, image_s]);
-    let before = mount_stamp(&image);
+    ext4::add_executable(&image, &spin, SPIN_INIT);
+    let before = ext4::mount_stamp(&image);
 
     let boot_args = format!("{KERNEL_CMDLINE} rootflags=dax rootwait init={SPIN_INIT}");
     let cfg = scratch.write(
@@ -161,7 +114,7 @@ fn linux_mounts_its_root_from_pmem_with_dax() {
     let status = terminate(&mut vmm, Duration::from_secs(10));
     drop(vmm);
     let stderr = stderr_thread.join().unwrap_or_default();
-    let after = mount_stamp(&image);
+    let after = ext4::mount_stamp(&image);
 
     let report = report(&milestones);
     println!(
