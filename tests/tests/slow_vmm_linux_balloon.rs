@@ -227,31 +227,9 @@ fn wait_stats(vmm: &Vmm, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
 /// before), failing on a panic, the VMM's end or [`BOOT_TIMEOUT`].
 fn wait_init(vmm: &mut Vmm) {
     let started = format!("Run {INIT} as init process");
-    let t = Instant::now();
-    loop {
-        let serial = vmm.serial();
-        if serial.contains(&started) {
-            return;
-        }
-        for fatal in ["Kernel panic", "Attempted to kill init"] {
-            assert!(
-                !serial.contains(fatal),
-                "the guest printed {fatal:?}\n--- serial:\n{serial}\n--- stderr:\n{}",
-                vmm.stderr()
-            );
-        }
-        assert!(
-            vmm.child.try_wait().is_ok_and(|s| s.is_none()),
-            "the VMM exited\n--- serial:\n{serial}\n--- stderr:\n{}",
-            vmm.stderr()
-        );
-        assert!(
-            t.elapsed() < BOOT_TIMEOUT,
-            "the kernel did not start init within {BOOT_TIMEOUT:?}\n--- serial:\n{serial}\n--- stderr:\n{}",
-            vmm.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    vmm.wait_linux("the kernel to start init", BOOT_TIMEOUT, |s| {
+        s.contains(&started)
+    });
 }
 
 fn stat(s: &Value, name: &str) -> u64 {

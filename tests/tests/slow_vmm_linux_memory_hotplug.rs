@@ -41,35 +41,6 @@ const PLUG_MIB: u64 = 64;
 const INIT: &str = "/kiln-spin";
 const MIB: u64 = 1 << 20;
 
-/// Waits until `cond(serial)`, failing on a panic, the VMM's end or `timeout`.
-fn wait_serial(vmm: &mut Vmm, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
-    let t = Instant::now();
-    loop {
-        let serial = vmm.serial();
-        if cond(&serial) {
-            return;
-        }
-        for fatal in ["Kernel panic", "Attempted to kill init"] {
-            assert!(
-                !serial.contains(fatal),
-                "the guest printed {fatal:?}\n--- serial:\n{serial}\n--- stderr:\n{}",
-                vmm.stderr()
-            );
-        }
-        assert!(
-            vmm.child.try_wait().is_ok_and(|s| s.is_none()),
-            "the VMM exited\n--- serial:\n{serial}\n--- stderr:\n{}",
-            vmm.stderr()
-        );
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}\n--- serial:\n{serial}\n--- stderr:\n{}",
-            vmm.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Polls `GET path` until `cond` holds; returns the answer.
 fn wait_get(vmm: &Vmm, path: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let t = Instant::now();
@@ -148,7 +119,7 @@ fn linux_plugs_and_onlines_hotplugged_memory_by_itself() {
 
     // The driver probes among the initcalls, before init.
     let started = format!("Run {INIT} as init process");
-    wait_serial(&mut vmm, "init", BOOT_TIMEOUT, |s| s.contains(&started));
+    vmm.wait_linux("init", BOOT_TIMEOUT, |s| s.contains(&started));
     println!("[{:7.2}s] init started", at());
     let serial = vmm.serial();
     for line in [

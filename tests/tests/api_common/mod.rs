@@ -227,6 +227,36 @@ impl Vmm {
         self.wait_for(what, Duration::from_secs(30), |v| v.serial().contains(text));
     }
 
+    /// For a Linux guest: waits until `cond` holds on the serial output, failing at once on a
+    /// kernel panic, a dead init or a VMM that exited, and after `timeout`.
+    pub fn wait_linux(&mut self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) {
+        let t = Instant::now();
+        loop {
+            let serial = self.serial();
+            if cond(&serial) {
+                return;
+            }
+            for fatal in ["Kernel panic", "Attempted to kill init"] {
+                assert!(
+                    !serial.contains(fatal),
+                    "the guest printed {fatal:?}\n--- serial:\n{serial}\n--- stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                self.child.try_wait().is_ok_and(|s| s.is_none()),
+                "the VMM exited\n--- serial:\n{serial}\n--- stderr:\n{}",
+                self.stderr()
+            );
+            assert!(
+                t.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\n--- serial:\n{serial}\n--- stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `cond` holds, panicking with the VMM's output after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&Vmm) -> bool) {
         let t = Instant::now();
