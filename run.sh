@@ -17,10 +17,11 @@ event="${2:-$default_event}"
 need_root
 [ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
 apt_ensure nftables iproute2
+musl_ensure
 
 step "building the jailer, the VMM and the kiln worker (release, static)"
 cargo build --release -p jailer -p vmm -p kiln-worker
-bin="${CARGO_TARGET_DIR:-$KILN_ROOT/target}/x86_64-unknown-linux-gnu/release"
+bin="${CARGO_TARGET_DIR:-$KILN_ROOT/target}/x86_64-unknown-linux-musl/release"
 
 base=/srv/jailer
 state=/run/kiln

@@ -20,6 +20,7 @@ need_root
 
 step "checking Debian packages"
 apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio strace binutils
+musl_ensure
 
 if [ "$tier" != slow ]; then
     # boto3, the AWS CLI and awslambdaric (pinned) for the Lambda tests, in a cached venv.

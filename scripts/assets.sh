@@ -201,7 +201,8 @@ build_kernel() {
 build_init() {
     local target_dir="${CARGO_TARGET_DIR:-$KILN_ROOT/target}"
     case "$target_dir" in /*) ;; *) target_dir="$KILN_ROOT/$target_dir" ;; esac
-    INIT_BIN="$target_dir/x86_64-unknown-linux-gnu/release/kiln-init"
+    INIT_BIN="$target_dir/x86_64-unknown-linux-musl/release/kiln-init"
+    musl_ensure
     (cd "$KILN_ROOT" && cargo build --quiet --release -p kiln-init) || die "cannot build kiln-init"
     [ -x "$INIT_BIN" ] || die "cargo built kiln-init but $INIT_BIN is missing"
     if readelf -lW "$INIT_BIN" | grep -q 'INTERP'; then

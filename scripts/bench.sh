@@ -17,10 +17,11 @@ cd "$KILN_ROOT"
 need_root
 [ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
 apt_ensure qemu-system-x86 nftables iproute2
+musl_ensure
 
 step "building the VMM, the jailer, the worker, the bench and the tiny guest (release, static)"
 cargo build --release -p vmm -p jailer -p kiln-worker -p kiln-bench -p kiln-tests >&2
-bin="${CARGO_TARGET_DIR:-$KILN_ROOT/target}/x86_64-unknown-linux-gnu/release"
+bin="${CARGO_TARGET_DIR:-$KILN_ROOT/target}/x86_64-unknown-linux-musl/release"
 tiny="$("$bin/tiny-guest-path")"
 
 step "kiln-bench (the table follows on stdout)"

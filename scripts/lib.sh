@@ -43,6 +43,16 @@ apt_ensure() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
+# musl_ensure: the Rust standard library for the workspace's target (.cargo/config.toml:
+# static musl binaries), added to the toolchain once.
+MUSL_TARGET=x86_64-unknown-linux-musl
+musl_ensure() {
+    rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" && return 0
+    step "adding the Rust target $MUSL_TARGET (once: the workspace's binaries are static musl)"
+    rustup target add "$MUSL_TARGET" >&2 \
+        || die "cannot add the Rust target $MUSL_TARGET (rustup target add $MUSL_TARGET): the workspace builds for it"
+}
+
 # cargo_build ARGS...: build the workspace binaries (static; see .cargo/config.toml).
 cargo_build() {
     step "cargo build $*"

@@ -80,7 +80,7 @@ pub fn reset_signals(ignore_sigpipe: bool) -> Result<(), SanitizeError> {
         let ret = unsafe { libc::signal(signal, action) };
         if ret == libc::SIG_ERR {
             let err = io::Error::last_os_error();
-            // glibc reserves a few real-time signals for itself and refuses them: skip.
+            // The C library reserves a few real-time signals for itself and refuses them: skip.
             if err.raw_os_error() == Some(libc::EINVAL) {
                 continue;
             }

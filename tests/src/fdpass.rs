@@ -26,7 +26,10 @@ fn with_message<T>(f: impl FnOnce(&mut libc::msghdr) -> T) -> T {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    // usize with glibc, u32 with musl.
+    msg.msg_controllen = space
+        .try_into()
+        .expect("a one-descriptor control buffer fits");
     f(&mut msg)
 }
 
@@ -39,7 +42,7 @@ pub fn send_fd(socket: &UnixStream, fd: &impl AsRawFd) -> std::io::Result<()> {
             let cmsg = libc::CMSG_FIRSTHDR(msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(FD_BYTES) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(FD_BYTES) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), fd.as_raw_fd());
         }
         // SAFETY: sendmsg reads the buffers `msg` describes, all alive for the call.

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use crate::process::{line_reader, spawn, stderr_reader};
 use crate::{require_bin, require_root, unique_id};
 
-/// What `jail-probe` needs besides the VMM's syscalls, to report: identity queries, the host
+/// What `jail-probe` needs besides the VMM's syscalls, to report: identity queries, limits, the host
 /// name, the working directory, directory listings, and receiving (and duplicating) a
-/// descriptor over a unix socket.
+/// descriptor over a unix socket and opening through it (`openat`: the VMM opens by path).
 pub const PROBE_SYSCALLS: &[&str] = &[
+    "getpid",
     "getppid",
+    "prlimit64",
     "getresuid",
     "getresgid",
     "getgroups",
@@ -32,6 +34,7 @@ pub const PROBE_SYSCALLS: &[&str] = &[
     "getdents64",
     "recvmsg",
     "dup",
+    "openat",
 ];
 
 /// One test's jail: its id, chroot base directory, parent cgroup and identity.

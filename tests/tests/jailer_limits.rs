@@ -33,10 +33,11 @@ fn cgroup_limits_bite() {
         done.describe()
     );
     assert_eq!(done.report.get("threads.error"), "EAGAIN");
-    // The same with processes (the jail-level policy forbids fork: a test policy allows it).
+    // The same with processes (the jail-level policy forbids fork: a test policy allows it;
+    // musl's fork() is the fork system call).
     let jail = Jail::new("jl-fork");
     let policy =
-        jail.seccomp_policy_with(serde_json::json!([{"syscall": "clone"}, {"syscall": "wait4"}]));
+        jail.seccomp_policy_with(serde_json::json!([{"syscall": "fork"}, {"syscall": "wait4"}]));
     let done = run(
         &mut jail.command(
             &[
@@ -57,7 +58,7 @@ fn cgroup_limits_bite() {
     // Processes left behind: the keeper kills what is still in the jail's cgroups when the
     // jailed process ends (through pidfds: a recycled pid is never hit), and nothing survives.
     let jail = Jail::new("jl-orphans");
-    let policy = jail.seccomp_policy_with(serde_json::json!([{"syscall": "clone"}]));
+    let policy = jail.seccomp_policy_with(serde_json::json!([{"syscall": "fork"}]));
     let started = std::time::Instant::now();
     let done = run(
         &mut jail.command(

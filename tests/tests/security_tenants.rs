@@ -197,8 +197,8 @@ const HELD: &[Check] = &[
         "pid-ns",
     ),
     check(
-        "SIGKILL B's VMM (tgkill)",
-        "signals.tgkill-victim",
+        "SIGKILL B's VMM (tkill)",
+        "signals.tkill-victim",
         "ESRCH",
         "pid-ns",
     ),

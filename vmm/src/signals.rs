@@ -142,9 +142,12 @@ pub fn clear_immediate_exit() {
 /// Sends the kick signal to a thread.
 pub fn kick<T>(thread: &std::thread::JoinHandle<T>) -> io::Result<()> {
     use std::os::unix::thread::JoinHandleExt;
+    // std hands the pthread_t out as an integer; musl's is a pointer (glibc's an integer).
+    #[allow(clippy::unnecessary_cast)]
+    let handle = thread.as_pthread_t() as libc::pthread_t;
     // SAFETY: a JoinHandle exists, so the thread has not been joined and its pthread_t is
     // still valid (even if the thread has finished, pthread_kill then fails cleanly).
-    let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), vcpu_kick_signal()) };
+    let rc = unsafe { libc::pthread_kill(handle, vcpu_kick_signal()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }

@@ -24,6 +24,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
 /// The line the host waits for on the guest's console.
+/// `SIOCGIFFLAGS` and `SIOCSIFFLAGS`, typed as the C library's `ioctl` takes its request
+/// (`unsigned long` in glibc, `int` in musl).
+const SIOCGIFFLAGS: libc::Ioctl = 0x8913;
+const SIOCSIFFLAGS: libc::Ioctl = 0x8914;
 const READY_MARKER: &str = "KILN-INIT: ready";
 
 /// One pseudo file system to mount.
@@ -253,7 +257,7 @@ fn loopback_up() -> io::Result<()> {
     }
     use std::os::fd::AsRawFd;
     // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into the valid `req`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: SIOCGIFFLAGS filled the union's flags member, the one read here.
@@ -261,7 +265,7 @@ fn loopback_up() -> io::Result<()> {
     let up = libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
     req.ifr_ifru.ifru_flags = flags | up;
     // SAFETY: SIOCSIFFLAGS reads the name and flags from the valid `req`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

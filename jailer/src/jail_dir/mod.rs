@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 pub use adopt::AdoptError;
 
@@ -94,8 +93,25 @@ pub fn mkdir(path: &Path, mode: u32) -> Result<bool, JailDirError> {
     }
 }
 
+/// `renameat2(RENAME_NOREPLACE)`, as a raw system call: nix offers it only with glibc, and
+/// the musl Rust links has no wrapper for it.
 fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; renameat2 only
+    // reads them; the other arguments are plain integers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// A claim holding the journal of a jail to be.

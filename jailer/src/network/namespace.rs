@@ -28,9 +28,10 @@ pub fn open(path: &Path) -> Result<OwnedFd, NetworkError> {
             path: path.to_path_buf(),
             source,
         })?;
-    // SAFETY: NS_GET_NSTYPE takes no argument and only reports the namespace type of the
-    // descriptor, which `file` keeps open.
-    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    // SAFETY: NS_GET_NSTYPE takes no argument (0 is passed, not whatever the variadic call
+    // would find) and only reports the namespace type of the descriptor, which `file` keeps
+    // open.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE, 0) };
     if kind != libc::CLONE_NEWNET {
         return Err(NetworkError::NotNetns {
             path: path.to_path_buf(),

@@ -12,6 +12,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use super::NetworkError;
 use crate::sys::cvt;
 
+/// `SIOCGIFFLAGS` and `SIOCSIFFLAGS`, typed as the C library's `ioctl` takes its request
+/// (`unsigned long` in glibc, `int` in musl).
+const SIOCGIFFLAGS: libc::Ioctl = 0x8913;
+const SIOCSIFFLAGS: libc::Ioctl = 0x8914;
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -143,11 +147,11 @@ pub fn link_up(name: &str) -> Result<(), NetworkError> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = ifreq(name);
     // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq, which lives for the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) }).map_err(err)?;
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFFLAGS, &mut req) }).map_err(err)?;
     // SAFETY: SIOCGIFFLAGS initialised the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | ifr_flags(libc::IFF_UP);
     // SAFETY: SIOCSIFFLAGS reads the ifreq, which lives for the call.
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map_err(err)?;
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCSIFFLAGS, &req) }).map_err(err)?;
     Ok(())
 }

@@ -47,7 +47,7 @@ impl Timer {
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_sec: i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
                 // Never all zero (that would disarm): at least one nanosecond.
                 tv_nsec: libc::c_long::from(after.subsec_nanos().max(1)),
             },

@@ -32,14 +32,16 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The userfaultfd device (Linux 6.1).
 pub const DEVICE: &str = "/dev/userfaultfd";
+// The requests are 32-bit numbers; the C library's `ioctl` takes an `unsigned long` (glibc)
+// or an `int` (musl), which the kernel truncates to 32 bits either way.
 /// `USERFAULTFD_IOC_NEW`: `_IO(0xAA, 0x00)`.
-const IOC_NEW: libc::c_ulong = 0xaa00;
+const IOC_NEW: libc::Ioctl = 0xaa00;
 /// `UFFDIO_API`: `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
 /// `UFFDIO_REGISTER`: `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
 /// `UFFDIO_COPY`: `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
 const UFFD_API: u64 = 0xaa;
 const REGISTER_MODE_MISSING: u64 = 1;
 /// `UFFD_EVENT_PAGEFAULT`.

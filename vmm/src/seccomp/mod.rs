@@ -137,6 +137,7 @@ pub enum SeccompError {
     Arch(&'static str),
     #[error("the seccomp filters are already loaded")]
     AlreadyLoaded,
+    #[cfg(target_env = "gnu")]
     #[error("cannot limit glibc malloc to one heap (mallopt M_ARENA_MAX refused)")]
     MallocArena,
     #[error("cannot install the seccomp filter of the {kind} thread: {source}")]
@@ -400,13 +401,13 @@ pub fn init(choice: &Choice) -> Result<(), SeccompError> {
     STATE.set(state).map_err(|_| SeccompError::AlreadyLoaded)
 }
 
-/// Makes every thread allocate from the main thread's heap (glibc's `M_ARENA_MAX` = 1);
-/// must run before any thread starts. With a heap per thread ("arena"), a filtered thread
-/// would map, grow and trim a heap of its own (mmap PROT_NONE, mprotect, madvise) and, the
-/// first time one shrinks, open `/proc/sys/vm/overcommit_memory`: an `openat` no filter of a
-/// thread facing untrusted input should allow. With one heap, the filters need only `brk`
-/// and anonymous `mmap`/`mremap`/`munmap`. Small blocks stay in each thread's cache
-/// (tcache), so the shared heap's lock is seldom taken; fewer heaps also mean less memory.
+/// Makes every thread allocate from one heap. musl's allocator (the release binaries' C
+/// library) has only one. glibc's (the fuzz targets' and any glibc build's) gets
+/// `M_ARENA_MAX` = 1, before any thread starts: with a heap per thread ("arena"), a filtered
+/// thread would map, grow and trim a heap of its own (mmap PROT_NONE, mprotect, madvise)
+/// and, the first time one shrinks, open `/proc/sys/vm/overcommit_memory`: an `openat` no
+/// filter of a thread facing untrusted input should allow.
+#[cfg(target_env = "gnu")]
 fn single_malloc_heap() -> Result<(), SeccompError> {
     // SAFETY: mallopt only changes a malloc parameter; no thread other than this one exists.
     let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
@@ -415,6 +416,11 @@ fn single_malloc_heap() -> Result<(), SeccompError> {
     } else {
         Err(SeccompError::MallocArena)
     }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn single_malloc_heap() -> Result<(), SeccompError> {
+    Ok(())
 }
 
 fn warn(message: &str) {

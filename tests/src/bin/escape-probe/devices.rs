@@ -6,7 +6,7 @@ use crate::sys::{check, close, cstr, open, verdict, Fd};
 use crate::{Attempt, Outcome};
 
 /// RNDADDTOENTCNT: _IOW('R', 0x01, int).
-const RNDADDTOENTCNT: libc::c_ulong = 0x4004_5201;
+const RNDADDTOENTCNT: libc::Ioctl = 0x4004_5201;
 
 pub const ATTEMPTS: &[Attempt] = &[
     Attempt {

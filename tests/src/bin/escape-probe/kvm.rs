@@ -5,9 +5,9 @@ use crate::sys::{check, open, verdict, Fd};
 use crate::{Attempt, Outcome};
 
 /// KVM_CREATE_VM: _IO(0xAE, 0x01).
-const KVM_CREATE_VM: libc::c_ulong = 0xae01;
+const KVM_CREATE_VM: libc::Ioctl = 0xae01;
 /// KVM_SET_USER_MEMORY_REGION: _IOW(0xAE, 0x46, struct kvm_userspace_memory_region).
-const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_ae46;
+const KVM_SET_USER_MEMORY_REGION: libc::Ioctl = 0x4020_ae46;
 
 #[repr(C)]
 struct MemoryRegion {

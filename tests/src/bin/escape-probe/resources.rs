@@ -7,7 +7,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::sys::{
-    check, close, cstr, errno_name, ignore_sigxfsz, last_error, open, verdict, write_all, Fd,
+    check, close, cstr, errno_name, ignore_sigxfsz, last_error, mmap, open, verdict, write_all, Fd,
 };
 use crate::{Attempt, Outcome};
 
@@ -184,20 +184,15 @@ fn memory_hog(shared: bool) -> Outcome {
     } else {
         (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None)
     };
-    // SAFETY: a fresh mapping; nothing else uses it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            HOG_BYTES,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            fd.as_ref().map_or(-1, |f| f.0),
-            0,
-        )
+    let p = match mmap(
+        HOG_BYTES,
+        libc::PROT_READ | libc::PROT_WRITE,
+        flags,
+        fd.as_ref().map_or(-1, |f| f.0),
+    ) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Blocked(format!("mmap: {e}")),
     };
-    if p == libc::MAP_FAILED {
-        return Outcome::Blocked(format!("mmap: {}", last_error()));
-    }
     let base = p.cast::<u8>();
     for off in (0..HOG_BYTES).step_by(4096) {
         // SAFETY: inside the mapping of HOG_BYTES bytes.
@@ -210,20 +205,15 @@ fn memory_hog(shared: bool) -> Outcome {
 
 /// An anonymous private mapping of `len` bytes with `extra` flags; unmapped again.
 fn map_with(len: usize, extra: libc::c_int, what: &str) -> Outcome {
-    // SAFETY: a fresh anonymous mapping; nothing else uses it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
-            -1,
-            0,
-        )
+    let p = match mmap(
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+        -1,
+    ) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Blocked(e),
     };
-    if p == libc::MAP_FAILED {
-        return Outcome::Blocked(last_error());
-    }
     // SAFETY: touches the first byte of the mapping made above, then unmaps it.
     unsafe {
         p.cast::<u8>().write_volatile(1);

@@ -52,19 +52,25 @@ pub fn close(fd: libc::c_long) {
     }
 }
 
-/// `openat(AT_FDCWD, path, flags, mode)` as a raw syscall.
+/// `open(path, flags, mode)` as a raw syscall: the call the VMM's C library (musl) makes,
+/// and so the one its filter allows (`openat` is not).
 pub fn open(path: &str, flags: libc::c_int, mode: libc::c_uint) -> libc::c_long {
     let p = cstr(path);
     // SAFETY: a NUL-terminated path that outlives the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode,
-        )
-    }
+    unsafe { libc::syscall(libc::SYS_open, p.as_ptr(), flags | libc::O_CLOEXEC, mode) }
+}
+
+/// `mmap(NULL, len, prot, flags, fd, 0)` as a raw syscall (musl's wrapper turns the
+/// kernel's EPERM into ENOMEM for anonymous mappings). Returns the address or the errno.
+pub fn mmap(
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: libc::c_int,
+) -> Result<*mut libc::c_void, String> {
+    // SAFETY: a new mapping at an address the kernel chooses: no existing memory changes.
+    let ret = unsafe { libc::syscall(libc::SYS_mmap, 0usize, len, prot, flags, fd, 0usize) };
+    check(ret).map(|addr| addr as *mut libc::c_void)
 }
 
 /// An owned descriptor from a successful syscall.

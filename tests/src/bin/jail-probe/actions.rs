@@ -259,8 +259,9 @@ pub fn kvm() {
     if fd < 0 {
         return say("kvm", errno_name(errno()));
     }
-    // SAFETY: KVM_GET_API_VERSION (_IO(0xAE, 0)) takes no argument.
-    let v = unsafe { libc::ioctl(fd, 0xAE00) };
+    // SAFETY: KVM_GET_API_VERSION (_IO(0xAE, 0)) takes no argument, and KVM refuses one
+    // that is not 0 (the C library's variadic ioctl passes whatever is in the register).
+    let v = unsafe { libc::ioctl(fd, 0xAE00, 0) };
     // SAFETY: fd was just opened.
     unsafe { libc::close(fd) };
     say(
