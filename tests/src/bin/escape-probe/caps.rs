@@ -168,7 +168,7 @@ fn clone_thread_ns() -> Outcome {
                 0usize,
             )
         };
-        match check(ret.into()) {
+        match check(ret) {
             Ok(_) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 return Outcome::Escaped("a thread in new namespaces".into());
