@@ -9,7 +9,7 @@
 //! journal names, and removing one that was never made is not an error. Where the jailer
 //! cannot know in advance what it will make (the cgroup levels that do not exist yet), it
 //! records what is missing before creating it and what it did create afterwards. The journal
-//! is written whole to a temporary file and renamed over the old one: it is always complete.
+//! is written whole to a temporary file exchanged with the old one: it is always complete.
 //!
 //! **The journal is the marker.** It is written first, in a directory whose very name says it
 //! is the jailer's (`jail_dir`: the claim `.<id>.jailer`), before that directory becomes the
@@ -21,6 +21,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "jail.json";
@@ -192,6 +194,16 @@ impl Journal {
         })
     }
 
+    /// Writes the state out whole: a new temporary file, exchanged with the journal
+    /// (`renameat2(RENAME_EXCHANGE)`), then the old one (now under the temporary name)
+    /// unlinked. A kill at any instant leaves the journal complete, old or new.
+    ///
+    /// Not a plain `rename` over the journal: ext4 (`auto_da_alloc`, the default) flushes a
+    /// file renamed over another to the disk first, for durability across a power loss that
+    /// the journal does not need (it records a running set-up, which a reboot ends anyway):
+    /// 0.1 to 0.3 ms per write on the development host's discard-mounted disk, with five
+    /// writes on the start-up path. An exchange is not a replacement and waits for nothing.
+    /// The first write (no journal yet) and a filesystem without exchange rename plainly.
     fn persist(&self) -> Result<(), StateError> {
         let err = |source| StateError::Write {
             path: self.path.clone(),
@@ -200,17 +212,36 @@ impl Journal {
         let text =
             serde_json::to_string_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
         let tmp = self.path.with_file_name(STATE_TMP);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(err)?;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+        };
+        let mut f = match open() {
+            // Left by a jailer killed between its exchange and its unlink.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp).map_err(err)?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        match renameat2(
+            AT_FDCWD,
+            &tmp,
+            AT_FDCWD,
+            &self.path,
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            Ok(()) => std::fs::remove_file(&tmp).map_err(err),
+            Err(Errno::ENOENT | Errno::EINVAL) => std::fs::rename(&tmp, &self.path).map_err(err),
+            Err(e) => Err(err(e.into())),
+        }
     }
 
     /// Reads the state of jail `id` in `jail_dir`; `None` when there is no state file. The
