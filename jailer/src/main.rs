@@ -298,7 +298,12 @@ fn enter_jail(
     }
     clock.step("8 privileges and landlock");
 
-    // Step 9: seccomp, then exec (timed up to here: `exec ARGS`).
+    // Step 9: the keeper has journaled this process, written the pid file and left the
+    // jail's cgroups meanwhile (`supervise`); then seccomp and exec (timed up to here:
+    // `exec ARGS`).
+    side.wait_for_keeper();
+    clock.step("9 keeper ready");
+
     let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;

@@ -175,21 +175,32 @@ impl Journal {
         pid: i32,
         complete: bool,
     ) -> Result<(), StateError> {
-        let Some(r) = ProcessRecord::of(role, pid) else {
-            return Ok(());
-        };
-        let known = self
-            .state
-            .processes
+        self.record_processes(&[(role, pid)], complete)
+    }
+
+    /// Records the processes `(role, pid)` not recorded already, in one write
+    /// (`complete`: they are the last ones).
+    pub fn record_processes(
+        &mut self,
+        processes: &[(&str, i32)],
+        complete: bool,
+    ) -> Result<(), StateError> {
+        let new: Vec<ProcessRecord> = processes
             .iter()
-            .any(|p| p.pid == r.pid && p.start_time == r.start_time);
-        if known && self.state.complete == complete {
+            .filter_map(|&(role, pid)| ProcessRecord::of(role, pid))
+            .filter(|r| {
+                !self
+                    .state
+                    .processes
+                    .iter()
+                    .any(|p| p.pid == r.pid && p.start_time == r.start_time)
+            })
+            .collect();
+        if new.is_empty() && self.state.complete == complete {
             return Ok(());
         }
         self.record(|s| {
-            if !known {
-                s.processes.push(r);
-            }
+            s.processes.extend(new);
             s.complete |= complete;
         })
     }
@@ -481,6 +492,44 @@ mod tests {
         let back = Journal::load(&dir, "a").unwrap().unwrap();
         assert_eq!(back.processes.len(), 1);
         assert!(back.complete);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn processes_recorded_together_take_one_write() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-procs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = new_journal(&dir);
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        j.record_processes(&[("init", pid), ("vmm", me)], true)
+            .unwrap();
+        let back = Journal::load(&dir, "a").unwrap().unwrap();
+        let roles: Vec<(&str, i32)> = back
+            .processes
+            .iter()
+            .map(|p| (p.role.as_str(), p.pid))
+            .collect();
+        assert_eq!(roles, [("init", pid), ("vmm", me)]);
+        assert!(back.complete);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_leaves_no_temporary_file_and_replaces_a_stale_one() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = new_journal(&dir);
+        j.record(|s| s.run_tmpfs = Some(dir.join("root/run"))).unwrap();
+        assert!(!dir.join(STATE_TMP).exists());
+        // What a jailer killed between its exchange and its unlink leaves.
+        std::fs::write(dir.join(STATE_TMP), "stale").unwrap();
+        j.record(|s| s.run_tmpfs = None).unwrap();
+        assert!(!dir.join(STATE_TMP).exists());
+        assert_eq!(Journal::load(&dir, "a").unwrap().unwrap(), j.state);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
