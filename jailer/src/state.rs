@@ -20,6 +20,7 @@
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
@@ -129,6 +130,36 @@ impl ProcessRecord {
     /// The recorded process still runs (not a zombie, same start time).
     pub fn is_alive(&self) -> bool {
         process_start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// The journal shared by the threads of the host-side set-up (`main.rs`: the network is set
+/// up on a thread of its own while the main thread makes the root and the cgroups): every
+/// change is made, and written, under one lock, so that each write is whole and none is
+/// lost.
+pub struct SharedJournal<'a>(Mutex<&'a mut Journal>);
+
+impl<'a> SharedJournal<'a> {
+    pub fn new(journal: &'a mut Journal) -> Self {
+        SharedJournal(Mutex::new(journal))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, &'a mut Journal> {
+        // A thread that panicked holding the lock left the state whole: it is only changed
+        // by the closures below, which cannot panic halfway through a write.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Journal::record`] under the lock.
+    pub fn record(&self, change: impl FnOnce(&mut JailState)) -> Result<(), StateError> {
+        self.lock().record(change)
+    }
+
+    /// Changes the state without writing it: it goes out with the next write. Only for a
+    /// change that narrows a record to what was really made (a kill before the next write
+    /// leaves the wider intent, whose removal skips what does not exist or is not empty).
+    pub fn note(&self, change: impl FnOnce(&mut JailState)) {
+        change(&mut self.lock().state);
     }
 }
 
@@ -500,7 +531,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-state-procs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut j = new_journal(&dir);
-        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let pid = child.id() as i32;
         j.record_processes(&[("init", pid), ("vmm", me)], true)
@@ -523,7 +557,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-state-tmp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut j = new_journal(&dir);
-        j.record(|s| s.run_tmpfs = Some(dir.join("root/run"))).unwrap();
+        j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
+            .unwrap();
         assert!(!dir.join(STATE_TMP).exists());
         // What a jailer killed between its exchange and its unlink leaves.
         std::fs::write(dir.join(STATE_TMP), "stale").unwrap();
