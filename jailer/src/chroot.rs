@@ -116,18 +116,24 @@ pub fn create_jail_dir(config: &Config) -> Result<Journal, ChrootError> {
     }))
 }
 
-/// Fills the jail's root: the VMM copy, `run/` (with its tmpfs), `dev/` and the bind
-/// targets.
-pub fn populate(config: &Config, journal: &mut Journal) -> Result<(), ChrootError> {
+/// In an adopted directory, what [`populate`] and the pid file are about to make in it:
+/// journaled before any is made (with the other intents, `main.rs`), it is all the jailer
+/// will ever remove from the orchestrator's directory. `None` in a directory of its own.
+pub fn intent(config: &Config, adopted: bool) -> Option<Vec<PathBuf>> {
+    adopted.then(|| entries_to_make(config, &config.chroot_dir()))
+}
+
+/// Makes the jail's root, which [`populate`] and [`copy_exec_file`] then fill (side by side:
+/// `main.rs`; in an adopted directory all three journaled first: [`intent`]).
+pub fn make_root(config: &Config) -> Result<(), ChrootError> {
+    mkdir(&config.chroot_dir(), 0o755)?;
+    Ok(())
+}
+
+/// Fills the jail's root but for the VMM copy: `run/` (with its tmpfs), `dev/` and the bind
+/// targets (none of which is the VMM's name: `args` refuses a bind there).
+pub fn populate(config: &Config) -> Result<(), ChrootError> {
     let root = config.chroot_dir();
-    if journal.state.adopted {
-        // Intent first: what the jailer is about to make in the orchestrator's directory is
-        // all it will ever remove from it.
-        let made = entries_to_make(config, &root);
-        journal.record(|s| s.made = made)?;
-    }
-    mkdir(&root, 0o755)?;
-    copy_exec_file(config, &root)?;
     let run = root.join("run");
     mkdir(&run, 0o700)?;
     // Journaled as `run_tmpfs` with the jail directory (`jail_dir::claim`).
@@ -158,8 +164,10 @@ fn entries_to_make(config: &Config, root: &Path) -> Vec<PathBuf> {
     planned
 }
 
-/// One private copy of the VMM per jail, so that no two tenants share its text pages.
-fn copy_exec_file(config: &Config, root: &Path) -> Result<(), ChrootError> {
+/// One private copy of the VMM per jail, so that no two tenants share its text pages: the
+/// root's `<exec-name>`.
+pub fn copy_exec_file(config: &Config) -> Result<(), ChrootError> {
+    let root = config.chroot_dir();
     let src_path = &config.exec_file;
     let mut src = OpenOptions::new()
         .read(true)

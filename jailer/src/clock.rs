@@ -73,6 +73,17 @@ impl Clock {
         self.part_us = now;
     }
 
+    /// A copy for a thread that times steps of its own from now (its lines say how long
+    /// since it began; `at` still counts from the jailer's start).
+    pub fn branch(&self) -> Clock {
+        let now = now_us(ClockId::CLOCK_MONOTONIC);
+        Clock {
+            last_us: now,
+            part_us: now,
+            ..self.clone()
+        }
+    }
+
     /// To be called just before a fork: the child's CPU clock restarts at zero.
     pub fn before_fork(&mut self) {
         self.parent_cpu_us = self

@@ -8,10 +8,12 @@
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
 //!    `seccomp`);
 //! 2. create the jail directory with its journal already in it, or adopt the orchestrator's
-//!    (refusing a live jail); its root, the VMM copy and the `/run` tmpfs (`jail_dir`,
-//!    `chroot`, `run_fs`);
+//!    (refusing a live jail); journal the intents of steps 2 to 4 in one write; its root,
+//!    the VMM copy (on a thread of its own) and the `/run` tmpfs (`jail_dir`, `chroot`,
+//!    `run_fs`);
 //! 3. create the cgroups, write the limits and move into them (`cgroup`);
-//! 4. set up the network on the host side: namespace, taps, firewall (`network`);
+//! 4. set up the network on the host side: namespace, taps, firewall (`network`), on a
+//!    thread of its own beside 2 and 3; both helper threads are joined before the split;
 //! 5. split: daemonize if asked, then fork the jail process and its keeper (guard or
 //!    supervisor), which undoes everything if the jail process fails (`supervise`);
 //! 6. (jail process) join the network namespace, unshare mount/IPC/UTS/cgroup namespaces
@@ -64,12 +66,16 @@ use std::os::fd::OwnedFd;
 
 use args::{Command, Config};
 use clock::Clock;
-use state::Journal;
+use state::{Journal, SharedJournal};
 use supervise::{Exit, JailSide, Role};
 
 /// The Firecracker release whose jailer flags and layout this jailer implements (what
 /// `--version` reports first: launchers written for Firecracker parse it).
 const FIRECRACKER_VERSION: &str = "1.17.0";
+
+/// Step 2's `--timing` labels: the main thread's part, and the VMM copy's thread.
+const STEP_2: &str = "2 chroot directory";
+const STEP_2_COPY: &str = "2 VMM copy";
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
@@ -83,6 +89,19 @@ enum Error {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// A failure of the network's own thread (step 4).
+    #[error("4 host network: {0}")]
+    HostNetwork(#[source] network::NetworkError),
+    /// A failure of the VMM copy's own thread (step 2).
+    #[error("2 VMM copy: {0}")]
+    VmmCopy(#[source] chroot::ChrootError),
+    #[error("{step}: starting its thread: {source}")]
+    Thread {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{step}: its thread panicked")]
+    Panicked { step: &'static str },
     #[error(transparent)]
     Unshare(#[from] unshare::UnshareError),
     #[error(transparent)]
@@ -221,24 +240,100 @@ fn run() -> Result<Exit, Error> {
 }
 
 /// Steps 2 to 4 on the host side: the network namespace to join, and the cgroup the jail's
-/// first process is born in.
+/// first process is born in. Two helper threads work beside this one: the VMM copy (step 2)
+/// and the network (step 4), while this thread fills the rest of the root (2) and makes the
+/// cgroups (3). They share nothing but the journal, in which the intents of all three steps
+/// are written first, in one write (then only the taps are journaled, through its lock).
+/// Both threads are joined, whatever happened, before anything that needs a
+/// single-threaded process (the split); an error comes back typed, named by its step.
 fn host_side(
     config: &Config,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
 ) -> Result<(network::HostNetwork, Option<cgroup::ForkInto>), Error> {
-    // Step 2 (continued): the root, with a private copy of the VMM.
-    chroot::populate(config, journal)?;
-    clock.step("2 chroot directory and VMM copy");
-    // Step 3: cgroups, limits written, this process moved in before any fork (the v2 one
-    // excepted: the jail's first process is born in it).
-    let fork_into = cgroups.apply(journal, clock)?;
+    // Intent first: what step 2 makes in an adopted directory, the cgroups and the network
+    // namespace, journaled before any is made.
+    let made = chroot::intent(config, journal.state.adopted);
+    let cgroup_intent = cgroups.intent()?;
+    let netns_intent = network::intent(config)?;
+    let first_cgroup = journal.state.cgroups.len();
+    journal.record(|s| {
+        if let Some(made) = made {
+            s.made = made;
+        }
+        s.cgroups.extend(cgroup_intent);
+        s.netns = netns_intent;
+    })?;
+    clock.part(STEP_2, "journal");
+    chroot::make_root(config)?;
+    let journal = SharedJournal::new(journal);
+    let mut network_clock = clock.branch();
+    let mut copy_clock = clock.branch();
+    std::thread::scope(|scope| {
+        let network = helper(scope, network::STEP, || {
+            let network = network::prepare(config, &journal, &mut network_clock);
+            network_clock.step(network::STEP);
+            network.map_err(Error::HostNetwork)
+        })?;
+        let copy = helper(scope, STEP_2_COPY, || {
+            let copy = chroot::copy_exec_file(config);
+            copy_clock.step(STEP_2_COPY);
+            copy.map_err(Error::VmmCopy)
+        });
+        let here = copy.and_then(|copy| {
+            let fork_into = root_and_cgroups(config, &journal, cgroups, first_cgroup, clock);
+            joined(STEP_2_COPY, copy).and(fork_into)
+        });
+        // Joined whatever happened: an error of this thread comes first.
+        let network = joined(network::STEP, network);
+        let fork_into = here?;
+        let network = network?;
+        clock.step("threads joined (VMM copy, host network)");
+        Ok((network, fork_into))
+    })
+}
+
+/// Starts a helper thread of the host side (`step` names it in errors).
+fn helper<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    step: &'static str,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, Result<T, Error>>, Error> {
+    std::thread::Builder::new()
+        .name(step.to_owned())
+        .spawn_scoped(scope, f)
+        .map_err(|source| Error::Thread { step, source })
+}
+
+/// Waits for a helper thread: its result, or its panic as an error naming its step.
+fn joined<T>(
+    step: &'static str,
+    thread: std::thread::ScopedJoinHandle<'_, Result<T, Error>>,
+) -> Result<T, Error> {
+    thread.join().unwrap_or(Err(Error::Panicked { step }))
+}
+
+/// Steps 2 (but the VMM copy) and 3 on the main thread, beside the helper threads.
+fn root_and_cgroups(
+    config: &Config,
+    journal: &SharedJournal,
+    cgroups: &cgroup::Plan,
+    first_cgroup: usize,
+    clock: &mut Clock,
+) -> Result<Option<cgroup::ForkInto>, Error> {
+    // Step 2 (continued): `run/` with its tmpfs, `dev/`, the bind targets.
+    chroot::populate(config)?;
+    clock.step(STEP_2);
+    // Step 3: cgroups, limits written, this thread (which forks the jail's processes)
+    // moved in before any fork (the v2 one excepted: the jail's first process is born in
+    // it). Which levels it made is journaled with the next write.
+    let made = cgroups.create(clock)?;
+    journal
+        .note(|s| cgroup::mark_done(s.cgroups.get_mut(first_cgroup..).unwrap_or_default(), made));
+    let fork_into = cgroups.configure(clock)?;
     clock.step("3 cgroups");
-    // Step 4: network namespace, taps, firewall.
-    let network = network::prepare(config, journal, clock)?;
-    clock.step("4 host network");
-    Ok((network, fork_into))
+    Ok(fork_into)
 }
 
 /// The jail process: steps 6 to 9, ending in exec.
@@ -298,7 +393,12 @@ fn enter_jail(
     }
     clock.step("8 privileges and landlock");
 
-    // Step 9: seccomp, then exec (timed up to here: `exec ARGS`).
+    // Step 9: the keeper has journaled this process, written the pid file and left the
+    // jail's cgroups meanwhile (`supervise`); then seccomp and exec (timed up to here:
+    // `exec ARGS`).
+    side.wait_for_keeper();
+    clock.step("9 keeper ready");
+
     let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;

@@ -9,7 +9,7 @@
 //! journal names, and removing one that was never made is not an error. Where the jailer
 //! cannot know in advance what it will make (the cgroup levels that do not exist yet), it
 //! records what is missing before creating it and what it did create afterwards. The journal
-//! is written whole to a temporary file and renamed over the old one: it is always complete.
+//! is written whole to a temporary file exchanged with the old one: it is always complete.
 //!
 //! **The journal is the marker.** It is written first, in a directory whose very name says it
 //! is the jailer's (`jail_dir`: the claim `.<id>.jailer`), before that directory becomes the
@@ -20,7 +20,10 @@
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "jail.json";
@@ -130,6 +133,36 @@ impl ProcessRecord {
     }
 }
 
+/// The journal shared by the threads of the host-side set-up (`main.rs`: the network is set
+/// up on a thread of its own while the main thread makes the root and the cgroups): every
+/// change is made, and written, under one lock, so that each write is whole and none is
+/// lost.
+pub struct SharedJournal<'a>(Mutex<&'a mut Journal>);
+
+impl<'a> SharedJournal<'a> {
+    pub fn new(journal: &'a mut Journal) -> Self {
+        SharedJournal(Mutex::new(journal))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, &'a mut Journal> {
+        // A thread that panicked holding the lock left the state whole: it is only changed
+        // by the closures below, which cannot panic halfway through a write.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Journal::record`] under the lock.
+    pub fn record(&self, change: impl FnOnce(&mut JailState)) -> Result<(), StateError> {
+        self.lock().record(change)
+    }
+
+    /// Changes the state without writing it: it goes out with the next write. Only for a
+    /// change that narrows a record to what was really made (a kill before the next write
+    /// leaves the wider intent, whose removal skips what does not exist or is not empty).
+    pub fn note(&self, change: impl FnOnce(&mut JailState)) {
+        change(&mut self.lock().state);
+    }
+}
+
 /// The journal: the state plus where it is persisted.
 #[derive(Debug)]
 pub struct Journal {
@@ -173,25 +206,46 @@ impl Journal {
         pid: i32,
         complete: bool,
     ) -> Result<(), StateError> {
-        let Some(r) = ProcessRecord::of(role, pid) else {
-            return Ok(());
-        };
-        let known = self
-            .state
-            .processes
+        self.record_processes(&[(role, pid)], complete)
+    }
+
+    /// Records the processes `(role, pid)` not recorded already, in one write
+    /// (`complete`: they are the last ones).
+    pub fn record_processes(
+        &mut self,
+        processes: &[(&str, i32)],
+        complete: bool,
+    ) -> Result<(), StateError> {
+        let new: Vec<ProcessRecord> = processes
             .iter()
-            .any(|p| p.pid == r.pid && p.start_time == r.start_time);
-        if known && self.state.complete == complete {
+            .filter_map(|&(role, pid)| ProcessRecord::of(role, pid))
+            .filter(|r| {
+                !self
+                    .state
+                    .processes
+                    .iter()
+                    .any(|p| p.pid == r.pid && p.start_time == r.start_time)
+            })
+            .collect();
+        if new.is_empty() && self.state.complete == complete {
             return Ok(());
         }
         self.record(|s| {
-            if !known {
-                s.processes.push(r);
-            }
+            s.processes.extend(new);
             s.complete |= complete;
         })
     }
 
+    /// Writes the state out whole: a new temporary file, exchanged with the journal
+    /// (`renameat2(RENAME_EXCHANGE)`), then the old one (now under the temporary name)
+    /// unlinked. A kill at any instant leaves the journal complete, old or new.
+    ///
+    /// Not a plain `rename` over the journal: ext4 (`auto_da_alloc`, the default) flushes a
+    /// file renamed over another to the disk first, for durability across a power loss that
+    /// the journal does not need (it records a running set-up, which a reboot ends anyway):
+    /// 0.1 to 0.3 ms per write on the development host's discard-mounted disk, with five
+    /// writes on the start-up path. An exchange is not a replacement and waits for nothing.
+    /// The first write (no journal yet) and a filesystem without exchange rename plainly.
     fn persist(&self) -> Result<(), StateError> {
         let err = |source| StateError::Write {
             path: self.path.clone(),
@@ -200,17 +254,36 @@ impl Journal {
         let text =
             serde_json::to_string_pretty(&self.state).map_err(|e| err(io::Error::other(e)))?;
         let tmp = self.path.with_file_name(STATE_TMP);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(err)?;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+        };
+        let mut f = match open() {
+            // Left by a jailer killed between its exchange and its unlink.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp).map_err(err)?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        match renameat2(
+            AT_FDCWD,
+            &tmp,
+            AT_FDCWD,
+            &self.path,
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            Ok(()) => std::fs::remove_file(&tmp).map_err(err),
+            Err(Errno::ENOENT | Errno::EINVAL) => std::fs::rename(&tmp, &self.path).map_err(err),
+            Err(e) => Err(err(e.into())),
+        }
     }
 
     /// Reads the state of jail `id` in `jail_dir`; `None` when there is no state file. The
@@ -450,6 +523,48 @@ mod tests {
         let back = Journal::load(&dir, "a").unwrap().unwrap();
         assert_eq!(back.processes.len(), 1);
         assert!(back.complete);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn processes_recorded_together_take_one_write() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-procs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = new_journal(&dir);
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let pid = child.id() as i32;
+        j.record_processes(&[("init", pid), ("vmm", me)], true)
+            .unwrap();
+        let back = Journal::load(&dir, "a").unwrap().unwrap();
+        let roles: Vec<(&str, i32)> = back
+            .processes
+            .iter()
+            .map(|p| (p.role.as_str(), p.pid))
+            .collect();
+        assert_eq!(roles, [("init", pid), ("vmm", me)]);
+        assert!(back.complete);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_leaves_no_temporary_file_and_replaces_a_stale_one() {
+        let dir = std::env::temp_dir().join(format!("kiln-state-tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut j = new_journal(&dir);
+        j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
+            .unwrap();
+        assert!(!dir.join(STATE_TMP).exists());
+        // What a jailer killed between its exchange and its unlink leaves.
+        std::fs::write(dir.join(STATE_TMP), "stale").unwrap();
+        j.record(|s| s.run_tmpfs = None).unwrap();
+        assert!(!dir.join(STATE_TMP).exists());
+        assert_eq!(Journal::load(&dir, "a").unwrap().unwrap(), j.state);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,8 @@
 //! The jailer's network end to end, as root on this host: the egress firewall of a joined
 //! namespace (only the allow-list gets out, from inside a real jail around `jail-probe`), a
 //! new namespace with its tap and default-drop policy (removed at the end), and a failure
-//! on the host side (a tap that exists already) undone without touching what was there.
+//! on the host side (a tap that exists already) undone without touching what was there,
+//! also when it is the network thread's while the main thread makes the cgroups.
 //!
 //! Needs root, nft (Debian package nftables) and ip (iproute2). Build both packages first:
 //! `cargo test -p jailer -p kiln-tests --test jailer_network` does.
@@ -267,6 +268,64 @@ fn a_failure_on_the_host_side_is_undone_and_never_touches_what_was_there() {
     assert!(
         !links.contains("kt8"),
         "the tap the jailer made was left: {links}"
+    );
+    let mut now = jail.snapshot();
+    now.netns.retain(|n| !n.starts_with(ns));
+    let mut was = before;
+    was.netns.retain(|n| !n.starts_with(ns));
+    assert_eq!(now, was);
+}
+
+#[test]
+fn a_failure_on_the_network_thread_is_named_and_undone_with_what_the_main_thread_made() {
+    // The network (step 4) is set up on a thread of its own while the main thread fills the
+    // root and makes the cgroups with their limits (steps 2 and 3). Its failure must come
+    // back named by its step, and the undo must remove what both threads made (the cgroups
+    // above all) and nothing that was there.
+    let jail = Jail::new("jl-netthread");
+    let netns = NetNs::new(&format!("{}-n", jail.id));
+    let ns = netns.name();
+    sh(
+        "ip",
+        &["-n", ns, "tuntap", "add", "dev", "kt9", "mode", "tap"],
+    );
+    let before = jail.snapshot();
+    let done = run(
+        &mut jail.command(
+            &[
+                "--netns",
+                &format!("/run/netns/{ns}"),
+                "--cgroup",
+                "pids.max=32",
+                "--tap",
+                "kt9",
+            ],
+            &[],
+        ),
+        T,
+    );
+    assert_eq!(done.code(), Some(1), "{}", done.describe());
+    assert!(
+        done.stderr.contains(
+            "jailer: 4 host network: --tap kt9: create (TUNSETIFF): Device or resource busy"
+        ),
+        "{}",
+        done.describe()
+    );
+    assert!(
+        !jail.jail_dir().exists(),
+        "the jail directory was left: {}",
+        done.describe()
+    );
+    assert!(
+        !jail.cgroup_dir("pids").exists(),
+        "the jail's cgroup was left: {}",
+        done.describe()
+    );
+    let links = sh("ip", &["-n", ns, "link", "show"]);
+    assert!(
+        links.contains("kt9"),
+        "the existing tap was removed: {links}"
     );
     let mut now = jail.snapshot();
     now.netns.retain(|n| !n.starts_with(ns));

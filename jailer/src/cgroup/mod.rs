@@ -30,7 +30,9 @@ use settings::{huge_page_sizes, typed};
 
 use crate::args::{CgroupConfig, CgroupVersion};
 use crate::clock::Clock;
-use crate::state::{CgroupRecord, Journal, StateError};
+#[cfg(test)]
+use crate::state::Journal;
+use crate::state::{CgroupRecord, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -145,7 +147,8 @@ pub trait Cgroup: std::fmt::Debug {
     fn joined_at_fork(&self) -> bool {
         false
     }
-    /// Moves this (single-threaded) process into the jail's cgroup.
+    /// Moves the calling thread (v1: `tasks`) into the jail's cgroup: the main thread, which
+    /// forks every process of the jail.
     fn attach_self(&self) -> Result<(), CgroupError> {
         let path = self.dir().join(self.attach_file());
         attach(path, "0", std::process::id(), self.fake())
@@ -324,20 +327,32 @@ impl ForkInto {
 }
 
 impl Plan {
-    /// Creates the groups, writes every setting, then moves this process into every group
-    /// but the one the jail's first process is born in, which it returns.
-    ///
-    /// Intent first: every group's directory and the levels missing now are journaled
-    /// before any is made (the jail's own must not exist: one that does is someone else's,
-    /// never journaled, never removed); once they exist, the journal says which this jail
-    /// did make.
-    /// Each part is timed with `--timing` (`3 cgroups › ...`: the journal, each directory,
-    /// each limit written, each move).
+    /// Creates the groups, writes every setting, then moves this thread into every group
+    /// but the one the jail's first process is born in, which it returns: [`Plan::intent`]
+    /// journaled, [`Plan::create`], the directories made journaled ([`mark_done`]),
+    /// [`Plan::configure`]. The tests' composition of the parts: the jailer journals the
+    /// intent with its other intents, and the groups made with its next write (`main.rs`).
+    #[cfg(test)]
     pub fn apply(
         &self,
         journal: &mut Journal,
         clock: &mut Clock,
     ) -> Result<Option<ForkInto>, CgroupError> {
+        let intent = self.intent()?;
+        let first = journal.state.cgroups.len();
+        journal.record(|s| s.cgroups.extend(intent))?;
+        clock.part(STEP, "journal");
+        let made = self.create(clock)?;
+        journal.record(|s| mark_done(s.cgroups.get_mut(first..).unwrap_or_default(), made))?;
+        clock.part(STEP, "journal");
+        self.configure(clock)
+    }
+
+    /// Intent first: every group's directory and the levels missing now, to be journaled
+    /// before any is made (the jail's own must not exist: one that does is someone else's,
+    /// refused here, never journaled, never removed). Removing a level that was missing
+    /// here but made by someone else since only happens once it is empty.
+    pub fn intent(&self) -> Result<Vec<CgroupRecord>, CgroupError> {
         let mut intent = Vec::new();
         for group in &self.groups {
             if std::fs::symlink_metadata(group.dir()).is_ok() {
@@ -353,21 +368,25 @@ impl Plan {
                 done: false,
             });
         }
-        let first = journal.state.cgroups.len();
-        journal.record(|s| s.cgroups.extend(intent))?;
-        clock.part(STEP, "journal");
+        Ok(intent)
+    }
+
+    /// Creates every group (its intent journaled); returns, per group, the directories this
+    /// call made, top-down (for [`mark_done`]). Each is timed with `--timing`
+    /// (`3 cgroups › mkdir HIERARCHY`).
+    pub fn create(&self, clock: &mut Clock) -> Result<Vec<Vec<PathBuf>>, CgroupError> {
         let mut made = Vec::new();
         for (group, controllers) in self.groups.iter().zip(&self.controllers) {
             made.push(group.create(controllers)?);
             clock.part(STEP, &format!("mkdir {}", group.location().hierarchy()));
         }
-        journal.record(|s| {
-            for (record, created) in s.cgroups.iter_mut().skip(first).zip(made) {
-                record.created = created;
-                record.done = true;
-            }
-        })?;
-        clock.part(STEP, "journal");
+        Ok(made)
+    }
+
+    /// Writes every setting, then moves the calling thread into every group but the one the
+    /// jail's first process is born in, which it returns. Each part is timed with
+    /// `--timing` (`3 cgroups › write FILE`, `› join HIERARCHY`).
+    pub fn configure(&self, clock: &mut Clock) -> Result<Option<ForkInto>, CgroupError> {
         for s in &self.settings {
             let Some(group) = self.groups.get(s.group) else {
                 continue;
@@ -397,6 +416,15 @@ impl Plan {
             fork_into = Some(ForkInto { dir, fd: fd.into() });
         }
         Ok(fork_into)
+    }
+}
+
+/// The groups' records once [`Plan::create`] made them: `created` says exactly which
+/// directories this jail made.
+pub fn mark_done(records: &mut [CgroupRecord], made: Vec<Vec<PathBuf>>) {
+    for (record, created) in records.iter_mut().zip(made) {
+        record.created = created;
+        record.done = true;
     }
 }
 
@@ -455,9 +483,10 @@ fn attach(path: PathBuf, value: &str, pid: u32, fake: bool) -> Result<(), Cgroup
 }
 
 /// Moves the calling process into `dir`. On v1, writing "0" to `tasks` moves the calling
-/// thread — the whole process, as the jailer is single-threaded — without the global
-/// thread-group lock a `cgroup.procs` write takes (an RCU grace period: ~0.3 to 5 ms here).
-/// v2 has no `tasks`; there "0" goes to `cgroup.procs`.
+/// thread without the global thread-group lock a `cgroup.procs` write takes (an RCU grace
+/// period: ~0.3 to 5 ms here): the jailer's main thread, which forks every process of the
+/// jail (the host-side network thread, `main.rs`, has ended before any fork). v2 has no
+/// `tasks`; there "0" goes to `cgroup.procs`.
 fn attach_self(dir: &Path) -> Result<(), CgroupError> {
     let tasks = dir.join("tasks");
     let file = if tasks.exists() {

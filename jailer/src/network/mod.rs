@@ -28,7 +28,7 @@ pub use namespace::join;
 
 use crate::args::{Config, NetnsMode};
 use crate::clock::Clock;
-use crate::state::{Journal, NetnsRecord, StateError};
+use crate::state::{NetnsRecord, SharedJournal, StateError};
 use jailer::nftables::{Family, NftError, Socket};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,38 +77,53 @@ pub struct HostNetwork {
 }
 
 /// The step these parts belong to in `--timing`.
-const STEP: &str = "4 host network";
+pub const STEP: &str = "4 host network";
 
-/// Prepares the jail's network namespace: its descriptor to join it with and the
-/// firewall's socket ([`HostNetwork`]). Each part is timed with `--timing`.
+/// The network namespace record to journal before [`prepare`] makes anything (`None`:
+/// nothing on the host side): the namespace (for `--new-netns` the file `/run/netns/<id>`,
+/// refused here if it exists) and the tables to be loaded in it (removing a table that
+/// was never loaded is no error).
+pub fn intent(config: &Config) -> Result<Option<NetnsRecord>, NetworkError> {
+    let net = &config.network;
+    let table = firewall::table_name(&config.id);
+    let tables = NetnsRecord {
+        table: net.firewall.then(|| table.clone()),
+        tap_table: (net.tap_filter && !net.taps.is_empty()).then(|| table.clone()),
+        ..Default::default()
+    };
+    Ok(match &net.mode {
+        // The private namespace is made by the jail process itself (`unshare.rs`).
+        NetnsMode::Private | NetnsMode::Host => None,
+        NetnsMode::Join(path) => Some(NetnsRecord {
+            path: path.clone(),
+            ..tables
+        }),
+        NetnsMode::Create => Some(NetnsRecord {
+            path: namespace::reserve(&config.id)?,
+            created: true,
+            mounted: true,
+            ..tables
+        }),
+    })
+}
+
+/// Prepares the jail's network namespace, its [`intent`] journaled: its descriptor to join
+/// it with and the firewall's socket ([`HostNetwork`]). Runs on a thread of its own, beside
+/// the main thread's steps 2 and 3 (`main.rs`): it only moves that thread between
+/// namespaces, and writes the journal through the shared lock. Each part is timed with
+/// `--timing`.
 pub fn prepare(
     config: &Config,
-    journal: &mut Journal,
+    journal: &SharedJournal,
     clock: &mut Clock,
 ) -> Result<HostNetwork, NetworkError> {
     let net = &config.network;
     let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
     let table = firewall::table_name(&config.id);
-    // The tables are journaled with the namespace, before anything is made: one journal
-    // write fewer, and removing a table that was never loaded is no error.
-    let tables = NetnsRecord {
-        table: net.firewall.then(|| table.clone()),
-        tap_table: (!filtered.is_empty()).then(|| table.clone()),
-        ..Default::default()
-    };
     let ns = match &net.mode {
-        // The private namespace is made by the jail process itself (`unshare.rs`).
         NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
-        NetnsMode::Join(path) => {
-            journal.record(|s| {
-                s.netns = Some(NetnsRecord {
-                    path: path.clone(),
-                    ..tables
-                })
-            })?;
-            namespace::open(path)?
-        }
-        NetnsMode::Create => namespace::create(&config.id, journal, tables)?,
+        NetnsMode::Join(path) => namespace::open(path)?,
+        NetnsMode::Create => namespace::create(&namespace::path_of(&config.id), journal)?,
     };
     clock.part(STEP, "1 namespace");
     let firewall = namespace::within(&ns, "of the jail", || {

@@ -1,6 +1,7 @@
 //! Network namespaces seen from the host: open one by path (checking that it is one), join
 //! one, run code inside one and come back, create one pinned at `/run/netns/<id>` (where
-//! `ip netns` finds it) and unpin it.
+//! `ip netns` finds it) and unpin it. Each acts on the calling thread's namespace only: the
+//! jailer sets its network up on a thread of its own (`main.rs`).
 //!
 //! Raw call: `ioctl(NS_GET_NSTYPE)` (nix has no wrapper for the nsfs ioctls).
 
@@ -8,13 +9,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
 use super::NetworkError;
-use crate::state::{Journal, NetnsRecord};
+use crate::state::SharedJournal;
 
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
@@ -71,17 +72,17 @@ pub fn within<T>(
     result
 }
 
-/// Creates `/run/netns/<id>` holding a new network namespace (journaled before the file is
-/// made, with what `planned` says will be made in it: a file that exists already is
-/// someone else's, refused and never journaled) and returns a descriptor of it; the jailer
-/// stays in its own.
-pub fn create(
-    id: &str,
-    journal: &mut Journal,
-    planned: NetnsRecord,
-) -> Result<OwnedFd, NetworkError> {
+/// `/run/netns/<id>`.
+pub fn path_of(id: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(id)
+}
+
+/// Where [`create`] pins the namespace of jail `id`: `/run/netns/<id>` (made sure of the
+/// directory, refused if the file exists: it is someone else's), to be journaled before
+/// [`create`] makes it.
+pub fn reserve(id: &str) -> Result<PathBuf, NetworkError> {
     let dir = Path::new(NETNS_RUN_DIR);
-    let path = dir.join(id);
+    let path = path_of(id);
     let err = |source| NetworkError::CreateFile {
         path: path.clone(),
         source,
@@ -98,33 +99,35 @@ pub fn create(
     if std::fs::symlink_metadata(&path).is_ok() {
         return Err(err(io::Error::from(io::ErrorKind::AlreadyExists)));
     }
-    journal.record(|s| {
-        s.netns = Some(NetnsRecord {
-            path: path.clone(),
-            created: true,
-            mounted: true,
-            ..planned
-        })
-    })?;
+    Ok(path)
+}
+
+/// Creates the file `path` ([`reserve`]d and journaled) holding a new network namespace
+/// and returns a descriptor of it; the calling thread stays in its own namespace. A file
+/// made by someone else since [`reserve`] is refused, and the journal forgets it.
+pub fn create(path: &Path, journal: &SharedJournal) -> Result<OwnedFd, NetworkError> {
     let made = File::options()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path);
-    if let Err(e) = made {
+        .open(path);
+    if let Err(source) = made {
         // Made by someone else since the check: not the jail's to remove.
         let _ = journal.record(|s| s.netns = None);
-        return Err(err(e));
+        return Err(NetworkError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     let own = own()?;
-    // Only this (single-threaded) process moves to the new namespace.
+    // Only the calling thread moves to the new namespace.
     unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Unshare(e.into()))?;
-    let pinned = pin(&path);
+    let pinned = pin(path);
     // Back to the jailer's namespace whatever happened: the jail joins it by descriptor.
     join(&own, "of the jailer")?;
     pinned?;
-    open(&path)
+    open(path)
 }
 
 /// Bind-mounts the calling thread's network namespace on `path`, which keeps it alive.

@@ -6,7 +6,6 @@ use std::fs::File;
 use std::io::Write;
 
 use super::keeper::{leave_cgroups, record_process};
-use super::pipes::wait_for_keeper;
 use super::process::{devnull_stdio, exit_now, fork, pipe, read_all, waitpid};
 use super::{Exit, SuperviseError};
 use crate::cgroup::ForkInto;
@@ -42,7 +41,8 @@ pub fn daemonize(
     // The grandchild: not a session leader, so it can never get a controlling terminal. It
     // goes on with the jail, so `jailer cleanup` must see it (the foreground writes no more).
     record_process(journal, "daemon", nix::unistd::getpid(), false);
-    wait_for_keeper(go_r);
+    // Until the foreground has left the jail's cgroups.
+    read_all(go_r);
     let mut report = File::from(report_w);
     if let Err(e) = devnull_stdio() {
         let _ = report.write_all(format!("error: {e}\n").as_bytes());

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use nix::unistd::Pid;
 
 use super::keeper::{leave_cgroups, record_process, undo_text, write_pid_file};
-use super::pipes::{exec_outcome, join, wait_for_keeper, JailSide, Report};
+use super::pipes::{exec_outcome, join, JailSide, Report};
 use super::process::{devnull_stdio, exit_now, fork_raw, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Role, SuperviseError};
@@ -72,9 +72,9 @@ pub fn guarded(
     if let Some(f) = fork_into {
         f.join_self()?;
     }
-    wait_for_keeper(go_r);
     Ok(Role::Jail(JailSide::new(
         exec_w,
+        go_r,
         Some(undo_r),
         None,
         terminals.into_jail_side(),

@@ -37,7 +37,13 @@ pub fn leave_cgroups(journal: &Journal, never_joined: Option<&ForkInto>) {
 /// failure to write the journal is not fatal either: the jail's cgroups still show its
 /// processes to `jailer cleanup`.
 pub fn record_process(journal: &mut Journal, role: &str, pid: Pid, complete: bool) {
-    if let Err(e) = journal.record_process(role, pid.as_raw(), complete) {
+    record_processes(journal, &[(role, pid)], complete);
+}
+
+/// [`record_process`] for several processes, in one journal write.
+pub fn record_processes(journal: &mut Journal, processes: &[(&str, Pid)], complete: bool) {
+    let raw: Vec<(&str, i32)> = processes.iter().map(|&(r, p)| (r, p.as_raw())).collect();
+    if let Err(e) = journal.record_processes(&raw, complete) {
         eprintln!("jailer: warning: {e}");
     }
 }

@@ -12,9 +12,11 @@
 //! | `--cleanup-on-exit`                | the jailer stays as *supervisor*: forks the VMM, forwards SIGTERM/INT/HUP/QUIT, and when the VMM exits, however it exits, removes the jail and exits with the VMM's status ([`supervisor`]) |
 //! | `--cleanup-on-exit --new-pid-ns`   | as above, and the supervisor's *init* half is PID 1 of the new PID namespace: it starts the VMM as PID 2, reaps, forwards signals, and when the VMM exits the whole namespace is killed |
 //!
-//! `--daemonize` first double-forks ([`daemonize`]). Keepers leave the jail's cgroups right
-//! after forking, and the jail process waits for that: only jail processes count against
-//! its limits. A terminal on the jailer's stdio is replaced in the jail process, by a pipe
+//! `--daemonize` first double-forks ([`daemonize`]). Keepers journal the jail's processes,
+//! write the pid file and leave the jail's cgroups right after forking, while the jail
+//! process goes through steps 6 to 8 (which touch nothing on the host); it waits for that
+//! before seccomp and exec ([`JailSide::wait_for_keeper`]): only jail processes count
+//! against its limits. A terminal on the jailer's stdio is replaced in the jail process, by a pipe
 //! the supervisor copies to it or by /dev/null ([`terminal`]). The process primitives they
 //! share are in [`process`].
 

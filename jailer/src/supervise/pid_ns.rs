@@ -3,7 +3,7 @@
 //! 0.
 
 use super::keeper::{abort, leave_cgroups, record_process, undo_text, write_pid_file};
-use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
+use super::pipes::{exec_outcome, join, with_status, JailSide, Report};
 use super::process::{fork_into_new_pid_ns, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
@@ -27,9 +27,9 @@ pub fn pid_ns_keeper(
         drop(exec_r);
         drop(report);
         drop(go_w);
-        wait_for_keeper(go_r);
         return Ok(Role::Jail(JailSide::new(
             exec_w,
+            go_r,
             None,
             None,
             terminals.into_jail_side(),

@@ -3,8 +3,11 @@
 //! * The *exec pipe* (O_CLOEXEC): the jail process writes a marker byte just before execve,
 //!   then exec closes the pipe (EOF): the VMM runs; an error message instead: the set-up
 //!   failed; EOF without the marker: the jail process died before exec (e.g. killed).
-//! * The *go pipe*: the jail process waits until its keeper closes it, i.e. has left the
-//!   jail's cgroups, so that only jail processes count against the jail's limits.
+//! * The *go pipe*: before seccomp and exec (step 9) the jail process waits until its keeper
+//!   closes it, i.e. has journaled the jail's processes, written the pid file and left the
+//!   jail's cgroups (so that only jail processes count against the jail's limits). The
+//!   keeper does that while the jail process goes through steps 6 to 8, which touch nothing
+//!   on the host: a keeper that fails kills the jail process wherever it is.
 //! * The *undo pipe* (no supervisor only): the guard's account of the undo, for the jail
 //!   process to print.
 //! * The *report*: where a keeper tells the caller how it went (stderr, or the
@@ -32,6 +35,8 @@ pub struct JailSide {
     undo_pipe: Option<OwnedFd>,
     /// Parent to die with (PR_SET_PDEATHSIG), as seen from the jail process.
     pub supervisor: Option<Pid>,
+    /// The go pipe's read end, until [`JailSide::wait_for_keeper`].
+    go: Option<OwnedFd>,
     /// What replaces a terminal on stdio (`terminal.rs`).
     terminals: JailTerminals,
 }
@@ -39,6 +44,7 @@ pub struct JailSide {
 impl JailSide {
     pub fn new(
         exec_pipe: OwnedFd,
+        go: OwnedFd,
         undo_pipe: Option<OwnedFd>,
         supervisor: Option<Pid>,
         terminals: JailTerminals,
@@ -47,7 +53,17 @@ impl JailSide {
             exec_pipe: File::from(exec_pipe),
             undo_pipe,
             supervisor,
+            go: Some(go),
             terminals,
+        }
+    }
+
+    /// Waits until the keeper has journaled the jail's processes, written the pid file and
+    /// left the jail's cgroups (it closes its end of the go pipe): from the VMM's first
+    /// instruction only jail processes count against the jail's limits.
+    pub fn wait_for_keeper(&mut self) {
+        if let Some(go) = self.go.take() {
+            read_all(go);
         }
     }
 
@@ -98,13 +114,6 @@ pub fn with_status(error: String, status: Option<libc::c_int>) -> String {
         }
         _ => error,
     }
-}
-
-/// The jail process waits until its keeper has left the jail's cgroups (the keeper closes
-/// its end of the go pipe): from the VMM's first instruction only jail processes count
-/// against the jail's limits.
-pub fn wait_for_keeper(go: OwnedFd) {
-    read_all(go);
 }
 
 /// Where a keeper reports the outcome.

@@ -33,10 +33,11 @@ pub fn read_all(fd: OwnedFd) -> String {
 }
 
 /// fork(2); the child's pid in the parent, `None` in the child. The process is
-/// single-threaded, so the child may go on running ordinary Rust code.
+/// single-threaded by then, so the child may go on running ordinary Rust code.
 pub fn fork_raw() -> Result<Option<Pid>, SuperviseError> {
-    // SAFETY: the jailer is single-threaded: no lock can be held by another thread, so the
-    // child may allocate and run any code.
+    // SAFETY: the jailer is single-threaded at the split (its host-side network thread is
+    // joined before, `main.rs`): no lock can be held by another thread, so the child may
+    // allocate and run any code.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(Some(child)),
         Ok(ForkResult::Child) => Ok(None),
@@ -72,8 +73,8 @@ fn fork_into_cgroup(into: &OwnedFd) -> Result<Option<Pid>, SuperviseError> {
         ..CloneArgs::default()
     };
     // SAFETY: clone3 without CLONE_VM and without a stack is fork: the child gets a copy of
-    // this process and returns 0 on a copy of this stack. The jailer is single-threaded, so
-    // no lock is held by another thread; the C library's fork bookkeeping skipped here is
+    // this process and returns 0 on a copy of this stack. The jailer is single-threaded at
+    // the split (its network thread is joined before), so no lock is held by another thread; the C library's fork bookkeeping skipped here is
     // for threads (its own thread id, which `raise` does not rely on, and atfork handlers,
     // none registered). `args` outlives the call, its size is given.
     let ret = unsafe {

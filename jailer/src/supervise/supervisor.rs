@@ -15,8 +15,8 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
 use super::keeper::write_pid_file;
-use super::keeper::{abort, empty_cgroups, leave_cgroups, record_process, undo_text};
-use super::pipes::{exec_outcome, join, wait_for_keeper, with_status, JailSide, Report};
+use super::keeper::{abort, empty_cgroups, leave_cgroups, record_processes, undo_text};
+use super::pipes::{exec_outcome, join, with_status, JailSide, Report};
 use super::process::{exit_now, fork, fork_into_new_pid_ns, kill, pipe, waitpid};
 use super::terminal::Terminals;
 use super::{Exit, Role, SuperviseError};
@@ -141,9 +141,9 @@ pub fn supervised(
         drop(go_w);
         if !new_pid_ns {
             drop(status_w);
-            wait_for_keeper(go_r);
             return Ok(Role::Jail(JailSide::new(
                 exec_w,
+                go_r,
                 None,
                 Some(me),
                 terminals.into_jail_side(),
@@ -157,9 +157,9 @@ pub fn supervised(
         return match fork(clock, None).unwrap_or_else(|_| exit_now(1)) {
             None => {
                 drop(status_w);
-                wait_for_keeper(go_r);
                 Ok(Role::Jail(JailSide::new(
                     exec_w,
+                    go_r,
                     None,
                     Some(Pid::from_raw(1)),
                     terminals.into_jail_side(),
@@ -180,13 +180,15 @@ pub fn supervised(
     drop(go_r);
     let relays = terminals.start_relays();
     leave_cgroups(journal, fork_into);
+    // Init (PID 1 of the new namespace) dies with this process, and both are in the jail's
+    // cgroups: journaled with the VMM, in one write.
     let vmm = if new_pid_ns {
-        record_process(journal, "init", child, false);
         first_child(child)
     } else {
         Some(child)
     };
     let Some(vmm) = vmm else {
+        record_processes(journal, &[("init", child)], false);
         return Ok(abort(
             journal,
             child,
@@ -194,7 +196,11 @@ pub fn supervised(
             "--new-pid-ns: init did not start the VMM",
         ));
     };
-    record_process(journal, "vmm", vmm, true);
+    if new_pid_ns {
+        record_processes(journal, &[("init", child), ("vmm", vmm)], true);
+    } else {
+        record_processes(journal, &[("vmm", vmm)], true);
+    }
     if let Err(e) = write_pid_file(config, vmm) {
         return Ok(abort(journal, child, report, &e.to_string()));
     }
