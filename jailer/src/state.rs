@@ -23,7 +23,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "jail.json";
@@ -273,13 +272,7 @@ impl Journal {
         .map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
-        match renameat2(
-            AT_FDCWD,
-            &tmp,
-            AT_FDCWD,
-            &self.path,
-            RenameFlags::RENAME_EXCHANGE,
-        ) {
+        match crate::sys::renameat2(&tmp, &self.path, libc::RENAME_EXCHANGE) {
             Ok(()) => std::fs::remove_file(&tmp).map_err(err),
             Err(Errno::ENOENT | Errno::EINVAL) => std::fs::rename(&tmp, &self.path).map_err(err),
             Err(e) => Err(err(e.into())),

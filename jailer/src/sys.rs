@@ -1,5 +1,5 @@
 //! Small helpers shared by the steps: the return-code conversion of the raw `libc` calls
-//! that nix has no wrapper for (each module names its own), `chown` with an error that
+//! that nix has no wrapper for (each module names its own), `renameat2`, `chown` with an error that
 //! names the file (the jail's root and its device nodes are handed to the jail's uid:gid),
 //! and the mount points of `/proc/self/mountinfo`.
 
@@ -7,6 +7,29 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// `renameat2(from, to, flags)` relative to the working directory, as a raw system call:
+/// nix offers it only with glibc, and the musl Rust links has no wrapper for it.
+pub fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), nix::errno::Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; renameat2 only
+    // reads them; the other arguments are plain integers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
+}
 
 /// Turns a libc return value (`-1` plus errno on failure) into a `Result`.
 pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {

@@ -305,10 +305,11 @@ fn a_failure_on_the_network_thread_is_named_and_undone_with_what_the_main_thread
         T,
     );
     assert_eq!(done.code(), Some(1), "{}", done.describe());
+    let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
     assert!(
-        done.stderr.contains(
-            "jailer: 4 host network: --tap kt9: create (TUNSETIFF): Device or resource busy"
-        ),
+        done.stderr.contains(&format!(
+            "jailer: 4 host network: --tap kt9: create (TUNSETIFF): {busy}"
+        )),
         "{}",
         done.describe()
     );

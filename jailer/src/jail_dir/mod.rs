@@ -93,25 +93,8 @@ pub fn mkdir(path: &Path, mode: u32) -> Result<bool, JailDirError> {
     }
 }
 
-/// `renameat2(RENAME_NOREPLACE)`, as a raw system call: nix offers it only with glibc, and
-/// the musl Rust links has no wrapper for it.
 fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
-    let (from, to) = (c(from)?, c(to)?);
-    // SAFETY: both paths are NUL-terminated strings that outlive the call; renameat2 only
-    // reads them; the other arguments are plain integers.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    Errno::result(rc).map(drop)
+    crate::sys::renameat2(from, to, libc::RENAME_NOREPLACE)
 }
 
 /// A claim holding the journal of a jail to be.
