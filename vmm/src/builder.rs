@@ -27,7 +27,7 @@ use crate::vmm::{self as running, Vmm, VmmError};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
-use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm::{host_supported_cpuid, Vm, VmError};
 use kvm_bindings::CpuId;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -122,6 +122,7 @@ pub struct Prepared {
     key: PlatformKey,
     mem: GuestMemoryMmap,
     vm: Vm,
+    supported_cpuid: CpuId,
 }
 
 impl Prepared {
@@ -140,6 +141,7 @@ pub fn prepare_platform(mc: &MachineConfig) -> Result<Prepared, BuildError> {
         key: PlatformKey::of(mc),
         mem,
         vm,
+        supported_cpuid: host_supported_cpuid()?,
     })
 }
 
@@ -181,69 +183,88 @@ pub fn build_prepared(
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
     // mappings) is registered slot by slot by its device.
-    let (ram, ready_vm) = match prepared.filter(|p| p.fits(mc)) {
+    let (ram, ready_vm, ready_cpuid) = match prepared.filter(|p| p.fits(mc)) {
         Some(p) => {
             mark("VM and guest memory prepared ahead");
-            (p.mem, Some(p.vm))
+            (p.mem, Some(p.vm), Some(p.supported_cpuid))
         }
         None => {
             let ram = memory::create_guest_memory(mem_size, mc.huge_pages)?;
             mark("guest memory mapped");
-            (ram, None)
+            (ram, None, None)
         }
     };
     let mem = with_hotplug_region(ram.clone(), res)?;
     track_vmm_writes(mc.track_dirty_pages, mem_size);
 
-    let (vm, kernel, dm, tables, virtio) = std::thread::scope(|s| -> Result<_, BuildError> {
-        let platform = match ready_vm {
-            Some(vm) => Ok(vm),
-            None => {
-                Err(s.spawn(|| Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &mark)))
-            }
-        };
-        let load = || -> Result<_, BuildError> {
-            // The files opened when the configuration was accepted.
-            let kernel = loader::load_kernel(
-                &mem,
-                boot.kernel_file()?,
-                &boot.kernel_image_path,
-                mem_size,
-                opts.entry,
-            )?;
-            mark("kernel loaded");
-            let initrd = match (boot.initrd_file(), &boot.initrd_path) {
-                (Some(file), Some(p)) => {
-                    let rd = loader::load_initrd(&mem, file?, p, &kernel, mem_size)?;
-                    mark("initrd loaded");
-                    Some(rd)
-                }
-                _ => None,
+    let (vm, supported_cpuid, kernel, dm, tables, virtio) =
+        std::thread::scope(|s| -> Result<_, BuildError> {
+            let platform =
+                match ready_vm {
+                    Some(vm) => Ok(vm),
+                    None => Err(s.spawn(|| {
+                        Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &mark)
+                    })),
+                };
+            let load = || -> Result<_, BuildError> {
+                // The files opened when the configuration was accepted.
+                let kernel = loader::load_kernel(
+                    &mem,
+                    boot.kernel_file()?,
+                    &boot.kernel_image_path,
+                    mem_size,
+                    opts.entry,
+                )?;
+                mark("kernel loaded");
+                let initrd = match (boot.initrd_file(), &boot.initrd_path) {
+                    (Some(file), Some(p)) => {
+                        let rd = loader::load_initrd(&mem, file?, p, &kernel, mem_size)?;
+                        mark("initrd loaded");
+                        Some(rd)
+                    }
+                    _ => None,
+                };
+                // virtio-mmio devices first: the command line lists them.
+                let mut dm = DeviceManager::new();
+                let transport = if opts.pci {
+                    Transport::Pci
+                } else {
+                    Transport::Mmio
+                };
+                let virtio = attach_virtio(&mut dm, &mem, res, transport)?;
+                let boot_args = virtio_setup::with_root_arg(
+                    boot.boot_args_or_default(),
+                    &res.drives,
+                    &res.pmem,
+                );
+                let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
+                let tables = loader::write_boot_info(
+                    &mem,
+                    &kernel,
+                    &cmdline,
+                    initrd,
+                    mem_size,
+                    mc.vcpu_count,
+                )?;
+                mark("command line and boot information written");
+                Ok((kernel, dm, tables, virtio))
             };
-            // virtio-mmio devices first: the command line lists them.
-            let mut dm = DeviceManager::new();
-            let transport = if opts.pci {
-                Transport::Pci
-            } else {
-                Transport::Mmio
+            let loaded = load();
+            // While the helper thread still creates the VM: the host's CPUID for the vCPUs.
+            let cpuid = match ready_cpuid {
+                Some(cpuid) => Ok(cpuid),
+                None => host_supported_cpuid().map(|c| {
+                    mark("host CPUID queried");
+                    c
+                }),
             };
-            let virtio = attach_virtio(&mut dm, &mem, res, transport)?;
-            let boot_args =
-                virtio_setup::with_root_arg(boot.boot_args_or_default(), &res.drives, &res.pmem);
-            let cmdline = loader::build_cmdline(&boot_args, dm.mmio_slots())?;
-            let tables =
-                loader::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size, mc.vcpu_count)?;
-            mark("command line and boot information written");
-            Ok((kernel, dm, tables, virtio))
-        };
-        let loaded = load();
-        let vm = match platform {
-            Ok(vm) => Ok(vm),
-            Err(thread) => thread.join().map_err(|_| BuildError::PlatformThread)?,
-        };
-        let (kernel, dm, tables, virtio) = loaded?;
-        Ok((vm?, kernel, dm, tables, virtio))
-    })?;
+            let vm = match platform {
+                Ok(vm) => Ok(vm),
+                Err(thread) => thread.join().map_err(|_| BuildError::PlatformThread)?,
+            };
+            let (kernel, dm, tables, virtio) = loaded?;
+            Ok((vm?, cpuid?, kernel, dm, tables, virtio))
+        })?;
     mark("VM and guest memory ready");
 
     let mut dm = dm;
@@ -251,7 +272,7 @@ pub fn build_prepared(
     virtio.wire(&vm)?;
     attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let mut vm = vm;
-    let base_cpuid = templated_cpuid(&mut vm, res)?;
+    let base_cpuid = templated_cpuid(&mut vm, &supported_cpuid, res)?;
     let cfg = VcpuConfig {
         topology: Topology {
             vcpu_count: mc.vcpu_count,
@@ -363,14 +384,18 @@ pub(crate) fn serial_output(
 /// template (`PUT /cpu-config`) its result, once the VM's capabilities are checked; the
 /// template's MSRs join those snapshots save. A restore computes it the same way, to
 /// compare the snapshot's CPU features with what this host gives the same template.
-pub(crate) fn templated_cpuid(vm: &mut Vm, res: &VmResources) -> Result<CpuId, BuildError> {
+pub(crate) fn templated_cpuid(
+    vm: &mut Vm,
+    supported: &CpuId,
+    res: &VmResources,
+) -> Result<CpuId, BuildError> {
     Ok(match &res.cpu_config {
         Some(t) => {
             custom_template::check_capabilities(t, |cap| vm.has_capability(cap))?;
             vm.save_msrs_too(t.msr_modifiers().iter().map(|m| m.addr));
-            custom_template::templated_cpuid(vm.supported_cpuid(), t)?
+            custom_template::templated_cpuid(supported, t)?
         }
-        None => vm.supported_cpuid().clone(),
+        None => supported.clone(),
     })
 }
 

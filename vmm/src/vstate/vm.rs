@@ -121,7 +121,6 @@ pub struct Vm {
     max_memslots: usize,
     /// The VM has KVM's in-kernel PIT.
     pit: bool,
-    supported_cpuid: CpuId,
     /// What snapshots need to know of the host's KVM.
     snapshot_caps: SnapshotCaps,
     /// End of guest RAM (no device memory below it).
@@ -130,6 +129,16 @@ pub struct Vm {
     device_slots: Mutex<DeviceSlots>,
     // Kept last: /dev/kvm outlives the VM file descriptor.
     _kvm: Kvm,
+}
+
+/// The CPUID KVM can give guests, before per-vCPU normalisation
+/// (`KVM_GET_SUPPORTED_CPUID`), through a `/dev/kvm` handle of its own: the slowest of the
+/// host queries (~0.5 ms on a nested host, where each CPUID the kernel runs traps), so the
+/// builder makes it beside the VM's creation rather than before it.
+pub fn host_supported_cpuid() -> Result<CpuId, VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmError::SupportedCpuid)
 }
 
 impl Vm {
@@ -167,9 +176,6 @@ impl Vm {
                 max,
             });
         }
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmError::SupportedCpuid)?;
         let max_memslots = kvm.get_nr_memslots();
         let snapshot_caps = SnapshotCaps::query(&kvm, track_dirty_pages);
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
@@ -203,7 +209,6 @@ impl Vm {
         Ok(Vm {
             fd,
             pit,
-            supported_cpuid,
             snapshot_caps,
             max_memslots,
             ram_end,
@@ -227,11 +232,6 @@ impl Vm {
     /// Whether the host's KVM has capability `cap` (`KVM_CHECK_EXTENSION`).
     pub fn has_capability(&self, cap: u32) -> bool {
         self._kvm.check_extension_raw(libc::c_ulong::from(cap)) > 0
-    }
-
-    /// The CPUID KVM can give guests, before per-vCPU normalisation.
-    pub fn supported_cpuid(&self) -> &CpuId {
-        &self.supported_cpuid
     }
 
     /// What snapshots need to know of the host's KVM (queried when the VM was created,
