@@ -253,10 +253,7 @@ pub fn build_prepared(
             // While the helper thread still creates the VM: the host's CPUID for the vCPUs.
             let cpuid = match ready_cpuid {
                 Some(cpuid) => Ok(cpuid),
-                None => host_supported_cpuid().map(|c| {
-                    mark("host CPUID queried");
-                    c
-                }),
+                None => host_supported_cpuid().inspect(|_| mark("host CPUID queried")),
             };
             let vm = match platform {
                 Ok(vm) => Ok(vm),
