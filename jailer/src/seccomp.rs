@@ -1,7 +1,8 @@
 //! The jail-level seccomp filter, installed just before exec.
 //!
-//! The policy is seccompiler JSON: `policies/seccomp/jail.json`, built into the binary, or
-//! the file given with `--seccomp-policy`. Its filters stack, and for each syscall the kernel
+//! The policy is seccompiler JSON: `policies/seccomp/jail.json`, compiled to BPF at build
+//! time (`build.rs`) and built into the binary, or the file given with `--seccomp-policy`,
+//! compiled when the jailer starts. Its filters stack, and for each syscall the kernel
 //! takes the strictest answer. `main` is the allow-list (any other syscall kills the
 //! process); the others default to allow and single out calls to refuse, which the
 //! allow-list format cannot express: `enosys` answers `clone3` with ENOSYS so the C library
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use seccompiler::{BpfProgram, TargetArch};
 
-/// The built-in jail-level policy.
+/// The built-in jail-level policy, as text (what build.rs compiled).
 pub const BUILTIN_POLICY: &str = include_str!("../../policies/seccomp/jail.json");
 /// Largest policy file read.
 const MAX_POLICY_BYTES: u64 = 1 << 20;
@@ -44,24 +45,40 @@ pub enum SeccompError {
     Arch { arch: &'static str },
 }
 
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/jail_filters.rs"));
+}
+
 /// Compiled filters, in the order they are installed (`main` last).
 #[derive(Debug)]
 pub struct Filters(Vec<(String, BpfProgram)>);
 
-/// Compiles the built-in policy, or `file`.
+/// The built-in policy (compiled at build time), or `file` compiled now.
 pub fn compile(file: Option<&Path>) -> Result<Filters, SeccompError> {
-    let (origin, text) = match file {
-        None => ("built-in jail.json".to_owned(), BUILTIN_POLICY.to_owned()),
-        Some(path) => {
-            let text = kiln_hostfs::read_text(path, MAX_POLICY_BYTES).map_err(|source| {
-                SeccompError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            (path.display().to_string(), text)
-        }
+    let Some(path) = file else {
+        let filters = builtin::BUILTIN_FILTERS
+            .iter()
+            .map(|(name, program)| {
+                let program = program
+                    .iter()
+                    .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+                    .collect();
+                ((*name).to_owned(), program)
+            })
+            .collect();
+        return Ok(Filters::ordered(filters));
     };
+    let text =
+        kiln_hostfs::read_text(path, MAX_POLICY_BYTES).map_err(|source| SeccompError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    compile_text(&path.display().to_string(), &text)
+}
+
+/// Compiles policy `text` (named `origin` in errors).
+fn compile_text(origin: &str, text: &str) -> Result<Filters, SeccompError> {
+    let origin = origin.to_owned();
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|_| SeccompError::Arch {
         arch: std::env::consts::ARCH,
     })?;
@@ -71,16 +88,20 @@ pub fn compile(file: Option<&Path>) -> Result<Filters, SeccompError> {
             source,
         }
     })?;
-    let mut filters: Vec<(String, BpfProgram)> = map.into_iter().collect();
+    let filters: Vec<(String, BpfProgram)> = map.into_iter().collect();
     if !filters.iter().any(|(n, _)| n == "main") {
         return Err(SeccompError::NoMain { origin });
     }
-    // Deterministic order, the allow-list last: the others must still be installable.
-    filters.sort_by(|a, b| (a.0 == "main", &a.0).cmp(&(b.0 == "main", &b.0)));
-    Ok(Filters(filters))
+    Ok(Filters::ordered(filters))
 }
 
 impl Filters {
+    /// Deterministic order, the allow-list last: the others must still be installable.
+    fn ordered(mut filters: Vec<(String, BpfProgram)>) -> Self {
+        filters.sort_by(|a, b| (a.0 == "main", &a.0).cmp(&(b.0 == "main", &b.0)));
+        Filters(filters)
+    }
+
     /// The filters without [`HUGETLB_FILTER`]: the tenant profile grants huge pages (the
     /// hugetlb cgroup limit bounds them).
     pub fn granting_huge_pages(mut self) -> Self {
@@ -116,6 +137,19 @@ mod tests {
         // Huge pages granted: the filter refusing them is left out.
         let f = f.granting_huge_pages();
         assert_eq!(f.names(), ["enosys", "main"]);
+    }
+
+    #[test]
+    fn the_filters_compiled_at_build_time_are_the_policys() {
+        let built = compile(None).unwrap();
+        let now = compile_text("jail.json", BUILTIN_POLICY).unwrap();
+        assert_eq!(built.names(), now.names());
+        for ((_, a), (_, b)) in built.0.iter().zip(&now.0) {
+            let key = |p: &BpfProgram| -> Vec<(u16, u8, u8, u32)> {
+                p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
+            };
+            assert_eq!(key(a), key(b));
+        }
     }
 
     #[test]
