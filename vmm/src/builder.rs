@@ -6,7 +6,9 @@
 //! kernel (milliseconds on some hosts, see [`crate::vstate::vm`]), so a helper thread does it
 //! while this one loads the kernel; or it was done before `InstanceStart`, as soon as the
 //! machine configuration was known ([`prepare_platform`], `--prepare-vm`): a [`Prepared`]
-//! VM whose memory no one has touched yet. `--boot-timer` prints where the time went.
+//! VM whose memory no one has touched yet, with its vCPUs created and their CPU configured
+//! (CPUID, MSRs, LAPIC; not their registers, which the boot entry sets) but no vCPU thread:
+//! nothing has run them. `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
@@ -25,7 +27,7 @@ use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm, VmmError};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
+use crate::vstate::vcpu::{CpuSetup, Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 use kvm_bindings::CpuId;
@@ -92,55 +94,84 @@ pub struct BuildOptions {
     pub pci: bool,
 }
 
-/// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration's
-/// fields that shape the VM and its memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration
+/// (the VM, its memory and its vCPUs' CPU model) and whether a custom CPU template was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PlatformKey {
-    mem_size: u64,
-    vcpu_count: u8,
-    track_dirty_pages: bool,
-    pit: bool,
-    huge_pages: crate::resources::HugePages,
+    machine: MachineConfig,
+    custom_cpu: bool,
 }
 
 impl PlatformKey {
-    fn of(mc: &MachineConfig) -> Self {
+    fn of(res: &VmResources) -> Self {
         PlatformKey {
-            mem_size: mc.mem_size_bytes(),
-            vcpu_count: mc.vcpu_count,
-            track_dirty_pages: mc.track_dirty_pages,
-            pit: mc.pit,
-            huge_pages: mc.huge_pages,
+            machine: res.machine_config.clone(),
+            custom_cpu: res.cpu_config.is_some(),
         }
     }
 }
 
 /// A KVM VM with its guest memory mapped and registered, made before `InstanceStart` for a
-/// machine configuration: no vCPU exists and nothing was written to the memory (fresh
-/// anonymous pages, zero until the build loads the kernel).
+/// machine configuration: nothing was written to the memory (fresh anonymous pages, zero
+/// until the build loads the kernel); its vCPUs (unless a custom CPU template is set) are
+/// created with their CPU configured, and no thread runs them.
 pub struct Prepared {
     key: PlatformKey,
     mem: GuestMemoryMmap,
     vm: Vm,
+    /// Empty with a custom CPU template (its vCPUs are made at the start).
+    vcpus: Vec<Vcpu>,
 }
 
 impl Prepared {
-    /// Whether it was made for `mc` (a configuration changed since is built afresh).
-    pub fn fits(&self, mc: &MachineConfig) -> bool {
-        self.key == PlatformKey::of(mc)
+    /// Whether it was made for `res`'s machine configuration and CPU template (a
+    /// configuration changed since is built afresh).
+    pub fn fits(&self, res: &VmResources) -> bool {
+        self.key == PlatformKey::of(res)
     }
 }
 
-/// Makes the KVM VM and its guest memory for `mc` now (the slow kernel waits of a start),
-/// for [`build_prepared`] to use later.
-pub fn prepare_platform(mc: &MachineConfig) -> Result<Prepared, BuildError> {
+/// Makes the KVM VM and its guest memory for `res`'s machine configuration now (the slow
+/// kernel waits of a start), and its vCPUs with their CPU configured (without a custom CPU
+/// template), for [`build_prepared`] to use later.
+pub fn prepare_platform(res: &VmResources) -> Result<Prepared, BuildError> {
+    let mc = &res.machine_config;
     let mem = memory::create_guest_memory(mc.mem_size_bytes(), mc.huge_pages)?;
     let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
+    let mut vcpus = Vec::new();
+    if res.cpu_config.is_none() {
+        let cpu = CpuSetup {
+            topology: topology(mc),
+            cpuid: vm.supported_cpuid(),
+            template: mc.cpu_template,
+            msr_modifiers: &[],
+        };
+        vcpus = create_vcpus(&vm, mc.vcpu_count, &cpu)?;
+    }
     Ok(Prepared {
-        key: PlatformKey::of(mc),
+        key: PlatformKey::of(res),
         mem,
         vm,
+        vcpus,
     })
+}
+
+fn topology(mc: &MachineConfig) -> Topology {
+    Topology {
+        vcpu_count: mc.vcpu_count,
+        smt: mc.smt,
+    }
+}
+
+/// Creates `count` vCPUs of `vm` and configures their CPU.
+fn create_vcpus(vm: &Vm, count: u8, cpu: &CpuSetup<'_>) -> Result<Vec<Vcpu>, BuildError> {
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let v = Vcpu::new(vm, index)?;
+        v.configure_cpu(cpu)?;
+        vcpus.push(v);
+    }
+    Ok(vcpus)
 }
 
 /// Builds the microVM described by `res` and starts its vCPUs. Returns it with the event
@@ -181,15 +212,15 @@ pub fn build_prepared(
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
     // mappings) is registered slot by slot by its device.
-    let (ram, ready_vm) = match prepared.filter(|p| p.fits(mc)) {
+    let (ram, ready_vm, ready_vcpus) = match prepared.filter(|p| p.fits(res)) {
         Some(p) => {
             mark("VM and guest memory prepared ahead");
-            (p.mem, Some(p.vm))
+            (p.mem, Some(p.vm), p.vcpus)
         }
         None => {
             let ram = memory::create_guest_memory(mem_size, mc.huge_pages)?;
             mark("guest memory mapped");
-            (ram, None)
+            (ram, None, Vec::new())
         }
     };
     let mem = with_hotplug_region(ram.clone(), res)?;
@@ -250,30 +281,39 @@ pub fn build_prepared(
     let mut virtio = virtio;
     virtio.wire(&vm)?;
     attach_legacy(&mut dm, &vm, serial_out, &exits)?;
-    let mut vm = vm;
-    let base_cpuid = templated_cpuid(&mut vm, res)?;
-    let cfg = VcpuConfig {
-        topology: Topology {
-            vcpu_count: mc.vcpu_count,
-            smt: mc.smt,
-        },
-        cpuid: &base_cpuid,
-        template: mc.cpu_template,
-        msr_modifiers: res
+    let (vm, vcpus) = if ready_vcpus.is_empty() {
+        let mut vm = vm;
+        let base_cpuid = templated_cpuid(&mut vm, res)?;
+        let msr_modifiers = res
             .cpu_config
             .as_ref()
             .map(|t| t.msr_modifiers())
-            .unwrap_or_default(),
-        entry: kernel.entry,
-        tables: &tables,
+            .unwrap_or_default();
+        let cfg = VcpuConfig {
+            cpu: CpuSetup {
+                topology: topology(mc),
+                cpuid: &base_cpuid,
+                template: mc.cpu_template,
+                msr_modifiers,
+            },
+            entry: kernel.entry,
+            tables: &tables,
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
+        for index in 0..mc.vcpu_count {
+            let v = Vcpu::new(&vm, index)?;
+            v.configure(&cfg)?;
+            vcpus.push(v);
+        }
+        mark("devices and vCPUs created and configured");
+        (vm, vcpus)
+    } else {
+        for v in &ready_vcpus {
+            v.set_boot_regs(kernel.entry, &tables)?;
+        }
+        mark("devices made; the vCPUs prepared ahead given their boot registers");
+        (vm, ready_vcpus)
     };
-    let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
-    for index in 0..mc.vcpu_count {
-        let v = Vcpu::new(&vm, index)?;
-        v.configure(&cfg)?;
-        vcpus.push(v);
-    }
-    mark("devices and vCPUs created and configured");
     let parts = Parts {
         vm,
         mem,

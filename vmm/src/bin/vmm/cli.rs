@@ -40,9 +40,10 @@ Options:
   --enable-pci                 put the virtio devices on a PCI bus (MSI-X interrupts, no
                                virtio_mmio.device= on the kernel command line) instead of
                                virtio-mmio windows (its snapshots restore only with the flag)
-  --prepare-vm                 (Kiln) create the KVM VM and register its guest memory as soon as
-                               PUT /machine-config sets them, before InstanceStart (which then
-                               only loads the kernel, adds devices and starts the vCPUs)
+  --prepare-vm                 (Kiln) create the KVM VM, register its guest memory and create the
+                               vCPUs (CPUID, MSRs; no thread) as soon as PUT /machine-config sets
+                               them, before InstanceStart (which then only loads the kernel, adds
+                               devices, sets the vCPUs' registers and starts their threads)
   --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
                                MMIO address with no device, instead of ignoring the access
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
@@ -102,7 +103,8 @@ pub struct Args {
     pub strict_io: bool,
     /// `--enable-pci`: the virtio devices on PCI.
     pub enable_pci: bool,
-    /// `--prepare-vm`: the KVM VM and its memory made when the machine configuration is set.
+    /// `--prepare-vm`: the KVM VM, its memory and vCPUs made when the machine configuration
+    /// is set.
     pub prepare_vm: bool,
     pub start_time_us: Option<u64>,
     pub start_time_cpu_us: Option<u64>,
