@@ -26,6 +26,7 @@ use crate::resources::{MachineConfig, ResourceError, SerialConfig, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm, VmmError};
+use crate::vstate::coalesced::{CoalescedError, CoalescedRing};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{CpuSetup, Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
@@ -67,6 +68,8 @@ pub enum BuildError {
     EventLoop(#[from] EventLoopError),
     #[error("cannot start the thread of vCPU {index}: {source}")]
     SpawnVcpu { index: u8, source: std::io::Error },
+    #[error(transparent)]
+    Coalesced(#[from] CoalescedError),
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
     #[error("the restored vCPUs did not start paused: {0}")]
@@ -92,6 +95,9 @@ pub struct BuildOptions {
     pub strict_io: bool,
     /// `--enable-pci`: the virtio devices on PCI instead of MMIO windows.
     pub pci: bool,
+    /// `--coalesce-mmio`: a booted microVM's virtio-mmio set-up registers are KVM coalesced
+    /// MMIO ([`crate::vstate::coalesced`]), when KVM can.
+    pub coalesce_mmio: bool,
 }
 
 /// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration
@@ -279,7 +285,7 @@ pub fn build_prepared(
 
     let mut dm = dm;
     let mut virtio = virtio;
-    virtio.wire(&vm)?;
+    let coalesced = virtio.wire(&vm, opts.coalesce_mmio && vm.has_coalesced_mmio())?;
     attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let (vm, vcpus) = if ready_vcpus.is_empty() {
         let mut vm = vm;
@@ -314,6 +320,10 @@ pub fn build_prepared(
         mark("devices made; the vCPUs prepared ahead given their boot registers");
         (vm, ready_vcpus)
     };
+    let ring = match vcpus.first() {
+        Some(v) if coalesced => Some(Arc::new(CoalescedRing::map(&v.fd)?)),
+        _ => None,
+    };
     let parts = Parts {
         vm,
         mem,
@@ -323,6 +333,7 @@ pub fn build_prepared(
         exits,
         strict_io: opts.strict_io,
         paused: false,
+        coalesced: ring,
     };
     let (vmm, events) = start(parts)?;
     mark("vCPU threads started");
@@ -472,6 +483,8 @@ pub(crate) struct Parts {
     pub strict_io: bool,
     /// Start the vCPU threads paused (a restored microVM).
     pub paused: bool,
+    /// The VM's coalesced MMIO ring, when writes are coalesced (a booted microVM).
+    pub coalesced: Option<Arc<CoalescedRing>>,
 }
 
 /// Starts the vCPU threads and makes the event loop that serves the devices.
@@ -485,6 +498,7 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         exits,
         strict_io,
         paused,
+        coalesced,
     } = p;
     let mut devices = dm.finish();
     devices.virtio = std::mem::take(&mut virtio.handles);
@@ -497,6 +511,7 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         mem: mem.clone(),
         strict_io,
         snapshot_msrs: vm.snapshot_caps().msrs.clone().into(),
+        coalesced,
     };
     let mut handles = Vec::with_capacity(vcpus.len());
     for v in vcpus {

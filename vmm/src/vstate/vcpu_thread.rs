@@ -65,6 +65,9 @@ pub struct VcpuShared {
     pub strict_io: bool,
     /// The MSRs a saved vCPU state holds (the VM's snapshot capabilities).
     pub snapshot_msrs: Arc<[u32]>,
+    /// The VM's coalesced MMIO ring, drained after every `KVM_RUN` (before its exit is
+    /// served), when the VM coalesces writes ([`super::coalesced`]).
+    pub coalesced: Option<Arc<super::coalesced::CoalescedRing>>,
 }
 
 /// The run loop's handle on a running vCPU thread.
@@ -305,6 +308,24 @@ impl Runner {
         let shared = &self.shared;
         let result = self.vcpu.fd.run();
         crate::metrics::count_vcpu_exit(&result);
+        // The writes KVM queued come before whatever ended this run.
+        if let Some(u) = shared
+            .coalesced
+            .as_ref()
+            .and_then(|r| r.drain(&shared.mmio))
+        {
+            let unhandled = &METRICS.vcpu.unhandled_mmio;
+            if let fault @ Outcome::Fault { .. } = io_outcome(
+                shared.strict_io,
+                false,
+                unhandled,
+                "MMIO write to",
+                u.addr,
+                u.len,
+            ) {
+                return fault;
+            }
+        }
         match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let handled = shared.pio.write(u64::from(port), data);

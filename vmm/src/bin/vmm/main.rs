@@ -448,6 +448,7 @@ fn start_microvm(
         entry: args.boot_entry,
         trace: trace.clone(),
         strict_io: args.strict_io,
+        coalesce_mmio: args.coalesce_mmio,
         pci: args.enable_pci,
     };
     let booted = args.config_file.is_some();
