@@ -191,20 +191,21 @@ impl ApiConnection {
             request: request.to_string(),
             answer: String::from_utf8_lossy(input).chars().take(500).collect(),
         };
+        let max = usize::try_from(MAX_ANSWER).unwrap_or(usize::MAX);
         loop {
             if let Some(end) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head =
                     std::str::from_utf8(&self.input[..end]).map_err(|_| malformed(&self.input))?;
                 let body_len = content_length(head).ok_or_else(|| malformed(&self.input))?;
-                let total = end + 4 + body_len;
-                if total > MAX_ANSWER as usize {
-                    return Err(malformed(&self.input));
-                }
+                let total = (end + 4)
+                    .checked_add(body_len)
+                    .filter(|&t| t <= max)
+                    .ok_or_else(|| malformed(&self.input))?;
                 if self.input.len() >= total {
                     let answer: Vec<u8> = self.input.drain(..total).collect();
                     return Ok(String::from_utf8_lossy(&answer).into_owned());
                 }
-            } else if self.input.len() > MAX_ANSWER as usize {
+            } else if self.input.len() > max {
                 return Err(malformed(&self.input));
             }
             self.stream
