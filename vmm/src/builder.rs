@@ -8,7 +8,9 @@
 //! machine configuration was known ([`prepare_platform`], `--prepare-vm`): a [`Prepared`]
 //! VM whose memory no one has touched yet, with its vCPUs created and their CPU configured
 //! (CPUID, MSRs, LAPIC; not their registers, which the boot entry sets) but no vCPU thread:
-//! nothing has run them. `--boot-timer` prints where the time went.
+//! nothing has run them. The vCPU threads are started first, each installing its seccomp
+//! filter and then waiting for its vCPU, so that their start overlaps the build.
+//! `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
@@ -214,6 +216,14 @@ pub fn build_prepared(
     let mc = &res.machine_config;
     let mem_size = mc.mem_size_bytes();
     signals::install_kick_handler()?;
+    // The vCPU threads start now and wait for their vCPUs: their creation and seccomp
+    // filters overlap the build (on another CPU) instead of following it.
+    let parked = (0..mc.vcpu_count)
+        .map(|index| {
+            vcpu_thread::park(index, false)
+                .map_err(|source| BuildError::SpawnVcpu { index, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
@@ -334,6 +344,7 @@ pub fn build_prepared(
         strict_io: opts.strict_io,
         paused: false,
         coalesced: ring,
+        parked,
     };
     let (vmm, events) = start(parts)?;
     mark("vCPU threads started");
@@ -485,6 +496,8 @@ pub(crate) struct Parts {
     pub paused: bool,
     /// The VM's coalesced MMIO ring, when writes are coalesced (a booted microVM).
     pub coalesced: Option<Arc<CoalescedRing>>,
+    /// Threads started ahead for the vCPUs, in order (empty: each vCPU gets a new one).
+    pub parked: Vec<vcpu_thread::Parked>,
 }
 
 /// Starts the vCPU threads and makes the event loop that serves the devices.
@@ -499,6 +512,7 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         strict_io,
         paused,
         coalesced,
+        parked,
     } = p;
     let mut devices = dm.finish();
     devices.virtio = std::mem::take(&mut virtio.handles);
@@ -514,9 +528,14 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         coalesced,
     };
     let mut handles = Vec::with_capacity(vcpus.len());
+    let mut parked = parked.into_iter();
     for v in vcpus {
         let index = v.index;
-        match vcpu_thread::spawn(v, shared.clone(), paused) {
+        let started = match parked.next() {
+            Some(thread) => thread.start(v, shared.clone()),
+            None => vcpu_thread::spawn(v, shared.clone(), paused),
+        };
+        match started {
             Ok(h) => handles.push(h),
             Err(source) => {
                 // Stop the vCPUs already running before reporting.

@@ -417,6 +417,7 @@ fn restore(
         strict_io: opts.strict_io,
         paused: true,
         coalesced: None,
+        parked: Vec::new(),
     })?;
     vmm.hold(held);
     restore_devices(&vmm, &state, req)?;
