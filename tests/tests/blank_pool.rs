@@ -3,9 +3,10 @@
 //! - A cold invocation takes a ready blank instance (its id in `X-Kiln-Vm-Id`, its record now
 //!   names the function), answers, and the pool refills.
 //! - A blank instance has run nothing: its jail's root holds only what the jailer made, its
-//!   record no image or VM config, its VMM has a KVM VM made ahead but no vCPU, its guest
-//!   memory is registered but untouched (no resident page), and its API says `Not
-//!   started`; the image appears in the jail only once a function takes it.
+//!   record no image or VM config, its VMM has a KVM VM and its vCPU made ahead but no
+//!   vCPU thread (nothing has run the vCPU), its guest memory is registered but untouched
+//!   (no resident page), and its API says `Not started`; the image appears in the jail only
+//!   once a function takes it.
 //! - Two functions never share an instance, and an instance that served one never serves
 //!   another, even after that function's pool emptied and blank instances were taken again.
 //! - SIGKILL of a blank instance's VMM or of its jailer's supervisor: replaced, and nothing
@@ -223,22 +224,44 @@ fn a_blank_instance_has_run_nothing_before_it_is_assigned() {
     assert!(names(&root.join("vsock")).is_empty());
     // Its record: the profile, the vsock listener, the blank marker; no image, no config.
     assert_eq!(names(&record(&w, &id)), ["blank", "profile.json", "vsock"]);
-    // Fresh memory: the VMM made its KVM VM ahead (`--prepare-vm`) but no vCPU, and the
-    // guest memory (the mapping of exactly 16 MiB) has no resident page: nothing has run
-    // in it and nothing was loaded into it.
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{vmm_pid}/fd"))
-        .expect("the VMM's fds")
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|l| l.display().to_string())
-        .collect();
+    // Fresh memory: the VMM made its KVM VM and its vCPU ahead (`--prepare-vm`) but no vCPU
+    // thread (only a vCPU thread issues `KVM_RUN`: nothing has run the vCPU), and the guest
+    // memory (the mapping of exactly 16 MiB) has no resident page: nothing has run in it and
+    // nothing was loaded into it.
+    // The VMM makes them once it has answered `machine-config` and `vsock`: the instance
+    // may be listed ready a moment before.
+    let vmm_fds = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{vmm_pid}/fd"))
+            .expect("the VMM's fds")
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .collect()
+    };
+    let t = Instant::now();
+    let mut fds = vmm_fds();
+    while !fds.iter().any(|f| f.contains("kvm-vcpu")) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+        fds = vmm_fds();
+    }
     assert!(
         fds.iter().any(|f| f.contains("kvm-vm")),
         "the blank VMM has no KVM VM made ahead: {fds:?}"
     );
+    assert_eq!(
+        fds.iter().filter(|f| f.contains("kvm-vcpu")).count(),
+        1,
+        "the blank VMM's one vCPU, made ahead: {fds:?}"
+    );
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{vmm_pid}/task"))
+        .expect("the VMM's threads")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
     assert!(
-        !fds.iter().any(|f| f.contains("kvm-vcpu")),
-        "the blank VMM has a vCPU: {fds:?}"
+        !threads.iter().any(|c| c.starts_with("vcpu")),
+        "the blank VMM runs a vCPU thread: {threads:?}"
     );
     let guest_rss = mapping_rss_kib(vmm_pid, 16 << 20);
     assert_eq!(

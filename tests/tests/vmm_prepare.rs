@@ -4,10 +4,12 @@
 //!
 //! - Without the flag the VMM opens no KVM VM before `InstanceStart`.
 //! - With it: none before the machine configuration is set; once set, a VM (`kvm-vm`
-//!   descriptor) with no vCPU, and a guest memory mapping of exactly the configured size
-//!   with no resident page; a changed configuration makes a new VM and memory of the new
-//!   size (the old mapping gone, still one VM); `InstanceStart` boots on the prepared VM
-//!   (the boot timer says so) and the guest runs to its end.
+//!   descriptor) with its one vCPU made ahead (`kvm-vcpu:0`) but no vCPU thread (nothing
+//!   has run it: only a vCPU thread issues `KVM_RUN`), and a guest memory mapping of exactly
+//!   the configured size with no resident page; a changed configuration makes a new VM,
+//!   vCPU and memory of the new size (the old mapping gone, still one VM and one vCPU);
+//!   `InstanceStart` boots on the prepared VM (the boot timer says so) and the guest runs to
+//!   its end.
 //!
 //! Needs /dev/kvm.
 
@@ -31,6 +33,17 @@ fn fd_targets(vmm: &Vmm) -> Vec<String> {
 
 fn count(fds: &[String], what: &str) -> usize {
     fds.iter().filter(|f| f.contains(what)).count()
+}
+
+/// The VMM's threads that run a vCPU (named `vcpu<N>`).
+fn vcpu_threads(vmm: &Vmm) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", vmm.child.id()))
+        .expect("the VMM's threads")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("vcpu"))
+        .collect()
 }
 
 /// The resident KiB of each of the VMM's mappings of exactly `size` bytes.
@@ -57,17 +70,18 @@ fn mappings_rss_kib(vmm: &Vmm, size: u64) -> Vec<u64> {
     found
 }
 
-/// Waits until the VMM has `n` KVM VMs open (the VM is made after the answer is sent).
+/// Waits until the VMM has `n` KVM VMs and `n` vCPUs open (they are made after the answer
+/// is sent, the vCPUs last).
 fn wait_vms(vmm: &Vmm, n: usize) -> Vec<String> {
     let start = Instant::now();
     loop {
         let fds = fd_targets(vmm);
-        if count(&fds, "kvm-vm") == n {
+        if count(&fds, "kvm-vm") == n && count(&fds, "kvm-vcpu") == n {
             return fds;
         }
         assert!(
             start.elapsed() < WAIT,
-            "expected {n} KVM VMs, the VMM has: {fds:?}\n{}",
+            "expected {n} KVM VMs with a vCPU each, the VMM has: {fds:?}\n{}",
             vmm.stderr()
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -108,10 +122,12 @@ fn the_vm_and_its_untouched_memory_are_made_when_the_machine_is_configured() {
 
     machine(&vmm, 24);
     let fds = wait_vms(&vmm, 1);
+    assert_eq!(count(&fds, "kvm-vcpu:0"), 1, "the vCPU made ahead: {fds:?}");
+    assert_eq!(count(&fds, "kvm-vcpu"), 1, "{fds:?}");
     assert_eq!(
-        count(&fds, "kvm-vcpu"),
-        0,
-        "a vCPU before InstanceStart: {fds:?}"
+        vcpu_threads(&vmm),
+        Vec::<String>::new(),
+        "a vCPU thread before InstanceStart: nothing may run the vCPU"
     );
     assert_eq!(
         mappings_rss_kib(&vmm, 24 << 20),
@@ -130,7 +146,9 @@ fn the_vm_and_its_untouched_memory_are_made_when_the_machine_is_configured() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    wait_vms(&vmm, 1);
+    let fds = wait_vms(&vmm, 1);
+    assert_eq!(count(&fds, "kvm-vcpu"), 1, "{fds:?}");
+    assert!(vcpu_threads(&vmm).is_empty());
     assert_eq!(mappings_rss_kib(&vmm, 40 << 20), [0]);
     assert!(
         mappings_rss_kib(&vmm, 24 << 20).is_empty(),
@@ -141,7 +159,10 @@ fn the_vm_and_its_untouched_memory_are_made_when_the_machine_is_configured() {
     vmm.action("InstanceStart");
     vmm.wait_serial("the guest's end", "KILN-TINY: done");
     vmm.wait_for("the boot timer's report", WAIT, |v| {
-        v.stderr()
-            .contains("boot-timer: VM and guest memory prepared ahead")
+        let e = v.stderr();
+        e.contains("boot-timer: VM and guest memory prepared ahead")
+            && e.contains(
+                "boot-timer: devices made; the vCPUs prepared ahead given their boot registers",
+            )
     });
 }

@@ -6,7 +6,11 @@
 //! kernel (milliseconds on some hosts, see [`crate::vstate::vm`]), so a helper thread does it
 //! while this one loads the kernel; or it was done before `InstanceStart`, as soon as the
 //! machine configuration was known ([`prepare_platform`], `--prepare-vm`): a [`Prepared`]
-//! VM whose memory no one has touched yet. `--boot-timer` prints where the time went.
+//! VM whose memory no one has touched yet, with its vCPUs created and their CPU configured
+//! (CPUID, MSRs, LAPIC; not their registers, which the boot entry sets) but no vCPU thread:
+//! nothing has run them. The vCPU threads are started first, each installing its seccomp
+//! filter and then waiting for its vCPU, so that their start overlaps the build.
+//! `--boot-timer` prints where the time went.
 
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::custom_template::{self, CustomTemplateError};
@@ -24,8 +28,9 @@ use crate::resources::{MachineConfig, ResourceError, SerialConfig, VmResources};
 use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm, VmmError};
+use crate::vstate::coalesced::{CoalescedError, CoalescedRing};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuConfig, VcpuError};
+use crate::vstate::vcpu::{CpuSetup, Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
 use crate::vstate::vm::{host_supported_cpuid, Vm, VmError};
 use kvm_bindings::CpuId;
@@ -65,6 +70,8 @@ pub enum BuildError {
     EventLoop(#[from] EventLoopError),
     #[error("cannot start the thread of vCPU {index}: {source}")]
     SpawnVcpu { index: u8, source: std::io::Error },
+    #[error(transparent)]
+    Coalesced(#[from] CoalescedError),
     #[error("the thread creating the KVM VM panicked")]
     PlatformThread,
     #[error("the restored vCPUs did not start paused: {0}")]
@@ -90,59 +97,93 @@ pub struct BuildOptions {
     pub strict_io: bool,
     /// `--enable-pci`: the virtio devices on PCI instead of MMIO windows.
     pub pci: bool,
+    /// `--coalesce-mmio`: a booted microVM's virtio-mmio set-up registers are KVM coalesced
+    /// MMIO ([`crate::vstate::coalesced`]), when KVM can.
+    pub coalesce_mmio: bool,
 }
 
-/// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration's
-/// fields that shape the VM and its memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a KVM VM made ahead of `InstanceStart` was made for: the machine configuration
+/// (the VM, its memory and its vCPUs' CPU model) and whether a custom CPU template was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PlatformKey {
-    mem_size: u64,
-    vcpu_count: u8,
-    track_dirty_pages: bool,
-    pit: bool,
-    huge_pages: crate::resources::HugePages,
+    machine: MachineConfig,
+    custom_cpu: bool,
 }
 
 impl PlatformKey {
-    fn of(mc: &MachineConfig) -> Self {
+    fn of(res: &VmResources) -> Self {
         PlatformKey {
-            mem_size: mc.mem_size_bytes(),
-            vcpu_count: mc.vcpu_count,
-            track_dirty_pages: mc.track_dirty_pages,
-            pit: mc.pit,
-            huge_pages: mc.huge_pages,
+            machine: res.machine_config.clone(),
+            custom_cpu: res.cpu_config.is_some(),
         }
     }
 }
 
 /// A KVM VM with its guest memory mapped and registered, made before `InstanceStart` for a
-/// machine configuration: no vCPU exists and nothing was written to the memory (fresh
-/// anonymous pages, zero until the build loads the kernel).
+/// machine configuration: nothing was written to the memory (fresh anonymous pages, zero
+/// until the build loads the kernel); its vCPUs (unless a custom CPU template is set) are
+/// created with their CPU configured, and no thread runs them.
 pub struct Prepared {
     key: PlatformKey,
     mem: GuestMemoryMmap,
     vm: Vm,
+    /// KVM's supported CPUID, queried ahead too.
     supported_cpuid: CpuId,
+    /// Empty with a custom CPU template (its vCPUs are made at the start).
+    vcpus: Vec<Vcpu>,
 }
 
 impl Prepared {
-    /// Whether it was made for `mc` (a configuration changed since is built afresh).
-    pub fn fits(&self, mc: &MachineConfig) -> bool {
-        self.key == PlatformKey::of(mc)
+    /// Whether it was made for `res`'s machine configuration and CPU template (a
+    /// configuration changed since is built afresh).
+    pub fn fits(&self, res: &VmResources) -> bool {
+        self.key == PlatformKey::of(res)
     }
 }
 
-/// Makes the KVM VM and its guest memory for `mc` now (the slow kernel waits of a start),
-/// for [`build_prepared`] to use later.
-pub fn prepare_platform(mc: &MachineConfig) -> Result<Prepared, BuildError> {
+/// Makes the KVM VM and its guest memory for `res`'s machine configuration now (the slow
+/// kernel waits of a start), and its vCPUs with their CPU configured (without a custom CPU
+/// template), for [`build_prepared`] to use later.
+pub fn prepare_platform(res: &VmResources) -> Result<Prepared, BuildError> {
+    let mc = &res.machine_config;
     let mem = memory::create_guest_memory(mc.mem_size_bytes(), mc.huge_pages)?;
     let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
+    let supported_cpuid = host_supported_cpuid()?;
+    let mut vcpus = Vec::new();
+    if res.cpu_config.is_none() {
+        let cpu = CpuSetup {
+            topology: topology(mc),
+            cpuid: &supported_cpuid,
+            template: mc.cpu_template,
+            msr_modifiers: &[],
+        };
+        vcpus = create_vcpus(&vm, mc.vcpu_count, &cpu)?;
+    }
     Ok(Prepared {
-        key: PlatformKey::of(mc),
+        key: PlatformKey::of(res),
         mem,
         vm,
-        supported_cpuid: host_supported_cpuid()?,
+        supported_cpuid,
+        vcpus,
     })
+}
+
+fn topology(mc: &MachineConfig) -> Topology {
+    Topology {
+        vcpu_count: mc.vcpu_count,
+        smt: mc.smt,
+    }
+}
+
+/// Creates `count` vCPUs of `vm` and configures their CPU.
+fn create_vcpus(vm: &Vm, count: u8, cpu: &CpuSetup<'_>) -> Result<Vec<Vcpu>, BuildError> {
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let v = Vcpu::new(vm, index)?;
+        v.configure_cpu(cpu)?;
+        vcpus.push(v);
+    }
+    Ok(vcpus)
 }
 
 /// Builds the microVM described by `res` and starts its vCPUs. Returns it with the event
@@ -179,19 +220,27 @@ pub fn build_prepared(
     let mc = &res.machine_config;
     let mem_size = mc.mem_size_bytes();
     signals::install_kick_handler()?;
+    // The vCPU threads start now and wait for their vCPUs: their creation and seccomp
+    // filters overlap the build (on another CPU) instead of following it.
+    let parked = (0..mc.vcpu_count)
+        .map(|index| {
+            vcpu_thread::park(index, false)
+                .map_err(|source| BuildError::SpawnVcpu { index, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let serial_out = serial_output(&opts, res.serial.as_ref())?;
     let exits = Arc::new(ExitNotifier::new().map_err(BuildError::ExitEventFd)?);
     // The KVM VM registers guest RAM only; the hot-plug region (in `mem`, sharing RAM's
     // mappings) is registered slot by slot by its device.
-    let (ram, ready_vm, ready_cpuid) = match prepared.filter(|p| p.fits(mc)) {
+    let (ram, ready_vm, ready_cpuid, ready_vcpus) = match prepared.filter(|p| p.fits(res)) {
         Some(p) => {
             mark("VM and guest memory prepared ahead");
-            (p.mem, Some(p.vm), Some(p.supported_cpuid))
+            (p.mem, Some(p.vm), Some(p.supported_cpuid), p.vcpus)
         }
         None => {
             let ram = memory::create_guest_memory(mem_size, mc.huge_pages)?;
             mark("guest memory mapped");
-            (ram, None, None)
+            (ram, None, None, Vec::new())
         }
     };
     let mem = with_hotplug_region(ram.clone(), res)?;
@@ -266,32 +315,45 @@ pub fn build_prepared(
 
     let mut dm = dm;
     let mut virtio = virtio;
-    virtio.wire(&vm)?;
+    let coalesced = virtio.wire(&vm, opts.coalesce_mmio && vm.has_coalesced_mmio())?;
     attach_legacy(&mut dm, &vm, serial_out, &exits)?;
-    let mut vm = vm;
-    let base_cpuid = templated_cpuid(&mut vm, &supported_cpuid, res)?;
-    let cfg = VcpuConfig {
-        topology: Topology {
-            vcpu_count: mc.vcpu_count,
-            smt: mc.smt,
-        },
-        cpuid: &base_cpuid,
-        template: mc.cpu_template,
-        msr_modifiers: res
+    let (vm, vcpus) = if ready_vcpus.is_empty() {
+        let mut vm = vm;
+        let base_cpuid = templated_cpuid(&mut vm, &supported_cpuid, res)?;
+        let msr_modifiers = res
             .cpu_config
             .as_ref()
             .map(|t| t.msr_modifiers())
-            .unwrap_or_default(),
-        entry: kernel.entry,
-        tables: &tables,
+            .unwrap_or_default();
+        let cfg = VcpuConfig {
+            cpu: CpuSetup {
+                topology: topology(mc),
+                cpuid: &base_cpuid,
+                template: mc.cpu_template,
+                msr_modifiers,
+            },
+            entry: kernel.entry,
+            tables: &tables,
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
+        for index in 0..mc.vcpu_count {
+            let v = Vcpu::new(&vm, index)?;
+            v.configure(&cfg)?;
+            vcpus.push(v);
+        }
+        mark("devices and vCPUs created and configured");
+        (vm, vcpus)
+    } else {
+        for v in &ready_vcpus {
+            v.set_boot_regs(kernel.entry, &tables)?;
+        }
+        mark("devices made; the vCPUs prepared ahead given their boot registers");
+        (vm, ready_vcpus)
     };
-    let mut vcpus = Vec::with_capacity(usize::from(mc.vcpu_count));
-    for index in 0..mc.vcpu_count {
-        let v = Vcpu::new(&vm, index)?;
-        v.configure(&cfg)?;
-        vcpus.push(v);
-    }
-    mark("devices and vCPUs created and configured");
+    let ring = match vcpus.first() {
+        Some(v) if coalesced => Some(Arc::new(CoalescedRing::map(&v.fd)?)),
+        _ => None,
+    };
     let parts = Parts {
         vm,
         mem,
@@ -301,6 +363,8 @@ pub fn build_prepared(
         exits,
         strict_io: opts.strict_io,
         paused: false,
+        coalesced: ring,
+        parked,
     };
     let (vmm, events) = start(parts)?;
     mark("vCPU threads started");
@@ -454,6 +518,10 @@ pub(crate) struct Parts {
     pub strict_io: bool,
     /// Start the vCPU threads paused (a restored microVM).
     pub paused: bool,
+    /// The VM's coalesced MMIO ring, when writes are coalesced (a booted microVM).
+    pub coalesced: Option<Arc<CoalescedRing>>,
+    /// Threads started ahead for the vCPUs, in order (empty: each vCPU gets a new one).
+    pub parked: Vec<vcpu_thread::Parked>,
 }
 
 /// Starts the vCPU threads and makes the event loop that serves the devices.
@@ -467,6 +535,8 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         exits,
         strict_io,
         paused,
+        coalesced,
+        parked,
     } = p;
     let mut devices = dm.finish();
     devices.virtio = std::mem::take(&mut virtio.handles);
@@ -479,11 +549,17 @@ pub(crate) fn start(p: Parts) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
         mem: mem.clone(),
         strict_io,
         snapshot_msrs: vm.snapshot_caps().msrs.clone().into(),
+        coalesced,
     };
     let mut handles = Vec::with_capacity(vcpus.len());
+    let mut parked = parked.into_iter();
     for v in vcpus {
         let index = v.index;
-        match vcpu_thread::spawn(v, shared.clone(), paused) {
+        let started = match parked.next() {
+            Some(thread) => thread.start(v, shared.clone()),
+            None => vcpu_thread::spawn(v, shared.clone(), paused),
+        };
+        match started {
             Ok(h) => handles.push(h),
             Err(source) => {
                 // Stop the vCPUs already running before reporting.

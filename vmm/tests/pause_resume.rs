@@ -66,6 +66,7 @@ fn pause_stops_guest_code_and_resume_restarts_it() {
             trace: None,
             strict_io: false,
             pci: false,
+            coalesce_mmio: false,
         };
         let (mut vm, mut events) = build_microvm(&res, opts).expect("build the microVM");
         assert_eq!(vm.state(), VmState::Running);

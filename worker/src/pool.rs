@@ -18,7 +18,7 @@
 //!   ([`crate::blank_pool`], off unless configured) has one ready; the instance then belongs
 //!   to this function's pool for life, like one it started itself.
 
-use crate::blank_pool::{BlankPool, BlankPoolConfig, BlankSizeInfo};
+use crate::blank_pool::{Assigning, BlankPool, BlankPoolConfig, BlankSizeInfo};
 use crate::context::InvocationContext;
 use crate::function::{Function, FunctionError, Registry};
 use crate::instance::{
@@ -203,13 +203,19 @@ impl Pools {
 
     /// A new instance of `function`: on a blank instance of its memory size if the blank
     /// pool has one ready (assigned to it for life), else in a jail of its own made now.
-    fn start_cold(&self, function: &Arc<Function>) -> Result<Instance, InstanceError> {
+    /// With a blank instance, also the guard that holds the blank pool's refill back: the
+    /// caller keeps it until the cold start's first invocation is answered, so that the
+    /// refill (a whole jail made) never competes with that invocation for the CPUs.
+    fn start_cold(
+        &self,
+        function: &Arc<Function>,
+    ) -> Result<(Instance, Option<Assigning<'_>>), InstanceError> {
         let blank = self
             .blank
             .get()
             .filter(|_| BlankInstance::fits_kind(function))
             .and_then(|b| b.take(function.memory_mib));
-        if let Some((blank, _assigning)) = blank {
+        if let Some((blank, assigning)) = blank {
             let id = blank.id().to_string();
             match Instance::start_on_blank(&self.instance_cfg, function, blank) {
                 Ok(i) => {
@@ -217,7 +223,7 @@ impl Pools {
                         "kiln: {}: cold start on blank instance {id}",
                         function.name
                     );
-                    return Ok(i);
+                    return Ok((i, Some(assigning)));
                 }
                 Err(e) => eprintln!(
                     "kiln: {}: blank instance {id} failed its assignment ({e}); starting a new instance",
@@ -225,7 +231,7 @@ impl Pools {
                 ),
             }
         }
-        Instance::start(&self.instance_cfg, function)
+        Instance::start(&self.instance_cfg, function).map(|i| (i, None))
     }
 
     pub fn registry(&self) -> &Registry {
@@ -272,10 +278,11 @@ impl Pools {
         } else {
             Duration::ZERO
         };
-        let (mut instance, cold) = match lease {
-            Lease::Warm(i) => (*i, false),
+        // On a blank instance: the refill held back until this invocation is answered.
+        let (mut instance, cold, refill_held) = match lease {
+            Lease::Warm(i) => (*i, false, None),
             Lease::Cold => match self.start_cold(&function) {
-                Ok(i) => {
+                Ok((i, refill_held)) => {
                     let mut st = lock(&pool.state);
                     st.reserved -= 1;
                     st.busy.insert(i.id().to_string(), Busy::of(&i));
@@ -284,7 +291,7 @@ impl Pools {
                         self.release(&pool, i);
                         return Err(PoolError::ShuttingDown);
                     }
-                    (i, true)
+                    (i, true, refill_held)
                 }
                 Err(source) => {
                     lock(&pool.state).reserved -= 1;
@@ -297,6 +304,7 @@ impl Pools {
             },
         };
         let invoked = instance.invoke(event, ctx);
+        drop(refill_held);
         let vm_id = instance.id().to_string();
         let start = cold.then_some(instance.started);
         self.release(&pool, instance);

@@ -178,7 +178,7 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let (name, what) = if *pool {
             (
                 "9 worker: cold invocation, blank pool warm (echo)",
-                "a ready blank instance (its KVM VM and guest memory made ahead, --prepare-vm): image staged into its jail, machine-config/boot-source/vsock/InstanceStart through its API, guest Hello, handler",
+                "a ready blank instance (its KVM VM, guest memory and vCPU made ahead, --prepare-vm; machine-config and vsock set): image staged into its jail, boot-source and InstanceStart in one write on its kept API connection, guest Hello, handler",
             )
         } else {
             (

@@ -405,7 +405,8 @@ fn restore(
         Transport::Mmio
     };
     let mut virtio = builder::attach_virtio(&mut dm, &mem, res, transport)?;
-    virtio.wire(&vm).map_err(BuildError::from)?;
+    // A restored microVM's devices are set up already: nothing to coalesce.
+    virtio.wire(&vm, false).map_err(BuildError::from)?;
     builder::attach_legacy(&mut dm, &vm, serial_out, &exits)?;
     let (mut vmm, events) = builder::start(Parts {
         vm,
@@ -416,6 +417,8 @@ fn restore(
         exits,
         strict_io: opts.strict_io,
         paused: true,
+        coalesced: None,
+        parked: Vec::new(),
     })?;
     vmm.hold(held);
     restore_devices(&vmm, &state, req)?;

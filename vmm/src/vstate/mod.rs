@@ -5,10 +5,13 @@
 //! - [`vcpu`]: creating and configuring one vCPU (CPUID, MSRs, registers, LAPIC).
 //! - [`vcpu_thread`]: the thread that runs a vCPU, handles its exits and obeys
 //!   pause/resume/stop (and saves the vCPU's state for a snapshot).
+//! - [`coalesced`]: KVM's coalesced MMIO ring for the virtio-mmio set-up registers, which
+//!   the vCPU threads drain.
 //! - For snapshots: [`vcpu_state`] and [`vm_state`] (what KVM holds of a vCPU and of the
 //!   VM, saved and restored), [`dirty`] (the pages the VMM itself wrote, for diff
 //!   snapshots; KVM logs the guest's).
 
+pub mod coalesced;
 pub mod dirty;
 pub mod memory;
 pub mod vcpu;

@@ -33,9 +33,9 @@ pub enum VcpuError {
     Lapic { index: u8, source: LapicError },
 }
 
-/// What every vCPU is configured from.
+/// What every vCPU's CPU is configured from (all but the boot entry's registers).
 #[derive(Debug, Clone, Copy)]
-pub struct VcpuConfig<'a> {
+pub struct CpuSetup<'a> {
     pub topology: Topology,
     /// The CPUID each vCPU's is normalised from: KVM's supported one, or a custom
     /// template's result ([`custom_template::templated_cpuid`]).
@@ -43,6 +43,12 @@ pub struct VcpuConfig<'a> {
     pub template: CpuTemplate,
     /// A custom template's MSR modifiers.
     pub msr_modifiers: &'a [MsrModifier],
+}
+
+/// What every vCPU is configured from.
+#[derive(Debug, Clone, Copy)]
+pub struct VcpuConfig<'a> {
+    pub cpu: CpuSetup<'a>,
     pub entry: BootEntry,
     pub tables: &'a BootTables,
 }
@@ -67,8 +73,15 @@ impl Vcpu {
     /// boot registers; with the in-kernel LAPIC the others then wait for the guest's
     /// INIT/SIPI, which resets them.
     pub fn configure(&self, cfg: &VcpuConfig<'_>) -> Result<(), VcpuError> {
+        self.configure_cpu(&cfg.cpu)?;
+        self.set_boot_regs(cfg.entry, cfg.tables)
+    }
+
+    /// Loads what does not depend on the guest's kernel: CPUID, MSRs and the LAPIC's LINT
+    /// pins (`--prepare-vm` does this before the boot source is known).
+    pub fn configure_cpu(&self, cpu: &CpuSetup<'_>) -> Result<(), VcpuError> {
         let index = self.index;
-        let cpuid = cpuid::vcpu_cpuid(cfg.cpuid, index, cfg.topology, cfg.template)
+        let cpuid = cpuid::vcpu_cpuid(cpu.cpuid, index, cpu.topology, cpu.template)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         self.fd
             .set_cpuid2(&cpuid)
@@ -76,11 +89,17 @@ impl Vcpu {
                 index,
                 source: CpuidError::Set { index, source },
             })?;
-        custom_template::apply_msrs(&self.fd, cfg.msr_modifiers)
+        custom_template::apply_msrs(&self.fd, cpu.msr_modifiers)
             .map_err(|source| VcpuError::Template { index, source })?;
         msr::setup_msrs(&self.fd).map_err(|source| VcpuError::Msrs { index, source })?;
-        regs::setup_vcpu_regs(&self.fd, cfg.entry, cfg.tables)
-            .map_err(|source| VcpuError::Regs { index, source })?;
         lapic::setup_lint(&self.fd).map_err(|source| VcpuError::Lapic { index, source })
+    }
+
+    /// Loads the registers of the boot entry `entry`, whose tables are `tables`.
+    pub fn set_boot_regs(&self, entry: BootEntry, tables: &BootTables) -> Result<(), VcpuError> {
+        regs::setup_vcpu_regs(&self.fd, entry, tables).map_err(|source| VcpuError::Regs {
+            index: self.index,
+            source,
+        })
     }
 }

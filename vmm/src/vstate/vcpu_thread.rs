@@ -65,6 +65,9 @@ pub struct VcpuShared {
     pub strict_io: bool,
     /// The MSRs a saved vCPU state holds (the VM's snapshot capabilities).
     pub snapshot_msrs: Arc<[u32]>,
+    /// The VM's coalesced MMIO ring, drained after every `KVM_RUN` (before its exit is
+    /// served), when the VM coalesces writes ([`super::coalesced`]).
+    pub coalesced: Option<Arc<super::coalesced::CoalescedRing>>,
 }
 
 /// The run loop's handle on a running vCPU thread.
@@ -130,22 +133,37 @@ struct Runner {
     commands: Receiver<VcpuCommand>,
 }
 
-/// Starts the thread for `vcpu`; it runs guest code at once, or (`paused`, a restored
-/// microVM) acknowledges a pause and waits for `Resume` before its first `KVM_RUN`.
-pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<VcpuHandle> {
-    let index = vcpu.index;
+/// A vCPU thread started ahead of its vCPU: it has installed its seccomp filter and waits
+/// for [`Parked::start`]; dropped unstarted, it ends without running anything.
+pub struct Parked {
+    index: u8,
+    start: std::sync::mpsc::SyncSender<(Vcpu, VcpuShared)>,
+    commands: Sender<VcpuCommand>,
+    thread: JoinHandle<()>,
+}
+
+/// Starts the thread of vCPU `index` before the vCPU is ready (its creation and seccomp
+/// filter then overlap the rest of the build); it runs guest code once started, or
+/// (`paused`, a restored microVM) acknowledges a pause and waits for `Resume` before its
+/// first `KVM_RUN`.
+pub fn park(index: u8, paused: bool) -> std::io::Result<Parked> {
     let (tx, rx) = std::sync::mpsc::channel();
     if paused {
         // The receiver is alive: this send cannot fail.
         let _ = tx.send(VcpuCommand::Pause);
     }
-    let exits = shared.exits.clone();
-    let acks = shared.acks.clone();
+    let (start_tx, start_rx) = std::sync::mpsc::sync_channel::<(Vcpu, VcpuShared)>(1);
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
             // Before the first KVM_RUN: the guest's exits are untrusted input.
             crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
+            // No vCPU (the build failed): nothing to run.
+            let Ok((vcpu, shared)) = start_rx.recv() else {
+                return;
+            };
+            let exits = shared.exits.clone();
+            let acks = shared.acks.clone();
             let mut runner = Runner {
                 exits: 0,
                 vcpu,
@@ -167,11 +185,38 @@ pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<Vc
             drop(runner);
             let _ = acks.send(VcpuAck::Ended(index));
         })?;
-    Ok(VcpuHandle {
+    Ok(Parked {
         index,
+        start: start_tx,
         commands: tx,
-        thread: Some(thread),
+        thread,
     })
+}
+
+impl Parked {
+    /// Hands the thread its vCPU (of the same index): it runs it from now on.
+    pub fn start(self, vcpu: Vcpu, shared: VcpuShared) -> std::io::Result<VcpuHandle> {
+        let index = self.index;
+        if vcpu.index != index {
+            return Err(std::io::Error::other(format!(
+                "vCPU {} handed to the thread of vCPU {index}",
+                vcpu.index
+            )));
+        }
+        self.start
+            .send((vcpu, shared))
+            .map_err(|_| std::io::Error::other(format!("the thread of vCPU {index} ended")))?;
+        Ok(VcpuHandle {
+            index,
+            commands: self.commands,
+            thread: Some(self.thread),
+        })
+    }
+}
+
+/// Starts the thread for `vcpu` ([`park`] then [`Parked::start`]).
+pub fn spawn(vcpu: Vcpu, shared: VcpuShared, paused: bool) -> std::io::Result<VcpuHandle> {
+    park(vcpu.index, paused)?.start(vcpu, shared)
 }
 
 /// After a port or MMIO exit: go on, unless no device handled the access and `--strict-io`
@@ -305,6 +350,24 @@ impl Runner {
         let shared = &self.shared;
         let result = self.vcpu.fd.run();
         crate::metrics::count_vcpu_exit(&result);
+        // The writes KVM queued come before whatever ended this run.
+        if let Some(u) = shared
+            .coalesced
+            .as_ref()
+            .and_then(|r| r.drain(&shared.mmio))
+        {
+            let unhandled = &METRICS.vcpu.unhandled_mmio;
+            if let fault @ Outcome::Fault { .. } = io_outcome(
+                shared.strict_io,
+                false,
+                unhandled,
+                "MMIO write to",
+                u.addr,
+                u.len,
+            ) {
+                return fault;
+            }
+        }
         match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let handled = shared.pio.write(u64::from(port), data);

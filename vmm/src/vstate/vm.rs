@@ -84,6 +84,12 @@ pub enum VmError {
         datamatch: u32,
         source: kvm_ioctls::Error,
     },
+    #[error("KVM_REGISTER_COALESCED_MMIO failed for {len} bytes at {addr:#x}: {source}")]
+    CoalescedMmio {
+        addr: u64,
+        len: u32,
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// KVM slot number of the first slot of device memory (the virtio-mem hot-plug region):
@@ -354,6 +360,19 @@ impl Vm {
                 datamatch,
                 source,
             })
+    }
+
+    /// Whether KVM can coalesce MMIO writes ([`crate::vstate::coalesced`]).
+    pub fn has_coalesced_mmio(&self) -> bool {
+        self.has_capability(kvm_bindings::KVM_CAP_COALESCED_MMIO)
+    }
+
+    /// Has KVM queue guest writes to `[addr, addr + len)` in the coalesced MMIO ring instead
+    /// of leaving `KVM_RUN` ([`crate::vstate::coalesced`]).
+    pub fn register_coalesced_mmio(&self, addr: u64, len: u32) -> Result<(), VmError> {
+        self.fd
+            .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Mmio(addr), len)
+            .map_err(|source| VmError::CoalescedMmio { addr, len, source })
     }
 }
 

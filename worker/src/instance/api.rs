@@ -1,8 +1,11 @@
 //! The worker's side of a jailed VMM's API (Firecracker's HTTP API on a Unix socket in the
-//! jail's `/run`): waiting for the socket to come up, and one request at a time
-//! (`Connection: close`, the answer bounded). Used by snapshot start (pause, create, load)
-//! and by the blank pool (machine-config ahead of demand; boot-source, vsock and
-//! `InstanceStart` once a function is assigned).
+//! jail's `/run`): waiting for the socket to come up, one request at a time on a connection
+//! of its own (`Connection: close`, the answer bounded; snapshot start: pause, create, load),
+//! and [`ApiConnection`], a kept-alive connection on which requests written together are
+//! answered in order (HTTP/1.1 pipelining, which the VMM's API serves like Firecracker's):
+//! the blank pool's (machine-config and vsock ahead of demand; boot-source and
+//! `InstanceStart` in one write once a function is assigned, so that the VMM starts
+//! loading the function without waiting for the worker between requests).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,17 +37,22 @@ pub enum ApiError {
     NotUp { after: Duration },
     #[error("the VMM exited before its API came up")]
     Exited,
+    #[error("{request}: the VMM's answer is not HTTP: {answer}")]
+    Malformed { request: String, answer: String },
 }
 
 /// Waits until the VMM accepts connections on its API socket `sock` (or `exited()` says
-/// it is gone, or the deadline passes).
+/// it is gone, or the deadline passes); returns the first connection made.
 pub(super) fn wait_up(
     sock: &Path,
     started: Instant,
     deadline: Instant,
     mut exited: impl FnMut() -> bool,
-) -> Result<(), ApiError> {
-    while UnixStream::connect(sock).is_err() {
+) -> Result<UnixStream, ApiError> {
+    loop {
+        if let Ok(stream) = UnixStream::connect(sock) {
+            return Ok(stream);
+        }
         if exited() {
             return Err(ApiError::Exited);
         }
@@ -55,7 +63,6 @@ pub(super) fn wait_up(
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    Ok(())
 }
 
 /// One request to the VMM's API at `sock`; anything but 204 is an error carrying the VMM's
@@ -68,14 +75,28 @@ pub(super) fn request(
     deadline: Instant,
 ) -> Result<(), ApiError> {
     let answer = exchange(sock, method, path, body, deadline)?;
+    accepted(&format!("{method} {path}"), &answer)
+}
+
+/// `Ok` for a 204 answer; else the error carrying the VMM's fault message.
+fn accepted(request: &str, answer: &str) -> Result<(), ApiError> {
     if answer.starts_with("HTTP/1.1 204") {
         return Ok(());
     }
-    let fault = answer.split("\r\n\r\n").nth(1).unwrap_or(&answer);
+    let fault = answer.split("\r\n\r\n").nth(1).unwrap_or(answer);
     Err(ApiError::Refused {
-        request: format!("{method} {path}"),
+        request: request.to_string(),
         answer: fault.trim().chars().take(500).collect(),
     })
+}
+
+/// One request's bytes.
+fn encode(method: &str, path: &str, body: &str, close: bool) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
 }
 
 fn exchange(
@@ -95,17 +116,205 @@ fn exchange(
         path: sock.to_path_buf(),
         source,
     })?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    s.set_read_timeout(Some(left)).map_err(io)?;
-    s.set_write_timeout(Some(left)).map_err(io)?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
+    s.set_read_timeout(Some(left(deadline))).map_err(io)?;
+    s.set_write_timeout(Some(left(deadline))).map_err(io)?;
+    s.write_all(encode(method, path, body, true).as_bytes())
+        .map_err(io)?;
     let mut answer = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut answer).map_err(io)?;
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A kept-alive connection to a VMM's API: [`ApiConnection::send`] writes requests in one
+/// go, [`ApiConnection::answers`] reads their answers, in order.
+pub(super) struct ApiConnection {
+    stream: UnixStream,
+    /// Bytes read past the last answer taken.
+    input: Vec<u8>,
+    /// The requests sent and not answered yet (`METHOD /path`), oldest first.
+    unanswered: std::collections::VecDeque<String>,
+}
+
+impl ApiConnection {
+    pub(super) fn new(stream: UnixStream) -> ApiConnection {
+        ApiConnection {
+            stream,
+            input: Vec::new(),
+            unanswered: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Writes the `PUT` requests `(path, body)` in one write, before any answer is read.
+    pub(super) fn send(
+        &mut self,
+        requests: &[(&str, String)],
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let mut bytes = String::new();
+        for (path, body) in requests {
+            bytes.push_str(&encode("PUT", path, body, false));
+        }
+        let first = requests
+            .first()
+            .map_or_else(String::new, |(p, _)| format!("PUT {p}"));
+        let io = |source| ApiError::Io {
+            request: first.clone(),
+            source,
+        };
+        self.stream
+            .set_write_timeout(Some(left(deadline)))
+            .map_err(io)?;
+        self.stream.write_all(bytes.as_bytes()).map_err(io)?;
+        self.unanswered
+            .extend(requests.iter().map(|(p, _)| format!("PUT {p}")));
+        Ok(())
+    }
+
+    /// Reads the answers of every request sent and not answered yet; the first that is not
+    /// 204 is the error (the answers after it are not read).
+    pub(super) fn answers(&mut self, deadline: Instant) -> Result<(), ApiError> {
+        while let Some(request) = self.unanswered.pop_front() {
+            let answer = self.answer(&request, deadline)?;
+            accepted(&request, &answer)?;
+        }
+        Ok(())
+    }
+
+    /// The next whole answer (headers and `Content-Length` bytes of body), at most
+    /// [`MAX_ANSWER`] bytes.
+    fn answer(&mut self, request: &str, deadline: Instant) -> Result<String, ApiError> {
+        let io = |source| ApiError::Io {
+            request: request.to_string(),
+            source,
+        };
+        let malformed = |input: &[u8]| ApiError::Malformed {
+            request: request.to_string(),
+            answer: String::from_utf8_lossy(input).chars().take(500).collect(),
+        };
+        let max = usize::try_from(MAX_ANSWER).unwrap_or(usize::MAX);
+        loop {
+            if let Some(end) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head =
+                    std::str::from_utf8(&self.input[..end]).map_err(|_| malformed(&self.input))?;
+                let body_len = content_length(head).ok_or_else(|| malformed(&self.input))?;
+                let total = (end + 4)
+                    .checked_add(body_len)
+                    .filter(|&t| t <= max)
+                    .ok_or_else(|| malformed(&self.input))?;
+                if self.input.len() >= total {
+                    let answer: Vec<u8> = self.input.drain(..total).collect();
+                    return Ok(String::from_utf8_lossy(&answer).into_owned());
+                }
+            } else if self.input.len() > max {
+                return Err(malformed(&self.input));
+            }
+            self.stream
+                .set_read_timeout(Some(left(deadline)))
+                .map_err(io)?;
+            let mut buf = [0u8; 4096];
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the VMM closed its API connection before answering",
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            self.input
+                .extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+    }
+}
+
+/// The `Content-Length` of an answer's head (0 when it has none), `None` when it does not
+/// parse.
+fn content_length(head: &str) -> Option<usize> {
+    let mut len = 0;
+    for line in head.split("\r\n").skip(1) {
+        let (name, value) = line.split_once(':')?;
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            len = value.trim().parse().ok()?;
+        }
+    }
+    Some(len)
+}
+
+/// What is left of `deadline` (at least 1 ms: a zero timeout means none to the socket).
+fn left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_answers_are_read_in_order_and_the_first_refusal_is_the_error() {
+        let (ours, mut vmm) = UnixStream::pair().unwrap();
+        let mut c = ApiConnection::new(ours);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        c.send(&[("/a", "{}".into()), ("/b", "{\"x\":1}".into())], deadline)
+            .unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = vmm.read(&mut got).unwrap();
+        let got = String::from_utf8_lossy(&got[..n]).into_owned();
+        assert_eq!(got.matches("PUT /").count(), 2, "{got}");
+        assert!(got.find("PUT /a").unwrap() < got.find("PUT /b").unwrap());
+        assert!(!got.contains("Connection: close"), "{got}");
+        // Both answers in pieces, the second split across reads.
+        vmm.write_all(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No")
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            vmm.write_all(b" Content\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            vmm
+        });
+        c.answers(deadline).unwrap();
+        let mut vmm = writer.join().unwrap();
+
+        c.send(&[("/c", "{}".into()), ("/d", "{}".into())], deadline)
+            .unwrap();
+        let body = r#"{"fault_message":"no such thing"}"#;
+        vmm.write_all(
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        match c.answers(deadline) {
+            Err(ApiError::Refused { request, answer }) => {
+                assert_eq!((request.as_str(), answer.as_str()), ("PUT /c", body));
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(vmm);
+    }
+
+    #[test]
+    fn a_closed_connection_or_a_garbled_answer_is_an_error() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (ours, vmm) = UnixStream::pair().unwrap();
+        let mut c = ApiConnection::new(ours);
+        c.send(&[("/a", "{}".into())], deadline).unwrap();
+        drop(vmm);
+        assert!(matches!(c.answers(deadline), Err(ApiError::Io { .. })));
+
+        let (ours, mut vmm) = UnixStream::pair().unwrap();
+        let mut c = ApiConnection::new(ours);
+        c.send(&[("/a", "{}".into())], deadline).unwrap();
+        vmm.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: lots\r\n\r\n")
+            .unwrap();
+        assert!(matches!(
+            c.answers(deadline),
+            Err(ApiError::Malformed { .. })
+        ));
+    }
 }

@@ -14,13 +14,14 @@
 //! inside the jail, so the VMM cannot have planted anything there); then the VMM is
 //! configured through its API (`boot-source`, and `machine-config` when the function has
 //! more than one vCPU — the same values the config file of a booted instance holds) and
-//! `InstanceStart`.
+//! `InstanceStart`: written together on the API connection the blank instance kept open
+//! since its start, and answered in order (the record is marked while the VMM starts).
 //! From then on it is an instance like any other and never blank again.
 //!
 //! Function images only: a Linux function's kernel and initramfs are bound into its jail
 //! when the jail is made, so Linux functions (and snapshot start) always start their own.
 
-use super::api::{self, ApiError};
+use super::api::{ApiConnection, ApiError};
 use super::error::InstanceError;
 use super::host_dir::{self, JAIL_IMAGE};
 use super::jail::{Jail, StopMode, StopReport};
@@ -41,6 +42,8 @@ const BLANK_VCPUS: u8 = 1;
 /// A started blank instance.
 pub struct BlankInstance {
     jail: Jail,
+    /// The VMM's API, connected since the start.
+    api: ApiConnection,
     listener: UnixListener,
     memory_mib: u32,
     created: Instant,
@@ -80,27 +83,29 @@ impl BlankInstance {
                 record::mark_blank(dir)?;
                 Ok(listener)
             })?;
-        if let Err(e) = jail.wait_api(started, deadline) {
-            return Err(api_error(&mut jail, e));
-        }
+        let mut api = match jail.wait_api(started, deadline) {
+            Ok(stream) => ApiConnection::new(stream),
+            Err(e) => return Err(api_error(&mut jail, e)),
+        };
         // Blank instances serve function images only (no Linux functions). The vsock device
         // is every instance's (the worker's listener in the jail's `/vsock`).
-        let sock = jail.api_socket();
         let configure = [
             (
                 "/machine-config",
-                host_dir::machine_config(BLANK_VCPUS, memory_mib, false),
+                host_dir::machine_config(BLANK_VCPUS, memory_mib, false).to_string(),
             ),
-            ("/vsock", host_dir::vsock()),
+            ("/vsock", host_dir::vsock().to_string()),
         ];
-        for (path, body) in configure {
-            if let Err(e) = api::request(&sock, "PUT", path, &body.to_string(), deadline) {
-                return Err(api_error(&mut jail, e));
-            }
+        if let Err(e) = api
+            .send(&configure, deadline)
+            .and_then(|()| api.answers(deadline))
+        {
+            return Err(api_error(&mut jail, e));
         }
         jail.open_vmm_pidfd();
         Ok(BlankInstance {
             jail,
+            api,
             listener,
             memory_mib,
             created: started,
@@ -164,6 +169,7 @@ impl BlankInstance {
     ) -> Result<(Jail, UnixListener), InstanceError> {
         let BlankInstance {
             mut jail,
+            mut api,
             listener,
             memory_mib,
             ..
@@ -175,7 +181,6 @@ impl BlankInstance {
                 function: function.name.clone(),
             });
         }
-        record::mark_assigned(jail.host_dir(), &function.name)?;
         let image = jail
             .dir()
             .join("root")
@@ -186,24 +191,26 @@ impl BlankInstance {
                 source,
             }
         })?;
-        let sock = jail.api_socket();
         // The blank's machine-config and vsock stand unless the function needs more vCPUs.
         let mut configure = vec![];
         if function.vcpus != BLANK_VCPUS {
             configure.push((
                 "/machine-config",
-                host_dir::machine_config(function.vcpus, function.memory_mib, false),
+                host_dir::machine_config(function.vcpus, function.memory_mib, false).to_string(),
             ));
         }
-        configure.push(("/boot-source", host_dir::boot_source(function)));
+        configure.push(("/boot-source", host_dir::boot_source(function).to_string()));
         configure.push((
             "/actions",
-            serde_json::json!({ "action_type": "InstanceStart" }),
+            serde_json::json!({ "action_type": "InstanceStart" }).to_string(),
         ));
-        for (path, body) in configure {
-            if let Err(e) = api::request(&sock, "PUT", path, &body.to_string(), deadline) {
-                return Err(api_error(&mut jail, e));
-            }
+        if let Err(e) = api.send(&configure, deadline) {
+            return Err(api_error(&mut jail, e));
+        }
+        // While the VMM loads the image and starts the guest.
+        record::mark_assigned(jail.host_dir(), &function.name)?;
+        if let Err(e) = api.answers(deadline) {
+            return Err(api_error(&mut jail, e));
         }
         Ok((jail, listener))
     }

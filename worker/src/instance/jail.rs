@@ -164,8 +164,13 @@ impl Jail {
             .join(api::JAIL_API_SOCK.trim_start_matches('/'))
     }
 
-    /// Waits until the VMM's API socket accepts connections (see [`api::wait_up`]).
-    pub(super) fn wait_api(&mut self, started: Instant, deadline: Instant) -> Result<(), ApiError> {
+    /// Waits until the VMM's API socket accepts connections (see [`api::wait_up`]); returns
+    /// the first connection.
+    pub(super) fn wait_api(
+        &mut self,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<std::os::unix::net::UnixStream, ApiError> {
         let sock = self.api_socket();
         api::wait_up(&sock, started, deadline, || self.supervisor_exited())
     }

@@ -210,7 +210,8 @@ pub(super) fn restore(
     match jail.wait_api(started, deadline) {
         Err(api::ApiError::Exited) => return Err(InstanceError::Exited(jail.exit_message())),
         Err(e) => return Err(snapshot_err("restore", e)),
-        Ok(()) => {}
+        // The requests below go on connections of their own.
+        Ok(_connection) => {}
     }
     let body = serde_json::json!({
         "snapshot_path": JAIL_STATE,

@@ -162,7 +162,8 @@ impl Vsock {
         for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
             mmio.setup_queue_fresh(index, q);
         }
-        v.guest_cid = u64::from(mmio.config_u32(0)) | u64::from(mmio.config_u32(4)) << 32;
+        // The CID's upper 32 bits are reserved and zero (virtio 1.2, 5.10.4): one exit.
+        v.guest_cid = u64::from(mmio.config_u32(0));
         for slot in 0..RX_SLOTS {
             v.post_rx(slot);
         }

@@ -40,9 +40,13 @@ Options:
   --enable-pci                 put the virtio devices on a PCI bus (MSI-X interrupts, no
                                virtio_mmio.device= on the kernel command line) instead of
                                virtio-mmio windows (its snapshots restore only with the flag)
-  --prepare-vm                 (Kiln) create the KVM VM and register its guest memory as soon as
-                               PUT /machine-config sets them, before InstanceStart (which then
-                               only loads the kernel, adds devices and starts the vCPUs)
+  --prepare-vm                 (Kiln) create the KVM VM, register its guest memory and create the
+                               vCPUs (CPUID, MSRs; no thread) as soon as PUT /machine-config sets
+                               them, before InstanceStart (which then only loads the kernel, adds
+                               devices, sets the vCPUs' registers and starts their threads)
+  --coalesce-mmio              (Kiln) a booted microVM's virtio-mmio set-up registers are KVM
+                               coalesced MMIO: their writes reach the VMM at the vCPU's next exit
+                               (needs KVM_REGISTER_COALESCED_MMIO in the jail's seccomp policy)
   --strict-io                  stop the microVM (exit code 6) when the guest accesses an I/O port or
                                MMIO address with no device, instead of ignoring the access
   --start-time-us US           process start (CLOCK_MONOTONIC, microseconds), from the jailer
@@ -102,8 +106,11 @@ pub struct Args {
     pub strict_io: bool,
     /// `--enable-pci`: the virtio devices on PCI.
     pub enable_pci: bool,
-    /// `--prepare-vm`: the KVM VM and its memory made when the machine configuration is set.
+    /// `--prepare-vm`: the KVM VM, its memory and vCPUs made when the machine configuration
+    /// is set.
     pub prepare_vm: bool,
+    /// `--coalesce-mmio`: the virtio-mmio set-up registers are coalesced MMIO.
+    pub coalesce_mmio: bool,
     pub start_time_us: Option<u64>,
     pub start_time_cpu_us: Option<u64>,
     /// Accepted for the jailer's command line (Firecracker's flag); nothing uses it yet.
@@ -166,6 +173,7 @@ const FLAGS: &[Flag] = &[
     Flag::switch("help"),
     Flag::switch("enable-pci"),
     Flag::switch("prepare-vm"),
+    Flag::switch("coalesce-mmio"),
     Flag::single("metadata"),
     Flag::single("mmds-size-limit"),
 ];
@@ -242,6 +250,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, CliEr
         strict_io: a.switch("strict-io"),
         enable_pci: a.switch("enable-pci"),
         prepare_vm: a.switch("prepare-vm"),
+        coalesce_mmio: a.switch("coalesce-mmio"),
         start_time_us: a.parsed("start-time-us")?,
         start_time_cpu_us: a.parsed("start-time-cpu-us")?,
         parent_cpu_time_us: a.parsed("parent-cpu-time-us")?,
@@ -495,6 +504,8 @@ mod tests {
         assert!(run(&["--enable-pci"]).enable_pci);
         assert!(run(&["--prepare-vm"]).prepare_vm);
         assert!(!run(&[]).prepare_vm);
+        assert!(run(&["--coalesce-mmio"]).coalesce_mmio);
+        assert!(!run(&[]).coalesce_mmio);
         assert!(!run(&[]).enable_pci);
     }
 

@@ -407,23 +407,22 @@ impl Starter for MainStarter<'_> {
         Ok(((loaded.vmm, loaded.events), loaded.resources))
     }
 
-    /// With `--prepare-vm`, once `PUT /machine-config` has set the machine: its VM and
-    /// memory now (made again if the configuration changes; a failure is only logged, and
-    /// `InstanceStart` then makes them and reports it).
+    /// With `--prepare-vm`, once `PUT /machine-config` has set the machine: its VM, memory
+    /// and vCPUs now (made again if the configuration or the CPU template changes; a failure
+    /// is only logged, and `InstanceStart` then makes them and reports it).
     fn idle(&mut self, res: &VmResources) {
-        let mc = &res.machine_config;
-        if !self.prepare_vm || *mc == MachineConfig::default() {
+        if !self.prepare_vm || res.machine_config == MachineConfig::default() {
             return;
         }
-        if self.prepared.as_ref().is_some_and(|p| p.fits(mc)) {
+        if self.prepared.as_ref().is_some_and(|p| p.fits(res)) {
             return;
         }
         // The VM made for an older configuration goes first (its memory with it).
         self.prepared = None;
-        match prepare_platform(mc) {
+        match prepare_platform(res) {
             Ok(p) => {
                 if let Some(t) = self.trace {
-                    t.mark("VM and guest memory prepared (before InstanceStart)");
+                    t.mark("VM, guest memory and vCPUs prepared (before InstanceStart)");
                 }
                 self.prepared = Some(p);
             }
@@ -449,6 +448,7 @@ fn start_microvm(
         entry: args.boot_entry,
         trace: trace.clone(),
         strict_io: args.strict_io,
+        coalesce_mmio: args.coalesce_mmio,
         pci: args.enable_pci,
     };
     let booted = args.config_file.is_some();

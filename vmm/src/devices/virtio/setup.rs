@@ -395,8 +395,10 @@ impl VirtioSetup {
 
     /// Registers each device's irqfd and its queues' ioeventfds (datamatch: the queue index)
     /// with the VM, gives virtio-mem the VM's memory slots, and registers each pmem
-    /// device's memory slot.
-    pub fn wire(&mut self, vm: &Vm) -> Result<(), VirtioSetupError> {
+    /// device's memory slot. With `coalesce`, each virtio-mmio window's set-up registers
+    /// are coalesced ([`crate::vstate::coalesced`]); returns whether any were.
+    pub fn wire(&mut self, vm: &Vm, coalesce: bool) -> Result<bool, VirtioSetupError> {
+        let mut coalesced = false;
         if let Some(dev) = &self.handles.mem {
             let mut dev = lock(dev);
             let needed = dev.region().slot_count();
@@ -415,6 +417,13 @@ impl VirtioSetup {
             pci.wire(vm)?;
         }
         for w in self.wiring.drain(..) {
+            if coalesce {
+                let base = w.notify_addr - NOTIFY_OFFSET;
+                for (offset, len) in crate::vstate::coalesced::VIRTIO_MMIO_ZONES {
+                    vm.register_coalesced_mmio(base + offset, len)?;
+                }
+                coalesced = true;
+            }
             vm.register_irqfd(&w.irqfd, w.irq)?;
             for (index, evt) in w.queue_evts.iter().enumerate() {
                 let index = u32::try_from(index)
@@ -422,7 +431,7 @@ impl VirtioSetup {
                 vm.register_ioevent(evt, w.notify_addr, index)?;
             }
         }
-        Ok(())
+        Ok(coalesced)
     }
 
     /// Puts every device's queue eventfds in the VMM thread's event loop.
