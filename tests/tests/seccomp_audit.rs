@@ -599,7 +599,8 @@ fn kind_of(name: &str) -> Option<&'static str> {
 fn traced_lifecycle(strace: &Path, traces: &Path) -> Vec<(PathBuf, Outcome)> {
     let dir = traces.join("default");
     let launch = Launch {
-        vmm_args: vec!["--seccomp-log".into()],
+        // The worker's --coalesce-mmio: the zones' registration is in the trace.
+        vmm_args: vec!["--seccomp-log".into(), "--coalesce-mmio".into()],
         strace: Some((strace.to_path_buf(), dir.clone())),
         env: Vec::new(),
     };

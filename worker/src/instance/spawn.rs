@@ -134,8 +134,9 @@ fn jailer_command(
         .arg(bind(&host_dir.join(VSOCK_DIR), JAIL_VSOCK_DIR));
     match launch {
         Launch::Boot => {
+            // A booted function image: its virtio set-up writes coalesced (fewer exits).
             cmd.arg("--")
-                .args(["--config-file", JAIL_CONFIG, "--no-api"]);
+                .args(["--config-file", JAIL_CONFIG, "--no-api", "--coalesce-mmio"]);
         }
         Launch::Template(files) => {
             cmd.arg("--bind-rw")
@@ -157,9 +158,14 @@ fn jailer_command(
                 .args(["--api-sock", JAIL_API_SOCK, "--snapshot-key-file", JAIL_KEY]);
         }
         Launch::Blank => {
-            // The KVM VM and its memory made as soon as `machine-config` is set.
-            cmd.arg("--")
-                .args(["--api-sock", JAIL_API_SOCK, "--prepare-vm"]);
+            // The KVM VM and its memory made as soon as `machine-config` is set; the
+            // function image it boots later gets its virtio set-up writes coalesced.
+            cmd.arg("--").args([
+                "--api-sock",
+                JAIL_API_SOCK,
+                "--prepare-vm",
+                "--coalesce-mmio",
+            ]);
         }
     }
     cmd.arg("--boot-timer");
