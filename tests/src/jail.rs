@@ -198,16 +198,59 @@ impl Drop for Jail {
     }
 }
 
-/// Removes the cgroup `name` (relative to each hierarchy's root) from every hierarchy
-/// mounted under /sys/fs/cgroup where it exists and is empty: the parent cgroup the jailer
-/// made for a test's jails, which it leaves for the next jail (as Firecracker's does). A
-/// cgroup still holding a jail stays, for the leftover checks to report.
+/// Removes the cgroup `name` from every hierarchy mounted under /sys/fs/cgroup where it
+/// exists and is empty, both at the hierarchy's root and under this process's own cgroup
+/// there (where `--parent-cgroup-relative` puts it: on the development hosts each shell job
+/// has its own memory cgroup): the parent cgroup the jailer made for a test's jails, which
+/// it leaves for the next jail (as Firecracker's does). A cgroup still holding a jail stays,
+/// for the leftover checks to report.
 pub fn remove_parent_cgroup(name: &str) {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let name = name.trim_start_matches('/');
     for h in hierarchies.flatten() {
-        let _ = std::fs::remove_dir(h.path().join(name.trim_start_matches('/')));
+        let dir = h.path();
+        let _ = std::fs::remove_dir(dir.join(name));
+        let h_name = h.file_name().to_string_lossy().into_owned();
+        if let Some(path) = own_path_in(&own, &h_name) {
+            let _ = std::fs::remove_dir(dir.join(path.trim_start_matches('/')).join(name));
+        }
+    }
+}
+
+/// This process's cgroup path (from `/proc/self/cgroup`) in the hierarchy mounted as
+/// `/sys/fs/cgroup/<hierarchy>` (`cpu,cpuacct`, `systemd` for `name=systemd`, `unified`
+/// for the v2 line).
+fn own_path_in(proc_self_cgroup: &str, hierarchy: &str) -> Option<String> {
+    proc_self_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = match (ctrls, hierarchy) {
+            ("", "unified") => true,
+            ("", _) => false,
+            (c, h) => {
+                let c = c.trim_start_matches("name=");
+                c == h || c.split(',').any(|one| h.split(',').any(|x| x == one))
+            }
+        };
+        matches.then(|| path.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod parent_cgroup_tests {
+    #[test]
+    fn the_own_path_of_each_mounted_hierarchy() {
+        let own = "9:name=systemd:/\n4:memory:/process_api/ab\n2:cpu,cpuacct:/x\n0::/u\n";
+        let p = |h: &str| super::own_path_in(own, h);
+        assert_eq!(p("memory").as_deref(), Some("/process_api/ab"));
+        assert_eq!(p("systemd").as_deref(), Some("/"));
+        assert_eq!(p("cpu").as_deref(), Some("/x"));
+        assert_eq!(p("cpu,cpuacct").as_deref(), Some("/x"));
+        assert_eq!(p("unified").as_deref(), Some("/u"));
+        assert_eq!(p("pids"), None);
     }
 }
 
