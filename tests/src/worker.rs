@@ -35,9 +35,27 @@ pub struct Worker {
 }
 
 /// The parent cgroup the jailer made for this worker's jails goes with the worker's scratch
-/// directory: nothing of a test is left on the host.
+/// directory: nothing of a test is left on the host. A worker still running (a test that failed before stopping it) is stopped first, with
+/// SIGTERM (it stops its instances), so that a failed test does not leave a `kiln serve`
+/// re-making blank instances behind.
 impl Drop for Worker {
     fn drop(&mut self) {
+        let base = self.chroot_base.to_string_lossy().into_owned();
+        let ours = |pid: u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&base))
+        };
+        let running: Vec<u32> = self.pids.iter().copied().filter(|&p| ours(p)).collect();
+        for &pid in &running {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill takes plain integers; the pid was checked to be this worker.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running.iter().any(|&p| ours(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         crate::jail::remove_parent_cgroup(&self.parent_cgroup);
     }
 }
