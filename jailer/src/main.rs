@@ -195,6 +195,9 @@ fn run() -> Result<Exit, Error> {
         Command::Jail(c) => *c,
     };
     clock.enable(config.timing);
+    // A new network namespace is started now, unnamed, on a thread of its own (nothing to
+    // journal until step 4 pins it): its creation overlaps the rest of steps 1 and 2.
+    let early_netns = network::start_early(&config)?;
     privileges::check_rlimits(&config.rlimits)?;
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
     let mut seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
@@ -209,7 +212,7 @@ fn run() -> Result<Exit, Error> {
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
-    let mut prepared = match host_side(&config, &mut journal, &cgroups, &mut clock) {
+    let mut prepared = match host_side(&config, early_netns, &mut journal, &cgroups, &mut clock) {
         Ok((network, fork_into)) => Prepared {
             netns: network.ns,
             firewall: network.firewall,
@@ -248,6 +251,7 @@ fn run() -> Result<Exit, Error> {
 /// single-threaded process (the split); an error comes back typed, named by its step.
 fn host_side(
     config: &Config,
+    early_netns: Option<network::Early>,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
@@ -272,7 +276,7 @@ fn host_side(
     let mut copy_clock = clock.branch();
     std::thread::scope(|scope| {
         let network = helper(scope, network::STEP, || {
-            let network = network::prepare(config, &journal, &mut network_clock);
+            let network = network::prepare(config, early_netns, &journal, &mut network_clock);
             network_clock.step(network::STEP);
             network.map_err(Error::HostNetwork)
         })?;

@@ -26,6 +26,24 @@ use std::path::PathBuf;
 
 pub use namespace::join;
 
+/// A `--new-netns` namespace being made ahead, unnamed ([`namespace::unnamed`]), on a
+/// thread started as soon as the flags are parsed: the namespace's creation (the slowest
+/// kernel work of the jail, ~0.7 ms here) overlaps the rest of step 1 and step 2 instead
+/// of following them. [`prepare`] pins it once it is journaled.
+pub struct Early(std::thread::JoinHandle<Result<OwnedFd, NetworkError>>);
+
+/// Starts making the jail's namespace ahead, when the jail gets a new one.
+pub fn start_early(config: &Config) -> Result<Option<Early>, NetworkError> {
+    if !matches!(config.network.mode, NetnsMode::Create) {
+        return Ok(None);
+    }
+    std::thread::Builder::new()
+        .name("4 netns".into())
+        .spawn(namespace::unnamed)
+        .map(|t| Some(Early(t)))
+        .map_err(NetworkError::EarlyThread)
+}
+
 use crate::args::{Config, NetnsMode};
 use crate::clock::Clock;
 use crate::state::{NetnsRecord, SharedJournal, StateError};
@@ -45,6 +63,10 @@ pub enum NetworkError {
     CreateFile { path: PathBuf, source: io::Error },
     #[error("--new-netns: unshare(CLONE_NEWNET): {0}")]
     Unshare(#[source] io::Error),
+    #[error("--new-netns: starting the thread that makes the namespace: {0}")]
+    EarlyThread(#[source] io::Error),
+    #[error("--new-netns: the thread that made the namespace panicked")]
+    EarlyPanicked,
     #[error("--new-netns: bind-mounting the new namespace on {path}: {source}")]
     Mount { path: PathBuf, source: io::Error },
     #[error("--tap {name}: {op}: {source}")]
@@ -114,20 +136,34 @@ pub fn intent(config: &Config) -> Result<Option<NetnsRecord>, NetworkError> {
 /// `--timing`.
 pub fn prepare(
     config: &Config,
+    early: Option<Early>,
     journal: &SharedJournal,
     clock: &mut Clock,
 ) -> Result<HostNetwork, NetworkError> {
     let net = &config.network;
     let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
     let table = firewall::table_name(&config.id);
+    // Made ahead (with its loopback up): waited for, then pinned.
+    let made = match early {
+        Some(Early(thread)) => Some(thread.join().map_err(|_| NetworkError::EarlyPanicked)??),
+        None => None,
+    };
+    let made_ahead = made.is_some();
     let ns = match &net.mode {
         NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
         NetnsMode::Join(path) => namespace::open(path)?,
-        NetnsMode::Create => namespace::create(&namespace::path_of(&config.id), journal)?,
+        NetnsMode::Create => namespace::create(&namespace::path_of(&config.id), made, journal)?,
     };
-    clock.part(STEP, "1 namespace");
+    clock.part(
+        STEP,
+        if made_ahead {
+            "1 namespace (made ahead, pinned)"
+        } else {
+            "1 namespace"
+        },
+    );
     let firewall = namespace::within(&ns, "of the jail", || {
-        if matches!(net.mode, NetnsMode::Create) {
+        if matches!(net.mode, NetnsMode::Create) && !made_ahead {
             tap::link_up("lo")?;
             clock.part(STEP, "2 loopback up");
         }

@@ -102,17 +102,32 @@ pub fn reserve(id: &str) -> Result<PathBuf, NetworkError> {
     Ok(path)
 }
 
+/// A new network namespace with its loopback up, made on a thread of its own before
+/// anything is journaled: it has no name on the host, so it goes with its last descriptor
+/// (or with the jailer, killed at any instant) and needs no journal until [`create`] pins
+/// it. The thread that calls this is left in it: a dedicated thread, which ends after.
+pub fn unnamed() -> Result<OwnedFd, NetworkError> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Unshare(e.into()))?;
+    super::tap::link_up("lo")?;
+    own()
+}
+
 /// Creates the file `path` ([`reserve`]d and journaled) holding a new network namespace
-/// and returns a descriptor of it; the calling thread stays in its own namespace. A file
-/// made by someone else since [`reserve`] is refused, and the journal forgets it.
-pub fn create(path: &Path, journal: &SharedJournal) -> Result<OwnedFd, NetworkError> {
-    let made = File::options()
+/// (`made`, from [`unnamed`], or one made now) and returns a descriptor of it; the calling
+/// thread stays in its own namespace. A file made by someone else since [`reserve`] is
+/// refused, and the journal forgets it.
+pub fn create(
+    path: &Path,
+    made: Option<OwnedFd>,
+    journal: &SharedJournal,
+) -> Result<OwnedFd, NetworkError> {
+    let file = File::options()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path);
-    if let Err(source) = made {
+    if let Err(source) = file {
         // Made by someone else since the check: not the jail's to remove.
         let _ = journal.record(|s| s.netns = None);
         return Err(NetworkError::CreateFile {
@@ -120,20 +135,25 @@ pub fn create(path: &Path, journal: &SharedJournal) -> Result<OwnedFd, NetworkEr
             source,
         });
     }
+    if let Some(ns) = made {
+        pin(&format!("/proc/self/fd/{}", ns.as_raw_fd()), path)?;
+        return open(path);
+    }
     let own = own()?;
     // Only the calling thread moves to the new namespace.
     unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Unshare(e.into()))?;
-    let pinned = pin(path);
+    let pinned = pin("/proc/thread-self/ns/net", path);
     // Back to the jailer's namespace whatever happened: the jail joins it by descriptor.
     join(&own, "of the jailer")?;
     pinned?;
     open(path)
 }
 
-/// Bind-mounts the calling thread's network namespace on `path`, which keeps it alive.
-fn pin(path: &Path) -> Result<(), NetworkError> {
+/// Bind-mounts the network namespace `source` (a `/proc` path of it) on `path`, which
+/// keeps it alive.
+fn pin(source: &str, path: &Path) -> Result<(), NetworkError> {
     mount(
-        Some("/proc/thread-self/ns/net"),
+        Some(source),
         path,
         None::<&str>,
         MsFlags::MS_BIND,
