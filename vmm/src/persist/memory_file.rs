@@ -18,7 +18,7 @@
 //! ([`crate::snapshot::digest`]); a diff rehashes only the chunks it touched.
 
 use crate::snapshot::digest::{
-    chunk_count, chunk_digest, chunk_range, zero_chunk_digest, Chunk, MemoryDigest, CHUNK,
+    chunk_count, chunk_digest, chunk_range, is_zero, zero_chunk_digest, Chunk, MemoryDigest, CHUNK,
     CHUNK_BYTES,
 };
 use crate::vstate::vm_state::{PAGE_BYTES, PAGE_SIZE};
@@ -134,7 +134,7 @@ fn write_nonzero(file: &File, offset: u64, buf: &[u8], path: &str) -> Result<(),
     let pages = buf.len().div_ceil(page);
     for i in 0..=pages {
         let p = buf.get(i * page..((i + 1) * page).min(buf.len()));
-        let nonzero = p.is_some_and(|p| p.iter().any(|&b| b != 0));
+        let nonzero = p.is_some_and(|p| !is_zero(p));
         match (nonzero, run) {
             (true, None) => run = Some(i),
             (false, Some(start)) => {
@@ -268,7 +268,7 @@ pub fn fill_guest(
                 .unwrap_or_default();
             file.read_exact_at(b, at).map_err(io(path, "reading"))?;
             for (i, page) in b.chunks(PAGE_BYTES).enumerate() {
-                if page.iter().all(|&x| x == 0) {
+                if is_zero(page) {
                     continue;
                 }
                 let to = GuestAddress(addr + (done - n) + (i * PAGE_BYTES) as u64);
