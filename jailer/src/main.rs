@@ -69,6 +69,9 @@ use clock::Clock;
 use state::{Journal, SharedJournal};
 use supervise::{Exit, JailSide, Role};
 
+/// Step 1's name in `--timing`.
+const STEP_1: &str = "1 sanitise and validate";
+
 /// The Firecracker release whose jailer flags and layout this jailer implements (what
 /// `--version` reports first: launchers written for Firecracker parse it).
 const FIRECRACKER_VERSION: &str = "1.17.0";
@@ -195,11 +198,13 @@ fn run() -> Result<Exit, Error> {
         Command::Jail(c) => *c,
     };
     clock.enable(config.timing);
+    clock.part(STEP_1, "parse");
     // A new network namespace is started now, unnamed, on a thread of its own (nothing to
     // journal until step 4 pins it): its creation overlaps the rest of steps 1 and 2.
     let early_netns = network::start_early(&config)?;
     privileges::check_rlimits(&config.rlimits)?;
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
+    clock.part(STEP_1, "cgroup plan");
     let mut seccomp = seccomp::compile(config.seccomp_policy.as_deref())?;
     if config.cgroup.limits.hugetlb_bytes.unwrap_or(0) > 0 {
         seccomp = seccomp.granting_huge_pages();
@@ -208,7 +213,7 @@ fn run() -> Result<Exit, Error> {
         true => Some(device_nodes::userfaultfd_minor()?),
         false => None,
     };
-    clock.step("1 sanitise and validate");
+    clock.step(STEP_1);
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
