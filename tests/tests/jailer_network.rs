@@ -227,62 +227,14 @@ fn in_a_joined_namespace_the_tap_filter_and_the_firewall_are_removed_with_the_ta
 }
 
 #[test]
-fn a_failure_on_the_host_side_is_undone_and_never_touches_what_was_there() {
+fn a_failure_on_the_network_thread_is_named_and_undone_and_never_touches_what_was_there() {
     // The joined namespace already has a tap named kt9: `--tap kt9` must fail (it would
-    // take over the orchestrator's interface), and the undo must leave it alone.
+    // take over the orchestrator's interface), and the undo must leave it alone. The network
+    // (step 4) is set up on a thread of its own while the main thread fills the root and
+    // makes the cgroups with their limits (steps 2 and 3): its failure must come back named
+    // by its step, and the undo must remove what both threads made (the tap kt8 made first,
+    // the cgroups, the jail directory) and nothing that was there.
     let jail = Jail::new("jl-hostfail");
-    let netns = NetNs::new(&format!("{}-n", jail.id));
-    let ns = netns.name();
-    sh(
-        "ip",
-        &["-n", ns, "tuntap", "add", "dev", "kt9", "mode", "tap"],
-    );
-    let before = jail.snapshot();
-    let done = run(
-        &mut jail.command(
-            &[
-                "--netns",
-                &format!("/run/netns/{ns}"),
-                "--tap",
-                "kt8",
-                "--tap",
-                "kt9",
-            ],
-            &[],
-        ),
-        T,
-    );
-    assert_eq!(done.code(), Some(1), "{}", done.describe());
-    let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
-    assert!(
-        done.stderr
-            .contains(&format!("--tap kt9: create (TUNSETIFF): {busy}")),
-        "{}",
-        done.describe()
-    );
-    let links = sh("ip", &["-n", ns, "link", "show"]);
-    assert!(
-        links.contains("kt9"),
-        "the existing tap was removed: {links}"
-    );
-    assert!(
-        !links.contains("kt8"),
-        "the tap the jailer made was left: {links}"
-    );
-    let mut now = jail.snapshot();
-    now.netns.retain(|n| !n.starts_with(ns));
-    let mut was = before;
-    was.netns.retain(|n| !n.starts_with(ns));
-    assert_eq!(now, was);
-}
-
-#[test]
-fn a_failure_on_the_network_thread_is_named_and_undone_with_what_the_main_thread_made() {
-    // The network (step 4) is set up on a thread of its own while the main thread fills the
-    // root and makes the cgroups with their limits (steps 2 and 3). Its failure must come
-    // back named by its step, and the undo must remove what both threads made (the cgroups
-    // above all) and nothing that was there.
-    let jail = Jail::new("jl-netthread");
     let netns = NetNs::new(&format!("{}-n", jail.id));
     let ns = netns.name();
     sh(
@@ -297,6 +249,8 @@ fn a_failure_on_the_network_thread_is_named_and_undone_with_what_the_main_thread
                 &format!("/run/netns/{ns}"),
                 "--cgroup",
                 "pids.max=32",
+                "--tap",
+                "kt8",
                 "--tap",
                 "kt9",
             ],
@@ -327,6 +281,10 @@ fn a_failure_on_the_network_thread_is_named_and_undone_with_what_the_main_thread
     assert!(
         links.contains("kt9"),
         "the existing tap was removed: {links}"
+    );
+    assert!(
+        !links.contains("kt8"),
+        "the tap the jailer made was left: {links}"
     );
     let mut now = jail.snapshot();
     now.netns.retain(|n| !n.starts_with(ns));
