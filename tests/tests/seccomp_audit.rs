@@ -55,7 +55,6 @@ const ARGS_SHOWN: &[(&str, &[usize])] = &[
     ("openat", &[2]),
     ("open", &[1]),
     ("tkill", &[1]),
-    ("epoll_pwait", &[4]),
     ("rt_sigprocmask", &[0]),
     ("tgkill", &[2]),
     ("epoll_ctl", &[1]),
