@@ -277,15 +277,21 @@ fn help_and_cleanup_of_nothing() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("usage: jailer --id ID"));
     let s = Scratch::new("cleanup");
-    let out = jailer(&[
-        "cleanup",
-        "--id",
-        "gone",
-        "--exec-file",
-        "/usr/bin/vmm",
-        "--chroot-base-dir",
-        &s.base(),
-    ]);
+    // `jailer cleanup --id ID --exec-file /usr/bin/vmm --chroot-base-dir BASE EXTRA...`.
+    let cleanup = |id: &str, base: &str, extra: &[&str]| {
+        let mut args = vec![
+            "cleanup",
+            "--id",
+            id,
+            "--exec-file",
+            "/usr/bin/vmm",
+            "--chroot-base-dir",
+            base,
+        ];
+        args.extend_from_slice(extra);
+        jailer(&args)
+    };
+    let out = cleanup("gone", &s.base(), &[]);
     // Cleanup is idempotent: nothing there is success, and said so.
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -294,15 +300,7 @@ fn help_and_cleanup_of_nothing() {
     // Nor is a chroot base that does not exist (a fresh host's /srv/jailer): nothing to clean
     // up, and it is not made.
     let missing = Path::new(&s.base()).join("no/such/base");
-    let out = jailer(&[
-        "cleanup",
-        "--id",
-        "gone",
-        "--exec-file",
-        "/usr/bin/vmm",
-        "--chroot-base-dir",
-        missing.to_str().unwrap(),
-    ]);
+    let out = cleanup("gone", missing.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim(), "jailer: --id gone: nothing to clean up");
@@ -310,15 +308,7 @@ fn help_and_cleanup_of_nothing() {
     // A directory without a journal is someone else's: left alone, and said so.
     let foreign = Path::new(&s.base()).join("vmm/mine");
     std::fs::create_dir_all(&foreign).unwrap();
-    let out = jailer(&[
-        "cleanup",
-        "--id",
-        "mine",
-        "--exec-file",
-        "/usr/bin/vmm",
-        "--chroot-base-dir",
-        &s.base(),
-    ]);
+    let out = cleanup("mine", &s.base(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -330,17 +320,7 @@ fn help_and_cleanup_of_nothing() {
     assert!(foreign.is_dir());
     // A bad --wait-ms is named before any file is looked at (the default base may not exist).
     for bad in ["-1", "1h", "3600001"] {
-        let out = jailer(&[
-            "cleanup",
-            "--id",
-            "x",
-            "--exec-file",
-            "/usr/bin/vmm",
-            "--chroot-base-dir",
-            missing.to_str().unwrap(),
-            "--wait-ms",
-            bad,
-        ]);
+        let out = cleanup("x", missing.to_str().unwrap(), &["--wait-ms", bad]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
