@@ -422,8 +422,8 @@ mod tests {
 
     #[test]
     fn journal_round_trip() {
-        let dir = std::env::temp_dir().join(format!("kiln-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = kiln_tests::ScratchDir::new("kiln-state");
+        let dir = scratch.path().to_path_buf();
         let mut j = new_journal(&dir);
         j.record(|s| s.exec_dir_created = true).unwrap();
         j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
@@ -465,8 +465,8 @@ mod tests {
 
     #[test]
     fn entries_made_in_an_adopted_directory_stay_in_its_root() {
-        let dir = std::env::temp_dir().join(format!("kiln-state-made-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = kiln_tests::ScratchDir::new("kiln-state-made");
+        let dir = scratch.path().to_path_buf();
         let mut j = Journal::create(JailState {
             id: "a".into(),
             jail_dir: dir.clone(),
@@ -499,13 +499,12 @@ mod tests {
             "not the claim's own directory"
         );
         std::fs::remove_dir_all(&claim).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_process_is_recorded_once_and_the_last_one_completes_the_journal() {
-        let dir = std::env::temp_dir().join(format!("kiln-state-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = kiln_tests::ScratchDir::new("kiln-state-proc");
+        let dir = scratch.path().to_path_buf();
         let mut j = new_journal(&dir);
         let me = std::process::id() as i32;
         j.record_process("jailer", me, false).unwrap();
@@ -516,13 +515,12 @@ mod tests {
         let back = Journal::load(&dir, "a").unwrap().unwrap();
         assert_eq!(back.processes.len(), 1);
         assert!(back.complete);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn processes_recorded_together_take_one_write() {
-        let dir = std::env::temp_dir().join(format!("kiln-state-procs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = kiln_tests::ScratchDir::new("kiln-state-procs");
+        let dir = scratch.path().to_path_buf();
         let mut j = new_journal(&dir);
         let mut child = std::process::Command::new("sleep")
             .arg("10")
@@ -542,13 +540,12 @@ mod tests {
         assert!(back.complete);
         child.kill().unwrap();
         child.wait().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_write_leaves_no_temporary_file_and_replaces_a_stale_one() {
-        let dir = std::env::temp_dir().join(format!("kiln-state-tmp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = kiln_tests::ScratchDir::new("kiln-state-tmp");
+        let dir = scratch.path().to_path_buf();
         let mut j = new_journal(&dir);
         j.record(|s| s.run_tmpfs = Some(dir.join("root/run")))
             .unwrap();
@@ -558,6 +555,5 @@ mod tests {
         j.record(|s| s.run_tmpfs = None).unwrap();
         assert!(!dir.join(STATE_TMP).exists());
         assert_eq!(Journal::load(&dir, "a").unwrap().unwrap(), j.state);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
