@@ -3,8 +3,12 @@
 //!
 //! Input: u8 options (bit 0: V2, bit 1: imds_compat), then the request bytes.
 //!
+//! The same bytes also go to the response parser the worker reads a VMM's answers with
+//! (`kiln_http::parse_response`, bit 2: at the connection's end): no panic, and what it says
+//! it took lies within the input.
+//!
 //! Besides "no panic": every answer is an HTTP/1.1 status line with a known status and a
-//! `Content-Length` that matches its body; under V2 a GET without a token header is 401,
+//! `Content-Length` that matches its body (also as `parse_response` reads it); under V2 a GET without a token header is 401,
 //! and the same GET with a token the store just issued is not; under V1 no GET is 401.
 #![no_main]
 
@@ -29,6 +33,15 @@ fn check(resp: &[u8]) -> u16 {
         .parse()
         .expect("a number");
     assert_eq!(len, body.len(), "{text}");
+    assert_eq!(
+        kiln_http::parse_response(resp, usize::MAX, false),
+        Ok(kiln_http::ParsedResponse::Complete {
+            status,
+            body: body.as_bytes().to_vec(),
+            consumed: resp.len(),
+        }),
+        "{text}"
+    );
     status
 }
 
@@ -37,6 +50,11 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let opts = input.u8();
     let raw = input.rest();
+    if let Ok(kiln_http::ParsedResponse::Complete { consumed, body, .. }) =
+        kiln_http::parse_response(raw, 1024, opts & 4 != 0)
+    {
+        assert!(consumed <= raw.len() && body.len() <= 1024);
+    }
     let mut store = MmdsStore::new(4096);
     store
         .put(serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-1", "n": 1}}}))

@@ -148,7 +148,7 @@ pub fn prepare_platform(res: &VmResources) -> Result<Prepared, BuildError> {
     let mc = &res.machine_config;
     let mem = memory::create_guest_memory(mc.mem_size_bytes(), mc.huge_pages)?;
     let vm = Vm::new(mc.vcpu_count, &mem, mc.track_dirty_pages, mc.pit, &|_| {})?;
-    let supported_cpuid = host_supported_cpuid()?;
+    let supported_cpuid = vm.supported_cpuid()?;
     let mut vcpus = Vec::new();
     if res.cpu_config.is_none() {
         let cpu = CpuSetup {

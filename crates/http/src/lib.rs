@@ -9,6 +9,9 @@
 //! refused. Any violation is an [`HttpError`], answered with its status and the connection
 //! closed (the stream position is unknown after a bad request).
 //!
+//! The project's clients (the worker talking to a VMM's API) read answers with
+//! [`parse_response`]: the same header parsing and limits, a body framed by `Content-Length`.
+//!
 //! A [`Request`] keeps its headers (names as sent, values trimmed: within the limits above)
 //! and the query of its target, for servers that read them (the worker's Lambda APIs); the
 //! answer's bytes come from [`encode_response`], with any headers the server adds.
@@ -233,6 +236,86 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         },
         consumed: end,
     })
+}
+
+/// One response parsed out of a connection's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedResponse {
+    /// More bytes are needed.
+    Incomplete,
+    Complete {
+        status: u16,
+        body: Vec<u8>,
+        /// Bytes of `buf` the response took (the next one starts after them).
+        consumed: usize,
+    },
+}
+
+/// Parses one HTTP/1.x response from the start of `buf` (for the project's clients, which
+/// may read several pipelined answers from one connection). The body is framed by
+/// `Content-Length`; without one it is empty, or, when `at_eof` (the server closed the
+/// connection after it), the rest of `buf`. A head over [`MAX_HEADER_BYTES`] or
+/// [`MAX_HEADERS`], a body over `max_body`, a bad or conflicting `Content-Length` and
+/// `Transfer-Encoding` are errors.
+pub fn parse_response(
+    buf: &[u8],
+    max_body: usize,
+    at_eof: bool,
+) -> Result<ParsedResponse, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let header_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => {
+            return Err(HttpError::HeadersTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Incomplete),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    if header_len > MAX_HEADER_BYTES {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let status = resp.code.unwrap_or(0);
+    let mut content_length: Option<usize> = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| HttpError::BadContentLength(String::from_utf8_lossy(h.value).into()))?
+                .trim();
+            let n = parse_content_length(value)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(HttpError::BadContentLength(format!(
+                    "{value} (differs from an earlier Content-Length)"
+                )));
+            }
+            content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::TransferEncoding);
+        }
+    }
+    let rest = buf.len().saturating_sub(header_len);
+    let body_len = match content_length {
+        Some(n) => n,
+        None if at_eof => rest,
+        None => 0,
+    };
+    if body_len > max_body {
+        return Err(HttpError::PayloadTooLarge {
+            len: body_len,
+            limit: max_body,
+            path: String::new(),
+        });
+    }
+    let end = header_len.saturating_add(body_len);
+    match buf.get(header_len..end) {
+        Some(body) => Ok(ParsedResponse::Complete {
+            status,
+            body: body.to_vec(),
+            consumed: end,
+        }),
+        None => Ok(ParsedResponse::Incomplete),
+    }
 }
 
 fn parse_content_length(value: &str) -> Result<usize, HttpError> {
@@ -663,5 +746,59 @@ mod tests {
             empty,
             "HTTP/1.1 429 Too Many Requests\r\nServer: Kiln\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn responses_are_framed_by_content_length_one_after_another() {
+        let two = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: 5\r\n\r\nfaultHTTP/1.1";
+        let ParsedResponse::Complete {
+            status,
+            body,
+            consumed,
+        } = parse_response(two, 100, false).unwrap()
+        else {
+            panic!("first answer incomplete")
+        };
+        assert_eq!((status, body.len()), (204, 0));
+        let rest = &two[consumed..];
+        assert_eq!(
+            parse_response(rest, 100, false).unwrap(),
+            ParsedResponse::Complete {
+                status: 400,
+                body: b"fault".to_vec(),
+                consumed: rest.len() - "HTTP/1.1".len(),
+            }
+        );
+        // Cut anywhere: incomplete, never an error.
+        for cut in 0..rest.len() - "HTTP/1.1".len() {
+            assert_eq!(
+                parse_response(&rest[..cut], 100, false).unwrap(),
+                ParsedResponse::Incomplete,
+                "cut at {cut}"
+            );
+        }
+        // Without Content-Length, at the connection's end: the rest is the body.
+        let closed = b"HTTP/1.1 500 Internal Server Error\r\n\r\noops";
+        assert!(matches!(
+            parse_response(closed, 100, true).unwrap(),
+            ParsedResponse::Complete { status: 500, ref body, .. } if body == b"oops"
+        ));
+    }
+
+    #[test]
+    fn bad_responses_are_errors() {
+        for bad in [
+            &b"HTTP/1.1 204 No Content\r\nContent-Length: lots\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad, 100, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

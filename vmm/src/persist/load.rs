@@ -51,7 +51,7 @@ use crate::vmm::Vmm;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vcpu_state::VcpuStateError;
-use crate::vstate::vm::{host_supported_cpuid, Vm, VmError};
+use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::vm_state::VmStateError;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use std::fs::File;
@@ -377,7 +377,7 @@ fn restore(
     let mut vm = Vm::new(mc.vcpu_count, &ram, mc.track_dirty_pages, mc.pit, &|_| {})?;
     builder::track_vmm_writes(mc.track_dirty_pages, state.memory.size());
     // With a custom CPU template, the CPUID this host gives the template.
-    let supported = host_supported_cpuid()?;
+    let supported = vm.supported_cpuid()?;
     let base_cpuid = builder::templated_cpuid(&mut vm, &supported, res)?;
     let caps = vm.snapshot_caps();
     if !caps.xsave_fits() {

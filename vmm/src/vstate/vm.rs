@@ -142,7 +142,10 @@ pub struct Vm {
 /// host queries (~0.5 ms on a nested host, where each CPUID the kernel runs traps), so the
 /// builder makes it beside the VM's creation rather than before it.
 pub fn host_supported_cpuid() -> Result<CpuId, VmError> {
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    supported_cpuid_of(&Kvm::new().map_err(VmError::OpenKvm)?)
+}
+
+fn supported_cpuid_of(kvm: &Kvm) -> Result<CpuId, VmError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmError::SupportedCpuid)
 }
@@ -228,6 +231,12 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// [`host_supported_cpuid`] through this VM's `/dev/kvm` handle (when nothing else is
+    /// there to overlap it with).
+    pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
+        supported_cpuid_of(&self._kvm)
     }
 
     /// Whether the VM has KVM's in-kernel PIT.

@@ -74,19 +74,58 @@ pub(super) fn request(
     body: &str,
     deadline: Instant,
 ) -> Result<(), ApiError> {
+    let request = format!("{method} {path}");
     let answer = exchange(sock, method, path, body, deadline)?;
-    accepted(&format!("{method} {path}"), &answer)
+    match parse_answer(&request, &answer, true)? {
+        Some((answer, _)) => accepted(&request, answer),
+        None => Err(malformed(&request, &answer)),
+    }
+}
+
+/// An answer the VMM's API gave: its status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// The first answer in `input` (the project's one HTTP layer, `kiln_http`) and the bytes it
+/// took; `None` while incomplete.
+fn parse_answer(
+    request: &str,
+    input: &[u8],
+    at_eof: bool,
+) -> Result<Option<(Answer, usize)>, ApiError> {
+    let max = usize::try_from(MAX_ANSWER).unwrap_or(usize::MAX);
+    match kiln_http::parse_response(input, max, at_eof) {
+        Ok(kiln_http::ParsedResponse::Complete {
+            status,
+            body,
+            consumed,
+        }) => Ok(Some((Answer { status, body }, consumed))),
+        Ok(kiln_http::ParsedResponse::Incomplete) => Ok(None),
+        Err(_) => Err(malformed(request, input)),
+    }
+}
+
+fn malformed(request: &str, input: &[u8]) -> ApiError {
+    ApiError::Malformed {
+        request: request.to_string(),
+        answer: String::from_utf8_lossy(input).chars().take(500).collect(),
+    }
 }
 
 /// `Ok` for a 204 answer; else the error carrying the VMM's fault message.
-fn accepted(request: &str, answer: &str) -> Result<(), ApiError> {
-    if answer.starts_with("HTTP/1.1 204") {
+fn accepted(request: &str, answer: Answer) -> Result<(), ApiError> {
+    if answer.status == 204 {
         return Ok(());
     }
-    let fault = answer.split("\r\n\r\n").nth(1).unwrap_or(answer);
     Err(ApiError::Refused {
         request: request.to_string(),
-        answer: fault.trim().chars().take(500).collect(),
+        answer: String::from_utf8_lossy(&answer.body)
+            .trim()
+            .chars()
+            .take(500)
+            .collect(),
     })
 }
 
@@ -105,7 +144,7 @@ fn exchange(
     path: &str,
     body: &str,
     deadline: Instant,
-) -> Result<String, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let request = format!("{method} {path}");
     let io = |source| ApiError::Io {
         request: request.clone(),
@@ -122,7 +161,7 @@ fn exchange(
         .map_err(io)?;
     let mut answer = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut answer).map_err(io)?;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
+    Ok(answer)
 }
 
 /// A kept-alive connection to a VMM's API: [`ApiConnection::send`] writes requests in one
@@ -175,38 +214,22 @@ impl ApiConnection {
     pub(super) fn answers(&mut self, deadline: Instant) -> Result<(), ApiError> {
         while let Some(request) = self.unanswered.pop_front() {
             let answer = self.answer(&request, deadline)?;
-            accepted(&request, &answer)?;
+            accepted(&request, answer)?;
         }
         Ok(())
     }
 
-    /// The next whole answer (headers and `Content-Length` bytes of body), at most
-    /// [`MAX_ANSWER`] bytes.
-    fn answer(&mut self, request: &str, deadline: Instant) -> Result<String, ApiError> {
+    /// The next whole answer (its head and `Content-Length` bytes of body), at most
+    /// [`MAX_ANSWER`] bytes of body.
+    fn answer(&mut self, request: &str, deadline: Instant) -> Result<Answer, ApiError> {
         let io = |source| ApiError::Io {
             request: request.to_string(),
             source,
         };
-        let malformed = |input: &[u8]| ApiError::Malformed {
-            request: request.to_string(),
-            answer: String::from_utf8_lossy(input).chars().take(500).collect(),
-        };
-        let max = usize::try_from(MAX_ANSWER).unwrap_or(usize::MAX);
         loop {
-            if let Some(end) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head =
-                    std::str::from_utf8(&self.input[..end]).map_err(|_| malformed(&self.input))?;
-                let body_len = content_length(head).ok_or_else(|| malformed(&self.input))?;
-                let total = (end + 4)
-                    .checked_add(body_len)
-                    .filter(|&t| t <= max)
-                    .ok_or_else(|| malformed(&self.input))?;
-                if self.input.len() >= total {
-                    let answer: Vec<u8> = self.input.drain(..total).collect();
-                    return Ok(String::from_utf8_lossy(&answer).into_owned());
-                }
-            } else if self.input.len() > max {
-                return Err(malformed(&self.input));
+            if let Some((answer, consumed)) = parse_answer(request, &self.input, false)? {
+                self.input.drain(..consumed);
+                return Ok(answer);
             }
             self.stream
                 .set_read_timeout(Some(left(deadline)))
@@ -227,19 +250,6 @@ impl ApiConnection {
                 .extend_from_slice(buf.get(..n).unwrap_or_default());
         }
     }
-}
-
-/// The `Content-Length` of an answer's head (0 when it has none), `None` when it does not
-/// parse.
-fn content_length(head: &str) -> Option<usize> {
-    let mut len = 0;
-    for line in head.split("\r\n").skip(1) {
-        let (name, value) = line.split_once(':')?;
-        if name.trim().eq_ignore_ascii_case("content-length") {
-            len = value.trim().parse().ok()?;
-        }
-    }
-    Some(len)
 }
 
 /// What is left of `deadline` (at least 1 ms: a zero timeout means none to the socket).
