@@ -186,13 +186,7 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
             .trim();
         headers.push((h.name.to_string(), value.to_string()));
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_content_length(value)?;
-            if content_length.is_some_and(|prev| prev != n) {
-                return Err(HttpError::BadContentLength(format!(
-                    "{value} (differs from an earlier Content-Length)"
-                )));
-            }
-            content_length = Some(n);
+            content_length = Some(another_content_length(content_length, value)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::TransferEncoding);
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -283,13 +277,7 @@ pub fn parse_response(
             let value = std::str::from_utf8(h.value)
                 .map_err(|_| HttpError::BadContentLength(String::from_utf8_lossy(h.value).into()))?
                 .trim();
-            let n = parse_content_length(value)?;
-            if content_length.is_some_and(|prev| prev != n) {
-                return Err(HttpError::BadContentLength(format!(
-                    "{value} (differs from an earlier Content-Length)"
-                )));
-            }
-            content_length = Some(n);
+            content_length = Some(another_content_length(content_length, value)?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::TransferEncoding);
         }
@@ -316,6 +304,17 @@ pub fn parse_response(
         }),
         None => Ok(ParsedResponse::Incomplete),
     }
+}
+
+/// A `Content-Length` header's value, which must agree with an earlier one (`prev`).
+fn another_content_length(prev: Option<usize>, value: &str) -> Result<usize, HttpError> {
+    let n = parse_content_length(value)?;
+    if prev.is_some_and(|prev| prev != n) {
+        return Err(HttpError::BadContentLength(format!(
+            "{value} (differs from an earlier Content-Length)"
+        )));
+    }
+    Ok(n)
 }
 
 fn parse_content_length(value: &str) -> Result<usize, HttpError> {
