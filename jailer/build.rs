@@ -30,8 +30,15 @@ fn main() {
     names.sort();
     for name in names {
         let _ = write!(src, "    ({name:?}, &[");
-        for i in &map[name] {
-            let _ = write!(src, "({}, {}, {}, {}),", i.code, i.jt, i.jf, i.k);
+        let program: Vec<(u16, u8, u8, u32)> = map[name]
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect();
+        // The same filter, shorter (kiln-bpf), as `seccomp::compile` does at run time.
+        let program = kiln_bpf::shrink_tuples(&program)
+            .unwrap_or_else(|e| panic!("seccomp policy {}: filter {name}: {e}", policy.display()));
+        for (code, jt, jf, k) in program {
+            let _ = write!(src, "({code}, {jt}, {jf}, {k}),");
         }
         src.push_str("]),\n");
     }

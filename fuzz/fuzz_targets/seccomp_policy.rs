@@ -8,7 +8,8 @@
 //! Input: the file's bytes (a compiled set starts with `KILN-BPF`).
 //!
 //! Besides "Ok or a typed error, never a panic": an accepted filter set round-trips through
-//! the compiled format unchanged, and log mode changes no program's length.
+//! the compiled format unchanged, log mode changes no program's length, and every program
+//! seccompiler compiles from the file answers as its `kiln_bpf::shrink` form does.
 #![no_main]
 
 use kiln_fuzz::MemFile;
@@ -47,5 +48,21 @@ fuzz_target!(|data: &[u8]| {
             Ok(_) => "the jailer accepted the policy".into(),
             Err(e) => format!("the jailer refused it: {e}"),
         });
+        // Both loaders install seccompiler's programs shrunk by kiln-bpf: each shrunk
+        // program answers as seccompiler's own.
+        if let Ok(map) = seccompiler::compile_from_json(data, seccompiler::TargetArch::x86_64) {
+            for program in map.values() {
+                let original: Vec<kiln_bpf::Insn> = program
+                    .iter()
+                    .map(|i| kiln_bpf::Insn::new(i.code, i.jt, i.jf, i.k))
+                    .collect();
+                let shrunk = kiln_bpf::shrink(&original).expect("seccompiler's programs are valid");
+                kiln_fuzz::bpf::assert_same_answers(
+                    &original,
+                    &shrunk,
+                    &kiln_fuzz::bpf::words(data),
+                );
+            }
+        }
     });
 });

@@ -15,6 +15,7 @@
 //! - [`setup`]: once per process: the VMM's log lines go to `/dev/null`, SIGPIPE is ignored.
 //! - [`Quiet`]: standard error sent to `/dev/null` around code that prints (the worker).
 
+pub mod bpf;
 pub mod driver;
 pub mod guest;
 pub mod host;
