@@ -272,6 +272,29 @@ fn profile_errors_name_the_field() {
 }
 
 #[test]
+fn a_missing_chroot_base_is_made_only_for_a_jail() {
+    // Found after the base is resolved: the command is refused, and the base, which does not
+    // exist, is not made (it would be, as Firecracker's jailer does, for a jail).
+    expect_error(
+        "missing-base",
+        |a, s| {
+            set(a, "--chroot-base-dir", &format!("{}/new/deeper", s.base()));
+            a.extend(["--netns".into(), "/nonexistent/ns".into()]);
+        },
+        "--netns /nonexistent/ns",
+    );
+    expect_error(
+        "missing-base-cleanup",
+        |a, s| {
+            a.retain(|x| !["--uid", "--gid", "1000"].contains(&x.as_str()));
+            a.insert(0, "cleanup".into());
+            set(a, "--chroot-base-dir", &format!("{}/new/../x", s.base()));
+        },
+        "--chroot-base-dir",
+    );
+}
+
+#[test]
 fn help_and_cleanup_of_nothing() {
     let out = jailer(&["--help"]);
     assert!(out.status.success());

@@ -132,8 +132,10 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
                 ),
             })?,
     };
-    let chroot_base =
-        paths::resolve_chroot_base(argv.single("chroot-base-dir"), paths::MissingBase::Keep)?;
+    if let Some(base) = argv.single("chroot-base-dir") {
+        check_host_path("--chroot-base-dir", base)?;
+    }
+    let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
     Ok(CleanupConfig {
         id,
         exec_name,
@@ -178,8 +180,7 @@ fn jail_config(mut argv: Args) -> Result<Config, ArgsError> {
 
     // Now the file system.
     let (exec_file, exec_name) = paths::resolve_exec_file(&exec)?;
-    let chroot_base =
-        paths::resolve_chroot_base(argv.single("chroot-base-dir"), paths::MissingBase::Create)?;
+    let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
     let cgroup = CgroupConfig {
         parent: match argv.single("parent-cgroup") {
             Some(_) => cgroup.parent,

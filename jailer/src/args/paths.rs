@@ -270,41 +270,56 @@ pub(super) fn exec_name_of(canonical: &Path) -> Result<String, ArgsError> {
         })
 }
 
-/// `--chroot-base-dir` (default [`DEFAULT_CHROOT_BASE`]), canonical: a directory; one that does
-/// not exist is made or returned as given, as `missing` says.
-pub(super) fn resolve_chroot_base(
-    value: Option<&str>,
-    missing: MissingBase,
-) -> Result<PathBuf, ArgsError> {
+/// `--chroot-base-dir` (default [`DEFAULT_CHROOT_BASE`]), canonical: a directory, or a path
+/// to one that does not exist yet. Nothing is made here (a refused command line leaves
+/// nothing behind): a missing base is made by step 2 when a jail is about to be made under
+/// it (`jail_dir::claim`), and until then it is its nearest existing ancestor, canonical,
+/// with the missing names after it.
+pub(super) fn resolve_chroot_base(value: Option<&str>) -> Result<PathBuf, ArgsError> {
     let base = PathBuf::from(value.unwrap_or(DEFAULT_CHROOT_BASE));
     let resolve_err = |e: std::io::Error| ArgsError::Resolve {
         flag: "chroot-base-dir",
         path: base.clone(),
         source: IoErrorEq(e),
     };
-    if std::fs::symlink_metadata(&base).is_err() {
-        match missing {
-            // As Firecracker's jailer: the base (`/srv/jailer` on a fresh host) is made.
-            MissingBase::Create => std::fs::create_dir_all(&base).map_err(resolve_err)?,
-            // Nothing can be under a base that does not exist.
-            MissingBase::Keep => return Ok(base),
+    // The longest leading part of the path that exists.
+    let components: Vec<Component<'_>> = base.components().collect();
+    let mut existing = PathBuf::new();
+    let mut missing_from = components.len();
+    for (i, c) in components.iter().enumerate() {
+        let next = existing.join(c);
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => existing = next,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing_from = i;
+                break;
+            }
+            Err(e) => return Err(resolve_err(e)),
         }
     }
-    let canonical = std::fs::canonicalize(&base).map_err(resolve_err)?;
+    let mut canonical = match existing.as_os_str().is_empty() {
+        true => std::env::current_dir(),
+        false => std::fs::canonicalize(&existing),
+    }
+    .map_err(resolve_err)?;
     if !canonical.is_dir() {
         return Err(ArgsError::NotADirectory {
             flag: "chroot-base-dir",
             path: canonical,
         });
     }
+    for c in &components[missing_from..] {
+        match c {
+            Component::Normal(name) => canonical.push(name),
+            Component::CurDir => {}
+            _ => {
+                return Err(ArgsError::InvalidPath {
+                    flag: "--chroot-base-dir".to_owned(),
+                    value: base.display().to_string(),
+                    reason: "a `..` after a directory that does not exist",
+                })
+            }
+        }
+    }
     Ok(canonical)
-}
-
-/// What [`resolve_chroot_base`] does with a chroot base that does not exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MissingBase {
-    /// Make it (a jail is about to be made under it).
-    Create,
-    /// Return it as given (cleanup: there is nothing under it).
-    Keep,
 }

@@ -383,6 +383,32 @@ fn cleanup_command() {
 }
 
 #[test]
+fn a_missing_chroot_base_resolves_under_its_nearest_existing_ancestor() {
+    let dir = kiln_tests::ScratchDir::new("kiln-args-base");
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let given = link.join("new/./deeper");
+    let resolved = paths::resolve_chroot_base(given.to_str()).unwrap();
+    let canonical = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(resolved, canonical.join("new/deeper"));
+    assert!(!canonical.join("new").exists(), "the parser made the base");
+    // A file on the way is not a directory; a `..` after a missing name cannot be resolved.
+    std::fs::write(dir.join("file"), b"").unwrap();
+    assert!(matches!(
+        paths::resolve_chroot_base(dir.join("file").to_str()),
+        Err(ArgsError::NotADirectory { .. })
+    ));
+    assert!(matches!(
+        paths::resolve_chroot_base(dir.join("file/x").to_str()),
+        Err(ArgsError::Resolve { .. })
+    ));
+    assert!(matches!(
+        paths::resolve_chroot_base(dir.join("new/../x").to_str()),
+        Err(ArgsError::InvalidPath { .. })
+    ));
+}
+
+#[test]
 fn the_default_tenant_profile_is_valid() {
     let p = concat!(
         env!("CARGO_MANIFEST_DIR"),

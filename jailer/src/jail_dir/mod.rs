@@ -97,6 +97,28 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
     crate::sys::renameat2(from, to, libc::RENAME_NOREPLACE)
 }
 
+/// Makes the chroot base if it does not exist (`/srv/jailer` on a fresh host), as
+/// Firecracker's jailer does; it is never removed. The argument parser resolved it without
+/// making it: what it made must still be that path (no symbolic link planted meanwhile).
+fn make_base(base: &Path) -> Result<(), JailDirError> {
+    let err = |source| JailDirError::Mkdir {
+        path: base.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(base) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::create_dir_all(base).map_err(err)?;
+    match std::fs::canonicalize(base).map_err(err)? == base {
+        true => Ok(()),
+        false => Err(err(io::Error::other(
+            "it changed while the jailer started (a symbolic link on its way)",
+        ))),
+    }
+}
+
 /// A claim holding the journal of a jail to be.
 #[derive(Debug)]
 pub struct Claim {
@@ -121,6 +143,7 @@ pub fn claim(config: &Config, wait: Duration) -> Result<Claim, JailDirError> {
     let jail_dir = config.jail_dir();
     let path = claim_path(&exec_dir, &config.id);
     let deadline = Instant::now() + wait;
+    make_base(&config.chroot_base)?;
     loop {
         let exec_dir_created = mkdir(&exec_dir, 0o755)?;
         match std::fs::create_dir(&path) {
