@@ -175,44 +175,31 @@ fn a_syscall_test_becomes_one_jump_to_a_shared_return() {
 
 #[test]
 fn a_load_is_skipped_only_where_the_accumulator_surely_holds_it() {
+    // A syscall test, then two argument rules; another number jumps `other` ahead (6: to the
+    // final kill; 1: past the first load, straight to the first rule's comparison).
+    let rules = |nr: u32, other: u8, a: u32, b: u32| {
+        [
+            ld(0),
+            jeq(nr, 0, other),
+            ld(16),
+            jeq(a, 0, 1),
+            ret(ALLOW),
+            ld(16),
+            jeq(b, 0, 1),
+            ret(ALLOW),
+            ret(KILL),
+        ]
+    };
+    let count_loads = |p: &[Insn]| p.iter().filter(|i| **i == ld(16)).count();
+
     // Rule chains reload the argument: the second `ld [16]` is skipped from the first rule.
-    let chain = [
-        ld(0),
-        jeq(16, 0, 6),
-        ld(16),
-        jeq(5, 0, 1),
-        ret(ALLOW),
-        ld(16),
-        jeq(6, 0, 1),
-        ret(ALLOW),
-        ret(KILL),
-    ];
-    let shrunk = assert_equivalent(&chain, 2000, 5);
-    assert_eq!(
-        shrunk.iter().filter(|i| **i == ld(16)).count(),
-        1,
-        "{shrunk:?}"
-    );
+    let shrunk = assert_equivalent(&rules(16, 6, 5, 6), 2000, 5);
+    assert_eq!(count_loads(&shrunk), 1, "{shrunk:?}");
 
     // Here the accumulator at the comparison holds either the number or the argument: the
     // load it jumps to must stay.
-    let merge = [
-        ld(0),
-        jeq(1, 0, 1),
-        ld(16),
-        jeq(7, 0, 1),
-        ret(ALLOW),
-        ld(16),
-        jeq(9, 0, 1),
-        ret(ALLOW),
-        ret(KILL),
-    ];
-    let shrunk = assert_equivalent(&merge, 2000, 9);
-    assert_eq!(
-        shrunk.iter().filter(|i| **i == ld(16)).count(),
-        2,
-        "{shrunk:?}"
-    );
+    let shrunk = assert_equivalent(&rules(1, 1, 7, 9), 2000, 9);
+    assert_eq!(count_loads(&shrunk), 2, "{shrunk:?}");
 }
 
 #[test]
