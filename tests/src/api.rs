@@ -1,6 +1,6 @@
 //! The VMM's HTTP API from a test: one request on its Unix socket.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +18,7 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, Strin
     );
     s.write_all(req.as_bytes()).expect("write the request");
     let mut buf = vec![0u8; 16384];
-    let n = s.read(&mut buf).expect("the API's answer");
+    let n = crate::io::read_some(&mut s, &mut buf).expect("the API's answer");
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     let code = text
         .split_whitespace()

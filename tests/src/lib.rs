@@ -11,6 +11,7 @@ pub mod errno;
 pub mod ext4;
 pub mod fdpass;
 pub mod initramfs;
+pub mod io;
 pub mod jail;
 pub mod metrics;
 pub mod milestones;

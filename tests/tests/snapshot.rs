@@ -564,7 +564,11 @@ fn talk_to_listener(uds: &Path, port: u32) {
     let mut ok = Vec::new();
     let mut b = [0u8; 1];
     while !ok.ends_with(b"\n") {
-        assert_eq!(s.read(&mut b).expect("the OK line"), 1, "{ok:?}");
+        assert_eq!(
+            kiln_tests::io::read_some(&mut s, &mut b).expect("the OK line"),
+            1,
+            "{ok:?}"
+        );
         ok.push(b[0]);
     }
     assert!(ok.starts_with(b"OK "), "{:?}", String::from_utf8_lossy(&ok));

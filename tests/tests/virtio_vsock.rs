@@ -184,7 +184,7 @@ fn accept(l: &UnixListener) -> UnixStream {
 /// True when the peer closed `s` (end of file, or a reset) without sending anything more.
 fn closed(s: &mut UnixStream) -> bool {
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
+    match kiln_tests::io::read_some(s, &mut buf) {
         Ok(0) => true,
         Ok(n) => panic!("expected the stream closed, got {:?}", &buf[..n]),
         Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
@@ -205,7 +205,7 @@ fn read_line(s: &mut UnixStream) -> Option<String> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while line.len() < 64 {
-        match s.read(&mut b) {
+        match kiln_tests::io::read_some(s, &mut b) {
             Ok(1) => {
                 line.push(b[0]);
                 if b[0] == b'\n' {

@@ -31,7 +31,7 @@ fn capture<R: Read + Send + 'static>(mut r: R) -> Arc<Mutex<Vec<u8>>> {
     let out = buf.clone();
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
-        while let Ok(n) = r.read(&mut chunk) {
+        while let Ok(n) = kiln_tests::io::read_some(&mut r, &mut chunk) {
             if n == 0 {
                 break;
             }
@@ -277,7 +277,7 @@ pub fn read_response(s: &mut UnixStream) -> Option<(u16, String, String)> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
+        match kiln_tests::io::read_some(s, &mut byte) {
             Ok(1) => head.push(byte[0]),
             _ => return None,
         }
