@@ -26,6 +26,12 @@ fn main() {
          /// The built-in policy's filters, compiled by build.rs: (name, instructions).\n\
          pub const BUILTIN_FILTERS: &[(&str, &[Instruction])] = &[\n",
     );
+    // `seccomp::compile` refuses a policy without `main` at run time; a built-in one fails here.
+    assert!(
+        map.contains_key("main"),
+        "seccomp policy {}: no filter \"main\"",
+        policy.display()
+    );
     let mut names: Vec<&String> = map.keys().collect();
     names.sort();
     for name in names {

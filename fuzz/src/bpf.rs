@@ -3,20 +3,30 @@
 
 use kiln_bpf::{run, Insn, SeccompData};
 
+/// The architecture a policy's first test checks (x86_64): most inputs carry it, or every
+/// run would stop at that test and never reach the rules behind it.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
 /// Asserts `shrunk` is valid, no longer than `original`, and returns what `original` returns
-/// on up to 64 inputs made of `words` (e.g. from the fuzzer's bytes) and the programs'
-/// constants.
+/// on 64 inputs (fewer for fewer words) made of the programs' constants (first: the syscall numbers and
+/// argument values its rules compare with) and `words` (e.g. from the fuzzer's bytes).
 pub fn assert_same_answers(original: &[Insn], shrunk: &[Insn], words: &[u32]) {
     assert!(shrunk.len() <= original.len());
     kiln_bpf::check(shrunk).expect("the shrunk program is valid");
-    let mut words = words.to_vec();
-    words.extend(original.iter().flat_map(|i| [i.k, i.k.wrapping_add(1)]));
-    words.extend([0, 1, 2, 3, 4, 5, 6, 7, 0xc000_003e]);
-    for start in 0..words.len().min(64) {
-        let w = |i: usize| words[(start + i) % words.len()];
+    let mut all: Vec<u32> = original
+        .iter()
+        .flat_map(|i| [i.k, i.k.wrapping_add(1)])
+        .collect();
+    all.extend_from_slice(words);
+    all.extend([0, 1, 2, 3, 4, 5, 6, 7]);
+    let words = all;
+    // 64 starting points spread over all the words (a long program's last rules too).
+    let n = words.len().min(64);
+    for (i, start) in (0..n).map(|i| (i, i * words.len() / n)) {
+        let w = |j: usize| words[(start + j) % words.len()];
         let input = SeccompData {
             nr: i32::from_ne_bytes(w(0).to_ne_bytes()),
-            arch: w(1),
+            arch: if i % 8 == 7 { w(1) } else { AUDIT_ARCH_X86_64 },
             instruction_pointer: u64::from(w(2)),
             args: [0, 1, 2, 3, 4, 5].map(|i| u64::from(w(3 + i)) | u64::from(w(9 + i)) << 32),
         };

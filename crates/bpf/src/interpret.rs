@@ -1,8 +1,9 @@
 //! [`run`]: a classic BPF program executed on one seccomp input, as the kernel would (the
 //! instructions seccomp accepts: loads of the seccomp data, immediates and scratch words,
-//! ALU, jumps, returns, `tax`/`txa`). What checks [`crate::shrink`]; not used to filter.
+//! ALU, jumps, returns, `tax`/`txa`: what [`check`] accepts). What checks [`crate::shrink`];
+//! not used to filter.
 
-use crate::{flow, op, Flow, Insn, ProgramError};
+use crate::{check, flow, op, Flow, Insn, ProgramError};
 
 /// `struct seccomp_data`: what a filter reads with `ld [k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,61 +36,43 @@ impl SeccompData {
     }
 }
 
-/// Why a program could not be run to its return.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Program(#[from] ProgramError),
-    #[error("instruction {at}: opcode {code:#06x} is not one seccomp accepts")]
-    Unsupported { at: usize, code: u16 },
-    #[error("instruction {at}: load outside the seccomp data or of scratch word {k}")]
-    BadOffset { at: usize, k: u32 },
-}
-
-/// The value program returns for `data`.
-pub fn run(program: &[Insn], data: &SeccompData) -> Result<u32, RunError> {
+/// The value `program` returns for `data`; a program [`check`] refuses is not run.
+pub fn run(program: &[Insn], data: &SeccompData) -> Result<u32, ProgramError> {
+    check(program)?;
     let len = program.len();
-    if len == 0 {
-        return Err(ProgramError::Empty.into());
-    }
     let (mut a, mut x) = (0u32, 0u32);
     let mut mem = [0u32; 16];
     let mut at = 0;
     loop {
         let insn = *program.get(at).ok_or(ProgramError::JumpOut { at })?;
-        let unsupported = RunError::Unsupported {
+        // `check` accepted the opcode and its operand; these only keep the match total.
+        let bad_opcode = ProgramError::BadOpcode {
             at,
             code: insn.code,
         };
-        let scratch = |k: u32| {
-            usize::try_from(k)
-                .ok()
-                .filter(|&i| i < 16)
-                .ok_or(RunError::BadOffset { at, k })
-        };
+        let bad_operand = ProgramError::BadOperand { at, k: insn.k };
+        let scratch = |k: u32| usize::try_from(k).ok().filter(|&i| i < 16);
         let flow = flow(insn, at, len)?;
         match insn.code & op::CLASS {
             op::LD => {
                 a = match insn.code {
-                    op::LD_W_ABS => data
-                        .word(insn.k)
-                        .ok_or(RunError::BadOffset { at, k: insn.k })?,
+                    op::LD_W_ABS => data.word(insn.k).ok_or(bad_operand)?,
                     0x80 => SeccompData::SIZE, // ld len
                     0x00 => insn.k,            // ld #k
-                    0x60 => mem[scratch(insn.k)?],
-                    _ => return Err(unsupported),
+                    0x60 => mem[scratch(insn.k).ok_or(bad_operand)?],
+                    _ => return Err(bad_opcode),
                 }
             }
             op::LDX => {
                 x = match insn.code {
                     0x81 => SeccompData::SIZE,
                     0x01 => insn.k,
-                    0x61 => mem[scratch(insn.k)?],
-                    _ => return Err(unsupported),
+                    0x61 => mem[scratch(insn.k).ok_or(bad_operand)?],
+                    _ => return Err(bad_opcode),
                 }
             }
-            op::ST | op::STX if insn.code & op::SIZE_MODE == 0 => {
-                mem[scratch(insn.k)?] = if insn.code == op::ST { a } else { x };
+            op::ST | op::STX => {
+                mem[scratch(insn.k).ok_or(bad_operand)?] = if insn.code == op::ST { a } else { x };
             }
             op::ALU => {
                 let operand = if insn.code & op::SRC_X != 0 {
@@ -101,13 +84,9 @@ pub fn run(program: &[Insn], data: &SeccompData) -> Result<u32, RunError> {
                     0x00 => a.wrapping_add(operand),
                     0x10 => a.wrapping_sub(operand),
                     0x20 => a.wrapping_mul(operand),
-                    // Division and remainder by zero end the program with 0, as in the kernel.
+                    // Division by zero (x = 0) ends the program with 0, as in the kernel.
                     0x30 => match a.checked_div(operand) {
                         Some(q) => q,
-                        None => return Ok(0),
-                    },
-                    0x90 => match a.checked_rem(operand) {
-                        Some(r) => r,
                         None => return Ok(0),
                     },
                     0x40 => a | operand,
@@ -115,24 +94,16 @@ pub fn run(program: &[Insn], data: &SeccompData) -> Result<u32, RunError> {
                     0xa0 => a ^ operand,
                     0x60 => a.checked_shl(operand).unwrap_or(0),
                     0x70 => a.checked_shr(operand).unwrap_or(0),
-                    0x80 if insn.code & op::SRC_X == 0 => a.wrapping_neg(),
-                    _ => return Err(unsupported),
+                    0x80 => a.wrapping_neg(),
+                    _ => return Err(bad_opcode),
                 }
             }
-            op::RET => {
-                return match insn.code {
-                    0x06 => Ok(insn.k),
-                    0x16 => Ok(a),
-                    _ => Err(unsupported),
-                }
-            }
+            op::RET => return Ok(if insn.code == 0x16 { a } else { insn.k }),
             op::MISC => match insn.code {
                 0x07 => x = a, // tax
-                0x87 => a = x, // txa
-                _ => return Err(unsupported),
+                _ => a = x,    // txa
             },
-            op::JMP => {}
-            _ => return Err(unsupported),
+            _ => {} // jumps: below
         }
         at = match flow {
             Flow::Ja(t) => t,
@@ -154,8 +125,7 @@ pub fn run(program: &[Insn], data: &SeccompData) -> Result<u32, RunError> {
                     f
                 }
             }
-            Flow::Next => at + 1,
-            Flow::Ret => return Err(unsupported),
+            Flow::Next | Flow::Ret => at + 1,
         };
     }
 }

@@ -27,7 +27,7 @@
 mod interpret;
 mod shrink;
 
-pub use interpret::{run, RunError, SeccompData};
+pub use interpret::{run, SeccompData};
 pub use shrink::shrink;
 
 /// One classic BPF instruction (`struct sock_filter`).
@@ -80,7 +80,6 @@ pub(crate) mod op {
     pub const RET: u16 = 0x06;
     pub const MISC: u16 = 0x07;
 
-    pub const SIZE_MODE: u16 = 0xf8;
     pub const OP: u16 = 0xf0;
     pub const SRC_X: u16 = 0x08;
 
@@ -100,12 +99,48 @@ pub enum ProgramError {
     Empty,
     #[error("the program has {0} instructions, more than the kernel's {MAX_LEN}")]
     TooLong(usize),
-    #[error("instruction {at}: jump opcode {code:#06x} is not a classic BPF jump")]
-    BadJump { at: usize, code: u16 },
     #[error("instruction {at}: jumps past the end of the program")]
     JumpOut { at: usize },
     #[error("instruction {at}: the last instruction must return or jump")]
     FallsOff { at: usize },
+    #[error("instruction {at}: opcode {code:#06x} is not one seccomp accepts")]
+    BadOpcode { at: usize, code: u16 },
+    #[error("instruction {at}: {k} is not a word of the seccomp data, a scratch word, a divisor or a shift it accepts")]
+    BadOperand { at: usize, k: u32 },
+}
+
+/// Whether seccomp accepts instruction `insn` (what `seccomp_check_filter` and
+/// `bpf_check_classic` let through): the seccomp data's aligned words, immediates and lengths,
+/// the 16 scratch words, ALU operations but `mod`, no division by a zero constant or shift
+/// by 32 or more, the jumps, returns of a constant or the accumulator, `tax`/`txa`.
+fn accepted(insn: Insn, at: usize) -> Result<(), ProgramError> {
+    let operand_ok = match insn.code {
+        // ld [k]: an aligned word of the 64-byte seccomp data.
+        op::LD_W_ABS => insn.k.is_multiple_of(4) && insn.k < 64,
+        // ld/ldx #k, ld/ldx len.
+        0x00 | 0x01 | 0x80 | 0x81 => true,
+        // ld/ldx M[k], st/stx M[k].
+        0x60 | 0x61 | 0x02 | 0x03 => insn.k < 16,
+        // div #k; lsh/rsh #k.
+        0x34 => insn.k != 0,
+        0x64 | 0x74 => insn.k < 32,
+        // The other ALU operations (add sub mul div or and lsh rsh xor; #k or x), neg.
+        c if c == 0x84
+            || (matches!(c & op::OP, 0x00..=0x70 | 0xa0)
+                && c & !(op::OP | op::SRC_X) == op::ALU) =>
+        {
+            true
+        }
+        // ja; jeq jgt jge jset, #k or x (the jump opcodes `flow` accepts).
+        0x05 | 0x15 | 0x25 | 0x35 | 0x45 | 0x1d | 0x2d | 0x3d | 0x4d => true,
+        // ret #k, ret a; tax, txa.
+        0x06 | 0x16 | 0x07 | 0x87 => true,
+        code => return Err(ProgramError::BadOpcode { at, code }),
+    };
+    match operand_ok {
+        true => Ok(()),
+        false => Err(ProgramError::BadOperand { at, k: insn.k }),
+    }
 }
 
 /// Where control goes after an instruction.
@@ -132,7 +167,7 @@ pub(crate) fn flow(insn: Insn, at: usize, len: usize) -> Result<Flow, ProgramErr
                 Flow::Cond(next + usize::from(insn.jt), next + usize::from(insn.jf))
             }
             _ => {
-                return Err(ProgramError::BadJump {
+                return Err(ProgramError::BadOpcode {
                     at,
                     code: insn.code,
                 })
@@ -153,7 +188,8 @@ pub(crate) fn flow(insn: Insn, at: usize, len: usize) -> Result<Flow, ProgramErr
     }
 }
 
-/// Checks that every instruction's control flow stays inside the program.
+/// Checks that seccomp accepts every instruction and that control flow stays inside the
+/// program.
 pub fn check(program: &[Insn]) -> Result<(), ProgramError> {
     if program.is_empty() {
         return Err(ProgramError::Empty);
@@ -162,6 +198,7 @@ pub fn check(program: &[Insn]) -> Result<(), ProgramError> {
         return Err(ProgramError::TooLong(program.len()));
     }
     for (at, insn) in program.iter().enumerate() {
+        accepted(*insn, at)?;
         flow(*insn, at, program.len())?;
     }
     Ok(())

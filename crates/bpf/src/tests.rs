@@ -230,10 +230,30 @@ fn invalid_programs_are_refused_with_the_instruction() {
         shrink(&[ja(u32::MAX), ret(0)]),
         Err(ProgramError::JumpOut { at: 0 })
     );
-    assert_eq!(
-        shrink(&[Insn::new(0x55, 0, 0, 0), ret(0)]),
-        Err(ProgramError::BadJump { at: 0, code: 0x55 })
-    );
+    // What seccomp refuses: unknown jumps, `ja x`, `ret x`, `mod`, byte loads.
+    for code in [0x55, 0x0d, 0x0e, 0x94, 0x9c, 0x30, 0x28] {
+        assert_eq!(
+            shrink(&[Insn::new(code, 0, 0, 0), ret(0)]),
+            Err(ProgramError::BadOpcode { at: 0, code }),
+            "{code:#x}"
+        );
+    }
+    // Operands it refuses: unaligned or outside the data, scratch word 16, `div #0`, shifts
+    // of 32.
+    for (code, k) in [
+        (0x20, 3),
+        (0x20, 64),
+        (0x60, 16),
+        (0x02, 16),
+        (0x34, 0),
+        (0x64, 32),
+    ] {
+        assert_eq!(
+            shrink(&[Insn::new(code, 0, 0, k), ret(0)]),
+            Err(ProgramError::BadOperand { at: 0, k }),
+            "{code:#x} {k}"
+        );
+    }
     assert_eq!(
         shrink(&vec![ret(0); MAX_LEN + 1]),
         Err(ProgramError::TooLong(MAX_LEN + 1))

@@ -161,37 +161,15 @@ fn index(kind: ThreadKind) -> usize {
     }
 }
 
-/// Checks what the kernel would refuse with a bare EINVAL: every jump lands inside the
-/// program and the last instruction returns.
+/// Checks what the kernel would refuse with a bare EINVAL (`kiln_bpf::check`: an opcode or
+/// operand seccomp does not accept, a jump out of the program, a last instruction that does
+/// not return), named.
 fn check_program(program: &[sock_filter]) -> Result<(), String> {
-    const BPF_CLASS_JMP: u16 = 0x05;
-    const BPF_OP_JA: u16 = 0x00;
-    const BPF_CLASS_RET: u16 = 0x06;
-    if program.is_empty() || program.len() > format::BPF_MAX_LEN {
-        return Err(format!(
-            "{} instructions (at least 1, at most {})",
-            program.len(),
-            format::BPF_MAX_LEN
-        ));
-    }
-    for (pc, ins) in program.iter().enumerate() {
-        if ins.code & 0x07 != BPF_CLASS_JMP {
-            continue;
-        }
-        let next = pc + 1;
-        let targets = if ins.code & 0xf0 == BPF_OP_JA {
-            vec![next.saturating_add(usize::try_from(ins.k).unwrap_or(usize::MAX))]
-        } else {
-            vec![next + usize::from(ins.jt), next + usize::from(ins.jf)]
-        };
-        if targets.iter().any(|&t| t >= program.len()) {
-            return Err(format!("the jump at instruction {pc} leaves the program"));
-        }
-    }
-    match program.last() {
-        Some(last) if last.code & 0x07 == BPF_CLASS_RET => Ok(()),
-        _ => Err("the last instruction does not return".into()),
-    }
+    let insns: Vec<kiln_bpf::Insn> = program
+        .iter()
+        .map(|i| (i.code, i.jt, i.jf, i.k).into())
+        .collect();
+    kiln_bpf::check(&insns).map_err(|e| e.to_string())
 }
 
 /// `program` shrunk by `kiln-bpf`: an equivalent, shorter program.

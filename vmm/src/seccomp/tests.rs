@@ -99,13 +99,16 @@ fn bad_compiled_sets_are_refused() {
             "{want}: {e}"
         );
     }
-    // A jump out of the program, and a program that does not end in a return.
+    // A jump out of the program, a program that does not end in a return, an opcode seccomp
+    // refuses.
     let ret = (0x06, 0, 0, SECCOMP_RET_KILL_PROCESS);
     let jump_out = (0x15, 5, 0, 0);
     let ld = (0x20, 0, 0, 0);
+    let modulo = (0x94, 0, 0, 3);
     for (program, want) in [
-        (vec![jump_out, ret], "leaves the program"),
-        (vec![ret, ld], "does not return"),
+        (vec![jump_out, ret], "instruction 0: jumps past the end"),
+        (vec![ret, ld], "instruction 1: the last instruction must return"),
+        (vec![modulo, ret], "opcode 0x0094 is not one seccomp accepts"),
     ] {
         let only_ret = [ret];
         let named: Vec<(&str, &[format::Instruction])> =
