@@ -273,7 +273,11 @@ impl Journal {
         f.write_all(text.as_bytes()).map_err(err)?;
         drop(f);
         match crate::sys::renameat2(&tmp, &self.path, libc::RENAME_EXCHANGE) {
-            Ok(()) => std::fs::remove_file(&tmp).map_err(err),
+            // The journal is written: a temporary file left is removed by the next write.
+            Ok(()) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(())
+            }
             Err(Errno::ENOENT | Errno::EINVAL) => std::fs::rename(&tmp, &self.path).map_err(err),
             Err(e) => Err(err(e.into())),
         }

@@ -23,11 +23,11 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::process::ExitCode;
 
-/// The line the host waits for on the guest's console.
 /// `SIOCGIFFLAGS` and `SIOCSIFFLAGS`, typed as the C library's `ioctl` takes its request
 /// (`unsigned long` in glibc, `int` in musl).
 const SIOCGIFFLAGS: libc::Ioctl = 0x8913;
 const SIOCSIFFLAGS: libc::Ioctl = 0x8914;
+/// The line the host waits for on the guest's console.
 const READY_MARKER: &str = "KILN-INIT: ready";
 
 /// One pseudo file system to mount.

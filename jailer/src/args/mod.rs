@@ -132,9 +132,6 @@ fn cleanup_config(argv: &Args) -> Result<CleanupConfig, ArgsError> {
                 ),
             })?,
     };
-    if let Some(base) = argv.single("chroot-base-dir") {
-        check_host_path("--chroot-base-dir", base)?;
-    }
     let chroot_base = paths::resolve_chroot_base(argv.single("chroot-base-dir"))?;
     Ok(CleanupConfig {
         id,
@@ -152,6 +149,7 @@ fn jail_config(mut argv: Args) -> Result<Config, ArgsError> {
     check_host_path("--exec-file", &exec)?;
     let uid = parse_id_number("uid", argv.required("uid")?)?;
     let gid = parse_id_number("gid", argv.required("gid")?)?;
+    // Checked without the file system; resolved with the other paths below.
     if let Some(base) = argv.single("chroot-base-dir") {
         check_host_path("--chroot-base-dir", base)?;
     }

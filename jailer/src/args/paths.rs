@@ -276,7 +276,9 @@ pub(super) fn exec_name_of(canonical: &Path) -> Result<String, ArgsError> {
 /// it (`jail_dir::claim`), and until then it is its nearest existing ancestor, canonical,
 /// with the missing names after it.
 pub(super) fn resolve_chroot_base(value: Option<&str>) -> Result<PathBuf, ArgsError> {
-    let base = PathBuf::from(value.unwrap_or(DEFAULT_CHROOT_BASE));
+    let given = value.unwrap_or(DEFAULT_CHROOT_BASE);
+    check_host_path("--chroot-base-dir", given)?;
+    let base = PathBuf::from(given);
     let resolve_err = |e: std::io::Error| ArgsError::Resolve {
         flag: "chroot-base-dir",
         path: base.clone(),
@@ -308,17 +310,11 @@ pub(super) fn resolve_chroot_base(value: Option<&str>) -> Result<PathBuf, ArgsEr
             path: canonical,
         });
     }
+    // Only names follow (`check_host_path` refused `..`; `.` is no component after the
+    // first).
     for c in &components[missing_from..] {
-        match c {
-            Component::Normal(name) => canonical.push(name),
-            Component::CurDir => {}
-            _ => {
-                return Err(ArgsError::InvalidPath {
-                    flag: "--chroot-base-dir".to_owned(),
-                    value: base.display().to_string(),
-                    reason: "a `..` after a directory that does not exist",
-                })
-            }
+        if let Component::Normal(name) = c {
+            canonical.push(name);
         }
     }
     Ok(canonical)

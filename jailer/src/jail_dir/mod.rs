@@ -98,18 +98,13 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
 }
 
 /// Makes the chroot base if it does not exist (`/srv/jailer` on a fresh host), as
-/// Firecracker's jailer does; it is never removed. The argument parser resolved it without
-/// making it: what it made must still be that path (no symbolic link planted meanwhile).
+/// Firecracker's jailer does; it is never removed. The argument parser resolved it, canonical,
+/// without making it: it must still be that path (no symbolic link planted meanwhile).
 fn make_base(base: &Path) -> Result<(), JailDirError> {
     let err = |source| JailDirError::Mkdir {
         path: base.to_path_buf(),
         source,
     };
-    match std::fs::symlink_metadata(base) {
-        Ok(_) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
     std::fs::create_dir_all(base).map_err(err)?;
     match std::fs::canonicalize(base).map_err(err)? == base {
         true => Ok(()),

@@ -164,6 +164,12 @@ pub fn prepare(
     let net = &config.network;
     let filtered: &[crate::args::Tap] = if net.tap_filter { &net.taps } else { &[] };
     let table = firewall::table_name(&config.id);
+    let pinned_at = namespace::path_of(&config.id);
+    // Its file first, before waiting for the namespace: the journal names it from step 2 on,
+    // and removes it only once the jailer has made it.
+    if matches!(net.mode, NetnsMode::Create) {
+        namespace::claim(&pinned_at, journal)?;
+    }
     // Made ahead (with its loopback up, and maybe its firewall): waited for, then pinned.
     let (made, early_firewall) = match early {
         Some(Early(thread)) => {
@@ -176,7 +182,7 @@ pub fn prepare(
     let ns = match &net.mode {
         NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
         NetnsMode::Join(path) => namespace::open(path)?,
-        NetnsMode::Create => namespace::create(&namespace::path_of(&config.id), made, journal)?,
+        NetnsMode::Create => namespace::create(&pinned_at, made)?,
     };
     clock.part(
         STEP,

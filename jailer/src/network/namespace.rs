@@ -112,29 +112,33 @@ pub fn unnamed() -> Result<OwnedFd, NetworkError> {
     own()
 }
 
-/// Creates the file `path` ([`reserve`]d and journaled) holding a new network namespace
-/// (`made`, from [`unnamed`], or one made now) and returns a descriptor of it; the calling
-/// thread stays in its own namespace. A file made by someone else since [`reserve`] is
-/// refused, and the journal forgets it.
-pub fn create(
-    path: &Path,
-    made: Option<OwnedFd>,
-    journal: &SharedJournal,
-) -> Result<OwnedFd, NetworkError> {
+/// Makes the file `path` ([`reserve`]d and journaled) that [`create`] pins the namespace on,
+/// exclusively: from then on it is the jail's to remove, whatever fails next. A file made by
+/// someone else since [`reserve`] is refused, and the journal forgets it.
+pub fn claim(path: &Path, journal: &SharedJournal) -> Result<(), NetworkError> {
     let file = File::options()
         .write(true)
         .create_new(true)
         .mode(0o444)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path);
-    if let Err(source) = file {
-        // Made by someone else since the check: not the jail's to remove.
-        let _ = journal.record(|s| s.netns = None);
-        return Err(NetworkError::CreateFile {
-            path: path.to_path_buf(),
-            source,
-        });
+    match file {
+        Ok(_) => Ok(()),
+        Err(source) => {
+            // Made by someone else since the check: not the jail's to remove.
+            let _ = journal.record(|s| s.netns = None);
+            Err(NetworkError::CreateFile {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     }
+}
+
+/// Pins a new network namespace (`made`, from [`unnamed`], or one made now) on the file
+/// `path` ([`claim`]ed) and returns a descriptor of it; the calling thread stays in its own
+/// namespace.
+pub fn create(path: &Path, made: Option<OwnedFd>) -> Result<OwnedFd, NetworkError> {
     if let Some(ns) = made {
         pin(&format!("/proc/self/fd/{}", ns.as_raw_fd()), path)?;
         return open(path);

@@ -107,8 +107,14 @@ fn bad_compiled_sets_are_refused() {
     let modulo = (0x94, 0, 0, 3);
     for (program, want) in [
         (vec![jump_out, ret], "instruction 0: jumps past the end"),
-        (vec![ret, ld], "instruction 1: the last instruction must return"),
-        (vec![modulo, ret], "opcode 0x0094 is not one seccomp accepts"),
+        (
+            vec![ret, ld],
+            "instruction 1: the last instruction must return",
+        ),
+        (
+            vec![modulo, ret],
+            "opcode 0x0094 is not one seccomp accepts",
+        ),
     ] {
         let only_ret = [ret];
         let named: Vec<(&str, &[format::Instruction])> =
