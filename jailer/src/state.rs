@@ -522,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn processes_recorded_together_take_one_write() {
+    fn processes_recorded_together_are_all_journaled_with_the_complete_mark() {
         let scratch = kiln_tests::ScratchDir::new("kiln-state-procs");
         let dir = scratch.path().to_path_buf();
         let mut j = new_journal(&dir);

@@ -17,17 +17,21 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, Strin
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write the request");
-    let mut buf = vec![0u8; 16384];
-    let n = crate::io::read_some(&mut s, &mut buf).expect("the API's answer");
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad answer {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    // Read until one whole answer is in (`kiln_http` frames it), however it is split.
+    let mut input = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = crate::io::read_some(&mut s, &mut buf).expect("the API's answer");
+        input.extend_from_slice(&buf[..n]);
+        match kiln_http::parse_response(&input, 1 << 20, n == 0) {
+            Ok(kiln_http::ParsedResponse::Complete { status, body, .. }) => {
+                return (status, String::from_utf8_lossy(&body).into_owned());
+            }
+            Ok(kiln_http::ParsedResponse::Incomplete) if n > 0 => {}
+            other => panic!(
+                "{method} {path}: bad answer {other:?}: {:?}",
+                String::from_utf8_lossy(&input)
+            ),
+        }
+    }
 }

@@ -257,17 +257,7 @@ mod parent_cgroup_tests {
 /// This process's cgroup directory in the v1 hierarchy of `controller`.
 pub fn own_cgroup_dir(controller: &str) -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let own = text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_owned())
-        })
-        .next()
+    let own = own_path_in(&text, controller)
         .unwrap_or_else(|| panic!("no v1 {controller} line in /proc/self/cgroup"));
     Path::new("/sys/fs/cgroup")
         .join(controller)

@@ -253,12 +253,24 @@ fn a_failure_on_the_network_thread_is_named_and_undone_and_never_touches_what_wa
                 "kt8",
                 "--tap",
                 "kt9",
+                "--timing",
             ],
             &[],
         ),
         T,
     );
     assert_eq!(done.code(), Some(1), "{}", done.describe());
+    // What is undone below was made: the cgroups (step 3 ended) and the tap kt8.
+    for made in [
+        "jailer timing: 3 cgroups:",
+        "jailer timing: 4 host network › 3 tap kt8:",
+    ] {
+        assert!(
+            done.stderr.contains(made),
+            "no {made:?}: {}",
+            done.describe()
+        );
+    }
     let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
     assert!(
         done.stderr.contains(&format!(

@@ -23,10 +23,15 @@ pub fn shrink(program: &[Insn]) -> Result<Vec<Insn>, ProgramError> {
         }
     }
     // The rules keep every jump inside the program; should that ever fail, the original is
-    // the safe answer.
-    match check(&current) {
-        Ok(()) if current.len() <= program.len() => Ok(current),
-        _ => Ok(program.to_vec()),
+    // the safe answer (and the tests, built with debug assertions, fail loudly).
+    let kept = check(&current).is_ok() && current.len() <= program.len();
+    debug_assert!(
+        kept,
+        "shrink made an invalid or longer program: {current:?}"
+    );
+    match kept {
+        true => Ok(current),
+        false => Ok(program.to_vec()),
     }
 }
 

@@ -37,8 +37,12 @@ pub enum ApiError {
     NotUp { after: Duration },
     #[error("the VMM exited before its API came up")]
     Exited,
-    #[error("{request}: the VMM's answer is not HTTP: {answer}")]
-    Malformed { request: String, answer: String },
+    #[error("{request}: the VMM's answer is not HTTP ({reason}): {answer}")]
+    Malformed {
+        request: String,
+        reason: String,
+        answer: String,
+    },
 }
 
 /// Waits until the VMM accepts connections on its API socket `sock` (or `exited()` says
@@ -78,7 +82,7 @@ pub(super) fn request(
     let answer = exchange(sock, method, path, body, deadline)?;
     match parse_answer(&request, &answer, true)? {
         Some((answer, _)) => accepted(&request, answer),
-        None => Err(malformed(&request, &answer)),
+        None => Err(malformed(&request, "incomplete", &answer)),
     }
 }
 
@@ -103,13 +107,14 @@ fn parse_answer(
             consumed,
         }) => Ok(Some((Answer { status, body }, consumed))),
         Ok(kiln_http::ParsedResponse::Incomplete) => Ok(None),
-        Err(_) => Err(malformed(request, input)),
+        Err(e) => Err(malformed(request, &e.to_string(), input)),
     }
 }
 
-fn malformed(request: &str, input: &[u8]) -> ApiError {
+fn malformed(request: &str, reason: &str, input: &[u8]) -> ApiError {
     ApiError::Malformed {
         request: request.to_string(),
+        reason: reason.to_string(),
         answer: String::from_utf8_lossy(input).chars().take(500).collect(),
     }
 }
@@ -159,8 +164,18 @@ fn exchange(
     s.set_write_timeout(Some(left(deadline))).map_err(io)?;
     s.write_all(encode(method, path, body, true).as_bytes())
         .map_err(io)?;
+    // One byte more than an answer may have: a longer one is refused, not cut short.
     let mut answer = Vec::new();
-    s.take(MAX_ANSWER).read_to_end(&mut answer).map_err(io)?;
+    s.take(MAX_ANSWER + 1)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    if answer.len() as u64 > MAX_ANSWER {
+        return Err(malformed(
+            &request,
+            &format!("longer than {MAX_ANSWER} bytes"),
+            &answer,
+        ));
+    }
     Ok(answer)
 }
 
@@ -240,7 +255,7 @@ impl ApiConnection {
                     return Err(io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "the VMM closed its API connection before answering",
-                    )))
+                    )));
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -306,6 +321,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(vmm);
+    }
+
+    #[test]
+    fn a_one_shot_answer_longer_than_allowed_is_refused_not_cut_short() {
+        let dir = std::env::temp_dir().join(format!("kiln-api-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let vmm = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let body = vec![b'x'; usize::try_from(MAX_ANSWER).unwrap()];
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            let _ = s.write_all(&body);
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let got = request(&sock, "PUT", "/a", "{}", deadline);
+        vmm.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        match got {
+            Err(ApiError::Malformed { reason, .. }) => {
+                assert!(reason.contains("longer than"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
