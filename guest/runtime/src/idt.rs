@@ -2,7 +2,7 @@
 //! assembly, filled once at CPL 3 by [`crate::start`] before any interrupt can be taken.
 //!
 //! Vectors 0-31 (CPU exceptions) go to the exception stubs (13, `#GP`, to its own handler:
-//! a `hlt` at CPL 3 is the runtime's wait), [`VECTOR_DEVICE`] (the vsock device through the
+//! a `hlt` at CPL 3 is the runtime's wait, a `cli` its register batch), [`VECTOR_DEVICE`] (the vsock device through the
 //! IOAPIC, and the LAPIC timer) to a handler that sends the LAPIC an EOI, and
 //! [`VECTOR_SPURIOUS`] to one that only returns.
 
@@ -28,7 +28,8 @@ extern "C" {
     static mut kiln_idt: [u64; 512];
     /// Stub of exception vector `n` is at `kiln_exception_stubs + n * STUB_SIZE`.
     fn kiln_exception_stubs();
-    /// The `#GP` handler (vector 13): `hlt` at CPL 3 waits for an interrupt.
+    /// The `#GP` handler (vector 13): `hlt` at CPL 3 waits for an interrupt, `cli` performs
+    /// a batch of register accesses.
     fn kiln_isr_gp();
     /// Device and timer interrupts: EOI to the LAPIC, return.
     fn kiln_isr_eoi();

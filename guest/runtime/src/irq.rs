@@ -1,12 +1,15 @@
-//! Interrupts: the in-kernel LAPIC and IOAPIC of KVM, programmed once from ring 3 (each
-//! register access is an MMIO exit handled inside KVM), so that the vsock device's interrupt
-//! and the LAPIC timer wake [`crate::arch::wait_for_interrupt`].
+//! Interrupts: the in-kernel LAPIC and IOAPIC of KVM, programmed once at start (recorded into
+//! the start-up [`Batch`] that the ring-0 handler performs with the vsock device's set-up),
+//! so that the vsock device's interrupt and the LAPIC timer wake
+//! [`crate::arch::wait_for_interrupt`]. Only the timer is armed from ring 3 afterwards (one
+//! MMIO exit handled inside KVM).
 //!
 //! Interrupts stay masked (`IF = 0`) everywhere except inside the ring-0 wait, so no Rust code
 //! is ever interrupted: a device interrupt that arrives while the runtime works stays pending
 //! in the LAPIC and ends the next wait at once.
 
 use crate::idt::{VECTOR_DEVICE, VECTOR_SPURIOUS};
+use kiln_guest_virtio::Batch;
 
 const LAPIC: u64 = 0xfee0_0000;
 const LAPIC_SVR: u64 = 0xf0;
@@ -32,28 +35,29 @@ fn write(addr: u64, value: u32) {
     unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
 }
 
-/// Enables the LAPIC (spurious vector 0xff) and its timer's divider, and masks LINT0: VMMs
-/// (Kiln's, Firecracker) wire it to the legacy PIC as ExtINT, whose uninitialised vector base
-/// would deliver the device's IRQ n as exception vector n.
-pub fn init() {
-    write(
+/// Records the LAPIC's enabling (spurious vector 0xff) and its timer's divider, and masks
+/// LINT0: VMMs (Kiln's, Firecracker) wire it to the legacy PIC as ExtINT, whose uninitialised
+/// vector base would deliver the device's IRQ n as exception vector n.
+pub fn init<const B: usize>(batch: &mut Batch<B>) {
+    batch.write(
         LAPIC + LAPIC_SVR,
         LAPIC_SVR_ENABLE | u32::from(VECTOR_SPURIOUS),
     );
-    write(LAPIC + LAPIC_LVT_LINT0, LAPIC_LVT_MASKED);
-    write(LAPIC + LAPIC_TIMER_DIVIDE, LAPIC_DIVIDE_1);
-    write(LAPIC + LAPIC_LVT_TIMER, u32::from(VECTOR_DEVICE));
+    batch.write(LAPIC + LAPIC_LVT_LINT0, LAPIC_LVT_MASKED);
+    batch.write(LAPIC + LAPIC_TIMER_DIVIDE, LAPIC_DIVIDE_1);
+    batch.write(LAPIC + LAPIC_LVT_TIMER, u32::from(VECTOR_DEVICE));
 }
 
-/// Routes IOAPIC pin `irq` to the device vector on vCPU 0: fixed delivery, physical
-/// destination APIC ID 0 (the reset value of the entry's high half), edge-triggered, active
-/// high, unmasked. Returns false for a pin the IOAPIC does not have.
-pub fn route(irq: u32) -> bool {
+/// Records the routing of IOAPIC pin `irq` to the device vector on vCPU 0: fixed delivery,
+/// physical destination APIC ID 0 (the reset value of the entry's high half),
+/// edge-triggered, active high, unmasked. Returns false (recording nothing) for a pin the
+/// IOAPIC does not have.
+pub fn route<const B: usize>(batch: &mut Batch<B>, irq: u32) -> bool {
     if irq >= IOAPIC_PINS {
         return false;
     }
-    write(IOAPIC + IOAPIC_REGSEL, IOAPIC_REDIRECTION + 2 * irq);
-    write(IOAPIC + IOAPIC_WINDOW, u32::from(VECTOR_DEVICE));
+    batch.write(IOAPIC + IOAPIC_REGSEL, IOAPIC_REDIRECTION + 2 * irq);
+    batch.write(IOAPIC + IOAPIC_WINDOW, u32::from(VECTOR_DEVICE));
     true
 }
 

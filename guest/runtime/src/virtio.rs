@@ -3,7 +3,8 @@
 //! device) whose registers lie in the uncached MMIO gap. Polled from ring 3, with the
 //! device's interrupt used only to wake the vCPU. Each register access is one MMIO exit, the
 //! dominant cost of bringing a device up, so the driver uses the transport's short
-//! hand-shake for a device fresh from the VMM.
+//! hand-shake for a device fresh from the VMM, performed in one ring-0 batch
+//! ([`crate::arch::perform_in_ring0`]); only the device id is read from ring 3.
 
 use crate::layout::{MAPPED_LIMIT, MMIO_GAP_START};
 use kiln_guest_virtio::{discover, Mmio};
@@ -12,9 +13,10 @@ use kiln_guest_virtio::{discover, Mmio};
 const MAX_DEVICES: usize = 32;
 
 /// The first device of type `device_id` among the command line's acceptable entries. Only
-/// the device id is read (one exit, ~36 µs on the development hosts): the VMM's command
-/// line names the windows, a window with no device reads 0, and neither the magic value nor
-/// the version is read (a version-1 device refuses VERSION_1, which the driver reports).
+/// the device id is read (one exit from ring 3, 36-86 µs on the development hosts): the
+/// VMM's command line names the windows, a window with no device reads 0, and neither the
+/// magic value nor the version is read (a version-1 device refuses VERSION_1, which the
+/// driver reports).
 pub fn find(cmdline: &[u8], device_id: u32) -> Option<Mmio> {
     discover::entries(cmdline)
         .filter(|e| e.registers_in(MMIO_GAP_START, MAPPED_LIMIT))

@@ -4,6 +4,8 @@
 //!
 //! * [`mmio`]: [`Mmio`], one device's register window: registers, status, feature
 //!   negotiation, queue set-up, configuration space, notifications.
+//! * [`batch`]: [`Batch`], register accesses recorded to be performed in one go (a driver's
+//!   start-up), by whatever executor the guest has.
 //! * [`discover`]: the command line's `virtio_mmio.device=<size>@<base>:<irq>` entries (the
 //!   VMM adds one per device); which windows to trust is the guest's call.
 //! * [`ring`]: the memory of a split virtqueue of `N` entries ([`RingMem`]), the wrapper for
@@ -18,10 +20,12 @@
 
 #![no_std]
 
+pub mod batch;
 pub mod discover;
 pub mod mmio;
 pub mod ring;
 pub mod vsock;
 
+pub use batch::{Batch, OpIndex, RegOp, Stopped};
 pub use mmio::Mmio;
 pub use ring::{DeviceShared, Queue, RingMem, UsedElem};

@@ -5,11 +5,12 @@
 //! device up. So the transport offers both the complete hand-shake ([`Mmio::negotiate`],
 //! [`Mmio::setup_queue`]) and the short one for a device fresh from the VMM
 //! ([`Mmio::negotiate_fresh`], [`Mmio::setup_queue_fresh`]), which writes only what differs
-//! from the reset values.
+//! from the reset values, recorded into a [`Batch`] that the guest performs in one go.
 
 // Register values are deliberately cut to the 32, 16 or 8 bits the register has.
 #![allow(clippy::cast_possible_truncation)]
 
+use crate::batch::{Batch, OpIndex};
 use crate::ring::Queue;
 use core::ptr::{read_volatile, write_volatile};
 
@@ -179,18 +180,27 @@ impl Mmio {
         Ok(features)
     }
 
-    /// The short hand-shake for a device fresh from the VMM (status 0, never driven, so no
-    /// reset is written): ACKNOWLEDGE, DRIVER, VERSION_1 as the only feature (the offered
-    /// features are not read and feature word 0 stays at its reset value 0), FEATURES_OK.
-    /// Returns the status read back: FEATURES_OK is clear when the device refused. Six
-    /// register accesses instead of twelve.
-    pub fn negotiate_fresh(&self) -> u32 {
-        self.set_status(STATUS_ACK);
-        self.set_status(STATUS_ACK | STATUS_DRIVER);
-        self.write(REG_DRIVER_FEATURES_SEL, 1);
-        self.write(REG_DRIVER_FEATURES, (F_VERSION_1 >> 32) as u32);
-        self.set_status(STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
-        self.status()
+    /// The address of the register at `offset`, for a [`Batch`].
+    pub fn register(&self, offset: u32) -> u64 {
+        self.addr(offset)
+    }
+
+    /// Records the short hand-shake for a device fresh from the VMM (status 0, never driven,
+    /// so no reset is written): ACKNOWLEDGE, DRIVER, VERSION_1 as the only feature (the
+    /// offered features are not read and feature word 0 stays at its reset value 0),
+    /// FEATURES_OK, and its read-back as a check: the batch stops there when the device
+    /// refused. Six register accesses instead of twelve.
+    pub fn negotiate_fresh<const B: usize>(&self, batch: &mut Batch<B>) -> OpIndex {
+        let status = self.register(REG_STATUS);
+        batch.write(status, STATUS_ACK);
+        batch.write(status, STATUS_ACK | STATUS_DRIVER);
+        batch.write(self.register(REG_DRIVER_FEATURES_SEL), 1);
+        batch.write(
+            self.register(REG_DRIVER_FEATURES),
+            (F_VERSION_1 >> 32) as u32,
+        );
+        batch.write(status, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
+        batch.check(status, STATUS_FEATURES_OK, STATUS_FEATURES_OK)
     }
 
     /// Configures queue `index` with `size` entries on `q`'s memory (all six address
@@ -208,32 +218,52 @@ impl Mmio {
         self.write(REG_QUEUE_READY, 1);
     }
 
-    /// Configures queue `index` of a device fresh from the VMM with `N` entries on `q`'s
-    /// memory and enables it. The address registers' high halves are written only when not
-    /// 0 (their reset value), and the queue's maximum size is not read: a device whose queue
-    /// is smaller than `N` refuses DRIVER_OK, which the driver reports. Three register
-    /// accesses fewer per queue than [`Mmio::setup_queue`] for rings below 4 GiB.
-    pub fn setup_queue_fresh<const N: usize>(&self, index: u32, q: &Queue<N>) {
-        self.write(REG_QUEUE_SEL, index);
+    /// Records the set-up of queue `index` of a device fresh from the VMM with `N` entries on
+    /// `q`'s memory, and its enabling. The address registers' high halves are written only
+    /// when not 0 (their reset value), and the queue's maximum size is not read: a device
+    /// whose queue is smaller than `N` refuses DRIVER_OK, which the driver reports. Three
+    /// register accesses fewer per queue than [`Mmio::setup_queue`] for rings below 4 GiB.
+    pub fn setup_queue_fresh<const N: usize, const B: usize>(
+        &self,
+        batch: &mut Batch<B>,
+        index: u32,
+        q: &Queue<N>,
+    ) {
+        batch.write(self.register(REG_QUEUE_SEL), index);
         let (desc, avail, used) = q.addresses();
-        self.write(REG_QUEUE_NUM, N as u32);
+        batch.write(self.register(REG_QUEUE_NUM), N as u32);
         for (low, addr) in [
             (REG_QUEUE_DESC_LOW, desc),
             (REG_QUEUE_AVAIL_LOW, avail),
             (REG_QUEUE_USED_LOW, used),
         ] {
-            self.write(low, addr as u32);
+            batch.write(self.register(low), addr as u32);
             if addr >> 32 != 0 {
-                self.write(low + 4, (addr >> 32) as u32);
+                batch.write(self.register(low + 4), (addr >> 32) as u32);
             }
         }
-        self.write(REG_QUEUE_READY, 1);
+        batch.write(self.register(REG_QUEUE_READY), 1);
     }
 
     /// Sets DRIVER_OK (with ACKNOWLEDGE, DRIVER, FEATURES_OK); returns the status read back.
     pub fn driver_ok(&self) -> u32 {
         self.set_status(STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         self.status()
+    }
+
+    /// Records DRIVER_OK (with ACKNOWLEDGE, DRIVER, FEATURES_OK) and its read-back as a
+    /// check: the batch stops there unless DRIVER_OK is set and NEEDS_RESET is not.
+    pub fn driver_ok_fresh<const B: usize>(&self, batch: &mut Batch<B>) -> OpIndex {
+        let status = self.register(REG_STATUS);
+        batch.write(
+            status,
+            STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        batch.check(
+            status,
+            STATUS_DRIVER_OK | STATUS_NEEDS_RESET,
+            STATUS_DRIVER_OK,
+        )
     }
 
     pub fn config_u8(&self, offset: u32) -> u8 {

@@ -16,6 +16,9 @@ pub enum VsockError {
     FeaturesRefused(u32),
     /// DRIVER_OK did not stick (status read back).
     DeviceFailed(u32),
+    /// The start-up's register accesses were not all performed (more than the batch holds,
+    /// or the ring-0 handler stopped early without a failed check).
+    StartUp,
     /// The host refused the connection (RST): nobody listens on the port.
     Refused { port: u32 },
     /// No answer from the host in time.
@@ -37,6 +40,7 @@ impl fmt::Display for VsockError {
                 f,
                 "virtio-vsock did not start (status {s:#x}; its queues must hold {QUEUE_SIZE} entries)"
             ),
+            VsockError::StartUp => write!(f, "the device's start-up was not performed in full"),
             VsockError::Refused { port } => {
                 write!(f, "the host refused the connection to port {port}")
             }

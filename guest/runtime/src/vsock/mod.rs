@@ -33,12 +33,15 @@ pub use error::VsockError;
 
 use crate::{irq, virtio};
 use core::alloc::Layout;
-use kiln_guest_virtio::mmio::{
-    DEVICE_VSOCK, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
-};
+use kiln_guest_virtio::mmio::{DEVICE_VSOCK, REG_CONFIG, REG_QUEUE_NOTIFY};
 use kiln_guest_virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use kiln_guest_virtio::vsock::HDR_LEN;
-use kiln_guest_virtio::{DeviceShared, Mmio, Queue, RingMem};
+use kiln_guest_virtio::{Batch, DeviceShared, Mmio, Queue, RingMem, Stopped};
+
+/// The start-up's register accesses, performed in one ring-0 batch: the LAPIC's 4 (irq.rs),
+/// the IOAPIC's 2, the device's 28 (6 to negotiate, 6 per queue, the CID, DRIVER_OK and
+/// its read-back, the first notification), with room to spare.
+pub type StartBatch = Batch<40>;
 
 /// Entries of every virtqueue.
 pub const QUEUE_SIZE: usize = 32;
@@ -122,19 +125,18 @@ pub struct Vsock {
 }
 
 impl Vsock {
-    /// Finds the device on the command line, routes its interrupt, negotiates, sets up the
-    /// three queues and posts every receive and event buffer.
-    pub fn init(cmdline: &[u8]) -> Result<Vsock, VsockError> {
+    /// Finds the device on the command line, then performs `start` (the LAPIC's set-up,
+    /// recorded by the caller) with the device's whole start-up in one ring-0 batch
+    /// ([`crate::arch::perform_in_ring0`]): its interrupt routed, the short hand-shake, the
+    /// three queues, the CID, DRIVER_OK, and the first notification of the receive queue,
+    /// whose buffers (and the event queue's) are posted before.
+    pub fn init(cmdline: &[u8], mut start: StartBatch) -> Result<Vsock, VsockError> {
         let mmio = virtio::find(cmdline, DEVICE_VSOCK).ok_or(VsockError::NoDevice)?;
-        if !irq::route(mmio.irq()) {
+        if !irq::route(&mut start, mmio.irq()) {
             return Err(VsockError::BadIrq(mmio.irq()));
         }
         let rx_mem = alloc_slots(RX_SLOTS, RX_BUF)?;
         let tx_mem = alloc_slots(TX_SLOTS, TX_BUF)?;
-        let status = mmio.negotiate_fresh();
-        if status & STATUS_FEATURES_OK == 0 {
-            return Err(VsockError::FeaturesRefused(status));
-        }
         let mut v = Vsock {
             mmio,
             guest_cid: 0,
@@ -159,11 +161,7 @@ impl Vsock {
             tx_cnt: 0,
             stats: Stats::default(),
         };
-        for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
-            mmio.setup_queue_fresh(index, q);
-        }
-        // The CID's upper 32 bits are reserved and zero (virtio 1.2, 5.10.4): one exit.
-        v.guest_cid = u64::from(mmio.config_u32(0));
+        // Buffers posted before DRIVER_OK (virtio 1.2, 3.1.1 step 7): ring memory only.
         for slot in 0..RX_SLOTS {
             v.post_rx(slot);
         }
@@ -173,11 +171,29 @@ impl Vsock {
             v.ev.push(slot as u16);
         }
         v.tx.set_no_interrupt(true);
-        let status = mmio.driver_ok();
-        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
-            return Err(VsockError::DeviceFailed(status));
+
+        let features_ok = mmio.negotiate_fresh(&mut start);
+        for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
+            mmio.setup_queue_fresh(&mut start, index, q);
         }
-        v.notify(0);
+        // The CID's upper 32 bits are reserved and zero (virtio 1.2, 5.10.4): one read.
+        let cid = start.read(mmio.register(REG_CONFIG));
+        mmio.driver_ok_fresh(&mut start);
+        start.write(mmio.register(REG_QUEUE_NOTIFY), 0);
+        // SAFETY: every address recorded is a device register: the LAPIC's and IOAPIC's
+        // (irq.rs, KVM's in-kernel devices) and the vsock window's, which `virtio::find`
+        // took from the MMIO gap that entry.rs maps uncached and where no RAM lies.
+        let run = start.run(|ops| unsafe { crate::arch::perform_in_ring0(ops) });
+        match run {
+            Ok(()) => {}
+            Err(Stopped::Check(at, status)) if at == features_ok => {
+                return Err(VsockError::FeaturesRefused(status));
+            }
+            Err(Stopped::Check(_, status)) => return Err(VsockError::DeviceFailed(status)),
+            Err(Stopped::Overflow | Stopped::Short(_)) => return Err(VsockError::StartUp),
+        }
+        v.guest_cid = start.value(cid).map_or(0, u64::from);
+        v.stats.notifies += 1;
         v.rx_notify = false;
         Ok(v)
     }

@@ -1,0 +1,158 @@
+//! A batch of 32-bit register accesses, recorded first and performed later in one go.
+//!
+//! A driver's start-up is a fixed sequence of register writes with a few reads whose values
+//! decide whether to go on (virtio 1.2, 3.1.1: `FEATURES_OK` and `DRIVER_OK` read back). A
+//! guest whose every access from its own privilege level is expensive can hand the whole
+//! sequence to a cheaper executor at once: the function runtime performs a batch in ring 0
+//! (one trap from ring 3 instead of one exit per access from ring 3; see
+//! guest/runtime/README.md). The batch only records; who performs it, and how, is the
+//! guest's call ([`Batch::run`]).
+//!
+//! The executor's contract (the runtime's ring-0 handler implements it in assembly): perform
+//! the operations in order; [`OP_WRITE`] writes `value` to `addr`; [`OP_READ`] reads `addr`
+//! into `value`; [`OP_CHECK`] reads `addr` into `value` and ends the batch after itself
+//! unless `value & mask == expect`; any other kind ends the batch before itself. Return how
+//! many operations were performed.
+
+/// Write `value` to `addr`.
+pub const OP_WRITE: u32 = 0;
+/// Read `addr` into `value`.
+pub const OP_READ: u32 = 1;
+/// Read `addr` into `value`; stop unless `value & mask == expect`.
+pub const OP_CHECK: u32 = 2;
+
+/// One 32-bit register access. The layout is the executor's interface (24 bytes: the
+/// runtime's ring-0 handler reads the fields at offsets 0, 8, 12, 16 and 20).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegOp {
+    /// Physical (= virtual) address of the register, 4-byte aligned.
+    pub addr: u64,
+    /// [`OP_WRITE`], [`OP_READ`] or [`OP_CHECK`].
+    pub kind: u32,
+    /// The value written, or the value read once performed.
+    pub value: u32,
+    /// For [`OP_CHECK`]: the bits compared.
+    pub mask: u32,
+    /// For [`OP_CHECK`]: what those bits must be for the batch to go on.
+    pub expect: u32,
+}
+
+/// Where a read's value will be, once the batch has run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpIndex(usize);
+
+/// Why a batch did not run to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// More operations were recorded than the batch holds: nothing was performed.
+    Overflow,
+    /// The check at this index failed (its value is the register read).
+    Check(OpIndex, u32),
+    /// The executor performed fewer operations than recorded without a failed check.
+    Short(usize),
+}
+
+/// Up to `N` register accesses.
+pub struct Batch<const N: usize> {
+    ops: [RegOp; N],
+    len: usize,
+    overflow: bool,
+    done: usize,
+}
+
+impl<const N: usize> Default for Batch<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Batch<N> {
+    pub const fn new() -> Self {
+        Batch {
+            ops: [RegOp {
+                addr: 0,
+                kind: OP_WRITE,
+                value: 0,
+                mask: 0,
+                expect: 0,
+            }; N],
+            len: 0,
+            overflow: false,
+            done: 0,
+        }
+    }
+
+    fn push(&mut self, op: RegOp) -> OpIndex {
+        let i = self.len;
+        match self.ops.get_mut(i) {
+            Some(slot) => {
+                *slot = op;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+        OpIndex(i)
+    }
+
+    /// Records a write of `value` to the register at `addr`.
+    pub fn write(&mut self, addr: u64, value: u32) {
+        self.push(RegOp {
+            addr,
+            kind: OP_WRITE,
+            value,
+            ..RegOp::default()
+        });
+    }
+
+    /// Records a read of the register at `addr`.
+    pub fn read(&mut self, addr: u64) -> OpIndex {
+        self.push(RegOp {
+            addr,
+            kind: OP_READ,
+            ..RegOp::default()
+        })
+    }
+
+    /// Records a read of the register at `addr` after which the batch stops unless
+    /// `value & mask == expect`.
+    pub fn check(&mut self, addr: u64, mask: u32, expect: u32) -> OpIndex {
+        self.push(RegOp {
+            addr,
+            kind: OP_CHECK,
+            value: 0,
+            mask,
+            expect,
+        })
+    }
+
+    /// The operations recorded.
+    pub fn ops(&self) -> &[RegOp] {
+        &self.ops[..self.len]
+    }
+
+    /// Hands the recorded operations to `perform` (the executor's contract is in the module
+    /// documentation), which returns how many it performed. Nothing is performed when more
+    /// operations were recorded than the batch holds.
+    pub fn run(&mut self, perform: impl FnOnce(&mut [RegOp]) -> usize) -> Result<(), Stopped> {
+        if self.overflow {
+            return Err(Stopped::Overflow);
+        }
+        let len = self.len;
+        self.done = perform(&mut self.ops[..len]).min(len);
+        if self.done == len {
+            return Ok(());
+        }
+        match self.done.checked_sub(1).map(|last| (last, self.ops[last])) {
+            Some((last, op)) if op.kind == OP_CHECK && op.value & op.mask != op.expect => {
+                Err(Stopped::Check(OpIndex(last), op.value))
+            }
+            _ => Err(Stopped::Short(self.done)),
+        }
+    }
+
+    /// The value a read or check at `i` returned, if the batch performed it.
+    pub fn value(&self, i: OpIndex) -> Option<u32> {
+        (i.0 < self.done).then(|| self.ops[i.0].value)
+    }
+}
