@@ -21,7 +21,9 @@
 //!   interrupt's own handler, which sends the LAPIC an EOI).
 //! * `#GP` on a `cli` at CPL 3 is the runtime's "perform these register accesses" call
 //!   ([`crate::arch::perform_in_ring0`]): the start-up's LAPIC, IOAPIC and virtio-vsock
-//!   set-up, ~15 emulated instructions per access instead of one exit from ring 3 each.
+//!   set-up, ~15 emulated instructions per access instead of one exit from ring 3 each; and
+//!   the driver's sleeps (a notification, the LAPIC timer armed, the wait, the timer
+//!   disarmed) in one trap.
 //! * Any other CPU exception at CPL 3 returns to ring 3 at [`crate::fault::kiln_user_fault`]
 //!   on the fault stack, with the vector, error code, RIP and CR2 as arguments, so that it is
 //!   reported to the host as a structured error. A second one while that runs, or an
@@ -93,8 +95,9 @@ kiln_common64:
        handler runs and returns after the `hlt`), then return after the guest's `hlt`,
        interrupts off again.
        `cli` (0xfa): perform the batch of register accesses at RDI (RSI entries of 24 bytes:
-       addr, kind, value, mask, expect; kiln-guest-virtio's batch contract), return after
-       the `cli` with RAX = how many were performed, every other register preserved. ---- */
+       addr, kind, value, mask, expect; kiln-guest-virtio's batch contract: kind 0 write,
+       1 read, 2 read and check, 3 wait as above), return after the `cli` with RAX = how
+       many were performed, every other register preserved. ---- */
     .p2align 4
     .globl kiln_isr_gp
 kiln_isr_gp:
@@ -122,7 +125,8 @@ kiln_isr_gp:
     movl %edx, (%rcx)
     jmp 4f
 3:
-    cmpl $2, %edx
+    cmpl $3, %edx
+    je 6f
     ja 5f
     movl (%rcx), %ecx
     movl %ecx, 12(%rdi)
@@ -142,6 +146,11 @@ kiln_isr_gp:
     popq %rdx
     popq %rcx
     iretq
+6:
+    sti
+    hlt
+    cli
+    jmp 4b
 kiln_gp_wait:
     incq %rax
     movq %rax, 16(%rsp)

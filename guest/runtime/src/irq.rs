@@ -1,8 +1,7 @@
 //! Interrupts: the in-kernel LAPIC and IOAPIC of KVM, programmed once at start (recorded into
 //! the start-up [`Batch`] that the ring-0 handler performs with the vsock device's set-up),
-//! so that the vsock device's interrupt and the LAPIC timer wake
-//! [`crate::arch::wait_for_interrupt`]. Only the timer is armed from ring 3 afterwards (one
-//! MMIO exit handled inside KVM).
+//! so that the vsock device's interrupt and the LAPIC timer wake the driver's sleeps. The
+//! timer is armed and disarmed in the ring-0 batch of each timed sleep.
 //!
 //! Interrupts stay masked (`IF = 0`) everywhere except inside the ring-0 wait, so no Rust code
 //! is ever interrupted: a device interrupt that arrives while the runtime works stays pending
@@ -28,12 +27,6 @@ const IOAPIC_WINDOW: u64 = 0x10;
 const IOAPIC_REDIRECTION: u32 = 0x10;
 /// The IOAPIC's pins (KVM's has 24).
 pub const IOAPIC_PINS: u32 = 24;
-
-fn write(addr: u64, value: u32) {
-    // SAFETY: the LAPIC and IOAPIC pages are identity-mapped (uncached) and are device
-    // registers that KVM emulates; a 32-bit aligned write touches no RAM.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
-}
 
 /// Records the LAPIC's enabling (spurious vector 0xff) and its timer's divider, and masks
 /// LINT0: VMMs (Kiln's, Firecracker) wire it to the legacy PIC as ExtINT, whose uninitialised
@@ -61,7 +54,8 @@ pub fn route<const B: usize>(batch: &mut Batch<B>, irq: u32) -> bool {
     true
 }
 
-/// Arms the LAPIC timer to interrupt after `ns` nanoseconds (one shot; 0 disarms it).
-pub fn timer(ns: u32) {
-    write(LAPIC + LAPIC_TIMER_INITIAL, ns);
+/// Records arming the LAPIC timer to interrupt after `ns` nanoseconds (one shot; 0 disarms
+/// it).
+pub fn timer<const B: usize>(batch: &mut Batch<B>, ns: u32) {
+    batch.write(LAPIC + LAPIC_TIMER_INITIAL, ns);
 }

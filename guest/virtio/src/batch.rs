@@ -11,8 +11,9 @@
 //! The executor's contract (the runtime's ring-0 handler implements it in assembly): perform
 //! the operations in order; [`OP_WRITE`] writes `value` to `addr`; [`OP_READ`] reads `addr`
 //! into `value`; [`OP_CHECK`] reads `addr` into `value` and ends the batch after itself
-//! unless `value & mask == expect`; any other kind ends the batch before itself. Return how
-//! many operations were performed.
+//! unless `value & mask == expect`; [`OP_WAIT`] enables interrupts and halts until one has
+//! been taken; any other kind ends the batch before itself. Return how many operations were
+//! performed.
 
 /// Write `value` to `addr`.
 pub const OP_WRITE: u32 = 0;
@@ -20,6 +21,9 @@ pub const OP_WRITE: u32 = 0;
 pub const OP_READ: u32 = 1;
 /// Read `addr` into `value`; stop unless `value & mask == expect`.
 pub const OP_CHECK: u32 = 2;
+/// Wait for an interrupt (no register access): a notification and a timer armed before it,
+/// the timer disarmed after it, in one go.
+pub const OP_WAIT: u32 = 3;
 
 /// One 32-bit register access. The layout is the executor's interface (24 bytes: the
 /// runtime's ring-0 handler reads the fields at offsets 0, 8, 12, 16 and 20).
@@ -28,7 +32,7 @@ pub const OP_CHECK: u32 = 2;
 pub struct RegOp {
     /// Physical (= virtual) address of the register, 4-byte aligned.
     pub addr: u64,
-    /// [`OP_WRITE`], [`OP_READ`] or [`OP_CHECK`].
+    /// [`OP_WRITE`], [`OP_READ`], [`OP_CHECK`] or [`OP_WAIT`].
     pub kind: u32,
     /// The value written, or the value read once performed.
     pub value: u32,
@@ -124,6 +128,14 @@ impl<const N: usize> Batch<N> {
             mask,
             expect,
         })
+    }
+
+    /// Records a wait for an interrupt.
+    pub fn wait(&mut self) {
+        self.push(RegOp {
+            kind: OP_WAIT,
+            ..RegOp::default()
+        });
     }
 
     /// The operations recorded.

@@ -9,13 +9,15 @@ use super::{
     State, Vsock, VsockError, BUF_ALLOC, EVENT_SLOTS, EV_BUFS, LOCAL_PORT, ONE_SECOND_CYCLES,
     RX_BUF, RX_SLOTS, SLOT_HDR, TIMED_WAIT_TICK_NS, TX_BUF, TX_SLOTS,
 };
-use crate::arch::{rdtsc, wait_for_interrupt};
+use crate::arch::{perform_in_ring0, rdtsc};
 use crate::irq;
+use kiln_guest_virtio::mmio::REG_QUEUE_NOTIFY;
 use kiln_guest_virtio::ring::{UsedElem, DESC_F_NEXT};
 use kiln_guest_virtio::vsock::{
     Hdr, EVENT_TRANSPORT_RESET, HDR_LEN, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST,
     OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, TYPE_STREAM,
 };
+use kiln_guest_virtio::Batch;
 
 impl Vsock {
     /// Connects to `port` on the host (CID 2), retrying while nobody listens, for about
@@ -28,16 +30,12 @@ impl Vsock {
             self.send_control(OP_REQUEST)?;
             while self.state == State::Connecting {
                 if rdtsc() > deadline {
-                    irq::timer(0);
                     return Err(VsockError::Timeout);
                 }
                 self.wait(true);
             }
             match self.state {
-                State::Connected => {
-                    irq::timer(0);
-                    return Ok(());
-                }
+                State::Connected => return Ok(()),
                 State::Refused if rdtsc() < deadline => {
                     // Nobody listens yet: try again in a few milliseconds.
                     self.state = State::Idle;
@@ -46,10 +44,7 @@ impl Vsock {
                         self.wait(true);
                     }
                 }
-                _ => {
-                    irq::timer(0);
-                    return Err(VsockError::Refused { port });
-                }
+                _ => return Err(VsockError::Refused { port }),
             }
         }
     }
@@ -250,21 +245,42 @@ impl Vsock {
     /// Sleeps until the device has something for the driver (after telling it about new
     /// receive buffers). With `timed`, the LAPIC timer also wakes it every few ms.
     pub(super) fn wait(&mut self, timed: bool) {
-        if self.rx_notify {
-            self.rx_notify = false;
-            self.notify(0);
-        }
         self.poll();
         if self.pending_len > 0
             || matches!(self.state, State::Closed | State::Refused | State::Reset)
         {
+            if self.rx_notify {
+                self.rx_notify = false;
+                self.notify(0);
+            }
             return;
         }
+        self.sleep(timed);
+        self.poll();
+    }
+
+    /// Sleeps until an interrupt: the device's, or with `timed` the LAPIC timer's after
+    /// [`TIMED_WAIT_TICK_NS`]. One ring-0 batch ([`crate::arch::perform_in_ring0`]): the
+    /// receive queue's notification if buffers were posted since the last one, the timer
+    /// armed, the wait, the timer disarmed — one trap where each was an exit from ring 3.
+    pub(super) fn sleep(&mut self, timed: bool) {
+        let mut batch = Batch::<4>::new();
+        if self.rx_notify {
+            self.rx_notify = false;
+            self.stats.notifies += 1;
+            batch.write(self.mmio.register(REG_QUEUE_NOTIFY), 0);
+        }
         if timed {
-            irq::timer(TIMED_WAIT_TICK_NS);
+            irq::timer(&mut batch, TIMED_WAIT_TICK_NS);
+        }
+        batch.wait();
+        if timed {
+            irq::timer(&mut batch, 0);
         }
         self.stats.waits += 1;
-        wait_for_interrupt();
-        self.poll();
+        // SAFETY: the addresses are device registers: the vsock window's (found in the MMIO
+        // gap, see `virtio::find`) and the LAPIC's. The batch holds at most 4 operations and
+        // has no check, so it always runs to its end.
+        let _ = batch.run(|ops| unsafe { perform_in_ring0(ops) });
     }
 }

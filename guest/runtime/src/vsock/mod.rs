@@ -15,7 +15,7 @@
 //! host's advertised space.
 //!
 //! Waiting: transmit-queue interrupts are suppressed (buffers are reclaimed lazily), so the
-//! vCPU sleeps in [`crate::arch::wait_for_interrupt`] until the host sends something, or the
+//! vCPU sleeps (`Vsock::sleep`, a ring-0 wait) until the host sends something, or the
 //! LAPIC timer fires for the waits that have a deadline.
 //!
 //! Modules: [`connection`] (connecting, taking what the device returned, control packets,
@@ -87,7 +87,7 @@ enum State {
 /// Counters of what the driver did (for measurements).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Stats {
-    /// Times the vCPU slept in `wait_for_interrupt`.
+    /// Times the vCPU slept (`Vsock::sleep`).
     pub waits: u64,
     /// Queue notifications (each an exit).
     pub notifies: u64,

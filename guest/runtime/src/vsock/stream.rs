@@ -7,11 +7,10 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use super::{
-    State, Vsock, VsockError, BUF_ALLOC, ONE_SECOND_CYCLES, RX_BUF, RX_SLOTS, SLOT_HDR,
-    TIMED_WAIT_TICK_NS, TX_BUF, TX_SLOTS,
+    State, Vsock, VsockError, BUF_ALLOC, ONE_SECOND_CYCLES, RX_BUF, RX_SLOTS, SLOT_HDR, TX_BUF,
+    TX_SLOTS,
 };
-use crate::arch::{rdtsc, wait_for_interrupt};
-use crate::irq;
+use crate::arch::rdtsc;
 use kiln_guest_virtio::vsock::{OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_RW};
 
 impl Vsock {
@@ -169,11 +168,8 @@ impl Vsock {
             if self.tx_free == (1u32 << TX_SLOTS) - 1 || rdtsc() > deadline {
                 break;
             }
-            irq::timer(TIMED_WAIT_TICK_NS);
-            self.stats.waits += 1;
-            wait_for_interrupt();
+            self.sleep(true);
         }
-        irq::timer(0);
         self.tx.set_no_interrupt(true);
     }
 }
