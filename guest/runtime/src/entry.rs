@@ -47,6 +47,7 @@ use kiln_guest_boot::{ENTRY_LINUX64, ENTRY_PVH};
 
 global_asm!(
     kiln_guest_boot::entry_asm!(),
+    kiln_guest_virtio::batch_asm!(),
     r#"
     .set KILN_KCODE, 0x08
     .set KILN_UDATA, 0x1b
@@ -94,10 +95,10 @@ kiln_common64:
        `hlt` (0xf4): wait for an interrupt: enable interrupts and halt (the interrupt's
        handler runs and returns after the `hlt`), then return after the guest's `hlt`,
        interrupts off again.
-       `cli` (0xfa): perform the batch of register accesses at RDI (RSI entries of 24 bytes:
-       addr, kind, value, mask, expect; kiln-guest-virtio's batch contract: kind 0 write,
-       1 read, 2 read and check, 3 wait as above), return after the `cli` with RAX = how
-       many were performed, every other register preserved. ---- */
+       `cli` (0xfa): perform the batch of register accesses at RDI (RSI entries of 24 bytes;
+       kiln-guest-virtio's `kiln_perform_regops`: write, read, read and check, wait as
+       above), return after the `cli` with RAX = how many were performed, every other
+       register preserved. ---- */
     .p2align 4
     .globl kiln_isr_gp
 kiln_isr_gp:
@@ -110,47 +111,8 @@ kiln_isr_gp:
     incq %rax
     movq %rax, 16(%rsp)
     addq $16, %rsp
-    pushq %rcx
-    pushq %rdx
-    pushq %rdi
-    xorl %eax, %eax
-2:
-    cmpq %rsi, %rax
-    jae 5f
-    movq (%rdi), %rcx
-    movl 8(%rdi), %edx
-    testl %edx, %edx
-    jnz 3f
-    movl 12(%rdi), %edx
-    movl %edx, (%rcx)
-    jmp 4f
-3:
-    cmpl $3, %edx
-    je 6f
-    ja 5f
-    movl (%rcx), %ecx
-    movl %ecx, 12(%rdi)
-    cmpl $1, %edx
-    je 4f
-    andl 16(%rdi), %ecx
-    cmpl 20(%rdi), %ecx
-    je 4f
-    incq %rax
-    jmp 5f
-4:
-    incq %rax
-    addq $24, %rdi
-    jmp 2b
-5:
-    popq %rdi
-    popq %rdx
-    popq %rcx
+    call kiln_perform_regops
     iretq
-6:
-    sti
-    hlt
-    cli
-    jmp 4b
 kiln_gp_wait:
     incq %rax
     movq %rax, 16(%rsp)

@@ -8,7 +8,8 @@
 //! guest/runtime/README.md). The batch only records; who performs it, and how, is the
 //! guest's call ([`Batch::run`]).
 //!
-//! The executor's contract (the runtime's ring-0 handler implements it in assembly): perform
+//! The executor's contract ([`batch_asm!`]'s `kiln_perform_regops`, which the runtime's
+//! ring-0 handler calls, implements it in assembly): perform
 //! the operations in order; [`OP_WRITE`] writes `value` to `addr`; [`OP_READ`] reads `addr`
 //! into `value`; [`OP_CHECK`] reads `addr` into `value` and ends the batch after itself
 //! unless `value & mask == expect`; [`OP_WAIT`] enables interrupts and halts until one has
@@ -41,6 +42,16 @@ pub struct RegOp {
     /// For [`OP_CHECK`]: what those bits must be for the batch to go on.
     pub expect: u32,
 }
+
+// The executor reads the fields at these offsets.
+const _: () = {
+    assert!(core::mem::size_of::<RegOp>() == 24);
+    assert!(core::mem::offset_of!(RegOp, addr) == 0);
+    assert!(core::mem::offset_of!(RegOp, kind) == 8);
+    assert!(core::mem::offset_of!(RegOp, value) == 12);
+    assert!(core::mem::offset_of!(RegOp, mask) == 16);
+    assert!(core::mem::offset_of!(RegOp, expect) == 20);
+};
 
 /// Where a read's value will be, once the batch has run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,4 +178,62 @@ impl<const N: usize> Batch<N> {
     pub fn value(&self, i: OpIndex) -> Option<u32> {
         (i.0 < self.done).then(|| self.ops[i.0].value)
     }
+}
+
+/// The executor, in AT&T assembly for `global_asm!`: the function `kiln_perform_regops`
+/// (`RDI` = the operations, `RSI` = how many; returns in `RAX` how many were performed;
+/// every other register preserved, flags excepted). It performs each access as one 32-bit
+/// `mov`, so it runs wherever the addresses are mapped; [`OP_WAIT`] (`sti; hlt; cli`) needs
+/// CPL 0. The function runtime calls it from its ring-0 `#GP` handler; Kiln's tests run it
+/// on ordinary memory.
+#[macro_export]
+macro_rules! batch_asm {
+    () => {
+        r#"
+    .text
+    .p2align 4
+    .globl kiln_perform_regops
+kiln_perform_regops:
+    pushq %rcx
+    pushq %rdx
+    pushq %rdi
+    xorl %eax, %eax
+1:
+    cmpq %rsi, %rax
+    jae 5f
+    movq (%rdi), %rcx
+    movl 8(%rdi), %edx
+    testl %edx, %edx
+    jnz 3f
+    movl 12(%rdi), %edx
+    movl %edx, (%rcx)
+    jmp 4f
+3:
+    cmpl $3, %edx
+    je 6f
+    ja 5f
+    movl (%rcx), %ecx
+    movl %ecx, 12(%rdi)
+    cmpl $1, %edx
+    je 4f
+    andl 16(%rdi), %ecx
+    cmpl 20(%rdi), %ecx
+    je 4f
+    incq %rax
+    jmp 5f
+6:
+    sti
+    hlt
+    cli
+4:
+    incq %rax
+    addq $24, %rdi
+    jmp 1b
+5:
+    popq %rdi
+    popq %rdx
+    popq %rcx
+    ret
+"#
+    };
 }
