@@ -26,7 +26,7 @@ a table of min/median/max over repeated runs. Needs root and /dev/kvm.
   --runs N            runs per measurement (default 20)
   --quick             CI-sized: 5 runs, creation rate for N = 10 only, 50 invocations
   --only LIST         comma-separated subset of:
-                      api,serial,jail,mem,rate,teardown,invoke,snapshot,blank
+                      api,serial,jail,mem,rate,teardown,invoke,snapshot,blank,exits
   --mem-mib N         guest memory (default 128)
 ";
 

@@ -3,6 +3,7 @@
 mod api;
 mod blank_pool;
 mod cold_start;
+mod exits;
 mod invoke;
 mod jail;
 mod mem;
@@ -18,7 +19,7 @@ use crate::table::Table;
 pub type Bench = fn(&Opts, &mut Table) -> Result<(), String>;
 
 /// Every measurement with its `--only` name, in order.
-pub const ALL: [(&str, Bench); 9] = [
+pub const ALL: [(&str, Bench); 10] = [
     ("api", api::bench_api),
     ("serial", serial::bench_serial),
     ("jail", jail::bench_jail),
@@ -28,4 +29,5 @@ pub const ALL: [(&str, Bench); 9] = [
     ("invoke", invoke::bench_invoke),
     ("snapshot", snapshot::bench_snapshot),
     ("blank", blank_pool::bench_blank_pool),
+    ("exits", exits::bench_exits),
 ];
