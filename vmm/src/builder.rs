@@ -29,10 +29,11 @@ use crate::signals::{self, SignalError};
 use crate::timing::StartupTrace;
 use crate::vmm::{self as running, Vmm, VmmError};
 use crate::vstate::coalesced::{CoalescedError, CoalescedRing};
+use crate::vstate::host_cpuid::host_supported_cpuid;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{CpuSetup, Vcpu, VcpuConfig, VcpuError};
 use crate::vstate::vcpu_thread::{self, VcpuShared};
-use crate::vstate::vm::{host_supported_cpuid, Vm, VmError};
+use crate::vstate::vm::{Vm, VmError};
 use kvm_bindings::CpuId;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -305,10 +306,12 @@ pub fn build_prepared(
                 Ok((kernel, dm, tables, virtio))
             };
             let loaded = load();
-            // While the helper thread still creates the VM: the host's CPUID for the vCPUs.
+            // The host's CPUID for the vCPUs, prefetched at process start (host_cpuid.rs).
             let cpuid = match ready_cpuid {
                 Some(cpuid) => Ok(cpuid),
-                None => host_supported_cpuid().inspect(|_| mark("host CPUID queried")),
+                None => host_supported_cpuid()
+                    .map_err(VmError::from)
+                    .inspect(|_| mark("host CPUID ready")),
             };
             let vm = match platform {
                 Ok(vm) => Ok(vm),

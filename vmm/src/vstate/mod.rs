@@ -1,6 +1,7 @@
 //! KVM state of the microVM, built before it runs:
 //!
 //! - [`vm`]: the KVM VM (irqchip, PIT, TSS, memory slots).
+//! - [`host_cpuid`]: the CPUID the host's KVM supports, queried once ahead at process start.
 //! - [`memory`]: guest RAM, sized from the config and split around the MMIO gap.
 //! - [`vcpu`]: creating and configuring one vCPU (CPUID, MSRs, registers, LAPIC).
 //! - [`vcpu_thread`]: the thread that runs a vCPU, handles its exits and obeys
@@ -13,6 +14,7 @@
 
 pub mod coalesced;
 pub mod dirty;
+pub mod host_cpuid;
 pub mod memory;
 pub mod vcpu;
 pub mod vcpu_state;

@@ -13,11 +13,12 @@
 //! slots *first* (on a VM with no irqchip yet) made the whole sequence ~5x faster (median
 //! 1.5 ms instead of 7.9 ms for create VM + slot + irqchip + PIT + vCPU, 25 runs each).
 
+use super::host_cpuid::{self, HostCpuidError};
 use super::vm_state::SnapshotCaps;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::AsRawFd;
@@ -59,8 +60,8 @@ pub enum VmError {
     Irqchip(kvm_ioctls::Error),
     #[error("KVM_CREATE_PIT2 failed: {0}")]
     Pit(kvm_ioctls::Error),
-    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
-    SupportedCpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    HostCpuid(#[from] HostCpuidError),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {slot} ({guest_addr:#x}, {size} bytes): {source}")]
     MemorySlot {
         slot: u32,
@@ -135,19 +136,6 @@ pub struct Vm {
     device_slots: Mutex<DeviceSlots>,
     // Kept last: /dev/kvm outlives the VM file descriptor.
     _kvm: Kvm,
-}
-
-/// The CPUID KVM can give guests, before per-vCPU normalisation
-/// (`KVM_GET_SUPPORTED_CPUID`), through a `/dev/kvm` handle of its own: the slowest of the
-/// host queries (~0.5 ms on a nested host, where each CPUID the kernel runs traps), so the
-/// builder makes it beside the VM's creation rather than before it.
-pub fn host_supported_cpuid() -> Result<CpuId, VmError> {
-    supported_cpuid_of(&Kvm::new().map_err(VmError::OpenKvm)?)
-}
-
-fn supported_cpuid_of(kvm: &Kvm) -> Result<CpuId, VmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmError::SupportedCpuid)
 }
 
 impl Vm {
@@ -233,10 +221,10 @@ impl Vm {
         &self.fd
     }
 
-    /// [`host_supported_cpuid`] through this VM's `/dev/kvm` handle (when nothing else is
-    /// there to overlap it with).
+    /// The host's supported CPUID: the answer prefetched at process start if nobody took
+    /// it yet, else queried through this VM's `/dev/kvm` handle.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
-        supported_cpuid_of(&self._kvm)
+        Ok(host_cpuid::supported_cpuid_through(&self._kvm)?)
     }
 
     /// Whether the VM has KVM's in-kernel PIT.

@@ -369,6 +369,8 @@ struct MainStarter<'a> {
     /// `--prepare-vm`: make the VM and its memory once the machine configuration is set.
     prepare_vm: bool,
     prepared: Option<Prepared>,
+    /// The host's CPUID query has been started ahead (host_cpuid.rs).
+    cpuid_asked: bool,
 }
 
 impl Starter for MainStarter<'_> {
@@ -410,7 +412,18 @@ impl Starter for MainStarter<'_> {
     /// With `--prepare-vm`, once `PUT /machine-config` has set the machine: its VM, memory
     /// and vCPUs now (made again if the configuration or the CPU template changes; a failure
     /// is only logged, and `InstanceStart` then makes them and reports it).
+    ///
+    /// And once, after the first requests are answered (an orchestrator's first look at the
+    /// socket, so its start → API answer is not slowed): the host's CPUID query, the slowest
+    /// part of a build or restore, on a thread of its own while the configuration requests
+    /// come.
     fn idle(&mut self, res: &VmResources) {
+        if !self.cpuid_asked {
+            self.cpuid_asked = true;
+            if let Err(e) = vmm::vstate::host_cpuid::prefetch() {
+                vmm::log_warn!("cannot start the host CPUID query ahead: {e}");
+            }
+        }
         if !self.prepare_vm || res.machine_config == MachineConfig::default() {
             return;
         }
@@ -485,6 +498,7 @@ fn start_microvm(
                 mmds: mmds.clone(),
                 prepare_vm: args.prepare_vm,
                 prepared: None,
+                cpuid_asked: false,
             };
             let built = api.serve_until_started(Some(signals.as_raw_fd()), &mut starter)?;
             Ok(built.map(|(vmm, events)| Started {
