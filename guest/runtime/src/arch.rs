@@ -51,8 +51,8 @@ pub fn wait_for_interrupt() {
 /// On hosts whose KVM runs ring 3 natively and emulates ring 0 (the development hosts), an
 /// MMIO access from ring 3 is a full exit (~30 µs when KVM serves it, ~85 µs when the VMM
 /// does), while the emulator performs one from ring 0 in well under a microsecond (~10 µs
-/// with the VMM): a start-up's ~34 register accesses cost one `#GP` and ~15 emulated
-/// instructions each instead of ~34 exits. On other hosts it costs one trap more than the
+/// with the VMM): a start-up's ~35 register accesses cost one `#GP` and ~15 emulated
+/// instructions each instead of ~35 exits. On other hosts it costs one trap more than the
 /// accesses themselves.
 ///
 /// # Safety

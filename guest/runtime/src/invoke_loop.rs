@@ -7,7 +7,7 @@ use crate::boot::{BOOT, START_TSC};
 use crate::driver::{with_driver, CURRENT_ID, DRIVER};
 use crate::fixed::FixedBuf;
 use crate::serial::rt_log;
-use crate::vsock::{StartBatch, Vsock, VsockError};
+use crate::vsock::{Vsock, VsockError};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::fmt::{Display, Write};
@@ -92,9 +92,7 @@ where
     // SAFETY: written once by start.rs before this runs.
     let start_tsc = unsafe { *START_TSC.get() };
     let t_init = rdtsc();
-    let mut start = StartBatch::new();
-    crate::irq::init(&mut start);
-    let mut vsock = match Vsock::init(boot.cmdline, start) {
+    let mut vsock = match Vsock::init(boot.cmdline, crate::irq::init) {
         Ok(v) => v,
         Err(e) => {
             rt_log!("error vsock: {e}");

@@ -33,14 +33,14 @@ pub use error::VsockError;
 
 use crate::{irq, virtio};
 use core::alloc::Layout;
-use kiln_guest_virtio::mmio::{DEVICE_VSOCK, REG_CONFIG, REG_QUEUE_NOTIFY};
+use kiln_guest_virtio::mmio::{DEVICE_VSOCK, REG_CONFIG, REG_DEVICE_ID, REG_QUEUE_NOTIFY};
 use kiln_guest_virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use kiln_guest_virtio::vsock::HDR_LEN;
 use kiln_guest_virtio::{Batch, DeviceShared, Mmio, Queue, RingMem, Stopped};
 
-/// The start-up's register accesses, performed in one ring-0 batch: the LAPIC's 4 (irq.rs),
-/// the IOAPIC's 2, the device's 28 (6 to negotiate, 6 per queue, the CID, DRIVER_OK and
-/// its read-back, the first notification), with room to spare.
+/// The start-up's register accesses, performed in one ring-0 batch: the device id's check,
+/// the LAPIC's 4 (irq.rs), the IOAPIC's 2, the device's 28 (6 to negotiate, 6 per queue,
+/// the CID, DRIVER_OK and its read-back, the first notification), with room to spare.
 pub type StartBatch = Batch<40>;
 
 /// Entries of every virtqueue.
@@ -125,20 +125,19 @@ pub struct Vsock {
 }
 
 impl Vsock {
-    /// Finds the device on the command line, then performs `start` (the LAPIC's set-up,
-    /// recorded by the caller) with the device's whole start-up in one ring-0 batch
-    /// ([`crate::arch::perform_in_ring0`]): its interrupt routed, the short hand-shake, the
-    /// three queues, the CID, DRIVER_OK, and the first notification of the receive queue,
-    /// whose buffers (and the event queue's) are posted before.
-    pub fn init(cmdline: &[u8], mut start: StartBatch) -> Result<Vsock, VsockError> {
-        let mmio = virtio::find(cmdline, DEVICE_VSOCK).ok_or(VsockError::NoDevice)?;
-        if !irq::route(&mut start, mmio.irq()) {
-            return Err(VsockError::BadIrq(mmio.irq()));
-        }
+    /// Brings up the command line's virtio-vsock device with its receive and event buffers
+    /// posted, in one ring-0 batch per candidate window ([`crate::arch::perform_in_ring0`]):
+    /// the device id checked first (a window whose device is not virtio-vsock stops its
+    /// batch before anything is written: the next one is tried), then what `prelude`
+    /// records (the LAPIC's set-up), the device's interrupt routed, the short hand-shake,
+    /// the three queues, the CID, DRIVER_OK, and the receive queue's first notification.
+    pub fn init(cmdline: &[u8], prelude: impl Fn(&mut StartBatch)) -> Result<Vsock, VsockError> {
+        let mut candidates = virtio::candidates(cmdline);
+        let first = candidates.next().ok_or(VsockError::NoDevice)?;
         let rx_mem = alloc_slots(RX_SLOTS, RX_BUF)?;
         let tx_mem = alloc_slots(TX_SLOTS, TX_BUF)?;
         let mut v = Vsock {
-            mmio,
+            mmio: first,
             guest_cid: 0,
             rx: Queue::new(&RX_RING),
             tx: Queue::new(&TX_RING),
@@ -172,30 +171,43 @@ impl Vsock {
         }
         v.tx.set_no_interrupt(true);
 
-        let features_ok = mmio.negotiate_fresh(&mut start);
-        for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
-            mmio.setup_queue_fresh(&mut start, index, q);
-        }
-        // The CID's upper 32 bits are reserved and zero (virtio 1.2, 5.10.4): one read.
-        let cid = start.read(mmio.register(REG_CONFIG));
-        mmio.driver_ok_fresh(&mut start);
-        start.write(mmio.register(REG_QUEUE_NOTIFY), 0);
-        // SAFETY: every address recorded is a device register: the LAPIC's and IOAPIC's
-        // (irq.rs, KVM's in-kernel devices) and the vsock window's, which `virtio::find`
-        // took from the MMIO gap that entry.rs maps uncached and where no RAM lies.
-        let run = start.run(|ops| unsafe { crate::arch::perform_in_ring0(ops) });
-        match run {
-            Ok(()) => {}
-            Err(Stopped::Check(at, status)) if at == features_ok => {
-                return Err(VsockError::FeaturesRefused(status));
+        for mmio in core::iter::once(first).chain(candidates) {
+            let mut start = StartBatch::new();
+            let is_vsock = start.check(mmio.register(REG_DEVICE_ID), !0, DEVICE_VSOCK);
+            prelude(&mut start);
+            let routed = irq::route(&mut start, mmio.irq());
+            let mut features_ok = None;
+            let mut cid = None;
+            if routed {
+                features_ok = Some(mmio.negotiate_fresh(&mut start));
+                for (index, q) in [(0u32, &v.rx), (1, &v.tx), (2, &v.ev)] {
+                    mmio.setup_queue_fresh(&mut start, index, q);
+                }
+                // The CID's upper 32 bits are reserved and zero (virtio 1.2, 5.10.4).
+                cid = Some(start.read(mmio.register(REG_CONFIG)));
+                mmio.driver_ok_fresh(&mut start);
+                start.write(mmio.register(REG_QUEUE_NOTIFY), 0);
             }
-            Err(Stopped::Check(_, status)) => return Err(VsockError::DeviceFailed(status)),
-            Err(Stopped::Overflow | Stopped::Short(_)) => return Err(VsockError::StartUp),
+            // SAFETY: every address recorded is a device register: the LAPIC's and IOAPIC's
+            // (irq.rs, KVM's in-kernel devices) and the window's, which `virtio::candidates`
+            // took from the MMIO gap that entry.rs maps uncached and where no RAM lies.
+            match start.run(|ops| unsafe { crate::arch::perform_in_ring0(ops) }) {
+                Err(Stopped::Check(at, _)) if at == is_vsock => continue,
+                Ok(()) if !routed => return Err(VsockError::BadIrq(mmio.irq())),
+                Ok(()) => {}
+                Err(Stopped::Check(at, status)) if Some(at) == features_ok => {
+                    return Err(VsockError::FeaturesRefused(status));
+                }
+                Err(Stopped::Check(_, status)) => return Err(VsockError::DeviceFailed(status)),
+                Err(Stopped::Overflow | Stopped::Short(_)) => return Err(VsockError::StartUp),
+            }
+            v.mmio = mmio;
+            v.guest_cid = cid.and_then(|c| start.value(c)).map_or(0, u64::from);
+            v.stats.notifies += 1;
+            v.rx_notify = false;
+            return Ok(v);
         }
-        v.guest_cid = start.value(cid).map_or(0, u64::from);
-        v.stats.notifies += 1;
-        v.rx_notify = false;
-        Ok(v)
+        Err(VsockError::NoDevice)
     }
 
     pub(super) fn slot_addr(base: *mut u8, buf: usize, slot: usize) -> *mut u8 {
