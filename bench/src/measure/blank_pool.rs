@@ -8,7 +8,7 @@
 //! the cold start always finds the pool warm. The two workers run one after the other, on
 //! the same host, with the same function build.
 
-use super::cold_start::{functions, invoke, serve, wait_idle_gone};
+use super::cold_start::{functions, invoke, invoke_phases, serve, wait_idle_gone};
 use crate::opts::Opts;
 use crate::process::{cpu_ms, signal, TIMEOUT};
 use crate::socket::api_request;
@@ -88,11 +88,18 @@ fn pss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One cold run's worker-side phases (`X-Kiln-Timings`, µs).
+type Phases = Vec<(String, f64)>;
+
 /// `runs` cold invocations of echo on the worker at `sock` (each after echo's last instance
 /// is gone, and with `pool`, after the blank pool is full again); their end-to-end totals
-/// (ms) and how many ran on a blank instance.
-fn cold_runs(sock: &Path, runs: usize, pool: bool) -> Result<(Vec<f64>, usize), String> {
-    let (mut totals, mut on_blank) = (Vec::new(), 0);
+/// (ms), their phases, and how many ran on a blank instance.
+fn cold_runs(
+    sock: &Path,
+    runs: usize,
+    pool: bool,
+) -> Result<(Vec<f64>, Vec<Phases>, usize), String> {
+    let (mut totals, mut phases, mut on_blank) = (Vec::new(), Vec::new(), 0);
     for _ in 0..runs {
         wait_idle_gone(sock, "echo")?;
         if pool {
@@ -100,17 +107,40 @@ fn cold_runs(sock: &Path, runs: usize, pool: bool) -> Result<(Vec<f64>, usize), 
         }
         // Let the last stop's teardown and the refill settle.
         std::thread::sleep(Duration::from_millis(10));
-        let (cold, ms) = invoke(sock, "echo")?;
+        let (cold, these) = invoke_phases(sock, "echo")?;
         if !cold {
             return Err("echo: a warm invocation where a cold one was due".into());
         }
-        totals.push(ms);
+        let total = these.iter().find(|(k, _)| k == "total_us").map(|p| p.1);
+        totals.push(total.ok_or("echo: no total_us in X-Kiln-Timings")? / 1e3);
+        phases.push(these);
         if pool {
             let answer = api_request(sock, "GET", "/functions", "")?;
             on_blank += usize::from(answer.contains("\"id\":\"blank-"));
         }
     }
-    Ok((totals, on_blank))
+    Ok((totals, phases, on_blank))
+}
+
+/// `jail 1.23, vmm_start 0.45, …`: the median of each phase (ms) the runs reported, in the
+/// worker's order, the total left out.
+fn phase_medians(runs: &[Phases]) -> String {
+    let names: Vec<&str> = runs
+        .first()
+        .map(|p| p.iter().map(|(k, _)| k.as_str()).collect())
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .filter(|k| *k != "total_us")
+        .map(|k| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|p| p.iter().find(|(n, _)| n == k).map(|(_, v)| v / 1e3))
+                .collect();
+            format!("{} {:.2}", k.trim_end_matches("_us"), percentile(&v, 50))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
@@ -138,13 +168,13 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let result = (|| -> Result<(), String> {
             // Builds the image (not measured).
             invoke(&sock, "echo")?;
-            let (totals, on_blank) = cold_runs(&sock, runs, pool)?;
+            let (totals, phases, on_blank) = cold_runs(&sock, runs, pool)?;
             if pool && on_blank < runs {
                 return Err(format!(
                     "only {on_blank} of {runs} cold starts ran on a blank instance"
                 ));
             }
-            rows.push((pool, totals));
+            rows.push((pool, totals, phases));
             if pool {
                 wait_idle_gone(&sock, "echo")?;
                 let blanks = wait_pool_full(&sock)?;
@@ -174,7 +204,7 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
         server.finish(TIMEOUT)?;
         result?;
     }
-    for (pool, totals) in &rows {
+    for (pool, totals, phases) in &rows {
         let (name, what) = if *pool {
             (
                 "9 worker: cold invocation, blank pool warm (echo)",
@@ -187,10 +217,11 @@ pub fn bench_blank_pool(opts: &Opts, t: &mut Table) -> Result<(), String> {
             )
         };
         let note = format!(
-            "{what}; p50 {:.2} ms, p99 {:.2} ms over {}",
+            "{what}; p50 {:.2} ms, p99 {:.2} ms over {}; the worker's phases, medians (ms): {}",
             percentile(totals, 50),
             percentile(totals, 99),
-            totals.len()
+            totals.len(),
+            phase_medians(phases)
         );
         t.add_note(name, "ms", totals, None, &note);
     }

@@ -52,6 +52,20 @@ pub(super) fn functions(opts: &Opts) -> Result<Option<PathBuf>, String> {
 
 /// One invocation: (cold start?, end-to-end total in ms from `X-Kiln-Timings`).
 pub(super) fn invoke(sock: &Path, function: &str) -> Result<(bool, f64), String> {
+    let (cold, phases) = invoke_phases(sock, function)?;
+    let total_us = phases
+        .iter()
+        .find_map(|(k, v)| (k == "total_us").then_some(*v))
+        .ok_or_else(|| format!("{function}: no total_us in X-Kiln-Timings"))?;
+    Ok((cold, total_us / 1e3))
+}
+
+/// Invokes `function` once: whether it was a cold start, and the worker's `X-Kiln-Timings`
+/// (`name_us=value` pairs, in µs; `null` phases left out).
+pub(super) fn invoke_phases(
+    sock: &Path,
+    function: &str,
+) -> Result<(bool, Vec<(String, f64)>), String> {
     let answer = api_request(
         sock,
         "POST",
@@ -65,14 +79,14 @@ pub(super) fn invoke(sock: &Path, function: &str) -> Result<(bool, f64), String>
             .map(|v| v.trim().to_string())
     };
     let cold = header("X-Kiln-Cold-Start:").as_deref() == Some("true");
-    let total_us: f64 = header("X-Kiln-Timings:")
-        .and_then(|t| {
-            t.split(", ")
-                .find_map(|kv| kv.strip_prefix("total_us="))
-                .and_then(|v| v.parse().ok())
-        })
-        .ok_or_else(|| format!("{function}: no total_us in the answer:\n{answer}"))?;
-    Ok((cold, total_us / 1e3))
+    let timings = header("X-Kiln-Timings:")
+        .ok_or_else(|| format!("{function}: no X-Kiln-Timings in the answer:\n{answer}"))?;
+    let phases = timings
+        .split(", ")
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect();
+    Ok((cold, phases))
 }
 
 /// Waits until `function` has no instance left (the idle reaper stopped it).
