@@ -171,6 +171,29 @@ fn a_cold_invocation_takes_a_blank_instance_and_the_pool_refills() {
 
     let a = call(&w, "echo", r#"{"n":1}"#);
     assert_eq!(a.header("X-Kiln-Cold-Start"), Some("true"), "{a:?}");
+    // The start's phases: staging and configuring, the VMM's build, the guest's Hello;
+    // together they are the start.
+    let timings: std::collections::BTreeMap<&str, &str> = a
+        .header("X-Kiln-Timings")
+        .expect("X-Kiln-Timings")
+        .split(", ")
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let us = |k: &str| -> u64 {
+        timings
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} is not a number of µs: {timings:?}"))
+    };
+    let phases = us("jail_us") + us("vmm_start_us") + us("guest_ready_us");
+    assert!(
+        phases <= us("start_us") && us("start_us") - phases <= 3,
+        "{timings:?}"
+    );
+    assert!(
+        us("vmm_start_us") > 0 && us("guest_ready_us") > 0,
+        "{timings:?}"
+    );
     let id = vm_id(&a);
     assert!(
         before.contains(&id),

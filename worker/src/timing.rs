@@ -81,6 +81,26 @@ impl StartTimings {
             total,
         }
     }
+
+    /// A start on a blank instance, from its assignment to the guest's `Hello`: `jail` is
+    /// the image staged into the (ready) jail and the configuration sent to its VMM
+    /// (`assigned → configured`), `vmm_start` the VMM's build until it answered
+    /// `InstanceStart` (its vCPUs run), `guest_ready` the rest until the `Hello`.
+    pub fn from_assignment(
+        assigned: Instant,
+        configured: Instant,
+        answered: Instant,
+        hello: Instant,
+    ) -> StartTimings {
+        let configured = configured.clamp(assigned, hello.max(assigned));
+        let answered = answered.clamp(configured, hello.max(configured));
+        StartTimings {
+            jail: Some(configured - assigned),
+            vmm_start: Some(answered - configured),
+            guest_ready: Some(hello.saturating_duration_since(answered)),
+            total: hello.saturating_duration_since(assigned),
+        }
+    }
 }
 
 /// Everything one invocation measured.
@@ -202,6 +222,26 @@ mod tests {
         assert_eq!(s.guest_ready, Some(Duration::from_millis(5)));
         assert_eq!(s.total, Duration::from_millis(35));
         let none = StartTimings::from_marks(t0, hello, &marks[..1]);
+        let blank = StartTimings::from_assignment(
+            t0,
+            t0 + Duration::from_micros(300),
+            t0 + Duration::from_micros(1_200),
+            hello,
+        );
+        assert_eq!(blank.jail, Some(Duration::from_micros(300)));
+        assert_eq!(blank.vmm_start, Some(Duration::from_micros(900)));
+        assert_eq!(
+            blank.guest_ready,
+            Some(hello - t0 - Duration::from_micros(1_200))
+        );
+        assert_eq!(blank.total, hello - t0);
+        // Out-of-order instants never make a phase negative or the phases exceed the total.
+        let odd = StartTimings::from_assignment(t0, hello + Duration::from_millis(1), t0, hello);
+        assert_eq!(odd.jail, Some(hello - t0));
+        assert_eq!(
+            (odd.vmm_start, odd.guest_ready),
+            (Some(Duration::ZERO), Some(Duration::ZERO))
+        );
         assert_eq!(none.jail, None);
         assert_eq!(none.total, Duration::from_millis(35));
     }

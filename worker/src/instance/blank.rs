@@ -161,12 +161,13 @@ impl BlankInstance {
     }
 
     /// Makes it `function`'s for life and starts the function's guest in it (see the module
-    /// documentation); the guest's `Hello` is waited for by the caller.
+    /// documentation); the guest's `Hello` is waited for by the caller. Also returns when
+    /// the configuration was sent and when `InstanceStart` was answered.
     pub(super) fn assign(
         self,
         function: &Function,
         deadline: Instant,
-    ) -> Result<(Jail, UnixListener), InstanceError> {
+    ) -> Result<(Jail, UnixListener, Assigned), InstanceError> {
         let BlankInstance {
             mut jail,
             mut api,
@@ -207,11 +208,28 @@ impl BlankInstance {
         if let Err(e) = api.send(&configure, deadline) {
             return Err(api_error(&mut jail, e));
         }
+        let configured = Instant::now();
         // While the VMM loads the image and starts the guest.
         record::mark_assigned(jail.host_dir(), &function.name)?;
         if let Err(e) = api.answers(deadline) {
             return Err(api_error(&mut jail, e));
         }
-        Ok((jail, listener))
+        let answered = Instant::now();
+        Ok((
+            jail,
+            listener,
+            Assigned {
+                configured,
+                answered,
+            },
+        ))
     }
+}
+
+/// When an assignment's steps were done (the start's phases, [`crate::timing`]).
+pub(super) struct Assigned {
+    /// The image staged and the configuration written to the VMM.
+    pub configured: Instant,
+    /// `InstanceStart` answered: the VMM's vCPUs run the function's guest.
+    pub answered: Instant,
 }

@@ -121,6 +121,15 @@ pub fn sweep(cfg: &InstanceConfig, wait: std::time::Duration) -> usize {
     record::sweep(cfg, wait)
 }
 
+/// How a start's time is split into phases ([`StartTimings`]).
+enum Phases {
+    /// By the VMM's `--boot-timer` marks (a jail and VMM started for this instance; a
+    /// restored VMM prints none, and only the total is known).
+    BootMarks,
+    /// By the steps of a blank instance's assignment.
+    Assignment(blank::Assigned),
+}
+
 impl Instance {
     /// Starts a jailed microVM for `function` and waits for its guest's `Hello`: booted,
     /// or restored from the function's snapshot (made first if need be) when its manifest
@@ -181,8 +190,7 @@ impl Instance {
         if let Launch::Restore(_) = launch {
             snapshot::restore(&mut jail, spawned, deadline)?;
         }
-        let marks = true;
-        Instance::ready(function, jail, listener, spawned, marks)
+        Instance::ready(function, jail, listener, spawned, Phases::BootMarks)
     }
 
     /// Assigns the blank instance `blank` to `function` for the rest of its life: stages the
@@ -195,22 +203,27 @@ impl Instance {
     ) -> Result<Instance, InstanceError> {
         let assigned = Instant::now();
         let start_timeout = function.hello_timeout.unwrap_or(cfg.start_timeout);
-        let (jail, listener) = blank.assign(function, assigned + start_timeout)?;
+        let (jail, listener, steps) = blank.assign(function, assigned + start_timeout)?;
         // The VMM's boot marks count from the blank's start, long before the assignment:
-        // only the total is reported.
-        let marks = false;
-        Instance::ready(function, jail, listener, assigned, marks)
+        // the assignment's own steps split the start.
+        Instance::ready(
+            function,
+            jail,
+            listener,
+            assigned,
+            Phases::Assignment(steps),
+        )
     }
 
     /// The start path every instance shares once its VMM runs its guest: the guest's
-    /// connection and its `Hello` within the start timeout from `spawned`. `marks`: split
-    /// the start's time by the VMM's boot marks.
+    /// connection and its `Hello` within the start timeout from `spawned`; `phases` says
+    /// how the start's time is split.
     fn ready(
         function: &Arc<Function>,
         mut jail: Jail,
         listener: std::os::unix::net::UnixListener,
         spawned: Instant,
-        marks: bool,
+        phases: Phases,
     ) -> Result<Instance, InstanceError> {
         let start_timeout = function.hello_timeout.unwrap_or(jail.start_timeout());
         let deadline = spawned + start_timeout;
@@ -222,10 +235,11 @@ impl Instance {
         let mut channel = Channel::new(stream, jail.max_response_bytes());
         let hello_at = ready::hello(&mut channel, &mut jail, function, deadline, start_timeout)?;
         jail.open_vmm_pidfd();
-        let marks = if marks {
-            jail.logs().marks()
-        } else {
-            Vec::new()
+        let started = match phases {
+            Phases::BootMarks => StartTimings::from_marks(spawned, hello_at, &jail.logs().marks()),
+            Phases::Assignment(a) => {
+                StartTimings::from_assignment(spawned, a.configured, a.answered, hello_at)
+            }
         };
         Ok(Instance {
             jail,
@@ -233,7 +247,7 @@ impl Instance {
             channel,
             next_invocation: 1,
             invocations: 0,
-            started: StartTimings::from_marks(spawned, hello_at, &marks),
+            started,
             last_used: Instant::now(),
             broken: None,
         })
