@@ -44,24 +44,25 @@ pub fn prefetch() -> std::io::Result<()> {
 /// `/dev/kvm` handle of its own.
 pub fn host_supported_cpuid() -> Answer {
     match take_prefetched() {
-        Some(answer) => answer,
+        Some(cpuid) => Ok(cpuid),
         None => query(&Kvm::new().map_err(HostCpuidError::OpenKvm)?),
     }
 }
 
 /// The prefetched answer if nobody has taken it yet, else a fresh query through `kvm`.
 pub fn supported_cpuid_through(kvm: &Kvm) -> Answer {
-    take_prefetched().unwrap_or_else(|| query(kvm))
+    take_prefetched().map_or_else(|| query(kvm), Ok)
 }
 
-/// Waits for the prefetching thread, if one was started and nobody took its answer (a
-/// thread that panicked has none: the caller queries again).
-fn take_prefetched() -> Option<Answer> {
+/// Waits for the prefetching thread, if one was started and nobody took its answer. A
+/// thread that failed (say `/dev/kvm` could not be opened just then) or panicked has no
+/// answer: the caller queries again, and reports its own error.
+fn take_prefetched() -> Option<CpuId> {
     let handle = PREFETCHED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take()?;
-    handle.join().ok()
+    handle.join().ok()?.ok()
 }
 
 fn query(kvm: &Kvm) -> Answer {

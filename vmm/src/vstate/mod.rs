@@ -1,7 +1,8 @@
 //! KVM state of the microVM, built before it runs:
 //!
 //! - [`vm`]: the KVM VM (irqchip, PIT, TSS, memory slots).
-//! - [`host_cpuid`]: the CPUID the host's KVM supports, queried once ahead at process start.
+//! - [`host_cpuid`]: the CPUID the host's KVM supports, asked for ahead of the build in API
+//!   mode.
 //! - [`memory`]: guest RAM, sized from the config and split around the MMIO gap.
 //! - [`vcpu`]: creating and configuring one vCPU (CPUID, MSRs, registers, LAPIC).
 //! - [`vcpu_thread`]: the thread that runs a vCPU, handles its exits and obeys
