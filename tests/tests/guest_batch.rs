@@ -7,6 +7,7 @@
 
 use kiln_guest_virtio::batch::{OP_CHECK, OP_READ, OP_WAIT, OP_WRITE};
 use kiln_guest_virtio::{Batch, RegOp, Stopped};
+use std::cell::UnsafeCell;
 
 core::arch::global_asm!(kiln_guest_virtio::batch_asm!(), options(att_syntax));
 
@@ -14,28 +15,31 @@ extern "C" {
     fn kiln_perform_regops(ops: *mut RegOp, count: usize) -> usize;
 }
 
-/// The executor, as the runtime hands it a batch.
+/// The executor, as the runtime hands it a batch. Only for this file's batches: every
+/// address in them is one of a live [`Regs`]' cells, and none reaches an `OP_WAIT`
+/// (privileged) without stopping before it.
 fn perform(ops: &mut [RegOp]) -> usize {
-    // SAFETY: every address in the tests' batches is a u32 of `Regs`, alive for the call;
-    // no test's batch reaches an OP_WAIT (privileged) without stopping before it.
+    // SAFETY: see above; the cells are `UnsafeCell`s, written only through these raw
+    // addresses while no reference to their contents exists.
     unsafe { kiln_perform_regops(ops.as_mut_ptr(), ops.len()) }
 }
 
-/// Eight 32-bit "registers" in memory.
-struct Regs(Box<[u32; 8]>);
+/// Eight 32-bit "registers" in memory, written by the executor through raw addresses.
+struct Regs(Box<[UnsafeCell<u32>; 8]>);
 
 impl Regs {
     fn new(values: [u32; 8]) -> Regs {
-        Regs(Box::new(values))
+        Regs(Box::new(values.map(UnsafeCell::new)))
     }
 
     fn addr(&self, i: usize) -> u64 {
-        std::ptr::from_ref(&self.0[i]) as u64
+        self.0[i].get() as u64
     }
 
     fn values(&self) -> [u32; 8] {
-        // SAFETY: plain memory the executor may have written through raw addresses.
-        unsafe { std::ptr::read_volatile(&raw const *self.0) }
+        // SAFETY: each cell is read through its own pointer; nothing writes them meanwhile
+        // (the executor has returned).
+        std::array::from_fn(|i| unsafe { std::ptr::read_volatile(self.0[i].get()) })
     }
 }
 

@@ -45,6 +45,10 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("hlt", options(nostack, preserves_flags)) }
 }
 
+/// What EDX holds for a `cli` that asks for a register batch ("KBAT"): a `cli` the
+/// function's own code executes is reported as the fault it is.
+pub const BATCH_MAGIC: u32 = 0x5441_424b;
+
 /// Performs `ops` in ring 0 (kiln-guest-virtio's batch contract: in order, stopping after a
 /// failed check) and returns how many were performed.
 ///
@@ -61,7 +65,7 @@ pub fn wait_for_interrupt() {
 pub unsafe fn perform_in_ring0(ops: &mut [RegOp]) -> usize {
     let done: usize;
     // SAFETY: at CPL 3 `cli` raises #GP; the ring-0 handler (entry.rs) recognises the 0xfa
-    // opcode, performs the operations at RDI (RSI of them; their layout is RegOp's, fixed by
+    // opcode with EDX = BATCH_MAGIC, performs the operations at RDI (RSI of them; their layout is RegOp's, fixed by
     // `repr(C)`), writes the values read into them, preserves every register but RAX (the
     // count performed) and resumes after the instruction with RFLAGS as they were. The
     // registers are devices (the caller's contract), so no Rust memory but `ops` changes.
@@ -70,6 +74,7 @@ pub unsafe fn perform_in_ring0(ops: &mut [RegOp]) -> usize {
             "cli",
             in("rdi") ops.as_mut_ptr(),
             in("rsi") ops.len(),
+            in("edx") BATCH_MAGIC,
             lateout("rax") done,
             options(nostack, preserves_flags)
         );

@@ -95,10 +95,11 @@ kiln_common64:
        `hlt` (0xf4): wait for an interrupt: enable interrupts and halt (the interrupt's
        handler runs and returns after the `hlt`), then return after the guest's `hlt`,
        interrupts off again.
-       `cli` (0xfa): perform the batch of register accesses at RDI (RSI entries of 24 bytes;
-       kiln-guest-virtio's `kiln_perform_regops`: write, read, read and check, wait as
-       above), return after the `cli` with RAX = how many were performed, every other
-       register preserved. ---- */
+       `cli` (0xfa) with EDX = KILN_BATCH_MAGIC: perform the batch of register accesses at
+       RDI (RSI entries of 24 bytes; kiln-guest-virtio's `kiln_perform_regops`: write, read,
+       read and check, wait as above), return after the `cli` with RAX = how many were
+       performed, every other register preserved. A `cli` without the magic (the
+       function's own code) is a fault like any other. ---- */
     .p2align 4
     .globl kiln_isr_gp
 kiln_isr_gp:
@@ -107,6 +108,8 @@ kiln_isr_gp:
     cmpb $0xf4, (%rax)
     je kiln_gp_wait
     cmpb $0xfa, (%rax)
+    jne 1f
+    cmpl ${batch_magic}, %edx
     jne 1f
     incq %rax
     movq %rax, 16(%rsp)
@@ -311,6 +314,7 @@ kiln_stack0_top:
     .text
 "#,
     user_start = sym crate::start::kiln_user_start,
+    batch_magic = const crate::arch::BATCH_MAGIC,
     user_fault = sym crate::fault::kiln_user_fault,
     entry_pvh = const ENTRY_PVH,
     entry_linux64 = const ENTRY_LINUX64,

@@ -19,7 +19,7 @@ pub const VECTOR_SPURIOUS: u8 = 0xff;
 const KERNEL_CS: u64 = 0x08;
 /// Size of each exception stub in `kiln_exception_stubs` (padded).
 const STUB_SIZE: u64 = 16;
-/// `#GP`, whose handler is the wait.
+/// `#GP`, whose handler is the wait and the register batch.
 const VECTOR_GP: u8 = 13;
 
 // Defined by the assembly in entry.rs.

@@ -4,6 +4,9 @@
 //! - `null`: reads through a null pointer: a page fault, reported as
 //!   `CPU exception 14 (#PF page fault) at rip=... address=0x0 ...: null pointer`;
 //! - `overflow`: recurses until the stack's guard page: `...: stack overflow`;
+//! - `cli`: a privileged instruction in the function's own code (ring 3):
+//!   `CPU exception 13 (#GP general protection) at rip=...` — the runtime's own `cli` (its
+//!   ring-0 register batch) carries a marker in EDX that this one lacks;
 //! - anything else: `panic!`, reported with its location and message.
 
 #![no_std]
@@ -23,6 +26,14 @@ fn handle(event: &[u8]) -> Result<Vec<u8>, String> {
             Ok(format!("{v}").into_bytes())
         }
         b"overflow" => Ok(format!("{}", recurse(0)).into_bytes()),
+        b"cli" => {
+            // SAFETY: not sound, on purpose: `cli` at CPL 3 raises #GP, which the runtime
+            // reports; RDI and RSI hold what a careless batch call would (a null list).
+            unsafe {
+                core::arch::asm!("cli", in("rdi") 0usize, in("rsi") 1usize, in("edx") 0u32);
+            }
+            Ok(Vec::new())
+        }
         _ => panic!(
             "the panic function panics on every event ({} bytes)",
             event.len()

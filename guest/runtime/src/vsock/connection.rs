@@ -278,8 +278,8 @@ impl Vsock {
             irq::timer(&mut batch, 0);
         }
         self.stats.waits += 1;
-        // SAFETY: the addresses are device registers: the vsock window's (found in the MMIO
-        // gap, see `virtio::find`) and the LAPIC's. The batch holds at most 4 operations and
+        // SAFETY: the addresses are device registers: the vsock window's (in the MMIO gap,
+        // see `virtio::candidates`) and the LAPIC's. The batch holds at most 4 operations and
         // has no check, so it always runs to its end.
         let _ = batch.run(|ops| unsafe { perform_in_ring0(ops) });
     }
