@@ -273,8 +273,8 @@ fn a_deep_tree_cannot_be_made_in_the_jail_nor_defeat_its_cleanup() {
 }
 
 /// The host's 2 MiB huge page pool, raised for one test and restored after (one test at a
-/// time on the host: a lock file in cargo's scratch directory for tests, so that nothing is
-/// left in /tmp).
+/// time on the host: an `flock` on the sysctl file itself, so that every checkout's test
+/// runs wait for each other and no lock file is left behind).
 struct HugePages {
     previous: String,
     _lock: std::fs::File,
@@ -284,8 +284,7 @@ const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 impl HugePages {
     fn reserve(pages: u64) -> HugePages {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-hugepages.lock");
-        let lock = std::fs::File::create(&path).expect("lock file");
+        let lock = std::fs::File::open(NR_HUGEPAGES).expect("open nr_hugepages to lock it");
         // SAFETY: flock on a descriptor we own; released when it is closed.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         let previous = read(Path::new(NR_HUGEPAGES));

@@ -9,6 +9,11 @@
 //! | guest ready | vCPUs running | the guest's `Hello` on the vsock stream |
 //! | handler | `Invoke` sent | `Response` or `Error` received |
 //!
+//! A start on a blank instance (`kiln serve --blank-pool`) counts from its assignment: jail =
+//! the image staged into the ready jail and the configuration sent to its VMM, VMM start =
+//! until the VMM answered `InstanceStart`, guest ready = until `Hello`
+//! ([`StartTimings::from_assignment`]).
+//!
 //! A warm invocation only has the handler phase (plus any wait for a free instance). The
 //! VMM start phase is the difference of two marks the VMM prints with `--boot-timer`
 //! (`boot-timer: <phase>: <ms> ms`, both relative to the jailer's start); the jail phase is
