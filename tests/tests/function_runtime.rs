@@ -16,13 +16,14 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln_guest_builder::{build_function, Image};
 use kiln_protocol::{decode_error, ErrorCode, Header, Kind, HEADER_LEN};
+use kiln_tests::metrics::Metrics;
 use kiln_tests::process::spawn;
 use kiln_tests::{require_bin, require_kvm, wait_with_timeout, Finished, KillOnDrop, ScratchDir};
 
@@ -56,10 +57,26 @@ struct Vm {
     /// VMM start to Hello.
     cold: Duration,
     hello: String,
-    _dir: ScratchDir,
+    dir: ScratchDir,
+}
+
+/// The VMM's metrics file in a VM's scratch directory.
+const METRICS_FILE: &str = "metrics.json";
+
+/// `--metrics-path` to [`METRICS_FILE`] in `dir` (read back by [`Vm::metrics`]).
+fn metrics_flags(dir: &ScratchDir) -> Vec<std::ffi::OsString> {
+    vec![
+        "--metrics-path".into(),
+        dir.join(METRICS_FILE).into_os_string(),
+    ]
 }
 
 impl Vm {
+    /// The counters of the VMM's metrics file (booted with [`metrics_flags`]).
+    fn metrics(&self) -> Metrics {
+        Metrics::read(&self.dir.join(METRICS_FILE))
+    }
+
     fn boot(image: &Image, boot_args: &str, entry: &str) -> Vm {
         Vm::boot_with(image, boot_args, entry, |_| vec![])
     }
@@ -134,7 +151,7 @@ impl Vm {
             started,
             cold: Duration::ZERO,
             hello: String::new(),
-            _dir: dir,
+            dir,
         };
         let (h, payload) = vm.read_frame();
         vm.cold = started.elapsed();
@@ -265,11 +282,8 @@ fn with_coalesced_mmio_the_device_comes_up_with_fewer_exits_and_echo_answers() {
     let image = image("echo");
     let mut writes = Vec::new();
     for coalesce in [false, true] {
-        let metrics = std::cell::RefCell::new(PathBuf::new());
         let mut vm = Vm::boot_with(&image, "", "linux64", |dir| {
-            let path = dir.join("metrics.json");
-            *metrics.borrow_mut() = path.clone();
-            let mut flags = vec!["--metrics-path".into(), path.into_os_string()];
+            let mut flags = metrics_flags(dir);
             if coalesce {
                 flags.push("--coalesce-mmio".into());
             }
@@ -282,18 +296,9 @@ fn with_coalesced_mmio_the_device_comes_up_with_fewer_exits_and_echo_answers() {
         }
         let f = vm.finish();
         assert_eq!(f.code(), 0, "{f}");
-        let text = std::fs::read_to_string(metrics.borrow().as_path()).expect("metrics");
-        let last: serde_json::Value = text
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .expect("a metrics line");
-        assert_eq!(last["vcpu"]["unhandled_mmio"], 0, "{last}");
-        writes.push(
-            last["vcpu"]["exit_mmio_write"]
-                .as_u64()
-                .expect("exit_mmio_write"),
-        );
+        let m = vm.metrics();
+        assert_eq!(m.get("vcpu.unhandled_mmio"), 0, "{m:?}");
+        writes.push(m.get("vcpu.exit_mmio_write"));
     }
     // Without: every register write exits (~24 for one vsock device); with: the four status
     // writes (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK) and nothing else.
@@ -309,30 +314,20 @@ fn with_coalesced_mmio_the_device_comes_up_with_fewer_exits_and_echo_answers() {
 #[test]
 fn windows_without_a_vsock_device_are_skipped_by_the_start_up_batch() {
     let image = image("echo");
-    let metrics = std::cell::RefCell::new(PathBuf::new());
     let mut vm = Vm::boot_with(
         &image,
         "virtio_mmio.device=4K@0xdf000000:5 virtio_mmio.device=4K@0xdf001000:99",
         "linux64",
-        |dir| {
-            let path = dir.join("metrics.json");
-            *metrics.borrow_mut() = path.clone();
-            vec!["--metrics-path".into(), path.into_os_string()]
-        },
+        metrics_flags,
     );
     assert_eq!(vm.hello, "echo");
     let (out, _) = vm.expect_response(1, b"[1]");
     assert_eq!(out, b"{\"echo\":[1]}");
     let f = vm.finish();
     assert_eq!(f.code(), 0, "{f}");
-    let text = std::fs::read_to_string(metrics.borrow().as_path()).expect("metrics");
-    let last: serde_json::Value = text
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .expect("a metrics line");
     // Two reads where no device is (the two device ids), no write.
-    assert_eq!(last["vcpu"]["unhandled_mmio"], 2, "{last}");
+    let m = vm.metrics();
+    assert_eq!(m.get("vcpu.unhandled_mmio"), 2, "{m:?}");
 }
 
 #[test]
