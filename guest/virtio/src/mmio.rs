@@ -87,7 +87,9 @@ impl Mmio {
         self.irq
     }
 
-    fn addr(&self, offset: u32) -> u64 {
+    /// The address of the register at `offset` (taken modulo the window's size), for a
+    /// [`Batch`] or a direct access.
+    pub fn register(&self, offset: u32) -> u64 {
         self.base + (u64::from(offset) % WINDOW_SIZE)
     }
 
@@ -95,20 +97,20 @@ impl Mmio {
     pub fn read(&self, offset: u32) -> u32 {
         // SAFETY: inside the window (offset modulo its size), which holds nothing the program
         // uses (the contract of `new`); an aligned 32-bit access there is an MMIO exit.
-        unsafe { read_volatile(self.addr(offset) as *const u32) }
+        unsafe { read_volatile(self.register(offset) as *const u32) }
     }
 
     /// Writes the 32-bit register at `offset`.
     pub fn write(&self, offset: u32, value: u32) {
         // SAFETY: as for `read`.
-        unsafe { write_volatile(self.addr(offset) as *mut u32, value) }
+        unsafe { write_volatile(self.register(offset) as *mut u32, value) }
     }
 
     /// A read of `width` bytes (1, 2 or 8; anything else reads 4), zero-extended. Drivers
     /// read 32-bit registers and configuration bytes; tests of a device's checks read other
     /// widths.
     pub fn read_width(&self, offset: u32, width: u32) -> u64 {
-        let p = self.addr(offset);
+        let p = self.register(offset);
         // SAFETY: as for `read`: the VMM sees an access of this width at this address.
         unsafe {
             match width {
@@ -123,7 +125,7 @@ impl Mmio {
     /// A write of the low `width` bytes of `value` (1, 2 or 8; anything else writes 4), for
     /// tests of a device's checks.
     pub fn write_width(&self, offset: u32, width: u32, value: u64) {
-        let p = self.addr(offset);
+        let p = self.register(offset);
         // SAFETY: as for `read`: the VMM sees an access of this width at this address.
         unsafe {
             match width {
@@ -178,11 +180,6 @@ impl Mmio {
             return Err(status);
         }
         Ok(features)
-    }
-
-    /// The address of the register at `offset`, for a [`Batch`].
-    pub fn register(&self, offset: u32) -> u64 {
-        self.addr(offset)
     }
 
     /// Records the short hand-shake for a device fresh from the VMM (status 0, never driven,
