@@ -27,7 +27,7 @@ if [ "$tier" != slow ]; then
     step "Python clients of the Lambda tests (scripts/python-clients.sh)"
     "$KILN_ROOT/scripts/python-clients.sh"
 
-    step "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+    step "formatting and lints (cargo fmt --check, cargo clippy -D warnings, inside and outside the workspace)"
     cargo fmt --all -- --check || die "cargo fmt --check failed: run cargo fmt --all"
     # The crates outside the workspace (freestanding guests, examples, fuzz targets).
     for manifest in guest/*/Cargo.toml examples/functions/*/Cargo.toml fuzz/Cargo.toml; do
@@ -36,6 +36,7 @@ if [ "$tier" != slow ]; then
             || die "cargo fmt --check failed in $dir (outside the workspace): run (cd $dir && cargo fmt)"
     done
     cargo clippy --workspace --all-targets --quiet -- -D warnings
+    "$KILN_ROOT/scripts/clippy-outside.sh"
     step "structure (docs/conventions.md): no import circle, no file over 600 lines, crate dependencies as allowed"
     python3 "$KILN_ROOT/scripts/check-structure.py"
 

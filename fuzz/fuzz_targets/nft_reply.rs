@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         acks.len(),
         data.len()
     );
-    if data.len() % 4 == 0 {
+    if data.len().is_multiple_of(4) {
         let mut more = data.to_vec();
         more.extend(ack(7, -1));
         let mut want = acks;

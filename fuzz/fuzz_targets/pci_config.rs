@@ -125,7 +125,7 @@ fn bus(mem: &GuestMemoryMmap) -> (PciHandles, Vec<Function>) {
     let mut handles = PciHandles::new(root.clone());
     let mut funcs = Vec::new();
     for (i, (dev, t)) in [(rng, 4u32), (balloon, 5)].into_iter().enumerate() {
-        let (f, h) = function(dev, &mem, (WINDOW + BAR_SIZE * i as u64) as u32, t);
+        let (f, h) = function(dev, mem, (WINDOW + BAR_SIZE * i as u64) as u32, t);
         handles.add(f).expect("a slot");
         funcs.push(h);
     }

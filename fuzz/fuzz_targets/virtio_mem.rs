@@ -178,7 +178,7 @@ fn check(
     let blocks = |r: BlockRange| -> Option<std::ops::Range<usize>> {
         let off = r.addr.checked_sub(ADDR)?;
         let len = u64::from(r.nb_blocks) * BLOCK;
-        (r.nb_blocks > 0 && r.addr % BLOCK == 0 && off + len <= usable)
+        (r.nb_blocks > 0 && r.addr.is_multiple_of(BLOCK) && off + len <= usable)
             .then(|| (off / BLOCK) as usize..((off + len) / BLOCK) as usize)
     };
     match req {

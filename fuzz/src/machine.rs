@@ -498,7 +498,7 @@ impl Watch {
                 // The device published nothing (or just what memory said already).
                 continue;
             }
-            let Some(last) = std::mem::replace(&mut m.published.1[n], Some(now)) else {
+            let Some(last) = m.published.1[n].replace(now) else {
                 // The first index published after an unchecked run: the new baseline.
                 continue;
             };

@@ -27,7 +27,7 @@ use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::pci::{self as vpci, PciDev};
 use crate::virtio::pmem::{flush_chain, map_window, read_byte, write_byte, Pmem};
-use crate::virtio::ring::{ring, Ring, RingExt, QUEUE_SIZE};
+use crate::virtio::ring::{ring, Ring, RingExt, QUEUE_SIZE_U16};
 use crate::virtio::{fnv1a, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, WAIT_CYCLES};
 use kiln_guest_boot::cmdline::param_num;
 
@@ -37,8 +37,6 @@ pub const PATTERN: &[u8; 16] = b"KILN-PMEM-WRITE!";
 const PCI_DEVICE_PMEM: u16 = vpci::DEVICE_BASE + 27;
 /// TSC cycles (~20 ms) between the reads that show a host write is complete.
 const SETTLE: u64 = 50_000_000;
-/// `VIRTIO_MSI_NO_VECTOR`.
-const NO_VECTOR: u16 = 0xffff;
 
 /// Finds, starts and maps the first virtio-pmem device, printing it (or an error line).
 pub fn open(info: &BootInfo, con: &mut Console) -> Option<Pmem> {
@@ -167,7 +165,7 @@ pub fn run_pci(info: &BootInfo, con: &mut Console) {
     d.enable();
     d.negotiate();
     let mut r = ring(0);
-    d.setup_queue(0, &r, QUEUE_SIZE as u16, NO_VECTOR);
+    d.setup_queue(0, &r, QUEUE_SIZE_U16, vpci::NO_VECTOR);
     let status = d.driver_ok();
     if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
         con.error()

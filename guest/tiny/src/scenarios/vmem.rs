@@ -112,7 +112,7 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     let (addr, block) = (m.addr(), m.block_size().max(1));
     // At most the 1 GiB the page tables map.
     let size = m.requested().min(1 << 30);
-    let blocks = (size / block).min(u64::from(u16::MAX)) as u16;
+    let blocks = u16::try_from(size / block).unwrap_or(u16::MAX);
     map_region(addr);
     let Some(a) = m.request(REQ_PLUG, addr, blocks, WAIT_CYCLES) else {
         con.error().s("vmem: PLUG never answered").end();

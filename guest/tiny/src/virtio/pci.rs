@@ -19,6 +19,7 @@ pub const DEVICE_BASE: u16 = 0x1040;
 pub const CAP_VENDOR: u8 = 0x09;
 pub const CAP_MSIX: u8 = 0x11;
 pub const COMMAND_MEMORY: u16 = 2;
+/// `VIRTIO_MSI_NO_VECTOR`: the queue or configuration raises no MSI-X vector.
 pub const NO_VECTOR: u16 = 0xffff;
 
 /// Common configuration offsets.

@@ -95,13 +95,6 @@ impl Pmem {
         unsafe { read_volatile(addr_of!((*WORDS.ptr()).0[i % 8])) }
     }
 
-    /// A well-formed flush (request word 0, status word 4): the used entry, or `None` on
-    /// timeout.
-    pub fn flush(&mut self, cycles: u64) -> Option<UsedElem> {
-        flush_chain(&mut self.ring);
-        self.post(0, cycles)
-    }
-
     /// Makes the chain at `head` available, notifies, and waits up to `cycles`.
     pub fn post(&mut self, head: u16, cycles: u64) -> Option<UsedElem> {
         self.ring.push(head);
@@ -124,7 +117,7 @@ pub fn flush_chain(ring: &mut Ring) {
 /// the mapped length, or `None` when the window cannot be mapped (not 2 MiB aligned, in the
 /// low 512 GiB the image's own tables cover, or mapped already).
 pub fn map_window(start: u64, len: u64) -> Option<u64> {
-    if start % PAGE_2M != 0 || start >> 39 == 0 || start >> 48 != 0 || len == 0 {
+    if !start.is_multiple_of(PAGE_2M) || start >> 39 == 0 || start >> 48 != 0 || len == 0 {
         return None;
     }
     let len = len.min(GIB - start % GIB).next_multiple_of(PAGE_2M);

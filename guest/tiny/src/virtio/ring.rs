@@ -9,7 +9,10 @@ use kiln_guest_virtio::ring::{DeviceShared, Queue, RingMem, UsedElem};
 
 pub use kiln_guest_virtio::ring::{DESC_F_NEXT, DESC_F_WRITE};
 
-pub const QUEUE_SIZE: usize = 8;
+/// Entries per ring, as the 16-bit queue-size registers take it.
+pub const QUEUE_SIZE_U16: u16 = 8;
+/// Entries per ring.
+pub const QUEUE_SIZE: usize = QUEUE_SIZE_U16 as usize;
 /// Rings available to the scenarios (virtio-blk uses one, virtio-net two, virtio-vsock three,
 /// virtio-balloon up to five).
 pub const RINGS: usize = 5;

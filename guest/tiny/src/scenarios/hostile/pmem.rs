@@ -16,6 +16,9 @@ use crate::virtio::pmem::{Pmem, NO_STATUS, REQ_FLUSH};
 use crate::virtio::ring::{RingExt, DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtio::WAIT_CYCLES;
 
+/// One malformed request: its name, and its two descriptors (address, length, flags).
+type Case = (&'static str, [(u64, u32, u16); 2]);
+
 /// Posts the chain at `head` and prints its line.
 fn case(p: &mut Pmem, con: &mut Console, name: &str, head: u16) {
     match p.post(head, WAIT_CYCLES) {
@@ -42,7 +45,7 @@ pub fn run(info: &BootInfo, con: &mut Console) {
     let (req, other, status) = (Pmem::word_addr(0), Pmem::word_addr(1), Pmem::word_addr(4));
     Pmem::set_word(0, REQ_FLUSH);
     Pmem::set_word(1, 5);
-    let cases: [(&str, [(u64, u32, u16); 2]); 8] = [
+    let cases: [Case; 8] = [
         (
             "writable",
             [
