@@ -1,16 +1,31 @@
 //! Rows 3 (`--only jail`): the jailer's exec → the VMM's exec with the full default profile,
 //! each layer's time (`jailer --timing`), and the first serial byte with and without the
-//! network and PID namespace layers; beside them, Firecracker's jailer with its default jail
-//! (`--firecracker-jailer`).
+//! network and PID namespace layers, and beside another live jail; beside them, Firecracker's
+//! jailer with its default jail (`--firecracker-jailer`).
+//!
+//! "Beside a live jail": a second full-profile jail (its guest halted, no CPU) runs while the
+//! measured one starts, as on a worker host that serves anything. The netfilter hooks' static
+//! keys are host-wide: the first firewall on a host switches them on (the kernel patches its
+//! code, stopping both CPUs), the last one's namespace switches them off when it goes, so
+//! each of the sequential rows above pays that, and a jail started beside another does not.
 
 use crate::launch::{
     firecracker_jailer_cmd, jailer_cmd, vmm_config_cmd, write_vm_config, Layers, FULL,
 };
 use crate::opts::Opts;
-use crate::process::{ms, start, TIMEOUT};
+use crate::process::{ms, signal, start, Started, TIMEOUT};
 use crate::table::Table;
+use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The neighbour jail's number (its id and uid), apart from the measured runs'.
+const NEIGHBOUR: usize = 9_999;
+/// How long the neighbour runs before the measured jail starts.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long after the neighbour's exit its network namespace is taken to be gone (the kernel
+/// destroys namespaces in a work queue, after RCU grace periods: ~10–30 ms here).
+const NAMESPACES_GONE: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn parse_timing(line: &str) -> Option<(String, f64, f64)> {
     let rest = line.strip_prefix("jailer timing: ")?;
@@ -39,9 +54,11 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
     let mut first = vec![];
     let mut first_no_net = vec![];
     let mut first_no_pid = vec![];
+    let mut first_beside = vec![];
     let mut direct = vec![];
     let mut fc = vec![];
     let direct_cfg = write_vm_config(opts, "print", &opts.tiny, "print", 1);
+    let halt_cfg = write_vm_config(opts, "jail-halt", Path::new("/tiny.elf"), "halt", 1);
     for i in 0..opts.runs {
         let mut s = start(jailer_cmd(opts, i, &cfg, FULL), true)?;
         let at = s.first_byte()?;
@@ -106,6 +123,18 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
             let _ = std::fs::remove_dir_all(&jail.dir);
             fc.push(ms(result?));
         }
+
+        // Last, so that the next run's rows start without the neighbour: its network
+        // namespace (and with it the hooks) goes in the kernel's own time after it exits.
+        let neighbour = start_neighbour(opts, &halt_cfg)?;
+        let beside = start(jailer_cmd(opts, i, &cfg, FULL), false).and_then(|mut s| {
+            let d = s.first_byte()? - s.t0;
+            s.finish(TIMEOUT)?;
+            Ok(ms(d))
+        });
+        stop_neighbour(neighbour)?;
+        first_beside.push(beside?);
+        std::thread::sleep(NAMESPACES_GONE);
     }
     t.add_note(
         "3 jailer exec → VMM exec (full default profile)",
@@ -138,6 +167,34 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         None,
         "cost of the PID namespace layer = difference",
     );
+    t.add_note(
+        "3 … beside a live jail (full profile)",
+        "ms",
+        &first_beside,
+        None,
+        "another full-profile jail running meanwhile: netfilter's hooks already on (module doc)",
+    );
     t.add("3 … no jail (VMM spawned directly)", "ms", &direct, None);
     Ok(())
+}
+
+/// The jail [`NEIGHBOUR`] with the full profile, its guest halted once it has printed.
+fn start_neighbour(opts: &Opts, cfg: &Path) -> Result<Started, String> {
+    let mut s = start(jailer_cmd(opts, NEIGHBOUR, cfg, FULL), false)?;
+    s.first_byte()?;
+    // What its start left to finish (its jailer's keeper, the firewall socket's release,
+    // its VMM's threads) is done before the measured jail starts.
+    std::thread::sleep(SETTLE);
+    Ok(s)
+}
+
+/// SIGTERM to the neighbour's jailer, which removes its jail.
+fn stop_neighbour(s: Started) -> Result<(), String> {
+    signal(s.child.id(), Signal::SIGTERM);
+    match s.finish(TIMEOUT)? {
+        (Some(0), _) => Ok(()),
+        (code, _) => Err(format!(
+            "the neighbour jail exited with {code:?} after SIGTERM"
+        )),
+    }
 }
