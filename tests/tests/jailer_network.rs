@@ -266,7 +266,7 @@ fn a_failure_on_the_network_thread_is_named_and_undone_and_never_touches_what_wa
     // What is undone below was made: the cgroups (step 3 ended) and the tap kt8.
     for made in [
         "jailer timing: 3 cgroups:",
-        "jailer timing: 4 host network › 3 tap kt8:",
+        "jailer timing: 4 host network › 2 tap kt8:",
     ] {
         assert!(
             done.stderr.contains(made),

@@ -88,6 +88,9 @@ pub enum NetworkError {
     EarlyThread(#[source] io::Error),
     #[error("--new-netns: the thread that made the namespace panicked")]
     EarlyPanicked,
+    /// [`prepare`] called for a new namespace without [`start_early`]'s (a caller's bug).
+    #[error("--new-netns: the namespace was not started ahead")]
+    NotMadeAhead,
     #[error("--new-netns: bind-mounting the new namespace on {path}: {source}")]
     Mount { path: PathBuf, source: io::Error },
     #[error("--tap {name}: {op}: {source}")]
@@ -170,33 +173,30 @@ pub fn prepare(
     if matches!(net.mode, NetnsMode::Create) {
         namespace::claim(&pinned_at, journal)?;
     }
-    // Made ahead (with its loopback up, and maybe its firewall): waited for, then pinned.
-    let (made, early_firewall) = match early {
-        Some(Early(thread)) => {
-            let (ns, socket) = thread.join().map_err(|_| NetworkError::EarlyPanicked)??;
-            (Some(ns), socket)
-        }
-        None => (None, None),
-    };
-    let made_ahead = made.is_some();
-    let ns = match &net.mode {
+    let (ns, early_firewall) = match &net.mode {
         NetnsMode::Private | NetnsMode::Host => return Ok(HostNetwork::default()),
-        NetnsMode::Join(path) => namespace::open(path)?,
-        NetnsMode::Create => namespace::create(&pinned_at, made)?,
-    };
-    clock.part(
-        STEP,
-        match (made_ahead, early_firewall.is_some()) {
-            (true, true) => "1 namespace and firewall (made ahead, pinned)",
-            (true, false) => "1 namespace (made ahead, pinned)",
-            (false, _) => "1 namespace",
-        },
-    );
-    let firewall = namespace::within(&ns, "of the jail", || {
-        if matches!(net.mode, NetnsMode::Create) && !made_ahead {
-            tap::link_up("lo")?;
-            clock.part(STEP, "2 loopback up");
+        NetnsMode::Join(path) => {
+            let ns = namespace::open(path)?;
+            clock.part(STEP, "1 namespace");
+            (ns, None)
         }
+        // Made ahead by [`start_early`] (with its loopback up, and maybe its firewall):
+        // waited for, then pinned.
+        NetnsMode::Create => {
+            let Early(thread) = early.ok_or(NetworkError::NotMadeAhead)?;
+            let (made, socket) = thread.join().map_err(|_| NetworkError::EarlyPanicked)??;
+            let ns = namespace::pin_unnamed(&pinned_at, made)?;
+            clock.part(
+                STEP,
+                match socket {
+                    Some(_) => "1 namespace and firewall (made ahead, pinned)",
+                    None => "1 namespace (made ahead, pinned)",
+                },
+            );
+            (ns, socket)
+        }
+    };
+    let firewall = namespace::within(&ns, "of the jail", || {
         for t in &net.taps {
             // Journaled once it exists (and before it is made persistent): an interface
             // that was already there is never recorded, so never removed.
@@ -208,7 +208,7 @@ pub fn prepare(
                 })?;
                 Ok(())
             })?;
-            clock.part(STEP, &format!("3 tap {}", t.name));
+            clock.part(STEP, &format!("2 tap {}", t.name));
         }
         if early_firewall.is_some() {
             return Ok(early_firewall);
@@ -222,7 +222,7 @@ pub fn prepare(
                 // A namespace made just now holds no table to replace.
                 replace: !matches!(net.mode, NetnsMode::Create),
             })?;
-            clock.part(STEP, "4 firewall");
+            clock.part(STEP, "3 firewall");
             return Ok(socket);
         }
         Ok(None)

@@ -77,9 +77,9 @@ pub fn path_of(id: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(id)
 }
 
-/// Where [`create`] pins the namespace of jail `id`: `/run/netns/<id>` (made sure of the
+/// Where [`pin_unnamed`] pins the namespace of jail `id`: `/run/netns/<id>` (made sure of the
 /// directory, refused if the file exists: it is someone else's), to be journaled before
-/// [`create`] makes it.
+/// [`pin_unnamed`] makes it.
 pub fn reserve(id: &str) -> Result<PathBuf, NetworkError> {
     let dir = Path::new(NETNS_RUN_DIR);
     let path = path_of(id);
@@ -104,15 +104,15 @@ pub fn reserve(id: &str) -> Result<PathBuf, NetworkError> {
 
 /// A new network namespace with its loopback up, made on a thread of its own before
 /// anything is journaled: it has no name on the host, so it goes with its last descriptor
-/// (or with the jailer, killed at any instant) and needs no journal until [`create`] pins
-/// it. The thread that calls this is left in it: a dedicated thread, which ends after.
+/// (or with the jailer, killed at any instant) and needs no journal until [`pin_unnamed`]
+/// pins it. The thread that calls this is left in it: a dedicated thread, which ends after.
 pub fn unnamed() -> Result<OwnedFd, NetworkError> {
     unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Unshare(e.into()))?;
     super::tap::link_up("lo")?;
     own()
 }
 
-/// Makes the file `path` ([`reserve`]d and journaled) that [`create`] pins the namespace on,
+/// Makes the file `path` ([`reserve`]d and journaled) that [`pin_unnamed`] pins the namespace on,
 /// exclusively: from then on it is the jail's to remove, whatever fails next. A file made by
 /// someone else since [`reserve`] is refused, and the journal forgets it.
 pub fn claim(path: &Path, journal: &SharedJournal) -> Result<(), NetworkError> {
@@ -135,21 +135,10 @@ pub fn claim(path: &Path, journal: &SharedJournal) -> Result<(), NetworkError> {
     }
 }
 
-/// Pins a new network namespace (`made`, from [`unnamed`], or one made now) on the file
-/// `path` ([`claim`]ed) and returns a descriptor of it; the calling thread stays in its own
-/// namespace.
-pub fn create(path: &Path, made: Option<OwnedFd>) -> Result<OwnedFd, NetworkError> {
-    if let Some(ns) = made {
-        pin(&format!("/proc/self/fd/{}", ns.as_raw_fd()), path)?;
-        return open(path);
-    }
-    let own = own()?;
-    // Only the calling thread moves to the new namespace.
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Unshare(e.into()))?;
-    let pinned = pin("/proc/thread-self/ns/net", path);
-    // Back to the jailer's namespace whatever happened: the jail joins it by descriptor.
-    join(&own, "of the jailer")?;
-    pinned?;
+/// Pins the new network namespace `made` (from [`unnamed`]) on the file `path`
+/// ([`claim`]ed) and returns a descriptor of it.
+pub fn pin_unnamed(path: &Path, made: OwnedFd) -> Result<OwnedFd, NetworkError> {
+    pin(&format!("/proc/self/fd/{}", made.as_raw_fd()), path)?;
     open(path)
 }
 
@@ -169,7 +158,7 @@ fn pin(source: &str, path: &Path) -> Result<(), NetworkError> {
     })
 }
 
-/// Unmounts and removes a namespace file made by [`create`]; what is already gone is
+/// Unmounts and removes a namespace file made by [`pin_unnamed`]; what is already gone is
 /// skipped.
 pub fn unpin(path: &Path) -> Result<(), NetworkError> {
     let err = |source| NetworkError::Remove {
