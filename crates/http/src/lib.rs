@@ -142,32 +142,22 @@ pub enum Parsed {
 pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let header_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEADER_BYTES {
-                return Err(HttpError::HeadersTooLarge);
-            }
-            return Ok(Parsed::Incomplete {
-                send_continue: false,
-            });
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => {
-            // `HTTP/2.0` is a version this server does not speak; `FOO/1.1` is not HTTP.
-            let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-            let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-            return Err(if version.starts_with(b"HTTP/") {
-                HttpError::Version
-            } else {
-                HttpError::Malformed("invalid HTTP version".into())
-            });
-        }
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
-    };
-    if header_len > MAX_HEADER_BYTES {
-        return Err(HttpError::HeadersTooLarge);
+    let parsed = req.parse(buf);
+    if let Err(httparse::Error::Version) = parsed {
+        // `HTTP/2.0` is a version this server does not speak; `FOO/1.1` is not HTTP.
+        let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+        let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+        return Err(if version.starts_with(b"HTTP/") {
+            HttpError::Version
+        } else {
+            HttpError::Malformed("invalid HTTP version".into())
+        });
     }
+    let Some(header_len) = head_len(parsed, buf)? else {
+        return Ok(Parsed::Incomplete {
+            send_continue: false,
+        });
+    };
     let method = Method::from_token(req.method.unwrap_or(""));
     let (path, query) = request_path(req.path.unwrap_or(""))?;
     let http11 = match req.version {
@@ -176,7 +166,6 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         _ => return Err(HttpError::Version),
     };
 
-    let mut content_length: Option<usize> = None;
     let mut keep_alive = http11;
     let mut expect_continue = false;
     let mut headers = Vec::with_capacity(req.headers.len());
@@ -185,11 +174,7 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
             .map_err(|_| HttpError::Malformed(format!("header {} is not valid UTF-8", h.name)))?
             .trim();
         headers.push((h.name.to_string(), value.to_string()));
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(another_content_length(content_length, value)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::TransferEncoding);
-        } else if h.name.eq_ignore_ascii_case("connection") {
+        if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     keep_alive = false;
@@ -204,7 +189,8 @@ pub fn parse_request(buf: &[u8], max_payload: usize) -> Result<Parsed, HttpError
         }
     }
 
-    let body_len = content_length.unwrap_or(0);
+    // After every header is known to be text: a malformed head is that, framed or not.
+    let body_len = framing(req.headers)?.unwrap_or(0);
     if body_len > max_payload {
         return Err(HttpError::PayloadTooLarge {
             len: body_len,
@@ -258,30 +244,12 @@ pub fn parse_response(
 ) -> Result<ParsedResponse, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let header_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEADER_BYTES => {
-            return Err(HttpError::HeadersTooLarge)
-        }
-        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Incomplete),
-        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    let parsed = resp.parse(buf);
+    let Some(header_len) = head_len(parsed, buf)? else {
+        return Ok(ParsedResponse::Incomplete);
     };
-    if header_len > MAX_HEADER_BYTES {
-        return Err(HttpError::HeadersTooLarge);
-    }
     let status = resp.code.unwrap_or(0);
-    let mut content_length: Option<usize> = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
-                .map_err(|_| HttpError::BadContentLength(String::from_utf8_lossy(h.value).into()))?
-                .trim();
-            content_length = Some(another_content_length(content_length, value)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::TransferEncoding);
-        }
-    }
+    let content_length = framing(resp.headers)?;
     let rest = buf.len().saturating_sub(header_len);
     let body_len = match content_length {
         Some(n) => n,
@@ -304,6 +272,36 @@ pub fn parse_response(
         }),
         None => Ok(ParsedResponse::Incomplete),
     }
+}
+
+/// The length of a message's head as httparse parsed it out of `buf`, or `None` while it is
+/// incomplete; a head over [`MAX_HEADER_BYTES`] (complete or not) or [`MAX_HEADERS`] is an
+/// error.
+fn head_len(parsed: httparse::Result<usize>, buf: &[u8]) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEADER_BYTES => Ok(None),
+        Ok(_) => Err(HttpError::HeadersTooLarge),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
+        Err(e) => Err(HttpError::Malformed(e.to_string())),
+    }
+}
+
+/// How a message's body is framed: its `Content-Length` (`None` without one; several must
+/// agree). `Transfer-Encoding` is refused: nothing here speaks chunked.
+fn framing(headers: &[httparse::Header]) -> Result<Option<usize>, HttpError> {
+    let mut content_length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| HttpError::BadContentLength(String::from_utf8_lossy(h.value).into()))?
+                .trim();
+            content_length = Some(another_content_length(content_length, value)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::TransferEncoding);
+        }
+    }
+    Ok(content_length)
 }
 
 /// A `Content-Length` header's value, which must agree with an earlier one (`prev`).
@@ -670,6 +668,12 @@ mod tests {
             (huge_header.into_bytes(), 431),
             (huge_unterminated.into_bytes(), 431),
             (b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n".to_vec(), 400),
+            // Malformed before anything about its framing (a header that is not text after
+            // Transfer-Encoding: 400, not 501).
+            (
+                b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: \xff\r\n\r\n".to_vec(),
+                400,
+            ),
         ];
         for (raw, status) in cases {
             let e = error(&raw);
