@@ -5,8 +5,8 @@
 //!
 //! Every time is taken on CLOCK_MONOTONIC in this process, from just before `spawn` to the
 //! event (the API socket answering, the first byte read from the guest's serial pipe, the
-//! process reaped). CPU times are the sum of `/proc/<pid>/task/*/schedstat` run times
-//! (nanosecond resolution) read at the event. Memory is `/proc/<pid>/smaps_rollup` minus the
+//! process reaped). CPU times are the process's CPU-time clock (`clock_getcpuclockid`: the
+//! scheduler's run time of all its threads, ended ones included, in ns) read at the event. Memory is `/proc/<pid>/smaps_rollup` minus the
 //! guest RAM mapping's own Rss/Pss (the mapping of exactly the guest memory size).
 //!
 //! Modules: [`opts`] (the command line), [`launch`] (the peers' command lines: Kiln's VMM and

@@ -1,10 +1,9 @@
 //! Spawning and watching the measured processes: the first byte of the guest's serial
 //! output (stdout), stderr collected on a thread, waits with a deadline, signals, and the
-//! CPU time of a live process from schedstat.
+//! CPU time of a live process from its CPU-time clock.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -19,21 +18,16 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// CPU time (ms) of every live thread of `pid` so far, from schedstat (ns).
+/// CPU time (ms) of the process `pid` so far: its CPU-time clock (`clock_getcpuclockid`),
+/// the scheduler's run time of every thread it has had, those that have ended included, in
+/// nanoseconds. 0 when the process is gone.
 pub fn cpu_ms(pid: u32) -> f64 {
-    let mut ns: u64 = 0;
-    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in dir.flatten() {
-            if let Ok(s) = fs::read_to_string(t.path().join("schedstat")) {
-                ns += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    ns as f64 / 1e6
+    let Ok(pid) = i32::try_from(pid) else {
+        return 0.0;
+    };
+    nix::time::clock_getcpuclockid(Pid::from_raw(pid))
+        .and_then(nix::time::clock_gettime)
+        .map_or(0.0, |t| Duration::from(t).as_secs_f64() * 1e3)
 }
 
 /// kill(2) on a pid this process spawned and has not reaped yet (so it is still ours).
