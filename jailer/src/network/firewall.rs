@@ -32,13 +32,14 @@
 //! }
 //! ```
 //!
-//! With an empty allow-list (the default profile) the three `ct state` rules are left out:
-//! nothing but loopback and neighbour discovery is accepted, so no connection can be
-//! established and they could never match (loopback has its own rules, neighbour discovery
-//! is not tracked). Without them the namespace has no connection tracking at all: no
-//! conntrack state for the guest to fill, and no conntrack set-up in the jail's start (on a
-//! host with no other firewall, also four netfilter hooks' static keys fewer to switch on:
-//! each is a patch of the kernel's code that interrupts every CPU).
+//! In a namespace the jailer made, with an empty allow-list (the default profile), the three
+//! `ct state` rules are left out: nothing but loopback and neighbour discovery is accepted,
+//! so no connection can be established and they could never match (loopback has its own
+//! rules, neighbour discovery is not tracked). Without them the namespace has no connection
+//! tracking at all: no conntrack state for the guest to fill, and no conntrack set-up in the
+//! jail's start (on a host with no other firewall, also four netfilter hooks' static keys
+//! fewer to switch on: each is a patch of the kernel's code that interrupts every CPU). A
+//! joined namespace keeps them: the orchestrator's connections there may predate the table.
 //!
 //! In a namespace the jailer just made, the tables are simply added. In a joined one, each
 //! is replaced in the transaction: created if missing, deleted, created afresh. Only then
@@ -186,7 +187,9 @@ pub fn ruleset(batch: &mut Batch, table: &str, allow: &[EgressAllow], replace: b
         };
         batch.add_chain(inet, table, name, Some(&hook));
     }
-    let tracked = !allow.is_empty();
+    // A joined namespace is the orchestrator's: connections it tracked before the load keep
+    // their replies whatever the allow-list.
+    let tracked = !allow.is_empty() || replace;
     batch.add_rule(inet, table, "input", loopback(MetaKey::Iif));
     if tracked {
         batch.add_rule(inet, table, "input", established());

@@ -85,18 +85,29 @@ fn tables<'a>(
 }
 
 fn assert_same_as_nft(fixture: &str, table: &str, taps: Vec<Tap>, allow: Vec<EgressAllow>) {
-    let text = std::fs::read_to_string(format!(
-        "{}/src/network/testdata/{fixture}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    assert_same_as_nft_each([fixture, fixture], table, taps, allow);
+}
+
+/// [`assert_same_as_nft`] with a fixture for a namespace the jailer made (`fixtures[0]`) and
+/// one for a joined namespace, whose tables replace any of the same names (`fixtures[1]`).
+fn assert_same_as_nft_each(
+    fixtures: [&str; 2],
+    table: &str,
+    taps: Vec<Tap>,
+    allow: Vec<EgressAllow>,
+) {
     let names: Vec<String> = taps.iter().map(|t| t.name.clone()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let by_nft = in_new_netns(&names, move || {
-        run("nft", &["-f", "-"], Some(&text));
-        listing()
-    });
-    for replace in [false, true] {
+    for (replace, fixture) in [false, true].into_iter().zip(fixtures) {
+        let text = std::fs::read_to_string(format!(
+            "{}/src/network/testdata/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let by_nft = in_new_netns(&names, move || {
+            run("nft", &["-f", "-"], Some(&text));
+            listing()
+        });
         let (table, taps, allow) = (table.to_owned(), taps.clone(), allow.clone());
         let by_jailer = in_new_netns(&names, move || {
             if replace {
@@ -117,9 +128,9 @@ fn assert_same_as_nft(fixture: &str, table: &str, taps: Vec<Tap>, allow: Vec<Egr
             by_jailer.1, by_nft.1,
             "the expressions differ for {fixture} ({how})"
         );
+        assert!(by_nft.0.contains("policy drop"), "{}", by_nft.0);
+        assert!(by_nft.1.len() >= 4, "no rules read back: {:?}", by_nft.1);
     }
-    assert!(by_nft.0.contains("policy drop"), "{}", by_nft.0);
-    assert!(by_nft.1.len() >= 4, "no rules read back: {:?}", by_nft.1);
 }
 
 fn allow(entries: &[&str]) -> Vec<EgressAllow> {
@@ -131,7 +142,14 @@ fn allow(entries: &[&str]) -> Vec<EgressAllow> {
 
 #[test]
 fn the_default_profile_is_what_nft_made() {
-    assert_same_as_nft("default.nft", "kiln-c", vec![], vec![]);
+    // Made by the jailer, nothing allowed: no connection tracking; joined: the
+    // orchestrator's tracked connections keep their replies.
+    assert_same_as_nft_each(
+        ["default.nft", "default-joined.nft"],
+        "kiln-c",
+        vec![],
+        vec![],
+    );
 }
 
 #[test]
