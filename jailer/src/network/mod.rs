@@ -2,8 +2,10 @@
 //! its egress firewall, all journaled; and their removal (`cleanup.rs`).
 //!
 //! * `--netns PATH` joins an existing namespace (Firecracker's meaning).
-//! * `--new-netns` creates one and pins it at `/run/netns/<id>` ([`namespace`]): the jailer
-//!   unshares a namespace, bind-mounts it there and returns to its own.
+//! * `--new-netns` creates one and pins it at `/run/netns/<id>` ([`namespace`]): a thread
+//!   started right after the flags are parsed ([`start_early`]) unshares it, brings its
+//!   loopback up (and loads its firewall when no tap filter must go with it) and ends; step 4
+//!   bind-mounts it there.
 //! * `--tap NAME` creates a persistent tap owned by the jail's uid:gid in that namespace
 //!   ([`tap`]), so the VMM can attach to it without any capability.
 //! * The egress firewall ([`firewall`]): an nftables table `inet kiln-<id>` in that namespace,

@@ -1,6 +1,6 @@
 //! Network namespaces seen from the host: open one by path (checking that it is one), join
-//! one, run code inside one and come back, create one pinned at `/run/netns/<id>` (where
-//! `ip netns` finds it) and unpin it. Each acts on the calling thread's namespace only: the
+//! one, run code inside one and come back, make one unnamed, pin it at `/run/netns/<id>`
+//! (where `ip netns` finds it) and unpin it. Each acts on the calling thread's namespace only: the
 //! jailer sets its network up on a thread of its own (`main.rs`).
 //!
 //! Raw call: `ioctl(NS_GET_NSTYPE)` (nix has no wrapper for the nsfs ioctls).
@@ -79,7 +79,7 @@ pub fn path_of(id: &str) -> PathBuf {
 
 /// Where [`pin_unnamed`] pins the namespace of jail `id`: `/run/netns/<id>` (made sure of the
 /// directory, refused if the file exists: it is someone else's), to be journaled before
-/// [`pin_unnamed`] makes it.
+/// [`claim`] makes it.
 pub fn reserve(id: &str) -> Result<PathBuf, NetworkError> {
     let dir = Path::new(NETNS_RUN_DIR);
     let path = path_of(id);
