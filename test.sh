@@ -19,7 +19,7 @@ need_root
 [ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
 
 step "checking Debian packages"
-apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio strace binutils
+apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio strace binutils g++
 musl_ensure
 
 if [ "$tier" != slow ]; then

@@ -7,9 +7,11 @@
 #
 #   scripts/clippy-outside.sh
 source "$(dirname "$0")/lib.sh"
+cd "$KILN_ROOT"
 
 out="$KILN_ROOT/target/clippy-outside"
-# The same rustflags as guest/flags' RUSTFLAGS minus the link arguments (nothing is linked).
+# guest/flags' RUSTFLAGS (guest/flags/src/lib.rs, which the builder builds with and the
+# guests' build scripts enforce) without the link arguments: nothing is linked.
 guest_flags=$'-C\x1frelocation-model=static\x1f-C\x1ftarget-feature=-crt-static,-sse,-sse2'
 
 # clippy_in MANIFEST [ARGS...]: clippy on one crate, from / (outside the workspace's config).
@@ -30,6 +32,7 @@ freestanding=(guest/boot guest/virtio guest/mem guest/runtime guest/tiny)
 linux=(fuzz)
 for manifest in examples/functions/*/Cargo.toml; do
     dir="$(dirname "$manifest")"
+    [ -f "$dir/kiln.json" ] || die "$dir has a Cargo.toml but no kiln.json: is it a function?"
     # A function's kiln.json says "kind": "linux" for an ordinary static executable;
     # anything else runs on the freestanding runtime.
     if grep -Eq '"kind"[[:space:]]*:[[:space:]]*"linux"' "$dir/kiln.json"; then

@@ -35,7 +35,7 @@ use crate::arch::rdtsc;
 use crate::boot_info::BootInfo;
 use crate::serial::Console;
 use crate::virtio::pci::{self, lapic, PciDev, C_NUM_QUEUES};
-use crate::virtio::ring::{ring, RingExt, DESC_F_WRITE, QUEUE_SIZE};
+use crate::virtio::ring::{ring, RingExt, DESC_F_WRITE, QUEUE_SIZE_U16};
 use crate::virtio::rng::{Rng, BUF_LEN};
 use crate::virtio::{STATUS_DRIVER_OK, WAIT_CYCLES};
 use kiln_guest_boot::cmdline;
@@ -131,7 +131,7 @@ pub fn start_rng(con: &mut Console, d: &PciDev, apic: u32) -> Option<crate::virt
     d.negotiate();
     d.cwrite(pci::C_MSIX_CONFIG, 2, 0);
     let r = ring(0);
-    let vector = d.setup_queue(0, &r, QUEUE_SIZE as u16, 1);
+    let vector = d.setup_queue(0, &r, QUEUE_SIZE_U16, 1);
     let status = d.driver_ok();
     con.line()
         .s("pci start status=")
