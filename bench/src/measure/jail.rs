@@ -127,10 +127,12 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         // Last, so that the next run's rows start without the neighbour: its network
         // namespace (and with it the hooks) goes in the kernel's own time after it exits.
         let neighbour = start_neighbour(opts, &halt_cfg)?;
-        let beside = start(jailer_cmd(opts, i, &cfg, FULL), false).and_then(|mut s| {
+        let beside = start(jailer_cmd(opts, i, &cfg, FULL), true).and_then(|mut s| {
             let d = s.first_byte()? - s.t0;
-            s.finish(TIMEOUT)?;
-            Ok(ms(d))
+            match s.finish(TIMEOUT)? {
+                (Some(0), _) => Ok(ms(d)),
+                (code, err) => Err(format!("jailer exit {code:?}:\n{}", err.join("\n"))),
+            }
         });
         stop_neighbour(neighbour)?;
         first_beside.push(beside?);
