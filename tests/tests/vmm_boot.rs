@@ -289,6 +289,37 @@ fn cpuid_has_kvm_signature_and_baseline_hides_features() {
     }
 }
 
+/// Kiln's jailer hands the VMM KVM's supported CPUID in its environment
+/// (`KILN_HOST_CPUID`; tests/tests/jailer.rs sees the VMM take it). A bad value is named in a
+/// warning and ignored: the VMM asks KVM itself, and the guest sees the CPUID it sees
+/// without one.
+#[test]
+fn a_bad_host_cpuid_in_the_environment_is_named_and_kvm_asked_instead() {
+    let plain = boot_clean("kiln.test=cpuid", 1, 64, Entry::Pvh);
+    let dir = ScratchDir::new("kiln-vmm-boot");
+    let cfg = dir.write(
+        "vm.json",
+        config(&tiny::tiny_guest(), Some("kiln.test=cpuid"), 1, 64, "").as_bytes(),
+    );
+    let f = run_with_timeout(
+        vmm_command(&cfg, &[]).env("KILN_HOST_CPUID", "[[1,2,3]]"),
+        TIMEOUT,
+    );
+    assert_no_panic(&f);
+    assert_eq!(f.code(), 0, "{f}");
+    assert!(
+        f.stderr.contains(
+            "host CPUID: ignoring the jailer's answer (KILN_HOST_CPUID: an entry of 3 bytes"
+        ),
+        "{f}"
+    );
+    let out = TinyOutput::parse(&f.stdout);
+    assert!(plain.cpuid(1).is_some(), "{plain:?}");
+    for leaf in [0, 1, 7, 0x4000_0000] {
+        assert_eq!(out.cpuid(leaf), plain.cpuid(leaf), "leaf {leaf:#x}\n{f}");
+    }
+}
+
 #[test]
 fn unknown_ports_are_ignored() {
     for entry in ENTRIES {

@@ -4,17 +4,33 @@
 //! issued meanwhile waits for it, so overlapping the two on two threads gains little
 //! (measured with a two-thread C program: the VM is created only once the query is done).
 //!
-//! So in API mode the VMM asks ahead, on a thread of its own ([`prefetch`], started once
-//! the API has answered its first requests): by the time `InstanceStart` builds the VM or
-//! `PUT /snapshot/load` restores one, the answer is there. The first build or restore takes
-//! it; any later one queries again. The answer depends only on the host's kernel and CPU,
-//! not on anything the VMM is told. Booted from `--config-file`, the build queries it
-//! beside the VM's creation as before (nothing to overlap it with).
+//! So the answer is asked for ahead where it can be:
+//!
+//! - Under Kiln's jailer, the jailer asks while its own helper threads finish (its step 3)
+//!   and hands the answer over in the VMM's environment, as [`HANDED_OVER_ENV`] (the
+//!   entries as kvm-bindings serialises them: a JSON array of each `kvm_cpuid_entry2`'s
+//!   bytes); [`receive_handed_over`] reads it at start-up. This is what takes the query off
+//!   a jailed config-file boot's path.
+//! - In API mode without one, the VMM asks on a thread of its own ([`prefetch`], started
+//!   once the API has answered its first requests).
+//!
+//! By the time `InstanceStart` (or the config file's boot) builds the VM or `PUT
+//! /snapshot/load` restores one, the answer is there. The first build or restore takes it;
+//! any later one queries again. The answer depends only on the host's kernel and CPU, not on
+//! anything the VMM is told. Otherwise the build queries it beside the VM's creation.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use zerocopy::FromBytes;
+
+/// The environment variable in which the jailer hands over its answer (docs/jailer.md,
+/// step 9).
+pub const HANDED_OVER_ENV: &str = "KILN_HOST_CPUID";
+/// Longest value read: KVM's most entries, each 40 numbers of up to 3 digits and their
+/// separators.
+const MAX_HANDED_OVER_BYTES: usize = KVM_MAX_CPUID_ENTRIES * (40 * 4 + 2) + 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostCpuidError {
@@ -22,12 +38,69 @@ pub enum HostCpuidError {
     OpenKvm(kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     Query(kvm_ioctls::Error),
+    #[error("{HANDED_OVER_ENV}: {0}")]
+    HandedOver(String),
 }
 
 type Answer = Result<CpuId, HostCpuidError>;
 
 /// The query started by [`prefetch`], until someone takes its answer.
 static PREFETCHED: Mutex<Option<JoinHandle<Answer>>> = Mutex::new(None);
+/// The answer handed over by the jailer ([`receive_handed_over`]), until someone takes it.
+static HANDED_OVER: Mutex<Option<CpuId>> = Mutex::new(None);
+
+/// Takes the answer the jailer handed over in [`HANDED_OVER_ENV`], kept for the first build
+/// or restore. `Ok(false)` without one; an error names what was wrong (the caller logs it,
+/// and the VMM queries KVM itself).
+pub fn receive_handed_over() -> Result<bool, HostCpuidError> {
+    let Some(value) = std::env::var_os(HANDED_OVER_ENV) else {
+        return Ok(false);
+    };
+    let cpuid = decode(value.as_encoded_bytes())?;
+    *HANDED_OVER.lock().unwrap_or_else(PoisonError::into_inner) = Some(cpuid);
+    Ok(true)
+}
+
+/// Whether an answer handed over by the jailer is waiting (so nothing need be prefetched).
+pub fn handed_over() -> bool {
+    HANDED_OVER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
+/// [`HANDED_OVER_ENV`]'s value as entries: 1 to KVM's most, each exactly one entry's bytes.
+fn decode(value: &[u8]) -> Answer {
+    let bad = |why: String| HostCpuidError::HandedOver(why);
+    if value.len() > MAX_HANDED_OVER_BYTES {
+        return Err(bad(format!(
+            "{} bytes (at most {MAX_HANDED_OVER_BYTES})",
+            value.len()
+        )));
+    }
+    // Each entry as its bytes (kvm-bindings' own deserialiser would pad a short one with
+    // zeros), then exactly one entry's size each.
+    let raw: Vec<Vec<u8>> = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    if raw.is_empty() || raw.len() > KVM_MAX_CPUID_ENTRIES {
+        return Err(bad(format!(
+            "{} entries (1 to {KVM_MAX_CPUID_ENTRIES})",
+            raw.len()
+        )));
+    }
+    let entries = raw
+        .iter()
+        .map(|e| {
+            kvm_cpuid_entry2::read_from_bytes(e).map_err(|_| {
+                bad(format!(
+                    "an entry of {} bytes (one is {})",
+                    e.len(),
+                    std::mem::size_of::<kvm_cpuid_entry2>()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    CpuId::from_entries(&entries).map_err(|e| bad(format!("{e:?}")))
+}
 
 /// Starts the query on a thread of its own (`kiln_cpuid`, which ends once it has the
 /// answer; it inherits the caller's signal mask). A second call replaces a first one's
@@ -54,10 +127,18 @@ pub fn supported_cpuid_through(kvm: &Kvm) -> Answer {
     take_prefetched().map_or_else(|| query(kvm), Ok)
 }
 
-/// Waits for the prefetching thread, if one was started and nobody took its answer. A
-/// thread that failed (say `/dev/kvm` could not be opened just then) or panicked has no
-/// answer: the caller queries again, and reports its own error.
+/// The answer handed over by the jailer if nobody took it yet; else waits for the
+/// prefetching thread, if one was started and nobody took its answer. A thread that failed
+/// (say `/dev/kvm` could not be opened just then) or panicked has no answer: the caller
+/// queries again, and reports its own error.
 fn take_prefetched() -> Option<CpuId> {
+    if let Some(cpuid) = HANDED_OVER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        return Some(cpuid);
+    }
     let handle = PREFETCHED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -102,6 +183,53 @@ mod tests {
                 normalize(second.as_slice(), index, topo, CpuTemplate::None),
                 "vCPU {index}"
             );
+        }
+    }
+    /// What the jailer hands over (KVM's answer as kvm-bindings serialises it, as
+    /// jailer/src/host_cpuid.rs writes it) decodes to that answer; anything else is refused,
+    /// named, without a panic.
+    #[test]
+    fn a_handed_over_answer_decodes_to_kvms_and_a_bad_one_is_named() {
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "this test needs /dev/kvm"
+        );
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let answer = query(&kvm).expect("KVM_GET_SUPPORTED_CPUID");
+        let value = serde_json::to_string(answer.as_slice()).expect("serialise");
+        assert!(
+            value.len() <= MAX_HANDED_OVER_BYTES,
+            "{} bytes",
+            value.len()
+        );
+        let decoded = decode(value.as_bytes()).expect("decode");
+        assert_eq!(decoded.as_slice(), answer.as_slice());
+
+        let zeros = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        let entries = |n: usize, each: &str| format!("[{}]", vec![each; n].join(","));
+        let cases = [
+            (String::new(), "EOF"),
+            ("not json".to_owned(), "expected"),
+            ("[]".to_owned(), "0 entries"),
+            (entries(1, &zeros(39)), "an entry of 39 bytes"),
+            (entries(1, &zeros(41)), "an entry of 41 bytes"),
+            (entries(1, "[256]"), "256"),
+            (entries(1, "[-1]"), "-1"),
+            (
+                entries(KVM_MAX_CPUID_ENTRIES + 1, "[]"),
+                "257 entries (1 to 256)",
+            ),
+            (" ".repeat(MAX_HANDED_OVER_BYTES + 1), "bytes (at most"),
+        ];
+        for (value, named) in cases {
+            match decode(value.as_bytes()) {
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with(HANDED_OVER_ENV), "{e}");
+                    assert!(e.contains(named), "{e:?} should name {named:?}");
+                }
+                Ok(c) => panic!("{value:.60} accepted: {:?}", c.as_slice()),
+            }
         }
     }
 }

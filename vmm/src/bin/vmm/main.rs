@@ -161,6 +161,13 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
     let key = read_key(args.snapshot_key.as_ref())?;
     let mmds = read_metadata(&args, &resources)?;
     apply_output_flags(&args, &mut resources).map_err(RunError::Outputs)?;
+    // The host CPUID the jailer asked KVM for while it made the jail (host_cpuid.rs): read
+    // now, its descriptor closed. Without one, or with a bad one, the VMM asks KVM itself.
+    match vmm::vstate::host_cpuid::receive_handed_over() {
+        Ok(true) => vmm::log_debug!("host CPUID: taken from the jailer"),
+        Ok(false) => {}
+        Err(e) => vmm::log_warn!("host CPUID: ignoring the jailer's answer ({e}); asking KVM"),
+    }
     // Before any thread starts: each thread installs its own filter from this set.
     seccomp::init(&args.seccomp)?;
     spawn_metrics_flusher().map_err(RunError::MetricsThread)?;
@@ -420,8 +427,11 @@ impl Starter for MainStarter<'_> {
     fn idle(&mut self, res: &VmResources) {
         if !self.cpuid_asked {
             self.cpuid_asked = true;
-            if let Err(e) = vmm::vstate::host_cpuid::prefetch() {
-                vmm::log_warn!("cannot start the host CPUID query ahead: {e}");
+            // Not when the jailer already handed the answer over.
+            if !vmm::vstate::host_cpuid::handed_over() {
+                if let Err(e) = vmm::vstate::host_cpuid::prefetch() {
+                    vmm::log_warn!("cannot start the host CPUID query ahead: {e}");
+                }
             }
         }
         if !self.prepare_vm || res.machine_config == MachineConfig::default() {
