@@ -1,9 +1,9 @@
-//! Exec of the VMM copy inside the jail (after seccomp), with an empty environment and
-//! Firecracker's jailer arguments:
+//! Exec of the VMM copy inside the jail (after seccomp), with an empty environment (but for
+//! the host CPUID, `host_cpuid.rs`) and Firecracker's jailer arguments:
 //! `/<exec-name> --id ID --start-time-us T --start-time-cpu-us C --parent-cpu-time-us P
 //! [arguments after --]`.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
@@ -24,6 +24,7 @@ pub enum ExecError {
 pub struct VmmCommand {
     path: CString,
     argv: Vec<CString>,
+    env: Vec<CString>,
 }
 
 fn c(arg: &[u8]) -> Result<CString, ExecError> {
@@ -54,7 +55,17 @@ impl VmmCommand {
         for a in extra {
             argv.push(c(a.as_bytes())?);
         }
-        Ok(VmmCommand { path, argv })
+        Ok(VmmCommand {
+            path,
+            argv,
+            env: Vec::new(),
+        })
+    }
+
+    /// Adds `name=value` to the VMM's environment (empty otherwise).
+    pub fn env(&mut self, name: &str, value: &str) -> Result<(), ExecError> {
+        self.env.push(c(format!("{name}={value}").as_bytes())?);
+        Ok(())
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -66,8 +77,7 @@ impl VmmCommand {
 
     /// Replaces this process; returns only on failure.
     pub fn exec(&self) -> ExecError {
-        let no_environment: [&CStr; 0] = [];
-        let Err(errno) = nix::unistd::execve(&self.path, &self.argv, &no_environment);
+        let Err(errno) = nix::unistd::execve(&self.path, &self.argv, &self.env);
         ExecError::Exec {
             path: self.path.to_string_lossy().into_owned(),
             source: errno.into(),

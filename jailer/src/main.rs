@@ -6,7 +6,8 @@
 //!
 //! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
-//!    `seccomp`);
+//!    `seccomp`); ask KVM for the host CPUID the VMM needs, on a thread of its own joined
+//!    after step 3 (`host_cpuid`);
 //! 2. create the jail directory with its journal already in it, or adopt the orchestrator's
 //!    (refusing a live jail); journal the intents of steps 2 to 4 in one write; its root,
 //!    the VMM copy (on a thread of its own) and the `/run` tmpfs (`jail_dir`, `chroot`,
@@ -21,7 +22,7 @@
 //! 7. pivot_root into the jail, create the device nodes, chroot into the root stacked on
 //!    itself, which forbids user namespaces (`pivot`, `device_nodes`);
 //! 8. rlimits, uid/gid, capabilities, no_new_privs, Landlock (`privileges`, `landlock`);
-//! 9. seccomp, then exec the VMM (`seccomp`, `exec`).
+//! 9. seccomp, then exec the VMM, the host CPUID in its environment (`seccomp`, `exec`).
 //!
 //! Everything made on the host is journaled in the jail's state file before it is made
 //! (`state`), so that a failure at any step, a SIGKILL at any instant, `--cleanup-on-exit`
@@ -44,6 +45,7 @@ mod cleanup;
 mod clock;
 mod device_nodes;
 mod exec;
+mod host_cpuid;
 mod jail_dir;
 mod landlock;
 mod network;
@@ -79,6 +81,9 @@ const FIRECRACKER_VERSION: &str = "1.17.0";
 /// Step 2's `--timing` labels: the main thread's part, and the VMM copy's thread.
 const STEP_2: &str = "2 chroot directory";
 const STEP_2_COPY: &str = "2 VMM copy";
+/// The host CPUID thread's `--timing` label: how long the main thread waited for it after
+/// step 3.
+const HOST_CPUID: &str = "host CPUID joined";
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
@@ -147,6 +152,8 @@ struct Prepared {
     userfaultfd: Option<u32>,
     seccomp: seccomp::Filters,
     landlock: Vec<landlock::PathRule>,
+    /// KVM's supported CPUID for the VMM's environment (`host_cpuid`), when KVM answered.
+    host_cpuid: Option<String>,
 }
 
 fn main() {
@@ -202,6 +209,7 @@ fn run() -> Result<Exit, Error> {
     // A new network namespace is started now, unnamed, on a thread of its own (nothing to
     // journal until step 4 pins it): its creation overlaps the rest of steps 1 and 2.
     let early_netns = network::start_early(&config)?;
+    let host_cpuid = host_cpuid::start();
     privileges::check_rlimits(&config.rlimits)?;
     let cgroups = cgroup::plan(&cgroup::Host::real()?, &config.cgroup, &config.id)?;
     clock.part(STEP_1, "cgroup plan");
@@ -217,14 +225,22 @@ fn run() -> Result<Exit, Error> {
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
-    let mut prepared = match host_side(&config, early_netns, &mut journal, &cgroups, &mut clock) {
-        Ok((network, fork_into)) => Prepared {
+    let mut prepared = match host_side(
+        &config,
+        early_netns,
+        host_cpuid,
+        &mut journal,
+        &cgroups,
+        &mut clock,
+    ) {
+        Ok((network, fork_into, host_cpuid)) => Prepared {
             netns: network.ns,
             firewall: network.firewall,
             fork_into,
             userfaultfd,
             seccomp,
             landlock: landlock::path_rules(&config, userfaultfd.is_some()),
+            host_cpuid,
         },
         Err(e) => return Err(undo(&journal, e, None)),
     };
@@ -254,13 +270,15 @@ fn run() -> Result<Exit, Error> {
 /// are written first, in one write (then only the taps are journaled, through its lock).
 /// Both threads are joined, whatever happened, before anything that needs a
 /// single-threaded process (the split); an error comes back typed, named by its step.
+/// The host CPUID thread (`host_cpuid`, started in step 1) is joined after step 3.
 fn host_side(
     config: &Config,
     early_netns: Option<network::Early>,
+    host_cpuid: Option<std::thread::JoinHandle<Option<String>>>,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<(network::HostNetwork, Option<cgroup::ForkInto>), Error> {
+) -> Result<HostSide, Error> {
     // Intent first: what step 2 makes in an adopted directory, the cgroups and the network
     // namespace, journaled before any is made.
     let made = chroot::intent(config, journal.state.adopted);
@@ -292,16 +310,26 @@ fn host_side(
         });
         let here = copy.and_then(|copy| {
             let fork_into = root_and_cgroups(config, &journal, cgroups, first_cgroup, clock);
-            joined(STEP_2_COPY, copy).and(fork_into)
+            let host_cpuid = host_cpuid.and_then(|t| t.join().ok().flatten());
+            clock.step(HOST_CPUID);
+            joined(STEP_2_COPY, copy).and(fork_into.map(|f| (f, host_cpuid)))
         });
         // Joined whatever happened: an error of this thread comes first.
         let network = joined(network::STEP, network);
-        let fork_into = here?;
+        let (fork_into, host_cpuid) = here?;
         let network = network?;
         clock.step("threads joined (VMM copy, host network)");
-        Ok((network, fork_into))
+        Ok((network, fork_into, host_cpuid))
     })
 }
+
+/// What the host side leaves: the network, the cgroup the jail's first process is born in,
+/// and the host CPUID for the VMM.
+type HostSide = (
+    network::HostNetwork,
+    Option<cgroup::ForkInto>,
+    Option<String>,
+);
 
 /// Starts a helper thread of the host side (`step` names it in errors).
 fn helper<'scope, T: Send + 'scope>(
@@ -408,7 +436,11 @@ fn enter_jail(
     side.wait_for_keeper();
     clock.step("9 keeper ready");
 
-    let command = exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
+    let mut command =
+        exec::VmmCommand::new(&config.exec_name, &config.id, clock, &config.vmm_args)?;
+    if let Some(cpuid) = &prepared.host_cpuid {
+        command.env(host_cpuid::ENV, cpuid)?;
+    }
     clock.step(&format!("exec {}", command.args().join(" ")));
     sanitize::reset_signals(false)?;
     sanitize::cloexec_inherited_fds()?;

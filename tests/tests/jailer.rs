@@ -41,7 +41,9 @@ fn the_jail_seen_from_inside_and_outside() {
 
     // Inside.
     assert_eq!(r.get("fds"), "0,1,2", "inherited descriptors");
-    assert_eq!(r.get("env_count"), "0");
+    // Nothing of the caller's environment (cargo's, here): only the host CPUID the jailer
+    // asked KVM for, for the VMM (jailer/src/host_cpuid.rs).
+    assert_eq!(r.get("env"), "KILN_HOST_CPUID");
     assert_eq!(r.get("root"), "dev,jail-probe,jail-probe.pid,run");
     assert_eq!(
         r.get("dev"),
@@ -97,7 +99,17 @@ fn the_jail_seen_from_inside_and_outside() {
     );
     assert!(status["Uid"].starts_with(&format!("{u}\t{u}\t{u}")));
     assert_eq!(status["Groups"], "");
-    assert_eq!(std::fs::read(format!("/proc/{pid}/environ")).unwrap(), b"");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ.starts_with(b"KILN_HOST_CPUID=[[") && environ.ends_with(b"]]\0"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
+    assert_eq!(
+        environ.iter().filter(|&&b| b == 0).count(),
+        1,
+        "one variable"
+    );
     for ns in ["mnt", "uts", "ipc", "cgroup"] {
         assert_ne!(
             ns_link(&pid, ns),
@@ -554,11 +566,17 @@ fn the_real_vmm_boots_the_tiny_guest_inside_a_full_jail() {
                 "--profile",
                 profile.to_str().expect("utf-8 path"),
             ],
-            &["--config-file", "/vm.json", "--no-api"],
+            &["--config-file", "/vm.json", "--no-api", "--level", "Debug"],
         ),
         T,
     );
     let out = done.report.lines.join("\n");
+    // KVM's CPUID came from the jailer (asked while it made the jail), not asked again.
+    assert!(
+        done.stderr.contains("host CPUID: taken from the jailer"),
+        "{}",
+        done.describe()
+    );
     assert!(
         out.contains(tiny::START_PVH) || out.contains(tiny::START_LINUX64),
         "{}",
