@@ -47,8 +47,9 @@ pub fn cloexec_inherited_fds() -> Result<(), SanitizeError> {
     Ok(())
 }
 
-/// Removes every environment variable. The VMM is later exec'd with an empty environment
-/// as well, so nothing from the caller reaches it.
+/// Removes every environment variable. The VMM is later exec'd with an environment of the
+/// jailer's own making (only the host CPUID, `host_cpuid.rs`), so nothing from the caller
+/// reaches it.
 pub fn clear_environment() {
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {

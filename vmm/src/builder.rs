@@ -306,9 +306,10 @@ pub fn build_prepared(
                 Ok((kernel, dm, tables, virtio))
             };
             let loaded = load();
-            // The host's CPUID for the vCPUs: in API mode asked for ahead, once the API
-            // answered its first requests (host_cpuid.rs); else queried now, beside the
-            // VM's creation (on the development hosts the two wait for each other).
+            // The host's CPUID for the vCPUs: the jailer's answer, or in API mode asked for
+            // ahead once the API answered its first requests (host_cpuid.rs); else queried
+            // now, beside the VM's creation (on the development hosts the two wait for each
+            // other).
             let cpuid = match ready_cpuid {
                 Some(cpuid) => Ok(cpuid),
                 None => host_supported_cpuid()

@@ -485,7 +485,7 @@ fn attach(path: PathBuf, value: &str, pid: u32, fake: bool) -> Result<(), Cgroup
 /// Moves the calling process into `dir`. On v1, writing "0" to `tasks` moves the calling
 /// thread without the global thread-group lock a `cgroup.procs` write takes (an RCU grace
 /// period: ~0.3 to 5 ms here): the jailer's main thread, which forks every process of the
-/// jail (the host-side network thread, `main.rs`, has ended before any fork). v2 has no
+/// jail (the host side's other threads, `main.rs`, have ended before any fork). v2 has no
 /// `tasks`; there "0" goes to `cgroup.procs`.
 fn attach_self(dir: &Path) -> Result<(), CgroupError> {
     let tasks = dir.join("tasks");

@@ -6,7 +6,7 @@
 //!
 //! So the answer is asked for ahead where it can be:
 //!
-//! - Under Kiln's jailer, the jailer asks while its own helper threads finish (its step 3)
+//! - Under Kiln's jailer, the jailer asks on a thread of its own beside its steps 1 to 3
 //!   and hands the answer over in the VMM's environment, as [`HANDED_OVER_ENV`] (the
 //!   entries as kvm-bindings serialises them: a JSON array of each `kvm_cpuid_entry2`'s
 //!   bytes); [`receive_handed_over`] reads it at start-up. This is what takes the query off
@@ -16,8 +16,11 @@
 //!
 //! By the time `InstanceStart` (or the config file's boot) builds the VM or `PUT
 //! /snapshot/load` restores one, the answer is there. The first build or restore takes it;
-//! any later one queries again. The answer depends only on the host's kernel and CPU, not on
-//! anything the VMM is told. Otherwise the build queries it beside the VM's creation.
+//! any later one queries again. The answer depends on the host's kernel and CPU, not on
+//! anything the VMM is told — nor on the process that asks, as long as the VMM requests no
+//! extended-state permission (`ARCH_REQ_XCOMP_GUEST_PERM`, which AMX guests would need and
+//! which changes leaf 0xD for the asking process only): a VMM that ever does must ignore a
+//! handed-over answer. Otherwise the build queries it beside the VM's creation.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
@@ -44,10 +47,39 @@ pub enum HostCpuidError {
 
 type Answer = Result<CpuId, HostCpuidError>;
 
-/// The query started by [`prefetch`], until someone takes its answer.
-static PREFETCHED: Mutex<Option<JoinHandle<Answer>>> = Mutex::new(None);
-/// The answer handed over by the jailer ([`receive_handed_over`]), until someone takes it.
-static HANDED_OVER: Mutex<Option<CpuId>> = Mutex::new(None);
+/// The answers asked for ahead, until the first build or restore takes one.
+static AHEAD: Mutex<Ahead> = Mutex::new(Ahead {
+    handed_over: None,
+    prefetched: None,
+});
+
+struct Ahead {
+    /// The jailer's answer ([`receive_handed_over`]).
+    handed_over: Option<CpuId>,
+    /// The query started by [`prefetch`].
+    prefetched: Option<JoinHandle<Answer>>,
+}
+
+/// What [`Ahead::take`] gives: an answer, or the thread that will have it.
+enum Taken {
+    Ready(CpuId),
+    Thread(JoinHandle<Answer>),
+}
+
+impl Ahead {
+    /// The jailer's answer first, else the prefetching thread (waited for without the
+    /// lock); each once.
+    fn take(&mut self) -> Option<Taken> {
+        match self.handed_over.take() {
+            Some(cpuid) => Some(Taken::Ready(cpuid)),
+            None => self.prefetched.take().map(Taken::Thread),
+        }
+    }
+}
+
+fn ahead() -> std::sync::MutexGuard<'static, Ahead> {
+    AHEAD.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Takes the answer the jailer handed over in [`HANDED_OVER_ENV`], kept for the first build
 /// or restore. `Ok(false)` without one; an error names what was wrong (the caller logs it,
@@ -57,16 +89,13 @@ pub fn receive_handed_over() -> Result<bool, HostCpuidError> {
         return Ok(false);
     };
     let cpuid = decode(value.as_encoded_bytes())?;
-    *HANDED_OVER.lock().unwrap_or_else(PoisonError::into_inner) = Some(cpuid);
+    ahead().handed_over = Some(cpuid);
     Ok(true)
 }
 
 /// Whether an answer handed over by the jailer is waiting (so nothing need be prefetched).
 pub fn handed_over() -> bool {
-    HANDED_OVER
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .is_some()
+    ahead().handed_over.is_some()
 }
 
 /// [`HANDED_OVER_ENV`]'s value as entries: 1 to KVM's most, each exactly one entry's bytes.
@@ -80,7 +109,9 @@ fn decode(value: &[u8]) -> Answer {
     }
     // Each entry as its bytes (kvm-bindings' own deserialiser would pad a short one with
     // zeros), then exactly one entry's size each.
-    let raw: Vec<Vec<u8>> = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    // serde_json quotes what it did not expect: at most a line of it in the message.
+    let raw: Vec<Vec<u8>> = serde_json::from_slice(value)
+        .map_err(|e| bad(e.to_string().chars().take(120).collect()))?;
     if raw.is_empty() || raw.len() > KVM_MAX_CPUID_ENTRIES {
         return Err(bad(format!(
             "{} entries (1 to {KVM_MAX_CPUID_ENTRIES})",
@@ -109,7 +140,7 @@ pub fn prefetch() -> std::io::Result<()> {
     let handle = std::thread::Builder::new()
         .name("kiln_cpuid".into())
         .spawn(|| query(&Kvm::new().map_err(HostCpuidError::OpenKvm)?))?;
-    *PREFETCHED.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+    ahead().prefetched = Some(handle);
     Ok(())
 }
 
@@ -132,18 +163,11 @@ pub fn supported_cpuid_through(kvm: &Kvm) -> Answer {
 /// (say `/dev/kvm` could not be opened just then) or panicked has no answer: the caller
 /// queries again, and reports its own error.
 fn take_prefetched() -> Option<CpuId> {
-    if let Some(cpuid) = HANDED_OVER
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        return Some(cpuid);
+    let taken = ahead().take()?;
+    match taken {
+        Taken::Ready(cpuid) => Some(cpuid),
+        Taken::Thread(handle) => handle.join().ok()?.ok(),
     }
-    let handle = PREFETCHED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()?;
-    handle.join().ok()?.ok()
 }
 
 fn query(kvm: &Kvm) -> Answer {
@@ -169,7 +193,7 @@ mod tests {
         );
         prefetch().expect("spawn");
         let first = host_supported_cpuid().expect("prefetched");
-        assert!(PREFETCHED.lock().unwrap().is_none(), "taken");
+        assert!(ahead().prefetched.is_none(), "taken");
         let kvm = Kvm::new().expect("/dev/kvm");
         let second = supported_cpuid_through(&kvm).expect("fresh");
         assert!(first.as_slice().len() > 8, "{:?}", first.as_slice());
@@ -220,16 +244,46 @@ mod tests {
                 "257 entries (1 to 256)",
             ),
             (" ".repeat(MAX_HANDED_OVER_BYTES + 1), "bytes (at most"),
+            // A long bad value is quoted, but not whole.
+            (format!("[[\"{}\"]]", "x".repeat(30_000)), "invalid type"),
         ];
         for (value, named) in cases {
             match decode(value.as_bytes()) {
                 Err(e) => {
                     let e = e.to_string();
                     assert!(e.starts_with(HANDED_OVER_ENV), "{e}");
+                    assert!(e.len() < 200, "{} bytes: {e:.200}", e.len());
                     assert!(e.contains(named), "{e:?} should name {named:?}");
                 }
                 Ok(c) => panic!("{value:.60} accepted: {:?}", c.as_slice()),
             }
         }
+    }
+
+    /// The jailer's answer is taken before a prefetched one, and each only once.
+    #[test]
+    fn the_jailers_answer_is_taken_first_and_each_answer_once() {
+        let entry = |function| kvm_cpuid_entry2 {
+            function,
+            ..Default::default()
+        };
+        let handed = CpuId::from_entries(&[entry(1)]).expect("one entry");
+        let fetched = CpuId::from_entries(&[entry(2)]).expect("one entry");
+        let thread = std::thread::spawn(move || Ok(fetched));
+        let mut ahead = Ahead {
+            handed_over: Some(handed),
+            prefetched: Some(thread),
+        };
+        let first = match ahead.take() {
+            Some(Taken::Ready(c)) => c,
+            _ => panic!("the jailer's answer first"),
+        };
+        assert_eq!(first.as_slice()[0].function, 1);
+        let second = match ahead.take() {
+            Some(Taken::Thread(t)) => t.join().expect("thread").expect("answer"),
+            _ => panic!("then the prefetching thread"),
+        };
+        assert_eq!(second.as_slice()[0].function, 2);
+        assert!(ahead.take().is_none(), "nothing left: a fresh query");
     }
 }

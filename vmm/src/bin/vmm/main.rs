@@ -161,8 +161,8 @@ fn run(args: Args, main_entry: Instant) -> Result<i32, RunError> {
     let key = read_key(args.snapshot_key.as_ref())?;
     let mmds = read_metadata(&args, &resources)?;
     apply_output_flags(&args, &mut resources).map_err(RunError::Outputs)?;
-    // The host CPUID the jailer asked KVM for while it made the jail (host_cpuid.rs): read
-    // now, its descriptor closed. Without one, or with a bad one, the VMM asks KVM itself.
+    // The host CPUID the jailer asked KVM for while it made the jail (host_cpuid.rs), kept
+    // for the first build or restore. Without one, or with a bad one, the VMM asks KVM.
     match vmm::vstate::host_cpuid::receive_handed_over() {
         Ok(true) => vmm::log_debug!("host CPUID: taken from the jailer"),
         Ok(false) => {}
