@@ -3,7 +3,7 @@
 //! (0.7–1 ms: each CPUID instruction the kernel runs for it traps to the outer hypervisor)
 //! and holds up the VM's creation in the VMM. The jailer asks on a thread of its own started
 //! in step 1, beside its own steps (on two CPUs they leave room for it: the main thread waits
-//! for its helper threads after step 3), and joins it after step 3.
+//! for its helper threads after step 3), and joins it once steps 2 to 4 are done.
 //!
 //! In step 9 the answer goes to the VMM in its environment, as [`ENV`] — the only variable
 //! there —, the entries as kvm-bindings serialises them (a JSON array of each

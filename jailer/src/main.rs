@@ -7,7 +7,7 @@
 //! 1. sanitise the process, parse and validate every flag and the tenant profile, plan the
 //!    cgroups, compile the seccomp policy (`sanitize`, `args`, `profile`, `cgroup`,
 //!    `seccomp`); ask KVM for the host CPUID the VMM needs, on a thread of its own joined
-//!    after step 3 (`host_cpuid`);
+//!    after step 4 (`host_cpuid`);
 //! 2. create the jail directory with its journal already in it, or adopt the orchestrator's
 //!    (refusing a live jail); journal the intents of steps 2 to 4 in one write; its root,
 //!    the VMM copy (on a thread of its own) and the `/run` tmpfs (`jail_dir`, `chroot`,
@@ -82,7 +82,7 @@ const FIRECRACKER_VERSION: &str = "1.17.0";
 const STEP_2: &str = "2 chroot directory";
 const STEP_2_COPY: &str = "2 VMM copy";
 /// The host CPUID thread's `--timing` label: how long the main thread waited for it after
-/// step 3.
+/// steps 2 to 4.
 const HOST_CPUID: &str = "host CPUID joined";
 
 #[derive(Debug, thiserror::Error)]
@@ -225,15 +225,12 @@ fn run() -> Result<Exit, Error> {
 
     // Step 2: the jail directory; from here on every host resource is journaled.
     let mut journal = chroot::create_jail_dir(&config)?;
-    let mut prepared = match host_side(
-        &config,
-        early_netns,
-        host_cpuid,
-        &mut journal,
-        &cgroups,
-        &mut clock,
-    ) {
-        Ok((network, fork_into, host_cpuid)) => Prepared {
+    let host = host_side(&config, early_netns, &mut journal, &cgroups, &mut clock);
+    // Joined before the split, which needs a single-threaded process; long done by now.
+    let host_cpuid = host_cpuid.and_then(|t| t.join().ok().flatten());
+    clock.step(HOST_CPUID);
+    let mut prepared = match host {
+        Ok((network, fork_into)) => Prepared {
             netns: network.ns,
             firewall: network.firewall,
             fork_into,
@@ -270,15 +267,13 @@ fn run() -> Result<Exit, Error> {
 /// are written first, in one write (then only the taps are journaled, through its lock).
 /// Both threads are joined, whatever happened, before anything that needs a
 /// single-threaded process (the split); an error comes back typed, named by its step.
-/// The host CPUID thread (`host_cpuid`, started in step 1) is joined after step 3.
 fn host_side(
     config: &Config,
     early_netns: Option<network::Early>,
-    host_cpuid: Option<std::thread::JoinHandle<Option<String>>>,
     journal: &mut Journal,
     cgroups: &cgroup::Plan,
     clock: &mut Clock,
-) -> Result<HostSide, Error> {
+) -> Result<(network::HostNetwork, Option<cgroup::ForkInto>), Error> {
     // Intent first: what step 2 makes in an adopted directory, the cgroups and the network
     // namespace, journaled before any is made.
     let made = chroot::intent(config, journal.state.adopted);
@@ -310,26 +305,16 @@ fn host_side(
         });
         let here = copy.and_then(|copy| {
             let fork_into = root_and_cgroups(config, &journal, cgroups, first_cgroup, clock);
-            let host_cpuid = host_cpuid.and_then(|t| t.join().ok().flatten());
-            clock.step(HOST_CPUID);
-            joined(STEP_2_COPY, copy).and(fork_into.map(|f| (f, host_cpuid)))
+            joined(STEP_2_COPY, copy).and(fork_into)
         });
         // Joined whatever happened: an error of this thread comes first.
         let network = joined(network::STEP, network);
-        let (fork_into, host_cpuid) = here?;
+        let fork_into = here?;
         let network = network?;
         clock.step("threads joined (VMM copy, host network)");
-        Ok((network, fork_into, host_cpuid))
+        Ok((network, fork_into))
     })
 }
-
-/// What the host side leaves: the network, the cgroup the jail's first process is born in,
-/// and the host CPUID for the VMM.
-type HostSide = (
-    network::HostNetwork,
-    Option<cgroup::ForkInto>,
-    Option<String>,
-);
 
 /// Starts a helper thread of the host side (`step` names it in errors).
 fn helper<'scope, T: Send + 'scope>(

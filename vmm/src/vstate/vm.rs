@@ -221,8 +221,9 @@ impl Vm {
         &self.fd
     }
 
-    /// The host's supported CPUID: the answer asked for ahead (API mode, host_cpuid.rs) if
-    /// nobody took it yet, else queried through this VM's `/dev/kvm` handle.
+    /// The host's supported CPUID: the answer asked for ahead (the jailer's, or API mode's
+    /// prefetch: host_cpuid.rs) if nobody took it yet, else queried through this VM's
+    /// `/dev/kvm` handle.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
         Ok(host_cpuid::supported_cpuid_through(&self._kvm)?)
     }
