@@ -6,7 +6,7 @@
 //! "Beside a live jail": a second full-profile jail (its guest halted, no CPU) runs while the
 //! measured one starts, as on a worker host that serves anything. The netfilter hooks' static
 //! keys are host-wide: the first firewall on a host switches them on (the kernel patches its
-//! code, stopping both CPUs), the last one's namespace switches them off when it goes, so
+//! code, interrupting every CPU), the last one's namespace switches them off when it goes, so
 //! each of the sequential rows above pays that, and a jail started beside another does not.
 
 use crate::launch::{
@@ -77,42 +77,17 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         }
         to_exec.extend(exec_at);
 
-        let mut s = start(
-            jailer_cmd(
-                opts,
-                i,
-                &cfg,
-                Layers {
-                    netns: false,
-                    pidns: true,
-                },
-            ),
-            false,
-        )?;
-        let at = s.first_byte()?;
-        first_no_net.push(ms(at - s.t0));
-        s.finish(TIMEOUT)?;
-
-        let mut s = start(
-            jailer_cmd(
-                opts,
-                i,
-                &cfg,
-                Layers {
-                    netns: true,
-                    pidns: false,
-                },
-            ),
-            false,
-        )?;
-        let at = s.first_byte()?;
-        first_no_pid.push(ms(at - s.t0));
-        s.finish(TIMEOUT)?;
-
-        let mut s = start(vmm_config_cmd(opts, &direct_cfg), false)?;
-        let at = s.first_byte()?;
-        direct.push(ms(at - s.t0));
-        s.finish(TIMEOUT)?;
+        let no_net = Layers {
+            netns: false,
+            pidns: true,
+        };
+        first_no_net.push(first_byte_ms(jailer_cmd(opts, i, &cfg, no_net))?);
+        let no_pid = Layers {
+            netns: true,
+            pidns: false,
+        };
+        first_no_pid.push(first_byte_ms(jailer_cmd(opts, i, &cfg, no_pid))?);
+        direct.push(first_byte_ms(vmm_config_cmd(opts, &direct_cfg))?);
 
         if let Some(jail) = firecracker_jailer_cmd(opts, i, &cfg)? {
             let result = start(jail.cmd, false).and_then(|mut s| {
@@ -127,13 +102,7 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         // Last, so that the next run's rows start without the neighbour: its network
         // namespace (and with it the hooks) goes in the kernel's own time after it exits.
         let neighbour = start_neighbour(opts, &halt_cfg)?;
-        let beside = start(jailer_cmd(opts, i, &cfg, FULL), true).and_then(|mut s| {
-            let d = s.first_byte()? - s.t0;
-            match s.finish(TIMEOUT)? {
-                (Some(0), _) => Ok(ms(d)),
-                (code, err) => Err(format!("jailer exit {code:?}:\n{}", err.join("\n"))),
-            }
-        });
+        let beside = first_byte_ms(jailer_cmd(opts, i, &cfg, FULL));
         stop_neighbour(neighbour)?;
         first_beside.push(beside?);
         std::thread::sleep(NAMESPACES_GONE);
@@ -178,6 +147,17 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
     );
     t.add("3 … no jail (VMM spawned directly)", "ms", &direct, None);
     Ok(())
+}
+
+/// Spawn → the guest's first serial byte (ms) of a Kiln jail or VMM, which must then exit 0
+/// (the tiny guest's `print` ends with a reset).
+fn first_byte_ms(cmd: std::process::Command) -> Result<f64, String> {
+    let mut s = start(cmd, true)?;
+    let d = s.first_byte()? - s.t0;
+    match s.finish(TIMEOUT)? {
+        (Some(0), _) => Ok(ms(d)),
+        (code, err) => Err(format!("exit {code:?}:\n{}", err.join("\n"))),
+    }
 }
 
 /// The jail [`NEIGHBOUR`] with the full profile, its guest halted once it has printed.
