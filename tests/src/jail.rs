@@ -202,8 +202,8 @@ impl Drop for Jail {
 /// exists and is empty, both at the hierarchy's root and under this process's own cgroup
 /// there (where `--parent-cgroup-relative` puts it: on the development hosts each shell job
 /// has its own memory cgroup): the parent cgroup the jailer made for a test's jails, which
-/// it leaves for the next jail (as Firecracker's does). A cgroup still holding a jail stays,
-/// for the leftover checks to report.
+/// the last of them removes when it ends; this catches a test that failed before its jails
+/// ended. A cgroup still holding a jail stays, for the leftover checks to report.
 pub fn remove_parent_cgroup(name: &str) {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;

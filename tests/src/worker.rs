@@ -35,7 +35,8 @@ pub struct Worker {
 }
 
 /// The parent cgroup the jailer made for this worker's jails goes with the worker's scratch
-/// directory: nothing of a test is left on the host. A worker still running (a test that failed before stopping it) is stopped first, with
+/// directory even if a jail could not remove it (a test that failed while its jails ran):
+/// nothing of a test is left on the host. A worker still running (a test that failed before stopping it) is stopped first, with
 /// SIGTERM (it stops its instances), so that a failed test does not leave a `kiln serve`
 /// re-making blank instances behind.
 impl Drop for Worker {

@@ -429,6 +429,41 @@ fn cleanup_leaves_no_directory_cgroup_netns_or_mount_behind() {
 }
 
 #[test]
+fn the_last_jail_out_removes_the_parent_cgroup_whichever_jail_made_it() {
+    // The first jail makes the parent cgroup and ends while the second still uses it: it
+    // cannot remove it then, and the second did not make it.
+    let first = Jail::new("jl-shared");
+    let mut second = Jail::new("jl-shared");
+    second.parent_cgroup = first.parent_cgroup.clone();
+    let before = first.snapshot();
+    let profile = first.write_profile(
+        r#"{"cgroup": {"memory_bytes": 268435456, "pids_max": 32, "cpu_quota_us": 50000}}"#,
+    );
+    let flags = [
+        "--cleanup-on-exit",
+        "--share-host-netns",
+        "--profile",
+        profile.to_str().unwrap(),
+    ];
+    let mut a = Running::spawn(&mut first.command(&flags, &["hold"]));
+    a.wait_for("ready", T);
+    let parent = first.cgroup_dir("pids").parent().unwrap().to_path_buf();
+    assert!(parent.is_dir(), "{} was not made", parent.display());
+    let mut b = Running::spawn(&mut second.command(&flags, &["hold"]));
+    b.wait_for("ready", T);
+    let done = a.finish(T);
+    assert_eq!(done.code(), Some(0), "{}", done.describe());
+    assert!(
+        !first.cgroup_dir("pids").exists() && second.cgroup_dir("pids").is_dir(),
+        "the first jail's cgroup goes, the second's stays"
+    );
+    assert!(parent.is_dir(), "removed while the second jail uses it");
+    let done = b.finish(T);
+    assert_eq!(done.code(), Some(0), "{}", done.describe());
+    assert_eq!(first.snapshot(), before, "left behind by the last jail out");
+}
+
+#[test]
 fn a_failure_inside_the_jail_is_reported_and_undone_in_every_mode() {
     // Landlock needs descriptors; with only three allowed, the jail process fails after
     // pivot_root and the privilege drop, where it can no longer undo anything itself.

@@ -6,6 +6,34 @@ use std::path::{Path, PathBuf};
 
 use super::{rmdir, CgroupError};
 
+/// How many times [`Location::create`] walks down again when a level it relies on went
+/// away meanwhile.
+const ATTEMPTS: u32 = 3;
+
+/// The mode of a parent level a jailer made: the sticky bit marks it as made by a jailer
+/// (a cgroup directory's mode means nothing else to the kernel, and nothing else sets it),
+/// so that any jail's clean-up may remove it once empty, not only that of the jail that
+/// made it, which may end while other jails still use it.
+pub const MADE_BY_A_JAILER: u32 = 0o1755;
+
+/// Marks `dir`, a parent level just made, with [`MADE_BY_A_JAILER`].
+fn mark_made(dir: &Path) -> Result<(), CgroupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(MADE_BY_A_JAILER)).map_err(
+        |source| CgroupError::Mkdir {
+            path: dir.to_path_buf(),
+            source,
+        },
+    )
+}
+
+/// Whether `dir` carries [`MADE_BY_A_JAILER`].
+pub fn made_by_a_jailer(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == MADE_BY_A_JAILER)
+}
+
 #[derive(Debug)]
 pub struct Location {
     /// Mount point of the hierarchy.
@@ -68,17 +96,46 @@ impl Location {
 
     /// Creates the jail's cgroup and its missing parents, top-down. `before` runs on each
     /// existing parent before its child is created, `after` on each level once it exists.
-    /// Shared parents may exist already; the jail's own cgroup must be new. On failure the
-    /// directories this call made are removed again. Returns them, top-down.
+    /// Shared parents may exist already; the jail's own cgroup must be new. A parent level
+    /// made here gets [`MADE_BY_A_JAILER`], so that whichever jail finds it empty last
+    /// removes it (`cgroup::remove`). Such a level can go between one step and the next here
+    /// (another jail's clean-up found it empty): then the walk starts again from the top,
+    /// up to [`ATTEMPTS`] times. On failure the directories this call made are removed
+    /// again. Returns them, top-down.
     pub fn create(
         &self,
         mut before: impl FnMut(&Path) -> Result<(), CgroupError>,
         mut after: impl FnMut(&Path) -> Result<(), CgroupError>,
     ) -> Result<Vec<PathBuf>, CgroupError> {
-        let mut created = Vec::new();
+        let mut attempt = 1;
+        loop {
+            let mut created = Vec::new();
+            let Err((e, parent)) = self.walk(&mut created, &mut before, &mut after) else {
+                return Ok(created);
+            };
+            for dir in created.iter().rev() {
+                rmdir(dir, self.fake);
+            }
+            let vanished = std::fs::symlink_metadata(&parent).is_err();
+            if !vanished || attempt == ATTEMPTS {
+                return Err(e);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One walk of [`Location::create`], recording in `created` what it made; an error comes
+    /// with the parent of the level it happened at.
+    fn walk(
+        &self,
+        created: &mut Vec<PathBuf>,
+        before: &mut impl FnMut(&Path) -> Result<(), CgroupError>,
+        after: &mut impl FnMut(&Path) -> Result<(), CgroupError>,
+    ) -> Result<(), (CgroupError, PathBuf)> {
         let mut cur = self.mount.clone();
         let levels = self.rel.components().count();
         for (i, component) in self.rel.components().enumerate() {
+            let parent = cur.clone();
             let result = before(&cur).and_then(|()| {
                 cur.push(component);
                 let leaf = i + 1 == levels;
@@ -92,15 +149,13 @@ impl Location {
                         })
                     }
                 }
+                if !leaf && created.last() == Some(&cur) {
+                    mark_made(&cur)?;
+                }
                 after(&cur)
             });
-            if let Err(e) = result {
-                for dir in created.iter().rev() {
-                    rmdir(dir, self.fake);
-                }
-                return Err(e);
-            }
+            result.map_err(|e| (e, parent))?;
         }
-        Ok(created)
+        Ok(())
     }
 }

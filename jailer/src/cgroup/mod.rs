@@ -557,11 +557,29 @@ pub fn remove(record: &CgroupRecord, deadline: std::time::Instant) -> Result<(),
             }
         }
     }
-    for parent in record.created.iter().rev().filter(|p| **p != record.dir) {
-        // Shared with other jails: only removed once empty; another jail may be using it.
-        let _ = std::fs::remove_dir(parent);
-    }
+    remove_parents(record);
     Ok(())
+}
+
+/// Removes the parent levels of the jail's cgroup, bottom-up, that this jail made or that
+/// carry [`location::MADE_BY_A_JAILER`] (made by another jail, which may have ended while
+/// this one still used them), as long as each is empty: shared with other jails, a level
+/// only goes with the last of them. It stops at the first level that stays, and never
+/// touches the jailer's own cgroup or its ancestors.
+fn remove_parents(record: &CgroupRecord) {
+    let mut level = record.dir.parent();
+    while let Some(dir) = level {
+        let ours = record.created.iter().any(|c| c == dir) || location::made_by_a_jailer(dir);
+        if !ours || record.origin.starts_with(dir) {
+            return;
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => return,
+        }
+        level = dir.parent();
+    }
 }
 
 #[cfg(test)]
