@@ -87,6 +87,8 @@ pub fn firecracker_api_cmd(opts: &Opts, sock: &Path) -> Option<Command> {
 /// A jail made by Firecracker's jailer, and the directory to remove once it has ended.
 pub struct FirecrackerJail {
     pub cmd: Command,
+    /// The jail's id.
+    pub id: String,
     /// `<base>/<exec file name>/<id>`: Firecracker's jailer leaves it behind.
     pub dir: PathBuf,
 }
@@ -101,6 +103,16 @@ pub fn firecracker_jailer_cmd(
     opts: &Opts,
     n: usize,
     cfg: &Path,
+) -> Result<Option<FirecrackerJail>, String> {
+    firecracker_jailer_cmd_with(opts, n, cfg, &[])
+}
+
+/// [`firecracker_jailer_cmd`] with `flags` added to the jailer's own (before `--`).
+pub fn firecracker_jailer_cmd_with(
+    opts: &Opts,
+    n: usize,
+    cfg: &Path,
+    flags: &[String],
 ) -> Result<Option<FirecrackerJail>, String> {
     let (Some(fc), Some(jailer)) = (&opts.firecracker, &opts.firecracker_jailer) else {
         return Ok(None);
@@ -126,6 +138,7 @@ pub fn firecracker_jailer_cmd(
         .args(["--uid", &uid, "--gid", &uid])
         .arg("--chroot-base-dir")
         .arg(&opts.base)
+        .args(flags)
         .args([
             "--",
             "--config-file",
@@ -134,7 +147,7 @@ pub fn firecracker_jailer_cmd(
             "--level",
             "Off",
         ]);
-    Ok(Some(FirecrackerJail { cmd: c, dir }))
+    Ok(Some(FirecrackerJail { cmd: c, id, dir }))
 }
 
 /// Kiln's VMM, unjailed, booting from a config file without its API.

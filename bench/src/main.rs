@@ -10,12 +10,14 @@
 //! guest RAM mapping's own Rss/Pss (the mapping of exactly the guest memory size).
 //!
 //! Modules: [`opts`] (the command line), [`launch`] (the peers' command lines: Kiln's VMM and
-//! jailer, QEMU), [`process`] (spawning and watching them), [`socket`] (API socket clients), [`measure`] (one module per
-//! measurement), [`host`] (leaks, host load, the machine line), [`stats`] and [`table`] (the
-//! output).
+//! jailer, QEMU, Firecracker), [`layered_peer`] (Firecracker's jailer with the layers of
+//! Kiln's full profile), [`process`] (spawning and watching them), [`socket`] (API socket
+//! clients), [`measure`] (one module per measurement), [`host`] (leaks, host load, the
+//! machine line), [`stats`] and [`table`] (the output).
 
 mod host;
 mod launch;
+mod layered_peer;
 mod measure;
 mod opts;
 mod process;
@@ -74,6 +76,7 @@ fn main() {
     }
     let _ = fs::remove_dir_all(&opts.work);
     host::remove_parent_cgroups();
+    layered_peer::remove_parent_cgroups();
     let _ = fs::remove_dir(opts.base.join("vmm"));
     // Firecracker's jails (`<base>/<its file name>/<id>`) are removed after each run.
     if let Some(name) = opts.firecracker.as_ref().and_then(|f| f.file_name()) {

@@ -21,7 +21,9 @@ a table of min/median/max over repeated runs. Needs root and /dev/kvm.
                       of the rows that have a Firecracker peer (default: none, columns empty)
   --firecracker-jailer PATH
                       Firecracker's jailer: with --firecracker, the jailed rows (3, 5) get a
-                      Firecracker peer, its default jail (default: none)
+                      Firecracker peer, its default jail, and rows 3 also one with the
+                      layers of Kiln's profile (cgroups, PID and network namespace) (default:
+                      none)
   --profile PATH      tenant profile for the jails (default: policies/tenant/default.json)
   --runs N            runs per measurement (default 20)
   --quick             CI-sized: 5 runs, creation rate for N = 10 only, 50 invocations

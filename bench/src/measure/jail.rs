@@ -1,7 +1,9 @@
 //! Rows 3 (`--only jail`): the jailer's exec → the VMM's exec with the full default profile,
 //! each layer's time (`jailer --timing`), and the first serial byte with and without the
-//! network and PID namespace layers, and beside another live jail; beside them, Firecracker's
-//! jailer with its default jail (`--firecracker-jailer`).
+//! network and PID namespace layers, and beside another live jail; the CPU of each jailed
+//! start (jail, VMM, boot to the guest's reset, clean-up). Beside them, Firecracker's jailer
+//! (`--firecracker-jailer`) twice: with its default jail, and with the layers of Kiln's full
+//! profile that it has flags for (`layered_peer`: like with like).
 //!
 //! "Beside a live jail": a second full-profile jail (its guest halted, no CPU) runs while the
 //! measured one starts, as on a worker host that serves anything. The netfilter hooks' static
@@ -9,9 +11,11 @@
 //! code, interrupting every CPU), the last one's namespace switches them off when it goes, so
 //! each of the sequential rows above pays that, and a jail started beside another does not.
 
+use crate::host::children_cpu_ms;
 use crate::launch::{
     firecracker_jailer_cmd, jailer_cmd, vmm_config_cmd, write_vm_config, Layers, FULL,
 };
+use crate::layered_peer;
 use crate::opts::Opts;
 use crate::process::{ms, signal, start, Started, TIMEOUT};
 use crate::table::Table;
@@ -57,9 +61,12 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
     let mut first_beside = vec![];
     let mut direct = vec![];
     let mut fc = vec![];
+    let (mut cpu, mut fc_cpu) = (vec![], vec![]);
+    let (mut fc_layered, mut fc_layered_cpu) = (vec![], vec![]);
     let direct_cfg = write_vm_config(opts, "print", &opts.tiny, "print", 1);
     let halt_cfg = write_vm_config(opts, "jail-halt", Path::new("/tiny.elf"), "halt", 1);
     for i in 0..opts.runs {
+        let cpu0 = children_cpu_ms();
         let mut s = start(jailer_cmd(opts, i, &cfg, FULL), true)?;
         let at = s.first_byte()?;
         first.push(ms(at - s.t0));
@@ -67,6 +74,7 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         if code != Some(0) {
             return Err(format!("jailer exit {code:?}:\n{}", err.join("\n")));
         }
+        cpu.push(children_cpu_ms() - cpu0);
         let mut exec_at = None;
         for (name, d, at) in err.iter().filter_map(|l| parse_timing(l)) {
             if name.starts_with("exec") {
@@ -90,13 +98,20 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         direct.push(first_byte_ms(vmm_config_cmd(opts, &direct_cfg))?);
 
         if let Some(jail) = firecracker_jailer_cmd(opts, i, &cfg)? {
+            let cpu0 = children_cpu_ms();
             let result = start(jail.cmd, false).and_then(|mut s| {
                 let d = s.first_byte()? - s.t0;
                 s.finish(TIMEOUT)?;
                 Ok(d)
             });
+            fc_cpu.push(children_cpu_ms() - cpu0);
             let _ = std::fs::remove_dir_all(&jail.dir);
             fc.push(ms(result?));
+        }
+        if let Some(jail) = layered_peer::stage(opts, i, &cfg)? {
+            let m = jail.measure()?;
+            fc_layered.push(m.first_byte_ms);
+            fc_layered_cpu.push(m.cpu_ms);
         }
 
         // Last, so that the next run's rows start without the neighbour: its network
@@ -123,6 +138,28 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         &first,
         (None, (!fc.is_empty()).then_some(fc.as_slice())),
         "Firecracker: its jailer's default jail (no cgroup, PID or network namespace)",
+    );
+    let peer = |v: &[f64]| (!v.is_empty()).then(|| v.to_vec());
+    t.add_peers(
+        "3 … full profile, vs Firecracker's jailer with the same layers",
+        "ms",
+        &first,
+        (None, peer(&fc_layered).as_deref()),
+        "Firecracker: --cgroup (the profile's cpu, memory and pids limits) --resource-limit (no-file, fsize) --new-pid-ns --netns: a namespace with the same firewall, made ahead and not timed (a lower bound for Firecracker)",
+    );
+    t.add_peers(
+        "3 CPU per jailed start, full profile: jail, VMM, boot to the guest's reset, clean-up",
+        "CPU ms",
+        &cpu,
+        (None, peer(&fc_cpu).as_deref()),
+        "getrusage(RUSAGE_CHILDREN) delta; Firecracker: its default jail (its jailer removes nothing)",
+    );
+    t.add_peers(
+        "3 CPU per jailed start, vs Firecracker's jailer with the same layers",
+        "CPU ms",
+        &cpu,
+        (None, peer(&fc_layered_cpu).as_deref()),
+        "Firecracker's processes only: its namespace, firewall and clean-up are made and removed by the bench, not counted",
     );
     t.add_note(
         "3 … --share-host-netns (no netns, no firewall)",
