@@ -10,28 +10,33 @@ use super::{rmdir, CgroupError};
 /// away meanwhile.
 const ATTEMPTS: u32 = 3;
 
-/// The mode of a parent level a jailer made: the sticky bit marks it as made by a jailer
-/// (a cgroup directory's mode means nothing else to the kernel, and nothing else sets it),
-/// so that any jail's clean-up may remove it once empty, not only that of the jail that
-/// made it, which may end while other jails still use it.
-pub const MADE_BY_A_JAILER: u32 = 0o1755;
+/// The mark of a parent level a jailer made: the sticky bit (`S_ISVTX`) on its directory,
+/// beside the permission bits its `mkdir` gave (a cgroup directory's sticky bit means nothing
+/// to the kernel, and nothing else sets it), so that any jail's clean-up may remove it once
+/// empty, not only that of the jail that made it, which may end while other jails still use
+/// it.
+pub const MADE_BY_A_JAILER: u32 = 0o1000;
 
 /// Marks `dir`, a parent level just made, with [`MADE_BY_A_JAILER`].
 fn mark_made(dir: &Path) -> Result<(), CgroupError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(MADE_BY_A_JAILER)).map_err(
-        |source| CgroupError::Mkdir {
-            path: dir.to_path_buf(),
-            source,
-        },
-    )
+    let err = |source| CgroupError::Mkdir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mode = std::fs::symlink_metadata(dir)
+        .map_err(err)?
+        .permissions()
+        .mode();
+    let marked = std::fs::Permissions::from_mode(mode & 0o777 | MADE_BY_A_JAILER);
+    std::fs::set_permissions(dir, marked).map_err(err)
 }
 
-/// Whether `dir` carries [`MADE_BY_A_JAILER`].
+/// Whether `dir` is a directory that carries [`MADE_BY_A_JAILER`].
 pub fn made_by_a_jailer(dir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(dir)
-        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == MADE_BY_A_JAILER)
+        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & MADE_BY_A_JAILER != 0)
 }
 
 #[derive(Debug)]

@@ -494,10 +494,10 @@ fn remove_is_idempotent_and_keeps_shared_parents_in_use() {
     assert!(!f.path("/cg/kiln").exists());
 }
 
-/// Gives `dir` the mode of a parent level made by a jailer.
+/// Gives `dir` the mark of a parent level made by a jailer.
 fn mark(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::Permissions::from_mode(location::MADE_BY_A_JAILER);
+    let mode = std::fs::Permissions::from_mode(0o700 | location::MADE_BY_A_JAILER);
     std::fs::set_permissions(dir, mode).unwrap();
 }
 
@@ -525,13 +525,16 @@ fn create_marks_the_parents_it_makes_and_walks_again_when_one_goes() {
     let levels = ["/cg/kiln", "/cg/kiln/pool", "/cg/kiln/pool/vm"].map(|p| f.path(p));
     assert_eq!(made, levels);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode(&levels[0]), location::MADE_BY_A_JAILER);
-    assert_eq!(mode(&levels[1]), location::MADE_BY_A_JAILER);
-    assert_ne!(
-        mode(&levels[2]),
-        location::MADE_BY_A_JAILER,
-        "the jail's own"
+    let made = mode(&levels[2]);
+    assert_eq!(
+        made & location::MADE_BY_A_JAILER,
+        0,
+        "the jail's own is not marked"
     );
+    // The mark is added to the permission bits the directory was made with.
+    assert_eq!(mode(&levels[0]), made | location::MADE_BY_A_JAILER);
+    assert_eq!(mode(&levels[1]), made | location::MADE_BY_A_JAILER);
+    assert!(!location::made_by_a_jailer(&levels[2]));
     assert!(location::made_by_a_jailer(&levels[1]));
 }
 
