@@ -18,6 +18,11 @@ esac
 need_root
 [ -c /dev/kvm ] || die "/dev/kvm is missing: Kiln runs microVMs under KVM"
 
+# What the host holds before any test: compared with what it holds after them all.
+host_before="$(mktemp)"
+trap 'rm -f "$host_before"' EXIT
+"$KILN_ROOT/scripts/host-leftovers.sh" > "$host_before"
+
 step "checking Debian packages"
 apt_ensure curl iproute2 nftables qemu-system-x86 e2fsprogs cpio strace binutils g++
 musl_ensure
@@ -70,5 +75,10 @@ if [ "$tier" = all ]; then
     step "fuzz smoke: every cargo-fuzz target for a bounded time (a crash fails and leaves its reproducer)"
     "$KILN_ROOT/scripts/fuzz-smoke.sh"
 fi
+
+step "nothing left on the host: jails, cgroups, network namespaces, mounts, scratch directories (scripts/host-leftovers.sh)"
+left="$(comm -13 "$host_before" <("$KILN_ROOT/scripts/host-leftovers.sh"))"
+[ -z "$left" ] || die "the tests left this on the host:
+$left"
 
 step "all requested tiers passed ($tier)"
