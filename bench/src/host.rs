@@ -101,6 +101,23 @@ pub fn host_cpu() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Waits until the host's CPUs are quiet (under 10 % busy over 100 ms), at most `timeout`:
+/// what a burst of jails leaves the kernel to do after they exit (their network namespaces
+/// are destroyed in a work queue, cgroups and RCU callbacks freed) would otherwise land on
+/// the next burst measured.
+pub fn settle(timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let before = host_cpu();
+        thread::sleep(std::time::Duration::from_millis(100));
+        let after = host_cpu();
+        let total = after.1.saturating_sub(before.1).max(1);
+        if after.0.saturating_sub(before.0) * 10 < total {
+            return;
+        }
+    }
+}
+
 /// User + system CPU time (ms) of every reaped descendant of this process so far.
 pub fn children_cpu_ms() -> f64 {
     getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |ru| {

@@ -22,7 +22,7 @@
 use crate::host::children_cpu_ms;
 use crate::launch::{firecracker_jailer_cmd_with, FirecrackerJail};
 use crate::opts::Opts;
-use crate::process::{ms, start, TIMEOUT};
+use crate::process::{ms, start, Started, TIMEOUT};
 use nix::sys::prctl::set_child_subreaper;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -172,10 +172,27 @@ impl LayeredJail {
     }
 
     fn start_and_reap(&mut self) -> Result<Measured, String> {
-        let cmd = std::mem::replace(&mut self.jail.cmd, Command::new("true"));
         let cpu0 = children_cpu_ms();
-        let mut s = start(cmd, true)?;
+        let mut s = self.start(true)?;
         let first_byte = s.first_byte()? - s.t0;
+        let pid = self.firecracker_started(s)?;
+        reap(pid)?;
+        Ok(Measured {
+            first_byte_ms: ms(first_byte),
+            cpu_ms: children_cpu_ms() - cpu0,
+        })
+    }
+
+    /// Spawns the jailer (once), its stderr kept when `keep_stderr` (then its guest must end
+    /// by itself: Firecracker holds the same stderr, which is read to its end).
+    fn start(&mut self, keep_stderr: bool) -> Result<Started, String> {
+        let cmd = std::mem::replace(&mut self.jail.cmd, Command::new("true"));
+        start(cmd, keep_stderr)
+    }
+
+    /// Waits for the jailer `s` of this jail, which exits once Firecracker is started in its
+    /// PID namespace, and returns Firecracker's pid (from the pid file).
+    fn firecracker_started(&self, s: Started) -> Result<Pid, String> {
         let (code, err) = s.finish(TIMEOUT)?;
         if code != Some(0) {
             return Err(format!(
@@ -190,18 +207,17 @@ impl LayeredJail {
             .trim()
             .parse()
             .map_err(|e| format!("{}: {text:?}: {e}", pid_file.display()))?;
-        reap(Pid::from_raw(pid))?;
-        Ok(Measured {
-            first_byte_ms: ms(first_byte),
-            cpu_ms: children_cpu_ms() - cpu0,
-        })
+        Ok(Pid::from_raw(pid))
     }
 
     /// Removes the chroot, the cgroups and the network namespace.
     fn remove(&mut self) -> Result<(), String> {
         let mut failed = vec![];
-        if let Err(e) = fs::remove_dir_all(&self.jail.dir) {
-            failed.push(format!("{}: {e}", self.jail.dir.display()));
+        match fs::remove_dir_all(&self.jail.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                failed.push(format!("{}: {e}", self.jail.dir.display()));
+            }
+            _ => {}
         }
         for dir in cgroup_dirs(&self.jail.id) {
             if let Err(e) = fs::remove_dir(&dir) {
@@ -221,6 +237,66 @@ impl LayeredJail {
             )),
         }
     }
+}
+
+/// A jail dropped without [`LayeredJail::measure`] or [`burst`] (a staging that failed
+/// half-way) is removed all the same.
+impl Drop for LayeredJail {
+    fn drop(&mut self) {
+        let _ = self.remove();
+    }
+}
+
+/// Starts `jails` at once (guests that halt once they have printed), times the last first
+/// serial byte, then kills every Firecracker and reaps it; returns (all first bytes, ms; CPU
+/// per microVM, ms: jailers and Firecrackers, spawn → reaped). Whatever happened, every
+/// Firecracker started is killed and reaped, and what the jails left is removed.
+///
+/// SIGKILL, not SIGTERM: each Firecracker is its PID namespace's init, and an init with no
+/// handler for SIGTERM (Firecracker has none) does not get it even from outside.
+pub fn burst(mut jails: Vec<LayeredJail>) -> Result<(f64, f64), String> {
+    set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    let n = jails.len().max(1) as f64;
+    let cpu0 = children_cpu_ms();
+    let t0 = Instant::now();
+    let mut started = Vec::with_capacity(jails.len());
+    let mut result = Ok(());
+    for j in &mut jails {
+        match j.start(false) {
+            Ok(s) => started.push(s),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let mut last = t0;
+    for s in &mut started {
+        if result.is_ok() {
+            match s.first_byte() {
+                Ok(at) => last = last.max(at),
+                Err(e) => result = Err(e),
+            }
+        }
+    }
+    let all = ms(last - t0);
+    for (j, s) in jails.iter().zip(started) {
+        let stopped = j.firecracker_started(s).and_then(|pid| {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            reap(pid)
+        });
+        if let Err(e) = stopped {
+            result = result.and(Err(e));
+        }
+    }
+    let per_vm = (children_cpu_ms() - cpu0) / n;
+    let _ = set_child_subreaper(false);
+    for j in &mut jails {
+        if let Err(e) = j.remove() {
+            result = result.and(Err(e));
+        }
+    }
+    result.map(|()| (all, per_vm))
 }
 
 /// Waits (with [`TIMEOUT`]) for `pid`, an orphan this process reaps as its subreaper.

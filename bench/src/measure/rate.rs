@@ -1,15 +1,20 @@
 //! Rows 5 (`--only rate`): creation rate: N jailed microVMs started at once to their first
 //! serial bytes, the host's CPU meanwhile, the CPU per microVM, and SIGTERM to all → all gone;
-//! beside them the same burst under Firecracker's jailer (default jail, `--firecracker-jailer`).
+//! beside them the same burst under Firecracker's jailer (`--firecracker-jailer`): its default
+//! jail, and its jail with the layers of Kiln's profile (`layered_peer`).
 
-use crate::host::{children_cpu_ms, host_cpu, host_load, leaks};
+use crate::host::{children_cpu_ms, host_cpu, host_load, leaks, settle};
 use crate::launch::{firecracker_jailer_cmd, jailer_cmd, write_vm_config, FULL};
+use crate::layered_peer;
 use crate::opts::Opts;
 use crate::process::{ms, signal, start, TIMEOUT};
 use crate::table::Table;
 use nix::sys::signal::Signal;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest wait for a quiet host before a burst ([`settle`]).
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Firecracker's burst of `n` under its jailer: (all first bytes in ms, CPU ms per microVM),
 /// or `None` without the Firecracker peer. Its jails are staged before the clock starts and
@@ -61,6 +66,22 @@ fn firecracker_burst(opts: &Opts, cfg: &Path, n: usize) -> Result<Option<(f64, f
     result.map(|()| Some((all, per_vm)))
 }
 
+/// The same burst under Firecracker's jailer with the layers of Kiln's profile
+/// (`layered_peer`: their network namespaces made before the clock starts), or `None`
+/// without the Firecracker peer.
+fn layered_burst(opts: &Opts, cfg: &Path, n: usize) -> Result<Option<(f64, f64)>, String> {
+    let mut jails = Vec::with_capacity(n);
+    for i in 0..n {
+        match layered_peer::stage(opts, i, cfg) {
+            Ok(Some(j)) => jails.push(j),
+            Ok(None) => return Ok(None),
+            // The jails staged so far are removed as they are dropped.
+            Err(e) => return Err(e),
+        }
+    }
+    layered_peer::burst(jails).map(Some)
+}
+
 pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
     eprintln!("== 5. creation rate: N jailed microVMs concurrently to first serial byte");
     let cfg = write_vm_config(opts, "jail-halt", Path::new("/tiny.elf"), "halt", 1);
@@ -71,10 +92,20 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
         let (mut busy, mut per_vm) = (vec![], vec![]);
         let mut leaked = 0;
         let (mut fc_all, mut fc_cpu) = (vec![], vec![]);
+        let (mut layered_all, mut layered_cpu) = (vec![], vec![]);
         for _ in 0..reps {
+            // Each burst starts on a quiet host: what the one before left the kernel to do
+            // (its namespaces' destruction above all) is done first.
+            settle(SETTLE);
             if let Some((a, c)) = firecracker_burst(opts, &cfg, n)? {
                 fc_all.push(a);
                 fc_cpu.push(c);
+                settle(SETTLE);
+            }
+            if let Some((a, c)) = layered_burst(opts, &cfg, n)? {
+                layered_all.push(a);
+                layered_cpu.push(c);
+                settle(SETTLE);
             }
             let cpu0 = children_cpu_ms();
             let host0 = host_cpu();
@@ -122,6 +153,13 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
                 host_load()
             ),
         );
+        t.add_peers(
+            &format!("5 N = {n}: all first serial bytes, vs Firecracker's jailer with the same layers"),
+            "ms",
+            &all,
+            (None, fc(&layered_all).as_deref()),
+            "Firecracker: --cgroup, --resource-limit, --new-pid-ns, --netns (each namespace with the same firewall, made before the clock starts: not counted)",
+        );
         t.add_note(
             &format!("5 N = {n}: creation rate"),
             "VMs/s",
@@ -142,6 +180,13 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             &per_vm,
             (None, fc(&fc_cpu).as_deref()),
             "getrusage(RUSAGE_CHILDREN) delta / N; Firecracker: its default jail, start to SIGTERM reaped (its jailer removes nothing)",
+        );
+        t.add_peers(
+            &format!("5 N = {n}: CPU per microVM, vs Firecracker's jailer with the same layers"),
+            "CPU ms",
+            &per_vm,
+            (None, fc(&layered_cpu).as_deref()),
+            "Firecracker's jailers and VMMs, start to SIGKILL reaped (each its PID namespace's init); its namespaces, firewalls and clean-up not counted",
         );
         t.add_note(
             &format!("5 N = {n}: SIGTERM all → all gone, jails removed"),
