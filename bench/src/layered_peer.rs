@@ -22,7 +22,7 @@
 use crate::host::children_cpu_ms;
 use crate::launch::{firecracker_jailer_cmd_with, FirecrackerJail};
 use crate::opts::Opts;
-use crate::process::{ms, start, Started, TIMEOUT};
+use crate::process::{burst as burst_of, ms, start, Started, TIMEOUT};
 use nix::sys::prctl::set_child_subreaper;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -135,27 +135,25 @@ pub fn stage(opts: &Opts, n: usize, cfg: &Path) -> Result<Option<LayeredJail>, S
     let mut flags = profile_flags(&opts.profile)?;
     let name = format!("{}fc{n}", opts.prefix);
     flags.extend(["--netns".into(), format!("/run/netns/{name}")]);
+    let exec = match opts.firecracker.as_ref().map(|f| f.file_name()) {
+        None => return Ok(None),
+        Some(None) => return Err("--firecracker names no file".into()),
+        Some(Some(name)) => name.to_string_lossy().into_owned(),
+    };
     let Some(jail) = firecracker_jailer_cmd_with(opts, n, cfg, &flags)? else {
         return Ok(None);
     };
-    let exec = opts.firecracker.as_ref().and_then(|f| f.file_name());
-    let exec = exec.ok_or("--firecracker names no file")?.to_string_lossy();
     let pid_file = jail.dir.join("root").join(format!("{exec}.pid"));
     let mut staged = LayeredJail {
         jail,
         pid_file,
         netns: None,
     };
-    let mut made = || {
-        run("ip", &["netns", "add", &name], "")?;
-        staged.netns = Some(name.clone());
-        run("ip", &["-n", &name, "link", "set", "lo", "up"], "")?;
-        run("ip", &["netns", "exec", &name, "nft", "-f", "-"], RULESET)
-    };
-    if let Err(e) = made() {
-        let _ = staged.remove();
-        return Err(e);
-    }
+    // On a failure from here on, `staged` is dropped: what was made goes with it.
+    run("ip", &["netns", "add", &name], "")?;
+    staged.netns = Some(name.clone());
+    run("ip", &["-n", &name, "link", "set", "lo", "up"], "")?;
+    run("ip", &["netns", "exec", &name, "nft", "-f", "-"], RULESET)?;
     Ok(Some(staged))
 }
 
@@ -173,7 +171,7 @@ impl LayeredJail {
 
     fn start_and_reap(&mut self) -> Result<Measured, String> {
         let cpu0 = children_cpu_ms();
-        let mut s = self.start(true)?;
+        let mut s = start(self.take_cmd(), true)?;
         let first_byte = s.first_byte()? - s.t0;
         let pid = self.firecracker_started(s)?;
         reap(pid)?;
@@ -183,31 +181,35 @@ impl LayeredJail {
         })
     }
 
-    /// Spawns the jailer (once), its stderr kept when `keep_stderr` (then its guest must end
-    /// by itself: Firecracker holds the same stderr, which is read to its end).
-    fn start(&mut self, keep_stderr: bool) -> Result<Started, String> {
-        let cmd = std::mem::replace(&mut self.jail.cmd, Command::new("true"));
-        start(cmd, keep_stderr)
+    /// The jailer's command line (taken once: the jail is started once).
+    fn take_cmd(&mut self) -> Command {
+        std::mem::replace(&mut self.jail.cmd, Command::new("true"))
     }
 
     /// Waits for the jailer `s` of this jail, which exits once Firecracker is started in its
-    /// PID namespace, and returns Firecracker's pid (from the pid file).
+    /// PID namespace, and returns Firecracker's pid (from the pid file). A jailer that failed
+    /// (or was killed waiting for the first byte) after starting Firecracker: Firecracker is
+    /// killed and reaped, and the jailer's failure returned.
     fn firecracker_started(&self, s: Started) -> Result<Pid, String> {
         let (code, err) = s.finish(TIMEOUT)?;
-        if code != Some(0) {
-            return Err(format!(
-                "Firecracker's jailer exited with {code:?}:\n{}",
-                err.join("\n")
-            ));
-        }
         let pid_file = &self.pid_file;
-        let text =
-            fs::read_to_string(pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
-        let pid: i32 = text
-            .trim()
-            .parse()
-            .map_err(|e| format!("{}: {text:?}: {e}", pid_file.display()))?;
-        Ok(Pid::from_raw(pid))
+        let pid = fs::read_to_string(pid_file).map(|text| text.trim().parse::<i32>());
+        match (code, pid) {
+            (Some(0), Ok(Ok(pid))) => Ok(Pid::from_raw(pid)),
+            (Some(0), Ok(Err(e))) => Err(format!("{}: {e}", pid_file.display())),
+            (Some(0), Err(e)) => Err(format!("{}: {e}", pid_file.display())),
+            (code, pid) => {
+                if let Ok(Ok(pid)) = pid {
+                    let pid = Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = reap(pid);
+                }
+                Err(format!(
+                    "Firecracker's jailer exited with {code:?}:\n{}",
+                    err.join("\n")
+                ))
+            }
+        }
     }
 
     /// Removes the chroot, the cgroups and the network namespace.
@@ -258,28 +260,8 @@ pub fn burst(mut jails: Vec<LayeredJail>) -> Result<(f64, f64), String> {
     set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let n = jails.len().max(1) as f64;
     let cpu0 = children_cpu_ms();
-    let t0 = Instant::now();
-    let mut started = Vec::with_capacity(jails.len());
+    let (started, all) = burst_of(jails.iter_mut().map(LayeredJail::take_cmd));
     let mut result = Ok(());
-    for j in &mut jails {
-        match j.start(false) {
-            Ok(s) => started.push(s),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    let mut last = t0;
-    for s in &mut started {
-        if result.is_ok() {
-            match s.first_byte() {
-                Ok(at) => last = last.max(at),
-                Err(e) => result = Err(e),
-            }
-        }
-    }
-    let all = ms(last - t0);
     for (j, s) in jails.iter().zip(started) {
         let stopped = j.firecracker_started(s).and_then(|pid| {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -296,7 +278,8 @@ pub fn burst(mut jails: Vec<LayeredJail>) -> Result<(f64, f64), String> {
             result = result.and(Err(e));
         }
     }
-    result.map(|()| (all, per_vm))
+    let all = all?;
+    result.map(|()| (ms(all), per_vm))
 }
 
 /// Waits (with [`TIMEOUT`]) for `pid`, an orphan this process reaps as its subreaper.

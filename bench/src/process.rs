@@ -109,6 +109,29 @@ pub fn start(mut cmd: Command, keep_stderr: bool) -> Result<Started, String> {
     })
 }
 
+/// Spawns `cmds` at once (one after the other, their stderr dropped) and waits for each one's
+/// first serial byte. Returns every process started — also when one failed, so that the
+/// caller can stop them — with the time from the first spawn to the last first byte, or the
+/// first failure.
+pub fn burst(cmds: impl IntoIterator<Item = Command>) -> (Vec<Started>, Result<Duration, String>) {
+    let t0 = Instant::now();
+    let mut started = Vec::new();
+    for cmd in cmds {
+        match start(cmd, false) {
+            Ok(s) => started.push(s),
+            Err(e) => return (started, Err(e)),
+        }
+    }
+    let mut last = t0;
+    for s in &mut started {
+        match s.first_byte() {
+            Ok(at) => last = last.max(at),
+            Err(e) => return (started, Err(e)),
+        }
+    }
+    (started, Ok(last - t0))
+}
+
 impl Started {
     /// Time to the first serial byte.
     pub fn first_byte(&mut self) -> Result<Instant, String> {

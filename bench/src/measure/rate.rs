@@ -7,7 +7,7 @@ use crate::host::{children_cpu_ms, host_cpu, host_load, leaks, settle};
 use crate::launch::{firecracker_jailer_cmd, jailer_cmd, write_vm_config, FULL};
 use crate::layered_peer;
 use crate::opts::Opts;
-use crate::process::{ms, signal, start, TIMEOUT};
+use crate::process::{burst, ms, signal, TIMEOUT};
 use crate::table::Table;
 use nix::sys::signal::Signal;
 use std::path::Path;
@@ -27,31 +27,9 @@ fn firecracker_burst(opts: &Opts, cfg: &Path, n: usize) -> Result<Option<(f64, f
             None => return Ok(None),
         }
     }
+    let dirs: Vec<_> = jails.iter().map(|j| j.dir.clone()).collect();
     let cpu0 = children_cpu_ms();
-    let t0 = Instant::now();
-    let mut vms = Vec::with_capacity(n);
-    let mut dirs = Vec::with_capacity(n);
-    let mut result = Ok(());
-    for j in jails {
-        dirs.push(j.dir.clone());
-        match start(j.cmd, false) {
-            Ok(s) => vms.push(s),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    let mut last = t0;
-    for s in &mut vms {
-        if result.is_ok() {
-            match s.first_byte() {
-                Ok(at) => last = last.max(at),
-                Err(e) => result = Err(e),
-            }
-        }
-    }
-    let all = ms(last - t0);
+    let (vms, all) = burst(jails.into_iter().map(|j| j.cmd));
     for s in &vms {
         signal(s.child.id(), Signal::SIGTERM);
     }
@@ -63,7 +41,7 @@ fn firecracker_burst(opts: &Opts, cfg: &Path, n: usize) -> Result<Option<(f64, f
     for d in dirs {
         let _ = std::fs::remove_dir_all(d);
     }
-    result.map(|()| Some((all, per_vm)))
+    all.map(|all| Some((ms(all), per_vm)))
 }
 
 /// The same burst under Firecracker's jailer with the layers of Kiln's profile
@@ -109,17 +87,9 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             }
             let cpu0 = children_cpu_ms();
             let host0 = host_cpu();
-            let t0 = Instant::now();
-            let mut vms = Vec::with_capacity(n);
-            for i in 0..n {
-                vms.push(start(jailer_cmd(opts, i, &cfg, FULL), false)?);
-            }
-            let mut last = t0;
-            for s in &mut vms {
-                last = last.max(s.first_byte()?);
-            }
+            let (vms, all_up) = burst((0..n).map(|i| jailer_cmd(opts, i, &cfg, FULL)));
+            let secs = all_up?.as_secs_f64();
             let host1 = host_cpu();
-            let secs = (last - t0).as_secs_f64();
             let dt = (host1.1 - host0.1).max(1) as f64;
             busy.push(100.0 * (host1.0 - host0.0) as f64 / dt);
             all.push(secs * 1e3);
