@@ -9,6 +9,7 @@ use nix::sys::time::TimeValLike;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// What the bench's jails left behind: jail directories, network namespaces and cgroups
 /// whose names start with the run's prefix.
@@ -105,11 +106,11 @@ pub fn host_cpu() -> (u64, u64) {
 /// what a burst of jails leaves the kernel to do after they exit (their network namespaces
 /// are destroyed in a work queue, cgroups and RCU callbacks freed) would otherwise land on
 /// the next burst measured.
-pub fn settle(timeout: std::time::Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
+pub fn settle(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
         let before = host_cpu();
-        thread::sleep(std::time::Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(100));
         let after = host_cpu();
         let total = after.1.saturating_sub(before.1).max(1);
         if after.0.saturating_sub(before.0) * 10 < total {

@@ -7,6 +7,11 @@
 use crate::stats::{stats, Stats};
 use std::fmt::Write as _;
 
+/// A peer's figures for a row, `None` when nothing was measured (no such peer in this run).
+pub fn measured(v: &[f64]) -> Option<&[f64]> {
+    (!v.is_empty()).then_some(v)
+}
+
 struct Row {
     metric: String,
     unit: &'static str,

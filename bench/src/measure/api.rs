@@ -5,7 +5,7 @@ use crate::launch::{firecracker_api_cmd, qemu_cmd};
 use crate::opts::Opts;
 use crate::process::{cpu_ms, ms, signal, start, TIMEOUT};
 use crate::socket::poll_socket;
-use crate::table::Table;
+use crate::table::{measured, Table};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::process::Command;
@@ -59,19 +59,18 @@ pub fn bench_api(opts: &Opts, t: &mut Table) -> Result<(), String> {
             let _ = fs::remove_file(&fsock);
         }
     }
-    let q = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
     t.add_peers(
         "1 process start → API answers",
         "ms",
         &kw,
-        (q(&qw).as_deref(), q(&fw).as_deref()),
+        (measured(&qw), measured(&fw)),
         "",
     );
     t.add_peers(
         "1 CPU time to API answer",
         "CPU ms",
         &kc,
-        (q(&qc).as_deref(), q(&fc).as_deref()),
+        (measured(&qc), measured(&fc)),
         "Firecracker spec: ≤ 8 CPU ms",
     );
     Ok(())

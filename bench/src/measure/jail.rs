@@ -18,7 +18,7 @@ use crate::launch::{
 use crate::layered_peer;
 use crate::opts::Opts;
 use crate::process::{ms, signal, start, Started, TIMEOUT};
-use crate::table::Table;
+use crate::table::{measured, Table};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -136,29 +136,28 @@ pub fn bench_jail(opts: &Opts, t: &mut Table) -> Result<(), String> {
         "3 jailer spawn → first serial byte, full profile",
         "ms",
         &first,
-        (None, (!fc.is_empty()).then_some(fc.as_slice())),
+        (None, measured(&fc)),
         "Firecracker: its jailer's default jail (no cgroup, PID or network namespace)",
     );
-    let peer = |v: &[f64]| (!v.is_empty()).then(|| v.to_vec());
     t.add_peers(
         "3 … full profile, vs Firecracker's jailer with the same layers",
         "ms",
         &first,
-        (None, peer(&fc_layered).as_deref()),
+        (None, measured(&fc_layered)),
         "Firecracker: --cgroup (the profile's cpu, memory and pids limits) --resource-limit (no-file, fsize) --new-pid-ns --netns: a namespace with the same firewall, made ahead and not timed (a lower bound for Firecracker)",
     );
     t.add_peers(
         "3 CPU per jailed start, full profile: jail, VMM, boot to the guest's reset, clean-up",
         "CPU ms",
         &cpu,
-        (None, peer(&fc_cpu).as_deref()),
+        (None, measured(&fc_cpu)),
         "getrusage(RUSAGE_CHILDREN) delta; Firecracker: its default jail (its jailer removes nothing)",
     );
     t.add_peers(
         "3 CPU per jailed start, vs Firecracker's jailer with the same layers",
         "CPU ms",
         &cpu,
-        (None, peer(&fc_layered_cpu).as_deref()),
+        (None, measured(&fc_layered_cpu)),
         "Firecracker's processes only: its namespace, firewall and clean-up are made and removed by the bench, not counted",
     );
     t.add_note(

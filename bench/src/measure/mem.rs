@@ -4,7 +4,7 @@
 use crate::launch::{qemu_cmd, vmm_config_cmd, write_vm_config};
 use crate::opts::Opts;
 use crate::process::{signal, start, TIMEOUT};
-use crate::table::Table;
+use crate::table::{measured, Table};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::thread;
@@ -85,25 +85,24 @@ pub fn bench_mem(opts: &Opts, t: &mut Table) -> Result<(), String> {
                 s.finish(TIMEOUT)?;
             }
         }
-        let q = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
         t.add_note(
             &format!("4 VMM RSS beyond guest memory, {vcpus} vCPU"),
             "MiB",
             &krss,
-            q(&qrss).as_deref(),
+            measured(&qrss),
             "Firecracker spec: ≤ 5 MiB; FC here ~4.2 MB RSS total",
         );
         t.add(
             &format!("4 VMM PSS beyond guest memory, {vcpus} vCPU"),
             "MiB",
             &kpss,
-            q(&qpss).as_deref(),
+            measured(&qpss),
         );
         t.add(
             &format!("4 (guest memory touched, {vcpus} vCPU: subtracted above)"),
             "MiB",
             &kg,
-            q(&qg).as_deref(),
+            measured(&qg),
         );
     }
     Ok(())

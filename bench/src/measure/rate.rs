@@ -8,7 +8,7 @@ use crate::launch::{firecracker_jailer_cmd, jailer_cmd, write_vm_config, FULL};
 use crate::layered_peer;
 use crate::opts::Opts;
 use crate::process::{burst, ms, signal, TIMEOUT};
-use crate::table::Table;
+use crate::table::{measured, Table};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -112,12 +112,11 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             }
             leaked += l.len();
         }
-        let fc = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
         t.add_peers(
             &format!("5 N = {n}: all first serial bytes"),
             "ms",
             &all,
-            (None, fc(&fc_all).as_deref()),
+            (None, measured(&fc_all)),
             &format!(
                 "load avg {}; Firecracker: its jailer's default jail",
                 host_load()
@@ -127,7 +126,7 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             &format!("5 N = {n}: all first serial bytes, vs Firecracker's jailer with the same layers"),
             "ms",
             &all,
-            (None, fc(&layered_all).as_deref()),
+            (None, measured(&layered_all)),
             "Firecracker: --cgroup, --resource-limit, --new-pid-ns, --netns (each namespace with the same firewall, made before the clock starts: not counted)",
         );
         t.add_note(
@@ -148,14 +147,14 @@ pub fn bench_rate(opts: &Opts, t: &mut Table) -> Result<(), String> {
             &format!("5 N = {n}: CPU per microVM, jail + VMM + boot + cleanup"),
             "CPU ms",
             &per_vm,
-            (None, fc(&fc_cpu).as_deref()),
+            (None, measured(&fc_cpu)),
             "getrusage(RUSAGE_CHILDREN) delta / N; Firecracker: its default jail, start to SIGTERM reaped (its jailer removes nothing)",
         );
         t.add_peers(
             &format!("5 N = {n}: CPU per microVM, vs Firecracker's jailer with the same layers"),
             "CPU ms",
             &per_vm,
-            (None, fc(&layered_cpu).as_deref()),
+            (None, measured(&layered_cpu)),
             "Firecracker's jailers and VMMs, start to SIGKILL reaped (each its PID namespace's init); its namespaces, firewalls and clean-up not counted",
         );
         t.add_note(

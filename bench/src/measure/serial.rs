@@ -5,7 +5,7 @@ use crate::launch::{firecracker_config_cmd, qemu_cmd, vmm_config_cmd, write_vm_c
 use crate::opts::Opts;
 use crate::process::{cpu_ms, ms, start, TIMEOUT};
 use crate::socket::{api_request, poll_socket};
-use crate::table::Table;
+use crate::table::{measured, Table};
 use std::fs;
 use std::process::Command;
 use std::time::Instant;
@@ -62,19 +62,18 @@ pub fn bench_serial(opts: &Opts, t: &mut Table) -> Result<(), String> {
             s.finish(TIMEOUT)?;
         }
     }
-    let q = |v: &Vec<f64>| (!v.is_empty()).then_some(v.clone());
     t.add_peers(
         "2 process start → first serial byte (config file / QEMU command line)",
         "ms",
         &kw,
-        (q(&qw).as_deref(), q(&fw).as_deref()),
+        (measured(&qw), measured(&fw)),
         "",
     );
     t.add_peers(
         "2 CPU time to first serial byte",
         "CPU ms",
         &kc,
-        (q(&qc).as_deref(), q(&fc).as_deref()),
+        (measured(&qc), measured(&fc)),
         "",
     );
     t.add_note(

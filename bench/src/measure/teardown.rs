@@ -24,7 +24,7 @@ use crate::launch::{
 };
 use crate::opts::Opts;
 use crate::process::{ms, signal, start, TIMEOUT};
-use crate::table::Table;
+use crate::table::{measured, Table};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::process::Command;
@@ -32,11 +32,6 @@ use std::time::{Duration, Instant};
 
 /// How long after the first serial byte the settled rows send SIGTERM.
 const SETTLED: Duration = Duration::from_millis(100);
-
-/// `v`, unless nothing was measured.
-fn some(v: &[f64]) -> Option<&[f64]> {
-    (!v.is_empty()).then_some(v)
-}
 
 /// Starts `c`, waits for the guest's first serial byte and then `settle`, sends SIGTERM
 /// and returns the time until the process is reaped (ms).
@@ -119,7 +114,7 @@ pub fn bench_teardown(opts: &Opts, t: &mut Table) -> Result<(), String> {
             fc_young.push(sigterm_to_reaped(c, Duration::ZERO)?);
         }
     }
-    let peers = (some(&qemu), some(&fc));
+    let peers = (measured(&qemu), measured(&fc));
     t.add_peers(
         "6 teardown, bare: SIGTERM → VMM reaped (\"pit\": false)",
         "ms",
@@ -138,7 +133,7 @@ pub fn bench_teardown(opts: &Opts, t: &mut Table) -> Result<(), String> {
         "6 teardown, bare, SIGTERM at the first serial byte (\"pit\": false)",
         "ms",
         &young,
-        (some(&qemu_young), some(&fc_young)),
+        (measured(&qemu_young), measured(&fc_young)),
         "a VM ~2 ms old: KVM's deferred frees from its creation are still pending",
     );
     t.add_note(
