@@ -80,11 +80,13 @@ fn create_gives_up_when_a_level_keeps_going() {
     let f = Fake::new("vanish");
     f.dir("/cg");
     let at = Location::new(f.path("/cg"), f.path("/cg"), "kiln/vm".into(), true);
+    let mut walks = 0;
     let err = at
         .create(
             |_| Ok(()),
             |dir| {
                 if dir.ends_with("kiln") {
+                    walks += 1;
                     std::fs::remove_dir(dir).unwrap();
                 }
                 Ok(())
@@ -92,6 +94,7 @@ fn create_gives_up_when_a_level_keeps_going() {
         )
         .unwrap_err();
     assert!(matches!(err, CgroupError::Mkdir { .. }), "{err}");
+    assert_eq!(walks, 3, "walked down again twice, then gave up");
     assert!(!f.path("/cg/kiln").exists());
 }
 
