@@ -25,7 +25,7 @@ mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, segments, walk_chain, write_stream, Chain};
-use super::single_queue::SingleQueue;
+use super::single_queue::{limiter_event, SingleQueue, LIMITER_TOKEN};
 use super::{
     queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -58,8 +58,6 @@ const CONFIG_LEN: usize = 24;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
-/// The event-loop token of the rate limiter's timer.
-const LIMITER_TOKEN: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -435,20 +433,10 @@ impl VirtioDevice for Block {
     }
 
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
-        match self.limiter.as_mut() {
-            Some(l) if token == LIMITER_TOKEN => {
-                l.on_timer();
-                METRICS.block.rate_limiter_event_count.inc();
-            }
-            _ => {
-                ctx.unwatch(token);
-                return;
-            }
-        }
-        if self.active.is_some() {
+        let active = self.active.is_some();
+        let fired = &METRICS.block.rate_limiter_event_count;
+        if limiter_event(self.limiter.as_mut(), token, active, ctx, fired) {
             self.process(ctx);
-        } else {
-            ctx.unwatch(token);
         }
     }
 }

@@ -22,7 +22,7 @@ mod persist;
 pub mod request;
 
 use super::queue::{self, add_used, pop_head, walk_chain, write_stream};
-use super::single_queue::SingleQueue;
+use super::single_queue::{limiter_event, SingleQueue, LIMITER_TOKEN};
 use super::{
     queue_broken, read_config_bytes, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -37,8 +37,6 @@ use vmm_sys_util::epoll::EventSet;
 /// The virtio device id of a pmem device.
 pub const DEVICE_ID: u32 = 27;
 pub const QUEUE_SIZE: u16 = 256;
-/// The event-loop token of the rate limiter's timer.
-const LIMITER_TOKEN: u64 = 1;
 
 pub struct Pmem {
     id: String,
@@ -227,20 +225,10 @@ impl VirtioDevice for Pmem {
     }
 
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
-        match self.limiter.as_mut() {
-            Some(l) if token == LIMITER_TOKEN => {
-                l.on_timer();
-                METRICS.pmem.rate_limiter_event_count.inc();
-            }
-            _ => {
-                ctx.unwatch(token);
-                return;
-            }
-        }
-        if self.active.is_some() {
+        let active = self.active.is_some();
+        let fired = &METRICS.pmem.rate_limiter_event_count;
+        if limiter_event(self.limiter.as_mut(), token, active, ctx, fired) {
             self.process(ctx);
-        } else {
-            ctx.unwatch(token);
         }
     }
 }

@@ -18,7 +18,7 @@
 //! Snapshots save the queue's position and the limiter's buckets (`persist.rs`).
 
 use super::queue::{self, add_used, pop_head, total_len, unpop, walk_chain, write_stream};
-use super::single_queue::SingleQueue;
+use super::single_queue::{limiter_event, SingleQueue, LIMITER_TOKEN};
 use super::{
     queue_broken, ActivateError, Activation, EventCtx, LogBudget, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -37,8 +37,6 @@ pub const REQUESTS_PER_EVENT: usize = 64;
 pub const BYTES_PER_EVENT: u64 = 1 << 20;
 /// The device's id (logs), Firecracker's.
 pub const ID: &str = "rng";
-/// The event-loop token of the rate limiter's timer.
-const LIMITER_TOKEN: u64 = 1;
 
 /// The host's random bytes (also used by MMDS's session tokens, hence its own module).
 pub use crate::random::fill_random;
@@ -216,20 +214,10 @@ impl VirtioDevice for Entropy {
     }
 
     fn process_fd(&mut self, token: u64, _events: EventSet, ctx: &mut EventCtx) {
-        match self.limiter.as_mut() {
-            Some(l) if token == LIMITER_TOKEN => {
-                l.on_timer();
-                METRICS.entropy.rate_limiter_event_count.inc();
-            }
-            _ => {
-                ctx.unwatch(token);
-                return;
-            }
-        }
-        if self.active.is_some() {
+        let active = self.active.is_some();
+        let fired = &METRICS.entropy.rate_limiter_event_count;
+        if limiter_event(self.limiter.as_mut(), token, active, ctx, fired) {
             self.process(ctx);
-        } else {
-            ctx.unwatch(token);
         }
     }
 }
