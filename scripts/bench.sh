@@ -7,8 +7,9 @@
 #   scripts/bench.sh [kiln-bench flags]     e.g. --runs 50, --quick, --only api,serial,mem,
 #                                           --firecracker PATH (Firecracker's figures in the
 #                                           rows that have a Firecracker peer: API, serial,
-#                                           teardown, snapshots), --firecracker-jailer PATH
-#                                           (its jailer: the jailed rows 3 and 5)
+#                                           teardown, snapshots; stripped of debug information
+#                                           as Firecracker's releases are), --firecracker-jailer
+#                                           PATH (its jailer: the jailed rows 3 and 5)
 #
 # Needs root and /dev/kvm. The table goes to stdout, progress to stderr.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

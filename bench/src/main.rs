@@ -13,13 +13,15 @@
 //! jailer, QEMU, Firecracker), [`layered_peer`] (Firecracker's jailer with the layers of
 //! Kiln's full profile), [`process`] (spawning and watching them), [`socket`] (API socket
 //! clients), [`measure`] (one module per measurement), [`host`] (leaks, host load, the
-//! machine line), [`stats`] and [`table`] (the output).
+//! machine line), [`peer_binary`] (whether the Firecracker peer is built as it ships),
+//! [`stats`] and [`table`] (the output).
 
 mod host;
 mod launch;
 mod layered_peer;
 mod measure;
 mod opts;
+mod peer_binary;
 mod process;
 mod socket;
 mod stats;
@@ -64,6 +66,16 @@ fn main() {
     if opts.qemu.is_none() {
         eprintln!("kiln-bench: no qemu-system-x86_64: QEMU columns stay empty");
     }
+    let peer_notes: Vec<String> = [
+        ("VMM", &opts.firecracker),
+        ("jailer", &opts.firecracker_jailer),
+    ]
+    .into_iter()
+    .filter_map(|(what, path)| peer_binary::note(what, path.as_ref()?))
+    .collect();
+    for n in &peer_notes {
+        eprintln!("kiln-bench: {n}");
+    }
     let mut t = Table::default();
     let mut failed = false;
     for (name, f) in measure::ALL {
@@ -84,10 +96,11 @@ fn main() {
     }
     let _ = fs::remove_dir(&opts.base);
     println!("Machine: {machine}");
-    println!(
-        "Runs: {} per row unless the row says otherwise\n",
-        opts.runs
-    );
+    println!("Runs: {} per row unless the row says otherwise", opts.runs);
+    for n in &peer_notes {
+        println!("{n}");
+    }
+    println!();
     print!("{}", t.render());
     if failed {
         std::process::exit(1);

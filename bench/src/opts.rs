@@ -18,7 +18,9 @@ a table of min/median/max over repeated runs. Needs root and /dev/kvm.
   --qemu PATH         qemu-system-x86_64 (default: found on PATH; QEMU columns empty without)
   --kiln PATH         the kiln worker, for the invocation rows (default: none, rows skipped)
   --firecracker PATH  a Firecracker binary (static): its figures go in the Firecracker columns
-                      of the rows that have a Firecracker peer (default: none, columns empty)
+                      of the rows that have a Firecracker peer (default: none, columns empty);
+                      build it as Firecracker ships it, debug information stripped (objcopy
+                      --strip-debug): a note above the table names a peer that is not
   --firecracker-jailer PATH
                       Firecracker's jailer: with --firecracker, the jailed rows (3, 5) get a
                       Firecracker peer, its default jail, and rows 3 also one with the
