@@ -198,17 +198,15 @@ pub fn build_microvm(
     res: &VmResources,
     opts: BuildOptions,
 ) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
-    build_prepared(res, opts, None, None)
+    build_prepared(res, opts, None)
 }
 
 /// [`build_microvm`] with the VM and memory `prepared` ahead, when they fit the machine
-/// configuration (else they are dropped and made as usual), and the vsock device `PUT
-/// /vsock` made (`vsock`).
+/// configuration (else they are dropped and made as usual).
 pub fn build_prepared(
     res: &VmResources,
     opts: BuildOptions,
     prepared: Option<Prepared>,
-    vsock: Option<Arc<Mutex<Vsock>>>,
 ) -> Result<(Vmm, EventLoop<Vmm>), BuildError> {
     let trace = opts.trace.clone();
     let mark = |p: &'static str| {
@@ -289,7 +287,7 @@ pub fn build_prepared(
                 } else {
                     Transport::Mmio
                 };
-                let virtio = attach_virtio(&mut dm, &mem, res, transport, vsock.clone())?;
+                let virtio = attach_virtio(&mut dm, &mem, res, transport)?;
                 let boot_args = virtio_setup::with_root_arg(
                     boot.boot_args_or_default(),
                     &res.drives,
@@ -475,22 +473,17 @@ pub(crate) fn templated_cpuid(
 }
 
 /// Creates every virtio device of `res` (drives, interfaces, vsock, entropy, the balloon,
-/// then virtio-mem) in its virtio-mmio window (or PCI slot) of `dm`; the vsock device is
-/// `made` (by `PUT /vsock`) when it is the one `res` configures.
+/// then virtio-mem) in its virtio-mmio window (or PCI slot) of `dm`.
 pub(crate) fn attach_virtio(
     dm: &mut DeviceManager,
     mem: &GuestMemoryMmap,
     res: &VmResources,
     transport: Transport,
-    made: Option<Arc<Mutex<Vsock>>>,
 ) -> Result<VirtioSetup, BuildError> {
     let mut virtio = virtio_setup::attach_devices(dm, mem, res, transport)?;
     if let Some(cfg) = &res.vsock {
         // After the drives and interfaces: the next virtio-mmio window and IRQ.
-        let vsock = match made.filter(|v| v.lock().is_ok_and(|v| v.made_for(cfg))) {
-            Some(v) => v,
-            None => Arc::new(Mutex::new(Vsock::new(cfg)?)),
-        };
+        let vsock = Arc::new(Mutex::new(Vsock::new(cfg)?));
         virtio.attach(dm, mem, vsock.clone())?;
         virtio.handles.vsock = Some(vsock);
     }

@@ -9,8 +9,7 @@
 //! - here: the [`Controller`], the state machine that decides each request;
 //! - `mmds`: the MMDS requests (the data store and `PUT /mmds/config`);
 //! - `serve`: [`VmmApi`], the API served by the VMM thread: the request channel before
-//!   boot, then in the microVM's run loop;
-//! - `vsock`: `PUT /vsock`, which makes the device and its host socket at once.
+//!   boot, then in the microVM's run loop.
 //!
 //! Its errors ([`ControllerError`]) become the API layer's [`RequestError`] on the way back
 //! to the API thread, which picks the HTTP status.
@@ -20,10 +19,8 @@ mod memory_hotplug;
 mod mmds;
 mod serve;
 mod start;
-mod vsock;
 
 pub use serve::{Starter, VmmApi};
-pub use vsock::MadeVsock;
 
 use crate::api::{Action, ApiRequest, RequestError, VmStateChange, VmmData};
 use crate::devices::virtio::balloon::Balloon;
@@ -68,15 +65,6 @@ pub enum ControllerError {
     /// request, as Firecracker opens it there).
     #[error("network-interfaces: {0}")]
     Tap(String),
-    /// `PUT /vsock`: the device or its host socket could not be made (made at the request,
-    /// as Firecracker makes it there).
-    #[error(transparent)]
-    Vsock(crate::devices::virtio::vsock::VsockError),
-    #[error("vsock: cannot remove the host socket {path:?} of the earlier PUT /vsock: {source}")]
-    VsockSocket {
-        path: String,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Logger(#[from] logger::LoggerError),
     #[error(transparent)]
@@ -104,7 +92,6 @@ impl From<ControllerError> for RequestError {
         match e {
             ControllerError::Resource(_)
             | ControllerError::Tap(_)
-            | ControllerError::Vsock(_)
             | ControllerError::PreBootOnly(_)
             | ControllerError::RuntimeOnly(_)
             | ControllerError::AlreadyStarted
@@ -120,7 +107,6 @@ impl From<ControllerError> for RequestError {
             | ControllerError::DriveUpdate(_)
             | ControllerError::NetUpdate(_)
             | ControllerError::PmemUpdate(_)
-            | ControllerError::VsockSocket { .. }
             | ControllerError::Logger(_)
             | ControllerError::Metrics(_)
             | ControllerError::Serialize(_)
@@ -228,8 +214,6 @@ pub struct Controller {
     snapshot_key: Option<Arc<SnapshotKey>>,
     /// The MMDS data store, shared with the network devices that answer the guest.
     mmds: SharedMmds,
-    /// The vsock device made by `PUT /vsock`, until the microVM starts with it.
-    vsock: Option<MadeVsock>,
 }
 
 /// `GET /`.
@@ -266,7 +250,6 @@ impl Controller {
             start_began: None,
             snapshot_key: None,
             mmds: crate::mmds::shared(crate::mmds::DEFAULT_SIZE_LIMIT),
-            vsock: None,
         }
     }
 
@@ -461,7 +444,8 @@ impl Controller {
             }
             ApiRequest::PutVsock(cfg) => {
                 self.pre_boot(what)?;
-                self.put_vsock(cfg)
+                self.resources.set_vsock(cfg)?;
+                Ok(VmmData::Empty)
             }
             ApiRequest::PutEntropy(cfg) => {
                 self.pre_boot(what)?;
@@ -603,5 +587,3 @@ mod mmds_tests;
 mod stand_in;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod vsock_tests;

@@ -2,7 +2,7 @@
 //! [`Controller`], before boot on their own and afterwards as a source of the microVM's run
 //! loop, with the running [`Vmm`] as the [`Microvm`] runtime requests reach.
 
-use super::{Controller, ControllerError, MadeVsock, Microvm, Outcome, Reply};
+use super::{Controller, ControllerError, Microvm, Outcome, Reply};
 use crate::api::{self, ApiChannel, ApiError, Limits, RequestError};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::mem::VirtioMem;
@@ -98,13 +98,7 @@ impl Microvm for Vmm {
 /// (`InstanceStart`) or restored from a snapshot (`PUT /snapshot/load`).
 pub trait Starter {
     type Started;
-    /// Builds and starts the microVM `res` describes, with the vsock device `PUT /vsock`
-    /// made (`vsock`), if any.
-    fn boot(
-        &mut self,
-        res: &VmResources,
-        vsock: Option<MadeVsock>,
-    ) -> Result<Self::Started, String>;
+    fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String>;
     /// Restores the snapshot `req` names (verified with `key`), resumed when
     /// `req.resume_vm`; returns it with the configuration it was restored with.
     fn load(
@@ -203,8 +197,7 @@ impl VmmApi {
                 match self.controller.handle(req, None) {
                     Outcome::Reply(reply) => self.answer(reply),
                     Outcome::Start => {
-                        let built =
-                            starter.boot(&self.controller.resources, self.controller.made_vsock());
+                        let built = starter.boot(&self.controller.resources);
                         let (vm, result) = match built {
                             Ok(vm) => (Some(vm), Ok(())),
                             Err(e) => (None, Err(e)),

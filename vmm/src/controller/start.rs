@@ -88,8 +88,6 @@ impl Controller {
             Ok(()) => {
                 METRICS.latencies_us.instance_start.set(took);
                 crate::log_info!("InstanceStart: microVM built and started in {took} us");
-                // The microVM holds the vsock device now.
-                self.vsock = None;
                 self.started = true;
                 self.paused = false;
                 Ok(VmmData::Empty)

@@ -404,7 +404,7 @@ fn restore(
     } else {
         Transport::Mmio
     };
-    let mut virtio = builder::attach_virtio(&mut dm, &mem, res, transport, None)?;
+    let mut virtio = builder::attach_virtio(&mut dm, &mem, res, transport)?;
     // A restored microVM's devices are set up already: nothing to coalesce.
     virtio.wire(&vm, false).map_err(BuildError::from)?;
     builder::attach_legacy(&mut dm, &vm, serial_out, &exits)?;

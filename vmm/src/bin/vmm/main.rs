@@ -26,7 +26,7 @@ use vmm::api::{ApiError, Limits};
 use vmm::builder::{
     build_microvm, build_prepared, prepare_platform, BuildError, BuildOptions, Prepared,
 };
-use vmm::controller::{configure_outputs, ControllerError, MadeVsock, Starter, VmmApi};
+use vmm::controller::{configure_outputs, ControllerError, Starter, VmmApi};
 use vmm::event_loop::{EventLoop, EventLoopError};
 use vmm::exit::code;
 use vmm::mmds::SharedMmds;
@@ -389,12 +389,8 @@ struct MainStarter<'a> {
 impl Starter for MainStarter<'_> {
     type Started = (Vmm, EventLoop<Vmm>);
 
-    fn boot(
-        &mut self,
-        res: &VmResources,
-        vsock: Option<MadeVsock>,
-    ) -> Result<Self::Started, String> {
-        let (vmm, events) = build_prepared(res, self.opts.clone(), self.prepared.take(), vsock)
+    fn boot(&mut self, res: &VmResources) -> Result<Self::Started, String> {
+        let (vmm, events) = build_prepared(res, self.opts.clone(), self.prepared.take())
             .map_err(|e| e.to_string())?;
         vmm.attach_mmds(res.mmds_config.as_ref(), &self.mmds);
         Ok((vmm, events))

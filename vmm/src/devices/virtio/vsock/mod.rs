@@ -86,16 +86,6 @@ pub struct Vsock {
     warnings: LogBudget,
 }
 
-impl std::fmt::Debug for Vsock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vsock")
-            .field("cid", &self.cid)
-            .field("uds_path", &self.muxer.uds_path())
-            .field("activated", &self.active.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 impl Vsock {
     /// Binds the host socket at `cfg.uds_path` (which must not exist).
     pub fn new(cfg: &VsockConfig) -> Result<Vsock, VsockError> {
@@ -113,11 +103,6 @@ impl Vsock {
             scratch: Vec::new(),
             warnings: LogBudget::new(),
         })
-    }
-
-    /// Whether it is the device `cfg` describes (its CID and host socket).
-    pub fn made_for(&self, cfg: &VsockConfig) -> bool {
-        self.cid == u64::from(cfg.guest_cid) && self.muxer.uds_path() == cfg.uds_path
     }
 
     pub fn guest_cid(&self) -> u64 {
