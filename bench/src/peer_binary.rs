@@ -29,7 +29,9 @@ pub fn debug_info_bytes(path: &Path) -> Option<u64> {
     let shentsize = u64::from(u16_at(&ehdr, 0x3a)?);
     let shnum = u64::from(u16_at(&ehdr, 0x3c)?);
     let shstrndx = u64::from(u16_at(&ehdr, 0x3e)?);
-    if shentsize < 64 || shnum > MAX_SECTIONS || shstrndx >= shnum {
+    // An ELF64 section header is 64 bytes: a larger claimed size is not trusted (it would
+    // size the read below).
+    if shentsize != 64 || shnum > MAX_SECTIONS || shstrndx >= shnum {
         return None;
     }
     let mut headers = vec![0u8; usize::try_from(shentsize * shnum).ok()?];
@@ -163,12 +165,15 @@ mod tests {
     fn what_is_not_an_elf_file_is_unknown_not_a_panic() {
         let mut bad_index = elf(&[(".debug_info", 5)]);
         bad_index[0x3e] = 9; // the names' table index past the headers
+        let mut huge_headers = elf(&[(".debug_info", 5)]);
+        huge_headers[0x3a..0x3c].copy_from_slice(&u16::MAX.to_le_bytes());
         let mut truncated = elf(&[(".debug_info", 5)]);
         truncated.truncate(100);
         for (name, bytes) in [
             ("text", b"#!/bin/sh\n".to_vec()),
             ("empty", vec![]),
             ("index", bad_index),
+            ("entsize", huge_headers),
             ("short", truncated),
         ] {
             let p = write(name, &bytes);
